@@ -1,0 +1,52 @@
+#!/usr/bin/env bash
+# Installs everything the build, the tests and the tools need on a fresh Debian 12 machine.
+# Idempotent; runs as root (no sudo). Debian packages through apt-get, Python packages into the
+# project virtual environment .venv (git-ignored), pinned.
+set -euo pipefail
+root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cd "$root"
+
+# PyTorch 2.11.0 on PyPI is built for CUDA 13.0, the toolkit of our machines and of the GPU image.
+TORCH_VERSION=${AIM_TORCH_VERSION:-2.11.0}
+PY_PACKAGES=("torch==${TORCH_VERSION}" "numpy==2.2.6" "safetensors==0.6.2" "pillow==11.3.0")
+
+DEB_PACKAGES=(
+  build-essential cmake ninja-build ccache pkg-config git
+  python3 python3-venv python3-pip
+  libyaml-cpp-dev libspdlog-dev libfmt-dev libcli11-dev libstb-dev nlohmann-json3-dev
+  libgtest-dev libgmock-dev libbenchmark-dev
+  openmpi-bin libopenmpi-dev
+  clang libclang-rt-14-dev
+)
+
+missing=()
+for p in "${DEB_PACKAGES[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  if [ "$(id -u)" -ne 0 ]; then
+    echo "setup.sh: missing Debian packages: ${missing[*]}" >&2
+    echo "---> HINT: run scripts/setup.sh as root, or install them with apt-get" >&2
+    exit 1
+  fi
+  echo "setup.sh: installing Debian packages: ${missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+# The Debian interpreter: its venv module comes from python3-venv installed above.
+PY=/usr/bin/python3
+[ -x "$PY" ] || PY=$(command -v python3)
+if [ ! -x .venv/bin/python ]; then
+  echo "setup.sh: creating .venv"
+  "$PY" -m venv .venv
+fi
+stamp=.venv/.aim-packages
+want="${PY_PACKAGES[*]}"
+if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
+  echo "setup.sh: installing Python packages: $want"
+  .venv/bin/python -m pip install -q --disable-pip-version-check --no-cache-dir "${PY_PACKAGES[@]}"
+  echo "$want" > "$stamp"
+fi
+.venv/bin/python -c 'import torch; print("setup.sh: torch", torch.__version__, "cuda", torch.version.cuda)'

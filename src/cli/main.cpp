@@ -1,0 +1,2 @@
+#include <iostream>
+int main() { std::cout << "aim\n"; return 0; }
