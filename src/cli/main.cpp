@@ -1,2 +1,44 @@
+// The `aim` executable: subcommands, one error report, non-zero exit on any failure.
+#include <CLI/CLI.hpp>
+#include <torch/torch.h>
+
 #include <iostream>
-int main() { std::cout << "aim\n"; return 0; }
+
+#include "aim/cli/commands.h"
+#include "aim/core/build_info.h"
+#include "aim/core/error.h"
+
+int main(int argc, char** argv) {
+  CLI::App app{"aim: autoregressive image generation with Mamba (AiM) - train, sample, evaluate"};
+  app.require_subcommand(0, 1);
+  bool version = false;
+  app.add_flag("--version", version, "print the build (aim, LibTorch, CUDA) and exit");
+  std::vector<aim::cli::Runner> runners;
+  runners.push_back(aim::cli::add_info_command(app));
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& e) {
+    return app.exit(e);
+  }
+  if (version) {
+    std::cout << aim::build_info() << "\n";
+    return 0;
+  }
+  try {
+    for (auto& run : runners) {
+      const int rc = run();
+      if (rc >= 0) return rc;
+    }
+  } catch (const aim::Error& e) {
+    std::cerr << "error: " << e.what() << "\n";
+    return 1;
+  } catch (const c10::Error& e) {
+    std::cerr << "error: " << e.what_without_backtrace() << "\n";
+    return 1;
+  } catch (const std::exception& e) {
+    std::cerr << "error: " << e.what() << "\n";
+    return 1;
+  }
+  std::cout << app.help() << "\n";
+  return 2;
+}

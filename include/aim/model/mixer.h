@@ -1,0 +1,29 @@
+#pragma once
+// The interface both Mamba mixers implement, so a block holds either under the official key
+// name `mixer`.
+#include <torch/torch.h>
+
+namespace aim {
+
+/// Recurrent state of one mixer: conv_state [B, C, W] (last W conv inputs) and ssm_state
+/// (Mamba2 [B, H, P, N], Mamba1 [B, E, N]), both fp32 unless asked otherwise.
+struct MixerState {
+  torch::Tensor conv_state;
+  torch::Tensor ssm_state;
+};
+
+class MixerImpl : public torch::nn::Module {
+ public:
+  /// u [B, L, D] -> [B, L, D]. When `state` is given it receives the state after the last
+  /// position (prefill).
+  virtual torch::Tensor forward(const torch::Tensor& u, MixerState* state = nullptr) = 0;
+  /// One token: u [B, D] -> [B, D], advancing `state`.
+  virtual torch::Tensor step(const torch::Tensor& u, MixerState& state) = 0;
+  /// Zero state for `batch` sequences; conv state in `dtype`, ssm state in fp32.
+  virtual MixerState allocate_state(int64_t batch, torch::Device device,
+                                    torch::ScalarType dtype) const = 0;
+  /// Re-draws the parameters the way the official constructor does.
+  virtual void reset_parameters() = 0;
+};
+
+}  // namespace aim

@@ -1,0 +1,40 @@
+#pragma once
+// RMS normalisation ops of the AiM block: plain, fused residual add, and Mamba2's gated
+// group norm. Every RMSNorm here is rms(x) = x / sqrt(mean(x^2) + eps) * weight, no bias,
+// computed in fp32 whatever the input dtype.
+#include <torch/types.h>
+
+#include <utility>
+
+namespace aim::ops {
+
+/// x [..., D], weight [D] -> [..., D] in x's dtype.
+torch::Tensor rms_norm(const torch::Tensor& x, const torch::Tensor& weight, double eps);
+
+/// Pre-norm fused add: residual' = hidden + residual (residual undefined: residual' = hidden),
+/// kept in fp32 when `residual_in_fp32`; returns {rms_norm(residual') in hidden's dtype,
+/// residual'}. hidden, residual [..., D], weight [D].
+std::pair<torch::Tensor, torch::Tensor> add_rms_norm(const torch::Tensor& hidden,
+                                                     const torch::Tensor& residual,
+                                                     const torch::Tensor& weight, double eps,
+                                                     bool residual_in_fp32);
+
+/// Mamba2's gated RMSNorm over groups of `group_size` channels: with norm_before_gate false,
+/// y = rms_group(x * silu(z)) * weight; with true, y = rms_group(x) * weight * silu(z).
+/// z may be undefined (no gate). x, z [..., E], weight [E], E % group_size == 0.
+torch::Tensor gated_rms_norm(const torch::Tensor& x, const torch::Tensor& z,
+                             const torch::Tensor& weight, int64_t group_size, double eps,
+                             bool norm_before_gate);
+
+namespace ref {
+torch::Tensor rms_norm(const torch::Tensor& x, const torch::Tensor& weight, double eps);
+std::pair<torch::Tensor, torch::Tensor> add_rms_norm(const torch::Tensor& hidden,
+                                                     const torch::Tensor& residual,
+                                                     const torch::Tensor& weight, double eps,
+                                                     bool residual_in_fp32);
+torch::Tensor gated_rms_norm(const torch::Tensor& x, const torch::Tensor& z,
+                             const torch::Tensor& weight, int64_t group_size, double eps,
+                             bool norm_before_gate);
+}  // namespace ref
+
+}  // namespace aim::ops

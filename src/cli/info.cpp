@@ -1,0 +1,54 @@
+#include <filesystem>
+#include <iostream>
+
+#include "aim/cli/commands.h"
+#include "aim/core/checkpoint.h"
+#include "aim/core/config.h"
+#include "aim/core/error.h"
+#include "aim/core/safetensors.h"
+#include "aim/model/registry.h"
+
+namespace aim::cli {
+
+Runner add_info_command(CLI::App& app) {
+  auto* cmd = app.add_subcommand("info", "Architecture, parameter counts and memory estimates");
+  auto path = std::make_shared<std::string>();
+  auto overrides = std::make_shared<std::vector<std::string>>();
+  cmd->add_option("target", *path, "configs/*.yaml, an official config.json, or a checkpoint directory")
+      ->required();
+  cmd->add_option("--set", *overrides, "override a config key: section.key=value (YAML configs)");
+  return [cmd, path, overrides]() -> int {
+    if (!cmd->parsed()) return -1;
+    namespace fs = std::filesystem;
+    ModelConfig model;
+    bool ema = false;
+    std::string source = *path, weights;
+    if (fs::is_directory(*path)) {
+      auto ref = find_checkpoint(*path);
+      model = checkpoint_model_config(ref);
+      source = ref.config_path;
+      weights = ref.weights_path;
+    } else if (path->size() > 5 && path->substr(path->size() - 5) == ".json") {
+      model = model_config_from_hf_json(*path);
+    } else {
+      auto cfg = load_config(*path, *overrides);
+      model = cfg.model;
+      ema = cfg.train.ema;
+    }
+    model.resolve();
+    model.validate();
+    std::cout << "config: " << source << "\n" << describe_model(model, ema);
+    if (!weights.empty()) {
+      SafetensorsFile file(weights);
+      int64_t n = 0;
+      for (const auto& e : file.entries()) {
+        if (e.name.rfind("mamba.", 0) == 0 && e.name != "mamba.lm_head.weight") n += e.numel();
+      }
+      std::cout << "weights: " << weights << " (" << file.entries().size() << " tensors, "
+                << n << " language-model parameters)\n";
+    }
+    return 0;
+  };
+}
+
+}  // namespace aim::cli

@@ -1,0 +1,71 @@
+#include "aim/core/checkpoint.h"
+
+#include <filesystem>
+
+#include "aim/core/error.h"
+
+namespace aim {
+
+namespace fs = std::filesystem;
+
+namespace {
+bool ends_with(const std::string& s, const std::string& suffix) {
+  return s.size() >= suffix.size() && s.compare(s.size() - suffix.size(), suffix.size(), suffix) == 0;
+}
+}  // namespace
+
+ModelConfig model_config_from_file(const std::string& path) {
+  if (ends_with(path, ".json")) return model_config_from_hf_json(path);
+  if (ends_with(path, ".yaml") || ends_with(path, ".yml")) return load_config(path).model;
+  throw Error(str_cat(path, ": unknown config format: expected a .yaml/.yml aim config or an "
+                            "official config.json"));
+}
+
+CheckpointRef find_checkpoint(const std::string& path, const std::string& config_override) {
+  CheckpointRef ref;
+  ref.path = path;
+  std::error_code ec;
+  if (!fs::exists(path, ec)) throw Error(str_cat("--ckpt ", path, ": no such file or directory"));
+  if (fs::is_directory(path, ec)) {
+    const fs::path dir(path);
+    ref.weights_path = (dir / "model.safetensors").string();
+    if (fs::exists(dir / "config.yaml")) {
+      ref.kind = CheckpointKind::kRunDir;
+      ref.config_path = (dir / "config.yaml").string();
+      if (fs::exists(dir / "ema.safetensors")) ref.ema_path = (dir / "ema.safetensors").string();
+    } else if (fs::exists(dir / "config.json")) {
+      ref.kind = CheckpointKind::kHfSnapshot;
+      ref.config_path = (dir / "config.json").string();
+    } else if (config_override.empty()) {
+      throw Error(str_cat(path, ": neither config.yaml (an aim run) nor config.json (an official "
+                                "Hugging Face snapshot) found\n---> HINT: pass --config"));
+    }
+    if (!fs::exists(ref.weights_path)) {
+      if (fs::exists(dir / "pytorch_model.bin")) {
+        throw Error(str_cat(path, ": has pytorch_model.bin (a pickle) but no model.safetensors\n"
+                                  "---> HINT: python3 tools/convert_checkpoint.py ",
+                            (dir / "pytorch_model.bin").string(), " --out ", ref.weights_path));
+      }
+      throw Error(str_cat(path, ": model.safetensors not found"));
+    }
+  } else {
+    if (!ends_with(path, ".safetensors")) {
+      throw Error(str_cat("--ckpt ", path, ": expected a directory or a .safetensors file"
+                          "\n---> HINT: convert .pt/.bin checkpoints with tools/convert_checkpoint.py"));
+    }
+    if (config_override.empty()) {
+      throw Error(str_cat("--ckpt ", path, ": a bare weights file needs --config (aim YAML or "
+                          "official config.json)"));
+    }
+    ref.kind = CheckpointKind::kFile;
+    ref.weights_path = path;
+  }
+  if (!config_override.empty()) ref.config_path = config_override;
+  return ref;
+}
+
+ModelConfig checkpoint_model_config(const CheckpointRef& ref) {
+  return model_config_from_file(ref.config_path);
+}
+
+}  // namespace aim

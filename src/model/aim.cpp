@@ -1,0 +1,360 @@
+#include "aim/model/aim.h"
+
+#include <cmath>
+#include <set>
+#include <sstream>
+
+#include "aim/core/error.h"
+#include "aim/model/mamba1.h"
+#include "aim/model/mamba2.h"
+#include "aim/ops/norms.h"
+
+namespace aim {
+
+namespace {
+
+std::string shape_str(torch::IntArrayRef sizes) {
+  std::ostringstream os;
+  os << "[";
+  for (size_t i = 0; i < sizes.size(); ++i) os << (i ? ", " : "") << sizes[i];
+  os << "]";
+  return os.str();
+}
+
+constexpr const char* kPrefix = "mamba.";
+constexpr const char* kEmbeddingKey = "backbone.embeddings.word_embeddings.weight";
+constexpr const char* kLmHeadKey = "lm_head.weight";
+
+}  // namespace
+
+EmbeddingsImpl::EmbeddingsImpl(int64_t vocab_size, int64_t dim, int64_t num_positions) {
+  word_embeddings = register_module("word_embeddings", torch::nn::Embedding(vocab_size, dim));
+  position_embeddings =
+      register_module("position_embeddings", torch::nn::Embedding(num_positions, dim));
+}
+
+AimBlockImpl::AimBlockImpl(const ModelConfig& config, int64_t layer_idx)
+    : group(config.adaln_group), eps(config.norm_eps), residual_in_fp32(config.residual_in_fp32) {
+  const int64_t d = config.d_model;
+  if (group) scale_shift_table = register_parameter("scale_shift_table", torch::empty({1, 3, d}));
+  norm = register_module("norm", RMSNorm(RMSNormOptions(d).eps(config.norm_eps)));
+  if (config.is_mamba2()) {
+    mixer = register_module("mixer", std::make_shared<Mamba2MixerImpl>(
+                                         Mamba2MixerOptions(d, config.ssm)));
+  } else {
+    mixer = register_module("mixer", std::make_shared<Mamba1MixerImpl>(
+                                         Mamba1MixerOptions(d, config.ssm, config.dt_rank())));
+  }
+  if (!group) {
+    adaLN_modulation = register_module(
+        "adaLN_modulation", torch::nn::Sequential(torch::nn::SiLU(), torch::nn::Linear(d, 3 * d)));
+  }
+  (void)layer_idx;
+}
+
+std::pair<torch::Tensor, torch::Tensor> AimBlockImpl::forward(const torch::Tensor& hidden,
+                                                              const torch::Tensor& residual,
+                                                              const Modulation& mod,
+                                                              MixerState* state) {
+  auto [normed, res] = ops::add_rms_norm(hidden, residual, norm->weight, eps, residual_in_fp32);
+  auto out = mixer->forward(modulate(normed, mod.shift, mod.scale), state);
+  return {mod.gate.unsqueeze(1) * out, res};
+}
+
+std::pair<torch::Tensor, torch::Tensor> AimBlockImpl::step(const torch::Tensor& hidden,
+                                                           const torch::Tensor& residual,
+                                                           const Modulation& mod,
+                                                           MixerState& state) {
+  auto [normed, res] = ops::add_rms_norm(hidden, residual, norm->weight, eps, residual_in_fp32);
+  auto out = mixer->step(modulate(normed, mod.shift, mod.scale), state);
+  return {mod.gate * out, res};
+}
+
+AimBackboneImpl::AimBackboneImpl(const ModelConfig& config_) : config(config_) {
+  const int64_t d = config.d_model;
+  embeddings = register_module(
+      "embeddings", Embeddings(config.vocab_size, d, config.num_tokens + 1));
+  cls_embed = register_module("cls_embed", LabelEmbedder(config.num_classes, d));
+  if (config.adaln_group) {
+    adaln_group = register_module(
+        "adaln_group",
+        torch::nn::Sequential(torch::nn::SiLU(), torch::nn::Linear(d, config.num_groups * 3 * d)));
+  }
+  final_layer = register_module("final_layer", FinalLayer(d, config.norm_eps));
+  layers = register_module("layers", torch::nn::ModuleList());
+  for (int64_t i = 0; i < config.n_layer; ++i) {
+    blocks.push_back(AimBlock(config, i));
+    layers->push_back(blocks.back());
+  }
+  norm_f = register_module("norm_f", RMSNorm(RMSNormOptions(d).eps(config.norm_eps)));
+}
+
+Conditioning AimBackboneImpl::condition(const torch::Tensor& c) {
+  Conditioning cond;
+  cond.c = c;
+  const int64_t batch = c.size(0), d = config.d_model;
+  std::vector<torch::Tensor> groups;
+  if (config.adaln_group) {
+    // [B, G * 3 * D] -> G sets of [B, 3, D]; block i uses set i % G plus its own table.
+    groups = adaln_group->forward(c).view({batch, config.num_groups * 3, d}).chunk(
+        config.num_groups, 1);
+  }
+  cond.layers.reserve(blocks.size());
+  for (size_t i = 0; i < blocks.size(); ++i) {
+    std::vector<torch::Tensor> parts;
+    if (config.adaln_group) {
+      parts = (blocks[i]->scale_shift_table + groups[i % config.num_groups]).unbind(1);
+    } else {
+      parts = blocks[i]->adaLN_modulation->forward(c).chunk(3, 1);
+    }
+    cond.layers.push_back(Modulation{parts[0], parts[1], parts[2]});
+  }
+  std::tie(cond.final_shift, cond.final_scale) = final_layer->modulation(c);
+  return cond;
+}
+
+torch::Tensor AimBackboneImpl::run(const torch::Tensor& h, const Conditioning& cond,
+                                   std::vector<MixerState>* states, bool step) {
+  torch::Tensor hidden = h, residual;
+  for (size_t i = 0; i < blocks.size(); ++i) {
+    if (step) {
+      std::tie(hidden, residual) = blocks[i]->step(hidden, residual, cond.layers[i], (*states)[i]);
+    } else {
+      std::tie(hidden, residual) = blocks[i]->forward(hidden, residual, cond.layers[i],
+                                                      states ? &(*states)[i] : nullptr);
+    }
+  }
+  auto x = ops::add_rms_norm(hidden, residual, norm_f->weight, config.norm_eps,
+                             config.residual_in_fp32)
+               .first;
+  return final_layer->forward(x, cond.final_shift, cond.final_scale);
+}
+
+AimModelImpl::AimModelImpl(const ModelConfig& config_) : config(config_) {
+  config.resolve();
+  config.validate();
+  backbone = register_module("backbone", AimBackbone(config));
+  if (!config.tie_embeddings) {
+    lm_head = register_module(
+        "lm_head",
+        torch::nn::Linear(torch::nn::LinearOptions(config.d_model, config.vocab_size).bias(false)));
+  }
+  reset_parameters();
+}
+
+void AimModelImpl::reset_parameters() {
+  torch::NoGradGuard no_grad;
+  const double std = config.initializer_range;
+  auto& bb = *backbone;
+  bb.embeddings->word_embeddings->weight.normal_(0.0, std);
+  bb.embeddings->position_embeddings->weight.normal_(0.0, std);
+  bb.cls_embed->embedding_table->weight.normal_(0.0, std);
+  if (config.adaln_group) {
+    // GroupAdaLN keeps nn.Linear's default weight init; its bias is zeroed like every Linear bias.
+    auto lin = bb.adaln_group[1]->as<torch::nn::Linear>();
+    lin->reset_parameters();
+    lin->bias.zero_();
+  }
+  auto final_lin = bb.final_layer->adaLN_modulation[1]->as<torch::nn::Linear>();
+  final_lin->weight.zero_();
+  final_lin->bias.zero_();
+  bb.final_layer->norm_final->reset_parameters();
+  bb.norm_f->reset_parameters();
+  const double d = static_cast<double>(config.d_model);
+  for (auto& block : bb.blocks) {
+    block->norm->reset_parameters();
+    block->mixer->reset_parameters();
+    if (config.adaln_group) {
+      block->scale_shift_table.normal_(0.0, 1.0).div_(std::sqrt(d));
+    } else {
+      auto lin = block->adaLN_modulation[1]->as<torch::nn::Linear>();
+      lin->weight.zero_();
+      lin->bias.zero_();
+    }
+    // GPT-2 style: out_proj re-drawn with the default init and scaled by 1/sqrt(n_layer);
+    // every Linear bias zeroed (dt_proj's bias keeps its dt initialisation).
+    for (auto& item : block->mixer->named_modules("", /*include_self=*/false)) {
+      if (auto* lin = item.value()->as<torch::nn::Linear>()) {
+        if (item.key() == "dt_proj") continue;
+        if (lin->bias.defined()) lin->bias.zero_();
+      }
+    }
+    auto out = block->mixer->named_modules("", false)["out_proj"]->as<torch::nn::Linear>();
+    torch::nn::init::kaiming_uniform_(out->weight, std::sqrt(5.0));
+    out->weight.div_(std::sqrt(static_cast<double>(config.n_layer)));
+  }
+  if (lm_head) lm_head->reset_parameters();
+}
+
+int64_t AimModelImpl::num_parameters() const {
+  int64_t n = 0;
+  for (const auto& p : parameters()) n += p.numel();
+  return n;
+}
+
+torch::Tensor AimModelImpl::forward_hidden(const torch::Tensor& input_tokens,
+                                           const torch::Tensor& labels,
+                                           const torch::Tensor& position_ids) {
+  TORCH_CHECK(input_tokens.dim() == 2, "AimModel: input_tokens must be [B, T], got ",
+              input_tokens.sizes());
+  TORCH_CHECK(labels.dim() == 1 && labels.size(0) == input_tokens.size(0),
+              "AimModel: labels must be [B] = [", input_tokens.size(0), "], got ", labels.sizes());
+  const int64_t t = input_tokens.size(1);
+  TORCH_CHECK(t <= config.num_tokens, "AimModel: ", t, " input tokens exceed num_tokens ",
+              config.num_tokens);
+  auto& bb = *backbone;
+  const bool train = is_training();
+  auto c = bb.cls_embed->forward(labels, train ? config.class_dropout : 0.0);   // [B, D]
+  auto cond = bb.condition(c);
+  auto pos = position_ids.defined()
+                 ? position_ids
+                 : torch::arange(t, torch::dtype(torch::kLong).device(input_tokens.device()));
+  auto tok = bb.embeddings->word_embeddings->forward(input_tokens);
+  if (train && config.token_drop > 0) tok = torch::dropout(tok, config.token_drop, true);
+  tok = tok + bb.embeddings->position_embeddings->forward(pos);
+  auto h = torch::cat({c.unsqueeze(1).to(tok.scalar_type()), tok}, 1);        // [B, T + 1, D]
+  return bb.run(h, cond, nullptr, false);
+}
+
+torch::Tensor AimModelImpl::logits(const torch::Tensor& hidden) {
+  const auto& w = config.tie_embeddings ? backbone->embeddings->word_embeddings->weight
+                                        : lm_head->weight;
+  return torch::linear(hidden, w.to(hidden.scalar_type()));
+}
+
+torch::Tensor AimModelImpl::forward(const torch::Tensor& input_tokens, const torch::Tensor& labels,
+                                    const torch::Tensor& position_ids) {
+  return logits(forward_hidden(input_tokens, labels, position_ids));
+}
+
+torch::Tensor AimModelImpl::loss(const torch::Tensor& tokens, const torch::Tensor& labels) {
+  TORCH_CHECK(tokens.dim() == 2 && tokens.size(1) >= 1, "AimModel::loss: tokens must be [B, L]");
+  auto lg = forward(tokens.narrow(1, 0, tokens.size(1) - 1), labels);          // [B, L, V]
+  return torch::nn::functional::cross_entropy(lg.reshape({-1, lg.size(-1)}).to(torch::kFloat),
+                                              tokens.reshape({-1}));
+}
+
+InferenceState AimModelImpl::start(const torch::Tensor& labels, torch::ScalarType state_dtype) {
+  TORCH_CHECK(labels.dim() == 1, "AimModel::start: labels must be [B], got ", labels.sizes());
+  InferenceState s;
+  s.batch = labels.size(0);
+  s.cond = backbone->condition(backbone->cls_embed->forward(labels, 0.0));
+  const auto device = labels.device();
+  for (auto& block : backbone->blocks) {
+    s.layers.push_back(block->mixer->allocate_state(s.batch, device, state_dtype));
+  }
+  return s;
+}
+
+torch::Tensor AimModelImpl::step(InferenceState& state, const torch::Tensor& tokens) {
+  auto& bb = *backbone;
+  torch::Tensor h;
+  if (state.offset == 0) {
+    h = state.cond.c;
+  } else {
+    const int64_t pos = state.offset - 1 + config.decode_position_offset;
+    TORCH_CHECK(pos <= config.num_tokens, "AimModel::step: position ", pos,
+                " exceeds the table of ", config.num_tokens + 1, " rows");
+    TORCH_CHECK(tokens.defined() && tokens.dim() == 1 && tokens.size(0) == state.batch,
+                "AimModel::step: tokens must be [", state.batch, "]");
+    h = bb.embeddings->word_embeddings->forward(tokens) +
+        bb.embeddings->position_embeddings->weight[pos];
+  }
+  auto x = bb.run(h, state.cond, &state.layers, /*step=*/true);              // [B, D]
+  state.offset += 1;
+  return logits(x);
+}
+
+torch::Tensor AimModelImpl::prefill(InferenceState& state, const torch::Tensor& tokens) {
+  TORCH_CHECK(state.offset == 0, "AimModel::prefill: state must be fresh (offset 0), got ",
+              state.offset);
+  TORCH_CHECK(tokens.dim() == 2 && tokens.size(0) == state.batch, "AimModel::prefill: tokens must be [",
+              state.batch, ", T], got ", tokens.sizes());
+  auto& bb = *backbone;
+  const int64_t t = tokens.size(1);
+  TORCH_CHECK(t - 1 + config.decode_position_offset <= config.num_tokens,
+              "AimModel::prefill: ", t, " tokens exceed num_tokens ", config.num_tokens);
+  auto pos = torch::arange(t, torch::dtype(torch::kLong).device(tokens.device())) +
+             config.decode_position_offset;
+  auto tok = bb.embeddings->word_embeddings->forward(tokens) +
+             bb.embeddings->position_embeddings->forward(pos);
+  auto h = torch::cat({state.cond.c.unsqueeze(1).to(tok.scalar_type()), tok}, 1);
+  auto x = bb.run(h, state.cond, &state.layers, /*step=*/false);             // [B, T + 1, D]
+  state.offset = t + 1;
+  return logits(x.select(1, t));
+}
+
+std::vector<std::pair<std::string, torch::Tensor>> official_state_dict(const AimModel& model) {
+  std::vector<std::pair<std::string, torch::Tensor>> out;
+  for (const auto& item : model->named_parameters(true)) {
+    out.emplace_back(kPrefix + item.key(), item.value().detach());
+  }
+  if (model->config.tie_embeddings) {
+    out.emplace_back(std::string(kPrefix) + kLmHeadKey,
+                     model->backbone->embeddings->word_embeddings->weight.detach());
+  }
+  return out;
+}
+
+void load_official_state_dict(AimModel& model, const std::map<std::string, torch::Tensor>& sd,
+                              const std::string& what) {
+  auto params = model->named_parameters(true);
+  std::map<std::string, torch::Tensor> incoming;
+  for (const auto& [key, value] : sd) {
+    if (key.rfind("vqvae.", 0) == 0) continue;
+    std::string k = key.rfind(kPrefix, 0) == 0 ? key.substr(std::strlen(kPrefix)) : key;
+    incoming[k] = value;
+  }
+  std::vector<std::string> problems;
+  const bool tied = model->config.tie_embeddings;
+  if (tied && incoming.count(kLmHeadKey)) {
+    auto head = incoming[kLmHeadKey];
+    incoming.erase(kLmHeadKey);
+    auto emb = incoming.find(kEmbeddingKey);
+    if (emb == incoming.end()) {
+      incoming[kEmbeddingKey] = head;  // stored once, under the lm_head name
+    } else if (emb->second.sizes() != head.sizes() ||
+               !torch::equal(emb->second.to(torch::kFloat), head.to(torch::kFloat))) {
+      problems.push_back(str_cat("  mamba.", kLmHeadKey, " differs from mamba.", kEmbeddingKey,
+                                 " but the config ties them (tie_embeddings: true)"));
+    }
+  }
+  std::set<std::string> seen;
+  torch::NoGradGuard no_grad;
+  for (const auto& [key, value] : incoming) {
+    auto* param = params.find(key);
+    if (param == nullptr) {
+      problems.push_back(str_cat("  unexpected: mamba.", key, " ", shape_str(value.sizes())));
+      continue;
+    }
+    seen.insert(key);
+    if (param->sizes() != value.sizes()) {
+      problems.push_back(str_cat("  shape mismatch: mamba.", key, ": checkpoint ",
+                                 shape_str(value.sizes()), ", model ",
+                                 shape_str(param->sizes())));
+      continue;
+    }
+    if (!value.is_floating_point()) {
+      problems.push_back(str_cat("  wrong dtype: mamba.", key, ": checkpoint ",
+                                 value.scalar_type(), ", expected a floating-point tensor"));
+      continue;
+    }
+    param->copy_(value.to(param->scalar_type()));
+  }
+  for (const auto& item : params) {
+    if (!seen.count(item.key())) {
+      problems.push_back(str_cat("  missing: mamba.", item.key(), " ", shape_str(item.value().sizes())));
+    }
+  }
+  if (!problems.empty()) {
+    std::ostringstream os;
+    os << what << ": the weights do not match the model configuration (d_model "
+       << model->config.d_model << ", n_layer " << model->config.n_layer << ", "
+       << model->config.ssm.layer << "):";
+    for (const auto& p : problems) os << "\n" << p;
+    os << "\n---> HINT: check that the config belongs to this checkpoint";
+    throw Error(os.str());
+  }
+}
+
+}  // namespace aim

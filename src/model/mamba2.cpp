@@ -1,0 +1,113 @@
+#include "aim/model/mamba2.h"
+
+#include <cmath>
+
+#include "aim/model/mamba1.h"
+#include "aim/ops/conv1d.h"
+#include "aim/ops/norms.h"
+#include "aim/ops/ssd_scan.h"
+
+namespace aim {
+
+Mamba2MixerImpl::Mamba2MixerImpl(const Mamba2MixerOptions& options_) : options(options_) {
+  const auto& ssm = options.ssm();
+  TORCH_CHECK(ssm.d_state > 0, "Mamba2Mixer: d_state must be resolved (> 0)");
+  const int64_t d_model = options.d_model();
+  d_inner = ssm.expand * d_model;
+  nheads = d_inner / ssm.headdim;
+  conv_dim = d_inner + 2 * ssm.ngroups * ssm.d_state;
+  const int64_t d_in_proj = 2 * d_inner + 2 * ssm.ngroups * ssm.d_state + nheads;
+  // Registration order gives the official state_dict order: own parameters first.
+  dt_bias = register_parameter("dt_bias", torch::empty({nheads}));
+  A_log = register_parameter("A_log", torch::empty({nheads}));
+  D = register_parameter("D", torch::empty({ssm.d_has_hdim ? d_inner : nheads}));
+  in_proj = register_module(
+      "in_proj", torch::nn::Linear(torch::nn::LinearOptions(d_model, d_in_proj).bias(ssm.bias)));
+  conv1d = register_module(
+      "conv1d", torch::nn::Conv1d(torch::nn::Conv1dOptions(conv_dim, conv_dim, ssm.d_conv)
+                                      .groups(conv_dim)
+                                      .padding(ssm.d_conv - 1)
+                                      .bias(ssm.conv_bias)));
+  if (ssm.rmsnorm) norm = register_module("norm", RMSNorm(RMSNormOptions(d_inner).eps(1e-5)));
+  out_proj = register_module(
+      "out_proj", torch::nn::Linear(torch::nn::LinearOptions(d_inner, d_model).bias(ssm.bias)));
+  reset_parameters();
+}
+
+void Mamba2MixerImpl::reset_parameters() {
+  torch::NoGradGuard no_grad;
+  const auto& ssm = options.ssm();
+  in_proj->reset_parameters();
+  conv1d->reset_parameters();
+  out_proj->reset_parameters();
+  dt_bias.copy_(init_dt_bias(nheads, ssm.dt_min, ssm.dt_max, ssm.dt_init_floor));
+  A_log.copy_(torch::empty({nheads}).uniform_(ssm.a_init_min, ssm.a_init_max).log());
+  D.fill_(1.0);
+  if (norm) norm->reset_parameters();
+}
+
+torch::Tensor Mamba2MixerImpl::d_param() const {
+  return options.ssm().d_has_hdim ? D.view({nheads, options.ssm().headdim}) : D;
+}
+
+torch::Tensor Mamba2MixerImpl::output(const torch::Tensor& y, const torch::Tensor& z) {
+  const auto& ssm = options.ssm();
+  torch::Tensor gated = ssm.rmsnorm ? ops::gated_rms_norm(y, z, norm->weight, d_inner / ssm.ngroups,
+                                                          1e-5, ssm.norm_before_gate)
+                                    : y * torch::silu(z);
+  return out_proj->forward(gated);
+}
+
+torch::Tensor Mamba2MixerImpl::forward(const torch::Tensor& u, MixerState* state) {
+  const auto& ssm = options.ssm();
+  const int64_t batch = u.size(0), len = u.size(1);
+  auto zxbcdt = in_proj->forward(u);                                   // [B, L, 2E + 2GN + H]
+  auto z = zxbcdt.narrow(-1, 0, d_inner);
+  auto xbc = zxbcdt.narrow(-1, d_inner, conv_dim);
+  auto dt = zxbcdt.narrow(-1, d_inner + conv_dim, nheads);             // [B, L, H]
+  auto conv = ops::causal_conv1d(xbc.transpose(1, 2), conv1d->weight, conv1d->bias,
+                                 /*silu=*/true, /*return_state=*/state != nullptr);
+  xbc = conv.first.transpose(1, 2);                                    // [B, L, conv_dim]
+  const int64_t gn = ssm.ngroups * ssm.d_state;
+  auto x = xbc.narrow(-1, 0, d_inner).reshape({batch, len, nheads, ssm.headdim});
+  auto bm = xbc.narrow(-1, d_inner, gn).reshape({batch, len, ssm.ngroups, ssm.d_state});
+  auto cm = xbc.narrow(-1, d_inner + gn, gn).reshape({batch, len, ssm.ngroups, ssm.d_state});
+  auto a = -torch::exp(A_log.to(torch::kFloat));
+  auto scan = ops::ssd_scan(x, dt, a, bm, cm, d_param(), dt_bias, /*dt_softplus=*/true,
+                            ssm.chunk_size, {}, /*return_final_state=*/state != nullptr);
+  if (state != nullptr) {
+    state->conv_state = conv.second;
+    state->ssm_state = scan.final_state;
+  }
+  return output(scan.y.reshape({batch, len, d_inner}), z);
+}
+
+torch::Tensor Mamba2MixerImpl::step(const torch::Tensor& u, MixerState& state) {
+  const auto& ssm = options.ssm();
+  const int64_t batch = u.size(0);
+  auto zxbcdt = in_proj->forward(u);                                   // [B, 2E + 2GN + H]
+  auto z = zxbcdt.narrow(-1, 0, d_inner);
+  auto xbc = ops::causal_conv1d_update(zxbcdt.narrow(-1, d_inner, conv_dim), state.conv_state,
+                                       conv1d->weight, conv1d->bias, /*silu=*/true);
+  auto dt = zxbcdt.narrow(-1, d_inner + conv_dim, nheads);             // [B, H]
+  const int64_t gn = ssm.ngroups * ssm.d_state;
+  auto x = xbc.narrow(-1, 0, d_inner).reshape({batch, nheads, ssm.headdim});
+  auto bm = xbc.narrow(-1, d_inner, gn).reshape({batch, ssm.ngroups, ssm.d_state});
+  auto cm = xbc.narrow(-1, d_inner + gn, gn).reshape({batch, ssm.ngroups, ssm.d_state});
+  auto a = -torch::exp(A_log.to(torch::kFloat));
+  auto y = ops::ssd_state_update(state.ssm_state, x, dt, a, bm, cm, d_param(), dt_bias,
+                                 /*dt_softplus=*/true);
+  return output(y.reshape({batch, d_inner}), z);
+}
+
+MixerState Mamba2MixerImpl::allocate_state(int64_t batch, torch::Device device,
+                                           torch::ScalarType dtype) const {
+  const auto& ssm = options.ssm();
+  MixerState s;
+  s.conv_state = torch::zeros({batch, conv_dim, ssm.d_conv}, torch::dtype(dtype).device(device));
+  s.ssm_state = torch::zeros({batch, nheads, ssm.headdim, ssm.d_state},
+                             torch::dtype(torch::kFloat).device(device));
+  return s;
+}
+
+}  // namespace aim

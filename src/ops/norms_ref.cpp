@@ -1,0 +1,44 @@
+// Plain LibTorch RMS norms: the oracle for the fused kernels.
+#include <torch/torch.h>
+
+#include "aim/ops/norms.h"
+
+namespace aim::ops::ref {
+
+torch::Tensor rms_norm(const torch::Tensor& x, const torch::Tensor& weight, double eps) {
+  auto xf = x.to(torch::kFloat);
+  auto y = xf * torch::rsqrt(xf.pow(2).mean(-1, /*keepdim=*/true) + eps) * weight.to(torch::kFloat);
+  return y.to(x.scalar_type());
+}
+
+std::pair<torch::Tensor, torch::Tensor> add_rms_norm(const torch::Tensor& hidden,
+                                                     const torch::Tensor& residual,
+                                                     const torch::Tensor& weight, double eps,
+                                                     bool residual_in_fp32) {
+  torch::Tensor res;
+  if (residual.defined()) {
+    res = residual_in_fp32 ? hidden.to(torch::kFloat) + residual.to(torch::kFloat)
+                           : hidden + residual.to(hidden.scalar_type());
+  } else {
+    res = residual_in_fp32 ? hidden.to(torch::kFloat) : hidden;
+  }
+  auto normed = rms_norm(res, weight, eps).to(hidden.scalar_type());
+  return {normed, res};
+}
+
+torch::Tensor gated_rms_norm(const torch::Tensor& x, const torch::Tensor& z,
+                             const torch::Tensor& weight, int64_t group_size, double eps,
+                             bool norm_before_gate) {
+  auto xf = x.to(torch::kFloat);
+  auto gate = z.defined() ? torch::silu(z.to(torch::kFloat)) : torch::Tensor();
+  if (gate.defined() && !norm_before_gate) xf = xf * gate;
+  auto sizes = xf.sizes().vec();
+  const int64_t e = sizes.back();
+  auto grouped = xf.reshape({-1, e / group_size, group_size});
+  auto normed = grouped * torch::rsqrt(grouped.pow(2).mean(-1, true) + eps);
+  auto y = normed.reshape(sizes) * weight.to(torch::kFloat);
+  if (gate.defined() && norm_before_gate) y = y * gate;
+  return y.to(x.scalar_type());
+}
+
+}  // namespace aim::ops::ref

@@ -1,0 +1,88 @@
+// Checks and dispatch for the SSD scan ops.
+#include "aim/ops/ssd_scan.h"
+
+#include <torch/torch.h>
+
+#ifdef AIM_WITH_CUDA
+#include "ops/ssd_scan_cuda.h"
+#endif
+
+namespace aim::ops {
+
+namespace {
+void check_head_params(const torch::Tensor& A, const torch::Tensor& D,
+                       const torch::Tensor& dt_bias, int64_t heads, int64_t hdim,
+                       const char* op) {
+  TORCH_CHECK(A.dim() == 1 && A.size(0) == heads, op, ": A must be [H] = [", heads, "], got ",
+              A.sizes());
+  if (D.defined()) {
+    const bool per_head = D.dim() == 1 && D.size(0) == heads;
+    const bool per_channel = D.dim() == 2 && D.size(0) == heads && D.size(1) == hdim;
+    TORCH_CHECK(per_head || per_channel, op, ": D must be [H] or [H, P] = [", heads, ", ", hdim,
+                "], got ", D.sizes());
+  }
+  if (dt_bias.defined()) {
+    TORCH_CHECK(dt_bias.dim() == 1 && dt_bias.size(0) == heads, op, ": dt_bias must be [",
+                heads, "], got ", dt_bias.sizes());
+  }
+}
+}  // namespace
+
+SsdScanResult ssd_scan(const torch::Tensor& x, const torch::Tensor& dt, const torch::Tensor& A,
+                       const torch::Tensor& Bm, const torch::Tensor& Cm, const torch::Tensor& D,
+                       const torch::Tensor& dt_bias, bool dt_softplus, int64_t chunk_size,
+                       const torch::Tensor& initial_state, bool return_final_state) {
+  TORCH_CHECK(x.dim() == 4, "ssd_scan: x must be [B, L, H, P], got ", x.sizes());
+  const int64_t batch = x.size(0), len = x.size(1), heads = x.size(2), hdim = x.size(3);
+  TORCH_CHECK(dt.dim() == 3 && dt.size(0) == batch && dt.size(1) == len && dt.size(2) == heads,
+              "ssd_scan: dt must be [", batch, ", ", len, ", ", heads, "], got ", dt.sizes());
+  TORCH_CHECK(Bm.dim() == 4 && Bm.size(0) == batch && Bm.size(1) == len,
+              "ssd_scan: B must be [B, L, G, N] with B = ", batch, ", L = ", len, ", got ",
+              Bm.sizes());
+  TORCH_CHECK(Cm.sizes() == Bm.sizes(), "ssd_scan: C ", Cm.sizes(), " != B ", Bm.sizes());
+  const int64_t groups = Bm.size(2);
+  TORCH_CHECK(groups >= 1 && heads % groups == 0, "ssd_scan: ngroups ", groups,
+              " must divide nheads ", heads);
+  check_head_params(A, D, dt_bias, heads, hdim, "ssd_scan");
+  TORCH_CHECK(chunk_size >= 1, "ssd_scan: chunk_size must be >= 1, got ", chunk_size);
+  if (initial_state.defined()) {
+    TORCH_CHECK(initial_state.dim() == 4 && initial_state.size(0) == batch &&
+                    initial_state.size(1) == heads && initial_state.size(2) == hdim &&
+                    initial_state.size(3) == Bm.size(3),
+                "ssd_scan: initial_state must be [", batch, ", ", heads, ", ", hdim, ", ",
+                Bm.size(3), "], got ", initial_state.sizes());
+  }
+  return ref::ssd_scan(x, dt, A, Bm, Cm, D, dt_bias, dt_softplus, chunk_size, initial_state,
+                       return_final_state);
+}
+
+torch::Tensor ssd_state_update(torch::Tensor& state, const torch::Tensor& x,
+                               const torch::Tensor& dt, const torch::Tensor& A,
+                               const torch::Tensor& Bm, const torch::Tensor& Cm,
+                               const torch::Tensor& D, const torch::Tensor& dt_bias,
+                               bool dt_softplus) {
+  TORCH_CHECK(x.dim() == 3, "ssd_state_update: x must be [B, H, P], got ", x.sizes());
+  const int64_t batch = x.size(0), heads = x.size(1), hdim = x.size(2);
+  TORCH_CHECK(dt.dim() == 2 && dt.size(0) == batch && dt.size(1) == heads,
+              "ssd_state_update: dt must be [", batch, ", ", heads, "], got ", dt.sizes());
+  TORCH_CHECK(Bm.dim() == 3 && Bm.size(0) == batch && heads % Bm.size(1) == 0,
+              "ssd_state_update: B must be [B, G, N] with G dividing ", heads, ", got ",
+              Bm.sizes());
+  TORCH_CHECK(Cm.sizes() == Bm.sizes(), "ssd_state_update: C ", Cm.sizes(), " != B ",
+              Bm.sizes());
+  TORCH_CHECK(state.dim() == 4 && state.size(0) == batch && state.size(1) == heads &&
+                  state.size(2) == hdim && state.size(3) == Bm.size(2),
+              "ssd_state_update: state must be [", batch, ", ", heads, ", ", hdim, ", ",
+              Bm.size(2), "], got ", state.sizes());
+  TORCH_CHECK(state.scalar_type() == torch::kFloat, "ssd_state_update: state must be fp32, got ",
+              state.scalar_type());
+  check_head_params(A, D, dt_bias, heads, hdim, "ssd_state_update");
+#ifdef AIM_WITH_CUDA
+  if (x.is_cuda() && cuda::ssd_state_update_supported(state, x, Bm, D)) {
+    return cuda::ssd_state_update(state, x, dt, A, Bm, Cm, D, dt_bias, dt_softplus);
+  }
+#endif
+  return ref::ssd_state_update(state, x, dt, A, Bm, Cm, D, dt_bias, dt_softplus);
+}
+
+}  // namespace aim::ops

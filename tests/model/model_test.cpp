@@ -1,0 +1,254 @@
+// The model's layout, parameter counts, initialisation, and checkpoint loading/saving.
+#include <gtest/gtest.h>
+#include <torch/torch.h>
+
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <sstream>
+
+#include "aim/core/checkpoint.h"
+#include "aim/core/config.h"
+#include "aim/core/error.h"
+#include "aim/core/safetensors.h"
+#include "aim/model/aim.h"
+#include "aim/model/loader.h"
+#include "aim/model/registry.h"
+#include "test_util.h"
+
+namespace aim {
+namespace {
+
+namespace fs = std::filesystem;
+
+struct OfficialLayout {
+  std::vector<LayoutEntry> entries;
+  int64_t total = -1;
+};
+
+OfficialLayout read_layout(const fs::path& path) {
+  OfficialLayout out;
+  std::ifstream in(path);
+  std::string line;
+  while (std::getline(in, line)) {
+    if (line.rfind("total ", 0) == 0) {
+      out.total = std::stoll(line.substr(6));
+      continue;
+    }
+    const auto space = line.find(' ');
+    LayoutEntry e{line.substr(0, space), {}};
+    std::stringstream dims(line.substr(space + 2, line.size() - space - 3));
+    std::string d;
+    while (std::getline(dims, d, ',')) e.shape.push_back(std::stoll(d));
+    out.entries.push_back(e);
+  }
+  return out;
+}
+
+ModelConfig tiny_config(bool group, const std::string& layer) {
+  ModelConfig c = load_config(test::source_dir() + "/configs/tiny.yaml").model;
+  c.adaln_group = group;
+  c.num_groups = group ? 2 : 1;
+  c.ssm.layer = layer;
+  c.ssm.d_state = 0;
+  c.resolve();
+  c.validate();
+  return c;
+}
+
+class OfficialSizes : public ::testing::TestWithParam<std::string> {};
+
+TEST_P(OfficialSizes, LayoutAndTotalEqualTheOfficialModel) {
+  const std::string size = GetParam();
+  auto cfg = load_config(test::source_dir() + "/configs/" + size + ".yaml").model;
+  auto official = read_layout(test::fixtures_dir() / "official_layout" / (size + ".txt"));
+  ASSERT_FALSE(official.entries.empty());
+  auto ours = official_layout(cfg);
+  ASSERT_EQ(ours.size(), official.entries.size());
+  for (size_t i = 0; i < ours.size(); ++i) {
+    EXPECT_EQ(ours[i].key, official.entries[i].key) << "entry " << i;
+    EXPECT_EQ(ours[i].shape, official.entries[i].shape) << ours[i].key;
+  }
+  EXPECT_EQ(count_parameters(cfg).total(), official.total);
+  std::printf("    %s: %zu entries, %lld parameters (official %lld)\n", size.c_str(), ours.size(),
+              (long long)count_parameters(cfg).total(), (long long)official.total);
+}
+
+INSTANTIATE_TEST_SUITE_P(Configs, OfficialSizes,
+                         ::testing::Values("aim_b", "aim_l", "aim_xl", "aim_1b"));
+
+TEST(AimModel, BuiltModelHasTheAnalyticLayout) {
+  for (bool group : {true, false}) {
+    for (const char* layer : {"Mamba2", "Mamba1"}) {
+      auto cfg = tiny_config(group, layer);
+      AimModel model(cfg);
+      auto sd = official_state_dict(model);
+      auto layout = official_layout(cfg);
+      ASSERT_EQ(sd.size(), layout.size()) << layer << " group " << group;
+      for (size_t i = 0; i < sd.size(); ++i) {
+        EXPECT_EQ(sd[i].first, layout[i].key);
+        EXPECT_EQ(sd[i].second.sizes().vec(), layout[i].shape) << sd[i].first;
+      }
+      EXPECT_EQ(model->num_parameters(), count_parameters(cfg).total());
+    }
+  }
+}
+
+std::map<std::string, torch::Tensor> params_of(const AimModel& model) {
+  std::map<std::string, torch::Tensor> out;
+  for (const auto& item : model->named_parameters(true)) out[item.key()] = item.value().detach();
+  return out;
+}
+
+TEST(AimModel, InitialisationFollowsTheOfficialCode) {
+  torch::manual_seed(0);
+  for (bool group : {false, true}) {
+    auto cfg = tiny_config(group, "Mamba2");
+    cfg.n_layer = 6;
+    AimModel model(cfg);
+    auto p = params_of(model);
+    const std::string l0 = "backbone.layers.0.";
+    auto dt = torch::softplus(p[l0 + "mixer.dt_bias"]);
+    EXPECT_GE(dt.min().item<float>(), 0.001f * 0.999f);
+    EXPECT_LE(dt.max().item<float>(), 0.1f * 1.001f);
+    auto a = torch::exp(p[l0 + "mixer.A_log"]);
+    EXPECT_GE(a.min().item<float>(), 1.0f - 1e-5f);
+    EXPECT_LE(a.max().item<float>(), 16.0f + 1e-4f);
+    EXPECT_TRUE(torch::equal(p[l0 + "mixer.D"], torch::ones_like(p[l0 + "mixer.D"])));
+    EXPECT_TRUE(torch::equal(p[l0 + "norm.weight"], torch::ones_like(p[l0 + "norm.weight"])));
+    const auto& out = p[l0 + "mixer.out_proj.weight"];
+    const double bound = 1.0 / std::sqrt(double(cfg.d_inner())) / std::sqrt(double(cfg.n_layer));
+    EXPECT_LE(out.abs().max().item<double>(), bound * 1.0001);
+    EXPECT_GT(out.abs().max().item<double>(), bound * 0.9);
+    const double emb_std = p["backbone.embeddings.word_embeddings.weight"].std().item<double>();
+    EXPECT_NEAR(emb_std, 0.02, 0.002);
+    EXPECT_EQ(p["backbone.final_layer.adaLN_modulation.1.weight"].abs().max().item<float>(), 0.f);
+    if (group) {
+      EXPECT_EQ(p["backbone.adaln_group.1.bias"].abs().max().item<float>(), 0.f);
+      EXPECT_GT(p["backbone.adaln_group.1.weight"].abs().max().item<float>(), 0.f);
+      const double sst = p[l0 + "scale_shift_table"].std().item<double>();
+      EXPECT_NEAR(sst, 1.0 / std::sqrt(double(cfg.d_model)), 0.3 / std::sqrt(double(cfg.d_model)));
+    } else {
+      // Zero-initialised adaLN: every block starts as the identity on the residual stream.
+      EXPECT_EQ(p[l0 + "adaLN_modulation.1.weight"].abs().max().item<float>(), 0.f);
+      EXPECT_EQ(p[l0 + "adaLN_modulation.1.bias"].abs().max().item<float>(), 0.f);
+    }
+  }
+  auto cfg1 = tiny_config(false, "Mamba1");
+  AimModel m1(cfg1);
+  auto p1 = params_of(m1);
+  auto a1 = torch::exp(p1["backbone.layers.0.mixer.A_log"]);
+  EXPECT_TRUE(torch::allclose(a1[3], torch::arange(1, cfg1.ssm.d_state + 1, torch::kFloat)));
+  auto dt1 = torch::softplus(p1["backbone.layers.0.mixer.dt_proj.bias"]);
+  EXPECT_GE(dt1.min().item<float>(), 0.001f * 0.999f);
+  EXPECT_LE(dt1.max().item<float>(), 0.1f * 1.001f);
+}
+
+class CheckpointFiles : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    dir_ = fs::temp_directory_path() / ("aim_ckpt_test_" + std::to_string(::getpid()));
+    fs::create_directories(dir_);
+  }
+  void TearDown() override { fs::remove_all(dir_); }
+  fs::path dir_;
+};
+
+std::string error_of(const std::function<void()>& f) {
+  try {
+    f();
+  } catch (const Error& e) {
+    return e.what();
+  }
+  return "";
+}
+
+TEST_F(CheckpointFiles, SaveLoadRoundTripGivesTheSameModel) {
+  torch::manual_seed(5);
+  auto cfg = tiny_config(true, "Mamba2");
+  AimModel a(cfg);
+  // Non-trivial adaLN so the round trip is tested on real conditioning.
+  for (auto& p : a->parameters()) p.data().add_(torch::randn_like(p) * 0.01);
+  const auto path = (dir_ / "model.safetensors").string();
+  save_aim_model(a, path);
+  std::ofstream(dir_ / "config.yaml") << config_to_yaml(load_config(test::source_dir() + "/configs/tiny.yaml"));
+  auto ref = find_checkpoint(dir_.string());
+  EXPECT_EQ(ref.kind, CheckpointKind::kRunDir);
+  auto b = load_aim_model(ref);
+  auto pa = params_of(a), pb = params_of(b);
+  for (const auto& [k, v] : pa) EXPECT_TRUE(torch::equal(v, pb[k])) << k;
+  a->eval();
+  auto tokens = torch::randint(cfg.vocab_size, {2, 9}, torch::kLong);
+  auto labels = torch::tensor({1, cfg.num_classes}, torch::kLong);
+  EXPECT_TRUE(torch::equal(a->forward(tokens, labels), b->forward(tokens, labels)));
+}
+
+TEST_F(CheckpointFiles, MismatchesAreReportedByName) {
+  auto cfg = tiny_config(true, "Mamba2");
+  AimModel model(cfg);
+  auto sd = official_state_dict(model);
+  std::map<std::string, torch::Tensor> m(sd.begin(), sd.end());
+  m.erase("mamba.backbone.layers.1.mixer.A_log");
+  m["mamba.backbone.layers.0.mixer.in_proj.weight"] = torch::zeros({3, 5});
+  m["mamba.backbone.extra.weight"] = torch::zeros({2});
+  m["vqvae.encoder.conv_in.weight"] = torch::zeros({1});  // the tokenizer's: ignored here
+  auto msg = error_of([&] { load_official_state_dict(model, m, "ckpt/model.safetensors"); });
+  EXPECT_NE(msg.find("ckpt/model.safetensors"), std::string::npos) << msg;
+  EXPECT_NE(msg.find("missing: mamba.backbone.layers.1.mixer.A_log"), std::string::npos) << msg;
+  EXPECT_NE(msg.find("unexpected: mamba.backbone.extra.weight"), std::string::npos) << msg;
+  EXPECT_NE(msg.find("shape mismatch: mamba.backbone.layers.0.mixer.in_proj.weight: checkpoint [3, 5], model ["),
+            std::string::npos) << msg;
+  EXPECT_EQ(msg.find("vqvae"), std::string::npos) << msg;
+}
+
+TEST_F(CheckpointFiles, TiedWeightUnderEitherName) {
+  auto cfg = tiny_config(true, "Mamba2");
+  AimModel model(cfg), other(cfg);
+  auto sd = official_state_dict(model);
+  const std::string emb = "mamba.backbone.embeddings.word_embeddings.weight";
+  for (const std::string keep : {emb, std::string("mamba.lm_head.weight")}) {
+    std::map<std::string, torch::Tensor> m;
+    for (const auto& [k, v] : sd) {
+      if ((k == emb || k == "mamba.lm_head.weight") && k != keep) continue;
+      m[k] = v;
+    }
+    load_official_state_dict(other, m, "x");
+    EXPECT_TRUE(torch::equal(other->backbone->embeddings->word_embeddings->weight,
+                             model->backbone->embeddings->word_embeddings->weight)) << keep;
+  }
+  std::map<std::string, torch::Tensor> bad(sd.begin(), sd.end());
+  bad["mamba.lm_head.weight"] = bad[emb] + 1;
+  auto msg = error_of([&] { load_official_state_dict(other, bad, "x"); });
+  EXPECT_NE(msg.find("differs"), std::string::npos) << msg;
+}
+
+TEST_F(CheckpointFiles, DirectoryErrorsSayWhatIsMissing) {
+  auto msg = error_of([&] { find_checkpoint((dir_ / "nope").string()); });
+  EXPECT_NE(msg.find("no such file"), std::string::npos) << msg;
+  msg = error_of([&] { find_checkpoint(dir_.string()); });
+  EXPECT_NE(msg.find("config.json"), std::string::npos) << msg;
+  std::ofstream(dir_ / "config.json") << "{}";
+  std::ofstream(dir_ / "pytorch_model.bin") << "x";
+  msg = error_of([&] { find_checkpoint(dir_.string()); });
+  EXPECT_NE(msg.find("convert_checkpoint.py"), std::string::npos) << msg;
+  msg = error_of([&] { find_checkpoint((dir_ / "pytorch_model.bin").string()); });
+  EXPECT_NE(msg.find("expected a directory or a .safetensors file"), std::string::npos) << msg;
+}
+
+TEST(AimModel, ClassDropoutOnlyWhenTraining) {
+  torch::manual_seed(9);
+  auto cfg = tiny_config(true, "Mamba2");
+  cfg.class_dropout = 0.5;
+  AimModel model(cfg);
+  auto tokens = torch::randint(cfg.vocab_size, {64, 4}, torch::kLong);
+  auto labels = torch::randint(cfg.num_classes, {64}, torch::kLong);
+  model->eval();
+  auto a = model->forward(tokens, labels), b = model->forward(tokens, labels);
+  EXPECT_TRUE(torch::equal(a, b));
+  model->train();
+  auto c = model->forward(tokens, labels);
+  EXPECT_FALSE(torch::allclose(a, c));
+}
+
+}  // namespace
+}  // namespace aim

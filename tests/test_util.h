@@ -1,0 +1,126 @@
+#pragma once
+// Shared test helpers: tolerances per dtype, tensor comparison reports, fixture discovery.
+#include <gtest/gtest.h>
+#include <torch/torch.h>
+
+#include <cstdlib>
+#include <filesystem>
+#include <string>
+#include <vector>
+
+namespace aim::test {
+
+/// Tolerances per dtype, starting from mamba's tests (atol, rtol).
+struct Tolerance {
+  double atol;
+  double rtol;
+};
+inline Tolerance tolerance_for(torch::ScalarType dtype) {
+  switch (dtype) {
+    case torch::kFloat64: return {1e-10, 1e-9};
+    case torch::kFloat: return {6e-4, 2e-3};
+    case torch::kBFloat16: return {3e-2, 5e-2};
+    case torch::kHalf: return {3e-3, 5e-3};
+    default: return {0.0, 0.0};
+  }
+}
+
+/// Device/dtype pairs every op test runs on: CPU always, CUDA when compiled in and present.
+struct DeviceDtype {
+  torch::Device device;
+  torch::ScalarType dtype;
+};
+inline std::string param_name(const DeviceDtype& p) {
+  return std::string(p.device.is_cuda() ? "cuda" : "cpu") + "_" +
+         (p.dtype == torch::kFloat ? "fp32" : p.dtype == torch::kBFloat16 ? "bf16" : "other");
+}
+inline std::vector<DeviceDtype> device_dtypes() {
+  std::vector<DeviceDtype> out{{torch::kCPU, torch::kFloat}, {torch::kCPU, torch::kBFloat16}};
+#ifdef AIM_WITH_CUDA
+  out.push_back({torch::kCUDA, torch::kFloat});
+  out.push_back({torch::kCUDA, torch::kBFloat16});
+#endif
+  return out;
+}
+#define AIM_SKIP_WITHOUT_DEVICE(device)                                          \
+  do {                                                                           \
+    if ((device).is_cuda() && !torch::cuda::is_available())                      \
+      GTEST_SKIP() << "CUDA build, but no GPU is visible: GPU case skipped";     \
+  } while (0)
+
+/// Report of one comparison: max |a - b|, where, and how much of the allowed error it used.
+struct CloseReport {
+  double max_abs = 0, scale = 0, rel = 0, used = 0;
+  int64_t index = -1;
+  bool finite = true;
+};
+
+/// `actual` vs `expected` (both moved to fp64 CPU). With `relative_to_max`, the error is
+/// max|a - b| / max|b| against `tol`; otherwise elementwise |a - b| <= atol + rtol |b|.
+inline CloseReport compare(const torch::Tensor& actual, const torch::Tensor& expected, double tol,
+                           bool relative_to_max, double rtol = 0) {
+  CloseReport r;
+  auto a = actual.detach().to(torch::kCPU, torch::kFloat64).reshape({-1});
+  auto b = expected.detach().to(torch::kCPU, torch::kFloat64).reshape({-1});
+  r.finite = torch::isfinite(a).all().item<bool>();
+  auto diff = (a - b).abs();
+  if (diff.numel() == 0) return r;
+  r.index = diff.argmax().item<int64_t>();
+  r.max_abs = diff.max().item<double>();
+  r.scale = b.abs().max().item<double>();
+  if (relative_to_max) {
+    r.rel = r.max_abs / std::max(r.scale, 1e-30);
+    r.used = r.rel / tol;
+  } else {
+    r.used = (diff / (tol + rtol * b.abs())).max().item<double>();
+    r.rel = r.max_abs / std::max(r.scale, 1e-30);
+  }
+  return r;
+}
+
+/// Asserts closeness and prints one line: name, max diff, index, relative error, share used.
+inline void expect_close(const std::string& name, const torch::Tensor& actual,
+                         const torch::Tensor& expected, double tol, bool relative_to_max = true,
+                         double rtol = 0) {
+  ASSERT_EQ(actual.sizes(), expected.sizes()) << name;
+  auto r = compare(actual, expected, tol, relative_to_max, rtol);
+  std::printf("    %-58s max|diff| %.3e at %lld  rel %.3e  (%.1f%% of tolerance)\n", name.c_str(),
+              r.max_abs, static_cast<long long>(r.index), r.rel, 100.0 * r.used);
+  EXPECT_TRUE(r.finite) << name << ": non-finite values";
+  EXPECT_LE(r.used, 1.0) << name << ": max|diff| " << r.max_abs << " at flat index " << r.index
+                         << ", max|expected| " << r.scale;
+}
+
+inline std::string source_dir() { return AIM_SOURCE_DIR; }
+
+/// $AIM_FIXTURES_DIR or tests/fixtures of the source tree.
+inline std::filesystem::path fixtures_dir() {
+  const char* env = std::getenv("AIM_FIXTURES_DIR");
+  return env && *env ? std::filesystem::path(env)
+                     : std::filesystem::path(source_dir()) / "tests" / "fixtures";
+}
+
+/// Names of the case folders under fixtures_dir()/group that hold every file in `required`.
+inline std::vector<std::string> fixture_cases(const std::string& group,
+                                              const std::vector<std::string>& required) {
+  std::vector<std::string> out;
+  auto root = fixtures_dir() / group;
+  std::error_code ec;
+  if (!std::filesystem::is_directory(root, ec)) return out;
+  for (const auto& entry : std::filesystem::directory_iterator(root, ec)) {
+    if (!entry.is_directory()) continue;
+    bool ok = true;
+    for (const auto& f : required) ok = ok && std::filesystem::exists(entry.path() / f);
+    if (ok) out.push_back(entry.path().filename().string());
+  }
+  std::sort(out.begin(), out.end());
+  return out;
+}
+
+/// Random tensor in a realistic range, never all zeros.
+inline torch::Tensor randn(torch::IntArrayRef shape, torch::ScalarType dtype = torch::kFloat,
+                           torch::Device device = torch::kCPU, double scale = 1.0) {
+  return (torch::randn(shape, torch::kFloat) * scale).to(device, dtype);
+}
+
+}  // namespace aim::test
