@@ -72,4 +72,178 @@ struct ModelConfig {
   bool is_mamba2() const { return ssm.layer == "Mamba2"; }
 };
 
+
+/// The image tokenizer (LlamaGen VQ-16 as used by AiM: models/stage1/vq_model.py). The
+/// downsampling factor is 2^(len(ch_mult) - 1), 16 for the default ch_mult.
+struct VqConfig {
+  int64_t codebook_size = 16384;           ///< K; must equal model.vocab_size
+  int64_t codebook_embed_dim = 8;          ///< code vector width
+  bool codebook_l2_norm = true;            ///< cosine-similarity lookup (normalised codes)
+  int64_t ch = 128;                        ///< base channel width
+  std::vector<int64_t> ch_mult = {1, 1, 2, 2, 4};  ///< per-level width multipliers
+  int64_t z_channels = 256;                ///< encoder output / decoder input width
+  int64_t num_res_blocks = 2;              ///< residual blocks per level
+  double dropout = 0.0;                    ///< dropout inside the residual blocks
+  std::string weights;                     ///< tokenizer .safetensors ("" = none given)
+
+  /// Image pixels per code along one side: 2^(len(ch_mult) - 1).
+  int64_t downsample() const;
+  void validate() const;
+};
+
+/// Training data: pre-extracted codes (aim extract-codes) and/or the images they come from.
+struct DataConfig {
+  std::string codes;           ///< code dataset directory or file ("" = none given)
+  std::string images;          ///< image folder tree (class sub-folders) ("" = none given)
+  int64_t image_size = 256;    ///< final square crop, pixels
+  std::string aug = "tencrop"; ///< code extraction augmentation: "tencrop" | "flip" | "none"
+  double crop_ratio = 1.125;   ///< resize the short side to image_size * crop_ratio, then crop
+  int64_t num_workers = 4;     ///< loader threads per rank
+  bool shuffle = true;         ///< reshuffle the samples every epoch
+
+  void validate() const;
+};
+
+/// AdamW. The peak learning rate is `lr` when set, else base_lr * global_batch / base_batch
+/// (the paper's "1e-4 per 256 images").
+struct OptimConfig {
+  double base_lr = 1e-4;                    ///< learning rate per base_batch images
+  int64_t base_batch = 256;                 ///< batch size base_lr refers to
+  double lr = 0.0;                          ///< absolute peak learning rate; 0 = derived
+  std::vector<double> betas = {0.9, 0.95};  ///< AdamW (beta1, beta2)
+  double eps = 1e-8;                        ///< AdamW epsilon
+  double weight_decay = 0.05;               ///< applied to parameters with >= 2 dims only
+  double grad_clip = 1.0;                   ///< max global gradient norm; 0 = no clipping
+
+  /// The peak learning rate for a global batch of `global_batch` images.
+  double peak_lr(int64_t global_batch) const;
+  void validate() const;
+};
+
+/// Learning-rate schedule over the whole run: linear warm-up from 0, then `type`.
+struct ScheduleConfig {
+  std::string type = "linear";  ///< "linear" (to min) | "constant" | "cosine" (to min)
+  int64_t warmup_steps = 0;     ///< warm-up length in optimizer steps (exclusive with ratio)
+  double warmup_ratio = 0.0;    ///< warm-up length as a fraction of all steps
+  double min_lr_ratio = 0.0;    ///< final lr / peak lr for "linear" and "cosine"
+
+  void validate() const;
+};
+
+/// The training run.
+struct TrainConfig {
+  int64_t epochs = 300;
+  int64_t max_steps = 0;           ///< stop after this many optimizer steps; 0 = run all epochs
+  int64_t global_batch = 256;      ///< images per optimizer step over all ranks
+  int64_t micro_batch = 64;        ///< images per forward/backward on one rank
+  std::string precision = "bf16";  ///< "bf16" (autocast, fp32 master weights) | "fp32"
+  bool ema = false;                ///< keep an exponential moving average of the weights
+  double ema_decay = 0.9999;
+  int64_t seed = 0;
+  int64_t ckpt_every = 5000;       ///< checkpoint every this many steps; 0 = only at the end
+  int64_t keep_last = 2;           ///< checkpoints kept on disk
+  int64_t log_every = 50;          ///< steps between log lines
+  int64_t sample_every = 0;        ///< steps between sample grids; 0 = never
+  std::string out_dir;             ///< run directory; "" = runs/<name> (filled by resolve())
+
+  void validate() const;
+};
+
+/// Sampling (aim sample and the samples drawn while training).
+struct SampleConfig {
+  double cfg_scale = 5.0;       ///< logits = uncond + (cond - uncond) * cfg_scale; 1 = no guidance
+  double temperature = 1.0;     ///< 1.0 reproduces the official sampler (which ignores it)
+  int64_t top_k = 0;            ///< 0 = off
+  double top_p = 1.0;           ///< 1.0 = off
+  int64_t seed = 0;
+  int64_t batch_size = 32;      ///< images per generation batch (per rank)
+  int64_t num_samples = 50000;  ///< images for an evaluation run (ADM .npz)
+  std::string dtype = "auto";   ///< "auto" (bf16 on CUDA, fp32 on CPU) | "bf16" | "fp32"
+
+  void validate() const;
+};
+
+/// Multi-process settings (ranks come from MPI or torchrun-style environment variables).
+struct DistConfig {
+  std::string backend = "auto";  ///< "auto" (nccl on CUDA, gloo on CPU) | "nccl" | "gloo"
+  int64_t timeout_s = 1800;      ///< collective timeout, seconds
+
+  void validate() const;
+};
+
+/// Everything a run needs. Loaded from YAML (any key may be omitted), then `--set` overrides,
+/// then resolve(), then validate().
+struct Config {
+  std::string name;  ///< run name; load_config() uses the file's stem when it is empty
+  ModelConfig model;
+  VqConfig vq;
+  DataConfig data;
+  OptimConfig optim;
+  ScheduleConfig schedule;
+  TrainConfig train;
+  SampleConfig sample;
+  DistConfig dist;
+
+  /// Fills derived defaults (model.resolve(), train.out_dir). Idempotent.
+  void resolve();
+  /// Every section's rules plus the rules across sections (vocab = codebook, tokens = grid).
+  void validate() const;
+  /// Peak learning rate of this run: optim.peak_lr(train.global_batch).
+  double lr() const { return optim.peak_lr(train.global_batch); }
+};
+
+/// Field-by-field equality over every registered key (doubles compared exactly).
+bool operator==(const Config& a, const Config& b);
+inline bool operator!=(const Config& a, const Config& b) { return !(a == b); }
+bool operator==(const ModelConfig& a, const ModelConfig& b);
+inline bool operator!=(const ModelConfig& a, const ModelConfig& b) { return !(a == b); }
+
+/// Value types of config keys.
+enum class ConfigType { kInt, kDouble, kBool, kString, kIntList, kDoubleList };
+
+/// One registered key: full dotted path ("model.ssm.d_state"), type and a one-line doc.
+struct ConfigKeyInfo {
+  std::string key;
+  ConfigType type;
+  std::string doc;
+};
+
+/// Every key a config file may hold, in file order.
+std::vector<ConfigKeyInfo> config_keys();
+
+/// The value of `key` as YAML text ("128", "[0.9, 0.95]", "\"Mamba2\""). Throws for unknown keys.
+std::string config_value(const Config& config, const std::string& key);
+
+/// Reads a YAML config, applies `--set` overrides in order, resolves and validates.
+/// Errors name the file, the dotted key, what was expected and what was found.
+Config load_config(const std::string& yaml_path, const std::vector<std::string>& overrides = {});
+
+/// load_config() on YAML text; `what` names the source in error messages.
+Config config_from_yaml_string(const std::string& text, const std::string& what,
+                               const std::vector<std::string>& overrides = {});
+
+/// Applies one `section.key=value` assignment (value: a YAML scalar or flow sequence such as
+/// `[1, 2]`). Does not resolve or validate. Errors name the `--set` flag.
+void apply_override(Config& config, const std::string& assignment);
+
+/// The config as YAML, one commented line per key, that loads back to an equal Config.
+std::string config_to_yaml(const Config& config);
+
+/// A two-column table (key | value) of every key, followed by derived values.
+std::string config_table(const Config& config);
+
+/// Reads an official AiM Hugging Face `config.json` (MambaConfig fields). Missing fields take
+/// the official MambaConfig defaults (note: adaln_group false, num_groups 1); our extra
+/// ModelConfig fields keep their defaults, which are the official code's behaviour. The result
+/// is resolved and validated.
+ModelConfig model_config_from_hf_json(const std::string& path);
+
+/// True when `path` (a config.json, or a directory holding one) is a JSON object with the
+/// MambaConfig fields d_model and n_layer. Never throws.
+bool looks_like_hf_config(const std::string& path);
+
+/// The MambaConfig fields of `model` as an official config.json (keys only MambaConfig has;
+/// our extra fields are implied by the official code).
+std::string model_config_to_hf_json(const ModelConfig& model);
+
 }  // namespace aim
