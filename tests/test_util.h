@@ -93,6 +93,13 @@ inline void expect_close(const std::string& name, const torch::Tensor& actual,
 
 inline std::string source_dir() { return AIM_SOURCE_DIR; }
 
+/// Device the model-level tests run on: $AIM_TEST_DEVICE ("cpu" default, "cuda" on a GPU
+/// machine; scripts/gpu_check.sh sets it).
+inline torch::Device model_device() {
+  const char* env = std::getenv("AIM_TEST_DEVICE");
+  return torch::Device(env && *env ? env : "cpu");
+}
+
 /// $AIM_FIXTURES_DIR or tests/fixtures of the source tree.
 inline std::filesystem::path fixtures_dir() {
   const char* env = std::getenv("AIM_FIXTURES_DIR");
@@ -123,4 +130,8 @@ inline torch::Tensor randn(torch::IntArrayRef shape, torch::ScalarType dtype = t
   return (torch::randn(shape, torch::kFloat) * scale).to(device, dtype);
 }
 
+}  // namespace aim::test
+
+namespace aim::test {
+inline void PrintTo(const DeviceDtype& p, std::ostream* os) { *os << param_name(p); }
 }  // namespace aim::test

@@ -103,6 +103,27 @@ SsdScanResult ssd_scan(const torch::Tensor& x, const torch::Tensor& dt, const to
   return result;
 }
 
+namespace {
+/// One step of the recurrence without touching `state`: returns {y [B, H, P], next state}.
+std::pair<torch::Tensor, torch::Tensor> ssd_step(const torch::Tensor& state, const torch::Tensor& x,
+                                                 const torch::Tensor& dt, const torch::Tensor& A,
+                                                 const torch::Tensor& Bm, const torch::Tensor& Cm,
+                                                 const torch::Tensor& D,
+                                                 const torch::Tensor& dt_bias, bool dt_softplus) {
+  const int64_t heads = x.size(1), groups = Bm.size(1);
+  auto xf = x.to(torch::kFloat);                                         // [B, H, P]
+  auto dtf = prepare_dt(dt, dt_bias, dt_softplus);                       // [B, H]
+  auto bh = Bm.to(torch::kFloat).repeat_interleave(heads / groups, 1);   // [B, H, N]
+  auto ch = Cm.to(torch::kFloat).repeat_interleave(heads / groups, 1);
+  auto da = torch::exp(dtf * A.to(torch::kFloat));                       // [B, H]
+  auto next = state.to(torch::kFloat) * da.unsqueeze(-1).unsqueeze(-1) +
+              (xf * dtf.unsqueeze(-1)).unsqueeze(-1) * bh.unsqueeze(2);  // [B, H, P, N]
+  auto y = (next * ch.unsqueeze(2)).sum(-1);                             // [B, H, P]
+  if (D.defined()) y = y + skip(xf, D);
+  return {y.to(x.scalar_type()), next};
+}
+}  // namespace
+
 SsdScanResult ssd_scan_sequential(const torch::Tensor& x, const torch::Tensor& dt,
                                   const torch::Tensor& A, const torch::Tensor& Bm,
                                   const torch::Tensor& Cm, const torch::Tensor& D,
@@ -111,13 +132,15 @@ SsdScanResult ssd_scan_sequential(const torch::Tensor& x, const torch::Tensor& d
   const int64_t batch = x.size(0), len = x.size(1), heads = x.size(2), hdim = x.size(3);
   const int64_t dstate = Bm.size(3);
   auto state = initial_state.defined()
-                   ? initial_state.to(torch::kFloat).clone()
+                   ? initial_state.to(torch::kFloat)
                    : torch::zeros({batch, heads, hdim, dstate}, x.options().dtype(torch::kFloat));
   std::vector<torch::Tensor> ys;
   ys.reserve(len);
   for (int64_t i = 0; i < len; ++i) {
-    ys.push_back(ssd_state_update(state, x.select(1, i), dt.select(1, i), A, Bm.select(1, i),
-                                  Cm.select(1, i), D, dt_bias, dt_softplus));
+    torch::Tensor y;
+    std::tie(y, state) = ssd_step(state, x.select(1, i), dt.select(1, i), A, Bm.select(1, i),
+                                  Cm.select(1, i), D, dt_bias, dt_softplus);
+    ys.push_back(y);
   }
   SsdScanResult result;
   result.y = torch::stack(ys, 1);
@@ -130,18 +153,9 @@ torch::Tensor ssd_state_update(torch::Tensor& state, const torch::Tensor& x,
                                const torch::Tensor& Bm, const torch::Tensor& Cm,
                                const torch::Tensor& D, const torch::Tensor& dt_bias,
                                bool dt_softplus) {
-  const int64_t heads = x.size(1), groups = Bm.size(1);
-  auto xf = x.to(torch::kFloat);                                         // [B, H, P]
-  auto dtf = prepare_dt(dt, dt_bias, dt_softplus);                       // [B, H]
-  auto bh = Bm.to(torch::kFloat).repeat_interleave(heads / groups, 1);   // [B, H, N]
-  auto ch = Cm.to(torch::kFloat).repeat_interleave(heads / groups, 1);
-  auto da = torch::exp(dtf * A.to(torch::kFloat));                       // [B, H]
-  auto next = state.to(torch::kFloat) * da.unsqueeze(-1).unsqueeze(-1) +
-              (xf * dtf.unsqueeze(-1)).unsqueeze(-1) * bh.unsqueeze(2);  // [B, H, P, N]
+  auto [y, next] = ssd_step(state, x, dt, A, Bm, Cm, D, dt_bias, dt_softplus);
   state.copy_(next);
-  auto y = (next * ch.unsqueeze(2)).sum(-1);                             // [B, H, P]
-  if (D.defined()) y = y + skip(xf, D);
-  return y.to(x.scalar_type());
+  return y;
 }
 
 }  // namespace aim::ops::ref

@@ -49,8 +49,11 @@ ModelConfig tiny_config(bool group, const std::string& layer) {
   ModelConfig c = load_config(test::source_dir() + "/configs/tiny.yaml").model;
   c.adaln_group = group;
   c.num_groups = group ? 2 : 1;
-  c.ssm.layer = layer;
-  c.ssm.d_state = 0;
+  if (layer == "Mamba1") {
+    c.ssm.layer = layer;
+    c.ssm.d_state = 8;
+    c.ssm.dt_rank = 0;  // auto: ceil(d_model / 16)
+  }
   c.resolve();
   c.validate();
   return c;
@@ -179,7 +182,7 @@ TEST_F(CheckpointFiles, SaveLoadRoundTripGivesTheSameModel) {
   for (const auto& [k, v] : pa) EXPECT_TRUE(torch::equal(v, pb[k])) << k;
   a->eval();
   auto tokens = torch::randint(cfg.vocab_size, {2, 9}, torch::kLong);
-  auto labels = torch::tensor({1, cfg.num_classes}, torch::kLong);
+  auto labels = torch::tensor({int64_t{1}, cfg.num_classes}, torch::kLong);
   EXPECT_TRUE(torch::equal(a->forward(tokens, labels), b->forward(tokens, labels)));
 }
 

@@ -42,18 +42,24 @@ Case load_case(const std::string& name) {
   c.name = name;
   c.dir = test::fixtures_dir() / "aim" / name;
   c.config = model_config_from_hf_json((c.dir / "config.json").string());
+  const auto device = test::model_device();
+  if (device.is_cuda() && !torch::cuda::is_available()) {
+    throw std::runtime_error("AIM_TEST_DEVICE=cuda but no GPU is visible");
+  }
   c.golden = load_safetensors((c.dir / "cases.safetensors").string());
+  for (auto& [k, v] : c.golden) v = v.to(device);
   c.model = AimModel(c.config);
   load_official_state_dict(c.model, load_safetensors((c.dir / "model.safetensors").string()),
                            (c.dir / "model.safetensors").string());
+  c.model->to(device);
   c.model->eval();
   auto text = std::ifstream(c.dir / "config.json");
   auto j = nlohmann::json::parse(text);
   if (j.contains("fixture") && j["fixture"].contains("cfg_scale")) {
     c.cfg_scale = j["fixture"]["cfg_scale"].get<double>();
   }
-  std::printf("[ case %s ] %s d_model %lld n_layer %lld adaln_group %d, %lld parameters\n",
-              name.c_str(), c.config.ssm.layer.c_str(), (long long)c.config.d_model,
+  std::printf("[ case %s on %s ] %s d_model %lld n_layer %lld adaln_group %d, %lld parameters\n",
+              name.c_str(), device.str().c_str(), c.config.ssm.layer.c_str(), (long long)c.config.d_model,
               (long long)c.config.n_layer, (int)c.config.adaln_group,
               (long long)c.model->num_parameters());
   return c;
@@ -125,7 +131,8 @@ TEST_P(AimParity, TeacherForcedDecodeWithGuidance) {
                        guided_t, c.golden["decode_logits"], kLogitsTol);
 
   // The recurrent steps equal the parallel forward with the decoder's positions (j + offset).
-  auto pos = torch::arange(len - 1, torch::kLong) + c.config.decode_position_offset;
+  auto pos = torch::arange(len - 1, torch::dtype(torch::kLong).device(tokens.device())) +
+             c.config.decode_position_offset;
   auto parallel = c.model->forward(tokens.narrow(1, 0, len - 1), labels, pos);
   test::expect_close(c.name + " parallel forward == recurrent steps", parallel, cond_t, kSelfTol);
 

@@ -7,6 +7,7 @@
 #include "aim/ops/conv1d.h"
 #include "aim/ops/norms.h"
 #include "aim/ops/selective_scan.h"
+#include "aim/ops/ssd_scan.h"
 #include "test_util.h"
 
 namespace aim {

@@ -69,7 +69,14 @@ INSTANTIATE_TEST_SUITE_P(
                       SsdShape{2, 257, 4, 16, 1, 16, 64, false},  // AiM length, not a chunk multiple
                       SsdShape{2, 64, 8, 8, 2, 32, 16, true},     // ngroups > 1, D per channel
                       SsdShape{1, 100, 4, 16, 4, 8, 256, false},  // one partial chunk
-                      SsdShape{3, 33, 2, 4, 1, 128, 8, false}));  // d_state 128
+                      SsdShape{3, 33, 2, 4, 1, 128, 8, false}),  // d_state 128
+    [](const auto& info) {
+      const auto& s = info.param;
+      return "B" + std::to_string(s.batch) + "_L" + std::to_string(s.len) + "_H" +
+             std::to_string(s.heads) + "_P" + std::to_string(s.hdim) + "_G" +
+             std::to_string(s.groups) + "_N" + std::to_string(s.dstate) + "_chunk" +
+             std::to_string(s.chunk) + (s.d_per_channel ? "_Dhp" : "");
+    });
 
 TEST(SsdScan, ChunkSizeDoesNotChangeResult) {
   torch::manual_seed(2);

@@ -1,0 +1,68 @@
+#!/usr/bin/env bash
+# The one command for the GPU machine: build the CUDA configuration against the preinstalled
+# PyTorch's LibTorch, run the whole test suite, then the model-level parity tests with the model
+# on the GPU, and print a short table last.
+#
+#   scripts/gpu_check.sh --fetch   # here (with registries): download the Debian -dev packages
+#                                  # into .deb/ so they travel with the tree
+#   scripts/gpu_check.sh           # there: unpack .deb/ into a private prefix, build, test
+#
+# The GPU machine reaches no package registry, so its Debian dependencies come as .deb files
+# unpacked with dpkg -x (never installed into /).
+set -uo pipefail
+root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cd "$root"
+DEBS=(libyaml-cpp-dev libyaml-cpp0.7 libspdlog-dev libspdlog1.10 libfmt-dev libfmt9
+      libcli11-dev libstb-dev libstb0 nlohmann-json3-dev libgtest-dev libgmock-dev googletest)
+
+if [ "${1:-}" = "--fetch" ]; then
+  mkdir -p .deb && cd .deb
+  apt-get download "${DEBS[@]}"
+  echo "gpu_check.sh: $(ls ./*.deb | wc -l) packages in .deb/ (pass carry: [\".deb\"] to the device run)"
+  exit 0
+fi
+
+out=${OUT:-$root/build-gpu/out}
+mkdir -p "$out"
+prefix=/tmp/aim-deps
+rm -rf "$prefix" && mkdir -p "$prefix"
+if ls .deb/*.deb >/dev/null 2>&1; then
+  for f in .deb/*.deb; do dpkg -x "$f" "$prefix"; done
+else
+  echo "gpu_check.sh: no .deb/ folder: run 'scripts/gpu_check.sh --fetch' where apt works and carry .deb" >&2
+fi
+# Debian's CMake package files live under the prefix; point every search there.
+libdir="$prefix/usr/lib/x86_64-linux-gnu"
+export LD_LIBRARY_PATH="$libdir:${LD_LIBRARY_PATH:-}"
+export CPATH="$prefix/usr/include:${CPATH:-}"
+PY=${AIM_PYTHON:-$(command -v python3)}
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$out/gpu.txt"
+"$PY" -c 'import torch; print("torch", torch.__version__, "cuda", torch.version.cuda, torch.cuda.get_device_name(0))'
+
+status_build=FAIL status_tests=FAIL status_parity=FAIL
+t0=$(date +%s)
+if cmake -S . -B build-gpu -G Ninja -DCMAKE_BUILD_TYPE=Release -DAIM_CUDA=ON -DAIM_FUZZ=OFF \
+      -DAIM_PYTHON="$PY" -DCMAKE_PREFIX_PATH="$prefix/usr;$libdir/cmake;$prefix/usr/share/cmake" \
+      -DSTB_INCLUDE_DIR="$prefix/usr/include/stb" 2>&1 | tee "$out/configure.log" | tail -5 &&
+   cmake --build build-gpu --parallel "$(nproc)" 2>&1 | tee "$out/build.log" | tail -5; then
+  [ -x build-gpu/tests/aim_tests ] && status_build=OK
+fi
+t1=$(date +%s)
+if [ "$status_build" = OK ]; then
+  (cd build-gpu && ctest --output-on-failure --parallel 8 2>&1 | tee "$out/ctest.log" | tail -15) &&
+    status_tests=OK
+  AIM_TEST_DEVICE=cuda build-gpu/tests/aim_tests --gtest_filter='*Parity*' 2>&1 |
+    tee "$out/parity_cuda.log" | grep -E "case|max\|diff\||PASSED|FAILED" | tail -40
+  [ "${PIPESTATUS[0]}" -eq 0 ] && status_parity=OK
+fi
+t2=$(date +%s)
+gpu_cases=$(grep -cE '^\[ +OK \].*cuda' "$out/ctest.log" 2>/dev/null || echo 0)
+skipped=$(grep -c "SKIPPED" "$out/ctest.log" 2>/dev/null || echo 0)
+echo
+echo "| step                          | result | seconds |"
+echo "|-------------------------------|--------|---------|"
+printf "| build (CUDA, sm_90a + PTX)    | %-6s | %7d |\n" "$status_build" $((t1 - t0))
+printf "| ctest (CPU + CUDA cases)      | %-6s | %7d |\n" "$status_tests" $((t2 - t1))
+printf "| parity, model on CUDA         | %-6s |         |\n" "$status_parity"
+echo "GPU: $(cat "$out/gpu.txt"); skipped tests in ctest log: $skipped"
+[ "$status_build$status_tests$status_parity" = OKOKOK ]
