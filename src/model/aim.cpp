@@ -7,19 +7,12 @@
 #include "aim/core/error.h"
 #include "aim/model/mamba1.h"
 #include "aim/model/mamba2.h"
+#include "aim/model/state_dict.h"
 #include "aim/ops/norms.h"
 
 namespace aim {
 
 namespace {
-
-std::string shape_str(torch::IntArrayRef sizes) {
-  std::ostringstream os;
-  os << "[";
-  for (size_t i = 0; i < sizes.size(); ++i) os << (i ? ", " : "") << sizes[i];
-  os << "]";
-  return os.str();
-}
 
 constexpr const char* kPrefix = "mamba.";
 constexpr const char* kEmbeddingKey = "backbone.embeddings.word_embeddings.weight";
@@ -298,7 +291,6 @@ std::vector<std::pair<std::string, torch::Tensor>> official_state_dict(const Aim
 
 void load_official_state_dict(AimModel& model, const std::map<std::string, torch::Tensor>& sd,
                               const std::string& what) {
-  auto params = model->named_parameters(true);
   std::map<std::string, torch::Tensor> incoming;
   for (const auto& [key, value] : sd) {
     if (key.rfind("vqvae.", 0) == 0) continue;
@@ -319,42 +311,12 @@ void load_official_state_dict(AimModel& model, const std::map<std::string, torch
                                  " but the config ties them (tie_embeddings: true)"));
     }
   }
-  std::set<std::string> seen;
-  torch::NoGradGuard no_grad;
-  for (const auto& [key, value] : incoming) {
-    auto* param = params.find(key);
-    if (param == nullptr) {
-      problems.push_back(str_cat("  unexpected: mamba.", key, " ", shape_str(value.sizes())));
-      continue;
-    }
-    seen.insert(key);
-    if (param->sizes() != value.sizes()) {
-      problems.push_back(str_cat("  shape mismatch: mamba.", key, ": checkpoint ",
-                                 shape_str(value.sizes()), ", model ",
-                                 shape_str(param->sizes())));
-      continue;
-    }
-    if (!value.is_floating_point()) {
-      problems.push_back(str_cat("  wrong dtype: mamba.", key, ": checkpoint ",
-                                 value.scalar_type(), ", expected a floating-point tensor"));
-      continue;
-    }
-    param->copy_(value.to(param->scalar_type()));
-  }
-  for (const auto& item : params) {
-    if (!seen.count(item.key())) {
-      problems.push_back(str_cat("  missing: mamba.", item.key(), " ", shape_str(item.value().sizes())));
-    }
-  }
-  if (!problems.empty()) {
-    std::ostringstream os;
-    os << what << ": the weights do not match the model configuration (d_model "
-       << model->config.d_model << ", n_layer " << model->config.n_layer << ", "
-       << model->config.ssm.layer << "):";
-    for (const auto& p : problems) os << "\n" << p;
-    os << "\n---> HINT: check that the config belongs to this checkpoint";
-    throw Error(os.str());
-  }
+  auto copied = copy_state_dict(*model, incoming, kPrefix);
+  problems.insert(problems.end(), copied.begin(), copied.end());
+  throw_if_problems(problems, what,
+                    str_cat("the weights do not match the model configuration (d_model ",
+                            model->config.d_model, ", n_layer ", model->config.n_layer, ", ",
+                            model->config.ssm.layer, ")"));
 }
 
 }  // namespace aim

@@ -246,4 +246,11 @@ bool looks_like_hf_config(const std::string& path);
 /// our extra fields are implied by the official code).
 std::string model_config_to_hf_json(const ModelConfig& model);
 
+/// Tokenizer configuration from JSON: LlamaGen's ModelArgs fields (codebook_size,
+/// codebook_embed_dim, codebook_l2_norm, encoder_ch_mult / decoder_ch_mult, z_channels,
+/// dropout_p) plus `ch` and `num_res_blocks`, or AiM's VQConfig names (n_embed, embed_dim,
+/// ch_mult). `object_path` selects a nested object ("fixture.vq"); "" is the whole file.
+/// Fields absent take the VQ-16 defaults; other fields are ignored.
+VqConfig vq_config_from_json(const std::string& path, const std::string& object_path = "");
+
 }  // namespace aim

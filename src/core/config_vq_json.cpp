@@ -1,0 +1,67 @@
+// Tokenizer configurations written as JSON by LlamaGen-style tools and by our converter.
+#include <nlohmann/json.hpp>
+
+#include <fstream>
+#include <sstream>
+
+#include "aim/core/config.h"
+#include "aim/core/error.h"
+
+namespace aim {
+
+VqConfig vq_config_from_json(const std::string& path, const std::string& object_path) {
+  std::ifstream in(path);
+  if (!in) throw Error(str_cat(path, ": cannot open tokenizer config"));
+  nlohmann::json j;
+  try {
+    j = nlohmann::json::parse(in);
+  } catch (const nlohmann::json::exception& e) {
+    throw Error(str_cat(path, ": not valid JSON: ", e.what()));
+  }
+  std::string where;
+  std::stringstream parts(object_path);
+  std::string part;
+  while (std::getline(parts, part, '.')) {
+    if (part.empty()) continue;
+    where += (where.empty() ? "" : ".") + part;
+    if (!j.is_object() || !j.contains(part)) throw Error(str_cat(path, ": no object '", where, "'"));
+    j = j[part];
+  }
+  if (!j.is_object()) throw Error(str_cat(path, ": '", object_path, "' is not an object"));
+  VqConfig c;
+  auto get_int = [&](std::initializer_list<const char*> names, int64_t& out) {
+    for (const char* n : names) {
+      if (!j.contains(n)) continue;
+      if (!j[n].is_number_integer()) throw Error(str_cat(path, ": field '", n, "': expected an integer, found ", j[n].dump()));
+      out = j[n].get<int64_t>();
+      return;
+    }
+  };
+  auto get_list = [&](const char* n, std::vector<int64_t>& out) {
+    if (!j.contains(n)) return false;
+    if (!j[n].is_array()) throw Error(str_cat(path, ": field '", n, "': expected a list of integers, found ", j[n].dump()));
+    out.clear();
+    for (const auto& v : j[n]) {
+      if (!v.is_number_integer()) throw Error(str_cat(path, ": field '", n, "': expected integers, found ", v.dump()));
+      out.push_back(v.get<int64_t>());
+    }
+    return true;
+  };
+  get_int({"codebook_size", "n_embed"}, c.codebook_size);
+  get_int({"codebook_embed_dim", "embed_dim"}, c.codebook_embed_dim);
+  get_int({"z_channels"}, c.z_channels);
+  get_int({"ch"}, c.ch);
+  get_int({"num_res_blocks"}, c.num_res_blocks);
+  if (j.contains("codebook_l2_norm")) c.codebook_l2_norm = j["codebook_l2_norm"].get<bool>();
+  if (j.contains("dropout_p")) c.dropout = j["dropout_p"].get<double>();
+  if (!get_list("encoder_ch_mult", c.ch_mult)) get_list("ch_mult", c.ch_mult);
+  std::vector<int64_t> dec;
+  if (get_list("decoder_ch_mult", dec) && dec != c.ch_mult) {
+    throw Error(str_cat(path, ": field 'decoder_ch_mult' differs from 'encoder_ch_mult': "
+                              "only symmetric tokenizers are supported"));
+  }
+  c.validate();
+  return c;
+}
+
+}  // namespace aim
