@@ -1,0 +1,281 @@
+#include "aim/data/code_dataset.h"
+
+#include <fcntl.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <nlohmann/json.hpp>
+#include <torch/torch.h>
+
+#include "aim/core/error.h"
+
+namespace aim {
+
+namespace {
+
+constexpr char kMagic[8] = {'A', 'I', 'M', 'C', 'O', 'D', 'E', '1'};
+constexpr int64_t kAlign = 64;
+constexpr uint64_t kMaxHeader = 64ull << 20;
+
+int64_t align_up(int64_t x) { return (x + kAlign - 1) / kAlign * kAlign; }
+
+nlohmann::json to_json(const CodeDatasetInfo& i) {
+  return {{"format", "aim-codes"},     {"version", 1},
+          {"num_samples", i.num_samples}, {"num_aug", i.num_aug},
+          {"tokens", i.tokens},         {"vocab_size", i.vocab_size},
+          {"image_size", i.image_size}, {"aug", i.aug},
+          {"classes", i.classes},       {"tokenizer", i.tokenizer},
+          {"source", i.source},         {"codes_offset", i.codes_offset},
+          {"labels_offset", i.labels_offset}};
+}
+
+CodeDatasetInfo from_json(const nlohmann::json& j, const std::string& path) {
+  CodeDatasetInfo i;
+  try {
+    if (j.at("format") != "aim-codes") throw Error(str_cat(path, ": header format is not 'aim-codes'"));
+    if (j.at("version").get<int>() != 1) {
+      throw Error(str_cat(path, ": code dataset version ", j.at("version").dump(), ", expected 1"));
+    }
+    i.num_samples = j.at("num_samples").get<int64_t>();
+    i.num_aug = j.at("num_aug").get<int64_t>();
+    i.tokens = j.at("tokens").get<int64_t>();
+    i.vocab_size = j.at("vocab_size").get<int64_t>();
+    i.image_size = j.at("image_size").get<int64_t>();
+    i.aug = j.at("aug").get<std::string>();
+    i.classes = j.at("classes").get<std::vector<std::string>>();
+    i.tokenizer = j.at("tokenizer").get<std::string>();
+    i.source = j.at("source").get<std::string>();
+    i.codes_offset = j.at("codes_offset").get<int64_t>();
+    i.labels_offset = j.at("labels_offset").get<int64_t>();
+  } catch (const nlohmann::json::exception& e) {
+    throw Error(str_cat(path, ": bad code dataset header: ", e.what()));
+  }
+  return i;
+}
+
+/// Fills offsets and returns the serialised header (magic + length + padded JSON).
+std::string layout(CodeDatasetInfo& info) {
+  AIM_CHECK(info.num_samples >= 0 && info.num_aug >= 1 && info.tokens >= 1,
+            "code dataset: invalid sizes N ", info.num_samples, ", A ", info.num_aug, ", T ", info.tokens);
+  AIM_CHECK(info.vocab_size >= 1 && info.vocab_size <= 65536, "code dataset: vocab_size ",
+            info.vocab_size, " does not fit uint16 codes");
+  // Offsets depend on the header length and the length on the offsets' digits: iterate.
+  std::string json;
+  for (int iter = 0; iter < 4; ++iter) {
+    json = to_json(info).dump();
+    const int64_t header_end = align_up(16 + static_cast<int64_t>(json.size()));
+    info.codes_offset = header_end;
+    info.labels_offset = align_up(info.codes_offset + info.num_samples * info.num_aug * info.tokens * 2);
+  }
+  json = to_json(info).dump();
+  const int64_t header_len = info.codes_offset - 16;
+  AIM_CHECK(static_cast<int64_t>(json.size()) <= header_len, "code dataset: header layout did not converge");
+  json.resize(header_len, ' ');
+  std::string out(kMagic, 8);
+  uint64_t n = static_cast<uint64_t>(header_len);
+  for (int b = 0; b < 8; ++b) out.push_back(static_cast<char>((n >> (8 * b)) & 0xff));
+  return out + json;
+}
+
+int64_t file_bytes(const CodeDatasetInfo& i) { return i.labels_offset + i.num_samples * 2; }
+
+void pwrite_all(int fd, const void* data, size_t n, int64_t offset, const std::string& path) {
+  const auto* p = static_cast<const uint8_t*>(data);
+  while (n > 0) {
+    const ssize_t w = ::pwrite(fd, p, n, offset);
+    if (w < 0) {
+      if (errno == EINTR) continue;
+      throw Error(str_cat(path, ": write failed: ", std::strerror(errno)));
+    }
+    p += w;
+    n -= static_cast<size_t>(w);
+    offset += w;
+  }
+}
+
+/// `base` holds `available` bytes of a file of `size` bytes.
+CodeDatasetInfo read_header(const uint8_t* base, size_t available, size_t size, const std::string& path) {
+  AIM_CHECK(available >= 16 && std::memcmp(base, kMagic, 8) == 0, path,
+            ": not an aim code dataset (missing 'AIMCODE1' magic)");
+  uint64_t n = 0;
+  for (int b = 0; b < 8; ++b) n |= static_cast<uint64_t>(base[8 + b]) << (8 * b);
+  AIM_CHECK(n <= kMaxHeader && 16 + n <= available && 16 + n <= size, path, ": header length ", n,
+            " exceeds the file (", size, " bytes)");
+  nlohmann::json j;
+  try {
+    j = nlohmann::json::parse(reinterpret_cast<const char*>(base) + 16,
+                              reinterpret_cast<const char*>(base) + 16 + n);
+  } catch (const nlohmann::json::exception& e) {
+    throw Error(str_cat(path, ": header is not valid JSON: ", e.what()));
+  }
+  auto info = from_json(j, path);
+  AIM_CHECK(info.num_samples >= 0 && info.num_aug >= 1 && info.tokens >= 1 &&
+                info.num_samples <= (int64_t{1} << 40) && info.num_aug <= 4096 && info.tokens <= 65536,
+            path, ": implausible sizes N ", info.num_samples, ", A ", info.num_aug, ", T ", info.tokens);
+  const int64_t codes_bytes = info.num_samples * info.num_aug * info.tokens * 2;
+  AIM_CHECK(info.codes_offset >= static_cast<int64_t>(16 + n) && info.codes_offset % 2 == 0 &&
+                info.labels_offset >= info.codes_offset + codes_bytes && info.labels_offset % 2 == 0,
+            path, ": inconsistent offsets (codes ", info.codes_offset, ", labels ", info.labels_offset, ")");
+  AIM_CHECK(file_bytes(info) <= static_cast<int64_t>(size), path, ": truncated: expected at least ",
+            file_bytes(info), " bytes, found ", size);
+  return info;
+}
+
+}  // namespace
+
+std::string code_dataset_progress_path(const std::string& path) { return path + ".progress"; }
+
+bool code_dataset_unfinished(const std::string& path) {
+  return std::filesystem::exists(code_dataset_progress_path(path));
+}
+
+void code_dataset_mark_finished(const std::string& path) {
+  std::error_code ec;
+  std::filesystem::remove(code_dataset_progress_path(path), ec);
+}
+
+CodeDataset::CodeDataset(const std::string& path) : path_(path) {
+  if (code_dataset_unfinished(path)) {
+    throw Error(str_cat(path, ": extraction is unfinished (", code_dataset_progress_path(path),
+                        " exists)\n---> HINT: re-run `aim extract-codes` with the same arguments to resume"));
+  }
+  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) throw Error(str_cat(path, ": cannot open code dataset: ", std::strerror(errno)));
+  struct stat st {};
+  if (::fstat(fd, &st) != 0) {
+    ::close(fd);
+    throw Error(str_cat(path, ": fstat failed: ", std::strerror(errno)));
+  }
+  size_ = static_cast<size_t>(st.st_size);
+  if (size_ == 0) {
+    ::close(fd);
+    throw Error(str_cat(path, ": empty file, not a code dataset"));
+  }
+  void* p = ::mmap(nullptr, size_, PROT_READ, MAP_SHARED, fd, 0);
+  ::close(fd);
+  if (p == MAP_FAILED) throw Error(str_cat(path, ": mmap failed: ", std::strerror(errno)));
+  base_ = static_cast<const uint8_t*>(p);
+  try {
+    info_ = read_header(base_, size_, size_, path);
+  } catch (...) {
+    ::munmap(const_cast<uint8_t*>(base_), size_);
+    throw;
+  }
+  // Random access over the whole file: no read-ahead.
+  ::madvise(const_cast<uint8_t*>(base_), size_, MADV_RANDOM);
+}
+
+CodeDataset::~CodeDataset() {
+  if (base_) ::munmap(const_cast<uint8_t*>(base_), size_);
+}
+
+const uint16_t* CodeDataset::codes(int64_t i, int64_t a) const {
+  AIM_CHECK(i >= 0 && i < info_.num_samples && a >= 0 && a < info_.num_aug, path_, ": sample ", i,
+            " aug ", a, " out of range (N ", info_.num_samples, ", A ", info_.num_aug, ")");
+  return reinterpret_cast<const uint16_t*>(base_ + info_.codes_offset) + (i * info_.num_aug + a) * info_.tokens;
+}
+
+int16_t CodeDataset::label(int64_t i) const {
+  AIM_CHECK(i >= 0 && i < info_.num_samples, path_, ": sample ", i, " out of range");
+  return reinterpret_cast<const int16_t*>(base_ + info_.labels_offset)[i];
+}
+
+void CodeDataset::gather(const std::vector<int64_t>& indices, const std::vector<int64_t>& augs,
+                         torch::Tensor& codes_out, torch::Tensor& labels_out) const {
+  AIM_CHECK(indices.size() == augs.size(), "CodeDataset::gather: ", indices.size(), " indices, ",
+            augs.size(), " augs");
+  const int64_t b = static_cast<int64_t>(indices.size()), t = info_.tokens;
+  codes_out = torch::empty({b, t}, torch::kLong);
+  labels_out = torch::empty({b}, torch::kLong);
+  auto* c = codes_out.data_ptr<int64_t>();
+  auto* l = labels_out.data_ptr<int64_t>();
+  for (int64_t k = 0; k < b; ++k) {
+    const uint16_t* src = codes(indices[k], augs[k]);
+    for (int64_t j = 0; j < t; ++j) c[k * t + j] = src[j];
+    l[k] = label(indices[k]);
+  }
+}
+
+std::unique_ptr<CodeDatasetWriter> CodeDatasetWriter::create(const std::string& path, CodeDatasetInfo info) {
+  const std::string header = layout(info);
+  std::unique_ptr<CodeDatasetWriter> w(new CodeDatasetWriter());
+  w->path_ = path;
+  w->info_ = info;
+  {
+    std::ofstream progress(code_dataset_progress_path(path));
+    if (!progress) throw Error(str_cat(code_dataset_progress_path(path), ": cannot create progress file"));
+  }
+  w->fd_ = ::open(path.c_str(), O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+  if (w->fd_ < 0) throw Error(str_cat(path, ": cannot create code dataset: ", std::strerror(errno)));
+  if (::ftruncate(w->fd_, file_bytes(info)) != 0) {
+    throw Error(str_cat(path, ": cannot size the file to ", file_bytes(info), " bytes: ", std::strerror(errno)));
+  }
+  pwrite_all(w->fd_, header.data(), header.size(), 0, path);
+  return w;
+}
+
+std::unique_ptr<CodeDatasetWriter> CodeDatasetWriter::resume(const std::string& path,
+                                                             const CodeDatasetInfo& expected) {
+  std::unique_ptr<CodeDatasetWriter> w(new CodeDatasetWriter());
+  w->path_ = path;
+  w->fd_ = ::open(path.c_str(), O_RDWR | O_CLOEXEC);
+  if (w->fd_ < 0) throw Error(str_cat(path, ": cannot open to resume: ", std::strerror(errno)));
+  struct stat st {};
+  ::fstat(w->fd_, &st);
+  std::vector<uint8_t> head(std::min<size_t>(static_cast<size_t>(st.st_size), kMaxHeader + 16));
+  if (::pread(w->fd_, head.data(), head.size(), 0) != static_cast<ssize_t>(head.size())) {
+    throw Error(str_cat(path, ": cannot read header to resume"));
+  }
+  // read_header checks sizes against the real file size, so hand it the full size.
+  auto info = read_header(head.data(), head.size(), static_cast<size_t>(st.st_size), path);
+  auto same = [&](const CodeDatasetInfo& a, const CodeDatasetInfo& b) {
+    return a.num_samples == b.num_samples && a.num_aug == b.num_aug && a.tokens == b.tokens &&
+           a.vocab_size == b.vocab_size && a.image_size == b.image_size && a.aug == b.aug &&
+           a.classes == b.classes && a.tokenizer == b.tokenizer;
+  };
+  AIM_CHECK(same(info, expected), path,
+            ": the unfinished dataset was started with different settings (images, augmentation, "
+            "image size or tokenizer)\n---> HINT: delete it and ", code_dataset_progress_path(path),
+            " to start over");
+  w->info_ = info;
+  return w;
+}
+
+CodeDatasetWriter::~CodeDatasetWriter() {
+  if (fd_ >= 0) ::close(fd_);
+}
+
+void CodeDatasetWriter::write(int64_t start, const torch::Tensor& codes, const torch::Tensor& labels) {
+  const int64_t n = codes.size(0);
+  AIM_CHECK(codes.dim() == 3 && codes.size(1) == info_.num_aug && codes.size(2) == info_.tokens,
+            path_, ": codes must be [n, ", info_.num_aug, ", ", info_.tokens, "], got ", codes.sizes());
+  AIM_CHECK(labels.dim() == 1 && labels.size(0) == n, path_, ": labels must be [", n, "]");
+  AIM_CHECK(start >= 0 && start + n <= info_.num_samples, path_, ": samples ", start, "..",
+            start + n - 1, " out of range (N ", info_.num_samples, ")");
+  auto c = codes.to(torch::kCPU, torch::kLong).contiguous();
+  AIM_CHECK(n == 0 || (c.min().item<int64_t>() >= 0 && c.max().item<int64_t>() < info_.vocab_size),
+            path_, ": codes outside [0, ", info_.vocab_size, ")");
+  auto l = labels.to(torch::kCPU, torch::kLong).contiguous();
+  AIM_CHECK(n == 0 || (l.min().item<int64_t>() >= 0 && l.max().item<int64_t>() < 32768), path_,
+            ": labels outside the int16 range");
+  std::vector<uint16_t> cbuf(static_cast<size_t>(c.numel()));
+  const auto* cp = c.data_ptr<int64_t>();
+  for (size_t k = 0; k < cbuf.size(); ++k) cbuf[k] = static_cast<uint16_t>(cp[k]);
+  std::vector<int16_t> lbuf(static_cast<size_t>(n));
+  const auto* lp = l.data_ptr<int64_t>();
+  for (int64_t k = 0; k < n; ++k) lbuf[k] = static_cast<int16_t>(lp[k]);
+  pwrite_all(fd_, cbuf.data(), cbuf.size() * 2,
+             info_.codes_offset + start * info_.num_aug * info_.tokens * 2, path_);
+  pwrite_all(fd_, lbuf.data(), lbuf.size() * 2, info_.labels_offset + start * 2, path_);
+}
+
+void CodeDatasetWriter::sync() {
+  if (::fsync(fd_) != 0) throw Error(str_cat(path_, ": fsync failed: ", std::strerror(errno)));
+}
+
+}  // namespace aim
