@@ -166,6 +166,18 @@ CodeDataset::CodeDataset(const std::string& path) : path_(path) {
     ::munmap(const_cast<uint8_t*>(base_), size_);
     throw;
   }
+  const auto* labels = reinterpret_cast<const int16_t*>(base_ + info_.labels_offset);
+  const auto num_classes = static_cast<int64_t>(info_.classes.size());
+  for (int64_t i = 0; i < info_.num_samples; ++i) {
+    if (labels[i] < 0) continue;
+    if (num_classes > 0 && labels[i] >= num_classes) {
+      ::munmap(const_cast<uint8_t*>(base_), size_);
+      base_ = nullptr;
+      throw Error(str_cat(path, ": sample ", i, " has label ", labels[i], ", expected < ", num_classes,
+                          " (the header lists ", num_classes, " classes)"));
+    }
+    valid_.push_back(i);
+  }
   // Random access over the whole file: no read-ahead.
   ::madvise(const_cast<uint8_t*>(base_), size_, MADV_RANDOM);
 }
@@ -261,8 +273,8 @@ void CodeDatasetWriter::write(int64_t start, const torch::Tensor& codes, const t
   AIM_CHECK(n == 0 || (c.min().item<int64_t>() >= 0 && c.max().item<int64_t>() < info_.vocab_size),
             path_, ": codes outside [0, ", info_.vocab_size, ")");
   auto l = labels.to(torch::kCPU, torch::kLong).contiguous();
-  AIM_CHECK(n == 0 || (l.min().item<int64_t>() >= 0 && l.max().item<int64_t>() < 32768), path_,
-            ": labels outside the int16 range");
+  AIM_CHECK(n == 0 || (l.min().item<int64_t>() >= -1 && l.max().item<int64_t>() < 32768), path_,
+            ": labels outside [-1, 32767]");
   std::vector<uint16_t> cbuf(static_cast<size_t>(c.numel()));
   const auto* cp = c.data_ptr<int64_t>();
   for (size_t k = 0; k < cbuf.size(); ++k) cbuf[k] = static_cast<uint16_t>(cp[k]);

@@ -11,7 +11,14 @@ CodeLoader::CodeLoader(std::shared_ptr<const CodeDataset> dataset, DistributedSa
     : dataset_(std::move(dataset)), sampler_(sampler), batch_size_(batch_size), epoch_(epoch),
       next_batch_(start_batch), prefetch_(std::max<int64_t>(1, prefetch)) {
   AIM_CHECK(batch_size >= 1, "loader: batch size must be >= 1, got ", batch_size);
+  // The sampler ranks positions among the valid (readable) samples.
+  const auto& valid = dataset_->valid_indices();
   order_ = sampler_.indices(epoch_);
+  for (auto& i : order_) {
+    AIM_CHECK(i < static_cast<int64_t>(valid.size()), "loader: sampler built for ", i + 1,
+              "+ samples, dataset has ", valid.size(), " valid ones");
+    i = valid[i];
+  }
   batches_ = static_cast<int64_t>(order_.size()) / batch_size_;
   AIM_CHECK(start_batch >= 0 && start_batch <= batches_, "loader: start batch ", start_batch,
             " outside the epoch's ", batches_, " batches");

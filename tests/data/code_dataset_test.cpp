@@ -195,15 +195,21 @@ TEST(DistributedSampler, EverySampleOncePerEpochAcrossRanks) {
 
 TEST_F(CodeDatasetTest, LoaderServesTheRanksBatchesAndResumes) {
   const int64_t n = 50, a = 2, t = 4;
-  auto codes = torch::randint(512, {n, a, t}, torch::kLong);
-  auto labels = torch::randint(3, {n}, torch::kLong);
-  CodeDatasetWriter::create(path("l.codes"), info(n, a, t))->write(0, codes, labels);
+  auto codes = torch::randint(512, {n + 3, a, t}, torch::kLong);
+  auto labels = torch::randint(3, {n + 3}, torch::kLong);
+  // Three unreadable images, marked -1, are never served.
+  labels[4] = -1;
+  labels[17] = -1;
+  labels[52] = -1;
+  CodeDatasetWriter::create(path("l.codes"), info(n + 3, a, t))->write(0, codes, labels);
   code_dataset_mark_finished(path("l.codes"));
   auto d = std::make_shared<const CodeDataset>(path("l.codes"));
+  ASSERT_EQ(static_cast<int64_t>(d->valid_indices().size()), n);
   DistributedSampler sampler(n, 1, 2, true, 7);
   CodeLoader loader(d, sampler, 4, 2);
   EXPECT_EQ(loader.batches_per_epoch(), 6);  // 25 per rank, last partial batch dropped
   auto order = sampler.indices(2);
+  for (auto& i : order) i = d->valid_indices()[i];
   std::vector<CodeBatch> all;
   while (auto b = loader.next()) all.push_back(*b);
   ASSERT_EQ(all.size(), 6u);

@@ -6,7 +6,7 @@
 //   [8, 16)           u64 header length H
 //   [16, 16 + H)      JSON header (padded with spaces)
 //   codes_offset      u16 codes [N, A, T]     (64-byte aligned)
-//   labels_offset     i16 labels [N]          (64-byte aligned)
+//   labels_offset     i16 labels [N]          (64-byte aligned; -1: image skipped as unreadable)
 // While an extraction is unfinished a sidecar `<path>.progress` exists and readers refuse the file.
 #include <torch/types.h>
 
@@ -44,6 +44,8 @@ class CodeDataset {
   const CodeDatasetInfo& info() const { return info_; }
   const std::string& path() const { return path_; }
   int64_t size() const { return info_.num_samples; }
+  /// Samples with a label (images that were readable), ascending: what training iterates over.
+  const std::vector<int64_t>& valid_indices() const { return valid_; }
   /// Codes of sample i under augmentation a: pointer to T uint16 values.
   const uint16_t* codes(int64_t i, int64_t a) const;
   int16_t label(int64_t i) const;
@@ -56,6 +58,7 @@ class CodeDataset {
   CodeDatasetInfo info_;
   const uint8_t* base_ = nullptr;
   size_t size_ = 0;
+  std::vector<int64_t> valid_;
 };
 
 /// Writes a code dataset: creates the full-size file up front, then samples in any order with
@@ -71,8 +74,8 @@ class CodeDatasetWriter {
   ~CodeDatasetWriter();
 
   const CodeDatasetInfo& info() const { return info_; }
-  /// codes [n, A, T] (any integer dtype, values < vocab_size), labels [n]; samples
-  /// start .. start + n - 1.
+  /// codes [n, A, T] (any integer dtype, values < vocab_size), labels [n] (-1 marks a skipped
+  /// image); samples start .. start + n - 1.
   void write(int64_t start, const torch::Tensor& codes, const torch::Tensor& labels);
   /// Syncs data to disk.
   void sync();

@@ -26,6 +26,7 @@ struct CodeBatch {
 class CodeLoader {
  public:
   /// Serves batches start_batch, start_batch + 1, ... of `epoch` (incomplete last batch dropped).
+  /// `sampler` must be built for dataset->valid_indices().size() samples.
   CodeLoader(std::shared_ptr<const CodeDataset> dataset, DistributedSampler sampler,
              int64_t batch_size, int64_t epoch, int64_t start_batch = 0, int64_t prefetch = 4);
   ~CodeLoader();
