@@ -15,6 +15,7 @@ int main(int argc, char** argv) {
   app.add_flag("--version", version, "print the build (aim, LibTorch, CUDA) and exit");
   std::vector<aim::cli::Runner> runners;
   runners.push_back(aim::cli::add_info_command(app));
+  runners.push_back(aim::cli::add_extract_codes_command(app));
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {

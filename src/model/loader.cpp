@@ -1,5 +1,8 @@
 #include "aim/model/loader.h"
 
+#include <filesystem>
+
+#include "aim/core/error.h"
 #include "aim/core/safetensors.h"
 
 namespace aim {
@@ -11,6 +14,49 @@ AimModel load_aim_model(const CheckpointRef& ref, bool use_ema) {
   load_official_state_dict(model, file.load_all(), weights);
   model->eval();
   return model;
+}
+
+LoadedVq load_vq_model(const std::string& path, const std::string& config_path) {
+  namespace fs = std::filesystem;
+  std::error_code ec;
+  if (!fs::exists(path, ec)) throw Error(str_cat("--vq ", path, ": no such file or directory"));
+  std::string weights = path;
+  VqConfig cfg;
+  bool have_cfg = false;
+  if (!config_path.empty()) {
+    cfg = vq_config_from_json(config_path);
+    have_cfg = true;
+  }
+  if (fs::is_directory(path)) {
+    weights = (fs::path(path) / "model.safetensors").string();
+    if (!have_cfg && fs::exists(fs::path(path) / "config.yaml")) {
+      cfg = load_config((fs::path(path) / "config.yaml").string()).vq;
+      have_cfg = true;
+    }
+    // An official AiM snapshot carries the full VQ-16 under `vqvae.`: the defaults.
+  } else if (!have_cfg) {
+    const auto stem_json = fs::path(path).replace_extension(".json");
+    const auto dir_json = fs::path(path).parent_path() / "config.json";
+    if (fs::exists(stem_json)) {
+      cfg = vq_config_from_json(stem_json.string());
+    } else if (fs::exists(dir_json) && !looks_like_hf_config(dir_json.string())) {
+      cfg = vq_config_from_json(dir_json.string());
+    }
+  }
+  SafetensorsFile file(weights);
+  std::string prefix;
+  for (const auto& e : file.entries()) {
+    if (e.name.rfind("vqvae.", 0) == 0) {
+      prefix = "vqvae.";
+      break;
+    }
+  }
+  LoadedVq out;
+  out.model = VqModel(cfg);
+  load_vq_state_dict(out.model, file.load_all(), weights, prefix);
+  out.model->eval();
+  out.identity = str_cat(fs::path(weights).filename().string(), " (", fs::file_size(weights), " bytes)");
+  return out;
 }
 
 void save_aim_model(const AimModel& model, const std::string& path) {

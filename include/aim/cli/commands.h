@@ -2,6 +2,7 @@
 // Subcommands of the `aim` executable. Each registers its flags on the CLI11 app and returns
 // the function that runs it; errors are thrown as aim::Error and reported by main().
 #include <CLI/CLI.hpp>
+#include <torch/types.h>
 
 #include <functional>
 
@@ -12,5 +13,13 @@ using Runner = std::function<int()>;
 /// `aim info <config.yaml | config.json | checkpoint dir>`: architecture, parameter counts,
 /// memory estimates.
 Runner add_info_command(CLI::App& app);
+
+/// `aim extract-codes --data DIR|--list FILE --vq WEIGHTS --out FILE [--aug ...]`: tokenizes an
+/// image collection into a code dataset (sharded under mpirun, resumable).
+Runner add_extract_codes_command(CLI::App& app);
+
+/// `--device cpu|cuda|cuda:i` parsed and checked (a CUDA device must exist); `cuda` without an
+/// index picks the local rank's GPU.
+torch::Device parse_device(const std::string& flag_value, int local_rank);
 
 }  // namespace aim::cli

@@ -3,12 +3,25 @@
 
 #include "aim/core/checkpoint.h"
 #include "aim/model/aim.h"
+#include "aim/model/vq.h"
 
 namespace aim {
 
 /// Builds the model a checkpoint describes and loads its weights (the EMA weights of a run
 /// directory when `use_ema` and present). Throws aim::Error naming the file on any mismatch.
 AimModel load_aim_model(const CheckpointRef& ref, bool use_ema = false);
+
+/// A tokenizer and where it came from.
+struct LoadedVq {
+  VqModel model{nullptr};
+  std::string identity;  ///< "<file name> (<bytes> bytes)": recorded in datasets and samples
+};
+
+/// Loads a tokenizer from a .safetensors file (LlamaGen keys, or AiM's `vqvae.` keys), an
+/// official AiM snapshot directory, or one of our run directories. The configuration comes from
+/// `config_path` when given, else `<file stem>.json` / `config.json` beside the weights (see
+/// vq_config_from_json), else our run's config.yaml, else the full VQ-16 defaults.
+LoadedVq load_vq_model(const std::string& path, const std::string& config_path = "");
 
 /// Writes the model's weights in the official layout to `path` (atomically).
 void save_aim_model(const AimModel& model, const std::string& path);

@@ -1,0 +1,270 @@
+#include "aim/data/extract.h"
+
+#include <atomic>
+#include <chrono>
+#include <filesystem>
+#include <fstream>
+#include <set>
+#include <sstream>
+#include <thread>
+
+#include "aim/core/error.h"
+#include "aim/core/progress.h"
+#include "aim/data/code_dataset.h"
+
+namespace aim {
+
+namespace fs = std::filesystem;
+
+int64_t views_per_image(const std::string& aug) {
+  if (aug == "none") return 1;
+  if (aug == "flip") return 2;
+  if (aug == "tencrop") return 10;
+  throw Error(str_cat("--aug: expected none, flip or tencrop, found '", aug, "'"));
+}
+
+torch::Tensor extraction_views(const Image& image, const std::string& aug, int64_t image_size,
+                               double crop_range) {
+  const int size = static_cast<int>(image_size);
+  std::vector<torch::Tensor> views;
+  if (aug == "tencrop") {
+    const Image base = center_crop_arr(image, static_cast<int>(image_size * crop_range));
+    for (const auto& v : ten_crop(base, size)) views.push_back(to_tensor(v));
+  } else {
+    const Image crop = center_crop_arr(image, size);
+    views.push_back(to_tensor(crop));
+    if (aug == "flip") views.push_back(to_tensor(hflip(crop)));
+    else if (aug != "none") views_per_image(aug);  // throws with the message
+  }
+  return torch::stack(views);
+}
+
+namespace {
+
+std::string shard_path(const std::string& out, int rank, int world) {
+  return str_cat(out, ".shard-", rank, "-of-", world);
+}
+
+/// Chunks already written by an earlier run: "done <start> <count>" lines of the sidecar.
+std::set<int64_t> done_chunks(const std::string& path) {
+  std::set<int64_t> done;
+  std::ifstream in(code_dataset_progress_path(path));
+  std::string word;
+  int64_t start = 0, count = 0;
+  while (in >> word >> start >> count) {
+    if (word == "done") done.insert(start);
+  }
+  return done;
+}
+
+void log_done(const std::string& path, int64_t start, int64_t count) {
+  std::ofstream out(code_dataset_progress_path(path), std::ios::app);
+  out << "done " << start << " " << count << "\n";
+  out.flush();
+  if (!out) throw Error(str_cat(code_dataset_progress_path(path), ": cannot record progress"));
+}
+
+CodeDatasetInfo dataset_info(const ImageList& list, const ExtractOptions& o, int64_t n,
+                             int64_t tokens, int64_t vocab) {
+  CodeDatasetInfo info;
+  info.num_samples = n;
+  info.num_aug = views_per_image(o.aug);
+  info.tokens = tokens;
+  info.vocab_size = vocab;
+  info.image_size = o.image_size;
+  info.aug = o.aug;
+  info.classes = list.classes;
+  info.tokenizer = o.tokenizer_id;
+  info.source = list.source;
+  return info;
+}
+
+/// Writes samples [begin, end) of `list` into `path` (samples renumbered from 0).
+ExtractReport extract_range(VqModel& vq, const ImageList& list, int64_t begin, int64_t end,
+                            const ExtractOptions& o, const std::string& path, const std::string& label) {
+  ExtractReport report;
+  const auto t0 = std::chrono::steady_clock::now();
+  const int64_t n = end - begin, views = views_per_image(o.aug);
+  const int64_t f = vq->config.downsample();
+  AIM_CHECK(o.image_size % f == 0, "--image-size ", o.image_size, " is not a multiple of the tokenizer's downsampling factor ", f);
+  const int64_t side = o.image_size / f, tokens = side * side;
+  auto info = dataset_info(list, o, n, tokens, vq->config.codebook_size);
+  std::unique_ptr<CodeDatasetWriter> writer;
+  std::set<int64_t> done;
+  if (fs::exists(path) && code_dataset_unfinished(path)) {
+    writer = CodeDatasetWriter::resume(path, info);
+    done = done_chunks(path);
+  } else if (fs::exists(path)) {
+    // A finished file: nothing to do when it describes the same dataset.
+    CodeDataset existing(path);
+    const auto& e = existing.info();
+    AIM_CHECK(e.num_samples == n && e.num_aug == views && e.tokens == tokens && e.aug == o.aug &&
+                  e.tokenizer == o.tokenizer_id && e.classes == list.classes,
+              path, ": exists with different settings\n---> HINT: remove it or choose another --out");
+    report.images = n;
+    report.resumed = n;
+    return report;
+  } else {
+    writer = CodeDatasetWriter::create(path, info);
+  }
+  Progress progress(label, n, "img", !o.quiet);
+  int64_t new_chunks = 0;
+  std::ofstream skipped_log(path + ".skipped.txt", std::ios::app);
+  torch::NoGradGuard no_grad;
+  for (int64_t start = 0; start < n; start += o.batch_size) {
+    const int64_t count = std::min(o.batch_size, n - start);
+    if (done.count(start)) {
+      report.resumed += count;
+      report.images += count;
+      progress.update(count);
+      continue;
+    }
+    if (o.max_chunks > 0 && new_chunks == o.max_chunks) {
+      report.finished = false;
+      break;
+    }
+    ++new_chunks;
+    // Decode and preprocess on worker threads; failures are recorded, never fatal.
+    std::vector<torch::Tensor> views_of(static_cast<size_t>(count));
+    std::vector<std::string> errors(static_cast<size_t>(count));
+    std::atomic<int64_t> next{0};
+    auto work = [&] {
+      for (int64_t k = next++; k < count; k = next++) {
+        const auto& entry = list.entries[static_cast<size_t>(begin + start + k)];
+        try {
+          views_of[k] = extraction_views(decode_image(entry.path), o.aug, o.image_size, o.crop_range);
+        } catch (const std::exception& e) {
+          errors[k] = e.what();
+        }
+      }
+    };
+    std::vector<std::thread> pool;
+    for (int64_t t = 1; t < std::min<int64_t>(o.threads, count); ++t) pool.emplace_back(work);
+    work();
+    for (auto& t : pool) t.join();
+    auto codes = torch::zeros({count, views, tokens}, torch::kLong);
+    auto labels = torch::empty({count}, torch::kLong);
+    std::vector<int64_t> ok;
+    std::vector<torch::Tensor> batch;
+    for (int64_t k = 0; k < count; ++k) {
+      const auto& entry = list.entries[static_cast<size_t>(begin + start + k)];
+      if (!errors[k].empty()) {
+        labels[k] = -1;
+        ++report.skipped;
+        report.skipped_files.push_back(entry.path);
+        skipped_log << entry.path << "\t" << errors[k] << "\n";
+        continue;
+      }
+      labels[k] = entry.label;
+      ok.push_back(k);
+      batch.push_back(views_of[k]);
+    }
+    if (!ok.empty()) {
+      auto images = torch::cat(batch).to(o.device);                    // [n_ok * A, 3, S, S]
+      auto c = vq->encode(images).to(torch::kCPU).view({static_cast<int64_t>(ok.size()), views, tokens});
+      codes.index_copy_(0, torch::tensor(ok, torch::kLong), c);
+    }
+    writer->write(start, codes, labels);
+    writer->sync();
+    log_done(path, start, count);
+    report.images += count;
+    progress.update(count, report.skipped ? str_cat(report.skipped, " skipped") : "");
+  }
+  skipped_log.close();
+  writer.reset();
+  report.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  if (!report.finished) {
+    progress.finish(str_cat("stopped after ", new_chunks, " chunks (--max-chunks): re-run to resume"));
+    return report;
+  }
+  code_dataset_mark_finished(path);
+  progress.finish(report.skipped ? str_cat(report.skipped, " unreadable images skipped, listed in ", path, ".skipped.txt") : "");
+  report.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  return report;
+}
+
+void merge_shards(const std::string& out, int world, double timeout_s, bool quiet) {
+  std::vector<std::string> shards;
+  for (int r = 0; r < world; ++r) shards.push_back(shard_path(out, r, world));
+  const auto t0 = std::chrono::steady_clock::now();
+  for (;;) {
+    int ready = 0;
+    for (const auto& s : shards) ready += fs::exists(s) && !code_dataset_unfinished(s) ? 1 : 0;
+    if (ready == world) break;
+    const double waited = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    AIM_CHECK(waited < timeout_s, out, ": waited ", format_duration(waited), " for ", world - ready,
+              " shard(s) to finish\n---> HINT: re-run the same command to resume the missing ranks");
+    std::this_thread::sleep_for(std::chrono::milliseconds(500));
+  }
+  int64_t total = 0;
+  std::vector<std::unique_ptr<CodeDataset>> parts;
+  for (const auto& s : shards) {
+    parts.push_back(std::make_unique<CodeDataset>(s));
+    total += parts.back()->size();
+  }
+  auto info = parts[0]->info();
+  info.num_samples = total;
+  auto writer = CodeDatasetWriter::create(out, info);
+  int64_t offset = 0;
+  std::ofstream skipped(out + ".skipped.txt");
+  for (size_t r = 0; r < parts.size(); ++r) {
+    const auto& p = *parts[r];
+    const int64_t n = p.size(), a = p.info().num_aug, t = p.info().tokens;
+    constexpr int64_t kChunk = 4096;
+    for (int64_t s = 0; s < n; s += kChunk) {
+      const int64_t c = std::min(kChunk, n - s);
+      auto codes = torch::empty({c, a, t}, torch::kLong);
+      auto labels = torch::empty({c}, torch::kLong);
+      for (int64_t k = 0; k < c; ++k) {
+        labels[k] = p.label(s + k);
+        const uint16_t* src = p.codes(s + k, 0);
+        auto* dst = codes[k].data_ptr<int64_t>();
+        for (int64_t j = 0; j < a * t; ++j) dst[j] = src[j];
+      }
+      writer->write(offset + s, codes, labels);
+    }
+    offset += n;
+    std::ifstream in(shards[r] + ".skipped.txt");
+    skipped << in.rdbuf();
+  }
+  writer->sync();
+  writer.reset();
+  code_dataset_mark_finished(out);
+  parts.clear();
+  for (const auto& s : shards) {
+    fs::remove(s);
+    fs::remove(s + ".skipped.txt");
+  }
+  if (!quiet) std::fprintf(stderr, "[extract] merged %d shards into %s (%lld images)\n", world, out.c_str(), (long long)total);
+}
+
+}  // namespace
+
+ExtractReport extract_codes(VqModel& vq, const ImageList& list, const ExtractOptions& o) {
+  views_per_image(o.aug);
+  AIM_CHECK(o.batch_size >= 1, "--batch-size must be >= 1, got ", o.batch_size);
+  AIM_CHECK(o.world_size >= 1 && o.rank >= 0 && o.rank < o.world_size, "extract: rank ", o.rank,
+            " outside world size ", o.world_size);
+  const auto n = static_cast<int64_t>(list.entries.size());
+  AIM_CHECK(n >= o.world_size, "extract: ", n, " images cannot be split over ", o.world_size, " ranks");
+  vq->eval();
+  if (fs::exists(o.out) && !code_dataset_unfinished(o.out)) {
+    // Already extracted (every rank sees the merged file): check it is this dataset.
+    CodeDataset existing(o.out);
+    AIM_CHECK(existing.size() == n && existing.info().aug == o.aug &&
+                  existing.info().tokenizer == o.tokenizer_id && existing.info().classes == list.classes,
+              o.out, ": exists with different settings\n---> HINT: remove it or choose another --out");
+    ExtractReport report;
+    report.images = report.resumed = n;
+    return report;
+  }
+  if (o.world_size == 1) return extract_range(vq, list, 0, n, o, o.out, "extract");
+  // Contiguous ranges keep the merged file in list order.
+  const int64_t begin = n * o.rank / o.world_size, end = n * (o.rank + 1) / o.world_size;
+  auto report = extract_range(vq, list, begin, end, o, shard_path(o.out, o.rank, o.world_size),
+                              str_cat("extract rank ", o.rank));
+  if (o.rank == 0 && report.finished) merge_shards(o.out, o.world_size, o.merge_timeout_s, o.quiet);
+  return report;
+}
+
+}  // namespace aim

@@ -1,0 +1,145 @@
+// Code extraction end to end on a generated image tree that includes an unreadable file, a
+// grayscale JPEG, a CMYK JPEG and a PNG with alpha: labels, codes, skipping, resume after an
+// interruption, and sharding over ranks giving the same file as one process.
+#include <gtest/gtest.h>
+#include <torch/torch.h>
+#include <unistd.h>
+
+#include <filesystem>
+#include <fstream>
+
+#include "aim/data/code_dataset.h"
+#include "aim/data/extract.h"
+#include "aim/data/image.h"
+#include "aim/data/image_folder.h"
+#include "aim/model/loader.h"
+#include "test_util.h"
+
+namespace aim {
+namespace {
+
+namespace fs = std::filesystem;
+
+const char* kMakeTree = R"PY(
+import sys, os, numpy as np
+from PIL import Image
+root = sys.argv[1]
+rng = np.random.default_rng(0)
+def smooth(w, h, seed):
+    r = np.random.default_rng(seed)
+    y, x = np.mgrid[0:h, 0:w] / max(w, h)
+    chans = [np.sin(6.28 * (r.uniform(0.5, 2) * x + r.uniform(0.5, 2) * y) + r.uniform(0, 6)) for _ in range(3)]
+    return ((np.stack(chans, -1) * 0.5 + 0.5) * 255).astype(np.uint8)
+for c, name in enumerate(["ant", "bee", "cat"]):
+    d = os.path.join(root, name)
+    os.makedirs(d, exist_ok=True)
+    for k in range(4):
+        arr = smooth(80 + 7 * k, 72 + 5 * c, 10 * c + k)
+        p = os.path.join(d, f"img{k}")
+        if c == 0 and k == 1:
+            Image.fromarray(arr).convert("L").save(p + ".jpg", quality=95)
+        elif c == 1 and k == 2:
+            Image.fromarray(arr).convert("CMYK").save(p + ".jpg", quality=95)
+        elif c == 2 and k == 0:
+            rgba = np.concatenate([arr, rng.integers(0, 255, arr.shape[:2] + (1,), dtype=np.uint8)], -1)
+            Image.fromarray(rgba, "RGBA").save(p + ".png")
+        else:
+            Image.fromarray(arr).save(p + ".png")
+with open(os.path.join(root, "bee", "broken.jpg"), "wb") as f:
+    f.write(b"\xff\xd8\xff\xe0 this is not a jpeg")
+)PY";
+
+class Extract : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    dir_ = fs::temp_directory_path() / ("aim_extract_" + std::to_string(::getpid()));
+    fs::remove_all(dir_);
+    fs::create_directories(dir_ / "tree");
+    const auto script = dir_ / "make_tree.py";
+    std::ofstream(script) << kMakeTree;
+    const std::string cmd = std::string(AIM_PYTHON_PATH) + " " + script.string() + " " + (dir_ / "tree").string();
+    if (std::system(cmd.c_str()) != 0) GTEST_SKIP() << "python with numpy and PIL is needed to generate the images";
+    const auto vq_dir = test::fixtures_dir() / "vq" / "vq16_tiny";
+    vq_ = load_vq_model((vq_dir / "model.safetensors").string(), (vq_dir / "config.json").string());
+    list_ = list_image_folder((dir_ / "tree").string());
+  }
+  void TearDown() override { fs::remove_all(dir_); }
+  ExtractOptions options(const std::string& out, const std::string& aug) const {
+    ExtractOptions o;
+    o.out = (dir_ / out).string();
+    o.aug = aug;
+    o.image_size = 64;
+    o.batch_size = 4;
+    o.threads = 2;
+    o.tokenizer_id = vq_.identity;
+    o.quiet = true;
+    return o;
+  }
+  static std::string bytes(const std::string& path) {
+    std::ifstream in(path, std::ios::binary);
+    return std::string((std::istreambuf_iterator<char>(in)), {});
+  }
+  fs::path dir_;
+  LoadedVq vq_;
+  ImageList list_;
+};
+
+TEST_F(Extract, CodesLabelsAndSkippedFiles) {
+  ASSERT_EQ(list_.classes, (std::vector<std::string>{"ant", "bee", "cat"}));
+  ASSERT_EQ(list_.entries.size(), 13u);
+  auto report = extract_codes(vq_.model, list_, options("a.codes", "flip"));
+  EXPECT_EQ(report.images, 13);
+  ASSERT_EQ(report.skipped, 1);
+  EXPECT_NE(report.skipped_files[0].find("broken.jpg"), std::string::npos);
+  CodeDataset d((dir_ / "a.codes").string());
+  EXPECT_EQ(d.info().num_aug, 2);
+  EXPECT_EQ(d.info().tokens, 16);
+  EXPECT_EQ(d.valid_indices().size(), 12u);
+  torch::NoGradGuard no_grad;
+  for (int64_t i = 0; i < d.size(); ++i) {
+    const auto& e = list_.entries[i];
+    if (e.path.find("broken") != std::string::npos) {
+      EXPECT_EQ(d.label(i), -1);
+      continue;
+    }
+    EXPECT_EQ(d.label(i), e.label) << e.path;
+    auto expect = vq_.model->encode(extraction_views(decode_image(e.path), "flip", 64, 1.1));
+    for (int64_t a = 0; a < 2; ++a) {
+      const uint16_t* c = d.codes(i, a);
+      for (int64_t t = 0; t < 16; ++t) ASSERT_EQ(c[t], expect[a][t].item<int64_t>()) << e.path;
+    }
+  }
+  // The skipped file is listed next to the dataset.
+  EXPECT_NE(bytes((dir_ / "a.codes.skipped.txt").string()).find("broken.jpg"), std::string::npos);
+}
+
+TEST_F(Extract, InterruptedRunResumesToTheSameFile) {
+  extract_codes(vq_.model, list_, options("full.codes", "tencrop"));
+  auto o = options("part.codes", "tencrop");
+  o.max_chunks = 2;
+  auto first = extract_codes(vq_.model, list_, o);
+  EXPECT_FALSE(first.finished);
+  EXPECT_TRUE(code_dataset_unfinished(o.out));
+  o.max_chunks = 0;
+  auto second = extract_codes(vq_.model, list_, o);
+  EXPECT_TRUE(second.finished);
+  EXPECT_EQ(second.resumed, 8);
+  EXPECT_EQ(bytes(o.out), bytes((dir_ / "full.codes").string()));
+  CodeDataset d(o.out);
+  EXPECT_EQ(d.info().num_aug, 10);
+}
+
+TEST_F(Extract, ShardsOverRanksMergeToTheSingleProcessFile) {
+  extract_codes(vq_.model, list_, options("one.codes", "none"));
+  auto o = options("two.codes", "none");
+  o.world_size = 3;
+  for (int r : {2, 1, 0}) {  // rank 0 merges once the others are finished
+    o.rank = r;
+    extract_codes(vq_.model, list_, o);
+  }
+  EXPECT_EQ(bytes(o.out), bytes((dir_ / "one.codes").string()));
+  EXPECT_FALSE(fs::exists(o.out + ".shard-1-of-3"));
+}
+
+}  // namespace
+}  // namespace aim
