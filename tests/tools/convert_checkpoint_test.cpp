@@ -1,0 +1,435 @@
+// tools/convert_checkpoint.py as a user runs it, on checkpoints saved the way LlamaGen and AiM
+// save them (tests/tools/make_checkpoints.py builds them from the fixture weights). Outputs are
+// read back with the project's loaders and compared bit for bit with the fixtures.
+#include <gtest/gtest.h>
+#include <torch/torch.h>
+
+#include <array>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <functional>
+#include <sstream>
+#include <string>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "aim/core/config.h"
+#include "aim/core/safetensors.h"
+#include "aim/model/aim.h"
+#include "aim/model/vq.h"
+#include "test_util.h"
+
+#ifndef AIM_PYTHON_PATH
+#define AIM_PYTHON_PATH ""
+#endif
+
+namespace aim {
+namespace {
+
+namespace fs = std::filesystem;
+using TensorMap = std::map<std::string, torch::Tensor>;
+
+/// The EMA weights make_checkpoints.py stores: model + 2^-10 on every floating tensor.
+constexpr double kEmaDelta = 0.0009765625;
+
+struct RunResult {
+  int code = -1;
+  std::string output;  // stdout and stderr
+};
+
+RunResult run_shell(const std::string& command) {
+  RunResult r;
+  FILE* pipe = popen((command + " 2>&1").c_str(), "r");
+  if (!pipe) return r;
+  std::array<char, 4096> buf{};
+  while (fgets(buf.data(), buf.size(), pipe)) r.output += buf.data();
+  const int status = pclose(pipe);
+  r.code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+  return r;
+}
+
+std::string quote(const std::string& s) {
+  std::string out = "'";
+  for (char c : s) out += c == '\'' ? std::string("'\\''") : std::string(1, c);
+  return out + "'";
+}
+
+std::string read_file(const fs::path& path) {
+  std::ifstream in(path, std::ios::binary);
+  std::stringstream ss;
+  ss << in.rdbuf();
+  return ss.str();
+}
+
+fs::path fixture(const std::string& rel) { return test::fixtures_dir() / rel; }
+std::string tool() { return test::source_dir() + "/tools/convert_checkpoint.py"; }
+std::string generator() { return test::source_dir() + "/tests/tools/make_checkpoints.py"; }
+
+/// Every name of `expected` present in `actual` and no other, each tensor with the same dtype,
+/// shape and bytes.
+void expect_identical(const TensorMap& actual, const TensorMap& expected, const std::string& what) {
+  size_t mismatches = 0;
+  for (const auto& [name, e] : expected) {
+    auto it = actual.find(name);
+    if (it == actual.end()) {
+      ADD_FAILURE() << what << ": missing " << name;
+      ++mismatches;
+      continue;
+    }
+    const auto& a = it->second;
+    if (a.scalar_type() != e.scalar_type() || a.sizes() != e.sizes() || !torch::equal(a, e)) {
+      const double diff = a.sizes() == e.sizes()
+                              ? (a.to(torch::kDouble) - e.to(torch::kDouble)).abs().max().item<double>()
+                              : -1.0;
+      ADD_FAILURE() << what << ": " << name << " differs: " << a.scalar_type() << " "
+                    << a.sizes() << " vs expected " << e.scalar_type() << " " << e.sizes()
+                    << ", max|diff| " << diff;
+      ++mismatches;
+    }
+  }
+  for (const auto& [name, a] : actual) {
+    if (!expected.count(name)) {
+      ADD_FAILURE() << what << ": unexpected " << name;
+      ++mismatches;
+    }
+  }
+  std::printf("    %-52s %zu tensors, %zu mismatches\n", what.c_str(), expected.size(), mismatches);
+}
+
+TensorMap with_prefix(const TensorMap& sd, const std::string& prefix, bool strip) {
+  TensorMap out;
+  for (const auto& [k, v] : sd) {
+    if (!strip) out[prefix + k] = v;
+    else if (k.rfind(prefix, 0) == 0) out[k.substr(prefix.size())] = v;
+  }
+  return out;
+}
+
+/// The entries whose name starts with `prefix`, names unchanged.
+TensorMap subset(const TensorMap& sd, const std::string& prefix) {
+  TensorMap out;
+  for (const auto& [k, v] : sd)
+    if (k.rfind(prefix, 0) == 0) out[k] = v;
+  return out;
+}
+
+TensorMap map_floating(const TensorMap& sd, const std::function<torch::Tensor(const torch::Tensor&)>& f) {
+  TensorMap out;
+  for (const auto& [k, v] : sd) out[k] = v.is_floating_point() ? f(v) : v;
+  return out;
+}
+
+/// The named tensors a loaded module gives back, as a map.
+TensorMap as_map(const std::vector<std::pair<std::string, torch::Tensor>>& named) {
+  TensorMap out;
+  for (const auto& [k, v] : named) out[k] = v;
+  return out;
+}
+
+class ConvertCheckpoint : public ::testing::Test {
+ protected:
+  static void SetUpTestSuite() {
+    const std::string python = AIM_PYTHON_PATH;
+    if (python.empty() || !fs::exists(python)) {
+      skip_reason_ = "no Python at AIM_PYTHON_PATH '" + python + "' (configure with -DAIM_PYTHON=...)";
+      return;
+    }
+    auto probe = run_shell(quote(python) + " -c 'import torch'");
+    if (probe.code != 0) {
+      skip_reason_ = python + " cannot import torch, which the converter needs:\n" + probe.output;
+      return;
+    }
+    // The inputs are generated once and shared by every test process (ctest runs each test
+    // alone), in the build directory, named after the generator, the converter and the
+    // fixtures they read; older generations are removed.
+    std::string key = read_file(generator()) + read_file(tool());
+    for (const char* f : {"vq/vq16_tiny/model.safetensors", "aim/mamba2_tiny/model.safetensors",
+                          "aim/mamba1_tiny/model.safetensors", "aim/mamba2_tiny/config.json"})
+      key += std::to_string(fs::file_size(fixture(f))) + f;
+    std::ostringstream name;
+    name << "convert_checkpoint_" << std::hex << std::hash<std::string>{}(key);
+    const fs::path root = fs::path(AIM_BINARY_PATH).parent_path() / "test_inputs";
+    inputs_ = root / name.str();
+    if (!fs::exists(inputs_ / "DONE")) {
+      std::error_code ec;
+      fs::create_directories(root, ec);
+      for (const auto& entry : fs::directory_iterator(root, ec))
+        if (entry.path().filename().string().rfind("convert_checkpoint_", 0) == 0 &&
+            fs::exists(entry.path() / "DONE"))
+          fs::remove_all(entry.path(), ec);
+      const fs::path tmp = inputs_.string() + ".tmp" + std::to_string(getpid());
+      fs::remove_all(tmp);
+      auto gen = run_shell(quote(python) + " " + quote(generator()) + " " +
+                           quote(test::fixtures_dir().string()) + " " + quote(tmp.string()));
+      if (gen.code != 0) {
+        setup_error_ = "make_checkpoints.py failed (exit " + std::to_string(gen.code) + "):\n" + gen.output;
+        fs::remove_all(tmp);
+        return;
+      }
+      std::ofstream(tmp / "DONE") << "ok\n";
+      fs::rename(tmp, inputs_, ec);  // another process may have won the race: use its copy
+      if (ec) fs::remove_all(tmp);
+    }
+    out_ = fs::temp_directory_path() / ("aim_convert_out_" + std::to_string(getpid()));
+    fs::remove_all(out_);
+    fs::create_directories(out_);
+  }
+
+  static void TearDownTestSuite() {
+    if (!out_.empty()) fs::remove_all(out_);
+  }
+
+  void SetUp() override {
+    if (!skip_reason_.empty()) GTEST_SKIP() << skip_reason_;
+    ASSERT_TRUE(setup_error_.empty()) << setup_error_;
+  }
+
+  /// Runs the converter; `env` is prepended (VAR=value ...).
+  static RunResult convert(const std::string& args, const std::string& env = "") {
+    auto r = run_shell(env + (env.empty() ? "" : " ") + quote(AIM_PYTHON_PATH) + " " +
+                       quote(tool()) + " " + args);
+    std::printf("  $ convert_checkpoint.py %s -> exit %d\n", args.c_str(), r.code);
+    return r;
+  }
+  static std::string in(const std::string& rel) { return quote((inputs_ / rel).string()); }
+  static fs::path out(const std::string& rel) { return out_ / rel; }
+
+  static inline std::string skip_reason_, setup_error_;
+  static inline fs::path inputs_, out_;
+};
+
+// ---------------------------------------------------------------------------- tokenizer
+
+void expect_vq_config_equal(const VqConfig& a, const VqConfig& b) {
+  EXPECT_EQ(a.codebook_size, b.codebook_size);
+  EXPECT_EQ(a.codebook_embed_dim, b.codebook_embed_dim);
+  EXPECT_EQ(a.codebook_l2_norm, b.codebook_l2_norm);
+  EXPECT_EQ(a.ch, b.ch);
+  EXPECT_EQ(a.ch_mult, b.ch_mult);
+  EXPECT_EQ(a.z_channels, b.z_channels);
+  EXPECT_EQ(a.num_res_blocks, b.num_res_blocks);
+  EXPECT_EQ(a.dropout, b.dropout);
+}
+
+/// Builds the tokenizer from the written config, loads the written weights and checks what the
+/// module holds against `expected` (fixture names, no prefix).
+void expect_vq_loads(const fs::path& weights, const fs::path& config, const TensorMap& expected,
+                     const std::string& prefix = "") {
+  auto cfg = vq_config_from_json(config.string());
+  expect_vq_config_equal(cfg, vq_config_from_json(fixture("vq/vq16_tiny/config.json").string()));
+  VqModel vq(cfg);
+  load_vq_state_dict(vq, load_safetensors(weights.string()), weights.string(), prefix);
+  expect_identical(as_map(vq_state_dict(vq)), expected, "VqModel loaded from " + weights.filename().string());
+}
+
+TEST_F(ConvertCheckpoint, HelpExplainsUsage) {
+  auto r = convert("--help");
+  EXPECT_EQ(r.code, 0) << r.output;
+  for (const char* s : {"usage:", "--use-ema", "--prefix", "--dtype", "llamagen-vq", "aim-trainer"})
+    EXPECT_NE(r.output.find(s), std::string::npos) << s << "\n" << r.output;
+}
+
+TEST_F(ConvertCheckpoint, LlamaGenTrainingCheckpoint) {
+  const auto fix = load_safetensors(fixture("vq/vq16_tiny/model.safetensors").string());
+  auto r = convert(in("llamagen/vq.pt") + " --out " + quote(out("vq.safetensors").string()));
+  ASSERT_EQ(r.code, 0) << r.output;
+  std::printf("%s", r.output.c_str());
+  for (const char* s : {"llamagen-vq", "steps 123", "['model']", "vq.json"})
+    EXPECT_NE(r.output.find(s), std::string::npos) << s << "\n" << r.output;
+  expect_identical(load_safetensors(out("vq.safetensors").string()), fix, "vq.safetensors");
+  expect_vq_loads(out("vq.safetensors"), out("vq.json"), fix);
+}
+
+TEST_F(ConvertCheckpoint, LlamaGenEmaAndBf16) {
+  const auto fix = load_safetensors(fixture("vq/vq16_tiny/model.safetensors").string());
+  auto r = convert(in("llamagen/vq.pt") + " --use-ema --out " + quote(out("ema.safetensors").string()));
+  ASSERT_EQ(r.code, 0) << r.output;
+  EXPECT_NE(r.output.find("['ema']"), std::string::npos) << r.output;
+  const auto ema = map_floating(fix, [](const torch::Tensor& t) { return t + kEmaDelta; });
+  expect_identical(load_safetensors(out("ema.safetensors").string()), ema, "ema.safetensors (--use-ema)");
+  expect_vq_loads(out("ema.safetensors"), out("ema.json"), ema);
+
+  r = convert(in("llamagen/vq.pt") + " --dtype bf16 --out " + quote(out("bf16.safetensors").string()));
+  ASSERT_EQ(r.code, 0) << r.output;
+  EXPECT_NE(r.output.find("-> bfloat16"), std::string::npos) << r.output;
+  const auto bf16 = map_floating(fix, [](const torch::Tensor& t) { return t.to(torch::kBFloat16); });
+  expect_identical(load_safetensors(out("bf16.safetensors").string()), bf16, "bf16.safetensors (--dtype bf16)");
+}
+
+TEST_F(ConvertCheckpoint, PrefixAddsAndStrips) {
+  const auto fix = load_safetensors(fixture("vq/vq16_tiny/model.safetensors").string());
+  // The released vq_ds16_c2i.pt form ({"model": ...}) made loadable as AiM's tokenizer part.
+  auto r = convert(in("llamagen/vq_ds16_c2i.pt") + " --prefix vqvae. --out " +
+                   quote(out("vqvae.safetensors").string()));
+  ASSERT_EQ(r.code, 0) << r.output;
+  expect_identical(load_safetensors(out("vqvae.safetensors").string()), with_prefix(fix, "vqvae.", false),
+                   "vqvae.safetensors (--prefix vqvae.)");
+  expect_vq_loads(out("vqvae.safetensors"), out("vqvae.json"), fix, "vqvae.");
+
+  // A DDP-wrapped state dict (module.*).
+  r = convert(in("bad/module_prefixed.bin") + " --prefix module.- --out " +
+              quote(out("unwrapped.safetensors").string()));
+  ASSERT_EQ(r.code, 0) << r.output;
+  expect_identical(load_safetensors(out("unwrapped.safetensors").string()), fix,
+                   "unwrapped.safetensors (--prefix module.-)");
+
+  // The tokenizer taken out of an AiM checkpoint.
+  const auto aim_fix = load_safetensors(fixture("aim/mamba2_tiny/model.safetensors").string());
+  r = convert(in("aim/pytorch_model.bin") + " --prefix vqvae.- --out " +
+              quote(out("aim_vq.safetensors").string()));
+  ASSERT_EQ(r.code, 0) << r.output;
+  EXPECT_NE(r.output.find("llamagen-vq"), std::string::npos) << r.output;
+  expect_identical(load_safetensors(out("aim_vq.safetensors").string()), with_prefix(aim_fix, "vqvae.", true),
+                   "aim_vq.safetensors (--prefix vqvae.-)");
+  auto cfg = vq_config_from_json(out("aim_vq.json").string());
+  auto expected_cfg = vq_config_from_json(fixture("aim/mamba2_tiny/config.json").string(), "fixture.vq");
+  expect_vq_config_equal(cfg, expected_cfg);
+}
+
+// ---------------------------------------------------------------------------- AiM
+
+/// Builds AimModel from the written config.json, loads the written weights and compares the
+/// module's tensors (official names) and the tokenizer part with the fixture case.
+void expect_aim_loads(const fs::path& weights, const fs::path& config, const std::string& fixture_case) {
+  const auto fix = load_safetensors(fixture("aim/" + fixture_case + "/model.safetensors").string());
+  auto cfg = model_config_from_hf_json(config.string());
+  auto expected = model_config_from_hf_json(fixture("aim/" + fixture_case + "/config.json").string());
+  // chunk_size only tiles the scan (same results) and is not in the tensors: it cannot be inferred.
+  cfg.ssm.chunk_size = expected.ssm.chunk_size;
+  EXPECT_TRUE(cfg == expected) << config << " differs from the fixture's config:\n"
+                               << model_config_to_hf_json(cfg) << "\nvs\n"
+                               << model_config_to_hf_json(expected);
+  AimModel model(cfg);
+  const auto sd = load_safetensors(weights.string());
+  load_official_state_dict(model, sd, weights.string());
+  expect_identical(as_map(official_state_dict(model)), subset(fix, "mamba."),
+                   "AimModel loaded from " + weights.filename().string());
+  bool has_vq = false;
+  for (const auto& [k, v] : sd) has_vq = has_vq || k.rfind("vqvae.", 0) == 0;
+  if (has_vq) {
+    VqModel vq(vq_config_from_json(fixture("aim/" + fixture_case + "/config.json").string(), "fixture.vq"));
+    load_vq_state_dict(vq, sd, weights.string(), "vqvae.");
+    expect_identical(as_map(vq_state_dict(vq, "vqvae.")), subset(fix, "vqvae."),
+                     "VqModel (vqvae.) loaded from " + weights.filename().string());
+  }
+}
+
+TEST_F(ConvertCheckpoint, AimStateDictInfersTheConfig) {
+  for (const auto& [input, fixture_case] : {std::pair<std::string, std::string>{"aim", "mamba2_tiny"},
+                                            {"aim_mamba1", "mamba1_tiny"}}) {
+    SCOPED_TRACE(fixture_case);
+    const auto dir = out(fixture_case);
+    auto r = convert(in(input + "/pytorch_model.bin") + " --out " + quote(dir.string() + "/"));
+    ASSERT_EQ(r.code, 0) << r.output;
+    std::printf("%s", r.output.c_str());
+    EXPECT_NE(r.output.find("derived from tensor shapes"), std::string::npos) << r.output;
+    EXPECT_NE(r.output.find("under both names"), std::string::npos) << r.output;
+    const auto fix = load_safetensors(fixture("aim/" + fixture_case + "/model.safetensors").string());
+    const auto sd = load_safetensors((dir / "model.safetensors").string());
+    // The fixture stores the tied weight under both names, as the converter must.
+    expect_identical(sd, fix, fixture_case + "/model.safetensors");
+    expect_aim_loads(dir / "model.safetensors", dir / "config.json", fixture_case);
+  }
+}
+
+TEST_F(ConvertCheckpoint, ConfigBesideTheWeightsIsCopied) {
+  const auto fix = load_safetensors(fixture("aim/mamba2_tiny/model.safetensors").string());
+  // MambaLMHeadModel.save_pretrained(): unprefixed names + config.json.
+  auto r = convert(in("mamba_pretrained") + " --out " + quote(out("pretrained/").string()));
+  ASSERT_EQ(r.code, 0) << r.output;
+  EXPECT_NE(r.output.find("copied from"), std::string::npos) << r.output;
+  EXPECT_EQ(read_file(out("pretrained/config.json")), read_file(inputs_ / "mamba_pretrained/config.json"));
+  expect_identical(load_safetensors(out("pretrained/model.safetensors").string()),
+                   with_prefix(fix, "mamba.", true), "pretrained/model.safetensors");
+  expect_aim_loads(out("pretrained/model.safetensors"), out("pretrained/config.json"), "mamba2_tiny");
+
+  // A Hugging Face snapshot whose model.safetensors keeps the tied weight once.
+  r = convert(in("snapshot") + " --out " + quote(out("snapshot/model.safetensors").string()));
+  ASSERT_EQ(r.code, 0) << r.output;
+  EXPECT_EQ(read_file(out("snapshot/config.json")), read_file(inputs_ / "snapshot/config.json"));
+  expect_identical(load_safetensors(out("snapshot/model.safetensors").string()), fix, "snapshot/model.safetensors");
+  expect_aim_loads(out("snapshot/model.safetensors"), out("snapshot/config.json"), "mamba2_tiny");
+}
+
+TEST_F(ConvertCheckpoint, TrainerCheckpointDirectoryOrItsWeightsFile) {
+  const auto fix = load_safetensors(fixture("aim/mamba2_tiny/model.safetensors").string());
+  for (const std::string input : {"trainer/checkpoint-250", "trainer/checkpoint-250/pytorch_model.bin"}) {
+    SCOPED_TRACE(input);
+    const std::string name = input.find(".bin") != std::string::npos ? "file" : "dir";
+    auto r = convert(in(input) + " --kind aim-trainer --out " + quote(out(name).string() + "/"));
+    ASSERT_EQ(r.code, 0) << r.output;
+    for (const char* s : {"aim-trainer", "global_step 250"})
+      EXPECT_NE(r.output.find(s), std::string::npos) << s << "\n" << r.output;
+    expect_identical(load_safetensors((out(name) / "model.safetensors").string()), fix,
+                     name + "/model.safetensors");
+    expect_aim_loads(out(name) / "model.safetensors", out(name) / "config.json", "mamba2_tiny");
+  }
+}
+
+TEST_F(ConvertCheckpoint, BuiltInWriterGivesIdenticalTensors) {
+  const std::string args = in("aim/pytorch_model.bin") + " --dtype bf16 --out ";
+  auto a = convert(args + quote(out("default.safetensors").string()));
+  ASSERT_EQ(a.code, 0) << a.output;
+  auto b = convert(args + quote(out("builtin.safetensors").string()), "AIM_CONVERT_NO_SAFETENSORS=1");
+  ASSERT_EQ(b.code, 0) << b.output;
+  EXPECT_NE(b.output.find("AIM_CONVERT_NO_SAFETENSORS"), std::string::npos) << b.output;
+  const auto line = a.output.substr(a.output.find("writer"));
+  std::printf("    default run: %s", line.substr(0, line.find('\n') + 1).c_str());
+  if (line.rfind("writer      built-in", 0) == 0)
+    std::printf("    note: the safetensors package is not importable here, so both runs used the "
+                "built-in writer\n");
+  const auto fa = load_safetensors(out("default.safetensors").string());
+  const auto fb = load_safetensors(out("builtin.safetensors").string());
+  expect_identical(fb, fa, "built-in writer vs default writer");
+  const auto fix = load_safetensors(fixture("aim/mamba2_tiny/model.safetensors").string());
+  expect_identical(fb, map_floating(fix, [](const torch::Tensor& t) { return t.to(torch::kBFloat16); }),
+                   "built-in writer vs bf16 rounding of the fixture");
+  SafetensorsFile file(out("builtin.safetensors").string());
+  EXPECT_EQ(file.metadata().count("format") ? file.metadata().at("format") : "", "pt");
+}
+
+// ---------------------------------------------------------------------------- refusals
+
+TEST_F(ConvertCheckpoint, RefusesWhatItDoesNotKnow) {
+  struct Case {
+    std::string input, extra;
+    std::vector<std::string> expect;  // substrings of the message
+  };
+  const std::vector<Case> cases = {
+      {"bad/random.bin", "", {"random.bin", "not a checkpoint", "zip archive or a pickle"}},
+      {"bad/unknown_keys.pt", "", {"unknown_keys.pt", "unknown top-level keys", "epoch", "scaler"}},
+      {"bad/evil.pt", "", {"evil.pt", "refusing to unpickle", "system"}},
+      {"bad/no_model.pt", "", {"no_model.pt", "no 'model'"}},
+      {"bad/gpt.pt", "", {"gpt.pt", "neither a VQ tokenizer", "tok_embeddings.weight", "GPT-B"}},
+      {"bad/truncated.pt", "", {"truncated.pt", "not a readable PyTorch checkpoint"}},
+      {"bad/module_prefixed.bin", "", {"module_prefixed.bin", "--prefix module.-"}},
+      {"trainer/checkpoint-250/training_args.bin", "",
+       {"training_args.bin", "refusing to unpickle", "transformers.training_args.TrainingArguments"}},
+      {"trainer/checkpoint-250/optimizer.pt", "", {"optimizer.pt", "optimizer state"}},
+      {"llamagen/vq_ds16_c2i.pt", "--use-ema", {"vq_ds16_c2i.pt", "no 'ema' entry"}},
+      {"aim/pytorch_model.bin", "--use-ema", {"pytorch_model.bin", "no EMA"}},
+      {"aim/pytorch_model.bin", "--kind llamagen-vq",
+       {"pytorch_model.bin", "--kind llamagen-vq expects", "found an AiM model", "--prefix vqvae.-"}},
+      {"llamagen/vq.pt", "--prefix foo.-", {"vq.pt", "no key starts with 'foo.'"}},
+      {"bad/mismatch", "", {"mismatch/config.json", "does not describe these weights", "d_model: config 64, tensors 48",
+                            "ssm_cfg.layer"}},
+  };
+  // evil.pt's payload would create this file.
+  const auto marker = out("EXECUTED");
+  int i = 0;
+  for (const auto& c : cases) {
+    SCOPED_TRACE(c.input + " " + c.extra);
+    const auto target = out("refused" + std::to_string(i++) + ".safetensors");
+    auto r = convert(in(c.input) + " " + c.extra + " --out " + quote(target.string()),
+                     "AIM_CONVERT_TEST_MARKER=" + quote(marker.string()));
+    std::printf("    %s", r.output.c_str());
+    EXPECT_EQ(r.code, 1) << r.output;
+    for (const auto& s : c.expect) EXPECT_NE(r.output.find(s), std::string::npos) << s << "\n" << r.output;
+    EXPECT_FALSE(fs::exists(target)) << "an output was written for a refused input";
+  }
+  EXPECT_FALSE(fs::exists(marker)) << "evil.pt's payload ran";
+}
+
+}  // namespace
+}  // namespace aim

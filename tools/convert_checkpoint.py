@@ -1,0 +1,982 @@
+#!/usr/bin/env python3
+"""Converts official AiM and LlamaGen checkpoints (PyTorch pickles) to safetensors.
+
+The C++ code never unpickles anything: checkpoints in PyTorch's pickle formats come in through
+this tool, once, on the user's machine. Inputs:
+
+  llamagen-vq  LlamaGen tokenizer checkpoints (vq_ds16_c2i.pt, vq_train.py's NNNNNNN.pt): a dict
+               {model, [ema], [optimizer], [discriminator], [optimizer_disc], [steps], [args]},
+               or a bare VQ state dict (the vq_f16.pt AiM's train_stage2.py loads).
+  aim          AiM weights: pytorch_model.bin (torch.save of AiM.state_dict(): mamba.*, vqvae.*),
+               a MambaLMHeadModel.save_pretrained() directory (backbone.*, lm_head.weight +
+               config.json), or a Hugging Face snapshot (config.json + model.safetensors).
+  aim-trainer  AiM training checkpoints of its Hugging Face Trainer: checkpoint-N/ holding
+               pytorch_model.bin or model.safetensors next to trainer_state.json, optimizer.pt...
+
+The output keeps the official key names and the tensors bit for bit (unless --dtype converts
+them); a tied weight is written under both of its names. Beside it goes the matching config:
+LlamaGen ModelArgs fields (+ ch, num_res_blocks) for a tokenizer, AiM's MambaConfig
+config.json for a model.
+
+Pickles are opened with torch.load(weights_only=True): only tensors, plain containers and (for
+LlamaGen's `args`) argparse.Namespace are accepted; any other Python global is refused, never
+executed. Needs only PyTorch; the safetensors package is used when importable.
+"""
+import argparse
+import collections
+import ctypes
+import json
+import math
+import os
+import pickle
+import re
+import shutil
+import struct
+import sys
+import zipfile
+
+torch = None  # imported by require_torch(), so that --help works without PyTorch
+
+PROG = "convert_checkpoint"
+
+LLAMAGEN_KEYS = ("model", "ema", "optimizer", "discriminator", "optimizer_disc", "steps", "args")
+WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
+EMBED_KEY = "backbone.embeddings.word_embeddings.weight"
+HEAD_KEY = "lm_head.weight"
+VQ_ROOTS = ("encoder.", "decoder.", "quantize.", "quant_conv.", "post_quant_conv.")
+MAMBA_ROOTS = ("backbone.", "lm_head.")
+
+# torch dtype <-> safetensors dtype name, filled by require_torch(). Every writer and reader
+# here assumes a little-endian host.
+ST_DTYPES = {}
+ST_TO_TORCH = {}
+
+OUT_DTYPES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16", "keep": None}
+
+
+class ConvertError(Exception):
+    """A refusal: the message names the file, what was expected and what was found."""
+
+
+def require_torch():
+    global torch
+    if torch is not None:
+        return
+    try:
+        import torch as imported
+    except ImportError as e:
+        raise ConvertError("PyTorch is not importable from %s (%s) ---> HINT: pip install torch"
+                           % (sys.executable, e))
+    torch = imported
+    names = {"float64": "F64", "float32": "F32", "float16": "F16", "bfloat16": "BF16",
+             "int64": "I64", "int32": "I32", "int16": "I16", "int8": "I8", "uint8": "U8",
+             "bool": "BOOL", "float8_e4m3fn": "F8_E4M3", "float8_e5m2": "F8_E5M2",
+             "uint16": "U16", "uint32": "U32", "uint64": "U64"}
+    for name, code in names.items():
+        if hasattr(torch, name):
+            ST_DTYPES[getattr(torch, name)] = code
+            ST_TO_TORCH[code] = getattr(torch, name)
+
+
+# ------------------------------------------------------------------------------------ reading
+
+def sniff(path):
+    """'zip' (torch.save), 'pickle' (legacy torch.save), 'safetensors', or None."""
+    with open(path, "rb") as f:
+        head = f.read(16)
+    if head.startswith(b"PK\x03\x04"):
+        return "zip"
+    if head[:1] == b"\x80" and len(head) > 1 and 2 <= head[1] <= 5:
+        return "pickle"
+    if len(head) >= 9:
+        n = struct.unpack("<Q", head[:8])[0]
+        if 2 <= n <= 100_000_000 and head[8:9] == b"{":
+            return "safetensors"
+    return None
+
+
+def _disallowed_global(err):
+    m = re.search(r"GLOBAL ([\w.]+)", str(err))
+    return m.group(1) if m else None
+
+
+def _safe_globals_context(classes):
+    ser = torch.serialization
+    if hasattr(ser, "safe_globals"):
+        return ser.safe_globals(classes)
+    if hasattr(ser, "add_safe_globals"):  # torch 2.4: process-wide allowlist only
+        ser.add_safe_globals(classes)
+        return _NullContext()
+    raise ConvertError("this PyTorch (%s) cannot allowlist argparse.Namespace for a weights-only "
+                       "load ---> HINT: use PyTorch >= 2.4" % torch.__version__)
+
+
+class _NullContext:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+
+def load_torch(path, fmt):
+    """torch.load(weights_only=True), allowing argparse.Namespace and nothing else."""
+    refused = ("%s: refusing to unpickle: it needs the Python object %s, which a checkpoint of "
+               "tensors, containers and argparse.Namespace does not ---> HINT: loading it would "
+               "run code from the file; this tool reads only LlamaGen and AiM weight checkpoints")
+    ser = torch.serialization
+    if fmt == "zip" and hasattr(ser, "get_unsafe_globals_in_checkpoint"):
+        try:
+            unsafe = set(ser.get_unsafe_globals_in_checkpoint(path)) - {"argparse.Namespace"}
+        except Exception:  # a damaged archive: torch.load below reports it
+            unsafe = set()
+        if unsafe:
+            raise ConvertError(refused % (path, ", ".join(sorted(unsafe))))
+    kwargs = {"map_location": "cpu", "weights_only": True}
+    if fmt == "zip":
+        kwargs["mmap"] = True  # tensors are paged in from the file, not copied
+    allowed = []
+    while True:
+        try:
+            with _safe_globals_context(allowed):
+                return torch.load(path, **kwargs)
+        except pickle.UnpicklingError as e:
+            name = _disallowed_global(e)
+            if name == "argparse.Namespace" and not allowed:
+                allowed = [argparse.Namespace]
+                continue
+            if name:
+                raise ConvertError(refused % (path, name))
+            raise ConvertError("%s: not a readable PyTorch checkpoint: %s" % (path, _first_line(e)))
+        except ConvertError:
+            raise
+        except Exception as e:
+            raise ConvertError("%s: not a readable PyTorch checkpoint (%s): %s ---> HINT: is the "
+                               "download complete?" % (path, type(e).__name__, _first_line(e)))
+
+
+def _first_line(err):
+    text = str(err).strip().splitlines()
+    return text[0] if text else type(err).__name__
+
+
+def read_safetensors(path):
+    """name -> tensor and the metadata, from a safetensors file (no package needed)."""
+    require_torch()
+    size = os.path.getsize(path)
+    with open(path, "rb") as f:
+        n = struct.unpack("<Q", f.read(8))[0]
+        if n > size - 8:
+            raise ConvertError("%s: safetensors header of %d bytes, but the file has %d"
+                               % (path, n, size))
+        try:
+            header = json.loads(f.read(n).decode("utf-8"))
+        except ValueError as e:
+            raise ConvertError("%s: safetensors header is not JSON: %s" % (path, e))
+        if not isinstance(header, dict):
+            raise ConvertError("%s: safetensors header is not a JSON object" % path)
+        base = 8 + n
+        tensors = collections.OrderedDict()
+        metadata = header.pop("__metadata__", {}) or {}
+        entries = []
+        for name, info in header.items():
+            try:
+                begin, end = (int(x) for x in info["data_offsets"])
+                shape = [int(x) for x in info["shape"]]
+                code = info["dtype"]
+            except (KeyError, TypeError, ValueError):
+                raise ConvertError("%s: tensor %s: expected {dtype, shape, data_offsets: [begin, "
+                                   "end]}, found %s" % (path, name, json.dumps(info)[:200]))
+            entries.append((begin, end, name, shape, code))
+        for begin, end, name, shape, code in sorted(entries):
+            dtype = ST_TO_TORCH.get(code)
+            if dtype is None:
+                raise ConvertError("%s: tensor %s has dtype %r, expected one of %s"
+                                   % (path, name, code, ", ".join(ST_TO_TORCH)))
+            nbytes = math.prod(shape) * torch.empty((), dtype=dtype).element_size()
+            if end - begin != nbytes or base + end > size:
+                raise ConvertError("%s: tensor %s: offsets [%d, %d] do not fit shape %s %s in a "
+                                   "file of %d bytes" % (path, name, begin, end, shape, code, size))
+            f.seek(base + begin)
+            buf = bytearray(f.read(nbytes))
+            t = torch.frombuffer(buf, dtype=dtype) if nbytes else torch.empty(0, dtype=dtype)
+            tensors[name] = t.reshape(shape)
+    return tensors, metadata
+
+
+# ------------------------------------------------------------------------------------ inputs
+
+class Source:
+    """What the input turned out to be."""
+
+    def __init__(self, path):
+        self.path = path            # the weights file
+        self.container = ""         # "llamagen" | "state-dict" | "safetensors"
+        self.trainer_state = None   # trainer_state.json of an HF Trainer checkpoint
+        self.config_beside = None   # config.json in the input's directory
+        self.entries = []           # top-level entries of a LlamaGen dict
+        self.args = None            # LlamaGen args (argparse.Namespace)
+        self.steps = None
+        self.taken = ""             # "model" | "ema" | ""
+
+
+def find_weights(path):
+    """The weights file for `path` (a file, or a checkpoint / snapshot directory)."""
+    if not os.path.exists(path):
+        raise ConvertError("%s: no such file or directory" % path)
+    if not os.path.isdir(path):
+        return path
+    for name in WEIGHT_FILES:
+        if os.path.isfile(os.path.join(path, name)):
+            return os.path.join(path, name)
+    shards = [n for n in ("model.safetensors.index.json", "pytorch_model.bin.index.json")
+              if os.path.isfile(os.path.join(path, n))]
+    if shards:
+        raise ConvertError("%s: holds a sharded checkpoint (%s), expected one %s ---> HINT: "
+                           "neither AiM's trainer nor its Hugging Face snapshots shard weights"
+                           % (path, shards[0], " or ".join(WEIGHT_FILES)))
+    found = sorted(os.listdir(path))[:12]
+    raise ConvertError("%s: a directory without %s (found: %s) ---> HINT: pass a Hugging Face "
+                       "Trainer checkpoint-N/ directory, a snapshot directory or the weights file"
+                       % (path, " or ".join(WEIGHT_FILES), ", ".join(found) or "nothing"))
+
+
+def open_input(path, use_ema):
+    """Reads the input; returns (Source, state dict)."""
+    src = Source(find_weights(path))
+    folder = os.path.dirname(os.path.abspath(src.path))
+    state_file = os.path.join(folder, "trainer_state.json")
+    if os.path.isfile(state_file):
+        try:
+            with open(state_file) as f:
+                state = json.load(f)
+        except ValueError as e:
+            raise ConvertError("%s: not valid JSON: %s" % (state_file, e))
+        # The Hugging Face Trainer's TrainerState (aim's own run directories have another one).
+        if isinstance(state, dict) and "global_step" in state:
+            src.trainer_state = state
+    if os.path.isfile(os.path.join(folder, "config.json")):
+        src.config_beside = os.path.join(folder, "config.json")
+
+    fmt = sniff(src.path)
+    if fmt is None:
+        with open(src.path, "rb") as f:
+            head = f.read(8)
+        raise ConvertError("%s: not a checkpoint: expected a PyTorch file (a zip archive or a "
+                           "pickle, as torch.save writes) or safetensors, found bytes %s"
+                           % (src.path, head.hex(" ") if head else "(empty file)"))
+    if fmt == "safetensors":
+        sd, _ = read_safetensors(src.path)
+        src.container = "safetensors"
+        if use_ema:
+            raise ConvertError("%s: --use-ema: a safetensors file holds one set of weights, no "
+                               "EMA copy" % src.path)
+        return src, sd
+
+    obj = load_torch(src.path, fmt)
+    if not isinstance(obj, dict):
+        raise ConvertError("%s: expected a dict (a state dict or a LlamaGen checkpoint), found %s"
+                           % (src.path, type(obj).__name__))
+    if obj and all(torch.is_tensor(v) for v in obj.values()):
+        src.container = "state-dict"
+        if use_ema:
+            raise ConvertError("%s: --use-ema: a bare state dict holds one set of weights, no EMA "
+                               "copy ---> HINT: LlamaGen training checkpoints keep it under 'ema'"
+                               % src.path)
+        return src, obj
+
+    # A LlamaGen training checkpoint: {"model": state dict, "ema": ..., "args": Namespace, ...}.
+    keys = [str(k) for k in obj.keys()]
+    unknown = [k for k in keys if k not in LLAMAGEN_KEYS]
+    if unknown:
+        hint = ""
+        if {"state", "param_groups"} <= set(keys):
+            hint = " ---> HINT: this is an optimizer state; pass the model weights"
+        elif src.trainer_state is not None:
+            hint = (" ---> HINT: in a Trainer checkpoint the weights are %s; pass the directory"
+                    % " or ".join(WEIGHT_FILES))
+        raise ConvertError("%s: unknown top-level keys %s: expected a state dict (tensors only) or "
+                           "a LlamaGen checkpoint with keys from %s%s"
+                           % (src.path, unknown, ", ".join(LLAMAGEN_KEYS), hint))
+    if "model" not in obj:
+        raise ConvertError("%s: a dict with keys %s but no 'model': expected a LlamaGen "
+                           "checkpoint, whose weights are under 'model' (and 'ema')"
+                           % (src.path, keys))
+    args = obj.get("args")
+    if args is not None and not isinstance(args, argparse.Namespace):
+        raise ConvertError("%s: 'args' is a %s, expected argparse.Namespace (LlamaGen's parsed "
+                           "command line)" % (src.path, type(args).__name__))
+    src.container = "llamagen"
+    src.entries = keys
+    src.args = args
+    src.steps = obj.get("steps")
+    src.taken = "ema" if use_ema else "model"
+    if use_ema and "ema" not in obj:
+        raise ConvertError("%s: --use-ema, but the checkpoint has no 'ema' entry (entries: %s) "
+                           "---> HINT: LlamaGen stores one only when trained with --ema"
+                           % (src.path, ", ".join(keys)))
+    sd = obj[src.taken]
+    if not isinstance(sd, dict) or not sd or not all(torch.is_tensor(v) for v in sd.values()):
+        raise ConvertError("%s: '%s' is not a state dict (expected a non-empty dict of tensors, "
+                           "found %s)" % (src.path, src.taken, _describe(sd)))
+    return src, sd
+
+
+def _describe(obj):
+    if isinstance(obj, dict):
+        kinds = collections.Counter(type(v).__name__ for v in obj.values())
+        return "a dict of %d entries: %s" % (len(obj), dict(kinds))
+    return "a %s" % type(obj).__name__
+
+
+# ------------------------------------------------------------------------------------ contents
+
+def classify(sd):
+    """(content, prefix, stray keys): content "vq" (prefix "" or "vqvae.") or "aim" (prefix
+    "mamba." or "" for MambaLMHeadModel names); (None, None, []) when neither."""
+    keys = set(sd)
+
+    def has_vq(p):
+        return all(p + k in keys for k in ("encoder.conv_in.weight", "decoder.conv_out.weight",
+                                           "quant_conv.weight", "quantize.embedding.weight"))
+
+    def has_mamba(p):
+        return (p + "backbone.norm_f.weight" in keys
+                and (p + EMBED_KEY in keys or p + HEAD_KEY in keys))
+
+    if has_mamba("mamba."):
+        roots = ("mamba.", "vqvae.")
+        kind, prefix = "aim", "mamba."
+    elif has_mamba(""):
+        roots, kind, prefix = MAMBA_ROOTS, "aim", ""
+    elif has_vq(""):
+        roots, kind, prefix = VQ_ROOTS, "vq", ""
+    elif has_vq("vqvae."):
+        roots, kind, prefix = ("vqvae.",), "vq", "vqvae."
+    else:
+        return None, None, []
+    stray = sorted(k for k in keys if not k.startswith(roots))
+    return kind, prefix, stray
+
+
+def unknown_contents(src, sd, what):
+    sample = sorted(sd)[:4]
+    roots = sorted({k.split(".")[0] + "." for k in sd})
+    hint = ""
+    if len(roots) == 1 and roots[0] not in ("mamba.", "vqvae.", "backbone.", "encoder."):
+        hint = (" ---> HINT: every key starts with '%s'; strip it with --prefix %s-"
+                % (roots[0], roots[0]))
+    elif hasattr(src.args, "gpt_model"):
+        hint = (" ---> HINT: args.gpt_model = %s: a LlamaGen GPT, which aim does not run"
+                % src.args.gpt_model)
+    return ConvertError("%s: %s is neither a VQ tokenizer (encoder.*, decoder.*, quant_conv.*, "
+                        "quantize.embedding.weight) nor an AiM model (mamba.backbone.*, "
+                        "mamba.lm_head.weight, vqvae.*): found %d tensors such as %s%s"
+                        % (src.path, what, len(sd), ", ".join(sample), hint))
+
+
+def parse_prefixes(values):
+    """--prefix values -> (prefixes to strip, prefixes to add), each in the given order."""
+    strip, add = [], []
+    for v in values or []:
+        if v.endswith("-") and len(v) > 1:
+            strip.append(v[:-1])
+        elif v and not v.endswith("-"):
+            add.append(v)
+        else:
+            raise ConvertError("--prefix %r: expected PREFIX (prepend) or PREFIX- (strip), e.g. "
+                               "'vqvae.' or 'module.-'" % v)
+    return strip, add
+
+
+def strip_prefix(path, sd, prefix):
+    kept = collections.OrderedDict((k[len(prefix):], v) for k, v in sd.items()
+                                   if k.startswith(prefix))
+    if not kept:
+        roots = sorted({k.split(".")[0] + "." for k in sd})
+        raise ConvertError("%s: --prefix %s-: no key starts with '%s' (keys start with %s)"
+                           % (path, prefix, prefix, ", ".join(roots[:8])))
+    return kept, len(sd) - len(kept)
+
+
+def complete_tie(sd, mprefix, tie_config):
+    """Writes the tied weight under both names. Returns 'tied' | 'untied'."""
+    emb, head = mprefix + EMBED_KEY, mprefix + HEAD_KEY
+    if emb in sd and head in sd:
+        same = sd[emb].shape == sd[head].shape and torch.equal(sd[emb], sd[head])
+        if tie_config is True and not same:
+            raise ConvertError("%s and %s differ, but the config says tie_embeddings: true"
+                               % (emb, head))
+        return "tied" if same else "untied"
+    if tie_config is False:
+        missing = head if emb in sd else emb
+        raise ConvertError("%s is missing and the config says tie_embeddings: false" % missing)
+    if emb in sd:
+        sd[head] = sd[emb]
+    else:
+        sd[emb] = sd[head]
+    return "tied"
+
+
+# ------------------------------------------------------------------------------------ configs
+
+def _levels(sd, root):
+    """Per-level number of ResnetBlocks and width of the first one, from `<root>.conv_blocks.*`."""
+    pat = re.compile(re.escape(root) + r"conv_blocks\.(\d+)\.res\.(\d+)\.conv1\.weight$")
+    blocks = collections.defaultdict(dict)
+    for k, v in sd.items():
+        m = pat.match(k)
+        if m:
+            blocks[int(m.group(1))][int(m.group(2))] = v.shape[0]
+    levels = sorted(blocks)
+    if not levels or levels != list(range(len(levels))):
+        raise ConvertError("expected %sconv_blocks.0.. with res.*.conv1.weight, found levels %s"
+                           % (root, levels))
+    return [len(blocks[i]) for i in levels], [blocks[i][0] for i in levels]
+
+
+def vq_config(sd, prefix, args):
+    """LlamaGen ModelArgs (+ ch, num_res_blocks) from tensor shapes and the training args."""
+    p = prefix
+    need = ("encoder.conv_in.weight", "quant_conv.weight", "quantize.embedding.weight")
+    for k in need:
+        if p + k not in sd:
+            raise ConvertError("tokenizer tensor %s%s is missing" % (p, k))
+    ch = sd[p + "encoder.conv_in.weight"].shape[0]
+    enc_res, enc_width = _levels(sd, p + "encoder.")
+    dec_res, dec_width = _levels(sd, p + "decoder.")
+
+    def mult(widths, what):
+        for w in widths:
+            if w % ch:
+                raise ConvertError("%s width %d is not a multiple of ch = %d (encoder.conv_in)"
+                                   % (what, w, ch))
+        return [w // ch for w in widths]
+
+    enc_mult = mult(enc_width, "encoder level")
+    dec_mult = list(reversed(mult(dec_width, "decoder level")))  # decoder levels run top-down
+    nrb = enc_res[0]
+    if set(enc_res) != {nrb} or set(dec_res) != {nrb + 1}:
+        raise ConvertError("expected %d ResnetBlocks per encoder level and %d per decoder level "
+                           "(LlamaGen's layout), found %s and %s" % (nrb, nrb + 1, enc_res, dec_res))
+    size, dim = sd[p + "quantize.embedding.weight"].shape
+    cfg = collections.OrderedDict()
+    cfg["codebook_size"] = int(size)
+    cfg["codebook_embed_dim"] = int(dim)
+    cfg["codebook_l2_norm"] = bool(getattr(args, "codebook_l2_norm", True))
+    cfg["codebook_show_usage"] = (p + "quantize.codebook_used") in sd
+    cfg["commit_loss_beta"] = float(getattr(args, "commit_loss_beta", 0.25))
+    cfg["entropy_loss_ratio"] = float(getattr(args, "entropy_loss_ratio", 0.0))
+    cfg["encoder_ch_mult"] = enc_mult
+    cfg["decoder_ch_mult"] = dec_mult
+    cfg["z_channels"] = int(sd[p + "quant_conv.weight"].shape[1])
+    cfg["dropout_p"] = float(getattr(args, "dropout_p", 0.0))
+    cfg["ch"] = int(ch)
+    cfg["num_res_blocks"] = int(nrb)
+    notes = []
+    for field in ("codebook_size", "codebook_embed_dim"):
+        given = getattr(args, field, None)
+        if given is not None and given != cfg[field]:
+            notes.append("args.%s = %s, but the tensors say %s (the tensors win)"
+                         % (field, given, cfg[field]))
+    return cfg, notes
+
+
+def _layer_ids(sd, mp):
+    pat = re.compile(re.escape(mp) + r"backbone\.layers\.(\d+)\.")
+    return sorted({int(m.group(1)) for m in (pat.match(k) for k in sd) if m})
+
+
+def aim_config(sd, mp, tie):
+    """AiM's MambaConfig (the official config.json fields) from tensor shapes."""
+    def t(key):
+        if mp + key not in sd:
+            raise ConvertError("AiM tensor %s%s is missing" % (mp, key))
+        return sd[mp + key]
+
+    vocab, d = t(EMBED_KEY).shape
+    ids = _layer_ids(sd, mp)
+    if not ids or ids != list(range(len(ids))):
+        raise ConvertError("expected %sbackbone.layers.0.. numbered without gaps, found %s"
+                           % (mp, ids[:10]))
+    n_layer = len(ids)
+    l0 = "backbone.layers.0."
+    if mp + l0 + "mixer.in_proj.weight" not in sd:
+        mixers = sorted({k[len(mp + l0):] for k in sd if k.startswith(mp + l0 + "mixer.")})
+        raise ConvertError("layer 0 has no Mamba mixer (mixer.in_proj.weight); found %s ---> "
+                           "HINT: hybrid models with attention layers are not supported"
+                           % (mixers[:6],))
+    d_intermediate = 0
+    if mp + l0 + "mlp.fc2.weight" in sd:
+        d_intermediate = int(sd[mp + l0 + "mlp.fc2.weight"].shape[1])
+    adaln_factor = 6 if d_intermediate else 3
+    group = mp + "backbone.adaln_group.1.weight" in sd
+    num_groups = 1
+    if group:
+        rows = sd[mp + "backbone.adaln_group.1.weight"].shape[0]
+        if rows % (adaln_factor * d):
+            raise ConvertError("backbone.adaln_group.1.weight has %d rows, expected a multiple of "
+                               "%d * d_model (%d)" % (rows, adaln_factor, d))
+        num_groups = rows // (adaln_factor * d)
+
+    a_log = t(l0 + "mixer.A_log")
+    conv = t(l0 + "mixer.conv1d.weight")
+    ssm = collections.OrderedDict()
+    notes = []
+    if a_log.dim() == 1:  # Mamba2: one A per head
+        nheads = a_log.shape[0]
+        d_inner = t(l0 + "mixer.out_proj.weight").shape[1]
+        conv_dim = conv.shape[0]
+        if d_inner % d or d_inner % nheads or (conv_dim - d_inner) % 2:
+            raise ConvertError("Mamba2 layer 0: d_inner %d, %d heads, conv width %d do not fit "
+                               "d_model %d" % (d_inner, nheads, conv_dim, d))
+        gs = (conv_dim - d_inner) // 2  # ngroups * d_state: shapes cannot separate the two
+        ssm["layer"] = "Mamba2"
+        ssm["d_state"] = int(gs)
+        ssm["d_conv"] = int(conv.shape[2])
+        ssm["expand"] = int(d_inner // d)
+        ssm["headdim"] = int(d_inner // nheads)
+        ssm["ngroups"] = 1
+        notes.append("ngroups 1 assumed (shapes fix only ngroups * d_state = %d)" % gs)
+        if t(l0 + "mixer.D").shape[0] != nheads:
+            ssm["D_has_hdim"] = True
+        if mp + l0 + "mixer.norm.weight" not in sd:
+            ssm["rmsnorm"] = False
+    else:  # Mamba1: A [d_inner, d_state]
+        d_inner, d_state = a_log.shape
+        if d_inner % d:
+            raise ConvertError("Mamba1 layer 0: d_inner %d is not a multiple of d_model %d"
+                               % (d_inner, d))
+        dt_rank = t(l0 + "mixer.dt_proj.weight").shape[1]
+        ssm["layer"] = "Mamba1"
+        ssm["d_state"] = int(d_state)
+        ssm["d_conv"] = int(conv.shape[2])
+        ssm["expand"] = int(d_inner // d)
+        ssm["dt_rank"] = "auto" if dt_rank == math.ceil(d / 16) else int(dt_rank)
+    if mp + l0 + "mixer.conv1d.bias" not in sd:
+        ssm["conv_bias"] = False
+    if mp + l0 + "mixer.in_proj.bias" in sd:
+        ssm["bias"] = True
+
+    cfg = collections.OrderedDict()
+    cfg["d_model"] = int(d)
+    cfg["d_intermediate"] = d_intermediate
+    cfg["n_layer"] = n_layer
+    cfg["vocab_size"] = int(vocab)
+    cfg["ssm_cfg"] = ssm
+    cfg["attn_layer_idx"] = []
+    cfg["attn_cfg"] = {}
+    cfg["rms_norm"] = mp + l0 + "norm.bias" not in sd
+    cfg["residual_in_fp32"] = True
+    cfg["fused_add_norm"] = True
+    cfg["pad_vocab_size_multiple"] = 8
+    cfg["tie_embeddings"] = tie == "tied"
+    cfg["num_classes"] = int(t("backbone.cls_embed.embedding_table.weight").shape[0]) - 1
+    cfg["num_tokens"] = int(t("backbone.embeddings.position_embeddings.weight").shape[0]) - 1
+    cfg["adaln_group"] = group
+    cfg["num_groups"] = num_groups
+    cfg["token_drop"] = 0.0
+    cfg["mixer_drop"] = 0.0
+    cfg["mlp_drop"] = 0.0
+    return cfg, notes
+
+
+def read_hf_config(path):
+    """A MambaConfig config.json as a dict, or None when the file is something else."""
+    try:
+        with open(path) as f:
+            j = json.load(f)
+    except (OSError, ValueError):
+        return None
+    if isinstance(j, dict) and isinstance(j.get("config"), dict) and "d_model" not in j:
+        j = j["config"]  # a nested {"config": {...}} layout
+    if isinstance(j, dict) and "d_model" in j and "n_layer" in j:
+        return j
+    return None
+
+
+def check_hf_config(path, given, derived):
+    """Raises when a config.json beside the weights contradicts the tensor shapes."""
+    ssm_given = given.get("ssm_cfg", {"layer": "Mamba2"})  # MambaConfig's default
+    if ssm_given is None:
+        ssm_given = {}
+    layer = ssm_given.get("layer", "Mamba1")  # mamba_ssm's create_block() default
+    ssm = derived["ssm_cfg"]
+    mamba2 = layer == "Mamba2"
+    expect = {
+        "d_model": given.get("d_model", 1024), "n_layer": given.get("n_layer", 48),
+        "vocab_size": given.get("vocab_size", 16384), "num_classes": given.get("num_classes", 1000),
+        "num_tokens": given.get("num_tokens", 256), "adaln_group": given.get("adaln_group", False),
+        "d_intermediate": given.get("d_intermediate", 0),
+        "ssm_cfg.layer": layer,
+        "ssm_cfg.d_conv": ssm_given.get("d_conv", 4), "ssm_cfg.expand": ssm_given.get("expand", 2),
+    }
+    found = {
+        "d_model": derived["d_model"], "n_layer": derived["n_layer"],
+        "vocab_size": derived["vocab_size"], "num_classes": derived["num_classes"],
+        "num_tokens": derived["num_tokens"], "adaln_group": derived["adaln_group"],
+        "d_intermediate": derived["d_intermediate"],
+        "ssm_cfg.layer": ssm["layer"], "ssm_cfg.d_conv": ssm["d_conv"],
+        "ssm_cfg.expand": ssm["expand"],
+    }
+    if derived["adaln_group"]:
+        expect["num_groups"] = given.get("num_groups", 1)
+        found["num_groups"] = derived["num_groups"]
+    if mamba2 and ssm["layer"] == "Mamba2":
+        expect["ssm_cfg.headdim"] = ssm_given.get("headdim", 64)
+        found["ssm_cfg.headdim"] = ssm["headdim"]
+        expect["ssm_cfg.ngroups * d_state"] = (ssm_given.get("ngroups", 1)
+                                               * ssm_given.get("d_state", 128))
+        found["ssm_cfg.ngroups * d_state"] = ssm["d_state"] * ssm["ngroups"]
+    elif ssm["layer"] == "Mamba1" and layer == "Mamba1":
+        expect["ssm_cfg.d_state"] = ssm_given.get("d_state", 16)
+        found["ssm_cfg.d_state"] = ssm["d_state"]
+    bad = ["%s: config %s, tensors %s" % (k, expect[k], found[k]) for k in expect
+           if expect[k] != found[k]]
+    if bad:
+        raise ConvertError("%s does not describe these weights:\n  %s\n---> HINT: move it away "
+                           "to have the config derived from the tensors" % (path, "\n  ".join(bad)))
+
+
+# ------------------------------------------------------------------------------------ writing
+
+def _contiguous_unshared(tensors):
+    """CPU, contiguous tensors that own their bytes (the safetensors package refuses shared ones)."""
+    require_torch()
+    out, seen = collections.OrderedDict(), set()
+    for name, t in tensors.items():
+        t = t.detach().cpu().contiguous()
+        ptr = t.data_ptr() if t.numel() else None
+        storage_bytes = t.untyped_storage().nbytes()
+        if (ptr is not None and ptr in seen) or storage_bytes != t.numel() * t.element_size():
+            t = t.clone()
+        if t.numel():
+            seen.add(t.data_ptr())
+        out[name] = t
+    return out
+
+
+def write_builtin(path, tensors):
+    """safetensors: u64 LE header length, JSON header padded with spaces to a multiple of 8, then
+    the raw little-endian bytes. Larger dtypes first, so every tensor is aligned to its size."""
+    require_torch()
+    if sys.byteorder != "little":
+        raise ConvertError("the built-in safetensors writer needs a little-endian machine")
+    order = sorted(tensors.items(), key=lambda kv: (-kv[1].element_size(), kv[0]))
+    header = collections.OrderedDict([("__metadata__", {"format": "pt"})])
+    offset = 0
+    for name, t in order:
+        if t.dtype not in ST_DTYPES:
+            raise ConvertError("tensor %s has dtype %s, which safetensors cannot store"
+                               % (name, t.dtype))
+        nbytes = t.numel() * t.element_size()
+        header[name] = {"dtype": ST_DTYPES[t.dtype], "shape": list(t.shape),
+                        "data_offsets": [offset, offset + nbytes]}
+        offset += nbytes
+    text = json.dumps(header, separators=(",", ":")).encode("utf-8")
+    text += b" " * (-len(text) % 8)
+    with open(path, "wb") as f:
+        f.write(struct.pack("<Q", len(text)))
+        f.write(text)
+        for _, t in order:
+            if t.numel():
+                nbytes = t.numel() * t.element_size()
+                f.write((ctypes.c_char * nbytes).from_address(t.data_ptr()))
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def safetensors_writer():
+    """The package's save_file, or None when not importable (or AIM_CONVERT_NO_SAFETENSORS=1)."""
+    if os.environ.get("AIM_CONVERT_NO_SAFETENSORS", "") not in ("", "0"):
+        return None, "built-in (AIM_CONVERT_NO_SAFETENSORS is set)"
+    try:
+        import safetensors
+        from safetensors.torch import save_file
+    except Exception as e:  # ImportError, or a broken install (a missing dependency)
+        return None, "built-in (the safetensors package is not importable: %s)" % _first_line(e)
+    return save_file, "safetensors package %s" % getattr(safetensors, "__version__", "?")
+
+
+def write_output(path, tensors):
+    """Writes to PATH.tmp, then renames: a failure never leaves a half-written PATH."""
+    tensors = _contiguous_unshared(tensors)
+    save_file, how = safetensors_writer()
+    tmp = path + ".tmp"
+    try:
+        if save_file is not None:
+            save_file(tensors, tmp, metadata={"format": "pt"})
+        else:
+            write_builtin(tmp, tensors)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+    return how
+
+
+def write_json(path, obj):
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(obj, f, indent=2)
+        f.write("\n")
+    os.replace(tmp, path)
+
+
+# ------------------------------------------------------------------------------------ main
+
+def output_paths(out, config_out):
+    if out.endswith(os.sep) or os.path.isdir(out):
+        out = os.path.join(out, "model.safetensors")
+    if config_out:
+        cfg = config_out
+    elif os.path.basename(out) == "model.safetensors":
+        cfg = os.path.join(os.path.dirname(out), "config.json")  # Hugging Face snapshot layout
+    else:
+        stem = out[:-len(".safetensors")] if out.endswith(".safetensors") else out
+        cfg = stem + ".json"
+    return out, cfg
+
+
+def _json_has(path, key):
+    with open(path) as f:
+        return key in json.load(f)
+
+
+def _same_file(a, b):
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return False
+
+
+def _fmt_int(n):
+    return "{:,}".format(n)
+
+
+def convert(opts):
+    strip, add = parse_prefixes(opts.prefix)
+    src, sd = open_input(opts.input, opts.use_ema)
+    what = "'%s'" % src.taken if src.taken else "the state dict"
+    sd = collections.OrderedDict((str(k), v) for k, v in sd.items())
+
+    stripped = []
+    for p in strip:
+        sd, dropped = strip_prefix(src.path, sd, p)
+        stripped.append((p, dropped))
+
+    content, mprefix, stray = classify(sd)
+    if content is None:
+        raise unknown_contents(src, sd, what)
+    if stray:
+        raise ConvertError("%s: %s looks like %s, but also holds tensors outside it: %s%s"
+                           % (src.path, what, "an AiM model" if content == "aim"
+                              else "a VQ tokenizer", ", ".join(stray[:6]),
+                              " (and %d more)" % (len(stray) - 6) if len(stray) > 6 else ""))
+
+    if content == "vq":
+        kind = "llamagen-vq"
+    else:
+        kind = "aim-trainer" if src.trainer_state is not None else "aim"
+    if opts.kind != "auto":
+        ok = (opts.kind == kind or (opts.kind == "aim" and kind == "aim-trainer")
+              or (opts.kind == "llamagen-vq" and content == "vq"))
+        if not ok:
+            found = {"llamagen-vq": "a VQ tokenizer", "aim": "an AiM model",
+                     "aim-trainer": "an AiM Trainer checkpoint"}[kind]
+            expected = {"llamagen-vq": "a LlamaGen VQ tokenizer checkpoint",
+                        "aim": "AiM weights (mamba.*, vqvae.*)",
+                        "aim-trainer": "an AiM Trainer checkpoint (a checkpoint-N/ directory with "
+                                       "trainer_state.json)"}[opts.kind]
+            hint = ""
+            if content == "aim" and opts.kind == "llamagen-vq":
+                hint = " ---> HINT: --prefix vqvae.- takes the tokenizer out of an AiM checkpoint"
+            raise ConvertError("%s: --kind %s expects %s, found %s%s"
+                               % (src.path, opts.kind, expected, found, hint))
+
+    # The configuration, derived before any dtype change.
+    tie, beside = None, None
+    try:
+        if content == "vq":
+            config, notes = vq_config(sd, mprefix, src.args)
+            config_src = "derived from tensor shapes" + (" and args" if src.args else "")
+        else:
+            beside = read_hf_config(src.config_beside) if src.config_beside else None
+            tie_given = beside.get("tie_embeddings", True) if beside is not None else None
+            tie = complete_tie(sd, mprefix, tie_given)
+            config, notes = aim_config(sd, mprefix, tie)
+            config_src = "derived from tensor shapes"
+    except ConvertError as e:
+        raise ConvertError("%s: %s" % (src.path, e))
+    if beside is not None:
+        check_hf_config(src.config_beside, beside, config)
+        notes = []
+        if _json_has(src.config_beside, "d_model"):
+            config_src = "copied from " + src.config_beside
+        else:
+            config_src = "the 'config' object of %s, written flat" % src.config_beside
+    elif content == "aim" and src.config_beside:
+        notes.append("%s is not a MambaConfig config.json; ignored" % src.config_beside)
+
+    target = OUT_DTYPES[opts.dtype]
+    dtypes_in = collections.Counter(str(v.dtype).replace("torch.", "") for v in sd.values())
+    if target is not None:
+        tdt = getattr(torch, target)
+        cache = {}
+        for k, v in sd.items():
+            if v.is_floating_point() and v.dtype != tdt:
+                key = (v.data_ptr(), v.dtype, tuple(v.shape), tuple(v.stride()))
+                if key not in cache:
+                    cache[key] = v.to(tdt)
+                sd[k] = cache[key]
+
+    for p in add:
+        sd = collections.OrderedDict((p + k, v) for k, v in sd.items())
+
+    out, cfg_path = output_paths(opts.out, opts.config_out)
+    for p in (out, cfg_path):
+        if _same_file(p, src.path):
+            raise ConvertError("%s: the output would overwrite the input" % p)
+    for p in (out, cfg_path):
+        d = os.path.dirname(os.path.abspath(p))
+        os.makedirs(d, exist_ok=True)
+    how = write_output(out, sd)
+    if beside is not None:
+        if _same_file(cfg_path, src.config_beside):
+            pass
+        elif _json_has(src.config_beside, "d_model"):
+            shutil.copyfile(src.config_beside, cfg_path + ".tmp")
+            os.replace(cfg_path + ".tmp", cfg_path)
+        else:  # the nested {"config": {...}} layout, written flat as the C++ reader expects
+            write_json(cfg_path, beside)
+    else:
+        write_json(cfg_path, config)
+
+    # Summary. Parameters per part (mamba / vqvae), the tied weight once, the usage buffer apart.
+    parts, seen, buffers = collections.OrderedDict(), set(), 0
+    for k, v in sd.items():
+        if k.endswith("quantize.codebook_used"):
+            buffers += v.numel()
+            continue
+        key = (v.data_ptr(), tuple(v.shape), v.dtype) if v.numel() else k
+        if key in seen:
+            continue
+        seen.add(key)
+        part = "vqvae" if "vqvae." in k or content == "vq" else "mamba"
+        parts[part] = parts.get(part, 0) + v.numel()
+    dtypes_out = collections.Counter(str(v.dtype).replace("torch.", "") for v in sd.values())
+    lines = ["%s: %s" % (PROG, opts.input)]
+    detail = {
+        "llamagen": "LlamaGen checkpoint {%s}" % ", ".join(src.entries),
+        "state-dict": "state dict, torch.save",
+        "safetensors": "safetensors file",
+    }[src.container]
+    if src.container == "llamagen":
+        extra = []
+        if src.steps is not None:
+            extra.append("steps %s" % src.steps)
+        if src.args is not None:
+            for field in ("vq_model", "gpt_model"):
+                if hasattr(src.args, field):
+                    extra.append("%s %s" % (field, getattr(src.args, field)))
+        if extra:
+            detail += ", " + ", ".join(extra)
+    if content == "aim" and not mprefix:
+        detail += ", MambaLMHeadModel names backbone.*, lm_head.weight"
+    if src.trainer_state is not None:
+        detail += ", Trainer global_step %s" % src.trainer_state.get("global_step", "?")
+    lines.append("  kind        %s (%s)" % (kind, detail))
+    lines.append("  weights     %s%s" % (src.path, " ['%s']" % src.taken if src.taken else ""))
+    for p, dropped in stripped:
+        lines.append("  prefix      stripped '%s' (%d other tensors dropped)" % (p, dropped))
+    for p in add:
+        lines.append("  prefix      added '%s'" % p)
+    tied = ""
+    if tie == "tied":
+        tied = " (tied embedding/lm_head weight stored under both names)"
+    lines.append("  tensors     %d%s" % (len(sd), tied))
+    counts = ", ".join("%s %s" % (k, _fmt_int(n)) for k, n in parts.items())
+    if len(parts) == 1:
+        counts = _fmt_int(sum(parts.values()))
+    lines.append("  parameters  %s%s" % (counts, " + %s buffer elements (quantize.codebook_used)"
+                                         % _fmt_int(buffers) if buffers else ""))
+    fmt_counts = lambda c: ", ".join("%s x%d" % kv for kv in sorted(c.items()))
+    if target is None or dtypes_in == dtypes_out:
+        lines.append("  dtype       %s (kept)" % fmt_counts(dtypes_out))
+    else:
+        lines.append("  dtype       %s -> %s" % (fmt_counts(dtypes_in), fmt_counts(dtypes_out)))
+    lines.append("  output      %s" % out)
+    lines.append("  writer      %s" % how)
+    lines.append("  config      %s (%s)" % (cfg_path, config_src))
+    for n in notes:
+        lines.append("  note        %s" % n)
+    print("\n".join(lines))
+    return 0
+
+
+def build_parser():
+    p = argparse.ArgumentParser(
+        prog="convert_checkpoint.py",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Convert an official LlamaGen VQ or AiM checkpoint (PyTorch pickle, Hugging "
+                    "Face Trainer checkpoint or snapshot) to safetensors with the official key "
+                    "names, and write the matching config beside it.",
+        epilog="""kinds (--kind auto recognises them):
+  llamagen-vq  LlamaGen tokenizer: vq_ds16_c2i.pt, vq_train.py checkpoints {model, ema,
+               optimizer, discriminator, steps, args}, or a bare VQ state dict (vq_f16.pt)
+  aim          AiM weights: pytorch_model.bin with mamba.* and vqvae.*, a
+               MambaLMHeadModel.save_pretrained() directory, or a snapshot directory
+  aim-trainer  an AiM Hugging Face Trainer checkpoint-N/ directory (or its weights file)
+
+config written beside OUT (or at --config-out):
+  tokenizer  LlamaGen ModelArgs fields + ch, num_res_blocks (read by aim's vq_config_from_json)
+  AiM        the official MambaConfig config.json: copied when one sits beside the input and
+             matches the tensors, else derived from the tensor shapes
+  OUT = DIR/ or DIR/model.safetensors -> DIR/config.json; OUT = NAME.safetensors -> NAME.json
+
+--prefix (repeatable): 'P' prepends P to every key after conversion; 'P-' keeps only the keys
+starting with P and removes it, before the checkpoint is recognised.
+
+examples:
+  %(prog)s vq_ds16_c2i.pt --out weights/vq_ds16_c2i.safetensors
+  %(prog)s vq_ds16_c2i.pt --prefix vqvae. --out weights/vqvae.safetensors
+  %(prog)s 0040000.pt --use-ema --dtype bf16 --out vq_ema.safetensors
+  %(prog)s aim-large/pytorch_model.bin --out hf/aim-large/
+  %(prog)s runs/AiM-L/checkpoint-50000 --out aim_l_50k/
+  %(prog)s module_prefixed.bin --prefix module.- --out clean.safetensors
+
+environment: AIM_CONVERT_NO_SAFETENSORS=1 writes with the built-in writer even when the
+safetensors package is installed (both give identical tensors).
+exit status: 0 converted, 1 refused (the message says why), 2 bad command line.""")
+    p.add_argument("input", help="checkpoint file (.pt, .bin, .pth, .safetensors) or a "
+                                 "checkpoint / snapshot directory")
+    p.add_argument("--out", required=True,
+                   help="output .safetensors file, or a directory (gets model.safetensors)")
+    p.add_argument("--kind", choices=("auto", "llamagen-vq", "aim", "aim-trainer"),
+                   default="auto", help="what the input must be (default: auto)")
+    p.add_argument("--prefix", action="append", metavar="PREFIX",
+                   help="'vqvae.' prepends, 'module.-' strips (see below)")
+    p.add_argument("--use-ema", action="store_true",
+                   help="take LlamaGen's 'ema' weights instead of 'model' (error if absent)")
+    p.add_argument("--dtype", choices=tuple(OUT_DTYPES), default="keep",
+                   help="convert floating tensors (default: keep)")
+    p.add_argument("--config-out", metavar="PATH", help="where to write the config")
+    return p
+
+
+def main(argv=None):
+    opts = build_parser().parse_args(argv)
+    try:
+        require_torch()
+        return convert(opts)
+    except ConvertError as e:
+        print("%s: error: %s" % (PROG, e), file=sys.stderr)
+        return 1
+    except (OSError, zipfile.BadZipFile) as e:
+        print("%s: error: %s" % (PROG, e), file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
