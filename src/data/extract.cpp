@@ -28,8 +28,7 @@ torch::Tensor extraction_views(const Image& image, const std::string& aug, int64
   const int size = static_cast<int>(image_size);
   std::vector<torch::Tensor> views;
   if (aug == "tencrop") {
-    const Image base = center_crop_arr(image, static_cast<int>(image_size * crop_range));
-    for (const auto& v : ten_crop(base, size)) views.push_back(to_tensor(v));
+    return to_tensor(llamagen_ten_crop(image, size, crop_range));
   } else {
     const Image crop = center_crop_arr(image, size);
     views.push_back(to_tensor(crop));

@@ -42,7 +42,7 @@ for c, name in enumerate(["ant", "bee", "cat"]):
             Image.fromarray(arr).convert("CMYK").save(p + ".jpg", quality=95)
         elif c == 2 and k == 0:
             rgba = np.concatenate([arr, rng.integers(0, 255, arr.shape[:2] + (1,), dtype=np.uint8)], -1)
-            Image.fromarray(rgba, "RGBA").save(p + ".png")
+            Image.fromarray(rgba).save(p + ".png")
         else:
             Image.fromarray(arr).save(p + ".png")
 with open(os.path.join(root, "bee", "broken.jpg"), "wb") as f:
