@@ -7,7 +7,10 @@
 #include <fstream>
 #include <string>
 #include <sys/wait.h>
+#include <unistd.h>
 
+#include "aim/data/code_dataset.h"
+#include "aim/data/image.h"
 #include "test_util.h"
 
 namespace aim {
@@ -68,6 +71,56 @@ TEST(Cli, BadInputsExitNonZeroWithTheKeyNamed) {
   EXPECT_NE(r.code, 0);
   EXPECT_NE(r.output.find("/nonexistent/config.yaml"), std::string::npos) << r.output;
   std::filesystem::remove(tmp);
+}
+
+TEST(Cli, ExtractCodesAsTwoRanksEqualsOneProcess) {
+  namespace fs = std::filesystem;
+  const auto dir = fs::temp_directory_path() / ("aim_cli_extract_" + std::to_string(::getpid()));
+  fs::remove_all(dir);
+  for (int c = 0; c < 2; ++c) {
+    fs::create_directories(dir / "data" / ("c" + std::to_string(c)));
+    for (int k = 0; k < 3; ++k) {
+      Image img(70 + k, 66 + c);
+      for (size_t i = 0; i < img.rgb.size(); ++i) img.rgb[i] = static_cast<uint8_t>((i * (7 + k) + c * 50) % 251);
+      write_png((dir / "data" / ("c" + std::to_string(c)) / ("i" + std::to_string(k) + ".png")).string(), img);
+    }
+  }
+  const auto vq = test::fixtures_dir() / "vq" / "vq16_tiny";
+  const std::string common = "extract-codes --data " + (dir / "data").string() + " --vq " +
+                             (vq / "model.safetensors").string() + " --vq-config " +
+                             (vq / "config.json").string() + " --aug flip --image-size 64 --batch-size 2 ";
+  auto one = run_aim(common + "--out " + (dir / "one.codes").string());
+  ASSERT_EQ(one.code, 0) << one.output;
+  // Two processes started the way mpirun starts them (Open MPI's variables), concurrently.
+  const std::string two = common + "--out " + (dir / "two.codes").string();
+  auto env = [](int rank) {
+    return "OMPI_COMM_WORLD_RANK=" + std::to_string(rank) + " OMPI_COMM_WORLD_SIZE=2 OMPI_COMM_WORLD_LOCAL_RANK=" +
+           std::to_string(rank) + " OMPI_COMM_WORLD_LOCAL_SIZE=2 ";
+  };
+  const std::string cmd = "(" + env(1) + AIM_BINARY_PATH + " " + two + " > " + (dir / "r1.log").string() +
+                          " 2>&1 &) ; " + env(0) + AIM_BINARY_PATH + " " + two + " 2>&1";
+  FILE* pipe = popen(cmd.c_str(), "r");
+  ASSERT_NE(pipe, nullptr);
+  std::string out;
+  std::array<char, 4096> buf{};
+  while (fgets(buf.data(), buf.size(), pipe)) out += buf.data();
+  ASSERT_EQ(pclose(pipe), 0) << out;
+  EXPECT_NE(out.find("merged 2 shards"), std::string::npos) << out;
+  std::ifstream a(dir / "one.codes", std::ios::binary), b(dir / "two.codes", std::ios::binary);
+  const std::string sa((std::istreambuf_iterator<char>(a)), {}), sb((std::istreambuf_iterator<char>(b)), {});
+  EXPECT_FALSE(sa.empty());
+  EXPECT_EQ(sa, sb);
+  CodeDataset d((dir / "two.codes").string());
+  EXPECT_EQ(d.size(), 6);
+  EXPECT_EQ(d.info().num_aug, 2);
+  // Bad flags name the flag.
+  auto bad = run_aim(common + "--aug sideways --out " + (dir / "x.codes").string());
+  EXPECT_NE(bad.code, 0);
+  EXPECT_NE(bad.output.find("--aug"), std::string::npos) << bad.output;
+  bad = run_aim(common + "--device cuda:7 --out " + (dir / "y.codes").string());
+  EXPECT_NE(bad.code, 0);
+  EXPECT_NE(bad.output.find("--device"), std::string::npos) << bad.output;
+  fs::remove_all(dir);
 }
 
 TEST(Cli, VersionNamesTheBuild) {

@@ -1,0 +1,70 @@
+#pragma once
+// Training straight from images, as the official AiM trainer does: each step decodes a batch,
+// applies AiM's transform (short side to 1.125x with LANCZOS, random crop; a fresh crop every
+// epoch) on worker threads and encodes it with the tokenizer. Batches are the same whatever
+// the number of threads: the crop of sample i in epoch e depends only on (seed, e, i).
+#include <torch/types.h>
+
+#include <atomic>
+#include <condition_variable>
+#include <deque>
+#include <mutex>
+#include <optional>
+#include <thread>
+
+#include "aim/data/code_loader.h"
+#include "aim/data/image_folder.h"
+#include "aim/data/sampler.h"
+#include "aim/model/vq.h"
+
+namespace aim {
+
+struct ImageLoaderOptions {
+  int64_t batch_size = 32;
+  int64_t image_size = 256;
+  double mid_ratio = 1.125;   ///< short side resized to round(mid_ratio * image_size) first
+  int64_t threads = 4;        ///< decode/transform threads
+  int64_t prefetch = 2;       ///< decoded batches held ahead
+  uint64_t seed = 0;
+};
+
+class ImageLoader {
+ public:
+  /// Serves batches start_batch, ... of `epoch` of this rank's share of `list`; `sampler` is
+  /// built for list.entries.size() samples. Codes come from `vq` on `device`.
+  ImageLoader(const ImageList& list, VqModel vq, torch::Device device, DistributedSampler sampler,
+              int64_t epoch, int64_t start_batch, ImageLoaderOptions options);
+  ~ImageLoader();
+  ImageLoader(const ImageLoader&) = delete;
+  ImageLoader& operator=(const ImageLoader&) = delete;
+
+  /// The next batch (codes [B', T], labels [B']); unreadable images are dropped from their batch
+  /// (B' < B) and counted. nullopt after the epoch's last batch.
+  std::optional<CodeBatch> next();
+  int64_t batches_per_epoch() const { return batches_; }
+  int64_t skipped() const { return skipped_.load(); }
+
+ private:
+  struct Decoded {
+    torch::Tensor images;  // [B', 3, S, S]
+    torch::Tensor labels;  // [B']
+    int64_t batch = 0;
+  };
+  void run();
+  const ImageList& list_;
+  VqModel vq_;
+  torch::Device device_;
+  DistributedSampler sampler_;
+  ImageLoaderOptions options_;
+  int64_t epoch_, next_batch_, batches_;
+  std::vector<int64_t> order_;
+  std::mutex mutex_;
+  std::condition_variable cv_;
+  std::deque<Decoded> queue_;
+  bool stop_ = false, done_ = false;
+  std::exception_ptr error_;
+  std::atomic<int64_t> skipped_{0};
+  std::thread worker_;
+};
+
+}  // namespace aim

@@ -1,0 +1,112 @@
+#include "aim/data/image_loader.h"
+
+#include <torch/torch.h>
+
+#include <random>
+
+#include "aim/core/error.h"
+#include "aim/data/image.h"
+
+namespace aim {
+
+ImageLoader::ImageLoader(const ImageList& list, VqModel vq, torch::Device device,
+                         DistributedSampler sampler, int64_t epoch, int64_t start_batch,
+                         ImageLoaderOptions options)
+    : list_(list), vq_(std::move(vq)), device_(device), sampler_(sampler), options_(options),
+      epoch_(epoch), next_batch_(start_batch) {
+  AIM_CHECK(options_.batch_size >= 1, "image loader: batch size must be >= 1");
+  order_ = sampler_.indices(epoch_);
+  for (auto i : order_) {
+    AIM_CHECK(i < static_cast<int64_t>(list_.entries.size()), "image loader: sampler built for more samples than the list has");
+  }
+  batches_ = static_cast<int64_t>(order_.size()) / options_.batch_size;
+  AIM_CHECK(start_batch >= 0 && start_batch <= batches_, "image loader: start batch ", start_batch,
+            " outside the epoch's ", batches_, " batches");
+  worker_ = std::thread([this] { run(); });
+}
+
+ImageLoader::~ImageLoader() {
+  {
+    std::lock_guard<std::mutex> lock(mutex_);
+    stop_ = true;
+  }
+  cv_.notify_all();
+  if (worker_.joinable()) worker_.join();
+}
+
+void ImageLoader::run() {
+  try {
+    const int64_t b = options_.batch_size, size = options_.image_size;
+    for (int64_t k = next_batch_; k < batches_; ++k) {
+      std::vector<torch::Tensor> views(static_cast<size_t>(b));
+      std::vector<char> ok(static_cast<size_t>(b), 0);
+      std::atomic<int64_t> next{0};
+      auto work = [&] {
+        for (int64_t j = next++; j < b; j = next++) {
+          const int64_t sample = order_[k * b + j];
+          // The crop depends on (seed, epoch, sample) only.
+          std::mt19937_64 rng(splitmix64(options_.seed ^ splitmix64(static_cast<uint64_t>(epoch_) << 32 ^
+                                                                     static_cast<uint64_t>(sample))));
+          try {
+            const auto img = decode_image(list_.entries[sample].path);
+            views[j] = to_tensor(aim_train_transform(img, static_cast<int>(size), rng, options_.mid_ratio));
+            ok[j] = 1;
+          } catch (const Error&) {
+            skipped_.fetch_add(1);
+          }
+        }
+      };
+      std::vector<std::thread> pool;
+      for (int64_t t = 1; t < std::min(options_.threads, b); ++t) pool.emplace_back(work);
+      work();
+      for (auto& t : pool) t.join();
+      std::vector<torch::Tensor> kept;
+      std::vector<int64_t> labels;
+      for (int64_t j = 0; j < b; ++j) {
+        if (!ok[j]) continue;
+        kept.push_back(views[j]);
+        labels.push_back(list_.entries[order_[k * b + j]].label);
+      }
+      Decoded d;
+      d.batch = k;
+      d.labels = torch::tensor(labels, torch::kLong);
+      d.images = kept.empty() ? torch::empty({0, 3, size, size}) : torch::stack(kept);
+      std::unique_lock<std::mutex> lock(mutex_);
+      cv_.wait(lock, [&] { return stop_ || static_cast<int64_t>(queue_.size()) < options_.prefetch; });
+      if (stop_) return;
+      queue_.push_back(std::move(d));
+      cv_.notify_all();
+    }
+  } catch (...) {
+    std::lock_guard<std::mutex> lock(mutex_);
+    error_ = std::current_exception();
+  }
+  std::lock_guard<std::mutex> lock(mutex_);
+  done_ = true;
+  cv_.notify_all();
+}
+
+std::optional<CodeBatch> ImageLoader::next() {
+  Decoded d;
+  {
+    std::unique_lock<std::mutex> lock(mutex_);
+    cv_.wait(lock, [&] { return !queue_.empty() || done_; });
+    if (queue_.empty()) {
+      if (error_) std::rethrow_exception(error_);
+      return std::nullopt;
+    }
+    d = std::move(queue_.front());
+    queue_.pop_front();
+  }
+  cv_.notify_all();
+  CodeBatch batch;
+  batch.epoch = epoch_;
+  batch.batch = d.batch;
+  batch.labels = d.labels;
+  torch::NoGradGuard no_grad;
+  batch.codes = d.images.size(0) > 0 ? vq_->encode(d.images.to(device_)).to(torch::kCPU)
+                                      : torch::empty({0, 0}, torch::kLong);
+  return batch;
+}
+
+}  // namespace aim
