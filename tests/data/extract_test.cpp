@@ -8,6 +8,7 @@
 #include <filesystem>
 #include <fstream>
 
+#include "aim/core/error.h"
 #include "aim/data/code_dataset.h"
 #include "aim/data/extract.h"
 #include "aim/data/image.h"
@@ -139,6 +140,40 @@ TEST_F(Extract, ShardsOverRanksMergeToTheSingleProcessFile) {
   }
   EXPECT_EQ(bytes(o.out), bytes((dir_ / "one.codes").string()));
   EXPECT_FALSE(fs::exists(o.out + ".shard-1-of-3"));
+}
+
+}  // namespace
+}  // namespace aim
+
+namespace aim {
+namespace {
+
+TEST(ImageList, FileListsResolvePathsAndNameBadLines) {
+  namespace fs = std::filesystem;
+  const auto dir = fs::temp_directory_path() / ("aim_list_" + std::to_string(::getpid()));
+  fs::create_directories(dir);
+  std::ofstream(dir / "train.txt") << "# comment\na/x.jpg 3\n\n/abs/y.png 0\n";
+  auto list = read_image_list((dir / "train.txt").string());
+  ASSERT_EQ(list.entries.size(), 2u);
+  EXPECT_EQ(list.entries[0].path, (dir / "a/x.jpg").string());
+  EXPECT_EQ(list.entries[0].label, 3);
+  EXPECT_EQ(list.entries[1].path, "/abs/y.png");
+  EXPECT_EQ(list.classes.size(), 4u);
+  std::ofstream(dir / "bad.txt") << "a.jpg 1\nb.jpg cat\n";
+  try {
+    read_image_list((dir / "bad.txt").string());
+    FAIL() << "expected an error";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("bad.txt:2"), std::string::npos) << e.what();
+  }
+  std::ofstream(dir / "names.txt") << "zero\none\n";
+  try {
+    read_image_list((dir / "train.txt").string(), (dir / "names.txt").string());
+    FAIL() << "expected an error";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("uses label 3"), std::string::npos) << e.what();
+  }
+  fs::remove_all(dir);
 }
 
 }  // namespace

@@ -65,7 +65,12 @@ Case load_case(const std::string& name) {
   return c;
 }
 
-bool has(const Case& c, const std::string& key) { return c.golden.count(key) > 0; }
+/// Whether the case has `key`; prints a skip line when it does not.
+bool has(const Case& c, const std::string& key) {
+  if (c.golden.count(key)) return true;
+  std::printf("    %s: no '%s' in this case folder, skipped\n", c.name.c_str(), key.c_str());
+  return false;
+}
 
 class AimParity : public ::testing::TestWithParam<std::string> {};
 
