@@ -16,6 +16,7 @@ int main(int argc, char** argv) {
   std::vector<aim::cli::Runner> runners;
   runners.push_back(aim::cli::add_info_command(app));
   runners.push_back(aim::cli::add_extract_codes_command(app));
+  runners.push_back(aim::cli::add_sample_command(app));
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {

@@ -18,6 +18,11 @@ Runner add_info_command(CLI::App& app);
 /// image collection into a code dataset (sharded under mpirun, resumable).
 Runner add_extract_codes_command(CLI::App& app);
 
+/// `aim sample --ckpt DIR [--class ...|--num-samples N] [--out grid.png] [--outdir D] [--npz F]
+/// [--tokens F]`: class-conditional generation with guidance; `--from-tokens F` decodes saved
+/// tokens instead.
+Runner add_sample_command(CLI::App& app);
+
 /// `--device cpu|cuda|cuda:i` parsed and checked (a CUDA device must exist); `cuda` without an
 /// index picks the local rank's GPU.
 torch::Device parse_device(const std::string& flag_value, int local_rank);

@@ -1,0 +1,38 @@
+#pragma once
+// Class-conditional generation with classifier-free guidance by recurrent decoding: the class
+// slot first, then one token per step with constant cost (no prefix recomputation), the batch
+// doubled [cond; null] when cfg != 1. Every draw uses a uniform keyed by (seed, global sample
+// index, step), so a sample does not depend on the batch it was made in or the rank count.
+#include <torch/torch.h>
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "aim/model/aim.h"
+#include "aim/model/vq.h"
+
+namespace aim {
+
+struct SamplingOptions {
+  double cfg = 1.0;          ///< guidance scale; 1 runs the conditional half only
+  double temperature = 1.0;  ///< applied first (the official sample() ignores it: 1 reproduces it)
+  int64_t top_k = 0;         ///< 0: all tokens; 1: greedy
+  double top_p = 1.0;        ///< nucleus mass kept, in (0, 1]
+  uint64_t seed = 0;
+  /// Throws aim::Error naming the flag (--cfg, --temperature, --top-k, --top-p).
+  void validate() const;
+};
+
+/// The uniform in [0, 1) used for sample `sample` at step `step`.
+double sample_uniform(uint64_t seed, int64_t sample, int64_t step);
+
+/// labels [B] (int64, < num_classes), sample_ids [B] (global indices) -> tokens [B, L] int64.
+torch::Tensor generate_tokens(AimModel& model, const torch::Tensor& labels,
+                              const std::vector<int64_t>& sample_ids, const SamplingOptions& options);
+
+/// tokens [N, L] -> images [N, 3, H, W] in [-1, 1] (not clamped), decoded `batch` at a time on
+/// the tokenizer's device.
+torch::Tensor decode_tokens(VqModel& vq, const torch::Tensor& tokens, int64_t batch);
+
+}  // namespace aim

@@ -1,0 +1,268 @@
+#include <chrono>
+#include <filesystem>
+#include <iostream>
+#include <thread>
+
+#include "aim/cli/commands.h"
+#include "aim/core/checkpoint.h"
+#include "aim/core/config.h"
+#include "aim/core/env.h"
+#include "aim/core/error.h"
+#include "aim/core/progress.h"
+#include "aim/core/safetensors.h"
+#include "aim/data/image.h"
+#include "aim/model/loader.h"
+#include "aim/sample/generate.h"
+#include "aim/sample/npz.h"
+#include "aim/sample/plan.h"
+
+namespace aim::cli {
+
+namespace fs = std::filesystem;
+
+namespace {
+
+struct SampleArgs {
+  std::string ckpt, config, vq, vq_config, classes = "", class_names, labels_mode = "balanced";
+  std::string out, outdir, npz, tokens, from_tokens, work_dir, preset, dtype = "fp32", device = "cpu";
+  int64_t num = 1, num_samples = 0, batch_size = 16, top_k = -1, nrow = 0;
+  double cfg = -1, temperature = -1, top_p = -1;
+  uint64_t seed = 0;
+  bool use_ema = false, captions = true;
+};
+
+std::string part_name(int64_t start, int64_t count) { return str_cat("part-", start, "-", count, ".safetensors"); }
+
+/// uint8 [H, W, 3] -> Image.
+Image image_from_hwc(const torch::Tensor& hwc_in) {
+  auto hwc = hwc_in.contiguous();
+  return Image(static_cast<int>(hwc.size(1)), static_cast<int>(hwc.size(0)),
+               std::vector<uint8_t>(hwc.data_ptr<uint8_t>(), hwc.data_ptr<uint8_t>() + hwc.numel()));
+}
+
+/// Writes every requested output from the assembled tokens, labels and uint8 images.
+void write_outputs(const SampleArgs& a, const torch::Tensor& tokens, const torch::Tensor& labels,
+                   const std::function<torch::Tensor(int64_t, int64_t)>& images_of, int64_t count,
+                   const std::vector<std::string>& names, const std::map<std::string, std::string>& settings) {
+  if (!a.tokens.empty()) {
+    save_safetensors(a.tokens, {{"tokens", tokens}, {"labels", labels}}, settings);
+    std::cout << "tokens: " << a.tokens << "\n";
+  }
+  if (!a.npz.empty()) {
+    auto first = images_of(0, std::min<int64_t>(count, 1));
+    NpzWriter npz(a.npz);
+    npz.begin_array("arr_0", torch::kUInt8, {count, first.size(1), first.size(2), 3});
+    constexpr int64_t kChunk = 256;
+    for (int64_t s = 0; s < count; s += kChunk) npz.append(images_of(s, std::min(kChunk, count - s)));
+    npz.end_array();
+    npz.add_array("arr_1", labels);
+    npz.close();
+    std::cout << "npz: " << a.npz << " (arr_0 uint8 [" << count << ", " << first.size(1) << ", "
+              << first.size(2) << ", 3], arr_1 labels)\n";
+  }
+  auto caption = [&](int64_t label) {
+    return label < static_cast<int64_t>(names.size()) ? str_cat(label, " ", names[label]) : std::to_string(label);
+  };
+  if (!a.outdir.empty()) {
+    fs::create_directories(a.outdir);
+    for (int64_t s = 0; s < count; s += 64) {
+      const int64_t n = std::min<int64_t>(64, count - s);
+      auto rows = images_of(s, n);
+      for (int64_t k = 0; k < n; ++k) {
+        write_png((fs::path(a.outdir) / str_cat(std::string(6 - std::min<size_t>(6, std::to_string(s + k).size()), '0'),
+                                                s + k, "_class", labels[s + k].item<int64_t>(), ".png")).string(),
+                  image_from_hwc(rows[k]));
+      }
+    }
+    std::cout << "images: " << a.outdir << "/ (" << count << " PNGs)\n";
+  }
+  if (!a.out.empty()) {
+    AIM_CHECK(count <= 1024, "--out: a grid of ", count, " images is too large (at most 1024)\n"
+              "---> HINT: use --outdir or --npz for many samples");
+    auto uint8 = images_of(0, count);
+    std::vector<Image> tiles;
+    std::vector<std::string> caps;
+    for (int64_t k = 0; k < count; ++k) {
+      tiles.push_back(image_from_hwc(uint8[k]));
+      caps.push_back(caption(labels[k].item<int64_t>()));
+    }
+    const int nrow = a.nrow > 0 ? static_cast<int>(a.nrow)
+                                : static_cast<int>(std::ceil(std::sqrt(static_cast<double>(count))));
+    write_png(a.out, make_grid(tiles, nrow, 2, {255, 255, 255}, a.captions ? caps : std::vector<std::string>{}));
+    std::cout << "grid: " << a.out << "\n";
+  }
+}
+
+}  // namespace
+
+Runner add_sample_command(CLI::App& app) {
+  auto* cmd = app.add_subcommand("sample", "Class-conditional sampling with classifier-free guidance");
+  auto a = std::make_shared<SampleArgs>();
+  cmd->add_option("--ckpt", a->ckpt, "official HF snapshot dir, aim run dir, or .safetensors with --config");
+  cmd->add_option("--config", a->config, "model config for a bare weights file (YAML or config.json)");
+  cmd->add_option("--vq", a->vq, "tokenizer weights (default: the checkpoint's vqvae.*)");
+  cmd->add_option("--vq-config", a->vq_config, "tokenizer config JSON (default: the full VQ-16)");
+  cmd->add_option("--class", a->classes, "class ids or names, comma-separated, or 'random'");
+  cmd->add_option("--class-names", a->class_names, "class names, one per line (ImageNet index), for --class and captions");
+  cmd->add_option("--num", a->num, "images per listed class (or random images with --class random)")->capture_default_str();
+  cmd->add_option("--num-samples", a->num_samples, "FID mode: total samples, labels from --labels");
+  cmd->add_option("--labels", a->labels_mode, "FID mode labels: balanced | random")->capture_default_str();
+  cmd->add_option("--preset", a->preset, "fid (the published FIDs' settings) | demo (the official README's showcase)");
+  cmd->add_option("--cfg", a->cfg, "guidance scale (>= 0; 1 = no guidance)");
+  cmd->add_option("--temperature", a->temperature, "softmax temperature (> 0)");
+  cmd->add_option("--top-k", a->top_k, "keep the k most likely tokens (0 = all, 1 = greedy)");
+  cmd->add_option("--top-p", a->top_p, "nucleus mass in (0, 1]");
+  cmd->add_option("--seed", a->seed, "randomness of sample i comes from (seed, i)")->capture_default_str();
+  cmd->add_option("--batch-size", a->batch_size, "sequences per batch")->capture_default_str();
+  cmd->add_option("--dtype", a->dtype, "fp32 | bf16")->capture_default_str();
+  cmd->add_option("--device", a->device, "cpu | cuda | cuda:<index>")->capture_default_str();
+  cmd->add_flag("--ema", a->use_ema, "use the run directory's EMA weights");
+  cmd->add_option("--out", a->out, "grid PNG");
+  cmd->add_option("--nrow", a->nrow, "grid: images per row (default: square)");
+  cmd->add_flag("!--no-captions", a->captions, "grid without class captions");
+  cmd->add_option("--outdir", a->outdir, "one PNG per sample: <index>_class<label>.png");
+  cmd->add_option("--npz", a->npz, "ADM evaluator batch: arr_0 uint8 [N, H, W, 3], arr_1 labels");
+  cmd->add_option("--tokens", a->tokens, "save the tokens and labels (.safetensors)");
+  cmd->add_option("--from-tokens", a->from_tokens, "decode a saved tokens file instead of sampling");
+  cmd->add_option("--work-dir", a->work_dir, "finished batches (resume); default <output>.parts");
+  return [cmd, a]() -> int {
+    if (!cmd->parsed()) return -1;
+    const auto env = detect_launch_env();
+    AIM_CHECK(!a->out.empty() || !a->outdir.empty() || !a->npz.empty() || !a->tokens.empty(),
+              "sample: no output requested\n---> HINT: --out grid.png, --outdir DIR, --npz FILE or --tokens FILE");
+    AIM_CHECK(a->batch_size >= 1, "--batch-size: expected >= 1, found ", a->batch_size);
+    AIM_CHECK(a->dtype == "fp32" || a->dtype == "bf16", "--dtype: expected fp32 or bf16, found '", a->dtype, "'");
+    const auto device = parse_device(a->device, env.local_rank);
+    std::vector<std::string> names = a->class_names.empty() ? std::vector<std::string>{} : read_class_names(a->class_names);
+    std::map<std::string, std::string> settings;
+
+    if (!a->from_tokens.empty()) {
+      auto saved = load_safetensors(a->from_tokens);
+      AIM_CHECK(saved.count("tokens") && saved.count("labels"), "--from-tokens ", a->from_tokens,
+                ": expected tensors 'tokens' and 'labels'");
+      const std::string vq_path = !a->vq.empty() ? a->vq : a->ckpt;
+      AIM_CHECK(!vq_path.empty(), "--from-tokens: give --vq (or --ckpt) for the tokenizer");
+      auto vq = load_vq_model(vq_path, a->vq_config).model;
+      vq->to(device);
+      auto tokens = saved["tokens"].to(torch::kLong), labels = saved["labels"].to(torch::kLong);
+      auto images = to_uint8_hwc(decode_tokens(vq, tokens, a->batch_size));
+      write_outputs(*a, tokens, labels, [&](int64_t s, int64_t n) { return images.narrow(0, s, n); },
+                    tokens.size(0), names, {});
+      return 0;
+    }
+
+    AIM_CHECK(!a->ckpt.empty(), "sample: --ckpt is required (or --from-tokens)");
+    auto ref = find_checkpoint(a->ckpt, a->config);
+    auto model = load_aim_model(ref, a->use_ema);
+    const auto& mc = model->config;
+    // Presets first, explicit flags over them.
+    SamplingOptions o;
+    o.cfg = SampleConfig{}.cfg_scale;
+    if (a->preset == "fid") {
+      o.cfg = mc.adaln_group ? 1.75 : 2.0;
+    } else if (a->preset == "demo") {
+      o.cfg = 5.0;
+      o.top_k = 600;
+      o.top_p = 0.98;
+    } else if (!a->preset.empty()) {
+      throw Error(str_cat("--preset: expected fid or demo, found '", a->preset, "'"));
+    }
+    if (cmd->count("--cfg")) o.cfg = a->cfg;
+    if (cmd->count("--temperature")) o.temperature = a->temperature;
+    if (cmd->count("--top-k")) o.top_k = a->top_k;
+    if (cmd->count("--top-p")) o.top_p = a->top_p;
+    o.seed = a->seed;
+    o.validate();
+    std::vector<int64_t> labels;
+    if (a->num_samples > 0) {
+      AIM_CHECK(a->classes.empty(), "sample: give --class or --num-samples, not both");
+      labels = plan_labels(a->labels_mode, a->num_samples, mc.num_classes, a->seed);
+    } else {
+      AIM_CHECK(!a->classes.empty(), "sample: give --class (ids, names or 'random') or --num-samples");
+      labels = parse_class_flag(a->classes, a->num, mc.num_classes, names, a->seed);
+    }
+    auto vq = load_vq_model(!a->vq.empty() ? a->vq : (fs::is_directory(a->ckpt) ? a->ckpt : ref.weights_path),
+                            a->vq_config).model;
+    AIM_CHECK(vq->config.codebook_size == mc.vocab_size, "--vq: codebook of ", vq->config.codebook_size,
+              " codes, but the model's vocabulary is ", mc.vocab_size);
+    model->to(device, a->dtype == "bf16" ? torch::kBFloat16 : torch::kFloat);
+    vq->to(device);
+    settings = {{"cfg", std::to_string(o.cfg)}, {"temperature", std::to_string(o.temperature)},
+                {"top_k", std::to_string(o.top_k)}, {"top_p", std::to_string(o.top_p)},
+                {"seed", std::to_string(o.seed)}, {"checkpoint", a->ckpt},
+                {"preset", a->preset.empty() ? "none" : a->preset},
+                {"decode_position_offset", std::to_string(mc.decode_position_offset)}};
+    const int64_t total = static_cast<int64_t>(labels.size());
+    if (env.is_main()) {
+      std::cerr << "[sample] " << total << " samples, cfg " << o.cfg << ", temperature " << o.temperature
+                << ", top-k " << o.top_k << ", top-p " << o.top_p << ", seed " << o.seed << " (preset "
+                << settings["preset"] << "); " << a->dtype << " on " << device << ", " << env.world_size
+                << " rank(s)\n";
+    }
+    const std::string primary = !a->npz.empty() ? a->npz : !a->out.empty() ? a->out : !a->outdir.empty() ? a->outdir : a->tokens;
+    const fs::path work = a->work_dir.empty() ? fs::path(primary + ".parts") : fs::path(a->work_dir);
+    fs::create_directories(work);
+    const int64_t batches = (total + a->batch_size - 1) / a->batch_size;
+    int64_t mine = 0;
+    for (int64_t k = env.rank; k < batches; k += env.world_size) mine += std::min(a->batch_size, total - k * a->batch_size);
+    Progress progress(env.world_size > 1 ? str_cat("sample rank ", env.rank) : "sample", mine, "img", true);
+    double step_s = 0, decode_s = 0;
+    int64_t made = 0;
+    for (int64_t k = env.rank; k < batches; k += env.world_size) {
+      const int64_t start = k * a->batch_size, n = std::min(a->batch_size, total - start);
+      const auto part = work / part_name(start, n);
+      if (fs::exists(part)) {
+        progress.update(n, "resumed");
+        continue;
+      }
+      std::vector<int64_t> ids(static_cast<size_t>(n));
+      for (int64_t i = 0; i < n; ++i) ids[i] = start + i;
+      auto lab = torch::tensor(std::vector<int64_t>(labels.begin() + start, labels.begin() + start + n), torch::kLong);
+      auto t0 = std::chrono::steady_clock::now();
+      auto tokens = generate_tokens(model, lab, ids, o);
+      auto t1 = std::chrono::steady_clock::now();
+      auto images = to_uint8_hwc(decode_tokens(vq, tokens, a->batch_size));
+      auto t2 = std::chrono::steady_clock::now();
+      step_s += std::chrono::duration<double>(t1 - t0).count();
+      decode_s += std::chrono::duration<double>(t2 - t1).count();
+      made += n;
+      save_safetensors(part.string(), {{"tokens", tokens}, {"labels", lab}, {"images", images}}, settings);
+      progress.update(n);
+    }
+    const double tok_rate = step_s > 0 ? made * mc.num_tokens / step_s : 0;
+    progress.finish(str_cat(made, " new: ", static_cast<int64_t>(tok_rate), " tokens/s in model steps, ",
+                            decode_s > 0 ? made / decode_s : 0.0, " images/s in VQ decode"));
+    if (!env.is_main()) return 0;
+    // Rank 0 assembles once every batch is there.
+    for (int64_t k = 0; k < batches; ++k) {
+      const int64_t start = k * a->batch_size, n = std::min(a->batch_size, total - start);
+      while (!fs::exists(work / part_name(start, n))) std::this_thread::sleep_for(std::chrono::milliseconds(500));
+    }
+    std::vector<torch::Tensor> all_tokens, all_labels;
+    for (int64_t k = 0; k < batches; ++k) {
+      const int64_t start = k * a->batch_size, n = std::min(a->batch_size, total - start);
+      SafetensorsFile f((work / part_name(start, n)).string());
+      all_tokens.push_back(f.get("tokens").clone());
+      all_labels.push_back(f.get("labels").clone());
+    }
+    auto images_of = [&](int64_t s, int64_t n) {
+      std::vector<torch::Tensor> rows;
+      for (int64_t i = s; i < s + n;) {
+        const int64_t k = i / a->batch_size, start = k * a->batch_size;
+        const int64_t count = std::min(a->batch_size, total - start);
+        SafetensorsFile f((work / part_name(start, count)).string());
+        const int64_t take = std::min(s + n - i, start + count - i);
+        rows.push_back(f.get("images").narrow(0, i - start, take).clone());
+        i += take;
+      }
+      return torch::cat(rows);
+    };
+    write_outputs(*a, torch::cat(all_tokens), torch::cat(all_labels), images_of, total, names, settings);
+    fs::remove_all(work);
+    std::cout << "settings: cfg " << o.cfg << ", temperature " << o.temperature << ", top-k " << o.top_k
+              << ", top-p " << o.top_p << ", seed " << o.seed << ", preset " << settings["preset"] << "\n";
+    return 0;
+  };
+}
+
+}  // namespace aim::cli

@@ -1,0 +1,97 @@
+#include "aim/sample/plan.h"
+
+#include <algorithm>
+#include <cctype>
+#include <fstream>
+#include <sstream>
+
+#include "aim/core/error.h"
+#include "aim/data/sampler.h"
+
+namespace aim {
+
+namespace {
+std::string lower_trim(std::string s) {
+  std::transform(s.begin(), s.end(), s.begin(), [](unsigned char c) { return std::tolower(c); });
+  const auto b = s.find_first_not_of(" \t");
+  const auto e = s.find_last_not_of(" \t\r");
+  return b == std::string::npos ? "" : s.substr(b, e - b + 1);
+}
+int64_t random_label(uint64_t seed, int64_t i, int64_t num_classes) {
+  return static_cast<int64_t>(splitmix64(splitmix64(seed ^ 0x1abe15ull) + static_cast<uint64_t>(i)) %
+                              static_cast<uint64_t>(num_classes));
+}
+}  // namespace
+
+std::vector<int64_t> plan_labels(const std::string& mode, int64_t num, int64_t num_classes, uint64_t seed) {
+  AIM_CHECK(num >= 1, "--num-samples: expected >= 1, found ", num);
+  std::vector<int64_t> labels(static_cast<size_t>(num));
+  if (mode == "balanced") {
+    AIM_CHECK(num % num_classes == 0, "--labels balanced: --num-samples ", num,
+              " is not a multiple of the ", num_classes, " classes");
+    const int64_t per = num / num_classes;
+    for (int64_t i = 0; i < num; ++i) labels[i] = i / per;
+  } else if (mode == "random") {
+    for (int64_t i = 0; i < num; ++i) labels[i] = random_label(seed, i, num_classes);
+  } else {
+    throw Error(str_cat("--labels: expected balanced or random, found '", mode, "'"));
+  }
+  return labels;
+}
+
+std::vector<std::string> read_class_names(const std::string& path) {
+  std::ifstream in(path);
+  if (!in) throw Error(str_cat("--class-names ", path, ": cannot open"));
+  std::vector<std::string> names;
+  std::string line;
+  while (std::getline(in, line)) {
+    if (!line.empty() && line.back() == '\r') line.pop_back();
+    if (!line.empty()) names.push_back(line);
+  }
+  return names;
+}
+
+std::vector<int64_t> parse_class_flag(const std::string& value, int64_t per_class, int64_t num_classes,
+                                      const std::vector<std::string>& class_names, uint64_t seed) {
+  AIM_CHECK(per_class >= 1, "--num: expected >= 1, found ", per_class);
+  std::vector<int64_t> labels;
+  if (lower_trim(value) == "random") {
+    for (int64_t i = 0; i < per_class; ++i) labels.push_back(random_label(seed, i, num_classes));
+    return labels;
+  }
+  std::stringstream items(value);
+  std::string item;
+  while (std::getline(items, item, ',')) {
+    const std::string want = lower_trim(item);
+    AIM_CHECK(!want.empty(), "--class: empty entry in '", value, "'");
+    int64_t id = -1;
+    if (std::all_of(want.begin(), want.end(), [](unsigned char c) { return std::isdigit(c); })) {
+      id = std::stoll(want);
+      AIM_CHECK(id < num_classes, "--class ", id, ": expected a class in [0, ", num_classes,
+                ") (the null class ", num_classes, " is for guidance only)");
+    } else {
+      for (size_t c = 0; c < class_names.size() && id < 0; ++c) {
+        std::string line = class_names[c];
+        std::vector<std::string> synonyms{lower_trim(line)};
+        const auto sp = line.find(' ');
+        if (sp != std::string::npos) {
+          synonyms.push_back(lower_trim(line.substr(0, sp)));  // WordNet id
+          line = line.substr(sp + 1);
+        }
+        std::stringstream syn(line);
+        std::string s;
+        while (std::getline(syn, s, ',')) synonyms.push_back(lower_trim(s));
+        if (std::find(synonyms.begin(), synonyms.end(), want) != synonyms.end()) id = static_cast<int64_t>(c);
+      }
+      AIM_CHECK(id >= 0, "--class '", item, "': not a class id",
+                class_names.empty() ? " and no --class-names file was given"
+                                    : " nor a name in the --class-names file");
+      AIM_CHECK(id < num_classes, "--class '", item, "': line ", id, " of the names file is beyond the model's ",
+                num_classes, " classes");
+    }
+    for (int64_t i = 0; i < per_class; ++i) labels.push_back(id);
+  }
+  return labels;
+}
+
+}  // namespace aim

@@ -1,0 +1,213 @@
+// Sampling: the token-selection op against its definition, generation against the parallel
+// forward, independence from batch size, and `aim sample` as users run it.
+#include <gtest/gtest.h>
+#include <torch/torch.h>
+#include <unistd.h>
+
+#include <array>
+#include <filesystem>
+#include <fstream>
+
+#include "aim/core/config.h"
+#include "aim/core/safetensors.h"
+#include "aim/model/aim.h"
+#include "aim/model/loader.h"
+#include "aim/ops/sampling.h"
+#include "aim/sample/generate.h"
+#include "test_util.h"
+
+namespace aim {
+namespace {
+
+namespace fs = std::filesystem;
+
+TEST(SampleTokens, GreedyTopKAndTopPFollowTheirDefinitions) {
+  torch::manual_seed(0);
+  auto logits = torch::randn({3, 50}) * 2;
+  auto u = torch::rand({3}, torch::kDouble);
+  EXPECT_TRUE(torch::equal(ops::sample_tokens(logits, 1.0, 1, 1.0, u), logits.argmax(-1)));
+  // Stratified uniforms: the draw frequencies equal the filtered softmax up to 1 / M.
+  const int64_t m = 20000;
+  auto row = logits[0].unsqueeze(0).expand({m, 50}).contiguous();
+  auto grid = (torch::arange(m, torch::kDouble) + 0.5) / m;
+  for (auto [temp, k, p] : {std::tuple{1.0, int64_t{0}, 1.0}, std::tuple{0.7, int64_t{5}, 1.0},
+                            std::tuple{1.3, int64_t{0}, 0.8}, std::tuple{1.0, int64_t{10}, 0.5}}) {
+    auto tokens = ops::sample_tokens(row, temp, k, p, grid);
+    auto freq = torch::bincount(tokens, {}, 50).to(torch::kDouble) / m;
+    // The definition: temperature, keep the k largest, drop the unlikely tail of mass <= 1 - p.
+    auto x = logits[0].to(torch::kDouble) / temp;
+    if (k > 0) {
+      auto kth = std::get<0>(x.topk(k)).min();
+      x = x.masked_fill(x < kth, -INFINITY);
+    }
+    auto probs = torch::softmax(x, 0);
+    if (p < 1.0) {
+      auto sorted = probs.sort(0, false);
+      auto cum = std::get<0>(sorted).cumsum(0);
+      auto drop = cum <= (1.0 - p);
+      drop[49] = false;
+      auto mask = torch::zeros_like(drop).scatter(0, std::get<1>(sorted), drop);
+      probs = torch::softmax(x.masked_fill(mask, -INFINITY), 0);
+    }
+    const double err = (freq - probs).abs().max().item<double>();
+    std::printf("    temperature %.1f top-k %lld top-p %.2f: max |frequency - probability| %.2e\n", temp,
+                (long long)k, p, err);
+    EXPECT_LT(err, 2.0 / m);
+    EXPECT_EQ((freq.gt(0) & probs.eq(0)).sum().item<int64_t>(), 0) << "a filtered token was drawn";
+  }
+}
+
+class Generation : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    const auto dir = test::fixtures_dir() / "aim" / "mamba2_tiny";
+    model_ = load_aim_model(find_checkpoint(dir.string()));
+  }
+  AimModel model_{nullptr};
+};
+
+TEST_F(Generation, GreedyEqualsTheArgmaxChainOfTheParallelForward) {
+  auto labels = torch::tensor({int64_t{1}, int64_t{7}}, torch::kLong);
+  for (double cfg : {1.0, 3.0}) {
+    SamplingOptions o;
+    o.top_k = 1;
+    o.cfg = cfg;
+    auto tokens = generate_tokens(model_, labels, {0, 1}, o);
+    const int64_t len = tokens.size(1);
+    torch::NoGradGuard no_grad;
+    auto pos = torch::arange(len - 1, torch::kLong) + model_->config.decode_position_offset;
+    auto cond = model_->forward(tokens.narrow(1, 0, len - 1), labels, pos);
+    auto logits = cond;
+    if (cfg != 1.0) {
+      auto uncond = model_->forward(tokens.narrow(1, 0, len - 1), torch::full_like(labels, model_->null_class()), pos);
+      logits = uncond + (cond - uncond) * cfg;
+    }
+    EXPECT_TRUE(torch::equal(logits.argmax(-1), tokens)) << "cfg " << cfg;
+  }
+}
+
+TEST_F(Generation, SamplesDoNotDependOnTheBatch) {
+  SamplingOptions o;
+  o.cfg = 2.5;
+  o.seed = 11;
+  auto labels = torch::tensor({int64_t{0}, int64_t{3}, int64_t{3}, int64_t{9}}, torch::kLong);
+  auto all = generate_tokens(model_, labels, {10, 11, 12, 13}, o);
+  auto first = generate_tokens(model_, labels.narrow(0, 0, 1), {10}, o);
+  auto rest = generate_tokens(model_, labels.narrow(0, 1, 3), {11, 12, 13}, o);
+  EXPECT_TRUE(torch::equal(all, torch::cat({first, rest})));
+  // Same class, different sample index: different images.
+  EXPECT_FALSE(torch::equal(all[1], all[2]));
+  o.seed = 12;
+  EXPECT_FALSE(torch::equal(all, generate_tokens(model_, labels, {10, 11, 12, 13}, o)));
+}
+
+struct RunResult {
+  int code = -1;
+  std::string output;
+};
+
+RunResult run(const std::string& cmd) {
+  RunResult r;
+  FILE* pipe = popen((cmd + " 2>&1").c_str(), "r");
+  std::array<char, 4096> buf{};
+  while (fgets(buf.data(), buf.size(), pipe)) r.output += buf.data();
+  const int status = pclose(pipe);
+  r.code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+  return r;
+}
+
+std::string slurp(const fs::path& p) {
+  std::ifstream in(p, std::ios::binary);
+  return std::string((std::istreambuf_iterator<char>(in)), {});
+}
+
+class SampleCli : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    dir_ = fs::temp_directory_path() / ("aim_sample_" + std::to_string(::getpid()));
+    fs::remove_all(dir_);
+    fs::create_directories(dir_);
+    ckpt_ = (test::fixtures_dir() / "aim" / "mamba2_tiny").string();
+    base_ = std::string(AIM_BINARY_PATH) + " sample --ckpt " + ckpt_ + " --vq-config " +
+            test::source_dir() + "/configs/fixture_tiny_vq.json ";
+  }
+  void TearDown() override { fs::remove_all(dir_); }
+  std::string p(const std::string& name) const { return (dir_ / name).string(); }
+  fs::path dir_;
+  std::string ckpt_, base_;
+};
+
+TEST_F(SampleCli, GridNpzAndTokensAndTheirAgreement) {
+  auto r = run(base_ + "--class 1,4 --num 3 --cfg 3 --seed 5 --batch-size 4 --out " + p("grid.png") +
+               " --npz " + p("s.npz") + " --tokens " + p("t.safetensors") + " --outdir " + p("png"));
+  ASSERT_EQ(r.code, 0) << r.output;
+  EXPECT_NE(r.output.find("settings: cfg 3"), std::string::npos) << r.output;
+  EXPECT_TRUE(fs::exists(p("grid.png")));
+  EXPECT_TRUE(fs::exists(p("png/000005_class4.png")));
+  EXPECT_FALSE(fs::exists(p("s.npz.parts")));
+  const std::string check = std::string(AIM_PYTHON_PATH) + " -c \"import numpy as np; d = np.load('" + p("s.npz") +
+                            "'); a = d['arr_0']; print(a.shape, a.dtype, d['arr_1'].tolist())\"";
+  auto np = run(check);
+  EXPECT_EQ(np.code, 0) << np.output;
+  EXPECT_NE(np.output.find("(6, 128, 128, 3) uint8 [1, 1, 1, 4, 4, 4]"), std::string::npos) << np.output;
+  // Two ranks (mpirun's variables) with another batch size give the same tokens.
+  auto env = [](int rank) {
+    return "OMPI_COMM_WORLD_RANK=" + std::to_string(rank) + " OMPI_COMM_WORLD_SIZE=2 ";
+  };
+  const std::string two = base_ + "--class 1,4 --num 3 --cfg 3 --seed 5 --batch-size 2 --tokens " + p("t2.safetensors");
+  auto r2 = run("(" + env(1) + two + " > " + p("rank1.log") + " 2>&1 &); " + env(0) + two);
+  ASSERT_EQ(r2.code, 0) << r2.output;
+  EXPECT_TRUE(torch::equal(load_safetensors(p("t.safetensors"))["tokens"], load_safetensors(p("t2.safetensors"))["tokens"]));
+  // Decoding the saved tokens reproduces the npz images.
+  auto r3 = run(std::string(AIM_BINARY_PATH) + " sample --from-tokens " + p("t.safetensors") + " --vq " + ckpt_ +
+                " --vq-config " + test::source_dir() + "/configs/fixture_tiny_vq.json --npz " + p("again.npz"));
+  ASSERT_EQ(r3.code, 0) << r3.output;
+  auto cmp = run(std::string(AIM_PYTHON_PATH) + " -c \"import numpy as np; a = np.load('" + p("s.npz") +
+                 "')['arr_0']; b = np.load('" + p("again.npz") + "')['arr_0']; print('same' if (a == b).all() else 'differ')\"");
+  EXPECT_NE(cmp.output.find("same"), std::string::npos) << cmp.output;
+}
+
+TEST_F(SampleCli, FromTokensDecodesTheFixtureImages) {
+  auto golden = load_safetensors((fs::path(ckpt_) / "cases.safetensors").string());
+  save_safetensors(p("fixture_tokens.safetensors"),
+                   {{"tokens", golden["decode_tokens"]}, {"labels", golden["decode_labels"]}});
+  auto r = run(std::string(AIM_BINARY_PATH) + " sample --from-tokens " + p("fixture_tokens.safetensors") +
+               " --vq " + ckpt_ + " --vq-config " + test::source_dir() + "/configs/fixture_tiny_vq.json --npz " +
+               p("decoded.npz"));
+  ASSERT_EQ(r.code, 0) << r.output;
+  // The official images, quantised the ADM way, against ours (rounding at a boundary may move one level).
+  auto expected = (golden["decoded_images"] * 127.5 + 128).clamp(0, 255).to(torch::kUInt8).permute({0, 2, 3, 1});
+  save_safetensors(p("expected.safetensors"), {{"images", expected.contiguous()}});
+  auto cmp = run(std::string(AIM_PYTHON_PATH) + " -c \"import numpy as np; from safetensors.numpy import load_file; e = load_file('" +
+                 p("expected.safetensors") + "')['images'].astype(int); a = np.load('" + p("decoded.npz") +
+                 "')['arr_0'].astype(int); print('maxdiff', abs(a - e).max(), a.shape)\"");
+  const bool close = cmp.output.find("maxdiff 0 ") != std::string::npos ||
+                     cmp.output.find("maxdiff 1 ") != std::string::npos;
+  EXPECT_TRUE(close) << cmp.output;
+}
+
+TEST_F(SampleCli, InvalidValuesFailClearlyAndLeaveNothing) {
+  const std::pair<std::string, std::string> cases[] = {
+      {"--class 10 --out " + p("a.png"), "--class 10"},
+      {"--class 1 --cfg -1 --out " + p("a.png"), "--cfg"},
+      {"--class 1 --top-p 0 --out " + p("a.png"), "--top-p"},
+      {"--class 1 --top-p 1.5 --out " + p("a.png"), "--top-p"},
+      {"--class 1 --top-k -2 --out " + p("a.png"), "--top-k"},
+      {"--class tench --out " + p("a.png"), "--class 'tench'"},
+      {"--class 1", "no output requested"},
+  };
+  for (const auto& [args, expect] : cases) {
+    auto r = run(base_ + args);
+    EXPECT_NE(r.code, 0) << args;
+    EXPECT_NE(r.output.find(expect), std::string::npos) << args << "\n" << r.output;
+  }
+  auto r = run(std::string(AIM_BINARY_PATH) + " sample --ckpt " + p("missing") + " --class 1 --out " + p("a.png"));
+  EXPECT_NE(r.code, 0);
+  EXPECT_NE(r.output.find("no such file"), std::string::npos) << r.output;
+  size_t left = 0;
+  for (const auto& e : fs::directory_iterator(dir_)) left += e.path().filename() != "" ? 1 : 0;
+  EXPECT_EQ(left, 0u) << "outputs left behind";
+}
+
+}  // namespace
+}  // namespace aim

@@ -1,0 +1,97 @@
+// Sampling speed for a config on this machine: tokens/s and images/s of the recurrent model
+// steps (with guidance: doubled batch) and of the VQ decode, measured separately, randomly
+// initialised weights (speed does not depend on them).
+//
+//   bench_sample CONFIG.yaml [--batch B] [--cfg S] [--tokens T] [--device cpu|cuda] [--no-vq]
+// --tokens limits the steps timed (default: all num_tokens) for big models on the CPU.
+#include <torch/torch.h>
+
+#include <chrono>
+#include <cstdio>
+#include <string>
+
+#include "aim/core/config.h"
+#include "aim/model/aim.h"
+#include "aim/model/registry.h"
+#include "aim/model/vq.h"
+#include "aim/ops/sampling.h"
+#include "aim/sample/generate.h"
+
+using Clock = std::chrono::steady_clock;
+
+int main(int argc, char** argv) {
+  if (argc < 2) {
+    std::fprintf(stderr, "usage: bench_sample CONFIG.yaml [--batch B] [--cfg S] [--tokens T] [--device D] [--no-vq]\n");
+    return 2;
+  }
+  const std::string config_path = argv[1];
+  int64_t batch = 16, steps = 0;
+  double cfg = 2.0;
+  bool with_vq = true;
+  std::string device = "cpu";
+  for (int i = 2; i < argc; ++i) {
+    const std::string a = argv[i];
+    auto value = [&] { return i + 1 < argc ? std::string(argv[++i]) : std::string(); };
+    if (a == "--batch") batch = std::stoll(value());
+    else if (a == "--cfg") cfg = std::stod(value());
+    else if (a == "--tokens") steps = std::stoll(value());
+    else if (a == "--device") device = value();
+    else if (a == "--no-vq") with_vq = false;
+    else {
+      std::fprintf(stderr, "unknown flag %s\n", a.c_str());
+      return 2;
+    }
+  }
+  try {
+    const auto cfg_all = aim::load_config(config_path);
+    const torch::Device dev(device);
+    torch::NoGradGuard no_grad;
+    aim::AimModel model(cfg_all.model);
+    model->to(dev);
+    model->eval();
+    const int64_t len = steps > 0 ? std::min(steps, cfg_all.model.num_tokens) : cfg_all.model.num_tokens;
+    auto labels = torch::randint(cfg_all.model.num_classes, {batch}, torch::dtype(torch::kLong).device(dev));
+    const bool guided = cfg != 1.0;
+    auto run_steps = [&](int64_t n) {
+      auto state = model->start(guided ? torch::cat({labels, torch::full_like(labels, model->null_class())}) : labels);
+      torch::Tensor prev;
+      auto u = torch::rand({batch}, torch::kDouble);
+      for (int64_t t = 0; t < n; ++t) {
+        auto logits = model->step(state, t == 0 ? torch::Tensor() : (guided ? torch::cat({prev, prev}) : prev));
+        if (guided) logits = aim::ops::cfg_combine(logits.narrow(0, 0, batch), logits.narrow(0, batch, batch), cfg);
+        prev = aim::ops::sample_tokens(logits, 1.0, 0, 1.0, u);
+      }
+      if (dev.is_cuda()) torch::cuda::synchronize();
+      return prev;
+    };
+    run_steps(std::min<int64_t>(len, 4));  // warm-up
+    auto t0 = Clock::now();
+    run_steps(len);
+    const double step_s = std::chrono::duration<double>(Clock::now() - t0).count();
+    std::printf("config %s: %lld parameters, batch %lld, cfg %.2f (%s), %lld steps, device %s, %d threads\n",
+                config_path.c_str(), (long long)aim::count_parameters(cfg_all.model).total(), (long long)batch, cfg,
+                guided ? "doubled batch" : "conditional only", (long long)len, device.c_str(), torch::get_num_threads());
+    std::printf("| stage            | ms/token | tokens/s   | images/s |\n|------------------|----------|------------|----------|\n");
+    std::printf("| model steps      | %8.2f | %10.1f | %8.3f |\n", 1e3 * step_s / len, batch * len / step_s,
+                batch / (step_s * cfg_all.model.num_tokens / len));
+    if (with_vq) {
+      aim::VqModel vq(cfg_all.vq);
+      vq->to(dev);
+      vq->eval();
+      const int64_t side = aim::VqModel::Impl::side_of(cfg_all.model.num_tokens);
+      auto tokens = torch::randint(cfg_all.vq.codebook_size, {batch, side * side}, torch::dtype(torch::kLong).device(dev));
+      vq->decode(tokens.narrow(0, 0, 1), side, side);
+      t0 = Clock::now();
+      vq->decode(tokens, side, side);
+      if (dev.is_cuda()) torch::cuda::synchronize();
+      const double vq_s = std::chrono::duration<double>(Clock::now() - t0).count();
+      std::printf("| VQ decode        |          |            | %8.3f |\n", batch / vq_s);
+      const double total = step_s * cfg_all.model.num_tokens / len + vq_s;
+      std::printf("| end to end       |          |            | %8.3f |\n", batch / total);
+    }
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "error: %s\n", e.what());
+    return 1;
+  }
+  return 0;
+}
