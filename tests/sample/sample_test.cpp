@@ -167,6 +167,24 @@ TEST_F(SampleCli, GridNpzAndTokensAndTheirAgreement) {
   EXPECT_NE(cmp.output.find("same"), std::string::npos) << cmp.output;
 }
 
+TEST_F(SampleCli, AKilledRunResumesWithoutRedoingFinishedBatches) {
+  const std::string args = "--num-samples 20 --labels balanced --seed 2 --batch-size 4 ";
+  auto full = run(base_ + args + "--tokens " + p("full.safetensors"));
+  ASSERT_EQ(full.code, 0) << full.output;
+  // Only rank 1 of 2 ran (its batches 1 and 3 are on disk), then the job died.
+  auto partial = run("OMPI_COMM_WORLD_RANK=1 OMPI_COMM_WORLD_SIZE=2 " + base_ + args + "--work-dir " + p("work") +
+                     " --tokens " + p("resumed.safetensors"));
+  ASSERT_EQ(partial.code, 0) << partial.output;
+  EXPECT_TRUE(fs::exists(p("work/part-4-4.safetensors")));
+  EXPECT_FALSE(fs::exists(p("resumed.safetensors")));
+  auto resumed = run(base_ + args + "--work-dir " + p("work") + " --tokens " + p("resumed.safetensors"));
+  ASSERT_EQ(resumed.code, 0) << resumed.output;
+  EXPECT_NE(resumed.output.find("12 new"), std::string::npos) << resumed.output;  // 8 of 20 were done
+  EXPECT_TRUE(torch::equal(load_safetensors(p("full.safetensors"))["tokens"],
+                           load_safetensors(p("resumed.safetensors"))["tokens"]));
+  EXPECT_FALSE(fs::exists(p("work")));
+}
+
 TEST_F(SampleCli, FromTokensDecodesTheFixtureImages) {
   auto golden = load_safetensors((fs::path(ckpt_) / "cases.safetensors").string());
   save_safetensors(p("fixture_tokens.safetensors"),
