@@ -1,6 +1,7 @@
 #include <chrono>
 #include <filesystem>
 #include <iostream>
+#include <nlohmann/json.hpp>
 #include <thread>
 
 #include "aim/cli/commands.h"
@@ -56,6 +57,13 @@ void write_outputs(const SampleArgs& a, const torch::Tensor& tokens, const torch
     for (int64_t s = 0; s < count; s += kChunk) npz.append(images_of(s, std::min(kChunk, count - s)));
     npz.end_array();
     npz.add_array("arr_1", labels);
+    if (!settings.empty()) {
+      // The sampling settings as JSON text, so evaluation can report what it scored.
+      nlohmann::json j(settings);
+      const std::string text = j.dump();
+      npz.add_array("aim_settings", torch::from_blob(const_cast<char*>(text.data()), {static_cast<int64_t>(text.size())},
+                                                     torch::kUInt8).clone());
+    }
     npz.close();
     std::cout << "npz: " << a.npz << " (arr_0 uint8 [" << count << ", " << first.size(1) << ", "
               << first.size(2) << ", 3], arr_1 labels)\n";

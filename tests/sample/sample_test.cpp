@@ -146,10 +146,11 @@ TEST_F(SampleCli, GridNpzAndTokensAndTheirAgreement) {
   EXPECT_TRUE(fs::exists(p("png/000005_class4.png")));
   EXPECT_FALSE(fs::exists(p("s.npz.parts")));
   const std::string check = std::string(AIM_PYTHON_PATH) + " -c \"import numpy as np; d = np.load('" + p("s.npz") +
-                            "'); a = d['arr_0']; print(a.shape, a.dtype, d['arr_1'].tolist())\"";
+                            "'); a = d['arr_0']; print(a.shape, a.dtype, d['arr_1'].tolist(), bytes(d['aim_settings']).decode())\"";
   auto np = run(check);
   EXPECT_EQ(np.code, 0) << np.output;
   EXPECT_NE(np.output.find("(6, 128, 128, 3) uint8 [1, 1, 1, 4, 4, 4]"), std::string::npos) << np.output;
+  EXPECT_NE(np.output.find("\"cfg\":\"3.000000\""), std::string::npos) << np.output;
   // Two ranks (mpirun's variables) with another batch size give the same tokens.
   auto env = [](int rank) {
     return "OMPI_COMM_WORLD_RANK=" + std::to_string(rank) + " OMPI_COMM_WORLD_SIZE=2 ";
