@@ -9,7 +9,8 @@ namespace aim {
 CodeLoader::CodeLoader(std::shared_ptr<const CodeDataset> dataset, DistributedSampler sampler,
                        int64_t batch_size, int64_t epoch, int64_t start_batch, int64_t prefetch)
     : dataset_(std::move(dataset)), sampler_(sampler), batch_size_(batch_size), epoch_(epoch),
-      next_batch_(start_batch), prefetch_(std::max<int64_t>(1, prefetch)) {
+      next_batch_(start_batch), prefetch_(std::max<int64_t>(1, prefetch)),
+      queue_(static_cast<size_t>(prefetch_)) {
   AIM_CHECK(batch_size >= 1, "loader: batch size must be >= 1, got ", batch_size);
   // The sampler ranks positions among the valid (readable) samples.
   const auto& valid = dataset_->valid_indices();
@@ -26,15 +27,12 @@ CodeLoader::CodeLoader(std::shared_ptr<const CodeDataset> dataset, DistributedSa
 }
 
 CodeLoader::~CodeLoader() {
-  {
-    std::lock_guard<std::mutex> lock(mutex_);
-    stop_ = true;
-  }
-  cv_.notify_all();
+  queue_.stop();
   if (worker_.joinable()) worker_.join();
 }
 
 void CodeLoader::run() {
+  std::exception_ptr error;
   try {
     const int64_t num_aug = dataset_->info().num_aug;
     for (int64_t b = next_batch_; b < batches_; ++b) {
@@ -45,32 +43,14 @@ void CodeLoader::run() {
       dataset_->gather(idx, augs, batch.codes, batch.labels);
       batch.epoch = epoch_;
       batch.batch = b;
-      std::unique_lock<std::mutex> lock(mutex_);
-      cv_.wait(lock, [&] { return stop_ || static_cast<int64_t>(queue_.size()) < prefetch_; });
-      if (stop_) return;
-      queue_.push_back(std::move(batch));
-      cv_.notify_all();
+      if (!queue_.push(std::move(batch))) return;
     }
   } catch (...) {
-    std::lock_guard<std::mutex> lock(mutex_);
-    error_ = std::current_exception();
+    error = std::current_exception();
   }
-  std::lock_guard<std::mutex> lock(mutex_);
-  done_ = true;
-  cv_.notify_all();
+  queue_.finish(error);
 }
 
-std::optional<CodeBatch> CodeLoader::next() {
-  std::unique_lock<std::mutex> lock(mutex_);
-  cv_.wait(lock, [&] { return !queue_.empty() || done_; });
-  if (!queue_.empty()) {
-    auto batch = std::move(queue_.front());
-    queue_.pop_front();
-    cv_.notify_all();
-    return batch;
-  }
-  if (error_) std::rethrow_exception(error_);
-  return std::nullopt;
-}
+std::optional<CodeBatch> CodeLoader::next() { return queue_.pop(); }
 
 }  // namespace aim

@@ -13,7 +13,7 @@ ImageLoader::ImageLoader(const ImageList& list, VqModel vq, torch::Device device
                          DistributedSampler sampler, int64_t epoch, int64_t start_batch,
                          ImageLoaderOptions options)
     : list_(list), vq_(std::move(vq)), device_(device), sampler_(sampler), options_(options),
-      epoch_(epoch), next_batch_(start_batch) {
+      epoch_(epoch), next_batch_(start_batch), queue_(static_cast<size_t>(std::max<int64_t>(1, options.prefetch))) {
   AIM_CHECK(options_.batch_size >= 1, "image loader: batch size must be >= 1");
   order_ = sampler_.indices(epoch_);
   for (auto i : order_) {
@@ -26,15 +26,12 @@ ImageLoader::ImageLoader(const ImageList& list, VqModel vq, torch::Device device
 }
 
 ImageLoader::~ImageLoader() {
-  {
-    std::lock_guard<std::mutex> lock(mutex_);
-    stop_ = true;
-  }
-  cv_.notify_all();
+  queue_.stop();
   if (worker_.joinable()) worker_.join();
 }
 
 void ImageLoader::run() {
+  std::exception_ptr error;
   try {
     const int64_t b = options_.batch_size, size = options_.image_size;
     for (int64_t k = next_batch_; k < batches_; ++k) {
@@ -71,34 +68,18 @@ void ImageLoader::run() {
       d.batch = k;
       d.labels = torch::tensor(labels, torch::kLong);
       d.images = kept.empty() ? torch::empty({0, 3, size, size}) : torch::stack(kept);
-      std::unique_lock<std::mutex> lock(mutex_);
-      cv_.wait(lock, [&] { return stop_ || static_cast<int64_t>(queue_.size()) < options_.prefetch; });
-      if (stop_) return;
-      queue_.push_back(std::move(d));
-      cv_.notify_all();
+      if (!queue_.push(std::move(d))) return;
     }
   } catch (...) {
-    std::lock_guard<std::mutex> lock(mutex_);
-    error_ = std::current_exception();
+    error = std::current_exception();
   }
-  std::lock_guard<std::mutex> lock(mutex_);
-  done_ = true;
-  cv_.notify_all();
+  queue_.finish(error);
 }
 
 std::optional<CodeBatch> ImageLoader::next() {
-  Decoded d;
-  {
-    std::unique_lock<std::mutex> lock(mutex_);
-    cv_.wait(lock, [&] { return !queue_.empty() || done_; });
-    if (queue_.empty()) {
-      if (error_) std::rethrow_exception(error_);
-      return std::nullopt;
-    }
-    d = std::move(queue_.front());
-    queue_.pop_front();
-  }
-  cv_.notify_all();
+  auto next = queue_.pop();
+  if (!next) return std::nullopt;
+  Decoded d = std::move(*next);
   CodeBatch batch;
   batch.epoch = epoch_;
   batch.batch = d.batch;

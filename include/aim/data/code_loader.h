@@ -4,14 +4,12 @@
 // exactly from (epoch, batch).
 #include <torch/types.h>
 
-#include <condition_variable>
-#include <deque>
 #include <memory>
-#include <mutex>
 #include <optional>
 #include <thread>
 
 #include "aim/data/code_dataset.h"
+#include "aim/data/prefetch_queue.h"
 #include "aim/data/sampler.h"
 
 namespace aim {
@@ -43,11 +41,7 @@ class CodeLoader {
   DistributedSampler sampler_;
   int64_t batch_size_, epoch_, next_batch_, batches_, prefetch_;
   std::vector<int64_t> order_;
-  std::mutex mutex_;
-  std::condition_variable cv_;
-  std::deque<CodeBatch> queue_;
-  bool stop_ = false, done_ = false;
-  std::exception_ptr error_;
+  PrefetchQueue<CodeBatch> queue_;
   std::thread worker_;
 };
 

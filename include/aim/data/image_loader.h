@@ -6,14 +6,12 @@
 #include <torch/types.h>
 
 #include <atomic>
-#include <condition_variable>
-#include <deque>
-#include <mutex>
 #include <optional>
 #include <thread>
 
 #include "aim/data/code_loader.h"
 #include "aim/data/image_folder.h"
+#include "aim/data/prefetch_queue.h"
 #include "aim/data/sampler.h"
 #include "aim/model/vq.h"
 
@@ -58,11 +56,7 @@ class ImageLoader {
   ImageLoaderOptions options_;
   int64_t epoch_, next_batch_, batches_;
   std::vector<int64_t> order_;
-  std::mutex mutex_;
-  std::condition_variable cv_;
-  std::deque<Decoded> queue_;
-  bool stop_ = false, done_ = false;
-  std::exception_ptr error_;
+  PrefetchQueue<Decoded> queue_;
   std::atomic<int64_t> skipped_{0};
   std::thread worker_;
 };
