@@ -5,6 +5,9 @@
 
 #include <cstdlib>
 #include <filesystem>
+#include <functional>
+
+#include "aim/core/error.h"
 #include <string>
 #include <vector>
 
@@ -92,6 +95,16 @@ inline void expect_close(const std::string& name, const torch::Tensor& actual,
 }
 
 inline std::string source_dir() { return AIM_SOURCE_DIR; }
+
+/// The message of the aim::Error that `f` throws, or "" when it throws none.
+inline std::string error_of(const std::function<void()>& f) {
+  try {
+    f();
+  } catch (const aim::Error& e) {
+    return e.what();
+  }
+  return "";
+}
 
 /// Device the model-level tests run on: $AIM_TEST_DEVICE ("cpu" default, "cuda" on a GPU
 /// machine; scripts/gpu_check.sh sets it).

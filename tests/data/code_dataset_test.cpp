@@ -12,6 +12,7 @@
 #include "aim/data/code_dataset.h"
 #include "aim/data/code_loader.h"
 #include "aim/data/sampler.h"
+#include "test_util.h"
 
 namespace aim {
 namespace {
@@ -43,14 +44,6 @@ class CodeDatasetTest : public ::testing::Test {
   fs::path dir_;
 };
 
-std::string error_of(const std::function<void()>& f) {
-  try {
-    f();
-  } catch (const Error& e) {
-    return e.what();
-  }
-  return "";
-}
 
 TEST_F(CodeDatasetTest, RoundTripAndGather) {
   torch::manual_seed(0);
@@ -63,7 +56,7 @@ TEST_F(CodeDatasetTest, RoundTripAndGather) {
     w->write(0, codes.narrow(0, 0, 20), labels.narrow(0, 0, 20));
     w->sync();
   }
-  EXPECT_NE(error_of([&] { CodeDataset d(path("d.codes")); }).find("unfinished"), std::string::npos);
+  EXPECT_NE(test::error_of([&] { CodeDataset d(path("d.codes")); }).find("unfinished"), std::string::npos);
   code_dataset_mark_finished(path("d.codes"));
   CodeDataset d(path("d.codes"));
   EXPECT_EQ(d.size(), n);
@@ -91,7 +84,7 @@ TEST_F(CodeDatasetTest, ResumeContinuesTheSameFile) {
   EXPECT_TRUE(code_dataset_unfinished(path("r.codes")));
   auto other = info(n, a, t);
   other.aug = "tencrop";
-  EXPECT_NE(error_of([&] { CodeDatasetWriter::resume(path("r.codes"), other); }).find("different settings"),
+  EXPECT_NE(test::error_of([&] { CodeDatasetWriter::resume(path("r.codes"), other); }).find("different settings"),
             std::string::npos);
   CodeDatasetWriter::resume(path("r.codes"), info(n, a, t))->write(4, codes.narrow(0, 4, 6), labels.narrow(0, 4, 6));
   code_dataset_mark_finished(path("r.codes"));
@@ -112,22 +105,22 @@ TEST_F(CodeDatasetTest, CorruptFilesAreClearErrors) {
     std::ofstream(path(name), std::ios::binary) << data;
     return path(name);
   };
-  auto msg = error_of([&] { CodeDataset d(write("trunc.codes", bytes.substr(0, bytes.size() - 3))); });
+  auto msg = test::error_of([&] { CodeDataset d(write("trunc.codes", bytes.substr(0, bytes.size() - 3))); });
   EXPECT_NE(msg.find("trunc.codes"), std::string::npos) << msg;
   EXPECT_NE(msg.find("truncated"), std::string::npos) << msg;
-  msg = error_of([&] { CodeDataset d(write("magic.codes", "NOTCODES" + bytes.substr(8))); });
+  msg = test::error_of([&] { CodeDataset d(write("magic.codes", "NOTCODES" + bytes.substr(8))); });
   EXPECT_NE(msg.find("magic"), std::string::npos) << msg;
   std::string huge = bytes;
   for (int b = 8; b < 16; ++b) huge[b] = '\xff';
-  msg = error_of([&] { CodeDataset d(write("huge.codes", huge)); });
+  msg = test::error_of([&] { CodeDataset d(write("huge.codes", huge)); });
   EXPECT_NE(msg.find("header length"), std::string::npos) << msg;
-  msg = error_of([&] { CodeDataset d(write("empty.codes", "")); });
+  msg = test::error_of([&] { CodeDataset d(write("empty.codes", "")); });
   EXPECT_NE(msg.find("empty"), std::string::npos) << msg;
   std::string badjson = bytes;
   badjson[16] = '[';
-  msg = error_of([&] { CodeDataset d(write("json.codes", badjson)); });
+  msg = test::error_of([&] { CodeDataset d(write("json.codes", badjson)); });
   EXPECT_NE(msg.find("json.codes"), std::string::npos) << msg;
-  msg = error_of([&] {
+  msg = test::error_of([&] {
     CodeDatasetWriter::create(path("v.codes"), info(n, a, t))->write(0, torch::full({n, a, t}, 600), torch::zeros({n}));
   });
   EXPECT_NE(msg.find("codes outside [0, 512)"), std::string::npos) << msg;

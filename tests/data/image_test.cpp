@@ -130,14 +130,6 @@ void print_diff(const std::string& name, const Diff& d) {
               d.mean / 255.0, d.max, 100.0 * d.exact);
 }
 
-std::string error_of(const std::function<void()>& f) {
-  try {
-    f();
-  } catch (const Error& e) {
-    return e.what();
-  }
-  return "";
-}
 
 /// Image whose pixels encode their position, so any crop / flip is identifiable.
 Image coordinate_image(int w, int h) {
@@ -185,7 +177,7 @@ TEST(ImageDecode, RefusesBrokenFilesNamingThem) {
   ASSERT_GE(cases.size(), 5u);
   for (const auto& c : cases) {
     const std::string file = fx.path(c[1]);
-    const std::string msg = error_of([&] { decode_image(file); });
+    const std::string msg = test::error_of([&] { decode_image(file); });
     std::printf("    %-20s -> %s\n", c[1].c_str(), msg.c_str());
     EXPECT_NE(msg.find(file), std::string::npos) << c[1] << ": expected an aim::Error naming it";
     if (c[1].rfind("truncated", 0) == 0) {
@@ -193,7 +185,7 @@ TEST(ImageDecode, RefusesBrokenFilesNamingThem) {
     }
   }
   const std::string missing = (fx.dir / "no_such.jpg").string();
-  const std::string msg = error_of([&] { decode_image(missing); });
+  const std::string msg = test::error_of([&] { decode_image(missing); });
   EXPECT_NE(msg.find(missing), std::string::npos) << msg;
   EXPECT_NE(msg.find("cannot open"), std::string::npos) << msg;
 }
@@ -204,7 +196,7 @@ TEST(ImageDecode, RefusesDecompressionBombs) {
                               13,   'I',  'H', 'D', 'R',  0,    0,    0x4E, 0x20, 0, 0,
                               0x27, 0x10, 8,   2,   0,    0,    0,    0,    0,    0, 0};
   const std::string msg =
-      error_of([&] { decode_image_memory(png.data(), png.size(), "bomb.png"); });
+      test::error_of([&] { decode_image_memory(png.data(), png.size(), "bomb.png"); });
   EXPECT_NE(msg.find("bomb.png"), std::string::npos) << msg;
   EXPECT_NE(msg.find("DecompressionBombError"), std::string::npos) << msg;
 }
@@ -215,7 +207,7 @@ TEST(ImageDecode, MemoryMatchesFile) {
   std::vector<uint8_t> bytes((std::istreambuf_iterator<char>(f)), std::istreambuf_iterator<char>());
   const Image a = decode_image_memory(bytes.data(), bytes.size(), "in-memory");
   EXPECT_TRUE(same(a, decode_image(fx.path("rgb.png"))));
-  const std::string msg = error_of([&] { decode_image_memory(bytes.data(), 40, "blob #7"); });
+  const std::string msg = test::error_of([&] { decode_image_memory(bytes.data(), 40, "blob #7"); });
   EXPECT_NE(msg.find("blob #7"), std::string::npos) << msg;
 }
 
@@ -250,7 +242,7 @@ TEST(ImageResize, RejectsBadSizesAndNames) {
   const Image im = coordinate_image(8, 6);
   EXPECT_THROW(resize(im, 0, 5, Filter::kBicubic), Error);
   EXPECT_THROW(resize(Image(), 4, 4, Filter::kBicubic), Error);
-  const std::string msg = error_of([] { filter_from_name("cubic", "data.filter"); });
+  const std::string msg = test::error_of([] { filter_from_name("cubic", "data.filter"); });
   EXPECT_NE(msg.find("data.filter"), std::string::npos) << msg;
   EXPECT_NE(msg.find("cubic"), std::string::npos) << msg;
   EXPECT_TRUE(same(resize(im, 8, 6, Filter::kLanczos), im));
@@ -392,7 +384,7 @@ TEST(ImageGeometry, TenCropOrderAndPlacement) {
   EXPECT_TRUE(same(hflip(hflip(im)), im));
   EXPECT_TRUE(same(Image(45, 37, im.rgb), im));
   EXPECT_THROW(Image(45, 36, im.rgb), Error);
-  const std::string msg = error_of([&] { crop(im, 40, 0, 10, 10); });
+  const std::string msg = test::error_of([&] { crop(im, 40, 0, 10, 10); });
   EXPECT_NE(msg.find("45x37"), std::string::npos) << msg;
 }
 
@@ -447,7 +439,7 @@ TEST(ImageWrite, PngRoundTripAtomic) {
   for ([[maybe_unused]] const auto& e : fs::directory_iterator(dir)) ++entries;
   EXPECT_EQ(entries, 1) << "no temporary file may be left behind";
   const std::string bad = (dir / "missing_dir" / "x.png").string();
-  const std::string msg = error_of([&] { write_png(bad, im); });
+  const std::string msg = test::error_of([&] { write_png(bad, im); });
   EXPECT_NE(msg.find(bad), std::string::npos) << msg;
   fs::remove_all(dir);
 }
@@ -487,7 +479,7 @@ TEST(ImageGrid, TorchvisionLayout) {
   EXPECT_GT(ink, 4) << "white caption text under tile 0 on black padding";
   EXPECT_THROW(make_grid(tiles, 2, 2, pad, {"only one"}), Error);
   tiles[3] = Image(9, 8);
-  const std::string msg = error_of([&] { make_grid(tiles, 2, 2, pad); });
+  const std::string msg = test::error_of([&] { make_grid(tiles, 2, 2, pad); });
   EXPECT_NE(msg.find("image 3"), std::string::npos) << msg;
 }
 

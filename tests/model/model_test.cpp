@@ -157,14 +157,6 @@ class CheckpointFiles : public ::testing::Test {
   fs::path dir_;
 };
 
-std::string error_of(const std::function<void()>& f) {
-  try {
-    f();
-  } catch (const Error& e) {
-    return e.what();
-  }
-  return "";
-}
 
 TEST_F(CheckpointFiles, SaveLoadRoundTripGivesTheSameModel) {
   torch::manual_seed(5);
@@ -195,7 +187,7 @@ TEST_F(CheckpointFiles, MismatchesAreReportedByName) {
   m["mamba.backbone.layers.0.mixer.in_proj.weight"] = torch::zeros({3, 5});
   m["mamba.backbone.extra.weight"] = torch::zeros({2});
   m["vqvae.encoder.conv_in.weight"] = torch::zeros({1});  // the tokenizer's: ignored here
-  auto msg = error_of([&] { load_official_state_dict(model, m, "ckpt/model.safetensors"); });
+  auto msg = test::error_of([&] { load_official_state_dict(model, m, "ckpt/model.safetensors"); });
   EXPECT_NE(msg.find("ckpt/model.safetensors"), std::string::npos) << msg;
   EXPECT_NE(msg.find("missing: mamba.backbone.layers.1.mixer.A_log"), std::string::npos) << msg;
   EXPECT_NE(msg.find("unexpected: mamba.backbone.extra.weight"), std::string::npos) << msg;
@@ -221,20 +213,20 @@ TEST_F(CheckpointFiles, TiedWeightUnderEitherName) {
   }
   std::map<std::string, torch::Tensor> bad(sd.begin(), sd.end());
   bad["mamba.lm_head.weight"] = bad[emb] + 1;
-  auto msg = error_of([&] { load_official_state_dict(other, bad, "x"); });
+  auto msg = test::error_of([&] { load_official_state_dict(other, bad, "x"); });
   EXPECT_NE(msg.find("differs"), std::string::npos) << msg;
 }
 
 TEST_F(CheckpointFiles, DirectoryErrorsSayWhatIsMissing) {
-  auto msg = error_of([&] { find_checkpoint((dir_ / "nope").string()); });
+  auto msg = test::error_of([&] { find_checkpoint((dir_ / "nope").string()); });
   EXPECT_NE(msg.find("no such file"), std::string::npos) << msg;
-  msg = error_of([&] { find_checkpoint(dir_.string()); });
+  msg = test::error_of([&] { find_checkpoint(dir_.string()); });
   EXPECT_NE(msg.find("config.json"), std::string::npos) << msg;
   std::ofstream(dir_ / "config.json") << "{}";
   std::ofstream(dir_ / "pytorch_model.bin") << "x";
-  msg = error_of([&] { find_checkpoint(dir_.string()); });
+  msg = test::error_of([&] { find_checkpoint(dir_.string()); });
   EXPECT_NE(msg.find("convert_checkpoint.py"), std::string::npos) << msg;
-  msg = error_of([&] { find_checkpoint((dir_ / "pytorch_model.bin").string()); });
+  msg = test::error_of([&] { find_checkpoint((dir_ / "pytorch_model.bin").string()); });
   EXPECT_NE(msg.find("expected a directory or a .safetensors file"), std::string::npos) << msg;
 }
 
