@@ -26,7 +26,7 @@ EmbeddingsImpl::EmbeddingsImpl(int64_t vocab_size, int64_t dim, int64_t num_posi
       register_module("position_embeddings", torch::nn::Embedding(num_positions, dim));
 }
 
-AimBlockImpl::AimBlockImpl(const ModelConfig& config, int64_t layer_idx)
+AimBlockImpl::AimBlockImpl(const ModelConfig& config)
     : group(config.adaln_group), eps(config.norm_eps), residual_in_fp32(config.residual_in_fp32) {
   const int64_t d = config.d_model;
   if (group) scale_shift_table = register_parameter("scale_shift_table", torch::empty({1, 3, d}));
@@ -42,7 +42,6 @@ AimBlockImpl::AimBlockImpl(const ModelConfig& config, int64_t layer_idx)
     adaLN_modulation = register_module(
         "adaLN_modulation", torch::nn::Sequential(torch::nn::SiLU(), torch::nn::Linear(d, 3 * d)));
   }
-  (void)layer_idx;
 }
 
 std::pair<torch::Tensor, torch::Tensor> AimBlockImpl::forward(const torch::Tensor& hidden,
@@ -76,7 +75,7 @@ AimBackboneImpl::AimBackboneImpl(const ModelConfig& config_) : config(config_) {
   final_layer = register_module("final_layer", FinalLayer(d, config.norm_eps));
   layers = register_module("layers", torch::nn::ModuleList());
   for (int64_t i = 0; i < config.n_layer; ++i) {
-    blocks.push_back(AimBlock(config, i));
+    blocks.push_back(AimBlock(config));
     layers->push_back(blocks.back());
   }
   norm_f = register_module("norm_f", RMSNorm(RMSNormOptions(d).eps(config.norm_eps)));

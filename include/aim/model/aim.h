@@ -31,7 +31,7 @@ TORCH_MODULE(Embeddings);
 /// (adaLN-group) or `adaLN_modulation` = Sequential(SiLU, Linear(D, 3D)).
 class AimBlockImpl : public torch::nn::Module {
  public:
-  AimBlockImpl(const ModelConfig& config, int64_t layer_idx);
+  explicit AimBlockImpl(const ModelConfig& config);
   /// hidden [B, L, D] (or [B, D] for a step), residual same shape or undefined (first block).
   /// Returns {hidden', residual'}.
   std::pair<torch::Tensor, torch::Tensor> forward(const torch::Tensor& hidden,
