@@ -1,0 +1,57 @@
+// Launch-environment detection for every supported launcher, and malformed values.
+#include <gtest/gtest.h>
+
+#include <cstdlib>
+
+#include "aim/core/env.h"
+#include "test_util.h"
+
+namespace aim {
+namespace {
+
+class LaunchEnvTest : public ::testing::Test {
+ protected:
+  void TearDown() override {
+    for (const char* v : kAll) unsetenv(v);
+  }
+  static constexpr const char* kAll[] = {
+      "OMPI_COMM_WORLD_RANK", "OMPI_COMM_WORLD_SIZE", "OMPI_COMM_WORLD_LOCAL_RANK", "OMPI_COMM_WORLD_LOCAL_SIZE",
+      "PMI_RANK", "PMI_SIZE", "MPI_LOCALRANKID", "MPI_LOCALNRANKS", "SLURM_PROCID", "SLURM_NTASKS",
+      "SLURM_LOCALID", "SLURM_NTASKS_PER_NODE", "RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE"};
+};
+
+TEST_F(LaunchEnvTest, EveryLauncher) {
+  for (const char* v : kAll) unsetenv(v);
+  auto single = detect_launch_env();
+  EXPECT_EQ(single.launcher, "single");
+  EXPECT_EQ(single.world_size, 1);
+  setenv("RANK", "3", 1);
+  setenv("WORLD_SIZE", "8", 1);
+  setenv("LOCAL_RANK", "1", 1);
+  setenv("LOCAL_WORLD_SIZE", "2", 1);
+  auto tr = detect_launch_env();
+  EXPECT_EQ(tr.launcher, "torchrun");
+  EXPECT_EQ(tr.rank, 3);
+  EXPECT_EQ(tr.local_rank, 1);
+  setenv("SLURM_PROCID", "5", 1);
+  setenv("SLURM_NTASKS", "6", 1);
+  auto slurm = detect_launch_env();  // Slurm wins over torchrun-style variables
+  EXPECT_EQ(slurm.launcher, "slurm");
+  EXPECT_EQ(slurm.rank, 5);
+  EXPECT_EQ(slurm.local_rank, 5);  // no SLURM_LOCALID: the global rank
+  setenv("OMPI_COMM_WORLD_RANK", "0", 1);
+  setenv("OMPI_COMM_WORLD_SIZE", "2", 1);
+  EXPECT_EQ(detect_launch_env().launcher, "openmpi");
+}
+
+TEST_F(LaunchEnvTest, MalformedValuesNameTheVariable) {
+  setenv("RANK", "two", 1);
+  setenv("WORLD_SIZE", "4", 1);
+  EXPECT_NE(test::error_of([] { detect_launch_env(); }).find("RANK"), std::string::npos);
+  setenv("RANK", "4", 1);
+  auto msg = test::error_of([] { detect_launch_env(); });
+  EXPECT_NE(msg.find("0 <= rank < size"), std::string::npos) << msg;
+}
+
+}  // namespace
+}  // namespace aim
