@@ -242,9 +242,22 @@ Runner add_sample_command(CLI::App& app) {
                             decode_s > 0 ? made / decode_s : 0.0, " images/s in VQ decode"));
     if (!env.is_main()) return 0;
     // Rank 0 assembles once every batch is there.
+    const auto wait_start = std::chrono::steady_clock::now();
+    auto last_note = wait_start;
     for (int64_t k = 0; k < batches; ++k) {
       const int64_t start = k * a->batch_size, n = std::min(a->batch_size, total - start);
-      while (!fs::exists(work / part_name(start, n))) std::this_thread::sleep_for(std::chrono::milliseconds(500));
+      while (!fs::exists(work / part_name(start, n))) {
+        std::this_thread::sleep_for(std::chrono::milliseconds(500));
+        const auto now = std::chrono::steady_clock::now();
+        if (std::chrono::duration<double>(now - last_note).count() >= 60) {
+          last_note = now;
+          std::cerr << "[sample] rank 0 waiting for batch " << k << " of " << batches << " from rank "
+                    << k % env.world_size << " for "
+                    << format_duration(std::chrono::duration<double>(now - wait_start).count())
+                    << " (if that rank died, re-run the same command: finished batches in " << work.string()
+                    << " are kept)\n";
+        }
+      }
     }
     std::vector<torch::Tensor> all_tokens, all_labels;
     for (int64_t k = 0; k < batches; ++k) {
