@@ -4,7 +4,10 @@
 #include <torch/torch.h>
 
 #include <cstdlib>
+#include <array>
+#include <cstdio>
 #include <filesystem>
+#include <sys/wait.h>
 #include <functional>
 
 #include "aim/core/error.h"
@@ -95,6 +98,22 @@ inline void expect_close(const std::string& name, const torch::Tensor& actual,
 }
 
 inline std::string source_dir() { return AIM_SOURCE_DIR; }
+
+/// A shell command's exit code and its stdout + stderr.
+struct RunResult {
+  int code = -1;
+  std::string output;
+};
+inline RunResult run_shell(const std::string& command) {
+  RunResult r;
+  FILE* pipe = popen((command + " 2>&1").c_str(), "r");
+  if (!pipe) return r;
+  std::array<char, 4096> buf{};
+  while (fgets(buf.data(), buf.size(), pipe)) r.output += buf.data();
+  const int status = pclose(pipe);
+  r.code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+  return r;
+}
 
 /// The message of the aim::Error that `f` throws, or "" when it throws none.
 inline std::string error_of(const std::function<void()>& f) {

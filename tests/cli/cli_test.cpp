@@ -16,21 +16,8 @@
 namespace aim {
 namespace {
 
-struct RunResult {
-  int code = -1;
-  std::string output;  // stdout and stderr
-};
-
-RunResult run_aim(const std::string& args) {
-  RunResult r;
-  const std::string cmd = std::string(AIM_BINARY_PATH) + " " + args + " 2>&1";
-  FILE* pipe = popen(cmd.c_str(), "r");
-  if (!pipe) return r;
-  std::array<char, 4096> buf{};
-  while (fgets(buf.data(), buf.size(), pipe)) r.output += buf.data();
-  const int status = pclose(pipe);
-  r.code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
-  return r;
+test::RunResult run_aim(const std::string& args) {
+  return test::run_shell(std::string(AIM_BINARY_PATH) + " " + args);
 }
 
 std::string src(const std::string& rel) { return test::source_dir() + "/" + rel; }
@@ -98,13 +85,10 @@ TEST(Cli, ExtractCodesAsTwoRanksEqualsOneProcess) {
            std::to_string(rank) + " OMPI_COMM_WORLD_LOCAL_SIZE=2 ";
   };
   const std::string cmd = "(" + env(1) + AIM_BINARY_PATH + " " + two + " > " + (dir / "r1.log").string() +
-                          " 2>&1 &) ; " + env(0) + AIM_BINARY_PATH + " " + two + " 2>&1";
-  FILE* pipe = popen(cmd.c_str(), "r");
-  ASSERT_NE(pipe, nullptr);
-  std::string out;
-  std::array<char, 4096> buf{};
-  while (fgets(buf.data(), buf.size(), pipe)) out += buf.data();
-  ASSERT_EQ(pclose(pipe), 0) << out;
+                          " 2>&1 &) ; " + env(0) + AIM_BINARY_PATH + " " + two;
+  const auto both = test::run_shell(cmd);
+  const std::string& out = both.output;
+  ASSERT_EQ(both.code, 0) << out;
   EXPECT_NE(out.find("merged 2 shards"), std::string::npos) << out;
   std::ifstream a(dir / "one.codes", std::ios::binary), b(dir / "two.codes", std::ios::binary);
   const std::string sa((std::istreambuf_iterator<char>(a)), {}), sb((std::istreambuf_iterator<char>(b)), {});

@@ -101,20 +101,7 @@ TEST_F(Generation, SamplesDoNotDependOnTheBatch) {
   EXPECT_FALSE(torch::equal(all, generate_tokens(model_, labels, {10, 11, 12, 13}, o)));
 }
 
-struct RunResult {
-  int code = -1;
-  std::string output;
-};
-
-RunResult run(const std::string& cmd) {
-  RunResult r;
-  FILE* pipe = popen((cmd + " 2>&1").c_str(), "r");
-  std::array<char, 4096> buf{};
-  while (fgets(buf.data(), buf.size(), pipe)) r.output += buf.data();
-  const int status = pclose(pipe);
-  r.code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
-  return r;
-}
+test::RunResult run(const std::string& cmd) { return test::run_shell(cmd); }
 
 std::string slurp(const fs::path& p) {
   std::ifstream in(p, std::ios::binary);

@@ -33,21 +33,8 @@ using TensorMap = std::map<std::string, torch::Tensor>;
 /// The EMA weights make_checkpoints.py stores: model + 2^-10 on every floating tensor.
 constexpr double kEmaDelta = 0.0009765625;
 
-struct RunResult {
-  int code = -1;
-  std::string output;  // stdout and stderr
-};
-
-RunResult run_shell(const std::string& command) {
-  RunResult r;
-  FILE* pipe = popen((command + " 2>&1").c_str(), "r");
-  if (!pipe) return r;
-  std::array<char, 4096> buf{};
-  while (fgets(buf.data(), buf.size(), pipe)) r.output += buf.data();
-  const int status = pclose(pipe);
-  r.code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
-  return r;
-}
+using test::RunResult;
+using test::run_shell;
 
 std::string quote(const std::string& s) {
   std::string out = "'";
