@@ -3,6 +3,7 @@
 #include <filesystem>
 
 #include "aim/core/error.h"
+#include "aim/core/fileio.h"
 
 namespace aim {
 
@@ -27,7 +28,16 @@ CheckpointRef find_checkpoint(const std::string& path, const std::string& config
   std::error_code ec;
   if (!fs::exists(path, ec)) throw Error(str_cat("--ckpt ", path, ": no such file or directory"));
   if (fs::is_directory(path, ec)) {
-    const fs::path dir(path);
+    fs::path dir(path);
+    // A training run directory: its newest complete checkpoint (see aim/train/run_dir.h).
+    if (!fs::exists(dir / "model.safetensors", ec) && fs::exists(dir / "latest", ec)) {
+      std::string rel = read_text((dir / "latest").string());
+      while (!rel.empty() && (rel.back() == '\n' || rel.back() == ' ')) rel.pop_back();
+      const fs::path target = dir / rel;
+      if (!fs::is_directory(target, ec))
+        throw Error(str_cat(path, ": 'latest' names ", rel, ", which does not exist"));
+      dir = target;
+    }
     ref.weights_path = (dir / "model.safetensors").string();
     if (fs::exists(dir / "config.yaml")) {
       ref.kind = CheckpointKind::kRunDir;

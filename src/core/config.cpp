@@ -117,6 +117,7 @@ const std::vector<Field<DataConfig>>& data_fields() {
       {"crop_ratio", &S::crop_ratio, "resize short side to image_size * crop_ratio, then crop"},
       {"num_workers", &S::num_workers, "loader threads per rank"},
       {"shuffle", &S::shuffle, "reshuffle every epoch"},
+      {"val_codes", &S::val_codes, "held-out code dataset; empty = none"},
   };
   return f;
 }
@@ -161,6 +162,10 @@ const std::vector<Field<TrainConfig>>& train_fields() {
       {"keep_last", &S::keep_last, "checkpoints kept"},
       {"log_every", &S::log_every, "steps between log lines"},
       {"sample_every", &S::sample_every, "steps between sample grids; 0 = never"},
+      {"eval_every", &S::eval_every, "steps between held-out losses; 0 = never"},
+      {"eval_batches", &S::eval_batches, "micro-batches per held-out loss; 0 = all"},
+      {"skip_nonfinite", &S::skip_nonfinite, "skip NaN/inf steps instead of stopping"},
+      {"peak_tflops", &S::peak_tflops, "device peak TFLOP/s for MFU; 0 = known GPUs"},
       {"out_dir", &S::out_dir, "run directory; empty = runs/<name>"},
   };
   return f;

@@ -226,6 +226,9 @@ void TrainConfig::validate() const {
   int_at_least("train.keep_last", keep_last, 1);
   int_at_least("train.log_every", log_every, 1);
   int_at_least("train.sample_every", sample_every, 0);
+  int_at_least("train.eval_every", eval_every, 0);
+  int_at_least("train.eval_batches", eval_batches, 0);
+  non_negative("train.peak_tflops", peak_tflops);
 }
 
 void SampleConfig::validate() const {

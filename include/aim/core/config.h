@@ -100,6 +100,7 @@ struct DataConfig {
   double crop_ratio = 1.125;   ///< resize the short side to image_size * crop_ratio, then crop
   int64_t num_workers = 4;     ///< loader threads per rank
   bool shuffle = true;         ///< reshuffle the samples every epoch
+  std::string val_codes;       ///< held-out code dataset for the validation loss ("" = none)
 
   void validate() const;
 };
@@ -144,6 +145,10 @@ struct TrainConfig {
   int64_t keep_last = 2;           ///< checkpoints kept on disk
   int64_t log_every = 50;          ///< steps between log lines
   int64_t sample_every = 0;        ///< steps between sample grids; 0 = never
+  int64_t eval_every = 0;          ///< steps between held-out losses (data.val_codes); 0 = never
+  int64_t eval_batches = 0;        ///< micro-batches per held-out loss; 0 = the whole set
+  bool skip_nonfinite = false;     ///< skip a step with a NaN/inf loss or gradient (else stop)
+  double peak_tflops = 0.0;        ///< device peak for MFU, TFLOP/s; 0 = known GPUs' bf16 peak
   std::string out_dir;             ///< run directory; "" = runs/<name> (filled by resolve())
 
   void validate() const;

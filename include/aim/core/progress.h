@@ -13,6 +13,9 @@ class Progress {
            double interval_s = 5.0);
   /// Adds `n` done items; prints when the interval has passed. `extra` is appended to the line.
   void update(int64_t n, const std::string& extra = "");
+  /// Starts the count at `done` items already done before (a resumed job): they count toward
+  /// the total but not toward the rate.
+  void resume_at(int64_t done) { done_ = start_done_ = done; }
   /// Prints the final line (total time and mean rate).
   void finish(const std::string& extra = "");
   int64_t done() const { return done_; }

@@ -1,0 +1,32 @@
+#pragma once
+// Model FLOPs for throughput and model FLOPs utilisation (MFU), counted the usual way: 2 FLOPs
+// per multiply-add, a training step = 3x the forward pass (backward = 2x forward), no
+// recomputation counted. Per token of a forward pass:
+//   Mamba2 layer: 2 * d_model * (2 d_inner + 2 G N + H)   in_proj
+//                 2 * d_inner * d_model                     out_proj
+//                 2 * (d_inner + 2 G N) * d_conv            depthwise causal conv
+//                 6 * d_inner * N                           scan: 3 multiply-adds per state element
+//                                                           (decay, input, readout)
+//   Mamba1 layer: 2 * d_model * 2 d_inner + 2 * d_inner * (R + 2N) + 2 * R * d_inner
+//                 + 2 * d_inner * d_model + 2 * d_inner * d_conv + 6 * d_inner * N
+//   lm_head:      2 * d_model * V
+// An image is num_tokens positions (class slot + num_tokens - 1 inputs). The per-image adaLN
+// projections (well under 1% of the total) are left out.
+#include <string>
+
+#include <torch/types.h>
+
+#include "aim/core/config.h"
+
+namespace aim::train {
+
+/// Forward FLOPs per token position.
+double forward_flops_per_token(const ModelConfig& model);
+/// Training FLOPs (forward + backward) per image.
+double training_flops_per_image(const ModelConfig& model);
+/// Dense bf16 peak of `device` in TFLOP/s: `configured` when > 0, else a table of known GPUs
+/// (H100 SXM 989, H100 PCIe 756, H200 989, H800 989, A100/A800 312, L40S 362); 0 when
+/// unknown (MFU is then not reported). `name` receives the device name.
+double device_peak_tflops(const torch::Device& device, double configured, std::string* name = nullptr);
+
+}  // namespace aim::train
