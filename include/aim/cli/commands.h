@@ -23,6 +23,13 @@ Runner add_extract_codes_command(CLI::App& app);
 /// tokens instead.
 Runner add_sample_command(CLI::App& app);
 
+/// `aim train CONFIG [--set k=v ...] [--resume DIR|auto] [--init CKPT]`: stage-2 training on one
+/// process or many (ranks from mpirun, srun or torchrun-style variables).
+Runner add_train_command(CLI::App& app);
+
+/// `aim make-dataset codes --out FILE ...`: built-in datasets (synthetic codes for aim train).
+Runner add_make_dataset_command(CLI::App& app);
+
 /// `--device cpu|cuda|cuda:i` parsed and checked (a CUDA device must exist); `cuda` without an
 /// index picks the local rank's GPU.
 torch::Device parse_device(const std::string& flag_value, int local_rank);
