@@ -78,3 +78,33 @@ find_package(spdlog REQUIRED)
 find_package(nlohmann_json 3.10 REQUIRED)
 find_package(CLI11 REQUIRED)
 find_path(STB_INCLUDE_DIR stb_image.h PATHS /usr/include/stb /usr/include REQUIRED)
+
+# ---- Distributed training (src/train/dist*.cpp). c10d itself is inside LibTorch. MPI (optional)
+# only bootstraps the c10d store under mpirun when MASTER_ADDR/MASTER_PORT are not set. Gloo's
+# headers (libgloo-dev, optional) declare LibTorch's CPU process group: LibTorch contains Gloo but
+# ships none of its headers. Only the headers are used; linking Debian's libgloo as well would
+# put a second Gloo into the process.
+find_package(MPI COMPONENTS CXX QUIET)
+set(AIM_WITH_MPI ${MPI_CXX_FOUND})
+find_path(AIM_GLOO_INCLUDE_DIR gloo/rendezvous/store.h
+          DOC "Folder holding gloo/ (libgloo-dev), for LibTorch's ProcessGroupGloo.hpp")
+if(AIM_GLOO_INCLUDE_DIR)
+  set(AIM_WITH_GLOO ON)
+else()
+  set(AIM_WITH_GLOO OFF)
+endif()
+# nccl.h for ProcessGroupNCCL.hpp (CUDA configuration): the one of the nvidia-nccl wheel beside
+# LibTorch (the library LibTorch loads), else the toolkit's. Without it the build has no NCCL
+# backend.
+set(AIM_WITH_NCCL OFF)
+if(AIM_WITH_CUDA)
+  get_filename_component(_site_packages "${AIM_TORCH_PREFIX}/../../.." ABSOLUTE)
+  find_path(AIM_NCCL_INCLUDE_DIR nccl.h
+            HINTS "${_site_packages}/nvidia/nccl/include" ${CUDAToolkit_INCLUDE_DIRS})
+  if(AIM_NCCL_INCLUDE_DIR)
+    set(AIM_WITH_NCCL ON)
+  else()
+    message(WARNING "aim: no nccl.h (looked in ${_site_packages}/nvidia/nccl/include and "
+                    "${CUDAToolkit_INCLUDE_DIRS}): multi-GPU training will be unavailable")
+  endif()
+endif()
