@@ -13,7 +13,8 @@ set -uo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$root"
 DEBS=(libyaml-cpp-dev libyaml-cpp0.7 libspdlog-dev libspdlog1.10 libfmt-dev libfmt9
-      libcli11-dev libstb-dev libstb0 nlohmann-json3-dev libgtest-dev libgmock-dev googletest)
+      libcli11-dev libstb-dev libstb0 nlohmann-json3-dev libgtest-dev libgmock-dev googletest
+      libgloo-dev)  # headers only: LibTorch holds Gloo itself but ships none of its headers
 
 if [ "${1:-}" = "--fetch" ]; then
   mkdir -p .deb && cd .deb

@@ -15,7 +15,7 @@ DEB_PACKAGES=(
   python3 python3-venv python3-pip
   libyaml-cpp-dev libspdlog-dev libfmt-dev libcli11-dev libstb-dev nlohmann-json3-dev
   libgtest-dev libgmock-dev libbenchmark-dev
-  openmpi-bin libopenmpi-dev
+  openmpi-bin libopenmpi-dev libgloo-dev
   clang libclang-rt-14-dev
 )
 

@@ -17,6 +17,8 @@ int main(int argc, char** argv) {
   runners.push_back(aim::cli::add_info_command(app));
   runners.push_back(aim::cli::add_extract_codes_command(app));
   runners.push_back(aim::cli::add_sample_command(app));
+  runners.push_back(aim::cli::add_train_command(app));
+  runners.push_back(aim::cli::add_make_dataset_command(app));
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {

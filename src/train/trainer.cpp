@@ -1,0 +1,688 @@
+#include "aim/train/trainer.h"
+
+#include <ATen/autocast_mode.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <cmath>
+#include <csignal>
+#include <filesystem>
+#include <fstream>
+#include <iomanip>
+#include <iostream>
+#include <memory>
+#include <nlohmann/json.hpp>
+#include <sstream>
+
+#include "aim/core/checkpoint.h"
+#include "aim/core/env.h"
+#include "aim/core/error.h"
+#include "aim/core/fileio.h"
+#include "aim/core/progress.h"
+#include "aim/core/safetensors.h"
+#include "aim/data/code_dataset.h"
+#include "aim/data/code_loader.h"
+#include "aim/data/image.h"
+#include "aim/data/image_folder.h"
+#include "aim/data/image_loader.h"
+#include "aim/data/sampler.h"
+#include "aim/model/aim.h"
+#include "aim/model/loader.h"
+#include "aim/sample/generate.h"
+#include "aim/train/dist.h"
+#include "aim/train/ema.h"
+#include "aim/train/flops.h"
+#include "aim/train/optim.h"
+#include "aim/train/run_dir.h"
+
+namespace aim::train {
+
+#ifdef AIM_WITH_CUDA
+int64_t cuda_peak_memory_bytes(int index);  // flops_cuda.cpp
+void cuda_reset_peak_memory(int index);
+#endif
+
+namespace fs = std::filesystem;
+
+// ------------------------------------------------------------------------------------ signals
+
+namespace {
+
+volatile std::sig_atomic_t g_stop_signal = 0;
+
+void on_stop_signal(int sig) {
+  if (g_stop_signal != 0) {  // second signal: stop now
+    std::signal(sig, SIG_DFL);
+    std::raise(sig);
+    return;
+  }
+  g_stop_signal = sig;
+  const char msg[] = "\naim train: stop requested; finishing the current step and saving "
+                     "(signal again to abort)\n";
+  [[maybe_unused]] auto n = ::write(STDERR_FILENO, msg, sizeof(msg) - 1);
+}
+
+}  // namespace
+
+void install_stop_handlers() {
+  struct sigaction sa {};
+  sa.sa_handler = on_stop_signal;
+  sigemptyset(&sa.sa_mask);
+  sa.sa_flags = 0;
+  sigaction(SIGINT, &sa, nullptr);
+  sigaction(SIGTERM, &sa, nullptr);
+  // A write beyond a file-size limit must fail with an error (reported as a failed save), not
+  // kill the process.
+  std::signal(SIGXFSZ, SIG_IGN);
+}
+
+namespace {
+
+// ------------------------------------------------------------------------------------ helpers
+
+/// bf16 autocast for the forward pass (parameters stay fp32); no-op for fp32.
+class AutocastScope {
+ public:
+  AutocastScope(bool enabled, c10::DeviceType device) : enabled_(enabled), device_(device) {
+    if (!enabled_) return;
+    prev_enabled_ = at::autocast::is_autocast_enabled(device_);
+    prev_dtype_ = at::autocast::get_autocast_dtype(device_);
+    at::autocast::set_autocast_enabled(device_, true);
+    at::autocast::set_autocast_dtype(device_, at::kBFloat16);
+    at::autocast::increment_nesting();
+  }
+  ~AutocastScope() {
+    if (!enabled_) return;
+    if (at::autocast::decrement_nesting() == 0) at::autocast::clear_cache();
+    at::autocast::set_autocast_enabled(device_, prev_enabled_);
+    at::autocast::set_autocast_dtype(device_, prev_dtype_);
+  }
+  AutocastScope(const AutocastScope&) = delete;
+  AutocastScope& operator=(const AutocastScope&) = delete;
+
+ private:
+  bool enabled_;
+  c10::DeviceType device_;
+  bool prev_enabled_ = false;
+  at::ScalarType prev_dtype_ = at::kBFloat16;
+};
+
+/// Seed of the random draws (class dropout, token dropout) of one micro-batch: a pure function
+/// of (seed, step, micro-batch, rank), so a resumed run draws exactly what the uninterrupted one
+/// would have drawn without saving generator states.
+uint64_t micro_seed(int64_t seed, int64_t step, int64_t micro, int64_t rank) {
+  uint64_t h = splitmix64(static_cast<uint64_t>(seed) ^ 0x7472616e2d61696dULL);
+  h = splitmix64(h ^ static_cast<uint64_t>(step));
+  h = splitmix64(h ^ static_cast<uint64_t>(micro));
+  h = splitmix64(h ^ static_cast<uint64_t>(rank));
+  return h >> 1;  // torch seeds are taken as uint64 but kept positive for readability
+}
+
+class BatchStream {
+ public:
+  virtual ~BatchStream() = default;
+  virtual std::optional<CodeBatch> next() = 0;
+};
+
+template <class Loader>
+class LoaderStream : public BatchStream {
+ public:
+  explicit LoaderStream(std::unique_ptr<Loader> loader) : loader_(std::move(loader)) {}
+  std::optional<CodeBatch> next() override { return loader_->next(); }
+
+ private:
+  std::unique_ptr<Loader> loader_;
+};
+
+/// Where micro-batches come from: a code dataset (pre-extracted, the fast path) or an image
+/// folder encoded on the fly by the tokenizer (as the official trainer does).
+struct DataSource {
+  std::string description;
+  int64_t num_samples = 0;
+  int64_t batches_per_epoch = 0;  // micro-batches per rank
+  std::function<std::unique_ptr<BatchStream>(int64_t epoch, int64_t start_batch)> open;
+  // Keep-alive for what the loaders reference.
+  std::shared_ptr<const CodeDataset> codes;
+  std::shared_ptr<ImageList> images;
+};
+
+VqModel load_tokenizer(const std::string& path) {
+  std::error_code ec;
+  if (!fs::exists(path, ec)) throw Error(str_cat("vq.weights ", path, ": no such file or directory"));
+  return load_vq_model(path).model;
+}
+
+DataSource code_source(const std::string& path, const std::string& key, const ModelConfig& model,
+                       int64_t rank, int64_t world, int64_t micro, bool shuffle, uint64_t seed) {
+  std::error_code ec;
+  if (!fs::exists(path, ec)) throw Error(str_cat(key, " ", path, ": no such file"));
+  auto ds = std::make_shared<const CodeDataset>(path);
+  const auto& info = ds->info();
+  if (info.tokens != model.num_tokens)
+    throw Error(str_cat(key, " ", path, ": holds ", info.tokens, " codes per image, but "
+                        "model.num_tokens is ", model.num_tokens));
+  if (info.vocab_size != model.vocab_size)
+    throw Error(str_cat(key, " ", path, ": codes from a ", info.vocab_size, "-entry codebook, but "
+                        "model.vocab_size is ", model.vocab_size));
+  if (static_cast<int64_t>(info.classes.size()) > model.num_classes)
+    throw Error(str_cat(key, " ", path, ": ", info.classes.size(), " classes, but "
+                        "model.num_classes is ", model.num_classes));
+  DataSource src;
+  src.codes = ds;
+  src.num_samples = static_cast<int64_t>(ds->valid_indices().size());
+  DistributedSampler sampler(src.num_samples, rank, world, shuffle, seed);
+  src.batches_per_epoch = sampler.per_rank() / micro;
+  src.description = str_cat(path, ": ", src.num_samples, " images x ", info.num_aug, " augmentations (",
+                            info.aug, "), ", info.classes.size(), " classes");
+  src.open = [ds, sampler, micro](int64_t epoch, int64_t start) -> std::unique_ptr<BatchStream> {
+    return std::make_unique<LoaderStream<CodeLoader>>(
+        std::make_unique<CodeLoader>(ds, sampler, micro, epoch, start));
+  };
+  return src;
+}
+
+DataSource image_source(const Config& c, int64_t rank, int64_t world, torch::Device device) {
+  if (c.vq.weights.empty())
+    throw Error("data.images is set, so training encodes images on the fly and needs the "
+                "tokenizer: set vq.weights\n---> HINT: or pre-extract codes with aim extract-codes "
+                "and set data.codes (much faster)");
+  auto list = std::make_shared<ImageList>(list_image_folder(c.data.images));
+  if (static_cast<int64_t>(list->classes.size()) > c.model.num_classes)
+    throw Error(str_cat("data.images ", c.data.images, ": ", list->classes.size(),
+                        " class folders, but model.num_classes is ", c.model.num_classes));
+  auto vq = load_tokenizer(c.vq.weights);
+  vq->to(device);
+  const int64_t side = c.data.image_size / vq->config.downsample();
+  if (side * side != c.model.num_tokens)
+    throw Error(str_cat("data.image_size ", c.data.image_size, " gives ", side * side,
+                        " codes per image with this tokenizer, but model.num_tokens is ",
+                        c.model.num_tokens));
+  DataSource src;
+  src.images = list;
+  src.num_samples = static_cast<int64_t>(list->entries.size());
+  DistributedSampler sampler(src.num_samples, rank, world, c.data.shuffle,
+                             static_cast<uint64_t>(c.train.seed));
+  src.batches_per_epoch = sampler.per_rank() / c.train.micro_batch;
+  src.description = str_cat(c.data.images, ": ", src.num_samples, " images, ", list->classes.size(),
+                            " classes, encoded on the fly by ", c.vq.weights);
+  ImageLoaderOptions o;
+  o.batch_size = c.train.micro_batch;
+  o.image_size = c.data.image_size;
+  o.mid_ratio = c.data.crop_ratio;
+  o.threads = c.data.num_workers;
+  o.seed = static_cast<uint64_t>(c.train.seed);
+  src.open = [list, vq, device, sampler, o](int64_t epoch, int64_t start) -> std::unique_ptr<BatchStream> {
+    return std::make_unique<LoaderStream<ImageLoader>>(
+        std::make_unique<ImageLoader>(*list, vq, device, sampler, epoch, start, o));
+  };
+  return src;
+}
+
+/// Loads `init` weights for fine-tuning. A class table of another size is re-initialised.
+void init_from_checkpoint(AimModel& model, const TrainOptions& options, bool main) {
+  const auto ref = find_checkpoint(options.init, options.init_config);
+  const auto other = checkpoint_model_config(ref);
+  SafetensorsFile file(ref.weights_path);
+  auto sd = file.load_all();
+  std::string note;
+  if (other.num_classes != model->config.num_classes) {
+    const auto current = official_state_dict(model);
+    for (auto& [name, tensor] : sd) {
+      const std::string suffix = "cls_embed.embedding_table.weight";
+      if (name.size() >= suffix.size() &&
+          name.compare(name.size() - suffix.size(), suffix.size(), suffix) == 0) {
+        for (const auto& [cname, ctensor] : current) {
+          if (cname.size() >= suffix.size() &&
+              cname.compare(cname.size() - suffix.size(), suffix.size(), suffix) == 0)
+            tensor = ctensor.detach().to(torch::kCPU).clone();
+        }
+      }
+    }
+    note = str_cat("; class table re-initialised (checkpoint: ", other.num_classes,
+                   " classes + null, this run: ", model->config.num_classes, " + null)");
+  }
+  load_official_state_dict(model, sd, ref.weights_path);
+  if (main) std::cerr << "init: weights from " << ref.weights_path << note << "\n";
+}
+
+std::string fmt(double v, int precision = 4) {
+  std::ostringstream s;
+  s << std::setprecision(precision) << v;
+  return s.str();
+}
+
+std::string fmt_count(double v) {
+  std::ostringstream s;
+  s << std::fixed << std::setprecision(1);
+  if (v >= 1e6) s << v / 1e6 << "M";
+  else if (v >= 1e3) s << v / 1e3 << "k";
+  else s << std::setprecision(0) << v;
+  return s.str();
+}
+
+}  // namespace
+
+// ------------------------------------------------------------------------------------ training
+
+TrainResult run_training(const Config& config_in, const TrainOptions& options) {
+  Config config = config_in;
+  const LaunchEnv env = detect_launch_env();
+  const torch::Device device = options.device;
+  DistContext dist = init_distributed(config.dist, env, device);
+  const int64_t rank = dist.rank(), world = dist.world_size();
+  const bool main = dist.is_main();
+  const bool verbose = main && !options.quiet;
+  auto say = [&](const std::string& line) {
+    if (verbose) std::cerr << line << "\n";
+  };
+
+  // ---- resume: the checkpoint's configuration rules the model.
+  std::string resume_dir;
+  if (options.resume == "auto") {
+    const fs::path run(config.train.out_dir);
+    if (fs::exists(run / "latest")) resume_dir = resolve_resume_dir(run.string());
+  } else if (!options.resume.empty()) {
+    resume_dir = resolve_resume_dir(options.resume);
+  }
+  TrainerState state;
+  if (!resume_dir.empty()) {
+    const auto saved = load_config((fs::path(resume_dir) / "config.yaml").string());
+    if (saved.model != config.model)
+      throw Error(str_cat("--resume ", resume_dir, ": the checkpoint's model section differs from "
+                          "this run's config\n---> HINT: resume with the run's own config.yaml"));
+    const std::string state_path = (fs::path(resume_dir) / "trainer_state.json").string();
+    state = TrainerState::from_json(read_text(state_path), state_path);
+  }
+
+  const int64_t micro = config.train.micro_batch;
+  if (config.train.global_batch % (micro * world) != 0)
+    throw Error(str_cat("train.global_batch ", config.train.global_batch, " must be a multiple of "
+                        "train.micro_batch (", micro, ") x ranks (", world, ")\n---> HINT: --set "
+                        "train.micro_batch=", std::max<int64_t>(1, config.train.global_batch / world)));
+  const int64_t accum = config.train.global_batch / (micro * world);
+
+  // ---- data
+  DataSource data;
+  if (!config.data.codes.empty()) {
+    data = code_source(config.data.codes, "data.codes", config.model, rank, world, micro,
+                       config.data.shuffle, static_cast<uint64_t>(config.train.seed));
+  } else if (!config.data.images.empty()) {
+    data = image_source(config, rank, world, device);
+  } else {
+    throw Error("no training data: set data.codes (from aim extract-codes) or data.images (an "
+                "image folder, encoded on the fly with vq.weights)");
+  }
+  const int64_t steps_per_epoch = data.batches_per_epoch / accum;
+  if (steps_per_epoch < 1)
+    throw Error(str_cat("the training data has ", data.num_samples, " images, fewer than one global "
+                        "batch (train.global_batch ", config.train.global_batch, ")"));
+  const int64_t total_steps =
+      config.train.max_steps > 0 ? config.train.max_steps : config.train.epochs * steps_per_epoch;
+
+  // ---- model, optimizer, EMA
+  torch::manual_seed(static_cast<uint64_t>(config.train.seed));
+  AimModel model(config.model);
+  if (!options.init.empty() && resume_dir.empty()) init_from_checkpoint(model, options, verbose);
+  if (!resume_dir.empty()) {
+    const std::string w = (fs::path(resume_dir) / "model.safetensors").string();
+    load_official_state_dict(model, SafetensorsFile(w).load_all(), w);
+  }
+  model->to(device);
+  model->train();
+  auto params = unique_parameters(*model);
+  {
+    std::vector<torch::Tensor> all;
+    for (const auto& p : params) all.push_back(p.tensor);
+    dist.broadcast_(all);  // every rank starts from rank 0's weights
+  }
+  AdamW optimizer(params, config.optim, /*fused=*/true);
+  std::unique_ptr<Ema> ema;
+  if (config.train.ema) {
+    ema = std::make_unique<Ema>(model, config.train.ema_decay);
+    const std::string e = (fs::path(resume_dir) / "ema.safetensors").string();
+    if (!resume_dir.empty() && fs::exists(e)) {
+      load_official_state_dict(ema->model(), SafetensorsFile(e).load_all(), e);
+      ema->model()->to(device);
+    }
+  }
+  if (!resume_dir.empty()) {
+    const std::string o = (fs::path(resume_dir) / "optimizer.safetensors").string();
+    SafetensorsFile f(o);
+    optimizer.load_state(f.load_all(), f.metadata(), o);
+    AIM_CHECK(optimizer.steps() == state.step,
+              str_cat(o, ": optimizer at step ", optimizer.steps(), " but trainer_state.json at step ",
+                      state.step));
+  }
+  GradSync grad_sync([&] {
+    std::vector<torch::Tensor> t;
+    for (const auto& p : params) t.push_back(p.tensor);
+    return t;
+  }(), dist);
+
+  // ---- validation data, tokenizer for sample grids
+  std::optional<DataSource> val;
+  if (!config.data.val_codes.empty() && config.train.eval_every > 0)
+    val = code_source(config.data.val_codes, "data.val_codes", config.model, rank, world, micro,
+                      /*shuffle=*/false, 0);
+  VqModel grid_vq{nullptr};
+  if (main && config.train.sample_every > 0) {
+    if (config.vq.weights.empty()) {
+      say("sample grids: skipped, vq.weights is not set (the tokenizer decodes the samples)");
+    } else {
+      grid_vq = load_tokenizer(config.vq.weights);
+      grid_vq->to(device);
+    }
+  }
+
+  // ---- run directory
+  RunDir run(config.train.out_dir);
+  if (main) write_text_atomic((fs::path(run.path()) / "config.yaml").string(), config_to_yaml(config));
+  const std::string metrics_path = (fs::path(run.path()) / "metrics.jsonl").string();
+  std::ofstream metrics;
+  if (main) metrics.open(metrics_path, std::ios::app);
+
+  const bool bf16 = config.train.precision == "bf16";
+  const double peak_lr = config.lr();
+  std::string device_name;
+  const double peak_tflops = device_peak_tflops(device, config.train.peak_tflops, &device_name);
+  const double flops_per_image = training_flops_per_image(config.model);
+  const int64_t tokens_per_image = config.model.num_tokens;
+
+  if (state.step > 0 && state.world_size != world)
+    say(str_cat("warning: the checkpoint was written by ", state.world_size, " ranks, this run has ",
+                world, ": the data order differs from an uninterrupted run from here on"));
+  if (state.step > 0 && state.global_batch != config.train.global_batch)
+    say(str_cat("warning: train.global_batch changed from ", state.global_batch, " to ",
+                config.train.global_batch, " since the checkpoint"));
+
+  {
+    std::ostringstream s;
+    s << "aim train: " << config.name << "\n"
+      << "  model      " << config.model.ssm.layer << ", d_model " << config.model.d_model << ", "
+      << config.model.n_layer << " layers, " << fmt_count(static_cast<double>(model->num_parameters()))
+      << " parameters (" << model->num_parameters() << ")\n"
+      << "  data       " << data.description << "\n"
+      << "  batch      global " << config.train.global_batch << " = " << world << " rank(s) x micro "
+      << micro << " x " << accum << " accumulation step(s); " << steps_per_epoch << " steps/epoch\n"
+      << "  schedule   " << total_steps << " steps (" << fmt(static_cast<double>(total_steps) / steps_per_epoch, 3)
+      << " epochs), peak lr " << fmt(peak_lr) << ", " << config.schedule.type << ", warm-up "
+      << warmup_steps(config.schedule, total_steps) << " steps; AdamW betas (" << config.optim.betas[0]
+      << ", " << config.optim.betas[1] << "), wd " << config.optim.weight_decay << ", clip "
+      << config.optim.grad_clip << "\n"
+      << "  precision  " << config.train.precision << (bf16 ? " autocast, fp32 master weights" : "")
+      << (config.train.ema ? str_cat(", EMA ", config.train.ema_decay) : std::string()) << "\n"
+      << "  device     " << device_name << " (" << device.str() << "), world size " << world << " ("
+      << env.launcher << ", " << dist.backend() << ")"
+      << (peak_tflops > 0 ? str_cat(", peak ", peak_tflops, " TFLOP/s for MFU") : std::string()) << "\n"
+      << "  run dir    " << run.path()
+      << (resume_dir.empty() ? std::string() : str_cat("\n  resumed    ", resume_dir, " at step ", state.step));
+    say(s.str());
+  }
+
+  // ---- checkpointing
+  TrainResult result;
+  result.total_steps = total_steps;
+  int64_t last_saved = resume_dir.empty() ? -1 : state.step;
+  std::vector<torch::Tensor> param_tensors;
+  for (const auto& p : params) param_tensors.push_back(p.tensor);
+  auto save = [&]() {
+    if (world > 1) {
+      // Data-parallel replicas must hold the same weights; a divergence is a bug worth stopping for.
+      const auto check = dist.compare_with_root(param_tensors);
+      if (!check.identical())
+        throw Error(str_cat("step ", state.step, ": parameters differ between ranks (", check.mismatched,
+                            " elements, max |diff| ", check.max_abs_diff, "); not saving"));
+      say(str_cat("replicas: parameters identical on all ", world, " ranks at step ", state.step));
+    }
+    std::string error;
+    if (main) {
+      try {
+        result.checkpoint = run.save(
+            state.step,
+            [&](const std::string& dir) {
+              write_text_atomic((fs::path(dir) / "config.yaml").string(), config_to_yaml(config));
+              save_aim_model(model, (fs::path(dir) / "model.safetensors").string());
+              if (ema) save_aim_model(ema->model(), (fs::path(dir) / "ema.safetensors").string());
+              save_safetensors((fs::path(dir) / "optimizer.safetensors").string(),
+                               optimizer.state_tensors(), optimizer.state_metadata());
+              write_text_atomic((fs::path(dir) / "trainer_state.json").string(), state.to_json());
+            },
+            config.train.keep_last);
+        say(str_cat("checkpoint: ", result.checkpoint));
+      } catch (const std::exception& e) {
+        error = e.what();
+      }
+    }
+    if (dist.any_true(!error.empty())) {
+      throw Error(main ? error : "rank 0 failed to save a checkpoint; see its message");
+    }
+    last_saved = state.step;
+  };
+
+  auto sample_grid = [&]() {
+    if (!main || !grid_vq) return;
+    AimModel& m = ema ? ema->model() : model;
+    const bool was_training = m->is_training();
+    m->eval();
+    const int64_t n_cls = std::min<int64_t>(config.model.num_classes, 10), per_class = 4;
+    std::vector<int64_t> labels, ids;
+    std::vector<std::string> captions;
+    for (int64_t k = 0; k < n_cls; ++k) {
+      const int64_t cls = k * config.model.num_classes / n_cls;
+      for (int64_t j = 0; j < per_class; ++j) {
+        labels.push_back(cls);
+        ids.push_back(static_cast<int64_t>(ids.size()));
+        captions.push_back(str_cat("class ", cls));
+      }
+    }
+    SamplingOptions so;
+    so.cfg = config.sample.cfg_scale;
+    so.temperature = config.sample.temperature;
+    so.top_k = config.sample.top_k;
+    so.top_p = config.sample.top_p;
+    so.seed = static_cast<uint64_t>(config.sample.seed);
+    torch::Tensor tokens;
+    {
+      torch::NoGradGuard ng;
+      tokens = generate_tokens(m, torch::tensor(labels).to(device), ids, so);
+    }
+    const auto images = decode_tokens(grid_vq, tokens, 8);
+    const auto grid = make_grid(from_tensor_batch(images), static_cast<int>(per_class), 2, {255, 255, 255}, captions);
+    char name[64];
+    std::snprintf(name, sizeof(name), "step-%08lld.png", static_cast<long long>(state.step));
+    fs::create_directories(fs::path(run.path()) / "samples");
+    const std::string path = (fs::path(run.path()) / "samples" / name).string();
+    write_png(path, grid);
+    if (was_training) m->train();
+    say(str_cat("samples: ", path, " (", ema ? "EMA" : "model", ", cfg ", so.cfg, ")"));
+  };
+
+  auto held_out_loss = [&]() -> double {
+    model->eval();
+    double sum = 0.0;
+    int64_t n = 0;
+    {
+      torch::NoGradGuard ng;
+      auto stream = val->open(0, 0);
+      const int64_t limit = config.train.eval_batches > 0 ? config.train.eval_batches : val->batches_per_epoch;
+      while (n < limit) {
+        auto b = stream->next();
+        if (!b) break;
+        AutocastScope ac(bf16, device.type());
+        sum += model->loss(b->codes.to(device), b->labels.to(device)).item<double>();
+        ++n;
+      }
+    }
+    model->train();
+    return dist.all_reduce(n > 0 ? sum / static_cast<double>(n) : 0.0, ReduceOp::kMean);
+  };
+
+  // ---- the loop
+  std::unique_ptr<BatchStream> stream;
+  auto next_batch = [&]() -> CodeBatch {
+    if (!stream) stream = data.open(state.epoch, state.batch);
+    auto b = stream->next();
+    AIM_CHECK(b.has_value(), str_cat("data ended early at epoch ", state.epoch, " batch ", state.batch));
+    ++state.batch;
+    return std::move(*b);
+  };
+  state.world_size = world;
+  state.global_batch = config.train.global_batch;
+  state.micro_batch = micro;
+  state.seed = config.train.seed;
+
+  Progress progress("train", total_steps, "step", verbose, 0.0);
+  progress.resume_at(state.step);
+  const auto t_start = std::chrono::steady_clock::now();
+  const double elapsed_before = state.elapsed_s;
+  auto window_start = std::chrono::steady_clock::now();
+  int64_t window_steps = 0;
+  double window_loss = 0.0;
+  int64_t window_loss_n = 0;
+  if (device.is_cuda()) {
+#ifdef AIM_WITH_CUDA
+    cuda_reset_peak_memory(device.index());
+#endif
+  }
+
+  const int64_t session_start = state.step;
+  while (state.step < total_steps) {
+    if (dist.any_true(g_stop_signal != 0)) {
+      result.interrupted = true;
+      break;
+    }
+    if (options.stop_after > 0 && state.step - session_start >= options.stop_after) {
+      result.paused = true;
+      break;
+    }
+    // An epoch's leftover micro-batches (fewer than one accumulation) are skipped.
+    if (state.batch + accum > data.batches_per_epoch) {
+      ++state.epoch;
+      state.batch = 0;
+      stream.reset();
+    }
+    for (auto& p : params) p.tensor.mutable_grad() = torch::Tensor();
+    torch::Tensor loss_sum = torch::zeros({}, torch::TensorOptions().dtype(torch::kFloat).device(device));
+    for (int64_t k = 0; k < accum; ++k) {
+      CodeBatch b = next_batch();
+      torch::manual_seed(micro_seed(config.train.seed, state.step, k, rank));
+      const auto codes = b.codes.to(device, /*non_blocking=*/true);
+      const auto labels = b.labels.to(device, /*non_blocking=*/true);
+      torch::Tensor loss;
+      {
+        AutocastScope ac(bf16, device.type());
+        loss = model->loss(codes, labels);
+      }
+      grad_sync.prepare_for_backward(/*sync=*/k == accum - 1);
+      (loss / static_cast<double>(accum)).backward();
+      loss_sum += loss.detach().to(torch::kFloat);
+    }
+    state.samples_seen += config.train.global_batch;
+    const double loss_value = dist.all_reduce(loss_sum.item<double>() / static_cast<double>(accum), ReduceOp::kMean);
+    const double gnorm = grad_norm(params);
+    const double lr = peak_lr * lr_factor(config.schedule, state.step, total_steps);
+    if (!std::isfinite(loss_value) || !std::isfinite(gnorm)) {
+      const std::string what = str_cat("step ", state.step + 1, ": non-finite ",
+                                       !std::isfinite(loss_value) ? "loss" : "gradient norm", " (loss ",
+                                       loss_value, ", grad norm ", gnorm, ", lr ", lr, ")");
+      if (!config.train.skip_nonfinite) {
+        const auto l = run.latest();
+        throw Error(str_cat(what, "; stopping without saving. ",
+                            l ? str_cat("The last good checkpoint is ", *l) : std::string("No checkpoint was written yet"),
+                            "\n---> HINT: lower optim.lr, raise schedule.warmup_steps, or set "
+                            "train.skip_nonfinite=true to skip such steps"));
+      }
+      say(what + "; step skipped (train.skip_nonfinite)");
+      ++state.skipped_steps;
+      ++state.step;
+      continue;
+    }
+    clip_gradients(params, gnorm, config.optim.grad_clip);
+    optimizer.step(lr);
+    if (ema) ema->update(model);
+    ++state.step;
+    state.loss = loss_value;
+    ++window_steps;
+    window_loss += loss_value;
+    ++window_loss_n;
+
+    const bool last = state.step == total_steps;
+    if (state.step % config.train.log_every == 0 || last) {
+      const auto now = std::chrono::steady_clock::now();
+      const double dt = std::chrono::duration<double>(now - window_start).count();
+      const double img_s = dt > 0 ? static_cast<double>(window_steps * config.train.global_batch) / dt : 0.0;
+      const double tok_s = img_s * static_cast<double>(tokens_per_image);
+      const double mfu = peak_tflops > 0 ? img_s * flops_per_image / (peak_tflops * 1e12 * world) : 0.0;
+      const double epoch_f = static_cast<double>(state.step) / static_cast<double>(steps_per_epoch);
+      const double mean_loss = window_loss / std::max<int64_t>(1, window_loss_n);
+      state.elapsed_s = elapsed_before + std::chrono::duration<double>(now - t_start).count();
+      int64_t peak_mem = 0;
+#ifdef AIM_WITH_CUDA
+      if (device.is_cuda()) peak_mem = cuda_peak_memory_bytes(device.index());
+#endif
+      if (main) {
+        nlohmann::ordered_json j;
+        j["kind"] = "train";
+        j["step"] = state.step;
+        j["epoch"] = epoch_f;
+        j["loss"] = mean_loss;
+        j["lr"] = lr;
+        j["grad_norm"] = gnorm;
+        j["images_per_s"] = img_s;
+        j["tokens_per_s"] = tok_s;
+        if (peak_tflops > 0) j["mfu"] = mfu;
+        if (peak_mem > 0) j["peak_memory_gb"] = static_cast<double>(peak_mem) / 1e9;
+        j["elapsed_s"] = state.elapsed_s;
+        j["world_size"] = world;
+        metrics << j.dump() << "\n";
+        metrics.flush();
+      }
+      std::ostringstream extra;
+      extra << "ep " << std::fixed << std::setprecision(2) << epoch_f << " | loss " << std::setprecision(4)
+            << mean_loss << " | lr " << std::scientific << std::setprecision(2) << lr << std::fixed
+            << " | gnorm " << std::setprecision(3) << gnorm << " | " << fmt_count(img_s) << " img/s "
+            << fmt_count(tok_s) << " tok/s";
+      if (peak_tflops > 0) extra << " | MFU " << std::setprecision(1) << 100.0 * mfu << "%";
+      if (peak_mem > 0) extra << " | mem " << std::setprecision(1) << static_cast<double>(peak_mem) / 1e9 << " GB";
+      progress.update(window_steps, extra.str());
+      window_start = now;
+      window_steps = 0;
+      window_loss = 0.0;
+      window_loss_n = 0;
+    }
+    if (val && (state.step % config.train.eval_every == 0 || last)) {
+      const double vl = held_out_loss();
+      say(str_cat("held-out loss at step ", state.step, ": ", fmt(vl, 5)));
+      if (main) {
+        nlohmann::ordered_json j;
+        j["kind"] = "eval";
+        j["step"] = state.step;
+        j["val_loss"] = vl;
+        metrics << j.dump() << "\n";
+        metrics.flush();
+      }
+    }
+    if (config.train.sample_every > 0 && (state.step % config.train.sample_every == 0 || last)) sample_grid();
+    if (config.train.ckpt_every > 0 && state.step % config.train.ckpt_every == 0 && !last) save();
+    // Held-out losses, grids and checkpoints do not count toward the training throughput.
+    if (window_steps == 0) window_start = std::chrono::steady_clock::now();
+  }
+  state.elapsed_s = elapsed_before +
+                    std::chrono::duration<double>(std::chrono::steady_clock::now() - t_start).count();
+  if (state.step != last_saved) save();
+  if (result.interrupted || result.paused) {
+    say(str_cat("stopped at step ", state.step, " of ", total_steps, "; resume with --resume ", run.path()));
+  } else {
+    progress.finish(str_cat("loss ", fmt(state.loss)));
+  }
+  dist.barrier();
+  result.steps = state.step;
+  result.loss = state.loss;
+  if (result.checkpoint.empty()) {
+    const auto l = run.latest();
+    if (l) result.checkpoint = *l;
+  }
+  return result;
+}
+
+}  // namespace aim::train

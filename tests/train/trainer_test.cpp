@@ -1,0 +1,256 @@
+// aim train end to end on the CPU: learning, exact resume, signals, non-finite losses, a full
+// disk, configuration errors, and two ranks under mpirun (Gloo) against one rank.
+#include <csignal>
+#include <filesystem>
+#include <fstream>
+
+#include "aim/core/config.h"
+#include "aim/core/fileio.h"
+#include "aim/core/safetensors.h"
+#include "aim/data/synthetic.h"
+#include "aim/train/run_dir.h"
+#include "aim/train/trainer.h"
+#include "test_util.h"
+
+namespace aim::train {
+namespace {
+
+namespace fs = std::filesystem;
+
+class TrainerTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    dir_ = fs::temp_directory_path() /
+           ("aim_trainer_test_" + std::string(::testing::UnitTest::GetInstance()->current_test_info()->name()) +
+            "_" + std::to_string(::getpid()));
+    fs::remove_all(dir_);
+    fs::create_directories(dir_);
+    SyntheticCodesOptions o;
+    o.classes = 10;
+    o.per_class = 4;  // 40 sequences: 5 steps of 8 per epoch
+    o.tokens = 64;
+    o.vocab_size = 512;
+    write_synthetic_codes(codes(), o);
+  }
+  void TearDown() override { fs::remove_all(dir_); }
+  std::string codes() const { return (dir_ / "synthetic.codes").string(); }
+  std::string run(const std::string& name) const { return (dir_ / name).string(); }
+
+  /// configs/tiny.yaml on the synthetic codes: global batch 8 = micro 4 x 2 accumulation steps.
+  Config config(const std::string& out, std::vector<std::string> sets = {}) const {
+    std::vector<std::string> all = {"data.codes=" + codes(), "train.out_dir=" + out, "train.max_steps=6",
+                                    "train.global_batch=8", "train.micro_batch=4", "train.ckpt_every=0",
+                                    "train.log_every=1", "schedule.type=linear", "data.num_workers=1"};
+    all.insert(all.end(), sets.begin(), sets.end());
+    return load_config(test::source_dir() + "/configs/tiny.yaml", all);
+  }
+  std::string tiny() const { return test::source_dir() + "/configs/tiny.yaml"; }
+  std::string aim(const std::string& args) const { return std::string(AIM_BINARY_PATH) + " " + args; }
+  std::string cli_sets(const std::string& out) const {
+    return "--set data.codes=" + codes() + " --set train.global_batch=8 --set train.micro_batch=4 " +
+           "--set train.log_every=1 --set data.num_workers=1 --out " + out;
+  }
+
+  fs::path dir_;
+};
+
+std::map<std::string, torch::Tensor> load(const std::string& dir, const std::string& file) {
+  return load_safetensors((fs::path(dir) / file).string());
+}
+
+void expect_bitwise_equal(const std::map<std::string, torch::Tensor>& a,
+                          const std::map<std::string, torch::Tensor>& b, const std::string& what) {
+  ASSERT_EQ(a.size(), b.size()) << what;
+  int64_t differing = 0;
+  for (const auto& [k, v] : a) {
+    ASSERT_TRUE(b.count(k)) << what << ": " << k;
+    if (!torch::equal(v, b.at(k))) {
+      ++differing;
+      ADD_FAILURE() << what << ": " << k << " differs, max |diff| "
+                    << (v.to(torch::kDouble) - b.at(k).to(torch::kDouble)).abs().max().item<double>();
+    }
+  }
+  std::printf("    %s: %zu tensors, %lld differ\n", what.c_str(), a.size(), static_cast<long long>(differing));
+}
+
+TEST_F(TrainerTest, LossFallsOnSyntheticCodes) {
+  TrainOptions o;
+  o.quiet = true;
+  const auto cfg = config(run("learn"), {"train.max_steps=40", "optim.lr=3e-3", "schedule.type=constant"});
+  const auto r = run_training(cfg, o);
+  EXPECT_EQ(r.steps, 40);
+  // metrics.jsonl: the first and last logged losses.
+  std::ifstream in(fs::path(run("learn")) / "metrics.jsonl");
+  std::vector<double> losses;
+  for (std::string line; std::getline(in, line);) {
+    const auto pos = line.find("\"loss\":");
+    if (pos != std::string::npos) losses.push_back(std::stod(line.substr(pos + 7)));
+  }
+  ASSERT_EQ(losses.size(), 40u);
+  std::printf("    loss: step 1 %.3f, step 40 %.3f (uniform: %.3f)\n", losses.front(), losses.back(), std::log(512.0));
+  EXPECT_NEAR(losses.front(), std::log(512.0), 0.3);
+  EXPECT_LT(losses.back(), losses.front() - 1.5);
+  // The run directory holds everything DESIGN.md promises.
+  ASSERT_TRUE(fs::exists(fs::path(run("learn")) / "latest"));
+  const auto ck = RunDir(run("learn")).latest().value();
+  for (const char* f : {"config.yaml", "model.safetensors", "optimizer.safetensors", "trainer_state.json"})
+    EXPECT_TRUE(fs::exists(fs::path(ck) / f)) << f;
+}
+
+TEST_F(TrainerTest, ResumeContinuesBitwiseIdentically) {
+  // Class dropout, token dropout, EMA, a linear schedule and an epoch boundary (5 steps/epoch)
+  // all in play; 4 steps + resume to 7 must equal 7 steps straight.
+  const std::vector<std::string> sets = {"train.max_steps=7", "model.token_drop=0.1", "train.ema=true",
+                                         "train.ema_decay=0.9", "optim.lr=2e-3"};
+  TrainOptions o;
+  o.quiet = true;
+  const auto straight = run_training(config(run("straight"), sets), o);
+  o.stop_after = 4;
+  const auto first = run_training(config(run("resumed"), sets), o);
+  EXPECT_TRUE(first.paused);
+  EXPECT_EQ(first.steps, 4);
+  o.stop_after = 0;
+  o.resume = "auto";
+  const auto second = run_training(config(run("resumed"), sets), o);
+  EXPECT_EQ(second.steps, 7);
+  EXPECT_EQ(straight.loss, second.loss);
+  for (const char* f : {"model.safetensors", "ema.safetensors", "optimizer.safetensors"})
+    expect_bitwise_equal(load(straight.checkpoint, f), load(second.checkpoint, f), f);
+  const auto s1 = TrainerState::from_json(read_text(straight.checkpoint + "/trainer_state.json"), "a");
+  const auto s2 = TrainerState::from_json(read_text(second.checkpoint + "/trainer_state.json"), "b");
+  EXPECT_EQ(s1.epoch, s2.epoch);
+  EXPECT_EQ(s1.batch, s2.batch);
+  EXPECT_EQ(s1.samples_seen, s2.samples_seen);
+}
+
+TEST_F(TrainerTest, Bf16AutocastComputesInBf16WithFp32MasterWeights) {
+  TrainOptions o;
+  o.quiet = true;
+  const auto fp32 = run_training(config(run("fp32"), {"train.max_steps=2"}), o);
+  const auto bf16 = run_training(config(run("bf16"), {"train.max_steps=2", "train.precision=bf16"}), o);
+  std::printf("    loss after 2 steps: fp32 %.6f, bf16 %.6f\n", fp32.loss, bf16.loss);
+  EXPECT_NE(fp32.loss, bf16.loss);                  // bf16 really ran
+  EXPECT_NEAR(fp32.loss, bf16.loss, 0.02);          // and agrees to bf16 precision
+  for (const auto& [k, v] : load(bf16.checkpoint, "model.safetensors"))
+    EXPECT_EQ(v.scalar_type(), torch::kFloat) << k;  // master weights stay fp32
+}
+
+TEST_F(TrainerTest, ResumeRefusesAnotherArchitecture) {
+  TrainOptions o;
+  o.quiet = true;
+  o.stop_after = 1;
+  run_training(config(run("arch")), o);
+  o.resume = run("arch");
+  const auto msg = test::error_of([&] { run_training(config(run("arch"), {"model.n_layer=2"}), o); });
+  EXPECT_NE(msg.find("model section differs"), std::string::npos) << msg;
+}
+
+TEST_F(TrainerTest, ConfigurationErrorsNameTheKey) {
+  TrainOptions o;
+  o.quiet = true;
+  auto msg = test::error_of([&] { run_training(config(run("e1"), {"train.global_batch=12", "train.micro_batch=8"}), o); });
+  EXPECT_NE(msg.find("train.global_batch"), std::string::npos) << msg;
+  msg = test::error_of([&] { run_training(config(run("e2"), {"data.codes="}), o); });
+  EXPECT_NE(msg.find("no training data"), std::string::npos) << msg;
+  msg = test::error_of([&] { run_training(config(run("e3"), {"train.global_batch=64", "train.micro_batch=4"}), o); });
+  EXPECT_NE(msg.find("fewer than one global batch"), std::string::npos) << msg;
+  msg = test::error_of([&] { run_training(config(run("e4"), {"model.vocab_size=256", "vq.codebook_size=256"}), o); });
+  EXPECT_NE(msg.find("model.vocab_size is 256"), std::string::npos) << msg;
+  msg = test::error_of([&] { run_training(config(run("e5"), {"model.num_classes=5"}), o); });
+  EXPECT_NE(msg.find("model.num_classes is 5"), std::string::npos) << msg;
+}
+
+TEST_F(TrainerTest, SigtermSavesAResumableCheckpointAndExitsZero) {
+  const std::string out = run("sig");
+  const std::string cmd = aim("train " + tiny() + " " + cli_sets(out) + " --set train.max_steps=100000") +
+                          " > " + run("sig.log") + " 2>&1 & pid=$!; "
+                          "for i in $(seq 1 600); do [ -s " + out + "/metrics.jsonl ] && break; kill -0 $pid || break; sleep 0.1; done; "
+                          "kill -TERM $pid; wait $pid; echo rc=$?";
+  const auto r = test::run_shell(cmd);
+  const std::string log = read_text(run("sig.log"));
+  EXPECT_NE(r.output.find("rc=0"), std::string::npos) << r.output << log;
+  EXPECT_NE(log.find("stop requested"), std::string::npos) << log;
+  EXPECT_NE(log.find("interrupted at step"), std::string::npos) << log;
+  const auto latest = RunDir(out).latest();
+  ASSERT_TRUE(latest.has_value()) << log;
+  const auto st = TrainerState::from_json(read_text(*latest + "/trainer_state.json"), "state");
+  EXPECT_GE(st.step, 1);
+  // It resumes from there.
+  const auto again = test::run_shell(aim("train --resume " + out + " --set train.max_steps=" +
+                                         std::to_string(st.step + 2)));
+  EXPECT_EQ(again.code, 0) << again.output;
+  EXPECT_NE(again.output.find("resumed"), std::string::npos) << again.output;
+  EXPECT_NE(again.output.find("finished at step " + std::to_string(st.step + 2)), std::string::npos) << again.output;
+}
+
+TEST_F(TrainerTest, NonFiniteLossStopsAndKeepsTheLastGoodCheckpoint) {
+  const std::string out = run("nan");
+  // An absurd learning rate: step 1 is finite, its update makes every later forward overflow.
+  const auto r = test::run_shell(aim("train " + tiny() + " " + cli_sets(out) +
+                                     " --set train.max_steps=6 --set train.ckpt_every=1 --set optim.lr=1e30"));
+  EXPECT_EQ(r.code, 1) << r.output;
+  EXPECT_NE(r.output.find("non-finite"), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("The last good checkpoint is"), std::string::npos) << r.output;
+  const auto latest = RunDir(out).latest();
+  ASSERT_TRUE(latest.has_value());
+  const auto st = TrainerState::from_json(read_text(*latest + "/trainer_state.json"), "state");
+  EXPECT_GE(st.step, 1);
+  EXPECT_LT(st.step, 6);
+  for (const auto& [k, v] : load(*latest, "model.safetensors"))
+    EXPECT_TRUE(torch::isfinite(v).all().item<bool>()) << k;
+  // With skip_nonfinite the run goes on, counting the skipped steps.
+  const auto s = test::run_shell(aim("train " + tiny() + " " + cli_sets(run("skip")) +
+                                     " --set train.max_steps=4 --set optim.lr=1e30 --set train.skip_nonfinite=true"));
+  EXPECT_EQ(s.code, 0) << s.output;
+  EXPECT_NE(s.output.find("step skipped"), std::string::npos) << s.output;
+}
+
+TEST_F(TrainerTest, AFullDiskKeepsThePreviousCheckpoint) {
+  const std::string out = run("full");
+  const auto first = test::run_shell(aim("train " + tiny() + " " + cli_sets(out) + " --set train.max_steps=2"));
+  ASSERT_EQ(first.code, 0) << first.output;
+  // A file-size limit below the optimizer state's size makes the next save fail like a full disk.
+  const auto r = test::run_shell("ulimit -f 200; " + aim("train --resume " + out + " --set train.max_steps=4"));
+  EXPECT_EQ(r.code, 1) << r.output;
+  EXPECT_NE(r.output.find("saving the checkpoint of step 4"), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("step-00000002 is intact"), std::string::npos) << r.output;
+  EXPECT_EQ(fs::path(RunDir(out).latest().value()).filename(), "step-00000002");
+  EXPECT_EQ(RunDir(out).checkpoint_steps(), (std::vector<int64_t>{2}));
+}
+
+TEST_F(TrainerTest, TwoRanksUnderMpirunMatchOneRank) {
+  // Same global batch (8): one rank x micro 4 x 2 accumulation vs two ranks x micro 2 x 2. No
+  // random draws (class and token dropout off), so both see the same 8 sequences per step and
+  // differ only by floating-point summation order.
+  const std::string common = " --set train.max_steps=4 --set model.class_dropout=0 --set optim.lr=1e-3";
+  const auto one = test::run_shell(aim("train " + tiny() + " " + cli_sets(run("one")) + common));
+  ASSERT_EQ(one.code, 0) << one.output;
+  const std::string mpi_env =
+      "OMPI_MCA_btl_vader_single_copy_mechanism=none OMPI_MCA_rmaps_base_oversubscribe=1 OMP_NUM_THREADS=1 ";
+  const auto two = test::run_shell(mpi_env + "mpirun --allow-run-as-root --oversubscribe -np 2 " +
+                                   aim("train " + tiny() + " " + cli_sets(run("two")) + common +
+                                       " --set train.micro_batch=2"));
+  ASSERT_EQ(two.code, 0) << two.output;
+  EXPECT_NE(two.output.find("2 rank(s) x micro 2 x 2 accumulation"), std::string::npos) << two.output;
+  EXPECT_NE(two.output.find("parameters identical on all 2 ranks"), std::string::npos) << two.output;
+  const auto a = load(RunDir(run("one")).latest().value(), "model.safetensors");
+  const auto b = load(RunDir(run("two")).latest().value(), "model.safetensors");
+  // Adam moves every element by about lr per step whatever the gradient's size, so summation
+  // order noise in a near-zero gradient can shift an element by a fraction of lr per step. Allow
+  // 1% of the largest possible movement (lr x steps = 4e-3); a missing all-reduce or a wrong
+  // average moves elements by ~lr.
+  const double tol = 0.01 * 1e-3 * 4;
+  for (const auto& [k, v] : a) test::expect_close("1 rank vs 2 ranks: " + k, b.at(k), v, tol, false);
+  // The first step's loss (same weights, same 8 sequences) agrees to rounding.
+  auto first_loss = [&](const std::string& r) {
+    std::ifstream in(fs::path(r) / "metrics.jsonl");
+    std::string line;
+    std::getline(in, line);
+    const auto pos = line.find("\"loss\":");
+    return std::stod(line.substr(pos + 7));
+  };
+  EXPECT_NEAR(first_loss(run("one")), first_loss(run("two")), 1e-5);
+}
+
+}  // namespace
+}  // namespace aim::train

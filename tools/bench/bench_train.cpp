@@ -1,0 +1,149 @@
+// Training speed of a config on this machine, through the real trainer (aim::train::run_training)
+// on synthetic codes with the config's shapes: images/s, tokens/s, model FLOP/s, MFU against the
+// device's published peak (when known) and against a dense matmul measured in the same run, and
+// peak memory on CUDA. Randomly initialised weights (speed does not depend on them).
+//
+//   bench_train CONFIG.yaml [--micro B] [--steps N] [--warmup W] [--device cpu|cuda]
+//                           [--precision bf16|fp32|both]
+#include <torch/torch.h>
+
+#include <chrono>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <nlohmann/json.hpp>
+#include <string>
+#include <unistd.h>
+
+#include "aim/core/config.h"
+#include "aim/data/synthetic.h"
+#include "aim/train/flops.h"
+#include "aim/train/trainer.h"
+
+namespace fs = std::filesystem;
+using Clock = std::chrono::steady_clock;
+
+namespace {
+
+/// Dense-matmul FLOP/s of this device in `dtype` at a size like the model's projections.
+double matmul_flops(const torch::Device& dev, torch::ScalarType dtype, int64_t m, int64_t k, int64_t n) {
+  torch::NoGradGuard ng;
+  auto a = torch::randn({m, k}, torch::dtype(dtype).device(dev));
+  auto b = torch::randn({k, n}, torch::dtype(dtype).device(dev));
+  auto sync = [&] {
+    if (dev.is_cuda()) torch::cuda::synchronize();
+  };
+  for (int i = 0; i < 3; ++i) a.matmul(b);
+  sync();
+  int iters = 0;
+  const auto t0 = Clock::now();
+  double dt = 0;
+  while (dt < 0.5 || iters < 5) {
+    a.matmul(b);
+    ++iters;
+    if (iters % 5 == 0) {
+      sync();
+      dt = std::chrono::duration<double>(Clock::now() - t0).count();
+    }
+  }
+  return 2.0 * m * k * n * iters / dt;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  if (argc < 2) {
+    std::fprintf(stderr, "usage: bench_train CONFIG.yaml [--micro B] [--steps N] [--warmup W] [--device D] [--precision P]\n");
+    return 2;
+  }
+  const std::string config_path = argv[1];
+  int64_t micro = 0, steps = 5, warmup = 2;
+  std::string device = torch::cuda::is_available() ? "cuda" : "cpu", precision;
+  for (int i = 2; i < argc; ++i) {
+    const std::string a = argv[i];
+    auto value = [&] { return i + 1 < argc ? std::string(argv[++i]) : std::string(); };
+    if (a == "--micro") micro = std::stoll(value());
+    else if (a == "--steps") steps = std::stoll(value());
+    else if (a == "--warmup") warmup = std::stoll(value());
+    else if (a == "--device") device = value();
+    else if (a == "--precision") precision = value();
+    else {
+      std::fprintf(stderr, "unknown flag %s\n", a.c_str());
+      return 2;
+    }
+  }
+  try {
+    const torch::Device dev(device);
+    if (precision.empty()) precision = dev.is_cuda() ? "both" : "fp32";
+    std::vector<std::string> precisions =
+        precision == "both" ? std::vector<std::string>{"fp32", "bf16"} : std::vector<std::string>{precision};
+    auto base = aim::load_config(config_path);
+    if (micro <= 0) micro = dev.is_cuda() ? base.train.micro_batch : 2;
+    const fs::path work = fs::temp_directory_path() / ("aim_bench_train_" + std::to_string(::getpid()));
+    fs::create_directories(work);
+    aim::SyntheticCodesOptions so;
+    so.classes = base.model.num_classes;
+    so.per_class = std::max<int64_t>(1, (micro * (warmup + steps) + so.classes - 1) / so.classes);
+    so.tokens = base.model.num_tokens;
+    so.vocab_size = base.model.vocab_size;
+    const std::string codes = (work / "codes.bin").string();
+    aim::write_synthetic_codes(codes, so);
+
+    std::string dev_name;
+    const double peak = aim::train::device_peak_tflops(dev, 0.0, &dev_name);
+    const double per_image = aim::train::training_flops_per_image(base.model);
+    std::printf("bench_train %s on %s (%s): micro-batch %lld, %lld timed steps after %lld warm-up, "
+                "%.3f GFLOP per image (fwd+bwd)\n",
+                config_path.c_str(), dev_name.c_str(), dev.str().c_str(), static_cast<long long>(micro),
+                static_cast<long long>(steps), static_cast<long long>(warmup), per_image / 1e9);
+    std::printf("%-6s %10s %12s %12s %10s %12s %10s %12s\n", "prec", "ms/step", "images/s", "tokens/s",
+                "TFLOP/s", "MFU(peak)", "vs matmul", "peak mem GB");
+    double fp32_ms = 0;
+    for (const auto& p : precisions) {
+      const std::string out = (work / ("run_" + p)).string();
+      auto cfg = aim::load_config(config_path,
+                                  {"data.codes=" + codes, "data.num_workers=2", "train.out_dir=" + out,
+                                   "train.global_batch=" + std::to_string(micro),
+                                   "train.micro_batch=" + std::to_string(micro), "train.precision=" + p,
+                                   "train.max_steps=" + std::to_string(warmup + steps),
+                                   "train.log_every=1", "train.ckpt_every=0",
+                                   "train.keep_last=1", "train.sample_every=0", "train.ema=false"});
+      aim::train::TrainOptions o;
+      o.device = dev;
+      o.quiet = true;
+      aim::train::run_training(cfg, o);
+      // One line per step: the timed steps' images over their total time.
+      std::ifstream in(fs::path(out) / "metrics.jsonl");
+      nlohmann::json last;
+      double seconds = 0;
+      int64_t timed = 0;
+      for (std::string line; std::getline(in, line);) {
+        last = nlohmann::json::parse(line);
+        if (last.value("step", 0) > warmup && last.value("images_per_s", 0.0) > 0) {
+          seconds += static_cast<double>(micro) / last.value("images_per_s", 0.0);
+          ++timed;
+        }
+      }
+      const double img_s = seconds > 0 ? static_cast<double>(timed * micro) / seconds : 0.0;
+      const double flops = img_s * per_image;
+      const auto mm_dtype = p == "bf16" ? torch::kBFloat16 : torch::kFloat;
+      const double mm = matmul_flops(dev, mm_dtype, micro * base.model.num_tokens, base.model.d_model,
+                                     4 * base.model.d_model);
+      const double ms = img_s > 0 ? 1e3 * micro / img_s : 0;
+      if (p == "fp32") fp32_ms = ms;
+      std::printf("%-6s %10.1f %12.1f %12.0f %10.2f %11.1f%% %9.1f%% %12.2f\n", p.c_str(), ms, img_s,
+                  img_s * base.model.num_tokens, flops / 1e12, peak > 0 ? 100.0 * flops / (peak * 1e12) : 0.0,
+                  100.0 * flops / mm, last.value("peak_memory_gb", 0.0));
+      if (p == "bf16" && fp32_ms > 0) std::printf("bf16 speed-up over fp32: %.2fx\n", fp32_ms / ms);
+    }
+    std::printf("vs matmul: model FLOP/s over a dense [%lld x %lld] x [%lld x %lld] matmul in the same "
+                "precision measured in this run\n",
+                static_cast<long long>(micro * base.model.num_tokens), static_cast<long long>(base.model.d_model),
+                static_cast<long long>(base.model.d_model), static_cast<long long>(4 * base.model.d_model));
+    fs::remove_all(work);
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "bench_train: %s\n", e.what());
+    return 1;
+  }
+  return 0;
+}
