@@ -19,7 +19,10 @@ Runner add_make_dataset_command(CLI::App& app) {
   codes->add_option("--tokens", o->tokens, "codes per image (model.num_tokens)")->capture_default_str();
   codes->add_option("--vocab", o->vocab_size, "codebook size (model.vocab_size)")->capture_default_str();
   codes->add_option("--follow", o->follow, "probability of the class's successor token")->capture_default_str();
-  codes->add_option("--seed", o->seed, "random seed")->capture_default_str();
+  codes->add_option("--seed", o->seed, "random seed of the chains (the distribution)")->capture_default_str();
+  codes->add_option("--first-index", o->first_index,
+                    "index of the first sequence: a held-out split uses the same seed and e.g. 1000000")
+      ->capture_default_str();
   return [codes, o, out]() -> int {
     if (!codes->parsed()) return -1;
     write_synthetic_codes(*out, *o);

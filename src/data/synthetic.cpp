@@ -3,6 +3,7 @@
 #include <torch/torch.h>
 
 #include <cmath>
+#include <filesystem>
 
 #include "aim/core/error.h"
 #include "aim/data/code_dataset.h"
@@ -26,6 +27,7 @@ double unit(uint64_t seed, uint64_t a, uint64_t b, uint64_t c) {
 
 void write_synthetic_codes(const std::string& path, const SyntheticCodesOptions& o) {
   AIM_CHECK(o.classes >= 1 && o.classes <= 32767, str_cat("--classes: expected 1..32767, found ", o.classes));
+  AIM_CHECK(o.first_index >= 0, str_cat("--first-index: expected >= 0, found ", o.first_index));
   AIM_CHECK(o.per_class >= 1, str_cat("--per-class: expected >= 1, found ", o.per_class));
   AIM_CHECK(o.tokens >= 2, str_cat("--tokens: expected >= 2, found ", o.tokens));
   AIM_CHECK(o.vocab_size >= kStartTokens && o.vocab_size <= 65536,
@@ -42,6 +44,12 @@ void write_synthetic_codes(const std::string& path, const SyntheticCodesOptions&
   info.tokenizer = "none (synthetic Markov-chain codes)";
   info.source = str_cat("synthetic codes: ", o.classes, " classes x ", o.per_class, ", follow ", o.follow,
                         ", seed ", o.seed);
+  const auto parent = std::filesystem::path(path).parent_path();
+  if (!parent.empty()) {
+    std::error_code ec;
+    std::filesystem::create_directories(parent, ec);
+    AIM_CHECK(!ec, str_cat("--out ", path, ": cannot create ", parent.string(), ": ", ec.message()));
+  }
   auto writer = CodeDatasetWriter::create(path, info);
   const int64_t n = info.num_samples;
   auto codes = torch::empty({n, 1, o.tokens}, torch::kInt32);
@@ -50,13 +58,14 @@ void write_synthetic_codes(const std::string& path, const SyntheticCodesOptions&
   for (int64_t i = 0; i < n; ++i) {
     const int64_t c = i % o.classes;  // classes interleaved
     labels[i] = c;
-    int64_t tok = draw(o.seed, 1, c, draw(o.seed, 2, i, 0, kStartTokens), o.vocab_size);
+    const uint64_t id = static_cast<uint64_t>(o.first_index + i);
+    int64_t tok = draw(o.seed, 1, c, draw(o.seed, 2, id, 0, kStartTokens), o.vocab_size);
     cp[i * o.tokens] = static_cast<int32_t>(tok);
     for (int64_t t = 1; t < o.tokens; ++t) {
-      if (unit(o.seed, 3, i, t) < o.follow) {
+      if (unit(o.seed, 3, id, t) < o.follow) {
         tok = draw(o.seed, 4, c, tok, o.vocab_size);  // the class's successor of tok
       } else {
-        tok = draw(o.seed, 5, i, t, o.vocab_size);
+        tok = draw(o.seed, 5, id, t, o.vocab_size);
       }
       cp[i * o.tokens + t] = static_cast<int32_t>(tok);
     }

@@ -7,6 +7,7 @@
 #include "aim/core/config.h"
 #include "aim/core/fileio.h"
 #include "aim/core/safetensors.h"
+#include "aim/data/image.h"
 #include "aim/data/synthetic.h"
 #include "aim/train/run_dir.h"
 #include "aim/train/trainer.h"
@@ -133,6 +134,71 @@ TEST_F(TrainerTest, Bf16AutocastComputesInBf16WithFp32MasterWeights) {
   EXPECT_NEAR(fp32.loss, bf16.loss, 0.02);          // and agrees to bf16 precision
   for (const auto& [k, v] : load(bf16.checkpoint, "model.safetensors"))
     EXPECT_EQ(v.scalar_type(), torch::kFloat) << k;  // master weights stay fp32
+}
+
+TEST_F(TrainerTest, TrainsFromImagesEncodedOnTheFly) {
+  // Two class folders of 144x144 PNGs; the fixture tokenizer (VQ-16 layout, 512 codes) turns the
+  // 128x128 crops into 64 codes, as configs/tiny.yaml expects.
+  for (int c = 0; c < 2; ++c) {
+    fs::create_directories(dir_ / "images" / ("class" + std::to_string(c)));
+    for (int i = 0; i < 4; ++i) {
+      Image img(144, 144);
+      for (size_t k = 0; k < img.rgb.size(); ++k) img.rgb[k] = static_cast<uint8_t>((k * (7 + c) + i * 31) % 251);
+      write_png((dir_ / "images" / ("class" + std::to_string(c)) / (std::to_string(i) + ".png")).string(), img);
+    }
+  }
+  TrainOptions o;
+  o.quiet = true;
+  const auto r = run_training(
+      config(run("img"), {"data.codes=", "data.images=" + (dir_ / "images").string(),
+                          "vq.weights=" + (test::fixtures_dir() / "vq/vq16_tiny/model.safetensors").string(),
+                          "train.global_batch=4", "train.micro_batch=2", "train.max_steps=3"}),
+      o);
+  EXPECT_EQ(r.steps, 3);
+  EXPECT_TRUE(std::isfinite(r.loss));
+  const auto msg = test::error_of([&] {
+    run_training(config(run("img2"), {"data.codes=", "data.images=" + (dir_ / "images").string()}), o);
+  });
+  EXPECT_NE(msg.find("set vq.weights"), std::string::npos) << msg;
+}
+
+TEST_F(TrainerTest, InitFromAnOfficialSnapshotAndAnotherClassCount) {
+  TrainOptions o;
+  o.quiet = true;
+  // The official tiny checkpoint (a Hugging Face snapshot) has the tiny config's architecture.
+  o.init = (test::fixtures_dir() / "aim/mamba2_tiny").string();
+  const auto a = run_training(config(run("ft"), {"train.max_steps=1", "optim.lr=1e-12"}), o);
+  const auto official = load_safetensors((test::fixtures_dir() / "aim/mamba2_tiny/model.safetensors").string());
+  const auto ours = load(a.checkpoint, "model.safetensors");
+  const std::string key = "mamba.backbone.layers.0.mixer.in_proj.weight";
+  ASSERT_TRUE(official.count(key));
+  test::expect_close("fine-tuned after one step at lr 1e-12 vs official", ours.at(key), official.at(key), 1e-6);
+  // 12 classes instead of 10: the class table is fresh, the rest comes from the checkpoint.
+  auto cfg = config(run("ft12"), {"train.max_steps=1", "optim.lr=1e-12", "model.num_classes=12"});
+  const auto b = run_training(cfg, o);
+  const auto ours12 = load(b.checkpoint, "model.safetensors");
+  EXPECT_EQ(ours12.at("mamba.backbone.cls_embed.embedding_table.weight").size(0), 13);
+  test::expect_close("12-class fine-tune keeps the mixers", ours12.at(key), official.at(key), 1e-6);
+  // A different architecture is refused with the key and both shapes.
+  const auto msg = test::error_of([&] { run_training(config(run("ft_bad"), {"model.d_model=32"}), o); });
+  EXPECT_NE(msg.find("in_proj.weight"), std::string::npos) << msg;
+}
+
+TEST_F(TrainerTest, PlotMetricsDrawsTheCurves) {
+  TrainOptions o;
+  o.quiet = true;
+  run_training(config(run("plot"), {"train.max_steps=3"}), o);
+  const auto r = test::run_shell(std::string(AIM_PYTHON_PATH) + " " + test::source_dir() +
+                                 "/scripts/plot_metrics.py " + run("plot"));
+  ASSERT_EQ(r.code, 0) << r.output;
+  const auto png = fs::path(run("plot")) / "metrics.png";
+  ASSERT_TRUE(fs::exists(png));
+  const auto img = decode_image(png.string());
+  EXPECT_GT(img.width, 500);
+  const auto missing = test::run_shell(std::string(AIM_PYTHON_PATH) + " " + test::source_dir() +
+                                       "/scripts/plot_metrics.py " + run("nothing"));
+  EXPECT_NE(missing.code, 0);
+  EXPECT_NE(missing.output.find("metrics.jsonl: no such file"), std::string::npos) << missing.output;
 }
 
 TEST_F(TrainerTest, ResumeRefusesAnotherArchitecture) {

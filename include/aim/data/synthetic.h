@@ -14,7 +14,9 @@ struct SyntheticCodesOptions {
   int64_t tokens = 64;       ///< codes per image
   int64_t vocab_size = 512;
   double follow = 0.9;       ///< probability of the class's successor token
-  uint64_t seed = 0;
+  uint64_t seed = 0;         ///< the chains (same seed = same distribution)
+  int64_t first_index = 0;   ///< per-sequence randomness starts here: a held-out split of the
+                             ///< same distribution uses the same seed and an unused range
 };
 
 /// Writes the dataset (AIMCODE1, one augmentation) to `path`, replacing a file there.
