@@ -77,6 +77,7 @@ void expect_bitwise_equal(const std::map<std::string, torch::Tensor>& a,
 TEST_F(TrainerTest, LossFallsOnSyntheticCodes) {
   TrainOptions o;
   o.quiet = true;
+  o.device = test::model_device();  // scripts/gpu_check.sh runs this on CUDA too
   const auto cfg = config(run("learn"), {"train.max_steps=40", "optim.lr=3e-3", "schedule.type=constant"});
   const auto r = run_training(cfg, o);
   EXPECT_EQ(r.steps, 40);
@@ -127,6 +128,7 @@ TEST_F(TrainerTest, ResumeContinuesBitwiseIdentically) {
 TEST_F(TrainerTest, Bf16AutocastComputesInBf16WithFp32MasterWeights) {
   TrainOptions o;
   o.quiet = true;
+  o.device = test::model_device();
   const auto fp32 = run_training(config(run("fp32"), {"train.max_steps=2"}), o);
   const auto bf16 = run_training(config(run("bf16"), {"train.max_steps=2", "train.precision=bf16"}), o);
   std::printf("    loss after 2 steps: fp32 %.6f, bf16 %.6f\n", fp32.loss, bf16.loss);
