@@ -151,12 +151,14 @@ void AdamW::load_state(const std::map<std::string, torch::Tensor>& tensors,
 
 double grad_norm(const std::vector<NamedParam>& params) {
   torch::NoGradGuard no_grad;
-  std::vector<torch::Tensor> norms;
+  std::vector<torch::Tensor> grads;
   for (const auto& p : params) {
-    if (p.tensor.grad().defined()) norms.push_back(p.tensor.grad().detach().to(torch::kFloat).norm());
+    if (p.tensor.grad().defined()) grads.push_back(p.tensor.grad());
   }
-  if (norms.empty()) return 0.0;
-  return torch::stack(norms).norm().item<double>();
+  if (grads.empty()) return 0.0;
+  // One multi-tensor launch for the per-parameter norms, one reduction, one host sync.
+  const auto norms = torch::_foreach_norm(grads, 2);
+  return torch::stack(norms).to(torch::kFloat).norm().item<double>();
 }
 
 void clip_gradients(const std::vector<NamedParam>& params, double norm, double max_norm) {
@@ -164,9 +166,11 @@ void clip_gradients(const std::vector<NamedParam>& params, double norm, double m
   const double coef = max_norm / (norm + 1e-6);
   if (coef >= 1.0) return;
   torch::NoGradGuard no_grad;
+  std::vector<torch::Tensor> grads;
   for (const auto& p : params) {
-    if (p.tensor.grad().defined()) p.tensor.grad().mul_(coef);
+    if (p.tensor.grad().defined()) grads.push_back(p.tensor.grad());
   }
+  torch::_foreach_mul_(grads, coef);
 }
 
 int64_t warmup_steps(const ScheduleConfig& schedule, int64_t total_steps) {
