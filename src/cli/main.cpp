@@ -19,6 +19,7 @@ int main(int argc, char** argv) {
   runners.push_back(aim::cli::add_sample_command(app));
   runners.push_back(aim::cli::add_train_command(app));
   runners.push_back(aim::cli::add_make_dataset_command(app));
+  runners.push_back(aim::cli::add_analyse_shapes_command(app));
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {

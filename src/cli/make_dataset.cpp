@@ -1,8 +1,10 @@
-// `aim make-dataset KIND`: built-in datasets for trying the framework without ImageNet.
+// `aim make-dataset KIND`: built-in datasets for trying the framework without ImageNet
+// (`codes`: synthetic code sequences; `shapes`: procedural images).
 #include <iostream>
 
 #include "aim/cli/commands.h"
 #include "aim/core/error.h"
+#include "aim/data/shapes.h"
 #include "aim/data/synthetic.h"
 
 namespace aim::cli {
@@ -23,7 +25,27 @@ Runner add_make_dataset_command(CLI::App& app) {
   codes->add_option("--first-index", o->first_index,
                     "index of the first sequence: a held-out split uses the same seed and e.g. 1000000")
       ->capture_default_str();
-  return [codes, o, out]() -> int {
+
+  auto* shapes = cmd->add_subcommand(
+      "shapes", "Procedural images (coloured shapes on textured backgrounds) as an ImageFolder tree of PNGs");
+  auto so = std::make_shared<ShapesOptions>();
+  auto shapes_out = std::make_shared<std::string>();
+  shapes->add_option("--out", *shapes_out, "folder to write (<class>/<index>.png, classes.txt, truth.jsonl)")
+      ->required();
+  shapes->add_option("--classes", so->classes, "classes (1..10)")->capture_default_str();
+  shapes->add_option("--per-class", so->per_class, "images per class")->capture_default_str();
+  shapes->add_option("--size", so->size, "image side in pixels (16..1024)")->capture_default_str();
+  shapes->add_option("--seed", so->seed, "random seed")->capture_default_str();
+
+  return [cmd, codes, o, out, shapes, so, shapes_out]() -> int {
+    if (!cmd->parsed()) return -1;
+    if (shapes->parsed()) {
+      so->validate();
+      write_shapes_dataset(*shapes_out, *so);
+      std::cout << *shapes_out << ": " << so->classes * so->per_class << " images of " << so->size << "x"
+                << so->size << ", " << so->classes << " classes (classes.txt, truth.jsonl)\n";
+      return 0;
+    }
     if (!codes->parsed()) return -1;
     write_synthetic_codes(*out, *o);
     std::cout << *out << ": " << o->classes * o->per_class << " sequences of " << o->tokens << " codes, "

@@ -27,8 +27,13 @@ Runner add_sample_command(CLI::App& app);
 /// process or many (ranks from mpirun, srun or torchrun-style variables).
 Runner add_train_command(CLI::App& app);
 
-/// `aim make-dataset codes --out FILE ...`: built-in datasets (synthetic codes for aim train).
+/// `aim make-dataset codes --out FILE ...` | `shapes --out DIR ...`: built-in datasets (synthetic
+/// codes for aim train, procedural shape images).
 Runner add_make_dataset_command(CLI::App& app);
+
+/// `aim analyse-shapes DIR|PNG... [--json FILE]`: classifies shape images without learning;
+/// accuracy and confusion against class folders or `_class<N>` file names, spread per class.
+Runner add_analyse_shapes_command(CLI::App& app);
 
 /// `--device cpu|cuda|cuda:i` parsed and checked (a CUDA device must exist); `cuda` without an
 /// index picks the local rank's GPU.
