@@ -108,7 +108,7 @@ Runner add_sample_command(CLI::App& app) {
   auto a = std::make_shared<SampleArgs>();
   cmd->add_option("--ckpt", a->ckpt, "official HF snapshot dir, aim run dir, or .safetensors with --config");
   cmd->add_option("--config", a->config, "model config for a bare weights file (YAML or config.json)");
-  cmd->add_option("--vq", a->vq, "tokenizer weights (default: the checkpoint's vqvae.*)");
+  cmd->add_option("--vq", a->vq, "tokenizer: weights, aim train-vq run (default: the run's vq.weights, else the checkpoint's vqvae.*)");
   cmd->add_option("--vq-config", a->vq_config, "tokenizer config JSON (default: the full VQ-16)");
   cmd->add_option("--class", a->classes, "class ids or names, comma-separated, or 'random'");
   cmd->add_option("--class-names", a->class_names, "class names, one per line (ImageNet index), for --class and captions");
@@ -189,8 +189,17 @@ Runner add_sample_command(CLI::App& app) {
       AIM_CHECK(!a->classes.empty(), "sample: give --class (ids, names or 'random') or --num-samples");
       labels = parse_class_flag(a->classes, a->num, mc.num_classes, names, a->seed);
     }
-    auto vq = load_vq_model(!a->vq.empty() ? a->vq : (fs::is_directory(a->ckpt) ? a->ckpt : ref.weights_path),
-                            a->vq_config).model;
+    // The tokenizer: --vq, else the run's vq.weights (an aim train run), else the checkpoint's
+    // own vqvae.* tensors (official snapshots).
+    std::string vq_path = a->vq;
+    if (vq_path.empty() && ref.kind == CheckpointKind::kRunDir) {
+      vq_path = load_config(ref.config_path).vq.weights;
+      if (!vq_path.empty() && !fs::exists(vq_path))
+        throw Error(str_cat(ref.config_path, ": vq.weights ", vq_path, " does not exist (relative paths are taken "
+                            "from the current directory)\n---> HINT: pass the tokenizer with --vq"));
+    }
+    if (vq_path.empty()) vq_path = fs::is_directory(a->ckpt) ? a->ckpt : ref.weights_path;
+    auto vq = load_vq_model(vq_path, a->vq_config).model;
     AIM_CHECK(vq->config.codebook_size == mc.vocab_size, "--vq: codebook of ", vq->config.codebook_size,
               " codes, but the model's vocabulary is ", mc.vocab_size);
     model->to(device, a->dtype == "bf16" ? torch::kBFloat16 : torch::kFloat);

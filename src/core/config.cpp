@@ -101,6 +101,7 @@ const std::vector<Field<VqConfig>>& vq_fields() {
       {"ch_mult", &S::ch_mult, "channel multipliers; downsample 2^(len-1)"},
       {"z_channels", &S::z_channels, "latent channels"},
       {"num_res_blocks", &S::num_res_blocks, "residual blocks per level"},
+      {"norm_groups", &S::norm_groups, "GroupNorm groups (LlamaGen: 32)"},
       {"dropout", &S::dropout, "dropout in residual blocks"},
       {"weights", &S::weights, "tokenizer .safetensors"},
   };
@@ -186,6 +187,27 @@ const std::vector<Field<SampleConfig>>& sample_fields() {
   return f;
 }
 
+const std::vector<Field<VqTrainConfig>>& vq_train_fields() {
+  using S = VqTrainConfig;
+  static const std::vector<Field<S>> f = {
+      {"l1_weight", &S::l1_weight, "L1 reconstruction loss weight"},
+      {"l2_weight", &S::l2_weight, "L2 reconstruction loss weight"},
+      {"codebook_weight", &S::codebook_weight, "codebook + commitment + entropy weight"},
+      {"commit_beta", &S::commit_beta, "commitment loss factor"},
+      {"entropy_weight", &S::entropy_weight, "codebook entropy loss weight; 0 = off"},
+      {"entropy_temperature", &S::entropy_temperature, "entropy loss softmax temperature"},
+      {"restart_every", &S::restart_every, "steps between dead-code restarts; 0 = never"},
+      {"hflip", &S::hflip, "random horizontal flips"},
+      {"disc_weight", &S::disc_weight, "PatchGAN loss weight; 0 = no discriminator"},
+      {"disc_start", &S::disc_start, "step at which the adversarial losses start"},
+      {"disc_channels", &S::disc_channels, "PatchGAN base width"},
+      {"disc_layers", &S::disc_layers, "PatchGAN stride-2 layers"},
+      {"disc_lr", &S::disc_lr, "discriminator lr; 0 = the generator's"},
+      {"eval_images", &S::eval_images, "images in reconstruction grids and PSNR"},
+  };
+  return f;
+}
+
 const std::vector<Field<DistConfig>>& dist_fields() {
   using S = DistConfig;
   static const std::vector<Field<S>> f = {
@@ -225,6 +247,7 @@ std::vector<Slot> flatten(Config& c) {
   add_section(out, "train.", c.train, train_fields());
   add_section(out, "sample.", c.sample, sample_fields());
   add_section(out, "dist.", c.dist, dist_fields());
+  add_section(out, "vq_train.", c.vq_train, vq_train_fields());
   return out;
 }
 
@@ -559,14 +582,15 @@ YAML::Node parse_yaml(const std::string& text, const std::string& what) {
 }
 
 Config build(const std::string& text, const std::string& what,
-             const std::vector<std::string>& overrides, const std::string& default_name) {
+             const std::vector<std::string>& overrides, const std::string& default_name,
+             ConfigUse use) {
   Config c;
   fill_from_yaml(c, parse_yaml(text, what), Source{what, true});
   for (const auto& o : overrides) apply_override(c, o);
   if (c.name.empty()) c.name = default_name;
   c.resolve();
   try {
-    c.validate();
+    c.validate(use);
   } catch (const Error& e) {
     throw Error(str_cat(what, overrides.empty() ? "" : " with --set overrides", ": ", e.what()));
   }
@@ -612,7 +636,8 @@ bool operator==(const ModelConfig& a, const ModelConfig& b) {
   return ca == cb;
 }
 
-Config load_config(const std::string& yaml_path, const std::vector<std::string>& overrides) {
+Config load_config(const std::string& yaml_path, const std::vector<std::string>& overrides,
+                   ConfigUse use) {
   std::ifstream in(yaml_path, std::ios::binary);
   if (!in)
     throw Error(str_cat(yaml_path, ": cannot open the config file (", std::strerror(errno), ")",
@@ -621,12 +646,12 @@ Config load_config(const std::string& yaml_path, const std::vector<std::string>&
   std::stringstream ss;
   ss << in.rdbuf();
   if (in.bad()) throw Error(str_cat(yaml_path, ": cannot read the config file"));
-  return build(ss.str(), yaml_path, overrides, file_stem(yaml_path));
+  return build(ss.str(), yaml_path, overrides, file_stem(yaml_path), use);
 }
 
 Config config_from_yaml_string(const std::string& text, const std::string& what,
-                               const std::vector<std::string>& overrides) {
-  return build(text, what, overrides, "");
+                               const std::vector<std::string>& overrides, ConfigUse use) {
+  return build(text, what, overrides, "", use);
 }
 
 void apply_override(Config& config, const std::string& assignment) {

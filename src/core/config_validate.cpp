@@ -157,14 +157,16 @@ void VqConfig::validate() const {
   int_in("vq.codebook_size", codebook_size, 2, 65536, "codes are stored as uint16");
   int_at_least("vq.codebook_embed_dim", codebook_embed_dim, 1);
   int_at_least("vq.ch", ch, 1);
+  int_at_least("vq.norm_groups", norm_groups, 1);
   if (ch_mult.empty() || ch_mult.size() > 8)
     fail("vq.ch_mult", "a list of 1 to 8 multipliers", str_cat(ch_mult.size(), " entries"));
   for (size_t i = 0; i < ch_mult.size(); ++i) {
     int_at_least(str_cat("vq.ch_mult[", i, "]"), ch_mult[i], 1);
-    if ((ch * ch_mult[i]) % 32 != 0)
-      fail("vq.ch", "a width such that every vq.ch * vq.ch_mult[i] is a multiple of 32",
+    if ((ch * ch_mult[i]) % norm_groups != 0)
+      fail("vq.ch", str_cat("a width such that every vq.ch * vq.ch_mult[i] is a multiple of vq.norm_groups (",
+                            norm_groups, ")"),
            str_cat(ch, " (vq.ch * vq.ch_mult[", i, "] = ", ch * ch_mult[i], ")"),
-           "the tokenizer's GroupNorm layers use 32 groups");
+           "the tokenizer's GroupNorm layers split the channels into vq.norm_groups groups");
   }
   int_at_least("vq.z_channels", z_channels, 1);
   int_at_least("vq.num_res_blocks", num_res_blocks, 1);
@@ -256,7 +258,26 @@ void Config::resolve() {
   if (train.out_dir.empty()) train.out_dir = "runs/" + name;
 }
 
-void Config::validate() const {
+void VqTrainConfig::validate() const {
+  non_negative("vq_train.l1_weight", l1_weight);
+  non_negative("vq_train.l2_weight", l2_weight);
+  if (l1_weight + l2_weight <= 0)
+    fail("vq_train.l2_weight", "a positive weight for at least one reconstruction loss",
+         str_cat(num(l2_weight), " (vq_train.l1_weight ", num(l1_weight), ")"));
+  non_negative("vq_train.codebook_weight", codebook_weight);
+  non_negative("vq_train.commit_beta", commit_beta);
+  non_negative("vq_train.entropy_weight", entropy_weight);
+  positive("vq_train.entropy_temperature", entropy_temperature);
+  int_at_least("vq_train.restart_every", restart_every, 0);
+  non_negative("vq_train.disc_weight", disc_weight);
+  int_at_least("vq_train.disc_start", disc_start, 0);
+  int_in("vq_train.disc_channels", disc_channels, 1, 4096);
+  int_in("vq_train.disc_layers", disc_layers, 1, 8);
+  non_negative("vq_train.disc_lr", disc_lr);
+  int_in("vq_train.eval_images", eval_images, 1, 4096);
+}
+
+void Config::validate(ConfigUse use) const {
   if (name.empty())
     fail("name", "a non-empty run name", "''");
   for (char c : name) {
@@ -274,6 +295,15 @@ void Config::validate() const {
   train.validate();
   sample.validate();
   dist.validate();
+  vq_train.validate();
+  if (use == ConfigUse::kTokenizer) {
+    if (data.image_size % vq.downsample() != 0)
+      fail("data.image_size",
+           str_cat("a multiple of the tokenizer's downsampling factor ", vq.downsample(),
+                   " (2^(len(vq.ch_mult)-1))"),
+           std::to_string(data.image_size));
+    return;
+  }
 
   if (vq.codebook_size != model.vocab_size)
     fail("vq.codebook_size", str_cat("model.vocab_size (", model.vocab_size, ")"),

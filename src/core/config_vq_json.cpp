@@ -52,6 +52,7 @@ VqConfig vq_config_from_json(const std::string& path, const std::string& object_
   get_int({"z_channels"}, c.z_channels);
   get_int({"ch"}, c.ch);
   get_int({"num_res_blocks"}, c.num_res_blocks);
+  get_int({"norm_groups"}, c.norm_groups);
   if (j.contains("codebook_l2_norm")) c.codebook_l2_norm = j["codebook_l2_norm"].get<bool>();
   if (j.contains("dropout_p")) c.dropout = j["dropout_p"].get<double>();
   if (!get_list("encoder_ch_mult", c.ch_mult)) get_list("ch_mult", c.ch_mult);

@@ -46,7 +46,9 @@ void ImageLoader::run() {
                                                                      static_cast<uint64_t>(sample))));
           try {
             const auto img = decode_image(list_.entries[sample].path);
-            views[j] = to_tensor(aim_train_transform(img, static_cast<int>(size), rng, options_.mid_ratio));
+            Image view = aim_train_transform(img, static_cast<int>(size), rng, options_.mid_ratio);
+            if (options_.hflip && (rng() & 1) != 0) view = hflip(view);
+            views[j] = to_tensor(view);
             ok[j] = 1;
           } catch (const Error&) {
             skipped_.fetch_add(1);
@@ -76,7 +78,19 @@ void ImageLoader::run() {
   queue_.finish(error);
 }
 
+std::optional<ImageBatch> ImageLoader::next_images() {
+  auto next = queue_.pop();
+  if (!next) return std::nullopt;
+  ImageBatch batch;
+  batch.images = std::move(next->images);
+  batch.labels = std::move(next->labels);
+  batch.epoch = epoch_;
+  batch.batch = next->batch;
+  return batch;
+}
+
 std::optional<CodeBatch> ImageLoader::next() {
+  AIM_CHECK(vq_, "image loader: next() needs a tokenizer; use next_images()");
   auto next = queue_.pop();
   if (!next) return std::nullopt;
   Decoded d = std::move(*next);

@@ -3,6 +3,7 @@
 #include <filesystem>
 
 #include "aim/core/error.h"
+#include "aim/core/fileio.h"
 #include "aim/core/safetensors.h"
 
 namespace aim {
@@ -28,9 +29,18 @@ LoadedVq load_vq_model(const std::string& path, const std::string& config_path) 
     have_cfg = true;
   }
   if (fs::is_directory(path)) {
-    weights = (fs::path(path) / "model.safetensors").string();
-    if (!have_cfg && fs::exists(fs::path(path) / "config.yaml")) {
-      cfg = load_config((fs::path(path) / "config.yaml").string()).vq;
+    fs::path dir(path);
+    // A training run directory (aim train-vq): its newest complete checkpoint.
+    if (!fs::exists(dir / "model.safetensors", ec) && fs::exists(dir / "latest", ec)) {
+      std::string rel = read_text((dir / "latest").string());
+      while (!rel.empty() && (rel.back() == '\n' || rel.back() == ' ')) rel.pop_back();
+      if (!fs::is_directory(dir / rel, ec))
+        throw Error(str_cat("--vq ", path, ": 'latest' names ", rel, ", which does not exist"));
+      dir /= rel;
+    }
+    weights = (dir / "model.safetensors").string();
+    if (!have_cfg && fs::exists(dir / "config.yaml")) {
+      cfg = load_config((dir / "config.yaml").string(), {}, ConfigUse::kTokenizer).vq;
       have_cfg = true;
     }
     // An official AiM snapshot carries the full VQ-16 under `vqvae.`: the defaults.

@@ -9,12 +9,11 @@ namespace aim {
 
 namespace {
 
-constexpr int64_t kGroups = 32;
 constexpr double kGroupNormEps = 1e-6;
 constexpr int64_t kUsageBuffer = 65536;
 
-torch::nn::GroupNorm group_norm(int64_t channels) {
-  return torch::nn::GroupNorm(torch::nn::GroupNormOptions(kGroups, channels).eps(kGroupNormEps));
+torch::nn::GroupNorm group_norm(int64_t groups, int64_t channels) {
+  return torch::nn::GroupNorm(torch::nn::GroupNormOptions(groups, channels).eps(kGroupNormEps));
 }
 
 torch::nn::Conv2d conv(int64_t in, int64_t out, int64_t kernel, int64_t stride = 1,
@@ -39,11 +38,11 @@ torch::Tensor run_mid(torch::nn::ModuleList& mid, torch::Tensor h) {
 
 }  // namespace
 
-VqResnetBlockImpl::VqResnetBlockImpl(int64_t in_channels, int64_t out_channels, double dropout_)
+VqResnetBlockImpl::VqResnetBlockImpl(int64_t in_channels, int64_t out_channels, double dropout_, int64_t groups)
     : dropout(dropout_) {
-  norm1 = register_module("norm1", group_norm(in_channels));
+  norm1 = register_module("norm1", group_norm(groups, in_channels));
   conv1 = register_module("conv1", conv(in_channels, out_channels, 3));
-  norm2 = register_module("norm2", group_norm(out_channels));
+  norm2 = register_module("norm2", group_norm(groups, out_channels));
   conv2 = register_module("conv2", conv(out_channels, out_channels, 3));
   if (in_channels != out_channels) {
     nin_shortcut = register_module("nin_shortcut", conv(in_channels, out_channels, 1));
@@ -58,8 +57,8 @@ torch::Tensor VqResnetBlockImpl::forward(const torch::Tensor& x) {
   return (nin_shortcut ? nin_shortcut->forward(x) : x) + h;
 }
 
-VqAttnBlockImpl::VqAttnBlockImpl(int64_t channels) {
-  norm = register_module("norm", group_norm(channels));
+VqAttnBlockImpl::VqAttnBlockImpl(int64_t channels, int64_t groups) {
+  norm = register_module("norm", group_norm(groups, channels));
   q = register_module("q", conv(channels, channels, 1));
   k = register_module("k", conv(channels, channels, 1));
   v = register_module("v", conv(channels, channels, 1));
@@ -104,9 +103,9 @@ VqEncoderImpl::VqEncoderImpl(const VqConfig& c) {
     level->attn = level->register_module("attn", torch::nn::ModuleList());
     const int64_t block_out = c.ch * c.ch_mult[i];
     for (int64_t j = 0; j < c.num_res_blocks; ++j) {
-      level->res->push_back(VqResnetBlock(block_in, block_out, c.dropout));
+      level->res->push_back(VqResnetBlock(block_in, block_out, c.dropout, c.norm_groups));
       block_in = block_out;
-      if (i == levels - 1) level->attn->push_back(VqAttnBlock(block_in));
+      if (i == levels - 1) level->attn->push_back(VqAttnBlock(block_in, c.norm_groups));
     }
     if (i != levels - 1) {
       level->resample_conv = conv(block_in, block_in, 3, 2, 0);
@@ -117,10 +116,10 @@ VqEncoderImpl::VqEncoderImpl(const VqConfig& c) {
     conv_blocks->push_back(level);
   }
   mid = register_module("mid", torch::nn::ModuleList());
-  mid->push_back(VqResnetBlock(block_in, block_in, c.dropout));
-  mid->push_back(VqAttnBlock(block_in));
-  mid->push_back(VqResnetBlock(block_in, block_in, c.dropout));
-  norm_out = register_module("norm_out", group_norm(block_in));
+  mid->push_back(VqResnetBlock(block_in, block_in, c.dropout, c.norm_groups));
+  mid->push_back(VqAttnBlock(block_in, c.norm_groups));
+  mid->push_back(VqResnetBlock(block_in, block_in, c.dropout, c.norm_groups));
+  norm_out = register_module("norm_out", group_norm(c.norm_groups, block_in));
   conv_out = register_module("conv_out", conv(block_in, c.z_channels, 3));
 }
 
@@ -136,9 +135,9 @@ VqDecoderImpl::VqDecoderImpl(const VqConfig& c) {
   int64_t block_in = c.ch * c.ch_mult[levels - 1];
   conv_in = register_module("conv_in", conv(c.z_channels, block_in, 3));
   mid = register_module("mid", torch::nn::ModuleList());
-  mid->push_back(VqResnetBlock(block_in, block_in, c.dropout));
-  mid->push_back(VqAttnBlock(block_in));
-  mid->push_back(VqResnetBlock(block_in, block_in, c.dropout));
+  mid->push_back(VqResnetBlock(block_in, block_in, c.dropout, c.norm_groups));
+  mid->push_back(VqAttnBlock(block_in, c.norm_groups));
+  mid->push_back(VqResnetBlock(block_in, block_in, c.dropout, c.norm_groups));
   conv_blocks = register_module("conv_blocks", torch::nn::ModuleList());
   for (int64_t i = levels - 1; i >= 0; --i) {
     auto level = VqLevel();
@@ -146,9 +145,9 @@ VqDecoderImpl::VqDecoderImpl(const VqConfig& c) {
     level->attn = level->register_module("attn", torch::nn::ModuleList());
     const int64_t block_out = c.ch * c.ch_mult[i];
     for (int64_t j = 0; j < c.num_res_blocks + 1; ++j) {
-      level->res->push_back(VqResnetBlock(block_in, block_out, c.dropout));
+      level->res->push_back(VqResnetBlock(block_in, block_out, c.dropout, c.norm_groups));
       block_in = block_out;
-      if (i == levels - 1) level->attn->push_back(VqAttnBlock(block_in));
+      if (i == levels - 1) level->attn->push_back(VqAttnBlock(block_in, c.norm_groups));
     }
     if (i != 0) {
       level->resample_conv = conv(block_in, block_in, 3);
@@ -158,7 +157,7 @@ VqDecoderImpl::VqDecoderImpl(const VqConfig& c) {
     }
     conv_blocks->push_back(level);
   }
-  norm_out = register_module("norm_out", group_norm(block_in));
+  norm_out = register_module("norm_out", group_norm(c.norm_groups, block_in));
   conv_out = register_module("conv_out", conv(block_in, 3, 3));
 }
 

@@ -1,6 +1,5 @@
 #include "aim/train/trainer.h"
 
-#include <ATen/autocast_mode.h>
 #include <unistd.h>
 
 #include <chrono>
@@ -34,6 +33,7 @@
 #include "aim/train/flops.h"
 #include "aim/train/optim.h"
 #include "aim/train/run_dir.h"
+#include "train_util.h"
 
 namespace aim::train {
 
@@ -57,12 +57,37 @@ void on_stop_signal(int sig) {
     return;
   }
   g_stop_signal = sig;
-  const char msg[] = "\naim train: stop requested; finishing the current step and saving "
+  const char msg[] = "\naim: stop requested; finishing the current step and saving "
                      "(signal again to abort)\n";
   [[maybe_unused]] auto n = ::write(STDERR_FILENO, msg, sizeof(msg) - 1);
 }
 
 }  // namespace
+
+int stop_signal() { return static_cast<int>(g_stop_signal); }
+
+uint64_t micro_seed(int64_t seed, int64_t step, int64_t micro, int64_t rank) {
+  uint64_t h = splitmix64(static_cast<uint64_t>(seed) ^ 0x7472616e2d61696dULL);
+  h = splitmix64(h ^ static_cast<uint64_t>(step));
+  h = splitmix64(h ^ static_cast<uint64_t>(micro));
+  h = splitmix64(h ^ static_cast<uint64_t>(rank));
+  return h >> 1;  // torch seeds are taken as uint64 but kept positive for readability
+}
+
+std::string fmt(double v, int precision) {
+  std::ostringstream s;
+  s << std::setprecision(precision) << v;
+  return s.str();
+}
+
+std::string fmt_count(double v) {
+  std::ostringstream s;
+  s << std::fixed << std::setprecision(1);
+  if (v >= 1e6) s << v / 1e6 << "M";
+  else if (v >= 1e3) s << v / 1e3 << "k";
+  else s << std::setprecision(0) << v;
+  return s.str();
+}
 
 void install_stop_handlers() {
   struct sigaction sa {};
@@ -79,44 +104,6 @@ void install_stop_handlers() {
 namespace {
 
 // ------------------------------------------------------------------------------------ helpers
-
-/// bf16 autocast for the forward pass (parameters stay fp32); no-op for fp32.
-class AutocastScope {
- public:
-  AutocastScope(bool enabled, c10::DeviceType device) : enabled_(enabled), device_(device) {
-    if (!enabled_) return;
-    prev_enabled_ = at::autocast::is_autocast_enabled(device_);
-    prev_dtype_ = at::autocast::get_autocast_dtype(device_);
-    at::autocast::set_autocast_enabled(device_, true);
-    at::autocast::set_autocast_dtype(device_, at::kBFloat16);
-    at::autocast::increment_nesting();
-  }
-  ~AutocastScope() {
-    if (!enabled_) return;
-    if (at::autocast::decrement_nesting() == 0) at::autocast::clear_cache();
-    at::autocast::set_autocast_enabled(device_, prev_enabled_);
-    at::autocast::set_autocast_dtype(device_, prev_dtype_);
-  }
-  AutocastScope(const AutocastScope&) = delete;
-  AutocastScope& operator=(const AutocastScope&) = delete;
-
- private:
-  bool enabled_;
-  c10::DeviceType device_;
-  bool prev_enabled_ = false;
-  at::ScalarType prev_dtype_ = at::kBFloat16;
-};
-
-/// Seed of the random draws (class dropout, token dropout) of one micro-batch: a pure function
-/// of (seed, step, micro-batch, rank), so a resumed run draws exactly what the uninterrupted one
-/// would have drawn without saving generator states.
-uint64_t micro_seed(int64_t seed, int64_t step, int64_t micro, int64_t rank) {
-  uint64_t h = splitmix64(static_cast<uint64_t>(seed) ^ 0x7472616e2d61696dULL);
-  h = splitmix64(h ^ static_cast<uint64_t>(step));
-  h = splitmix64(h ^ static_cast<uint64_t>(micro));
-  h = splitmix64(h ^ static_cast<uint64_t>(rank));
-  return h >> 1;  // torch seeds are taken as uint64 but kept positive for readability
-}
 
 class BatchStream {
  public:
@@ -243,21 +230,6 @@ void init_from_checkpoint(AimModel& model, const TrainOptions& options, bool mai
   }
   load_official_state_dict(model, sd, ref.weights_path);
   if (main) std::cerr << "init: weights from " << ref.weights_path << note << "\n";
-}
-
-std::string fmt(double v, int precision = 4) {
-  std::ostringstream s;
-  s << std::setprecision(precision) << v;
-  return s.str();
-}
-
-std::string fmt_count(double v) {
-  std::ostringstream s;
-  s << std::fixed << std::setprecision(1);
-  if (v >= 1e6) s << v / 1e6 << "M";
-  else if (v >= 1e3) s << v / 1e3 << "k";
-  else s << std::setprecision(0) << v;
-  return s.str();
 }
 
 }  // namespace

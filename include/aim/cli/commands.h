@@ -27,6 +27,14 @@ Runner add_sample_command(CLI::App& app);
 /// process or many (ranks from mpirun, srun or torchrun-style variables).
 Runner add_train_command(CLI::App& app);
 
+/// `aim train-vq CONFIG [--set k=v ...] [--resume DIR|auto] [--init VQ]`: stage-1 tokenizer
+/// training on an image folder.
+Runner add_train_vq_command(CLI::App& app);
+
+/// `aim eval-vq --vq TOKENIZER --data DIR [--image-size S] [--json F]`: reconstruction PSNR and
+/// codebook usage.
+Runner add_eval_vq_command(CLI::App& app);
+
 /// `aim make-dataset codes --out FILE ...` | `shapes --out DIR ...`: built-in datasets (synthetic
 /// codes for aim train, procedural shape images).
 Runner add_make_dataset_command(CLI::App& app);

@@ -83,6 +83,9 @@ struct VqConfig {
   std::vector<int64_t> ch_mult = {1, 1, 2, 2, 4};  ///< per-level width multipliers
   int64_t z_channels = 256;                ///< encoder output / decoder input width
   int64_t num_res_blocks = 2;              ///< residual blocks per level
+  /// GroupNorm groups (LlamaGen: 32). Not stored in the weights; narrow tokenizers (ch 32) need
+  /// fewer, since 32 groups of one channel erase each channel's mean (and with it colour).
+  int64_t norm_groups = 32;
   double dropout = 0.0;                    ///< dropout inside the residual blocks
   std::string weights;                     ///< tokenizer .safetensors ("" = none given)
 
@@ -168,6 +171,31 @@ struct SampleConfig {
   void validate() const;
 };
 
+/// Stage-1 tokenizer training (aim train-vq): LlamaGen's VQ losses. The loss is
+///   l1_weight * |x - x'| + l2_weight * (x - x')^2                         (reconstruction)
+/// + codebook_weight * (||sg[z] - z_q||^2 + commit_beta * ||z - sg[z_q]||^2 + entropy_weight * H)
+/// + disc_weight * (-D(x')) after disc_start steps                           (PatchGAN, hinge)
+/// with z and z_q l2-normalised when vq.codebook_l2_norm. Data, optimizer, schedule and run
+/// settings come from the data, optim, schedule and train sections.
+struct VqTrainConfig {
+  double l1_weight = 1.0;            ///< mean absolute reconstruction error
+  double l2_weight = 1.0;            ///< mean squared reconstruction error
+  double codebook_weight = 1.0;      ///< codebook (+ commitment, entropy) loss weight
+  double commit_beta = 0.25;         ///< commitment loss factor
+  double entropy_weight = 0.0;       ///< entropy loss (LlamaGen: 0 for VQ-16)
+  double entropy_temperature = 0.01; ///< softmax temperature of the entropy loss
+  int64_t restart_every = 0;         ///< steps between dead-code restarts; 0 = never (LlamaGen)
+  bool hflip = true;                 ///< random horizontal flips
+  double disc_weight = 0.0;          ///< PatchGAN generator loss weight; 0 = no discriminator
+  int64_t disc_start = 0;            ///< optimizer step at which the adversarial losses start
+  int64_t disc_channels = 64;        ///< PatchGAN base width
+  int64_t disc_layers = 3;           ///< PatchGAN stride-2 layers
+  double disc_lr = 0.0;              ///< discriminator lr; 0 = the generator's peak lr
+  int64_t eval_images = 64;          ///< images of the reconstruction grid and held-out PSNR
+
+  void validate() const;
+};
+
 /// Multi-process settings (ranks come from MPI or torchrun-style environment variables).
 struct DistConfig {
   std::string backend = "auto";  ///< "auto" (nccl on CUDA, gloo on CPU) | "nccl" | "gloo"
@@ -175,6 +203,10 @@ struct DistConfig {
 
   void validate() const;
 };
+
+/// What a config is loaded for: stage-2 AiM training and sampling (every rule) or stage-1
+/// tokenizer training (the model section is not used, so its rules are not applied).
+enum class ConfigUse { kAim, kTokenizer };
 
 /// Everything a run needs. Loaded from YAML (any key may be omitted), then `--set` overrides,
 /// then resolve(), then validate().
@@ -188,11 +220,13 @@ struct Config {
   TrainConfig train;
   SampleConfig sample;
   DistConfig dist;
+  VqTrainConfig vq_train;
 
   /// Fills derived defaults (model.resolve(), train.out_dir). Idempotent.
   void resolve();
-  /// Every section's rules plus the rules across sections (vocab = codebook, tokens = grid).
-  void validate() const;
+  /// Every section's rules plus, for ConfigUse::kAim, the rules across sections (vocab =
+  /// codebook, tokens = grid). ConfigUse::kTokenizer (aim train-vq) skips the model section.
+  void validate(ConfigUse use = ConfigUse::kAim) const;
   /// Peak learning rate of this run: optim.peak_lr(train.global_batch).
   double lr() const { return optim.peak_lr(train.global_batch); }
 };
@@ -221,11 +255,13 @@ std::string config_value(const Config& config, const std::string& key);
 
 /// Reads a YAML config, applies `--set` overrides in order, resolves and validates.
 /// Errors name the file, the dotted key, what was expected and what was found.
-Config load_config(const std::string& yaml_path, const std::vector<std::string>& overrides = {});
+Config load_config(const std::string& yaml_path, const std::vector<std::string>& overrides = {},
+                   ConfigUse use = ConfigUse::kAim);
 
 /// load_config() on YAML text; `what` names the source in error messages.
 Config config_from_yaml_string(const std::string& text, const std::string& what,
-                               const std::vector<std::string>& overrides = {});
+                               const std::vector<std::string>& overrides = {},
+                               ConfigUse use = ConfigUse::kAim);
 
 /// Applies one `section.key=value` assignment (value: a YAML scalar or flow sequence such as
 /// `[1, 2]`). Does not resolve or validate. Errors name the `--set` flag.

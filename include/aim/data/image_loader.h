@@ -24,12 +24,22 @@ struct ImageLoaderOptions {
   int64_t threads = 4;        ///< decode/transform threads
   int64_t prefetch = 2;       ///< decoded batches held ahead
   uint64_t seed = 0;
+  bool hflip = false;         ///< random horizontal flip after the crop (tokenizer training)
+};
+
+/// A batch of transformed images (no tokenizer).
+struct ImageBatch {
+  torch::Tensor images;  ///< [B', 3, S, S] float32 in [-1, 1]
+  torch::Tensor labels;  ///< [B'] int64
+  int64_t epoch = 0;
+  int64_t batch = 0;     ///< index within the epoch
 };
 
 class ImageLoader {
  public:
   /// Serves batches start_batch, ... of `epoch` of this rank's share of `list`; `sampler` is
-  /// built for list.entries.size() samples. Codes come from `vq` on `device`.
+  /// built for list.entries.size() samples. Codes come from `vq` on `device`; with a null `vq`
+  /// only next_images() may be called.
   ImageLoader(const ImageList& list, VqModel vq, torch::Device device, DistributedSampler sampler,
               int64_t epoch, int64_t start_batch, ImageLoaderOptions options);
   ~ImageLoader();
@@ -39,6 +49,8 @@ class ImageLoader {
   /// The next batch (codes [B', T], labels [B']); unreadable images are dropped from their batch
   /// (B' < B) and counted. nullopt after the epoch's last batch.
   std::optional<CodeBatch> next();
+  /// The next batch of images themselves, as next() would have encoded them.
+  std::optional<ImageBatch> next_images();
   int64_t batches_per_epoch() const { return batches_; }
   int64_t skipped() const { return skipped_.load(); }
 

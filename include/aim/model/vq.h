@@ -14,11 +14,11 @@
 
 namespace aim {
 
-/// GroupNorm(32) -> SiLU -> conv3x3 -> GroupNorm(32) -> SiLU -> dropout -> conv3x3, plus a 1x1
+/// GroupNorm(groups) -> SiLU -> conv3x3 -> GroupNorm(32) -> SiLU -> dropout -> conv3x3, plus a 1x1
 /// `nin_shortcut` when the width changes.
 class VqResnetBlockImpl : public torch::nn::Module {
  public:
-  VqResnetBlockImpl(int64_t in_channels, int64_t out_channels, double dropout);
+  VqResnetBlockImpl(int64_t in_channels, int64_t out_channels, double dropout, int64_t groups = 32);
   torch::Tensor forward(const torch::Tensor& x);
   torch::nn::GroupNorm norm1{nullptr}, norm2{nullptr};
   torch::nn::Conv2d conv1{nullptr}, conv2{nullptr}, nin_shortcut{nullptr};
@@ -29,7 +29,7 @@ TORCH_MODULE(VqResnetBlock);
 /// Single-head spatial self-attention with 1x1 q, k, v, proj_out and a residual.
 class VqAttnBlockImpl : public torch::nn::Module {
  public:
-  explicit VqAttnBlockImpl(int64_t channels);
+  explicit VqAttnBlockImpl(int64_t channels, int64_t groups = 32);
   torch::Tensor forward(const torch::Tensor& x);
   torch::nn::GroupNorm norm{nullptr};
   torch::nn::Conv2d q{nullptr}, k{nullptr}, v{nullptr}, proj_out{nullptr};

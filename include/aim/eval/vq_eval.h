@@ -1,0 +1,38 @@
+#pragma once
+// Reconstruction quality of a tokenizer on an image collection (aim eval-vq): PSNR of the
+// uint8 reconstructions, and how much of the codebook the images use.
+#include <cstdint>
+#include <string>
+
+#include <torch/types.h>
+
+#include "aim/data/image_folder.h"
+#include "aim/model/vq.h"
+
+namespace aim {
+
+struct TokenizerEvalOptions {
+  int64_t image_size = 256;  ///< center_crop_arr (ADM / LlamaGen) to this size
+  int64_t batch_size = 32;
+  int64_t max_images = 0;    ///< 0 = all; else this many, spread evenly over the list
+  torch::Device device = torch::kCPU;
+  bool progress = true;
+  /// When set, reconstructions are written as <recon_dir>/<class>/<index:05>.png (an ImageFolder
+  /// tree that aim analyse-shapes and other tools can score).
+  std::string recon_dir;
+};
+
+struct TokenizerEval {
+  int64_t images = 0;
+  double psnr = 0.0;         ///< dB, mean over images, on uint8 images (peak 255)
+  double psnr_min = 0.0;     ///< the worst image
+  double mse = 0.0;          ///< mean squared error in [0, 1] units
+  int64_t codes_used = 0;    ///< distinct codes over all images
+  double usage = 0.0;        ///< codes_used / codebook size
+  double perplexity = 0.0;   ///< exp(entropy) of the code histogram
+};
+
+/// Encodes and decodes the images of `list` and measures the reconstructions.
+TokenizerEval evaluate_tokenizer(VqModel& model, const ImageList& list, const TokenizerEvalOptions& options);
+
+}  // namespace aim

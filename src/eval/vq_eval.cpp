@@ -1,0 +1,82 @@
+#include "aim/eval/vq_eval.h"
+
+#include <torch/torch.h>
+
+#include <cmath>
+#include <filesystem>
+
+#include "aim/core/error.h"
+#include "aim/core/progress.h"
+#include "aim/data/image.h"
+
+namespace aim {
+
+namespace fs = std::filesystem;
+
+TokenizerEval evaluate_tokenizer(VqModel& model, const ImageList& list, const TokenizerEvalOptions& o) {
+  AIM_CHECK(o.batch_size >= 1, "--batch-size must be >= 1, found ", o.batch_size);
+  const int64_t total = static_cast<int64_t>(list.entries.size());
+  const int64_t n = o.max_images > 0 ? std::min(o.max_images, total) : total;
+  AIM_CHECK(n > 0, str_cat(list.source, ": no images"));
+  const int64_t k = model->config.codebook_size;
+  const int64_t f = model->config.downsample();
+  AIM_CHECK(o.image_size % f == 0, str_cat("--image-size ", o.image_size, ": expected a multiple of the tokenizer's "
+                                           "downsampling factor ", f));
+  const int64_t side = o.image_size / f;
+  auto counts = torch::zeros({k}, torch::kLong);
+  double psnr_sum = 0.0, psnr_min = 1e9, mse_sum = 0.0;
+  model->eval();
+  Progress progress("eval-vq", n, "img", o.progress);
+  torch::NoGradGuard no_grad;
+  for (int64_t start = 0; start < n; start += o.batch_size) {
+    const int64_t end = std::min(n, start + o.batch_size);
+    std::vector<Image> originals;
+    std::vector<int64_t> indices;
+    for (int64_t i = start; i < end; ++i) {
+      const int64_t idx = n == total ? i : i * total / n;
+      indices.push_back(idx);
+      originals.push_back(center_crop_arr(decode_image(list.entries[static_cast<size_t>(idx)].path),
+                                          static_cast<int>(o.image_size)));
+    }
+    const auto x = to_tensor(originals).to(o.device);
+    const auto codes = model->encode(x);
+    const auto rec = model->decode(codes, side, side);
+    if (!o.recon_dir.empty()) {
+      const auto tiles = from_tensor_batch(rec);
+      for (size_t j = 0; j < tiles.size(); ++j) {
+        const auto& e = list.entries[static_cast<size_t>(indices[j])];
+        const fs::path dir = fs::path(o.recon_dir) / list.classes[static_cast<size_t>(e.label)];
+        fs::create_directories(dir);
+        char name[32];
+        std::snprintf(name, sizeof(name), "%05lld.png", static_cast<long long>(indices[j]));
+        write_png((dir / name).string(), tiles[j]);
+      }
+    }
+    counts += torch::bincount(codes.reshape({-1}).to(torch::kCPU), {}, k);
+    const auto a = to_uint8_hwc(x).to(torch::kDouble);
+    const auto b = to_uint8_hwc(rec).to(torch::kDouble);
+    const auto mse = (a - b).pow(2).mean({1, 2, 3});  // per image, uint8 units
+    for (int64_t i = 0; i < mse.size(0); ++i) {
+      const double m = mse[i].item<double>();
+      const double p = m > 0 ? 10.0 * std::log10(255.0 * 255.0 / m) : 99.0;
+      psnr_sum += p;
+      psnr_min = std::min(psnr_min, p);
+      mse_sum += m / (255.0 * 255.0);
+    }
+    progress.update(end - start);
+  }
+  progress.finish();
+  TokenizerEval r;
+  r.images = n;
+  r.psnr = psnr_sum / static_cast<double>(n);
+  r.psnr_min = psnr_min;
+  r.mse = mse_sum / static_cast<double>(n);
+  r.codes_used = (counts > 0).sum().item<int64_t>();
+  r.usage = static_cast<double>(r.codes_used) / static_cast<double>(k);
+  const auto p = counts.to(torch::kDouble) / counts.sum().to(torch::kDouble);
+  const auto nz = p.masked_select(p > 0);
+  r.perplexity = std::exp(-(nz * nz.log()).sum().item<double>());
+  return r;
+}
+
+}  // namespace aim

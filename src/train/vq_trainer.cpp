@@ -1,0 +1,554 @@
+#include "aim/train/vq_trainer.h"
+
+#include <chrono>
+#include <cmath>
+#include <filesystem>
+#include <fstream>
+#include <iomanip>
+#include <iostream>
+#include <memory>
+#include <nlohmann/json.hpp>
+#include <sstream>
+
+#include "aim/core/env.h"
+#include "aim/core/error.h"
+#include "aim/core/fileio.h"
+#include "aim/core/progress.h"
+#include "aim/core/safetensors.h"
+#include "aim/data/image.h"
+#include "aim/data/image_folder.h"
+#include "aim/data/image_loader.h"
+#include "aim/data/sampler.h"
+#include "aim/model/loader.h"
+#include "aim/model/vq.h"
+#include "aim/train/dist.h"
+#include "aim/train/optim.h"
+#include "aim/train/run_dir.h"
+#include "aim/train/vq_losses.h"
+#include "train_util.h"
+
+namespace aim::train {
+
+namespace fs = std::filesystem;
+
+namespace {
+
+std::vector<std::pair<std::string, torch::Tensor>> module_state(const torch::nn::Module& m) {
+  std::vector<std::pair<std::string, torch::Tensor>> out;
+  for (const auto& p : m.named_parameters(true)) out.emplace_back(p.key(), p.value().detach());
+  for (const auto& b : m.named_buffers(true)) out.emplace_back(b.key(), b.value().detach());
+  return out;
+}
+
+void load_module_state(torch::nn::Module& m, const std::string& path) {
+  SafetensorsFile f(path);
+  const auto sd = f.load_all();
+  torch::NoGradGuard no_grad;
+  auto copy = [&](const std::string& name, torch::Tensor& dst) {
+    const auto it = sd.find(name);
+    if (it == sd.end()) throw Error(str_cat(path, ": missing tensor '", name, "'"));
+    if (it->second.sizes() != dst.sizes())
+      throw Error(str_cat(path, ": tensor '", name, "' has shape ", it->second.sizes(), ", expected ", dst.sizes()));
+    dst.copy_(it->second);
+  };
+  for (auto& p : m.named_parameters(true)) copy(p.key(), p.value());
+  for (auto& b : m.named_buffers(true)) copy(b.key(), b.value());
+}
+
+/// `n` images spread evenly over the list (every class shows up), centre-cropped.
+torch::Tensor grid_images(const ImageList& list, int64_t n, int64_t size, double mid_ratio) {
+  const int64_t total = static_cast<int64_t>(list.entries.size());
+  n = std::min(n, total);
+  std::vector<torch::Tensor> views;
+  for (int64_t i = 0; i < n; ++i) {
+    const int64_t idx = i * total / n;
+    views.push_back(to_tensor(aim_eval_transform(decode_image(list.entries[static_cast<size_t>(idx)].path),
+                                                 static_cast<int>(size), mid_ratio)));
+  }
+  return torch::stack(views);
+}
+
+}  // namespace
+
+VqTrainResult run_vq_training(const Config& config_in, const TrainOptions& options) {
+  Config config = config_in;
+  const LaunchEnv env = detect_launch_env();
+  const torch::Device device = options.device;
+  DistContext dist = init_distributed(config.dist, env, device);
+  const int64_t rank = dist.rank(), world = dist.world_size();
+  const bool main = dist.is_main();
+  const bool verbose = main && !options.quiet;
+  auto say = [&](const std::string& line) {
+    if (verbose) std::cerr << line << "\n";
+  };
+  const VqTrainConfig& vt = config.vq_train;
+  if (config.train.ema) throw Error("train.ema: not supported by aim train-vq (expected false, found true)");
+
+  // ---- resume
+  std::string resume_dir;
+  if (options.resume == "auto") {
+    const fs::path run(config.train.out_dir);
+    if (fs::exists(run / "latest")) resume_dir = resolve_resume_dir(run.string());
+  } else if (!options.resume.empty()) {
+    resume_dir = resolve_resume_dir(options.resume);
+  }
+  TrainerState state;
+  if (!resume_dir.empty()) {
+    const auto saved = load_config((fs::path(resume_dir) / "config.yaml").string(), {}, ConfigUse::kTokenizer);
+    Config a, b;
+    a.vq = saved.vq;
+    b.vq = config.vq;
+    a.vq.weights = b.vq.weights = "";
+    if (a != b)
+      throw Error(str_cat("--resume ", resume_dir, ": the checkpoint's vq section differs from this run's "
+                          "config\n---> HINT: resume with the run's own config.yaml"));
+    const std::string state_path = (fs::path(resume_dir) / "trainer_state.json").string();
+    state = TrainerState::from_json(read_text(state_path), state_path);
+  }
+
+  const int64_t micro = config.train.micro_batch;
+  if (config.train.global_batch % (micro * world) != 0)
+    throw Error(str_cat("train.global_batch ", config.train.global_batch, " must be a multiple of "
+                        "train.micro_batch (", micro, ") x ranks (", world, ")"));
+  const int64_t accum = config.train.global_batch / (micro * world);
+
+  // ---- data
+  if (config.data.images.empty())
+    throw Error("data.images: expected an image folder (class sub-folders) to train the tokenizer on, found ''"
+                "\n---> HINT: aim make-dataset shapes --out data/shapes, then --set data.images=data/shapes");
+  const auto list = std::make_shared<ImageList>(list_image_folder(config.data.images));
+  const int64_t num_samples = static_cast<int64_t>(list->entries.size());
+  DistributedSampler sampler(num_samples, rank, world, config.data.shuffle, static_cast<uint64_t>(config.train.seed));
+  const int64_t batches_per_epoch = sampler.per_rank() / micro;
+  const int64_t steps_per_epoch = batches_per_epoch / accum;
+  if (steps_per_epoch < 1)
+    throw Error(str_cat("data.images ", config.data.images, ": ", num_samples, " images, fewer than one "
+                        "global batch (train.global_batch ", config.train.global_batch, ")"));
+  const int64_t total_steps =
+      config.train.max_steps > 0 ? config.train.max_steps : config.train.epochs * steps_per_epoch;
+  ImageLoaderOptions lo;
+  lo.batch_size = micro;
+  lo.image_size = config.data.image_size;
+  lo.mid_ratio = config.data.crop_ratio;
+  lo.threads = std::max<int64_t>(1, config.data.num_workers);
+  lo.seed = static_cast<uint64_t>(config.train.seed);
+  lo.hflip = vt.hflip;
+
+  // ---- models and optimizers
+  torch::manual_seed(static_cast<uint64_t>(config.train.seed));
+  VqModel model(config.vq);
+  PatchDiscriminator disc{nullptr};
+  const bool use_disc = vt.disc_weight > 0;
+  if (use_disc) disc = PatchDiscriminator(vt.disc_channels, vt.disc_layers);
+  if (!options.init.empty() && resume_dir.empty()) {
+    auto init = load_vq_model(options.init, options.init_config);
+    const auto sd = vq_state_dict(init.model);
+    load_vq_state_dict(model, std::map<std::string, torch::Tensor>(sd.begin(), sd.end()), options.init);
+    say(str_cat("init: tokenizer weights from ", options.init));
+  }
+  if (!resume_dir.empty()) {
+    const std::string w = (fs::path(resume_dir) / "model.safetensors").string();
+    load_vq_state_dict(model, SafetensorsFile(w).load_all(), w);
+    if (use_disc) {
+      const std::string d = (fs::path(resume_dir) / "discriminator.safetensors").string();
+      if (fs::exists(d)) load_module_state(*disc, d);
+    }
+  }
+  model->to(device);
+  model->train();
+  if (use_disc) {
+    disc->to(device);
+    disc->train();
+  }
+  auto params = unique_parameters(*model);
+  std::vector<NamedParam> disc_params;
+  if (use_disc) disc_params = unique_parameters(*disc);
+  {
+    std::vector<torch::Tensor> all;
+    for (const auto& p : params) all.push_back(p.tensor);
+    for (const auto& p : disc_params) all.push_back(p.tensor);
+    dist.broadcast_(all);  // every rank starts from rank 0's weights
+  }
+  AdamW optimizer(params, config.optim, /*fused=*/true);
+  std::unique_ptr<AdamW> disc_optimizer;
+  if (use_disc) disc_optimizer = std::make_unique<AdamW>(disc_params, config.optim, /*fused=*/true);
+  if (!resume_dir.empty()) {
+    const std::string o = (fs::path(resume_dir) / "optimizer.safetensors").string();
+    SafetensorsFile f(o);
+    optimizer.load_state(f.load_all(), f.metadata(), o);
+    AIM_CHECK(optimizer.steps() == state.step, str_cat(o, ": optimizer at step ", optimizer.steps(),
+                                                         " but trainer_state.json at step ", state.step));
+    const std::string d = (fs::path(resume_dir) / "disc_optimizer.safetensors").string();
+    if (use_disc && fs::exists(d)) {
+      SafetensorsFile fd(d);
+      disc_optimizer->load_state(fd.load_all(), fd.metadata(), d);
+    }
+  }
+  auto tensors_of = [](const std::vector<NamedParam>& ps) {
+    std::vector<torch::Tensor> t;
+    for (const auto& p : ps) t.push_back(p.tensor);
+    return t;
+  };
+  // Per-code use since the last dead-code restart (vq_train.restart_every), all ranks.
+  auto code_counts = torch::zeros({config.vq.codebook_size}, torch::TensorOptions().dtype(torch::kLong).device(device));
+  if (!resume_dir.empty() && vt.restart_every > 0) {
+    const std::string c = (fs::path(resume_dir) / "code_counts.safetensors").string();
+    if (fs::exists(c)) code_counts.copy_(SafetensorsFile(c).get("code_counts"));
+  }
+  GradSync grad_sync(tensors_of(params), dist);
+  std::unique_ptr<GradSync> disc_sync;
+  if (use_disc) disc_sync = std::make_unique<GradSync>(tensors_of(disc_params), dist);
+
+  // ---- run directory
+  RunDir run(config.train.out_dir);
+  if (main) write_text_atomic((fs::path(run.path()) / "config.yaml").string(), config_to_yaml(config));
+  const std::string metrics_path = (fs::path(run.path()) / "metrics.jsonl").string();
+  std::ofstream metrics;
+  if (main) metrics.open(metrics_path, std::ios::app);
+  torch::Tensor fixed;
+  if (main) fixed = grid_images(*list, vt.eval_images, config.data.image_size, config.data.crop_ratio);
+
+  const bool bf16 = config.train.precision == "bf16";
+  const double peak_lr = config.lr();
+  const double disc_peak_lr = vt.disc_lr > 0 ? vt.disc_lr : peak_lr;
+  const int64_t f = config.vq.downsample();
+  {
+    int64_t n_params = 0, n_disc = 0;
+    for (const auto& p : params) n_params += p.tensor.numel();
+    for (const auto& p : disc_params) n_disc += p.tensor.numel();
+    std::ostringstream s;
+    s << "aim train-vq: " << config.name << "\n"
+      << "  tokenizer  ch " << config.vq.ch << ", ch_mult [";
+    for (size_t i = 0; i < config.vq.ch_mult.size(); ++i) s << (i ? ", " : "") << config.vq.ch_mult[i];
+    s << "] (downsample " << f << "), codebook " << config.vq.codebook_size << " x " << config.vq.codebook_embed_dim
+      << (config.vq.codebook_l2_norm ? " (l2-normalised)" : "") << ", " << fmt_count(static_cast<double>(n_params))
+      << " parameters\n"
+      << "  data       " << config.data.images << ": " << num_samples << " images, " << list->classes.size()
+      << " classes, " << config.data.image_size << " px -> " << config.data.image_size / f << "x"
+      << config.data.image_size / f << " codes" << (vt.hflip ? ", random flips" : "") << "\n"
+      << "  losses     L1 x " << vt.l1_weight << " + L2 x " << vt.l2_weight << " + codebook x " << vt.codebook_weight
+      << " (commitment beta " << vt.commit_beta << ", entropy " << vt.entropy_weight << ")";
+    if (use_disc)
+      s << " + PatchGAN hinge x " << vt.disc_weight << " from step " << vt.disc_start << " ("
+        << fmt_count(static_cast<double>(n_disc)) << " parameters, lr " << fmt(disc_peak_lr) << ")";
+    s << "\n  batch      global " << config.train.global_batch << " = " << world << " rank(s) x micro " << micro
+      << " x " << accum << " accumulation step(s); " << steps_per_epoch << " steps/epoch\n"
+      << "  schedule   " << total_steps << " steps, peak lr " << fmt(peak_lr) << ", " << config.schedule.type
+      << ", warm-up " << warmup_steps(config.schedule, total_steps) << " steps; precision " << config.train.precision
+      << "\n  device     " << device.str() << ", world size " << world << " (" << env.launcher << ", "
+      << dist.backend() << ")\n"
+      << "  run dir    " << run.path()
+      << (resume_dir.empty() ? std::string() : str_cat("\n  resumed    ", resume_dir, " at step ", state.step));
+    say(s.str());
+  }
+
+  // ---- checkpointing
+  VqTrainResult result;
+  result.total_steps = total_steps;
+  int64_t last_saved = resume_dir.empty() ? -1 : state.step;
+  const auto param_tensors = tensors_of(params);
+  auto save = [&]() {
+    if (world > 1) {
+      const auto check = dist.compare_with_root(param_tensors);
+      if (!check.identical())
+        throw Error(str_cat("step ", state.step, ": parameters differ between ranks (", check.mismatched,
+                            " elements, max |diff| ", check.max_abs_diff, "); not saving"));
+      say(str_cat("replicas: parameters identical on all ", world, " ranks at step ", state.step));
+    }
+    std::string error;
+    if (main) {
+      try {
+        result.checkpoint = run.save(
+            state.step,
+            [&](const std::string& dir) {
+              write_text_atomic((fs::path(dir) / "config.yaml").string(), config_to_yaml(config));
+              save_safetensors((fs::path(dir) / "model.safetensors").string(), vq_state_dict(model),
+                               {{"format", "pt"}});
+              save_safetensors((fs::path(dir) / "optimizer.safetensors").string(), optimizer.state_tensors(),
+                               optimizer.state_metadata());
+              if (use_disc) {
+                save_safetensors((fs::path(dir) / "discriminator.safetensors").string(), module_state(*disc),
+                                 {{"format", "pt"}});
+                save_safetensors((fs::path(dir) / "disc_optimizer.safetensors").string(),
+                                 disc_optimizer->state_tensors(), disc_optimizer->state_metadata());
+              }
+              if (vt.restart_every > 0)
+                save_safetensors((fs::path(dir) / "code_counts.safetensors").string(),
+                                 {{"code_counts", code_counts.to(torch::kCPU)}}, {});
+              write_text_atomic((fs::path(dir) / "trainer_state.json").string(), state.to_json());
+            },
+            config.train.keep_last);
+        say(str_cat("checkpoint: ", result.checkpoint));
+      } catch (const std::exception& e) {
+        error = e.what();
+      }
+    }
+    if (dist.any_true(!error.empty())) throw Error(main ? error : "rank 0 failed to save a checkpoint; see its message");
+    last_saved = state.step;
+  };
+
+  double usage = 0.0;
+  // Reconstructions of the fixed images in eval mode: a grid (originals above reconstructions)
+  // and their PSNR.
+  auto reconstruction_grid = [&]() {
+    if (!main) return;
+    model->eval();
+    torch::Tensor rec;
+    {
+      torch::NoGradGuard ng;
+      AutocastScope ac(bf16, device.type());
+      std::vector<torch::Tensor> parts;
+      for (int64_t i = 0; i < fixed.size(0); i += micro)
+        parts.push_back(model->reconstruct(fixed.slice(0, i, std::min(fixed.size(0), i + micro)).to(device))
+                            .to(torch::kCPU, torch::kFloat));
+      rec = torch::cat(parts);
+    }
+    model->train();
+    const double p = psnr(fixed, rec);
+    result.psnr = p;
+    const int64_t n = fixed.size(0), cols = std::min<int64_t>(8, n);
+    std::vector<Image> tiles;
+    const auto orig = from_tensor_batch(fixed), recs = from_tensor_batch(rec);
+    for (int64_t r = 0; r * cols < n; ++r) {
+      for (int64_t c = 0; c < cols; ++c) {
+        const int64_t i = r * cols + c;
+        tiles.push_back(i < n ? orig[static_cast<size_t>(i)] : Image(orig[0].width, orig[0].height));
+      }
+      for (int64_t c = 0; c < cols; ++c) {
+        const int64_t i = r * cols + c;
+        tiles.push_back(i < n ? recs[static_cast<size_t>(i)] : Image(orig[0].width, orig[0].height));
+      }
+    }
+    char name[64];
+    std::snprintf(name, sizeof(name), "step-%08lld.png", static_cast<long long>(state.step));
+    fs::create_directories(fs::path(run.path()) / "samples");
+    const std::string path = (fs::path(run.path()) / "samples" / name).string();
+    write_png(path, make_grid(tiles, static_cast<int>(cols), 2, {255, 255, 255}));
+    say(str_cat("reconstructions: ", path, " (PSNR ", fmt(p, 4), " dB over ", n, " images)"));
+    nlohmann::ordered_json j;
+    j["kind"] = "eval";
+    j["step"] = state.step;
+    j["psnr"] = p;
+    j["codebook_usage"] = usage;
+    metrics << j.dump() << "\n";
+    metrics.flush();
+  };
+
+  // ---- the loop
+  std::unique_ptr<ImageLoader> loader;
+  auto next_batch = [&]() -> ImageBatch {
+    if (!loader)
+      loader = std::make_unique<ImageLoader>(*list, VqModel{nullptr}, device, sampler, state.epoch, state.batch, lo);
+    auto b = loader->next_images();
+    AIM_CHECK(b.has_value(), str_cat("data ended early at epoch ", state.epoch, " batch ", state.batch));
+    ++state.batch;
+    return std::move(*b);
+  };
+  state.world_size = world;
+  state.global_batch = config.train.global_batch;
+  state.micro_batch = micro;
+  state.seed = config.train.seed;
+
+  Progress progress("train-vq", total_steps, "step", verbose, 0.0);
+  progress.resume_at(state.step);
+  const auto t_start = std::chrono::steady_clock::now();
+  const double elapsed_before = state.elapsed_s;
+  auto window_start = t_start;
+  int64_t window_steps = 0;
+  // Window sums of: loss, l1, l2, codebook, commit, entropy, gen, disc, psnr.
+  constexpr int kTerms = 9;
+  std::array<double, kTerms> window{};
+  const int64_t session_start = state.step;
+  while (state.step < total_steps) {
+    if (dist.any_true(stop_signal() != 0)) {
+      result.interrupted = true;
+      break;
+    }
+    if (options.stop_after > 0 && state.step - session_start >= options.stop_after) {
+      result.paused = true;
+      break;
+    }
+    if (state.batch + accum > batches_per_epoch) {
+      ++state.epoch;
+      state.batch = 0;
+      loader.reset();
+    }
+    const bool adversarial = use_disc && state.step >= vt.disc_start;
+    for (auto& p : params) p.tensor.mutable_grad() = torch::Tensor();
+    for (auto& p : disc_params) p.tensor.mutable_grad() = torch::Tensor();
+    auto opts = torch::TensorOptions().dtype(torch::kFloat).device(device);
+    std::array<torch::Tensor, kTerms> sums;
+    for (auto& t : sums) t = torch::zeros({}, opts);
+    std::vector<std::pair<torch::Tensor, torch::Tensor>> pairs;  // (real, reconstruction) for D
+    torch::Tensor last_z;
+    for (int64_t k = 0; k < accum; ++k) {
+      ImageBatch b = next_batch();
+      torch::manual_seed(micro_seed(config.train.seed, state.step, k, rank));
+      const auto x = b.images.to(device, /*non_blocking=*/true);
+      torch::Tensor total, rec;
+      QuantizeOutput q;
+      torch::Tensor l1, l2, gen;
+      {
+        AutocastScope ac(bf16, device.type());
+        const auto z = model->encode_latent(x);
+        q = quantize_for_training(*model->quantize, z, vt.entropy_weight > 0 ? vt.entropy_temperature : 0.0);
+        rec = model->decoder->forward(model->post_quant_conv->forward(q.z_q.to(z.scalar_type())));
+        const auto diff = rec.to(torch::kFloat) - x;
+        l1 = diff.abs().mean();
+        l2 = diff.pow(2).mean();
+        total = vt.l1_weight * l1 + vt.l2_weight * l2 +
+                vt.codebook_weight * (q.codebook_loss + vt.commit_beta * q.commit_loss);
+        if (q.entropy_loss.defined()) total = total + vt.codebook_weight * vt.entropy_weight * q.entropy_loss;
+        if (adversarial) {
+          for (auto& p : disc_params) p.tensor.requires_grad_(false);
+          gen = hinge_generator_loss(disc->forward(rec));
+          for (auto& p : disc_params) p.tensor.requires_grad_(true);
+          total = total + vt.disc_weight * gen;
+        }
+      }
+      grad_sync.prepare_for_backward(/*sync=*/k == accum - 1);
+      (total / static_cast<double>(accum)).backward();
+      usage = record_codebook_usage(*model->quantize, q.codes);
+      if (vt.restart_every > 0) {
+        code_counts += torch::bincount(q.codes.reshape({-1}), {}, config.vq.codebook_size);
+        last_z = q.z_flat;
+      }
+      if (adversarial) pairs.emplace_back(x, rec.detach());
+      sums[0] += total.detach();
+      sums[1] += l1.detach();
+      sums[2] += l2.detach();
+      sums[3] += q.codebook_loss.detach();
+      sums[4] += q.commit_loss.detach();
+      if (q.entropy_loss.defined()) sums[5] += q.entropy_loss.detach();
+      if (gen.defined()) sums[6] += gen.detach();
+    }
+    // Discriminator: hinge loss on the same images and their (detached) reconstructions.
+    if (adversarial) {
+      for (size_t k = 0; k < pairs.size(); ++k) {
+        torch::Tensor d_loss;
+        {
+          AutocastScope ac(bf16, device.type());
+          d_loss = hinge_discriminator_loss(disc->forward(pairs[k].first), disc->forward(pairs[k].second));
+        }
+        disc_sync->prepare_for_backward(/*sync=*/k + 1 == pairs.size());
+        (d_loss / static_cast<double>(accum)).backward();
+        sums[7] += d_loss.detach();
+      }
+    }
+    state.samples_seen += config.train.global_batch;
+    auto stacked = torch::stack({sums[0], sums[1], sums[2], sums[3], sums[4], sums[5], sums[6], sums[7]}) /
+                   static_cast<double>(accum);
+    dist.all_reduce_(stacked, ReduceOp::kMean);  // one collective for all the loss terms
+    stacked = stacked.to(torch::kCPU, torch::kDouble);
+    std::array<double, kTerms> v{};
+    for (int i = 0; i < 8; ++i) v[static_cast<size_t>(i)] = stacked[i].item<double>();
+    v[8] = v[2] > 0 ? 10.0 * std::log10(4.0 / v[2]) : 99.0;  // PSNR of the mean squared error
+    const double loss_value = v[0];
+    const double gnorm = grad_norm(params);
+    const double lr = peak_lr * lr_factor(config.schedule, state.step, total_steps);
+    if (!std::isfinite(loss_value) || !std::isfinite(gnorm)) {
+      const std::string what = str_cat("step ", state.step + 1, ": non-finite ",
+                                       !std::isfinite(loss_value) ? "loss" : "gradient norm", " (loss ",
+                                       loss_value, ", grad norm ", gnorm, ", lr ", lr, ")");
+      if (!config.train.skip_nonfinite) {
+        const auto l = run.latest();
+        throw Error(str_cat(what, "; stopping without saving. ",
+                            l ? str_cat("The last good checkpoint is ", *l) : std::string("No checkpoint was written yet"),
+                            "\n---> HINT: lower optim.lr, raise schedule.warmup_steps, or set "
+                            "train.skip_nonfinite=true to skip such steps"));
+      }
+      say(what + "; step skipped (train.skip_nonfinite)");
+      ++state.skipped_steps;
+      ++state.step;
+      continue;
+    }
+    clip_gradients(params, gnorm, config.optim.grad_clip);
+    optimizer.step(lr);
+    if (adversarial) {
+      const double dn = grad_norm(disc_params);
+      clip_gradients(disc_params, dn, config.optim.grad_clip);
+      disc_optimizer->step(disc_peak_lr * lr_factor(config.schedule, state.step, total_steps));
+    }
+    ++state.step;
+    state.loss = loss_value;
+    ++window_steps;
+    if (vt.restart_every > 0 && state.step % vt.restart_every == 0) {
+      // Codes no rank used since the last restart take rank 0's current encoder vectors.
+      dist.all_reduce_(code_counts, ReduceOp::kSum);
+      torch::manual_seed(micro_seed(config.train.seed, state.step, accum, 0));
+      const int64_t restarted = restart_unused_codes(*model->quantize, code_counts, last_z);
+      dist.broadcast_({model->quantize->embedding->weight});
+      code_counts.zero_();
+      if (restarted > 0) say(str_cat("step ", state.step, ": restarted ", restarted, " unused codes"));
+    }
+    for (size_t i = 0; i < kTerms; ++i) window[i] += v[i];
+
+    const bool last = state.step == total_steps;
+    if (state.step % config.train.log_every == 0 || last) {
+      const auto now = std::chrono::steady_clock::now();
+      const double dt = std::chrono::duration<double>(now - window_start).count();
+      const double img_s = dt > 0 ? static_cast<double>(window_steps * config.train.global_batch) / dt : 0.0;
+      std::array<double, kTerms> m{};
+      for (size_t i = 0; i < kTerms; ++i) m[i] = window[i] / static_cast<double>(std::max<int64_t>(1, window_steps));
+      state.elapsed_s = elapsed_before + std::chrono::duration<double>(now - t_start).count();
+      const double epoch_f = static_cast<double>(state.step) / static_cast<double>(steps_per_epoch);
+      if (main) {
+        nlohmann::ordered_json j;
+        j["kind"] = "train";
+        j["step"] = state.step;
+        j["epoch"] = epoch_f;
+        j["loss"] = m[0];
+        j["l1"] = m[1];
+        j["l2"] = m[2];
+        j["codebook_loss"] = m[3];
+        j["commit_loss"] = m[4];
+        if (vt.entropy_weight > 0) j["entropy_loss"] = m[5];
+        if (adversarial) {
+          j["gen_loss"] = m[6];
+          j["disc_loss"] = m[7];
+        }
+        j["psnr"] = m[8];
+        j["codebook_usage"] = usage;
+        j["lr"] = lr;
+        j["grad_norm"] = gnorm;
+        j["images_per_s"] = img_s;
+        j["elapsed_s"] = state.elapsed_s;
+        j["world_size"] = world;
+        metrics << j.dump() << "\n";
+        metrics.flush();
+      }
+      std::ostringstream extra;
+      extra << "ep " << std::fixed << std::setprecision(2) << epoch_f << " | loss " << std::setprecision(4) << m[0]
+            << " | rec L1 " << m[1] << " | PSNR " << std::setprecision(2) << m[8] << " dB | usage "
+            << std::setprecision(1) << 100.0 * usage << "%";
+      if (adversarial) extra << std::setprecision(3) << " | G " << m[6] << " D " << m[7];
+      extra << " | lr " << std::scientific << std::setprecision(2) << lr << std::fixed << " | " << fmt_count(img_s)
+            << " img/s";
+      progress.update(window_steps, extra.str());
+      window_start = now;
+      window_steps = 0;
+      window.fill(0.0);
+    }
+    if (config.train.sample_every > 0 && (state.step % config.train.sample_every == 0 || last)) reconstruction_grid();
+    if (config.train.ckpt_every > 0 && state.step % config.train.ckpt_every == 0 && !last) save();
+    if (window_steps == 0) window_start = std::chrono::steady_clock::now();
+  }
+  state.elapsed_s = elapsed_before + std::chrono::duration<double>(std::chrono::steady_clock::now() - t_start).count();
+  if (state.step != last_saved) save();
+  if (result.interrupted || result.paused) {
+    say(str_cat("stopped at step ", state.step, " of ", total_steps, "; resume with --resume ", run.path()));
+  } else {
+    progress.finish(str_cat("loss ", fmt(state.loss)));
+  }
+  dist.barrier();
+  result.steps = state.step;
+  result.loss = state.loss;
+  result.usage = usage;
+  if (result.checkpoint.empty()) {
+    const auto l = run.latest();
+    if (l) result.checkpoint = *l;
+  }
+  return result;
+}
+
+}  // namespace aim::train

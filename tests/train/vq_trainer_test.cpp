@@ -1,0 +1,222 @@
+// Stage-1 tokenizer training: the quantiser's training forward and losses against their
+// definitions, the PatchGAN, and aim train-vq end to end on generated shapes (learning, exact
+// resume with the discriminator, the run directory as a tokenizer for the rest of the pipeline).
+#include <filesystem>
+#include <fstream>
+
+#include "aim/core/config.h"
+#include "aim/core/fileio.h"
+#include "aim/core/safetensors.h"
+#include "aim/data/shapes.h"
+#include "aim/model/loader.h"
+#include "aim/train/run_dir.h"
+#include "aim/train/vq_losses.h"
+#include "aim/train/vq_trainer.h"
+#include "test_util.h"
+
+namespace aim::train {
+namespace {
+
+namespace fs = std::filesystem;
+
+TEST(VqLosses, QuantizerTrainingForwardMatchesItsDefinition) {
+  torch::manual_seed(3);
+  for (bool l2 : {true, false}) {
+    VectorQuantizer q(32, 8, l2);
+    {
+      torch::NoGradGuard ng;
+      q->embedding->weight.normal_();  // spread codes (the default init is nearly all equal)
+    }
+    auto z = torch::randn({2, 8, 3, 4}, torch::requires_grad());
+    const auto out = quantize_for_training(*q, z, 0.05);
+    // Codes: the inference path's nearest codes.
+    EXPECT_TRUE(torch::equal(out.codes, q->nearest(z.detach()))) << "l2 " << l2;
+    // Forward value: the (normalised) code vectors.
+    const auto e = q->codebook().detach();
+    EXPECT_TRUE(torch::allclose(out.z_q.detach(), q->lookup(out.codes, 3, 4).detach(), 1e-6, 1e-6));
+    // Losses in double from the definitions.
+    auto zn = z.detach().to(torch::kDouble).permute({0, 2, 3, 1}).reshape({-1, 8});
+    if (l2) zn = zn / zn.norm(2, 1, true);
+    const auto zq = e.to(torch::kDouble).index_select(0, out.codes.reshape({-1}));
+    const double mse = (zq - zn).pow(2).mean().item<double>();
+    EXPECT_NEAR(out.codebook_loss.item<double>(), mse, 1e-6);
+    EXPECT_NEAR(out.commit_loss.item<double>(), mse, 1e-6);
+    const auto ed = e.to(torch::kDouble);
+    const auto dist = zn.pow(2).sum(1, true) + ed.pow(2).sum(1) - 2 * zn.matmul(ed.t());
+    const auto p = torch::softmax(-dist / 0.05, 1);
+    const double sample_h = -(p * torch::log_softmax(-dist / 0.05, 1)).sum(1).mean().item<double>();
+    const auto avg = p.mean(0);
+    const double avg_h = -(avg * torch::log(avg + 1e-5)).sum().item<double>();
+    EXPECT_NEAR(out.entropy_loss.item<double>(), sample_h - avg_h, 1e-4);
+    // Straight-through: d(sum(z_q * g)) / dz = g (through the normalisation when l2).
+    const auto g = torch::randn_like(out.z_q);
+    (out.z_q * g).sum().backward();
+    if (!l2) {
+      EXPECT_TRUE(torch::allclose(z.grad(), g, 1e-6, 1e-6));
+    } else {
+      auto zz = z.detach().clone().requires_grad_(true);
+      auto n = torch::nn::functional::normalize(zz, torch::nn::functional::NormalizeFuncOptions().dim(1));
+      (n * g).sum().backward();
+      EXPECT_TRUE(torch::allclose(z.grad(), zz.grad(), 1e-5, 1e-6));
+    }
+    // The commitment loss moves the encoder, the codebook loss the codes only.
+    auto z2 = torch::randn({1, 8, 2, 2}, torch::requires_grad());
+    q->zero_grad();
+    quantize_for_training(*q, z2).commit_loss.backward();
+    EXPECT_TRUE(z2.grad().defined());
+    EXPECT_FALSE(q->embedding->weight.grad().defined() && q->embedding->weight.grad().abs().sum().item<double>() > 0);
+    auto z3 = torch::randn({1, 8, 2, 2}, torch::requires_grad());
+    quantize_for_training(*q, z3).codebook_loss.backward();
+    EXPECT_FALSE(z3.grad().defined() && z3.grad().abs().sum().item<double>() > 0);
+    EXPECT_GT(q->embedding->weight.grad().abs().sum().item<double>(), 0);
+  }
+}
+
+TEST(VqLosses, UsageHistoryKeepsTheNewestCodes) {
+  VectorQuantizer q(16, 4, true);
+  EXPECT_DOUBLE_EQ(record_codebook_usage(*q, torch::tensor({3, 5, 5}, torch::kLong)), 3.0 / 16);  // + zeros
+  const int64_t cap = q->codebook_used.size(0);
+  EXPECT_EQ(q->codebook_used[cap - 1].item<double>(), 5);
+  EXPECT_EQ(q->codebook_used[cap - 3].item<double>(), 3);
+  auto all = torch::arange(16).repeat({cap / 16 + 1});  // more than the history holds
+  EXPECT_DOUBLE_EQ(record_codebook_usage(*q, all), 1.0);
+  EXPECT_DOUBLE_EQ(record_codebook_usage(*q, torch::full({cap}, 7, torch::kLong)), 1.0 / 16);
+}
+
+TEST(VqLosses, PatchGanAndHingeLosses) {
+  torch::manual_seed(0);
+  PatchDiscriminator d(16, 3);
+  const auto out = d->forward(torch::randn({2, 3, 64, 64}));
+  EXPECT_EQ(out.sizes(), (std::vector<int64_t>{2, 1, 6, 6}));  // 64 -> 32 -> 16 -> 8 -> 7 -> 6
+  const auto names = d->named_parameters().keys();
+  EXPECT_EQ(names.front(), "main.0.weight");
+  EXPECT_EQ(d->named_parameters()["main.2.weight"].size(0), 32);
+  const auto real = torch::tensor({2.0, 0.5, -1.0}), fake = torch::tensor({-2.0, 0.0, 1.0});
+  // relu(1 - real) = [0, 0.5, 2] -> 5/6; relu(1 + fake) = [0, 1, 2] -> 1.
+  EXPECT_NEAR(hinge_discriminator_loss(real, fake).item<double>(), 5.0 / 6 + 1.0, 1e-6);
+  EXPECT_NEAR(hinge_generator_loss(fake).item<double>(), 1.0 / 3, 1e-6);
+  EXPECT_NEAR(psnr(torch::zeros({1, 3, 2, 2}), torch::full({1, 3, 2, 2}, 0.2)), 10 * std::log10(4 / 0.04), 1e-5);  // fp32 mse
+}
+
+class TrainVqTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    dir_ = fs::temp_directory_path() /
+           ("aim_vq_trainer_test_" + std::string(::testing::UnitTest::GetInstance()->current_test_info()->name()) +
+            "_" + std::to_string(::getpid()));
+    fs::remove_all(dir_);
+    ShapesOptions o;
+    o.classes = 4;
+    o.per_class = 6;  // 24 images: 3 steps of 8 per epoch
+    o.size = 32;
+    o.seed = 5;
+    write_shapes_dataset(images(), o);
+  }
+  void TearDown() override { fs::remove_all(dir_); }
+  std::string images() const { return (dir_ / "shapes").string(); }
+  std::string run(const std::string& name) const { return (dir_ / name).string(); }
+
+  /// configs/vq_demo.yaml shrunk: 32 px, 3 levels (4x: 8x8 codes), global 8 = micro 4 x 2.
+  Config config(const std::string& out, std::vector<std::string> sets = {}) const {
+    std::vector<std::string> all = {"data.images=" + images(), "train.out_dir=" + out, "data.image_size=32",
+                                    "vq.ch_mult=[1, 1, 2]", "vq.z_channels=32", "vq.codebook_size=64",
+                                    "train.global_batch=8", "train.micro_batch=4", "train.max_steps=8",
+                                    "train.ckpt_every=0", "train.log_every=1", "train.sample_every=0",
+                                    "vq_train.eval_images=8", "optim.lr=2e-3", "schedule.warmup_steps=0"};
+    all.insert(all.end(), sets.begin(), sets.end());
+    return load_config(test::source_dir() + "/configs/vq_demo.yaml", all, ConfigUse::kTokenizer);
+  }
+  fs::path dir_;
+};
+
+std::vector<double> logged(const std::string& run_dir, const std::string& key) {
+  std::ifstream in(run_dir + "/metrics.jsonl");
+  std::vector<double> out;
+  std::string line;
+  while (std::getline(in, line)) {
+    if (line.find("\"kind\":\"train\"") == std::string::npos) continue;
+    const auto at = line.find("\"" + key + "\":");
+    if (at != std::string::npos) out.push_back(std::stod(line.substr(at + key.size() + 3)));
+  }
+  return out;
+}
+
+TEST_F(TrainVqTest, ReconstructionLossFallsAndTheGridIsWritten) {
+  TrainOptions o;
+  o.quiet = true;
+  o.device = test::model_device();
+  const auto r = run_vq_training(config(run("a"), {"train.max_steps=12", "train.sample_every=12"}), o);
+  EXPECT_EQ(r.steps, 12);
+  const auto l1 = logged(run("a"), "l1");
+  ASSERT_EQ(l1.size(), 12u);
+  std::printf("    L1 %.4f -> %.4f, grid PSNR %.2f dB, usage %.3f\n", l1.front(), l1.back(), r.psnr, r.usage);
+  EXPECT_LT(l1.back(), 0.7 * l1.front());
+  EXPECT_TRUE(fs::exists(run("a") + "/samples/step-00000012.png"));
+  EXPECT_GT(r.psnr, 5.0);
+  EXPECT_GT(r.usage, 0.0);
+  // The checkpoint holds LlamaGen's key layout.
+  SafetensorsFile f(r.checkpoint + "/model.safetensors");
+  EXPECT_TRUE(f.contains("quantize.embedding.weight"));
+  EXPECT_TRUE(f.contains("encoder.conv_blocks.0.res.0.conv1.weight"));
+  EXPECT_TRUE(f.contains("decoder.conv_out.weight"));
+  EXPECT_TRUE(f.contains("quantize.codebook_used"));
+}
+
+TEST_F(TrainVqTest, ResumeWithTheDiscriminatorContinuesBitwiseIdentically) {
+  // Entropy loss, PatchGAN from step 2, flips and an epoch boundary (3 steps/epoch) in play.
+  const std::vector<std::string> sets = {"train.max_steps=5", "vq_train.disc_weight=0.5", "vq_train.disc_start=2",
+                                         "vq_train.disc_channels=8", "vq_train.disc_layers=2",
+                                         "vq_train.entropy_weight=0.1"};
+  TrainOptions o;
+  o.quiet = true;
+  const auto straight = run_vq_training(config(run("straight"), sets), o);
+  o.stop_after = 3;
+  const auto first = run_vq_training(config(run("resumed"), sets), o);
+  EXPECT_TRUE(first.paused);
+  o.stop_after = 0;
+  o.resume = "auto";
+  const auto second = run_vq_training(config(run("resumed"), sets), o);
+  EXPECT_EQ(second.steps, 5);
+  EXPECT_EQ(straight.loss, second.loss);
+  for (const char* name : {"model.safetensors", "optimizer.safetensors", "discriminator.safetensors",
+                           "disc_optimizer.safetensors"}) {
+    const auto a = load_safetensors(straight.checkpoint + "/" + name);
+    const auto b = load_safetensors(second.checkpoint + "/" + name);
+    ASSERT_EQ(a.size(), b.size()) << name;
+    for (const auto& [k, v] : a) EXPECT_TRUE(torch::equal(v, b.at(k))) << name << ": " << k;
+  }
+  EXPECT_FALSE(logged(run("straight"), "disc_loss").empty());
+}
+
+TEST_F(TrainVqTest, TheRunIsATokenizerForTheRestOfThePipeline) {
+  TrainOptions o;
+  o.quiet = true;
+  const auto r = run_vq_training(config(run("vq"), {"train.max_steps=2"}), o);
+  // load_vq_model reads the run directory (following `latest`) with the run's architecture.
+  auto vq = load_vq_model(run("vq"));
+  EXPECT_EQ(vq.model->config.ch_mult, (std::vector<int64_t>{1, 1, 2}));
+  EXPECT_EQ(vq.model->config.codebook_size, 64);
+  const auto saved = load_safetensors(r.checkpoint + "/model.safetensors");
+  for (const auto& [k, v] : vq_state_dict(vq.model)) EXPECT_TRUE(torch::equal(v, saved.at(k))) << k;
+  // eval-vq and extract-codes take it as --vq.
+  const std::string aim = AIM_BINARY_PATH;
+  auto e = test::run_shell(aim + " eval-vq --vq " + run("vq") + " --data " + images() +
+                           " --image-size 32 --json " + run("eval.json") + " --save-recon " + run("recon"));
+  ASSERT_EQ(e.code, 0) << e.output;
+  EXPECT_NE(e.output.find("PSNR"), std::string::npos) << e.output;
+  EXPECT_NE(read_text(run("eval.json")).find("\"usage\""), std::string::npos);
+  EXPECT_TRUE(fs::exists(run("recon") + "/" + shape_class_dir(0) + "/00000.png"));
+  auto x = test::run_shell(aim + " extract-codes --data " + images() + " --vq " + run("vq") +
+                           " --out " + run("codes") + " --aug flip --image-size 32");
+  ASSERT_EQ(x.code, 0) << x.output;
+  // Errors name the key.
+  EXPECT_NE(test::error_of([&] { config(run("x"), {"vq_train.commit_beta=-1"}); }).find("vq_train.commit_beta"),
+            std::string::npos);
+  EXPECT_NE(test::error_of([&] { config(run("x"), {"data.image_size=30"}); }).find("data.image_size"),
+            std::string::npos);
+  EXPECT_NE(test::error_of([&] { run_vq_training(config(run("x"), {"data.images="}), o); }).find("data.images"),
+            std::string::npos);
+}
+
+}  // namespace
+}  // namespace aim::train
