@@ -30,7 +30,7 @@ Runner add_eval_vq_command(CLI::App& app) {
       ->capture_default_str();
   cmd->add_option("--device", a->device, "cpu | cuda | cuda:<index>")->capture_default_str();
   cmd->add_option("--json", a->json, "also write the figures as JSON");
-  cmd->add_option("--save-recon", a->recon, "write the reconstructions as an ImageFolder tree here");
+  cmd->add_option("--save-recon", a->recon, "write the reconstructions here: same class folders and file names (as PNG)");
   return [cmd, a]() -> int {
     if (!cmd->parsed()) return -1;
     auto vq = load_vq_model(a->vq, a->vq_config);

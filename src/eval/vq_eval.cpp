@@ -47,9 +47,8 @@ TokenizerEval evaluate_tokenizer(VqModel& model, const ImageList& list, const To
         const auto& e = list.entries[static_cast<size_t>(indices[j])];
         const fs::path dir = fs::path(o.recon_dir) / list.classes[static_cast<size_t>(e.label)];
         fs::create_directories(dir);
-        char name[32];
-        std::snprintf(name, sizeof(name), "%05lld.png", static_cast<long long>(indices[j]));
-        write_png((dir / name).string(), tiles[j]);
+        // The source's name (as PNG), so each reconstruction pairs with its original.
+        write_png((dir / fs::path(e.path).filename().replace_extension(".png")).string(), tiles[j]);
       }
     }
     counts += torch::bincount(codes.reshape({-1}).to(torch::kCPU), {}, k);

@@ -147,7 +147,7 @@ std::string describe_model(const ModelConfig& c, bool ema) {
   const auto m = estimate_memory(c, ema);
   std::ostringstream os;
   auto row = [&](const std::string& k, const std::string& v) {
-    os << "  " << std::left << std::setw(34) << k << v << "\n";
+    os << "  " << std::left << std::setw(37) << k << v << "\n";
   };
   os << "architecture\n";
   row("mixer", c.ssm.layer);

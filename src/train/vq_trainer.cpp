@@ -355,6 +355,7 @@ VqTrainResult run_vq_training(const Config& config_in, const TrainOptions& optio
   const double elapsed_before = state.elapsed_s;
   auto window_start = t_start;
   int64_t window_steps = 0;
+  int64_t window_restarts = 0;  // codes restarted since the last log line
   // Window sums of: loss, l1, l2, codebook, commit, entropy, gen, disc, psnr.
   constexpr int kTerms = 9;
   std::array<double, kTerms> window{};
@@ -479,7 +480,7 @@ VqTrainResult run_vq_training(const Config& config_in, const TrainOptions& optio
       const int64_t restarted = restart_unused_codes(*model->quantize, code_counts, last_z);
       dist.broadcast_({model->quantize->embedding->weight});
       code_counts.zero_();
-      if (restarted > 0) say(str_cat("step ", state.step, ": restarted ", restarted, " unused codes"));
+      window_restarts += restarted;
     }
     for (size_t i = 0; i < kTerms; ++i) window[i] += v[i];
 
@@ -509,6 +510,7 @@ VqTrainResult run_vq_training(const Config& config_in, const TrainOptions& optio
         }
         j["psnr"] = m[8];
         j["codebook_usage"] = usage;
+        if (vt.restart_every > 0) j["codes_restarted"] = window_restarts;
         j["lr"] = lr;
         j["grad_norm"] = gnorm;
         j["images_per_s"] = img_s;
@@ -521,12 +523,14 @@ VqTrainResult run_vq_training(const Config& config_in, const TrainOptions& optio
       extra << "ep " << std::fixed << std::setprecision(2) << epoch_f << " | loss " << std::setprecision(4) << m[0]
             << " | rec L1 " << m[1] << " | PSNR " << std::setprecision(2) << m[8] << " dB | usage "
             << std::setprecision(1) << 100.0 * usage << "%";
+      if (window_restarts > 0) extra << " (" << window_restarts << " restarted)";
       if (adversarial) extra << std::setprecision(3) << " | G " << m[6] << " D " << m[7];
       extra << " | lr " << std::scientific << std::setprecision(2) << lr << std::fixed << " | " << fmt_count(img_s)
             << " img/s";
       progress.update(window_steps, extra.str());
       window_start = now;
       window_steps = 0;
+      window_restarts = 0;
       window.fill(0.0);
     }
     if (config.train.sample_every > 0 && (state.step % config.train.sample_every == 0 || last)) reconstruction_grid();
