@@ -254,10 +254,10 @@ std::vector<std::shared_ptr<::gloo::transport::Device>> gloo_devices() {
 }
 #endif
 
-torch::Device resolve_device(torch::Device device, int local_rank) {
+torch::Device resolve_device(torch::Device device, int local_rank, int local_world_size) {
   if (!device.is_cuda()) return device;
 #ifdef AIM_WITH_CUDA
-  return detail::select_cuda_device(device, local_rank);
+  return detail::select_cuda_device(device, local_rank, local_world_size);
 #else
   throw Error(str_cat("device ", device.str(), ": this build has no CUDA"));
 #endif
@@ -500,7 +500,7 @@ DistContext init_distributed(const DistConfig& config, const LaunchEnv& env, tor
   AIM_CHECK(env.world_size >= 1 && env.rank >= 0 && env.rank < env.world_size,
             "launch environment (", env.launcher, "): expected 0 <= rank < world size, found rank ",
             env.rank, ", world size ", env.world_size);
-  DistContext ctx(resolve_device(device, env.local_rank));
+  DistContext ctx(resolve_device(device, env.local_rank, env.local_world_size));
   ctx.rank_ = env.rank;
   ctx.world_size_ = env.world_size;
   ctx.local_rank_ = env.local_rank;

@@ -46,8 +46,9 @@ c10::intrusive_ptr<c10d::ProcessGroup> make_process_group(
 
 // ---- dist_cuda.cpp: builds with AIM_WITH_CUDA
 
-/// cuda:(local_rank % GPUs) for a device without index, else `requested`; made current.
-torch::Device select_cuda_device(torch::Device requested, int local_rank);
+/// cuda:local_rank for a device without index (at most one rank per GPU), else `requested`;
+/// made current.
+torch::Device select_cuda_device(torch::Device requested, int local_rank, int local_world_size);
 
 // ---- dist_cuda.cpp: builds with AIM_WITH_NCCL (CUDA and nccl.h)
 

@@ -17,10 +17,15 @@
 
 namespace aim::train::detail {
 
-torch::Device select_cuda_device(torch::Device requested, int local_rank) {
+torch::Device select_cuda_device(torch::Device requested, int local_rank, int local_world_size) {
   const int count = static_cast<int>(c10::cuda::device_count());
   AIM_CHECK(count > 0, "device ", requested.str(), ": no GPU is visible to this process");
-  const int index = requested.has_index() ? requested.index() : local_rank % count;
+  // NCCL needs one GPU per rank: wrapping ranks around the GPUs only fails later, in NCCL.
+  AIM_CHECK(requested.has_index() || local_world_size <= count, "device ", requested.str(), ": ",
+            local_world_size, " ranks on this node but ", count,
+            " GPU(s) visible; expected at most one rank per GPU\n"
+            "---> HINT: launch at most ", count, " rank(s) per node, or train on the CPU with --device cpu");
+  const int index = requested.has_index() ? requested.index() : local_rank;
   AIM_CHECK(index < count, "device ", requested.str(), ": expected an index below ", count,
             " (the visible GPUs), found ", index);
   c10::cuda::set_device(static_cast<c10::DeviceIndex>(index));

@@ -713,7 +713,7 @@ int run_python(const std::string& dir, const std::string& script, const std::str
 
 bool python_has_safetensors(const std::string& dir) {
   std::string log;
-  return run_python(dir, "import numpy, safetensors.numpy\n", "", &log) == 0;
+  return run_python(dir, "import numpy, torch, safetensors.numpy, safetensors.torch\n", "", &log) == 0;
 }
 
 /// The values the Python writer below uses: ((i * 7) % 251 + 1) * scale, sign alternating for
@@ -742,7 +742,25 @@ torch::Tensor interop_values(torch::ScalarType dtype, std::vector<int64_t> shape
 constexpr const char* kPythonWriter = R"PY(
 import sys
 import numpy as np
-from safetensors import serialize_file
+
+# The public writer (safetensors.torch) takes every dtype the tests use, bfloat16 and uint16
+# included; the raw-dict serialize_file changed its signature in safetensors 0.8.
+import torch
+from safetensors.torch import save_file
+TORCH_DTYPES = {"float64": torch.float64, "float32": torch.float32, "float16": torch.float16,
+                "bfloat16": torch.bfloat16, "int64": torch.int64, "int32": torch.int32,
+                "int16": torch.int16, "uint16": torch.uint16, "uint8": torch.uint8}
+
+def serialize_file(specs, path, metadata):
+    tensors = {}
+    for name, spec in specs.items():
+        dtype = TORCH_DTYPES[spec["dtype"]]
+        if len(spec["data"]) == 0:
+            tensors[name] = torch.empty(spec["shape"], dtype=dtype)
+        else:
+            flat = torch.frombuffer(bytearray(spec["data"]), dtype=dtype)
+            tensors[name] = flat.reshape(spec["shape"]).clone()
+    save_file(tensors, path, metadata=metadata)
 
 def values(n, scale, signed):
     i = np.arange(n, dtype=np.int64)
@@ -769,7 +787,7 @@ specs = {
     "scalar": ("float32", [], lambda n: (values(n, 1, True) / 4).astype("<f4").tobytes()),
     "empty": ("float32", [0, 3], lambda n: b""),
 }
-# serialize_file takes numpy-style dtype names.
+# serialize_file (above) takes numpy-style dtype names.
 tensors = {}
 for name, (dtype, shape, make) in specs.items():
     n = int(np.prod(shape)) if shape else 1
@@ -779,7 +797,7 @@ serialize_file(tensors, sys.argv[1], metadata={"format": "np", "origin": "python
 
 TEST_F(SafetensorsTest, ReadsFileWrittenByPython) {
   if (!python_has_safetensors(dir_)) {
-    GTEST_SKIP() << AIM_PYTHON_PATH << " cannot import numpy and safetensors";
+    GTEST_SKIP() << AIM_PYTHON_PATH << " cannot import numpy, torch and safetensors";
   }
   const std::string p = path("from_python.safetensors");
   std::string log;
@@ -805,7 +823,26 @@ constexpr const char* kPythonReader = R"PY(
 import json
 import sys
 import numpy as np
-from safetensors import deserialize, safe_open, serialize_file
+from safetensors import deserialize, safe_open
+
+# The public writer (safetensors.torch) takes every dtype the tests use, bfloat16 and uint16
+# included; the raw-dict serialize_file changed its signature in safetensors 0.8.
+import torch
+from safetensors.torch import save_file
+TORCH_DTYPES = {"float64": torch.float64, "float32": torch.float32, "float16": torch.float16,
+                "bfloat16": torch.bfloat16, "int64": torch.int64, "int32": torch.int32,
+                "int16": torch.int16, "uint16": torch.uint16, "uint8": torch.uint8}
+
+def serialize_file(specs, path, metadata):
+    tensors = {}
+    for name, spec in specs.items():
+        dtype = TORCH_DTYPES[spec["dtype"]]
+        if len(spec["data"]) == 0:
+            tensors[name] = torch.empty(spec["shape"], dtype=dtype)
+        else:
+            flat = torch.frombuffer(bytearray(spec["data"]), dtype=dtype)
+            tensors[name] = flat.reshape(spec["shape"]).clone()
+    save_file(tensors, path, metadata=metadata)
 
 src, dst, meta = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])
 # deserialize reports "F32", serialize_file wants numpy-style names.
@@ -830,7 +867,7 @@ serialize_file(out, dst, metadata=meta)
 
 TEST_F(SafetensorsTest, PythonReadsFileWeWrote) {
   if (!python_has_safetensors(dir_)) {
-    GTEST_SKIP() << AIM_PYTHON_PATH << " cannot import numpy and safetensors";
+    GTEST_SKIP() << AIM_PYTHON_PATH << " cannot import numpy, torch and safetensors";
   }
   std::vector<std::pair<std::string, torch::Tensor>> tensors;
   for (torch::ScalarType dtype : kAllDtypes) {

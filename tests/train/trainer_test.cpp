@@ -289,8 +289,10 @@ TEST_F(TrainerTest, AFullDiskKeepsThePreviousCheckpoint) {
 TEST_F(TrainerTest, TwoRanksUnderMpirunMatchOneRank) {
   // Same global batch (8): one rank x micro 4 x 2 accumulation vs two ranks x micro 2 x 2. No
   // random draws (class and token dropout off), so both see the same 8 sequences per step and
-  // differ only by floating-point summation order.
-  const std::string common = " --set train.max_steps=4 --set model.class_dropout=0 --set optim.lr=1e-3";
+  // differ only by floating-point summation order. On the CPU (Gloo), so that a machine with one
+  // GPU runs it too (NCCL needs a GPU per rank).
+  const std::string common =
+      " --device cpu --set train.max_steps=4 --set model.class_dropout=0 --set optim.lr=1e-3";
   const auto one = test::run_shell(aim("train " + tiny() + " " + cli_sets(run("one")) + common));
   ASSERT_EQ(one.code, 0) << one.output;
   const std::string mpi_env =
