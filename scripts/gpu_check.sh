@@ -6,6 +6,8 @@
 #   scripts/gpu_check.sh --fetch   # here (with registries): download the Debian -dev packages
 #                                  # into .deb/ so they travel with the tree
 #   scripts/gpu_check.sh           # there: unpack .deb/ into a private prefix, build, test
+#   scripts/gpu_check.sh --gpu     # there, for a short lease: build, then only the tests that use
+#                                  # the GPU (one process), the sanitizers and the AiM-L benchmarks
 #
 # The GPU machine reaches no package registry, so its Debian dependencies come as .deb files
 # unpacked with dpkg -x (never installed into /).
@@ -23,6 +25,8 @@ if [ "${1:-}" = "--fetch" ]; then
   exit 0
 fi
 
+mode=full
+[ "${1:-}" = "--gpu" ] && mode=gpu
 out=${OUT:-$root/build-gpu/out}
 mkdir -p "$out"
 prefix=/tmp/aim-deps
@@ -40,29 +44,53 @@ PY=${AIM_PYTHON:-$(command -v python3)}
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$out/gpu.txt"
 "$PY" -c 'import torch; print("torch", torch.__version__, "cuda", torch.version.cuda, torch.cuda.get_device_name(0))'
 
-status_build=FAIL status_tests=FAIL status_parity=FAIL
+status_build=FAIL status_tests=FAIL status_parity=FAIL status_sanitize=SKIP
+targets=""
+[ "$mode" = gpu ] && targets="--target aim aim_tests bench_train bench_ops"
+# The tests that launch CUDA work: kernel tests, CUDA op cases, model parity and training on the GPU.
+gpu_filter='*Cuda*:*cuda*:*CUDA*:*Parity*:TrainerTest.LossFalls*:TrainerTest.Bf16*'
+# Small cases of the kernel tests for the sanitizers (10-100x slower under them).
+sanitize_filter='*CausalConv1dCuda*B1_*:*CausalConv1dCuda*B3_*:*NormsCuda*Edge*:*SsdStateUpdate*cuda*'
+
 t0=$(date +%s)
 if cmake -S . -B build-gpu -G Ninja -DCMAKE_BUILD_TYPE=Release -DAIM_CUDA=ON -DAIM_FUZZ=OFF \
       -DAIM_PYTHON="$PY" -DCMAKE_PREFIX_PATH="$prefix/usr;$libdir/cmake;$prefix/usr/share/cmake" \
       -DSTB_INCLUDE_DIR="$prefix/usr/include/stb" 2>&1 | tee "$out/configure.log" | tail -5 &&
-   cmake --build build-gpu --parallel "$(nproc)" 2>&1 | tee "$out/build.log" | tail -5; then
+   cmake --build build-gpu --parallel "$(nproc)" $targets 2>&1 | tee "$out/build.log" | tail -5; then
   [ -x build-gpu/tests/aim_tests ] && status_build=OK
 fi
 t1=$(date +%s)
 if [ "$status_build" = OK ]; then
-  (cd build-gpu && ctest --output-on-failure --parallel 8 2>&1 | tee "$out/ctest.log" | tail -15) &&
-    status_tests=OK
+  if [ "$mode" = full ]; then
+    (cd build-gpu && ctest --output-on-failure --parallel "$(nproc)" 2>&1 | tee "$out/ctest.log" | tail -15) &&
+      status_tests=OK
+  else
+    # One process: CUDA start-up once instead of once per test.
+    build-gpu/tests/aim_tests --gtest_filter="$gpu_filter" > "$out/ctest.log" 2>&1 && status_tests=OK
+    grep -E "^\[  (FAILED|PASSED|SKIPPED) " "$out/ctest.log" | tail -20
+  fi
   AIM_TEST_DEVICE=cuda build-gpu/tests/aim_tests --gtest_filter='*Parity*:TrainerTest.LossFalls*:TrainerTest.Bf16*' 2>&1 |
     tee "$out/parity_cuda.log" | grep -E "case|max\|diff\||PASSED|FAILED" | tail -40
   [ "${PIPESTATUS[0]}" -eq 0 ] && status_parity=OK
+  if command -v compute-sanitizer >/dev/null; then
+    status_sanitize=OK
+    for tool in memcheck racecheck; do
+      compute-sanitizer --tool "$tool" --error-exitcode 9 build-gpu/tests/aim_tests \
+        --gtest_filter="$sanitize_filter" > "$out/sanitize_$tool.log" 2>&1 || status_sanitize=FAIL
+      grep -E "ERROR SUMMARY|RACECHECK SUMMARY|PASSED|FAILED" "$out/sanitize_$tool.log" | tail -3
+    done
+  fi
 fi
 t2=$(date +%s)
 status_bench=SKIP
 if [ "$status_build" = OK ]; then
   status_bench=OK
-  for c in aim_b aim_l; do
-    build-gpu/bench/bench_train configs/$c.yaml --micro 64 --steps 10 --warmup 3 2>&1 |
-      tee -a "$out/bench_train.log" || status_bench=FAIL
+  configs="aim_b aim_l"; precision=both
+  [ "$mode" = gpu ] && configs="aim_l" && precision=bf16
+  for c in $configs; do
+    build-gpu/bench/bench_ops configs/$c.yaml --micro 64 2>&1 | tee -a "$out/bench_ops.log" || status_bench=FAIL
+    build-gpu/bench/bench_train configs/$c.yaml --micro 64 --steps 10 --warmup 3 --precision $precision \
+      --kernels both 2>&1 | tee -a "$out/bench_train.log" || status_bench=FAIL
   done
 fi
 t3=$(date +%s)
@@ -72,9 +100,11 @@ echo
 echo "| step                          | result | seconds |"
 echo "|-------------------------------|--------|---------|"
 printf "| build (CUDA, sm_90a + PTX)    | %-6s | %7d |\n" "$status_build" $((t1 - t0))
-printf "| ctest (CPU + CUDA cases)      | %-6s | %7d |\n" "$status_tests" $((t2 - t1))
+printf "| tests (%-4s)                  | %-6s | %7d |\n" "$mode" "$status_tests" $((t2 - t1))
 printf "| parity + training, on CUDA    | %-6s |         |\n" "$status_parity"
-printf "| bench_train AiM-B/L micro 64  | %-6s | %7d |\n" "$status_bench" $((t3 - t2))
-grep -E "^(fp32|bf16) " "$out/bench_train.log" 2>/dev/null || true
+printf "| compute-sanitizer mem/race    | %-6s |         |\n" "$status_sanitize"
+printf "| bench_ops + bench_train       | %-6s | %7d |\n" "$status_bench" $((t3 - t2))
+grep -E "^(causal|add_|gated|rms)" "$out/bench_ops.log" 2>/dev/null || true
+grep -E "^(fp32|bf16) |speed-up" "$out/bench_train.log" 2>/dev/null || true
 echo "GPU: $(cat "$out/gpu.txt"); skipped tests in ctest log: $skipped"
-[ "$status_build$status_tests$status_parity" = OKOKOK ]
+[ "$status_build$status_tests$status_parity" = OKOKOK ] && [ "$status_sanitize" != FAIL ]

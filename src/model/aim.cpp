@@ -8,6 +8,7 @@
 #include "aim/model/mamba1.h"
 #include "aim/model/mamba2.h"
 #include "aim/model/state_dict.h"
+#include "aim/ops/loss.h"
 #include "aim/ops/norms.h"
 
 namespace aim {
@@ -48,8 +49,9 @@ std::pair<torch::Tensor, torch::Tensor> AimBlockImpl::forward(const torch::Tenso
                                                               const torch::Tensor& residual,
                                                               const Modulation& mod,
                                                               MixerState* state) {
-  auto [normed, res] = ops::add_rms_norm(hidden, residual, norm->weight, eps, residual_in_fp32);
-  auto out = mixer->forward(modulate(normed, mod.shift, mod.scale), state);
+  auto [modulated, res] = ops::add_rms_norm_modulate(hidden, residual, norm->weight, eps,
+                                                      residual_in_fp32, mod.shift, mod.scale);
+  auto out = mixer->forward(modulated, state);
   return {mod.gate.unsqueeze(1) * out, res};
 }
 
@@ -57,8 +59,9 @@ std::pair<torch::Tensor, torch::Tensor> AimBlockImpl::step(const torch::Tensor& 
                                                            const torch::Tensor& residual,
                                                            const Modulation& mod,
                                                            MixerState& state) {
-  auto [normed, res] = ops::add_rms_norm(hidden, residual, norm->weight, eps, residual_in_fp32);
-  auto out = mixer->step(modulate(normed, mod.shift, mod.scale), state);
+  auto [modulated, res] = ops::add_rms_norm_modulate(hidden, residual, norm->weight, eps,
+                                                      residual_in_fp32, mod.shift, mod.scale);
+  auto out = mixer->step(modulated, state);
   return {mod.gate * out, res};
 }
 
@@ -208,10 +211,12 @@ torch::Tensor AimModelImpl::forward_hidden(const torch::Tensor& input_tokens,
   return bb.run(h, cond, nullptr, false);
 }
 
+const torch::Tensor& AimModelImpl::head_weight() const {
+  return config.tie_embeddings ? backbone->embeddings->word_embeddings->weight : lm_head->weight;
+}
+
 torch::Tensor AimModelImpl::logits(const torch::Tensor& hidden) {
-  const auto& w = config.tie_embeddings ? backbone->embeddings->word_embeddings->weight
-                                        : lm_head->weight;
-  return torch::linear(hidden, w.to(hidden.scalar_type()));
+  return torch::linear(hidden, head_weight().to(hidden.scalar_type()));
 }
 
 torch::Tensor AimModelImpl::forward(const torch::Tensor& input_tokens, const torch::Tensor& labels,
@@ -221,9 +226,9 @@ torch::Tensor AimModelImpl::forward(const torch::Tensor& input_tokens, const tor
 
 torch::Tensor AimModelImpl::loss(const torch::Tensor& tokens, const torch::Tensor& labels) {
   TORCH_CHECK(tokens.dim() == 2 && tokens.size(1) >= 1, "AimModel::loss: tokens must be [B, L]");
-  auto lg = forward(tokens.narrow(1, 0, tokens.size(1) - 1), labels);          // [B, L, V]
-  return torch::nn::functional::cross_entropy(lg.reshape({-1, lg.size(-1)}).to(torch::kFloat),
-                                              tokens.reshape({-1}));
+  auto h = forward_hidden(tokens.narrow(1, 0, tokens.size(1) - 1), labels);   // [B, L, D]
+  // lm_head and cross-entropy in one op: on CUDA the [B * L, V] logits live a chunk at a time.
+  return ops::linear_cross_entropy(h.reshape({-1, h.size(-1)}), head_weight(), tokens.reshape({-1}));
 }
 
 InferenceState AimModelImpl::start(const torch::Tensor& labels, torch::ScalarType state_dtype) {

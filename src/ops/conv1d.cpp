@@ -3,6 +3,11 @@
 
 #include <torch/torch.h>
 
+#include "aim/ops/dispatch.h"
+#ifdef AIM_WITH_CUDA
+#include "ops/conv1d_cuda.h"
+#endif
+
 namespace aim::ops {
 
 namespace {
@@ -27,7 +32,14 @@ std::pair<torch::Tensor, torch::Tensor> causal_conv1d(const torch::Tensor& x,
                                                       const torch::Tensor& bias, bool silu,
                                                       bool return_state) {
   TORCH_CHECK(x.dim() == 3, "causal_conv1d: x must be [B, C, L], got ", x.sizes());
-  check_weight(weight, bias, x.size(1), "causal_conv1d");
+  const int64_t width = check_weight(weight, bias, x.size(1), "causal_conv1d");
+#ifdef AIM_WITH_CUDA
+  if (x.is_cuda() && cuda_kernels_enabled() && cuda::causal_conv1d_supported(x, weight, bias)) {
+    auto out = cuda::causal_conv1d(x, weight, bias, silu);
+    return {out, return_state ? ref::conv_state(x, width) : torch::Tensor()};
+  }
+#endif
+  (void)width;
   return ref::causal_conv1d(x, weight, bias, silu, return_state);
 }
 

@@ -23,14 +23,15 @@ std::pair<torch::Tensor, torch::Tensor> causal_conv1d(const torch::Tensor& x,
                            /*groups=*/channels);
   out = out.narrow(2, 0, len);
   if (silu) out = torch::silu(out);
-  torch::Tensor state;
-  if (return_state) {
-    // Last W inputs, left zero-padded for short sequences: what the step continues from.
-    state = len >= width ? x.narrow(2, len - width, width)
-                         : torch::constant_pad_nd(x, {width - len, 0});
-    state = state.contiguous();
-  }
-  return {out, state};
+  return {out, return_state ? conv_state(x, width) : torch::Tensor()};
+}
+
+torch::Tensor conv_state(const torch::Tensor& x, int64_t width) {
+  // Last W inputs, left zero-padded for short sequences: what the step continues from.
+  const int64_t len = x.size(2);
+  auto state = len >= width ? x.narrow(2, len - width, width)
+                            : torch::constant_pad_nd(x, {width - len, 0});
+  return state.contiguous();
 }
 
 torch::Tensor causal_conv1d_update(const torch::Tensor& x, torch::Tensor& conv_state,

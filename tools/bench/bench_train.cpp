@@ -4,7 +4,10 @@
 // peak memory on CUDA. Randomly initialised weights (speed does not depend on them).
 //
 //   bench_train CONFIG.yaml [--micro B] [--steps N] [--warmup W] [--device cpu|cuda]
-//                           [--precision bf16|fp32|both]
+//                           [--precision bf16|fp32|both] [--kernels on|off|both]
+//
+// --kernels off runs the plain LibTorch references (ops::ref) on CUDA instead of the hand-written
+// kernels; both (the default on CUDA) prints the two and the kernels' speed-up.
 #include <torch/torch.h>
 
 #include <chrono>
@@ -17,6 +20,7 @@
 
 #include "aim/core/config.h"
 #include "aim/data/synthetic.h"
+#include "aim/ops/dispatch.h"
 #include "aim/train/flops.h"
 #include "aim/train/trainer.h"
 
@@ -53,12 +57,13 @@ double matmul_flops(const torch::Device& dev, torch::ScalarType dtype, int64_t m
 
 int main(int argc, char** argv) {
   if (argc < 2) {
-    std::fprintf(stderr, "usage: bench_train CONFIG.yaml [--micro B] [--steps N] [--warmup W] [--device D] [--precision P]\n");
+    std::fprintf(stderr, "usage: bench_train CONFIG.yaml [--micro B] [--steps N] [--warmup W] [--device D] "
+                         "[--precision P] [--kernels on|off|both]\n");
     return 2;
   }
   const std::string config_path = argv[1];
   int64_t micro = 0, steps = 5, warmup = 2;
-  std::string device = torch::cuda::is_available() ? "cuda" : "cpu", precision;
+  std::string device = torch::cuda::is_available() ? "cuda" : "cpu", precision, kernels;
   for (int i = 2; i < argc; ++i) {
     const std::string a = argv[i];
     auto value = [&] { return i + 1 < argc ? std::string(argv[++i]) : std::string(); };
@@ -67,6 +72,7 @@ int main(int argc, char** argv) {
     else if (a == "--warmup") warmup = std::stoll(value());
     else if (a == "--device") device = value();
     else if (a == "--precision") precision = value();
+    else if (a == "--kernels") kernels = value();
     else {
       std::fprintf(stderr, "unknown flag %s\n", a.c_str());
       return 2;
@@ -77,6 +83,12 @@ int main(int argc, char** argv) {
     if (precision.empty()) precision = dev.is_cuda() ? "both" : "fp32";
     std::vector<std::string> precisions =
         precision == "both" ? std::vector<std::string>{"fp32", "bf16"} : std::vector<std::string>{precision};
+    if (kernels.empty()) kernels = dev.is_cuda() ? "both" : "off";
+    if (kernels != "on" && kernels != "off" && kernels != "both") {
+      throw std::runtime_error("--kernels: expected on, off or both, found '" + kernels + "'");
+    }
+    std::vector<bool> kernel_runs = kernels == "both" ? std::vector<bool>{false, true}
+                                                      : std::vector<bool>{kernels == "on"};
     auto base = aim::load_config(config_path);
     if (micro <= 0) micro = dev.is_cuda() ? base.train.micro_batch : 2;
     const fs::path work = fs::temp_directory_path() / ("aim_bench_train_" + std::to_string(::getpid()));
@@ -96,46 +108,56 @@ int main(int argc, char** argv) {
                 "%.3f GFLOP per image (fwd+bwd)\n",
                 config_path.c_str(), dev_name.c_str(), dev.str().c_str(), static_cast<long long>(micro),
                 static_cast<long long>(steps), static_cast<long long>(warmup), per_image / 1e9);
-    std::printf("%-6s %10s %12s %12s %10s %12s %10s %12s\n", "prec", "ms/step", "images/s", "tokens/s",
-                "TFLOP/s", "MFU(peak)", "vs matmul", "peak mem GB");
+    std::printf("%-6s %-8s %10s %12s %12s %10s %12s %10s %12s\n", "prec", "kernels", "ms/step", "images/s",
+                "tokens/s", "TFLOP/s", "MFU(peak)", "vs matmul", "peak mem GB");
     double fp32_ms = 0;
     for (const auto& p : precisions) {
-      const std::string out = (work / ("run_" + p)).string();
-      auto cfg = aim::load_config(config_path,
-                                  {"data.codes=" + codes, "data.num_workers=2", "train.out_dir=" + out,
-                                   "train.global_batch=" + std::to_string(micro),
-                                   "train.micro_batch=" + std::to_string(micro), "train.precision=" + p,
-                                   "train.max_steps=" + std::to_string(warmup + steps),
-                                   "train.log_every=1", "train.ckpt_every=0",
-                                   "train.keep_last=1", "train.sample_every=0", "train.ema=false"});
-      aim::train::TrainOptions o;
-      o.device = dev;
-      o.quiet = true;
-      aim::train::run_training(cfg, o);
-      // One line per step: the timed steps' images over their total time.
-      std::ifstream in(fs::path(out) / "metrics.jsonl");
-      nlohmann::json last;
-      double seconds = 0;
-      int64_t timed = 0;
-      for (std::string line; std::getline(in, line);) {
-        last = nlohmann::json::parse(line);
-        if (last.value("step", 0) > warmup && last.value("images_per_s", 0.0) > 0) {
-          seconds += static_cast<double>(micro) / last.value("images_per_s", 0.0);
-          ++timed;
+      double ref_ms = 0;
+      for (const bool use_kernels : kernel_runs) {
+        aim::ops::set_cuda_kernels(use_kernels);
+        const std::string out = (work / ("run_" + p + (use_kernels ? "_k" : "_ref"))).string();
+        auto cfg = aim::load_config(config_path,
+                                    {"data.codes=" + codes, "data.num_workers=2", "train.out_dir=" + out,
+                                     "train.global_batch=" + std::to_string(micro),
+                                     "train.micro_batch=" + std::to_string(micro), "train.precision=" + p,
+                                     "train.max_steps=" + std::to_string(warmup + steps),
+                                     "train.log_every=1", "train.ckpt_every=0",
+                                     "train.keep_last=1", "train.sample_every=0", "train.ema=false"});
+        aim::train::TrainOptions o;
+        o.device = dev;
+        o.quiet = true;
+        aim::train::run_training(cfg, o);
+        // One line per step: the timed steps' images over their total time.
+        std::ifstream in(fs::path(out) / "metrics.jsonl");
+        nlohmann::json last;
+        double seconds = 0;
+        int64_t timed = 0;
+        for (std::string line; std::getline(in, line);) {
+          last = nlohmann::json::parse(line);
+          if (last.value("step", 0) > warmup && last.value("images_per_s", 0.0) > 0) {
+            seconds += static_cast<double>(micro) / last.value("images_per_s", 0.0);
+            ++timed;
+          }
+        }
+        const double img_s = seconds > 0 ? static_cast<double>(timed * micro) / seconds : 0.0;
+        const double flops = img_s * per_image;
+        const auto mm_dtype = p == "bf16" ? torch::kBFloat16 : torch::kFloat;
+        const double mm = matmul_flops(dev, mm_dtype, micro * base.model.num_tokens, base.model.d_model,
+                                       4 * base.model.d_model);
+        const double ms = img_s > 0 ? 1e3 * micro / img_s : 0;
+        if (p == "fp32" && use_kernels == kernel_runs.back()) fp32_ms = ms;
+        std::printf("%-6s %-8s %10.1f %12.1f %12.0f %10.2f %11.1f%% %9.1f%% %12.2f\n", p.c_str(),
+                    use_kernels ? "cuda" : "ref", ms, img_s, img_s * base.model.num_tokens, flops / 1e12,
+                    peak > 0 ? 100.0 * flops / (peak * 1e12) : 0.0, 100.0 * flops / mm,
+                    last.value("peak_memory_gb", 0.0));
+        if (!use_kernels) ref_ms = ms;
+        if (use_kernels && ref_ms > 0) std::printf("%s: kernels' speed-up over the references: %.2fx\n", p.c_str(), ref_ms / ms);
+        if (p == "bf16" && use_kernels == kernel_runs.back() && fp32_ms > 0) {
+          std::printf("bf16 speed-up over fp32: %.2fx\n", fp32_ms / ms);
         }
       }
-      const double img_s = seconds > 0 ? static_cast<double>(timed * micro) / seconds : 0.0;
-      const double flops = img_s * per_image;
-      const auto mm_dtype = p == "bf16" ? torch::kBFloat16 : torch::kFloat;
-      const double mm = matmul_flops(dev, mm_dtype, micro * base.model.num_tokens, base.model.d_model,
-                                     4 * base.model.d_model);
-      const double ms = img_s > 0 ? 1e3 * micro / img_s : 0;
-      if (p == "fp32") fp32_ms = ms;
-      std::printf("%-6s %10.1f %12.1f %12.0f %10.2f %11.1f%% %9.1f%% %12.2f\n", p.c_str(), ms, img_s,
-                  img_s * base.model.num_tokens, flops / 1e12, peak > 0 ? 100.0 * flops / (peak * 1e12) : 0.0,
-                  100.0 * flops / mm, last.value("peak_memory_gb", 0.0));
-      if (p == "bf16" && fp32_ms > 0) std::printf("bf16 speed-up over fp32: %.2fx\n", fp32_ms / ms);
     }
+    aim::ops::set_cuda_kernels(true);
     std::printf("vs matmul: model FLOP/s over a dense [%lld x %lld] x [%lld x %lld] matmul in the same "
                 "precision measured in this run\n",
                 static_cast<long long>(micro * base.model.num_tokens), static_cast<long long>(base.model.d_model),

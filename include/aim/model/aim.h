@@ -101,6 +101,8 @@ class AimModelImpl : public torch::nn::Module {
                                const torch::Tensor& position_ids = {});
   /// hidden [..., D] -> logits [..., V].
   torch::Tensor logits(const torch::Tensor& hidden);
+  /// The lm_head's weight [V, D]: the token embedding when tied.
+  const torch::Tensor& head_weight() const;
   /// Mean cross-entropy of the training forward on tokens [B, L] (inputs tokens[:, :-1]).
   torch::Tensor loss(const torch::Tensor& tokens, const torch::Tensor& labels);
 

@@ -23,6 +23,8 @@ torch::Tensor causal_conv1d_update(const torch::Tensor& x, torch::Tensor& conv_s
                                    bool silu);
 
 namespace ref {
+/// The conv state after x [B, C, L]: its last `width` inputs, left zero-padded, contiguous.
+torch::Tensor conv_state(const torch::Tensor& x, int64_t width);
 std::pair<torch::Tensor, torch::Tensor> causal_conv1d(const torch::Tensor& x,
                                                       const torch::Tensor& weight,
                                                       const torch::Tensor& bias, bool silu,

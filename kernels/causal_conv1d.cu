@@ -1,0 +1,246 @@
+// Causal depthwise conv1d + SiLU, forward and backward.
+//
+// Memory-bound: every kernel reads x (and dout) once from DRAM; the W - 1 neighbours each
+// thread also needs are the neighbours' own elements, served from L1/L2. Threads walk the
+// unit-stride dimension of x so that a warp's accesses coalesce: channels for the
+// channel-last layout the Mamba mixers pass ([B, L, C] memory seen as [B, C, L]), time for a
+// contiguous [B, C, L].
+//
+// Backward: dx[s] = sum_k w[k] * g[s + (W - 1) - k] with g = dout * silu'(pre); dweight and
+// dbias are sums over (batch, time) of g times the input window, reduced per thread over a
+// chunk of time steps in registers, then added with one fp32 atomic per (block, channel, tap).
+#include <cuda_bf16.h>
+
+#include "causal_conv1d.h"
+
+namespace aim::kernels {
+
+namespace {
+
+constexpr int kThreads = 256;
+constexpr int kChannelsPerBlock = 128;  // weight-gradient kernel: one thread per channel
+constexpr int kTimeChunk = 64;          // weight-gradient kernel: time steps per thread
+
+__device__ __forceinline__ float to_float(float v) { return v; }
+__device__ __forceinline__ float to_float(__nv_bfloat16 v) { return __bfloat162float(v); }
+template <typename T>
+__device__ __forceinline__ T from_float(float v);
+template <>
+__device__ __forceinline__ float from_float<float>(float v) { return v; }
+template <>
+__device__ __forceinline__ __nv_bfloat16 from_float<__nv_bfloat16>(float v) {
+  return __float2bfloat16(v);
+}
+
+__device__ __forceinline__ float sigmoid(float v) { return 1.0f / (1.0f + __expf(-v)); }
+
+struct Index {
+  int64_t b, c, t;
+};
+
+// Element i of [B, C, L] in walking order: channel fastest or time fastest.
+template <bool kChannelFastest>
+__device__ __forceinline__ Index unflatten(int64_t i, int channels, int len) {
+  Index r;
+  if (kChannelFastest) {
+    r.c = i % channels;
+    const int64_t rest = i / channels;
+    r.t = rest % len;
+    r.b = rest / len;
+  } else {
+    r.t = i % len;
+    const int64_t rest = i / len;
+    r.c = rest % channels;
+    r.b = rest / channels;
+  }
+  return r;
+}
+
+// pre-activation at (b, c, t); xc points at x[b, c, 0]. kMaxW >= W, unrolled.
+template <typename T, int kMaxW>
+__device__ __forceinline__ float conv_at(const T* xc, int64_t l_stride, const float* w, float bias,
+                                         int width, int64_t t) {
+  float acc = bias;
+#pragma unroll
+  for (int k = 0; k < kMaxW; ++k) {
+    if (k < width) {
+      const int64_t s = t - (width - 1) + k;
+      if (s >= 0) acc += w[k] * to_float(xc[s * l_stride]);
+    }
+  }
+  return acc;
+}
+
+template <typename T, int kMaxW, bool kChannelFastest>
+__global__ void __launch_bounds__(kThreads)
+    conv_fwd_kernel(CausalConv1dParams p) {
+  const T* x = static_cast<const T*>(p.x);
+  T* out = static_cast<T*>(p.out);
+  const int64_t total = int64_t(p.batch) * p.channels * p.len;
+  for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < total;
+       i += int64_t(gridDim.x) * blockDim.x) {
+    const Index ix = unflatten<kChannelFastest>(i, p.channels, p.len);
+    const T* xc = x + ix.b * p.x_batch_stride + ix.c * p.x_c_stride;
+    const float bias = p.bias != nullptr ? p.bias[ix.c] : 0.0f;
+    float v = conv_at<T, kMaxW>(xc, p.x_l_stride, p.weight + ix.c * p.width, bias, p.width, ix.t);
+    if (p.silu) v = v * sigmoid(v);
+    out[ix.b * p.out_batch_stride + ix.c * p.out_c_stride + ix.t * p.out_l_stride] =
+        from_float<T>(v);
+  }
+}
+
+// g = dout * d(out)/d(pre) at (b, c, t).
+template <typename T, int kMaxW>
+__device__ __forceinline__ float grad_pre(const CausalConv1dParams& p, const T* xc,
+                                          const T* dc, const float* w, float bias, int64_t t) {
+  float g = to_float(dc[t * p.dout_l_stride]);
+  if (p.silu) {
+    const float pre = conv_at<T, kMaxW>(xc, p.x_l_stride, w, bias, p.width, t);
+    const float s = sigmoid(pre);
+    g *= s * (1.0f + pre * (1.0f - s));
+  }
+  return g;
+}
+
+template <typename T, int kMaxW, bool kChannelFastest>
+__global__ void __launch_bounds__(kThreads)
+    conv_bwd_dx_kernel(CausalConv1dParams p) {
+  const T* x = static_cast<const T*>(p.x);
+  const T* dout = static_cast<const T*>(p.dout);
+  T* dx = static_cast<T*>(p.dx);
+  const int64_t total = int64_t(p.batch) * p.channels * p.len;
+  for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < total;
+       i += int64_t(gridDim.x) * blockDim.x) {
+    const Index ix = unflatten<kChannelFastest>(i, p.channels, p.len);
+    const T* xc = x + ix.b * p.x_batch_stride + ix.c * p.x_c_stride;
+    const T* dc = dout + ix.b * p.dout_batch_stride + ix.c * p.dout_c_stride;
+    const float* w = p.weight + ix.c * p.width;
+    const float bias = p.bias != nullptr ? p.bias[ix.c] : 0.0f;
+    float acc = 0.0f;
+#pragma unroll
+    for (int k = 0; k < kMaxW; ++k) {
+      if (k < p.width) {
+        const int64_t t = ix.t + (p.width - 1) - k;  // outputs that read x[s] through tap k
+        if (t < p.len) acc += w[k] * grad_pre<T, kMaxW>(p, xc, dc, w, bias, t);
+      }
+    }
+    dx[ix.b * p.dx_batch_stride + ix.c * p.dx_c_stride + ix.t * p.dx_l_stride] =
+        from_float<T>(acc);
+  }
+}
+
+// grid (channel blocks, batch, time chunks); one thread per channel walks its time chunk with
+// the last kMaxW inputs in registers (window[kMaxW - 1 - j] = x[t - j]).
+template <typename T, int kMaxW>
+__global__ void __launch_bounds__(kChannelsPerBlock)
+    conv_bwd_dw_kernel(CausalConv1dParams p) {
+  const int c = blockIdx.x * kChannelsPerBlock + threadIdx.x;
+  if (c >= p.channels) return;
+  const int64_t b = blockIdx.y;
+  const int64_t t0 = int64_t(blockIdx.z) * kTimeChunk;
+  const int64_t t1 = t0 + kTimeChunk < p.len ? t0 + kTimeChunk : p.len;
+  const T* xc = static_cast<const T*>(p.x) + b * p.x_batch_stride + c * p.x_c_stride;
+  const T* dc = static_cast<const T*>(p.dout) + b * p.dout_batch_stride + c * p.dout_c_stride;
+  const int width = p.width;
+  float wr[kMaxW];  // wr[j] = weight of lag j = w[W - 1 - j]
+  float window[kMaxW];
+  float dw[kMaxW];
+#pragma unroll
+  for (int j = 0; j < kMaxW; ++j) {
+    wr[j] = j < width ? p.weight[c * width + (width - 1 - j)] : 0.0f;
+    // The inputs before the chunk, as if x[t0 - 1] had just been loaded: window[j] =
+    // x[t0 - (kMaxW - j)] (zero before t = 0); window[0] is shifted out unread.
+    const int64_t s = t0 - (kMaxW - j);
+    window[j] = j > 0 && s >= 0 ? to_float(xc[s * p.x_l_stride]) : 0.0f;
+    dw[j] = 0.0f;
+  }
+  const float bias = p.bias != nullptr ? p.bias[c] : 0.0f;
+  float db = 0.0f;
+  for (int64_t t = t0; t < t1; ++t) {
+#pragma unroll
+    for (int j = 0; j + 1 < kMaxW; ++j) window[j] = window[j + 1];
+    window[kMaxW - 1] = to_float(xc[t * p.x_l_stride]);
+    float g = to_float(dc[t * p.dout_l_stride]);
+    if (p.silu) {
+      float pre = bias;
+#pragma unroll
+      for (int j = 0; j < kMaxW; ++j) pre += wr[j] * window[kMaxW - 1 - j];
+      const float s = sigmoid(pre);
+      g *= s * (1.0f + pre * (1.0f - s));
+    }
+    db += g;
+#pragma unroll
+    for (int j = 0; j < kMaxW; ++j) dw[j] += g * window[kMaxW - 1 - j];
+  }
+#pragma unroll
+  for (int j = 0; j < kMaxW; ++j) {
+    if (j < width) atomicAdd(&p.dweight[c * width + (width - 1 - j)], dw[j]);
+  }
+  if (p.dbias != nullptr) atomicAdd(&p.dbias[c], db);
+}
+
+int grid_for(int64_t total, int threads) {
+  // Enough blocks to fill any current GPU several times; the kernels loop over the rest.
+  const int64_t blocks = (total + threads - 1) / threads;
+  return static_cast<int>(blocks < 65536 ? (blocks > 0 ? blocks : 1) : 65536);
+}
+
+template <typename T, int kMaxW>
+cudaError_t launch_fwd(const CausalConv1dParams& p, cudaStream_t stream) {
+  const int64_t total = int64_t(p.batch) * p.channels * p.len;
+  if (total == 0) return cudaSuccess;
+  const int grid = grid_for(total, kThreads);
+  if (p.x_c_stride == 1) {
+    conv_fwd_kernel<T, kMaxW, true><<<grid, kThreads, 0, stream>>>(p);
+  } else {
+    conv_fwd_kernel<T, kMaxW, false><<<grid, kThreads, 0, stream>>>(p);
+  }
+  return cudaGetLastError();
+}
+
+template <typename T, int kMaxW>
+cudaError_t launch_bwd(const CausalConv1dParams& p, cudaStream_t stream) {
+  const int64_t total = int64_t(p.batch) * p.channels * p.len;
+  if (total == 0) return cudaSuccess;
+  const int grid = grid_for(total, kThreads);
+  if (p.x_c_stride == 1) {
+    conv_bwd_dx_kernel<T, kMaxW, true><<<grid, kThreads, 0, stream>>>(p);
+  } else {
+    conv_bwd_dx_kernel<T, kMaxW, false><<<grid, kThreads, 0, stream>>>(p);
+  }
+  cudaError_t err = cudaGetLastError();
+  if (err != cudaSuccess) return err;
+  const dim3 dw_grid((p.channels + kChannelsPerBlock - 1) / kChannelsPerBlock, p.batch,
+                     (p.len + kTimeChunk - 1) / kTimeChunk);
+  conv_bwd_dw_kernel<T, kMaxW><<<dw_grid, kChannelsPerBlock, 0, stream>>>(p);
+  return cudaGetLastError();
+}
+
+bool valid(const CausalConv1dParams& p) {
+  return p.width >= 1 && p.width <= 8 && p.batch <= 65535 && p.batch >= 0 && p.channels >= 0 &&
+         p.len >= 0;
+}
+
+}  // namespace
+
+cudaError_t causal_conv1d_fwd_cuda(const CausalConv1dParams& p, ElemType dtype,
+                                   cudaStream_t stream) {
+  if (!valid(p)) return cudaErrorInvalidValue;
+  if (dtype == ElemType::kBFloat16) {
+    return p.width <= 4 ? launch_fwd<__nv_bfloat16, 4>(p, stream)
+                        : launch_fwd<__nv_bfloat16, 8>(p, stream);
+  }
+  return p.width <= 4 ? launch_fwd<float, 4>(p, stream) : launch_fwd<float, 8>(p, stream);
+}
+
+cudaError_t causal_conv1d_bwd_cuda(const CausalConv1dParams& p, ElemType dtype,
+                                   cudaStream_t stream) {
+  if (!valid(p)) return cudaErrorInvalidValue;
+  if (dtype == ElemType::kBFloat16) {
+    return p.width <= 4 ? launch_bwd<__nv_bfloat16, 4>(p, stream)
+                        : launch_bwd<__nv_bfloat16, 8>(p, stream);
+  }
+  return p.width <= 4 ? launch_bwd<float, 4>(p, stream) : launch_bwd<float, 8>(p, stream);
+}
+
+}  // namespace aim::kernels

@@ -1,0 +1,44 @@
+#pragma once
+// Parameters of the causal depthwise conv1d kernels (Mamba's short convolution), forward and
+// backward. Raw pointers, sizes and strides (in elements); no LibTorch types.
+//
+//   pre[b, c, t] = bias[c] + sum_k weight[c, k] * x[b, c, t - (W - 1) + k]   (x = 0 before t = 0)
+//   out          = silu(pre) when `silu`, else pre
+#include <cstdint>
+
+#include <cuda_runtime.h>
+
+#include "ssd_state_update.h"  // ElemType
+
+namespace aim::kernels {
+
+struct CausalConv1dParams {
+  int batch = 0, channels = 0, len = 0, width = 0;  ///< width 1..8
+  const void* x = nullptr;                          ///< [B, C, L] in the element type
+  int64_t x_batch_stride = 0, x_c_stride = 0, x_l_stride = 0;
+  const float* weight = nullptr;                    ///< [C, W] fp32, contiguous
+  const float* bias = nullptr;                      ///< [C] fp32; may be null
+  bool silu = true;
+
+  // Forward.
+  void* out = nullptr;                              ///< [B, C, L] in the element type
+  int64_t out_batch_stride = 0, out_c_stride = 0, out_l_stride = 0;
+
+  // Backward.
+  const void* dout = nullptr;                       ///< [B, C, L] in the element type
+  int64_t dout_batch_stride = 0, dout_c_stride = 0, dout_l_stride = 0;
+  void* dx = nullptr;                               ///< [B, C, L] in the element type
+  int64_t dx_batch_stride = 0, dx_c_stride = 0, dx_l_stride = 0;
+  float* dweight = nullptr;  ///< [C, W] fp32, zeroed by the caller (accumulated with atomics)
+  float* dbias = nullptr;    ///< [C] fp32, zeroed by the caller; may be null
+};
+
+/// out from x. Launches on `stream`; returns the launch status.
+cudaError_t causal_conv1d_fwd_cuda(const CausalConv1dParams& params, ElemType dtype,
+                                   cudaStream_t stream);
+
+/// dx, dweight and dbias from x and dout (the pre-activation is recomputed). Two launches.
+cudaError_t causal_conv1d_bwd_cuda(const CausalConv1dParams& params, ElemType dtype,
+                                   cudaStream_t stream);
+
+}  // namespace aim::kernels

@@ -1,0 +1,137 @@
+// Fills kernels/causal_conv1d.h from LibTorch tensors; the forward and backward launches are
+// tied together by a torch::autograd::Function.
+#include "ops/conv1d_cuda.h"
+
+#include <ATen/cuda/CUDAContext.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <torch/torch.h>
+
+#include <limits>
+
+#include "aim/ops/dispatch.h"
+#include "causal_conv1d.h"
+
+namespace aim::ops::cuda {
+
+namespace {
+
+using torch::autograd::AutogradContext;
+using torch::autograd::tensor_list;
+
+kernels::ElemType elem_type(const torch::Tensor& t) {
+  return t.scalar_type() == torch::kBFloat16 ? kernels::ElemType::kBFloat16
+                                             : kernels::ElemType::kFloat32;
+}
+
+// [B, C, L] in x's layout: channel-last when x is, else contiguous.
+torch::Tensor empty_like_layout(const torch::Tensor& x) {
+  if (x.stride(1) == 1 && x.size(2) > 1) {
+    return torch::empty({x.size(0), x.size(2), x.size(1)}, x.options()).transpose(1, 2);
+  }
+  return torch::empty(x.sizes(), x.options());
+}
+
+void maybe_poison(torch::Tensor& t) {
+  if (poison_outputs()) t.fill_(std::numeric_limits<float>::quiet_NaN());
+}
+
+kernels::CausalConv1dParams base_params(const torch::Tensor& x, const torch::Tensor& w2d,
+                                        const torch::Tensor& bias_f, bool silu) {
+  kernels::CausalConv1dParams p;
+  p.batch = static_cast<int>(x.size(0));
+  p.channels = static_cast<int>(x.size(1));
+  p.len = static_cast<int>(x.size(2));
+  p.width = static_cast<int>(w2d.size(1));
+  p.x = x.data_ptr();
+  p.x_batch_stride = x.stride(0);
+  p.x_c_stride = x.stride(1);
+  p.x_l_stride = x.stride(2);
+  p.weight = w2d.data_ptr<float>();
+  p.bias = bias_f.defined() ? bias_f.data_ptr<float>() : nullptr;
+  p.silu = silu;
+  return p;
+}
+
+torch::Tensor weight_2d_f32(const torch::Tensor& weight) {
+  return weight.reshape({weight.size(0), weight.size(-1)}).to(torch::kFloat).contiguous();
+}
+
+void check_launch(cudaError_t err, const char* what) {
+  TORCH_CHECK(err == cudaSuccess, what, " kernel launch failed: ", cudaGetErrorString(err));
+}
+
+class CausalConv1dFunction : public torch::autograd::Function<CausalConv1dFunction> {
+ public:
+  // bias is always defined here (zeros when the module has none; its grad is then dropped).
+  static torch::Tensor forward(AutogradContext* ctx, const torch::Tensor& x,
+                               const torch::Tensor& weight, const torch::Tensor& bias,
+                               bool silu) {
+    ctx->save_for_backward({x, weight, bias});
+    ctx->saved_data["silu"] = silu;
+    c10::cuda::CUDAGuard guard(x.device());
+    const auto w2d = weight_2d_f32(weight);
+    const auto bias_f = bias.to(torch::kFloat).contiguous();
+    auto out = empty_like_layout(x);
+    maybe_poison(out);
+    auto p = base_params(x, w2d, bias_f, silu);
+    p.out = out.data_ptr();
+    p.out_batch_stride = out.stride(0);
+    p.out_c_stride = out.stride(1);
+    p.out_l_stride = out.stride(2);
+    check_launch(kernels::causal_conv1d_fwd_cuda(p, elem_type(x),
+                                                 at::cuda::getCurrentCUDAStream().stream()),
+                 "causal_conv1d forward");
+    return out;
+  }
+
+  static tensor_list backward(AutogradContext* ctx, tensor_list grads) {
+    const auto saved = ctx->get_saved_variables();
+    const auto& x = saved[0];
+    const auto& weight = saved[1];
+    const auto& bias = saved[2];
+    const bool silu = ctx->saved_data["silu"].toBool();
+    c10::cuda::CUDAGuard guard(x.device());
+    const auto dout = grads[0].to(x.scalar_type());
+    const auto w2d = weight_2d_f32(weight);
+    const auto bias_f = bias.to(torch::kFloat).contiguous();
+    auto dx = empty_like_layout(x);
+    maybe_poison(dx);
+    auto dw = torch::zeros_like(w2d);
+    auto db = torch::zeros_like(bias_f);
+    auto p = base_params(x, w2d, bias_f, silu);
+    p.dout = dout.data_ptr();
+    p.dout_batch_stride = dout.stride(0);
+    p.dout_c_stride = dout.stride(1);
+    p.dout_l_stride = dout.stride(2);
+    p.dx = dx.data_ptr();
+    p.dx_batch_stride = dx.stride(0);
+    p.dx_c_stride = dx.stride(1);
+    p.dx_l_stride = dx.stride(2);
+    p.dweight = dw.data_ptr<float>();
+    p.dbias = db.data_ptr<float>();
+    check_launch(kernels::causal_conv1d_bwd_cuda(p, elem_type(x),
+                                                 at::cuda::getCurrentCUDAStream().stream()),
+                 "causal_conv1d backward");
+    return {dx, dw.view(weight.sizes()).to(weight.scalar_type()), db.to(bias.scalar_type()),
+            torch::Tensor()};
+  }
+};
+
+}  // namespace
+
+bool causal_conv1d_supported(const torch::Tensor& x, const torch::Tensor& weight,
+                             const torch::Tensor& bias) {
+  const auto dt = x.scalar_type();
+  return x.is_cuda() && (dt == torch::kFloat || dt == torch::kBFloat16) &&
+         weight.device() == x.device() && (!bias.defined() || bias.device() == x.device()) &&
+         weight.size(-1) <= 8 && x.size(0) <= 65535 &&
+         x.size(1) <= std::numeric_limits<int>::max() && x.size(2) <= std::numeric_limits<int>::max();
+}
+
+torch::Tensor causal_conv1d(const torch::Tensor& x, const torch::Tensor& weight,
+                            const torch::Tensor& bias, bool silu) {
+  const auto b = bias.defined() ? bias : torch::zeros({x.size(1)}, weight.options());
+  return CausalConv1dFunction::apply(x, weight, b, silu);
+}
+
+}  // namespace aim::ops::cuda

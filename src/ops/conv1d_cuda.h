@@ -1,0 +1,18 @@
+#pragma once
+// CUDA adapter of the causal conv1d op: an autograd function over kernels/causal_conv1d.h.
+#include <torch/types.h>
+
+namespace aim::ops::cuda {
+
+/// Whether the kernels handle these tensors (CUDA, fp32/bf16 x, width <= 8); otherwise the
+/// reference runs.
+bool causal_conv1d_supported(const torch::Tensor& x, const torch::Tensor& weight,
+                             const torch::Tensor& bias);
+
+/// Differentiable in x, weight and bias. x [B, C, L] (any strides; channel-last is the fast
+/// layout), weight [C, W] or [C, 1, W], bias [C] or undefined. The output has x's dtype and, for
+/// channel-last x, the channel-last layout.
+torch::Tensor causal_conv1d(const torch::Tensor& x, const torch::Tensor& weight,
+                            const torch::Tensor& bias, bool silu);
+
+}  // namespace aim::ops::cuda

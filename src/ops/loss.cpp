@@ -1,0 +1,35 @@
+// Checks and dispatch for the loss op.
+#include "aim/ops/loss.h"
+
+#include <torch/torch.h>
+
+#include "aim/ops/dispatch.h"
+#ifdef AIM_WITH_CUDA
+#include "ops/loss_cuda.h"
+#endif
+
+namespace aim::ops {
+
+torch::Tensor linear_cross_entropy(const torch::Tensor& hidden, const torch::Tensor& weight,
+                                   const torch::Tensor& targets, int64_t ignore_index,
+                                   int64_t chunk_rows) {
+  TORCH_CHECK(hidden.dim() == 2, "linear_cross_entropy: hidden must be [N, D], got ",
+              hidden.sizes());
+  TORCH_CHECK(weight.dim() == 2 && weight.size(1) == hidden.size(1),
+              "linear_cross_entropy: weight must be [V, ", hidden.size(1), "], got ",
+              weight.sizes());
+  TORCH_CHECK(targets.dim() == 1 && targets.size(0) == hidden.size(0) &&
+                  targets.scalar_type() == torch::kLong,
+              "linear_cross_entropy: targets must be int64 [", hidden.size(0), "], got ",
+              targets.scalar_type(), " ", targets.sizes());
+  TORCH_CHECK(chunk_rows >= 0, "linear_cross_entropy: chunk_rows must be >= 0, got ", chunk_rows);
+#ifdef AIM_WITH_CUDA
+  if (hidden.is_cuda() && cuda_kernels_enabled() &&
+      cuda::linear_cross_entropy_supported(hidden, weight, targets)) {
+    return cuda::linear_cross_entropy(hidden, weight, targets, ignore_index, chunk_rows);
+  }
+#endif
+  return ref::linear_cross_entropy(hidden, weight, targets, ignore_index);
+}
+
+}  // namespace aim::ops

@@ -1,0 +1,181 @@
+// Per-op speed of the CUDA kernels against the plain LibTorch references (ops::ref, selected with
+// ops::set_cuda_kernels(false)) at a config's training shapes, forward and forward + backward:
+// median time, achieved bandwidth over the fewest bytes the op must move, that bandwidth as a
+// share of a device-to-device copy measured in the same run, and the speed-up over the reference.
+//
+//   bench_ops [CONFIG.yaml] [--micro B] [--repeats N] [--dtype bf16|fp32]
+#include <torch/torch.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <functional>
+#include <string>
+#include <vector>
+
+#include "aim/core/config.h"
+#include "aim/ops/conv1d.h"
+#include "aim/ops/dispatch.h"
+#include "aim/ops/loss.h"
+#include "aim/ops/norms.h"
+#include "aim/ops/ssd_scan.h"
+
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+void sync() { torch::cuda::synchronize(); }
+
+/// Median over `repeats` of the mean time of 10 back-to-back calls, in milliseconds.
+double median_ms(const std::function<void()>& f, int repeats) {
+  for (int i = 0; i < 3; ++i) f();
+  sync();
+  std::vector<double> t;
+  for (int r = 0; r < repeats; ++r) {
+    const auto t0 = Clock::now();
+    for (int i = 0; i < 10; ++i) f();
+    sync();
+    t.push_back(std::chrono::duration<double, std::milli>(Clock::now() - t0).count() / 10.0);
+  }
+  std::sort(t.begin(), t.end());
+  return t[t.size() / 2];
+}
+
+/// Device-to-device copy bandwidth (bytes read + written per second) over 1 GiB buffers.
+double copy_bandwidth(int repeats) {
+  auto a = torch::rand({1 << 28}, torch::dtype(torch::kFloat).device(torch::kCUDA));
+  auto b = torch::empty_like(a);
+  const double ms = median_ms([&] { b.copy_(a); }, repeats);
+  return 2.0 * a.numel() * 4 / (ms * 1e-3);
+}
+
+struct Row {
+  std::string op;
+  double bytes;
+  std::function<void()> run;
+  bool has_kernel = true;  // false: no CUDA kernel yet, the reference alone is timed
+  double flops = 0;        // > 0 for matmul-bound ops: TFLOP/s is printed too
+};
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  std::string config_path = "configs/aim_l.yaml", dtype_name = "bf16";
+  int64_t micro = 64;
+  int repeats = 20;
+  for (int i = 1; i < argc; ++i) {
+    const std::string a = argv[i];
+    auto value = [&] { return i + 1 < argc ? std::string(argv[++i]) : std::string(); };
+    if (a == "--micro") micro = std::stoll(value());
+    else if (a == "--repeats") repeats = std::stoi(value());
+    else if (a == "--dtype") dtype_name = value();
+    else if (!a.empty() && a[0] != '-') config_path = a;
+    else {
+      std::fprintf(stderr, "bench_ops: unknown flag %s (expected --micro, --repeats, --dtype)\n", a.c_str());
+      return 2;
+    }
+  }
+  if (!torch::cuda::is_available()) {
+    std::printf("bench_ops: no GPU visible; nothing to measure\n");
+    return 0;
+  }
+  if (dtype_name != "bf16" && dtype_name != "fp32") {
+    std::fprintf(stderr, "bench_ops: --dtype: expected bf16 or fp32, found '%s'\n", dtype_name.c_str());
+    return 2;
+  }
+  try {
+    const auto cfg = aim::load_config(config_path);
+    const auto& m = cfg.model;
+    const auto dtype = dtype_name == "bf16" ? torch::kBFloat16 : torch::kFloat;
+    const double elem = dtype == torch::kBFloat16 ? 2.0 : 4.0;
+    const auto opts = torch::dtype(dtype).device(torch::kCUDA);
+    const auto fopts = torch::dtype(torch::kFloat).device(torch::kCUDA);
+    const int64_t B = micro, L = m.num_tokens + 1, D = m.d_model;
+    const int64_t d_inner = m.d_inner();
+    const int64_t conv_dim = d_inner + 2 * m.ssm.ngroups * m.ssm.d_state;
+    const int64_t width = m.ssm.d_conv;
+    const double bw = copy_bandwidth(repeats);
+
+    // Causal conv1d as the Mamba2 mixer calls it: channel-last slice of the in_proj output.
+    auto proj = torch::randn({B, L, conv_dim + 2 * d_inner}, opts);
+    auto x = proj.narrow(2, d_inner, conv_dim).transpose(1, 2).detach().requires_grad_(true);
+    auto w = (torch::randn({conv_dim, 1, width}, fopts) * 0.3).requires_grad_(true);
+    auto bias = (torch::randn({conv_dim}, fopts) * 0.1).requires_grad_(true);
+    auto g = torch::randn({B, conv_dim, L}, opts);
+    const double n = static_cast<double>(B * conv_dim * L);
+
+    std::vector<Row> rows;
+    rows.push_back({"causal_conv1d fwd", 2 * n * elem, [&] {
+                      torch::NoGradGuard ng;
+                      aim::ops::causal_conv1d(x, w, bias, true);
+                    }});
+    rows.push_back({"causal_conv1d fwd+bwd", 5 * n * elem, [&] {
+                      auto out = aim::ops::causal_conv1d(x, w, bias, true).first;
+                      auto grads = torch::autograd::grad({out}, {x, w, bias}, {g});
+                    }});
+
+    // lm_head + cross-entropy over the training tokens (matmul-bound: 3 products of
+    // [tokens, D] x [D, V]); bytes = the logits written once and read once in bf16.
+    const int64_t V = m.vocab_size, T = B * m.num_tokens;
+    auto lh = torch::randn({T, D}, opts).requires_grad_(true);
+    auto lw = (torch::randn({V, D}, fopts) * 0.02).requires_grad_(true);
+    auto lt = torch::randint(0, V, {T}, torch::dtype(torch::kLong).device(torch::kCUDA));
+    Row xent{"lm_head+xent fwd+bwd", 2.0 * T * V * 2, [&] {
+               auto loss = aim::ops::linear_cross_entropy(lh, lw, lt);
+               auto grads = torch::autograd::grad({loss}, {lh, lw});
+             }};
+    xent.flops = 6.0 * T * V * D;
+    rows.push_back(xent);
+
+    // The Mamba2 SSD scan has no CUDA kernel yet: its reference (chunked, fp32) at the training
+    // shapes shows what a kernel has to beat, for the config's chunk and a shorter one (257
+    // tokens in chunks of 256 pad to 512).
+    const int64_t H = d_inner / m.ssm.headdim, P = m.ssm.headdim, G = m.ssm.ngroups, N = m.ssm.d_state;
+    auto sx = torch::randn({B, L, H, P}, opts).requires_grad_(true);
+    auto sdt = torch::randn({B, L, H}, opts).requires_grad_(true);
+    auto sA = (-torch::rand({H}, fopts) * 8 - 1).requires_grad_(true);
+    auto sB = torch::randn({B, L, G, N}, opts).requires_grad_(true);
+    auto sC = torch::randn({B, L, G, N}, opts).requires_grad_(true);
+    auto sD = torch::ones({H}, fopts).requires_grad_(true);
+    auto sbias = torch::zeros({H}, fopts).requires_grad_(true);
+    auto sg = torch::randn({B, L, H, P}, opts);
+    const double ssd_bytes = (2.0 * B * L * H * P + 2.0 * B * L * G * N + B * L * H) * elem;
+    for (int64_t chunk : {m.ssm.chunk_size, int64_t{64}}) {
+      rows.push_back({"ssd_scan fwd+bwd ref, chunk " + std::to_string(chunk), 2.5 * ssd_bytes,
+                      [&, chunk] {
+                        auto y = aim::ops::ssd_scan(sx, sdt, sA, sB, sC, sD, sbias, true, chunk).y;
+                        auto grads = torch::autograd::grad({y}, {sx, sdt, sA, sB, sC, sD, sbias}, {sg});
+                      },
+                      false});
+    }
+
+    std::printf("bench_ops %s, micro-batch %lld, %s; device copy bandwidth %.0f GB/s (read + write)\n",
+                config_path.c_str(), static_cast<long long>(B), dtype_name.c_str(), bw / 1e9);
+    std::printf("%-36s %10s %10s %9s %10s %9s %9s\n", "op", "kernel ms", "GB/s", "of copy", "ref ms",
+                "speed-up", "TFLOP/s");
+    for (auto& r : rows) {
+      if (!r.has_kernel) {
+        aim::ops::set_cuda_kernels(false);
+        const double r_ms = median_ms(r.run, repeats);
+        aim::ops::set_cuda_kernels(true);
+        std::printf("%-36s %10s %10s %9s %10.3f %9s %9s\n", r.op.c_str(), "-", "-", "-", r_ms, "-", "-");
+        continue;
+      }
+      aim::ops::set_cuda_kernels(true);
+      const double k_ms = median_ms(r.run, repeats);
+      aim::ops::set_cuda_kernels(false);
+      const double r_ms = median_ms(r.run, repeats);
+      aim::ops::set_cuda_kernels(true);
+      const double gbs = r.bytes / (k_ms * 1e-3) / 1e9;
+      char tflops[32] = "-";
+      if (r.flops > 0) std::snprintf(tflops, sizeof tflops, "%.0f", r.flops / (k_ms * 1e-3) / 1e12);
+      std::printf("%-36s %10.3f %10.0f %8.1f%% %10.3f %8.2fx %9s\n", r.op.c_str(), k_ms, gbs,
+                  100.0 * gbs * 1e9 / bw, r_ms, r_ms / k_ms, tflops);
+    }
+    std::printf("bytes: the fewest each op must move (inputs read once, outputs written once)\n");
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "bench_ops: %s\n", e.what());
+    return 1;
+  }
+  return 0;
+}
