@@ -1,8 +1,13 @@
-// Checks and dispatch for the norm ops. The fused CUDA kernels slot in here; until then every
-// device runs the reference (which is plain LibTorch and runs on CUDA tensors as well).
+// Checks and dispatch for the norm ops: the fused CUDA kernels for CUDA tensors they support
+// (unless turned off, aim/ops/dispatch.h), the reference otherwise.
 #include "aim/ops/norms.h"
 
 #include <torch/torch.h>
+
+#include "aim/ops/dispatch.h"
+#ifdef AIM_WITH_CUDA
+#include "ops/norms_cuda.h"
+#endif
 
 namespace aim::ops {
 
@@ -13,6 +18,34 @@ void check_weight(const torch::Tensor& x, const torch::Tensor& weight, const cha
               x.size(-1), "], got ", weight.sizes());
   TORCH_CHECK(weight.device() == x.device(), op, ": weight on ", weight.device(), ", x on ",
               x.device());
+}
+
+void check_add(const torch::Tensor& hidden, const torch::Tensor& residual,
+               const torch::Tensor& weight, const char* op) {
+  check_weight(hidden, weight, op);
+  if (residual.defined()) {
+    TORCH_CHECK(residual.sizes() == hidden.sizes(), op, ": residual ", residual.sizes(),
+                " != hidden ", hidden.sizes());
+    TORCH_CHECK(residual.device() == hidden.device(), op, ": residual on ", residual.device(),
+                ", hidden on ", hidden.device());
+  }
+}
+
+void check_modulation(const torch::Tensor& hidden, const torch::Tensor& shift,
+                      const torch::Tensor& scale, const char* op) {
+  TORCH_CHECK(shift.defined() == scale.defined(), op,
+              ": shift and scale must both be given or both be undefined");
+  if (!scale.defined()) return;
+  TORCH_CHECK(hidden.dim() == 2 || hidden.dim() == 3, op,
+              ": modulated hidden must be [B, L, D] or [B, D], got ", hidden.sizes());
+  const int64_t batch = hidden.size(0), dim = hidden.size(-1);
+  for (const auto* t : {&shift, &scale}) {
+    const char* name = t == &shift ? "shift" : "scale";
+    TORCH_CHECK(t->dim() == 2 && t->size(0) == batch && t->size(1) == dim, op, ": ", name,
+                " must be [", batch, ", ", dim, "], got ", t->sizes());
+    TORCH_CHECK(t->device() == hidden.device(), op, ": ", name, " on ", t->device(),
+                ", hidden on ", hidden.device());
+  }
 }
 }  // namespace
 
@@ -25,12 +58,29 @@ std::pair<torch::Tensor, torch::Tensor> add_rms_norm(const torch::Tensor& hidden
                                                      const torch::Tensor& residual,
                                                      const torch::Tensor& weight, double eps,
                                                      bool residual_in_fp32) {
-  check_weight(hidden, weight, "add_rms_norm");
-  if (residual.defined()) {
-    TORCH_CHECK(residual.sizes() == hidden.sizes(), "add_rms_norm: residual ", residual.sizes(),
-                " != hidden ", hidden.sizes());
+  check_add(hidden, residual, weight, "add_rms_norm");
+#ifdef AIM_WITH_CUDA
+  if (hidden.is_cuda() && cuda_kernels_enabled() &&
+      cuda::add_rms_norm_supported(hidden, residual, weight, {}, {})) {
+    return cuda::add_rms_norm_modulate(hidden, residual, weight, eps, residual_in_fp32, {}, {});
   }
+#endif
   return ref::add_rms_norm(hidden, residual, weight, eps, residual_in_fp32);
+}
+
+std::pair<torch::Tensor, torch::Tensor> add_rms_norm_modulate(
+    const torch::Tensor& hidden, const torch::Tensor& residual, const torch::Tensor& weight,
+    double eps, bool residual_in_fp32, const torch::Tensor& shift, const torch::Tensor& scale) {
+  check_add(hidden, residual, weight, "add_rms_norm_modulate");
+  check_modulation(hidden, shift, scale, "add_rms_norm_modulate");
+#ifdef AIM_WITH_CUDA
+  if (hidden.is_cuda() && cuda_kernels_enabled() &&
+      cuda::add_rms_norm_supported(hidden, residual, weight, shift, scale)) {
+    return cuda::add_rms_norm_modulate(hidden, residual, weight, eps, residual_in_fp32, shift,
+                                       scale);
+  }
+#endif
+  return ref::add_rms_norm_modulate(hidden, residual, weight, eps, residual_in_fp32, shift, scale);
 }
 
 torch::Tensor gated_rms_norm(const torch::Tensor& x, const torch::Tensor& z,
@@ -42,6 +92,12 @@ torch::Tensor gated_rms_norm(const torch::Tensor& x, const torch::Tensor& z,
   if (z.defined()) {
     TORCH_CHECK(z.sizes() == x.sizes(), "gated_rms_norm: z ", z.sizes(), " != x ", x.sizes());
   }
+#ifdef AIM_WITH_CUDA
+  if (x.is_cuda() && cuda_kernels_enabled() &&
+      cuda::gated_rms_norm_supported(x, z, weight, group_size)) {
+    return cuda::gated_rms_norm(x, z, weight, group_size, eps, norm_before_gate);
+  }
+#endif
   return ref::gated_rms_norm(x, z, weight, group_size, eps, norm_before_gate);
 }
 

@@ -26,6 +26,18 @@ std::pair<torch::Tensor, torch::Tensor> add_rms_norm(const torch::Tensor& hidden
   return {normed, res};
 }
 
+std::pair<torch::Tensor, torch::Tensor> add_rms_norm_modulate(
+    const torch::Tensor& hidden, const torch::Tensor& residual, const torch::Tensor& weight,
+    double eps, bool residual_in_fp32, const torch::Tensor& shift, const torch::Tensor& scale) {
+  auto [normed, res] = add_rms_norm(hidden, residual, weight, eps, residual_in_fp32);
+  if (!scale.defined()) return {normed, res};
+  // The model's modulate(); a no-op cast unless shift/scale promote (an fp32 adaLN table with
+  // bf16 hidden states), where the next projection would cast to hidden's dtype anyway.
+  auto out = hidden.dim() == 3 ? normed * (1 + scale.unsqueeze(1)) + shift.unsqueeze(1)
+                               : normed * (1 + scale) + shift;
+  return {out.to(hidden.scalar_type()), res};
+}
+
 torch::Tensor gated_rms_norm(const torch::Tensor& x, const torch::Tensor& z,
                              const torch::Tensor& weight, int64_t group_size, double eps,
                              bool norm_before_gate) {

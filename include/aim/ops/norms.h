@@ -19,6 +19,14 @@ std::pair<torch::Tensor, torch::Tensor> add_rms_norm(const torch::Tensor& hidden
                                                      const torch::Tensor& weight, double eps,
                                                      bool residual_in_fp32);
 
+/// The AiM block's input: add_rms_norm followed by the adaLN modulate,
+/// out = normed * (1 + scale) + shift, with shift, scale [B, D] broadcast over L for hidden
+/// [B, L, D] (or matching hidden [B, D]); shift and scale both undefined: plain add_rms_norm.
+/// Returns {out in hidden's dtype, residual'}.
+std::pair<torch::Tensor, torch::Tensor> add_rms_norm_modulate(
+    const torch::Tensor& hidden, const torch::Tensor& residual, const torch::Tensor& weight,
+    double eps, bool residual_in_fp32, const torch::Tensor& shift, const torch::Tensor& scale);
+
 /// Mamba2's gated RMSNorm over groups of `group_size` channels: with norm_before_gate false,
 /// y = rms_group(x * silu(z)) * weight; with true, y = rms_group(x) * weight * silu(z).
 /// z may be undefined (no gate). x, z [..., E], weight [E], E % group_size == 0.
@@ -32,6 +40,9 @@ std::pair<torch::Tensor, torch::Tensor> add_rms_norm(const torch::Tensor& hidden
                                                      const torch::Tensor& residual,
                                                      const torch::Tensor& weight, double eps,
                                                      bool residual_in_fp32);
+std::pair<torch::Tensor, torch::Tensor> add_rms_norm_modulate(
+    const torch::Tensor& hidden, const torch::Tensor& residual, const torch::Tensor& weight,
+    double eps, bool residual_in_fp32, const torch::Tensor& shift, const torch::Tensor& scale);
 torch::Tensor gated_rms_norm(const torch::Tensor& x, const torch::Tensor& z,
                              const torch::Tensor& weight, int64_t group_size, double eps,
                              bool norm_before_gate);

@@ -1,0 +1,553 @@
+#pragma once
+// RMS norms of the AiM block, forward and backward.
+//
+// add_rms_norm, per row n of [N, D], sequence b = n / rows_per_batch:
+//   r      = hidden + residual         stored as residual_out in its type; the norm reads the
+//                                      stored (rounded) value, as the reference does
+//   rstd   = 1 / sqrt(mean_j r^2 + eps)                                     saved, fp32
+//   xhat   = r * rstd,   normed = xhat * w
+//   out    = normed * (1 + scale[b]) + shift[b]                    (unmodulated: out = normed)
+// backward, with g = dout * (1 + scale[b]) (unmodulated: g = dout):
+//   dxhat  = g * w
+//   dr     = rstd * (dxhat - xhat * mean_j(dxhat * xhat)) + dresidual_out
+//   dw     = sum_n g * xhat,   dshift[b] = sum_{n in b} dout,   dscale[b] = sum_{n in b} dout * normed
+//
+// gated_rms_norm, per row n and group of group_size channels, s = silu(z) (no z: s = 1):
+//   norm_before_gate false:  u = x * s,  xhat = u * rstd,  out = xhat * w
+//       backward: dxhat = dout * w, du = rstd * (dxhat - xhat * mean(dxhat * xhat)),
+//                 dx = du * s, dz = du * x * silu'(z), dw = sum_n dout * xhat
+//   norm_before_gate true:   xhat = x * rstd,  out = xhat * w * s
+//       backward: dxhat = dout * w * s, dx = rstd * (dxhat - xhat * mean(dxhat * xhat)),
+//                 dz = dout * xhat * w * silu'(z), dw = sum_n dout * xhat * s
+//   with silu'(z) = sigmoid(z) * (1 + z * (1 - sigmoid(z))).
+//
+// Grid. Forward: one block per row (per row and group for the gated norm). Each thread keeps
+// kPerThread = 8 elements of the row in registers, so a row is read once; a block has
+// ceil(D / 8) threads rounded up to a warp (one warp for D <= 256, 1024 for D = 8192).
+// Backward: a block walks rows_per_chunk consecutive rows (of one sequence when modulated;
+// of one group for the gated norm), with a block sum per row, and keeps its column sums (dw,
+// dshift, dscale) per thread in registers; it writes them once as an fp32 partial row of the
+// workspace, and column_sum adds the partial rows in a fixed order: deterministic gradients.
+// Precision: fp32 or bf16 tensors, every sum and product in fp32, outputs rounded once.
+// Rows move as 4-element vectors when D (group_size) % 4 == 0 and every pointer and row
+// stride is 4-element aligned; otherwise element by element.
+#include <cuda_bf16.h>
+
+#include <cstdint>
+
+#include "rms_norm.h"
+#include "static_switch.h"
+
+namespace aim::kernels {
+
+namespace rms {
+
+constexpr int kPerThread = 8;
+constexpr int kMaxThreads = kRmsNormMaxDim / kPerThread;
+constexpr int kVecWidth = 4;
+constexpr int kColumnSumX = 32, kColumnSumY = 16;
+
+__device__ __forceinline__ float to_float(float v) { return v; }
+__device__ __forceinline__ float to_float(__nv_bfloat16 v) { return __bfloat162float(v); }
+
+template <typename T>
+__device__ __forceinline__ T from_float(float v);
+template <>
+__device__ __forceinline__ float from_float<float>(float v) {
+  return v;
+}
+template <>
+__device__ __forceinline__ __nv_bfloat16 from_float<__nv_bfloat16>(float v) {
+  return __float2bfloat16_rn(v);
+}
+
+/// v as it reads back after a store in T.
+template <typename T>
+__device__ __forceinline__ float round_to(float v) {
+  return to_float(from_float<T>(v));
+}
+
+template <typename T, int kVec>
+struct alignas(sizeof(T) * kVec) Packed {
+  T v[kVec];
+};
+
+template <int kVec, typename T>
+__device__ __forceinline__ void load_vec(const T* p, float* out) {
+  const Packed<T, kVec> packed = *reinterpret_cast<const Packed<T, kVec>*>(p);
+#pragma unroll
+  for (int e = 0; e < kVec; ++e) out[e] = to_float(packed.v[e]);
+}
+
+template <int kVec, typename T>
+__device__ __forceinline__ void store_vec(T* p, const float* in) {
+  Packed<T, kVec> packed;
+#pragma unroll
+  for (int e = 0; e < kVec; ++e) packed.v[e] = from_float<T>(in[e]);
+  *reinterpret_cast<Packed<T, kVec>*>(p) = packed;
+}
+
+__device__ __forceinline__ float sigmoid(float z) { return 1.f / (1.f + __expf(-z)); }
+
+__device__ __forceinline__ float warp_sum(float v) {
+#pragma unroll
+  for (int offset = 16; offset > 0; offset /= 2) v += __shfl_xor_sync(0xffffffffu, v, offset);
+  return v;
+}
+
+// Sum of v over the block, returned to every thread. blockDim.x is a multiple of 32 and every
+// thread calls it. Lane 0's warp sums are added in warp order by every thread, so all threads
+// get the same value and reruns the same bits. `scratch` is 32 floats of shared memory.
+__device__ __forceinline__ float block_sum(float v, float* scratch) {
+  v = warp_sum(v);
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  __syncthreads();  // every thread has read the previous call's scratch
+  if (lane == 0) scratch[warp] = v;
+  __syncthreads();
+  float total = 0.f;
+  const int nwarps = blockDim.x / 32;
+  for (int w = 0; w < nwarps; ++w) total += scratch[w];
+  return total;
+}
+
+// First element of slot k of this thread (slots of kVec elements, strided by the block).
+template <int kVec>
+__device__ __forceinline__ int slot_col(int k) {
+  return (k * static_cast<int>(blockDim.x) + static_cast<int>(threadIdx.x)) * kVec;
+}
+
+inline int threads_for(int dim) {
+  const int t = ((dim + kPerThread - 1) / kPerThread + 31) / 32 * 32;
+  return t < 32 ? 32 : t;
+}
+
+// A null pointer is no constraint.
+inline bool vec_aligned(const void* p, int64_t row_stride, size_t elem_bytes) {
+  return p == nullptr ||
+         (reinterpret_cast<uintptr_t>(p) % (kVecWidth * elem_bytes) == 0 && row_stride % kVecWidth == 0);
+}
+
+// Backward block layout of add_rms_norm: blocks (chunk, b) for b < batches.
+struct AddBwdLayout {
+  int rows_per_batch, batches, chunks_per_batch;
+};
+inline AddBwdLayout add_bwd_layout(const AddRmsNormParams& p) {
+  AddBwdLayout l;
+  l.rows_per_batch = p.scale != nullptr ? p.rows_per_batch : p.rows;
+  l.batches = l.rows_per_batch > 0 ? p.rows / l.rows_per_batch : 0;
+  l.chunks_per_batch =
+      p.rows_per_chunk > 0 ? (l.rows_per_batch + p.rows_per_chunk - 1) / p.rows_per_chunk : 0;
+  return l;
+}
+
+inline int gated_bwd_chunks(const GatedRmsNormParams& p) {
+  return p.rows_per_chunk > 0 ? (p.rows + p.rows_per_chunk - 1) / p.rows_per_chunk : 0;
+}
+
+}  // namespace rms
+
+// ---------------------------------------------------------------- add_rms_norm
+
+template <typename Tin, typename Tres, int kVec, bool kModulate>
+__global__ void __launch_bounds__(rms::kMaxThreads)
+    add_rms_norm_fwd_kernel(AddRmsNormParams p) {
+  using namespace rms;
+  constexpr int kIters = kPerThread / kVec;
+  __shared__ float scratch[32];
+  const int64_t n = blockIdx.x;
+  const Tin* hidden = static_cast<const Tin*>(p.hidden) + n * p.hidden_row_stride;
+  const Tres* residual = p.residual == nullptr
+                             ? nullptr
+                             : static_cast<const Tres*>(p.residual) + n * p.residual_row_stride;
+  Tres* residual_out = static_cast<Tres*>(p.residual_out) + n * p.dim;
+  Tin* out = static_cast<Tin*>(p.out) + n * p.dim;
+
+  float r[kPerThread];
+  float sumsq = 0.f;
+#pragma unroll
+  for (int k = 0; k < kIters; ++k) {
+    const int c = slot_col<kVec>(k);
+    float* rk = r + k * kVec;
+    if (c < p.dim) {
+      load_vec<kVec>(hidden + c, rk);
+      if (residual != nullptr) {
+        float add[kVec];
+        load_vec<kVec>(residual + c, add);
+#pragma unroll
+        for (int e = 0; e < kVec; ++e) rk[e] += add[e];
+      }
+#pragma unroll
+      for (int e = 0; e < kVec; ++e) {
+        rk[e] = round_to<Tres>(rk[e]);
+        sumsq += rk[e] * rk[e];
+      }
+      store_vec<kVec>(residual_out + c, rk);
+    } else {
+#pragma unroll
+      for (int e = 0; e < kVec; ++e) rk[e] = 0.f;
+    }
+  }
+  const float rstd = rsqrtf(block_sum(sumsq, scratch) / static_cast<float>(p.dim) + p.eps);
+  if (threadIdx.x == 0) p.rstd[n] = rstd;
+
+  const float* shift = nullptr;
+  const float* scale = nullptr;
+  if (kModulate) {
+    const int64_t b = n / p.rows_per_batch;
+    shift = p.shift + b * p.dim;
+    scale = p.scale + b * p.dim;
+  }
+#pragma unroll
+  for (int k = 0; k < kIters; ++k) {
+    const int c = slot_col<kVec>(k);
+    if (c < p.dim) {
+      const float* rk = r + k * kVec;
+      float w[kVec], y[kVec];
+      load_vec<kVec>(p.weight + c, w);
+#pragma unroll
+      for (int e = 0; e < kVec; ++e) y[e] = rk[e] * rstd * w[e];
+      if (kModulate) {
+        float sh[kVec], sc[kVec];
+        load_vec<kVec>(shift + c, sh);
+        load_vec<kVec>(scale + c, sc);
+#pragma unroll
+        for (int e = 0; e < kVec; ++e) y[e] = y[e] * (1.f + sc[e]) + sh[e];
+      }
+      store_vec<kVec>(out + c, y);
+    }
+  }
+}
+
+// Grid (chunks_per_batch, batches). Writes partial row b * chunks_per_batch + chunk of each
+// [batches * chunks_per_batch, D] slab of the workspace: dw, then (modulated) dshift, dscale.
+template <typename Tin, typename Tres, int kVec, bool kModulate>
+__global__ void __launch_bounds__(rms::kMaxThreads)
+    add_rms_norm_bwd_kernel(AddRmsNormParams p, int rows_per_batch) {
+  using namespace rms;
+  constexpr int kIters = kPerThread / kVec;
+  __shared__ float scratch[32];
+  const int chunk = blockIdx.x, b = blockIdx.y;
+  const int64_t batch_begin = static_cast<int64_t>(b) * rows_per_batch;
+  const int64_t row_begin = batch_begin + static_cast<int64_t>(chunk) * p.rows_per_chunk;
+  const int64_t row_end_chunk = row_begin + p.rows_per_chunk;
+  const int64_t row_end_batch = batch_begin + rows_per_batch;
+  const int64_t row_end = row_end_chunk < row_end_batch ? row_end_chunk : row_end_batch;
+  const float inv_dim = 1.f / static_cast<float>(p.dim);
+  const float* scale = kModulate ? p.scale + static_cast<int64_t>(b) * p.dim : nullptr;
+
+  float acc_dw[kPerThread], acc_dshift[kPerThread], acc_dscale[kPerThread];
+#pragma unroll
+  for (int i = 0; i < kPerThread; ++i) acc_dw[i] = acc_dshift[i] = acc_dscale[i] = 0.f;
+
+  for (int64_t n = row_begin; n < row_end; ++n) {
+    const float rstd = p.rstd[n];
+    const Tres* res = static_cast<const Tres*>(p.residual_out) + n * p.dim;
+    const Tin* dout = static_cast<const Tin*>(p.dout) + n * p.dout_row_stride;
+    float xhat[kPerThread], dxhat[kPerThread];
+    float dot = 0.f;
+#pragma unroll
+    for (int k = 0; k < kIters; ++k) {
+      const int c = slot_col<kVec>(k);
+      float* xk = xhat + k * kVec;
+      float* dk = dxhat + k * kVec;
+      if (c < p.dim) {
+        float dy[kVec], w[kVec], sc[kVec];
+        load_vec<kVec>(res + c, xk);
+        load_vec<kVec>(dout + c, dy);
+        load_vec<kVec>(p.weight + c, w);
+        if (kModulate) load_vec<kVec>(scale + c, sc);
+#pragma unroll
+        for (int e = 0; e < kVec; ++e) {
+          const int i = k * kVec + e;
+          xk[e] *= rstd;
+          float g = dy[e];
+          if (kModulate) {
+            acc_dshift[i] += dy[e];
+            acc_dscale[i] += dy[e] * (xk[e] * w[e]);
+            g *= 1.f + sc[e];
+          }
+          acc_dw[i] += g * xk[e];
+          dk[e] = g * w[e];
+          dot += dk[e] * xk[e];
+        }
+      } else {
+#pragma unroll
+        for (int e = 0; e < kVec; ++e) xk[e] = dk[e] = 0.f;
+      }
+    }
+    const float mean = block_sum(dot, scratch) * inv_dim;
+    const Tres* dres_out =
+        p.dresidual_out == nullptr
+            ? nullptr
+            : static_cast<const Tres*>(p.dresidual_out) + n * p.dresidual_out_row_stride;
+#pragma unroll
+    for (int k = 0; k < kIters; ++k) {
+      const int c = slot_col<kVec>(k);
+      if (c < p.dim) {
+        const float* xk = xhat + k * kVec;
+        const float* dk = dxhat + k * kVec;
+        float d[kVec];
+#pragma unroll
+        for (int e = 0; e < kVec; ++e) d[e] = rstd * (dk[e] - xk[e] * mean);
+        if (dres_out != nullptr) {
+          float extra[kVec];
+          load_vec<kVec>(dres_out + c, extra);
+#pragma unroll
+          for (int e = 0; e < kVec; ++e) d[e] += extra[e];
+        }
+        if (p.dhidden != nullptr) store_vec<kVec>(static_cast<Tin*>(p.dhidden) + n * p.dim + c, d);
+        if (p.dresidual != nullptr) {
+          store_vec<kVec>(static_cast<Tres*>(p.dresidual) + n * p.dim + c, d);
+        }
+      }
+    }
+  }
+
+  const int64_t partials = static_cast<int64_t>(gridDim.x) * gridDim.y;
+  const int64_t slot = static_cast<int64_t>(b) * gridDim.x + chunk;
+#pragma unroll
+  for (int k = 0; k < kIters; ++k) {
+    const int c = slot_col<kVec>(k);
+    if (c < p.dim) {
+      store_vec<kVec>(p.workspace + slot * p.dim + c, acc_dw + k * kVec);
+      if (kModulate) {
+        store_vec<kVec>(p.workspace + (partials + slot) * p.dim + c, acc_dshift + k * kVec);
+        store_vec<kVec>(p.workspace + (2 * partials + slot) * p.dim + c, acc_dscale + k * kVec);
+      }
+    }
+  }
+}
+
+template <typename Tin, typename Tres>
+cudaError_t add_rms_norm_fwd_launch(const AddRmsNormParams& p, cudaStream_t stream) {
+  using namespace rms;
+  const bool vec = p.dim % kVecWidth == 0 &&
+                   vec_aligned(p.hidden, p.hidden_row_stride, sizeof(Tin)) &&
+                   vec_aligned(p.residual, p.residual_row_stride, sizeof(Tres)) &&
+                   vec_aligned(p.out, 0, sizeof(Tin)) && vec_aligned(p.residual_out, 0, sizeof(Tres)) &&
+                   vec_aligned(p.weight, 0, sizeof(float)) && vec_aligned(p.shift, 0, sizeof(float)) &&
+                   vec_aligned(p.scale, 0, sizeof(float));
+  const dim3 grid(p.rows), block(threads_for(p.dim));
+  BOOL_SWITCH(vec, kVec4, [&] {
+    BOOL_SWITCH(p.scale != nullptr, kModulate, [&] {
+      add_rms_norm_fwd_kernel<Tin, Tres, kVec4 ? kVecWidth : 1, kModulate>
+          <<<grid, block, 0, stream>>>(p);
+    });
+  });
+  return cudaGetLastError();
+}
+
+// The partial-sum pass only; add_rms_norm_bwd_cuda then adds the partial rows.
+template <typename Tin, typename Tres>
+cudaError_t add_rms_norm_bwd_launch(const AddRmsNormParams& p, cudaStream_t stream) {
+  using namespace rms;
+  const AddBwdLayout l = add_bwd_layout(p);
+  const bool vec = p.dim % kVecWidth == 0 && vec_aligned(p.residual_out, 0, sizeof(Tres)) &&
+                   vec_aligned(p.dout, p.dout_row_stride, sizeof(Tin)) &&
+                   vec_aligned(p.dresidual_out, p.dresidual_out_row_stride, sizeof(Tres)) &&
+                   vec_aligned(p.dhidden, 0, sizeof(Tin)) && vec_aligned(p.dresidual, 0, sizeof(Tres)) &&
+                   vec_aligned(p.weight, 0, sizeof(float)) && vec_aligned(p.scale, 0, sizeof(float)) &&
+                   vec_aligned(p.workspace, 0, sizeof(float));
+  const dim3 grid(l.chunks_per_batch, l.batches), block(threads_for(p.dim));
+  BOOL_SWITCH(vec, kVec4, [&] {
+    BOOL_SWITCH(p.scale != nullptr, kModulate, [&] {
+      add_rms_norm_bwd_kernel<Tin, Tres, kVec4 ? kVecWidth : 1, kModulate>
+          <<<grid, block, 0, stream>>>(p, l.rows_per_batch);
+    });
+  });
+  return cudaGetLastError();
+}
+
+// ---------------------------------------------------------------- gated_rms_norm
+
+// Grid (N, ngroups).
+template <typename T, int kVec>
+__global__ void __launch_bounds__(rms::kMaxThreads)
+    gated_rms_norm_fwd_kernel(GatedRmsNormParams p) {
+  using namespace rms;
+  constexpr int kIters = kPerThread / kVec;
+  __shared__ float scratch[32];
+  const int64_t n = blockIdx.x;
+  const int g = blockIdx.y;
+  const int64_t col0 = static_cast<int64_t>(g) * p.group_size;
+  const bool gated = p.z != nullptr;
+  const T* x = static_cast<const T*>(p.x) + n * p.x_row_stride + col0;
+  const T* z = gated ? static_cast<const T*>(p.z) + n * p.z_row_stride + col0 : nullptr;
+  T* out = static_cast<T*>(p.out) + n * p.dim + col0;
+  const float* weight = p.weight + col0;
+
+  float u[kPerThread], gate[kPerThread];
+  float sumsq = 0.f;
+#pragma unroll
+  for (int k = 0; k < kIters; ++k) {
+    const int c = slot_col<kVec>(k);
+    float* uk = u + k * kVec;
+    float* sk = gate + k * kVec;
+    if (c < p.group_size) {
+      load_vec<kVec>(x + c, uk);
+      if (gated) {
+        load_vec<kVec>(z + c, sk);
+#pragma unroll
+        for (int e = 0; e < kVec; ++e) {
+          sk[e] *= sigmoid(sk[e]);
+          if (!p.norm_before_gate) uk[e] *= sk[e];
+        }
+      }
+#pragma unroll
+      for (int e = 0; e < kVec; ++e) sumsq += uk[e] * uk[e];
+    } else {
+#pragma unroll
+      for (int e = 0; e < kVec; ++e) uk[e] = sk[e] = 0.f;
+    }
+  }
+  const float rstd =
+      rsqrtf(block_sum(sumsq, scratch) / static_cast<float>(p.group_size) + p.eps);
+  if (threadIdx.x == 0) p.rstd[n * gridDim.y + g] = rstd;
+#pragma unroll
+  for (int k = 0; k < kIters; ++k) {
+    const int c = slot_col<kVec>(k);
+    if (c < p.group_size) {
+      const float* uk = u + k * kVec;
+      const float* sk = gate + k * kVec;
+      float w[kVec], y[kVec];
+      load_vec<kVec>(weight + c, w);
+#pragma unroll
+      for (int e = 0; e < kVec; ++e) {
+        y[e] = uk[e] * rstd * w[e];
+        if (gated && p.norm_before_gate) y[e] *= sk[e];
+      }
+      store_vec<kVec>(out + c, y);
+    }
+  }
+}
+
+// Grid (chunks, ngroups). Writes columns [g * group_size, (g + 1) * group_size) of partial
+// row `chunk` of the [chunks, E] workspace.
+template <typename T, int kVec>
+__global__ void __launch_bounds__(rms::kMaxThreads)
+    gated_rms_norm_bwd_kernel(GatedRmsNormParams p) {
+  using namespace rms;
+  constexpr int kIters = kPerThread / kVec;
+  __shared__ float scratch[32];
+  const int chunk = blockIdx.x, g = blockIdx.y;
+  const int64_t col0 = static_cast<int64_t>(g) * p.group_size;
+  const int64_t row_begin = static_cast<int64_t>(chunk) * p.rows_per_chunk;
+  const int64_t row_end_chunk = row_begin + p.rows_per_chunk;
+  const int64_t row_end = row_end_chunk < p.rows ? row_end_chunk : p.rows;
+  const bool gated = p.z != nullptr;
+  const float inv_group = 1.f / static_cast<float>(p.group_size);
+  const float* weight = p.weight + col0;
+
+  float acc_dw[kPerThread];
+#pragma unroll
+  for (int i = 0; i < kPerThread; ++i) acc_dw[i] = 0.f;
+
+  for (int64_t n = row_begin; n < row_end; ++n) {
+    const float rstd = p.rstd[n * gridDim.y + g];
+    const T* x = static_cast<const T*>(p.x) + n * p.x_row_stride + col0;
+    const T* z = gated ? static_cast<const T*>(p.z) + n * p.z_row_stride + col0 : nullptr;
+    const T* dout = static_cast<const T*>(p.dout) + n * p.dout_row_stride + col0;
+    // Per element: xhat, dxhat, and what the second pass needs besides du:
+    //   gate first: dx = du * dx_factor, dz = du * dz_value;  norm first: dx = du, dz = dz_value.
+    float xhat[kPerThread], dxhat[kPerThread], dx_factor[kPerThread], dz_value[kPerThread];
+    float dot = 0.f;
+#pragma unroll
+    for (int k = 0; k < kIters; ++k) {
+      const int c = slot_col<kVec>(k);
+      if (c < p.group_size) {
+        float xv[kVec], zv[kVec], dy[kVec], w[kVec];
+        load_vec<kVec>(x + c, xv);
+        load_vec<kVec>(dout + c, dy);
+        load_vec<kVec>(weight + c, w);
+        if (gated) load_vec<kVec>(z + c, zv);
+#pragma unroll
+        for (int e = 0; e < kVec; ++e) {
+          const int i = k * kVec + e;
+          float s = 1.f, ds = 0.f;
+          if (gated) {
+            const float sig = sigmoid(zv[e]);
+            s = zv[e] * sig;
+            ds = sig * (1.f + zv[e] * (1.f - sig));
+          }
+          if (!p.norm_before_gate) {
+            xhat[i] = xv[e] * s * rstd;
+            acc_dw[i] += dy[e] * xhat[i];
+            dxhat[i] = dy[e] * w[e];
+            dx_factor[i] = s;
+            dz_value[i] = xv[e] * ds;
+          } else {
+            xhat[i] = xv[e] * rstd;
+            acc_dw[i] += dy[e] * xhat[i] * s;
+            dxhat[i] = dy[e] * w[e] * s;
+            dx_factor[i] = 1.f;
+            dz_value[i] = dy[e] * xhat[i] * w[e] * ds;
+          }
+          dot += dxhat[i] * xhat[i];
+        }
+      } else {
+#pragma unroll
+        for (int e = 0; e < kVec; ++e) {
+          const int i = k * kVec + e;
+          xhat[i] = dxhat[i] = dx_factor[i] = dz_value[i] = 0.f;
+        }
+      }
+    }
+    const float mean = block_sum(dot, scratch) * inv_group;
+    T* dx = p.dx == nullptr ? nullptr : static_cast<T*>(p.dx) + n * p.dim + col0;
+    T* dz = p.dz == nullptr ? nullptr : static_cast<T*>(p.dz) + n * p.dim + col0;
+#pragma unroll
+    for (int k = 0; k < kIters; ++k) {
+      const int c = slot_col<kVec>(k);
+      if (c < p.group_size) {
+        float dxv[kVec], dzv[kVec];
+#pragma unroll
+        for (int e = 0; e < kVec; ++e) {
+          const int i = k * kVec + e;
+          const float du = rstd * (dxhat[i] - xhat[i] * mean);
+          dxv[e] = du * dx_factor[i];
+          dzv[e] = p.norm_before_gate ? dz_value[i] : du * dz_value[i];
+        }
+        if (dx != nullptr) store_vec<kVec>(dx + c, dxv);
+        if (dz != nullptr) store_vec<kVec>(dz + c, dzv);
+      }
+    }
+  }
+
+  float* part = p.workspace + static_cast<int64_t>(chunk) * p.dim + col0;
+#pragma unroll
+  for (int k = 0; k < kIters; ++k) {
+    const int c = slot_col<kVec>(k);
+    if (c < p.group_size) store_vec<kVec>(part + c, acc_dw + k * kVec);
+  }
+}
+
+template <typename T>
+cudaError_t gated_rms_norm_fwd_launch(const GatedRmsNormParams& p, cudaStream_t stream) {
+  using namespace rms;
+  const bool vec = p.group_size % kVecWidth == 0 && vec_aligned(p.x, p.x_row_stride, sizeof(T)) &&
+                   vec_aligned(p.z, p.z_row_stride, sizeof(T)) && vec_aligned(p.out, 0, sizeof(T)) &&
+                   vec_aligned(p.weight, 0, sizeof(float));
+  const dim3 grid(p.rows, p.dim / p.group_size), block(threads_for(p.group_size));
+  BOOL_SWITCH(vec, kVec4, [&] {
+    gated_rms_norm_fwd_kernel<T, kVec4 ? kVecWidth : 1><<<grid, block, 0, stream>>>(p);
+  });
+  return cudaGetLastError();
+}
+
+// The partial-sum pass only; gated_rms_norm_bwd_cuda then adds the partial rows.
+template <typename T>
+cudaError_t gated_rms_norm_bwd_launch(const GatedRmsNormParams& p, cudaStream_t stream) {
+  using namespace rms;
+  const bool vec = p.group_size % kVecWidth == 0 && vec_aligned(p.x, p.x_row_stride, sizeof(T)) &&
+                   vec_aligned(p.z, p.z_row_stride, sizeof(T)) &&
+                   vec_aligned(p.dout, p.dout_row_stride, sizeof(T)) &&
+                   vec_aligned(p.dx, 0, sizeof(T)) && vec_aligned(p.dz, 0, sizeof(T)) &&
+                   vec_aligned(p.weight, 0, sizeof(float)) && vec_aligned(p.workspace, 0, sizeof(float));
+  const dim3 grid(gated_bwd_chunks(p), p.dim / p.group_size), block(threads_for(p.group_size));
+  BOOL_SWITCH(vec, kVec4, [&] {
+    gated_rms_norm_bwd_kernel<T, kVec4 ? kVecWidth : 1><<<grid, block, 0, stream>>>(p);
+  });
+  return cudaGetLastError();
+}
+
+}  // namespace aim::kernels

@@ -1,0 +1,346 @@
+// Fills kernels/rms_norm.h from LibTorch tensors; the forward and backward launches are tied
+// together by torch::autograd::Functions.
+#include "ops/norms_cuda.h"
+
+#include <ATen/cuda/CUDAContext.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <torch/torch.h>
+
+#include <initializer_list>
+#include <limits>
+#include <optional>
+
+#include "aim/ops/dispatch.h"
+#include "rms_norm.h"
+
+namespace aim::ops::cuda {
+
+namespace {
+
+using torch::autograd::AutogradContext;
+using torch::autograd::tensor_list;
+
+constexpr int64_t kMaxGridY = 65535;
+
+kernels::ElemType elem_type(torch::ScalarType t) {
+  return t == torch::kBFloat16 ? kernels::ElemType::kBFloat16 : kernels::ElemType::kFloat32;
+}
+
+bool kernel_dtype(const torch::Tensor& t) {
+  return t.scalar_type() == torch::kFloat || t.scalar_type() == torch::kBFloat16;
+}
+
+bool unit_last_stride(const torch::Tensor& t) {
+  return !t.defined() || t.size(-1) <= 1 || t.stride(-1) == 1;
+}
+
+bool on_device_of(const torch::Tensor& t, const torch::Tensor& x) {
+  return !t.defined() || t.device() == x.device();
+}
+
+// At least one row, and the row count fits the kernels' int.
+bool rows_fit(const torch::Tensor& x) {
+  return x.dim() >= 1 && x.numel() > 0 &&
+         x.numel() / x.size(-1) <= std::numeric_limits<int>::max();
+}
+
+// [..., D] as rows [N, D] with unit column stride: a view where the strides allow, else a copy.
+torch::Tensor as_rows(const torch::Tensor& t) {
+  auto rows = t.reshape({-1, t.size(-1)});
+  if (rows.size(1) > 1 && rows.stride(1) != 1) rows = rows.contiguous();
+  return rows;
+}
+
+// Function::apply takes an undefined tensor for an input it must track (and fails on it); an
+// empty optional is an input that is not one. Edges, and so ctx->needs_input_grad(i), count only
+// the inputs given.
+std::optional<torch::Tensor> optional_input(const torch::Tensor& t) {
+  return t.defined() ? std::optional<torch::Tensor>(t) : std::nullopt;
+}
+torch::Tensor value_or_undefined(const std::optional<torch::Tensor>& t) {
+  return t.has_value() ? *t : torch::Tensor();
+}
+
+torch::Tensor as_float(const torch::Tensor& t) {
+  return t.defined() ? t.to(torch::kFloat).contiguous() : t;
+}
+
+const void* ptr_or_null(const torch::Tensor& t) { return t.defined() ? t.data_ptr() : nullptr; }
+void* mut_ptr_or_null(torch::Tensor& t) { return t.defined() ? t.data_ptr() : nullptr; }
+
+void maybe_poison(std::initializer_list<torch::Tensor> outputs) {
+  if (!poison_outputs()) return;
+  for (auto t : outputs) {
+    if (t.defined()) t.fill_(std::numeric_limits<float>::quiet_NaN());
+  }
+}
+
+void check_launch(cudaError_t err, const char* what) {
+  TORCH_CHECK(err == cudaSuccess, what, " kernel launch failed: ", cudaGetErrorString(err));
+}
+
+cudaStream_t current_stream() { return at::cuda::getCurrentCUDAStream().stream(); }
+
+int64_t type_code(torch::ScalarType t) { return static_cast<int64_t>(t); }
+torch::ScalarType type_of(const c10::IValue& v) { return static_cast<torch::ScalarType>(v.toInt()); }
+
+class AddRmsNormFunction : public torch::autograd::Function<AddRmsNormFunction> {
+ public:
+  // Returns {out, residual_out}. residual, shift and scale may be empty.
+  static tensor_list forward(AutogradContext* ctx, const torch::Tensor& hidden,
+                             const std::optional<torch::Tensor>& residual_opt,
+                             const torch::Tensor& weight,
+                             const std::optional<torch::Tensor>& shift_opt,
+                             const std::optional<torch::Tensor>& scale_opt, double eps,
+                             bool residual_in_fp32) {
+    const auto residual = value_or_undefined(residual_opt);
+    const auto shift = value_or_undefined(shift_opt), scale = value_or_undefined(scale_opt);
+    c10::cuda::CUDAGuard guard(hidden.device());
+    const auto in_type = hidden.scalar_type();
+    const auto res_type = residual_in_fp32 ? torch::kFloat : in_type;
+    const bool modulated = scale.defined();
+    const int64_t dim = hidden.size(-1), rows = hidden.numel() / dim;
+    const auto h = as_rows(hidden);
+    const auto r = residual.defined() ? as_rows(residual.to(res_type)) : torch::Tensor();
+    const auto weight_f = as_float(weight), shift_f = as_float(shift), scale_f = as_float(scale);
+    auto out = torch::empty(hidden.sizes(), hidden.options());
+    auto residual_out = torch::empty(hidden.sizes(), hidden.options().dtype(res_type));
+    auto rstd = torch::empty({rows}, hidden.options().dtype(torch::kFloat));
+    maybe_poison({out, residual_out, rstd});
+
+    kernels::AddRmsNormParams p;
+    p.rows = static_cast<int>(rows);
+    p.dim = static_cast<int>(dim);
+    p.rows_per_batch = static_cast<int>(modulated ? rows / hidden.size(0) : rows);
+    p.eps = static_cast<float>(eps);
+    p.weight = weight_f.data_ptr<float>();
+    p.shift = modulated ? shift_f.data_ptr<float>() : nullptr;
+    p.scale = modulated ? scale_f.data_ptr<float>() : nullptr;
+    p.hidden = h.data_ptr();
+    p.hidden_row_stride = h.stride(0);
+    p.residual = ptr_or_null(r);
+    p.residual_row_stride = r.defined() ? r.stride(0) : 0;
+    p.out = out.data_ptr();
+    p.residual_out = residual_out.data_ptr();
+    p.rstd = rstd.data_ptr<float>();
+    check_launch(kernels::add_rms_norm_fwd_cuda(p, elem_type(in_type), elem_type(res_type),
+                                                current_stream()),
+                 "add_rms_norm forward");
+
+    ctx->save_for_backward({residual_out, rstd, weight, scale});
+    ctx->saved_data["in_type"] = type_code(in_type);
+    ctx->saved_data["residual_type"] = residual.defined() ? type_code(residual.scalar_type()) : -1;
+    ctx->saved_data["shift_type"] = modulated ? type_code(shift.scalar_type()) : -1;
+    ctx->saved_data["rows_per_batch"] = static_cast<int64_t>(p.rows_per_batch);
+    // residual_out is often unused (the last block's, in sampling): no zeros for its gradient.
+    ctx->set_materialize_grads(false);
+    return {out, residual_out};
+  }
+
+  static tensor_list backward(AutogradContext* ctx, tensor_list grads) {
+    const auto saved = ctx->get_saved_variables();
+    const auto& residual_out = saved[0];
+    const auto& rstd = saved[1];
+    const auto& weight = saved[2];
+    const auto& scale = saved[3];
+    c10::cuda::CUDAGuard guard(residual_out.device());
+    const auto in_type = type_of(ctx->saved_data["in_type"]);
+    const auto res_type = residual_out.scalar_type();
+    const int64_t residual_code = ctx->saved_data["residual_type"].toInt();
+    const bool modulated = scale.defined();
+    const int64_t rows_per_batch = ctx->saved_data["rows_per_batch"].toInt();
+    const int64_t dim = residual_out.size(-1), rows = residual_out.numel() / dim;
+    const auto opts = residual_out.options();
+
+    const auto dout = as_rows(grads[0].defined() ? grads[0].to(in_type)
+                                                 : torch::zeros({rows, dim}, opts.dtype(in_type)));
+    const auto dres = grads[1].defined() ? as_rows(grads[1].to(res_type)) : torch::Tensor();
+    const auto weight_f = as_float(weight), scale_f = as_float(scale);
+    torch::Tensor dhidden, dresidual, dshift, dscale;
+    // Edge 0 is hidden and, when given, edge 1 the residual.
+    if (ctx->needs_input_grad(0)) dhidden = torch::empty({rows, dim}, opts.dtype(in_type));
+    if (residual_code >= 0 && ctx->needs_input_grad(1)) {
+      dresidual = torch::empty({rows, dim}, opts.dtype(res_type));
+    }
+    auto dweight = torch::empty({dim}, opts.dtype(torch::kFloat));
+    if (modulated) {
+      dshift = torch::empty({rows / rows_per_batch, dim}, opts.dtype(torch::kFloat));
+      dscale = torch::empty({rows / rows_per_batch, dim}, opts.dtype(torch::kFloat));
+    }
+
+    kernels::AddRmsNormParams p;
+    p.rows = static_cast<int>(rows);
+    p.dim = static_cast<int>(dim);
+    p.rows_per_batch = static_cast<int>(rows_per_batch);
+    p.weight = weight_f.data_ptr<float>();
+    p.scale = modulated ? scale_f.data_ptr<float>() : nullptr;
+    p.residual_out = residual_out.data_ptr();
+    p.rstd = rstd.data_ptr<float>();
+    p.dout = dout.data_ptr();
+    p.dout_row_stride = dout.stride(0);
+    p.dresidual_out = ptr_or_null(dres);
+    p.dresidual_out_row_stride = dres.defined() ? dres.stride(0) : 0;
+    p.rows_per_chunk = kernels::rms_norm_bwd_rows_per_chunk(rows);
+    auto workspace = torch::empty({kernels::add_rms_norm_bwd_workspace_size(p)},
+                                  opts.dtype(torch::kFloat));
+    maybe_poison({dhidden, dresidual, dweight, dshift, dscale, workspace});
+    p.dhidden = mut_ptr_or_null(dhidden);
+    p.dresidual = mut_ptr_or_null(dresidual);
+    p.dweight = dweight.data_ptr<float>();
+    p.dshift = modulated ? dshift.data_ptr<float>() : nullptr;
+    p.dscale = modulated ? dscale.data_ptr<float>() : nullptr;
+    p.workspace = workspace.data_ptr<float>();
+    check_launch(kernels::add_rms_norm_bwd_cuda(p, elem_type(in_type), elem_type(res_type),
+                                                current_stream()),
+                 "add_rms_norm backward");
+
+    const auto sizes = residual_out.sizes();
+    return {dhidden.defined() ? dhidden.view(sizes) : torch::Tensor(),
+            dresidual.defined() ? dresidual.view(sizes).to(static_cast<torch::ScalarType>(residual_code))
+                                : torch::Tensor(),
+            dweight.to(weight.scalar_type()),
+            modulated ? dshift.to(type_of(ctx->saved_data["shift_type"])) : torch::Tensor(),
+            modulated ? dscale.to(scale.scalar_type()) : torch::Tensor(),
+            torch::Tensor(),
+            torch::Tensor()};
+  }
+};
+
+class GatedRmsNormFunction : public torch::autograd::Function<GatedRmsNormFunction> {
+ public:
+  // z may be empty.
+  static torch::Tensor forward(AutogradContext* ctx, const torch::Tensor& x,
+                               const std::optional<torch::Tensor>& z_opt,
+                               const torch::Tensor& weight, int64_t group_size, double eps,
+                               bool norm_before_gate) {
+    const auto z = value_or_undefined(z_opt);
+    c10::cuda::CUDAGuard guard(x.device());
+    const int64_t dim = x.size(-1), rows = x.numel() / dim;
+    const auto x2 = as_rows(x);
+    const auto z2 = z.defined() ? as_rows(z) : torch::Tensor();
+    const auto weight_f = as_float(weight);
+    auto out = torch::empty(x.sizes(), x.options());
+    auto rstd = torch::empty({rows, dim / group_size}, x.options().dtype(torch::kFloat));
+    maybe_poison({out, rstd});
+
+    kernels::GatedRmsNormParams p;
+    p.rows = static_cast<int>(rows);
+    p.dim = static_cast<int>(dim);
+    p.group_size = static_cast<int>(group_size);
+    p.eps = static_cast<float>(eps);
+    p.norm_before_gate = norm_before_gate;
+    p.weight = weight_f.data_ptr<float>();
+    p.x = x2.data_ptr();
+    p.x_row_stride = x2.stride(0);
+    p.z = ptr_or_null(z2);
+    p.z_row_stride = z2.defined() ? z2.stride(0) : 0;
+    p.out = out.data_ptr();
+    p.rstd = rstd.data_ptr<float>();
+    check_launch(kernels::gated_rms_norm_fwd_cuda(p, elem_type(x.scalar_type()), current_stream()),
+                 "gated_rms_norm forward");
+
+    ctx->save_for_backward({x, z, weight, rstd});
+    ctx->saved_data["group_size"] = group_size;
+    ctx->saved_data["eps"] = eps;
+    ctx->saved_data["norm_before_gate"] = norm_before_gate;
+    return out;
+  }
+
+  static tensor_list backward(AutogradContext* ctx, tensor_list grads) {
+    const auto saved = ctx->get_saved_variables();
+    const auto& x = saved[0];
+    const auto& z = saved[1];
+    const auto& weight = saved[2];
+    const auto& rstd = saved[3];
+    c10::cuda::CUDAGuard guard(x.device());
+    const int64_t dim = x.size(-1), rows = x.numel() / dim;
+    const auto opts = x.options();
+    const auto x2 = as_rows(x);
+    const auto z2 = z.defined() ? as_rows(z) : torch::Tensor();
+    const auto dout = as_rows(grads[0].to(x.scalar_type()));
+    const auto weight_f = as_float(weight);
+    torch::Tensor dx, dz;
+    // Edge 0 is x and, when given, edge 1 is z.
+    if (ctx->needs_input_grad(0)) dx = torch::empty({rows, dim}, opts);
+    if (z.defined() && ctx->needs_input_grad(1)) dz = torch::empty({rows, dim}, opts);
+    auto dweight = torch::empty({dim}, opts.dtype(torch::kFloat));
+
+    kernels::GatedRmsNormParams p;
+    p.rows = static_cast<int>(rows);
+    p.dim = static_cast<int>(dim);
+    p.group_size = static_cast<int>(ctx->saved_data["group_size"].toInt());
+    p.eps = static_cast<float>(ctx->saved_data["eps"].toDouble());
+    p.norm_before_gate = ctx->saved_data["norm_before_gate"].toBool();
+    p.weight = weight_f.data_ptr<float>();
+    p.x = x2.data_ptr();
+    p.x_row_stride = x2.stride(0);
+    p.z = ptr_or_null(z2);
+    p.z_row_stride = z2.defined() ? z2.stride(0) : 0;
+    p.rstd = rstd.data_ptr<float>();
+    p.dout = dout.data_ptr();
+    p.dout_row_stride = dout.stride(0);
+    p.rows_per_chunk = kernels::rms_norm_bwd_rows_per_chunk(rows);
+    auto workspace = torch::empty({kernels::gated_rms_norm_bwd_workspace_size(p)},
+                                  opts.dtype(torch::kFloat));
+    maybe_poison({dx, dz, dweight, workspace});
+    p.dx = mut_ptr_or_null(dx);
+    p.dz = mut_ptr_or_null(dz);
+    p.dweight = dweight.data_ptr<float>();
+    p.workspace = workspace.data_ptr<float>();
+    check_launch(kernels::gated_rms_norm_bwd_cuda(p, elem_type(x.scalar_type()), current_stream()),
+                 "gated_rms_norm backward");
+
+    return {dx.defined() ? dx.view(x.sizes()) : torch::Tensor(),
+            dz.defined() ? dz.view(z.sizes()) : torch::Tensor(),
+            dweight.to(weight.scalar_type()),
+            torch::Tensor(),
+            torch::Tensor(),
+            torch::Tensor()};
+  }
+};
+
+}  // namespace
+
+bool add_rms_norm_supported(const torch::Tensor& hidden, const torch::Tensor& residual,
+                            const torch::Tensor& weight, const torch::Tensor& shift,
+                            const torch::Tensor& scale) {
+  if (!hidden.is_cuda() || !kernel_dtype(hidden) || !rows_fit(hidden) ||
+      !unit_last_stride(hidden) || hidden.size(-1) > kernels::kRmsNormMaxDim) {
+    return false;
+  }
+  if (residual.defined() && (!residual.is_floating_point() || !unit_last_stride(residual))) {
+    return false;
+  }
+  if (scale.defined() && hidden.size(0) > kMaxGridY) return false;
+  return weight.is_floating_point() && on_device_of(residual, hidden) &&
+         on_device_of(weight, hidden) && on_device_of(shift, hidden) && on_device_of(scale, hidden);
+}
+
+std::pair<torch::Tensor, torch::Tensor> add_rms_norm_modulate(
+    const torch::Tensor& hidden, const torch::Tensor& residual, const torch::Tensor& weight,
+    double eps, bool residual_in_fp32, const torch::Tensor& shift, const torch::Tensor& scale) {
+  auto outs = AddRmsNormFunction::apply(hidden, optional_input(residual), weight,
+                                        optional_input(shift), optional_input(scale), eps,
+                                        residual_in_fp32);
+  return {outs[0], outs[1]};
+}
+
+bool gated_rms_norm_supported(const torch::Tensor& x, const torch::Tensor& z,
+                              const torch::Tensor& weight, int64_t group_size) {
+  if (!x.is_cuda() || !kernel_dtype(x) || !rows_fit(x) || !unit_last_stride(x)) return false;
+  if (group_size < 1 || group_size > kernels::kRmsNormMaxDim || x.size(-1) % group_size != 0 ||
+      x.size(-1) / group_size > kMaxGridY) {
+    return false;
+  }
+  if (z.defined() && (z.scalar_type() != x.scalar_type() || !unit_last_stride(z))) return false;
+  return weight.is_floating_point() && on_device_of(z, x) && on_device_of(weight, x);
+}
+
+torch::Tensor gated_rms_norm(const torch::Tensor& x, const torch::Tensor& z,
+                             const torch::Tensor& weight, int64_t group_size, double eps,
+                             bool norm_before_gate) {
+  return GatedRmsNormFunction::apply(x, optional_input(z), weight, group_size, eps,
+                                     norm_before_gate);
+}
+
+}  // namespace aim::ops::cuda

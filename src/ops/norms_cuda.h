@@ -1,0 +1,32 @@
+#pragma once
+// CUDA adapters of the norm ops: autograd functions over kernels/rms_norm.h.
+#include <torch/types.h>
+
+#include <utility>
+
+namespace aim::ops::cuda {
+
+/// Whether the kernels handle these tensors (CUDA, fp32/bf16 hidden with a contiguous last
+/// dim, D <= 8192, every tensor on hidden's device); otherwise the reference runs. residual,
+/// shift and scale may be undefined.
+bool add_rms_norm_supported(const torch::Tensor& hidden, const torch::Tensor& residual,
+                            const torch::Tensor& weight, const torch::Tensor& shift,
+                            const torch::Tensor& scale);
+
+/// ops::add_rms_norm_modulate on the kernels, differentiable in hidden, residual, weight, shift
+/// and scale. hidden, residual [..., D] ([B, L, D] or [B, D] with shift, scale [B, D]).
+std::pair<torch::Tensor, torch::Tensor> add_rms_norm_modulate(
+    const torch::Tensor& hidden, const torch::Tensor& residual, const torch::Tensor& weight,
+    double eps, bool residual_in_fp32, const torch::Tensor& shift, const torch::Tensor& scale);
+
+/// Whether the kernels handle these tensors (CUDA, fp32/bf16 x with a contiguous last dim, z
+/// of x's dtype, group_size <= 8192); otherwise the reference runs. z may be undefined.
+bool gated_rms_norm_supported(const torch::Tensor& x, const torch::Tensor& z,
+                              const torch::Tensor& weight, int64_t group_size);
+
+/// ops::gated_rms_norm on the kernels, differentiable in x, z and weight. x, z [..., E].
+torch::Tensor gated_rms_norm(const torch::Tensor& x, const torch::Tensor& z,
+                             const torch::Tensor& weight, int64_t group_size, double eps,
+                             bool norm_before_gate);
+
+}  // namespace aim::ops::cuda
