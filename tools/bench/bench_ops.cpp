@@ -114,6 +114,37 @@ int main(int argc, char** argv) {
                       auto grads = torch::autograd::grad({out}, {x, w, bias}, {g});
                     }});
 
+    // The block's residual add + RMSNorm + adaLN modulate (bf16 hidden, fp32 residual) and
+    // Mamba2's gated RMSNorm, as in training. Bytes: forward reads hidden and residual and
+    // writes both outputs; backward reads dy, dresidual' and residual', writes two gradients
+    // (gated: x, z, y forward; dy, x, z, dx, dz backward).
+    auto nh = torch::randn({B, L, D}, opts).requires_grad_(true);
+    auto nres = torch::randn({B, L, D}, fopts).requires_grad_(true);
+    auto nw = torch::rand({D}, fopts).add_(0.5).requires_grad_(true);
+    auto nshift = (torch::randn({B, D}, opts) * 0.1).requires_grad_(true);
+    auto nscale = (torch::randn({B, D}, opts) * 0.1).requires_grad_(true);
+    auto ng = torch::randn({B, L, D}, opts), nrg = torch::randn({B, L, D}, fopts);
+    const double nd = static_cast<double>(B * L * D);
+    rows.push_back({"add_rms_norm_modulate fwd", nd * (elem + 4 + 4 + elem), [&] {
+                      torch::NoGradGuard ng_guard;
+                      aim::ops::add_rms_norm_modulate(nh, nres, nw, 1e-5, true, nshift, nscale);
+                    }});
+    rows.push_back({"add_rms_norm_modulate fwd+bwd", nd * (4 * elem + 20),
+                    [&] {
+                      auto [out, res] = aim::ops::add_rms_norm_modulate(nh, nres, nw, 1e-5, true, nshift, nscale);
+                      auto grads = torch::autograd::grad({out, res}, {nh, nres, nw, nshift, nscale}, {ng, nrg});
+                    }});
+    auto gx = torch::randn({B, L, d_inner}, opts).requires_grad_(true);
+    auto gz = torch::randn({B, L, d_inner}, opts).requires_grad_(true);
+    auto gw = torch::rand({d_inner}, fopts).add_(0.5).requires_grad_(true);
+    auto gg = torch::randn({B, L, d_inner}, opts);
+    const double gd = static_cast<double>(B * L * d_inner);
+    const int64_t group = d_inner / m.ssm.ngroups;
+    rows.push_back({"gated_rms_norm fwd+bwd", gd * elem * 8, [&] {
+                      auto y = aim::ops::gated_rms_norm(gx, gz, gw, group, 1e-5, false);
+                      auto grads = torch::autograd::grad({y}, {gx, gz, gw}, {gg});
+                    }});
+
     // lm_head + cross-entropy over the training tokens (matmul-bound: 3 products of
     // [tokens, D] x [D, V]); bytes = the logits written once and read once in bf16.
     const int64_t V = m.vocab_size, T = B * m.num_tokens;
