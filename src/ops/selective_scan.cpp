@@ -1,7 +1,13 @@
-// Checks and dispatch for the Mamba1 selective scan ops.
+// Checks and dispatch for the Mamba1 selective scan ops: the CUDA kernels for CUDA tensors they
+// support (unless turned off, aim/ops/dispatch.h), the reference otherwise.
 #include "aim/ops/selective_scan.h"
 
 #include <torch/torch.h>
+
+#include "aim/ops/dispatch.h"
+#ifdef AIM_WITH_CUDA
+#include "ops/selective_scan_cuda.h"
+#endif
 
 namespace aim::ops {
 
@@ -46,6 +52,13 @@ SelectiveScanResult selective_scan(const torch::Tensor& u, const torch::Tensor& 
                 "selective_scan: initial_state must be [", batch, ", ", channels, ", ", dstate,
                 "], got ", initial_state.sizes());
   }
+#ifdef AIM_WITH_CUDA
+  if (u.is_cuda() && cuda_kernels_enabled() &&
+      cuda::selective_scan_supported(u, delta, A, Bm, Cm, D, z, delta_bias, initial_state)) {
+    return cuda::selective_scan(u, delta, A, Bm, Cm, D, z, delta_bias, delta_softplus,
+                                initial_state, return_last_state);
+  }
+#endif
   return ref::selective_scan(u, delta, A, Bm, Cm, D, z, delta_bias, delta_softplus,
                              initial_state, return_last_state);
 }
@@ -73,6 +86,13 @@ torch::Tensor selective_state_update(torch::Tensor& state, const torch::Tensor& 
     TORCH_CHECK(z.sizes() == u.sizes(), "selective_state_update: z ", z.sizes(), " != u ",
                 u.sizes());
   }
+#ifdef AIM_WITH_CUDA
+  if (u.is_cuda() && cuda_kernels_enabled() &&
+      cuda::selective_state_update_supported(state, u, delta, A, Bm, Cm, D, z, delta_bias)) {
+    return cuda::selective_state_update(state, u, delta, A, Bm, Cm, D, z, delta_bias,
+                                        delta_softplus);
+  }
+#endif
   return ref::selective_state_update(state, u, delta, A, Bm, Cm, D, z, delta_bias,
                                      delta_softplus);
 }

@@ -1,0 +1,5 @@
+#include "selective_scan_fwd_kernel.cuh"
+
+namespace aim::kernels {
+template cudaError_t selective_scan_fwd_launch<float>(const SelectiveScanParams&, cudaStream_t);
+}  // namespace aim::kernels
