@@ -1,8 +1,10 @@
-// Checks and dispatch for the SSD scan ops.
+// Checks and dispatch for the SSD scan ops: the CUDA kernels for CUDA tensors they support
+// (unless turned off, aim/ops/dispatch.h), the reference otherwise.
 #include "aim/ops/ssd_scan.h"
 
 #include <torch/torch.h>
 
+#include "aim/ops/dispatch.h"
 #ifdef AIM_WITH_CUDA
 #include "ops/ssd_scan_cuda.h"
 #endif
@@ -52,6 +54,16 @@ SsdScanResult ssd_scan(const torch::Tensor& x, const torch::Tensor& dt, const to
                 "ssd_scan: initial_state must be [", batch, ", ", heads, ", ", hdim, ", ",
                 Bm.size(3), "], got ", initial_state.sizes());
   }
+#ifdef AIM_WITH_CUDA
+  // The kernels pick their own chunk (chunk_size only changes rounding). Unsupported cases
+  // (mixed input dtypes, fp16, d_state > 256, more than 65535 sequences or heads) and
+  // AIM_CUDA_KERNELS=0 run the reference.
+  if (x.is_cuda() && cuda_kernels_enabled() &&
+      cuda::ssd_scan_supported(x, dt, A, Bm, Cm, D, dt_bias, initial_state)) {
+    return cuda::ssd_scan(x, dt, A, Bm, Cm, D, dt_bias, dt_softplus, initial_state,
+                          return_final_state);
+  }
+#endif
   return ref::ssd_scan(x, dt, A, Bm, Cm, D, dt_bias, dt_softplus, chunk_size, initial_state,
                        return_final_state);
 }

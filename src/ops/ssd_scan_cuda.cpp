@@ -1,10 +1,19 @@
-// Fills kernels/ssd_state_update.h from LibTorch tensors and launches on the current stream.
+// Fills kernels/ssd_state_update.h and kernels/ssd_scan.h from LibTorch tensors and launches on
+// the current stream; the scan's forward and backward are tied together by a
+// torch::autograd::Function.
 #include "ops/ssd_scan_cuda.h"
 
 #include <ATen/cuda/CUDAContext.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <torch/torch.h>
 
+#include <initializer_list>
+#include <limits>
+#include <optional>
+#include <vector>
+
+#include "aim/ops/dispatch.h"
+#include "ssd_scan.h"
 #include "ssd_state_update.h"
 
 namespace aim::ops::cuda {
@@ -71,6 +80,269 @@ torch::Tensor ssd_state_update(torch::Tensor& state, const torch::Tensor& x,
   TORCH_CHECK(err == cudaSuccess, "ssd_state_update kernel launch failed: ",
               cudaGetErrorString(err));
   return y;
+}
+
+// ---------------------------------------------------------------- chunked scan
+
+namespace {
+
+using torch::autograd::AutogradContext;
+using torch::autograd::tensor_list;
+
+constexpr int64_t kMaxGridDim = 65535;
+
+kernels::ElemType elem_type(const torch::Tensor& t) {
+  return t.scalar_type() == torch::kBFloat16 ? kernels::ElemType::kBFloat16
+                                             : kernels::ElemType::kFloat32;
+}
+
+// The kernels read rows along the last dimension: a copy only when it is strided.
+torch::Tensor unit_last(const torch::Tensor& t) {
+  return t.size(-1) > 1 && t.stride(-1) != 1 ? t.contiguous() : t;
+}
+
+bool on_device_of(const torch::Tensor& t, const torch::Tensor& x) {
+  return !t.defined() || t.device() == x.device();
+}
+
+// Function::apply tracks only the inputs given: an empty optional is an input that is not one.
+std::optional<torch::Tensor> optional_input(const torch::Tensor& t) {
+  return t.defined() ? std::optional<torch::Tensor>(t) : std::nullopt;
+}
+torch::Tensor value_or_undefined(const std::optional<torch::Tensor>& t) {
+  return t.has_value() ? *t : torch::Tensor();
+}
+
+void maybe_poison(std::initializer_list<torch::Tensor> outputs) {
+  if (!poison_outputs()) return;
+  for (auto t : outputs) {
+    if (t.defined()) t.fill_(std::numeric_limits<float>::quiet_NaN());
+  }
+}
+
+void check_launch(cudaError_t err, const char* what) {
+  TORCH_CHECK(err == cudaSuccess, what, " kernel launch failed: ", cudaGetErrorString(err));
+}
+
+kernels::SsdScanTiling tiling_for(const torch::Tensor& x, const torch::Tensor& Bm) {
+  return kernels::ssd_scan_tiling(static_cast<int>(x.size(1)), static_cast<int>(x.size(3)),
+                                  static_cast<int>(Bm.size(3)), elem_type(x));
+}
+
+// Sizes, strides and the inputs shared by both passes. x, Bm and Cm have unit last strides;
+// A, D, dt_bias and initial_state are contiguous fp32 (or undefined).
+kernels::SsdScanParams base_params(const torch::Tensor& x, const torch::Tensor& dt,
+                                   const torch::Tensor& Bm, const torch::Tensor& Cm,
+                                   const torch::Tensor& a_f, const torch::Tensor& d_f,
+                                   const torch::Tensor& bias_f, const torch::Tensor& init_f,
+                                   bool dt_softplus, const kernels::SsdScanTiling& tiling) {
+  kernels::SsdScanParams p;
+  p.batch = static_cast<int>(x.size(0));
+  p.len = static_cast<int>(x.size(1));
+  p.nheads = static_cast<int>(x.size(2));
+  p.headdim = static_cast<int>(x.size(3));
+  p.ngroups = static_cast<int>(Bm.size(2));
+  p.dstate = static_cast<int>(Bm.size(3));
+  p.nchunks = tiling.nchunks;
+  p.p_tile = tiling.p_tile;
+  p.p_tiles = tiling.p_tiles;
+  p.dstate_pad = tiling.dstate_pad;
+  p.dt_softplus = dt_softplus;
+  p.d_per_channel = d_f.defined() && d_f.dim() == 2;
+  p.x = x.data_ptr();
+  p.x_batch_stride = x.stride(0);
+  p.x_len_stride = x.stride(1);
+  p.x_head_stride = x.stride(2);
+  p.dt = dt.data_ptr();
+  p.dt_batch_stride = dt.stride(0);
+  p.dt_len_stride = dt.stride(1);
+  p.dt_head_stride = dt.stride(2);
+  p.Bm = Bm.data_ptr();
+  p.b_batch_stride = Bm.stride(0);
+  p.b_len_stride = Bm.stride(1);
+  p.b_group_stride = Bm.stride(2);
+  p.Cm = Cm.data_ptr();
+  p.c_batch_stride = Cm.stride(0);
+  p.c_len_stride = Cm.stride(1);
+  p.c_group_stride = Cm.stride(2);
+  p.A = a_f.data_ptr<float>();
+  p.D = d_f.defined() ? d_f.data_ptr<float>() : nullptr;
+  p.dt_bias = bias_f.defined() ? bias_f.data_ptr<float>() : nullptr;
+  p.initial_state = init_f.defined() ? init_f.data_ptr<float>() : nullptr;
+  return p;
+}
+
+torch::Tensor as_float(const torch::Tensor& t) {
+  return t.defined() ? t.to(torch::kFloat).contiguous() : t;
+}
+
+class SsdScanFunction : public torch::autograd::Function<SsdScanFunction> {
+ public:
+  // Returns {y} or {y, final_state}. D, dt_bias and initial_state may be empty.
+  static tensor_list forward(AutogradContext* ctx, const torch::Tensor& x, const torch::Tensor& dt,
+                             const torch::Tensor& A, const torch::Tensor& Bm,
+                             const torch::Tensor& Cm, const std::optional<torch::Tensor>& D_opt,
+                             const std::optional<torch::Tensor>& dt_bias_opt,
+                             const std::optional<torch::Tensor>& init_opt, bool dt_softplus,
+                             bool return_final_state) {
+    const auto D = value_or_undefined(D_opt), dt_bias = value_or_undefined(dt_bias_opt);
+    const auto init = value_or_undefined(init_opt);
+    c10::cuda::CUDAGuard guard(x.device());
+    const auto tiling = tiling_for(x, Bm);
+    TORCH_CHECK(tiling.ok, "ssd_scan: no kernel tiling for x ", x.sizes(), ", B ", Bm.sizes());
+    const auto xk = unit_last(x), bk = unit_last(Bm), ck = unit_last(Cm);
+    const auto a_f = as_float(A), d_f = as_float(D), bias_f = as_float(dt_bias);
+    const auto init_f = as_float(init);
+    const int64_t batch = x.size(0), heads = x.size(2), hdim = x.size(3), dstate = Bm.size(3);
+    auto y = torch::empty(x.sizes(), x.options());
+    torch::Tensor final_state;
+    if (return_final_state) {
+      final_state = torch::empty({batch, heads, hdim, dstate}, x.options().dtype(torch::kFloat));
+    }
+    maybe_poison({y, final_state});
+
+    auto p = base_params(xk, dt, bk, ck, a_f, d_f, bias_f, init_f, dt_softplus, tiling);
+    p.y = y.data_ptr();
+    p.y_batch_stride = y.stride(0);
+    p.y_len_stride = y.stride(1);
+    p.y_head_stride = y.stride(2);
+    p.final_state = final_state.defined() ? final_state.data_ptr<float>() : nullptr;
+    check_launch(kernels::ssd_scan_fwd_cuda(p, elem_type(x), at::cuda::getCurrentCUDAStream().stream()),
+                 "ssd_scan forward");
+
+    ctx->save_for_backward({x, dt, A, Bm, Cm, D, dt_bias, init});
+    ctx->saved_data["dt_softplus"] = dt_softplus;
+    // An unused output (y, or the final state) has no gradient: no zeros for it.
+    ctx->set_materialize_grads(false);
+    if (return_final_state) return {y, final_state};
+    return {y};
+  }
+
+  static tensor_list backward(AutogradContext* ctx, tensor_list grads) {
+    const auto saved = ctx->get_saved_variables();
+    const auto& x = saved[0];
+    const auto& dt = saved[1];
+    const auto& A = saved[2];
+    const auto& Bm = saved[3];
+    const auto& Cm = saved[4];
+    const auto& D = saved[5];
+    const auto& dt_bias = saved[6];
+    const auto& init = saved[7];
+    const bool dt_softplus = ctx->saved_data["dt_softplus"].toBool();
+    c10::cuda::CUDAGuard guard(x.device());
+    const auto tiling = tiling_for(x, Bm);
+    const int64_t batch = x.size(0), len = x.size(1), heads = x.size(2), hdim = x.size(3);
+    const int64_t groups = Bm.size(2), dstate = Bm.size(3);
+    const int64_t ptot = static_cast<int64_t>(tiling.p_tiles) * tiling.p_tile;
+    const int64_t len_pad = static_cast<int64_t>(tiling.nchunks) * kernels::kSsdChunk;
+    const auto fopts = x.options().dtype(torch::kFloat);
+
+    const auto xk = unit_last(x), bk = unit_last(Bm), ck = unit_last(Cm);
+    const auto a_f = as_float(A), d_f = as_float(D), bias_f = as_float(dt_bias);
+    const auto init_f = as_float(init);
+    const auto dy = grads[0].defined() ? unit_last(grads[0].to(x.scalar_type()))
+                                       : torch::zeros(x.sizes(), x.options());
+    const auto dfinal = grads.size() > 1 && grads[1].defined() ? as_float(grads[1]) : torch::Tensor();
+
+    auto dx = torch::empty(x.sizes(), x.options());
+    auto states = torch::empty({batch, heads, tiling.nchunks, ptot, tiling.dstate_pad}, x.options());
+    auto ddt_part = torch::empty({tiling.p_tiles, batch, len, heads}, fopts);
+    auto da_part = torch::empty({tiling.p_tiles, batch, heads}, fopts);
+    auto dd_part = D.defined() ? torch::empty({batch, heads, ptot}, fopts) : torch::Tensor();
+    auto db_part = torch::empty({batch, len_pad, heads * tiling.p_tiles, tiling.dstate_pad}, fopts);
+    auto dc_part = torch::empty({batch, len_pad, heads * tiling.p_tiles, tiling.dstate_pad}, fopts);
+    maybe_poison({dx, states, ddt_part, da_part, dd_part, db_part, dc_part});
+
+    auto p = base_params(xk, dt, bk, ck, a_f, d_f, bias_f, init_f, dt_softplus, tiling);
+    p.chunk_states = states.data_ptr();
+    p.dy = dy.data_ptr();
+    p.dy_batch_stride = dy.stride(0);
+    p.dy_len_stride = dy.stride(1);
+    p.dy_head_stride = dy.stride(2);
+    p.dfinal_state = dfinal.defined() ? dfinal.data_ptr<float>() : nullptr;
+    p.dx = dx.data_ptr();
+    p.dx_batch_stride = dx.stride(0);
+    p.dx_len_stride = dx.stride(1);
+    p.dx_head_stride = dx.stride(2);
+    p.ddt_partial = ddt_part.data_ptr<float>();
+    p.dA_partial = da_part.data_ptr<float>();
+    p.dD_partial = dd_part.defined() ? dd_part.data_ptr<float>() : nullptr;
+    p.dB_partial = db_part.data_ptr<float>();
+    p.dC_partial = dc_part.data_ptr<float>();
+    check_launch(kernels::ssd_scan_bwd_cuda(p, elem_type(x), at::cuda::getCurrentCUDAStream().stream()),
+                 "ssd_scan backward");
+
+    // The partial slices added in a fixed order (ATen reductions): deterministic.
+    const auto ddt_f = ddt_part.sum(0);                                           // [B, L, H]
+    torch::Tensor ddt_bias, dD;
+    if (dt_bias.defined()) ddt_bias = ddt_f.sum(std::vector<int64_t>{0, 1}).to(dt_bias.scalar_type());
+    if (D.defined()) {
+      dD = (D.dim() == 2 ? dd_part.sum(0).narrow(1, 0, hdim) : dd_part.sum(std::vector<int64_t>{0, 2}))
+               .to(D.scalar_type());
+    }
+    auto reduce_bc = [&](const torch::Tensor& part, const torch::Tensor& like) {
+      return part.view({batch, len_pad, groups, heads / groups * tiling.p_tiles, tiling.dstate_pad})
+          .sum(3)
+          .narrow(1, 0, len)
+          .narrow(3, 0, dstate)
+          .to(like.scalar_type());
+    };
+    return {dx,
+            ddt_f.to(dt.scalar_type()),
+            da_part.sum(std::vector<int64_t>{0, 1}).to(A.scalar_type()),
+            reduce_bc(db_part, Bm),
+            reduce_bc(dc_part, Cm),
+            dD,
+            ddt_bias,
+            torch::Tensor(),
+            torch::Tensor(),
+            torch::Tensor()};
+  }
+};
+
+}  // namespace
+
+bool ssd_scan_supported(const torch::Tensor& x, const torch::Tensor& dt, const torch::Tensor& A,
+                        const torch::Tensor& Bm, const torch::Tensor& Cm, const torch::Tensor& D,
+                        const torch::Tensor& dt_bias, const torch::Tensor& initial_state) {
+  const auto type = x.scalar_type();
+  if (!x.is_cuda() || (type != torch::kFloat && type != torch::kBFloat16)) return false;
+  // dt, B and C are read in x's type: mixed types would change the reference's rounding.
+  if (dt.scalar_type() != type || Bm.scalar_type() != type || Cm.scalar_type() != type) return false;
+  for (const auto* t : {&dt, &A, &Bm, &Cm, &D, &dt_bias, &initial_state}) {
+    if (!on_device_of(*t, x)) return false;
+    if (t->defined() && !t->is_floating_point()) return false;
+  }
+  const int64_t batch = x.size(0), len = x.size(1), heads = x.size(2), hdim = x.size(3);
+  const int64_t dstate = Bm.size(3);
+  // Grid dims (y = heads, z = batch), int sizes, the d_state shared memory holds.
+  if (batch < 1 || batch > kMaxGridDim || heads < 1 || heads > kMaxGridDim || len < 1 ||
+      hdim < 1 || len > std::numeric_limits<int>::max() / 2 || hdim > 4096 ||
+      dstate > kernels::kSsdMaxDstate) {
+    return false;
+  }
+  c10::cuda::CUDAGuard guard(x.device());
+  const auto tiling = tiling_for(x, Bm);
+  // The dB/dC partial rows ([H * p_tiles * N]) are a 32-bit leading dimension.
+  return tiling.ok && heads * tiling.p_tiles * tiling.dstate_pad < std::numeric_limits<int>::max();
+}
+
+SsdScanResult ssd_scan(const torch::Tensor& x, const torch::Tensor& dt, const torch::Tensor& A,
+                       const torch::Tensor& Bm, const torch::Tensor& Cm, const torch::Tensor& D,
+                       const torch::Tensor& dt_bias, bool dt_softplus,
+                       const torch::Tensor& initial_state, bool return_final_state) {
+  TORCH_CHECK(!(initial_state.defined() && initial_state.requires_grad() &&
+                torch::GradMode::is_enabled()),
+              "ssd_scan: the CUDA kernels give no gradient for initial_state (used for prefill, "
+              "without gradient); detach it, or set AIM_CUDA_KERNELS=0 for the reference");
+  auto outs = SsdScanFunction::apply(x, dt, A, Bm, Cm, optional_input(D), optional_input(dt_bias),
+                                     optional_input(initial_state.defined() ? initial_state.detach()
+                                                                            : initial_state),
+                                     dt_softplus, return_final_state);
+  SsdScanResult result;
+  result.y = outs[0];
+  if (return_final_state) result.final_state = outs[1];
+  return result;
 }
 
 }  // namespace aim::ops::cuda

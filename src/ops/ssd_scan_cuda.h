@@ -2,7 +2,24 @@
 // CUDA adapters of the SSD ops: fill the kernels' params structs from tensors.
 #include <torch/types.h>
 
+#include "aim/ops/ssd_scan.h"
+
 namespace aim::ops::cuda {
+
+/// Whether the chunked scan kernels handle these tensors (CUDA; x, dt, B, C all fp32 or all
+/// bf16; every tensor on x's device; d_state <= 256; batch and heads <= 65535; L >= 1);
+/// otherwise the reference runs. D, dt_bias and initial_state may be undefined.
+bool ssd_scan_supported(const torch::Tensor& x, const torch::Tensor& dt, const torch::Tensor& A,
+                        const torch::Tensor& Bm, const torch::Tensor& Cm, const torch::Tensor& D,
+                        const torch::Tensor& dt_bias, const torch::Tensor& initial_state);
+
+/// ops::ssd_scan on the kernels, differentiable in x, dt, A, B, C, D and dt_bias (not in
+/// initial_state). The kernels use their own chunk (kernels::kSsdChunk); the op's chunk_size
+/// only changes rounding, so it is not an argument here.
+SsdScanResult ssd_scan(const torch::Tensor& x, const torch::Tensor& dt, const torch::Tensor& A,
+                       const torch::Tensor& Bm, const torch::Tensor& Cm, const torch::Tensor& D,
+                       const torch::Tensor& dt_bias, bool dt_softplus,
+                       const torch::Tensor& initial_state, bool return_final_state);
 
 /// Whether the kernel handles these tensors (dtypes, layouts); otherwise the reference runs.
 bool ssd_state_update_supported(const torch::Tensor& state, const torch::Tensor& x,

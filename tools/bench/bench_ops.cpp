@@ -8,6 +8,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <cmath>
 #include <cstdio>
 #include <functional>
 #include <string>
@@ -158,9 +159,10 @@ int main(int argc, char** argv) {
     xent.flops = 6.0 * T * V * D;
     rows.push_back(xent);
 
-    // The Mamba2 SSD scan has no CUDA kernel yet: its reference (chunked, fp32) at the training
-    // shapes shows what a kernel has to beat, for the config's chunk and a shorter one (257
-    // tokens in chunks of 256 pad to 512).
+    // The Mamba2 SSD scan: the kernels (chunks of kernels::kSsdChunk = 32, tensor cores in
+    // bf16) against the reference at the config's chunk, forward and forward + backward; then
+    // the reference alone for the config's chunk and a shorter one (257 tokens in chunks of 256
+    // pad to 512).
     const int64_t H = d_inner / m.ssm.headdim, P = m.ssm.headdim, G = m.ssm.ngroups, N = m.ssm.d_state;
     auto sx = torch::randn({B, L, H, P}, opts).requires_grad_(true);
     auto sdt = torch::randn({B, L, H}, opts).requires_grad_(true);
@@ -171,6 +173,26 @@ int main(int argc, char** argv) {
     auto sbias = torch::zeros({H}, fopts).requires_grad_(true);
     auto sg = torch::randn({B, L, H, P}, opts);
     const double ssd_bytes = (2.0 * B * L * H * P + 2.0 * B * L * G * N + B * L * H) * elem;
+    // Matrix-product FLOPs of the kernels per (sequence, head, chunk of T = Tc = 32): forward
+    // 2T(TN + TP) intra-chunk + 2TNP read-out + 2PTN state update; backward 2PTN (state
+    // recompute) + 2T(3TN + 2TP) (C B^T, dY X^T, dX, the masked parts of dB and dC) +
+    // 2TNP x 5 (C S^T, B dS^T, the two state terms of dB and dC, dS).
+    const double Tc = 32, chunks = std::ceil(static_cast<double>(L) / Tc);
+    const double per_chunk_fwd = 2 * Tc * (Tc * N + Tc * P) + 4 * Tc * N * P;
+    const double per_chunk_bwd = 2 * P * Tc * N + 2 * Tc * (3 * Tc * N + 2 * Tc * P) + 10 * Tc * N * P;
+    const double ssd_units = static_cast<double>(B) * H * chunks;
+    Row ssd_fwd{"ssd_scan fwd", ssd_bytes, [&] {
+                  torch::NoGradGuard ng_guard;
+                  aim::ops::ssd_scan(sx, sdt, sA, sB, sC, sD, sbias, true, m.ssm.chunk_size);
+                }};
+    ssd_fwd.flops = ssd_units * per_chunk_fwd;
+    rows.push_back(ssd_fwd);
+    Row ssd_fwd_bwd{"ssd_scan fwd+bwd", 2.5 * ssd_bytes, [&] {
+                      auto y = aim::ops::ssd_scan(sx, sdt, sA, sB, sC, sD, sbias, true, m.ssm.chunk_size).y;
+                      auto grads = torch::autograd::grad({y}, {sx, sdt, sA, sB, sC, sD, sbias}, {sg});
+                    }};
+    ssd_fwd_bwd.flops = ssd_units * (per_chunk_fwd + per_chunk_bwd);
+    rows.push_back(ssd_fwd_bwd);
     for (int64_t chunk : {m.ssm.chunk_size, int64_t{64}}) {
       rows.push_back({"ssd_scan fwd+bwd ref, chunk " + std::to_string(chunk), 2.5 * ssd_bytes,
                       [&, chunk] {

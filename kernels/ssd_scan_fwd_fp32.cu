@@ -1,0 +1,5 @@
+#include "ssd_scan_fwd_kernel.cuh"
+
+namespace aim::kernels {
+template cudaError_t ssd_fwd_launch<float, true, false>(const SsdScanParams&, cudaStream_t);
+}  // namespace aim::kernels
