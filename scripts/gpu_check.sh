@@ -16,7 +16,9 @@ root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$root"
 DEBS=(libyaml-cpp-dev libyaml-cpp0.7 libspdlog-dev libspdlog1.10 libfmt-dev libfmt9
       libcli11-dev libstb-dev libstb0 nlohmann-json3-dev libgtest-dev libgmock-dev googletest
-      libgloo-dev)  # headers only: LibTorch holds Gloo itself but ships none of its headers
+      libgloo-dev  # headers only: LibTorch holds Gloo itself but ships none of its headers
+      zlib1g-dev)  # its libz.so links to the system's /lib/x86_64-linux-gnu/libz.so.1.2.13; where
+                   # that is absent, CMake's FindZLIB takes the package's libz.a instead
 
 if [ "${1:-}" = "--fetch" ]; then
   mkdir -p .deb && cd .deb

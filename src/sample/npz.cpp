@@ -1,5 +1,6 @@
 // NumPy .npy/.npz: a streaming ZIP writer (STORED members, ZIP64, CRC patched into the local
-// header after the data) and a bounds-checked reader driven by the central directory.
+// header after the data) and a bounds-checked streaming reader driven by the central directory
+// (stored members by seeking, deflated ones through zlib).
 #include "aim/sample/npz.h"
 
 #include <algorithm>
@@ -9,6 +10,8 @@
 #include <cstring>
 #include <limits>
 #include <set>
+
+#include <zlib.h>
 
 #include "aim/core/error.h"
 
@@ -322,13 +325,23 @@ torch::ScalarType dtype_from_descr(const std::string& descr, const std::string& 
                       kSupportedDescrs));
 }
 
-/// Reads the .npy held in bytes [start, start + len) of `in`. When `crc` is given, the CRC-32
-/// of every byte read is returned through it (the whole range, since header + data fill it).
-torch::Tensor read_npy_region(InFile& in, uint64_t start, uint64_t len, const std::string& where,
-                              uint32_t* crc) {
+/// What a .npy header says: the array's dtype and shape, where its data starts, and the CRC-32
+/// of the bytes before it.
+struct NpyLayout {
+  torch::ScalarType dtype = torch::kByte;
+  std::vector<int64_t> shape;
+  uint64_t data_offset = 0;  // preamble + header bytes
+  uint64_t nbytes = 0;       // data bytes
+  uint32_t header_crc = 0;
+};
+
+/// Parses the header of a .npy of `len` bytes; `next(dst, n, what)` yields its next `n` bytes.
+/// Checks that the data fills the rest exactly.
+template <typename Next>
+NpyLayout parse_npy(Next&& next, uint64_t len, const std::string& where) {
   unsigned char prefix[12];
   AIM_CHECK(len >= 10, where, ": not a .npy: ", len, " bytes, fewer than the 10-byte preamble");
-  in.read(start, prefix, 10, where + " npy preamble");
+  next(prefix, 10, "npy preamble");
   AIM_CHECK(std::memcmp(prefix, kNpyMagic, 6) == 0, where,
             ": not a .npy: expected the magic \\x93NUMPY at the start");
   const int major = prefix[6];
@@ -338,34 +351,28 @@ torch::Tensor read_npy_region(InFile& in, uint64_t start, uint64_t len, const st
   uint64_t header_len = get16(prefix + 8);
   if (major >= 2) {
     AIM_CHECK(len >= 12, where, ": truncated npy v", major, " preamble");
-    in.read(start + 10, prefix + 10, 2, where + " npy preamble");
+    next(prefix + 10, 2, "npy preamble");
     header_len = get32(prefix + 8);
     preamble = 12;
   }
   AIM_CHECK(header_len <= len - preamble, where, ": npy header length ", header_len,
             " exceeds the ", len - preamble, " bytes that follow the preamble");
   std::string header(static_cast<size_t>(header_len), '\0');
-  in.read(start + preamble, header.data(), header_len, where + " npy header");
+  next(header.data(), header_len, "npy header");
 
+  NpyLayout out;
   std::string descr;
   bool fortran = false;
-  std::vector<int64_t> shape;
-  HeaderParser(header, where).parse(&descr, &fortran, &shape);
+  HeaderParser(header, where).parse(&descr, &fortran, &out.shape);
   AIM_CHECK(!fortran, where, ": npy array is in Fortran order; only C order is supported ",
             "(save np.ascontiguousarray(x))");
-  const torch::ScalarType dtype = dtype_from_descr(descr, where);
-  const uint64_t nbytes = checked_nbytes(shape, static_cast<int>(c10::elementSize(dtype)), where);
-  const uint64_t data_start = preamble + header_len;
-  AIM_CHECK(nbytes == len - data_start, where, ": npy data of dtype ", descr, " and shape ",
-            shape_text(shape), " needs ", nbytes, " bytes, found ", len - data_start);
-
-  torch::Tensor out = torch::empty(shape, torch::TensorOptions().dtype(dtype));
-  in.read(start + data_start, out.data_ptr(), nbytes, where + " npy data");
-  if (crc) {
-    uint32_t c = crc32_update(0, prefix, preamble);
-    c = crc32_update(c, header.data(), header.size());
-    *crc = crc32_update(c, out.data_ptr(), nbytes);
-  }
+  out.dtype = dtype_from_descr(descr, where);
+  out.nbytes = checked_nbytes(out.shape, static_cast<int>(c10::elementSize(out.dtype)), where);
+  out.data_offset = preamble + header_len;
+  AIM_CHECK(out.nbytes == len - out.data_offset, where, ": npy data of dtype ", descr,
+            " and shape ", shape_text(out.shape), " needs ", out.nbytes, " bytes, found ",
+            len - out.data_offset);
+  out.header_crc = crc32_update(crc32_update(0, prefix, preamble), header.data(), header.size());
   return out;
 }
 
@@ -377,6 +384,226 @@ struct ZipEntry {
   uint64_t compressed = 0;
   uint64_t uncompressed = 0;
   uint64_t local_offset = 0;
+};
+
+/// The central directory of the ZIP archive `in` (ZIP64 aware); `*cd_offset` receives where it
+/// starts, which bounds every member's data.
+std::vector<ZipEntry> read_zip_directory(InFile& in, uint64_t* cd_offset_out) {
+  const std::string& path = in.path();
+  const uint64_t size = in.size();
+  AIM_CHECK(size >= kEndFixed, path, ": not a ZIP archive: ", size,
+            " bytes, fewer than the 22-byte end record");
+
+  // The end record sits in the last 22 + 65535 (max comment) bytes; search backwards.
+  const uint64_t tail_len = std::min<uint64_t>(size, kEndFixed + kMax16);
+  std::vector<unsigned char> tail(static_cast<size_t>(tail_len));
+  in.read(size - tail_len, tail.data(), tail_len, "end of central directory");
+  int64_t found = -1;
+  for (int64_t i = static_cast<int64_t>(tail_len - kEndFixed); i >= 0; --i) {
+    if (get32(&tail[i]) == kEndSig &&
+        i + kEndFixed + get16(&tail[i + 20]) <= tail_len) {
+      found = i;
+      break;
+    }
+  }
+  AIM_CHECK(found >= 0, path, ": not a ZIP archive: no end of central directory record ",
+            "(expected an .npz written by np.savez, np.savez_compressed or aim; a truncated "
+            "file ends like this too)");
+  const uint64_t end_offset = size - tail_len + static_cast<uint64_t>(found);
+  const unsigned char* e = &tail[static_cast<size_t>(found)];
+  AIM_CHECK(get16(e + 4) == 0 && get16(e + 6) == 0, path,
+            ": multi-disk ZIP archives are not supported");
+  uint64_t count = get16(e + 10);
+  uint64_t cd_size = get32(e + 12);
+  uint64_t cd_offset = get32(e + 16);
+  uint64_t cd_limit = end_offset;
+
+  if (end_offset >= kEnd64LocatorFixed) {
+    unsigned char loc[kEnd64LocatorFixed];
+    in.read(end_offset - kEnd64LocatorFixed, loc, kEnd64LocatorFixed, "ZIP64 locator");
+    if (get32(loc) == kEnd64LocatorSig) {
+      const uint64_t end64_offset = get64(loc + 8);
+      unsigned char e64[kEnd64Fixed];
+      AIM_CHECK(end64_offset <= end_offset - kEnd64LocatorFixed, path,
+                ": ZIP64 end record offset ", end64_offset, " is past the locator");
+      in.read(end64_offset, e64, kEnd64Fixed, "ZIP64 end of central directory");
+      AIM_CHECK(get32(e64) == kEnd64Sig, path, ": ZIP64 end record at offset ", end64_offset,
+                ": expected signature 0x06064b50, found 0x", std::hex, get32(e64));
+      count = get64(e64 + 32);
+      cd_size = get64(e64 + 40);
+      cd_offset = get64(e64 + 48);
+      cd_limit = end64_offset;
+    }
+  }
+  AIM_CHECK(cd_offset <= cd_limit && cd_size <= cd_limit - cd_offset, path,
+            ": central directory (offset ", cd_offset, ", ", cd_size,
+            " bytes) lies outside the archive (", cd_limit, " bytes before the end record)");
+  AIM_CHECK(count <= cd_size / kCentralFixed, path, ": central directory claims ", count,
+            " entries in ", cd_size, " bytes");
+
+  std::vector<unsigned char> cd(static_cast<size_t>(cd_size));
+  in.read(cd_offset, cd.data(), cd_size, "central directory");
+  std::vector<ZipEntry> entries;
+  size_t pos = 0;
+  for (uint64_t i = 0; i < count; ++i) {
+    AIM_CHECK(pos + kCentralFixed <= cd.size() && get32(&cd[pos]) == kCentralSig, path,
+              ": central directory entry ", i, " at offset ", cd_offset + pos,
+              " is truncated or lacks signature 0x02014b50");
+    const unsigned char* c = &cd[pos];
+    ZipEntry z;
+    z.flags = get16(c + 8);
+    z.method = get16(c + 10);
+    z.crc = get32(c + 16);
+    z.compressed = get32(c + 20);
+    z.uncompressed = get32(c + 24);
+    const size_t name_len = get16(c + 28), extra_len = get16(c + 30), comment_len = get16(c + 32);
+    z.local_offset = get32(c + 42);
+    AIM_CHECK(pos + kCentralFixed + name_len + extra_len + comment_len <= cd.size(), path,
+              ": central directory entry ", i, " runs past the directory");
+    z.name.assign(reinterpret_cast<const char*>(c + kCentralFixed), name_len);
+    // ZIP64 extra: 64-bit values for the fields whose 32-bit slot is 0xFFFFFFFF, in order.
+    const unsigned char* x = c + kCentralFixed + name_len;
+    size_t xp = 0;
+    while (xp + 4 <= extra_len) {
+      const uint16_t id = get16(x + xp), len = get16(x + xp + 2);
+      AIM_CHECK(xp + 4 + len <= extra_len, path, ": member '", z.name,
+                "': extra field runs past its entry");
+      if (id == kZip64ExtraId) {
+        size_t f = xp + 4;
+        auto take = [&](uint64_t* v) {
+          if (*v != kMax32) return;
+          AIM_CHECK(f + 8 <= xp + 4 + len, path, ": member '", z.name,
+                    "': ZIP64 extra field too short");
+          *v = get64(x + f);
+          f += 8;
+        };
+        take(&z.uncompressed);
+        take(&z.compressed);
+        take(&z.local_offset);
+      }
+      xp += 4 + len;
+    }
+    pos += kCentralFixed + name_len + extra_len + comment_len;
+    entries.push_back(std::move(z));
+  }
+  *cd_offset_out = cd_offset;
+  return entries;
+}
+
+/// Sequential decoder of one deflated ZIP member (raw deflate, as np.savez_compressed writes):
+/// reads the compressed bytes in chunks, keeps the CRC-32 of everything decoded, and at the
+/// end checks that the stream ends there and the CRC matches. Going backwards means
+/// restart(). Not movable: zlib's state points back at the z_stream.
+class Inflater {
+ public:
+  Inflater(InFile& in, uint64_t data_start, uint64_t csize, uint64_t usize, uint32_t crc,
+           std::string where)
+      : in_(in), data_start_(data_start), csize_(csize), usize_(usize), crc_expected_(crc),
+        where_(std::move(where)) {
+    std::memset(&zs_, 0, sizeof(zs_));
+    const int rc = inflateInit2(&zs_, -MAX_WBITS);
+    AIM_CHECK(rc == Z_OK, where_, ": zlib inflateInit2 failed (", rc, ")");
+  }
+  ~Inflater() { inflateEnd(&zs_); }
+  Inflater(const Inflater&) = delete;
+  Inflater& operator=(const Inflater&) = delete;
+
+  /// Bytes of the .npy decoded so far.
+  uint64_t position() const { return upos_; }
+
+  /// Back to the first byte of the member.
+  void restart() {
+    AIM_CHECK(inflateReset(&zs_) == Z_OK, where_, ": zlib inflateReset failed");
+    zs_.next_in = nullptr;
+    zs_.avail_in = 0;
+    cpos_ = upos_ = 0;
+    crc_ = 0;
+    ended_ = false;
+  }
+
+  /// Decodes the next `n` bytes into `dst`, or discards them when `dst` is null.
+  void next(void* dst, uint64_t n, const char* what) {
+    AIM_CHECK(n <= usize_ - upos_, where_, ": ", what, ": reading ", n, " bytes at ", upos_,
+              " passes the member's ", usize_, " uncompressed bytes");
+    std::vector<unsigned char> scratch;
+    if (!dst) scratch.resize(static_cast<size_t>(std::min<uint64_t>(n, kChunk)));
+    auto* out = static_cast<unsigned char*>(dst);
+    while (n > 0) {
+      const uInt want = static_cast<uInt>(std::min<uint64_t>(n, dst ? (1u << 30) : kChunk));
+      unsigned char* to = dst ? out : scratch.data();
+      inflate_into(to, want, what);
+      crc_ = crc32_update(crc_, to, want);
+      upos_ += want;
+      n -= want;
+      if (dst) out += want;
+    }
+    if (upos_ == usize_) finish();
+  }
+
+ private:
+  static constexpr uint64_t kChunk = 256 << 10;
+
+  /// Fills exactly `want` bytes at `to`.
+  void inflate_into(unsigned char* to, uInt want, const char* what) {
+    zs_.next_out = to;
+    zs_.avail_out = want;
+    while (zs_.avail_out > 0) {
+      AIM_CHECK(!ended_, where_, ": deflate stream ends after ", upos_ + (want - zs_.avail_out),
+                " bytes, but the archive lists ", usize_, " uncompressed bytes (corrupt)");
+      refill();
+      const int rc = ::inflate(&zs_, Z_NO_FLUSH);
+      check_rc(rc, what);
+      if (rc == Z_STREAM_END) ended_ = true;
+    }
+  }
+
+  void refill() {
+    if (zs_.avail_in > 0 || cpos_ == csize_) return;
+    if (in_buf_.empty()) in_buf_.resize(kChunk);
+    const uint64_t len = std::min<uint64_t>(kChunk, csize_ - cpos_);
+    in_.read(data_start_ + cpos_, in_buf_.data(), len, where_ + " compressed data");
+    cpos_ += len;
+    zs_.next_in = in_buf_.data();
+    zs_.avail_in = static_cast<uInt>(len);
+  }
+
+  void check_rc(int rc, const char* what) {
+    if (rc == Z_OK || rc == Z_STREAM_END) return;
+    if (rc == Z_BUF_ERROR && zs_.avail_in == 0 && cpos_ == csize_)
+      throw Error(str_cat(where_, ": compressed data (", csize_, " bytes) ends before the ",
+                          usize_, " uncompressed bytes are complete, at byte ", upos_,
+                          " (truncated or corrupt; while reading the ", what, ")"));
+    throw Error(str_cat(where_, ": compressed data is corrupt (zlib error ", rc,
+                        zs_.msg ? str_cat(": ", zs_.msg) : std::string(), ") near compressed byte ",
+                        cpos_ - zs_.avail_in, " of ", csize_, ", while reading the ", what));
+  }
+
+  /// All bytes are decoded: the stream must end here and the CRC match the directory.
+  void finish() {
+    unsigned char extra;
+    while (!ended_) {
+      zs_.next_out = &extra;
+      zs_.avail_out = 1;
+      refill();
+      const int rc = ::inflate(&zs_, Z_NO_FLUSH);
+      AIM_CHECK(zs_.avail_out == 1, where_, ": deflate stream holds more than the ", usize_,
+                " uncompressed bytes the archive lists (corrupt)");
+      check_rc(rc, "end of the deflate stream");
+      if (rc == Z_STREAM_END) ended_ = true;
+    }
+    AIM_CHECK(crc_ == crc_expected_, where_, ": CRC-32 mismatch: expected 0x", std::hex,
+              crc_expected_, ", found 0x", crc_, " (corrupt file)");
+  }
+
+  InFile& in_;
+  uint64_t data_start_, csize_, usize_;
+  uint32_t crc_expected_;
+  std::string where_;
+  z_stream zs_;
+  std::vector<unsigned char> in_buf_;
+  uint64_t cpos_ = 0, upos_ = 0;
+  uint32_t crc_ = 0;
+  bool ended_ = false;
 };
 
 }  // namespace
@@ -655,117 +882,92 @@ void NpzWriter::close() {
 
 torch::Tensor load_npy(const std::string& path) {
   InFile in(path);
-  return read_npy_region(in, 0, in.size(), path, nullptr);
+  uint64_t pos = 0;
+  const NpyLayout layout = parse_npy(
+      [&](void* dst, uint64_t n, const char* what) {
+        in.read(pos, dst, n, what);
+        pos += n;
+      },
+      in.size(), path);
+  torch::Tensor out = torch::empty(layout.shape, torch::TensorOptions().dtype(layout.dtype));
+  in.read(layout.data_offset, out.data_ptr(), layout.nbytes, "npy data");
+  return out;
 }
 
-std::map<std::string, torch::Tensor> load_npz(const std::string& path) {
-  InFile in(path);
-  const uint64_t size = in.size();
-  AIM_CHECK(size >= kEndFixed, path, ": not a ZIP archive: ", size,
-            " bytes, fewer than the 22-byte end record");
+// ------------------------------------------------------------------------------ NpzReader
 
-  // The end record sits in the last 22 + 65535 (max comment) bytes; search backwards.
-  const uint64_t tail_len = std::min<uint64_t>(size, kEndFixed + kMax16);
-  std::vector<unsigned char> tail(static_cast<size_t>(tail_len));
-  in.read(size - tail_len, tail.data(), tail_len, "end of central directory");
-  int64_t found = -1;
-  for (int64_t i = static_cast<int64_t>(tail_len - kEndFixed); i >= 0; --i) {
-    if (get32(&tail[i]) == kEndSig &&
-        i + kEndFixed + get16(&tail[i + 20]) <= tail_len) {
-      found = i;
-      break;
-    }
-  }
-  AIM_CHECK(found >= 0, path, ": not a ZIP archive: no end of central directory record ",
-            "(expected an .npz written by np.savez or aim)");
-  const uint64_t end_offset = size - tail_len + static_cast<uint64_t>(found);
-  const unsigned char* e = &tail[static_cast<size_t>(found)];
-  AIM_CHECK(get16(e + 4) == 0 && get16(e + 6) == 0, path,
-            ": multi-disk ZIP archives are not supported");
-  uint64_t count = get16(e + 10);
-  uint64_t cd_size = get32(e + 12);
-  uint64_t cd_offset = get32(e + 16);
-  uint64_t cd_limit = end_offset;
+struct NpzReader::Impl {
+  struct Member {
+    NpzMemberInfo info;
+    std::string where;           // "<path>: member '<name>.npy'"
+    uint32_t crc = 0;            // from the central directory
+    uint64_t data_start = 0;     // archive offset of the member's (compressed) bytes
+    NpyLayout layout;
+    uint64_t row_bytes = 0;
+    std::unique_ptr<Inflater> inflater;  // deflated members
+    // Stored members: CRC-32 of the .npy bytes [0, crc_pos), advanced by sequential reads.
+    uint64_t crc_pos = 0;
+    uint32_t crc_state = 0;
+  };
 
-  if (end_offset >= kEnd64LocatorFixed) {
-    unsigned char loc[kEnd64LocatorFixed];
-    in.read(end_offset - kEnd64LocatorFixed, loc, kEnd64LocatorFixed, "ZIP64 locator");
-    if (get32(loc) == kEnd64LocatorSig) {
-      const uint64_t end64_offset = get64(loc + 8);
-      unsigned char e64[kEnd64Fixed];
-      AIM_CHECK(end64_offset <= end_offset - kEnd64LocatorFixed, path,
-                ": ZIP64 end record offset ", end64_offset, " is past the locator");
-      in.read(end64_offset, e64, kEnd64Fixed, "ZIP64 end of central directory");
-      AIM_CHECK(get32(e64) == kEnd64Sig, path, ": ZIP64 end record at offset ", end64_offset,
-                ": expected signature 0x06064b50, found 0x", std::hex, get32(e64));
-      count = get64(e64 + 32);
-      cd_size = get64(e64 + 40);
-      cd_offset = get64(e64 + 48);
-      cd_limit = end64_offset;
-    }
-  }
-  AIM_CHECK(cd_offset <= cd_limit && cd_size <= cd_limit - cd_offset, path,
-            ": central directory (offset ", cd_offset, ", ", cd_size,
-            " bytes) lies outside the archive (", cd_limit, " bytes before the end record)");
-  AIM_CHECK(count <= cd_size / kCentralFixed, path, ": central directory claims ", count,
-            " entries in ", cd_size, " bytes");
+  explicit Impl(const std::string& path) : in(path) {}
 
-  std::vector<unsigned char> cd(static_cast<size_t>(cd_size));
-  in.read(cd_offset, cd.data(), cd_size, "central directory");
-  std::vector<ZipEntry> entries;
-  size_t pos = 0;
-  for (uint64_t i = 0; i < count; ++i) {
-    AIM_CHECK(pos + kCentralFixed <= cd.size() && get32(&cd[pos]) == kCentralSig, path,
-              ": central directory entry ", i, " at offset ", cd_offset + pos,
-              " is truncated or lacks signature 0x02014b50");
-    const unsigned char* c = &cd[pos];
-    ZipEntry z;
-    z.flags = get16(c + 8);
-    z.method = get16(c + 10);
-    z.crc = get32(c + 16);
-    z.compressed = get32(c + 20);
-    z.uncompressed = get32(c + 24);
-    const size_t name_len = get16(c + 28), extra_len = get16(c + 30), comment_len = get16(c + 32);
-    z.local_offset = get32(c + 42);
-    AIM_CHECK(pos + kCentralFixed + name_len + extra_len + comment_len <= cd.size(), path,
-              ": central directory entry ", i, " runs past the directory");
-    z.name.assign(reinterpret_cast<const char*>(c + kCentralFixed), name_len);
-    // ZIP64 extra: 64-bit values for the fields whose 32-bit slot is 0xFFFFFFFF, in order.
-    const unsigned char* x = c + kCentralFixed + name_len;
-    size_t xp = 0;
-    while (xp + 4 <= extra_len) {
-      const uint16_t id = get16(x + xp), len = get16(x + xp + 2);
-      AIM_CHECK(xp + 4 + len <= extra_len, path, ": member '", z.name,
-                "': extra field runs past its entry");
-      if (id == kZip64ExtraId) {
-        size_t f = xp + 4;
-        auto take = [&](uint64_t* v) {
-          if (*v != kMax32) return;
-          AIM_CHECK(f + 8 <= xp + 4 + len, path, ": member '", z.name,
-                    "': ZIP64 extra field too short");
-          *v = get64(x + f);
-          f += 8;
-        };
-        take(&z.uncompressed);
-        take(&z.compressed);
-        take(&z.local_offset);
-      }
-      xp += 4 + len;
-    }
-    pos += kCentralFixed + name_len + extra_len + comment_len;
-    entries.push_back(std::move(z));
+  Member& find(const std::string& name) {
+    for (Member& m : members)
+      if (m.info.name == name) return m;
+    std::string names;
+    for (const Member& m : members) names += str_cat(names.empty() ? "" : ", ", m.info.name);
+    throw Error(str_cat(in.path(), ": no member '", name, "' (members: ",
+                        names.empty() ? "none" : names, ")"));
   }
 
-  std::map<std::string, torch::Tensor> out;
+  /// Bytes [off, off + n) of member `m`'s .npy into `dst`.
+  void read_bytes(Member& m, uint64_t off, void* dst, uint64_t n) {
+    if (m.inflater) {
+      Inflater& z = *m.inflater;
+      if (z.position() > off) z.restart();
+      if (z.position() < off) z.next(nullptr, off - z.position(), "npy data (skipping ahead)");
+      z.next(dst, n, "npy data");
+      return;
+    }
+    in.read(m.data_start + off, dst, n, m.where + " npy data");
+    if (off == m.layout.data_offset) {  // reading from row 0 (re)starts the check
+      m.crc_state = m.layout.header_crc;
+      m.crc_pos = off;
+    }
+    if (off != m.crc_pos) return;
+    m.crc_state = crc32_update(m.crc_state, dst, n);
+    m.crc_pos += n;
+    AIM_CHECK(m.crc_pos != m.info.uncompressed_size || m.crc_state == m.crc, m.where,
+              ": CRC-32 mismatch: expected 0x", std::hex, m.crc, ", found 0x", m.crc_state,
+              " (corrupt file)");
+  }
+
+  InFile in;
+  std::vector<Member> members;
+};
+
+NpzReader::NpzReader(const std::string& path) : impl_(std::make_unique<Impl>(path)) {
+  InFile& in = impl_->in;
+  uint64_t cd_offset = 0;
+  const std::vector<ZipEntry> entries = read_zip_directory(in, &cd_offset);
+  std::set<std::string> seen;
   for (const ZipEntry& z : entries) {
     if (!z.name.empty() && z.name.back() == '/') continue;  // directory
-    const std::string where = str_cat(path, ": member '", z.name, "'");
+    Impl::Member m;
+    m.where = str_cat(path, ": member '", z.name, "'");
+    const std::string& where = m.where;
     AIM_CHECK(!(z.flags & 1), where, " is encrypted; encryption is not supported");
-    AIM_CHECK(z.method == 0, where, " is compressed (method ", z.method,
-              "); only uncompressed archives are supported: save with np.savez, not "
-              "np.savez_compressed");
-    AIM_CHECK(z.compressed == z.uncompressed, where, ": stored member has compressed size ",
-              z.compressed, " != uncompressed size ", z.uncompressed);
+    AIM_CHECK(z.method == 0 || z.method == 8, where, " uses ZIP compression method ", z.method,
+              "; expected 0 (stored, np.savez) or 8 (deflate, np.savez_compressed)");
+    if (z.method == 0) {
+      AIM_CHECK(z.compressed == z.uncompressed, where, ": stored member has compressed size ",
+                z.compressed, " != uncompressed size ", z.uncompressed);
+    } else {
+      // Deflate expands at most ~1032:1; a larger claim is corruption, not data to allocate.
+      AIM_CHECK(z.uncompressed / 1032 <= z.compressed + 1, where, ": ", z.uncompressed,
+                " uncompressed bytes cannot come from ", z.compressed, " deflated bytes (corrupt)");
+    }
     AIM_CHECK(z.name.size() > 4 && z.name.compare(z.name.size() - 4, 4, ".npy") == 0, where,
               ": expected only '<name>.npy' members in an .npz");
     unsigned char local[kLocalFixed];
@@ -774,19 +976,85 @@ std::map<std::string, torch::Tensor> load_npz(const std::string& path) {
     in.read(z.local_offset, local, kLocalFixed, where + " local header");
     AIM_CHECK(get32(local) == kLocalSig, where, ": local header at offset ", z.local_offset,
               " lacks signature 0x04034b50");
-    const uint64_t data_start =
-        z.local_offset + kLocalFixed + get16(local + 26) + get16(local + 28);
-    AIM_CHECK(data_start <= cd_offset && z.compressed <= cd_offset - data_start, where,
-              ": data (offset ", data_start, ", ", z.compressed,
+    m.data_start = z.local_offset + kLocalFixed + get16(local + 26) + get16(local + 28);
+    AIM_CHECK(m.data_start <= cd_offset && z.compressed <= cd_offset - m.data_start, where,
+              ": data (offset ", m.data_start, ", ", z.compressed,
               " bytes) overlaps the central directory at ", cd_offset);
-    uint32_t crc = 0;
-    torch::Tensor t = read_npy_region(in, data_start, z.compressed, where, &crc);
-    AIM_CHECK(crc == z.crc, where, ": CRC-32 mismatch: expected 0x", std::hex, z.crc,
-              ", found 0x", crc, " (corrupt file)");
-    const std::string key = z.name.substr(0, z.name.size() - 4);
-    AIM_CHECK(out.count(key) == 0, where, ": duplicate member");
-    out.emplace(key, std::move(t));
+    m.crc = z.crc;
+    m.info.name = z.name.substr(0, z.name.size() - 4);
+    AIM_CHECK(seen.insert(m.info.name).second, where, ": duplicate member");
+    m.info.compressed = z.method == 8;
+    m.info.compressed_size = z.compressed;
+    m.info.uncompressed_size = z.uncompressed;
+    if (m.info.compressed) {
+      m.inflater = std::make_unique<Inflater>(in, m.data_start, z.compressed, z.uncompressed,
+                                              z.crc, where);
+      Inflater& inf = *m.inflater;
+      m.layout = parse_npy([&](void* dst, uint64_t n, const char* what) { inf.next(dst, n, what); },
+                           z.uncompressed, where);
+    } else {
+      uint64_t pos = 0;
+      m.layout = parse_npy(
+          [&](void* dst, uint64_t n, const char* what) {
+            in.read(m.data_start + pos, dst, n, where + " " + what);
+            pos += n;
+          },
+          z.uncompressed, where);
+      m.crc_pos = m.layout.data_offset;
+      m.crc_state = m.layout.header_crc;
+    }
+    m.info.dtype = m.layout.dtype;
+    m.info.shape = m.layout.shape;
+    const int64_t rows = m.info.rows();
+    m.row_bytes = rows == 0 ? 0 : m.layout.nbytes / static_cast<uint64_t>(rows);
+    impl_->members.push_back(std::move(m));
   }
+  for (const Impl::Member& m : impl_->members) members_.push_back(m.info);
+}
+
+NpzReader::~NpzReader() = default;
+NpzReader::NpzReader(NpzReader&&) noexcept = default;
+NpzReader& NpzReader::operator=(NpzReader&&) noexcept = default;
+
+const std::string& NpzReader::path() const { return impl_->in.path(); }
+
+bool NpzReader::contains(const std::string& name) const {
+  for (const NpzMemberInfo& m : members_)
+    if (m.name == name) return true;
+  return false;
+}
+
+const NpzMemberInfo& NpzReader::member(const std::string& name) const {
+  return impl_->find(name).info;
+}
+
+torch::Tensor NpzReader::read_rows(const std::string& name, int64_t start, int64_t count) {
+  Impl::Member& m = impl_->find(name);
+  AIM_CHECK(!m.layout.shape.empty(), m.where, ": a 0-d array has no rows; use read()");
+  const int64_t rows = m.layout.shape[0];
+  AIM_CHECK(start >= 0 && count >= 0 && start <= rows && count <= rows - start, m.where,
+            ": rows [", start, ", ", start, " + ", count, ") are outside the array's ", rows,
+            " rows (shape ", shape_text(m.layout.shape), ")");
+  std::vector<int64_t> shape = m.layout.shape;
+  shape[0] = count;
+  torch::Tensor out = torch::empty(shape, torch::TensorOptions().dtype(m.layout.dtype));
+  impl_->read_bytes(m, m.layout.data_offset + static_cast<uint64_t>(start) * m.row_bytes,
+                    out.data_ptr(), static_cast<uint64_t>(count) * m.row_bytes);
+  return out;
+}
+
+torch::Tensor NpzReader::read(const std::string& name) {
+  Impl::Member& m = impl_->find(name);
+  if (!m.layout.shape.empty()) return read_rows(name, 0, m.layout.shape[0]);
+  torch::Tensor out = torch::empty({}, torch::TensorOptions().dtype(m.layout.dtype));
+  impl_->read_bytes(m, m.layout.data_offset, out.data_ptr(), m.layout.nbytes);
+  return out;
+}
+
+std::map<std::string, torch::Tensor> load_npz(const std::string& path) {
+  NpzReader reader(path);
+  std::map<std::string, torch::Tensor> out;
+  for (const NpzMemberInfo& m : reader.members()) out.emplace(m.name, reader.read(m.name));
   return out;
 }
 
