@@ -1,5 +1,6 @@
 #!/usr/bin/env python3
-"""Converts official AiM and LlamaGen checkpoints (PyTorch pickles) to safetensors.
+"""Converts official AiM and LlamaGen checkpoints and pytorch-fid's FID Inception weights
+(PyTorch pickles) to safetensors.
 
 The C++ code never unpickles anything: checkpoints in PyTorch's pickle formats come in through
 this tool, once, on the user's machine. Inputs:
@@ -12,6 +13,10 @@ this tool, once, on the user's machine. Inputs:
                config.json), or a Hugging Face snapshot (config.json + model.safetensors).
   aim-trainer  AiM training checkpoints of its Hugging Face Trainer: checkpoint-N/ holding
                pytorch_model.bin or model.safetensors next to trainer_state.json, optimizer.pt...
+  inception    pytorch-fid's FID Inception-v3 weights, pt_inception-2015-12-05-6726825d.pth (the
+               state dict of fid_inception_v3()), for aim's FID/sFID/IS evaluation: the 472
+               tensors under their own names, float32, BatchNorm num_batches_tracked dropped;
+               no config.
 
 The output keeps the official key names and the tensors bit for bit (unless --dtype converts
 them); a tied weight is written under both of its names. Beside it goes the matching config:
@@ -418,6 +423,157 @@ def complete_tie(sd, mprefix, tie_config):
     return "tied"
 
 
+# ------------------------------------------------------------------------------------ inception
+
+INCEPTION_PROBE = ("Conv2d_1a_3x3.conv.weight", "Mixed_7c.branch_pool.conv.weight")
+INCEPTION_CLASSES = 1008
+
+
+def inception_keys():
+    """name -> shape of the 472 tensors of pytorch-fid's fid_inception_v3() state dict (torchvision
+    Inception3 with 1008 classes and no aux classifier), without num_batches_tracked. Every conv is
+    a BasicConv2d: `<name>.conv.weight` and `<name>.bn.{weight,bias,running_mean,running_var}`."""
+    keys = collections.OrderedDict()
+
+    def conv(name, cin, cout, kh, kw=None):
+        keys[name + ".conv.weight"] = (cout, cin, kh, kh if kw is None else kw)
+        for p in ("weight", "bias", "running_mean", "running_var"):
+            keys["%s.bn.%s" % (name, p)] = (cout,)
+
+    conv("Conv2d_1a_3x3", 3, 32, 3)
+    conv("Conv2d_2a_3x3", 32, 32, 3)
+    conv("Conv2d_2b_3x3", 32, 64, 3)
+    conv("Conv2d_3b_1x1", 64, 80, 1)
+    conv("Conv2d_4a_3x3", 80, 192, 3)
+    for m, cin, pool in (("Mixed_5b", 192, 32), ("Mixed_5c", 256, 64), ("Mixed_5d", 288, 64)):
+        conv(m + ".branch1x1", cin, 64, 1)
+        conv(m + ".branch5x5_1", cin, 48, 1)
+        conv(m + ".branch5x5_2", 48, 64, 5)
+        conv(m + ".branch3x3dbl_1", cin, 64, 1)
+        conv(m + ".branch3x3dbl_2", 64, 96, 3)
+        conv(m + ".branch3x3dbl_3", 96, 96, 3)
+        conv(m + ".branch_pool", cin, pool, 1)
+    conv("Mixed_6a.branch3x3", 288, 384, 3)
+    conv("Mixed_6a.branch3x3dbl_1", 288, 64, 1)
+    conv("Mixed_6a.branch3x3dbl_2", 64, 96, 3)
+    conv("Mixed_6a.branch3x3dbl_3", 96, 96, 3)
+    for m, c7 in (("Mixed_6b", 128), ("Mixed_6c", 160), ("Mixed_6d", 160), ("Mixed_6e", 192)):
+        conv(m + ".branch1x1", 768, 192, 1)
+        conv(m + ".branch7x7_1", 768, c7, 1)
+        conv(m + ".branch7x7_2", c7, c7, 1, 7)
+        conv(m + ".branch7x7_3", c7, 192, 7, 1)
+        conv(m + ".branch7x7dbl_1", 768, c7, 1)
+        conv(m + ".branch7x7dbl_2", c7, c7, 7, 1)
+        conv(m + ".branch7x7dbl_3", c7, c7, 1, 7)
+        conv(m + ".branch7x7dbl_4", c7, c7, 7, 1)
+        conv(m + ".branch7x7dbl_5", c7, 192, 1, 7)
+        conv(m + ".branch_pool", 768, 192, 1)
+    conv("Mixed_7a.branch3x3_1", 768, 192, 1)
+    conv("Mixed_7a.branch3x3_2", 192, 320, 3)
+    conv("Mixed_7a.branch7x7x3_1", 768, 192, 1)
+    conv("Mixed_7a.branch7x7x3_2", 192, 192, 1, 7)
+    conv("Mixed_7a.branch7x7x3_3", 192, 192, 7, 1)
+    conv("Mixed_7a.branch7x7x3_4", 192, 192, 3)
+    for m, cin in (("Mixed_7b", 1280), ("Mixed_7c", 2048)):
+        conv(m + ".branch1x1", cin, 320, 1)
+        conv(m + ".branch3x3_1", cin, 384, 1)
+        conv(m + ".branch3x3_2a", 384, 384, 1, 3)
+        conv(m + ".branch3x3_2b", 384, 384, 3, 1)
+        conv(m + ".branch3x3dbl_1", cin, 448, 1)
+        conv(m + ".branch3x3dbl_2", 448, 384, 3)
+        conv(m + ".branch3x3dbl_3a", 384, 384, 1, 3)
+        conv(m + ".branch3x3dbl_3b", 384, 384, 3, 1)
+        conv(m + ".branch_pool", cin, 192, 1)
+    keys["fc.weight"] = (INCEPTION_CLASSES, 2048)
+    keys["fc.bias"] = (INCEPTION_CLASSES,)
+    return keys
+
+
+def looks_like_inception(sd):
+    return all(k in sd for k in INCEPTION_PROBE)
+
+
+def _listing(items, limit=8):
+    text = ", ".join(items[:limit])
+    return text + (" (and %d more)" % (len(items) - limit) if len(items) > limit else "")
+
+
+def check_inception(path, sd):
+    """The FID Inception tensors of `sd` in float32, in the network's order; num_batches_tracked
+    dropped. Returns (tensors, number of counters dropped); raises naming every problem."""
+    counters = [k for k in sd if k == "num_batches_tracked" or k.endswith(".num_batches_tracked")]
+    expected = inception_keys()
+    missing = [k for k in expected if k not in sd]
+    unexpected = [k for k in sd if k not in expected and k not in counters]
+    shapes = ["%s: expected %s, found %s" % (k, list(s), list(sd[k].shape))
+              for k, s in expected.items() if k in sd and tuple(sd[k].shape) != s]
+    integer = ["%s (%s)" % (k, str(sd[k].dtype).replace("torch.", "")) for k in expected
+               if k in sd and not sd[k].is_floating_point()]
+    problems = []
+    if missing:
+        problems.append("missing %d: %s" % (len(missing), _listing(missing)))
+    if unexpected:
+        problems.append("unexpected %d: %s" % (len(unexpected), _listing(unexpected)))
+    if shapes:
+        problems.append("shape mismatch: %s" % _listing(shapes, 4))
+    if integer:
+        problems.append("not floating point: %s" % _listing(integer))
+    if problems:
+        hint = ""
+        fc = sd.get("fc.weight")
+        if fc is not None and tuple(fc.shape) == (1000, 2048):
+            hint = ("\n---> HINT: fc has 1000 classes: this is torchvision's ImageNet Inception-v3, "
+                    "not the FID network (1008 classes, converted from TensorFlow's "
+                    "inception-2015-12-05), whose features FID and sFID are defined with")
+        elif any(k.startswith("AuxLogits.") for k in unexpected):
+            hint = ("\n---> HINT: AuxLogits.* belong to torchvision's Inception3 with aux_logits; "
+                    "pytorch-fid's FID network (pt_inception-2015-12-05-6726825d.pth) has none")
+        raise ConvertError("%s: not pytorch-fid's FID Inception-v3 weights (fid_inception_v3(): "
+                           "%d tensors plus BatchNorm num_batches_tracked):\n  %s%s"
+                           % (path, len(expected), "\n  ".join(problems), hint))
+    out = collections.OrderedDict()
+    for k in expected:
+        out[k] = sd[k].to(torch.float32) if sd[k].dtype != torch.float32 else sd[k]
+    return out, len(counters)
+
+
+def convert_inception(opts, src, sd, stripped, add):
+    if add:
+        raise ConvertError("%s: --prefix %s: the FID Inception weights keep their own names "
+                           "(aim's loader reads Conv2d_1a_3x3.conv.weight, ...); a prefix cannot be "
+                           "added" % (src.path, add[0]))
+    if opts.dtype not in ("keep", "fp32"):
+        raise ConvertError("%s: --dtype %s: the FID Inception weights are written in float32 only "
+                           "(FID is defined by the float32 network)" % (src.path, opts.dtype))
+    if opts.config_out:
+        raise ConvertError("%s: --config-out: the FID Inception network has a fixed architecture "
+                           "and no config file" % src.path)
+    dtypes_in = collections.Counter(str(v.dtype).replace("torch.", "") for v in sd.values())
+    tensors, counters = check_inception(src.path, sd)
+    out, _ = output_paths(opts.out, None)
+    if _same_file(out, src.path):
+        raise ConvertError("%s: the output would overwrite the input" % out)
+    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+    how = write_output(out, tensors)
+    detail = {"state-dict": "state dict, torch.save", "safetensors": "safetensors file",
+              "llamagen": "under '%s'" % src.taken}[src.container]
+    lines = ["%s: %s" % (PROG, opts.input),
+             "  kind        inception (pytorch-fid FID Inception-v3, %s)" % detail,
+             "  weights     %s%s" % (src.path, " ['%s']" % src.taken if src.taken else "")]
+    for p, dropped in stripped:
+        lines.append("  prefix      stripped '%s' (%d other tensors dropped)" % (p, dropped))
+    lines.append("  tensors     %d (%d BatchNorm num_batches_tracked dropped)"
+                 % (len(tensors), counters))
+    lines.append("  parameters  %s" % _fmt_int(sum(v.numel() for v in tensors.values())))
+    lines.append("  dtype       %s -> float32 x%d"
+                 % (", ".join("%s x%d" % kv for kv in sorted(dtypes_in.items())), len(tensors)))
+    lines.append("  output      %s" % out)
+    lines.append("  writer      %s" % how)
+    lines.append("  config      none (fixed architecture)")
+    print("\n".join(lines))
+    return 0
+
+
 # ------------------------------------------------------------------------------------ configs
 
 def _levels(sd, root):
@@ -766,6 +922,9 @@ def convert(opts):
         sd, dropped = strip_prefix(src.path, sd, p)
         stripped.append((p, dropped))
 
+    if opts.kind == "inception" or (opts.kind == "auto" and looks_like_inception(sd)):
+        return convert_inception(opts, src, sd, stripped, add)
+
     content, mprefix, stray = classify(sd)
     if content is None:
         raise unknown_contents(src, sd, what)
@@ -921,13 +1080,16 @@ def build_parser():
         formatter_class=argparse.RawDescriptionHelpFormatter,
         description="Convert an official LlamaGen VQ or AiM checkpoint (PyTorch pickle, Hugging "
                     "Face Trainer checkpoint or snapshot) to safetensors with the official key "
-                    "names, and write the matching config beside it.",
+                    "names, and write the matching config beside it; or pytorch-fid's FID "
+                    "Inception weights for aim's evaluation.",
         epilog="""kinds (--kind auto recognises them):
   llamagen-vq  LlamaGen tokenizer: vq_ds16_c2i.pt, vq_train.py checkpoints {model, ema,
                optimizer, discriminator, steps, args}, or a bare VQ state dict (vq_f16.pt)
   aim          AiM weights: pytorch_model.bin with mamba.* and vqvae.*, a
                MambaLMHeadModel.save_pretrained() directory, or a snapshot directory
   aim-trainer  an AiM Hugging Face Trainer checkpoint-N/ directory (or its weights file)
+  inception    pytorch-fid's pt_inception-2015-12-05-6726825d.pth (fid_inception_v3()'s state
+               dict): 472 tensors, same names, float32, num_batches_tracked dropped, no config
 
 config written beside OUT (or at --config-out):
   tokenizer  LlamaGen ModelArgs fields + ch, num_res_blocks (read by aim's vq_config_from_json)
@@ -945,6 +1107,7 @@ examples:
   %(prog)s aim-large/pytorch_model.bin --out hf/aim-large/
   %(prog)s runs/AiM-L/checkpoint-50000 --out aim_l_50k/
   %(prog)s module_prefixed.bin --prefix module.- --out clean.safetensors
+  %(prog)s pt_inception-2015-12-05-6726825d.pth --out weights/fid_inception.safetensors
 
 environment: AIM_CONVERT_NO_SAFETENSORS=1 writes with the built-in writer even when the
 safetensors package is installed (both give identical tensors).
@@ -953,7 +1116,7 @@ exit status: 0 converted, 1 refused (the message says why), 2 bad command line."
                                  "checkpoint / snapshot directory")
     p.add_argument("--out", required=True,
                    help="output .safetensors file, or a directory (gets model.safetensors)")
-    p.add_argument("--kind", choices=("auto", "llamagen-vq", "aim", "aim-trainer"),
+    p.add_argument("--kind", choices=("auto", "llamagen-vq", "aim", "aim-trainer", "inception"),
                    default="auto", help="what the input must be (default: auto)")
     p.add_argument("--prefix", action="append", metavar="PREFIX",
                    help="'vqvae.' prepends, 'module.-' strips (see below)")

@@ -16,6 +16,7 @@
 
 #include "aim/core/config.h"
 #include "aim/core/safetensors.h"
+#include "aim/eval/inception.h"
 #include "aim/model/aim.h"
 #include "aim/model/vq.h"
 #include "test_util.h"
@@ -213,7 +214,7 @@ void expect_vq_loads(const fs::path& weights, const fs::path& config, const Tens
 TEST_F(ConvertCheckpoint, HelpExplainsUsage) {
   auto r = convert("--help");
   EXPECT_EQ(r.code, 0) << r.output;
-  for (const char* s : {"usage:", "--use-ema", "--prefix", "--dtype", "llamagen-vq", "aim-trainer"})
+  for (const char* s : {"usage:", "--use-ema", "--prefix", "--dtype", "llamagen-vq", "aim-trainer", "inception"})
     EXPECT_NE(r.output.find(s), std::string::npos) << s << "\n" << r.output;
 }
 
@@ -376,6 +377,39 @@ TEST_F(ConvertCheckpoint, BuiltInWriterGivesIdenticalTensors) {
   EXPECT_EQ(file.metadata().count("format") ? file.metadata().at("format") : "", "pt");
 }
 
+// ---------------------------------------------------------------------------- FID Inception
+
+TEST_F(ConvertCheckpoint, PytorchFidInceptionWeights) {
+  // pytorch-fid's pt_inception-2015-12-05-6726825d.pth layout: a torch.save'd state dict with
+  // every BatchNorm's num_batches_tracked; recognised without --kind.
+  auto r = convert(in("inception/pt_inception-2015-12-05-6726825d.pth") + " --out " +
+                   quote(out("fid_inception.safetensors").string()));
+  ASSERT_EQ(r.code, 0) << r.output;
+  std::printf("%s", r.output.c_str());
+  for (const char* s : {"kind        inception", "472 (94 BatchNorm num_batches_tracked dropped)",
+                        "23,885,392", "-> float32 x472", "config      none"})
+    EXPECT_NE(r.output.find(s), std::string::npos) << s << "\n" << r.output;
+  EXPECT_FALSE(fs::exists(out("fid_inception.json"))) << "a config was written for the Inception";
+  const auto expected = load_safetensors((inputs_ / "inception/expected.safetensors").string());
+  ASSERT_EQ(expected.size(), 472u);
+  expect_identical(load_safetensors(out("fid_inception.safetensors").string()), expected,
+                   "fid_inception.safetensors");
+  // The strict C++ loader takes it, and the module then holds exactly these tensors.
+  eval::FidInceptionV3 model;
+  eval::load_fid_inception(model, out("fid_inception.safetensors").string());
+  TensorMap held;
+  for (const auto& p : model->named_parameters()) held[p.key()] = p.value();
+  for (const auto& b : model->named_buffers())
+    if (b.key().find("num_batches_tracked") == std::string::npos) held[b.key()] = b.value();
+  expect_identical(held, expected, "FidInceptionV3 loaded from fid_inception.safetensors");
+
+  r = convert(in("inception/pt_inception-2015-12-05-6726825d.pth") + " --kind inception --dtype fp32 --out " +
+              quote(out("fid_inception_fp32/").string()));
+  ASSERT_EQ(r.code, 0) << r.output;
+  expect_identical(load_safetensors(out("fid_inception_fp32/model.safetensors").string()), expected,
+                   "fid_inception_fp32/model.safetensors (--kind inception)");
+}
+
 // ---------------------------------------------------------------------------- refusals
 
 TEST_F(ConvertCheckpoint, RefusesWhatItDoesNotKnow) {
@@ -399,6 +433,13 @@ TEST_F(ConvertCheckpoint, RefusesWhatItDoesNotKnow) {
       {"aim/pytorch_model.bin", "--kind llamagen-vq",
        {"pytorch_model.bin", "--kind llamagen-vq expects", "found an AiM model", "--prefix vqvae.-"}},
       {"llamagen/vq.pt", "--prefix foo.-", {"vq.pt", "no key starts with 'foo.'"}},
+      {"bad/inception_torchvision.pth", "",
+       {"inception_torchvision.pth", "not pytorch-fid's FID Inception-v3 weights",
+        "fc.weight: expected [1008, 2048], found [1000, 2048]", "unexpected 1: AuxLogits.fc.weight",
+        "torchvision's ImageNet Inception-v3"}},
+      {"inception/pt_inception-2015-12-05-6726825d.pth", "--dtype bf16", {"pt_inception-2015-12-05-6726825d.pth", "--dtype bf16", "float32 only"}},
+      {"inception/pt_inception-2015-12-05-6726825d.pth", "--prefix fid.", {"pt_inception-2015-12-05-6726825d.pth", "--prefix fid.", "cannot be added"}},
+      {"llamagen/vq.pt", "--kind inception", {"vq.pt", "not pytorch-fid's FID Inception", "missing 472"}},
       {"bad/mismatch", "", {"mismatch/config.json", "does not describe these weights", "d_model: config 64, tensors 48",
                             "ssm_cfg.layer"}},
   };

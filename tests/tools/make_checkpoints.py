@@ -21,6 +21,11 @@ aim/mamba1_tiny); the containers copy the official code's torch.save calls:
   trainer/checkpoint-250/     AiM's HF Trainer (save_safetensors=False): pytorch_model.bin,
                               optimizer.pt, scheduler.pt, rng_state.pth, trainer_state.json,
                               training_args.bin (a pickled transformers TrainingArguments).
+  inception/pt_inception-2015-12-05-6726825d.pth
+                              pytorch-fid's FID Inception weights: torch.save of the
+                              fid_inception_v3() state dict, random values (not the fixture's),
+                              with every BatchNorm's num_batches_tracked. expected.safetensors
+                              beside it holds the 472 tensors the conversion must give.
   bad/*                       inputs the converter must refuse (see below).
 """
 import argparse
@@ -115,6 +120,22 @@ def aim_state_dict(fix):
     items.insert(sum(1 for k, _ in items if k.startswith("vqvae.")),
                  ("mamba.backbone.embeddings.word_embeddings.weight", emb))
     items.append(("mamba.lm_head.weight", emb.detach()))  # state_dict() detaches: same storage
+    return as_state_dict(items)
+
+
+def inception_state_dict(tool):
+    """fid_inception_v3().state_dict() layout (names from the converter's architecture table, each
+    BatchNorm followed by its counter) with random values; running_var > 0."""
+    g = torch.Generator().manual_seed(3)
+    items = []
+    for name, shape in tool.inception_keys().items():
+        t = torch.randn(shape, generator=g) * 0.1
+        if name.endswith("running_var"):
+            t = t.abs() + 0.5
+        items.append((name, t))
+        if name.endswith(".bn.running_var"):
+            items.append((name[:-len("running_var")] + "num_batches_tracked",
+                          torch.tensor(0, dtype=torch.int64)))
     return as_state_dict(items)
 
 
@@ -247,6 +268,14 @@ def main():
         json.dump(state, f, indent=2, sort_keys=True)
     torch.save(fake_training_arguments(), os.path.join(d, "training_args.bin"))
 
+    # ---- pytorch-fid's FID Inception weights.
+    d = mkdir("inception")
+    inception = inception_state_dict(tool)
+    torch.save(inception, os.path.join(d, "pt_inception-2015-12-05-6726825d.pth"))
+    tool.write_builtin(os.path.join(d, "expected.safetensors"),
+                       collections.OrderedDict((k, v) for k, v in inception.items()
+                                               if not k.endswith("num_batches_tracked")))
+
     # ---- Inputs the converter must refuse.
     d = mkdir("bad")
     with open(os.path.join(d, "random.bin"), "wb") as f:
@@ -266,6 +295,15 @@ def main():
         f.write(blob[: len(blob) * 3 // 5])
     torch.save(as_state_dict(("module." + k, v) for k, v in model.items()),
                os.path.join(d, "module_prefixed.bin"))
+    # torchvision's ImageNet Inception-v3 (1000 classes, aux classifier), cut short: the
+    # converter must say it is not the FID network.
+    torch.save(as_state_dict([
+        ("Conv2d_1a_3x3.conv.weight", inception["Conv2d_1a_3x3.conv.weight"]),
+        ("Mixed_7c.branch_pool.conv.weight", inception["Mixed_7c.branch_pool.conv.weight"]),
+        ("AuxLogits.fc.weight", torch.zeros(1000, 768)),
+        ("fc.weight", torch.zeros(1000, 2048)),
+        ("fc.bias", torch.zeros(1000)),
+    ]), os.path.join(d, "inception_torchvision.pth"))
     # Mamba1 weights beside a Mamba2 config.json.
     d = mkdir("bad", "mismatch")
     torch.save(aim_state_dict(m1_fix), os.path.join(d, "pytorch_model.bin"))
