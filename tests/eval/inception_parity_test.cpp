@@ -22,6 +22,7 @@
 #include "aim/core/error.h"
 #include "aim/core/safetensors.h"
 #include "aim/eval/inception.h"
+#include "eval/inception_fixture.h"
 #include "test_util.h"
 
 namespace aim::eval {
@@ -67,36 +68,8 @@ nlohmann::json read_json(const fs::path& path) {
   return nlohmann::json::parse(in);
 }
 
-// ------------------------------------------------------------------ generated weights (README)
-
-uint32_t fnv1a32(const std::string& s) {
-  uint32_t h = 0x811C9DC5u;
-  for (unsigned char b : s) {
-    h ^= b;
-    h *= 0x01000193u;
-  }
-  return h;
-}
-
-/// The README's formula: hash of (index, key) -> u in [0, 1) -> (2u - 1) * scale in float32.
-torch::Tensor generate_weight(const std::string& name, const std::vector<int64_t>& shape,
-                              uint32_t seed, float scale) {
-  auto t = torch::empty(shape, torch::kFloat);
-  float* w = t.data_ptr<float>();
-  const uint32_t key = fnv1a32(name) ^ seed;
-  for (int64_t i = 0; i < t.numel(); ++i) {
-    uint32_t x = static_cast<uint32_t>(i) * 0x9E3779B1u + key;
-    x ^= x >> 16;
-    x *= 0x85EBCA6Bu;
-    x ^= x >> 13;
-    x *= 0xC2B2AE35u;
-    x ^= x >> 16;
-    const float u = static_cast<float>(x >> 8) * 0x1p-24f;  // exact
-    const float v = 2.0f * u - 1.0f;                          // exact
-    w[i] = v * scale;                                         // the one rounding
-  }
-  return t;
-}
+// ------------------------------------------------------------------ weights (README)
+// Generated + stored tensors come from eval/inception_fixture.h, shared with the `aim eval` tests.
 
 /// Temporary files of this process, removed at exit.
 struct TempDir {
@@ -128,21 +101,7 @@ const InceptionFolder& inception_folder(const std::string& name) {
   InceptionFolder f;
   f.dir = test::fixtures_dir() / "eval" / name;
   f.config = read_json(f.dir / "config.json");
-  const auto& wcfg = f.config.at("weights");
-  const uint32_t seed = wcfg.at("seed").get<uint32_t>();
-  std::map<std::string, std::vector<int64_t>> shapes;
-  for (const auto& [k, s] : fid_inception_keys()) shapes[k] = s;
-  for (const auto& [k, v] : wcfg.at("generated").at("scales").items()) {
-    if (!shapes.count(k)) throw std::runtime_error(name + ": generated key " + k + " is not in the network");
-    const uint32_t bits = v.at("bits").get<uint32_t>();
-    float scale;
-    std::memcpy(&scale, &bits, sizeof scale);
-    if (scale != v.at("float32").get<float>())
-      throw std::runtime_error(name + ": scale of " + k + ": bits and float32 disagree");
-    f.weights[k] = generate_weight(k, shapes[k], seed, scale);
-  }
-  for (auto& [k, v] : load_safetensors((f.dir / f.config.value("model_file", "model.safetensors")).string()))
-    f.weights[k] = v;
+  f.weights = test::fixture_inception_weights(f.dir);
   f.weights_file = (temp_dir() / (name + "_weights.safetensors")).string();
   save_safetensors(f.weights_file, std::vector<std::pair<std::string, torch::Tensor>>(
                                        f.weights.begin(), f.weights.end()));

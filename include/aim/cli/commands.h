@@ -35,6 +35,10 @@ Runner add_train_vq_command(CLI::App& app);
 /// codebook usage.
 Runner add_eval_vq_command(CLI::App& app);
 
+/// `aim eval --samples S --ref R [--inception WEIGHTS]`: IS, FID, sFID, precision and recall as
+/// ADM's evaluator computes them (.npz batches or image folders; features cached beside them).
+Runner add_eval_command(CLI::App& app);
+
 /// `aim make-dataset codes --out FILE ...` | `shapes --out DIR ...`: built-in datasets (synthetic
 /// codes for aim train, procedural shape images).
 Runner add_make_dataset_command(CLI::App& app);

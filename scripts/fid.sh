@@ -1,0 +1,64 @@
+#!/usr/bin/env bash
+# The paper's evaluation of a checkpoint: 50,000 class-balanced samples (50 per ImageNet class)
+# with the published sampling settings on every local GPU through mpirun, then `aim eval` against
+# ADM's ImageNet 256x256 reference batch (IS, FID, sFID, precision, recall).
+#
+#   scripts/fid.sh CKPT OUTDIR [extra aim sample flags, e.g. --cfg 1.75 --seed 1]
+#
+# Environment:
+#   AIM_FID_REF            reference batch (default VIRTUAL_imagenet256_labeled.npz)
+#   AIM_INCEPTION_WEIGHTS  FID Inception-v3 .safetensors (tools/convert_checkpoint.py --kind inception)
+#   AIM_NPROC              processes (default: the number of GPUs nvidia-smi lists)
+#   AIM_NUM_SAMPLES        samples (default 50000)
+#   AIM_BATCH_SIZE         images per sampling batch and rank (default 125)
+#   AIM_BUILD_DIR          build directory (default build)
+# Writes OUTDIR/samples.npz (resumable: finished batches stay in OUTDIR/samples.npz.parts/),
+# OUTDIR/eval.txt and OUTDIR/eval.json.
+set -euo pipefail
+root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+
+if [[ $# -lt 2 || "$1" == -h || "$1" == --help ]]; then
+  sed -n '2,16p' "$0" | sed 's/^# \{0,1\}//'
+  [[ $# -lt 2 ]] && exit 2 || exit 0
+fi
+ckpt=$1
+outdir=$2
+shift 2
+
+build=${AIM_BUILD_DIR:-$root/build}
+aim="$build/aim"
+ref=${AIM_FID_REF:-VIRTUAL_imagenet256_labeled.npz}
+inception=${AIM_INCEPTION_WEIGHTS:-}
+num=${AIM_NUM_SAMPLES:-50000}
+batch=${AIM_BATCH_SIZE:-125}
+
+fail() { echo "fid.sh: $*" >&2; exit 1; }
+[[ -x "$aim" ]] || fail "no aim executable at $aim; ---> HINT: run scripts/test.sh or set AIM_BUILD_DIR"
+[[ -e "$ckpt" ]] || fail "checkpoint '$ckpt' does not exist"
+[[ -f "$ref" ]] || fail "reference batch '$ref' not found (set AIM_FID_REF); ---> HINT: download VIRTUAL_imagenet256_labeled.npz from the ADM evaluations README (github.com/openai/guided-diffusion/tree/main/evaluations)"
+[[ -n "$inception" && -f "$inception" ]] || fail "set AIM_INCEPTION_WEIGHTS to the converted FID Inception weights (found '${inception}'); ---> HINT: python3 tools/convert_checkpoint.py pt_inception-2015-12-05-6726825d.pth --kind inception --out pt_inception.safetensors"
+
+if [[ -n "${AIM_NPROC:-}" ]]; then
+  nproc_gpu=$AIM_NPROC
+elif command -v nvidia-smi >/dev/null 2>&1; then
+  nproc_gpu=$(nvidia-smi -L | grep -c '^GPU' || true)
+else
+  nproc_gpu=0
+fi
+[[ "$nproc_gpu" -ge 1 ]] || fail "no GPU found (nvidia-smi -L lists none); 50,000 samples need GPUs. Set AIM_NPROC to force."
+
+mkdir -p "$outdir"
+launch=()
+if [[ "$nproc_gpu" -gt 1 ]]; then
+  command -v mpirun >/dev/null || fail "mpirun not found (apt-get install openmpi-bin), needed for $nproc_gpu GPUs"
+  launch=(mpirun -np "$nproc_gpu")
+  [[ $(id -u) == 0 ]] && launch+=(--allow-run-as-root)
+fi
+
+echo "== sampling $num images on $nproc_gpu GPU(s) -> $outdir/samples.npz"
+"${launch[@]}" "$aim" sample --ckpt "$ckpt" --num-samples "$num" --labels balanced --preset fid \
+  --batch-size "$batch" --device cuda --npz "$outdir/samples.npz" "$@"
+
+echo "== evaluating against $ref"
+"$aim" eval --samples "$outdir/samples.npz" --ref "$ref" --inception "$inception" --device cuda \
+  --json "$outdir/eval.json" | tee "$outdir/eval.txt"
