@@ -19,6 +19,7 @@
 #include "aim/ops/dispatch.h"
 #include "aim/ops/loss.h"
 #include "aim/ops/norms.h"
+#include "aim/ops/selective_scan.h"
 #include "aim/ops/ssd_scan.h"
 
 namespace {
@@ -201,6 +202,41 @@ int main(int argc, char** argv) {
                       },
                       false});
     }
+
+    // Mamba1's selective scan at the shapes of a Mamba1 AiM of this width (E = 2 D, N = 16, as
+    // the mixer calls it: u, delta, z [B, E, L]; B, C [B, N, L]), forward and forward + backward;
+    // bytes: u, delta, z, B, C read and y written (forward), plus dy read and five gradients
+    // written (backward). Then the one-token update of sampling at batch 32: the fp32 state read
+    // and written dominates.
+    const int64_t E1 = 2 * D, N1 = 16;
+    auto mu = torch::randn({B, E1, L}, opts).requires_grad_(true);
+    auto mdelta = (torch::randn({B, E1, L}, opts) * 0.5).requires_grad_(true);
+    auto mz = torch::randn({B, E1, L}, opts).requires_grad_(true);
+    auto mA = (-torch::rand({E1, N1}, fopts) * 4 - 0.5).requires_grad_(true);
+    auto mB = torch::randn({B, N1, L}, opts).requires_grad_(true);
+    auto mC = torch::randn({B, N1, L}, opts).requires_grad_(true);
+    auto mD = torch::ones({E1}, fopts).requires_grad_(true);
+    auto mbias = (torch::randn({E1}, fopts) * 0.1 - 3).requires_grad_(true);
+    auto mg = torch::randn({B, E1, L}, opts);
+    const double m1_seq = static_cast<double>(B * E1 * L) * elem, m1_bc = 2.0 * B * N1 * L * elem;
+    rows.push_back({"selective_scan fwd", 4 * m1_seq + m1_bc, [&] {
+                      torch::NoGradGuard ng_guard;
+                      aim::ops::selective_scan(mu, mdelta, mA, mB, mC, mD, mz, mbias, true);
+                    }});
+    rows.push_back({"selective_scan fwd+bwd", 8 * m1_seq + 2 * m1_bc, [&] {
+                      auto y = aim::ops::selective_scan(mu, mdelta, mA, mB, mC, mD, mz, mbias, true).y;
+                      auto grads = torch::autograd::grad({y}, {mu, mdelta, mA, mB, mC, mD, mz, mbias}, {mg});
+                    }});
+    const int64_t Bs = 32;
+    auto st = torch::randn({Bs, E1, N1}, fopts);
+    auto su = torch::randn({Bs, E1}, opts), sdelta = torch::randn({Bs, E1}, opts) * 0.5;
+    auto sz = torch::randn({Bs, E1}, opts);
+    auto sBm = torch::randn({Bs, N1}, opts), sCm = torch::randn({Bs, N1}, opts);
+    auto mA0 = mA.detach(), mD0 = mD.detach(), mbias0 = mbias.detach();
+    rows.push_back({"selective_state_update (B=32)", 2.0 * Bs * E1 * N1 * 4 + 4.0 * Bs * E1 * elem, [&] {
+                      torch::NoGradGuard ng_guard;
+                      aim::ops::selective_state_update(st, su, sdelta, mA0, sBm, sCm, mD0, sz, mbias0, true);
+                    }});
 
     std::printf("bench_ops %s, micro-batch %lld, %s; device copy bandwidth %.0f GB/s (read + write)\n",
                 config_path.c_str(), static_cast<long long>(B), dtype_name.c_str(), bw / 1e9);
