@@ -53,7 +53,7 @@ targets=""
 # tests follow with the model on the GPU.
 gpu_filter='*Cuda*:*cuda*:*CUDA*'
 # Small cases of the kernel tests for the sanitizers (10-100x slower under them).
-sanitize_filter='*CausalConv1dCuda*B1_*:*CausalConv1dCuda*B3_*:*NormsCuda*Edge*:*SsdStateUpdate*cuda*:*LinearCrossEntropyCuda*N1_*:*LinearCrossEntropyCuda*N257*:*SsdScanCuda*Edge_B1_L1_*:*SsdScanCuda*Edge_B1_L33_*:*SsdScanCuda*Edge_B1_L40_H8_P32_G4_N16_*:*SelectiveScanCuda*Edge_*:*SelectiveScanCudaStep*'
+sanitize_filter='*CausalConv1dCuda*B1_*:*CausalConv1dCuda*B3_*:*NormsCuda*Edge*:*SsdStateUpdate*cuda*:*LinearCrossEntropyCuda*N1_*:*LinearCrossEntropyCuda*N257*:*SsdScanCuda*Edge_B1_L1_*:*SsdScanCuda*Edge_B1_L33_*:*SsdScanCuda*Edge_B1_L40_H8_P32_G4_N16_*:*SelectiveScanCuda*Edge_*:*SelectiveScanCudaStep*:*SampleTokensCuda.StepOnTheDevice*'
 
 t0=$(date +%s)
 if cmake -S . -B build-gpu -G Ninja -DCMAKE_BUILD_TYPE=Release -DAIM_CUDA=ON -DAIM_FUZZ=OFF \

@@ -3,15 +3,11 @@
 #include <numeric>
 
 #include "aim/core/error.h"
+#include "keyed_uniform.h"  // kernels/: the one splitmix64
 
 namespace aim {
 
-uint64_t splitmix64(uint64_t x) {
-  x += 0x9e3779b97f4a7c15ull;
-  x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ull;
-  x = (x ^ (x >> 27)) * 0x94d049bb133111ebull;
-  return x ^ (x >> 31);
-}
+uint64_t splitmix64(uint64_t x) { return kernels::splitmix64_step(x); }
 
 DistributedSampler::DistributedSampler(int64_t num_samples, int64_t rank, int64_t world_size,
                                        bool shuffle, uint64_t seed)

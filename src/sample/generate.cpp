@@ -1,7 +1,6 @@
 #include "aim/sample/generate.h"
 
 #include "aim/core/error.h"
-#include "aim/data/sampler.h"
 #include "aim/ops/sampling.h"
 
 namespace aim {
@@ -14,10 +13,7 @@ void SamplingOptions::validate() const {
 }
 
 double sample_uniform(uint64_t seed, int64_t sample, int64_t step) {
-  const uint64_t h = splitmix64(splitmix64(seed ^ 0xa17c0de5ull) ^
-                                splitmix64(static_cast<uint64_t>(sample) * 0x10001ull +
-                                           (static_cast<uint64_t>(step) << 40)));
-  return static_cast<double>(h >> 11) * 0x1.0p-53;
+  return ops::keyed_uniform(seed, sample, step);
 }
 
 torch::Tensor generate_tokens(AimModel& model, const torch::Tensor& labels,
@@ -32,16 +28,16 @@ torch::Tensor generate_tokens(AimModel& model, const torch::Tensor& labels,
   auto lab = labels.to(device, torch::kLong);
   auto state = model->start(guided ? torch::cat({lab, torch::full_like(lab, model->null_class())}) : lab);
   auto tokens = torch::empty({batch, len}, torch::dtype(torch::kLong).device(device));
-  auto uniforms = torch::empty({batch}, torch::kDouble);
+  const auto ids = torch::tensor(sample_ids, torch::kLong).to(device);
   torch::Tensor prev;
   for (int64_t t = 0; t < len; ++t) {
     torch::Tensor in;
     if (t > 0) in = guided ? torch::cat({prev, prev}) : prev;  // both halves get the same token
-    auto logits = model->step(state, in).to(torch::kFloat);
-    if (guided) logits = ops::cfg_combine(logits.narrow(0, 0, batch), logits.narrow(0, batch, batch), o.cfg);
-    auto* u = uniforms.data_ptr<double>();
-    for (int64_t b = 0; b < batch; ++b) u[b] = sample_uniform(o.seed, sample_ids[b], t);
-    prev = ops::sample_tokens(logits, o.temperature, o.top_k, o.top_p, uniforms);
+    // Guidance in fp32, filters and the draw keyed by (seed, sample, t): one kernel on CUDA.
+    auto logits = model->step(state, in);
+    prev = ops::sample_tokens_keyed(logits.narrow(0, 0, batch),
+                                    guided ? logits.narrow(0, batch, batch) : torch::Tensor(),
+                                    o.cfg, o.temperature, o.top_k, o.top_p, o.seed, ids, t);
     tokens.select(1, t).copy_(prev);
   }
   return tokens.to(torch::kCPU);

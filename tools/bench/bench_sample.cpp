@@ -55,11 +55,13 @@ int main(int argc, char** argv) {
     auto run_steps = [&](int64_t n) {
       auto state = model->start(guided ? torch::cat({labels, torch::full_like(labels, model->null_class())}) : labels);
       torch::Tensor prev;
-      auto u = torch::rand({batch}, torch::kDouble);
+      const auto ids = torch::arange(batch, torch::dtype(torch::kLong).device(dev));
       for (int64_t t = 0; t < n; ++t) {
         auto logits = model->step(state, t == 0 ? torch::Tensor() : (guided ? torch::cat({prev, prev}) : prev));
-        if (guided) logits = aim::ops::cfg_combine(logits.narrow(0, 0, batch), logits.narrow(0, batch, batch), cfg);
-        prev = aim::ops::sample_tokens(logits, 1.0, 0, 1.0, u);
+        // What generate_tokens runs: guidance, filters and draw fused on CUDA.
+        prev = aim::ops::sample_tokens_keyed(logits.narrow(0, 0, batch),
+                                             guided ? logits.narrow(0, batch, batch) : torch::Tensor(), cfg,
+                                             1.0, 0, 1.0, 0, ids, t);
       }
       if (dev.is_cuda()) torch::cuda::synchronize();
       return prev;

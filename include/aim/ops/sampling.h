@@ -4,6 +4,8 @@
 // uniforms, so a sample's randomness can be keyed by (seed, sample, step) whatever the batch.
 #include <torch/types.h>
 
+#include <cstdint>
+
 namespace aim::ops {
 
 /// uncond + (cond - uncond) * scale.  // [B, V] each
@@ -14,6 +16,30 @@ torch::Tensor cfg_combine(const torch::Tensor& cond, const torch::Tensor& uncond
 /// while their total probability stays <= 1 - top_p (the official filter).
 torch::Tensor sample_tokens(const torch::Tensor& logits, double temperature, int64_t top_k,
                             double top_p, const torch::Tensor& uniforms);
+
+/// The uniform in [0, 1) of sample `sample` at step `step` (kernels/keyed_uniform.h; the CUDA
+/// kernel computes the same bits).
+double keyed_uniform(uint64_t seed, int64_t sample, int64_t step);
+
+/// Guidance, filters and draw in one op, each row's uniform keyed_uniform(seed,
+/// sample_ids[b], step): cond, uncond [B, V] fp32 or bf16 (uncond undefined: no guidance, cfg
+/// unused), sample_ids [B] int64 -> tokens [B] int64 on cond's device. Defined as
+/// sample_tokens(cfg_combine(cond.float(), uncond.float(), cfg), temperature, top_k, top_p,
+/// uniforms), which is what runs on the CPU. CUDA tensors run the fused kernel
+/// (kernels/sample_tokens.h) unless top_k > 1024 (and < V), V > 32768 or kernels are off: tokens
+/// equal the composition's except when u lies within 1e-9 of a boundary of the inverse CDF or
+/// the top-p cut's cumulative mass within 1e-9 of 1 - top_p, and where tied logits are ordered
+/// differently (torch leaves their order unspecified; the kernel ranks ties by lower index).
+torch::Tensor sample_tokens_keyed(const torch::Tensor& cond, const torch::Tensor& uncond,
+                                  double cfg, double temperature, int64_t top_k, double top_p,
+                                  uint64_t seed, const torch::Tensor& sample_ids, int64_t step);
+
+/// The same with the step read from `step`, an int64 scalar tensor on cond's device: on CUDA
+/// the kernel reads it on the device, so a captured CUDA graph replays with a device counter.
+torch::Tensor sample_tokens_keyed(const torch::Tensor& cond, const torch::Tensor& uncond,
+                                  double cfg, double temperature, int64_t top_k, double top_p,
+                                  uint64_t seed, const torch::Tensor& sample_ids,
+                                  const torch::Tensor& step);
 
 namespace ref {
 torch::Tensor sample_tokens(const torch::Tensor& logits, double temperature, int64_t top_k,
