@@ -29,7 +29,7 @@ struct SampleArgs {
   int64_t num = 1, num_samples = 0, batch_size = 16, top_k = -1, nrow = 0;
   double cfg = -1, temperature = -1, top_p = -1;
   uint64_t seed = 0;
-  bool use_ema = false, captions = true;
+  bool use_ema = false, captions = true, no_cuda_graph = false;
 };
 
 std::string part_name(int64_t start, int64_t count) { return str_cat("part-", start, "-", count, ".safetensors"); }
@@ -125,6 +125,7 @@ Runner add_sample_command(CLI::App& app) {
   cmd->add_option("--dtype", a->dtype, "fp32 | bf16")->capture_default_str();
   cmd->add_option("--device", a->device, "cpu | cuda | cuda:<index>")->capture_default_str();
   cmd->add_flag("--ema", a->use_ema, "use the run directory's EMA weights");
+  cmd->add_flag("--no-cuda-graph", a->no_cuda_graph, "step eagerly on CUDA instead of replaying one captured step");
   cmd->add_option("--out", a->out, "grid PNG");
   cmd->add_option("--nrow", a->nrow, "grid: images per row (default: square)");
   cmd->add_flag("!--no-captions", a->captions, "grid without class captions");
@@ -180,6 +181,7 @@ Runner add_sample_command(CLI::App& app) {
     if (cmd->count("--top-k")) o.top_k = a->top_k;
     if (cmd->count("--top-p")) o.top_p = a->top_p;
     o.seed = a->seed;
+    o.cuda_graph = !a->no_cuda_graph;
     o.validate();
     std::vector<int64_t> labels;
     if (a->num_samples > 0) {

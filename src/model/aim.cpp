@@ -262,6 +262,21 @@ torch::Tensor AimModelImpl::step(InferenceState& state, const torch::Tensor& tok
   return logits(x);
 }
 
+torch::Tensor AimModelImpl::step_at(InferenceState& state, const torch::Tensor& tokens,
+                                    const torch::Tensor& position) {
+  auto& bb = *backbone;
+  TORCH_CHECK(tokens.defined() && tokens.dim() == 1 && tokens.size(0) == state.batch,
+              "AimModel::step_at: tokens must be [", state.batch, "]");
+  TORCH_CHECK(position.numel() == 1 && position.scalar_type() == torch::kLong &&
+                  position.device() == tokens.device(),
+              "AimModel::step_at: position must be one int64 on ", tokens.device());
+  // [B, D] + [1, D]: the same sums as step()'s [B, D] + [D].
+  auto h = bb.embeddings->word_embeddings->forward(tokens) +
+           bb.embeddings->position_embeddings->weight.index_select(0, position.reshape({1}));
+  auto x = bb.run(h, state.cond, &state.layers, /*step=*/true);              // [B, D]
+  return logits(x);
+}
+
 torch::Tensor AimModelImpl::prefill(InferenceState& state, const torch::Tensor& tokens) {
   TORCH_CHECK(state.offset == 0, "AimModel::prefill: state must be fresh (offset 0), got ",
               state.offset);

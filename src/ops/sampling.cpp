@@ -62,6 +62,17 @@ torch::Tensor sample_tokens(const torch::Tensor& logits, double temperature, int
                             top_k == 1 ? uniforms : uniforms.to(logits.device()));
 }
 
+bool sample_tokens_keyed_fused(const torch::Tensor& cond, const torch::Tensor& uncond,
+                               double temperature, int64_t top_k, double top_p) {
+#ifdef AIM_WITH_CUDA
+  return cond.is_cuda() && cuda_kernels_enabled() &&
+         cuda::sample_tokens_keyed_supported(cond, uncond, temperature, top_k, top_p);
+#else
+  (void)cond, (void)uncond, (void)temperature, (void)top_k, (void)top_p;
+  return false;
+#endif
+}
+
 double keyed_uniform(uint64_t seed, int64_t sample, int64_t step) {
   return kernels::keyed_uniform(seed, sample, step);
 }

@@ -3,6 +3,13 @@
 #include "aim/core/error.h"
 #include "aim/ops/sampling.h"
 
+#ifdef AIM_WITH_CUDA
+#include <ATen/cuda/CUDAEvent.h>
+#include <ATen/cuda/CUDAGraph.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+#endif
+
 namespace aim {
 
 void SamplingOptions::validate() const {
@@ -16,8 +23,62 @@ double sample_uniform(uint64_t seed, int64_t sample, int64_t step) {
   return ops::keyed_uniform(seed, sample, step);
 }
 
+namespace {
+
+#ifdef AIM_WITH_CUDA
+/// Tokens 2..L-1 by replaying one captured step. Token 0 (class slot) and token 1 run eagerly:
+/// the first is a different computation, the second warms up what capture must not do itself
+/// (cuBLAS handles and workspaces, allocator blocks). Inside the graph the step and position
+/// live in device counters that the graph increments, the sampled token is written into the
+/// static input of the next replay and into row `step` of the output.
+void replay_tokens(AimModel& model, InferenceState& state, const torch::Tensor& ids,
+                   const SamplingOptions& o, torch::Tensor& tokens_lb, torch::Tensor& in,
+                   int64_t batch, bool guided) {
+  const int64_t len = tokens_lb.size(0);
+  const auto dev = in.device();
+  const auto lopt = torch::dtype(torch::kLong).device(dev);
+  auto step = torch::full({1}, 1, lopt);                                          // token t
+  auto position = torch::full({1}, model->config.decode_position_offset, lopt);  // of input t-1
+  auto body = [&] {
+    auto logits = model->step_at(state, in, position);
+    auto next = ops::sample_tokens_keyed(logits.narrow(0, 0, batch),
+                                         guided ? logits.narrow(0, batch, batch) : torch::Tensor(),
+                                         o.cfg, o.temperature, o.top_k, o.top_p, o.seed, ids, step);
+    tokens_lb.index_copy_(0, step, next.unsqueeze(0));
+    in.narrow(0, 0, batch).copy_(next);
+    if (guided) in.narrow(0, batch, batch).copy_(next);
+    step.add_(1);
+    position.add_(1);
+  };
+  // Capture runs on a side stream that is ordered after everything queued so far.
+  auto side = c10::cuda::getStreamFromPool(/*isHighPriority=*/false, dev.index());
+  auto current = c10::cuda::getCurrentCUDAStream(dev.index());
+  at::cuda::CUDAEvent ready;
+  ready.record(current);
+  ready.block(side);
+  at::cuda::CUDAGraph graph;
+  {
+    c10::cuda::CUDAStreamGuard on_side(side);
+    body();  // token 1, eagerly
+    graph.capture_begin({0, 0}, cudaStreamCaptureModeThreadLocal);
+    body();  // recorded, not run
+    graph.capture_end();
+    for (int64_t t = 2; t < len; ++t) graph.replay();
+    // The graph's memory pool goes back to the allocator when `graph` is destroyed: only after
+    // the replays are done with it.
+    side.synchronize();
+  }
+  at::cuda::CUDAEvent done;
+  done.record(side);
+  done.block(current);
+}
+#endif
+
+}  // namespace
+
 torch::Tensor generate_tokens(AimModel& model, const torch::Tensor& labels,
-                              const std::vector<int64_t>& sample_ids, const SamplingOptions& o) {
+                              const std::vector<int64_t>& sample_ids, const SamplingOptions& o,
+                              bool* used_graph) {
   o.validate();
   const int64_t batch = labels.size(0), len = model->config.num_tokens;
   AIM_CHECK(static_cast<int64_t>(sample_ids.size()) == batch, "generate: ", sample_ids.size(),
@@ -27,17 +88,38 @@ torch::Tensor generate_tokens(AimModel& model, const torch::Tensor& labels,
   const auto device = model->backbone->norm_f->weight.device();
   auto lab = labels.to(device, torch::kLong);
   auto state = model->start(guided ? torch::cat({lab, torch::full_like(lab, model->null_class())}) : lab);
-  auto tokens = torch::empty({batch, len}, torch::dtype(torch::kLong).device(device));
   const auto ids = torch::tensor(sample_ids, torch::kLong).to(device);
-  torch::Tensor prev;
-  for (int64_t t = 0; t < len; ++t) {
-    torch::Tensor in;
-    if (t > 0) in = guided ? torch::cat({prev, prev}) : prev;  // both halves get the same token
-    // Guidance in fp32, filters and the draw keyed by (seed, sample, t): one kernel on CUDA.
-    auto logits = model->step(state, in);
-    prev = ops::sample_tokens_keyed(logits.narrow(0, 0, batch),
-                                    guided ? logits.narrow(0, batch, batch) : torch::Tensor(),
-                                    o.cfg, o.temperature, o.top_k, o.top_p, o.seed, ids, t);
+  // Token 0 from the class slot. Guidance in fp32, filters and the draw keyed by
+  // (seed, sample, t): one kernel on CUDA.
+  auto logits = model->step(state, torch::Tensor());
+  auto uncond = [&](const torch::Tensor& l) { return guided ? l.narrow(0, batch, batch) : torch::Tensor(); };
+  torch::Tensor prev = ops::sample_tokens_keyed(logits.narrow(0, 0, batch), uncond(logits), o.cfg,
+                                                o.temperature, o.top_k, o.top_p, o.seed, ids, 0);
+  bool graphed = false;
+#ifdef AIM_WITH_CUDA
+  graphed = o.cuda_graph && device.is_cuda() && len > 2 &&
+            ops::sample_tokens_keyed_fused(logits.narrow(0, 0, batch), uncond(logits), o.temperature,
+                                           o.top_k, o.top_p);
+  if (graphed) {
+    AIM_CHECK(len - 2 + model->config.decode_position_offset <= model->config.num_tokens,
+              "generate: decode_position_offset ", model->config.decode_position_offset,
+              " puts the last token beyond the position table");
+    auto tokens_lb = torch::empty({len, batch}, torch::dtype(torch::kLong).device(device));  // [L, B]
+    tokens_lb[0].copy_(prev);
+    auto in = guided ? torch::cat({prev, prev}) : prev.clone();  // static input of the graph
+    replay_tokens(model, state, ids, o, tokens_lb, in, batch, guided);
+    if (used_graph) *used_graph = true;
+    return tokens_lb.t().contiguous().to(torch::kCPU);
+  }
+#endif
+  if (used_graph) *used_graph = graphed;
+  auto tokens = torch::empty({batch, len}, torch::dtype(torch::kLong).device(device));
+  tokens.select(1, 0).copy_(prev);
+  for (int64_t t = 1; t < len; ++t) {
+    auto in = guided ? torch::cat({prev, prev}) : prev;  // both halves get the same token
+    logits = model->step(state, in);
+    prev = ops::sample_tokens_keyed(logits.narrow(0, 0, batch), uncond(logits), o.cfg, o.temperature,
+                                    o.top_k, o.top_p, o.seed, ids, t);
     tokens.select(1, t).copy_(prev);
   }
   return tokens.to(torch::kCPU);

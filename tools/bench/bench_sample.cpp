@@ -76,6 +76,26 @@ int main(int argc, char** argv) {
     std::printf("| stage            | ms/token | tokens/s   | images/s |\n|------------------|----------|------------|----------|\n");
     std::printf("| model steps      | %8.2f | %10.1f | %8.3f |\n", 1e3 * step_s / len, batch * len / step_s,
                 batch / (step_s * cfg_all.model.num_tokens / len));
+    if (dev.is_cuda()) {
+      // The whole generate_tokens (all num_tokens steps) eager and with the step in a CUDA graph.
+      std::vector<int64_t> ids(static_cast<size_t>(batch));
+      for (int64_t i = 0; i < batch; ++i) ids[static_cast<size_t>(i)] = i;
+      aim::SamplingOptions so;
+      so.cfg = cfg;
+      for (const bool graph : {false, true}) {
+        so.cuda_graph = graph;
+        bool used = false;
+        aim::generate_tokens(model, labels, ids, so, &used);  // warm-up (and capture)
+        torch::cuda::synchronize();
+        const auto g0 = Clock::now();
+        aim::generate_tokens(model, labels, ids, so, &used);
+        torch::cuda::synchronize();
+        const double s = std::chrono::duration<double>(Clock::now() - g0).count();
+        const int64_t n = cfg_all.model.num_tokens;
+        std::printf("| generate, %-6s | %8.2f | %10.1f | %8.3f |\n", graph ? (used ? "graph" : "eager!") : "eager",
+                    1e3 * s / n, batch * n / s, batch / s);
+      }
+    }
     if (with_vq) {
       aim::VqModel vq(cfg_all.vq);
       vq->to(dev);

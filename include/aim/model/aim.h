@@ -113,6 +113,13 @@ class AimModelImpl : public torch::nn::Module {
   /// embedding (tokens ignored, may be undefined), later tokens [B] (the previous image token;
   /// image token j gets position j + decode_position_offset).
   torch::Tensor step(InferenceState& state, const torch::Tensor& tokens);
+  /// step() for CUDA-graph capture: consumes image tokens [B] at the position index held in
+  /// `position` (int64, one element, on the tokens' device; the caller adds
+  /// decode_position_offset and keeps it within the table). Nothing is read on the host and
+  /// state.offset does not move, so a captured call replays with `tokens`, `position` and the
+  /// state updated in place.
+  torch::Tensor step_at(InferenceState& state, const torch::Tensor& tokens,
+                        const torch::Tensor& position);
   /// Consumes the class slot and tokens [B, T] in one parallel pass; returns logits [B, V] for
   /// token T and leaves `state` ready for step().
   torch::Tensor prefill(InferenceState& state, const torch::Tensor& tokens);

@@ -41,6 +41,12 @@ torch::Tensor sample_tokens_keyed(const torch::Tensor& cond, const torch::Tensor
                                   uint64_t seed, const torch::Tensor& sample_ids,
                                   const torch::Tensor& step);
 
+/// Whether sample_tokens_keyed on these inputs runs the fused CUDA kernel (and so reads a
+/// device-side step without a host synchronisation, which CUDA-graph capture needs). The logits
+/// given need only have the right device, dtype and shape.
+bool sample_tokens_keyed_fused(const torch::Tensor& cond, const torch::Tensor& uncond,
+                               double temperature, int64_t top_k, double top_p);
+
 namespace ref {
 torch::Tensor sample_tokens(const torch::Tensor& logits, double temperature, int64_t top_k,
                             double top_p, const torch::Tensor& uniforms);

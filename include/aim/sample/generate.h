@@ -20,6 +20,10 @@ struct SamplingOptions {
   int64_t top_k = 0;         ///< 0: all tokens; 1: greedy
   double top_p = 1.0;        ///< nucleus mass kept, in (0, 1]
   uint64_t seed = 0;
+  /// On CUDA, capture the per-token step (all layers, lm_head, guidance, filters, draw) once in
+  /// a CUDA graph and replay it for the remaining tokens; same tokens as eager stepping. Used
+  /// when the fused sampling kernel takes the settings (sample_tokens_keyed_fused).
+  bool cuda_graph = true;
   /// Throws aim::Error naming the flag (--cfg, --temperature, --top-k, --top-p).
   void validate() const;
 };
@@ -28,8 +32,10 @@ struct SamplingOptions {
 double sample_uniform(uint64_t seed, int64_t sample, int64_t step);
 
 /// labels [B] (int64, < num_classes), sample_ids [B] (global indices) -> tokens [B, L] int64.
+/// Whether a CUDA graph ran is reported through `used_graph` when given.
 torch::Tensor generate_tokens(AimModel& model, const torch::Tensor& labels,
-                              const std::vector<int64_t>& sample_ids, const SamplingOptions& options);
+                              const std::vector<int64_t>& sample_ids, const SamplingOptions& options,
+                              bool* used_graph = nullptr);
 
 /// tokens [N, L] -> images [N, 3, H, W] in [-1, 1] (not clamped), decoded `batch` at a time on
 /// the tokenizer's device.
