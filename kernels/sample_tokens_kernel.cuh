@@ -44,6 +44,7 @@
 //            key up, finds the key T where the removed weight crosses R and how many of the
 //            tokens tied at T go; then the vocabulary-order draw over the kept tokens.
 // No sort of the row in any mode.
+#include <atomic>
 #include <cuda_bf16.h>
 
 #include <climits>
@@ -606,9 +607,19 @@ cudaError_t launch_mode(const SampleTokensParams& p, cudaStream_t stream) {
   const size_t smem = kMode == Mode::kGreedy ? 0 : static_cast<size_t>(p.vocab) * sizeof(float);
   auto kernel = &sample_tokens_kernel<T, kUncond, kMode>;
   if (smem + sizeof(Shared) > 48 * 1024) {
-    const cudaError_t err = cudaFuncSetAttribute(
-        kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem));
+    // The opt-in persists per device and function: set it once per device (and larger size),
+    // so that launches captured into a CUDA graph make no other CUDA call.
+    constexpr int kMaxDevices = 64;
+    static std::atomic<int> configured[kMaxDevices];
+    int device = 0;
+    cudaError_t err = cudaGetDevice(&device);
     if (err != cudaSuccess) return err;
+    if (device >= kMaxDevices || configured[device].load() < static_cast<int>(smem)) {
+      err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                 static_cast<int>(smem));
+      if (err != cudaSuccess) return err;
+      if (device < kMaxDevices) configured[device].store(static_cast<int>(smem));
+    }
   }
   kernel<<<p.rows, kThreads, smem, stream>>>(p);
   return cudaGetLastError();

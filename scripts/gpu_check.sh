@@ -48,7 +48,7 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | 
 
 status_build=FAIL status_tests=FAIL status_parity=FAIL status_sanitize=SKIP
 targets=""
-[ "$mode" = gpu ] && targets="--target aim aim_tests bench_train bench_ops"
+[ "$mode" = gpu ] && targets="--target aim aim_tests bench_train bench_ops bench_sample"
 # The tests that launch CUDA work (kernel tests, CUDA op cases); the model parity and training
 # tests follow with the model on the GPU.
 gpu_filter='*Cuda*:*cuda*:*CUDA*'
@@ -95,6 +95,12 @@ if [ "$status_build" = OK ]; then
     build-gpu/bench/bench_train configs/$c.yaml --micro 64 --steps 10 --warmup 3 --precision $precision \
       --kernels both 2>&1 | tee -a "$out/bench_train.log" || status_bench=FAIL
   done
+  # Sampling: model steps (eager and CUDA graph) against the step's memory roofline, and decode.
+  for b in 1 16 64 256; do
+    novq=""; [ "$b" -ge 64 ] && novq=--no-vq  # the fp32 decode of 64+ images at once: memory
+    build-gpu/bench/bench_sample configs/aim_l.yaml --batch $b --cfg 1.75 --dtype bf16 --device cuda $novq \
+      2>&1 | tee -a "$out/bench_sample.log" || status_bench=FAIL
+  done
 fi
 t3=$(date +%s)
 gpu_cases=$(grep -cE '^\[ +OK \].*cuda' "$out/ctest.log" 2>/dev/null || echo 0)
@@ -106,8 +112,9 @@ printf "| build (CUDA, sm_90a + PTX)    | %-6s | %7d |\n" "$status_build" $((t1 
 printf "| tests (%-4s)                  | %-6s | %7d |\n" "$mode" "$status_tests" $((t2 - t1))
 printf "| parity + training, on CUDA    | %-6s |         |\n" "$status_parity"
 printf "| compute-sanitizer mem/race    | %-6s |         |\n" "$status_sanitize"
-printf "| bench_ops + bench_train       | %-6s | %7d |\n" "$status_bench" $((t3 - t2))
-grep -E "^(causal|add_|gated|rms)" "$out/bench_ops.log" 2>/dev/null || true
+printf "| bench_ops, _train, _sample    | %-6s | %7d |\n" "$status_bench" $((t3 - t2))
+grep -E "^(causal|add_|gated|rms|lm_head|ssd|selective)" "$out/bench_ops.log" 2>/dev/null || true
+grep -E "^config|^\| (model|generate|roofline|VQ|end)" "$out/bench_sample.log" 2>/dev/null || true
 grep -E "^(fp32|bf16) |speed-up" "$out/bench_train.log" 2>/dev/null || true
 echo "GPU: $(cat "$out/gpu.txt"); skipped tests in ctest log: $skipped"
 [ "$status_build$status_tests$status_parity" = OKOKOK ] && [ "$status_sanitize" != FAIL ]

@@ -1,5 +1,7 @@
 #include <chrono>
 #include <filesystem>
+#include <future>
+#include <optional>
 #include <iostream>
 #include <nlohmann/json.hpp>
 #include <thread>
@@ -16,6 +18,11 @@
 #include "aim/sample/generate.h"
 #include "aim/sample/npz.h"
 #include "aim/sample/plan.h"
+
+#ifdef AIM_WITH_CUDA
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+#endif
 
 namespace aim::cli {
 
@@ -227,6 +234,23 @@ Runner add_sample_command(CLI::App& app) {
     Progress progress(env.world_size > 1 ? str_cat("sample rank ", env.rank) : "sample", mine, "img", true);
     double step_s = 0, decode_s = 0;
     int64_t made = 0;
+    // Decoding and saving batch k overlaps generating batch k + 1 on CUDA: the tokenizer runs on
+    // its own stream in a worker thread (at most one batch in flight). On the CPU both would
+    // share the same cores, so they run one after the other.
+    const bool overlap = device.is_cuda();
+    auto finish_batch = [&, overlap](torch::Tensor tokens, torch::Tensor lab, fs::path part, int64_t n) {
+#ifdef AIM_WITH_CUDA
+      std::optional<c10::cuda::CUDAStreamGuard> on_stream;
+      if (overlap) on_stream.emplace(c10::cuda::getStreamFromPool(false, device.index()));
+#endif
+      const auto t1 = std::chrono::steady_clock::now();
+      auto images = to_uint8_hwc(decode_tokens(vq, tokens, a->batch_size));
+      decode_s += std::chrono::duration<double>(std::chrono::steady_clock::now() - t1).count();
+      made += n;
+      save_safetensors(part.string(), {{"tokens", tokens}, {"labels", lab}, {"images", images}}, settings);
+      progress.update(n);
+    };
+    std::future<void> pending;
     for (int64_t k = env.rank; k < batches; k += env.world_size) {
       const int64_t start = k * a->batch_size, n = std::min(a->batch_size, total - start);
       const auto part = work / part_name(start, n);
@@ -239,15 +263,14 @@ Runner add_sample_command(CLI::App& app) {
       auto lab = torch::tensor(std::vector<int64_t>(labels.begin() + start, labels.begin() + start + n), torch::kLong);
       auto t0 = std::chrono::steady_clock::now();
       auto tokens = generate_tokens(model, lab, ids, o);
-      auto t1 = std::chrono::steady_clock::now();
-      auto images = to_uint8_hwc(decode_tokens(vq, tokens, a->batch_size));
-      auto t2 = std::chrono::steady_clock::now();
-      step_s += std::chrono::duration<double>(t1 - t0).count();
-      decode_s += std::chrono::duration<double>(t2 - t1).count();
-      made += n;
-      save_safetensors(part.string(), {{"tokens", tokens}, {"labels", lab}, {"images", images}}, settings);
-      progress.update(n);
+      step_s += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+      if (pending.valid()) pending.get();
+      if (overlap)
+        pending = std::async(std::launch::async, finish_batch, tokens, lab, part, n);
+      else
+        finish_batch(tokens, lab, part, n);
     }
+    if (pending.valid()) pending.get();
     const double tok_rate = step_s > 0 ? made * mc.num_tokens / step_s : 0;
     progress.finish(str_cat(made, " new: ", static_cast<int64_t>(tok_rate), " tokens/s in model steps, ",
                             decode_s > 0 ? made / decode_s : 0.0, " images/s in VQ decode"));

@@ -4,6 +4,10 @@
 #include <gtest/gtest.h>
 #include <torch/torch.h>
 
+#include <filesystem>
+#include <unistd.h>
+
+#include "aim/core/safetensors.h"
 #include "aim/model/loader.h"
 #include "aim/sample/generate.h"
 #include "test_util.h"
@@ -79,6 +83,27 @@ TEST(GraphDecodeCuda, ReplayGivesTheTokensOfEagerStepping) {
       }
     }
   }
+}
+
+TEST(GraphDecodeCuda, TheSampleCommandOverlapsDecodingAndMatchesEagerStepping) {
+  if (!torch::cuda::is_available()) GTEST_SKIP() << "no GPU is visible: CUDA sampling CLI not run";
+  namespace fs = std::filesystem;
+  const fs::path dir = fs::temp_directory_path() / ("aim_graph_cli_" + std::to_string(getpid()));
+  fs::create_directories(dir);
+  const std::string ckpt = (test::fixtures_dir() / "aim" / "mamba2_tiny").string();
+  // 7 samples in batches of 2: four batches, so decoding overlaps three generations.
+  const std::string base = std::string(AIM_BINARY_PATH) + " sample --ckpt " + ckpt + " --vq-config " +
+                           test::source_dir() + "/configs/fixture_tiny_vq.json --device cuda --num-samples 7 " +
+                           "--labels balanced --cfg 2 --top-k 50 --seed 3 --batch-size 2 ";
+  auto a = test::run_shell(base + "--tokens " + (dir / "graph.safetensors").string());
+  ASSERT_EQ(a.code, 0) << a.output;
+  auto b = test::run_shell(base + "--no-cuda-graph --tokens " + (dir / "eager.safetensors").string());
+  ASSERT_EQ(b.code, 0) << b.output;
+  auto ta = load_safetensors((dir / "graph.safetensors").string()), tb = load_safetensors((dir / "eager.safetensors").string());
+  EXPECT_TRUE(torch::equal(ta["tokens"], tb["tokens"]));
+  EXPECT_EQ(ta["tokens"].size(0), 7);
+  std::error_code ec;
+  fs::remove_all(dir, ec);
 }
 
 }  // namespace

@@ -2,8 +2,12 @@
 // steps (with guidance: doubled batch) and of the VQ decode, measured separately, randomly
 // initialised weights (speed does not depend on them).
 //
-//   bench_sample CONFIG.yaml [--batch B] [--cfg S] [--tokens T] [--device cpu|cuda] [--no-vq]
-// --tokens limits the steps timed (default: all num_tokens) for big models on the CPU.
+//   bench_sample CONFIG.yaml [--batch B] [--cfg S] [--tokens T] [--device cpu|cuda] [--dtype fp32|bf16]
+//                [--no-vq]
+// --tokens limits the steps timed (default: all num_tokens) for big models on the CPU. On CUDA it
+// also times generate_tokens eager and with CUDA graphs, and prints the memory roofline of one
+// step: every weight read once, every recurrent state read and written once, at the device-to-
+// device copy bandwidth measured in the same run.
 #include <torch/torch.h>
 
 #include <chrono>
@@ -28,7 +32,7 @@ int main(int argc, char** argv) {
   int64_t batch = 16, steps = 0;
   double cfg = 2.0;
   bool with_vq = true;
-  std::string device = "cpu";
+  std::string device = "cpu", dtype_name = "fp32";
   for (int i = 2; i < argc; ++i) {
     const std::string a = argv[i];
     auto value = [&] { return i + 1 < argc ? std::string(argv[++i]) : std::string(); };
@@ -36,6 +40,7 @@ int main(int argc, char** argv) {
     else if (a == "--cfg") cfg = std::stod(value());
     else if (a == "--tokens") steps = std::stoll(value());
     else if (a == "--device") device = value();
+    else if (a == "--dtype") dtype_name = value();
     else if (a == "--no-vq") with_vq = false;
     else {
       std::fprintf(stderr, "unknown flag %s\n", a.c_str());
@@ -47,7 +52,11 @@ int main(int argc, char** argv) {
     const torch::Device dev(device);
     torch::NoGradGuard no_grad;
     aim::AimModel model(cfg_all.model);
-    model->to(dev);
+    if (dtype_name != "fp32" && dtype_name != "bf16") {
+      std::fprintf(stderr, "--dtype: expected fp32 or bf16, found '%s'\n", dtype_name.c_str());
+      return 2;
+    }
+    model->to(dev, dtype_name == "bf16" ? torch::kBFloat16 : torch::kFloat);
     model->eval();
     const int64_t len = steps > 0 ? std::min(steps, cfg_all.model.num_tokens) : cfg_all.model.num_tokens;
     auto labels = torch::randint(cfg_all.model.num_classes, {batch}, torch::dtype(torch::kLong).device(dev));
@@ -76,6 +85,27 @@ int main(int argc, char** argv) {
     std::printf("| stage            | ms/token | tokens/s   | images/s |\n|------------------|----------|------------|----------|\n");
     std::printf("| model steps      | %8.2f | %10.1f | %8.3f |\n", 1e3 * step_s / len, batch * len / step_s,
                 batch / (step_s * cfg_all.model.num_tokens / len));
+    if (dev.is_cuda()) {
+      // Roofline of one step: weights (tied head once) + states read and written.
+      double weight_bytes = 0;
+      for (const auto& p : model->parameters()) weight_bytes += static_cast<double>(p.numel() * p.element_size());
+      auto st = model->start(guided ? torch::cat({labels, labels}) : labels);
+      double state_bytes = 0;
+      for (const auto& l : st.layers)
+        state_bytes += static_cast<double>(l.conv_state.numel() * l.conv_state.element_size() +
+                                           l.ssm_state.numel() * l.ssm_state.element_size());
+      auto big = torch::rand({1 << 28}, torch::dtype(torch::kFloat).device(dev));
+      auto copy = torch::empty_like(big);
+      copy.copy_(big);
+      torch::cuda::synchronize();
+      const auto c0 = Clock::now();
+      for (int r = 0; r < 10; ++r) copy.copy_(big);
+      torch::cuda::synchronize();
+      const double bw = 10 * 2.0 * big.numel() * 4 / std::chrono::duration<double>(Clock::now() - c0).count();
+      const double roof_ms = 1e3 * (weight_bytes + 2 * state_bytes) / bw;
+      std::printf("| roofline         | %8.3f |            |          |  weights %.1f MB + states 2 x %.1f MB per step at %.0f GB/s\n",
+                  roof_ms, weight_bytes / 1e6, state_bytes / 1e6, bw / 1e9);
+    }
     if (dev.is_cuda()) {
       // The whole generate_tokens (all num_tokens steps) eager and with the step in a CUDA graph.
       std::vector<int64_t> ids(static_cast<size_t>(batch));
