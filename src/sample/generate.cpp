@@ -125,6 +125,16 @@ torch::Tensor generate_tokens(AimModel& model, const torch::Tensor& labels,
   return tokens.to(torch::kCPU);
 }
 
+void prepare_vq_for_decoding(VqModel& vq, torch::Device device, torch::ScalarType dtype) {
+  AIM_CHECK(dtype == torch::kFloat || dtype == torch::kBFloat16,
+            "--vq-dtype: expected fp32 or bf16, found ", c10::toString(dtype));
+  vq->to(device, dtype);
+  if (!device.is_cuda()) return;
+  torch::NoGradGuard no_grad;
+  for (auto& p : vq->parameters())
+    if (p.dim() == 4) p.set_data(p.contiguous(at::MemoryFormat::ChannelsLast));
+}
+
 torch::Tensor decode_tokens(VqModel& vq, const torch::Tensor& tokens, int64_t batch) {
   AIM_CHECK(tokens.dim() == 2, "decode: tokens must be [N, L], got ", tokens.sizes());
   AIM_CHECK(tokens.numel() == 0 || (tokens.min().item<int64_t>() >= 0 &&

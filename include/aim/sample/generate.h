@@ -41,4 +41,9 @@ torch::Tensor generate_tokens(AimModel& model, const torch::Tensor& labels,
 /// the tokenizer's device.
 torch::Tensor decode_tokens(VqModel& vq, const torch::Tensor& tokens, int64_t batch);
 
+/// Moves the tokenizer to `device` in `dtype` (float32, or bfloat16: half the memory traffic,
+/// images within a few uint8 levels of float32's; docs/perf.md) for decode_tokens. On CUDA the
+/// 4-d convolution weights become channels-last, so cuDNN runs the decoder in NHWC.
+void prepare_vq_for_decoding(VqModel& vq, torch::Device device, torch::ScalarType dtype);
+
 }  // namespace aim
