@@ -11,6 +11,7 @@
 #include <functional>
 
 #include "aim/core/error.h"
+#include "aim/ops/dispatch.h"
 #include <string>
 #include <vector>
 
@@ -53,6 +54,23 @@ inline std::vector<DeviceDtype> device_dtypes() {
     if ((device).is_cuda() && !torch::cuda::is_available())                      \
       GTEST_SKIP() << "CUDA build, but no GPU is visible: GPU case skipped";     \
   } while (0)
+
+/// Base of the CUDA kernel tests (`Base`: ::testing::Test or TestWithParam<T>): skips, saying
+/// why, in a build without CUDA or without a visible GPU; otherwise turns the kernels on and
+/// poisons op outputs for the test's duration, so elements a kernel leaves unwritten show up.
+template <typename Base = ::testing::Test>
+class CudaKernelTest : public Base {
+ protected:
+  void SetUp() override {
+#ifndef AIM_WITH_CUDA
+    GTEST_SKIP() << "built without CUDA";
+#endif
+    if (!torch::cuda::is_available()) GTEST_SKIP() << "no GPU visible: CUDA kernel test skipped";
+    ops::set_poison_outputs(true);
+    ops::set_cuda_kernels(true);
+  }
+  void TearDown() override { ops::set_poison_outputs(false); }
+};
 
 /// Report of one comparison: max |a - b|, where, and how much of the allowed error it used.
 struct CloseReport {

@@ -28,18 +28,7 @@ std::string case_name(const ConvCase& c) {
 // rounding (2^-8 relative) on top.
 double tolerance(torch::ScalarType dtype) { return dtype == torch::kBFloat16 ? 1e-2 : 2e-5; }
 
-class CausalConv1dCuda : public ::testing::TestWithParam<ConvCase> {
- protected:
-  void SetUp() override {
-#ifndef AIM_WITH_CUDA
-    GTEST_SKIP() << "built without CUDA";
-#endif
-    if (!torch::cuda::is_available()) GTEST_SKIP() << "no GPU visible: CUDA kernel test skipped";
-    ops::set_poison_outputs(true);
-    ops::set_cuda_kernels(true);
-  }
-  void TearDown() override { ops::set_poison_outputs(false); }
-};
+class CausalConv1dCuda : public test::CudaKernelTest<::testing::TestWithParam<ConvCase>> {};
 
 TEST_P(CausalConv1dCuda, ForwardAndBackwardMatchTheReference) {
   const auto c = GetParam();

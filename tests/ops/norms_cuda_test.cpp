@@ -59,18 +59,7 @@ void expect_kernel_ran(const torch::Tensor& out, const char* function, const std
 
 // Kernel tests: on a GPU only, with poisoned outputs and the kernels switched on.
 template <typename Case>
-class NormsCudaTest : public ::testing::TestWithParam<Case> {
- protected:
-  void SetUp() override {
-#ifndef AIM_WITH_CUDA
-    GTEST_SKIP() << "built without CUDA";
-#endif
-    if (!torch::cuda::is_available()) GTEST_SKIP() << "no GPU visible: CUDA kernel test skipped";
-    ops::set_poison_outputs(true);
-    ops::set_cuda_kernels(true);
-  }
-  void TearDown() override { ops::set_poison_outputs(false); }
-};
+class NormsCudaTest : public test::CudaKernelTest<::testing::TestWithParam<Case>> {};
 
 // ---------------------------------------------------------------- add_rms_norm_modulate
 

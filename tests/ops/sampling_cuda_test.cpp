@@ -305,36 +305,14 @@ TEST(SampleTokensKeyed, OracleIsTheReference) {
 
 // ---------------------------------------------------------------- CUDA kernel
 
-class SampleTokensCuda : public ::testing::Test {
- protected:
-  void SetUp() override {
-#ifndef AIM_WITH_CUDA
-    GTEST_SKIP() << "built without CUDA";
-#endif
-    if (!torch::cuda::is_available()) GTEST_SKIP() << "no GPU visible: CUDA kernel test skipped";
-    ops::set_poison_outputs(true);
-    ops::set_cuda_kernels(true);
-  }
-  void TearDown() override { ops::set_poison_outputs(false); }
-};
+class SampleTokensCuda : public test::CudaKernelTest<::testing::Test> {};
 
 struct GridCase {
   torch::ScalarType dtype;
   bool guided;
 };
 
-class SampleTokensCudaGrid : public ::testing::TestWithParam<GridCase> {
- protected:
-  void SetUp() override {
-#ifndef AIM_WITH_CUDA
-    GTEST_SKIP() << "built without CUDA";
-#endif
-    if (!torch::cuda::is_available()) GTEST_SKIP() << "no GPU visible: CUDA kernel test skipped";
-    ops::set_poison_outputs(true);
-    ops::set_cuda_kernels(true);
-  }
-  void TearDown() override { ops::set_poison_outputs(false); }
-};
+class SampleTokensCudaGrid : public test::CudaKernelTest<::testing::TestWithParam<GridCase>> {};
 
 TEST_P(SampleTokensCudaGrid, TokensEqualTheDefinition) {
   const auto c = GetParam();

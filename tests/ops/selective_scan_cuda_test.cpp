@@ -120,18 +120,7 @@ void expect_kernel_ran(const torch::Tensor& out, const std::string& name) {
       << name << ": expected the CUDA kernel's autograd node, got " << out.grad_fn()->name();
 }
 
-class SelectiveScanCudaTest : public ::testing::TestWithParam<ScanCase> {
- protected:
-  void SetUp() override {
-#ifndef AIM_WITH_CUDA
-    GTEST_SKIP() << "built without CUDA";
-#endif
-    if (!torch::cuda::is_available()) GTEST_SKIP() << "no GPU visible: CUDA kernel test skipped";
-    ops::set_poison_outputs(true);
-    ops::set_cuda_kernels(true);
-  }
-  void TearDown() override { ops::set_poison_outputs(false); }
-};
+class SelectiveScanCudaTest : public test::CudaKernelTest<::testing::TestWithParam<ScanCase>> {};
 
 // ---------------------------------------------------------------- scan, forward and backward
 
@@ -309,18 +298,7 @@ INSTANTIATE_TEST_SUITE_P(Shapes, SelectiveScanCudaStep, ::testing::ValuesIn(step
 
 // ---------------------------------------------------------------- dispatch
 
-class SelectiveScanCudaDispatch : public ::testing::Test {
- protected:
-  void SetUp() override {
-#ifndef AIM_WITH_CUDA
-    GTEST_SKIP() << "built without CUDA";
-#endif
-    if (!torch::cuda::is_available()) GTEST_SKIP() << "no GPU visible: CUDA kernel test skipped";
-    ops::set_poison_outputs(true);
-    ops::set_cuda_kernels(true);
-  }
-  void TearDown() override { ops::set_poison_outputs(false); }
-};
+class SelectiveScanCudaDispatch : public test::CudaKernelTest<::testing::Test> {};
 
 // Without gradients to track the forward keeps no chunk states, and gives the same bits; the
 // switch selects the reference on CUDA, which agrees; unsupported dtypes fall back to it.

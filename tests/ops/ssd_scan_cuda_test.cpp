@@ -94,18 +94,7 @@ SsdInputs make_inputs(const SsdCase& c, torch::Device dev) {
   return in;
 }
 
-class SsdScanCuda : public ::testing::TestWithParam<SsdCase> {
- protected:
-  void SetUp() override {
-#ifndef AIM_WITH_CUDA
-    GTEST_SKIP() << "built without CUDA";
-#endif
-    if (!torch::cuda::is_available()) GTEST_SKIP() << "no GPU visible: CUDA kernel test skipped";
-    ops::set_poison_outputs(true);
-    ops::set_cuda_kernels(true);
-  }
-  void TearDown() override { ops::set_poison_outputs(false); }
-};
+class SsdScanCuda : public test::CudaKernelTest<::testing::TestWithParam<SsdCase>> {};
 
 TEST_P(SsdScanCuda, ForwardAndBackwardMatchTheReference) {
   const auto c = GetParam();
