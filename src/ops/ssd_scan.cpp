@@ -90,7 +90,7 @@ torch::Tensor ssd_state_update(torch::Tensor& state, const torch::Tensor& x,
               state.scalar_type());
   check_head_params(A, D, dt_bias, heads, hdim, "ssd_state_update");
 #ifdef AIM_WITH_CUDA
-  if (x.is_cuda() && cuda::ssd_state_update_supported(state, x, Bm, D)) {
+  if (x.is_cuda() && cuda_kernels_enabled() && cuda::ssd_state_update_supported(state, x, Bm, D)) {
     return cuda::ssd_state_update(state, x, dt, A, Bm, Cm, D, dt_bias, dt_softplus);
   }
 #endif
