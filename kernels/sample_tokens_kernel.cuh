@@ -174,9 +174,8 @@ __device__ __forceinline__ bool ranks_before(float v, int i, float bv, int bi) {
   return v > bv || (v == bv && i < bi);
 }
 
-// Block argmax; every thread gets the winner in (v, i).
-__device__ __forceinline__ void block_argmax(float& v, int& i, Shared& s) {
-  const int lane = lane_id(), warp = threadIdx.x >> 5;
+// Warp argmax by butterfly; every lane gets the winner in (v, i).
+__device__ __forceinline__ void warp_argmax(float& v, int& i) {
 #pragma unroll
   for (int o = 16; o > 0; o >>= 1) {
     const float ov = __shfl_xor_sync(kFullMask, v, o);
@@ -186,6 +185,12 @@ __device__ __forceinline__ void block_argmax(float& v, int& i, Shared& s) {
       i = oi;
     }
   }
+}
+
+// Block argmax; every thread gets the winner in (v, i).
+__device__ __forceinline__ void block_argmax(float& v, int& i, Shared& s) {
+  const int lane = lane_id(), warp = threadIdx.x >> 5;
+  warp_argmax(v, i);
   if (lane == 0) {
     s.arg_v[warp] = v;
     s.arg_i[warp] = i;
@@ -194,15 +199,7 @@ __device__ __forceinline__ void block_argmax(float& v, int& i, Shared& s) {
   if (warp == 0) {
     v = lane < kWarps ? s.arg_v[lane] : -INFINITY;
     i = lane < kWarps ? s.arg_i[lane] : INT_MAX;
-#pragma unroll
-    for (int o = 16; o > 0; o >>= 1) {
-      const float ov = __shfl_xor_sync(kFullMask, v, o);
-      const int oi = __shfl_xor_sync(kFullMask, i, o);
-      if (ranks_before(ov, oi, v, i)) {
-        v = ov;
-        i = oi;
-      }
-    }
+    warp_argmax(v, i);
     if (lane == 0) {
       s.arg_v[kWarps] = v;
       s.arg_i[kWarps] = i;
