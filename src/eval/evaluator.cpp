@@ -12,6 +12,7 @@
 #include <future>
 #include <iostream>
 #include <map>
+#include <mutex>
 #include <vector>
 
 #include "aim/core/error.h"
@@ -195,6 +196,25 @@ std::string file_digest(const std::string& path) {
   return hex16(h);
 }
 
+namespace {
+
+/// file_digest of the weights, hashed once per file state (path, size, time): an evaluation asks
+/// for it for each input's cache check and for each cache it writes.
+std::string weights_digest(const std::string& path) {
+  static std::mutex mutex;
+  static std::map<std::string, std::string> known;
+  std::error_code ec;
+  const auto size = fs::file_size(path, ec);
+  if (ec) return file_digest(path);  // its error names the file
+  const std::string key = str_cat(path, '\0', size, '\0', mtime_ns(path));
+  std::lock_guard<std::mutex> lock(mutex);
+  auto it = known.find(key);
+  if (it == known.end()) it = known.emplace(key, file_digest(path)).first;
+  return it->second;
+}
+
+}  // namespace
+
 std::optional<BatchFeatures> load_cached_features(const ImageBatchSource& source,
                                                   const EvalOptions& options, std::string* why) {
   auto no = [&](const std::string& reason) -> std::optional<BatchFeatures> {
@@ -219,7 +239,7 @@ std::optional<BatchFeatures> load_cached_features(const ImageBatchSource& source
     if (meta("dtype") != dtype_name(options.bf16))
       return no(path + ": made with an Inception in " + meta("dtype"));
     if (!options.inception_weights.empty()) {
-      if (meta("inception_weights") != file_digest(options.inception_weights))
+      if (meta("inception_weights") != weights_digest(options.inception_weights))
         return no(path + ": made with other Inception weights (digest " + meta("inception_weights") + ")");
     } else {
       std::cerr << "note: " << path << ": features of Inception weights with digest "
@@ -278,7 +298,7 @@ BatchFeatures compute_features(ImageBatchSource& source, InceptionExtractor& ext
                        {{"format", kCacheFormat},
                         {"source", source.path()},
                         {"signature", source.signature()},
-                        {"inception_weights", file_digest(options.inception_weights)},
+                        {"inception_weights", weights_digest(options.inception_weights)},
                         {"preprocess", to_string(options.preprocess)},
                         {"dtype", dtype_name(options.bf16)},
                         {"images", std::to_string(n)}});
