@@ -17,6 +17,10 @@ std::atomic<bool>& kernels_flag() {
   static std::atomic<bool> flag{env_flag("AIM_CUDA_KERNELS", true)};
   return flag;
 }
+std::atomic<bool>& cpu_kernels_flag() {
+  static std::atomic<bool> flag{env_flag("AIM_CPU_KERNELS", true)};
+  return flag;
+}
 std::atomic<bool>& poison_flag() {
   static std::atomic<bool> flag{env_flag("AIM_POISON_OUTPUTS", false)};
   return flag;
@@ -25,6 +29,8 @@ std::atomic<bool>& poison_flag() {
 
 bool cuda_kernels_enabled() { return kernels_flag().load(std::memory_order_relaxed); }
 void set_cuda_kernels(bool enabled) { kernels_flag().store(enabled, std::memory_order_relaxed); }
+bool cpu_kernels_enabled() { return cpu_kernels_flag().load(std::memory_order_relaxed); }
+void set_cpu_kernels(bool enabled) { cpu_kernels_flag().store(enabled, std::memory_order_relaxed); }
 bool poison_outputs() { return poison_flag().load(std::memory_order_relaxed); }
 void set_poison_outputs(bool enabled) { poison_flag().store(enabled, std::memory_order_relaxed); }
 

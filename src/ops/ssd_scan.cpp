@@ -5,6 +5,7 @@
 #include <torch/torch.h>
 
 #include "aim/ops/dispatch.h"
+#include "ops/ssd_scan_cpu.h"
 #ifdef AIM_WITH_CUDA
 #include "ops/ssd_scan_cuda.h"
 #endif
@@ -64,6 +65,12 @@ SsdScanResult ssd_scan(const torch::Tensor& x, const torch::Tensor& dt, const to
                           return_final_state);
   }
 #endif
+  // On the CPU the token-by-token kernel (ops/ssd_scan_cpu.h) unless AIM_CPU_KERNELS=0.
+  if (x.device().is_cpu() && cpu_kernels_enabled() &&
+      cpu::ssd_scan_supported(x, dt, A, Bm, Cm, D, dt_bias, initial_state)) {
+    return cpu::ssd_scan(x, dt, A, Bm, Cm, D, dt_bias, dt_softplus, initial_state,
+                         return_final_state);
+  }
   return ref::ssd_scan(x, dt, A, Bm, Cm, D, dt_bias, dt_softplus, chunk_size, initial_state,
                        return_final_state);
 }

@@ -1,9 +1,11 @@
-// SSD (Mamba2) scan: the chunked algorithm against the step-by-step recurrence, forward and
-// backward, on random realistic inputs (A < 0, small dt); the one-token op against its
-// reference on every device.
+// SSD (Mamba2) scan: the chunked reference and the CPU kernel against the step-by-step
+// recurrence, forward and backward, on random realistic inputs (A < 0, small dt); the one-token
+// op against its reference on every device.
+#include <ATen/Parallel.h>
 #include <gtest/gtest.h>
 #include <torch/torch.h>
 
+#include "aim/ops/dispatch.h"
 #include "aim/ops/ssd_scan.h"
 #include "test_util.h"
 
@@ -43,11 +45,19 @@ TEST_P(SsdScanChunked, EqualsRecurrenceForwardAndBackward) {
   auto in = make_inputs(s, torch::kFloat64, torch::kCPU, /*with_init=*/true);
   in.init = in.init.to(torch::kFloat64);
   std::vector<torch::Tensor> leaves{in.x, in.dt, in.B, in.C, in.D, in.dt_bias, in.A, in.init};
-  auto run = [&](bool chunked) {
+  enum Mode { kChunkedRef, kCpuKernel, kSequential };
+  auto run = [&](Mode mode) {
     std::vector<torch::Tensor> v;
     for (auto& t : leaves) v.push_back(t.detach().to(torch::kFloat).requires_grad_(true));
-    auto r = chunked ? ops::ssd_scan(v[0], v[1], v[6], v[2], v[3], v[4], v[5], true, s.chunk, v[7], true)
-                     : ops::ref::ssd_scan_sequential(v[0], v[1], v[6], v[2], v[3], v[4], v[5], true, v[7]);
+    ops::SsdScanResult r;
+    if (mode == kChunkedRef) {
+      r = ops::ref::ssd_scan(v[0], v[1], v[6], v[2], v[3], v[4], v[5], true, s.chunk, v[7], true);
+    } else if (mode == kCpuKernel) {
+      ops::set_cpu_kernels(true);
+      r = ops::ssd_scan(v[0], v[1], v[6], v[2], v[3], v[4], v[5], true, s.chunk, v[7], true);
+    } else {
+      r = ops::ref::ssd_scan_sequential(v[0], v[1], v[6], v[2], v[3], v[4], v[5], true, v[7]);
+    }
     torch::manual_seed(7);
     auto gy = torch::randn(r.y.sizes());
     auto gs = torch::randn(r.final_state.sizes());
@@ -56,10 +66,11 @@ TEST_P(SsdScanChunked, EqualsRecurrenceForwardAndBackward) {
     for (auto& t : v) out.push_back(t.grad());
     return out;
   };
-  auto a = run(true), b = run(false);
+  auto seq = run(kSequential), chunked = run(kChunkedRef), kernel = run(kCpuKernel);
   const char* names[] = {"y", "final_state", "dx", "ddt", "dB", "dC", "dD", "ddt_bias", "dA", "dinit"};
-  for (size_t i = 0; i < a.size(); ++i) {
-    test::expect_close(std::string("ssd chunk ") + std::to_string(s.chunk) + " " + names[i], a[i], b[i], 2e-5);
+  for (size_t i = 0; i < seq.size(); ++i) {
+    test::expect_close(std::string("ssd chunk ") + std::to_string(s.chunk) + " " + names[i], chunked[i], seq[i], 2e-5);
+    test::expect_close(std::string("ssd cpu kernel ") + names[i], kernel[i], seq[i], 2e-5);
   }
 }
 
@@ -82,9 +93,9 @@ TEST(SsdScan, ChunkSizeDoesNotChangeResult) {
   torch::manual_seed(2);
   SsdShape s{2, 130, 4, 8, 2, 16, 16, false};
   auto in = make_inputs(s, torch::kFloat, torch::kCPU, false);
-  auto base = ops::ssd_scan(in.x, in.dt, in.A, in.B, in.C, in.D, in.dt_bias, true, 256, {}, true);
+  auto base = ops::ref::ssd_scan(in.x, in.dt, in.A, in.B, in.C, in.D, in.dt_bias, true, 256, {}, true);
   for (int64_t chunk : {1, 7, 16, 64, 129}) {
-    auto r = ops::ssd_scan(in.x, in.dt, in.A, in.B, in.C, in.D, in.dt_bias, true, chunk, {}, true);
+    auto r = ops::ref::ssd_scan(in.x, in.dt, in.A, in.B, in.C, in.D, in.dt_bias, true, chunk, {}, true);
     test::expect_close("chunk " + std::to_string(chunk) + " y", r.y, base.y, 1e-5);
     test::expect_close("chunk " + std::to_string(chunk) + " state", r.final_state, base.final_state, 1e-5);
   }
@@ -97,13 +108,69 @@ TEST(SsdScan, LargeDecayStaysFinite) {
   auto in = make_inputs(s, torch::kFloat, torch::kCPU, false);
   in.dt_bias.fill_(1.5);
   in.A.fill_(-4.0);
-  auto x = in.x.clone().requires_grad_(true);
-  auto r = ops::ssd_scan(x, in.dt, in.A, in.B, in.C, in.D, in.dt_bias, true, 256, {}, false);
-  r.y.sum().backward();
-  EXPECT_TRUE(torch::isfinite(r.y).all().item<bool>());
-  EXPECT_TRUE(torch::isfinite(x.grad()).all().item<bool>());
   auto seq = ops::ref::ssd_scan_sequential(in.x, in.dt, in.A, in.B, in.C, in.D, in.dt_bias, true, {});
-  test::expect_close("large decay y", r.y, seq.y, 1e-5);
+  for (bool kernel : {false, true}) {
+    auto x = in.x.clone().requires_grad_(true);
+    auto r = kernel ? ops::ssd_scan(x, in.dt, in.A, in.B, in.C, in.D, in.dt_bias, true, 256, {}, false)
+                    : ops::ref::ssd_scan(x, in.dt, in.A, in.B, in.C, in.D, in.dt_bias, true, 256, {}, false);
+    r.y.sum().backward();
+    EXPECT_TRUE(torch::isfinite(r.y).all().item<bool>()) << "kernel " << kernel;
+    EXPECT_TRUE(torch::isfinite(x.grad()).all().item<bool>()) << "kernel " << kernel;
+    test::expect_close(std::string("large decay y, kernel ") + (kernel ? "on" : "off"), r.y, seq.y, 1e-5);
+  }
+}
+
+// The CPU kernel against the chunked reference on what the trainer gives it: bf16 x, dt, B and C
+// (autocast), without D or dt_bias, without softplus; and the same bits at any thread count.
+TEST(SsdScanCpuKernel, MatchesReferenceInBf16AndWithoutOptionalInputs) {
+  torch::manual_seed(4);
+  SsdShape s{3, 65, 4, 32, 2, 24, 32, false};
+  auto in = make_inputs(s, torch::kBFloat16, torch::kCPU, false);
+  struct Case {
+    const char* name;
+    bool with_d, with_bias, softplus;
+  };
+  for (const Case c : {Case{"full", true, true, true}, Case{"no D, no bias, no softplus", false, false, false}}) {
+    auto dt = c.softplus ? in.dt : (in.dt.to(torch::kFloat).abs() * 0.1).to(torch::kBFloat16);
+    auto run = [&](bool kernel) {
+      std::vector<torch::Tensor> v{in.x.clone(), dt.clone(), in.B.clone(), in.C.clone(), in.A.clone(),
+                                   in.D.clone(), in.dt_bias.clone()};
+      for (auto& t : v) t.requires_grad_(true);
+      auto D = c.with_d ? v[5] : torch::Tensor();
+      auto bias = c.with_bias ? v[6] : torch::Tensor();
+      auto r = kernel ? ops::ssd_scan(v[0], v[1], v[4], v[2], v[3], D, bias, c.softplus, s.chunk, {}, true)
+                      : ops::ref::ssd_scan(v[0], v[1], v[4], v[2], v[3], D, bias, c.softplus, s.chunk, {}, true);
+      torch::manual_seed(9);
+      auto gy = torch::randn(r.y.sizes()).to(r.y.scalar_type());
+      ((r.y.to(torch::kFloat) * gy.to(torch::kFloat)).sum() + r.final_state.sum()).backward();
+      std::vector<torch::Tensor> out{r.y.to(torch::kFloat), r.final_state};
+      for (int i = 0; i < 5; ++i) out.push_back(v[i].grad().to(torch::kFloat));
+      if (c.with_d) out.push_back(v[5].grad());
+      if (c.with_bias) out.push_back(v[6].grad());
+      return out;
+    };
+    ops::set_cpu_kernels(true);
+    auto ref = run(false), kernel = run(true);
+    for (size_t i = 0; i < ref.size(); ++i) {
+      // Both compute in fp32 from the same bf16 inputs; the bf16 outputs (y and the bf16 input
+      // gradients) may differ by a rounding step, about 2^-8 relative.
+      test::expect_close(std::string(c.name) + " output " + std::to_string(i), kernel[i], ref[i], 1e-2);
+    }
+  }
+  // Thread count: every (sequence, head) is computed by one task and partials are summed in a
+  // fixed order, so the result is bitwise the same.
+  auto grads_with_threads = [&](int threads) {
+    const int before = at::get_num_threads();
+    at::set_num_threads(threads);
+    auto x = in.x.to(torch::kFloat).requires_grad_(true);
+    auto B = in.B.to(torch::kFloat).requires_grad_(true);
+    auto r = ops::ssd_scan(x, in.dt, in.A, B, in.C, in.D, in.dt_bias, true, s.chunk, {}, false);
+    r.y.pow(2).sum().backward();
+    at::set_num_threads(before);
+    return std::vector<torch::Tensor>{r.y.detach(), x.grad(), B.grad()};
+  };
+  auto one = grads_with_threads(1), two = grads_with_threads(2);
+  for (size_t i = 0; i < one.size(); ++i) EXPECT_TRUE(torch::equal(one[i], two[i])) << "output " << i;
 }
 
 class SsdStateUpdate : public ::testing::TestWithParam<test::DeviceDtype> {};

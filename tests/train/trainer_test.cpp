@@ -306,10 +306,10 @@ TEST_F(TrainerTest, TwoRanksUnderMpirunMatchOneRank) {
   const auto a = load(RunDir(run("one")).latest().value(), "model.safetensors");
   const auto b = load(RunDir(run("two")).latest().value(), "model.safetensors");
   // Adam moves every element by about lr per step whatever the gradient's size, so summation
-  // order noise in a near-zero gradient can shift an element by a fraction of lr per step. Allow
-  // 1% of the largest possible movement (lr x steps = 4e-3); a missing all-reduce or a wrong
-  // average moves elements by ~lr.
-  const double tol = 0.01 * 1e-3 * 4;
+  // order noise in a near-zero gradient can shift an element by a fraction of lr per step (seen:
+  // 1.2% of the largest possible movement, lr x steps = 4e-3, in one in_proj element with the CPU
+  // scan kernel). Allow 3%; a missing all-reduce or a wrong average moves elements by ~lr.
+  const double tol = 0.03 * 1e-3 * 4;
   for (const auto& [k, v] : a) test::expect_close("1 rank vs 2 ranks: " + k, b.at(k), v, tol, false);
   // The first step's loss (same weights, same 8 sequences) agrees to rounding.
   auto first_loss = [&](const std::string& r) {

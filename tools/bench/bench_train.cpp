@@ -4,16 +4,21 @@
 // peak memory on CUDA. Randomly initialised weights (speed does not depend on them).
 //
 //   bench_train CONFIG.yaml [--micro B] [--steps N] [--warmup W] [--device cpu|cuda]
-//                           [--precision bf16|fp32|both] [--kernels on|off|both]
+//                           [--precision bf16|fp32|both] [--kernels on|off|both] [--profile FILE.json]
 //
 // --kernels off runs the plain LibTorch references (ops::ref) on CUDA instead of the hand-written
 // kernels; both (the default on CUDA) prints the two and the kernels' speed-up.
+// --profile FILE records every run with the PyTorch profiler: a Chrome trace per run
+// (FILE with the run's name before the extension; open in chrome://tracing or Perfetto) and a
+// table of the operators with the most self time.
+#include <torch/csrc/autograd/profiler_kineto.h>
 #include <torch/torch.h>
 
 #include <chrono>
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
+#include <map>
 #include <nlohmann/json.hpp>
 #include <string>
 #include <unistd.h>
@@ -53,17 +58,61 @@ double matmul_flops(const torch::Device& dev, torch::ScalarType dtype, int64_t m
   return 2.0 * m * k * n * iters / dt;
 }
 
+/// Prints the `top` operators with the most self time (own time minus that of the operators they
+/// called, per thread), summed over the profile.
+void print_self_time(const torch::autograd::profiler::ProfilerResult& result, size_t top) {
+  struct Span {
+    uint64_t start, end;
+    std::string name;
+  };
+  std::map<uint64_t, std::vector<Span>> by_thread;
+  for (const auto& e : result.events()) {
+    if (e.deviceType() != c10::DeviceType::CPU || e.isAsync() || e.endNs() <= e.startNs()) continue;
+    by_thread[e.startThreadId()].push_back({e.startNs(), e.endNs(), e.name()});
+  }
+  std::map<std::string, std::pair<double, int64_t>> self;  // name -> (ns, calls)
+  double total = 0;
+  for (auto& [tid, spans] : by_thread) {
+    std::sort(spans.begin(), spans.end(), [](const Span& a, const Span& b) {
+      return a.start != b.start ? a.start < b.start : a.end > b.end;
+    });
+    std::vector<std::pair<const Span*, double>> stack;  // span, time spent in its children
+    auto close = [&] {
+      const auto [span, children] = stack.back();
+      stack.pop_back();
+      const double own = static_cast<double>(span->end - span->start) - children;
+      auto& entry = self[span->name];
+      entry.first += own;
+      entry.second += 1;
+      total += own;
+      if (!stack.empty()) stack.back().second += static_cast<double>(span->end - span->start);
+    };
+    for (const auto& s : spans) {
+      while (!stack.empty() && stack.back().first->end <= s.start) close();
+      stack.push_back({&s, 0.0});
+    }
+    while (!stack.empty()) close();
+  }
+  std::vector<std::pair<std::string, std::pair<double, int64_t>>> rows(self.begin(), self.end());
+  std::sort(rows.begin(), rows.end(), [](const auto& a, const auto& b) { return a.second.first > b.second.first; });
+  std::printf("  %-44s %10s %7s %9s\n", "operator (self time)", "ms", "share", "calls");
+  for (size_t i = 0; i < std::min(top, rows.size()); ++i) {
+    std::printf("  %-44.44s %10.1f %6.1f%% %9lld\n", rows[i].first.c_str(), rows[i].second.first / 1e6,
+                100.0 * rows[i].second.first / std::max(total, 1.0), static_cast<long long>(rows[i].second.second));
+  }
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
   if (argc < 2) {
     std::fprintf(stderr, "usage: bench_train CONFIG.yaml [--micro B] [--steps N] [--warmup W] [--device D] "
-                         "[--precision P] [--kernels on|off|both]\n");
+                         "[--precision P] [--kernels on|off|both] [--profile FILE.json]\n");
     return 2;
   }
   const std::string config_path = argv[1];
   int64_t micro = 0, steps = 5, warmup = 2;
-  std::string device = torch::cuda::is_available() ? "cuda" : "cpu", precision, kernels;
+  std::string device = torch::cuda::is_available() ? "cuda" : "cpu", precision, kernels, profile;
   for (int i = 2; i < argc; ++i) {
     const std::string a = argv[i];
     auto value = [&] { return i + 1 < argc ? std::string(argv[++i]) : std::string(); };
@@ -73,6 +122,7 @@ int main(int argc, char** argv) {
     else if (a == "--device") device = value();
     else if (a == "--precision") precision = value();
     else if (a == "--kernels") kernels = value();
+    else if (a == "--profile") profile = value();
     else {
       std::fprintf(stderr, "unknown flag %s\n", a.c_str());
       return 2;
@@ -126,7 +176,24 @@ int main(int argc, char** argv) {
         aim::train::TrainOptions o;
         o.device = dev;
         o.quiet = true;
+        if (!profile.empty()) {
+          namespace prof = torch::profiler::impl;
+          std::set<prof::ActivityType> activities{prof::ActivityType::CPU};
+          if (dev.is_cuda()) activities.insert(prof::ActivityType::CUDA);
+          torch::autograd::profiler::prepareProfiler(prof::ProfilerConfig(prof::ProfilerState::KINETO), activities);
+          torch::autograd::profiler::enableProfiler(prof::ProfilerConfig(prof::ProfilerState::KINETO), activities);
+        }
         aim::train::run_training(cfg, o);
+        if (!profile.empty()) {
+          auto result = torch::autograd::profiler::disableProfiler();
+          const fs::path pp(profile);
+          const fs::path trace = pp.parent_path() /
+              (pp.stem().string() + "_" + p + (use_kernels ? "_kernels" : "_ref") + pp.extension().string());
+          result->save(trace.string());
+          std::printf("profile of %s %s (all %lld steps): %s\n", p.c_str(), use_kernels ? "cuda" : "ref",
+                      static_cast<long long>(warmup + steps), trace.c_str());
+          print_self_time(*result, 25);
+        }
         // One line per step: the timed steps' images over their total time.
         std::ifstream in(fs::path(out) / "metrics.jsonl");
         nlohmann::json last;

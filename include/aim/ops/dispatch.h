@@ -1,8 +1,10 @@
 #pragma once
-// Which implementation an op runs on CUDA tensors. The hand-written kernels are the default;
-// the plain LibTorch references (namespace aim::ops::ref) are the oracle and the fallback.
+// Which implementation an op runs. The hand-written kernels (CUDA, and the CPU scan kernel) are
+// the default; the plain LibTorch references (namespace aim::ops::ref) are the oracle and the
+// fallback.
 //
 //   AIM_CUDA_KERNELS=0   run the references on CUDA too (benchmarks "without kernels", bisecting)
+//   AIM_CPU_KERNELS=0    run the references on the CPU too
 //   AIM_POISON_OUTPUTS=1 fill every kernel output with NaN before the launch, so an element a
 //                        kernel forgets to write fails the tests instead of passing on stale memory
 namespace aim::ops {
@@ -10,6 +12,10 @@ namespace aim::ops {
 /// True unless AIM_CUDA_KERNELS=0 or set_cuda_kernels(false).
 bool cuda_kernels_enabled();
 void set_cuda_kernels(bool enabled);
+
+/// True unless AIM_CPU_KERNELS=0 or set_cpu_kernels(false).
+bool cpu_kernels_enabled();
+void set_cpu_kernels(bool enabled);
 
 /// True when AIM_POISON_OUTPUTS=1 or set_poison_outputs(true); tests turn it on.
 bool poison_outputs();
