@@ -16,6 +16,7 @@
 #include <vector>
 
 #include "aim/core/error.h"
+#include "aim/core/fileio.h"
 #include "aim/core/progress.h"
 #include "aim/core/safetensors.h"
 #include "aim/data/image.h"
@@ -30,24 +31,6 @@ namespace fs = std::filesystem;
 constexpr const char* kCacheFormat = "aim-inception-features/1";
 constexpr int64_t kPoolDim = 2048;
 constexpr int64_t kSpatialDim = 17 * 17 * FidInceptionV3Impl::kSpatialChannels;
-
-constexpr uint64_t kFnvOffset = 0xcbf29ce484222325ull;
-constexpr uint64_t kFnvPrime = 0x100000001b3ull;
-
-uint64_t fnv1a64(uint64_t h, const void* data, size_t n) {
-  const auto* p = static_cast<const unsigned char*>(data);
-  for (size_t i = 0; i < n; ++i) {
-    h ^= p[i];
-    h *= kFnvPrime;
-  }
-  return h;
-}
-
-std::string hex16(uint64_t v) {
-  char buf[17];
-  std::snprintf(buf, sizeof buf, "%016llx", static_cast<unsigned long long>(v));
-  return buf;
-}
 
 std::string shape_str(const std::vector<int64_t>& shape) {
   std::string s = "[";
@@ -166,7 +149,7 @@ std::string ImageBatchSource::signature() const {
   if (is_npz_)
     return str_cat("npz size=", fs::file_size(path_), " mtime_ns=", mtime_ns(path_), " arr_0=[",
                    size_, ", ", height_, ", ", width_, ", 3]");
-  uint64_t h = kFnvOffset;
+  uint64_t h = kFnv1aOffset;
   for (const auto& f : impl_->files) {
     const std::string rel = fs::relative(f, path_).generic_string();
     const uint64_t size = fs::file_size(f);
@@ -182,18 +165,6 @@ std::string ImageBatchSource::signature() const {
 
 std::string feature_cache_path(const std::string& input_path) {
   return strip_trailing_slash(input_path) + ".inception.safetensors";
-}
-
-std::string file_digest(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  AIM_CHECK(in, path, ": cannot open");
-  std::vector<char> buf(1 << 20);
-  uint64_t h = kFnvOffset;
-  while (in) {
-    in.read(buf.data(), static_cast<std::streamsize>(buf.size()));
-    h = fnv1a64(h, buf.data(), static_cast<size_t>(in.gcount()));
-  }
-  return hex16(h);
 }
 
 namespace {

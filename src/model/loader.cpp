@@ -65,7 +65,10 @@ LoadedVq load_vq_model(const std::string& path, const std::string& config_path) 
   out.model = VqModel(cfg);
   load_vq_state_dict(out.model, file.load_all(), weights, prefix);
   out.model->eval();
-  out.identity = str_cat(fs::path(weights).filename().string(), " (", fs::file_size(weights), " bytes)");
+  // The digest tells a retrained tokenizer from the old one (same name and size): a code dataset
+  // made with one is not resumed or reused with the other.
+  out.identity = str_cat(fs::path(weights).filename().string(), " (", fs::file_size(weights),
+                         " bytes, fnv64 ", file_digest(weights), ")");
   return out;
 }
 

@@ -34,8 +34,6 @@ using torch::autograd::AutogradContext;
 using torch::autograd::tensor_list;
 
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
-// Lets GCC vectorise the dot products' sums (a different but fixed summation order).
-#pragma GCC optimize("associative-math", "no-signed-zeros", "no-trapping-math")
 #define AIM_CPU_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
 #else
 #define AIM_CPU_CLONES

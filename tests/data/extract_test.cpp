@@ -130,6 +130,29 @@ TEST_F(Extract, InterruptedRunResumesToTheSameFile) {
   EXPECT_EQ(d.info().num_aug, 10);
 }
 
+// A retrained tokenizer has the same file name and size as the old one; its weights' digest
+// tells them apart, so the old tokenizer's codes are neither reused nor resumed.
+TEST_F(Extract, ARetrainedTokenizerDoesNotReuseTheOldCodes) {
+  extract_codes(vq_.model, list_, options("a.codes", "none"));
+  const auto retrained = dir_ / "retrained";
+  fs::create_directories(retrained);
+  const auto vq_dir = test::fixtures_dir() / "vq" / "vq16_tiny";
+  auto bytes_of = bytes((vq_dir / "model.safetensors").string());
+  bytes_of[bytes_of.size() - 1] ^= 0x01;  // the last weight's lowest bits: same size
+  std::ofstream((retrained / "model.safetensors").string(), std::ios::binary) << bytes_of;
+  auto other = load_vq_model((retrained / "model.safetensors").string(), (vq_dir / "config.json").string());
+  EXPECT_NE(other.identity, vq_.identity);
+  EXPECT_NE(other.identity.find("fnv64 "), std::string::npos) << other.identity;
+  auto o = options("a.codes", "none");
+  o.tokenizer_id = other.identity;
+  try {
+    extract_codes(other.model, list_, o);
+    FAIL() << "codes of another tokenizer were reused";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("exists with different settings"), std::string::npos) << e.what();
+  }
+}
+
 TEST_F(Extract, ShardsOverRanksMergeToTheSingleProcessFile) {
   extract_codes(vq_.model, list_, options("one.codes", "none"));
   auto o = options("two.codes", "none");

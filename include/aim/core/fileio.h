@@ -1,5 +1,7 @@
 #pragma once
 // Small durable-file helpers shared by checkpoints and run directories.
+#include <cstddef>
+#include <cstdint>
 #include <string>
 
 namespace aim {
@@ -9,6 +11,15 @@ namespace aim {
 void write_text_atomic(const std::string& path, const std::string& text);
 /// The whole file as a string. Throws aim::Error naming the file.
 std::string read_text(const std::string& path);
+/// FNV-1a 64 over `n` bytes, continuing from `h` (start from kFnv1aOffset).
+constexpr uint64_t kFnv1aOffset = 0xcbf29ce484222325ull;
+uint64_t fnv1a64(uint64_t h, const void* data, size_t n);
+/// `v` as 16 hex digits.
+std::string hex16(uint64_t v);
+/// FNV-1a 64 digest of a file's bytes as 16 hex digits (identifies weights: the Inception
+/// network of the feature caches, the tokenizer that made a code dataset). Throws aim::Error
+/// naming the file.
+std::string file_digest(const std::string& path);
 /// fsync of a directory, so renames inside it survive a crash (best effort).
 void sync_directory(const std::string& dir);
 

@@ -110,8 +110,6 @@ struct EvalResult {
 /// `<path>.inception.safetensors` (a folder's trailing '/' dropped).
 std::string feature_cache_path(const std::string& input_path);
 
-/// FNV-1a 64 digest of a file's bytes as 16 hex digits (identifies the Inception weights).
-std::string file_digest(const std::string& path);
 
 /// The cached features of `source` (feature_cache_path) when options.use_cache and the cache
 /// matches: the source's signature, the preprocessing, the compute dtype and, when

@@ -14,7 +14,7 @@ AimModel load_aim_model(const CheckpointRef& ref, bool use_ema = false);
 /// A tokenizer and where it came from.
 struct LoadedVq {
   VqModel model{nullptr};
-  std::string identity;  ///< "<file name> (<bytes> bytes)": recorded in datasets and samples
+  std::string identity;  ///< "<file name> (<bytes> bytes, fnv64 <digest>)": recorded in datasets and samples
 };
 
 /// Loads a tokenizer from a .safetensors file (LlamaGen keys, or AiM's `vqvae.` keys), an
