@@ -1,6 +1,7 @@
 // Fills kernels/rms_norm.h from LibTorch tensors; the forward and backward launches are tied
 // together by torch::autograd::Functions.
 #include "ops/norms_cuda.h"
+#include "ops/optional_inputs.h"
 
 #include <ATen/cuda/CUDAContext.h>
 #include <c10/cuda/CUDAGuard.h>
@@ -49,16 +50,6 @@ torch::Tensor as_rows(const torch::Tensor& t) {
   auto rows = t.reshape({-1, t.size(-1)});
   if (rows.size(1) > 1 && rows.stride(1) != 1) rows = rows.contiguous();
   return rows;
-}
-
-// Function::apply takes an undefined tensor for an input it must track (and fails on it); an
-// empty optional is an input that is not one. Edges, and so ctx->needs_input_grad(i), count only
-// the inputs given.
-std::optional<torch::Tensor> optional_input(const torch::Tensor& t) {
-  return t.defined() ? std::optional<torch::Tensor>(t) : std::nullopt;
-}
-torch::Tensor value_or_undefined(const std::optional<torch::Tensor>& t) {
-  return t.has_value() ? *t : torch::Tensor();
 }
 
 torch::Tensor as_float(const torch::Tensor& t) {

@@ -1,6 +1,7 @@
 // Fills kernels/selective_scan.h from LibTorch tensors; the forward and backward launches are
 // tied together by a torch::autograd::Function.
 #include "ops/selective_scan_cuda.h"
+#include "ops/optional_inputs.h"
 
 #include <ATen/cuda/CUDAContext.h>
 #include <c10/cuda/CUDAGuard.h>
@@ -48,15 +49,6 @@ bool tracks_grad(std::initializer_list<const torch::Tensor*> ts) {
     if (t->defined() && t->requires_grad()) return true;
   }
   return false;
-}
-
-// Function::apply takes an undefined tensor for an input it must track (and fails on it); an
-// empty optional is an input that is not one.
-std::optional<torch::Tensor> optional_input(const torch::Tensor& t) {
-  return t.defined() ? std::optional<torch::Tensor>(t) : std::nullopt;
-}
-torch::Tensor value_or_undefined(const std::optional<torch::Tensor>& t) {
-  return t.has_value() ? *t : torch::Tensor();
 }
 
 torch::Tensor as_float(const torch::Tensor& t) {

@@ -18,6 +18,7 @@
 // Per-(b, h) partials of dB, dC, dA, dD and dt_bias are summed afterwards in a fixed order, so
 // results do not depend on the thread count.
 #include "ops/ssd_scan_cpu.h"
+#include "ops/optional_inputs.h"
 
 #include <ATen/Parallel.h>
 #include <torch/torch.h>
@@ -247,14 +248,6 @@ void for_each_head(int64_t batch, int64_t heads, const F& f) {
   at::parallel_for(0, batch * heads, 1, [&](int64_t begin, int64_t end) {
     for (int64_t i = begin; i < end; ++i) f(i / heads, i % heads);
   });
-}
-
-// Function::apply tracks only the inputs given: an empty optional is an input that is not one.
-std::optional<torch::Tensor> optional_input(const torch::Tensor& t) {
-  return t.defined() ? std::optional<torch::Tensor>(t) : std::nullopt;
-}
-torch::Tensor value_or_undefined(const std::optional<torch::Tensor>& t) {
-  return t.has_value() ? *t : torch::Tensor();
 }
 
 class SsdScanCpuFunction : public torch::autograd::Function<SsdScanCpuFunction> {

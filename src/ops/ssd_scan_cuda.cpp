@@ -2,6 +2,7 @@
 // the current stream; the scan's forward and backward are tied together by a
 // torch::autograd::Function.
 #include "ops/ssd_scan_cuda.h"
+#include "ops/optional_inputs.h"
 
 #include <ATen/cuda/CUDAContext.h>
 #include <c10/cuda/CUDAGuard.h>
@@ -103,14 +104,6 @@ torch::Tensor unit_last(const torch::Tensor& t) {
 
 bool on_device_of(const torch::Tensor& t, const torch::Tensor& x) {
   return !t.defined() || t.device() == x.device();
-}
-
-// Function::apply tracks only the inputs given: an empty optional is an input that is not one.
-std::optional<torch::Tensor> optional_input(const torch::Tensor& t) {
-  return t.defined() ? std::optional<torch::Tensor>(t) : std::nullopt;
-}
-torch::Tensor value_or_undefined(const std::optional<torch::Tensor>& t) {
-  return t.has_value() ? *t : torch::Tensor();
 }
 
 void maybe_poison(std::initializer_list<torch::Tensor> outputs) {

@@ -1,0 +1,19 @@
+#pragma once
+// Optional tensor inputs of the ops' autograd functions (D, dt_bias, initial state, ...).
+#include <torch/types.h>
+
+#include <optional>
+
+namespace aim::ops {
+
+/// torch::autograd::Function::apply takes an undefined tensor for an input it must track (and
+/// fails on it); an empty optional is an input that is not one. Edges, and so
+/// ctx->needs_input_grad(i), count only the inputs given.
+inline std::optional<torch::Tensor> optional_input(const torch::Tensor& t) {
+  return t.defined() ? std::optional<torch::Tensor>(t) : std::nullopt;
+}
+inline torch::Tensor value_or_undefined(const std::optional<torch::Tensor>& t) {
+  return t.has_value() ? *t : torch::Tensor();
+}
+
+}  // namespace aim::ops
