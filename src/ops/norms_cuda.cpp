@@ -52,10 +52,6 @@ torch::Tensor as_rows(const torch::Tensor& t) {
   return rows;
 }
 
-torch::Tensor as_float(const torch::Tensor& t) {
-  return t.defined() ? t.to(torch::kFloat).contiguous() : t;
-}
-
 const void* ptr_or_null(const torch::Tensor& t) { return t.defined() ? t.data_ptr() : nullptr; }
 void* mut_ptr_or_null(torch::Tensor& t) { return t.defined() ? t.data_ptr() : nullptr; }
 

@@ -1,5 +1,6 @@
 #pragma once
-// Optional tensor inputs of the ops' autograd functions (D, dt_bias, initial state, ...).
+// Optional tensor inputs of the ops' autograd functions (D, dt_bias, initial state, ...) and
+// their fp32 copies.
 #include <torch/types.h>
 
 #include <optional>
@@ -14,6 +15,11 @@ inline std::optional<torch::Tensor> optional_input(const torch::Tensor& t) {
 }
 inline torch::Tensor value_or_undefined(const std::optional<torch::Tensor>& t) {
   return t.has_value() ? *t : torch::Tensor();
+}
+
+/// A contiguous fp32 copy (or `t` itself when it already is one); undefined stays undefined.
+inline torch::Tensor as_float(const torch::Tensor& t) {
+  return t.defined() ? t.to(torch::kFloat).contiguous() : t;
 }
 
 }  // namespace aim::ops

@@ -51,10 +51,6 @@ bool tracks_grad(std::initializer_list<const torch::Tensor*> ts) {
   return false;
 }
 
-torch::Tensor as_float(const torch::Tensor& t) {
-  return t.defined() ? t.to(torch::kFloat).contiguous() : t;
-}
-
 const float* float_ptr(const torch::Tensor& t) {
   return t.defined() ? t.data_ptr<float>() : nullptr;
 }

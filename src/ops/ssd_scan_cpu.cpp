@@ -214,33 +214,35 @@ void backward_head(const ScanArgs& a, int64_t b, int64_t h, const float* __restr
   }
 }
 
-torch::Tensor as_float(const torch::Tensor& t) {
-  return t.defined() ? t.to(torch::kFloat).contiguous() : t;
-}
 const float* ptr_or_null(const torch::Tensor& t) { return t.defined() ? t.data_ptr<float>() : nullptr; }
 
-ScanArgs make_args(const torch::Tensor& x, const torch::Tensor& dt, const torch::Tensor& Bm,
-                   const torch::Tensor& Cm, const torch::Tensor& A, const torch::Tensor& D,
-                   const torch::Tensor& dt_bias, const torch::Tensor& init, bool softplus) {
-  ScanArgs a;
-  a.batch = x.size(0);
-  a.len = x.size(1);
-  a.heads = x.size(2);
-  a.hdim = x.size(3);
-  a.groups = Bm.size(2);
-  a.dstate = Bm.size(3);
-  a.x = x.data_ptr<float>();
-  a.dt = dt.data_ptr<float>();
-  a.Bm = Bm.data_ptr<float>();
-  a.Cm = Cm.data_ptr<float>();
-  a.A = A.data_ptr<float>();
-  a.D = ptr_or_null(D);
-  a.d_per_channel = D.defined() && D.dim() == 2;
-  a.dt_bias = ptr_or_null(dt_bias);
-  a.init = ptr_or_null(init);
-  a.softplus = softplus;
-  return a;
-}
+/// The inputs as contiguous fp32 tensors (kept alive here) and the pointers the loops read.
+struct FloatInputs {
+  torch::Tensor x, dt, Bm, Cm, A, D, dt_bias, init;
+  ScanArgs args;
+  FloatInputs(const torch::Tensor& x_, const torch::Tensor& dt_, const torch::Tensor& A_,
+              const torch::Tensor& Bm_, const torch::Tensor& Cm_, const torch::Tensor& D_,
+              const torch::Tensor& dt_bias_, const torch::Tensor& init_, bool softplus)
+      : x(as_float(x_)), dt(as_float(dt_)), Bm(as_float(Bm_)), Cm(as_float(Cm_)), A(as_float(A_)),
+        D(as_float(D_)), dt_bias(as_float(dt_bias_)), init(as_float(init_)) {
+    args.batch = x.size(0);
+    args.len = x.size(1);
+    args.heads = x.size(2);
+    args.hdim = x.size(3);
+    args.groups = Bm.size(2);
+    args.dstate = Bm.size(3);
+    args.x = x.data_ptr<float>();
+    args.dt = dt.data_ptr<float>();
+    args.Bm = Bm.data_ptr<float>();
+    args.Cm = Cm.data_ptr<float>();
+    args.A = A.data_ptr<float>();
+    args.D = ptr_or_null(D);
+    args.d_per_channel = D.defined() && D.dim() == 2;
+    args.dt_bias = ptr_or_null(dt_bias);
+    args.init = ptr_or_null(init);
+    args.softplus = softplus;
+  }
+};
 
 /// Runs f(b, h) over every (sequence, head), a few per thread task.
 template <typename F>
@@ -261,13 +263,12 @@ class SsdScanCpuFunction : public torch::autograd::Function<SsdScanCpuFunction> 
                              bool return_final_state) {
     const auto D = value_or_undefined(D_opt), dt_bias = value_or_undefined(dt_bias_opt);
     const auto init = value_or_undefined(init_opt);
-    const auto xf = as_float(x), dtf = as_float(dt), bf = as_float(Bm), cf = as_float(Cm);
-    const auto af = as_float(A), df = as_float(D), biasf = as_float(dt_bias), initf = as_float(init);
-    const auto args = make_args(xf, dtf, bf, cf, af, df, biasf, initf, dt_softplus);
+    const FloatInputs in(x, dt, A, Bm, Cm, D, dt_bias, init, dt_softplus);
+    const auto& args = in.args;
     const int64_t P = args.hdim, N = args.dstate;
-    auto y = torch::empty(x.sizes(), xf.options());
+    auto y = torch::empty(x.sizes(), in.x.options());
     torch::Tensor final_state;
-    if (return_final_state) final_state = torch::empty({args.batch, args.heads, P, N}, xf.options());
+    if (return_final_state) final_state = torch::empty({args.batch, args.heads, P, N}, in.x.options());
     float* yp = y.data_ptr<float>();
     float* fp = final_state.defined() ? final_state.data_ptr<float>() : nullptr;
     for_each_head(args.batch, args.heads, [&](int64_t b, int64_t h) {
@@ -294,12 +295,11 @@ class SsdScanCpuFunction : public torch::autograd::Function<SsdScanCpuFunction> 
     const auto &x = saved[0], &dt = saved[1], &A = saved[2], &Bm = saved[3], &Cm = saved[4];
     const auto &D = saved[5], &dt_bias = saved[6], &init = saved[7];
     const bool dt_softplus = ctx->saved_data["dt_softplus"].toBool();
-    const auto xf = as_float(x), dtf = as_float(dt), bf = as_float(Bm), cf = as_float(Cm);
-    const auto af = as_float(A), df = as_float(D), biasf = as_float(dt_bias), initf = as_float(init);
-    const auto args = make_args(xf, dtf, bf, cf, af, df, biasf, initf, dt_softplus);
+    const FloatInputs in(x, dt, A, Bm, Cm, D, dt_bias, init, dt_softplus);
+    const auto& args = in.args;
     const int64_t batch = args.batch, len = args.len, heads = args.heads, P = args.hdim;
     const int64_t groups = args.groups, N = args.dstate;
-    const auto fopts = xf.options();
+    const auto fopts = in.x.options();
     const auto dy = grads[0].defined() ? as_float(grads[0]) : torch::zeros(x.sizes(), fopts);
     const auto dfinal = grads.size() > 1 && grads[1].defined() ? as_float(grads[1]) : torch::Tensor();
 

@@ -24,9 +24,6 @@ bool is_kernel_dtype(const torch::Tensor& t) {
   return t.scalar_type() == torch::kFloat || t.scalar_type() == torch::kBFloat16;
 }
 bool last_dim_contiguous(const torch::Tensor& t) { return t.stride(-1) == 1; }
-torch::Tensor as_float_param(const torch::Tensor& t) {
-  return t.defined() ? t.to(torch::kFloat).contiguous() : t;
-}
 }  // namespace
 
 bool ssd_state_update_supported(const torch::Tensor& state, const torch::Tensor& x,
@@ -44,7 +41,7 @@ torch::Tensor ssd_state_update(torch::Tensor& state, const torch::Tensor& x,
   auto dt_c = dt.to(x.scalar_type()).contiguous();
   auto c_c = Cm.to(x.scalar_type());
   if (!last_dim_contiguous(c_c)) c_c = c_c.contiguous();
-  auto a_f = as_float_param(A), d_f = as_float_param(D), bias_f = as_float_param(dt_bias);
+  auto a_f = as_float(A), d_f = as_float(D), bias_f = as_float(dt_bias);
   auto y = torch::empty(x.sizes(), x.options());
 
   kernels::SsdStateUpdateParams p;
@@ -163,10 +160,6 @@ kernels::SsdScanParams base_params(const torch::Tensor& x, const torch::Tensor& 
   p.dt_bias = bias_f.defined() ? bias_f.data_ptr<float>() : nullptr;
   p.initial_state = init_f.defined() ? init_f.data_ptr<float>() : nullptr;
   return p;
-}
-
-torch::Tensor as_float(const torch::Tensor& t) {
-  return t.defined() ? t.to(torch::kFloat).contiguous() : t;
 }
 
 class SsdScanFunction : public torch::autograd::Function<SsdScanFunction> {
