@@ -1,12 +1,13 @@
 // CPU kernel of the SSD scan (see ssd_scan_cpu.h).
 //
-// Per (sequence b, head h) the state is kept transposed, S[n][p], so that every update is an
-// axpy over the head dimension p (vectorised without reassociation); the reductions over p (dB,
-// dC, dt and A gradients) use lane-split accumulators. The hot loops are compiled for AVX-512,
-// AVX2 and the baseline and chosen at load time (GCC target_clones).
+// One task per (sequence b, head h). The forward keeps the state transposed, S[n][p], so that
+// every update is an axpy over the head dimension p and y_t = S_t C_t accumulates over n in
+// vector registers. Every loop of the kernel is such an axpy along a contiguous row (vectorised
+// without reassociation); no loop needs a horizontal sum per element. The hot loops are compiled
+// for AVX-512, AVX2 and the baseline and chosen at load time (GCC target_clones).
 //
-// Backward recomputes the states of its (b, h) forward into a per-thread buffer [L][N][P] and
-// walks back once:
+// Backward recomputes the states of its (b, h) into a per-thread buffer [L][P][N] and walks
+// back once, with the state gradient dS held in both layouts (see backward_head):
 //   dS      += C_t (outer) dy_t                 (y_t = S_t C_t + D x_t)
 //   dC_t[n]  = <S_t[n], dy_t>
 //   dx_t     = D dy_t + dt'_t sum_n B_t[n] dS[n]
@@ -40,45 +41,201 @@ using torch::autograd::tensor_list;
 #define AIM_CPU_CLONES
 #endif
 
-constexpr int kLanes = 16;
-
 // Everything a (b, h) task reads: fp32 contiguous tensors.
 struct ScanArgs {
   int64_t batch, len, heads, hdim, groups, dstate;
   const float* x;        // [B, L, H, P]
-  const float* dt;       // [B, L, H] (before bias and softplus)
+  const float* dtv;      // [B, L, H] the step: softplus(dt + dt_bias), or dt + dt_bias
+  const float* decay;    // [B, L, H] exp(step * A[h])
+  const float* dsp;      // [B, L, H] d step / d raw dt (sigmoid, or 1); backward only
   const float* Bm;       // [B, L, G, N]
   const float* Cm;       // [B, L, G, N]
   const float* A;        // [H]
   const float* D;        // [H] or [H, P] or null
   bool d_per_channel;
-  const float* dt_bias;  // [H] or null
   const float* init;     // [B, H, P, N] or null
-  bool softplus;
 };
 
-inline float dt_raw(const ScanArgs& a, int64_t b, int64_t t, int64_t h) {
-  const float v = a.dt[(b * a.len + t) * a.heads + h];
-  return a.dt_bias != nullptr ? v + a.dt_bias[h] : v;
-}
-// torch::softplus (beta 1, threshold 20) and its derivative.
-inline float softplus(float v) { return v > 20.f ? v : std::log1p(std::exp(v)); }
-inline float softplus_grad(float v) {
-  if (v > 20.f) return 1.f;
-  const float z = std::exp(v);
-  return z / (z + 1.f);
+inline int64_t dt_index(const ScanArgs& a, int64_t b, int64_t t, int64_t h) {
+  return (b * a.len + t) * a.heads + h;
 }
 
-inline float dot(const float* __restrict u, const float* __restrict v, int64_t n) {
-  float lanes[kLanes] = {};
-  int64_t i = 0;
-  for (; i + kLanes <= n; i += kLanes) {
-    for (int j = 0; j < kLanes; ++j) lanes[j] += u[i + j] * v[i + j];
+// The inner loops. Each works on a block of kW lanes of the contiguous dimension and sweeps the
+// other dimension with its accumulators in registers (GCC vector extensions: 16 floats, one
+// AVX-512 register, two AVX2 or four SSE registers in the other clones), so that no sum goes
+// through memory from one step of the sweep to the next; lanes past the last full block run the
+// same order on scalars. Always inlined into each target clone.
+// (-Wpsabi: these helpers are always inlined, no vector crosses a call boundary.)
+#pragma GCC diagnostic ignored "-Wpsabi"
+typedef float vf __attribute__((vector_size(64)));
+constexpr int64_t kW = 16;
+#define AIM_INLINE inline __attribute__((always_inline))
+AIM_INLINE vf loadu(const float* p) {
+  vf v;
+  __builtin_memcpy(&v, p, sizeof v);
+  return v;
+}
+AIM_INLINE void storeu(float* p, vf v) { __builtin_memcpy(p, &v, sizeof v); }
+
+/// Forward step, state S [N][P]: S[n] = a S[n] + (dt B[n]) x; y += sum_n C[n] S[n] (y holds the
+/// D x term on entry). Four accumulators over n (even FMA chains would otherwise wait on each
+/// other's latency), summed in a fixed order.
+AIM_INLINE void fwd_step(float* __restrict S, const float* __restrict x, const float* __restrict Bm,
+                         const float* __restrict Cm, float* __restrict y, float decay, float dtv,
+                         int64_t N, int64_t P) {
+  const int64_t Pv = P - P % kW, N4 = N - N % 4;
+  for (int64_t pb = 0; pb < Pv; pb += kW) {
+    const vf xv = loadu(x + pb);
+    vf acc[4] = {};
+    auto step = [&](int64_t n, vf& a) {
+      float* Sn = S + n * P + pb;
+      const vf v = loadu(Sn) * decay + xv * (dtv * Bm[n]);
+      storeu(Sn, v);
+      a += v * Cm[n];
+    };
+    for (int64_t n = 0; n < N4; n += 4) {
+      step(n, acc[0]);
+      step(n + 1, acc[1]);
+      step(n + 2, acc[2]);
+      step(n + 3, acc[3]);
+    }
+    for (int64_t n = N4; n < N; ++n) step(n, acc[0]);
+    storeu(y + pb, loadu(y + pb) + ((acc[0] + acc[1]) + (acc[2] + acc[3])));
   }
-  float s = 0.f;
-  for (; i < n; ++i) s += u[i] * v[i];
-  for (int j = 0; j < kLanes; ++j) s += lanes[j];
-  return s;
+  for (int64_t p = Pv; p < P; ++p) {
+    float acc = 0.f;
+    for (int64_t n = 0; n < N; ++n) {
+      const float v = decay * S[n * P + p] + dtv * Bm[n] * x[p];
+      S[n * P + p] = v;
+      acc += v * Cm[n];
+    }
+    y[p] += acc;
+  }
+}
+
+/// Recompute step, states [P][N]: cur[p] = a prev[p] + (dt x[p]) B.
+AIM_INLINE void state_step(float* __restrict cur, const float* __restrict prev,
+                           const float* __restrict x, const float* __restrict Bm, float decay,
+                           float dtv, int64_t N, int64_t P) {
+  for (int64_t p = 0; p < P; ++p) {
+    const float xv = dtv * x[p];
+    float* c = cur + p * N;
+    const float* q = prev + p * N;
+    for (int64_t n = 0; n < N; ++n) c[n] = decay * q[n] + xv * Bm[n];
+  }
+}
+
+/// The sum of the lanes, as a fixed tree.
+AIM_INLINE float hsum(vf v) {
+  float t[kW];
+  __builtin_memcpy(t, &v, sizeof v);
+  for (int64_t w = kW / 2; w >= 1; w /= 2)
+    for (int64_t i = 0; i < w; ++i) t[i] += t[i + w];
+  return t[0];
+}
+
+/// Backward step on the [P][N] state gradient r: r += dy C^T; dC = S_t^T dy; dsx = r^T x and
+/// dB = dt dsx; then r *= a. Returns <B, dsx> in `bdsx` and <r, S_{t-1}> (before the decay) in
+/// `da`. Two sets of accumulators over p.
+AIM_INLINE void grad_step_pn(float* __restrict r, const float* __restrict St,
+                             const float* __restrict Sp, const float* __restrict Bm,
+                             const float* __restrict Cm, const float* __restrict dy,
+                             const float* __restrict x, float* __restrict dC,
+                             float* __restrict dB, float dtv, float decay, int64_t N, int64_t P,
+                             float& bdsx, float& da) {
+  const int64_t Nv = N - N % kW, P2 = P - P % 2;
+  vf totB = {}, totA = {};
+  for (int64_t nb = 0; nb < Nv; nb += kW) {
+    const vf c = loadu(Cm + nb);
+    vf aC[2] = {}, aX[2] = {}, aA[2] = {};
+    auto step = [&](int64_t p, int j) {
+      float* rp = r + p * N + nb;
+      const vf v = loadu(rp) + c * dy[p];
+      aC[j] += loadu(St + p * N + nb) * dy[p];
+      aX[j] += v * x[p];
+      aA[j] += v * loadu(Sp + p * N + nb);
+      storeu(rp, v * decay);
+    };
+    for (int64_t p = 0; p < P2; p += 2) {
+      step(p, 0);
+      step(p + 1, 1);
+    }
+    if (P2 < P) step(P2, 0);
+    const vf dsx = aX[0] + aX[1];
+    storeu(dC + nb, aC[0] + aC[1]);
+    storeu(dB + nb, dsx * dtv);
+    totB += loadu(Bm + nb) * dsx;
+    totA += aA[0] + aA[1];
+  }
+  float tailB = 0.f, tailA = 0.f;
+  for (int64_t n = Nv; n < N; ++n) {
+    float aC = 0.f, aX = 0.f, aA = 0.f;
+    for (int64_t p = 0; p < P; ++p) {
+      const float v = r[p * N + n] + Cm[n] * dy[p];
+      aC += St[p * N + n] * dy[p];
+      aX += v * x[p];
+      aA += v * Sp[p * N + n];
+      r[p * N + n] = v * decay;
+    }
+    dC[n] = aC;
+    dB[n] = dtv * aX;
+    tailB += Bm[n] * aX;
+    tailA += aA;
+  }
+  bdsx = hsum(totB) + tailB;
+  da = hsum(totA) + tailA;
+}
+
+/// dx_t = D dy_t + dt dxv (D per channel `Dv`, else the scalar `Dh`; none when `has_d` is
+/// false), and dD += dy_t x_t.
+AIM_INLINE void dx_step(float* __restrict dx, const float* __restrict dy, const float* __restrict x,
+                        const float* __restrict dxv, const float* __restrict Dv, float Dh,
+                        bool has_d, float dtv, float* __restrict dD, int64_t P) {
+  if (!has_d) {
+    for (int64_t p = 0; p < P; ++p) dx[p] = dtv * dxv[p];
+    return;
+  }
+  if (Dv != nullptr) {
+    for (int64_t p = 0; p < P; ++p) dx[p] = Dv[p] * dy[p] + dtv * dxv[p];
+  } else {
+    for (int64_t p = 0; p < P; ++p) dx[p] = Dh * dy[p] + dtv * dxv[p];
+  }
+  for (int64_t p = 0; p < P; ++p) dD[p] += dy[p] * x[p];
+}
+
+/// Backward step on the [N][P] state gradient r: r += C dy^T; dxv = r^T B; then r *= a. Four
+/// accumulators over n.
+AIM_INLINE void grad_step_np(float* __restrict r, const float* __restrict dy,
+                             const float* __restrict Bm, const float* __restrict Cm,
+                             float* __restrict dxv, float decay, int64_t N, int64_t P) {
+  const int64_t Pv = P - P % kW, N4 = N - N % 4;
+  for (int64_t pb = 0; pb < Pv; pb += kW) {
+    const vf d = loadu(dy + pb);
+    vf acc[4] = {};
+    auto step = [&](int64_t n, vf& a) {
+      float* rn = r + n * P + pb;
+      const vf v = loadu(rn) + d * Cm[n];
+      a += v * Bm[n];
+      storeu(rn, v * decay);
+    };
+    for (int64_t n = 0; n < N4; n += 4) {
+      step(n, acc[0]);
+      step(n + 1, acc[1]);
+      step(n + 2, acc[2]);
+      step(n + 3, acc[3]);
+    }
+    for (int64_t n = N4; n < N; ++n) step(n, acc[0]);
+    storeu(dxv + pb, (acc[0] + acc[1]) + (acc[2] + acc[3]));
+  }
+  for (int64_t p = Pv; p < P; ++p) {
+    float acc = 0.f;
+    for (int64_t n = 0; n < N; ++n) {
+      const float v = r[n * P + p] + Cm[n] * dy[p];
+      acc += v * Bm[n];
+      r[n * P + p] = v * decay;
+    }
+    dxv[p] = acc;
+  }
 }
 
 /// Loads the initial state of (b, h) into S[n][p] (zeros without one).
@@ -100,11 +257,9 @@ void forward_head(const ScanArgs& a, int64_t b, int64_t h, float* __restrict S, 
                   float* __restrict trace) {
   const int64_t L = a.len, H = a.heads, P = a.hdim, N = a.dstate;
   const int64_t g = h / (H / a.groups);
-  const float A = a.A[h];
   for (int64_t t = 0; t < L; ++t) {
-    const float raw = dt_raw(a, b, t, h);
-    const float dtv = a.softplus ? softplus(raw) : raw;
-    const float decay = std::exp(dtv * A);
+    const int64_t k = dt_index(a, b, t, h);
+    const float dtv = a.dtv[k], decay = a.decay[k];
     const float* __restrict xt = a.x + ((b * L + t) * H + h) * P;
     const float* __restrict Bt = a.Bm + ((b * L + t) * a.groups + g) * N;
     const float* __restrict Ct = a.Cm + ((b * L + t) * a.groups + g) * N;
@@ -118,16 +273,27 @@ void forward_head(const ScanArgs& a, int64_t b, int64_t h, float* __restrict S, 
       const float Dh = a.D[h];
       for (int64_t p = 0; p < P; ++p) yt[p] = Dh * xt[p];
     }
-    for (int64_t n = 0; n < N; ++n) {
-      float* __restrict Sn = S + n * P;
-      const float bx = dtv * Bt[n], c = Ct[n];
-      for (int64_t p = 0; p < P; ++p) {
-        const float s = decay * Sn[p] + bx * xt[p];
-        Sn[p] = s;
-        yt[p] += c * s;
-      }
-    }
+    fwd_step(S, xt, Bt, Ct, yt, decay, dtv, N, P);
     if (trace != nullptr) std::copy(S, S + P * N, trace + t * P * N);
+  }
+}
+
+/// The states of one (b, h) after every step, in the [P][N] layout: trace[t][p][n]. `S0` [P][N]
+/// is the state before step 0 (initial_state's own layout). y is not needed by the backward, so
+/// the recurrence alone runs: an axpy over n per (t, p).
+AIM_CPU_CLONES
+void recompute_trace(const ScanArgs& a, int64_t b, int64_t h, const float* __restrict S0,
+                     float* __restrict trace) {
+  const int64_t L = a.len, H = a.heads, P = a.hdim, N = a.dstate;
+  const int64_t g = h / (H / a.groups);
+  for (int64_t t = 0; t < L; ++t) {
+    const int64_t k = dt_index(a, b, t, h);
+    const float dtv = a.dtv[k], decay = a.decay[k];
+    const float* __restrict xt = a.x + ((b * L + t) * H + h) * P;
+    const float* __restrict Bt = a.Bm + ((b * L + t) * a.groups + g) * N;
+    const float* __restrict prev = t > 0 ? trace + (t - 1) * P * N : S0;
+    float* __restrict cur = trace + t * P * N;
+    state_step(cur, prev, xt, Bt, decay, dtv, N, P);
   }
 }
 
@@ -144,29 +310,46 @@ struct HeadGrads {
   const float* dfinal;  // [B, H, P, N] or null
 };
 
-/// Backward of one (b, h). `trace` [L][N][P] holds S after every step (forward_head's),
-/// `S0` the state before step 0, `dS` [N][P] and `dxv` [P] are scratch.
+// Scratch of one backward task.
+struct HeadScratch {
+  float* dS_pn;  // [P][N] state gradient, for the reductions over p (dB, dC, the decay's)
+  float* dS_np;  // [N][P] the same gradient, for the reduction over n (dx)
+  float* dxv;    // [P] sum_n B_t[n] dS[n]
+};
+
+/// Backward of one (b, h). `trace` [L][P][N] holds S after every step (recompute_trace's), `S0`
+/// [P][N] the state before step 0.
+///
+/// The state gradient is kept in both layouts so that every reduction runs along a contiguous
+/// row with vector accumulators and none needs a horizontal sum per element: the [P][N] copy
+/// gives dC, dB and the decay's gradient as axpys over n, the [N][P] copy gives dx as axpys over
+/// p. Both copies see the same updates (dS += C_t dy_t^T, then dS *= a_t), so they stay equal.
 AIM_CPU_CLONES
 void backward_head(const ScanArgs& a, int64_t b, int64_t h, const float* __restrict trace,
-                   const float* __restrict S0, float* __restrict dS, float* __restrict dxv,
-                   const HeadGrads& gr) {
+                   const float* __restrict S0, const HeadScratch& sc, const HeadGrads& gr) {
   const int64_t L = a.len, H = a.heads, P = a.hdim, N = a.dstate;
   const int64_t g = h / (H / a.groups);
   const float A = a.A[h];
+  float* __restrict dS_pn = sc.dS_pn;
+  float* __restrict dS_np = sc.dS_np;
+  float* __restrict dxv = sc.dxv;
+  const float* Dv = a.D != nullptr && a.d_per_channel ? a.D + h * P : nullptr;
+  const float Dh = a.D != nullptr && !a.d_per_channel ? a.D[h] : 0.f;
   if (gr.dfinal != nullptr) {
-    const float* src = gr.dfinal + (b * H + h) * P * N;
+    const float* src = gr.dfinal + (b * H + h) * P * N;  // [P][N]
+    std::copy(src, src + P * N, dS_pn);
     for (int64_t p = 0; p < P; ++p)
-      for (int64_t n = 0; n < N; ++n) dS[n * P + p] = src[p * N + n];
+      for (int64_t n = 0; n < N; ++n) dS_np[n * P + p] = src[p * N + n];
   } else {
-    std::fill(dS, dS + P * N, 0.f);
+    std::fill(dS_pn, dS_pn + P * N, 0.f);
+    std::fill(dS_np, dS_np + P * N, 0.f);
   }
   float dA = 0.f;
-  float* dD = gr.dD + (b * H + h) * P;
+  float* __restrict dD = gr.dD + (b * H + h) * P;
   std::fill(dD, dD + P, 0.f);
   for (int64_t t = L - 1; t >= 0; --t) {
-    const float raw = dt_raw(a, b, t, h);
-    const float dtv = a.softplus ? softplus(raw) : raw;
-    const float decay = std::exp(dtv * A);
+    const int64_t k = dt_index(a, b, t, h);
+    const float dtv = a.dtv[k], decay = a.decay[k];
     const int64_t row = (b * L + t) * H + h;
     const float* __restrict xt = a.x + row * P;
     const float* __restrict dyt = gr.dy + row * P;
@@ -176,55 +359,44 @@ void backward_head(const ScanArgs& a, int64_t b, int64_t h, const float* __restr
     const float* __restrict Sp = t > 0 ? trace + (t - 1) * P * N : S0;
     float* __restrict dBt = gr.dB + row * N;
     float* __restrict dCt = gr.dC + row * N;
-    for (int64_t p = 0; p < P; ++p) dxv[p] = 0.f;
+    // [P][N]: dS += dy_t C_t^T; dC_t = S_t^T dy_t; dB_t = dt dS^T x_t; then dS *= a_t (the
+    // gradient w.r.t. S_{t-1}).
     float ddtv = 0.f, da = 0.f;
-    for (int64_t n = 0; n < N; ++n) {
-      float* __restrict dSn = dS + n * P;
-      dCt[n] = dot(St + n * P, dyt, P);
-      const float c = Ct[n], bn = Bt[n];
-      for (int64_t p = 0; p < P; ++p) dSn[p] += c * dyt[p];
-      const float dsx = dot(dSn, xt, P);
-      da += dot(dSn, Sp + n * P, P);
-      for (int64_t p = 0; p < P; ++p) {
-        dxv[p] += bn * dSn[p];
-        dSn[p] *= decay;
-      }
-      dBt[n] = dtv * dsx;
-      ddtv += bn * dsx;
-    }
-    float* __restrict dxt = gr.dx + row * P;
-    if (a.D == nullptr) {
-      for (int64_t p = 0; p < P; ++p) dxt[p] = dtv * dxv[p];
-    } else {
-      for (int64_t p = 0; p < P; ++p) {
-        const float Dp = a.d_per_channel ? a.D[h * P + p] : a.D[h];
-        dxt[p] = Dp * dyt[p] + dtv * dxv[p];
-        dD[p] += dyt[p] * xt[p];
-      }
-    }
+    grad_step_pn(dS_pn, St, Sp, Bt, Ct, dyt, xt, dCt, dBt, dtv, decay, N, P, ddtv, da);
+    // [N][P]: dS += C_t dy_t^T; dxv = dS^T B_t; dS *= a_t.
+    grad_step_np(dS_np, dyt, Bt, Ct, dxv, decay, N, P);
+    dx_step(gr.dx + row * P, dyt, xt, dxv, Dv, Dh, a.D != nullptr, dtv, dD, P);
     ddtv += da * decay * A;
     dA += da * decay * dtv;
-    gr.ddt[row] = a.softplus ? ddtv * softplus_grad(raw) : ddtv;
+    gr.ddt[row] = ddtv * a.dsp[k];
   }
   gr.dA[b * H + h] = dA;
-  if (gr.dinit != nullptr) {
-    float* dst = gr.dinit + (b * H + h) * P * N;
-    for (int64_t p = 0; p < P; ++p)
-      for (int64_t n = 0; n < N; ++n) dst[p * N + n] = dS[n * P + p];
-  }
+  if (gr.dinit != nullptr) std::copy(dS_pn, dS_pn + P * N, gr.dinit + (b * H + h) * P * N);
 }
 
 const float* ptr_or_null(const torch::Tensor& t) { return t.defined() ? t.data_ptr<float>() : nullptr; }
 
-/// The inputs as contiguous fp32 tensors (kept alive here) and the pointers the loops read.
+/// The inputs as contiguous fp32 tensors (kept alive here) and the pointers the loops read. The
+/// per-token step, its decay and (for the backward) the step's derivative are computed here with
+/// ATen's vectorised softplus / exp / sigmoid, as the reference computes the step.
 struct FloatInputs {
-  torch::Tensor x, dt, Bm, Cm, A, D, dt_bias, init;
+  torch::Tensor x, Bm, Cm, A, D, init, dtv, decay, dsp;
   ScanArgs args;
   FloatInputs(const torch::Tensor& x_, const torch::Tensor& dt_, const torch::Tensor& A_,
               const torch::Tensor& Bm_, const torch::Tensor& Cm_, const torch::Tensor& D_,
-              const torch::Tensor& dt_bias_, const torch::Tensor& init_, bool softplus)
-      : x(as_float(x_)), dt(as_float(dt_)), Bm(as_float(Bm_)), Cm(as_float(Cm_)), A(as_float(A_)),
-        D(as_float(D_)), dt_bias(as_float(dt_bias_)), init(as_float(init_)) {
+              const torch::Tensor& dt_bias_, const torch::Tensor& init_, bool softplus,
+              bool backward)
+      : x(as_float(x_)), Bm(as_float(Bm_)), Cm(as_float(Cm_)), A(as_float(A_)), D(as_float(D_)),
+        init(as_float(init_)) {
+    auto raw = as_float(dt_);
+    if (dt_bias_.defined()) raw = raw + dt_bias_.to(torch::kFloat);
+    // torch::softplus (beta 1, threshold 20) and its derivative, sigmoid below the threshold.
+    dtv = (softplus ? torch::softplus(raw) : raw).contiguous();
+    decay = (dtv * A.view({1, 1, -1})).exp_().contiguous();
+    if (backward) {
+      dsp = softplus ? torch::where(raw > 20.f, torch::ones_like(raw), torch::sigmoid(raw)).contiguous()
+                     : torch::ones_like(raw);
+    }
     args.batch = x.size(0);
     args.len = x.size(1);
     args.heads = x.size(2);
@@ -232,15 +404,15 @@ struct FloatInputs {
     args.groups = Bm.size(2);
     args.dstate = Bm.size(3);
     args.x = x.data_ptr<float>();
-    args.dt = dt.data_ptr<float>();
+    args.dtv = dtv.data_ptr<float>();
+    args.decay = decay.data_ptr<float>();
+    args.dsp = ptr_or_null(dsp);
     args.Bm = Bm.data_ptr<float>();
     args.Cm = Cm.data_ptr<float>();
     args.A = A.data_ptr<float>();
     args.D = ptr_or_null(D);
     args.d_per_channel = D.defined() && D.dim() == 2;
-    args.dt_bias = ptr_or_null(dt_bias);
     args.init = ptr_or_null(init);
-    args.softplus = softplus;
   }
 };
 
@@ -263,7 +435,7 @@ class SsdScanCpuFunction : public torch::autograd::Function<SsdScanCpuFunction> 
                              bool return_final_state) {
     const auto D = value_or_undefined(D_opt), dt_bias = value_or_undefined(dt_bias_opt);
     const auto init = value_or_undefined(init_opt);
-    const FloatInputs in(x, dt, A, Bm, Cm, D, dt_bias, init, dt_softplus);
+    const FloatInputs in(x, dt, A, Bm, Cm, D, dt_bias, init, dt_softplus, /*backward=*/false);
     const auto& args = in.args;
     const int64_t P = args.hdim, N = args.dstate;
     auto y = torch::empty(x.sizes(), in.x.options());
@@ -295,7 +467,7 @@ class SsdScanCpuFunction : public torch::autograd::Function<SsdScanCpuFunction> 
     const auto &x = saved[0], &dt = saved[1], &A = saved[2], &Bm = saved[3], &Cm = saved[4];
     const auto &D = saved[5], &dt_bias = saved[6], &init = saved[7];
     const bool dt_softplus = ctx->saved_data["dt_softplus"].toBool();
-    const FloatInputs in(x, dt, A, Bm, Cm, D, dt_bias, init, dt_softplus);
+    const FloatInputs in(x, dt, A, Bm, Cm, D, dt_bias, init, dt_softplus, /*backward=*/true);
     const auto& args = in.args;
     const int64_t batch = args.batch, len = args.len, heads = args.heads, P = args.hdim;
     const int64_t groups = args.groups, N = args.dstate;
@@ -316,17 +488,19 @@ class SsdScanCpuFunction : public torch::autograd::Function<SsdScanCpuFunction> 
                  dinit.defined() ? dinit.data_ptr<float>() : nullptr, dy.data_ptr<float>(),
                  dfinal.defined() ? dfinal.data_ptr<float>() : nullptr};
     for_each_head(batch, heads, [&](int64_t b, int64_t h) {
-      thread_local std::vector<float> trace, S0, dS, dxv;
+      thread_local std::vector<float> trace, buf;
       trace.resize(len * P * N);
-      S0.resize(P * N);
-      dS.resize(P * N);
-      dxv.resize(P);
-      load_state(args, b, h, S0.data());
-      // Recompute the states (forward_head advances dS in place from S0). The y rows it writes
-      // go to this head's rows of dx, which backward_head overwrites.
-      std::copy(S0.begin(), S0.end(), dS.begin());
-      forward_head(args, b, h, dS.data(), gr.dx, trace.data());
-      backward_head(args, b, h, trace.data(), S0.data(), dS.data(), dxv.data(), gr);
+      buf.resize(3 * P * N + P);
+      float* S0 = buf.data();
+      HeadScratch sc{S0 + P * N, S0 + 2 * P * N, S0 + 3 * P * N};
+      if (args.init != nullptr) {
+        const float* src = args.init + (b * heads + h) * P * N;
+        std::copy(src, src + P * N, S0);
+      } else {
+        std::fill(S0, S0 + P * N, 0.f);
+      }
+      recompute_trace(args, b, h, S0, trace.data());
+      backward_head(args, b, h, trace.data(), S0, sc, gr);
     });
 
     auto reduce_bc = [&](const torch::Tensor& part, const torch::Tensor& like) {

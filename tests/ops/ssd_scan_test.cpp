@@ -80,7 +80,9 @@ INSTANTIATE_TEST_SUITE_P(
                       SsdShape{2, 257, 4, 16, 1, 16, 64, false},  // AiM length, not a chunk multiple
                       SsdShape{2, 64, 8, 8, 2, 32, 16, true},     // ngroups > 1, D per channel
                       SsdShape{1, 100, 4, 16, 4, 8, 256, false},  // one partial chunk
-                      SsdShape{3, 33, 2, 4, 1, 128, 8, false}),  // d_state 128
+                      SsdShape{3, 33, 2, 4, 1, 128, 8, false},   // d_state 128
+                      // the CPU kernel's 16-lane blocks plus scalar tails in both P and N
+                      SsdShape{2, 37, 2, 24, 1, 40, 16, true}),
     [](const auto& info) {
       const auto& s = info.param;
       return "B" + std::to_string(s.batch) + "_L" + std::to_string(s.len) + "_H" +

@@ -1,9 +1,17 @@
-// Per-op speed of the CUDA kernels against the plain LibTorch references (ops::ref, selected with
-// ops::set_cuda_kernels(false)) at a config's training shapes, forward and forward + backward:
-// median time, achieved bandwidth over the fewest bytes the op must move, that bandwidth as a
-// share of a device-to-device copy measured in the same run, and the speed-up over the reference.
+// Per-op speed of the hand-written kernels against the plain LibTorch references (ops::ref,
+// selected with ops::set_cuda_kernels(false) / set_cpu_kernels(false)) at a config's training
+// shapes, forward and forward + backward: median time, achieved bandwidth over the fewest bytes
+// the op must move, that bandwidth as a share of a copy measured in the same run on the same
+// device, and the speed-up over the reference. Ops without a kernel on the device are timed on
+// the reference alone.
 //
-//   bench_ops [CONFIG.yaml] [--micro B] [--repeats N] [--dtype bf16|fp32]
+//   bench_ops [CONFIG.yaml] [--micro B] [--repeats N] [--dtype bf16|fp32] [--device cuda|cpu]
+//             [--only TEXT] [--no-ref]
+//
+// --only TEXT times only the ops whose name contains TEXT; --no-ref skips the references (for
+// profiling a kernel alone).
+//
+// The device defaults to cuda when a GPU is visible, else cpu (intra-op threads: OMP_NUM_THREADS).
 #include <torch/torch.h>
 
 #include <algorithm>
@@ -26,7 +34,17 @@ namespace {
 
 using Clock = std::chrono::steady_clock;
 
-void sync() { torch::cuda::synchronize(); }
+torch::Device g_device = torch::kCPU;
+
+void sync() {
+  if (g_device.is_cuda()) torch::cuda::synchronize();
+}
+
+/// Kernels on or off for the benchmarked device.
+void set_kernels(bool on) {
+  if (g_device.is_cuda()) aim::ops::set_cuda_kernels(on);
+  else aim::ops::set_cpu_kernels(on);
+}
 
 /// Median over `repeats` of the mean time of 10 back-to-back calls, in milliseconds.
 double median_ms(const std::function<void()>& f, int repeats) {
@@ -43,9 +61,11 @@ double median_ms(const std::function<void()>& f, int repeats) {
   return t[t.size() / 2];
 }
 
-/// Device-to-device copy bandwidth (bytes read + written per second) over 1 GiB buffers.
+/// Copy bandwidth on the device (bytes read + written per second): 1 GiB buffers on a GPU,
+/// 256 MiB (far beyond the caches) on the CPU.
 double copy_bandwidth(int repeats) {
-  auto a = torch::rand({1 << 28}, torch::dtype(torch::kFloat).device(torch::kCUDA));
+  const int64_t n = g_device.is_cuda() ? (int64_t{1} << 28) : (int64_t{1} << 26);
+  auto a = torch::rand({n}, torch::dtype(torch::kFloat).device(g_device));
   auto b = torch::empty_like(a);
   const double ms = median_ms([&] { b.copy_(a); }, repeats);
   return 2.0 * a.numel() * 4 / (ms * 1e-3);
@@ -55,14 +75,18 @@ struct Row {
   std::string op;
   double bytes;
   std::function<void()> run;
-  bool has_kernel = true;  // false: no CUDA kernel yet, the reference alone is timed
+  bool has_kernel = true;  // false: no kernel on the device, the reference alone is timed
   double flops = 0;        // > 0 for matmul-bound ops: TFLOP/s is printed too
 };
+
+/// Ops with a CPU kernel (the rest run their reference on the CPU either way).
+bool has_cpu_kernel(const std::string& op) { return op == "ssd_scan fwd" || op == "ssd_scan fwd+bwd"; }
 
 }  // namespace
 
 int main(int argc, char** argv) {
-  std::string config_path = "configs/aim_l.yaml", dtype_name = "bf16";
+  std::string config_path = "configs/aim_l.yaml", dtype_name = "bf16", device_name, only;
+  bool no_ref = false;
   int64_t micro = 64;
   int repeats = 20;
   for (int i = 1; i < argc; ++i) {
@@ -71,16 +95,26 @@ int main(int argc, char** argv) {
     if (a == "--micro") micro = std::stoll(value());
     else if (a == "--repeats") repeats = std::stoi(value());
     else if (a == "--dtype") dtype_name = value();
+    else if (a == "--device") device_name = value();
+    else if (a == "--only") only = value();
+    else if (a == "--no-ref") no_ref = true;
     else if (!a.empty() && a[0] != '-') config_path = a;
     else {
-      std::fprintf(stderr, "bench_ops: unknown flag %s (expected --micro, --repeats, --dtype)\n", a.c_str());
+      std::fprintf(stderr, "bench_ops: unknown flag %s (expected --micro, --repeats, --dtype, --device, --only, --no-ref)\n",
+                   a.c_str());
       return 2;
     }
   }
-  if (!torch::cuda::is_available()) {
-    std::printf("bench_ops: no GPU visible; nothing to measure\n");
-    return 0;
+  if (device_name.empty()) device_name = torch::cuda::is_available() ? "cuda" : "cpu";
+  if (device_name != "cuda" && device_name != "cpu") {
+    std::fprintf(stderr, "bench_ops: --device: expected cuda or cpu, found '%s'\n", device_name.c_str());
+    return 2;
   }
+  if (device_name == "cuda" && !torch::cuda::is_available()) {
+    std::fprintf(stderr, "bench_ops: --device cuda: no GPU visible\n");
+    return 1;
+  }
+  g_device = device_name == "cuda" ? torch::Device(torch::kCUDA) : torch::Device(torch::kCPU);
   if (dtype_name != "bf16" && dtype_name != "fp32") {
     std::fprintf(stderr, "bench_ops: --dtype: expected bf16 or fp32, found '%s'\n", dtype_name.c_str());
     return 2;
@@ -90,8 +124,8 @@ int main(int argc, char** argv) {
     const auto& m = cfg.model;
     const auto dtype = dtype_name == "bf16" ? torch::kBFloat16 : torch::kFloat;
     const double elem = dtype == torch::kBFloat16 ? 2.0 : 4.0;
-    const auto opts = torch::dtype(dtype).device(torch::kCUDA);
-    const auto fopts = torch::dtype(torch::kFloat).device(torch::kCUDA);
+    const auto opts = torch::dtype(dtype).device(g_device);
+    const auto fopts = torch::dtype(torch::kFloat).device(g_device);
     const int64_t B = micro, L = m.num_tokens + 1, D = m.d_model;
     const int64_t d_inner = m.d_inner();
     const int64_t conv_dim = d_inner + 2 * m.ssm.ngroups * m.ssm.d_state;
@@ -152,7 +186,7 @@ int main(int argc, char** argv) {
     const int64_t V = m.vocab_size, T = B * m.num_tokens;
     auto lh = torch::randn({T, D}, opts).requires_grad_(true);
     auto lw = (torch::randn({V, D}, fopts) * 0.02).requires_grad_(true);
-    auto lt = torch::randint(0, V, {T}, torch::dtype(torch::kLong).device(torch::kCUDA));
+    auto lt = torch::randint(0, V, {T}, torch::dtype(torch::kLong).device(g_device));
     Row xent{"lm_head+xent fwd+bwd", 2.0 * T * V * 2, [&] {
                auto loss = aim::ops::linear_cross_entropy(lh, lw, lt);
                auto grads = torch::autograd::grad({loss}, {lh, lw});
@@ -238,26 +272,36 @@ int main(int argc, char** argv) {
                       aim::ops::selective_state_update(st, su, sdelta, mA0, sBm, sCm, mD0, sz, mbias0, true);
                     }});
 
-    std::printf("bench_ops %s, micro-batch %lld, %s; device copy bandwidth %.0f GB/s (read + write)\n",
-                config_path.c_str(), static_cast<long long>(B), dtype_name.c_str(), bw / 1e9);
+    if (g_device.is_cpu()) {
+      for (auto& r : rows) r.has_kernel = has_cpu_kernel(r.op);
+    }
+    std::printf("bench_ops %s on %s (%d threads), micro-batch %lld, %s; copy bandwidth %.0f GB/s (read + write)\n",
+                config_path.c_str(), device_name.c_str(),
+                g_device.is_cpu() ? at::get_num_threads() : 0, static_cast<long long>(B),
+                dtype_name.c_str(), bw / 1e9);
     std::printf("%-36s %10s %10s %9s %10s %9s %9s\n", "op", "kernel ms", "GB/s", "of copy", "ref ms",
                 "speed-up", "TFLOP/s");
     for (auto& r : rows) {
+      if (!only.empty() && r.op.find(only) == std::string::npos) continue;
       if (!r.has_kernel) {
-        aim::ops::set_cuda_kernels(false);
+        if (no_ref) continue;
+        set_kernels(false);
         const double r_ms = median_ms(r.run, repeats);
-        aim::ops::set_cuda_kernels(true);
+        set_kernels(true);
         std::printf("%-36s %10s %10s %9s %10.3f %9s %9s\n", r.op.c_str(), "-", "-", "-", r_ms, "-", "-");
         continue;
       }
-      aim::ops::set_cuda_kernels(true);
+      set_kernels(true);
       const double k_ms = median_ms(r.run, repeats);
-      aim::ops::set_cuda_kernels(false);
-      const double r_ms = median_ms(r.run, repeats);
-      aim::ops::set_cuda_kernels(true);
+      double r_ms = std::nan("");
+      if (!no_ref) {
+        set_kernels(false);
+        r_ms = median_ms(r.run, repeats);
+        set_kernels(true);
+      }
       const double gbs = r.bytes / (k_ms * 1e-3) / 1e9;
       char tflops[32] = "-";
-      if (r.flops > 0) std::snprintf(tflops, sizeof tflops, "%.0f", r.flops / (k_ms * 1e-3) / 1e12);
+      if (r.flops > 0) std::snprintf(tflops, sizeof tflops, "%.3g", r.flops / (k_ms * 1e-3) / 1e12);
       std::printf("%-36s %10.3f %10.0f %8.1f%% %10.3f %8.2fx %9s\n", r.op.c_str(), k_ms, gbs,
                   100.0 * gbs * 1e9 / bw, r_ms, r_ms / k_ms, tflops);
     }
