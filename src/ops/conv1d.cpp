@@ -4,6 +4,7 @@
 #include <torch/torch.h>
 
 #include "aim/ops/dispatch.h"
+#include "ops/conv1d_cpu.h"
 #ifdef AIM_WITH_CUDA
 #include "ops/conv1d_cuda.h"
 #endif
@@ -39,7 +40,10 @@ std::pair<torch::Tensor, torch::Tensor> causal_conv1d(const torch::Tensor& x,
     return {out, return_state ? ref::conv_state(x, width) : torch::Tensor()};
   }
 #endif
-  (void)width;
+  if (x.device().is_cpu() && cpu_kernels_enabled() && cpu::causal_conv1d_supported(x, weight, bias)) {
+    auto out = cpu::causal_conv1d(x, weight, bias, silu);
+    return {out, return_state ? ref::conv_state(x, width) : torch::Tensor()};
+  }
   return ref::causal_conv1d(x, weight, bias, silu, return_state);
 }
 

@@ -80,7 +80,9 @@ struct Row {
 };
 
 /// Ops with a CPU kernel (the rest run their reference on the CPU either way).
-bool has_cpu_kernel(const std::string& op) { return op == "ssd_scan fwd" || op == "ssd_scan fwd+bwd"; }
+bool has_cpu_kernel(const std::string& op) {
+  return op == "ssd_scan fwd" || op == "ssd_scan fwd+bwd" || op.rfind("causal_conv1d", 0) == 0;
+}
 
 }  // namespace
 
@@ -130,7 +132,7 @@ int main(int argc, char** argv) {
     const int64_t d_inner = m.d_inner();
     const int64_t conv_dim = d_inner + 2 * m.ssm.ngroups * m.ssm.d_state;
     const int64_t width = m.ssm.d_conv;
-    const double bw = copy_bandwidth(repeats);
+    const double bw = copy_bandwidth(g_device.is_cuda() ? repeats : 3);
 
     // Causal conv1d as the Mamba2 mixer calls it: channel-last slice of the in_proj output.
     auto proj = torch::randn({B, L, conv_dim + 2 * d_inner}, opts);
