@@ -6,6 +6,7 @@
 // gradients (summed over the sequences afterwards in a fixed order, so results do not depend on
 // the thread count) and dx[t] = sum_k w[k] g[t + W - 1 - k].
 #include "ops/conv1d_cpu.h"
+#include "ops/cpu_simd.h"
 #include "ops/optional_inputs.h"
 
 #include <ATen/Parallel.h>
@@ -20,12 +21,6 @@ namespace {
 
 using torch::autograd::AutogradContext;
 using torch::autograd::tensor_list;
-
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
-#define AIM_CPU_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
-#else
-#define AIM_CPU_CLONES
-#endif
 
 /// x [B, C, L] (any layout) as contiguous fp32 rows [B, L, C].
 torch::Tensor rows_f32(const torch::Tensor& x) {

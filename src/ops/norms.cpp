@@ -5,6 +5,7 @@
 #include <torch/torch.h>
 
 #include "aim/ops/dispatch.h"
+#include "ops/norms_cpu.h"
 #ifdef AIM_WITH_CUDA
 #include "ops/norms_cuda.h"
 #endif
@@ -98,6 +99,9 @@ torch::Tensor gated_rms_norm(const torch::Tensor& x, const torch::Tensor& z,
     return cuda::gated_rms_norm(x, z, weight, group_size, eps, norm_before_gate);
   }
 #endif
+  if (x.device().is_cpu() && cpu_kernels_enabled() && cpu::gated_rms_norm_supported(x, z, weight)) {
+    return cpu::gated_rms_norm(x, z, weight, group_size, eps, norm_before_gate);
+  }
   return ref::gated_rms_norm(x, z, weight, group_size, eps, norm_before_gate);
 }
 

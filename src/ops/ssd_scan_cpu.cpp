@@ -19,6 +19,7 @@
 // Per-(b, h) partials of dB, dC, dA, dD and dt_bias are summed afterwards in a fixed order, so
 // results do not depend on the thread count.
 #include "ops/ssd_scan_cpu.h"
+#include "ops/cpu_simd.h"
 #include "ops/optional_inputs.h"
 
 #include <ATen/Parallel.h>
@@ -35,11 +36,7 @@ namespace {
 using torch::autograd::AutogradContext;
 using torch::autograd::tensor_list;
 
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
-#define AIM_CPU_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
-#else
-#define AIM_CPU_CLONES
-#endif
+using namespace simd;
 
 // Everything a (b, h) task reads: fp32 contiguous tensors.
 struct ScanArgs {
@@ -61,21 +58,8 @@ inline int64_t dt_index(const ScanArgs& a, int64_t b, int64_t t, int64_t h) {
 }
 
 // The inner loops. Each works on a block of kW lanes of the contiguous dimension and sweeps the
-// other dimension with its accumulators in registers (GCC vector extensions: 16 floats, one
-// AVX-512 register, two AVX2 or four SSE registers in the other clones), so that no sum goes
-// through memory from one step of the sweep to the next; lanes past the last full block run the
-// same order on scalars. Always inlined into each target clone.
-// (-Wpsabi: these helpers are always inlined, no vector crosses a call boundary.)
-#pragma GCC diagnostic ignored "-Wpsabi"
-typedef float vf __attribute__((vector_size(64)));
-constexpr int64_t kW = 16;
-#define AIM_INLINE inline __attribute__((always_inline))
-AIM_INLINE vf loadu(const float* p) {
-  vf v;
-  __builtin_memcpy(&v, p, sizeof v);
-  return v;
-}
-AIM_INLINE void storeu(float* p, vf v) { __builtin_memcpy(p, &v, sizeof v); }
+// other dimension with its accumulators in registers, so that no sum goes through memory from one
+// step of the sweep to the next; lanes past the last full block run the same order on scalars.
 
 /// Forward step, state S [N][P]: S[n] = a S[n] + (dt B[n]) x; y += sum_n C[n] S[n] (y holds the
 /// D x term on entry). Four accumulators over n (even FMA chains would otherwise wait on each
@@ -123,15 +107,6 @@ AIM_INLINE void state_step(float* __restrict cur, const float* __restrict prev,
     const float* q = prev + p * N;
     for (int64_t n = 0; n < N; ++n) c[n] = decay * q[n] + xv * Bm[n];
   }
-}
-
-/// The sum of the lanes, as a fixed tree.
-AIM_INLINE float hsum(vf v) {
-  float t[kW];
-  __builtin_memcpy(t, &v, sizeof v);
-  for (int64_t w = kW / 2; w >= 1; w /= 2)
-    for (int64_t i = 0; i < w; ++i) t[i] += t[i + w];
-  return t[0];
 }
 
 /// Backward step on the [P][N] state gradient r: r += dy C^T; dC = S_t^T dy; dsx = r^T x and

@@ -81,7 +81,8 @@ struct Row {
 
 /// Ops with a CPU kernel (the rest run their reference on the CPU either way).
 bool has_cpu_kernel(const std::string& op) {
-  return op == "ssd_scan fwd" || op == "ssd_scan fwd+bwd" || op.rfind("causal_conv1d", 0) == 0;
+  return op == "ssd_scan fwd" || op == "ssd_scan fwd+bwd" || op.rfind("causal_conv1d", 0) == 0 ||
+         op.rfind("gated_rms_norm", 0) == 0;
 }
 
 }  // namespace
