@@ -25,6 +25,7 @@
 #include <ATen/Parallel.h>
 #include <torch/torch.h>
 
+#include <algorithm>
 #include <cmath>
 #include <optional>
 #include <vector>
@@ -55,6 +56,34 @@ struct ScanArgs {
 
 inline int64_t dt_index(const ScanArgs& a, int64_t b, int64_t t, int64_t h) {
   return (b * a.len + t) * a.heads + h;
+}
+
+// A task walks one head through the tokens, so its rows of x, B, C, dy and the outputs lie
+// H * P * 4 bytes apart (2-3 KB in AiM's configs): every token is a new page for the hardware
+// prefetchers, and without help each row is a demand miss to memory (measured: two loads took
+// 87% of the forward's time). The loops prefetch the rows kPrefetch tokens ahead.
+constexpr int64_t kPrefetch = 4;
+
+AIM_INLINE void prefetch_rows(const float* p, int64_t floats, bool write) {
+  for (int64_t i = 0; i < floats; i += 16) {
+    if (write) __builtin_prefetch(p + i, 1, 3);
+    else __builtin_prefetch(p + i, 0, 3);
+  }
+}
+
+/// The rows token t of (b, h) reads (x, B, C, the step and decay) and, with y, writes.
+AIM_INLINE void prefetch_token(const ScanArgs& a, int64_t b, int64_t t, int64_t h, const float* y,
+                           const float* dy) {
+  const int64_t H = a.heads, P = a.hdim, N = a.dstate, L = a.len;
+  const int64_t row = (b * L + t) * H + h;
+  const int64_t g = h / (H / a.groups);
+  prefetch_rows(a.x + row * P, P, false);
+  prefetch_rows(a.Bm + ((b * L + t) * a.groups + g) * N, N, false);
+  prefetch_rows(a.Cm + ((b * L + t) * a.groups + g) * N, N, false);
+  __builtin_prefetch(a.dtv + row, 0, 3);
+  __builtin_prefetch(a.decay + row, 0, 3);
+  if (y != nullptr) prefetch_rows(y + row * P, P, true);
+  if (dy != nullptr) prefetch_rows(dy + row * P, P, false);
 }
 
 // The inner loops. Each works on a block of kW lanes of the contiguous dimension and sweeps the
@@ -232,7 +261,9 @@ void forward_head(const ScanArgs& a, int64_t b, int64_t h, float* __restrict S, 
                   float* __restrict trace) {
   const int64_t L = a.len, H = a.heads, P = a.hdim, N = a.dstate;
   const int64_t g = h / (H / a.groups);
+  for (int64_t t = 0; t < std::min(L, kPrefetch); ++t) prefetch_token(a, b, t, h, y, nullptr);
   for (int64_t t = 0; t < L; ++t) {
+    if (t + kPrefetch < L) prefetch_token(a, b, t + kPrefetch, h, y, nullptr);
     const int64_t k = dt_index(a, b, t, h);
     const float dtv = a.dtv[k], decay = a.decay[k];
     const float* __restrict xt = a.x + ((b * L + t) * H + h) * P;
@@ -261,7 +292,9 @@ void recompute_trace(const ScanArgs& a, int64_t b, int64_t h, const float* __res
                      float* __restrict trace) {
   const int64_t L = a.len, H = a.heads, P = a.hdim, N = a.dstate;
   const int64_t g = h / (H / a.groups);
+  for (int64_t t = 0; t < std::min(L, kPrefetch); ++t) prefetch_token(a, b, t, h, nullptr, nullptr);
   for (int64_t t = 0; t < L; ++t) {
+    if (t + kPrefetch < L) prefetch_token(a, b, t + kPrefetch, h, nullptr, nullptr);
     const int64_t k = dt_index(a, b, t, h);
     const float dtv = a.dtv[k], decay = a.decay[k];
     const float* __restrict xt = a.x + ((b * L + t) * H + h) * P;
@@ -322,7 +355,16 @@ void backward_head(const ScanArgs& a, int64_t b, int64_t h, const float* __restr
   float dA = 0.f;
   float* __restrict dD = gr.dD + (b * H + h) * P;
   std::fill(dD, dD + P, 0.f);
+  // Besides the inputs, the output rows: dx [.., P] and the per-head dB, dC [.., N].
+  auto prefetch_back = [&](int64_t t) {
+    prefetch_token(a, b, t, h, gr.dx, gr.dy);
+    const int64_t row = (b * L + t) * H + h;
+    prefetch_rows(gr.dB + row * N, N, true);
+    prefetch_rows(gr.dC + row * N, N, true);
+  };
+  for (int64_t t = L - 1; t >= std::max<int64_t>(0, L - kPrefetch); --t) prefetch_back(t);
   for (int64_t t = L - 1; t >= 0; --t) {
+    if (t - kPrefetch >= 0) prefetch_back(t - kPrefetch);
     const int64_t k = dt_index(a, b, t, h);
     const float dtv = a.dtv[k], decay = a.decay[k];
     const int64_t row = (b * L + t) * H + h;
