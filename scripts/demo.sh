@@ -59,7 +59,7 @@ if [[ $quick == 1 ]]; then
 else
   out=${out:-runs/demo}
   per_class=1000; heldout_per_class=20
-  vq_steps=2000; aim_steps=2000; cfgs="2 3 4"; per_class_samples=20
+  vq_steps=2000; aim_steps=1800; cfgs="2 3 4"; per_class_samples=20
 fi
 # Intra-op threads: all cores unless the caller chose.
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-$(nproc)}
