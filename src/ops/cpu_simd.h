@@ -5,7 +5,8 @@
 // AIM_CPU_CLONES compiles a function for AVX-512, AVX2 and the baseline and picks one at load
 // time (GCC target_clones). vf is a GCC vector extension of 16 floats: one AVX-512 register,
 // two AVX2 or four SSE registers in the other clones. Helpers taking or returning vf are always
-// inlined, so no vector crosses a call boundary (hence -Wpsabi is silenced here).
+// inlined, so no vector crosses a call boundary (hence -Wpsabi is silenced here, and GCC's note
+// about the ABI of 64-byte parameters by -Wno-psabi on the files that include this one).
 #include <cstdint>
 
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)

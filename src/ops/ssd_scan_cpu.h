@@ -2,7 +2,7 @@
 // CPU kernel of the SSD scan: the recurrence of aim/ops/ssd_scan.h run token by token per
 // (sequence, head), with a hand-written backward. On the CPU this does O(L * P * N) work per head
 // in L1-resident loops, where the chunked reference builds [T, T] decay matrices, cumsums and
-// einsums through autograd; the reference stays the oracle (tests/ops/ssd_scan_cpu_test.cpp).
+// einsums through autograd; the reference stays the oracle (tests/ops/ssd_scan_test.cpp).
 #include <torch/types.h>
 
 #include "aim/ops/ssd_scan.h"

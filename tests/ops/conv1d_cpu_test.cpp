@@ -8,36 +8,20 @@
 
 #include "aim/ops/conv1d.h"
 #include "aim/ops/dispatch.h"
+#include "conv1d_cases.h"
 #include "test_util.h"
 
 namespace aim {
 namespace {
 
-struct ConvCase {
-  int64_t batch, channels, len, width;
-  bool channel_last, bias, silu;
-  torch::ScalarType dtype;
-};
-
-std::string case_name(const ConvCase& c) {
-  return "B" + std::to_string(c.batch) + "_C" + std::to_string(c.channels) + "_L" +
-         std::to_string(c.len) + "_W" + std::to_string(c.width) +
-         (c.channel_last ? "_clast" : "_contig") + (c.bias ? "" : "_nobias") +
-         (c.silu ? "" : "_nosilu") + (c.dtype == torch::kBFloat16 ? "_bf16" : "_fp32");
-}
+using test::case_name;
+using test::ConvCase;
 
 // max|diff| / max|expected|: fp32 arithmetic against fp64 (measured about 1e-7); bf16 outputs
 // carry their rounding (2^-8 relative) on top.
 double tolerance(torch::ScalarType dtype) { return dtype == torch::kBFloat16 ? 1e-2 : 2e-6; }
 
-/// x [B, C, L]: channel-last as a slice of a wider [B, L, C + 40] projection, like the Mamba2
-/// mixer's, or contiguous.
-torch::Tensor make_x(const ConvCase& c) {
-  if (c.channel_last) {
-    return test::randn({c.batch, c.len, c.channels + 40}, c.dtype).narrow(2, 20, c.channels).transpose(1, 2);
-  }
-  return test::randn({c.batch, c.channels, c.len}, c.dtype);
-}
+torch::Tensor make_x(const ConvCase& c) { return test::conv_input(c, torch::kCPU); }
 
 class CausalConv1dCpu : public ::testing::TestWithParam<ConvCase> {};
 

@@ -6,23 +6,14 @@
 
 #include "aim/ops/conv1d.h"
 #include "aim/ops/dispatch.h"
+#include "conv1d_cases.h"
 #include "test_util.h"
 
 namespace aim {
 namespace {
 
-struct ConvCase {
-  int64_t batch, channels, len, width;
-  bool channel_last, bias, silu;
-  torch::ScalarType dtype;
-};
-
-std::string case_name(const ConvCase& c) {
-  return "B" + std::to_string(c.batch) + "_C" + std::to_string(c.channels) + "_L" +
-         std::to_string(c.len) + "_W" + std::to_string(c.width) +
-         (c.channel_last ? "_clast" : "_contig") + (c.bias ? "" : "_nobias") +
-         (c.silu ? "" : "_nosilu") + (c.dtype == torch::kBFloat16 ? "_bf16" : "_fp32");
-}
+using test::case_name;
+using test::ConvCase;
 
 // max|diff| / max|expected|: fp32 arithmetic (fast-math exp) vs fp64; bf16 outputs carry their
 // rounding (2^-8 relative) on top.
@@ -34,16 +25,7 @@ TEST_P(CausalConv1dCuda, ForwardAndBackwardMatchTheReference) {
   const auto c = GetParam();
   torch::manual_seed(7 + c.width * 13 + c.len);
   const auto dev = torch::Device(torch::kCUDA);
-  // x [B, C, L]: channel-last as a slice of a wider [B, L, C + 40] projection, like the mixer's.
-  torch::Tensor x;
-  if (c.channel_last) {
-    x = test::randn({c.batch, c.len, c.channels + 40}, c.dtype, dev)
-            .narrow(2, 20, c.channels)
-            .transpose(1, 2);
-  } else {
-    x = test::randn({c.batch, c.channels, c.len}, c.dtype, dev);
-  }
-  x.requires_grad_(true);
+  auto x = test::conv_input(c, dev).requires_grad_(true);
   auto w = test::randn({c.channels, 1, c.width}, torch::kFloat, dev, 0.5).requires_grad_(true);
   torch::Tensor b;
   if (c.bias) b = test::randn({c.channels}, torch::kFloat, dev, 0.2).requires_grad_(true);
