@@ -98,7 +98,7 @@ torch::Tensor pre_activation(const torch::Tensor& xf, const torch::Tensor& w, co
   auto a = torch::empty({B, L, C}, xf.options());
   const float* xp = xf.data_ptr<float>();
   const float* wp = w.data_ptr<float>();
-  const float* bp = bias_f.defined() ? bias_f.data_ptr<float>() : nullptr;
+  const float* bp = float_ptr(bias_f);
   float* ap = a.data_ptr<float>();
   at::parallel_for(0, B, 1, [&](int64_t begin, int64_t end) {
     for (int64_t b = begin; b < end; ++b) conv_rows(xp + b * L * C, wp, bp, ap + b * L * C, L, C, W);
@@ -137,7 +137,7 @@ class CausalConv1dCpuFunction : public torch::autograd::Function<CausalConv1dCpu
     auto db_part = torch::zeros({B, C}, xf.options());
     const float* xp = xf.data_ptr<float>();
     const float* gp = gf.data_ptr<float>();
-    const float* sp = s.defined() ? s.data_ptr<float>() : nullptr;
+    const float* sp = float_ptr(s);
     const float* wp = w.data_ptr<float>();
     float* ap = g.data_ptr<float>();
     float* dxp = dx.data_ptr<float>();

@@ -155,8 +155,8 @@ struct FloatRows {
     args.eps = static_cast<float>(eps);
     args.norm_before_gate = norm_before_gate;
     args.x = x.data_ptr<float>();
-    args.z = z.defined() ? z.data_ptr<float>() : nullptr;
-    args.s = s.defined() ? s.data_ptr<float>() : nullptr;
+    args.z = float_ptr(z);
+    args.s = float_ptr(s);
     args.w = w.data_ptr<float>();
   }
 };
@@ -192,8 +192,10 @@ class GatedRmsNormCpuFunction : public torch::autograd::Function<GatedRmsNormCpu
     const auto saved = ctx->get_saved_variables();
     const auto &x = saved[0], &z = saved[1], &weight = saved[2];
     if (!grads[0].defined()) return {torch::Tensor(), torch::Tensor(), torch::Tensor(), {}, {}, {}};
-    const FloatRows in(x, z, weight, ctx->saved_data["group"].toInt(), ctx->saved_data["eps"].toDouble(),
-                       ctx->saved_data["norm_before_gate"].toBool());
+    const int64_t group = ctx->saved_data["group"].toInt();
+    const double eps = ctx->saved_data["eps"].toDouble();
+    const bool norm_before_gate = ctx->saved_data["norm_before_gate"].toBool();
+    const FloatRows in(x, z, weight, group, eps, norm_before_gate);
     const auto& a = in.args;
     const auto dy = as_float(grads[0]).reshape({a.rows, a.E});
     auto dx = torch::empty({a.rows, a.E}, in.x.options());
@@ -203,7 +205,7 @@ class GatedRmsNormCpuFunction : public torch::autograd::Function<GatedRmsNormCpu
     auto dw_part = torch::zeros({nblocks, a.E}, in.x.options());
     const float* dyp = dy.data_ptr<float>();
     float* dxp = dx.data_ptr<float>();
-    float* dzp = dz.defined() ? dz.data_ptr<float>() : nullptr;
+    float* dzp = float_ptr(dz);
     float* dwp = dw_part.data_ptr<float>();
     at::parallel_for(0, nblocks, 1, [&](int64_t b0, int64_t b1) {
       std::vector<float> scratch(3 * a.E);

@@ -22,4 +22,7 @@ inline torch::Tensor as_float(const torch::Tensor& t) {
   return t.defined() ? t.to(torch::kFloat).contiguous() : t;
 }
 
+/// The fp32 data of `t`, or null when `t` is undefined (the CPU kernels' optional pointers).
+inline float* float_ptr(const torch::Tensor& t) { return t.defined() ? t.data_ptr<float>() : nullptr; }
+
 }  // namespace aim::ops

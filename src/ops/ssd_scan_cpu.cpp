@@ -54,8 +54,15 @@ struct ScanArgs {
   const float* init;     // [B, H, P, N] or null
 };
 
-inline int64_t dt_index(const ScanArgs& a, int64_t b, int64_t t, int64_t h) {
-  return (b * a.len + t) * a.heads + h;
+/// Where token t of (sequence b, head h) lives: `row` indexes the [B, L, H] tensors (the step,
+/// the decay; times P the rows of x, y, dy, dx; times N the per-head dB, dC), `bc` is the offset
+/// of its group's B and C rows.
+struct TokenRows {
+  int64_t row, bc;
+};
+inline TokenRows token_rows(const ScanArgs& a, int64_t b, int64_t t, int64_t h) {
+  const int64_t g = h / (a.heads / a.groups);
+  return {(b * a.len + t) * a.heads + h, ((b * a.len + t) * a.groups + g) * a.dstate};
 }
 
 // A task walks one head through the tokens, so its rows of x, B, C, dy and the outputs lie
@@ -74,12 +81,11 @@ AIM_INLINE void prefetch_rows(const float* p, int64_t floats, bool write) {
 /// The rows token t of (b, h) reads (x, B, C, the step and decay) and, with y, writes.
 AIM_INLINE void prefetch_token(const ScanArgs& a, int64_t b, int64_t t, int64_t h, const float* y,
                            const float* dy) {
-  const int64_t H = a.heads, P = a.hdim, N = a.dstate, L = a.len;
-  const int64_t row = (b * L + t) * H + h;
-  const int64_t g = h / (H / a.groups);
+  const int64_t P = a.hdim, N = a.dstate;
+  const auto [row, bc] = token_rows(a, b, t, h);
   prefetch_rows(a.x + row * P, P, false);
-  prefetch_rows(a.Bm + ((b * L + t) * a.groups + g) * N, N, false);
-  prefetch_rows(a.Cm + ((b * L + t) * a.groups + g) * N, N, false);
+  prefetch_rows(a.Bm + bc, N, false);
+  prefetch_rows(a.Cm + bc, N, false);
   __builtin_prefetch(a.dtv + row, 0, 3);
   __builtin_prefetch(a.decay + row, 0, 3);
   if (y != nullptr) prefetch_rows(y + row * P, P, true);
@@ -255,21 +261,19 @@ void load_state(const ScanArgs& a, int64_t b, int64_t h, float* __restrict S) {
 }
 
 /// Forward of one (b, h): y [B, L, H, P] rows of this head; the state S[n][p] enters as loaded
-/// and leaves as the final state. With `trace`, S after every step goes to trace[t].
+/// and leaves as the final state.
 AIM_CPU_CLONES
-void forward_head(const ScanArgs& a, int64_t b, int64_t h, float* __restrict S, float* __restrict y,
-                  float* __restrict trace) {
-  const int64_t L = a.len, H = a.heads, P = a.hdim, N = a.dstate;
-  const int64_t g = h / (H / a.groups);
+void forward_head(const ScanArgs& a, int64_t b, int64_t h, float* __restrict S, float* __restrict y) {
+  const int64_t L = a.len, P = a.hdim, N = a.dstate;
   for (int64_t t = 0; t < std::min(L, kPrefetch); ++t) prefetch_token(a, b, t, h, y, nullptr);
   for (int64_t t = 0; t < L; ++t) {
     if (t + kPrefetch < L) prefetch_token(a, b, t + kPrefetch, h, y, nullptr);
-    const int64_t k = dt_index(a, b, t, h);
-    const float dtv = a.dtv[k], decay = a.decay[k];
-    const float* __restrict xt = a.x + ((b * L + t) * H + h) * P;
-    const float* __restrict Bt = a.Bm + ((b * L + t) * a.groups + g) * N;
-    const float* __restrict Ct = a.Cm + ((b * L + t) * a.groups + g) * N;
-    float* __restrict yt = y + ((b * L + t) * H + h) * P;
+    const auto [row, bc] = token_rows(a, b, t, h);
+    const float dtv = a.dtv[row], decay = a.decay[row];
+    const float* __restrict xt = a.x + row * P;
+    const float* __restrict Bt = a.Bm + bc;
+    const float* __restrict Ct = a.Cm + bc;
+    float* __restrict yt = y + row * P;
     if (a.D == nullptr) {
       for (int64_t p = 0; p < P; ++p) yt[p] = 0.f;
     } else if (a.d_per_channel) {
@@ -280,7 +284,6 @@ void forward_head(const ScanArgs& a, int64_t b, int64_t h, float* __restrict S, 
       for (int64_t p = 0; p < P; ++p) yt[p] = Dh * xt[p];
     }
     fwd_step(S, xt, Bt, Ct, yt, decay, dtv, N, P);
-    if (trace != nullptr) std::copy(S, S + P * N, trace + t * P * N);
   }
 }
 
@@ -290,15 +293,14 @@ void forward_head(const ScanArgs& a, int64_t b, int64_t h, float* __restrict S, 
 AIM_CPU_CLONES
 void recompute_trace(const ScanArgs& a, int64_t b, int64_t h, const float* __restrict S0,
                      float* __restrict trace) {
-  const int64_t L = a.len, H = a.heads, P = a.hdim, N = a.dstate;
-  const int64_t g = h / (H / a.groups);
+  const int64_t L = a.len, P = a.hdim, N = a.dstate;
   for (int64_t t = 0; t < std::min(L, kPrefetch); ++t) prefetch_token(a, b, t, h, nullptr, nullptr);
   for (int64_t t = 0; t < L; ++t) {
     if (t + kPrefetch < L) prefetch_token(a, b, t + kPrefetch, h, nullptr, nullptr);
-    const int64_t k = dt_index(a, b, t, h);
-    const float dtv = a.dtv[k], decay = a.decay[k];
-    const float* __restrict xt = a.x + ((b * L + t) * H + h) * P;
-    const float* __restrict Bt = a.Bm + ((b * L + t) * a.groups + g) * N;
+    const auto [row, bc] = token_rows(a, b, t, h);
+    const float dtv = a.dtv[row], decay = a.decay[row];
+    const float* __restrict xt = a.x + row * P;
+    const float* __restrict Bt = a.Bm + bc;
     const float* __restrict prev = t > 0 ? trace + (t - 1) * P * N : S0;
     float* __restrict cur = trace + t * P * N;
     state_step(cur, prev, xt, Bt, decay, dtv, N, P);
@@ -336,7 +338,6 @@ AIM_CPU_CLONES
 void backward_head(const ScanArgs& a, int64_t b, int64_t h, const float* __restrict trace,
                    const float* __restrict S0, const HeadScratch& sc, const HeadGrads& gr) {
   const int64_t L = a.len, H = a.heads, P = a.hdim, N = a.dstate;
-  const int64_t g = h / (H / a.groups);
   const float A = a.A[h];
   float* __restrict dS_pn = sc.dS_pn;
   float* __restrict dS_np = sc.dS_np;
@@ -358,20 +359,19 @@ void backward_head(const ScanArgs& a, int64_t b, int64_t h, const float* __restr
   // Besides the inputs, the output rows: dx [.., P] and the per-head dB, dC [.., N].
   auto prefetch_back = [&](int64_t t) {
     prefetch_token(a, b, t, h, gr.dx, gr.dy);
-    const int64_t row = (b * L + t) * H + h;
+    const int64_t row = token_rows(a, b, t, h).row;
     prefetch_rows(gr.dB + row * N, N, true);
     prefetch_rows(gr.dC + row * N, N, true);
   };
   for (int64_t t = L - 1; t >= std::max<int64_t>(0, L - kPrefetch); --t) prefetch_back(t);
   for (int64_t t = L - 1; t >= 0; --t) {
     if (t - kPrefetch >= 0) prefetch_back(t - kPrefetch);
-    const int64_t k = dt_index(a, b, t, h);
-    const float dtv = a.dtv[k], decay = a.decay[k];
-    const int64_t row = (b * L + t) * H + h;
+    const auto [row, bc] = token_rows(a, b, t, h);
+    const float dtv = a.dtv[row], decay = a.decay[row];
     const float* __restrict xt = a.x + row * P;
     const float* __restrict dyt = gr.dy + row * P;
-    const float* __restrict Bt = a.Bm + ((b * L + t) * a.groups + g) * N;
-    const float* __restrict Ct = a.Cm + ((b * L + t) * a.groups + g) * N;
+    const float* __restrict Bt = a.Bm + bc;
+    const float* __restrict Ct = a.Cm + bc;
     const float* __restrict St = trace + t * P * N;
     const float* __restrict Sp = t > 0 ? trace + (t - 1) * P * N : S0;
     float* __restrict dBt = gr.dB + row * N;
@@ -385,13 +385,12 @@ void backward_head(const ScanArgs& a, int64_t b, int64_t h, const float* __restr
     dx_step(gr.dx + row * P, dyt, xt, dxv, Dv, Dh, a.D != nullptr, dtv, dD, P);
     ddtv += da * decay * A;
     dA += da * decay * dtv;
-    gr.ddt[row] = ddtv * a.dsp[k];
+    gr.ddt[row] = ddtv * a.dsp[row];
   }
   gr.dA[b * H + h] = dA;
   if (gr.dinit != nullptr) std::copy(dS_pn, dS_pn + P * N, gr.dinit + (b * H + h) * P * N);
 }
 
-const float* ptr_or_null(const torch::Tensor& t) { return t.defined() ? t.data_ptr<float>() : nullptr; }
 
 /// The inputs as contiguous fp32 tensors (kept alive here) and the pointers the loops read. The
 /// per-token step, its decay and (for the backward) the step's derivative are computed here with
@@ -423,13 +422,13 @@ struct FloatInputs {
     args.x = x.data_ptr<float>();
     args.dtv = dtv.data_ptr<float>();
     args.decay = decay.data_ptr<float>();
-    args.dsp = ptr_or_null(dsp);
+    args.dsp = float_ptr(dsp);
     args.Bm = Bm.data_ptr<float>();
     args.Cm = Cm.data_ptr<float>();
     args.A = A.data_ptr<float>();
-    args.D = ptr_or_null(D);
+    args.D = float_ptr(D);
     args.d_per_channel = D.defined() && D.dim() == 2;
-    args.init = ptr_or_null(init);
+    args.init = float_ptr(init);
   }
 };
 
@@ -459,12 +458,12 @@ class SsdScanCpuFunction : public torch::autograd::Function<SsdScanCpuFunction> 
     torch::Tensor final_state;
     if (return_final_state) final_state = torch::empty({args.batch, args.heads, P, N}, in.x.options());
     float* yp = y.data_ptr<float>();
-    float* fp = final_state.defined() ? final_state.data_ptr<float>() : nullptr;
+    float* fp = float_ptr(final_state);
     for_each_head(args.batch, args.heads, [&](int64_t b, int64_t h) {
       thread_local std::vector<float> S;
       S.resize(P * N);
       load_state(args, b, h, S.data());
-      forward_head(args, b, h, S.data(), yp, nullptr);
+      forward_head(args, b, h, S.data(), yp);
       if (fp != nullptr) {
         float* dst = fp + (b * args.heads + h) * P * N;
         for (int64_t p = 0; p < P; ++p)
@@ -502,8 +501,7 @@ class SsdScanCpuFunction : public torch::autograd::Function<SsdScanCpuFunction> 
     if (init.defined()) dinit = torch::empty({batch, heads, P, N}, fopts);
     HeadGrads gr{dx.data_ptr<float>(), ddt.data_ptr<float>(), db.data_ptr<float>(),
                  dc.data_ptr<float>(), da.data_ptr<float>(), dd.data_ptr<float>(),
-                 dinit.defined() ? dinit.data_ptr<float>() : nullptr, dy.data_ptr<float>(),
-                 dfinal.defined() ? dfinal.data_ptr<float>() : nullptr};
+                 float_ptr(dinit), dy.data_ptr<float>(), float_ptr(dfinal)};
     for_each_head(batch, heads, [&](int64_t b, int64_t h) {
       thread_local std::vector<float> trace, buf;
       trace.resize(len * P * N);
