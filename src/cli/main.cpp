@@ -6,9 +6,11 @@
 
 #include "aim/cli/commands.h"
 #include "aim/core/build_info.h"
+#include "aim/core/env.h"
 #include "aim/core/error.h"
 
 int main(int argc, char** argv) {
+  aim::tune_host_allocator();
   CLI::App app{"aim: autoregressive image generation with Mamba (AiM) - train, sample, evaluate"};
   app.require_subcommand(0, 1);
   bool version = false;

@@ -1,7 +1,12 @@
 #include "aim/core/env.h"
 
 #include <cstdlib>
+#include <cstring>
 #include <string>
+
+#if defined(__GLIBC__)
+#include <malloc.h>
+#endif
 
 #include "aim/core/error.h"
 
@@ -54,6 +59,20 @@ LaunchEnv detect_launch_env() {
     return env;
   }
   return env;
+}
+
+void tune_host_allocator() {
+#if defined(__GLIBC__)
+  const char* tunables = std::getenv("GLIBC_TUNABLES");
+  if ((tunables != nullptr && std::strstr(tunables, "malloc") != nullptr) ||
+      std::getenv("MALLOC_MMAP_THRESHOLD_") != nullptr || std::getenv("MALLOC_TRIM_THRESHOLD_") != nullptr) {
+    return;
+  }
+  // Order matters: a fixed mmap threshold first. Setting only the trim threshold would also freeze
+  // the mmap threshold at 128 KiB, which made the tokenizer step 1.6x slower.
+  mallopt(M_MMAP_THRESHOLD, 32 << 20);
+  mallopt(M_TRIM_THRESHOLD, 1 << 30);
+#endif
 }
 
 }  // namespace aim
