@@ -34,7 +34,7 @@ struct SampleArgs {
   std::string ckpt, config, vq, vq_config, classes = "", class_names, labels_mode = "balanced";
   std::string out, outdir, npz, tokens, from_tokens, work_dir, preset, dtype = "fp32", vq_dtype = "fp32", device = "cpu";
   int64_t num = 1, num_samples = 0, batch_size = 16, top_k = -1, nrow = 0;
-  double cfg = -1, temperature = -1, top_p = -1;
+  double cfg = -1, temperature = -1, top_p = -1, cfg_top_p = -1;
   uint64_t seed = 0;
   bool use_ema = false, captions = true, no_cuda_graph = false;
 };
@@ -132,6 +132,8 @@ Runner add_sample_command(CLI::App& app) {
   cmd->add_option("--temperature", a->temperature, "softmax temperature (> 0)");
   cmd->add_option("--top-k", a->top_k, "keep the k most likely tokens (0 = all, 1 = greedy)");
   cmd->add_option("--top-p", a->top_p, "nucleus mass in (0, 1]");
+  cmd->add_option("--cfg-top-p", a->cfg_top_p,
+                  "guide only among the conditional model's top-p tokens at this mass, in (0, 1] (1 = off, the official sampler)");
   cmd->add_option("--seed", a->seed, "randomness of sample i comes from (seed, i)")->capture_default_str();
   cmd->add_option("--batch-size", a->batch_size, "sequences per batch")->capture_default_str();
   cmd->add_option("--dtype", a->dtype, "fp32 | bf16")->capture_default_str();
@@ -194,6 +196,7 @@ Runner add_sample_command(CLI::App& app) {
     if (cmd->count("--temperature")) o.temperature = a->temperature;
     if (cmd->count("--top-k")) o.top_k = a->top_k;
     if (cmd->count("--top-p")) o.top_p = a->top_p;
+    if (cmd->count("--cfg-top-p")) o.cfg_top_p = a->cfg_top_p;
     o.seed = a->seed;
     o.cuda_graph = !a->no_cuda_graph;
     o.validate();
@@ -222,14 +225,15 @@ Runner add_sample_command(CLI::App& app) {
     prepare_vq_for_decoding(vq, device, vq_dtype_of(a->vq_dtype));
     settings = {{"cfg", std::to_string(o.cfg)}, {"temperature", std::to_string(o.temperature)},
                 {"top_k", std::to_string(o.top_k)}, {"top_p", std::to_string(o.top_p)},
-                {"seed", std::to_string(o.seed)}, {"checkpoint", a->ckpt},
+                {"cfg_top_p", std::to_string(o.cfg_top_p)}, {"seed", std::to_string(o.seed)}, {"checkpoint", a->ckpt},
                 {"preset", a->preset.empty() ? "none" : a->preset},
                 {"decode_position_offset", std::to_string(mc.decode_position_offset)},
                 {"vq_dtype", a->vq_dtype}};
     const int64_t total = static_cast<int64_t>(labels.size());
     if (env.is_main()) {
       std::cerr << "[sample] " << total << " samples, cfg " << o.cfg << ", temperature " << o.temperature
-                << ", top-k " << o.top_k << ", top-p " << o.top_p << ", seed " << o.seed << " (preset "
+                << ", top-k " << o.top_k << ", top-p " << o.top_p << ", cfg top-p " << o.cfg_top_p << ", seed "
+                << o.seed << " (preset "
                 << settings["preset"] << "); " << a->dtype << " on " << device << ", " << env.world_size
                 << " rank(s)\n";
     }
@@ -323,7 +327,8 @@ Runner add_sample_command(CLI::App& app) {
     write_outputs(*a, torch::cat(all_tokens), torch::cat(all_labels), images_of, total, names, settings);
     fs::remove_all(work);
     std::cout << "settings: cfg " << o.cfg << ", temperature " << o.temperature << ", top-k " << o.top_k
-              << ", top-p " << o.top_p << ", seed " << o.seed << ", preset " << settings["preset"] << "\n";
+              << ", top-p " << o.top_p << ", cfg top-p " << o.cfg_top_p << ", seed " << o.seed << ", preset "
+              << settings["preset"] << "\n";
     return 0;
   };
 }

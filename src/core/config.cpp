@@ -179,6 +179,7 @@ const std::vector<Field<SampleConfig>>& sample_fields() {
       {"temperature", &S::temperature, "softmax temperature"},
       {"top_k", &S::top_k, "keep the k most likely tokens; 0 = off"},
       {"top_p", &S::top_p, "nucleus mass; 1 = off"},
+      {"cfg_top_p", &S::cfg_top_p, "guide only among the conditional top-p tokens; 1 = off"},
       {"seed", &S::seed, "random seed"},
       {"batch_size", &S::batch_size, "images per batch per rank"},
       {"num_samples", &S::num_samples, "images for an evaluation run"},

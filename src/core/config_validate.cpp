@@ -239,6 +239,8 @@ void SampleConfig::validate() const {
   int_at_least("sample.top_k", top_k, 0, "0 turns top-k filtering off");
   if (!(top_p > 0 && top_p <= 1))
     fail("sample.top_p", "a number in (0, 1]", num(top_p), "1.0 turns top-p filtering off");
+  if (!(cfg_top_p > 0 && cfg_top_p <= 1))
+    fail("sample.cfg_top_p", "a number in (0, 1]", num(cfg_top_p), "1.0 guides over the whole vocabulary");
   int_at_least("sample.seed", seed, 0);
   int_at_least("sample.batch_size", batch_size, 1);
   int_at_least("sample.num_samples", num_samples, 1);

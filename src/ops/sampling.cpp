@@ -3,6 +3,8 @@
 
 #include <torch/torch.h>
 
+#include <limits>
+
 #include "aim/ops/dispatch.h"
 #include "keyed_uniform.h"  // kernels/: header-only, in every build
 #ifdef AIM_WITH_CUDA
@@ -48,6 +50,16 @@ torch::Tensor cfg_combine(const torch::Tensor& cond, const torch::Tensor& uncond
   TORCH_CHECK(cond.sizes() == uncond.sizes(), "cfg_combine: cond ", cond.sizes(), " != uncond ",
               uncond.sizes());
   return uncond + (cond - uncond) * scale;
+}
+
+torch::Tensor cfg_combine_nucleus(const torch::Tensor& cond, const torch::Tensor& uncond,
+                                  double scale, double cond_top_p) {
+  TORCH_CHECK(cond_top_p > 0 && cond_top_p <= 1, "cfg_combine_nucleus: cond_top_p must be in (0, 1], got ",
+              cond_top_p);
+  const auto c = cond.to(torch::kFloat);
+  auto guided = cfg_combine(c, uncond.to(torch::kFloat), scale);
+  if (cond_top_p >= 1.0) return guided;
+  return guided.masked_fill(ref::top_p_removed(c, cond_top_p), -std::numeric_limits<float>::infinity());
 }
 
 torch::Tensor sample_tokens(const torch::Tensor& logits, double temperature, int64_t top_k,

@@ -5,6 +5,15 @@
 
 namespace aim::ops::ref {
 
+torch::Tensor top_p_removed(const torch::Tensor& logits, double top_p) {
+  // Ascending order: drop the unlikely end while its mass is <= 1 - top_p.
+  auto sorted = logits.sort(-1, /*descending=*/false);
+  auto probs = torch::softmax(std::get<0>(sorted).to(torch::kDouble), -1);
+  auto remove = probs.cumsum(-1) <= (1.0 - top_p);
+  remove.select(-1, remove.size(-1) - 1).fill_(false);  // the most likely token stays
+  return torch::zeros_like(remove).scatter(-1, std::get<1>(sorted), remove);
+}
+
 torch::Tensor sample_tokens(const torch::Tensor& logits, double temperature, int64_t top_k,
                             double top_p, const torch::Tensor& uniforms) {
   auto x = logits.to(torch::kFloat);
@@ -16,15 +25,7 @@ torch::Tensor sample_tokens(const torch::Tensor& logits, double temperature, int
     x = std::get<0>(top);
     candidates = std::get<1>(top);
   }
-  if (top_p < 1.0) {
-    // Ascending order: drop the unlikely end while its mass is <= 1 - top_p.
-    auto sorted = x.sort(-1, /*descending=*/false);
-    auto probs = torch::softmax(std::get<0>(sorted).to(torch::kDouble), -1);
-    auto remove = probs.cumsum(-1) <= (1.0 - top_p);
-    remove.select(-1, remove.size(-1) - 1).fill_(false);  // the most likely token stays
-    auto mask = torch::zeros_like(remove).scatter(-1, std::get<1>(sorted), remove);
-    x = x.masked_fill(mask, -std::numeric_limits<float>::infinity());
-  }
+  if (top_p < 1.0) x = x.masked_fill(top_p_removed(x, top_p), -std::numeric_limits<float>::infinity());
   // Inverse CDF in fp64: the first index whose cumulative probability exceeds u.
   auto probs = torch::softmax(x.to(torch::kDouble), -1);
   auto cdf = probs.cumsum(-1);

@@ -17,6 +17,7 @@ void SamplingOptions::validate() const {
   AIM_CHECK(temperature > 0 && std::isfinite(temperature), "--temperature: expected a number > 0, found ", temperature);
   AIM_CHECK(top_k >= 0, "--top-k: expected an integer >= 0 (0: no limit), found ", top_k);
   AIM_CHECK(top_p > 0 && top_p <= 1, "--top-p: expected a number in (0, 1], found ", top_p);
+  AIM_CHECK(cfg_top_p > 0 && cfg_top_p <= 1, "--cfg-top-p: expected a number in (0, 1], found ", cfg_top_p);
 }
 
 double sample_uniform(uint64_t seed, int64_t sample, int64_t step) {
@@ -24,6 +25,19 @@ double sample_uniform(uint64_t seed, int64_t sample, int64_t step) {
 }
 
 namespace {
+
+/// The next tokens from the conditional rows and, when guided, the unconditional ones: the keyed
+/// op does the guidance itself unless it is confined to the conditional nucleus, which runs first.
+/// `step` is an int64 or a device-side step tensor (graph replay).
+template <typename Step>
+torch::Tensor next_tokens(const torch::Tensor& cond, const torch::Tensor& uncond, const SamplingOptions& o,
+                          const torch::Tensor& ids, const Step& step) {
+  if (uncond.defined() && o.cfg_top_p < 1.0) {
+    return ops::sample_tokens_keyed(ops::cfg_combine_nucleus(cond, uncond, o.cfg, o.cfg_top_p), torch::Tensor(),
+                                    o.cfg, o.temperature, o.top_k, o.top_p, o.seed, ids, step);
+  }
+  return ops::sample_tokens_keyed(cond, uncond, o.cfg, o.temperature, o.top_k, o.top_p, o.seed, ids, step);
+}
 
 #ifdef AIM_WITH_CUDA
 /// Tokens 2..L-1 by replaying one captured step. Token 0 (class slot) and token 1 run eagerly:
@@ -41,9 +55,8 @@ void replay_tokens(AimModel& model, InferenceState& state, const torch::Tensor& 
   auto position = torch::full({1}, model->config.decode_position_offset, lopt);  // of input t-1
   auto body = [&] {
     auto logits = model->step_at(state, in, position);
-    auto next = ops::sample_tokens_keyed(logits.narrow(0, 0, batch),
-                                         guided ? logits.narrow(0, batch, batch) : torch::Tensor(),
-                                         o.cfg, o.temperature, o.top_k, o.top_p, o.seed, ids, step);
+    auto next = next_tokens(logits.narrow(0, 0, batch), guided ? logits.narrow(0, batch, batch) : torch::Tensor(),
+                            o, ids, step);
     tokens_lb.index_copy_(0, step, next.unsqueeze(0));
     in.narrow(0, 0, batch).copy_(next);
     if (guided) in.narrow(0, batch, batch).copy_(next);
@@ -93,13 +106,13 @@ torch::Tensor generate_tokens(AimModel& model, const torch::Tensor& labels,
   // (seed, sample, t): one kernel on CUDA.
   auto logits = model->step(state, torch::Tensor());
   auto uncond = [&](const torch::Tensor& l) { return guided ? l.narrow(0, batch, batch) : torch::Tensor(); };
-  torch::Tensor prev = ops::sample_tokens_keyed(logits.narrow(0, 0, batch), uncond(logits), o.cfg,
-                                                o.temperature, o.top_k, o.top_p, o.seed, ids, 0);
+  torch::Tensor prev = next_tokens(logits.narrow(0, 0, batch), uncond(logits), o, ids, int64_t{0});
   bool graphed = false;
 #ifdef AIM_WITH_CUDA
   graphed = o.cuda_graph && device.is_cuda() && len > 2 &&
-            ops::sample_tokens_keyed_fused(logits.narrow(0, 0, batch), uncond(logits), o.temperature,
-                                           o.top_k, o.top_p);
+            ops::sample_tokens_keyed_fused(logits.narrow(0, 0, batch),
+                                           o.cfg_top_p < 1.0 ? torch::Tensor() : uncond(logits),
+                                           o.temperature, o.top_k, o.top_p);
   if (graphed) {
     AIM_CHECK(len - 2 + model->config.decode_position_offset <= model->config.num_tokens,
               "generate: decode_position_offset ", model->config.decode_position_offset,
@@ -118,8 +131,7 @@ torch::Tensor generate_tokens(AimModel& model, const torch::Tensor& labels,
   for (int64_t t = 1; t < len; ++t) {
     auto in = guided ? torch::cat({prev, prev}) : prev;  // both halves get the same token
     logits = model->step(state, in);
-    prev = ops::sample_tokens_keyed(logits.narrow(0, 0, batch), uncond(logits), o.cfg, o.temperature,
-                                    o.top_k, o.top_p, o.seed, ids, t);
+    prev = next_tokens(logits.narrow(0, 0, batch), uncond(logits), o, ids, t);
     tokens.select(1, t).copy_(prev);
   }
   return tokens.to(torch::kCPU);

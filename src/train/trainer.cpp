@@ -452,6 +452,7 @@ TrainResult run_training(const Config& config_in, const TrainOptions& options) {
     so.temperature = config.sample.temperature;
     so.top_k = config.sample.top_k;
     so.top_p = config.sample.top_p;
+    so.cfg_top_p = config.sample.cfg_top_p;
     so.seed = static_cast<uint64_t>(config.sample.seed);
     torch::Tensor tokens;
     {

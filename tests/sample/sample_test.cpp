@@ -57,6 +57,47 @@ TEST(SampleTokens, GreedyTopKAndTopPFollowTheirDefinitions) {
   }
 }
 
+/// The definition of guidance confined to the conditional nucleus, written independently of the
+/// op: a token stays when the conditional mass of the tokens ranked above it is below p.
+torch::Tensor nucleus_guided(const torch::Tensor& cond, const torch::Tensor& uncond, double scale, double p) {
+  auto guided = (uncond + (cond - uncond) * scale).to(torch::kDouble);
+  if (p >= 1.0) return guided;
+  auto probs = torch::softmax(cond.to(torch::kDouble), -1);
+  for (int64_t b = 0; b < cond.size(0); ++b) {
+    for (int64_t v = 0; v < cond.size(1); ++v) {
+      const double above = probs[b].masked_select(probs[b] > probs[b][v]).sum().item<double>();
+      if (above >= p) guided[b][v] = -INFINITY;
+    }
+  }
+  return guided;
+}
+
+TEST(SampleTokens, GuidanceConfinedToTheConditionalNucleus) {
+  torch::manual_seed(3);
+  auto cond = torch::randn({4, 64}) * 2, uncond = torch::randn({4, 64}) * 2;
+  // A tail token that guidance alone would make the favourite: almost ruled out by the
+  // conditional model (-8), far less likely under the unconditional one (-30).
+  cond[0][5] = -8.0;
+  uncond[0][5] = -30.0;
+  const double scale = 4.0;
+  EXPECT_EQ(ops::cfg_combine(cond, uncond, scale)[0].argmax().item<int64_t>(), 5);
+  EXPECT_TRUE(torch::equal(ops::cfg_combine_nucleus(cond, uncond, scale, 1.0), ops::cfg_combine(cond, uncond, scale)));
+  for (double p : {0.99, 0.9, 0.5, 1e-6}) {
+    auto got = ops::cfg_combine_nucleus(cond, uncond, scale, p).to(torch::kDouble);
+    auto want = nucleus_guided(cond, uncond, scale, p);
+    EXPECT_TRUE(torch::equal(torch::isinf(got), torch::isinf(want))) << "p " << p;
+    auto kept = ~torch::isinf(want);
+    EXPECT_LT((got.masked_select(kept) - want.masked_select(kept)).abs().max().item<double>(), 1e-5) << "p " << p;
+    // The conditional favourite always stays; the boosted tail token never does.
+    EXPECT_TRUE(kept.gather(1, cond.argmax(1, true)).all().item<bool>()) << "p " << p;
+    EXPECT_FALSE(kept[0][5].item<bool>()) << "p " << p;
+  }
+  // bf16 logits are taken in fp32, as guidance is.
+  auto b = ops::cfg_combine_nucleus(cond.to(torch::kBFloat16), uncond.to(torch::kBFloat16), scale, 0.9);
+  EXPECT_EQ(b.scalar_type(), torch::kFloat);
+  EXPECT_THROW(ops::cfg_combine_nucleus(cond, uncond, scale, 0.0), c10::Error);
+}
+
 class Generation : public ::testing::Test {
  protected:
   void SetUp() override {
@@ -68,10 +109,11 @@ class Generation : public ::testing::Test {
 
 TEST_F(Generation, GreedyEqualsTheArgmaxChainOfTheParallelForward) {
   auto labels = torch::tensor({int64_t{1}, int64_t{7}}, torch::kLong);
-  for (double cfg : {1.0, 3.0}) {
+  for (auto [cfg, cfg_top_p] : {std::pair{1.0, 1.0}, std::pair{3.0, 1.0}, std::pair{3.0, 0.3}}) {
     SamplingOptions o;
     o.top_k = 1;
     o.cfg = cfg;
+    o.cfg_top_p = cfg_top_p;
     auto tokens = generate_tokens(model_, labels, {0, 1}, o);
     const int64_t len = tokens.size(1);
     torch::NoGradGuard no_grad;
@@ -80,9 +122,9 @@ TEST_F(Generation, GreedyEqualsTheArgmaxChainOfTheParallelForward) {
     auto logits = cond;
     if (cfg != 1.0) {
       auto uncond = model_->forward(tokens.narrow(1, 0, len - 1), torch::full_like(labels, model_->null_class()), pos);
-      logits = uncond + (cond - uncond) * cfg;
+      logits = nucleus_guided(cond.flatten(0, 1), uncond.flatten(0, 1), cfg, cfg_top_p).view(cond.sizes());
     }
-    EXPECT_TRUE(torch::equal(logits.argmax(-1), tokens)) << "cfg " << cfg;
+    EXPECT_TRUE(torch::equal(logits.argmax(-1), tokens)) << "cfg " << cfg << " cfg_top_p " << cfg_top_p;
   }
 }
 
@@ -99,6 +141,10 @@ TEST_F(Generation, SamplesDoNotDependOnTheBatch) {
   EXPECT_FALSE(torch::equal(all[1], all[2]));
   o.seed = 12;
   EXPECT_FALSE(torch::equal(all, generate_tokens(model_, labels, {10, 11, 12, 13}, o)));
+  o.cfg_top_p = 0.9;
+  auto nucleus = generate_tokens(model_, labels, {10, 11, 12, 13}, o);
+  EXPECT_TRUE(torch::equal(nucleus, torch::cat({generate_tokens(model_, labels.narrow(0, 0, 2), {10, 11}, o),
+                                                generate_tokens(model_, labels.narrow(0, 2, 2), {12, 13}, o)})));
 }
 
 test::RunResult run(const std::string& cmd) { return test::run_shell(cmd); }
@@ -199,6 +245,7 @@ TEST_F(SampleCli, InvalidValuesFailClearlyAndLeaveNothing) {
       {"--class 1 --top-p 0 --out " + p("a.png"), "--top-p"},
       {"--class 1 --top-p 1.5 --out " + p("a.png"), "--top-p"},
       {"--class 1 --top-k -2 --out " + p("a.png"), "--top-k"},
+      {"--class 1 --cfg-top-p 0 --out " + p("a.png"), "--cfg-top-p"},
       {"--class tench --out " + p("a.png"), "--class 'tench'"},
       {"--class 1", "no output requested"},
   };

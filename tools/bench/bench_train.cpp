@@ -5,6 +5,10 @@
 //
 //   bench_train CONFIG.yaml [--micro B] [--steps N] [--warmup W] [--device cpu|cuda]
 //                           [--precision bf16|fp32|both] [--kernels on|off|both] [--profile FILE.json]
+//                           [--tokenizer]
+//
+// --tokenizer benchmarks stage 1 instead (aim::train::run_vq_training on a generated shapes
+// dataset at the config's data.image_size): images/s and the profile only, no FLOP columns.
 //
 // --kernels off runs the plain LibTorch references (ops::ref) instead of the hand-written kernels
 // (the CUDA kernels on cuda, src/ops/*_cpu.cpp on cpu); both (the default on CUDA) prints the two
@@ -26,10 +30,12 @@
 
 #include "aim/core/config.h"
 #include "aim/core/env.h"
+#include "aim/data/shapes.h"
 #include "aim/data/synthetic.h"
 #include "aim/ops/dispatch.h"
 #include "aim/train/flops.h"
 #include "aim/train/trainer.h"
+#include "aim/train/vq_trainer.h"
 
 namespace fs = std::filesystem;
 using Clock = std::chrono::steady_clock;
@@ -110,12 +116,13 @@ int main(int argc, char** argv) {
   aim::tune_host_allocator();  // as the aim executable does
   if (argc < 2) {
     std::fprintf(stderr, "usage: bench_train CONFIG.yaml [--micro B] [--steps N] [--warmup W] [--device D] "
-                         "[--precision P] [--kernels on|off|both] [--profile FILE.json]\n");
+                         "[--precision P] [--kernels on|off|both] [--profile FILE.json] [--tokenizer]\n");
     return 2;
   }
   const std::string config_path = argv[1];
   int64_t micro = 0, steps = 5, warmup = 2;
   std::string device = torch::cuda::is_available() ? "cuda" : "cpu", precision, kernels, profile;
+  bool tokenizer = false;
   for (int i = 2; i < argc; ++i) {
     const std::string a = argv[i];
     auto value = [&] { return i + 1 < argc ? std::string(argv[++i]) : std::string(); };
@@ -126,6 +133,7 @@ int main(int argc, char** argv) {
     else if (a == "--precision") precision = value();
     else if (a == "--kernels") kernels = value();
     else if (a == "--profile") profile = value();
+    else if (a == "--tokenizer") tokenizer = true;
     else {
       std::fprintf(stderr, "unknown flag %s\n", a.c_str());
       return 2;
@@ -142,25 +150,34 @@ int main(int argc, char** argv) {
     }
     std::vector<bool> kernel_runs = kernels == "both" ? std::vector<bool>{false, true}
                                                       : std::vector<bool>{kernels == "on"};
-    auto base = aim::load_config(config_path);
+    const auto use = tokenizer ? aim::ConfigUse::kTokenizer : aim::ConfigUse::kAim;
+    auto base = aim::load_config(config_path, {}, use);
     if (micro <= 0) micro = dev.is_cuda() ? base.train.micro_batch : 2;
     const fs::path work = fs::temp_directory_path() / ("aim_bench_train_" + std::to_string(::getpid()));
     fs::create_directories(work);
-    aim::SyntheticCodesOptions so;
-    so.classes = base.model.num_classes;
-    so.per_class = std::max<int64_t>(1, (micro * (warmup + steps) + so.classes - 1) / so.classes);
-    so.tokens = base.model.num_tokens;
-    so.vocab_size = base.model.vocab_size;
-    const std::string codes = (work / "codes.bin").string();
-    aim::write_synthetic_codes(codes, so);
+    const std::string data = (work / (tokenizer ? "images" : "codes.bin")).string();
+    if (tokenizer) {
+      aim::ShapesOptions so;
+      so.size = base.data.image_size;
+      so.per_class = std::max<int64_t>(1, (micro * (warmup + steps) + so.classes - 1) / so.classes);
+      aim::write_shapes_dataset(data, so);
+    } else {
+      aim::SyntheticCodesOptions so;
+      so.classes = base.model.num_classes;
+      so.per_class = std::max<int64_t>(1, (micro * (warmup + steps) + so.classes - 1) / so.classes);
+      so.tokens = base.model.num_tokens;
+      so.vocab_size = base.model.vocab_size;
+      aim::write_synthetic_codes(data, so);
+    }
 
     std::string dev_name;
     const double peak = aim::train::device_peak_tflops(dev, 0.0, &dev_name);
-    const double per_image = aim::train::training_flops_per_image(base.model);
-    std::printf("bench_train %s on %s (%s): micro-batch %lld, %lld timed steps after %lld warm-up, "
+    const double per_image = tokenizer ? 0.0 : aim::train::training_flops_per_image(base.model);
+    std::printf("bench_train %s%s on %s (%s): micro-batch %lld, %lld timed steps after %lld warm-up, "
                 "%.3f GFLOP per image (fwd+bwd)\n",
-                config_path.c_str(), dev_name.c_str(), dev.str().c_str(), static_cast<long long>(micro),
-                static_cast<long long>(steps), static_cast<long long>(warmup), per_image / 1e9);
+                config_path.c_str(), tokenizer ? " (tokenizer)" : "", dev_name.c_str(), dev.str().c_str(),
+                static_cast<long long>(micro), static_cast<long long>(steps), static_cast<long long>(warmup),
+                per_image / 1e9);
     std::printf("%-6s %-8s %10s %12s %12s %10s %12s %10s %12s\n", "prec", "kernels", "ms/step", "images/s",
                 "tokens/s", "TFLOP/s", "MFU(peak)", "vs matmul", "peak mem GB");
     double fp32_ms = 0;
@@ -171,12 +188,14 @@ int main(int argc, char** argv) {
         else aim::ops::set_cpu_kernels(use_kernels);
         const std::string out = (work / ("run_" + p + (use_kernels ? "_k" : "_ref"))).string();
         auto cfg = aim::load_config(config_path,
-                                    {"data.codes=" + codes, "data.num_workers=2", "train.out_dir=" + out,
+                                    {std::string(tokenizer ? "data.images=" : "data.codes=") + data,
+                                     "data.num_workers=2", "train.out_dir=" + out,
                                      "train.global_batch=" + std::to_string(micro),
                                      "train.micro_batch=" + std::to_string(micro), "train.precision=" + p,
                                      "train.max_steps=" + std::to_string(warmup + steps),
                                      "train.log_every=1", "train.ckpt_every=0",
-                                     "train.keep_last=1", "train.sample_every=0", "train.ema=false"});
+                                     "train.keep_last=1", "train.sample_every=0", "train.ema=false"},
+                                    use);
         aim::train::TrainOptions o;
         o.device = dev;
         o.quiet = true;
@@ -184,10 +203,11 @@ int main(int argc, char** argv) {
           namespace prof = torch::profiler::impl;
           std::set<prof::ActivityType> activities{prof::ActivityType::CPU};
           if (dev.is_cuda()) activities.insert(prof::ActivityType::CUDA);
-          torch::autograd::profiler::prepareProfiler(prof::ProfilerConfig(prof::ProfilerState::KINETO), activities);
-          torch::autograd::profiler::enableProfiler(prof::ProfilerConfig(prof::ProfilerState::KINETO), activities);
+          torch::autograd::profiler::prepareProfiler(prof::ProfilerConfig(prof::ProfilerState::KINETO, true), activities);
+          torch::autograd::profiler::enableProfiler(prof::ProfilerConfig(prof::ProfilerState::KINETO, true), activities);
         }
-        aim::train::run_training(cfg, o);
+        if (tokenizer) aim::train::run_vq_training(cfg, o);
+        else aim::train::run_training(cfg, o);
         if (!profile.empty()) {
           auto result = torch::autograd::profiler::disableProfiler();
           const fs::path pp(profile);
@@ -213,13 +233,14 @@ int main(int argc, char** argv) {
         const double img_s = seconds > 0 ? static_cast<double>(timed * micro) / seconds : 0.0;
         const double flops = img_s * per_image;
         const auto mm_dtype = p == "bf16" ? torch::kBFloat16 : torch::kFloat;
-        const double mm = matmul_flops(dev, mm_dtype, micro * base.model.num_tokens, base.model.d_model,
-                                       4 * base.model.d_model);
+        const double mm = tokenizer ? 0.0
+                                    : matmul_flops(dev, mm_dtype, micro * base.model.num_tokens,
+                                                   base.model.d_model, 4 * base.model.d_model);
         const double ms = img_s > 0 ? 1e3 * micro / img_s : 0;
         if (p == "fp32" && use_kernels == kernel_runs.back()) fp32_ms = ms;
         std::printf("%-6s %-8s %10.1f %12.1f %12.0f %10.2f %11.1f%% %9.1f%% %12.2f\n", p.c_str(),
-                    use_kernels ? "kernels" : "ref", ms, img_s, img_s * base.model.num_tokens, flops / 1e12,
-                    peak > 0 ? 100.0 * flops / (peak * 1e12) : 0.0, 100.0 * flops / mm,
+                    use_kernels ? "kernels" : "ref", ms, img_s, tokenizer ? 0.0 : img_s * base.model.num_tokens, flops / 1e12,
+                    peak > 0 ? 100.0 * flops / (peak * 1e12) : 0.0, mm > 0 ? 100.0 * flops / mm : 0.0,
                     last.value("peak_memory_gb", 0.0));
         if (!use_kernels) ref_ms = ms;
         if (use_kernels && ref_ms > 0) std::printf("%s: kernels' speed-up over the references: %.2fx\n", p.c_str(), ref_ms / ms);
@@ -230,10 +251,12 @@ int main(int argc, char** argv) {
     }
     aim::ops::set_cuda_kernels(true);
     aim::ops::set_cpu_kernels(true);
-    std::printf("vs matmul: model FLOP/s over a dense [%lld x %lld] x [%lld x %lld] matmul in the same "
-                "precision measured in this run\n",
-                static_cast<long long>(micro * base.model.num_tokens), static_cast<long long>(base.model.d_model),
-                static_cast<long long>(base.model.d_model), static_cast<long long>(4 * base.model.d_model));
+    if (!tokenizer) {
+      std::printf("vs matmul: model FLOP/s over a dense [%lld x %lld] x [%lld x %lld] matmul in the same "
+                  "precision measured in this run\n",
+                  static_cast<long long>(micro * base.model.num_tokens), static_cast<long long>(base.model.d_model),
+                  static_cast<long long>(base.model.d_model), static_cast<long long>(4 * base.model.d_model));
+    }
     fs::remove_all(work);
   } catch (const std::exception& e) {
     std::fprintf(stderr, "bench_train: %s\n", e.what());

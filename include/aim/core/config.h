@@ -163,6 +163,7 @@ struct SampleConfig {
   double temperature = 1.0;     ///< 1.0 reproduces the official sampler (which ignores it)
   int64_t top_k = 0;            ///< 0 = off
   double top_p = 1.0;           ///< 1.0 = off
+  double cfg_top_p = 1.0;       ///< guide only among the conditional top-p tokens; 1.0 = off
   int64_t seed = 0;
   int64_t batch_size = 32;      ///< images per generation batch (per rank)
   int64_t num_samples = 50000;  ///< images for an evaluation run (ADM .npz)

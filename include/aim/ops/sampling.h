@@ -11,6 +11,16 @@ namespace aim::ops {
 /// uncond + (cond - uncond) * scale.  // [B, V] each
 torch::Tensor cfg_combine(const torch::Tensor& cond, const torch::Tensor& uncond, double scale);
 
+/// Guidance confined to the conditional model's nucleus: cfg_combine in fp32, then -inf for every
+/// token outside the top-p set of `cond` at mass `cond_top_p` (the rule of sample_tokens' top-p:
+/// tokens leave from the unlikely end while their total conditional probability stays <=
+/// 1 - cond_top_p; the conditional favourite always stays). cond_top_p = 1 is cfg_combine.
+/// Why: at a large scale, guidance multiplies the gap between the two models' log-probabilities,
+/// and in the tails, where both models put almost no mass, that gap is noise, so tokens that the
+/// conditional model itself rules out can end up likely (docs/perf.md, "Guidance in the tails").
+torch::Tensor cfg_combine_nucleus(const torch::Tensor& cond, const torch::Tensor& uncond,
+                                  double scale, double cond_top_p);
+
 /// logits [B, V], uniforms [B] in [0, 1) -> tokens [B] int64. top_k = 0 keeps all, top_k = 1
 /// is argmax (uniforms unused); top_p = 1 keeps all: tokens are removed from the unlikely end
 /// while their total probability stays <= 1 - top_p (the official filter).
@@ -48,6 +58,10 @@ bool sample_tokens_keyed_fused(const torch::Tensor& cond, const torch::Tensor& u
                                double temperature, int64_t top_k, double top_p);
 
 namespace ref {
+/// [B, V] bool: the tokens that top-p filtering at mass `top_p` removes from `logits` (fp32 or
+/// bf16 [B, V]; see sample_tokens). top_p = 1 removes none.
+torch::Tensor top_p_removed(const torch::Tensor& logits, double top_p);
+
 torch::Tensor sample_tokens(const torch::Tensor& logits, double temperature, int64_t top_k,
                             double top_p, const torch::Tensor& uniforms);
 }  // namespace ref

@@ -19,12 +19,16 @@ struct SamplingOptions {
   double temperature = 1.0;  ///< applied first (the official sample() ignores it: 1 reproduces it)
   int64_t top_k = 0;         ///< 0: all tokens; 1: greedy
   double top_p = 1.0;        ///< nucleus mass kept, in (0, 1]
+  /// Guidance only among the tokens of the conditional model's top-p set at this mass
+  /// (ops::cfg_combine_nucleus), before temperature, top-k and top-p. 1 = off, the official
+  /// sampler; unused without guidance.
+  double cfg_top_p = 1.0;
   uint64_t seed = 0;
   /// On CUDA, capture the per-token step (all layers, lm_head, guidance, filters, draw) once in
   /// a CUDA graph and replay it for the remaining tokens; same tokens as eager stepping. Used
   /// when the fused sampling kernel takes the settings (sample_tokens_keyed_fused).
   bool cuda_graph = true;
-  /// Throws aim::Error naming the flag (--cfg, --temperature, --top-k, --top-p).
+  /// Throws aim::Error naming the flag (--cfg, --temperature, --top-k, --top-p, --cfg-top-p).
   void validate() const;
 };
 
