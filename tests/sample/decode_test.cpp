@@ -72,6 +72,7 @@ struct Setting {
   double cfg, temperature;
   int64_t top_k;
   double top_p;
+  double cfg_top_p = 1.0;
 };
 
 TEST(GraphDecodeCuda, ReplayGivesTheTokensOfEagerStepping) {
@@ -80,7 +81,8 @@ TEST(GraphDecodeCuda, ReplayGivesTheTokensOfEagerStepping) {
                               {3.0, 1.0, 1, 1.0},     // greedy, guided
                               {1.0, 1.0, 0, 1.0},     // the FID preset's filters
                               {4.0, 1.0, 600, 0.98},  // the demo preset's
-                              {2.0, 0.8, 50, 0.9}};
+                              {2.0, 0.8, 50, 0.9},
+                              {4.0, 1.0, 0, 1.0, 0.9}};  // guidance in the conditional nucleus
   for (const char* name : {"mamba2_tiny", "mamba1_tiny"}) {
     auto model = fixture_model(name, torch::kCUDA);
     for (const auto dtype : {torch::kFloat, torch::kBFloat16}) {
@@ -93,6 +95,7 @@ TEST(GraphDecodeCuda, ReplayGivesTheTokensOfEagerStepping) {
         o.temperature = s.temperature;
         o.top_k = s.top_k;
         o.top_p = s.top_p;
+        o.cfg_top_p = s.cfg_top_p;
         o.seed = 42;
         o.cuda_graph = false;
         bool used = true;
@@ -103,7 +106,7 @@ TEST(GraphDecodeCuda, ReplayGivesTheTokensOfEagerStepping) {
         EXPECT_TRUE(used) << "the fused sampler should take these settings";
         EXPECT_TRUE(torch::equal(eager, graphed))
             << name << " " << c10::toString(dtype) << " cfg " << s.cfg << " top_k " << s.top_k << " top_p " << s.top_p
-            << ": " << eager.ne(graphed).sum().item<int64_t>() << " tokens differ";
+            << " cfg_top_p " << s.cfg_top_p << ": " << eager.ne(graphed).sum().item<int64_t>() << " tokens differ";
         // A second graphed run (fresh capture) repeats itself.
         EXPECT_TRUE(torch::equal(graphed, generate_tokens(model, labels, ids, o)));
       }
