@@ -41,6 +41,26 @@ struct SampleArgs {
 
 std::string part_name(int64_t start, int64_t count) { return str_cat("part-", start, "-", count, ".safetensors"); }
 
+/// A finished batch of an earlier run is reused only when that run used the same settings and
+/// labels; anything else would mix two sampling setups in one output.
+void check_resumed_part(const fs::path& part, const std::map<std::string, std::string>& settings,
+                        const torch::Tensor& labels) {
+  SafetensorsFile f(part.string());
+  const auto& meta = f.metadata();
+  const std::string hint = str_cat("\n---> HINT: run with the same settings, or remove ", part.parent_path().string(),
+                                   " (or give another --work-dir) to sample afresh");
+  for (const auto& [key, value] : settings) {
+    const auto it = meta.find(key);
+    const std::string found = it == meta.end() ? std::string("(not recorded)") : it->second;
+    if (found != value)
+      throw Error(str_cat(part.string(), ": this finished batch was sampled with ", key, " ", found,
+                          ", but this run has ", key, " ", value, hint));
+  }
+  if (!torch::equal(f.get("labels").to(torch::kLong), labels))
+    throw Error(str_cat(part.string(), ": this finished batch has other class labels than this run's samples ",
+                        "at the same indices", hint));
+}
+
 /// uint8 [H, W, 3] -> Image.
 Image image_from_hwc(const torch::Tensor& hwc_in) {
   auto hwc = hwc_in.contiguous();
@@ -228,7 +248,7 @@ Runner add_sample_command(CLI::App& app) {
                 {"cfg_top_p", std::to_string(o.cfg_top_p)}, {"seed", std::to_string(o.seed)}, {"checkpoint", a->ckpt},
                 {"preset", a->preset.empty() ? "none" : a->preset},
                 {"decode_position_offset", std::to_string(mc.decode_position_offset)},
-                {"vq_dtype", a->vq_dtype}};
+                {"dtype", a->dtype}, {"vq_dtype", a->vq_dtype}};
     const int64_t total = static_cast<int64_t>(labels.size());
     if (env.is_main()) {
       std::cerr << "[sample] " << total << " samples, cfg " << o.cfg << ", temperature " << o.temperature
@@ -262,6 +282,17 @@ Runner add_sample_command(CLI::App& app) {
       save_safetensors(part.string(), {{"tokens", tokens}, {"labels", lab}, {"images", images}}, settings);
       progress.update(n);
     };
+    auto labels_of = [&](int64_t start, int64_t n) {
+      return torch::tensor(std::vector<int64_t>(labels.begin() + start, labels.begin() + start + n), torch::kLong);
+    };
+    // Every finished batch this rank would reuse is checked before anything new is written.
+    for (int64_t k = env.rank; k < batches; k += env.world_size) {
+      const int64_t start = k * a->batch_size, n = std::min(a->batch_size, total - start);
+      const auto part = work / part_name(start, n);
+      if (fs::exists(part)) {
+        check_resumed_part(part, settings, labels_of(start, n));
+      }
+    }
     std::future<void> pending;
     for (int64_t k = env.rank; k < batches; k += env.world_size) {
       const int64_t start = k * a->batch_size, n = std::min(a->batch_size, total - start);
@@ -272,7 +303,7 @@ Runner add_sample_command(CLI::App& app) {
       }
       std::vector<int64_t> ids(static_cast<size_t>(n));
       for (int64_t i = 0; i < n; ++i) ids[i] = start + i;
-      auto lab = torch::tensor(std::vector<int64_t>(labels.begin() + start, labels.begin() + start + n), torch::kLong);
+      auto lab = labels_of(start, n);
       auto t0 = std::chrono::steady_clock::now();
       auto tokens = generate_tokens(model, lab, ids, o);
       step_s += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();

@@ -211,6 +211,19 @@ TEST_F(SampleCli, AKilledRunResumesWithoutRedoingFinishedBatches) {
   ASSERT_EQ(partial.code, 0) << partial.output;
   EXPECT_TRUE(fs::exists(p("work/part-4-4.safetensors")));
   EXPECT_FALSE(fs::exists(p("resumed.safetensors")));
+  // Finished batches of other settings or labels are refused, not mixed in.
+  for (const auto& [other, key] : {std::pair<std::string, std::string>{"--cfg 4 ", "cfg"},
+                                   {"--cfg-top-p 0.5 ", "cfg_top_p"}, {"--temperature 0.5 ", "temperature"}}) {
+    auto mixed = run(base_ + args + other + "--work-dir " + p("work") + " --tokens " + p("resumed.safetensors"));
+    EXPECT_NE(mixed.code, 0) << other;
+    EXPECT_NE(mixed.output.find("sampled with " + key + " "), std::string::npos) << other << "\n" << mixed.output;
+    EXPECT_FALSE(fs::exists(p("resumed.safetensors")));
+    EXPECT_FALSE(fs::exists(p("work/part-0-4.safetensors"))) << other << ": wrote a batch before refusing";
+  }
+  auto relabelled = run(base_ + "--num-samples 20 --labels random --seed 2 --batch-size 4 --work-dir " + p("work") +
+                        " --tokens " + p("resumed.safetensors"));
+  EXPECT_NE(relabelled.code, 0);
+  EXPECT_NE(relabelled.output.find("other class labels"), std::string::npos) << relabelled.output;
   auto resumed = run(base_ + args + "--work-dir " + p("work") + " --tokens " + p("resumed.safetensors"));
   ASSERT_EQ(resumed.code, 0) << resumed.output;
   EXPECT_NE(resumed.output.find("12 new"), std::string::npos) << resumed.output;  // 8 of 20 were done
