@@ -391,7 +391,6 @@ void backward_head(const ScanArgs& a, int64_t b, int64_t h, const float* __restr
   if (gr.dinit != nullptr) std::copy(dS_pn, dS_pn + P * N, gr.dinit + (b * H + h) * P * N);
 }
 
-
 /// The inputs as contiguous fp32 tensors (kept alive here) and the pointers the loops read. The
 /// per-token step, its decay and (for the backward) the step's derivative are computed here with
 /// ATen's vectorised softplus / exp / sigmoid, as the reference computes the step.
