@@ -1,6 +1,7 @@
 // `aim eval-vq --vq TOKENIZER --data DIR`: reconstruction PSNR and codebook usage.
 #include <torch/torch.h>
 
+#include <cmath>
 #include <iomanip>
 #include <iostream>
 #include <nlohmann/json.hpp>
@@ -45,7 +46,9 @@ Runner add_eval_vq_command(CLI::App& app) {
     const auto r = evaluate_tokenizer(vq.model, list, o);
     std::cout << std::fixed << std::setprecision(2) << "tokenizer " << vq.identity << " on " << r.images
               << " images of " << a->data << "\n"
-              << "  PSNR            " << r.psnr << " dB (worst image " << r.psnr_min << " dB)\n"
+              << "  PSNR            " << r.psnr << " dB (worst image " << r.psnr_min << " dB)\n";
+    if (std::isfinite(r.ssim)) std::cout << std::setprecision(4) << "  SSIM            " << r.ssim << "\n";
+    std::cout << std::setprecision(2)
               << "  codebook usage  " << r.codes_used << " / " << vq.model->config.codebook_size << " codes ("
               << 100.0 * r.usage << "%), perplexity " << r.perplexity << "\n";
     if (!a->json.empty()) {
@@ -56,6 +59,7 @@ Runner add_eval_vq_command(CLI::App& app) {
       j["psnr"] = r.psnr;
       j["psnr_min"] = r.psnr_min;
       j["mse"] = r.mse;
+      if (std::isfinite(r.ssim)) j["ssim"] = r.ssim;
       j["codes_used"] = r.codes_used;
       j["codebook_size"] = vq.model->config.codebook_size;
       j["usage"] = r.usage;

@@ -193,6 +193,7 @@ const std::vector<Field<VqTrainConfig>>& vq_train_fields() {
   static const std::vector<Field<S>> f = {
       {"l1_weight", &S::l1_weight, "L1 reconstruction loss weight"},
       {"l2_weight", &S::l2_weight, "L2 reconstruction loss weight"},
+      {"ssim_weight", &S::ssim_weight, "1 - SSIM reconstruction loss weight; 0 = off"},
       {"codebook_weight", &S::codebook_weight, "codebook + commitment + entropy weight"},
       {"commit_beta", &S::commit_beta, "commitment loss factor"},
       {"entropy_weight", &S::entropy_weight, "codebook entropy loss weight; 0 = off"},

@@ -263,6 +263,7 @@ void Config::resolve() {
 void VqTrainConfig::validate() const {
   non_negative("vq_train.l1_weight", l1_weight);
   non_negative("vq_train.l2_weight", l2_weight);
+  non_negative("vq_train.ssim_weight", ssim_weight);
   if (l1_weight + l2_weight <= 0)
     fail("vq_train.l2_weight", "a positive weight for at least one reconstruction loss",
          str_cat(num(l2_weight), " (vq_train.l1_weight ", num(l1_weight), ")"));

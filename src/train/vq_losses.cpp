@@ -120,6 +120,33 @@ torch::Tensor hinge_generator_loss(const torch::Tensor& logits_fake) {
   return -logits_fake.to(torch::kFloat).mean();
 }
 
+torch::Tensor ssim(const torch::Tensor& a_in, const torch::Tensor& b_in, int64_t window) {
+  AIM_CHECK(a_in.dim() == 4 && a_in.sizes() == b_in.sizes(), "ssim: expected two images [B, C, H, W] of one shape, got ",
+            a_in.sizes(), " and ", b_in.sizes());
+  AIM_CHECK(window >= 1 && window % 2 == 1 && a_in.size(2) >= window && a_in.size(3) >= window,
+            "ssim: window of ", window, " (odd) must fit in the ", a_in.size(2), "x", a_in.size(3), " images");
+  c10::impl::ExcludeDispatchKeyGuard no_autocast(c10::autocast_dispatch_keyset);
+  const auto a = a_in.to(torch::kFloat), b = b_in.to(torch::kFloat);
+  const int64_t c = a.size(1);
+  constexpr double kSigma = 1.5, kC1 = 0.02 * 0.02, kC2 = 0.06 * 0.06;
+  auto g = torch::arange(window, a.options()) - static_cast<double>(window / 2);
+  g = torch::exp(-g * g / (2 * kSigma * kSigma));
+  g = g / g.sum();
+  // Separable blur of the five moment maps (x, y, x^2, y^2, xy), one depthwise pass per axis.
+  const int64_t maps = 5 * c;
+  const auto gx = g.view({1, 1, 1, window}).expand({maps, 1, 1, window});
+  const auto gy = g.view({1, 1, window, 1}).expand({maps, 1, window, 1});
+  auto m = torch::cat({a, b, a * a, b * b, a * b}, 1);
+  const std::vector<int64_t> one = {1, 1}, none = {0, 0};
+  m = torch::conv2d(m, gx, torch::Tensor(), one, none, one, maps);
+  m = torch::conv2d(m, gy, torch::Tensor(), one, none, one, maps);
+  const auto mu = m.split(c, 1);
+  const auto mu_a2 = mu[0] * mu[0], mu_b2 = mu[1] * mu[1], mu_ab = mu[0] * mu[1];
+  const auto var_a = mu[2] - mu_a2, var_b = mu[3] - mu_b2, cov = mu[4] - mu_ab;
+  const auto map = ((2 * mu_ab + kC1) * (2 * cov + kC2)) / ((mu_a2 + mu_b2 + kC1) * (var_a + var_b + kC2));
+  return map.mean();
+}
+
 double psnr(const torch::Tensor& reference, const torch::Tensor& reconstruction) {
   torch::NoGradGuard no_grad;
   const auto a = reference.detach().to(torch::kFloat).clamp(-1, 1);

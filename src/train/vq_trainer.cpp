@@ -228,6 +228,7 @@ VqTrainResult run_vq_training(const Config& config_in, const TrainOptions& optio
       << config.data.image_size / f << " codes" << (vt.hflip ? ", random flips" : "") << "\n"
       << "  losses     L1 x " << vt.l1_weight << " + L2 x " << vt.l2_weight << " + codebook x " << vt.codebook_weight
       << " (commitment beta " << vt.commit_beta << ", entropy " << vt.entropy_weight << ")";
+    if (vt.ssim_weight > 0) s << " + (1 - SSIM) x " << vt.ssim_weight;
     if (use_disc)
       s << " + PatchGAN hinge x " << vt.disc_weight << " from step " << vt.disc_start << " ("
         << fmt_count(static_cast<double>(n_disc)) << " parameters, lr " << fmt(disc_peak_lr) << ")";
@@ -356,8 +357,8 @@ VqTrainResult run_vq_training(const Config& config_in, const TrainOptions& optio
   auto window_start = t_start;
   int64_t window_steps = 0;
   int64_t window_restarts = 0;  // codes restarted since the last log line
-  // Window sums of: loss, l1, l2, codebook, commit, entropy, gen, disc, psnr.
-  constexpr int kTerms = 9;
+  // Window sums of: loss, l1, l2, codebook, commit, entropy, gen, disc, psnr, ssim.
+  constexpr int kTerms = 10;
   std::array<double, kTerms> window{};
   const int64_t session_start = state.step;
   while (state.step < total_steps) {
@@ -388,7 +389,7 @@ VqTrainResult run_vq_training(const Config& config_in, const TrainOptions& optio
       const auto x = b.images.to(device, /*non_blocking=*/true);
       torch::Tensor total, rec;
       QuantizeOutput q;
-      torch::Tensor l1, l2, gen;
+      torch::Tensor l1, l2, gen, structure;
       {
         AutocastScope ac(bf16, device.type());
         const auto z = model->encode_latent(x);
@@ -399,6 +400,10 @@ VqTrainResult run_vq_training(const Config& config_in, const TrainOptions& optio
         l2 = diff.pow(2).mean();
         total = vt.l1_weight * l1 + vt.l2_weight * l2 +
                 vt.codebook_weight * (q.codebook_loss + vt.commit_beta * q.commit_loss);
+        if (vt.ssim_weight > 0) {
+          structure = ssim(x, rec);
+          total = total + vt.ssim_weight * (1.0 - structure);
+        }
         if (q.entropy_loss.defined()) total = total + vt.codebook_weight * vt.entropy_weight * q.entropy_loss;
         if (adversarial) {
           for (auto& p : disc_params) p.tensor.requires_grad_(false);
@@ -422,6 +427,7 @@ VqTrainResult run_vq_training(const Config& config_in, const TrainOptions& optio
       sums[4] += q.commit_loss.detach();
       if (q.entropy_loss.defined()) sums[5] += q.entropy_loss.detach();
       if (gen.defined()) sums[6] += gen.detach();
+      if (structure.defined()) sums[9] += structure.detach();
     }
     // Discriminator: hinge loss on the same images and their (detached) reconstructions.
     if (adversarial) {
@@ -437,12 +443,13 @@ VqTrainResult run_vq_training(const Config& config_in, const TrainOptions& optio
       }
     }
     state.samples_seen += config.train.global_batch;
-    auto stacked = torch::stack({sums[0], sums[1], sums[2], sums[3], sums[4], sums[5], sums[6], sums[7]}) /
+    auto stacked = torch::stack({sums[0], sums[1], sums[2], sums[3], sums[4], sums[5], sums[6], sums[7], sums[9]}) /
                    static_cast<double>(accum);
     dist.all_reduce_(stacked, ReduceOp::kMean);  // one collective for all the loss terms
     stacked = stacked.to(torch::kCPU, torch::kDouble);
     std::array<double, kTerms> v{};
     for (int i = 0; i < 8; ++i) v[static_cast<size_t>(i)] = stacked[i].item<double>();
+    v[9] = stacked[8].item<double>();
     v[8] = v[2] > 0 ? 10.0 * std::log10(4.0 / v[2]) : 99.0;  // PSNR of the mean squared error
     const double loss_value = v[0];
     const double gnorm = grad_norm(params);
@@ -509,6 +516,7 @@ VqTrainResult run_vq_training(const Config& config_in, const TrainOptions& optio
           j["disc_loss"] = m[7];
         }
         j["psnr"] = m[8];
+        if (vt.ssim_weight > 0) j["ssim"] = m[9];
         j["codebook_usage"] = usage;
         if (vt.restart_every > 0) j["codes_restarted"] = window_restarts;
         j["lr"] = lr;

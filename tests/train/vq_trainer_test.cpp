@@ -2,11 +2,15 @@
 // definitions, the PatchGAN, and aim train-vq end to end on generated shapes (learning, exact
 // resume with the discriminator, the run directory as a tokenizer for the rest of the pipeline).
 #include <filesystem>
+#include <cmath>
 #include <fstream>
+
+#include <nlohmann/json.hpp>
 
 #include "aim/core/config.h"
 #include "aim/core/fileio.h"
 #include "aim/core/safetensors.h"
+#include "aim/data/image.h"
 #include "aim/data/shapes.h"
 #include "aim/model/loader.h"
 #include "aim/train/run_dir.h"
@@ -98,6 +102,66 @@ TEST(VqLosses, PatchGanAndHingeLosses) {
   EXPECT_NEAR(psnr(torch::zeros({1, 3, 2, 2}), torch::full({1, 3, 2, 2}, 0.2)), 10 * std::log10(4 / 0.04), 1e-5);  // fp32 mse
 }
 
+/// SSIM written out from Wang et al. (2004) in double, one window position at a time: 2-D
+/// Gaussian weights (sigma 1.5) normalised to 1, population (weighted) moments, C1 = (0.01 L)^2,
+/// C2 = (0.03 L)^2 with L = 2, mean over channels and the positions where the window fits.
+torch::Tensor ssim_by_definition(const torch::Tensor& a_in, const torch::Tensor& b_in, int64_t win) {
+  const auto a = a_in.to(torch::kDouble), b = b_in.to(torch::kDouble);
+  auto w = torch::empty({win, win}, torch::kDouble);
+  for (int64_t i = 0; i < win; ++i)
+    for (int64_t j = 0; j < win; ++j) {
+      const double di = static_cast<double>(i - win / 2), dj = static_cast<double>(j - win / 2);
+      w[i][j] = std::exp(-(di * di + dj * dj) / (2 * 1.5 * 1.5));
+    }
+  w = w / w.sum();
+  const double c1 = 0.02 * 0.02, c2 = 0.06 * 0.06;
+  std::vector<torch::Tensor> values;
+  for (int64_t n = 0; n < a.size(0); ++n)
+    for (int64_t c = 0; c < a.size(1); ++c)
+      for (int64_t y = 0; y + win <= a.size(2); ++y)
+        for (int64_t x = 0; x + win <= a.size(3); ++x) {
+          const auto pa = a[n][c].slice(0, y, y + win).slice(1, x, x + win);
+          const auto pb = b[n][c].slice(0, y, y + win).slice(1, x, x + win);
+          const auto ma = (w * pa).sum(), mb = (w * pb).sum();
+          const auto va = (w * (pa - ma).pow(2)).sum(), vb = (w * (pb - mb).pow(2)).sum();
+          const auto cov = (w * (pa - ma) * (pb - mb)).sum();
+          values.push_back(((2 * ma * mb + c1) * (2 * cov + c2)) / ((ma * ma + mb * mb + c1) * (va + vb + c2)));
+        }
+  return torch::stack(values).mean();
+}
+
+TEST(VqLosses, SsimMatchesItsDefinitionWithItsGradient) {
+  torch::manual_seed(11);
+  for (int64_t win : {11, 5}) {
+    const auto a = (torch::rand({2, 3, 14, 13}) * 2 - 1).to(torch::kDouble);
+    // A reconstruction-like second image: the first, smoothed and noisy.
+    const auto b0 = (0.7 * a + 0.2 * torch::randn_like(a)).clamp(-1, 1);
+    auto b = b0.to(torch::kFloat).requires_grad_(true);
+    auto b_ref = b0.clone().requires_grad_(true);
+    const auto s = ssim(a.to(torch::kFloat), b, win);
+    const auto s_ref = ssim_by_definition(a, b_ref, win);
+    EXPECT_NEAR(s.item<double>(), s_ref.item<double>(), 1e-5) << "window " << win;
+    EXPECT_LT(s_ref.item<double>(), 0.9);  // far from identical: the comparison means something
+    s.backward();
+    s_ref.backward();
+    const double scale = b_ref.grad().abs().max().item<double>();
+    EXPECT_GT(scale, 0);
+    EXPECT_LT((b.grad().to(torch::kDouble) - b_ref.grad()).abs().max().item<double>(), 1e-4 * scale)
+        << "window " << win;
+    EXPECT_NEAR(ssim(a.to(torch::kFloat), a.to(torch::kFloat), win).item<double>(), 1.0, 1e-5);
+  }
+  // Contrast-normalised: at 0.4 of the contrast the same blurred edge loses most of its squared
+  // error (0.16x) but keeps most of its 1 - SSIM (C2 matters only at fainter edges).
+  auto edge = torch::zeros({1, 1, 24, 24});
+  edge.slice(3, 12) = 1.0;
+  const auto soft = torch::avg_pool2d(torch::nn::functional::pad(edge, torch::nn::functional::PadFuncOptions({1, 1, 1, 1}).mode(torch::kReplicate)), 3, 1);
+  const double strong = ssim(edge - 0.5, soft - 0.5).item<double>(), faint = ssim(0.4 * edge, 0.4 * soft).item<double>();
+  EXPECT_GT((1 - faint) / (1 - strong), 0.6) << strong << " " << faint;
+  EXPECT_LT(strong, 0.99);
+  EXPECT_NE(test::error_of([&] { ssim(torch::zeros({1, 3, 8, 8}), torch::zeros({1, 3, 8, 8})); }).find("window of 11"),
+            std::string::npos);
+}
+
 class TrainVqTest : public ::testing::Test {
  protected:
   void SetUp() override {
@@ -151,6 +215,7 @@ TEST_F(TrainVqTest, ReconstructionLossFallsAndTheGridIsWritten) {
   ASSERT_EQ(l1.size(), 12u);
   std::printf("    L1 %.4f -> %.4f, grid PSNR %.2f dB, usage %.3f\n", l1.front(), l1.back(), r.psnr, r.usage);
   EXPECT_LT(l1.back(), 0.7 * l1.front());
+  EXPECT_TRUE(logged(run("a"), "ssim").empty());  // logged only when it is a loss term
   EXPECT_TRUE(fs::exists(run("a") + "/samples/step-00000012.png"));
   EXPECT_GT(r.psnr, 5.0);
   EXPECT_GT(r.usage, 0.0);
@@ -160,6 +225,25 @@ TEST_F(TrainVqTest, ReconstructionLossFallsAndTheGridIsWritten) {
   EXPECT_TRUE(f.contains("encoder.conv_blocks.0.res.0.conv1.weight"));
   EXPECT_TRUE(f.contains("decoder.conv_out.weight"));
   EXPECT_TRUE(f.contains("quantize.codebook_used"));
+}
+
+TEST_F(TrainVqTest, TheSsimTermJoinsTheLoss) {
+  TrainOptions o;
+  o.quiet = true;
+  o.device = test::model_device();
+  run_vq_training(config(run("s"), {"train.max_steps=3", "vq_train.ssim_weight=0.5", "vq_train.disc_weight=0"}), o);
+  const auto loss = logged(run("s"), "loss"), l1 = logged(run("s"), "l1"), l2 = logged(run("s"), "l2"),
+             cb = logged(run("s"), "codebook_loss"), commit = logged(run("s"), "commit_loss"),
+             s = logged(run("s"), "ssim");
+  ASSERT_EQ(s.size(), 3u);
+  for (size_t i = 0; i < s.size(); ++i) {
+    EXPECT_GT(s[i], -1.0);
+    EXPECT_LT(s[i], 1.0);
+    // vq_demo.yaml: L1 x 1 + L2 x 1 + codebook x 1 (commitment beta 0.25), no entropy loss.
+    EXPECT_NEAR(loss[i], l1[i] + l2[i] + cb[i] + 0.25 * commit[i] + 0.5 * (1 - s[i]), 1e-4) << "step " << i + 1;
+  }
+  EXPECT_NE(test::error_of([&] { config(run("x"), {"vq_train.ssim_weight=-1"}); }).find("vq_train.ssim_weight"),
+            std::string::npos);
 }
 
 TEST_F(TrainVqTest, ResumeWithTheDiscriminatorContinuesBitwiseIdentically) {
@@ -204,15 +288,24 @@ TEST_F(TrainVqTest, TheRunIsATokenizerForTheRestOfThePipeline) {
                            " --image-size 32 --json " + run("eval.json") + " --save-recon " + run("recon"));
   ASSERT_EQ(e.code, 0) << e.output;
   EXPECT_NE(e.output.find("PSNR"), std::string::npos) << e.output;
-  EXPECT_NE(read_text(run("eval.json")).find("\"usage\""), std::string::npos);
-  // Each reconstruction carries its source's name, so the two pair up.
+  EXPECT_NE(e.output.find("SSIM"), std::string::npos) << e.output;
+  const auto report = nlohmann::json::parse(read_text(run("eval.json")));
+  EXPECT_TRUE(report.contains("usage"));
+  // Each reconstruction carries its source's name, so the two pair up; the reported SSIM is the
+  // mean over the pairs of the definition's SSIM.
   int64_t paired = 0;
-  for (const auto& f : fs::directory_iterator(images() + "/" + shape_class_dir(0))) {
-    EXPECT_TRUE(fs::exists(run("recon") + "/" + shape_class_dir(0) + "/" + f.path().filename().string()))
-        << f.path();
-    ++paired;
+  double ssim_sum = 0;
+  for (int64_t c = 0; c < 4; ++c) {
+    for (const auto& f : fs::directory_iterator(images() + "/" + shape_class_dir(c))) {
+      const auto recon = run("recon") + "/" + shape_class_dir(c) + "/" + f.path().filename().string();
+      ASSERT_TRUE(fs::exists(recon)) << f.path();
+      ssim_sum += ssim_by_definition(to_tensor(decode_image(f.path().string())).unsqueeze(0),
+                                     to_tensor(decode_image(recon)).unsqueeze(0), 11).item<double>();
+      ++paired;
+    }
   }
-  EXPECT_GT(paired, 0);
+  EXPECT_EQ(paired, 24);
+  EXPECT_NEAR(report.at("ssim").get<double>(), ssim_sum / static_cast<double>(paired), 1e-5);
   auto x = test::run_shell(aim + " extract-codes --data " + images() + " --vq " + run("vq") +
                            " --out " + run("codes") + " --aug flip --image-size 32");
   ASSERT_EQ(x.code, 0) << x.output;

@@ -1,6 +1,6 @@
 #pragma once
-// Reconstruction quality of a tokenizer on an image collection (aim eval-vq): PSNR of the
-// uint8 reconstructions, and how much of the codebook the images use.
+// Reconstruction quality of a tokenizer on an image collection (aim eval-vq): PSNR and SSIM of
+// the uint8 reconstructions, and how much of the codebook the images use.
 #include <cstdint>
 #include <string>
 
@@ -27,6 +27,8 @@ struct TokenizerEval {
   double psnr = 0.0;         ///< dB, mean over images, on uint8 images (peak 255)
   double psnr_min = 0.0;     ///< the worst image
   double mse = 0.0;          ///< mean squared error in [0, 1] units
+  double ssim = 0.0;         ///< mean SSIM (train::ssim: Gaussian 11-tap window) of the uint8
+                             ///< images; NaN below 11 px
   int64_t codes_used = 0;    ///< distinct codes over all images
   double usage = 0.0;        ///< codes_used / codebook size
   double perplexity = 0.0;   ///< exp(entropy) of the code histogram

@@ -49,6 +49,14 @@ TORCH_MODULE(PatchDiscriminator);
 torch::Tensor hinge_discriminator_loss(const torch::Tensor& logits_real, const torch::Tensor& logits_fake);
 torch::Tensor hinge_generator_loss(const torch::Tensor& logits_fake);
 
+/// Mean structural similarity (Wang et al. 2004) of images [B, C, H, W] in [-1, 1]: per channel,
+/// local statistics under a Gaussian window (`window` taps, sigma 1.5, only where the window fits
+/// inside the image), C1 = (0.01 * 2)^2, C2 = (0.03 * 2)^2 for the range of 2. Differentiable
+/// (1 - ssim is the vq_train.ssim_weight loss); computed in fp32 whatever the autocast state.
+/// Its contrast and structure terms are normalised by the local contrast, so a faint edge counts
+/// as much as a strong one, which the pixel losses do not.
+torch::Tensor ssim(const torch::Tensor& a, const torch::Tensor& b, int64_t window = 11);
+
 /// PSNR in dB of images in [-1, 1] (both clamped to [-1, 1]; peak-to-peak 2), over the batch.
 double psnr(const torch::Tensor& reference, const torch::Tensor& reconstruction);
 
