@@ -55,11 +55,12 @@ if [[ $quick == 1 ]]; then
   # fp32 tokenizer: colour appears around step 600, and in bf16 on a CPU with AMX it had not yet
   # (held-out PSNR 20 dB, every shape beige, analyser 2-20% on the reconstructions) where fp32
   # reached 24.4 dB and 58% (docs/perf.md, 2026-12-02).
-  vq_extra=(--set train.precision=fp32)
+  # It also keeps the batch of 16 it was measured with (the full demo's tokenizer takes 12).
+  vq_extra=(--set train.precision=fp32 --set train.global_batch=16 --set train.micro_batch=16)
 else
   out=${out:-runs/demo}
   per_class=1000; heldout_per_class=20
-  vq_steps=2000; aim_steps=1800; cfgs="2 3 4"; per_class_samples=20
+  vq_steps=3000; aim_steps=1800; cfgs="2 3 4"; per_class_samples=20
 fi
 # Guidance only among the conditional model's top-90% tokens: at cfg 4 unguarded guidance turned
 # discs into crescents and put stray colours into shapes (docs/perf.md, "Guidance in the tails").
