@@ -1,4 +1,4 @@
-// `aim eval-vq --vq TOKENIZER --data DIR`: reconstruction PSNR and codebook usage.
+// `aim eval-vq --vq TOKENIZER --data DIR`: reconstruction PSNR, SSIM and codebook usage.
 #include <torch/torch.h>
 
 #include <cmath>
@@ -16,7 +16,7 @@
 namespace aim::cli {
 
 Runner add_eval_vq_command(CLI::App& app) {
-  auto* cmd = app.add_subcommand("eval-vq", "Reconstruction PSNR and codebook usage of a tokenizer on images");
+  auto* cmd = app.add_subcommand("eval-vq", "Reconstruction PSNR, SSIM and codebook usage of a tokenizer on images");
   struct Args {
     std::string vq, vq_config, data, json, recon, device = "cpu";
     int64_t image_size = 256, batch_size = 32, max_images = 0;
