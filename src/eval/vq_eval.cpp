@@ -25,6 +25,7 @@ TokenizerEval evaluate_tokenizer(VqModel& model, const ImageList& list, const To
                                            "downsampling factor ", f));
   const int64_t side = o.image_size / f;
   auto counts = torch::zeros({k}, torch::kLong);
+  const bool with_ssim = o.image_size >= 11;  // train::ssim's default window must fit
   double psnr_sum = 0.0, psnr_min = 1e9, mse_sum = 0.0, ssim_sum = 0.0;
   model->eval();
   Progress progress("eval-vq", n, "img", o.progress);
@@ -64,7 +65,7 @@ TokenizerEval evaluate_tokenizer(VqModel& model, const ImageList& list, const To
       mse_sum += m / (255.0 * 255.0);
     }
     // SSIM of the same uint8 images, back in [-1, 1] (range 2).
-    if (o.image_size >= 11) {
+    if (with_ssim) {
       auto to_unit = [](const torch::Tensor& t) { return (t.permute({0, 3, 1, 2}) / 127.5 - 1.0).to(torch::kFloat); };
       ssim_sum += train::ssim(to_unit(a), to_unit(b)).item<double>() * static_cast<double>(end - start);
     }
@@ -76,7 +77,7 @@ TokenizerEval evaluate_tokenizer(VqModel& model, const ImageList& list, const To
   r.psnr = psnr_sum / static_cast<double>(n);
   r.psnr_min = psnr_min;
   r.mse = mse_sum / static_cast<double>(n);
-  r.ssim = o.image_size >= 11 ? ssim_sum / static_cast<double>(n) : std::nan("");
+  r.ssim = with_ssim ? ssim_sum / static_cast<double>(n) : std::nan("");
   r.codes_used = (counts > 0).sum().item<int64_t>();
   r.usage = static_cast<double>(r.codes_used) / static_cast<double>(k);
   const auto p = counts.to(torch::kDouble) / counts.sum().to(torch::kDouble);
