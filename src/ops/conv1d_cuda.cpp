@@ -1,9 +1,8 @@
 // Fills kernels/causal_conv1d.h from LibTorch tensors; the forward and backward launches are
 // tied together by a torch::autograd::Function.
 #include "ops/conv1d_cuda.h"
+#include "ops/cuda_backend.h"
 
-#include <ATen/cuda/CUDAContext.h>
-#include <c10/cuda/CUDAGuard.h>
 #include <torch/torch.h>
 
 #include <limits>
@@ -11,7 +10,7 @@
 #include "aim/ops/dispatch.h"
 #include "causal_conv1d.h"
 
-namespace aim::ops::cuda {
+namespace aim::ops::AIM_OPS_CUDA_NS {
 
 namespace {
 
@@ -68,7 +67,7 @@ class CausalConv1dFunction : public torch::autograd::Function<CausalConv1dFuncti
                                bool silu) {
     ctx->save_for_backward({x, weight, bias});
     ctx->saved_data["silu"] = silu;
-    c10::cuda::CUDAGuard guard(x.device());
+    DeviceGuard guard(x.device());
     const auto w2d = weight_2d_f32(weight);
     const auto bias_f = bias.to(torch::kFloat).contiguous();
     auto out = empty_like_layout(x);
@@ -79,7 +78,7 @@ class CausalConv1dFunction : public torch::autograd::Function<CausalConv1dFuncti
     p.out_c_stride = out.stride(1);
     p.out_l_stride = out.stride(2);
     check_launch(kernels::causal_conv1d_fwd_cuda(p, elem_type(x),
-                                                 at::cuda::getCurrentCUDAStream().stream()),
+                                                 current_stream()),
                  "causal_conv1d forward");
     return out;
   }
@@ -90,7 +89,7 @@ class CausalConv1dFunction : public torch::autograd::Function<CausalConv1dFuncti
     const auto& weight = saved[1];
     const auto& bias = saved[2];
     const bool silu = ctx->saved_data["silu"].toBool();
-    c10::cuda::CUDAGuard guard(x.device());
+    DeviceGuard guard(x.device());
     const auto dout = grads[0].to(x.scalar_type());
     const auto w2d = weight_2d_f32(weight);
     const auto bias_f = bias.to(torch::kFloat).contiguous();
@@ -110,7 +109,7 @@ class CausalConv1dFunction : public torch::autograd::Function<CausalConv1dFuncti
     p.dweight = dw.data_ptr<float>();
     p.dbias = db.data_ptr<float>();
     check_launch(kernels::causal_conv1d_bwd_cuda(p, elem_type(x),
-                                                 at::cuda::getCurrentCUDAStream().stream()),
+                                                 current_stream()),
                  "causal_conv1d backward");
     return {dx, dw.view(weight.sizes()).to(weight.scalar_type()), db.to(bias.scalar_type()),
             torch::Tensor()};
@@ -122,7 +121,7 @@ class CausalConv1dFunction : public torch::autograd::Function<CausalConv1dFuncti
 bool causal_conv1d_supported(const torch::Tensor& x, const torch::Tensor& weight,
                              const torch::Tensor& bias) {
   const auto dt = x.scalar_type();
-  return x.is_cuda() && (dt == torch::kFloat || dt == torch::kBFloat16) &&
+  return on_kernel_device(x) && (dt == torch::kFloat || dt == torch::kBFloat16) &&
          weight.device() == x.device() && (!bias.defined() || bias.device() == x.device()) &&
          weight.size(-1) <= 8 && x.size(0) <= 65535 &&
          x.size(1) <= std::numeric_limits<int>::max() && x.size(2) <= std::numeric_limits<int>::max();
@@ -134,4 +133,4 @@ torch::Tensor causal_conv1d(const torch::Tensor& x, const torch::Tensor& weight,
   return CausalConv1dFunction::apply(x, weight, b, silu);
 }
 
-}  // namespace aim::ops::cuda
+}  // namespace aim::ops::AIM_OPS_CUDA_NS

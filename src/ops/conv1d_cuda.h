@@ -2,7 +2,9 @@
 // CUDA adapter of the causal conv1d op: an autograd function over kernels/causal_conv1d.h.
 #include <torch/types.h>
 
-namespace aim::ops::cuda {
+#include "ops/cuda_ns.h"
+
+namespace aim::ops::AIM_OPS_CUDA_NS {
 
 /// Whether the kernels handle these tensors (CUDA, fp32/bf16 x, width <= 8); otherwise the
 /// reference runs.
@@ -15,4 +17,4 @@ bool causal_conv1d_supported(const torch::Tensor& x, const torch::Tensor& weight
 torch::Tensor causal_conv1d(const torch::Tensor& x, const torch::Tensor& weight,
                             const torch::Tensor& bias, bool silu);
 
-}  // namespace aim::ops::cuda
+}  // namespace aim::ops::AIM_OPS_CUDA_NS

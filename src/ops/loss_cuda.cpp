@@ -3,9 +3,8 @@
 // (cuBLAS), the kernel turns them into the loss rows and d(loss)/d(logits) in place, then
 // dh = dlogits W and dW += dlogits^T h. The backward pass only scales the saved gradients.
 #include "ops/loss_cuda.h"
+#include "ops/cuda_backend.h"
 
-#include <ATen/cuda/CUDAContext.h>
-#include <c10/cuda/CUDAGuard.h>
 #include <torch/torch.h>
 
 #include <algorithm>
@@ -13,7 +12,7 @@
 
 #include "cross_entropy.h"
 
-namespace aim::ops::cuda {
+namespace aim::ops::AIM_OPS_CUDA_NS {
 
 namespace {
 
@@ -28,7 +27,7 @@ class LinearCrossEntropyFunction
   static torch::Tensor forward(AutogradContext* ctx, const torch::Tensor& hidden,
                                const torch::Tensor& weight, const torch::Tensor& targets,
                                int64_t ignore_index, int64_t chunk_rows, bool need_grads) {
-    c10::cuda::CUDAGuard guard(hidden.device());
+    DeviceGuard guard(hidden.device());
     const auto dtype = hidden.scalar_type();
     const auto h = hidden.contiguous();
     const auto w = weight.to(dtype).contiguous();  // [V, D]
@@ -45,7 +44,7 @@ class LinearCrossEntropyFunction
     auto dh = need_grads ? torch::empty_like(h) : torch::Tensor();
     auto dw = need_grads ? torch::zeros({vocab, h.size(1)}, h.options().dtype(torch::kFloat))
                          : torch::Tensor();
-    const auto stream = at::cuda::getCurrentCUDAStream().stream();
+    const auto stream = current_stream();
     const auto elem_type = dtype == torch::kBFloat16 ? kernels::ElemType::kBFloat16
                                                      : kernels::ElemType::kFloat32;
     for (int64_t start = 0; start < n; start += rows) {
@@ -90,7 +89,7 @@ class LinearCrossEntropyFunction
 bool linear_cross_entropy_supported(const torch::Tensor& hidden, const torch::Tensor& weight,
                                     const torch::Tensor& targets) {
   const auto dt = hidden.scalar_type();
-  return hidden.is_cuda() && (dt == torch::kFloat || dt == torch::kBFloat16) &&
+  return on_kernel_device(hidden) && (dt == torch::kFloat || dt == torch::kBFloat16) &&
          weight.device() == hidden.device() && targets.device() == hidden.device() &&
          weight.size(0) <= std::numeric_limits<int>::max();
 }
@@ -104,4 +103,4 @@ torch::Tensor linear_cross_entropy(const torch::Tensor& hidden, const torch::Ten
                                            need_grads);
 }
 
-}  // namespace aim::ops::cuda
+}  // namespace aim::ops::AIM_OPS_CUDA_NS

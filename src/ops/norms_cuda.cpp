@@ -1,10 +1,9 @@
 // Fills kernels/rms_norm.h from LibTorch tensors; the forward and backward launches are tied
 // together by torch::autograd::Functions.
 #include "ops/norms_cuda.h"
+#include "ops/cuda_backend.h"
 #include "ops/optional_inputs.h"
 
-#include <ATen/cuda/CUDAContext.h>
-#include <c10/cuda/CUDAGuard.h>
 #include <torch/torch.h>
 
 #include <initializer_list>
@@ -14,7 +13,7 @@
 #include "aim/ops/dispatch.h"
 #include "rms_norm.h"
 
-namespace aim::ops::cuda {
+namespace aim::ops::AIM_OPS_CUDA_NS {
 
 namespace {
 
@@ -66,8 +65,6 @@ void check_launch(cudaError_t err, const char* what) {
   TORCH_CHECK(err == cudaSuccess, what, " kernel launch failed: ", cudaGetErrorString(err));
 }
 
-cudaStream_t current_stream() { return at::cuda::getCurrentCUDAStream().stream(); }
-
 int64_t type_code(torch::ScalarType t) { return static_cast<int64_t>(t); }
 torch::ScalarType type_of(const c10::IValue& v) { return static_cast<torch::ScalarType>(v.toInt()); }
 
@@ -82,7 +79,7 @@ class AddRmsNormFunction : public torch::autograd::Function<AddRmsNormFunction> 
                              bool residual_in_fp32) {
     const auto residual = value_or_undefined(residual_opt);
     const auto shift = value_or_undefined(shift_opt), scale = value_or_undefined(scale_opt);
-    c10::cuda::CUDAGuard guard(hidden.device());
+    DeviceGuard guard(hidden.device());
     const auto in_type = hidden.scalar_type();
     const auto res_type = residual_in_fp32 ? torch::kFloat : in_type;
     const bool modulated = scale.defined();
@@ -130,7 +127,7 @@ class AddRmsNormFunction : public torch::autograd::Function<AddRmsNormFunction> 
     const auto& rstd = saved[1];
     const auto& weight = saved[2];
     const auto& scale = saved[3];
-    c10::cuda::CUDAGuard guard(residual_out.device());
+    DeviceGuard guard(residual_out.device());
     const auto in_type = type_of(ctx->saved_data["in_type"]);
     const auto res_type = residual_out.scalar_type();
     const int64_t residual_code = ctx->saved_data["residual_type"].toInt();
@@ -201,7 +198,7 @@ class GatedRmsNormFunction : public torch::autograd::Function<GatedRmsNormFuncti
                                const torch::Tensor& weight, int64_t group_size, double eps,
                                bool norm_before_gate) {
     const auto z = value_or_undefined(z_opt);
-    c10::cuda::CUDAGuard guard(x.device());
+    DeviceGuard guard(x.device());
     const int64_t dim = x.size(-1), rows = x.numel() / dim;
     const auto x2 = as_rows(x);
     const auto z2 = z.defined() ? as_rows(z) : torch::Tensor();
@@ -239,7 +236,7 @@ class GatedRmsNormFunction : public torch::autograd::Function<GatedRmsNormFuncti
     const auto& z = saved[1];
     const auto& weight = saved[2];
     const auto& rstd = saved[3];
-    c10::cuda::CUDAGuard guard(x.device());
+    DeviceGuard guard(x.device());
     const int64_t dim = x.size(-1), rows = x.numel() / dim;
     const auto opts = x.options();
     const auto x2 = as_rows(x);
@@ -291,7 +288,7 @@ class GatedRmsNormFunction : public torch::autograd::Function<GatedRmsNormFuncti
 bool add_rms_norm_supported(const torch::Tensor& hidden, const torch::Tensor& residual,
                             const torch::Tensor& weight, const torch::Tensor& shift,
                             const torch::Tensor& scale) {
-  if (!hidden.is_cuda() || !kernel_dtype(hidden) || !rows_fit(hidden) ||
+  if (!on_kernel_device(hidden) || !kernel_dtype(hidden) || !rows_fit(hidden) ||
       !unit_last_stride(hidden) || hidden.size(-1) > kernels::kRmsNormMaxDim) {
     return false;
   }
@@ -314,7 +311,9 @@ std::pair<torch::Tensor, torch::Tensor> add_rms_norm_modulate(
 
 bool gated_rms_norm_supported(const torch::Tensor& x, const torch::Tensor& z,
                               const torch::Tensor& weight, int64_t group_size) {
-  if (!x.is_cuda() || !kernel_dtype(x) || !rows_fit(x) || !unit_last_stride(x)) return false;
+  if (!on_kernel_device(x) || !kernel_dtype(x) || !rows_fit(x) || !unit_last_stride(x)) {
+    return false;
+  }
   if (group_size < 1 || group_size > kernels::kRmsNormMaxDim || x.size(-1) % group_size != 0 ||
       x.size(-1) / group_size > kMaxGridY) {
     return false;
@@ -330,4 +329,4 @@ torch::Tensor gated_rms_norm(const torch::Tensor& x, const torch::Tensor& z,
                                      norm_before_gate);
 }
 
-}  // namespace aim::ops::cuda
+}  // namespace aim::ops::AIM_OPS_CUDA_NS

@@ -2,9 +2,11 @@
 // CUDA adapters of the norm ops: autograd functions over kernels/rms_norm.h.
 #include <torch/types.h>
 
+#include "ops/cuda_ns.h"
+
 #include <utility>
 
-namespace aim::ops::cuda {
+namespace aim::ops::AIM_OPS_CUDA_NS {
 
 /// Whether the kernels handle these tensors (CUDA, fp32/bf16 hidden with a contiguous last
 /// dim, D <= 8192, every tensor on hidden's device); otherwise the reference runs. residual,
@@ -29,4 +31,4 @@ torch::Tensor gated_rms_norm(const torch::Tensor& x, const torch::Tensor& z,
                              const torch::Tensor& weight, int64_t group_size, double eps,
                              bool norm_before_gate);
 
-}  // namespace aim::ops::cuda
+}  // namespace aim::ops::AIM_OPS_CUDA_NS

@@ -1,9 +1,8 @@
 // Fills the fused sampling kernel's parameters from tensors and launches it on the current
 // stream: no host work per row, no synchronisation, so the step can be captured in a graph.
 #include "ops/sampling_cuda.h"
+#include "ops/cuda_backend.h"
 
-#include <ATen/cuda/CUDAContext.h>
-#include <c10/cuda/CUDAGuard.h>
 #include <torch/torch.h>
 
 #include <climits>
@@ -12,7 +11,7 @@
 #include "aim/ops/dispatch.h"
 #include "sample_tokens.h"
 
-namespace aim::ops::cuda {
+namespace aim::ops::AIM_OPS_CUDA_NS {
 
 namespace {
 
@@ -28,7 +27,9 @@ torch::Tensor rows_in(const torch::Tensor& t, torch::ScalarType dtype) {
 
 bool sample_tokens_keyed_supported(const torch::Tensor& cond, const torch::Tensor& uncond,
                                    double temperature, int64_t top_k, double top_p) {
-  if (!cond.is_cuda() || cond.dim() != 2 || !kernel_dtype(cond.scalar_type())) return false;
+  if (!on_kernel_device(cond) || cond.dim() != 2 || !kernel_dtype(cond.scalar_type())) {
+    return false;
+  }
   if (uncond.defined() &&
       (!kernel_dtype(uncond.scalar_type()) || uncond.device() != cond.device())) {
     return false;
@@ -37,9 +38,7 @@ bool sample_tokens_keyed_supported(const torch::Tensor& cond, const torch::Tenso
   if (cond.size(0) > INT_MAX || !kernels::sample_tokens_supported(cond.size(1), top_k)) {
     return false;
   }
-  const auto* prop = at::cuda::getDeviceProperties(cond.device().index());
-  return static_cast<int64_t>(prop->sharedMemPerBlockOptin) >=
-         kernels::sample_tokens_smem_bytes(cond.size(1), top_k);
+  return device_smem_optin(cond.device()) >= kernels::sample_tokens_smem_bytes(cond.size(1), top_k);
 }
 
 torch::Tensor sample_tokens_keyed(const torch::Tensor& cond, const torch::Tensor& uncond,
@@ -47,7 +46,7 @@ torch::Tensor sample_tokens_keyed(const torch::Tensor& cond, const torch::Tensor
                                   uint64_t seed, const torch::Tensor& sample_ids,
                                   int64_t step_value, const torch::Tensor& step,
                                   const torch::Tensor& uniforms) {
-  c10::cuda::CUDAGuard guard(cond.device());
+  DeviceGuard guard(cond.device());
   const int64_t rows = cond.size(0), vocab = cond.size(1);
   // Mixed fp32 / bf16 inputs: both as fp32 (exact), the combine is fp32 either way.
   const auto dtype = uncond.defined() && uncond.scalar_type() != cond.scalar_type()
@@ -92,10 +91,10 @@ torch::Tensor sample_tokens_keyed(const torch::Tensor& cond, const torch::Tensor
   p.uniforms = uniforms.defined() ? uniforms.data_ptr<double>() : nullptr;
   const cudaError_t err = kernels::sample_tokens_cuda(
       p, dtype == torch::kBFloat16 ? kernels::ElemType::kBFloat16 : kernels::ElemType::kFloat32,
-      at::cuda::getCurrentCUDAStream().stream());
+      current_stream());
   TORCH_CHECK(err == cudaSuccess, "sample_tokens_keyed kernel launch failed: ",
               cudaGetErrorString(err));
   return tokens;
 }
 
-}  // namespace aim::ops::cuda
+}  // namespace aim::ops::AIM_OPS_CUDA_NS

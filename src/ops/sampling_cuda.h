@@ -2,9 +2,11 @@
 // CUDA adapter of the fused next-token kernel (kernels/sample_tokens.h).
 #include <torch/types.h>
 
+#include "ops/cuda_ns.h"
+
 #include <cstdint>
 
-namespace aim::ops::cuda {
+namespace aim::ops::AIM_OPS_CUDA_NS {
 
 /// cond (uncond) CUDA fp32 or bf16 [B, V] on one device, valid temperature, top_k and top_p,
 /// (V, top_k) within the kernel's limits and its shared memory within the device's.
@@ -20,4 +22,4 @@ torch::Tensor sample_tokens_keyed(const torch::Tensor& cond, const torch::Tensor
                                   int64_t step_value, const torch::Tensor& step,
                                   const torch::Tensor& uniforms = torch::Tensor());
 
-}  // namespace aim::ops::cuda
+}  // namespace aim::ops::AIM_OPS_CUDA_NS

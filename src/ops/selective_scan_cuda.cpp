@@ -1,10 +1,9 @@
 // Fills kernels/selective_scan.h from LibTorch tensors; the forward and backward launches are
 // tied together by a torch::autograd::Function.
 #include "ops/selective_scan_cuda.h"
+#include "ops/cuda_backend.h"
 #include "ops/optional_inputs.h"
 
-#include <ATen/cuda/CUDAContext.h>
-#include <c10/cuda/CUDAGuard.h>
 #include <torch/torch.h>
 
 #include <initializer_list>
@@ -14,7 +13,7 @@
 #include "aim/ops/dispatch.h"
 #include "selective_scan.h"
 
-namespace aim::ops::cuda {
+namespace aim::ops::AIM_OPS_CUDA_NS {
 
 namespace {
 
@@ -66,8 +65,6 @@ void maybe_poison(std::initializer_list<torch::Tensor> outputs) {
 void check_launch(cudaError_t err, const char* what) {
   TORCH_CHECK(err == cudaSuccess, what, " kernel launch failed: ", cudaGetErrorString(err));
 }
-
-cudaStream_t current_stream() { return at::cuda::getCurrentCUDAStream().stream(); }
 
 // [B, E, L] of `dtype` in x's layout: channel-last when x is, else contiguous.
 torch::Tensor empty_like_layout(const torch::Tensor& x, torch::ScalarType dtype) {
@@ -158,7 +155,7 @@ class SelectiveScanFunction : public torch::autograd::Function<SelectiveScanFunc
                              const std::optional<torch::Tensor>& init_opt, bool delta_softplus) {
     const auto D = value_or_undefined(D_opt), z = value_or_undefined(z_opt);
     const auto bias = value_or_undefined(bias_opt), init = value_or_undefined(init_opt);
-    c10::cuda::CUDAGuard guard(u.device());
+    DeviceGuard guard(u.device());
     auto out = run_forward(u, delta, as_float(A), Bm, Cm, as_float(D), z, as_float(bias),
                            as_float(init), delta_softplus, /*last_state=*/true,
                            /*keep_chunks=*/true);
@@ -181,7 +178,7 @@ class SelectiveScanFunction : public torch::autograd::Function<SelectiveScanFunc
     const auto& bias = saved[7];
     const auto& init = saved[8];
     const auto& chunk_states = saved[9];
-    c10::cuda::CUDAGuard guard(u.device());
+    DeviceGuard guard(u.device());
     const int64_t batch = u.size(0), channels = u.size(1), len = u.size(2), dstate = A.size(1);
     const auto fopts = u.options().dtype(torch::kFloat);
 
@@ -251,7 +248,7 @@ bool selective_scan_supported(const torch::Tensor& u, const torch::Tensor& delta
                               const torch::Tensor& Cm, const torch::Tensor& D,
                               const torch::Tensor& z, const torch::Tensor& delta_bias,
                               const torch::Tensor& initial_state) {
-  if (!u.is_cuda() || !kernel_dtype(u) || u.dim() != 3 || A.dim() != 2) return false;
+  if (!on_kernel_device(u) || !kernel_dtype(u) || u.dim() != 3 || A.dim() != 2) return false;
   if (!same_kind(delta, u) || !same_kind(Bm, u) || !same_kind(Cm, u) || !same_kind(z, u)) {
     return false;
   }
@@ -272,7 +269,7 @@ SelectiveScanResult selective_scan(const torch::Tensor& u, const torch::Tensor& 
                                    bool return_last_state) {
   SelectiveScanResult result;
   if (!tracks_grad({&u, &delta, &A, &Bm, &Cm, &D, &z, &delta_bias, &initial_state})) {
-    c10::cuda::CUDAGuard guard(u.device());
+    DeviceGuard guard(u.device());
     auto out = run_forward(u, delta, as_float(A), Bm, Cm, as_float(D), z, as_float(delta_bias),
                            as_float(initial_state), delta_softplus, return_last_state,
                            /*keep_chunks=*/false);
@@ -293,7 +290,8 @@ bool selective_state_update_supported(const torch::Tensor& state, const torch::T
                                       const torch::Tensor& Bm, const torch::Tensor& Cm,
                                       const torch::Tensor& D, const torch::Tensor& z,
                                       const torch::Tensor& delta_bias) {
-  if (!u.is_cuda() || !kernel_dtype(u) || u.dim() != 2 || A.dim() != 2 || state.dim() != 3) {
+  if (!on_kernel_device(u) || !kernel_dtype(u) || u.dim() != 2 || A.dim() != 2 ||
+      state.dim() != 3) {
     return false;
   }
   if (!same_kind(delta, u) || !same_kind(Bm, u) || !same_kind(Cm, u) || !same_kind(z, u)) {
@@ -317,7 +315,7 @@ torch::Tensor selective_state_update(torch::Tensor& state, const torch::Tensor& 
                                      const torch::Tensor& Bm, const torch::Tensor& Cm,
                                      const torch::Tensor& D, const torch::Tensor& z,
                                      const torch::Tensor& delta_bias, bool delta_softplus) {
-  c10::cuda::CUDAGuard guard(u.device());
+  DeviceGuard guard(u.device());
   const auto A_f = as_float(A), D_f = as_float(D), bias_f = as_float(delta_bias);
   auto y = torch::empty(u.sizes(), u.options());
   maybe_poison({y});
@@ -358,4 +356,4 @@ torch::Tensor selective_state_update(torch::Tensor& state, const torch::Tensor& 
   return y;
 }
 
-}  // namespace aim::ops::cuda
+}  // namespace aim::ops::AIM_OPS_CUDA_NS

@@ -3,9 +3,11 @@
 // kernels/selective_scan.h for the scan, and the one-token state update.
 #include <torch/types.h>
 
+#include "ops/cuda_ns.h"
+
 #include "aim/ops/selective_scan.h"
 
-namespace aim::ops::cuda {
+namespace aim::ops::AIM_OPS_CUDA_NS {
 
 /// Whether the kernels handle these tensors: CUDA, every tensor on u's device, u fp32 or bf16
 /// with delta, B, C and z of u's dtype, A / D / delta_bias / initial_state floating point,
@@ -43,4 +45,4 @@ torch::Tensor selective_state_update(torch::Tensor& state, const torch::Tensor& 
                                      const torch::Tensor& D, const torch::Tensor& z,
                                      const torch::Tensor& delta_bias, bool delta_softplus);
 
-}  // namespace aim::ops::cuda
+}  // namespace aim::ops::AIM_OPS_CUDA_NS

@@ -2,10 +2,9 @@
 // the current stream; the scan's forward and backward are tied together by a
 // torch::autograd::Function.
 #include "ops/ssd_scan_cuda.h"
+#include "ops/cuda_backend.h"
 #include "ops/optional_inputs.h"
 
-#include <ATen/cuda/CUDAContext.h>
-#include <c10/cuda/CUDAGuard.h>
 #include <torch/torch.h>
 
 #include <initializer_list>
@@ -17,7 +16,7 @@
 #include "ssd_scan.h"
 #include "ssd_state_update.h"
 
-namespace aim::ops::cuda {
+namespace aim::ops::AIM_OPS_CUDA_NS {
 
 namespace {
 bool is_kernel_dtype(const torch::Tensor& t) {
@@ -28,7 +27,7 @@ bool last_dim_contiguous(const torch::Tensor& t) { return t.stride(-1) == 1; }
 
 bool ssd_state_update_supported(const torch::Tensor& state, const torch::Tensor& x,
                                 const torch::Tensor& Bm, const torch::Tensor& D) {
-  return state.is_cuda() && state.is_contiguous() && is_kernel_dtype(x) &&
+  return on_kernel_device(state) && state.is_contiguous() && is_kernel_dtype(x) &&
          last_dim_contiguous(x) && last_dim_contiguous(Bm) && Bm.scalar_type() == x.scalar_type();
 }
 
@@ -37,7 +36,7 @@ torch::Tensor ssd_state_update(torch::Tensor& state, const torch::Tensor& x,
                                const torch::Tensor& Bm, const torch::Tensor& Cm,
                                const torch::Tensor& D, const torch::Tensor& dt_bias,
                                bool dt_softplus) {
-  c10::cuda::CUDAGuard guard(x.device());
+  DeviceGuard guard(x.device());
   auto dt_c = dt.to(x.scalar_type()).contiguous();
   auto c_c = Cm.to(x.scalar_type());
   if (!last_dim_contiguous(c_c)) c_c = c_c.contiguous();
@@ -74,7 +73,7 @@ torch::Tensor ssd_state_update(torch::Tensor& state, const torch::Tensor& x,
   const auto elem = x.scalar_type() == torch::kBFloat16 ? kernels::ElemType::kBFloat16
                                                         : kernels::ElemType::kFloat32;
   const cudaError_t err =
-      kernels::ssd_state_update_cuda(p, elem, at::cuda::getCurrentCUDAStream().stream());
+      kernels::ssd_state_update_cuda(p, elem, current_stream());
   TORCH_CHECK(err == cudaSuccess, "ssd_state_update kernel launch failed: ",
               cudaGetErrorString(err));
   return y;
@@ -173,7 +172,7 @@ class SsdScanFunction : public torch::autograd::Function<SsdScanFunction> {
                              bool return_final_state) {
     const auto D = value_or_undefined(D_opt), dt_bias = value_or_undefined(dt_bias_opt);
     const auto init = value_or_undefined(init_opt);
-    c10::cuda::CUDAGuard guard(x.device());
+    DeviceGuard guard(x.device());
     const auto tiling = tiling_for(x, Bm);
     TORCH_CHECK(tiling.ok, "ssd_scan: no kernel tiling for x ", x.sizes(), ", B ", Bm.sizes());
     const auto xk = unit_last(x), bk = unit_last(Bm), ck = unit_last(Cm);
@@ -193,7 +192,7 @@ class SsdScanFunction : public torch::autograd::Function<SsdScanFunction> {
     p.y_len_stride = y.stride(1);
     p.y_head_stride = y.stride(2);
     p.final_state = final_state.defined() ? final_state.data_ptr<float>() : nullptr;
-    check_launch(kernels::ssd_scan_fwd_cuda(p, elem_type(x), at::cuda::getCurrentCUDAStream().stream()),
+    check_launch(kernels::ssd_scan_fwd_cuda(p, elem_type(x), current_stream()),
                  "ssd_scan forward");
 
     ctx->save_for_backward({x, dt, A, Bm, Cm, D, dt_bias, init});
@@ -215,7 +214,7 @@ class SsdScanFunction : public torch::autograd::Function<SsdScanFunction> {
     const auto& dt_bias = saved[6];
     const auto& init = saved[7];
     const bool dt_softplus = ctx->saved_data["dt_softplus"].toBool();
-    c10::cuda::CUDAGuard guard(x.device());
+    DeviceGuard guard(x.device());
     const auto tiling = tiling_for(x, Bm);
     const int64_t batch = x.size(0), len = x.size(1), heads = x.size(2), hdim = x.size(3);
     const int64_t groups = Bm.size(2), dstate = Bm.size(3);
@@ -255,7 +254,7 @@ class SsdScanFunction : public torch::autograd::Function<SsdScanFunction> {
     p.dD_partial = dd_part.defined() ? dd_part.data_ptr<float>() : nullptr;
     p.dB_partial = db_part.data_ptr<float>();
     p.dC_partial = dc_part.data_ptr<float>();
-    check_launch(kernels::ssd_scan_bwd_cuda(p, elem_type(x), at::cuda::getCurrentCUDAStream().stream()),
+    check_launch(kernels::ssd_scan_bwd_cuda(p, elem_type(x), current_stream()),
                  "ssd_scan backward");
 
     // The partial slices added in a fixed order (ATen reductions): deterministic.
@@ -292,7 +291,7 @@ bool ssd_scan_supported(const torch::Tensor& x, const torch::Tensor& dt, const t
                         const torch::Tensor& Bm, const torch::Tensor& Cm, const torch::Tensor& D,
                         const torch::Tensor& dt_bias, const torch::Tensor& initial_state) {
   const auto type = x.scalar_type();
-  if (!x.is_cuda() || (type != torch::kFloat && type != torch::kBFloat16)) return false;
+  if (!on_kernel_device(x) || (type != torch::kFloat && type != torch::kBFloat16)) return false;
   // dt, B and C are read in x's type: mixed types would change the reference's rounding.
   if (dt.scalar_type() != type || Bm.scalar_type() != type || Cm.scalar_type() != type) return false;
   for (const auto* t : {&dt, &A, &Bm, &Cm, &D, &dt_bias, &initial_state}) {
@@ -307,7 +306,7 @@ bool ssd_scan_supported(const torch::Tensor& x, const torch::Tensor& dt, const t
       dstate > kernels::kSsdMaxDstate) {
     return false;
   }
-  c10::cuda::CUDAGuard guard(x.device());
+  DeviceGuard guard(x.device());
   const auto tiling = tiling_for(x, Bm);
   // The dB/dC partial rows ([H * p_tiles * N]) are a 32-bit leading dimension.
   return tiling.ok && heads * tiling.p_tiles * tiling.dstate_pad < std::numeric_limits<int>::max();
@@ -331,4 +330,4 @@ SsdScanResult ssd_scan(const torch::Tensor& x, const torch::Tensor& dt, const to
   return result;
 }
 
-}  // namespace aim::ops::cuda
+}  // namespace aim::ops::AIM_OPS_CUDA_NS

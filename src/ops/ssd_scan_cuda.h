@@ -2,9 +2,11 @@
 // CUDA adapters of the SSD ops: fill the kernels' params structs from tensors.
 #include <torch/types.h>
 
+#include "ops/cuda_ns.h"
+
 #include "aim/ops/ssd_scan.h"
 
-namespace aim::ops::cuda {
+namespace aim::ops::AIM_OPS_CUDA_NS {
 
 /// Whether the chunked scan kernels handle these tensors (CUDA; x, dt, B, C all fp32 or all
 /// bf16; every tensor on x's device; d_state <= 256; batch and heads <= 65535; L >= 1);
@@ -31,4 +33,4 @@ torch::Tensor ssd_state_update(torch::Tensor& state, const torch::Tensor& x,
                                const torch::Tensor& D, const torch::Tensor& dt_bias,
                                bool dt_softplus);
 
-}  // namespace aim::ops::cuda
+}  // namespace aim::ops::AIM_OPS_CUDA_NS

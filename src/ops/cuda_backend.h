@@ -1,0 +1,51 @@
+#pragma once
+// What the CUDA adapters (src/ops/*_cuda.cpp) take from the CUDA runtime besides the kernels:
+// the namespace they live in, a device guard, the current stream and the device's shared-memory
+// limit.
+//
+// Built normally these are LibTorch's, and the kernels take CUDA tensors. Built for the kernel emulator (tests/emu defines
+// AIM_OPS_EMULATED), the same adapter sources run on CPU tensors against the emulated kernels:
+// they live in aim::ops::cuda_emu, `kernels::` names the emulator's copy of kernels/, the
+// kernels take CPU tensors, there is no stream and no device to guard, and the limits are the
+// emulated device's. The emulated
+// tests thereby run the adapters' own code (buffers, strides, partial-sum reductions, autograd
+// wiring), not a copy of it.
+#include <torch/types.h>
+
+#include <cstdint>
+
+#include "ops/cuda_ns.h"
+
+#ifdef AIM_OPS_EMULATED
+
+#include <cuda_runtime.h>  // the emulator's (tests/emu/include)
+
+namespace aim::kernels_emu {}  // the emulator's copy of kernels/ (tests/emu/translate.cmake)
+
+namespace aim::ops::cuda_emu {
+namespace kernels = ::aim::kernels_emu;
+
+/// The device whose tensors the kernels take: the emulated kernels read CPU memory.
+inline bool on_kernel_device(const torch::Tensor& t) { return t.is_cpu(); }
+struct DeviceGuard {
+  explicit DeviceGuard(torch::Device) {}
+};
+inline cudaStream_t current_stream() { return nullptr; }
+inline int64_t device_smem_optin(const torch::Device&) { return ::emu::device().smem_optin; }
+}  // namespace aim::ops::cuda_emu
+
+#else
+
+#include <ATen/cuda/CUDAContext.h>
+#include <c10/cuda/CUDAGuard.h>
+
+namespace aim::ops::cuda {
+inline bool on_kernel_device(const torch::Tensor& t) { return t.is_cuda(); }
+using DeviceGuard = c10::cuda::CUDAGuard;
+inline cudaStream_t current_stream() { return at::cuda::getCurrentCUDAStream().stream(); }
+inline int64_t device_smem_optin(const torch::Device& device) {
+  return static_cast<int64_t>(at::cuda::getDeviceProperties(device.index())->sharedMemPerBlockOptin);
+}
+}  // namespace aim::ops::cuda
+
+#endif

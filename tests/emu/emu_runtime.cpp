@@ -1,0 +1,362 @@
+// The emulator's scheduler: the threads of a block as ucontext fibers, barriers, warp
+// collectives and launch checks. See include/emu_runtime.h for the model.
+#include "emu_runtime.h"
+
+#include <sys/mman.h>
+#include <ucontext.h>
+#include <unistd.h>
+
+#include <map>
+#include <mutex>
+#include <sstream>
+#include <stdexcept>
+#include <vector>
+
+namespace emu {
+
+thread_local ThreadState* g_thread = nullptr;
+thread_local BlockState* g_block = nullptr;
+
+namespace {
+
+constexpr size_t kStackBytes = 256 * 1024;
+constexpr unsigned kFullMask = 0xffffffffu;
+
+struct ErrorState {
+  cudaError_t err = cudaSuccess;
+  std::string message;
+};
+thread_local ErrorState t_error;
+
+std::mutex g_attr_mutex;
+std::map<const void*, int>& func_attrs() {
+  static std::map<const void*, int> m;
+  return m;
+}
+
+enum class Wait { kRunning, kBlock, kWarp, kDone };
+
+struct Fiber {
+  ThreadState state;
+  ucontext_t ctx{};
+  Wait wait = Wait::kRunning;
+  unsigned mask = 0;
+  const char* op = nullptr;
+  uint64_t collectives = 0;  // warp collectives entered so far
+  uint64_t deposit[2] = {0, 0};
+  void* stack = nullptr;
+};
+
+struct Block {
+  BlockState state;
+  std::vector<Fiber> fibers;
+  ucontext_t scheduler{};
+  BlockBody body = nullptr;
+  void* body_ctx = nullptr;
+  Fiber* current = nullptr;
+  bool fault = false;
+  std::string fault_message;
+};
+thread_local Block* t_block = nullptr;
+
+void fiber_entry() {
+  Block* b = t_block;
+  b->body(b->body_ctx);
+  b->current->wait = Wait::kDone;
+  // uc_link returns to the scheduler.
+}
+
+std::string where(const Fiber& f) {
+  const BlockState& s = t_block->state;
+  std::ostringstream o;
+  o << "block (" << s.block_idx.x << "," << s.block_idx.y << "," << s.block_idx.z << ") thread ("
+    << f.state.tid.x << "," << f.state.tid.y << "," << f.state.tid.z << ")";
+  return o.str();
+}
+
+const char* wait_name(Wait w) {
+  switch (w) {
+    case Wait::kRunning: return "running";
+    case Wait::kBlock: return "__syncthreads";
+    case Wait::kWarp: return "a warp collective";
+    case Wait::kDone: return "exited";
+  }
+  return "?";
+}
+
+void suspend(Fiber& f) {
+  swapcontext(&f.ctx, &t_block->scheduler);
+}
+
+// Raises a fault from inside a fiber: the scheduler abandons the block.
+[[noreturn]] void fault_in_fiber(Fiber& f, const std::string& what) {
+  t_block->fault = true;
+  t_block->fault_message = where(f) + ": " + what;
+  f.wait = Wait::kDone;
+  setcontext(&t_block->scheduler);
+  std::abort();  // setcontext does not return
+}
+
+// Releases what can be released once every fiber waits or is done. Returns false on deadlock
+// (the fault is recorded).
+bool release(Block& b) {
+  const int n = static_cast<int>(b.fibers.size());
+  int alive = 0, at_block = 0;
+  for (const auto& f : b.fibers) {
+    if (f.wait == Wait::kDone) continue;
+    ++alive;
+    if (f.wait == Wait::kBlock) ++at_block;
+  }
+  if (alive > 0 && at_block == alive) {
+    for (auto& f : b.fibers)
+      if (f.wait == Wait::kBlock) f.wait = Wait::kRunning;
+    return true;
+  }
+  bool released = false;
+  std::string problem;
+  for (int w0 = 0; w0 < n; w0 += 32) {
+    Fiber* first = nullptr;
+    for (int i = w0; i < std::min(n, w0 + 32); ++i)
+      if (b.fibers[i].wait == Wait::kWarp) {
+        first = &b.fibers[i];
+        break;
+      }
+    if (first == nullptr) continue;
+    const unsigned mask = first->mask;
+    bool ready = true;
+    for (int l = 0; l < 32 && ready; ++l) {
+      if (!(mask >> l & 1u)) continue;
+      Fiber& f = b.fibers[w0 + l];
+      if (f.wait == Wait::kWarp) {
+        if (f.mask != mask) {
+          problem = where(f) + " is in a warp collective with mask " + std::to_string(f.mask) +
+                    " while lane " + std::to_string(first->state.linear & 31) + " uses mask " +
+                    std::to_string(mask);
+          ready = false;
+        } else if (mask == kFullMask && f.collectives != first->collectives) {
+          problem = where(f) + " is at its warp collective #" + std::to_string(f.collectives) +
+                    " (" + f.op + ") while " + where(*first) + " is at #" +
+                    std::to_string(first->collectives) + " (" + first->op + ")";
+          ready = false;
+        }
+      } else {
+        ready = false;
+        if (problem.empty() || f.wait == Wait::kDone) {
+          problem = where(*first) + " waits in " + first->op + " for " + where(f) + ", which " +
+                    (f.wait == Wait::kDone ? "has exited" : std::string("waits at ") + wait_name(f.wait));
+        }
+      }
+    }
+    if (ready) {
+      for (int l = 0; l < 32; ++l)
+        if (mask >> l & 1u) b.fibers[w0 + l].wait = Wait::kRunning;
+      released = true;
+    }
+  }
+  if (released) return true;
+  b.fault = true;
+  if (problem.empty()) {
+    for (const auto& f : b.fibers)
+      if (f.wait == Wait::kBlock) {
+        problem = where(f) + " waits at __syncthreads, but other threads wait elsewhere";
+        break;
+      }
+  }
+  b.fault_message = "deadlock: " + problem;
+  return false;
+}
+
+// Fiber stacks, kept for the thread's later launches (a test makes thousands of launches).
+struct StackPool {
+  std::vector<void*> stacks;
+  ~StackPool() {
+    const size_t page = static_cast<size_t>(sysconf(_SC_PAGESIZE));
+    for (void* p : stacks) munmap(p, kStackBytes + page);
+  }
+  void* get(size_t i) {
+    while (stacks.size() <= i) {
+      const size_t page = static_cast<size_t>(sysconf(_SC_PAGESIZE));
+      void* p = mmap(nullptr, kStackBytes + page, PROT_READ | PROT_WRITE,
+                     MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+      if (p == MAP_FAILED) throw std::runtime_error("emu: cannot map a fiber stack");
+      mprotect(p, page, PROT_NONE);  // guard page below the stack
+      stacks.push_back(p);
+    }
+    return stacks[i];
+  }
+};
+thread_local StackPool t_stacks;
+
+// Runs one block to completion. Returns false on a fault.
+bool run_block(Block& b) {
+  const size_t page = static_cast<size_t>(sysconf(_SC_PAGESIZE));
+  for (auto& f : b.fibers) {
+    f.wait = Wait::kRunning;
+    f.collectives = 0;
+    getcontext(&f.ctx);
+    f.ctx.uc_stack.ss_sp = static_cast<char*>(f.stack) + page;
+    f.ctx.uc_stack.ss_size = kStackBytes;
+    f.ctx.uc_link = &b.scheduler;
+    makecontext(&f.ctx, fiber_entry, 0);
+  }
+  for (;;) {
+    bool any_alive = false;
+    for (auto& f : b.fibers) {
+      if (f.wait != Wait::kRunning) continue;
+      b.current = &f;
+      g_thread = &f.state;
+      swapcontext(&b.scheduler, &f.ctx);
+      if (b.fault) return false;
+    }
+    for (const auto& f : b.fibers) any_alive |= f.wait != Wait::kDone;
+    if (!any_alive) return true;
+    if (!release(b)) return false;
+  }
+}
+
+}  // namespace
+
+DeviceProps& device() {
+  static DeviceProps d;
+  return d;
+}
+
+std::string last_message() { return t_error.message; }
+
+void set_error(cudaError_t err, const std::string& message) {
+  if (t_error.err == cudaSuccess) {
+    t_error.err = err;
+    t_error.message = message;
+  }
+}
+
+cudaError_t take_error() {
+  const cudaError_t e = t_error.err;
+  t_error.err = cudaSuccess;
+  return e;
+}
+
+cudaError_t peek_error() { return t_error.err; }
+
+int func_max_dynamic_smem(const void* func) {
+  std::lock_guard<std::mutex> lock(g_attr_mutex);
+  auto it = func_attrs().find(func);
+  return it == func_attrs().end() ? device().smem_per_block : it->second;
+}
+
+void set_func_max_dynamic_smem(const void* func, int bytes) {
+  std::lock_guard<std::mutex> lock(g_attr_mutex);
+  func_attrs()[func] = bytes;
+}
+
+void block_barrier() {
+  Fiber& f = *t_block->current;
+  f.wait = Wait::kBlock;
+  suspend(f);
+}
+
+uint64_t warp_exchange(unsigned mask, uint64_t bits, int src_lane, const char* op) {
+  Block& b = *t_block;
+  Fiber& f = *b.current;
+  const int lane = f.state.linear & 31;
+  const int warp0 = f.state.linear - lane;
+  if (!(mask >> lane & 1u)) fault_in_fiber(f, std::string(op) + " with a mask that leaves out the calling lane");
+  const int n = static_cast<int>(b.fibers.size());
+  if (warp0 + 32 - __builtin_clz(mask) > n)
+    fault_in_fiber(f, std::string(op) + " with a mask naming lanes the block does not have (" +
+                          std::to_string(n) + " threads)");
+  if (!(mask >> src_lane & 1u))
+    fault_in_fiber(f, std::string(op) + " reads lane " + std::to_string(src_lane) +
+                          ", outside the mask");
+  const int slot = static_cast<int>(f.collectives & 1u);
+  f.deposit[slot] = bits;
+  f.op = op;
+  f.mask = mask;
+  f.wait = Wait::kWarp;
+  suspend(f);
+  ++f.collectives;
+  // Every lane of the mask deposited into this slot before the release; none can overwrite it
+  // before every lane has passed the next collective.
+  return b.fibers[warp0 + src_lane].deposit[slot];
+}
+
+void warp_collective(unsigned mask, const char* op) {
+  const int lane = t_block->current->state.linear & 31;
+  warp_exchange(mask, 0, lane, op);
+}
+
+void fault(const std::string& what) { fault_in_fiber(*t_block->current, what); }
+
+unsigned warp_ballot(unsigned mask, bool pred) {
+  Block& b = *t_block;
+  Fiber& f = *b.current;
+  const int lane = f.state.linear & 31;
+  const int warp0 = f.state.linear - lane;
+  warp_exchange(mask, pred ? 1u : 0u, lane, "__ballot_sync");
+  const int slot = static_cast<int>((f.collectives - 1) & 1u);
+  unsigned out = 0;
+  for (int l = 0; l < 32; ++l)
+    if ((mask >> l & 1u) && b.fibers[warp0 + l].deposit[slot] != 0) out |= 1u << l;
+  return out;
+}
+
+bool run_grid(dim3 grid, dim3 block, size_t dynamic_smem, const void* func, BlockBody body,
+              void* ctx) {
+  const uint64_t threads = static_cast<uint64_t>(block.x) * block.y * block.z;
+  std::ostringstream cfg;
+  cfg << "grid (" << grid.x << "," << grid.y << "," << grid.z << "), block (" << block.x << ","
+      << block.y << "," << block.z << "), " << dynamic_smem << " B dynamic shared memory";
+  if (threads == 0 || threads > 1024 || block.z > 64 || grid.x == 0 || grid.y == 0 ||
+      grid.z == 0 || grid.x > 2147483647u || grid.y > 65535 || grid.z > 65535) {
+    set_error(cudaErrorInvalidConfiguration, "launch outside the device limits: " + cfg.str());
+    return false;
+  }
+  const size_t allowed = static_cast<size_t>(func_max_dynamic_smem(func));
+  if (dynamic_smem > static_cast<size_t>(device().smem_optin) ||
+      (dynamic_smem > static_cast<size_t>(device().smem_per_block) && dynamic_smem > allowed)) {
+    set_error(cudaErrorInvalidValue,
+              "dynamic shared memory beyond the kernel's limit (" + std::to_string(allowed) +
+                  " B; cudaFuncSetAttribute raises it up to " +
+                  std::to_string(device().smem_optin) + " B): " + cfg.str());
+    return false;
+  }
+
+  Block b;
+  b.body = body;
+  b.body_ctx = ctx;
+  b.state.block_dim = block;
+  b.state.grid_dim = grid;
+  // Dynamic shared memory starts as a NaN pattern: reads before writes show up.
+  std::vector<unsigned char> smem(dynamic_smem + 256, 0xff);
+  const uintptr_t base = reinterpret_cast<uintptr_t>(smem.data());
+  b.state.dynamic_smem = smem.data() + ((256 - base % 256) % 256);  // aligned as a GPU's
+  b.fibers.resize(threads);
+  for (uint64_t i = 0; i < threads; ++i) {
+    Fiber& f = b.fibers[i];
+    f.state.linear = static_cast<int>(i);
+    f.state.tid = dim3(static_cast<unsigned>(i % block.x),
+                       static_cast<unsigned>(i / block.x % block.y),
+                       static_cast<unsigned>(i / (static_cast<uint64_t>(block.x) * block.y)));
+    f.stack = t_stacks.get(i);
+  }
+  Block* saved_block = t_block;
+  BlockState* saved_state = g_block;
+  ThreadState* saved_thread = g_thread;
+  t_block = &b;
+  g_block = &b.state;
+  bool ok = true;
+  for (unsigned z = 0; z < grid.z && ok; ++z)
+    for (unsigned y = 0; y < grid.y && ok; ++y)
+      for (unsigned x = 0; x < grid.x && ok; ++x) {
+        b.state.block_idx = dim3(x, y, z);
+        std::memset(smem.data(), 0xff, smem.size());
+        ok = run_block(b);
+      }
+  t_block = saved_block;
+  g_block = saved_state;
+  g_thread = saved_thread;
+  if (!ok) set_error(cudaErrorLaunchFailure, b.fault_message + " [" + cfg.str() + "]");
+  return ok;
+}
+
+}  // namespace emu

@@ -1,0 +1,176 @@
+// The CPU emulator itself (tests/emu/include/emu_runtime.h): that it runs CUDA's execution model
+// faithfully enough for the kernel tests to mean something, and that the faults it promises to
+// report are reported. The kernels here are written for the emulator in this file.
+#include <gtest/gtest.h>
+#include <torch/torch.h>
+
+#include <cmath>
+#include <cstring>
+#include <vector>
+
+#include "emu_runtime.h"
+#include "mma.h"
+
+namespace {
+
+__global__ void block_sum(const float* x, float* out, int n) {
+  __shared__ float warp_sums[32];
+  float v = 0.f;
+  for (int i = threadIdx.x; i < n; i += blockDim.x) v += x[blockIdx.x * n + i];
+  for (int o = 16; o > 0; o /= 2) v += __shfl_xor_sync(0xffffffffu, v, o);
+  if ((threadIdx.x & 31) == 0) warp_sums[threadIdx.x >> 5] = v;
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    float s = 0.f;
+    for (unsigned w = 0; w < blockDim.x / 32; ++w) s += warp_sums[w];
+    out[blockIdx.x] = s;
+  }
+}
+
+TEST(Emulator, ShufflesAndSharedMemoryReduceABlock) {
+  std::vector<float> x(3 * 1000), out(3, -1.f);
+  for (size_t i = 0; i < x.size(); ++i) x[i] = static_cast<float>(i % 7) - 2.f;
+  block_sum ^ emu::Cfg(3, 128)(x.data(), out.data(), 1000);
+  ASSERT_EQ(cudaGetLastError(), cudaSuccess) << emu::last_message();
+  for (int b = 0; b < 3; ++b) {
+    double want = 0;
+    for (int i = 0; i < 1000; ++i) want += x[b * 1000 + i];
+    EXPECT_EQ(out[b], want) << "block " << b;
+  }
+}
+
+// Thread i writes slot i, then reads slot i + 1: with the barrier it sees the neighbour's write;
+// without it, the emulator (like a GPU, without a guarantee) lets the read come first.
+template <bool kBarrier>
+__global__ void neighbour(float* out) {
+  float* s = emu::dynamic_shared<float>();
+  s[threadIdx.x] = static_cast<float>(threadIdx.x);
+  if (kBarrier) __syncthreads();
+  out[threadIdx.x] = s[(threadIdx.x + 1) % blockDim.x];
+}
+
+TEST(Emulator, BarriersOrderSharedMemoryAndTheirAbsenceShows) {
+  std::vector<float> out(64);
+  neighbour<true> ^ emu::Cfg(1, 64, 64 * sizeof(float))(out.data());
+  ASSERT_EQ(cudaGetLastError(), cudaSuccess) << emu::last_message();
+  for (int i = 0; i < 64; ++i) EXPECT_EQ(out[i], static_cast<float>((i + 1) % 64));
+  neighbour<false> ^ emu::Cfg(1, 64, 64 * sizeof(float))(out.data());
+  ASSERT_EQ(cudaGetLastError(), cudaSuccess) << emu::last_message();
+  // Dynamic shared memory starts as NaN: thread 0 read slot 1 before thread 1 wrote it.
+  EXPECT_TRUE(std::isnan(out[0]));
+}
+
+// Half a warp at __syncthreads, the other half in a full-mask shuffle: a deadlock on a GPU.
+__global__ void split_warp(float* out) {
+  if ((threadIdx.x & 31) < 16) {
+    __syncthreads();
+  } else {
+    out[threadIdx.x] = __shfl_xor_sync(0xffffffffu, 1.f, 1);
+  }
+}
+
+__global__ void shuffle_after_exit(float* out) {
+  if (threadIdx.x == 3) return;
+  out[threadIdx.x] = __shfl_xor_sync(0xffffffffu, static_cast<float>(threadIdx.x), 1);
+}
+
+__global__ void partial_warp_shuffle(float* out) {
+  out[threadIdx.x] = __shfl_down_sync(0xffffffffu, 1.f, 1);
+}
+
+TEST(Emulator, ReportsDivergentBarriersAndCollectives) {
+  std::vector<float> out(64, 0.f);
+  split_warp ^ emu::Cfg(1, 64)(out.data());
+  EXPECT_EQ(cudaGetLastError(), cudaErrorLaunchFailure);
+  EXPECT_NE(emu::last_message().find("deadlock"), std::string::npos) << emu::last_message();
+
+  shuffle_after_exit ^ emu::Cfg(1, 32)(out.data());
+  EXPECT_EQ(cudaGetLastError(), cudaErrorLaunchFailure);
+  EXPECT_NE(emu::last_message().find("has exited"), std::string::npos) << emu::last_message();
+
+  partial_warp_shuffle ^ emu::Cfg(1, 48)(out.data());
+  EXPECT_EQ(cudaGetLastError(), cudaErrorLaunchFailure);
+  EXPECT_NE(emu::last_message().find("lanes the block does not have"), std::string::npos)
+      << emu::last_message();
+  // A fault leaves the emulator usable.
+  std::vector<float> x(64, 1.f), sum(1);
+  block_sum ^ emu::Cfg(1, 64)(x.data(), sum.data(), 64);
+  EXPECT_EQ(cudaGetLastError(), cudaSuccess) << emu::last_message();
+  EXPECT_EQ(sum[0], 64.f);
+}
+
+__global__ void touch_smem(float* out) {
+  float* s = emu::dynamic_shared<float>();
+  s[threadIdx.x] = 1.f;
+  out[threadIdx.x] = s[threadIdx.x];
+}
+
+TEST(Emulator, LaunchLimitsAreTheDevicesOwn) {
+  std::vector<float> out(32);
+  // Over 48 KiB of dynamic shared memory needs the opt-in attribute, up to the device's limit.
+  const size_t big = 100 * 1024;
+  touch_smem ^ emu::Cfg(1, 32, big)(out.data());
+  EXPECT_EQ(cudaGetLastError(), cudaErrorInvalidValue);
+  EXPECT_NE(emu::last_message().find("dynamic shared memory"), std::string::npos);
+  ASSERT_EQ(cudaFuncSetAttribute(touch_smem, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                 static_cast<int>(big)),
+            cudaSuccess);
+  touch_smem ^ emu::Cfg(1, 32, big)(out.data());
+  EXPECT_EQ(cudaGetLastError(), cudaSuccess) << emu::last_message();
+  EXPECT_NE(cudaFuncSetAttribute(touch_smem, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                 emu::device().smem_optin + 1),
+            cudaSuccess);
+  // Grid y and z stop at 65535; blocks at 1024 threads.
+  touch_smem ^ emu::Cfg(dim3(1, 70000), 32)(out.data());
+  EXPECT_EQ(cudaGetLastError(), cudaErrorInvalidConfiguration);
+  touch_smem ^ emu::Cfg(1, 2048)(out.data());
+  EXPECT_EQ(cudaGetLastError(), cudaErrorInvalidConfiguration);
+}
+
+// A warp loads an accumulator tile from shared memory, scales it and stores it back in place
+// (the SSD kernels' state update): the tile operations are warp collectives, so every lane
+// loads before any lane stores.
+__global__ void wmma_in_place(float* tile, const __nv_bfloat16* a, const __nv_bfloat16* b) {
+  using namespace nvcuda;
+  wmma::fragment<wmma::accumulator, 16, 16, 16, float> acc;
+  wmma::load_matrix_sync(acc, tile, 16, wmma::mem_row_major);
+  for (int e = 0; e < acc.num_elements; ++e) acc.x[e] *= 2.f;
+  wmma::fragment<wmma::matrix_a, 16, 16, 16, __nv_bfloat16, wmma::row_major> fa;
+  wmma::fragment<wmma::matrix_b, 16, 16, 16, __nv_bfloat16, wmma::col_major> fb;
+  wmma::load_matrix_sync(fa, a, 16);
+  wmma::load_matrix_sync(fb, b, 16);
+  wmma::mma_sync(acc, fa, fb, acc);
+  wmma::store_matrix_sync(tile, acc, 16, wmma::mem_row_major);
+}
+
+__global__ void wmma_bad_ld(float* t) {
+  nvcuda::wmma::fragment<nvcuda::wmma::accumulator, 16, 16, 16, float> acc;
+  nvcuda::wmma::load_matrix_sync(acc, t, 18, nvcuda::wmma::mem_row_major);
+}
+
+TEST(Emulator, TileOperationsAreWarpCollectives) {
+  alignas(32) float tile[256];
+  alignas(32) __nv_bfloat16 a[256], b[256];
+  std::vector<float> want(256);
+  for (int i = 0; i < 256; ++i) {
+    tile[i] = static_cast<float>(i % 17) - 8.f;
+    a[i] = __nv_bfloat16(static_cast<float>(i % 5) - 2.f);
+    b[i] = __nv_bfloat16(static_cast<float>(i % 3) - 1.f);
+  }
+  for (int r = 0; r < 16; ++r)
+    for (int c = 0; c < 16; ++c) {
+      float v = 2.f * tile[r * 16 + c];
+      for (int k = 0; k < 16; ++k) v += float(a[r * 16 + k]) * float(b[k + c * 16]);  // b col-major
+      want[r * 16 + c] = v;
+    }
+  wmma_in_place ^ emu::Cfg(1, 32)(tile, a, b);
+  ASSERT_EQ(cudaGetLastError(), cudaSuccess) << emu::last_message();
+  for (int i = 0; i < 256; ++i) EXPECT_EQ(tile[i], want[i]) << "element " << i;
+  // A leading dimension that is not a multiple of 16 bytes is undefined on a device: reported.
+  alignas(32) float wide[16 * 18];
+  wmma_bad_ld ^ emu::Cfg(1, 32)(wide);
+  EXPECT_EQ(cudaGetLastError(), cudaErrorLaunchFailure);
+  EXPECT_NE(emu::last_message().find("leading dimension 18"), std::string::npos) << emu::last_message();
+}
+
+}  // namespace

@@ -1,0 +1,325 @@
+#pragma once
+// A CPU emulator for the CUDA subset kernels/ uses, so that CI (which has no GPU) runs the real
+// kernel source against the references. The kernel files are compiled by the host compiler
+// after two textual rewrites (tests/emu/translate.cmake): `k<<<cfg>>>(args)` becomes
+// `k ^ ::emu::Cfg(cfg)(args)`, and `extern __shared__ T name[];` becomes a pointer to the
+// block's dynamic shared memory. Everything else is these headers.
+//
+// Execution model. Blocks run one after another. The threads of a block are cooperative fibers
+// on one OS thread: a thread runs until it reaches a barrier (__syncthreads, or a warp
+// collective: shuffles, ballots), then the next one runs. A barrier releases when every thread
+// it waits for has arrived, so the emulation is as strict as a GPU on missing barriers within a
+// block: a thread reads another's shared-memory writes only after a barrier that orders them,
+// otherwise it sees the old contents. wmma fragments hold the whole tile in every lane, and the
+// tile operations sync nothing, so a missing __syncwarp around them shows as well.
+//
+// What it reports (launch status cudaErrorLaunchFailure, message in emu::last_message()):
+// a barrier that can never release (threads of one block waiting at different barriers, a
+// lane that exited before a full-mask warp collective), lanes of one warp at different
+// collectives, a mask naming lanes that do not exist; and, as the launch status a GPU gives,
+// launch configurations outside the device's limits (block size, grid y/z, dynamic shared memory
+// beyond 48 KiB without the opt-in attribute, or beyond the opt-in limit).
+//
+// What it cannot show: data races between blocks or warps of a real GPU's timing, the memory
+// model, global-memory bounds, performance. The GPU tests (tests/ops/*_cuda_test.cpp) remain the
+// verification on a device.
+#include <cfloat>
+#include <climits>
+#include <cmath>
+#include <cstddef>
+#include <cstdint>
+#include <cstring>
+#include <string>
+#include <tuple>
+#include <type_traits>
+#include <utility>
+
+// ---------------------------------------------------------------- runtime types
+
+struct dim3 {
+  unsigned x = 1, y = 1, z = 1;
+  constexpr dim3(unsigned vx = 1, unsigned vy = 1, unsigned vz = 1) : x(vx), y(vy), z(vz) {}
+};
+
+enum cudaError_t {
+  cudaSuccess = 0,
+  cudaErrorInvalidValue = 1,
+  cudaErrorLaunchFailure = 4,
+  cudaErrorInvalidConfiguration = 9,
+  cudaErrorInvalidDevice = 101,
+};
+using cudaError = cudaError_t;
+
+struct CUstream_st;
+using cudaStream_t = CUstream_st*;
+
+enum cudaFuncAttribute { cudaFuncAttributeMaxDynamicSharedMemorySize = 8 };
+enum cudaDeviceAttr {
+  cudaDevAttrMaxSharedMemoryPerBlock = 8,
+  cudaDevAttrMultiProcessorCount = 16,
+  cudaDevAttrMaxSharedMemoryPerBlockOptin = 97,
+};
+
+namespace emu {
+
+/// The emulated device. Defaults are an H100 SXM's; tests may change them (e.g. fewer SMs to
+/// reach other tilings) and restore them.
+struct DeviceProps {
+  int sm_count = 132;
+  int smem_per_block = 48 * 1024;
+  int smem_optin = 227 * 1024;
+};
+DeviceProps& device();
+
+/// Message of the last failed launch (empty when none failed since the last take).
+std::string last_message();
+void set_error(cudaError_t err, const std::string& message);
+cudaError_t take_error();
+cudaError_t peek_error();
+
+int func_max_dynamic_smem(const void* func);
+void set_func_max_dynamic_smem(const void* func, int bytes);
+
+// ---------------------------------------------------------------- threads and barriers
+
+struct ThreadState {
+  dim3 tid;
+  int linear = 0;
+};
+struct BlockState {
+  dim3 block_idx, block_dim, grid_dim;
+  unsigned char* dynamic_smem = nullptr;
+};
+extern thread_local ThreadState* g_thread;
+extern thread_local BlockState* g_block;
+
+/// Block barrier (__syncthreads).
+void block_barrier();
+/// Warp collective: deposits `bits`, waits for the lanes of `mask`, returns the bits `src_lane`
+/// deposited (src_lane must be in mask). `op` names the collective for the error messages.
+uint64_t warp_exchange(unsigned mask, uint64_t bits, int src_lane, const char* op);
+/// A warp collective that exchanges nothing (wmma tile loads and stores).
+void warp_collective(unsigned mask, const char* op);
+/// Aborts the block from inside a thread with a finding (reported as a launch failure).
+[[noreturn]] void fault(const std::string& what);
+/// Ballot: every lane of `mask` contributes pred; returns the lanes' bits.
+unsigned warp_ballot(unsigned mask, bool pred);
+
+inline int lane_id() { return g_thread->linear & 31; }
+
+template <typename T>
+T* dynamic_shared() {
+  return reinterpret_cast<T*>(g_block->dynamic_smem);
+}
+
+// ---------------------------------------------------------------- launch
+
+using BlockBody = void (*)(void* ctx);
+/// Runs `body(ctx)` as every thread of every block of the grid. Returns false (with the error
+/// recorded) when the configuration is invalid or the emulation found a fault.
+bool run_grid(dim3 grid, dim3 block, size_t dynamic_smem, const void* func, BlockBody body,
+              void* ctx);
+
+template <typename... A>
+struct PendingLaunch {
+  dim3 grid, block;
+  size_t smem;
+  std::tuple<A...> args;
+};
+
+struct Cfg {
+  dim3 grid, block;
+  size_t smem;
+  Cfg(dim3 g, dim3 b, size_t s = 0, cudaStream_t = nullptr) : grid(g), block(b), smem(s) {}
+  template <typename... A>
+  PendingLaunch<std::decay_t<A>...> operator()(A&&... a) const {
+    return {grid, block, smem, std::tuple<std::decay_t<A>...>(std::forward<A>(a)...)};
+  }
+};
+
+template <typename... P, typename... A>
+void operator^(void (*kernel)(P...), PendingLaunch<A...>&& launch) {
+  static_assert(sizeof...(P) == sizeof...(A), "kernel launched with a wrong argument count");
+  struct Ctx {
+    void (*kernel)(P...);
+    std::tuple<std::decay_t<P>...> args;
+  };
+  Ctx ctx{kernel, std::apply([](auto&... a) { return std::tuple<std::decay_t<P>...>(a...); },
+                             launch.args)};
+  run_grid(launch.grid, launch.block, launch.smem, reinterpret_cast<const void*>(kernel),
+           [](void* c) {
+             auto* x = static_cast<Ctx*>(c);
+             std::apply(x->kernel, x->args);
+           },
+           &ctx);
+}
+
+}  // namespace emu
+
+// ---------------------------------------------------------------- language
+
+#define __global__
+#define __device__
+#define __host__
+#define __forceinline__ inline
+#define __noinline__
+#define __launch_bounds__(...)
+#define __align__(n) alignas(n)
+// Static shared memory: one object per OS thread, shared by the fibers (threads) of the block
+// running on it.
+#define __shared__ static thread_local
+
+#define threadIdx (::emu::g_thread->tid)
+#define blockIdx (::emu::g_block->block_idx)
+#define blockDim (::emu::g_block->block_dim)
+#define gridDim (::emu::g_block->grid_dim)
+
+inline void __syncthreads() { ::emu::block_barrier(); }
+
+template <typename T>
+inline uint64_t emu_bits_of(T v) {
+  static_assert(sizeof(T) <= 8 && std::is_trivially_copyable<T>::value, "shuffle of a wide type");
+  uint64_t b = 0;
+  std::memcpy(&b, &v, sizeof(T));
+  return b;
+}
+template <typename T>
+inline T emu_from_bits(uint64_t b) {
+  T v;
+  std::memcpy(&v, &b, sizeof(T));
+  return v;
+}
+
+template <typename T>
+inline T __shfl_sync(unsigned mask, T v, int src, int width = 32) {
+  const int lane = ::emu::lane_id();
+  const int s = (lane & ~(width - 1)) + (src & (width - 1));
+  return emu_from_bits<T>(::emu::warp_exchange(mask, emu_bits_of(v), s, "__shfl_sync"));
+}
+template <typename T>
+inline T __shfl_xor_sync(unsigned mask, T v, int lane_mask, int width = 32) {
+  const int lane = ::emu::lane_id();
+  int s = lane ^ lane_mask;
+  if ((s & ~(width - 1)) != (lane & ~(width - 1))) s = lane;
+  return emu_from_bits<T>(::emu::warp_exchange(mask, emu_bits_of(v), s, "__shfl_xor_sync"));
+}
+template <typename T>
+inline T __shfl_up_sync(unsigned mask, T v, unsigned delta, int width = 32) {
+  const int lane = ::emu::lane_id();
+  int s = lane - static_cast<int>(delta);
+  if (s < (lane & ~(width - 1))) s = lane;
+  return emu_from_bits<T>(::emu::warp_exchange(mask, emu_bits_of(v), s, "__shfl_up_sync"));
+}
+template <typename T>
+inline T __shfl_down_sync(unsigned mask, T v, unsigned delta, int width = 32) {
+  const int lane = ::emu::lane_id();
+  int s = lane + static_cast<int>(delta);
+  if (s >= (lane & ~(width - 1)) + width) s = lane;
+  return emu_from_bits<T>(::emu::warp_exchange(mask, emu_bits_of(v), s, "__shfl_down_sync"));
+}
+inline unsigned __ballot_sync(unsigned mask, int pred) { return ::emu::warp_ballot(mask, pred != 0); }
+
+// Atomics: blocks run one at a time and fibers switch only at barriers, so these are plain.
+inline float atomicAdd(float* p, float v) {
+  const float old = *p;
+  *p = old + v;
+  return old;
+}
+inline double atomicAdd(double* p, double v) {
+  const double old = *p;
+  *p = old + v;
+  return old;
+}
+inline int atomicAdd(int* p, int v) {
+  const int old = *p;
+  *p = old + v;
+  return old;
+}
+inline unsigned atomicAdd(unsigned* p, unsigned v) {
+  const unsigned old = *p;
+  *p = old + v;
+  return old;
+}
+inline unsigned long long atomicAdd(unsigned long long* p, unsigned long long v) {
+  const unsigned long long old = *p;
+  *p = old + v;
+  return old;
+}
+
+// ---------------------------------------------------------------- math intrinsics
+// The GPU's fast-math versions differ from these in the last bits; the tests' tolerances are
+// the ones stated for the device.
+
+inline float __expf(float x) { return std::exp(x); }
+inline float __logf(float x) { return std::log(x); }
+inline float __fdividef(float a, float b) { return a / b; }
+inline float rsqrtf(float x) { return 1.f / std::sqrt(x); }
+inline float __fadd_rn(float a, float b) { return a + b; }
+inline float __fsub_rn(float a, float b) { return a - b; }
+inline float __fmul_rn(float a, float b) { return a * b; }
+inline float __fdiv_rn(float a, float b) { return a / b; }
+inline unsigned __float_as_uint(float f) { return emu_from_bits<unsigned>(emu_bits_of(f)); }
+inline float __uint_as_float(unsigned u) { return emu_from_bits<float>(emu_bits_of(u)); }
+inline int __float_as_int(float f) { return emu_from_bits<int>(emu_bits_of(f)); }
+inline float __int_as_float(int u) { return emu_from_bits<float>(emu_bits_of(u)); }
+inline int __popc(unsigned v) { return __builtin_popcount(v); }
+inline int __popcll(unsigned long long v) { return __builtin_popcountll(v); }
+inline int __clz(unsigned v) { return v == 0 ? 32 : __builtin_clz(v); }
+inline int __clzll(unsigned long long v) { return v == 0 ? 64 : __builtin_clzll(v); }
+inline int __ffs(unsigned v) { return __builtin_ffs(static_cast<int>(v)); }
+inline unsigned long long __umul64hi(unsigned long long a, unsigned long long b) {
+  return static_cast<unsigned long long>((static_cast<unsigned __int128>(a) * b) >> 64);
+}
+inline unsigned long long __double2ull_rn(double x) {
+  return static_cast<unsigned long long>(std::nearbyint(x));
+}
+inline unsigned long long __double2ull_rd(double x) {
+  return static_cast<unsigned long long>(std::floor(x));
+}
+// CUDA's global min/max overloads.
+#define EMU_MINMAX(T)                                 \
+  inline T min(T a, T b) { return b < a ? b : a; } \
+  inline T max(T a, T b) { return a < b ? b : a; }
+EMU_MINMAX(int)
+EMU_MINMAX(unsigned)
+EMU_MINMAX(long)
+EMU_MINMAX(unsigned long)
+EMU_MINMAX(long long)
+EMU_MINMAX(unsigned long long)
+EMU_MINMAX(float)
+EMU_MINMAX(double)
+#undef EMU_MINMAX
+
+// ---------------------------------------------------------------- host API
+
+inline cudaError_t cudaGetLastError() { return ::emu::take_error(); }
+inline cudaError_t cudaPeekAtLastError() { return ::emu::peek_error(); }
+inline const char* cudaGetErrorString(cudaError_t e) {
+  switch (e) {
+    case cudaSuccess: return "no error";
+    case cudaErrorInvalidValue: return "invalid argument";
+    case cudaErrorLaunchFailure: return "unspecified launch failure";
+    case cudaErrorInvalidConfiguration: return "invalid configuration argument";
+    default: return "error";
+  }
+}
+inline cudaError_t cudaGetDevice(int* d) {
+  *d = 0;
+  return cudaSuccess;
+}
+inline cudaError_t cudaDeviceGetAttribute(int* v, cudaDeviceAttr attr, int device) {
+  if (device != 0) return cudaErrorInvalidDevice;
+  switch (attr) {
+    case cudaDevAttrMultiProcessorCount: *v = ::emu::device().sm_count; return cudaSuccess;
+    case cudaDevAttrMaxSharedMemoryPerBlock: *v = ::emu::device().smem_per_block; return cudaSuccess;
+    case cudaDevAttrMaxSharedMemoryPerBlockOptin: *v = ::emu::device().smem_optin; return cudaSuccess;
+  }
+  return cudaErrorInvalidValue;
+}
+template <typename F>
+inline cudaError_t cudaFuncSetAttribute(F* func, cudaFuncAttribute attr, int value) {
+  if (attr != cudaFuncAttributeMaxDynamicSharedMemorySize) return cudaErrorInvalidValue;
+  if (value < 0 || value > ::emu::device().smem_optin) return cudaErrorInvalidValue;
+  ::emu::set_func_max_dynamic_smem(reinterpret_cast<const void*>(func), value);
+  return cudaSuccess;
+}

@@ -1,0 +1,98 @@
+// The Mamba2 SSD scan kernels (kernels/ssd_scan_*.cuh) run by the CPU emulator through the CUDA
+// adapter's own code (src/ops/ssd_scan_cuda.cpp: tiling, buffers, the partial sums and their
+// reductions, the autograd function), with the GPU test's check (test::check_ssd_scan) on its
+// edge cases (batch 1, L around the chunk of 32, ngroups 2 and 4, d_state 16 / 40 / 64 / 256,
+// headdim 32 / 96 / 128, D per head, per channel or none, no dt_bias, no softplus, an initial
+// state) and on one AiM-shaped mixer with fewer heads. The one-token update kernel
+// (kernels/ssd_state_update_kernel.cuh), fed a sequence token by token through its adapter,
+// gives the reference scan's y and final state.
+#include <gtest/gtest.h>
+#include <torch/torch.h>
+
+#include "aim/ops/ssd_scan.h"
+#include "emu_test_util.h"
+#include "ops/ssd_cases.h"
+#include "ops/ssd_scan_cuda.h"
+
+namespace aim {
+namespace {
+
+using test::DMode;
+using test::SsdCase;
+namespace emu_t = test::emu;
+
+class SsdScanEmu : public emu_t::EmulatedKernelTest<::testing::TestWithParam<SsdCase>> {};
+
+TEST_P(SsdScanEmu, ForwardAndBackwardMatchTheReference) {
+  test::check_ssd_scan(GetParam(), torch::kCPU,
+                       [](const torch::Tensor& x, const torch::Tensor& dt, const torch::Tensor& A,
+                          const torch::Tensor& Bm, const torch::Tensor& Cm, const torch::Tensor& D,
+                          const torch::Tensor& dt_bias, bool softplus, const torch::Tensor& init,
+                          bool return_final) {
+                         EXPECT_TRUE(ops::cuda_emu::ssd_scan_supported(x, dt, A, Bm, Cm, D,
+                                                                       dt_bias, init));
+                         return ops::cuda_emu::ssd_scan(x, dt, A, Bm, Cm, D, dt_bias, softplus,
+                                                        init, return_final);
+                       });
+}
+
+std::vector<SsdCase> cases() {
+  std::vector<SsdCase> out;
+  for (const auto& c : test::ssd_cases()) {
+    if (c.edge) out.push_back(c);
+  }
+  // An AiM mixer (L = 257, P 64, N 128) with 3 heads instead of 24-64.
+  for (auto dtype : {torch::kFloat, torch::kBFloat16}) {
+    out.push_back({2, 257, 3, 64, 1, 128, DMode::kHead, true, true, false, true, dtype});
+  }
+  return out;
+}
+
+INSTANTIATE_TEST_SUITE_P(Shapes, SsdScanEmu, ::testing::ValuesIn(cases()),
+                         [](const auto& info) { return test::case_name(info.param); });
+
+// ---------------------------------------------------------------- one-token update
+
+class SsdStateUpdateEmu : public emu_t::EmulatedKernelTest<::testing::TestWithParam<SsdCase>> {};
+
+TEST_P(SsdStateUpdateEmu, TeacherForcedStepsEqualTheScan) {
+  const auto c = GetParam();
+  const auto tag = test::case_name(c);
+  torch::manual_seed(5 + c.len + c.dstate);
+  torch::NoGradGuard no_grad;
+  const auto in = test::make_inputs(c, torch::kCPU);
+  auto state = in.init.defined() ? in.init.clone()
+                                 : torch::zeros({c.batch, c.heads, c.hdim, c.dstate}, torch::kFloat);
+  std::vector<torch::Tensor> ys;
+  EXPECT_TRUE(ops::cuda_emu::ssd_state_update_supported(state, in.x.select(1, 0),
+                                                        in.Bm.select(1, 0), in.D));
+  for (int64_t t = 0; t < c.len; ++t) {
+    ys.push_back(ops::cuda_emu::ssd_state_update(state, in.x.select(1, t), in.dt.select(1, t),
+                                                 in.A, in.Bm.select(1, t), in.Cm.select(1, t),
+                                                 in.D, in.dt_bias, c.softplus));
+  }
+  auto f = [](const torch::Tensor& t) { return t.defined() ? t.to(torch::kFloat64) : t; };
+  const auto rr = ops::ref::ssd_scan(f(in.x), f(in.dt), f(in.A), f(in.Bm), f(in.Cm), f(in.D),
+                                     f(in.dt_bias), c.softplus, 64, f(in.init), true);
+  test::ssd_close_elementwise(tag + " steps y vs scan", torch::stack(ys, 1), rr.y, c.dtype);
+  test::ssd_close_elementwise(tag + " steps state vs scan", state, rr.final_state, c.dtype);
+}
+
+std::vector<SsdCase> step_cases() {
+  std::vector<SsdCase> out;
+  for (auto dtype : {torch::kFloat, torch::kBFloat16}) {
+    // AiM's heads (P 64, N 128); ngroups 2 with D per channel; d_state 40 without D or bias;
+    // no softplus.
+    out.push_back({2, 12, 3, 64, 1, 128, DMode::kHead, true, true, true, true, dtype});
+    out.push_back({1, 9, 4, 32, 2, 16, DMode::kChannel, true, true, true, true, dtype});
+    out.push_back({1, 7, 2, 64, 1, 40, DMode::kNone, false, true, false, true, dtype});
+    out.push_back({1, 7, 2, 64, 1, 64, DMode::kHead, true, false, true, true, dtype});
+  }
+  return out;
+}
+
+INSTANTIATE_TEST_SUITE_P(Shapes, SsdStateUpdateEmu, ::testing::ValuesIn(step_cases()),
+                         [](const auto& info) { return test::case_name(info.param); });
+
+}  // namespace
+}  // namespace aim

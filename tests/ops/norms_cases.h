@@ -1,0 +1,281 @@
+#pragma once
+// The RMS norm kernel test cases and checks shared by the CUDA kernel tests and the
+// emulated-kernel tests: the block input's add + RMSNorm + adaLN modulate and Mamba2's gated group RMSNorm.
+#include <gtest/gtest.h>
+#include <torch/torch.h>
+
+#include <functional>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "aim/ops/norms.h"
+#include "test_util.h"
+
+namespace aim::test {
+
+inline constexpr double kNormEps = 1e-5;
+
+inline std::string norms_dtype_name(torch::ScalarType t) {
+  return t == torch::kBFloat16 ? "bf16" : "fp32";
+}
+
+// Elementwise outputs: tolerance_for(dtype of the output), |a - b| <= atol + rtol |b|.
+inline void norms_close_elementwise(const std::string& name, const torch::Tensor& actual,
+                                    const torch::Tensor& expected) {
+  const auto tol = tolerance_for(actual.scalar_type());
+  expect_close(name, actual, expected, tol.atol, /*relative_to_max=*/false, tol.rtol);
+}
+
+// Sums over rows (dweight, dshift, dscale: fp32 outputs), max|a - b| / max|b|: 1e-4 with fp32
+// inputs (fp32 sums of up to a few thousand rows); 1e-2 with bf16 inputs, where the kernel
+// normalises the residual as stored in bf16 and the oracle the exact sum, 2^-9 apart per term.
+inline void norms_close_sum(const std::string& name, const torch::Tensor& actual,
+                            const torch::Tensor& expected, torch::ScalarType input_dtype) {
+  expect_close(name, actual, expected, input_dtype == torch::kBFloat16 ? 1e-2 : 1e-4);
+}
+
+inline torch::Tensor norms_f64_leaf(const torch::Tensor& t) {
+  return t.detach().to(torch::kCPU, torch::kFloat64).contiguous().requires_grad_(true);
+}
+
+inline torch::Tensor norms_to_cpu64(const torch::Tensor& t) {
+  return t.detach().to(torch::kCPU, torch::kFloat64);
+}
+
+inline void norms_expect_same_bits(const std::string& name, const std::vector<torch::Tensor>& a,
+                                   const std::vector<torch::Tensor>& b) {
+  ASSERT_EQ(a.size(), b.size());
+  for (size_t i = 0; i < a.size(); ++i) {
+    EXPECT_TRUE(torch::equal(a[i], b[i])) << name << ": gradient " << i
+                                          << " differs between two backward runs";
+  }
+}
+
+inline void norms_expect_kernel_ran(const torch::Tensor& out, const char* function,
+                                    const std::string& name) {
+  ASSERT_TRUE(out.grad_fn() != nullptr) << name;
+  EXPECT_NE(out.grad_fn()->name().find(function), std::string::npos)
+      << name << ": expected the CUDA kernel's autograd node, got " << out.grad_fn()->name();
+}
+
+/// The ops under test: ops::add_rms_norm_modulate's and ops::gated_rms_norm's signatures.
+using AddRmsNormFn = std::function<std::pair<torch::Tensor, torch::Tensor>(
+    const torch::Tensor& hidden, const torch::Tensor& residual, const torch::Tensor& weight,
+    double eps, bool residual_in_fp32, const torch::Tensor& shift, const torch::Tensor& scale)>;
+using GatedRmsNormFn = std::function<torch::Tensor(const torch::Tensor& x, const torch::Tensor& z,
+                                                   const torch::Tensor& weight, int64_t group_size,
+                                                   double eps, bool norm_before_gate)>;
+
+// ---------------------------------------------------------------- add_rms_norm_modulate
+
+struct AddCase {
+  int64_t batch, len, dim;  ///< len 0: hidden [B, D] (a sampling step)
+  bool residual, residual_in_fp32, modulated, grad_residual;
+  torch::ScalarType dtype, mod_dtype;  ///< hidden; shift and scale
+  bool edge = false;                   ///< named Edge_*: small, for the sanitizer runs
+};
+
+inline std::string case_name(const AddCase& c) {
+  return std::string(c.edge ? "Edge_" : "") + "B" + std::to_string(c.batch) + (c.len > 0 ? "_L" + std::to_string(c.len) : "_step") +
+         "_D" + std::to_string(c.dim) + (c.residual ? "" : "_nores") +
+         (c.residual_in_fp32 ? "_resf32" : "_resin") +
+         (c.modulated ? "_mod" + norms_dtype_name(c.mod_dtype) : "_nomod") +
+         (c.grad_residual ? "" : "_nogradres") + "_" + norms_dtype_name(c.dtype);
+}
+
+/// The kernel tests' check of one case: `op` (the CUDA op through dispatch, or the emulated
+/// adapter) on inputs on `dev`, forward and backward (twice: the same bits), against the
+/// reference on fp64 CPU copies.
+inline void check_add_rms_norm(const AddCase& c, torch::Device dev, const AddRmsNormFn& op) {
+  const auto tag = case_name(c);
+  torch::manual_seed(17 + c.dim + c.len);
+  const std::vector<int64_t> shape =
+      c.len > 0 ? std::vector<int64_t>{c.batch, c.len, c.dim} : std::vector<int64_t>{c.batch, c.dim};
+  const auto res_dtype = c.residual_in_fp32 ? torch::kFloat : c.dtype;
+
+  auto hidden = randn(shape, c.dtype, dev).requires_grad_(true);
+  torch::Tensor residual, shift, scale;
+  if (c.residual) residual = randn(shape, res_dtype, dev, 2.0).requires_grad_(true);
+  auto weight = torch::empty({c.dim}).uniform_(0.5, 1.5).to(dev).requires_grad_(true);
+  if (c.modulated) {
+    shift = randn({c.batch, c.dim}, c.mod_dtype, dev, 0.3).requires_grad_(true);
+    scale = randn({c.batch, c.dim}, c.mod_dtype, dev, 0.3).requires_grad_(true);
+  }
+
+  auto [out, res] = op(hidden, residual, weight, kNormEps,
+                                               c.residual_in_fp32, shift, scale);
+  norms_expect_kernel_ran(out, "AddRmsNorm", tag);
+  ASSERT_EQ(out.scalar_type(), c.dtype) << tag;
+  ASSERT_EQ(res.scalar_type(), res_dtype) << tag;
+  ASSERT_EQ(out.sizes(), hidden.sizes()) << tag;
+  ASSERT_EQ(res.sizes(), hidden.sizes()) << tag;
+
+  std::vector<torch::Tensor> inputs{hidden, weight};
+  if (c.residual) inputs.push_back(residual);
+  if (c.modulated) {
+    inputs.push_back(shift);
+    inputs.push_back(scale);
+  }
+  const auto g_out = randn(out.sizes(), out.scalar_type(), dev);
+  const auto g_res = randn(res.sizes(), res.scalar_type(), dev);
+  std::vector<torch::Tensor> outputs{out}, grad_outputs{g_out};
+  if (c.grad_residual) {
+    outputs.push_back(res);
+    grad_outputs.push_back(g_res);
+  }
+  const auto grads = torch::autograd::grad(outputs, inputs, grad_outputs, /*retain_graph=*/true);
+  const auto again = torch::autograd::grad(outputs, inputs, grad_outputs);
+  norms_expect_same_bits(tag, grads, again);
+  for (size_t i = 0; i < inputs.size(); ++i) {
+    ASSERT_TRUE(grads[i].defined()) << tag << ": gradient " << i;
+    EXPECT_EQ(grads[i].scalar_type(), inputs[i].scalar_type()) << tag << ": gradient " << i;
+    EXPECT_EQ(grads[i].sizes(), inputs[i].sizes()) << tag << ": gradient " << i;
+  }
+
+  // Oracle: the reference on fp64 CPU copies of the same values (the residual sum exact).
+  std::vector<torch::Tensor> inputs_r;
+  for (const auto& t : inputs) inputs_r.push_back(norms_f64_leaf(t));
+  const auto& hidden_r = inputs_r[0];
+  const auto& weight_r = inputs_r[1];
+  const auto residual_r = c.residual ? inputs_r[2] : torch::Tensor();
+  const auto shift_r = c.modulated ? inputs_r[inputs_r.size() - 2] : torch::Tensor();
+  const auto scale_r = c.modulated ? inputs_r[inputs_r.size() - 1] : torch::Tensor();
+  auto [out_r, res_r] = ops::ref::add_rms_norm_modulate(hidden_r, residual_r, weight_r, kNormEps,
+                                                        /*residual_in_fp32=*/false, shift_r, scale_r);
+  std::vector<torch::Tensor> outputs_r{out_r}, grad_outputs_r{norms_to_cpu64(g_out)};
+  if (c.grad_residual) {
+    outputs_r.push_back(res_r);
+    grad_outputs_r.push_back(norms_to_cpu64(g_res));
+  }
+  const auto grads_r = torch::autograd::grad(outputs_r, inputs_r, grad_outputs_r);
+
+  norms_close_elementwise(tag + " out", out, out_r);
+  norms_close_elementwise(tag + " residual_out", res, res_r);
+  norms_close_elementwise(tag + " dhidden", grads[0], grads_r[0]);
+  norms_close_sum(tag + " dweight", grads[1], grads_r[1], c.dtype);
+  if (c.residual) norms_close_elementwise(tag + " dresidual", grads[2], grads_r[2]);
+  if (c.modulated) {
+    const size_t n = inputs.size();
+    norms_close_sum(tag + " dshift", grads[n - 2], grads_r[n - 2], c.dtype);
+    norms_close_sum(tag + " dscale", grads[n - 1], grads_r[n - 1], c.dtype);
+  }
+}
+
+/// add_rms_norm_modulate shapes: AiM-B/L blocks, norm_f, a sampling step and the `edge` cases.
+inline std::vector<AddCase> add_cases() {
+  std::vector<AddCase> out;
+  for (auto dtype : {torch::kFloat, torch::kBFloat16}) {
+    // AiM-B (per-layer adaLN: shift/scale in the hidden dtype) and AiM-L (adaLN-group: fp32).
+    out.push_back({2, 257, 768, true, true, true, true, dtype, dtype});
+    out.push_back({4, 257, 1024, true, true, true, true, dtype, torch::kFloat});
+    // The first block (no residual yet), the residual kept in the hidden dtype.
+    out.push_back({2, 257, 768, false, true, true, true, dtype, dtype});
+    out.push_back({3, 257, 1024, true, false, true, true, dtype, dtype});
+    out.push_back({2, 257, 1024, false, false, true, true, dtype, dtype});
+    // norm_f: no modulation, the residual output unused.
+    out.push_back({2, 257, 1024, true, true, false, false, dtype, dtype});
+    // A sampling step: hidden [B, D].
+    out.push_back({4, 0, 1024, true, true, true, true, dtype, torch::kFloat});
+    // Edges: one row, D not a multiple of 4 or 8, the largest D.
+    out.push_back({1, 1, 37, true, true, true, true, dtype, dtype, true});
+    out.push_back({1, 0, 37, true, false, true, false, dtype, dtype, true});
+    out.push_back({3, 5, 37, true, true, true, true, dtype, dtype, true});
+    out.push_back({2, 9, 8192, true, true, true, true, dtype, dtype, true});
+  }
+  return out;
+}
+
+// ---------------------------------------------------------------- gated_rms_norm
+
+struct GatedCase {
+  int64_t batch, len, dim, group_size;  ///< len 0: x [B, E] (a sampling step)
+  bool gate, norm_before_gate;
+  int64_t z_offset;  ///< >= 0: z is a slice of a wider [.., 2E + 40] projection at this offset
+  torch::ScalarType dtype;
+  bool edge = false;  ///< named Edge_*: small, for the sanitizer runs
+};
+
+inline std::string case_name(const GatedCase& c) {
+  return std::string(c.edge ? "Edge_" : "") + "B" + std::to_string(c.batch) + (c.len > 0 ? "_L" + std::to_string(c.len) : "_step") +
+         "_E" + std::to_string(c.dim) + "_G" + std::to_string(c.group_size) +
+         (c.gate ? (c.norm_before_gate ? "_normfirst" : "_gatefirst") : "_nogate") +
+         (c.z_offset >= 0 ? "_zslice" + std::to_string(c.z_offset) : "") + "_" +
+         norms_dtype_name(c.dtype);
+}
+
+/// The kernel tests' check of one case: `op` (the CUDA op through dispatch, or the emulated
+/// adapter) on inputs on `dev`, forward and backward (twice: the same bits), against the
+/// reference on fp64 CPU copies.
+inline void check_gated_rms_norm(const GatedCase& c, torch::Device dev,
+                                 const GatedRmsNormFn& op) {
+  const auto tag = case_name(c);
+  torch::manual_seed(29 + c.dim + c.len);
+  auto shape = c.len > 0 ? std::vector<int64_t>{c.batch, c.len, c.dim}
+                         : std::vector<int64_t>{c.batch, c.dim};
+
+  auto x = randn(shape, c.dtype, dev).requires_grad_(true);
+  torch::Tensor z;
+  if (c.gate && c.z_offset >= 0) {
+    auto wide_shape = shape;
+    wide_shape.back() = 2 * c.dim + 40;
+    auto wide = randn(wide_shape, c.dtype, dev, 2.0).requires_grad_(true);
+    z = wide.narrow(-1, c.z_offset, c.dim);
+  } else if (c.gate) {
+    z = randn(shape, c.dtype, dev, 2.0).requires_grad_(true);
+  }
+  auto weight = torch::empty({c.dim}).uniform_(0.5, 1.5).to(dev).requires_grad_(true);
+
+  auto y = op(x, z, weight, c.group_size, kNormEps, c.norm_before_gate);
+  norms_expect_kernel_ran(y, "GatedRmsNorm", tag);
+  ASSERT_EQ(y.scalar_type(), c.dtype) << tag;
+  ASSERT_EQ(y.sizes(), x.sizes()) << tag;
+
+  std::vector<torch::Tensor> inputs{x, weight};
+  if (c.gate) inputs.push_back(z);
+  const auto g = randn(y.sizes(), c.dtype, dev);
+  const auto grads = torch::autograd::grad({y}, inputs, {g}, /*retain_graph=*/true);
+  const auto again = torch::autograd::grad({y}, inputs, {g});
+  norms_expect_same_bits(tag, grads, again);
+  for (size_t i = 0; i < inputs.size(); ++i) {
+    ASSERT_TRUE(grads[i].defined()) << tag << ": gradient " << i;
+    EXPECT_EQ(grads[i].scalar_type(), inputs[i].scalar_type()) << tag << ": gradient " << i;
+    EXPECT_EQ(grads[i].sizes(), inputs[i].sizes()) << tag << ": gradient " << i;
+  }
+
+  std::vector<torch::Tensor> inputs_r;
+  for (const auto& t : inputs) inputs_r.push_back(norms_f64_leaf(t));
+  const auto z_r = c.gate ? inputs_r[2] : torch::Tensor();
+  auto y_r = ops::ref::gated_rms_norm(inputs_r[0], z_r, inputs_r[1], c.group_size, kNormEps,
+                                      c.norm_before_gate);
+  const auto grads_r = torch::autograd::grad({y_r}, inputs_r, {norms_to_cpu64(g)});
+
+  norms_close_elementwise(tag + " out", y, y_r);
+  norms_close_elementwise(tag + " dx", grads[0], grads_r[0]);
+  norms_close_sum(tag + " dweight", grads[1], grads_r[1], c.dtype);
+  if (c.gate) norms_close_elementwise(tag + " dz", grads[2], grads_r[2]);
+}
+
+/// gated_rms_norm shapes: AiM-B/L mixers, other orders and groups, and the `edge` cases.
+inline std::vector<GatedCase> gated_cases() {
+  std::vector<GatedCase> out;
+  for (auto dtype : {torch::kFloat, torch::kBFloat16}) {
+    // AiM-B / AiM-L mixers (ngroups 1, norm_before_gate false, z sliced from in_proj's output).
+    out.push_back({2, 257, 1536, 1536, true, false, 0, dtype});
+    out.push_back({2, 257, 2048, 2048, true, false, 0, dtype});
+    out.push_back({4, 0, 2048, 2048, true, false, 0, dtype});
+    // The other gate order, ngroups 2, no gate, a z slice off the 4-element alignment.
+    out.push_back({2, 33, 1536, 1536, true, true, -1, dtype});
+    out.push_back({2, 65, 2048, 1024, true, false, -1, dtype});
+    out.push_back({3, 7, 1536, 768, true, true, 0, dtype});
+    out.push_back({2, 17, 1024, 512, false, false, -1, dtype});
+    out.push_back({2, 9, 1024, 1024, true, false, 3, dtype});
+    // Edges: one row, groups not a multiple of 4 or 8, the largest group.
+    out.push_back({1, 1, 37, 37, true, false, -1, dtype, true});
+    out.push_back({1, 0, 74, 37, true, true, 0, dtype, true});
+    out.push_back({2, 9, 8192, 8192, true, false, -1, dtype, true});
+  }
+  return out;
+}
+
+}  // namespace aim::test

@@ -1,0 +1,214 @@
+#pragma once
+// The Mamba2 SSD scan test cases shared by the CUDA kernel tests and the emulated-kernel tests:
+// the case, its name, and the inputs as the mixer passes them.
+#include <torch/torch.h>
+
+#include <functional>
+#include <string>
+#include <vector>
+
+#include "aim/ops/ssd_scan.h"
+#include "test_util.h"
+
+namespace aim::test {
+
+enum class DMode { kNone, kHead, kChannel };
+
+struct SsdCase {
+  int64_t batch, len, heads, hdim, groups, dstate;
+  DMode d_mode;
+  bool dt_bias, softplus, init, grad_final;
+  torch::ScalarType dtype;
+  bool edge = false;  ///< named Edge_*: small, for the sanitizer runs
+};
+
+inline std::string case_name(const SsdCase& c) {
+  const char* d = c.d_mode == DMode::kNone ? "_noD" : c.d_mode == DMode::kHead ? "" : "_Dhp";
+  return std::string(c.edge ? "Edge_" : "") + "B" + std::to_string(c.batch) + "_L" +
+         std::to_string(c.len) + "_H" + std::to_string(c.heads) + "_P" + std::to_string(c.hdim) +
+         "_G" + std::to_string(c.groups) + "_N" + std::to_string(c.dstate) + d +
+         (c.dt_bias ? "" : "_nobias") + (c.softplus ? "" : "_nosoftplus") + (c.init ? "_init" : "") +
+         (c.grad_final ? "" : "_yonly") + (c.dtype == torch::kBFloat16 ? "_bf16" : "_fp32");
+}
+
+/// Inputs on `device` in `dtype`: x, B, C slices of one [B, L, H*P + 2GN + 8] projection and dt
+/// a slice of a wider [B, L, H + 4] one (unit last stride, other strides not contiguous).
+/// softplus(dt + dt_bias) ~ 0.001 .. 0.1, A in [-4, -0.5], never zeros.
+struct SsdInputs {
+  torch::Tensor proj, dtp;  ///< leaves
+  torch::Tensor x, dt, A, Bm, Cm, D, dt_bias, init;
+};
+
+inline SsdInputs make_inputs(const SsdCase& c, torch::Device dev) {
+  SsdInputs in;
+  const int64_t hp = c.heads * c.hdim, gn = c.groups * c.dstate;
+  in.proj = test::randn({c.batch, c.len, hp + 2 * gn + 8}, c.dtype, dev).requires_grad_(true);
+  in.x = in.proj.narrow(2, 4, hp).view({c.batch, c.len, c.heads, c.hdim});
+  in.Bm = in.proj.narrow(2, 4 + hp, gn).view({c.batch, c.len, c.groups, c.dstate});
+  in.Cm = in.proj.narrow(2, 4 + hp + gn, gn).view({c.batch, c.len, c.groups, c.dstate});
+  torch::Tensor dt_values;
+  if (c.softplus) {
+    dt_values = torch::randn({c.batch, c.len, c.heads + 4}) * 0.5;
+    if (!c.dt_bias) dt_values = dt_values - 4.5;
+  } else {
+    dt_values = torch::empty({c.batch, c.len, c.heads + 4}).uniform_(0.001, 0.09);
+  }
+  in.dtp = dt_values.to(dev, c.dtype).requires_grad_(true);
+  in.dt = in.dtp.narrow(2, 2, c.heads);
+  in.A = (-torch::empty({c.heads}).uniform_(0.5, 4.0)).to(dev).requires_grad_(true);
+  if (c.d_mode == DMode::kHead) in.D = torch::empty({c.heads}).uniform_(0.5, 1.5);
+  if (c.d_mode == DMode::kChannel) in.D = torch::empty({c.heads, c.hdim}).uniform_(0.5, 1.5);
+  if (in.D.defined()) in.D = in.D.to(dev).requires_grad_(true);
+  if (c.dt_bias) {
+    auto bias = c.softplus ? torch::empty({c.heads}).uniform_(-6.0, -3.0)
+                           : torch::empty({c.heads}).uniform_(0.0, 0.01);
+    in.dt_bias = bias.to(dev).requires_grad_(true);
+  }
+  if (c.init) in.init = test::randn({c.batch, c.heads, c.hdim, c.dstate}, torch::kFloat, dev);
+  return in;
+}
+
+/// y of the kernels against the fp64 reference. fp32: test::tolerance_for, elementwise. bf16:
+/// max|a - b| / max|b| <= 1e-2. The kernels round the state to bf16 before the tensor-core
+/// read-out C S^T, so y's error scales with sum_n |C_n S_n| 2^-9, not with |y|: with an initial
+/// state (prefill) the elementwise bound fails where the read-out cancels (an emulation of the
+/// kernels gave 1.0-1.6x of it at 2.7e-3 to 4e-3 of max|y|).
+inline void expect_y_close(const std::string& name, const torch::Tensor& actual,
+                           const torch::Tensor& expected, torch::ScalarType input_dtype) {
+  if (input_dtype == torch::kBFloat16) {
+    test::expect_close(name, actual, expected, 1e-2);
+    return;
+  }
+  const auto tol = test::tolerance_for(input_dtype);
+  test::expect_close(name, actual, expected, tol.atol, /*relative_to_max=*/false, tol.rtol);
+}
+
+/// The shapes of the kernel tests: AiM-B/L/XL/1B mixers (L = 257) and the `edge` cases.
+inline std::vector<SsdCase> ssd_cases() {
+  std::vector<SsdCase> out;
+  for (auto dtype : {torch::kFloat, torch::kBFloat16}) {
+    // AiM-B/L/XL/1B mixers: d_model 768/1024/1536/2048 -> H = 24/32/48/64, P 64, N 128, G 1.
+    for (int64_t heads : {24, 32, 48, 64}) {
+      out.push_back({2, 257, heads, 64, 1, 128, DMode::kHead, true, true, false, true, dtype});
+    }
+    // Prefill: an initial state and the final state's gradient too; D per channel.
+    out.push_back({2, 257, 8, 64, 1, 128, DMode::kChannel, true, true, true, true, dtype});
+    // Lengths around the chunk (32), batch 1.
+    for (int64_t len : {1, 31, 32, 33, 63, 64, 65}) {
+      out.push_back({1, len, 2, 64, 1, 128, DMode::kHead, true, true, false, true, dtype, true});
+    }
+    // ngroups 2 and 4; d_state 16, 40 (padded to 48), 64, 256; headdim 32, 96, 128.
+    out.push_back({2, 65, 4, 64, 2, 64, DMode::kHead, true, true, true, true, dtype, true});
+    out.push_back({1, 40, 8, 32, 4, 16, DMode::kChannel, true, true, false, true, dtype, true});
+    out.push_back({1, 70, 4, 64, 2, 40, DMode::kHead, true, true, true, true, dtype, true});
+    out.push_back({1, 45, 2, 64, 1, 256, DMode::kHead, true, true, true, true, dtype, true});
+    out.push_back({2, 257, 4, 64, 1, 256, DMode::kHead, true, true, false, true, dtype});
+    out.push_back({1, 50, 2, 128, 1, 128, DMode::kChannel, true, true, true, true, dtype, true});
+    out.push_back({1, 50, 2, 96, 2, 64, DMode::kHead, true, true, false, true, dtype, true});
+    out.push_back({2, 257, 4, 128, 1, 128, DMode::kHead, true, true, false, true, dtype});
+    // No D, no dt_bias, no softplus, only y used.
+    out.push_back({1, 40, 2, 64, 1, 64, DMode::kNone, true, true, false, true, dtype, true});
+    out.push_back({1, 40, 2, 64, 1, 64, DMode::kHead, false, true, false, true, dtype, true});
+    out.push_back({1, 40, 2, 64, 1, 64, DMode::kHead, true, false, true, true, dtype, true});
+    out.push_back({1, 40, 2, 64, 1, 64, DMode::kHead, true, true, true, false, dtype, true});
+  }
+  return out;
+}
+
+// ---------------------------------------------------------------- the scan check
+
+/// The op under test: ops::ssd_scan's arguments without the reference's chunk size.
+using SsdScanFn = std::function<ops::SsdScanResult(
+    const torch::Tensor& x, const torch::Tensor& dt, const torch::Tensor& A,
+    const torch::Tensor& Bm, const torch::Tensor& Cm, const torch::Tensor& D,
+    const torch::Tensor& dt_bias, bool softplus, const torch::Tensor& init, bool return_final)>;
+
+inline double ssd_sum_tolerance(torch::ScalarType dtype) {
+  return dtype == torch::kBFloat16 ? 3e-2 : 1e-3;
+}
+
+inline void ssd_close_elementwise(const std::string& name, const torch::Tensor& actual,
+                                  const torch::Tensor& expected, torch::ScalarType input_dtype) {
+  const auto tol = tolerance_for(input_dtype);
+  expect_close(name, actual, expected, tol.atol, /*relative_to_max=*/false, tol.rtol);
+}
+
+inline torch::Tensor ssd_f64_leaf(const torch::Tensor& t) {
+  return t.detach().to(torch::kCPU, torch::kFloat64).contiguous().requires_grad_(true);
+}
+
+inline torch::Tensor ssd_to_cpu64(const torch::Tensor& t) {
+  return t.detach().to(torch::kCPU, torch::kFloat64);
+}
+
+/// The kernel tests' check of one case: `scan` (the CUDA op through dispatch, or the emulated
+/// adapter) on inputs on `dev`, forward and backward, against the chunked reference in fp64 on
+/// the CPU (itself checked against the recurrence). The backward runs twice and must give the
+/// same bits (no atomics).
+inline void check_ssd_scan(const SsdCase& c, torch::Device dev, const SsdScanFn& scan) {
+  const auto tag = case_name(c);
+  torch::manual_seed(11 + c.len + c.heads * 7 + c.dstate);
+  const auto in = make_inputs(c, dev);
+
+  auto r = scan(in.x, in.dt, in.A, in.Bm, in.Cm, in.D, in.dt_bias, c.softplus, in.init,
+                /*return_final_state=*/true);
+  ASSERT_TRUE(r.y.grad_fn() != nullptr) << tag;
+  EXPECT_NE(r.y.grad_fn()->name().find("SsdScan"), std::string::npos)
+      << tag << ": expected the CUDA kernel's autograd node, got " << r.y.grad_fn()->name();
+  ASSERT_EQ(r.y.scalar_type(), c.dtype) << tag;
+  ASSERT_EQ(r.y.sizes(), in.x.sizes()) << tag;
+  ASSERT_EQ(r.final_state.scalar_type(), torch::kFloat) << tag;
+  ASSERT_EQ(r.final_state.sizes(), torch::IntArrayRef({c.batch, c.heads, c.hdim, c.dstate})) << tag;
+
+  std::vector<torch::Tensor> inputs{in.x, in.dt, in.A, in.Bm, in.Cm};
+  if (in.D.defined()) inputs.push_back(in.D);
+  if (in.dt_bias.defined()) inputs.push_back(in.dt_bias);
+  const auto gy = randn(r.y.sizes(), c.dtype, dev);
+  const auto gs = randn(r.final_state.sizes(), torch::kFloat, dev);
+  std::vector<torch::Tensor> outputs{r.y}, grad_outputs{gy};
+  if (c.grad_final) {
+    outputs.push_back(r.final_state);
+    grad_outputs.push_back(gs);
+  }
+  const auto grads = torch::autograd::grad(outputs, inputs, grad_outputs, /*retain_graph=*/true);
+  const auto again = torch::autograd::grad(outputs, inputs, grad_outputs);
+  for (size_t i = 0; i < inputs.size(); ++i) {
+    ASSERT_TRUE(grads[i].defined()) << tag << ": gradient " << i;
+    EXPECT_EQ(grads[i].scalar_type(), inputs[i].scalar_type()) << tag << ": gradient " << i;
+    EXPECT_EQ(grads[i].sizes(), inputs[i].sizes()) << tag << ": gradient " << i;
+    EXPECT_TRUE(torch::equal(grads[i], again[i]))
+        << tag << ": gradient " << i << " differs between two backward runs";
+  }
+
+  // Oracle: the chunked reference (itself checked against the recurrence) in fp64 on the CPU.
+  std::vector<torch::Tensor> inputs_r;
+  for (const auto& t : inputs) inputs_r.push_back(ssd_f64_leaf(t));
+  const auto D_r = in.D.defined() ? inputs_r[5] : torch::Tensor();
+  const auto bias_r = in.dt_bias.defined() ? inputs_r.back() : torch::Tensor();
+  const auto init_r = in.init.defined() ? ssd_to_cpu64(in.init) : torch::Tensor();
+  auto rr = ops::ref::ssd_scan(inputs_r[0], inputs_r[1], inputs_r[2], inputs_r[3], inputs_r[4],
+                               D_r, bias_r, c.softplus, /*chunk_size=*/64, init_r, true);
+  std::vector<torch::Tensor> outputs_r{rr.y}, grad_outputs_r{ssd_to_cpu64(gy)};
+  if (c.grad_final) {
+    outputs_r.push_back(rr.final_state);
+    grad_outputs_r.push_back(ssd_to_cpu64(gs));
+  }
+  const auto grads_r = torch::autograd::grad(outputs_r, inputs_r, grad_outputs_r);
+
+  expect_y_close(tag + " y", r.y, rr.y, c.dtype);
+  ssd_close_elementwise(tag + " final_state", r.final_state, rr.final_state, c.dtype);
+  ssd_close_elementwise(tag + " dx", grads[0], grads_r[0], c.dtype);
+  const double tol = ssd_sum_tolerance(c.dtype);
+  expect_close(tag + " ddt", grads[1], grads_r[1], tol);
+  expect_close(tag + " dA", grads[2], grads_r[2], tol);
+  expect_close(tag + " dB", grads[3], grads_r[3], tol);
+  expect_close(tag + " dC", grads[4], grads_r[4], tol);
+  size_t k = 5;
+  if (in.D.defined()) {
+    expect_close(tag + " dD", grads[k], grads_r[k], tol);
+    ++k;
+  }
+  if (in.dt_bias.defined()) expect_close(tag + " ddt_bias", grads[k], grads_r[k], tol);
+}
+
+}  // namespace aim::test
