@@ -4,6 +4,7 @@
 #include <torch/torch.h>
 
 #include "aim/ops/dispatch.h"
+#include "ops/kernel_table.h"
 #include "ops/conv1d_cpu.h"
 #ifdef AIM_WITH_CUDA
 #include "ops/conv1d_cuda.h"
@@ -40,6 +41,10 @@ std::pair<torch::Tensor, torch::Tensor> causal_conv1d(const torch::Tensor& x,
     return {out, return_state ? ref::conv_state(x, width) : torch::Tensor()};
   }
 #endif
+  if (const auto* k = emulated_kernels_for(x); k && k->causal_conv1d_supported(x, weight, bias)) {
+    auto out = k->causal_conv1d(x, weight, bias, silu);
+    return {out, return_state ? ref::conv_state(x, width) : torch::Tensor()};
+  }
   if (x.device().is_cpu() && cpu_kernels_enabled() && cpu::causal_conv1d_supported(x, weight, bias)) {
     auto out = cpu::causal_conv1d(x, weight, bias, silu);
     return {out, return_state ? ref::conv_state(x, width) : torch::Tensor()};

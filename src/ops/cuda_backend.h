@@ -3,13 +3,12 @@
 // the namespace they live in, a device guard, the current stream and the device's shared-memory
 // limit.
 //
-// Built normally these are LibTorch's, and the kernels take CUDA tensors. Built for the kernel emulator (tests/emu defines
-// AIM_OPS_EMULATED), the same adapter sources run on CPU tensors against the emulated kernels:
-// they live in aim::ops::cuda_emu, `kernels::` names the emulator's copy of kernels/, the
-// kernels take CPU tensors, there is no stream and no device to guard, and the limits are the
-// emulated device's. The emulated
-// tests thereby run the adapters' own code (buffers, strides, partial-sum reductions, autograd
-// wiring), not a copy of it.
+// Built normally these are LibTorch's, and the kernels take CUDA tensors. Built for the kernel
+// emulator (tests/emu defines AIM_OPS_EMULATED), the same adapter sources run on CPU tensors
+// against the emulated kernels: they live in aim::ops::cuda_emu, `kernels::` names the
+// emulator's copy of kernels/, the kernels take CPU tensors, there is no stream and no device to
+// guard, and the limits are the emulated device's. The emulated tests thereby run the adapters'
+// own code (buffers, strides, partial-sum reductions, autograd wiring), not a copy of it.
 #include <torch/types.h>
 
 #include <cstdint>

@@ -1,9 +1,13 @@
 // Process-wide switches of the op dispatch (see aim/ops/dispatch.h).
 #include "aim/ops/dispatch.h"
 
+#include <torch/torch.h>
+
 #include <atomic>
 #include <cstdlib>
 #include <cstring>
+
+#include "ops/kernel_table.h"
 
 namespace aim::ops {
 
@@ -21,6 +25,10 @@ std::atomic<bool>& cpu_kernels_flag() {
   static std::atomic<bool> flag{env_flag("AIM_CPU_KERNELS", true)};
   return flag;
 }
+std::atomic<const KernelTable*>& emulated_table() {
+  static std::atomic<const KernelTable*> table{nullptr};
+  return table;
+}
 std::atomic<bool>& poison_flag() {
   static std::atomic<bool> flag{env_flag("AIM_POISON_OUTPUTS", false)};
   return flag;
@@ -31,6 +39,13 @@ bool cuda_kernels_enabled() { return kernels_flag().load(std::memory_order_relax
 void set_cuda_kernels(bool enabled) { kernels_flag().store(enabled, std::memory_order_relaxed); }
 bool cpu_kernels_enabled() { return cpu_kernels_flag().load(std::memory_order_relaxed); }
 void set_cpu_kernels(bool enabled) { cpu_kernels_flag().store(enabled, std::memory_order_relaxed); }
+void set_emulated_kernels(const KernelTable* table) {
+  emulated_table().store(table, std::memory_order_release);
+}
+const KernelTable* emulated_kernels_for(const torch::Tensor& t) {
+  const KernelTable* table = emulated_table().load(std::memory_order_acquire);
+  return table != nullptr && t.is_cpu() && cuda_kernels_enabled() ? table : nullptr;
+}
 bool poison_outputs() { return poison_flag().load(std::memory_order_relaxed); }
 void set_poison_outputs(bool enabled) { poison_flag().store(enabled, std::memory_order_relaxed); }
 

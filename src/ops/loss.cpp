@@ -4,6 +4,7 @@
 #include <torch/torch.h>
 
 #include "aim/ops/dispatch.h"
+#include "ops/kernel_table.h"
 #ifdef AIM_WITH_CUDA
 #include "ops/loss_cuda.h"
 #endif
@@ -29,6 +30,10 @@ torch::Tensor linear_cross_entropy(const torch::Tensor& hidden, const torch::Ten
     return cuda::linear_cross_entropy(hidden, weight, targets, ignore_index, chunk_rows);
   }
 #endif
+  if (const auto* k = emulated_kernels_for(hidden);
+      k && k->linear_cross_entropy_supported(hidden, weight, targets)) {
+    return k->linear_cross_entropy(hidden, weight, targets, ignore_index, chunk_rows);
+  }
   return ref::linear_cross_entropy(hidden, weight, targets, ignore_index);
 }
 

@@ -5,6 +5,7 @@
 #include <torch/torch.h>
 
 #include "aim/ops/dispatch.h"
+#include "ops/kernel_table.h"
 #include "ops/norms_cpu.h"
 #ifdef AIM_WITH_CUDA
 #include "ops/norms_cuda.h"
@@ -66,6 +67,10 @@ std::pair<torch::Tensor, torch::Tensor> add_rms_norm(const torch::Tensor& hidden
     return cuda::add_rms_norm_modulate(hidden, residual, weight, eps, residual_in_fp32, {}, {});
   }
 #endif
+  if (const auto* k = emulated_kernels_for(hidden);
+      k && k->add_rms_norm_supported(hidden, residual, weight, {}, {})) {
+    return k->add_rms_norm_modulate(hidden, residual, weight, eps, residual_in_fp32, {}, {});
+  }
   return ref::add_rms_norm(hidden, residual, weight, eps, residual_in_fp32);
 }
 
@@ -81,6 +86,10 @@ std::pair<torch::Tensor, torch::Tensor> add_rms_norm_modulate(
                                        scale);
   }
 #endif
+  if (const auto* k = emulated_kernels_for(hidden);
+      k && k->add_rms_norm_supported(hidden, residual, weight, shift, scale)) {
+    return k->add_rms_norm_modulate(hidden, residual, weight, eps, residual_in_fp32, shift, scale);
+  }
   return ref::add_rms_norm_modulate(hidden, residual, weight, eps, residual_in_fp32, shift, scale);
 }
 
@@ -99,6 +108,10 @@ torch::Tensor gated_rms_norm(const torch::Tensor& x, const torch::Tensor& z,
     return cuda::gated_rms_norm(x, z, weight, group_size, eps, norm_before_gate);
   }
 #endif
+  if (const auto* k = emulated_kernels_for(x);
+      k && k->gated_rms_norm_supported(x, z, weight, group_size)) {
+    return k->gated_rms_norm(x, z, weight, group_size, eps, norm_before_gate);
+  }
   if (x.device().is_cpu() && cpu_kernels_enabled() && cpu::gated_rms_norm_supported(x, z, weight)) {
     return cpu::gated_rms_norm(x, z, weight, group_size, eps, norm_before_gate);
   }

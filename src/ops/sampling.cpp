@@ -6,6 +6,7 @@
 #include <limits>
 
 #include "aim/ops/dispatch.h"
+#include "ops/kernel_table.h"
 #include "keyed_uniform.h"  // kernels/: header-only, in every build
 #ifdef AIM_WITH_CUDA
 #include "ops/sampling_cuda.h"
@@ -76,11 +77,13 @@ torch::Tensor sample_tokens(const torch::Tensor& logits, double temperature, int
 
 bool sample_tokens_keyed_fused(const torch::Tensor& cond, const torch::Tensor& uncond,
                                double temperature, int64_t top_k, double top_p) {
+  if (const auto* k = emulated_kernels_for(cond)) {
+    return k->sample_tokens_keyed_supported(cond, uncond, temperature, top_k, top_p);
+  }
 #ifdef AIM_WITH_CUDA
   return cond.is_cuda() && cuda_kernels_enabled() &&
          cuda::sample_tokens_keyed_supported(cond, uncond, temperature, top_k, top_p);
 #else
-  (void)cond, (void)uncond, (void)temperature, (void)top_k, (void)top_p;
   return false;
 #endif
 }
@@ -100,6 +103,11 @@ torch::Tensor sample_tokens_keyed(const torch::Tensor& cond, const torch::Tensor
                                      sample_ids, step, torch::Tensor());
   }
 #endif
+  if (const auto* k = emulated_kernels_for(cond);
+      k && k->sample_tokens_keyed_supported(cond, uncond, temperature, top_k, top_p)) {
+    return k->sample_tokens_keyed(cond, uncond, cfg, temperature, top_k, top_p, seed, sample_ids,
+                                  step, torch::Tensor(), torch::Tensor());
+  }
   return keyed_composition(cond, uncond, cfg, temperature, top_k, top_p, seed, sample_ids, step);
 }
 
@@ -119,6 +127,11 @@ torch::Tensor sample_tokens_keyed(const torch::Tensor& cond, const torch::Tensor
                                      sample_ids, 0, step);
   }
 #endif
+  if (const auto* k = emulated_kernels_for(cond);
+      k && k->sample_tokens_keyed_supported(cond, uncond, temperature, top_k, top_p)) {
+    return k->sample_tokens_keyed(cond, uncond, cfg, temperature, top_k, top_p, seed, sample_ids,
+                                  0, step, torch::Tensor());
+  }
   return keyed_composition(cond, uncond, cfg, temperature, top_k, top_p, seed, sample_ids,
                            step.item<int64_t>());
 }

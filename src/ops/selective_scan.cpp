@@ -5,6 +5,7 @@
 #include <torch/torch.h>
 
 #include "aim/ops/dispatch.h"
+#include "ops/kernel_table.h"
 #ifdef AIM_WITH_CUDA
 #include "ops/selective_scan_cuda.h"
 #endif
@@ -59,6 +60,11 @@ SelectiveScanResult selective_scan(const torch::Tensor& u, const torch::Tensor& 
                                 initial_state, return_last_state);
   }
 #endif
+  if (const auto* k = emulated_kernels_for(u);
+      k && k->selective_scan_supported(u, delta, A, Bm, Cm, D, z, delta_bias, initial_state)) {
+    return k->selective_scan(u, delta, A, Bm, Cm, D, z, delta_bias, delta_softplus, initial_state,
+                             return_last_state);
+  }
   return ref::selective_scan(u, delta, A, Bm, Cm, D, z, delta_bias, delta_softplus,
                              initial_state, return_last_state);
 }
@@ -93,6 +99,11 @@ torch::Tensor selective_state_update(torch::Tensor& state, const torch::Tensor& 
                                         delta_softplus);
   }
 #endif
+  if (const auto* k = emulated_kernels_for(u);
+      k && k->selective_state_update_supported(state, u, delta, A, Bm, Cm, D, z, delta_bias)) {
+    return k->selective_state_update(state, u, delta, A, Bm, Cm, D, z, delta_bias,
+                                     delta_softplus);
+  }
   return ref::selective_state_update(state, u, delta, A, Bm, Cm, D, z, delta_bias,
                                      delta_softplus);
 }

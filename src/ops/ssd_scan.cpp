@@ -5,6 +5,7 @@
 #include <torch/torch.h>
 
 #include "aim/ops/dispatch.h"
+#include "ops/kernel_table.h"
 #include "ops/ssd_scan_cpu.h"
 #ifdef AIM_WITH_CUDA
 #include "ops/ssd_scan_cuda.h"
@@ -65,6 +66,11 @@ SsdScanResult ssd_scan(const torch::Tensor& x, const torch::Tensor& dt, const to
                           return_final_state);
   }
 #endif
+  if (const auto* k = emulated_kernels_for(x);
+      k && k->ssd_scan_supported(x, dt, A, Bm, Cm, D, dt_bias, initial_state)) {
+    return k->ssd_scan(x, dt, A, Bm, Cm, D, dt_bias, dt_softplus, initial_state,
+                       return_final_state);
+  }
   // On the CPU the token-by-token kernel (ops/ssd_scan_cpu.h) unless AIM_CPU_KERNELS=0.
   if (x.device().is_cpu() && cpu_kernels_enabled() &&
       cpu::ssd_scan_supported(x, dt, A, Bm, Cm, D, dt_bias, initial_state)) {
@@ -101,6 +107,9 @@ torch::Tensor ssd_state_update(torch::Tensor& state, const torch::Tensor& x,
     return cuda::ssd_state_update(state, x, dt, A, Bm, Cm, D, dt_bias, dt_softplus);
   }
 #endif
+  if (const auto* k = emulated_kernels_for(x); k && k->ssd_state_update_supported(state, x, Bm, D)) {
+    return k->ssd_state_update(state, x, dt, A, Bm, Cm, D, dt_bias, dt_softplus);
+  }
   return ref::ssd_state_update(state, x, dt, A, Bm, Cm, D, dt_bias, dt_softplus);
 }
 

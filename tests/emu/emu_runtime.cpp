@@ -1,9 +1,11 @@
-// The emulator's scheduler: the threads of a block as ucontext fibers, barriers, warp
+// The emulator's scheduler: the threads of a block as fibers, barriers, warp
 // collectives and launch checks. See include/emu_runtime.h for the model.
 #include "emu_runtime.h"
 
 #include <sys/mman.h>
+#if !defined(__x86_64__)
 #include <ucontext.h>
+#endif
 #include <unistd.h>
 
 #include <map>
@@ -27,6 +29,7 @@ struct ErrorState {
   std::string message;
 };
 thread_local ErrorState t_error;
+thread_local uint64_t t_launches = 0;
 
 std::mutex g_attr_mutex;
 std::map<const void*, int>& func_attrs() {
@@ -34,11 +37,89 @@ std::map<const void*, int>& func_attrs() {
   return m;
 }
 
+// ---------------------------------------------------------------- fiber contexts
+
+#if defined(__x86_64__)
+// A minimal switch: callee-saved registers and the x87 / SSE control words, on the fibers' own
+// stacks. ucontext's swapcontext also saves the signal mask with a system call per switch, which
+// took three quarters of the emulated tests' time.
+extern "C" void aim_emu_switch(void** save_sp, void* load_sp);
+asm(R"(
+    .text
+    .globl aim_emu_switch
+    .type aim_emu_switch, @function
+aim_emu_switch:
+    pushq %rbp
+    pushq %rbx
+    pushq %r12
+    pushq %r13
+    pushq %r14
+    pushq %r15
+    subq $16, %rsp
+    stmxcsr 8(%rsp)
+    fnstcw (%rsp)
+    movq %rsp, (%rdi)
+    movq %rsi, %rsp
+    ldmxcsr 8(%rsp)
+    fldcw (%rsp)
+    addq $16, %rsp
+    popq %r15
+    popq %r14
+    popq %r13
+    popq %r12
+    popq %rbx
+    popq %rbp
+    ret
+    .size aim_emu_switch, .-aim_emu_switch
+)");
+
+struct Context {
+  void* sp = nullptr;
+};
+
+// A context that starts `entry` (which never returns) on [stack, stack + bytes): the frame
+// aim_emu_switch pops, then entry's address for its `ret`, then a null return address, with the
+// stack aligned as at a call.
+void context_make(Context& c, void* stack, size_t bytes, void (*entry)()) {
+  auto top = (reinterpret_cast<uintptr_t>(stack) + bytes) & ~uintptr_t{15};
+  auto* slot = reinterpret_cast<uint64_t*>(top);
+  *--slot = 0;                                     // entry's return address (never used)
+  *--slot = reinterpret_cast<uint64_t>(entry);     // popped by ret
+  for (int r = 0; r < 6; ++r) *--slot = 0;         // rbp, rbx, r12-r15
+  slot -= 2;                                       // x87 control word, MXCSR
+  uint32_t mxcsr;
+  uint16_t fpucw;
+  asm volatile("stmxcsr %0" : "=m"(mxcsr));
+  asm volatile("fnstcw %0" : "=m"(fpucw));
+  std::memcpy(reinterpret_cast<char*>(slot), &fpucw, sizeof(fpucw));
+  std::memcpy(reinterpret_cast<char*>(slot) + 8, &mxcsr, sizeof(mxcsr));
+  c.sp = slot;
+}
+
+void context_switch(Context& from, Context& to) { aim_emu_switch(&from.sp, to.sp); }
+#else
+struct Context {
+  ucontext_t uc{};
+};
+
+void context_make(Context& c, void* stack, size_t bytes, void (*entry)()) {
+  getcontext(&c.uc);
+  c.uc.uc_stack.ss_sp = stack;
+  c.uc.uc_stack.ss_size = bytes;
+  c.uc.uc_link = nullptr;  // entry never returns
+  makecontext(&c.uc, entry, 0);
+}
+
+void context_switch(Context& from, Context& to) { swapcontext(&from.uc, &to.uc); }
+#endif
+
+// ---------------------------------------------------------------- blocks
+
 enum class Wait { kRunning, kBlock, kWarp, kDone };
 
 struct Fiber {
   ThreadState state;
-  ucontext_t ctx{};
+  Context ctx;
   Wait wait = Wait::kRunning;
   unsigned mask = 0;
   const char* op = nullptr;
@@ -50,7 +131,7 @@ struct Fiber {
 struct Block {
   BlockState state;
   std::vector<Fiber> fibers;
-  ucontext_t scheduler{};
+  Context scheduler;
   BlockBody body = nullptr;
   void* body_ctx = nullptr;
   Fiber* current = nullptr;
@@ -62,8 +143,10 @@ thread_local Block* t_block = nullptr;
 void fiber_entry() {
   Block* b = t_block;
   b->body(b->body_ctx);
-  b->current->wait = Wait::kDone;
-  // uc_link returns to the scheduler.
+  Fiber& f = *b->current;
+  f.wait = Wait::kDone;
+  context_switch(f.ctx, b->scheduler);  // never resumed
+  std::abort();
 }
 
 std::string where(const Fiber& f) {
@@ -85,7 +168,7 @@ const char* wait_name(Wait w) {
 }
 
 void suspend(Fiber& f) {
-  swapcontext(&f.ctx, &t_block->scheduler);
+  context_switch(f.ctx, t_block->scheduler);
 }
 
 // Raises a fault from inside a fiber: the scheduler abandons the block.
@@ -93,8 +176,8 @@ void suspend(Fiber& f) {
   t_block->fault = true;
   t_block->fault_message = where(f) + ": " + what;
   f.wait = Wait::kDone;
-  setcontext(&t_block->scheduler);
-  std::abort();  // setcontext does not return
+  context_switch(f.ctx, t_block->scheduler);  // never resumed
+  std::abort();
 }
 
 // Releases what can be released once every fiber waits or is done. Returns false on deadlock
@@ -193,11 +276,7 @@ bool run_block(Block& b) {
   for (auto& f : b.fibers) {
     f.wait = Wait::kRunning;
     f.collectives = 0;
-    getcontext(&f.ctx);
-    f.ctx.uc_stack.ss_sp = static_cast<char*>(f.stack) + page;
-    f.ctx.uc_stack.ss_size = kStackBytes;
-    f.ctx.uc_link = &b.scheduler;
-    makecontext(&f.ctx, fiber_entry, 0);
+    context_make(f.ctx, static_cast<char*>(f.stack) + page, kStackBytes, fiber_entry);
   }
   for (;;) {
     bool any_alive = false;
@@ -205,7 +284,7 @@ bool run_block(Block& b) {
       if (f.wait != Wait::kRunning) continue;
       b.current = &f;
       g_thread = &f.state;
-      swapcontext(&b.scheduler, &f.ctx);
+      context_switch(b.scheduler, f.ctx);
       if (b.fault) return false;
     }
     for (const auto& f : b.fibers) any_alive |= f.wait != Wait::kDone;
@@ -222,6 +301,8 @@ DeviceProps& device() {
 }
 
 std::string last_message() { return t_error.message; }
+
+uint64_t launch_count() { return t_launches; }
 
 void set_error(cudaError_t err, const std::string& message) {
   if (t_error.err == cudaSuccess) {
@@ -321,6 +402,7 @@ bool run_grid(dim3 grid, dim3 block, size_t dynamic_smem, const void* func, Bloc
     return false;
   }
 
+  ++t_launches;
   Block b;
   b.body = body;
   b.body_ctx = ctx;

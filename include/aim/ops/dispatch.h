@@ -17,6 +17,13 @@ void set_cuda_kernels(bool enabled);
 bool cpu_kernels_enabled();
 void set_cpu_kernels(bool enabled);
 
+/// The CUDA kernels for CPU tensors: tests/emu installs the kernels run by its CPU emulator
+/// (struct in src/ops/kernel_table.h) so that whole models run through the kernel code in CI;
+/// dispatch then uses them where it would use the CUDA kernels on a GPU, under the same switch.
+/// Null (the default) uninstalls.
+struct KernelTable;
+void set_emulated_kernels(const KernelTable* table);
+
 /// True when AIM_POISON_OUTPUTS=1 or set_poison_outputs(true); tests turn it on.
 bool poison_outputs();
 void set_poison_outputs(bool enabled);

@@ -77,6 +77,9 @@ void set_error(cudaError_t err, const std::string& message);
 cudaError_t take_error();
 cudaError_t peek_error();
 
+/// Kernel launches run so far by this thread (tests check that a path went through a kernel).
+uint64_t launch_count();
+
 int func_max_dynamic_smem(const void* func);
 void set_func_max_dynamic_smem(const void* func, int bytes);
 

@@ -1,0 +1,92 @@
+// Whole models through the emulated kernels (installed for this binary by
+// emulated_kernels.cpp): the fixture models' training step, recurrent decoding and generation
+// run through the kernels when they are on and through none when they are off, and generation
+// draws the same tokens both ways. The official-fixture parity tests built into this binary
+// (tests/model/parity_test.cpp) check the same paths against the official goldens.
+#include <gtest/gtest.h>
+#include <torch/torch.h>
+
+#include <string>
+#include <vector>
+
+#include "aim/core/config.h"
+#include "aim/model/aim.h"
+#include "aim/ops/dispatch.h"
+#include "aim/sample/generate.h"
+#include "emu_runtime.h"
+#include "test_util.h"
+
+namespace aim {
+namespace {
+
+class EmulatedModel : public ::testing::TestWithParam<std::string> {
+ protected:
+  void TearDown() override { ops::set_cuda_kernels(true); }
+  AimModel model() {
+    const auto dir = test::fixtures_dir() / "aim" / GetParam();
+    torch::manual_seed(3);
+    AimModel m(model_config_from_hf_json((dir / "config.json").string()));
+    m->eval();
+    return m;
+  }
+};
+
+TEST_P(EmulatedModel, TrainingAndDecodingRunThroughTheKernelsWhenOn) {
+  auto m = model();
+  const auto labels = torch::tensor({1, 3}, torch::kLong);
+  const auto tokens = torch::randint(0, m->config.vocab_size, {2, 12}, torch::kLong);
+  for (bool on : {true, false}) {
+    ops::set_cuda_kernels(on);
+    const auto before = emu::launch_count();
+    m->zero_grad();
+    m->loss(tokens, labels).backward();
+    const auto training = emu::launch_count() - before;
+    torch::NoGradGuard no_grad;
+    auto state = m->start(labels);
+    m->step(state, {});
+    m->step(state, tokens.select(1, 0));
+    const auto decoding = emu::launch_count() - before - training;
+    std::printf("    %s, kernels %s: %llu launches in a training step, %llu in two decode steps\n",
+                GetParam().c_str(), on ? "on" : "off", static_cast<unsigned long long>(training),
+                static_cast<unsigned long long>(decoding));
+    if (on) {
+      EXPECT_GT(training, 0u);
+      EXPECT_GT(decoding, 0u);
+    } else {
+      EXPECT_EQ(training + decoding, 0u);
+    }
+  }
+}
+
+TEST_P(EmulatedModel, GenerationDrawsTheTokensOfTheReferencePath) {
+  auto m = model();
+  const auto labels = torch::tensor({0, 2, 5}, torch::kLong);
+  SamplingOptions o;
+  o.cfg = 4.0;
+  o.top_k = 40;
+  o.top_p = 0.95;
+  o.seed = 11;
+  ops::set_cuda_kernels(true);
+  const auto before = emu::launch_count();
+  const auto with = generate_tokens(m, labels, {0, 1, 2}, o);
+  EXPECT_GT(emu::launch_count(), before);
+  ops::set_cuda_kernels(false);
+  const auto without = generate_tokens(m, labels, {0, 1, 2}, o);
+  ASSERT_EQ(with.sizes(), without.sizes());
+  const double agree = with.eq(without).to(torch::kDouble).mean().item<double>();
+  std::printf("    %s: %lld tokens, %.4f%% the same with and without the kernels\n",
+              GetParam().c_str(), static_cast<long long>(with.numel()), 100.0 * agree);
+  EXPECT_TRUE(torch::equal(with, without));
+}
+
+std::vector<std::string> cases() {
+  auto c = test::fixture_cases("aim", {"config.json"});
+  if (c.empty()) c.push_back("NO_FIXTURES_FOUND");
+  return c;
+}
+
+INSTANTIATE_TEST_SUITE_P(Fixtures, EmulatedModel, ::testing::ValuesIn(cases()),
+                         [](const auto& info) { return info.param; });
+
+}  // namespace
+}  // namespace aim
