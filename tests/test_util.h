@@ -55,6 +55,24 @@ inline std::vector<DeviceDtype> device_dtypes() {
       GTEST_SKIP() << "CUDA build, but no GPU is visible: GPU case skipped";     \
   } while (0)
 
+/// The device of the tests that run the CUDA kernels through dispatch: a GPU, or the CPU in
+/// aim_emu_tests, which installs the kernels run by its emulator for CPU tensors
+/// (AIM_OPS_EMULATED; tests/emu).
+inline torch::Device kernel_device() {
+#ifdef AIM_OPS_EMULATED
+  return torch::kCPU;
+#else
+  return torch::kCUDA;
+#endif
+}
+inline bool kernel_device_available() {
+#ifdef AIM_OPS_EMULATED
+  return true;
+#else
+  return torch::cuda::is_available();
+#endif
+}
+
 /// Base of the CUDA kernel tests (`Base`: ::testing::Test or TestWithParam<T>): skips, saying
 /// why, in a build without CUDA or without a visible GPU; otherwise turns the kernels on and
 /// poisons op outputs for the test's duration, so elements a kernel leaves unwritten show up.

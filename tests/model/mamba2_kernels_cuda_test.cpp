@@ -1,7 +1,8 @@
 // The Mamba2 mixer on CUDA gives the same output and gradients (input and every parameter) with
 // the hand-written kernels (conv1d, SSD scan, gated RMSNorm) as with the references
 // (ops::set_cuda_kernels(false)), at AiM's mixer settings (headdim 64, d_state 128, ngroups 1,
-// L = 257) on a narrower model, and with 2 groups and D per channel.
+// L = 257) on a narrower model, and with 2 groups and D per channel. On the kernels' device: a
+// GPU, or the CPU emulator in aim_emu_tests (test::kernel_device()).
 //
 // Tolerance, max|a - b| / max|b|: 2e-3 in fp32 (both paths compute in fp32; sums of up to 514
 // rows per parameter gradient); 5e-2 in bf16, where the kernels round intermediate products'
@@ -34,7 +35,7 @@ std::string case_name(const MixerCase& c) {
 class Mamba2KernelsCuda : public ::testing::TestWithParam<MixerCase> {
  protected:
   void SetUp() override {
-    if (!torch::cuda::is_available()) GTEST_SKIP() << "no GPU visible: CUDA mixer test skipped";
+    if (!test::kernel_device_available()) GTEST_SKIP() << "no GPU visible: CUDA mixer test skipped";
   }
   void TearDown() override { ops::set_cuda_kernels(true); }
 };
@@ -67,8 +68,8 @@ TEST_P(Mamba2KernelsCuda, KernelsOnEqualKernelsOff) {
   ssm.ngroups = c.ngroups;
   ssm.d_has_hdim = c.d_has_hdim;
   Mamba2Mixer mixer(Mamba2MixerOptions(c.d_model, ssm));
-  mixer->to(torch::kCUDA, c.dtype);
-  const auto opts = torch::dtype(c.dtype).device(torch::kCUDA);
+  mixer->to(test::kernel_device(), c.dtype);
+  const auto opts = torch::dtype(c.dtype).device(test::kernel_device());
   const auto u = torch::randn({2, 257, c.d_model}, opts);
   const auto g = torch::randn({2, 257, c.d_model}, opts);
 
