@@ -15,52 +15,14 @@ namespace {
 using test::case_name;
 using test::ConvCase;
 
-// max|diff| / max|expected|: fp32 arithmetic (fast-math exp) vs fp64; bf16 outputs carry their
-// rounding (2^-8 relative) on top.
-double tolerance(torch::ScalarType dtype) { return dtype == torch::kBFloat16 ? 1e-2 : 2e-5; }
-
 class CausalConv1dCuda : public test::CudaKernelTest<::testing::TestWithParam<ConvCase>> {};
 
 TEST_P(CausalConv1dCuda, ForwardAndBackwardMatchTheReference) {
-  const auto c = GetParam();
-  torch::manual_seed(7 + c.width * 13 + c.len);
-  const auto dev = torch::Device(torch::kCUDA);
-  auto x = test::conv_input(c, dev).requires_grad_(true);
-  auto w = test::randn({c.channels, 1, c.width}, torch::kFloat, dev, 0.5).requires_grad_(true);
-  torch::Tensor b;
-  if (c.bias) b = test::randn({c.channels}, torch::kFloat, dev, 0.2).requires_grad_(true);
-
-  auto [out, state] = ops::causal_conv1d(x, w, b, c.silu, /*return_state=*/true);
-  ASSERT_EQ(out.scalar_type(), c.dtype);
-  auto g = test::randn(out.sizes(), c.dtype, dev);
-  std::vector<torch::Tensor> inputs{x, w};
-  if (c.bias) inputs.push_back(b);
-  const auto grads = torch::autograd::grad({out}, inputs, {g});
-
-  // Oracle: the reference on fp64 CPU copies of the same values.
-  auto f64 = [](const torch::Tensor& t) {
-    return t.detach().to(torch::kCPU, torch::kFloat64).contiguous().requires_grad_(true);
-  };
-  auto xr = f64(x), wr = f64(w);
-  torch::Tensor br;
-  if (c.bias) br = f64(b);
-  auto [out_r, state_r] = ops::ref::causal_conv1d(xr, wr, br, c.silu, true);
-  std::vector<torch::Tensor> inputs_r{xr, wr};
-  if (c.bias) inputs_r.push_back(br);
-  const auto grads_r =
-      torch::autograd::grad({out_r}, inputs_r, {g.detach().to(torch::kCPU, torch::kFloat64)});
-
-  const double tol = tolerance(c.dtype);
-  const auto tag = case_name(c);
-  test::expect_close(tag + " out", out, out_r, tol);
-  test::expect_close(tag + " state", state, state_r, 1e-12);
-  test::expect_close(tag + " dx", grads[0], grads_r[0], tol);
-  test::expect_close(tag + " dweight", grads[1], grads_r[1], tol);
-  EXPECT_EQ(grads[1].sizes(), w.sizes());
-  if (c.bias) test::expect_close(tag + " dbias", grads[2], grads_r[2], tol);
-  if (c.channel_last && c.len > 1) {
-    EXPECT_EQ(out.stride(1), 1) << "channel-last input, channel-last output";
-  }
+  test::check_causal_conv1d(GetParam(), torch::kCUDA,
+                            [](const torch::Tensor& x, const torch::Tensor& w,
+                               const torch::Tensor& b, bool silu) {
+                              return ops::causal_conv1d(x, w, b, silu, /*return_state=*/true);
+                            });
 }
 
 std::vector<ConvCase> cases() {
