@@ -89,4 +89,25 @@ inline void check_causal_conv1d(const ConvCase& c, torch::Device dev, const Conv
   }
 }
 
+/// The kernel tests' cases: the AiM-B/L Mamba2 conv widths and the Mamba1 layout at the
+/// training length, the other widths, and edges.
+inline std::vector<ConvCase> conv_kernel_cases() {
+  std::vector<ConvCase> out;
+  for (auto dtype : {torch::kFloat, torch::kBFloat16}) {
+    // AiM-B and AiM-L Mamba2 conv widths (d_inner + 2 * d_state), the training length.
+    out.push_back({2, 1792, 257, 4, true, true, true, dtype});
+    out.push_back({2, 2304, 257, 4, true, true, true, dtype});
+    // Mamba1 layout (contiguous [B, C, L]) and the other widths.
+    out.push_back({2, 96, 257, 4, false, true, true, dtype});
+    out.push_back({3, 70, 65, 2, true, false, true, dtype});
+    out.push_back({3, 70, 65, 3, false, true, false, dtype});
+    out.push_back({2, 33, 130, 6, true, true, true, dtype});  // width > 4: the 8-tap path
+    // Edges: batch 1, length 1, length below the width, channels not a multiple of a warp.
+    out.push_back({1, 37, 1, 4, true, true, true, dtype});
+    out.push_back({1, 37, 3, 4, false, true, true, dtype});
+    out.push_back({1, 129, 200, 4, true, false, false, dtype});
+  }
+  return out;
+}
+
 }  // namespace aim::test
