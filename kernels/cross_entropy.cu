@@ -61,7 +61,8 @@ __global__ void __launch_bounds__(kThreads) softmax_xent_kernel(SoftmaxXentParam
     const float s2 = __shfl_xor_sync(0xffffffffu, s, offset);
     merge(m, s, m2, s2);
   }
-  __shared__ float warp_m[kThreads / 32], warp_s[kThreads / 32];
+  __shared__ float warp_m[kThreads / 32];
+  __shared__ float warp_s[kThreads / 32];
   __shared__ float row_lse;
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   if (lane == 0) {

@@ -135,6 +135,7 @@ struct Block {
   BlockBody body = nullptr;
   void* body_ctx = nullptr;
   Fiber* current = nullptr;
+  std::vector<void*> poisoned;  // static shared objects poisoned in this block
   bool fault = false;
   std::string fault_message;
 };
@@ -272,6 +273,7 @@ thread_local StackPool t_stacks;
 
 // Runs one block to completion. Returns false on a fault.
 bool run_block(Block& b) {
+  b.poisoned.clear();
   const size_t page = static_cast<size_t>(sysconf(_SC_PAGESIZE));
   for (auto& f : b.fibers) {
     f.wait = Wait::kRunning;
@@ -328,6 +330,15 @@ int func_max_dynamic_smem(const void* func) {
 void set_func_max_dynamic_smem(const void* func, int bytes) {
   std::lock_guard<std::mutex> lock(g_attr_mutex);
   func_attrs()[func] = bytes;
+}
+
+void poison_shared(void* object, size_t bytes) {
+  Block& b = *t_block;
+  for (void* p : b.poisoned) {
+    if (p == object) return;
+  }
+  b.poisoned.push_back(object);
+  std::memset(object, 0xff, bytes);
 }
 
 void block_barrier() {

@@ -60,6 +60,22 @@ TEST(Emulator, BarriersOrderSharedMemoryAndTheirAbsenceShows) {
   EXPECT_TRUE(std::isnan(out[0]));
 }
 
+// A static shared array as translate.cmake rewrites it: each block starts with it poisoned,
+// whatever the previous block left there.
+__global__ void static_shared_reads(float* out) {
+  static thread_local float s[32];
+  ::emu::poison_shared(&s, sizeof(s));
+  out[blockIdx.x * 32 + threadIdx.x] = s[threadIdx.x];  // before any write: garbage on a GPU
+  s[threadIdx.x] = 1.f;
+}
+
+TEST(Emulator, StaticSharedMemoryStartsPoisonedInEveryBlock) {
+  std::vector<float> out(64, 0.f);
+  static_shared_reads ^ emu::Cfg(2, 32)(out.data());
+  ASSERT_EQ(cudaGetLastError(), cudaSuccess) << emu::last_message();
+  for (int i = 0; i < 64; ++i) EXPECT_TRUE(std::isnan(out[i])) << "element " << i;
+}
+
 // Half a warp at __syncthreads, the other half in a full-mask shuffle: a deadlock on a GPU.
 __global__ void split_warp(float* out) {
   if ((threadIdx.x & 31) < 16) {

@@ -2,6 +2,9 @@
 # (see include/emu_runtime.h):
 #   k<<<grid, block, smem, stream>>>(args)   ->  k ^ ::emu::Cfg(grid, block, smem, stream)(args)
 #   extern __shared__ [__align__(n)] T name[];  ->  T* name = ::emu::dynamic_shared<T>();
+#   __shared__ T name[dims];    ->  static thread_local T name[dims];
+#                                   ::emu::poison_shared(&name, sizeof(name));
+#                                   (one object per OS thread, poisoned at each block's start)
 #   namespace aim::kernels  ->  namespace aim::kernels_emu   (the CUDA configuration links the
 #                                                            real kernels into the same binary)
 # .cu files become .cu.cpp. Usage: cmake -DIN=<kernels dir> -DOUT=<folder> -P translate.cmake
@@ -15,10 +18,14 @@ foreach(_f ${_files})
   string(REGEX REPLACE
     "extern __shared__ (__align__\\([0-9]+\\) )?([A-Za-z_][A-Za-z0-9_ ]*[A-Za-z0-9_]) ([A-Za-z_][A-Za-z0-9_]*)\\[\\];"
     "\\2* \\3 = ::emu::dynamic_shared<\\2>();" _text "${_text}")
-  string(REPLACE "aim::kernels" "aim::kernels_emu" _text "${_text}")
-  if(_text MATCHES "extern __shared__")
-    message(FATAL_ERROR "translate.cmake: ${_f} declares dynamic shared memory in a form the emulator's rewrite does not know")
+  string(REGEX REPLACE
+    "__shared__ ([A-Za-z_][A-Za-z0-9_:<>]*) ([A-Za-z_][A-Za-z0-9_]*)((\\[[^];]*\\])*);"
+    "static thread_local \\1 \\2\\3; ::emu::poison_shared(&\\2, sizeof(\\2));"
+    _text "${_text}")
+  if(_text MATCHES "__shared__")
+    message(FATAL_ERROR "translate.cmake: ${_f} declares shared memory in a form the emulator's rewrite does not know (one declarator per __shared__)")
   endif()
+  string(REPLACE "aim::kernels" "aim::kernels_emu" _text "${_text}")
   if(_name MATCHES "\\.cu$")
     set(_name "${_name}.cpp")
   endif()

@@ -1,28 +1,31 @@
 #pragma once
 // A CPU emulator for the CUDA subset kernels/ uses, so that CI (which has no GPU) runs the real
 // kernel source against the references. The kernel files are compiled by the host compiler
-// after two textual rewrites (tests/emu/translate.cmake): `k<<<cfg>>>(args)` becomes
-// `k ^ ::emu::Cfg(cfg)(args)`, and `extern __shared__ T name[];` becomes a pointer to the
-// block's dynamic shared memory. Everything else is these headers.
+// after textual rewrites (tests/emu/translate.cmake): `k<<<cfg>>>(args)` becomes
+// `k ^ ::emu::Cfg(cfg)(args)`, `extern __shared__ T name[];` a pointer to the block's dynamic
+// shared memory, and a static `__shared__` object one poisoned at each block's start.
+// Everything else is these headers.
 //
 // Execution model. Blocks run one after another. The threads of a block are cooperative fibers
 // on one OS thread: a thread runs until it reaches a barrier (__syncthreads, or a warp
-// collective: shuffles, ballots), then the next one runs. A barrier releases when every thread
-// it waits for has arrived, so the emulation is as strict as a GPU on missing barriers within a
-// block: a thread reads another's shared-memory writes only after a barrier that orders them,
-// otherwise it sees the old contents. wmma fragments hold the whole tile in every lane, and the
-// tile operations sync nothing, so a missing __syncwarp around them shows as well.
+// collective: shuffles, ballots, wmma tile loads and stores), then the next one runs. A barrier
+// releases when every thread it waits for has arrived. Without a barrier, a thread therefore
+// sees no write of a later thread of its block (a missing barrier shows in that direction; the
+// other direction, a thread reading what an earlier one wrote, passes here and races on a GPU).
+// Shared memory starts poisoned (0xff, NaN for floats) in every block. wmma fragments hold the
+// whole tile in every lane.
 //
 // What it reports (launch status cudaErrorLaunchFailure, message in emu::last_message()):
 // a barrier that can never release (threads of one block waiting at different barriers, a
 // lane that exited before a full-mask warp collective), lanes of one warp at different
-// collectives, a mask naming lanes that do not exist; and, as the launch status a GPU gives,
+// collectives, a mask naming lanes that do not exist, a wmma tile misaligned or with a leading
+// dimension that is not a multiple of 16 bytes; and, as the launch status a GPU gives,
 // launch configurations outside the device's limits (block size, grid y/z, dynamic shared memory
 // beyond 48 KiB without the opt-in attribute, or beyond the opt-in limit).
 //
-// What it cannot show: data races between blocks or warps of a real GPU's timing, the memory
-// model, global-memory bounds, performance. The GPU tests (tests/ops/*_cuda_test.cpp) remain the
-// verification on a device.
+// What it cannot show: races of a real GPU's timing (between blocks, or within a block in the
+// direction above), the memory model, global-memory bounds, fast-math rounding, performance.
+// The GPU tests (tests/ops/*_cuda_test.cpp) remain the verification on a device.
 #include <cfloat>
 #include <climits>
 #include <cmath>
@@ -110,6 +113,11 @@ unsigned warp_ballot(unsigned mask, bool pred);
 
 inline int lane_id() { return g_thread->linear & 31; }
 
+/// Fills a static shared-memory object with 0xff (NaN for floats) the first time a thread of
+/// the block reaches its declaration (translate.cmake adds the call), as a GPU leaves it holding
+/// whatever was there: a read before the block wrote it shows.
+void poison_shared(void* object, size_t bytes);
+
 template <typename T>
 T* dynamic_shared() {
   return reinterpret_cast<T*>(g_block->dynamic_smem);
@@ -169,7 +177,7 @@ void operator^(void (*kernel)(P...), PendingLaunch<A...>&& launch) {
 #define __launch_bounds__(...)
 #define __align__(n) alignas(n)
 // Static shared memory: one object per OS thread, shared by the fibers (threads) of the block
-// running on it.
+// running on it. In kernels/ translate.cmake also poisons it at each block's start.
 #define __shared__ static thread_local
 
 #define threadIdx (::emu::g_thread->tid)
