@@ -11,7 +11,8 @@ enum class ElemType { kFloat32, kBFloat16 };
 
 struct SsdStateUpdateParams {
   int batch = 0, nheads = 0, headdim = 0, dstate = 0, ngroups = 0;
-  float* state = nullptr;         ///< [B, H, P, N] fp32, contiguous; updated in place
+  void* state = nullptr;          ///< [B, H, P, N] in state_type, contiguous; updated in place
+  ElemType state_type = ElemType::kFloat32;  ///< fp32, or bf16 (half the state traffic)
   const void* x = nullptr;        ///< [B, H, P]
   const void* dt = nullptr;       ///< [B, H]
   const void* Bm = nullptr;       ///< [B, G, N]
@@ -29,7 +30,8 @@ struct SsdStateUpdateParams {
   bool d_per_channel = false;
 };
 
-/// Launches on `stream`; x, dt, B, C and y share `dtype`. Returns the launch status.
+/// Launches on `stream`; x, dt, B, C and y share `dtype`; the math is fp32 whatever the state's
+/// type (a bf16 state is rounded once per step, when stored). Returns the launch status.
 cudaError_t ssd_state_update_cuda(const SsdStateUpdateParams& params, ElemType dtype,
                                   cudaStream_t stream);
 

@@ -6,8 +6,9 @@
 //   s    = exp(dt' * A[h]) * s + dt' * x[b, h, p] * B[b, g, :]
 //   y    = <s, C[b, g, :]> + D * x[b, h, p]
 // Grid: (B * H, ceil(P / kRowsPerBlock)); one warp per state row, lanes stride over N so the
-// state is read and written once, coalesced. Precision: inputs of any supported type, math and
-// state in fp32, y written in the input type.
+// state is read and written once, coalesced. Precision: inputs of any supported type, math in
+// fp32, the state stored in fp32 or bf16 (rounded once per step; y uses the unrounded values),
+// y written in the input type.
 #include <cuda_bf16.h>
 
 #include "ssd_state_update.h"
@@ -34,7 +35,7 @@ __device__ __forceinline__ void store_from_float<__nv_bfloat16>(__nv_bfloat16* p
 
 constexpr int kRowsPerBlock = 4;
 
-template <typename T, bool kSoftplus>
+template <typename T, typename S, bool kSoftplus>
 __global__ void ssd_state_update_kernel(SsdStateUpdateParams params) {
   const int bh = blockIdx.x;
   const int b = bh / params.nheads, h = bh % params.nheads;
@@ -51,13 +52,13 @@ __global__ void ssd_state_update_kernel(SsdStateUpdateParams params) {
                                 h * params.x_head_stride + p);
   const T* bvec = static_cast<const T*>(params.Bm) + b * params.b_batch_stride + g * params.b_group_stride;
   const T* cvec = static_cast<const T*>(params.Cm) + b * params.c_batch_stride + g * params.c_group_stride;
-  float* s = params.state + ((static_cast<int64_t>(b) * params.nheads + h) * params.headdim + p) *
-                                params.dstate;
+  S* s = static_cast<S*>(params.state) +
+         ((static_cast<int64_t>(b) * params.nheads + h) * params.headdim + p) * params.dstate;
   float acc = 0.f;
   const float dtx = dt * x;
   for (int n = lane; n < params.dstate; n += 32) {
-    const float next = s[n] * decay + dtx * load_as_float(bvec + n);
-    s[n] = next;
+    const float next = load_as_float(s + n) * decay + dtx * load_as_float(bvec + n);
+    store_from_float(s + n, next);
     acc += next * load_as_float(cvec + n);
   }
 #pragma unroll
@@ -74,7 +75,11 @@ cudaError_t ssd_state_update_launch(const SsdStateUpdateParams& params, cudaStre
   dim3 grid(params.batch * params.nheads, (params.headdim + kRowsPerBlock - 1) / kRowsPerBlock);
   dim3 block(32 * kRowsPerBlock);
   BOOL_SWITCH(params.dt_softplus, kSoftplus, [&] {
-    ssd_state_update_kernel<T, kSoftplus><<<grid, block, 0, stream>>>(params);
+    if (params.state_type == ElemType::kBFloat16) {
+      ssd_state_update_kernel<T, __nv_bfloat16, kSoftplus><<<grid, block, 0, stream>>>(params);
+    } else {
+      ssd_state_update_kernel<T, float, kSoftplus><<<grid, block, 0, stream>>>(params);
+    }
   });
   return cudaGetLastError();
 }

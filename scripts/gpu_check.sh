@@ -103,6 +103,9 @@ if [ "$status_build" = OK ]; then
     build-gpu/bench/bench_sample configs/aim_l.yaml --batch $b --cfg 1.75 --dtype bf16 --device cuda $novq \
       2>&1 | tee -a "$out/bench_sample.log" || status_bench=FAIL
   done
+  # The bf16 ssm state (aim sample --ssm-state bf16) where state traffic matters most.
+  build-gpu/bench/bench_sample configs/aim_l.yaml --batch 256 --cfg 1.75 --dtype bf16 --ssm-state bf16 \
+    --device cuda --no-vq 2>&1 | tee -a "$out/bench_sample.log" || status_bench=FAIL
 fi
 t3=$(date +%s)
 gpu_cases=$(grep -cE '^\[ +OK \].*cuda' "$out/ctest.log" 2>/dev/null || echo 0)

@@ -32,7 +32,8 @@ namespace {
 
 struct SampleArgs {
   std::string ckpt, config, vq, vq_config, classes = "", class_names, labels_mode = "balanced";
-  std::string out, outdir, npz, tokens, from_tokens, work_dir, preset, dtype = "fp32", vq_dtype = "fp32", device = "cpu";
+  std::string out, outdir, npz, tokens, from_tokens, work_dir, preset, dtype = "fp32", vq_dtype = "fp32", ssm_state = "fp32",
+              device = "cpu";
   int64_t num = 1, num_samples = 0, batch_size = 16, top_k = -1, nrow = 0;
   double cfg = -1, temperature = -1, top_p = -1, cfg_top_p = -1;
   uint64_t seed = 0;
@@ -128,10 +129,12 @@ void write_outputs(const SampleArgs& a, const torch::Tensor& tokens, const torch
   }
 }
 
-torch::ScalarType vq_dtype_of(const std::string& flag) {
-  AIM_CHECK(flag == "fp32" || flag == "bf16", "--vq-dtype: expected fp32 or bf16, found '", flag, "'");
+torch::ScalarType dtype_flag(const char* name, const std::string& flag) {
+  AIM_CHECK(flag == "fp32" || flag == "bf16", name, ": expected fp32 or bf16, found '", flag, "'");
   return flag == "bf16" ? torch::kBFloat16 : torch::kFloat;
 }
+
+torch::ScalarType vq_dtype_of(const std::string& flag) { return dtype_flag("--vq-dtype", flag); }
 
 }  // namespace
 
@@ -158,6 +161,9 @@ Runner add_sample_command(CLI::App& app) {
   cmd->add_option("--batch-size", a->batch_size, "sequences per batch")->capture_default_str();
   cmd->add_option("--dtype", a->dtype, "fp32 | bf16")->capture_default_str();
   cmd->add_option("--vq-dtype", a->vq_dtype, "tokenizer decode: fp32 | bf16 (faster on GPUs; images within a few levels)")
+      ->capture_default_str();
+  cmd->add_option("--ssm-state", a->ssm_state,
+                  "Mamba2's recurrent state: fp32 | bf16 (half the state traffic per token; logit cost in docs/perf.md)")
       ->capture_default_str();
   cmd->add_option("--device", a->device, "cpu | cuda | cuda:<index>")->capture_default_str();
   cmd->add_flag("--ema", a->use_ema, "use the run directory's EMA weights");
@@ -219,6 +225,9 @@ Runner add_sample_command(CLI::App& app) {
     if (cmd->count("--cfg-top-p")) o.cfg_top_p = a->cfg_top_p;
     o.seed = a->seed;
     o.cuda_graph = !a->no_cuda_graph;
+    o.ssm_state_dtype = dtype_flag("--ssm-state", a->ssm_state);
+    AIM_CHECK(o.ssm_state_dtype == torch::kFloat || mc.ssm.layer == "Mamba2", "--ssm-state bf16: the model's ",
+              mc.ssm.layer, " layers keep their state in fp32; bf16 is a Mamba2 option");
     o.validate();
     std::vector<int64_t> labels;
     if (a->num_samples > 0) {
@@ -248,7 +257,7 @@ Runner add_sample_command(CLI::App& app) {
                 {"cfg_top_p", std::to_string(o.cfg_top_p)}, {"seed", std::to_string(o.seed)}, {"checkpoint", a->ckpt},
                 {"preset", a->preset.empty() ? "none" : a->preset},
                 {"decode_position_offset", std::to_string(mc.decode_position_offset)},
-                {"dtype", a->dtype}, {"vq_dtype", a->vq_dtype}};
+                {"dtype", a->dtype}, {"vq_dtype", a->vq_dtype}, {"ssm_state", a->ssm_state}};
     const int64_t total = static_cast<int64_t>(labels.size());
     if (env.is_main()) {
       std::cerr << "[sample] " << total << " samples, cfg " << o.cfg << ", temperature " << o.temperature

@@ -231,14 +231,15 @@ torch::Tensor AimModelImpl::loss(const torch::Tensor& tokens, const torch::Tenso
   return ops::linear_cross_entropy(h.reshape({-1, h.size(-1)}), head_weight(), tokens.reshape({-1}));
 }
 
-InferenceState AimModelImpl::start(const torch::Tensor& labels, torch::ScalarType state_dtype) {
+InferenceState AimModelImpl::start(const torch::Tensor& labels, torch::ScalarType state_dtype,
+                                   torch::ScalarType ssm_state_dtype) {
   TORCH_CHECK(labels.dim() == 1, "AimModel::start: labels must be [B], got ", labels.sizes());
   InferenceState s;
   s.batch = labels.size(0);
   s.cond = backbone->condition(backbone->cls_embed->forward(labels, 0.0));
   const auto device = labels.device();
   for (auto& block : backbone->blocks) {
-    s.layers.push_back(block->mixer->allocate_state(s.batch, device, state_dtype));
+    s.layers.push_back(block->mixer->allocate_state(s.batch, device, state_dtype, ssm_state_dtype));
   }
   return s;
 }

@@ -96,8 +96,11 @@ torch::Tensor Mamba1MixerImpl::step(const torch::Tensor& u, MixerState& state) {
 }
 
 MixerState Mamba1MixerImpl::allocate_state(int64_t batch, torch::Device device,
-                                           torch::ScalarType dtype) const {
+                                           torch::ScalarType dtype,
+                                           torch::ScalarType ssm_dtype) const {
   const auto& ssm = options.ssm();
+  TORCH_CHECK(ssm_dtype == torch::kFloat, "Mamba1 keeps its ssm state in fp32 (found ", ssm_dtype,
+              "): a bf16 ssm state is a Mamba2 option");
   MixerState s;
   s.conv_state = torch::zeros({batch, d_inner, ssm.d_conv}, torch::dtype(dtype).device(device));
   s.ssm_state = torch::zeros({batch, d_inner, ssm.d_state},

@@ -77,7 +77,10 @@ torch::Tensor Mamba2MixerImpl::forward(const torch::Tensor& u, MixerState* state
                             ssm.chunk_size, {}, /*return_final_state=*/state != nullptr);
   if (state != nullptr) {
     state->conv_state = conv.second;
-    state->ssm_state = scan.final_state;
+    // The scan's fp32 final state, in the dtype the state was allocated in (prefill).
+    const auto ssm_dtype =
+        state->ssm_state.defined() ? state->ssm_state.scalar_type() : torch::kFloat;
+    state->ssm_state = scan.final_state.to(ssm_dtype);
   }
   return output(scan.y.reshape({batch, len, d_inner}), z);
 }
@@ -101,12 +104,15 @@ torch::Tensor Mamba2MixerImpl::step(const torch::Tensor& u, MixerState& state) {
 }
 
 MixerState Mamba2MixerImpl::allocate_state(int64_t batch, torch::Device device,
-                                           torch::ScalarType dtype) const {
+                                           torch::ScalarType dtype,
+                                           torch::ScalarType ssm_dtype) const {
   const auto& ssm = options.ssm();
+  TORCH_CHECK(ssm_dtype == torch::kFloat || ssm_dtype == torch::kBFloat16,
+              "Mamba2 ssm state: expected fp32 or bf16, found ", ssm_dtype);
   MixerState s;
   s.conv_state = torch::zeros({batch, conv_dim, ssm.d_conv}, torch::dtype(dtype).device(device));
   s.ssm_state = torch::zeros({batch, nheads, ssm.headdim, ssm.d_state},
-                             torch::dtype(torch::kFloat).device(device));
+                             torch::dtype(ssm_dtype).device(device));
   return s;
 }
 

@@ -99,8 +99,8 @@ torch::Tensor ssd_state_update(torch::Tensor& state, const torch::Tensor& x,
                   state.size(2) == hdim && state.size(3) == Bm.size(2),
               "ssd_state_update: state must be [", batch, ", ", heads, ", ", hdim, ", ",
               Bm.size(2), "], got ", state.sizes());
-  TORCH_CHECK(state.scalar_type() == torch::kFloat, "ssd_state_update: state must be fp32, got ",
-              state.scalar_type());
+  TORCH_CHECK(state.scalar_type() == torch::kFloat || state.scalar_type() == torch::kBFloat16,
+              "ssd_state_update: state must be fp32 or bf16, got ", state.scalar_type());
   check_head_params(A, D, dt_bias, heads, hdim, "ssd_state_update");
 #ifdef AIM_WITH_CUDA
   if (x.is_cuda() && cuda_kernels_enabled() && cuda::ssd_state_update_supported(state, x, Bm, D)) {

@@ -27,7 +27,8 @@ bool last_dim_contiguous(const torch::Tensor& t) { return t.stride(-1) == 1; }
 
 bool ssd_state_update_supported(const torch::Tensor& state, const torch::Tensor& x,
                                 const torch::Tensor& Bm, const torch::Tensor& D) {
-  return on_kernel_device(state) && state.is_contiguous() && is_kernel_dtype(x) &&
+  return on_kernel_device(state) && state.is_contiguous() && is_kernel_dtype(state) &&
+         is_kernel_dtype(x) &&
          last_dim_contiguous(x) && last_dim_contiguous(Bm) && Bm.scalar_type() == x.scalar_type();
 }
 
@@ -49,7 +50,9 @@ torch::Tensor ssd_state_update(torch::Tensor& state, const torch::Tensor& x,
   p.headdim = static_cast<int>(x.size(2));
   p.ngroups = static_cast<int>(Bm.size(1));
   p.dstate = static_cast<int>(Bm.size(2));
-  p.state = state.data_ptr<float>();
+  p.state = state.data_ptr();
+  p.state_type = state.scalar_type() == torch::kBFloat16 ? kernels::ElemType::kBFloat16
+                                                         : kernels::ElemType::kFloat32;
   p.x = x.data_ptr();
   p.dt = dt_c.data_ptr();
   p.Bm = Bm.data_ptr();

@@ -100,7 +100,8 @@ torch::Tensor generate_tokens(AimModel& model, const torch::Tensor& labels,
   const bool guided = o.cfg != 1.0;
   const auto device = model->backbone->norm_f->weight.device();
   auto lab = labels.to(device, torch::kLong);
-  auto state = model->start(guided ? torch::cat({lab, torch::full_like(lab, model->null_class())}) : lab);
+  auto state = model->start(guided ? torch::cat({lab, torch::full_like(lab, model->null_class())}) : lab,
+                            torch::kFloat, o.ssm_state_dtype);
   const auto ids = torch::tensor(sample_ids, torch::kLong).to(device);
   // Token 0 from the class slot. Guidance in fp32, filters and the draw keyed by
   // (seed, sample, t): one kernel on CUDA.

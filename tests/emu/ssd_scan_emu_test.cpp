@@ -78,6 +78,32 @@ TEST_P(SsdStateUpdateEmu, TeacherForcedStepsEqualTheScan) {
   test::ssd_close_elementwise(tag + " steps state vs scan", state, rr.final_state, c.dtype);
 }
 
+// A bf16 state (the decoding option): the kernel and the reference, each from its own bf16
+// state, step by step; both do the math in fp32 and round the stored state once per step.
+TEST_P(SsdStateUpdateEmu, Bf16StateStepsEqualTheReferenceSteps) {
+  const auto c = GetParam();
+  const auto tag = test::case_name(c) + " bf16 state";
+  torch::manual_seed(9 + c.len + c.dstate);
+  torch::NoGradGuard no_grad;
+  const auto in = test::make_inputs(c, torch::kCPU);
+  auto init = in.init.defined() ? in.init : torch::zeros({c.batch, c.heads, c.hdim, c.dstate});
+  auto state_k = init.to(torch::kBFloat16), state_r = init.to(torch::kBFloat16);
+  ASSERT_TRUE(ops::cuda_emu::ssd_state_update_supported(state_k, in.x.select(1, 0),
+                                                        in.Bm.select(1, 0), in.D));
+  std::vector<torch::Tensor> ys_k, ys_r;
+  for (int64_t t = 0; t < c.len; ++t) {
+    const auto x = in.x.select(1, t), dt = in.dt.select(1, t);
+    const auto bm = in.Bm.select(1, t), cm = in.Cm.select(1, t);
+    ys_k.push_back(ops::cuda_emu::ssd_state_update(state_k, x, dt, in.A, bm, cm, in.D, in.dt_bias,
+                                                   c.softplus));
+    ys_r.push_back(ops::ref::ssd_state_update(state_r, x, dt, in.A, bm, cm, in.D, in.dt_bias,
+                                              c.softplus));
+  }
+  ASSERT_EQ(state_k.scalar_type(), torch::kBFloat16);
+  test::ssd_close_elementwise(tag + " y", torch::stack(ys_k, 1), torch::stack(ys_r, 1), c.dtype);
+  test::ssd_close_elementwise(tag + " state", state_k, state_r, torch::kBFloat16);
+}
+
 std::vector<SsdCase> step_cases() {
   std::vector<SsdCase> out;
   for (auto dtype : {torch::kFloat, torch::kBFloat16}) {

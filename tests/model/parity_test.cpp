@@ -154,6 +154,44 @@ TEST_P(AimParity, TeacherForcedDecodeWithGuidance) {
   }
 }
 
+// The bf16 ssm-state option of decoding (Mamba2): teacher-forced decoding of the fixture
+// tokens with the state in bf16 against the same with fp32, its logit error printed (the
+// option's quality cost, docs/perf.md) and bounded. The state is rounded once per step and the
+// error does not grow without bound: the decay A < 0 forgets old rounding.
+TEST_P(AimParity, Bf16SsmStateCostInLogits) {
+  auto c = load_case(GetParam());
+  if (!has(c, "decode_tokens")) GTEST_SKIP() << c.name << ": no decode tensors";
+  torch::NoGradGuard no_grad;
+  auto tokens = c.golden["decode_tokens"], labels = c.golden["decode_labels"];
+  if (c.config.ssm.layer != "Mamba2") {
+    EXPECT_THROW(c.model->start(labels, torch::kFloat, torch::kBFloat16), c10::Error)
+        << c.name << ": a bf16 ssm state is a Mamba2 option";
+    return;
+  }
+  const int64_t len = tokens.size(1);
+  auto decode = [&](torch::ScalarType ssm_dtype) {
+    auto st = c.model->start(labels, torch::kFloat, ssm_dtype);
+    EXPECT_EQ(st.layers[0].ssm_state.scalar_type(), ssm_dtype);
+    std::vector<torch::Tensor> out;
+    for (int64_t t = 0; t < len; ++t) {
+      out.push_back(c.model->step(st, t == 0 ? torch::Tensor() : tokens.select(1, t - 1)));
+    }
+    return torch::stack(out, 1);  // [B, L, V]
+  };
+  const auto ref = decode(torch::kFloat), bf16 = decode(torch::kBFloat16);
+  const auto err = (bf16 - ref).abs();
+  const double rel_max = err.max().item<double>() / ref.abs().max().item<double>();
+  const double rel_mean = err.mean().item<double>() / ref.abs().mean().item<double>();
+  const double argmax_same =
+      bf16.argmax(-1).eq(ref.argmax(-1)).to(torch::kDouble).mean().item<double>();
+  const auto last = err.select(1, len - 1).max().item<double>() / ref.abs().max().item<double>();
+  std::printf("    %s bf16 ssm state over %lld tokens: max|dlogit| / max|logit| %.2e (last token %.2e), "
+              "mean %.2e, argmax the same %.2f%%\n",
+              c.name.c_str(), static_cast<long long>(len), rel_max, last, rel_mean, 100 * argmax_same);
+  EXPECT_LT(rel_max, 2e-2);
+  EXPECT_GT(argmax_same, 0.95);
+}
+
 TEST_P(AimParity, EveryGoldenTensorIsKnown) {
   auto c = load_case(GetParam());
   // Tensors of capabilities this build does not have yet are listed, not silently dropped.

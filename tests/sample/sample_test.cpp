@@ -232,6 +232,27 @@ TEST_F(SampleCli, AKilledRunResumesWithoutRedoingFinishedBatches) {
   EXPECT_FALSE(fs::exists(p("work")));
 }
 
+// --ssm-state bf16 (Mamba2): a run with it completes and records the setting; a resume with the
+// other state refuses the finished batches; the Mamba1 fixture refuses the flag, naming it.
+TEST_F(SampleCli, Bf16SsmStateIsASettingOfTheRun) {
+  const std::string args = "--num-samples 10 --labels balanced --seed 3 --batch-size 4 ";
+  auto bf16 = run(base_ + args + "--ssm-state bf16 --work-dir " + p("work") + " --tokens " + p("bf16.safetensors"));
+  ASSERT_EQ(bf16.code, 0) << bf16.output;
+  EXPECT_TRUE(fs::exists(p("bf16.safetensors")));
+  auto partial = run("OMPI_COMM_WORLD_RANK=1 OMPI_COMM_WORLD_SIZE=2 " + base_ + args + "--ssm-state bf16 --work-dir " +
+                     p("work2") + " --tokens " + p("x.safetensors"));
+  ASSERT_EQ(partial.code, 0) << partial.output;
+  auto mixed = run(base_ + args + "--work-dir " + p("work2") + " --tokens " + p("x.safetensors"));
+  EXPECT_NE(mixed.code, 0);
+  EXPECT_NE(mixed.output.find("sampled with ssm_state "), std::string::npos) << mixed.output;
+  const auto mamba1 = (test::fixtures_dir() / "aim" / "mamba1_tiny").string();
+  auto refused = run(std::string(AIM_BINARY_PATH) + " sample --ckpt " + mamba1 + " --vq-config " +
+                     test::source_dir() + "/configs/fixture_tiny_vq.json --class 1 --ssm-state bf16 --tokens " +
+                     p("m1.safetensors"));
+  EXPECT_NE(refused.code, 0);
+  EXPECT_NE(refused.output.find("--ssm-state bf16"), std::string::npos) << refused.output;
+}
+
 TEST_F(SampleCli, FromTokensDecodesTheFixtureImages) {
   auto golden = load_safetensors((fs::path(ckpt_) / "cases.safetensors").string());
   save_safetensors(p("fixture_tokens.safetensors"),
@@ -259,6 +280,7 @@ TEST_F(SampleCli, InvalidValuesFailClearlyAndLeaveNothing) {
       {"--class 1 --top-p 1.5 --out " + p("a.png"), "--top-p"},
       {"--class 1 --top-k -2 --out " + p("a.png"), "--top-k"},
       {"--class 1 --cfg-top-p 0 --out " + p("a.png"), "--cfg-top-p"},
+      {"--class 1 --ssm-state fp16 --out " + p("a.png"), "--ssm-state"},
       {"--class tench --out " + p("a.png"), "--class 'tench'"},
       {"--class 1", "no output requested"},
   };

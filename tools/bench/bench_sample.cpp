@@ -3,11 +3,12 @@
 // initialised weights (speed does not depend on them).
 //
 //   bench_sample CONFIG.yaml [--batch B] [--cfg S] [--tokens T] [--device cpu|cuda] [--dtype fp32|bf16]
-//                [--no-vq]
+//                [--ssm-state fp32|bf16] [--no-vq]
 // --tokens limits the steps timed (default: all num_tokens) for big models on the CPU. On CUDA it
 // also times generate_tokens eager and with CUDA graphs, and prints the memory roofline of one
 // step: every weight read once, every recurrent state read and written once, at the device-to-
-// device copy bandwidth measured in the same run.
+// device copy bandwidth measured in the same run. --ssm-state bf16 keeps the Mamba2 states in bf16
+// (aim sample --ssm-state).
 #include <torch/torch.h>
 
 #include <chrono>
@@ -25,14 +26,15 @@ using Clock = std::chrono::steady_clock;
 
 int main(int argc, char** argv) {
   if (argc < 2) {
-    std::fprintf(stderr, "usage: bench_sample CONFIG.yaml [--batch B] [--cfg S] [--tokens T] [--device D] [--no-vq]\n");
+    std::fprintf(stderr, "usage: bench_sample CONFIG.yaml [--batch B] [--cfg S] [--tokens T] [--device D] "
+                         "[--dtype fp32|bf16] [--ssm-state fp32|bf16] [--no-vq]\n");
     return 2;
   }
   const std::string config_path = argv[1];
   int64_t batch = 16, steps = 0;
   double cfg = 2.0;
   bool with_vq = true;
-  std::string device = "cpu", dtype_name = "fp32";
+  std::string device = "cpu", dtype_name = "fp32", ssm_state = "fp32";
   for (int i = 2; i < argc; ++i) {
     const std::string a = argv[i];
     auto value = [&] { return i + 1 < argc ? std::string(argv[++i]) : std::string(); };
@@ -41,6 +43,7 @@ int main(int argc, char** argv) {
     else if (a == "--tokens") steps = std::stoll(value());
     else if (a == "--device") device = value();
     else if (a == "--dtype") dtype_name = value();
+    else if (a == "--ssm-state") ssm_state = value();
     else if (a == "--no-vq") with_vq = false;
     else {
       std::fprintf(stderr, "unknown flag %s\n", a.c_str());
@@ -56,13 +59,19 @@ int main(int argc, char** argv) {
       std::fprintf(stderr, "--dtype: expected fp32 or bf16, found '%s'\n", dtype_name.c_str());
       return 2;
     }
+    if (ssm_state != "fp32" && ssm_state != "bf16") {
+      std::fprintf(stderr, "--ssm-state: expected fp32 or bf16, found '%s'\n", ssm_state.c_str());
+      return 2;
+    }
+    const auto ssm_dtype = ssm_state == "bf16" ? torch::kBFloat16 : torch::kFloat;
     model->to(dev, dtype_name == "bf16" ? torch::kBFloat16 : torch::kFloat);
     model->eval();
     const int64_t len = steps > 0 ? std::min(steps, cfg_all.model.num_tokens) : cfg_all.model.num_tokens;
     auto labels = torch::randint(cfg_all.model.num_classes, {batch}, torch::dtype(torch::kLong).device(dev));
     const bool guided = cfg != 1.0;
     auto run_steps = [&](int64_t n) {
-      auto state = model->start(guided ? torch::cat({labels, torch::full_like(labels, model->null_class())}) : labels);
+      auto state = model->start(guided ? torch::cat({labels, torch::full_like(labels, model->null_class())}) : labels,
+                                torch::kFloat, ssm_dtype);
       torch::Tensor prev;
       const auto ids = torch::arange(batch, torch::dtype(torch::kLong).device(dev));
       for (int64_t t = 0; t < n; ++t) {
@@ -79,9 +88,11 @@ int main(int argc, char** argv) {
     auto t0 = Clock::now();
     run_steps(len);
     const double step_s = std::chrono::duration<double>(Clock::now() - t0).count();
-    std::printf("config %s: %lld parameters, batch %lld, cfg %.2f (%s), %lld steps, device %s, %d threads\n",
+    std::printf("config %s: %lld parameters, batch %lld, cfg %.2f (%s), %lld steps, ssm state %s, device %s, "
+                "%d threads\n",
                 config_path.c_str(), (long long)aim::count_parameters(cfg_all.model).total(), (long long)batch, cfg,
-                guided ? "doubled batch" : "conditional only", (long long)len, device.c_str(), torch::get_num_threads());
+                guided ? "doubled batch" : "conditional only", (long long)len, ssm_state.c_str(), device.c_str(),
+                torch::get_num_threads());
     std::printf("| stage            | ms/token | tokens/s   | images/s |\n|------------------|----------|------------|----------|\n");
     std::printf("| model steps      | %8.2f | %10.1f | %8.3f |\n", 1e3 * step_s / len, batch * len / step_s,
                 batch / (step_s * cfg_all.model.num_tokens / len));
@@ -89,7 +100,7 @@ int main(int argc, char** argv) {
       // Roofline of one step: weights (tied head once) + states read and written.
       double weight_bytes = 0;
       for (const auto& p : model->parameters()) weight_bytes += static_cast<double>(p.numel() * p.element_size());
-      auto st = model->start(guided ? torch::cat({labels, labels}) : labels);
+      auto st = model->start(guided ? torch::cat({labels, labels}) : labels, torch::kFloat, ssm_dtype);
       double state_bytes = 0;
       for (const auto& l : st.layers)
         state_bytes += static_cast<double>(l.conv_state.numel() * l.conv_state.element_size() +
@@ -112,6 +123,7 @@ int main(int argc, char** argv) {
       for (int64_t i = 0; i < batch; ++i) ids[static_cast<size_t>(i)] = i;
       aim::SamplingOptions so;
       so.cfg = cfg;
+      so.ssm_state_dtype = ssm_dtype;
       for (const bool graph : {false, true}) {
         so.cuda_graph = graph;
         bool used = false;

@@ -106,9 +106,10 @@ class AimModelImpl : public torch::nn::Module {
   /// Mean cross-entropy of the training forward on tokens [B, L] (inputs tokens[:, :-1]).
   torch::Tensor loss(const torch::Tensor& tokens, const torch::Tensor& labels);
 
-  /// Fresh decoding state for labels [B] (no class dropout); states in `state_dtype` for conv.
-  InferenceState start(const torch::Tensor& labels,
-                       torch::ScalarType state_dtype = torch::kFloat);
+  /// Fresh decoding state for labels [B] (no class dropout): conv states in `state_dtype`, ssm
+  /// states in `ssm_state_dtype` (fp32, or bf16 for Mamba2 layers).
+  InferenceState start(const torch::Tensor& labels, torch::ScalarType state_dtype = torch::kFloat,
+                       torch::ScalarType ssm_state_dtype = torch::kFloat);
   /// Consumes one input and returns logits [B, V] for the next token: at offset 0 the class
   /// embedding (tokens ignored, may be undefined), later tokens [B] (the previous image token;
   /// image token j gets position j + decode_position_offset).

@@ -26,8 +26,8 @@ class Mamba1MixerImpl : public MixerImpl {
 
   torch::Tensor forward(const torch::Tensor& u, MixerState* state = nullptr) override;
   torch::Tensor step(const torch::Tensor& u, MixerState& state) override;
-  MixerState allocate_state(int64_t batch, torch::Device device,
-                            torch::ScalarType dtype) const override;
+  MixerState allocate_state(int64_t batch, torch::Device device, torch::ScalarType dtype,
+                            torch::ScalarType ssm_dtype = torch::kFloat) const override;
   void reset_parameters() override;
 
   Mamba1MixerOptions options;

@@ -6,7 +6,8 @@
 namespace aim {
 
 /// Recurrent state of one mixer: conv_state [B, C, W] (last W conv inputs) and ssm_state
-/// (Mamba2 [B, H, P, N], Mamba1 [B, E, N]), both fp32 unless asked otherwise.
+/// (Mamba2 [B, H, P, N], Mamba1 [B, E, N]), both fp32 unless asked otherwise (Mamba2's ssm state
+/// may be bf16: half the state memory and traffic of decoding, at a measured cost in logits).
 struct MixerState {
   torch::Tensor conv_state;
   torch::Tensor ssm_state;
@@ -19,9 +20,10 @@ class MixerImpl : public torch::nn::Module {
   virtual torch::Tensor forward(const torch::Tensor& u, MixerState* state = nullptr) = 0;
   /// One token: u [B, D] -> [B, D], advancing `state`.
   virtual torch::Tensor step(const torch::Tensor& u, MixerState& state) = 0;
-  /// Zero state for `batch` sequences; conv state in `dtype`, ssm state in fp32.
-  virtual MixerState allocate_state(int64_t batch, torch::Device device,
-                                    torch::ScalarType dtype) const = 0;
+  /// Zero state for `batch` sequences; conv state in `dtype`, ssm state in `ssm_dtype` (fp32;
+  /// bf16 for Mamba2 only, an error for Mamba1).
+  virtual MixerState allocate_state(int64_t batch, torch::Device device, torch::ScalarType dtype,
+                                    torch::ScalarType ssm_dtype = torch::kFloat) const = 0;
   /// Re-draws the parameters the way the official constructor does.
   virtual void reset_parameters() = 0;
 };

@@ -27,8 +27,9 @@ SsdScanResult ssd_scan(const torch::Tensor& x, const torch::Tensor& dt, const to
                        const torch::Tensor& dt_bias, bool dt_softplus, int64_t chunk_size,
                        const torch::Tensor& initial_state = {}, bool return_final_state = false);
 
-/// One token: state [B, H, P, N] fp32 (updated in place), x [B, H, P], dt [B, H], A [H],
-/// Bm/Cm [B, G, N], D/dt_bias as above. Returns y [B, H, P] in x's dtype.
+/// One token: state [B, H, P, N] fp32 or bf16 (updated in place; the math is fp32 and y uses
+/// the new state before a bf16 state is rounded), x [B, H, P], dt [B, H], A [H], Bm/Cm
+/// [B, G, N], D/dt_bias as above. Returns y [B, H, P] in x's dtype.
 torch::Tensor ssd_state_update(torch::Tensor& state, const torch::Tensor& x,
                                const torch::Tensor& dt, const torch::Tensor& A,
                                const torch::Tensor& Bm, const torch::Tensor& Cm,
