@@ -198,6 +198,14 @@ inline torch::Tensor randn(torch::IntArrayRef shape, torch::ScalarType dtype = t
   return (torch::randn(shape, torch::kFloat) * scale).to(device, dtype);
 }
 
+/// An fp64 CPU copy of `t` for the references: a leaf that requires grad, or a plain value.
+inline torch::Tensor f64_leaf(const torch::Tensor& t) {
+  return t.detach().to(torch::kCPU, torch::kFloat64).contiguous().requires_grad_(true);
+}
+inline torch::Tensor to_cpu64(const torch::Tensor& t) {
+  return t.detach().to(torch::kCPU, torch::kFloat64);
+}
+
 }  // namespace aim::test
 
 namespace aim::test {

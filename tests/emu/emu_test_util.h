@@ -11,12 +11,6 @@
 
 namespace aim::test::emu {
 
-/// fp64 copy (a leaf requiring grad unless `grad` is false), for the reference.
-inline torch::Tensor f64(const torch::Tensor& t, bool grad = true) {
-  auto r = t.detach().to(torch::kFloat64).contiguous();
-  return grad ? r.requires_grad_(true) : r;
-}
-
 inline std::string dtype_tag(torch::ScalarType t) { return t == torch::kBFloat16 ? "bf16" : "fp32"; }
 
 /// Base of the emulated-kernel tests: outputs are poisoned (NaN) for the test's duration, so

@@ -64,12 +64,9 @@ inline void check_causal_conv1d(const ConvCase& c, torch::Device dev, const Conv
   const auto grads = torch::autograd::grad({out}, inputs, {g});
 
   // Oracle: the reference on fp64 CPU copies of the same values.
-  auto f64 = [](const torch::Tensor& t) {
-    return t.detach().to(torch::kCPU, torch::kFloat64).contiguous().requires_grad_(true);
-  };
-  auto xr = f64(x), wr = f64(w);
+  auto xr = f64_leaf(x), wr = f64_leaf(w);
   torch::Tensor br;
-  if (c.bias) br = f64(b);
+  if (c.bias) br = f64_leaf(b);
   auto [out_r, state_r] = ops::ref::causal_conv1d(xr, wr, br, c.silu, true);
   std::vector<torch::Tensor> inputs_r{xr, wr};
   if (c.bias) inputs_r.push_back(br);

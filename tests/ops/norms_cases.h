@@ -35,14 +35,6 @@ inline void norms_close_sum(const std::string& name, const torch::Tensor& actual
   expect_close(name, actual, expected, input_dtype == torch::kBFloat16 ? 1e-2 : 1e-4);
 }
 
-inline torch::Tensor norms_f64_leaf(const torch::Tensor& t) {
-  return t.detach().to(torch::kCPU, torch::kFloat64).contiguous().requires_grad_(true);
-}
-
-inline torch::Tensor norms_to_cpu64(const torch::Tensor& t) {
-  return t.detach().to(torch::kCPU, torch::kFloat64);
-}
-
 inline void norms_expect_same_bits(const std::string& name, const std::vector<torch::Tensor>& a,
                                    const std::vector<torch::Tensor>& b) {
   ASSERT_EQ(a.size(), b.size());
@@ -135,7 +127,7 @@ inline void check_add_rms_norm(const AddCase& c, torch::Device dev, const AddRms
 
   // Oracle: the reference on fp64 CPU copies of the same values (the residual sum exact).
   std::vector<torch::Tensor> inputs_r;
-  for (const auto& t : inputs) inputs_r.push_back(norms_f64_leaf(t));
+  for (const auto& t : inputs) inputs_r.push_back(f64_leaf(t));
   const auto& hidden_r = inputs_r[0];
   const auto& weight_r = inputs_r[1];
   const auto residual_r = c.residual ? inputs_r[2] : torch::Tensor();
@@ -143,10 +135,10 @@ inline void check_add_rms_norm(const AddCase& c, torch::Device dev, const AddRms
   const auto scale_r = c.modulated ? inputs_r[inputs_r.size() - 1] : torch::Tensor();
   auto [out_r, res_r] = ops::ref::add_rms_norm_modulate(hidden_r, residual_r, weight_r, kNormEps,
                                                         /*residual_in_fp32=*/false, shift_r, scale_r);
-  std::vector<torch::Tensor> outputs_r{out_r}, grad_outputs_r{norms_to_cpu64(g_out)};
+  std::vector<torch::Tensor> outputs_r{out_r}, grad_outputs_r{to_cpu64(g_out)};
   if (c.grad_residual) {
     outputs_r.push_back(res_r);
-    grad_outputs_r.push_back(norms_to_cpu64(g_res));
+    grad_outputs_r.push_back(to_cpu64(g_res));
   }
   const auto grads_r = torch::autograd::grad(outputs_r, inputs_r, grad_outputs_r);
 
@@ -244,11 +236,11 @@ inline void check_gated_rms_norm(const GatedCase& c, torch::Device dev,
   }
 
   std::vector<torch::Tensor> inputs_r;
-  for (const auto& t : inputs) inputs_r.push_back(norms_f64_leaf(t));
+  for (const auto& t : inputs) inputs_r.push_back(f64_leaf(t));
   const auto z_r = c.gate ? inputs_r[2] : torch::Tensor();
   auto y_r = ops::ref::gated_rms_norm(inputs_r[0], z_r, inputs_r[1], c.group_size, kNormEps,
                                       c.norm_before_gate);
-  const auto grads_r = torch::autograd::grad({y_r}, inputs_r, {norms_to_cpu64(g)});
+  const auto grads_r = torch::autograd::grad({y_r}, inputs_r, {to_cpu64(g)});
 
   norms_close_elementwise(tag + " out", y, y_r);
   norms_close_elementwise(tag + " dx", grads[0], grads_r[0]);

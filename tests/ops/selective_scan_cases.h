@@ -127,13 +127,6 @@ inline std::vector<ScanCase> step_cases() {
 inline constexpr double kSscanFp32Rel = 2e-4;
 inline constexpr double kSscanBf16Rel = 1e-2;
 
-inline torch::Tensor sscan_f64_leaf(const torch::Tensor& t) {
-  return t.detach().to(torch::kCPU, torch::kFloat64).contiguous().requires_grad_(true);
-}
-inline torch::Tensor sscan_to_cpu64(const torch::Tensor& t) {
-  return t.detach().to(torch::kCPU, torch::kFloat64);
-}
-
 inline void sscan_close_elementwise(const std::string& name, const torch::Tensor& actual,
                                     const torch::Tensor& expected) {
   const auto tol = tolerance_for(actual.scalar_type());
@@ -216,7 +209,7 @@ inline void check_selective_scan(const ScanCase& c, torch::Device dev,
 
   // Oracle: the reference on fp64 CPU copies of the same values.
   std::vector<torch::Tensor> leaves_r;
-  for (const auto& t : leaves) leaves_r.push_back(sscan_f64_leaf(t));
+  for (const auto& t : leaves) leaves_r.push_back(f64_leaf(t));
   auto pick = [&](const char* name) {
     for (size_t i = 0; i < names.size(); ++i) {
       if (names[i] == name) return leaves_r[i];
@@ -226,10 +219,10 @@ inline void check_selective_scan(const ScanCase& c, torch::Device dev,
   auto rr = ops::ref::selective_scan(pick("u"), pick("delta"), pick("A"), pick("B"), pick("C"),
                                      pick("D"), pick("z"), pick("delta_bias"), c.softplus,
                                      pick("initial_state"), /*return_last_state=*/true);
-  std::vector<torch::Tensor> outputs_r{rr.y}, grad_outputs_r{sscan_to_cpu64(g_y)};
+  std::vector<torch::Tensor> outputs_r{rr.y}, grad_outputs_r{to_cpu64(g_y)};
   if (c.grad_last) {
     outputs_r.push_back(rr.last_state);
-    grad_outputs_r.push_back(sscan_to_cpu64(g_last));
+    grad_outputs_r.push_back(to_cpu64(g_last));
   }
   const auto grads_r = torch::autograd::grad(outputs_r, leaves_r, grad_outputs_r);
 

@@ -133,14 +133,6 @@ inline void ssd_close_elementwise(const std::string& name, const torch::Tensor& 
   expect_close(name, actual, expected, tol.atol, /*relative_to_max=*/false, tol.rtol);
 }
 
-inline torch::Tensor ssd_f64_leaf(const torch::Tensor& t) {
-  return t.detach().to(torch::kCPU, torch::kFloat64).contiguous().requires_grad_(true);
-}
-
-inline torch::Tensor ssd_to_cpu64(const torch::Tensor& t) {
-  return t.detach().to(torch::kCPU, torch::kFloat64);
-}
-
 /// The kernel tests' check of one case: `scan` (the CUDA op through dispatch, or the emulated
 /// adapter) on inputs on `dev`, forward and backward, against the chunked reference in fp64 on
 /// the CPU (itself checked against the recurrence). The backward runs twice and must give the
@@ -182,16 +174,16 @@ inline void check_ssd_scan(const SsdCase& c, torch::Device dev, const SsdScanFn&
 
   // Oracle: the chunked reference (itself checked against the recurrence) in fp64 on the CPU.
   std::vector<torch::Tensor> inputs_r;
-  for (const auto& t : inputs) inputs_r.push_back(ssd_f64_leaf(t));
+  for (const auto& t : inputs) inputs_r.push_back(f64_leaf(t));
   const auto D_r = in.D.defined() ? inputs_r[5] : torch::Tensor();
   const auto bias_r = in.dt_bias.defined() ? inputs_r.back() : torch::Tensor();
-  const auto init_r = in.init.defined() ? ssd_to_cpu64(in.init) : torch::Tensor();
+  const auto init_r = in.init.defined() ? to_cpu64(in.init) : torch::Tensor();
   auto rr = ops::ref::ssd_scan(inputs_r[0], inputs_r[1], inputs_r[2], inputs_r[3], inputs_r[4],
                                D_r, bias_r, c.softplus, /*chunk_size=*/64, init_r, true);
-  std::vector<torch::Tensor> outputs_r{rr.y}, grad_outputs_r{ssd_to_cpu64(gy)};
+  std::vector<torch::Tensor> outputs_r{rr.y}, grad_outputs_r{to_cpu64(gy)};
   if (c.grad_final) {
     outputs_r.push_back(rr.final_state);
-    grad_outputs_r.push_back(ssd_to_cpu64(gs));
+    grad_outputs_r.push_back(to_cpu64(gs));
   }
   const auto grads_r = torch::autograd::grad(outputs_r, inputs_r, grad_outputs_r);
 

@@ -231,28 +231,14 @@ inline T __shfl_down_sync(unsigned mask, T v, unsigned delta, int width = 32) {
 inline unsigned __ballot_sync(unsigned mask, int pred) { return ::emu::warp_ballot(mask, pred != 0); }
 
 // Atomics: blocks run one at a time and fibers switch only at barriers, so these are plain.
-inline float atomicAdd(float* p, float v) {
-  const float old = *p;
-  *p = old + v;
-  return old;
-}
-inline double atomicAdd(double* p, double v) {
-  const double old = *p;
-  *p = old + v;
-  return old;
-}
-inline int atomicAdd(int* p, int v) {
-  const int old = *p;
-  *p = old + v;
-  return old;
-}
-inline unsigned atomicAdd(unsigned* p, unsigned v) {
-  const unsigned old = *p;
-  *p = old + v;
-  return old;
-}
-inline unsigned long long atomicAdd(unsigned long long* p, unsigned long long v) {
-  const unsigned long long old = *p;
+// (The value's type follows the address's, as CUDA's overloads do.)
+template <typename T>
+struct emu_same_type {
+  using type = T;
+};
+template <typename T>
+inline T atomicAdd(T* p, typename emu_same_type<T>::type v) {
+  const T old = *p;
   *p = old + v;
   return old;
 }
