@@ -86,11 +86,12 @@ int selective_scan_bwd_groups_per_block(const SelectiveScanParams& params);
 int64_t selective_scan_bwd_workspace_size(const SelectiveScanParams& params);
 
 /// One token: u, delta, z, y [B, E] and B, C [B, N] in the element type, any strides; state
-/// [B, E, N] fp32 with unit stride along N.
+/// [B, E, N] in state_type (fp32 or bf16) with unit stride along N.
 struct SelectiveStateUpdateParams {
   int batch = 0, channels = 0, dstate = 0;
   bool delta_softplus = false;
-  float* state = nullptr;  ///< updated in place
+  void* state = nullptr;  ///< updated in place
+  ElemType state_type = ElemType::kFloat32;  ///< fp32, or bf16 (half the state traffic)
   int64_t state_batch_stride = 0, state_c_stride = 0;
   const void* u = nullptr;
   int64_t u_batch_stride = 0, u_c_stride = 0;
@@ -109,7 +110,8 @@ struct SelectiveStateUpdateParams {
   int64_t y_batch_stride = 0, y_c_stride = 0;
 };
 
-/// y and the new state. One launch.
+/// y and the new state. One launch; the math is fp32 whatever the state's type (a bf16 state is
+/// rounded once per step, when stored; y uses the unrounded values).
 cudaError_t selective_state_update_cuda(const SelectiveStateUpdateParams& params, ElemType dtype,
                                         cudaStream_t stream);
 

@@ -7,8 +7,10 @@
 // Grid (ceil(E / (kThreads / G)), B), kThreads threads; a channel gets G = min(32, N rounded up
 // to a power of two) consecutive lanes, lane j owning states j, j + G, ...: the state row is
 // read and written once, coalesced, and y is a butterfly sum over the G lanes.
-// Precision: state and arithmetic in fp32, exp as in the forward scan (exp2 of x log2 e), so a
-// token fed through here gives the scan's y up to the order of the sum over n; y rounded once.
+// Precision: arithmetic in fp32, exp as in the forward scan (exp2 of x log2 e), so a token fed
+// through here gives the scan's y up to the order of the sum over n; y rounded once. The state
+// is stored in fp32, or in bf16 as a decoding option: rounded once per step when stored, y uses
+// the unrounded values.
 #include "selective_scan_common.cuh"
 #include "static_switch.h"
 
@@ -22,7 +24,7 @@ __host__ __device__ inline int update_lanes(int dstate) {
 }
 }  // namespace sscan
 
-template <typename T, bool kSoftplus>
+template <typename T, typename S, bool kSoftplus>
 __global__ void __launch_bounds__(sscan::kThreads)
     selective_state_update_kernel(SelectiveStateUpdateParams p) {
   using namespace sscan;
@@ -43,13 +45,14 @@ __global__ void __launch_bounds__(sscan::kThreads)
     float dt, slope;
     transform_delta<kSoftplus>(raw, &dt, &slope);
     const float dtu = dt * uu;
-    float* state = p.state + b * p.state_batch_stride + e * p.state_c_stride;
+    S* state = static_cast<S*>(p.state) + b * p.state_batch_stride + e * p.state_c_stride;
     const float* a = p.A + static_cast<int64_t>(e) * N;
     const T* Bm = static_cast<const T*>(p.Bm) + b * p.b_batch_stride;
     const T* Cm = static_cast<const T*>(p.Cm) + b * p.c_batch_stride;
     for (int n = j; n < N; n += lanes) {
-      const float next = exp2f(dt * (a[n] * kLog2e)) * state[n] + dtu * to_float(Bm[n * p.b_n_stride]);
-      state[n] = next;
+      const float next =
+          exp2f(dt * (a[n] * kLog2e)) * to_float(state[n]) + dtu * to_float(Bm[n * p.b_n_stride]);
+      state[n] = from_float<S>(next);
       acc += next * to_float(Cm[n * p.c_n_stride]);
     }
   }
@@ -71,7 +74,12 @@ cudaError_t selective_state_update_launch(const SelectiveStateUpdateParams& p,
   const int cpb = sscan::kThreads / sscan::update_lanes(p.dstate);
   const dim3 grid((p.channels + cpb - 1) / cpb, p.batch);
   BOOL_SWITCH(p.delta_softplus, kSoftplus, [&] {
-    selective_state_update_kernel<T, kSoftplus><<<grid, sscan::kThreads, 0, stream>>>(p);
+    if (p.state_type == ElemType::kBFloat16) {
+      selective_state_update_kernel<T, __nv_bfloat16, kSoftplus>
+          <<<grid, sscan::kThreads, 0, stream>>>(p);
+    } else {
+      selective_state_update_kernel<T, float, kSoftplus><<<grid, sscan::kThreads, 0, stream>>>(p);
+    }
   });
   return cudaGetLastError();
 }

@@ -73,7 +73,10 @@ torch::Tensor Mamba1MixerImpl::forward(const torch::Tensor& u, MixerState* state
                                   {}, /*return_last_state=*/state != nullptr);
   if (state != nullptr) {
     state->conv_state = conv.second;
-    state->ssm_state = scan.last_state;
+    // The scan's fp32 last state, in the dtype the state was allocated in (prefill).
+    const auto ssm_dtype =
+        state->ssm_state.defined() ? state->ssm_state.scalar_type() : torch::kFloat;
+    state->ssm_state = scan.last_state.to(ssm_dtype);
   }
   return out_proj->forward(scan.y.transpose(1, 2));
 }
@@ -99,12 +102,12 @@ MixerState Mamba1MixerImpl::allocate_state(int64_t batch, torch::Device device,
                                            torch::ScalarType dtype,
                                            torch::ScalarType ssm_dtype) const {
   const auto& ssm = options.ssm();
-  TORCH_CHECK(ssm_dtype == torch::kFloat, "Mamba1 keeps its ssm state in fp32 (found ", ssm_dtype,
-              "): a bf16 ssm state is a Mamba2 option");
+  TORCH_CHECK(ssm_dtype == torch::kFloat || ssm_dtype == torch::kBFloat16,
+              "Mamba1 ssm state: expected fp32 or bf16, found ", ssm_dtype);
   MixerState s;
   s.conv_state = torch::zeros({batch, d_inner, ssm.d_conv}, torch::dtype(dtype).device(device));
   s.ssm_state = torch::zeros({batch, d_inner, ssm.d_state},
-                             torch::dtype(torch::kFloat).device(device));
+                             torch::dtype(ssm_dtype).device(device));
   return s;
 }
 

@@ -85,8 +85,9 @@ torch::Tensor selective_state_update(torch::Tensor& state, const torch::Tensor& 
   TORCH_CHECK(Cm.sizes() == Bm.sizes(), "selective_state_update: C ", Cm.sizes(), " != B ",
               Bm.sizes());
   TORCH_CHECK(state.dim() == 3 && state.size(0) == batch && state.size(1) == channels &&
-                  state.size(2) == dstate && state.scalar_type() == torch::kFloat,
-              "selective_state_update: state must be fp32 [", batch, ", ", channels, ", ", dstate,
+                  state.size(2) == dstate &&
+                  (state.scalar_type() == torch::kFloat || state.scalar_type() == torch::kBFloat16),
+              "selective_state_update: state must be fp32 or bf16 [", batch, ", ", channels, ", ", dstate,
               "], got ", state.scalar_type(), " ", state.sizes());
   if (z.defined()) {
     TORCH_CHECK(z.sizes() == u.sizes(), "selective_state_update: z ", z.sizes(), " != u ",

@@ -297,7 +297,8 @@ bool selective_state_update_supported(const torch::Tensor& state, const torch::T
   if (!same_kind(delta, u) || !same_kind(Bm, u) || !same_kind(Cm, u) || !same_kind(z, u)) {
     return false;
   }
-  if (state.scalar_type() != torch::kFloat || state.device() != u.device() ||
+  if ((state.scalar_type() != torch::kFloat && state.scalar_type() != torch::kBFloat16) ||
+      state.device() != u.device() ||
       (state.size(2) > 1 && state.stride(2) != 1)) {
     return false;
   }
@@ -325,7 +326,9 @@ torch::Tensor selective_state_update(torch::Tensor& state, const torch::Tensor& 
   p.channels = static_cast<int>(u.size(1));
   p.dstate = static_cast<int>(A_f.size(1));
   p.delta_softplus = delta_softplus;
-  p.state = state.data_ptr<float>();
+  p.state = state.data_ptr();
+  p.state_type = state.scalar_type() == torch::kBFloat16 ? kernels::ElemType::kBFloat16
+                                                         : kernels::ElemType::kFloat32;
   p.state_batch_stride = state.stride(0);
   p.state_c_stride = state.stride(1);
   p.u = u.data_ptr();

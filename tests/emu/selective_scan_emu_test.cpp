@@ -2,7 +2,7 @@
 // through the CUDA adapter's own code (src/ops/selective_scan_cuda.cpp), with the GPU test's
 // checks (test::check_selective_scan, test::check_selective_steps): the scan forward and
 // backward against the reference in fp64, and the one-token update fed the sequence token by
-// token against the scan. Cases: the GPU test's edges (L = 1, one kept chunk exactly and one
+// token against the scan, and from a bf16 state against the reference's steps. Cases: the GPU test's edges (L = 1, one kept chunk exactly and one
 // step past it, E not a multiple of the block's channels, d_state 7 / 64 / 200), the AiM Mamba1
 // layout (channel-last slices, d_state 16, L = 257) with fewer channels, every optional input
 // off, d_state 129 and 256.
@@ -58,6 +58,17 @@ class SelectiveStateUpdateEmu
 TEST_P(SelectiveStateUpdateEmu, TeacherForcedStepsEqualTheScan) {
   test::check_selective_steps(GetParam(), torch::kCPU, ops::cuda_emu::selective_scan,
                               ops::cuda_emu::selective_state_update);
+}
+
+TEST_P(SelectiveStateUpdateEmu, Bf16StateStepsEqualTheReferenceSteps) {
+  test::check_selective_steps_bf16_state(
+      GetParam(), torch::kCPU,
+      [](torch::Tensor& state, const torch::Tensor& u, const torch::Tensor& delta,
+         const torch::Tensor& A, const torch::Tensor& Bm, const torch::Tensor& Cm,
+         const torch::Tensor& D, const torch::Tensor& z, const torch::Tensor& bias, bool softplus) {
+        EXPECT_TRUE(ops::cuda_emu::selective_state_update_supported(state, u, delta, A, Bm, Cm, D, z, bias));
+        return ops::cuda_emu::selective_state_update(state, u, delta, A, Bm, Cm, D, z, bias, softplus);
+      });
 }
 
 std::vector<ScanCase> step_cases() {

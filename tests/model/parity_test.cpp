@@ -154,7 +154,7 @@ TEST_P(AimParity, TeacherForcedDecodeWithGuidance) {
   }
 }
 
-// The bf16 ssm-state option of decoding (Mamba2): teacher-forced decoding of the fixture
+// The bf16 ssm-state option of decoding (Mamba2 and Mamba1): teacher-forced decoding of the fixture
 // tokens with the state in bf16 against the same with fp32, its logit error printed (the
 // option's quality cost, docs/perf.md) and bounded. The state is rounded once per step and the
 // error does not grow without bound: the decay A < 0 forgets old rounding.
@@ -163,11 +163,8 @@ TEST_P(AimParity, Bf16SsmStateCostInLogits) {
   if (!has(c, "decode_tokens")) GTEST_SKIP() << c.name << ": no decode tensors";
   torch::NoGradGuard no_grad;
   auto tokens = c.golden["decode_tokens"], labels = c.golden["decode_labels"];
-  if (c.config.ssm.layer != "Mamba2") {
-    EXPECT_THROW(c.model->start(labels, torch::kFloat, torch::kBFloat16), c10::Error)
-        << c.name << ": a bf16 ssm state is a Mamba2 option";
-    return;
-  }
+  EXPECT_THROW(c.model->start(labels, torch::kFloat, torch::kHalf), c10::Error)
+      << c.name << ": fp16 is not an ssm state type";
   const int64_t len = tokens.size(1);
   auto decode = [&](torch::ScalarType ssm_dtype) {
     auto st = c.model->start(labels, torch::kFloat, ssm_dtype);

@@ -274,4 +274,38 @@ inline void check_selective_steps(const ScanCase& c, torch::Device dev,
   sscan_close_relative(tag + " steps state vs scan", state, scanned.last_state);
 }
 
+/// The bf16-state option of decoding: the sequence fed through `step` from a bf16 state, against
+/// the reference's steps on the CPU from the same bf16 state. Both do the math in fp32, store the
+/// state rounded once per step and compute y from the unrounded values; they differ by exp2 vs
+/// exp and the order of the sum over n, which can move a stored value by one bf16 step, so y and
+/// the state are compared at the bf16 relative tolerance whatever the input type.
+inline void check_selective_steps_bf16_state(const ScanCase& c, torch::Device dev,
+                                             const SelectiveStepFn& step) {
+  const auto tag = case_name(c) + " bf16 state";
+  torch::manual_seed(29 + c.dstate + c.len);
+  torch::NoGradGuard no_grad;
+  const Inputs in = make_inputs(c, dev);
+  const auto init = in.init.defined()
+                        ? in.init
+                        : torch::zeros({c.batch, c.channels, c.dstate}, in.A.options());
+  auto state_k = init.to(torch::kBFloat16), state_r = init.to(torch::kCPU, torch::kBFloat16);
+  auto cpu = [](const torch::Tensor& x) { return x.defined() ? x.to(torch::kCPU) : x; };
+  std::vector<torch::Tensor> ys_k, ys_r;
+  for (int64_t t = 0; t < c.len; ++t) {
+    auto sel = [t](const torch::Tensor& x) { return x.defined() ? x.select(2, t) : x; };
+    ys_k.push_back(step(state_k, sel(in.u), sel(in.delta), in.A, sel(in.Bm), sel(in.Cm), in.D,
+                        sel(in.z), in.bias, c.softplus));
+    ys_r.push_back(ops::ref::selective_state_update(
+        state_r, cpu(sel(in.u)), cpu(sel(in.delta)), cpu(in.A), cpu(sel(in.Bm)), cpu(sel(in.Cm)),
+        cpu(in.D), cpu(sel(in.z)), cpu(in.bias), c.softplus));
+  }
+  ASSERT_EQ(state_k.scalar_type(), torch::kBFloat16) << tag;
+  const auto y_k = torch::stack(ys_k, 2).cpu(), y_r = torch::stack(ys_r, 2);
+  ASSERT_EQ(y_k.scalar_type(), c.dtype) << tag;
+  expect_close(tag + " steps y vs reference steps", y_k.to(torch::kFloat), y_r.to(torch::kFloat),
+               kSscanBf16Rel);
+  expect_close(tag + " state vs reference state", state_k.cpu().to(torch::kFloat),
+               state_r.to(torch::kFloat), kSscanBf16Rel);
+}
+
 }  // namespace aim::test

@@ -61,6 +61,11 @@ TEST_P(SelectiveScanCudaStep, TeacherForcedStepsEqualTheScan) {
                               ops::selective_state_update);
 }
 
+// The bf16 state of decoding (aim sample --ssm-state bf16) steps as the reference does.
+TEST_P(SelectiveScanCudaStep, Bf16StateStepsEqualTheReferenceSteps) {
+  test::check_selective_steps_bf16_state(GetParam(), torch::kCUDA, ops::selective_state_update);
+}
+
 INSTANTIATE_TEST_SUITE_P(Shapes, SelectiveScanCudaStep, ::testing::ValuesIn(step_cases()),
                          [](const auto& info) { return case_name(info.param); });
 

@@ -7,7 +7,7 @@
 // --tokens limits the steps timed (default: all num_tokens) for big models on the CPU. On CUDA it
 // also times generate_tokens eager and with CUDA graphs, and prints the memory roofline of one
 // step: every weight read once, every recurrent state read and written once, at the device-to-
-// device copy bandwidth measured in the same run. --ssm-state bf16 keeps the Mamba2 states in bf16
+// device copy bandwidth measured in the same run. --ssm-state bf16 keeps the ssm states in bf16
 // (aim sample --ssm-state).
 #include <torch/torch.h>
 

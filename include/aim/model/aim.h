@@ -107,7 +107,7 @@ class AimModelImpl : public torch::nn::Module {
   torch::Tensor loss(const torch::Tensor& tokens, const torch::Tensor& labels);
 
   /// Fresh decoding state for labels [B] (no class dropout): conv states in `state_dtype`, ssm
-  /// states in `ssm_state_dtype` (fp32, or bf16 for Mamba2 layers).
+  /// states in `ssm_state_dtype` (fp32, or bf16 to halve their traffic).
   InferenceState start(const torch::Tensor& labels, torch::ScalarType state_dtype = torch::kFloat,
                        torch::ScalarType ssm_state_dtype = torch::kFloat);
   /// Consumes one input and returns logits [B, V] for the next token: at offset 0 the class

@@ -20,8 +20,8 @@ class MixerImpl : public torch::nn::Module {
   virtual torch::Tensor forward(const torch::Tensor& u, MixerState* state = nullptr) = 0;
   /// One token: u [B, D] -> [B, D], advancing `state`.
   virtual torch::Tensor step(const torch::Tensor& u, MixerState& state) = 0;
-  /// Zero state for `batch` sequences; conv state in `dtype`, ssm state in `ssm_dtype` (fp32;
-  /// bf16 for Mamba2 only, an error for Mamba1).
+  /// Zero state for `batch` sequences; conv state in `dtype`, ssm state in `ssm_dtype` (fp32,
+  /// or bf16 for decoding with half the state traffic; other types are an error).
   virtual MixerState allocate_state(int64_t batch, torch::Device device, torch::ScalarType dtype,
                                     torch::ScalarType ssm_dtype = torch::kFloat) const = 0;
   /// Re-draws the parameters the way the official constructor does.

@@ -24,7 +24,7 @@ struct SamplingOptions {
   /// sampler; unused without guidance.
   double cfg_top_p = 1.0;
   uint64_t seed = 0;
-  /// Mamba2's recurrent ssm state in fp32 (default) or bf16: half the state memory and traffic
+  /// The Mamba layers' recurrent ssm state in fp32 (default) or bf16: half the state memory and traffic
   /// per generated token; its cost in logits is measured in docs/perf.md.
   torch::ScalarType ssm_state_dtype = torch::kFloat;
   /// On CUDA, capture the per-token step (all layers, lm_head, guidance, filters, draw) once in
