@@ -8,11 +8,28 @@
 #endif
 #include <unistd.h>
 
+#include <atomic>
+#include <cstdlib>
 #include <map>
 #include <mutex>
 #include <sstream>
 #include <stdexcept>
 #include <vector>
+
+// Built with AddressSanitizer (AIM_EMU_ASAN): the kernels' memory accesses are checked, the
+// fiber switches are announced to it, and the shared memory around a launch's is poisoned.
+#if defined(__SANITIZE_ADDRESS__)
+#include <sanitizer/asan_interface.h>
+#include <sanitizer/common_interface_defs.h>
+#define AIM_EMU_ASAN 1
+// LibTorch keeps process-lifetime allocations (no leak report at exit) and is not built with
+// the sanitizer (allocations and frees may pair new with free across the boundary).
+extern "C" const char* __asan_default_options() {
+  return "detect_leaks=0:alloc_dealloc_mismatch=0";
+}
+#else
+#define AIM_EMU_ASAN 0
+#endif
 
 namespace emu {
 
@@ -141,13 +158,52 @@ struct Block {
 };
 thread_local Block* t_block = nullptr;
 
+#if AIM_EMU_ASAN
+// The scheduler's stack, as the sanitizer reports it when a fiber starts or resumes.
+thread_local const void* t_sched_bottom = nullptr;
+thread_local size_t t_sched_size = 0;
+#endif
+
+size_t page_size() {
+  static const size_t page = static_cast<size_t>(sysconf(_SC_PAGESIZE));
+  return page;
+}
+char* stack_bottom(const Fiber& f) { return static_cast<char*>(f.stack) + page_size(); }
+
+// The scheduler runs fiber `f` until it waits, exits or faults.
+void enter_fiber(Block& b, Fiber& f) {
+#if AIM_EMU_ASAN
+  void* fake_stack = nullptr;
+  __sanitizer_start_switch_fiber(&fake_stack, stack_bottom(f), kStackBytes);
+#endif
+  context_switch(b.scheduler, f.ctx);
+#if AIM_EMU_ASAN
+  __sanitizer_finish_switch_fiber(fake_stack, nullptr, nullptr);
+#endif
+}
+
+// The running fiber `f` returns to the scheduler; `exiting`: it is never resumed.
+void leave_fiber(Fiber& f, bool exiting) {
+#if AIM_EMU_ASAN
+  void* fake_stack = nullptr;
+  __sanitizer_start_switch_fiber(exiting ? nullptr : &fake_stack, t_sched_bottom, t_sched_size);
+#endif
+  context_switch(f.ctx, t_block->scheduler);
+  if (exiting) std::abort();
+#if AIM_EMU_ASAN
+  __sanitizer_finish_switch_fiber(fake_stack, &t_sched_bottom, &t_sched_size);
+#endif
+}
+
 void fiber_entry() {
+#if AIM_EMU_ASAN
+  __sanitizer_finish_switch_fiber(nullptr, &t_sched_bottom, &t_sched_size);
+#endif
   Block* b = t_block;
   b->body(b->body_ctx);
   Fiber& f = *b->current;
   f.wait = Wait::kDone;
-  context_switch(f.ctx, b->scheduler);  // never resumed
-  std::abort();
+  leave_fiber(f, /*exiting=*/true);
 }
 
 std::string where(const Fiber& f) {
@@ -168,17 +224,14 @@ const char* wait_name(Wait w) {
   return "?";
 }
 
-void suspend(Fiber& f) {
-  context_switch(f.ctx, t_block->scheduler);
-}
+void suspend(Fiber& f) { leave_fiber(f, /*exiting=*/false); }
 
 // Raises a fault from inside a fiber: the scheduler abandons the block.
 [[noreturn]] void fault_in_fiber(Fiber& f, const std::string& what) {
   t_block->fault = true;
   t_block->fault_message = where(f) + ": " + what;
   f.wait = Wait::kDone;
-  context_switch(f.ctx, t_block->scheduler);  // never resumed
-  std::abort();
+  leave_fiber(f, /*exiting=*/true);
 }
 
 // Releases what can be released once every fiber waits or is done. Returns false on deadlock
@@ -254,12 +307,11 @@ bool release(Block& b) {
 struct StackPool {
   std::vector<void*> stacks;
   ~StackPool() {
-    const size_t page = static_cast<size_t>(sysconf(_SC_PAGESIZE));
-    for (void* p : stacks) munmap(p, kStackBytes + page);
+    for (void* p : stacks) munmap(p, kStackBytes + page_size());
   }
   void* get(size_t i) {
     while (stacks.size() <= i) {
-      const size_t page = static_cast<size_t>(sysconf(_SC_PAGESIZE));
+      const size_t page = page_size();
       void* p = mmap(nullptr, kStackBytes + page, PROT_READ | PROT_WRITE,
                      MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
       if (p == MAP_FAILED) throw std::runtime_error("emu: cannot map a fiber stack");
@@ -274,19 +326,21 @@ thread_local StackPool t_stacks;
 // Runs one block to completion. Returns false on a fault.
 bool run_block(Block& b) {
   b.poisoned.clear();
-  const size_t page = static_cast<size_t>(sysconf(_SC_PAGESIZE));
   for (auto& f : b.fibers) {
     f.wait = Wait::kRunning;
     f.collectives = 0;
-    context_make(f.ctx, static_cast<char*>(f.stack) + page, kStackBytes, fiber_entry);
+    context_make(f.ctx, stack_bottom(f), kStackBytes, fiber_entry);
   }
+  const bool reverse = schedule() == Schedule::kReverse;
+  const int n = static_cast<int>(b.fibers.size());
   for (;;) {
     bool any_alive = false;
-    for (auto& f : b.fibers) {
+    for (int i = 0; i < n; ++i) {
+      Fiber& f = b.fibers[reverse ? n - 1 - i : i];
       if (f.wait != Wait::kRunning) continue;
       b.current = &f;
       g_thread = &f.state;
-      context_switch(b.scheduler, f.ctx);
+      enter_fiber(b, f);
       if (b.fault) return false;
     }
     for (const auto& f : b.fibers) any_alive |= f.wait != Wait::kDone;
@@ -305,6 +359,28 @@ DeviceProps& device() {
 std::string last_message() { return t_error.message; }
 
 uint64_t launch_count() { return t_launches; }
+
+namespace {
+std::atomic<int> g_schedule{-1};
+}  // namespace
+
+Schedule schedule() {
+  int s = g_schedule.load(std::memory_order_relaxed);
+  if (s < 0) {
+    const char* env = std::getenv("AIM_EMU_SCHEDULE");
+    const std::string v = env == nullptr ? "" : env;
+    if (v != "" && v != "forward" && v != "reverse") {
+      throw std::runtime_error("AIM_EMU_SCHEDULE: expected forward or reverse, found '" + v + "'");
+    }
+    s = v == "reverse" ? 1 : 0;
+    g_schedule.store(s, std::memory_order_relaxed);
+  }
+  return s == 1 ? Schedule::kReverse : Schedule::kForward;
+}
+
+void set_schedule(Schedule s) {
+  g_schedule.store(s == Schedule::kReverse ? 1 : 0, std::memory_order_relaxed);
+}
 
 void set_error(cudaError_t err, const std::string& message) {
   if (t_error.err == cudaSuccess) {
@@ -419,10 +495,17 @@ bool run_grid(dim3 grid, dim3 block, size_t dynamic_smem, const void* func, Bloc
   b.body_ctx = ctx;
   b.state.block_dim = block;
   b.state.grid_dim = grid;
-  // Dynamic shared memory starts as a NaN pattern: reads before writes show up.
-  std::vector<unsigned char> smem(dynamic_smem + 256, 0xff);
+  // Dynamic shared memory starts as a NaN pattern: reads before writes show up. It is aligned
+  // as a GPU's, with at least 256 bytes on either side, poisoned for the sanitizer.
+  std::vector<unsigned char> smem(dynamic_smem + 768);
   const uintptr_t base = reinterpret_cast<uintptr_t>(smem.data());
-  b.state.dynamic_smem = smem.data() + ((256 - base % 256) % 256);  // aligned as a GPU's
+  unsigned char* const shared = smem.data() + 256 + (256 - base % 256) % 256;
+  b.state.dynamic_smem = shared;
+#if AIM_EMU_ASAN
+  ASAN_POISON_MEMORY_REGION(smem.data(), static_cast<size_t>(shared - smem.data()));
+  ASAN_POISON_MEMORY_REGION(shared + dynamic_smem,
+                            static_cast<size_t>(smem.data() + smem.size() - (shared + dynamic_smem)));
+#endif
   b.fibers.resize(threads);
   for (uint64_t i = 0; i < threads; ++i) {
     Fiber& f = b.fibers[i];
@@ -438,13 +521,22 @@ bool run_grid(dim3 grid, dim3 block, size_t dynamic_smem, const void* func, Bloc
   t_block = &b;
   g_block = &b.state;
   bool ok = true;
+  const bool reverse = schedule() == Schedule::kReverse;
+  auto order = [reverse](unsigned i, unsigned n) { return reverse ? n - 1 - i : i; };
   for (unsigned z = 0; z < grid.z && ok; ++z)
     for (unsigned y = 0; y < grid.y && ok; ++y)
       for (unsigned x = 0; x < grid.x && ok; ++x) {
-        b.state.block_idx = dim3(x, y, z);
-        std::memset(smem.data(), 0xff, smem.size());
+        b.state.block_idx = dim3(order(x, grid.x), order(y, grid.y), order(z, grid.z));
+        std::memset(shared, 0xff, dynamic_smem);
         ok = run_block(b);
       }
+#if AIM_EMU_ASAN
+  // Fibers abandoned by a fault leave their frames' redzones poisoned on stacks reused later.
+  if (!ok) {
+    for (const auto& f : b.fibers) ASAN_UNPOISON_MEMORY_REGION(stack_bottom(f), kStackBytes);
+  }
+  ASAN_UNPOISON_MEMORY_REGION(smem.data(), smem.size());
+#endif
   t_block = saved_block;
   g_block = saved_state;
   g_thread = saved_thread;

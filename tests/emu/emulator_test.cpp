@@ -13,6 +13,16 @@
 
 namespace {
 
+// Runs a test's launches in one schedule, restoring the previous one.
+class ScheduleGuard {
+ public:
+  explicit ScheduleGuard(emu::Schedule s) : saved_(emu::schedule()) { emu::set_schedule(s); }
+  ~ScheduleGuard() { emu::set_schedule(saved_); }
+
+ private:
+  emu::Schedule saved_;
+};
+
 __global__ void block_sum(const float* x, float* out, int n) {
   __shared__ float warp_sums[32];
   float v = 0.f;
@@ -50,6 +60,7 @@ __global__ void neighbour(float* out) {
 }
 
 TEST(Emulator, BarriersOrderSharedMemoryAndTheirAbsenceShows) {
+  ScheduleGuard forward(emu::Schedule::kForward);
   std::vector<float> out(64);
   neighbour<true> ^ emu::Cfg(1, 64, 64 * sizeof(float))(out.data());
   ASSERT_EQ(cudaGetLastError(), cudaSuccess) << emu::last_message();
@@ -58,6 +69,43 @@ TEST(Emulator, BarriersOrderSharedMemoryAndTheirAbsenceShows) {
   ASSERT_EQ(cudaGetLastError(), cudaSuccess) << emu::last_message();
   // Dynamic shared memory starts as NaN: thread 0 read slot 1 before thread 1 wrote it.
   EXPECT_TRUE(std::isnan(out[0]));
+}
+
+// Thread i writes slot i, then reads slot i - 1 (an earlier thread's); block b also reads what
+// block b - 1 wrote to global memory. Neither is ordered on a GPU. The forward schedule runs
+// the writer first and hides both; the reverse schedule runs it last, and both reads show.
+template <bool kBarrier>
+__global__ void earlier_neighbour(float* out, float* flags) {
+  float* s = emu::dynamic_shared<float>();
+  s[threadIdx.x] = static_cast<float>(threadIdx.x);
+  if (kBarrier) __syncthreads();
+  out[blockIdx.x * blockDim.x + threadIdx.x] = s[(threadIdx.x + blockDim.x - 1) % blockDim.x];
+  if (threadIdx.x == 0) {
+    if (blockIdx.x > 0) out[blockIdx.x * blockDim.x] = flags[blockIdx.x - 1];
+    flags[blockIdx.x] = 1.f;
+  }
+}
+
+TEST(Emulator, TheReverseScheduleShowsReadsOfEarlierWrites) {
+  const int threads = 64, blocks = 2;
+  auto run = [&](emu::Schedule s, bool barrier) {
+    ScheduleGuard guard(s);
+    std::vector<float> out(threads * blocks, -1.f), flags(blocks, 0.f);
+    auto* kernel = barrier ? earlier_neighbour<true> : earlier_neighbour<false>;
+    kernel ^ emu::Cfg(blocks, threads, threads * sizeof(float))(out.data(), flags.data());
+    EXPECT_EQ(cudaGetLastError(), cudaSuccess) << emu::last_message();
+    return out;
+  };
+  for (auto s : {emu::Schedule::kForward, emu::Schedule::kReverse}) {
+    const auto ordered = run(s, /*barrier=*/true);
+    for (int i = 1; i < threads; ++i) EXPECT_EQ(ordered[i], static_cast<float>(i - 1));
+  }
+  const auto forward = run(emu::Schedule::kForward, false);
+  EXPECT_EQ(forward[1], 0.f);              // thread 0 wrote first: the race passes
+  EXPECT_EQ(forward[threads], 1.f);        // block 0 ran first
+  const auto reverse = run(emu::Schedule::kReverse, false);
+  EXPECT_TRUE(std::isnan(reverse[1]));     // thread 1 read before thread 0 wrote
+  EXPECT_EQ(reverse[threads], 0.f);        // block 1 ran before block 0
 }
 
 // A static shared array as translate.cmake rewrites it: each block starts with it poisoned,
@@ -188,5 +236,39 @@ TEST(Emulator, TileOperationsAreWarpCollectives) {
   EXPECT_EQ(cudaGetLastError(), cudaErrorLaunchFailure);
   EXPECT_NE(emu::last_message().find("leading dimension 18"), std::string::npos) << emu::last_message();
 }
+
+#if defined(__SANITIZE_ADDRESS__)
+// Built with AddressSanitizer (AIM_EMU_ASAN): an access one element past a global allocation
+// or past the launch's dynamic shared memory ends the process with the sanitizer's report.
+__global__ void write_past(float* out, int n) {
+  out[n + threadIdx.x] = 1.f;
+}
+
+__global__ void read_past_shared(float* out, int n) {
+  float* s = emu::dynamic_shared<float>();
+  out[threadIdx.x] = s[n + threadIdx.x];
+}
+
+TEST(EmulatorDeathTest, OutOfBoundsAccessesAreReported) {
+  GTEST_FLAG_SET(death_test_style, "threadsafe");
+  std::vector<float> in_bounds(64);
+  write_past ^ emu::Cfg(1, 32)(in_bounds.data(), 32);
+  EXPECT_EQ(cudaGetLastError(), cudaSuccess);
+  read_past_shared ^ emu::Cfg(1, 32, 64 * sizeof(float))(in_bounds.data(), 32);
+  EXPECT_EQ(cudaGetLastError(), cudaSuccess);
+  EXPECT_DEATH(
+      {
+        std::vector<float> out(64);
+        write_past ^ emu::Cfg(1, 32)(out.data(), 33);
+      },
+      "heap-buffer-overflow");
+  EXPECT_DEATH(
+      {
+        std::vector<float> out(64);
+        read_past_shared ^ emu::Cfg(1, 32, 64 * sizeof(float))(out.data(), 33);
+      },
+      "use-after-poison");
+}
+#endif
 
 }  // namespace

@@ -10,10 +10,15 @@
 // on one OS thread: a thread runs until it reaches a barrier (__syncthreads, or a warp
 // collective: shuffles, ballots, wmma tile loads and stores), then the next one runs. A barrier
 // releases when every thread it waits for has arrived. Without a barrier, a thread therefore
-// sees no write of a later thread of its block (a missing barrier shows in that direction; the
-// other direction, a thread reading what an earlier one wrote, passes here and races on a GPU).
-// Shared memory starts poisoned (0xff, NaN for floats) in every block. wmma fragments hold the
-// whole tile in every lane.
+// sees no write of a thread that runs after it: in the forward schedule a later thread (or
+// block), in the reverse schedule (emu::Schedule) an earlier one, so a missing barrier shows in
+// one of the two runs. Shared memory starts poisoned (0xff, NaN for floats) in every block.
+// wmma fragments hold the whole tile in every lane.
+//
+// Bounds. Built with AddressSanitizer (the default, AIM_EMU_ASAN), the kernels' loads and stores
+// are checked: global memory against the host allocations the tensors live in (an access past
+// a tensor's own allocation is reported; one into a parent tensor of a view is not), dynamic
+// shared memory against the launch's size (the bytes around it are poisoned).
 //
 // What it reports (launch status cudaErrorLaunchFailure, message in emu::last_message()):
 // a barrier that can never release (threads of one block waiting at different barriers, a
@@ -23,8 +28,9 @@
 // launch configurations outside the device's limits (block size, grid y/z, dynamic shared memory
 // beyond 48 KiB without the opt-in attribute, or beyond the opt-in limit).
 //
-// What it cannot show: races of a real GPU's timing (between blocks, or within a block in the
-// direction above), the memory model, global-memory bounds, fast-math rounding, performance.
+// What it cannot show: races that need a real GPU's timing (threads interleaved between
+// barriers, blocks running at once), the memory model, static shared-memory bounds, fast-math
+// rounding, performance.
 // The GPU tests (tests/ops/*_cuda_test.cpp) remain the verification on a device.
 #include <cfloat>
 #include <climits>
@@ -82,6 +88,15 @@ cudaError_t peek_error();
 
 /// Kernel launches run so far by this thread (tests check that a path went through a kernel).
 uint64_t launch_count();
+
+/// The order in which blocks, and the threads of a block between barriers, run. kReverse (the
+/// last block first; in each round the last thread first) shows the reads of what an earlier
+/// thread or block wrote without a barrier, which kForward lets pass. The default is kForward,
+/// or kReverse when the environment sets AIM_EMU_SCHEDULE=reverse (ctest runs the kernel tests
+/// in both orders).
+enum class Schedule { kForward, kReverse };
+Schedule schedule();
+void set_schedule(Schedule s);
 
 int func_max_dynamic_smem(const void* func);
 void set_func_max_dynamic_smem(const void* func, int bytes);
