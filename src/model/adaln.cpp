@@ -49,9 +49,15 @@ std::pair<torch::Tensor, torch::Tensor> FinalLayerImpl::modulation(const torch::
   return {chunks[0], chunks[1]};
 }
 
+// modulate(norm_final(x), shift, scale) as one op: the fused norm + modulate kernel on CUDA
+// (one pass instead of the norm's and modulate's elementwise ops, forward and backward), the
+// same ATen ops as written here otherwise.
 torch::Tensor FinalLayerImpl::forward(const torch::Tensor& x, const torch::Tensor& shift,
                                       const torch::Tensor& scale) {
-  return modulate(norm_final->forward(x), shift, scale);
+  return ops::add_rms_norm_modulate(x, /*residual=*/{}, norm_final->weight,
+                                    norm_final->options.eps(), /*residual_in_fp32=*/false, shift,
+                                    scale)
+      .first;
 }
 
 }  // namespace aim
