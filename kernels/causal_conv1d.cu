@@ -1,4 +1,4 @@
-// Causal depthwise conv1d + SiLU, forward and backward.
+// Causal depthwise conv1d + SiLU, forward and backward, and the one-token update of sampling.
 //
 // Memory-bound: every kernel reads x (and dout) once from DRAM; the W - 1 neighbours each
 // thread also needs are the neighbours' own elements, served from L1/L2. Threads walk the
@@ -216,6 +216,59 @@ cudaError_t launch_bwd(const CausalConv1dParams& p, cudaStream_t stream) {
   return cudaGetLastError();
 }
 
+// One thread per (b, c): the window in registers, read and written once (adjacent channels'
+// windows are adjacent, so a warp's accesses coalesce). T: x and out; S: the state; TW: weight
+// and bias.
+template <typename T, typename S, typename TW, int kMaxW>
+__global__ void __launch_bounds__(kThreads)
+    conv_update_kernel(CausalConv1dUpdateParams p) {
+  const int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (i >= int64_t(p.batch) * p.channels) return;
+  const int64_t b = i / p.channels, c = i % p.channels;
+  S* window = static_cast<S*>(p.state) + b * p.state_batch_stride + c * p.state_c_stride;
+  const TW* w = static_cast<const TW*>(p.weight) + c * p.width;
+  // The incoming value is stored in the state's type, and the sum reads it from there.
+  const S incoming =
+      from_float<S>(to_float(static_cast<const T*>(p.x)[b * p.x_batch_stride + c * p.x_c_stride]));
+  float acc = 0.0f;
+#pragma unroll
+  for (int k = 0; k < kMaxW; ++k) {
+    if (k < p.width) {
+      const S v = k + 1 < p.width ? window[k + 1] : incoming;  // read before this slot is written
+      window[k] = v;
+      acc += to_float(w[k]) * to_float(v);
+    }
+  }
+  if (p.bias != nullptr) acc += to_float(static_cast<const TW*>(p.bias)[c]);
+  if (p.silu) acc = acc * sigmoid(acc);
+  static_cast<T*>(p.out)[b * p.out_batch_stride + c * p.out_c_stride] = from_float<T>(acc);
+}
+
+template <typename T, typename S, typename TW>
+cudaError_t launch_update(const CausalConv1dUpdateParams& p, cudaStream_t stream) {
+  const int64_t total = int64_t(p.batch) * p.channels;
+  if (total == 0) return cudaSuccess;
+  const unsigned grid = static_cast<unsigned>((total + kThreads - 1) / kThreads);
+  if (p.width <= 4) {
+    conv_update_kernel<T, S, TW, 4><<<grid, kThreads, 0, stream>>>(p);
+  } else {
+    conv_update_kernel<T, S, TW, 8><<<grid, kThreads, 0, stream>>>(p);
+  }
+  return cudaGetLastError();
+}
+
+template <typename T, typename S>
+cudaError_t launch_update_w(const CausalConv1dUpdateParams& p, cudaStream_t stream) {
+  return p.weight_type == ElemType::kBFloat16 ? launch_update<T, S, __nv_bfloat16>(p, stream)
+                                              : launch_update<T, S, float>(p, stream);
+}
+
+template <typename T>
+cudaError_t launch_update_s(const CausalConv1dUpdateParams& p, cudaStream_t stream) {
+  return p.state_type == ElemType::kBFloat16 ? launch_update_w<T, __nv_bfloat16>(p, stream)
+                                             : launch_update_w<T, float>(p, stream);
+}
+
 bool valid(const CausalConv1dParams& p) {
   return p.width >= 1 && p.width <= 8 && p.batch <= 65535 && p.batch >= 0 && p.channels >= 0 &&
          p.len >= 0;
@@ -231,6 +284,13 @@ cudaError_t causal_conv1d_fwd_cuda(const CausalConv1dParams& p, ElemType dtype,
                         : launch_fwd<__nv_bfloat16, 8>(p, stream);
   }
   return p.width <= 4 ? launch_fwd<float, 4>(p, stream) : launch_fwd<float, 8>(p, stream);
+}
+
+cudaError_t causal_conv1d_update_cuda(const CausalConv1dUpdateParams& p, ElemType dtype,
+                                      cudaStream_t stream) {
+  if (p.width < 1 || p.width > 8 || p.batch < 0 || p.channels < 0) return cudaErrorInvalidValue;
+  return dtype == ElemType::kBFloat16 ? launch_update_s<__nv_bfloat16>(p, stream)
+                                      : launch_update_s<float>(p, stream);
 }
 
 cudaError_t causal_conv1d_bwd_cuda(const CausalConv1dParams& p, ElemType dtype,

@@ -41,4 +41,26 @@ cudaError_t causal_conv1d_fwd_cuda(const CausalConv1dParams& params, ElemType dt
 cudaError_t causal_conv1d_bwd_cuda(const CausalConv1dParams& params, ElemType dtype,
                                    cudaStream_t stream);
 
+/// One token of sampling: the window state[b, c, :] of the last W inputs shifts left by one, x
+/// enters at W - 1, and out = silu(sum_k weight[c, k] * state[b, c, k] + bias[c]) (no silu when
+/// `silu` is false). The sum is fp32 over the stored (rounded) window; out is rounded once.
+struct CausalConv1dUpdateParams {
+  int batch = 0, channels = 0, width = 0;  ///< width 1..8
+  const void* x = nullptr;                 ///< [B, C] in the element type
+  int64_t x_batch_stride = 0, x_c_stride = 0;
+  void* state = nullptr;                   ///< [B, C, W] in state_type, unit stride along W
+  int64_t state_batch_stride = 0, state_c_stride = 0;
+  ElemType state_type = ElemType::kFloat32;
+  const void* weight = nullptr;            ///< [C, W] in weight_type, contiguous
+  const void* bias = nullptr;              ///< [C] in weight_type; may be null
+  ElemType weight_type = ElemType::kFloat32;
+  bool silu = true;
+  void* out = nullptr;                     ///< [B, C] in the element type
+  int64_t out_batch_stride = 0, out_c_stride = 0;
+};
+
+/// out and the shifted state. One launch; state, weight and bias may each be fp32 or bf16.
+cudaError_t causal_conv1d_update_cuda(const CausalConv1dUpdateParams& params, ElemType dtype,
+                                      cudaStream_t stream);
+
 }  // namespace aim::kernels

@@ -61,6 +61,16 @@ torch::Tensor causal_conv1d_update(const torch::Tensor& x, torch::Tensor& conv_s
                   conv_state.size(1) == x.size(1) && conv_state.size(2) == width,
               "causal_conv1d_update: conv_state must be [", x.size(0), ", ", x.size(1), ", ",
               width, "], got ", conv_state.sizes());
+#ifdef AIM_WITH_CUDA
+  if (x.is_cuda() && cuda_kernels_enabled() &&
+      cuda::causal_conv1d_update_supported(x, conv_state, weight, bias)) {
+    return cuda::causal_conv1d_update(x, conv_state, weight, bias, silu);
+  }
+#endif
+  if (const auto* k = emulated_kernels_for(x);
+      k && k->causal_conv1d_update_supported(x, conv_state, weight, bias)) {
+    return k->causal_conv1d_update(x, conv_state, weight, bias, silu);
+  }
   return ref::causal_conv1d_update(x, conv_state, weight, bias, silu);
 }
 

@@ -133,4 +133,55 @@ torch::Tensor causal_conv1d(const torch::Tensor& x, const torch::Tensor& weight,
   return CausalConv1dFunction::apply(x, weight, b, silu);
 }
 
+bool causal_conv1d_update_supported(const torch::Tensor& x, const torch::Tensor& conv_state,
+                                    const torch::Tensor& weight, const torch::Tensor& bias) {
+  auto kernel_type = [](const torch::Tensor& t) {
+    return t.scalar_type() == torch::kFloat || t.scalar_type() == torch::kBFloat16;
+  };
+  if (!on_kernel_device(x) || x.dim() != 2 || !kernel_type(x) || !kernel_type(conv_state) ||
+      !kernel_type(weight) || (bias.defined() && !kernel_type(bias))) {
+    return false;
+  }
+  const int64_t width = weight.size(-1);
+  return conv_state.device() == x.device() && weight.device() == x.device() &&
+         (!bias.defined() || bias.device() == x.device()) && width >= 1 && width <= 8 &&
+         (width == 1 || conv_state.stride(2) == 1) &&
+         x.size(0) * x.size(1) <= std::numeric_limits<int>::max() &&
+         !tracks_grad({&x, &conv_state, &weight, &bias});
+}
+
+torch::Tensor causal_conv1d_update(const torch::Tensor& x, torch::Tensor& conv_state,
+                                   const torch::Tensor& weight, const torch::Tensor& bias,
+                                   bool silu) {
+  DeviceGuard guard(x.device());
+  const int64_t channels = x.size(1), width = weight.size(-1);
+  // [C, 1, W] parameters are viewed as [C, W]; a bias of another type than the weight's is
+  // brought to it (the kernel reads both in one type).
+  const auto w2d = weight.reshape({channels, width}).contiguous();
+  const auto b = bias.defined() ? bias.to(weight.scalar_type()).contiguous() : torch::Tensor();
+  auto out = torch::empty(x.sizes(), x.options());
+  maybe_poison(out);
+  kernels::CausalConv1dUpdateParams p;
+  p.batch = static_cast<int>(x.size(0));
+  p.channels = static_cast<int>(channels);
+  p.width = static_cast<int>(width);
+  p.x = x.data_ptr();
+  p.x_batch_stride = x.stride(0);
+  p.x_c_stride = x.stride(1);
+  p.state = conv_state.data_ptr();
+  p.state_batch_stride = conv_state.stride(0);
+  p.state_c_stride = conv_state.stride(1);
+  p.state_type = elem_type(conv_state);
+  p.weight = w2d.data_ptr();
+  p.bias = b.defined() ? b.data_ptr() : nullptr;
+  p.weight_type = elem_type(w2d);
+  p.silu = silu;
+  p.out = out.data_ptr();
+  p.out_batch_stride = out.stride(0);
+  p.out_c_stride = out.stride(1);
+  check_launch(kernels::causal_conv1d_update_cuda(p, elem_type(x), current_stream()),
+               "causal_conv1d_update");
+  return out;
+}
+
 }  // namespace aim::ops::AIM_OPS_CUDA_NS

@@ -17,4 +17,16 @@ bool causal_conv1d_supported(const torch::Tensor& x, const torch::Tensor& weight
 torch::Tensor causal_conv1d(const torch::Tensor& x, const torch::Tensor& weight,
                             const torch::Tensor& bias, bool silu);
 
+/// Whether the one-token kernel handles these tensors: x [B, C] fp32/bf16, conv_state
+/// [B, C, W] fp32/bf16 with unit stride along W, weight and bias fp32/bf16, width <= 8, nothing
+/// that autograd would record.
+bool causal_conv1d_update_supported(const torch::Tensor& x, const torch::Tensor& conv_state,
+                                    const torch::Tensor& weight, const torch::Tensor& bias);
+
+/// ops::causal_conv1d_update on the kernel: conv_state shifted in place, returns [B, C] in x's
+/// dtype.
+torch::Tensor causal_conv1d_update(const torch::Tensor& x, torch::Tensor& conv_state,
+                                   const torch::Tensor& weight, const torch::Tensor& bias,
+                                   bool silu);
+
 }  // namespace aim::ops::AIM_OPS_CUDA_NS

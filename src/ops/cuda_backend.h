@@ -9,9 +9,11 @@
 // emulator's copy of kernels/, the kernels take CPU tensors, there is no stream and no device to
 // guard, and the limits are the emulated device's. The emulated tests thereby run the adapters'
 // own code (buffers, strides, partial-sum reductions, autograd wiring), not a copy of it.
+#include <c10/core/GradMode.h>
 #include <torch/types.h>
 
 #include <cstdint>
+#include <initializer_list>
 
 #include "ops/cuda_ns.h"
 
@@ -48,3 +50,15 @@ inline int64_t device_smem_optin(const torch::Device& device) {
 }  // namespace aim::ops::cuda
 
 #endif
+
+namespace aim::ops::AIM_OPS_CUDA_NS {
+/// Whether autograd would record an op over these tensors (undefined ones count as not): the
+/// one-token kernels of sampling have no backward and leave such calls to the reference.
+inline bool tracks_grad(std::initializer_list<const torch::Tensor*> ts) {
+  if (!c10::GradMode::is_enabled()) return false;
+  for (const auto* t : ts) {
+    if (t->defined() && t->requires_grad()) return true;
+  }
+  return false;
+}
+}  // namespace aim::ops::AIM_OPS_CUDA_NS

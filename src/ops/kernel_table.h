@@ -20,6 +20,11 @@ struct KernelTable {
                                   const torch::Tensor& bias);
   torch::Tensor (*causal_conv1d)(const torch::Tensor& x, const torch::Tensor& weight,
                                  const torch::Tensor& bias, bool silu);
+  bool (*causal_conv1d_update_supported)(const torch::Tensor& x, const torch::Tensor& conv_state,
+                                         const torch::Tensor& weight, const torch::Tensor& bias);
+  torch::Tensor (*causal_conv1d_update)(const torch::Tensor& x, torch::Tensor& conv_state,
+                                        const torch::Tensor& weight, const torch::Tensor& bias,
+                                        bool silu);
   // loss
   bool (*linear_cross_entropy_supported)(const torch::Tensor& hidden, const torch::Tensor& weight,
                                          const torch::Tensor& targets);

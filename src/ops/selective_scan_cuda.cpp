@@ -42,14 +42,6 @@ bool float_on_device(const torch::Tensor& t, const torch::Tensor& x) {
   return !t.defined() || (t.is_floating_point() && t.device() == x.device());
 }
 
-bool tracks_grad(std::initializer_list<const torch::Tensor*> ts) {
-  if (!torch::GradMode::is_enabled()) return false;
-  for (const auto* t : ts) {
-    if (t->defined() && t->requires_grad()) return true;
-  }
-  return false;
-}
-
 const float* float_ptr(const torch::Tensor& t) {
   return t.defined() ? t.data_ptr<float>() : nullptr;
 }

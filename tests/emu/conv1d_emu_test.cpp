@@ -2,7 +2,8 @@
 // adapter's own code (src/ops/conv1d_cuda.cpp), with the GPU test's check
 // (test::check_causal_conv1d), forward and backward against the reference in fp64: the layouts
 // the mixers pass (channel-last slices of a projection, contiguous [B, C, L]), widths 2-6 and the
-// edges (length 1, length below the width, channels not a multiple of a warp or of a block).
+// edges (length 1, length below the width, channels not a multiple of a warp or of a block); and
+// the one-token update of sampling against the reference's steps (test::conv_update_cases).
 // Outputs are poisoned before every launch.
 #include <gtest/gtest.h>
 #include <torch/torch.h>
@@ -39,6 +40,23 @@ std::vector<ConvCase> cases() {
 }
 
 INSTANTIATE_TEST_SUITE_P(Shapes, CausalConv1dEmu, ::testing::ValuesIn(cases()),
+                         [](const auto& info) { return test::case_name(info.param); });
+
+class CausalConv1dUpdateEmu
+    : public test::emu::EmulatedKernelTest<::testing::TestWithParam<test::ConvUpdateCase>> {};
+
+TEST_P(CausalConv1dUpdateEmu, StepsMatchTheReferenceSteps) {
+  test::check_causal_conv1d_update(
+      GetParam(), torch::kCPU,
+      [](const torch::Tensor& x, torch::Tensor& state, const torch::Tensor& w,
+         const torch::Tensor& b, bool silu) {
+        EXPECT_TRUE(ops::cuda_emu::causal_conv1d_update_supported(x, state, w, b));
+        return ops::cuda_emu::causal_conv1d_update(x, state, w, b, silu);
+      });
+}
+
+INSTANTIATE_TEST_SUITE_P(Shapes, CausalConv1dUpdateEmu,
+                         ::testing::ValuesIn(test::conv_update_cases()),
                          [](const auto& info) { return test::case_name(info.param); });
 
 }  // namespace

@@ -22,6 +22,8 @@ namespace k = ops::cuda_emu;
 const ops::KernelTable kEmulated{
     k::causal_conv1d_supported,
     k::causal_conv1d,
+    k::causal_conv1d_update_supported,
+    k::causal_conv1d_update,
     k::linear_cross_entropy_supported,
     k::linear_cross_entropy,
     k::add_rms_norm_supported,

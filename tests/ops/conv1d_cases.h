@@ -107,4 +107,69 @@ inline std::vector<ConvCase> conv_kernel_cases() {
   return out;
 }
 
+/// The one-token update of sampling: x [B, C] (a slice of the in_proj output, or contiguous),
+/// the window state in its own type, weight and bias in theirs (the model's dtype, or fp32).
+struct ConvUpdateCase {
+  int64_t batch, channels, width;
+  bool strided_x, bias, silu;
+  torch::ScalarType dtype, state_dtype, weight_dtype;
+};
+
+inline std::string case_name(const ConvUpdateCase& c) {
+  auto n = [](torch::ScalarType t) { return t == torch::kBFloat16 ? std::string("bf16") : std::string("fp32"); };
+  return "B" + std::to_string(c.batch) + "_C" + std::to_string(c.channels) + "_W" +
+         std::to_string(c.width) + (c.strided_x ? "_slice" : "_contig") + (c.bias ? "" : "_nobias") +
+         (c.silu ? "" : "_nosilu") + "_x" + n(c.dtype) + "_state" + n(c.state_dtype) + "_w" +
+         n(c.weight_dtype);
+}
+
+/// ops::causal_conv1d_update's signature: conv_state updated in place, returns [B, C].
+using ConvUpdateFn = std::function<torch::Tensor(const torch::Tensor& x, torch::Tensor& conv_state,
+                                                 const torch::Tensor& weight,
+                                                 const torch::Tensor& bias, bool silu)>;
+
+/// The kernel tests' check of the update: four steps from a random window, each against the
+/// reference's step on the CPU from the same window. The shifted window (the incoming value
+/// rounded to the state's type) must be equal; the output within conv_tolerance.
+inline void check_causal_conv1d_update(const ConvUpdateCase& c, torch::Device dev,
+                                       const ConvUpdateFn& update) {
+  torch::manual_seed(11 + c.width * 7 + c.channels);
+  torch::NoGradGuard no_grad;
+  const auto tag = case_name(c);
+  const auto w = randn({c.channels, 1, c.width}, c.weight_dtype, dev, 0.5);
+  const auto b = c.bias ? randn({c.channels}, c.weight_dtype, dev, 0.2) : torch::Tensor();
+  auto state = randn({c.batch, c.channels, c.width}, c.state_dtype, dev);
+  auto state_r = state.to(torch::kCPU).clone();  // its own copy on the CPU too
+  auto cpu = [](const torch::Tensor& t) { return t.defined() ? t.to(torch::kCPU) : t; };
+  for (int step = 0; step < 4; ++step) {
+    const auto x = c.strided_x
+                       ? randn({c.batch, c.channels + 40}, c.dtype, dev).narrow(1, 20, c.channels)
+                       : randn({c.batch, c.channels}, c.dtype, dev);
+    const auto out = update(x, state, w, b, c.silu);
+    const auto out_r = ops::ref::causal_conv1d_update(cpu(x), state_r, cpu(w), cpu(b), c.silu);
+    ASSERT_EQ(out.scalar_type(), c.dtype) << tag;
+    ASSERT_EQ(state.scalar_type(), c.state_dtype) << tag;
+    const auto s = tag + " step " + std::to_string(step);
+    expect_close(s + " out", out, out_r, conv_tolerance(c.dtype));
+    expect_close(s + " state", state, state_r, 1e-12);
+  }
+}
+
+/// The update's cases: the AiM-B/L Mamba2 conv channels at sampling batch sizes, the dtype
+/// combinations the samplers make (bf16 model with an fp32 or bf16 state; fp32), the other
+/// widths, and edges (batch 1, channels not a multiple of a block, width 1 and 8).
+inline std::vector<ConvUpdateCase> conv_update_cases() {
+  const auto f = torch::kFloat, h = torch::kBFloat16;
+  return {
+      {32, 1792, 4, true, true, true, h, f, h},   // AiM-B, bf16 model, fp32 conv state
+      {16, 2304, 4, true, true, true, h, h, h},   // AiM-L, bf16 model and state
+      {8, 2304, 4, true, true, true, f, f, f},    // fp32 sampling
+      {3, 96, 4, false, true, true, f, f, f},     // Mamba1's contiguous x
+      {2, 70, 2, true, false, true, h, f, f},     // fp32 weights with a bf16 model
+      {2, 70, 3, false, true, false, f, h, f},    // a bf16 state under fp32 inputs
+      {1, 37, 8, true, true, true, h, f, h},      // the 8-tap path
+      {1, 300, 1, false, true, true, f, f, f},    // width 1: the state is the input
+  };
+}
+
 }  // namespace aim::test

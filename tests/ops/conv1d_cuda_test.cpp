@@ -1,6 +1,7 @@
 // The causal conv1d CUDA kernels, forward and backward, against the reference in fp64 on the
 // CPU, at the mixers' shapes (AiM-B/L conv widths, L = 257, channel-last input as the Mamba2
-// mixer passes it) and at edge shapes. Outputs are poisoned with NaN before every launch.
+// mixer passes it) and at edge shapes; the one-token update against the reference's steps.
+// Outputs are poisoned with NaN before every launch.
 #include <gtest/gtest.h>
 #include <torch/torch.h>
 
@@ -8,6 +9,9 @@
 #include "aim/ops/dispatch.h"
 #include "conv1d_cases.h"
 #include "test_util.h"
+#ifdef AIM_WITH_CUDA
+#include "ops/conv1d_cuda.h"
+#endif
 
 namespace aim {
 namespace {
@@ -27,6 +31,26 @@ TEST_P(CausalConv1dCuda, ForwardAndBackwardMatchTheReference) {
 
 
 INSTANTIATE_TEST_SUITE_P(Shapes, CausalConv1dCuda, ::testing::ValuesIn(test::conv_kernel_cases()),
+                         [](const auto& info) { return case_name(info.param); });
+
+// The one-token update of sampling, through the public op (which must choose the kernel).
+class CausalConv1dUpdateCuda
+    : public test::CudaKernelTest<::testing::TestWithParam<test::ConvUpdateCase>> {};
+
+TEST_P(CausalConv1dUpdateCuda, StepsMatchTheReferenceSteps) {
+  test::check_causal_conv1d_update(
+      GetParam(), torch::kCUDA,
+      [](const torch::Tensor& x, torch::Tensor& state, const torch::Tensor& w,
+         const torch::Tensor& b, bool silu) {
+#ifdef AIM_WITH_CUDA
+        EXPECT_TRUE(ops::cuda::causal_conv1d_update_supported(x, state, w, b));
+#endif
+        return ops::causal_conv1d_update(x, state, w, b, silu);
+      });
+}
+
+INSTANTIATE_TEST_SUITE_P(Shapes, CausalConv1dUpdateCuda,
+                         ::testing::ValuesIn(test::conv_update_cases()),
                          [](const auto& info) { return case_name(info.param); });
 
 // The kernels are used by default on CUDA and the switch turns them off; the reference and the

@@ -288,7 +288,8 @@ inline void check_selective_steps_bf16_state(const ScanCase& c, torch::Device de
   const auto init = in.init.defined()
                         ? in.init
                         : torch::zeros({c.batch, c.channels, c.dstate}, in.A.options());
-  auto state_k = init.to(torch::kBFloat16), state_r = init.to(torch::kCPU, torch::kBFloat16);
+  auto state_k = init.to(torch::kBFloat16).clone();
+  auto state_r = init.to(torch::kCPU, torch::kBFloat16).clone();
   auto cpu = [](const torch::Tensor& x) { return x.defined() ? x.to(torch::kCPU) : x; };
   std::vector<torch::Tensor> ys_k, ys_r;
   for (int64_t t = 0; t < c.len; ++t) {
