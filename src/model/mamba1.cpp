@@ -92,8 +92,10 @@ torch::Tensor Mamba1MixerImpl::step(const torch::Tensor& u, MixerState& state) {
   auto dt = torch::matmul(x_db.narrow(-1, 0, rank), dt_proj->weight.t());
   auto bm = x_db.narrow(-1, rank, ssm.d_state);
   auto cm = x_db.narrow(-1, rank + ssm.d_state, ssm.d_state);
-  auto a = -torch::exp(A_log.to(torch::kFloat));
-  auto y = ops::selective_state_update(state.ssm_state, x, dt, a, bm, cm, D, z, dt_proj->bias,
+  const auto a = state.A.defined() ? state.A : -torch::exp(A_log.to(torch::kFloat));
+  auto y = ops::selective_state_update(state.ssm_state, x, dt, a, bm, cm,
+                                       state.D.defined() ? state.D : D, z,
+                                       state.dt_bias.defined() ? state.dt_bias : dt_proj->bias,
                                        /*delta_softplus=*/true);
   return out_proj->forward(y);
 }
@@ -108,6 +110,11 @@ MixerState Mamba1MixerImpl::allocate_state(int64_t batch, torch::Device device,
   s.conv_state = torch::zeros({batch, d_inner, ssm.d_conv}, torch::dtype(dtype).device(device));
   s.ssm_state = torch::zeros({batch, d_inner, ssm.d_state},
                              torch::dtype(ssm_dtype).device(device));
+  torch::NoGradGuard no_grad;
+  const auto f32 = torch::dtype(torch::kFloat).device(device);
+  s.A = -torch::exp(A_log.to(f32));
+  s.D = D.to(f32);
+  if (dt_proj->bias.defined()) s.dt_bias = dt_proj->bias.to(f32);
   return s;
 }
 

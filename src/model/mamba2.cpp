@@ -97,8 +97,10 @@ torch::Tensor Mamba2MixerImpl::step(const torch::Tensor& u, MixerState& state) {
   auto x = xbc.narrow(-1, 0, d_inner).reshape({batch, nheads, ssm.headdim});
   auto bm = xbc.narrow(-1, d_inner, gn).reshape({batch, ssm.ngroups, ssm.d_state});
   auto cm = xbc.narrow(-1, d_inner + gn, gn).reshape({batch, ssm.ngroups, ssm.d_state});
-  auto a = -torch::exp(A_log.to(torch::kFloat));
-  auto y = ops::ssd_state_update(state.ssm_state, x, dt, a, bm, cm, d_param(), dt_bias,
+  const auto a = state.A.defined() ? state.A : -torch::exp(A_log.to(torch::kFloat));
+  auto y = ops::ssd_state_update(state.ssm_state, x, dt, a, bm, cm,
+                                 state.D.defined() ? state.D : d_param(),
+                                 state.dt_bias.defined() ? state.dt_bias : dt_bias,
                                  /*dt_softplus=*/true);
   return output(y.reshape({batch, d_inner}), z);
 }
@@ -113,6 +115,11 @@ MixerState Mamba2MixerImpl::allocate_state(int64_t batch, torch::Device device,
   s.conv_state = torch::zeros({batch, conv_dim, ssm.d_conv}, torch::dtype(dtype).device(device));
   s.ssm_state = torch::zeros({batch, nheads, ssm.headdim, ssm.d_state},
                              torch::dtype(ssm_dtype).device(device));
+  torch::NoGradGuard no_grad;
+  const auto f32 = torch::dtype(torch::kFloat).device(device);
+  s.A = -torch::exp(A_log.to(f32));
+  s.D = d_param().to(f32);
+  s.dt_bias = dt_bias.to(f32);
   return s;
 }
 

@@ -38,7 +38,9 @@ torch::Tensor ssd_state_update(torch::Tensor& state, const torch::Tensor& x,
                                const torch::Tensor& D, const torch::Tensor& dt_bias,
                                bool dt_softplus) {
   DeviceGuard guard(x.device());
-  auto dt_c = dt.to(x.scalar_type()).contiguous();
+  // The kernel takes dt's row stride: a column slice of the projection needs no copy.
+  auto dt_c = dt.to(x.scalar_type());
+  if (!last_dim_contiguous(dt_c)) dt_c = dt_c.contiguous();
   auto c_c = Cm.to(x.scalar_type());
   if (!last_dim_contiguous(c_c)) c_c = c_c.contiguous();
   auto a_f = as_float(A), d_f = as_float(D), bias_f = as_float(dt_bias);

@@ -245,5 +245,30 @@ TEST(AimModel, ClassDropoutOnlyWhenTraining) {
   EXPECT_FALSE(torch::allclose(a, c));
 }
 
+// The decoding state carries the step's parameter-derived fp32 values (A = -exp(A_log), D, the
+// dt bias) so that a token launches no conversion for them; a state without them (the step then
+// derives them) gives the same bits, for both mixers and a bf16 model.
+TEST(AimModel, StepConstantsOfTheStateGiveTheSameSteps) {
+  for (const char* layer : {"Mamba2", "Mamba1"}) {
+    torch::manual_seed(4);
+    AimModel model(tiny_config(true, layer));
+    model->eval();
+    model->to(torch::kBFloat16);
+    torch::NoGradGuard no_grad;
+    const auto labels = torch::randint(10, {3}, torch::kLong);
+    auto with = model->start(labels, torch::kFloat);
+    auto without = model->start(labels, torch::kFloat);
+    for (auto& s : without.layers) s.A = s.D = s.dt_bias = torch::Tensor();
+    ASSERT_TRUE(with.layers[0].A.defined()) << layer;
+    EXPECT_EQ(with.layers[0].A.scalar_type(), torch::kFloat) << layer;
+    torch::Tensor tok;
+    for (int t = 0; t < 4; ++t) {
+      const auto a = model->step(with, tok), b = model->step(without, tok);
+      ASSERT_TRUE(torch::equal(a, b)) << layer << " step " << t;
+      tok = a.argmax(-1);
+    }
+  }
+}
+
 }  // namespace
 }  // namespace aim

@@ -11,6 +11,10 @@ namespace aim {
 struct MixerState {
   torch::Tensor conv_state;
   torch::Tensor ssm_state;
+  /// The step's parameter-derived fp32 values (A = -exp(A_log), D, the dt bias), made once by
+  /// allocate_state on the state's device, so that a generated token launches no conversion or
+  /// exp for them. Undefined: step derives them from the parameters.
+  torch::Tensor A, D, dt_bias;
 };
 
 class MixerImpl : public torch::nn::Module {
