@@ -81,8 +81,8 @@ struct Row {
 
 /// Ops with a CPU kernel (the rest run their reference on the CPU either way).
 bool has_cpu_kernel(const std::string& op) {
-  return op == "ssd_scan fwd" || op == "ssd_scan fwd+bwd" || op.rfind("causal_conv1d", 0) == 0 ||
-         op.rfind("gated_rms_norm", 0) == 0;
+  return op == "ssd_scan fwd" || op == "ssd_scan fwd+bwd" || op == "causal_conv1d fwd" ||
+         op == "causal_conv1d fwd+bwd" || op.rfind("gated_rms_norm", 0) == 0;
 }
 
 }  // namespace
@@ -151,6 +151,17 @@ int main(int argc, char** argv) {
     rows.push_back({"causal_conv1d fwd+bwd", 5 * n * elem, [&] {
                       auto out = aim::ops::causal_conv1d(x, w, bias, true).first;
                       auto grads = torch::autograd::grad({out}, {x, w, bias}, {g});
+                    }});
+    // The one-token update of sampling: 32 sequences, x a slice of the in_proj output, the
+    // weights in the model's dtype, the fp32 conv state the sampler keeps (read and written).
+    const int64_t Bu = 32;
+    auto ux = torch::randn({Bu, conv_dim + 2 * d_inner}, opts).narrow(1, d_inner, conv_dim);
+    auto ustate = torch::randn({Bu, conv_dim, width}, fopts);
+    auto uw = w.detach().to(dtype), ubias = bias.detach().to(dtype);
+    rows.push_back({"causal_conv1d_update (B=32)",
+                    2.0 * Bu * conv_dim * width * 4 + 2.0 * Bu * conv_dim * elem, [&] {
+                      torch::NoGradGuard ng_guard;
+                      aim::ops::causal_conv1d_update(ux, ustate, uw, ubias, true);
                     }});
 
     // The block's residual add + RMSNorm + adaLN modulate (bf16 hidden, fp32 residual) and
