@@ -21,9 +21,11 @@ struct AddRmsNormParams {
   int rows = 0, dim = 0;
   int rows_per_batch = 0;           ///< rows per shift/scale row; read only with scale set
   float eps = 1e-5f;
-  const float* weight = nullptr;    ///< [D]
-  const float* shift = nullptr;     ///< [N / rows_per_batch, D]; forward only
-  const float* scale = nullptr;     ///< [N / rows_per_batch, D]; null: no modulation
+  const void* weight = nullptr;     ///< [D] in weight_type
+  const void* shift = nullptr;      ///< [N / rows_per_batch, D] in mod_type; forward only
+  const void* scale = nullptr;      ///< [N / rows_per_batch, D] in mod_type; null: no modulation
+  ElemType weight_type = ElemType::kFloat32;  ///< fp32 or bf16 (read as it is stored)
+  ElemType mod_type = ElemType::kFloat32;     ///< shift and scale: fp32 or bf16
 
   // Forward.
   const void* hidden = nullptr;     ///< [N, D] in
@@ -54,7 +56,8 @@ struct GatedRmsNormParams {
   int rows = 0, dim = 0, group_size = 0;
   float eps = 1e-5f;
   bool norm_before_gate = false;
-  const float* weight = nullptr;    ///< [E]
+  const void* weight = nullptr;     ///< [E] in weight_type
+  ElemType weight_type = ElemType::kFloat32;  ///< fp32 or bf16 (read as it is stored)
   const void* x = nullptr;          ///< [N, E]
   int64_t x_row_stride = 0;
   const void* z = nullptr;          ///< [N, E]; null: no gate

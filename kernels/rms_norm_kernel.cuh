@@ -28,7 +28,8 @@
 // of one group for the gated norm), with a block sum per row, and keeps its column sums (dw,
 // dshift, dscale) per thread in registers; it writes them once as an fp32 partial row of the
 // workspace, and column_sum adds the partial rows in a fixed order: deterministic gradients.
-// Precision: fp32 or bf16 tensors, every sum and product in fp32, outputs rounded once.
+// Precision: fp32 or bf16 tensors (the weight, shift and scale too, each read as stored), every
+// sum and product in fp32, outputs rounded once.
 // Rows move as 4-element vectors when D (group_size) % 4 == 0 and every pointer and row
 // stride is 4-element aligned; otherwise element by element.
 #include <cuda_bf16.h>
@@ -86,6 +87,20 @@ __device__ __forceinline__ void store_vec(T* p, const float* in) {
   for (int e = 0; e < kVec; ++e) packed.v[e] = from_float<T>(in[e]);
   *reinterpret_cast<Packed<T, kVec>*>(p) = packed;
 }
+
+// kVec values of a parameter vector (weight, shift, scale) stored as fp32 or bf16, from
+// element `offset`: the type is one flag for the whole launch, so the branch is uniform.
+template <int kVec>
+__device__ __forceinline__ void load_param(const void* base, ElemType type, int64_t offset,
+                                           float* out) {
+  if (type == ElemType::kBFloat16) {
+    load_vec<kVec>(static_cast<const __nv_bfloat16*>(base) + offset, out);
+  } else {
+    load_vec<kVec>(static_cast<const float*>(base) + offset, out);
+  }
+}
+
+inline size_t param_bytes(ElemType t) { return t == ElemType::kBFloat16 ? 2 : 4; }
 
 __device__ __forceinline__ float sigmoid(float z) { return 1.f / (1.f + __expf(-z)); }
 
@@ -190,26 +205,20 @@ __global__ void __launch_bounds__(rms::kMaxThreads)
   const float rstd = rsqrtf(block_sum(sumsq, scratch) / static_cast<float>(p.dim) + p.eps);
   if (threadIdx.x == 0) p.rstd[n] = rstd;
 
-  const float* shift = nullptr;
-  const float* scale = nullptr;
-  if (kModulate) {
-    const int64_t b = n / p.rows_per_batch;
-    shift = p.shift + b * p.dim;
-    scale = p.scale + b * p.dim;
-  }
+  const int64_t mod_row = kModulate ? n / p.rows_per_batch * p.dim : 0;
 #pragma unroll
   for (int k = 0; k < kIters; ++k) {
     const int c = slot_col<kVec>(k);
     if (c < p.dim) {
       const float* rk = r + k * kVec;
       float w[kVec], y[kVec];
-      load_vec<kVec>(p.weight + c, w);
+      load_param<kVec>(p.weight, p.weight_type, c, w);
 #pragma unroll
       for (int e = 0; e < kVec; ++e) y[e] = rk[e] * rstd * w[e];
       if (kModulate) {
         float sh[kVec], sc[kVec];
-        load_vec<kVec>(shift + c, sh);
-        load_vec<kVec>(scale + c, sc);
+        load_param<kVec>(p.shift, p.mod_type, mod_row + c, sh);
+        load_param<kVec>(p.scale, p.mod_type, mod_row + c, sc);
 #pragma unroll
         for (int e = 0; e < kVec; ++e) y[e] = y[e] * (1.f + sc[e]) + sh[e];
       }
@@ -233,7 +242,7 @@ __global__ void __launch_bounds__(rms::kMaxThreads)
   const int64_t row_end_batch = batch_begin + rows_per_batch;
   const int64_t row_end = row_end_chunk < row_end_batch ? row_end_chunk : row_end_batch;
   const float inv_dim = 1.f / static_cast<float>(p.dim);
-  const float* scale = kModulate ? p.scale + static_cast<int64_t>(b) * p.dim : nullptr;
+  const int64_t mod_row = kModulate ? static_cast<int64_t>(b) * p.dim : 0;
 
   float acc_dw[kPerThread], acc_dshift[kPerThread], acc_dscale[kPerThread];
 #pragma unroll
@@ -254,8 +263,8 @@ __global__ void __launch_bounds__(rms::kMaxThreads)
         float dy[kVec], w[kVec], sc[kVec];
         load_vec<kVec>(res + c, xk);
         load_vec<kVec>(dout + c, dy);
-        load_vec<kVec>(p.weight + c, w);
-        if (kModulate) load_vec<kVec>(scale + c, sc);
+        load_param<kVec>(p.weight, p.weight_type, c, w);
+        if (kModulate) load_param<kVec>(p.scale, p.mod_type, mod_row + c, sc);
 #pragma unroll
         for (int e = 0; e < kVec; ++e) {
           const int i = k * kVec + e;
@@ -325,8 +334,9 @@ cudaError_t add_rms_norm_fwd_launch(const AddRmsNormParams& p, cudaStream_t stre
                    vec_aligned(p.hidden, p.hidden_row_stride, sizeof(Tin)) &&
                    vec_aligned(p.residual, p.residual_row_stride, sizeof(Tres)) &&
                    vec_aligned(p.out, 0, sizeof(Tin)) && vec_aligned(p.residual_out, 0, sizeof(Tres)) &&
-                   vec_aligned(p.weight, 0, sizeof(float)) && vec_aligned(p.shift, 0, sizeof(float)) &&
-                   vec_aligned(p.scale, 0, sizeof(float));
+                   vec_aligned(p.weight, 0, param_bytes(p.weight_type)) &&
+                   vec_aligned(p.shift, 0, param_bytes(p.mod_type)) &&
+                   vec_aligned(p.scale, 0, param_bytes(p.mod_type));
   const dim3 grid(p.rows), block(threads_for(p.dim));
   BOOL_SWITCH(vec, kVec4, [&] {
     BOOL_SWITCH(p.scale != nullptr, kModulate, [&] {
@@ -346,7 +356,8 @@ cudaError_t add_rms_norm_bwd_launch(const AddRmsNormParams& p, cudaStream_t stre
                    vec_aligned(p.dout, p.dout_row_stride, sizeof(Tin)) &&
                    vec_aligned(p.dresidual_out, p.dresidual_out_row_stride, sizeof(Tres)) &&
                    vec_aligned(p.dhidden, 0, sizeof(Tin)) && vec_aligned(p.dresidual, 0, sizeof(Tres)) &&
-                   vec_aligned(p.weight, 0, sizeof(float)) && vec_aligned(p.scale, 0, sizeof(float)) &&
+                   vec_aligned(p.weight, 0, param_bytes(p.weight_type)) &&
+                   vec_aligned(p.scale, 0, param_bytes(p.mod_type)) &&
                    vec_aligned(p.workspace, 0, sizeof(float));
   const dim3 grid(l.chunks_per_batch, l.batches), block(threads_for(p.dim));
   BOOL_SWITCH(vec, kVec4, [&] {
@@ -374,7 +385,6 @@ __global__ void __launch_bounds__(rms::kMaxThreads)
   const T* x = static_cast<const T*>(p.x) + n * p.x_row_stride + col0;
   const T* z = gated ? static_cast<const T*>(p.z) + n * p.z_row_stride + col0 : nullptr;
   T* out = static_cast<T*>(p.out) + n * p.dim + col0;
-  const float* weight = p.weight + col0;
 
   float u[kPerThread], gate[kPerThread];
   float sumsq = 0.f;
@@ -410,7 +420,7 @@ __global__ void __launch_bounds__(rms::kMaxThreads)
       const float* uk = u + k * kVec;
       const float* sk = gate + k * kVec;
       float w[kVec], y[kVec];
-      load_vec<kVec>(weight + c, w);
+      load_param<kVec>(p.weight, p.weight_type, col0 + c, w);
 #pragma unroll
       for (int e = 0; e < kVec; ++e) {
         y[e] = uk[e] * rstd * w[e];
@@ -436,7 +446,6 @@ __global__ void __launch_bounds__(rms::kMaxThreads)
   const int64_t row_end = row_end_chunk < p.rows ? row_end_chunk : p.rows;
   const bool gated = p.z != nullptr;
   const float inv_group = 1.f / static_cast<float>(p.group_size);
-  const float* weight = p.weight + col0;
 
   float acc_dw[kPerThread];
 #pragma unroll
@@ -458,7 +467,7 @@ __global__ void __launch_bounds__(rms::kMaxThreads)
         float xv[kVec], zv[kVec], dy[kVec], w[kVec];
         load_vec<kVec>(x + c, xv);
         load_vec<kVec>(dout + c, dy);
-        load_vec<kVec>(weight + c, w);
+        load_param<kVec>(p.weight, p.weight_type, col0 + c, w);
         if (gated) load_vec<kVec>(z + c, zv);
 #pragma unroll
         for (int e = 0; e < kVec; ++e) {
@@ -526,7 +535,7 @@ cudaError_t gated_rms_norm_fwd_launch(const GatedRmsNormParams& p, cudaStream_t 
   using namespace rms;
   const bool vec = p.group_size % kVecWidth == 0 && vec_aligned(p.x, p.x_row_stride, sizeof(T)) &&
                    vec_aligned(p.z, p.z_row_stride, sizeof(T)) && vec_aligned(p.out, 0, sizeof(T)) &&
-                   vec_aligned(p.weight, 0, sizeof(float));
+                   vec_aligned(p.weight, 0, param_bytes(p.weight_type));
   const dim3 grid(p.rows, p.dim / p.group_size), block(threads_for(p.group_size));
   BOOL_SWITCH(vec, kVec4, [&] {
     gated_rms_norm_fwd_kernel<T, kVec4 ? kVecWidth : 1><<<grid, block, 0, stream>>>(p);
@@ -542,7 +551,8 @@ cudaError_t gated_rms_norm_bwd_launch(const GatedRmsNormParams& p, cudaStream_t 
                    vec_aligned(p.z, p.z_row_stride, sizeof(T)) &&
                    vec_aligned(p.dout, p.dout_row_stride, sizeof(T)) &&
                    vec_aligned(p.dx, 0, sizeof(T)) && vec_aligned(p.dz, 0, sizeof(T)) &&
-                   vec_aligned(p.weight, 0, sizeof(float)) && vec_aligned(p.workspace, 0, sizeof(float));
+                   vec_aligned(p.weight, 0, param_bytes(p.weight_type)) &&
+                   vec_aligned(p.workspace, 0, sizeof(float));
   const dim3 grid(gated_bwd_chunks(p), p.dim / p.group_size), block(threads_for(p.group_size));
   BOOL_SWITCH(vec, kVec4, [&] {
     gated_rms_norm_bwd_kernel<T, kVec4 ? kVecWidth : 1><<<grid, block, 0, stream>>>(p);

@@ -30,6 +30,24 @@ bool kernel_dtype(const torch::Tensor& t) {
   return t.scalar_type() == torch::kFloat || t.scalar_type() == torch::kBFloat16;
 }
 
+// A parameter vector (weight, shift, scale) as the kernels read it: fp32 or bf16 as stored when
+// contiguous (a bf16 model's step converts nothing), else a contiguous fp32 copy.
+torch::Tensor as_param(const torch::Tensor& t) {
+  if (!t.defined() || (kernel_dtype(t) && t.is_contiguous())) return t;
+  return t.to(torch::kFloat).contiguous();
+}
+
+// shift and scale share one type in the kernels: fp32 copies of both when they differ.
+std::pair<torch::Tensor, torch::Tensor> as_modulation(const torch::Tensor& shift,
+                                                      const torch::Tensor& scale) {
+  auto sh = as_param(shift), sc = as_param(scale);
+  if (sh.defined() && sc.defined() && sh.scalar_type() != sc.scalar_type()) {
+    sh = sh.to(torch::kFloat);
+    sc = sc.to(torch::kFloat);
+  }
+  return {sh, sc};
+}
+
 bool unit_last_stride(const torch::Tensor& t) {
   return !t.defined() || t.size(-1) <= 1 || t.stride(-1) == 1;
 }
@@ -86,7 +104,8 @@ class AddRmsNormFunction : public torch::autograd::Function<AddRmsNormFunction> 
     const int64_t dim = hidden.size(-1), rows = hidden.numel() / dim;
     const auto h = as_rows(hidden);
     const auto r = residual.defined() ? as_rows(residual.to(res_type)) : torch::Tensor();
-    const auto weight_f = as_float(weight), shift_f = as_float(shift), scale_f = as_float(scale);
+    const auto weight_p = as_param(weight);
+    const auto [shift_p, scale_p] = as_modulation(shift, scale);
     auto out = torch::empty(hidden.sizes(), hidden.options());
     auto residual_out = torch::empty(hidden.sizes(), hidden.options().dtype(res_type));
     auto rstd = torch::empty({rows}, hidden.options().dtype(torch::kFloat));
@@ -97,9 +116,11 @@ class AddRmsNormFunction : public torch::autograd::Function<AddRmsNormFunction> 
     p.dim = static_cast<int>(dim);
     p.rows_per_batch = static_cast<int>(modulated ? rows / hidden.size(0) : rows);
     p.eps = static_cast<float>(eps);
-    p.weight = weight_f.data_ptr<float>();
-    p.shift = modulated ? shift_f.data_ptr<float>() : nullptr;
-    p.scale = modulated ? scale_f.data_ptr<float>() : nullptr;
+    p.weight = weight_p.data_ptr();
+    p.weight_type = elem_type(weight_p.scalar_type());
+    p.shift = modulated ? shift_p.data_ptr() : nullptr;
+    p.scale = modulated ? scale_p.data_ptr() : nullptr;
+    if (modulated) p.mod_type = elem_type(scale_p.scalar_type());
     p.hidden = h.data_ptr();
     p.hidden_row_stride = h.stride(0);
     p.residual = ptr_or_null(r);
@@ -139,7 +160,7 @@ class AddRmsNormFunction : public torch::autograd::Function<AddRmsNormFunction> 
     const auto dout = as_rows(grads[0].defined() ? grads[0].to(in_type)
                                                  : torch::zeros({rows, dim}, opts.dtype(in_type)));
     const auto dres = grads[1].defined() ? as_rows(grads[1].to(res_type)) : torch::Tensor();
-    const auto weight_f = as_float(weight), scale_f = as_float(scale);
+    const auto weight_p = as_param(weight), scale_p = as_param(scale);
     torch::Tensor dhidden, dresidual, dshift, dscale;
     // Edge 0 is hidden and, when given, edge 1 the residual.
     if (ctx->needs_input_grad(0)) dhidden = torch::empty({rows, dim}, opts.dtype(in_type));
@@ -156,8 +177,10 @@ class AddRmsNormFunction : public torch::autograd::Function<AddRmsNormFunction> 
     p.rows = static_cast<int>(rows);
     p.dim = static_cast<int>(dim);
     p.rows_per_batch = static_cast<int>(rows_per_batch);
-    p.weight = weight_f.data_ptr<float>();
-    p.scale = modulated ? scale_f.data_ptr<float>() : nullptr;
+    p.weight = weight_p.data_ptr();
+    p.weight_type = elem_type(weight_p.scalar_type());
+    p.scale = modulated ? scale_p.data_ptr() : nullptr;
+    if (modulated) p.mod_type = elem_type(scale_p.scalar_type());
     p.residual_out = residual_out.data_ptr();
     p.rstd = rstd.data_ptr<float>();
     p.dout = dout.data_ptr();
@@ -202,7 +225,7 @@ class GatedRmsNormFunction : public torch::autograd::Function<GatedRmsNormFuncti
     const int64_t dim = x.size(-1), rows = x.numel() / dim;
     const auto x2 = as_rows(x);
     const auto z2 = z.defined() ? as_rows(z) : torch::Tensor();
-    const auto weight_f = as_float(weight);
+    const auto weight_p = as_param(weight);
     auto out = torch::empty(x.sizes(), x.options());
     auto rstd = torch::empty({rows, dim / group_size}, x.options().dtype(torch::kFloat));
     maybe_poison({out, rstd});
@@ -213,7 +236,8 @@ class GatedRmsNormFunction : public torch::autograd::Function<GatedRmsNormFuncti
     p.group_size = static_cast<int>(group_size);
     p.eps = static_cast<float>(eps);
     p.norm_before_gate = norm_before_gate;
-    p.weight = weight_f.data_ptr<float>();
+    p.weight = weight_p.data_ptr();
+    p.weight_type = elem_type(weight_p.scalar_type());
     p.x = x2.data_ptr();
     p.x_row_stride = x2.stride(0);
     p.z = ptr_or_null(z2);
@@ -242,7 +266,7 @@ class GatedRmsNormFunction : public torch::autograd::Function<GatedRmsNormFuncti
     const auto x2 = as_rows(x);
     const auto z2 = z.defined() ? as_rows(z) : torch::Tensor();
     const auto dout = as_rows(grads[0].to(x.scalar_type()));
-    const auto weight_f = as_float(weight);
+    const auto weight_p = as_param(weight);
     torch::Tensor dx, dz;
     // Edge 0 is x and, when given, edge 1 is z.
     if (ctx->needs_input_grad(0)) dx = torch::empty({rows, dim}, opts);
@@ -255,7 +279,8 @@ class GatedRmsNormFunction : public torch::autograd::Function<GatedRmsNormFuncti
     p.group_size = static_cast<int>(ctx->saved_data["group_size"].toInt());
     p.eps = static_cast<float>(ctx->saved_data["eps"].toDouble());
     p.norm_before_gate = ctx->saved_data["norm_before_gate"].toBool();
-    p.weight = weight_f.data_ptr<float>();
+    p.weight = weight_p.data_ptr();
+    p.weight_type = elem_type(weight_p.scalar_type());
     p.x = x2.data_ptr();
     p.x_row_stride = x2.stride(0);
     p.z = ptr_or_null(z2);

@@ -66,6 +66,7 @@ struct AddCase {
   bool residual, residual_in_fp32, modulated, grad_residual;
   torch::ScalarType dtype, mod_dtype;  ///< hidden; shift and scale
   bool edge = false;                   ///< named Edge_*: small, for the sanitizer runs
+  torch::ScalarType weight_dtype = torch::kFloat;  ///< bf16: a bf16 model's sampling step
 };
 
 inline std::string case_name(const AddCase& c) {
@@ -73,7 +74,8 @@ inline std::string case_name(const AddCase& c) {
          "_D" + std::to_string(c.dim) + (c.residual ? "" : "_nores") +
          (c.residual_in_fp32 ? "_resf32" : "_resin") +
          (c.modulated ? "_mod" + norms_dtype_name(c.mod_dtype) : "_nomod") +
-         (c.grad_residual ? "" : "_nogradres") + "_" + norms_dtype_name(c.dtype);
+         (c.grad_residual ? "" : "_nogradres") +
+         (c.weight_dtype == torch::kBFloat16 ? "_wbf16" : "") + "_" + norms_dtype_name(c.dtype);
 }
 
 /// The kernel tests' check of one case: `op` (the CUDA op through dispatch, or the emulated
@@ -89,7 +91,7 @@ inline void check_add_rms_norm(const AddCase& c, torch::Device dev, const AddRms
   auto hidden = randn(shape, c.dtype, dev).requires_grad_(true);
   torch::Tensor residual, shift, scale;
   if (c.residual) residual = randn(shape, res_dtype, dev, 2.0).requires_grad_(true);
-  auto weight = torch::empty({c.dim}).uniform_(0.5, 1.5).to(dev).requires_grad_(true);
+  auto weight = torch::empty({c.dim}).uniform_(0.5, 1.5).to(dev, c.weight_dtype).requires_grad_(true);
   if (c.modulated) {
     shift = randn({c.batch, c.dim}, c.mod_dtype, dev, 0.3).requires_grad_(true);
     scale = randn({c.batch, c.dim}, c.mod_dtype, dev, 0.3).requires_grad_(true);
@@ -175,6 +177,14 @@ inline std::vector<AddCase> add_cases() {
     out.push_back({3, 5, 37, true, true, true, true, dtype, dtype, true});
     out.push_back({2, 9, 8192, true, true, true, true, dtype, dtype, true});
   }
+  // A bf16 model's sampling step: weight, shift and scale read as bf16 (no conversions); bf16
+  // weights with fp32 modulation; and edges with bf16 parameters on the 4-wide and the scalar
+  // paths.
+  const auto h = torch::kBFloat16, f = torch::kFloat;
+  out.push_back({4, 0, 1024, true, true, true, true, h, h, false, h});
+  out.push_back({2, 5, 1024, true, true, true, true, h, f, false, h});
+  out.push_back({1, 0, 36, true, true, true, false, h, h, true, h});
+  out.push_back({3, 5, 37, true, true, true, true, h, h, true, h});
   return out;
 }
 
@@ -186,14 +196,15 @@ struct GatedCase {
   int64_t z_offset;  ///< >= 0: z is a slice of a wider [.., 2E + 40] projection at this offset
   torch::ScalarType dtype;
   bool edge = false;  ///< named Edge_*: small, for the sanitizer runs
+  torch::ScalarType weight_dtype = torch::kFloat;  ///< bf16: a bf16 model's sampling step
 };
 
 inline std::string case_name(const GatedCase& c) {
   return std::string(c.edge ? "Edge_" : "") + "B" + std::to_string(c.batch) + (c.len > 0 ? "_L" + std::to_string(c.len) : "_step") +
          "_E" + std::to_string(c.dim) + "_G" + std::to_string(c.group_size) +
          (c.gate ? (c.norm_before_gate ? "_normfirst" : "_gatefirst") : "_nogate") +
-         (c.z_offset >= 0 ? "_zslice" + std::to_string(c.z_offset) : "") + "_" +
-         norms_dtype_name(c.dtype);
+         (c.z_offset >= 0 ? "_zslice" + std::to_string(c.z_offset) : "") +
+         (c.weight_dtype == torch::kBFloat16 ? "_wbf16" : "") + "_" + norms_dtype_name(c.dtype);
 }
 
 /// The kernel tests' check of one case: `op` (the CUDA op through dispatch, or the emulated
@@ -216,7 +227,7 @@ inline void check_gated_rms_norm(const GatedCase& c, torch::Device dev,
   } else if (c.gate) {
     z = randn(shape, c.dtype, dev, 2.0).requires_grad_(true);
   }
-  auto weight = torch::empty({c.dim}).uniform_(0.5, 1.5).to(dev).requires_grad_(true);
+  auto weight = torch::empty({c.dim}).uniform_(0.5, 1.5).to(dev, c.weight_dtype).requires_grad_(true);
 
   auto y = op(x, z, weight, c.group_size, kNormEps, c.norm_before_gate);
   norms_expect_kernel_ran(y, "GatedRmsNorm", tag);
@@ -267,6 +278,11 @@ inline std::vector<GatedCase> gated_cases() {
     out.push_back({1, 0, 74, 37, true, true, 0, dtype, true});
     out.push_back({2, 9, 8192, 8192, true, false, -1, dtype, true});
   }
+  // A bf16 model's sampling step (the weight read as bf16), and edges with a bf16 weight.
+  const auto h = torch::kBFloat16;
+  out.push_back({4, 0, 2048, 2048, true, false, 0, h, false, h});
+  out.push_back({1, 0, 74, 37, true, true, 0, h, true, h});
+  out.push_back({2, 3, 72, 36, true, false, -1, h, true, h});
   return out;
 }
 
