@@ -17,11 +17,6 @@ namespace {
 using torch::autograd::AutogradContext;
 using torch::autograd::tensor_list;
 
-kernels::ElemType elem_type(const torch::Tensor& t) {
-  return t.scalar_type() == torch::kBFloat16 ? kernels::ElemType::kBFloat16
-                                             : kernels::ElemType::kFloat32;
-}
-
 // [B, C, L] in x's layout: channel-last when x is, else contiguous.
 torch::Tensor empty_like_layout(const torch::Tensor& x) {
   if (x.stride(1) == 1 && x.size(2) > 1) {
@@ -121,7 +116,7 @@ class CausalConv1dFunction : public torch::autograd::Function<CausalConv1dFuncti
 bool causal_conv1d_supported(const torch::Tensor& x, const torch::Tensor& weight,
                              const torch::Tensor& bias) {
   const auto dt = x.scalar_type();
-  return on_kernel_device(x) && (dt == torch::kFloat || dt == torch::kBFloat16) &&
+  return on_kernel_device(x) && kernel_dtype(dt) &&
          weight.device() == x.device() && (!bias.defined() || bias.device() == x.device()) &&
          weight.size(-1) <= 8 && x.size(0) <= 65535 &&
          x.size(1) <= std::numeric_limits<int>::max() && x.size(2) <= std::numeric_limits<int>::max();
@@ -135,11 +130,8 @@ torch::Tensor causal_conv1d(const torch::Tensor& x, const torch::Tensor& weight,
 
 bool causal_conv1d_update_supported(const torch::Tensor& x, const torch::Tensor& conv_state,
                                     const torch::Tensor& weight, const torch::Tensor& bias) {
-  auto kernel_type = [](const torch::Tensor& t) {
-    return t.scalar_type() == torch::kFloat || t.scalar_type() == torch::kBFloat16;
-  };
-  if (!on_kernel_device(x) || x.dim() != 2 || !kernel_type(x) || !kernel_type(conv_state) ||
-      !kernel_type(weight) || (bias.defined() && !kernel_type(bias))) {
+  if (!on_kernel_device(x) || x.dim() != 2 || !kernel_dtype(x) || !kernel_dtype(conv_state) ||
+      !kernel_dtype(weight) || (bias.defined() && !kernel_dtype(bias))) {
     return false;
   }
   const int64_t width = weight.size(-1);

@@ -16,6 +16,7 @@
 #include <initializer_list>
 
 #include "ops/cuda_ns.h"
+#include "ssd_state_update.h"  // kernels::ElemType (the emulator's copy in its build)
 
 #ifdef AIM_OPS_EMULATED
 
@@ -52,6 +53,16 @@ inline int64_t device_smem_optin(const torch::Device& device) {
 #endif
 
 namespace aim::ops::AIM_OPS_CUDA_NS {
+/// The element types the kernels take: fp32 and bf16.
+inline bool kernel_dtype(torch::ScalarType t) { return t == torch::kFloat || t == torch::kBFloat16; }
+inline bool kernel_dtype(const torch::Tensor& t) { return kernel_dtype(t.scalar_type()); }
+
+/// The kernels' name of a dtype kernel_dtype accepts.
+inline kernels::ElemType elem_type(torch::ScalarType t) {
+  return t == torch::kBFloat16 ? kernels::ElemType::kBFloat16 : kernels::ElemType::kFloat32;
+}
+inline kernels::ElemType elem_type(const torch::Tensor& t) { return elem_type(t.scalar_type()); }
+
 /// Whether autograd would record an op over these tensors (undefined ones count as not): the
 /// one-token kernels of sampling have no backward and leave such calls to the reference.
 inline bool tracks_grad(std::initializer_list<const torch::Tensor*> ts) {

@@ -45,8 +45,7 @@ class LinearCrossEntropyFunction
     auto dw = need_grads ? torch::zeros({vocab, h.size(1)}, h.options().dtype(torch::kFloat))
                          : torch::Tensor();
     const auto stream = current_stream();
-    const auto elem_type = dtype == torch::kBFloat16 ? kernels::ElemType::kBFloat16
-                                                     : kernels::ElemType::kFloat32;
+    const auto kernel_type = elem_type(dtype);
     for (int64_t start = 0; start < n; start += rows) {
       const int64_t len = std::min(rows, n - start);
       const auto hc = h.narrow(0, start, len);
@@ -60,7 +59,7 @@ class LinearCrossEntropyFunction
       p.ignore_index = ignore_index;
       p.losses = losses.data_ptr<float>() + start;
       p.inv_count = inv_count.data_ptr<float>();
-      const cudaError_t err = kernels::softmax_xent_fwd_bwd_cuda(p, elem_type, stream);
+      const cudaError_t err = kernels::softmax_xent_fwd_bwd_cuda(p, kernel_type, stream);
       TORCH_CHECK(err == cudaSuccess, "linear_cross_entropy kernel launch failed: ",
                   cudaGetErrorString(err));
       if (need_grads) {
@@ -89,7 +88,7 @@ class LinearCrossEntropyFunction
 bool linear_cross_entropy_supported(const torch::Tensor& hidden, const torch::Tensor& weight,
                                     const torch::Tensor& targets) {
   const auto dt = hidden.scalar_type();
-  return on_kernel_device(hidden) && (dt == torch::kFloat || dt == torch::kBFloat16) &&
+  return on_kernel_device(hidden) && kernel_dtype(dt) &&
          weight.device() == hidden.device() && targets.device() == hidden.device() &&
          weight.size(0) <= std::numeric_limits<int>::max();
 }

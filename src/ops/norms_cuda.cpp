@@ -22,14 +22,6 @@ using torch::autograd::tensor_list;
 
 constexpr int64_t kMaxGridY = 65535;
 
-kernels::ElemType elem_type(torch::ScalarType t) {
-  return t == torch::kBFloat16 ? kernels::ElemType::kBFloat16 : kernels::ElemType::kFloat32;
-}
-
-bool kernel_dtype(const torch::Tensor& t) {
-  return t.scalar_type() == torch::kFloat || t.scalar_type() == torch::kBFloat16;
-}
-
 // A parameter vector (weight, shift, scale) as the kernels read it: fp32 or bf16 as stored when
 // contiguous (a bf16 model's step converts nothing), else a contiguous fp32 copy.
 torch::Tensor as_param(const torch::Tensor& t) {

@@ -15,7 +15,6 @@ namespace aim::ops::AIM_OPS_CUDA_NS {
 
 namespace {
 
-bool kernel_dtype(torch::ScalarType t) { return t == torch::kFloat || t == torch::kBFloat16; }
 
 // [B, V] in `dtype` with unit column stride; rows keep their stride (0 for an expanded row).
 torch::Tensor rows_in(const torch::Tensor& t, torch::ScalarType dtype) {
@@ -90,8 +89,7 @@ torch::Tensor sample_tokens_keyed(const torch::Tensor& cond, const torch::Tensor
   p.tokens = tokens.data_ptr<int64_t>();
   p.uniforms = uniforms.defined() ? uniforms.data_ptr<double>() : nullptr;
   const cudaError_t err = kernels::sample_tokens_cuda(
-      p, dtype == torch::kBFloat16 ? kernels::ElemType::kBFloat16 : kernels::ElemType::kFloat32,
-      current_stream());
+      p, elem_type(dtype), current_stream());
   TORCH_CHECK(err == cudaSuccess, "sample_tokens_keyed kernel launch failed: ",
               cudaGetErrorString(err));
   return tokens;

@@ -23,15 +23,6 @@ using torch::autograd::tensor_list;
 constexpr int64_t kMaxGridY = 65535;
 constexpr int64_t kMaxInt = std::numeric_limits<int>::max();
 
-kernels::ElemType elem_type(const torch::Tensor& t) {
-  return t.scalar_type() == torch::kBFloat16 ? kernels::ElemType::kBFloat16
-                                             : kernels::ElemType::kFloat32;
-}
-
-bool kernel_dtype(const torch::Tensor& t) {
-  return t.scalar_type() == torch::kFloat || t.scalar_type() == torch::kBFloat16;
-}
-
 // Undefined, or of `dtype` on x's device.
 bool same_kind(const torch::Tensor& t, const torch::Tensor& x) {
   return !t.defined() || (t.scalar_type() == x.scalar_type() && t.device() == x.device());
@@ -289,8 +280,7 @@ bool selective_state_update_supported(const torch::Tensor& state, const torch::T
   if (!same_kind(delta, u) || !same_kind(Bm, u) || !same_kind(Cm, u) || !same_kind(z, u)) {
     return false;
   }
-  if ((state.scalar_type() != torch::kFloat && state.scalar_type() != torch::kBFloat16) ||
-      state.device() != u.device() ||
+  if (!kernel_dtype(state) || state.device() != u.device() ||
       (state.size(2) > 1 && state.stride(2) != 1)) {
     return false;
   }
@@ -319,8 +309,7 @@ torch::Tensor selective_state_update(torch::Tensor& state, const torch::Tensor& 
   p.dstate = static_cast<int>(A_f.size(1));
   p.delta_softplus = delta_softplus;
   p.state = state.data_ptr();
-  p.state_type = state.scalar_type() == torch::kBFloat16 ? kernels::ElemType::kBFloat16
-                                                         : kernels::ElemType::kFloat32;
+  p.state_type = elem_type(state);
   p.state_batch_stride = state.stride(0);
   p.state_c_stride = state.stride(1);
   p.u = u.data_ptr();

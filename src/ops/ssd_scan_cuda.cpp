@@ -19,16 +19,13 @@
 namespace aim::ops::AIM_OPS_CUDA_NS {
 
 namespace {
-bool is_kernel_dtype(const torch::Tensor& t) {
-  return t.scalar_type() == torch::kFloat || t.scalar_type() == torch::kBFloat16;
-}
 bool last_dim_contiguous(const torch::Tensor& t) { return t.stride(-1) == 1; }
 }  // namespace
 
 bool ssd_state_update_supported(const torch::Tensor& state, const torch::Tensor& x,
                                 const torch::Tensor& Bm, const torch::Tensor& D) {
-  return on_kernel_device(state) && state.is_contiguous() && is_kernel_dtype(state) &&
-         is_kernel_dtype(x) &&
+  return on_kernel_device(state) && state.is_contiguous() && kernel_dtype(state) &&
+         kernel_dtype(x) &&
          last_dim_contiguous(x) && last_dim_contiguous(Bm) && Bm.scalar_type() == x.scalar_type();
 }
 
@@ -53,8 +50,7 @@ torch::Tensor ssd_state_update(torch::Tensor& state, const torch::Tensor& x,
   p.ngroups = static_cast<int>(Bm.size(1));
   p.dstate = static_cast<int>(Bm.size(2));
   p.state = state.data_ptr();
-  p.state_type = state.scalar_type() == torch::kBFloat16 ? kernels::ElemType::kBFloat16
-                                                         : kernels::ElemType::kFloat32;
+  p.state_type = elem_type(state);
   p.x = x.data_ptr();
   p.dt = dt_c.data_ptr();
   p.Bm = Bm.data_ptr();
@@ -75,10 +71,7 @@ torch::Tensor ssd_state_update(torch::Tensor& state, const torch::Tensor& x,
   p.dt_softplus = dt_softplus;
   p.d_per_channel = d_f.defined() && d_f.dim() == 2;
   // x's row stride must be 1 within a head: checked by ssd_state_update_supported.
-  const auto elem = x.scalar_type() == torch::kBFloat16 ? kernels::ElemType::kBFloat16
-                                                        : kernels::ElemType::kFloat32;
-  const cudaError_t err =
-      kernels::ssd_state_update_cuda(p, elem, current_stream());
+  const cudaError_t err = kernels::ssd_state_update_cuda(p, elem_type(x), current_stream());
   TORCH_CHECK(err == cudaSuccess, "ssd_state_update kernel launch failed: ",
               cudaGetErrorString(err));
   return y;
@@ -93,10 +86,6 @@ using torch::autograd::tensor_list;
 
 constexpr int64_t kMaxGridDim = 65535;
 
-kernels::ElemType elem_type(const torch::Tensor& t) {
-  return t.scalar_type() == torch::kBFloat16 ? kernels::ElemType::kBFloat16
-                                             : kernels::ElemType::kFloat32;
-}
 
 // The kernels read rows along the last dimension: a copy only when it is strided.
 torch::Tensor unit_last(const torch::Tensor& t) {
