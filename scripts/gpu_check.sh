@@ -53,7 +53,7 @@ targets=""
 # tests follow with the model on the GPU.
 gpu_filter='*Cuda*:*cuda*:*CUDA*'
 # Small cases of the kernel tests for the sanitizers (10-100x slower under them).
-sanitize_filter='*CausalConv1dCuda*B1_*:*CausalConv1dUpdateCuda*B1_*:*CausalConv1dUpdateCuda*B2_*:*CausalConv1dCuda*B3_*:*NormsCuda*Edge*:*SsdStateUpdate*cuda*:*LinearCrossEntropyCuda*N1_*:*LinearCrossEntropyCuda*N257*:*SsdScanCuda*Edge_B1_L1_*:*SsdScanCuda*Edge_B1_L33_*:*SsdScanCuda*Edge_B1_L40_H8_P32_G4_N16_*:*SelectiveScanCuda*Edge_*:*SelectiveScanCudaStep*:*SampleTokensCuda.StepOnTheDevice*'
+sanitize_filter='*CausalConv1dCuda*B1_*:*CausalConv1dUpdateCuda*B1_*:*CausalConv1dUpdateCuda*B2_*:*CausalConv1dCuda*B3_*:*NormsCuda*Edge*:*SsdStateUpdate*cuda*:*SsdDecodeStepCuda*B1_*:*SsdDecodeStepCuda*B3_*:*LinearCrossEntropyCuda*N1_*:*LinearCrossEntropyCuda*N257*:*SsdScanCuda*Edge_B1_L1_*:*SsdScanCuda*Edge_B1_L33_*:*SsdScanCuda*Edge_B1_L40_H8_P32_G4_N16_*:*SelectiveScanCuda*Edge_*:*SelectiveScanCudaStep*:*SampleTokensCuda.StepOnTheDevice*'
 
 t0=$(date +%s)
 # The emulated-kernel tests are CI's stand-in for this machine: not built here.

@@ -89,6 +89,16 @@ torch::Tensor Mamba2MixerImpl::step(const torch::Tensor& u, MixerState& state) {
   const auto& ssm = options.ssm();
   const int64_t batch = u.size(0);
   auto zxbcdt = in_proj->forward(u);                                   // [B, 2E + 2GN + H]
+  const auto a = state.A.defined() ? state.A : -torch::exp(A_log.to(torch::kFloat));
+  const auto d = state.D.defined() ? state.D : d_param();
+  const auto bias = state.dt_bias.defined() ? state.dt_bias : dt_bias;
+  if (ssm.rmsnorm) {
+    // Conv update, state update and gated norm: one kernel on CUDA.
+    ops::SsdDecodeWeights w{conv1d->weight, conv1d->bias, a, d, bias, norm->weight, ssm.ngroups,
+                            d_inner / ssm.ngroups, 1e-5, ssm.norm_before_gate};
+    return out_proj->forward(
+        ops::ssd_decode_step(zxbcdt, state.conv_state, state.ssm_state, w, state.arrivals));
+  }
   auto z = zxbcdt.narrow(-1, 0, d_inner);
   auto xbc = ops::causal_conv1d_update(zxbcdt.narrow(-1, d_inner, conv_dim), state.conv_state,
                                        conv1d->weight, conv1d->bias, /*silu=*/true);
@@ -97,11 +107,7 @@ torch::Tensor Mamba2MixerImpl::step(const torch::Tensor& u, MixerState& state) {
   auto x = xbc.narrow(-1, 0, d_inner).reshape({batch, nheads, ssm.headdim});
   auto bm = xbc.narrow(-1, d_inner, gn).reshape({batch, ssm.ngroups, ssm.d_state});
   auto cm = xbc.narrow(-1, d_inner + gn, gn).reshape({batch, ssm.ngroups, ssm.d_state});
-  const auto a = state.A.defined() ? state.A : -torch::exp(A_log.to(torch::kFloat));
-  auto y = ops::ssd_state_update(state.ssm_state, x, dt, a, bm, cm,
-                                 state.D.defined() ? state.D : d_param(),
-                                 state.dt_bias.defined() ? state.dt_bias : dt_bias,
-                                 /*dt_softplus=*/true);
+  auto y = ops::ssd_state_update(state.ssm_state, x, dt, a, bm, cm, d, bias, /*dt_softplus=*/true);
   return output(y.reshape({batch, d_inner}), z);
 }
 
@@ -120,6 +126,7 @@ MixerState Mamba2MixerImpl::allocate_state(int64_t batch, torch::Device device,
   s.A = -torch::exp(A_log.to(f32));
   s.D = d_param().to(f32);
   s.dt_bias = dt_bias.to(f32);
+  s.arrivals = torch::zeros({batch}, torch::dtype(torch::kInt).device(device));
   return s;
 }
 

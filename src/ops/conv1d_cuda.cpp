@@ -25,10 +25,6 @@ torch::Tensor empty_like_layout(const torch::Tensor& x) {
   return torch::empty(x.sizes(), x.options());
 }
 
-void maybe_poison(torch::Tensor& t) {
-  if (poison_outputs()) t.fill_(std::numeric_limits<float>::quiet_NaN());
-}
-
 kernels::CausalConv1dParams base_params(const torch::Tensor& x, const torch::Tensor& w2d,
                                         const torch::Tensor& bias_f, bool silu) {
   kernels::CausalConv1dParams p;
@@ -50,10 +46,6 @@ torch::Tensor weight_2d_f32(const torch::Tensor& weight) {
   return weight.reshape({weight.size(0), weight.size(-1)}).to(torch::kFloat).contiguous();
 }
 
-void check_launch(cudaError_t err, const char* what) {
-  TORCH_CHECK(err == cudaSuccess, what, " kernel launch failed: ", cudaGetErrorString(err));
-}
-
 class CausalConv1dFunction : public torch::autograd::Function<CausalConv1dFunction> {
  public:
   // bias is always defined here (zeros when the module has none; its grad is then dropped).
@@ -66,7 +58,7 @@ class CausalConv1dFunction : public torch::autograd::Function<CausalConv1dFuncti
     const auto w2d = weight_2d_f32(weight);
     const auto bias_f = bias.to(torch::kFloat).contiguous();
     auto out = empty_like_layout(x);
-    maybe_poison(out);
+    maybe_poison({out});
     auto p = base_params(x, w2d, bias_f, silu);
     p.out = out.data_ptr();
     p.out_batch_stride = out.stride(0);
@@ -89,7 +81,7 @@ class CausalConv1dFunction : public torch::autograd::Function<CausalConv1dFuncti
     const auto w2d = weight_2d_f32(weight);
     const auto bias_f = bias.to(torch::kFloat).contiguous();
     auto dx = empty_like_layout(x);
-    maybe_poison(dx);
+    maybe_poison({dx});
     auto dw = torch::zeros_like(w2d);
     auto db = torch::zeros_like(bias_f);
     auto p = base_params(x, w2d, bias_f, silu);
@@ -152,7 +144,7 @@ torch::Tensor causal_conv1d_update(const torch::Tensor& x, torch::Tensor& conv_s
   const auto w2d = weight.reshape({channels, width}).contiguous();
   const auto b = bias.defined() ? bias.to(weight.scalar_type()).contiguous() : torch::Tensor();
   auto out = torch::empty(x.sizes(), x.options());
-  maybe_poison(out);
+  maybe_poison({out});
   kernels::CausalConv1dUpdateParams p;
   p.batch = static_cast<int>(x.size(0));
   p.channels = static_cast<int>(channels);

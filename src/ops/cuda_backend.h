@@ -14,6 +14,9 @@
 
 #include <cstdint>
 #include <initializer_list>
+#include <limits>
+
+#include "aim/ops/dispatch.h"
 
 #include "ops/cuda_ns.h"
 #include "ssd_state_update.h"  // kernels::ElemType (the emulator's copy in its build)
@@ -62,6 +65,27 @@ inline kernels::ElemType elem_type(torch::ScalarType t) {
   return t == torch::kBFloat16 ? kernels::ElemType::kBFloat16 : kernels::ElemType::kFloat32;
 }
 inline kernels::ElemType elem_type(const torch::Tensor& t) { return elem_type(t.scalar_type()); }
+
+/// A parameter vector (a norm's weight, shift, scale) as the kernels read it: fp32 or bf16 as
+/// stored when contiguous (a bf16 model's step converts nothing), else a contiguous fp32 copy.
+inline torch::Tensor as_param(const torch::Tensor& t) {
+  if (!t.defined() || (kernel_dtype(t) && t.is_contiguous())) return t;
+  return t.to(torch::kFloat).contiguous();
+}
+
+/// Fills the defined outputs with NaN when AIM_POISON_OUTPUTS is on (aim/ops/dispatch.h), so
+/// that an element a kernel does not write fails the tests.
+inline void maybe_poison(std::initializer_list<torch::Tensor> outputs) {
+  if (!poison_outputs()) return;
+  for (auto t : outputs) {
+    if (t.defined()) t.fill_(std::numeric_limits<float>::quiet_NaN());
+  }
+}
+
+/// A failed launch as an error naming the op.
+inline void check_launch(cudaError_t err, const char* what) {
+  TORCH_CHECK(err == cudaSuccess, what, " kernel launch failed: ", cudaGetErrorString(err));
+}
 
 /// Whether autograd would record an op over these tensors (undefined ones count as not): the
 /// one-token kernels of sampling have no backward and leave such calls to the reference.

@@ -90,6 +90,11 @@ struct KernelTable {
                                     const torch::Tensor& Bm, const torch::Tensor& Cm,
                                     const torch::Tensor& D, const torch::Tensor& dt_bias,
                                     bool dt_softplus);
+  bool (*ssd_decode_step_supported)(const torch::Tensor& zxbcdt, const torch::Tensor& conv_state,
+                                    const torch::Tensor& ssm_state, const SsdDecodeWeights& w);
+  torch::Tensor (*ssd_decode_step)(const torch::Tensor& zxbcdt, torch::Tensor& conv_state,
+                                   torch::Tensor& ssm_state, const SsdDecodeWeights& w,
+                                   const torch::Tensor& arrivals);
 };
 
 /// The installed table when `t` is a CPU tensor and the CUDA kernels are enabled; else null.

@@ -22,13 +22,6 @@ using torch::autograd::tensor_list;
 
 constexpr int64_t kMaxGridY = 65535;
 
-// A parameter vector (weight, shift, scale) as the kernels read it: fp32 or bf16 as stored when
-// contiguous (a bf16 model's step converts nothing), else a contiguous fp32 copy.
-torch::Tensor as_param(const torch::Tensor& t) {
-  if (!t.defined() || (kernel_dtype(t) && t.is_contiguous())) return t;
-  return t.to(torch::kFloat).contiguous();
-}
-
 // shift and scale share one type in the kernels: fp32 copies of both when they differ.
 std::pair<torch::Tensor, torch::Tensor> as_modulation(const torch::Tensor& shift,
                                                       const torch::Tensor& scale) {
@@ -64,16 +57,6 @@ torch::Tensor as_rows(const torch::Tensor& t) {
 const void* ptr_or_null(const torch::Tensor& t) { return t.defined() ? t.data_ptr() : nullptr; }
 void* mut_ptr_or_null(torch::Tensor& t) { return t.defined() ? t.data_ptr() : nullptr; }
 
-void maybe_poison(std::initializer_list<torch::Tensor> outputs) {
-  if (!poison_outputs()) return;
-  for (auto t : outputs) {
-    if (t.defined()) t.fill_(std::numeric_limits<float>::quiet_NaN());
-  }
-}
-
-void check_launch(cudaError_t err, const char* what) {
-  TORCH_CHECK(err == cudaSuccess, what, " kernel launch failed: ", cudaGetErrorString(err));
-}
 
 int64_t type_code(torch::ScalarType t) { return static_cast<int64_t>(t); }
 torch::ScalarType type_of(const c10::IValue& v) { return static_cast<torch::ScalarType>(v.toInt()); }

@@ -38,16 +38,6 @@ const float* float_ptr(const torch::Tensor& t) {
 }
 float* mut_float_ptr(torch::Tensor& t) { return t.defined() ? t.data_ptr<float>() : nullptr; }
 
-void maybe_poison(std::initializer_list<torch::Tensor> outputs) {
-  if (!poison_outputs()) return;
-  for (auto t : outputs) {
-    if (t.defined()) t.fill_(std::numeric_limits<float>::quiet_NaN());
-  }
-}
-
-void check_launch(cudaError_t err, const char* what) {
-  TORCH_CHECK(err == cudaSuccess, what, " kernel launch failed: ", cudaGetErrorString(err));
-}
 
 // [B, E, L] of `dtype` in x's layout: channel-last when x is, else contiguous.
 torch::Tensor empty_like_layout(const torch::Tensor& x, torch::ScalarType dtype) {

@@ -4,8 +4,11 @@
 
 #include <torch/torch.h>
 
+#include "aim/ops/conv1d.h"
 #include "aim/ops/dispatch.h"
+#include "aim/ops/norms.h"
 #include "ops/kernel_table.h"
+#include "ops/ssd_decode_parts.h"
 #include "ops/ssd_scan_cpu.h"
 #ifdef AIM_WITH_CUDA
 #include "ops/ssd_scan_cuda.h"
@@ -111,6 +114,65 @@ torch::Tensor ssd_state_update(torch::Tensor& state, const torch::Tensor& x,
     return k->ssd_state_update(state, x, dt, A, Bm, Cm, D, dt_bias, dt_softplus);
   }
   return ref::ssd_state_update(state, x, dt, A, Bm, Cm, D, dt_bias, dt_softplus);
+}
+
+namespace detail {
+
+SsdDecodeShape check_ssd_decode_step(const torch::Tensor& zxbcdt, const torch::Tensor& conv_state,
+                                     const torch::Tensor& ssm_state, const SsdDecodeWeights& w) {
+  TORCH_CHECK(w.A.defined() && w.A.dim() == 1, "ssd_decode_step: A must be [H], got ",
+              w.A.defined() ? w.A.sizes() : torch::IntArrayRef{});
+  TORCH_CHECK(w.norm_weight.defined() && w.norm_weight.dim() == 1,
+              "ssd_decode_step: norm_weight must be [E]");
+  SsdDecodeShape s{};
+  s.heads = w.A.size(0);
+  s.inner = w.norm_weight.size(0);
+  TORCH_CHECK(s.heads >= 1 && s.inner % s.heads == 0, "ssd_decode_step: E = ", s.inner,
+              " (norm_weight) must be a multiple of H = ", s.heads, " (A)");
+  s.headdim = s.inner / s.heads;
+  TORCH_CHECK(conv_state.dim() == 3, "ssd_decode_step: conv_state must be [B, C, W], got ",
+              conv_state.sizes());
+  s.batch = conv_state.size(0);
+  s.conv_dim = conv_state.size(1);
+  TORCH_CHECK(w.ngroups >= 1 && s.heads % w.ngroups == 0 && s.conv_dim > s.inner &&
+                  (s.conv_dim - s.inner) % (2 * w.ngroups) == 0,
+              "ssd_decode_step: conv_state's C = ", s.conv_dim, " must be E + 2 G N with E = ",
+              s.inner, ", G = ", w.ngroups, " dividing H = ", s.heads);
+  s.dstate = (s.conv_dim - s.inner) / (2 * w.ngroups);
+  TORCH_CHECK(zxbcdt.dim() == 2 && zxbcdt.size(0) == s.batch &&
+                  zxbcdt.size(1) == s.inner + s.conv_dim + s.heads,
+              "ssd_decode_step: zxbcdt must be [", s.batch, ", ", s.inner + s.conv_dim + s.heads,
+              "] (z | x B C | dt), got ", zxbcdt.sizes());
+  TORCH_CHECK(ssm_state.dim() == 4 && ssm_state.size(0) == s.batch &&
+                  ssm_state.size(1) == s.heads && ssm_state.size(2) == s.headdim &&
+                  ssm_state.size(3) == s.dstate,
+              "ssd_decode_step: ssm_state must be [", s.batch, ", ", s.heads, ", ", s.headdim,
+              ", ", s.dstate, "], got ", ssm_state.sizes());
+  TORCH_CHECK(w.norm_group_size >= 1 && s.inner % w.norm_group_size == 0,
+              "ssd_decode_step: norm_group_size ", w.norm_group_size, " must divide E = ",
+              s.inner);
+  return s;
+}
+
+}  // namespace detail
+
+torch::Tensor ssd_decode_step(const torch::Tensor& zxbcdt, torch::Tensor& conv_state,
+                              torch::Tensor& ssm_state, const SsdDecodeWeights& w,
+                              const torch::Tensor& arrivals) {
+  detail::check_ssd_decode_step(zxbcdt, conv_state, ssm_state, w);
+#ifdef AIM_WITH_CUDA
+  if (zxbcdt.is_cuda() && cuda_kernels_enabled() &&
+      cuda::ssd_decode_step_supported(zxbcdt, conv_state, ssm_state, w)) {
+    return cuda::ssd_decode_step(zxbcdt, conv_state, ssm_state, w, arrivals);
+  }
+#endif
+  if (const auto* k = emulated_kernels_for(zxbcdt);
+      k && k->ssd_decode_step_supported(zxbcdt, conv_state, ssm_state, w)) {
+    return k->ssd_decode_step(zxbcdt, conv_state, ssm_state, w, arrivals);
+  }
+  // The three ops, each through its own dispatch.
+  return detail::ssd_decode_step_parts(zxbcdt, conv_state, ssm_state, w, ops::causal_conv1d_update,
+                                       ops::ssd_state_update, ops::gated_rms_norm);
 }
 
 }  // namespace aim::ops

@@ -15,6 +15,7 @@
 #include "aim/ops/dispatch.h"
 #include "ssd_scan.h"
 #include "ssd_state_update.h"
+#include "ssd_step.h"
 
 namespace aim::ops::AIM_OPS_CUDA_NS {
 
@@ -71,9 +72,7 @@ torch::Tensor ssd_state_update(torch::Tensor& state, const torch::Tensor& x,
   p.dt_softplus = dt_softplus;
   p.d_per_channel = d_f.defined() && d_f.dim() == 2;
   // x's row stride must be 1 within a head: checked by ssd_state_update_supported.
-  const cudaError_t err = kernels::ssd_state_update_cuda(p, elem_type(x), current_stream());
-  TORCH_CHECK(err == cudaSuccess, "ssd_state_update kernel launch failed: ",
-              cudaGetErrorString(err));
+  check_launch(kernels::ssd_state_update_cuda(p, elem_type(x), current_stream()), "ssd_state_update");
   return y;
 }
 
@@ -96,16 +95,6 @@ bool on_device_of(const torch::Tensor& t, const torch::Tensor& x) {
   return !t.defined() || t.device() == x.device();
 }
 
-void maybe_poison(std::initializer_list<torch::Tensor> outputs) {
-  if (!poison_outputs()) return;
-  for (auto t : outputs) {
-    if (t.defined()) t.fill_(std::numeric_limits<float>::quiet_NaN());
-  }
-}
-
-void check_launch(cudaError_t err, const char* what) {
-  TORCH_CHECK(err == cudaSuccess, what, " kernel launch failed: ", cudaGetErrorString(err));
-}
 
 kernels::SsdScanTiling tiling_for(const torch::Tensor& x, const torch::Tensor& Bm) {
   return kernels::ssd_scan_tiling(static_cast<int>(x.size(1)), static_cast<int>(x.size(3)),
@@ -322,6 +311,86 @@ SsdScanResult ssd_scan(const torch::Tensor& x, const torch::Tensor& dt, const to
   result.y = outs[0];
   if (return_final_state) result.final_state = outs[1];
   return result;
+}
+
+// ---------------------------------------------------------------- fused one-token step
+
+bool ssd_decode_step_supported(const torch::Tensor& zxbcdt, const torch::Tensor& conv_state,
+                               const torch::Tensor& ssm_state, const SsdDecodeWeights& w) {
+  const auto& x = zxbcdt;
+  if (!on_kernel_device(x) || !kernel_dtype(x) || x.stride(1) != 1 || !kernel_dtype(conv_state) ||
+      !kernel_dtype(ssm_state) || !ssm_state.is_contiguous() || !kernel_dtype(w.conv_weight) ||
+      (w.conv_bias.defined() && !kernel_dtype(w.conv_bias)) || !kernel_dtype(w.norm_weight)) {
+    return false;
+  }
+  for (const auto* t : {&conv_state, &ssm_state, &w.conv_weight, &w.conv_bias, &w.A, &w.D,
+                        &w.dt_bias, &w.norm_weight}) {
+    if (!on_device_of(*t, x)) return false;
+  }
+  const int64_t batch = conv_state.size(0), width = conv_state.size(2);
+  const int64_t headdim = ssm_state.size(2), dstate = ssm_state.size(3);
+  return batch <= kMaxGridDim && width >= 1 && width <= kernels::kSsdStepMaxWidth &&
+         (width == 1 || conv_state.stride(2) == 1) && w.conv_weight.numel() == conv_state.size(1) * width &&
+         headdim <= kernels::kSsdStepMaxHeaddim && dstate <= kernels::kSsdStepMaxDstate &&
+         w.A.size(0) * kernels::kSsdStepMaxHeaddim <= std::numeric_limits<int>::max() &&
+         !tracks_grad({&zxbcdt, &w.conv_weight, &w.conv_bias, &w.A, &w.D, &w.dt_bias,
+                       &w.norm_weight});
+}
+
+torch::Tensor ssd_decode_step(const torch::Tensor& zxbcdt, torch::Tensor& conv_state,
+                              torch::Tensor& ssm_state, const SsdDecodeWeights& w,
+                              const torch::Tensor& arrivals) {
+  DeviceGuard guard(zxbcdt.device());
+  const int64_t batch = conv_state.size(0), conv_dim = conv_state.size(1);
+  const int64_t width = conv_state.size(2), heads = w.A.size(0), inner = w.norm_weight.size(0);
+  // Conv weight [C, 1, W] viewed as [C, W]; a bias of another type brought to the weight's.
+  const auto conv_w = w.conv_weight.reshape({conv_dim, width}).contiguous();
+  const auto conv_b =
+      w.conv_bias.defined() ? w.conv_bias.to(conv_w.scalar_type()).contiguous() : torch::Tensor();
+  const auto a_f = as_float(w.A), d_f = as_float(w.D), bias_f = as_float(w.dt_bias);
+  const auto norm_w = as_param(w.norm_weight);
+  auto counters = arrivals;
+  if (!counters.defined() || counters.scalar_type() != torch::kInt || !counters.is_contiguous() ||
+      counters.numel() < batch || counters.device() != zxbcdt.device()) {
+    counters = torch::zeros({batch}, zxbcdt.options().dtype(torch::kInt));
+  }
+  auto out = torch::empty({batch, inner}, zxbcdt.options());
+  maybe_poison({out});
+
+  kernels::SsdStepParams p;
+  p.batch = static_cast<int>(batch);
+  p.nheads = static_cast<int>(heads);
+  p.headdim = static_cast<int>(ssm_state.size(2));
+  p.dstate = static_cast<int>(ssm_state.size(3));
+  p.ngroups = static_cast<int>(w.ngroups);
+  p.width = static_cast<int>(width);
+  p.norm_group_size = static_cast<int>(w.norm_group_size);
+  p.z = zxbcdt.data_ptr();
+  p.xbc = zxbcdt.narrow(1, inner, conv_dim).data_ptr();
+  p.dt = zxbcdt.narrow(1, inner + conv_dim, heads).data_ptr();
+  p.z_batch_stride = p.xbc_batch_stride = p.dt_batch_stride = zxbcdt.stride(0);
+  p.conv_state = conv_state.data_ptr();
+  p.conv_state_batch_stride = conv_state.stride(0);
+  p.conv_state_c_stride = conv_state.stride(1);
+  p.conv_state_type = elem_type(conv_state);
+  p.conv_weight = conv_w.data_ptr();
+  p.conv_bias = conv_b.defined() ? conv_b.data_ptr() : nullptr;
+  p.conv_weight_type = elem_type(conv_w);
+  p.ssm_state = ssm_state.data_ptr();
+  p.ssm_state_type = elem_type(ssm_state);
+  p.A = a_f.data_ptr<float>();
+  p.D = d_f.defined() ? d_f.data_ptr<float>() : nullptr;
+  p.dt_bias = bias_f.defined() ? bias_f.data_ptr<float>() : nullptr;
+  p.d_per_channel = d_f.defined() && d_f.dim() == 2;
+  p.dt_softplus = true;
+  p.norm_weight = norm_w.data_ptr();
+  p.norm_weight_type = elem_type(norm_w);
+  p.eps = static_cast<float>(w.eps);
+  p.norm_before_gate = w.norm_before_gate;
+  p.out = out.data_ptr();
+  p.arrivals = reinterpret_cast<unsigned*>(counters.data_ptr<int32_t>());
+  check_launch(kernels::ssd_step_cuda(p, elem_type(zxbcdt), current_stream()), "ssd_decode_step");
+  return out;
 }
 
 }  // namespace aim::ops::AIM_OPS_CUDA_NS

@@ -33,4 +33,14 @@ torch::Tensor ssd_state_update(torch::Tensor& state, const torch::Tensor& x,
                                const torch::Tensor& D, const torch::Tensor& dt_bias,
                                bool dt_softplus);
 
+/// Whether the fused step kernel handles these tensors (dtypes, layouts, P and N <= 256, conv
+/// width <= 8, no gradient asked); otherwise ops::ssd_decode_step runs its three ops.
+bool ssd_decode_step_supported(const torch::Tensor& zxbcdt, const torch::Tensor& conv_state,
+                               const torch::Tensor& ssm_state, const SsdDecodeWeights& w);
+
+/// ops::ssd_decode_step on the fused kernel (arguments checked by the op).
+torch::Tensor ssd_decode_step(const torch::Tensor& zxbcdt, torch::Tensor& conv_state,
+                              torch::Tensor& ssm_state, const SsdDecodeWeights& w,
+                              const torch::Tensor& arrivals);
+
 }  // namespace aim::ops::AIM_OPS_CUDA_NS

@@ -10,7 +10,10 @@
 // triangle overflows fp32 and its backward would give NaN.
 #include <torch/torch.h>
 
+#include "aim/ops/conv1d.h"
+#include "aim/ops/norms.h"
 #include "aim/ops/ssd_scan.h"
+#include "ops/ssd_decode_parts.h"
 
 namespace aim::ops::ref {
 
@@ -156,6 +159,12 @@ torch::Tensor ssd_state_update(torch::Tensor& state, const torch::Tensor& x,
   auto [y, next] = ssd_step(state, x, dt, A, Bm, Cm, D, dt_bias, dt_softplus);
   state.copy_(next);
   return y;
+}
+
+torch::Tensor ssd_decode_step(const torch::Tensor& zxbcdt, torch::Tensor& conv_state,
+                              torch::Tensor& ssm_state, const SsdDecodeWeights& w) {
+  return detail::ssd_decode_step_parts(zxbcdt, conv_state, ssm_state, w, ref::causal_conv1d_update,
+                                       ref::ssd_state_update, ref::gated_rms_norm);
 }
 
 }  // namespace aim::ops::ref

@@ -40,6 +40,8 @@ const ops::KernelTable kEmulated{
     k::ssd_scan,
     k::ssd_state_update_supported,
     k::ssd_state_update,
+    k::ssd_decode_step_supported,
+    k::ssd_decode_step,
 };
 
 class EmulatedKernels : public ::testing::Environment {

@@ -52,11 +52,12 @@ TEST_P(EmulatedModel, TrainingAndDecodingRunThroughTheKernelsWhenOn) {
                 static_cast<unsigned long long>(decoding));
     if (on) {
       EXPECT_GT(training, 0u);
-      // Every op of a decode step that has a kernel goes through it: per layer the block norm,
-      // the conv update, the state update and (Mamba2) the gated norm; then norm_f and the final
-      // layer's norm + modulate. A path falling back to the reference shows here.
+      // Every op of a decode step that has a kernel goes through it: per layer the block norm
+      // and, for Mamba2 with its gated norm, the fused step (conv update, state update, gated
+      // norm in one launch); otherwise the conv update and the state update. Then norm_f and
+      // the final layer's norm + modulate. A path falling back to the reference shows here.
       const auto& cfg = m->config;
-      const uint64_t per_layer = cfg.ssm.layer == "Mamba2" ? (cfg.ssm.rmsnorm ? 4 : 3) : 3;
+      const uint64_t per_layer = cfg.ssm.layer == "Mamba2" && cfg.ssm.rmsnorm ? 2 : 3;
       EXPECT_EQ(decoding, 2 * (static_cast<uint64_t>(cfg.n_layer) * per_layer + 2));
     } else {
       EXPECT_EQ(training + decoding, 0u);

@@ -5,13 +5,16 @@
 // headdim 32 / 96 / 128, D per head, per channel or none, no dt_bias, no softplus, an initial
 // state) and on one AiM-shaped mixer with fewer heads. The one-token update kernel
 // (kernels/ssd_state_update_kernel.cuh), fed a sequence token by token through its adapter,
-// gives the reference scan's y and final state.
+// gives the reference scan's y and final state. The fused step (kernels/ssd_step.cu: conv
+// update, state update and gated norm in one launch, the last block of each sequence finishing
+// it) equals the three reference ops, with its heads split over blocks and whole.
 #include <gtest/gtest.h>
 #include <torch/torch.h>
 
 #include "aim/ops/ssd_scan.h"
 #include "emu_test_util.h"
 #include "ops/ssd_cases.h"
+#include "ops/ssd_step_cases.h"
 #include "ops/ssd_scan_cuda.h"
 
 namespace aim {
@@ -118,6 +121,46 @@ std::vector<SsdCase> step_cases() {
 }
 
 INSTANTIATE_TEST_SUITE_P(Shapes, SsdStateUpdateEmu, ::testing::ValuesIn(step_cases()),
+                         [](const auto& info) { return test::case_name(info.param); });
+
+// ---------------------------------------------------------------- fused one-token step
+
+class SsdDecodeStepEmu : public emu_t::EmulatedKernelTest<::testing::TestWithParam<test::SsdStepCase>> {
+ protected:
+  void TearDown() override {
+    ::emu::device().sm_count = sms_;
+    EmulatedKernelTest::TearDown();
+  }
+  int sms_ = ::emu::device().sm_count;
+};
+
+// In the forward schedule the sequence's last block is its highest; in the reverse one its
+// first: both finish the row.
+TEST_P(SsdDecodeStepEmu, FusedStepEqualsTheThreeReferenceOps) {
+  const auto c = GetParam();
+  if (c.sms > 0) ::emu::device().sm_count = c.sms;
+  const uint64_t launches = ::emu::launch_count();
+  test::check_ssd_decode_step(c, torch::kCPU,
+                              [](const torch::Tensor& zxbcdt, torch::Tensor& conv_state,
+                                 torch::Tensor& ssm_state, const ops::SsdDecodeWeights& w,
+                                 const torch::Tensor& arrivals) {
+                                EXPECT_TRUE(ops::cuda_emu::ssd_decode_step_supported(zxbcdt, conv_state,
+                                                                                    ssm_state, w));
+                                return ops::cuda_emu::ssd_decode_step(zxbcdt, conv_state, ssm_state, w,
+                                                                      arrivals);
+                              });
+  EXPECT_EQ(::emu::launch_count() - launches, 4u) << "one launch per step";
+}
+
+std::vector<test::SsdStepCase> decode_step_cases() {
+  std::vector<test::SsdStepCase> out;
+  for (const auto& c : test::ssd_step_cases()) {
+    if (!c.gpu_only) out.push_back(c);
+  }
+  return out;
+}
+
+INSTANTIATE_TEST_SUITE_P(Shapes, SsdDecodeStepEmu, ::testing::ValuesIn(decode_step_cases()),
                          [](const auto& info) { return test::case_name(info.param); });
 
 }  // namespace

@@ -21,6 +21,7 @@
 #include "aim/ops/dispatch.h"
 #include "aim/ops/ssd_scan.h"
 #include "ops/ssd_cases.h"
+#include "ops/ssd_step_cases.h"
 #include "test_util.h"
 
 namespace aim {
@@ -81,6 +82,24 @@ TEST(SsdScanCudaDispatch, InitialStateRequiringGradIsRefused) {
     EXPECT_NE(std::string(e.what()).find("initial_state"), std::string::npos) << e.what();
   }
 }
+
+// ---------------------------------------------------------------- fused one-token step
+
+// ops::ssd_decode_step through dispatch on CUDA tensors (the fused kernel) against the three
+// reference ops (test::check_ssd_decode_step; the full AiM-L mixer included).
+class SsdDecodeStepCuda : public test::CudaKernelTest<::testing::TestWithParam<test::SsdStepCase>> {};
+
+TEST_P(SsdDecodeStepCuda, FusedStepEqualsTheThreeReferenceOps) {
+  test::check_ssd_decode_step(GetParam(), torch::kCUDA,
+                              [](const torch::Tensor& zxbcdt, torch::Tensor& conv_state,
+                                 torch::Tensor& ssm_state, const ops::SsdDecodeWeights& w,
+                                 const torch::Tensor& arrivals) {
+                                return ops::ssd_decode_step(zxbcdt, conv_state, ssm_state, w, arrivals);
+                              });
+}
+
+INSTANTIATE_TEST_SUITE_P(Shapes, SsdDecodeStepCuda, ::testing::ValuesIn(test::ssd_step_cases()),
+                         [](const auto& info) { return test::case_name(info.param); });
 
 }  // namespace
 }  // namespace aim

@@ -7,6 +7,7 @@
 
 #include "aim/ops/dispatch.h"
 #include "aim/ops/ssd_scan.h"
+#include "ops/ssd_step_cases.h"
 #include "test_util.h"
 
 namespace aim {
@@ -204,6 +205,48 @@ TEST_P(SsdStateUpdate, OpMatchesReferenceAndTeacherForcedScan) {
 
 INSTANTIATE_TEST_SUITE_P(Devices, SsdStateUpdate, ::testing::ValuesIn(test::device_dtypes()),
                          [](const auto& info) { return test::param_name(info.param); });
+
+// ssd_decode_step where the fused kernel does not run (the CPU; a GPU when AIM_CUDA_KERNELS=0):
+// its three ops through their own dispatch, the same as the reference within the tolerances.
+// The GPU and emulated tests check the fused kernel (test::check_ssd_decode_step).
+TEST(SsdDecodeStep, ThreeOpsOnTheCpuEqualTheReference) {
+  for (const auto& c : test::ssd_step_cases()) {
+    if (c.gpu_only) continue;
+    SCOPED_TRACE(test::case_name(c));
+    test::check_ssd_decode_step(c, torch::kCPU, [](const torch::Tensor& zxbcdt, torch::Tensor& conv_state,
+                                                   torch::Tensor& ssm_state, const ops::SsdDecodeWeights& w,
+                                                   const torch::Tensor& arrivals) {
+      return ops::ssd_decode_step(zxbcdt, conv_state, ssm_state, w, arrivals);
+    });
+  }
+}
+
+// Shapes that do not fit are errors naming the argument and both shapes.
+TEST(SsdDecodeStep, MismatchedShapesAreErrorsThatSaySo) {
+  ops::SsdDecodeWeights w;
+  w.conv_weight = torch::randn({48, 1, 4});
+  w.A = -torch::rand({2});
+  w.norm_weight = torch::ones({32});
+  w.ngroups = 1;
+  w.norm_group_size = 32;
+  auto conv = torch::zeros({2, 48, 4}), ssm = torch::zeros({2, 2, 16, 8});
+  auto message = [&](const torch::Tensor& zxbcdt, torch::Tensor& s) {
+    try {
+      ops::ssd_decode_step(zxbcdt, conv, s, w);
+    } catch (const c10::Error& e) {
+      return std::string(e.what());
+    }
+    return std::string();
+  };
+  EXPECT_NO_THROW(ops::ssd_decode_step(torch::randn({2, 82}), conv, ssm, w));
+  EXPECT_NE(message(torch::randn({2, 80}), ssm).find("zxbcdt must be [2, 82]"), std::string::npos);
+  auto bad_state = torch::zeros({2, 2, 16, 4});
+  EXPECT_NE(message(torch::randn({2, 82}), bad_state).find("ssm_state must be [2, 2, 16, 8]"),
+            std::string::npos);
+  w.norm_group_size = 5;
+  EXPECT_NE(message(torch::randn({2, 82}), ssm).find("norm_group_size 5 must divide E = 32"),
+            std::string::npos);
+}
 
 }  // namespace
 }  // namespace aim

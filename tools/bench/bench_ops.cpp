@@ -251,6 +251,45 @@ int main(int argc, char** argv) {
                       false});
     }
 
+    // Mamba2's one-token step of sampling at 32 sequences (16 images with guidance): the state
+    // update alone, then conv update + state update + gated norm fused in one launch and as the
+    // three kernels one after the other. Bytes: the fp32 ssm and conv states read and written,
+    // the in_proj row read, y (or the normed output) written.
+    const int64_t Bd = 32, Ed = H * P;
+    auto dzx = torch::randn({Bd, Ed + conv_dim + H}, opts);
+    dzx.narrow(1, Ed + conv_dim, H).mul_(0.5);
+    auto dconv = torch::randn({Bd, conv_dim, width}, fopts);
+    auto dssm = torch::randn({Bd, H, P, N}, fopts);
+    aim::ops::SsdDecodeWeights dw{w.detach().to(dtype), bias.detach().to(dtype), sA.detach(),
+                                  sD.detach(), (torch::rand({H}, fopts) * 3 - 6), torch::ones({Ed}, opts),
+                                  G, Ed / G, 1e-5, false};
+    auto arrivals = torch::zeros({Bd}, torch::dtype(torch::kInt).device(g_device));
+    const double state_rw = 2.0 * Bd * H * P * N * 4;
+    const double step_bytes = state_rw + 2.0 * Bd * conv_dim * width * 4 +
+                              Bd * (Ed + conv_dim + H) * elem + Bd * Ed * elem;
+    auto dx = dzx.narrow(1, Ed, Ed).reshape({Bd, H, P}), ddt = dzx.narrow(1, Ed + conv_dim, H);
+    auto dB = dzx.narrow(1, 2 * Ed, G * N).reshape({Bd, G, N});
+    auto dC = dzx.narrow(1, 2 * Ed + G * N, G * N).reshape({Bd, G, N});
+    rows.push_back({"ssd_state_update (B=32)", state_rw + 2.0 * Bd * Ed * elem, [&] {
+                      torch::NoGradGuard ng_guard;
+                      aim::ops::ssd_state_update(dssm, dx, ddt, dw.A, dB, dC, dw.D, dw.dt_bias, true);
+                    }});
+    rows.push_back({"ssd_decode_step (B=32)", step_bytes, [&] {
+                      torch::NoGradGuard ng_guard;
+                      aim::ops::ssd_decode_step(dzx, dconv, dssm, dw, arrivals);
+                    }});
+    rows.push_back({"ssd_decode_step, 3 kernels (B=32)", step_bytes, [&] {
+                      torch::NoGradGuard ng_guard;
+                      auto xbc = aim::ops::causal_conv1d_update(dzx.narrow(1, Ed, conv_dim), dconv,
+                                                                dw.conv_weight, dw.conv_bias, true);
+                      auto y = aim::ops::ssd_state_update(
+                          dssm, xbc.narrow(1, 0, Ed).reshape({Bd, H, P}), ddt, dw.A,
+                          xbc.narrow(1, Ed, G * N).reshape({Bd, G, N}),
+                          xbc.narrow(1, Ed + G * N, G * N).reshape({Bd, G, N}), dw.D, dw.dt_bias, true);
+                      aim::ops::gated_rms_norm(y.reshape({Bd, Ed}), dzx.narrow(1, 0, Ed), dw.norm_weight,
+                                               dw.norm_group_size, 1e-5, false);
+                    }});
+
     // Mamba1's selective scan at the shapes of a Mamba1 AiM of this width (E = 2 D, N = 16, as
     // the mixer calls it: u, delta, z [B, E, L]; B, C [B, N, L]), forward and forward + backward;
     // bytes: u, delta, z, B, C read and y written (forward), plus dy read and five gradients

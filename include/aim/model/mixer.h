@@ -15,6 +15,9 @@ struct MixerState {
   /// allocate_state on the state's device, so that a generated token launches no conversion or
   /// exp for them. Undefined: step derives them from the parameters.
   torch::Tensor A, D, dt_bias;
+  /// int32 [B] zeros: the per-sequence counters of Mamba2's fused step kernel
+  /// (ops::ssd_decode_step), which leaves them at zero. Undefined: made per step.
+  torch::Tensor arrivals;
 };
 
 class MixerImpl : public torch::nn::Module {

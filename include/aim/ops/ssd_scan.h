@@ -36,6 +36,32 @@ torch::Tensor ssd_state_update(torch::Tensor& state, const torch::Tensor& x,
                                const torch::Tensor& D, const torch::Tensor& dt_bias,
                                bool dt_softplus);
 
+/// The parameters of Mamba2's one-token step (ssd_decode_step): what the mixer holds.
+struct SsdDecodeWeights {
+  torch::Tensor conv_weight;    ///< [C, 1, W] or [C, W], C = E + 2GN
+  torch::Tensor conv_bias;      ///< [C] or undefined
+  torch::Tensor A;              ///< [H]
+  torch::Tensor D;              ///< [H], [H, P] or undefined
+  torch::Tensor dt_bias;        ///< [H] or undefined
+  torch::Tensor norm_weight;    ///< [E], the gated RMSNorm's
+  int64_t ngroups = 1;          ///< G, the groups of B and C
+  int64_t norm_group_size = 0;  ///< channels per gated-norm group (divides E)
+  double eps = 1e-5;
+  bool norm_before_gate = false;
+};
+
+/// Mamba2's step between in_proj and out_proj for one token (dt through softplus):
+///   xBC = causal_conv1d_update(x B C of zxbcdt, conv_state, conv_weight, conv_bias, SiLU)
+///   y   = ssd_state_update(ssm_state, x, dt, A, B, C, D, dt_bias)
+///   out = gated_rms_norm(y, z, norm_weight, norm_group_size, eps, norm_before_gate)
+/// zxbcdt [B, E + C + H] is the in_proj output (z | x B C | dt); conv_state [B, C, W] and
+/// ssm_state [B, H, P, N] are updated in place. Returns out [B, E] in zxbcdt's dtype. On CUDA one
+/// kernel does all three; `arrivals` (int32 [B], zeros, left at zero; a decoding state keeps one)
+/// is its per-sequence counter, made for the call when undefined. Elsewhere the three ops run.
+torch::Tensor ssd_decode_step(const torch::Tensor& zxbcdt, torch::Tensor& conv_state,
+                              torch::Tensor& ssm_state, const SsdDecodeWeights& w,
+                              const torch::Tensor& arrivals = {});
+
 namespace ref {
 SsdScanResult ssd_scan(const torch::Tensor& x, const torch::Tensor& dt, const torch::Tensor& A,
                        const torch::Tensor& Bm, const torch::Tensor& Cm, const torch::Tensor& D,
@@ -52,6 +78,9 @@ torch::Tensor ssd_state_update(torch::Tensor& state, const torch::Tensor& x,
                                const torch::Tensor& Bm, const torch::Tensor& Cm,
                                const torch::Tensor& D, const torch::Tensor& dt_bias,
                                bool dt_softplus);
+/// The three reference ops of ssd_decode_step, one after the other.
+torch::Tensor ssd_decode_step(const torch::Tensor& zxbcdt, torch::Tensor& conv_state,
+                              torch::Tensor& ssm_state, const SsdDecodeWeights& w);
 }  // namespace ref
 
 }  // namespace aim::ops

@@ -258,6 +258,14 @@ inline T atomicAdd(T* p, typename emu_same_type<T>::type v) {
   return old;
 }
 
+// Memory ordering: blocks run one after another, so a fence orders nothing that is not already
+// ordered, and a load past L1 is a load.
+inline void __threadfence() {}
+template <typename T>
+inline T __ldcg(const T* p) {
+  return *p;
+}
+
 // ---------------------------------------------------------------- math intrinsics
 // The GPU's fast-math versions differ from these in the last bits; the tests' tolerances are
 // the ones stated for the device.

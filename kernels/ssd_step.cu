@@ -1,0 +1,255 @@
+// Mamba2's one-token step between in_proj and out_proj, in one launch (decoding):
+//
+//   xBC  = silu(conv(window shifted by one, xBC_in))     per channel of x, B and C
+//   dt'  = softplus(dt + dt_bias),  s = exp(dt' A) s + dt' x B,  y = <s, C> + D x
+//   out  = gated_rms_norm(y, z)                          over groups of norm_group_size channels
+//
+// the same math, rounding points and order as the three kernels it replaces
+// (causal_conv1d_update, ssd_state_update, gated_rms_norm): the conv output is rounded to the
+// element type before the state update reads it, y before the norm reads it.
+//
+// Grid (H * splits, B): block (h, s) owns rows [s R, (s + 1) R) of head h's state (R = P /
+// splits), the conv windows of those x channels, and computes the conv of its group's B and C
+// itself (2N channels, from L2; cheaper than a launch). The conv windows of B and C are shared
+// by every block of the sequence, so they are shifted only after all of them have read them, and
+// the norm needs every head's y: each block writes y (in T) into `out`, then counts itself in
+// with an atomic on the sequence's counter; the last block to arrive shifts the B/C windows,
+// normalises the whole row in place (reading y and z again from L2, in a fixed order, so the
+// result does not depend on which block was last) and resets the counter. No block waits for
+// another.
+#include <cuda_bf16.h>
+
+#include "ssd_state_update_kernel.cuh"  // load_as_float, store_from_float
+#include "ssd_step.h"
+
+namespace aim::kernels {
+
+namespace {
+
+constexpr int kWarps = 4;
+constexpr int kThreads = 32 * kWarps;
+constexpr int kMinRows = 16;  // rows per block when a head is split (B/C conv is per block)
+
+__device__ __forceinline__ float load_elem(const void* base, ElemType t, int64_t i) {
+  return t == ElemType::kBFloat16 ? __bfloat162float(static_cast<const __nv_bfloat16*>(base)[i])
+                                  : static_cast<const float*>(base)[i];
+}
+__device__ __forceinline__ void store_elem(void* base, ElemType t, int64_t i, float v) {
+  if (t == ElemType::kBFloat16) {
+    static_cast<__nv_bfloat16*>(base)[i] = __float2bfloat16(v);
+  } else {
+    static_cast<float*>(base)[i] = v;
+  }
+}
+__device__ __forceinline__ float round_elem(ElemType t, float v) {
+  return t == ElemType::kBFloat16 ? __bfloat162float(__float2bfloat16(v)) : v;
+}
+template <typename T>
+__device__ __forceinline__ float round_to(float v) {
+  T r;
+  store_from_float(&r, v);
+  return load_as_float(&r);
+}
+// A load that bypasses L1: for what other blocks of the launch wrote.
+template <typename T>
+__device__ __forceinline__ float load_cg(const T* p) {
+  const T v = __ldcg(p);
+  return load_as_float(&v);
+}
+__device__ __forceinline__ float sigmoid(float v) { return 1.0f / (1.0f + __expf(-v)); }
+
+// Sum over the block, the same bits in every thread (warp sums added in warp order). Every
+// thread calls it; `scratch` may be reused by the next call.
+__device__ float block_sum(float v, float* scratch) {
+#pragma unroll
+  for (int offset = 16; offset > 0; offset /= 2) v += __shfl_xor_sync(0xffffffffu, v, offset);
+  __syncthreads();  // the previous call's readers are done with scratch
+  if (threadIdx.x % 32 == 0) scratch[threadIdx.x / 32] = v;
+  __syncthreads();
+  float total = 0.f;
+  for (int w = 0; w < kWarps; ++w) total += scratch[w];
+  return total;
+}
+
+// The incoming value of channel c, rounded to the conv state's type (it is stored there, and
+// the sum reads it from there, as in causal_conv1d_update).
+template <typename T>
+__device__ __forceinline__ float conv_incoming(const SsdStepParams& p, int b, int64_t c) {
+  return round_elem(p.conv_state_type,
+                    load_as_float(static_cast<const T*>(p.xbc) + b * p.xbc_batch_stride + c));
+}
+
+// Channel c's conv output (SiLU, rounded to T) from its current window and the incoming value.
+template <typename T>
+__device__ float conv_channel(const SsdStepParams& p, int b, int64_t c, float incoming) {
+  const int64_t window = b * p.conv_state_batch_stride + c * p.conv_state_c_stride;
+  float acc = 0.f;
+#pragma unroll
+  for (int k = 0; k < kSsdStepMaxWidth; ++k) {
+    if (k < p.width) {
+      const float v = k + 1 < p.width ? load_elem(p.conv_state, p.conv_state_type, window + k + 1)
+                                      : incoming;
+      acc += load_elem(p.conv_weight, p.conv_weight_type, c * p.width + k) * v;
+    }
+  }
+  if (p.conv_bias != nullptr) acc += load_elem(p.conv_bias, p.conv_weight_type, c);
+  return round_to<T>(acc * sigmoid(acc));
+}
+
+// Shifts channel c's window left by one and appends the incoming value (stored values are
+// copied as they are).
+__device__ __forceinline__ void conv_shift(const SsdStepParams& p, int b, int64_t c, float incoming) {
+  const int64_t window = b * p.conv_state_batch_stride + c * p.conv_state_c_stride;
+  for (int k = 0; k + 1 < p.width; ++k) {
+    store_elem(p.conv_state, p.conv_state_type, window + k,
+               load_elem(p.conv_state, p.conv_state_type, window + k + 1));
+  }
+  store_elem(p.conv_state, p.conv_state_type, window + p.width - 1, incoming);
+}
+
+template <typename T, typename S>
+__global__ void __launch_bounds__(kThreads) ssd_step_kernel(SsdStepParams p) {
+  __shared__ float xs[kSsdStepMaxHeaddim];
+  __shared__ float bc[2 * kSsdStepMaxDstate];
+  __shared__ float scratch[kWarps];
+  __shared__ unsigned last;
+  const int b = blockIdx.y;
+  const int splits = gridDim.x / p.nheads;
+  const int h = blockIdx.x / splits;
+  const int rows = p.headdim / splits, p0 = (blockIdx.x % splits) * rows;
+  const int64_t E = int64_t(p.nheads) * p.headdim;
+  const int64_t gn = int64_t(p.ngroups) * p.dstate;
+  const int g = h / (p.nheads / p.ngroups);
+  const int N = p.dstate;
+
+  // The conv of this block's x channels (their windows are this block's alone) and of its
+  // group's B and C channels (shared: shifted by the last block).
+  for (int i = threadIdx.x; i < rows + 2 * N; i += blockDim.x) {
+    const int64_t c = i < rows       ? int64_t(h) * p.headdim + p0 + i
+                      : i < rows + N ? E + int64_t(g) * N + (i - rows)
+                                     : E + gn + int64_t(g) * N + (i - rows - N);
+    const float incoming = conv_incoming<T>(p, b, c);
+    const float v = conv_channel<T>(p, b, c, incoming);
+    if (i < rows) {
+      xs[i] = v;
+      conv_shift(p, b, c, incoming);
+    } else {
+      bc[i - rows] = v;
+    }
+  }
+  __syncthreads();
+
+  // The state update of rows [p0, p0 + rows): one warp per row, lanes over N (as
+  // ssd_state_update_kernel); y rounded to T into `out`.
+  float dt = load_as_float(static_cast<const T*>(p.dt) + b * p.dt_batch_stride + h);
+  if (p.dt_bias != nullptr) dt += p.dt_bias[h];
+  if (p.dt_softplus) dt = dt <= 20.f ? log1pf(expf(dt)) : dt;
+  const float decay = expf(dt * p.A[h]);
+  T* out = static_cast<T*>(p.out) + b * E;
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  for (int r = warp; r < rows; r += kWarps) {
+    const int row = p0 + r;
+    const float x = xs[r], dtx = dt * x;
+    S* s = static_cast<S*>(p.ssm_state) +
+           ((int64_t(b) * p.nheads + h) * p.headdim + row) * p.dstate;
+    float acc = 0.f;
+    for (int n = lane; n < N; n += 32) {
+      const float next = load_as_float(s + n) * decay + dtx * bc[n];
+      store_from_float(s + n, next);
+      acc += next * bc[N + n];
+    }
+#pragma unroll
+    for (int offset = 16; offset > 0; offset /= 2) acc += __shfl_xor_sync(0xffffffffu, acc, offset);
+    if (lane == 0) {
+      if (p.D != nullptr) acc += x * (p.d_per_channel ? p.D[h * p.headdim + row] : p.D[h]);
+      store_from_float(out + int64_t(h) * p.headdim + row, acc);
+    }
+  }
+
+  // Count in; only the sequence's last block goes on.
+  __threadfence();  // this thread's y is visible device-wide before the block counts in
+  __syncthreads();
+  if (threadIdx.x == 0) last = atomicAdd(p.arrivals + b, 1u) == gridDim.x - 1 ? 1u : 0u;
+  __syncthreads();
+  if (last == 0) return;
+  __threadfence();
+
+  // Every block of the sequence has read the B/C windows: shift them.
+  for (int64_t c = E + threadIdx.x; c < E + 2 * gn; c += blockDim.x) {
+    conv_shift(p, b, c, conv_incoming<T>(p, b, c));
+  }
+  // The gated RMSNorm of the row, group by group; y is read past L1 (other blocks wrote it).
+  const T* z = static_cast<const T*>(p.z) + b * p.z_batch_stride;
+  for (int64_t g0 = 0; g0 < E; g0 += p.norm_group_size) {
+    float sumsq = 0.f;
+    for (int c = threadIdx.x; c < p.norm_group_size; c += blockDim.x) {
+      float u = load_cg(out + g0 + c);
+      if (!p.norm_before_gate) {
+        const float zc = load_as_float(z + g0 + c);
+        u *= zc * sigmoid(zc);
+      }
+      sumsq += u * u;
+    }
+    const float rstd =
+        rsqrtf(block_sum(sumsq, scratch) / static_cast<float>(p.norm_group_size) + p.eps);
+    for (int c = threadIdx.x; c < p.norm_group_size; c += blockDim.x) {
+      const float zc = load_as_float(z + g0 + c);
+      const float gate = zc * sigmoid(zc);
+      float u = load_cg(out + g0 + c);
+      if (!p.norm_before_gate) u *= gate;
+      float o = u * rstd * load_elem(p.norm_weight, p.norm_weight_type, g0 + c);
+      if (p.norm_before_gate) o *= gate;
+      store_from_float(out + g0 + c, o);
+    }
+  }
+  if (threadIdx.x == 0) p.arrivals[b] = 0u;
+}
+
+// Splits of a head: the fewest (a power of two dividing P, at least kMinRows rows each) that
+// give two blocks per SM, so that small batches still spread the state over the device.
+int splits_for(const SsdStepParams& p) {
+  int device = 0, sms = 0;
+  if (cudaGetDevice(&device) != cudaSuccess ||
+      cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device) != cudaSuccess ||
+      sms < 1) {
+    (void)cudaGetLastError();  // a failed query must not surface as a later launch's error
+    sms = 132;
+  }
+  int splits = 1;
+  while (int64_t(p.batch) * p.nheads * splits < 2 * int64_t(sms) && p.headdim % (2 * splits) == 0 &&
+         p.headdim / (2 * splits) >= kMinRows) {
+    splits *= 2;
+  }
+  return splits;
+}
+
+template <typename T, typename S>
+cudaError_t launch(const SsdStepParams& p, cudaStream_t stream) {
+  const int splits = splits_for(p);
+  const dim3 grid(p.nheads * splits, p.batch);
+  ssd_step_kernel<T, S><<<grid, kThreads, 0, stream>>>(p);
+  return cudaGetLastError();
+}
+
+template <typename T>
+cudaError_t launch_t(const SsdStepParams& p, cudaStream_t stream) {
+  return p.ssm_state_type == ElemType::kBFloat16 ? launch<T, __nv_bfloat16>(p, stream)
+                                                 : launch<T, float>(p, stream);
+}
+
+}  // namespace
+
+cudaError_t ssd_step_cuda(const SsdStepParams& p, ElemType dtype, cudaStream_t stream) {
+  if (p.batch < 0 || p.batch > 65535 || p.nheads < 1 || p.headdim < 1 ||
+      p.headdim > kSsdStepMaxHeaddim || p.dstate < 1 || p.dstate > kSsdStepMaxDstate ||
+      p.ngroups < 1 || p.nheads % p.ngroups != 0 || p.width < 1 || p.width > kSsdStepMaxWidth ||
+      p.norm_group_size < 1 || (int64_t(p.nheads) * p.headdim) % p.norm_group_size != 0 ||
+      int64_t(p.nheads) * kSsdStepMaxHeaddim > (int64_t(1) << 31) - 1) {
+    return cudaErrorInvalidValue;
+  }
+  if (p.batch == 0) return cudaSuccess;
+  return dtype == ElemType::kBFloat16 ? launch_t<__nv_bfloat16>(p, stream)
+                                      : launch_t<float>(p, stream);
+}
+
+}  // namespace aim::kernels
