@@ -83,7 +83,7 @@ cudaError_t column_sum_launch(const ColumnSumParams& p, int ntasks, cudaStream_t
 
 bool add_common_ok(const AddRmsNormParams& p) {
   if (p.rows < 1 || p.dim < 1 || p.dim > kRmsNormMaxDim || p.weight == nullptr) return false;
-  if (p.scale == nullptr) return true;
+  if (p.scale == nullptr && p.hidden_gate == nullptr) return true;
   return p.rows_per_batch >= 1 && p.rows % p.rows_per_batch == 0 &&
          p.rows / p.rows_per_batch <= kMaxGridY;
 }

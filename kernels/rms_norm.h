@@ -19,7 +19,7 @@ constexpr int kRmsNormMaxDim = 8192;
 /// residual, residual_out, dresidual_out, dresidual. Rows not given a stride are contiguous.
 struct AddRmsNormParams {
   int rows = 0, dim = 0;
-  int rows_per_batch = 0;           ///< rows per shift/scale row; read only with scale set
+  int rows_per_batch = 0;           ///< rows per shift/scale/gate row; read only with one set
   float eps = 1e-5f;
   const void* weight = nullptr;     ///< [D] in weight_type
   const void* shift = nullptr;      ///< [N / rows_per_batch, D] in mod_type; forward only
@@ -30,6 +30,9 @@ struct AddRmsNormParams {
   // Forward.
   const void* hidden = nullptr;     ///< [N, D] in
   int64_t hidden_row_stride = 0;
+  /// [N / rows_per_batch, D] in, contiguous; null: none. Forward only: the row read is
+  /// hidden * hidden_gate[b], rounded to the input type (the AiM block's gated output).
+  const void* hidden_gate = nullptr;
   const void* residual = nullptr;   ///< [N, D] res; null: residual_out = hidden
   int64_t residual_row_stride = 0;
   void* out = nullptr;              ///< [N, D] in

@@ -2,7 +2,8 @@
 // RMS norms of the AiM block, forward and backward.
 //
 // add_rms_norm, per row n of [N, D], sequence b = n / rows_per_batch:
-//   r      = hidden + residual         stored as residual_out in its type; the norm reads the
+//   h      = hidden, or round(hidden * hidden_gate[b]) to the input type (forward only)
+//   r      = h + residual              stored as residual_out in its type; the norm reads the
 //                                      stored (rounded) value, as the reference does
 //   rstd   = 1 / sqrt(mean_j r^2 + eps)                                     saved, fp32
 //   xhat   = r * rstd,   normed = xhat * w
@@ -176,6 +177,9 @@ __global__ void __launch_bounds__(rms::kMaxThreads)
                              : static_cast<const Tres*>(p.residual) + n * p.residual_row_stride;
   Tres* residual_out = static_cast<Tres*>(p.residual_out) + n * p.dim;
   Tin* out = static_cast<Tin*>(p.out) + n * p.dim;
+  const Tin* gate = p.hidden_gate == nullptr
+                        ? nullptr
+                        : static_cast<const Tin*>(p.hidden_gate) + n / p.rows_per_batch * p.dim;
 
   float r[kPerThread];
   float sumsq = 0.f;
@@ -185,6 +189,12 @@ __global__ void __launch_bounds__(rms::kMaxThreads)
     float* rk = r + k * kVec;
     if (c < p.dim) {
       load_vec<kVec>(hidden + c, rk);
+      if (gate != nullptr) {
+        float gk[kVec];
+        load_vec<kVec>(gate + c, gk);
+#pragma unroll
+        for (int e = 0; e < kVec; ++e) rk[e] = round_to<Tin>(rk[e] * gk[e]);
+      }
       if (residual != nullptr) {
         float add[kVec];
         load_vec<kVec>(residual + c, add);
@@ -332,6 +342,7 @@ cudaError_t add_rms_norm_fwd_launch(const AddRmsNormParams& p, cudaStream_t stre
   using namespace rms;
   const bool vec = p.dim % kVecWidth == 0 &&
                    vec_aligned(p.hidden, p.hidden_row_stride, sizeof(Tin)) &&
+                   vec_aligned(p.hidden_gate, 0, sizeof(Tin)) &&
                    vec_aligned(p.residual, p.residual_row_stride, sizeof(Tres)) &&
                    vec_aligned(p.out, 0, sizeof(Tin)) && vec_aligned(p.residual_out, 0, sizeof(Tres)) &&
                    vec_aligned(p.weight, 0, param_bytes(p.weight_type)) &&

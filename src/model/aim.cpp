@@ -47,22 +47,22 @@ AimBlockImpl::AimBlockImpl(const ModelConfig& config)
 
 std::pair<torch::Tensor, torch::Tensor> AimBlockImpl::forward(const torch::Tensor& hidden,
                                                               const torch::Tensor& residual,
+                                                              const torch::Tensor& hidden_gate,
                                                               const Modulation& mod,
                                                               MixerState* state) {
-  auto [modulated, res] = ops::add_rms_norm_modulate(hidden, residual, norm->weight, eps,
-                                                      residual_in_fp32, mod.shift, mod.scale);
-  auto out = mixer->forward(modulated, state);
-  return {mod.gate.unsqueeze(1) * out, res};
+  auto [modulated, res] = ops::add_rms_norm_modulate(
+      hidden, residual, norm->weight, eps, residual_in_fp32, mod.shift, mod.scale, hidden_gate);
+  return {mixer->forward(modulated, state), res};
 }
 
 std::pair<torch::Tensor, torch::Tensor> AimBlockImpl::step(const torch::Tensor& hidden,
                                                            const torch::Tensor& residual,
+                                                           const torch::Tensor& hidden_gate,
                                                            const Modulation& mod,
                                                            MixerState& state) {
-  auto [modulated, res] = ops::add_rms_norm_modulate(hidden, residual, norm->weight, eps,
-                                                      residual_in_fp32, mod.shift, mod.scale);
-  auto out = mixer->step(modulated, state);
-  return {mod.gate * out, res};
+  auto [modulated, res] = ops::add_rms_norm_modulate(
+      hidden, residual, norm->weight, eps, residual_in_fp32, mod.shift, mod.scale, hidden_gate);
+  return {mixer->step(modulated, state), res};
 }
 
 AimBackboneImpl::AimBackboneImpl(const ModelConfig& config_) : config(config_) {
@@ -102,25 +102,32 @@ Conditioning AimBackboneImpl::condition(const torch::Tensor& c) {
     } else {
       parts = blocks[i]->adaLN_modulation->forward(c).chunk(3, 1);
     }
-    cond.layers.push_back(Modulation{parts[0], parts[1], parts[2]});
+    // Contiguous once here: the norm kernels read shift and scale as stored only when they
+    // are, and would otherwise copy them at every call (every generated token).
+    cond.layers.push_back(Modulation{parts[0].contiguous(), parts[1].contiguous(), parts[2].contiguous()});
   }
   std::tie(cond.final_shift, cond.final_scale) = final_layer->modulation(c);
+  cond.final_shift = cond.final_shift.contiguous();
+  cond.final_scale = cond.final_scale.contiguous();
   return cond;
 }
 
 torch::Tensor AimBackboneImpl::run(const torch::Tensor& h, const Conditioning& cond,
                                    std::vector<MixerState>* states, bool step) {
-  torch::Tensor hidden = h, residual;
+  // Block i's output is gate_i * hidden; the multiply happens in the next add + norm.
+  torch::Tensor hidden = h, residual, gate;
   for (size_t i = 0; i < blocks.size(); ++i) {
     if (step) {
-      std::tie(hidden, residual) = blocks[i]->step(hidden, residual, cond.layers[i], (*states)[i]);
+      std::tie(hidden, residual) =
+          blocks[i]->step(hidden, residual, gate, cond.layers[i], (*states)[i]);
     } else {
-      std::tie(hidden, residual) = blocks[i]->forward(hidden, residual, cond.layers[i],
+      std::tie(hidden, residual) = blocks[i]->forward(hidden, residual, gate, cond.layers[i],
                                                       states ? &(*states)[i] : nullptr);
     }
+    gate = cond.layers[i].gate;
   }
   auto x = ops::add_rms_norm(hidden, residual, norm_f->weight, config.norm_eps,
-                             config.residual_in_fp32)
+                             config.residual_in_fp32, gate)
                .first;
   return final_layer->forward(x, cond.final_shift, cond.final_scale);
 }

@@ -34,10 +34,11 @@ struct KernelTable {
   // norms
   bool (*add_rms_norm_supported)(const torch::Tensor& hidden, const torch::Tensor& residual,
                                  const torch::Tensor& weight, const torch::Tensor& shift,
-                                 const torch::Tensor& scale);
+                                 const torch::Tensor& scale, const torch::Tensor& hidden_gate);
   std::pair<torch::Tensor, torch::Tensor> (*add_rms_norm_modulate)(
       const torch::Tensor& hidden, const torch::Tensor& residual, const torch::Tensor& weight,
-      double eps, bool residual_in_fp32, const torch::Tensor& shift, const torch::Tensor& scale);
+      double eps, bool residual_in_fp32, const torch::Tensor& shift, const torch::Tensor& scale,
+      const torch::Tensor& hidden_gate);
   bool (*gated_rms_norm_supported)(const torch::Tensor& x, const torch::Tensor& z,
                                    const torch::Tensor& weight, int64_t group_size);
   torch::Tensor (*gated_rms_norm)(const torch::Tensor& x, const torch::Tensor& z,

@@ -56,41 +56,67 @@ torch::Tensor rms_norm(const torch::Tensor& x, const torch::Tensor& weight, doub
   return ref::rms_norm(x, weight, eps);
 }
 
-std::pair<torch::Tensor, torch::Tensor> add_rms_norm(const torch::Tensor& hidden,
-                                                     const torch::Tensor& residual,
-                                                     const torch::Tensor& weight, double eps,
-                                                     bool residual_in_fp32) {
-  check_add(hidden, residual, weight, "add_rms_norm");
+namespace {
+
+void check_gate(const torch::Tensor& hidden, const torch::Tensor& gate, const char* op) {
+  if (!gate.defined()) return;
+  TORCH_CHECK(hidden.dim() == 2 || hidden.dim() == 3, op,
+              ": hidden with a hidden_gate must be [B, L, D] or [B, D], got ", hidden.sizes());
+  TORCH_CHECK(gate.dim() == 2 && gate.size(0) == hidden.size(0) && gate.size(1) == hidden.size(-1),
+              op, ": hidden_gate must be [", hidden.size(0), ", ", hidden.size(-1), "], got ",
+              gate.sizes());
+  TORCH_CHECK(gate.device() == hidden.device(), op, ": hidden_gate on ", gate.device(),
+              ", hidden on ", hidden.device());
+}
+
+// Both add ops: the kernel (on CUDA, or emulated) when it takes the tensors; else, with a gate,
+// the multiply and the op again without it; else the reference.
+std::pair<torch::Tensor, torch::Tensor> add_norm(const torch::Tensor& hidden,
+                                                 const torch::Tensor& residual,
+                                                 const torch::Tensor& weight, double eps,
+                                                 bool residual_in_fp32, const torch::Tensor& shift,
+                                                 const torch::Tensor& scale,
+                                                 const torch::Tensor& gate) {
 #ifdef AIM_WITH_CUDA
   if (hidden.is_cuda() && cuda_kernels_enabled() &&
-      cuda::add_rms_norm_supported(hidden, residual, weight, {}, {})) {
-    return cuda::add_rms_norm_modulate(hidden, residual, weight, eps, residual_in_fp32, {}, {});
+      cuda::add_rms_norm_supported(hidden, residual, weight, shift, scale, gate)) {
+    return cuda::add_rms_norm_modulate(hidden, residual, weight, eps, residual_in_fp32, shift,
+                                       scale, gate);
   }
 #endif
   if (const auto* k = emulated_kernels_for(hidden);
-      k && k->add_rms_norm_supported(hidden, residual, weight, {}, {})) {
-    return k->add_rms_norm_modulate(hidden, residual, weight, eps, residual_in_fp32, {}, {});
+      k && k->add_rms_norm_supported(hidden, residual, weight, shift, scale, gate)) {
+    return k->add_rms_norm_modulate(hidden, residual, weight, eps, residual_in_fp32, shift, scale,
+                                    gate);
   }
-  return ref::add_rms_norm(hidden, residual, weight, eps, residual_in_fp32);
+  if (gate.defined()) {
+    return add_norm(ref::gate_hidden(hidden, gate), residual, weight, eps, residual_in_fp32,
+                    shift, scale, {});
+  }
+  if (!scale.defined()) return ref::add_rms_norm(hidden, residual, weight, eps, residual_in_fp32);
+  return ref::add_rms_norm_modulate(hidden, residual, weight, eps, residual_in_fp32, shift, scale);
+}
+
+}  // namespace
+
+std::pair<torch::Tensor, torch::Tensor> add_rms_norm(const torch::Tensor& hidden,
+                                                     const torch::Tensor& residual,
+                                                     const torch::Tensor& weight, double eps,
+                                                     bool residual_in_fp32,
+                                                     const torch::Tensor& hidden_gate) {
+  check_add(hidden, residual, weight, "add_rms_norm");
+  check_gate(hidden, hidden_gate, "add_rms_norm");
+  return add_norm(hidden, residual, weight, eps, residual_in_fp32, {}, {}, hidden_gate);
 }
 
 std::pair<torch::Tensor, torch::Tensor> add_rms_norm_modulate(
     const torch::Tensor& hidden, const torch::Tensor& residual, const torch::Tensor& weight,
-    double eps, bool residual_in_fp32, const torch::Tensor& shift, const torch::Tensor& scale) {
+    double eps, bool residual_in_fp32, const torch::Tensor& shift, const torch::Tensor& scale,
+    const torch::Tensor& hidden_gate) {
   check_add(hidden, residual, weight, "add_rms_norm_modulate");
   check_modulation(hidden, shift, scale, "add_rms_norm_modulate");
-#ifdef AIM_WITH_CUDA
-  if (hidden.is_cuda() && cuda_kernels_enabled() &&
-      cuda::add_rms_norm_supported(hidden, residual, weight, shift, scale)) {
-    return cuda::add_rms_norm_modulate(hidden, residual, weight, eps, residual_in_fp32, shift,
-                                       scale);
-  }
-#endif
-  if (const auto* k = emulated_kernels_for(hidden);
-      k && k->add_rms_norm_supported(hidden, residual, weight, shift, scale)) {
-    return k->add_rms_norm_modulate(hidden, residual, weight, eps, residual_in_fp32, shift, scale);
-  }
-  return ref::add_rms_norm_modulate(hidden, residual, weight, eps, residual_in_fp32, shift, scale);
+  check_gate(hidden, hidden_gate, "add_rms_norm_modulate");
+  return add_norm(hidden, residual, weight, eps, residual_in_fp32, shift, scale, hidden_gate);
 }
 
 torch::Tensor gated_rms_norm(const torch::Tensor& x, const torch::Tensor& z,

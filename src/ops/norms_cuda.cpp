@@ -61,6 +61,51 @@ void* mut_ptr_or_null(torch::Tensor& t) { return t.defined() ? t.data_ptr() : nu
 int64_t type_code(torch::ScalarType t) { return static_cast<int64_t>(t); }
 torch::ScalarType type_of(const c10::IValue& v) { return static_cast<torch::ScalarType>(v.toInt()); }
 
+// The forward kernel: {out, residual_out, rstd}. residual, shift, scale and gate may be
+// undefined; a gate is forward-only (add_rms_norm_supported refuses it under autograd).
+tensor_list add_rms_norm_forward(const torch::Tensor& hidden, const torch::Tensor& residual,
+                                 const torch::Tensor& weight, const torch::Tensor& shift,
+                                 const torch::Tensor& scale, const torch::Tensor& gate, double eps,
+                                 bool residual_in_fp32) {
+  DeviceGuard guard(hidden.device());
+  const auto in_type = hidden.scalar_type();
+  const auto res_type = residual_in_fp32 ? torch::kFloat : in_type;
+  const bool modulated = scale.defined();
+  const int64_t dim = hidden.size(-1), rows = hidden.numel() / dim;
+  const auto h = as_rows(hidden);
+  const auto r = residual.defined() ? as_rows(residual.to(res_type)) : torch::Tensor();
+  const auto weight_p = as_param(weight);
+  const auto [shift_p, scale_p] = as_modulation(shift, scale);
+  const auto gate_c = gate.defined() ? gate.contiguous() : gate;
+  auto out = torch::empty(hidden.sizes(), hidden.options());
+  auto residual_out = torch::empty(hidden.sizes(), hidden.options().dtype(res_type));
+  auto rstd = torch::empty({rows}, hidden.options().dtype(torch::kFloat));
+  maybe_poison({out, residual_out, rstd});
+
+  kernels::AddRmsNormParams p;
+  p.rows = static_cast<int>(rows);
+  p.dim = static_cast<int>(dim);
+  p.rows_per_batch = static_cast<int>(modulated || gate.defined() ? rows / hidden.size(0) : rows);
+  p.eps = static_cast<float>(eps);
+  p.weight = weight_p.data_ptr();
+  p.weight_type = elem_type(weight_p.scalar_type());
+  p.shift = modulated ? shift_p.data_ptr() : nullptr;
+  p.scale = modulated ? scale_p.data_ptr() : nullptr;
+  if (modulated) p.mod_type = elem_type(scale_p.scalar_type());
+  p.hidden = h.data_ptr();
+  p.hidden_row_stride = h.stride(0);
+  p.hidden_gate = ptr_or_null(gate_c);
+  p.residual = ptr_or_null(r);
+  p.residual_row_stride = r.defined() ? r.stride(0) : 0;
+  p.out = out.data_ptr();
+  p.residual_out = residual_out.data_ptr();
+  p.rstd = rstd.data_ptr<float>();
+  check_launch(kernels::add_rms_norm_fwd_cuda(p, elem_type(in_type), elem_type(res_type),
+                                              current_stream()),
+               "add_rms_norm forward");
+  return {out, residual_out, rstd};
+}
+
 class AddRmsNormFunction : public torch::autograd::Function<AddRmsNormFunction> {
  public:
   // Returns {out, residual_out}. residual, shift and scale may be empty.
@@ -72,46 +117,21 @@ class AddRmsNormFunction : public torch::autograd::Function<AddRmsNormFunction> 
                              bool residual_in_fp32) {
     const auto residual = value_or_undefined(residual_opt);
     const auto shift = value_or_undefined(shift_opt), scale = value_or_undefined(scale_opt);
-    DeviceGuard guard(hidden.device());
     const auto in_type = hidden.scalar_type();
-    const auto res_type = residual_in_fp32 ? torch::kFloat : in_type;
     const bool modulated = scale.defined();
-    const int64_t dim = hidden.size(-1), rows = hidden.numel() / dim;
-    const auto h = as_rows(hidden);
-    const auto r = residual.defined() ? as_rows(residual.to(res_type)) : torch::Tensor();
-    const auto weight_p = as_param(weight);
-    const auto [shift_p, scale_p] = as_modulation(shift, scale);
-    auto out = torch::empty(hidden.sizes(), hidden.options());
-    auto residual_out = torch::empty(hidden.sizes(), hidden.options().dtype(res_type));
-    auto rstd = torch::empty({rows}, hidden.options().dtype(torch::kFloat));
-    maybe_poison({out, residual_out, rstd});
-
-    kernels::AddRmsNormParams p;
-    p.rows = static_cast<int>(rows);
-    p.dim = static_cast<int>(dim);
-    p.rows_per_batch = static_cast<int>(modulated ? rows / hidden.size(0) : rows);
-    p.eps = static_cast<float>(eps);
-    p.weight = weight_p.data_ptr();
-    p.weight_type = elem_type(weight_p.scalar_type());
-    p.shift = modulated ? shift_p.data_ptr() : nullptr;
-    p.scale = modulated ? scale_p.data_ptr() : nullptr;
-    if (modulated) p.mod_type = elem_type(scale_p.scalar_type());
-    p.hidden = h.data_ptr();
-    p.hidden_row_stride = h.stride(0);
-    p.residual = ptr_or_null(r);
-    p.residual_row_stride = r.defined() ? r.stride(0) : 0;
-    p.out = out.data_ptr();
-    p.residual_out = residual_out.data_ptr();
-    p.rstd = rstd.data_ptr<float>();
-    check_launch(kernels::add_rms_norm_fwd_cuda(p, elem_type(in_type), elem_type(res_type),
-                                                current_stream()),
-                 "add_rms_norm forward");
+    const auto outs = add_rms_norm_forward(hidden, residual, weight, shift, scale, {}, eps,
+                                           residual_in_fp32);
+    const auto& out = outs[0];
+    const auto& residual_out = outs[1];
+    const auto& rstd = outs[2];
+    const int64_t rows = rstd.size(0);
+    const int64_t rows_per_batch = modulated ? rows / hidden.size(0) : rows;
 
     ctx->save_for_backward({residual_out, rstd, weight, scale});
     ctx->saved_data["in_type"] = type_code(in_type);
     ctx->saved_data["residual_type"] = residual.defined() ? type_code(residual.scalar_type()) : -1;
     ctx->saved_data["shift_type"] = modulated ? type_code(shift.scalar_type()) : -1;
-    ctx->saved_data["rows_per_batch"] = static_cast<int64_t>(p.rows_per_batch);
+    ctx->saved_data["rows_per_batch"] = rows_per_batch;
     // residual_out is often unused (the last block's, in sampling): no zeros for its gradient.
     ctx->set_materialize_grads(false);
     return {out, residual_out};
@@ -287,7 +307,7 @@ class GatedRmsNormFunction : public torch::autograd::Function<GatedRmsNormFuncti
 
 bool add_rms_norm_supported(const torch::Tensor& hidden, const torch::Tensor& residual,
                             const torch::Tensor& weight, const torch::Tensor& shift,
-                            const torch::Tensor& scale) {
+                            const torch::Tensor& scale, const torch::Tensor& hidden_gate) {
   if (!on_kernel_device(hidden) || !kernel_dtype(hidden) || !rows_fit(hidden) ||
       !unit_last_stride(hidden) || hidden.size(-1) > kernels::kRmsNormMaxDim) {
     return false;
@@ -295,14 +315,29 @@ bool add_rms_norm_supported(const torch::Tensor& hidden, const torch::Tensor& re
   if (residual.defined() && (!residual.is_floating_point() || !unit_last_stride(residual))) {
     return false;
   }
-  if (scale.defined() && hidden.size(0) > kMaxGridY) return false;
+  if ((scale.defined() || hidden_gate.defined()) && hidden.size(0) > kMaxGridY) return false;
+  // The gate is read in the forward only, in hidden's type (ATen's product has that type then).
+  if (hidden_gate.defined() &&
+      (hidden_gate.scalar_type() != hidden.scalar_type() ||
+       tracks_grad({&hidden, &residual, &weight, &shift, &scale, &hidden_gate}))) {
+    return false;
+  }
   return weight.is_floating_point() && on_device_of(residual, hidden) &&
-         on_device_of(weight, hidden) && on_device_of(shift, hidden) && on_device_of(scale, hidden);
+         on_device_of(weight, hidden) && on_device_of(shift, hidden) &&
+         on_device_of(scale, hidden) && on_device_of(hidden_gate, hidden);
 }
 
 std::pair<torch::Tensor, torch::Tensor> add_rms_norm_modulate(
     const torch::Tensor& hidden, const torch::Tensor& residual, const torch::Tensor& weight,
-    double eps, bool residual_in_fp32, const torch::Tensor& shift, const torch::Tensor& scale) {
+    double eps, bool residual_in_fp32, const torch::Tensor& shift, const torch::Tensor& scale,
+    const torch::Tensor& hidden_gate) {
+  if (hidden_gate.defined()) {
+    TORCH_CHECK(!tracks_grad({&hidden, &residual, &weight, &shift, &scale, &hidden_gate}),
+                "add_rms_norm_modulate: the kernel reads hidden_gate without gradients");
+    const auto outs = add_rms_norm_forward(hidden, residual, weight, shift, scale, hidden_gate,
+                                           eps, residual_in_fp32);
+    return {outs[0], outs[1]};
+  }
   auto outs = AddRmsNormFunction::apply(hidden, optional_input(residual), weight,
                                         optional_input(shift), optional_input(scale), eps,
                                         residual_in_fp32);

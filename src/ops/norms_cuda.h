@@ -9,17 +9,20 @@
 namespace aim::ops::AIM_OPS_CUDA_NS {
 
 /// Whether the kernels handle these tensors (CUDA, fp32/bf16 hidden with a contiguous last
-/// dim, D <= 8192, every tensor on hidden's device); otherwise the reference runs. residual,
-/// shift and scale may be undefined.
+/// dim, D <= 8192, every tensor on hidden's device; a hidden_gate only in hidden's dtype and
+/// without gradients); otherwise the reference runs. residual, shift, scale and hidden_gate
+/// may be undefined.
 bool add_rms_norm_supported(const torch::Tensor& hidden, const torch::Tensor& residual,
                             const torch::Tensor& weight, const torch::Tensor& shift,
-                            const torch::Tensor& scale);
+                            const torch::Tensor& scale, const torch::Tensor& hidden_gate);
 
 /// ops::add_rms_norm_modulate on the kernels, differentiable in hidden, residual, weight, shift
-/// and scale. hidden, residual [..., D] ([B, L, D] or [B, D] with shift, scale [B, D]).
+/// and scale (forward only with a hidden_gate). hidden, residual [..., D] ([B, L, D] or [B, D]
+/// with shift, scale, hidden_gate [B, D]).
 std::pair<torch::Tensor, torch::Tensor> add_rms_norm_modulate(
     const torch::Tensor& hidden, const torch::Tensor& residual, const torch::Tensor& weight,
-    double eps, bool residual_in_fp32, const torch::Tensor& shift, const torch::Tensor& scale);
+    double eps, bool residual_in_fp32, const torch::Tensor& shift, const torch::Tensor& scale,
+    const torch::Tensor& hidden_gate);
 
 /// Whether the kernels handle these tensors (CUDA, fp32/bf16 x with a contiguous last dim, z
 /// of x's dtype, group_size <= 8192); otherwise the reference runs. z may be undefined.

@@ -26,9 +26,15 @@ std::pair<torch::Tensor, torch::Tensor> add_rms_norm(const torch::Tensor& hidden
   return {normed, res};
 }
 
+torch::Tensor gate_hidden(const torch::Tensor& hidden, const torch::Tensor& hidden_gate) {
+  return hidden.dim() == 3 ? hidden_gate.unsqueeze(1) * hidden : hidden_gate * hidden;
+}
+
 std::pair<torch::Tensor, torch::Tensor> add_rms_norm_modulate(
-    const torch::Tensor& hidden, const torch::Tensor& residual, const torch::Tensor& weight,
-    double eps, bool residual_in_fp32, const torch::Tensor& shift, const torch::Tensor& scale) {
+    const torch::Tensor& hidden_in, const torch::Tensor& residual, const torch::Tensor& weight,
+    double eps, bool residual_in_fp32, const torch::Tensor& shift, const torch::Tensor& scale,
+    const torch::Tensor& hidden_gate) {
+  const auto hidden = hidden_gate.defined() ? gate_hidden(hidden_in, hidden_gate) : hidden_in;
   auto [normed, res] = add_rms_norm(hidden, residual, weight, eps, residual_in_fp32);
   if (!scale.defined()) return {normed, res};
   // The model's modulate(); a no-op cast unless shift/scale promote (an fp32 adaLN table with

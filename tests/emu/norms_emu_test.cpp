@@ -23,9 +23,21 @@ TEST_P(AddRmsNormEmu, ForwardAndBackwardMatchTheReference) {
       GetParam(), torch::kCPU,
       [](const torch::Tensor& hidden, const torch::Tensor& residual, const torch::Tensor& weight,
          double eps, bool residual_in_fp32, const torch::Tensor& shift, const torch::Tensor& scale) {
-        EXPECT_TRUE(ops::cuda_emu::add_rms_norm_supported(hidden, residual, weight, shift, scale));
+        EXPECT_TRUE(ops::cuda_emu::add_rms_norm_supported(hidden, residual, weight, shift, scale, {}));
         return ops::cuda_emu::add_rms_norm_modulate(hidden, residual, weight, eps,
-                                                    residual_in_fp32, shift, scale);
+                                                    residual_in_fp32, shift, scale, {});
+      });
+}
+
+TEST_P(AddRmsNormEmu, GatedReadIsTheMultiplyFirst) {
+  test::check_add_rms_norm_gate(
+      GetParam(), torch::kCPU,
+      [](const torch::Tensor& hidden, const torch::Tensor& residual, const torch::Tensor& weight,
+         double eps, bool residual_in_fp32, const torch::Tensor& shift, const torch::Tensor& scale,
+         const torch::Tensor& gate) {
+        EXPECT_TRUE(ops::cuda_emu::add_rms_norm_supported(hidden, residual, weight, shift, scale, gate));
+        return ops::cuda_emu::add_rms_norm_modulate(hidden, residual, weight, eps,
+                                                    residual_in_fp32, shift, scale, gate);
       });
 }
 

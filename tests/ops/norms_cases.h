@@ -156,6 +156,45 @@ inline void check_add_rms_norm(const AddCase& c, torch::Device dev, const AddRms
   }
 }
 
+/// ops::add_rms_norm_modulate's signature with the previous block's gate.
+using AddRmsNormGateFn = std::function<std::pair<torch::Tensor, torch::Tensor>(
+    const torch::Tensor& hidden, const torch::Tensor& residual, const torch::Tensor& weight,
+    double eps, bool residual_in_fp32, const torch::Tensor& shift, const torch::Tensor& scale,
+    const torch::Tensor& hidden_gate)>;
+
+/// The gated read (hidden_gate, without gradients: decoding and prefill): `op` with a gate
+/// [B, D] in hidden's dtype gives the bits of the same op on hidden_gate * hidden multiplied
+/// by ATen first (the kernel rounds the product to hidden's type as ATen does), and the
+/// reference's values within test::tolerance_for.
+inline void check_add_rms_norm_gate(const AddCase& c, torch::Device dev, const AddRmsNormGateFn& op) {
+  const auto tag = case_name(c) + " gated";
+  torch::manual_seed(23 + c.dim + c.len);
+  torch::NoGradGuard no_grad;
+  const std::vector<int64_t> shape =
+      c.len > 0 ? std::vector<int64_t>{c.batch, c.len, c.dim} : std::vector<int64_t>{c.batch, c.dim};
+  const auto res_dtype = c.residual_in_fp32 ? torch::kFloat : c.dtype;
+  const auto hidden = randn(shape, c.dtype, dev);
+  const auto gate = randn({c.batch, c.dim}, c.dtype, dev, 0.7);
+  const auto weight = torch::empty({c.dim}).uniform_(0.5, 1.5).to(dev, c.weight_dtype);
+  torch::Tensor residual, shift, scale;
+  if (c.residual) residual = randn(shape, res_dtype, dev, 2.0);
+  if (c.modulated) {
+    shift = randn({c.batch, c.dim}, c.mod_dtype, dev, 0.3);
+    scale = randn({c.batch, c.dim}, c.mod_dtype, dev, 0.3);
+  }
+  auto [out, res] = op(hidden, residual, weight, kNormEps, c.residual_in_fp32, shift, scale, gate);
+  auto [out_m, res_m] = op(ops::ref::gate_hidden(hidden, gate), residual, weight, kNormEps,
+                           c.residual_in_fp32, shift, scale, {});
+  EXPECT_TRUE(torch::equal(out, out_m)) << tag << ": out differs from the multiply-first op";
+  EXPECT_TRUE(torch::equal(res, res_m)) << tag << ": residual_out differs from the multiply-first op";
+  auto cpu = [](const torch::Tensor& t) { return t.defined() ? t.to(torch::kCPU) : t; };
+  auto [out_r, res_r] = ops::ref::add_rms_norm_modulate(cpu(hidden), cpu(residual), cpu(weight),
+                                                        kNormEps, c.residual_in_fp32, cpu(shift),
+                                                        cpu(scale), cpu(gate));
+  norms_close_elementwise(tag + " out", out, out_r);
+  norms_close_elementwise(tag + " residual_out", res, res_r);
+}
+
 /// add_rms_norm_modulate shapes: AiM-B/L blocks, norm_f, a sampling step and the `edge` cases.
 inline std::vector<AddCase> add_cases() {
   std::vector<AddCase> out;

@@ -8,6 +8,7 @@
 
 #include "aim/ops/dispatch.h"
 #include "aim/ops/norms.h"
+#include "ops/norms_cases.h"
 #include "test_util.h"
 
 namespace aim {
@@ -128,6 +129,30 @@ TEST(GatedRmsNormCpuKernel, SwitchSelectsTheReference) {
   ops::set_cpu_kernels(true);
   auto ker_out = ops::gated_rms_norm(x, z, w, 64, kEps, false);
   test::expect_close("kernel vs reference on the cpu", ker_out, ref_out, 1e-5);
+}
+
+// The previous block's gate read by the add + norm (decoding, prefill): on the CPU the op
+// multiplies first, as ATen; the kernels' version of the same check runs on a GPU and emulated.
+// A gate of the wrong shape is an error naming it.
+TEST(AddRmsNormGate, CpuOpMultipliesFirst) {
+  for (const auto& c : test::add_cases()) {
+    if (!c.edge && c.len != 0) continue;
+    test::check_add_rms_norm_gate(c, torch::kCPU,
+                                  [](const torch::Tensor& hidden, const torch::Tensor& residual,
+                                     const torch::Tensor& weight, double eps, bool res32,
+                                     const torch::Tensor& shift, const torch::Tensor& scale,
+                                     const torch::Tensor& gate) {
+                                    return ops::add_rms_norm_modulate(hidden, residual, weight, eps,
+                                                                      res32, shift, scale, gate);
+                                  });
+  }
+  try {
+    ops::add_rms_norm(torch::randn({2, 3, 8}), {}, torch::ones({8}), kEps, true, torch::ones({3, 8}));
+    FAIL() << "expected an error";
+  } catch (const c10::Error& e) {
+    EXPECT_NE(std::string(e.what()).find("hidden_gate must be [2, 8], got [3, 8]"), std::string::npos)
+        << e.what();
+  }
 }
 
 }  // namespace

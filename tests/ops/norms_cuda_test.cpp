@@ -34,7 +34,25 @@ class NormsCudaTest : public test::CudaKernelTest<::testing::TestWithParam<Case>
 using NormsCudaAdd = NormsCudaTest<AddCase>;
 
 TEST_P(NormsCudaAdd, ForwardAndBackwardMatchTheReference) {
-  test::check_add_rms_norm(GetParam(), torch::kCUDA, ops::add_rms_norm_modulate);
+  test::check_add_rms_norm(GetParam(), torch::kCUDA,
+                           [](const torch::Tensor& hidden, const torch::Tensor& residual,
+                              const torch::Tensor& weight, double eps, bool residual_in_fp32,
+                              const torch::Tensor& shift, const torch::Tensor& scale) {
+                             return ops::add_rms_norm_modulate(hidden, residual, weight, eps,
+                                                               residual_in_fp32, shift, scale);
+                           });
+}
+
+TEST_P(NormsCudaAdd, GatedReadIsTheMultiplyFirst) {
+  test::check_add_rms_norm_gate(GetParam(), torch::kCUDA,
+                                [](const torch::Tensor& hidden, const torch::Tensor& residual,
+                                   const torch::Tensor& weight, double eps, bool residual_in_fp32,
+                                   const torch::Tensor& shift, const torch::Tensor& scale,
+                                   const torch::Tensor& gate) {
+                                  return ops::add_rms_norm_modulate(hidden, residual, weight, eps,
+                                                                    residual_in_fp32, shift, scale,
+                                                                    gate);
+                                });
 }
 
 INSTANTIATE_TEST_SUITE_P(Shapes, NormsCudaAdd, ::testing::ValuesIn(add_cases()),

@@ -33,13 +33,19 @@ class AimBlockImpl : public torch::nn::Module {
  public:
   explicit AimBlockImpl(const ModelConfig& config);
   /// hidden [B, L, D] (or [B, D] for a step), residual same shape or undefined (first block).
-  /// Returns {hidden', residual'}.
+  /// The block's output is mod.gate * mixer(...); it is returned *ungated* together with the
+  /// gate's factor left to apply, which the next add + norm applies as it reads hidden
+  /// (ops::add_rms_norm_modulate's hidden_gate: one kernel on CUDA instead of a multiply and the
+  /// norm). `hidden_gate` is that factor from the previous block (undefined: none).
+  /// Returns {hidden', residual'}: the gated output is hidden' * mod.gate.
   std::pair<torch::Tensor, torch::Tensor> forward(const torch::Tensor& hidden,
                                                   const torch::Tensor& residual,
+                                                  const torch::Tensor& hidden_gate,
                                                   const Modulation& mod,
                                                   MixerState* state = nullptr);
   std::pair<torch::Tensor, torch::Tensor> step(const torch::Tensor& hidden,
                                                const torch::Tensor& residual,
+                                               const torch::Tensor& hidden_gate,
                                                const Modulation& mod, MixerState& state);
   bool group;
   double eps;

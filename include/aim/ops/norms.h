@@ -13,19 +13,24 @@ torch::Tensor rms_norm(const torch::Tensor& x, const torch::Tensor& weight, doub
 
 /// Pre-norm fused add: residual' = hidden + residual (residual undefined: residual' = hidden),
 /// kept in fp32 when `residual_in_fp32`; returns {rms_norm(residual') in hidden's dtype,
-/// residual'}. hidden, residual [..., D], weight [D].
+/// residual'}. hidden, residual [..., D], weight [D]. With `hidden_gate` ([B, D], broadcast
+/// over L like shift and scale below) hidden is first replaced by hidden_gate * hidden, as
+/// ATen computes it (the previous AiM block's gated output): one kernel on CUDA when nothing
+/// asks for gradients and the gate has hidden's dtype, the multiply and the op otherwise.
 std::pair<torch::Tensor, torch::Tensor> add_rms_norm(const torch::Tensor& hidden,
                                                      const torch::Tensor& residual,
                                                      const torch::Tensor& weight, double eps,
-                                                     bool residual_in_fp32);
+                                                     bool residual_in_fp32,
+                                                     const torch::Tensor& hidden_gate = {});
 
 /// The AiM block's input: add_rms_norm followed by the adaLN modulate,
 /// out = normed * (1 + scale) + shift, with shift, scale [B, D] broadcast over L for hidden
 /// [B, L, D] (or matching hidden [B, D]); shift and scale both undefined: plain add_rms_norm.
-/// Returns {out in hidden's dtype, residual'}.
+/// hidden_gate as for add_rms_norm. Returns {out in hidden's dtype, residual'}.
 std::pair<torch::Tensor, torch::Tensor> add_rms_norm_modulate(
     const torch::Tensor& hidden, const torch::Tensor& residual, const torch::Tensor& weight,
-    double eps, bool residual_in_fp32, const torch::Tensor& shift, const torch::Tensor& scale);
+    double eps, bool residual_in_fp32, const torch::Tensor& shift, const torch::Tensor& scale,
+    const torch::Tensor& hidden_gate = {});
 
 /// Mamba2's gated RMSNorm over groups of `group_size` channels: with norm_before_gate false,
 /// y = rms_group(x * silu(z)) * weight; with true, y = rms_group(x) * weight * silu(z).
@@ -42,7 +47,10 @@ std::pair<torch::Tensor, torch::Tensor> add_rms_norm(const torch::Tensor& hidden
                                                      bool residual_in_fp32);
 std::pair<torch::Tensor, torch::Tensor> add_rms_norm_modulate(
     const torch::Tensor& hidden, const torch::Tensor& residual, const torch::Tensor& weight,
-    double eps, bool residual_in_fp32, const torch::Tensor& shift, const torch::Tensor& scale);
+    double eps, bool residual_in_fp32, const torch::Tensor& shift, const torch::Tensor& scale,
+    const torch::Tensor& hidden_gate = {});
+/// hidden_gate * hidden, with the gate [B, D] broadcast over L for hidden [B, L, D].
+torch::Tensor gate_hidden(const torch::Tensor& hidden, const torch::Tensor& hidden_gate);
 torch::Tensor gated_rms_norm(const torch::Tensor& x, const torch::Tensor& z,
                              const torch::Tensor& weight, int64_t group_size, double eps,
                              bool norm_before_gate);
