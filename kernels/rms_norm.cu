@@ -2,6 +2,7 @@
 // types, and the column sums that finish the backward passes.
 #include <algorithm>
 
+#include "device_query.h"
 #include "rms_norm_kernel.cuh"
 
 namespace aim::kernels {
@@ -166,13 +167,7 @@ cudaError_t gated_rms_norm_bwd_cuda(const GatedRmsNormParams& p, ElemType dtype,
 }
 
 int rms_norm_bwd_rows_per_chunk(int64_t rows) {
-  int device = 0, sms = 0;
-  if (cudaGetDevice(&device) != cudaSuccess ||
-      cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device) != cudaSuccess ||
-      sms < 1) {
-    (void)cudaGetLastError();  // a failed query must not surface as a later launch's error
-    sms = 132;
-  }
+  const int sms = current_sm_count();
   const int64_t blocks = static_cast<int64_t>(kBlocksPerSm) * sms;
   return static_cast<int>(std::max<int64_t>(kMinRowsPerChunk, (rows + blocks - 1) / blocks));
 }

@@ -3,6 +3,7 @@
 // partials.
 #include <algorithm>
 
+#include "device_query.h"
 #include "selective_scan_bwd_kernel.cuh"
 #include "selective_scan_fwd_kernel.cuh"
 #include "selective_scan_update_kernel.cuh"
@@ -72,17 +73,6 @@ bool common_ok(const SelectiveScanParams& p) {
          p.delta != nullptr && p.Bm != nullptr && p.Cm != nullptr && p.A != nullptr;
 }
 
-int sm_count() {
-  int device = 0, sms = 0;
-  if (cudaGetDevice(&device) != cudaSuccess ||
-      cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device) != cudaSuccess ||
-      sms < 1) {
-    (void)cudaGetLastError();  // a failed query must not surface as a later launch's error
-    sms = 132;
-  }
-  return sms;
-}
-
 }  // namespace
 
 int selective_scan_chunks(int len) { return (len + kSelectiveScanChunk - 1) / kSelectiveScanChunk; }
@@ -99,7 +89,7 @@ int selective_scan_bwd_groups_per_block(const SelectiveScanParams& p) {
   one.bwd_groups_per_block = 1;
   const sscan::BwdLayout l = sscan::bwd_layout(one);
   const int64_t groups = std::max(l.groups, 1);
-  const int64_t target = static_cast<int64_t>(kBwdBlocksPerSm) * sm_count();
+  const int64_t target = static_cast<int64_t>(kBwdBlocksPerSm) * current_sm_count();
   int64_t gpb = std::max<int64_t>(1, (p.batch * groups + target - 1) / target);
   const int64_t per_block = 2 * static_cast<int64_t>(p.len) * p.dstate;
   const int64_t max_blocks =

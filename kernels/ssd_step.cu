@@ -19,6 +19,7 @@
 // another.
 #include <cuda_bf16.h>
 
+#include "device_query.h"
 #include "ssd_state_update_kernel.cuh"  // load_as_float, store_from_float
 #include "ssd_step.h"
 
@@ -208,13 +209,7 @@ __global__ void __launch_bounds__(kThreads) ssd_step_kernel(SsdStepParams p) {
 // Splits of a head: the fewest (a power of two dividing P, at least kMinRows rows each) that
 // give two blocks per SM, so that small batches still spread the state over the device.
 int splits_for(const SsdStepParams& p) {
-  int device = 0, sms = 0;
-  if (cudaGetDevice(&device) != cudaSuccess ||
-      cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device) != cudaSuccess ||
-      sms < 1) {
-    (void)cudaGetLastError();  // a failed query must not surface as a later launch's error
-    sms = 132;
-  }
+  const int sms = current_sm_count();
   int splits = 1;
   while (int64_t(p.batch) * p.nheads * splits < 2 * int64_t(sms) && p.headdim % (2 * splits) == 0 &&
          p.headdim / (2 * splits) >= kMinRows) {
