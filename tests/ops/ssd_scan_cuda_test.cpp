@@ -23,6 +23,9 @@
 #include "ops/ssd_cases.h"
 #include "ops/ssd_step_cases.h"
 #include "test_util.h"
+#ifdef AIM_WITH_CUDA
+#include "ops/ssd_scan_cuda.h"
+#endif
 
 namespace aim {
 namespace {
@@ -94,6 +97,10 @@ TEST_P(SsdDecodeStepCuda, FusedStepEqualsTheThreeReferenceOps) {
                               [](const torch::Tensor& zxbcdt, torch::Tensor& conv_state,
                                  torch::Tensor& ssm_state, const ops::SsdDecodeWeights& w,
                                  const torch::Tensor& arrivals) {
+#ifdef AIM_WITH_CUDA
+                                EXPECT_TRUE(ops::cuda::ssd_decode_step_supported(zxbcdt, conv_state,
+                                                                                 ssm_state, w));
+#endif
                                 return ops::ssd_decode_step(zxbcdt, conv_state, ssm_state, w, arrivals);
                               });
 }
