@@ -66,6 +66,11 @@ inline kernels::ElemType elem_type(torch::ScalarType t) {
 }
 inline kernels::ElemType elem_type(const torch::Tensor& t) { return elem_type(t.scalar_type()); }
 
+/// Whether an optional tensor (undefined counts as yes) is on x's device.
+inline bool on_device_of(const torch::Tensor& t, const torch::Tensor& x) {
+  return !t.defined() || t.device() == x.device();
+}
+
 /// A parameter vector (a norm's weight, shift, scale) as the kernels read it: fp32 or bf16 as
 /// stored when contiguous (a bf16 model's step converts nothing), else a contiguous fp32 copy.
 inline torch::Tensor as_param(const torch::Tensor& t) {

@@ -37,10 +37,6 @@ bool unit_last_stride(const torch::Tensor& t) {
   return !t.defined() || t.size(-1) <= 1 || t.stride(-1) == 1;
 }
 
-bool on_device_of(const torch::Tensor& t, const torch::Tensor& x) {
-  return !t.defined() || t.device() == x.device();
-}
-
 // At least one row, and the row count fits the kernels' int.
 bool rows_fit(const torch::Tensor& x) {
   return x.dim() >= 1 && x.numel() > 0 &&

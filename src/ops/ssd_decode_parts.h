@@ -18,12 +18,12 @@ struct SsdDecodeShape {
 SsdDecodeShape check_ssd_decode_step(const torch::Tensor& zxbcdt, const torch::Tensor& conv_state,
                                      const torch::Tensor& ssm_state, const SsdDecodeWeights& w);
 
+/// The three ops on arguments check_ssd_decode_step passed, of sizes `s`.
 template <typename ConvUpdate, typename StateUpdate, typename GatedNorm>
-torch::Tensor ssd_decode_step_parts(const torch::Tensor& zxbcdt, torch::Tensor& conv_state,
-                                    torch::Tensor& ssm_state, const SsdDecodeWeights& w,
-                                    const ConvUpdate& conv_update, const StateUpdate& state_update,
-                                    const GatedNorm& gated_norm) {
-  const auto s = check_ssd_decode_step(zxbcdt, conv_state, ssm_state, w);
+torch::Tensor ssd_decode_step_parts(const SsdDecodeShape& s, const torch::Tensor& zxbcdt,
+                                    torch::Tensor& conv_state, torch::Tensor& ssm_state,
+                                    const SsdDecodeWeights& w, const ConvUpdate& conv_update,
+                                    const StateUpdate& state_update, const GatedNorm& gated_norm) {
   const int64_t gn = w.ngroups * s.dstate;
   auto z = zxbcdt.narrow(1, 0, s.inner);
   auto xbc = conv_update(zxbcdt.narrow(1, s.inner, s.conv_dim), conv_state, w.conv_weight,

@@ -159,7 +159,7 @@ SsdDecodeShape check_ssd_decode_step(const torch::Tensor& zxbcdt, const torch::T
 torch::Tensor ssd_decode_step(const torch::Tensor& zxbcdt, torch::Tensor& conv_state,
                               torch::Tensor& ssm_state, const SsdDecodeWeights& w,
                               const torch::Tensor& arrivals) {
-  detail::check_ssd_decode_step(zxbcdt, conv_state, ssm_state, w);
+  const auto shape = detail::check_ssd_decode_step(zxbcdt, conv_state, ssm_state, w);
 #ifdef AIM_WITH_CUDA
   if (zxbcdt.is_cuda() && cuda_kernels_enabled() &&
       cuda::ssd_decode_step_supported(zxbcdt, conv_state, ssm_state, w)) {
@@ -171,8 +171,9 @@ torch::Tensor ssd_decode_step(const torch::Tensor& zxbcdt, torch::Tensor& conv_s
     return k->ssd_decode_step(zxbcdt, conv_state, ssm_state, w, arrivals);
   }
   // The three ops, each through its own dispatch.
-  return detail::ssd_decode_step_parts(zxbcdt, conv_state, ssm_state, w, ops::causal_conv1d_update,
-                                       ops::ssd_state_update, ops::gated_rms_norm);
+  return detail::ssd_decode_step_parts(shape, zxbcdt, conv_state, ssm_state, w,
+                                       ops::causal_conv1d_update, ops::ssd_state_update,
+                                       ops::gated_rms_norm);
 }
 
 }  // namespace aim::ops

@@ -21,6 +21,11 @@ namespace aim::ops::AIM_OPS_CUDA_NS {
 
 namespace {
 bool last_dim_contiguous(const torch::Tensor& t) { return t.stride(-1) == 1; }
+
+// The kernels read rows along the last dimension: a copy only when it is strided.
+torch::Tensor unit_last(const torch::Tensor& t) {
+  return t.size(-1) > 1 && t.stride(-1) != 1 ? t.contiguous() : t;
+}
 }  // namespace
 
 bool ssd_state_update_supported(const torch::Tensor& state, const torch::Tensor& x,
@@ -36,11 +41,9 @@ torch::Tensor ssd_state_update(torch::Tensor& state, const torch::Tensor& x,
                                const torch::Tensor& D, const torch::Tensor& dt_bias,
                                bool dt_softplus) {
   DeviceGuard guard(x.device());
-  // The kernel takes dt's row stride: a column slice of the projection needs no copy.
-  auto dt_c = dt.to(x.scalar_type());
-  if (!last_dim_contiguous(dt_c)) dt_c = dt_c.contiguous();
-  auto c_c = Cm.to(x.scalar_type());
-  if (!last_dim_contiguous(c_c)) c_c = c_c.contiguous();
+  // The kernel takes dt's and C's row strides: column slices of the projection need no copy.
+  const auto dt_c = unit_last(dt.to(x.scalar_type()));
+  const auto c_c = unit_last(Cm.to(x.scalar_type()));
   auto a_f = as_float(A), d_f = as_float(D), bias_f = as_float(dt_bias);
   auto y = torch::empty(x.sizes(), x.options());
 
@@ -85,15 +88,6 @@ using torch::autograd::tensor_list;
 
 constexpr int64_t kMaxGridDim = 65535;
 
-
-// The kernels read rows along the last dimension: a copy only when it is strided.
-torch::Tensor unit_last(const torch::Tensor& t) {
-  return t.size(-1) > 1 && t.stride(-1) != 1 ? t.contiguous() : t;
-}
-
-bool on_device_of(const torch::Tensor& t, const torch::Tensor& x) {
-  return !t.defined() || t.device() == x.device();
-}
 
 
 kernels::SsdScanTiling tiling_for(const torch::Tensor& x, const torch::Tensor& Bm) {

@@ -163,8 +163,10 @@ torch::Tensor ssd_state_update(torch::Tensor& state, const torch::Tensor& x,
 
 torch::Tensor ssd_decode_step(const torch::Tensor& zxbcdt, torch::Tensor& conv_state,
                               torch::Tensor& ssm_state, const SsdDecodeWeights& w) {
-  return detail::ssd_decode_step_parts(zxbcdt, conv_state, ssm_state, w, ref::causal_conv1d_update,
-                                       ref::ssd_state_update, ref::gated_rms_norm);
+  const auto shape = detail::check_ssd_decode_step(zxbcdt, conv_state, ssm_state, w);
+  return detail::ssd_decode_step_parts(shape, zxbcdt, conv_state, ssm_state, w,
+                                       ref::causal_conv1d_update, ref::ssd_state_update,
+                                       ref::gated_rms_norm);
 }
 
 }  // namespace aim::ops::ref
