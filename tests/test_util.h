@@ -133,7 +133,20 @@ inline void expect_close(const std::string& name, const torch::Tensor& actual,
                          << ", max|expected| " << r.scale;
 }
 
-inline std::string source_dir() { return AIM_SOURCE_DIR; }
+/// A path fixed at build time unless the environment variable `env` names another: the test
+/// programs also run relocated (scripts/gpu_check.sh runs a prebuilt aim_tests from another
+/// checkout, with another Python).
+inline std::string path_setting(const char* env, const char* built) {
+  const char* value = std::getenv(env);
+  return value && *value ? value : built;
+}
+/// The source tree ($AIM_SOURCE_DIR), the `aim` program ($AIM_BINARY) and the Python that holds
+/// torch, numpy and safetensors ($AIM_PYTHON).
+inline std::string source_dir() { return path_setting("AIM_SOURCE_DIR", AIM_SOURCE_DIR); }
+#ifdef AIM_BINARY_PATH  // defined for aim_tests, which runs the programs
+inline std::string aim_binary() { return path_setting("AIM_BINARY", AIM_BINARY_PATH); }
+inline std::string python() { return path_setting("AIM_PYTHON", AIM_PYTHON_PATH); }
+#endif
 
 /// A shell command's exit code and its stdout + stderr.
 struct RunResult {

@@ -17,7 +17,7 @@ namespace aim {
 namespace {
 
 test::RunResult run_aim(const std::string& args) {
-  return test::run_shell(std::string(AIM_BINARY_PATH) + " " + args);
+  return test::run_shell(test::aim_binary() + " " + args);
 }
 
 std::string src(const std::string& rel) { return test::source_dir() + "/" + rel; }
@@ -84,8 +84,8 @@ TEST(Cli, ExtractCodesAsTwoRanksEqualsOneProcess) {
     return "OMPI_COMM_WORLD_RANK=" + std::to_string(rank) + " OMPI_COMM_WORLD_SIZE=2 OMPI_COMM_WORLD_LOCAL_RANK=" +
            std::to_string(rank) + " OMPI_COMM_WORLD_LOCAL_SIZE=2 ";
   };
-  const std::string cmd = "(" + env(1) + AIM_BINARY_PATH + " " + two + " > " + (dir / "r1.log").string() +
-                          " 2>&1 &) ; " + env(0) + AIM_BINARY_PATH + " " + two;
+  const std::string cmd = "(" + env(1) + test::aim_binary() + " " + two + " > " + (dir / "r1.log").string() +
+                          " 2>&1 &) ; " + env(0) + test::aim_binary() + " " + two;
   const auto both = test::run_shell(cmd);
   const std::string& out = both.output;
   ASSERT_EQ(both.code, 0) << out;

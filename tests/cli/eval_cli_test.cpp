@@ -74,7 +74,7 @@ const World& world() {
 
 test::RunResult run_aim(const std::string& args) {
   // The weights come from flags only: a user's $AIM_INCEPTION_WEIGHTS must not leak in.
-  return test::run_shell("env -u AIM_INCEPTION_WEIGHTS OMP_NUM_THREADS=1 " + std::string(AIM_BINARY_PATH) +
+  return test::run_shell("env -u AIM_INCEPTION_WEIGHTS OMP_NUM_THREADS=1 " + test::aim_binary() +
                          " eval --quiet " + args);
 }
 
@@ -178,7 +178,7 @@ TEST(EvalCli, AnImageFolderAndACompressedNpzGiveTheSameNumbers) {
   expect_metrics(read_json(w.p("b.json")), expected(), kRtol, "png folder");
   EXPECT_TRUE(fs::exists(w.dir / "sample_pngs.inception.safetensors"));
 
-  const std::string py = std::string(AIM_PYTHON_PATH) + " -c \"import numpy as np; d = np.load('" +
+  const std::string py = test::python() + " -c \"import numpy as np; d = np.load('" +
                          w.p("ref.npz") + "'); np.savez_compressed('" + w.p("ref_z.npz") + "', **d)\"";
   auto z = test::run_shell(py);
   ASSERT_EQ(z.code, 0) << z.output;

@@ -13,11 +13,12 @@
 
 #include "aim/core/config.h"
 #include "aim/core/error.h"
+#include "test_util.h"
 
 namespace aim {
 namespace {
 
-std::string source_path(const std::string& rel) { return std::string(AIM_SOURCE_DIR) + "/" + rel; }
+std::string source_path(const std::string& rel) { return test::source_dir() + "/" + rel; }
 
 /// Runs `fn`, expects an aim::Error whose message contains every string of `parts`.
 void expect_error(const std::function<void()>& fn, const std::vector<std::string>& parts) {

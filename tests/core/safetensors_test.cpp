@@ -21,6 +21,7 @@
 
 #include "aim/core/error.h"
 #include "aim/core/safetensors.h"
+#include "test_util.h"
 
 namespace aim {
 namespace {
@@ -658,8 +659,8 @@ TEST_F(SafetensorsTest, RejectsDirectoryAndMissingFile) {
 // ------------------------------------------------------------------------- fixtures, corpus
 
 TEST(SafetensorsFixtures, AllParseAndAreFinite) {
-  const auto files = files_under(str_cat(AIM_SOURCE_DIR, "/tests/fixtures"), ".safetensors");
-  ASSERT_FALSE(files.empty()) << "no *.safetensors under " << AIM_SOURCE_DIR << "/tests/fixtures";
+  const auto files = files_under(str_cat(test::source_dir(), "/tests/fixtures"), ".safetensors");
+  ASSERT_FALSE(files.empty()) << "no *.safetensors under " << test::source_dir() << "/tests/fixtures";
   for (const auto& f : files) {
     SCOPED_TRACE(f);
     SafetensorsFile file(f);
@@ -677,7 +678,7 @@ TEST(SafetensorsFixtures, AllParseAndAreFinite) {
 TEST(SafetensorsFuzzCorpus, SeedsParseOrFailAsNamed) {
   // Seeds named valid_* must parse and bad_* must be rejected, so the corpus keeps covering
   // both sides of each rule.
-  const auto files = files_under(str_cat(AIM_SOURCE_DIR, "/tests/fuzz/corpus_safetensors"),
+  const auto files = files_under(str_cat(test::source_dir(), "/tests/fuzz/corpus_safetensors"),
                                  ".safetensors");
   ASSERT_FALSE(files.empty());
   for (const auto& f : files) {
@@ -704,7 +705,7 @@ int run_python(const std::string& dir, const std::string& script, const std::str
     std::ofstream out(script_path);
     out << script;
   }
-  const std::string cmd = str_cat("\"", AIM_PYTHON_PATH, "\" \"", script_path, "\" ",
+  const std::string cmd = str_cat("\"", test::python(), "\" \"", script_path, "\" ",
                                   args, " > \"", log_path, "\" 2>&1");
   const int rc = std::system(cmd.c_str());
   *log = read_bytes(log_path);
@@ -797,7 +798,7 @@ serialize_file(tensors, sys.argv[1], metadata={"format": "np", "origin": "python
 
 TEST_F(SafetensorsTest, ReadsFileWrittenByPython) {
   if (!python_has_safetensors(dir_)) {
-    GTEST_SKIP() << AIM_PYTHON_PATH << " cannot import numpy, torch and safetensors";
+    GTEST_SKIP() << test::python() << " cannot import numpy, torch and safetensors";
   }
   const std::string p = path("from_python.safetensors");
   std::string log;
@@ -867,7 +868,7 @@ serialize_file(out, dst, metadata=meta)
 
 TEST_F(SafetensorsTest, PythonReadsFileWeWrote) {
   if (!python_has_safetensors(dir_)) {
-    GTEST_SKIP() << AIM_PYTHON_PATH << " cannot import numpy, torch and safetensors";
+    GTEST_SKIP() << test::python() << " cannot import numpy, torch and safetensors";
   }
   std::vector<std::pair<std::string, torch::Tensor>> tensors;
   for (torch::ScalarType dtype : kAllDtypes) {

@@ -58,7 +58,7 @@ class Extract : public ::testing::Test {
     fs::create_directories(dir_ / "tree");
     const auto script = dir_ / "make_tree.py";
     std::ofstream(script) << kMakeTree;
-    const std::string cmd = std::string(AIM_PYTHON_PATH) + " " + script.string() + " " + (dir_ / "tree").string();
+    const std::string cmd = test::python() + " " + script.string() + " " + (dir_ / "tree").string();
     if (std::system(cmd.c_str()) != 0) GTEST_SKIP() << "python with numpy and PIL is needed to generate the images";
     const auto vq_dir = test::fixtures_dir() / "vq" / "vq16_tiny";
     vq_ = load_vq_model((vq_dir / "model.safetensors").string(), (vq_dir / "config.json").string());

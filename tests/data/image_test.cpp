@@ -53,7 +53,7 @@ const Fixtures& fixtures() {
     Fixtures x;
     x.dir = fs::temp_directory_path() / ("aim_image_test_" + std::to_string(::getpid()));
     fs::create_directories(x.dir);
-    const std::string python = AIM_PYTHON_PATH;
+    const std::string python = test::python();
     const std::string script = test::source_dir() + "/tests/data/image_fixtures.py";
     if (!fs::exists(python)) {
       x.skip = "no Python at " + python + " (AIM_PYTHON): PIL references unavailable";

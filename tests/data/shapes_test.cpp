@@ -229,7 +229,7 @@ TEST(Shapes, OptionErrorsNameTheFlag) {
 }
 
 test::RunResult run_aim(const std::string& args) {
-  return test::run_shell(std::string(AIM_BINARY_PATH) + " " + args);
+  return test::run_shell(test::aim_binary() + " " + args);
 }
 
 TEST(Shapes, CliWritesAndAnalysesADataset) {

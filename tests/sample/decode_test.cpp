@@ -121,7 +121,7 @@ TEST(GraphDecodeCuda, TheSampleCommandOverlapsDecodingAndMatchesEagerStepping) {
   fs::create_directories(dir);
   const std::string ckpt = (test::fixtures_dir() / "aim" / "mamba2_tiny").string();
   // 7 samples in batches of 2: four batches, so decoding overlaps three generations.
-  const std::string base = std::string(AIM_BINARY_PATH) + " sample --ckpt " + ckpt + " --vq-config " +
+  const std::string base = test::aim_binary() + " sample --ckpt " + ckpt + " --vq-config " +
                            test::source_dir() + "/configs/fixture_tiny_vq.json --device cuda --num-samples 7 " +
                            "--labels balanced --cfg 2 --top-k 50 --seed 3 --batch-size 2 ";
   auto a = test::run_shell(base + "--tokens " + (dir / "graph.safetensors").string());

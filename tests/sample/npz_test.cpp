@@ -39,7 +39,7 @@ int run_python(const std::string& dir, const std::string& script, const std::str
   const std::string script_path = dir + "/script.py";
   const std::string log_path = dir + "/python.log";
   write_bytes(script_path, script);
-  const std::string cmd = str_cat("\"", AIM_PYTHON_PATH, "\" \"", script_path, "\" ", args,
+  const std::string cmd = str_cat("\"", test::python(), "\" \"", script_path, "\" ", args,
                                   " > \"", log_path, "\" 2>&1");
   const int rc = std::system(cmd.c_str());
   *log = read_bytes(log_path);

@@ -161,7 +161,7 @@ class SampleCli : public ::testing::Test {
     fs::remove_all(dir_);
     fs::create_directories(dir_);
     ckpt_ = (test::fixtures_dir() / "aim" / "mamba2_tiny").string();
-    base_ = std::string(AIM_BINARY_PATH) + " sample --ckpt " + ckpt_ + " --vq-config " +
+    base_ = test::aim_binary() + " sample --ckpt " + ckpt_ + " --vq-config " +
             test::source_dir() + "/configs/fixture_tiny_vq.json ";
   }
   void TearDown() override { fs::remove_all(dir_); }
@@ -178,7 +178,7 @@ TEST_F(SampleCli, GridNpzAndTokensAndTheirAgreement) {
   EXPECT_TRUE(fs::exists(p("grid.png")));
   EXPECT_TRUE(fs::exists(p("png/000005_class4.png")));
   EXPECT_FALSE(fs::exists(p("s.npz.parts")));
-  const std::string check = std::string(AIM_PYTHON_PATH) + " -c \"import numpy as np; d = np.load('" + p("s.npz") +
+  const std::string check = test::python() + " -c \"import numpy as np; d = np.load('" + p("s.npz") +
                             "'); a = d['arr_0']; print(a.shape, a.dtype, d['arr_1'].tolist(), bytes(d['aim_settings']).decode())\"";
   auto np = run(check);
   EXPECT_EQ(np.code, 0) << np.output;
@@ -193,10 +193,10 @@ TEST_F(SampleCli, GridNpzAndTokensAndTheirAgreement) {
   ASSERT_EQ(r2.code, 0) << r2.output;
   EXPECT_TRUE(torch::equal(load_safetensors(p("t.safetensors"))["tokens"], load_safetensors(p("t2.safetensors"))["tokens"]));
   // Decoding the saved tokens reproduces the npz images.
-  auto r3 = run(std::string(AIM_BINARY_PATH) + " sample --from-tokens " + p("t.safetensors") + " --vq " + ckpt_ +
+  auto r3 = run(test::aim_binary() + " sample --from-tokens " + p("t.safetensors") + " --vq " + ckpt_ +
                 " --vq-config " + test::source_dir() + "/configs/fixture_tiny_vq.json --npz " + p("again.npz"));
   ASSERT_EQ(r3.code, 0) << r3.output;
-  auto cmp = run(std::string(AIM_PYTHON_PATH) + " -c \"import numpy as np; a = np.load('" + p("s.npz") +
+  auto cmp = run(test::python() + " -c \"import numpy as np; a = np.load('" + p("s.npz") +
                  "')['arr_0']; b = np.load('" + p("again.npz") + "')['arr_0']; print('same' if (a == b).all() else 'differ')\"");
   EXPECT_NE(cmp.output.find("same"), std::string::npos) << cmp.output;
 }
@@ -246,7 +246,7 @@ TEST_F(SampleCli, Bf16SsmStateIsASettingOfTheRun) {
   EXPECT_NE(mixed.code, 0);
   EXPECT_NE(mixed.output.find("sampled with ssm_state "), std::string::npos) << mixed.output;
   const auto mamba1 = (test::fixtures_dir() / "aim" / "mamba1_tiny").string();
-  auto m1 = run(std::string(AIM_BINARY_PATH) + " sample --ckpt " + mamba1 + " --vq-config " +
+  auto m1 = run(test::aim_binary() + " sample --ckpt " + mamba1 + " --vq-config " +
                 test::source_dir() + "/configs/fixture_tiny_vq.json --class 1 --ssm-state bf16 --tokens " +
                 p("m1.safetensors"));
   EXPECT_EQ(m1.code, 0) << m1.output;
@@ -257,14 +257,14 @@ TEST_F(SampleCli, FromTokensDecodesTheFixtureImages) {
   auto golden = load_safetensors((fs::path(ckpt_) / "cases.safetensors").string());
   save_safetensors(p("fixture_tokens.safetensors"),
                    {{"tokens", golden["decode_tokens"]}, {"labels", golden["decode_labels"]}});
-  auto r = run(std::string(AIM_BINARY_PATH) + " sample --from-tokens " + p("fixture_tokens.safetensors") +
+  auto r = run(test::aim_binary() + " sample --from-tokens " + p("fixture_tokens.safetensors") +
                " --vq " + ckpt_ + " --vq-config " + test::source_dir() + "/configs/fixture_tiny_vq.json --npz " +
                p("decoded.npz"));
   ASSERT_EQ(r.code, 0) << r.output;
   // The official images, quantised the ADM way, against ours (rounding at a boundary may move one level).
   auto expected = (golden["decoded_images"] * 127.5 + 128).clamp(0, 255).to(torch::kUInt8).permute({0, 2, 3, 1});
   save_safetensors(p("expected.safetensors"), {{"images", expected.contiguous()}});
-  auto cmp = run(std::string(AIM_PYTHON_PATH) + " -c \"import numpy as np; from safetensors.numpy import load_file; e = load_file('" +
+  auto cmp = run(test::python() + " -c \"import numpy as np; from safetensors.numpy import load_file; e = load_file('" +
                  p("expected.safetensors") + "')['images'].astype(int); a = np.load('" + p("decoded.npz") +
                  "')['arr_0'].astype(int); print('maxdiff', abs(a - e).max(), a.shape)\"");
   const bool close = cmp.output.find("maxdiff 0 ") != std::string::npos ||
@@ -289,7 +289,7 @@ TEST_F(SampleCli, InvalidValuesFailClearlyAndLeaveNothing) {
     EXPECT_NE(r.code, 0) << args;
     EXPECT_NE(r.output.find(expect), std::string::npos) << args << "\n" << r.output;
   }
-  auto r = run(std::string(AIM_BINARY_PATH) + " sample --ckpt " + p("missing") + " --class 1 --out " + p("a.png"));
+  auto r = run(test::aim_binary() + " sample --ckpt " + p("missing") + " --class 1 --out " + p("a.png"));
   EXPECT_NE(r.code, 0);
   EXPECT_NE(r.output.find("no such file"), std::string::npos) << r.output;
   size_t left = 0;

@@ -21,10 +21,6 @@
 #include "aim/model/vq.h"
 #include "test_util.h"
 
-#ifndef AIM_PYTHON_PATH
-#define AIM_PYTHON_PATH ""
-#endif
-
 namespace aim {
 namespace {
 
@@ -118,9 +114,9 @@ TensorMap as_map(const std::vector<std::pair<std::string, torch::Tensor>>& named
 class ConvertCheckpoint : public ::testing::Test {
  protected:
   static void SetUpTestSuite() {
-    const std::string python = AIM_PYTHON_PATH;
+    const std::string python = test::python();
     if (python.empty() || !fs::exists(python)) {
-      skip_reason_ = "no Python at AIM_PYTHON_PATH '" + python + "' (configure with -DAIM_PYTHON=...)";
+      skip_reason_ = "no Python at AIM_PYTHON '" + python + "' (configure with -DAIM_PYTHON=...)";
       return;
     }
     auto probe = run_shell(quote(python) + " -c 'import torch'");
@@ -137,7 +133,7 @@ class ConvertCheckpoint : public ::testing::Test {
       key += std::to_string(fs::file_size(fixture(f))) + f;
     std::ostringstream name;
     name << "convert_checkpoint_" << std::hex << std::hash<std::string>{}(key);
-    const fs::path root = fs::path(AIM_BINARY_PATH).parent_path() / "test_inputs";
+    const fs::path root = fs::path(test::aim_binary()).parent_path() / "test_inputs";
     inputs_ = root / name.str();
     if (!fs::exists(inputs_ / "DONE")) {
       std::error_code ec;
@@ -175,7 +171,7 @@ class ConvertCheckpoint : public ::testing::Test {
 
   /// Runs the converter; `env` is prepended (VAR=value ...).
   static RunResult convert(const std::string& args, const std::string& env = "") {
-    auto r = run_shell(env + (env.empty() ? "" : " ") + quote(AIM_PYTHON_PATH) + " " +
+    auto r = run_shell(env + (env.empty() ? "" : " ") + quote(test::python()) + " " +
                        quote(tool()) + " " + args);
     std::printf("  $ convert_checkpoint.py %s -> exit %d\n", args.c_str(), r.code);
     return r;

@@ -46,7 +46,7 @@ class TrainerTest : public ::testing::Test {
     return load_config(test::source_dir() + "/configs/tiny.yaml", all);
   }
   std::string tiny() const { return test::source_dir() + "/configs/tiny.yaml"; }
-  std::string aim(const std::string& args) const { return std::string(AIM_BINARY_PATH) + " " + args; }
+  std::string aim(const std::string& args) const { return test::aim_binary() + " " + args; }
   std::string cli_sets(const std::string& out) const {
     return "--set data.codes=" + codes() + " --set train.global_batch=8 --set train.micro_batch=4 " +
            "--set train.log_every=1 --set data.num_workers=1 --out " + out;
@@ -190,14 +190,14 @@ TEST_F(TrainerTest, PlotMetricsDrawsTheCurves) {
   TrainOptions o;
   o.quiet = true;
   run_training(config(run("plot"), {"train.max_steps=3"}), o);
-  const auto r = test::run_shell(std::string(AIM_PYTHON_PATH) + " " + test::source_dir() +
+  const auto r = test::run_shell(test::python() + " " + test::source_dir() +
                                  "/scripts/plot_metrics.py " + run("plot"));
   ASSERT_EQ(r.code, 0) << r.output;
   const auto png = fs::path(run("plot")) / "metrics.png";
   ASSERT_TRUE(fs::exists(png));
   const auto img = decode_image(png.string());
   EXPECT_GT(img.width, 500);
-  const auto missing = test::run_shell(std::string(AIM_PYTHON_PATH) + " " + test::source_dir() +
+  const auto missing = test::run_shell(test::python() + " " + test::source_dir() +
                                        "/scripts/plot_metrics.py " + run("nothing"));
   EXPECT_NE(missing.code, 0);
   EXPECT_NE(missing.output.find("metrics.jsonl: no such file"), std::string::npos) << missing.output;

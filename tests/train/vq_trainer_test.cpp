@@ -283,7 +283,7 @@ TEST_F(TrainVqTest, TheRunIsATokenizerForTheRestOfThePipeline) {
   const auto saved = load_safetensors(r.checkpoint + "/model.safetensors");
   for (const auto& [k, v] : vq_state_dict(vq.model)) EXPECT_TRUE(torch::equal(v, saved.at(k))) << k;
   // eval-vq and extract-codes take it as --vq.
-  const std::string aim = AIM_BINARY_PATH;
+  const std::string aim = test::aim_binary();
   auto e = test::run_shell(aim + " eval-vq --vq " + run("vq") + " --data " + images() +
                            " --image-size 32 --json " + run("eval.json") + " --save-recon " + run("recon"));
   ASSERT_EQ(e.code, 0) << e.output;
