@@ -276,11 +276,17 @@ Runner add_sample_command(CLI::App& app) {
     // Decoding and saving batch k overlaps generating batch k + 1 on CUDA: the tokenizer runs on
     // its own stream in a worker thread (at most one batch in flight). On the CPU both would
     // share the same cores, so they run one after the other.
+    // One stream for all batches: the caching allocator reuses a freed block only on the stream
+    // it was freed on, so a new pool stream per batch would cache each decode's memory anew.
     const bool overlap = device.is_cuda();
+#ifdef AIM_WITH_CUDA
+    std::optional<c10::cuda::CUDAStream> decode_stream;
+    if (overlap) decode_stream = c10::cuda::getStreamFromPool(false, device.index());
+#endif
     auto finish_batch = [&, overlap](torch::Tensor tokens, torch::Tensor lab, fs::path part, int64_t n) {
 #ifdef AIM_WITH_CUDA
       std::optional<c10::cuda::CUDAStreamGuard> on_stream;
-      if (overlap) on_stream.emplace(c10::cuda::getStreamFromPool(false, device.index()));
+      if (overlap) on_stream.emplace(*decode_stream);
 #endif
       const auto t1 = std::chrono::steady_clock::now();
       auto images = to_uint8_hwc(decode_tokens(vq, tokens, a->batch_size));
@@ -292,22 +298,23 @@ Runner add_sample_command(CLI::App& app) {
     auto labels_of = [&](int64_t start, int64_t n) {
       return torch::tensor(std::vector<int64_t>(labels.begin() + start, labels.begin() + start + n), torch::kLong);
     };
-    // Every finished batch this rank would reuse is checked before anything new is written.
+    // Every finished batch this rank would reuse is checked before anything new is written; they
+    // count toward the total, not the rate. Only the decode worker updates the progress after this.
+    int64_t resumed = 0;
     for (int64_t k = env.rank; k < batches; k += env.world_size) {
       const int64_t start = k * a->batch_size, n = std::min(a->batch_size, total - start);
       const auto part = work / part_name(start, n);
       if (fs::exists(part)) {
         check_resumed_part(part, settings, labels_of(start, n));
+        resumed += n;
       }
     }
+    progress.resume_at(resumed);
     std::future<void> pending;
     for (int64_t k = env.rank; k < batches; k += env.world_size) {
       const int64_t start = k * a->batch_size, n = std::min(a->batch_size, total - start);
       const auto part = work / part_name(start, n);
-      if (fs::exists(part)) {
-        progress.update(n, "resumed");
-        continue;
-      }
+      if (fs::exists(part)) continue;  // checked above
       std::vector<int64_t> ids(static_cast<size_t>(n));
       for (int64_t i = 0; i < n; ++i) ids[i] = start + i;
       auto lab = labels_of(start, n);

@@ -1,5 +1,8 @@
 #include "aim/sample/generate.h"
 
+#include <optional>
+#include <vector>
+
 #include "aim/core/error.h"
 #include "aim/ops/sampling.h"
 
@@ -63,8 +66,14 @@ void replay_tokens(AimModel& model, InferenceState& state, const torch::Tensor& 
     step.add_(1);
     position.add_(1);
   };
-  // Capture runs on a side stream that is ordered after everything queued so far.
-  auto side = c10::cuda::getStreamFromPool(/*isHighPriority=*/false, dev.index());
+  // Capture runs on a side stream that is ordered after everything queued so far. One per thread
+  // and device for all calls: the caching allocator reuses freed blocks only on their own
+  // stream, and two threads must not capture on the same stream.
+  thread_local std::vector<std::optional<c10::cuda::CUDAStream>> sides;
+  if (static_cast<int64_t>(sides.size()) <= dev.index()) sides.resize(dev.index() + 1);
+  auto& slot = sides[dev.index()];
+  if (!slot) slot = c10::cuda::getStreamFromPool(/*isHighPriority=*/false, dev.index());
+  const auto side = *slot;
   auto current = c10::cuda::getCurrentCUDAStream(dev.index());
   at::cuda::CUDAEvent ready;
   ready.record(current);
@@ -74,7 +83,18 @@ void replay_tokens(AimModel& model, InferenceState& state, const torch::Tensor& 
     c10::cuda::CUDAStreamGuard on_side(side);
     body();  // token 1, eagerly
     graph.capture_begin({0, 0}, cudaStreamCaptureModeThreadLocal);
-    body();  // recorded, not run
+    try {
+      body();  // recorded, not run
+    } catch (...) {
+      // End the capture so that the stream and the caching allocator leave capture mode (the
+      // allocator would otherwise keep its cache for the rest of the process); the error is
+      // body()'s.
+      try {
+        graph.capture_end();
+      } catch (...) {
+      }
+      throw;
+    }
     graph.capture_end();
     for (int64_t t = 2; t < len; ++t) graph.replay();
     // The graph's memory pool goes back to the allocator when `graph` is destroyed: only after

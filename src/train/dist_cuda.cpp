@@ -20,8 +20,10 @@ namespace aim::train::detail {
 torch::Device select_cuda_device(torch::Device requested, int local_rank, int local_world_size) {
   const int count = static_cast<int>(c10::cuda::device_count());
   AIM_CHECK(count > 0, "device ", requested.str(), ": no GPU is visible to this process");
-  // NCCL needs one GPU per rank: wrapping ranks around the GPUs only fails later, in NCCL.
-  AIM_CHECK(requested.has_index() || local_world_size <= count, "device ", requested.str(), ": ",
+  // NCCL needs one GPU per rank: wrapping ranks around the GPUs only fails later, in NCCL. The
+  // requested device has an index either way (--device cuda gives the local rank's, modulo the
+  // GPU count), so the count of ranks decides.
+  AIM_CHECK(local_world_size <= count, "device ", requested.str(), ": ",
             local_world_size, " ranks on this node but ", count,
             " GPU(s) visible; expected at most one rank per GPU\n"
             "---> HINT: launch at most ", count, " rank(s) per node, or train on the CPU with --device cpu");
