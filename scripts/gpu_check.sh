@@ -32,11 +32,15 @@ DEBS=(libyaml-cpp-dev libyaml-cpp0.7 libspdlog-dev libspdlog1.10 libfmt-dev libf
                    # that is absent, CMake's FindZLIB takes the package's libz.a instead
 PROGRAMS=(aim tests/aim_tests bench/bench_ops bench/bench_train bench/bench_sample)
 ARCHIVE=.prebuilt/aim-cuda.tar.xz
+# The device's configuration, packed here or built there: CUDA, no emulated kernels (CI's
+# stand-in for the device), no MPI (the device has no MPI runtime).
+DEVICE_CONFIG=(-G Ninja -DCMAKE_BUILD_TYPE=Release -DAIM_CUDA=ON -DAIM_FUZZ=OFF -DAIM_BUILD_EMU_TESTS=OFF
+               -DCMAKE_DISABLE_FIND_PACKAGE_MPI=ON)
 
 # The hash of everything a build reads from the tree (sources, tests and their fixtures, configs):
 # the same files here and on the device, where the tree travels without .git.
 source_stamp() {
-  find CMakeLists.txt cmake include kernels src tests tools configs third_party -type f \
+  find CMakeLists.txt include kernels src tests tools configs third_party -type f \
        ! -name '*.pyc' ! -path '*/__pycache__/*' 2>/dev/null | LC_ALL=C sort |
     xargs -d '\n' sha256sum | sha256sum | cut -c1-16
 }
@@ -48,13 +52,10 @@ case "${1:-}" in
     echo "gpu_check.sh: $(ls ./*.deb | wc -l) packages in .deb/ (carry \".deb\" to the device run)"
     exit 0 ;;
   --pack)
-    # The device's configuration (no MPI: that machine has no MPI runtime; no emulated kernels),
-    # built against .venv's PyTorch, the same release as the device's.
+    # Built against .venv's PyTorch, the same release as the device's.
     build=${2:-build-pack}
     if [ -z "${2:-}" ]; then
-      cmake -S . -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=Release -DAIM_CUDA=ON -DAIM_FUZZ=OFF \
-        -DAIM_BUILD_EMU_TESTS=OFF -DCMAKE_DISABLE_FIND_PACKAGE_MPI=ON -DAIM_PYTHON="$root/.venv/bin/python" \
-        > /dev/null || exit 1
+      cmake -S . -B "$build" "${DEVICE_CONFIG[@]}" -DAIM_PYTHON="$root/.venv/bin/python" > /dev/null || exit 1
     fi
     cmake --build "$build" --parallel "$(nproc)" --target aim aim_tests bench_ops bench_train bench_sample || exit 1
     [ -f "$build/libaim_kernels.a" ] ||
@@ -145,10 +146,7 @@ t0=$(date +%s)
 if [ "$status_build" != OK ]; then
   targets=""
   [ "$mode" = gpu ] && targets="--target aim aim_tests bench_train bench_ops bench_sample"
-  # The emulated-kernel tests are CI's stand-in for this machine: not built here.
-  if timed 600 cmake -S . -B build-gpu -G Ninja -DCMAKE_BUILD_TYPE=Release -DAIM_CUDA=ON -DAIM_FUZZ=OFF \
-        -DAIM_BUILD_EMU_TESTS=OFF \
-        -DAIM_PYTHON="$PY" -DCMAKE_PREFIX_PATH="$prefix/usr;$libdir/cmake;$prefix/usr/share/cmake" \
+  if timed 600 cmake -S . -B build-gpu "${DEVICE_CONFIG[@]}" -DAIM_PYTHON="$PY" -DCMAKE_PREFIX_PATH="$prefix/usr;$libdir/cmake;$prefix/usr/share/cmake" \
         -DSTB_INCLUDE_DIR="$prefix/usr/include/stb" >> "$log" 2>&1 &&
      timed 600 cmake --build build-gpu --parallel "$(nproc)" $targets >> "$log" 2>&1; then
     [ -x build-gpu/tests/aim_tests ] && status_build=OK

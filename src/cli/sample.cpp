@@ -276,10 +276,10 @@ Runner add_sample_command(CLI::App& app) {
     // Decoding and saving batch k overlaps generating batch k + 1 on CUDA: the tokenizer runs on
     // its own stream in a worker thread (at most one batch in flight). On the CPU both would
     // share the same cores, so they run one after the other.
-    // One stream for all batches: the caching allocator reuses a freed block only on the stream
-    // it was freed on, so a new pool stream per batch would cache each decode's memory anew.
     const bool overlap = device.is_cuda();
 #ifdef AIM_WITH_CUDA
+    // One stream for all batches: the caching allocator reuses a freed block only on the stream
+    // it was freed on, so a new pool stream per batch would cache each decode's memory anew.
     std::optional<c10::cuda::CUDAStream> decode_stream;
     if (overlap) decode_stream = c10::cuda::getStreamFromPool(false, device.index());
 #endif
