@@ -164,19 +164,22 @@ inline int gated_bwd_chunks(const GatedRmsNormParams& p) {
 
 // ---------------------------------------------------------------- add_rms_norm
 
+namespace rms {
+
+// Row n of the forward pass by the whole block (every thread calls it; kPerThread elements per
+// thread, so D <= kPerThread * blockDim.x): residual_out's row (when `residual_out` is not null),
+// rstd (when not null) and the normalised, modulated row in Tin at `out` (global or shared
+// memory, kVec-aligned). The fused norm + linear kernel (norm_linear.cu) runs the same function,
+// so its residual_out and its linear layer's input are this kernel's.
 template <typename Tin, typename Tres, int kVec, bool kModulate>
-__global__ void __launch_bounds__(rms::kMaxThreads)
-    add_rms_norm_fwd_kernel(AddRmsNormParams p) {
-  using namespace rms;
+__device__ __forceinline__ void add_rms_norm_row(const AddRmsNormParams& p, int64_t n,
+                                                 Tres* residual_out, Tin* out, float* rstd_out,
+                                                 float* scratch) {
   constexpr int kIters = kPerThread / kVec;
-  __shared__ float scratch[32];
-  const int64_t n = blockIdx.x;
   const Tin* hidden = static_cast<const Tin*>(p.hidden) + n * p.hidden_row_stride;
   const Tres* residual = p.residual == nullptr
                              ? nullptr
                              : static_cast<const Tres*>(p.residual) + n * p.residual_row_stride;
-  Tres* residual_out = static_cast<Tres*>(p.residual_out) + n * p.dim;
-  Tin* out = static_cast<Tin*>(p.out) + n * p.dim;
   const Tin* gate = p.hidden_gate == nullptr
                         ? nullptr
                         : static_cast<const Tin*>(p.hidden_gate) + n / p.rows_per_batch * p.dim;
@@ -206,14 +209,14 @@ __global__ void __launch_bounds__(rms::kMaxThreads)
         rk[e] = round_to<Tres>(rk[e]);
         sumsq += rk[e] * rk[e];
       }
-      store_vec<kVec>(residual_out + c, rk);
+      if (residual_out != nullptr) store_vec<kVec>(residual_out + c, rk);
     } else {
 #pragma unroll
       for (int e = 0; e < kVec; ++e) rk[e] = 0.f;
     }
   }
   const float rstd = rsqrtf(block_sum(sumsq, scratch) / static_cast<float>(p.dim) + p.eps);
-  if (threadIdx.x == 0) p.rstd[n] = rstd;
+  if (rstd_out != nullptr && threadIdx.x == 0) *rstd_out = rstd;
 
   const int64_t mod_row = kModulate ? n / p.rows_per_batch * p.dim : 0;
 #pragma unroll
@@ -235,6 +238,18 @@ __global__ void __launch_bounds__(rms::kMaxThreads)
       store_vec<kVec>(out + c, y);
     }
   }
+}
+
+}  // namespace rms
+
+template <typename Tin, typename Tres, int kVec, bool kModulate>
+__global__ void __launch_bounds__(rms::kMaxThreads)
+    add_rms_norm_fwd_kernel(AddRmsNormParams p) {
+  __shared__ float scratch[32];
+  const int64_t n = blockIdx.x;
+  rms::add_rms_norm_row<Tin, Tres, kVec, kModulate>(
+      p, n, static_cast<Tres*>(p.residual_out) + n * p.dim, static_cast<Tin*>(p.out) + n * p.dim,
+      p.rstd + n, scratch);
 }
 
 // Grid (chunks_per_batch, batches). Writes partial row b * chunks_per_batch + chunk of each

@@ -60,9 +60,12 @@ std::pair<torch::Tensor, torch::Tensor> AimBlockImpl::step(const torch::Tensor& 
                                                            const torch::Tensor& hidden_gate,
                                                            const Modulation& mod,
                                                            MixerState& state) {
-  auto [modulated, res] = ops::add_rms_norm_modulate(
-      hidden, residual, norm->weight, eps, residual_in_fp32, mod.shift, mod.scale, hidden_gate);
-  return {mixer->step(modulated, state), res};
+  // The norm and in_proj: one kernel for a small decoding batch on CUDA.
+  const auto in_proj = mixer->input_projection();
+  auto [projected, res] = ops::add_rms_norm_modulate_linear(
+      hidden, residual, norm->weight, eps, residual_in_fp32, mod.shift, mod.scale, hidden_gate,
+      in_proj->weight, in_proj->bias);
+  return {mixer->step_projected(projected, state), res};
 }
 
 AimBackboneImpl::AimBackboneImpl(const ModelConfig& config_) : config(config_) {

@@ -81,10 +81,9 @@ torch::Tensor Mamba1MixerImpl::forward(const torch::Tensor& u, MixerState* state
   return out_proj->forward(scan.y.transpose(1, 2));
 }
 
-torch::Tensor Mamba1MixerImpl::step(const torch::Tensor& u, MixerState& state) {
+torch::Tensor Mamba1MixerImpl::step_projected(const torch::Tensor& xz, MixerState& state) {
   const auto& ssm = options.ssm();
-  const int64_t rank = options.dt_rank();
-  auto xz = in_proj->forward(u);                                       // [B, 2E]
+  const int64_t rank = options.dt_rank();                              // xz [B, 2E]
   auto x = ops::causal_conv1d_update(xz.narrow(-1, 0, d_inner), state.conv_state, conv1d->weight,
                                      conv1d->bias, /*silu=*/true);
   auto z = xz.narrow(-1, d_inner, d_inner);

@@ -85,10 +85,9 @@ torch::Tensor Mamba2MixerImpl::forward(const torch::Tensor& u, MixerState* state
   return output(scan.y.reshape({batch, len, d_inner}), z);
 }
 
-torch::Tensor Mamba2MixerImpl::step(const torch::Tensor& u, MixerState& state) {
+torch::Tensor Mamba2MixerImpl::step_projected(const torch::Tensor& zxbcdt, MixerState& state) {
   const auto& ssm = options.ssm();
-  const int64_t batch = u.size(0);
-  auto zxbcdt = in_proj->forward(u);                                   // [B, 2E + 2GN + H]
+  const int64_t batch = zxbcdt.size(0);                                // [B, 2E + 2GN + H]
   const auto a = state.A.defined() ? state.A : -torch::exp(A_log.to(torch::kFloat));
   const auto d = state.D.defined() ? state.D : d_param();
   const auto bias = state.dt_bias.defined() ? state.dt_bias : dt_bias;

@@ -39,6 +39,15 @@ struct KernelTable {
       const torch::Tensor& hidden, const torch::Tensor& residual, const torch::Tensor& weight,
       double eps, bool residual_in_fp32, const torch::Tensor& shift, const torch::Tensor& scale,
       const torch::Tensor& hidden_gate);
+  bool (*add_rms_norm_linear_supported)(
+      const torch::Tensor& hidden, const torch::Tensor& residual, const torch::Tensor& weight,
+      const torch::Tensor& shift, const torch::Tensor& scale, const torch::Tensor& hidden_gate,
+      const torch::Tensor& linear_weight, const torch::Tensor& linear_bias);
+  std::pair<torch::Tensor, torch::Tensor> (*add_rms_norm_modulate_linear)(
+      const torch::Tensor& hidden, const torch::Tensor& residual, const torch::Tensor& weight,
+      double eps, bool residual_in_fp32, const torch::Tensor& shift, const torch::Tensor& scale,
+      const torch::Tensor& hidden_gate, const torch::Tensor& linear_weight,
+      const torch::Tensor& linear_bias);
   bool (*gated_rms_norm_supported)(const torch::Tensor& x, const torch::Tensor& z,
                                    const torch::Tensor& weight, int64_t group_size);
   torch::Tensor (*gated_rms_norm)(const torch::Tensor& x, const torch::Tensor& z,

@@ -119,6 +119,41 @@ std::pair<torch::Tensor, torch::Tensor> add_rms_norm_modulate(
   return add_norm(hidden, residual, weight, eps, residual_in_fp32, shift, scale, hidden_gate);
 }
 
+std::pair<torch::Tensor, torch::Tensor> add_rms_norm_modulate_linear(
+    const torch::Tensor& hidden, const torch::Tensor& residual, const torch::Tensor& weight,
+    double eps, bool residual_in_fp32, const torch::Tensor& shift, const torch::Tensor& scale,
+    const torch::Tensor& hidden_gate, const torch::Tensor& linear_weight,
+    const torch::Tensor& linear_bias) {
+  const char* op = "add_rms_norm_modulate_linear";
+  check_add(hidden, residual, weight, op);
+  check_modulation(hidden, shift, scale, op);
+  check_gate(hidden, hidden_gate, op);
+  TORCH_CHECK(linear_weight.dim() == 2 && linear_weight.size(1) == hidden.size(-1), op,
+              ": linear_weight must be [N, ", hidden.size(-1), "], got ", linear_weight.sizes());
+  TORCH_CHECK(!linear_bias.defined() ||
+                  (linear_bias.dim() == 1 && linear_bias.size(0) == linear_weight.size(0)),
+              op, ": linear_bias must be [", linear_weight.size(0), "], got ",
+              linear_bias.sizes());
+#ifdef AIM_WITH_CUDA
+  if (hidden.is_cuda() && cuda_kernels_enabled() &&
+      cuda::add_rms_norm_linear_supported(hidden, residual, weight, shift, scale, hidden_gate,
+                                          linear_weight, linear_bias)) {
+    return cuda::add_rms_norm_modulate_linear(hidden, residual, weight, eps, residual_in_fp32,
+                                              shift, scale, hidden_gate, linear_weight,
+                                              linear_bias);
+  }
+#endif
+  if (const auto* k = emulated_kernels_for(hidden);
+      k && k->add_rms_norm_linear_supported(hidden, residual, weight, shift, scale, hidden_gate,
+                                            linear_weight, linear_bias)) {
+    return k->add_rms_norm_modulate_linear(hidden, residual, weight, eps, residual_in_fp32, shift,
+                                           scale, hidden_gate, linear_weight, linear_bias);
+  }
+  auto [x, res] = add_norm(hidden, residual, weight, eps, residual_in_fp32, shift, scale,
+                           hidden_gate);
+  return {torch::nn::functional::linear(x, linear_weight, linear_bias), res};
+}
+
 torch::Tensor gated_rms_norm(const torch::Tensor& x, const torch::Tensor& z,
                              const torch::Tensor& weight, int64_t group_size, double eps,
                              bool norm_before_gate) {

@@ -9,8 +9,10 @@
 #include <initializer_list>
 #include <limits>
 #include <optional>
+#include <tuple>
 
 #include "aim/ops/dispatch.h"
+#include "norm_linear.h"
 #include "rms_norm.h"
 
 namespace aim::ops::AIM_OPS_CUDA_NS {
@@ -57,6 +59,52 @@ void* mut_ptr_or_null(torch::Tensor& t) { return t.defined() ? t.data_ptr() : nu
 int64_t type_code(torch::ScalarType t) { return static_cast<int64_t>(t); }
 torch::ScalarType type_of(const c10::IValue& v) { return static_cast<torch::ScalarType>(v.toInt()); }
 
+// The forward kernel's inputs as it reads them: rows with a unit column stride, the residual
+// in the residual type, shift and scale in one type, a contiguous gate. Held while the kernel
+// runs (the copies among them).
+struct AddInputs {
+  torch::Tensor hidden, residual, weight, shift, scale, gate;
+  int64_t rows = 0, dim = 0, rows_per_batch = 0;
+};
+
+AddInputs add_inputs(const torch::Tensor& hidden, const torch::Tensor& residual,
+                     const torch::Tensor& weight, const torch::Tensor& shift,
+                     const torch::Tensor& scale, const torch::Tensor& gate,
+                     torch::ScalarType res_type) {
+  AddInputs in;
+  in.dim = hidden.size(-1);
+  in.rows = hidden.numel() / in.dim;
+  in.rows_per_batch = scale.defined() || gate.defined() ? in.rows / hidden.size(0) : in.rows;
+  in.hidden = as_rows(hidden);
+  in.residual = residual.defined() ? as_rows(residual.to(res_type)) : torch::Tensor();
+  in.weight = as_param(weight);
+  std::tie(in.shift, in.scale) = as_modulation(shift, scale);
+  in.gate = gate.defined() ? gate.contiguous() : gate;
+  return in;
+}
+
+// The kernels' view of `in`; outputs (out, residual_out, rstd) are the caller's to set.
+kernels::AddRmsNormParams add_params(const AddInputs& in, double eps) {
+  kernels::AddRmsNormParams p;
+  p.rows = static_cast<int>(in.rows);
+  p.dim = static_cast<int>(in.dim);
+  p.rows_per_batch = static_cast<int>(in.rows_per_batch);
+  p.eps = static_cast<float>(eps);
+  p.weight = in.weight.data_ptr();
+  p.weight_type = elem_type(in.weight.scalar_type());
+  if (in.scale.defined()) {
+    p.shift = in.shift.data_ptr();
+    p.scale = in.scale.data_ptr();
+    p.mod_type = elem_type(in.scale.scalar_type());
+  }
+  p.hidden = in.hidden.data_ptr();
+  p.hidden_row_stride = in.hidden.stride(0);
+  p.hidden_gate = ptr_or_null(in.gate);
+  p.residual = ptr_or_null(in.residual);
+  p.residual_row_stride = in.residual.defined() ? in.residual.stride(0) : 0;
+  return p;
+}
+
 // The forward kernel: {out, residual_out, rstd}. residual, shift, scale and gate may be
 // undefined; a gate is forward-only (add_rms_norm_supported refuses it under autograd).
 tensor_list add_rms_norm_forward(const torch::Tensor& hidden, const torch::Tensor& residual,
@@ -66,33 +114,13 @@ tensor_list add_rms_norm_forward(const torch::Tensor& hidden, const torch::Tenso
   DeviceGuard guard(hidden.device());
   const auto in_type = hidden.scalar_type();
   const auto res_type = residual_in_fp32 ? torch::kFloat : in_type;
-  const bool modulated = scale.defined();
-  const int64_t dim = hidden.size(-1), rows = hidden.numel() / dim;
-  const auto h = as_rows(hidden);
-  const auto r = residual.defined() ? as_rows(residual.to(res_type)) : torch::Tensor();
-  const auto weight_p = as_param(weight);
-  const auto [shift_p, scale_p] = as_modulation(shift, scale);
-  const auto gate_c = gate.defined() ? gate.contiguous() : gate;
+  const auto in = add_inputs(hidden, residual, weight, shift, scale, gate, res_type);
   auto out = torch::empty(hidden.sizes(), hidden.options());
   auto residual_out = torch::empty(hidden.sizes(), hidden.options().dtype(res_type));
-  auto rstd = torch::empty({rows}, hidden.options().dtype(torch::kFloat));
+  auto rstd = torch::empty({in.rows}, hidden.options().dtype(torch::kFloat));
   maybe_poison({out, residual_out, rstd});
 
-  kernels::AddRmsNormParams p;
-  p.rows = static_cast<int>(rows);
-  p.dim = static_cast<int>(dim);
-  p.rows_per_batch = static_cast<int>(modulated || gate.defined() ? rows / hidden.size(0) : rows);
-  p.eps = static_cast<float>(eps);
-  p.weight = weight_p.data_ptr();
-  p.weight_type = elem_type(weight_p.scalar_type());
-  p.shift = modulated ? shift_p.data_ptr() : nullptr;
-  p.scale = modulated ? scale_p.data_ptr() : nullptr;
-  if (modulated) p.mod_type = elem_type(scale_p.scalar_type());
-  p.hidden = h.data_ptr();
-  p.hidden_row_stride = h.stride(0);
-  p.hidden_gate = ptr_or_null(gate_c);
-  p.residual = ptr_or_null(r);
-  p.residual_row_stride = r.defined() ? r.stride(0) : 0;
+  auto p = add_params(in, eps);
   p.out = out.data_ptr();
   p.residual_out = residual_out.data_ptr();
   p.rstd = rstd.data_ptr<float>();
@@ -338,6 +366,67 @@ std::pair<torch::Tensor, torch::Tensor> add_rms_norm_modulate(
                                         optional_input(shift), optional_input(scale), eps,
                                         residual_in_fp32);
   return {outs[0], outs[1]};
+}
+
+bool add_rms_norm_linear_supported(const torch::Tensor& hidden, const torch::Tensor& residual,
+                                   const torch::Tensor& weight, const torch::Tensor& shift,
+                                   const torch::Tensor& scale, const torch::Tensor& hidden_gate,
+                                   const torch::Tensor& linear_weight,
+                                   const torch::Tensor& linear_bias) {
+  if (!add_rms_norm_supported(hidden, residual, weight, shift, scale, hidden_gate)) return false;
+  if (tracks_grad({&hidden, &residual, &weight, &shift, &scale, &hidden_gate, &linear_weight,
+                   &linear_bias})) {
+    return false;
+  }
+  const int64_t dim = hidden.size(-1), rows = hidden.numel() / dim;
+  if (!kernels::norm_linear_supported(static_cast<int>(rows),
+                                      static_cast<int>(dim), elem_type(hidden))) {
+    return false;
+  }
+  const auto dtype = hidden.scalar_type();
+  const bool weight_ok = linear_weight.dim() == 2 && linear_weight.size(1) == dim &&
+                         linear_weight.size(0) >= 1 &&
+                         linear_weight.size(0) <= std::numeric_limits<int>::max() &&
+                         linear_weight.scalar_type() == dtype && linear_weight.is_contiguous() &&
+                         reinterpret_cast<uintptr_t>(linear_weight.data_ptr()) % 16 == 0 &&
+                         on_device_of(linear_weight, hidden);
+  const bool bias_ok = !linear_bias.defined() ||
+                       (linear_bias.dim() == 1 && linear_bias.size(0) == linear_weight.size(0) &&
+                        linear_bias.scalar_type() == dtype && linear_bias.is_contiguous() &&
+                        on_device_of(linear_bias, hidden));
+  return weight_ok && bias_ok;
+}
+
+std::pair<torch::Tensor, torch::Tensor> add_rms_norm_modulate_linear(
+    const torch::Tensor& hidden, const torch::Tensor& residual, const torch::Tensor& weight,
+    double eps, bool residual_in_fp32, const torch::Tensor& shift, const torch::Tensor& scale,
+    const torch::Tensor& hidden_gate, const torch::Tensor& linear_weight,
+    const torch::Tensor& linear_bias) {
+  TORCH_CHECK(!tracks_grad({&hidden, &residual, &weight, &shift, &scale, &hidden_gate,
+                            &linear_weight, &linear_bias}),
+              "add_rms_norm_modulate_linear: the fused kernel computes no gradients");
+  DeviceGuard guard(hidden.device());
+  const auto in_type = hidden.scalar_type();
+  const auto res_type = residual_in_fp32 ? torch::kFloat : in_type;
+  const auto in = add_inputs(hidden, residual, weight, shift, scale, hidden_gate, res_type);
+  const int64_t features = linear_weight.size(0);
+  auto out_sizes = hidden.sizes().vec();
+  out_sizes.back() = features;
+  auto out = torch::empty(out_sizes, hidden.options());
+  auto residual_out = torch::empty(hidden.sizes(), hidden.options().dtype(res_type));
+  maybe_poison({out, residual_out});
+
+  kernels::NormLinearParams p;
+  p.norm = add_params(in, eps);
+  p.norm.residual_out = residual_out.data_ptr();
+  p.out_features = static_cast<int>(features);
+  p.weight = linear_weight.data_ptr();
+  p.bias = ptr_or_null(linear_bias);
+  p.out = out.data_ptr();
+  check_launch(kernels::norm_linear_cuda(p, elem_type(in_type), elem_type(res_type),
+                                         current_stream()),
+               "add_rms_norm_modulate_linear");
+  return {out, residual_out};
 }
 
 bool gated_rms_norm_supported(const torch::Tensor& x, const torch::Tensor& z,

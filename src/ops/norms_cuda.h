@@ -24,6 +24,23 @@ std::pair<torch::Tensor, torch::Tensor> add_rms_norm_modulate(
     double eps, bool residual_in_fp32, const torch::Tensor& shift, const torch::Tensor& scale,
     const torch::Tensor& hidden_gate);
 
+/// Whether the fused block input + linear kernel (kernels/norm_linear.h) handles these tensors:
+/// add_rms_norm_supported's conditions, nothing tracking gradients, at most 8 rows and
+/// D <= 2048 a multiple of 8 (bf16) or 4 (fp32), a contiguous 16-byte aligned linear weight
+/// [N, D] and bias [N] (or none) in hidden's dtype. Otherwise the norm and the linear run apart.
+bool add_rms_norm_linear_supported(const torch::Tensor& hidden, const torch::Tensor& residual,
+                                   const torch::Tensor& weight, const torch::Tensor& shift,
+                                   const torch::Tensor& scale, const torch::Tensor& hidden_gate,
+                                   const torch::Tensor& linear_weight,
+                                   const torch::Tensor& linear_bias);
+
+/// ops::add_rms_norm_modulate_linear in one kernel (forward only): {linear(out), residual'}.
+std::pair<torch::Tensor, torch::Tensor> add_rms_norm_modulate_linear(
+    const torch::Tensor& hidden, const torch::Tensor& residual, const torch::Tensor& weight,
+    double eps, bool residual_in_fp32, const torch::Tensor& shift, const torch::Tensor& scale,
+    const torch::Tensor& hidden_gate, const torch::Tensor& linear_weight,
+    const torch::Tensor& linear_bias);
+
 /// Whether the kernels handle these tensors (CUDA, fp32/bf16 x with a contiguous last dim, z
 /// of x's dtype, group_size <= 8192); otherwise the reference runs. z may be undefined.
 bool gated_rms_norm_supported(const torch::Tensor& x, const torch::Tensor& z,

@@ -28,6 +28,8 @@ const ops::KernelTable kEmulated{
     k::linear_cross_entropy,
     k::add_rms_norm_supported,
     k::add_rms_norm_modulate,
+    k::add_rms_norm_linear_supported,
+    k::add_rms_norm_modulate_linear,
     k::gated_rms_norm_supported,
     k::gated_rms_norm,
     k::sample_tokens_keyed_supported,

@@ -60,5 +60,61 @@ TEST_P(GatedRmsNormEmu, ForwardAndBackwardMatchTheReference) {
 INSTANTIATE_TEST_SUITE_P(Shapes, GatedRmsNormEmu, ::testing::ValuesIn(test::gated_cases()),
                          [](const auto& info) { return test::case_name(info.param); });
 
+class NormLinearEmu
+    : public emu_t::EmulatedKernelTest<::testing::TestWithParam<test::NormLinearCase>> {};
+
+TEST_P(NormLinearEmu, EqualsTheNormThenTheLinear) {
+  test::check_norm_linear(
+      GetParam(), torch::kCPU,
+      [](const torch::Tensor& hidden, const torch::Tensor& residual, const torch::Tensor& weight,
+         double eps, bool residual_in_fp32, const torch::Tensor& shift, const torch::Tensor& scale,
+         const torch::Tensor& gate, const torch::Tensor& linear_weight,
+         const torch::Tensor& linear_bias) {
+        EXPECT_TRUE(ops::cuda_emu::add_rms_norm_linear_supported(
+            hidden, residual, weight, shift, scale, gate, linear_weight, linear_bias));
+        return ops::cuda_emu::add_rms_norm_modulate_linear(hidden, residual, weight, eps,
+                                                           residual_in_fp32, shift, scale, gate,
+                                                           linear_weight, linear_bias);
+      },
+      [](const torch::Tensor& hidden, const torch::Tensor& residual, const torch::Tensor& weight,
+         double eps, bool residual_in_fp32, const torch::Tensor& shift, const torch::Tensor& scale,
+         const torch::Tensor& gate) {
+        return ops::cuda_emu::add_rms_norm_modulate(hidden, residual, weight, eps,
+                                                    residual_in_fp32, shift, scale, gate);
+      });
+}
+
+INSTANTIATE_TEST_SUITE_P(Shapes, NormLinearEmu, ::testing::ValuesIn(test::norm_linear_cases()),
+                         [](const auto& info) { return test::case_name(info.param); });
+
+// What the fused kernel refuses goes to the norm and the linear apart (ops::
+// add_rms_norm_modulate_linear): more than 8 rows, D past 2048 or not a multiple of the
+// 16-byte vector, a weight in another dtype or not contiguous, anything tracking gradients.
+TEST(NormLinearEmuLimits, RefusesWhatItCannotRun) {
+  const auto h = torch::kBFloat16;
+  auto make = [&](int64_t rows, int64_t dim, torch::ScalarType dtype) {
+    return std::make_pair(test::randn({rows, dim}, dtype), test::randn({64, dim}, dtype));
+  };
+  auto ok = [&](const torch::Tensor& x, const torch::Tensor& w) {
+    const auto nw = torch::ones({x.size(1)});
+    return ops::cuda_emu::add_rms_norm_linear_supported(x, {}, nw, {}, {}, {}, w, {});
+  };
+  auto [x8, w8] = make(8, 1024, h);
+  EXPECT_TRUE(ok(x8, w8));
+  auto [x9, w9] = make(9, 1024, h);
+  EXPECT_FALSE(ok(x9, w9)) << "9 rows";
+  auto [xd, wd] = make(2, 2056, h);
+  EXPECT_FALSE(ok(xd, wd)) << "D 2056";
+  auto [xo, wo] = make(2, 1028, h);
+  EXPECT_FALSE(ok(xo, wo)) << "D 1028 in bf16";
+  auto [xf, wf] = make(2, 1028, torch::kFloat);
+  EXPECT_TRUE(ok(xf, wf)) << "D 1028 in fp32";
+  EXPECT_FALSE(ok(x8, w8.to(torch::kFloat))) << "weight dtype";
+  EXPECT_FALSE(ok(x8, test::randn({1024, 64}, h).t())) << "transposed weight";
+  EXPECT_FALSE(ok(x8, test::randn({64 * 1024 + 1}, h).narrow(0, 1, 64 * 1024).view({64, 1024})))
+      << "weight not 16-byte aligned";
+  auto tracked = w8.clone().requires_grad_(true);
+  EXPECT_FALSE(ok(x8, tracked)) << "weight tracking gradients";
+}
 }  // namespace
 }  // namespace aim

@@ -4,6 +4,7 @@
 #include <gtest/gtest.h>
 #include <torch/torch.h>
 
+#include <cmath>
 #include <functional>
 #include <string>
 #include <utility>
@@ -322,6 +323,111 @@ inline std::vector<GatedCase> gated_cases() {
   out.push_back({4, 0, 2048, 2048, true, false, 0, h, false, h});
   out.push_back({1, 0, 74, 37, true, true, 0, h, true, h});
   out.push_back({2, 3, 72, 36, true, false, -1, h, true, h});
+  return out;
+}
+
+// ---------------------------------------------------------------- add_rms_norm_modulate_linear
+
+/// One decoding step's block input and in_proj: hidden [rows, D].
+struct NormLinearCase {
+  int64_t rows, dim, features;
+  bool residual, gate, modulated, bias, residual_in_fp32;
+  torch::ScalarType dtype;        ///< hidden, gate, the linear weight and bias, out
+  torch::ScalarType param_dtype;  ///< the norm's weight, shift and scale
+  bool edge = false;              ///< named Edge_*: small, for the sanitizer runs
+};
+
+inline std::string case_name(const NormLinearCase& c) {
+  return std::string(c.edge ? "Edge_" : "") + "R" + std::to_string(c.rows) + "_D" +
+         std::to_string(c.dim) + "_N" + std::to_string(c.features) +
+         (c.residual ? "" : "_nores") + (c.gate ? "" : "_nogate") +
+         (c.modulated ? "" : "_nomod") + (c.bias ? "_bias" : "") +
+         (c.residual_in_fp32 ? "_resf32" : "_resin") + "_p" + norms_dtype_name(c.param_dtype) +
+         "_" + norms_dtype_name(c.dtype);
+}
+
+/// ops::add_rms_norm_modulate_linear's signature.
+using NormLinearFn = std::function<std::pair<torch::Tensor, torch::Tensor>(
+    const torch::Tensor& hidden, const torch::Tensor& residual, const torch::Tensor& weight,
+    double eps, bool residual_in_fp32, const torch::Tensor& shift, const torch::Tensor& scale,
+    const torch::Tensor& hidden_gate, const torch::Tensor& linear_weight,
+    const torch::Tensor& linear_bias)>;
+
+/// The fused block input + linear (`op`) on inputs on `dev`, against the norm op alone
+/// (`norm_op`, the norm kernel of the same build): residual' the same bits, and the projection
+/// equal to the norm's output projected in fp64 within test::tolerance_for(dtype) elementwise
+/// (the two differ only in the order of the fp32 sums and the output's rounding); and against
+/// the fp64 reference of the whole (the normalised rows not rounded to dtype) by max|diff| /
+/// max|ref|: 1e-2 in bf16, 1e-4 in fp32.
+inline void check_norm_linear(const NormLinearCase& c, torch::Device dev, const NormLinearFn& op,
+                              const AddRmsNormGateFn& norm_op) {
+  const auto tag = case_name(c);
+  torch::manual_seed(31 + c.dim + c.features + c.rows);
+  torch::NoGradGuard no_grad;
+  const auto res_dtype = c.residual_in_fp32 ? torch::kFloat : c.dtype;
+  const auto hidden = randn({c.rows, c.dim}, c.dtype, dev);
+  const auto weight = torch::empty({c.dim}).uniform_(0.5, 1.5).to(dev, c.param_dtype);
+  torch::Tensor residual, gate, shift, scale, bias;
+  if (c.residual) residual = randn({c.rows, c.dim}, res_dtype, dev, 2.0);
+  if (c.gate) gate = randn({c.rows, c.dim}, c.dtype, dev, 0.7);
+  if (c.modulated) {
+    shift = randn({c.rows, c.dim}, c.param_dtype, dev, 0.3);
+    scale = randn({c.rows, c.dim}, c.param_dtype, dev, 0.3);
+  }
+  const auto linear_weight =
+      randn({c.features, c.dim}, c.dtype, dev, 1.0 / std::sqrt(static_cast<double>(c.dim)));
+  if (c.bias) bias = randn({c.features}, c.dtype, dev, 0.5);
+
+  auto [out, res] =
+      op(hidden, residual, weight, kNormEps, c.residual_in_fp32, shift, scale, gate, linear_weight, bias);
+  ASSERT_EQ(out.sizes(), (std::vector<int64_t>{c.rows, c.features})) << tag;
+  ASSERT_EQ(out.scalar_type(), c.dtype) << tag;
+  ASSERT_EQ(res.sizes(), hidden.sizes()) << tag;
+  ASSERT_EQ(res.scalar_type(), res_dtype) << tag;
+
+  auto [x_n, res_n] = norm_op(hidden, residual, weight, kNormEps, c.residual_in_fp32, shift, scale, gate);
+  EXPECT_TRUE(torch::equal(res, res_n)) << tag << ": residual_out differs from the norm op's";
+  auto cpu64 = [](const torch::Tensor& t) { return t.defined() ? to_cpu64(t) : t; };
+  const auto projected = torch::nn::functional::linear(cpu64(x_n), cpu64(linear_weight), cpu64(bias));
+  norms_close_elementwise(tag + " out vs norm + fp64 linear", out, projected);
+
+  // The gated hidden as ATen rounds it (the op's semantics), the rest in fp64.
+  const auto gated = gate.defined() ? ops::ref::gate_hidden(hidden, gate) : hidden;
+  auto [x_r, res_r] = ops::ref::add_rms_norm_modulate(cpu64(gated), cpu64(residual), cpu64(weight),
+                                                      kNormEps, /*residual_in_fp32=*/false,
+                                                      cpu64(shift), cpu64(scale));
+  const auto out_r = torch::nn::functional::linear(x_r, cpu64(linear_weight), cpu64(bias));
+  expect_close(tag + " out vs fp64 reference", out, out_r, c.dtype == torch::kBFloat16 ? 1e-2 : 1e-4);
+  norms_close_elementwise(tag + " residual_out vs fp64 reference", res, res_r);
+}
+
+/// Decoding steps of AiM-B/L/XL/1B (rows: batch x 2 with guidance; in_proj widths of Mamba2 and
+/// Mamba1 blocks), every row count the kernel takes, and the `edge` cases.
+inline std::vector<NormLinearCase> norm_linear_cases() {
+  std::vector<NormLinearCase> out;
+  const auto h = torch::kBFloat16, f = torch::kFloat;
+  // bf16 models: adaLN-group modulation in bf16 (AiM-L/XL/1B), rows 2 (one image with
+  // guidance), 1, 4 and 8; the residual in fp32.
+  out.push_back({2, 1024, 4384, true, true, true, false, true, h, h});
+  out.push_back({1, 768, 3352, true, true, true, false, true, h, h});
+  out.push_back({4, 1536, 6448, true, true, true, false, true, h, h});
+  out.push_back({8, 1024, 4384, true, true, true, false, true, h, h});
+  out.push_back({2, 2048, 8512, true, true, true, false, true, h, h});
+  // Three rows (padded to four), the first block (no residual, no gate), a Mamba1 in_proj, bias,
+  // the residual in bf16, fp32 modulation.
+  out.push_back({3, 1024, 4384, true, true, true, false, true, h, h});
+  out.push_back({2, 1024, 4384, false, false, true, false, true, h, h});
+  out.push_back({6, 768, 3072, true, true, true, true, false, h, f});
+  // fp32 models.
+  out.push_back({2, 1024, 4384, true, true, true, false, true, f, f});
+  out.push_back({5, 768, 3352, true, true, false, true, true, f, f});
+  // Edges: D not a multiple of the 256-element warp stride, fewer features than one warp's
+  // four, features not a multiple of four, one row, D = 8 (bf16) / 4 (fp32).
+  out.push_back({2, 264, 37, true, true, true, true, true, h, h, true});
+  out.push_back({1, 40, 3, true, false, true, false, false, h, f, true});
+  out.push_back({7, 8, 70, true, true, true, true, true, h, h, true});
+  out.push_back({2, 36, 45, true, true, true, true, true, f, f, true});
+  out.push_back({8, 4, 9, false, false, false, false, true, f, f, true});
   return out;
 }
 

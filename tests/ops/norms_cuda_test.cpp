@@ -2,8 +2,9 @@
 // group RMSNorm), forward and backward, against the reference on fp64 CPU copies, at the AiM-B/L
 // shapes (L = 257, the sampling step's [B, D], the mixer's z sliced from in_proj's output) and
 // at edge shapes. Outputs are poisoned with NaN before every launch; the backward runs twice and
-// must give the same bits. One CPU test pins the reference of add_rms_norm_modulate to the
-// model's former add_rms_norm + modulate.
+// must give the same bits. The decoding step's fused norm + in_proj against the norm op then the
+// linear. CPU tests pin the reference of add_rms_norm_modulate to the model's former
+// add_rms_norm + modulate, and add_rms_norm_modulate_linear off the kernel to the two ops.
 #include <gtest/gtest.h>
 #include <torch/torch.h>
 
@@ -14,6 +15,9 @@
 #include "aim/ops/norms.h"
 #include "ops/norms_cases.h"
 #include "test_util.h"
+#ifdef AIM_WITH_CUDA
+#include "ops/norms_cuda.h"
+#endif
 
 namespace aim {
 namespace {
@@ -67,6 +71,37 @@ TEST_P(NormsCudaGated, ForwardAndBackwardMatchTheReference) {
 }
 
 INSTANTIATE_TEST_SUITE_P(Shapes, NormsCudaGated, ::testing::ValuesIn(gated_cases()),
+                         [](const auto& info) { return case_name(info.param); });
+
+// ---------------------------------------------------------------- add_rms_norm_modulate_linear
+
+using NormsCudaLinear = NormsCudaTest<test::NormLinearCase>;
+
+// Through the public op on CUDA tensors (the fused kernel: the cases are all within its limits,
+// which the first line checks), against the norm op then the linear.
+TEST_P(NormsCudaLinear, EqualsTheNormThenTheLinear) {
+  test::check_norm_linear(
+      GetParam(), torch::kCUDA,
+      [](const torch::Tensor& hidden, const torch::Tensor& residual, const torch::Tensor& weight,
+         double eps, bool residual_in_fp32, const torch::Tensor& shift, const torch::Tensor& scale,
+         const torch::Tensor& gate, const torch::Tensor& linear_weight,
+         const torch::Tensor& linear_bias) {
+#ifdef AIM_WITH_CUDA
+        EXPECT_TRUE(ops::cuda::add_rms_norm_linear_supported(hidden, residual, weight, shift, scale,
+                                                             gate, linear_weight, linear_bias));
+#endif
+        return ops::add_rms_norm_modulate_linear(hidden, residual, weight, eps, residual_in_fp32,
+                                                 shift, scale, gate, linear_weight, linear_bias);
+      },
+      [](const torch::Tensor& hidden, const torch::Tensor& residual, const torch::Tensor& weight,
+         double eps, bool residual_in_fp32, const torch::Tensor& shift, const torch::Tensor& scale,
+         const torch::Tensor& gate) {
+        return ops::add_rms_norm_modulate(hidden, residual, weight, eps, residual_in_fp32, shift,
+                                          scale, gate);
+      });
+}
+
+INSTANTIATE_TEST_SUITE_P(Shapes, NormsCudaLinear, ::testing::ValuesIn(test::norm_linear_cases()),
                          [](const auto& info) { return case_name(info.param); });
 
 // ---------------------------------------------------------------- dispatch
@@ -172,6 +207,38 @@ TEST(AddRmsNormModulate, ReferenceIsAddRmsNormThenModulate) {
               std::string::npos)
         << e.what();
   }
+}
+
+// add_rms_norm_modulate_linear off the fused kernel (the CPU here; on CUDA past its limits) is
+// the norm op then torch's linear, the same bits; its argument errors name the argument.
+TEST(AddRmsNormModulateLinear, IsTheNormThenTheLinearAndChecksItsArguments) {
+  torch::manual_seed(7);
+  for (bool with_bias : {false, true}) {
+    auto hidden = torch::randn({3, 16}), residual = torch::randn({3, 16});
+    auto weight = torch::empty({16}).uniform_(0.5, 1.5);
+    auto shift = torch::randn({3, 16}) * 0.3, scale = torch::randn({3, 16}) * 0.3;
+    auto gate = torch::randn({3, 16});
+    auto lw = torch::randn({24, 16}) * 0.25;
+    auto lb = with_bias ? torch::randn({24}) : torch::Tensor();
+    auto [out, res] = ops::add_rms_norm_modulate_linear(hidden, residual, weight, kNormEps, true,
+                                                        shift, scale, gate, lw, lb);
+    auto [x, res_n] = ops::add_rms_norm_modulate(hidden, residual, weight, kNormEps, true, shift,
+                                                 scale, gate);
+    EXPECT_TRUE(torch::equal(out, torch::nn::functional::linear(x, lw, lb))) << with_bias;
+    EXPECT_TRUE(torch::equal(res, res_n)) << with_bias;
+  }
+  auto hidden = torch::randn({2, 16});
+  auto weight = torch::ones({16});
+  auto expect_error = [&](const torch::Tensor& lw, const torch::Tensor& lb, const char* what) {
+    try {
+      ops::add_rms_norm_modulate_linear(hidden, {}, weight, kNormEps, true, {}, {}, {}, lw, lb);
+      ADD_FAILURE() << "no error for " << what;
+    } catch (const c10::Error& e) {
+      EXPECT_NE(std::string(e.what()).find(what), std::string::npos) << e.what();
+    }
+  };
+  expect_error(torch::randn({24, 15}), {}, "linear_weight must be [N, 16]");
+  expect_error(torch::randn({24, 16}), torch::randn({23}), "linear_bias must be [24]");
 }
 
 }  // namespace

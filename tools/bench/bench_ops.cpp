@@ -12,6 +12,10 @@
 // profiling a kernel alone).
 //
 // The device defaults to cuda when a GPU is visible, else cpu (intra-op threads: OMP_NUM_THREADS).
+//
+// The one-token ops of sampling (rows marked "graph") take a few microseconds on a GPU, less
+// than the host needs to launch them one by one; there they are timed as sampling runs them:
+// ten calls captured in a CUDA graph, replayed, timed with CUDA events.
 #include <torch/torch.h>
 
 #include <algorithm>
@@ -29,6 +33,13 @@
 #include "aim/ops/norms.h"
 #include "aim/ops/selective_scan.h"
 #include "aim/ops/ssd_scan.h"
+
+#ifdef AIM_WITH_CUDA
+#include <ATen/cuda/CUDAEvent.h>
+#include <ATen/cuda/CUDAGraph.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+#endif
 
 namespace {
 
@@ -71,12 +82,60 @@ double copy_bandwidth(int repeats) {
   return 2.0 * a.numel() * 4 / (ms * 1e-3);
 }
 
+/// On a GPU: ten calls of `f` captured in one CUDA graph (on a side stream, after warm-up calls
+/// there), the median over `repeats` of a replay's time by CUDA events, per call. Elsewhere, or
+/// when capture fails (said on stderr), median_ms.
+double median_graph_ms(const std::function<void()>& f, int repeats) {
+#ifdef AIM_WITH_CUDA
+  if (g_device.is_cuda()) {
+    try {
+      const auto index = c10::cuda::current_device();
+      auto side = c10::cuda::getStreamFromPool(/*isHighPriority=*/false, index);
+      std::vector<double> t;
+      {
+        c10::cuda::CUDAStreamGuard on_side(side);
+        for (int i = 0; i < 3; ++i) f();
+        side.synchronize();
+        at::cuda::CUDAGraph graph;
+        graph.capture_begin({0, 0}, cudaStreamCaptureModeThreadLocal);
+        try {
+          for (int i = 0; i < 10; ++i) f();
+        } catch (...) {
+          try {
+            graph.capture_end();
+          } catch (...) {
+          }
+          throw;
+        }
+        graph.capture_end();
+        graph.replay();
+        at::cuda::CUDAEvent start(cudaEventDefault), stop(cudaEventDefault);
+        for (int r = 0; r < repeats; ++r) {
+          start.record(side);
+          graph.replay();
+          stop.record(side);
+          stop.synchronize();
+          t.push_back(start.elapsed_time(stop) / 10.0);
+        }
+        side.synchronize();
+      }
+      std::sort(t.begin(), t.end());
+      return t[t.size() / 2];
+    } catch (const std::exception& e) {
+      std::fprintf(stderr, "bench_ops: graph capture failed (%s); timed call by call\n", e.what());
+    }
+  }
+#endif
+  return median_ms(f, repeats);
+}
+
 struct Row {
   std::string op;
   double bytes;
   std::function<void()> run;
   bool has_kernel = true;  // false: no kernel on the device, the reference alone is timed
   double flops = 0;        // > 0 for matmul-bound ops: TFLOP/s is printed too
+  bool graph = false;      // a one-token op of sampling: timed in a CUDA graph on a GPU
 };
 
 /// Ops with a CPU kernel (the rest run their reference on the CPU either way).
@@ -162,7 +221,7 @@ int main(int argc, char** argv) {
                     2.0 * Bu * conv_dim * width * 4 + 2.0 * Bu * conv_dim * elem, [&] {
                       torch::NoGradGuard ng_guard;
                       aim::ops::causal_conv1d_update(ux, ustate, uw, ubias, true);
-                    }});
+                    }, true, 0, true});
 
     // The block's residual add + RMSNorm + adaLN modulate (bf16 hidden, fp32 residual) and
     // Mamba2's gated RMSNorm, as in training. Bytes: forward reads hidden and residual and
@@ -273,11 +332,11 @@ int main(int argc, char** argv) {
     rows.push_back({"ssd_state_update (B=32)", state_rw + 2.0 * Bd * Ed * elem, [&] {
                       torch::NoGradGuard ng_guard;
                       aim::ops::ssd_state_update(dssm, dx, ddt, dw.A, dB, dC, dw.D, dw.dt_bias, true);
-                    }});
+                    }, true, 0, true});
     rows.push_back({"ssd_decode_step (B=32)", step_bytes, [&] {
                       torch::NoGradGuard ng_guard;
                       aim::ops::ssd_decode_step(dzx, dconv, dssm, dw, arrivals);
-                    }});
+                    }, true, 0, true});
     rows.push_back({"ssd_decode_step, 3 kernels (B=32)", step_bytes, [&] {
                       torch::NoGradGuard ng_guard;
                       auto xbc = aim::ops::causal_conv1d_update(dzx.narrow(1, Ed, conv_dim), dconv,
@@ -288,7 +347,34 @@ int main(int argc, char** argv) {
                           xbc.narrow(1, Ed + G * N, G * N).reshape({Bd, G, N}), dw.D, dw.dt_bias, true);
                       aim::ops::gated_rms_norm(y.reshape({Bd, Ed}), dzx.narrow(1, 0, Ed), dw.norm_weight,
                                                dw.norm_group_size, 1e-5, false);
-                    }});
+                    }, true, 0, true});
+
+    // A decoding step's block input and in_proj (Mamba2: N = 2E + 2GN + H) at 2 rows (one image
+    // with guidance) and 8: the fused kernel, and the norm kernel then cuBLAS. The weights in
+    // the model's dtype, adaLN-group shift and scale per sequence, the residual in fp32. Bytes:
+    // the projection's weight, hidden, gate, residual, shift and scale read, residual' and the
+    // projection written.
+    const int64_t Np = 2 * Ed + 2 * G * N + H;
+    auto pw = torch::randn({Np, D}, opts) * (1.0 / std::sqrt(static_cast<double>(D)));
+    auto pnw = torch::rand({D}, opts).add_(0.5);
+    for (int64_t R : {int64_t{2}, int64_t{8}}) {
+      auto ph = torch::randn({R, D}, opts), pres = torch::randn({R, D}, fopts);
+      auto pgate = torch::randn({R, D}, opts), pshift = torch::randn({R, D}, opts) * 0.1;
+      auto pscale = torch::randn({R, D}, opts) * 0.1;
+      const double pbytes = Np * D * elem + R * D * (3 * elem + 2 * 4 + 2 * elem) + R * Np * elem;
+      const std::string tag = " (R=" + std::to_string(R) + ")";
+      rows.push_back({"norm + in_proj, fused" + tag, pbytes, [=] {
+                        torch::NoGradGuard ng_guard;
+                        aim::ops::add_rms_norm_modulate_linear(ph, pres, pnw, 1e-5, true, pshift,
+                                                               pscale, pgate, pw, {});
+                      }, true, 0, true});
+      rows.push_back({"norm + in_proj, 2 launches" + tag, pbytes, [=] {
+                        torch::NoGradGuard ng_guard;
+                        auto x = aim::ops::add_rms_norm_modulate(ph, pres, pnw, 1e-5, true, pshift,
+                                                                 pscale, pgate).first;
+                        torch::nn::functional::linear(x, pw);
+                      }, true, 0, true});
+    }
 
     // Mamba1's selective scan at the shapes of a Mamba1 AiM of this width (E = 2 D, N = 16, as
     // the mixer calls it: u, delta, z [B, E, L]; B, C [B, N, L]), forward and forward + backward;
@@ -323,7 +409,7 @@ int main(int argc, char** argv) {
     rows.push_back({"selective_state_update (B=32)", 2.0 * Bs * E1 * N1 * 4 + 4.0 * Bs * E1 * elem, [&] {
                       torch::NoGradGuard ng_guard;
                       aim::ops::selective_state_update(st, su, sdelta, mA0, sBm, sCm, mD0, sz, mbias0, true);
-                    }});
+                    }, true, 0, true});
 
     if (g_device.is_cpu()) {
       for (auto& r : rows) r.has_kernel = has_cpu_kernel(r.op);
@@ -336,20 +422,23 @@ int main(int argc, char** argv) {
                 "speed-up", "TFLOP/s");
     for (auto& r : rows) {
       if (!only.empty() && r.op.find(only) == std::string::npos) continue;
+      const auto timed = [&](const std::function<void()>& f) {
+        return r.graph ? median_graph_ms(f, repeats) : median_ms(f, repeats);
+      };
       if (!r.has_kernel) {
         if (no_ref) continue;
         set_kernels(false);
-        const double r_ms = median_ms(r.run, repeats);
+        const double r_ms = timed(r.run);
         set_kernels(true);
         std::printf("%-36s %10s %10s %9s %10.3f %9s %9s\n", r.op.c_str(), "-", "-", "-", r_ms, "-", "-");
         continue;
       }
       set_kernels(true);
-      const double k_ms = median_ms(r.run, repeats);
+      const double k_ms = timed(r.run);
       double r_ms = std::nan("");
       if (!no_ref) {
         set_kernels(false);
-        r_ms = median_ms(r.run, repeats);
+        r_ms = timed(r.run);
         set_kernels(true);
       }
       const double gbs = r.bytes / (k_ms * 1e-3) / 1e9;
@@ -359,6 +448,9 @@ int main(int argc, char** argv) {
                   100.0 * gbs * 1e9 / bw, r_ms, r_ms / k_ms, tflops);
     }
     std::printf("bytes: the fewest each op must move (inputs read once, outputs written once)\n");
+    if (g_device.is_cuda()) {
+      std::printf("one-token ops (B=, R=): device time per call in a replayed CUDA graph\n");
+    }
   } catch (const std::exception& e) {
     std::fprintf(stderr, "bench_ops: %s\n", e.what());
     return 1;

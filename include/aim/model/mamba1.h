@@ -25,7 +25,8 @@ class Mamba1MixerImpl : public MixerImpl {
   explicit Mamba1MixerImpl(const Mamba1MixerOptions& options);
 
   torch::Tensor forward(const torch::Tensor& u, MixerState* state = nullptr) override;
-  torch::Tensor step(const torch::Tensor& u, MixerState& state) override;
+  torch::Tensor step_projected(const torch::Tensor& projected, MixerState& state) override;
+  torch::nn::Linear input_projection() const override { return in_proj; }
   MixerState allocate_state(int64_t batch, torch::Device device, torch::ScalarType dtype,
                             torch::ScalarType ssm_dtype = torch::kFloat) const override;
   void reset_parameters() override;

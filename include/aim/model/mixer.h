@@ -25,8 +25,15 @@ class MixerImpl : public torch::nn::Module {
   /// u [B, L, D] -> [B, L, D]. When `state` is given it receives the state after the last
   /// position (prefill).
   virtual torch::Tensor forward(const torch::Tensor& u, MixerState* state = nullptr) = 0;
-  /// One token: u [B, D] -> [B, D], advancing `state`.
-  virtual torch::Tensor step(const torch::Tensor& u, MixerState& state) = 0;
+  /// One token: u [B, D] -> [B, D], advancing `state`: step_projected of in_proj(u).
+  torch::Tensor step(const torch::Tensor& u, MixerState& state) {
+    return step_projected(input_projection()->forward(u), state);
+  }
+  /// One token from the input projection's output [B, N] (the AiM block computes it fused
+  /// with its norm when decoding, ops::add_rms_norm_modulate_linear) -> [B, D].
+  virtual torch::Tensor step_projected(const torch::Tensor& projected, MixerState& state) = 0;
+  /// The input projection `in_proj` [N, D] that step() applies first.
+  virtual torch::nn::Linear input_projection() const = 0;
   /// Zero state for `batch` sequences; conv state in `dtype`, ssm state in `ssm_dtype` (fp32,
   /// or bf16 for decoding with half the state traffic; other types are an error).
   virtual MixerState allocate_state(int64_t batch, torch::Device device, torch::ScalarType dtype,

@@ -32,6 +32,18 @@ std::pair<torch::Tensor, torch::Tensor> add_rms_norm_modulate(
     double eps, bool residual_in_fp32, const torch::Tensor& shift, const torch::Tensor& scale,
     const torch::Tensor& hidden_gate = {});
 
+/// The AiM block's input through the mixer's input projection:
+/// {linear(add_rms_norm_modulate(...).out, linear_weight, linear_bias), residual'}, with
+/// linear_weight [N, D] and linear_bias [N] or undefined. On CUDA, for a decoding step of at
+/// most 8 rows (both halves of guidance counted) with nothing tracking gradients, one kernel:
+/// the norm's output never leaves the chip and no launch separates it from the projection.
+/// Otherwise the two ops.
+std::pair<torch::Tensor, torch::Tensor> add_rms_norm_modulate_linear(
+    const torch::Tensor& hidden, const torch::Tensor& residual, const torch::Tensor& weight,
+    double eps, bool residual_in_fp32, const torch::Tensor& shift, const torch::Tensor& scale,
+    const torch::Tensor& hidden_gate, const torch::Tensor& linear_weight,
+    const torch::Tensor& linear_bias);
+
 /// Mamba2's gated RMSNorm over groups of `group_size` channels: with norm_before_gate false,
 /// y = rms_group(x * silu(z)) * weight; with true, y = rms_group(x) * weight * silu(z).
 /// z may be undefined (no gate). x, z [..., E], weight [E], E % group_size == 0.
