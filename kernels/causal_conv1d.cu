@@ -8,7 +8,9 @@
 //
 // Backward: dx[s] = sum_k w[k] * g[s + (W - 1) - k] with g = dout * silu'(pre); dweight and
 // dbias are sums over (batch, time) of g times the input window, reduced per thread over a
-// chunk of time steps in registers, then added with one fp32 atomic per (block, channel, tap).
+// chunk of time steps in registers and written as one partial row per (batch, time chunk) of
+// the workspace; a second kernel adds the partial rows in a fixed order, so the gradients are
+// the same bits on every run (atomics would add them in the order blocks finish).
 #include <cuda_bf16.h>
 
 #include "causal_conv1d.h"
@@ -20,6 +22,7 @@ namespace {
 constexpr int kThreads = 256;
 constexpr int kChannelsPerBlock = 128;  // weight-gradient kernel: one thread per channel
 constexpr int kTimeChunk = 64;          // weight-gradient kernel: time steps per thread
+constexpr int kSumX = 32, kSumY = 16;   // partial-row sum: columns x row groups per block
 
 __device__ __forceinline__ float to_float(float v) { return v; }
 __device__ __forceinline__ float to_float(__nv_bfloat16 v) { return __bfloat162float(v); }
@@ -172,11 +175,39 @@ __global__ void __launch_bounds__(kChannelsPerBlock)
 #pragma unroll
     for (int j = 0; j < kMaxW; ++j) dw[j] += g * window[kMaxW - 1 - j];
   }
+  // Partial row (b, chunk): per channel its W weight taps, then the bias.
+  float* part = p.workspace + (b * gridDim.z + blockIdx.z) * int64_t(p.channels) * (width + 1) +
+                int64_t(c) * (width + 1);
 #pragma unroll
   for (int j = 0; j < kMaxW; ++j) {
-    if (j < width) atomicAdd(&p.dweight[c * width + (width - 1 - j)], dw[j]);
+    if (j < width) part[width - 1 - j] = dw[j];
   }
-  if (p.dbias != nullptr) atomicAdd(&p.dbias[c], db);
+  part[width] = db;
+}
+
+// dweight and dbias: column j of the [rows, C * (W + 1)] partial rows summed over the rows.
+// Block (kSumX, kSumY): thread (x, y) adds rows y, y + kSumY, ... in order, then thread (x, 0)
+// adds the kSumY sums in order. No rows (an empty input): zeros.
+__global__ void __launch_bounds__(kSumX * kSumY)
+    conv_bwd_dw_sum_kernel(CausalConv1dParams p, int64_t rows) {
+  const int64_t cols = int64_t(p.channels) * (p.width + 1);
+  const int64_t j = int64_t(blockIdx.x) * kSumX + threadIdx.x;
+  float acc = 0.0f;
+  if (j < cols) {
+    for (int64_t r = threadIdx.y; r < rows; r += kSumY) acc += p.workspace[r * cols + j];
+  }
+  __shared__ float partial[kSumY][kSumX + 1];
+  partial[threadIdx.y][threadIdx.x] = acc;
+  __syncthreads();
+  if (threadIdx.y != 0 || j >= cols) return;
+  float sum = 0.0f;
+  for (int y = 0; y < kSumY; ++y) sum += partial[y][threadIdx.x];
+  const int64_t c = j / (p.width + 1), tap = j % (p.width + 1);
+  if (tap < p.width) {
+    p.dweight[c * p.width + tap] = sum;
+  } else if (p.dbias != nullptr) {
+    p.dbias[c] = sum;
+  }
 }
 
 int grid_for(int64_t total, int threads) {
@@ -198,21 +229,32 @@ cudaError_t launch_fwd(const CausalConv1dParams& p, cudaStream_t stream) {
   return cudaGetLastError();
 }
 
+int64_t time_chunks(const CausalConv1dParams& p) { return (p.len + kTimeChunk - 1) / kTimeChunk; }
+
 template <typename T, int kMaxW>
 cudaError_t launch_bwd(const CausalConv1dParams& p, cudaStream_t stream) {
+  if (p.channels == 0) return cudaSuccess;
   const int64_t total = int64_t(p.batch) * p.channels * p.len;
-  if (total == 0) return cudaSuccess;
-  const int grid = grid_for(total, kThreads);
-  if (p.x_c_stride == 1) {
-    conv_bwd_dx_kernel<T, kMaxW, true><<<grid, kThreads, 0, stream>>>(p);
-  } else {
-    conv_bwd_dx_kernel<T, kMaxW, false><<<grid, kThreads, 0, stream>>>(p);
+  int64_t rows = 0;
+  if (total > 0) {
+    const int grid = grid_for(total, kThreads);
+    if (p.x_c_stride == 1) {
+      conv_bwd_dx_kernel<T, kMaxW, true><<<grid, kThreads, 0, stream>>>(p);
+    } else {
+      conv_bwd_dx_kernel<T, kMaxW, false><<<grid, kThreads, 0, stream>>>(p);
+    }
+    cudaError_t err = cudaGetLastError();
+    if (err != cudaSuccess) return err;
+    const dim3 dw_grid((p.channels + kChannelsPerBlock - 1) / kChannelsPerBlock, p.batch,
+                       static_cast<unsigned>(time_chunks(p)));
+    conv_bwd_dw_kernel<T, kMaxW><<<dw_grid, kChannelsPerBlock, 0, stream>>>(p);
+    err = cudaGetLastError();
+    if (err != cudaSuccess) return err;
+    rows = int64_t(p.batch) * time_chunks(p);
   }
-  cudaError_t err = cudaGetLastError();
-  if (err != cudaSuccess) return err;
-  const dim3 dw_grid((p.channels + kChannelsPerBlock - 1) / kChannelsPerBlock, p.batch,
-                     (p.len + kTimeChunk - 1) / kTimeChunk);
-  conv_bwd_dw_kernel<T, kMaxW><<<dw_grid, kChannelsPerBlock, 0, stream>>>(p);
+  const int64_t cols = int64_t(p.channels) * (p.width + 1);
+  const unsigned sum_grid = static_cast<unsigned>((cols + kSumX - 1) / kSumX);
+  conv_bwd_dw_sum_kernel<<<sum_grid, dim3(kSumX, kSumY), 0, stream>>>(p, rows);
   return cudaGetLastError();
 }
 
@@ -293,9 +335,16 @@ cudaError_t causal_conv1d_update_cuda(const CausalConv1dUpdateParams& p, ElemTyp
                                       : launch_update_s<float>(p, stream);
 }
 
+int64_t causal_conv1d_bwd_workspace_size(const CausalConv1dParams& p) {
+  return int64_t(p.batch) * time_chunks(p) * p.channels * (p.width + 1);
+}
+
 cudaError_t causal_conv1d_bwd_cuda(const CausalConv1dParams& p, ElemType dtype,
                                    cudaStream_t stream) {
-  if (!valid(p)) return cudaErrorInvalidValue;
+  if (!valid(p) || p.dweight == nullptr ||
+      (causal_conv1d_bwd_workspace_size(p) > 0 && p.workspace == nullptr)) {
+    return cudaErrorInvalidValue;
+  }
   if (dtype == ElemType::kBFloat16) {
     return p.width <= 4 ? launch_bwd<__nv_bfloat16, 4>(p, stream)
                         : launch_bwd<__nv_bfloat16, 8>(p, stream);

@@ -29,17 +29,23 @@ struct CausalConv1dParams {
   int64_t dout_batch_stride = 0, dout_c_stride = 0, dout_l_stride = 0;
   void* dx = nullptr;                               ///< [B, C, L] in the element type
   int64_t dx_batch_stride = 0, dx_c_stride = 0, dx_l_stride = 0;
-  float* dweight = nullptr;  ///< [C, W] fp32, zeroed by the caller (accumulated with atomics)
-  float* dbias = nullptr;    ///< [C] fp32, zeroed by the caller; may be null
+  float* dweight = nullptr;    ///< [C, W] fp32
+  float* dbias = nullptr;      ///< [C] fp32; may be null
+  float* workspace = nullptr;  ///< causal_conv1d_bwd_workspace_size floats
 };
 
 /// out from x. Launches on `stream`; returns the launch status.
 cudaError_t causal_conv1d_fwd_cuda(const CausalConv1dParams& params, ElemType dtype,
                                    cudaStream_t stream);
 
-/// dx, dweight and dbias from x and dout (the pre-activation is recomputed). Two launches.
+/// dx, dweight and dbias from x and dout (the pre-activation is recomputed). Three launches;
+/// deterministic (dweight and dbias are partial sums added in a fixed order).
 cudaError_t causal_conv1d_bwd_cuda(const CausalConv1dParams& params, ElemType dtype,
                                    cudaStream_t stream);
+
+/// fp32 elements of the backward's workspace for params with batch, channels, len and width set:
+/// one partial row of dweight and dbias per (batch, chunk of 64 time steps).
+int64_t causal_conv1d_bwd_workspace_size(const CausalConv1dParams& params);
 
 /// One token of sampling: the window state[b, c, :] of the last W inputs shifts left by one, x
 /// enters at W - 1, and out = silu(sum_k weight[c, k] * state[b, c, k] + bias[c]) (no silu when

@@ -82,9 +82,13 @@ class CausalConv1dFunction : public torch::autograd::Function<CausalConv1dFuncti
     const auto bias_f = bias.to(torch::kFloat).contiguous();
     auto dx = empty_like_layout(x);
     maybe_poison({dx});
-    auto dw = torch::zeros_like(w2d);
-    auto db = torch::zeros_like(bias_f);
+    auto dw = torch::empty_like(w2d);
+    auto db = torch::empty_like(bias_f);
+    maybe_poison({dw, db});
     auto p = base_params(x, w2d, bias_f, silu);
+    auto workspace = torch::empty({kernels::causal_conv1d_bwd_workspace_size(p)},
+                                  w2d.options());
+    p.workspace = workspace.data_ptr<float>();
     p.dout = dout.data_ptr();
     p.dout_batch_stride = dout.stride(0);
     p.dout_c_stride = dout.stride(1);

@@ -47,8 +47,8 @@ inline double conv_tolerance(torch::ScalarType dtype) {
 }
 
 /// The kernel tests' check of one case: `conv` (ops::causal_conv1d through dispatch, or the
-/// emulated adapter; the state may be undefined) on inputs on `dev`, forward and backward,
-/// against the reference in fp64 on the CPU.
+/// emulated adapter; the state may be undefined) on inputs on `dev`, forward and backward
+/// (twice: the same bits), against the reference in fp64 on the CPU.
 inline void check_causal_conv1d(const ConvCase& c, torch::Device dev, const ConvFn& conv) {
   torch::manual_seed(7 + c.width * 13 + c.len);
   auto x = conv_input(c, dev).requires_grad_(true);
@@ -61,7 +61,13 @@ inline void check_causal_conv1d(const ConvCase& c, torch::Device dev, const Conv
   auto g = randn(out.sizes(), c.dtype, dev);
   std::vector<torch::Tensor> inputs{x, w};
   if (c.bias) inputs.push_back(b);
-  const auto grads = torch::autograd::grad({out}, inputs, {g});
+  const auto grads = torch::autograd::grad({out}, inputs, {g}, /*retain_graph=*/true);
+  // The weight and bias gradients are sums over batch and time: the same bits on every run.
+  const auto again = torch::autograd::grad({out}, inputs, {g});
+  for (size_t i = 0; i < grads.size(); ++i) {
+    EXPECT_TRUE(torch::equal(grads[i], again[i]))
+        << case_name(c) << ": gradient " << i << " differs between two backward runs";
+  }
 
   // Oracle: the reference on fp64 CPU copies of the same values.
   auto xr = f64_leaf(x), wr = f64_leaf(w);
