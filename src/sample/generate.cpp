@@ -27,6 +27,25 @@ double sample_uniform(uint64_t seed, int64_t sample, int64_t step) {
   return ops::keyed_uniform(seed, sample, step);
 }
 
+#ifdef AIM_WITH_CUDA
+void capture_graph(at::cuda::CUDAGraph& graph, const std::function<void()>& body) {
+  graph.capture_begin({0, 0}, cudaStreamCaptureModeThreadLocal);
+  try {
+    body();
+  } catch (...) {
+    // End the capture so that the stream and the caching allocator leave capture mode (the
+    // allocator would otherwise keep its cache for the rest of the process); the error is
+    // body()'s.
+    try {
+      graph.capture_end();
+    } catch (...) {
+    }
+    throw;
+  }
+  graph.capture_end();
+}
+#endif
+
 namespace {
 
 /// The next tokens from the conditional rows and, when guided, the unconditional ones: the keyed
@@ -82,20 +101,7 @@ void replay_tokens(AimModel& model, InferenceState& state, const torch::Tensor& 
   {
     c10::cuda::CUDAStreamGuard on_side(side);
     body();  // token 1, eagerly
-    graph.capture_begin({0, 0}, cudaStreamCaptureModeThreadLocal);
-    try {
-      body();  // recorded, not run
-    } catch (...) {
-      // End the capture so that the stream and the caching allocator leave capture mode (the
-      // allocator would otherwise keep its cache for the rest of the process); the error is
-      // body()'s.
-      try {
-        graph.capture_end();
-      } catch (...) {
-      }
-      throw;
-    }
-    graph.capture_end();
+    capture_graph(graph, body);  // recorded, not run
     for (int64_t t = 2; t < len; ++t) graph.replay();
     // The graph's memory pool goes back to the allocator when `graph` is destroyed: only after
     // the replays are done with it.

@@ -33,6 +33,7 @@
 #include "aim/ops/norms.h"
 #include "aim/ops/selective_scan.h"
 #include "aim/ops/ssd_scan.h"
+#include "aim/sample/generate.h"
 
 #ifdef AIM_WITH_CUDA
 #include <ATen/cuda/CUDAEvent.h>
@@ -97,17 +98,9 @@ double median_graph_ms(const std::function<void()>& f, int repeats) {
         for (int i = 0; i < 3; ++i) f();
         side.synchronize();
         at::cuda::CUDAGraph graph;
-        graph.capture_begin({0, 0}, cudaStreamCaptureModeThreadLocal);
-        try {
+        aim::capture_graph(graph, [&] {
           for (int i = 0; i < 10; ++i) f();
-        } catch (...) {
-          try {
-            graph.capture_end();
-          } catch (...) {
-          }
-          throw;
-        }
-        graph.capture_end();
+        });
         graph.replay();
         at::cuda::CUDAEvent start(cudaEventDefault), stop(cudaEventDefault);
         for (int r = 0; r < repeats; ++r) {

@@ -6,6 +6,7 @@
 #include <torch/torch.h>
 
 #include <cstdint>
+#include <functional>
 #include <string>
 #include <vector>
 
@@ -34,6 +35,18 @@ struct SamplingOptions {
   /// Throws aim::Error naming the flag (--cfg, --temperature, --top-k, --top-p, --cfg-top-p).
   void validate() const;
 };
+
+#ifdef AIM_WITH_CUDA
+}  // namespace aim
+namespace at::cuda {
+struct CUDAGraph;
+}  // namespace at::cuda
+namespace aim {
+/// Records `body` into `graph` on the current CUDA stream (a side stream: the legacy default
+/// stream cannot capture), launching nothing. An error in `body` ends the capture before it
+/// propagates, so the stream and the caching allocator leave capture mode.
+void capture_graph(at::cuda::CUDAGraph& graph, const std::function<void()>& body);
+#endif
 
 /// The uniform in [0, 1) used for sample `sample` at step `step`.
 double sample_uniform(uint64_t seed, int64_t sample, int64_t step);
