@@ -44,8 +44,6 @@ struct Vec16 {
 
 int padded_rows(int rows) { return rows <= 1 ? 1 : rows <= 2 ? 2 : rows <= 4 ? 4 : 8; }
 
-size_t elem_bytes(ElemType t) { return t == ElemType::kBFloat16 ? 2 : 4; }
-
 // kUnroll vectors of the kOut weight rows from output feature o0 and vector v0 of a row, as
 // floats; rows past N and vectors past the row's end read as zeros.
 template <typename Tin>
@@ -201,10 +199,10 @@ cudaError_t launch_rows(const NormLinearParams& p, cudaStream_t stream) {
 }  // namespace
 
 bool norm_linear_supported(int rows, int dim, ElemType in) {
-  const int per_vec = static_cast<int>(16 / elem_bytes(in));
+  const int per_vec = static_cast<int>(16 / rms::param_bytes(in));
   return rows >= 1 && rows <= kNormLinearMaxRows && dim >= 1 && dim <= kNormLinearMaxDim &&
          dim % per_vec == 0 &&
-         static_cast<size_t>(padded_rows(rows)) * dim * elem_bytes(in) <= kMaxSmemBytes;
+         static_cast<size_t>(padded_rows(rows)) * dim * rms::param_bytes(in) <= kMaxSmemBytes;
 }
 
 cudaError_t norm_linear_cuda(const NormLinearParams& p, ElemType in, ElemType res,
