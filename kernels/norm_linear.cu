@@ -164,18 +164,8 @@ cudaError_t launch(const NormLinearParams& p, cudaStream_t stream) {
   const int64_t cap = static_cast<int64_t>(current_sm_count()) * kBlocksPerSm;
   const int blocks = static_cast<int>(wanted < cap ? wanted : cap);
   const size_t smem = static_cast<size_t>(kRows) * p.norm.dim * sizeof(Tin);
-  // The norm's rows move 4-wide when every pointer and row stride allows (as in
-  // add_rms_norm_fwd_launch).
-  using namespace rms;
-  const AddRmsNormParams& n = p.norm;
-  const bool vec4 = n.dim % kVecWidth == 0 &&
-                    vec_aligned(n.hidden, n.hidden_row_stride, sizeof(Tin)) &&
-                    vec_aligned(n.hidden_gate, 0, sizeof(Tin)) &&
-                    vec_aligned(n.residual, n.residual_row_stride, sizeof(Tres)) &&
-                    vec_aligned(n.residual_out, 0, sizeof(Tres)) &&
-                    vec_aligned(n.weight, 0, param_bytes(n.weight_type)) &&
-                    vec_aligned(n.shift, 0, param_bytes(n.mod_type)) &&
-                    vec_aligned(n.scale, 0, param_bytes(n.mod_type));
+  // The rows' out is shared memory, 16-byte aligned.
+  const bool vec4 = rms::fwd_row_vec_aligned<Tin, Tres>(p.norm);
   auto* kernel = norm_linear_kernel<Tin, Tres, kRows>;
   if (smem > 48 * 1024) {
     const cudaError_t err = cudaFuncSetAttribute(

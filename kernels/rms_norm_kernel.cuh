@@ -143,6 +143,20 @@ inline bool vec_aligned(const void* p, int64_t row_stride, size_t elem_bytes) {
          (reinterpret_cast<uintptr_t>(p) % (kVecWidth * elem_bytes) == 0 && row_stride % kVecWidth == 0);
 }
 
+// Whether the forward row (add_rms_norm_row) reads hidden, gate, residual and the parameters
+// and writes residual_out 4-wide: D % 4 == 0 and each pointer and row stride 4-element
+// aligned. Its `out` is the caller's to check.
+template <typename Tin, typename Tres>
+bool fwd_row_vec_aligned(const AddRmsNormParams& p) {
+  return p.dim % kVecWidth == 0 && vec_aligned(p.hidden, p.hidden_row_stride, sizeof(Tin)) &&
+         vec_aligned(p.hidden_gate, 0, sizeof(Tin)) &&
+         vec_aligned(p.residual, p.residual_row_stride, sizeof(Tres)) &&
+         vec_aligned(p.residual_out, 0, sizeof(Tres)) &&
+         vec_aligned(p.weight, 0, param_bytes(p.weight_type)) &&
+         vec_aligned(p.shift, 0, param_bytes(p.mod_type)) &&
+         vec_aligned(p.scale, 0, param_bytes(p.mod_type));
+}
+
 // Backward block layout of add_rms_norm: blocks (chunk, b) for b < batches.
 struct AddBwdLayout {
   int rows_per_batch, batches, chunks_per_batch;
@@ -355,14 +369,7 @@ __global__ void __launch_bounds__(rms::kMaxThreads)
 template <typename Tin, typename Tres>
 cudaError_t add_rms_norm_fwd_launch(const AddRmsNormParams& p, cudaStream_t stream) {
   using namespace rms;
-  const bool vec = p.dim % kVecWidth == 0 &&
-                   vec_aligned(p.hidden, p.hidden_row_stride, sizeof(Tin)) &&
-                   vec_aligned(p.hidden_gate, 0, sizeof(Tin)) &&
-                   vec_aligned(p.residual, p.residual_row_stride, sizeof(Tres)) &&
-                   vec_aligned(p.out, 0, sizeof(Tin)) && vec_aligned(p.residual_out, 0, sizeof(Tres)) &&
-                   vec_aligned(p.weight, 0, param_bytes(p.weight_type)) &&
-                   vec_aligned(p.shift, 0, param_bytes(p.mod_type)) &&
-                   vec_aligned(p.scale, 0, param_bytes(p.mod_type));
+  const bool vec = fwd_row_vec_aligned<Tin, Tres>(p) && vec_aligned(p.out, 0, sizeof(Tin));
   const dim3 grid(p.rows), block(threads_for(p.dim));
   BOOL_SWITCH(vec, kVec4, [&] {
     BOOL_SWITCH(p.scale != nullptr, kModulate, [&] {
