@@ -1,6 +1,7 @@
 // Checks and dispatch for the loss op.
 #include "aim/ops/loss.h"
 
+#include <ATen/autocast_mode.h>
 #include <torch/torch.h>
 
 #include "aim/ops/dispatch.h"
@@ -24,6 +25,18 @@ torch::Tensor linear_cross_entropy(const torch::Tensor& hidden, const torch::Ten
               "linear_cross_entropy: targets must be int64 [", hidden.size(0), "], got ",
               targets.scalar_type(), " ", targets.sizes());
   TORCH_CHECK(chunk_rows >= 0, "linear_cross_entropy: chunk_rows must be >= 0, got ", chunk_rows);
+  // Under autocast the product runs in autocast's dtype, as the model's torch::linear lm_head
+  // would (bf16 logits, the loss in fp32). Both operands are cast here, once, and every path
+  // below runs with autocast off: a matmul inside the kernel path must not change the logits'
+  // dtype behind the kernel, which reads them as hidden's dtype.
+  const auto device_type = hidden.device().type();
+  if (at::autocast::is_autocast_enabled(device_type)) {
+    const auto dtype = at::autocast::get_autocast_dtype(device_type);
+    const auto h = at::autocast::cached_cast(dtype, hidden, device_type);
+    const auto w = at::autocast::cached_cast(dtype, weight, device_type);
+    c10::impl::ExcludeDispatchKeyGuard no_autocast(c10::autocast_dispatch_keyset);
+    return linear_cross_entropy(h, w, targets, ignore_index, chunk_rows);
+  }
 #ifdef AIM_WITH_CUDA
   if (hidden.is_cuda() && cuda_kernels_enabled() &&
       cuda::linear_cross_entropy_supported(hidden, weight, targets)) {

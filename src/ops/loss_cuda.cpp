@@ -50,6 +50,9 @@ class LinearCrossEntropyFunction
       const int64_t len = std::min(rows, n - start);
       const auto hc = h.narrow(0, start, len);
       auto logits = torch::mm(hc, w.t());  // [len, V], becomes dlogits
+      TORCH_CHECK(logits.scalar_type() == dtype && logits.stride(1) == 1,
+                  "linear_cross_entropy: logits of ", dtype, " [*, 1] strides expected, found ",
+                  logits.scalar_type(), " ", logits.strides(), " (is autocast on inside?)");
       kernels::SoftmaxXentParams p;
       p.rows = static_cast<int>(len);
       p.vocab = static_cast<int>(vocab);

@@ -1,0 +1,114 @@
+// The whole AiM training step as the trainer runs it with `precision: bf16` (fp32 master weights
+// under bf16 autocast) gives the same loss and gradients through the kernels as through the
+// references (ops::set_cuda_kernels(false)). On the kernels' device: a GPU in aim_tests, the CPU
+// emulator in aim_emu_tests (test::kernel_device()).
+//
+// Autocast hands the ops mixed dtypes: bf16 activations from every linear, fp32 residuals, an
+// fp32 final hidden state into the loss, whose lm_head product autocast makes bf16. The op-level
+// kernel tests feed each op one dtype at a time; this is the check on what the model feeds them.
+//
+// Cases: both fixture configs (Mamba1 and Mamba2 tiny) and AiM-L's mixer and vocabulary (headdim
+// 64, d_state 128, 256 tokens, 16384 codes) at one layer of width 256. Tolerance
+// max|a - b| / max|b|: 1e-2 for the loss and 5e-2 for each gradient, the bf16 mixer tests' bound:
+// both paths compute the products in bf16, the references also round some intermediates the
+// kernels keep in fp32.
+#include <gtest/gtest.h>
+#include <torch/torch.h>
+
+#include <string>
+#include <vector>
+
+#include "aim/core/config.h"
+#include "aim/core/safetensors.h"
+#include "aim/model/aim.h"
+#include "aim/ops/dispatch.h"
+#include "test_util.h"
+#include "train/train_util.h"
+
+namespace aim {
+namespace {
+
+struct StepResult {
+  torch::Tensor loss;
+  std::vector<std::pair<std::string, torch::Tensor>> grads;
+};
+
+StepResult autocast_step(AimModel& m, const torch::Tensor& tokens, const torch::Tensor& labels,
+                         bool kernels) {
+  ops::set_cuda_kernels(kernels);
+  m->zero_grad();
+  torch::Tensor loss;
+  {
+    train::AutocastScope autocast(true, tokens.device().type());
+    loss = m->loss(tokens, labels);
+  }
+  loss.backward();
+  StepResult r;
+  r.loss = loss.detach().to(torch::kFloat);
+  for (const auto& p : m->named_parameters()) {
+    if (p.value().grad().defined()) r.grads.emplace_back(p.key(), p.value().grad().clone());
+  }
+  return r;
+}
+
+class AimKernelsAutocast : public ::testing::TestWithParam<std::string> {
+ protected:
+  void SetUp() override {
+    if (!test::kernel_device_available()) GTEST_SKIP() << "no GPU visible: CUDA model test skipped";
+  }
+  void TearDown() override { ops::set_cuda_kernels(true); }
+
+  ModelConfig config() const {
+    if (GetParam() == "aim_l_narrow") {
+      return load_config(std::string(AIM_SOURCE_DIR) + "/configs/aim_l.yaml",
+                         {"model.n_layer=1", "model.d_model=256", "model.num_classes=10"})
+          .model;
+    }
+    return model_config_from_hf_json((test::fixtures_dir() / "aim" / GetParam() / "config.json").string());
+  }
+};
+
+TEST_P(AimKernelsAutocast, Bf16TrainingStepEqualsTheReferences) {
+  torch::manual_seed(5);
+  AimModel m(config());
+  if (GetParam() == "aim_l_narrow") {
+    // At initialisation the adaLN gates are zero (as the official constructor makes them), and
+    // no gradient would reach the mixers: draw the zero parameters again.
+    torch::NoGradGuard no_grad;
+    for (auto& p : m->parameters()) {
+      if (p.abs().max().item<double>() == 0.0) p.normal_(0.0, 0.02);
+    }
+  } else {
+    const auto weights = test::fixtures_dir() / "aim" / GetParam() / "model.safetensors";
+    load_official_state_dict(m, load_safetensors(weights.string()), weights.string());
+  }
+  m->to(test::kernel_device());  // fp32 master weights, as the trainer keeps them
+  m->eval();                     // no class or token dropout: both runs see the same inputs
+  const auto& cfg = m->config;
+  const auto dev = torch::TensorOptions().device(test::kernel_device());
+  const auto tokens = torch::randint(0, cfg.vocab_size, {3, cfg.num_tokens}, dev.dtype(torch::kLong));
+  // The last label is the null class (classifier-free guidance's unconditional rows).
+  const auto labels = torch::tensor({int64_t{1}, int64_t{3}, int64_t{cfg.num_classes}}, torch::kLong).to(test::kernel_device());
+
+  const auto off = autocast_step(m, tokens, labels, false);
+  const auto on = autocast_step(m, tokens, labels, true);
+  const auto tag = GetParam();
+  std::printf("    %s: loss %.6f (kernels) vs %.6f (references)\n", tag.c_str(),
+              on.loss.item<double>(), off.loss.item<double>());
+  test::expect_close(tag + " loss", on.loss, off.loss, 1e-2);
+  ASSERT_EQ(on.grads.size(), off.grads.size());
+  ASSERT_EQ(on.grads.size(), m->parameters().size()) << "every parameter gets a gradient";
+  for (size_t i = 0; i < on.grads.size(); ++i) {
+    ASSERT_EQ(on.grads[i].first, off.grads[i].first);
+    EXPECT_EQ(on.grads[i].second.scalar_type(), torch::kFloat) << on.grads[i].first;
+    EXPECT_GT(off.grads[i].second.abs().max().item<double>(), 0.0)
+        << on.grads[i].first << ": no gradient reaches it, so the comparison checks nothing";
+    test::expect_close(tag + " d" + on.grads[i].first, on.grads[i].second, off.grads[i].second, 5e-2);
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(Models, AimKernelsAutocast,
+                         ::testing::Values("mamba1_tiny", "mamba2_tiny", "aim_l_narrow"));
+
+}  // namespace
+}  // namespace aim
