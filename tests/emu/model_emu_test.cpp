@@ -65,6 +65,29 @@ TEST_P(EmulatedModel, TrainingAndDecodingRunThroughTheKernelsWhenOn) {
   }
 }
 
+// `aim sample --dtype bf16` (weights and conv states in bf16, guidance's two rows per image):
+// every op of a decode step with a kernel goes through it, as in fp32. A bf16 input a kernel
+// refuses would fall back to the reference without a word; the count shows it.
+TEST_P(EmulatedModel, Bf16DecodingRunsThroughTheKernels) {
+  auto m = model();
+  m->to(torch::kBFloat16);
+  ops::set_cuda_kernels(true);
+  torch::NoGradGuard no_grad;
+  const auto labels = torch::tensor({int64_t{1}, m->null_class()}, torch::kLong);
+  auto state = m->start(labels, torch::kBFloat16);
+  m->step(state, {});
+  const auto before = emu::launch_count();
+  m->step(state, torch::tensor({int64_t{5}, int64_t{5}}, torch::kLong));
+  const auto launches = emu::launch_count() - before;
+  const auto& cfg = m->config;
+  // Per layer: Mamba2 the fused norm + in_proj and the fused step; Mamba1 the fused norm +
+  // in_proj, the conv update and the state update. Then norm_f and the final layer's norm.
+  const uint64_t per_layer = cfg.ssm.layer == "Mamba2" && cfg.ssm.rmsnorm ? 2 : 3;
+  std::printf("    %s bf16: %llu launches in a decode step\n", GetParam().c_str(),
+              static_cast<unsigned long long>(launches));
+  EXPECT_EQ(launches, static_cast<uint64_t>(cfg.n_layer) * per_layer + 2);
+}
+
 TEST_P(EmulatedModel, GenerationDrawsTheTokensOfTheReferencePath) {
   auto m = model();
   const auto labels = torch::tensor({0, 2, 5}, torch::kLong);

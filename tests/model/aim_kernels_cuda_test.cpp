@@ -1,17 +1,18 @@
-// The whole AiM training step as the trainer runs it with `precision: bf16` (fp32 master weights
-// under bf16 autocast) gives the same loss and gradients through the kernels as through the
-// references (ops::set_cuda_kernels(false)). On the kernels' device: a GPU in aim_tests, the CPU
-// emulator in aim_emu_tests (test::kernel_device()).
+// The whole AiM model in the two bf16 modes users run, through the kernels against the references
+// (ops::set_cuda_kernels(false)), on the kernels' device: a GPU in aim_tests, the CPU emulator
+// in aim_emu_tests (test::kernel_device()).
+//  - Training with `precision: bf16`: fp32 master weights under bf16 autocast; the loss and every
+//    gradient. Autocast hands the ops mixed dtypes: bf16 activations from every linear, fp32
+//    residuals, an fp32 final hidden state into the loss, whose lm_head product autocast makes
+//    bf16. The op-level kernel tests feed each op one dtype at a time; this checks what the model
+//    feeds them.
+//  - Sampling with `--dtype bf16`: guided decoding's logits, half the sequence prefilled.
 //
-// Autocast hands the ops mixed dtypes: bf16 activations from every linear, fp32 residuals, an
-// fp32 final hidden state into the loss, whose lm_head product autocast makes bf16. The op-level
-// kernel tests feed each op one dtype at a time; this is the check on what the model feeds them.
-//
-// Cases: both fixture configs (Mamba1 and Mamba2 tiny) and AiM-L's mixer and vocabulary (headdim
-// 64, d_state 128, 256 tokens, 16384 codes) at one layer of width 256. Tolerance
-// max|a - b| / max|b|: 1e-2 for the loss and 5e-2 for each gradient, the bf16 mixer tests' bound:
-// both paths compute the products in bf16, the references also round some intermediates the
-// kernels keep in fp32.
+// Cases: both fixture models (official weights) and AiM-L's mixer and vocabulary (headdim 64,
+// d_state 128, 256 tokens, 16384 codes) at one layer of width 256. Tolerance max|a - b| / max|b|:
+// 1e-2 for the loss, 5e-2 for each gradient and the logits (the bf16 mixer tests' bound): both
+// paths compute the products in bf16, the references also round intermediates that the kernels
+// keep in fp32.
 #include <gtest/gtest.h>
 #include <torch/torch.h>
 
@@ -51,12 +52,30 @@ StepResult autocast_step(AimModel& m, const torch::Tensor& tokens, const torch::
   return r;
 }
 
-class AimKernelsAutocast : public ::testing::TestWithParam<std::string> {
+class AimKernelsBf16 : public ::testing::TestWithParam<std::string> {
  protected:
   void SetUp() override {
     if (!test::kernel_device_available()) GTEST_SKIP() << "no GPU visible: CUDA model test skipped";
   }
   void TearDown() override { ops::set_cuda_kernels(true); }
+
+  /// The case's model: the fixture's official weights, or AiM-L's shapes freshly drawn, with
+  /// the parameters the official constructor zeroes (the adaLN gates, which would keep every
+  /// gradient from the mixers) drawn again.
+  AimModel model() const {
+    AimModel m(config());
+    if (GetParam() == "aim_l_narrow") {
+      torch::NoGradGuard no_grad;
+      for (auto& p : m->parameters()) {
+        if (p.abs().max().item<double>() == 0.0) p.normal_(0.0, 0.02);
+      }
+    } else {
+      const auto weights = test::fixtures_dir() / "aim" / GetParam() / "model.safetensors";
+      load_official_state_dict(m, load_safetensors(weights.string()), weights.string());
+    }
+    m->eval();  // no class or token dropout: both paths see the same inputs
+    return m;
+  }
 
   ModelConfig config() const {
     if (GetParam() == "aim_l_narrow") {
@@ -68,22 +87,10 @@ class AimKernelsAutocast : public ::testing::TestWithParam<std::string> {
   }
 };
 
-TEST_P(AimKernelsAutocast, Bf16TrainingStepEqualsTheReferences) {
+TEST_P(AimKernelsBf16, Bf16TrainingStepEqualsTheReferences) {
   torch::manual_seed(5);
-  AimModel m(config());
-  if (GetParam() == "aim_l_narrow") {
-    // At initialisation the adaLN gates are zero (as the official constructor makes them), and
-    // no gradient would reach the mixers: draw the zero parameters again.
-    torch::NoGradGuard no_grad;
-    for (auto& p : m->parameters()) {
-      if (p.abs().max().item<double>() == 0.0) p.normal_(0.0, 0.02);
-    }
-  } else {
-    const auto weights = test::fixtures_dir() / "aim" / GetParam() / "model.safetensors";
-    load_official_state_dict(m, load_safetensors(weights.string()), weights.string());
-  }
+  AimModel m = model();
   m->to(test::kernel_device());  // fp32 master weights, as the trainer keeps them
-  m->eval();                     // no class or token dropout: both runs see the same inputs
   const auto& cfg = m->config;
   const auto dev = torch::TensorOptions().device(test::kernel_device());
   const auto tokens = torch::randint(0, cfg.vocab_size, {3, cfg.num_tokens}, dev.dtype(torch::kLong));
@@ -107,7 +114,38 @@ TEST_P(AimKernelsAutocast, Bf16TrainingStepEqualsTheReferences) {
   }
 }
 
-INSTANTIATE_TEST_SUITE_P(Models, AimKernelsAutocast,
+// `aim sample --dtype bf16`: the model's weights in bf16, guided decoding (conditional and null
+// rows), teacher-forced over a whole sequence, the first half prefilled in one pass. The logits of
+// every step through the kernels (the fused norm + in_proj, the fused step, the conv and state
+// updates, the chunked scan for the prefill) against the references'.
+TEST_P(AimKernelsBf16, Bf16DecodeEqualsTheReferences) {
+  torch::manual_seed(7);
+  AimModel m = model();
+  m->to(test::kernel_device(), torch::kBFloat16);
+  torch::NoGradGuard no_grad;
+  const auto& cfg = m->config;
+  const auto dev = torch::TensorOptions().device(test::kernel_device()).dtype(torch::kLong);
+  const int64_t len = std::min<int64_t>(cfg.num_tokens, 64);
+  const auto tokens = torch::randint(0, cfg.vocab_size, {2, len}, dev);
+  const auto labels = torch::tensor({int64_t{1}, int64_t{4}}, torch::kLong).to(test::kernel_device());
+  const auto both = torch::cat({labels, torch::full_like(labels, m->null_class())});
+  const auto decode = [&](bool kernels) {
+    ops::set_cuda_kernels(kernels);
+    auto state = m->start(both, torch::kBFloat16);
+    const int64_t k = len / 2;
+    std::vector<torch::Tensor> out{m->prefill(state, torch::cat({tokens, tokens}).narrow(1, 0, k))};
+    for (int64_t t = k + 1; t < len; ++t) {
+      const auto prev = tokens.select(1, t - 1);
+      out.push_back(m->step(state, torch::cat({prev, prev})));
+    }
+    return torch::stack(out, 1).to(torch::kFloat);  // [4, len - k, V]
+  };
+  const auto off = decode(false), on = decode(true);
+  EXPECT_EQ(on.scalar_type(), torch::kFloat);
+  test::expect_close(GetParam() + " bf16 decode logits", on, off, 5e-2);
+}
+
+INSTANTIATE_TEST_SUITE_P(Models, AimKernelsBf16,
                          ::testing::Values("mamba1_tiny", "mamba2_tiny", "aim_l_narrow"));
 
 }  // namespace
