@@ -58,16 +58,18 @@ void Mamba1MixerImpl::reset_parameters() {
 torch::Tensor Mamba1MixerImpl::forward(const torch::Tensor& u, MixerState* state) {
   const auto& ssm = options.ssm();
   const int64_t rank = options.dt_rank();
-  auto xz = in_proj->forward(u).transpose(1, 2);                       // [B, 2E, L]
-  auto x = xz.narrow(1, 0, d_inner);
-  auto z = xz.narrow(1, d_inner, d_inner);
-  auto conv = ops::causal_conv1d(x, conv1d->weight, conv1d->bias, /*silu=*/true,
+  // Split, not narrowed: a split's backward concatenates the parts' gradients in one pass, where
+  // each narrow's backward would zero a gradient of the whole projection and add it.
+  const auto xz = in_proj->forward(u).transpose(1, 2).split(d_inner, 1);  // x, z: [B, E, L]
+  const auto& z = xz[1];
+  auto conv = ops::causal_conv1d(xz[0], conv1d->weight, conv1d->bias, /*silu=*/true,
                                  /*return_state=*/state != nullptr);
-  x = conv.first;                                                      // [B, E, L]
-  auto x_dbl = x_proj->forward(x.transpose(1, 2));                     // [B, L, R + 2N]
-  auto dt = torch::matmul(x_dbl.narrow(-1, 0, rank), dt_proj->weight.t()).transpose(1, 2);
-  auto bm = x_dbl.narrow(-1, rank, ssm.d_state).transpose(1, 2);       // [B, N, L]
-  auto cm = x_dbl.narrow(-1, rank + ssm.d_state, ssm.d_state).transpose(1, 2);
+  auto x = conv.first;                                                 // [B, E, L]
+  const auto x_dbl = x_proj->forward(x.transpose(1, 2))                // [B, L, R + 2N]
+                         .split_with_sizes({rank, ssm.d_state, ssm.d_state}, -1);
+  auto dt = torch::matmul(x_dbl[0], dt_proj->weight.t()).transpose(1, 2);
+  auto bm = x_dbl[1].transpose(1, 2);                                  // [B, N, L]
+  auto cm = x_dbl[2].transpose(1, 2);
   auto a = -torch::exp(A_log.to(torch::kFloat));
   auto scan = ops::selective_scan(x, dt, a, bm, cm, D, z, dt_proj->bias, /*delta_softplus=*/true,
                                   {}, /*return_last_state=*/state != nullptr);

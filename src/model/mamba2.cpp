@@ -61,17 +61,18 @@ torch::Tensor Mamba2MixerImpl::output(const torch::Tensor& y, const torch::Tenso
 torch::Tensor Mamba2MixerImpl::forward(const torch::Tensor& u, MixerState* state) {
   const auto& ssm = options.ssm();
   const int64_t batch = u.size(0), len = u.size(1);
-  auto zxbcdt = in_proj->forward(u);                                   // [B, L, 2E + 2GN + H]
-  auto z = zxbcdt.narrow(-1, 0, d_inner);
-  auto xbc = zxbcdt.narrow(-1, d_inner, conv_dim);
-  auto dt = zxbcdt.narrow(-1, d_inner + conv_dim, nheads);             // [B, L, H]
-  auto conv = ops::causal_conv1d(xbc.transpose(1, 2), conv1d->weight, conv1d->bias,
+  // Split, not narrowed: the backward of a split concatenates the parts' gradients in one pass,
+  // where each narrow's backward would zero a whole [B, L, d_in_proj] gradient and add it.
+  const auto zxbcdt = in_proj->forward(u).split_with_sizes({d_inner, conv_dim, nheads}, -1);
+  const auto& z = zxbcdt[0];                                           // [B, L, E]
+  const auto& dt = zxbcdt[2];                                          // [B, L, H]
+  auto conv = ops::causal_conv1d(zxbcdt[1].transpose(1, 2), conv1d->weight, conv1d->bias,
                                  /*silu=*/true, /*return_state=*/state != nullptr);
-  xbc = conv.first.transpose(1, 2);                                    // [B, L, conv_dim]
-  const int64_t gn = ssm.ngroups * ssm.d_state;
-  auto x = xbc.narrow(-1, 0, d_inner).reshape({batch, len, nheads, ssm.headdim});
-  auto bm = xbc.narrow(-1, d_inner, gn).reshape({batch, len, ssm.ngroups, ssm.d_state});
-  auto cm = xbc.narrow(-1, d_inner + gn, gn).reshape({batch, len, ssm.ngroups, ssm.d_state});
+  const int64_t gn = ssm.ngroups * ssm.d_state;                        // x, B, C of [B, L, conv_dim]:
+  const auto xbc = conv.first.transpose(1, 2).split_with_sizes({d_inner, gn, gn}, -1);
+  auto x = xbc[0].reshape({batch, len, nheads, ssm.headdim});
+  auto bm = xbc[1].reshape({batch, len, ssm.ngroups, ssm.d_state});
+  auto cm = xbc[2].reshape({batch, len, ssm.ngroups, ssm.d_state});
   auto a = -torch::exp(A_log.to(torch::kFloat));
   auto scan = ops::ssd_scan(x, dt, a, bm, cm, d_param(), dt_bias, /*dt_softplus=*/true,
                             ssm.chunk_size, {}, /*return_final_state=*/state != nullptr);
