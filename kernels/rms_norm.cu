@@ -41,7 +41,7 @@ struct ColumnSumTask {
   int groups = 0, rows_per_group = 0;
 };
 struct ColumnSumParams {
-  ColumnSumTask tasks[3];
+  ColumnSumTask tasks[4];
   int dim = 0;
 };
 
@@ -50,8 +50,11 @@ struct ColumnSumParams {
 // so the sums are the same bits on every run.
 __global__ void rms_norm_column_sum_kernel(ColumnSumParams p) {
   using namespace rms;
-  // Constant indices keep the params in the constant bank (blockIdx.z < 3).
-  const ColumnSumTask t = blockIdx.z == 0 ? p.tasks[0] : blockIdx.z == 1 ? p.tasks[1] : p.tasks[2];
+  // Constant indices keep the params in the constant bank (blockIdx.z < 4).
+  const ColumnSumTask t = blockIdx.z == 0   ? p.tasks[0]
+                          : blockIdx.z == 1 ? p.tasks[1]
+                          : blockIdx.z == 2 ? p.tasks[2]
+                                            : p.tasks[3];
   const int g = blockIdx.y;
   if (g >= t.groups) return;
   const int j = blockIdx.x * kColumnSumX + threadIdx.x;
@@ -82,8 +85,11 @@ cudaError_t column_sum_launch(const ColumnSumParams& p, int ntasks, cudaStream_t
   return cudaGetLastError();
 }
 
-bool add_common_ok(const AddRmsNormParams& p) {
+bool add_common_ok(const AddRmsNormParams& p, ElemType in) {
   if (p.rows < 1 || p.dim < 1 || p.dim > kRmsNormMaxDim || p.weight == nullptr) return false;
+  if (p.hidden_gate != nullptr && p.gate_type == ElemType::kBFloat16 && in != ElemType::kBFloat16) {
+    return false;
+  }
   if (p.scale == nullptr && p.hidden_gate == nullptr) return true;
   return p.rows_per_batch >= 1 && p.rows % p.rows_per_batch == 0 &&
          p.rows / p.rows_per_batch <= kMaxGridY;
@@ -99,7 +105,7 @@ bool gated_common_ok(const GatedRmsNormParams& p) {
 
 cudaError_t add_rms_norm_fwd_cuda(const AddRmsNormParams& p, ElemType in, ElemType res,
                                   cudaStream_t stream) {
-  if (!add_common_ok(p) || p.hidden == nullptr || p.out == nullptr || p.residual_out == nullptr ||
+  if (!add_common_ok(p, in) || p.hidden == nullptr || p.out == nullptr || p.residual_out == nullptr ||
       p.rstd == nullptr || (p.shift == nullptr) != (p.scale == nullptr)) {
     return cudaErrorInvalidValue;
   }
@@ -113,9 +119,11 @@ cudaError_t add_rms_norm_fwd_cuda(const AddRmsNormParams& p, ElemType in, ElemTy
 
 cudaError_t add_rms_norm_bwd_cuda(const AddRmsNormParams& p, ElemType in, ElemType res,
                                   cudaStream_t stream) {
-  if (!add_common_ok(p) || p.residual_out == nullptr || p.rstd == nullptr || p.dout == nullptr ||
+  if (!add_common_ok(p, in) || p.residual_out == nullptr || p.rstd == nullptr || p.dout == nullptr ||
       p.dweight == nullptr || p.workspace == nullptr || p.rows_per_chunk < 1 ||
-      (p.scale != nullptr && (p.dshift == nullptr || p.dscale == nullptr))) {
+      (p.scale != nullptr && (p.dshift == nullptr || p.dscale == nullptr)) ||
+      (p.hidden_gate != nullptr &&
+       (p.dgate == nullptr || p.hidden == nullptr || p.dim > kRmsNormMaxGatedBwdDim))) {
     return cudaErrorInvalidValue;
   }
   cudaError_t err;
@@ -139,6 +147,11 @@ cudaError_t add_rms_norm_bwd_cuda(const AddRmsNormParams& p, ElemType in, ElemTy
     sum.tasks[1] = {p.workspace + partials * p.dim, p.dshift, l.batches, l.chunks_per_batch};
     sum.tasks[2] = {p.workspace + 2 * partials * p.dim, p.dscale, l.batches, l.chunks_per_batch};
     ntasks = 3;
+  }
+  if (p.hidden_gate != nullptr) {
+    sum.tasks[ntasks] = {p.workspace + ntasks * partials * p.dim, p.dgate, l.batches,
+                         l.chunks_per_batch};
+    ++ntasks;
   }
   return column_sum_launch(sum, ntasks, stream);
 }
@@ -174,7 +187,7 @@ int rms_norm_bwd_rows_per_chunk(int64_t rows) {
 
 int64_t add_rms_norm_bwd_workspace_size(const AddRmsNormParams& p) {
   const rms::AddBwdLayout l = rms::add_bwd_layout(p);
-  const int64_t stats = p.scale != nullptr ? 3 : 1;
+  const int64_t stats = (p.scale != nullptr ? 3 : 1) + (p.hidden_gate != nullptr ? 1 : 0);
   return stats * l.batches * l.chunks_per_batch * p.dim;
 }
 

@@ -13,10 +13,13 @@ namespace aim::kernels {
 
 /// Largest row (add_rms_norm) or group (gated_rms_norm) the kernels take.
 constexpr int kRmsNormMaxDim = 8192;
+/// Largest row of add_rms_norm's backward with a hidden_gate.
+constexpr int kRmsNormMaxGatedBwdDim = kRmsNormMaxDim / 2;
 
 /// Rows n of [N, D]; with modulation, rows n of one sequence b = n / rows_per_batch share
-/// shift[b] and scale[b]. Element types: `in` for hidden, out, dout, dhidden; `res` for
-/// residual, residual_out, dresidual_out, dresidual. Rows not given a stride are contiguous.
+/// shift[b] and scale[b] (and hidden_gate[b]). Element types: `in` for hidden, out, dout,
+/// dhidden; `res` for residual, residual_out, dresidual_out, dresidual. Rows not given a stride
+/// are contiguous.
 struct AddRmsNormParams {
   int rows = 0, dim = 0;
   int rows_per_batch = 0;           ///< rows per shift/scale/gate row; read only with one set
@@ -30,9 +33,11 @@ struct AddRmsNormParams {
   // Forward.
   const void* hidden = nullptr;     ///< [N, D] in
   int64_t hidden_row_stride = 0;
-  /// [N / rows_per_batch, D] in, contiguous; null: none. Forward only: the row read is
-  /// hidden * hidden_gate[b], rounded to the input type (the AiM block's gated output).
+  /// [N / rows_per_batch, D] in gate_type, contiguous; null: none. The row read is
+  /// hidden * hidden_gate[b] (the AiM block's gated output), rounded to bf16 when both are bf16
+  /// (ATen's product type); the backward reads hidden and the gate again.
   const void* hidden_gate = nullptr;
+  ElemType gate_type = ElemType::kFloat32;  ///< fp32, or bf16 with a bf16 `in`
   const void* residual = nullptr;   ///< [N, D] res; null: residual_out = hidden
   int64_t residual_row_stride = 0;
   void* out = nullptr;              ///< [N, D] in
@@ -49,6 +54,7 @@ struct AddRmsNormParams {
   float* dweight = nullptr;             ///< [D]
   float* dshift = nullptr;              ///< [N / rows_per_batch, D]; with scale only
   float* dscale = nullptr;              ///< [N / rows_per_batch, D]; with scale only
+  float* dgate = nullptr;               ///< [N / rows_per_batch, D]; with hidden_gate only
   int rows_per_chunk = 0;               ///< from rms_norm_bwd_rows_per_chunk
   float* workspace = nullptr;           ///< add_rms_norm_bwd_workspace_size floats
 };
@@ -84,8 +90,8 @@ struct GatedRmsNormParams {
 cudaError_t add_rms_norm_fwd_cuda(const AddRmsNormParams& params, ElemType in, ElemType res,
                                   cudaStream_t stream);
 
-/// dhidden, dresidual (both the gradient of residual_out), dweight and, with scale, dshift and
-/// dscale. Two launches; deterministic.
+/// dhidden, dresidual (the gradient of residual_out; dhidden times the gate with one), dweight
+/// and, with scale, dshift and dscale, with hidden_gate dgate. Two launches; deterministic.
 cudaError_t add_rms_norm_bwd_cuda(const AddRmsNormParams& params, ElemType in, ElemType res,
                                   cudaStream_t stream);
 

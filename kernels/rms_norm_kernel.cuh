@@ -2,7 +2,7 @@
 // RMS norms of the AiM block, forward and backward.
 //
 // add_rms_norm, per row n of [N, D], sequence b = n / rows_per_batch:
-//   h      = hidden, or round(hidden * hidden_gate[b]) to the input type (forward only)
+//   h      = hidden, or hidden * hidden_gate[b] (rounded to bf16 when both are bf16)
 //   r      = h + residual              stored as residual_out in its type; the norm reads the
 //                                      stored (rounded) value, as the reference does
 //   rstd   = 1 / sqrt(mean_j r^2 + eps)                                     saved, fp32
@@ -12,6 +12,7 @@
 //   dxhat  = g * w
 //   dr     = rstd * (dxhat - xhat * mean_j(dxhat * xhat)) + dresidual_out
 //   dw     = sum_n g * xhat,   dshift[b] = sum_{n in b} dout,   dscale[b] = sum_{n in b} dout * normed
+//   dresidual = dr;  dhidden = dr (gated: dr * hidden_gate[b]),  dgate[b] = sum_{n in b} dr * hidden
 //
 // gated_rms_norm, per row n and group of group_size channels, s = silu(z) (no z: s = 1):
 //   norm_before_gate false:  u = x * s,  xhat = u * rstd,  out = xhat * w
@@ -27,7 +28,7 @@
 // ceil(D / 8) threads rounded up to a warp (one warp for D <= 256, 1024 for D = 8192).
 // Backward: a block walks rows_per_chunk consecutive rows (of one sequence when modulated;
 // of one group for the gated norm), with a block sum per row, and keeps its column sums (dw,
-// dshift, dscale) per thread in registers; it writes them once as an fp32 partial row of the
+// dshift, dscale, dgate) per thread in registers; it writes them once as an fp32 partial row of the
 // workspace, and column_sum adds the partial rows in a fixed order: deterministic gradients.
 // Precision: fp32 or bf16 tensors (the weight, shift and scale too, each read as stored), every
 // sum and product in fp32, outputs rounded once.
@@ -149,7 +150,7 @@ inline bool vec_aligned(const void* p, int64_t row_stride, size_t elem_bytes) {
 template <typename Tin, typename Tres>
 bool fwd_row_vec_aligned(const AddRmsNormParams& p) {
   return p.dim % kVecWidth == 0 && vec_aligned(p.hidden, p.hidden_row_stride, sizeof(Tin)) &&
-         vec_aligned(p.hidden_gate, 0, sizeof(Tin)) &&
+         vec_aligned(p.hidden_gate, 0, param_bytes(p.gate_type)) &&
          vec_aligned(p.residual, p.residual_row_stride, sizeof(Tres)) &&
          vec_aligned(p.residual_out, 0, sizeof(Tres)) &&
          vec_aligned(p.weight, 0, param_bytes(p.weight_type)) &&
@@ -163,7 +164,7 @@ struct AddBwdLayout {
 };
 inline AddBwdLayout add_bwd_layout(const AddRmsNormParams& p) {
   AddBwdLayout l;
-  l.rows_per_batch = p.scale != nullptr ? p.rows_per_batch : p.rows;
+  l.rows_per_batch = p.scale != nullptr || p.hidden_gate != nullptr ? p.rows_per_batch : p.rows;
   l.batches = l.rows_per_batch > 0 ? p.rows / l.rows_per_batch : 0;
   l.chunks_per_batch =
       p.rows_per_chunk > 0 ? (l.rows_per_batch + p.rows_per_chunk - 1) / p.rows_per_chunk : 0;
@@ -194,9 +195,10 @@ __device__ __forceinline__ void add_rms_norm_row(const AddRmsNormParams& p, int6
   const Tres* residual = p.residual == nullptr
                              ? nullptr
                              : static_cast<const Tres*>(p.residual) + n * p.residual_row_stride;
-  const Tin* gate = p.hidden_gate == nullptr
-                        ? nullptr
-                        : static_cast<const Tin*>(p.hidden_gate) + n / p.rows_per_batch * p.dim;
+  const bool gated = p.hidden_gate != nullptr;
+  const int64_t gate_row = gated ? n / p.rows_per_batch * p.dim : 0;
+  // ATen's product type: bf16 only when both are; the product itself never fused into an FMA.
+  const bool round_gated = p.gate_type == ElemType::kBFloat16;
 
   float r[kPerThread];
   float sumsq = 0.f;
@@ -206,11 +208,14 @@ __device__ __forceinline__ void add_rms_norm_row(const AddRmsNormParams& p, int6
     float* rk = r + k * kVec;
     if (c < p.dim) {
       load_vec<kVec>(hidden + c, rk);
-      if (gate != nullptr) {
+      if (gated) {
         float gk[kVec];
-        load_vec<kVec>(gate + c, gk);
+        load_param<kVec>(p.hidden_gate, p.gate_type, gate_row + c, gk);
 #pragma unroll
-        for (int e = 0; e < kVec; ++e) rk[e] = round_to<Tin>(rk[e] * gk[e]);
+        for (int e = 0; e < kVec; ++e) {
+          const float prod = __fmul_rn(rk[e], gk[e]);
+          rk[e] = round_gated ? round_to<Tin>(prod) : prod;
+        }
       }
       if (residual != nullptr) {
         float add[kVec];
@@ -267,9 +272,12 @@ __global__ void __launch_bounds__(rms::kMaxThreads)
 }
 
 // Grid (chunks_per_batch, batches). Writes partial row b * chunks_per_batch + chunk of each
-// [batches * chunks_per_batch, D] slab of the workspace: dw, then (modulated) dshift, dscale.
-template <typename Tin, typename Tres, int kVec, bool kModulate>
-__global__ void __launch_bounds__(rms::kMaxThreads)
+// [batches * chunks_per_batch, D] slab of the workspace: dw, then (modulated) dshift, dscale,
+// then (gated) dgate.
+// With a gate: at most half the threads (D <= kRmsNormMaxGatedBwdDim), so that the fourth
+// column sum fits in registers (128 per thread).
+template <typename Tin, typename Tres, int kVec, bool kModulate, bool kGated>
+__global__ void __launch_bounds__(kGated ? rms::kMaxThreads / 2 : rms::kMaxThreads)
     add_rms_norm_bwd_kernel(AddRmsNormParams p, int rows_per_batch) {
   using namespace rms;
   constexpr int kIters = kPerThread / kVec;
@@ -282,10 +290,11 @@ __global__ void __launch_bounds__(rms::kMaxThreads)
   const int64_t row_end = row_end_chunk < row_end_batch ? row_end_chunk : row_end_batch;
   const float inv_dim = 1.f / static_cast<float>(p.dim);
   const int64_t mod_row = kModulate ? static_cast<int64_t>(b) * p.dim : 0;
+  const int64_t gate_row = kGated ? static_cast<int64_t>(b) * p.dim : 0;
 
-  float acc_dw[kPerThread], acc_dshift[kPerThread], acc_dscale[kPerThread];
+  float acc_dw[kPerThread], acc_dshift[kPerThread], acc_dscale[kPerThread], acc_dgate[kPerThread];
 #pragma unroll
-  for (int i = 0; i < kPerThread; ++i) acc_dw[i] = acc_dshift[i] = acc_dscale[i] = 0.f;
+  for (int i = 0; i < kPerThread; ++i) acc_dw[i] = acc_dshift[i] = acc_dscale[i] = acc_dgate[i] = 0.f;
 
   for (int64_t n = row_begin; n < row_end; ++n) {
     const float rstd = p.rstd[n];
@@ -343,10 +352,21 @@ __global__ void __launch_bounds__(rms::kMaxThreads)
 #pragma unroll
           for (int e = 0; e < kVec; ++e) d[e] += extra[e];
         }
-        if (p.dhidden != nullptr) store_vec<kVec>(static_cast<Tin*>(p.dhidden) + n * p.dim + c, d);
         if (p.dresidual != nullptr) {
           store_vec<kVec>(static_cast<Tres*>(p.dresidual) + n * p.dim + c, d);
         }
+        if (kGated) {
+          // h = hidden * gate: dhidden = dr * gate, dgate += dr * hidden.
+          float gk[kVec], hk[kVec];
+          load_param<kVec>(p.hidden_gate, p.gate_type, gate_row + c, gk);
+          load_vec<kVec>(static_cast<const Tin*>(p.hidden) + n * p.hidden_row_stride + c, hk);
+#pragma unroll
+          for (int e = 0; e < kVec; ++e) {
+            acc_dgate[k * kVec + e] += d[e] * hk[e];
+            d[e] = __fmul_rn(d[e], gk[e]);
+          }
+        }
+        if (p.dhidden != nullptr) store_vec<kVec>(static_cast<Tin*>(p.dhidden) + n * p.dim + c, d);
       }
     }
   }
@@ -361,6 +381,10 @@ __global__ void __launch_bounds__(rms::kMaxThreads)
       if (kModulate) {
         store_vec<kVec>(p.workspace + (partials + slot) * p.dim + c, acc_dshift + k * kVec);
         store_vec<kVec>(p.workspace + (2 * partials + slot) * p.dim + c, acc_dscale + k * kVec);
+      }
+      if (kGated) {
+        const int64_t slab = kModulate ? 3 : 1;
+        store_vec<kVec>(p.workspace + (slab * partials + slot) * p.dim + c, acc_dgate + k * kVec);
       }
     }
   }
@@ -391,12 +415,17 @@ cudaError_t add_rms_norm_bwd_launch(const AddRmsNormParams& p, cudaStream_t stre
                    vec_aligned(p.dhidden, 0, sizeof(Tin)) && vec_aligned(p.dresidual, 0, sizeof(Tres)) &&
                    vec_aligned(p.weight, 0, param_bytes(p.weight_type)) &&
                    vec_aligned(p.scale, 0, param_bytes(p.mod_type)) &&
+                   vec_aligned(p.hidden_gate, 0, param_bytes(p.gate_type)) &&
+                   (p.hidden_gate == nullptr ||
+                    vec_aligned(p.hidden, p.hidden_row_stride, sizeof(Tin))) &&
                    vec_aligned(p.workspace, 0, sizeof(float));
   const dim3 grid(l.chunks_per_batch, l.batches), block(threads_for(p.dim));
   BOOL_SWITCH(vec, kVec4, [&] {
     BOOL_SWITCH(p.scale != nullptr, kModulate, [&] {
-      add_rms_norm_bwd_kernel<Tin, Tres, kVec4 ? kVecWidth : 1, kModulate>
-          <<<grid, block, 0, stream>>>(p, l.rows_per_batch);
+      BOOL_SWITCH(p.hidden_gate != nullptr, kGated, [&] {
+        add_rms_norm_bwd_kernel<Tin, Tres, kVec4 ? kVecWidth : 1, kModulate, kGated>
+            <<<grid, block, 0, stream>>>(p, l.rows_per_batch);
+      });
     });
   });
   return cudaGetLastError();

@@ -1,5 +1,7 @@
 #include "aim/model/aim.h"
 
+#include <ATen/autocast_mode.h>
+
 #include <cmath>
 #include <set>
 #include <sstream>
@@ -50,8 +52,15 @@ std::pair<torch::Tensor, torch::Tensor> AimBlockImpl::forward(const torch::Tenso
                                                               const torch::Tensor& hidden_gate,
                                                               const Modulation& mod,
                                                               MixerState* state) {
-  auto [modulated, res] = ops::add_rms_norm_modulate(
-      hidden, residual, norm->weight, eps, residual_in_fp32, mod.shift, mod.scale, hidden_gate);
+  // Under autocast the norm's output goes straight to in_proj in autocast's dtype, so the norm
+  // writes it in that dtype (the gate's multiply and the cast inside its kernels).
+  const auto device_type = hidden.device().type();
+  const auto out_dtype = at::autocast::is_autocast_enabled(device_type)
+                             ? std::optional(at::autocast::get_autocast_dtype(device_type))
+                             : std::nullopt;
+  auto [modulated, res] = ops::add_rms_norm_modulate(hidden, residual, norm->weight, eps,
+                                                     residual_in_fp32, mod.shift, mod.scale,
+                                                     hidden_gate, out_dtype);
   return {mixer->forward(modulated, state), res};
 }
 

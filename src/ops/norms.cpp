@@ -4,6 +4,8 @@
 
 #include <torch/torch.h>
 
+#include <optional>
+
 #include "aim/ops/dispatch.h"
 #include "ops/kernel_table.h"
 #include "ops/norms_cpu.h"
@@ -69,32 +71,48 @@ void check_gate(const torch::Tensor& hidden, const torch::Tensor& gate, const ch
               ", hidden on ", hidden.device());
 }
 
-// Both add ops: the kernel (on CUDA, or emulated) when it takes the tensors; else, with a gate,
-// the multiply and the op again without it; else the reference.
+// Both add ops, out in `out_type`: the kernel (on CUDA, or emulated) when it takes the tensors
+// and out_type is hidden's (the kernel's out type); else, with a gate, the multiply and the op
+// again without it; else the reference; then out cast to out_type if it is not already.
 std::pair<torch::Tensor, torch::Tensor> add_norm(const torch::Tensor& hidden,
                                                  const torch::Tensor& residual,
                                                  const torch::Tensor& weight, double eps,
                                                  bool residual_in_fp32, const torch::Tensor& shift,
                                                  const torch::Tensor& scale,
-                                                 const torch::Tensor& gate) {
+                                                 const torch::Tensor& gate,
+                                                 torch::ScalarType out_type) {
+  if (out_type == hidden.scalar_type()) {
 #ifdef AIM_WITH_CUDA
-  if (hidden.is_cuda() && cuda_kernels_enabled() &&
-      cuda::add_rms_norm_supported(hidden, residual, weight, shift, scale, gate)) {
-    return cuda::add_rms_norm_modulate(hidden, residual, weight, eps, residual_in_fp32, shift,
-                                       scale, gate);
-  }
+    if (hidden.is_cuda() && cuda_kernels_enabled() &&
+        cuda::add_rms_norm_supported(hidden, residual, weight, shift, scale, gate)) {
+      return cuda::add_rms_norm_modulate(hidden, residual, weight, eps, residual_in_fp32, shift,
+                                         scale, gate);
+    }
 #endif
-  if (const auto* k = emulated_kernels_for(hidden);
-      k && k->add_rms_norm_supported(hidden, residual, weight, shift, scale, gate)) {
-    return k->add_rms_norm_modulate(hidden, residual, weight, eps, residual_in_fp32, shift, scale,
-                                    gate);
+    if (const auto* k = emulated_kernels_for(hidden);
+        k && k->add_rms_norm_supported(hidden, residual, weight, shift, scale, gate)) {
+      return k->add_rms_norm_modulate(hidden, residual, weight, eps, residual_in_fp32, shift,
+                                      scale, gate);
+    }
   }
   if (gate.defined()) {
     return add_norm(ref::gate_hidden(hidden, gate), residual, weight, eps, residual_in_fp32,
-                    shift, scale, {});
+                    shift, scale, {}, out_type);
+  }
+  if (out_type != hidden.scalar_type()) {
+    auto [out, res] = add_norm(hidden, residual, weight, eps, residual_in_fp32, shift, scale, {},
+                               hidden.scalar_type());
+    return {out.to(out_type), res};
   }
   if (!scale.defined()) return ref::add_rms_norm(hidden, residual, weight, eps, residual_in_fp32);
   return ref::add_rms_norm_modulate(hidden, residual, weight, eps, residual_in_fp32, shift, scale);
+}
+
+// The type of hidden_gate * hidden (ATen's), unless `out_dtype` says otherwise.
+torch::ScalarType add_out_type(const torch::Tensor& hidden, const torch::Tensor& gate,
+                               std::optional<torch::ScalarType> out_dtype) {
+  if (out_dtype) return *out_dtype;
+  return gate.defined() ? at::result_type(hidden, gate) : hidden.scalar_type();
 }
 
 }  // namespace
@@ -106,17 +124,22 @@ std::pair<torch::Tensor, torch::Tensor> add_rms_norm(const torch::Tensor& hidden
                                                      const torch::Tensor& hidden_gate) {
   check_add(hidden, residual, weight, "add_rms_norm");
   check_gate(hidden, hidden_gate, "add_rms_norm");
-  return add_norm(hidden, residual, weight, eps, residual_in_fp32, {}, {}, hidden_gate);
+  return add_norm(hidden, residual, weight, eps, residual_in_fp32, {}, {}, hidden_gate,
+                  add_out_type(hidden, hidden_gate, std::nullopt));
 }
 
 std::pair<torch::Tensor, torch::Tensor> add_rms_norm_modulate(
     const torch::Tensor& hidden, const torch::Tensor& residual, const torch::Tensor& weight,
     double eps, bool residual_in_fp32, const torch::Tensor& shift, const torch::Tensor& scale,
-    const torch::Tensor& hidden_gate) {
+    const torch::Tensor& hidden_gate, std::optional<torch::ScalarType> out_dtype) {
   check_add(hidden, residual, weight, "add_rms_norm_modulate");
   check_modulation(hidden, shift, scale, "add_rms_norm_modulate");
   check_gate(hidden, hidden_gate, "add_rms_norm_modulate");
-  return add_norm(hidden, residual, weight, eps, residual_in_fp32, shift, scale, hidden_gate);
+  TORCH_CHECK(!out_dtype || *out_dtype == torch::kFloat || *out_dtype == torch::kBFloat16 ||
+                  *out_dtype == torch::kDouble,
+              "add_rms_norm_modulate: out_dtype must be fp32, bf16 or fp64, got ", *out_dtype);
+  return add_norm(hidden, residual, weight, eps, residual_in_fp32, shift, scale, hidden_gate,
+                  add_out_type(hidden, hidden_gate, out_dtype));
 }
 
 std::pair<torch::Tensor, torch::Tensor> add_rms_norm_modulate_linear(
@@ -150,7 +173,7 @@ std::pair<torch::Tensor, torch::Tensor> add_rms_norm_modulate_linear(
                                            scale, hidden_gate, linear_weight, linear_bias);
   }
   auto [x, res] = add_norm(hidden, residual, weight, eps, residual_in_fp32, shift, scale,
-                           hidden_gate);
+                           hidden_gate, add_out_type(hidden, hidden_gate, std::nullopt));
   return {torch::nn::functional::linear(x, linear_weight, linear_bias), res};
 }
 

@@ -100,13 +100,14 @@ kernels::AddRmsNormParams add_params(const AddInputs& in, double eps) {
   p.hidden = in.hidden.data_ptr();
   p.hidden_row_stride = in.hidden.stride(0);
   p.hidden_gate = ptr_or_null(in.gate);
+  if (in.gate.defined()) p.gate_type = elem_type(in.gate.scalar_type());
   p.residual = ptr_or_null(in.residual);
   p.residual_row_stride = in.residual.defined() ? in.residual.stride(0) : 0;
   return p;
 }
 
 // The forward kernel: {out, residual_out, rstd}. residual, shift, scale and gate may be
-// undefined; a gate is forward-only (add_rms_norm_supported refuses it under autograd).
+// undefined.
 tensor_list add_rms_norm_forward(const torch::Tensor& hidden, const torch::Tensor& residual,
                                  const torch::Tensor& weight, const torch::Tensor& shift,
                                  const torch::Tensor& scale, const torch::Tensor& gate, double eps,
@@ -132,26 +133,30 @@ tensor_list add_rms_norm_forward(const torch::Tensor& hidden, const torch::Tenso
 
 class AddRmsNormFunction : public torch::autograd::Function<AddRmsNormFunction> {
  public:
-  // Returns {out, residual_out}. residual, shift and scale may be empty.
+  // Returns {out, residual_out}. residual, shift, scale and gate may be empty.
   static tensor_list forward(AutogradContext* ctx, const torch::Tensor& hidden,
                              const std::optional<torch::Tensor>& residual_opt,
                              const torch::Tensor& weight,
                              const std::optional<torch::Tensor>& shift_opt,
-                             const std::optional<torch::Tensor>& scale_opt, double eps,
+                             const std::optional<torch::Tensor>& scale_opt,
+                             const std::optional<torch::Tensor>& gate_opt, double eps,
                              bool residual_in_fp32) {
     const auto residual = value_or_undefined(residual_opt);
     const auto shift = value_or_undefined(shift_opt), scale = value_or_undefined(scale_opt);
+    const auto gate = value_or_undefined(gate_opt);
     const auto in_type = hidden.scalar_type();
     const bool modulated = scale.defined();
-    const auto outs = add_rms_norm_forward(hidden, residual, weight, shift, scale, {}, eps,
+    const auto outs = add_rms_norm_forward(hidden, residual, weight, shift, scale, gate, eps,
                                            residual_in_fp32);
     const auto& out = outs[0];
     const auto& residual_out = outs[1];
     const auto& rstd = outs[2];
     const int64_t rows = rstd.size(0);
-    const int64_t rows_per_batch = modulated ? rows / hidden.size(0) : rows;
+    const int64_t rows_per_batch = modulated || gate.defined() ? rows / hidden.size(0) : rows;
 
-    ctx->save_for_backward({residual_out, rstd, weight, scale});
+    // With a gate the backward reads hidden and the gate again (dhidden = dr * gate, dgate).
+    ctx->save_for_backward({residual_out, rstd, weight, scale, gate.defined() ? hidden : torch::Tensor(),
+                            gate});
     ctx->saved_data["in_type"] = type_code(in_type);
     ctx->saved_data["residual_type"] = residual.defined() ? type_code(residual.scalar_type()) : -1;
     ctx->saved_data["shift_type"] = modulated ? type_code(shift.scalar_type()) : -1;
@@ -167,6 +172,9 @@ class AddRmsNormFunction : public torch::autograd::Function<AddRmsNormFunction> 
     const auto& rstd = saved[1];
     const auto& weight = saved[2];
     const auto& scale = saved[3];
+    const auto& hidden = saved[4];
+    const auto gate = saved[5].defined() ? saved[5].contiguous() : saved[5];
+    const bool gated = gate.defined();
     DeviceGuard guard(residual_out.device());
     const auto in_type = type_of(ctx->saved_data["in_type"]);
     const auto res_type = residual_out.scalar_type();
@@ -180,7 +188,7 @@ class AddRmsNormFunction : public torch::autograd::Function<AddRmsNormFunction> 
                                                  : torch::zeros({rows, dim}, opts.dtype(in_type)));
     const auto dres = grads[1].defined() ? as_rows(grads[1].to(res_type)) : torch::Tensor();
     const auto weight_p = as_param(weight), scale_p = as_param(scale);
-    torch::Tensor dhidden, dresidual, dshift, dscale;
+    torch::Tensor dhidden, dresidual, dshift, dscale, dgate;
     // Edge 0 is hidden and, when given, edge 1 the residual.
     if (ctx->needs_input_grad(0)) dhidden = torch::empty({rows, dim}, opts.dtype(in_type));
     if (residual_code >= 0 && ctx->needs_input_grad(1)) {
@@ -190,6 +198,11 @@ class AddRmsNormFunction : public torch::autograd::Function<AddRmsNormFunction> 
     if (modulated) {
       dshift = torch::empty({rows / rows_per_batch, dim}, opts.dtype(torch::kFloat));
       dscale = torch::empty({rows / rows_per_batch, dim}, opts.dtype(torch::kFloat));
+    }
+    torch::Tensor hidden_rows;
+    if (gated) {
+      dgate = torch::empty({rows / rows_per_batch, dim}, opts.dtype(torch::kFloat));
+      hidden_rows = as_rows(hidden);
     }
 
     kernels::AddRmsNormParams p;
@@ -206,15 +219,22 @@ class AddRmsNormFunction : public torch::autograd::Function<AddRmsNormFunction> 
     p.dout_row_stride = dout.stride(0);
     p.dresidual_out = ptr_or_null(dres);
     p.dresidual_out_row_stride = dres.defined() ? dres.stride(0) : 0;
+    if (gated) {
+      p.hidden = hidden_rows.data_ptr();
+      p.hidden_row_stride = hidden_rows.stride(0);
+      p.hidden_gate = gate.data_ptr();
+      p.gate_type = elem_type(gate.scalar_type());
+    }
     p.rows_per_chunk = kernels::rms_norm_bwd_rows_per_chunk(rows);
     auto workspace = torch::empty({kernels::add_rms_norm_bwd_workspace_size(p)},
                                   opts.dtype(torch::kFloat));
-    maybe_poison({dhidden, dresidual, dweight, dshift, dscale, workspace});
+    maybe_poison({dhidden, dresidual, dweight, dshift, dscale, dgate, workspace});
     p.dhidden = mut_ptr_or_null(dhidden);
     p.dresidual = mut_ptr_or_null(dresidual);
     p.dweight = dweight.data_ptr<float>();
     p.dshift = modulated ? dshift.data_ptr<float>() : nullptr;
     p.dscale = modulated ? dscale.data_ptr<float>() : nullptr;
+    p.dgate = gated ? dgate.data_ptr<float>() : nullptr;
     p.workspace = workspace.data_ptr<float>();
     check_launch(kernels::add_rms_norm_bwd_cuda(p, elem_type(in_type), elem_type(res_type),
                                                 current_stream()),
@@ -227,6 +247,7 @@ class AddRmsNormFunction : public torch::autograd::Function<AddRmsNormFunction> 
             dweight.to(weight.scalar_type()),
             modulated ? dshift.to(type_of(ctx->saved_data["shift_type"])) : torch::Tensor(),
             modulated ? dscale.to(scale.scalar_type()) : torch::Tensor(),
+            gated ? dgate.view(saved[5].sizes()).to(gate.scalar_type()) : torch::Tensor(),
             torch::Tensor(),
             torch::Tensor()};
   }
@@ -340,10 +361,12 @@ bool add_rms_norm_supported(const torch::Tensor& hidden, const torch::Tensor& re
     return false;
   }
   if ((scale.defined() || hidden_gate.defined()) && hidden.size(0) > kMaxGridY) return false;
-  // The gate is read in the forward only, in hidden's type (ATen's product has that type then).
+  // The gate in fp32 or hidden's type, read as stored; its backward takes D <= 4096.
   if (hidden_gate.defined() &&
-      (hidden_gate.scalar_type() != hidden.scalar_type() ||
-       tracks_grad({&hidden, &residual, &weight, &shift, &scale, &hidden_gate}))) {
+      ((hidden_gate.scalar_type() != hidden.scalar_type() &&
+        hidden_gate.scalar_type() != torch::kFloat) ||
+       (hidden.size(-1) > kernels::kRmsNormMaxGatedBwdDim &&
+        tracks_grad({&hidden, &residual, &weight, &shift, &scale, &hidden_gate})))) {
     return false;
   }
   return weight.is_floating_point() && on_device_of(residual, hidden) &&
@@ -355,16 +378,15 @@ std::pair<torch::Tensor, torch::Tensor> add_rms_norm_modulate(
     const torch::Tensor& hidden, const torch::Tensor& residual, const torch::Tensor& weight,
     double eps, bool residual_in_fp32, const torch::Tensor& shift, const torch::Tensor& scale,
     const torch::Tensor& hidden_gate) {
-  if (hidden_gate.defined()) {
-    TORCH_CHECK(!tracks_grad({&hidden, &residual, &weight, &shift, &scale, &hidden_gate}),
-                "add_rms_norm_modulate: the kernel reads hidden_gate without gradients");
+  if (!tracks_grad({&hidden, &residual, &weight, &shift, &scale, &hidden_gate})) {
+    // Decoding: no autograd node to build.
     const auto outs = add_rms_norm_forward(hidden, residual, weight, shift, scale, hidden_gate,
                                            eps, residual_in_fp32);
     return {outs[0], outs[1]};
   }
   auto outs = AddRmsNormFunction::apply(hidden, optional_input(residual), weight,
-                                        optional_input(shift), optional_input(scale), eps,
-                                        residual_in_fp32);
+                                        optional_input(shift), optional_input(scale),
+                                        optional_input(hidden_gate), eps, residual_in_fp32);
   return {outs[0], outs[1]};
 }
 
@@ -374,6 +396,7 @@ bool add_rms_norm_linear_supported(const torch::Tensor& hidden, const torch::Ten
                                    const torch::Tensor& linear_weight,
                                    const torch::Tensor& linear_bias) {
   if (!add_rms_norm_supported(hidden, residual, weight, shift, scale, hidden_gate)) return false;
+  if (hidden_gate.defined() && hidden_gate.scalar_type() != hidden.scalar_type()) return false;
   if (tracks_grad({&hidden, &residual, &weight, &shift, &scale, &hidden_gate, &linear_weight,
                    &linear_bias})) {
     return false;

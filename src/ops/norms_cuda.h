@@ -9,23 +9,25 @@
 namespace aim::ops::AIM_OPS_CUDA_NS {
 
 /// Whether the kernels handle these tensors (CUDA, fp32/bf16 hidden with a contiguous last
-/// dim, D <= 8192, every tensor on hidden's device; a hidden_gate only in hidden's dtype and
-/// without gradients); otherwise the reference runs. residual, shift, scale and hidden_gate
-/// may be undefined.
+/// dim, D <= 8192, every tensor on hidden's device; a hidden_gate in fp32 or hidden's dtype,
+/// with D <= 4096 when gradients are tracked);
+/// otherwise the reference runs. residual, shift, scale and hidden_gate may be undefined.
 bool add_rms_norm_supported(const torch::Tensor& hidden, const torch::Tensor& residual,
                             const torch::Tensor& weight, const torch::Tensor& shift,
                             const torch::Tensor& scale, const torch::Tensor& hidden_gate);
 
-/// ops::add_rms_norm_modulate on the kernels, differentiable in hidden, residual, weight, shift
-/// and scale (forward only with a hidden_gate). hidden, residual [..., D] ([B, L, D] or [B, D]
-/// with shift, scale, hidden_gate [B, D]).
+/// ops::add_rms_norm_modulate on the kernels, differentiable in hidden, residual, weight, shift,
+/// scale and hidden_gate. hidden, residual [..., D] ([B, L, D] or [B, D] with shift, scale,
+/// hidden_gate [B, D]). out is in hidden's dtype, also when the gate's product is fp32 (an fp32
+/// gate on bf16 hidden: ops::add_rms_norm_modulate's out_dtype decides when that is asked for).
 std::pair<torch::Tensor, torch::Tensor> add_rms_norm_modulate(
     const torch::Tensor& hidden, const torch::Tensor& residual, const torch::Tensor& weight,
     double eps, bool residual_in_fp32, const torch::Tensor& shift, const torch::Tensor& scale,
     const torch::Tensor& hidden_gate);
 
 /// Whether the fused block input + linear kernel (kernels/norm_linear.h) handles these tensors:
-/// add_rms_norm_supported's conditions, nothing tracking gradients, at most 8 rows and
+/// add_rms_norm_supported's conditions, a hidden_gate in hidden's dtype, nothing tracking
+/// gradients, at most 8 rows and
 /// D <= 2048 a multiple of 8 (bf16) or 4 (fp32), a contiguous 16-byte aligned linear weight
 /// [N, D] and bias [N] (or none) in hidden's dtype. Otherwise the norm and the linear run apart.
 bool add_rms_norm_linear_supported(const torch::Tensor& hidden, const torch::Tensor& residual,

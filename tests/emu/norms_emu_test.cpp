@@ -10,6 +10,7 @@
 #include "emu_test_util.h"
 #include "ops/norms_cases.h"
 #include "ops/norms_cuda.h"
+#include "rms_norm.h"
 
 namespace aim {
 namespace {
@@ -31,6 +32,26 @@ TEST_P(AddRmsNormEmu, ForwardAndBackwardMatchTheReference) {
 
 TEST_P(AddRmsNormEmu, GatedReadIsTheMultiplyFirst) {
   test::check_add_rms_norm_gate(
+      GetParam(), torch::kCPU,
+      [](const torch::Tensor& hidden, const torch::Tensor& residual, const torch::Tensor& weight,
+         double eps, bool residual_in_fp32, const torch::Tensor& shift, const torch::Tensor& scale,
+         const torch::Tensor& gate) {
+        EXPECT_TRUE(ops::cuda_emu::add_rms_norm_supported(hidden, residual, weight, shift, scale, gate));
+        return ops::cuda_emu::add_rms_norm_modulate(hidden, residual, weight, eps,
+                                                    residual_in_fp32, shift, scale, gate);
+      });
+}
+
+TEST_P(AddRmsNormEmu, GatedWithGradientsMatchesTheReference) {
+  const auto& c = GetParam();
+  if (c.dim > kernels_emu::kRmsNormMaxGatedBwdDim) {
+    // Past the gated backward's width the op multiplies first (the model is then unchanged).
+    const auto h = torch::randn({c.batch, 2, c.dim}, torch::requires_grad());
+    EXPECT_FALSE(ops::cuda_emu::add_rms_norm_supported(h, {}, torch::ones({c.dim}), {}, {},
+                                                       torch::ones({c.batch, c.dim})));
+    return;
+  }
+  test::check_add_rms_norm_gate_grad(
       GetParam(), torch::kCPU,
       [](const torch::Tensor& hidden, const torch::Tensor& residual, const torch::Tensor& weight,
          double eps, bool residual_in_fp32, const torch::Tensor& shift, const torch::Tensor& scale,

@@ -196,6 +196,89 @@ inline void check_add_rms_norm_gate(const AddCase& c, torch::Device dev, const A
   norms_close_elementwise(tag + " residual_out", res, res_r);
 }
 
+/// The gated block input of training: hidden (the previous out_proj's, bf16 under autocast) and
+/// the previous block's gate (the adaLN table's: `mod_dtype`, fp32 for AiM-L) with gradients,
+/// `op` returning out in hidden's dtype (autocast's, which in_proj reads). Forward: out is the
+/// multiply-first op's out rounded to hidden's dtype and residual_out its bits. Backward (twice:
+/// the same bits): every gradient, dgate included, against the reference in fp64.
+inline void check_add_rms_norm_gate_grad(const AddCase& c, torch::Device dev,
+                                         const AddRmsNormGateFn& op) {
+  const auto tag = case_name(c) + " gated, with gradients";
+  torch::manual_seed(29 + c.dim + c.len);
+  const std::vector<int64_t> shape =
+      c.len > 0 ? std::vector<int64_t>{c.batch, c.len, c.dim} : std::vector<int64_t>{c.batch, c.dim};
+  const auto res_dtype = c.residual_in_fp32 ? torch::kFloat : c.dtype;
+  auto hidden = randn(shape, c.dtype, dev).requires_grad_(true);
+  auto gate = randn({c.batch, c.dim}, c.mod_dtype, dev, 0.7).requires_grad_(true);
+  auto weight = torch::empty({c.dim}).uniform_(0.5, 1.5).to(dev, c.weight_dtype).requires_grad_(true);
+  std::vector<torch::Tensor> inputs{hidden, gate, weight};
+  torch::Tensor residual, shift, scale;
+  if (c.residual) inputs.push_back(residual = randn(shape, res_dtype, dev, 2.0).requires_grad_(true));
+  if (c.modulated) {
+    inputs.push_back(shift = randn({c.batch, c.dim}, c.mod_dtype, dev, 0.3).requires_grad_(true));
+    inputs.push_back(scale = randn({c.batch, c.dim}, c.mod_dtype, dev, 0.3).requires_grad_(true));
+  }
+  auto [out, res] = op(hidden, residual, weight, kNormEps, c.residual_in_fp32, shift, scale, gate);
+  norms_expect_kernel_ran(out, "AddRmsNorm", tag);
+  ASSERT_EQ(out.scalar_type(), c.dtype) << tag;
+  ASSERT_EQ(res.scalar_type(), res_dtype) << tag;
+  {
+    torch::NoGradGuard no_grad;
+    auto [out_m, res_m] = op(ops::ref::gate_hidden(hidden, gate), residual, weight, kNormEps,
+                             c.residual_in_fp32, shift, scale, {});
+    EXPECT_TRUE(torch::equal(out, out_m.to(c.dtype))) << tag << ": out is not the multiply-first op's";
+    EXPECT_TRUE(torch::equal(res, res_m)) << tag << ": residual_out is not the multiply-first op's";
+  }
+
+  const auto g_out = randn(out.sizes(), out.scalar_type(), dev);
+  const auto g_res = randn(res.sizes(), res.scalar_type(), dev);
+  std::vector<torch::Tensor> outputs{out}, grad_outputs{g_out};
+  if (c.grad_residual) {
+    outputs.push_back(res);
+    grad_outputs.push_back(g_res);
+  }
+  const auto grads = torch::autograd::grad(outputs, inputs, grad_outputs, /*retain_graph=*/true);
+  const auto again = torch::autograd::grad(outputs, inputs, grad_outputs);
+  norms_expect_same_bits(tag, grads, again);
+  for (size_t i = 0; i < inputs.size(); ++i) {
+    ASSERT_TRUE(grads[i].defined()) << tag << ": gradient " << i;
+    EXPECT_EQ(grads[i].scalar_type(), inputs[i].scalar_type()) << tag << ": gradient " << i;
+    EXPECT_EQ(grads[i].sizes(), inputs[i].sizes()) << tag << ": gradient " << i;
+  }
+
+  // Oracle: the reference (gate multiply, add, norm, modulate) on fp64 copies. A bf16 gate on
+  // bf16 hidden has a bf16 product (ATen's): rounded once here too (the fp64 product of two
+  // bf16 values is exact), with the identity as its gradient.
+  std::vector<torch::Tensor> inputs_r;
+  for (const auto& t : inputs) inputs_r.push_back(f64_leaf(t));
+  const size_t n = inputs.size();
+  const auto residual_r = c.residual ? inputs_r[3] : torch::Tensor();
+  const auto shift_r = c.modulated ? inputs_r[n - 2] : torch::Tensor();
+  const auto scale_r = c.modulated ? inputs_r[n - 1] : torch::Tensor();
+  auto gated_r = ops::ref::gate_hidden(inputs_r[0], inputs_r[1]);
+  if (c.dtype == torch::kBFloat16 && c.mod_dtype == torch::kBFloat16) {
+    gated_r = gated_r + (gated_r.to(torch::kBFloat16).to(torch::kFloat64) - gated_r).detach();
+  }
+  auto [out_r, res_r] = ops::ref::add_rms_norm_modulate(gated_r, residual_r, inputs_r[2],
+                                                        kNormEps, false, shift_r, scale_r);
+  std::vector<torch::Tensor> outputs_r{out_r}, grad_outputs_r{to_cpu64(g_out)};
+  if (c.grad_residual) {
+    outputs_r.push_back(res_r);
+    grad_outputs_r.push_back(to_cpu64(g_res));
+  }
+  const auto grads_r = torch::autograd::grad(outputs_r, inputs_r, grad_outputs_r);
+  norms_close_elementwise(tag + " out", out, out_r);
+  norms_close_elementwise(tag + " residual_out", res, res_r);
+  norms_close_elementwise(tag + " dhidden", grads[0], grads_r[0]);
+  norms_close_sum(tag + " dgate", grads[1], grads_r[1], c.dtype);
+  norms_close_sum(tag + " dweight", grads[2], grads_r[2], c.dtype);
+  if (c.residual) norms_close_elementwise(tag + " dresidual", grads[3], grads_r[3]);
+  if (c.modulated) {
+    norms_close_sum(tag + " dshift", grads[n - 2], grads_r[n - 2], c.dtype);
+    norms_close_sum(tag + " dscale", grads[n - 1], grads_r[n - 1], c.dtype);
+  }
+}
+
 /// add_rms_norm_modulate shapes: AiM-B/L blocks, norm_f, a sampling step and the `edge` cases.
 inline std::vector<AddCase> add_cases() {
   std::vector<AddCase> out;

@@ -155,5 +155,30 @@ TEST(AddRmsNormGate, CpuOpMultipliesFirst) {
   }
 }
 
+// out's dtype: that of the gate's product (fp32 for an fp32 gate on bf16 hidden, as ATen), or
+// `out_dtype` (training under autocast asks for bf16), which is then exactly that out rounded.
+TEST(AddRmsNormGate, OutDtypeIsTheProductsOrTheOneAskedFor) {
+  torch::manual_seed(8);
+  const auto hidden = torch::randn({2, 5, 16}).to(torch::kBFloat16);
+  const auto residual = torch::randn({2, 5, 16});
+  const auto gate = torch::randn({2, 16}), shift = torch::randn({2, 16}) * 0.3,
+             scale = torch::randn({2, 16}) * 0.3;
+  const auto w = torch::rand({16}) + 0.5;
+  auto [out, res] = ops::add_rms_norm_modulate(hidden, residual, w, kEps, true, shift, scale, gate);
+  EXPECT_EQ(out.scalar_type(), torch::kFloat);
+  auto [out_b, res_b] =
+      ops::add_rms_norm_modulate(hidden, residual, w, kEps, true, shift, scale, gate, torch::kBFloat16);
+  EXPECT_EQ(out_b.scalar_type(), torch::kBFloat16);
+  EXPECT_TRUE(torch::equal(out_b, out.to(torch::kBFloat16)));
+  EXPECT_TRUE(torch::equal(res_b, res));
+  // Without a gate, the same for the first block's fp32 embeddings.
+  auto [out_f, res_f] = ops::add_rms_norm_modulate(residual, {}, w, kEps, true, shift, scale);
+  auto [out_fb, res_fb] =
+      ops::add_rms_norm_modulate(residual, {}, w, kEps, true, shift, scale, {}, torch::kBFloat16);
+  EXPECT_TRUE(torch::equal(out_fb, out_f.to(torch::kBFloat16)));
+  EXPECT_THROW(ops::add_rms_norm_modulate(residual, {}, w, kEps, true, shift, scale, {}, torch::kInt),
+               c10::Error);
+}
+
 }  // namespace
 }  // namespace aim

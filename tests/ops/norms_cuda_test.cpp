@@ -47,6 +47,22 @@ TEST_P(NormsCudaAdd, ForwardAndBackwardMatchTheReference) {
                            });
 }
 
+TEST_P(NormsCudaAdd, GatedWithGradientsMatchesTheReference) {
+  if (GetParam().dim > 4096) {
+    GTEST_SKIP() << "the gated backward takes D <= 4096; wider, the op multiplies first "
+                    "(AddRmsNormEmu checks the refusal)";
+  }
+  test::check_add_rms_norm_gate_grad(GetParam(), torch::kCUDA,
+                                     [](const torch::Tensor& hidden, const torch::Tensor& residual,
+                                        const torch::Tensor& weight, double eps, bool res32,
+                                        const torch::Tensor& shift, const torch::Tensor& scale,
+                                        const torch::Tensor& gate) {
+                                       return ops::add_rms_norm_modulate(
+                                           hidden, residual, weight, eps, res32, shift, scale,
+                                           gate, hidden.scalar_type());
+                                     });
+}
+
 TEST_P(NormsCudaAdd, GatedReadIsTheMultiplyFirst) {
   test::check_add_rms_norm_gate(GetParam(), torch::kCUDA,
                                 [](const torch::Tensor& hidden, const torch::Tensor& residual,

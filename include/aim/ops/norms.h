@@ -4,6 +4,7 @@
 // computed in fp32 whatever the input dtype.
 #include <torch/types.h>
 
+#include <optional>
 #include <utility>
 
 namespace aim::ops {
@@ -15,8 +16,9 @@ torch::Tensor rms_norm(const torch::Tensor& x, const torch::Tensor& weight, doub
 /// kept in fp32 when `residual_in_fp32`; returns {rms_norm(residual') in hidden's dtype,
 /// residual'}. hidden, residual [..., D], weight [D]. With `hidden_gate` ([B, D], broadcast
 /// over L like shift and scale below) hidden is first replaced by hidden_gate * hidden, as
-/// ATen computes it (the previous AiM block's gated output): one kernel on CUDA when nothing
-/// asks for gradients and the gate has hidden's dtype, the multiply and the op otherwise.
+/// ATen computes it (the previous AiM block's gated output), and out has that product's dtype:
+/// one kernel on CUDA, forward and backward, when that is hidden's dtype; the multiply and the
+/// op otherwise.
 std::pair<torch::Tensor, torch::Tensor> add_rms_norm(const torch::Tensor& hidden,
                                                      const torch::Tensor& residual,
                                                      const torch::Tensor& weight, double eps,
@@ -26,11 +28,16 @@ std::pair<torch::Tensor, torch::Tensor> add_rms_norm(const torch::Tensor& hidden
 /// The AiM block's input: add_rms_norm followed by the adaLN modulate,
 /// out = normed * (1 + scale) + shift, with shift, scale [B, D] broadcast over L for hidden
 /// [B, L, D] (or matching hidden [B, D]); shift and scale both undefined: plain add_rms_norm.
-/// hidden_gate as for add_rms_norm. Returns {out in hidden's dtype, residual'}.
+/// hidden_gate as for add_rms_norm. Returns {out, residual'}, out in `out_dtype` when given,
+/// else in the dtype of hidden (of hidden_gate * hidden with a gate). Training under autocast
+/// asks for autocast's dtype, which in_proj would cast out to anyway: with bf16 hidden (the
+/// previous out_proj's) and an fp32 gate, the gate's multiply, its backward and that cast are
+/// then all inside the kernels, with the bits of the separate ops.
 std::pair<torch::Tensor, torch::Tensor> add_rms_norm_modulate(
     const torch::Tensor& hidden, const torch::Tensor& residual, const torch::Tensor& weight,
     double eps, bool residual_in_fp32, const torch::Tensor& shift, const torch::Tensor& scale,
-    const torch::Tensor& hidden_gate = {});
+    const torch::Tensor& hidden_gate = {},
+    std::optional<torch::ScalarType> out_dtype = std::nullopt);
 
 /// The AiM block's input through the mixer's input projection:
 /// {linear(add_rms_norm_modulate(...).out, linear_weight, linear_bias), residual'}, with
