@@ -30,16 +30,18 @@ TEST_P(AddRmsNormEmu, ForwardAndBackwardMatchTheReference) {
       });
 }
 
+// The emulated adapter with the previous block's gate, which it must take.
+std::pair<torch::Tensor, torch::Tensor> emulated_gated_add(
+    const torch::Tensor& hidden, const torch::Tensor& residual, const torch::Tensor& weight,
+    double eps, bool residual_in_fp32, const torch::Tensor& shift, const torch::Tensor& scale,
+    const torch::Tensor& gate) {
+  EXPECT_TRUE(ops::cuda_emu::add_rms_norm_supported(hidden, residual, weight, shift, scale, gate));
+  return ops::cuda_emu::add_rms_norm_modulate(hidden, residual, weight, eps, residual_in_fp32,
+                                              shift, scale, gate);
+}
+
 TEST_P(AddRmsNormEmu, GatedReadIsTheMultiplyFirst) {
-  test::check_add_rms_norm_gate(
-      GetParam(), torch::kCPU,
-      [](const torch::Tensor& hidden, const torch::Tensor& residual, const torch::Tensor& weight,
-         double eps, bool residual_in_fp32, const torch::Tensor& shift, const torch::Tensor& scale,
-         const torch::Tensor& gate) {
-        EXPECT_TRUE(ops::cuda_emu::add_rms_norm_supported(hidden, residual, weight, shift, scale, gate));
-        return ops::cuda_emu::add_rms_norm_modulate(hidden, residual, weight, eps,
-                                                    residual_in_fp32, shift, scale, gate);
-      });
+  test::check_add_rms_norm_gate(GetParam(), torch::kCPU, emulated_gated_add);
 }
 
 TEST_P(AddRmsNormEmu, GatedWithGradientsMatchesTheReference) {
@@ -51,15 +53,7 @@ TEST_P(AddRmsNormEmu, GatedWithGradientsMatchesTheReference) {
                                                        torch::ones({c.batch, c.dim})));
     return;
   }
-  test::check_add_rms_norm_gate_grad(
-      GetParam(), torch::kCPU,
-      [](const torch::Tensor& hidden, const torch::Tensor& residual, const torch::Tensor& weight,
-         double eps, bool residual_in_fp32, const torch::Tensor& shift, const torch::Tensor& scale,
-         const torch::Tensor& gate) {
-        EXPECT_TRUE(ops::cuda_emu::add_rms_norm_supported(hidden, residual, weight, shift, scale, gate));
-        return ops::cuda_emu::add_rms_norm_modulate(hidden, residual, weight, eps,
-                                                    residual_in_fp32, shift, scale, gate);
-      });
+  test::check_add_rms_norm_gate_grad(GetParam(), torch::kCPU, emulated_gated_add);
 }
 
 INSTANTIATE_TEST_SUITE_P(Shapes, AddRmsNormEmu, ::testing::ValuesIn(test::add_cases()),

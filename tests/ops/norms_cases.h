@@ -79,6 +79,26 @@ inline std::string case_name(const AddCase& c) {
          (c.weight_dtype == torch::kBFloat16 ? "_wbf16" : "") + "_" + norms_dtype_name(c.dtype);
 }
 
+/// The gradients of `outputs` for `inputs`, taken twice: the same bits both times, and each
+/// defined with its input's dtype and shape. Empty after a failed check.
+inline std::vector<torch::Tensor> norms_grads_twice(const std::string& tag,
+                                                    const std::vector<torch::Tensor>& outputs,
+                                                    const std::vector<torch::Tensor>& inputs,
+                                                    const std::vector<torch::Tensor>& grad_outputs) {
+  const auto grads = torch::autograd::grad(outputs, inputs, grad_outputs, /*retain_graph=*/true);
+  const auto again = torch::autograd::grad(outputs, inputs, grad_outputs);
+  norms_expect_same_bits(tag, grads, again);
+  for (size_t i = 0; i < inputs.size(); ++i) {
+    if (!grads[i].defined()) {
+      ADD_FAILURE() << tag << ": gradient " << i << " undefined";
+      return {};
+    }
+    EXPECT_EQ(grads[i].scalar_type(), inputs[i].scalar_type()) << tag << ": gradient " << i;
+    EXPECT_EQ(grads[i].sizes(), inputs[i].sizes()) << tag << ": gradient " << i;
+  }
+  return grads;
+}
+
 /// The kernel tests' check of one case: `op` (the CUDA op through dispatch, or the emulated
 /// adapter) on inputs on `dev`, forward and backward (twice: the same bits), against the
 /// reference on fp64 CPU copies.
@@ -119,14 +139,8 @@ inline void check_add_rms_norm(const AddCase& c, torch::Device dev, const AddRms
     outputs.push_back(res);
     grad_outputs.push_back(g_res);
   }
-  const auto grads = torch::autograd::grad(outputs, inputs, grad_outputs, /*retain_graph=*/true);
-  const auto again = torch::autograd::grad(outputs, inputs, grad_outputs);
-  norms_expect_same_bits(tag, grads, again);
-  for (size_t i = 0; i < inputs.size(); ++i) {
-    ASSERT_TRUE(grads[i].defined()) << tag << ": gradient " << i;
-    EXPECT_EQ(grads[i].scalar_type(), inputs[i].scalar_type()) << tag << ": gradient " << i;
-    EXPECT_EQ(grads[i].sizes(), inputs[i].sizes()) << tag << ": gradient " << i;
-  }
+  const auto grads = norms_grads_twice(tag, outputs, inputs, grad_outputs);
+  if (grads.empty()) return;
 
   // Oracle: the reference on fp64 CPU copies of the same values (the residual sum exact).
   std::vector<torch::Tensor> inputs_r;
@@ -237,14 +251,8 @@ inline void check_add_rms_norm_gate_grad(const AddCase& c, torch::Device dev,
     outputs.push_back(res);
     grad_outputs.push_back(g_res);
   }
-  const auto grads = torch::autograd::grad(outputs, inputs, grad_outputs, /*retain_graph=*/true);
-  const auto again = torch::autograd::grad(outputs, inputs, grad_outputs);
-  norms_expect_same_bits(tag, grads, again);
-  for (size_t i = 0; i < inputs.size(); ++i) {
-    ASSERT_TRUE(grads[i].defined()) << tag << ": gradient " << i;
-    EXPECT_EQ(grads[i].scalar_type(), inputs[i].scalar_type()) << tag << ": gradient " << i;
-    EXPECT_EQ(grads[i].sizes(), inputs[i].sizes()) << tag << ": gradient " << i;
-  }
+  const auto grads = norms_grads_twice(tag, outputs, inputs, grad_outputs);
+  if (grads.empty()) return;
 
   // Oracle: the reference (gate multiply, add, norm, modulate) on fp64 copies. A bf16 gate on
   // bf16 hidden has a bf16 product (ATen's): rounded once here too (the fp64 product of two
