@@ -31,6 +31,8 @@ extern "C" const char* __asan_default_options() {
 #define AIM_EMU_ASAN 0
 #endif
 
+thread_local dim3 threadIdx, blockIdx, blockDim, gridDim;
+
 namespace emu {
 
 thread_local ThreadState* g_thread = nullptr;
@@ -132,10 +134,12 @@ void context_switch(Context& from, Context& to) { swapcontext(&from.uc, &to.uc);
 
 // ---------------------------------------------------------------- blocks
 
-enum class Wait { kRunning, kBlock, kWarp, kDone };
+enum class Wait { kRunning, kBlock, kCluster, kWarp, kDone };
 
 struct Fiber {
   ThreadState state;
+  int block = 0;  // the block's rank in the cluster
+  int index = 0;  // in Block::fibers: block * threads + state.linear
   Context ctx;
   Wait wait = Wait::kRunning;
   unsigned mask = 0;
@@ -145,9 +149,12 @@ struct Fiber {
   void* stack = nullptr;
 };
 
+// The blocks of one cluster (one block without clusters), run together.
 struct Block {
-  BlockState state;
-  std::vector<Fiber> fibers;
+  std::vector<BlockState> states;  // by rank in the cluster
+  int threads = 0;                 // per block
+  size_t smem_bytes = 0;           // dynamic shared memory per block
+  std::vector<Fiber> fibers;       // block-major
   Context scheduler;
   BlockBody body = nullptr;
   void* body_ctx = nullptr;
@@ -207,7 +214,7 @@ void fiber_entry() {
 }
 
 std::string where(const Fiber& f) {
-  const BlockState& s = t_block->state;
+  const BlockState& s = t_block->states[f.block];
   std::ostringstream o;
   o << "block (" << s.block_idx.x << "," << s.block_idx.y << "," << s.block_idx.z << ") thread ("
     << f.state.tid.x << "," << f.state.tid.y << "," << f.state.tid.z << ")";
@@ -218,6 +225,7 @@ const char* wait_name(Wait w) {
   switch (w) {
     case Wait::kRunning: return "running";
     case Wait::kBlock: return "__syncthreads";
+    case Wait::kCluster: return "cluster.sync";
     case Wait::kWarp: return "a warp collective";
     case Wait::kDone: return "exited";
   }
@@ -232,28 +240,67 @@ void suspend(Fiber& f) { leave_fiber(f, /*exiting=*/false); }
   t_block->fault_message = where(f) + ": " + what;
   f.wait = Wait::kDone;
   leave_fiber(f, /*exiting=*/true);
+  __builtin_unreachable();
 }
 
 // Releases what can be released once every fiber waits or is done. Returns false on deadlock
 // (the fault is recorded).
-bool release(Block& b) {
-  const int n = static_cast<int>(b.fibers.size());
-  int alive = 0, at_block = 0;
-  for (const auto& f : b.fibers) {
-    if (f.wait == Wait::kDone) continue;
-    ++alive;
-    if (f.wait == Wait::kBlock) ++at_block;
-  }
-  if (alive > 0 && at_block == alive) {
-    for (auto& f : b.fibers)
-      if (f.wait == Wait::kBlock) f.wait = Wait::kRunning;
-    return true;
+// `only` >= 0: only what block `only` of the cluster can release by itself (its __syncthreads,
+// its warps' collectives), and false without a fault when there is none.
+bool release(Block& b, int only = -1) {
+  const int nblocks = static_cast<int>(b.states.size());
+  const int first_block = only < 0 ? 0 : only, end_block = only < 0 ? nblocks : only + 1;
+  const int n = end_block * b.threads;
+  // A cluster barrier releases when every thread of the cluster waits at it (kernels here call
+  // it from every thread; one that exited first is reported); a block barrier when every live
+  // thread of that block waits at it.
+  if (only < 0) {
+    int alive = 0, at_cluster = 0;
+    const Fiber* exited = nullptr;
+    for (const auto& f : b.fibers) {
+      if (f.wait == Wait::kDone) {
+        exited = &f;
+        continue;
+      }
+      ++alive;
+      if (f.wait == Wait::kCluster) ++at_cluster;
+    }
+    if (alive > 0 && at_cluster == alive) {
+      if (exited != nullptr) {
+        for (const auto& f : b.fibers)
+          if (f.wait == Wait::kCluster) {
+            b.fault = true;
+            b.fault_message = "deadlock: " + where(f) + " waits at cluster.sync for " + where(*exited) +
+                              ", which has exited";
+            return false;
+          }
+      }
+      for (auto& f : b.fibers)
+        if (f.wait == Wait::kCluster) f.wait = Wait::kRunning;
+      return true;
+    }
   }
   bool released = false;
+  for (int k = first_block; k < end_block; ++k) {
+    int alive = 0, at_block = 0;
+    for (int i = k * b.threads; i < (k + 1) * b.threads; ++i) {
+      const Fiber& f = b.fibers[i];
+      if (f.wait == Wait::kDone) continue;
+      ++alive;
+      if (f.wait == Wait::kBlock) ++at_block;
+    }
+    if (alive > 0 && at_block == alive) {
+      for (int i = k * b.threads; i < (k + 1) * b.threads; ++i)
+        if (b.fibers[i].wait == Wait::kBlock) b.fibers[i].wait = Wait::kRunning;
+      released = true;
+    }
+  }
+  if (released) return true;
   std::string problem;
-  for (int w0 = 0; w0 < n; w0 += 32) {
+  for (int w0 = first_block * b.threads; w0 < n; w0 += (w0 % b.threads) + 32 < b.threads ? 32 : b.threads - w0 % b.threads) {
     Fiber* first = nullptr;
-    for (int i = w0; i < std::min(n, w0 + 32); ++i)
+    const int warp_end = std::min(w0 + 32, (w0 / b.threads + 1) * b.threads);
+    for (int i = w0; i < warp_end; ++i)
       if (b.fibers[i].wait == Wait::kWarp) {
         first = &b.fibers[i];
         break;
@@ -291,11 +338,12 @@ bool release(Block& b) {
     }
   }
   if (released) return true;
+  if (only >= 0) return false;
   b.fault = true;
   if (problem.empty()) {
     for (const auto& f : b.fibers)
-      if (f.wait == Wait::kBlock) {
-        problem = where(f) + " waits at __syncthreads, but other threads wait elsewhere";
+      if (f.wait == Wait::kBlock || f.wait == Wait::kCluster) {
+        problem = where(f) + " waits at " + wait_name(f.wait) + ", but other threads wait elsewhere";
         break;
       }
   }
@@ -332,17 +380,34 @@ bool run_block(Block& b) {
     context_make(f.ctx, stack_bottom(f), kStackBytes, fiber_entry);
   }
   const bool reverse = schedule() == Schedule::kReverse;
-  const int n = static_cast<int>(b.fibers.size());
+  const int nblocks = static_cast<int>(b.states.size());
+  const int t = b.threads;
   for (;;) {
-    bool any_alive = false;
-    for (int i = 0; i < n; ++i) {
-      Fiber& f = b.fibers[reverse ? n - 1 - i : i];
-      if (f.wait != Wait::kRunning) continue;
-      b.current = &f;
-      g_thread = &f.state;
-      enter_fiber(b, f);
-      if (b.fault) return false;
+    // The blocks of a cluster one at a time, each as far as it gets by itself (up to a cluster
+    // barrier, or its end): the most skew between them, so a read of a peer's shared memory
+    // without a cluster barrier sees it unwritten (or already overwritten).
+    for (int kk = 0; kk < nblocks; ++kk) {
+      const int k = reverse ? nblocks - 1 - kk : kk;
+      for (;;) {
+        bool ran = false;
+        for (int i = 0; i < t; ++i) {
+          Fiber& f = b.fibers[k * t + (reverse ? t - 1 - i : i)];
+          if (f.wait != Wait::kRunning) continue;
+          ran = true;
+          b.current = &f;
+          g_thread = &f.state;
+          g_block = &b.states[f.block];
+          threadIdx = f.state.tid;
+          blockIdx = g_block->block_idx;
+          blockDim = g_block->block_dim;
+          gridDim = g_block->grid_dim;
+          enter_fiber(b, f);
+          if (b.fault) return false;
+        }
+        if (!ran && !release(b, k)) break;
+      }
     }
+    bool any_alive = false;
     for (const auto& f : b.fibers) any_alive |= f.wait != Wait::kDone;
     if (!any_alive) return true;
     if (!release(b)) return false;
@@ -410,6 +475,10 @@ void set_func_max_dynamic_smem(const void* func, int bytes) {
 
 void poison_shared(void* object, size_t bytes) {
   Block& b = *t_block;
+  if (b.states.size() > 1) {
+    fault("static __shared__ memory in a cluster of " + std::to_string(b.states.size()) +
+          " blocks: the emulator keeps one copy per OS thread, not per block");
+  }
   for (void* p : b.poisoned) {
     if (p == object) return;
   }
@@ -423,14 +492,35 @@ void block_barrier() {
   suspend(f);
 }
 
+void cluster_barrier() {
+  Fiber& f = *t_block->current;
+  f.wait = Wait::kCluster;
+  suspend(f);
+}
+
+void* map_shared_rank(const void* addr, unsigned rank) {
+  Block& b = *t_block;
+  Fiber& f = *b.current;
+  if (rank >= b.states.size()) {
+    fault_in_fiber(f, "map_shared_rank to rank " + std::to_string(rank) + " in a cluster of " +
+                          std::to_string(b.states.size()) + " blocks");
+  }
+  const auto* own = b.states[f.block].dynamic_smem;
+  const auto* p = static_cast<const unsigned char*>(addr);
+  if (p < own || p > own + b.smem_bytes) {
+    fault_in_fiber(f, "map_shared_rank of an address outside the block's dynamic shared memory");
+  }
+  return b.states[rank].dynamic_smem + (p - own);
+}
+
 uint64_t warp_exchange(unsigned mask, uint64_t bits, int src_lane, const char* op) {
   Block& b = *t_block;
   Fiber& f = *b.current;
   const int lane = f.state.linear & 31;
-  const int warp0 = f.state.linear - lane;
+  const int warp0 = f.index - lane;
   if (!(mask >> lane & 1u)) fault_in_fiber(f, std::string(op) + " with a mask that leaves out the calling lane");
-  const int n = static_cast<int>(b.fibers.size());
-  if (warp0 + 32 - __builtin_clz(mask) > n)
+  const int n = b.threads;
+  if (f.state.linear - lane + 32 - __builtin_clz(mask) > n)
     fault_in_fiber(f, std::string(op) + " with a mask naming lanes the block does not have (" +
                           std::to_string(n) + " threads)");
   if (!(mask >> src_lane & 1u))
@@ -459,7 +549,7 @@ unsigned warp_ballot(unsigned mask, bool pred) {
   Block& b = *t_block;
   Fiber& f = *b.current;
   const int lane = f.state.linear & 31;
-  const int warp0 = f.state.linear - lane;
+  const int warp0 = f.index - lane;
   warp_exchange(mask, pred ? 1u : 0u, lane, "__ballot_sync");
   const int slot = static_cast<int>((f.collectives - 1) & 1u);
   unsigned out = 0;
@@ -469,14 +559,23 @@ unsigned warp_ballot(unsigned mask, bool pred) {
 }
 
 bool run_grid(dim3 grid, dim3 block, size_t dynamic_smem, const void* func, BlockBody body,
-              void* ctx) {
+              void* ctx, dim3 cluster) {
   const uint64_t threads = static_cast<uint64_t>(block.x) * block.y * block.z;
+  const uint64_t cluster_blocks = static_cast<uint64_t>(cluster.x) * cluster.y * cluster.z;
   std::ostringstream cfg;
   cfg << "grid (" << grid.x << "," << grid.y << "," << grid.z << "), block (" << block.x << ","
       << block.y << "," << block.z << "), " << dynamic_smem << " B dynamic shared memory";
+  if (cluster_blocks > 1) cfg << ", cluster (" << cluster.x << "," << cluster.y << "," << cluster.z << ")";
   if (threads == 0 || threads > 1024 || block.z > 64 || grid.x == 0 || grid.y == 0 ||
       grid.z == 0 || grid.x > 2147483647u || grid.y > 65535 || grid.z > 65535) {
     set_error(cudaErrorInvalidConfiguration, "launch outside the device limits: " + cfg.str());
+    return false;
+  }
+  if (cluster_blocks == 0 || cluster_blocks > kMaxClusterBlocks || grid.x % cluster.x != 0 ||
+      grid.y % cluster.y != 0 || grid.z % cluster.z != 0) {
+    set_error(cudaErrorInvalidClusterSize,
+              "cluster dimension not dividing the grid or beyond " + std::to_string(kMaxClusterBlocks) +
+                  " blocks: " + cfg.str());
     return false;
   }
   const size_t allowed = static_cast<size_t>(func_max_dynamic_smem(func));
@@ -490,44 +589,60 @@ bool run_grid(dim3 grid, dim3 block, size_t dynamic_smem, const void* func, Bloc
   }
 
   ++t_launches;
+  const int nblocks = static_cast<int>(cluster_blocks);
   Block b;
   b.body = body;
   b.body_ctx = ctx;
-  b.state.block_dim = block;
-  b.state.grid_dim = grid;
+  b.threads = static_cast<int>(threads);
+  b.smem_bytes = dynamic_smem;
+  b.states.resize(nblocks);
   // Dynamic shared memory starts as a NaN pattern: reads before writes show up. It is aligned
   // as a GPU's, with at least 256 bytes on either side, poisoned for the sanitizer.
-  std::vector<unsigned char> smem(dynamic_smem + 768);
-  const uintptr_t base = reinterpret_cast<uintptr_t>(smem.data());
-  unsigned char* const shared = smem.data() + 256 + (256 - base % 256) % 256;
-  b.state.dynamic_smem = shared;
+  std::vector<std::vector<unsigned char>> smem(nblocks, std::vector<unsigned char>(dynamic_smem + 768));
+  for (int k = 0; k < nblocks; ++k) {
+    BlockState& st = b.states[k];
+    st.block_dim = block;
+    st.grid_dim = grid;
+    st.cluster_dim = cluster;
+    st.cluster_rank = static_cast<unsigned>(k);
+    const uintptr_t base = reinterpret_cast<uintptr_t>(smem[k].data());
+    st.dynamic_smem = smem[k].data() + 256 + (256 - base % 256) % 256;
 #if AIM_EMU_ASAN
-  ASAN_POISON_MEMORY_REGION(smem.data(), static_cast<size_t>(shared - smem.data()));
-  ASAN_POISON_MEMORY_REGION(shared + dynamic_smem,
-                            static_cast<size_t>(smem.data() + smem.size() - (shared + dynamic_smem)));
+    ASAN_POISON_MEMORY_REGION(smem[k].data(), static_cast<size_t>(st.dynamic_smem - smem[k].data()));
+    ASAN_POISON_MEMORY_REGION(st.dynamic_smem + dynamic_smem,
+                              static_cast<size_t>(smem[k].data() + smem[k].size() - (st.dynamic_smem + dynamic_smem)));
 #endif
-  b.fibers.resize(threads);
-  for (uint64_t i = 0; i < threads; ++i) {
+  }
+  b.fibers.resize(threads * cluster_blocks);
+  for (uint64_t i = 0; i < b.fibers.size(); ++i) {
     Fiber& f = b.fibers[i];
-    f.state.linear = static_cast<int>(i);
-    f.state.tid = dim3(static_cast<unsigned>(i % block.x),
-                       static_cast<unsigned>(i / block.x % block.y),
-                       static_cast<unsigned>(i / (static_cast<uint64_t>(block.x) * block.y)));
+    const uint64_t t = i % threads;
+    f.block = static_cast<int>(i / threads);
+    f.index = static_cast<int>(i);
+    f.state.linear = static_cast<int>(t);
+    f.state.tid = dim3(static_cast<unsigned>(t % block.x),
+                       static_cast<unsigned>(t / block.x % block.y),
+                       static_cast<unsigned>(t / (static_cast<uint64_t>(block.x) * block.y)));
     f.stack = t_stacks.get(i);
   }
   Block* saved_block = t_block;
   BlockState* saved_state = g_block;
   ThreadState* saved_thread = g_thread;
   t_block = &b;
-  g_block = &b.state;
+  g_block = &b.states[0];
   bool ok = true;
   const bool reverse = schedule() == Schedule::kReverse;
   auto order = [reverse](unsigned i, unsigned n) { return reverse ? n - 1 - i : i; };
-  for (unsigned z = 0; z < grid.z && ok; ++z)
-    for (unsigned y = 0; y < grid.y && ok; ++y)
-      for (unsigned x = 0; x < grid.x && ok; ++x) {
-        b.state.block_idx = dim3(order(x, grid.x), order(y, grid.y), order(z, grid.z));
-        std::memset(shared, 0xff, dynamic_smem);
+  const dim3 clusters(grid.x / cluster.x, grid.y / cluster.y, grid.z / cluster.z);
+  for (unsigned z = 0; z < clusters.z && ok; ++z)
+    for (unsigned y = 0; y < clusters.y && ok; ++y)
+      for (unsigned x = 0; x < clusters.x && ok; ++x) {
+        const dim3 c(order(x, clusters.x), order(y, clusters.y), order(z, clusters.z));
+        for (int k = 0; k < nblocks; ++k) {
+          const unsigned kx = k % cluster.x, ky = k / cluster.x % cluster.y, kz = k / (cluster.x * cluster.y);
+          b.states[k].block_idx = dim3(c.x * cluster.x + kx, c.y * cluster.y + ky, c.z * cluster.z + kz);
+          std::memset(b.states[k].dynamic_smem, 0xff, dynamic_smem);
+        }
         ok = run_block(b);
       }
 #if AIM_EMU_ASAN
@@ -535,7 +650,7 @@ bool run_grid(dim3 grid, dim3 block, size_t dynamic_smem, const void* func, Bloc
   if (!ok) {
     for (const auto& f : b.fibers) ASAN_UNPOISON_MEMORY_REGION(stack_bottom(f), kStackBytes);
   }
-  ASAN_UNPOISON_MEMORY_REGION(smem.data(), smem.size());
+  for (auto& m : smem) ASAN_UNPOISON_MEMORY_REGION(m.data(), m.size());
 #endif
   t_block = saved_block;
   g_block = saved_state;

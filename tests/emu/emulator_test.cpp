@@ -8,6 +8,7 @@
 #include <cstring>
 #include <vector>
 
+#include "cooperative_groups.h"
 #include "emu_runtime.h"
 #include "mma.h"
 
@@ -235,6 +236,163 @@ TEST(Emulator, TileOperationsAreWarpCollectives) {
   wmma_bad_ld ^ emu::Cfg(1, 32)(wide);
   EXPECT_EQ(cudaGetLastError(), cudaErrorLaunchFailure);
   EXPECT_NE(emu::last_message().find("leading dimension 18"), std::string::npos) << emu::last_message();
+}
+
+// Clusters: every block writes its slot values, then block rank r adds slot r over the
+// cluster's blocks (the SSD backward's reduction over heads). Without the first cluster barrier
+// a block reads a peer that has not written yet; without the last one a block could exit (and
+// its shared memory go) while a peer still reads it.
+template <bool kBarrier>
+__global__ void cluster_slot_sums(float* out, unsigned* ranks) {
+  namespace cg = cooperative_groups;
+  const cg::cluster_group cluster = cg::this_cluster();
+  float* s = emu::dynamic_shared<float>();
+  const unsigned rank = cluster.block_rank(), n = cluster.num_blocks();
+  const unsigned block = blockIdx.x + blockIdx.y * gridDim.x;
+  s[threadIdx.x] = static_cast<float>(block * 100 + threadIdx.x);
+  if (kBarrier) cluster.sync();
+  float v = 0.f;
+  for (unsigned q = 0; q < n; ++q) v += cluster.map_shared_rank(s, q)[(threadIdx.x + rank) % blockDim.x];
+  out[block * blockDim.x + threadIdx.x] = v;
+  if (threadIdx.x == 0) ranks[block] = rank;
+  cluster.sync();
+}
+
+cudaError_t launch_clustered(void (*kernel)(float*, unsigned*), dim3 grid, dim3 cluster, float* out,
+                             unsigned* ranks) {
+  cudaLaunchAttribute attr{};
+  attr.id = cudaLaunchAttributeClusterDimension;
+  attr.val.clusterDim.x = cluster.x;
+  attr.val.clusterDim.y = cluster.y;
+  attr.val.clusterDim.z = cluster.z;
+  cudaLaunchConfig_t cfg{};
+  cfg.gridDim = grid;
+  cfg.blockDim = dim3(64);
+  cfg.dynamicSmemBytes = 64 * sizeof(float);
+  cfg.attrs = &attr;
+  cfg.numAttrs = 1;
+  return cudaLaunchKernelEx(&cfg, kernel, out, ranks);
+}
+
+TEST(Emulator, ClustersShareSharedMemoryAcrossTheirBlocks) {
+  const dim3 grid(2, 4), cluster(1, 2);
+  const int blocks = 8, threads = 64;
+  for (auto schedule : {emu::Schedule::kForward, emu::Schedule::kReverse}) {
+    ScheduleGuard guard(schedule);
+    std::vector<float> out(blocks * threads, -1.f);
+    std::vector<unsigned> ranks(blocks, 99);
+    ASSERT_EQ(launch_clustered(cluster_slot_sums<true>, grid, cluster, out.data(), ranks.data()),
+              cudaSuccess)
+        << emu::last_message();
+    for (unsigned y = 0; y < grid.y; ++y)
+      for (unsigned x = 0; x < grid.x; ++x) {
+        const unsigned block = x + y * grid.x, rank = y % 2;
+        EXPECT_EQ(ranks[block], rank) << "block (" << x << "," << y << ")";
+        for (unsigned t = 0; t < threads; ++t) {
+          // The cluster's blocks are (x, y0) and (x, y0 + 1).
+          const unsigned y0 = y - rank, slot = (t + rank) % threads;
+          const float want = static_cast<float>((x + y0 * grid.x) * 100 + slot) +
+                             static_cast<float>((x + (y0 + 1) * grid.x) * 100 + slot);
+          ASSERT_EQ(out[block * threads + t], want) << "block " << block << " thread " << t;
+        }
+      }
+  }
+  // Without the barrier, the block that runs first reads its peer before the peer wrote: in
+  // both schedules (blocks of a cluster run one at a time up to a cluster barrier).
+  for (auto schedule : {emu::Schedule::kForward, emu::Schedule::kReverse}) {
+    ScheduleGuard guard(schedule);
+    std::vector<float> out(blocks * threads);
+    std::vector<unsigned> ranks(blocks);
+    ASSERT_EQ(launch_clustered(cluster_slot_sums<false>, grid, cluster, out.data(), ranks.data()),
+              cudaSuccess);
+    // The thread that runs last in its block (its own block's slots are all written by then).
+    const bool fwd = schedule == emu::Schedule::kForward;
+    const unsigned first_rank = fwd ? 0 : 1, last_thread = fwd ? threads - 1 : 0;
+    for (unsigned block = 0; block < static_cast<unsigned>(blocks); ++block) {
+      const bool runs_first = block / grid.x % 2 == first_rank;
+      EXPECT_EQ(std::isnan(out[block * threads + last_thread]), runs_first) << "block " << block;
+    }
+  }
+}
+
+// A block reuses its shared memory after reading its peer's, with no cluster barrier between
+// the peer's read of it and the overwrite: the peer, run after it, reads the new values.
+__global__ void cluster_overwrite_race(float* out, unsigned*) {
+  namespace cg = cooperative_groups;
+  const cg::cluster_group cluster = cg::this_cluster();
+  float* s = emu::dynamic_shared<float>();
+  s[threadIdx.x] = 1.f;
+  cluster.sync();
+  const float peer = *cluster.map_shared_rank(s + threadIdx.x, cluster.block_rank() ^ 1u);
+  s[threadIdx.x] = 2.f;  // a second cluster.sync() belongs before this
+  out[blockIdx.x * blockDim.x + threadIdx.x] = peer;
+  cluster.sync();
+}
+
+TEST(Emulator, ClusterReadsOfOverwrittenSharedMemoryShow) {
+  for (auto schedule : {emu::Schedule::kForward, emu::Schedule::kReverse}) {
+    ScheduleGuard guard(schedule);
+    std::vector<float> out(2 * 64);
+    std::vector<unsigned> ranks(2);
+    ASSERT_EQ(launch_clustered(cluster_overwrite_race, dim3(2), dim3(2), out.data(), ranks.data()),
+              cudaSuccess)
+        << emu::last_message();
+    // The block run second reads 2 where the kernel meant 1.
+    const int second = schedule == emu::Schedule::kForward ? 1 : 0;
+    EXPECT_EQ(out[second * 64], 2.f);
+    EXPECT_EQ(out[(1 - second) * 64], 1.f);
+  }
+}
+
+__global__ void cluster_sync_on_one_rank(float* out, unsigned*) {
+  namespace cg = cooperative_groups;
+  if (cg::this_cluster().block_rank() == 0) cg::this_cluster().sync();
+  out[threadIdx.x] = 1.f;
+}
+
+__global__ void cluster_static_shared(float* out, unsigned*) {
+  static thread_local float s[64];
+  ::emu::poison_shared(&s, sizeof(s));
+  s[threadIdx.x] = 1.f;
+  out[threadIdx.x] = s[threadIdx.x];
+}
+
+TEST(Emulator, ReportsClusterFaultsAndLimits) {
+  std::vector<float> out(8 * 64);
+  std::vector<unsigned> ranks(8);
+  // Blocks of one cluster at different barriers: a deadlock on a GPU.
+  EXPECT_EQ(launch_clustered(cluster_sync_on_one_rank, dim3(2), dim3(2), out.data(), ranks.data()),
+            cudaErrorLaunchFailure);
+  EXPECT_NE(emu::last_message().find("deadlock"), std::string::npos) << emu::last_message();
+  EXPECT_EQ(launch_clustered(cluster_static_shared, dim3(2), dim3(2), out.data(), ranks.data()),
+            cudaErrorLaunchFailure);
+  EXPECT_NE(emu::last_message().find("static __shared__"), std::string::npos) << emu::last_message();
+  // One block per cluster keeps static shared memory.
+  EXPECT_EQ(launch_clustered(cluster_static_shared, dim3(2), dim3(1), out.data(), ranks.data()),
+            cudaSuccess)
+      << emu::last_message();
+  // The cluster must divide the grid and stay within the portable 8 blocks.
+  EXPECT_EQ(launch_clustered(cluster_slot_sums<true>, dim3(3), dim3(2), out.data(), ranks.data()),
+            cudaErrorInvalidClusterSize);
+  EXPECT_EQ(launch_clustered(cluster_slot_sums<true>, dim3(16), dim3(16), out.data(), ranks.data()),
+            cudaErrorInvalidClusterSize);
+  // Occupancy: clusters of one block per SM, none beyond the kernel's shared memory limit.
+  cudaLaunchAttribute attr{};
+  attr.id = cudaLaunchAttributeClusterDimension;
+  attr.val.clusterDim.x = 4;
+  attr.val.clusterDim.y = attr.val.clusterDim.z = 1;
+  cudaLaunchConfig_t cfg{};
+  cfg.gridDim = dim3(8);
+  cfg.blockDim = dim3(64);
+  cfg.dynamicSmemBytes = 1024;
+  cfg.attrs = &attr;
+  cfg.numAttrs = 1;
+  int active = -1;
+  ASSERT_EQ(cudaOccupancyMaxActiveClusters(&active, cluster_slot_sums<true>, &cfg), cudaSuccess);
+  EXPECT_EQ(active, emu::device().sm_count / 4);
+  cfg.dynamicSmemBytes = 100 * 1024;
+  ASSERT_EQ(cudaOccupancyMaxActiveClusters(&active, cluster_slot_sums<true>, &cfg), cudaSuccess);
+  EXPECT_EQ(active, 0);
 }
 
 #if defined(__SANITIZE_ADDRESS__)

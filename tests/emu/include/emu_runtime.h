@@ -20,6 +20,16 @@
 // a tensor's own allocation is reported; one into a parent tensor of a view is not), dynamic
 // shared memory against the launch's size (the bytes around it are poisoned).
 //
+// Thread block clusters (cudaLaunchKernelEx with a cluster dimension; cooperative_groups.h's
+// this_cluster()): the blocks of one cluster run together, their threads as fibers of one
+// scheduler, each block with its own dynamic shared memory. cluster.sync() is a barrier over
+// every thread of the cluster, and map_shared_rank() gives another block's dynamic shared
+// memory. The blocks run one at a time, each as far as it gets before a cluster barrier (the
+// first rank first, or the last in the reverse schedule), so a read of a peer's shared memory
+// that a cluster barrier does not order reads it unwritten (poison) or already overwritten.
+// Static shared memory (one object per OS thread here) is reported in a cluster of more than
+// one block.
+//
 // What it reports (launch status cudaErrorLaunchFailure, message in emu::last_message()):
 // a barrier that can never release (threads of one block waiting at different barriers, a
 // lane that exited before a full-mask warp collective), lanes of one warp at different
@@ -50,12 +60,19 @@ struct dim3 {
   constexpr dim3(unsigned vx = 1, unsigned vy = 1, unsigned vz = 1) : x(vx), y(vy), z(vz) {}
 };
 
+// The vector type kernels use for 16-byte loads and stores (CUDA's vector_types.h).
+struct alignas(16) float4 {
+  float x, y, z, w;
+};
+inline float4 make_float4(float x, float y, float z, float w) { return {x, y, z, w}; }
+
 enum cudaError_t {
   cudaSuccess = 0,
   cudaErrorInvalidValue = 1,
   cudaErrorLaunchFailure = 4,
   cudaErrorInvalidConfiguration = 9,
   cudaErrorInvalidDevice = 101,
+  cudaErrorInvalidClusterSize = 912,
 };
 using cudaError = cudaError_t;
 
@@ -110,12 +127,19 @@ struct ThreadState {
 struct BlockState {
   dim3 block_idx, block_dim, grid_dim;
   unsigned char* dynamic_smem = nullptr;
+  dim3 cluster_dim;
+  unsigned cluster_rank = 0;  ///< the block's rank in its cluster, x fastest
 };
 extern thread_local ThreadState* g_thread;
 extern thread_local BlockState* g_block;
 
 /// Block barrier (__syncthreads).
 void block_barrier();
+/// Cluster barrier (cooperative_groups::cluster_group::sync): every thread of the cluster.
+void cluster_barrier();
+/// `addr` (in the calling block's dynamic shared memory) in the dynamic shared memory of the
+/// block of rank `rank` in the same cluster.
+void* map_shared_rank(const void* addr, unsigned rank);
 /// Warp collective: deposits `bits`, waits for the lanes of `mask`, returns the bits `src_lane`
 /// deposited (src_lane must be in mask). `op` names the collective for the error messages.
 uint64_t warp_exchange(unsigned mask, uint64_t bits, int src_lane, const char* op);
@@ -144,7 +168,10 @@ using BlockBody = void (*)(void* ctx);
 /// Runs `body(ctx)` as every thread of every block of the grid. Returns false (with the error
 /// recorded) when the configuration is invalid or the emulation found a fault.
 bool run_grid(dim3 grid, dim3 block, size_t dynamic_smem, const void* func, BlockBody body,
-              void* ctx);
+              void* ctx, dim3 cluster = dim3(1, 1, 1));
+/// Largest number of blocks a cluster may have (the portable limit; kernels here do not opt in
+/// to more).
+constexpr unsigned kMaxClusterBlocks = 8;
 
 template <typename... A>
 struct PendingLaunch {
@@ -163,21 +190,27 @@ struct Cfg {
   }
 };
 
+/// Runs `kernel(args...)` over the grid, converting the arguments as a launch does.
 template <typename... P, typename... A>
-void operator^(void (*kernel)(P...), PendingLaunch<A...>&& launch) {
+bool launch_kernel(void (*kernel)(P...), dim3 grid, dim3 block, size_t smem, dim3 cluster,
+                   std::tuple<A...> args) {
   static_assert(sizeof...(P) == sizeof...(A), "kernel launched with a wrong argument count");
   struct Ctx {
     void (*kernel)(P...);
     std::tuple<std::decay_t<P>...> args;
   };
-  Ctx ctx{kernel, std::apply([](auto&... a) { return std::tuple<std::decay_t<P>...>(a...); },
-                             launch.args)};
-  run_grid(launch.grid, launch.block, launch.smem, reinterpret_cast<const void*>(kernel),
-           [](void* c) {
-             auto* x = static_cast<Ctx*>(c);
-             std::apply(x->kernel, x->args);
-           },
-           &ctx);
+  Ctx ctx{kernel, std::apply([](auto&... a) { return std::tuple<std::decay_t<P>...>(a...); }, args)};
+  return run_grid(grid, block, smem, reinterpret_cast<const void*>(kernel),
+                  [](void* c) {
+                    auto* x = static_cast<Ctx*>(c);
+                    std::apply(x->kernel, x->args);
+                  },
+                  &ctx, cluster);
+}
+
+template <typename... P, typename... A>
+void operator^(void (*kernel)(P...), PendingLaunch<A...>&& launch) {
+  launch_kernel(kernel, launch.grid, launch.block, launch.smem, dim3(1, 1, 1), std::move(launch.args));
 }
 
 }  // namespace emu
@@ -195,10 +228,9 @@ void operator^(void (*kernel)(P...), PendingLaunch<A...>&& launch) {
 // running on it. In kernels/ translate.cmake also poisons it at each block's start.
 #define __shared__ static thread_local
 
-#define threadIdx (::emu::g_thread->tid)
-#define blockIdx (::emu::g_block->block_idx)
-#define blockDim (::emu::g_block->block_dim)
-#define gridDim (::emu::g_block->grid_dim)
+// The built-in variables, set by the scheduler before it runs a thread (variables, not macros,
+// so that fields of the same names, e.g. cudaLaunchConfig_t's, keep theirs).
+extern thread_local dim3 threadIdx, blockIdx, blockDim, gridDim;
 
 inline void __syncthreads() { ::emu::block_barrier(); }
 
@@ -336,6 +368,66 @@ inline cudaError_t cudaDeviceGetAttribute(int* v, cudaDeviceAttr attr, int devic
   }
   return cudaErrorInvalidValue;
 }
+// Extended launches: the cluster dimension is the one attribute emulated.
+enum cudaLaunchAttributeID { cudaLaunchAttributeClusterDimension = 4 };
+union cudaLaunchAttributeValue {
+  struct {
+    unsigned x, y, z;
+  } clusterDim;
+  char pad[64];
+};
+struct cudaLaunchAttribute {
+  cudaLaunchAttributeID id;
+  cudaLaunchAttributeValue val;
+};
+struct cudaLaunchConfig_t {
+  dim3 gridDim, blockDim;
+  size_t dynamicSmemBytes = 0;
+  cudaStream_t stream = nullptr;
+  cudaLaunchAttribute* attrs = nullptr;
+  unsigned numAttrs = 0;
+};
+
+namespace emu {
+/// The cluster dimension a launch configuration asks for (1 x 1 x 1 without the attribute).
+inline bool launch_cluster(const cudaLaunchConfig_t* config, dim3* cluster) {
+  *cluster = dim3(1, 1, 1);
+  for (unsigned i = 0; i < config->numAttrs; ++i) {
+    const auto& a = config->attrs[i];
+    if (a.id != cudaLaunchAttributeClusterDimension) return false;
+    *cluster = dim3(a.val.clusterDim.x, a.val.clusterDim.y, a.val.clusterDim.z);
+  }
+  return true;
+}
+}  // namespace emu
+
+template <typename... P, typename... A>
+inline cudaError_t cudaLaunchKernelEx(const cudaLaunchConfig_t* config, void (*kernel)(P...),
+                                      A&&... args) {
+  dim3 cluster;
+  if (!::emu::launch_cluster(config, &cluster)) {
+    ::emu::set_error(cudaErrorInvalidValue, "cudaLaunchKernelEx: an attribute the emulator does not know");
+    return ::emu::take_error();
+  }
+  ::emu::launch_kernel(kernel, config->gridDim, config->blockDim, config->dynamicSmemBytes, cluster,
+                       std::tuple<std::decay_t<A>...>(std::forward<A>(args)...));
+  return ::emu::take_error();
+}
+
+/// Clusters of the configuration's size that fit on the device at once: one block per SM when
+/// the shared memory is within the kernel's limit (the emulator has no register or occupancy
+/// model), else none.
+template <typename F>
+inline cudaError_t cudaOccupancyMaxActiveClusters(int* count, F* func, const cudaLaunchConfig_t* config) {
+  dim3 cluster;
+  if (!::emu::launch_cluster(config, &cluster)) return cudaErrorInvalidValue;
+  const unsigned blocks = cluster.x * cluster.y * cluster.z;
+  if (blocks == 0 || blocks > ::emu::kMaxClusterBlocks) return cudaErrorInvalidClusterSize;
+  const size_t allowed = static_cast<size_t>(::emu::func_max_dynamic_smem(reinterpret_cast<const void*>(func)));
+  *count = config->dynamicSmemBytes <= allowed ? ::emu::device().sm_count / static_cast<int>(blocks) : 0;
+  return cudaSuccess;
+}
+
 template <typename F>
 inline cudaError_t cudaFuncSetAttribute(F* func, cudaFuncAttribute attr, int value) {
   if (attr != cudaFuncAttributeMaxDynamicSharedMemorySize) return cudaErrorInvalidValue;
