@@ -16,6 +16,13 @@ namespace aim::kernels {
 constexpr int kSsdChunk = 32;
 /// Largest d_state the kernels take (shared memory bounds it); larger ones run the reference.
 constexpr int kSsdMaxDstate = 256;
+/// Largest thread block cluster the backward forms over heads (the portable cluster size).
+constexpr int kSsdMaxClusterHeads = 8;
+/// The cluster the tiling chooses by default: 4 cuts the dB / dC partial traffic 4x; 8 would cut
+/// it 8x, but the blocks (one per SM: their shared memory) of a cluster must all fit in one GPC
+/// at once, and larger clusters leave more SMs of a GPC idle. bench_ops times 1, 2, 4 and 8
+/// (AIM_SSD_BWD_CLUSTER sets the largest allowed).
+constexpr int kSsdDefaultClusterHeads = 4;
 
 /// Blocking of one problem: a block handles `p_tile` rows of a head's state ([p_tile, N]) for
 /// one sequence, walking its chunks in order. Filled by ssd_scan_tiling.
@@ -24,18 +31,25 @@ struct SsdScanTiling {
   int p_tile = 0;        ///< state rows per block: 32 or 64
   int p_tiles = 0;       ///< ceil(P / p_tile); the backward's partial sums have this many slices
   int dstate_pad = 0;    ///< N rounded up to 16 (tensor-core tiles; the padding is zeros)
+  /// Consecutive heads of a group whose dB / dC the backward adds in one thread block cluster
+  /// before writing the partial slices: 1, 2, 4 or 8.
+  int cluster_heads = 1;
   size_t fwd_smem = 0, bwd_smem = 0;  ///< dynamic shared memory bytes
   bool ok = false;       ///< both kernels fit the current device's shared memory
 };
 
-/// Tiling for L, P, N and the input type on the current device.
-SsdScanTiling ssd_scan_tiling(int len, int headdim, int dstate, ElemType dtype);
+/// Tiling for L, P, N, the heads per group and the input type on the current device. The
+/// backward's cluster is the largest power of two up to `max_cluster_heads` that divides the
+/// heads per group, whose extra shared memory fits, and of which the device can run one.
+SsdScanTiling ssd_scan_tiling(int len, int headdim, int dstate, int heads_per_group, ElemType dtype,
+                              int max_cluster_heads = kSsdDefaultClusterHeads);
 
 /// x, dt, B, C, y, dy and dx share one element type (fp32 or bf16); every other tensor is fp32.
 /// Every tensor's last dimension is contiguous; the other strides are free unless noted.
 struct SsdScanParams {
   int batch = 0, len = 0, nheads = 0, headdim = 0, dstate = 0, ngroups = 0;
   int nchunks = 0, p_tile = 0, p_tiles = 0, dstate_pad = 0;  ///< from SsdScanTiling
+  int cluster_heads = 1;                                      ///< from SsdScanTiling
   bool dt_softplus = true;
   bool d_per_channel = false;
 
@@ -67,19 +81,22 @@ struct SsdScanParams {
   const float* dfinal_state = nullptr;  ///< [B, H, P, N] contiguous; may be null (zeros)
   void* dx = nullptr;             ///< [B, L, H, P]
   int64_t dx_batch_stride = 0, dx_len_stride = 0, dx_head_stride = 0;
-  /// Partial sums, one slice per P tile (and per head for dB/dC), added up by the caller in a
-  /// fixed order: every element is written, no atomics.
+  /// Partial sums, one slice per P tile (and per cluster of heads for dB/dC), added up by the
+  /// caller in a fixed order: every element is written, no atomics.
   float* ddt_partial = nullptr;   ///< [p_tiles, B, L, H]: d loss / d dt (after softplus')
   float* dA_partial = nullptr;    ///< [p_tiles, B, H]
   float* dD_partial = nullptr;    ///< [B, H, p_tiles * p_tile]: sum over positions of x * dy
-  float* dB_partial = nullptr;    ///< [B, nchunks * kSsdChunk, H * p_tiles, dstate_pad]
-  float* dC_partial = nullptr;    ///< [B, nchunks * kSsdChunk, H * p_tiles, dstate_pad]
+  /// [B, nchunks * kSsdChunk, H / cluster_heads * p_tiles, dstate_pad]: slice
+  /// (h / cluster_heads) * p_tiles + tile holds the cluster's sum over its heads.
+  float* dB_partial = nullptr;
+  float* dC_partial = nullptr;    ///< as dB_partial
 };
 
 /// y and, when final_state is set, the final state. One launch.
 cudaError_t ssd_scan_fwd_cuda(const SsdScanParams& params, ElemType dtype, cudaStream_t stream);
 
-/// chunk_states, then dx and the partial sums. Two launches; deterministic.
+/// chunk_states, then dx and the partial sums. Two launches (the second in clusters of
+/// cluster_heads blocks along the heads); deterministic.
 cudaError_t ssd_scan_bwd_cuda(const SsdScanParams& params, ElemType dtype, cudaStream_t stream);
 
 }  // namespace aim::kernels

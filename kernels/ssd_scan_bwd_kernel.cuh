@@ -14,8 +14,14 @@
 //   P5. per row j: xu_j = x_j . U_j; U_j <- delta_j exp(cum_last - cum_j) U_j + D dy_j;
 //       x_j <- delta_j exp(cum_last - cum_j) x_j (in place: x is not needed raw any more)
 //   P6. dX = Md^T dY + U;  dB = Rm^T C + X' dSt;  dC = Rm B + edy S_prev (straight to the
-//       fp32 partial slices in global memory);  dS = exp(cum_last) dS + edy^T C
-//   P7. write dx; dSt = dS; warp 0: dcum, its suffix scan da, ddt, dA partial
+//       fp32 partial slices in global memory; in a cluster, to dbr / dcr in shared memory);
+//       dS = exp(cum_last) dS + edy^T C
+//   P7. write dx; dSt = dS; warp 0: dcum, its suffix scan da, ddt, dA partial; in a cluster
+//       (after a cluster barrier), block rank r adds rows r, r + K, ... of the K blocks' dbr /
+//       dcr in rank order and writes them to the partial slice, then a cluster barrier keeps
+//       every block's dbr / dcr until its peers have read them.
+#include <cooperative_groups.h>
+
 #include "ssd_scan_common.cuh"
 #include "ssd_scan_fwd_kernel.cuh"
 #include "static_switch.h"
@@ -24,7 +30,11 @@ namespace aim::kernels {
 
 namespace ssd {
 
-template <typename Tin, bool kSoftplus>
+namespace cg = cooperative_groups;
+
+// kCluster: launched in clusters of p.cluster_heads (> 1) blocks. A separate instantiation keeps
+// the cluster's code out of the plain kernel (whose register allocation it would change).
+template <typename Tin, bool kSoftplus, bool kCluster>
 __global__ void __launch_bounds__(kThreads) ssd_bwd_kernel(const SsdScanParams p) {
   using Ops = TileOps<Tin>;
   using Acc = typename Ops::Acc;
@@ -32,7 +42,8 @@ __global__ void __launch_bounds__(kThreads) ssd_bwd_kernel(const SsdScanParams p
   extern __shared__ __align__(128) unsigned char smem[];
 
   const int pt = p.p_tile, np = p.dstate_pad, nstate = p.dstate, hdim = p.headdim;
-  const BwdSmem lay(pt, np, tin);
+  const int kc = kCluster ? p.cluster_heads : 1;  // blocks (heads) per cluster
+  const BwdSmem lay(pt, np, tin, kc > 1);
   Tin* xs = smem_at<Tin>(smem, lay.xs);
   Tin* dys = smem_at<Tin>(smem, lay.dys);
   Tin* edy = smem_at<Tin>(smem, lay.edy);
@@ -55,6 +66,8 @@ __global__ void __launch_bounds__(kThreads) ssd_bwd_kernel(const SsdScanParams p
   float* xu = smem_at<float>(smem, lay.xu);
   float* wsum = smem_at<float>(smem, lay.wsum);
   float* dssp = smem_at<float>(smem, lay.dssp);
+  float* dbr = smem_at<float>(smem, lay.dbr);
+  float* dcr = smem_at<float>(smem, lay.dcr);
   const int ldp = padded_ld(pt, tin), ldn = padded_ld(np, tin), ldt = padded_ld(kChunk, tin);
   const int ldnf = padded_ld(np, 4), ldtf = padded_ld(kChunk, 4), ldpf = padded_ld(pt, 4);
 
@@ -76,9 +89,10 @@ __global__ void __launch_bounds__(kThreads) ssd_bwd_kernel(const SsdScanParams p
   const Tin* states = static_cast<const Tin*>(p.chunk_states) +
                       (static_cast<int64_t>(b) * p.nheads + h) * nchunks * ptot * np +
                       static_cast<int64_t>(p0) * np;
-  // dB / dC partial slices: rows (b, t) of [B, nchunks * T], column block h * p_tiles + tile.
-  const int64_t part_ld = static_cast<int64_t>(p.nheads) * p.p_tiles * np;
-  const int64_t part_col = (static_cast<int64_t>(h) * p.p_tiles + tile) * np;
+  // dB / dC partial slices: rows (b, t) of [B, nchunks * T], column block
+  // (h / kc) * p_tiles + tile (the cluster's heads share it).
+  const int64_t part_ld = static_cast<int64_t>(p.nheads / kc) * p.p_tiles * np;
+  const int64_t part_col = (static_cast<int64_t>(h / kc) * p.p_tiles + tile) * np;
   const int64_t head_state = (static_cast<int64_t>(b) * p.nheads + h) * hdim;
 
   // dS from the final state's gradient, zeros in the padding.
@@ -245,6 +259,10 @@ __global__ void __launch_bounds__(kThreads) ssd_bwd_kernel(const SsdScanParams p
     });
     float* db_rows = p.dB_partial + (static_cast<int64_t>(b) * nchunks * kChunk + t0) * part_ld + part_col;
     float* dc_rows = p.dC_partial + (static_cast<int64_t>(b) * nchunks * kChunk + t0) * part_ld + part_col;
+    // Without a cluster the tiles go straight to the partial slice; in one, to dbr / dcr.
+    float* const db_out = kc > 1 ? dbr : db_rows;
+    float* const dc_out = kc > 1 ? dcr : dc_rows;
+    const int out_ld = kc > 1 ? ldnf : static_cast<int>(part_ld);
     for_each_tile(kChunk, np, 2, [&](int m0, int n0) {
       Acc acc;
       Ops::zero(acc);
@@ -252,7 +270,7 @@ __global__ void __launch_bounds__(kThreads) ssd_bwd_kernel(const SsdScanParams p
                                             b_tile<RowMajor>(cs, ldn, n0), ldn, kChunk);
       Ops::template mma<RowMajor, RowMajor>(acc, a_tile<RowMajor>(xs, ldp, m0), ldp,
                                             b_tile<RowMajor>(dst, ldn, n0), ldn, pt);
-      Ops::store(db_rows + m0 * part_ld + n0, acc, static_cast<int>(part_ld));
+      Ops::store(db_out + static_cast<int64_t>(m0) * out_ld + n0, acc, out_ld);
     });
     for_each_tile(kChunk, np, 4, [&](int m0, int n0) {
       Acc acc;
@@ -261,7 +279,7 @@ __global__ void __launch_bounds__(kThreads) ssd_bwd_kernel(const SsdScanParams p
                                             b_tile<RowMajor>(bs, ldn, n0), ldn, kChunk);
       Ops::template mma<RowMajor, RowMajor>(acc, a_tile<RowMajor>(edy, ldp, m0), ldp,
                                             b_tile<RowMajor>(sp, ldn, n0), ldn, pt);
-      Ops::store(dc_rows + m0 * part_ld + n0, acc, static_cast<int>(part_ld));
+      Ops::store(dc_out + static_cast<int64_t>(m0) * out_ld + n0, acc, out_ld);
     });
     {
       const float decay = __expf(cum_last);
@@ -274,9 +292,15 @@ __global__ void __launch_bounds__(kThreads) ssd_bwd_kernel(const SsdScanParams p
         Ops::store(ds + m0 * ldnf + n0, acc, ldnf);
       });
     }
-    __syncthreads();
+    // In a cluster, the peers' dbr / dcr are read next: a cluster barrier (which is a block
+    // barrier too).
+    if (kc > 1) {
+      cg::this_cluster().sync();
+    } else {
+      __syncthreads();
+    }
 
-    // P7. dx; the rounded dS; the decay gradients of the chunk.
+    // P7. dx; the rounded dS; the decay gradients of the chunk; the cluster's dB / dC rows.
     for (int idx = tid; idx < kChunk * pt; idx += kThreads) {
       const int i = idx / pt, pp = idx % pt;
       if (i < clen && pp < prows) dx[(t0 + i) * p.dx_len_stride + pp] = from_float<Tin>(zu[i * ldpf + pp]);
@@ -300,7 +324,40 @@ __global__ void __launch_bounds__(kThreads) ssd_bwd_kernel(const SsdScanParams p
       }
       da_acc += delta[i] * da;
     }
-    __syncthreads();
+    if (kc > 1) {
+      // Rows rank, rank + kc, ... of dB and dC: the cluster's heads added in rank (head) order,
+      // four columns at a time (np and the rows' strides are multiples of 4 floats), every
+      // peer's load issued before the sum.
+      const cg::cluster_group cluster = cg::this_cluster();
+      const int rank = static_cast<int>(cluster.block_rank());
+      const int nq = np / 4, rows = (kChunk - rank + kc - 1) / kc, per = rows * nq;
+      for (int idx = tid; idx < 2 * per; idx += kThreads) {
+        const int which = idx / per, rest = idx % per;
+        const int i = rank + rest / nq * kc, n = rest % nq * 4;
+        float* const own = (which == 0 ? dbr : dcr) + i * ldnf + n;
+        float4 part[kSsdMaxClusterHeads];
+#pragma unroll
+        for (int q = 0; q < kSsdMaxClusterHeads; ++q) {
+          if (q < kc) part[q] = *reinterpret_cast<const float4*>(cluster.map_shared_rank(own, q));
+        }
+        float4 sum = part[0];
+#pragma unroll
+        for (int q = 1; q < kSsdMaxClusterHeads; ++q) {
+          if (q < kc) {
+            sum.x += part[q].x;
+            sum.y += part[q].y;
+            sum.z += part[q].z;
+            sum.w += part[q].w;
+          }
+        }
+        float* const out = (which == 0 ? db_rows : dc_rows) + static_cast<int64_t>(i) * part_ld + n;
+        *reinterpret_cast<float4*>(out) = sum;
+      }
+      // Every peer has read this block's dbr / dcr before the next chunk (or the exit) ends them.
+      cluster.sync();
+    } else {
+      __syncthreads();
+    }
   }
 
   if (p.dD_partial != nullptr && tid < pt) p.dD_partial[(static_cast<int64_t>(b) * p.nheads + h) * ptot + p0 + tid] = dd_acc;
@@ -312,22 +369,80 @@ __global__ void __launch_bounds__(kThreads) ssd_bwd_kernel(const SsdScanParams p
 
 }  // namespace ssd
 
+namespace ssd {
+
+/// Launch configuration of the second pass: clusters of `cluster_heads` blocks along the heads
+/// (grid y), with the shared memory of `lay`.
+struct BwdClusterLaunch {
+  cudaLaunchAttribute attr{};
+  cudaLaunchConfig_t cfg{};
+  BwdClusterLaunch(dim3 grid, int cluster_heads, size_t smem, cudaStream_t stream) {
+    attr.id = cudaLaunchAttributeClusterDimension;
+    attr.val.clusterDim.x = 1;
+    attr.val.clusterDim.y = static_cast<unsigned>(cluster_heads);
+    attr.val.clusterDim.z = 1;
+    cfg.gridDim = grid;
+    cfg.blockDim = dim3(kThreads);
+    cfg.dynamicSmemBytes = smem;
+    cfg.stream = stream;
+    cfg.attrs = &attr;
+    cfg.numAttrs = 1;
+  }
+  BwdClusterLaunch(const BwdClusterLaunch&) = delete;  // cfg points at attr
+};
+
+}  // namespace ssd
+
 template <typename Tin>
 cudaError_t ssd_bwd_launch(const SsdScanParams& p, cudaStream_t stream) {
   if (p.batch == 0 || p.len == 0 || p.nheads == 0 || p.headdim == 0) return cudaSuccess;
+  const int kc = p.cluster_heads;
+  // A cluster stays inside one group (its heads share B and C) and divides the heads.
+  if (kc < 1 || kc > kSsdMaxClusterHeads || (kc & (kc - 1)) != 0 || p.ngroups < 1 ||
+      p.nheads % p.ngroups != 0 || (p.nheads / p.ngroups) % kc != 0) {
+    return cudaErrorInvalidValue;
+  }
   cudaError_t err = ssd_fwd_launch<Tin, false, true>(p, stream);
   if (err != cudaSuccess) return err;
-  const ssd::BwdSmem lay(p.p_tile, p.dstate_pad, static_cast<int>(sizeof(Tin)));
+  const ssd::BwdSmem lay(p.p_tile, p.dstate_pad, static_cast<int>(sizeof(Tin)), kc > 1);
   const dim3 grid(p.p_tiles, p.nheads, p.batch);
   BOOL_SWITCH(p.dt_softplus, kSoftplus, [&] {
-    auto kernel = &ssd::ssd_bwd_kernel<Tin, kSoftplus>;
-    err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                               static_cast<int>(lay.bytes));
-    if (err != cudaSuccess) return;
-    kernel<<<grid, ssd::kThreads, lay.bytes, stream>>>(p);
-    err = cudaGetLastError();
+    BOOL_SWITCH(kc > 1, kCluster, [&] {
+      auto kernel = &ssd::ssd_bwd_kernel<Tin, kSoftplus, kCluster>;
+      err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                 static_cast<int>(lay.bytes));
+      if (err != cudaSuccess) return;
+      if (!kCluster) {
+        kernel<<<grid, ssd::kThreads, lay.bytes, stream>>>(p);
+        err = cudaGetLastError();
+        return;
+      }
+      const ssd::BwdClusterLaunch launch(grid, kc, lay.bytes, stream);
+      err = cudaLaunchKernelEx(&launch.cfg, kernel, p);
+    });
   });
   return err;
+}
+
+/// Clusters of `cluster_heads` second-pass blocks (with the cluster's shared memory for p_tile and
+/// dstate_pad) the current device can run at once; 0 when it cannot run one.
+template <typename Tin>
+int ssd_bwd_active_clusters(int cluster_heads, int p_tile, int dstate_pad) {
+  const ssd::BwdSmem lay(p_tile, dstate_pad, static_cast<int>(sizeof(Tin)), true);
+  auto kernel = &ssd::ssd_bwd_kernel<Tin, true, true>;
+  int count = 0;
+  if (cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                           static_cast<int>(lay.bytes)) != cudaSuccess) {
+    (void)cudaGetLastError();
+    return 0;
+  }
+  const ssd::BwdClusterLaunch launch(dim3(1, static_cast<unsigned>(cluster_heads), 1), cluster_heads,
+                                     lay.bytes, nullptr);
+  if (cudaOccupancyMaxActiveClusters(&count, kernel, &launch.cfg) != cudaSuccess) {
+    (void)cudaGetLastError();
+    return 0;
+  }
+  return count;
 }
 
 }  // namespace aim::kernels

@@ -33,7 +33,11 @@
 // (forward) or in reverse (backward), keeping S (or dS) in shared memory in fp32. State rows are
 // independent, so y and dx need nothing from other tiles; sums over P (dB, dC, ddt, dA) and over
 // the heads of a group (dB, dC) are written as fp32 partial slices that the caller adds in a
-// fixed order (no atomics, deterministic). The backward first reruns the state recurrence
+// fixed order (no atomics, deterministic). The backward adds the dB / dC of `cluster_heads`
+// consecutive heads of a group before writing them: those blocks form a thread block cluster,
+// each leaves its chunk's dB / dC tiles in its shared memory, and after a cluster barrier block
+// rank r sums rows r, r + cluster_heads, ... over the cluster's blocks in rank order (distributed
+// shared memory), so the partial slices are cluster_heads times fewer. The backward first reruns the state recurrence
 // (forward kernel without outputs) to store the state entering each chunk (chunk_states, in the
 // input type), then walks the chunks backwards.
 //
@@ -149,11 +153,12 @@ struct FwdSmem {
 
 /// Backward. Tin arrays: xs, dys, edy [T][pt], bs, cs [T][np], sp, dst [pt][np], md, rm [T][T];
 /// fp32: ds [pt][np], cb, q [T][T], zu [T][pt]; vectors [T]: delta, cum, dsig, rowv, colv, off,
-/// xu; wsum [kWarps] and one scalar.
+/// xu; wsum [kWarps] and one scalar; with a cluster (`cluster`), the chunk's dB and dC tiles
+/// dbr, dcr [T][np] fp32 that the cluster's blocks add up (0 bytes without).
 struct BwdSmem {
   size_t xs, dys, edy, bs, cs, sp, dst, md, rm, ds, cb, q, zu, delta, cum, dsig, rowv, colv, off,
-      xu, wsum, dssp, bytes;
-  __host__ __device__ BwdSmem(int pt, int np, int tin) {
+      xu, wsum, dssp, dbr, dcr, bytes;
+  __host__ __device__ BwdSmem(int pt, int np, int tin, bool cluster) {
     SmemCarve c;
     xs = c.take(size_t{kChunk} * padded_ld(pt, tin), tin);
     dys = c.take(size_t{kChunk} * padded_ld(pt, tin), tin);
@@ -177,6 +182,8 @@ struct BwdSmem {
     xu = c.take(kChunk, 4);
     wsum = c.take(kWarps, 4);
     dssp = c.take(1, 4);
+    dbr = c.take(cluster ? size_t{kChunk} * padded_ld(np, 4) : 0, 4);
+    dcr = c.take(cluster ? size_t{kChunk} * padded_ld(np, 4) : 0, 4);
     bytes = c.bytes;
   }
 };

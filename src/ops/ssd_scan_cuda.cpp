@@ -7,9 +7,11 @@
 
 #include <torch/torch.h>
 
+#include <cstdlib>
 #include <initializer_list>
 #include <limits>
 #include <optional>
+#include <string>
 #include <vector>
 
 #include "aim/ops/dispatch.h"
@@ -90,9 +92,23 @@ constexpr int64_t kMaxGridDim = 65535;
 
 
 
+// The largest thread block cluster the backward may form over heads: AIM_SSD_BWD_CLUSTER (1, 2,
+// 4 or 8; 1 turns clusters off), else the kernels' default. Read at every call, so a benchmark
+// can compare the sizes in one process.
+int max_cluster_heads() {
+  const char* v = std::getenv("AIM_SSD_BWD_CLUSTER");
+  if (v == nullptr || *v == '\0') return kernels::kSsdDefaultClusterHeads;
+  const std::string s(v);
+  TORCH_CHECK(s == "1" || s == "2" || s == "4" || s == "8",
+              "environment variable AIM_SSD_BWD_CLUSTER: expected 1, 2, 4 or 8, found '", s, "'");
+  return std::stoi(s);
+}
+
 kernels::SsdScanTiling tiling_for(const torch::Tensor& x, const torch::Tensor& Bm) {
   return kernels::ssd_scan_tiling(static_cast<int>(x.size(1)), static_cast<int>(x.size(3)),
-                                  static_cast<int>(Bm.size(3)), elem_type(x));
+                                  static_cast<int>(Bm.size(3)),
+                                  static_cast<int>(x.size(2) / Bm.size(2)), elem_type(x),
+                                  max_cluster_heads());
 }
 
 // Sizes, strides and the inputs shared by both passes. x, Bm and Cm have unit last strides;
@@ -113,6 +129,7 @@ kernels::SsdScanParams base_params(const torch::Tensor& x, const torch::Tensor& 
   p.p_tile = tiling.p_tile;
   p.p_tiles = tiling.p_tiles;
   p.dstate_pad = tiling.dstate_pad;
+  p.cluster_heads = tiling.cluster_heads;
   p.dt_softplus = dt_softplus;
   p.d_per_channel = d_f.defined() && d_f.dim() == 2;
   p.x = x.data_ptr();
@@ -211,8 +228,10 @@ class SsdScanFunction : public torch::autograd::Function<SsdScanFunction> {
     auto ddt_part = torch::empty({tiling.p_tiles, batch, len, heads}, fopts);
     auto da_part = torch::empty({tiling.p_tiles, batch, heads}, fopts);
     auto dd_part = D.defined() ? torch::empty({batch, heads, ptot}, fopts) : torch::Tensor();
-    auto db_part = torch::empty({batch, len_pad, heads * tiling.p_tiles, tiling.dstate_pad}, fopts);
-    auto dc_part = torch::empty({batch, len_pad, heads * tiling.p_tiles, tiling.dstate_pad}, fopts);
+    // One dB / dC slice per P tile and cluster of heads (the kernel adds a cluster's heads).
+    const int64_t slices = heads / tiling.cluster_heads * tiling.p_tiles;
+    auto db_part = torch::empty({batch, len_pad, slices, tiling.dstate_pad}, fopts);
+    auto dc_part = torch::empty({batch, len_pad, slices, tiling.dstate_pad}, fopts);
     maybe_poison({dx, states, ddt_part, da_part, dd_part, db_part, dc_part});
 
     auto p = base_params(xk, dt, bk, ck, a_f, d_f, bias_f, init_f, dt_softplus, tiling);
@@ -243,7 +262,7 @@ class SsdScanFunction : public torch::autograd::Function<SsdScanFunction> {
                .to(D.scalar_type());
     }
     auto reduce_bc = [&](const torch::Tensor& part, const torch::Tensor& like) {
-      return part.view({batch, len_pad, groups, heads / groups * tiling.p_tiles, tiling.dstate_pad})
+      return part.view({batch, len_pad, groups, slices / groups, tiling.dstate_pad})
           .sum(3)
           .narrow(1, 0, len)
           .narrow(3, 0, dstate)
@@ -287,6 +306,11 @@ bool ssd_scan_supported(const torch::Tensor& x, const torch::Tensor& dt, const t
   const auto tiling = tiling_for(x, Bm);
   // The dB/dC partial rows ([H * p_tiles * N]) are a 32-bit leading dimension.
   return tiling.ok && heads * tiling.p_tiles * tiling.dstate_pad < std::numeric_limits<int>::max();
+}
+
+int ssd_scan_bwd_cluster_heads(const torch::Tensor& x, const torch::Tensor& Bm) {
+  DeviceGuard guard(x.device());
+  return tiling_for(x, Bm).cluster_heads;
 }
 
 SsdScanResult ssd_scan(const torch::Tensor& x, const torch::Tensor& dt, const torch::Tensor& A,

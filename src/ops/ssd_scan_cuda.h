@@ -15,6 +15,10 @@ bool ssd_scan_supported(const torch::Tensor& x, const torch::Tensor& dt, const t
                         const torch::Tensor& Bm, const torch::Tensor& Cm, const torch::Tensor& D,
                         const torch::Tensor& dt_bias, const torch::Tensor& initial_state);
 
+/// Heads per thread block cluster in the backward for x [B, L, H, P] and B [B, L, G, N] on this
+/// device (kernels/ssd_scan.h; AIM_SSD_BWD_CLUSTER sets the largest allowed).
+int ssd_scan_bwd_cluster_heads(const torch::Tensor& x, const torch::Tensor& Bm);
+
 /// ops::ssd_scan on the kernels, differentiable in x, dt, A, B, C, D and dt_bias (not in
 /// initial_state). The kernels use their own chunk (kernels::kSsdChunk); the op's chunk_size
 /// only changes rounding, so it is not an argument here.

@@ -11,6 +11,8 @@
 #include <gtest/gtest.h>
 #include <torch/torch.h>
 
+#include <string>
+
 #include "aim/ops/ssd_scan.h"
 #include "emu_test_util.h"
 #include "ops/ssd_cases.h"
@@ -53,6 +55,39 @@ std::vector<SsdCase> cases() {
 
 INSTANTIATE_TEST_SUITE_P(Shapes, SsdScanEmu, ::testing::ValuesIn(cases()),
                          [](const auto& info) { return test::case_name(info.param); });
+
+// ---------------------------------------------------------------- clusters over heads
+
+// The backward adds the dB / dC of a cluster of heads in distributed shared memory
+// (kernels/ssd_scan.h): every cluster size, forced by AIM_SSD_BWD_CLUSTER.
+class SsdScanClusterEmu : public emu_t::EmulatedKernelTest<::testing::TestWithParam<int>> {};
+
+TEST_P(SsdScanClusterEmu, EveryClusterSizeMatchesTheReference) {
+  test::check_ssd_scan_clusters(
+      GetParam(), torch::kCPU, ops::cuda_emu::ssd_scan_bwd_cluster_heads,
+      [](const torch::Tensor& x, const torch::Tensor& dt, const torch::Tensor& A,
+         const torch::Tensor& Bm, const torch::Tensor& Cm, const torch::Tensor& D,
+         const torch::Tensor& dt_bias, bool softplus, const torch::Tensor& init, bool return_final) {
+        return ops::cuda_emu::ssd_scan(x, dt, A, Bm, Cm, D, dt_bias, softplus, init, return_final);
+      });
+}
+
+TEST(SsdScanClusterEmuConfig, AMalformedClusterSizeNamesTheVariable) {
+  const test::ScopedClusterSize bad(3);
+  const auto x = torch::randn({1, 8, 2, 32}), dt = torch::rand({1, 8, 2}), A = -torch::rand({2});
+  const auto Bm = torch::randn({1, 8, 1, 16}), Cm = torch::randn({1, 8, 1, 16});
+  try {
+    ops::cuda_emu::ssd_scan(x, dt, A, Bm, Cm, {}, {}, true, {}, false);
+    ADD_FAILURE() << "AIM_SSD_BWD_CLUSTER=3 was accepted";
+  } catch (const std::exception& e) {
+    const std::string what = e.what();
+    EXPECT_NE(what.find("AIM_SSD_BWD_CLUSTER"), std::string::npos) << what;
+    EXPECT_NE(what.find("found '3'"), std::string::npos) << what;
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(Sizes, SsdScanClusterEmu, ::testing::Values(1, 2, 4, 8),
+                         [](const auto& info) { return "K" + std::to_string(info.param); });
 
 // ---------------------------------------------------------------- one-token update
 

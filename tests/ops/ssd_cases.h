@@ -3,7 +3,10 @@
 // the case, its name, and the inputs as the mixer passes them.
 #include <torch/torch.h>
 
+#include <algorithm>
+#include <cstdlib>
 #include <functional>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -201,6 +204,52 @@ inline void check_ssd_scan(const SsdCase& c, torch::Device dev, const SsdScanFn&
     ++k;
   }
   if (in.dt_bias.defined()) expect_close(tag + " ddt_bias", grads[k], grads_r[k], tol);
+}
+
+// ---------------------------------------------------------------- clusters over heads
+
+/// Sets AIM_SSD_BWD_CLUSTER (the largest cluster of heads the backward forms) for a scope.
+class ScopedClusterSize {
+ public:
+  explicit ScopedClusterSize(int heads) {
+    if (const char* v = std::getenv(kName)) saved_ = v;
+    setenv(kName, std::to_string(heads).c_str(), 1);
+  }
+  ~ScopedClusterSize() {
+    if (saved_) {
+      setenv(kName, saved_->c_str(), 1);
+    } else {
+      unsetenv(kName);
+    }
+  }
+  ScopedClusterSize(const ScopedClusterSize&) = delete;
+  ScopedClusterSize& operator=(const ScopedClusterSize&) = delete;
+
+ private:
+  static constexpr const char* kName = "AIM_SSD_BWD_CLUSTER";
+  std::optional<std::string> saved_;
+};
+
+/// The scan with the backward's cluster of heads at most `kc`, on 8 heads in one group and in
+/// two (a cluster stays inside a group), fp32 and bf16, d_state 40 (padded), an initial state:
+/// `cluster_of(x, B)` (the adapter under test's choice) must give min(kc, heads per group), and
+/// the scan must match the reference.
+inline void check_ssd_scan_clusters(
+    int kc, torch::Device dev,
+    const std::function<int(const torch::Tensor&, const torch::Tensor&)>& cluster_of,
+    const SsdScanFn& scan) {
+  ScopedClusterSize size(kc);
+  for (int64_t groups : {1, 2}) {
+    for (auto dtype : {torch::kFloat, torch::kBFloat16}) {
+      const SsdCase c{1, 45, 8, 64, groups, 40, DMode::kHead, true, true, true, true, dtype, true};
+      const int per_group = static_cast<int>(c.heads / groups);
+      const auto opts = torch::TensorOptions().dtype(dtype).device(dev);
+      const auto x = torch::empty({c.batch, c.len, c.heads, c.hdim}, opts);
+      const auto Bm = torch::empty({c.batch, c.len, c.groups, c.dstate}, opts);
+      ASSERT_EQ(cluster_of(x, Bm), std::min(kc, per_group)) << case_name(c);
+      check_ssd_scan(c, dev, scan);
+    }
+  }
 }
 
 }  // namespace aim::test

@@ -58,6 +58,26 @@ TEST_P(SsdScanCuda, ForwardAndBackwardMatchTheReference) {
 INSTANTIATE_TEST_SUITE_P(Shapes, SsdScanCuda, ::testing::ValuesIn(ssd_cases()),
                          [](const auto& info) { return case_name(info.param); });
 
+#ifdef AIM_WITH_CUDA
+// The backward's thread block clusters over heads (kernels/ssd_scan.h) at every size, forced by
+// AIM_SSD_BWD_CLUSTER: the tiling picks it on this device and the scan matches the reference.
+class SsdScanClusterCuda : public test::CudaKernelTest<::testing::TestWithParam<int>> {};
+
+TEST_P(SsdScanClusterCuda, EveryClusterSizeMatchesTheReference) {
+  test::check_ssd_scan_clusters(
+      GetParam(), torch::kCUDA, ops::cuda::ssd_scan_bwd_cluster_heads,
+      [](const torch::Tensor& x, const torch::Tensor& dt, const torch::Tensor& A,
+         const torch::Tensor& Bm, const torch::Tensor& Cm, const torch::Tensor& D,
+         const torch::Tensor& dt_bias, bool softplus, const torch::Tensor& init, bool return_final) {
+        return ops::ssd_scan(x, dt, A, Bm, Cm, D, dt_bias, softplus, /*chunk_size=*/256, init,
+                             return_final);
+      });
+}
+
+INSTANTIATE_TEST_SUITE_P(Sizes, SsdScanClusterCuda, ::testing::Values(1, 2, 4, 8),
+                         [](const auto& info) { return "K" + std::to_string(info.param); });
+#endif
+
 // The kernels run by default on CUDA and the switch turns them off; both agree through the
 // public op on the same device, with and without the final state.
 TEST(SsdScanCudaDispatch, SwitchSelectsTheReferenceOnCuda) {

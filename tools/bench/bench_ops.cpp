@@ -22,7 +22,9 @@
 #include <chrono>
 #include <cmath>
 #include <cstdio>
+#include <cstdlib>
 #include <functional>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -129,6 +131,29 @@ struct Row {
   bool has_kernel = true;  // false: no kernel on the device, the reference alone is timed
   double flops = 0;        // > 0 for matmul-bound ops: TFLOP/s is printed too
   bool graph = false;      // a one-token op of sampling: timed in a CUDA graph on a GPU
+  bool ref_timed = true;   // false: a variant of the row above it, its reference not timed again
+};
+
+/// Sets an environment variable for a scope, restoring what was there.
+class ScopedEnv {
+ public:
+  ScopedEnv(const char* name, const std::string& value) : name_(name) {
+    if (const char* v = std::getenv(name)) saved_ = v;
+    setenv(name, value.c_str(), 1);
+  }
+  ~ScopedEnv() {
+    if (saved_) {
+      setenv(name_, saved_->c_str(), 1);
+    } else {
+      unsetenv(name_);
+    }
+  }
+  ScopedEnv(const ScopedEnv&) = delete;
+  ScopedEnv& operator=(const ScopedEnv&) = delete;
+
+ private:
+  const char* name_;
+  std::optional<std::string> saved_;
 };
 
 /// Ops with a CPU kernel (the rest run their reference on the CPU either way).
@@ -294,6 +319,18 @@ int main(int argc, char** argv) {
                     }};
     ssd_fwd_bwd.flops = ssd_units * (per_chunk_fwd + per_chunk_bwd);
     rows.push_back(ssd_fwd_bwd);
+    // The backward's thread block clusters over heads (kernels/ssd_scan.h; the row above runs the
+    // default): 1 writes a dB / dC partial slice per head, K one per K heads.
+    for (int kc : {1, 2, 8}) {
+      Row r{"ssd_scan fwd+bwd, bwd cluster " + std::to_string(kc), 2.5 * ssd_bytes, [&, kc] {
+              const ScopedEnv cluster("AIM_SSD_BWD_CLUSTER", std::to_string(kc));
+              auto y = aim::ops::ssd_scan(sx, sdt, sA, sB, sC, sD, sbias, true, m.ssm.chunk_size).y;
+              auto grads = torch::autograd::grad({y}, {sx, sdt, sA, sB, sC, sD, sbias}, {sg});
+            }};
+      r.flops = ssd_fwd_bwd.flops;
+      r.ref_timed = false;
+      if (g_device.is_cuda()) rows.push_back(r);
+    }
     for (int64_t chunk : {m.ssm.chunk_size, int64_t{64}}) {
       rows.push_back({"ssd_scan fwd+bwd ref, chunk " + std::to_string(chunk), 2.5 * ssd_bytes,
                       [&, chunk] {
@@ -429,7 +466,7 @@ int main(int argc, char** argv) {
       set_kernels(true);
       const double k_ms = timed(r.run);
       double r_ms = std::nan("");
-      if (!no_ref) {
+      if (!no_ref && r.ref_timed) {
         set_kernels(false);
         r_ms = timed(r.run);
         set_kernels(true);
@@ -437,8 +474,13 @@ int main(int argc, char** argv) {
       const double gbs = r.bytes / (k_ms * 1e-3) / 1e9;
       char tflops[32] = "-";
       if (r.flops > 0) std::snprintf(tflops, sizeof tflops, "%.3g", r.flops / (k_ms * 1e-3) / 1e12);
-      std::printf("%-36s %10.3f %10.0f %8.1f%% %10.3f %8.2fx %9s\n", r.op.c_str(), k_ms, gbs,
-                  100.0 * gbs * 1e9 / bw, r_ms, r_ms / k_ms, tflops);
+      if (std::isnan(r_ms)) {
+        std::printf("%-36s %10.3f %10.0f %8.1f%% %10s %9s %9s\n", r.op.c_str(), k_ms, gbs,
+                    100.0 * gbs * 1e9 / bw, "-", "-", tflops);
+      } else {
+        std::printf("%-36s %10.3f %10.0f %8.1f%% %10.3f %8.2fx %9s\n", r.op.c_str(), k_ms, gbs,
+                    100.0 * gbs * 1e9 / bw, r_ms, r_ms / k_ms, tflops);
+      }
     }
     std::printf("bytes: the fewest each op must move (inputs read once, outputs written once)\n");
     if (g_device.is_cuda()) {
