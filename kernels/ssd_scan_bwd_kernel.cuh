@@ -367,10 +367,6 @@ __global__ void __launch_bounds__(kThreads) ssd_bwd_kernel(const SsdScanParams p
   }
 }
 
-}  // namespace ssd
-
-namespace ssd {
-
 /// Launch configuration of the second pass: clusters of `cluster_heads` blocks along the heads
 /// (grid y), with the shared memory of `lay`.
 struct BwdClusterLaunch {
