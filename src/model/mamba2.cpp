@@ -5,6 +5,7 @@
 #include "aim/model/mamba1.h"
 #include "aim/ops/conv1d.h"
 #include "aim/ops/norms.h"
+#include "aim/ops/split.h"
 #include "aim/ops/ssd_scan.h"
 
 namespace aim {
@@ -69,7 +70,8 @@ torch::Tensor Mamba2MixerImpl::forward(const torch::Tensor& u, MixerState* state
   auto conv = ops::causal_conv1d(zxbcdt[1].transpose(1, 2), conv1d->weight, conv1d->bias,
                                  /*silu=*/true, /*return_state=*/state != nullptr);
   const int64_t gn = ssm.ngroups * ssm.d_state;                        // x, B, C of [B, L, conv_dim]:
-  const auto xbc = conv.first.transpose(1, 2).split_with_sizes({d_inner, gn, gn}, -1);
+  // The scan kernels' backward writes dx, dB and dC packed in that layout: no concatenation.
+  const auto xbc = ops::split_last_dim(conv.first.transpose(1, 2), {d_inner, gn, gn});
   auto x = xbc[0].reshape({batch, len, nheads, ssm.headdim});
   auto bm = xbc[1].reshape({batch, len, ssm.ngroups, ssm.d_state});
   auto cm = xbc[2].reshape({batch, len, ssm.ngroups, ssm.d_state});

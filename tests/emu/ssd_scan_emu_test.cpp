@@ -72,6 +72,25 @@ TEST_P(SsdScanClusterEmu, EveryClusterSizeMatchesTheReference) {
       });
 }
 
+// x, B and C split from one tensor, as the mixer passes them: their gradients come back packed
+// (no concatenation) with the bits of the unpacked scan.
+class SsdScanPackedEmu : public emu_t::EmulatedKernelTest<> {};
+
+TEST_F(SsdScanPackedEmu, GradientsOfASplitTensorComeBackPacked) {
+  for (int64_t groups : {1, 2}) {
+    for (auto dtype : {torch::kFloat, torch::kBFloat16}) {
+      test::check_ssd_scan_packed(torch::kCPU, dtype, groups,
+                                  [](const torch::Tensor& x, const torch::Tensor& dt, const torch::Tensor& A,
+                                     const torch::Tensor& Bm, const torch::Tensor& Cm, const torch::Tensor& D,
+                                     const torch::Tensor& dt_bias, bool softplus, const torch::Tensor& init,
+                                     bool return_final) {
+                                    return ops::cuda_emu::ssd_scan(x, dt, A, Bm, Cm, D, dt_bias, softplus,
+                                                                   init, return_final);
+                                  });
+    }
+  }
+}
+
 TEST(SsdScanClusterEmuConfig, AMalformedClusterSizeNamesTheVariable) {
   const test::ScopedClusterSize bad(3);
   const auto x = torch::randn({1, 8, 2, 32}), dt = torch::rand({1, 8, 2}), A = -torch::rand({2});

@@ -7,8 +7,10 @@
 // Tolerance, max|a - b| / max|b|: 2e-3 in fp32 (both paths compute in fp32; sums of up to 514
 // rows per parameter gradient); 5e-2 in bf16, where the kernels round intermediate products'
 // operands to bf16 and either path's bf16 activations then flow through in_proj's backward.
+// And the backward's concatenations, counted.
 #include <gtest/gtest.h>
 #include <torch/torch.h>
+#include <ATen/record_function.h>
 
 #include <string>
 #include <vector>
@@ -38,6 +40,14 @@ class Mamba2KernelsCuda : public ::testing::TestWithParam<MixerCase> {
     if (!test::kernel_device_available()) GTEST_SKIP() << "no GPU visible: CUDA mixer test skipped";
   }
   void TearDown() override { ops::set_cuda_kernels(true); }
+};
+
+class Mamba2KernelsCudaOps : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    if (!test::kernel_device_available()) GTEST_SKIP() << "no GPU visible: CUDA mixer test skipped";
+    ops::set_cuda_kernels(true);
+  }
 };
 
 struct RunResult {
@@ -82,6 +92,32 @@ TEST_P(Mamba2KernelsCuda, KernelsOnEqualKernelsOff) {
     ASSERT_TRUE(on.grads[i].second.defined()) << tag << " " << on.grads[i].first;
     test::expect_close(tag + " d" + on.grads[i].first, on.grads[i].second, off.grads[i].second, tol);
   }
+}
+
+// The mixer's backward on the kernels concatenates once: in_proj's split (z, x B C, dt: three
+// producers). The conv output's split (x, B, C) gets the scan's packed gradient as it is
+// (ops::split_last_dim), where split_with_sizes would copy the three into a new tensor.
+TEST_F(Mamba2KernelsCudaOps, BackwardConcatenatesOnlyInProjsParts) {
+  torch::manual_seed(22);
+  SsmConfig ssm;
+  ssm.d_state = 32;
+  ssm.headdim = 32;
+  Mamba2Mixer mixer(Mamba2MixerOptions(128, ssm));
+  mixer->to(test::kernel_device(), torch::kBFloat16);
+  const auto opts = torch::dtype(torch::kBFloat16).device(test::kernel_device());
+  auto u = torch::randn({2, 40, 128}, opts).requires_grad_(true);
+  auto out = mixer->forward(u);
+  static thread_local int cats = 0;
+  cats = 0;
+  auto handle = at::addThreadLocalCallback(at::RecordFunctionCallback(
+      [](const at::RecordFunction& fn) -> std::unique_ptr<at::ObserverContext> {
+        if (std::string(fn.name()) == "aten::cat") ++cats;
+        return nullptr;
+      }));
+  out.backward(torch::randn_like(out));
+  at::removeCallback(handle);
+  EXPECT_EQ(cats, 1);
+  EXPECT_TRUE(u.grad().defined());
 }
 
 INSTANTIATE_TEST_SUITE_P(Mixers, Mamba2KernelsCuda,

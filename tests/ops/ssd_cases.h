@@ -10,6 +10,7 @@
 #include <string>
 #include <vector>
 
+#include "aim/ops/split.h"
 #include "aim/ops/ssd_scan.h"
 #include "test_util.h"
 
@@ -250,6 +251,48 @@ inline void check_ssd_scan_clusters(
       check_ssd_scan(c, dev, scan);
     }
   }
+}
+
+// ---------------------------------------------------------------- packed x, B, C
+
+/// x, B and C as the Mamba2 mixer passes them: ops::split_last_dim of one [B, L, x | B | C]
+/// tensor (G groups of N, H heads of P). The scan's backward returns their gradients as adjacent
+/// slices of one buffer, which split_last_dim passes on as the packed tensor's gradient (the same
+/// memory: no concatenation), and y and every gradient have the bits of the same scan on separate
+/// copies of x, B and C.
+inline void check_ssd_scan_packed(torch::Device dev, torch::ScalarType dtype, int64_t groups,
+                                  const SsdScanFn& scan) {
+  const int64_t b = 2, l = 45, h = 4, p = 32, n = 16, hp = h * p, gn = groups * n;
+  const std::string tag = std::string(dtype == torch::kBFloat16 ? "bf16" : "fp32") + " G" +
+                          std::to_string(groups);
+  torch::manual_seed(3 + groups);
+  const auto opts = torch::TensorOptions().dtype(dtype).device(dev);
+  const auto fopts = torch::TensorOptions().dtype(torch::kFloat).device(dev);
+  auto xbc = torch::randn({b, l, hp + 2 * gn}).to(opts).requires_grad_(true);
+  const auto dt = (torch::randn({b, l, h}) * 0.5).to(opts);
+  const auto A = -(torch::rand({h}) * 3 + 0.5).to(fopts);
+  const auto D = torch::rand({h}).to(fopts) + 0.5;
+  const auto bias = (torch::rand({h}) * 2 - 4).to(fopts);
+  const auto parts = ops::split_last_dim(xbc, {hp, gn, gn});
+  const auto x = parts[0].reshape({b, l, h, p});
+  const auto bm = parts[1].reshape({b, l, groups, n});
+  const auto cm = parts[2].reshape({b, l, groups, n});
+  const auto y = scan(x, dt, A, bm, cm, D, bias, true, {}, false).y;
+  const auto gy = torch::randn(y.sizes()).to(opts);
+  const auto g = torch::autograd::grad({y}, {x, bm, cm, xbc}, {gy});
+  ASSERT_TRUE(ops::packed_along_last_dim({g[0].flatten(2), g[1].flatten(2), g[2].flatten(2)})) << tag;
+  EXPECT_EQ(g[3].data_ptr(), g[0].data_ptr()) << tag << ": the packed gradient was copied";
+
+  auto x2 = x.detach().clone().requires_grad_(true), b2 = bm.detach().clone().requires_grad_(true);
+  auto c2 = cm.detach().clone().requires_grad_(true);
+  const auto y2 = scan(x2, dt, A, b2, c2, D, bias, true, {}, false).y;
+  const auto g2 = torch::autograd::grad({y2}, {x2, b2, c2}, {gy});
+  EXPECT_TRUE(torch::equal(y, y2)) << tag;
+  EXPECT_TRUE(torch::equal(g[0], g2[0])) << tag << " dx";
+  EXPECT_TRUE(torch::equal(g[1], g2[1])) << tag << " dB";
+  EXPECT_TRUE(torch::equal(g[2], g2[2])) << tag << " dC";
+  EXPECT_TRUE(torch::equal(g[3], torch::cat({g2[0].flatten(2), g2[1].flatten(2), g2[2].flatten(2)}, -1)))
+      << tag << " d(x | B | C)";
 }
 
 }  // namespace aim::test

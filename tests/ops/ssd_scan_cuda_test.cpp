@@ -76,6 +76,25 @@ TEST_P(SsdScanClusterCuda, EveryClusterSizeMatchesTheReference) {
 
 INSTANTIATE_TEST_SUITE_P(Sizes, SsdScanClusterCuda, ::testing::Values(1, 2, 4, 8),
                          [](const auto& info) { return "K" + std::to_string(info.param); });
+
+// x, B and C split from one tensor, as the mixer passes them: their gradients come back packed
+// (no concatenation) with the bits of the unpacked scan.
+class SsdScanPackedCuda : public test::CudaKernelTest<> {};
+
+TEST_F(SsdScanPackedCuda, GradientsOfASplitTensorComeBackPacked) {
+  for (int64_t groups : {1, 2}) {
+    for (auto dtype : {torch::kFloat, torch::kBFloat16}) {
+      test::check_ssd_scan_packed(torch::kCUDA, dtype, groups,
+                                  [](const torch::Tensor& x, const torch::Tensor& dt, const torch::Tensor& A,
+                                     const torch::Tensor& Bm, const torch::Tensor& Cm, const torch::Tensor& D,
+                                     const torch::Tensor& dt_bias, bool softplus, const torch::Tensor& init,
+                                     bool return_final) {
+                                    return ops::ssd_scan(x, dt, A, Bm, Cm, D, dt_bias, softplus,
+                                                         /*chunk_size=*/256, init, return_final);
+                                  });
+    }
+  }
+}
 #endif
 
 // The kernels run by default on CUDA and the switch turns them off; both agree through the
