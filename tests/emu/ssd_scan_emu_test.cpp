@@ -77,18 +77,13 @@ TEST_P(SsdScanClusterEmu, EveryClusterSizeMatchesTheReference) {
 class SsdScanPackedEmu : public emu_t::EmulatedKernelTest<> {};
 
 TEST_F(SsdScanPackedEmu, GradientsOfASplitTensorComeBackPacked) {
-  for (int64_t groups : {1, 2}) {
-    for (auto dtype : {torch::kFloat, torch::kBFloat16}) {
-      test::check_ssd_scan_packed(torch::kCPU, dtype, groups,
-                                  [](const torch::Tensor& x, const torch::Tensor& dt, const torch::Tensor& A,
-                                     const torch::Tensor& Bm, const torch::Tensor& Cm, const torch::Tensor& D,
-                                     const torch::Tensor& dt_bias, bool softplus, const torch::Tensor& init,
-                                     bool return_final) {
-                                    return ops::cuda_emu::ssd_scan(x, dt, A, Bm, Cm, D, dt_bias, softplus,
-                                                                   init, return_final);
-                                  });
-    }
-  }
+  test::check_ssd_scan_packed(torch::kCPU, [](const torch::Tensor& x, const torch::Tensor& dt,
+                                              const torch::Tensor& A, const torch::Tensor& Bm,
+                                              const torch::Tensor& Cm, const torch::Tensor& D,
+                                              const torch::Tensor& dt_bias, bool softplus,
+                                              const torch::Tensor& init, bool return_final) {
+    return ops::cuda_emu::ssd_scan(x, dt, A, Bm, Cm, D, dt_bias, softplus, init, return_final);
+  });
 }
 
 TEST(SsdScanClusterEmuConfig, AMalformedClusterSizeNamesTheVariable) {

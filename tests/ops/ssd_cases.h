@@ -260,8 +260,8 @@ inline void check_ssd_scan_clusters(
 /// slices of one buffer, which split_last_dim passes on as the packed tensor's gradient (the same
 /// memory: no concatenation), and y and every gradient have the bits of the same scan on separate
 /// copies of x, B and C.
-inline void check_ssd_scan_packed(torch::Device dev, torch::ScalarType dtype, int64_t groups,
-                                  const SsdScanFn& scan) {
+inline void check_ssd_scan_packed_case(torch::Device dev, torch::ScalarType dtype, int64_t groups,
+                                       const SsdScanFn& scan) {
   const int64_t b = 2, l = 45, h = 4, p = 32, n = 16, hp = h * p, gn = groups * n;
   const std::string tag = std::string(dtype == torch::kBFloat16 ? "bf16" : "fp32") + " G" +
                           std::to_string(groups);
@@ -293,6 +293,13 @@ inline void check_ssd_scan_packed(torch::Device dev, torch::ScalarType dtype, in
   EXPECT_TRUE(torch::equal(g[2], g2[2])) << tag << " dC";
   EXPECT_TRUE(torch::equal(g[3], torch::cat({g2[0].flatten(2), g2[1].flatten(2), g2[2].flatten(2)}, -1)))
       << tag << " d(x | B | C)";
+}
+
+/// check_ssd_scan_packed_case in fp32 and bf16, with 1 and 2 groups.
+inline void check_ssd_scan_packed(torch::Device dev, const SsdScanFn& scan) {
+  for (int64_t groups : {1, 2}) {
+    for (auto dtype : {torch::kFloat, torch::kBFloat16}) check_ssd_scan_packed_case(dev, dtype, groups, scan);
+  }
 }
 
 }  // namespace aim::test

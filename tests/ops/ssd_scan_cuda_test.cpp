@@ -82,18 +82,13 @@ INSTANTIATE_TEST_SUITE_P(Sizes, SsdScanClusterCuda, ::testing::Values(1, 2, 4, 8
 class SsdScanPackedCuda : public test::CudaKernelTest<> {};
 
 TEST_F(SsdScanPackedCuda, GradientsOfASplitTensorComeBackPacked) {
-  for (int64_t groups : {1, 2}) {
-    for (auto dtype : {torch::kFloat, torch::kBFloat16}) {
-      test::check_ssd_scan_packed(torch::kCUDA, dtype, groups,
-                                  [](const torch::Tensor& x, const torch::Tensor& dt, const torch::Tensor& A,
-                                     const torch::Tensor& Bm, const torch::Tensor& Cm, const torch::Tensor& D,
-                                     const torch::Tensor& dt_bias, bool softplus, const torch::Tensor& init,
-                                     bool return_final) {
-                                    return ops::ssd_scan(x, dt, A, Bm, Cm, D, dt_bias, softplus,
-                                                         /*chunk_size=*/256, init, return_final);
-                                  });
-    }
-  }
+  test::check_ssd_scan_packed(torch::kCUDA, [](const torch::Tensor& x, const torch::Tensor& dt,
+                                               const torch::Tensor& A, const torch::Tensor& Bm,
+                                               const torch::Tensor& Cm, const torch::Tensor& D,
+                                               const torch::Tensor& dt_bias, bool softplus,
+                                               const torch::Tensor& init, bool return_final) {
+    return ops::ssd_scan(x, dt, A, Bm, Cm, D, dt_bias, softplus, /*chunk_size=*/256, init, return_final);
+  });
 }
 #endif
 
