@@ -108,7 +108,9 @@ int max_cluster_heads() {
 kernels::SsdScanTiling tiling_for(const torch::Tensor& x, const torch::Tensor& Bm) {
   return kernels::ssd_scan_tiling(static_cast<int>(x.size(1)), static_cast<int>(x.size(3)),
                                   static_cast<int>(Bm.size(3)),
-                                  static_cast<int>(x.size(2) / Bm.size(2)), elem_type(x),
+                                  // (0 heads per group, no tiling, when B has no groups)
+                                  static_cast<int>(Bm.size(2) > 0 ? x.size(2) / Bm.size(2) : 0),
+                                  elem_type(x),
                                   max_cluster_heads());
 }
 
