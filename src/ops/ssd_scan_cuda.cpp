@@ -160,7 +160,7 @@ kernels::SsdScanParams base_params(const torch::Tensor& x, const torch::Tensor& 
 
 // t [B, L, K, M] as the [B, L, K * M] rows it lies in, when its last two dimensions are dense
 // (a view, no copy); undefined otherwise.
-torch::Tensor as_rows(const torch::Tensor& t) {
+torch::Tensor head_rows(const torch::Tensor& t) {
   if (t.size(3) > 1 && t.stride(3) != 1) return {};
   if (t.size(2) > 1 && t.stride(2) != t.size(3)) return {};
   return t.as_strided({t.size(0), t.size(1), t.size(2) * t.size(3)}, {t.stride(0), t.stride(1), 1});
@@ -171,7 +171,7 @@ torch::Tensor as_rows(const torch::Tensor& t) {
 // of that layout, which split_last_dim's backward takes as the conv output's gradient without
 // concatenating the three.
 bool packed_xbc(const torch::Tensor& x, const torch::Tensor& Bm, const torch::Tensor& Cm) {
-  const auto xr = as_rows(x), br = as_rows(Bm), cr = as_rows(Cm);
+  const auto xr = head_rows(x), br = head_rows(Bm), cr = head_rows(Cm);
   return xr.defined() && br.defined() && cr.defined() && packed_along_last_dim({xr, br, cr});
 }
 
