@@ -166,7 +166,8 @@ cudaError_t gated_rms_norm_fwd_cuda(const GatedRmsNormParams& p, ElemType dtype,
 cudaError_t gated_rms_norm_bwd_cuda(const GatedRmsNormParams& p, ElemType dtype,
                                     cudaStream_t stream) {
   if (!gated_common_ok(p) || p.rstd == nullptr || p.dout == nullptr || p.dweight == nullptr ||
-      p.workspace == nullptr || p.rows_per_chunk < 1 || (p.dz != nullptr && p.z == nullptr)) {
+      p.workspace == nullptr || p.rows_per_chunk < 1 || (p.dz != nullptr && p.z == nullptr) ||
+      (p.dx != nullptr && p.dx_row_stride < p.dim) || (p.dz != nullptr && p.dz_row_stride < p.dim)) {
     return cudaErrorInvalidValue;
   }
   const cudaError_t err = dtype == ElemType::kBFloat16

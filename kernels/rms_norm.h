@@ -80,7 +80,9 @@ struct GatedRmsNormParams {
   const void* dout = nullptr;       ///< [N, E]
   int64_t dout_row_stride = 0;
   void* dx = nullptr;               ///< [N, E]; may be null
+  int64_t dx_row_stride = 0;        ///< >= E with dx
   void* dz = nullptr;               ///< [N, E]; may be null, null without z
+  int64_t dz_row_stride = 0;        ///< >= E with dz
   float* dweight = nullptr;         ///< [E]
   int rows_per_chunk = 0;           ///< from rms_norm_bwd_rows_per_chunk
   float* workspace = nullptr;       ///< gated_rms_norm_bwd_workspace_size floats

@@ -564,8 +564,8 @@ __global__ void __launch_bounds__(rms::kMaxThreads)
       }
     }
     const float mean = block_sum(dot, scratch) * inv_group;
-    T* dx = p.dx == nullptr ? nullptr : static_cast<T*>(p.dx) + n * p.dim + col0;
-    T* dz = p.dz == nullptr ? nullptr : static_cast<T*>(p.dz) + n * p.dim + col0;
+    T* dx = p.dx == nullptr ? nullptr : static_cast<T*>(p.dx) + n * p.dx_row_stride + col0;
+    T* dz = p.dz == nullptr ? nullptr : static_cast<T*>(p.dz) + n * p.dz_row_stride + col0;
 #pragma unroll
     for (int k = 0; k < kIters; ++k) {
       const int c = slot_col<kVec>(k);
@@ -612,7 +612,8 @@ cudaError_t gated_rms_norm_bwd_launch(const GatedRmsNormParams& p, cudaStream_t 
   const bool vec = p.group_size % kVecWidth == 0 && vec_aligned(p.x, p.x_row_stride, sizeof(T)) &&
                    vec_aligned(p.z, p.z_row_stride, sizeof(T)) &&
                    vec_aligned(p.dout, p.dout_row_stride, sizeof(T)) &&
-                   vec_aligned(p.dx, 0, sizeof(T)) && vec_aligned(p.dz, 0, sizeof(T)) &&
+                   vec_aligned(p.dx, p.dx_row_stride, sizeof(T)) &&
+                   vec_aligned(p.dz, p.dz_row_stride, sizeof(T)) &&
                    vec_aligned(p.weight, 0, param_bytes(p.weight_type)) &&
                    vec_aligned(p.workspace, 0, sizeof(float));
   const dim3 grid(gated_bwd_chunks(p), p.dim / p.group_size), block(threads_for(p.group_size));

@@ -62,9 +62,10 @@ torch::Tensor Mamba2MixerImpl::output(const torch::Tensor& y, const torch::Tenso
 torch::Tensor Mamba2MixerImpl::forward(const torch::Tensor& u, MixerState* state) {
   const auto& ssm = options.ssm();
   const int64_t batch = u.size(0), len = u.size(1);
-  // Split, not narrowed: the backward of a split concatenates the parts' gradients in one pass,
-  // where each narrow's backward would zero a whole [B, L, d_in_proj] gradient and add it.
-  const auto zxbcdt = in_proj->forward(u).split_with_sizes({d_inner, conv_dim, nheads}, -1);
+  // Split, not narrowed (each narrow's backward would zero a whole [B, L, d_in_proj] gradient
+  // and add to it): the gated norm, the conv and the scan write the gradients of z, x B C and dt
+  // into their places in one buffer (ops::split_grad_slot), which the split passes on as it is.
+  const auto zxbcdt = ops::split_last_dim(in_proj->forward(u), {d_inner, conv_dim, nheads});
   const auto& z = zxbcdt[0];                                           // [B, L, E]
   const auto& dt = zxbcdt[2];                                          // [B, L, H]
   auto conv = ops::causal_conv1d(zxbcdt[1].transpose(1, 2), conv1d->weight, conv1d->bias,

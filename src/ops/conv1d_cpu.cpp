@@ -15,6 +15,8 @@
 #include <optional>
 #include <vector>
 
+#include "aim/ops/split.h"
+
 namespace aim::ops::cpu {
 
 namespace {
@@ -153,7 +155,7 @@ class CausalConv1dCpuFunction : public torch::autograd::Function<CausalConv1dCpu
     auto dw = dw_part.sum(0).t().reshape(weight.sizes()).to(weight.scalar_type());
     torch::Tensor db;
     if (bias.defined()) db = db_part.sum(0).to(bias.scalar_type());
-    return {dx.to(x.scalar_type()).transpose(1, 2), dw, db, torch::Tensor()};
+    return {into_split_grad_slot(x, dx.transpose(1, 2)), dw, db, torch::Tensor()};
   }
 };
 

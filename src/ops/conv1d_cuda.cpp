@@ -8,6 +8,7 @@
 #include <limits>
 
 #include "aim/ops/dispatch.h"
+#include "aim/ops/split.h"
 #include "causal_conv1d.h"
 
 namespace aim::ops::AIM_OPS_CUDA_NS {
@@ -80,7 +81,10 @@ class CausalConv1dFunction : public torch::autograd::Function<CausalConv1dFuncti
     const auto dout = grads[0].to(x.scalar_type());
     const auto w2d = weight_2d_f32(weight);
     const auto bias_f = bias.to(torch::kFloat).contiguous();
-    auto dx = empty_like_layout(x);
+    // x's place in the gradient of the tensor it was split from (in_proj's output in a Mamba2
+    // mixer), in x's strides: written there, it needs no concatenation.
+    auto dx = split_grad_slot(x);
+    if (!dx.defined()) dx = empty_like_layout(x);
     maybe_poison({dx});
     auto dw = torch::empty_like(w2d);
     auto db = torch::empty_like(bias_f);

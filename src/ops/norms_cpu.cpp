@@ -19,6 +19,8 @@
 #include <optional>
 #include <vector>
 
+#include "aim/ops/split.h"
+
 namespace aim::ops::cpu {
 
 namespace {
@@ -216,7 +218,7 @@ class GatedRmsNormCpuFunction : public torch::autograd::Function<GatedRmsNormCpu
       }
     });
     torch::Tensor dzo;
-    if (z.defined()) dzo = dz.view(z.sizes()).to(z.scalar_type());
+    if (z.defined()) dzo = into_split_grad_slot(z, dz.view(z.sizes()));
     return {dx.view(x.sizes()).to(x.scalar_type()), dzo, dw_part.sum(0).to(weight.scalar_type()),
             torch::Tensor(), torch::Tensor(), torch::Tensor()};
   }

@@ -12,6 +12,7 @@
 #include <tuple>
 
 #include "aim/ops/dispatch.h"
+#include "aim/ops/split.h"
 #include "norm_linear.h"
 #include "rms_norm.h"
 
@@ -307,10 +308,16 @@ class GatedRmsNormFunction : public torch::autograd::Function<GatedRmsNormFuncti
     const auto z2 = z.defined() ? as_rows(z) : torch::Tensor();
     const auto dout = as_rows(grads[0].to(x.scalar_type()));
     const auto weight_p = as_param(weight);
-    torch::Tensor dx, dz;
+    torch::Tensor dx, dz, dz_place;
     // Edge 0 is x and, when given, edge 1 is z.
     if (ctx->needs_input_grad(0)) dx = torch::empty({rows, dim}, opts);
-    if (z.defined() && ctx->needs_input_grad(1)) dz = torch::empty({rows, dim}, opts);
+    if (z.defined() && ctx->needs_input_grad(1)) {
+      // z's place in the gradient of the tensor it was split from (in_proj's output in a Mamba2
+      // mixer): written there, its rows need no concatenation.
+      dz_place = split_grad_slot(z);
+      if (dz_place.defined()) dz = as_rows(dz_place);
+      if (!dz.defined() || !dz.is_alias_of(dz_place)) dz = torch::empty({rows, dim}, opts);
+    }
     auto dweight = torch::empty({dim}, opts.dtype(torch::kFloat));
 
     kernels::GatedRmsNormParams p;
@@ -333,14 +340,17 @@ class GatedRmsNormFunction : public torch::autograd::Function<GatedRmsNormFuncti
                                   opts.dtype(torch::kFloat));
     maybe_poison({dx, dz, dweight, workspace});
     p.dx = mut_ptr_or_null(dx);
+    p.dx_row_stride = dx.defined() ? dx.stride(0) : 0;
     p.dz = mut_ptr_or_null(dz);
+    p.dz_row_stride = dz.defined() ? dz.stride(0) : 0;
     p.dweight = dweight.data_ptr<float>();
     p.workspace = workspace.data_ptr<float>();
     check_launch(kernels::gated_rms_norm_bwd_cuda(p, elem_type(x.scalar_type()), current_stream()),
                  "gated_rms_norm backward");
 
+    if (dz_place.defined() && !dz.is_alias_of(dz_place)) dz_place.copy_(dz.view(z.sizes()));
     return {dx.defined() ? dx.view(x.sizes()) : torch::Tensor(),
-            dz.defined() ? dz.view(z.sizes()) : torch::Tensor(),
+            dz_place.defined() ? dz_place : dz.defined() ? dz.view(z.sizes()) : torch::Tensor(),
             dweight.to(weight.scalar_type()),
             torch::Tensor(),
             torch::Tensor(),

@@ -30,6 +30,8 @@
 #include <optional>
 #include <vector>
 
+#include "aim/ops/split.h"
+
 namespace aim::ops::cpu {
 
 namespace {
@@ -517,17 +519,19 @@ class SsdScanCpuFunction : public torch::autograd::Function<SsdScanCpuFunction> 
       backward_head(args, b, h, trace.data(), S0, sc, gr);
     });
 
-    auto reduce_bc = [&](const torch::Tensor& part, const torch::Tensor& like) {
-      return part.view({batch, len, groups, heads / groups, N}).sum(3).to(like.scalar_type());
+    auto reduce_bc = [&](const torch::Tensor& part) {
+      return part.view({batch, len, groups, heads / groups, N}).sum(3);
     };
     torch::Tensor dD, dbias;
     if (D.defined()) dD = (D.dim() == 2 ? dd.sum(0) : dd.sum(std::vector<int64_t>{0, 2})).to(D.scalar_type());
     if (dt_bias.defined()) dbias = ddt.sum(std::vector<int64_t>{0, 1}).to(dt_bias.scalar_type());
-    return {dx.to(x.scalar_type()),
-            ddt.to(dt.scalar_type()),
+    // Into the inputs' places in the gradient of what they were split from, where they have one
+    // (a Mamba2 mixer's x | B | C and dt): no concatenation.
+    return {into_split_grad_slot(x, dx),
+            into_split_grad_slot(dt, ddt),
             da.sum(0).to(A.scalar_type()),
-            reduce_bc(db, Bm),
-            reduce_bc(dc, Cm),
+            into_split_grad_slot(Bm, reduce_bc(db)),
+            into_split_grad_slot(Cm, reduce_bc(dc)),
             dD,
             dbias,
             dinit.defined() ? dinit.to(init.scalar_type()) : torch::Tensor(),

@@ -303,7 +303,7 @@ class SsdScanFunction : public torch::autograd::Function<SsdScanFunction> {
       return out;
     };
     return {dx,
-            ddt_f.to(dt.scalar_type()),
+            into_split_grad_slot(dt, ddt_f),
             da_part.sum(std::vector<int64_t>{0, 1}).to(A.scalar_type()),
             reduce_bc(db_part, Bm, db_out),
             reduce_bc(dc_part, Cm, dc_out),

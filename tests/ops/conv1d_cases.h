@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "aim/ops/conv1d.h"
+#include "aim/ops/split.h"
 #include "test_util.h"
 
 namespace aim::test {
@@ -51,7 +52,16 @@ inline double conv_tolerance(torch::ScalarType dtype) {
 /// (twice: the same bits), against the reference in fp64 on the CPU.
 inline void check_causal_conv1d(const ConvCase& c, torch::Device dev, const ConvFn& conv) {
   torch::manual_seed(7 + c.width * 13 + c.len);
-  auto x = conv_input(c, dev).requires_grad_(true);
+  torch::Tensor x;
+  if (c.channel_last) {
+    // conv_input's projection, split as a Mamba2 mixer splits in_proj's output: dx goes to x's
+    // place in the projection's gradient (ops::split_grad_slot) in the first backward below; the
+    // second finds the place handed out and writes a tensor of its own, with the same bits.
+    auto wide = randn({c.batch, c.len, c.channels + 40}, c.dtype, dev).requires_grad_(true);
+    x = ops::split_last_dim(wide, {20, c.channels, 20})[1].transpose(1, 2);
+  } else {
+    x = conv_input(c, dev).requires_grad_(true);
+  }
   auto w = randn({c.channels, 1, c.width}, torch::kFloat, dev, 0.5).requires_grad_(true);
   torch::Tensor b;
   if (c.bias) b = randn({c.channels}, torch::kFloat, dev, 0.2).requires_grad_(true);
@@ -67,6 +77,10 @@ inline void check_causal_conv1d(const ConvCase& c, torch::Device dev, const Conv
   for (size_t i = 0; i < grads.size(); ++i) {
     EXPECT_TRUE(torch::equal(grads[i], again[i]))
         << case_name(c) << ": gradient " << i << " differs between two backward runs";
+  }
+  if (c.channel_last && c.len > 1) {
+    EXPECT_EQ(grads[0].stride(2), c.channels + 40) << case_name(c) << ": dx not written into its place";
+    EXPECT_EQ(again[0].stride(2), c.channels) << case_name(c);
   }
 
   // Oracle: the reference on fp64 CPU copies of the same values.

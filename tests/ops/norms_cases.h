@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "aim/ops/norms.h"
+#include "aim/ops/split.h"
 #include "test_util.h"
 
 namespace aim::test {
@@ -354,7 +355,10 @@ inline void check_gated_rms_norm(const GatedCase& c, torch::Device dev,
     auto wide_shape = shape;
     wide_shape.back() = 2 * c.dim + 40;
     auto wide = randn(wide_shape, c.dtype, dev, 2.0).requires_grad_(true);
-    z = wide.narrow(-1, c.z_offset, c.dim);
+    // As a Mamba2 mixer splits in_proj's output: dz then goes to z's place in wide's gradient
+    // (ops::split_grad_slot), rows at wide's stride, in the first backward below; the second
+    // finds the place handed out and writes a tensor of its own, which must hold the same bits.
+    z = ops::split_last_dim(wide, {c.z_offset, c.dim, c.dim + 40 - c.z_offset})[1];
   } else if (c.gate) {
     z = randn(shape, c.dtype, dev, 2.0).requires_grad_(true);
   }
@@ -371,6 +375,10 @@ inline void check_gated_rms_norm(const GatedCase& c, torch::Device dev,
   const auto grads = torch::autograd::grad({y}, inputs, {g}, /*retain_graph=*/true);
   const auto again = torch::autograd::grad({y}, inputs, {g});
   norms_expect_same_bits(tag, grads, again);
+  if (c.gate && c.z_offset >= 0) {
+    EXPECT_EQ(grads[2].stride(-2), 2 * c.dim + 40) << tag << ": dz not written into its place";
+    EXPECT_EQ(again[2].stride(-2), c.dim) << tag;
+  }
   for (size_t i = 0; i < inputs.size(); ++i) {
     ASSERT_TRUE(grads[i].defined()) << tag << ": gradient " << i;
     EXPECT_EQ(grads[i].scalar_type(), inputs[i].scalar_type()) << tag << ": gradient " << i;

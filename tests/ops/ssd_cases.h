@@ -36,7 +36,7 @@ inline std::string case_name(const SsdCase& c) {
 }
 
 /// Inputs on `device` in `dtype`: x, B, C slices of one [B, L, H*P + 2GN + 8] projection and dt
-/// a slice of a wider [B, L, H + 4] one (unit last stride, other strides not contiguous).
+/// a part of a wider [B, L, H + 4] one (unit last stride, other strides not contiguous).
 /// softplus(dt + dt_bias) ~ 0.001 .. 0.1, A in [-4, -0.5], never zeros.
 struct SsdInputs {
   torch::Tensor proj, dtp;  ///< leaves
@@ -58,7 +58,10 @@ inline SsdInputs make_inputs(const SsdCase& c, torch::Device dev) {
     dt_values = torch::empty({c.batch, c.len, c.heads + 4}).uniform_(0.001, 0.09);
   }
   in.dtp = dt_values.to(dev, c.dtype).requires_grad_(true);
-  in.dt = in.dtp.narrow(2, 2, c.heads);
+  // Split as a Mamba2 mixer splits in_proj's output: ddt goes to dt's place in dtp's gradient
+  // (ops::split_grad_slot) in check_ssd_scan's first backward, to a tensor of its own in the
+  // second, which finds the place handed out.
+  in.dt = ops::split_last_dim(in.dtp, {2, c.heads, 2})[1];
   in.A = (-torch::empty({c.heads}).uniform_(0.5, 4.0)).to(dev).requires_grad_(true);
   if (c.d_mode == DMode::kHead) in.D = torch::empty({c.heads}).uniform_(0.5, 1.5);
   if (c.d_mode == DMode::kChannel) in.D = torch::empty({c.heads, c.hdim}).uniform_(0.5, 1.5);
@@ -174,6 +177,10 @@ inline void check_ssd_scan(const SsdCase& c, torch::Device dev, const SsdScanFn&
     EXPECT_EQ(grads[i].sizes(), inputs[i].sizes()) << tag << ": gradient " << i;
     EXPECT_TRUE(torch::equal(grads[i], again[i]))
         << tag << ": gradient " << i << " differs between two backward runs";
+  }
+  if (c.len > 1) {
+    EXPECT_EQ(grads[1].stride(1), c.heads + 4) << tag << ": ddt not written into its place";
+    EXPECT_EQ(again[1].stride(1), c.heads) << tag;
   }
 
   // Oracle: the chunked reference (itself checked against the recurrence) in fp64 on the CPU.
