@@ -2,6 +2,7 @@
 // Shared test helpers: tolerances per dtype, tensor comparison reports, fixture discovery.
 #include <gtest/gtest.h>
 #include <torch/torch.h>
+#include <ATen/record_function.h>
 
 #include <cstdlib>
 #include <array>
@@ -218,6 +219,35 @@ inline torch::Tensor f64_leaf(const torch::Tensor& t) {
 inline torch::Tensor to_cpu64(const torch::Tensor& t) {
   return t.detach().to(torch::kCPU, torch::kFloat64);
 }
+
+/// Calls of the ATen op `name` (e.g. "aten::cat") on this thread while alive; one at a time.
+class OpCounter {
+ public:
+  explicit OpCounter(std::string name) {
+    op() = std::move(name);
+    calls() = 0;
+    handle_ = at::addThreadLocalCallback(at::RecordFunctionCallback(
+        [](const at::RecordFunction& fn) -> std::unique_ptr<at::ObserverContext> {
+          if (op() == fn.name()) ++calls();
+          return nullptr;
+        }));
+  }
+  ~OpCounter() { at::removeCallback(handle_); }
+  OpCounter(const OpCounter&) = delete;
+  OpCounter& operator=(const OpCounter&) = delete;
+  int count() const { return calls(); }
+
+ private:
+  static std::string& op() {
+    static thread_local std::string name;
+    return name;
+  }
+  static int& calls() {
+    static thread_local int n = 0;
+    return n;
+  }
+  at::CallbackHandle handle_;
+};
 
 }  // namespace aim::test
 

@@ -4,6 +4,7 @@
 
 #include "aim/ops/conv1d.h"
 #include "aim/ops/selective_scan.h"
+#include "aim/ops/split.h"
 
 namespace aim {
 
@@ -58,15 +59,16 @@ void Mamba1MixerImpl::reset_parameters() {
 torch::Tensor Mamba1MixerImpl::forward(const torch::Tensor& u, MixerState* state) {
   const auto& ssm = options.ssm();
   const int64_t rank = options.dt_rank();
-  // Split, not narrowed: a split's backward concatenates the parts' gradients in one pass, where
-  // each narrow's backward would zero a gradient of the whole projection and add it.
-  const auto xz = in_proj->forward(u).transpose(1, 2).split(d_inner, 1);  // x, z: [B, E, L]
-  const auto& z = xz[1];
-  auto conv = ops::causal_conv1d(xz[0], conv1d->weight, conv1d->bias, /*silu=*/true,
-                                 /*return_state=*/state != nullptr);
+  // Split, not narrowed (each narrow's backward would zero a gradient of the whole projection
+  // and add to it): the conv and the scan write the gradients of x and z, and the scan those of
+  // B and C, into their places in one buffer (ops::split_grad_slot), which the split passes on.
+  const auto xz = ops::split_last_dim(in_proj->forward(u), {d_inner, d_inner});
+  const auto z = xz[1].transpose(1, 2);                                // [B, E, L]
+  auto conv = ops::causal_conv1d(xz[0].transpose(1, 2), conv1d->weight, conv1d->bias,
+                                 /*silu=*/true, /*return_state=*/state != nullptr);
   auto x = conv.first;                                                 // [B, E, L]
-  const auto x_dbl = x_proj->forward(x.transpose(1, 2))                // [B, L, R + 2N]
-                         .split_with_sizes({rank, ssm.d_state, ssm.d_state}, -1);
+  const auto x_dbl = ops::split_last_dim(x_proj->forward(x.transpose(1, 2)),  // [B, L, R + 2N]
+                                         {rank, ssm.d_state, ssm.d_state});
   auto dt = torch::matmul(x_dbl[0], dt_proj->weight.t()).transpose(1, 2);
   auto bm = x_dbl[1].transpose(1, 2);                                  // [B, N, L]
   auto cm = x_dbl[2].transpose(1, 2);

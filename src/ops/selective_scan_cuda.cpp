@@ -11,6 +11,7 @@
 #include <optional>
 
 #include "aim/ops/dispatch.h"
+#include "aim/ops/split.h"
 #include "selective_scan.h"
 
 namespace aim::ops::AIM_OPS_CUDA_NS {
@@ -165,7 +166,12 @@ class SelectiveScanFunction : public torch::autograd::Function<SelectiveScanFunc
     auto du = empty_like_layout(u, u.scalar_type());
     auto ddelta = empty_like_layout(delta, delta.scalar_type());
     torch::Tensor dz, dinit, dD, dbias;
-    if (z.defined()) dz = empty_like_layout(z, z.scalar_type());
+    if (z.defined()) {
+      // z's place in the gradient of the tensor it was split from (in_proj's output in a Mamba1
+      // mixer), in z's strides: written there, it needs no concatenation.
+      dz = split_grad_slot(z);
+      if (!dz.defined()) dz = empty_like_layout(z, z.scalar_type());
+    }
     if (init.defined()) dinit = torch::empty({batch, channels, dstate}, fopts);
     auto dA = torch::empty({channels, dstate}, fopts);
     if (D.defined()) dD = torch::empty({channels}, fopts);
@@ -204,8 +210,8 @@ class SelectiveScanFunction : public torch::autograd::Function<SelectiveScanFunc
     return {du,
             ddelta,
             dA.to(A.scalar_type()),
-            dB.transpose(1, 2).to(Bm.scalar_type()),
-            dC.transpose(1, 2).to(Cm.scalar_type()),
+            into_split_grad_slot(Bm, dB.transpose(1, 2)),
+            into_split_grad_slot(Cm, dC.transpose(1, 2)),
             D.defined() ? dD.to(D.scalar_type()) : torch::Tensor(),
             dz,
             bias.defined() ? dbias.to(bias.scalar_type()) : torch::Tensor(),

@@ -135,8 +135,8 @@ class SplitLastDimFunction : public torch::autograd::Function<SplitLastDimFuncti
     ctx->saved_data["shape"] = t.sizes().vec();
     // For zeros in place of a missing gradient: the input's dtype and device, no data.
     ctx->saved_data["like"] = torch::empty({0}, t.options());
-    // A gradient buffer in t's layout needs t to be one dense block.
-    if (t.has_storage() && t.numel() > 0 && t.is_non_overlapping_and_dense()) {
+    // A gradient buffer in t's layout needs t to be one dense block; no gradient, no buffer.
+    if (t.requires_grad() && t.has_storage() && t.numel() > 0 && t.is_non_overlapping_and_dense()) {
       ctx->saved_data["pack"] = c10::IValue::make_capsule(c10::make_intrusive<GradPack>(t, sizes));
     }
     ctx->set_materialize_grads(false);

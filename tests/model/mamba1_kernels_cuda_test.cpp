@@ -1,7 +1,8 @@
 // The Mamba1 mixer gives the same outputs, gradients and sampling steps (prefill, then one token
 // at a time) with the hand-written kernels (causal conv1d, selective scan and its one-token
 // update) as with the references (ops::set_cuda_kernels(false)), on the kernels' device: a GPU,
-// or the CPU emulator in aim_emu_tests (test::kernel_device()).
+// or the CPU emulator in aim_emu_tests (test::kernel_device()). The backward on the kernels
+// concatenates nothing.
 #include <gtest/gtest.h>
 #include <torch/torch.h>
 
@@ -34,6 +35,7 @@ class SelectiveScanCudaMixer : public ::testing::TestWithParam<MixerCase> {
 struct MixerRun {
   torch::Tensor out, steps;
   std::vector<std::pair<std::string, torch::Tensor>> grads;  ///< "u" then parameters
+  int cats = 0;                                              ///< aten::cat in the backward
 };
 
 // Training forward + backward, then a prefill of the first half and steps through the rest.
@@ -44,7 +46,11 @@ MixerRun run_mixer(Mamba1Mixer& mixer, const torch::Tensor& u0, const torch::Ten
   MixerRun r;
   auto u = u0.detach().clone().requires_grad_(true);
   auto out = mixer->forward(u);
-  out.backward(g);
+  {
+    test::OpCounter cats("aten::cat");
+    out.backward(g);
+    r.cats = cats.count();
+  }
   r.out = out.detach();
   r.grads.emplace_back("u", u.grad());
   for (const auto& p : mixer->named_parameters()) {
@@ -85,6 +91,9 @@ TEST_P(SelectiveScanCudaMixer, KernelsOnEqualKernelsOff) {
     test::expect_close(tag + " d" + on.grads[i].first, on.grads[i].second, off.grads[i].second,
                        tol);
   }
+  // The conv and the scan write x's, z's, B's and C's gradients into their splits' buffers
+  // (ops::split_grad_slot), dt_low's is copied in: nothing is concatenated.
+  EXPECT_EQ(on.cats, 0) << tag;
 }
 
 // AiM-B and AiM-L widths on a GPU; the emulator, whose time goes as channels x length, runs the

@@ -8,7 +8,6 @@
 // reference scan against the per-head recurrence, sums over 2 x 65 rows).
 #include <gtest/gtest.h>
 #include <torch/torch.h>
-#include <ATen/record_function.h>
 
 #include <string>
 #include <utility>
@@ -33,18 +32,13 @@ Grads run(Mamba2Mixer& mixer, const torch::Tensor& u0, const torch::Tensor& g, b
   mixer->zero_grad();
   auto u = u0.detach().clone().requires_grad_(true);
   auto out = mixer->forward(u);
-  static thread_local int cats = 0;
-  cats = 0;
-  auto handle = at::addThreadLocalCallback(at::RecordFunctionCallback(
-      [](const at::RecordFunction& fn) -> std::unique_ptr<at::ObserverContext> {
-        if (std::string(fn.name()) == "aten::cat") ++cats;
-        return nullptr;
-      }));
-  out.backward(g);
-  at::removeCallback(handle);
   Grads r;
+  {
+    test::OpCounter cats("aten::cat");
+    out.backward(g);
+    r.cats = cats.count();
+  }
   r.out = out.detach();
-  r.cats = cats;
   r.grads.emplace_back("u", u.grad());
   for (const auto& p : mixer->named_parameters()) r.grads.emplace_back(p.key(), p.value().grad().clone());
   return r;

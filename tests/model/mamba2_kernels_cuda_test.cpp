@@ -10,7 +10,6 @@
 // And the backward's concatenations, counted (none).
 #include <gtest/gtest.h>
 #include <torch/torch.h>
-#include <ATen/record_function.h>
 
 #include <string>
 #include <vector>
@@ -108,16 +107,9 @@ TEST_F(Mamba2KernelsCudaOps, BackwardConcatenatesNothing) {
   const auto opts = torch::dtype(torch::kBFloat16).device(test::kernel_device());
   auto u = torch::randn({2, 40, 128}, opts).requires_grad_(true);
   auto out = mixer->forward(u);
-  static thread_local int cats = 0;
-  cats = 0;
-  auto handle = at::addThreadLocalCallback(at::RecordFunctionCallback(
-      [](const at::RecordFunction& fn) -> std::unique_ptr<at::ObserverContext> {
-        if (std::string(fn.name()) == "aten::cat") ++cats;
-        return nullptr;
-      }));
+  test::OpCounter cats("aten::cat");
   out.backward(torch::randn_like(out));
-  at::removeCallback(handle);
-  EXPECT_EQ(cats, 0);
+  EXPECT_EQ(cats.count(), 0);
   EXPECT_TRUE(u.grad().defined());
 }
 

@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "aim/ops/selective_scan.h"
+#include "aim/ops/split.h"
 #include "test_util.h"
 
 namespace aim::test {
@@ -167,12 +168,26 @@ inline void check_selective_scan(const ScanCase& c, torch::Device dev,
   Inputs in = make_inputs(c, dev);
   // Leaves for the gradients, with the strides of the inputs (the mixer's channel-last slices
   // keep their row pitch).
+  // Channel-last z, B and C are transposed parts of split projections, as the Mamba1 mixer
+  // passes them: the first backward below writes their gradients into their places in the
+  // projections' gradients (ops::split_grad_slot), the second, which finds the places handed
+  // out, into tensors of their own, with the same bits.
   std::vector<torch::Tensor> leaves;
+  auto split_part = [&](const torch::Tensor& t, int64_t before, int64_t after) {
+    auto proj = torch::empty({t.size(0), t.size(2), before + t.size(1) + after}, t.options());
+    proj.narrow(2, before, t.size(1)).copy_(t.transpose(1, 2));
+    proj.requires_grad_(true);
+    return ops::split_last_dim(proj, {before, t.size(1), after})[1].transpose(1, 2);
+  };
   for (auto* t : {&in.u, &in.delta, &in.A, &in.Bm, &in.Cm, &in.D, &in.z, &in.bias, &in.init}) {
     if (!t->defined()) continue;
-    auto leaf = torch::empty_strided(t->sizes(), t->strides(), t->options());
-    leaf.copy_(*t);
-    *t = leaf.requires_grad_(true);
+    if (c.channel_last && (t == &in.z || t == &in.Bm || t == &in.Cm)) {
+      *t = split_part(*t, 8, 8);
+    } else {
+      auto leaf = torch::empty_strided(t->sizes(), t->strides(), t->options());
+      leaf.copy_(*t);
+      *t = leaf.requires_grad_(true);
+    }
     leaves.push_back(*t);
   }
   std::vector<std::string> names;
@@ -205,6 +220,11 @@ inline void check_selective_scan(const ScanCase& c, torch::Device dev,
     EXPECT_EQ(grads[i].sizes(), leaves[i].sizes()) << tag << ": d" << names[i];
     EXPECT_TRUE(torch::equal(grads[i], again[i]))
         << tag << ": d" << names[i] << " differs between two backward runs";
+    const bool placed = c.channel_last && (names[i] == "z" || names[i] == "B" || names[i] == "C");
+    if (placed && c.len > 1) {
+      EXPECT_EQ(grads[i].stride(2), leaves[i].size(1) + 16) << tag << ": d" << names[i] << " not in its place";
+      EXPECT_NE(again[i].stride(2), leaves[i].size(1) + 16) << tag << ": d" << names[i];
+    }
   }
 
   // Oracle: the reference on fp64 CPU copies of the same values.

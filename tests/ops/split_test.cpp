@@ -6,12 +6,12 @@
 // all do; a place handed out and kept elsewhere never overwritten.
 #include <gtest/gtest.h>
 #include <torch/torch.h>
-#include <ATen/record_function.h>
 
 #include <string>
 #include <vector>
 
 #include "aim/ops/split.h"
+#include "test_util.h"
 
 namespace aim {
 namespace {
@@ -117,28 +117,6 @@ struct ScaleIntoSlot : public torch::autograd::Function<ScaleIntoSlot> {
   }
 };
 
-// aten::cat calls on this thread while alive.
-class CatCounter {
- public:
-  CatCounter() {
-    count() = 0;
-    handle_ = at::addThreadLocalCallback(at::RecordFunctionCallback(
-        [](const at::RecordFunction& fn) -> std::unique_ptr<at::ObserverContext> {
-          if (std::string(fn.name()) == "aten::cat") ++count();
-          return nullptr;
-        }));
-  }
-  ~CatCounter() { at::removeCallback(handle_); }
-  int cats() const { return count(); }
-
- private:
-  static int& count() {
-    static thread_local int n = 0;
-    return n;
-  }
-  at::CallbackHandle handle_;
-};
-
 // t [2, 5, 9], an op's output, split {3, 2, 4}; the loss weights.
 struct SlotCase {
   torch::Tensor leaf, t, w;
@@ -162,10 +140,10 @@ TEST(SplitGradSlot, ConsumersWritingTheirPlacesLeaveNothingToConcatenate) {
   const auto loss = (y0 * c.w_part(0, 3)).sum() + (y1 * c.w_part(3, 2).transpose(0, 1)).sum() +
                     (y2 * c.w_part(5, 4).reshape({2, 5, 2, 2})).sum();
   ScaleIntoSlot::places = 0;
-  CatCounter counter;
+  test::OpCounter cats("aten::cat");
   const auto grad = torch::autograd::grad({loss}, {c.t})[0];
   EXPECT_EQ(ScaleIntoSlot::places, 3);
-  EXPECT_EQ(counter.cats(), 0);
+  EXPECT_EQ(cats.count(), 0);
   EXPECT_EQ(grad.storage().data(), ScaleIntoSlot::last_place) << "the buffer was copied";
   const auto expected = torch::cat({2 * c.w_part(0, 3), 3 * c.w_part(3, 2), 5 * c.w_part(5, 4)}, -1);
   EXPECT_TRUE(torch::equal(grad, expected));
@@ -177,9 +155,9 @@ TEST(SplitGradSlot, PartsWithoutAPlaceAreCopiedIntoTheBuffer) {
   // Part 0 written in place, part 1 by ATen, part 2 unused (zeros).
   const auto y0 = ScaleIntoSlot::apply(c.parts[0], 2.0);
   const auto loss = (y0 * c.w_part(0, 3)).sum() + (c.parts[1] * c.parts[1] * c.w_part(3, 2)).sum();
-  CatCounter counter;
+  test::OpCounter cats("aten::cat");
   const auto grad = torch::autograd::grad({loss}, {c.t})[0];
-  EXPECT_EQ(counter.cats(), 0);
+  EXPECT_EQ(cats.count(), 0);
   EXPECT_EQ(grad.storage().data(), ScaleIntoSlot::last_place);
   const auto p1 = c.parts[1].detach();
   const auto expected =
@@ -212,10 +190,10 @@ TEST(SplitGradSlot, EveryBackwardPassStartsAfresh) {
       torch::cat({2 * c.w_part(0, 3), torch::zeros({2, 5, 2}, torch::kDouble), 5 * c.w_part(5, 4)}, -1);
   for (int pass = 0; pass < 3; ++pass) {
     ScaleIntoSlot::places = 0;
-    CatCounter counter;
+    test::OpCounter cats("aten::cat");
     const auto grad = torch::autograd::grad({loss}, {c.t}, {}, /*retain_graph=*/true)[0];
     EXPECT_EQ(ScaleIntoSlot::places, 2) << "pass " << pass;
-    EXPECT_EQ(counter.cats(), 0) << "pass " << pass;
+    EXPECT_EQ(cats.count(), 0) << "pass " << pass;
     EXPECT_TRUE(torch::equal(grad, expected)) << "pass " << pass;
   }
 }
