@@ -158,23 +158,6 @@ kernels::SsdScanParams base_params(const torch::Tensor& x, const torch::Tensor& 
   return p;
 }
 
-// t [B, L, K, M] as the [B, L, K * M] rows it lies in, when its last two dimensions are dense
-// (a view, no copy); undefined otherwise.
-torch::Tensor head_rows(const torch::Tensor& t) {
-  if (t.size(3) > 1 && t.stride(3) != 1) return {};
-  if (t.size(2) > 1 && t.stride(2) != t.size(3)) return {};
-  return t.as_strided({t.size(0), t.size(1), t.size(2) * t.size(3)}, {t.stride(0), t.stride(1), 1});
-}
-
-// x, B and C adjacent along the rows of one tensor, [B, L, x | B | C] (the Mamba2 mixer's conv
-// output split by ops::split_last_dim): the backward then writes dx, dB and dC into one buffer
-// of that layout, which split_last_dim's backward takes as the conv output's gradient without
-// concatenating the three.
-bool packed_xbc(const torch::Tensor& x, const torch::Tensor& Bm, const torch::Tensor& Cm) {
-  const auto xr = head_rows(x), br = head_rows(Bm), cr = head_rows(Cm);
-  return xr.defined() && br.defined() && cr.defined() && packed_along_last_dim({xr, br, cr});
-}
-
 class SsdScanFunction : public torch::autograd::Function<SsdScanFunction> {
  public:
   // Returns {y} or {y, final_state}. D, dt_bias and initial_state may be empty.
@@ -211,7 +194,6 @@ class SsdScanFunction : public torch::autograd::Function<SsdScanFunction> {
 
     ctx->save_for_backward({x, dt, A, Bm, Cm, D, dt_bias, init});
     ctx->saved_data["dt_softplus"] = dt_softplus;
-    ctx->saved_data["packed"] = packed_xbc(x, Bm, Cm);
     // An unused output (y, or the final state) has no gradient: no zeros for it.
     ctx->set_materialize_grads(false);
     if (return_final_state) return {y, final_state};
@@ -244,17 +226,13 @@ class SsdScanFunction : public torch::autograd::Function<SsdScanFunction> {
                                        : torch::zeros(x.sizes(), x.options());
     const auto dfinal = grads.size() > 1 && grads[1].defined() ? as_float(grads[1]) : torch::Tensor();
 
-    // dx, dB and dC: one [B, L, x | B | C] buffer when the inputs were packed so, else apart.
-    torch::Tensor dx, db_out, dc_out, packed;
-    if (ctx->saved_data["packed"].toBool()) {
-      const int64_t hp = heads * hdim, gn = groups * dstate;
-      packed = torch::empty({batch, len, hp + 2 * gn}, x.options());
-      dx = packed.narrow(2, 0, hp).view({batch, len, heads, hdim});
-      db_out = packed.narrow(2, hp, gn).view({batch, len, groups, dstate});
-      dc_out = packed.narrow(2, hp + gn, gn).view({batch, len, groups, dstate});
-    } else {
-      dx = torch::empty(x.sizes(), x.options());
-    }
+    // x's, B's and C's places in the gradient of what they were split from (the Mamba2 mixer's
+    // conv output, [B, L, x | B | C]) when they have one: written there, nothing is
+    // concatenated. The kernel writes dx with a unit last stride.
+    const auto dx_place = split_grad_slot(x);
+    auto dx = dx_place.defined() && (hdim == 1 || dx_place.stride(3) == 1)
+                  ? dx_place
+                  : torch::empty(x.sizes(), x.options());
     auto states = torch::empty({batch, heads, tiling.nchunks, ptot, tiling.dstate_pad}, x.options());
     auto ddt_part = torch::empty({tiling.p_tiles, batch, len, heads}, fopts);
     auto da_part = torch::empty({tiling.p_tiles, batch, heads}, fopts);
@@ -263,7 +241,7 @@ class SsdScanFunction : public torch::autograd::Function<SsdScanFunction> {
     const int64_t slices = heads / tiling.cluster_heads * tiling.p_tiles;
     auto db_part = torch::empty({batch, len_pad, slices, tiling.dstate_pad}, fopts);
     auto dc_part = torch::empty({batch, len_pad, slices, tiling.dstate_pad}, fopts);
-    maybe_poison({packed.defined() ? packed : dx, states, ddt_part, da_part, dd_part, db_part, dc_part});
+    maybe_poison({dx, states, ddt_part, da_part, dd_part, db_part, dc_part});
 
     auto p = base_params(xk, dt, bk, ck, a_f, d_f, bias_f, init_f, dt_softplus, tiling);
     p.chunk_states = states.data_ptr();
@@ -292,21 +270,22 @@ class SsdScanFunction : public torch::autograd::Function<SsdScanFunction> {
       dD = (D.dim() == 2 ? dd_part.sum(0).narrow(1, 0, hdim) : dd_part.sum(std::vector<int64_t>{0, 2}))
                .to(D.scalar_type());
     }
-    // Into `out` when given (a slice of the packed buffer), else a new tensor.
-    auto reduce_bc = [&](const torch::Tensor& part, const torch::Tensor& like, torch::Tensor out) {
+    auto reduce_bc = [&](const torch::Tensor& part, const torch::Tensor& input) {
       const auto sum = part.view({batch, len_pad, groups, slices / groups, tiling.dstate_pad})
                            .sum(3)
                            .narrow(1, 0, len)
                            .narrow(3, 0, dstate);
-      if (!out.defined()) return sum.to(like.scalar_type());
-      out.copy_(sum);
-      return out;
+      return into_split_grad_slot(input, sum);
     };
+    if (dx_place.defined() && !dx.is_same(dx_place)) {
+      dx_place.copy_(dx);
+      dx = dx_place;
+    }
     return {dx,
             into_split_grad_slot(dt, ddt_f),
             da_part.sum(std::vector<int64_t>{0, 1}).to(A.scalar_type()),
-            reduce_bc(db_part, Bm, db_out),
-            reduce_bc(dc_part, Cm, dc_out),
+            reduce_bc(db_part, Bm),
+            reduce_bc(dc_part, Cm),
             dD,
             ddt_bias,
             torch::Tensor(),

@@ -7,15 +7,11 @@
 namespace aim::ops {
 
 /// t split along its last dimension into parts of `sizes` (views; the values of
-/// torch::split_with_sizes). Backward, in order of preference:
-/// - when the parts' consumers wrote their gradients into the places split_grad_slot gave them,
-///   t's gradient is the buffer those places lie in, parts without one copied into it (zeros
-///   for a part without a gradient);
-/// - when the parts' gradients are adjacent slices of one buffer, in t's order and with equal
-///   strides (what an op whose backward writes its inputs' gradients packed returns, e.g.
-///   ssd_scan's dx, dB, dC on the kernels), that buffer itself, with no copy;
-/// - otherwise the parts' gradients concatenated (zeros for a part without one), as
-///   split_with_sizes' backward does.
+/// torch::split_with_sizes). Backward: when the parts' consumers wrote their gradients into the
+/// places split_grad_slot gave them, t's gradient is the buffer those places lie in, with the
+/// parts that have no place copied into it (zeros for a part without a gradient); otherwise the
+/// parts' gradients concatenated (zeros for a part without one), as split_with_sizes' backward
+/// does.
 std::vector<torch::Tensor> split_last_dim(const torch::Tensor& t, c10::IntArrayRef sizes);
 
 /// For an op's backward: where to write the gradient of its input `t` when t is a part of
@@ -32,10 +28,5 @@ torch::Tensor split_grad_slot(const torch::Tensor& t);
 /// `grad` as the gradient of t: copied into split_grad_slot(t) when there is one (converting
 /// to t's type), else `grad` in t's type.
 torch::Tensor into_split_grad_slot(const torch::Tensor& t, const torch::Tensor& grad);
-
-/// Whether `parts` are adjacent slices of one buffer along the last dimension, in order, with
-/// equal sizes and strides elsewhere and unit last strides: then `t` of those widths is the
-/// view covering them (what split_last_dim's backward returns without copying).
-bool packed_along_last_dim(const std::vector<torch::Tensor>& parts);
 
 }  // namespace aim::ops
