@@ -108,7 +108,9 @@ __device__ __forceinline__ void conv_shift(const SsdStepParams& p, int b, int64_
   store_elem(p.conv_state, p.conv_state_type, window + p.width - 1, incoming);
 }
 
-template <typename T, typename S>
+// kRows: state rows a warp updates at a time; kLaneElems: a row's elements per lane (N <= 32
+// kLaneElems).
+template <typename T, typename S, int kRows, int kLaneElems>
 __global__ void __launch_bounds__(kThreads) ssd_step_kernel(SsdStepParams p) {
   __shared__ float xs[kSsdStepMaxHeaddim];
   __shared__ float bc[2 * kSsdStepMaxDstate];
@@ -140,30 +142,53 @@ __global__ void __launch_bounds__(kThreads) ssd_step_kernel(SsdStepParams p) {
   }
   __syncthreads();
 
-  // The state update of rows [p0, p0 + rows): one warp per row, lanes over N (as
-  // ssd_state_update_kernel); y rounded to T into `out`.
+  // The state update of rows [p0, p0 + rows): a warp per row, lanes over N (n = lane + 32 k,
+  // as ssd_state_update_kernel), kRows rows per warp at a time: every state element of the kRows
+  // rows is loaded before any is updated, so that each warp keeps kRows rows of reads in flight
+  // (the loads of a row cannot pass the stores of the previous one: the compiler cannot tell
+  // that they do not overlap). Per row the same operations and order of the sum as one row at a
+  // time; y rounded to T into `out`.
   float dt = load_as_float(static_cast<const T*>(p.dt) + b * p.dt_batch_stride + h);
   if (p.dt_bias != nullptr) dt += p.dt_bias[h];
   if (p.dt_softplus) dt = dt <= 20.f ? log1pf(expf(dt)) : dt;
   const float decay = expf(dt * p.A[h]);
   T* out = static_cast<T*>(p.out) + b * E;
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-  for (int r = warp; r < rows; r += kWarps) {
-    const int row = p0 + r;
-    const float x = xs[r], dtx = dt * x;
-    S* s = static_cast<S*>(p.ssm_state) +
-           ((int64_t(b) * p.nheads + h) * p.headdim + row) * p.dstate;
-    float acc = 0.f;
-    for (int n = lane; n < N; n += 32) {
-      const float next = load_as_float(s + n) * decay + dtx * bc[n];
-      store_from_float(s + n, next);
-      acc += next * bc[N + n];
+  S* head_state = static_cast<S*>(p.ssm_state) + (int64_t(b) * p.nheads + h) * p.headdim * p.dstate;
+  for (int r0 = warp; r0 < rows; r0 += kWarps * kRows) {
+    float held[kRows][kLaneElems];
+#pragma unroll
+    for (int j = 0; j < kRows; ++j) {
+      const int r = r0 + j * kWarps;
+      const S* s = head_state + int64_t(p0 + r) * p.dstate;
+#pragma unroll
+      for (int k = 0; k < kLaneElems; ++k) {
+        const int n = lane + 32 * k;
+        held[j][k] = r < rows && n < N ? load_as_float(s + n) : 0.f;
+      }
     }
 #pragma unroll
-    for (int offset = 16; offset > 0; offset /= 2) acc += __shfl_xor_sync(0xffffffffu, acc, offset);
-    if (lane == 0) {
-      if (p.D != nullptr) acc += x * (p.d_per_channel ? p.D[h * p.headdim + row] : p.D[h]);
-      store_from_float(out + int64_t(h) * p.headdim + row, acc);
+    for (int j = 0; j < kRows; ++j) {
+      const int r = r0 + j * kWarps, row = p0 + r;
+      if (r >= rows) break;  // the same for the whole warp
+      const float x = xs[r], dtx = dt * x;
+      S* s = head_state + int64_t(row) * p.dstate;
+      float acc = 0.f;
+#pragma unroll
+      for (int k = 0; k < kLaneElems; ++k) {
+        const int n = lane + 32 * k;
+        if (n < N) {
+          const float next = held[j][k] * decay + dtx * bc[n];
+          store_from_float(s + n, next);
+          acc += next * bc[N + n];
+        }
+      }
+#pragma unroll
+      for (int offset = 16; offset > 0; offset /= 2) acc += __shfl_xor_sync(0xffffffffu, acc, offset);
+      if (lane == 0) {
+        if (p.D != nullptr) acc += x * (p.d_per_channel ? p.D[h * p.headdim + row] : p.D[h]);
+        store_from_float(out + int64_t(h) * p.headdim + row, acc);
+      }
     }
   }
 
@@ -218,12 +243,26 @@ int splits_for(const SsdStepParams& p) {
   return splits;
 }
 
-template <typename T, typename S>
-cudaError_t launch(const SsdStepParams& p, cudaStream_t stream) {
+template <typename T, typename S, int kLaneElems>
+cudaError_t launch_rows(const SsdStepParams& p, cudaStream_t stream) {
   const int splits = splits_for(p);
   const dim3 grid(p.nheads * splits, p.batch);
-  ssd_step_kernel<T, S><<<grid, kThreads, 0, stream>>>(p);
+  // 1 KiB of state per warp in flight at N = 128 unless asked otherwise.
+  const int rows = p.rows_in_flight > 0 ? p.rows_in_flight : sizeof(S) == 2 ? 4 : 2;
+  if (rows == 1) {
+    ssd_step_kernel<T, S, 1, kLaneElems><<<grid, kThreads, 0, stream>>>(p);
+  } else if (rows == 2) {
+    ssd_step_kernel<T, S, 2, kLaneElems><<<grid, kThreads, 0, stream>>>(p);
+  } else {
+    ssd_step_kernel<T, S, 4, kLaneElems><<<grid, kThreads, 0, stream>>>(p);
+  }
   return cudaGetLastError();
+}
+
+template <typename T, typename S>
+cudaError_t launch(const SsdStepParams& p, cudaStream_t stream) {
+  static_assert(kSsdStepMaxDstate == 8 * 32, "a lane holds at most 8 elements of a row");
+  return p.dstate <= 4 * 32 ? launch_rows<T, S, 4>(p, stream) : launch_rows<T, S, 8>(p, stream);
 }
 
 template <typename T>
@@ -239,6 +278,7 @@ cudaError_t ssd_step_cuda(const SsdStepParams& p, ElemType dtype, cudaStream_t s
       p.headdim > kSsdStepMaxHeaddim || p.dstate < 1 || p.dstate > kSsdStepMaxDstate ||
       p.ngroups < 1 || p.nheads % p.ngroups != 0 || p.width < 1 || p.width > kSsdStepMaxWidth ||
       p.norm_group_size < 1 || (int64_t(p.nheads) * p.headdim) % p.norm_group_size != 0 ||
+      (p.rows_in_flight != 0 && p.rows_in_flight != 1 && p.rows_in_flight != 2 && p.rows_in_flight != 4) ||
       int64_t(p.nheads) * kSsdStepMaxHeaddim > (int64_t(1) << 31) - 1) {
     return cudaErrorInvalidValue;
   }

@@ -41,6 +41,9 @@ struct SsdStepParams {
   float eps = 1e-5f;
   bool norm_before_gate = false;
   void* out = nullptr;  ///< [B, E] in T, contiguous
+  /// State rows a warp loads before it updates them: 1, 2 or 4; 0 takes 2 for an fp32 state
+  /// and 4 for a bf16 one (1 KiB per warp in flight at N = 128). The same results for each.
+  int rows_in_flight = 0;
   /// [B], zero before the launch: each block of a sequence counts itself in; the last one to
   /// arrive finishes the sequence and sets its counter back to zero.
   unsigned* arrivals = nullptr;

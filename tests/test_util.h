@@ -10,6 +10,8 @@
 #include <filesystem>
 #include <sys/wait.h>
 #include <functional>
+#include <optional>
+#include <utility>
 
 #include "aim/core/error.h"
 #include "aim/ops/dispatch.h"
@@ -247,6 +249,37 @@ class OpCounter {
     return n;
   }
   at::CallbackHandle handle_;
+};
+
+/// Sets or unsets environment variables for one scope, restoring the previous values after.
+class ScopedEnv {
+ public:
+  ScopedEnv() = default;
+  ScopedEnv(const char* name, const std::optional<std::string>& value) { set(name, value); }
+  ScopedEnv& set(const char* name, const std::optional<std::string>& value) {
+    const char* old = std::getenv(name);
+    saved_.push_back({name, old ? std::optional<std::string>(old) : std::nullopt});
+    if (value) {
+      setenv(name, value->c_str(), 1);
+    } else {
+      unsetenv(name);
+    }
+    return *this;
+  }
+  ~ScopedEnv() {
+    for (auto it = saved_.rbegin(); it != saved_.rend(); ++it) {
+      if (it->second) {
+        setenv(it->first.c_str(), it->second->c_str(), 1);
+      } else {
+        unsetenv(it->first.c_str());
+      }
+    }
+  }
+  ScopedEnv(const ScopedEnv&) = delete;
+  ScopedEnv& operator=(const ScopedEnv&) = delete;
+
+ private:
+  std::vector<std::pair<std::string, std::optional<std::string>>> saved_;
 };
 
 }  // namespace aim::test

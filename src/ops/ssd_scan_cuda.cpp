@@ -105,6 +105,18 @@ int max_cluster_heads() {
   return std::stoi(s);
 }
 
+// State rows a warp of the fused decode step loads before updating them: AIM_SSD_STEP_ROWS (1, 2
+// or 4), else the kernel's choice (0). Read at every call, so a benchmark can compare them in one
+// process.
+int step_rows_in_flight() {
+  const char* v = std::getenv("AIM_SSD_STEP_ROWS");
+  if (v == nullptr || *v == '\0') return 0;
+  const std::string s(v);
+  TORCH_CHECK(s == "1" || s == "2" || s == "4",
+              "environment variable AIM_SSD_STEP_ROWS: expected 1, 2 or 4, found '", s, "'");
+  return std::stoi(s);
+}
+
 kernels::SsdScanTiling tiling_for(const torch::Tensor& x, const torch::Tensor& Bm) {
   return kernels::ssd_scan_tiling(static_cast<int>(x.size(1)), static_cast<int>(x.size(3)),
                                   static_cast<int>(Bm.size(3)),
@@ -420,6 +432,7 @@ torch::Tensor ssd_decode_step(const torch::Tensor& zxbcdt, torch::Tensor& conv_s
   p.norm_before_gate = w.norm_before_gate;
   p.out = out.data_ptr();
   p.arrivals = reinterpret_cast<unsigned*>(counters.data_ptr<int32_t>());
+  p.rows_in_flight = step_rows_in_flight();
   check_launch(kernels::ssd_step_cuda(p, elem_type(zxbcdt), current_stream()), "ssd_decode_step");
   return out;
 }

@@ -87,7 +87,7 @@ TEST_F(SsdScanPackedEmu, GradientsOfASplitTensorComeBackPacked) {
 }
 
 TEST(SsdScanClusterEmuConfig, AMalformedClusterSizeNamesTheVariable) {
-  const test::ScopedClusterSize bad(3);
+  const test::ScopedEnv bad(test::kClusterEnv, "3");
   const auto x = torch::randn({1, 8, 2, 32}), dt = torch::rand({1, 8, 2}), A = -torch::rand({2});
   const auto Bm = torch::randn({1, 8, 1, 16}), Cm = torch::randn({1, 8, 1, 16});
   try {
@@ -211,6 +211,27 @@ std::vector<test::SsdStepCase> decode_step_cases() {
 
 INSTANTIATE_TEST_SUITE_P(Shapes, SsdDecodeStepEmu, ::testing::ValuesIn(decode_step_cases()),
                          [](const auto& info) { return test::case_name(info.param); });
+
+TEST(SsdDecodeStepEmuConfig, AMalformedRowCountNamesTheVariable) {
+  const test::ScopedEnv bad("AIM_SSD_STEP_ROWS", "3");
+  const int64_t H = 2, P = 16, N = 16, W = 4, E = H * P, C = E + 2 * N;
+  ops::SsdDecodeWeights w;
+  w.conv_weight = torch::randn({C, 1, W});
+  w.A = -torch::rand({H}) - 0.5;
+  w.norm_weight = torch::rand({E}) + 0.5;
+  w.ngroups = 1;
+  w.norm_group_size = E;
+  auto conv_state = torch::randn({1, C, W}), ssm_state = torch::randn({1, H, P, N});
+  const auto zxbcdt = torch::randn({1, E + C + H});
+  try {
+    ops::cuda_emu::ssd_decode_step(zxbcdt, conv_state, ssm_state, w, torch::Tensor());
+    ADD_FAILURE() << "AIM_SSD_STEP_ROWS=3 was accepted";
+  } catch (const std::exception& e) {
+    const std::string what = e.what();
+    EXPECT_NE(what.find("AIM_SSD_STEP_ROWS"), std::string::npos) << what;
+    EXPECT_NE(what.find("found '3'"), std::string::npos) << what;
+  }
+}
 
 }  // namespace
 }  // namespace aim

@@ -216,27 +216,8 @@ inline void check_ssd_scan(const SsdCase& c, torch::Device dev, const SsdScanFn&
 
 // ---------------------------------------------------------------- clusters over heads
 
-/// Sets AIM_SSD_BWD_CLUSTER (the largest cluster of heads the backward forms) for a scope.
-class ScopedClusterSize {
- public:
-  explicit ScopedClusterSize(int heads) {
-    if (const char* v = std::getenv(kName)) saved_ = v;
-    setenv(kName, std::to_string(heads).c_str(), 1);
-  }
-  ~ScopedClusterSize() {
-    if (saved_) {
-      setenv(kName, saved_->c_str(), 1);
-    } else {
-      unsetenv(kName);
-    }
-  }
-  ScopedClusterSize(const ScopedClusterSize&) = delete;
-  ScopedClusterSize& operator=(const ScopedClusterSize&) = delete;
-
- private:
-  static constexpr const char* kName = "AIM_SSD_BWD_CLUSTER";
-  std::optional<std::string> saved_;
-};
+/// AIM_SSD_BWD_CLUSTER: the largest cluster of heads the scan's backward forms.
+constexpr const char* kClusterEnv = "AIM_SSD_BWD_CLUSTER";
 
 /// The scan with the backward's cluster of heads at most `kc`, on 8 heads in one group and in
 /// two (a cluster stays inside a group), fp32 and bf16, d_state 40 (padded), an initial state:
@@ -246,7 +227,7 @@ inline void check_ssd_scan_clusters(
     int kc, torch::Device dev,
     const std::function<int(const torch::Tensor&, const torch::Tensor&)>& cluster_of,
     const SsdScanFn& scan) {
-  ScopedClusterSize size(kc);
+  const ScopedEnv size(kClusterEnv, std::to_string(kc));
   for (int64_t groups : {1, 2}) {
     for (auto dtype : {torch::kFloat, torch::kBFloat16}) {
       const SsdCase c{1, 45, 8, 64, groups, 40, DMode::kHead, true, true, true, true, dtype, true};

@@ -29,6 +29,7 @@ struct SsdStepCase {
   torch::ScalarType dtype, ssm_state_dtype, conv_state_dtype, weight_dtype;
   int sms = 0;            ///< the emulated device's SM count (0: its default); a GPU uses its own
   bool gpu_only = false;  ///< full AiM widths: too slow for the emulator
+  int rows_in_flight = 0; ///< AIM_SSD_STEP_ROWS for the case (0: unset, the kernel's choice)
 };
 
 inline std::string case_name(const SsdStepCase& c) {
@@ -40,7 +41,8 @@ inline std::string case_name(const SsdStepCase& c) {
          std::to_string(c.norm_groups) + (c.norm_before_gate ? "_nbg" : "") +
          (c.conv_bias ? "" : "_noconvbias") + (c.dt_bias ? "" : "_nodtbias") + d + "_" +
          t(c.dtype) + "_state" + t(c.ssm_state_dtype) + "_conv" + t(c.conv_state_dtype) + "_w" +
-         t(c.weight_dtype) + (c.sms ? "_sms" + std::to_string(c.sms) : "");
+         t(c.weight_dtype) + (c.sms ? "_sms" + std::to_string(c.sms) : "") +
+         (c.rows_in_flight ? "_rows" + std::to_string(c.rows_in_flight) : "");
 }
 
 inline void PrintTo(const SsdStepCase& c, std::ostream* os) { *os << case_name(c); }
@@ -48,8 +50,10 @@ inline void PrintTo(const SsdStepCase& c, std::ostream* os) { *os << case_name(c
 /// AiM's heads (P 64, N 128, one group, width 4, one norm group) in the dtype combinations the
 /// sampler makes, then edges: ngroups 2 with two norm groups and norm before gate, norm groups
 /// smaller than a head, P not a power of two and odd, N not a multiple of 32, widths 2, 3 and
-/// 8, no D / dt bias / conv bias, a head in one block (one SM) or split over four; last, the
-/// full AiM-L mixer at batch 1 and 32 (GPU only).
+/// 8, no D / dt bias / conv bias, a head in one block (one SM) or split over four, N above 128
+/// (a lane holds 8 of a row's elements instead of 4); the state rows a warp updates at once
+/// (AIM_SSD_STEP_ROWS) forced to each of 1, 2 and 4 where a block's rows are not a multiple of
+/// the 4 warps times that; last, the full AiM-L mixer at batch 1 and 32 (GPU only).
 inline std::vector<SsdStepCase> ssd_step_cases() {
   const auto f = torch::kFloat, h = torch::kBFloat16;
   return {
@@ -61,6 +65,12 @@ inline std::vector<SsdStepCase> ssd_step_cases() {
       {2, 2, 48, 1, 40, 2, 4, false, true, false, DMode::kNone, f, f, h, f},
       {3, 2, 17, 1, 33, 4, 1, false, true, true, DMode::kHead, h, f, f, f},
       {1, 2, 32, 1, 16, 8, 1, false, true, true, DMode::kHead, h, h, f, h},
+      {2, 2, 32, 1, 256, 4, 1, false, true, true, DMode::kHead, h, f, f, h},
+      {1, 2, 24, 1, 200, 4, 2, false, true, true, DMode::kChannel, h, h, f, h},
+      {2, 3, 64, 1, 128, 4, 1, false, true, true, DMode::kHead, h, f, f, h, 0, false, 1},
+      {3, 2, 17, 1, 33, 4, 1, false, true, true, DMode::kHead, h, f, f, f, 0, false, 4},
+      {2, 2, 44, 1, 40, 2, 4, false, true, false, DMode::kNone, f, h, h, f, 1, false, 2},
+      {1, 2, 24, 1, 200, 4, 2, false, true, true, DMode::kChannel, h, f, f, h, 0, false, 4},
       {1, 32, 64, 1, 128, 4, 1, false, true, true, DMode::kHead, h, f, f, h, 0, true},
       {32, 32, 64, 1, 128, 4, 1, false, true, true, DMode::kHead, h, f, f, h, 0, true},
   };
@@ -97,6 +107,8 @@ inline void check_ssd_decode_step(const SsdStepCase& c, torch::Device dev, const
   auto ssm_state = randn({c.batch, c.heads, c.hdim, c.dstate}, c.ssm_state_dtype, dev, 0.5);
   auto conv_r = cpu(conv_state), ssm_r = cpu(ssm_state);
   auto arrivals = torch::zeros({c.batch}, torch::dtype(torch::kInt).device(dev));
+  ScopedEnv rows;
+  if (c.rows_in_flight > 0) rows.set("AIM_SSD_STEP_ROWS", std::to_string(c.rows_in_flight));
   for (int s = 0; s < 4; ++s) {
     // The in_proj row z | x B C | dt inside a wider buffer (row stride != width); dt such that
     // softplus(dt + dt_bias) ~ 0.001 .. 0.1 (without a bias, shifted by the bias's mean).

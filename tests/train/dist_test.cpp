@@ -49,33 +49,6 @@ constexpr int64_t kChildDistTimeoutS = 60;
   GTEST_SKIP() << "this build has no Gloo headers (libgloo-dev): no CPU process group"
 #endif
 
-/// Sets or unsets variables for one scope, restoring the previous values after.
-class ScopedEnv {
- public:
-  ScopedEnv& set(const char* name, const std::optional<std::string>& value) {
-    const char* old = std::getenv(name);
-    saved_.push_back({name, old ? std::optional<std::string>(old) : std::nullopt});
-    if (value) {
-      setenv(name, value->c_str(), 1);
-    } else {
-      unsetenv(name);
-    }
-    return *this;
-  }
-  ~ScopedEnv() {
-    for (auto it = saved_.rbegin(); it != saved_.rend(); ++it) {
-      if (it->second) {
-        setenv(it->first.c_str(), it->second->c_str(), 1);
-      } else {
-        unsetenv(it->first.c_str());
-      }
-    }
-  }
-
- private:
-  std::vector<std::pair<std::string, std::optional<std::string>>> saved_;
-};
-
 /// A TCP port nobody listens on right now.
 int free_port() {
   const int fd = ::socket(AF_INET, SOCK_STREAM, 0);
@@ -304,7 +277,7 @@ TEST(DistTest, ConfigErrorsNameTheKey) {
 }
 
 TEST(DistTest, NoRendezvousNamesMasterAddrAndPort) {
-  ScopedEnv env;
+  test::ScopedEnv env;
   env.set("MASTER_ADDR", std::nullopt).set("MASTER_PORT", std::nullopt);
   LaunchEnv two;
   two.world_size = 2;
@@ -330,7 +303,7 @@ TEST(DistTest, NoRendezvousNamesMasterAddrAndPort) {
 TEST(DistTest, UnreachableStoreTimesOut) {
   // Rank 1 of 2 with no rank 0 anywhere: an error naming the address once dist.timeout_s passed.
   const int port = free_port();
-  ScopedEnv env;
+  test::ScopedEnv env;
   env.set("MASTER_ADDR", "127.0.0.1").set("MASTER_PORT", std::to_string(port));
   LaunchEnv env1;
   env1.rank = 1;
@@ -379,7 +352,7 @@ TEST(DistTest, ProcessGroupOfOneRank) {
 
 TEST(DistTest, UnknownGlooInterfaceIsNamed) {
   AIM_SKIP_WITHOUT_GLOO();
-  ScopedEnv env;
+  test::ScopedEnv env;
   env.set("GLOO_SOCKET_IFNAME", "lo,aim_no_such_if");
   auto store = c10::make_intrusive<c10d::HashStore>();
   const auto e = test::error_of([&] {

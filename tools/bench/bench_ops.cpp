@@ -367,6 +367,24 @@ int main(int argc, char** argv) {
                       torch::NoGradGuard ng_guard;
                       aim::ops::ssd_decode_step(dzx, dconv, dssm, dw, arrivals);
                     }, true, 0, true});
+    // The state rows a warp updates at once (kernels/ssd_step.h; the row above runs the default,
+    // 2 for an fp32 state), and a bf16 state (default 4 rows: the same bytes per warp in flight).
+    for (int n : {1, 4}) {
+      Row r{"ssd_decode_step (B=32) rows " + std::to_string(n), step_bytes, [&, n] {
+              const ScopedEnv in_flight("AIM_SSD_STEP_ROWS", std::to_string(n));
+              torch::NoGradGuard ng_guard;
+              aim::ops::ssd_decode_step(dzx, dconv, dssm, dw, arrivals);
+            }, true, 0, true};
+      r.ref_timed = false;
+      if (g_device.is_cuda()) rows.push_back(r);
+    }
+    auto dssm16 = dssm.to(torch::kBFloat16);
+    Row bf16_state{"ssd_decode_step (B=32) bf16 state", step_bytes - state_rw / 2, [&] {
+                     torch::NoGradGuard ng_guard;
+                     aim::ops::ssd_decode_step(dzx, dconv, dssm16, dw, arrivals);
+                   }, true, 0, true};
+    bf16_state.ref_timed = false;
+    if (g_device.is_cuda()) rows.push_back(bf16_state);
     rows.push_back({"ssd_decode_step, 3 kernels (B=32)", step_bytes, [&] {
                       torch::NoGradGuard ng_guard;
                       auto xbc = aim::ops::causal_conv1d_update(dzx.narrow(1, Ed, conv_dim), dconv,
