@@ -52,6 +52,9 @@ struct SsdScanParams {
   int cluster_heads = 1;                                      ///< from SsdScanTiling
   bool dt_softplus = true;
   bool d_per_channel = false;
+  /// Load the tiles element by element even where 16-byte vectors would do (a benchmark's
+  /// comparison; the launch otherwise uses vectors whenever the inputs allow them).
+  bool element_loads = false;
 
   const void* x = nullptr;        ///< [B, L, H, P]
   int64_t x_batch_stride = 0, x_len_stride = 0, x_head_stride = 0;

@@ -34,8 +34,9 @@ namespace cg = cooperative_groups;
 
 // kCluster: launched in clusters of p.cluster_heads (> 1) blocks. A separate instantiation keeps
 // the cluster's code out of the plain kernel (whose register allocation it would change).
+// vec: the tiles move in 16-byte vectors (ssd_vec16_ok), else element by element.
 template <typename Tin, bool kSoftplus, bool kCluster>
-__global__ void __launch_bounds__(kThreads) ssd_bwd_kernel(const SsdScanParams p) {
+__global__ void __launch_bounds__(kThreads) ssd_bwd_kernel(const SsdScanParams p, bool vec) {
   using Ops = TileOps<Tin>;
   using Acc = typename Ops::Acc;
   constexpr int tin = static_cast<int>(sizeof(Tin));
@@ -113,20 +114,34 @@ __global__ void __launch_bounds__(kThreads) ssd_bwd_kernel(const SsdScanParams p
     const int t0 = c * kChunk, clen = min(kChunk, p.len - t0);
 
     // P1. Loads.
-    for (int idx = tid; idx < kChunk * pt; idx += kThreads) {
-      const int i = idx / pt, pp = idx % pt;
-      const bool in = i < clen && pp < prows;
-      xs[i * ldp + pp] = in ? x[(t0 + i) * p.x_len_stride + pp] : zero;
-      dys[i * ldp + pp] = in ? dy[(t0 + i) * p.dy_len_stride + pp] : zero;
-    }
-    for (int idx = tid; idx < kChunk * np; idx += kThreads) {
-      const int i = idx / np, n = idx % np;
-      const bool in = i < clen && n < nstate;
-      bs[i * ldn + n] = in ? bm[(t0 + i) * p.b_len_stride + n] : zero;
-      cs[i * ldn + n] = in ? cm[(t0 + i) * p.c_len_stride + n] : zero;
-    }
-    {
-      const Tin* chunk_state = states + static_cast<int64_t>(c) * ptot * np;
+    const Tin* chunk_state = states + static_cast<int64_t>(c) * ptot * np;
+    if (vec) {
+      TileCopy16<Tin, 1> xl, dyl;
+      TileCopy16<Tin, 2> bl, cl;
+      TileCopy16<Tin, 4> sl;
+      xl.load(x + t0 * p.x_len_stride, p.x_len_stride, kChunk, pt, clen, prows);
+      dyl.load(dy + t0 * p.dy_len_stride, p.dy_len_stride, kChunk, pt, clen, prows);
+      bl.load(bm + t0 * p.b_len_stride, p.b_len_stride, kChunk, np, clen, nstate);
+      cl.load(cm + t0 * p.c_len_stride, p.c_len_stride, kChunk, np, clen, nstate);
+      sl.load(chunk_state, np, pt, np, pt, np);
+      xl.store(xs, ldp);
+      dyl.store(dys, ldp);
+      bl.store(bs, ldn);
+      cl.store(cs, ldn);
+      sl.store(sp, ldn);
+    } else {
+      for (int idx = tid; idx < kChunk * pt; idx += kThreads) {
+        const int i = idx / pt, pp = idx % pt;
+        const bool in = i < clen && pp < prows;
+        xs[i * ldp + pp] = in ? x[(t0 + i) * p.x_len_stride + pp] : zero;
+        dys[i * ldp + pp] = in ? dy[(t0 + i) * p.dy_len_stride + pp] : zero;
+      }
+      for (int idx = tid; idx < kChunk * np; idx += kThreads) {
+        const int i = idx / np, n = idx % np;
+        const bool in = i < clen && n < nstate;
+        bs[i * ldn + n] = in ? bm[(t0 + i) * p.b_len_stride + n] : zero;
+        cs[i * ldn + n] = in ? cm[(t0 + i) * p.c_len_stride + n] : zero;
+      }
       for (int idx = tid; idx < pt * np; idx += kThreads) {
         const int r = idx / np, n = idx % np;
         sp[r * ldn + n] = chunk_state[idx];
@@ -402,6 +417,7 @@ cudaError_t ssd_bwd_launch(const SsdScanParams& p, cudaStream_t stream) {
   if (err != cudaSuccess) return err;
   const ssd::BwdSmem lay(p.p_tile, p.dstate_pad, static_cast<int>(sizeof(Tin)), kc > 1);
   const dim3 grid(p.p_tiles, p.nheads, p.batch);
+  const bool vec = !p.element_loads && ssd::ssd_vec16_ok(p, static_cast<int>(sizeof(Tin)), /*backward=*/true);
   BOOL_SWITCH(p.dt_softplus, kSoftplus, [&] {
     BOOL_SWITCH(kc > 1, kCluster, [&] {
       auto kernel = &ssd::ssd_bwd_kernel<Tin, kSoftplus, kCluster>;
@@ -409,12 +425,12 @@ cudaError_t ssd_bwd_launch(const SsdScanParams& p, cudaStream_t stream) {
                                  static_cast<int>(lay.bytes));
       if (err != cudaSuccess) return;
       if (!kCluster) {
-        kernel<<<grid, ssd::kThreads, lay.bytes, stream>>>(p);
+        kernel<<<grid, ssd::kThreads, lay.bytes, stream>>>(p, vec);
         err = cudaGetLastError();
         return;
       }
       const ssd::BwdClusterLaunch launch(grid, kc, lay.bytes, stream);
-      err = cudaLaunchKernelEx(&launch.cfg, kernel, p);
+      err = cudaLaunchKernelEx(&launch.cfg, kernel, p, vec);
     });
   });
   return err;

@@ -52,6 +52,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <initializer_list>
 #include <type_traits>
 
 #include "ssd_scan.h"
@@ -111,6 +112,83 @@ __device__ __forceinline__ float softplus(float z) { return z <= 20.f ? log1pf(_
 __device__ __forceinline__ float softplus_grad(float z) {
   return z <= 20.f ? 1.f / (1.f + __expf(-z)) : 1.f;
 }
+
+// ---------------------------------------------------------------- global -> shared tiles
+
+/// Whether a launch's tiles move in 16-byte vectors: P and N, and for each source the address
+/// and every stride, are multiples of 16 bytes (checked by the launch functions).
+inline bool ssd_vec16_ok(const SsdScanParams& p, int elem_bytes, bool backward) {
+  const int64_t e = 16 / elem_bytes;
+  auto fits = [&](const void* ptr, std::initializer_list<int64_t> strides) {
+    if (reinterpret_cast<uintptr_t>(ptr) % 16 != 0) return false;
+    for (const int64_t s : strides) {
+      if (s % e != 0) return false;
+    }
+    return true;
+  };
+  return p.headdim % e == 0 && p.dstate % e == 0 &&
+         fits(p.x, {p.x_batch_stride, p.x_len_stride, p.x_head_stride}) &&
+         fits(p.Bm, {p.b_batch_stride, p.b_len_stride, p.b_group_stride}) &&
+         fits(p.Cm, {p.c_batch_stride, p.c_len_stride, p.c_group_stride}) &&
+         (!backward || (fits(p.dy, {p.dy_batch_stride, p.dy_len_stride, p.dy_head_stride}) &&
+                        fits(p.chunk_states, {})));
+}
+
+/// A [rows, width] tile of global memory (row stride ld_src elements, unit column stride) copied
+/// to shared memory (row stride ld_dst) in 16-byte vectors; rows >= valid_rows and columns >=
+/// valid_cols (a multiple of the vector's elements) are zeros. load() issues this thread's first
+/// kMax vectors into registers, store() writes them and then moves any further ones, kMax at a
+/// time. A chunk loads all its tiles before storing any, so a thread's loads are in flight
+/// together: one memory latency per chunk instead of one per few elements. Vector v of the tile
+/// is thread v % kThreads's, so a warp's loads are contiguous along a row.
+template <typename T, int kMax>
+struct TileCopy16 {
+  static constexpr int kElems = static_cast<int>(16 / sizeof(T));
+  const T* src = nullptr;
+  int64_t ld_src = 0;
+  int vecs_per_row = 0, total = 0, valid_rows = 0, valid_vecs = 0;
+  uint4 v[kMax];
+
+  __device__ __forceinline__ void load(const T* s, int64_t ld, int rows, int width, int vrows, int vcols) {
+    src = s;
+    ld_src = ld;
+    vecs_per_row = width / kElems;
+    total = rows * vecs_per_row;
+    valid_rows = vrows;
+    valid_vecs = vcols / kElems;
+    fetch(0);
+  }
+  __device__ __forceinline__ void store(T* dst, int ld_dst) {
+    put(dst, ld_dst, 0);
+    for (int base = kMax * kThreads; base < total; base += kMax * kThreads) {
+      fetch(base);
+      put(dst, ld_dst, base);
+    }
+  }
+
+ private:
+  __device__ __forceinline__ void fetch(int base) {
+#pragma unroll
+    for (int k = 0; k < kMax; ++k) {
+      const int idx = base + k * kThreads + static_cast<int>(threadIdx.x);
+      const int r = idx / vecs_per_row, c = idx % vecs_per_row;
+      v[k] = make_uint4(0u, 0u, 0u, 0u);
+      if (idx < total && r < valid_rows && c < valid_vecs) {
+        v[k] = *reinterpret_cast<const uint4*>(src + r * ld_src + c * kElems);
+      }
+    }
+  }
+  __device__ __forceinline__ void put(T* dst, int ld_dst, int base) const {
+#pragma unroll
+    for (int k = 0; k < kMax; ++k) {
+      const int idx = base + k * kThreads + static_cast<int>(threadIdx.x);
+      if (idx < total) {
+        const int r = idx / vecs_per_row, c = idx % vecs_per_row;
+        *reinterpret_cast<uint4*>(dst + r * ld_dst + c * kElems) = v[k];
+      }
+    }
+  }
+};
 
 // ---------------------------------------------------------------- shared-memory layouts
 

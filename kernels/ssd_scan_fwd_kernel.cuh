@@ -21,8 +21,9 @@ namespace aim::kernels {
 
 namespace ssd {
 
+// vec: the tiles move in 16-byte vectors (ssd_vec16_ok), else element by element.
 template <typename Tin, bool kOutputs, bool kChunkStates, bool kSoftplus>
-__global__ void __launch_bounds__(kThreads) ssd_fwd_kernel(const SsdScanParams p) {
+__global__ void __launch_bounds__(kThreads) ssd_fwd_kernel(const SsdScanParams p, bool vec) {
   using Ops = TileOps<Tin>;
   using Acc = typename Ops::Acc;
   constexpr int tin = static_cast<int>(sizeof(Tin));
@@ -76,15 +77,26 @@ __global__ void __launch_bounds__(kThreads) ssd_fwd_kernel(const SsdScanParams p
     const bool update = kOutputs ? (p.final_state != nullptr || c + 1 < nchunks) : c + 1 < nchunks;
 
     // 1. Loads.
-    for (int idx = tid; idx < kChunk * pt; idx += kThreads) {
-      const int i = idx / pt, pp = idx % pt;
-      xs[i * ldp + pp] = i < clen && pp < prows ? x[(t0 + i) * p.x_len_stride + pp] : zero;
-    }
-    for (int idx = tid; idx < kChunk * np; idx += kThreads) {
-      const int i = idx / np, n = idx % np;
-      const bool in = i < clen && n < nstate;
-      bs[i * ldn + n] = in ? bm[(t0 + i) * p.b_len_stride + n] : zero;
-      if (kOutputs) cs[i * ldn + n] = in ? cm[(t0 + i) * p.c_len_stride + n] : zero;
+    if (vec) {
+      TileCopy16<Tin, 1> xl;
+      TileCopy16<Tin, 2> bl, cl;
+      xl.load(x + t0 * p.x_len_stride, p.x_len_stride, kChunk, pt, clen, prows);
+      bl.load(bm + t0 * p.b_len_stride, p.b_len_stride, kChunk, np, clen, nstate);
+      if (kOutputs) cl.load(cm + t0 * p.c_len_stride, p.c_len_stride, kChunk, np, clen, nstate);
+      xl.store(xs, ldp);
+      bl.store(bs, ldn);
+      if (kOutputs) cl.store(cs, ldn);
+    } else {
+      for (int idx = tid; idx < kChunk * pt; idx += kThreads) {
+        const int i = idx / pt, pp = idx % pt;
+        xs[i * ldp + pp] = i < clen && pp < prows ? x[(t0 + i) * p.x_len_stride + pp] : zero;
+      }
+      for (int idx = tid; idx < kChunk * np; idx += kThreads) {
+        const int i = idx / np, n = idx % np;
+        const bool in = i < clen && n < nstate;
+        bs[i * ldn + n] = in ? bm[(t0 + i) * p.b_len_stride + n] : zero;
+        if (kOutputs) cs[i * ldn + n] = in ? cm[(t0 + i) * p.c_len_stride + n] : zero;
+      }
     }
     if (warp == 0) {
       float d = 0.f;
@@ -213,13 +225,14 @@ cudaError_t ssd_fwd_launch(const SsdScanParams& p, cudaStream_t stream) {
   }
   const ssd::FwdSmem lay(p.p_tile, p.dstate_pad, static_cast<int>(sizeof(Tin)));
   const dim3 grid(p.p_tiles, p.nheads, p.batch);
+  const bool vec = !p.element_loads && ssd::ssd_vec16_ok(p, static_cast<int>(sizeof(Tin)), /*backward=*/false);
   cudaError_t err = cudaSuccess;
   BOOL_SWITCH(p.dt_softplus, kSoftplus, [&] {
     auto kernel = &ssd::ssd_fwd_kernel<Tin, kOutputs, kChunkStates, kSoftplus>;
     err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                static_cast<int>(lay.bytes));
     if (err != cudaSuccess) return;
-    kernel<<<grid, ssd::kThreads, lay.bytes, stream>>>(p);
+    kernel<<<grid, ssd::kThreads, lay.bytes, stream>>>(p, vec);
     err = cudaGetLastError();
   });
   return err;

@@ -117,6 +117,17 @@ int step_rows_in_flight() {
   return std::stoi(s);
 }
 
+// AIM_SSD_ELEMENT_LOADS=1: the scan kernels load their tiles element by element (to compare
+// with the 16-byte vectors they use by default).
+bool element_loads() {
+  const char* v = std::getenv("AIM_SSD_ELEMENT_LOADS");
+  if (v == nullptr || *v == '\0') return false;
+  const std::string s(v);
+  TORCH_CHECK(s == "0" || s == "1", "environment variable AIM_SSD_ELEMENT_LOADS: expected 0 or 1, found '", s,
+              "'");
+  return s == "1";
+}
+
 kernels::SsdScanTiling tiling_for(const torch::Tensor& x, const torch::Tensor& Bm) {
   return kernels::ssd_scan_tiling(static_cast<int>(x.size(1)), static_cast<int>(x.size(3)),
                                   static_cast<int>(Bm.size(3)),
@@ -147,6 +158,7 @@ kernels::SsdScanParams base_params(const torch::Tensor& x, const torch::Tensor& 
   p.cluster_heads = tiling.cluster_heads;
   p.dt_softplus = dt_softplus;
   p.d_per_channel = d_f.defined() && d_f.dim() == 2;
+  p.element_loads = element_loads();
   p.x = x.data_ptr();
   p.x_batch_stride = x.stride(0);
   p.x_len_stride = x.stride(1);

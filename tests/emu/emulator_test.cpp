@@ -427,6 +427,20 @@ TEST(EmulatorDeathTest, OutOfBoundsAccessesAreReported) {
       },
       "use-after-poison");
 }
+
+// And with its alignment check: a 16-byte vector load from an address 16 does not divide ends
+// the process, as it would fault on a GPU ("misaligned address").
+__global__ void copy_vector(const float* in, float* out) {
+  reinterpret_cast<float4*>(out)[threadIdx.x] = reinterpret_cast<const float4*>(in)[threadIdx.x];
+}
+
+TEST(EmulatorDeathTest, MisalignedVectorAccessesAreReported) {
+  GTEST_FLAG_SET(death_test_style, "threadsafe");
+  alignas(16) float in[4 * 33] = {}, out[4 * 32] = {};
+  copy_vector ^ emu::Cfg(1, 32)(in, out);
+  EXPECT_EQ(cudaGetLastError(), cudaSuccess);
+  EXPECT_DEATH(copy_vector ^ emu::Cfg(1, 32)(in + 2, out), "misaligned address");
+}
 #endif
 
 }  // namespace

@@ -56,6 +56,34 @@ std::vector<SsdCase> cases() {
 INSTANTIATE_TEST_SUITE_P(Shapes, SsdScanEmu, ::testing::ValuesIn(cases()),
                          [](const auto& info) { return test::case_name(info.param); });
 
+// AIM_SSD_ELEMENT_LOADS=1 (a benchmark's comparison) loads aligned inputs element by element: the
+// same results; a value other than 0 or 1 is an error naming the variable.
+TEST(SsdScanEmuConfig, ElementLoadsOnAlignedInputsMatchTheReference) {
+  const test::ScopedEnv element("AIM_SSD_ELEMENT_LOADS", "1");
+  for (auto dtype : {torch::kFloat, torch::kBFloat16}) {
+    const SsdCase c{1, 65, 2, 64, 1, 128, DMode::kHead, true, true, true, true, dtype, true};
+    test::check_ssd_scan(c, torch::kCPU,
+                         [](const torch::Tensor& x, const torch::Tensor& dt, const torch::Tensor& A,
+                            const torch::Tensor& Bm, const torch::Tensor& Cm, const torch::Tensor& D,
+                            const torch::Tensor& dt_bias, bool softplus, const torch::Tensor& init,
+                            bool return_final) {
+                           return ops::cuda_emu::ssd_scan(x, dt, A, Bm, Cm, D, dt_bias, softplus,
+                                                          init, return_final);
+                         });
+  }
+  const test::ScopedEnv bad("AIM_SSD_ELEMENT_LOADS", "yes");
+  const auto x = torch::randn({1, 8, 2, 32}), dt = torch::rand({1, 8, 2}), A = -torch::rand({2});
+  const auto Bm = torch::randn({1, 8, 1, 16}), Cm = torch::randn({1, 8, 1, 16});
+  try {
+    ops::cuda_emu::ssd_scan(x, dt, A, Bm, Cm, {}, {}, true, {}, false);
+    ADD_FAILURE() << "AIM_SSD_ELEMENT_LOADS=yes was accepted";
+  } catch (const std::exception& e) {
+    const std::string what = e.what();
+    EXPECT_NE(what.find("AIM_SSD_ELEMENT_LOADS"), std::string::npos) << what;
+    EXPECT_NE(what.find("found 'yes'"), std::string::npos) << what;
+  }
+}
+
 // ---------------------------------------------------------------- clusters over heads
 
 // The backward adds the dB / dC of a cluster of heads in distributed shared memory

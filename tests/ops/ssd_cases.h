@@ -24,6 +24,9 @@ struct SsdCase {
   bool dt_bias, softplus, init, grad_final;
   torch::ScalarType dtype;
   bool edge = false;  ///< named Edge_*: small, for the sanitizer runs
+  /// x, B and C 4 or 8 bytes past a 16-byte boundary (the kernels then load them element by
+  /// element, not in 16-byte vectors)
+  bool misaligned = false;
 };
 
 inline std::string case_name(const SsdCase& c) {
@@ -32,11 +35,13 @@ inline std::string case_name(const SsdCase& c) {
          std::to_string(c.len) + "_H" + std::to_string(c.heads) + "_P" + std::to_string(c.hdim) +
          "_G" + std::to_string(c.groups) + "_N" + std::to_string(c.dstate) + d +
          (c.dt_bias ? "" : "_nobias") + (c.softplus ? "" : "_nosoftplus") + (c.init ? "_init" : "") +
-         (c.grad_final ? "" : "_yonly") + (c.dtype == torch::kBFloat16 ? "_bf16" : "_fp32");
+         (c.grad_final ? "" : "_yonly") + (c.misaligned ? "_misaligned" : "") +
+         (c.dtype == torch::kBFloat16 ? "_bf16" : "_fp32");
 }
 
-/// Inputs on `device` in `dtype`: x, B, C slices of one [B, L, H*P + 2GN + 8] projection and dt
-/// a part of a wider [B, L, H + 4] one (unit last stride, other strides not contiguous).
+/// Inputs on `device` in `dtype`: x, B, C slices of one [B, L, H*P + 2GN + 16] projection from
+/// element 8 (2 when misaligned) and dt a part of a wider [B, L, H + 4] one (unit last stride,
+/// other strides not contiguous).
 /// softplus(dt + dt_bias) ~ 0.001 .. 0.1, A in [-4, -0.5], never zeros.
 struct SsdInputs {
   torch::Tensor proj, dtp;  ///< leaves
@@ -46,10 +51,11 @@ struct SsdInputs {
 inline SsdInputs make_inputs(const SsdCase& c, torch::Device dev) {
   SsdInputs in;
   const int64_t hp = c.heads * c.hdim, gn = c.groups * c.dstate;
-  in.proj = test::randn({c.batch, c.len, hp + 2 * gn + 8}, c.dtype, dev).requires_grad_(true);
-  in.x = in.proj.narrow(2, 4, hp).view({c.batch, c.len, c.heads, c.hdim});
-  in.Bm = in.proj.narrow(2, 4 + hp, gn).view({c.batch, c.len, c.groups, c.dstate});
-  in.Cm = in.proj.narrow(2, 4 + hp + gn, gn).view({c.batch, c.len, c.groups, c.dstate});
+  const int64_t at = c.misaligned ? 2 : 8;
+  in.proj = test::randn({c.batch, c.len, hp + 2 * gn + 16}, c.dtype, dev).requires_grad_(true);
+  in.x = in.proj.narrow(2, at, hp).view({c.batch, c.len, c.heads, c.hdim});
+  in.Bm = in.proj.narrow(2, at + hp, gn).view({c.batch, c.len, c.groups, c.dstate});
+  in.Cm = in.proj.narrow(2, at + hp + gn, gn).view({c.batch, c.len, c.groups, c.dstate});
   torch::Tensor dt_values;
   if (c.softplus) {
     dt_values = torch::randn({c.batch, c.len, c.heads + 4}) * 0.5;
@@ -90,7 +96,8 @@ inline void expect_y_close(const std::string& name, const torch::Tensor& actual,
   test::expect_close(name, actual, expected, tol.atol, /*relative_to_max=*/false, tol.rtol);
 }
 
-/// The shapes of the kernel tests: AiM-B/L/XL/1B mixers (L = 257) and the `edge` cases.
+/// The shapes of the kernel tests: AiM-B/L/XL/1B mixers (L = 257) and the `edge` cases; inputs
+/// on 16-byte boundaries but for the two `misaligned` ones.
 inline std::vector<SsdCase> ssd_cases() {
   std::vector<SsdCase> out;
   for (auto dtype : {torch::kFloat, torch::kBFloat16}) {
@@ -118,6 +125,10 @@ inline std::vector<SsdCase> ssd_cases() {
     out.push_back({1, 40, 2, 64, 1, 64, DMode::kHead, false, true, false, true, dtype, true});
     out.push_back({1, 40, 2, 64, 1, 64, DMode::kHead, true, false, true, true, dtype, true});
     out.push_back({1, 40, 2, 64, 1, 64, DMode::kHead, true, true, true, false, dtype, true});
+    // Inputs off a 16-byte boundary (loaded element by element): a partial last chunk, and
+    // groups with a padded d_state and an initial state.
+    out.push_back({1, 65, 2, 64, 1, 128, DMode::kHead, true, true, false, true, dtype, true, true});
+    out.push_back({1, 70, 4, 64, 2, 40, DMode::kHead, true, true, true, true, dtype, true, true});
   }
   return out;
 }

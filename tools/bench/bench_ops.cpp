@@ -331,6 +331,16 @@ int main(int argc, char** argv) {
       r.ref_timed = false;
       if (g_device.is_cuda()) rows.push_back(r);
     }
+    // The kernels' tiles loaded element by element (what they do when the inputs are not on
+    // 16-byte boundaries) instead of in 16-byte vectors.
+    Row element_rows{"ssd_scan fwd+bwd, element loads", 2.5 * ssd_bytes, [&] {
+                       const ScopedEnv element("AIM_SSD_ELEMENT_LOADS", "1");
+                       auto y = aim::ops::ssd_scan(sx, sdt, sA, sB, sC, sD, sbias, true, m.ssm.chunk_size).y;
+                       auto grads = torch::autograd::grad({y}, {sx, sdt, sA, sB, sC, sD, sbias}, {sg});
+                     }};
+    element_rows.flops = ssd_fwd_bwd.flops;
+    element_rows.ref_timed = false;
+    if (g_device.is_cuda()) rows.push_back(element_rows);
     for (int64_t chunk : {m.ssm.chunk_size, int64_t{64}}) {
       rows.push_back({"ssd_scan fwd+bwd ref, chunk " + std::to_string(chunk), 2.5 * ssd_bytes,
                       [&, chunk] {
