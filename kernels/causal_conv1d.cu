@@ -6,6 +6,12 @@
 // channel-last layout the Mamba mixers pass ([B, L, C] memory seen as [B, C, L]), time for a
 // contiguous [B, C, L].
 //
+// In the channel-last layout (the mixers') a thread takes kSteps consecutive time steps of one
+// channel instead of one element: it loads the kSteps + W - 1 inputs its outputs read (and, in
+// the backward, the dout values) into registers before computing anything, so a warp has
+// about a dozen coalesced loads in flight instead of one new value (the neighbours it re-read
+// from L1/L2 are now read once). The sums are the one-element kernels' terms in the same order.
+//
 // Backward: dx[s] = sum_k w[k] * g[s + (W - 1) - k] with g = dout * silu'(pre); dweight and
 // dbias are sums over (batch, time) of g times the input window, reduced per thread over a
 // chunk of time steps in registers and written as one partial row per (batch, time chunk) of
@@ -23,6 +29,7 @@ constexpr int kThreads = 256;
 constexpr int kChannelsPerBlock = 128;  // weight-gradient kernel: one thread per channel
 constexpr int kTimeChunk = 64;          // weight-gradient kernel: time steps per thread
 constexpr int kSumX = 32, kSumY = 16;   // partial-row sum: columns x row groups per block
+constexpr int kSteps = 8;               // channel-last kernels: time steps per thread
 
 __device__ __forceinline__ float to_float(float v) { return v; }
 __device__ __forceinline__ float to_float(__nv_bfloat16 v) { return __bfloat162float(v); }
@@ -41,21 +48,13 @@ struct Index {
   int64_t b, c, t;
 };
 
-// Element i of [B, C, L] in walking order: channel fastest or time fastest.
-template <bool kChannelFastest>
+// Element i of [B, C, L] in walking order: time fastest.
 __device__ __forceinline__ Index unflatten(int64_t i, int channels, int len) {
   Index r;
-  if (kChannelFastest) {
-    r.c = i % channels;
-    const int64_t rest = i / channels;
-    r.t = rest % len;
-    r.b = rest / len;
-  } else {
-    r.t = i % len;
-    const int64_t rest = i / len;
-    r.c = rest % channels;
-    r.b = rest / channels;
-  }
+  r.t = i % len;
+  const int64_t rest = i / len;
+  r.c = rest % channels;
+  r.b = rest / channels;
   return r;
 }
 
@@ -74,7 +73,8 @@ __device__ __forceinline__ float conv_at(const T* xc, int64_t l_stride, const fl
   return acc;
 }
 
-template <typename T, int kMaxW, bool kChannelFastest>
+// Other layouts (x_c_stride != 1): one output element per thread, time fastest.
+template <typename T, int kMaxW>
 __global__ void __launch_bounds__(kThreads)
     conv_fwd_kernel(CausalConv1dParams p) {
   const T* x = static_cast<const T*>(p.x);
@@ -82,7 +82,7 @@ __global__ void __launch_bounds__(kThreads)
   const int64_t total = int64_t(p.batch) * p.channels * p.len;
   for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < total;
        i += int64_t(gridDim.x) * blockDim.x) {
-    const Index ix = unflatten<kChannelFastest>(i, p.channels, p.len);
+    const Index ix = unflatten(i, p.channels, p.len);
     const T* xc = x + ix.b * p.x_batch_stride + ix.c * p.x_c_stride;
     const float bias = p.bias != nullptr ? p.bias[ix.c] : 0.0f;
     float v = conv_at<T, kMaxW>(xc, p.x_l_stride, p.weight + ix.c * p.width, bias, p.width, ix.t);
@@ -105,7 +105,7 @@ __device__ __forceinline__ float grad_pre(const CausalConv1dParams& p, const T* 
   return g;
 }
 
-template <typename T, int kMaxW, bool kChannelFastest>
+template <typename T, int kMaxW>
 __global__ void __launch_bounds__(kThreads)
     conv_bwd_dx_kernel(CausalConv1dParams p) {
   const T* x = static_cast<const T*>(p.x);
@@ -114,7 +114,7 @@ __global__ void __launch_bounds__(kThreads)
   const int64_t total = int64_t(p.batch) * p.channels * p.len;
   for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < total;
        i += int64_t(gridDim.x) * blockDim.x) {
-    const Index ix = unflatten<kChannelFastest>(i, p.channels, p.len);
+    const Index ix = unflatten(i, p.channels, p.len);
     const T* xc = x + ix.b * p.x_batch_stride + ix.c * p.x_c_stride;
     const T* dc = dout + ix.b * p.dout_batch_stride + ix.c * p.dout_c_stride;
     const float* w = p.weight + ix.c * p.width;
@@ -210,6 +210,118 @@ __global__ void __launch_bounds__(kSumX * kSumY)
   }
 }
 
+// Channel-last layout (x_c_stride == 1): thread (b, c, chunk of kSteps steps from t0). wr[j] is
+// tap j - (kMaxW - W) of the weight (taps aligned to the end of a kMaxW window, so that every
+// register index is a constant); xv[j] = x[t0 - (kMaxW - 1) + j], zero outside [0, L).
+template <typename T, int kMaxW>
+__device__ __forceinline__ void load_taps(const CausalConv1dParams& p, int64_t c, float (&wr)[kMaxW],
+                                          float* bias) {
+#pragma unroll
+  for (int j = 0; j < kMaxW; ++j) {
+    wr[j] = j >= kMaxW - p.width ? p.weight[c * p.width + (j - (kMaxW - p.width))] : 0.0f;
+  }
+  *bias = p.bias != nullptr ? p.bias[c] : 0.0f;
+}
+
+// Pre-activation at t = t0 + u from the window xv (xv[u + j] = x[t - (kMaxW - 1) + j]): the
+// terms of conv_at in its order, inputs before t = 0 skipped as there.
+template <int kMaxW, int kN>
+__device__ __forceinline__ float pre_at(const float (&xv)[kN], const float (&wr)[kMaxW], float bias,
+                                        int width, int64_t t, int u) {
+  float acc = bias;
+#pragma unroll
+  for (int j = 0; j < kMaxW; ++j) {
+    if (j >= kMaxW - width && t - (kMaxW - 1) + j >= 0) acc += wr[j] * xv[u + j];
+  }
+  return acc;
+}
+
+template <typename T, int kMaxW>
+__global__ void __launch_bounds__(kThreads) conv_fwd_steps_kernel(CausalConv1dParams p) {
+  constexpr int kIn = kSteps + kMaxW - 1;
+  const T* x = static_cast<const T*>(p.x);
+  T* out = static_cast<T*>(p.out);
+  const int64_t chunks = (p.len + kSteps - 1) / kSteps;
+  const int64_t total = int64_t(p.batch) * p.channels * chunks;
+  for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < total;
+       i += int64_t(gridDim.x) * blockDim.x) {
+    const int64_t c = i % p.channels, rest = i / p.channels;
+    const int64_t t0 = (rest % chunks) * kSteps, b = rest / chunks;
+    const T* xc = x + b * p.x_batch_stride + c;
+    float xv[kIn];
+#pragma unroll
+    for (int j = 0; j < kIn; ++j) {
+      const int64_t s = t0 - (kMaxW - 1) + j;
+      xv[j] = s >= 0 && s < p.len ? to_float(xc[s * p.x_l_stride]) : 0.0f;
+    }
+    float wr[kMaxW], bias;
+    load_taps<T, kMaxW>(p, c, wr, &bias);
+    T* oc = out + b * p.out_batch_stride + c * p.out_c_stride;
+#pragma unroll
+    for (int u = 0; u < kSteps; ++u) {
+      const int64_t t = t0 + u;
+      if (t >= p.len) break;
+      float v = pre_at<kMaxW>(xv, wr, bias, p.width, t, u);
+      if (p.silu) v = v * sigmoid(v);
+      oc[t * p.out_l_stride] = from_float<T>(v);
+    }
+  }
+}
+
+// dx over kSteps steps from t0 needs g at t0 .. t0 + kSteps + W - 2, hence x from t0 - (W - 1)
+// to t0 + kSteps + W - 2 and dout from t0: all loaded first.
+template <typename T, int kMaxW>
+__global__ void __launch_bounds__(kThreads) conv_bwd_dx_steps_kernel(CausalConv1dParams p) {
+  constexpr int kG = kSteps + kMaxW - 1;  // g values: t0 .. t0 + kG - 1
+  constexpr int kIn = kG + kMaxW - 1;     // x values: t0 - (kMaxW - 1) .. t0 + kG - 1
+  const T* x = static_cast<const T*>(p.x);
+  const T* dout = static_cast<const T*>(p.dout);
+  T* dx = static_cast<T*>(p.dx);
+  const int64_t chunks = (p.len + kSteps - 1) / kSteps;
+  const int64_t total = int64_t(p.batch) * p.channels * chunks;
+  for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < total;
+       i += int64_t(gridDim.x) * blockDim.x) {
+    const int64_t c = i % p.channels, rest = i / p.channels;
+    const int64_t t0 = (rest % chunks) * kSteps, b = rest / chunks;
+    const T* xc = x + b * p.x_batch_stride + c;
+    const T* dc = dout + b * p.dout_batch_stride + c * p.dout_c_stride;
+    float xv[kIn], gv[kG];
+#pragma unroll
+    for (int j = 0; j < kIn; ++j) {
+      const int64_t s = t0 - (kMaxW - 1) + j;
+      xv[j] = p.silu && s >= 0 && s < p.len ? to_float(xc[s * p.x_l_stride]) : 0.0f;
+    }
+#pragma unroll
+    for (int u = 0; u < kG; ++u) {
+      const int64_t t = t0 + u;
+      gv[u] = t < p.len ? to_float(dc[t * p.dout_l_stride]) : 0.0f;
+    }
+    float wr[kMaxW], bias;
+    load_taps<T, kMaxW>(p, c, wr, &bias);
+    if (p.silu) {
+#pragma unroll
+      for (int u = 0; u < kG; ++u) {
+        const float pre = pre_at<kMaxW>(xv, wr, bias, p.width, t0 + u, u);
+        const float sg = sigmoid(pre);
+        gv[u] *= sg * (1.0f + pre * (1.0f - sg));
+      }
+    }
+    T* xc_out = dx + b * p.dx_batch_stride + c * p.dx_c_stride;
+#pragma unroll
+    for (int u = 0; u < kSteps; ++u) {
+      const int64_t s = t0 + u;
+      if (s >= p.len) break;
+      // Tap k = j - (kMaxW - W) reads g at s + (W - 1) - k = s + kMaxW - 1 - j.
+      float acc = 0.0f;
+#pragma unroll
+      for (int j = 0; j < kMaxW; ++j) {
+        if (j >= kMaxW - p.width && s + kMaxW - 1 - j < p.len) acc += wr[j] * gv[u + kMaxW - 1 - j];
+      }
+      xc_out[s * p.dx_l_stride] = from_float<T>(acc);
+    }
+  }
+}
+
 int grid_for(int64_t total, int threads) {
   // Enough blocks to fill any current GPU several times; the kernels loop over the rest.
   const int64_t blocks = (total + threads - 1) / threads;
@@ -220,11 +332,12 @@ template <typename T, int kMaxW>
 cudaError_t launch_fwd(const CausalConv1dParams& p, cudaStream_t stream) {
   const int64_t total = int64_t(p.batch) * p.channels * p.len;
   if (total == 0) return cudaSuccess;
-  const int grid = grid_for(total, kThreads);
   if (p.x_c_stride == 1) {
-    conv_fwd_kernel<T, kMaxW, true><<<grid, kThreads, 0, stream>>>(p);
+    const int64_t steps = int64_t(p.batch) * p.channels * ((p.len + kSteps - 1) / kSteps);
+    conv_fwd_steps_kernel<T, kMaxW><<<grid_for(steps, kThreads), kThreads, 0, stream>>>(p);
   } else {
-    conv_fwd_kernel<T, kMaxW, false><<<grid, kThreads, 0, stream>>>(p);
+    const int grid = grid_for(total, kThreads);
+    conv_fwd_kernel<T, kMaxW><<<grid, kThreads, 0, stream>>>(p);
   }
   return cudaGetLastError();
 }
@@ -237,11 +350,11 @@ cudaError_t launch_bwd(const CausalConv1dParams& p, cudaStream_t stream) {
   const int64_t total = int64_t(p.batch) * p.channels * p.len;
   int64_t rows = 0;
   if (total > 0) {
-    const int grid = grid_for(total, kThreads);
     if (p.x_c_stride == 1) {
-      conv_bwd_dx_kernel<T, kMaxW, true><<<grid, kThreads, 0, stream>>>(p);
+      const int64_t steps = int64_t(p.batch) * p.channels * ((p.len + kSteps - 1) / kSteps);
+      conv_bwd_dx_steps_kernel<T, kMaxW><<<grid_for(steps, kThreads), kThreads, 0, stream>>>(p);
     } else {
-      conv_bwd_dx_kernel<T, kMaxW, false><<<grid, kThreads, 0, stream>>>(p);
+      conv_bwd_dx_kernel<T, kMaxW><<<grid_for(total, kThreads), kThreads, 0, stream>>>(p);
     }
     cudaError_t err = cudaGetLastError();
     if (err != cudaSuccess) return err;
