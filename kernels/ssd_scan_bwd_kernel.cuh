@@ -114,6 +114,9 @@ __global__ void __launch_bounds__(kThreads) ssd_bwd_kernel(const SsdScanParams p
     const int t0 = c * kChunk, clen = min(kChunk, p.len - t0);
 
     // P1. Loads.
+    // Warp 0's dt of the chunk first, so that its load is in flight with the tiles'.
+    const float dt_raw =
+        warp == 0 && lane < clen ? to_float(dt[(t0 + lane) * p.dt_len_stride]) : 0.f;
     const Tin* chunk_state = states + static_cast<int64_t>(c) * ptot * np;
     if (vec) {
       TileCopy16<Tin, 1> xl, dyl;
@@ -150,7 +153,7 @@ __global__ void __launch_bounds__(kThreads) ssd_bwd_kernel(const SsdScanParams p
     if (warp == 0) {
       float d = 0.f, dsg = 0.f;
       if (lane < clen) {
-        const float z = to_float(dt[(t0 + lane) * p.dt_len_stride]) + bias;
+        const float z = dt_raw + bias;
         d = kSoftplus ? softplus(z) : z;
         dsg = kSoftplus ? softplus_grad(z) : 1.f;
       }

@@ -77,6 +77,9 @@ __global__ void __launch_bounds__(kThreads) ssd_fwd_kernel(const SsdScanParams p
     const bool update = kOutputs ? (p.final_state != nullptr || c + 1 < nchunks) : c + 1 < nchunks;
 
     // 1. Loads.
+    // Warp 0's dt of the chunk first, so that its load is in flight with the tiles'.
+    const float dt_raw =
+        warp == 0 && lane < clen ? to_float(dt[(t0 + lane) * p.dt_len_stride]) : 0.f;
     if (vec) {
       TileCopy16<Tin, 1> xl;
       TileCopy16<Tin, 2> bl, cl;
@@ -101,7 +104,7 @@ __global__ void __launch_bounds__(kThreads) ssd_fwd_kernel(const SsdScanParams p
     if (warp == 0) {
       float d = 0.f;
       if (lane < clen) {
-        const float z = to_float(dt[(t0 + lane) * p.dt_len_stride]) + bias;
+        const float z = dt_raw + bias;
         d = kSoftplus ? softplus(z) : z;
       }
       delta[lane] = d;
