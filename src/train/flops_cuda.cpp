@@ -12,17 +12,30 @@ std::string cuda_device_name(int index) {
 
 }  // namespace aim::train
 
+#include <ATen/Context.h>
 #include <c10/cuda/CUDACachingAllocator.h>
+#include <c10/cuda/CUDAFunctions.h>
 
 namespace aim::train {
+namespace {
+
+// The caching allocator's statistics exist only once CUDA is initialised (its device table is
+// sized then), and they are kept per device index: a Device("cuda") without one (index -1) means
+// the current device, as it does for tensors.
+c10::DeviceIndex allocator_device(int index) {
+  at::globalContext().lazyInitDevice(c10::DeviceType::CUDA);
+  return index < 0 ? c10::cuda::current_device() : static_cast<c10::DeviceIndex>(index);
+}
+
+}  // namespace
 
 int64_t cuda_peak_memory_bytes(int index) {
-  const auto stats = c10::cuda::CUDACachingAllocator::getDeviceStats(static_cast<c10::DeviceIndex>(index));
+  const auto stats = c10::cuda::CUDACachingAllocator::getDeviceStats(allocator_device(index));
   return stats.allocated_bytes[0].peak;
 }
 
 void cuda_reset_peak_memory(int index) {
-  c10::cuda::CUDACachingAllocator::resetPeakStats(static_cast<c10::DeviceIndex>(index));
+  c10::cuda::CUDACachingAllocator::resetPeakStats(allocator_device(index));
 }
 
 }  // namespace aim::train

@@ -23,6 +23,7 @@
 #include "aim/core/safetensors.h"
 #include "aim/eval/inception.h"
 #include "eval/inception_fixture.h"
+#include "no_tf32.h"
 #include "test_util.h"
 
 namespace aim::eval {
@@ -117,23 +118,6 @@ std::vector<std::string> inception_folders() {
   return out;
 }
 
-/// TF32 off for the CUDA cases (README), restored after.
-class NoTf32 {
- public:
-  NoTf32()
-      : cublas_(at::globalContext().allowTF32CuBLAS()), cudnn_(at::globalContext().allowTF32CuDNN()) {
-    at::globalContext().setAllowTF32CuBLAS(false);
-    at::globalContext().setAllowTF32CuDNN(false);
-  }
-  ~NoTf32() {
-    at::globalContext().setAllowTF32CuBLAS(cublas_);
-    at::globalContext().setAllowTF32CuDNN(cudnn_);
-  }
-
- private:
-  bool cublas_, cudnn_;
-};
-
 // ------------------------------------------------------------------ parity over the cases
 
 struct CaseParam {
@@ -220,7 +204,7 @@ using InceptionParity = InceptionCase;
 
 TEST_P(InceptionParity, PreprocessingAndForward) {
   const auto& p = GetParam();
-  std::optional<NoTf32> no_tf32;
+  std::optional<test::NoTf32> no_tf32;
   if (p.device.is_cuda()) no_tf32.emplace();
   torch::NoGradGuard no_grad;
   const auto images = cases_.at("images_uint8").to(p.device);

@@ -9,6 +9,7 @@
 #include "aim/core/safetensors.h"
 #include "aim/model/registry.h"
 #include "aim/model/vq.h"
+#include "no_tf32.h"
 #include "test_util.h"
 
 namespace aim {
@@ -24,6 +25,7 @@ class VqParity : public ::testing::TestWithParam<std::string> {};
 TEST_P(VqParity, EncodeQuantiseDecode) {
   const auto dir = test::fixtures_dir() / "vq" / GetParam();
   const auto device = test::model_device();
+  test::NoTf32 fp32_convolutions;
   auto cfg = vq_config_from_json((dir / "config.json").string());
   VqModel vq(cfg);
   load_vq_state_dict(vq, load_safetensors((dir / "model.safetensors").string()),
@@ -66,6 +68,7 @@ class AimTokenizerParity : public ::testing::TestWithParam<std::string> {};
 TEST_P(AimTokenizerParity, DecodedImages) {
   const auto dir = test::fixtures_dir() / "aim" / GetParam();
   const auto device = test::model_device();
+  test::NoTf32 fp32_convolutions;
   auto g = load_safetensors((dir / "cases.safetensors").string());
   if (!g.count("decoded_images") || !g.count("decode_tokens")) {
     GTEST_SKIP() << GetParam() << ": no decoded_images in this case";

@@ -214,7 +214,17 @@ inline void check_ssd_scan(const SsdCase& c, torch::Device dev, const SsdScanFn&
   ssd_close_elementwise(tag + " dx", grads[0], grads_r[0], c.dtype);
   const double tol = ssd_sum_tolerance(c.dtype);
   expect_close(tag + " ddt", grads[1], grads_r[1], tol);
-  expect_close(tag + " dA", grads[2], grads_r[2], tol);
+  if (grads_r[2].abs().max().item<double>() == 0) {
+    // One step and no initial state: no decay reaches any term, so dA is exactly zero; the
+    // kernels' segment sums (cumsum_t - cumsum_s, 0 only up to rounding on a GPU) leave noise
+    // of the order of 1e-10, which a tolerance relative to max|dA| = 0 cannot measure.
+    const double found = grads[2].abs().max().item<double>();
+    std::printf("    %-58s max|a| %.3e where the reference is exactly 0 (bound 1e-6)\n",
+                (tag + " dA").c_str(), found);
+    EXPECT_LE(found, 1e-6) << tag << " dA: the reference is exactly zero";
+  } else {
+    expect_close(tag + " dA", grads[2], grads_r[2], tol);
+  }
   expect_close(tag + " dB", grads[3], grads_r[3], tol);
   expect_close(tag + " dC", grads[4], grads_r[4], tol);
   size_t k = 5;

@@ -7,6 +7,7 @@
 
 #include "aim/ops/dispatch.h"
 #include "aim/ops/ssd_scan.h"
+#include "ops/ssd_cases.h"
 #include "ops/ssd_step_cases.h"
 #include "test_util.h"
 
@@ -196,9 +197,11 @@ TEST_P(SsdStateUpdate, OpMatchesReferenceAndTeacherForcedScan) {
       ys.push_back(y_op);
     }
     test::expect_close("final state", state_op, state_ref, tol.atol, false, tol.rtol);
-    // Teacher-forced steps equal the parallel scan.
+    // Teacher-forced steps equal the parallel scan. With an initial state the scan kernel's bf16
+    // y is held to max|a - b| / max|b| <= 1e-2 (test::expect_y_close says why; an H200 gave one
+    // bf16 step, 0.25 at |y| 37.5, 1.6x the elementwise bound where the read-out cancels).
     auto scan = ops::ssd_scan(in.x, in.dt, in.A, in.B, in.C, in.D, in.dt_bias, true, s.chunk, in.init, true);
-    test::expect_close("steps == scan y", torch::stack(ys, 1), scan.y, tol.atol, false, tol.rtol);
+    test::expect_y_close("steps == scan y", torch::stack(ys, 1), scan.y, p.dtype);
     test::expect_close("steps == scan state", state_op, scan.final_state, tol.atol, false, tol.rtol);
   }
 }

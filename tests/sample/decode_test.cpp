@@ -120,10 +120,11 @@ TEST(GraphDecodeCuda, TheSampleCommandOverlapsDecodingAndMatchesEagerStepping) {
   const fs::path dir = fs::temp_directory_path() / ("aim_graph_cli_" + std::to_string(getpid()));
   fs::create_directories(dir);
   const std::string ckpt = (test::fixtures_dir() / "aim" / "mamba2_tiny").string();
-  // 7 samples in batches of 2: four batches, so decoding overlaps three generations.
+  // 7 samples (random labels: balanced ones need a multiple of the 10 classes) in batches of 2:
+  // four batches, so decoding overlaps three generations.
   const std::string base = test::aim_binary() + " sample --ckpt " + ckpt + " --vq-config " +
                            test::source_dir() + "/configs/fixture_tiny_vq.json --device cuda --num-samples 7 " +
-                           "--labels balanced --cfg 2 --top-k 50 --seed 3 --batch-size 2 ";
+                           "--labels random --cfg 2 --top-k 50 --seed 3 --batch-size 2 ";
   auto a = test::run_shell(base + "--tokens " + (dir / "graph.safetensors").string());
   ASSERT_EQ(a.code, 0) << a.output;
   auto b = test::run_shell(base + "--no-cuda-graph --tokens " + (dir / "eager.safetensors").string());
