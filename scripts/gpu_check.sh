@@ -17,7 +17,11 @@
 # start there; otherwise the script builds (minutes of the lease). Every phase runs under one
 # deadline, AIM_GPU_BUDGET seconds from the start (default 540: one call is at most 600), so the
 # table is always printed; AIM_GPU_PHASES picks phases (default "tests bench parity sanitize", the
-# order in which they run). Logs go to $OUT (at most 8 files come back from the device tool).
+# order in which they run), AIM_GPU_BENCH the benchmarks (default "train ops sample", run in that order;
+# AIM_GPU_OPS_ARGS adds flags to bench_ops, e.g. "--repeats 5" or "--only ssd"), and
+# AIM_GPU_FILTER the GPU tests (a gtest filter). The phase "profile" (not in the default) times
+# each kernel of two AiM-L sampling steps with Nsight Compute. Logs go to $OUT (at most 8 files
+# come back from the device tool).
 #
 # The GPU machine reaches no package registry, so its Debian dependencies come as .deb files
 # unpacked with dpkg -x (never installed into /).
@@ -97,6 +101,8 @@ timed() {
   timeout --signal=TERM --kill-after=10 "$t" "$@"
 }
 wants() { [[ "$phases" == *" $1 "* ]]; }
+bench_parts=" ${AIM_GPU_BENCH:-train ops sample} "
+bench_wants() { [[ "$bench_parts" == *" $1 "* ]]; }
 
 prefix=/tmp/aim-deps
 rm -rf "$prefix" && mkdir -p "$prefix"
@@ -156,10 +162,10 @@ fi
 t1=$(date +%s)
 
 # ------------------------------------------------------------------ phases
-status_tests=SKIP status_parity=SKIP status_sanitize=SKIP status_bench=SKIP
-secs_tests=0 secs_parity=0 secs_sanitize=0 secs_bench=0
+status_tests=SKIP status_parity=SKIP status_sanitize=SKIP status_bench=SKIP status_profile=SKIP
+secs_tests=0 secs_parity=0 secs_sanitize=0 secs_bench=0 secs_profile=0
 # The tests that launch CUDA work (kernel tests, CUDA op cases, the CLI on CUDA).
-gpu_filter='*Cuda*:*cuda*:*CUDA*'
+gpu_filter=${AIM_GPU_FILTER:-'*Cuda*:*cuda*:*CUDA*'}
 # Small cases of the kernel tests for the sanitizers (10-100x slower under them).
 sanitize_filter='*CausalConv1dCuda*B1_*:*CausalConv1dUpdateCuda*B1_*:*CausalConv1dUpdateCuda*B2_*:*CausalConv1dCuda*B3_*:*NormsCuda*Edge*:*SsdStateUpdate*cuda*:*SsdDecodeStepCuda*B1_*:*SsdDecodeStepCuda*B3_*:*LinearCrossEntropyCuda*N1_*:*LinearCrossEntropyCuda*N257*:*SsdScanCuda*Edge_B1_L1_*:*SsdScanCuda*Edge_B1_L33_*:*SsdScanCuda*Edge_B1_L40_H8_P32_G4_N16_*:*SsdScanClusterCuda*K4:*SelectiveScanCuda*Edge_*:*SelectiveScanCudaStep*:*SampleTokensCuda.StepOnTheDevice*'
 tests="$bin/tests/aim_tests"
@@ -185,29 +191,35 @@ if [ "$status_build" = OK ] && wants bench; then
   configs="aim_b aim_l"; precision=both
   [ "$mode" = gpu ] && configs="aim_l" && precision=bf16
   blog="$out/bench.log"
-  for c in $configs; do
-    timed 120 "$bin/bench/bench_ops" configs/$c.yaml --micro 64 --repeats 10 >> "$blog" 2>&1 || status_bench=FAIL
-  done
-  # Sampling: model steps (eager and CUDA graph) against the step's memory roofline, and decode.
-  for b in 1 16 64 256; do
-    novq=""; [ "$b" -ge 64 ] && novq=--no-vq  # the fp32 decode of 64+ images at once: memory
-    timed 60 "$bin/bench/bench_sample" configs/aim_l.yaml --batch $b --cfg 1.75 --dtype bf16 --device cuda $novq \
-      >> "$blog" 2>&1 || status_bench=FAIL
-  done
-  # The bf16 ssm state (aim sample --ssm-state bf16) where state traffic matters most.
-  timed 60 "$bin/bench/bench_sample" configs/aim_l.yaml --batch 256 --cfg 1.75 --dtype bf16 --ssm-state bf16 \
-    --device cuda --no-vq >> "$blog" 2>&1 || status_bench=FAIL
-  for c in $configs; do
-    timed 150 "$bin/bench/bench_train" configs/$c.yaml --micro 64 --steps 10 --warmup 3 --precision $precision \
-      --kernels both >> "$blog" 2>&1 || status_bench=FAIL
-  done
-  # The other sizes at the issue's batches of 16 images (with decode) and 256 (steps only).
-  for c in aim_b aim_xl; do
-    timed 60 "$bin/bench/bench_sample" configs/$c.yaml --batch 16 --cfg 1.75 --dtype bf16 --device cuda \
-      >> "$blog" 2>&1 || status_bench=FAIL
-    timed 60 "$bin/bench/bench_sample" configs/$c.yaml --batch 256 --cfg 1.75 --dtype bf16 --device cuda --no-vq \
-      >> "$blog" 2>&1 || status_bench=FAIL
-  done
+  if bench_wants train; then
+    for c in $configs; do
+      timed 150 "$bin/bench/bench_train" configs/$c.yaml --micro 64 --steps 10 --warmup 3 --precision $precision \
+        --kernels both >> "$blog" 2>&1 || status_bench=FAIL
+    done
+  fi
+  if bench_wants ops; then
+    for c in $configs; do
+      timed 180 "$bin/bench/bench_ops" configs/$c.yaml --micro 64 --repeats 10 ${AIM_GPU_OPS_ARGS:-} >> "$blog" 2>&1 || status_bench=FAIL
+    done
+  fi
+  if bench_wants sample; then
+    # Sampling: model steps (eager and CUDA graph) against the step's memory roofline, and decode.
+    for b in 1 16 64 256; do
+      novq=""; [ "$b" -ge 64 ] && novq=--no-vq  # the fp32 decode of 64+ images at once: memory
+      timed 60 "$bin/bench/bench_sample" configs/aim_l.yaml --batch $b --cfg 1.75 --dtype bf16 --device cuda $novq \
+        >> "$blog" 2>&1 || status_bench=FAIL
+    done
+    # The bf16 ssm state (aim sample --ssm-state bf16) where state traffic matters most.
+    timed 60 "$bin/bench/bench_sample" configs/aim_l.yaml --batch 256 --cfg 1.75 --dtype bf16 --ssm-state bf16 \
+      --device cuda --no-vq >> "$blog" 2>&1 || status_bench=FAIL
+    # The other sizes at the issue's batches of 16 images (with decode) and 256 (steps only).
+    for c in aim_b aim_xl; do
+      timed 60 "$bin/bench/bench_sample" configs/$c.yaml --batch 16 --cfg 1.75 --dtype bf16 --device cuda \
+        >> "$blog" 2>&1 || status_bench=FAIL
+      timed 60 "$bin/bench/bench_sample" configs/$c.yaml --batch 256 --cfg 1.75 --dtype bf16 --device cuda --no-vq \
+        >> "$blog" 2>&1 || status_bench=FAIL
+    done
+  fi
   secs_bench=$(($(date +%s) - s))
 fi
 
@@ -218,6 +230,42 @@ if [ "$status_build" = OK ] && wants parity; then
   status_parity=$(ok_or $?)
   grep -E "^\[  (FAILED|PASSED|SKIPPED) " "$out/parity.log" | tail -10
   secs_parity=$(($(date +%s) - s))
+fi
+
+# Not in the default phases: Nsight Compute's per-kernel device time over two eager AiM-L
+# sampling steps (bench_sample brackets its timed steps for the profiler), at 1 and 16 images
+# with guidance. Each kernel runs alone with the caches flushed, as ncu does by default.
+if [ "$status_build" = OK ] && wants profile; then
+  s=$(date +%s)
+  if command -v ncu > /dev/null; then
+    status_profile=OK
+    for b in ${AIM_GPU_PROFILE_BATCHES:-1 16}; do
+      csv="$out/profile_b$b.csv"
+      timed 120 ncu --clock-control none --profile-from-start off --csv --metrics gpu__time_duration.sum \
+        "$bin/bench/bench_sample" configs/aim_l.yaml --batch "$b" --cfg 1.75 --dtype bf16 --device cuda --no-vq \
+        --tokens 2 > "$csv" 2>> "$out/profile.log" || status_profile=FAIL
+      "$PY" - "$csv" "$b" <<'PYEOF' | tee -a "$summary"
+import csv, sys
+rows, seen = {}, False
+lines = [l for l in open(sys.argv[1]) if l.startswith('"')]
+for r in csv.DictReader(lines):
+    if r.get("Metric Name") != "gpu__time_duration.sum":
+        continue
+    name = r["Kernel Name"].removeprefix("void ").split("(")[0].split("<")[0].strip()[-60:]
+    unit = r.get("Metric Unit", "ns")
+    v = float(r["Metric Value"].replace(",", "")) * {"ns": 1e-3, "us": 1.0, "usecond": 1.0, "nsecond": 1e-3, "ms": 1e3, "msecond": 1e3}.get(unit, 1.0)
+    c, t = rows.get(name, (0, 0.0))
+    rows[name] = (c + 1, t + v)
+total = sum(t for _, t in rows.values())
+print(f"profile, AiM-L batch {sys.argv[2]} (2 eager steps): {sum(c for c, _ in rows.values())} kernels, {total / 2:.1f} us per step")
+for name, (c, t) in sorted(rows.items(), key=lambda kv: -kv[1][1])[:12]:
+    print(f"  {name:60s} {c / 2:6.1f}/step {t / c:8.2f} us each {100 * t / max(total, 1e-9):5.1f}%")
+PYEOF
+    done
+  else
+    note "gpu_check.sh: no ncu on this machine"
+  fi
+  secs_profile=$(($(date +%s) - s))
 fi
 
 if [ "$status_build" = OK ] && wants sanitize; then
@@ -249,6 +297,7 @@ skipped=$(grep -cE '^\[  SKIPPED \]' "$out/tests.log" 2>/dev/null); skipped=${sk
   printf "| benchmarks                    | %-6s | %7d |\n" "$status_bench" "$secs_bench"
   printf "| parity + training, on CUDA    | %-6s | %7d |\n" "$status_parity" "$secs_parity"
   printf "| compute-sanitizer mem/race    | %-6s | %7d |\n" "$status_sanitize" "$secs_sanitize"
+  printf "| ncu profile of sampling steps | %-6s | %7d |\n" "$status_profile" "$secs_profile"
   grep -E "^(causal|add_|gated|rms|lm_head|ssd|selective|sample)" "$out/bench.log" 2>/dev/null
   grep -E "^config|^\| (model|generate|roofline|VQ|end)" "$out/bench.log" 2>/dev/null
   grep -E "^(fp32|bf16) |speed-up" "$out/bench.log" 2>/dev/null

@@ -8,7 +8,7 @@
 //   bench_ops [CONFIG.yaml] [--micro B] [--repeats N] [--dtype bf16|fp32] [--device cuda|cpu]
 //             [--only TEXT] [--no-ref]
 //
-// --only TEXT times only the ops whose name contains TEXT; --no-ref skips the references (for
+// --only TEXT times only the ops whose name contains TEXT (or one of several, "A|B"); --no-ref skips the references (for
 // profiling a kernel alone).
 //
 // The device defaults to cuda when a GPU is visible, else cpu (intra-op threads: OMP_NUM_THREADS).
@@ -156,6 +156,19 @@ class ScopedEnv {
   std::optional<std::string> saved_;
 };
 
+/// Whether --only's TEXT (empty: every op; "A|B": any of A and B) selects the op.
+bool selected(const std::string& op, const std::string& only) {
+  if (only.empty()) return true;
+  size_t from = 0;
+  while (true) {
+    const size_t bar = only.find('|', from);
+    const std::string part = only.substr(from, bar == std::string::npos ? std::string::npos : bar - from);
+    if (!part.empty() && op.find(part) != std::string::npos) return true;
+    if (bar == std::string::npos) return false;
+    from = bar + 1;
+  }
+}
+
 /// Ops with a CPU kernel (the rest run their reference on the CPU either way).
 bool has_cpu_kernel(const std::string& op) {
   return op == "ssd_scan fwd" || op == "ssd_scan fwd+bwd" || op == "causal_conv1d fwd" ||
@@ -165,6 +178,8 @@ bool has_cpu_kernel(const std::string& op) {
 }  // namespace
 
 int main(int argc, char** argv) {
+  // Each row as it is measured: a run stopped at a time limit keeps what it printed.
+  std::setvbuf(stdout, nullptr, _IOLBF, 0);
   std::string config_path = "configs/aim_l.yaml", dtype_name = "bf16", device_name, only;
   bool no_ref = false;
   int64_t micro = 64;
@@ -320,8 +335,8 @@ int main(int argc, char** argv) {
     ssd_fwd_bwd.flops = ssd_units * (per_chunk_fwd + per_chunk_bwd);
     rows.push_back(ssd_fwd_bwd);
     // The backward's thread block clusters over heads (kernels/ssd_scan.h; the row above runs the
-    // default): 1 writes a dB / dC partial slice per head, K one per K heads.
-    for (int kc : {1, 2, 8}) {
+    // default, none): without, a dB / dC partial slice is written per head, with K one per K heads.
+    for (int kc : {2, 4, 8}) {
       Row r{"ssd_scan fwd+bwd, bwd cluster " + std::to_string(kc), 2.5 * ssd_bytes, [&, kc] {
               const ScopedEnv cluster("AIM_SSD_BWD_CLUSTER", std::to_string(kc));
               auto y = aim::ops::ssd_scan(sx, sdt, sA, sB, sC, sD, sbias, true, m.ssm.chunk_size).y;
@@ -479,7 +494,7 @@ int main(int argc, char** argv) {
     std::printf("%-36s %10s %10s %9s %10s %9s %9s\n", "op", "kernel ms", "GB/s", "of copy", "ref ms",
                 "speed-up", "TFLOP/s");
     for (auto& r : rows) {
-      if (!only.empty() && r.op.find(only) == std::string::npos) continue;
+      if (!selected(r.op, only)) continue;
       const auto timed = [&](const std::function<void()>& f) {
         return r.graph ? median_graph_ms(f, repeats) : median_ms(f, repeats);
       };

@@ -8,8 +8,13 @@
 // also times generate_tokens eager and with CUDA graphs, and prints the memory roofline of one
 // step: every weight read once, every recurrent state read and written once, at the device-to-
 // device copy bandwidth measured in the same run. --ssm-state bf16 keeps the ssm states in bf16
-// (aim sample --ssm-state).
+// (aim sample --ssm-state). The timed model steps are bracketed by cudaProfilerStart/Stop, so a
+// profiler started with profiling off (ncu --profile-from-start off, as scripts/gpu_check.sh's
+// profile phase runs it) sees exactly those steps' kernels.
 #include <torch/torch.h>
+#ifdef AIM_WITH_CUDA
+#include <cuda_profiler_api.h>
+#endif
 
 #include <chrono>
 #include <cstdio>
@@ -25,6 +30,8 @@
 using Clock = std::chrono::steady_clock;
 
 int main(int argc, char** argv) {
+  // Each row as it is measured: a run stopped at a time limit keeps what it printed.
+  std::setvbuf(stdout, nullptr, _IOLBF, 0);
   if (argc < 2) {
     std::fprintf(stderr, "usage: bench_sample CONFIG.yaml [--batch B] [--cfg S] [--tokens T] [--device D] "
                          "[--dtype fp32|bf16] [--ssm-state fp32|bf16] [--no-vq]\n");
@@ -85,9 +92,15 @@ int main(int argc, char** argv) {
       return prev;
     };
     run_steps(std::min<int64_t>(len, 4));  // warm-up
+#ifdef AIM_WITH_CUDA
+    if (dev.is_cuda()) cudaProfilerStart();
+#endif
     auto t0 = Clock::now();
     run_steps(len);
     const double step_s = std::chrono::duration<double>(Clock::now() - t0).count();
+#ifdef AIM_WITH_CUDA
+    if (dev.is_cuda()) cudaProfilerStop();
+#endif
     std::printf("config %s: %lld parameters, batch %lld, cfg %.2f (%s), %lld steps, ssm state %s, device %s, "
                 "%d threads\n",
                 config_path.c_str(), (long long)aim::count_parameters(cfg_all.model).total(), (long long)batch, cfg,
