@@ -18,11 +18,13 @@ constexpr int kSsdChunk = 32;
 constexpr int kSsdMaxDstate = 256;
 /// Largest thread block cluster the backward forms over heads (the portable cluster size).
 constexpr int kSsdMaxClusterHeads = 8;
-/// The cluster the tiling chooses by default: 4 cuts the dB / dC partial traffic 4x; 8 would cut
-/// it 8x, but the blocks (one per SM: their shared memory) of a cluster must all fit in one GPC
-/// at once, and larger clusters leave more SMs of a GPC idle. bench_ops times 1, 2, 4 and 8
-/// (AIM_SSD_BWD_CLUSTER sets the largest allowed).
-constexpr int kSsdDefaultClusterHeads = 4;
+/// The cluster the tiling chooses by default: none (1). A cluster of K heads cuts the dB / dC
+/// partial traffic K-fold (AiM-L at micro-batch 64: 0.91 GB less per layer with 4), but on an H200
+/// the backward ran slower with clusters (bench_ops, AiM-L micro-batch 64, fwd+bwd: 4.86 ms with
+/// none, 5.10 with 2, 5.35 with 4 and with 8; docs/perf.md, 2026-12-04): the blocks of a cluster
+/// (one per SM, by their shared memory) must be resident in one GPC together, and the sum over
+/// the peers' shared memory waits at every chunk. AIM_SSD_BWD_CLUSTER sets the largest allowed.
+constexpr int kSsdDefaultClusterHeads = 1;
 
 /// Blocking of one problem: a block handles `p_tile` rows of a head's state ([p_tile, N]) for
 /// one sequence, walking its chunks in order. Filled by ssd_scan_tiling.
