@@ -17,6 +17,12 @@
 // normalises the whole row in place (reading y and z again from L2, in a fixed order, so the
 // result does not depend on which block was last) and resets the counter. No block waits for
 // another.
+//
+// Besides the state, a step's reads are small and dependent (a conv window, its weights, y and z
+// of the norm), so each thread issues all the reads of a conv channel, and of kNormBatch channels
+// of each norm pass, before it uses any: on an H200 the kernel took the same 29 us at 32 rows of
+// AiM-L with an fp32 state, a bf16 one, and 1, 2 or 4 state rows in flight per warp, a fixed
+// chain of latencies rather than the 16 us its state needs (docs/perf.md, 2026-12-04).
 #include <cuda_bf16.h>
 
 #include "device_query.h"
@@ -34,13 +40,6 @@ constexpr int kMinRows = 16;  // rows per block when a head is split (B/C conv i
 __device__ __forceinline__ float load_elem(const void* base, ElemType t, int64_t i) {
   return t == ElemType::kBFloat16 ? __bfloat162float(static_cast<const __nv_bfloat16*>(base)[i])
                                   : static_cast<const float*>(base)[i];
-}
-__device__ __forceinline__ void store_elem(void* base, ElemType t, int64_t i, float v) {
-  if (t == ElemType::kBFloat16) {
-    static_cast<__nv_bfloat16*>(base)[i] = __float2bfloat16(v);
-  } else {
-    static_cast<float*>(base)[i] = v;
-  }
 }
 __device__ __forceinline__ float round_elem(ElemType t, float v) {
   return t == ElemType::kBFloat16 ? __bfloat162float(__float2bfloat16(v)) : v;
@@ -80,33 +79,84 @@ __device__ __forceinline__ float conv_incoming(const SsdStepParams& p, int b, in
                     load_as_float(static_cast<const T*>(p.xbc) + b * p.xbc_batch_stride + c));
 }
 
-// Channel c's conv output (SiLU, rounded to T) from its current window and the incoming value.
-template <typename T>
-__device__ float conv_channel(const SsdStepParams& p, int b, int64_t c, float incoming) {
+// What one channel's conv reads, every load issued before any value is used (one branch per
+// stored type, then predicated loads): the window's newest W - 1 values (win[k] = slot k + 1),
+// the incoming value, the W weights and the bias. A decoding step is a chain of such small
+// reads, so their latencies, not their bytes, are its cost.
+struct ConvInputs {
+  float win[kSsdStepMaxWidth];  // the last never read (a conv's newest tap is the incoming value)
+  float weight[kSsdStepMaxWidth];
+  float bias;
+  float incoming;
+};
+
+// kForConv false: only what the shift needs (the window and the incoming value).
+template <typename T, bool kForConv = true>
+__device__ __forceinline__ ConvInputs load_conv_inputs(const SsdStepParams& p, int b, int64_t c) {
+  ConvInputs in{};
   const int64_t window = b * p.conv_state_batch_stride + c * p.conv_state_c_stride;
+  if (p.conv_state_type == ElemType::kBFloat16) {
+    const auto* s = static_cast<const __nv_bfloat16*>(p.conv_state) + window;
+#pragma unroll
+    for (int k = 0; k + 1 < kSsdStepMaxWidth; ++k) in.win[k] = k + 1 < p.width ? __bfloat162float(s[k + 1]) : 0.f;
+  } else {
+    const auto* s = static_cast<const float*>(p.conv_state) + window;
+#pragma unroll
+    for (int k = 0; k + 1 < kSsdStepMaxWidth; ++k) in.win[k] = k + 1 < p.width ? s[k + 1] : 0.f;
+  }
+  if (!kForConv) {
+    // (weights and bias unused)
+  } else if (p.conv_weight_type == ElemType::kBFloat16) {
+    const auto* w = static_cast<const __nv_bfloat16*>(p.conv_weight) + c * p.width;
+#pragma unroll
+    for (int k = 0; k < kSsdStepMaxWidth; ++k) in.weight[k] = k < p.width ? __bfloat162float(w[k]) : 0.f;
+  } else {
+    const auto* w = static_cast<const float*>(p.conv_weight) + c * p.width;
+#pragma unroll
+    for (int k = 0; k < kSsdStepMaxWidth; ++k) in.weight[k] = k < p.width ? w[k] : 0.f;
+  }
+  in.bias = kForConv && p.conv_bias != nullptr ? load_elem(p.conv_bias, p.conv_weight_type, c) : 0.f;
+  in.incoming = conv_incoming<T>(p, b, c);
+  return in;
+}
+
+// The channel's conv output (SiLU, rounded to T): taps in order, the newest on the incoming value.
+template <typename T>
+__device__ __forceinline__ float conv_output(const SsdStepParams& p, const ConvInputs& in) {
   float acc = 0.f;
 #pragma unroll
   for (int k = 0; k < kSsdStepMaxWidth; ++k) {
-    if (k < p.width) {
-      const float v = k + 1 < p.width ? load_elem(p.conv_state, p.conv_state_type, window + k + 1)
-                                      : incoming;
-      acc += load_elem(p.conv_weight, p.conv_weight_type, c * p.width + k) * v;
-    }
+    if (k < p.width) acc += in.weight[k] * (k + 1 < p.width ? in.win[k] : in.incoming);
   }
-  if (p.conv_bias != nullptr) acc += load_elem(p.conv_bias, p.conv_weight_type, c);
+  if (p.conv_bias != nullptr) acc += in.bias;
   return round_to<T>(acc * sigmoid(acc));
 }
 
-// Shifts channel c's window left by one and appends the incoming value (stored values are
-// copied as they are).
-__device__ __forceinline__ void conv_shift(const SsdStepParams& p, int b, int64_t c, float incoming) {
+// Shifts the channel's window left by one and appends the incoming value, from the values
+// already loaded (stored values are written back as they were read: exact in either type).
+__device__ __forceinline__ void conv_shift(const SsdStepParams& p, int b, int64_t c, const ConvInputs& in) {
   const int64_t window = b * p.conv_state_batch_stride + c * p.conv_state_c_stride;
-  for (int k = 0; k + 1 < p.width; ++k) {
-    store_elem(p.conv_state, p.conv_state_type, window + k,
-               load_elem(p.conv_state, p.conv_state_type, window + k + 1));
+  if (p.conv_state_type == ElemType::kBFloat16) {
+    auto* s = static_cast<__nv_bfloat16*>(p.conv_state) + window;
+#pragma unroll
+    for (int k = 0; k + 1 < kSsdStepMaxWidth; ++k) {
+      if (k + 1 < p.width) s[k] = __float2bfloat16(in.win[k]);
+    }
+    s[p.width - 1] = __float2bfloat16(in.incoming);
+  } else {
+    auto* s = static_cast<float*>(p.conv_state) + window;
+#pragma unroll
+    for (int k = 0; k + 1 < kSsdStepMaxWidth; ++k) {
+      if (k + 1 < p.width) s[k] = in.win[k];
+    }
+    s[p.width - 1] = in.incoming;
   }
-  store_elem(p.conv_state, p.conv_state_type, window + p.width - 1, incoming);
 }
+
+// Channels of the gated norm's passes a thread reads before using any (predicated past the
+// group): 4 keeps the kernel at or under 56 registers at N <= 128 (9 blocks per SM: AiM-L's 1024
+// blocks of 16 images with guidance in one wave), 8 took it to 64-72.
+constexpr int kNormBatch = 4;
 
 // kRows: state rows a warp updates at a time; kLaneElems: a row's elements per lane (N <= 32
 // kLaneElems).
@@ -131,11 +181,11 @@ __global__ void __launch_bounds__(kThreads) ssd_step_kernel(SsdStepParams p) {
     const int64_t c = i < rows       ? int64_t(h) * p.headdim + p0 + i
                       : i < rows + N ? E + int64_t(g) * N + (i - rows)
                                      : E + gn + int64_t(g) * N + (i - rows - N);
-    const float incoming = conv_incoming<T>(p, b, c);
-    const float v = conv_channel<T>(p, b, c, incoming);
+    const ConvInputs in = load_conv_inputs<T>(p, b, c);
+    const float v = conv_output<T>(p, in);
     if (i < rows) {
       xs[i] = v;
-      conv_shift(p, b, c, incoming);
+      conv_shift(p, b, c, in);
     } else {
       bc[i - rows] = v;
     }
@@ -202,30 +252,63 @@ __global__ void __launch_bounds__(kThreads) ssd_step_kernel(SsdStepParams p) {
 
   // Every block of the sequence has read the B/C windows: shift them.
   for (int64_t c = E + threadIdx.x; c < E + 2 * gn; c += blockDim.x) {
-    conv_shift(p, b, c, conv_incoming<T>(p, b, c));
+    conv_shift(p, b, c, load_conv_inputs<T, false>(p, b, c));
   }
-  // The gated RMSNorm of the row, group by group; y is read past L1 (other blocks wrote it).
+  // The gated RMSNorm of the row, group by group; y is read past L1 (other blocks wrote it). A
+  // thread takes channels threadIdx.x + k blockDim.x in order of k (the order of its partial sum),
+  // kNormBatch at a time with all their loads issued first.
   const T* z = static_cast<const T*>(p.z) + b * p.z_batch_stride;
-  for (int64_t g0 = 0; g0 < E; g0 += p.norm_group_size) {
+  const int G = p.norm_group_size;
+  const int stride = blockDim.x;
+  for (int64_t g0 = 0; g0 < E; g0 += G) {
     float sumsq = 0.f;
-    for (int c = threadIdx.x; c < p.norm_group_size; c += blockDim.x) {
-      float u = load_cg(out + g0 + c);
-      if (!p.norm_before_gate) {
-        const float zc = load_as_float(z + g0 + c);
-        u *= zc * sigmoid(zc);
+    for (int c0 = threadIdx.x; c0 < G; c0 += kNormBatch * stride) {
+      float u[kNormBatch], zc[kNormBatch];
+#pragma unroll
+      for (int j = 0; j < kNormBatch; ++j) {
+        const int c = c0 + j * stride;
+        u[j] = c < G ? load_cg(out + g0 + c) : 0.f;
+        zc[j] = c < G && !p.norm_before_gate ? load_as_float(z + g0 + c) : 0.f;
       }
-      sumsq += u * u;
+#pragma unroll
+      for (int j = 0; j < kNormBatch; ++j) {
+        if (c0 + j * stride < G) {
+          float v = u[j];
+          if (!p.norm_before_gate) v *= zc[j] * sigmoid(zc[j]);
+          sumsq += v * v;
+        }
+      }
     }
-    const float rstd =
-        rsqrtf(block_sum(sumsq, scratch) / static_cast<float>(p.norm_group_size) + p.eps);
-    for (int c = threadIdx.x; c < p.norm_group_size; c += blockDim.x) {
-      const float zc = load_as_float(z + g0 + c);
-      const float gate = zc * sigmoid(zc);
-      float u = load_cg(out + g0 + c);
-      if (!p.norm_before_gate) u *= gate;
-      float o = u * rstd * load_elem(p.norm_weight, p.norm_weight_type, g0 + c);
-      if (p.norm_before_gate) o *= gate;
-      store_from_float(out + g0 + c, o);
+    const float rstd = rsqrtf(block_sum(sumsq, scratch) / static_cast<float>(G) + p.eps);
+    for (int c0 = threadIdx.x; c0 < G; c0 += kNormBatch * stride) {
+      float u[kNormBatch], zc[kNormBatch], w[kNormBatch];
+#pragma unroll
+      for (int j = 0; j < kNormBatch; ++j) {
+        const int c = c0 + j * stride;
+        u[j] = c < G ? load_cg(out + g0 + c) : 0.f;
+        zc[j] = c < G ? load_as_float(z + g0 + c) : 0.f;
+      }
+      if (p.norm_weight_type == ElemType::kBFloat16) {
+        const auto* nw = static_cast<const __nv_bfloat16*>(p.norm_weight) + g0;
+#pragma unroll
+        for (int j = 0; j < kNormBatch; ++j) w[j] = c0 + j * stride < G ? __bfloat162float(nw[c0 + j * stride]) : 0.f;
+      } else {
+        const auto* nw = static_cast<const float*>(p.norm_weight) + g0;
+#pragma unroll
+        for (int j = 0; j < kNormBatch; ++j) w[j] = c0 + j * stride < G ? nw[c0 + j * stride] : 0.f;
+      }
+#pragma unroll
+      for (int j = 0; j < kNormBatch; ++j) {
+        const int c = c0 + j * stride;
+        if (c < G) {
+          const float gate = zc[j] * sigmoid(zc[j]);
+          float v = u[j];
+          if (!p.norm_before_gate) v *= gate;
+          float o = v * rstd * w[j];
+          if (p.norm_before_gate) o *= gate;
+          store_from_float(out + g0 + c, o);
+        }
+      }
     }
   }
   if (threadIdx.x == 0) p.arrivals[b] = 0u;
