@@ -20,7 +20,9 @@
 # order in which they run), AIM_GPU_BENCH the benchmarks (default "train ops sample", run in that order;
 # AIM_GPU_OPS_ARGS adds flags to bench_ops, e.g. "--repeats 5" or "--only ssd"), and
 # AIM_GPU_FILTER the GPU tests (a gtest filter). The phase "profile" (not in the default) times
-# each kernel of two AiM-L sampling steps with Nsight Compute. Logs go to $OUT (at most 8 files
+# each kernel of two AiM-L sampling steps with Nsight Compute and reads the SSD scan kernels'
+# throughput and warp stalls at AiM-L's training shapes; it writes 4 files of its own, so give it
+# its own $OUT (the device tool brings back at most 8 files). Logs go to $OUT (at most 8 files
 # come back from the device tool).
 #
 # The GPU machine reaches no package registry, so its Debian dependencies come as .deb files
@@ -262,6 +264,15 @@ for name, (c, t) in sorted(rows.items(), key=lambda kv: -kv[1][1])[:12]:
     print(f"  {name:60s} {c / 2:6.1f}/step {t / c:8.2f} us each {100 * t / max(total, 1e-9):5.1f}%")
 PYEOF
     done
+    # The SSD scan at AiM-L's training shapes (micro-batch 64, bf16): throughput, occupancy,
+    # warp stall reasons and memory sections of the first forward launch (y) and of the first
+    # forward + backward pair of the fwd+bwd row.
+    timed 150 ncu --clock-control none --kernel-name regex:'ssd_(fwd|bwd)_kernel' --launch-count 3 \
+      --section SpeedOfLight --section Occupancy --section WarpStateStats --section MemoryWorkloadAnalysis \
+      "$bin/bench/bench_ops" configs/aim_l.yaml --micro 64 --repeats 1 --no-ref --only "ssd_scan fwd" \
+      > "$out/profile_scan.txt" 2>> "$out/profile.log" || status_profile=FAIL
+    grep -E "ssd_(fwd|bwd)_kernel|Duration|Throughput|Achieved Occupancy|Registers Per|Warp Cycles Per Issued|stall" \
+      "$out/profile_scan.txt" | cut -c1-180 | head -40 | tee -a "$summary"
   else
     note "gpu_check.sh: no ncu on this machine"
   fi
