@@ -235,7 +235,7 @@ if [ "$status_build" = OK ] && wants parity; then
 fi
 
 # Not in the default phases: Nsight Compute's per-kernel device time over two eager AiM-L
-# sampling steps (bench_sample brackets its timed steps for the profiler), at 1 and 16 images
+# sampling steps (bench_sample brackets its timed steps but the first), at 1 and 16 images
 # with guidance. Each kernel runs alone with the caches flushed, as ncu does by default.
 if [ "$status_build" = OK ] && wants profile; then
   s=$(date +%s)
@@ -245,7 +245,7 @@ if [ "$status_build" = OK ] && wants profile; then
       csv="$out/profile_b$b.csv"
       timed 120 ncu --clock-control none --profile-from-start off --csv --metrics gpu__time_duration.sum \
         "$bin/bench/bench_sample" configs/aim_l.yaml --batch "$b" --cfg 1.75 --dtype bf16 --device cuda --no-vq \
-        --tokens 2 > "$csv" 2>> "$out/profile.log" || status_profile=FAIL
+        --tokens 3 > "$csv" 2>> "$out/profile.log" || status_profile=FAIL
       "$PY" - "$csv" "$b" <<'PYEOF' | tee -a "$summary"
 import csv, sys
 rows, seen = {}, False
@@ -253,13 +253,14 @@ lines = [l for l in open(sys.argv[1]) if l.startswith('"')]
 for r in csv.DictReader(lines):
     if r.get("Metric Name") != "gpu__time_duration.sum":
         continue
-    name = r["Kernel Name"].removeprefix("void ").split("(")[0].split("<")[0].strip()[-60:]
+    name = r["Kernel Name"].removeprefix("void ").replace("<unnamed>::", "").replace("(anonymous namespace)::", "")
+    name = name.split("(")[0].split("<")[0].strip()[-60:]
     unit = r.get("Metric Unit", "ns")
     v = float(r["Metric Value"].replace(",", "")) * {"ns": 1e-3, "us": 1.0, "usecond": 1.0, "nsecond": 1e-3, "ms": 1e3, "msecond": 1e3}.get(unit, 1.0)
     c, t = rows.get(name, (0, 0.0))
     rows[name] = (c + 1, t + v)
 total = sum(t for _, t in rows.values())
-print(f"profile, AiM-L batch {sys.argv[2]} (2 eager steps): {sum(c for c, _ in rows.values())} kernels, {total / 2:.1f} us per step")
+print(f"profile, AiM-L batch {sys.argv[2]} (2 eager steps after the first): {sum(c for c, _ in rows.values())} kernels, {total / 2:.1f} us per step")
 for name, (c, t) in sorted(rows.items(), key=lambda kv: -kv[1][1])[:12]:
     print(f"  {name:60s} {c / 2:6.1f}/step {t / c:8.2f} us each {100 * t / max(total, 1e-9):5.1f}%")
 PYEOF
