@@ -104,18 +104,18 @@ __device__ __forceinline__ ConvInputs load_conv_inputs(const SsdStepParams& p, i
 #pragma unroll
     for (int k = 0; k + 1 < kSsdStepMaxWidth; ++k) in.win[k] = k + 1 < p.width ? s[k + 1] : 0.f;
   }
-  if (!kForConv) {
-    // (weights and bias unused)
-  } else if (p.conv_weight_type == ElemType::kBFloat16) {
-    const auto* w = static_cast<const __nv_bfloat16*>(p.conv_weight) + c * p.width;
+  if constexpr (kForConv) {
+    if (p.conv_weight_type == ElemType::kBFloat16) {
+      const auto* w = static_cast<const __nv_bfloat16*>(p.conv_weight) + c * p.width;
 #pragma unroll
-    for (int k = 0; k < kSsdStepMaxWidth; ++k) in.weight[k] = k < p.width ? __bfloat162float(w[k]) : 0.f;
-  } else {
-    const auto* w = static_cast<const float*>(p.conv_weight) + c * p.width;
+      for (int k = 0; k < kSsdStepMaxWidth; ++k) in.weight[k] = k < p.width ? __bfloat162float(w[k]) : 0.f;
+    } else {
+      const auto* w = static_cast<const float*>(p.conv_weight) + c * p.width;
 #pragma unroll
-    for (int k = 0; k < kSsdStepMaxWidth; ++k) in.weight[k] = k < p.width ? w[k] : 0.f;
+      for (int k = 0; k < kSsdStepMaxWidth; ++k) in.weight[k] = k < p.width ? w[k] : 0.f;
+    }
+    if (p.conv_bias != nullptr) in.bias = load_elem(p.conv_bias, p.conv_weight_type, c);
   }
-  in.bias = kForConv && p.conv_bias != nullptr ? load_elem(p.conv_bias, p.conv_weight_type, c) : 0.f;
   in.incoming = conv_incoming<T>(p, b, c);
   return in;
 }

@@ -21,9 +21,8 @@
 # AIM_GPU_OPS_ARGS adds flags to bench_ops, e.g. "--repeats 5" or "--only ssd"), and
 # AIM_GPU_FILTER the GPU tests (a gtest filter). The phase "profile" (not in the default) times
 # each kernel of two AiM-L sampling steps with Nsight Compute and reads the SSD scan kernels'
-# throughput and warp stalls at AiM-L's training shapes; it writes 4 files of its own, so give it
-# its own $OUT (the device tool brings back at most 8 files). Logs go to $OUT (at most 8 files
-# come back from the device tool).
+# throughput and warp stalls at AiM-L's training shapes. Logs go to $OUT (at most 8 files come
+# back from the device tool; the profile phase writes 4 of its own, so give it its own $OUT).
 #
 # The GPU machine reaches no package registry, so its Debian dependencies come as .deb files
 # unpacked with dpkg -x (never installed into /).
@@ -248,7 +247,7 @@ if [ "$status_build" = OK ] && wants profile; then
         --tokens 3 > "$csv" 2>> "$out/profile.log" || status_profile=FAIL
       "$PY" - "$csv" "$b" <<'PYEOF' | tee -a "$summary"
 import csv, sys
-rows, seen = {}, False
+rows = {}
 lines = [l for l in open(sys.argv[1]) if l.startswith('"')]
 for r in csv.DictReader(lines):
     if r.get("Metric Name") != "gpu__time_duration.sum":

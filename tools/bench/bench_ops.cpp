@@ -8,8 +8,8 @@
 //   bench_ops [CONFIG.yaml] [--micro B] [--repeats N] [--dtype bf16|fp32] [--device cuda|cpu]
 //             [--only TEXT] [--no-ref]
 //
-// --only TEXT times only the ops whose name contains TEXT (or one of several, "A|B"); --no-ref skips the references (for
-// profiling a kernel alone).
+// --only TEXT times only the ops whose name contains TEXT (or one of several: "A|B"); --no-ref
+// skips the references (for profiling a kernel alone).
 //
 // The device defaults to cuda when a GPU is visible, else cpu (intra-op threads: OMP_NUM_THREADS).
 //

@@ -194,79 +194,81 @@ int main(int argc, char** argv) {
     for (const auto& p : precisions) {
       double ref_ms = 0, kernel_ms = 0;
       for (const bool use_kernels : kernel_runs) {
+        if (dev.is_cuda()) aim::ops::set_cuda_kernels(use_kernels);
+        else aim::ops::set_cpu_kernels(use_kernels);
+        const std::string out = (work / ("run_" + p + (use_kernels ? "_k" : "_ref"))).string();
+        auto cfg = aim::load_config(config_path,
+                                    {std::string(tokenizer ? "data.images=" : "data.codes=") + data,
+                                     "data.num_workers=2", "train.out_dir=" + out,
+                                     "train.global_batch=" + std::to_string(micro),
+                                     "train.micro_batch=" + std::to_string(micro), "train.precision=" + p,
+                                     "train.max_steps=" + std::to_string(warmup + steps),
+                                     "train.log_every=1", "train.ckpt_every=0",
+                                     "train.keep_last=1", "train.sample_every=0", "train.ema=false"},
+                                    use);
+        aim::train::TrainOptions o;
+        o.device = dev;
+        o.quiet = true;
+        if (!profile.empty()) {
+          namespace prof = torch::profiler::impl;
+          std::set<prof::ActivityType> activities{prof::ActivityType::CPU};
+          if (dev.is_cuda()) activities.insert(prof::ActivityType::CUDA);
+          torch::autograd::profiler::prepareProfiler(prof::ProfilerConfig(prof::ProfilerState::KINETO, true), activities);
+          torch::autograd::profiler::enableProfiler(prof::ProfilerConfig(prof::ProfilerState::KINETO, true), activities);
+        }
         try {
-          if (dev.is_cuda()) aim::ops::set_cuda_kernels(use_kernels);
-          else aim::ops::set_cpu_kernels(use_kernels);
-          const std::string out = (work / ("run_" + p + (use_kernels ? "_k" : "_ref"))).string();
-          auto cfg = aim::load_config(config_path,
-                                      {std::string(tokenizer ? "data.images=" : "data.codes=") + data,
-                                       "data.num_workers=2", "train.out_dir=" + out,
-                                       "train.global_batch=" + std::to_string(micro),
-                                       "train.micro_batch=" + std::to_string(micro), "train.precision=" + p,
-                                       "train.max_steps=" + std::to_string(warmup + steps),
-                                       "train.log_every=1", "train.ckpt_every=0",
-                                       "train.keep_last=1", "train.sample_every=0", "train.ema=false"},
-                                      use);
-          aim::train::TrainOptions o;
-          o.device = dev;
-          o.quiet = true;
-          if (!profile.empty()) {
-            namespace prof = torch::profiler::impl;
-            std::set<prof::ActivityType> activities{prof::ActivityType::CPU};
-            if (dev.is_cuda()) activities.insert(prof::ActivityType::CUDA);
-            torch::autograd::profiler::prepareProfiler(prof::ProfilerConfig(prof::ProfilerState::KINETO, true), activities);
-            torch::autograd::profiler::enableProfiler(prof::ProfilerConfig(prof::ProfilerState::KINETO, true), activities);
-          }
           if (tokenizer) aim::train::run_vq_training(cfg, o);
           else aim::train::run_training(cfg, o);
-          if (!profile.empty()) {
-            auto result = torch::autograd::profiler::disableProfiler();
-            const fs::path pp(profile);
-            const fs::path trace = pp.parent_path() /
-                (pp.stem().string() + "_" + p + (use_kernels ? "_kernels" : "_ref") + pp.extension().string());
-            result->save(trace.string());
-            std::printf("profile of %s %s (all %lld steps): %s\n", p.c_str(), use_kernels ? "kernels" : "ref",
-                        static_cast<long long>(warmup + steps), trace.c_str());
-            print_self_time(*result, 25);
-          }
-          // One line per step: the timed steps' images over their total time.
-          std::ifstream in(fs::path(out) / "metrics.jsonl");
-          nlohmann::json last;
-          double seconds = 0;
-          int64_t timed = 0;
-          for (std::string line; std::getline(in, line);) {
-            last = nlohmann::json::parse(line);
-            if (last.value("step", 0) > warmup && last.value("images_per_s", 0.0) > 0) {
-              seconds += static_cast<double>(micro) / last.value("images_per_s", 0.0);
-              ++timed;
-            }
-          }
-          const double img_s = seconds > 0 ? static_cast<double>(timed * micro) / seconds : 0.0;
-          const double flops = img_s * per_image;
-          const auto mm_dtype = p == "bf16" ? torch::kBFloat16 : torch::kFloat;
-          const double mm = tokenizer ? 0.0
-                                      : matmul_flops(dev, mm_dtype, micro * base.model.num_tokens,
-                                                     base.model.d_model, 4 * base.model.d_model);
-          const double ms = img_s > 0 ? 1e3 * micro / img_s : 0;
-          if (p == "fp32" && use_kernels == kernel_runs.front()) fp32_ms = ms;
-          std::printf("%-6s %-8s %10.1f %12.1f %12.0f %10.2f %11.1f%% %9.1f%% %12.2f\n", p.c_str(),
-                      use_kernels ? "kernels" : "ref", ms, img_s, tokenizer ? 0.0 : img_s * base.model.num_tokens, flops / 1e12,
-                      peak > 0 ? 100.0 * flops / (peak * 1e12) : 0.0, mm > 0 ? 100.0 * flops / mm : 0.0,
-                      last.value("peak_memory_gb", 0.0));
-          (use_kernels ? kernel_ms : ref_ms) = ms;
-          if (kernel_ms > 0 && ref_ms > 0) {
-            std::printf("%s: kernels' speed-up over the references: %.2fx\n", p.c_str(), ref_ms / kernel_ms);
-          }
-          if (p == "bf16" && use_kernels == kernel_runs.front() && fp32_ms > 0) {
-            std::printf("bf16 speed-up over fp32: %.2fx\n", fp32_ms / ms);
-          }
         } catch (const c10::OutOfMemoryError& e) {
-          // A row that does not fit says so; the others still run.
+          // A run that does not fit says so; the others still run.
+          if (!profile.empty()) torch::autograd::profiler::disableProfiler();
           std::printf("%-6s %-8s out of memory at micro-batch %lld (%s)\n", p.c_str(), use_kernels ? "kernels" : "ref",
                       static_cast<long long>(micro), first_line(e.what()).c_str());
 #ifdef AIM_WITH_CUDA
           c10::cuda::CUDACachingAllocator::emptyCache();
 #endif
+          continue;
+        }
+        if (!profile.empty()) {
+          auto result = torch::autograd::profiler::disableProfiler();
+          const fs::path pp(profile);
+          const fs::path trace = pp.parent_path() /
+              (pp.stem().string() + "_" + p + (use_kernels ? "_kernels" : "_ref") + pp.extension().string());
+          result->save(trace.string());
+          std::printf("profile of %s %s (all %lld steps): %s\n", p.c_str(), use_kernels ? "kernels" : "ref",
+                      static_cast<long long>(warmup + steps), trace.c_str());
+          print_self_time(*result, 25);
+        }
+        // One line per step: the timed steps' images over their total time.
+        std::ifstream in(fs::path(out) / "metrics.jsonl");
+        nlohmann::json last;
+        double seconds = 0;
+        int64_t timed = 0;
+        for (std::string line; std::getline(in, line);) {
+          last = nlohmann::json::parse(line);
+          if (last.value("step", 0) > warmup && last.value("images_per_s", 0.0) > 0) {
+            seconds += static_cast<double>(micro) / last.value("images_per_s", 0.0);
+            ++timed;
+          }
+        }
+        const double img_s = seconds > 0 ? static_cast<double>(timed * micro) / seconds : 0.0;
+        const double flops = img_s * per_image;
+        const auto mm_dtype = p == "bf16" ? torch::kBFloat16 : torch::kFloat;
+        const double mm = tokenizer ? 0.0
+                                    : matmul_flops(dev, mm_dtype, micro * base.model.num_tokens,
+                                                   base.model.d_model, 4 * base.model.d_model);
+        const double ms = img_s > 0 ? 1e3 * micro / img_s : 0;
+        if (p == "fp32" && use_kernels == kernel_runs.front()) fp32_ms = ms;
+        std::printf("%-6s %-8s %10.1f %12.1f %12.0f %10.2f %11.1f%% %9.1f%% %12.2f\n", p.c_str(),
+                    use_kernels ? "kernels" : "ref", ms, img_s, tokenizer ? 0.0 : img_s * base.model.num_tokens, flops / 1e12,
+                    peak > 0 ? 100.0 * flops / (peak * 1e12) : 0.0, mm > 0 ? 100.0 * flops / mm : 0.0,
+                    last.value("peak_memory_gb", 0.0));
+        (use_kernels ? kernel_ms : ref_ms) = ms;
+        if (kernel_ms > 0 && ref_ms > 0) {
+          std::printf("%s: kernels' speed-up over the references: %.2fx\n", p.c_str(), ref_ms / kernel_ms);
+        }
+        if (p == "bf16" && use_kernels == kernel_runs.front() && fp32_ms > 0) {
+          std::printf("bf16 speed-up over fp32: %.2fx\n", fp32_ms / ms);
         }
       }
     }
