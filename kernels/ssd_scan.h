@@ -57,6 +57,9 @@ struct SsdScanParams {
   /// Load the tiles element by element even where 16-byte vectors would do (a benchmark's
   /// comparison; the launch otherwise uses vectors whenever the inputs allow them).
   bool element_loads = false;
+  /// Run the shared-memory state kernels even where the register-state ones apply (bf16, padded
+  /// N <= 128, 16-byte aligned tiles; the backward's without a cluster): a comparison.
+  bool tiles_kernels = false;
 
   const void* x = nullptr;        ///< [B, L, H, P]
   int64_t x_batch_stride = 0, x_len_stride = 0, x_head_stride = 0;

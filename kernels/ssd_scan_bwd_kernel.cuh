@@ -22,6 +22,9 @@
 //       every block's dbr / dcr until its peers have read them.
 #include <cooperative_groups.h>
 
+#include <type_traits>
+
+#include "ssd_scan_bwd_regs_kernel.cuh"
 #include "ssd_scan_common.cuh"
 #include "ssd_scan_fwd_kernel.cuh"
 #include "static_switch.h"
@@ -418,6 +421,9 @@ cudaError_t ssd_bwd_launch(const SsdScanParams& p, cudaStream_t stream) {
   }
   cudaError_t err = ssd_fwd_launch<Tin, false, true>(p, stream);
   if (err != cudaSuccess) return err;
+  if constexpr (std::is_same<Tin, __nv_bfloat16>::value) {
+    if (ssd::regs_bwd_ok(p)) return ssd_bwd_regs_launch(p, stream);
+  }
   const ssd::BwdSmem lay(p.p_tile, p.dstate_pad, static_cast<int>(sizeof(Tin)), kc > 1);
   const dim3 grid(p.p_tiles, p.nheads, p.batch);
   const bool vec = !p.element_loads && ssd::ssd_vec16_ok(p, static_cast<int>(sizeof(Tin)), /*backward=*/true);

@@ -28,6 +28,12 @@
 //   dD = sum x dy (per head or per channel); ddt_bias = sum ddt.
 // (The last term of dcum is d S_out / d cum_last = S_out, split into its two parts.)
 //
+// Two implementations. In bf16 with dstate_pad <= 128 and 16-byte aligned tiles (AiM's case) the
+// register-state kernels (ssd_scan_{fwd,bwd}_regs_kernel.cuh): a warp per 16 state rows keeps
+// S (or dS) in mma accumulator registers, tensor-core products through ldmatrix / mma.sync
+// (warp_mma.cuh), the next chunk's tiles copied asynchronously; SsdScanParams::tiles_kernels (or
+// a cluster, or other inputs) selects the shared-memory state kernels described next.
+//
 // Grid: one block of 8 warps per (P tile, head, sequence): blockIdx = (tile, h, b). A block
 // owns rows [p0, p0 + p_tile) of the state (p_tile 32 or 64) and walks the chunks in order
 // (forward) or in reverse (backward), keeping S (or dS) in shared memory in fp32. State rows are

@@ -14,7 +14,10 @@
 // Template flags: kOutputs computes y (and the final state); kChunkStates stores St at the start
 // of every chunk into chunk_states instead (the backward's first pass; then the last chunk's
 // state update is skipped).
+#include <type_traits>
+
 #include "ssd_scan_common.cuh"
+#include "ssd_scan_fwd_regs_kernel.cuh"
 #include "static_switch.h"
 
 namespace aim::kernels {
@@ -225,6 +228,9 @@ cudaError_t ssd_fwd_launch(const SsdScanParams& p, cudaStream_t stream) {
       p.p_tiles * p.p_tile < p.headdim || p.nchunks * ssd::kChunk < p.len ||
       p.ngroups <= 0 || p.nheads % p.ngroups != 0) {
     return cudaErrorInvalidValue;
+  }
+  if constexpr (std::is_same<Tin, __nv_bfloat16>::value) {
+    if (ssd::regs_fwd_ok(p, kOutputs, kChunkStates)) return ssd_fwd_regs_launch<kOutputs, kChunkStates>(p, stream);
   }
   const ssd::FwdSmem lay(p.p_tile, p.dstate_pad, static_cast<int>(sizeof(Tin)));
   const dim3 grid(p.p_tiles, p.nheads, p.batch);

@@ -128,6 +128,18 @@ bool element_loads() {
   return s == "1";
 }
 
+// AIM_SSD_SCAN=tiles: the scan runs the kernels that keep the state in shared memory where the
+// register-state ones would (bf16, d_state <= 128); `regs` (the default) or unset: the register
+// ones where they apply. A comparison for benchmarks and tests.
+bool tiles_kernels() {
+  const char* v = std::getenv("AIM_SSD_SCAN");
+  if (v == nullptr || *v == '\0') return false;
+  const std::string s(v);
+  TORCH_CHECK(s == "regs" || s == "tiles", "environment variable AIM_SSD_SCAN: expected regs or tiles, found '", s,
+              "'");
+  return s == "tiles";
+}
+
 kernels::SsdScanTiling tiling_for(const torch::Tensor& x, const torch::Tensor& Bm) {
   return kernels::ssd_scan_tiling(static_cast<int>(x.size(1)), static_cast<int>(x.size(3)),
                                   static_cast<int>(Bm.size(3)),
@@ -159,6 +171,7 @@ kernels::SsdScanParams base_params(const torch::Tensor& x, const torch::Tensor& 
   p.dt_softplus = dt_softplus;
   p.d_per_channel = d_f.defined() && d_f.dim() == 2;
   p.element_loads = element_loads();
+  p.tiles_kernels = tiles_kernels();
   p.x = x.data_ptr();
   p.x_batch_stride = x.stride(0);
   p.x_len_stride = x.stride(1);

@@ -146,6 +146,7 @@ struct Fiber {
   const char* op = nullptr;
   uint64_t collectives = 0;  // warp collectives entered so far
   uint64_t deposit[2] = {0, 0};
+  unsigned char wide[2][kGatherBytes] = {};  // warp_gather's deposits, by the same slots
   void* stack = nullptr;
 };
 
@@ -377,6 +378,8 @@ bool run_block(Block& b) {
   for (auto& f : b.fibers) {
     f.wait = Wait::kRunning;
     f.collectives = 0;
+    f.state.async_copies.clear();
+    f.state.async_committed = 0;
     context_make(f.ctx, stack_bottom(f), kStackBytes, fiber_entry);
   }
   const bool reverse = schedule() == Schedule::kReverse;
@@ -536,6 +539,23 @@ uint64_t warp_exchange(unsigned mask, uint64_t bits, int src_lane, const char* o
   // Every lane of the mask deposited into this slot before the release; none can overwrite it
   // before every lane has passed the next collective.
   return b.fibers[warp0 + src_lane].deposit[slot];
+}
+
+void warp_gather(unsigned mask, const void* mine, size_t bytes, void* all, const char* op) {
+  if (bytes > kGatherBytes) fault(std::string(op) + ": more bytes per lane than the emulator gathers");
+  Fiber& f = *t_block->current;
+  const int slot = static_cast<int>(f.collectives & 1u);
+  std::memcpy(f.wide[slot], mine, bytes);
+  const int lane = f.state.linear & 31;
+  warp_exchange(mask, 0, lane, op);
+  // As in warp_exchange: no lane can deposit into this slot again before every lane has passed
+  // the next collective.
+  const int warp0 = f.index - lane;
+  for (int k = 0; k < 32; ++k) {
+    if (mask >> k & 1u) {
+      std::memcpy(static_cast<unsigned char*>(all) + k * bytes, t_block->fibers[warp0 + k].wide[slot], bytes);
+    }
+  }
 }
 
 void warp_collective(unsigned mask, const char* op) {

@@ -11,6 +11,7 @@
 #include "cooperative_groups.h"
 #include "emu_runtime.h"
 #include "mma.h"
+#include "warp_mma.cuh"  // kernels/, as translated for the emulator
 
 namespace {
 
@@ -236,6 +237,104 @@ TEST(Emulator, TileOperationsAreWarpCollectives) {
   wmma_bad_ld ^ emu::Cfg(1, 32)(wide);
   EXPECT_EQ(cudaGetLastError(), cudaErrorLaunchFailure);
   EXPECT_NE(emu::last_message().find("leading dimension 18"), std::string::npos) << emu::last_message();
+}
+
+// Register fragments (kernels/warp_mma.cuh): a 16 x 16 A and a 16 x 16 B (two 8-column blocks)
+// in shared memory, each stored both ways; ldmatrix through every address helper, then mma, give
+// A B in the accumulator layout the header states. The layouts are the PTX ISA's; the kernels
+// that use them are checked against their references through these same emulated operations.
+__global__ void mma_fragments(const float* a, const float* b, float* out) {
+  namespace wm = aim::kernels_emu::warp_mma;
+  constexpr int ld = 24;  // 48-byte rows
+  __nv_bfloat16* sm = emu::dynamic_shared<__nv_bfloat16>();
+  __nv_bfloat16 *a_mk = sm, *a_km = sm + 16 * ld, *b_kn = sm + 32 * ld, *b_nk = sm + 48 * ld;
+  for (int i = threadIdx.x; i < 256; i += 32) {
+    const int r = i / 16, c = i % 16;
+    a_mk[r * ld + c] = __nv_bfloat16(a[i]);  // A[r][c]
+    a_km[c * ld + r] = __nv_bfloat16(a[i]);
+    b_kn[r * ld + c] = __nv_bfloat16(b[i]);  // B[r][c], r = k
+    b_nk[c * ld + r] = __nv_bfloat16(b[i]);
+  }
+  __syncthreads();
+  const int lane = threadIdx.x, g = lane / 4, q = lane % 4;
+  for (int variant = 0; variant < 2; ++variant) {
+    uint32_t fa[4], fb[4];
+    if (variant == 0) {
+      wm::ldmatrix_x4(fa, wm::a_rows<__nv_bfloat16>(a_mk, ld, 0, 0));
+      wm::ldmatrix_x4(fb, wm::b_rows<__nv_bfloat16>(b_nk, ld, 0, 0));
+    } else {
+      wm::ldmatrix_x4_trans(fa, wm::a_trans<__nv_bfloat16>(a_km, ld, 0, 0));
+      wm::ldmatrix_x4_trans(fb, wm::b_trans<__nv_bfloat16>(b_kn, ld, 0, 0));
+    }
+    float d[2][4] = {{1.f, 1.f, 1.f, 1.f}, {1.f, 1.f, 1.f, 1.f}};
+    wm::mma_bf16(d[0], fa, fb[0], fb[1]);
+    wm::mma_bf16(d[1], fa, fb[2], fb[3]);
+    for (int blk = 0; blk < 2; ++blk)
+      for (int e = 0; e < 4; ++e) {
+        out[variant * 256 + (g + 8 * (e / 2)) * 16 + 8 * blk + 2 * q + e % 2] = d[blk][e];
+      }
+  }
+}
+
+// cp.async: the destination changes when the issuing thread waits for the group, not before;
+// an invalid source fills zeros.
+__global__ void async_copy(const float* src, float* out) {
+  namespace wm = aim::kernels_emu::warp_mma;
+  float* sm = emu::dynamic_shared<float>();
+  if (threadIdx.x == 0) {
+    wm::cp_async16(sm, src, true);
+    wm::cp_async16(sm + 4, src, false);
+    wm::cp_async_commit();
+    wm::cp_async16(sm + 8, src + 4, true);
+    wm::cp_async_commit();
+    out[0] = sm[0];  // before any wait: the poison
+    wm::cp_async_wait<1>();
+    out[1] = sm[0];
+    out[2] = sm[4];
+    out[3] = sm[8];  // the second group is still in flight
+    wm::cp_async_wait<0>();
+    out[4] = sm[8];
+  }
+}
+
+__global__ void ldmatrix_misaligned(float* out) {
+  namespace wm = aim::kernels_emu::warp_mma;
+  __nv_bfloat16* sm = emu::dynamic_shared<__nv_bfloat16>();
+  uint32_t r[4];
+  wm::ldmatrix_x4(r, sm + 4 + 8 * threadIdx.x);  // 8 bytes past a 16-byte boundary
+  out[threadIdx.x] = static_cast<float>(r[0]);
+}
+
+TEST(Emulator, RegisterFragmentsMultiplyAsThePtxLayoutsSay) {
+  std::vector<float> a(256), b(256), out(512, 0.f);
+  for (int i = 0; i < 256; ++i) {
+    a[i] = static_cast<float>(i % 7) - 3.f;
+    b[i] = static_cast<float>(i % 5) * 0.5f - 1.f;
+  }
+  mma_fragments ^ emu::Cfg(1, 32, 64 * 24 * 2)(a.data(), b.data(), out.data());
+  ASSERT_EQ(cudaGetLastError(), cudaSuccess) << emu::last_message();
+  for (int variant = 0; variant < 2; ++variant)
+    for (int r = 0; r < 16; ++r)
+      for (int c = 0; c < 16; ++c) {
+        float want = 1.f;
+        for (int k = 0; k < 16; ++k) want += a[r * 16 + k] * b[k * 16 + c];
+        EXPECT_EQ(out[variant * 256 + r * 16 + c], want) << "variant " << variant << " (" << r << ", " << c << ")";
+      }
+
+  alignas(16) float src[8] = {1.f, 2.f, 3.f, 4.f, 5.f, 6.f, 7.f, 8.f};
+  std::vector<float> got(5, 0.f);
+  async_copy ^ emu::Cfg(1, 32, 64)(src, got.data());
+  ASSERT_EQ(cudaGetLastError(), cudaSuccess) << emu::last_message();
+  EXPECT_TRUE(std::isnan(got[0])) << got[0];
+  EXPECT_EQ(got[1], 1.f);
+  EXPECT_EQ(got[2], 0.f);
+  EXPECT_TRUE(std::isnan(got[3])) << got[3];
+  EXPECT_EQ(got[4], 5.f);
+
+  std::vector<float> sink(32);
+  ldmatrix_misaligned ^ emu::Cfg(1, 32, 1024)(sink.data());
+  EXPECT_EQ(cudaGetLastError(), cudaErrorLaunchFailure);
+  EXPECT_NE(emu::last_message().find("16-byte aligned"), std::string::npos) << emu::last_message();
 }
 
 // Clusters: every block writes its slot values, then block rank r adds slot r over the

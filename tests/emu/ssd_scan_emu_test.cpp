@@ -84,6 +84,41 @@ TEST(SsdScanEmuConfig, ElementLoadsOnAlignedInputsMatchTheReference) {
   }
 }
 
+// AIM_SSD_SCAN=tiles (a benchmark's comparison) runs the kernels that keep the state in shared
+// memory where the register-state ones apply (bf16 on 16-byte boundaries, d_state <= 128, which the
+// cases above run on the register kernels): the bf16 edge cases on them. A value other than regs
+// or tiles is an error naming the variable.
+class SsdScanTilesEmu : public emu_t::EmulatedKernelTest<::testing::TestWithParam<SsdCase>> {};
+
+TEST_P(SsdScanTilesEmu, SharedMemoryStateKernelsMatchTheReference) {
+  const test::ScopedEnv tiles("AIM_SSD_SCAN", "tiles");
+  test::check_ssd_scan(GetParam(), torch::kCPU,
+                       [](const torch::Tensor& x, const torch::Tensor& dt, const torch::Tensor& A,
+                          const torch::Tensor& Bm, const torch::Tensor& Cm, const torch::Tensor& D,
+                          const torch::Tensor& dt_bias, bool softplus, const torch::Tensor& init,
+                          bool return_final) {
+                         return ops::cuda_emu::ssd_scan(x, dt, A, Bm, Cm, D, dt_bias, softplus,
+                                                        init, return_final);
+                       });
+}
+
+INSTANTIATE_TEST_SUITE_P(Shapes, SsdScanTilesEmu, ::testing::ValuesIn(test::ssd_register_kernel_cases()),
+                         [](const auto& info) { return test::case_name(info.param); });
+
+TEST(SsdScanEmuConfig, AMalformedKernelChoiceNamesTheVariable) {
+  const test::ScopedEnv bad("AIM_SSD_SCAN", "fast");
+  const auto x = torch::randn({1, 8, 2, 32}), dt = torch::rand({1, 8, 2}), A = -torch::rand({2});
+  const auto Bm = torch::randn({1, 8, 1, 16}), Cm = torch::randn({1, 8, 1, 16});
+  try {
+    ops::cuda_emu::ssd_scan(x, dt, A, Bm, Cm, {}, {}, true, {}, false);
+    ADD_FAILURE() << "AIM_SSD_SCAN=fast was accepted";
+  } catch (const std::exception& e) {
+    const std::string what = e.what();
+    EXPECT_NE(what.find("AIM_SSD_SCAN"), std::string::npos) << what;
+    EXPECT_NE(what.find("found 'fast'"), std::string::npos) << what;
+  }
+}
+
 // ---------------------------------------------------------------- clusters over heads
 
 // The backward adds the dB / dC of a cluster of heads in distributed shared memory

@@ -141,6 +141,16 @@ using SsdScanFn = std::function<ops::SsdScanResult(
     const torch::Tensor& Bm, const torch::Tensor& Cm, const torch::Tensor& D,
     const torch::Tensor& dt_bias, bool softplus, const torch::Tensor& init, bool return_final)>;
 
+/// The bf16 edge cases the register-state kernels take by default (aligned, d_state <= 128): run
+/// again with AIM_SSD_SCAN=tiles, they keep the shared-memory state kernels covered.
+inline std::vector<SsdCase> ssd_register_kernel_cases() {
+  std::vector<SsdCase> out;
+  for (const auto& c : ssd_cases()) {
+    if (c.edge && !c.misaligned && c.dtype == torch::kBFloat16 && c.dstate <= 128) out.push_back(c);
+  }
+  return out;
+}
+
 inline double ssd_sum_tolerance(torch::ScalarType dtype) {
   return dtype == torch::kBFloat16 ? 3e-2 : 1e-3;
 }

@@ -77,6 +77,25 @@ TEST_P(SsdScanClusterCuda, EveryClusterSizeMatchesTheReference) {
 INSTANTIATE_TEST_SUITE_P(Sizes, SsdScanClusterCuda, ::testing::Values(1, 2, 4, 8),
                          [](const auto& info) { return "K" + std::to_string(info.param); });
 
+// AIM_SSD_SCAN=tiles: the kernels that keep the state in shared memory, on the bf16 edge cases
+// that run on the register-state kernels by default.
+class SsdScanTilesCuda : public test::CudaKernelTest<::testing::TestWithParam<SsdCase>> {};
+
+TEST_P(SsdScanTilesCuda, SharedMemoryStateKernelsMatchTheReference) {
+  const test::ScopedEnv tiles("AIM_SSD_SCAN", "tiles");
+  test::check_ssd_scan(GetParam(), torch::kCUDA,
+                       [](const torch::Tensor& x, const torch::Tensor& dt, const torch::Tensor& A,
+                          const torch::Tensor& Bm, const torch::Tensor& Cm, const torch::Tensor& D,
+                          const torch::Tensor& dt_bias, bool softplus, const torch::Tensor& init,
+                          bool return_final) {
+                         return ops::ssd_scan(x, dt, A, Bm, Cm, D, dt_bias, softplus,
+                                              /*chunk_size=*/256, init, return_final);
+                       });
+}
+
+INSTANTIATE_TEST_SUITE_P(Shapes, SsdScanTilesCuda, ::testing::ValuesIn(test::ssd_register_kernel_cases()),
+                         [](const auto& info) { return case_name(info.param); });
+
 // x, B and C split from one tensor, as the mixer passes them: their gradients come back packed
 // (no concatenation) with the bits of the unpacked scan.
 class SsdScanPackedCuda : public test::CudaKernelTest<> {};

@@ -334,6 +334,24 @@ int main(int argc, char** argv) {
                     }};
     ssd_fwd_bwd.flops = ssd_units * (per_chunk_fwd + per_chunk_bwd);
     rows.push_back(ssd_fwd_bwd);
+    // The kernels that keep the state in shared memory instead of the register-state ones
+    // (kernels/ssd_scan_{fwd,bwd}_regs_kernel.cuh).
+    Row tiles_fwd{"ssd_scan fwd, tiles kernels", ssd_bytes, [&] {
+                    const ScopedEnv tiles("AIM_SSD_SCAN", "tiles");
+                    torch::NoGradGuard ng_guard;
+                    aim::ops::ssd_scan(sx, sdt, sA, sB, sC, sD, sbias, true, m.ssm.chunk_size);
+                  }};
+    tiles_fwd.flops = ssd_fwd.flops;
+    tiles_fwd.ref_timed = false;
+    if (g_device.is_cuda()) rows.push_back(tiles_fwd);
+    Row tiles_fwd_bwd{"ssd_scan fwd+bwd, tiles kernels", 2.5 * ssd_bytes, [&] {
+                        const ScopedEnv tiles("AIM_SSD_SCAN", "tiles");
+                        auto y = aim::ops::ssd_scan(sx, sdt, sA, sB, sC, sD, sbias, true, m.ssm.chunk_size).y;
+                        auto grads = torch::autograd::grad({y}, {sx, sdt, sA, sB, sC, sD, sbias}, {sg});
+                      }};
+    tiles_fwd_bwd.flops = ssd_fwd_bwd.flops;
+    tiles_fwd_bwd.ref_timed = false;
+    if (g_device.is_cuda()) rows.push_back(tiles_fwd_bwd);
     // The backward's thread block clusters over heads (kernels/ssd_scan.h; the row above runs the
     // default, none): without, a dB / dC partial slice is written per head, with K one per K heads.
     for (int kc : {2, 4, 8}) {

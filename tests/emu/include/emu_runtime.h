@@ -52,6 +52,7 @@
 #include <tuple>
 #include <type_traits>
 #include <utility>
+#include <vector>
 
 // ---------------------------------------------------------------- runtime types
 
@@ -61,6 +62,10 @@ struct dim3 {
 };
 
 // The vector types kernels use for 16-byte loads and stores (CUDA's vector_types.h).
+struct alignas(8) float2 {
+  float x, y;
+};
+inline float2 make_float2(float x, float y) { return {x, y}; }
 struct alignas(16) float4 {
   float x, y, z, w;
 };
@@ -124,9 +129,20 @@ void set_func_max_dynamic_smem(const void* func, int bytes);
 
 // ---------------------------------------------------------------- threads and barriers
 
+/// An asynchronous global -> shared copy (cp.async) in flight: the source is read when it is
+/// issued, the destination written when the thread waits for its group (emu_warp_mma.h), so a
+/// read of the destination before the wait sees what was there before.
+struct AsyncCopy {
+  void* dst = nullptr;
+  unsigned char data[16] = {};
+  uint64_t group = 0;  ///< the thread's committed groups when it was issued
+};
+
 struct ThreadState {
   dim3 tid;
   int linear = 0;
+  std::vector<AsyncCopy> async_copies;  ///< in flight, oldest first
+  uint64_t async_committed = 0;         ///< groups committed so far
 };
 struct BlockState {
   dim3 block_idx, block_dim, grid_dim;
@@ -147,6 +163,11 @@ void* map_shared_rank(const void* addr, unsigned rank);
 /// Warp collective: deposits `bits`, waits for the lanes of `mask`, returns the bits `src_lane`
 /// deposited (src_lane must be in mask). `op` names the collective for the error messages.
 uint64_t warp_exchange(unsigned mask, uint64_t bits, int src_lane, const char* op);
+/// Warp collective over `bytes` (at most kGatherBytes) of every lane: deposits this lane's,
+/// waits for the lanes of `mask` (all 32 here), then copies lane k's deposit to
+/// all + k * bytes for every lane k of the mask.
+constexpr size_t kGatherBytes = 64;
+void warp_gather(unsigned mask, const void* mine, size_t bytes, void* all, const char* op);
 /// A warp collective that exchanges nothing (wmma tile loads and stores).
 void warp_collective(unsigned mask, const char* op);
 /// Aborts the block from inside a thread with a finding (reported as a launch failure).
