@@ -12,11 +12,13 @@
 // splits), the conv windows of those x channels, and computes the conv of its group's B and C
 // itself (2N channels, from L2; cheaper than a launch). The conv windows of B and C are shared
 // by every block of the sequence, so they are shifted only after all of them have read them, and
-// the norm needs every head's y: each block writes y (in T) into `out`, then counts itself in
+// the norm needs every head's y: each block writes y (in T) into `out` and, when its rows lie in
+// one norm group, the sum of squares of its gated y into `norm_partials`, then counts itself in
 // with an atomic on the sequence's counter; the last block to arrive shifts the B/C windows,
-// normalises the whole row in place (reading y and z again from L2, in a fixed order, so the
-// result does not depend on which block was last) and resets the counter. No block waits for
-// another.
+// adds each group's block sums in block order (or, when a block's rows span groups, sums the
+// squares over the row itself), normalises the whole row in place (reading y and z again from
+// L2, in a fixed order, so the result does not depend on which block was last) and resets the
+// counter. No block waits for another.
 //
 // Besides the state, a step's reads are small and dependent (a conv window, its weights, y and z
 // of the norm), so each thread issues all the reads of a conv channel, and of kNormBatch channels
@@ -163,6 +165,7 @@ constexpr int kNormBatch = 4;
 template <typename T, typename S, int kRows, int kLaneElems>
 __global__ void __launch_bounds__(kThreads) ssd_step_kernel(SsdStepParams p) {
   __shared__ float xs[kSsdStepMaxHeaddim];
+  __shared__ float zs[kSsdStepMaxHeaddim];
   __shared__ float bc[2 * kSsdStepMaxDstate];
   __shared__ float scratch[kWarps];
   __shared__ unsigned last;
@@ -174,6 +177,13 @@ __global__ void __launch_bounds__(kThreads) ssd_step_kernel(SsdStepParams p) {
   const int64_t gn = int64_t(p.ngroups) * p.dstate;
   const int g = h / (p.nheads / p.ngroups);
   const int N = p.dstate;
+  // The block's rows lie in one norm group (channels h P + p0 .. + rows, aligned to rows): it
+  // sums the squares of its gated y itself.
+  const bool own_sumsq = p.norm_partials != nullptr && p.norm_group_size % rows == 0;
+  const T* z = static_cast<const T*>(p.z) + b * p.z_batch_stride;
+  if (own_sumsq && !p.norm_before_gate) {
+    for (int i = threadIdx.x; i < rows; i += blockDim.x) zs[i] = load_as_float(z + int64_t(h) * p.headdim + p0 + i);
+  }
 
   // The conv of this block's x channels (their windows are this block's alone) and of its
   // group's B and C channels (shared: shifted by the last block).
@@ -205,6 +215,7 @@ __global__ void __launch_bounds__(kThreads) ssd_step_kernel(SsdStepParams p) {
   T* out = static_cast<T*>(p.out) + b * E;
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   S* head_state = static_cast<S*>(p.ssm_state) + (int64_t(b) * p.nheads + h) * p.headdim * p.dstate;
+  float own_sq = 0.f;  // lane 0: the squares of this warp's gated y (own_sumsq)
   for (int r0 = warp; r0 < rows; r0 += kWarps * kRows) {
     float held[kRows][kLaneElems];
 #pragma unroll
@@ -238,12 +249,23 @@ __global__ void __launch_bounds__(kThreads) ssd_step_kernel(SsdStepParams p) {
       if (lane == 0) {
         if (p.D != nullptr) acc += x * (p.d_per_channel ? p.D[h * p.headdim + row] : p.D[h]);
         store_from_float(out + int64_t(h) * p.headdim + row, acc);
+        if (own_sumsq) {
+          // y as stored, gated as the norm gates it.
+          float v = round_to<T>(acc);
+          if (!p.norm_before_gate) v *= zs[r] * sigmoid(zs[r]);
+          own_sq += v * v;
+        }
       }
     }
   }
 
+  if (own_sumsq) {
+    const float total = block_sum(own_sq, scratch);  // warps in order
+    if (threadIdx.x == 0) p.norm_partials[int64_t(b) * gridDim.x + blockIdx.x] = total;
+  }
+
   // Count in; only the sequence's last block goes on.
-  __threadfence();  // this thread's y is visible device-wide before the block counts in
+  __threadfence();  // this thread's y (and sum) are visible device-wide before the block counts in
   __syncthreads();
   if (threadIdx.x == 0) last = atomicAdd(p.arrivals + b, 1u) == gridDim.x - 1 ? 1u : 0u;
   __syncthreads();
@@ -257,12 +279,20 @@ __global__ void __launch_bounds__(kThreads) ssd_step_kernel(SsdStepParams p) {
   // The gated RMSNorm of the row, group by group; y is read past L1 (other blocks wrote it). A
   // thread takes channels threadIdx.x + k blockDim.x in order of k (the order of its partial sum),
   // kNormBatch at a time with all their loads issued first.
-  const T* z = static_cast<const T*>(p.z) + b * p.z_batch_stride;
   const int G = p.norm_group_size;
   const int stride = blockDim.x;
   for (int64_t g0 = 0; g0 < E; g0 += G) {
     float sumsq = 0.f;
-    for (int c0 = threadIdx.x; c0 < G; c0 += kNormBatch * stride) {
+    if (own_sumsq) {
+      // The group's blocks are k = g0 / rows .. + G / rows (block k starts at channel k rows);
+      // every thread adds them in that order, reading past L1 what other blocks wrote.
+      const float* part = p.norm_partials + int64_t(b) * gridDim.x + g0 / rows;
+      const int nblk = G / rows;
+      float acc = 0.f;
+      for (int k = 0; k < nblk; ++k) acc += __ldcg(part + k);
+      sumsq = acc;
+    }
+    for (int c0 = threadIdx.x; !own_sumsq && c0 < G; c0 += kNormBatch * stride) {
       float u[kNormBatch], zc[kNormBatch];
 #pragma unroll
       for (int j = 0; j < kNormBatch; ++j) {
@@ -279,7 +309,7 @@ __global__ void __launch_bounds__(kThreads) ssd_step_kernel(SsdStepParams p) {
         }
       }
     }
-    const float rstd = rsqrtf(block_sum(sumsq, scratch) / static_cast<float>(G) + p.eps);
+    const float rstd = rsqrtf((own_sumsq ? sumsq : block_sum(sumsq, scratch)) / static_cast<float>(G) + p.eps);
     for (int c0 = threadIdx.x; c0 < G; c0 += kNormBatch * stride) {
       float u[kNormBatch], zc[kNormBatch], w[kNormBatch];
 #pragma unroll

@@ -13,6 +13,8 @@ namespace aim::kernels {
 constexpr int kSsdStepMaxHeaddim = 256;
 constexpr int kSsdStepMaxDstate = 256;
 constexpr int kSsdStepMaxWidth = 8;
+/// Most blocks a head is split over (blocks of at least 16 state rows).
+constexpr int kSsdStepMaxSplits = kSsdStepMaxHeaddim / 16;
 
 struct SsdStepParams {
   int batch = 0, nheads = 0, headdim = 0, dstate = 0, ngroups = 0;
@@ -47,6 +49,10 @@ struct SsdStepParams {
   /// [B], zero before the launch: each block of a sequence counts itself in; the last one to
   /// arrive finishes the sequence and sets its counter back to zero.
   unsigned* arrivals = nullptr;
+  /// [B, nheads * kSsdStepMaxSplits] scratch: each block's sum of squares of its gated y, which
+  /// the last block adds up instead of reading the row twice (when a block's rows lie in one
+  /// norm group). Nothing is kept between launches.
+  float* norm_partials = nullptr;
 };
 
 /// Launches on `stream`; z, xbc, dt and out share `dtype`. Returns the launch status

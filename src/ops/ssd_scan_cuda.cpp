@@ -424,6 +424,9 @@ torch::Tensor ssd_decode_step(const torch::Tensor& zxbcdt, torch::Tensor& conv_s
   }
   auto out = torch::empty({batch, inner}, zxbcdt.options());
   maybe_poison({out});
+  // Per block sums of squares of the gated y, read by the sequence's last block.
+  auto norm_partials =
+      torch::empty({batch * heads * kernels::kSsdStepMaxSplits}, zxbcdt.options().dtype(torch::kFloat));
 
   kernels::SsdStepParams p;
   p.batch = static_cast<int>(batch);
@@ -457,6 +460,7 @@ torch::Tensor ssd_decode_step(const torch::Tensor& zxbcdt, torch::Tensor& conv_s
   p.norm_before_gate = w.norm_before_gate;
   p.out = out.data_ptr();
   p.arrivals = reinterpret_cast<unsigned*>(counters.data_ptr<int32_t>());
+  p.norm_partials = norm_partials.data_ptr<float>();
   p.rows_in_flight = step_rows_in_flight();
   check_launch(kernels::ssd_step_cuda(p, elem_type(zxbcdt), current_stream()), "ssd_decode_step");
   return out;
