@@ -36,13 +36,13 @@ namespace aim::kernels {
 namespace ssd {
 
 /// Buffers of the register backward, bf16 unless noted: two of {xs, dys [T][pt + 8], bs, cs
-/// [T][np + 8]}; sp, dst [pt][np + 8]; md, rm [T][T + 8]; fp32: v [T][T + 4], per-warp partial
-/// rows xu, off [kMaxNW][T] and dssp [kMaxNW].
+/// [T][np + 8]}; sp, dst [pt][np + 8]; md, rm [T][T + 8]; fp32: per-unit row and column sums
+/// of V, row_sum / col_sum [3][16]; per-warp partial rows xu, off [kMaxNW][T] and dssp [kMaxNW].
 struct RegsBwdSmem {
   static constexpr int kMaxNW = 4;
   int ldx, ldn;
   size_t xs, dys, bs, cs;  ///< buffer 0; buffer k at + k * buf_bytes
-  size_t buf_bytes, sp, dst, md, rm, v, xu, off, dssp, bytes;
+  size_t buf_bytes, sp, dst, md, rm, row_sum, col_sum, xu, off, dssp, bytes;
   __host__ __device__ RegsBwdSmem(int pt, int np) : ldx(pt + 8), ldn(np + 8) {
     SmemCarve c;
     xs = c.take(size_t{kChunk} * ldx, 2);
@@ -55,13 +55,24 @@ struct RegsBwdSmem {
     dst = c.take(size_t(pt) * ldn, 2);
     md = c.take(size_t{kChunk} * kRegsLdm, 2);
     rm = c.take(size_t{kChunk} * kRegsLdm, 2);
-    v = c.take(size_t{kChunk} * (kChunk + 4), 4);
+    row_sum = c.take(3 * 16, 4);
+    col_sum = c.take(3 * 16, 4);
     xu = c.take(size_t{kMaxNW} * kChunk, 4);
     off = c.take(size_t{kMaxNW} * kChunk, 4);
     dssp = c.take(kMaxNW, 4);
     bytes = c.bytes;
   }
 };
+
+/// An A fragment's rows g (registers 0, 2) scaled by s0 and rows g + 8 (registers 1, 3) by s8,
+/// rounded back to bf16.
+__device__ __forceinline__ void scale_rows(uint32_t (&a)[4], float s0, float s8) {
+  namespace wm = warp_mma;
+  a[0] = wm::pack_bf16(wm::bf16_lo(a[0]) * s0, wm::bf16_hi(a[0]) * s0);
+  a[1] = wm::pack_bf16(wm::bf16_lo(a[1]) * s8, wm::bf16_hi(a[1]) * s8);
+  a[2] = wm::pack_bf16(wm::bf16_lo(a[2]) * s0, wm::bf16_hi(a[2]) * s0);
+  a[3] = wm::pack_bf16(wm::bf16_lo(a[3]) * s8, wm::bf16_hi(a[3]) * s8);
+}
 
 /// Sum over the 4 lanes of a quad (the lanes that share a row g of an mma fragment).
 __device__ __forceinline__ float quad_sum(float v) {
@@ -112,11 +123,11 @@ __global__ void __launch_bounds__(kNW * 32, 2) ssd_bwd_regs_kernel(const SsdScan
   T* dst = smem_at<T>(smem, lay.dst);
   T* md = smem_at<T>(smem, lay.md);
   T* rm = smem_at<T>(smem, lay.rm);
-  float* vv = smem_at<float>(smem, lay.v);
+  float* row_sum = smem_at<float>(smem, lay.row_sum);
+  float* col_sum = smem_at<float>(smem, lay.col_sum);
   float* xu_part = smem_at<float>(smem, lay.xu);
   float* off_part = smem_at<float>(smem, lay.off);
   float* dssp_part = smem_at<float>(smem, lay.dssp);
-  constexpr int ldv = kChunk + 4;
 
   // ds[t][e]: dS row wrow + g + 8 (e / 2), column 8 t + 2 q + e % 2.
   float ds[kRegsNTiles][4];
@@ -125,12 +136,16 @@ __global__ void __launch_bounds__(kNW * 32, 2) ssd_bwd_regs_kernel(const SsdScan
 #pragma unroll
     for (int hf = 0; hf < 2; ++hf) {
       const int row = wrow + g + 8 * hf, col = 8 * t + 2 * q;
-      float2 v = make_float2(0.f, 0.f);
-      if (p.dfinal_state != nullptr && t < np / 8 && row < prows && col < nstate) {
-        v = *reinterpret_cast<const float2*>(p.dfinal_state + (head_state + p0 + row) * nstate + col);
+      // Two scalar loads: the caller's fp32 gradient need not sit on an 8-byte boundary.
+      const bool in = p.dfinal_state != nullptr && t < np / 8 && row < prows && col < nstate;
+      float v0 = 0.f, v1 = 0.f;
+      if (in) {
+        const float* src = p.dfinal_state + (head_state + p0 + row) * nstate + col;
+        v0 = src[0];
+        v1 = src[1];
       }
-      ds[t][2 * hf] = v.x;
-      ds[t][2 * hf + 1] = v.y;
+      ds[t][2 * hf] = v0;
+      ds[t][2 * hf + 1] = v1;
     }
   }
   // D of this lane's columns wrow + 8 pb + 2 q (+1); x . dy of the same columns, summed.
@@ -210,8 +225,10 @@ __global__ void __launch_bounds__(kNW * 32, 2) ssd_bwd_regs_kernel(const SsdScan
     const float sc = delta * __expf(cum_last - cum);  // lane j: delta_j exp(cum_last - cum_j)
     const float ecum = __expf(cum);                   // lane i: exp(cum_i)
 
-    // Units: CB and Q over a 16 x 16 block, then Md, Rm (bf16) and V (fp32).
-    for (int u = warp; u < 3; u += kNW) {
+    // Units: CB and Q over a 16 x 16 block, then Md, Rm (bf16), and V's row sums weighted by
+    // delta_j and its column sums over the block (fp32). From the last warp down, so that warp 0
+    // (which finishes the chunk's decay gradients) has the least to do.
+    for (int u = kNW - 1 - warp; u < 3; u += kNW) {
       const int mi = u == 0 ? 0 : 1, nj = u == 2 ? 1 : 0;
       float cb[2][4] = {{0.f, 0.f, 0.f, 0.f}, {0.f, 0.f, 0.f, 0.f}};
       float qq[2][4] = {{0.f, 0.f, 0.f, 0.f}, {0.f, 0.f, 0.f, 0.f}};
@@ -232,6 +249,8 @@ __global__ void __launch_bounds__(kNW * 32, 2) ssd_bwd_regs_kernel(const SsdScan
       }
       const int i0 = 16 * mi + g;
       const float cum_i[2] = {__shfl_sync(kFullMask, cum, i0), __shfl_sync(kFullMask, cum, i0 + 8)};
+      float row_part[2] = {0.f, 0.f};           // rows i0, i0 + 8: sum_j V_ij delta_j (this lane's j)
+      float col_part[2][2] = {{0.f, 0.f}, {0.f, 0.f}};  // columns j0 + e: sum_i V_ij (rows g, g + 8)
 #pragma unroll
       for (int sub = 0; sub < 2; ++sub) {
         const int j0 = 16 * nj + 8 * sub + 2 * q;
@@ -240,23 +259,40 @@ __global__ void __launch_bounds__(kNW * 32, 2) ssd_bwd_regs_kernel(const SsdScan
 #pragma unroll
         for (int hf = 0; hf < 2; ++hf) {
           const int i = i0 + 8 * hf;
-          float mv[2], rv[2], vv2[2];
+          float mv[2], rv[2];
 #pragma unroll
           for (int e = 0; e < 2; ++e) {
-            mv[e] = rv[e] = vv2[e] = 0.f;
+            mv[e] = rv[e] = 0.f;
             if (j0 + e <= i) {
               const float l = __expf(cum_i[hf] - cum_j[e]);
               const float m = cb[sub][2 * hf + e] * l, qv = qq[sub][2 * hf + e];
               mv[e] = m * del_j[e];
               rv[e] = qv * l * del_j[e];
-              vv2[e] = m * qv;
+              const float v = m * qv;
+              row_part[hf] += v * del_j[e];
+              col_part[sub][e] += v;
             }
           }
           *reinterpret_cast<uint32_t*>(md + i * kRegsLdm + j0) = wm::pack_bf16(mv[0], mv[1]);
           *reinterpret_cast<uint32_t*>(rm + i * kRegsLdm + j0) = wm::pack_bf16(rv[0], rv[1]);
-          *reinterpret_cast<float2*>(vv + i * ldv + j0) = make_float2(vv2[0], vv2[1]);
         }
       }
+      // Rows: the quad's lanes hold the block's 16 columns. Columns: the 8 row groups g.
+#pragma unroll
+      for (int hf = 0; hf < 2; ++hf) {
+        const float r = quad_sum(row_part[hf]);
+        if (q == 0) row_sum[u * 16 + g + 8 * hf] = r;
+      }
+#pragma unroll
+      for (int sub = 0; sub < 2; ++sub)
+#pragma unroll
+        for (int e = 0; e < 2; ++e) {
+          float v = col_part[sub][e];
+          v += __shfl_xor_sync(kFullMask, v, 4);
+          v += __shfl_xor_sync(kFullMask, v, 8);
+          v += __shfl_xor_sync(kFullMask, v, 16);
+          if (g == 0) col_sum[u * 16 + 8 * sub + 2 * q + e] = v;
+        }
     }
 
     // U = B dS^T for the warp's columns, from dS in registers (rounded to bf16).
@@ -377,26 +413,31 @@ __global__ void __launch_bounds__(kNW * 32, 2) ssd_bwd_regs_kernel(const SsdScan
         for (int sub = 0; sub < 2; ++sub)
 #pragma unroll
           for (int e = 0; e < 4; ++e) dc[mb][k][sub][e] = 0.f;
+    // Row scales of the A fragments: e_i for rows 16 mb + g and + 8.
+    float erow[2][2];
 #pragma unroll
-    for (int ks = 0; ks < kNW; ++ks) {  // K = pt
+    for (int mb = 0; mb < 2; ++mb) {
+      erow[mb][0] = __shfl_sync(kFullMask, ecum, 16 * mb + g);
+      erow[mb][1] = __shfl_sync(kFullMask, ecum, 16 * mb + g + 8);
+    }
+#pragma unroll
+    for (int ks = 0; ks < kNW; ++ks) {  // K = pt; each B fragment loaded once for both row blocks
+      uint32_t a[2][4];
 #pragma unroll
       for (int mb = 0; mb < 2; ++mb) {
-        uint32_t a[4];
-        wm::ldmatrix_x4(a, wm::a_rows(dys, ldx, 16 * mb, 16 * ks));
-        const float e0 = __shfl_sync(kFullMask, ecum, 16 * mb + g);
-        const float e8 = __shfl_sync(kFullMask, ecum, 16 * mb + g + 8);
-        a[0] = wm::pack_bf16(wm::bf16_lo(a[0]) * e0, wm::bf16_hi(a[0]) * e0);
-        a[1] = wm::pack_bf16(wm::bf16_lo(a[1]) * e8, wm::bf16_hi(a[1]) * e8);
-        a[2] = wm::pack_bf16(wm::bf16_lo(a[2]) * e0, wm::bf16_hi(a[2]) * e0);
-        a[3] = wm::pack_bf16(wm::bf16_lo(a[3]) * e8, wm::bf16_hi(a[3]) * e8);
+        wm::ldmatrix_x4(a[mb], wm::a_rows(dys, ldx, 16 * mb, 16 * ks));
+        scale_rows(a[mb], erow[mb][0], erow[mb][1]);
+      }
 #pragma unroll
-        for (int k = 0; k < kNB; ++k) {
-          const int n16 = warp + kNW * k;
-          if (n16 < nk) {
-            uint32_t bb[4];
-            wm::ldmatrix_x4_trans(bb, wm::b_trans<T>(sp, ldn, 16 * ks, 16 * n16));
-            wm::mma_bf16(dc[mb][k][0], a, bb[0], bb[1]);
-            wm::mma_bf16(dc[mb][k][1], a, bb[2], bb[3]);
+      for (int k = 0; k < kNB; ++k) {
+        const int n16 = warp + kNW * k;
+        if (n16 < nk) {
+          uint32_t bb[4];
+          wm::ldmatrix_x4_trans(bb, wm::b_trans<T>(sp, ldn, 16 * ks, 16 * n16));
+#pragma unroll
+          for (int mb = 0; mb < 2; ++mb) {
+            wm::mma_bf16(dc[mb][k][0], a[mb], bb[0], bb[1]);
+            wm::mma_bf16(dc[mb][k][1], a[mb], bb[2], bb[3]);
           }
         }
       }
@@ -475,7 +516,8 @@ __global__ void __launch_bounds__(kNW * 32, 2) ssd_bwd_regs_kernel(const SsdScan
     };
     store_rows(dc_rows, dc);
 
-    // dB = Rm^T C + X' dst, X'_j = sc_j x_j; written. (Reuses dc's registers.)
+    // dB = Rm^T C + X' dst, X'_j = sc_j x_j; written. (Reuses dc's registers.) Each B fragment
+    // is loaded once for the row blocks that use it.
     {
       float (&db)[2][kNB][2][4] = dc;
 #pragma unroll
@@ -486,41 +528,50 @@ __global__ void __launch_bounds__(kNW * 32, 2) ssd_bwd_regs_kernel(const SsdScan
           for (int sub = 0; sub < 2; ++sub)
 #pragma unroll
             for (int e = 0; e < 4; ++e) db[mb][k][sub][e] = 0.f;
+      // Rm^T C: Rm is zero above the diagonal, so output block j (mb) needs i blocks ks >= mb.
 #pragma unroll
-      for (int mb = 0; mb < 2; ++mb) {
+      for (int ks = 0; ks < 2; ++ks) {
+        uint32_t a[2][4];
 #pragma unroll
-        for (int ks = mb; ks < 2; ++ks) {
-          uint32_t a[4];
-          wm::ldmatrix_x4_trans(a, wm::a_trans<T>(rm, kRegsLdm, 16 * mb, 16 * ks));
+        for (int mb = 0; mb <= ks; ++mb) wm::ldmatrix_x4_trans(a[mb], wm::a_trans<T>(rm, kRegsLdm, 16 * mb, 16 * ks));
 #pragma unroll
-          for (int k = 0; k < kNB; ++k) {
-            const int n16 = warp + kNW * k;
-            if (n16 < nk) {
-              uint32_t bb[4];
-              wm::ldmatrix_x4_trans(bb, wm::b_trans(cs, ldn, 16 * ks, 16 * n16));
-              wm::mma_bf16(db[mb][k][0], a, bb[0], bb[1]);
-              wm::mma_bf16(db[mb][k][1], a, bb[2], bb[3]);
+        for (int k = 0; k < kNB; ++k) {
+          const int n16 = warp + kNW * k;
+          if (n16 < nk) {
+            uint32_t bb[4];
+            wm::ldmatrix_x4_trans(bb, wm::b_trans(cs, ldn, 16 * ks, 16 * n16));
+#pragma unroll
+            for (int mb = 0; mb <= ks; ++mb) {
+              wm::mma_bf16(db[mb][k][0], a[mb], bb[0], bb[1]);
+              wm::mma_bf16(db[mb][k][1], a[mb], bb[2], bb[3]);
             }
           }
         }
-        const float s0 = __shfl_sync(kFullMask, sc, 16 * mb + g);
-        const float s8 = __shfl_sync(kFullMask, sc, 16 * mb + g + 8);
+      }
+      float srow[2][2];
 #pragma unroll
-        for (int ks = 0; ks < kNW; ++ks) {  // K = pt
-          uint32_t a[4];
-          wm::ldmatrix_x4(a, wm::a_rows(xs, ldx, 16 * mb, 16 * ks));
-          a[0] = wm::pack_bf16(wm::bf16_lo(a[0]) * s0, wm::bf16_hi(a[0]) * s0);
-          a[1] = wm::pack_bf16(wm::bf16_lo(a[1]) * s8, wm::bf16_hi(a[1]) * s8);
-          a[2] = wm::pack_bf16(wm::bf16_lo(a[2]) * s0, wm::bf16_hi(a[2]) * s0);
-          a[3] = wm::pack_bf16(wm::bf16_lo(a[3]) * s8, wm::bf16_hi(a[3]) * s8);
+      for (int mb = 0; mb < 2; ++mb) {
+        srow[mb][0] = __shfl_sync(kFullMask, sc, 16 * mb + g);
+        srow[mb][1] = __shfl_sync(kFullMask, sc, 16 * mb + g + 8);
+      }
 #pragma unroll
-          for (int k = 0; k < kNB; ++k) {
-            const int n16 = warp + kNW * k;
-            if (n16 < nk) {
-              uint32_t bb[4];
-              wm::ldmatrix_x4_trans(bb, wm::b_trans<T>(dst, ldn, 16 * ks, 16 * n16));
-              wm::mma_bf16(db[mb][k][0], a, bb[0], bb[1]);
-              wm::mma_bf16(db[mb][k][1], a, bb[2], bb[3]);
+      for (int ks = 0; ks < kNW; ++ks) {  // K = pt
+        uint32_t a[2][4];
+#pragma unroll
+        for (int mb = 0; mb < 2; ++mb) {
+          wm::ldmatrix_x4(a[mb], wm::a_rows(xs, ldx, 16 * mb, 16 * ks));
+          scale_rows(a[mb], srow[mb][0], srow[mb][1]);
+        }
+#pragma unroll
+        for (int k = 0; k < kNB; ++k) {
+          const int n16 = warp + kNW * k;
+          if (n16 < nk) {
+            uint32_t bb[4];
+            wm::ldmatrix_x4_trans(bb, wm::b_trans<T>(dst, ldn, 16 * ks, 16 * n16));
+#pragma unroll
+            for (int mb = 0; mb < 2; ++mb) {
+              wm::mma_bf16(db[mb][k][0], a[mb], bb[0], bb[1]);
+              wm::mma_bf16(db[mb][k][1], a[mb], bb[2], bb[3]);
             }
           }
         }
@@ -561,12 +612,10 @@ __global__ void __launch_bounds__(kNW * 32, 2) ssd_bwd_regs_kernel(const SsdScan
     // Warp 0: the decay gradients of the chunk.
     if (warp == 0) {
       const int i = lane;
-      float rowv = 0.f, colv = 0.f;
-      for (int j = 0; j < kChunk; ++j) {
-        const float dj = __shfl_sync(kFullMask, delta, j);
-        if (j <= i) rowv += vv[i * ldv + j] * dj;
-        if (j >= i) colv += vv[j * ldv + i];
-      }
+      // Unit u covers rows 16 mi .. and columns 16 nj ..: (0,0), (1,0), (1,1). Rows 0-15 are in
+      // unit 0, rows 16-31 in units 1 then 2; columns 0-15 in units 0 then 1, 16-31 in unit 2.
+      const float rowv = i < 16 ? row_sum[i] : row_sum[16 + (i - 16)] + row_sum[32 + (i - 16)];
+      const float colv = i < 16 ? col_sum[i] + col_sum[16 + i] : col_sum[32 + (i - 16)];
       float xu = 0.f, offv = 0.f, dssp = 0.f;
 #pragma unroll
       for (int w = 0; w < kNW; ++w) {

@@ -108,12 +108,16 @@ __global__ void __launch_bounds__(128, 4) ssd_fwd_regs_kernel(const SsdScanParam
 #pragma unroll
     for (int hf = 0; hf < 2; ++hf) {
       const int row = wrow + g + 8 * hf, col = 8 * t + 2 * q;
-      float2 v = make_float2(0.f, 0.f);
-      if (p.initial_state != nullptr && t < np / 8 && row < prows && col < nstate) {
-        v = *reinterpret_cast<const float2*>(p.initial_state + (head_state + p0 + row) * nstate + col);
+      // Two scalar loads: the caller's fp32 state need not sit on an 8-byte boundary.
+      const bool in = p.initial_state != nullptr && t < np / 8 && row < prows && col < nstate;
+      float v0 = 0.f, v1 = 0.f;
+      if (in) {
+        const float* src = p.initial_state + (head_state + p0 + row) * nstate + col;
+        v0 = src[0];
+        v1 = src[1];
       }
-      s[t][2 * hf] = v.x;
-      s[t][2 * hf + 1] = v.y;
+      s[t][2 * hf] = v0;
+      s[t][2 * hf + 1] = v1;
     }
   }
   // D for this lane's output columns wrow + 8 pb + 2 q (+1).
@@ -331,8 +335,9 @@ __global__ void __launch_bounds__(128, 4) ssd_fwd_regs_kernel(const SsdScanParam
       for (int hf = 0; hf < 2; ++hf) {
         const int row = wrow + g + 8 * hf, col = 8 * t + 2 * q;
         if (t < np / 8 && row < prows && col < nstate) {
-          *reinterpret_cast<float2*>(p.final_state + (head_state + p0 + row) * nstate + col) =
-              make_float2(s[t][2 * hf], s[t][2 * hf + 1]);
+          float* dst = p.final_state + (head_state + p0 + row) * nstate + col;
+          dst[0] = s[t][2 * hf];
+          dst[1] = s[t][2 * hf + 1];
         }
       }
   }

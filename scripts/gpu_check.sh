@@ -265,13 +265,13 @@ for name, (c, t) in sorted(rows.items(), key=lambda kv: -kv[1][1])[:12]:
 PYEOF
     done
     # The SSD scan at AiM-L's training shapes (micro-batch 64, bf16): throughput, occupancy,
-    # warp stall reasons and memory sections of the first forward launch (y) and of the first
-    # forward + backward pair of the fwd+bwd row.
-    timed 150 ncu --clock-control none --kernel-name regex:'ssd_(fwd|bwd)_kernel' --launch-count 3 \
+    # warp stall reasons and memory sections of the first fwd+bwd row's launches: the forward
+    # (y), the backward's state pass and the backward (the register-state kernels by default).
+    timed 150 ncu --clock-control none --kernel-name regex:'ssd_(fwd|bwd)(_regs)?_kernel' --launch-count 3 \
       --section SpeedOfLight --section Occupancy --section WarpStateStats --section MemoryWorkloadAnalysis \
-      "$bin/bench/bench_ops" configs/aim_l.yaml --micro 64 --repeats 1 --no-ref --only "ssd_scan fwd" \
+      "$bin/bench/bench_ops" configs/aim_l.yaml --micro 64 --repeats 1 --no-ref --only "ssd_scan fwd+bwd" \
       > "$out/profile_scan.txt" 2>> "$out/profile.log" || status_profile=FAIL
-    grep -E "ssd_(fwd|bwd)_kernel|Duration|Throughput|Achieved Occupancy|Registers Per|Warp Cycles Per Issued|stall" \
+    grep -E "ssd_(fwd|bwd)(_regs)?_kernel|Duration|Throughput|Achieved Occupancy|Registers Per|Warp Cycles Per Issued|stall" \
       "$out/profile_scan.txt" | cut -c1-180 | head -40 | tee -a "$summary"
   else
     note "gpu_check.sh: no ncu on this machine"

@@ -276,18 +276,20 @@ __global__ void mma_fragments(const float* a, const float* b, float* out) {
   }
 }
 
-// cp.async: the destination changes when the issuing thread waits for the group, not before;
-// an invalid source fills zeros.
+// cp.async: the destination holds nothing defined from the issue (poison here, whatever it held
+// before) until the issuing thread waits for the group; an invalid source fills zeros.
 __global__ void async_copy(const float* src, float* out) {
   namespace wm = aim::kernels_emu::warp_mma;
   float* sm = emu::dynamic_shared<float>();
   if (threadIdx.x == 0) {
+    sm[0] = 42.f;
+    sm[8] = 42.f;
     wm::cp_async16(sm, src, true);
     wm::cp_async16(sm + 4, src, false);
     wm::cp_async_commit();
     wm::cp_async16(sm + 8, src + 4, true);
     wm::cp_async_commit();
-    out[0] = sm[0];  // before any wait: the poison
+    out[0] = sm[0];  // before any wait: poison (the copy was issued into it)
     wm::cp_async_wait<1>();
     out[1] = sm[0];
     out[2] = sm[4];

@@ -8,9 +8,11 @@
 // gathers the lanes' fragments and each lane computes its own accumulators (products summed in
 // fp32 over k in order). Row addresses must be 16-byte aligned.
 //
-// cp.async reads its source when issued and writes its destination only when the issuing thread
-// waits for the copy's group (emu_cp_async_wait), so a read of the destination before the wait,
-// or by another thread without a barrier after it, sees the old contents (poison at first).
+// cp.async reads its source when issued, poisons its destination (0xff: NaN in fp32 and bf16)
+// and writes the data only when the issuing thread waits for the copy's group
+// (emu_cp_async_wait): a read of the destination between the issue and the wait, or by another
+// thread without a barrier after the wait, sees the poison; so does a thread still reading a
+// buffer that a copy was issued into (a missing barrier before the issue).
 #include <cstdint>
 #include <cstring>
 #include <string>
@@ -78,6 +80,9 @@ inline void emu_cp_async16(void* dst, const void* src, bool valid) {
   ::emu::AsyncCopy c;
   c.dst = dst;
   if (valid) std::memcpy(c.data, src, 16);
+  // Until the wait the destination holds nothing defined: a read of it in that window (or a copy
+  // issued into a buffer another thread still reads) sees the poison.
+  std::memset(dst, 0xff, 16);
   c.group = ::emu::g_thread->async_committed;
   ::emu::g_thread->async_copies.push_back(c);
 }
