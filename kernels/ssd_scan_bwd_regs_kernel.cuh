@@ -81,6 +81,40 @@ __device__ __forceinline__ float quad_sum(float v) {
   return v;
 }
 
+/// acc[mb][k] += (A rows scaled) B over K = kNW * 16: A [T, pt] bf16 rows in shared memory with
+/// rows 16 mb + g and + 8 scaled by rs[mb][0] and rs[mb][1] (rounded to bf16), B [pt, np] bf16
+/// rows, the warp's 16-column blocks n16 = warp + kNW k of N. Each B fragment is loaded once for
+/// both row blocks. dC's state term (A = dY, rs = exp(cum), B = S_prev) and dB's (A = x,
+/// rs = delta exp(cum_last - cum), B = dS).
+template <int kNW, int kNB>
+__device__ __forceinline__ void regs_scaled_rows_times(float (&acc)[2][kNB][2][4], const __nv_bfloat16* a, int lda,
+                                                       const float (&rs)[2][2], const __nv_bfloat16* b, int ldb,
+                                                       int warp, int nk) {
+  namespace wm = warp_mma;
+#pragma unroll
+  for (int ks = 0; ks < kNW; ++ks) {
+    uint32_t fa[2][4];
+#pragma unroll
+    for (int mb = 0; mb < 2; ++mb) {
+      wm::ldmatrix_x4(fa[mb], wm::a_rows(a, lda, 16 * mb, 16 * ks));
+      scale_rows(fa[mb], rs[mb][0], rs[mb][1]);
+    }
+#pragma unroll
+    for (int k = 0; k < kNB; ++k) {
+      const int n16 = warp + kNW * k;
+      if (n16 < nk) {
+        uint32_t bb[4];
+        wm::ldmatrix_x4_trans(bb, wm::b_trans(b, ldb, 16 * ks, 16 * n16));
+#pragma unroll
+        for (int mb = 0; mb < 2; ++mb) {
+          wm::mma_bf16(acc[mb][k][0], fa[mb], bb[0], bb[1]);
+          wm::mma_bf16(acc[mb][k][1], fa[mb], bb[2], bb[3]);
+        }
+      }
+    }
+  }
+}
+
 template <int kNW, bool kSoftplus>
 __global__ void __launch_bounds__(kNW * 32, 2) ssd_bwd_regs_kernel(const SsdScanParams p) {
   using T = __nv_bfloat16;
@@ -131,23 +165,8 @@ __global__ void __launch_bounds__(kNW * 32, 2) ssd_bwd_regs_kernel(const SsdScan
 
   // ds[t][e]: dS row wrow + g + 8 (e / 2), column 8 t + 2 q + e % 2.
   float ds[kRegsNTiles][4];
-#pragma unroll
-  for (int t = 0; t < kRegsNTiles; ++t) {
-#pragma unroll
-    for (int hf = 0; hf < 2; ++hf) {
-      const int row = wrow + g + 8 * hf, col = 8 * t + 2 * q;
-      // Two scalar loads: the caller's fp32 gradient need not sit on an 8-byte boundary.
-      const bool in = p.dfinal_state != nullptr && t < np / 8 && row < prows && col < nstate;
-      float v0 = 0.f, v1 = 0.f;
-      if (in) {
-        const float* src = p.dfinal_state + (head_state + p0 + row) * nstate + col;
-        v0 = src[0];
-        v1 = src[1];
-      }
-      ds[t][2 * hf] = v0;
-      ds[t][2 * hf + 1] = v1;
-    }
-  }
+  regs_load_state(ds, p.dfinal_state != nullptr ? p.dfinal_state + (head_state + p0) * nstate : nullptr, nstate,
+                  np, prows, wrow);
   // D of this lane's columns wrow + 8 pb + 2 q (+1); x . dy of the same columns, summed.
   float dskip[2][2], dd[2][2] = {{0.f, 0.f}, {0.f, 0.f}};
 #pragma unroll
@@ -297,30 +316,7 @@ __global__ void __launch_bounds__(kNW * 32, 2) ssd_bwd_regs_kernel(const SsdScan
 
     // U = B dS^T for the warp's columns, from dS in registers (rounded to bf16).
     float dxa[2][2][4];  // [j block][column block pb][C layout]
-#pragma unroll
-    for (int mb = 0; mb < 2; ++mb)
-#pragma unroll
-      for (int pb = 0; pb < 2; ++pb)
-#pragma unroll
-        for (int e = 0; e < 4; ++e) dxa[mb][pb][e] = 0.f;
-#pragma unroll
-    for (int kk = 0; kk < kRegsNTiles / 2; ++kk) {
-      if (kk < nk) {
-        uint32_t bst[2][2];
-#pragma unroll
-        for (int pb = 0; pb < 2; ++pb) {
-          bst[pb][0] = wm::pack_bf16(ds[2 * kk][2 * pb], ds[2 * kk][2 * pb + 1]);
-          bst[pb][1] = wm::pack_bf16(ds[2 * kk + 1][2 * pb], ds[2 * kk + 1][2 * pb + 1]);
-        }
-#pragma unroll
-        for (int mb = 0; mb < 2; ++mb) {
-          uint32_t a[4];
-          wm::ldmatrix_x4(a, wm::a_rows(bs, ldn, 16 * mb, 16 * kk));
-          wm::mma_bf16(dxa[mb][0], a, bst[0][0], bst[0][1]);
-          wm::mma_bf16(dxa[mb][1], a, bst[1][0], bst[1][1]);
-        }
-      }
-    }
+    regs_state_readout(dxa, ds, bs, ldn, nk);
     // x_j . U_j (partial over the warp's columns); dx_j = sc_j U_j + D dy_j; x . dy for dD.
 #pragma unroll
     for (int mb = 0; mb < 2; ++mb)
@@ -420,28 +416,7 @@ __global__ void __launch_bounds__(kNW * 32, 2) ssd_bwd_regs_kernel(const SsdScan
       erow[mb][0] = __shfl_sync(kFullMask, ecum, 16 * mb + g);
       erow[mb][1] = __shfl_sync(kFullMask, ecum, 16 * mb + g + 8);
     }
-#pragma unroll
-    for (int ks = 0; ks < kNW; ++ks) {  // K = pt; each B fragment loaded once for both row blocks
-      uint32_t a[2][4];
-#pragma unroll
-      for (int mb = 0; mb < 2; ++mb) {
-        wm::ldmatrix_x4(a[mb], wm::a_rows(dys, ldx, 16 * mb, 16 * ks));
-        scale_rows(a[mb], erow[mb][0], erow[mb][1]);
-      }
-#pragma unroll
-      for (int k = 0; k < kNB; ++k) {
-        const int n16 = warp + kNW * k;
-        if (n16 < nk) {
-          uint32_t bb[4];
-          wm::ldmatrix_x4_trans(bb, wm::b_trans<T>(sp, ldn, 16 * ks, 16 * n16));
-#pragma unroll
-          for (int mb = 0; mb < 2; ++mb) {
-            wm::mma_bf16(dc[mb][k][0], a[mb], bb[0], bb[1]);
-            wm::mma_bf16(dc[mb][k][1], a[mb], bb[2], bb[3]);
-          }
-        }
-      }
-    }
+    regs_scaled_rows_times<kNW, kNB>(dc, dys, ldx, erow, sp, ldn, warp, nk);
 
     __syncthreads();  // B2: Md, Rm, V, dst and the partials are written; S_prev is read
     if (c > 0) issue_state(c - 1);
@@ -554,60 +529,12 @@ __global__ void __launch_bounds__(kNW * 32, 2) ssd_bwd_regs_kernel(const SsdScan
         srow[mb][0] = __shfl_sync(kFullMask, sc, 16 * mb + g);
         srow[mb][1] = __shfl_sync(kFullMask, sc, 16 * mb + g + 8);
       }
-#pragma unroll
-      for (int ks = 0; ks < kNW; ++ks) {  // K = pt
-        uint32_t a[2][4];
-#pragma unroll
-        for (int mb = 0; mb < 2; ++mb) {
-          wm::ldmatrix_x4(a[mb], wm::a_rows(xs, ldx, 16 * mb, 16 * ks));
-          scale_rows(a[mb], srow[mb][0], srow[mb][1]);
-        }
-#pragma unroll
-        for (int k = 0; k < kNB; ++k) {
-          const int n16 = warp + kNW * k;
-          if (n16 < nk) {
-            uint32_t bb[4];
-            wm::ldmatrix_x4_trans(bb, wm::b_trans<T>(dst, ldn, 16 * ks, 16 * n16));
-#pragma unroll
-            for (int mb = 0; mb < 2; ++mb) {
-              wm::mma_bf16(db[mb][k][0], a[mb], bb[0], bb[1]);
-              wm::mma_bf16(db[mb][k][1], a[mb], bb[2], bb[3]);
-            }
-          }
-        }
-      }
+      regs_scaled_rows_times<kNW, kNB>(db, xs, ldx, srow, dst, ldn, warp, nk);
       store_rows(db_rows, db);
     }
 
     // dS = exp(cum_last) dS + sum_i (e_i dy_i)^T C_i.
-    {
-      const float decay = __expf(cum_last);
-#pragma unroll
-      for (int t = 0; t < kRegsNTiles; ++t)
-#pragma unroll
-        for (int e = 0; e < 4; ++e) ds[t][e] *= decay;
-#pragma unroll
-      for (int ks = 0; ks < 2; ++ks) {
-        uint32_t a[4];
-        wm::ldmatrix_x4_trans(a, wm::a_trans(dys, ldx, wrow, 16 * ks));
-        const int k0 = 16 * ks + 2 * q;
-        const float w0 = __shfl_sync(kFullMask, ecum, k0), w1 = __shfl_sync(kFullMask, ecum, k0 + 1);
-        const float w8 = __shfl_sync(kFullMask, ecum, k0 + 8), w9 = __shfl_sync(kFullMask, ecum, k0 + 9);
-        a[0] = wm::pack_bf16(wm::bf16_lo(a[0]) * w0, wm::bf16_hi(a[0]) * w1);
-        a[1] = wm::pack_bf16(wm::bf16_lo(a[1]) * w0, wm::bf16_hi(a[1]) * w1);
-        a[2] = wm::pack_bf16(wm::bf16_lo(a[2]) * w8, wm::bf16_hi(a[2]) * w9);
-        a[3] = wm::pack_bf16(wm::bf16_lo(a[3]) * w8, wm::bf16_hi(a[3]) * w9);
-#pragma unroll
-        for (int t2 = 0; t2 < kRegsNTiles / 2; ++t2) {
-          if (t2 < nk) {
-            uint32_t bb[4];
-            wm::ldmatrix_x4_trans(bb, wm::b_trans(cs, ldn, 16 * ks, 16 * t2));
-            wm::mma_bf16(ds[2 * t2], a, bb[0], bb[1]);
-            wm::mma_bf16(ds[2 * t2 + 1], a, bb[2], bb[3]);
-          }
-        }
-      }
-    }
+    regs_state_update(ds, __expf(cum_last), ecum, dys, ldx, wrow, cs, ldn, nk);
 
     // Warp 0: the decay gradients of the chunk.
     if (warp == 0) {

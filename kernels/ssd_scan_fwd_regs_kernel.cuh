@@ -73,6 +73,99 @@ __device__ __forceinline__ void regs_copy_tile(__nv_bfloat16* dst, int ld_dst, c
   }
 }
 
+/// The warp's 16 rows of an fp32 state [.., N] (rows from `rows`, the tile's first; null: zeros)
+/// into the C layout: st[t][e] is row wrow + g + 8 (e / 2), column 8 t + 2 q + e % 2; zeros past
+/// prows rows, N columns and the padded width np. Scalar loads: the caller's tensor need not sit
+/// on an 8-byte boundary.
+__device__ __forceinline__ void regs_load_state(float (&st)[kRegsNTiles][4], const float* rows, int nstate,
+                                                int np, int prows, int wrow) {
+  const int lane = threadIdx.x & 31, g = lane >> 2, q = lane & 3;
+#pragma unroll
+  for (int t = 0; t < kRegsNTiles; ++t) {
+#pragma unroll
+    for (int hf = 0; hf < 2; ++hf) {
+      const int row = wrow + g + 8 * hf, col = 8 * t + 2 * q;
+      float v0 = 0.f, v1 = 0.f;
+      if (rows != nullptr && t < np / 8 && row < prows && col < nstate) {
+        const float* src = rows + static_cast<int64_t>(row) * nstate + col;
+        v0 = src[0];
+        v1 = src[1];
+      }
+      st[t][2 * hf] = v0;
+      st[t][2 * hf + 1] = v1;
+    }
+  }
+}
+
+/// out = A St^T for the warp's 16 state rows: A [T, np] bf16 rows in shared memory (row stride
+/// ld), St the warp's state rows in the C layout of `st` rounded to bf16 (an accumulator tile of
+/// the state is, element for element, a B fragment of its transpose). out[mb][pb]: rows 16 mb..,
+/// columns (state rows) 8 pb.. of the warp's 16. The forward's C S^T and the backward's B dS^T.
+__device__ __forceinline__ void regs_state_readout(float (&out)[2][2][4], const float (&st)[kRegsNTiles][4],
+                                                   const __nv_bfloat16* a, int ld, int nk) {
+  namespace wm = warp_mma;
+#pragma unroll
+  for (int mb = 0; mb < 2; ++mb)
+#pragma unroll
+    for (int pb = 0; pb < 2; ++pb)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) out[mb][pb][e] = 0.f;
+#pragma unroll
+  for (int kk = 0; kk < kRegsNTiles / 2; ++kk) {
+    if (kk < nk) {
+      uint32_t bst[2][2];
+#pragma unroll
+      for (int pb = 0; pb < 2; ++pb) {
+        bst[pb][0] = wm::pack_bf16(st[2 * kk][2 * pb], st[2 * kk][2 * pb + 1]);
+        bst[pb][1] = wm::pack_bf16(st[2 * kk + 1][2 * pb], st[2 * kk + 1][2 * pb + 1]);
+      }
+#pragma unroll
+      for (int mb = 0; mb < 2; ++mb) {
+        uint32_t fa[4];
+        wm::ldmatrix_x4(fa, wm::a_rows(a, ld, 16 * mb, 16 * kk));
+        wm::mma_bf16(out[mb][0], fa, bst[0][0], bst[0][1]);
+        wm::mma_bf16(out[mb][1], fa, bst[1][0], bst[1][1]);
+      }
+    }
+  }
+}
+
+/// st = decay st + sum_k (w_k v_k)^T u_k over the chunk's T positions k: v [T, pt] (the warp's
+/// columns wrow..), u [T, np], both bf16 in shared memory; w_k on lane k, applied to v and
+/// rounded to bf16 for the product. The forward's S update (v = x, u = B) and the backward's dS
+/// update (v = dY, u = C).
+__device__ __forceinline__ void regs_state_update(float (&st)[kRegsNTiles][4], float decay, float w,
+                                                  const __nv_bfloat16* v, int ldv, int wrow,
+                                                  const __nv_bfloat16* u, int ldu, int nk) {
+  namespace wm = warp_mma;
+  const int q = threadIdx.x & 3;
+#pragma unroll
+  for (int t = 0; t < kRegsNTiles; ++t)
+#pragma unroll
+    for (int e = 0; e < 4; ++e) st[t][e] *= decay;
+#pragma unroll
+  for (int ks = 0; ks < 2; ++ks) {
+    uint32_t a[4];
+    wm::ldmatrix_x4_trans(a, wm::a_trans(v, ldv, wrow, 16 * ks));
+    const int k0 = 16 * ks + 2 * q;
+    const float w0 = __shfl_sync(kFullMask, w, k0), w1 = __shfl_sync(kFullMask, w, k0 + 1);
+    const float w8 = __shfl_sync(kFullMask, w, k0 + 8), w9 = __shfl_sync(kFullMask, w, k0 + 9);
+    a[0] = wm::pack_bf16(wm::bf16_lo(a[0]) * w0, wm::bf16_hi(a[0]) * w1);
+    a[1] = wm::pack_bf16(wm::bf16_lo(a[1]) * w0, wm::bf16_hi(a[1]) * w1);
+    a[2] = wm::pack_bf16(wm::bf16_lo(a[2]) * w8, wm::bf16_hi(a[2]) * w9);
+    a[3] = wm::pack_bf16(wm::bf16_lo(a[3]) * w8, wm::bf16_hi(a[3]) * w9);
+#pragma unroll
+    for (int t2 = 0; t2 < kRegsNTiles / 2; ++t2) {
+      if (t2 < nk) {
+        uint32_t bb[4];
+        wm::ldmatrix_x4_trans(bb, wm::b_trans(u, ldu, 16 * ks, 16 * t2));
+        wm::mma_bf16(st[2 * t2], a, bb[0], bb[1]);
+        wm::mma_bf16(st[2 * t2 + 1], a, bb[2], bb[3]);
+      }
+    }
+  }
+}
+
 template <bool kOutputs, bool kChunkStates, bool kSoftplus>
 __global__ void __launch_bounds__(128, 4) ssd_fwd_regs_kernel(const SsdScanParams p) {
   using T = __nv_bfloat16;
@@ -103,23 +196,8 @@ __global__ void __launch_bounds__(128, 4) ssd_fwd_regs_kernel(const SsdScanParam
 
   // s[t][e]: state row wrow + g + 8 (e / 2), column 8 t + 2 q + e % 2 (the mma C layout).
   float s[kRegsNTiles][4];
-#pragma unroll
-  for (int t = 0; t < kRegsNTiles; ++t) {
-#pragma unroll
-    for (int hf = 0; hf < 2; ++hf) {
-      const int row = wrow + g + 8 * hf, col = 8 * t + 2 * q;
-      // Two scalar loads: the caller's fp32 state need not sit on an 8-byte boundary.
-      const bool in = p.initial_state != nullptr && t < np / 8 && row < prows && col < nstate;
-      float v0 = 0.f, v1 = 0.f;
-      if (in) {
-        const float* src = p.initial_state + (head_state + p0 + row) * nstate + col;
-        v0 = src[0];
-        v1 = src[1];
-      }
-      s[t][2 * hf] = v0;
-      s[t][2 * hf + 1] = v1;
-    }
-  }
+  regs_load_state(s, p.initial_state != nullptr ? p.initial_state + (head_state + p0) * nstate : nullptr, nstate,
+                  np, prows, wrow);
   // D for this lane's output columns wrow + 8 pb + 2 q (+1).
   float dskip[2][2] = {{0.f, 0.f}, {0.f, 0.f}};
   if (kOutputs && p.D != nullptr) {
@@ -223,30 +301,7 @@ __global__ void __launch_bounds__(128, 4) ssd_fwd_regs_kernel(const SsdScanParam
       }
 
       // Y = C S^T for the warp's 16 columns (state rows), S rounded to bf16 from the registers.
-#pragma unroll
-      for (int mb = 0; mb < 2; ++mb)
-#pragma unroll
-        for (int pb = 0; pb < 2; ++pb)
-#pragma unroll
-          for (int e = 0; e < 4; ++e) y[mb][pb][e] = 0.f;
-#pragma unroll
-      for (int kk = 0; kk < kRegsNTiles / 2; ++kk) {
-        if (kk < nk) {
-          uint32_t bst[2][2];
-#pragma unroll
-          for (int pb = 0; pb < 2; ++pb) {
-            bst[pb][0] = wm::pack_bf16(s[2 * kk][2 * pb], s[2 * kk][2 * pb + 1]);
-            bst[pb][1] = wm::pack_bf16(s[2 * kk + 1][2 * pb], s[2 * kk + 1][2 * pb + 1]);
-          }
-#pragma unroll
-          for (int mb = 0; mb < 2; ++mb) {
-            uint32_t a[4];
-            wm::ldmatrix_x4(a, wm::a_rows(cs, ldn, 16 * mb, 16 * kk));
-            wm::mma_bf16(y[mb][0], a, bst[0][0], bst[0][1]);
-            wm::mma_bf16(y[mb][1], a, bst[1][0], bst[1][1]);
-          }
-        }
-      }
+      regs_state_readout(y, s, cs, ldn, nk);
 #pragma unroll
       for (int mb = 0; mb < 2; ++mb) {
 #pragma unroll
@@ -262,35 +317,7 @@ __global__ void __launch_bounds__(128, 4) ssd_fwd_regs_kernel(const SsdScanParam
     }
 
     // S = exp(cum_last) S + sum_j (x_j w_j)^T B_j, w_j = exp(cum_last - cum_j) delta_j.
-    if (update) {
-      const float decay = __expf(cum_last);
-#pragma unroll
-      for (int t = 0; t < kRegsNTiles; ++t)
-#pragma unroll
-        for (int e = 0; e < 4; ++e) s[t][e] *= decay;
-      const float w = __expf(cum_last - cum) * delta;
-#pragma unroll
-      for (int ks = 0; ks < 2; ++ks) {
-        uint32_t a[4];
-        wm::ldmatrix_x4_trans(a, wm::a_trans(xs, ldx, wrow, 16 * ks));
-        const int k0 = 16 * ks + 2 * q;
-        const float w0 = __shfl_sync(kFullMask, w, k0), w1 = __shfl_sync(kFullMask, w, k0 + 1);
-        const float w8 = __shfl_sync(kFullMask, w, k0 + 8), w9 = __shfl_sync(kFullMask, w, k0 + 9);
-        a[0] = wm::pack_bf16(wm::bf16_lo(a[0]) * w0, wm::bf16_hi(a[0]) * w1);
-        a[1] = wm::pack_bf16(wm::bf16_lo(a[1]) * w0, wm::bf16_hi(a[1]) * w1);
-        a[2] = wm::pack_bf16(wm::bf16_lo(a[2]) * w8, wm::bf16_hi(a[2]) * w9);
-        a[3] = wm::pack_bf16(wm::bf16_lo(a[3]) * w8, wm::bf16_hi(a[3]) * w9);
-#pragma unroll
-        for (int t2 = 0; t2 < kRegsNTiles / 2; ++t2) {
-          if (t2 < nk) {
-            uint32_t bb[4];
-            wm::ldmatrix_x4_trans(bb, wm::b_trans(bs, ldn, 16 * ks, 16 * t2));
-            wm::mma_bf16(s[2 * t2], a, bb[0], bb[1]);
-            wm::mma_bf16(s[2 * t2 + 1], a, bb[2], bb[3]);
-          }
-        }
-      }
-    }
+    if (update) regs_state_update(s, __expf(cum_last), __expf(cum_last - cum) * delta, xs, ldx, wrow, bs, ldn, nk);
 
     if (kOutputs) {
       __syncthreads();  // Mm

@@ -283,7 +283,7 @@ if [ "$status_build" = OK ] && wants sanitize; then
   s=$(date +%s)
   if command -v compute-sanitizer > /dev/null; then
     status_sanitize=OK
-    for tool in memcheck racecheck; do
+    for tool in memcheck racecheck synccheck; do
       echo "=== compute-sanitizer --tool $tool" >> "$out/sanitize.log"
       timed 150 compute-sanitizer --tool "$tool" --error-exitcode 9 "$tests" --gtest_filter="$sanitize_filter" \
         >> "$out/sanitize.log" 2>&1
