@@ -26,6 +26,30 @@ using test::DMode;
 using test::SsdCase;
 namespace emu_t = test::emu;
 
+// The scan through the emulated kernels, as test::check_ssd_scan calls it.
+ops::SsdScanResult emulated_scan(const torch::Tensor& x, const torch::Tensor& dt, const torch::Tensor& A,
+                                 const torch::Tensor& Bm, const torch::Tensor& Cm, const torch::Tensor& D,
+                                 const torch::Tensor& dt_bias, bool softplus, const torch::Tensor& init,
+                                 bool return_final) {
+  return ops::cuda_emu::ssd_scan(x, dt, A, Bm, Cm, D, dt_bias, softplus, init, return_final);
+}
+
+// With `var`=`value` in the environment the scan refuses to run, naming the variable and the
+// value found.
+void expect_env_value_refused(const char* var, const std::string& value) {
+  const test::ScopedEnv bad(var, value);
+  const auto x = torch::randn({1, 8, 2, 32}), dt = torch::rand({1, 8, 2}), A = -torch::rand({2});
+  const auto Bm = torch::randn({1, 8, 1, 16}), Cm = torch::randn({1, 8, 1, 16});
+  try {
+    ops::cuda_emu::ssd_scan(x, dt, A, Bm, Cm, {}, {}, true, {}, false);
+    ADD_FAILURE() << var << "=" << value << " was accepted";
+  } catch (const std::exception& e) {
+    const std::string what = e.what();
+    EXPECT_NE(what.find(var), std::string::npos) << what;
+    EXPECT_NE(what.find("found '" + value + "'"), std::string::npos) << what;
+  }
+}
+
 class SsdScanEmu : public emu_t::EmulatedKernelTest<::testing::TestWithParam<SsdCase>> {};
 
 TEST_P(SsdScanEmu, ForwardAndBackwardMatchTheReference) {
@@ -63,25 +87,9 @@ TEST(SsdScanEmuConfig, ElementLoadsOnAlignedInputsMatchTheReference) {
   for (auto dtype : {torch::kFloat, torch::kBFloat16}) {
     const SsdCase c{1, 65, 2, 64, 1, 128, DMode::kHead, true, true, true, true, dtype, true};
     test::check_ssd_scan(c, torch::kCPU,
-                         [](const torch::Tensor& x, const torch::Tensor& dt, const torch::Tensor& A,
-                            const torch::Tensor& Bm, const torch::Tensor& Cm, const torch::Tensor& D,
-                            const torch::Tensor& dt_bias, bool softplus, const torch::Tensor& init,
-                            bool return_final) {
-                           return ops::cuda_emu::ssd_scan(x, dt, A, Bm, Cm, D, dt_bias, softplus,
-                                                          init, return_final);
-                         });
+                         emulated_scan);
   }
-  const test::ScopedEnv bad("AIM_SSD_ELEMENT_LOADS", "yes");
-  const auto x = torch::randn({1, 8, 2, 32}), dt = torch::rand({1, 8, 2}), A = -torch::rand({2});
-  const auto Bm = torch::randn({1, 8, 1, 16}), Cm = torch::randn({1, 8, 1, 16});
-  try {
-    ops::cuda_emu::ssd_scan(x, dt, A, Bm, Cm, {}, {}, true, {}, false);
-    ADD_FAILURE() << "AIM_SSD_ELEMENT_LOADS=yes was accepted";
-  } catch (const std::exception& e) {
-    const std::string what = e.what();
-    EXPECT_NE(what.find("AIM_SSD_ELEMENT_LOADS"), std::string::npos) << what;
-    EXPECT_NE(what.find("found 'yes'"), std::string::npos) << what;
-  }
+  expect_env_value_refused("AIM_SSD_ELEMENT_LOADS", "yes");
 }
 
 // AIM_SSD_SCAN=tiles (a benchmark's comparison) runs the kernels that keep the state in shared
@@ -93,30 +101,14 @@ class SsdScanTilesEmu : public emu_t::EmulatedKernelTest<::testing::TestWithPara
 TEST_P(SsdScanTilesEmu, SharedMemoryStateKernelsMatchTheReference) {
   const test::ScopedEnv tiles("AIM_SSD_SCAN", "tiles");
   test::check_ssd_scan(GetParam(), torch::kCPU,
-                       [](const torch::Tensor& x, const torch::Tensor& dt, const torch::Tensor& A,
-                          const torch::Tensor& Bm, const torch::Tensor& Cm, const torch::Tensor& D,
-                          const torch::Tensor& dt_bias, bool softplus, const torch::Tensor& init,
-                          bool return_final) {
-                         return ops::cuda_emu::ssd_scan(x, dt, A, Bm, Cm, D, dt_bias, softplus,
-                                                        init, return_final);
-                       });
+                       emulated_scan);
 }
 
 INSTANTIATE_TEST_SUITE_P(Shapes, SsdScanTilesEmu, ::testing::ValuesIn(test::ssd_register_kernel_cases()),
                          [](const auto& info) { return test::case_name(info.param); });
 
 TEST(SsdScanEmuConfig, AMalformedKernelChoiceNamesTheVariable) {
-  const test::ScopedEnv bad("AIM_SSD_SCAN", "fast");
-  const auto x = torch::randn({1, 8, 2, 32}), dt = torch::rand({1, 8, 2}), A = -torch::rand({2});
-  const auto Bm = torch::randn({1, 8, 1, 16}), Cm = torch::randn({1, 8, 1, 16});
-  try {
-    ops::cuda_emu::ssd_scan(x, dt, A, Bm, Cm, {}, {}, true, {}, false);
-    ADD_FAILURE() << "AIM_SSD_SCAN=fast was accepted";
-  } catch (const std::exception& e) {
-    const std::string what = e.what();
-    EXPECT_NE(what.find("AIM_SSD_SCAN"), std::string::npos) << what;
-    EXPECT_NE(what.find("found 'fast'"), std::string::npos) << what;
-  }
+  expect_env_value_refused("AIM_SSD_SCAN", "fast");
 }
 
 // ---------------------------------------------------------------- clusters over heads
@@ -128,11 +120,7 @@ class SsdScanClusterEmu : public emu_t::EmulatedKernelTest<::testing::TestWithPa
 TEST_P(SsdScanClusterEmu, EveryClusterSizeMatchesTheReference) {
   test::check_ssd_scan_clusters(
       GetParam(), torch::kCPU, ops::cuda_emu::ssd_scan_bwd_cluster_heads,
-      [](const torch::Tensor& x, const torch::Tensor& dt, const torch::Tensor& A,
-         const torch::Tensor& Bm, const torch::Tensor& Cm, const torch::Tensor& D,
-         const torch::Tensor& dt_bias, bool softplus, const torch::Tensor& init, bool return_final) {
-        return ops::cuda_emu::ssd_scan(x, dt, A, Bm, Cm, D, dt_bias, softplus, init, return_final);
-      });
+      emulated_scan);
 }
 
 // x, B and C split from one tensor, as the mixer passes them: their gradients come back packed
@@ -140,27 +128,11 @@ TEST_P(SsdScanClusterEmu, EveryClusterSizeMatchesTheReference) {
 class SsdScanPackedEmu : public emu_t::EmulatedKernelTest<> {};
 
 TEST_F(SsdScanPackedEmu, GradientsOfASplitTensorComeBackPacked) {
-  test::check_ssd_scan_packed(torch::kCPU, [](const torch::Tensor& x, const torch::Tensor& dt,
-                                              const torch::Tensor& A, const torch::Tensor& Bm,
-                                              const torch::Tensor& Cm, const torch::Tensor& D,
-                                              const torch::Tensor& dt_bias, bool softplus,
-                                              const torch::Tensor& init, bool return_final) {
-    return ops::cuda_emu::ssd_scan(x, dt, A, Bm, Cm, D, dt_bias, softplus, init, return_final);
-  });
+  test::check_ssd_scan_packed(torch::kCPU, emulated_scan);
 }
 
 TEST(SsdScanClusterEmuConfig, AMalformedClusterSizeNamesTheVariable) {
-  const test::ScopedEnv bad(test::kClusterEnv, "3");
-  const auto x = torch::randn({1, 8, 2, 32}), dt = torch::rand({1, 8, 2}), A = -torch::rand({2});
-  const auto Bm = torch::randn({1, 8, 1, 16}), Cm = torch::randn({1, 8, 1, 16});
-  try {
-    ops::cuda_emu::ssd_scan(x, dt, A, Bm, Cm, {}, {}, true, {}, false);
-    ADD_FAILURE() << "AIM_SSD_BWD_CLUSTER=3 was accepted";
-  } catch (const std::exception& e) {
-    const std::string what = e.what();
-    EXPECT_NE(what.find("AIM_SSD_BWD_CLUSTER"), std::string::npos) << what;
-    EXPECT_NE(what.find("found '3'"), std::string::npos) << what;
-  }
+  expect_env_value_refused(test::kClusterEnv, "3");
 }
 
 INSTANTIATE_TEST_SUITE_P(Sizes, SsdScanClusterEmu, ::testing::Values(1, 2, 4, 8),
