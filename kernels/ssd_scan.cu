@@ -93,6 +93,17 @@ cudaError_t ssd_scan_fwd_cuda(const SsdScanParams& params, ElemType dtype, cudaS
                                       : ssd_fwd_launch<float, true, false>(params, stream);
 }
 
+int ssd_scan_bwd_slice_pairs(const SsdScanParams& params, ElemType dtype) {
+  if (dtype != ElemType::kBFloat16 || !ssd::regs_bwd_ok(params)) return 1;
+  int device = 0, limit = 0;
+  if (cudaGetDevice(&device) != cudaSuccess ||
+      cudaDeviceGetAttribute(&limit, cudaDevAttrMaxSharedMemoryPerBlockOptin, device) != cudaSuccess) {
+    (void)cudaGetLastError();
+    return 1;
+  }
+  return ssd::regs_bwd_pairs_fit(params, limit) ? 2 : 1;
+}
+
 cudaError_t ssd_scan_bwd_cuda(const SsdScanParams& params, ElemType dtype, cudaStream_t stream) {
   return dtype == ElemType::kBFloat16 ? ssd_bwd_launch<__nv_bfloat16>(params, stream)
                                       : ssd_bwd_launch<float>(params, stream);

@@ -52,6 +52,9 @@ struct SsdScanParams {
   int batch = 0, len = 0, nheads = 0, headdim = 0, dstate = 0, ngroups = 0;
   int nchunks = 0, p_tile = 0, p_tiles = 0, dstate_pad = 0;  ///< from SsdScanTiling
   int cluster_heads = 1;                                      ///< from SsdScanTiling
+  /// Slices (h, P tile) of a group whose dB / dC one backward block adds before writing the
+  /// partial slices: 1, or 2 where ssd_scan_bwd_slice_pairs says the register backward can.
+  int slice_pairs = 1;
   bool dt_softplus = true;
   bool d_per_channel = false;
   /// Load the tiles element by element even where 16-byte vectors would do (a benchmark's
@@ -94,14 +97,22 @@ struct SsdScanParams {
   float* ddt_partial = nullptr;   ///< [p_tiles, B, L, H]: d loss / d dt (after softplus')
   float* dA_partial = nullptr;    ///< [p_tiles, B, H]
   float* dD_partial = nullptr;    ///< [B, H, p_tiles * p_tile]: sum over positions of x * dy
-  /// [B, nchunks * kSsdChunk, H / cluster_heads * p_tiles, dstate_pad]: slice
-  /// (h / cluster_heads) * p_tiles + tile holds the cluster's sum over its heads.
+  /// [B, nchunks * kSsdChunk, H / cluster_heads * p_tiles / slice_pairs, dstate_pad]: slice
+  /// (h / cluster_heads) * p_tiles + tile holds the cluster's sum over its heads; with pairs,
+  /// slice k holds the sum of slices 2k and 2k + 1 (consecutive P tiles, else heads).
   float* dB_partial = nullptr;
   float* dC_partial = nullptr;    ///< as dB_partial
 };
 
 /// y and, when final_state is set, the final state. One launch.
 cudaError_t ssd_scan_fwd_cuda(const SsdScanParams& params, ElemType dtype, cudaStream_t stream);
+
+/// 2 when the backward of `params` (every field set but slice_pairs and the outputs; no cluster)
+/// runs on the register kernel in a form that adds pairs of slices (h, P tile) of a group in one
+/// block, 1 otherwise: a block of two warp sets (one per slice) that share the group's B and C
+/// tiles and add their dB / dC rows in shared memory, which halves the partial slices (AiM-L at
+/// micro-batch 64: 302 MB fewer written and read back per layer). bf16 only.
+int ssd_scan_bwd_slice_pairs(const SsdScanParams& params, ElemType dtype);
 
 /// chunk_states, then dx and the partial sums. Two launches (the second in clusters of
 /// cluster_heads blocks along the heads); deterministic.

@@ -419,10 +419,16 @@ cudaError_t ssd_bwd_launch(const SsdScanParams& p, cudaStream_t stream) {
       p.nheads % p.ngroups != 0 || (p.nheads / p.ngroups) % kc != 0) {
     return cudaErrorInvalidValue;
   }
+  bool regs = false;
+  if constexpr (std::is_same<Tin, __nv_bfloat16>::value) regs = ssd::regs_bwd_ok(p);
+  // Pairs of slices are the register kernel's, on a group's heads x P tiles.
+  if (p.slice_pairs != 1 && (p.slice_pairs != 2 || !regs || !ssd::regs_bwd_pairs_fit(p, 1 << 30))) {
+    return cudaErrorInvalidValue;
+  }
   cudaError_t err = ssd_fwd_launch<Tin, false, true>(p, stream);
   if (err != cudaSuccess) return err;
   if constexpr (std::is_same<Tin, __nv_bfloat16>::value) {
-    if (ssd::regs_bwd_ok(p)) return ssd_bwd_regs_launch(p, stream);
+    if (regs) return ssd_bwd_regs_launch(p, stream);
   }
   const ssd::BwdSmem lay(p.p_tile, p.dstate_pad, static_cast<int>(sizeof(Tin)), kc > 1);
   const dim3 grid(p.p_tiles, p.nheads, p.batch);

@@ -26,6 +26,16 @@
 //      updated; warp 0: dcum from V and the partials, its suffix scan da, ddt, dA.
 // The partial sums over the warps are added in warp order (deterministic). dD: x . dy summed
 // per column in registers over the chunks. No thread block clusters (the default backward).
+//
+// Pairs (kHalves = 2, the default where a group's heads x P tiles are even): a block holds two
+// such warp sets, each for one slice (h, P tile) of the same group: two heads, or a head's two
+// P tiles. They share the group's B and C tiles (copied once, by all threads) and the barriers;
+// everything else is per half. In phase B each half leaves its chunk's dC and dB rows in a
+// shared-memory stash instead of writing them; after the next chunk's first barrier the block
+// adds the halves' rows (half 0's + half 1's: one order) and writes them as one partial slice
+// in 16-byte vectors, so half as many slices go to memory and come back for the sum over heads.
+// A pair's block is 8 warps with 219 KiB of shared memory (AiM: P tile 64, N 128): one per SM,
+// the same 8 warps per SM as two single blocks.
 #include "ssd_scan_common.cuh"
 #include "ssd_scan_fwd_regs_kernel.cuh"  // kRegs* and regs_copy_tile
 #include "static_switch.h"
@@ -35,18 +45,25 @@ namespace aim::kernels {
 
 namespace ssd {
 
-/// Buffers of the register backward, bf16 unless noted: two of {xs, dys [T][pt + 8], bs, cs
-/// [T][np + 8]}; sp, dst [pt][np + 8]; md, rm [T][T + 8]; fp32: per-unit row and column sums
-/// of V, row_sum / col_sum [3][16]; per-warp partial rows xu, off [kMaxNW][T] and dssp [kMaxNW].
+/// Buffers of the register backward for `halves` slices (1 or 2), bf16 unless noted. Two
+/// buffers, each with xs, dys [T][pt + 8] per half and the halves' shared bs, cs [T][np + 8]; per
+/// half: sp, dst [pt][np + 8]; md, rm [T][T + 8]; fp32: the per-unit row and column sums of V,
+/// row_sum / col_sum [3][16]; per-warp partial rows xu, off [kMaxNW][T] and dssp [kMaxNW]. Two
+/// halves add: fp32 stash [dC, dB][half][T][np + 8], a chunk's partial sums until they are added.
 struct RegsBwdSmem {
   static constexpr int kMaxNW = 4;
   int ldx, ldn;
-  size_t xs, dys, bs, cs;  ///< buffer 0; buffer k at + k * buf_bytes
-  size_t buf_bytes, sp, dst, md, rm, row_sum, col_sum, xu, off, dssp, bytes;
-  __host__ __device__ RegsBwdSmem(int pt, int np) : ldx(pt + 8), ldn(np + 8) {
+  size_t xs, dys, half_tiles;  ///< half 0's x / dy tiles of buffer 0; half hv's at + hv * half_tiles
+  size_t bs, cs, buf_bytes;    ///< buffer k at + k * buf_bytes
+  /// Half 0's; half hv's at + hv * half_bytes.
+  size_t sp, dst, md, rm, row_sum, col_sum, xu, off, dssp, half_bytes;
+  size_t stash = 0, bytes;
+  __host__ __device__ RegsBwdSmem(int pt, int np, int halves) : ldx(pt + 8), ldn(np + 8) {
     SmemCarve c;
     xs = c.take(size_t{kChunk} * ldx, 2);
     dys = c.take(size_t{kChunk} * ldx, 2);
+    half_tiles = c.take(0, 1) - xs;
+    c.take(size_t(halves - 1) * half_tiles, 1);
     bs = c.take(size_t{kChunk} * ldn, 2);
     cs = c.take(size_t{kChunk} * ldn, 2);
     buf_bytes = c.take(0, 1);
@@ -60,6 +77,9 @@ struct RegsBwdSmem {
     xu = c.take(size_t{kMaxNW} * kChunk, 4);
     off = c.take(size_t{kMaxNW} * kChunk, 4);
     dssp = c.take(kMaxNW, 4);
+    half_bytes = c.take(0, 1) - sp;
+    c.take(size_t(halves - 1) * half_bytes, 1);
+    if (halves == 2) stash = c.take(size_t{2} * 2 * kChunk * ldn, 4);
     bytes = c.bytes;
   }
 };
@@ -115,23 +135,27 @@ __device__ __forceinline__ void regs_scaled_rows_times(float (&acc)[2][kNB][2][4
   }
 }
 
-template <int kNW, bool kSoftplus>
-__global__ void __launch_bounds__(kNW * 32, 2) ssd_bwd_regs_kernel(const SsdScanParams p) {
+template <int kNW, int kHalves, bool kSoftplus>
+__global__ void __launch_bounds__(kNW * 32 * kHalves, 2 / kHalves) ssd_bwd_regs_kernel(const SsdScanParams p) {
   using T = __nv_bfloat16;
   namespace wm = warp_mma;
   constexpr int kNB = 8 / kNW;  // 16-column blocks of N per warp (N <= 128)
   extern __shared__ __align__(128) unsigned char smem[];
 
   const int pt = kNW * 16, np = p.dstate_pad, nstate = p.dstate, hdim = p.headdim;
-  const RegsBwdSmem lay(pt, np);
+  const RegsBwdSmem lay(pt, np, kHalves);
   const int ldx = lay.ldx, ldn = lay.ldn;
-  constexpr int nthreads = kNW * 32;
+  constexpr int nthreads = kNW * 32 * kHalves, half_threads = kNW * 32;
   const int tid = threadIdx.x, lane = tid & 31;
-  const int warp = __shfl_sync(kFullMask, tid >> 5, 0);  // warp-uniform, as the compiler can see
+  const int wid = __shfl_sync(kFullMask, tid >> 5, 0);  // warp-uniform, as the compiler can see
+  // The block's half (kHalves == 2) this warp works for, and the warp's index in it.
+  const int hv = wid / kNW, warp = wid % kNW, htid = tid - hv * half_threads;
   const int g = lane >> 2, q = lane & 3;
   const int wrow = warp * 16;
   const int nk = np / 16;
-  const int tile = blockIdx.x, h = blockIdx.y, b = blockIdx.z;
+  // The half's slice of the sequence's heads x P tiles: (h, tile).
+  const int slice = blockIdx.x * kHalves + hv, b = blockIdx.y;
+  const int tile = slice % p.p_tiles, h = slice / p.p_tiles;
   const int p0 = tile * pt;
   const int prows = min(pt, hdim - p0);
   const int grp = h / (p.nheads / p.ngroups);
@@ -148,20 +172,25 @@ __global__ void __launch_bounds__(kNW * 32, 2) ssd_bwd_regs_kernel(const SsdScan
   const T* states = static_cast<const T*>(p.chunk_states) +
                     (static_cast<int64_t>(b) * p.nheads + h) * nchunks * ptot * np +
                     static_cast<int64_t>(p0) * np;
-  // dB / dC partial slices: rows (b, t) of [B, nchunks * T], column block h * p_tiles + tile.
-  const int64_t part_ld = static_cast<int64_t>(p.nheads) * p.p_tiles * np;
-  const int64_t part_col = (static_cast<int64_t>(h) * p.p_tiles + tile) * np;
+  // dB / dC partial slices: rows (b, t) of [B, nchunks * T], column block blockIdx.x (the sum of
+  // the block's kHalves slices).
+  const int64_t part_ld = static_cast<int64_t>(gridDim.x) * np;
+  const int64_t part_col = static_cast<int64_t>(blockIdx.x) * np;
   const int64_t head_state = (static_cast<int64_t>(b) * p.nheads + h) * hdim;
 
-  T* sp = smem_at<T>(smem, lay.sp);
-  T* dst = smem_at<T>(smem, lay.dst);
-  T* md = smem_at<T>(smem, lay.md);
-  T* rm = smem_at<T>(smem, lay.rm);
-  float* row_sum = smem_at<float>(smem, lay.row_sum);
-  float* col_sum = smem_at<float>(smem, lay.col_sum);
-  float* xu_part = smem_at<float>(smem, lay.xu);
-  float* off_part = smem_at<float>(smem, lay.off);
-  float* dssp_part = smem_at<float>(smem, lay.dssp);
+  T* sp = smem_at<T>(smem, lay.sp + hv * lay.half_bytes);
+  T* dst = smem_at<T>(smem, lay.dst + hv * lay.half_bytes);
+  T* md = smem_at<T>(smem, lay.md + hv * lay.half_bytes);
+  T* rm = smem_at<T>(smem, lay.rm + hv * lay.half_bytes);
+  float* row_sum = smem_at<float>(smem, lay.row_sum + hv * lay.half_bytes);
+  float* col_sum = smem_at<float>(smem, lay.col_sum + hv * lay.half_bytes);
+  float* xu_part = smem_at<float>(smem, lay.xu + hv * lay.half_bytes);
+  float* off_part = smem_at<float>(smem, lay.off + hv * lay.half_bytes);
+  float* dssp_part = smem_at<float>(smem, lay.dssp + hv * lay.half_bytes);
+  // Two halves: [dC, dB][half] of the stash, [T][ldn] fp32.
+  auto stash = [&](int mat, int half) {
+    return smem_at<float>(smem, lay.stash) + (mat * 2 + half) * kChunk * ldn;
+  };
 
   // ds[t][e]: dS row wrow + g + 8 (e / 2), column 8 t + 2 q + e % 2.
   float ds[kRegsNTiles][4];
@@ -181,28 +210,45 @@ __global__ void __launch_bounds__(kNW * 32, 2) ssd_bwd_regs_kernel(const SsdScan
   }
   float da_acc = 0.f;  // warp 0
 
+  // x and dy by the half's threads, B and C (the group's, shared by the halves) by all.
   auto issue_tiles = [&](int c, int buf) {
     const int t0 = c * kChunk, clen = min(kChunk, p.len - t0);
     const size_t o = buf * lay.buf_bytes;
-    regs_copy_tile(smem_at<T>(smem, lay.xs + o), ldx, x + t0 * p.x_len_stride, p.x_len_stride, pt, clen,
-                   prows, nthreads);
-    regs_copy_tile(smem_at<T>(smem, lay.dys + o), ldx, dy + t0 * p.dy_len_stride, p.dy_len_stride, pt,
-                   clen, prows, nthreads);
+    regs_copy_tile(smem_at<T>(smem, lay.xs + hv * lay.half_tiles + o), ldx, x + t0 * p.x_len_stride, p.x_len_stride, pt, clen,
+                   prows, htid, half_threads);
+    regs_copy_tile(smem_at<T>(smem, lay.dys + hv * lay.half_tiles + o), ldx, dy + t0 * p.dy_len_stride, p.dy_len_stride, pt,
+                   clen, prows, htid, half_threads);
     regs_copy_tile(smem_at<T>(smem, lay.bs + o), ldn, bm + t0 * p.b_len_stride, p.b_len_stride, np, clen,
-                   nstate, nthreads);
+                   nstate, tid, nthreads);
     regs_copy_tile(smem_at<T>(smem, lay.cs + o), ldn, cm + t0 * p.c_len_stride, p.c_len_stride, np, clen,
-                   nstate, nthreads);
+                   nstate, tid, nthreads);
     wm::cp_async_commit();
   };
-  // S_prev of chunk c: [pt][np] rows of chunk_states (all real: the first pass wrote them).
+  // S_prev of chunk c: [pt][np] rows of chunk_states (all real: the first pass wrote them), by
+  // the half's threads.
   auto issue_state = [&](int c) {
     const T* src = states + static_cast<int64_t>(c) * ptot * np;
     const int per_row = np / 8;
-    for (int v = tid; v < pt * per_row; v += nthreads) {
+    for (int v = htid; v < pt * per_row; v += half_threads) {
       const int r = v / per_row, cv = v % per_row;
       wm::cp_async16(sp + r * ldn + cv * 8, src + r * np + cv * 8, true);
     }
     wm::cp_async_commit();
+  };
+
+  // Two halves: the dC and dB rows of the chunk at t0 (all T rows, padded past L) that both
+  // halves left in the stash, added (half 0's + half 1's) and written as one partial slice, in
+  // 16-byte vectors. Between the barriers that follow and precede the stash's writes.
+  auto flush_pairs = [&](int t0) {
+    const int per_row = np / 4;
+    for (int v = tid; v < 2 * kChunk * per_row; v += nthreads) {
+      const int mat = v / (kChunk * per_row), i = v / per_row % kChunk, n = v % per_row * 4;
+      const float4 u0 = *reinterpret_cast<const float4*>(stash(mat, 0) + i * ldn + n);
+      const float4 u1 = *reinterpret_cast<const float4*>(stash(mat, 1) + i * ldn + n);
+      float* rows = mat == 0 ? p.dC_partial : p.dB_partial;
+      *reinterpret_cast<float4*>(rows + (b * int64_t{nchunks} * kChunk + t0 + i) * part_ld + part_col + n) =
+          make_float4(u0.x + u1.x, u0.y + u1.y, u0.z + u1.z, u0.w + u1.w);
+    }
   };
 
   {
@@ -226,9 +272,10 @@ __global__ void __launch_bounds__(kNW * 32, 2) ssd_bwd_regs_kernel(const SsdScan
       const int tp = t0 - kChunk;
       dt_next = to_float(dt[(tp + lane) * p.dt_len_stride]);  // a full chunk
     }
+    if (kHalves == 2 && c + 1 < nchunks) flush_pairs((c + 1) * kChunk);
     const size_t o = buf * lay.buf_bytes;
-    const T* xs = smem_at<T>(smem, lay.xs + o);
-    const T* dys = smem_at<T>(smem, lay.dys + o);
+    const T* xs = smem_at<T>(smem, lay.xs + hv * lay.half_tiles + o);
+    const T* dys = smem_at<T>(smem, lay.dys + hv * lay.half_tiles + o);
     const T* bs = smem_at<T>(smem, lay.bs + o);
     const T* cs = smem_at<T>(smem, lay.cs + o);
 
@@ -450,8 +497,11 @@ __global__ void __launch_bounds__(kNW * 32, 2) ssd_bwd_regs_kernel(const SsdScan
         }
       }
 
-    float* db_rows = p.dB_partial + (static_cast<int64_t>(b) * nchunks * kChunk + t0) * part_ld + part_col;
-    float* dc_rows = p.dC_partial + (static_cast<int64_t>(b) * nchunks * kChunk + t0) * part_ld + part_col;
+    // The chunk's dC and dB rows: the partial slices, or with two halves the stash (added and
+    // written after the next barrier).
+    const int64_t out_ld = kHalves == 2 ? ldn : part_ld;
+    float* dc_rows = kHalves == 2 ? stash(0, hv) : p.dC_partial + (b * int64_t{nchunks} * kChunk + t0) * part_ld + part_col;
+    float* db_rows = kHalves == 2 ? stash(1, hv) : p.dB_partial + (b * int64_t{nchunks} * kChunk + t0) * part_ld + part_col;
     // dC += Rm B (Rm is zero above the diagonal: output block i needs j blocks <= i's); written.
 #pragma unroll
     for (int mb = 0; mb < 2; ++mb) {
@@ -483,7 +533,7 @@ __global__ void __launch_bounds__(kNW * 32, 2) ssd_bwd_regs_kernel(const SsdScan
 #pragma unroll
               for (int hf = 0; hf < 2; ++hf) {
                 const int i = 16 * mb + g + 8 * hf, n = 16 * n16 + 8 * sub + 2 * q;
-                *reinterpret_cast<float2*>(rows + i * part_ld + n) =
+                *reinterpret_cast<float2*>(rows + i * out_ld + n) =
                     make_float2(acc[mb][k][sub][2 * hf], acc[mb][k][sub][2 * hf + 1]);
               }
           }
@@ -564,6 +614,10 @@ __global__ void __launch_bounds__(kNW * 32, 2) ssd_bwd_regs_kernel(const SsdScan
     }
   }
 
+  if (kHalves == 2) {
+    __syncthreads();  // the first chunk's stash is written
+    flush_pairs(0);
+  }
   if (p.dD_partial != nullptr) {
     // x . dy per column: the 8 row groups g of the warp hold partial sums of the same columns.
 #pragma unroll
@@ -608,22 +662,33 @@ inline bool regs_bwd_ok(const SsdScanParams& p) {
   return true;
 }
 
+/// Whether the register backward can add pairs of slices in a block: a group's heads x P tiles
+/// pair up (a pair never spans two groups), and the pair's shared memory fits `smem_limit`.
+inline bool regs_bwd_pairs_fit(const SsdScanParams& p, int smem_limit) {
+  if (p.ngroups < 1 || p.nheads % p.ngroups != 0 || (p.nheads / p.ngroups * p.p_tiles) % 2 != 0) return false;
+  return RegsBwdSmem(p.p_tile, p.dstate_pad, 2).bytes <= static_cast<size_t>(smem_limit);
+}
+
 }  // namespace ssd
 
-/// The second pass of the backward on the register kernel (the caller ran the first).
+/// The second pass of the backward on the register kernel (the caller ran the first): a block
+/// per p.slice_pairs slices (h, P tile) of a sequence.
 inline cudaError_t ssd_bwd_regs_launch(const SsdScanParams& p, cudaStream_t stream) {
-  const ssd::RegsBwdSmem lay(p.p_tile, p.dstate_pad);
-  const dim3 grid(p.p_tiles, p.nheads, p.batch);
+  const int halves = p.slice_pairs;
+  const ssd::RegsBwdSmem lay(p.p_tile, p.dstate_pad, halves);
+  const dim3 grid(static_cast<unsigned>(p.nheads * p.p_tiles / halves), static_cast<unsigned>(p.batch));
   cudaError_t err = cudaSuccess;
   BOOL_SWITCH(p.dt_softplus, kSoftplus, [&] {
     BOOL_SWITCH(p.p_tile == 64, kWide, [&] {
-      constexpr int kNW = kWide ? 4 : 2;
-      auto kernel = &ssd::ssd_bwd_regs_kernel<kNW, kSoftplus>;
-      err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                 static_cast<int>(lay.bytes));
-      if (err != cudaSuccess) return;
-      kernel<<<grid, kNW * 32, lay.bytes, stream>>>(p);
-      err = cudaGetLastError();
+      BOOL_SWITCH(halves == 2, kPairs, [&] {
+        constexpr int kNW = kWide ? 4 : 2, kHalves = kPairs ? 2 : 1;
+        auto kernel = &ssd::ssd_bwd_regs_kernel<kNW, kHalves, kSoftplus>;
+        err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                   static_cast<int>(lay.bytes));
+        if (err != cudaSuccess) return;
+        kernel<<<grid, kNW * 32 * kHalves, lay.bytes, stream>>>(p);
+        err = cudaGetLastError();
+      });
     });
   });
   return err;

@@ -53,15 +53,16 @@ struct RegsFwdSmem {
 };
 
 /// Issues the 16-byte copies of a [T, width] bf16 tile (rows < rows_valid, columns < cols_valid
-/// real; the rest zeros) into shared memory; `nthreads` threads, vector v on thread v % nthreads.
+/// real; the rest zeros) into shared memory; `nthreads` threads, vector v on the thread whose
+/// index among them, `thread`, is v % nthreads.
 __device__ __forceinline__ void regs_copy_tile(__nv_bfloat16* dst, int ld_dst, const __nv_bfloat16* src,
                                                int64_t ld_src, int width, int rows_valid, int cols_valid,
-                                               int nthreads) {
+                                               int thread, int nthreads) {
   const int per_row = width / 8;
-  // Vector v = tid + k * nthreads is (row, col) = divmod(v, per_row): stepped, not divided.
-  int r = static_cast<int>(threadIdx.x) / per_row, cv = static_cast<int>(threadIdx.x) % per_row;
+  // Vector v = thread + k * nthreads is (row, col) = divmod(v, per_row): stepped, not divided.
+  int r = thread / per_row, cv = thread % per_row;
   const int dr = nthreads / per_row, dc = nthreads % per_row;
-  for (int v = threadIdx.x; v < kChunk * per_row; v += nthreads) {
+  for (int v = thread; v < kChunk * per_row; v += nthreads) {
     const bool valid = r < rows_valid && cv * 8 < cols_valid;
     warp_mma::cp_async16(dst + r * ld_dst + cv * 8, valid ? src + r * ld_src + cv * 8 : src, valid);
     cv += dc;
@@ -212,12 +213,12 @@ __global__ void __launch_bounds__(128, 4) ssd_fwd_regs_kernel(const SsdScanParam
   auto issue = [&](int c, int buf) {
     const int t0 = c * kChunk, clen = min(kChunk, p.len - t0);
     regs_copy_tile(smem_at<T>(smem, lay.xs + buf * lay.buf_bytes), ldx, x + t0 * p.x_len_stride, p.x_len_stride, pt,
-                   clen, prows, nthreads);
+                   clen, prows, tid, nthreads);
     regs_copy_tile(smem_at<T>(smem, lay.bs + buf * lay.buf_bytes), ldn, bm + t0 * p.b_len_stride, p.b_len_stride, np,
-                   clen, nstate, nthreads);
+                   clen, nstate, tid, nthreads);
     if (kOutputs) {
       regs_copy_tile(smem_at<T>(smem, lay.cs + buf * lay.buf_bytes), ldn, cm + t0 * p.c_len_stride, p.c_len_stride, np,
-                     clen, nstate, nthreads);
+                     clen, nstate, tid, nthreads);
     }
     wm::cp_async_commit();
   };

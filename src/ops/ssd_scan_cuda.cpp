@@ -140,6 +140,17 @@ bool tiles_kernels() {
   return s == "tiles";
 }
 
+// AIM_SSD_BWD_PAIRS=0: the register backward runs a block per slice (h, P tile) instead of
+// adding pairs of slices in one block where it can (1, or unset: pairs). A comparison for
+// benchmarks and tests, read at every call.
+bool bwd_slice_pairs_allowed() {
+  const char* v = std::getenv("AIM_SSD_BWD_PAIRS");
+  if (v == nullptr || *v == '\0') return true;
+  const std::string s(v);
+  TORCH_CHECK(s == "0" || s == "1", "environment variable AIM_SSD_BWD_PAIRS: expected 0 or 1, found '", s, "'");
+  return s == "1";
+}
+
 kernels::SsdScanTiling tiling_for(const torch::Tensor& x, const torch::Tensor& Bm) {
   return kernels::ssd_scan_tiling(static_cast<int>(x.size(1)), static_cast<int>(x.size(3)),
                                   static_cast<int>(Bm.size(3)),
@@ -274,11 +285,6 @@ class SsdScanFunction : public torch::autograd::Function<SsdScanFunction> {
     auto ddt_part = torch::empty({tiling.p_tiles, batch, len, heads}, fopts);
     auto da_part = torch::empty({tiling.p_tiles, batch, heads}, fopts);
     auto dd_part = D.defined() ? torch::empty({batch, heads, ptot}, fopts) : torch::Tensor();
-    // One dB / dC slice per P tile and cluster of heads (the kernel adds a cluster's heads).
-    const int64_t slices = heads / tiling.cluster_heads * tiling.p_tiles;
-    auto db_part = torch::empty({batch, len_pad, slices, tiling.dstate_pad}, fopts);
-    auto dc_part = torch::empty({batch, len_pad, slices, tiling.dstate_pad}, fopts);
-    maybe_poison({dx, states, ddt_part, da_part, dd_part, db_part, dc_part});
 
     auto p = base_params(xk, dt, bk, ck, a_f, d_f, bias_f, init_f, dt_softplus, tiling);
     p.chunk_states = states.data_ptr();
@@ -291,6 +297,13 @@ class SsdScanFunction : public torch::autograd::Function<SsdScanFunction> {
     p.dx_batch_stride = dx.stride(0);
     p.dx_len_stride = dx.stride(1);
     p.dx_head_stride = dx.stride(2);
+    if (bwd_slice_pairs_allowed()) p.slice_pairs = kernels::ssd_scan_bwd_slice_pairs(p, elem_type(x));
+    // One dB / dC slice per P tile and cluster of heads (the kernel adds a cluster's heads), or
+    // per pair of them.
+    const int64_t slices = heads / tiling.cluster_heads * tiling.p_tiles / p.slice_pairs;
+    auto db_part = torch::empty({batch, len_pad, slices, tiling.dstate_pad}, fopts);
+    auto dc_part = torch::empty({batch, len_pad, slices, tiling.dstate_pad}, fopts);
+    maybe_poison({dx, states, ddt_part, da_part, dd_part, db_part, dc_part});
     p.ddt_partial = ddt_part.data_ptr<float>();
     p.dA_partial = da_part.data_ptr<float>();
     p.dD_partial = dd_part.defined() ? dd_part.data_ptr<float>() : nullptr;

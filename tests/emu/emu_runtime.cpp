@@ -49,6 +49,7 @@ struct ErrorState {
 };
 thread_local ErrorState t_error;
 thread_local uint64_t t_launches = 0;
+thread_local dim3 t_last_grid, t_last_block;
 
 std::mutex g_attr_mutex;
 std::map<const void*, int>& func_attrs() {
@@ -427,6 +428,8 @@ DeviceProps& device() {
 std::string last_message() { return t_error.message; }
 
 uint64_t launch_count() { return t_launches; }
+dim3 last_launch_grid() { return t_last_grid; }
+dim3 last_launch_block() { return t_last_block; }
 
 namespace {
 std::atomic<int> g_schedule{-1};
@@ -609,6 +612,8 @@ bool run_grid(dim3 grid, dim3 block, size_t dynamic_smem, const void* func, Bloc
   }
 
   ++t_launches;
+  t_last_grid = grid;
+  t_last_block = block;
   const int nblocks = static_cast<int>(cluster_blocks);
   Block b;
   b.body = body;

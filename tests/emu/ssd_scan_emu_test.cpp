@@ -12,6 +12,7 @@
 #include <torch/torch.h>
 
 #include <string>
+#include <utility>
 
 #include "aim/ops/ssd_scan.h"
 #include "emu_test_util.h"
@@ -110,6 +111,64 @@ INSTANTIATE_TEST_SUITE_P(Shapes, SsdScanTilesEmu, ::testing::ValuesIn(test::ssd_
 TEST(SsdScanEmuConfig, AMalformedKernelChoiceNamesTheVariable) {
   expect_env_value_refused("AIM_SSD_SCAN", "fast");
 }
+
+// ---------------------------------------------------------------- pairs of slices
+
+// The register backward adds the dB / dC of two slices (h, P tile) of a group in one block where
+// a group's heads x P tiles pair up (kernels::ssd_scan_bwd_slice_pairs); the cases above run it.
+// Here: the launch it chose (a block of twice the warps, half the blocks along x), and the
+// block per slice that AIM_SSD_BWD_PAIRS=0 asks for.
+class SsdScanPairsEmu : public emu_t::EmulatedKernelTest<> {
+ protected:
+  // The grid's x and the block's threads of the backward's last launch for case `c`.
+  static std::pair<unsigned, unsigned> backward_launch(const SsdCase& c) {
+    torch::manual_seed(2);
+    const auto in = test::make_inputs(c, torch::kCPU);
+    auto r = ops::cuda_emu::ssd_scan(in.x, in.dt, in.A, in.Bm, in.Cm, in.D, in.dt_bias, c.softplus, {}, false);
+    torch::autograd::grad({r.y}, {in.proj}, {test::randn(r.y.sizes(), c.dtype, torch::kCPU)});
+    return {::emu::last_launch_grid().x, ::emu::last_launch_block().x};
+  }
+};
+
+TEST_F(SsdScanPairsEmu, ABlockAddsTwoSlicesWhereTheyPairUp) {
+  using Launch = std::pair<unsigned, unsigned>;
+  auto bf16 = [](int64_t heads, int64_t hdim, int64_t groups) {
+    return SsdCase{1, 33, heads, hdim, groups, 64, DMode::kHead, true, true, false, true, torch::kBFloat16, true};
+  };
+  // 4 heads of P 64 in one group: 2 blocks of 2 x 4 warps.
+  EXPECT_EQ(backward_launch(bf16(4, 64, 1)), Launch(2, 256));
+  // 2 heads of P 128 (2 P tiles each): a head's two tiles in a block.
+  EXPECT_EQ(backward_launch(bf16(2, 128, 1)), Launch(2, 256));
+  // 4 heads of P 32 in 4 groups: one slice per group, nothing to pair (2 warps per block).
+  EXPECT_EQ(backward_launch(bf16(4, 32, 4)), Launch(4, 64));
+  // 3 heads: an odd count.
+  EXPECT_EQ(backward_launch(bf16(3, 64, 1)), Launch(3, 128));
+  const test::ScopedEnv unpaired(test::kPairsEnv, "0");
+  EXPECT_EQ(backward_launch(bf16(4, 64, 1)), Launch(4, 128));
+}
+
+TEST_F(SsdScanPairsEmu, AMalformedPairsChoiceNamesTheVariable) {
+  const test::ScopedEnv bad(test::kPairsEnv, "2");
+  const SsdCase c{1, 8, 2, 32, 1, 16, DMode::kNone, true, true, false, true, torch::kBFloat16, true};
+  try {
+    backward_launch(c);
+    ADD_FAILURE() << test::kPairsEnv << "=2 was accepted";
+  } catch (const std::exception& e) {
+    const std::string what = e.what();
+    EXPECT_NE(what.find(test::kPairsEnv), std::string::npos) << what;
+    EXPECT_NE(what.find("found '2'"), std::string::npos) << what;
+  }
+}
+
+class SsdScanUnpairedEmu : public emu_t::EmulatedKernelTest<::testing::TestWithParam<SsdCase>> {};
+
+TEST_P(SsdScanUnpairedEmu, OneSlicePerBlockMatchesTheReference) {
+  const test::ScopedEnv unpaired(test::kPairsEnv, "0");
+  test::check_ssd_scan(GetParam(), torch::kCPU, emulated_scan);
+}
+
+INSTANTIATE_TEST_SUITE_P(Shapes, SsdScanUnpairedEmu, ::testing::ValuesIn(test::ssd_unpaired_cases()),
+                         [](const auto& info) { return test::case_name(info.param); });
 
 // ---------------------------------------------------------------- clusters over heads
 

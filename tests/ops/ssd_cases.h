@@ -151,6 +151,21 @@ inline std::vector<SsdCase> ssd_register_kernel_cases() {
   return out;
 }
 
+/// AIM_SSD_BWD_PAIRS=0: the register backward runs a block per slice (h, P tile) where it would
+/// add pairs of slices in one block (every register case above but those with an odd number of
+/// heads x P tiles per group).
+constexpr const char* kPairsEnv = "AIM_SSD_BWD_PAIRS";
+
+/// Register cases for the one-slice-per-block backward: a partial chunk, groups with 2 heads,
+/// d_state 16 / 40 / 64, headdim 32 / 96 / 128 (P tiles of one head pair up there by default).
+inline std::vector<SsdCase> ssd_unpaired_cases() {
+  std::vector<SsdCase> out;
+  for (const auto& c : ssd_register_kernel_cases()) {
+    if (c.len == 33 || c.groups > 1 || c.hdim != 64) out.push_back(c);
+  }
+  return out;
+}
+
 inline double ssd_sum_tolerance(torch::ScalarType dtype) {
   return dtype == torch::kBFloat16 ? 3e-2 : 1e-3;
 }

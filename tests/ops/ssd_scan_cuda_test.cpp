@@ -96,6 +96,25 @@ TEST_P(SsdScanTilesCuda, SharedMemoryStateKernelsMatchTheReference) {
 INSTANTIATE_TEST_SUITE_P(Shapes, SsdScanTilesCuda, ::testing::ValuesIn(test::ssd_register_kernel_cases()),
                          [](const auto& info) { return case_name(info.param); });
 
+// AIM_SSD_BWD_PAIRS=0: the register backward with a block per slice (h, P tile), where by default
+// a block adds two slices' dB / dC.
+class SsdScanUnpairedCuda : public test::CudaKernelTest<::testing::TestWithParam<SsdCase>> {};
+
+TEST_P(SsdScanUnpairedCuda, OneSlicePerBlockMatchesTheReference) {
+  const test::ScopedEnv unpaired(test::kPairsEnv, "0");
+  test::check_ssd_scan(GetParam(), torch::kCUDA,
+                       [](const torch::Tensor& x, const torch::Tensor& dt, const torch::Tensor& A,
+                          const torch::Tensor& Bm, const torch::Tensor& Cm, const torch::Tensor& D,
+                          const torch::Tensor& dt_bias, bool softplus, const torch::Tensor& init,
+                          bool return_final) {
+                         return ops::ssd_scan(x, dt, A, Bm, Cm, D, dt_bias, softplus,
+                                              /*chunk_size=*/256, init, return_final);
+                       });
+}
+
+INSTANTIATE_TEST_SUITE_P(Shapes, SsdScanUnpairedCuda, ::testing::ValuesIn(test::ssd_unpaired_cases()),
+                         [](const auto& info) { return case_name(info.param); });
+
 // x, B and C split from one tensor, as the mixer passes them: their gradients come back packed
 // (no concatenation) with the bits of the unpacked scan.
 class SsdScanPackedCuda : public test::CudaKernelTest<> {};

@@ -344,36 +344,27 @@ int main(int argc, char** argv) {
     tiles_fwd.flops = ssd_fwd.flops;
     tiles_fwd.ref_timed = false;
     if (g_device.is_cuda()) rows.push_back(tiles_fwd);
-    Row tiles_fwd_bwd{"ssd_scan fwd+bwd, tiles kernels", 2.5 * ssd_bytes, [&] {
-                        const ScopedEnv tiles("AIM_SSD_SCAN", "tiles");
-                        auto y = aim::ops::ssd_scan(sx, sdt, sA, sB, sC, sD, sbias, true, m.ssm.chunk_size).y;
-                        auto grads = torch::autograd::grad({y}, {sx, sdt, sA, sB, sC, sD, sbias}, {sg});
-                      }};
-    tiles_fwd_bwd.flops = ssd_fwd_bwd.flops;
-    tiles_fwd_bwd.ref_timed = false;
-    if (g_device.is_cuda()) rows.push_back(tiles_fwd_bwd);
-    // The backward's thread block clusters over heads (kernels/ssd_scan.h; the row above runs the
-    // default, none): without, a dB / dC partial slice is written per head, with K one per K heads.
-    for (int kc : {2, 4, 8}) {
-      Row r{"ssd_scan fwd+bwd, bwd cluster " + std::to_string(kc), 2.5 * ssd_bytes, [&, kc] {
-              const ScopedEnv cluster("AIM_SSD_BWD_CLUSTER", std::to_string(kc));
+    // fwd+bwd with the kernels chosen by an environment variable (GPU only; no reference row).
+    auto env_fwd_bwd = [&](const std::string& name, const char* var, const std::string& value) {
+      Row r{"ssd_scan fwd+bwd, " + name, 2.5 * ssd_bytes, [&, var, value] {
+              const ScopedEnv env(var, value);
               auto y = aim::ops::ssd_scan(sx, sdt, sA, sB, sC, sD, sbias, true, m.ssm.chunk_size).y;
               auto grads = torch::autograd::grad({y}, {sx, sdt, sA, sB, sC, sD, sbias}, {sg});
             }};
       r.flops = ssd_fwd_bwd.flops;
       r.ref_timed = false;
       if (g_device.is_cuda()) rows.push_back(r);
-    }
+    };
+    env_fwd_bwd("tiles kernels", "AIM_SSD_SCAN", "tiles");
+    // The register backward with a block per slice (h, P tile), where by default a block adds
+    // two slices' dB / dC before writing them (half the partial slices).
+    env_fwd_bwd("unpaired", "AIM_SSD_BWD_PAIRS", "0");
+    // The backward's thread block clusters over heads (kernels/ssd_scan.h; the default is none,
+    // and a cluster runs the shared-memory kernels): K heads' dB / dC added per partial slice.
+    for (int kc : {2, 4, 8}) env_fwd_bwd("bwd cluster " + std::to_string(kc), "AIM_SSD_BWD_CLUSTER", std::to_string(kc));
     // The kernels' tiles loaded element by element (what they do when the inputs are not on
     // 16-byte boundaries) instead of in 16-byte vectors.
-    Row element_rows{"ssd_scan fwd+bwd, element loads", 2.5 * ssd_bytes, [&] {
-                       const ScopedEnv element("AIM_SSD_ELEMENT_LOADS", "1");
-                       auto y = aim::ops::ssd_scan(sx, sdt, sA, sB, sC, sD, sbias, true, m.ssm.chunk_size).y;
-                       auto grads = torch::autograd::grad({y}, {sx, sdt, sA, sB, sC, sD, sbias}, {sg});
-                     }};
-    element_rows.flops = ssd_fwd_bwd.flops;
-    element_rows.ref_timed = false;
-    if (g_device.is_cuda()) rows.push_back(element_rows);
+    env_fwd_bwd("element loads", "AIM_SSD_ELEMENT_LOADS", "1");
     for (int64_t chunk : {m.ssm.chunk_size, int64_t{64}}) {
       rows.push_back({"ssd_scan fwd+bwd ref, chunk " + std::to_string(chunk), 2.5 * ssd_bytes,
                       [&, chunk] {

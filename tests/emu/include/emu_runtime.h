@@ -114,6 +114,10 @@ cudaError_t peek_error();
 
 /// Kernel launches run so far by this thread (tests check that a path went through a kernel).
 uint64_t launch_count();
+/// Grid and block of this thread's last kernel launch that ran (tests check which form of a
+/// kernel a launch chose).
+dim3 last_launch_grid();
+dim3 last_launch_block();
 
 /// The order in which blocks, and the threads of a block between barriers, run. kReverse (the
 /// last block first; in each round the last thread first) shows the reads of what an earlier
