@@ -99,7 +99,8 @@ struct SsdScanParams {
   float* dD_partial = nullptr;    ///< [B, H, p_tiles * p_tile]: sum over positions of x * dy
   /// [B, nchunks * kSsdChunk, H / cluster_heads * p_tiles / slice_pairs, dstate_pad]: slice
   /// (h / cluster_heads) * p_tiles + tile holds the cluster's sum over its heads; with pairs,
-  /// slice k holds the sum of slices 2k and 2k + 1 (consecutive P tiles, else heads).
+  /// slice k holds the sum of slices 2k and 2k + 1, which lie in one group. 16-byte aligned
+  /// with pairs.
   float* dB_partial = nullptr;
   float* dC_partial = nullptr;    ///< as dB_partial
 };

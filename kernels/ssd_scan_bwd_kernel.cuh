@@ -422,7 +422,9 @@ cudaError_t ssd_bwd_launch(const SsdScanParams& p, cudaStream_t stream) {
   bool regs = false;
   if constexpr (std::is_same<Tin, __nv_bfloat16>::value) regs = ssd::regs_bwd_ok(p);
   // Pairs of slices are the register kernel's, on a group's heads x P tiles.
-  if (p.slice_pairs != 1 && (p.slice_pairs != 2 || !regs || !ssd::regs_bwd_pairs_fit(p, 1 << 30))) {
+  if (p.slice_pairs != 1 && (p.slice_pairs != 2 || !regs || !ssd::regs_bwd_pairs_fit(p, 1 << 30) ||
+                              reinterpret_cast<uintptr_t>(p.dB_partial) % 16 != 0 ||
+                              reinterpret_cast<uintptr_t>(p.dC_partial) % 16 != 0)) {
     return cudaErrorInvalidValue;
   }
   cudaError_t err = ssd_fwd_launch<Tin, false, true>(p, stream);

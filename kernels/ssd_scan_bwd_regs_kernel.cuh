@@ -239,14 +239,18 @@ __global__ void __launch_bounds__(kNW * 32 * kHalves, 2 / kHalves) ssd_bwd_regs_
   // Two halves: the dC and dB rows of the chunk at t0 (all T rows, padded past L) that both
   // halves left in the stash, added (half 0's + half 1's) and written as one partial slice, in
   // 16-byte vectors. Between the barriers that follow and precede the stash's writes.
+  // (Offsets recomputed here from the launch's indices: fewer registers live across the loop.)
   auto flush_pairs = [&](int t0) {
     const int per_row = np / 4;
-    for (int v = tid; v < 2 * kChunk * per_row; v += nthreads) {
+    const float* st = smem_at<float>(smem, lay.stash);
+    const int64_t row0 = static_cast<int64_t>(blockIdx.y) * p.nchunks * kChunk + t0;
+    const int64_t ld = static_cast<int64_t>(gridDim.x) * np, col = static_cast<int64_t>(blockIdx.x) * np;
+    for (int v = threadIdx.x; v < 2 * kChunk * per_row; v += nthreads) {
       const int mat = v / (kChunk * per_row), i = v / per_row % kChunk, n = v % per_row * 4;
-      const float4 u0 = *reinterpret_cast<const float4*>(stash(mat, 0) + i * ldn + n);
-      const float4 u1 = *reinterpret_cast<const float4*>(stash(mat, 1) + i * ldn + n);
+      const float4 u0 = *reinterpret_cast<const float4*>(st + (mat * 2 * kChunk + i) * ldn + n);
+      const float4 u1 = *reinterpret_cast<const float4*>(st + ((mat * 2 + 1) * kChunk + i) * ldn + n);
       float* rows = mat == 0 ? p.dC_partial : p.dB_partial;
-      *reinterpret_cast<float4*>(rows + (b * int64_t{nchunks} * kChunk + t0 + i) * part_ld + part_col + n) =
+      *reinterpret_cast<float4*>(rows + (row0 + i) * ld + col + n) =
           make_float4(u0.x + u1.x, u0.y + u1.y, u0.z + u1.z, u0.w + u1.w);
     }
   };

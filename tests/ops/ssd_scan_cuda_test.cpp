@@ -42,17 +42,18 @@ using test::case_name;
 using test::make_inputs;
 using test::ssd_cases;
 
+// The scan on CUDA tensors through dispatch, as test::check_ssd_scan calls it.
+ops::SsdScanResult cuda_scan(const torch::Tensor& x, const torch::Tensor& dt, const torch::Tensor& A,
+                             const torch::Tensor& Bm, const torch::Tensor& Cm, const torch::Tensor& D,
+                             const torch::Tensor& dt_bias, bool softplus, const torch::Tensor& init,
+                             bool return_final) {
+  return ops::ssd_scan(x, dt, A, Bm, Cm, D, dt_bias, softplus, /*chunk_size=*/256, init, return_final);
+}
+
 class SsdScanCuda : public test::CudaKernelTest<::testing::TestWithParam<SsdCase>> {};
 
 TEST_P(SsdScanCuda, ForwardAndBackwardMatchTheReference) {
-  test::check_ssd_scan(GetParam(), torch::kCUDA,
-                       [](const torch::Tensor& x, const torch::Tensor& dt, const torch::Tensor& A,
-                          const torch::Tensor& Bm, const torch::Tensor& Cm, const torch::Tensor& D,
-                          const torch::Tensor& dt_bias, bool softplus, const torch::Tensor& init,
-                          bool return_final) {
-                         return ops::ssd_scan(x, dt, A, Bm, Cm, D, dt_bias, softplus,
-                                              /*chunk_size=*/256, init, return_final);
-                       });
+  test::check_ssd_scan(GetParam(), torch::kCUDA, cuda_scan);
 }
 
 INSTANTIATE_TEST_SUITE_P(Shapes, SsdScanCuda, ::testing::ValuesIn(ssd_cases()),
@@ -65,13 +66,7 @@ class SsdScanClusterCuda : public test::CudaKernelTest<::testing::TestWithParam<
 
 TEST_P(SsdScanClusterCuda, EveryClusterSizeMatchesTheReference) {
   test::check_ssd_scan_clusters(
-      GetParam(), torch::kCUDA, ops::cuda::ssd_scan_bwd_cluster_heads,
-      [](const torch::Tensor& x, const torch::Tensor& dt, const torch::Tensor& A,
-         const torch::Tensor& Bm, const torch::Tensor& Cm, const torch::Tensor& D,
-         const torch::Tensor& dt_bias, bool softplus, const torch::Tensor& init, bool return_final) {
-        return ops::ssd_scan(x, dt, A, Bm, Cm, D, dt_bias, softplus, /*chunk_size=*/256, init,
-                             return_final);
-      });
+      GetParam(), torch::kCUDA, ops::cuda::ssd_scan_bwd_cluster_heads, cuda_scan);
 }
 
 INSTANTIATE_TEST_SUITE_P(Sizes, SsdScanClusterCuda, ::testing::Values(1, 2, 4, 8),
@@ -83,14 +78,7 @@ class SsdScanTilesCuda : public test::CudaKernelTest<::testing::TestWithParam<Ss
 
 TEST_P(SsdScanTilesCuda, SharedMemoryStateKernelsMatchTheReference) {
   const test::ScopedEnv tiles("AIM_SSD_SCAN", "tiles");
-  test::check_ssd_scan(GetParam(), torch::kCUDA,
-                       [](const torch::Tensor& x, const torch::Tensor& dt, const torch::Tensor& A,
-                          const torch::Tensor& Bm, const torch::Tensor& Cm, const torch::Tensor& D,
-                          const torch::Tensor& dt_bias, bool softplus, const torch::Tensor& init,
-                          bool return_final) {
-                         return ops::ssd_scan(x, dt, A, Bm, Cm, D, dt_bias, softplus,
-                                              /*chunk_size=*/256, init, return_final);
-                       });
+  test::check_ssd_scan(GetParam(), torch::kCUDA, cuda_scan);
 }
 
 INSTANTIATE_TEST_SUITE_P(Shapes, SsdScanTilesCuda, ::testing::ValuesIn(test::ssd_register_kernel_cases()),
@@ -102,14 +90,7 @@ class SsdScanUnpairedCuda : public test::CudaKernelTest<::testing::TestWithParam
 
 TEST_P(SsdScanUnpairedCuda, OneSlicePerBlockMatchesTheReference) {
   const test::ScopedEnv unpaired(test::kPairsEnv, "0");
-  test::check_ssd_scan(GetParam(), torch::kCUDA,
-                       [](const torch::Tensor& x, const torch::Tensor& dt, const torch::Tensor& A,
-                          const torch::Tensor& Bm, const torch::Tensor& Cm, const torch::Tensor& D,
-                          const torch::Tensor& dt_bias, bool softplus, const torch::Tensor& init,
-                          bool return_final) {
-                         return ops::ssd_scan(x, dt, A, Bm, Cm, D, dt_bias, softplus,
-                                              /*chunk_size=*/256, init, return_final);
-                       });
+  test::check_ssd_scan(GetParam(), torch::kCUDA, cuda_scan);
 }
 
 INSTANTIATE_TEST_SUITE_P(Shapes, SsdScanUnpairedCuda, ::testing::ValuesIn(test::ssd_unpaired_cases()),
@@ -120,13 +101,7 @@ INSTANTIATE_TEST_SUITE_P(Shapes, SsdScanUnpairedCuda, ::testing::ValuesIn(test::
 class SsdScanPackedCuda : public test::CudaKernelTest<> {};
 
 TEST_F(SsdScanPackedCuda, GradientsOfASplitTensorComeBackPacked) {
-  test::check_ssd_scan_packed(torch::kCUDA, [](const torch::Tensor& x, const torch::Tensor& dt,
-                                               const torch::Tensor& A, const torch::Tensor& Bm,
-                                               const torch::Tensor& Cm, const torch::Tensor& D,
-                                               const torch::Tensor& dt_bias, bool softplus,
-                                               const torch::Tensor& init, bool return_final) {
-    return ops::ssd_scan(x, dt, A, Bm, Cm, D, dt_bias, softplus, /*chunk_size=*/256, init, return_final);
-  });
+  test::check_ssd_scan_packed(torch::kCUDA, cuda_scan);
 }
 #endif
 
