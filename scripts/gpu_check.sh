@@ -168,7 +168,7 @@ secs_tests=0 secs_parity=0 secs_sanitize=0 secs_bench=0 secs_profile=0
 # The tests that launch CUDA work (kernel tests, CUDA op cases, the CLI on CUDA).
 gpu_filter=${AIM_GPU_FILTER:-'*Cuda*:*cuda*:*CUDA*'}
 # Small cases of the kernel tests for the sanitizers (10-100x slower under them).
-sanitize_filter='*CausalConv1dCuda*B1_*:*CausalConv1dUpdateCuda*B1_*:*CausalConv1dUpdateCuda*B2_*:*CausalConv1dCuda*B3_*:*NormsCuda*Edge*:*SsdStateUpdate*cuda*:*SsdDecodeStepCuda*B1_*:*SsdDecodeStepCuda*B3_*:*LinearCrossEntropyCuda*N1_*:*LinearCrossEntropyCuda*N257*:*SsdScanCuda*Edge_B1_L1_*:*SsdScanCuda*Edge_B1_L33_*:*SsdScanCuda*Edge_B1_L40_H8_P32_G4_N16_*:*SsdScanClusterCuda*K4:*SelectiveScanCuda*Edge_*:*SelectiveScanCudaStep*:*SampleTokensCuda.StepOnTheDevice*'
+sanitize_filter='*CausalConv1dCuda*B1_*:*CausalConv1dUpdateCuda*B1_*:*CausalConv1dUpdateCuda*B2_*:*CausalConv1dCuda*B3_*:*NormsCuda*Edge*:*SsdStateUpdate*cuda*:*SsdDecodeStepCuda*B1_*:*SsdDecodeStepCuda*B3_*:*LinearCrossEntropyCuda*N1_*:*LinearCrossEntropyCuda*N257*:*SsdScanCuda*Edge_B1_L1_*:*SsdScanCuda*Edge_B1_L33_*:*SsdScanCuda*Edge_B1_L40_H8_P32_G4_N16_*:*SsdScanClusterCuda*K4:*SelectiveScanCuda*Edge_*:*SelectiveScanCudaStep*:*SampleTokensCuda.StepOnTheDevice*:*SsdScanUnpairedCuda*Edge_B1_L33_*:*LinearCuda*M7_*:*LinearCuda*M33_*'
 tests="$bin/tests/aim_tests"
 ok_or() { case $1 in 0) echo OK ;; 124 | 137) echo TIME ;; *) echo FAIL ;; esac; }
 

@@ -10,6 +10,7 @@
 #include "aim/model/mamba1.h"
 #include "aim/model/mamba2.h"
 #include "aim/model/state_dict.h"
+#include "aim/ops/linear.h"
 #include "aim/ops/loss.h"
 #include "aim/ops/norms.h"
 
@@ -235,7 +236,7 @@ const torch::Tensor& AimModelImpl::head_weight() const {
 }
 
 torch::Tensor AimModelImpl::logits(const torch::Tensor& hidden) {
-  return torch::linear(hidden, head_weight().to(hidden.scalar_type()));
+  return ops::linear(hidden, head_weight().to(hidden.scalar_type()));
 }
 
 torch::Tensor AimModelImpl::forward(const torch::Tensor& input_tokens, const torch::Tensor& labels,

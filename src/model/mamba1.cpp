@@ -3,6 +3,7 @@
 #include <cmath>
 
 #include "aim/ops/conv1d.h"
+#include "aim/ops/linear.h"
 #include "aim/ops/selective_scan.h"
 #include "aim/ops/split.h"
 
@@ -91,7 +92,7 @@ torch::Tensor Mamba1MixerImpl::step_projected(const torch::Tensor& xz, MixerStat
   auto x = ops::causal_conv1d_update(xz.narrow(-1, 0, d_inner), state.conv_state, conv1d->weight,
                                      conv1d->bias, /*silu=*/true);
   auto z = xz.narrow(-1, d_inner, d_inner);
-  auto x_db = x_proj->forward(x);                                      // [B, R + 2N]
+  auto x_db = ops::linear(x, x_proj->weight, x_proj->bias);            // [B, R + 2N]
   auto dt = torch::matmul(x_db.narrow(-1, 0, rank), dt_proj->weight.t());
   auto bm = x_db.narrow(-1, rank, ssm.d_state);
   auto cm = x_db.narrow(-1, rank + ssm.d_state, ssm.d_state);
@@ -100,7 +101,7 @@ torch::Tensor Mamba1MixerImpl::step_projected(const torch::Tensor& xz, MixerStat
                                        state.D.defined() ? state.D : D, z,
                                        state.dt_bias.defined() ? state.dt_bias : dt_proj->bias,
                                        /*delta_softplus=*/true);
-  return out_proj->forward(y);
+  return ops::linear(y, out_proj->weight, out_proj->bias);
 }
 
 MixerState Mamba1MixerImpl::allocate_state(int64_t batch, torch::Device device,

@@ -4,6 +4,7 @@
 
 #include "aim/model/mamba1.h"
 #include "aim/ops/conv1d.h"
+#include "aim/ops/linear.h"
 #include "aim/ops/norms.h"
 #include "aim/ops/split.h"
 #include "aim/ops/ssd_scan.h"
@@ -99,8 +100,8 @@ torch::Tensor Mamba2MixerImpl::step_projected(const torch::Tensor& zxbcdt, Mixer
     // Conv update, state update and gated norm: one kernel on CUDA.
     ops::SsdDecodeWeights w{conv1d->weight, conv1d->bias, a, d, bias, norm->weight, ssm.ngroups,
                             d_inner / ssm.ngroups, 1e-5, ssm.norm_before_gate};
-    return out_proj->forward(
-        ops::ssd_decode_step(zxbcdt, state.conv_state, state.ssm_state, w, state.arrivals));
+    return ops::linear(ops::ssd_decode_step(zxbcdt, state.conv_state, state.ssm_state, w, state.arrivals),
+                       out_proj->weight, out_proj->bias);
   }
   auto z = zxbcdt.narrow(-1, 0, d_inner);
   auto xbc = ops::causal_conv1d_update(zxbcdt.narrow(-1, d_inner, conv_dim), state.conv_state,

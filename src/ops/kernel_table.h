@@ -25,6 +25,9 @@ struct KernelTable {
   torch::Tensor (*causal_conv1d_update)(const torch::Tensor& x, torch::Tensor& conv_state,
                                         const torch::Tensor& weight, const torch::Tensor& bias,
                                         bool silu);
+  // linear
+  bool (*linear_supported)(const torch::Tensor& x, const torch::Tensor& weight, const torch::Tensor& bias);
+  torch::Tensor (*linear)(const torch::Tensor& x, const torch::Tensor& weight, const torch::Tensor& bias);
   // loss
   bool (*linear_cross_entropy_supported)(const torch::Tensor& hidden, const torch::Tensor& weight,
                                          const torch::Tensor& targets);

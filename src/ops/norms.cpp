@@ -7,6 +7,7 @@
 #include <optional>
 
 #include "aim/ops/dispatch.h"
+#include "aim/ops/linear.h"
 #include "ops/kernel_table.h"
 #include "ops/norms_cpu.h"
 #ifdef AIM_WITH_CUDA
@@ -174,7 +175,7 @@ std::pair<torch::Tensor, torch::Tensor> add_rms_norm_modulate_linear(
   }
   auto [x, res] = add_norm(hidden, residual, weight, eps, residual_in_fp32, shift, scale,
                            hidden_gate, add_out_type(hidden, hidden_gate, std::nullopt));
-  return {torch::nn::functional::linear(x, linear_weight, linear_bias), res};
+  return {ops::linear(x, linear_weight, linear_bias), res};
 }
 
 torch::Tensor gated_rms_norm(const torch::Tensor& x, const torch::Tensor& z,

@@ -8,6 +8,7 @@
 #include "aim/ops/dispatch.h"
 #include "ops/conv1d_cuda.h"
 #include "ops/kernel_table.h"
+#include "ops/linear_cuda.h"
 #include "ops/loss_cuda.h"
 #include "ops/norms_cuda.h"
 #include "ops/sampling_cuda.h"
@@ -24,6 +25,8 @@ const ops::KernelTable kEmulated{
     k::causal_conv1d,
     k::causal_conv1d_update_supported,
     k::causal_conv1d_update,
+    k::linear_supported,
+    k::linear,
     k::linear_cross_entropy_supported,
     k::linear_cross_entropy,
     k::add_rms_norm_supported,

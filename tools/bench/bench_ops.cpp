@@ -31,6 +31,7 @@
 #include "aim/core/config.h"
 #include "aim/ops/conv1d.h"
 #include "aim/ops/dispatch.h"
+#include "aim/ops/linear.h"
 #include "aim/ops/loss.h"
 #include "aim/ops/norms.h"
 #include "aim/ops/selective_scan.h"
@@ -456,6 +457,26 @@ int main(int argc, char** argv) {
                                                                  pscale, pgate).first;
                         torch::nn::functional::linear(x, pw);
                       }, true, 0, true});
+    }
+
+    // A decoding step's projections at 2 rows (one image with guidance) and 32 (16 images):
+    // in_proj, out_proj and the lm_head through ops::linear, whose small-batch kernel spreads
+    // the weight read over every SM; the reference row is cuBLAS (torch's linear). Bytes: the
+    // weight, x and the output.
+    const auto ow = torch::randn({D, Ed}, opts) * (1.0 / std::sqrt(static_cast<double>(Ed)));
+    const auto hw = torch::randn({V, D}, opts) * (1.0 / std::sqrt(static_cast<double>(D)));
+    for (int64_t R : {int64_t{2}, int64_t{32}}) {
+      const std::string tag = " (R=" + std::to_string(R) + ")";
+      for (const auto& [name, weight] : {std::pair<const char*, torch::Tensor>{"in_proj", pw}, {"out_proj", ow},
+                                         {"lm_head", hw}}) {
+        const torch::Tensor w = weight;  // (a lambda cannot capture a structured binding in C++17)
+        const auto x = torch::randn({R, w.size(1)}, opts);
+        const double bytes = static_cast<double>(w.numel() + R * (w.size(0) + w.size(1))) * elem;
+        rows.push_back({std::string("linear ") + name + tag, bytes, [=] {
+                          torch::NoGradGuard ng_guard;
+                          aim::ops::linear(x, w);
+                        }, true, 0, true});
+      }
     }
 
     // Mamba1's selective scan at the shapes of a Mamba1 AiM of this width (E = 2 D, N = 16, as

@@ -1,0 +1,58 @@
+// The small-batch linear kernel (kernels/skinny_linear.cu) run by the CPU emulator through its
+// adapter (src/ops/linear_cuda.cpp) with the GPU test's check (tests/ops/linear_cases.h), and
+// the shapes and tensors it refuses, for which ops::linear runs torch's linear.
+#include <gtest/gtest.h>
+#include <torch/torch.h>
+
+#include "aim/ops/linear.h"
+#include "emu_test_util.h"
+#include "ops/linear_cases.h"
+#include "ops/linear_cuda.h"
+
+namespace aim {
+namespace {
+
+namespace emu_t = test::emu;
+
+class LinearEmu : public emu_t::EmulatedKernelTest<::testing::TestWithParam<test::LinearCase>> {};
+
+TEST_P(LinearEmu, MatchesTheProductInFp64) {
+  const auto launches = ::emu::launch_count();
+  test::check_linear(GetParam(), torch::kCPU, ops::cuda_emu::linear, ops::cuda_emu::linear_supported);
+  EXPECT_EQ(::emu::launch_count() - launches, 2u) << "one launch per call";
+}
+
+INSTANTIATE_TEST_SUITE_P(Shapes, LinearEmu, ::testing::ValuesIn(test::linear_cases()),
+                         [](const auto& info) { return test::linear_case_name(info.param); });
+
+// What the kernel does not take goes to torch's linear through ops::linear, with its result.
+TEST(LinearEmuDispatch, RefusedCasesRunTorchsLinear) {
+  const auto bf16 = torch::TensorOptions().dtype(torch::kBFloat16);
+  const auto w = torch::randn({24, 64}).to(bf16);
+  struct Refused {
+    const char* what;
+    torch::Tensor x, w;
+  };
+  const std::vector<Refused> refused{
+      {"65 rows", torch::randn({65, 64}).to(bf16), w},
+      {"K not a multiple of 32", torch::randn({4, 40}).to(bf16), torch::randn({24, 40}).to(bf16)},
+      {"fp32", torch::randn({4, 64}), w.to(torch::kFloat)},
+      {"a gradient asked", torch::randn({4, 64}).to(bf16).requires_grad_(true), w},
+      {"x's rows off 16-byte boundaries", torch::randn({4, 66}).to(bf16).narrow(1, 2, 64), w},
+  };
+  for (const auto& r : refused) {
+    EXPECT_FALSE(ops::cuda_emu::linear_supported(r.x, r.w, {})) << r.what;
+    const auto launches = ::emu::launch_count();
+    const auto out = ops::linear(r.x, r.w);
+    EXPECT_EQ(::emu::launch_count(), launches) << r.what << ": a kernel ran";
+    EXPECT_TRUE(torch::equal(out, torch::nn::functional::linear(r.x, r.w))) << r.what;
+  }
+  // And what it takes goes to the kernel.
+  const auto x = torch::randn({4, 64}).to(bf16);
+  const auto launches = ::emu::launch_count();
+  ops::linear(x, w);
+  EXPECT_EQ(::emu::launch_count() - launches, 1u);
+}
+
+}  // namespace
+}  // namespace aim
