@@ -4,6 +4,8 @@
 #include <gtest/gtest.h>
 #include <torch/torch.h>
 
+#include <string>
+
 #include "aim/ops/linear.h"
 #include "emu_test_util.h"
 #include "ops/linear_cases.h"
@@ -47,11 +49,27 @@ TEST(LinearEmuDispatch, RefusedCasesRunTorchsLinear) {
     EXPECT_EQ(::emu::launch_count(), launches) << r.what << ": a kernel ran";
     EXPECT_TRUE(torch::equal(out, torch::nn::functional::linear(r.x, r.w))) << r.what;
   }
-  // And what it takes goes to the kernel.
+  // And what it takes goes to the kernel, unless AIM_SMALL_LINEAR=0; another value is an error
+  // that names the variable.
   const auto x = torch::randn({4, 64}).to(bf16);
-  const auto launches = ::emu::launch_count();
+  auto launches = ::emu::launch_count();
   ops::linear(x, w);
   EXPECT_EQ(::emu::launch_count() - launches, 1u);
+  {
+    const test::ScopedEnv off("AIM_SMALL_LINEAR", "0");
+    launches = ::emu::launch_count();
+    EXPECT_TRUE(torch::equal(ops::linear(x, w), torch::nn::functional::linear(x, w)));
+    EXPECT_EQ(::emu::launch_count(), launches) << "AIM_SMALL_LINEAR=0: a kernel ran";
+  }
+  const test::ScopedEnv bad("AIM_SMALL_LINEAR", "yes");
+  try {
+    ops::linear(x, w);
+    ADD_FAILURE() << "AIM_SMALL_LINEAR=yes was accepted";
+  } catch (const std::exception& e) {
+    const std::string what = e.what();
+    EXPECT_NE(what.find("AIM_SMALL_LINEAR"), std::string::npos) << what;
+    EXPECT_NE(what.find("found 'yes'"), std::string::npos) << what;
+  }
 }
 
 }  // namespace
