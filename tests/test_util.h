@@ -282,6 +282,20 @@ class ScopedEnv {
   std::vector<std::pair<std::string, std::optional<std::string>>> saved_;
 };
 
+/// With `var`=`value` in the environment `run` must fail with an error that names the variable
+/// and the value found.
+inline void expect_env_value_refused(const char* var, const std::string& value, const std::function<void()>& run) {
+  const ScopedEnv bad(var, value);
+  try {
+    run();
+    ADD_FAILURE() << var << "=" << value << " was accepted";
+  } catch (const std::exception& e) {
+    const std::string what = e.what();
+    EXPECT_NE(what.find(var), std::string::npos) << what;
+    EXPECT_NE(what.find("found '" + value + "'"), std::string::npos) << what;
+  }
+}
+
 }  // namespace aim::test
 
 namespace aim::test {

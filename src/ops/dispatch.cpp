@@ -35,6 +35,14 @@ std::atomic<bool>& poison_flag() {
 }
 }  // namespace
 
+bool env_switch(const char* name, bool fallback) {
+  const char* v = std::getenv(name);
+  if (v == nullptr || *v == '\0') return fallback;
+  const std::string s(v);
+  TORCH_CHECK(s == "0" || s == "1", "environment variable ", name, ": expected 0 or 1, found '", s, "'");
+  return s == "1";
+}
+
 bool cuda_kernels_enabled() { return kernels_flag().load(std::memory_order_relaxed); }
 void set_cuda_kernels(bool enabled) { kernels_flag().store(enabled, std::memory_order_relaxed); }
 bool cpu_kernels_enabled() { return cpu_kernels_flag().load(std::memory_order_relaxed); }

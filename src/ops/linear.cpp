@@ -2,9 +2,6 @@
 
 #include <torch/torch.h>
 
-#include <cstdlib>
-#include <string>
-
 #include "aim/ops/dispatch.h"
 #include "ops/kernel_table.h"
 #ifdef AIM_WITH_CUDA
@@ -16,14 +13,8 @@ namespace aim::ops {
 namespace {
 
 // AIM_SMALL_LINEAR=0: torch's linear (cuBLAS) where the small-batch kernel would run; 1 or unset:
-// the kernel. Read at every call, so a benchmark can compare both in one process.
-bool small_linear_enabled() {
-  const char* v = std::getenv("AIM_SMALL_LINEAR");
-  if (v == nullptr || *v == '\0') return true;
-  const std::string s(v);
-  TORCH_CHECK(s == "0" || s == "1", "environment variable AIM_SMALL_LINEAR: expected 0 or 1, found '", s, "'");
-  return s == "1";
-}
+// the kernel.
+bool small_linear_enabled() { return env_switch("AIM_SMALL_LINEAR", true); }
 
 }  // namespace
 

@@ -119,14 +119,7 @@ int step_rows_in_flight() {
 
 // AIM_SSD_ELEMENT_LOADS=1: the scan kernels load their tiles element by element (to compare
 // with the 16-byte vectors they use by default).
-bool element_loads() {
-  const char* v = std::getenv("AIM_SSD_ELEMENT_LOADS");
-  if (v == nullptr || *v == '\0') return false;
-  const std::string s(v);
-  TORCH_CHECK(s == "0" || s == "1", "environment variable AIM_SSD_ELEMENT_LOADS: expected 0 or 1, found '", s,
-              "'");
-  return s == "1";
-}
+bool element_loads() { return env_switch("AIM_SSD_ELEMENT_LOADS", false); }
 
 // AIM_SSD_SCAN=tiles: the scan runs the kernels that keep the state in shared memory where the
 // register-state ones would (bf16, d_state <= 128); `regs` (the default) or unset: the register
@@ -143,13 +136,7 @@ bool tiles_kernels() {
 // AIM_SSD_BWD_PAIRS=0: the register backward runs a block per slice (h, P tile) instead of
 // adding pairs of slices in one block where it can (1, or unset: pairs). A comparison for
 // benchmarks and tests, read at every call.
-bool bwd_slice_pairs_allowed() {
-  const char* v = std::getenv("AIM_SSD_BWD_PAIRS");
-  if (v == nullptr || *v == '\0') return true;
-  const std::string s(v);
-  TORCH_CHECK(s == "0" || s == "1", "environment variable AIM_SSD_BWD_PAIRS: expected 0 or 1, found '", s, "'");
-  return s == "1";
-}
+bool bwd_slice_pairs_allowed() { return env_switch("AIM_SSD_BWD_PAIRS", true); }
 
 kernels::SsdScanTiling tiling_for(const torch::Tensor& x, const torch::Tensor& Bm) {
   return kernels::ssd_scan_tiling(static_cast<int>(x.size(1)), static_cast<int>(x.size(3)),

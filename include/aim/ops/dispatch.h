@@ -28,4 +28,9 @@ void set_emulated_kernels(const KernelTable* table);
 bool poison_outputs();
 void set_poison_outputs(bool enabled);
 
+/// A kernel's own on/off switch, read from the environment now (so a benchmark can compare both
+/// settings in one process): `name`=1 true, 0 false, unset or empty `fallback`; any other value
+/// is an error naming the variable and the value found.
+bool env_switch(const char* name, bool fallback);
+
 }  // namespace aim::ops
