@@ -14,13 +14,17 @@
 // each warp reads its kOut weight rows in 16-byte vectors, lane-strided so a warp's loads are
 // contiguous, kUnroll vectors per lane in flight per feature, and multiplies them with the M
 // rows read from shared memory (one 16-byte read per row serves kOut features). The first
-// weight vectors are loaded before the norm, so the norm's latency overlaps the first loads.
+// weight vectors are loaded before the norm, so the norm's latency overlaps the first loads;
+// launched as a dependent of the previous kernel (grid_dependency.cuh), before the block waits
+// for that kernel, which wrote the rows, and with each warp's first kOut weight rows asked for
+// in L2.
 // A warp sums its lanes' partial dot products with shuffles; lane 0 writes the kOut x M values.
 #include <cuda_bf16.h>
 
 #include <cstdint>
 
 #include "device_query.h"
+#include "grid_dependency.cuh"
 #include "norm_linear.h"
 #include "rms_norm_kernel.cuh"
 
@@ -84,7 +88,15 @@ __global__ void __launch_bounds__(kThreads) norm_linear_kernel(NormLinearParams 
   int64_t o0 = (static_cast<int64_t>(blockIdx.x) * nwarps + warp) * kOut;
 
   float w[kOut][kUnroll][kW];
+  if (p.dependent_launch && lane == 0 && o0 < out_features) {
+    // The warp's first kOut weight rows are contiguous.
+    const int64_t n = out_features - o0 < kOut ? out_features - o0 : kOut;
+    prefetch_to_l2(weight + o0 * dim, n * dim * static_cast<int64_t>(sizeof(Tin)));
+  }
   if (o0 < out_features) load_weights<Tin>(weight, o0, 0, lane, out_features, vecs, dim, w);
+  // Nothing above reads what the previous kernel writes (the rows come after the wait).
+  wait_for_prior_grid();
+  allow_dependent_grid();
 
   // The rows, normalised into shared memory; padding rows are zeros.
   for (int m = 0; m < rows; ++m) {
@@ -172,8 +184,7 @@ cudaError_t launch(const NormLinearParams& p, cudaStream_t stream) {
         kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem));
     if (err != cudaSuccess) return err;
   }
-  kernel<<<blocks, kThreads, smem, stream>>>(p, vec4);
-  return cudaGetLastError();
+  return launch_maybe_dependent(p.dependent_launch, kernel, dim3(blocks), dim3(kThreads), smem, stream, p, vec4);
 }
 
 template <typename Tin, typename Tres>

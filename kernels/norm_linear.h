@@ -28,6 +28,10 @@ struct NormLinearParams {
   const void* weight = nullptr;  ///< [N, dim] in the input type, contiguous, 16-byte aligned
   const void* bias = nullptr;    ///< [N] in the input type; may be null
   void* out = nullptr;           ///< [rows, N] in the input type, contiguous
+  /// Launch as a programmatic dependent of the stream's previous kernel (grid_dependency.cuh):
+  /// the first weights are loaded while that kernel finishes. Only when that kernel does not
+  /// write the weights.
+  bool dependent_launch = false;
 };
 
 /// Launches on `stream`. `in` (hidden, hidden_gate, the linear weight, bias and out) is fp32 or

@@ -17,11 +17,15 @@
 // A lane keeps kUnroll steps' weight vectors in flight, and loads the next kUnroll steps' before
 // it uses the current ones. The warps' partial sums meet in shared
 // memory and are added in warp order (deterministic), plus the bias, rounded to bf16 once.
+// Launched as a dependent of the previous kernel (grid_dependency.cuh), a block asks for its
+// whole weight slice in L2 and loads its first batch of weights before it waits for that kernel,
+// which wrote x.
 #include <cuda_bf16.h>
 
 #include <cstdint>
 
 #include "device_query.h"
+#include "grid_dependency.cuh"
 #include "skinny_linear.h"
 #include "static_switch.h"
 #include "warp_mma.cuh"
@@ -109,8 +113,16 @@ __global__ void __launch_bounds__(kThreads, 2) skinny_linear_kernel(const Skinny
     }
   };
   constexpr int kStride = kWarps * kUnroll;
+  if (p.dependent_launch && tid == 0 && n0 < N) {
+    // The block's kCols weight rows are contiguous.
+    const int cols = N - n0 < kCols ? N - n0 : kCols;
+    prefetch_to_l2(w + static_cast<int64_t>(n0) * K, static_cast<int64_t>(cols) * K * sizeof(T));
+  }
   uint4 wv[kUnroll][kNT];
   load_weights(warp, wv);
+  // Nothing above reads what the previous kernel writes (x comes after the wait).
+  wait_for_prior_grid();
+  allow_dependent_grid();
   for (int s0 = warp; s0 < steps; s0 += kStride) {
     // The next batch's weights are on their way while this batch's x loads and products run.
     uint4 wn[kUnroll][kNT];
@@ -186,8 +198,7 @@ cudaError_t skinny_linear_cuda(const SkinnyLinearParams& p, cudaStream_t stream)
   cudaError_t err = cudaSuccess;
   auto launch = [&](auto kernel, int cols) {
     const dim3 grid(static_cast<unsigned>((p.out_features + cols - 1) / cols));
-    kernel<<<grid, kThreads, 0, stream>>>(p);
-    err = cudaGetLastError();
+    err = launch_maybe_dependent(p.dependent_launch, kernel, grid, dim3(kThreads), 0, stream, p);
   };
   BOOL_SWITCH(wide, kWide, [&] {
     constexpr int kNT = kWide ? 2 : 1;

@@ -22,6 +22,10 @@ struct SkinnyLinearParams {
   const void* bias = nullptr;    ///< [N] bf16; may be null
   void* out = nullptr;           ///< [M, N] bf16, unit last stride
   int64_t out_row_stride = 0;
+  /// Launch as a programmatic dependent of the stream's previous kernel (grid_dependency.cuh):
+  /// the first weights are loaded while that kernel finishes. Only when that kernel does not
+  /// write the weights.
+  bool dependent_launch = false;
 };
 
 /// Launches on `stream`; cudaErrorInvalidValue for what skinny_linear_supported refuses.

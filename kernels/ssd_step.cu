@@ -25,9 +25,14 @@
 // of each norm pass, before it uses any: on an H200 the kernel took the same 29 us at 32 rows of
 // AiM-L with an fp32 state, a bf16 one, and 1, 2 or 4 state rows in flight per warp, a fixed
 // chain of latencies rather than the 16 us its state needs (docs/perf.md, 2026-12-04).
+//
+// Launched as a dependent of the previous kernel (in_proj; grid_dependency.cuh), a block asks
+// for its state rows in L2 (this kernel's own state, written at the previous token) before it
+// waits for in_proj's output.
 #include <cuda_bf16.h>
 
 #include "device_query.h"
+#include "grid_dependency.cuh"
 #include "ssd_state_update_kernel.cuh"  // load_as_float, store_from_float
 #include "ssd_step.h"
 
@@ -180,6 +185,22 @@ __global__ void __launch_bounds__(kThreads) ssd_step_kernel(SsdStepParams p) {
   // The block's rows lie in one norm group (channels h P + p0 .. + rows, aligned to rows): it
   // sums the squares of its gated y itself.
   const bool own_sumsq = p.norm_partials != nullptr && p.norm_group_size % rows == 0;
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  S* head_state = static_cast<S*>(p.ssm_state) + (int64_t(b) * p.nheads + h) * p.headdim * p.dstate;
+  // Before the wait: the block's state rows (contiguous) on their way to L2; nothing between
+  // this kernel at the previous token and this launch writes them (the caller's promise with
+  // dependent_launch). No registers are held for them.
+  if (p.dependent_launch && threadIdx.x == 0) {
+    prefetch_to_l2(head_state + int64_t(p0) * p.dstate, int64_t(rows) * p.dstate * sizeof(S));
+  }
+  wait_for_prior_grid();
+  allow_dependent_grid();
+
+  // in_proj's dt and the head's A and dt bias, loaded now so that their latency overlaps the
+  // conv's.
+  float dt = load_as_float(static_cast<const T*>(p.dt) + b * p.dt_batch_stride + h);
+  const float A = p.A[h];
+  const float dt_bias = p.dt_bias != nullptr ? p.dt_bias[h] : 0.f;
   const T* z = static_cast<const T*>(p.z) + b * p.z_batch_stride;
   if (own_sumsq && !p.norm_before_gate) {
     for (int i = threadIdx.x; i < rows; i += blockDim.x) zs[i] = load_as_float(z + int64_t(h) * p.headdim + p0 + i);
@@ -208,13 +229,10 @@ __global__ void __launch_bounds__(kThreads) ssd_step_kernel(SsdStepParams p) {
   // (the loads of a row cannot pass the stores of the previous one: the compiler cannot tell
   // that they do not overlap). Per row the same operations and order of the sum as one row at a
   // time; y rounded to T into `out`.
-  float dt = load_as_float(static_cast<const T*>(p.dt) + b * p.dt_batch_stride + h);
-  if (p.dt_bias != nullptr) dt += p.dt_bias[h];
+  if (p.dt_bias != nullptr) dt += dt_bias;
   if (p.dt_softplus) dt = dt <= 20.f ? log1pf(expf(dt)) : dt;
-  const float decay = expf(dt * p.A[h]);
+  const float decay = expf(dt * A);
   T* out = static_cast<T*>(p.out) + b * E;
-  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-  S* head_state = static_cast<S*>(p.ssm_state) + (int64_t(b) * p.nheads + h) * p.headdim * p.dstate;
   float own_sq = 0.f;  // lane 0: the squares of this warp's gated y (own_sumsq)
   for (int r0 = warp; r0 < rows; r0 += kWarps * kRows) {
     float held[kRows][kLaneElems];
@@ -362,14 +380,10 @@ cudaError_t launch_rows(const SsdStepParams& p, cudaStream_t stream) {
   const dim3 grid(p.nheads * splits, p.batch);
   // 1 KiB of state per warp in flight at N = 128 unless asked otherwise.
   const int rows = p.rows_in_flight > 0 ? p.rows_in_flight : sizeof(S) == 2 ? 4 : 2;
-  if (rows == 1) {
-    ssd_step_kernel<T, S, 1, kLaneElems><<<grid, kThreads, 0, stream>>>(p);
-  } else if (rows == 2) {
-    ssd_step_kernel<T, S, 2, kLaneElems><<<grid, kThreads, 0, stream>>>(p);
-  } else {
-    ssd_step_kernel<T, S, 4, kLaneElems><<<grid, kThreads, 0, stream>>>(p);
-  }
-  return cudaGetLastError();
+  auto* kernel = rows == 1   ? &ssd_step_kernel<T, S, 1, kLaneElems>
+                 : rows == 2 ? &ssd_step_kernel<T, S, 2, kLaneElems>
+                             : &ssd_step_kernel<T, S, 4, kLaneElems>;
+  return launch_maybe_dependent(p.dependent_launch, kernel, grid, dim3(kThreads), 0, stream, p);
 }
 
 template <typename T, typename S>

@@ -53,6 +53,10 @@ struct SsdStepParams {
   /// the last block adds up instead of reading the row twice (when a block's rows lie in one
   /// norm group). Nothing is kept between launches.
   float* norm_partials = nullptr;
+  /// Launch as a programmatic dependent of the stream's previous kernel (grid_dependency.cuh):
+  /// the block's state rows are fetched into L2 while that kernel finishes. Only when that
+  /// kernel (and any other not yet complete) does not write ssm_state.
+  bool dependent_launch = false;
 };
 
 /// Launches on `stream`; z, xbc, dt and out share `dtype`. Returns the launch status

@@ -210,6 +210,15 @@ if [ "$status_build" = OK ] && wants bench; then
       timed 60 "$bin/bench/bench_sample" configs/aim_l.yaml --batch $b --cfg 1.75 --dtype bf16 --device cuda $novq \
         >> "$blog" 2>&1 || status_bench=FAIL
     done
+    # The decoding step's switches at the small batches where fixed costs dominate: without
+    # dependent launches (AIM_PDL=0) and with cuBLAS for the small linear layers.
+    for sw in AIM_PDL=0 AIM_SMALL_LINEAR=0; do
+      for b in 1 16; do
+        echo "# bench_sample with $sw, batch $b" >> "$blog"
+        timed 60 env "$sw" "$bin/bench/bench_sample" configs/aim_l.yaml --batch $b --cfg 1.75 --dtype bf16 \
+          --device cuda --no-vq >> "$blog" 2>&1 || status_bench=FAIL
+      done
+    done
     # The bf16 ssm state (aim sample --ssm-state bf16) where state traffic matters most.
     timed 60 "$bin/bench/bench_sample" configs/aim_l.yaml --batch 256 --cfg 1.75 --dtype bf16 --ssm-state bf16 \
       --device cuda --no-vq >> "$blog" 2>&1 || status_bench=FAIL

@@ -10,6 +10,7 @@
 #include "aim/model/mamba1.h"
 #include "aim/model/mamba2.h"
 #include "aim/model/state_dict.h"
+#include "aim/ops/dispatch.h"
 #include "aim/ops/linear.h"
 #include "aim/ops/loss.h"
 #include "aim/ops/norms.h"
@@ -278,6 +279,9 @@ torch::Tensor AimModelImpl::step(InferenceState& state, const torch::Tensor& tok
     h = bb.embeddings->word_embeddings->forward(tokens) +
         bb.embeddings->position_embeddings->weight[pos];
   }
+  // The layers' kernels may start before the previous one ends: nothing here writes a weight
+  // or a state but those kernels (aim/ops/dispatch.h).
+  ops::DependentLaunchScope dependent_launches;
   auto x = bb.run(h, state.cond, &state.layers, /*step=*/true);              // [B, D]
   state.offset += 1;
   return logits(x);
@@ -294,6 +298,7 @@ torch::Tensor AimModelImpl::step_at(InferenceState& state, const torch::Tensor& 
   // [B, D] + [1, D]: the same sums as step()'s [B, D] + [D].
   auto h = bb.embeddings->word_embeddings->forward(tokens) +
            bb.embeddings->position_embeddings->weight.index_select(0, position.reshape({1}));
+  ops::DependentLaunchScope dependent_launches;  // as in step()
   auto x = bb.run(h, state.cond, &state.layers, /*step=*/true);              // [B, D]
   return logits(x);
 }

@@ -54,6 +54,14 @@ const KernelTable* emulated_kernels_for(const torch::Tensor& t) {
   const KernelTable* table = emulated_table().load(std::memory_order_acquire);
   return table != nullptr && t.is_cpu() && cuda_kernels_enabled() ? table : nullptr;
 }
+namespace {
+thread_local bool t_dependent_scope = false;
+}  // namespace
+
+DependentLaunchScope::DependentLaunchScope() : outer_(t_dependent_scope) { t_dependent_scope = true; }
+DependentLaunchScope::~DependentLaunchScope() { t_dependent_scope = outer_; }
+bool dependent_launch_enabled() { return t_dependent_scope && env_switch("AIM_PDL", true); }
+
 bool poison_outputs() { return poison_flag().load(std::memory_order_relaxed); }
 void set_poison_outputs(bool enabled) { poison_flag().store(enabled, std::memory_order_relaxed); }
 

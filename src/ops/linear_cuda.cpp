@@ -59,6 +59,7 @@ torch::Tensor linear(const torch::Tensor& x, const torch::Tensor& weight, const 
   p.bias = b.defined() ? b.data_ptr() : nullptr;
   p.out = out.data_ptr();
   p.out_row_stride = out.stride(0);
+  p.dependent_launch = dependent_launch_enabled();
   check_launch(kernels::skinny_linear_cuda(p, current_stream()), "linear (small batch)");
   return out.view(sizes);
 }

@@ -456,6 +456,7 @@ std::pair<torch::Tensor, torch::Tensor> add_rms_norm_modulate_linear(
   p.weight = linear_weight.data_ptr();
   p.bias = ptr_or_null(linear_bias);
   p.out = out.data_ptr();
+  p.dependent_launch = dependent_launch_enabled();
   check_launch(kernels::norm_linear_cuda(p, elem_type(in_type), elem_type(res_type),
                                          current_stream()),
                "add_rms_norm_modulate_linear");

@@ -462,6 +462,7 @@ torch::Tensor ssd_decode_step(const torch::Tensor& zxbcdt, torch::Tensor& conv_s
   p.arrivals = reinterpret_cast<unsigned*>(counters.data_ptr<int32_t>());
   p.norm_partials = norm_partials.data_ptr<float>();
   p.rows_in_flight = step_rows_in_flight();
+  p.dependent_launch = dependent_launch_enabled();
   check_launch(kernels::ssd_step_cuda(p, elem_type(zxbcdt), current_stream()), "ssd_decode_step");
   return out;
 }

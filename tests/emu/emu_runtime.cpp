@@ -50,6 +50,8 @@ struct ErrorState {
 thread_local ErrorState t_error;
 thread_local uint64_t t_launches = 0;
 thread_local dim3 t_last_grid, t_last_block;
+thread_local bool t_last_dependent = false;
+thread_local uint64_t t_dependent_launches = 0;
 
 std::mutex g_attr_mutex;
 std::map<const void*, int>& func_attrs() {
@@ -381,6 +383,7 @@ bool run_block(Block& b) {
     f.collectives = 0;
     f.state.async_copies.clear();
     f.state.async_committed = 0;
+    f.state.waited_for_prior_grid = false;
     context_make(f.ctx, stack_bottom(f), kStackBytes, fiber_entry);
   }
   const bool reverse = schedule() == Schedule::kReverse;
@@ -430,6 +433,8 @@ std::string last_message() { return t_error.message; }
 uint64_t launch_count() { return t_launches; }
 dim3 last_launch_grid() { return t_last_grid; }
 dim3 last_launch_block() { return t_last_block; }
+bool last_launch_dependent() { return t_last_dependent; }
+uint64_t dependent_launch_count() { return t_dependent_launches; }
 
 namespace {
 std::atomic<int> g_schedule{-1};
@@ -568,6 +573,29 @@ void warp_collective(unsigned mask, const char* op) {
 
 void fault(const std::string& what) { fault_in_fiber(*t_block->current, what); }
 
+void wait_for_prior_grid() { g_thread->waited_for_prior_grid = true; }
+
+void prefetch_to_l2(const void* p, uint32_t bytes) {
+  if (reinterpret_cast<uintptr_t>(p) % 16 != 0 || bytes == 0 || bytes % 16 != 0) {
+    fault("cp.async.bulk.prefetch.L2 of " + std::to_string(bytes) +
+          " bytes at an address or of a size that is not a multiple of 16");
+  }
+#if AIM_EMU_ASAN
+  // Every byte of the range inside an allocation (a range that runs past the end of the one it
+  // starts in crosses that allocation's redzone).
+  if (__asan_region_is_poisoned(const_cast<void*>(p), bytes) != nullptr) {
+    fault("cp.async.bulk.prefetch.L2 of " + std::to_string(bytes) + " bytes reaches outside the allocation it starts in");
+  }
+#endif
+}
+
+void allow_dependent_grid() {
+  if (!g_thread->waited_for_prior_grid) {
+    fault("griddepcontrol.launch_dependents before griddepcontrol.wait: the next grid could start "
+          "while the grid before this one still runs");
+  }
+}
+
 unsigned warp_ballot(unsigned mask, bool pred) {
   Block& b = *t_block;
   Fiber& f = *b.current;
@@ -582,7 +610,7 @@ unsigned warp_ballot(unsigned mask, bool pred) {
 }
 
 bool run_grid(dim3 grid, dim3 block, size_t dynamic_smem, const void* func, BlockBody body,
-              void* ctx, dim3 cluster) {
+              void* ctx, dim3 cluster, bool dependent) {
   const uint64_t threads = static_cast<uint64_t>(block.x) * block.y * block.z;
   const uint64_t cluster_blocks = static_cast<uint64_t>(cluster.x) * cluster.y * cluster.z;
   std::ostringstream cfg;
@@ -614,6 +642,8 @@ bool run_grid(dim3 grid, dim3 block, size_t dynamic_smem, const void* func, Bloc
   ++t_launches;
   t_last_grid = grid;
   t_last_block = block;
+  t_last_dependent = dependent;
+  t_dependent_launches += dependent ? 1 : 0;
   const int nblocks = static_cast<int>(cluster_blocks);
   Block b;
   b.body = body;

@@ -10,6 +10,7 @@
 
 #include "cooperative_groups.h"
 #include "emu_runtime.h"
+#include "grid_dependency.cuh"  // kernels/, as translated for the emulator
 #include "mma.h"
 #include "warp_mma.cuh"  // kernels/, as translated for the emulator
 
@@ -494,6 +495,77 @@ TEST(Emulator, ReportsClusterFaultsAndLimits) {
   cfg.dynamicSmemBytes = 100 * 1024;
   ASSERT_EQ(cudaOccupancyMaxActiveClusters(&active, cluster_slot_sums<true>, &cfg), cudaSuccess);
   EXPECT_EQ(active, 0);
+}
+
+// Programmatic dependent launches (kernels/grid_dependency.cuh). kWaitFirst false lets the next
+// grid start before this one waited for the previous: the rule that keeps every grid before the
+// previous one complete when a dependent starts, reported as a fault.
+template <bool kWaitFirst>
+__global__ void dependent_double(const float* in, float* out) {
+  aim::kernels_emu::prefetch_to_l2(in, 64 * sizeof(float));
+  if (kWaitFirst) aim::kernels_emu::wait_for_prior_grid();
+  aim::kernels_emu::allow_dependent_grid();
+  if (!kWaitFirst) aim::kernels_emu::wait_for_prior_grid();
+  out[threadIdx.x] = 2.f * in[threadIdx.x];
+}
+
+TEST(Emulator, DependentLaunchesWaitBeforeTheNextGridMayStart) {
+  alignas(16) float in[64], out[64];
+  for (int i = 0; i < 64; ++i) in[i] = static_cast<float>(i) - 7.f;
+  const auto dependent = emu::dependent_launch_count();
+  ASSERT_EQ(aim::kernels_emu::launch_maybe_dependent(true, dependent_double<true>, dim3(1), dim3(64), 0, nullptr,
+                                                 in, out),
+            cudaSuccess)
+      << emu::last_message();
+  EXPECT_TRUE(emu::last_launch_dependent());
+  EXPECT_EQ(emu::dependent_launch_count() - dependent, 1u);
+  for (int i = 0; i < 64; ++i) EXPECT_EQ(out[i], 2.f * in[i]);
+  // Asked not to, or on a device before sm_90: a plain launch.
+  ASSERT_EQ(aim::kernels_emu::launch_maybe_dependent(false, dependent_double<true>, dim3(1), dim3(64), 0, nullptr,
+                                                 in, out),
+            cudaSuccess);
+  EXPECT_FALSE(emu::last_launch_dependent());
+  const int saved = emu::device().cc_major;
+  emu::device().cc_major = 8;
+  ASSERT_EQ(aim::kernels_emu::launch_maybe_dependent(true, dependent_double<true>, dim3(1), dim3(64), 0, nullptr,
+                                                 in, out),
+            cudaSuccess);
+  EXPECT_FALSE(emu::last_launch_dependent());
+  emu::device().cc_major = saved;
+  EXPECT_EQ(emu::dependent_launch_count() - dependent, 1u);
+
+  EXPECT_EQ(aim::kernels_emu::launch_maybe_dependent(true, dependent_double<false>, dim3(1), dim3(64), 0, nullptr,
+                                                 in, out),
+            cudaErrorLaunchFailure);
+  EXPECT_NE(emu::last_message().find("launch_dependents before griddepcontrol.wait"), std::string::npos)
+      << emu::last_message();
+}
+
+// An L2 prefetch asks for the 16-byte aligned interior of a range (the instruction's rule, which
+// the emulator checks); an instruction outside that rule is reported.
+__global__ void prefetch_range(const unsigned char* p, int64_t bytes) { aim::kernels_emu::prefetch_to_l2(p, bytes); }
+__global__ void prefetch_raw(const unsigned char* p, unsigned bytes) { emu::prefetch_to_l2(p, bytes); }
+
+TEST(Emulator, PrefetchesFollowTheBulkInstructionsRules) {
+  alignas(16) unsigned char buf[256] = {};
+  for (const auto& [offset, bytes] : std::vector<std::pair<int, int64_t>>{{0, 256}, {3, 200}, {5, 9}, {0, 0}}) {
+    prefetch_range ^ emu::Cfg(1, 32)(buf + offset, bytes);
+    EXPECT_EQ(cudaGetLastError(), cudaSuccess) << offset << " + " << bytes << ": " << emu::last_message();
+  }
+  prefetch_raw ^ emu::Cfg(1, 32)(buf + 8, 64u);
+  EXPECT_EQ(cudaGetLastError(), cudaErrorLaunchFailure);
+  EXPECT_NE(emu::last_message().find("cp.async.bulk.prefetch.L2"), std::string::npos) << emu::last_message();
+  prefetch_raw ^ emu::Cfg(1, 32)(buf, 24u);
+  EXPECT_EQ(cudaGetLastError(), cudaErrorLaunchFailure);
+#if defined(__SANITIZE_ADDRESS__)
+  // With the sanitizer, a range past the tensor's allocation is reported.
+  std::vector<float> v(64);  // 256 bytes, 16-byte aligned by the allocator
+  prefetch_range ^ emu::Cfg(1, 32)(reinterpret_cast<const unsigned char*>(v.data()), int64_t{256});
+  EXPECT_EQ(cudaGetLastError(), cudaSuccess) << emu::last_message();
+  prefetch_range ^ emu::Cfg(1, 32)(reinterpret_cast<const unsigned char*>(v.data()), int64_t{272});
+  EXPECT_EQ(cudaGetLastError(), cudaErrorLaunchFailure);
+  EXPECT_NE(emu::last_message().find("outside the allocation"), std::string::npos) << emu::last_message();
+#endif
 }
 
 #if defined(__SANITIZE_ADDRESS__)

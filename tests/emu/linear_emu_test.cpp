@@ -6,6 +6,7 @@
 
 #include <string>
 
+#include "aim/ops/dispatch.h"
 #include "aim/ops/linear.h"
 #include "emu_test_util.h"
 #include "ops/linear_cases.h"
@@ -62,6 +63,31 @@ TEST(LinearEmuDispatch, RefusedCasesRunTorchsLinear) {
     EXPECT_EQ(::emu::launch_count(), launches) << "AIM_SMALL_LINEAR=0: a kernel ran";
   }
   test::expect_env_value_refused("AIM_SMALL_LINEAR", "yes", [&] { ops::linear(x, w); });
+}
+
+// Inside a decoding step's scope (aim/ops/dispatch.h) the kernel launches as a dependent of the
+// previous kernel, prefetching its weight slices (in bounds: the sanitizer checks the ranges);
+// outside it, or with AIM_PDL=0, plainly. The same bits either way.
+TEST(LinearEmuDispatch, DependentLaunchesOnlyInsideADecodingStep) {
+  const auto bf16 = torch::TensorOptions().dtype(torch::kBFloat16);
+  const auto x = torch::randn({3, 96}).to(bf16), w = torch::randn({40, 96}).to(bf16);
+  const auto b = torch::randn({40}).to(bf16);
+  const auto plain = ops::linear(x, w, b);
+  EXPECT_FALSE(::emu::last_launch_dependent());
+  {
+    const ops::DependentLaunchScope scope;
+    EXPECT_TRUE(ops::dependent_launch_enabled());
+    const auto dependent = ops::linear(x, w, b);
+    EXPECT_TRUE(::emu::last_launch_dependent());
+    EXPECT_TRUE(torch::equal(dependent, plain));
+    {
+      const test::ScopedEnv off("AIM_PDL", "0");
+      EXPECT_TRUE(torch::equal(ops::linear(x, w, b), plain));
+      EXPECT_FALSE(::emu::last_launch_dependent());
+    }
+    test::expect_env_value_refused("AIM_PDL", "on", [&] { ops::linear(x, w, b); });
+  }
+  EXPECT_FALSE(ops::dependent_launch_enabled());
 }
 
 }  // namespace

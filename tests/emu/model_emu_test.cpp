@@ -77,8 +77,16 @@ TEST_P(EmulatedModel, Bf16DecodingRunsThroughTheKernels) {
   auto state = m->start(labels, torch::kBFloat16);
   m->step(state, {});
   const auto before = emu::launch_count();
-  m->step(state, torch::tensor({int64_t{5}, int64_t{5}}, torch::kLong));
+  const auto before_dependent = emu::dependent_launch_count();
+  auto with_state = state;
+  for (auto& layer : with_state.layers) {  // the next step again from the same state, below
+    layer.conv_state = layer.conv_state.clone();
+    layer.ssm_state = layer.ssm_state.clone();
+  }
+  const auto tokens = torch::tensor({int64_t{5}, int64_t{5}}, torch::kLong);
+  const auto logits = m->step(state, tokens);
   const auto launches = emu::launch_count() - before;
+  const auto dependent = emu::dependent_launch_count() - before_dependent;
   const auto& cfg = m->config;
   // Per layer: Mamba2 the fused norm + in_proj, the fused step and out_proj; Mamba1 the fused
   // norm + in_proj, the conv update, x_proj, the state update and out_proj. Then norm_f, the
@@ -87,9 +95,19 @@ TEST_P(EmulatedModel, Bf16DecodingRunsThroughTheKernels) {
   // lm_head (48 in mamba1_tiny: cuBLAS runs it).
   const bool proj = cfg.d_inner() % 32 == 0, head = cfg.d_model % 32 == 0;
   const uint64_t per_layer = cfg.ssm.layer == "Mamba2" && cfg.ssm.rmsnorm ? 2 + proj : 3 + 2 * proj;
-  std::printf("    %s bf16: %llu launches in a decode step\n", GetParam().c_str(),
-              static_cast<unsigned long long>(launches));
+  std::printf("    %s bf16: %llu launches in a decode step, %llu of them dependent\n", GetParam().c_str(),
+              static_cast<unsigned long long>(launches), static_cast<unsigned long long>(dependent));
   EXPECT_EQ(launches, static_cast<uint64_t>(cfg.n_layer) * per_layer + 2 + head);
+  // All but the conv and state updates of Mamba1 and the final norms start as dependents of the
+  // kernel before them (kernels/grid_dependency.cuh), each in its ranges and rules; the same
+  // logits with AIM_PDL=0, where none does.
+  const uint64_t dependent_per_layer = cfg.ssm.layer == "Mamba2" && cfg.ssm.rmsnorm ? 2 + proj : 1 + 2 * proj;
+  EXPECT_EQ(dependent, static_cast<uint64_t>(cfg.n_layer) * dependent_per_layer + head);
+  const test::ScopedEnv off("AIM_PDL", "0");
+  const auto before_off = emu::dependent_launch_count();
+  const auto logits_off = m->step(with_state, tokens);
+  EXPECT_EQ(emu::dependent_launch_count(), before_off);
+  EXPECT_TRUE(torch::equal(logits, logits_off));
 }
 
 TEST_P(EmulatedModel, GenerationDrawsTheTokensOfTheReferencePath) {

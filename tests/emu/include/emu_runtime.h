@@ -38,9 +38,14 @@
 // launch configurations outside the device's limits (block size, grid y/z, dynamic shared memory
 // beyond 48 KiB without the opt-in attribute, or beyond the opt-in limit).
 //
+// Programmatic dependent launches (cudaLaunchKernelEx with programmatic stream serialization)
+// run after the previous grid as any launch; a thread that lets the next grid start
+// (griddepcontrol.launch_dependents) before it waited for the previous one is reported.
+//
 // What it cannot show: races that need a real GPU's timing (threads interleaved between
-// barriers, blocks running at once), the memory model, static shared-memory bounds, fast-math
-// rounding, performance.
+// barriers, blocks running at once, a dependent grid's reads before its wait of what the
+// previous grid writes), the memory model, static shared-memory bounds, fast-math rounding,
+// performance.
 // The GPU tests (tests/ops/*_cuda_test.cpp) remain the verification on a device.
 #include <cfloat>
 #include <climits>
@@ -92,6 +97,7 @@ enum cudaFuncAttribute { cudaFuncAttributeMaxDynamicSharedMemorySize = 8 };
 enum cudaDeviceAttr {
   cudaDevAttrMaxSharedMemoryPerBlock = 8,
   cudaDevAttrMultiProcessorCount = 16,
+  cudaDevAttrComputeCapabilityMajor = 75,
   cudaDevAttrMaxSharedMemoryPerBlockOptin = 97,
 };
 
@@ -103,6 +109,7 @@ struct DeviceProps {
   int sm_count = 132;
   int smem_per_block = 48 * 1024;
   int smem_optin = 227 * 1024;
+  int cc_major = 9;
 };
 DeviceProps& device();
 
@@ -118,6 +125,10 @@ uint64_t launch_count();
 /// kernel a launch chose).
 dim3 last_launch_grid();
 dim3 last_launch_block();
+/// Whether that launch asked for programmatic stream serialization (a dependent launch), and
+/// how many of this thread's launches so far did.
+bool last_launch_dependent();
+uint64_t dependent_launch_count();
 
 /// The order in which blocks, and the threads of a block between barriers, run. kReverse (the
 /// last block first; in each round the last thread first) shows the reads of what an earlier
@@ -147,6 +158,7 @@ struct ThreadState {
   int linear = 0;
   std::vector<AsyncCopy> async_copies;  ///< in flight, oldest first
   uint64_t async_committed = 0;         ///< groups committed so far
+  bool waited_for_prior_grid = false;   ///< griddepcontrol.wait executed
 };
 struct BlockState {
   dim3 block_idx, block_dim, grid_dim;
@@ -179,6 +191,18 @@ void warp_collective(unsigned mask, const char* op);
 /// Ballot: every lane of `mask` contributes pred; returns the lanes' bits.
 unsigned warp_ballot(unsigned mask, bool pred);
 
+/// griddepcontrol.wait. Launches run one after another here, so the previous grid has always
+/// completed; the thread's call is recorded for the check below.
+void wait_for_prior_grid();
+/// griddepcontrol.launch_dependents. A thread that calls it before wait_for_prior_grid() is a
+/// fault: the next grid could then start while the grid before this one still runs, and read
+/// what that grid has not written yet (kernels/grid_dependency.cuh's rule).
+void allow_dependent_grid();
+/// cp.async.bulk.prefetch.L2: checks the PTX rules (a 16-byte aligned address, a size that is
+/// a positive multiple of 16) and, with the sanitizer, that the range lies inside one
+/// allocation (the tensor's); prefetches nothing.
+void prefetch_to_l2(const void* p, uint32_t bytes);
+
 inline int lane_id() { return g_thread->linear & 31; }
 
 /// Fills a static shared-memory object with 0xff (NaN for floats) the first time a thread of
@@ -197,7 +221,7 @@ using BlockBody = void (*)(void* ctx);
 /// Runs `body(ctx)` as every thread of every block of the grid. Returns false (with the error
 /// recorded) when the configuration is invalid or the emulation found a fault.
 bool run_grid(dim3 grid, dim3 block, size_t dynamic_smem, const void* func, BlockBody body,
-              void* ctx, dim3 cluster = dim3(1, 1, 1));
+              void* ctx, dim3 cluster = dim3(1, 1, 1), bool dependent = false);
 /// Largest number of blocks a cluster may have (the portable limit; kernels here do not opt in
 /// to more).
 constexpr unsigned kMaxClusterBlocks = 8;
@@ -222,7 +246,7 @@ struct Cfg {
 /// Runs `kernel(args...)` over the grid, converting the arguments as a launch does.
 template <typename... P, typename... A>
 bool launch_kernel(void (*kernel)(P...), dim3 grid, dim3 block, size_t smem, dim3 cluster,
-                   std::tuple<A...> args) {
+                   std::tuple<A...> args, bool dependent = false) {
   static_assert(sizeof...(P) == sizeof...(A), "kernel launched with a wrong argument count");
   struct Ctx {
     void (*kernel)(P...);
@@ -234,7 +258,7 @@ bool launch_kernel(void (*kernel)(P...), dim3 grid, dim3 block, size_t smem, dim
                     auto* x = static_cast<Ctx*>(c);
                     std::apply(x->kernel, x->args);
                   },
-                  &ctx, cluster);
+                  &ctx, cluster, dependent);
 }
 
 template <typename... P, typename... A>
@@ -394,15 +418,21 @@ inline cudaError_t cudaDeviceGetAttribute(int* v, cudaDeviceAttr attr, int devic
     case cudaDevAttrMultiProcessorCount: *v = ::emu::device().sm_count; return cudaSuccess;
     case cudaDevAttrMaxSharedMemoryPerBlock: *v = ::emu::device().smem_per_block; return cudaSuccess;
     case cudaDevAttrMaxSharedMemoryPerBlockOptin: *v = ::emu::device().smem_optin; return cudaSuccess;
+    case cudaDevAttrComputeCapabilityMajor: *v = ::emu::device().cc_major; return cudaSuccess;
   }
   return cudaErrorInvalidValue;
 }
-// Extended launches: the cluster dimension is the one attribute emulated.
-enum cudaLaunchAttributeID { cudaLaunchAttributeClusterDimension = 4 };
+// Extended launches: a cluster dimension, and programmatic stream serialization (recorded; the
+// grids run in order either way).
+enum cudaLaunchAttributeID {
+  cudaLaunchAttributeClusterDimension = 4,
+  cudaLaunchAttributeProgrammaticStreamSerialization = 6,
+};
 union cudaLaunchAttributeValue {
   struct {
     unsigned x, y, z;
   } clusterDim;
+  int programmaticStreamSerializationAllowed;
   char pad[64];
 };
 struct cudaLaunchAttribute {
@@ -418,13 +448,20 @@ struct cudaLaunchConfig_t {
 };
 
 namespace emu {
-/// The cluster dimension a launch configuration asks for (1 x 1 x 1 without the attribute).
-inline bool launch_cluster(const cudaLaunchConfig_t* config, dim3* cluster) {
+/// The cluster dimension a launch configuration asks for (1 x 1 x 1 without the attribute),
+/// and whether it is a programmatic dependent launch; false for an attribute not emulated.
+inline bool launch_attributes(const cudaLaunchConfig_t* config, dim3* cluster, bool* dependent = nullptr) {
   *cluster = dim3(1, 1, 1);
+  if (dependent != nullptr) *dependent = false;
   for (unsigned i = 0; i < config->numAttrs; ++i) {
     const auto& a = config->attrs[i];
-    if (a.id != cudaLaunchAttributeClusterDimension) return false;
-    *cluster = dim3(a.val.clusterDim.x, a.val.clusterDim.y, a.val.clusterDim.z);
+    if (a.id == cudaLaunchAttributeClusterDimension) {
+      *cluster = dim3(a.val.clusterDim.x, a.val.clusterDim.y, a.val.clusterDim.z);
+    } else if (a.id == cudaLaunchAttributeProgrammaticStreamSerialization) {
+      if (dependent != nullptr) *dependent = a.val.programmaticStreamSerializationAllowed != 0;
+    } else {
+      return false;
+    }
   }
   return true;
 }
@@ -434,12 +471,13 @@ template <typename... P, typename... A>
 inline cudaError_t cudaLaunchKernelEx(const cudaLaunchConfig_t* config, void (*kernel)(P...),
                                       A&&... args) {
   dim3 cluster;
-  if (!::emu::launch_cluster(config, &cluster)) {
+  bool dependent = false;
+  if (!::emu::launch_attributes(config, &cluster, &dependent)) {
     ::emu::set_error(cudaErrorInvalidValue, "cudaLaunchKernelEx: an attribute the emulator does not know");
     return ::emu::take_error();
   }
   ::emu::launch_kernel(kernel, config->gridDim, config->blockDim, config->dynamicSmemBytes, cluster,
-                       std::tuple<std::decay_t<A>...>(std::forward<A>(args)...));
+                       std::tuple<std::decay_t<A>...>(std::forward<A>(args)...), dependent);
   return ::emu::take_error();
 }
 
@@ -449,7 +487,7 @@ inline cudaError_t cudaLaunchKernelEx(const cudaLaunchConfig_t* config, void (*k
 template <typename F>
 inline cudaError_t cudaOccupancyMaxActiveClusters(int* count, F* func, const cudaLaunchConfig_t* config) {
   dim3 cluster;
-  if (!::emu::launch_cluster(config, &cluster)) return cudaErrorInvalidValue;
+  if (!::emu::launch_attributes(config, &cluster)) return cudaErrorInvalidValue;
   const unsigned blocks = cluster.x * cluster.y * cluster.z;
   if (blocks == 0 || blocks > ::emu::kMaxClusterBlocks) return cudaErrorInvalidClusterSize;
   const size_t allowed = static_cast<size_t>(::emu::func_max_dynamic_smem(reinterpret_cast<const void*>(func)));
