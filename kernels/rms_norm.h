@@ -43,6 +43,10 @@ struct AddRmsNormParams {
   void* out = nullptr;              ///< [N, D] in
   void* residual_out = nullptr;     ///< [N, D] res; read again by the backward
   float* rstd = nullptr;            ///< [N]; read again by the backward
+  /// Forward: launch as a programmatic dependent of the stream's previous kernel
+  /// (grid_dependency.cuh; the kernel reads nothing before its wait). norm_linear_cuda has its
+  /// own flag.
+  bool dependent_launch = false;
 
   // Backward.
   const void* dout = nullptr;           ///< [N, D] in

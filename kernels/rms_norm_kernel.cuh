@@ -38,6 +38,7 @@
 
 #include <cstdint>
 
+#include "grid_dependency.cuh"
 #include "rms_norm.h"
 #include "static_switch.h"
 
@@ -265,6 +266,10 @@ template <typename Tin, typename Tres, int kVec, bool kModulate>
 __global__ void __launch_bounds__(rms::kMaxThreads)
     add_rms_norm_fwd_kernel(AddRmsNormParams p) {
   __shared__ float scratch[32];
+  // Everything it reads may come from the previous kernel (a dependent launch starts early only
+  // to be resident, and to let the next kernel start early in turn).
+  wait_for_prior_grid();
+  allow_dependent_grid();
   const int64_t n = blockIdx.x;
   rms::add_rms_norm_row<Tin, Tres, kVec, kModulate>(
       p, n, static_cast<Tres*>(p.residual_out) + n * p.dim, static_cast<Tin*>(p.out) + n * p.dim,
@@ -395,13 +400,14 @@ cudaError_t add_rms_norm_fwd_launch(const AddRmsNormParams& p, cudaStream_t stre
   using namespace rms;
   const bool vec = fwd_row_vec_aligned<Tin, Tres>(p) && vec_aligned(p.out, 0, sizeof(Tin));
   const dim3 grid(p.rows), block(threads_for(p.dim));
+  cudaError_t err = cudaSuccess;
   BOOL_SWITCH(vec, kVec4, [&] {
     BOOL_SWITCH(p.scale != nullptr, kModulate, [&] {
-      add_rms_norm_fwd_kernel<Tin, Tres, kVec4 ? kVecWidth : 1, kModulate>
-          <<<grid, block, 0, stream>>>(p);
+      err = launch_maybe_dependent(p.dependent_launch, add_rms_norm_fwd_kernel<Tin, Tres, kVec4 ? kVecWidth : 1, kModulate>,
+                                   grid, block, 0, stream, p);
     });
   });
-  return cudaGetLastError();
+  return err;
 }
 
 // The partial-sum pass only; add_rms_norm_bwd_cuda then adds the partial rows.

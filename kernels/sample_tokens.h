@@ -35,6 +35,9 @@ struct SampleTokensParams {
   const int64_t* step_ptr = nullptr;     ///< device scalar read instead of `step` (CUDA graphs)
   int64_t* tokens = nullptr;             ///< [B] out
   double* uniforms = nullptr;            ///< [B] optional out: the uniform each row used
+  /// Launch as a programmatic dependent of the stream's previous kernel (grid_dependency.cuh;
+  /// the kernel reads nothing before its wait).
+  bool dependent_launch = false;
 };
 
 /// True when the kernel takes (vocab, top_k); otherwise callers use the reference.

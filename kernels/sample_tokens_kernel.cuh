@@ -51,6 +51,7 @@
 #include <cmath>
 #include <cstdint>
 
+#include "grid_dependency.cuh"
 #include "keyed_uniform.h"
 #include "sample_tokens.h"
 #include "static_switch.h"
@@ -566,6 +567,9 @@ template <typename T, bool kUncond, Mode kMode>
 __global__ void __launch_bounds__(kThreads) sample_tokens_kernel(SampleTokensParams p) {
   __shared__ Shared s;
   extern __shared__ float xs[];  // [V] in the filtered modes
+  // Everything it reads may come from the previous kernel (the lm_head's logits).
+  wait_for_prior_grid();
+  allow_dependent_grid();
   const int row = blockIdx.x;
   const T* cond = static_cast<const T*>(p.cond) + static_cast<int64_t>(row) * p.cond_row_stride;
   const T* uncond =
@@ -618,8 +622,7 @@ cudaError_t launch_mode(const SampleTokensParams& p, cudaStream_t stream) {
       if (device < kMaxDevices) configured[device].store(static_cast<int>(smem));
     }
   }
-  kernel<<<p.rows, kThreads, smem, stream>>>(p);
-  return cudaGetLastError();
+  return launch_maybe_dependent(p.dependent_launch, kernel, dim3(p.rows), dim3(kThreads), smem, stream, p);
 }
 
 }  // namespace sampling

@@ -126,6 +126,7 @@ tensor_list add_rms_norm_forward(const torch::Tensor& hidden, const torch::Tenso
   p.out = out.data_ptr();
   p.residual_out = residual_out.data_ptr();
   p.rstd = rstd.data_ptr<float>();
+  p.dependent_launch = dependent_launch_enabled();
   check_launch(kernels::add_rms_norm_fwd_cuda(p, elem_type(in_type), elem_type(res_type),
                                               current_stream()),
                "add_rms_norm forward");

@@ -88,6 +88,7 @@ torch::Tensor sample_tokens_keyed(const torch::Tensor& cond, const torch::Tensor
   p.step_ptr = step_dev.defined() ? step_dev.data_ptr<int64_t>() : nullptr;
   p.tokens = tokens.data_ptr<int64_t>();
   p.uniforms = uniforms.defined() ? uniforms.data_ptr<double>() : nullptr;
+  p.dependent_launch = dependent_launch_enabled();
   const cudaError_t err = kernels::sample_tokens_cuda(
       p, elem_type(dtype), current_stream());
   TORCH_CHECK(err == cudaSuccess, "sample_tokens_keyed kernel launch failed: ",

@@ -4,6 +4,7 @@
 #include <vector>
 
 #include "aim/core/error.h"
+#include "aim/ops/dispatch.h"
 #include "aim/ops/sampling.h"
 
 #ifdef AIM_WITH_CUDA
@@ -54,6 +55,9 @@ namespace {
 template <typename Step>
 torch::Tensor next_tokens(const torch::Tensor& cond, const torch::Tensor& uncond, const SamplingOptions& o,
                           const torch::Tensor& ids, const Step& step) {
+  // The sampling kernel may start before the lm_head ends (it waits for the logits): nothing
+  // here writes a weight or a state (aim/ops/dispatch.h).
+  ops::DependentLaunchScope dependent_launches;
   if (uncond.defined() && o.cfg_top_p < 1.0) {
     return ops::sample_tokens_keyed(ops::cfg_combine_nucleus(cond, uncond, o.cfg, o.cfg_top_p), torch::Tensor(),
                                     o.cfg, o.temperature, o.top_k, o.top_p, o.seed, ids, step);

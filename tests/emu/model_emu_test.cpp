@@ -98,11 +98,11 @@ TEST_P(EmulatedModel, Bf16DecodingRunsThroughTheKernels) {
   std::printf("    %s bf16: %llu launches in a decode step, %llu of them dependent\n", GetParam().c_str(),
               static_cast<unsigned long long>(launches), static_cast<unsigned long long>(dependent));
   EXPECT_EQ(launches, static_cast<uint64_t>(cfg.n_layer) * per_layer + 2 + head);
-  // All but the conv and state updates of Mamba1 and the final norms start as dependents of the
-  // kernel before them (kernels/grid_dependency.cuh), each in its ranges and rules; the same
-  // logits with AIM_PDL=0, where none does.
-  const uint64_t dependent_per_layer = cfg.ssm.layer == "Mamba2" && cfg.ssm.rmsnorm ? 2 + proj : 1 + 2 * proj;
-  EXPECT_EQ(dependent, static_cast<uint64_t>(cfg.n_layer) * dependent_per_layer + head);
+  // All but Mamba1's conv and state updates start as dependents of the kernel before them
+  // (kernels/grid_dependency.cuh), each in its ranges and rules; the same logits with
+  // AIM_PDL=0, where none does.
+  const uint64_t plain_per_layer = cfg.ssm.layer == "Mamba2" && cfg.ssm.rmsnorm ? 0 : 2;
+  EXPECT_EQ(dependent, launches - static_cast<uint64_t>(cfg.n_layer) * plain_per_layer);
   const test::ScopedEnv off("AIM_PDL", "0");
   const auto before_off = emu::dependent_launch_count();
   const auto logits_off = m->step(with_state, tokens);
