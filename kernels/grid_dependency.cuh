@@ -11,11 +11,12 @@
 // one has called it (or exited).
 //
 // The rules that make the overlap safe:
-//   - before wait_for_prior_grid(), a thread reads only a layer's weights (and the fused SSD
-//     step its own recurrent state, written by the same kernel one token earlier); it writes
-//     nothing. The launcher asks for a dependent launch only where the previous kernel cannot
-//     write those: inside a decoding step (aim::ops::DependentLaunchScope), not for an op
-//     called on tensors just written;
+//   - before wait_for_prior_grid(), a thread reads into registers only a layer's weights, and
+//     asks for L2 prefetches (of weights, or of the fused SSD step's own state: a prefetch
+//     reads nothing into the thread, so it cannot see a stale value); it writes nothing. The
+//     launcher asks for a dependent launch only where the previous kernel cannot write those
+//     weights: inside a decoding step (aim::ops::DependentLaunchScope), not for an op called on
+//     tensors just written (AimModel::logits closes it around a weight it converts);
 //   - allow_dependent_grid() comes after wait_for_prior_grid() in every thread. The previous
 //     grid then lets this one start only after it has itself waited for its own predecessor, so
 //     every grid before the previous one has completed when a dependent starts: its early reads
@@ -60,7 +61,8 @@ __device__ __forceinline__ void allow_dependent_grid() {
 /// instruction's rule). A hint: nothing is read into the thread.
 __device__ __forceinline__ void prefetch_to_l2(const void* p, int64_t bytes) {
   constexpr uintptr_t kAlign = 16;
-  constexpr int64_t kMaxChunk = int64_t(1) << 30;  // the instruction's size is 32-bit
+  // One instruction takes less than 1 MiB: the SASS keeps 16 bits of the size in 16-byte units.
+  constexpr int64_t kMaxChunk = (int64_t(1) << 20) - 16;
   const uintptr_t a = reinterpret_cast<uintptr_t>(p);
   const uintptr_t begin = (a + kAlign - 1) & ~(kAlign - 1);
   const uintptr_t end = (a + static_cast<uintptr_t>(bytes)) & ~(kAlign - 1);
@@ -109,7 +111,9 @@ cudaError_t launch_maybe_dependent(bool dependent, void (*kernel)(P...), dim3 gr
   const bool on = dependent && device_has_dependent_launch();
   cfg.attrs = on ? &attr : nullptr;
   cfg.numAttrs = on ? 1 : 0;
-  return cudaLaunchKernelEx(&cfg, kernel, std::forward<A>(args)...);
+  const cudaError_t err = cudaLaunchKernelEx(&cfg, kernel, std::forward<A>(args)...);
+  if (err != cudaSuccess) (void)cudaGetLastError();  // reported here, not by a later launch's check
+  return err;
 }
 
 }  // namespace aim::kernels

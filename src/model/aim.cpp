@@ -237,7 +237,12 @@ const torch::Tensor& AimModelImpl::head_weight() const {
 }
 
 torch::Tensor AimModelImpl::logits(const torch::Tensor& hidden) {
-  return ops::linear(hidden, head_weight().to(hidden.scalar_type()));
+  const auto& weight = head_weight();
+  const auto w = weight.to(hidden.scalar_type());
+  // A converted weight is written by the kernel right before the product: that one must not
+  // start before the conversion ends (aim/ops/dispatch.h).
+  const ops::DependentLaunchScope plain(w.is_same(weight) && ops::dependent_launch_enabled());
+  return ops::linear(hidden, w);
 }
 
 torch::Tensor AimModelImpl::forward(const torch::Tensor& input_tokens, const torch::Tensor& labels,

@@ -58,7 +58,9 @@ namespace {
 thread_local bool t_dependent_scope = false;
 }  // namespace
 
-DependentLaunchScope::DependentLaunchScope() : outer_(t_dependent_scope) { t_dependent_scope = true; }
+DependentLaunchScope::DependentLaunchScope(bool enabled) : outer_(t_dependent_scope) {
+  t_dependent_scope = enabled;
+}
 DependentLaunchScope::~DependentLaunchScope() { t_dependent_scope = outer_; }
 bool dependent_launch_enabled() { return t_dependent_scope && env_switch("AIM_PDL", true); }
 

@@ -576,9 +576,9 @@ void fault(const std::string& what) { fault_in_fiber(*t_block->current, what); }
 void wait_for_prior_grid() { g_thread->waited_for_prior_grid = true; }
 
 void prefetch_to_l2(const void* p, uint32_t bytes) {
-  if (reinterpret_cast<uintptr_t>(p) % 16 != 0 || bytes == 0 || bytes % 16 != 0) {
+  if (reinterpret_cast<uintptr_t>(p) % 16 != 0 || bytes == 0 || bytes % 16 != 0 || bytes >= (1u << 20)) {
     fault("cp.async.bulk.prefetch.L2 of " + std::to_string(bytes) +
-          " bytes at an address or of a size that is not a multiple of 16");
+          " bytes at an address or of a size that is not a multiple of 16, or of 1 MiB or more");
   }
 #if AIM_EMU_ASAN
   // Every byte of the range inside an allocation (a range that runs past the end of the one it

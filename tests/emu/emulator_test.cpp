@@ -552,6 +552,12 @@ TEST(Emulator, PrefetchesFollowTheBulkInstructionsRules) {
     prefetch_range ^ emu::Cfg(1, 32)(buf + offset, bytes);
     EXPECT_EQ(cudaGetLastError(), cudaSuccess) << offset << " + " << bytes << ": " << emu::last_message();
   }
+  // A range of 1 MiB or more goes in instructions of less than 1 MiB each.
+  std::vector<float> big(3 << 18);  // 3 MiB
+  prefetch_range ^ emu::Cfg(1, 1)(reinterpret_cast<const unsigned char*>(big.data()), int64_t{3} << 20);
+  EXPECT_EQ(cudaGetLastError(), cudaSuccess) << emu::last_message();
+  prefetch_raw ^ emu::Cfg(1, 1)(reinterpret_cast<const unsigned char*>(big.data()), 1u << 20);
+  EXPECT_EQ(cudaGetLastError(), cudaErrorLaunchFailure);
   prefetch_raw ^ emu::Cfg(1, 32)(buf + 8, 64u);
   EXPECT_EQ(cudaGetLastError(), cudaErrorLaunchFailure);
   EXPECT_NE(emu::last_message().find("cp.async.bulk.prefetch.L2"), std::string::npos) << emu::last_message();

@@ -33,18 +33,20 @@ void set_poison_outputs(bool enabled);
 /// is an error naming the variable and the value found.
 bool env_switch(const char* name, bool fallback);
 
-/// While one is alive on this thread, the decoding step's kernels (fused norm + in_proj, the
-/// small-batch linear, Mamba2's fused step) launch on sm_90 and later as programmatic dependents
-/// of the previous kernel in the stream: their blocks start while it finishes, load the layer's
-/// weights (and the fused step its first ssm-state rows) and then wait for it
-/// (kernels/grid_dependency.cuh). Whoever opens one promises that, until it closes, nothing
+/// While one is alive on this thread, the decoding step's kernels (the norms, fused norm +
+/// in_proj, the small-batch linear, Mamba2's fused step, the sampling kernel) launch on sm_90
+/// and later as programmatic dependents of the previous kernel in the stream: their blocks start
+/// while it finishes, load the layer's weights (or ask for them, and the fused step for its
+/// state rows, in L2) and then wait for it (kernels/grid_dependency.cuh). Whoever opens one promises that, until it closes, nothing
 /// launched on the stream writes a weight those kernels read, or a recurrent state, except those
 /// kernels themselves: true of a model's decoding step (AimModel::step), which opens one, not of
 /// arbitrary code (a test that fills a weight and calls an op at once). AIM_PDL=0 turns it off
 /// (bisecting; `bench_sample` with and without).
+/// DependentLaunchScope(false) turns them off until it closes (around a weight converted right
+/// before its use).
 class DependentLaunchScope {
  public:
-  DependentLaunchScope();
+  explicit DependentLaunchScope(bool enabled = true);
   ~DependentLaunchScope();
   DependentLaunchScope(const DependentLaunchScope&) = delete;
   DependentLaunchScope& operator=(const DependentLaunchScope&) = delete;

@@ -198,8 +198,8 @@ void wait_for_prior_grid();
 /// fault: the next grid could then start while the grid before this one still runs, and read
 /// what that grid has not written yet (kernels/grid_dependency.cuh's rule).
 void allow_dependent_grid();
-/// cp.async.bulk.prefetch.L2: checks the PTX rules (a 16-byte aligned address, a size that is
-/// a positive multiple of 16) and, with the sanitizer, that the range lies inside one
+/// cp.async.bulk.prefetch.L2: checks the rules (a 16-byte aligned address, a size that is a
+/// positive multiple of 16 under 1 MiB: the SASS keeps 16 bits of it in 16-byte units) and, with the sanitizer, that the range lies inside one
 /// allocation (the tensor's); prefetches nothing.
 void prefetch_to_l2(const void* p, uint32_t bytes);
 
