@@ -11,6 +11,10 @@
 // the backward, the dout values) into registers before computing anything, so a warp has
 // about a dozen coalesced loads in flight instead of one new value (the neighbours it re-read
 // from L1/L2 are now read once). The sums are the one-element kernels' terms in the same order.
+// Where the channels come in aligned groups of kVecChannels (the mixers' tensors), a thread
+// takes kVecChannels channels and moves each time step's values as one vector: the kernels
+// were bound by instruction issue (about 57 instructions per output in the forward, 109 in the
+// backward dx, for two bytes moved), which the vector spreads over four channels.
 //
 // Backward: dx[s] = sum_k w[k] * g[s + (W - 1) - k] with g = dout * silu'(pre); dweight and
 // dbias are sums over (batch, time) of g times the input window, reduced per thread over a
@@ -20,6 +24,7 @@
 #include <cuda_bf16.h>
 
 #include "causal_conv1d.h"
+#include "vec_io.cuh"
 
 namespace aim::kernels {
 
@@ -30,17 +35,15 @@ constexpr int kChannelsPerBlock = 128;  // weight-gradient kernel: one thread pe
 constexpr int kTimeChunk = 64;          // weight-gradient kernel: time steps per thread
 constexpr int kSumX = 32, kSumY = 16;   // partial-row sum: columns x row groups per block
 constexpr int kSteps = 8;               // channel-last kernels: time steps per thread
+// Channel-last kernels: channels per thread where every row is aligned to that many elements
+// (one 8-byte bf16 or 16-byte fp32 access per time step), else 1.
+constexpr int kVecChannels = 4;
+constexpr int kVecThreads = 128;  // their block size
 
-__device__ __forceinline__ float to_float(float v) { return v; }
-__device__ __forceinline__ float to_float(__nv_bfloat16 v) { return __bfloat162float(v); }
-template <typename T>
-__device__ __forceinline__ T from_float(float v);
-template <>
-__device__ __forceinline__ float from_float<float>(float v) { return v; }
-template <>
-__device__ __forceinline__ __nv_bfloat16 from_float<__nv_bfloat16>(float v) {
-  return __float2bfloat16(v);
-}
+using vec::from_float;
+using vec::load_vec;
+using vec::store_vec;
+using vec::to_float;
 
 __device__ __forceinline__ float sigmoid(float v) { return 1.0f / (1.0f + __expf(-v)); }
 
@@ -132,12 +135,24 @@ __global__ void __launch_bounds__(kThreads)
   }
 }
 
-// grid (channel blocks, batch, time chunks); one thread per channel walks its time chunk with
-// the last kMaxW inputs in registers (window[kMaxW - 1 - j] = x[t - j]).
-template <typename T, int kMaxW>
+// kV channels' values at time step s (zeros outside [0, L)): one access of kV elements.
+template <int kV, typename T>
+__device__ __forceinline__ void load_step(const T* base, int64_t s, int64_t l_stride, int64_t len, float (&v)[kV]) {
+  if (s >= 0 && s < len) {
+    load_vec<kV>(base + s * l_stride, v);
+  } else {
+#pragma unroll
+    for (int e = 0; e < kV; ++e) v[e] = 0.0f;
+  }
+}
+
+// grid (channel blocks, batch, time chunks); one thread per kV channels (kV > 1: x and dout have
+// a unit channel stride, rows aligned to kV elements) walks its time chunk with the last kMaxW
+// inputs in registers (window[e][kMaxW - 1 - j] = x[t - j] of channel c + e).
+template <typename T, int kMaxW, int kV>
 __global__ void __launch_bounds__(kChannelsPerBlock)
     conv_bwd_dw_kernel(CausalConv1dParams p) {
-  const int c = blockIdx.x * kChannelsPerBlock + threadIdx.x;
+  const int c = (blockIdx.x * kChannelsPerBlock + threadIdx.x) * kV;
   if (c >= p.channels) return;
   const int64_t b = blockIdx.y;
   const int64_t t0 = int64_t(blockIdx.z) * kTimeChunk;
@@ -145,57 +160,71 @@ __global__ void __launch_bounds__(kChannelsPerBlock)
   const T* xc = static_cast<const T*>(p.x) + b * p.x_batch_stride + c * p.x_c_stride;
   const T* dc = static_cast<const T*>(p.dout) + b * p.dout_batch_stride + c * p.dout_c_stride;
   const int width = p.width;
-  float wr[kMaxW];  // wr[j] = weight of lag j = w[W - 1 - j]
-  float window[kMaxW];
-  float dw[kMaxW];
+  float wr[kV][kMaxW];  // wr[e][j] = weight of lag j = w[W - 1 - j]
+  float window[kV][kMaxW];
+  float dw[kV][kMaxW];
+  float bias[kV], db[kV];
 #pragma unroll
   for (int j = 0; j < kMaxW; ++j) {
-    wr[j] = j < width ? p.weight[c * width + (width - 1 - j)] : 0.0f;
-    // The inputs before the chunk, as if x[t0 - 1] had just been loaded: window[j] =
-    // x[t0 - (kMaxW - j)] (zero before t = 0); window[0] is shifted out unread.
-    const int64_t s = t0 - (kMaxW - j);
-    window[j] = j > 0 && s >= 0 ? to_float(xc[s * p.x_l_stride]) : 0.0f;
-    dw[j] = 0.0f;
+    // The inputs before the chunk, as if x[t0 - 1] had just been loaded: window[e][j] =
+    // x[t0 - (kMaxW - j)] (zero before t = 0); window[e][0] is shifted out unread.
+    float prior[kV];
+    load_step<kV>(xc, j > 0 ? t0 - (kMaxW - j) : -1, p.x_l_stride, p.len, prior);
+#pragma unroll
+    for (int e = 0; e < kV; ++e) {
+      wr[e][j] = j < width ? p.weight[(c + e) * width + (width - 1 - j)] : 0.0f;
+      window[e][j] = prior[e];
+      dw[e][j] = 0.0f;
+    }
   }
-  const float bias = p.bias != nullptr ? p.bias[c] : 0.0f;
-  float db = 0.0f;
+#pragma unroll
+  for (int e = 0; e < kV; ++e) {
+    bias[e] = p.bias != nullptr ? p.bias[c + e] : 0.0f;
+    db[e] = 0.0f;
+  }
   // kSteps time steps at a time: their x and dout loads issued together, then the steps in order
   // (the same sums in the same order as one step at a time).
   for (int64_t tb = t0; tb < t1; tb += kSteps) {
-    float xn[kSteps], gn[kSteps];
+    float xn[kSteps][kV], gn[kSteps][kV];
 #pragma unroll
     for (int u = 0; u < kSteps; ++u) {
       const int64_t t = tb + u;
-      xn[u] = t < t1 ? to_float(xc[t * p.x_l_stride]) : 0.0f;
-      gn[u] = t < t1 ? to_float(dc[t * p.dout_l_stride]) : 0.0f;
+      load_step<kV>(xc, t < t1 ? t : -1, p.x_l_stride, p.len, xn[u]);
+      load_step<kV>(dc, t < t1 ? t : -1, p.dout_l_stride, p.len, gn[u]);
     }
 #pragma unroll
     for (int u = 0; u < kSteps; ++u) {
       if (tb + u >= t1) break;
 #pragma unroll
-      for (int j = 0; j + 1 < kMaxW; ++j) window[j] = window[j + 1];
-      window[kMaxW - 1] = xn[u];
-      float g = gn[u];
-      if (p.silu) {
-        float pre = bias;
+      for (int e = 0; e < kV; ++e) {
 #pragma unroll
-        for (int j = 0; j < kMaxW; ++j) pre += wr[j] * window[kMaxW - 1 - j];
-        const float s = sigmoid(pre);
-        g *= s * (1.0f + pre * (1.0f - s));
+        for (int j = 0; j + 1 < kMaxW; ++j) window[e][j] = window[e][j + 1];
+        window[e][kMaxW - 1] = xn[u][e];
+        float g = gn[u][e];
+        if (p.silu) {
+          float pre = bias[e];
+#pragma unroll
+          for (int j = 0; j < kMaxW; ++j) pre += wr[e][j] * window[e][kMaxW - 1 - j];
+          const float s = sigmoid(pre);
+          g *= s * (1.0f + pre * (1.0f - s));
+        }
+        db[e] += g;
+#pragma unroll
+        for (int j = 0; j < kMaxW; ++j) dw[e][j] += g * window[e][kMaxW - 1 - j];
       }
-      db += g;
-#pragma unroll
-      for (int j = 0; j < kMaxW; ++j) dw[j] += g * window[kMaxW - 1 - j];
     }
   }
   // Partial row (b, chunk): per channel its W weight taps, then the bias.
   float* part = p.workspace + (b * gridDim.z + blockIdx.z) * int64_t(p.channels) * (width + 1) +
                 int64_t(c) * (width + 1);
 #pragma unroll
-  for (int j = 0; j < kMaxW; ++j) {
-    if (j < width) part[width - 1 - j] = dw[j];
+  for (int e = 0; e < kV; ++e) {
+#pragma unroll
+    for (int j = 0; j < kMaxW; ++j) {
+      if (j < width) part[e * (width + 1) + width - 1 - j] = dw[e][j];
+    }
+    part[e * (width + 1) + width] = db[e];
   }
-  part[width] = db;
 }
 
 // dweight and dbias: column j of the [rows, C * (W + 1)] partial rows summed over the rows.
@@ -236,83 +265,97 @@ __device__ __forceinline__ void load_taps(const CausalConv1dParams& p, int64_t c
   *bias = p.bias != nullptr ? p.bias[c] : 0.0f;
 }
 
-// Pre-activation at t = t0 + u from the window xv (xv[u + j] = x[t - (kMaxW - 1) + j]): the
-// terms of conv_at in its order, inputs before t = 0 skipped as there.
-template <int kMaxW, int kN>
-__device__ __forceinline__ float pre_at(const float (&xv)[kN], const float (&wr)[kMaxW], float bias,
-                                        int width, int64_t t, int u) {
+// Pre-activation of channel e at t = t0 + u from the window xv (xv[u + j][e] =
+// x[t - (kMaxW - 1) + j] of that channel): the terms of conv_at in its order, inputs before
+// t = 0 skipped as there.
+template <int kMaxW, int kN, int kV>
+__device__ __forceinline__ float pre_at(const float (&xv)[kN][kV], const float (&wr)[kMaxW], float bias,
+                                        int width, int64_t t, int u, int e) {
   float acc = bias;
 #pragma unroll
   for (int j = 0; j < kMaxW; ++j) {
-    if (j >= kMaxW - width && t - (kMaxW - 1) + j >= 0) acc += wr[j] * xv[u + j];
+    if (j >= kMaxW - width && t - (kMaxW - 1) + j >= 0) acc += wr[j] * xv[u + j][e];
   }
   return acc;
 }
 
-template <typename T, int kMaxW>
+// kV channels from c: their kMaxW taps and biases.
+template <typename T, int kMaxW, int kV>
+__device__ __forceinline__ void load_taps_v(const CausalConv1dParams& p, int64_t c, float (&wr)[kV][kMaxW],
+                                            float (&bias)[kV]) {
+#pragma unroll
+  for (int e = 0; e < kV; ++e) load_taps<T, kMaxW>(p, c + e, wr[e], &bias[e]);
+}
+
+// kV channels per thread (kV > 1: out has a unit channel stride, rows aligned to kV elements).
+template <typename T, int kMaxW, int kV>
 __global__ void __launch_bounds__(kThreads) conv_fwd_steps_kernel(CausalConv1dParams p) {
   constexpr int kIn = kSteps + kMaxW - 1;
-  const int64_t c = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
+  const int64_t c = (int64_t(blockIdx.x) * blockDim.x + threadIdx.x) * kV;
   if (c >= p.channels) return;
   const int64_t b = blockIdx.z;
   const T* xc = static_cast<const T*>(p.x) + b * p.x_batch_stride + c;
   T* oc = static_cast<T*>(p.out) + b * p.out_batch_stride + c * p.out_c_stride;
-  float wr[kMaxW], bias;
-  load_taps<T, kMaxW>(p, c, wr, &bias);
+  float wr[kV][kMaxW], bias[kV];
+  load_taps_v<T, kMaxW, kV>(p, c, wr, bias);
   const int64_t chunks = (p.len + kSteps - 1) / kSteps;
   for (int64_t chunk = blockIdx.y; chunk < chunks; chunk += gridDim.y) {
     const int64_t t0 = chunk * kSteps;
-    float xv[kIn];
+    float xv[kIn][kV];
 #pragma unroll
-    for (int j = 0; j < kIn; ++j) {
-      const int64_t s = t0 - (kMaxW - 1) + j;
-      xv[j] = s >= 0 && s < p.len ? to_float(xc[s * p.x_l_stride]) : 0.0f;
-    }
+    for (int j = 0; j < kIn; ++j) load_step<kV>(xc, t0 - (kMaxW - 1) + j, p.x_l_stride, p.len, xv[j]);
 #pragma unroll
     for (int u = 0; u < kSteps; ++u) {
       const int64_t t = t0 + u;
       if (t >= p.len) break;
-      float v = pre_at<kMaxW>(xv, wr, bias, p.width, t, u);
-      if (p.silu) v = v * sigmoid(v);
-      oc[t * p.out_l_stride] = from_float<T>(v);
+      float o[kV];
+#pragma unroll
+      for (int e = 0; e < kV; ++e) {
+        float v = pre_at<kMaxW>(xv, wr[e], bias[e], p.width, t, u, e);
+        if (p.silu) v = v * sigmoid(v);
+        o[e] = v;
+      }
+      store_vec<kV>(oc + t * p.out_l_stride, o);
     }
   }
 }
 
 // dx over kSteps steps from t0 needs g at t0 .. t0 + kSteps + W - 2, hence x from t0 - (W - 1)
 // to t0 + kSteps + W - 2 and dout from t0: all loaded first.
-template <typename T, int kMaxW>
+// kV channels per thread (kV > 1: dout and dx have a unit channel stride, rows aligned to kV
+// elements).
+template <typename T, int kMaxW, int kV>
 __global__ void __launch_bounds__(kThreads) conv_bwd_dx_steps_kernel(CausalConv1dParams p) {
   constexpr int kG = kSteps + kMaxW - 1;  // g values: t0 .. t0 + kG - 1
   constexpr int kIn = kG + kMaxW - 1;     // x values: t0 - (kMaxW - 1) .. t0 + kG - 1
-  const int64_t c = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
+  const int64_t c = (int64_t(blockIdx.x) * blockDim.x + threadIdx.x) * kV;
   if (c >= p.channels) return;
   const int64_t b = blockIdx.z;
   const T* xc = static_cast<const T*>(p.x) + b * p.x_batch_stride + c;
   const T* dc = static_cast<const T*>(p.dout) + b * p.dout_batch_stride + c * p.dout_c_stride;
   T* xc_out = static_cast<T*>(p.dx) + b * p.dx_batch_stride + c * p.dx_c_stride;
-  float wr[kMaxW], bias;
-  load_taps<T, kMaxW>(p, c, wr, &bias);
+  float wr[kV][kMaxW], bias[kV];
+  load_taps_v<T, kMaxW, kV>(p, c, wr, bias);
   const int64_t chunks = (p.len + kSteps - 1) / kSteps;
   for (int64_t chunk = blockIdx.y; chunk < chunks; chunk += gridDim.y) {
     const int64_t t0 = chunk * kSteps;
-    float xv[kIn], gv[kG];
+    float xv[kIn][kV], gv[kG][kV];
 #pragma unroll
     for (int j = 0; j < kIn; ++j) {
-      const int64_t s = t0 - (kMaxW - 1) + j;
-      xv[j] = p.silu && s >= 0 && s < p.len ? to_float(xc[s * p.x_l_stride]) : 0.0f;
+      // Without the SiLU the pre-activation is not needed: no x.
+      load_step<kV>(xc, p.silu ? t0 - (kMaxW - 1) + j : -1, p.x_l_stride, p.len, xv[j]);
     }
 #pragma unroll
-    for (int u = 0; u < kG; ++u) {
-      const int64_t t = t0 + u;
-      gv[u] = t < p.len ? to_float(dc[t * p.dout_l_stride]) : 0.0f;
-    }
+    for (int u = 0; u < kG; ++u) load_step<kV>(dc, t0 + u, p.dout_l_stride, p.len, gv[u]);
     if (p.silu) {
 #pragma unroll
       for (int u = 0; u < kG; ++u) {
-        const float pre = pre_at<kMaxW>(xv, wr, bias, p.width, t0 + u, u);
-        const float sg = sigmoid(pre);
-        gv[u] *= sg * (1.0f + pre * (1.0f - sg));
+#pragma unroll
+        for (int e = 0; e < kV; ++e) {
+          const float pre = pre_at<kMaxW>(xv, wr[e], bias[e], p.width, t0 + u, u, e);
+          const float sg = sigmoid(pre);
+          gv[u][e] *= sg * (1.0f + pre * (1.0f - sg));
+        }
       }
     }
 #pragma unroll
@@ -320,12 +363,16 @@ __global__ void __launch_bounds__(kThreads) conv_bwd_dx_steps_kernel(CausalConv1
       const int64_t s = t0 + u;
       if (s >= p.len) break;
       // Tap k = j - (kMaxW - W) reads g at s + (W - 1) - k = s + kMaxW - 1 - j.
-      float acc = 0.0f;
+      float acc[kV];
 #pragma unroll
-      for (int j = 0; j < kMaxW; ++j) {
-        if (j >= kMaxW - p.width && s + kMaxW - 1 - j < p.len) acc += wr[j] * gv[u + kMaxW - 1 - j];
+      for (int e = 0; e < kV; ++e) {
+        acc[e] = 0.0f;
+#pragma unroll
+        for (int j = 0; j < kMaxW; ++j) {
+          if (j >= kMaxW - p.width && s + kMaxW - 1 - j < p.len) acc[e] += wr[e][j] * gv[u + kMaxW - 1 - j][e];
+        }
       }
-      xc_out[s * p.dx_l_stride] = from_float<T>(acc);
+      store_vec<kV>(xc_out + s * p.dx_l_stride, acc);
     }
   }
 }
@@ -333,10 +380,19 @@ __global__ void __launch_bounds__(kThreads) conv_bwd_dx_steps_kernel(CausalConv1
 // Channel-last grid: (channel blocks, time chunks of kSteps, batch); a block's threads are
 // consecutive channels of one (b, chunk), so no thread divides an index (64-bit divisions were a
 // few hundred instructions per 8 outputs). Chunks past 65535 loop.
-dim3 steps_grid(const CausalConv1dParams& p) {
+// `per_block` channels a block (threads x channels per thread).
+dim3 steps_grid(const CausalConv1dParams& p, int per_block) {
   const int64_t chunks = (p.len + kSteps - 1) / kSteps;
-  return dim3(static_cast<unsigned>((p.channels + kThreads - 1) / kThreads),
+  return dim3(static_cast<unsigned>((p.channels + per_block - 1) / per_block),
               static_cast<unsigned>(chunks < 65535 ? chunks : 65535), static_cast<unsigned>(p.batch));
+}
+
+// A [B, C, L] tensor of `elem`-byte elements that kVecChannels channels read as one aligned
+// vector at every (b, t): unit channel stride, base and strides multiples of the vector.
+bool vec_rows(const void* base, int64_t batch_stride, int64_t c_stride, int64_t l_stride, size_t elem) {
+  const size_t bytes = elem * kVecChannels;
+  return c_stride == 1 && reinterpret_cast<uintptr_t>(base) % bytes == 0 && batch_stride % kVecChannels == 0 &&
+         l_stride % kVecChannels == 0;
 }
 
 int grid_for(int64_t total, int threads) {
@@ -350,7 +406,14 @@ cudaError_t launch_fwd(const CausalConv1dParams& p, cudaStream_t stream) {
   const int64_t total = int64_t(p.batch) * p.channels * p.len;
   if (total == 0) return cudaSuccess;
   if (p.x_c_stride == 1) {
-    conv_fwd_steps_kernel<T, kMaxW><<<steps_grid(p), kThreads, 0, stream>>>(p);
+    if (p.channels % kVecChannels == 0 &&
+        vec_rows(p.x, p.x_batch_stride, p.x_c_stride, p.x_l_stride, sizeof(T)) &&
+        vec_rows(p.out, p.out_batch_stride, p.out_c_stride, p.out_l_stride, sizeof(T))) {
+      conv_fwd_steps_kernel<T, kMaxW, kVecChannels>
+          <<<steps_grid(p, kVecThreads * kVecChannels), kVecThreads, 0, stream>>>(p);
+    } else {
+      conv_fwd_steps_kernel<T, kMaxW, 1><<<steps_grid(p, kThreads), kThreads, 0, stream>>>(p);
+    }
   } else {
     const int grid = grid_for(total, kThreads);
     conv_fwd_kernel<T, kMaxW><<<grid, kThreads, 0, stream>>>(p);
@@ -365,17 +428,29 @@ cudaError_t launch_bwd(const CausalConv1dParams& p, cudaStream_t stream) {
   if (p.channels == 0) return cudaSuccess;
   const int64_t total = int64_t(p.batch) * p.channels * p.len;
   int64_t rows = 0;
+  // Vectors of kVecChannels channels: the weight gradient reads x and dout, dx also writes dx.
+  const bool dw_vec = p.channels % kVecChannels == 0 &&
+                      vec_rows(p.x, p.x_batch_stride, p.x_c_stride, p.x_l_stride, sizeof(T)) &&
+                      vec_rows(p.dout, p.dout_batch_stride, p.dout_c_stride, p.dout_l_stride, sizeof(T));
+  const bool vec = dw_vec && vec_rows(p.dx, p.dx_batch_stride, p.dx_c_stride, p.dx_l_stride, sizeof(T));
   if (total > 0) {
-    if (p.x_c_stride == 1) {
-      conv_bwd_dx_steps_kernel<T, kMaxW><<<steps_grid(p), kThreads, 0, stream>>>(p);
+    if (p.x_c_stride == 1 && vec) {
+      conv_bwd_dx_steps_kernel<T, kMaxW, kVecChannels>
+          <<<steps_grid(p, kVecThreads * kVecChannels), kVecThreads, 0, stream>>>(p);
+    } else if (p.x_c_stride == 1) {
+      conv_bwd_dx_steps_kernel<T, kMaxW, 1><<<steps_grid(p, kThreads), kThreads, 0, stream>>>(p);
     } else {
       conv_bwd_dx_kernel<T, kMaxW><<<grid_for(total, kThreads), kThreads, 0, stream>>>(p);
     }
     cudaError_t err = cudaGetLastError();
     if (err != cudaSuccess) return err;
-    const dim3 dw_grid((p.channels + kChannelsPerBlock - 1) / kChannelsPerBlock, p.batch,
-                       static_cast<unsigned>(time_chunks(p)));
-    conv_bwd_dw_kernel<T, kMaxW><<<dw_grid, kChannelsPerBlock, 0, stream>>>(p);
+    const int per_block = kChannelsPerBlock * (dw_vec ? kVecChannels : 1);
+    const dim3 dw_grid((p.channels + per_block - 1) / per_block, p.batch, static_cast<unsigned>(time_chunks(p)));
+    if (dw_vec) {
+      conv_bwd_dw_kernel<T, kMaxW, kVecChannels><<<dw_grid, kChannelsPerBlock, 0, stream>>>(p);
+    } else {
+      conv_bwd_dw_kernel<T, kMaxW, 1><<<dw_grid, kChannelsPerBlock, 0, stream>>>(p);
+    }
     err = cudaGetLastError();
     if (err != cudaSuccess) return err;
     rows = int64_t(p.batch) * time_chunks(p);

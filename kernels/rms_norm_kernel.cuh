@@ -41,6 +41,7 @@
 #include "grid_dependency.cuh"
 #include "rms_norm.h"
 #include "static_switch.h"
+#include "vec_io.cuh"
 
 namespace aim::kernels {
 
@@ -51,19 +52,8 @@ constexpr int kMaxThreads = kRmsNormMaxDim / kPerThread;
 constexpr int kVecWidth = 4;
 constexpr int kColumnSumX = 32, kColumnSumY = 16;
 
-__device__ __forceinline__ float to_float(float v) { return v; }
-__device__ __forceinline__ float to_float(__nv_bfloat16 v) { return __bfloat162float(v); }
-
-template <typename T>
-__device__ __forceinline__ T from_float(float v);
-template <>
-__device__ __forceinline__ float from_float<float>(float v) {
-  return v;
-}
-template <>
-__device__ __forceinline__ __nv_bfloat16 from_float<__nv_bfloat16>(float v) {
-  return __float2bfloat16_rn(v);
-}
+using vec::from_float;
+using vec::to_float;
 
 /// v as it reads back after a store in T.
 template <typename T>
@@ -71,25 +61,9 @@ __device__ __forceinline__ float round_to(float v) {
   return to_float(from_float<T>(v));
 }
 
-template <typename T, int kVec>
-struct alignas(sizeof(T) * kVec) Packed {
-  T v[kVec];
-};
-
-template <int kVec, typename T>
-__device__ __forceinline__ void load_vec(const T* p, float* out) {
-  const Packed<T, kVec> packed = *reinterpret_cast<const Packed<T, kVec>*>(p);
-#pragma unroll
-  for (int e = 0; e < kVec; ++e) out[e] = to_float(packed.v[e]);
-}
-
-template <int kVec, typename T>
-__device__ __forceinline__ void store_vec(T* p, const float* in) {
-  Packed<T, kVec> packed;
-#pragma unroll
-  for (int e = 0; e < kVec; ++e) packed.v[e] = from_float<T>(in[e]);
-  *reinterpret_cast<Packed<T, kVec>*>(p) = packed;
-}
+using vec::load_vec;
+using vec::Packed;
+using vec::store_vec;
 
 // kVec values of a parameter vector (weight, shift, scale) stored as fp32 or bf16, from
 // element `offset`: the type is one flag for the whole launch, so the branch is uniform.

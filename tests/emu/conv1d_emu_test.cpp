@@ -42,6 +42,22 @@ std::vector<ConvCase> cases() {
 INSTANTIATE_TEST_SUITE_P(Shapes, CausalConv1dEmu, ::testing::ValuesIn(cases()),
                          [](const auto& info) { return test::case_name(info.param); });
 
+// Channel-last inputs whose channels come in aligned groups of 4 run the vector kernels (blocks
+// of 128 threads, 4 channels each); a slice off that alignment runs the one-channel kernels
+// (256 threads), with the reference's result either way.
+TEST(CausalConv1dEmuLaunch, AlignedChannelGroupsTakeTheVectorKernels) {
+  for (const int64_t offset : {int64_t{20}, int64_t{21}}) {
+    const auto wide = torch::randn({2, 40, 72 + 44}).to(torch::kBFloat16);
+    const auto x = wide.narrow(2, offset, 72).transpose(1, 2);  // [B, C, L], channel stride 1
+    const auto w = torch::randn({72, 1, 4}) * 0.5, b = torch::randn({72}) * 0.2;
+    const auto out = ops::cuda_emu::causal_conv1d(x, w, b, true);
+    EXPECT_EQ(::emu::last_launch_block().x, offset == 20 ? 128u : 256u) << "offset " << offset;
+    const auto [want, unused] = ops::ref::causal_conv1d(x.to(torch::kDouble), w.to(torch::kDouble),
+                                                        b.to(torch::kDouble), true, false);
+    test::expect_close("offset " + std::to_string(offset), out, want, test::conv_tolerance(torch::kBFloat16));
+  }
+}
+
 class CausalConv1dUpdateEmu
     : public test::emu::EmulatedKernelTest<::testing::TestWithParam<test::ConvUpdateCase>> {};
 

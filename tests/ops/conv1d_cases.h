@@ -123,6 +123,12 @@ inline std::vector<ConvCase> conv_kernel_cases() {
     out.push_back({1, 37, 1, 4, true, true, true, dtype});
     out.push_back({1, 37, 3, 4, false, true, true, dtype});
     out.push_back({1, 129, 200, 4, true, false, false, dtype});
+    // Channel-last with channels in groups of 4 (the vector kernels, as AiM's) at the other
+    // widths, without bias or SiLU, and at length 1.
+    out.push_back({3, 72, 65, 2, true, false, true, dtype});
+    out.push_back({2, 36, 130, 6, true, true, true, dtype});
+    out.push_back({1, 132, 200, 3, true, false, false, dtype});
+    out.push_back({1, 40, 1, 4, true, true, true, dtype});
   }
   return out;
 }
