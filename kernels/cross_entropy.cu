@@ -9,6 +9,7 @@
 #include <cfloat>
 
 #include "cross_entropy.h"
+#include "vec_io.cuh"
 
 namespace aim::kernels {
 
@@ -16,16 +17,8 @@ namespace {
 
 constexpr int kThreads = 512;
 
-__device__ __forceinline__ float to_float(float v) { return v; }
-__device__ __forceinline__ float to_float(__nv_bfloat16 v) { return __bfloat162float(v); }
-template <typename T>
-__device__ __forceinline__ T from_float(float v);
-template <>
-__device__ __forceinline__ float from_float<float>(float v) { return v; }
-template <>
-__device__ __forceinline__ __nv_bfloat16 from_float<__nv_bfloat16>(float v) {
-  return __float2bfloat16(v);
-}
+using vec::from_float;
+using vec::to_float;
 
 // (m, s) represents s * exp(m): merge two such partial sums.
 __device__ __forceinline__ void merge(float& m, float& s, float m2, float s2) {

@@ -55,6 +55,7 @@
 #include "keyed_uniform.h"
 #include "sample_tokens.h"
 #include "static_switch.h"
+#include "vec_io.cuh"
 
 namespace aim::kernels {
 
@@ -90,8 +91,7 @@ struct Shared {
 };
 static_assert(sizeof(Shared) <= kSampleStaticSmemBytes, "kSampleStaticSmemBytes too small");
 
-__device__ __forceinline__ float to_float(float v) { return v; }
-__device__ __forceinline__ float to_float(__nv_bfloat16 v) { return __bfloat162float(v); }
+using vec::to_float;
 
 template <typename T, bool kUncond>
 __device__ __forceinline__ float guided_logit(const T* cond, const T* uncond, int j, float cfg) {

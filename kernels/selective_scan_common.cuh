@@ -14,6 +14,7 @@
 #include <cstdint>
 
 #include "selective_scan.h"
+#include "vec_io.cuh"
 
 namespace aim::kernels::sscan {
 
@@ -35,18 +36,8 @@ __host__ __device__ inline int lanes_per_channel(int dstate, int states) {
   return g;
 }
 
-__device__ __forceinline__ float to_float(float v) { return v; }
-__device__ __forceinline__ float to_float(__nv_bfloat16 v) { return __bfloat162float(v); }
-template <typename T>
-__device__ __forceinline__ T from_float(float v);
-template <>
-__device__ __forceinline__ float from_float<float>(float v) {
-  return v;
-}
-template <>
-__device__ __forceinline__ __nv_bfloat16 from_float<__nv_bfloat16>(float v) {
-  return __float2bfloat16_rn(v);
-}
+using vec::from_float;
+using vec::to_float;
 
 __device__ __forceinline__ float sigmoid(float v) { return 1.f / (1.f + __expf(-v)); }
 

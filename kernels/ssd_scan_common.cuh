@@ -62,6 +62,7 @@
 #include <type_traits>
 
 #include "ssd_scan.h"
+#include "vec_io.cuh"
 
 namespace aim::kernels::ssd {
 
@@ -71,19 +72,8 @@ constexpr int kThreads = kWarps * 32;
 constexpr unsigned kFullMask = 0xffffffffu;
 static_assert(kChunk == 32, "the chunk scans are one warp wide");
 
-__device__ __forceinline__ float to_float(float v) { return v; }
-__device__ __forceinline__ float to_float(__nv_bfloat16 v) { return __bfloat162float(v); }
-
-template <typename T>
-__device__ __forceinline__ T from_float(float v);
-template <>
-__device__ __forceinline__ float from_float<float>(float v) {
-  return v;
-}
-template <>
-__device__ __forceinline__ __nv_bfloat16 from_float<__nv_bfloat16>(float v) {
-  return __float2bfloat16_rn(v);
-}
+using vec::from_float;
+using vec::to_float;
 
 __device__ __forceinline__ float warp_sum(float v) {
 #pragma unroll

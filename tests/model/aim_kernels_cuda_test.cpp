@@ -143,6 +143,11 @@ TEST_P(AimKernelsBf16, Bf16DecodeEqualsTheReferences) {
   const auto off = decode(false), on = decode(true);
   EXPECT_EQ(on.scalar_type(), torch::kFloat);
   test::expect_close(GetParam() + " bf16 decode logits", on, off, 5e-2);
+  // The same kernels launched plainly (no programmatic dependent launches): the same bits. A
+  // dependent launch changes when a kernel starts, never what it computes; on a GPU a kernel
+  // that read the previous one's output before its wait would show here.
+  const test::ScopedEnv plain("AIM_PDL", "0");
+  EXPECT_TRUE(torch::equal(decode(true), on)) << GetParam() << ": AIM_PDL=0 changed the decode logits";
 }
 
 INSTANTIATE_TEST_SUITE_P(Models, AimKernelsBf16,
