@@ -240,8 +240,8 @@ torch::Tensor AimModelImpl::logits(const torch::Tensor& hidden) {
   const auto& weight = head_weight();
   const auto w = weight.to(hidden.scalar_type());
   // A converted weight is written by the kernel right before the product: that one must not
-  // start before the conversion ends (aim/ops/dispatch.h).
-  const ops::DependentLaunchScope plain(w.is_same(weight) && ops::dependent_launch_enabled());
+  // start before the conversion ends (aim/ops/dispatch.h). An unconverted one keeps the scope.
+  const ops::DependentLaunchScope unless_converted(w.is_same(weight) && ops::dependent_launch_enabled());
   return ops::linear(hidden, w);
 }
 
