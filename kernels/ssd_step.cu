@@ -15,26 +15,34 @@
 // the norm needs every head's y: each block writes y (in T) into `out` and, when its rows lie in
 // one norm group, the sum of squares of its gated y into `norm_partials`, then counts itself in
 // with an atomic on the sequence's counter; the last block to arrive shifts the B/C windows,
-// adds each group's block sums in block order (or, when a block's rows span groups, sums the
-// squares over the row itself), normalises the whole row in place (reading y and z again from
-// L2, in a fixed order, so the result does not depend on which block was last) and resets the
-// counter. No block waits for another.
+// adds each group's block sums (one per thread, then a fixed tree; or, when a block's rows span
+// groups, sums the squares over the row itself), normalises the whole row in place (reading y
+// and z again from L2, in a fixed order, so the result does not depend on which block was last)
+// and resets the counter. No block waits for another.
 //
 // Besides the state, a step's reads are small and dependent (a conv window, its weights, y and z
-// of the norm), so each thread issues all the reads of a conv channel, and of kNormBatch channels
-// of each norm pass, before it uses any: on an H200 the kernel took the same 29 us at 32 rows of
-// AiM-L with an fp32 state, a bf16 one, and 1, 2 or 4 state rows in flight per warp, a fixed
-// chain of latencies rather than the 16 us its state needs (docs/perf.md, 2026-12-04).
+// of the norm): on an H200 the kernel took the same 29 us at 32 rows of AiM-L with an fp32
+// state, a bf16 one, and 1, 2 or 4 state rows in flight per warp, a fixed chain of latencies
+// rather than the 16 us its state needs (docs/perf.md, 2026-12-04). So the chain is kept short:
+// a thread issues all the reads of two conv channels before it uses any, and the last block
+// reads each thread's share of the block sums, of the B/C windows and of a norm pass at once (16
+// bytes of y, z and weight a thread where they are aligned). At AiM-L's 2048-wide row the last
+// block's part is then about five round trips to L2 (the arrival atomic, the shift, the sums,
+// one per norm pass) where it was about nine at 32 rows and fifteen at 2.
 //
 // Launched as a dependent of the previous kernel (in_proj; grid_dependency.cuh), a block asks
 // for its state rows in L2 (this kernel's own state, written at the previous token) before it
 // waits for in_proj's output.
 #include <cuda_bf16.h>
 
+#include <cstdint>
+#include <cstring>
+
 #include "device_query.h"
 #include "grid_dependency.cuh"
 #include "ssd_state_update_kernel.cuh"  // load_as_float, store_from_float
 #include "ssd_step.h"
+#include "vec_io.cuh"
 
 namespace aim::kernels {
 
@@ -90,36 +98,38 @@ __device__ __forceinline__ float conv_incoming(const SsdStepParams& p, int b, in
 // stored type, then predicated loads): the window's newest W - 1 values (win[k] = slot k + 1),
 // the incoming value, the W weights and the bias. A decoding step is a chain of such small
 // reads, so their latencies, not their bytes, are its cost.
+// kW: the most taps the instantiation takes (4 or kSsdStepMaxWidth), which sizes the registers.
+template <int kW>
 struct ConvInputs {
-  float win[kSsdStepMaxWidth];  // the last never read (a conv's newest tap is the incoming value)
-  float weight[kSsdStepMaxWidth];
+  float win[kW];  // the last never read (a conv's newest tap is the incoming value)
+  float weight[kW];
   float bias;
   float incoming;
 };
 
 // kForConv false: only what the shift needs (the window and the incoming value).
-template <typename T, bool kForConv = true>
-__device__ __forceinline__ ConvInputs load_conv_inputs(const SsdStepParams& p, int b, int64_t c) {
-  ConvInputs in{};
+template <typename T, int kW, bool kForConv = true>
+__device__ __forceinline__ ConvInputs<kW> load_conv_inputs(const SsdStepParams& p, int b, int64_t c) {
+  ConvInputs<kW> in{};
   const int64_t window = b * p.conv_state_batch_stride + c * p.conv_state_c_stride;
   if (p.conv_state_type == ElemType::kBFloat16) {
     const auto* s = static_cast<const __nv_bfloat16*>(p.conv_state) + window;
 #pragma unroll
-    for (int k = 0; k + 1 < kSsdStepMaxWidth; ++k) in.win[k] = k + 1 < p.width ? __bfloat162float(s[k + 1]) : 0.f;
+    for (int k = 0; k + 1 < kW; ++k) in.win[k] = k + 1 < p.width ? __bfloat162float(s[k + 1]) : 0.f;
   } else {
     const auto* s = static_cast<const float*>(p.conv_state) + window;
 #pragma unroll
-    for (int k = 0; k + 1 < kSsdStepMaxWidth; ++k) in.win[k] = k + 1 < p.width ? s[k + 1] : 0.f;
+    for (int k = 0; k + 1 < kW; ++k) in.win[k] = k + 1 < p.width ? s[k + 1] : 0.f;
   }
   if constexpr (kForConv) {
     if (p.conv_weight_type == ElemType::kBFloat16) {
       const auto* w = static_cast<const __nv_bfloat16*>(p.conv_weight) + c * p.width;
 #pragma unroll
-      for (int k = 0; k < kSsdStepMaxWidth; ++k) in.weight[k] = k < p.width ? __bfloat162float(w[k]) : 0.f;
+      for (int k = 0; k < kW; ++k) in.weight[k] = k < p.width ? __bfloat162float(w[k]) : 0.f;
     } else {
       const auto* w = static_cast<const float*>(p.conv_weight) + c * p.width;
 #pragma unroll
-      for (int k = 0; k < kSsdStepMaxWidth; ++k) in.weight[k] = k < p.width ? w[k] : 0.f;
+      for (int k = 0; k < kW; ++k) in.weight[k] = k < p.width ? w[k] : 0.f;
     }
     if (p.conv_bias != nullptr) in.bias = load_elem(p.conv_bias, p.conv_weight_type, c);
   }
@@ -128,11 +138,11 @@ __device__ __forceinline__ ConvInputs load_conv_inputs(const SsdStepParams& p, i
 }
 
 // The channel's conv output (SiLU, rounded to T): taps in order, the newest on the incoming value.
-template <typename T>
-__device__ __forceinline__ float conv_output(const SsdStepParams& p, const ConvInputs& in) {
+template <typename T, int kW>
+__device__ __forceinline__ float conv_output(const SsdStepParams& p, const ConvInputs<kW>& in) {
   float acc = 0.f;
 #pragma unroll
-  for (int k = 0; k < kSsdStepMaxWidth; ++k) {
+  for (int k = 0; k < kW; ++k) {
     if (k < p.width) acc += in.weight[k] * (k + 1 < p.width ? in.win[k] : in.incoming);
   }
   if (p.conv_bias != nullptr) acc += in.bias;
@@ -141,19 +151,20 @@ __device__ __forceinline__ float conv_output(const SsdStepParams& p, const ConvI
 
 // Shifts the channel's window left by one and appends the incoming value, from the values
 // already loaded (stored values are written back as they were read: exact in either type).
-__device__ __forceinline__ void conv_shift(const SsdStepParams& p, int b, int64_t c, const ConvInputs& in) {
+template <int kW>
+__device__ __forceinline__ void conv_shift(const SsdStepParams& p, int b, int64_t c, const ConvInputs<kW>& in) {
   const int64_t window = b * p.conv_state_batch_stride + c * p.conv_state_c_stride;
   if (p.conv_state_type == ElemType::kBFloat16) {
     auto* s = static_cast<__nv_bfloat16*>(p.conv_state) + window;
 #pragma unroll
-    for (int k = 0; k + 1 < kSsdStepMaxWidth; ++k) {
+    for (int k = 0; k + 1 < kW; ++k) {
       if (k + 1 < p.width) s[k] = __float2bfloat16(in.win[k]);
     }
     s[p.width - 1] = __float2bfloat16(in.incoming);
   } else {
     auto* s = static_cast<float*>(p.conv_state) + window;
 #pragma unroll
-    for (int k = 0; k + 1 < kSsdStepMaxWidth; ++k) {
+    for (int k = 0; k + 1 < kW; ++k) {
       if (k + 1 < p.width) s[k] = in.win[k];
     }
     s[p.width - 1] = in.incoming;
@@ -164,10 +175,78 @@ __device__ __forceinline__ void conv_shift(const SsdStepParams& p, int b, int64_
 // group): 4 keeps the kernel at or under 56 registers at N <= 128 (9 blocks per SM: AiM-L's 1024
 // blocks of 16 images with guidance in one wave), 8 took it to 64-72.
 constexpr int kNormBatch = 4;
+// 16-byte vectors of each of y, z and the weight a thread reads before using any, where they
+// are aligned: AiM-L's 2048 channels in two passes. Two vectors (one pass) took AiM's
+// instantiation from 56 to 64 registers and its bf16-state one from 48 to 72 (7 blocks per SM:
+// the 1024 blocks of 16 images in two waves).
+constexpr int kNormVecs = 1;
+
+// kV elements of T read past L1 (what other blocks of the launch wrote), as one access.
+template <int kV, typename T>
+__device__ __forceinline__ vec::Packed<T, kV> load_cg_packed(const T* p) {
+  vec::Packed<T, kV> out;
+  if constexpr (kV == 1) {
+    out.v[0] = __ldcg(p);
+  } else {
+    static_assert(sizeof(out) == 16, "16-byte vectors");
+    const uint4 raw = __ldcg(reinterpret_cast<const uint4*>(p));
+    memcpy(&out, &raw, sizeof(out));
+  }
+  return out;
+}
+
+// One pass of the gated norm over a group of G channels (y: the group's slice of out; z and
+// weight likewise): a thread takes units threadIdx.x + k blockDim.x of kV channels, kBatch units
+// at a time with all their loads issued first. kScale false: returns the thread's sum of the
+// squares of the gated y (its channels in order); true: writes the normalised, gated y back over
+// y, rounded to T (weight unused when false).
+template <int kV, int kBatch, bool kScale, typename T, typename W>
+__device__ __forceinline__ float gated_norm_pass(T* y, const T* z, const W* weight, int G, const SsdStepParams& p,
+                                                 float rstd) {
+  const bool gate_first = !p.norm_before_gate;
+  float sumsq = 0.f;
+  for (int u0 = threadIdx.x; u0 * kV < G; u0 += kBatch * blockDim.x) {
+    vec::Packed<T, kV> yv[kBatch]{}, zv[kBatch]{};
+    vec::Packed<W, kV> wv[kBatch]{};
+#pragma unroll
+    for (int j = 0; j < kBatch; ++j) {
+      const int c = (u0 + j * blockDim.x) * kV;
+      if (c < G) {
+        yv[j] = load_cg_packed<kV>(y + c);
+        if (kScale || gate_first) zv[j] = *reinterpret_cast<const vec::Packed<T, kV>*>(z + c);
+        if (kScale) wv[j] = *reinterpret_cast<const vec::Packed<W, kV>*>(weight + c);
+      }
+    }
+#pragma unroll
+    for (int j = 0; j < kBatch; ++j) {
+      const int c = (u0 + j * blockDim.x) * kV;
+      if (c >= G) continue;
+      float o[kV];
+#pragma unroll
+      for (int e = 0; e < kV; ++e) {
+        float v = vec::to_float(yv[j].v[e]);
+        float gate = 0.f;
+        if (kScale || gate_first) {
+          const float zf = vec::to_float(zv[j].v[e]);
+          gate = zf * sigmoid(zf);
+        }
+        if (gate_first) v *= gate;
+        if (kScale) {
+          o[e] = v * rstd * vec::to_float(wv[j].v[e]);
+          if (!gate_first) o[e] *= gate;
+        } else {
+          sumsq += v * v;
+        }
+      }
+      if (kScale) vec::store_vec<kV>(y + c, o);
+    }
+  }
+  return sumsq;
+}
 
 // kRows: state rows a warp updates at a time; kLaneElems: a row's elements per lane (N <= 32
 // kLaneElems).
-template <typename T, typename S, int kRows, int kLaneElems>
+template <typename T, typename S, int kRows, int kLaneElems, int kW>
 __global__ void __launch_bounds__(kThreads) ssd_step_kernel(SsdStepParams p) {
   __shared__ float xs[kSsdStepMaxHeaddim];
   __shared__ float zs[kSsdStepMaxHeaddim];
@@ -207,19 +286,30 @@ __global__ void __launch_bounds__(kThreads) ssd_step_kernel(SsdStepParams p) {
   }
 
   // The conv of this block's x channels (their windows are this block's alone) and of its
-  // group's B and C channels (shared: shifted by the last block).
-  for (int i = threadIdx.x; i < rows + 2 * N; i += blockDim.x) {
-    const int64_t c = i < rows       ? int64_t(h) * p.headdim + p0 + i
-                      : i < rows + N ? E + int64_t(g) * N + (i - rows)
-                                     : E + gn + int64_t(g) * N + (i - rows - N);
-    const ConvInputs in = load_conv_inputs<T>(p, b, c);
+  // group's B and C channels (shared: shifted by the last block). A thread takes two channels at
+  // a time, both channels' reads issued before either is used (AiM-L at 16 images: 320 channels
+  // on 128 threads, two latencies instead of three).
+  const int nconv = rows + 2 * N;
+  auto conv_channel = [&](int i) -> int64_t {
+    return i < rows       ? int64_t(h) * p.headdim + p0 + i
+           : i < rows + N ? E + int64_t(g) * N + (i - rows)
+                          : E + gn + int64_t(g) * N + (i - rows - N);
+  };
+  auto conv_finish = [&](int i, const ConvInputs<kW>& in) {
     const float v = conv_output<T>(p, in);
     if (i < rows) {
       xs[i] = v;
-      conv_shift(p, b, c, in);
+      conv_shift(p, b, conv_channel(i), in);
     } else {
       bc[i - rows] = v;
     }
+  };
+  for (int i = threadIdx.x; i < nconv; i += 2 * blockDim.x) {
+    const int i2 = i + blockDim.x;
+    const ConvInputs<kW> in = load_conv_inputs<T, kW>(p, b, conv_channel(i));
+    const ConvInputs<kW> in2 = i2 < nconv ? load_conv_inputs<T, kW>(p, b, conv_channel(i2)) : ConvInputs<kW>{};
+    conv_finish(i, in);
+    if (i2 < nconv) conv_finish(i2, in2);
   }
   __syncthreads();
 
@@ -290,72 +380,51 @@ __global__ void __launch_bounds__(kThreads) ssd_step_kernel(SsdStepParams p) {
   if (last == 0) return;
   __threadfence();
 
-  // Every block of the sequence has read the B/C windows: shift them.
-  for (int64_t c = E + threadIdx.x; c < E + 2 * gn; c += blockDim.x) {
-    conv_shift(p, b, c, load_conv_inputs<T, false>(p, b, c));
+  // Every block of the sequence has read the B/C windows: shift them, two channels a thread at
+  // a time with both channels' reads issued first (2 G N = 256 channels in AiM: one round trip).
+  for (int64_t c = E + threadIdx.x; c < E + 2 * gn; c += 2 * blockDim.x) {
+    const int64_t c2 = c + blockDim.x;
+    const ConvInputs<kW> in = load_conv_inputs<T, kW, false>(p, b, c);
+    const ConvInputs<kW> in2 = c2 < E + 2 * gn ? load_conv_inputs<T, kW, false>(p, b, c2) : ConvInputs<kW>{};
+    conv_shift(p, b, c, in);
+    if (c2 < E + 2 * gn) conv_shift(p, b, c2, in2);
   }
-  // The gated RMSNorm of the row, group by group; y is read past L1 (other blocks wrote it). A
-  // thread takes channels threadIdx.x + k blockDim.x in order of k (the order of its partial sum),
-  // kNormBatch at a time with all their loads issued first.
+  // The gated RMSNorm of the row, group by group; y is read past L1 (other blocks wrote it).
+  // Where the row's y, z and the norm weight sit on 16-byte boundaries (AiM's in_proj rows), a
+  // thread moves 16 bytes of each at a time (AiM-L: 2048 channels, two vectors per thread, one
+  // round trip per pass); otherwise single channels, kNormBatch at a time.
   const int G = p.norm_group_size;
-  const int stride = blockDim.x;
+  constexpr int kV = 16 / sizeof(T);
+  const bool bf16_weight = p.norm_weight_type == ElemType::kBFloat16;
+  const bool vector_norm = G % kV == 0 && reinterpret_cast<uintptr_t>(out) % 16 == 0 &&
+                           reinterpret_cast<uintptr_t>(z) % 16 == 0 &&
+                           reinterpret_cast<uintptr_t>(p.norm_weight) % (kV * (bf16_weight ? 2 : 4)) == 0;
   for (int64_t g0 = 0; g0 < E; g0 += G) {
     float sumsq = 0.f;
     if (own_sumsq) {
-      // The group's blocks are k = g0 / rows .. + G / rows (block k starts at channel k rows);
-      // every thread adds them in that order, reading past L1 what other blocks wrote.
+      // The group's blocks are k = g0 / rows .. + G / rows (block k starts at channel k rows),
+      // written by other blocks: read past L1, one per thread, added by the same tree whichever
+      // block is last.
       const float* part = p.norm_partials + int64_t(b) * gridDim.x + g0 / rows;
-      const int nblk = G / rows;
-      float acc = 0.f;
-      for (int k = 0; k < nblk; ++k) acc += __ldcg(part + k);
-      sumsq = acc;
+      for (int k = threadIdx.x; k < G / rows; k += blockDim.x) sumsq += __ldcg(part + k);
+    } else {
+      sumsq = vector_norm ? gated_norm_pass<kV, kNormVecs, false, T, T>(out + g0, z + g0, nullptr, G, p, 0.f)
+                          : gated_norm_pass<1, kNormBatch, false, T, T>(out + g0, z + g0, nullptr, G, p, 0.f);
     }
-    for (int c0 = threadIdx.x; !own_sumsq && c0 < G; c0 += kNormBatch * stride) {
-      float u[kNormBatch], zc[kNormBatch];
-#pragma unroll
-      for (int j = 0; j < kNormBatch; ++j) {
-        const int c = c0 + j * stride;
-        u[j] = c < G ? load_cg(out + g0 + c) : 0.f;
-        zc[j] = c < G && !p.norm_before_gate ? load_as_float(z + g0 + c) : 0.f;
-      }
-#pragma unroll
-      for (int j = 0; j < kNormBatch; ++j) {
-        if (c0 + j * stride < G) {
-          float v = u[j];
-          if (!p.norm_before_gate) v *= zc[j] * sigmoid(zc[j]);
-          sumsq += v * v;
-        }
-      }
-    }
-    const float rstd = rsqrtf((own_sumsq ? sumsq : block_sum(sumsq, scratch)) / static_cast<float>(G) + p.eps);
-    for (int c0 = threadIdx.x; c0 < G; c0 += kNormBatch * stride) {
-      float u[kNormBatch], zc[kNormBatch], w[kNormBatch];
-#pragma unroll
-      for (int j = 0; j < kNormBatch; ++j) {
-        const int c = c0 + j * stride;
-        u[j] = c < G ? load_cg(out + g0 + c) : 0.f;
-        zc[j] = c < G ? load_as_float(z + g0 + c) : 0.f;
-      }
-      if (p.norm_weight_type == ElemType::kBFloat16) {
-        const auto* nw = static_cast<const __nv_bfloat16*>(p.norm_weight) + g0;
-#pragma unroll
-        for (int j = 0; j < kNormBatch; ++j) w[j] = c0 + j * stride < G ? __bfloat162float(nw[c0 + j * stride]) : 0.f;
+    const float rstd = rsqrtf(block_sum(sumsq, scratch) / static_cast<float>(G) + p.eps);
+    if (bf16_weight) {
+      const auto* nw = static_cast<const __nv_bfloat16*>(p.norm_weight) + g0;
+      if (vector_norm) {
+        gated_norm_pass<kV, kNormVecs, true>(out + g0, z + g0, nw, G, p, rstd);
       } else {
-        const auto* nw = static_cast<const float*>(p.norm_weight) + g0;
-#pragma unroll
-        for (int j = 0; j < kNormBatch; ++j) w[j] = c0 + j * stride < G ? nw[c0 + j * stride] : 0.f;
+        gated_norm_pass<1, kNormBatch, true>(out + g0, z + g0, nw, G, p, rstd);
       }
-#pragma unroll
-      for (int j = 0; j < kNormBatch; ++j) {
-        const int c = c0 + j * stride;
-        if (c < G) {
-          const float gate = zc[j] * sigmoid(zc[j]);
-          float v = u[j];
-          if (!p.norm_before_gate) v *= gate;
-          float o = v * rstd * w[j];
-          if (p.norm_before_gate) o *= gate;
-          store_from_float(out + g0 + c, o);
-        }
+    } else {
+      const auto* nw = static_cast<const float*>(p.norm_weight) + g0;
+      if (vector_norm) {
+        gated_norm_pass<kV, kNormVecs, true>(out + g0, z + g0, nw, G, p, rstd);
+      } else {
+        gated_norm_pass<1, kNormBatch, true>(out + g0, z + g0, nw, G, p, rstd);
       }
     }
   }
@@ -374,22 +443,27 @@ int splits_for(const SsdStepParams& p) {
   return splits;
 }
 
-template <typename T, typename S, int kLaneElems>
+template <typename T, typename S, int kLaneElems, int kW>
 cudaError_t launch_rows(const SsdStepParams& p, cudaStream_t stream) {
   const int splits = splits_for(p);
   const dim3 grid(p.nheads * splits, p.batch);
   // 1 KiB of state per warp in flight at N = 128 unless asked otherwise.
   const int rows = p.rows_in_flight > 0 ? p.rows_in_flight : sizeof(S) == 2 ? 4 : 2;
-  auto* kernel = rows == 1   ? &ssd_step_kernel<T, S, 1, kLaneElems>
-                 : rows == 2 ? &ssd_step_kernel<T, S, 2, kLaneElems>
-                             : &ssd_step_kernel<T, S, 4, kLaneElems>;
+  auto* kernel = rows == 1   ? &ssd_step_kernel<T, S, 1, kLaneElems, kW>
+                 : rows == 2 ? &ssd_step_kernel<T, S, 2, kLaneElems, kW>
+                             : &ssd_step_kernel<T, S, 4, kLaneElems, kW>;
   return launch_maybe_dependent(p.dependent_launch, kernel, grid, dim3(kThreads), 0, stream, p);
 }
 
 template <typename T, typename S>
 cudaError_t launch(const SsdStepParams& p, cudaStream_t stream) {
   static_assert(kSsdStepMaxDstate == 8 * 32, "a lane holds at most 8 elements of a row");
-  return p.dstate <= 4 * 32 ? launch_rows<T, S, 4>(p, stream) : launch_rows<T, S, 8>(p, stream);
+  // Conv registers sized for 4 taps (every AiM config) or for the most.
+  if (p.width <= 4) {
+    return p.dstate <= 4 * 32 ? launch_rows<T, S, 4, 4>(p, stream) : launch_rows<T, S, 8, 4>(p, stream);
+  }
+  return p.dstate <= 4 * 32 ? launch_rows<T, S, 4, kSsdStepMaxWidth>(p, stream)
+                            : launch_rows<T, S, 8, kSsdStepMaxWidth>(p, stream);
 }
 
 template <typename T>

@@ -30,6 +30,9 @@ struct SsdStepCase {
   int sms = 0;            ///< the emulated device's SM count (0: its default); a GPU uses its own
   bool gpu_only = false;  ///< full AiM widths: too slow for the emulator
   int rows_in_flight = 0; ///< AIM_SSD_STEP_ROWS for the case (0: unset, the kernel's choice)
+  /// The in_proj row on a 16-byte boundary with a row stride of a multiple of 16 bytes, as the
+  /// model's (the kernel's norm then moves 16 bytes at a time); otherwise 3 elements in.
+  bool aligned_rows = false;
 };
 
 inline std::string case_name(const SsdStepCase& c) {
@@ -42,7 +45,8 @@ inline std::string case_name(const SsdStepCase& c) {
          (c.conv_bias ? "" : "_noconvbias") + (c.dt_bias ? "" : "_nodtbias") + d + "_" +
          t(c.dtype) + "_state" + t(c.ssm_state_dtype) + "_conv" + t(c.conv_state_dtype) + "_w" +
          t(c.weight_dtype) + (c.sms ? "_sms" + std::to_string(c.sms) : "") +
-         (c.rows_in_flight ? "_rows" + std::to_string(c.rows_in_flight) : "");
+         (c.rows_in_flight ? "_rows" + std::to_string(c.rows_in_flight) : "") +
+         (c.aligned_rows ? "_aligned" : "");
 }
 
 inline void PrintTo(const SsdStepCase& c, std::ostream* os) { *os << case_name(c); }
@@ -53,7 +57,9 @@ inline void PrintTo(const SsdStepCase& c, std::ostream* os) { *os << case_name(c
 /// 8, no D / dt bias / conv bias, a head in one block (one SM) or split over four, N above 128
 /// (a lane holds 8 of a row's elements instead of 4); the state rows a warp updates at once
 /// (AIM_SSD_STEP_ROWS) forced to each of 1, 2 and 4 where a block's rows are not a multiple of
-/// the 4 warps times that; last, the full AiM-L mixer at batch 1 and 32 (GPU only).
+/// the 4 warps times that; in_proj rows aligned as the model's, in bf16 and fp32, with the norm's
+/// sum of squares by blocks and by the last block (norm groups smaller than a block's rows);
+/// last, the full AiM-L mixer at batch 1 and 32 (GPU only).
 inline std::vector<SsdStepCase> ssd_step_cases() {
   const auto f = torch::kFloat, h = torch::kBFloat16;
   return {
@@ -71,8 +77,12 @@ inline std::vector<SsdStepCase> ssd_step_cases() {
       {3, 2, 17, 1, 33, 4, 1, false, true, true, DMode::kHead, h, f, f, f, 0, false, 4},
       {2, 2, 44, 1, 40, 2, 4, false, true, false, DMode::kNone, f, h, h, f, 1, false, 2},
       {1, 2, 24, 1, 200, 4, 2, false, true, true, DMode::kChannel, h, f, f, h, 0, false, 4},
+      {2, 3, 64, 1, 128, 4, 1, false, true, true, DMode::kHead, h, f, f, h, 0, false, 0, true},
+      {2, 3, 64, 1, 128, 4, 1, false, true, true, DMode::kHead, f, f, f, f, 0, false, 0, true},
+      {2, 2, 64, 1, 32, 4, 4, true, true, true, DMode::kHead, h, f, f, f, 1, false, 0, true},
       {1, 32, 64, 1, 128, 4, 1, false, true, true, DMode::kHead, h, f, f, h, 0, true},
       {32, 32, 64, 1, 128, 4, 1, false, true, true, DMode::kHead, h, f, f, h, 0, true},
+      {32, 32, 64, 1, 128, 4, 1, false, true, true, DMode::kHead, h, f, f, h, 0, true, 0, true},
   };
 }
 
@@ -112,9 +122,11 @@ inline void check_ssd_decode_step(const SsdStepCase& c, torch::Device dev, const
   for (int s = 0; s < 4; ++s) {
     // The in_proj row z | x B C | dt inside a wider buffer (row stride != width); dt such that
     // softplus(dt + dt_bias) ~ 0.001 .. 0.1 (without a bias, shifted by the bias's mean).
-    auto row = randn({c.batch, E + C + c.heads + 6}, torch::kFloat, dev);
-    row.narrow(1, 3 + E + C, c.heads).mul_(0.5).sub_(c.dt_bias ? 0.0 : 4.5);
-    const auto zxbcdt = row.to(c.dtype).narrow(1, 3, E + C + c.heads);
+    const int64_t width = E + C + c.heads, first = c.aligned_rows ? 0 : 3;
+    const int64_t stride = c.aligned_rows ? (width + 7) / 8 * 8 : width + 6;
+    auto row = randn({c.batch, stride}, torch::kFloat, dev);
+    row.narrow(1, first + E + C, c.heads).mul_(0.5).sub_(c.dt_bias ? 0.0 : 4.5);
+    const auto zxbcdt = row.to(c.dtype).narrow(1, first, width);
     const auto out = step(zxbcdt, conv_state, ssm_state, w, arrivals);
     const auto out_r = ops::ref::ssd_decode_step(cpu(zxbcdt), conv_r, ssm_r, w_r);
     const auto st = tag + " step " + std::to_string(s);
