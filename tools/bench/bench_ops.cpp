@@ -402,6 +402,16 @@ int main(int argc, char** argv) {
                       torch::NoGradGuard ng_guard;
                       aim::ops::ssd_decode_step(dzx, dconv, dssm, dw, arrivals);
                     }, true, 0, true});
+    // One image with guidance (2 sequences): the kernel splits each head over blocks so that the
+    // device is covered; its time here is its chain of dependent reads, not its bytes.
+    {
+      const double s2 = 2.0 / static_cast<double>(Bd);
+      auto zx2 = dzx.narrow(0, 0, 2), conv2 = dconv.narrow(0, 0, 2), ssm2 = dssm.narrow(0, 0, 2);
+      rows.push_back({"ssd_decode_step (B=2)", step_bytes * s2, [&, zx2, conv2, ssm2]() mutable {
+                        torch::NoGradGuard ng_guard;
+                        aim::ops::ssd_decode_step(zx2, conv2, ssm2, dw, arrivals);
+                      }, true, 0, true});
+    }
     // The state rows a warp updates at once (kernels/ssd_step.h; the row above runs the default,
     // 2 for an fp32 state), and a bf16 state (default 4 rows: the same bytes per warp in flight).
     for (int n : {1, 4}) {
