@@ -25,14 +25,16 @@
 // state, a bf16 one, and 1, 2 or 4 state rows in flight per warp, a fixed chain of latencies
 // rather than the 16 us its state needs (docs/perf.md, 2026-12-04). So the chain is kept short:
 // a thread issues all the reads of two conv channels before it uses any, and the last block
-// reads each thread's share of the block sums, of the B/C windows and of a norm pass at once (16
-// bytes of y, z and weight a thread where they are aligned). At AiM-L's 2048-wide row the last
-// block's part is then about five round trips to L2 (the arrival atomic, the shift, the sums,
-// one per norm pass) where it was about nine at 32 rows and fifteen at 2.
+// reads each thread's share of the block sums and of the B/C windows at once, and a norm pass
+// 16 bytes of y, z and weight at a time where they are aligned. At AiM-L's 2048-wide row the
+// last block's part is then about five round trips to L2 (the arrival atomic, the shift, the
+// sums, the norm pass's two vectors a thread one after the other) where it was about nine at 32
+// rows and fifteen at 2.
 //
-// Launched as a dependent of the previous kernel (in_proj; grid_dependency.cuh), a block asks
-// for its state rows in L2 (this kernel's own state, written at the previous token) before it
-// waits for in_proj's output.
+// A block first asks for its state rows in L2 (one bulk prefetch), so that they arrive while
+// the conv runs; launched as a dependent of the previous kernel (in_proj; grid_dependency.cuh),
+// it does so before it waits for in_proj's output (the state is this kernel's own, written at
+// the previous token).
 #include <cuda_bf16.h>
 
 #include <cstdint>
@@ -266,10 +268,11 @@ __global__ void __launch_bounds__(kThreads) ssd_step_kernel(SsdStepParams p) {
   const bool own_sumsq = p.norm_partials != nullptr && p.norm_group_size % rows == 0;
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   S* head_state = static_cast<S*>(p.ssm_state) + (int64_t(b) * p.nheads + h) * p.headdim * p.dstate;
-  // Before the wait: the block's state rows (contiguous) on their way to L2; nothing between
-  // this kernel at the previous token and this launch writes them (the caller's promise with
-  // dependent_launch). No registers are held for them.
-  if (p.dependent_launch && threadIdx.x == 0) {
+  // The block's state rows (contiguous) on their way to L2 while the conv runs, and in a
+  // dependent launch already while the previous kernel finishes: nothing between this kernel at
+  // the previous token and this launch writes them (the caller's promise with dependent_launch;
+  // in a plain launch every earlier kernel has completed). No registers are held for them.
+  if (threadIdx.x == 0) {
     prefetch_to_l2(head_state + int64_t(p0) * p.dstate, int64_t(rows) * p.dstate * sizeof(S));
   }
   wait_for_prior_grid();
@@ -391,8 +394,8 @@ __global__ void __launch_bounds__(kThreads) ssd_step_kernel(SsdStepParams p) {
   }
   // The gated RMSNorm of the row, group by group; y is read past L1 (other blocks wrote it).
   // Where the row's y, z and the norm weight sit on 16-byte boundaries (AiM's in_proj rows), a
-  // thread moves 16 bytes of each at a time (AiM-L: 2048 channels, two vectors per thread, one
-  // round trip per pass); otherwise single channels, kNormBatch at a time.
+  // thread moves 16 bytes of each at a time (AiM-L: 2048 channels, two vectors per thread, a
+  // round trip each); otherwise single channels, kNormBatch at a time.
   const int G = p.norm_group_size;
   constexpr int kV = 16 / sizeof(T);
   const bool bf16_weight = p.norm_weight_type == ElemType::kBFloat16;

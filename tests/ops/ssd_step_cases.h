@@ -58,7 +58,8 @@ inline void PrintTo(const SsdStepCase& c, std::ostream* os) { *os << case_name(c
 /// (a lane holds 8 of a row's elements instead of 4); the state rows a warp updates at once
 /// (AIM_SSD_STEP_ROWS) forced to each of 1, 2 and 4 where a block's rows are not a multiple of
 /// the 4 warps times that; in_proj rows aligned as the model's, in bf16 and fp32, with the norm's
-/// sum of squares by blocks and by the last block (norm groups smaller than a block's rows);
+/// sum of squares by blocks and by the last block (norm groups that a block's rows do not
+/// divide: 24 or 48 rows against 32 channels, on a GPU too; with the gate before and after);
 /// last, the full AiM-L mixer at batch 1 and 32 (GPU only).
 inline std::vector<SsdStepCase> ssd_step_cases() {
   const auto f = torch::kFloat, h = torch::kBFloat16;
@@ -80,6 +81,8 @@ inline std::vector<SsdStepCase> ssd_step_cases() {
       {2, 3, 64, 1, 128, 4, 1, false, true, true, DMode::kHead, h, f, f, h, 0, false, 0, true},
       {2, 3, 64, 1, 128, 4, 1, false, true, true, DMode::kHead, f, f, f, f, 0, false, 0, true},
       {2, 2, 64, 1, 32, 4, 4, true, true, true, DMode::kHead, h, f, f, f, 1, false, 0, true},
+      {2, 4, 48, 1, 32, 4, 6, false, true, true, DMode::kHead, h, f, f, h, 0, false, 0, true},
+      {2, 4, 48, 1, 32, 4, 6, false, true, true, DMode::kHead, f, f, f, h, 0, false, 0, true},
       {1, 32, 64, 1, 128, 4, 1, false, true, true, DMode::kHead, h, f, f, h, 0, true},
       {32, 32, 64, 1, 128, 4, 1, false, true, true, DMode::kHead, h, f, f, h, 0, true},
       {32, 32, 64, 1, 128, 4, 1, false, true, true, DMode::kHead, h, f, f, h, 0, true, 0, true},
