@@ -67,12 +67,6 @@ __device__ __forceinline__ float round_to(float v) {
   store_from_float(&r, v);
   return load_as_float(&r);
 }
-// A load that bypasses L1: for what other blocks of the launch wrote.
-template <typename T>
-__device__ __forceinline__ float load_cg(const T* p) {
-  const T v = __ldcg(p);
-  return load_as_float(&v);
-}
 __device__ __forceinline__ float sigmoid(float v) { return 1.0f / (1.0f + __expf(-v)); }
 
 // Sum over the block, the same bits in every thread (warp sums added in warp order). Every
@@ -192,7 +186,7 @@ __device__ __forceinline__ vec::Packed<T, kV> load_cg_packed(const T* p) {
   } else {
     static_assert(sizeof(out) == 16, "16-byte vectors");
     const uint4 raw = __ldcg(reinterpret_cast<const uint4*>(p));
-    memcpy(&out, &raw, sizeof(out));
+    memcpy(static_cast<void*>(&out), &raw, sizeof(out));  // the bits as they are
   }
   return out;
 }
@@ -415,20 +409,17 @@ __global__ void __launch_bounds__(kThreads) ssd_step_kernel(SsdStepParams p) {
                           : gated_norm_pass<1, kNormBatch, false, T, T>(out + g0, z + g0, nullptr, G, p, 0.f);
     }
     const float rstd = rsqrtf(block_sum(sumsq, scratch) / static_cast<float>(G) + p.eps);
+    auto scale_pass = [&](const auto* weight) {
+      if (vector_norm) {
+        gated_norm_pass<kV, kNormVecs, true>(out + g0, z + g0, weight + g0, G, p, rstd);
+      } else {
+        gated_norm_pass<1, kNormBatch, true>(out + g0, z + g0, weight + g0, G, p, rstd);
+      }
+    };
     if (bf16_weight) {
-      const auto* nw = static_cast<const __nv_bfloat16*>(p.norm_weight) + g0;
-      if (vector_norm) {
-        gated_norm_pass<kV, kNormVecs, true>(out + g0, z + g0, nw, G, p, rstd);
-      } else {
-        gated_norm_pass<1, kNormBatch, true>(out + g0, z + g0, nw, G, p, rstd);
-      }
+      scale_pass(static_cast<const __nv_bfloat16*>(p.norm_weight));
     } else {
-      const auto* nw = static_cast<const float*>(p.norm_weight) + g0;
-      if (vector_norm) {
-        gated_norm_pass<kV, kNormVecs, true>(out + g0, z + g0, nw, G, p, rstd);
-      } else {
-        gated_norm_pass<1, kNormBatch, true>(out + g0, z + g0, nw, G, p, rstd);
-      }
+      scale_pass(static_cast<const float*>(p.norm_weight));
     }
   }
   if (threadIdx.x == 0) p.arrivals[b] = 0u;
