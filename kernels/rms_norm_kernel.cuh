@@ -150,6 +150,19 @@ inline int gated_bwd_chunks(const GatedRmsNormParams& p) {
   return p.rows_per_chunk > 0 ? (p.rows + p.rows_per_chunk - 1) / p.rows_per_chunk : 0;
 }
 
+// The backward kernels walk their rows one at a time, each row's loads a round trip before its
+// block sum, so every row would wait for DRAM. Rows this far ahead of the current one are asked
+// for in L2 (by one thread; a hint, no registers): at the first row, rows 1 .. kAheadRows of the
+// chunk; then row n + kAheadRows at row n.
+constexpr int kAheadRows = 2;
+
+// Calls fetch(r) for the rows r that row n of [row_begin, row_end) asks for.
+template <typename F>
+__device__ __forceinline__ void prefetch_ahead(int64_t n, int64_t row_begin, int64_t row_end, F&& fetch) {
+  if (threadIdx.x != 0) return;
+  for (int64_t r = n == row_begin ? n + 1 : n + kAheadRows; r <= n + kAheadRows && r < row_end; ++r) fetch(r);
+}
+
 }  // namespace rms
 
 // ---------------------------------------------------------------- add_rms_norm
@@ -276,6 +289,18 @@ __global__ void __launch_bounds__(kGated ? rms::kMaxThreads / 2 : rms::kMaxThrea
   for (int i = 0; i < kPerThread; ++i) acc_dw[i] = acc_dshift[i] = acc_dscale[i] = acc_dgate[i] = 0.f;
 
   for (int64_t n = row_begin; n < row_end; ++n) {
+    // Rows ahead, and this row's inputs of the second pass (read after the block sum).
+    prefetch_ahead(n, row_begin, row_end, [&](int64_t r) {
+      prefetch_to_l2(static_cast<const Tres*>(p.residual_out) + r * p.dim, p.dim * int64_t(sizeof(Tres)));
+      prefetch_to_l2(static_cast<const Tin*>(p.dout) + r * p.dout_row_stride, p.dim * int64_t(sizeof(Tin)));
+    });
+    if (threadIdx.x == 0 && p.dresidual_out != nullptr) {
+      prefetch_to_l2(static_cast<const Tres*>(p.dresidual_out) + n * p.dresidual_out_row_stride,
+                     p.dim * int64_t(sizeof(Tres)));
+    }
+    if (kGated && threadIdx.x == 0) {
+      prefetch_to_l2(static_cast<const Tin*>(p.hidden) + n * p.hidden_row_stride, p.dim * int64_t(sizeof(Tin)));
+    }
     const float rstd = p.rstd[n];
     const Tres* res = static_cast<const Tres*>(p.residual_out) + n * p.dim;
     const Tin* dout = static_cast<const Tin*>(p.dout) + n * p.dout_row_stride;
@@ -494,6 +519,12 @@ __global__ void __launch_bounds__(rms::kMaxThreads)
   for (int i = 0; i < kPerThread; ++i) acc_dw[i] = 0.f;
 
   for (int64_t n = row_begin; n < row_end; ++n) {
+    prefetch_ahead(n, row_begin, row_end, [&](int64_t r) {
+      const int64_t bytes = p.group_size * int64_t(sizeof(T));
+      prefetch_to_l2(static_cast<const T*>(p.x) + r * p.x_row_stride + col0, bytes);
+      prefetch_to_l2(static_cast<const T*>(p.dout) + r * p.dout_row_stride + col0, bytes);
+      if (gated) prefetch_to_l2(static_cast<const T*>(p.z) + r * p.z_row_stride + col0, bytes);
+    });
     const float rstd = p.rstd[n * gridDim.y + g];
     const T* x = static_cast<const T*>(p.x) + n * p.x_row_stride + col0;
     const T* z = gated ? static_cast<const T*>(p.z) + n * p.z_row_stride + col0 : nullptr;
