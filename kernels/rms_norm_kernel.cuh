@@ -294,12 +294,14 @@ __global__ void __launch_bounds__(kGated ? rms::kMaxThreads / 2 : rms::kMaxThrea
       prefetch_to_l2(static_cast<const Tres*>(p.residual_out) + r * p.dim, p.dim * int64_t(sizeof(Tres)));
       prefetch_to_l2(static_cast<const Tin*>(p.dout) + r * p.dout_row_stride, p.dim * int64_t(sizeof(Tin)));
     });
-    if (threadIdx.x == 0 && p.dresidual_out != nullptr) {
-      prefetch_to_l2(static_cast<const Tres*>(p.dresidual_out) + n * p.dresidual_out_row_stride,
-                     p.dim * int64_t(sizeof(Tres)));
-    }
-    if (kGated && threadIdx.x == 0) {
-      prefetch_to_l2(static_cast<const Tin*>(p.hidden) + n * p.hidden_row_stride, p.dim * int64_t(sizeof(Tin)));
+    if (threadIdx.x == 0) {
+      if (p.dresidual_out != nullptr) {
+        prefetch_to_l2(static_cast<const Tres*>(p.dresidual_out) + n * p.dresidual_out_row_stride,
+                       p.dim * int64_t(sizeof(Tres)));
+      }
+      if (kGated) {
+        prefetch_to_l2(static_cast<const Tin*>(p.hidden) + n * p.hidden_row_stride, p.dim * int64_t(sizeof(Tin)));
+      }
     }
     const float rstd = p.rstd[n];
     const Tres* res = static_cast<const Tres*>(p.residual_out) + n * p.dim;

@@ -292,21 +292,22 @@ __global__ void __launch_bounds__(kThreads) ssd_step_kernel(SsdStepParams p) {
            : i < rows + N ? E + int64_t(g) * N + (i - rows)
                           : E + gn + int64_t(g) * N + (i - rows - N);
   };
-  auto conv_finish = [&](int i, const ConvInputs<kW>& in) {
+  auto conv_finish = [&](int i, int64_t c, const ConvInputs<kW>& in) {
     const float v = conv_output<T>(p, in);
     if (i < rows) {
       xs[i] = v;
-      conv_shift(p, b, conv_channel(i), in);
+      conv_shift(p, b, c, in);
     } else {
       bc[i - rows] = v;
     }
   };
   for (int i = threadIdx.x; i < nconv; i += 2 * blockDim.x) {
     const int i2 = i + blockDim.x;
-    const ConvInputs<kW> in = load_conv_inputs<T, kW>(p, b, conv_channel(i));
-    const ConvInputs<kW> in2 = i2 < nconv ? load_conv_inputs<T, kW>(p, b, conv_channel(i2)) : ConvInputs<kW>{};
-    conv_finish(i, in);
-    if (i2 < nconv) conv_finish(i2, in2);
+    const int64_t c = conv_channel(i), c2 = conv_channel(i2);
+    const ConvInputs<kW> in = load_conv_inputs<T, kW>(p, b, c);
+    const ConvInputs<kW> in2 = i2 < nconv ? load_conv_inputs<T, kW>(p, b, c2) : ConvInputs<kW>{};
+    conv_finish(i, c, in);
+    if (i2 < nconv) conv_finish(i2, c2, in2);
   }
   __syncthreads();
 
