@@ -11,6 +11,10 @@
 # There (carry [".deb", ".prebuilt"]):
 #   scripts/gpu_check.sh --gpu           # a short lease: the GPU tests (one process), parity on
 #                                        # CUDA, the AiM-L benchmarks, the sanitizers
+#   scripts/gpu_check.sh --short         # one call of a 15-minute lease (about 7 min): the kernel
+#                                        # tests, then the open targets' figures first (AiM-L
+#                                        # training step, scan / conv / norm / step rows, sampling
+#                                        # at 1 and 16 images), then parity on CUDA and memcheck
 #   scripts/gpu_check.sh                 # everything: all of ctest, AiM-B and AiM-L benchmarks
 #
 # The prebuilt programs are used when their stamp matches the sources that travelled and they
@@ -79,13 +83,15 @@ case "${1:-}" in
     echo "gpu_check.sh: $ARCHIVE $(du -h "$ARCHIVE" | cut -f1), sources $(tar -xOJf "$ARCHIVE" ./SOURCE_STAMP)" \
          "(carry \".prebuilt\" with \".deb\"; pack again after any change to the sources)"
     exit 0 ;;
-  --gpu | "") ;;
-  *) echo "gpu_check.sh: unknown argument '$1' (expected --fetch, --pack [BUILD], --gpu or nothing)" >&2; exit 2 ;;
+  --gpu | --short | "") ;;
+  *) echo "gpu_check.sh: unknown argument '$1' (expected --fetch, --pack [BUILD], --gpu, --short or nothing)" >&2; exit 2 ;;
 esac
 
 mode=full
 [ "${1:-}" = "--gpu" ] && mode=gpu
+[ "${1:-}" = "--short" ] && mode=short
 budget=${AIM_GPU_BUDGET:-540}
+[ "$mode" = short ] && budget=${AIM_GPU_BUDGET:-420}
 phases=" ${AIM_GPU_PHASES:-tests bench parity sanitize} "
 deadline=$((start + budget))
 out=${OUT:-$root/build-gpu/out}
@@ -179,7 +185,8 @@ if [ "$status_build" = OK ] && wants tests; then
   else
     # One process: CUDA start-up once instead of once per test.
     filter=$gpu_filter; [ "$mode" = full ] && filter='*'
-    timed 240 "$tests" --gtest_filter="$filter" > "$out/tests.log" 2>&1
+    cap=240; [ "$mode" = short ] && cap=120
+    timed $cap "$tests" --gtest_filter="$filter" > "$out/tests.log" 2>&1
   fi
   status_tests=$(ok_or $?)
   grep -E "^\[  (FAILED|PASSED|SKIPPED) |tests passed|tests failed" "$out/tests.log" | tail -20
@@ -190,20 +197,38 @@ if [ "$status_build" = OK ] && wants bench; then
   s=$(date +%s)
   status_bench=OK
   configs="aim_b aim_l"; precision=both
-  [ "$mode" = gpu ] && configs="aim_l" && precision=bf16
+  [ "$mode" != full ] && configs="aim_l" && precision=bf16
   blog="$out/bench.log"
-  if bench_wants train; then
+  if [ "$mode" = short ]; then
+    # The figures of the open targets, most wanted first: the AiM-L training step with the
+    # kernels (MFU, peak memory; the reference path does not fit at micro-batch 64), the
+    # memory-bound and scan rows without their ATen references, and sampling at 16 and 1 images.
+    bench_wants train &&
+      { timed 120 "$bin/bench/bench_train" configs/aim_l.yaml --micro 64 --steps 6 --warmup 2 --precision bf16 \
+          --kernels on >> "$blog" 2>&1 || status_bench=FAIL; }
+    bench_wants ops &&
+      { timed 120 "$bin/bench/bench_ops" configs/aim_l.yaml --micro 64 --repeats 5 --no-ref \
+          --only 'fwd+bwd|ssd_scan|ssd_decode_step|norm + in_proj|linear ' ${AIM_GPU_OPS_ARGS:-} >> "$blog" 2>&1 ||
+          status_bench=FAIL; }
+    if bench_wants sample; then
+      for b in 16 1; do
+        timed 45 "$bin/bench/bench_sample" configs/aim_l.yaml --batch $b --cfg 1.75 --dtype bf16 --device cuda \
+          --no-vq >> "$blog" 2>&1 || status_bench=FAIL
+      done
+    fi
+  fi
+  if [ "$mode" != short ] && bench_wants train; then
     for c in $configs; do
       timed 150 "$bin/bench/bench_train" configs/$c.yaml --micro 64 --steps 10 --warmup 3 --precision $precision \
         --kernels both >> "$blog" 2>&1 || status_bench=FAIL
     done
   fi
-  if bench_wants ops; then
+  if [ "$mode" != short ] && bench_wants ops; then
     for c in $configs; do
       timed 180 "$bin/bench/bench_ops" configs/$c.yaml --micro 64 --repeats 10 ${AIM_GPU_OPS_ARGS:-} >> "$blog" 2>&1 || status_bench=FAIL
     done
   fi
-  if bench_wants sample; then
+  if [ "$mode" != short ] && bench_wants sample; then
     # Sampling: model steps (eager and CUDA graph) against the step's memory roofline, and decode.
     for b in 1 16 64 256; do
       novq=""; [ "$b" -ge 64 ] && novq=--no-vq  # the fp32 decode of 64+ images at once: memory
@@ -318,7 +343,7 @@ skipped=$(grep -cE '^\[  SKIPPED \]' "$out/tests.log" 2>/dev/null); skipped=${sk
   printf "| parity + training, on CUDA    | %-6s | %7d |\n" "$status_parity" "$secs_parity"
   printf "| compute-sanitizer mem/race    | %-6s | %7d |\n" "$status_sanitize" "$secs_sanitize"
   printf "| ncu profile of sampling steps | %-6s | %7d |\n" "$status_profile" "$secs_profile"
-  grep -E "^(causal|add_|gated|rms|lm_head|ssd|selective|sample)" "$out/bench.log" 2>/dev/null
+  grep -E "^(causal|add_|gated|rms|lm_head|ssd|selective|sample|norm \+ in_proj|linear )" "$out/bench.log" 2>/dev/null
   grep -E "^config|^\| (model|generate|roofline|VQ|end)" "$out/bench.log" 2>/dev/null
   grep -E "^(fp32|bf16) |speed-up" "$out/bench.log" 2>/dev/null
   echo "GPU: $(head -1 "$out/gpu.txt"); skipped tests: $skipped; $(($(date +%s) - start)) s in all;" \
