@@ -31,6 +31,16 @@ extern "C" const char* __asan_default_options() {
 #define AIM_EMU_ASAN 0
 #endif
 
+// Built for ThreadSanitizer (AIM_EMU_TSAN: the kernels instrumented, this file not): every
+// emulated thread is a sanitizer fiber, switched without synchronisation, and the orderings a
+// GPU guarantees are announced as acquire / release pairs (see include/emu_runtime.h).
+#if defined(AIM_EMU_TSAN)
+#include <sanitizer/tsan_interface.h>
+#define AIM_EMU_TSAN_ON 1
+#else
+#define AIM_EMU_TSAN_ON 0
+#endif
+
 thread_local dim3 threadIdx, blockIdx, blockDim, gridDim;
 
 namespace emu {
@@ -113,8 +123,9 @@ void context_make(Context& c, void* stack, size_t bytes, void (*entry)()) {
   uint16_t fpucw;
   asm volatile("stmxcsr %0" : "=m"(mxcsr));
   asm volatile("fnstcw %0" : "=m"(fpucw));
-  std::memcpy(reinterpret_cast<char*>(slot), &fpucw, sizeof(fpucw));
-  std::memcpy(reinterpret_cast<char*>(slot) + 8, &mxcsr, sizeof(mxcsr));
+  // Plain stores (not memcpy, which ThreadSanitizer sees as the host's writes to the stack).
+  *reinterpret_cast<volatile uint16_t*>(slot) = fpucw;
+  *reinterpret_cast<volatile uint32_t*>(reinterpret_cast<char*>(slot) + 8) = mxcsr;
   c.sp = slot;
 }
 
@@ -151,6 +162,37 @@ struct Fiber {
   uint64_t deposit[2] = {0, 0};
   unsigned char wide[2][kGatherBytes] = {};  // warp_gather's deposits, by the same slots
   void* stack = nullptr;
+  void* tsan = nullptr;  // the fiber's sanitizer context (AIM_EMU_TSAN)
+};
+
+// Blocks run in rotating sets of fibers, stacks, thread states and shared memory, so that with
+// ThreadSanitizer only blocks a set count apart are ordered (through their set's objects): a
+// race between blocks of different sets shows. Up to kSets sets of at most 1024 threads in all
+// (the sanitizer's barrier costs grow with the product of a block's threads and all the fibers
+// it knows); one set otherwise.
+constexpr int kSets = AIM_EMU_TSAN_ON ? 4 : 1;
+int sets_for(size_t fibers) {
+  int n = 1;
+  while (n < kSets && (n + 1) * fibers <= 1024) ++n;
+  return n;
+}
+
+// The sanitizer's synchronisation objects of a set (their addresses are the keys).
+struct SetSync {
+  char done[2] = {};                      // the set's blocks have finished, by parity of their run
+  unsigned runs = 0;                      // blocks run on the set so far
+  char cluster = 0;                       // cluster.sync
+  char block[kMaxClusterBlocks] = {};     // __syncthreads, per block of the cluster
+};
+
+// Static __shared__ objects of a block (translate.cmake's rewrite): carved from an arena at the
+// first thread's declaration in each block, poisoned then.
+constexpr size_t kStaticSharedBytes = 64 * 1024;  // CUDA allows 48 KiB
+constexpr size_t kStaticSharedGap = 64;           // between objects, poisoned for AddressSanitizer
+struct StaticShared {
+  unsigned char* arena = nullptr;
+  size_t used = 0;
+  std::vector<std::pair<const void*, void*>> objects;  // (declaration's tag, object) this block
 };
 
 // The blocks of one cluster (one block without clusters), run together.
@@ -163,11 +205,64 @@ struct Block {
   BlockBody body = nullptr;
   void* body_ctx = nullptr;
   Fiber* current = nullptr;
-  std::vector<void*> poisoned;  // static shared objects poisoned in this block
+  int set = 0;                      // the running set (kSets)
+  StaticShared statics;             // the running set's static shared memory
   bool fault = false;
   std::string fault_message;
 };
 thread_local Block* t_block = nullptr;
+
+// Per OS thread and set, kept across launches: the synchronisation objects and the static
+// shared arena.
+struct SetResources {
+  SetSync sync;
+  unsigned char* statics = nullptr;
+};
+thread_local SetResources t_sets[kSets];
+
+#if AIM_EMU_TSAN_ON
+// The launching thread's sanitizer context, and the objects that order a grid after what the
+// host did before it and the host after the grid's end.
+thread_local void* t_host_fiber = nullptr;
+thread_local char t_grid_start = 0, t_grid_done = 0;
+// Sanitizer fibers by (set, thread), created once (each takes a fraction of a millisecond).
+thread_local std::vector<void*> t_tsan_fibers;
+void* tsan_fiber(size_t i) {
+  while (t_tsan_fibers.size() <= i) {
+    void* f = __tsan_create_fiber(0);
+    __tsan_set_fiber_name(f, "emulated GPU thread");
+    t_tsan_fibers.push_back(f);
+  }
+  return t_tsan_fibers[i];
+}
+#endif
+
+// Byte copies and fills the sanitizer does not see (it intercepts memcpy and memset): the
+// emulator's own moves of lanes' deposits and its poisoning of shared memory are not accesses
+// of the emulated program.
+void copy_bytes(void* dst, const void* src, size_t n) {
+#if AIM_EMU_TSAN_ON
+  auto* d = static_cast<volatile unsigned char*>(dst);
+  const auto* s = static_cast<const volatile unsigned char*>(src);
+  for (size_t i = 0; i < n; ++i) d[i] = s[i];
+#else
+  std::memcpy(dst, src, n);
+#endif
+}
+void fill_bytes(void* dst, unsigned char v, size_t n) {
+#if AIM_EMU_TSAN_ON
+  auto* d = static_cast<volatile unsigned char*>(dst);
+  size_t i = 0;
+  if (reinterpret_cast<uintptr_t>(dst) % 8 == 0) {
+    auto* w = static_cast<volatile uint64_t*>(dst);
+    const uint64_t word = 0x0101010101010101ull * v;
+    for (; i + 8 <= n; i += 8) w[i / 8] = word;
+  }
+  for (; i < n; ++i) d[i] = v;
+#else
+  std::memset(dst, v, n);
+#endif
+}
 
 #if AIM_EMU_ASAN
 // The scheduler's stack, as the sanitizer reports it when a fiber starts or resumes.
@@ -183,6 +278,9 @@ char* stack_bottom(const Fiber& f) { return static_cast<char*>(f.stack) + page_s
 
 // The scheduler runs fiber `f` until it waits, exits or faults.
 void enter_fiber(Block& b, Fiber& f) {
+#if AIM_EMU_TSAN_ON
+  __tsan_switch_to_fiber(f.tsan, __tsan_switch_to_fiber_no_sync);
+#endif
 #if AIM_EMU_ASAN
   void* fake_stack = nullptr;
   __sanitizer_start_switch_fiber(&fake_stack, stack_bottom(f), kStackBytes);
@@ -199,6 +297,9 @@ void leave_fiber(Fiber& f, bool exiting) {
   void* fake_stack = nullptr;
   __sanitizer_start_switch_fiber(exiting ? nullptr : &fake_stack, t_sched_bottom, t_sched_size);
 #endif
+#if AIM_EMU_TSAN_ON
+  __tsan_switch_to_fiber(t_host_fiber, __tsan_switch_to_fiber_no_sync);
+#endif
   context_switch(f.ctx, t_block->scheduler);
   if (exiting) std::abort();
 #if AIM_EMU_ASAN
@@ -211,8 +312,21 @@ void fiber_entry() {
   __sanitizer_finish_switch_fiber(nullptr, &t_sched_bottom, &t_sched_size);
 #endif
   Block* b = t_block;
+#if AIM_EMU_TSAN_ON
+  // A thread starts after what the host did before the launch and after the blocks that ran
+  // on its set before (the set's objects are reused); not after any other block, nor after
+  // threads of its own block that have already finished (they release into the other object).
+  SetSync& sync = t_sets[b->set].sync;
+  const unsigned parity = sync.runs & 1u;
+  __tsan_acquire(&t_grid_start);
+  __tsan_acquire(&sync.done[parity]);
+#endif
   b->body(b->body_ctx);
   Fiber& f = *b->current;
+#if AIM_EMU_TSAN_ON
+  __tsan_release(&sync.done[parity ^ 1u]);
+  __tsan_release(&t_grid_done);
+#endif
   f.wait = Wait::kDone;
   leave_fiber(f, /*exiting=*/true);
 }
@@ -377,7 +491,11 @@ thread_local StackPool t_stacks;
 
 // Runs one block to completion. Returns false on a fault.
 bool run_block(Block& b) {
-  b.poisoned.clear();
+  b.statics.used = 0;
+  b.statics.objects.clear();
+#if AIM_EMU_ASAN
+  ASAN_POISON_MEMORY_REGION(b.statics.arena, kStaticSharedBytes);
+#endif
   for (auto& f : b.fibers) {
     f.wait = Wait::kRunning;
     f.collectives = 0;
@@ -484,29 +602,54 @@ void set_func_max_dynamic_smem(const void* func, int bytes) {
   func_attrs()[func] = bytes;
 }
 
-void poison_shared(void* object, size_t bytes) {
+void* static_shared(const void* tag, size_t bytes, size_t align) {
   Block& b = *t_block;
   if (b.states.size() > 1) {
     fault("static __shared__ memory in a cluster of " + std::to_string(b.states.size()) +
-          " blocks: the emulator keeps one copy per OS thread, not per block");
+          " blocks: the emulator keeps one copy per set of blocks, not per block of a cluster");
   }
-  for (void* p : b.poisoned) {
-    if (p == object) return;
+  StaticShared& st = b.statics;
+  for (const auto& [t, object] : st.objects) {
+    if (t == tag) return object;
   }
-  b.poisoned.push_back(object);
-  std::memset(object, 0xff, bytes);
+  const size_t at = (st.used + kStaticSharedGap + align - 1) / align * align;
+  if (at + bytes > kStaticSharedBytes) {
+    fault("static __shared__ memory beyond " + std::to_string(kStaticSharedBytes) + " bytes in one block");
+  }
+  unsigned char* object = st.arena + at;
+  st.used = at + bytes;
+#if AIM_EMU_ASAN
+  ASAN_UNPOISON_MEMORY_REGION(object, bytes);
+#endif
+  fill_bytes(object, 0xff, bytes);
+  st.objects.emplace_back(tag, object);
+  return object;
 }
 
 void block_barrier() {
   Fiber& f = *t_block->current;
+#if AIM_EMU_TSAN_ON
+  char* sync = &t_sets[t_block->set].sync.block[f.block];
+  __tsan_release(sync);
+#endif
   f.wait = Wait::kBlock;
   suspend(f);
+#if AIM_EMU_TSAN_ON
+  __tsan_acquire(sync);
+#endif
 }
 
 void cluster_barrier() {
   Fiber& f = *t_block->current;
+#if AIM_EMU_TSAN_ON
+  char* sync = &t_sets[t_block->set].sync.cluster;
+  __tsan_release(sync);
+#endif
   f.wait = Wait::kCluster;
   suspend(f);
+#if AIM_EMU_TSAN_ON
+  __tsan_acquire(sync);
+#endif
 }
 
 void* map_shared_rank(const void* addr, unsigned rank) {
@@ -553,7 +696,7 @@ void warp_gather(unsigned mask, const void* mine, size_t bytes, void* all, const
   if (bytes > kGatherBytes) fault(std::string(op) + ": more bytes per lane than the emulator gathers");
   Fiber& f = *t_block->current;
   const int slot = static_cast<int>(f.collectives & 1u);
-  std::memcpy(f.wide[slot], mine, bytes);
+  copy_bytes(f.wide[slot], mine, bytes);
   const int lane = f.state.linear & 31;
   warp_exchange(mask, 0, lane, op);
   // As in warp_exchange: no lane can deposit into this slot again before every lane has passed
@@ -561,7 +704,7 @@ void warp_gather(unsigned mask, const void* mine, size_t bytes, void* all, const
   const int warp0 = f.index - lane;
   for (int k = 0; k < 32; ++k) {
     if (mask >> k & 1u) {
-      std::memcpy(static_cast<unsigned char*>(all) + k * bytes, t_block->fibers[warp0 + k].wide[slot], bytes);
+      copy_bytes(static_cast<unsigned char*>(all) + k * bytes, t_block->fibers[warp0 + k].wide[slot], bytes);
     }
   }
 }
@@ -651,35 +794,52 @@ bool run_grid(dim3 grid, dim3 block, size_t dynamic_smem, const void* func, Bloc
   b.threads = static_cast<int>(threads);
   b.smem_bytes = dynamic_smem;
   b.states.resize(nblocks);
-  // Dynamic shared memory starts as a NaN pattern: reads before writes show up. It is aligned
-  // as a GPU's, with at least 256 bytes on either side, poisoned for the sanitizer.
-  std::vector<std::vector<unsigned char>> smem(nblocks, std::vector<unsigned char>(dynamic_smem + 768));
+  // Per set: dynamic shared memory for each block of a cluster, and the fibers. Dynamic shared
+  // memory starts as a NaN pattern: reads before writes show up. It is aligned as a GPU's, with
+  // at least 256 bytes on either side, poisoned for the sanitizer.
+  const size_t nfibers = threads * cluster_blocks;
+  const int nsets = sets_for(nfibers);
+  std::vector<std::vector<unsigned char>> smem(nsets * nblocks, std::vector<unsigned char>(dynamic_smem + 768));
+  std::vector<unsigned char*> smem_at(nsets * nblocks);
+  std::vector<std::vector<Fiber>> set_fibers(nsets, std::vector<Fiber>(nfibers));
+  for (int s = 0; s < nsets; ++s) {
+    if (t_sets[s].statics == nullptr) t_sets[s].statics = new unsigned char[kStaticSharedBytes];
+    for (int k = 0; k < nblocks; ++k) {
+      auto& m = smem[s * nblocks + k];
+      const uintptr_t base = reinterpret_cast<uintptr_t>(m.data());
+      unsigned char* at = m.data() + 256 + (256 - base % 256) % 256;
+      smem_at[s * nblocks + k] = at;
+#if AIM_EMU_ASAN
+      ASAN_POISON_MEMORY_REGION(m.data(), static_cast<size_t>(at - m.data()));
+      ASAN_POISON_MEMORY_REGION(at + dynamic_smem, static_cast<size_t>(m.data() + m.size() - (at + dynamic_smem)));
+#endif
+    }
+    for (uint64_t i = 0; i < nfibers; ++i) {
+      Fiber& f = set_fibers[s][i];
+      const uint64_t t = i % threads;
+      f.block = static_cast<int>(i / threads);
+      f.index = static_cast<int>(i);
+      f.state.linear = static_cast<int>(t);
+      f.state.tid = dim3(static_cast<unsigned>(t % block.x),
+                         static_cast<unsigned>(t / block.x % block.y),
+                         static_cast<unsigned>(t / (static_cast<uint64_t>(block.x) * block.y)));
+      f.stack = t_stacks.get(s * nfibers + i);
+#if AIM_EMU_TSAN_ON
+      f.tsan = tsan_fiber(s * nfibers + i);
+#endif
+    }
+  }
   for (int k = 0; k < nblocks; ++k) {
     BlockState& st = b.states[k];
     st.block_dim = block;
     st.grid_dim = grid;
     st.cluster_dim = cluster;
     st.cluster_rank = static_cast<unsigned>(k);
-    const uintptr_t base = reinterpret_cast<uintptr_t>(smem[k].data());
-    st.dynamic_smem = smem[k].data() + 256 + (256 - base % 256) % 256;
-#if AIM_EMU_ASAN
-    ASAN_POISON_MEMORY_REGION(smem[k].data(), static_cast<size_t>(st.dynamic_smem - smem[k].data()));
-    ASAN_POISON_MEMORY_REGION(st.dynamic_smem + dynamic_smem,
-                              static_cast<size_t>(smem[k].data() + smem[k].size() - (st.dynamic_smem + dynamic_smem)));
+  }
+#if AIM_EMU_TSAN_ON
+  t_host_fiber = __tsan_get_current_fiber();
+  __tsan_release(&t_grid_start);
 #endif
-  }
-  b.fibers.resize(threads * cluster_blocks);
-  for (uint64_t i = 0; i < b.fibers.size(); ++i) {
-    Fiber& f = b.fibers[i];
-    const uint64_t t = i % threads;
-    f.block = static_cast<int>(i / threads);
-    f.index = static_cast<int>(i);
-    f.state.linear = static_cast<int>(t);
-    f.state.tid = dim3(static_cast<unsigned>(t % block.x),
-                       static_cast<unsigned>(t / block.x % block.y),
-                       static_cast<unsigned>(t / (static_cast<uint64_t>(block.x) * block.y)));
-    f.stack = t_stacks.get(i);
-  }
   Block* saved_block = t_block;
   BlockState* saved_state = g_block;
   ThreadState* saved_thread = g_thread;
@@ -689,21 +849,33 @@ bool run_grid(dim3 grid, dim3 block, size_t dynamic_smem, const void* func, Bloc
   const bool reverse = schedule() == Schedule::kReverse;
   auto order = [reverse](unsigned i, unsigned n) { return reverse ? n - 1 - i : i; };
   const dim3 clusters(grid.x / cluster.x, grid.y / cluster.y, grid.z / cluster.z);
+  uint64_t ran = 0;
   for (unsigned z = 0; z < clusters.z && ok; ++z)
     for (unsigned y = 0; y < clusters.y && ok; ++y)
       for (unsigned x = 0; x < clusters.x && ok; ++x) {
+        const int s = static_cast<int>(ran++ % nsets);
         const dim3 c(order(x, clusters.x), order(y, clusters.y), order(z, clusters.z));
         for (int k = 0; k < nblocks; ++k) {
           const unsigned kx = k % cluster.x, ky = k / cluster.x % cluster.y, kz = k / (cluster.x * cluster.y);
           b.states[k].block_idx = dim3(c.x * cluster.x + kx, c.y * cluster.y + ky, c.z * cluster.z + kz);
-          std::memset(b.states[k].dynamic_smem, 0xff, dynamic_smem);
+          b.states[k].dynamic_smem = smem_at[s * nblocks + k];
+          fill_bytes(b.states[k].dynamic_smem, 0xff, dynamic_smem);
         }
+        b.set = s;
+        b.statics.arena = t_sets[s].statics;
+        b.fibers.swap(set_fibers[s]);
         ok = run_block(b);
+        b.fibers.swap(set_fibers[s]);
+        ++t_sets[s].sync.runs;
       }
+#if AIM_EMU_TSAN_ON
+  __tsan_acquire(&t_grid_done);
+#endif
 #if AIM_EMU_ASAN
   // Fibers abandoned by a fault leave their frames' redzones poisoned on stacks reused later.
   if (!ok) {
-    for (const auto& f : b.fibers) ASAN_UNPOISON_MEMORY_REGION(stack_bottom(f), kStackBytes);
+    for (const auto& fs : set_fibers)
+      for (const auto& f : fs) ASAN_UNPOISON_MEMORY_REGION(stack_bottom(f), kStackBytes);
   }
   for (auto& m : smem) ASAN_UNPOISON_MEMORY_REGION(m.data(), m.size());
 #endif

@@ -114,8 +114,10 @@ TEST(Emulator, TheReverseScheduleShowsReadsOfEarlierWrites) {
 // A static shared array as translate.cmake rewrites it: each block starts with it poisoned,
 // whatever the previous block left there.
 __global__ void static_shared_reads(float* out) {
-  static thread_local float s[32];
-  ::emu::poison_shared(&s, sizeof(s));
+  using emu_shared_t_s = float[32];
+  static char emu_shared_tag_s;
+  emu_shared_t_s& s = *static_cast<emu_shared_t_s*>(
+      ::emu::static_shared(&emu_shared_tag_s, sizeof(emu_shared_t_s), alignof(emu_shared_t_s)));
   out[blockIdx.x * 32 + threadIdx.x] = s[threadIdx.x];  // before any write: garbage on a GPU
   s[threadIdx.x] = 1.f;
 }
@@ -453,8 +455,8 @@ __global__ void cluster_sync_on_one_rank(float* out, unsigned*) {
 }
 
 __global__ void cluster_static_shared(float* out, unsigned*) {
-  static thread_local float s[64];
-  ::emu::poison_shared(&s, sizeof(s));
+  static char tag;
+  float* s = static_cast<float*>(::emu::static_shared(&tag, 64 * sizeof(float), alignof(float)));
   s[threadIdx.x] = 1.f;
   out[threadIdx.x] = s[threadIdx.x];
 }

@@ -2,9 +2,10 @@
 # (see include/emu_runtime.h):
 #   k<<<grid, block, smem, stream>>>(args)   ->  k ^ ::emu::Cfg(grid, block, smem, stream)(args)
 #   extern __shared__ [__align__(n)] T name[];  ->  T* name = ::emu::dynamic_shared<T>();
-#   __shared__ T name[dims];    ->  static thread_local T name[dims];
-#                                   ::emu::poison_shared(&name, sizeof(name));
-#                                   (one object per OS thread, poisoned at each block's start)
+#   __shared__ T name[dims];    ->  using emu_shared_t_name = T[dims]; static char emu_shared_tag_name;
+#                                   emu_shared_t_name& name = *static_cast<emu_shared_t_name*>(
+#                                       ::emu::static_shared(&emu_shared_tag_name, sizeof .., alignof ..));
+#                                   (one object per block, poisoned when the first thread reaches it)
 #   namespace aim::kernels  ->  namespace aim::kernels_emu   (the CUDA configuration links the
 #                                                            real kernels into the same binary)
 # .cu files become .cu.cpp. Usage: cmake -DIN=<kernels dir> -DOUT=<folder> -P translate.cmake
@@ -20,7 +21,7 @@ foreach(_f ${_files})
     "\\2* \\3 = ::emu::dynamic_shared<\\2>();" _text "${_text}")
   string(REGEX REPLACE
     "__shared__ ([A-Za-z_][A-Za-z0-9_:<>]*) ([A-Za-z_][A-Za-z0-9_]*)((\\[[^];]*\\])*);"
-    "static thread_local \\1 \\2\\3; ::emu::poison_shared(&\\2, sizeof(\\2));"
+    "using emu_shared_t_\\2 = \\1\\3; static char emu_shared_tag_\\2; emu_shared_t_\\2& \\2 = *static_cast<emu_shared_t_\\2*>(::emu::static_shared(&emu_shared_tag_\\2, sizeof(emu_shared_t_\\2), alignof(emu_shared_t_\\2)));"
     _text "${_text}")
   if(_text MATCHES "__shared__")
     message(FATAL_ERROR "translate.cmake: ${_f} declares shared memory in a form the emulator's rewrite does not know (one declarator per __shared__)")

@@ -18,7 +18,8 @@
 // Bounds. Built with AddressSanitizer (the default, AIM_EMU_ASAN), the kernels' loads and stores
 // are checked: global memory against the host allocations the tensors live in (an access past
 // a tensor's own allocation is reported; one into a parent tensor of a view is not), dynamic
-// shared memory against the launch's size (the bytes around it are poisoned).
+// shared memory against the launch's size (the bytes around it are poisoned), and each static
+// shared object against its own size (emu::static_shared leaves poisoned gaps between them).
 //
 // Thread block clusters (cudaLaunchKernelEx with a cluster dimension; cooperative_groups.h's
 // this_cluster()): the blocks of one cluster run together, their threads as fibers of one
@@ -27,8 +28,8 @@
 // memory. The blocks run one at a time, each as far as it gets before a cluster barrier (the
 // first rank first, or the last in the reverse schedule), so a read of a peer's shared memory
 // that a cluster barrier does not order reads it unwritten (poison) or already overwritten.
-// Static shared memory (one object per OS thread here) is reported in a cluster of more than
-// one block.
+// Static shared memory (one object per block of the schedule, not per block of a cluster) is
+// reported in a cluster of more than one block.
 //
 // What it reports (launch status cudaErrorLaunchFailure, message in emu::last_message()):
 // a barrier that can never release (threads of one block waiting at different barriers, a
@@ -42,10 +43,25 @@
 // run after the previous grid as any launch; a thread that lets the next grid start
 // (griddepcontrol.launch_dependents) before it waited for the previous one is reported.
 //
-// What it cannot show: races that need a real GPU's timing (threads interleaved between
-// barriers, blocks running at once, a dependent grid's reads before its wait of what the
-// previous grid writes), the memory model, static shared-memory bounds, fast-math rounding,
-// performance.
+// Built for ThreadSanitizer (AIM_EMU_TSAN, tests/emu/CMakeLists.txt: the kernels instrumented,
+// the runtime not), every emulated thread is a sanitizer fiber, switched without
+// synchronisation, and only what orders memory on a GPU is announced to it: a thread starts
+// after the host's work before the launch, __syncthreads and cluster.sync order the accesses
+// before them (of the block, of the cluster) before those after them, an atomic on an address
+// is ordered after the previous atomic on it, and the host continues after the grid. Shuffles,
+// ballots, ldmatrix and mma order nothing, nor does anything order two blocks, except that
+// blocks run in rotating sets of fibers and shared memory (each block is ordered after the
+// previous block of its set): four sets for blocks of up to 256 threads, fewer for larger ones
+// (at most 1024 threads in all sets; one set, every block ordered after the previous, for
+// blocks of 1024). wmma tiles are read and stored for the sanitizer element by element by the
+// lane that holds them on a GPU. Two accesses to one location,
+// one of them a write, that these do not order are reported whatever order they ran in: a
+// missing barrier, a lane reading another lane's shared-memory write after a shuffle, a
+// cp.async destination read before the wait and a barrier, blocks writing the same element.
+//
+// What it cannot show: a dependent grid's reads before its wait of what the previous grid
+// writes (launches are ordered here), the memory model beyond the orderings above (a missing
+// __threadfence before an arrival atomic passes), fast-math rounding, performance.
 // The GPU tests (tests/ops/*_cuda_test.cpp) remain the verification on a device.
 #include <cfloat>
 #include <climits>
@@ -58,6 +74,10 @@
 #include <type_traits>
 #include <utility>
 #include <vector>
+
+#if defined(__SANITIZE_THREAD__)
+#include <sanitizer/tsan_interface.h>
+#endif
 
 // ---------------------------------------------------------------- runtime types
 
@@ -205,10 +225,13 @@ void prefetch_to_l2(const void* p, uint32_t bytes);
 
 inline int lane_id() { return g_thread->linear & 31; }
 
-/// Fills a static shared-memory object with 0xff (NaN for floats) the first time a thread of
-/// the block reaches its declaration (translate.cmake adds the call), as a GPU leaves it holding
-/// whatever was there: a read before the block wrote it shows.
-void poison_shared(void* object, size_t bytes);
+/// A static shared-memory object of the running block (translate.cmake rewrites each
+/// `__shared__` declaration to a call, `tag` the address of a static variable of its own): the
+/// same object for every thread of the block, filled with 0xff (NaN for floats) when the first
+/// thread reaches the declaration, as a GPU leaves it holding whatever was there, so a read
+/// before the block wrote it shows. Objects are apart from each other, the gaps poisoned for
+/// AddressSanitizer.
+void* static_shared(const void* tag, size_t bytes, size_t align);
 
 template <typename T>
 T* dynamic_shared() {
@@ -277,8 +300,9 @@ void operator^(void (*kernel)(P...), PendingLaunch<A...>&& launch) {
 #define __noinline__
 #define __launch_bounds__(...)
 #define __align__(n) alignas(n)
-// Static shared memory: one object per OS thread, shared by the fibers (threads) of the block
-// running on it. In kernels/ translate.cmake also poisons it at each block's start.
+// Static shared memory in code translate.cmake does not rewrite (the emulator's own tests): one
+// object per OS thread, shared by the fibers (threads) of the block running on it. kernels/ gets
+// one object per block instead (emu::static_shared).
 #define __shared__ static thread_local
 
 // The built-in variables, set by the scheduler before it runs a thread (variables, not macros,
@@ -331,15 +355,24 @@ inline T __shfl_down_sync(unsigned mask, T v, unsigned delta, int width = 32) {
 inline unsigned __ballot_sync(unsigned mask, int pred) { return ::emu::warp_ballot(mask, pred != 0); }
 
 // Atomics: blocks run one at a time and fibers switch only at barriers, so these are plain.
-// (The value's type follows the address's, as CUDA's overloads do.)
+// (The value's type follows the address's, as CUDA's overloads do.) For ThreadSanitizer an
+// atomic on an address is ordered after the previous one on it (acquire and release), so that
+// its own read and write are not reported, and the kernels' last-arriving-block handshakes
+// order what comes before and after them.
 template <typename T>
 struct emu_same_type {
   using type = T;
 };
 template <typename T>
 inline T atomicAdd(T* p, typename emu_same_type<T>::type v) {
+#if defined(__SANITIZE_THREAD__)
+  __tsan_acquire(p);
+#endif
   const T old = *p;
   *p = old + v;
+#if defined(__SANITIZE_THREAD__)
+  __tsan_release(p);
+#endif
   return old;
 }
 

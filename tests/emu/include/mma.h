@@ -48,6 +48,22 @@ inline void fill_fragment(fragment<Use, M, N, K, T, L>& f, const T& v) {
   for (int e = 0; e < f.num_elements; ++e) f.x[e] = v;
 }
 
+// A tile element read for a lane that does not hold it on a GPU: every lane here gets the whole
+// tile, but for ThreadSanitizer each element is read by one lane (element e by lane e % 32, the
+// lane that stores it), so a warp that loads a tile and stores it in place does not race with
+// itself.
+template <typename T>
+#if defined(__SANITIZE_THREAD__)
+__attribute__((no_sanitize_thread, noipa))
+#endif
+T emu_unwatched_read(const T* p) {
+  return *p;
+}
+template <typename T>
+inline T emu_tile_read(const T* p, int element) {
+  return element % 32 == ::emu::lane_id() ? *p : emu_unwatched_read(p);
+}
+
 template <typename T>
 inline void emu_tile_collective(const T* p, unsigned ld, const char* op) {
   ::emu::warp_collective(0xffffffffu, op);
@@ -64,7 +80,7 @@ inline void load_matrix_sync(fragment<Use, M, N, K, T, L>& f, const T* p, unsign
                 "operand fragments carry their layout");
   constexpr bool kRow = std::is_same<L, row_major>::value;
   for (int r = 0; r < f.rows; ++r)
-    for (int c = 0; c < f.cols; ++c) f.x[r * f.cols + c] = kRow ? p[r * ld + c] : p[r + c * ld];
+    for (int c = 0; c < f.cols; ++c) f.x[r * f.cols + c] = emu_tile_read(kRow ? p + r * ld + c : p + r + c * ld, r * f.cols + c);
 }
 
 template <int M, int N, int K, typename T>
@@ -73,16 +89,20 @@ inline void load_matrix_sync(fragment<accumulator, M, N, K, T>& f, const T* p, u
   emu_tile_collective(p, ld, "wmma::load_matrix_sync");
   for (int r = 0; r < M; ++r)
     for (int c = 0; c < N; ++c)
-      f.x[r * N + c] = layout == mem_row_major ? p[r * ld + c] : p[r + c * ld];
+      f.x[r * N + c] = emu_tile_read(layout == mem_row_major ? p + r * ld + c : p + r + c * ld, r * N + c);
 }
 
 template <int M, int N, int K, typename T>
 inline void store_matrix_sync(T* p, const fragment<accumulator, M, N, K, T>& f, unsigned ld,
                               layout_t layout) {
   emu_tile_collective(p, ld, "wmma::store_matrix_sync");
+  // Each element stored by one lane (element e by lane e % 32), as on a GPU each lane stores
+  // its own: a lane reading another's element without __syncwarp / __syncthreads after the
+  // store races with it (ThreadSanitizer), though every lane holds the whole tile here.
+  const int lane = ::emu::lane_id();
   for (int r = 0; r < M; ++r)
     for (int c = 0; c < N; ++c)
-      (layout == mem_row_major ? p[r * ld + c] : p[r + c * ld]) = f.x[r * N + c];
+      if ((r * N + c) % 32 == lane) (layout == mem_row_major ? p[r * ld + c] : p[r + c * ld]) = f.x[r * N + c];
 }
 
 template <int M, int N, int K, typename Tin, typename LA, typename LB>
