@@ -54,10 +54,10 @@
 // previous block of its set): four sets for blocks of up to 256 threads, fewer for larger ones
 // (at most 1024 threads in all sets; one set, every block ordered after the previous, for
 // blocks of 1024). wmma tiles are read and stored for the sanitizer element by element by the
-// lane that holds them on a GPU. Two accesses to one location,
-// one of them a write, that these do not order are reported whatever order they ran in: a
-// missing barrier, a lane reading another lane's shared-memory write after a shuffle, a
-// cp.async destination read before the wait and a barrier, blocks writing the same element.
+// lane that holds them on a GPU. Two accesses to one location, one of them a write, that these
+// do not order are reported whatever order they ran in: a missing barrier, a lane reading
+// another lane's shared-memory write after a shuffle, a cp.async destination read before the
+// wait and a barrier, blocks writing the same element.
 //
 // What it cannot show: a dependent grid's reads before its wait of what the previous grid
 // writes (launches are ordered here), the memory model beyond the orderings above (a missing
