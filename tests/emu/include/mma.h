@@ -48,21 +48,25 @@ inline void fill_fragment(fragment<Use, M, N, K, T, L>& f, const T& v) {
   for (int e = 0; e < f.num_elements; ++e) f.x[e] = v;
 }
 
-// A tile element read for a lane that does not hold it on a GPU: every lane here gets the whole
-// tile, but for ThreadSanitizer each element is read by one lane (element e by lane e % 32, the
-// lane that stores it), so a warp that loads a tile and stores it in place does not race with
-// itself.
-template <typename T>
+// A tile element read by this lane: every lane here gets the whole tile, but for
+// ThreadSanitizer each element is read by one lane (element e by lane e % 32, the lane that
+// stores it) and the others read it unseen, so a warp that loads a tile and stores it in place
+// does not race with itself. Other builds read it plainly.
 #if defined(__SANITIZE_THREAD__)
-__attribute__((no_sanitize_thread, noipa))
-#endif
-T emu_unwatched_read(const T* p) {
+template <typename T>
+__attribute__((no_sanitize_thread, noipa)) T emu_unwatched_read(const T* p) {
   return *p;
 }
 template <typename T>
 inline T emu_tile_read(const T* p, int element) {
   return element % 32 == ::emu::lane_id() ? *p : emu_unwatched_read(p);
 }
+#else
+template <typename T>
+inline T emu_tile_read(const T* p, int) {
+  return *p;
+}
+#endif
 
 template <typename T>
 inline void emu_tile_collective(const T* p, unsigned ld, const char* op) {
