@@ -21,8 +21,10 @@
 //     grid then lets this one start only after it has itself waited for its own predecessor, so
 //     every grid before the previous one has completed when a dependent starts: its early reads
 //     see the recurrent state as written at the previous token.
-// (The CPU emulator checks the second rule; the first is what the code says, and the GPU tests'
-// graph-replay and parity checks of the decoding step exercise it.)
+// (The CPU emulator checks the second rule. Its ThreadSanitizer run checks the first between
+// kernels: a dependent grid's accesses before its wait are ordered after no access of the grid
+// before it. ATen's own ops are not seen there; the GPU tests' graph-replay and parity checks of
+// the decoding step exercise the rest.)
 //
 // A plain launch, or one on a device before sm_90, serialises as usual and both calls return at
 // once.

@@ -370,13 +370,20 @@ __global__ void __launch_bounds__(kThreads) ssd_step_kernel(SsdStepParams p) {
     if (threadIdx.x == 0) p.norm_partials[int64_t(b) * gridDim.x + blockIdx.x] = total;
   }
 
-  // Count in; only the sequence's last block goes on.
-  __threadfence();  // this thread's y (and sum) are visible device-wide before the block counts in
+  // Count in; only the sequence's last block goes on. Thread 0's fences, as in a grid barrier of
+  // cooperative groups: the first, after the block's barrier, makes every thread's y (and the
+  // block's sum) visible device-wide before the block counts in; the second, in the last block,
+  // follows the atomic that saw every other block counted in, and the barrier after it passes
+  // their writes on to the block's threads (a release and an acquire pattern of the PTX memory
+  // model: a fence before the arrival, the arrival read and a fence in the thread after it).
   __syncthreads();
-  if (threadIdx.x == 0) last = atomicAdd(p.arrivals + b, 1u) == gridDim.x - 1 ? 1u : 0u;
+  if (threadIdx.x == 0) {
+    __threadfence();
+    last = atomicAdd(p.arrivals + b, 1u) == gridDim.x - 1 ? 1u : 0u;
+    if (last != 0) __threadfence();
+  }
   __syncthreads();
   if (last == 0) return;
-  __threadfence();
 
   // Every block of the sequence has read the B/C windows: shift them, two channels a thread at
   // a time with both channels' reads issued first (2 G N = 256 channels in AiM: one round trip).
@@ -423,7 +430,9 @@ __global__ void __launch_bounds__(kThreads) ssd_step_kernel(SsdStepParams p) {
       scale_pass(static_cast<const float*>(p.norm_weight));
     }
   }
-  if (threadIdx.x == 0) p.arrivals[b] = 0u;
+  // Back to zero for the next step with an atomic, like the increments before it: within a
+  // grid the counter is touched only by atomics, which never race with each other.
+  if (threadIdx.x == 0) atomicExch(p.arrivals + b, 0u);
 }
 
 // Splits of a head: the fewest (a power of two dividing P, at least kMinRows rows each) that

@@ -37,6 +37,11 @@ extern "C" const char* __asan_default_options() {
 #if defined(AIM_EMU_TSAN)
 #include <sanitizer/tsan_interface.h>
 #define AIM_EMU_TSAN_ON 1
+// The sanitizer's dynamic annotations.
+extern "C" void AnnotateIgnoreWritesBegin(const char* file, int line);
+extern "C" void AnnotateIgnoreWritesEnd(const char* file, int line);
+extern "C" void AnnotateIgnoreSyncBegin(const char* file, int line);
+extern "C" void AnnotateIgnoreSyncEnd(const char* file, int line);
 #else
 #define AIM_EMU_TSAN_ON 0
 #endif
@@ -171,6 +176,10 @@ struct Fiber {
 // (the sanitizer's barrier costs grow with the product of a block's threads and all the fibers
 // it knows); one set otherwise.
 constexpr int kSets = AIM_EMU_TSAN_ON ? 4 : 1;
+// With ThreadSanitizer, a dependent launch runs on the other of two pools of fibers, stacks and
+// sets than the grid before it: a fiber's own history is ordered before it, so the previous
+// grid's fibers would otherwise be ordered before the early part of the dependent one.
+constexpr int kPools = AIM_EMU_TSAN_ON ? 2 : 1;
 int sets_for(size_t fibers) {
   int n = 1;
   while (n < kSets && (n + 1) * fibers <= 1024) ++n;
@@ -205,7 +214,10 @@ struct Block {
   BlockBody body = nullptr;
   void* body_ctx = nullptr;
   Fiber* current = nullptr;
+  int pool = 0;                     // the grid's pool (kPools)
   int set = 0;                      // the running set (kSets)
+  bool early = false;               // a dependent launch's threads start before the previous
+                                    // grid's end (ThreadSanitizer's model)
   StaticShared statics;             // the running set's static shared memory
   bool fault = false;
   std::string fault_message;
@@ -218,22 +230,50 @@ struct SetResources {
   SetSync sync;
   unsigned char* statics = nullptr;
 };
-thread_local SetResources t_sets[kSets];
+thread_local SetResources t_sets[kPools][kSets];
 
 #if AIM_EMU_TSAN_ON
 // The launching thread's sanitizer context, and the objects that order a grid after what the
 // host did before it and the host after the grid's end.
+// t_prior_launch: the host as it was when it launched the previous grid (released at that
+// grid's end, before the host is ordered after the grid): where a dependent grid's threads
+// start. t_fence: fence.sc, per pool.
 thread_local void* t_host_fiber = nullptr;
-thread_local char t_grid_start = 0, t_grid_done = 0;
-// Sanitizer fibers by (set, thread), created once (each takes a fraction of a millisecond).
-thread_local std::vector<void*> t_tsan_fibers;
-void* tsan_fiber(size_t i) {
-  while (t_tsan_fibers.size() <= i) {
-    void* f = __tsan_create_fiber(0);
-    __tsan_set_fiber_name(f, "emulated GPU thread");
-    t_tsan_fibers.push_back(f);
+thread_local char t_grid_start = 0, t_grid_done = 0, t_prior_launch = 0;
+thread_local char t_fence[kPools] = {};
+thread_local bool t_launched = false;  // a grid has run on this thread
+thread_local int t_last_pool = 0;
+// From its first launch on, the host's own accesses are not seen (ATen's, in libraries built
+// without the sanitizer, never are), and what it allocates is new memory to the sanitizer
+// rather than the host's write: memory ordering is checked between emulated threads, and a
+// dependent grid's threads, ordered after the host only as it was at the previous launch, do
+// not see a tensor allocated since as written by it. Ended at the thread's exit (the sanitizer
+// reports a thread that ends with its accesses ignored).
+struct HostAccessesUnseen {
+  bool on = false;
+  void begin() {
+    if (!on) AnnotateIgnoreWritesBegin(__FILE__, __LINE__);
+    on = true;
   }
-  return t_tsan_fibers[i];
+  ~HostAccessesUnseen() {
+    if (on) AnnotateIgnoreWritesEnd(__FILE__, __LINE__);
+  }
+};
+thread_local HostAccessesUnseen t_host_unseen;
+// Sanitizer fibers by (pool, set and thread), created once (each takes a fraction of a
+// millisecond), without the ordering after the creating thread that creation implies: a fiber
+// is ordered only by what it acquires.
+thread_local std::vector<void*> t_tsan_fibers[kPools];
+void* tsan_fiber(int pool, size_t i) {
+  auto& fibers = t_tsan_fibers[pool];
+  while (fibers.size() <= i) {
+    AnnotateIgnoreSyncBegin(__FILE__, __LINE__);
+    void* f = __tsan_create_fiber(0);
+    AnnotateIgnoreSyncEnd(__FILE__, __LINE__);
+    __tsan_set_fiber_name(f, pool == 0 ? "emulated GPU thread" : "emulated GPU thread (dependent launch)");
+    fibers.push_back(f);
+  }
+  return fibers[i];
 }
 #endif
 
@@ -313,12 +353,13 @@ void fiber_entry() {
 #endif
   Block* b = t_block;
 #if AIM_EMU_TSAN_ON
-  // A thread starts after what the host did before the launch and after the blocks that ran
-  // on its set before (the set's objects are reused); not after any other block, nor after
-  // threads of its own block that have already finished (they release into the other object).
-  SetSync& sync = t_sets[b->set].sync;
+  // A thread starts after what the host did before the launch (in a dependent launch: before
+  // the previous launch) and after the blocks that ran on its set before (the set's objects are
+  // reused); not after any other block, nor after threads of its own block that have already
+  // finished (they release into the other object).
+  SetSync& sync = t_sets[b->pool][b->set].sync;
   const unsigned parity = sync.runs & 1u;
-  __tsan_acquire(&t_grid_start);
+  __tsan_acquire(b->early ? &t_prior_launch : &t_grid_start);
   __tsan_acquire(&sync.done[parity]);
 #endif
   b->body(b->body_ctx);
@@ -487,7 +528,7 @@ struct StackPool {
     return stacks[i];
   }
 };
-thread_local StackPool t_stacks;
+thread_local StackPool t_stacks[kPools];
 
 // Runs one block to completion. Returns false on a fault.
 bool run_block(Block& b) {
@@ -502,6 +543,7 @@ bool run_block(Block& b) {
     f.state.async_copies.clear();
     f.state.async_committed = 0;
     f.state.waited_for_prior_grid = false;
+    f.state.observed = false;
     context_make(f.ctx, stack_bottom(f), kStackBytes, fiber_entry);
   }
   const bool reverse = schedule() == Schedule::kReverse;
@@ -629,7 +671,7 @@ void* static_shared(const void* tag, size_t bytes, size_t align) {
 void block_barrier() {
   Fiber& f = *t_block->current;
 #if AIM_EMU_TSAN_ON
-  char* sync = &t_sets[t_block->set].sync.block[f.block];
+  char* sync = &t_sets[t_block->pool][t_block->set].sync.block[f.block];
   __tsan_release(sync);
 #endif
   f.wait = Wait::kBlock;
@@ -642,7 +684,7 @@ void block_barrier() {
 void cluster_barrier() {
   Fiber& f = *t_block->current;
 #if AIM_EMU_TSAN_ON
-  char* sync = &t_sets[t_block->set].sync.cluster;
+  char* sync = &t_sets[t_block->pool][t_block->set].sync.cluster;
   __tsan_release(sync);
 #endif
   f.wait = Wait::kCluster;
@@ -716,7 +758,21 @@ void warp_collective(unsigned mask, const char* op) {
 
 void fault(const std::string& what) { fault_in_fiber(*t_block->current, what); }
 
-void wait_for_prior_grid() { g_thread->waited_for_prior_grid = true; }
+void wait_for_prior_grid() {
+#if AIM_EMU_TSAN_ON
+  if (t_block->early && !g_thread->waited_for_prior_grid) __tsan_acquire(&t_grid_start);
+#endif
+  g_thread->waited_for_prior_grid = true;
+}
+
+void device_fence() {
+#if AIM_EMU_TSAN_ON
+  char* fence = &t_fence[t_block->pool];
+  __tsan_release(fence);
+  if (g_thread->observed) __tsan_acquire(fence);
+  g_thread->observed = false;
+#endif
+}
 
 void prefetch_to_l2(const void* p, uint32_t bytes) {
   if (reinterpret_cast<uintptr_t>(p) % 16 != 0 || bytes == 0 || bytes % 16 != 0 || bytes >= (1u << 20)) {
@@ -788,7 +844,19 @@ bool run_grid(dim3 grid, dim3 block, size_t dynamic_smem, const void* func, Bloc
   t_last_dependent = dependent;
   t_dependent_launches += dependent ? 1 : 0;
   const int nblocks = static_cast<int>(cluster_blocks);
+#if AIM_EMU_TSAN_ON
+  t_host_unseen.begin();  // from here on, the grid's allocations (fibers, shared memory) are new
+  const bool early = dependent && t_launched;
+  const int pool = early ? t_last_pool ^ 1 : 0;
+  t_last_pool = pool;
+#else
+  const int pool = 0;
+#endif
   Block b;
+  b.pool = pool;
+#if AIM_EMU_TSAN_ON
+  b.early = early;
+#endif
   b.body = body;
   b.body_ctx = ctx;
   b.threads = static_cast<int>(threads);
@@ -803,7 +871,7 @@ bool run_grid(dim3 grid, dim3 block, size_t dynamic_smem, const void* func, Bloc
   std::vector<unsigned char*> smem_at(nsets * nblocks);
   std::vector<std::vector<Fiber>> set_fibers(nsets, std::vector<Fiber>(nfibers));
   for (int s = 0; s < nsets; ++s) {
-    if (t_sets[s].statics == nullptr) t_sets[s].statics = new unsigned char[kStaticSharedBytes];
+    if (t_sets[pool][s].statics == nullptr) t_sets[pool][s].statics = new unsigned char[kStaticSharedBytes];
     for (int k = 0; k < nblocks; ++k) {
       auto& m = smem[s * nblocks + k];
       const uintptr_t base = reinterpret_cast<uintptr_t>(m.data());
@@ -823,9 +891,9 @@ bool run_grid(dim3 grid, dim3 block, size_t dynamic_smem, const void* func, Bloc
       f.state.tid = dim3(static_cast<unsigned>(t % block.x),
                          static_cast<unsigned>(t / block.x % block.y),
                          static_cast<unsigned>(t / (static_cast<uint64_t>(block.x) * block.y)));
-      f.stack = t_stacks.get(s * nfibers + i);
+      f.stack = t_stacks[pool].get(s * nfibers + i);
 #if AIM_EMU_TSAN_ON
-      f.tsan = tsan_fiber(s * nfibers + i);
+      f.tsan = tsan_fiber(pool, s * nfibers + i);
 #endif
     }
   }
@@ -862,14 +930,16 @@ bool run_grid(dim3 grid, dim3 block, size_t dynamic_smem, const void* func, Bloc
           fill_bytes(b.states[k].dynamic_smem, 0xff, dynamic_smem);
         }
         b.set = s;
-        b.statics.arena = t_sets[s].statics;
+        b.statics.arena = t_sets[pool][s].statics;
         b.fibers.swap(set_fibers[s]);
         ok = run_block(b);
         b.fibers.swap(set_fibers[s]);
-        ++t_sets[s].sync.runs;
+        ++t_sets[pool][s].sync.runs;
       }
 #if AIM_EMU_TSAN_ON
+  __tsan_release(&t_prior_launch);  // the host as it launched this grid
   __tsan_acquire(&t_grid_done);
+  t_launched = true;
 #endif
 #if AIM_EMU_ASAN
   // Fibers abandoned by a fault leave their frames' redzones poisoned on stacks reused later.

@@ -45,23 +45,41 @@
 //
 // Built for ThreadSanitizer (AIM_EMU_TSAN, tests/emu/CMakeLists.txt: the kernels instrumented,
 // the runtime not), every emulated thread is a sanitizer fiber, switched without
-// synchronisation, and only what orders memory on a GPU is announced to it: a thread starts
-// after the host's work before the launch, __syncthreads and cluster.sync order the accesses
-// before them (of the block, of the cluster) before those after them, an atomic on an address
-// is ordered after the previous atomic on it, and the host continues after the grid. Shuffles,
-// ballots, ldmatrix and mma order nothing, nor does anything order two blocks, except that
-// blocks run in rotating sets of fibers and shared memory (each block is ordered after the
+// synchronisation, and only what orders memory on a GPU is announced to it:
+//   - a thread starts after the host's work before the launch; in a dependent launch, only
+//     after what the host had done when it launched the previous grid: the previous grid comes
+//     before it only from griddepcontrol.wait on. (From its first launch on, the host's own
+//     accesses are not checked, and what it allocates is new memory: ATen's ops, in libraries
+//     built without the sanitizer, are not seen anyway. Memory ordering is checked between
+//     emulated threads.);
+//   - __syncthreads and cluster.sync order the accesses before them (of the block, of the
+//     cluster) before those after them;
+//   - atomics are relaxed: they do not race with each other and order nothing by themselves;
+//     __threadfence (fence.sc) orders what its thread (and, through barriers, its block) did
+//     before it before what follows the fences after it, but a fence orders the accesses after
+//     it only where its thread read an atomic since its previous fence: as on a GPU, a hand-off
+//     needs a fence after the writes and before the arrival atomic, and the arrival atomic and
+//     a fence after it in the thread that observed the count (then a barrier for the rest of
+//     the block);
+//   - the host continues after the grid.
+// Shuffles, ballots, ldmatrix and mma order nothing, nor does anything order two blocks, except
+// that blocks run in rotating sets of fibers and shared memory (each block is ordered after the
 // previous block of its set): four sets for blocks of up to 256 threads, fewer for larger ones
 // (at most 1024 threads in all sets; one set, every block ordered after the previous, for
-// blocks of 1024). wmma tiles are read and stored for the sanitizer element by element by the
-// lane that holds them on a GPU. Two accesses to one location, one of them a write, that these
-// do not order are reported whatever order they ran in: a missing barrier, a lane reading
-// another lane's shared-memory write after a shuffle, a cp.async destination read before the
-// wait and a barrier, blocks writing the same element.
+// blocks of 1024). A dependent launch takes the other of two pools of fibers, stacks and sets,
+// so nothing of the grid before it is ordered before its early part. wmma tiles are read and
+// stored for the sanitizer element by element by the lane that holds them on a GPU. Two
+// accesses to one location, one of them a write, that these do not order are reported whatever
+// order they ran in: a missing barrier, a lane reading another lane's shared-memory write after
+// a shuffle, a cp.async destination read before the wait and a barrier, blocks writing the
+// same element, a last-arriving block's hand-off without a fence on either side, a dependent
+// grid touching before its wait what the grid before it writes or reads.
 //
-// What it cannot show: a dependent grid's reads before its wait of what the previous grid
-// writes (launches are ordered here), the memory model beyond the orderings above (a missing
-// __threadfence before an arrival atomic passes), fast-math rounding, performance.
+// What it cannot show: a fence after an atomic the emulator's order makes sufficient where the
+// GPU's need not (the fences ran in one order here; what a fence orders after it is what every
+// earlier fence ordered before it, arrived or not), a missing atomic, the memory model beyond
+// the orderings above, a dependent grid reading early what an ATen op wrote (not seen),
+// fast-math rounding, performance.
 // The GPU tests (tests/ops/*_cuda_test.cpp) remain the verification on a device.
 #include <cfloat>
 #include <climits>
@@ -179,6 +197,7 @@ struct ThreadState {
   std::vector<AsyncCopy> async_copies;  ///< in flight, oldest first
   uint64_t async_committed = 0;         ///< groups committed so far
   bool waited_for_prior_grid = false;   ///< griddepcontrol.wait executed
+  bool observed = false;                ///< an atomic since the thread's last fence (ThreadSanitizer)
 };
 struct BlockState {
   dim3 block_idx, block_dim, grid_dim;
@@ -212,7 +231,8 @@ void warp_collective(unsigned mask, const char* op);
 unsigned warp_ballot(unsigned mask, bool pred);
 
 /// griddepcontrol.wait. Launches run one after another here, so the previous grid has always
-/// completed; the thread's call is recorded for the check below.
+/// completed; the thread's call is recorded for the check below, and with ThreadSanitizer the
+/// thread of a dependent launch is ordered after the previous grid from here on.
 void wait_for_prior_grid();
 /// griddepcontrol.launch_dependents. A thread that calls it before wait_for_prior_grid() is a
 /// fault: the next grid could then start while the grid before this one still runs, and read
@@ -222,6 +242,10 @@ void allow_dependent_grid();
 /// positive multiple of 16 under 1 MiB: the SASS keeps 16 bits of it in 16-byte units) and, with the sanitizer, that the range lies inside one
 /// allocation (the tensor's); prefetches nothing.
 void prefetch_to_l2(const void* p, uint32_t bytes);
+/// __threadfence (fence.sc.gpu) for ThreadSanitizer: releases what the thread did so far to
+/// the fences after it, and, where the thread read an atomic since its last fence, acquires
+/// what the fences before it released.
+void device_fence();
 
 inline int lane_id() { return g_thread->linear & 31; }
 
@@ -355,30 +379,64 @@ inline T __shfl_down_sync(unsigned mask, T v, unsigned delta, int width = 32) {
 inline unsigned __ballot_sync(unsigned mask, int pred) { return ::emu::warp_ballot(mask, pred != 0); }
 
 // Atomics: blocks run one at a time and fibers switch only at barriers, so these are plain.
-// (The value's type follows the address's, as CUDA's overloads do.) For ThreadSanitizer an
-// atomic on an address is ordered after the previous one on it (acquire and release), so that
-// its own read and write are not reported, and the kernels' last-arriving-block handshakes
-// order what comes before and after them.
+// (The value's type follows the address's, as CUDA's overloads do.) For ThreadSanitizer they
+// are relaxed atomics: they do not race with each other and order nothing (a fence does).
 template <typename T>
 struct emu_same_type {
   using type = T;
 };
+#if defined(__SANITIZE_THREAD__)
+template <typename T>
+inline T emu_atomic_update(T* p, T v, bool add) {
+  if constexpr (std::is_integral_v<T>) {
+    return add ? __atomic_fetch_add(p, v, __ATOMIC_RELAXED) : __atomic_exchange_n(p, v, __ATOMIC_RELAXED);
+  } else {
+    static_assert(sizeof(T) == 4 || sizeof(T) == 8, "atomics on 4- or 8-byte values");
+    using Bits = std::conditional_t<sizeof(T) == 4, uint32_t, uint64_t>;
+    Bits* bits = reinterpret_cast<Bits*>(p);
+    Bits seen = __atomic_load_n(bits, __ATOMIC_RELAXED);
+    for (;;) {
+      T old;
+      std::memcpy(&old, &seen, sizeof(T));
+      const T next = add ? old + v : v;
+      Bits want;
+      std::memcpy(&want, &next, sizeof(T));
+      if (__atomic_compare_exchange_n(bits, &seen, want, false, __ATOMIC_RELAXED, __ATOMIC_RELAXED)) return old;
+    }
+  }
+}
+#endif
 template <typename T>
 inline T atomicAdd(T* p, typename emu_same_type<T>::type v) {
 #if defined(__SANITIZE_THREAD__)
-  __tsan_acquire(p);
-#endif
+  ::emu::g_thread->observed = true;
+  return emu_atomic_update(p, v, true);
+#else
   const T old = *p;
   *p = old + v;
-#if defined(__SANITIZE_THREAD__)
-  __tsan_release(p);
-#endif
   return old;
+#endif
+}
+template <typename T>
+inline T atomicExch(T* p, typename emu_same_type<T>::type v) {
+#if defined(__SANITIZE_THREAD__)
+  ::emu::g_thread->observed = true;
+  return emu_atomic_update(p, v, false);
+#else
+  const T old = *p;
+  *p = v;
+  return old;
+#endif
 }
 
 // Memory ordering: blocks run one after another, so a fence orders nothing that is not already
-// ordered, and a load past L1 is a load.
-inline void __threadfence() {}
+// ordered (for ThreadSanitizer it is announced: fence.sc, see the model above), and a load past
+// L1 is a load.
+inline void __threadfence() {
+#if defined(__SANITIZE_THREAD__)
+  ::emu::device_fence();
+#endif
+}
 template <typename T>
 inline T __ldcg(const T* p) {
   return *p;
