@@ -54,13 +54,13 @@
 //     emulated threads.);
 //   - __syncthreads and cluster.sync order the accesses before them (of the block, of the
 //     cluster) before those after them;
-//   - atomics are relaxed: they do not race with each other and order nothing by themselves;
-//     __threadfence (fence.sc) orders what its thread (and, through barriers, its block) did
-//     before it before what follows the fences after it, but a fence orders the accesses after
-//     it only where its thread read an atomic since its previous fence: as on a GPU, a hand-off
-//     needs a fence after the writes and before the arrival atomic, and the arrival atomic and
-//     a fence after it in the thread that observed the count (then a barrier for the rest of
-//     the block);
+//   - atomics are relaxed: they do not race with each other and order nothing by themselves.
+//     __threadfence (fence.sc) releases what its thread did before it (and what its block did
+//     before a barrier it passed) to the fences that come later; a fence acquires, ordering the
+//     accesses after it, only in a thread that read an atomic since its previous fence. So a
+//     hand-off needs, as PTX's release and acquire patterns do, a fence after the writes and
+//     before the arrival atomic, and in the thread that read the count a fence after that
+//     atomic (then a barrier for the rest of its block);
 //   - the host continues after the grid.
 // Shuffles, ballots, ldmatrix and mma order nothing, nor does anything order two blocks, except
 // that blocks run in rotating sets of fibers and shared memory (each block is ordered after the
