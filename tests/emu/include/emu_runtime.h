@@ -385,9 +385,11 @@ template <typename T>
 struct emu_same_type {
   using type = T;
 };
-#if defined(__SANITIZE_THREAD__)
+// The old value at p, replaced by old + v (add) or by v.
 template <typename T>
 inline T emu_atomic_update(T* p, T v, bool add) {
+#if defined(__SANITIZE_THREAD__)
+  ::emu::g_thread->observed = true;
   if constexpr (std::is_integral_v<T>) {
     return add ? __atomic_fetch_add(p, v, __ATOMIC_RELAXED) : __atomic_exchange_n(p, v, __ATOMIC_RELAXED);
   } else {
@@ -404,29 +406,19 @@ inline T emu_atomic_update(T* p, T v, bool add) {
       if (__atomic_compare_exchange_n(bits, &seen, want, false, __ATOMIC_RELAXED, __ATOMIC_RELAXED)) return old;
     }
   }
-}
-#endif
-template <typename T>
-inline T atomicAdd(T* p, typename emu_same_type<T>::type v) {
-#if defined(__SANITIZE_THREAD__)
-  ::emu::g_thread->observed = true;
-  return emu_atomic_update(p, v, true);
 #else
   const T old = *p;
-  *p = old + v;
+  *p = add ? old + v : v;
   return old;
 #endif
+}
+template <typename T>
+inline T atomicAdd(T* p, typename emu_same_type<T>::type v) {
+  return emu_atomic_update(p, v, true);
 }
 template <typename T>
 inline T atomicExch(T* p, typename emu_same_type<T>::type v) {
-#if defined(__SANITIZE_THREAD__)
-  ::emu::g_thread->observed = true;
   return emu_atomic_update(p, v, false);
-#else
-  const T old = *p;
-  *p = v;
-  return old;
-#endif
 }
 
 // Memory ordering: blocks run one after another, so a fence orders nothing that is not already
