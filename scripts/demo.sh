@@ -5,7 +5,7 @@
 # the samples, and print a report.
 #
 #   scripts/demo.sh                 full demo (12-15 minutes on 2 CPU cores)
-#   scripts/demo.sh --quick         smaller and shorter (about 5 minutes; what CI runs)
+#   scripts/demo.sh --quick         smaller and shorter (4-10 minutes; what CI runs)
 #   options: --out DIR (default runs/demo or runs/demo_quick), --no-build (use an existing build),
 #            --min-accuracy F (exit non-zero when the sample accuracy at any cfg is below F)
 set -euo pipefail

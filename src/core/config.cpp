@@ -155,7 +155,7 @@ const std::vector<Field<TrainConfig>>& train_fields() {
       {"max_steps", &S::max_steps, "stop after this many steps; 0 = all epochs"},
       {"global_batch", &S::global_batch, "images per optimizer step, all ranks"},
       {"micro_batch", &S::micro_batch, "images per forward/backward per rank"},
-      {"precision", &S::precision, "bf16 | fp32"},
+      {"precision", &S::precision, "bf16 | fp32 | auto (bf16 on CUDA sm80+ and AMX CPUs, else fp32)"},
       {"ema", &S::ema, "keep an EMA of the weights"},
       {"ema_decay", &S::ema_decay, "EMA decay per step"},
       {"seed", &S::seed, "random seed"},

@@ -221,7 +221,7 @@ void TrainConfig::validate() const {
     fail("train.global_batch", str_cat("a multiple of train.micro_batch (", micro_batch, ")"),
          std::to_string(global_batch),
          "global_batch = micro_batch * ranks * gradient accumulation steps");
-  one_of("train.precision", precision, {"bf16", "fp32"});
+  one_of("train.precision", precision, {"bf16", "fp32", "auto"});
   unit_half_open("train.ema_decay", ema_decay);
   int_at_least("train.seed", seed, 0);
   int_at_least("train.ckpt_every", ckpt_every, 0);

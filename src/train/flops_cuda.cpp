@@ -1,5 +1,6 @@
-// Device names for the MFU peak table (CUDA builds only).
+// Device names for the MFU peak table and compute capabilities (CUDA builds only).
 #include <ATen/cuda/CUDAContext.h>
+#include <c10/cuda/CUDAFunctions.h>
 
 #include <string>
 
@@ -8,6 +9,12 @@ namespace aim::train {
 std::string cuda_device_name(int index) {
   const cudaDeviceProp* prop = at::cuda::getDeviceProperties(index);
   return prop ? std::string(prop->name) : std::string("cuda");
+}
+
+int cuda_compute_major(int index) {
+  const cudaDeviceProp* prop =
+      at::cuda::getDeviceProperties(index < 0 ? c10::cuda::current_device() : static_cast<c10::DeviceIndex>(index));
+  return prop ? prop->major : 0;
 }
 
 }  // namespace aim::train

@@ -32,6 +32,7 @@
 #include "aim/train/ema.h"
 #include "aim/train/flops.h"
 #include "aim/train/optim.h"
+#include "aim/train/precision.h"
 #include "aim/train/run_dir.h"
 #include "train_util.h"
 
@@ -353,7 +354,8 @@ TrainResult run_training(const Config& config_in, const TrainOptions& options) {
   std::ofstream metrics;
   if (main) metrics.open(metrics_path, std::ios::app);
 
-  const bool bf16 = config.train.precision == "bf16";
+  const Precision precision = resolve_precision(config.train.precision, device);
+  const bool bf16 = precision.bf16;
   const double peak_lr = config.lr();
   std::string device_name;
   const double peak_tflops = device_peak_tflops(device, config.train.peak_tflops, &device_name);
@@ -381,7 +383,7 @@ TrainResult run_training(const Config& config_in, const TrainOptions& options) {
       << warmup_steps(config.schedule, total_steps) << " steps; AdamW betas (" << config.optim.betas[0]
       << ", " << config.optim.betas[1] << "), wd " << config.optim.weight_decay << ", clip "
       << config.optim.grad_clip << "\n"
-      << "  precision  " << config.train.precision << (bf16 ? " autocast, fp32 master weights" : "")
+      << "  precision  " << precision.summary
       << (config.train.ema ? str_cat(", EMA ", config.train.ema_decay) : std::string()) << "\n"
       << "  device     " << device_name << " (" << device.str() << "), world size " << world << " ("
       << env.launcher << ", " << dist.backend() << ")"
@@ -389,6 +391,7 @@ TrainResult run_training(const Config& config_in, const TrainOptions& options) {
       << "  run dir    " << run.path()
       << (resume_dir.empty() ? std::string() : str_cat("\n  resumed    ", resume_dir, " at step ", state.step));
     say(s.str());
+    if (!precision.warning.empty()) say("warning: " + precision.warning);
   }
 
   // ---- checkpointing

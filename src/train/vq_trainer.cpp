@@ -23,6 +23,7 @@
 #include "aim/model/vq.h"
 #include "aim/train/dist.h"
 #include "aim/train/optim.h"
+#include "aim/train/precision.h"
 #include "aim/train/run_dir.h"
 #include "aim/train/vq_losses.h"
 #include "train_util.h"
@@ -208,7 +209,8 @@ VqTrainResult run_vq_training(const Config& config_in, const TrainOptions& optio
   torch::Tensor fixed;
   if (main) fixed = grid_images(*list, vt.eval_images, config.data.image_size, config.data.crop_ratio);
 
-  const bool bf16 = config.train.precision == "bf16";
+  const Precision precision = resolve_precision(config.train.precision, device);
+  const bool bf16 = precision.bf16;
   const double peak_lr = config.lr();
   const double disc_peak_lr = vt.disc_lr > 0 ? vt.disc_lr : peak_lr;
   const int64_t f = config.vq.downsample();
@@ -235,12 +237,13 @@ VqTrainResult run_vq_training(const Config& config_in, const TrainOptions& optio
     s << "\n  batch      global " << config.train.global_batch << " = " << world << " rank(s) x micro " << micro
       << " x " << accum << " accumulation step(s); " << steps_per_epoch << " steps/epoch\n"
       << "  schedule   " << total_steps << " steps, peak lr " << fmt(peak_lr) << ", " << config.schedule.type
-      << ", warm-up " << warmup_steps(config.schedule, total_steps) << " steps; precision " << config.train.precision
+      << ", warm-up " << warmup_steps(config.schedule, total_steps) << " steps; precision " << precision.summary
       << "\n  device     " << device.str() << ", world size " << world << " (" << env.launcher << ", "
       << dist.backend() << ")\n"
       << "  run dir    " << run.path()
       << (resume_dir.empty() ? std::string() : str_cat("\n  resumed    ", resume_dir, " at step ", state.step));
     say(s.str());
+    if (!precision.warning.empty()) say("warning: " + precision.warning);
   }
 
   // ---- checkpointing

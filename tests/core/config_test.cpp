@@ -122,7 +122,7 @@ TEST(Config, Defaults) {
   EXPECT_DOUBLE_EQ(c.optim.grad_clip, 1.0);
   EXPECT_EQ(c.schedule.type, "linear");
   EXPECT_EQ(c.train.epochs, 300);
-  EXPECT_EQ(c.train.precision, "bf16");
+  EXPECT_EQ(c.train.precision, "auto");
   EXPECT_DOUBLE_EQ(c.train.ema_decay, 0.9999);
   EXPECT_DOUBLE_EQ(c.sample.temperature, 1.0);
   EXPECT_EQ(c.sample.top_k, 0);
@@ -393,7 +393,7 @@ TEST(Config, EveryValidationRuleNamesItsKey) {
       {{"train.global_batch=0"}, {"'train.global_batch'", "found 0"}},
       {{"train.micro_batch=0"}, {"'train.micro_batch'", "found 0"}},
       {{"train.global_batch=100"}, {"'train.global_batch'", "multiple of train.micro_batch (64)", "found 100"}},
-      {{"train.precision=fp16"}, {"'train.precision'", "'bf16'", "found 'fp16'"}},
+      {{"train.precision=fp16"}, {"'train.precision'", "'bf16'", "'auto'", "found 'fp16'"}},
       {{"train.ema_decay=1"}, {"'train.ema_decay'", "found 1"}},
       {{"train.seed=-1"}, {"'train.seed'", "found -1"}},
       {{"train.ckpt_every=-1"}, {"'train.ckpt_every'", "found -1"}},

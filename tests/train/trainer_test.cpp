@@ -9,6 +9,7 @@
 #include "aim/core/safetensors.h"
 #include "aim/data/image.h"
 #include "aim/data/synthetic.h"
+#include "aim/train/precision.h"
 #include "aim/train/run_dir.h"
 #include "aim/train/trainer.h"
 #include "test_util.h"
@@ -136,6 +137,26 @@ TEST_F(TrainerTest, Bf16AutocastComputesInBf16WithFp32MasterWeights) {
   EXPECT_NEAR(fp32.loss, bf16.loss, 0.02);          // and agrees to bf16 precision
   for (const auto& [k, v] : load(bf16.checkpoint, "model.safetensors"))
     EXPECT_EQ(v.scalar_type(), torch::kFloat) << k;  // master weights stay fp32
+}
+
+TEST_F(TrainerTest, TheHeaderSaysWhatPrecisionAutoChose) {
+  const auto r = test::run_shell(aim("train " + tiny() + " " + cli_sets(run("auto")) +
+                                     " --set train.max_steps=1 --set train.precision=auto"));
+  ASSERT_EQ(r.code, 0) << r.output;
+  if (torch::cuda::is_available()) {
+    EXPECT_NE(r.output.find("  precision  auto: "), std::string::npos) << r.output;
+    return;
+  }
+  const Precision p = resolve_precision("auto", torch::Device(torch::kCPU));
+  EXPECT_NE(r.output.find("  precision  " + p.summary + "\n"), std::string::npos) << r.output;
+  // bf16 written out where the CPU multiplies it in software: trained as asked, with a warning.
+  const auto b = test::run_shell(aim("train " + tiny() + " " + cli_sets(run("bf16")) +
+                                     " --set train.max_steps=1 --set train.precision=bf16"));
+  ASSERT_EQ(b.code, 0) << b.output;
+  EXPECT_NE(b.output.find("  precision  bf16 autocast"), std::string::npos) << b.output;
+  const bool software = !cpu_has_avx512_bf16() && !cpu_has_amx_bf16();
+  EXPECT_EQ(b.output.find("warning: train.precision is bf16 on a CPU without") != std::string::npos, software)
+      << b.output;
 }
 
 TEST_F(TrainerTest, TrainsFromImagesEncodedOnTheFly) {

@@ -140,7 +140,9 @@ struct TrainConfig {
   int64_t max_steps = 0;           ///< stop after this many optimizer steps; 0 = run all epochs
   int64_t global_batch = 256;      ///< images per optimizer step over all ranks
   int64_t micro_batch = 64;        ///< images per forward/backward on one rank
-  std::string precision = "bf16";  ///< "bf16" (autocast, fp32 master weights) | "fp32"
+  /// "bf16" (autocast, fp32 master weights) | "fp32" | "auto": bf16 where the device has fast bf16
+  /// arithmetic (CUDA sm80+, CPUs with AMX), else fp32 (aim/train/precision.h)
+  std::string precision = "auto";
   bool ema = false;                ///< keep an exponential moving average of the weights
   double ema_decay = 0.9999;
   int64_t seed = 0;
