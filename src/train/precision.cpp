@@ -31,7 +31,7 @@ Precision resolve_precision(const std::string& setting, const torch::Device& dev
     return p;
   }
   bool fast = true;
-  std::string why;
+  std::string why = device.str();
   if (device.is_cuda()) {
 #ifdef AIM_WITH_CUDA
     const int major = cuda_compute_major(device.has_index() ? device.index() : -1);
@@ -52,8 +52,7 @@ Precision resolve_precision(const std::string& setting, const torch::Device& dev
     p.summary = "bf16 autocast, fp32 master weights";
   } else {  // "auto" (the config validator admits nothing else)
     p.bf16 = fast;
-    p.summary = str_cat("auto: ", fast ? "bf16 autocast, fp32 master weights" : "fp32", why.empty() ? "" : " (",
-                        why, why.empty() ? "" : ")");
+    p.summary = str_cat("auto: ", fast ? "bf16 autocast, fp32 master weights" : "fp32", " (", why, ")");
   }
   return p;
 }

@@ -18,7 +18,7 @@ struct Precision {
 /// Resolves `train.precision` ("bf16", "fp32" or "auto") for `device`. "auto" is bf16 where the
 /// device multiplies bf16 in hardware faster than fp32: a CUDA device of compute capability 8.0
 /// or later, or a CPU with AMX-BF16. Elsewhere it is fp32: on CPUs without AMX the demo's AiM
-/// step in bf16 ran at 0.81x fp32's speed with AVX512-BF16, and ATen's bf16 matmul at 1/70 of
+/// step in bf16 ran at 0.81x fp32's speed with AVX512-BF16, and ATen's bf16 matmul at 1/69 of
 /// fp32's with AVX2 only (docs/perf.md).
 Precision resolve_precision(const std::string& setting, const torch::Device& device);
 
