@@ -8,6 +8,9 @@
 #include <array>
 #include <cstdio>
 #include <filesystem>
+#include <fstream>
+#include <set>
+#include <sstream>
 #include <sys/wait.h>
 #include <functional>
 #include <optional>
@@ -175,6 +178,21 @@ inline std::string error_of(const std::function<void()>& f) {
     return e.what();
   }
   return "";
+}
+
+/// The CPU flags the kernel reports (the first processor's "flags" line of /proc/cpuinfo), empty
+/// where unreadable.
+inline std::set<std::string> proc_cpuinfo_flags() {
+  std::ifstream in("/proc/cpuinfo");
+  std::string line;
+  while (std::getline(in, line)) {
+    if (line.rfind("flags", 0) != 0) continue;
+    std::istringstream words(line.substr(line.find(':') + 1));
+    std::set<std::string> flags;
+    for (std::string w; words >> w;) flags.insert(w);
+    return flags;
+  }
+  return {};
 }
 
 /// Device the model-level tests run on: $AIM_TEST_DEVICE ("cpu" default, "cuda" on a GPU

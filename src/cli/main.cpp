@@ -8,6 +8,7 @@
 #include "aim/core/build_info.h"
 #include "aim/core/env.h"
 #include "aim/core/error.h"
+#include "aim/ops/dispatch.h"
 
 int main(int argc, char** argv) {
   aim::tune_host_allocator();
@@ -30,11 +31,12 @@ int main(int argc, char** argv) {
   } catch (const CLI::ParseError& e) {
     return app.exit(e);
   }
-  if (version) {
-    std::cout << aim::build_info() << "\n";
-    return 0;
-  }
   try {
+    if (version) {
+      const char* isa = aim::ops::cpu_kernel_isa();  // throws on a bad AIM_CPU_ISA
+      std::cout << aim::build_info() << " | CPU kernels " << isa << "\n";
+      return 0;
+    }
     for (auto& run : runners) {
       const int rc = run();
       if (rc >= 0) return rc;

@@ -23,6 +23,7 @@ namespace {
 
 using torch::autograd::AutogradContext;
 using torch::autograd::tensor_list;
+using namespace simd;
 
 /// x [B, C, L] (any layout) as contiguous fp32 rows [B, L, C].
 torch::Tensor rows_f32(const torch::Tensor& x) {
@@ -35,9 +36,10 @@ torch::Tensor weight_wc(const torch::Tensor& weight) {
 }
 
 /// a[t] = bias + sum_k w[k] * x[t - (W - 1) + k] for the L rows of one sequence.
-AIM_CPU_CLONES
-void conv_rows(const float* __restrict x, const float* __restrict w, const float* __restrict bias,
-               float* __restrict a, int64_t L, int64_t C, int64_t W) {
+template <class V>
+AIM_INLINE void conv_rows(const float* __restrict x, const float* __restrict w,
+                          const float* __restrict bias, float* __restrict a, int64_t L, int64_t C,
+                          int64_t W) {
   for (int64_t t = 0; t < L; ++t) {
     float* __restrict o = a + t * C;
     if (bias != nullptr) {
@@ -54,14 +56,16 @@ void conv_rows(const float* __restrict x, const float* __restrict w, const float
     }
   }
 }
+AIM_CPU_KERNEL(ConvRows, conv_rows);
 
 /// One sequence of the backward. On entry `g` holds the pre-activation a (and `s` sigmoid(a)
 /// when `silu`); on exit g = dout * silu'(a) (or dout). Adds to the sequence's partials dw [W][C]
 /// and db [C]; writes dx rows.
-AIM_CPU_CLONES
-void grad_rows(const float* __restrict x, const float* __restrict dout, const float* __restrict s,
-               const float* __restrict w, float* __restrict g, float* __restrict dw,
-               float* __restrict db, float* __restrict dx, int64_t L, int64_t C, int64_t W) {
+template <class V>
+AIM_INLINE void grad_rows(const float* __restrict x, const float* __restrict dout,
+                          const float* __restrict s, const float* __restrict w, float* __restrict g,
+                          float* __restrict dw, float* __restrict db, float* __restrict dx, int64_t L,
+                          int64_t C, int64_t W) {
   for (int64_t t = 0; t < L; ++t) {
     float* __restrict gt = g + t * C;
     const float* __restrict dt = dout + t * C;
@@ -93,6 +97,7 @@ void grad_rows(const float* __restrict x, const float* __restrict dout, const fl
     }
   }
 }
+AIM_CPU_KERNEL(GradRows, grad_rows);
 
 /// The pre-activation of every sequence, [B, L, C] fp32.
 torch::Tensor pre_activation(const torch::Tensor& xf, const torch::Tensor& w, const torch::Tensor& bias_f) {
@@ -103,7 +108,9 @@ torch::Tensor pre_activation(const torch::Tensor& xf, const torch::Tensor& w, co
   const float* bp = float_ptr(bias_f);
   float* ap = a.data_ptr<float>();
   at::parallel_for(0, B, 1, [&](int64_t begin, int64_t end) {
-    for (int64_t b = begin; b < end; ++b) conv_rows(xp + b * L * C, wp, bp, ap + b * L * C, L, C, W);
+    for (int64_t b = begin; b < end; ++b) {
+      run_kernel<ConvRows>(xp + b * L * C, wp, bp, ap + b * L * C, L, C, W);
+    }
   });
   return a;
 }
@@ -148,8 +155,9 @@ class CausalConv1dCpuFunction : public torch::autograd::Function<CausalConv1dCpu
     at::parallel_for(0, B, 1, [&](int64_t begin, int64_t end) {
       for (int64_t b = begin; b < end; ++b) {
         const int64_t off = b * L * C;
-        grad_rows(xp + off, gp + off, sp != nullptr ? sp + off : nullptr, wp, ap + off,
-                  dwp + b * W * C, dbp + b * C, dxp + off, L, C, W);
+        const float* sb = sp != nullptr ? sp + off : nullptr;
+        run_kernel<GradRows>(xp + off, gp + off, sb, wp, ap + off, dwp + b * W * C, dbp + b * C,
+                             dxp + off, L, C, W);
       }
     });
     auto dw = dw_part.sum(0).t().reshape(weight.sizes()).to(weight.scalar_type());

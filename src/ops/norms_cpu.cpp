@@ -58,15 +58,15 @@ AIM_INLINE void gate_row(const Rows& a, int64_t row, float* __restrict u, float*
   }
 }
 
-AIM_CPU_CLONES
-void forward_rows(const Rows& a, int64_t begin, int64_t end, float* __restrict y, float* __restrict u,
-                  float* __restrict g) {
+template <class V>
+AIM_INLINE void forward_rows(const Rows& a, int64_t begin, int64_t end, float* __restrict y,
+                             float* __restrict u, float* __restrict g) {
   const int64_t E = a.E, G = a.G;
   for (int64_t row = begin; row < end; ++row) {
     gate_row(a, row, u, g);
     float* __restrict yr = y + row * E;
     for (int64_t base = 0; base < E; base += G) {
-      const float r = 1.f / std::sqrt(dot(u + base, u + base, G) / G + a.eps);
+      const float r = 1.f / std::sqrt(dot<V>(u + base, u + base, G) / G + a.eps);
       const float* __restrict ug = u + base;
       const float* __restrict wg = a.w + base;
       float* __restrict yg = yr + base;
@@ -79,6 +79,7 @@ void forward_rows(const Rows& a, int64_t begin, int64_t end, float* __restrict y
     }
   }
 }
+AIM_CPU_KERNEL(ForwardRows, forward_rows);
 
 struct Grads {
   const float* dy;
@@ -87,9 +88,9 @@ struct Grads {
   float* dw;  // this block's partial [E]
 };
 
-AIM_CPU_CLONES
-void backward_rows(const Rows& a, const Grads& gr, int64_t begin, int64_t end, float* __restrict u,
-                   float* __restrict g, float* __restrict av) {
+template <class V>
+AIM_INLINE void backward_rows(const Rows& a, const Grads& gr, int64_t begin, int64_t end,
+                              float* __restrict u, float* __restrict g, float* __restrict av) {
   const int64_t E = a.E, G = a.G;
   const bool nbg = a.norm_before_gate;
   for (int64_t row = begin; row < end; ++row) {
@@ -101,8 +102,8 @@ void backward_rows(const Rows& a, const Grads& gr, int64_t begin, int64_t end, f
     for (int64_t i = 0; i < E; ++i) av[i] = nbg ? a.w[i] * dy[i] * g[i] : a.w[i] * dy[i];
     for (int64_t base = 0; base < E; base += G) {
       const float* __restrict ug = u + base;
-      const float r = 1.f / std::sqrt(dot(ug, ug, G) / G + a.eps);
-      const float k = r * r * r / G * dot(av + base, ug, G);
+      const float r = 1.f / std::sqrt(dot<V>(ug, ug, G) / G + a.eps);
+      const float k = r * r * r / G * dot<V>(av + base, ug, G);
       const float* __restrict ag = av + base;
       const float* __restrict gg = g + base;
       const float* __restrict dyg = dy + base;
@@ -139,6 +140,7 @@ void backward_rows(const Rows& a, const Grads& gr, int64_t begin, int64_t end, f
     }
   }
 }
+AIM_CPU_KERNEL(BackwardRows, backward_rows);
 
 /// Contiguous fp32 rows [R, E] of the inputs, sigmoid(z), and the pointers the loops read.
 struct FloatRows {
@@ -178,8 +180,8 @@ class GatedRmsNormCpuFunction : public torch::autograd::Function<GatedRmsNormCpu
     at::parallel_for(0, blocks_of(a.rows), 1, [&](int64_t b0, int64_t b1) {
       std::vector<float> scratch(2 * a.E);
       for (int64_t blk = b0; blk < b1; ++blk) {
-        forward_rows(a, blk * kRowBlock, std::min(a.rows, (blk + 1) * kRowBlock), yp, scratch.data(),
-                     scratch.data() + a.E);
+        run_kernel<ForwardRows>(a, blk * kRowBlock, std::min(a.rows, (blk + 1) * kRowBlock), yp,
+                                scratch.data(), scratch.data() + a.E);
       }
     });
     ctx->save_for_backward({x, z, weight});
@@ -213,8 +215,8 @@ class GatedRmsNormCpuFunction : public torch::autograd::Function<GatedRmsNormCpu
       std::vector<float> scratch(3 * a.E);
       for (int64_t blk = b0; blk < b1; ++blk) {
         const Grads gr{dyp, dxp, dzp, dwp + blk * a.E};
-        backward_rows(a, gr, blk * kRowBlock, std::min(a.rows, (blk + 1) * kRowBlock), scratch.data(),
-                      scratch.data() + a.E, scratch.data() + 2 * a.E);
+        run_kernel<BackwardRows>(a, gr, blk * kRowBlock, std::min(a.rows, (blk + 1) * kRowBlock),
+                                 scratch.data(), scratch.data() + a.E, scratch.data() + 2 * a.E);
       }
     });
     torch::Tensor dzo;

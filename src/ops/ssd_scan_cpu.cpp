@@ -3,8 +3,8 @@
 // One task per (sequence b, head h). The forward keeps the state transposed, S[n][p], so that
 // every update is an axpy over the head dimension p and y_t = S_t C_t accumulates over n in
 // vector registers. Every loop of the kernel is such an axpy along a contiguous row (vectorised
-// without reassociation); no loop needs a horizontal sum per element. The hot loops are compiled
-// for AVX-512, AVX2 and the baseline and chosen at load time (GCC target_clones).
+// without reassociation); no loop needs a horizontal sum per element. The kernels are compiled
+// for AVX-512, AVX2 + FMA and the baseline and the best the CPU has runs (cpu_simd.h).
 //
 // Backward recomputes the states of its (b, h) into a per-thread buffer [L][P][N] and walks
 // back once, with the state gradient dS held in both layouts (see backward_head):
@@ -97,20 +97,22 @@ AIM_INLINE void prefetch_token(const ScanArgs& a, int64_t b, int64_t t, int64_t 
 // The inner loops. Each works on a block of kW lanes of the contiguous dimension and sweeps the
 // other dimension with its accumulators in registers, so that no sum goes through memory from one
 // step of the sweep to the next; lanes past the last full block run the same order on scalars.
+// V is the 16-lane vector type of the instruction set the kernel is compiled for (cpu_simd.h).
 
 /// Forward step, state S [N][P]: S[n] = a S[n] + (dt B[n]) x; y += sum_n C[n] S[n] (y holds the
 /// D x term on entry). Four accumulators over n (even FMA chains would otherwise wait on each
 /// other's latency), summed in a fixed order.
+template <class V>
 AIM_INLINE void fwd_step(float* __restrict S, const float* __restrict x, const float* __restrict Bm,
                          const float* __restrict Cm, float* __restrict y, float decay, float dtv,
                          int64_t N, int64_t P) {
   const int64_t Pv = P - P % kW, N4 = N - N % 4;
   for (int64_t pb = 0; pb < Pv; pb += kW) {
-    const vf xv = loadu(x + pb);
-    vf acc[4] = {};
-    auto step = [&](int64_t n, vf& a) {
+    const V xv = loadu<V>(x + pb);
+    V acc[4] = {};
+    auto step = [&](int64_t n, V& a) AIM_LAMBDA_INLINE {
       float* Sn = S + n * P + pb;
-      const vf v = loadu(Sn) * decay + xv * (dtv * Bm[n]);
+      const V v = loadu<V>(Sn) * decay + xv * (dtv * Bm[n]);
       storeu(Sn, v);
       a += v * Cm[n];
     };
@@ -121,7 +123,7 @@ AIM_INLINE void fwd_step(float* __restrict S, const float* __restrict x, const f
       step(n + 3, acc[3]);
     }
     for (int64_t n = N4; n < N; ++n) step(n, acc[0]);
-    storeu(y + pb, loadu(y + pb) + ((acc[0] + acc[1]) + (acc[2] + acc[3])));
+    storeu(y + pb, loadu<V>(y + pb) + ((acc[0] + acc[1]) + (acc[2] + acc[3])));
   }
   for (int64_t p = Pv; p < P; ++p) {
     float acc = 0.f;
@@ -149,6 +151,7 @@ AIM_INLINE void state_step(float* __restrict cur, const float* __restrict prev,
 /// Backward step on the [P][N] state gradient r: r += dy C^T; dC = S_t^T dy; dsx = r^T x and
 /// dB = dt dsx; then r *= a. Returns <B, dsx> in `bdsx` and <r, S_{t-1}> (before the decay) in
 /// `da`. Two sets of accumulators over p.
+template <class V>
 AIM_INLINE void grad_step_pn(float* __restrict r, const float* __restrict St,
                              const float* __restrict Sp, const float* __restrict Bm,
                              const float* __restrict Cm, const float* __restrict dy,
@@ -156,16 +159,16 @@ AIM_INLINE void grad_step_pn(float* __restrict r, const float* __restrict St,
                              float* __restrict dB, float dtv, float decay, int64_t N, int64_t P,
                              float& bdsx, float& da) {
   const int64_t Nv = N - N % kW, P2 = P - P % 2;
-  vf totB = {}, totA = {};
+  V totB = {}, totA = {};
   for (int64_t nb = 0; nb < Nv; nb += kW) {
-    const vf c = loadu(Cm + nb);
-    vf aC[2] = {}, aX[2] = {}, aA[2] = {};
-    auto step = [&](int64_t p, int j) {
+    const V c = loadu<V>(Cm + nb);
+    V aC[2] = {}, aX[2] = {}, aA[2] = {};
+    auto step = [&](int64_t p, int j) AIM_LAMBDA_INLINE {
       float* rp = r + p * N + nb;
-      const vf v = loadu(rp) + c * dy[p];
-      aC[j] += loadu(St + p * N + nb) * dy[p];
+      const V v = loadu<V>(rp) + c * dy[p];
+      aC[j] += loadu<V>(St + p * N + nb) * dy[p];
       aX[j] += v * x[p];
-      aA[j] += v * loadu(Sp + p * N + nb);
+      aA[j] += v * loadu<V>(Sp + p * N + nb);
       storeu(rp, v * decay);
     };
     for (int64_t p = 0; p < P2; p += 2) {
@@ -173,10 +176,10 @@ AIM_INLINE void grad_step_pn(float* __restrict r, const float* __restrict St,
       step(p + 1, 1);
     }
     if (P2 < P) step(P2, 0);
-    const vf dsx = aX[0] + aX[1];
+    const V dsx = aX[0] + aX[1];
     storeu(dC + nb, aC[0] + aC[1]);
     storeu(dB + nb, dsx * dtv);
-    totB += loadu(Bm + nb) * dsx;
+    totB += loadu<V>(Bm + nb) * dsx;
     totA += aA[0] + aA[1];
   }
   float tailB = 0.f, tailA = 0.f;
@@ -217,16 +220,17 @@ AIM_INLINE void dx_step(float* __restrict dx, const float* __restrict dy, const 
 
 /// Backward step on the [N][P] state gradient r: r += C dy^T; dxv = r^T B; then r *= a. Four
 /// accumulators over n.
+template <class V>
 AIM_INLINE void grad_step_np(float* __restrict r, const float* __restrict dy,
                              const float* __restrict Bm, const float* __restrict Cm,
                              float* __restrict dxv, float decay, int64_t N, int64_t P) {
   const int64_t Pv = P - P % kW, N4 = N - N % 4;
   for (int64_t pb = 0; pb < Pv; pb += kW) {
-    const vf d = loadu(dy + pb);
-    vf acc[4] = {};
-    auto step = [&](int64_t n, vf& a) {
+    const V d = loadu<V>(dy + pb);
+    V acc[4] = {};
+    auto step = [&](int64_t n, V& a) AIM_LAMBDA_INLINE {
       float* rn = r + n * P + pb;
-      const vf v = loadu(rn) + d * Cm[n];
+      const V v = loadu<V>(rn) + d * Cm[n];
       a += v * Bm[n];
       storeu(rn, v * decay);
     };
@@ -264,8 +268,9 @@ void load_state(const ScanArgs& a, int64_t b, int64_t h, float* __restrict S) {
 
 /// Forward of one (b, h): y [B, L, H, P] rows of this head; the state S[n][p] enters as loaded
 /// and leaves as the final state.
-AIM_CPU_CLONES
-void forward_head(const ScanArgs& a, int64_t b, int64_t h, float* __restrict S, float* __restrict y) {
+template <class V>
+AIM_INLINE void forward_head(const ScanArgs& a, int64_t b, int64_t h, float* __restrict S,
+                             float* __restrict y) {
   const int64_t L = a.len, P = a.hdim, N = a.dstate;
   for (int64_t t = 0; t < std::min(L, kPrefetch); ++t) prefetch_token(a, b, t, h, y, nullptr);
   for (int64_t t = 0; t < L; ++t) {
@@ -285,16 +290,17 @@ void forward_head(const ScanArgs& a, int64_t b, int64_t h, float* __restrict S, 
       const float Dh = a.D[h];
       for (int64_t p = 0; p < P; ++p) yt[p] = Dh * xt[p];
     }
-    fwd_step(S, xt, Bt, Ct, yt, decay, dtv, N, P);
+    fwd_step<V>(S, xt, Bt, Ct, yt, decay, dtv, N, P);
   }
 }
+AIM_CPU_KERNEL(ForwardHead, forward_head);
 
 /// The states of one (b, h) after every step, in the [P][N] layout: trace[t][p][n]. `S0` [P][N]
 /// is the state before step 0 (initial_state's own layout). y is not needed by the backward, so
 /// the recurrence alone runs: an axpy over n per (t, p).
-AIM_CPU_CLONES
-void recompute_trace(const ScanArgs& a, int64_t b, int64_t h, const float* __restrict S0,
-                     float* __restrict trace) {
+template <class V>
+AIM_INLINE void recompute_trace(const ScanArgs& a, int64_t b, int64_t h,
+                                const float* __restrict S0, float* __restrict trace) {
   const int64_t L = a.len, P = a.hdim, N = a.dstate;
   for (int64_t t = 0; t < std::min(L, kPrefetch); ++t) prefetch_token(a, b, t, h, nullptr, nullptr);
   for (int64_t t = 0; t < L; ++t) {
@@ -308,6 +314,7 @@ void recompute_trace(const ScanArgs& a, int64_t b, int64_t h, const float* __res
     state_step(cur, prev, xt, Bt, decay, dtv, N, P);
   }
 }
+AIM_CPU_KERNEL(RecomputeTrace, recompute_trace);
 
 // Per-(b, h) outputs of the backward.
 struct HeadGrads {
@@ -336,9 +343,10 @@ struct HeadScratch {
 /// row with vector accumulators and none needs a horizontal sum per element: the [P][N] copy
 /// gives dC, dB and the decay's gradient as axpys over n, the [N][P] copy gives dx as axpys over
 /// p. Both copies see the same updates (dS += C_t dy_t^T, then dS *= a_t), so they stay equal.
-AIM_CPU_CLONES
-void backward_head(const ScanArgs& a, int64_t b, int64_t h, const float* __restrict trace,
-                   const float* __restrict S0, const HeadScratch& sc, const HeadGrads& gr) {
+template <class V>
+AIM_INLINE void backward_head(const ScanArgs& a, int64_t b, int64_t h,
+                              const float* __restrict trace, const float* __restrict S0,
+                              const HeadScratch& sc, const HeadGrads& gr) {
   const int64_t L = a.len, H = a.heads, P = a.hdim, N = a.dstate;
   const float A = a.A[h];
   float* __restrict dS_pn = sc.dS_pn;
@@ -359,7 +367,7 @@ void backward_head(const ScanArgs& a, int64_t b, int64_t h, const float* __restr
   float* __restrict dD = gr.dD + (b * H + h) * P;
   std::fill(dD, dD + P, 0.f);
   // Besides the inputs, the output rows: dx [.., P] and the per-head dB, dC [.., N].
-  auto prefetch_back = [&](int64_t t) {
+  auto prefetch_back = [&](int64_t t) AIM_LAMBDA_INLINE {
     prefetch_token(a, b, t, h, gr.dx, gr.dy);
     const int64_t row = token_rows(a, b, t, h).row;
     prefetch_rows(gr.dB + row * N, N, true);
@@ -381,9 +389,9 @@ void backward_head(const ScanArgs& a, int64_t b, int64_t h, const float* __restr
     // [P][N]: dS += dy_t C_t^T; dC_t = S_t^T dy_t; dB_t = dt dS^T x_t; then dS *= a_t (the
     // gradient w.r.t. S_{t-1}).
     float ddtv = 0.f, da = 0.f;
-    grad_step_pn(dS_pn, St, Sp, Bt, Ct, dyt, xt, dCt, dBt, dtv, decay, N, P, ddtv, da);
+    grad_step_pn<V>(dS_pn, St, Sp, Bt, Ct, dyt, xt, dCt, dBt, dtv, decay, N, P, ddtv, da);
     // [N][P]: dS += C_t dy_t^T; dxv = dS^T B_t; dS *= a_t.
-    grad_step_np(dS_np, dyt, Bt, Ct, dxv, decay, N, P);
+    grad_step_np<V>(dS_np, dyt, Bt, Ct, dxv, decay, N, P);
     dx_step(gr.dx + row * P, dyt, xt, dxv, Dv, Dh, a.D != nullptr, dtv, dD, P);
     ddtv += da * decay * A;
     dA += da * decay * dtv;
@@ -392,6 +400,7 @@ void backward_head(const ScanArgs& a, int64_t b, int64_t h, const float* __restr
   gr.dA[b * H + h] = dA;
   if (gr.dinit != nullptr) std::copy(dS_pn, dS_pn + P * N, gr.dinit + (b * H + h) * P * N);
 }
+AIM_CPU_KERNEL(BackwardHead, backward_head);
 
 /// The inputs as contiguous fp32 tensors (kept alive here) and the pointers the loops read. The
 /// per-token step, its decay and (for the backward) the step's derivative are computed here with
@@ -464,7 +473,7 @@ class SsdScanCpuFunction : public torch::autograd::Function<SsdScanCpuFunction> 
       thread_local std::vector<float> S;
       S.resize(P * N);
       load_state(args, b, h, S.data());
-      forward_head(args, b, h, S.data(), yp);
+      run_kernel<ForwardHead>(args, b, h, S.data(), yp);
       if (fp != nullptr) {
         float* dst = fp + (b * args.heads + h) * P * N;
         for (int64_t p = 0; p < P; ++p)
@@ -515,8 +524,8 @@ class SsdScanCpuFunction : public torch::autograd::Function<SsdScanCpuFunction> 
       } else {
         std::fill(S0, S0 + P * N, 0.f);
       }
-      recompute_trace(args, b, h, S0, trace.data());
-      backward_head(args, b, h, trace.data(), S0, sc, gr);
+      run_kernel<RecomputeTrace>(args, b, h, S0, trace.data());
+      run_kernel<BackwardHead>(args, b, h, trace.data(), S0, sc, gr);
     });
 
     auto reduce_bc = [&](const torch::Tensor& part) {

@@ -27,6 +27,7 @@
 #include "aim/data/sampler.h"
 #include "aim/model/aim.h"
 #include "aim/model/loader.h"
+#include "aim/ops/dispatch.h"
 #include "aim/sample/generate.h"
 #include "aim/train/dist.h"
 #include "aim/train/ema.h"
@@ -387,7 +388,10 @@ TrainResult run_training(const Config& config_in, const TrainOptions& options) {
       << (config.train.ema ? str_cat(", EMA ", config.train.ema_decay) : std::string()) << "\n"
       << "  device     " << device_name << " (" << device.str() << "), world size " << world << " ("
       << env.launcher << ", " << dist.backend() << ")"
-      << (peak_tflops > 0 ? str_cat(", peak ", peak_tflops, " TFLOP/s for MFU") : std::string()) << "\n"
+      << (peak_tflops > 0 ? str_cat(", peak ", peak_tflops, " TFLOP/s for MFU") : std::string())
+      << (device.is_cpu() ? str_cat(", CPU kernels ", ops::cpu_kernels_enabled() ? ops::cpu_kernel_isa() : "off")
+                          : std::string())
+      << "\n"
       << "  run dir    " << run.path()
       << (resume_dir.empty() ? std::string() : str_cat("\n  resumed    ", resume_dir, " at step ", state.step));
     say(s.str());

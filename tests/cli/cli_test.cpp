@@ -111,6 +111,7 @@ TEST(Cli, VersionNamesTheBuild) {
   auto r = run_aim("--version");
   EXPECT_EQ(r.code, 0);
   EXPECT_NE(r.output.find("LibTorch"), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find(std::string("CPU kernels ") + ops::cpu_kernel_isa()), std::string::npos) << r.output;
 }
 
 }  // namespace

@@ -1,7 +1,8 @@
 // The causal conv1d CPU kernel, forward and backward, against the reference in fp64, on random
-// inputs: the mixer's channel-last layout and contiguous [B, C, L], widths 2-6, with and without
-// bias and SiLU, length 1 and lengths below the width, fp32 and bf16; bitwise the same at any
-// thread count; chosen by default and turned off by the switch.
+// inputs, on each instruction-set path the CPU has: the mixer's channel-last layout and contiguous
+// [B, C, L], widths 2-6, with and without bias and SiLU, length 1 and lengths below the width,
+// fp32 and bf16; bitwise the same at any thread count; chosen by default and turned off by the
+// switch.
 #include <ATen/Parallel.h>
 #include <gtest/gtest.h>
 #include <torch/torch.h>
@@ -9,6 +10,7 @@
 #include "aim/ops/conv1d.h"
 #include "aim/ops/dispatch.h"
 #include "conv1d_cases.h"
+#include "ops/cpu_isas.h"
 #include "test_util.h"
 
 namespace aim {
@@ -33,14 +35,9 @@ TEST_P(CausalConv1dCpu, ForwardAndBackwardMatchTheReference) {
   torch::Tensor b;
   if (c.bias) b = test::randn({c.channels}, torch::kFloat, torch::kCPU, 0.2).requires_grad_(true);
 
-  ops::set_cpu_kernels(true);
-  auto [out, state] = ops::causal_conv1d(x, w, b, c.silu, /*return_state=*/true);
-  ASSERT_EQ(out.scalar_type(), c.dtype);
-  ASSERT_EQ(out.sizes(), x.sizes());
-  auto g = test::randn(out.sizes(), c.dtype);
+  const auto g = test::randn(x.sizes(), c.dtype);
   std::vector<torch::Tensor> inputs{x, w};
   if (c.bias) inputs.push_back(b);
-  const auto grads = torch::autograd::grad({out}, inputs, {g});
 
   auto f64 = [](const torch::Tensor& t) { return t.detach().to(torch::kFloat64).contiguous().requires_grad_(true); };
   auto xr = f64(x), wr = f64(w);
@@ -52,14 +49,22 @@ TEST_P(CausalConv1dCpu, ForwardAndBackwardMatchTheReference) {
   const auto grads_r = torch::autograd::grad({out_r}, inputs_r, {g.to(torch::kFloat64)});
 
   const double tol = tolerance(c.dtype);
-  const auto tag = case_name(c);
-  test::expect_close(tag + " out", out, out_r, tol);
-  test::expect_close(tag + " state", state, state_r, 1e-12);
-  test::expect_close(tag + " dx", grads[0], grads_r[0], tol);
-  EXPECT_EQ(grads[0].scalar_type(), c.dtype);
-  test::expect_close(tag + " dweight", grads[1], grads_r[1], tol);
-  EXPECT_EQ(grads[1].sizes(), w.sizes());
-  if (c.bias) test::expect_close(tag + " dbias", grads[2], grads_r[2], tol);
+  ops::set_cpu_kernels(true);
+  for (const auto isa : test::runnable_cpu_isas()) {
+    const test::ScopedCpuIsa scope(isa);
+    const auto tag = case_name(c) + test::isa_tag(isa);
+    auto [out, state] = ops::causal_conv1d(x, w, b, c.silu, /*return_state=*/true);
+    ASSERT_EQ(out.scalar_type(), c.dtype);
+    ASSERT_EQ(out.sizes(), x.sizes());
+    const auto grads = torch::autograd::grad({out}, inputs, {g});
+    test::expect_close(tag + " out", out, out_r, tol);
+    test::expect_close(tag + " state", state, state_r, 1e-12);
+    test::expect_close(tag + " dx", grads[0], grads_r[0], tol);
+    EXPECT_EQ(grads[0].scalar_type(), c.dtype);
+    test::expect_close(tag + " dweight", grads[1], grads_r[1], tol);
+    EXPECT_EQ(grads[1].sizes(), w.sizes());
+    if (c.bias) test::expect_close(tag + " dbias", grads[2], grads_r[2], tol);
+  }
 }
 
 std::vector<ConvCase> cases() {

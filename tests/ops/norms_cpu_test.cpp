@@ -1,13 +1,15 @@
 // The gated RMSNorm CPU kernel, forward and backward, against the reference in fp64 on random
-// inputs: both gate orders, no gate, one and several groups, groups not a multiple of 16, a z
-// sliced from a wider projection, a sampling step's [B, E], fp32 and bf16; the same bits at any
-// thread count; chosen by default and turned off by the switch.
+// inputs, on each instruction-set path the CPU has: both gate orders, no gate, one and several
+// groups, groups not a multiple of 16, a z sliced from a wider projection, a sampling step's
+// [B, E], fp32 and bf16; the same bits at any thread count; chosen by default and turned off by
+// the switch.
 #include <ATen/Parallel.h>
 #include <gtest/gtest.h>
 #include <torch/torch.h>
 
 #include "aim/ops/dispatch.h"
 #include "aim/ops/norms.h"
+#include "ops/cpu_isas.h"
 #include "ops/norms_cases.h"
 #include "test_util.h"
 
@@ -52,18 +54,9 @@ TEST_P(GatedRmsNormCpu, ForwardAndBackwardMatchTheReference) {
   }
   auto weight = torch::empty({c.dim}).uniform_(0.5, 1.5).requires_grad_(true);
 
-  ops::set_cpu_kernels(true);
-  auto y = ops::gated_rms_norm(x, z, weight, c.group_size, kEps, c.norm_before_gate);
-  ASSERT_EQ(y.scalar_type(), c.dtype) << tag;
-  ASSERT_EQ(y.sizes(), x.sizes()) << tag;
   std::vector<torch::Tensor> inputs{x, weight};
   if (c.gate) inputs.push_back(z);
-  const auto g = test::randn(y.sizes(), c.dtype);
-  const auto grads = torch::autograd::grad({y}, inputs, {g});
-  for (size_t i = 0; i < inputs.size(); ++i) {
-    EXPECT_EQ(grads[i].scalar_type(), inputs[i].scalar_type()) << tag << ": gradient " << i;
-    EXPECT_EQ(grads[i].sizes(), inputs[i].sizes()) << tag << ": gradient " << i;
-  }
+  const auto g = test::randn(x.sizes(), c.dtype);
 
   std::vector<torch::Tensor> inputs_r;
   for (const auto& t : inputs) inputs_r.push_back(t.detach().to(torch::kFloat64).requires_grad_(true));
@@ -71,10 +64,24 @@ TEST_P(GatedRmsNormCpu, ForwardAndBackwardMatchTheReference) {
                                       c.group_size, kEps, c.norm_before_gate);
   const auto grads_r = torch::autograd::grad({y_r}, inputs_r, {g.to(torch::kFloat64)});
   const double tol = tolerance(c.dtype);
-  test::expect_close(tag + " out", y, y_r, tol);
-  test::expect_close(tag + " dx", grads[0], grads_r[0], tol);
-  test::expect_close(tag + " dweight", grads[1], grads_r[1], tol);
-  if (c.gate) test::expect_close(tag + " dz", grads[2], grads_r[2], tol);
+
+  ops::set_cpu_kernels(true);
+  for (const auto isa : test::runnable_cpu_isas()) {
+    const test::ScopedCpuIsa scope(isa);
+    const auto itag = tag + test::isa_tag(isa);
+    auto y = ops::gated_rms_norm(x, z, weight, c.group_size, kEps, c.norm_before_gate);
+    ASSERT_EQ(y.scalar_type(), c.dtype) << itag;
+    ASSERT_EQ(y.sizes(), x.sizes()) << itag;
+    const auto grads = torch::autograd::grad({y}, inputs, {g});
+    for (size_t i = 0; i < inputs.size(); ++i) {
+      EXPECT_EQ(grads[i].scalar_type(), inputs[i].scalar_type()) << itag << ": gradient " << i;
+      EXPECT_EQ(grads[i].sizes(), inputs[i].sizes()) << itag << ": gradient " << i;
+    }
+    test::expect_close(itag + " out", y, y_r, tol);
+    test::expect_close(itag + " dx", grads[0], grads_r[0], tol);
+    test::expect_close(itag + " dweight", grads[1], grads_r[1], tol);
+    if (c.gate) test::expect_close(itag + " dz", grads[2], grads_r[2], tol);
+  }
 }
 
 std::vector<GatedCase> cases() {

@@ -1,12 +1,13 @@
-// SSD (Mamba2) scan: the chunked reference and the CPU kernel against the step-by-step
-// recurrence, forward and backward, on random realistic inputs (A < 0, small dt); the one-token
-// op against its reference on every device.
+// SSD (Mamba2) scan: the chunked reference and the CPU kernel (on each instruction-set path the
+// CPU has) against the step-by-step recurrence, forward and backward, on random realistic inputs
+// (A < 0, small dt); the one-token op against its reference on every device.
 #include <ATen/Parallel.h>
 #include <gtest/gtest.h>
 #include <torch/torch.h>
 
 #include "aim/ops/dispatch.h"
 #include "aim/ops/ssd_scan.h"
+#include "ops/cpu_isas.h"
 #include "ops/ssd_cases.h"
 #include "ops/ssd_step_cases.h"
 #include "test_util.h"
@@ -68,11 +69,18 @@ TEST_P(SsdScanChunked, EqualsRecurrenceForwardAndBackward) {
     for (auto& t : v) out.push_back(t.grad());
     return out;
   };
-  auto seq = run(kSequential), chunked = run(kChunkedRef), kernel = run(kCpuKernel);
+  auto seq = run(kSequential), chunked = run(kChunkedRef);
   const char* names[] = {"y", "final_state", "dx", "ddt", "dB", "dC", "dD", "ddt_bias", "dA", "dinit"};
   for (size_t i = 0; i < seq.size(); ++i) {
     test::expect_close(std::string("ssd chunk ") + std::to_string(s.chunk) + " " + names[i], chunked[i], seq[i], 2e-5);
-    test::expect_close(std::string("ssd cpu kernel ") + names[i], kernel[i], seq[i], 2e-5);
+  }
+  // The kernel on every instruction-set path this CPU has.
+  for (const auto isa : test::runnable_cpu_isas()) {
+    const test::ScopedCpuIsa scope(isa);
+    const auto kernel = run(kCpuKernel);
+    for (size_t i = 0; i < seq.size(); ++i) {
+      test::expect_close(std::string("ssd cpu kernel ") + names[i] + test::isa_tag(isa), kernel[i], seq[i], 2e-5);
+    }
   }
 }
 
@@ -154,11 +162,16 @@ TEST(SsdScanCpuKernel, MatchesReferenceInBf16AndWithoutOptionalInputs) {
       return out;
     };
     ops::set_cpu_kernels(true);
-    auto ref = run(false), kernel = run(true);
-    for (size_t i = 0; i < ref.size(); ++i) {
-      // Both compute in fp32 from the same bf16 inputs; the bf16 outputs (y and the bf16 input
-      // gradients) may differ by a rounding step, about 2^-8 relative.
-      test::expect_close(std::string(c.name) + " output " + std::to_string(i), kernel[i], ref[i], 1e-2);
+    const auto ref = run(false);
+    for (const auto isa : test::runnable_cpu_isas()) {
+      const test::ScopedCpuIsa scope(isa);
+      const auto kernel = run(true);
+      for (size_t i = 0; i < ref.size(); ++i) {
+        // Both compute in fp32 from the same bf16 inputs; the bf16 outputs (y and the bf16 input
+        // gradients) may differ by a rounding step, about 2^-8 relative.
+        test::expect_close(std::string(c.name) + " output " + std::to_string(i) + test::isa_tag(isa),
+                           kernel[i], ref[i], 1e-2);
+      }
     }
   }
   // Thread count: every (sequence, head) is computed by one task and partials are summed in a

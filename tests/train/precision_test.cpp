@@ -2,31 +2,13 @@
 // bf16 hardware, and a warning where bf16 would run in software.
 #include "aim/train/precision.h"
 
-#include <fstream>
-#include <set>
-#include <sstream>
-
 #include "test_util.h"
 
 namespace aim::train {
 namespace {
 
-/// The CPU flags the kernel reports (the first processor's "flags" line), empty where unreadable.
-std::set<std::string> proc_cpuinfo_flags() {
-  std::ifstream in("/proc/cpuinfo");
-  std::string line;
-  while (std::getline(in, line)) {
-    if (line.rfind("flags", 0) != 0) continue;
-    std::istringstream words(line.substr(line.find(':') + 1));
-    std::set<std::string> flags;
-    for (std::string w; words >> w;) flags.insert(w);
-    return flags;
-  }
-  return {};
-}
-
 TEST(Precision, CpuFeaturesAgreeWithTheKernelsFlags) {
-  const auto flags = proc_cpuinfo_flags();
+  const auto flags = test::proc_cpuinfo_flags();
   if (flags.empty()) GTEST_SKIP() << "no flags line in /proc/cpuinfo";
   std::printf("    this CPU: avx2 %d, avx512_bf16 %d, amx_bf16 %d\n", int(flags.count("avx2")),
               int(cpu_has_avx512_bf16()), int(cpu_has_amx_bf16()));

@@ -149,6 +149,9 @@ TEST_F(TrainerTest, TheHeaderSaysWhatPrecisionAutoChose) {
   }
   const Precision p = resolve_precision("auto", torch::Device(torch::kCPU));
   EXPECT_NE(r.output.find("  precision  " + p.summary + "\n"), std::string::npos) << r.output;
+  // The device line names the CPU kernels' instruction set.
+  EXPECT_NE(r.output.find(std::string(", CPU kernels ") + ops::cpu_kernel_isa() + "\n"), std::string::npos)
+      << r.output;
   // bf16 written out where the CPU multiplies it in software: trained as asked, with a warning.
   const auto b = test::run_shell(aim("train " + tiny() + " " + cli_sets(run("bf16")) +
                                      " --set train.max_steps=1 --set train.precision=bf16"));

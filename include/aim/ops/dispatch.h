@@ -5,6 +5,8 @@
 //
 //   AIM_CUDA_KERNELS=0   run the references on CUDA too (benchmarks "without kernels", bisecting)
 //   AIM_CPU_KERNELS=0    run the references on the CPU too
+//   AIM_CPU_ISA=avx2     run the CPU kernels' AVX2 + FMA code (or `baseline`, `avx512`) where the
+//                        CPU has better: comparing the paths (default: the best the CPU has)
 //   AIM_POISON_OUTPUTS=1 fill every kernel output with NaN before the launch, so an element a
 //                        kernel forgets to write fails the tests instead of passing on stale memory
 namespace aim::ops {
@@ -16,6 +18,9 @@ void set_cuda_kernels(bool enabled);
 /// True unless AIM_CPU_KERNELS=0 or set_cpu_kernels(false).
 bool cpu_kernels_enabled();
 void set_cpu_kernels(bool enabled);
+
+/// The instruction set the CPU kernels run on: "avx512", "avx2" (with FMA) or "baseline".
+const char* cpu_kernel_isa();
 
 /// The CUDA kernels for CPU tensors: tests/emu installs the kernels run by its CPU emulator
 /// (struct in src/ops/kernel_table.h) so that whole models run through the kernel code in CI;
