@@ -4,8 +4,8 @@
 # (stage 2), sample every class at several guidance scales, let the learning-free analyser judge
 # the samples, and print a report.
 #
-#   scripts/demo.sh                 full demo (12-15 minutes on 2 CPU cores)
-#   scripts/demo.sh --quick         smaller and shorter (4-10 minutes; what CI runs)
+#   scripts/demo.sh                 full demo (12-15 minutes on 2 CPU cores with AMX, 28 with AVX2 only)
+#   scripts/demo.sh --quick         smaller and shorter (4-7 minutes; what CI runs)
 #   options: --out DIR (default runs/demo or runs/demo_quick), --no-build (use an existing build),
 #            --min-accuracy F (exit non-zero when the sample accuracy at any cfg is below F)
 set -euo pipefail
