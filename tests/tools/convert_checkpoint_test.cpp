@@ -124,9 +124,9 @@ class ConvertCheckpoint : public ::testing::Test {
       skip_reason_ = python + " cannot import torch, which the converter needs:\n" + probe.output;
       return;
     }
-    // The inputs are generated once and shared by every test process (ctest runs each test
-    // alone), in the build directory, named after the generator, the converter and the
-    // fixtures they read; older generations are removed.
+    // The inputs are generated once and shared by every test process (a test can run alone
+    // under --gtest_filter), in the build directory, named after the generator, the converter
+    // and the fixtures they read; older generations are removed.
     std::string key = read_file(generator()) + read_file(tool());
     for (const char* f : {"vq/vq16_tiny/model.safetensors", "aim/mamba2_tiny/model.safetensors",
                           "aim/mamba1_tiny/model.safetensors", "aim/mamba2_tiny/config.json"})
