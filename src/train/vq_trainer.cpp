@@ -22,6 +22,7 @@
 #include "aim/model/loader.h"
 #include "aim/model/vq.h"
 #include "aim/train/dist.h"
+#include "aim/train/flops.h"
 #include "aim/train/optim.h"
 #include "aim/train/precision.h"
 #include "aim/train/run_dir.h"
@@ -214,6 +215,10 @@ VqTrainResult run_vq_training(const Config& config_in, const TrainOptions& optio
   const double peak_lr = config.lr();
   const double disc_peak_lr = vt.disc_lr > 0 ? vt.disc_lr : peak_lr;
   const int64_t f = config.vq.downsample();
+  // MFU counts the tokenizer's forward and backward (include/aim/train/flops.h), not the
+  // PatchGAN's.
+  const double peak_tflops = device_peak_tflops(device, config.train.peak_tflops);
+  const double flops_per_image = vq_training_flops_per_image(config.vq, config.data.image_size);
   {
     int64_t n_params = 0, n_disc = 0;
     for (const auto& p : params) n_params += p.tensor.numel();
@@ -239,7 +244,8 @@ VqTrainResult run_vq_training(const Config& config_in, const TrainOptions& optio
       << "  schedule   " << total_steps << " steps, peak lr " << fmt(peak_lr) << ", " << config.schedule.type
       << ", warm-up " << warmup_steps(config.schedule, total_steps) << " steps; precision " << precision.summary
       << "\n  device     " << device.str() << ", world size " << world << " (" << env.launcher << ", "
-      << dist.backend() << ")\n"
+      << dist.backend() << ")"
+      << (peak_tflops > 0 ? str_cat(", peak ", peak_tflops, " TFLOP/s for MFU") : std::string()) << "\n"
       << "  run dir    " << run.path()
       << (resume_dir.empty() ? std::string() : str_cat("\n  resumed    ", resume_dir, " at step ", state.step));
     say(s.str());
@@ -499,6 +505,7 @@ VqTrainResult run_vq_training(const Config& config_in, const TrainOptions& optio
       const auto now = std::chrono::steady_clock::now();
       const double dt = std::chrono::duration<double>(now - window_start).count();
       const double img_s = dt > 0 ? static_cast<double>(window_steps * config.train.global_batch) / dt : 0.0;
+      const double mfu = peak_tflops > 0 ? img_s * flops_per_image / (peak_tflops * 1e12 * world) : 0.0;
       std::array<double, kTerms> m{};
       for (size_t i = 0; i < kTerms; ++i) m[i] = window[i] / static_cast<double>(std::max<int64_t>(1, window_steps));
       state.elapsed_s = elapsed_before + std::chrono::duration<double>(now - t_start).count();
@@ -525,6 +532,7 @@ VqTrainResult run_vq_training(const Config& config_in, const TrainOptions& optio
         j["lr"] = lr;
         j["grad_norm"] = gnorm;
         j["images_per_s"] = img_s;
+        if (peak_tflops > 0) j["mfu"] = mfu;
         j["elapsed_s"] = state.elapsed_s;
         j["world_size"] = world;
         metrics << j.dump() << "\n";
@@ -538,6 +546,7 @@ VqTrainResult run_vq_training(const Config& config_in, const TrainOptions& optio
       if (adversarial) extra << std::setprecision(3) << " | G " << m[6] << " D " << m[7];
       extra << " | lr " << std::scientific << std::setprecision(2) << lr << std::fixed << " | " << fmt_count(img_s)
             << " img/s";
+      if (peak_tflops > 0) extra << " | MFU " << std::setprecision(1) << 100.0 * mfu << "%";
       progress.update(window_steps, extra.str());
       window_start = now;
       window_steps = 0;

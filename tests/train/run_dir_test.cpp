@@ -1,6 +1,9 @@
 // Run directories (atomic checkpoints, keep-last-K, latest pointer), trainer state, EMA, FLOPs.
+#include <torch/csrc/autograd/profiler_kineto.h>
+
 #include <filesystem>
 #include <fstream>
+#include <set>
 
 #include "aim/core/checkpoint.h"
 #include "aim/core/config.h"
@@ -8,6 +11,7 @@
 #include "aim/core/safetensors.h"
 #include "aim/model/aim.h"
 #include "aim/model/registry.h"
+#include "aim/model/vq.h"
 #include "aim/train/ema.h"
 #include "aim/train/flops.h"
 #include "aim/train/run_dir.h"
@@ -147,6 +151,67 @@ TEST(Flops, ForwardFlopsAreTwiceTheMatmulWeightsPlusTheScan) {
   }
   EXPECT_EQ(device_peak_tflops(torch::kCPU, 0.0), 0.0);
   EXPECT_EQ(device_peak_tflops(torch::kCPU, 123.0), 123.0);
+}
+
+/// The matrix FLOPs of one tokenizer forward (encode, nearest code, decode) of `images` as
+/// LibTorch's profiler counts them from the shapes of the convolutions and products it ran.
+double profiled_vq_forward_flops(const VqConfig& config, int64_t image_size, int64_t images) {
+  torch::manual_seed(0);
+  VqModel model(config);
+  model->eval();
+  torch::NoGradGuard no_grad;
+  const auto x = torch::rand({images, 3, image_size, image_size}) * 2 - 1;
+  namespace prof = torch::profiler::impl;
+  const prof::ProfilerConfig pc(prof::ProfilerState::KINETO, /*report_input_shapes=*/true,
+                                /*profile_memory=*/false, /*with_stack=*/false, /*with_flops=*/true);
+  const std::set<prof::ActivityType> cpu{prof::ActivityType::CPU};
+  torch::autograd::profiler::prepareProfiler(pc, cpu);
+  torch::autograd::profiler::enableProfiler(pc, cpu);
+  const auto z = model->encode_latent(x);
+  const auto codes = model->quantize->nearest(z);
+  model->decoder->forward(model->post_quant_conv->forward(model->quantize->lookup(codes, z.size(2), z.size(3))));
+  const auto result = torch::autograd::profiler::disableProfiler();
+  // The profiler also counts elementwise mul and add; MFU counts the matrix products.
+  const std::set<std::string> matrix{"aten::conv2d", "aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm"};
+  double flops = 0;
+  int64_t convs = 0;
+  for (const auto& e : result->events()) {
+    if (!matrix.count(e.name())) continue;
+    flops += static_cast<double>(e.flops());
+    convs += e.name() == "aten::conv2d";
+  }
+  EXPECT_GT(convs, 10) << "the profiler recorded no convolutions";
+  return flops / static_cast<double>(images);
+}
+
+TEST(Flops, TokenizerCountIsWhatTheProfilerCountsOfTheModel) {
+  // The demo's tokenizer (no 1x1 shortcut: widths change in the first block of a level only),
+  // VQ-16 at a small image (every block kind, attention at 2x2), and a narrow odd config.
+  struct Case {
+    std::string name;
+    VqConfig vq;
+    int64_t image_size;
+  };
+  std::vector<Case> cases;
+  const auto demo = load_config(test::source_dir() + "/configs/vq_demo.yaml", {}, ConfigUse::kTokenizer);
+  cases.push_back({"vq_demo", demo.vq, demo.data.image_size});
+  cases.push_back({"VQ-16 at 32 px", VqConfig{}, 32});
+  VqConfig narrow;
+  narrow.ch = 8;
+  narrow.ch_mult = {1, 3};
+  narrow.z_channels = 12;
+  narrow.num_res_blocks = 3;
+  narrow.norm_groups = 4;
+  narrow.codebook_size = 100;
+  narrow.codebook_embed_dim = 5;
+  cases.push_back({"narrow", narrow, 24});
+  for (const auto& c : cases) {
+    const double counted = vq_forward_flops_per_image(c.vq, c.image_size);
+    const double profiled = profiled_vq_forward_flops(c.vq, c.image_size, 2);
+    std::printf("    %s: %.6e FLOPs per image forward, profiler %.6e\n", c.name.c_str(), counted, profiled);
+    EXPECT_NEAR(counted / profiled, 1.0, 1e-9) << c.name;
+    EXPECT_DOUBLE_EQ(vq_training_flops_per_image(c.vq, c.image_size), 3.0 * counted) << c.name;
+  }
 }
 
 }  // namespace

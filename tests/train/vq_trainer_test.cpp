@@ -13,6 +13,7 @@
 #include "aim/data/image.h"
 #include "aim/data/shapes.h"
 #include "aim/model/loader.h"
+#include "aim/train/flops.h"
 #include "aim/train/run_dir.h"
 #include "aim/train/vq_losses.h"
 #include "aim/train/vq_trainer.h"
@@ -209,8 +210,18 @@ TEST_F(TrainVqTest, ReconstructionLossFallsAndTheGridIsWritten) {
   TrainOptions o;
   o.quiet = true;
   o.device = test::model_device();
-  const auto r = run_vq_training(config(run("a"), {"train.max_steps=12", "train.sample_every=12"}), o);
+  const auto cfg = config(run("a"), {"train.max_steps=12", "train.sample_every=12", "train.peak_tflops=0.5"});
+  const auto r = run_vq_training(cfg, o);
   EXPECT_EQ(r.steps, 12);
+  // MFU against the configured peak: images/s x the tokenizer's training FLOPs per image.
+  const auto mfu = logged(run("a"), "mfu"), img_s = logged(run("a"), "images_per_s");
+  ASSERT_EQ(mfu.size(), 12u);
+  ASSERT_EQ(img_s.size(), 12u);
+  const double per_image = vq_training_flops_per_image(cfg.vq, 32);
+  for (size_t i = 0; i < mfu.size(); ++i) {
+    EXPECT_GT(mfu[i], 0.0);
+    EXPECT_NEAR(mfu[i] / (img_s[i] * per_image / 0.5e12), 1.0, 1e-9) << "step " << i + 1;
+  }
   const auto l1 = logged(run("a"), "l1");
   ASSERT_EQ(l1.size(), 12u);
   std::printf("    L1 %.4f -> %.4f, grid PSNR %.2f dB, usage %.3f\n", l1.front(), l1.back(), r.psnr, r.usage);

@@ -8,7 +8,8 @@
 //                           [--tokenizer]
 //
 // --tokenizer benchmarks stage 1 instead (aim::train::run_vq_training on a generated shapes
-// dataset at the config's data.image_size): images/s and the profile only, no FLOP columns.
+// dataset at the config's data.image_size): tokens are the tokenizer's codes, FLOPs those of
+// aim::train::vq_training_flops_per_image; no matmul column.
 //
 // --kernels off runs the plain LibTorch references (ops::ref) instead of the hand-written kernels
 // (the CUDA kernels on cuda, src/ops/*_cpu.cpp on cpu); both (the default on CUDA) prints the two
@@ -182,7 +183,12 @@ int main(int argc, char** argv) {
 
     std::string dev_name;
     const double peak = aim::train::device_peak_tflops(dev, 0.0, &dev_name);
-    const double per_image = tokenizer ? 0.0 : aim::train::training_flops_per_image(base.model);
+    const double per_image = tokenizer ? aim::train::vq_training_flops_per_image(base.vq, base.data.image_size)
+                                       : aim::train::training_flops_per_image(base.model);
+    // The tokenizer's tokens are its codes: (image_size / downsample)^2 per image.
+    const int64_t tokens_per_image =
+        tokenizer ? (base.data.image_size / base.vq.downsample()) * (base.data.image_size / base.vq.downsample())
+                  : base.model.num_tokens;
     std::printf("bench_train %s%s on %s (%s): micro-batch %lld, %lld timed steps after %lld warm-up, "
                 "%.3f GFLOP per image (fwd+bwd)\n",
                 config_path.c_str(), tokenizer ? " (tokenizer)" : "", dev_name.c_str(), dev.str().c_str(),
@@ -259,9 +265,11 @@ int main(int argc, char** argv) {
                                                    base.model.d_model, 4 * base.model.d_model);
         const double ms = img_s > 0 ? 1e3 * micro / img_s : 0;
         if (p == "fp32" && use_kernels == kernel_runs.front()) fp32_ms = ms;
-        std::printf("%-6s %-8s %10.1f %12.1f %12.0f %10.2f %11.1f%% %9.1f%% %12.2f\n", p.c_str(),
-                    use_kernels ? "kernels" : "ref", ms, img_s, tokenizer ? 0.0 : img_s * base.model.num_tokens, flops / 1e12,
-                    peak > 0 ? 100.0 * flops / (peak * 1e12) : 0.0, mm > 0 ? 100.0 * flops / mm : 0.0,
+        char vs_mm[32] = "-";
+        if (mm > 0) std::snprintf(vs_mm, sizeof vs_mm, "%.1f%%", 100.0 * flops / mm);
+        std::printf("%-6s %-8s %10.1f %12.1f %12.0f %10.2f %11.1f%% %10s %12.2f\n", p.c_str(),
+                    use_kernels ? "kernels" : "ref", ms, img_s, img_s * static_cast<double>(tokens_per_image),
+                    flops / 1e12, peak > 0 ? 100.0 * flops / (peak * 1e12) : 0.0, vs_mm,
                     last.value("peak_memory_gb", 0.0));
         (use_kernels ? kernel_ms : ref_ms) = ms;
         if (kernel_ms > 0 && ref_ms > 0) {

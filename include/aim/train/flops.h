@@ -24,6 +24,12 @@ namespace aim::train {
 double forward_flops_per_token(const ModelConfig& model);
 /// Training FLOPs (forward + backward) per image.
 double training_flops_per_image(const ModelConfig& model);
+/// The VQ tokenizer's forward FLOPs per image of `image_size` pixels: its convolutions, the
+/// attention blocks' 1x1 projections and two batched products (4 C (HW)^2 each block), and the
+/// codebook distances (2 D K per code), counted as the matrix products the modules run; the
+/// norms, activations and resampling are left out. Training = 3x (`vq_training_flops_per_image`).
+double vq_forward_flops_per_image(const VqConfig& vq, int64_t image_size);
+double vq_training_flops_per_image(const VqConfig& vq, int64_t image_size);
 /// Dense bf16 peak of `device` in TFLOP/s: `configured` when > 0, else a table of known GPUs
 /// (H100 SXM 989, H100 PCIe 756, H200 989, H800 989, A100/A800 312, L40S 362); 0 when
 /// unknown (MFU is then not reported). `name` receives the device name.
