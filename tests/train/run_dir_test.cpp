@@ -185,8 +185,10 @@ double profiled_vq_forward_flops(const VqConfig& config, int64_t image_size, int
 }
 
 TEST(Flops, TokenizerCountIsWhatTheProfilerCountsOfTheModel) {
-  // The demo's tokenizer (no 1x1 shortcut: widths change in the first block of a level only),
-  // VQ-16 at a small image (every block kind, attention at 2x2), and a narrow odd config.
+  // The demo's tokenizer, VQ-16 at a small image (attention at 2x2, two blocks per level), and
+  // a narrow config (widths 8 and 24, three blocks per level, a 100-entry codebook of width 5).
+  // Every kind of block runs in each: 1x1 shortcuts where a level widens, attention at the
+  // lowest resolution, stride-2 and upsampling convolutions.
   struct Case {
     std::string name;
     VqConfig vq;
