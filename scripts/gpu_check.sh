@@ -4,11 +4,13 @@
 # compute-sanitizer over the kernel tests, the benchmarks, and a short table last.
 #
 # Here (with package registries and a CUDA build):
-#   scripts/gpu_check.sh --fetch         # the Debian -dev packages into .deb/
+#   scripts/gpu_check.sh --fetch         # the Debian -dev packages into .deb/, the official
+#                                        # baseline's Python packages into .official/
 #   scripts/gpu_check.sh --pack [BUILD]  # build the device's configuration in build-pack/ (or take
 #                                        # BUILD), strip its programs into .prebuilt/aim-cuda.tar.xz,
-#                                        # stamped with the hash of the sources they were built from
-# There (carry [".deb", ".prebuilt"]):
+#                                        # stamped with the hash of the sources they were built from;
+#                                        # causal-conv1d's kernels for the baseline into .official/
+# There (carry [".deb", ".prebuilt", ".official"]):
 #   scripts/gpu_check.sh --gpu           # a short lease: the GPU tests (one process), parity on
 #                                        # CUDA, the AiM-L benchmarks, the sanitizers
 #   scripts/gpu_check.sh --short         # one call of a 15-minute lease (about 7 min): the kernel
@@ -20,13 +22,17 @@
 # The prebuilt programs are used when their stamp matches the sources that travelled and they
 # start there; otherwise the script builds (minutes of the lease). Every phase runs under one
 # deadline, AIM_GPU_BUDGET seconds from the start (default 540: one call is at most 600), so the
-# table is always printed; AIM_GPU_PHASES picks phases (default "tests bench parity sanitize", the
+# table is always printed; AIM_GPU_PHASES picks phases (default "tests bench official parity
+# sanitize", without "official" for --short, the
 # order in which they run), AIM_GPU_BENCH the benchmarks (default "train ops sample", run in that order;
 # AIM_GPU_OPS_ARGS adds flags to bench_ops, e.g. "--repeats 5" or "--only ssd"), and
 # AIM_GPU_FILTER the GPU tests (a gtest filter). The phase "profile" (not in the default) times
 # each kernel of two AiM-L sampling steps with Nsight Compute and reads the SSD scan kernels'
 # throughput and warp stalls at AiM-L's training shapes. Logs go to $OUT (at most 8 files come
 # back from the device tool; the profile phase writes 4 of its own, so give it its own $OUT).
+# The phase "official" times the official AiM's compute path (tools/bench/official_baseline.py:
+# mamba_ssm 2.2.2's Triton kernels and causal-conv1d's CUDA kernels, the official trainer's step and
+# CUDA-graph decoder) at the shapes of the bench phase, and the table prints our figures over its.
 #
 # The GPU machine reaches no package registry, so its Debian dependencies come as .deb files
 # unpacked with dpkg -x (never installed into /).
@@ -59,6 +65,7 @@ case "${1:-}" in
     mkdir -p .deb && cd .deb
     apt-get download "${DEBS[@]}" || exit 1
     echo "gpu_check.sh: $(ls ./*.deb | wc -l) packages in .deb/ (carry \".deb\" to the device run)"
+    cd "$root" && "${AIM_PYTHON:-$root/.venv/bin/python}" tools/bench/official_baseline.py fetch .official || exit 1
     exit 0 ;;
   --pack)
     # Built against .venv's PyTorch, the same release as the device's.
@@ -82,6 +89,14 @@ case "${1:-}" in
     mkdir -p .prebuilt && tar -C "$stage" -cJf "$ARCHIVE" . && rm -rf "$stage"
     echo "gpu_check.sh: $ARCHIVE $(du -h "$ARCHIVE" | cut -f1), sources $(tar -xOJf "$ARCHIVE" ./SOURCE_STAMP)" \
          "(carry \".prebuilt\" with \".deb\"; pack again after any change to the sources)"
+    # The official baseline's causal-conv1d kernels, for the device's architecture (minutes the
+    # first time, then only what changed).
+    py="${AIM_PYTHON:-$root/.venv/bin/python}"
+    "$py" tools/bench/official_baseline.py fetch .official > /dev/null &&
+      "$py" tools/bench/official_baseline.py build-ext .official > build-official-ext.log 2>&1 ||
+      { echo "gpu_check.sh --pack: the official baseline's extension did not build (build-official-ext.log)" >&2; exit 1; }
+    strip --strip-unneeded .official/site/causal_conv1d_cuda.so
+    echo "gpu_check.sh: .official $(du -sh .official | cut -f1) (carry \".official\" too: the phase \"official\")"
     exit 0 ;;
   --gpu | --short | "") ;;
   *) echo "gpu_check.sh: unknown argument '$1' (expected --fetch, --pack [BUILD], --gpu, --short or nothing)" >&2; exit 2 ;;
@@ -92,7 +107,11 @@ mode=full
 [ "${1:-}" = "--short" ] && mode=short
 budget=${AIM_GPU_BUDGET:-540}
 [ "$mode" = short ] && budget=${AIM_GPU_BUDGET:-420}
-phases=" ${AIM_GPU_PHASES:-tests bench parity sanitize} "
+default_phases="tests bench official parity sanitize"
+# A short call has no time for the baseline's Triton autotuning: a second call runs it
+# (AIM_GPU_PHASES=official).
+[ "$mode" = short ] && default_phases="tests bench parity sanitize"
+phases=" ${AIM_GPU_PHASES:-$default_phases} "
 deadline=$((start + budget))
 out=${OUT:-$root/build-gpu/out}
 mkdir -p "$out"
@@ -169,8 +188,8 @@ fi
 t1=$(date +%s)
 
 # ------------------------------------------------------------------ phases
-status_tests=SKIP status_parity=SKIP status_sanitize=SKIP status_bench=SKIP status_profile=SKIP
-secs_tests=0 secs_parity=0 secs_sanitize=0 secs_bench=0 secs_profile=0
+status_tests=SKIP status_parity=SKIP status_sanitize=SKIP status_bench=SKIP status_profile=SKIP status_official=SKIP
+secs_tests=0 secs_parity=0 secs_sanitize=0 secs_bench=0 secs_profile=0 secs_official=0
 # The tests that launch CUDA work (kernel tests, CUDA op cases, the CLI on CUDA).
 gpu_filter=${AIM_GPU_FILTER:-'*Cuda*:*cuda*:*CUDA*'}
 # Small cases of the kernel tests for the sanitizers (10-100x slower under them).
@@ -258,6 +277,27 @@ if [ "$status_build" = OK ] && wants bench; then
   secs_bench=$(($(date +%s) - s))
 fi
 
+# The official code's compute path at the bench phase's shapes: the AiM-L training step at
+# micro-batch 64 and CUDA-graph sampling at 16 and 1 images (Triton compiles and autotunes in the
+# warm-up). Needs no program of ours; .official comes from --fetch and --pack.
+if wants official; then
+  s=$(date +%s)
+  olog="$out/official.log"
+  if [ -f .official/site/causal_conv1d_cuda.so ]; then
+    status_official=OK
+    timed 180 "$PY" tools/bench/official_baseline.py train --model aim_l --micro 64 --steps 6 --warmup 3 \
+      >> "$olog" 2>&1 || status_official=FAIL
+    for b in 16 1; do
+      timed 90 "$PY" tools/bench/official_baseline.py sample --model aim_l --batch $b --cfg 1.75 --dtype bf16 \
+        >> "$olog" 2>&1 || status_official=FAIL
+    done
+    grep -E "^official_baseline.py|Error" "$olog" | tail -3
+  else
+    note "gpu_check.sh: no .official/site/causal_conv1d_cuda.so: run --fetch and --pack here and carry .official"
+  fi
+  secs_official=$(($(date +%s) - s))
+fi
+
 if [ "$status_build" = OK ] && wants parity; then
   s=$(date +%s)
   AIM_TEST_DEVICE=cuda timed 150 "$tests" --gtest_filter='*Parity*:TrainerTest.LossFalls*:TrainerTest.Bf16*' \
@@ -343,12 +383,44 @@ skipped=$(grep -cE '^\[  SKIPPED \]' "$out/tests.log" 2>/dev/null); skipped=${sk
   printf "| parity + training, on CUDA    | %-6s | %7d |\n" "$status_parity" "$secs_parity"
   printf "| compute-sanitizer mem/race    | %-6s | %7d |\n" "$status_sanitize" "$secs_sanitize"
   printf "| ncu profile of sampling steps | %-6s | %7d |\n" "$status_profile" "$secs_profile"
+  printf "| official code, same shapes    | %-6s | %7d |\n" "$status_official" "$secs_official"
   grep -E "^(causal|add_|gated|rms|lm_head|ssd|selective|sample|norm \+ in_proj|linear )" "$out/bench.log" 2>/dev/null
   grep -E "^config|^\| (model|generate|roofline|VQ|end)" "$out/bench.log" 2>/dev/null
   grep -E "^(fp32|bf16) |speed-up" "$out/bench.log" 2>/dev/null
+  # DESIGN.md section 6: training >= 1.5x the official tokens/s, sampling >= 3x the official
+  # CUDA-graph decoder; both measured above on this GPU.
+  grep -E "^official (train|sample) aim_l (micro|batch)" "$out/official.log" 2>/dev/null
+  "$PY" - "$out/bench.log" "$out/official.log" <<'PYEOF' 2>/dev/null
+import re, sys
+bench = open(sys.argv[1]).read().splitlines() if len(sys.argv) > 1 else []
+official = open(sys.argv[2]).read()
+ours_train, ours_ms, batch = None, {}, None
+for line in bench:
+    f = line.split()
+    if line.startswith("bench_train ") and "aim_l" not in line:
+        batch = "other"
+    elif line.startswith("bench_train "):
+        batch = None
+    if len(f) > 4 and f[0] == "bf16" and f[1] == "kernels" and batch is None and ours_train is None:
+        ours_train = float(f[4])
+    m = re.match(r"config (\S+): .* batch (\d+),", line)
+    if m:
+        batch = (m.group(1), int(m.group(2)))
+    if line.startswith("| generate, graph") and isinstance(batch, tuple) and "aim_l" in batch[0]:
+        ours_ms.setdefault(batch[1], float(line.split("|")[2]))
+m = re.search(r"official train aim_l micro 64: .*?, ([0-9.]+) tokens/s", official)
+if m and ours_train:
+    print(f"training AiM-L micro-batch 64: ours {ours_train:.0f} tokens/s, official {float(m.group(1)):.0f}: "
+          f"{ours_train / float(m.group(1)):.2f}x (target 1.5x)")
+for b, ms in re.findall(r"official sample aim_l batch (\d+): generate, graph ([0-9.]+) ms/token", official):
+    if int(b) in ours_ms:
+        print(f"sampling AiM-L {b} image{'s' if b != '1' else ''}: ours {ours_ms[int(b)]:.2f} ms/token, official {float(ms):.2f}: "
+              f"{float(ms) / ours_ms[int(b)]:.2f}x (target 3x at 16)")
+PYEOF
   echo "GPU: $(head -1 "$out/gpu.txt"); skipped tests: $skipped; $(($(date +%s) - start)) s in all;" \
        "TIME: stopped at the deadline (AIM_GPU_BUDGET=$budget)"
 } | tee -a "$summary"
 rm -f "$out/gpu.txt"  # in the summary: one file fewer to bring back
 [ "$status_build" = OK ] && [ "$status_tests" != FAIL ] && [ "$status_tests" != TIME ] &&
-  [ "$status_parity" != FAIL ] && [ "$status_sanitize" != FAIL ] && [ "$status_bench" != FAIL ]
+  [ "$status_parity" != FAIL ] && [ "$status_sanitize" != FAIL ] && [ "$status_bench" != FAIL ] &&
+  [ "$status_official" != FAIL ]
