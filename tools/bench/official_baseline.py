@@ -23,6 +23,11 @@ Commands:
   official_baseline.py check FIXTURES     CPU: the network's parameter layout equals the official
                                           layout files, and its logits equal the official fixtures
                                           (Mamba2 cases), Triton's kernels interpreted on the CPU
+  official_baseline.py precompile [--shard K/N]
+                                          compile, without launching, every Triton kernel (and
+                                          every autotuner config) that train and sample launch,
+                                          into Triton's cache; N processes with K = 0..N-1 share
+                                          the configs (on the GPU machine, while other work runs)
   official_baseline.py train  [--model aim_l] [--micro 64] [--steps 10] [--warmup 3]
   official_baseline.py sample [--model aim_l] [--batch 16] [--cfg 1.75] [--dtype bf16] [--repeats 3]
 
@@ -43,7 +48,9 @@ import tarfile
 import time
 import types
 import urllib.request
+import warnings
 import zipfile
+import zlib
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -146,10 +153,13 @@ def build_ext(dest, build):
 
 # ------------------------------------------------------------------------------------------ model
 
-def import_mamba(site, on_cpu):
+def import_mamba(site, on_cpu, interpret=False):
     """Imports the mamba_ssm modules Mamba2 needs without the package's __init__."""
     if site:
         sys.path.insert(0, os.path.abspath(site))
+    # mamba_ssm 2.2.2 uses torch.cuda.amp's deprecated decorators (the official trainer silences
+    # the same warnings).
+    warnings.filterwarnings("ignore", category=FutureWarning)
     spec = importlib.util.find_spec("mamba_ssm")
     if spec is None:
         fail(f"no mamba_ssm in {site or 'sys.path'}: run 'official_baseline.py fetch .official' (--site)")
@@ -158,10 +168,11 @@ def import_mamba(site, on_cpu):
     sys.modules["mamba_ssm"] = pkg
     import torch
     if on_cpu:
-        # Triton's interpreter on CPU tensors: mamba_ssm enters torch.cuda.device(index) around its
-        # launches and reads the SM count in two backward passes; the autotuner times configs on a
-        # device. None of it changes the arithmetic; every config computes the same values.
+        # CPU tensors: mamba_ssm enters torch.cuda.device(index) around its launches.
         torch.cuda.device = lambda index: contextlib.nullcontext()
+    if interpret:
+        # Triton's interpreter: the autotuner would time each config on a device. Every config
+        # computes the same values; the first one runs.
         import triton.runtime.autotuner as autotuner
         autotuner.Autotuner._bench = lambda self, *args, config, **kwargs: [0.0, 0.0, 0.0]
     import mamba_ssm.modules.mamba2 as mamba2
@@ -178,6 +189,27 @@ def import_mamba(site, on_cpu):
         fail("causal_conv1d_cuda does not import: run 'official_baseline.py build-ext DIR' where the CUDA "
              "toolkit is, and carry DIR")
     return mamba2, layer_norm
+
+
+def load_safetensors(path):
+    """A safetensors file's tensors (the fixtures' F32 and I64), read without the safetensors package."""
+    import json
+    import torch
+    dtypes = {"F32": torch.float32, "I64": torch.int64, "F64": torch.float64, "BF16": torch.bfloat16,
+              "F16": torch.float16, "I32": torch.int32}
+    with open(path, "rb") as f:
+        data = f.read()
+    n = int.from_bytes(data[:8], "little")
+    header = json.loads(data[8:8 + n])
+    tensors = {}
+    for name, info in header.items():
+        if name == "__metadata__":
+            continue
+        begin, end = info["data_offsets"]
+        raw = bytearray(data[8 + n + begin:8 + n + end])
+        t = torch.frombuffer(raw, dtype=dtypes[info["dtype"]]) if raw else torch.empty(0, dtype=dtypes[info["dtype"]])
+        tensors[name] = t.reshape(info["shape"])
+    return tensors
 
 
 def causal_conv1d_reference(x, weight, bias=None, activation=None, seq_idx=None):
@@ -349,8 +381,7 @@ def describe(cfg, model):
 def check(args):
     import json
     import torch
-    from safetensors.torch import load_file
-    mamba2, layer_norm = import_mamba(args.site, on_cpu=True)
+    mamba2, layer_norm = import_mamba(args.site, on_cpu=True, interpret=True)
     mamba2.causal_conv1d_fn = causal_conv1d_reference
     mamba2.causal_conv1d_update = None  # Mamba2.step's own PyTorch path
     failures = 0
@@ -395,12 +426,12 @@ def check(args):
         cfg["ssm_cfg"] = {k: v for k, v in config["ssm_cfg"].items() if k != "use_mem_eff_path"}
         cfg["ssm_cfg"]["use_mem_eff_path"] = False  # the fused path calls the CUDA extension
         model = build_model(cfg, mamba2, layer_norm).eval()
-        weights = {k[len("mamba."):]: v for k, v in load_file(os.path.join(cases_root, case, "model.safetensors")).items()
+        weights = {k[len("mamba."):]: v for k, v in load_safetensors(os.path.join(cases_root, case, "model.safetensors")).items()
                    if k.startswith("mamba.")}
         missing, unexpected = model.load_state_dict(weights, strict=False)
         if missing or unexpected:
             fail(f"{case}: missing {missing}, unexpected {unexpected}")
-        cases = load_file(os.path.join(cases_root, case, "cases.safetensors"))
+        cases = load_safetensors(os.path.join(cases_root, case, "cases.safetensors"))
         print(f"{case}: {describe(cfg, model)}")
         t = time.time()
         with torch.no_grad():
@@ -434,6 +465,133 @@ def check(args):
     if failures:
         fail(f"{failures} check(s) failed")
     print("check: the network is the official one (layout and fixtures)")
+
+
+# ------------------------------------------------------------------------------------------ precompile
+
+class TritonCompiles:
+    """Counts Triton's compilations and its cache hits in this process."""
+
+    def __init__(self):
+        from triton import knobs
+        self.compiled, self.cached = 0, 0
+        knobs.compilation.listener = self
+
+    def __call__(self, *, src, metadata, metadata_group, times, cache_hit):
+        if cache_hit:
+            self.cached += 1
+        else:
+            self.compiled += 1
+
+    def __str__(self):
+        return f"Triton compiled {self.compiled} kernels, found {self.cached} in its cache"
+
+
+def install_compile_only_driver(index, count):
+    """Triton compiles what it is asked to launch, autotuner configs included, and launches nothing.
+
+    The model runs its real code path (on CUDA where there is a GPU, so that every kernel is
+    specialised for the same dtypes, alignments and sizes as in train and sample); only Triton's
+    launches and module loads are skipped. The compiled kernels land in Triton's cache, where the
+    real runs find them. A config is compiled by the process whose K equals its position in the
+    kernel's config list modulo N; kernels without configs are compiled by every process.
+    """
+    from triton.backends.compiler import GPUTarget
+    from triton.runtime.driver import driver
+    import triton.runtime.autotuner as autotuner
+    try:
+        real = driver.active
+    except RuntimeError:  # no GPU: sm_90, as the device's
+        real = None
+
+    class Utils:
+        def get_device_properties(self, device):
+            props = dict(real.utils.get_device_properties(device)) if real is not None else {
+                "multiprocessor_count": 132, "max_num_regs": 65536, "warpSize": 32, "sm_clock_rate": 1980000,
+                "mem_clock_rate": 2619000, "mem_bus_width": 5120}
+            # Nothing loads, so nothing is refused for its shared memory: the configs the real
+            # autotuner will refuse are compiled too (it compiles them before it refuses them).
+            props["max_shared_mem"] = 1 << 30
+            return props
+
+        def load_binary(self, name, kernel, shared, device):
+            return 0, 0, 0, 0, 1024
+
+    class CompileOnly:
+        utils = Utils()
+
+        def get_current_device(self):
+            return real.get_current_device() if real is not None else 0
+
+        def get_current_stream(self, device=None):
+            return 0
+
+        def get_current_target(self):
+            return real.get_current_target() if real is not None else GPUTarget("cuda", 90, 32)
+
+        def launcher_cls(self, src, metadata):
+            return lambda *args, **kwargs: None
+
+        def get_benchmarker(self):
+            return lambda fn, quantiles=None, **kwargs: (fn(), [0.0, 0.0, 0.0])[1]
+
+    driver.set_active(CompileOnly())
+    bench = autotuner.Autotuner._bench
+
+    def sharded_bench(self, *args, config, **kwargs):
+        position = next((i for i, c in enumerate(self.configs) if c is config), None)
+        if position is None:
+            position = zlib.crc32(str(config).encode())
+        if position % count != index:
+            return [math.inf] * 3  # the best config of this shard is one it compiled
+        return bench(self, *args, config=config, **kwargs)
+
+    autotuner.Autotuner._bench = sharded_bench
+
+
+def precompile(args):
+    import torch
+    index, count = (int(v) for v in args.shard.split("/"))
+    if not 0 <= index < count:
+        fail(f"--shard {args.shard}: expected K/N with 0 <= K < N")
+    on_cpu = not torch.cuda.is_available()
+    mamba2, layer_norm = import_mamba(args.site, on_cpu=on_cpu)
+    install_compile_only_driver(index, count)
+    if on_cpu:
+        torch.cuda.get_device_properties = lambda device=None: types.SimpleNamespace(multi_processor_count=132)
+        mamba2.causal_conv1d_fn = causal_conv1d_reference
+        mamba2.causal_conv1d_update = None
+    device = "cpu" if on_cpu else "cuda"
+    # Two layers: the first block (no residual yet) and the others; the shapes of each layer are
+    # those of all 48. Micro-batch 16 has the divisibility of 64 in every size a kernel sees.
+    cfg = dict(model_config(args), n_layer=2)
+    t = time.time()
+    compiles = TritonCompiles()
+    model = build_model(cfg, mamba2, layer_norm, device=device)
+    if on_cpu:
+        for layer in model.backbone.layers:
+            layer.mixer.use_mem_eff_path = False  # the fused path calls causal-conv1d's CUDA code
+    codes = torch.randint(cfg["vocab_size"], (16, cfg["num_tokens"]), device=device)
+    labels = torch.randint(cfg["num_classes"], (16,), device=device)
+    # Without a GPU this only shows that the kernels compile: in fp32, which a CPU multiplies fast.
+    with torch.autocast("cuda", dtype=torch.bfloat16, enabled=not on_cpu):
+        logits = model(codes, labels)
+        loss = torch.nn.functional.cross_entropy(logits.view(-1, cfg["vocab_size"]), codes.view(-1))
+    loss.backward()
+    # Sampling: the bf16 model's first step (the chunked scan) and a decoding step, per batch.
+    model = model.to(torch.bfloat16).eval()
+    with torch.inference_mode():
+        for b in (16, 1):
+            rows = 2 * b
+            both = torch.cat([labels[:b], torch.full_like(labels[:b], cfg["num_classes"])])
+            params = InferenceParams(cfg["num_tokens"] + 1, rows,
+                                     model.allocate_inference_cache(rows, cfg["num_tokens"] + 1, dtype=torch.bfloat16))
+            ids = both.unsqueeze(1)
+            guide(model.step(ids, None, both, params), 1.75)
+            params.seqlen_offset = 1
+            guide(model.step(ids, torch.ones_like(ids), both, params), 1.75)
+    print(f"precompile {args.model} shard {index}/{count}: {compiles} ({time.time() - t:.0f} s; "
+          f"{'no GPU: for sm_90' if on_cpu else torch.cuda.get_device_name()})")
 
 
 # ------------------------------------------------------------------------------------------ timing
@@ -474,6 +632,7 @@ def train(args):
     print(f"official train {args.model}: {describe(cfg, model)}; micro-batch {b}, bf16 autocast, "
           f"{args.steps} timed steps after {args.warmup} warm-up (Triton autotuning)")
     t = time.time()
+    compiles = TritonCompiles()
     for _ in range(args.warmup):
         step()
     torch.cuda.synchronize()
@@ -488,7 +647,7 @@ def train(args):
         fail(f"loss {loss.item()}")
     print(f"official train {args.model} micro {b}: {1e3 * s:.1f} ms/step, {b / s:.1f} images/s, "
           f"{b * cfg['num_tokens'] / s:.0f} tokens/s, peak {torch.cuda.max_memory_allocated() / 2**30:.1f} GiB, "
-          f"loss {loss.item():.3f} (warm-up {warm:.0f} s)")
+          f"loss {loss.item():.3f} (warm-up {warm:.0f} s: {compiles})")
 
 
 def sample(args):
@@ -506,6 +665,7 @@ def sample(args):
     # then one graph of the model step with guidance at the last offset.
     static_ids = torch.zeros(rows, 1, dtype=torch.long, device="cuda")
     static_pos = torch.zeros(rows, 1, dtype=torch.long, device="cuda")
+    compiles = TritonCompiles()
     t = time.time()
     with torch.inference_mode():
         params.seqlen_offset = max_len - 1
@@ -556,7 +716,7 @@ def sample(args):
     s = sorted(times)[len(times) // 2]
     print(f"official sample {args.model} batch {b}: generate, graph {1e3 * s / n:.2f} ms/token, "
           f"{b * n / s:.1f} tokens/s, {b / s:.3f} images/s (median of {args.repeats}; graph capture {capture:.1f} s; "
-          f"no VQ decode)")
+          f"no VQ decode; {compiles})")
 
 
 def main():
@@ -570,9 +730,10 @@ def main():
     p.add_argument("fixtures", nargs="?", default=os.environ.get("AIM_FIXTURES_DIR", os.path.join(ROOT, "tests", "fixtures")),
                    help="the fixtures folder (default $AIM_FIXTURES_DIR or tests/fixtures)")
     p.add_argument("--decode-steps", type=int, default=8, help="teacher-forced steps compared (default 8)")
-    for name in ("train", "sample"):
+    for name in ("train", "sample", "precompile"):
         p = sub.add_parser(name)
         p.add_argument("--model", choices=sorted(PRESETS), default="aim_l")
+    sub.choices["precompile"].add_argument("--shard", default="0/1", help="K/N: this process's share (default 0/1)")
     sub.choices["train"].add_argument("--micro", type=int, default=64)
     sub.choices["train"].add_argument("--steps", type=int, default=10)
     sub.choices["train"].add_argument("--warmup", type=int, default=3)
@@ -594,6 +755,8 @@ def main():
         build_ext(args.dir, os.path.join(ROOT, "build-official-ext"))
     elif args.command == "check":
         check(args)
+    elif args.command == "precompile":
+        precompile(args)
     elif args.command == "train":
         train(args)
     else:
