@@ -186,8 +186,13 @@ def import_mamba(site, on_cpu, interpret=False):
             causal_conv1d_fwd=cpp_functions.causal_conv1d_fwd_function,
             causal_conv1d_bwd=cpp_functions.causal_conv1d_bwd_function)
     elif not on_cpu:
-        fail("causal_conv1d_cuda does not import: run 'official_baseline.py build-ext DIR' where the CUDA "
-             "toolkit is, and carry DIR")
+        try:
+            importlib.import_module("causal_conv1d_cuda")  # only for the reason it fails
+            reason = "causal_conv1d does not import"
+        except ImportError as e:
+            reason = f"causal_conv1d_cuda does not import ({e})"
+        fail(f"{reason}: run 'official_baseline.py build-ext DIR' against this PyTorch where the CUDA toolkit "
+             f"is, and carry DIR")
     return mamba2, layer_norm
 
 
