@@ -93,8 +93,9 @@ case "${1:-}" in
     # first time, then only what changed).
     py="${AIM_PYTHON:-$root/.venv/bin/python}"
     "$py" tools/bench/official_baseline.py fetch .official > /dev/null &&
-      "$py" tools/bench/official_baseline.py build-ext .official > build-official-ext.log 2>&1 ||
-      { echo "gpu_check.sh --pack: the official baseline's extension did not build (build-official-ext.log)" >&2; exit 1; }
+      mkdir -p build-official-ext &&
+      "$py" tools/bench/official_baseline.py build-ext .official > build-official-ext/build.log 2>&1 ||
+      { echo "gpu_check.sh --pack: the official baseline's extension did not build (build-official-ext/build.log)" >&2; exit 1; }
     strip --strip-unneeded .official/site/causal_conv1d_cuda.so
     echo "gpu_check.sh: .official $(du -sh .official | cut -f1) (carry \".official\" too: the phase \"official\")"
     exit 0 ;;

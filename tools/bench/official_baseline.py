@@ -118,15 +118,29 @@ def fetch(dest):
         else:
             archive = tarfile.open(path)
             entries = [(m.name, lambda m=m: archive.extractfile(m).read()) for m in archive.getmembers() if m.isfile()]
-        for prefix, target in members:
-            shutil.rmtree(os.path.join(dest, target), ignore_errors=True)
+        # Files are rewritten only where their bytes change, so that build-ext's ninja rebuilds
+        # nothing after a second fetch; files the archive no longer has are removed.
+        wanted = set()
         for entry, read in entries:
             for prefix, target in members:
                 if entry == prefix or (prefix.endswith("/") and entry.startswith(prefix)):
                     out = os.path.join(dest, target + entry[len(prefix):]) if prefix.endswith("/") else os.path.join(dest, target)
+                    wanted.add(os.path.normpath(out))
+                    data = read()
+                    if os.path.isfile(out):
+                        with open(out, "rb") as f:
+                            if f.read() == data:
+                                continue
                     os.makedirs(os.path.dirname(out), exist_ok=True)
                     with open(out, "wb") as f:
-                        f.write(read())
+                        f.write(data)
+        for prefix, target in members:
+            top = os.path.join(dest, target)
+            for folder, _, files in os.walk(top) if target.endswith("/") else []:
+                for name in files:
+                    path = os.path.normpath(os.path.join(folder, name))
+                    if path not in wanted and not name.endswith(".pyc"):
+                        os.remove(path)
     print(f"fetch: mamba_ssm 2.2.2, causal_conv1d 1.7.0, einops 0.8.1 in {os.path.join(dest, 'site')}")
 
 
