@@ -50,7 +50,7 @@ if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
   echo "$want" > "$stamp"
 fi
 .venv/bin/python -c 'import torch; print("setup.sh: torch", torch.__version__, "cuda", torch.version.cuda)'
-# The official AiM's library code (mamba_ssm 2.2.2, causal-conv1d 1.7.0, einops; pinned and
+# The official AiM's library code (mamba_ssm 2.2.2, causal-conv1d 1.5.2, einops; pinned and
 # hash-checked) into .official/, for the speed baseline tools/bench/official_baseline.py and its
 # check against the fixtures in the tests.
 .venv/bin/python tools/bench/official_baseline.py fetch .official

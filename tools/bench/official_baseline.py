@@ -33,8 +33,9 @@ Commands:
 
 DIR/site goes on sys.path (--site, default .official/site). mamba_ssm's package __init__ is not
 run: it imports transformers (2.2.2) and Mamba1's CUDA extension, neither of which Mamba2 uses.
-causal-conv1d 1.7.0 is the oldest release on PyPI whose source distribution carries its CUDA
-sources; its cpp_functions keep the 1.4 calling convention that mamba_ssm 2.2.2 calls.
+causal-conv1d 1.5.2 is the oldest release on PyPI whose source distribution carries all of its
+CUDA sources (the fixtures name 1.4.0, whose has none; 1.5.1's lacks the bindings); its
+cpp_functions keep the 1.4 calling convention that mamba_ssm 2.2.2 calls.
 """
 import argparse
 import contextlib
@@ -61,13 +62,13 @@ PACKAGES = [
      "mamba_ssm-2.2.2.tar.gz",
      "009de2d74decd847d463ae9cdbc1f9419f454ca6bf9beab36ed5243f01ea44d5",
      [("mamba_ssm-2.2.2/mamba_ssm/", "site/mamba_ssm/"), ("mamba_ssm-2.2.2/LICENSE", "site/mamba_ssm/LICENSE")]),
-    ("causal_conv1d-1.7.0.tar.gz",
-     "https://files.pythonhosted.org/packages/f4/d1/eba27735f31bd5527d39a3c7f693e6ded7b844cab275db719a15ad37b6cd/"
-     "causal_conv1d-1.7.0.tar.gz",
-     "3202758494eaa7b597ce1c282dfa188889506bfcb92cad3c407d26736bfcd32b",
-     [("causal_conv1d-1.7.0/causal_conv1d/", "site/causal_conv1d/"),
-      ("causal_conv1d-1.7.0/LICENSE", "site/causal_conv1d/LICENSE"),
-      ("causal_conv1d-1.7.0/csrc/", "csrc/causal_conv1d/")]),
+    ("causal_conv1d-1.5.2.tar.gz",
+     "https://files.pythonhosted.org/packages/03/e5/2d2b2e067234c0022ff491ff8e574ca0c67094b2deb61249a2be21789cbb/"
+     "causal_conv1d-1.5.2.tar.gz",
+     "9b7d8ec8d07e3590a1dfa010e4e87d1442635c3f96d665a3c1ce3025d8cc4b84",
+     [("causal_conv1d-1.5.2/causal_conv1d/", "site/causal_conv1d/"),
+      ("causal_conv1d-1.5.2/LICENSE", "site/causal_conv1d/LICENSE"),
+      ("causal_conv1d-1.5.2/csrc/", "csrc/causal_conv1d/")]),
     ("einops-0.8.1-py3-none-any.whl",
      "https://files.pythonhosted.org/packages/87/62/9773de14fe6c45c23649e98b83231fffd7b9892b6cf863251dc2afa73643/"
      "einops-0.8.1-py3-none-any.whl",
@@ -141,7 +142,7 @@ def fetch(dest):
                     path = os.path.normpath(os.path.join(folder, name))
                     if path not in wanted and not name.endswith(".pyc"):
                         os.remove(path)
-    print(f"fetch: mamba_ssm 2.2.2, causal_conv1d 1.7.0, einops 0.8.1 in {os.path.join(dest, 'site')}")
+    print(f"fetch: mamba_ssm 2.2.2, causal_conv1d 1.5.2, einops 0.8.1 in {os.path.join(dest, 'site')}")
 
 
 def build_ext(dest, build):
@@ -193,7 +194,7 @@ def import_mamba(site, on_cpu, interpret=False):
     import mamba_ssm.ops.triton.layer_norm as layer_norm
     import mamba_ssm.ops.triton.ssd_combined as ssd_combined
     if mamba2.causal_conv1d_fn is not None:
-        # mamba_ssm 2.2.2 calls the extension with causal-conv1d 1.4's arguments, which 1.7 keeps
+        # mamba_ssm 2.2.2 calls the extension with causal-conv1d 1.4's arguments, which 1.5 keeps
         # in its cpp_functions.
         from causal_conv1d import cpp_functions
         ssd_combined.causal_conv1d_cuda = types.SimpleNamespace(
