@@ -211,27 +211,6 @@ def import_mamba(site, on_cpu, interpret=False):
     return mamba2, layer_norm
 
 
-def load_safetensors(path):
-    """A safetensors file's tensors (the fixtures' F32 and I64), read without the safetensors package."""
-    import json
-    import torch
-    dtypes = {"F32": torch.float32, "I64": torch.int64, "F64": torch.float64, "BF16": torch.bfloat16,
-              "F16": torch.float16, "I32": torch.int32}
-    with open(path, "rb") as f:
-        data = f.read()
-    n = int.from_bytes(data[:8], "little")
-    header = json.loads(data[8:8 + n])
-    tensors = {}
-    for name, info in header.items():
-        if name == "__metadata__":
-            continue
-        begin, end = info["data_offsets"]
-        raw = bytearray(data[8 + n + begin:8 + n + end])
-        t = torch.frombuffer(raw, dtype=dtypes[info["dtype"]]) if raw else torch.empty(0, dtype=dtypes[info["dtype"]])
-        tensors[name] = t.reshape(info["shape"])
-    return tensors
-
-
 def causal_conv1d_reference(x, weight, bias=None, activation=None, seq_idx=None):
     """Depthwise causal convolution [B, D, L] (+ SiLU): causal-conv1d's arithmetic, for the CPU check."""
     import torch.nn.functional as F
@@ -401,6 +380,8 @@ def describe(cfg, model):
 def check(args):
     import json
     import torch
+    sys.path.insert(0, os.path.join(ROOT, "tools"))
+    from convert_checkpoint import read_safetensors  # the project's reader: no package needed
     mamba2, layer_norm = import_mamba(args.site, on_cpu=True, interpret=True)
     mamba2.causal_conv1d_fn = causal_conv1d_reference
     mamba2.causal_conv1d_update = None  # Mamba2.step's own PyTorch path
@@ -446,12 +427,12 @@ def check(args):
         cfg["ssm_cfg"] = {k: v for k, v in config["ssm_cfg"].items() if k != "use_mem_eff_path"}
         cfg["ssm_cfg"]["use_mem_eff_path"] = False  # the fused path calls the CUDA extension
         model = build_model(cfg, mamba2, layer_norm).eval()
-        weights = {k[len("mamba."):]: v for k, v in load_safetensors(os.path.join(cases_root, case, "model.safetensors")).items()
-                   if k.startswith("mamba.")}
+        stored, _ = read_safetensors(os.path.join(cases_root, case, "model.safetensors"))
+        weights = {k[len("mamba."):]: v for k, v in stored.items() if k.startswith("mamba.")}
         missing, unexpected = model.load_state_dict(weights, strict=False)
         if missing or unexpected:
             fail(f"{case}: missing {missing}, unexpected {unexpected}")
-        cases = load_safetensors(os.path.join(cases_root, case, "cases.safetensors"))
+        cases = read_safetensors(os.path.join(cases_root, case, "cases.safetensors"))[0]
         print(f"{case}: {describe(cfg, model)}")
         t = time.time()
         with torch.no_grad():
