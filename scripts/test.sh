@@ -14,4 +14,29 @@ cmake -S . -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=Release -DAIM_PYTHON="$root/.
 cmake --build "$build" --parallel "$jobs"
 cd "$build"
 # One intra-op thread per test process: ctest already runs tests in parallel.
-OMP_NUM_THREADS=1 ctest --output-on-failure --parallel "$jobs" "$@"
+rc=0
+OMP_NUM_THREADS=1 ctest --output-on-failure --parallel "$jobs" "$@" || rc=$?
+
+# ctest counts a suite as one entry: one whose CPU cases pass and whose GPU cases skip is
+# "passed". Add up the GoogleTest cases that skipped, by reason (tests/test_main.cpp prints
+# "[ aim skip ] Suite.Test: reason" for each), and name the passed entries that skipped some.
+log=Testing/Temporary/LastTest.log
+if [ -f "$log" ]; then
+  awk '
+    /^[0-9]+\/[0-9]+ Test: / { entry = $0; sub(/^[0-9]+\/[0-9]+ Test: /, "", entry); ran = 0; skips = 0; next }
+    /^\[==========\] [0-9]+ tests? from .* ran\./ { ran = $2 }
+    /^\[ aim skip \] / {
+      reason = $0; sub(/^\[ aim skip \] [^ ]+: /, "", reason)
+      by_reason[reason]++; total++; skips++
+    }
+    /^Test Passed\./ && skips > 0 && skips < ran { partial = partial sprintf("\n  %s (%d of %d)", entry, skips, ran); npartial++ }
+    /^Test Passed\./ || /^Test Failed/ || /^Test Skipped/ { skips = 0 }
+    END {
+      if (total == 0) { print "GoogleTest cases skipped: none"; exit }
+      printf "GoogleTest cases skipped: %d, by reason:\n", total
+      for (r in by_reason) printf "%7d  %s\n", by_reason[r], r | "sort -rn"
+      close("sort -rn")
+      if (npartial > 0) printf "Entries counted as passed that skipped some of their cases (%d):%s\n", npartial, partial
+    }' "$log"
+fi
+exit "$rc"

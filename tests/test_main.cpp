@@ -1,11 +1,41 @@
 #include <gtest/gtest.h>
 #include <torch/torch.h>
 
+#include <algorithm>
 #include <cstdio>
 #include <string>
+#include <thread>
+
+namespace {
+
+// One line per skipped test, "[ aim skip ] Suite.Test: reason", so that scripts/test.sh can add
+// up, after ctest's summary, the cases that skipped inside entries ctest counts as passed (a
+// suite whose CPU cases pass and whose GPU cases skip is one passed entry).
+class SkipReasonPrinter : public ::testing::EmptyTestEventListener {
+ public:
+  // Called with gtest's own lock held: only remember the reason here.
+  void OnTestPartResult(const ::testing::TestPartResult& result) override {
+    if (!result.skipped() || !reason_.empty()) return;
+    reason_ = result.message();
+    reason_ = reason_.substr(0, reason_.find('\n'));
+    if (reason_.empty()) reason_ = "(no reason given)";
+  }
+  void OnTestEnd(const ::testing::TestInfo& test) override {
+    if (test.result()->Skipped())
+      std::printf("[ aim skip ] %s.%s: %s\n", test.test_suite_name(), test.name(),
+                  reason_.empty() ? "(no reason given)" : reason_.c_str());
+    reason_.clear();
+  }
+
+ private:
+  std::string reason_;
+};
+
+}  // namespace
 
 int main(int argc, char** argv) {
   ::testing::InitGoogleTest(&argc, argv);
+  ::testing::UnitTest::GetInstance()->listeners().Append(new SkipReasonPrinter);
   // Deterministic and quiet on small CI machines. One thread where ThreadSanitizer watches the
   // emulated kernels (LibTorch's OpenMP workers synchronise in ways it does not see).
 #if defined(AIM_TEST_ONE_THREAD)
