@@ -240,6 +240,29 @@ __device__ __forceinline__ float gated_norm_pass(T* y, const T* z, const W* weig
   return sumsq;
 }
 
+// Counts a block in on its sequence's arrival counter: one atomic add with release and acquire
+// semantics at device scope (PTX `atom.acq_rel.gpu`). It releases what the calling thread did
+// before it, and what its block did before a barrier it passed, and in the thread that reads the
+// last count it acquires the other blocks' releases. The SASS is one MEMBAR.ALL.GPU, the atomic
+// and an L1 invalidation; the fences of the same two patterns (`__threadfence`, fence.sc) gave a
+// MEMBAR.SC.GPU and an L1 invalidation on each side. The emulator's memory model has relaxed
+// atomics and fences, so there the fences stand in: the same release and acquire patterns.
+__device__ __forceinline__ unsigned arrive_acq_rel(unsigned* counter) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 700
+  unsigned old;
+  asm volatile("atom.acq_rel.gpu.global.add.u32 %0, [%1], 1;"
+               : "=r"(old)
+               : "l"(__cvta_generic_to_global(counter))
+               : "memory");
+  return old;
+#else
+  __threadfence();
+  const unsigned old = atomicAdd(counter, 1u);
+  __threadfence();
+  return old;
+#endif
+}
+
 // kRows: state rows a warp updates at a time; kLaneElems: a row's elements per lane (N <= 32
 // kLaneElems).
 template <typename T, typename S, int kRows, int kLaneElems, int kW>
@@ -370,18 +393,12 @@ __global__ void __launch_bounds__(kThreads) ssd_step_kernel(SsdStepParams p) {
     if (threadIdx.x == 0) p.norm_partials[int64_t(b) * gridDim.x + blockIdx.x] = total;
   }
 
-  // Count in; only the sequence's last block goes on. Thread 0's fences, as in a grid barrier of
-  // cooperative groups: the first, after the block's barrier, makes every thread's y (and the
-  // block's sum) visible device-wide before the block counts in; the second, in the last block,
-  // follows the atomic that saw every other block counted in, and the barrier after it passes
-  // their writes on to the block's threads (a release and an acquire pattern of the PTX memory
-  // model: a fence before the arrival, the arrival read and a fence in the thread after it).
+  // Count in; only the sequence's last block goes on. Thread 0 counts the block in after the
+  // block's barrier, so the release covers every thread's y (and the block's sum); in the last
+  // block its acquire sees every other block's, and the barrier after it passes them on to the
+  // block's threads.
   __syncthreads();
-  if (threadIdx.x == 0) {
-    __threadfence();
-    last = atomicAdd(p.arrivals + b, 1u) == gridDim.x - 1 ? 1u : 0u;
-    if (last != 0) __threadfence();
-  }
+  if (threadIdx.x == 0) last = arrive_acq_rel(p.arrivals + b) == gridDim.x - 1 ? 1u : 0u;
   __syncthreads();
   if (last == 0) return;
 
