@@ -33,7 +33,7 @@ if [ -f "$log" ]; then
     /^Test Passed\./ || /^Test Failed/ || /^Test Skipped/ { skips = 0 }
     END {
       if (total == 0) { print "GoogleTest cases skipped: none"; exit }
-      printf "GoogleTest cases skipped: %d, by reason:\n", total
+      printf "GoogleTest cases skipped: %d, by reason:\n", total; fflush()
       for (r in by_reason) printf "%7d  %s\n", by_reason[r], r | "sort -rn"
       close("sort -rn")
       if (npartial > 0) printf "Entries counted as passed that skipped some of their cases (%d):%s\n", npartial, partial
