@@ -2,9 +2,9 @@
 //
 // One block per row: pass 1 keeps a running (max, sum of exp) per thread over a strided slice
 // of the row and merges the pairs across the block; pass 2 overwrites each logit with
-// (exp(logit - lse) - [j == target]) * inv_count. Both passes move 16 bytes per load and store
-// where the rows are 16-byte aligned (AiM's), with four loads per thread in flight. The row is read twice and written once; the
-// fp32 [tokens, vocab] logits and their separate gradient never exist.
+// (exp(logit - lse) - [j == target]) * inv_count. The row is read twice and written once; the
+// fp32 [tokens, vocab] logits and their separate gradient never exist. Both passes move 16 bytes
+// per load and store where the rows are 16-byte aligned (AiM's), four loads per thread in flight.
 #include <cuda_bf16.h>
 
 #include <cfloat>
