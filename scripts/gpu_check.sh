@@ -23,9 +23,9 @@
 # start there; otherwise the script builds (minutes of the lease). Every phase runs under one
 # deadline, AIM_GPU_BUDGET seconds from the start (default 540: one call is at most 600), so the
 # table is always printed; AIM_GPU_PHASES picks phases (default "tests bench parity sanitize
-# official", without "official" for --short, the
-# order in which they run), AIM_GPU_BENCH the benchmarks (default "train ops sample", run in that order;
-# AIM_GPU_OPS_ARGS adds flags to bench_ops, e.g. "--repeats 5" or "--only ssd"), and
+# official", without "official" for --short, the order in which they run), AIM_GPU_BENCH the
+# benchmarks (default "train ops sample", run in that order; AIM_GPU_OPS_ARGS adds flags to
+# bench_ops, e.g. "--repeats 5" or "--only ssd"), and
 # AIM_GPU_FILTER the GPU tests (a gtest filter). The phase "profile" (not in the default) times
 # each kernel of two AiM-L sampling steps with Nsight Compute and reads the SSD scan kernels'
 # throughput and warp stalls at AiM-L's training shapes. Logs go to $OUT (at most 8 files come

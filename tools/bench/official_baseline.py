@@ -34,7 +34,7 @@ Commands:
 DIR/site goes on sys.path (--site, default .official/site). mamba_ssm's package __init__ is not
 run: it imports transformers (2.2.2) and Mamba1's CUDA extension, neither of which Mamba2 uses.
 causal-conv1d 1.5.2 is the oldest release on PyPI whose source distribution carries all of its
-CUDA sources (the fixtures name 1.4.0, whose has none; 1.5.1's lacks the bindings); its
+CUDA sources (the fixtures name 1.4.0, whose sdist has none; 1.5.1's lacks the bindings); its
 cpp_functions keep the 1.4 calling convention that mamba_ssm 2.2.2 calls.
 """
 import argparse
