@@ -46,7 +46,30 @@ stamp=.venv/.aim-packages
 want="${PY_PACKAGES[*]}"
 if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
   echo "setup.sh: installing Python packages: $want"
-  .venv/bin/python -m pip install -q --disable-pip-version-check --no-cache-dir "${PY_PACKAGES[@]}"
+  # pip downloads every wheel (torch and its CUDA libraries: 2.6 GiB) into TMPDIR before it installs
+  # them. /tmp may be a small tmpfs or a nearly full disk: keep the downloads beside .venv.
+  # Measured on 2026-12-06 with torch 2.11.0: 7.4 GiB at the peak (2.6 GiB of downloads, 4.8 GiB
+  # installed). With less, pip would fail part-way: say so before it starts.
+  need_mib=7400
+  free_mib=$(df -Pm "$root/.venv" | awk 'NR == 2 { print $4 }')
+  if [ -n "$free_mib" ] && [ "$free_mib" -lt "$need_mib" ]; then
+    echo "setup.sh: the Python packages need ${need_mib} MiB free in $root/.venv" \
+      "while installing; found ${free_mib} MiB" >&2
+    df -h "$root/.venv" >&2 || true
+    exit 1
+  fi
+  pip_tmp="$root/.venv/.pip-tmp"
+  rm -rf "$pip_tmp" && mkdir -p "$pip_tmp"
+  if ! TMPDIR="$pip_tmp" .venv/bin/python -m pip install -q --disable-pip-version-check \
+      --no-cache-dir "${PY_PACKAGES[@]}"; then
+    rm -rf "$pip_tmp"
+    echo "setup.sh: pip could not install: $want" >&2
+    echo "setup.sh: free space where it writes ($root/.venv):" >&2
+    df -h "$root/.venv" >&2 || true
+    echo "---> HINT: they need about ${need_mib} MiB free there while installing" >&2
+    exit 1
+  fi
+  rm -rf "$pip_tmp"
   echo "$want" > "$stamp"
 fi
 .venv/bin/python -c 'import torch; print("setup.sh: torch", torch.__version__, "cuda", torch.version.cuda)'
