@@ -16,6 +16,7 @@
 #include <optional>
 #include <utility>
 
+#include "aim/core/env.h"
 #include "aim/core/error.h"
 #include "aim/ops/dispatch.h"
 #include <string>
@@ -269,36 +270,8 @@ class OpCounter {
   at::CallbackHandle handle_;
 };
 
-/// Sets or unsets environment variables for one scope, restoring the previous values after.
-class ScopedEnv {
- public:
-  ScopedEnv() = default;
-  ScopedEnv(const char* name, const std::optional<std::string>& value) { set(name, value); }
-  ScopedEnv& set(const char* name, const std::optional<std::string>& value) {
-    const char* old = std::getenv(name);
-    saved_.push_back({name, old ? std::optional<std::string>(old) : std::nullopt});
-    if (value) {
-      setenv(name, value->c_str(), 1);
-    } else {
-      unsetenv(name);
-    }
-    return *this;
-  }
-  ~ScopedEnv() {
-    for (auto it = saved_.rbegin(); it != saved_.rend(); ++it) {
-      if (it->second) {
-        setenv(it->first.c_str(), it->second->c_str(), 1);
-      } else {
-        unsetenv(it->first.c_str());
-      }
-    }
-  }
-  ScopedEnv(const ScopedEnv&) = delete;
-  ScopedEnv& operator=(const ScopedEnv&) = delete;
-
- private:
-  std::vector<std::pair<std::string, std::optional<std::string>>> saved_;
-};
+/// The library's scoped environment variables (aim/core/env.h).
+using ScopedEnv = aim::ScopedEnv;
 
 /// With `var`=`value` in the environment `run` must fail with an error that names the variable
 /// and the value found.

@@ -1,7 +1,8 @@
-// Launch-environment detection for every supported launcher, and malformed values.
+// Launch-environment detection for every supported launcher, and malformed values; ScopedEnv.
 #include <gtest/gtest.h>
 
 #include <cstdlib>
+#include <optional>
 
 #include "aim/core/env.h"
 #include "test_util.h"
@@ -51,6 +52,29 @@ TEST_F(LaunchEnvTest, MalformedValuesNameTheVariable) {
   setenv("RANK", "4", 1);
   auto msg = test::error_of([] { detect_launch_env(); });
   EXPECT_NE(msg.find("0 <= rank < size"), std::string::npos) << msg;
+}
+
+TEST(ScopedEnvTest, SetsUnsetsAndRestoresInReverseOrder) {
+  const char* a = "AIM_SCOPED_ENV_TEST_A";
+  const char* b = "AIM_SCOPED_ENV_TEST_B";
+  unsetenv(a);
+  setenv(b, "outer", 1);
+  {
+    ScopedEnv env(a, "1");
+    env.set(b, std::nullopt).set(a, "2");  // a set twice: the first saved value must win
+    ASSERT_NE(std::getenv(a), nullptr);
+    EXPECT_STREQ(std::getenv(a), "2");
+    EXPECT_EQ(std::getenv(b), nullptr);
+    {
+      const ScopedEnv inner(b, "inner");
+      EXPECT_STREQ(std::getenv(b), "inner");
+    }
+    EXPECT_EQ(std::getenv(b), nullptr);
+  }
+  EXPECT_EQ(std::getenv(a), nullptr);
+  ASSERT_NE(std::getenv(b), nullptr);
+  EXPECT_STREQ(std::getenv(b), "outer");
+  unsetenv(b);
 }
 
 }  // namespace

@@ -20,6 +20,7 @@
 #include "aim/data/image_folder.h"
 #include "aim/data/image_loader.h"
 #include "aim/model/loader.h"
+#include "bench_flags.h"
 
 namespace fs = std::filesystem;
 using Clock = std::chrono::steady_clock;
@@ -28,18 +29,19 @@ int main(int argc, char** argv) {
   int64_t num_images = 64, batch = 16, threads = std::max(1u, std::thread::hardware_concurrency());
   bool full = false;
   std::string device = "cpu";
-  for (int i = 1; i < argc; ++i) {
-    const std::string a = argv[i];
-    auto value = [&] { return i + 1 < argc ? std::string(argv[++i]) : std::string(); };
-    if (a == "--images") num_images = std::stoll(value());
-    else if (a == "--batch") batch = std::stoll(value());
-    else if (a == "--threads") threads = std::stoll(value());
-    else if (a == "--full-vq") full = true;
-    else if (a == "--device") device = value();
-    else {
-      std::fprintf(stderr, "usage: bench_data [--images N] [--batch B] [--threads T] [--full-vq] [--device cpu|cuda]\n");
-      return 2;
+  constexpr const char* kUsage = "bench_data [--images N] [--batch B] [--threads T] [--full-vq] [--device cpu|cuda]";
+  try {
+    aim::bench::FlagReader flags("bench_data", kUsage, argc, argv);
+    while (flags.next()) {
+      if (flags.is("--images")) num_images = flags.integer(1);
+      else if (flags.is("--batch")) batch = flags.integer(1);
+      else if (flags.is("--threads")) threads = flags.integer(1);
+      else if (flags.is("--full-vq")) full = true;
+      else if (flags.is("--device")) device = flags.choice("cpu|cuda");
+      else flags.unknown();
     }
+  } catch (const aim::bench::FlagError& e) {
+    return aim::bench::flags_failed(e, kUsage);
   }
   const torch::Device dev(device);
   const auto dir = fs::temp_directory_path() / ("aim_bench_data_" + std::to_string(::getpid()));

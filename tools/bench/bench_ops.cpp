@@ -29,6 +29,7 @@
 #include <vector>
 
 #include "aim/core/config.h"
+#include "aim/core/env.h"
 #include "aim/ops/conv1d.h"
 #include "aim/ops/dispatch.h"
 #include "aim/ops/linear.h"
@@ -37,6 +38,7 @@
 #include "aim/ops/selective_scan.h"
 #include "aim/ops/ssd_scan.h"
 #include "aim/sample/generate.h"
+#include "bench_flags.h"
 
 #ifdef AIM_WITH_CUDA
 #include <ATen/cuda/CUDAEvent.h>
@@ -48,6 +50,7 @@
 namespace {
 
 using Clock = std::chrono::steady_clock;
+using aim::ScopedEnv;
 
 torch::Device g_device = torch::kCPU;
 
@@ -135,28 +138,6 @@ struct Row {
   bool ref_timed = true;   // false: a variant of the row above it, its reference not timed again
 };
 
-/// Sets an environment variable for a scope, restoring what was there.
-class ScopedEnv {
- public:
-  ScopedEnv(const char* name, const std::string& value) : name_(name) {
-    if (const char* v = std::getenv(name)) saved_ = v;
-    setenv(name, value.c_str(), 1);
-  }
-  ~ScopedEnv() {
-    if (saved_) {
-      setenv(name_, saved_->c_str(), 1);
-    } else {
-      unsetenv(name_);
-    }
-  }
-  ScopedEnv(const ScopedEnv&) = delete;
-  ScopedEnv& operator=(const ScopedEnv&) = delete;
-
- private:
-  const char* name_;
-  std::optional<std::string> saved_;
-};
-
 /// Whether --only's TEXT (empty: every op; "A|B": any of A and B) selects the op.
 bool selected(const std::string& op, const std::string& only) {
   if (only.empty()) return true;
@@ -185,36 +166,30 @@ int main(int argc, char** argv) {
   bool no_ref = false;
   int64_t micro = 64;
   int repeats = 20;
-  for (int i = 1; i < argc; ++i) {
-    const std::string a = argv[i];
-    auto value = [&] { return i + 1 < argc ? std::string(argv[++i]) : std::string(); };
-    if (a == "--micro") micro = std::stoll(value());
-    else if (a == "--repeats") repeats = std::stoi(value());
-    else if (a == "--dtype") dtype_name = value();
-    else if (a == "--device") device_name = value();
-    else if (a == "--only") only = value();
-    else if (a == "--no-ref") no_ref = true;
-    else if (!a.empty() && a[0] != '-') config_path = a;
-    else {
-      std::fprintf(stderr, "bench_ops: unknown flag %s (expected --micro, --repeats, --dtype, --device, --only, --no-ref)\n",
-                   a.c_str());
-      return 2;
+  constexpr const char* kUsage =
+      "bench_ops [CONFIG.yaml] [--micro B] [--repeats N] [--dtype bf16|fp32] [--device cuda|cpu] "
+      "[--only TEXT] [--no-ref]";
+  try {
+    aim::bench::FlagReader flags("bench_ops", kUsage, argc, argv);
+    while (flags.next()) {
+      if (flags.is("--micro")) micro = flags.integer(1);
+      else if (flags.is("--repeats")) repeats = static_cast<int>(flags.integer(1));
+      else if (flags.is("--dtype")) dtype_name = flags.choice("bf16|fp32");
+      else if (flags.is("--device")) device_name = flags.choice("cuda|cpu");
+      else if (flags.is("--only")) only = flags.value();
+      else if (flags.is("--no-ref")) no_ref = true;
+      else if (flags.positional()) config_path = flags.arg();
+      else flags.unknown();
     }
+  } catch (const aim::bench::FlagError& e) {
+    return aim::bench::flags_failed(e, kUsage);
   }
   if (device_name.empty()) device_name = torch::cuda::is_available() ? "cuda" : "cpu";
-  if (device_name != "cuda" && device_name != "cpu") {
-    std::fprintf(stderr, "bench_ops: --device: expected cuda or cpu, found '%s'\n", device_name.c_str());
-    return 2;
-  }
   if (device_name == "cuda" && !torch::cuda::is_available()) {
     std::fprintf(stderr, "bench_ops: --device cuda: no GPU visible\n");
     return 1;
   }
   g_device = device_name == "cuda" ? torch::Device(torch::kCUDA) : torch::Device(torch::kCPU);
-  if (dtype_name != "bf16" && dtype_name != "fp32") {
-    std::fprintf(stderr, "bench_ops: --dtype: expected bf16 or fp32, found '%s'\n", dtype_name.c_str());
-    return 2;
-  }
   try {
     const auto cfg = aim::load_config(config_path);
     const auto& m = cfg.model;

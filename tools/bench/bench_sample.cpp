@@ -26,50 +26,43 @@
 #include "aim/model/vq.h"
 #include "aim/ops/sampling.h"
 #include "aim/sample/generate.h"
+#include "bench_flags.h"
 
 using Clock = std::chrono::steady_clock;
 
 int main(int argc, char** argv) {
   // Each row as it is measured: a run stopped at a time limit keeps what it printed.
   std::setvbuf(stdout, nullptr, _IOLBF, 0);
-  if (argc < 2) {
-    std::fprintf(stderr, "usage: bench_sample CONFIG.yaml [--batch B] [--cfg S] [--tokens T] [--device D] "
-                         "[--dtype fp32|bf16] [--ssm-state fp32|bf16] [--no-vq]\n");
-    return 2;
-  }
-  const std::string config_path = argv[1];
+  constexpr const char* kUsage =
+      "bench_sample CONFIG.yaml [--batch B] [--cfg S] [--tokens T] [--device D] [--dtype fp32|bf16] "
+      "[--ssm-state fp32|bf16] [--no-vq]";
+  std::string config_path;
   int64_t batch = 16, steps = 0;
   double cfg = 2.0;
   bool with_vq = true;
   std::string device = "cpu", dtype_name = "fp32", ssm_state = "fp32";
-  for (int i = 2; i < argc; ++i) {
-    const std::string a = argv[i];
-    auto value = [&] { return i + 1 < argc ? std::string(argv[++i]) : std::string(); };
-    if (a == "--batch") batch = std::stoll(value());
-    else if (a == "--cfg") cfg = std::stod(value());
-    else if (a == "--tokens") steps = std::stoll(value());
-    else if (a == "--device") device = value();
-    else if (a == "--dtype") dtype_name = value();
-    else if (a == "--ssm-state") ssm_state = value();
-    else if (a == "--no-vq") with_vq = false;
-    else {
-      std::fprintf(stderr, "unknown flag %s\n", a.c_str());
-      return 2;
+  try {
+    aim::bench::FlagReader flags("bench_sample", kUsage, argc, argv);
+    while (flags.next()) {
+      if (flags.is("--batch")) batch = flags.integer(1);
+      else if (flags.is("--cfg")) cfg = flags.number();
+      else if (flags.is("--tokens")) steps = flags.integer(0);
+      else if (flags.is("--device")) device = flags.value();
+      else if (flags.is("--dtype")) dtype_name = flags.choice("fp32|bf16");
+      else if (flags.is("--ssm-state")) ssm_state = flags.choice("fp32|bf16");
+      else if (flags.is("--no-vq")) with_vq = false;
+      else if (flags.positional() && config_path.empty()) config_path = flags.arg();
+      else flags.unknown();
     }
+    if (config_path.empty()) throw aim::bench::FlagError("bench_sample: expected a CONFIG.yaml, found none");
+  } catch (const aim::bench::FlagError& e) {
+    return aim::bench::flags_failed(e, kUsage);
   }
   try {
     const auto cfg_all = aim::load_config(config_path);
     const torch::Device dev(device);
     torch::NoGradGuard no_grad;
     aim::AimModel model(cfg_all.model);
-    if (dtype_name != "fp32" && dtype_name != "bf16") {
-      std::fprintf(stderr, "--dtype: expected fp32 or bf16, found '%s'\n", dtype_name.c_str());
-      return 2;
-    }
-    if (ssm_state != "fp32" && ssm_state != "bf16") {
-      std::fprintf(stderr, "--ssm-state: expected fp32 or bf16, found '%s'\n", ssm_state.c_str());
-      return 2;
-    }
     const auto ssm_dtype = ssm_state == "bf16" ? torch::kBFloat16 : torch::kFloat;
     model->to(dev, dtype_name == "bf16" ? torch::kBFloat16 : torch::kFloat);
     model->eval();

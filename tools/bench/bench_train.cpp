@@ -40,6 +40,7 @@
 #include "aim/train/flops.h"
 #include "aim/train/trainer.h"
 #include "aim/train/vq_trainer.h"
+#include "bench_flags.h"
 
 namespace fs = std::filesystem;
 using Clock = std::chrono::steady_clock;
@@ -123,30 +124,30 @@ int main(int argc, char** argv) {
   // Each row as it is measured: a run stopped at a time limit keeps what it printed.
   std::setvbuf(stdout, nullptr, _IOLBF, 0);
   aim::tune_host_allocator();  // as the aim executable does
-  if (argc < 2) {
-    std::fprintf(stderr, "usage: bench_train CONFIG.yaml [--micro B] [--steps N] [--warmup W] [--device D] "
-                         "[--precision P] [--kernels on|off|both] [--profile FILE.json] [--tokenizer]\n");
-    return 2;
-  }
-  const std::string config_path = argv[1];
+  constexpr const char* kUsage =
+      "bench_train CONFIG.yaml [--micro B] [--steps N] [--warmup W] [--device cpu|cuda] "
+      "[--precision bf16|fp32|both] [--kernels on|off|both] [--profile FILE.json] [--tokenizer]";
+  std::string config_path;
   int64_t micro = 0, steps = 5, warmup = 2;
   std::string device = torch::cuda::is_available() ? "cuda" : "cpu", precision, kernels, profile;
   bool tokenizer = false;
-  for (int i = 2; i < argc; ++i) {
-    const std::string a = argv[i];
-    auto value = [&] { return i + 1 < argc ? std::string(argv[++i]) : std::string(); };
-    if (a == "--micro") micro = std::stoll(value());
-    else if (a == "--steps") steps = std::stoll(value());
-    else if (a == "--warmup") warmup = std::stoll(value());
-    else if (a == "--device") device = value();
-    else if (a == "--precision") precision = value();
-    else if (a == "--kernels") kernels = value();
-    else if (a == "--profile") profile = value();
-    else if (a == "--tokenizer") tokenizer = true;
-    else {
-      std::fprintf(stderr, "unknown flag %s\n", a.c_str());
-      return 2;
+  try {
+    aim::bench::FlagReader flags("bench_train", kUsage, argc, argv);
+    while (flags.next()) {
+      if (flags.is("--micro")) micro = flags.integer(1);
+      else if (flags.is("--steps")) steps = flags.integer(1);
+      else if (flags.is("--warmup")) warmup = flags.integer(0);
+      else if (flags.is("--device")) device = flags.value();
+      else if (flags.is("--precision")) precision = flags.choice("bf16|fp32|both");
+      else if (flags.is("--kernels")) kernels = flags.choice("on|off|both");
+      else if (flags.is("--profile")) profile = flags.value();
+      else if (flags.is("--tokenizer")) tokenizer = true;
+      else if (flags.positional() && config_path.empty()) config_path = flags.arg();
+      else flags.unknown();
     }
+    if (config_path.empty()) throw aim::bench::FlagError("bench_train: expected a CONFIG.yaml, found none");
+  } catch (const aim::bench::FlagError& e) {
+    return aim::bench::flags_failed(e, kUsage);
   }
   try {
     const torch::Device dev(device);
@@ -154,9 +155,6 @@ int main(int argc, char** argv) {
     std::vector<std::string> precisions =
         precision == "both" ? std::vector<std::string>{"fp32", "bf16"} : std::vector<std::string>{precision};
     if (kernels.empty()) kernels = dev.is_cuda() ? "both" : "on";
-    if (kernels != "on" && kernels != "off" && kernels != "both") {
-      throw std::runtime_error("--kernels: expected on, off or both, found '" + kernels + "'");
-    }
     // Kernels first: at AiM-L's micro-batch 64 the references' chunked scan (segment sums of
     // [B, H, chunks, 256, 256] per layer) does not fit in a GPU's memory.
     std::vector<bool> kernel_runs = kernels == "both" ? std::vector<bool>{true, false}

@@ -1,7 +1,11 @@
 #pragma once
 // Which process this is in a multi-process launch: Open MPI (mpirun), MPICH/PMI, Slurm (srun)
-// or torchrun-style variables; a single process otherwise.
+// or torchrun-style variables; a single process otherwise. ScopedEnv: a variable set for a scope.
+#include <cstdlib>
+#include <optional>
 #include <string>
+#include <utility>
+#include <vector>
 
 namespace aim {
 
@@ -27,5 +31,39 @@ LaunchEnv detect_launch_env();
 /// settings (GLIBC_TUNABLES naming malloc, MALLOC_MMAP_THRESHOLD_, MALLOC_TRIM_THRESHOLD_) and on
 /// libcs other than glibc. Call once at start-up, before large allocations.
 void tune_host_allocator();
+
+/// Sets or unsets environment variables for one scope and restores their previous values, in
+/// reverse order, when it ends: the benchmarks' and tests' way to run one path of a switch that
+/// is read at run time (AIM_PDL, AIM_SSD_SCAN, ...). Not thread-safe, as setenv is not.
+class ScopedEnv {
+ public:
+  ScopedEnv() = default;
+  ScopedEnv(const char* name, const std::optional<std::string>& value) { set(name, value); }
+  /// Sets `name` to `value`, or unsets it for std::nullopt.
+  ScopedEnv& set(const char* name, const std::optional<std::string>& value) {
+    const char* old = std::getenv(name);
+    saved_.emplace_back(name, old ? std::optional<std::string>(old) : std::nullopt);
+    if (value) {
+      setenv(name, value->c_str(), 1);
+    } else {
+      unsetenv(name);
+    }
+    return *this;
+  }
+  ~ScopedEnv() {
+    for (auto it = saved_.rbegin(); it != saved_.rend(); ++it) {
+      if (it->second) {
+        setenv(it->first.c_str(), it->second->c_str(), 1);
+      } else {
+        unsetenv(it->first.c_str());
+      }
+    }
+  }
+  ScopedEnv(const ScopedEnv&) = delete;
+  ScopedEnv& operator=(const ScopedEnv&) = delete;
+
+ private:
+  std::vector<std::pair<std::string, std::optional<std::string>>> saved_;
+};
 
 }  // namespace aim

@@ -1,0 +1,101 @@
+#pragma once
+// Command-line flags of the benchmark programs: --help / -h prints the usage and exits 0; a
+// missing value, a malformed or out-of-range number and an unknown flag are errors that name the
+// flag, what was expected and what was found, followed by the usage (exit status 2).
+//
+//   FlagReader flags("bench_x", kUsage, argc, argv);
+//   while (flags.next()) {
+//     if (flags.is("--batch")) batch = flags.integer(1);
+//     else flags.unknown();
+//   }
+// and in main, around it: catch (const FlagError& e) { return flags_failed(e, kUsage); }
+#include <cerrno>
+#include <cmath>
+#include <cstdint>
+#include <cstdio>
+#include <cstdlib>
+#include <stdexcept>
+#include <string>
+
+namespace aim::bench {
+
+struct FlagError : std::runtime_error {
+  using std::runtime_error::runtime_error;
+};
+
+/// Prints the error and the usage to stderr; the exit status of a bad command line.
+inline int flags_failed(const FlagError& e, const char* usage) {
+  std::fprintf(stderr, "%s\nusage: %s\n", e.what(), usage);
+  return 2;
+}
+
+class FlagReader {
+ public:
+  FlagReader(const char* program, const char* usage, int argc, char** argv, int first = 1)
+      : program_(program), usage_(usage), argc_(argc), argv_(argv), i_(first - 1) {}
+
+  /// Moves to the next argument; false past the last. --help and -h print the usage and exit.
+  bool next() {
+    if (++i_ >= argc_) return false;
+    arg_ = argv_[i_];
+    if (arg_ == "--help" || arg_ == "-h") {
+      std::printf("usage: %s\n", usage_);
+      std::exit(0);
+    }
+    return true;
+  }
+  const std::string& arg() const { return arg_; }
+  bool is(const char* flag) const { return arg_ == flag; }
+  bool positional() const { return !arg_.empty() && arg_[0] != '-'; }
+
+  /// The argument after the current flag.
+  std::string value() {
+    if (i_ + 1 >= argc_) fail("expected a value after it, found the end of the command line");
+    return argv_[++i_];
+  }
+  /// The value as a whole number >= `min`.
+  int64_t integer(int64_t min) {
+    const std::string text = value();
+    errno = 0;
+    char* end = nullptr;
+    const long long v = std::strtoll(text.c_str(), &end, 10);
+    if (text.empty() || *end != '\0' || errno == ERANGE || v < min) {
+      fail("expected a whole number >= " + std::to_string(min) + ", found '" + text + "'");
+    }
+    return v;
+  }
+  /// The value as a finite number.
+  double number() {
+    const std::string text = value();
+    char* end = nullptr;
+    const double v = std::strtod(text.c_str(), &end);
+    if (text.empty() || *end != '\0' || !std::isfinite(v)) fail("expected a number, found '" + text + "'");
+    return v;
+  }
+  /// The value, which must be one of `choices` ("a|b|c").
+  std::string choice(const std::string& choices) {
+    const std::string text = value();
+    if (("|" + choices + "|").find("|" + text + "|") == std::string::npos || text.empty()) {
+      fail("expected one of " + choices + ", found '" + text + "'");
+    }
+    return text;
+  }
+  /// The current argument is not one the program takes.
+  [[noreturn]] void unknown() const {
+    throw FlagError(std::string(program_) + (positional() ? ": unexpected argument '" : ": unknown flag '") + arg_ +
+                    "'");
+  }
+
+ private:
+  [[noreturn]] void fail(const std::string& what) const {
+    throw FlagError(std::string(program_) + ": " + arg_ + ": " + what);
+  }
+  const char* program_;
+  const char* usage_;
+  int argc_;
+  char** argv_;
+  int i_;
+  std::string arg_;
+};
+
+}  // namespace aim::bench
