@@ -20,6 +20,11 @@
 // Launched as a dependent of the previous kernel (grid_dependency.cuh), a block asks for its
 // whole weight slice in L2 and loads its first batch of weights before it waits for that kernel,
 // which wrote x.
+// Blocks past the first wave (two blocks per SM) start only as blocks of that wave end, and
+// each then waits a whole DRAM round trip for its weights with few loads in flight on the
+// device: AiM-L's in_proj at 32 rows has 274 blocks for 264 slots on an H100 or H200, and the
+// lm_head four waves. So every block also asks for the weight slice of the block one wave after
+// it in L2, and that block finds its weights there.
 #include <cuda_bf16.h>
 
 #include <cstdint>
@@ -51,8 +56,13 @@ __device__ __forceinline__ uint4 load_once(const __nv_bfloat16* p) {
 __device__ __forceinline__ uint4 load_vec(const __nv_bfloat16* p) { return *reinterpret_cast<const uint4*>(p); }
 
 // kMT 16-row tiles (M <= 16 kMT), kNT 8-feature tiles per block (kCols = 8 kNT).
+// Blocks resident at once per SM: what __launch_bounds__ asks ptxas to allow (at most 128
+// registers); wave_blocks = kBlocksPerSm x SMs.
+constexpr int kBlocksPerSm = 2;
+
 template <int kMT, int kNT>
-__global__ void __launch_bounds__(kThreads, 2) skinny_linear_kernel(const SkinnyLinearParams p) {
+__global__ void __launch_bounds__(kThreads, kBlocksPerSm)
+    skinny_linear_kernel(const SkinnyLinearParams p, const int wave_blocks) {
   using T = __nv_bfloat16;
   namespace wm = warp_mma;
   constexpr int kCols = 8 * kNT;
@@ -113,10 +123,15 @@ __global__ void __launch_bounds__(kThreads, 2) skinny_linear_kernel(const Skinny
     }
   };
   constexpr int kStride = kWarps * kUnroll;
-  if (p.dependent_launch && tid == 0 && n0 < N) {
-    // The block's kCols weight rows are contiguous.
-    const int cols = N - n0 < kCols ? N - n0 : kCols;
-    prefetch_to_l2(w + static_cast<int64_t>(n0) * K, static_cast<int64_t>(cols) * K * sizeof(T));
+  // A block's kCols weight rows are contiguous.
+  auto prefetch_slice = [&](int64_t first) {
+    const int64_t cols = N - first < kCols ? N - first : kCols;
+    prefetch_to_l2(w + first * K, cols * K * static_cast<int64_t>(sizeof(T)));
+  };
+  if (tid == 0) {
+    if (p.dependent_launch && n0 < N) prefetch_slice(n0);
+    const int64_t later = (static_cast<int64_t>(blockIdx.x) + wave_blocks) * kCols;
+    if (later < N) prefetch_slice(later);
   }
   uint4 wv[kUnroll][kNT];
   load_weights(warp, wv);
@@ -198,7 +213,8 @@ cudaError_t skinny_linear_cuda(const SkinnyLinearParams& p, cudaStream_t stream)
   cudaError_t err = cudaSuccess;
   auto launch = [&](auto kernel, int cols) {
     const dim3 grid(static_cast<unsigned>((p.out_features + cols - 1) / cols));
-    err = launch_maybe_dependent(p.dependent_launch, kernel, grid, dim3(kThreads), 0, stream, p);
+    err = launch_maybe_dependent(p.dependent_launch, kernel, grid, dim3(kThreads), 0, stream, p,
+                                 kBlocksPerSm * current_sm_count());
   };
   BOOL_SWITCH(wide, kWide, [&] {
     constexpr int kNT = kWide ? 2 : 1;

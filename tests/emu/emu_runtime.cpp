@@ -774,7 +774,14 @@ void device_fence() {
 #endif
 }
 
+namespace {
+std::atomic<uint64_t> g_prefetched_bytes{0};
+}  // namespace
+
+uint64_t prefetched_bytes() { return g_prefetched_bytes.load(); }
+
 void prefetch_to_l2(const void* p, uint32_t bytes) {
+  g_prefetched_bytes += bytes;
   if (reinterpret_cast<uintptr_t>(p) % 16 != 0 || bytes == 0 || bytes % 16 != 0 || bytes >= (1u << 20)) {
     fault("cp.async.bulk.prefetch.L2 of " + std::to_string(bytes) +
           " bytes at an address or of a size that is not a multiple of 16, or of 1 MiB or more");

@@ -90,5 +90,39 @@ TEST(LinearEmuDispatch, DependentLaunchesOnlyInsideADecodingStep) {
   EXPECT_FALSE(ops::dependent_launch_enabled());
 }
 
+// Blocks past the first wave (two per SM) find their weights in L2: every block asks for the
+// slice of the block one wave after it, the last one partial here (200 features: 13 blocks of
+// 16, on 2 emulated SMs a wave of 4). In bounds (the sanitizer checks the ranges), and the same
+// bits as with every block in the first wave.
+TEST(LinearEmuDispatch, BlocksPrefetchTheSliceOneWaveLater) {
+  const auto bf16 = torch::TensorOptions().dtype(torch::kBFloat16);
+  const int64_t k = 96, n = 200;
+  const auto x = torch::randn({3, k}).to(bf16), w = torch::randn({n, k}).to(bf16);
+  const int64_t row = k * 2;  // bytes of one weight row
+  auto before = ::emu::prefetched_bytes();
+  const auto one_wave = ops::linear(x, w);
+  EXPECT_EQ(::emu::prefetched_bytes() - before, 0u) << "25 blocks of 8 fit a wave of 264: nothing ahead";
+  struct SmCount {  // 2 SMs until the test ends
+    int saved = ::emu::device().sm_count;
+    SmCount() { ::emu::device().sm_count = 2; }
+    ~SmCount() { ::emu::device().sm_count = saved; }
+  };
+  const SmCount two_sms;
+  before = ::emu::prefetched_bytes();
+  const auto waves = ops::linear(x, w);
+  const uint64_t ahead = ::emu::prefetched_bytes() - before;
+  {
+    // Inside a decoding step each block also asks for its own slice first.
+    const ops::DependentLaunchScope scope;
+    before = ::emu::prefetched_bytes();
+    EXPECT_TRUE(torch::equal(ops::linear(x, w), one_wave));
+    EXPECT_EQ(::emu::prefetched_bytes() - before, ahead + static_cast<uint64_t>(n * row));
+  }
+  EXPECT_EQ(::emu::last_launch_grid().x, 13u);
+  // Blocks 0..8 ask for blocks 4..12: eight slices of 16 rows and the last one's 8.
+  EXPECT_EQ(ahead, static_cast<uint64_t>((8 * 16 + 8) * row));
+  EXPECT_TRUE(torch::equal(waves, one_wave));
+}
+
 }  // namespace
 }  // namespace aim

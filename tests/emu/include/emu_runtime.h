@@ -242,6 +242,9 @@ void allow_dependent_grid();
 /// positive multiple of 16 under 1 MiB: the SASS keeps 16 bits of it in 16-byte units) and, with the sanitizer, that the range lies inside one
 /// allocation (the tensor's); prefetches nothing.
 void prefetch_to_l2(const void* p, uint32_t bytes);
+/// Bytes asked for by prefetch_to_l2 so far, in every thread (tests check what a kernel asks
+/// for ahead of its loads).
+uint64_t prefetched_bytes();
 /// __threadfence (fence.sc.gpu) for ThreadSanitizer: releases what the thread did so far to
 /// the fences after it, and, where the thread read an atomic since its last fence, acquires
 /// what the fences before it released.
