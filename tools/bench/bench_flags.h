@@ -31,8 +31,8 @@ inline int flags_failed(const FlagError& e, const char* usage) {
 
 class FlagReader {
  public:
-  FlagReader(const char* program, const char* usage, int argc, char** argv, int first = 1)
-      : program_(program), usage_(usage), argc_(argc), argv_(argv), i_(first - 1) {}
+  FlagReader(const char* program, const char* usage, int argc, char** argv)
+      : program_(program), usage_(usage), argc_(argc), argv_(argv) {}
 
   /// Moves to the next argument; false past the last. --help and -h print the usage and exit.
   bool next() {
@@ -94,7 +94,7 @@ class FlagReader {
   const char* usage_;
   int argc_;
   char** argv_;
-  int i_;
+  int i_ = 0;  // argv_[i_] is the current argument (0: none read yet)
   std::string arg_;
 };
 
