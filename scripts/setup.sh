@@ -42,9 +42,17 @@ if [ ! -x .venv/bin/python ]; then
   echo "setup.sh: creating .venv"
   "$PY" -m venv .venv
 fi
+# With the default torch, everything pip installs is pinned (scripts/python-constraints.txt);
+# another AIM_TORCH_VERSION resolves its dependencies afresh.
+constraints=()
+[ "$TORCH_VERSION" = 2.11.0 ] && constraints=(-c "$root/scripts/python-constraints.txt")
 stamp=.venv/.aim-packages
 want="${PY_PACKAGES[*]}"
-if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
+stamped="$want"  # and the constraints' digest, so that a changed pin installs again
+if [ ${#constraints[@]} -gt 0 ]; then
+  stamped="$want constraints $(sha256sum scripts/python-constraints.txt | cut -c1-16)"
+fi
+if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$stamped" ]; then
   echo "setup.sh: installing Python packages: $want"
   # pip downloads every wheel (torch and its CUDA libraries: 2.6 GiB) into TMPDIR before it installs
   # them. /tmp may be a small tmpfs or a nearly full disk: keep the downloads beside .venv.
@@ -61,7 +69,7 @@ if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
   pip_tmp="$root/.venv/.pip-tmp"
   rm -rf "$pip_tmp" && mkdir -p "$pip_tmp"
   if ! TMPDIR="$pip_tmp" .venv/bin/python -m pip install -q --disable-pip-version-check \
-      --no-cache-dir "${PY_PACKAGES[@]}"; then
+      --no-cache-dir "${constraints[@]}" "${PY_PACKAGES[@]}"; then
     rm -rf "$pip_tmp"
     echo "setup.sh: pip could not install: $want" >&2
     echo "setup.sh: free space where it writes ($root/.venv):" >&2
@@ -70,7 +78,7 @@ if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
     exit 1
   fi
   rm -rf "$pip_tmp"
-  echo "$want" > "$stamp"
+  echo "$stamped" > "$stamp"
 fi
 .venv/bin/python -c 'import torch; print("setup.sh: torch", torch.__version__, "cuda", torch.version.cuda)'
 # The official AiM's library code (mamba_ssm 2.2.2, causal-conv1d 1.5.2, einops; pinned and
