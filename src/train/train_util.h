@@ -4,7 +4,18 @@
 #include <c10/core/DeviceType.h>
 
 #include <cstdint>
+#include <fstream>
+#include <functional>
+#include <nlohmann/json.hpp>
 #include <string>
+#include <vector>
+
+#include "aim/core/config.h"
+#include "aim/core/progress.h"
+#include "aim/train/dist.h"
+#include "aim/train/optim.h"
+#include "aim/train/run_dir.h"
+#include "aim/train/trainer.h"
 
 namespace aim::train {
 
@@ -42,6 +53,62 @@ uint64_t micro_seed(int64_t seed, int64_t step, int64_t micro, int64_t rank);
 
 /// The signal that asked the running training to stop (0 = none); see install_stop_handlers().
 int stop_signal();
+
+/// Prints a line on the ranks that report (rank 0 unless quiet).
+using Say = std::function<void(const std::string&)>;
+
+/// The checkpoint a session continues from, "" for a fresh run. `resume` is "" (none), "auto"
+/// (the newest checkpoint in `out_dir`, if it has one) or a run or checkpoint directory.
+std::string resume_dir_for(const std::string& resume, const std::string& out_dir);
+
+/// Micro-batches each rank accumulates per optimizer step: train.global_batch /
+/// (train.micro_batch x world). Throws naming train.global_batch when that does not divide.
+int64_t accumulation_steps(const TrainConfig& train, int64_t world);
+
+/// The tensors of `params`, in order.
+std::vector<torch::Tensor> tensors_of(const std::vector<NamedParam>& params);
+
+/// Whether the loop ends before its next step: a stop signal on any rank (sets
+/// result.interrupted) or options.stop_after steps done in this session (sets result.paused).
+/// Collective: every rank calls it once per step.
+bool stop_before_step(DistContext& dist, const TrainOptions& options, int64_t session_steps,
+                      TrainResult& result);
+
+/// A step whose loss or gradient norm is not finite: unless train.skip_nonfinite, throws an
+/// aim::Error that names the last good checkpoint in `run`; else reports it, counts it in
+/// `state` and advances state.step. Returns true when the step is to be skipped, false when
+/// both values are finite (nothing happens then).
+bool skip_nonfinite_step(double loss, double grad_norm, double lr, const TrainConfig& train,
+                         const RunDir& run, TrainerState& state, const Say& say);
+
+/// Writes checkpoint state.step of `run`. With several ranks it first checks that all replicas
+/// hold the same `params` and throws if they differ. Rank 0 writes config.yaml, then what
+/// `write_model_files(dir)` writes, then trainer_state.json, keeping train.keep_last
+/// checkpoints; when that fails every rank throws. Returns the checkpoint directory on rank 0,
+/// "" on the others. Collective.
+std::string save_checkpoint(DistContext& dist, RunDir& run, const Config& config, const TrainerState& state,
+                            const std::vector<torch::Tensor>& params,
+                            const std::function<void(const std::string& dir)>& write_model_files, const Say& say);
+
+/// The end of a session, after its last checkpoint: says how it ended (and how to resume),
+/// waits for every rank, and fills result.steps, .loss and .checkpoint (the newest one when
+/// this rank wrote none).
+void end_session(DistContext& dist, const RunDir& run, const TrainerState& state, Progress& progress,
+                 const Say& say, TrainResult& result);
+
+/// <run>/metrics.jsonl, appended to by rank 0 (a no-op on the others), flushed per record.
+class MetricsLog {
+ public:
+  MetricsLog(const RunDir& run, bool main);
+  void write(const nlohmann::ordered_json& record);
+
+ private:
+  std::ofstream out_;
+};
+
+/// <run>/samples/step-NNNNNNNN.png (samples/ created): the picture of a step (sample or
+/// reconstruction grid).
+std::string step_image_path(const RunDir& run, int64_t step);
 
 /// `v` with `precision` significant digits.
 std::string fmt(double v, int precision = 4);

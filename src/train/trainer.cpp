@@ -1,12 +1,8 @@
 #include "aim/train/trainer.h"
 
-#include <unistd.h>
-
 #include <chrono>
 #include <cmath>
-#include <csignal>
 #include <filesystem>
-#include <fstream>
 #include <iomanip>
 #include <iostream>
 #include <memory>
@@ -45,63 +41,6 @@ void cuda_reset_peak_memory(int index);
 #endif
 
 namespace fs = std::filesystem;
-
-// ------------------------------------------------------------------------------------ signals
-
-namespace {
-
-volatile std::sig_atomic_t g_stop_signal = 0;
-
-void on_stop_signal(int sig) {
-  if (g_stop_signal != 0) {  // second signal: stop now
-    std::signal(sig, SIG_DFL);
-    std::raise(sig);
-    return;
-  }
-  g_stop_signal = sig;
-  const char msg[] = "\naim: stop requested; finishing the current step and saving "
-                     "(signal again to abort)\n";
-  [[maybe_unused]] auto n = ::write(STDERR_FILENO, msg, sizeof(msg) - 1);
-}
-
-}  // namespace
-
-int stop_signal() { return static_cast<int>(g_stop_signal); }
-
-uint64_t micro_seed(int64_t seed, int64_t step, int64_t micro, int64_t rank) {
-  uint64_t h = splitmix64(static_cast<uint64_t>(seed) ^ 0x7472616e2d61696dULL);
-  h = splitmix64(h ^ static_cast<uint64_t>(step));
-  h = splitmix64(h ^ static_cast<uint64_t>(micro));
-  h = splitmix64(h ^ static_cast<uint64_t>(rank));
-  return h >> 1;  // torch seeds are taken as uint64 but kept positive for readability
-}
-
-std::string fmt(double v, int precision) {
-  std::ostringstream s;
-  s << std::setprecision(precision) << v;
-  return s.str();
-}
-
-std::string fmt_count(double v) {
-  std::ostringstream s;
-  s << std::fixed << std::setprecision(1);
-  if (v >= 1e6) s << v / 1e6 << "M";
-  else if (v >= 1e3) s << v / 1e3 << "k";
-  else s << std::setprecision(0) << v;
-  return s.str();
-}
-
-void install_stop_handlers() {
-  struct sigaction sa {};
-  sa.sa_handler = on_stop_signal;
-  sigemptyset(&sa.sa_mask);
-  sa.sa_flags = 0;
-  sigaction(SIGINT, &sa, nullptr);
-  sigaction(SIGTERM, &sa, nullptr);
-  // A write beyond a file-size limit must fail with an error (reported as a failed save), not
-  // kill the process.
-  std::signal(SIGXFSZ, SIG_IGN);
-}
 
 namespace {
 
@@ -251,13 +190,7 @@ TrainResult run_training(const Config& config_in, const TrainOptions& options) {
   };
 
   // ---- resume: the checkpoint's configuration rules the model.
-  std::string resume_dir;
-  if (options.resume == "auto") {
-    const fs::path run(config.train.out_dir);
-    if (fs::exists(run / "latest")) resume_dir = resolve_resume_dir(run.string());
-  } else if (!options.resume.empty()) {
-    resume_dir = resolve_resume_dir(options.resume);
-  }
+  const std::string resume_dir = resume_dir_for(options.resume, config.train.out_dir);
   TrainerState state;
   if (!resume_dir.empty()) {
     const auto saved = load_config((fs::path(resume_dir) / "config.yaml").string());
@@ -269,11 +202,7 @@ TrainResult run_training(const Config& config_in, const TrainOptions& options) {
   }
 
   const int64_t micro = config.train.micro_batch;
-  if (config.train.global_batch % (micro * world) != 0)
-    throw Error(str_cat("train.global_batch ", config.train.global_batch, " must be a multiple of "
-                        "train.micro_batch (", micro, ") x ranks (", world, ")\n---> HINT: --set "
-                        "train.micro_batch=", std::max<int64_t>(1, config.train.global_batch / world)));
-  const int64_t accum = config.train.global_batch / (micro * world);
+  const int64_t accum = accumulation_steps(config.train, world);
 
   // ---- data
   DataSource data;
@@ -304,9 +233,9 @@ TrainResult run_training(const Config& config_in, const TrainOptions& options) {
   model->to(device);
   model->train();
   auto params = unique_parameters(*model);
+  const auto param_tensors = tensors_of(params);
   {
-    std::vector<torch::Tensor> all;
-    for (const auto& p : params) all.push_back(p.tensor);
+    auto all = param_tensors;
     dist.broadcast_(all);  // every rank starts from rank 0's weights
   }
   AdamW optimizer(params, config.optim, /*fused=*/true);
@@ -327,11 +256,7 @@ TrainResult run_training(const Config& config_in, const TrainOptions& options) {
               str_cat(o, ": optimizer at step ", optimizer.steps(), " but trainer_state.json at step ",
                       state.step));
   }
-  GradSync grad_sync([&] {
-    std::vector<torch::Tensor> t;
-    for (const auto& p : params) t.push_back(p.tensor);
-    return t;
-  }(), dist);
+  GradSync grad_sync(param_tensors, dist);
 
   // ---- validation data, tokenizer for sample grids
   std::optional<DataSource> val;
@@ -351,9 +276,7 @@ TrainResult run_training(const Config& config_in, const TrainOptions& options) {
   // ---- run directory
   RunDir run(config.train.out_dir);
   if (main) write_text_atomic((fs::path(run.path()) / "config.yaml").string(), config_to_yaml(config));
-  const std::string metrics_path = (fs::path(run.path()) / "metrics.jsonl").string();
-  std::ofstream metrics;
-  if (main) metrics.open(metrics_path, std::ios::app);
+  MetricsLog metrics(run, main);
 
   const Precision precision = resolve_precision(config.train.precision, device);
   const bool bf16 = precision.bf16;
@@ -402,39 +325,13 @@ TrainResult run_training(const Config& config_in, const TrainOptions& options) {
   TrainResult result;
   result.total_steps = total_steps;
   int64_t last_saved = resume_dir.empty() ? -1 : state.step;
-  std::vector<torch::Tensor> param_tensors;
-  for (const auto& p : params) param_tensors.push_back(p.tensor);
   auto save = [&]() {
-    if (world > 1) {
-      // Data-parallel replicas must hold the same weights; a divergence is a bug worth stopping for.
-      const auto check = dist.compare_with_root(param_tensors);
-      if (!check.identical())
-        throw Error(str_cat("step ", state.step, ": parameters differ between ranks (", check.mismatched,
-                            " elements, max |diff| ", check.max_abs_diff, "); not saving"));
-      say(str_cat("replicas: parameters identical on all ", world, " ranks at step ", state.step));
-    }
-    std::string error;
-    if (main) {
-      try {
-        result.checkpoint = run.save(
-            state.step,
-            [&](const std::string& dir) {
-              write_text_atomic((fs::path(dir) / "config.yaml").string(), config_to_yaml(config));
-              save_aim_model(model, (fs::path(dir) / "model.safetensors").string());
-              if (ema) save_aim_model(ema->model(), (fs::path(dir) / "ema.safetensors").string());
-              save_safetensors((fs::path(dir) / "optimizer.safetensors").string(),
-                               optimizer.state_tensors(), optimizer.state_metadata());
-              write_text_atomic((fs::path(dir) / "trainer_state.json").string(), state.to_json());
-            },
-            config.train.keep_last);
-        say(str_cat("checkpoint: ", result.checkpoint));
-      } catch (const std::exception& e) {
-        error = e.what();
-      }
-    }
-    if (dist.any_true(!error.empty())) {
-      throw Error(main ? error : "rank 0 failed to save a checkpoint; see its message");
-    }
+    result.checkpoint = save_checkpoint(dist, run, config, state, param_tensors, [&](const std::string& dir) {
+      save_aim_model(model, (fs::path(dir) / "model.safetensors").string());
+      if (ema) save_aim_model(ema->model(), (fs::path(dir) / "ema.safetensors").string());
+      save_safetensors((fs::path(dir) / "optimizer.safetensors").string(), optimizer.state_tensors(),
+                       optimizer.state_metadata());
+    }, say);
     last_saved = state.step;
   };
 
@@ -468,10 +365,7 @@ TrainResult run_training(const Config& config_in, const TrainOptions& options) {
     }
     const auto images = decode_tokens(grid_vq, tokens, 8);
     const auto grid = make_grid(from_tensor_batch(images), static_cast<int>(per_class), 2, {255, 255, 255}, captions);
-    char name[64];
-    std::snprintf(name, sizeof(name), "step-%08lld.png", static_cast<long long>(state.step));
-    fs::create_directories(fs::path(run.path()) / "samples");
-    const std::string path = (fs::path(run.path()) / "samples" / name).string();
+    const std::string path = step_image_path(run, state.step);
     write_png(path, grid);
     if (was_training) m->train();
     say(str_cat("samples: ", path, " (", ema ? "EMA" : "model", ", cfg ", so.cfg, ")"));
@@ -527,14 +421,7 @@ TrainResult run_training(const Config& config_in, const TrainOptions& options) {
 
   const int64_t session_start = state.step;
   while (state.step < total_steps) {
-    if (dist.any_true(g_stop_signal != 0)) {
-      result.interrupted = true;
-      break;
-    }
-    if (options.stop_after > 0 && state.step - session_start >= options.stop_after) {
-      result.paused = true;
-      break;
-    }
+    if (stop_before_step(dist, options, state.step - session_start, result)) break;
     // An epoch's leftover micro-batches (fewer than one accumulation) are skipped.
     if (state.batch + accum > data.batches_per_epoch) {
       ++state.epoch;
@@ -561,22 +448,7 @@ TrainResult run_training(const Config& config_in, const TrainOptions& options) {
     const double loss_value = dist.all_reduce(loss_sum.item<double>() / static_cast<double>(accum), ReduceOp::kMean);
     const double gnorm = grad_norm(params);
     const double lr = peak_lr * lr_factor(config.schedule, state.step, total_steps);
-    if (!std::isfinite(loss_value) || !std::isfinite(gnorm)) {
-      const std::string what = str_cat("step ", state.step + 1, ": non-finite ",
-                                       !std::isfinite(loss_value) ? "loss" : "gradient norm", " (loss ",
-                                       loss_value, ", grad norm ", gnorm, ", lr ", lr, ")");
-      if (!config.train.skip_nonfinite) {
-        const auto l = run.latest();
-        throw Error(str_cat(what, "; stopping without saving. ",
-                            l ? str_cat("The last good checkpoint is ", *l) : std::string("No checkpoint was written yet"),
-                            "\n---> HINT: lower optim.lr, raise schedule.warmup_steps, or set "
-                            "train.skip_nonfinite=true to skip such steps"));
-      }
-      say(what + "; step skipped (train.skip_nonfinite)");
-      ++state.skipped_steps;
-      ++state.step;
-      continue;
-    }
+    if (skip_nonfinite_step(loss_value, gnorm, lr, config.train, run, state, say)) continue;
     clip_gradients(params, gnorm, config.optim.grad_clip);
     optimizer.step(lr);
     if (ema) ema->update(model);
@@ -600,7 +472,7 @@ TrainResult run_training(const Config& config_in, const TrainOptions& options) {
 #ifdef AIM_WITH_CUDA
       if (device.is_cuda()) peak_mem = cuda_peak_memory_bytes(device.index());
 #endif
-      if (main) {
+      {
         nlohmann::ordered_json j;
         j["kind"] = "train";
         j["step"] = state.step;
@@ -614,8 +486,7 @@ TrainResult run_training(const Config& config_in, const TrainOptions& options) {
         if (peak_mem > 0) j["peak_memory_gb"] = static_cast<double>(peak_mem) / 1e9;
         j["elapsed_s"] = state.elapsed_s;
         j["world_size"] = world;
-        metrics << j.dump() << "\n";
-        metrics.flush();
+        metrics.write(j);
       }
       std::ostringstream extra;
       extra << "ep " << std::fixed << std::setprecision(2) << epoch_f << " | loss " << std::setprecision(4)
@@ -633,14 +504,7 @@ TrainResult run_training(const Config& config_in, const TrainOptions& options) {
     if (val && (state.step % config.train.eval_every == 0 || last)) {
       const double vl = held_out_loss();
       say(str_cat("held-out loss at step ", state.step, ": ", fmt(vl, 5)));
-      if (main) {
-        nlohmann::ordered_json j;
-        j["kind"] = "eval";
-        j["step"] = state.step;
-        j["val_loss"] = vl;
-        metrics << j.dump() << "\n";
-        metrics.flush();
-      }
+      metrics.write({{"kind", "eval"}, {"step", state.step}, {"val_loss", vl}});
     }
     if (config.train.sample_every > 0 && (state.step % config.train.sample_every == 0 || last)) sample_grid();
     if (config.train.ckpt_every > 0 && state.step % config.train.ckpt_every == 0 && !last) save();
@@ -650,18 +514,7 @@ TrainResult run_training(const Config& config_in, const TrainOptions& options) {
   state.elapsed_s = elapsed_before +
                     std::chrono::duration<double>(std::chrono::steady_clock::now() - t_start).count();
   if (state.step != last_saved) save();
-  if (result.interrupted || result.paused) {
-    say(str_cat("stopped at step ", state.step, " of ", total_steps, "; resume with --resume ", run.path()));
-  } else {
-    progress.finish(str_cat("loss ", fmt(state.loss)));
-  }
-  dist.barrier();
-  result.steps = state.step;
-  result.loss = state.loss;
-  if (result.checkpoint.empty()) {
-    const auto l = run.latest();
-    if (l) result.checkpoint = *l;
-  }
+  end_session(dist, run, state, progress, say, result);
   return result;
 }
 

@@ -3,7 +3,6 @@
 #include <chrono>
 #include <cmath>
 #include <filesystem>
-#include <fstream>
 #include <iomanip>
 #include <iostream>
 #include <memory>
@@ -87,13 +86,7 @@ VqTrainResult run_vq_training(const Config& config_in, const TrainOptions& optio
   if (config.train.ema) throw Error("train.ema: not supported by aim train-vq (expected false, found true)");
 
   // ---- resume
-  std::string resume_dir;
-  if (options.resume == "auto") {
-    const fs::path run(config.train.out_dir);
-    if (fs::exists(run / "latest")) resume_dir = resolve_resume_dir(run.string());
-  } else if (!options.resume.empty()) {
-    resume_dir = resolve_resume_dir(options.resume);
-  }
+  const std::string resume_dir = resume_dir_for(options.resume, config.train.out_dir);
   TrainerState state;
   if (!resume_dir.empty()) {
     const auto saved = load_config((fs::path(resume_dir) / "config.yaml").string(), {}, ConfigUse::kTokenizer);
@@ -109,10 +102,7 @@ VqTrainResult run_vq_training(const Config& config_in, const TrainOptions& optio
   }
 
   const int64_t micro = config.train.micro_batch;
-  if (config.train.global_batch % (micro * world) != 0)
-    throw Error(str_cat("train.global_batch ", config.train.global_batch, " must be a multiple of "
-                        "train.micro_batch (", micro, ") x ranks (", world, ")"));
-  const int64_t accum = config.train.global_batch / (micro * world);
+  const int64_t accum = accumulation_steps(config.train, world);
 
   // ---- data
   if (config.data.images.empty())
@@ -165,9 +155,9 @@ VqTrainResult run_vq_training(const Config& config_in, const TrainOptions& optio
   auto params = unique_parameters(*model);
   std::vector<NamedParam> disc_params;
   if (use_disc) disc_params = unique_parameters(*disc);
+  const auto param_tensors = tensors_of(params);
   {
-    std::vector<torch::Tensor> all;
-    for (const auto& p : params) all.push_back(p.tensor);
+    auto all = param_tensors;
     for (const auto& p : disc_params) all.push_back(p.tensor);
     dist.broadcast_(all);  // every rank starts from rank 0's weights
   }
@@ -186,27 +176,20 @@ VqTrainResult run_vq_training(const Config& config_in, const TrainOptions& optio
       disc_optimizer->load_state(fd.load_all(), fd.metadata(), d);
     }
   }
-  auto tensors_of = [](const std::vector<NamedParam>& ps) {
-    std::vector<torch::Tensor> t;
-    for (const auto& p : ps) t.push_back(p.tensor);
-    return t;
-  };
   // Per-code use since the last dead-code restart (vq_train.restart_every), all ranks.
   auto code_counts = torch::zeros({config.vq.codebook_size}, torch::TensorOptions().dtype(torch::kLong).device(device));
   if (!resume_dir.empty() && vt.restart_every > 0) {
     const std::string c = (fs::path(resume_dir) / "code_counts.safetensors").string();
     if (fs::exists(c)) code_counts.copy_(SafetensorsFile(c).get("code_counts"));
   }
-  GradSync grad_sync(tensors_of(params), dist);
+  GradSync grad_sync(param_tensors, dist);
   std::unique_ptr<GradSync> disc_sync;
   if (use_disc) disc_sync = std::make_unique<GradSync>(tensors_of(disc_params), dist);
 
   // ---- run directory
   RunDir run(config.train.out_dir);
   if (main) write_text_atomic((fs::path(run.path()) / "config.yaml").string(), config_to_yaml(config));
-  const std::string metrics_path = (fs::path(run.path()) / "metrics.jsonl").string();
-  std::ofstream metrics;
-  if (main) metrics.open(metrics_path, std::ios::app);
+  MetricsLog metrics(run, main);
   torch::Tensor fixed;
   if (main) fixed = grid_images(*list, vt.eval_images, config.data.image_size, config.data.crop_ratio);
 
@@ -256,44 +239,21 @@ VqTrainResult run_vq_training(const Config& config_in, const TrainOptions& optio
   VqTrainResult result;
   result.total_steps = total_steps;
   int64_t last_saved = resume_dir.empty() ? -1 : state.step;
-  const auto param_tensors = tensors_of(params);
   auto save = [&]() {
-    if (world > 1) {
-      const auto check = dist.compare_with_root(param_tensors);
-      if (!check.identical())
-        throw Error(str_cat("step ", state.step, ": parameters differ between ranks (", check.mismatched,
-                            " elements, max |diff| ", check.max_abs_diff, "); not saving"));
-      say(str_cat("replicas: parameters identical on all ", world, " ranks at step ", state.step));
-    }
-    std::string error;
-    if (main) {
-      try {
-        result.checkpoint = run.save(
-            state.step,
-            [&](const std::string& dir) {
-              write_text_atomic((fs::path(dir) / "config.yaml").string(), config_to_yaml(config));
-              save_safetensors((fs::path(dir) / "model.safetensors").string(), vq_state_dict(model),
-                               {{"format", "pt"}});
-              save_safetensors((fs::path(dir) / "optimizer.safetensors").string(), optimizer.state_tensors(),
-                               optimizer.state_metadata());
-              if (use_disc) {
-                save_safetensors((fs::path(dir) / "discriminator.safetensors").string(), module_state(*disc),
-                                 {{"format", "pt"}});
-                save_safetensors((fs::path(dir) / "disc_optimizer.safetensors").string(),
-                                 disc_optimizer->state_tensors(), disc_optimizer->state_metadata());
-              }
-              if (vt.restart_every > 0)
-                save_safetensors((fs::path(dir) / "code_counts.safetensors").string(),
-                                 {{"code_counts", code_counts.to(torch::kCPU)}}, {});
-              write_text_atomic((fs::path(dir) / "trainer_state.json").string(), state.to_json());
-            },
-            config.train.keep_last);
-        say(str_cat("checkpoint: ", result.checkpoint));
-      } catch (const std::exception& e) {
-        error = e.what();
+    result.checkpoint = save_checkpoint(dist, run, config, state, param_tensors, [&](const std::string& dir) {
+      save_safetensors((fs::path(dir) / "model.safetensors").string(), vq_state_dict(model), {{"format", "pt"}});
+      save_safetensors((fs::path(dir) / "optimizer.safetensors").string(), optimizer.state_tensors(),
+                       optimizer.state_metadata());
+      if (use_disc) {
+        save_safetensors((fs::path(dir) / "discriminator.safetensors").string(), module_state(*disc),
+                         {{"format", "pt"}});
+        save_safetensors((fs::path(dir) / "disc_optimizer.safetensors").string(), disc_optimizer->state_tensors(),
+                         disc_optimizer->state_metadata());
       }
-    }
-    if (dist.any_true(!error.empty())) throw Error(main ? error : "rank 0 failed to save a checkpoint; see its message");
+      if (vt.restart_every > 0)
+        save_safetensors((fs::path(dir) / "code_counts.safetensors").string(),
+                         {{"code_counts", code_counts.to(torch::kCPU)}}, {});
+    }, say);
     last_saved = state.step;
   };
 
@@ -329,19 +289,10 @@ VqTrainResult run_vq_training(const Config& config_in, const TrainOptions& optio
         tiles.push_back(i < n ? recs[static_cast<size_t>(i)] : Image(orig[0].width, orig[0].height));
       }
     }
-    char name[64];
-    std::snprintf(name, sizeof(name), "step-%08lld.png", static_cast<long long>(state.step));
-    fs::create_directories(fs::path(run.path()) / "samples");
-    const std::string path = (fs::path(run.path()) / "samples" / name).string();
+    const std::string path = step_image_path(run, state.step);
     write_png(path, make_grid(tiles, static_cast<int>(cols), 2, {255, 255, 255}));
     say(str_cat("reconstructions: ", path, " (PSNR ", fmt(p, 4), " dB over ", n, " images)"));
-    nlohmann::ordered_json j;
-    j["kind"] = "eval";
-    j["step"] = state.step;
-    j["psnr"] = p;
-    j["codebook_usage"] = usage;
-    metrics << j.dump() << "\n";
-    metrics.flush();
+    metrics.write({{"kind", "eval"}, {"step", state.step}, {"psnr", p}, {"codebook_usage", usage}});
   };
 
   // ---- the loop
@@ -371,14 +322,7 @@ VqTrainResult run_vq_training(const Config& config_in, const TrainOptions& optio
   std::array<double, kTerms> window{};
   const int64_t session_start = state.step;
   while (state.step < total_steps) {
-    if (dist.any_true(stop_signal() != 0)) {
-      result.interrupted = true;
-      break;
-    }
-    if (options.stop_after > 0 && state.step - session_start >= options.stop_after) {
-      result.paused = true;
-      break;
-    }
+    if (stop_before_step(dist, options, state.step - session_start, result)) break;
     if (state.batch + accum > batches_per_epoch) {
       ++state.epoch;
       state.batch = 0;
@@ -463,22 +407,7 @@ VqTrainResult run_vq_training(const Config& config_in, const TrainOptions& optio
     const double loss_value = v[0];
     const double gnorm = grad_norm(params);
     const double lr = peak_lr * lr_factor(config.schedule, state.step, total_steps);
-    if (!std::isfinite(loss_value) || !std::isfinite(gnorm)) {
-      const std::string what = str_cat("step ", state.step + 1, ": non-finite ",
-                                       !std::isfinite(loss_value) ? "loss" : "gradient norm", " (loss ",
-                                       loss_value, ", grad norm ", gnorm, ", lr ", lr, ")");
-      if (!config.train.skip_nonfinite) {
-        const auto l = run.latest();
-        throw Error(str_cat(what, "; stopping without saving. ",
-                            l ? str_cat("The last good checkpoint is ", *l) : std::string("No checkpoint was written yet"),
-                            "\n---> HINT: lower optim.lr, raise schedule.warmup_steps, or set "
-                            "train.skip_nonfinite=true to skip such steps"));
-      }
-      say(what + "; step skipped (train.skip_nonfinite)");
-      ++state.skipped_steps;
-      ++state.step;
-      continue;
-    }
+    if (skip_nonfinite_step(loss_value, gnorm, lr, config.train, run, state, say)) continue;
     clip_gradients(params, gnorm, config.optim.grad_clip);
     optimizer.step(lr);
     if (adversarial) {
@@ -510,7 +439,7 @@ VqTrainResult run_vq_training(const Config& config_in, const TrainOptions& optio
       for (size_t i = 0; i < kTerms; ++i) m[i] = window[i] / static_cast<double>(std::max<int64_t>(1, window_steps));
       state.elapsed_s = elapsed_before + std::chrono::duration<double>(now - t_start).count();
       const double epoch_f = static_cast<double>(state.step) / static_cast<double>(steps_per_epoch);
-      if (main) {
+      {
         nlohmann::ordered_json j;
         j["kind"] = "train";
         j["step"] = state.step;
@@ -535,8 +464,7 @@ VqTrainResult run_vq_training(const Config& config_in, const TrainOptions& optio
         if (peak_tflops > 0) j["mfu"] = mfu;
         j["elapsed_s"] = state.elapsed_s;
         j["world_size"] = world;
-        metrics << j.dump() << "\n";
-        metrics.flush();
+        metrics.write(j);
       }
       std::ostringstream extra;
       extra << "ep " << std::fixed << std::setprecision(2) << epoch_f << " | loss " << std::setprecision(4) << m[0]
@@ -559,19 +487,8 @@ VqTrainResult run_vq_training(const Config& config_in, const TrainOptions& optio
   }
   state.elapsed_s = elapsed_before + std::chrono::duration<double>(std::chrono::steady_clock::now() - t_start).count();
   if (state.step != last_saved) save();
-  if (result.interrupted || result.paused) {
-    say(str_cat("stopped at step ", state.step, " of ", total_steps, "; resume with --resume ", run.path()));
-  } else {
-    progress.finish(str_cat("loss ", fmt(state.loss)));
-  }
-  dist.barrier();
-  result.steps = state.step;
-  result.loss = state.loss;
+  end_session(dist, run, state, progress, say, result);
   result.usage = usage;
-  if (result.checkpoint.empty()) {
-    const auto l = run.latest();
-    if (l) result.checkpoint = *l;
-  }
   return result;
 }
 

@@ -1,0 +1,202 @@
+#include "train_util.h"
+
+#include <unistd.h>
+
+#include <cmath>
+#include <csignal>
+#include <cstdio>
+#include <filesystem>
+#include <iomanip>
+#include <sstream>
+
+#include "aim/core/error.h"
+#include "aim/core/fileio.h"
+#include "aim/core/safetensors.h"
+#include "aim/data/sampler.h"
+
+namespace aim::train {
+
+namespace fs = std::filesystem;
+
+// ------------------------------------------------------------------------------------ signals
+
+namespace {
+
+volatile std::sig_atomic_t g_stop_signal = 0;
+
+void on_stop_signal(int sig) {
+  if (g_stop_signal != 0) {  // second signal: stop now
+    std::signal(sig, SIG_DFL);
+    std::raise(sig);
+    return;
+  }
+  g_stop_signal = sig;
+  const char msg[] = "\naim: stop requested; finishing the current step and saving "
+                     "(signal again to abort)\n";
+  [[maybe_unused]] auto n = ::write(STDERR_FILENO, msg, sizeof(msg) - 1);
+}
+
+}  // namespace
+
+int stop_signal() { return static_cast<int>(g_stop_signal); }
+
+void install_stop_handlers() {
+  struct sigaction sa {};
+  sa.sa_handler = on_stop_signal;
+  sigemptyset(&sa.sa_mask);
+  sa.sa_flags = 0;
+  sigaction(SIGINT, &sa, nullptr);
+  sigaction(SIGTERM, &sa, nullptr);
+  // A write beyond a file-size limit must fail with an error (reported as a failed save), not
+  // kill the process.
+  std::signal(SIGXFSZ, SIG_IGN);
+}
+
+// ------------------------------------------------------------------------------------ the loop
+
+uint64_t micro_seed(int64_t seed, int64_t step, int64_t micro, int64_t rank) {
+  uint64_t h = splitmix64(static_cast<uint64_t>(seed) ^ 0x7472616e2d61696dULL);
+  h = splitmix64(h ^ static_cast<uint64_t>(step));
+  h = splitmix64(h ^ static_cast<uint64_t>(micro));
+  h = splitmix64(h ^ static_cast<uint64_t>(rank));
+  return h >> 1;  // torch seeds are taken as uint64 but kept positive for readability
+}
+
+std::string resume_dir_for(const std::string& resume, const std::string& out_dir) {
+  if (resume == "auto") return fs::exists(fs::path(out_dir) / "latest") ? resolve_resume_dir(out_dir) : "";
+  return resume.empty() ? "" : resolve_resume_dir(resume);
+}
+
+int64_t accumulation_steps(const TrainConfig& train, int64_t world) {
+  const int64_t micro = train.micro_batch;
+  if (train.global_batch % (micro * world) != 0)
+    throw Error(str_cat("train.global_batch ", train.global_batch, " must be a multiple of "
+                        "train.micro_batch (", micro, ") x ranks (", world, ")\n---> HINT: --set "
+                        "train.micro_batch=", std::max<int64_t>(1, train.global_batch / world)));
+  return train.global_batch / (micro * world);
+}
+
+std::vector<torch::Tensor> tensors_of(const std::vector<NamedParam>& params) {
+  std::vector<torch::Tensor> t;
+  t.reserve(params.size());
+  for (const auto& p : params) t.push_back(p.tensor);
+  return t;
+}
+
+bool stop_before_step(DistContext& dist, const TrainOptions& options, int64_t session_steps,
+                      TrainResult& result) {
+  if (dist.any_true(stop_signal() != 0)) {
+    result.interrupted = true;
+    return true;
+  }
+  if (options.stop_after > 0 && session_steps >= options.stop_after) {
+    result.paused = true;
+    return true;
+  }
+  return false;
+}
+
+bool skip_nonfinite_step(double loss, double grad_norm, double lr, const TrainConfig& train,
+                         const RunDir& run, TrainerState& state, const Say& say) {
+  if (std::isfinite(loss) && std::isfinite(grad_norm)) return false;
+  const std::string what = str_cat("step ", state.step + 1, ": non-finite ",
+                                   !std::isfinite(loss) ? "loss" : "gradient norm", " (loss ", loss,
+                                   ", grad norm ", grad_norm, ", lr ", lr, ")");
+  if (!train.skip_nonfinite) {
+    const auto l = run.latest();
+    throw Error(str_cat(what, "; stopping without saving. ",
+                        l ? str_cat("The last good checkpoint is ", *l) : std::string("No checkpoint was written yet"),
+                        "\n---> HINT: lower optim.lr, raise schedule.warmup_steps, or set "
+                        "train.skip_nonfinite=true to skip such steps"));
+  }
+  say(what + "; step skipped (train.skip_nonfinite)");
+  ++state.skipped_steps;
+  ++state.step;
+  return true;
+}
+
+std::string save_checkpoint(DistContext& dist, RunDir& run, const Config& config, const TrainerState& state,
+                            const std::vector<torch::Tensor>& params,
+                            const std::function<void(const std::string& dir)>& write_model_files, const Say& say) {
+  const int64_t world = dist.world_size();
+  if (world > 1) {
+    // Data-parallel replicas must hold the same weights; a divergence is a bug worth stopping for.
+    const auto check = dist.compare_with_root(params);
+    if (!check.identical())
+      throw Error(str_cat("step ", state.step, ": parameters differ between ranks (", check.mismatched,
+                          " elements, max |diff| ", check.max_abs_diff, "); not saving"));
+    say(str_cat("replicas: parameters identical on all ", world, " ranks at step ", state.step));
+  }
+  std::string checkpoint, error;
+  if (dist.is_main()) {
+    try {
+      checkpoint = run.save(
+          state.step,
+          [&](const std::string& dir) {
+            write_text_atomic((fs::path(dir) / "config.yaml").string(), config_to_yaml(config));
+            write_model_files(dir);
+            write_text_atomic((fs::path(dir) / "trainer_state.json").string(), state.to_json());
+          },
+          config.train.keep_last);
+      say(str_cat("checkpoint: ", checkpoint));
+    } catch (const std::exception& e) {
+      error = e.what();
+    }
+  }
+  if (dist.any_true(!error.empty()))
+    throw Error(dist.is_main() ? error : "rank 0 failed to save a checkpoint; see its message");
+  return checkpoint;
+}
+
+void end_session(DistContext& dist, const RunDir& run, const TrainerState& state, Progress& progress,
+                 const Say& say, TrainResult& result) {
+  if (result.interrupted || result.paused) {
+    say(str_cat("stopped at step ", state.step, " of ", result.total_steps, "; resume with --resume ", run.path()));
+  } else {
+    progress.finish(str_cat("loss ", fmt(state.loss)));
+  }
+  dist.barrier();
+  result.steps = state.step;
+  result.loss = state.loss;
+  if (result.checkpoint.empty()) {
+    const auto l = run.latest();
+    if (l) result.checkpoint = *l;
+  }
+}
+
+MetricsLog::MetricsLog(const RunDir& run, bool main) {
+  if (main) out_.open((fs::path(run.path()) / "metrics.jsonl").string(), std::ios::app);
+}
+
+void MetricsLog::write(const nlohmann::ordered_json& record) {
+  if (!out_.is_open()) return;
+  out_ << record.dump() << "\n";
+  out_.flush();
+}
+
+std::string step_image_path(const RunDir& run, int64_t step) {
+  char name[64];
+  std::snprintf(name, sizeof(name), "step-%08lld.png", static_cast<long long>(step));
+  const fs::path dir = fs::path(run.path()) / "samples";
+  fs::create_directories(dir);
+  return (dir / name).string();
+}
+
+// ------------------------------------------------------------------------------------ formatting
+
+std::string fmt(double v, int precision) {
+  std::ostringstream s;
+  s << std::setprecision(precision) << v;
+  return s.str();
+}
+
+std::string fmt_count(double v) {
+  std::ostringstream s;
+  s << std::fixed << std::setprecision(1);
+  if (v >= 1e6) s << v / 1e6 << "M";
+  else if (v >= 1e3) s << v / 1e3 << "k";
+  else s << std::setprecision(0) << v;
+  return s.str();
+}
+
+}  // namespace aim::train
