@@ -1,4 +1,5 @@
-// `aim train CONFIG`: stage-2 training, one process or many (mpirun / srun / torchrun-style).
+// `aim train CONFIG` (stage 2, AiM) and `aim train-vq CONFIG` (stage 1, the tokenizer): one
+// process or many (mpirun / srun / torchrun-style). Both take the same flags.
 #include <torch/torch.h>
 
 #include <filesystem>
@@ -9,6 +10,7 @@
 #include "aim/core/env.h"
 #include "aim/core/error.h"
 #include "aim/train/trainer.h"
+#include "aim/train/vq_trainer.h"
 
 namespace aim::cli {
 
@@ -25,54 +27,75 @@ struct TrainArgs {
   int64_t stop_after = 0;
 };
 
-}  // namespace
+enum class Stage { kAim, kTokenizer };
 
-Runner add_train_command(CLI::App& app) {
-  auto* cmd = app.add_subcommand("train", "Train AiM (stage 2) on a code dataset or an image folder");
+Runner add_training_command(CLI::App& app, Stage stage) {
+  const bool vq = stage == Stage::kTokenizer;
+  const std::string name = vq ? "train-vq" : "train";
+  const std::string example = vq ? "configs/vq_demo.yaml" : "configs/tiny.yaml";
+  auto* cmd = app.add_subcommand(name, vq ? "Train the image tokenizer (stage 1) on an image folder"
+                                          : "Train AiM (stage 2) on a code dataset or an image folder");
   auto a = std::make_shared<TrainArgs>();
-  cmd->add_option("config", a->config, "training config (configs/aim_l.yaml); optional with --resume DIR");
+  cmd->add_option("config", a->config,
+                  str_cat(vq ? "tokenizer training config (" : "training config (",
+                          vq ? example : "configs/aim_l.yaml", "); optional with --resume DIR"));
   cmd->add_option("--set", a->sets, "override a key: section.key=value (repeatable)");
   cmd->add_option("--resume", a->resume, "continue a run: its directory, one checkpoint, or 'auto' "
                                          "(the config's run directory when it has a checkpoint)");
-  cmd->add_option("--init", a->init, "fine-tune from weights: an aim run, an official HF snapshot, or a .safetensors");
-  cmd->add_option("--init-config", a->init_config, "config for a bare --init .safetensors file");
+  cmd->add_option("--init", a->init,
+                  vq ? "start from tokenizer weights (.safetensors, aim run, official snapshot)"
+                     : "fine-tune from weights: an aim run, an official HF snapshot, or a .safetensors");
+  cmd->add_option("--init-config", a->init_config,
+                  vq ? "tokenizer config JSON for a bare --init file" : "config for a bare --init .safetensors file");
   cmd->add_option("--device", a->device, "auto | cpu | cuda | cuda:<index> (auto: the local rank's GPU if any)")
       ->capture_default_str();
   cmd->add_option("--stop-after-steps", a->stop_after,
                   "save and exit after this many steps (time-limited jobs); resume later with --resume");
   cmd->add_option("--out", a->out, "run directory (default: train.out_dir, runs/<name>)");
-  return [cmd, a]() -> int {
+  return [cmd, a, vq, name, example]() -> int {
     if (!cmd->parsed()) return -1;
     namespace fs = std::filesystem;
     std::string config_path = a->config;
     if (config_path.empty()) {
       AIM_CHECK(!a->resume.empty() && a->resume != "auto",
-                "train: no config given\n---> HINT: aim train configs/tiny.yaml, or aim train --resume RUN_DIR");
+                str_cat(name, ": no config given\n---> HINT: aim ", name, " ", example, ", or aim ", name,
+                        " --resume RUN_DIR"));
       config_path = (fs::path(a->resume) / "config.yaml").string();
       AIM_CHECK(fs::exists(config_path), str_cat("--resume ", a->resume, ": no config.yaml; pass the config"));
     }
     auto sets = a->sets;
     if (!a->out.empty()) sets.push_back("train.out_dir=" + a->out);
-    const Config config = load_config(config_path, sets);
+    const Config config = load_config(config_path, sets, vq ? ConfigUse::kTokenizer : ConfigUse::kAim);
     const auto env = detect_launch_env();
     train::TrainOptions o;
     o.resume = a->resume;
     o.init = a->init;
     o.init_config = a->init_config;
     o.stop_after = a->stop_after;
-    if (a->device == "auto") {
-      o.device = torch::cuda::is_available() ? parse_device("cuda", env.local_rank) : torch::Device(torch::kCPU);
-    } else {
-      o.device = parse_device(a->device, env.local_rank);
-    }
+    o.device = a->device == "auto"
+                   ? (torch::cuda::is_available() ? parse_device("cuda", env.local_rank) : torch::Device(torch::kCPU))
+                   : parse_device(a->device, env.local_rank);
     train::install_stop_handlers();
-    const auto r = train::run_training(config, o);
-    if (env.is_main()) {
-      std::cout << (r.interrupted ? "interrupted" : r.paused ? "paused" : "finished") << " at step " << r.steps << "/"
-                << r.total_steps << ", loss " << r.loss << "; checkpoint " << r.checkpoint << "\n";
+    if (vq) {
+      const auto r = train::run_vq_training(config, o);
+      if (env.is_main())
+        std::cout << (r.interrupted ? "interrupted" : r.paused ? "paused" : "finished") << " at step " << r.steps
+                  << "/" << r.total_steps << ", loss " << r.loss << ", codebook usage " << 100.0 * r.usage
+                  << "%; checkpoint " << r.checkpoint << "\n";
+    } else {
+      const auto r = train::run_training(config, o);
+      if (env.is_main())
+        std::cout << (r.interrupted ? "interrupted" : r.paused ? "paused" : "finished") << " at step " << r.steps
+                  << "/" << r.total_steps << ", loss " << r.loss << "; checkpoint " << r.checkpoint << "\n";
     }
     return 0;
   };
 }
+
+}  // namespace
+
+Runner add_train_command(CLI::App& app) { return add_training_command(app, Stage::kAim); }
+
+Runner add_train_vq_command(CLI::App& app) { return add_training_command(app, Stage::kTokenizer); }
 
 }  // namespace aim::cli

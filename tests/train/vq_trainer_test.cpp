@@ -1,6 +1,7 @@
 // Stage-1 tokenizer training: the quantiser's training forward and losses against their
 // definitions, the PatchGAN, and aim train-vq end to end on generated shapes (learning, exact
-// resume with the discriminator, the run directory as a tokenizer for the rest of the pipeline).
+// resume with the discriminator, two ranks against one, the run directory as a tokenizer for the
+// rest of the pipeline).
 #include <filesystem>
 #include <cmath>
 #include <fstream>
@@ -281,6 +282,57 @@ TEST_F(TrainVqTest, ResumeWithTheDiscriminatorContinuesBitwiseIdentically) {
     for (const auto& [k, v] : a) EXPECT_TRUE(torch::equal(v, b.at(k))) << name << ": " << k;
   }
   EXPECT_FALSE(logged(run("straight"), "disc_loss").empty());
+}
+
+TEST_F(TrainVqTest, TwoRanksUnderMpirunMatchOneRank) {
+  // The same global batch (8): one rank x micro 4 x 2 accumulation vs two ranks x micro 2 x 2,
+  // on the CPU (Gloo). Flips depend on (seed, epoch, image) only and the losses are per-image
+  // means, so both runs see the same images and differ by summation order alone. The entropy
+  // loss (statistics of a micro-batch), the PatchGAN (BatchNorm over a micro-batch) and dead-code
+  // restarts (from rank 0's last micro-batch) depend on the split, so they are off here.
+  const std::string aim = test::aim_binary() + " train-vq " + test::source_dir() + "/configs/vq_demo.yaml";
+  const std::string sets =
+      " --device cpu --set data.images=" + images() +
+      " --set data.image_size=32 --set vq.ch_mult='[1, 1, 2]' --set vq.z_channels=32 --set vq.codebook_size=64"
+      " --set train.global_batch=8 --set train.max_steps=4 --set train.ckpt_every=0 --set train.log_every=1"
+      " --set train.sample_every=0 --set vq_train.eval_images=8 --set optim.lr=1e-3 --set schedule.warmup_steps=0"
+      " --set vq_train.entropy_weight=0 --set vq_train.disc_weight=0 --set train.precision=fp32";
+  const auto one = test::run_shell(aim + sets + " --set vq_train.restart_every=0 --set train.micro_batch=4 --out " +
+                                   run("one"));
+  ASSERT_EQ(one.code, 0) << one.output;
+  const std::string mpirun =
+      "OMPI_MCA_btl_vader_single_copy_mechanism=none OMPI_MCA_rmaps_base_oversubscribe=1 OMP_NUM_THREADS=1 "
+      "mpirun --allow-run-as-root --oversubscribe -np 2 ";
+  const auto two = test::run_shell(mpirun + aim + sets + " --set vq_train.restart_every=0 --set train.micro_batch=2"
+                                   " --out " + run("two"));
+  ASSERT_EQ(two.code, 0) << two.output;
+  EXPECT_NE(two.output.find("2 rank(s) x micro 2 x 2 accumulation"), std::string::npos) << two.output;
+  EXPECT_NE(two.output.find("parameters identical on all 2 ranks"), std::string::npos) << two.output;
+  const auto a = load_safetensors(RunDir(run("one")).latest().value() + "/model.safetensors");
+  const auto b = load_safetensors(RunDir(run("two")).latest().value() + "/model.safetensors");
+  ASSERT_EQ(a.size(), b.size());
+  // Adam moves an element by about lr per step whatever its gradient's size, so summation-order
+  // noise in a near-zero gradient may move one by a fraction of lr x steps; 3% of that is allowed.
+  // A missing all-reduce or a wrong average moves elements by ~lr.
+  const double tol = 0.03 * 1e-3 * 4;
+  for (const auto& [k, v] : a) {
+    if (k == "quantize.codebook_used") continue;  // rank 0's own usage history, not a parameter
+    test::expect_close("1 rank vs 2 ranks: " + k, b.at(k), v, tol, false);
+  }
+  const auto l1_one = logged(run("one"), "l1"), l1_two = logged(run("two"), "l1");
+  ASSERT_EQ(l1_one.size(), 4u);
+  ASSERT_EQ(l1_two.size(), 4u);
+  EXPECT_NEAR(l1_one[0], l1_two[0], 1e-5);  // the same weights and images at the first step
+  // With the split-dependent parts on, the replicas still stay identical: dead-code restarts are
+  // broadcast from rank 0 and the discriminator's gradients are all-reduced.
+  const auto gan = test::run_shell(mpirun + aim + sets + " --set vq_train.restart_every=1 --set train.micro_batch=2"
+                                   " --set vq_train.disc_weight=0.5 --set vq_train.disc_start=1 --set"
+                                   " vq_train.disc_channels=8 --set vq_train.disc_layers=2 --set train.ckpt_every=2 --set train.keep_last=2"
+                                   " --out " + run("gan"));
+  ASSERT_EQ(gan.code, 0) << gan.output;
+  EXPECT_NE(gan.output.find("parameters identical on all 2 ranks at step 2"), std::string::npos) << gan.output;
+  EXPECT_NE(gan.output.find("parameters identical on all 2 ranks at step 4"), std::string::npos) << gan.output;
+  EXPECT_EQ(RunDir(run("gan")).checkpoint_steps(), (std::vector<int64_t>{2, 4}));
 }
 
 TEST_F(TrainVqTest, TheRunIsATokenizerForTheRestOfThePipeline) {
