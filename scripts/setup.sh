@@ -57,8 +57,14 @@ if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$stamped" ]; then
   # pip downloads every wheel (torch and its CUDA libraries: 2.6 GiB) into TMPDIR before it installs
   # them. /tmp may be a small tmpfs or a nearly full disk: keep the downloads beside .venv.
   # Measured on 2026-12-06 with torch 2.11.0: 7.4 GiB at the peak (2.6 GiB of downloads, 4.8 GiB
-  # installed). With less, pip would fail part-way: say so before it starts.
+  # installed). With less, pip would fail part-way: say so before it starts. When this torch is
+  # installed already (a changed pin or package list), its CUDA libraries and triton, which it
+  # pins exactly, stay: the rest is about 350 MiB installed.
   need_mib=7400
+  if .venv/bin/python -c "import sys, torch; sys.exit(torch.__version__.split('+')[0] != '$TORCH_VERSION')" \
+      2>/dev/null; then
+    need_mib=1000
+  fi
   free_mib=$(df -Pm "$root/.venv" | awk 'NR == 2 { print $4 }')
   if [ -n "$free_mib" ] && [ "$free_mib" -lt "$need_mib" ]; then
     echo "setup.sh: the Python packages need ${need_mib} MiB free in $root/.venv" \
