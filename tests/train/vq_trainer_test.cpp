@@ -326,9 +326,9 @@ TEST_F(TrainVqTest, TwoRanksUnderMpirunMatchOneRank) {
   // With the split-dependent parts on, the replicas still stay identical: dead-code restarts are
   // broadcast from rank 0 and the discriminator's gradients are all-reduced.
   const auto gan = test::run_shell(mpirun + aim + sets + " --set vq_train.restart_every=1 --set train.micro_batch=2"
-                                   " --set vq_train.disc_weight=0.5 --set vq_train.disc_start=1 --set"
-                                   " vq_train.disc_channels=8 --set vq_train.disc_layers=2 --set train.ckpt_every=2 --set train.keep_last=2"
-                                   " --out " + run("gan"));
+                                   " --set vq_train.disc_weight=0.5 --set vq_train.disc_start=1"
+                                   " --set vq_train.disc_channels=8 --set vq_train.disc_layers=2"
+                                   " --set train.ckpt_every=2 --set train.keep_last=2 --out " + run("gan"));
   ASSERT_EQ(gan.code, 0) << gan.output;
   EXPECT_NE(gan.output.find("parameters identical on all 2 ranks at step 2"), std::string::npos) << gan.output;
   EXPECT_NE(gan.output.find("parameters identical on all 2 ranks at step 4"), std::string::npos) << gan.output;
