@@ -230,6 +230,7 @@ void TrainConfig::validate() const {
   int_at_least("train.sample_every", sample_every, 0);
   int_at_least("train.eval_every", eval_every, 0);
   int_at_least("train.eval_batches", eval_batches, 0);
+  int_at_least("train.recompute_every", recompute_every, 0, "0 keeps every activation");
   non_negative("train.peak_tflops", peak_tflops);
 }
 

@@ -6,6 +6,7 @@
 #include <set>
 #include <sstream>
 
+#include "aim/core/autocast.h"
 #include "aim/core/error.h"
 #include "aim/model/mamba1.h"
 #include "aim/model/mamba2.h"
@@ -79,6 +80,91 @@ std::pair<torch::Tensor, torch::Tensor> AimBlockImpl::step(const torch::Tensor& 
   return {mixer->step_projected(projected, state), res};
 }
 
+namespace {
+
+/// The parameters AimBlockImpl::forward reads (its norm's and mixer's; the adaLN tables are
+/// read by AimBackboneImpl::condition).
+std::vector<torch::Tensor> forward_parameters(AimBlockImpl& block) {
+  auto p = block.norm->parameters();
+  for (auto& t : block.mixer->parameters()) p.push_back(t);
+  return p;
+}
+
+/// A block whose activations are not kept (activation checkpointing): the forward runs without
+/// recording a graph and saves only the block's inputs; the backward runs the block again from
+/// them, under the forward's autocast state, and differentiates that. The block's parameters
+/// are inputs of this node, so their gradients leave through the enclosing backward like any
+/// other (accumulated once, seen by gradient-sync hooks); the nested pass only computes them.
+class RecomputedBlock : public torch::autograd::Function<RecomputedBlock> {
+ public:
+  /// Inputs as AimBlockImpl::forward's; returns {hidden', residual'}.
+  static torch::autograd::variable_list forward(torch::autograd::AutogradContext* ctx, AimBlockImpl* block,
+                                                const torch::Tensor& hidden,
+                                                const std::optional<torch::Tensor>& residual,
+                                                const std::optional<torch::Tensor>& hidden_gate,
+                                                const torch::Tensor& shift, const torch::Tensor& scale,
+                                                torch::TensorList params) {
+    const auto device_type = hidden.device().type();
+    ctx->saved_data["block"] = reinterpret_cast<int64_t>(block);
+    ctx->saved_data["num_params"] = static_cast<int64_t>(params.size());
+    ctx->saved_data["autocast"] = at::autocast::is_autocast_enabled(device_type);
+    ctx->saved_data["autocast_dtype"] = at::autocast::get_autocast_dtype(device_type);
+    const auto r = residual.value_or(torch::Tensor()), g = hidden_gate.value_or(torch::Tensor());
+    ctx->save_for_backward({hidden, r, g, shift, scale});
+    auto [h, res] = block->forward(hidden, r, g, Modulation{shift, scale, torch::Tensor()});
+    return {h, res};
+  }
+
+  static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
+                                                 torch::autograd::variable_list grads) {
+    auto* block = reinterpret_cast<AimBlockImpl*>(ctx->saved_data["block"].toInt());
+    const auto saved = ctx->get_saved_variables();
+    std::vector<torch::Tensor> in;  // hidden, residual, hidden_gate, shift, scale: detached
+    for (const auto& t : saved) in.push_back(t.defined() ? t.detach().requires_grad_(t.requires_grad()) : t);
+    const auto params = forward_parameters(*block);
+    TORCH_CHECK(static_cast<int64_t>(params.size()) == ctx->saved_data["num_params"].toInt(),
+                "RecomputedBlock: the block's parameters changed between forward and backward");
+    std::vector<torch::Tensor> outputs;
+    {
+      torch::AutoGradMode grad_on(true);
+      AutocastScope autocast(ctx->saved_data["autocast"].toBool(), in[0].device().type(),
+                             ctx->saved_data["autocast_dtype"].toScalarType());
+      auto [h, res] = block->forward(in[0], in[1], in[2], Modulation{in[3], in[4], torch::Tensor()});
+      outputs = {h, res};
+    }
+    // Differentiate with respect to what needs a gradient: inputs first, then parameters.
+    std::vector<torch::Tensor> wrt;
+    std::vector<size_t> slot;  // position of wrt[k] in the returned list (after `block`)
+    for (size_t i = 0; i < in.size(); ++i) {
+      if (in[i].defined() && in[i].requires_grad()) {
+        wrt.push_back(in[i]);
+        slot.push_back(1 + i);
+      }
+    }
+    for (size_t i = 0; i < params.size(); ++i) {
+      if (params[i].requires_grad()) {
+        wrt.push_back(params[i]);
+        slot.push_back(1 + in.size() + i);
+      }
+    }
+    std::vector<torch::Tensor> outs, gouts;
+    for (size_t i = 0; i < outputs.size(); ++i) {
+      if (outputs[i].requires_grad() && grads[i].defined()) {
+        outs.push_back(outputs[i]);
+        gouts.push_back(grads[i]);
+      }
+    }
+    torch::autograd::variable_list result(1 + in.size() + params.size());
+    if (outs.empty() || wrt.empty()) return result;
+    const auto g = torch::autograd::grad(outs, wrt, gouts, /*retain_graph=*/false, /*create_graph=*/false,
+                                         /*allow_unused=*/true);
+    for (size_t k = 0; k < g.size(); ++k) result[slot[k]] = g[k];
+    return result;
+  }
+};
+
+}  // namespace
+
 AimBackboneImpl::AimBackboneImpl(const ModelConfig& config_) : config(config_) {
   const int64_t d = config.d_model;
   embeddings = register_module(
@@ -130,10 +216,18 @@ torch::Tensor AimBackboneImpl::run(const torch::Tensor& h, const Conditioning& c
                                    std::vector<MixerState>* states, bool step) {
   // Block i's output is gate_i * hidden; the multiply happens in the next add + norm.
   torch::Tensor hidden = h, residual, gate;
+  const bool recompute = recompute_every > 0 && !step && states == nullptr && torch::GradMode::is_enabled();
   for (size_t i = 0; i < blocks.size(); ++i) {
     if (step) {
       std::tie(hidden, residual) =
           blocks[i]->step(hidden, residual, gate, cond.layers[i], (*states)[i]);
+    } else if (recompute && static_cast<int64_t>(i) % recompute_every == 0) {
+      auto opt = [](const torch::Tensor& t) { return t.defined() ? std::optional(t) : std::nullopt; };
+      const auto params = forward_parameters(*blocks[i]);
+      const auto out = RecomputedBlock::apply(blocks[i].get(), hidden, opt(residual), opt(gate), cond.layers[i].shift,
+                                              cond.layers[i].scale, torch::TensorList(params));
+      hidden = out[0];
+      residual = out[1];
     } else {
       std::tie(hidden, residual) = blocks[i]->forward(hidden, residual, gate, cond.layers[i],
                                                       states ? &(*states)[i] : nullptr);

@@ -138,6 +138,10 @@ MemoryEstimate estimate_memory(const ModelConfig& c, bool ema) {
   }
   // Blocks, plus logits in bf16 and fp32 for the loss.
   m.train_activations_per_image = len * (c.n_layer * per_token_layer + c.vocab_size * 6);
+  // Recomputing every block: each keeps its inputs (hidden in bf16, the fp32 residual), and one
+  // block's activations exist at a time, while it is run again in the backward.
+  m.train_activations_recompute_per_image =
+      len * (c.n_layer * 6 * d + per_token_layer + c.vocab_size * 6);
   m.sample_state_per_image = c.n_layer * (4 * state_elems + 2 * conv_dim * s.d_conv);
   return m;
 }
@@ -174,6 +178,8 @@ std::string describe_model(const ModelConfig& c, bool ema) {
   row("weights fp32 / bf16", bytes_str(m.weights_fp32) + " / " + bytes_str(m.weights_bf16));
   row(ema ? "training: weights+grads+AdamW+EMA" : "training: weights+grads+AdamW", bytes_str(m.train_states));
   row("training: activations per image", bytes_str(m.train_activations_per_image) + " (bf16, no recompute)");
+  row("  recomputing every block", bytes_str(m.train_activations_recompute_per_image) +
+                                       " (train.recompute_every: 1, about 1/3 more compute)");
   row("sampling: state per image", bytes_str(m.sample_state_per_image) + str_cat(" (x2 with CFG)"));
   row("sampling: batch 16 with CFG", bytes_str(m.weights_bf16 + 32.0 * m.sample_state_per_image));
   return os.str();

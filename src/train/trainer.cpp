@@ -232,6 +232,7 @@ TrainResult run_training(const Config& config_in, const TrainOptions& options) {
   }
   model->to(device);
   model->train();
+  model->backbone->recompute_every = config.train.recompute_every;
   auto params = unique_parameters(*model);
   const auto param_tensors = tensors_of(params);
   {
@@ -308,7 +309,12 @@ TrainResult run_training(const Config& config_in, const TrainOptions& options) {
       << ", " << config.optim.betas[1] << "), wd " << config.optim.weight_decay << ", clip "
       << config.optim.grad_clip << "\n"
       << "  precision  " << precision.summary
-      << (config.train.ema ? str_cat(", EMA ", config.train.ema_decay) : std::string()) << "\n"
+      << (config.train.ema ? str_cat(", EMA ", config.train.ema_decay) : std::string())
+      << (config.train.recompute_every == 1   ? ", activations recomputed in the backward (every block)"
+          : config.train.recompute_every > 1 ? str_cat(", activations recomputed in the backward (every ",
+                                                       config.train.recompute_every, " blocks)")
+                                              : std::string())
+      << "\n"
       << "  device     " << device_name << " (" << device.str() << "), world size " << world << " ("
       << env.launcher << ", " << dist.backend() << ")"
       << (peak_tflops > 0 ? str_cat(", peak ", peak_tflops, " TFLOP/s for MFU") : std::string())

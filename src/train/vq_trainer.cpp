@@ -84,6 +84,9 @@ VqTrainResult run_vq_training(const Config& config_in, const TrainOptions& optio
   };
   const VqTrainConfig& vt = config.vq_train;
   if (config.train.ema) throw Error("train.ema: not supported by aim train-vq (expected false, found true)");
+  if (config.train.recompute_every != 0)
+    throw Error(str_cat("train.recompute_every: not supported by aim train-vq (expected 0, found ",
+                        config.train.recompute_every, ")"));
 
   // ---- resume
   const std::string resume_dir = resume_dir_for(options.resume, config.train.out_dir);

@@ -4,11 +4,11 @@
 #include <gtest/gtest.h>
 #include <torch/torch.h>
 
+#include "aim/core/autocast.h"
 #include "aim/ops/dispatch.h"
 #include "aim/ops/loss.h"
 #include "ops/loss_cases.h"
 #include "test_util.h"
-#include "train/train_util.h"
 
 namespace aim {
 namespace {
@@ -43,7 +43,7 @@ TEST(LinearCrossEntropy, UnderAutocastMultipliesInAutocastsDtype) {
   auto t = torch::randint(0, 50, {40}, torch::kLong);
   torch::Tensor loss;
   {
-    train::AutocastScope autocast(true, c10::DeviceType::CPU);
+    AutocastScope autocast(true, c10::DeviceType::CPU);
     loss = ops::linear_cross_entropy(h, w, t);
   }
   const auto expect = ops::linear_cross_entropy(h.to(torch::kBFloat16), w.to(torch::kBFloat16), t);

@@ -126,6 +126,31 @@ TEST_F(TrainerTest, ResumeContinuesBitwiseIdentically) {
   EXPECT_EQ(s1.samples_seen, s2.samples_seen);
 }
 
+TEST_F(TrainerTest, RecomputedActivationsGiveTheSameRunBitForBit) {
+  // train.recompute_every 1 and 2 against 0, in bf16 autocast (the precision the recomputation
+  // must restore in the backward), with class and token dropout drawing.
+  const std::vector<std::string> sets = {"train.max_steps=3", "model.token_drop=0.1", "train.precision=bf16"};
+  TrainOptions o;
+  o.quiet = true;
+  const auto plain = run_training(config(run("plain"), sets), o);
+  for (const char* every : {"1", "2"}) {
+    auto with = sets;
+    with.push_back(std::string("train.recompute_every=") + every);
+    const auto r = run_training(config(run(std::string("every") + every), with), o);
+    EXPECT_EQ(r.loss, plain.loss) << "every " << every;
+    for (const char* f : {"model.safetensors", "optimizer.safetensors"})
+      expect_bitwise_equal(load(plain.checkpoint, f), load(r.checkpoint, f), std::string(f) + ", every " + every);
+  }
+  // The header says so; aim train-vq refuses the key.
+  const auto shown = test::run_shell(aim("train " + tiny() + " " + cli_sets(run("shown")) +
+                                         " --set train.max_steps=1 --set train.recompute_every=1"));
+  ASSERT_EQ(shown.code, 0) << shown.output;
+  EXPECT_NE(shown.output.find("activations recomputed in the backward (every block)"), std::string::npos)
+      << shown.output;
+  EXPECT_NE(test::error_of([&] { config(run("x"), {"train.recompute_every=-1"}); }).find("train.recompute_every"),
+            std::string::npos);
+}
+
 TEST_F(TrainerTest, Bf16AutocastComputesInBf16WithFp32MasterWeights) {
   TrainOptions o;
   o.quiet = true;
@@ -314,7 +339,10 @@ TEST_F(TrainerTest, TwoRanksUnderMpirunMatchOneRank) {
   // Same global batch (8): one rank x micro 4 x 2 accumulation vs two ranks x micro 2 x 2. No
   // random draws (class and token dropout off), so both see the same 8 sequences per step and
   // differ only by floating-point summation order. On the CPU (Gloo), so that a machine with one
-  // GPU runs it too (NCCL needs a GPU per rank).
+  // GPU runs it too (NCCL needs a GPU per rank). The two ranks recompute every block's
+  // activations: its parameters' gradients then arrive through the recomputing node, which the
+  // gradient all-reduce's hooks must see as they see the plain backward's (alone, recomputing
+  // gives the same bits: RecomputedActivationsGiveTheSameRunBitForBit).
   const std::string common =
       " --device cpu --set train.max_steps=4 --set model.class_dropout=0 --set optim.lr=1e-3";
   const auto one = test::run_shell(aim("train " + tiny() + " " + cli_sets(run("one")) + common));
@@ -323,10 +351,11 @@ TEST_F(TrainerTest, TwoRanksUnderMpirunMatchOneRank) {
       "OMPI_MCA_btl_vader_single_copy_mechanism=none OMPI_MCA_rmaps_base_oversubscribe=1 OMP_NUM_THREADS=1 ";
   const auto two = test::run_shell(mpi_env + "mpirun --allow-run-as-root --oversubscribe -np 2 " +
                                    aim("train " + tiny() + " " + cli_sets(run("two")) + common +
-                                       " --set train.micro_batch=2"));
+                                       " --set train.micro_batch=2 --set train.recompute_every=1"));
   ASSERT_EQ(two.code, 0) << two.output;
   EXPECT_NE(two.output.find("2 rank(s) x micro 2 x 2 accumulation"), std::string::npos) << two.output;
   EXPECT_NE(two.output.find("parameters identical on all 2 ranks"), std::string::npos) << two.output;
+  EXPECT_NE(two.output.find("activations recomputed in the backward"), std::string::npos) << two.output;
   const auto a = load(RunDir(run("one")).latest().value(), "model.safetensors");
   const auto b = load(RunDir(run("two")).latest().value(), "model.safetensors");
   // Adam moves every element by about lr per step whatever the gradient's size, so summation

@@ -13,9 +13,11 @@
 #include <cmath>
 #include <cstdint>
 #include <cstdio>
+#include <algorithm>
 #include <cstdlib>
 #include <stdexcept>
 #include <string>
+#include <vector>
 
 namespace aim::bench {
 
@@ -63,6 +65,25 @@ class FlagReader {
       fail("expected a whole number >= " + std::to_string(min) + ", found '" + text + "'");
     }
     return v;
+  }
+  /// The value as comma-separated whole numbers, each >= `min` ("0,1").
+  std::vector<int64_t> integer_list(int64_t min) {
+    const std::string text = value();
+    std::vector<int64_t> out;
+    size_t start = 0;
+    while (start <= text.size()) {
+      const size_t comma = std::min(text.find(',', start), text.size());
+      const std::string item = text.substr(start, comma - start);
+      errno = 0;
+      char* end = nullptr;
+      const long long v = std::strtoll(item.c_str(), &end, 10);
+      if (item.empty() || *end != '\0' || errno == ERANGE || v < min) {
+        fail("expected whole numbers >= " + std::to_string(min) + " separated by commas, found '" + text + "'");
+      }
+      out.push_back(v);
+      start = comma + 1;
+    }
+    return out;
   }
   /// The value as a finite number.
   double number() {

@@ -5,7 +5,7 @@
 //
 //   bench_train CONFIG.yaml [--micro B] [--steps N] [--warmup W] [--device cpu|cuda]
 //                           [--precision bf16|fp32|both] [--kernels on|off|both] [--profile FILE.json]
-//                           [--tokenizer]
+//                           [--tokenizer] [--recompute N[,N...]]
 //
 // --tokenizer benchmarks stage 1 instead (aim::train::run_vq_training on a generated shapes
 // dataset at the config's data.image_size): tokens are the tokenizer's codes, FLOPs those of
@@ -17,6 +17,8 @@
 // --profile FILE records every run with the PyTorch profiler: a Chrome trace per run
 // (FILE with the run's name before the extension; open in chrome://tracing or Perfetto) and a
 // table of the operators with the most self time.
+// --recompute 0,1 runs each configuration with train.recompute_every 0 and 1 (activation
+// checkpointing) and prints the step time and peak memory of each against 0's.
 #include <torch/csrc/autograd/profiler_kineto.h>
 #include <torch/torch.h>
 #ifdef AIM_WITH_CUDA
@@ -126,11 +128,13 @@ int main(int argc, char** argv) {
   aim::tune_host_allocator();  // as the aim executable does
   constexpr const char* kUsage =
       "bench_train CONFIG.yaml [--micro B] [--steps N] [--warmup W] [--device cpu|cuda] "
-      "[--precision bf16|fp32|both] [--kernels on|off|both] [--profile FILE.json] [--tokenizer]";
+      "[--precision bf16|fp32|both] [--kernels on|off|both] [--profile FILE.json] [--tokenizer] "
+      "[--recompute N[,N...]]";
   std::string config_path;
   int64_t micro = 0, steps = 5, warmup = 2;
   std::string device = torch::cuda::is_available() ? "cuda" : "cpu", precision, kernels, profile;
   bool tokenizer = false;
+  std::vector<int64_t> recompute = {0};  // train.recompute_every values to run
   try {
     aim::bench::FlagReader flags("bench_train", kUsage, argc, argv);
     while (flags.next()) {
@@ -142,10 +146,13 @@ int main(int argc, char** argv) {
       else if (flags.is("--kernels")) kernels = flags.choice("on|off|both");
       else if (flags.is("--profile")) profile = flags.value();
       else if (flags.is("--tokenizer")) tokenizer = true;
+      else if (flags.is("--recompute")) recompute = flags.integer_list(0);
       else if (flags.positional() && config_path.empty()) config_path = flags.arg();
       else flags.unknown();
     }
     if (config_path.empty()) throw aim::bench::FlagError("bench_train: expected a CONFIG.yaml, found none");
+    if (tokenizer && recompute != std::vector<int64_t>{0})
+      throw aim::bench::FlagError("bench_train: --recompute: the tokenizer has no recomputation (expected 0)");
   } catch (const aim::bench::FlagError& e) {
     return aim::bench::flags_failed(e, kUsage);
   }
@@ -192,89 +199,106 @@ int main(int argc, char** argv) {
                 config_path.c_str(), tokenizer ? " (tokenizer)" : "", dev_name.c_str(), dev.str().c_str(),
                 static_cast<long long>(micro), static_cast<long long>(steps), static_cast<long long>(warmup),
                 per_image / 1e9);
-    std::printf("%-6s %-8s %10s %12s %12s %10s %12s %10s %12s\n", "prec", "kernels", "ms/step", "images/s",
-                "tokens/s", "TFLOP/s", "MFU(peak)", "vs matmul", "peak mem GB");
+    std::printf("%-6s %-8s %6s %10s %12s %12s %10s %12s %10s %12s\n", "prec", "kernels", "recomp", "ms/step",
+                "images/s", "tokens/s", "TFLOP/s", "MFU(peak)", "vs matmul", "peak mem GB");
     double fp32_ms = 0;
+    std::map<std::string, std::pair<double, double>> plain;  // (precision, kernels) -> ms, GB without recomputing
     for (const auto& p : precisions) {
-      double ref_ms = 0, kernel_ms = 0;
-      for (const bool use_kernels : kernel_runs) {
-        if (dev.is_cuda()) aim::ops::set_cuda_kernels(use_kernels);
-        else aim::ops::set_cpu_kernels(use_kernels);
-        const std::string out = (work / ("run_" + p + (use_kernels ? "_k" : "_ref"))).string();
-        auto cfg = aim::load_config(config_path,
-                                    {std::string(tokenizer ? "data.images=" : "data.codes=") + data,
-                                     "data.num_workers=2", "train.out_dir=" + out,
-                                     "train.global_batch=" + std::to_string(micro),
-                                     "train.micro_batch=" + std::to_string(micro), "train.precision=" + p,
-                                     "train.max_steps=" + std::to_string(warmup + steps),
-                                     "train.log_every=1", "train.ckpt_every=0",
-                                     "train.keep_last=1", "train.sample_every=0", "train.ema=false"},
-                                    use);
-        aim::train::TrainOptions o;
-        o.device = dev;
-        o.quiet = true;
-        if (!profile.empty()) {
-          namespace prof = torch::profiler::impl;
-          std::set<prof::ActivityType> activities{prof::ActivityType::CPU};
-          if (dev.is_cuda()) activities.insert(prof::ActivityType::CUDA);
-          torch::autograd::profiler::prepareProfiler(prof::ProfilerConfig(prof::ProfilerState::KINETO, true), activities);
-          torch::autograd::profiler::enableProfiler(prof::ProfilerConfig(prof::ProfilerState::KINETO, true), activities);
-        }
-        try {
-          if (tokenizer) aim::train::run_vq_training(cfg, o);
-          else aim::train::run_training(cfg, o);
-        } catch (const c10::OutOfMemoryError& e) {
-          // A run that does not fit says so; the others still run.
-          if (!profile.empty()) torch::autograd::profiler::disableProfiler();
-          std::printf("%-6s %-8s out of memory at micro-batch %lld (%s)\n", p.c_str(), use_kernels ? "kernels" : "ref",
-                      static_cast<long long>(micro), first_line(e.what()).c_str());
-#ifdef AIM_WITH_CUDA
-          c10::cuda::CUDACachingAllocator::emptyCache();
-#endif
-          continue;
-        }
-        if (!profile.empty()) {
-          auto result = torch::autograd::profiler::disableProfiler();
-          const fs::path pp(profile);
-          const fs::path trace = pp.parent_path() /
-              (pp.stem().string() + "_" + p + (use_kernels ? "_kernels" : "_ref") + pp.extension().string());
-          result->save(trace.string());
-          std::printf("profile of %s %s (all %lld steps): %s\n", p.c_str(), use_kernels ? "kernels" : "ref",
-                      static_cast<long long>(warmup + steps), trace.c_str());
-          print_self_time(*result, 25);
-        }
-        // One line per step: the timed steps' images over their total time.
-        std::ifstream in(fs::path(out) / "metrics.jsonl");
-        nlohmann::json last;
-        double seconds = 0;
-        int64_t timed = 0;
-        for (std::string line; std::getline(in, line);) {
-          last = nlohmann::json::parse(line);
-          if (last.value("step", 0) > warmup && last.value("images_per_s", 0.0) > 0) {
-            seconds += static_cast<double>(micro) / last.value("images_per_s", 0.0);
-            ++timed;
+      for (const int64_t every : recompute) {
+        double ref_ms = 0, kernel_ms = 0;
+        for (const bool use_kernels : kernel_runs) {
+          if (dev.is_cuda()) aim::ops::set_cuda_kernels(use_kernels);
+          else aim::ops::set_cpu_kernels(use_kernels);
+          const std::string out =
+              (work / ("run_" + p + (use_kernels ? "_k" : "_ref") + "_r" + std::to_string(every))).string();
+          auto cfg = aim::load_config(config_path,
+                                      {std::string(tokenizer ? "data.images=" : "data.codes=") + data,
+                                       "data.num_workers=2", "train.out_dir=" + out,
+                                       "train.global_batch=" + std::to_string(micro),
+                                       "train.micro_batch=" + std::to_string(micro), "train.precision=" + p,
+                                       "train.max_steps=" + std::to_string(warmup + steps),
+                                       "train.log_every=1", "train.ckpt_every=0",
+                                       "train.keep_last=1", "train.sample_every=0", "train.ema=false",
+                                       "train.recompute_every=" + std::to_string(every)},
+                                      use);
+          aim::train::TrainOptions o;
+          o.device = dev;
+          o.quiet = true;
+          if (!profile.empty()) {
+            namespace prof = torch::profiler::impl;
+            std::set<prof::ActivityType> activities{prof::ActivityType::CPU};
+            if (dev.is_cuda()) activities.insert(prof::ActivityType::CUDA);
+            const prof::ProfilerConfig kineto(prof::ProfilerState::KINETO, true);
+            torch::autograd::profiler::prepareProfiler(kineto, activities);
+            torch::autograd::profiler::enableProfiler(kineto, activities);
           }
-        }
-        const double img_s = seconds > 0 ? static_cast<double>(timed * micro) / seconds : 0.0;
-        const double flops = img_s * per_image;
-        const auto mm_dtype = p == "bf16" ? torch::kBFloat16 : torch::kFloat;
-        const double mm = tokenizer ? 0.0
-                                    : matmul_flops(dev, mm_dtype, micro * base.model.num_tokens,
-                                                   base.model.d_model, 4 * base.model.d_model);
-        const double ms = img_s > 0 ? 1e3 * micro / img_s : 0;
-        if (p == "fp32" && use_kernels == kernel_runs.front()) fp32_ms = ms;
-        char vs_mm[32] = "-";
-        if (mm > 0) std::snprintf(vs_mm, sizeof vs_mm, "%.1f%%", 100.0 * flops / mm);
-        std::printf("%-6s %-8s %10.1f %12.1f %12.0f %10.2f %11.1f%% %10s %12.2f\n", p.c_str(),
-                    use_kernels ? "kernels" : "ref", ms, img_s, img_s * static_cast<double>(tokens_per_image),
-                    flops / 1e12, peak > 0 ? 100.0 * flops / (peak * 1e12) : 0.0, vs_mm,
-                    last.value("peak_memory_gb", 0.0));
-        (use_kernels ? kernel_ms : ref_ms) = ms;
-        if (kernel_ms > 0 && ref_ms > 0) {
-          std::printf("%s: kernels' speed-up over the references: %.2fx\n", p.c_str(), ref_ms / kernel_ms);
-        }
-        if (p == "bf16" && use_kernels == kernel_runs.front() && fp32_ms > 0) {
-          std::printf("bf16 speed-up over fp32: %.2fx\n", fp32_ms / ms);
+          try {
+            if (tokenizer) aim::train::run_vq_training(cfg, o);
+            else aim::train::run_training(cfg, o);
+          } catch (const c10::OutOfMemoryError& e) {
+            // A run that does not fit says so; the others still run.
+            if (!profile.empty()) torch::autograd::profiler::disableProfiler();
+            std::printf("%-6s %-8s %6lld out of memory at micro-batch %lld (%s)\n", p.c_str(),
+                        use_kernels ? "kernels" : "ref", static_cast<long long>(every), static_cast<long long>(micro),
+                        first_line(e.what()).c_str());
+  #ifdef AIM_WITH_CUDA
+            c10::cuda::CUDACachingAllocator::emptyCache();
+  #endif
+            continue;
+          }
+          if (!profile.empty()) {
+            auto result = torch::autograd::profiler::disableProfiler();
+            const fs::path pp(profile);
+            const fs::path trace = pp.parent_path() /
+                (pp.stem().string() + "_" + p + (use_kernels ? "_kernels" : "_ref") + pp.extension().string());
+            result->save(trace.string());
+            std::printf("profile of %s %s (all %lld steps): %s\n", p.c_str(), use_kernels ? "kernels" : "ref",
+                        static_cast<long long>(warmup + steps), trace.c_str());
+            print_self_time(*result, 25);
+          }
+          // One line per step: the timed steps' images over their total time.
+          std::ifstream in(fs::path(out) / "metrics.jsonl");
+          nlohmann::json last;
+          double seconds = 0;
+          int64_t timed = 0;
+          for (std::string line; std::getline(in, line);) {
+            last = nlohmann::json::parse(line);
+            if (last.value("step", 0) > warmup && last.value("images_per_s", 0.0) > 0) {
+              seconds += static_cast<double>(micro) / last.value("images_per_s", 0.0);
+              ++timed;
+            }
+          }
+          const double img_s = seconds > 0 ? static_cast<double>(timed * micro) / seconds : 0.0;
+          const double flops = img_s * per_image;
+          const auto mm_dtype = p == "bf16" ? torch::kBFloat16 : torch::kFloat;
+          const double mm = tokenizer ? 0.0
+                                      : matmul_flops(dev, mm_dtype, micro * base.model.num_tokens,
+                                                     base.model.d_model, 4 * base.model.d_model);
+          const double ms = img_s > 0 ? 1e3 * micro / img_s : 0;
+          if (p == "fp32" && use_kernels == kernel_runs.front() && every == recompute.front()) fp32_ms = ms;
+          char vs_mm[32] = "-";
+          if (mm > 0) std::snprintf(vs_mm, sizeof vs_mm, "%.1f%%", 100.0 * flops / mm);
+          const double mem_gb = last.value("peak_memory_gb", 0.0);
+          std::printf("%-6s %-8s %6lld %10.1f %12.1f %12.0f %10.2f %11.1f%% %10s %12.2f\n", p.c_str(),
+                      use_kernels ? "kernels" : "ref", static_cast<long long>(every), ms, img_s,
+                      img_s * static_cast<double>(tokens_per_image), flops / 1e12,
+                      peak > 0 ? 100.0 * flops / (peak * 1e12) : 0.0, vs_mm, mem_gb);
+          const std::string key = p + (use_kernels ? "_k" : "_ref");
+          if (every == 0) {
+            plain[key] = {ms, mem_gb};
+          } else if (plain.count(key) && plain[key].first > 0 && ms > 0) {
+            std::printf("%s %s: recomputing every %lld block(s): %.2fx the step time", p.c_str(),
+                        use_kernels ? "kernels" : "ref", static_cast<long long>(every), ms / plain[key].first);
+            if (mem_gb > 0) std::printf(", peak memory %.2f -> %.2f GB", plain[key].second, mem_gb);
+            std::printf("\n");
+          }
+          (use_kernels ? kernel_ms : ref_ms) = ms;
+          if (kernel_ms > 0 && ref_ms > 0) {
+            std::printf("%s: kernels' speed-up over the references: %.2fx\n", p.c_str(), ref_ms / kernel_ms);
+          }
+          if (p == "bf16" && use_kernels == kernel_runs.front() && every == recompute.front() && fp32_ms > 0) {
+            std::printf("bf16 speed-up over fp32: %.2fx\n", fp32_ms / ms);
+          }
         }
       }
     }

@@ -153,6 +153,9 @@ struct TrainConfig {
   int64_t eval_every = 0;          ///< steps between held-out losses (data.val_codes); 0 = never
   int64_t eval_batches = 0;        ///< micro-batches per held-out loss; 0 = the whole set
   bool skip_nonfinite = false;     ///< skip a step with a NaN/inf loss or gradient (else stop)
+  /// Activation checkpointing: blocks 0, N, 2N, ... keep only their inputs and run again in the
+  /// backward (less activation memory for about a third more compute at N = 1); 0 = off
+  int64_t recompute_every = 0;
   double peak_tflops = 0.0;        ///< device peak for MFU, TFLOP/s; 0 = known GPUs' bf16 peak
   std::string out_dir;             ///< run directory; "" = runs/<name> (filled by resolve())
 

@@ -75,6 +75,10 @@ class AimBackboneImpl : public torch::nn::Module {
                     std::vector<MixerState>* states, bool step);
 
   ModelConfig config;
+  /// Activation checkpointing of a training forward (run() with grad enabled, no states): every
+  /// block i with i % recompute_every == 0 keeps only its inputs and is run again in the
+  /// backward. 0 = off. Not part of the architecture: the trainer sets it (train.recompute_every).
+  int64_t recompute_every = 0;
   Embeddings embeddings{nullptr};
   LabelEmbedder cls_embed{nullptr};
   torch::nn::Sequential adaln_group{nullptr};

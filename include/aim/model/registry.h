@@ -40,6 +40,7 @@ struct MemoryEstimate {
   int64_t weights_fp32 = 0, weights_bf16 = 0;
   int64_t train_states = 0;             ///< weights + grads + Adam moments (+ EMA)
   int64_t train_activations_per_image = 0;
+  int64_t train_activations_recompute_per_image = 0;  ///< with train.recompute_every: 1
   int64_t sample_state_per_image = 0;   ///< conv + ssm states of all layers, one sequence
 };
 MemoryEstimate estimate_memory(const ModelConfig& config, bool ema);
