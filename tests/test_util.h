@@ -16,6 +16,7 @@
 #include <optional>
 #include <utility>
 
+#include "aim/core/config.h"
 #include "aim/core/env.h"
 #include "aim/core/error.h"
 #include "aim/ops/dispatch.h"
@@ -201,6 +202,22 @@ inline std::set<std::string> proc_cpuinfo_flags() {
 inline torch::Device model_device() {
   const char* env = std::getenv("AIM_TEST_DEVICE");
   return torch::Device(env && *env ? env : "cpu");
+}
+
+/// configs/tiny.yaml's model (Mamba2, 4 layers of width 64), with adaLN-group (2 groups) or
+/// per-layer adaLN, or with Mamba1 mixers (d_state 8, dt_rank auto).
+inline ModelConfig tiny_model_config(bool group, const std::string& layer) {
+  ModelConfig c = load_config(source_dir() + "/configs/tiny.yaml").model;
+  c.adaln_group = group;
+  c.num_groups = group ? 2 : 1;
+  if (layer == "Mamba1") {
+    c.ssm.layer = layer;
+    c.ssm.d_state = 8;
+    c.ssm.dt_rank = 0;  // auto: ceil(d_model / 16)
+  }
+  c.resolve();
+  c.validate();
+  return c;
 }
 
 /// $AIM_FIXTURES_DIR or tests/fixtures of the source tree.

@@ -45,20 +45,6 @@ OfficialLayout read_layout(const fs::path& path) {
   return out;
 }
 
-ModelConfig tiny_config(bool group, const std::string& layer) {
-  ModelConfig c = load_config(test::source_dir() + "/configs/tiny.yaml").model;
-  c.adaln_group = group;
-  c.num_groups = group ? 2 : 1;
-  if (layer == "Mamba1") {
-    c.ssm.layer = layer;
-    c.ssm.d_state = 8;
-    c.ssm.dt_rank = 0;  // auto: ceil(d_model / 16)
-  }
-  c.resolve();
-  c.validate();
-  return c;
-}
-
 class OfficialSizes : public ::testing::TestWithParam<std::string> {};
 
 TEST_P(OfficialSizes, LayoutAndTotalEqualTheOfficialModel) {
@@ -83,7 +69,7 @@ INSTANTIATE_TEST_SUITE_P(Configs, OfficialSizes,
 TEST(AimModel, BuiltModelHasTheAnalyticLayout) {
   for (bool group : {true, false}) {
     for (const char* layer : {"Mamba2", "Mamba1"}) {
-      auto cfg = tiny_config(group, layer);
+      auto cfg = test::tiny_model_config(group, layer);
       AimModel model(cfg);
       auto sd = official_state_dict(model);
       auto layout = official_layout(cfg);
@@ -106,7 +92,7 @@ std::map<std::string, torch::Tensor> params_of(const AimModel& model) {
 TEST(AimModel, InitialisationFollowsTheOfficialCode) {
   torch::manual_seed(0);
   for (bool group : {false, true}) {
-    auto cfg = tiny_config(group, "Mamba2");
+    auto cfg = test::tiny_model_config(group, "Mamba2");
     cfg.n_layer = 6;
     AimModel model(cfg);
     auto p = params_of(model);
@@ -137,7 +123,7 @@ TEST(AimModel, InitialisationFollowsTheOfficialCode) {
       EXPECT_EQ(p[l0 + "adaLN_modulation.1.bias"].abs().max().item<float>(), 0.f);
     }
   }
-  auto cfg1 = tiny_config(false, "Mamba1");
+  auto cfg1 = test::tiny_model_config(false, "Mamba1");
   AimModel m1(cfg1);
   auto p1 = params_of(m1);
   auto a1 = torch::exp(p1["backbone.layers.0.mixer.A_log"]);
@@ -160,7 +146,7 @@ class CheckpointFiles : public ::testing::Test {
 
 TEST_F(CheckpointFiles, SaveLoadRoundTripGivesTheSameModel) {
   torch::manual_seed(5);
-  auto cfg = tiny_config(true, "Mamba2");
+  auto cfg = test::tiny_model_config(true, "Mamba2");
   AimModel a(cfg);
   // Non-trivial adaLN so the round trip is tested on real conditioning.
   for (auto& p : a->parameters()) p.data().add_(torch::randn_like(p) * 0.01);
@@ -179,7 +165,7 @@ TEST_F(CheckpointFiles, SaveLoadRoundTripGivesTheSameModel) {
 }
 
 TEST_F(CheckpointFiles, MismatchesAreReportedByName) {
-  auto cfg = tiny_config(true, "Mamba2");
+  auto cfg = test::tiny_model_config(true, "Mamba2");
   AimModel model(cfg);
   auto sd = official_state_dict(model);
   std::map<std::string, torch::Tensor> m(sd.begin(), sd.end());
@@ -197,7 +183,7 @@ TEST_F(CheckpointFiles, MismatchesAreReportedByName) {
 }
 
 TEST_F(CheckpointFiles, TiedWeightUnderEitherName) {
-  auto cfg = tiny_config(true, "Mamba2");
+  auto cfg = test::tiny_model_config(true, "Mamba2");
   AimModel model(cfg), other(cfg);
   auto sd = official_state_dict(model);
   const std::string emb = "mamba.backbone.embeddings.word_embeddings.weight";
@@ -232,7 +218,7 @@ TEST_F(CheckpointFiles, DirectoryErrorsSayWhatIsMissing) {
 
 TEST(AimModel, ClassDropoutOnlyWhenTraining) {
   torch::manual_seed(9);
-  auto cfg = tiny_config(true, "Mamba2");
+  auto cfg = test::tiny_model_config(true, "Mamba2");
   cfg.class_dropout = 0.5;
   AimModel model(cfg);
   auto tokens = torch::randint(cfg.vocab_size, {64, 4}, torch::kLong);
@@ -251,7 +237,7 @@ TEST(AimModel, ClassDropoutOnlyWhenTraining) {
 TEST(AimModel, StepConstantsOfTheStateGiveTheSameSteps) {
   for (const char* layer : {"Mamba2", "Mamba1"}) {
     torch::manual_seed(4);
-    AimModel model(tiny_config(true, layer));
+    AimModel model(test::tiny_model_config(true, layer));
     model->eval();
     model->to(torch::kBFloat16);
     torch::NoGradGuard no_grad;

@@ -23,20 +23,6 @@
 namespace aim {
 namespace {
 
-ModelConfig tiny_config(const std::string& layer, bool group) {
-  ModelConfig c = load_config(test::source_dir() + "/configs/tiny.yaml").model;
-  c.adaln_group = group;
-  c.num_groups = group ? 2 : 1;
-  if (layer == "Mamba1") {
-    c.ssm.layer = layer;
-    c.ssm.d_state = 8;
-    c.ssm.dt_rank = 0;  // auto
-  }
-  c.resolve();
-  c.validate();
-  return c;
-}
-
 struct Step {
   torch::Tensor loss;
   std::vector<std::pair<std::string, torch::Tensor>> grads;
@@ -68,7 +54,7 @@ class Recompute : public ::testing::TestWithParam<Case> {};
 TEST_P(Recompute, LossAndEveryGradientEqualThePlainBackward) {
   const auto& [layer, group, bf16] = GetParam();
   torch::manual_seed(0);
-  AimModel m(tiny_config(layer, group));
+  AimModel m(test::tiny_model_config(group, layer));
   m->train();
   // Weights away from their initialisation (zero gates and biases would hide terms).
   {
@@ -145,7 +131,7 @@ TEST(RecomputeMemory, KeepsTheBlockInputsOnly) {
   // dozens of [B, L, *] tensors for its backward; with it, its inputs (hidden, and the residual
   // the previous block returned), 2 x B x L x D x 4 bytes = 256 KiB, with the rest of the step
   // (embeddings, final norm, logits and loss) unchanged.
-  ModelConfig c = tiny_config("Mamba2", true);
+  ModelConfig c = test::tiny_model_config(true, "Mamba2");
   c.n_layer = 8;
   c.resolve();
   c.validate();
