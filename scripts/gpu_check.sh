@@ -205,8 +205,9 @@ if wants official && [ -f .official/site/causal_conv1d_cuda.so ]; then
 fi
 status_tests=SKIP status_parity=SKIP status_sanitize=SKIP status_bench=SKIP status_profile=SKIP status_official=SKIP
 secs_tests=0 secs_parity=0 secs_sanitize=0 secs_bench=0 secs_profile=0 secs_official=0
-# The tests that launch CUDA work (kernel tests, CUDA op cases, the CLI on CUDA).
-gpu_filter=${AIM_GPU_FILTER:-'*Cuda*:*cuda*:*CUDA*'}
+# The tests that launch CUDA work (kernel tests, CUDA op cases, the CLI on CUDA, and the whole
+# model through the kernels in bf16: AimKernelsBf16, whose cases are named by model, not device).
+gpu_filter=${AIM_GPU_FILTER:-'*Cuda*:*cuda*:*CUDA*:*AimKernelsBf16*'}
 # Small cases of the kernel tests for the sanitizers (10-100x slower under them).
 sanitize_filter='*CausalConv1dCuda*B1_*:*CausalConv1dUpdateCuda*B1_*:*CausalConv1dUpdateCuda*B2_*:*CausalConv1dCuda*B3_*:*NormsCuda*Edge*:*SsdStateUpdate*cuda*:*SsdDecodeStepCuda*B1_*:*SsdDecodeStepCuda*B3_*:*LinearCrossEntropyCuda*N1_*:*LinearCrossEntropyCuda*N257*:*SsdScanCuda*Edge_B1_L1_*:*SsdScanCuda*Edge_B1_L33_*:*SsdScanCuda*Edge_B1_L40_H8_P32_G4_N16_*:*SsdScanClusterCuda*K4:*SelectiveScanCuda*Edge_*:*SelectiveScanCudaStep*:*SampleTokensCuda.StepOnTheDevice*:*SsdScanUnpairedCuda*Edge_B1_L33_*:*LinearCuda*M7_*:*LinearCuda*M33_*'
 tests="$bin/tests/aim_tests"
