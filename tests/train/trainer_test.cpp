@@ -141,7 +141,7 @@ TEST_F(TrainerTest, RecomputedActivationsGiveTheSameRunBitForBit) {
     for (const char* f : {"model.safetensors", "optimizer.safetensors"})
       expect_bitwise_equal(load(plain.checkpoint, f), load(r.checkpoint, f), std::string(f) + ", every " + every);
   }
-  // The header says so; aim train-vq refuses the key.
+  // The header says so (TrainVqTest.TheRunIsATokenizer... checks that train-vq refuses the key).
   const auto shown = test::run_shell(aim("train " + tiny() + " " + cli_sets(run("shown")) +
                                          " --set train.max_steps=1 --set train.recompute_every=1"));
   ASSERT_EQ(shown.code, 0) << shown.output;

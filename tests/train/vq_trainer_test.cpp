@@ -379,6 +379,9 @@ TEST_F(TrainVqTest, TheRunIsATokenizerForTheRestOfThePipeline) {
             std::string::npos);
   EXPECT_NE(test::error_of([&] { run_vq_training(config(run("x"), {"data.images="}), o); }).find("data.images"),
             std::string::npos);
+  EXPECT_NE(test::error_of([&] { run_vq_training(config(run("x"), {"train.recompute_every=1"}), o); })
+                .find("train.recompute_every: not supported by aim train-vq"),
+            std::string::npos);
 }
 
 }  // namespace
