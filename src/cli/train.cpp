@@ -76,17 +76,18 @@ Runner add_training_command(CLI::App& app, Stage stage) {
                    ? (torch::cuda::is_available() ? parse_device("cuda", env.local_rank) : torch::Device(torch::kCPU))
                    : parse_device(a->device, env.local_rank);
     train::install_stop_handlers();
+    train::TrainResult r;
+    std::string usage;
     if (vq) {
-      const auto r = train::run_vq_training(config, o);
-      if (env.is_main())
-        std::cout << (r.interrupted ? "interrupted" : r.paused ? "paused" : "finished") << " at step " << r.steps
-                  << "/" << r.total_steps << ", loss " << r.loss << ", codebook usage " << 100.0 * r.usage
-                  << "%; checkpoint " << r.checkpoint << "\n";
+      const auto v = train::run_vq_training(config, o);
+      r = v;
+      usage = str_cat(", codebook usage ", 100.0 * v.usage, "%");
     } else {
-      const auto r = train::run_training(config, o);
-      if (env.is_main())
-        std::cout << (r.interrupted ? "interrupted" : r.paused ? "paused" : "finished") << " at step " << r.steps
-                  << "/" << r.total_steps << ", loss " << r.loss << "; checkpoint " << r.checkpoint << "\n";
+      r = train::run_training(config, o);
+    }
+    if (env.is_main()) {
+      std::cout << (r.interrupted ? "interrupted" : r.paused ? "paused" : "finished") << " at step " << r.steps << "/"
+                << r.total_steps << ", loss " << r.loss << usage << "; checkpoint " << r.checkpoint << "\n";
     }
     return 0;
   };

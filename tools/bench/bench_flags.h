@@ -12,9 +12,10 @@
 #include <cerrno>
 #include <cmath>
 #include <cstdint>
-#include <cstdio>
 #include <algorithm>
+#include <cstdio>
 #include <cstdlib>
+#include <optional>
 #include <stdexcept>
 #include <string>
 #include <vector>
@@ -58,13 +59,9 @@ class FlagReader {
   /// The value as a whole number >= `min`.
   int64_t integer(int64_t min) {
     const std::string text = value();
-    errno = 0;
-    char* end = nullptr;
-    const long long v = std::strtoll(text.c_str(), &end, 10);
-    if (text.empty() || *end != '\0' || errno == ERANGE || v < min) {
-      fail("expected a whole number >= " + std::to_string(min) + ", found '" + text + "'");
-    }
-    return v;
+    const auto v = whole(text, min);
+    if (!v) fail("expected a whole number >= " + std::to_string(min) + ", found '" + text + "'");
+    return *v;
   }
   /// The value as comma-separated whole numbers, each >= `min` ("0,1").
   std::vector<int64_t> integer_list(int64_t min) {
@@ -73,14 +70,9 @@ class FlagReader {
     size_t start = 0;
     while (start <= text.size()) {
       const size_t comma = std::min(text.find(',', start), text.size());
-      const std::string item = text.substr(start, comma - start);
-      errno = 0;
-      char* end = nullptr;
-      const long long v = std::strtoll(item.c_str(), &end, 10);
-      if (item.empty() || *end != '\0' || errno == ERANGE || v < min) {
-        fail("expected whole numbers >= " + std::to_string(min) + " separated by commas, found '" + text + "'");
-      }
-      out.push_back(v);
+      const auto v = whole(text.substr(start, comma - start), min);
+      if (!v) fail("expected whole numbers >= " + std::to_string(min) + " separated by commas, found '" + text + "'");
+      out.push_back(*v);
       start = comma + 1;
     }
     return out;
@@ -108,6 +100,14 @@ class FlagReader {
   }
 
  private:
+  /// `text` as a whole number >= `min`; nothing if it is not one.
+  static std::optional<int64_t> whole(const std::string& text, int64_t min) {
+    errno = 0;
+    char* end = nullptr;
+    const long long v = std::strtoll(text.c_str(), &end, 10);
+    if (text.empty() || *end != '\0' || errno == ERANGE || v < min) return std::nullopt;
+    return v;
+  }
   [[noreturn]] void fail(const std::string& what) const {
     throw FlagError(std::string(program_) + ": " + arg_ + ": " + what);
   }
