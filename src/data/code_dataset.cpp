@@ -171,9 +171,10 @@ CodeDataset::CodeDataset(const std::string& path) : path_(path) {
   for (int64_t i = 0; i < info_.num_samples; ++i) {
     if (labels[i] < 0) continue;
     if (num_classes > 0 && labels[i] >= num_classes) {
+      const int16_t label = labels[i];  // read before the mapping goes
       ::munmap(const_cast<uint8_t*>(base_), size_);
       base_ = nullptr;
-      throw Error(str_cat(path, ": sample ", i, " has label ", labels[i], ", expected < ", num_classes,
+      throw Error(str_cat(path, ": sample ", i, " has label ", label, ", expected < ", num_classes,
                           " (the header lists ", num_classes, " classes)"));
     }
     valid_.push_back(i);

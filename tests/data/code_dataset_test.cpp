@@ -124,6 +124,13 @@ TEST_F(CodeDatasetTest, CorruptFilesAreClearErrors) {
     CodeDatasetWriter::create(path("v.codes"), info(n, a, t))->write(0, torch::full({n, a, t}, 600), torch::zeros({n}));
   });
   EXPECT_NE(msg.find("codes outside [0, 512)"), std::string::npos) << msg;
+  // A label beyond the header's three classes (the message once read the label after unmapping
+  // the file, and crashed).
+  CodeDatasetWriter::create(path("label.codes"), info(n, a, t))
+      ->write(0, torch::zeros({n, a, t}), torch::tensor({0, 1, 3, 2}));
+  code_dataset_mark_finished(path("label.codes"));
+  msg = test::error_of([&] { CodeDataset d(path("label.codes")); });
+  EXPECT_NE(msg.find("label.codes: sample 2 has label 3, expected < 3"), std::string::npos) << msg;
 }
 
 TEST_F(CodeDatasetTest, ImageNetSizedFileLoadsInConstantMemory) {
