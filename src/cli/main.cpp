@@ -23,6 +23,7 @@ int main(int argc, char** argv) {
   runners.push_back(aim::cli::add_train_command(app));
   runners.push_back(aim::cli::add_train_vq_command(app));
   runners.push_back(aim::cli::add_eval_vq_command(app));
+  runners.push_back(aim::cli::add_eval_loss_command(app));
   runners.push_back(aim::cli::add_eval_command(app));
   runners.push_back(aim::cli::add_make_dataset_command(app));
   runners.push_back(aim::cli::add_analyse_shapes_command(app));

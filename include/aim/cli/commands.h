@@ -35,6 +35,11 @@ Runner add_train_vq_command(CLI::App& app);
 /// codebook usage.
 Runner add_eval_vq_command(CLI::App& app);
 
+/// `aim eval-loss --ckpt CKPT --codes FILE [--recurrent] [--json F]`: held-out next-token loss,
+/// by position and class, at the training and the decoder's positions; with --recurrent, the
+/// step-by-step decoder's logits against the parallel pass.
+Runner add_eval_loss_command(CLI::App& app);
+
 /// `aim eval --samples S --ref R [--inception WEIGHTS]`: IS, FID, sFID, precision and recall as
 /// ADM's evaluator computes them (.npz batches or image folders; features cached beside them).
 Runner add_eval_command(CLI::App& app);
