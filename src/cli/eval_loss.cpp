@@ -53,7 +53,7 @@ Runner add_eval_loss_command(CLI::App& app) {
   struct Args {
     std::string ckpt, config, codes, view = "0", device = "cpu", dtype = "fp32", ssm_state = "fp32";
     std::string json, heatmap;
-    int64_t batch_size = 32, max_images = 0;
+    int64_t batch_size = 32, max_images = 0, position_offset = 0;
     bool use_ema = false, unconditional = false, recurrent = false, quiet = false;
   };
   auto a = std::make_shared<Args>();
@@ -67,6 +67,8 @@ Runner add_eval_loss_command(CLI::App& app) {
   cmd->add_option("--device", a->device, "cpu | cuda | cuda:<index>")->capture_default_str();
   cmd->add_option("--dtype", a->dtype, "model weights: fp32 | bf16")->capture_default_str();
   cmd->add_flag("--ema", a->use_ema, "use the run directory's EMA weights");
+  cmd->add_option("--decode-position-offset", a->position_offset,
+                  "score the decoder's positions with this shift (0 or 1) instead of the checkpoint's");
   cmd->add_flag("--unconditional", a->unconditional, "feed the null class (the guidance's unconditional model)");
   cmd->add_flag("--recurrent", a->recurrent,
                 "also decode step by step (teacher-forced, the sampler's path) and compare its logits");
@@ -103,6 +105,9 @@ Runner add_eval_loss_command(CLI::App& app) {
     const auto device = parse_device(a->device, 0);
     auto model = load_aim_model(find_checkpoint(a->ckpt, a->config), a->use_ema);
     model->to(device, a->dtype == "bf16" ? torch::kBFloat16 : torch::kFloat);
+    if (cmd->count("--decode-position-offset")) {
+      set_decode_position_offset(model, a->position_offset, "--decode-position-offset");
+    }
     const auto& mc = model->config;
     CodeDataset data(a->codes);
     const auto& info = data.info();
@@ -124,7 +129,9 @@ Runner add_eval_loss_command(CLI::App& app) {
               << " tokens/s\n";
     std::cout << row("loss") << fixed(r.nll, 4) << " nats/token (perplexity "
               << fixed(std::exp(r.nll), 2) << ", " << fixed(r.nll / std::log(2.0), 4) << " bits/token)\n";
-    if (mc.decode_position_offset != 0) {
+    if (mc.decode_position_offset == 0) {
+      std::cout << row("loss, decoder's positions") << "the same (model.decode_position_offset 0)\n";
+    } else {
       std::cout << row("loss, decoder's positions") << fixed(r.nll_decode, 4) << " nats/token ("
                 << (r.nll_decode >= r.nll ? "+" : "") << fixed(r.nll_decode - r.nll, 4)
                 << ": image token j at position j + " << mc.decode_position_offset << ", as sampling feeds it)\n";

@@ -34,7 +34,7 @@ struct SampleArgs {
   std::string ckpt, config, vq, vq_config, classes = "", class_names, labels_mode = "balanced";
   std::string out, outdir, npz, tokens, from_tokens, work_dir, preset, dtype = "fp32", vq_dtype = "fp32", ssm_state = "fp32",
               device = "cpu";
-  int64_t num = 1, num_samples = 0, batch_size = 16, top_k = -1, nrow = 0;
+  int64_t num = 1, num_samples = 0, batch_size = 16, top_k = -1, nrow = 0, position_offset = 0;
   double cfg = -1, temperature = -1, top_p = -1, cfg_top_p = -1;
   uint64_t seed = 0;
   bool use_ema = false, captions = true, no_cuda_graph = false;
@@ -166,6 +166,9 @@ Runner add_sample_command(CLI::App& app) {
                   "the Mamba layers' recurrent state: fp32 | bf16 (half the state traffic per token; logit cost in docs/perf.md)")
       ->capture_default_str();
   cmd->add_option("--device", a->device, "cpu | cuda | cuda:<index>")->capture_default_str();
+  cmd->add_option("--decode-position-offset", a->position_offset,
+                  "image token j at position j + this (0: as training; 1: the official decoder) instead of the "
+                  "checkpoint's setting");
   cmd->add_flag("--ema", a->use_ema, "use the run directory's EMA weights");
   cmd->add_flag("--no-cuda-graph", a->no_cuda_graph, "step eagerly on CUDA instead of replaying one captured step");
   cmd->add_option("--out", a->out, "grid PNG");
@@ -205,6 +208,9 @@ Runner add_sample_command(CLI::App& app) {
     AIM_CHECK(!a->ckpt.empty(), "sample: --ckpt is required (or --from-tokens)");
     auto ref = find_checkpoint(a->ckpt, a->config);
     auto model = load_aim_model(ref, a->use_ema);
+    if (cmd->count("--decode-position-offset")) {
+      set_decode_position_offset(model, a->position_offset, "--decode-position-offset");
+    }
     const auto& mc = model->config;
     // Presets first, explicit flags over them.
     SamplingOptions o;

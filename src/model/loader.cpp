@@ -17,6 +17,12 @@ AimModel load_aim_model(const CheckpointRef& ref, bool use_ema) {
   return model;
 }
 
+void set_decode_position_offset(AimModel& model, int64_t offset, const std::string& what) {
+  AIM_CHECK(offset == 0 || offset == 1, what, ": expected 0 (training's positions) or 1 (the official decoder's), found ",
+            offset);
+  model->config.decode_position_offset = offset;
+}
+
 LoadedVq load_vq_model(const std::string& path, const std::string& config_path) {
   namespace fs = std::filesystem;
   std::error_code ec;

@@ -261,6 +261,20 @@ TEST_F(CodeLossTest, TheCommandPrintsAndWritesTheLibraryFigures) {
   EXPECT_EQ(centre(hi - per_position.begin()), (std::vector<int>{253, 231, 37}));
   EXPECT_EQ(centre(lo - per_position.begin()), (std::vector<int>{68, 1, 84}));
 
+  // --decode-position-offset 0: the decoder's positions are training's, and so is the recurrent
+  // pass (the override reaches the step).
+  const auto zero = (dir_ / "zero.json").string();
+  const auto z = test::run_shell(str_cat(test::aim_binary(), " eval-loss --ckpt ", ckpt, " --codes ", path,
+                                         " --recurrent --decode-position-offset 0 --quiet --json ", zero));
+  ASSERT_EQ(z.code, 0) << z.output;
+  EXPECT_NE(z.output.find("loss, decoder's positions      the same (model.decode_position_offset 0)"),
+            std::string::npos) << z.output;
+  const auto jz = nlohmann::json::parse(std::ifstream(zero));
+  EXPECT_EQ(jz["decode_position_offset"], 0);
+  EXPECT_NEAR(jz["nll_decode_positions"].get<double>(), r.nll, 1e-9);
+  EXPECT_NEAR(jz["recurrent"]["nll"].get<double>(), r.nll, 1e-5);
+  EXPECT_LT(jz["recurrent"]["max_logit_error"].get<double>() / jz["recurrent"]["max_abs_logit"].get<double>(), 1e-4);
+
   // Flags a user can get wrong: named, with what was expected, and a non-zero exit.
   const auto base = str_cat(test::aim_binary(), " eval-loss --ckpt ", ckpt, " --codes ", path);
   for (const auto& [flags, message] : std::vector<std::pair<std::string, std::string>>{
@@ -268,7 +282,8 @@ TEST_F(CodeLossTest, TheCommandPrintsAndWritesTheLibraryFigures) {
            {" --view 2", "view 2 requested, but"},
            {" --view x", "--view: expected a view index (0, 1, ...) or 'all', found 'x'"},
            {" --dtype fp16", "--dtype: expected fp32 or bf16, found 'fp16'"},
-           {" --batch-size 0", "--batch-size: expected >= 1, found 0"}}) {
+           {" --batch-size 0", "--batch-size: expected >= 1, found 0"},
+           {" --decode-position-offset 2", "--decode-position-offset: expected 0 (training's positions) or 1"}}) {
     const auto bad = test::run_shell(base + flags + " --quiet");
     EXPECT_EQ(bad.code, 1) << flags << "\n" << bad.output;
     EXPECT_NE(bad.output.find(message), std::string::npos) << flags << "\n" << bad.output;

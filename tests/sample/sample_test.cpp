@@ -213,7 +213,8 @@ TEST_F(SampleCli, AKilledRunResumesWithoutRedoingFinishedBatches) {
   EXPECT_FALSE(fs::exists(p("resumed.safetensors")));
   // Finished batches of other settings or labels are refused, not mixed in.
   for (const auto& [other, key] : {std::pair<std::string, std::string>{"--cfg 4 ", "cfg"},
-                                   {"--cfg-top-p 0.5 ", "cfg_top_p"}, {"--temperature 0.5 ", "temperature"}}) {
+                                   {"--cfg-top-p 0.5 ", "cfg_top_p"}, {"--temperature 0.5 ", "temperature"},
+                                   {"--decode-position-offset 0 ", "decode_position_offset"}}) {
     auto mixed = run(base_ + args + other + "--work-dir " + p("work") + " --tokens " + p("resumed.safetensors"));
     EXPECT_NE(mixed.code, 0) << other;
     EXPECT_NE(mixed.output.find("sampled with " + key + " "), std::string::npos) << other << "\n" << mixed.output;
@@ -230,6 +231,30 @@ TEST_F(SampleCli, AKilledRunResumesWithoutRedoingFinishedBatches) {
   EXPECT_TRUE(torch::equal(load_safetensors(p("full.safetensors"))["tokens"],
                            load_safetensors(p("resumed.safetensors"))["tokens"]));
   EXPECT_FALSE(fs::exists(p("work")));
+}
+
+// --decode-position-offset replaces the checkpoint's setting (the fixture records the official 1):
+// greedy tokens are the library's at that offset, and other than at the recorded one.
+TEST_F(SampleCli, DecodePositionOffsetOverridesTheCheckpoint) {
+  const std::string args = "--class 2,5 --num 1 --cfg 1 --top-k 1 ";
+  auto zero = run(base_ + args + "--decode-position-offset 0 --tokens " + p("zero.safetensors"));
+  ASSERT_EQ(zero.code, 0) << zero.output;
+  auto recorded = run(base_ + args + "--tokens " + p("one.safetensors"));
+  ASSERT_EQ(recorded.code, 0) << recorded.output;
+  auto model = load_aim_model(find_checkpoint(ckpt_));
+  ASSERT_EQ(model->config.decode_position_offset, 1);
+  set_decode_position_offset(model, 0, "test");
+  SamplingOptions o;
+  o.cfg = 1;
+  o.top_k = 1;
+  const auto want = generate_tokens(model, torch::tensor({int64_t{2}, int64_t{5}}), {0, 1}, o);
+  const auto got = load_safetensors(p("zero.safetensors"))["tokens"];
+  EXPECT_TRUE(torch::equal(got, want));
+  EXPECT_FALSE(torch::equal(got, load_safetensors(p("one.safetensors"))["tokens"]));
+  auto bad = run(base_ + args + "--decode-position-offset 2 --tokens " + p("bad.safetensors"));
+  EXPECT_EQ(bad.code, 1);
+  EXPECT_NE(bad.output.find("--decode-position-offset: expected 0 (training's positions) or 1"), std::string::npos)
+      << bad.output;
 }
 
 // --ssm-state bf16: a run with it completes and records the setting; a resume with the other

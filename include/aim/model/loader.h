@@ -11,6 +11,11 @@ namespace aim {
 /// directory when `use_ema` and present). Throws aim::Error naming the file on any mismatch.
 AimModel load_aim_model(const CheckpointRef& ref, bool use_ema = false);
 
+/// Decodes image token j at position j + `offset` from now on (0: training's positions; 1: the
+/// official decoder's), whatever the checkpoint recorded. Throws aim::Error naming `what` (the
+/// flag or key that asked) for any other value.
+void set_decode_position_offset(AimModel& model, int64_t offset, const std::string& what);
+
 /// A tokenizer and where it came from.
 struct LoadedVq {
   VqModel model{nullptr};
