@@ -297,7 +297,7 @@ fi
 
 if [ "$status_build" = OK ] && wants parity; then
   s=$(date +%s)
-  AIM_TEST_DEVICE=cuda timed 150 "$tests" --gtest_filter='*Parity*:TrainerTest.LossFalls*:TrainerTest.Bf16*' \
+  AIM_TEST_DEVICE=cuda timed 150 "$tests" --gtest_filter='*Parity*:CodeLossTest.*Official*:TrainerTest.LossFalls*:TrainerTest.Bf16*' \
     > "$out/parity.log" 2>&1
   status_parity=$(ok_or $?)
   grep -E "^\[  (FAILED|PASSED|SKIPPED) " "$out/parity.log" | tail -10
