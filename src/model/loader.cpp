@@ -9,8 +9,13 @@
 namespace aim {
 
 AimModel load_aim_model(const CheckpointRef& ref, bool use_ema) {
+  AIM_CHECK(!use_ema || !ref.ema_path.empty(), "--ema: ", ref.path, " has no EMA weights (",
+            ref.kind == CheckpointKind::kRunDir ? "no ema.safetensors beside model.safetensors: the run trained with "
+                                                  "train.ema false"
+                                                : "only aim run directories hold them",
+            ")\n---> HINT: leave out --ema to use the model's weights");
   AimModel model(checkpoint_model_config(ref));
-  const std::string weights = use_ema && !ref.ema_path.empty() ? ref.ema_path : ref.weights_path;
+  const std::string weights = use_ema ? ref.ema_path : ref.weights_path;
   SafetensorsFile file(weights);
   load_official_state_dict(model, file.load_all(), weights);
   model->eval();

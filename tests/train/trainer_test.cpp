@@ -9,6 +9,7 @@
 #include "aim/core/safetensors.h"
 #include "aim/data/image.h"
 #include "aim/data/synthetic.h"
+#include "aim/model/loader.h"
 #include "aim/train/precision.h"
 #include "aim/train/run_dir.h"
 #include "aim/train/trainer.h"
@@ -124,6 +125,32 @@ TEST_F(TrainerTest, ResumeContinuesBitwiseIdentically) {
   EXPECT_EQ(s1.epoch, s2.epoch);
   EXPECT_EQ(s1.batch, s2.batch);
   EXPECT_EQ(s1.samples_seen, s2.samples_seen);
+}
+
+TEST_F(TrainerTest, EmaWeightsLoadOnlyWhereTheRunKeptThem) {
+  // --ema (aim sample, aim eval-loss) loads the run's EMA weights; where there are none it is an
+  // error, not the model's weights under the EMA's name.
+  TrainOptions o;
+  o.quiet = true;
+  const auto with =
+      run_training(config(run("ema"), {"train.max_steps=2", "train.ema=true", "train.ema_decay=0.5"}), o);
+  const auto ema = load(with.checkpoint, "ema.safetensors"), raw = load(with.checkpoint, "model.safetensors");
+  auto model = load_aim_model(find_checkpoint(run("ema")), true);
+  int64_t compared = 0;
+  for (const auto& [key, value] : official_state_dict(model)) {
+    if (!ema.count(key)) continue;
+    EXPECT_TRUE(torch::equal(value, ema.at(key))) << key;
+    compared += !torch::equal(ema.at(key), raw.at(key));
+  }
+  EXPECT_GT(compared, 0) << "the EMA weights never differed from the model's: the check proves nothing";
+  run_training(config(run("plain"), {"train.max_steps=1"}), o);
+  EXPECT_NE(test::error_of([&] { load_aim_model(find_checkpoint(run("plain")), true); })
+                .find("has no EMA weights (no ema.safetensors beside model.safetensors"),
+            std::string::npos);
+  const auto official = (test::fixtures_dir() / "aim" / "mamba2_tiny").string();
+  EXPECT_NE(test::error_of([&] { load_aim_model(find_checkpoint(official), true); })
+                .find("has no EMA weights (only aim run directories hold them)"),
+            std::string::npos);
 }
 
 TEST_F(TrainerTest, RecomputedActivationsGiveTheSameRunBitForBit) {

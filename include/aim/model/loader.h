@@ -7,8 +7,9 @@
 
 namespace aim {
 
-/// Builds the model a checkpoint describes and loads its weights (the EMA weights of a run
-/// directory when `use_ema` and present). Throws aim::Error naming the file on any mismatch.
+/// Builds the model a checkpoint describes and loads its weights (with `use_ema`, the EMA weights
+/// of a run directory: an error when it has none). Throws aim::Error naming the file on any
+/// mismatch.
 AimModel load_aim_model(const CheckpointRef& ref, bool use_ema = false);
 
 /// Decodes image token j at position j + `offset` from now on (0: training's positions; 1: the
