@@ -23,8 +23,8 @@ AimModel load_aim_model(const CheckpointRef& ref, bool use_ema) {
 }
 
 void set_decode_position_offset(AimModel& model, int64_t offset, const std::string& what) {
-  AIM_CHECK(offset == 0 || offset == 1, what, ": expected 0 (training's positions) or 1 (the official decoder's), found ",
-            offset);
+  AIM_CHECK(offset == 0 || offset == 1, what, ": expected 0 (training's positions) or 1 (the official decoder's), ",
+            "found ", offset);
   model->config.decode_position_offset = offset;
 }
 
