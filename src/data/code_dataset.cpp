@@ -30,7 +30,8 @@ nlohmann::json to_json(const CodeDatasetInfo& i) {
           {"tokens", i.tokens},         {"vocab_size", i.vocab_size},
           {"image_size", i.image_size}, {"aug", i.aug},
           {"classes", i.classes},       {"tokenizer", i.tokenizer},
-          {"source", i.source},         {"codes_offset", i.codes_offset},
+          {"source", i.source},         {"crop_range", i.crop_range},
+          {"codes_offset", i.codes_offset},
           {"labels_offset", i.labels_offset}};
 }
 
@@ -50,6 +51,7 @@ CodeDatasetInfo from_json(const nlohmann::json& j, const std::string& path) {
     i.classes = j.at("classes").get<std::vector<std::string>>();
     i.tokenizer = j.at("tokenizer").get<std::string>();
     i.source = j.at("source").get<std::string>();
+    i.crop_range = j.value("crop_range", -1.0);  // absent before it was recorded
     i.codes_offset = j.at("codes_offset").get<int64_t>();
     i.labels_offset = j.at("labels_offset").get<int64_t>();
   } catch (const nlohmann::json::exception& e) {
@@ -129,6 +131,26 @@ CodeDatasetInfo read_header(const uint8_t* base, size_t available, size_t size, 
 }  // namespace
 
 std::string code_dataset_progress_path(const std::string& path) { return path + ".progress"; }
+
+std::string code_dataset_difference(const CodeDatasetInfo& f, const CodeDatasetInfo& w) {
+  auto differs = [](const char* field, const auto& found, const auto& wanted) {
+    return str_cat(field, " ", found, " in the file, ", wanted, " in this run");
+  };
+  if (f.num_samples != w.num_samples) return differs("images", f.num_samples, w.num_samples);
+  if (f.aug != w.aug) return differs("aug", f.aug, w.aug);
+  if (f.num_aug != w.num_aug) return differs("views", f.num_aug, w.num_aug);
+  if (f.image_size != w.image_size) return differs("image size", f.image_size, w.image_size);
+  if (f.crop_range >= 0 && w.crop_range >= 0 && f.crop_range != w.crop_range)
+    return differs("crop range", f.crop_range, w.crop_range);
+  if (f.tokens != w.tokens) return differs("tokens per view", f.tokens, w.tokens);
+  if (f.vocab_size != w.vocab_size) return differs("codebook size", f.vocab_size, w.vocab_size);
+  if (f.tokenizer != w.tokenizer) return differs("tokenizer", f.tokenizer, w.tokenizer);
+  if (f.classes != w.classes) {
+    return differs("classes", str_cat(f.classes.size(), f.classes.empty() ? "" : " from " + f.classes.front()),
+                   str_cat(w.classes.size(), w.classes.empty() ? "" : " from " + w.classes.front()));
+  }
+  return "";
+}
 
 bool code_dataset_unfinished(const std::string& path) {
   return std::filesystem::exists(code_dataset_progress_path(path));
@@ -246,15 +268,10 @@ std::unique_ptr<CodeDatasetWriter> CodeDatasetWriter::resume(const std::string& 
   }
   // read_header checks sizes against the real file size, so hand it the full size.
   auto info = read_header(head.data(), head.size(), static_cast<size_t>(st.st_size), path);
-  auto same = [&](const CodeDatasetInfo& a, const CodeDatasetInfo& b) {
-    return a.num_samples == b.num_samples && a.num_aug == b.num_aug && a.tokens == b.tokens &&
-           a.vocab_size == b.vocab_size && a.image_size == b.image_size && a.aug == b.aug &&
-           a.classes == b.classes && a.tokenizer == b.tokenizer;
-  };
-  AIM_CHECK(same(info, expected), path,
-            ": the unfinished dataset was started with different settings (images, augmentation, "
-            "image size or tokenizer)\n---> HINT: delete it and ", code_dataset_progress_path(path),
-            " to start over");
+  const std::string difference = code_dataset_difference(info, expected);
+  AIM_CHECK(difference.empty(), path, ": the unfinished dataset was started with other settings: ", difference,
+            "\n---> HINT: re-run with the settings it was started with, or delete it and ",
+            code_dataset_progress_path(path), " to start over");
   w->info_ = info;
   return w;
 }

@@ -1,12 +1,14 @@
 #include "aim/data/extract.h"
 
+#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <filesystem>
 #include <fstream>
-#include <set>
 #include <sstream>
 #include <thread>
+#include <utility>
+#include <vector>
 
 #include "aim/core/error.h"
 #include "aim/core/progress.h"
@@ -44,16 +46,34 @@ std::string shard_path(const std::string& out, int rank, int world) {
   return str_cat(out, ".shard-", rank, "-of-", world);
 }
 
-/// Chunks already written by an earlier run: "done <start> <count>" lines of the sidecar.
-std::set<int64_t> done_chunks(const std::string& path) {
-  std::set<int64_t> done;
+/// Samples already written by an earlier run ("done <start> <count>" lines of the sidecar), as
+/// sorted disjoint [begin, end) ranges. An earlier run may have used another --batch-size, so a
+/// chunk of this run counts as done only when these ranges cover all of it.
+std::vector<std::pair<int64_t, int64_t>> done_ranges(const std::string& path) {
+  std::vector<std::pair<int64_t, int64_t>> ranges;
   std::ifstream in(code_dataset_progress_path(path));
   std::string word;
   int64_t start = 0, count = 0;
   while (in >> word >> start >> count) {
-    if (word == "done") done.insert(start);
+    if (word == "done" && count > 0) ranges.emplace_back(start, start + count);
   }
-  return done;
+  std::sort(ranges.begin(), ranges.end());
+  std::vector<std::pair<int64_t, int64_t>> merged;
+  for (const auto& r : ranges) {
+    if (!merged.empty() && r.first <= merged.back().second) {
+      merged.back().second = std::max(merged.back().second, r.second);
+    } else {
+      merged.push_back(r);
+    }
+  }
+  return merged;
+}
+
+bool covered(const std::vector<std::pair<int64_t, int64_t>>& ranges, int64_t begin, int64_t end) {
+  for (const auto& [b, e] : ranges) {
+    if (b <= begin && end <= e) return true;
+  }
+  return false;
 }
 
 void log_done(const std::string& path, int64_t start, int64_t count) {
@@ -72,6 +92,7 @@ CodeDatasetInfo dataset_info(const ImageList& list, const ExtractOptions& o, int
   info.vocab_size = vocab;
   info.image_size = o.image_size;
   info.aug = o.aug;
+  info.crop_range = o.aug == "tencrop" ? o.crop_range : 0.0;
   info.classes = list.classes;
   info.tokenizer = o.tokenizer_id;
   info.source = list.source;
@@ -89,17 +110,16 @@ ExtractReport extract_range(VqModel& vq, const ImageList& list, int64_t begin, i
   const int64_t side = o.image_size / f, tokens = side * side;
   auto info = dataset_info(list, o, n, tokens, vq->config.codebook_size);
   std::unique_ptr<CodeDatasetWriter> writer;
-  std::set<int64_t> done;
+  std::vector<std::pair<int64_t, int64_t>> done;
   if (fs::exists(path) && code_dataset_unfinished(path)) {
     writer = CodeDatasetWriter::resume(path, info);
-    done = done_chunks(path);
+    done = done_ranges(path);
   } else if (fs::exists(path)) {
     // A finished file: nothing to do when it describes the same dataset.
     CodeDataset existing(path);
-    const auto& e = existing.info();
-    AIM_CHECK(e.num_samples == n && e.num_aug == views && e.tokens == tokens && e.aug == o.aug &&
-                  e.tokenizer == o.tokenizer_id && e.classes == list.classes,
-              path, ": exists with different settings\n---> HINT: remove it or choose another --out");
+    const std::string difference = code_dataset_difference(existing.info(), info);
+    AIM_CHECK(difference.empty(), path, ": exists with other settings: ", difference,
+              "\n---> HINT: remove it or choose another --out");
     report.images = n;
     report.resumed = n;
     return report;
@@ -112,7 +132,7 @@ ExtractReport extract_range(VqModel& vq, const ImageList& list, int64_t begin, i
   torch::NoGradGuard no_grad;
   for (int64_t start = 0; start < n; start += o.batch_size) {
     const int64_t count = std::min(o.batch_size, n - start);
-    if (done.count(start)) {
+    if (covered(done, start, start + count)) {
       report.resumed += count;
       report.images += count;
       progress.update(count);
@@ -250,9 +270,11 @@ ExtractReport extract_codes(VqModel& vq, const ImageList& list, const ExtractOpt
   if (fs::exists(o.out) && !code_dataset_unfinished(o.out)) {
     // Already extracted (every rank sees the merged file): check it is this dataset.
     CodeDataset existing(o.out);
-    AIM_CHECK(existing.size() == n && existing.info().aug == o.aug &&
-                  existing.info().tokenizer == o.tokenizer_id && existing.info().classes == list.classes,
-              o.out, ": exists with different settings\n---> HINT: remove it or choose another --out");
+    const int64_t f = vq->config.downsample(), side = o.image_size / f;
+    const std::string difference =
+        code_dataset_difference(existing.info(), dataset_info(list, o, n, side * side, vq->config.codebook_size));
+    AIM_CHECK(difference.empty(), o.out, ": exists with other settings: ", difference,
+              "\n---> HINT: remove it or choose another --out");
     ExtractReport report;
     report.images = report.resumed = n;
     return report;

@@ -65,7 +65,7 @@ CodeLoss evaluate_code_loss(AimModel& model, const CodeDataset& data, const Code
   AIM_CHECK(info.tokens == mc.num_tokens, path, ": ", info.tokens, " codes per image, but the model predicts ",
             mc.num_tokens, " tokens (model.num_tokens)\n---> HINT: the codes must come from the tokenizer and "
             "image size the model was trained with");
-  AIM_CHECK(info.vocab_size <= mc.vocab_size, path, ": codes of a ", info.vocab_size,
+  AIM_CHECK(info.vocab_size == mc.vocab_size, path, ": codes of a ", info.vocab_size,
             "-entry codebook, but the model's vocabulary has ", mc.vocab_size, " entries");
   AIM_CHECK(o.view >= -1 && o.view < info.num_aug, "eval-loss: view ", o.view, " requested, but ", path, " holds ",
             info.num_aug, " view(s) per image (aug ", info.aug, "): expected 0..", info.num_aug - 1,

@@ -74,10 +74,10 @@ struct DataSource {
   std::shared_ptr<ImageList> images;
 };
 
-VqModel load_tokenizer(const std::string& path) {
+LoadedVq load_tokenizer(const std::string& path) {
   std::error_code ec;
   if (!fs::exists(path, ec)) throw Error(str_cat("vq.weights ", path, ": no such file or directory"));
-  return load_vq_model(path).model;
+  return load_vq_model(path);
 }
 
 DataSource code_source(const std::string& path, const std::string& key, const ModelConfig& model,
@@ -118,7 +118,7 @@ DataSource image_source(const Config& c, int64_t rank, int64_t world, torch::Dev
   if (static_cast<int64_t>(list->classes.size()) > c.model.num_classes)
     throw Error(str_cat("data.images ", c.data.images, ": ", list->classes.size(),
                         " class folders, but model.num_classes is ", c.model.num_classes));
-  auto vq = load_tokenizer(c.vq.weights);
+  auto vq = load_tokenizer(c.vq.weights).model;
   vq->to(device);
   const int64_t side = c.data.image_size / vq->config.downsample();
   if (side * side != c.model.num_tokens)
@@ -264,12 +264,26 @@ TrainResult run_training(const Config& config_in, const TrainOptions& options) {
   if (!config.data.val_codes.empty() && config.train.eval_every > 0)
     val = code_source(config.data.val_codes, "data.val_codes", config.model, rank, world, micro,
                       /*shuffle=*/false, 0);
+  if (val && data.codes) {
+    // Held-out codes of another tokenizer or image size would give a loss that measures nothing.
+    const auto &t = data.codes->info(), &v = val->codes->info();
+    AIM_CHECK(v.tokenizer == t.tokenizer && v.image_size == t.image_size, "data.val_codes ",
+              config.data.val_codes, ": codes of ", v.image_size, " px images by tokenizer ", v.tokenizer,
+              ", but data.codes ", config.data.codes, " holds codes of ", t.image_size, " px images by ",
+              t.tokenizer, "\n---> HINT: extract both with the same --vq and --image-size");
+  }
   VqModel grid_vq{nullptr};
   if (main && config.train.sample_every > 0) {
     if (config.vq.weights.empty()) {
       say("sample grids: skipped, vq.weights is not set (the tokenizer decodes the samples)");
     } else {
-      grid_vq = load_tokenizer(config.vq.weights);
+      auto loaded = load_tokenizer(config.vq.weights);
+      if (data.codes && loaded.identity != data.codes->info().tokenizer) {
+        say(str_cat("warning: data.codes were made by tokenizer ", data.codes->info().tokenizer,
+                    ", the sample grids are decoded by vq.weights ", loaded.identity,
+                    ": unless that is the same tokenizer in another file, the grids show noise"));
+      }
+      grid_vq = loaded.model;
       grid_vq->to(device);
     }
   }

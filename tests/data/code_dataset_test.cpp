@@ -84,7 +84,8 @@ TEST_F(CodeDatasetTest, ResumeContinuesTheSameFile) {
   EXPECT_TRUE(code_dataset_unfinished(path("r.codes")));
   auto other = info(n, a, t);
   other.aug = "tencrop";
-  EXPECT_NE(test::error_of([&] { CodeDatasetWriter::resume(path("r.codes"), other); }).find("different settings"),
+  EXPECT_NE(test::error_of([&] { CodeDatasetWriter::resume(path("r.codes"), other); })
+                .find("started with other settings: aug flip in the file, tencrop in this run"),
             std::string::npos);
   CodeDatasetWriter::resume(path("r.codes"), info(n, a, t))->write(4, codes.narrow(0, 4, 6), labels.narrow(0, 4, 6));
   code_dataset_mark_finished(path("r.codes"));

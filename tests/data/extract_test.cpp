@@ -128,6 +128,34 @@ TEST_F(Extract, InterruptedRunResumesToTheSameFile) {
   EXPECT_EQ(bytes(o.out), bytes((dir_ / "full.codes").string()));
   CodeDataset d(o.out);
   EXPECT_EQ(d.info().num_aug, 10);
+  EXPECT_EQ(d.info().crop_range, 1.1);
+
+  // Resumed with a larger --batch-size: a chunk only partly written before is redone, not
+  // skipped (it once was, leaving images of label 0 and all-zero codes in the finished file).
+  auto p = options("batch.codes", "tencrop");
+  p.max_chunks = 1;  // images 0-3
+  extract_codes(vq_.model, list_, p);
+  p.max_chunks = 0;
+  p.batch_size = 8;  // chunk 0-7 is not all done
+  auto grown = extract_codes(vq_.model, list_, p);
+  EXPECT_TRUE(grown.finished);
+  EXPECT_EQ(grown.resumed, 0);
+  EXPECT_EQ(bytes(p.out), bytes((dir_ / "full.codes").string()));
+
+  // Another crop range or image size is refused, for an unfinished file and a finished one.
+  auto q = options("crop.codes", "tencrop");
+  q.max_chunks = 1;
+  extract_codes(vq_.model, list_, q);
+  q.max_chunks = 0;
+  q.crop_range = 1.3;
+  EXPECT_NE(test::error_of([&] { extract_codes(vq_.model, list_, q); })
+                .find("started with other settings: crop range 1.1 in the file, 1.3 in this run"),
+            std::string::npos);
+  auto r = options("full.codes", "tencrop");
+  r.image_size = 32;
+  EXPECT_NE(test::error_of([&] { extract_codes(vq_.model, list_, r); })
+                .find("full.codes: exists with other settings: image size 64 in the file, 32 in this run"),
+            std::string::npos);
 }
 
 // A retrained tokenizer has the same file name and size as the old one; its weights' digest
@@ -149,7 +177,8 @@ TEST_F(Extract, ARetrainedTokenizerDoesNotReuseTheOldCodes) {
     extract_codes(other.model, list_, o);
     FAIL() << "codes of another tokenizer were reused";
   } catch (const Error& e) {
-    EXPECT_NE(std::string(e.what()).find("exists with different settings"), std::string::npos) << e.what();
+    EXPECT_NE(std::string(e.what()).find("exists with other settings: tokenizer model.safetensors"), std::string::npos)
+        << e.what();
   }
 }
 

@@ -7,6 +7,7 @@
 #include "aim/core/config.h"
 #include "aim/core/fileio.h"
 #include "aim/core/safetensors.h"
+#include "aim/data/code_dataset.h"
 #include "aim/data/image.h"
 #include "aim/data/synthetic.h"
 #include "aim/model/loader.h"
@@ -125,6 +126,24 @@ TEST_F(TrainerTest, ResumeContinuesBitwiseIdentically) {
   EXPECT_EQ(s1.epoch, s2.epoch);
   EXPECT_EQ(s1.batch, s2.batch);
   EXPECT_EQ(s1.samples_seen, s2.samples_seen);
+}
+
+TEST_F(TrainerTest, HeldOutCodesOfAnotherTokenizerAreRefused) {
+  CodeDataset train(codes());
+  auto info = train.info();
+  info.tokenizer = "vq_other.safetensors (123 bytes, fnv64 0123456789abcdef)";
+  const std::string val = (dir_ / "val.codes").string();
+  CodeDatasetWriter::create(val, info)->write(0, torch::zeros({info.num_samples, 1, info.tokens}, torch::kLong),
+                                              torch::zeros({info.num_samples}, torch::kLong));
+  code_dataset_mark_finished(val);
+  TrainOptions o;
+  o.quiet = true;
+  const auto msg = test::error_of(
+      [&] { run_training(config(run("val"), {"data.val_codes=" + val, "train.eval_every=1"}), o); });
+  EXPECT_NE(msg.find("data.val_codes " + val + ": codes of 0 px images by tokenizer vq_other.safetensors"),
+            std::string::npos)
+      << msg;
+  EXPECT_NE(msg.find("but data.codes " + codes() + " holds codes of"), std::string::npos) << msg;
 }
 
 TEST_F(TrainerTest, EmaWeightsLoadOnlyWhereTheRunKeptThem) {

@@ -24,6 +24,8 @@ struct CodeDatasetInfo {
   int64_t vocab_size = 16384;
   int64_t image_size = 256;
   std::string aug = "none"; ///< "none" | "flip" | "tencrop"
+  double crop_range = 0.0;  ///< tencrop's first centre crop (image_size x this); 0 for other augs;
+                            ///< -1 in files written before it was recorded (unknown)
   std::vector<std::string> classes;  ///< class names; labels index them
   std::string tokenizer;    ///< identity of the tokenizer (file name, size, checksum)
   std::string source;       ///< where the images came from
@@ -86,6 +88,11 @@ class CodeDatasetWriter {
   CodeDatasetInfo info_;
   int fd_ = -1;
 };
+
+/// "" when a file with header `found` holds what a run asking for `wanted` would write (images,
+/// views, tokens, codebook, image size, augmentation and crop, classes, tokenizer; not the source
+/// path), else the first difference as "<field> <found> in the file, <wanted> in this run".
+std::string code_dataset_difference(const CodeDatasetInfo& found, const CodeDatasetInfo& wanted);
 
 /// Whether `path` is an unfinished dataset (its progress sidecar exists).
 bool code_dataset_unfinished(const std::string& path);
