@@ -11,6 +11,7 @@
 #include "aim/core/config.h"
 #include "aim/core/env.h"
 #include "aim/core/error.h"
+#include "aim/core/fileio.h"
 #include "aim/core/progress.h"
 #include "aim/core/safetensors.h"
 #include "aim/data/image.h"
@@ -191,9 +192,21 @@ Runner add_sample_command(CLI::App& app) {
     std::map<std::string, std::string> settings;
 
     if (!a->from_tokens.empty()) {
-      auto saved = load_safetensors(a->from_tokens);
+      // Decoding only: a flag that would change what is sampled does nothing here, so it is refused
+      // rather than silently ignored.
+      for (const char* flag : {"--class", "--num", "--num-samples", "--labels", "--preset", "--cfg", "--temperature",
+                               "--top-k", "--top-p", "--cfg-top-p", "--seed", "--dtype", "--ssm-state",
+                               "--decode-position-offset", "--ema", "--no-cuda-graph", "--config", "--work-dir"}) {
+        AIM_CHECK(cmd->count(flag) == 0, "--from-tokens decodes saved tokens: ", flag,
+                  " has no effect there\n---> HINT: leave it out (the tokens file records how they were sampled)");
+      }
+      SafetensorsFile saved_file(a->from_tokens);
+      auto saved = saved_file.load_all();
       AIM_CHECK(saved.count("tokens") && saved.count("labels"), "--from-tokens ", a->from_tokens,
                 ": expected tensors 'tokens' and 'labels'");
+      // The sampling settings the tokens were made with travel on to the outputs.
+      settings = saved_file.metadata();
+      settings.erase("format");
       const std::string vq_path = !a->vq.empty() ? a->vq : a->ckpt;
       AIM_CHECK(!vq_path.empty(), "--from-tokens: give --vq (or --ckpt) for the tokenizer");
       auto vq = load_vq_model(vq_path, a->vq_config).model;
@@ -201,20 +214,39 @@ Runner add_sample_command(CLI::App& app) {
       auto tokens = saved["tokens"].to(torch::kLong), labels = saved["labels"].to(torch::kLong);
       auto images = to_uint8_hwc(decode_tokens(vq, tokens, a->batch_size));
       write_outputs(*a, tokens, labels, [&](int64_t s, int64_t n) { return images.narrow(0, s, n); },
-                    tokens.size(0), names, {});
+                    tokens.size(0), names, settings);
       return 0;
     }
 
     AIM_CHECK(!a->ckpt.empty(), "sample: --ckpt is required (or --from-tokens)");
     auto ref = find_checkpoint(a->ckpt, a->config);
     auto model = load_aim_model(ref, a->use_ema);
+    const std::string weights_used = a->use_ema ? ref.ema_path : ref.weights_path;
     if (cmd->count("--decode-position-offset")) {
       set_decode_position_offset(model, a->position_offset, "--decode-position-offset");
     }
     const auto& mc = model->config;
-    // Presets first, explicit flags over them.
+    // Defaults: a run directory's own `sample:` settings (what its training grids showed), else
+    // the official generate()'s; a preset over them; explicit flags over everything.
+    SampleConfig defaults;
+    std::string defaults_from = "the official generate()";
+    if (ref.kind == CheckpointKind::kRunDir) {
+      defaults = load_config(ref.config_path).sample;
+      defaults_from = ref.config_path;
+    }
     SamplingOptions o;
-    o.cfg = SampleConfig{}.cfg_scale;
+    o.cfg = defaults.cfg_scale;
+    o.temperature = defaults.temperature;
+    o.top_k = defaults.top_k;
+    o.top_p = defaults.top_p;
+    o.cfg_top_p = defaults.cfg_top_p;
+    if (!a->preset.empty()) {
+      o.temperature = 1.0;
+      o.top_k = 0;
+      o.top_p = 1.0;
+      o.cfg_top_p = 1.0;
+      defaults_from = "preset " + a->preset;
+    }
     if (a->preset == "fid") {
       o.cfg = mc.adaln_group ? 1.75 : 2.0;
     } else if (a->preset == "demo") {
@@ -236,9 +268,13 @@ Runner add_sample_command(CLI::App& app) {
     std::vector<int64_t> labels;
     if (a->num_samples > 0) {
       AIM_CHECK(a->classes.empty(), "sample: give --class or --num-samples, not both");
+      AIM_CHECK(cmd->count("--num") == 0, "--num is the images per --class; with --num-samples ", a->num_samples,
+                " it has no effect\n---> HINT: leave out --num");
       labels = plan_labels(a->labels_mode, a->num_samples, mc.num_classes, a->seed);
     } else {
       AIM_CHECK(!a->classes.empty(), "sample: give --class (ids, names or 'random') or --num-samples");
+      AIM_CHECK(cmd->count("--labels") == 0, "--labels chooses the classes of --num-samples; with --class it has ",
+                "no effect\n---> HINT: leave out --labels");
       labels = parse_class_flag(a->classes, a->num, mc.num_classes, names, a->seed);
     }
     // The tokenizer: --vq, else the run's vq.weights (an aim train run), else the checkpoint's
@@ -251,7 +287,8 @@ Runner add_sample_command(CLI::App& app) {
                             "from the current directory)\n---> HINT: pass the tokenizer with --vq"));
     }
     if (vq_path.empty()) vq_path = fs::is_directory(a->ckpt) ? a->ckpt : ref.weights_path;
-    auto vq = load_vq_model(vq_path, a->vq_config).model;
+    auto loaded_vq = load_vq_model(vq_path, a->vq_config);
+    auto vq = loaded_vq.model;
     AIM_CHECK(vq->config.codebook_size == mc.vocab_size, "--vq: codebook of ", vq->config.codebook_size,
               " codes, but the model's vocabulary is ", mc.vocab_size);
     model->to(device, a->dtype == "bf16" ? torch::kBFloat16 : torch::kFloat);
@@ -261,13 +298,17 @@ Runner add_sample_command(CLI::App& app) {
                 {"cfg_top_p", std::to_string(o.cfg_top_p)}, {"seed", std::to_string(o.seed)}, {"checkpoint", a->ckpt},
                 {"preset", a->preset.empty() ? "none" : a->preset},
                 {"decode_position_offset", std::to_string(mc.decode_position_offset)},
-                {"dtype", a->dtype}, {"vq_dtype", a->vq_dtype}, {"ssm_state", a->ssm_state}};
+                {"dtype", a->dtype}, {"vq_dtype", a->vq_dtype}, {"ssm_state", a->ssm_state},
+                // What was loaded, not only what was named: a run's `latest` moves, --ema picks
+                // other weights, and the tokenizer may come from elsewhere.
+                {"weights", str_cat(weights_used, " (", fs::file_size(weights_used), " bytes, fnv64 ",
+                                    file_digest(weights_used), ")")},
+                {"vq", loaded_vq.identity}};
     const int64_t total = static_cast<int64_t>(labels.size());
     if (env.is_main()) {
       std::cerr << "[sample] " << total << " samples, cfg " << o.cfg << ", temperature " << o.temperature
                 << ", top-k " << o.top_k << ", top-p " << o.top_p << ", cfg top-p " << o.cfg_top_p << ", seed "
-                << o.seed << " (preset "
-                << settings["preset"] << "); " << a->dtype << " on " << device << ", " << env.world_size
+                << o.seed << " (defaults from " << defaults_from << "); " << a->dtype << " on " << device << ", " << env.world_size
                 << " rank(s)\n";
     }
     const std::string primary = !a->npz.empty() ? a->npz : !a->out.empty() ? a->out : !a->outdir.empty() ? a->outdir : a->tokens;

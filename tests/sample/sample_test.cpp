@@ -214,7 +214,9 @@ TEST_F(SampleCli, AKilledRunResumesWithoutRedoingFinishedBatches) {
   // Finished batches of other settings or labels are refused, not mixed in.
   for (const auto& [other, key] : {std::pair<std::string, std::string>{"--cfg 4 ", "cfg"},
                                    {"--cfg-top-p 0.5 ", "cfg_top_p"}, {"--temperature 0.5 ", "temperature"},
-                                   {"--decode-position-offset 0 ", "decode_position_offset"}}) {
+                                   {"--decode-position-offset 0 ", "decode_position_offset"},
+                                   // another tokenizer decoded the finished batches' images
+                                   {"--vq " + (test::fixtures_dir() / "aim" / "mamba1_tiny").string() + " ", "vq"}}) {
     auto mixed = run(base_ + args + other + "--work-dir " + p("work") + " --tokens " + p("resumed.safetensors"));
     EXPECT_NE(mixed.code, 0) << other;
     EXPECT_NE(mixed.output.find("sampled with " + key + " "), std::string::npos) << other << "\n" << mixed.output;
@@ -257,6 +259,40 @@ TEST_F(SampleCli, DecodePositionOffsetOverridesTheCheckpoint) {
       << bad.output;
 }
 
+// A run directory samples with its own `sample:` settings (what its training grids showed) unless
+// a preset or a flag says otherwise.
+TEST_F(SampleCli, ARunDirectorySamplesWithItsOwnSettings) {
+  const auto run_dir = dir_ / "run";
+  fs::create_directories(run_dir);
+  fs::copy_file(fs::path(ckpt_) / "model.safetensors", run_dir / "model.safetensors");
+  Config c;
+  c.model = model_config_from_hf_json((fs::path(ckpt_) / "config.json").string());
+  c.vq.codebook_size = c.model.vocab_size;
+  c.data.image_size = 128;  // 8 x 8 codes of the 16x tokenizer
+  c.sample.cfg_scale = 1.0;
+  c.sample.top_k = 1;  // greedy: the tokens are the model's argmax chain
+  std::ofstream(run_dir / "config.yaml") << config_to_yaml(c);
+  const std::string base = test::aim_binary() + " sample --ckpt " + run_dir.string() + " --vq " + ckpt_ +
+                           " --vq-config " + test::source_dir() + "/configs/fixture_tiny_vq.json --class 2,5 --num 1 ";
+  auto own = run(base + "--tokens " + p("own.safetensors"));
+  ASSERT_EQ(own.code, 0) << own.output;
+  EXPECT_NE(own.output.find("settings: cfg 1, temperature 1, top-k 1"), std::string::npos) << own.output;
+  EXPECT_NE(own.output.find("defaults from " + (run_dir / "config.yaml").string()), std::string::npos) << own.output;
+  auto model = load_aim_model(find_checkpoint(run_dir.string()));
+  SamplingOptions o;
+  o.cfg = 1;
+  o.top_k = 1;
+  EXPECT_TRUE(torch::equal(load_safetensors(p("own.safetensors"))["tokens"],
+                           generate_tokens(model, torch::tensor({int64_t{2}, int64_t{5}}), {0, 1}, o)));
+  auto fid = run(base + "--preset fid --tokens " + p("fid.safetensors"));
+  ASSERT_EQ(fid.code, 0) << fid.output;
+  EXPECT_NE(fid.output.find("settings: cfg 1.75, temperature 1, top-k 0, top-p 1, cfg top-p 1"), std::string::npos)
+      << fid.output;
+  auto flag = run(base + "--cfg 3 --tokens " + p("flag.safetensors"));
+  ASSERT_EQ(flag.code, 0) << flag.output;
+  EXPECT_NE(flag.output.find("settings: cfg 3, temperature 1, top-k 1"), std::string::npos) << flag.output;
+}
+
 // --ssm-state bf16: a run with it completes and records the setting; a resume with the other
 // state refuses the finished batches; the Mamba1 fixture samples with it too.
 TEST_F(SampleCli, Bf16SsmStateIsASettingOfTheRun) {
@@ -286,6 +322,19 @@ TEST_F(SampleCli, FromTokensDecodesTheFixtureImages) {
                " --vq " + ckpt_ + " --vq-config " + test::source_dir() + "/configs/fixture_tiny_vq.json --npz " +
                p("decoded.npz"));
   ASSERT_EQ(r.code, 0) << r.output;
+  // Sampled tokens carry their settings through a decode: the re-saved file keeps them.
+  auto sampled = run(base_ + "--class 3 --num 2 --cfg 2.5 --seed 9 --tokens " + p("sampled.safetensors"));
+  ASSERT_EQ(sampled.code, 0) << sampled.output;
+  auto again = run(test::aim_binary() + " sample --from-tokens " + p("sampled.safetensors") + " --vq " + ckpt_ +
+                   " --vq-config " + test::source_dir() + "/configs/fixture_tiny_vq.json --tokens " +
+                   p("resaved.safetensors"));
+  ASSERT_EQ(again.code, 0) << again.output;
+  const auto before = SafetensorsFile(p("sampled.safetensors")).metadata();
+  const auto after = SafetensorsFile(p("resaved.safetensors")).metadata();
+  EXPECT_EQ(after.at("cfg"), "2.500000");
+  EXPECT_EQ(after.at("seed"), "9");
+  EXPECT_EQ(after.at("vq"), before.at("vq"));
+  EXPECT_NE(after.at("weights").find("model.safetensors ("), std::string::npos) << after.at("weights");
   // The official images, quantised the ADM way, against ours (rounding at a boundary may move one level).
   auto expected = (golden["decoded_images"] * 127.5 + 128).clamp(0, 255).to(torch::kUInt8).permute({0, 2, 3, 1});
   save_safetensors(p("expected.safetensors"), {{"images", expected.contiguous()}});
@@ -310,6 +359,20 @@ TEST_F(SampleCli, InvalidValuesFailClearlyAndLeaveNothing) {
       {"--class 1", "no output requested"},
   };
   for (const auto& [args, expect] : cases) {
+    auto r = run(base_ + args);
+    EXPECT_NE(r.code, 0) << args;
+    EXPECT_NE(r.output.find(expect), std::string::npos) << args << "\n" << r.output;
+  }
+  // Flags that would do nothing in the mode asked for are refused, not ignored.
+  const std::pair<std::string, std::string> unused[] = {
+      {"--num-samples 4 --num 2 --tokens " + p("a.safetensors"), "--num is the images per --class"},
+      {"--class 1 --labels random --tokens " + p("a.safetensors"), "--labels chooses the classes of --num-samples"},
+      {"--from-tokens " + p("none.safetensors") + " --cfg 3 --out " + p("a.png"),
+       "--from-tokens decodes saved tokens: --cfg has no effect there"},
+      {"--from-tokens " + p("none.safetensors") + " --ema --out " + p("a.png"),
+       "--from-tokens decodes saved tokens: --ema has no effect there"},
+  };
+  for (const auto& [args, expect] : unused) {
     auto r = run(base_ + args);
     EXPECT_NE(r.code, 0) << args;
     EXPECT_NE(r.output.find(expect), std::string::npos) << args << "\n" << r.output;
