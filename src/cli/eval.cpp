@@ -10,8 +10,46 @@
 #include "aim/core/error.h"
 #include "aim/core/fileio.h"
 #include "aim/eval/evaluator.h"
+#include "aim/sample/npz.h"
 
 namespace aim::cli {
+
+namespace {
+
+/// The sampling settings `aim sample --npz` stored beside the images (member `aim_settings`,
+/// JSON text), or an empty object for other inputs.
+nlohmann::ordered_json sampling_settings(const std::string& samples) {
+  const bool npz = samples.size() > 4 && samples.compare(samples.size() - 4, 4, ".npz") == 0;
+  if (!npz) return nlohmann::ordered_json::object();
+  NpzReader reader(samples);
+  if (!reader.contains("aim_settings")) return nlohmann::ordered_json::object();
+  const auto bytes = reader.read("aim_settings").contiguous();
+  const std::string text(reinterpret_cast<const char*>(bytes.data_ptr<uint8_t>()), static_cast<size_t>(bytes.numel()));
+  try {
+    return nlohmann::ordered_json::parse(text);
+  } catch (const nlohmann::json::exception& e) {
+    throw Error(str_cat(samples, ": member aim_settings is not JSON: ", e.what()));
+  }
+}
+
+/// What of `settings` differs from the published FIDs' sampling (temperature 1, no top-k, top-p
+/// or cfg top-p filtering), as "top-k 600, top-p 0.98"; "" when nothing does.
+std::string unlike_the_published(const nlohmann::ordered_json& settings) {
+  std::string out;
+  auto check = [&](const char* key, const char* name, double published) {
+    if (!settings.contains(key)) return;
+    const std::string text = settings[key].get<std::string>();
+    const double value = std::strtod(text.c_str(), nullptr);
+    if (value != published) out += str_cat(out.empty() ? "" : ", ", name, " ", value);
+  };
+  check("temperature", "temperature", 1.0);
+  check("top_k", "top-k", 0.0);
+  check("top_p", "top-p", 1.0);
+  check("cfg_top_p", "cfg top-p", 1.0);
+  return out;
+}
+
+}  // namespace
 
 Runner add_eval_command(CLI::App& app) {
   auto* cmd = app.add_subcommand(
@@ -67,6 +105,7 @@ Runner add_eval_command(CLI::App& app) {
     o.allow_size_mismatch = a->allow_size_mismatch;
     o.progress = !a->quiet;
 
+    const auto sampling = sampling_settings(a->samples);
     const eval::EvalResult r = eval::evaluate(a->samples, a->ref, o);
     const bool adm = o.preprocess == eval::InceptionPreprocess::kAdmTf1 && !o.bf16 && o.k == 3 &&
                      o.is_split_size == 5000;
@@ -78,8 +117,17 @@ Runner add_eval_command(CLI::App& app) {
         << "reference  " << a->ref << ": " << r.num_ref << " images " << r.ref_width << "x" << r.ref_height
         << (r.ref_features_cached ? " (cached features)" : "")
         << (r.ref_stats_stored ? ", FID against its stored mu/sigma" : "")
-        << (r.ref_spatial_stored ? ", sFID against its stored mu_s/sigma_s" : "") << "\n"
-        << std::fixed << "  Inception Score  " << std::setprecision(4) << r.inception_score << "\n"
+        << (r.ref_spatial_stored ? ", sFID against its stored mu_s/sigma_s" : "") << "\n";
+    if (!sampling.empty()) {
+      auto get = [&](const char* key) { return sampling.contains(key) ? sampling[key].get<std::string>() : "?"; };
+      out << "sampled    by aim sample: " << get("checkpoint") << ", preset " << get("preset") << ", cfg "
+          << std::strtod(get("cfg").c_str(), nullptr) << ", seed " << get("seed") << ", " << get("dtype") << "\n";
+      const std::string unlike = unlike_the_published(sampling);
+      if (!unlike.empty()) {
+        out << "note: sampled with " << unlike << "; the published FIDs sampled without filtering (--preset fid)\n";
+      }
+    }
+    out << std::fixed << "  Inception Score  " << std::setprecision(4) << r.inception_score << "\n"
         << "  FID              " << std::setprecision(5) << r.fid << "\n"
         << "  sFID             " << std::setprecision(5) << r.sfid << "\n"
         << "  Precision        " << std::setprecision(4) << r.precision << "\n"
@@ -122,6 +170,7 @@ Runner add_eval_command(CLI::App& app) {
                      {"device", a->device},
                      {"is_split_size", o.is_split_size},
                      {"k", o.k}};
+    if (!sampling.empty()) j["sampling"] = sampling;
     j["seconds"] = r.seconds;
     std::string json_path = a->json;
     if (json_path.empty()) {

@@ -162,6 +162,34 @@ TEST(EvalCli, NpzBatchesGiveTheLibraryMetricsAndACache) {
   EXPECT_NE(r.output.find("made for other content"), std::string::npos) << r.output;
 }
 
+// The sampling settings aim sample stores in its .npz are reported with the scores, with a note when
+// they are not the published FIDs' (the demo preset's filtering gives a much worse FID).
+TEST(EvalCli, TheSamplesSettingsAreReportedWithTheScores) {
+  const auto& w = world();
+  const std::string text = R"({"cfg":"5.000000","checkpoint":"hf/aim-large","preset":"demo","seed":"0",)"
+                           R"("temperature":"1.000000","top_k":"600","top_p":"0.980000","cfg_top_p":"1.000000",)"
+                           R"("dtype":"bf16"})";
+  const auto bytes = torch::from_blob(const_cast<char*>(text.data()), {static_cast<int64_t>(text.size())},
+                                      torch::kUInt8).clone();
+  write_npz(w.p("demo.npz"), {{"arr_0", w.samples}, {"arr_1", torch::arange(kSamples)}, {"aim_settings", bytes}});
+  auto r = run_aim("--samples " + w.p("demo.npz") + " --ref " + w.p("ref.npz") + " --inception " + w.weights +
+                   " --json " + w.p("demo.json"));
+  ASSERT_EQ(r.code, 0) << r.output;
+  EXPECT_NE(r.output.find("sampled    by aim sample: hf/aim-large, preset demo, cfg 5, seed 0, bf16"),
+            std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("note: sampled with top-k 600, top-p 0.98; the published FIDs sampled without filtering"),
+            std::string::npos) << r.output;
+  const auto j = read_json(w.p("demo.json"));
+  EXPECT_EQ(j.at("sampling").at("preset"), "demo");
+  EXPECT_EQ(j.at("sampling").at("top_k"), "600");
+  // Batches without settings (other tools' npz) report none.
+  r = run_aim("--samples " + w.p("samples.npz") + " --ref " + w.p("ref.npz") + " --inception " + w.weights +
+              " --json " + w.p("plain.json"));
+  ASSERT_EQ(r.code, 0) << r.output;
+  EXPECT_EQ(r.output.find("sampled    by"), std::string::npos) << r.output;
+  EXPECT_FALSE(read_json(w.p("plain.json")).contains("sampling"));
+}
+
 TEST(EvalCli, AnImageFolderAndACompressedNpzGiveTheSameNumbers) {
   const auto& w = world();
   const fs::path folder = w.dir / "sample_pngs";
