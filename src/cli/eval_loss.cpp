@@ -174,7 +174,10 @@ Runner add_eval_loss_command(CLI::App& app) {
     if (!a->json.empty()) {
       nlohmann::ordered_json j;
       j["checkpoint"] = a->ckpt;
+      j["ema"] = a->use_ema;
       j["codes"] = a->codes;
+      j["codes_tokenizer"] = info.tokenizer;
+      j["max_images"] = a->max_images;
       j["images"] = r.images;
       j["sequences"] = r.sequences;
       j["tokens"] = r.tokens;

@@ -45,17 +45,25 @@ Runner add_eval_vq_command(CLI::App& app) {
     vq.model->to(o.device);
     const auto r = evaluate_tokenizer(vq.model, list, o);
     std::cout << std::fixed << std::setprecision(2) << "tokenizer " << vq.identity << " on " << r.images
-              << " images of " << a->data << "\n"
+              << " images of " << a->data << " at " << a->image_size << " px\n"
               << "  PSNR            " << r.psnr << " dB (worst image " << r.psnr_min << " dB)\n";
     if (std::isfinite(r.ssim)) std::cout << std::setprecision(4) << "  SSIM            " << r.ssim << "\n";
     std::cout << std::setprecision(2)
               << "  codebook usage  " << r.codes_used << " / " << vq.model->config.codebook_size << " codes ("
               << 100.0 * r.usage << "%), perplexity " << r.perplexity << "\n";
+    if (r.upscaled > 0) {
+      std::cout << "note: " << r.upscaled << " of " << r.images << " images are smaller than --image-size "
+                << a->image_size << " and were enlarged before encoding: smooth enlarged images reconstruct "
+                   "better than images at their own size\n---> HINT: --image-size of the images' size\n";
+    }
     if (!a->json.empty()) {
       nlohmann::ordered_json j;
       j["tokenizer"] = vq.identity;
       j["data"] = a->data;
+      j["image_size"] = a->image_size;
+      j["max_images"] = a->max_images;
       j["images"] = r.images;
+      j["upscaled"] = r.upscaled;
       j["psnr"] = r.psnr;
       j["psnr_min"] = r.psnr_min;
       j["mse"] = r.mse;

@@ -27,6 +27,7 @@ TokenizerEval evaluate_tokenizer(VqModel& model, const ImageList& list, const To
   auto counts = torch::zeros({k}, torch::kLong);
   const bool with_ssim = o.image_size >= 11;  // train::ssim's default window must fit
   double psnr_sum = 0.0, psnr_min = 1e9, mse_sum = 0.0, ssim_sum = 0.0;
+  int64_t upscaled = 0;
   model->eval();
   Progress progress("eval-vq", n, "img", o.progress);
   torch::NoGradGuard no_grad;
@@ -37,8 +38,9 @@ TokenizerEval evaluate_tokenizer(VqModel& model, const ImageList& list, const To
     for (int64_t i = start; i < end; ++i) {
       const int64_t idx = n == total ? i : i * total / n;
       indices.push_back(idx);
-      originals.push_back(center_crop_arr(decode_image(list.entries[static_cast<size_t>(idx)].path),
-                                          static_cast<int>(o.image_size)));
+      const Image image = decode_image(list.entries[static_cast<size_t>(idx)].path);
+      upscaled += std::min(image.width, image.height) < o.image_size ? 1 : 0;
+      originals.push_back(center_crop_arr(image, static_cast<int>(o.image_size)));
     }
     const auto x = to_tensor(originals).to(o.device);
     const auto codes = model->encode(x);
@@ -74,6 +76,7 @@ TokenizerEval evaluate_tokenizer(VqModel& model, const ImageList& list, const To
   progress.finish();
   TokenizerEval r;
   r.images = n;
+  r.upscaled = upscaled;
   r.psnr = psnr_sum / static_cast<double>(n);
   r.psnr_min = psnr_min;
   r.mse = mse_sum / static_cast<double>(n);

@@ -242,6 +242,8 @@ TEST_F(CodeLossTest, TheCommandPrintsAndWritesTheLibraryFigures) {
   EXPECT_NEAR(j["recurrent"]["nll"].get<double>(), r.nll_recurrent, 1e-9);
   EXPECT_EQ(j["nll_by_position"].size(), static_cast<size_t>(f.config.num_tokens));
   EXPECT_EQ(j["recurrent"]["ssm_state"], "bf16");
+  EXPECT_EQ(j["ema"], false);
+  EXPECT_EQ(j["codes_tokenizer"], "test");
   int64_t sequences = 0;
   for (const auto& c : j["by_class"]) sequences += c["sequences"].get<int64_t>();
   EXPECT_EQ(sequences, tokens.size(0));

@@ -354,6 +354,13 @@ TEST_F(TrainVqTest, TheRunIsATokenizerForTheRestOfThePipeline) {
   EXPECT_NE(e.output.find("SSIM"), std::string::npos) << e.output;
   const auto report = nlohmann::json::parse(read_text(run("eval.json")));
   EXPECT_TRUE(report.contains("usage"));
+  EXPECT_EQ(report.at("image_size"), 32);
+  EXPECT_EQ(report.at("upscaled"), 0);
+  // Images enlarged to a larger --image-size reconstruct unusually well: said, not hidden.
+  auto big = test::run_shell(aim + " eval-vq --vq " + run("vq") + " --data " + images() + " --image-size 64");
+  ASSERT_EQ(big.code, 0) << big.output;
+  EXPECT_NE(big.output.find("note: 24 of 24 images are smaller than --image-size 64 and were enlarged"),
+            std::string::npos) << big.output;
   // Each reconstruction carries its source's name, so the two pair up; the reported SSIM is the
   // mean over the pairs of the definition's SSIM.
   int64_t paired = 0;

@@ -24,6 +24,7 @@ struct TokenizerEvalOptions {
 
 struct TokenizerEval {
   int64_t images = 0;
+  int64_t upscaled = 0;      ///< images whose short side was below image_size (enlarged by the crop)
   double psnr = 0.0;         ///< dB, mean over images, on uint8 images (peak 255)
   double psnr_min = 0.0;     ///< the worst image
   double mse = 0.0;          ///< mean squared error in [0, 1] units
