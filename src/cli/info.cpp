@@ -23,6 +23,10 @@ Runner add_info_command(CLI::App& app) {
     ModelConfig model;
     bool ema = false;
     std::string source = *path, weights;
+    const bool yaml = !fs::is_directory(*path) && !(path->size() > 5 && path->substr(path->size() - 5) == ".json");
+    AIM_CHECK(yaml || overrides->empty(), "--set ", overrides->empty() ? "" : overrides->front(), ": ", *path,
+              " is a checkpoint or an official config.json, whose architecture is fixed; --set applies to YAML "
+              "configs\n---> HINT: aim info configs/<name>.yaml --set ...");
     if (fs::is_directory(*path)) {
       auto ref = find_checkpoint(*path);
       model = checkpoint_model_config(ref);

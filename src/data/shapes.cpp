@@ -230,6 +230,10 @@ void write_shapes_dataset(const std::string& dir, const ShapesOptions& o) {
   o.validate();
   namespace fs = std::filesystem;
   std::error_code ec;
+  // Into a folder that already has files, images of another run (seed, count, size) would stay
+  // beside the new ones and be read as one dataset.
+  AIM_CHECK(!fs::exists(dir, ec) || fs::is_empty(dir, ec), "--out ", dir,
+            ": the folder is not empty\n---> HINT: remove it or choose another folder");
   fs::create_directories(dir, ec);
   AIM_CHECK(!ec, str_cat("--out ", dir, ": cannot create the folder (", ec.message(), ")"));
   for (int label = 0; label < o.classes; ++label) {

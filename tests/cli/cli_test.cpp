@@ -42,6 +42,11 @@ TEST(Cli, InfoReadsAnOfficialSnapshotDirectory) {
   EXPECT_EQ(r.code, 0) << r.output;
   EXPECT_NE(r.output.find("config.json"), std::string::npos) << r.output;
   EXPECT_NE(r.output.find("language-model parameters"), std::string::npos) << r.output;
+  // Its architecture is the checkpoint's: --set would have been ignored, so it is refused.
+  r = run_aim("info " + dir.string() + " --set model.n_layer=24");
+  EXPECT_EQ(r.code, 1) << r.output;
+  EXPECT_NE(r.output.find("--set model.n_layer=24: " + dir.string() + " is a checkpoint"), std::string::npos)
+      << r.output;
 }
 
 TEST(Cli, BadInputsExitNonZeroWithTheKeyNamed) {

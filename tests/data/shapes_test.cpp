@@ -243,6 +243,10 @@ TEST(Shapes, CliWritesAndAnalysesADataset) {
   EXPECT_NE(r.output.find("accuracy 100.00% (40 / 40)"), std::string::npos) << r.output;
   EXPECT_NE(r.output.find("9_lime_cross"), std::string::npos) << r.output;
   EXPECT_NE(read_bytes(root / "s.json").find("\"accuracy\": 1"), std::string::npos);
+  // A second dataset into the same folder would mix with the first: refused.
+  r = run_aim("make-dataset shapes --out " + (root / "d").string() + " --per-class 2 --seed 3");
+  EXPECT_EQ(r.code, 1) << r.output;
+  EXPECT_NE(r.output.find("d: the folder is not empty"), std::string::npos) << r.output;
   // Flat files named as aim sample --outdir names them carry their label.
   fs::create_directories(root / "flat");
   fs::copy_file(root / "d" / "3_yellow_ring" / "00000.png", root / "flat" / "000000_class3.png");
