@@ -718,6 +718,16 @@ std::string config_to_yaml(const Config& config) {
   return out;
 }
 
+std::vector<std::string> config_changes(const Config& before, const Config& after) {
+  const auto a = flatten(before), b = flatten(after);  // the same keys in the same order
+  std::vector<std::string> out;
+  for (size_t i = 0; i < a.size(); ++i) {
+    const std::string x = format_value(a[i].ref, false), y = format_value(b[i].ref, false);
+    if (x != y) out.push_back(str_cat(a[i].key, " ", x, " -> ", y));
+  }
+  return out;
+}
+
 std::string config_table(const Config& config) {
   std::vector<std::pair<std::string, std::string>> rows;
   for (const auto& s : flatten(config)) rows.push_back({s.key, format_value(s.ref, false)});

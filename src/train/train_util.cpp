@@ -67,6 +67,16 @@ std::string resume_dir_for(const std::string& resume, const std::string& out_dir
   return resume.empty() ? "" : resolve_resume_dir(resume);
 }
 
+void report_changed_settings(const Config& saved, const Config& now, const std::string& resume_dir,
+                             const std::function<void(const std::string&)>& say) {
+  const auto changes = config_changes(saved, now);
+  if (changes.empty()) return;
+  std::string list;
+  for (const auto& c : changes) list += (list.empty() ? "" : "; ") + c;
+  say(str_cat("warning: resuming from ", resume_dir, " with ", changes.size(), " setting",
+              changes.size() == 1 ? "" : "s", " changed since it was written: ", list));
+}
+
 int64_t accumulation_steps(const TrainConfig& train, int64_t world) {
   const int64_t micro = train.micro_batch;
   if (train.global_batch % (micro * world) != 0)

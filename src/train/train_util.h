@@ -32,6 +32,11 @@ using Say = std::function<void(const std::string&)>;
 /// (the newest checkpoint in `out_dir`, if it has one) or a run or checkpoint directory.
 std::string resume_dir_for(const std::string& resume, const std::string& out_dir);
 
+/// A resumed session says which settings differ from the checkpoint's config.yaml (data, optimizer,
+/// schedule, seed, ...: legitimate to change, but not silently), one line through `say`.
+void report_changed_settings(const Config& saved, const Config& now, const std::string& resume_dir,
+                             const std::function<void(const std::string&)>& say);
+
 /// Micro-batches each rank accumulates per optimizer step: train.global_batch /
 /// (train.micro_batch x world). Throws naming train.global_batch when that does not divide.
 int64_t accumulation_steps(const TrainConfig& train, int64_t world);

@@ -197,6 +197,7 @@ TrainResult run_training(const Config& config_in, const TrainOptions& options) {
     if (saved.model != config.model)
       throw Error(str_cat("--resume ", resume_dir, ": the checkpoint's model section differs from "
                           "this run's config\n---> HINT: resume with the run's own config.yaml"));
+    report_changed_settings(saved, config, resume_dir, say);
     const std::string state_path = (fs::path(resume_dir) / "trainer_state.json").string();
     state = TrainerState::from_json(read_text(state_path), state_path);
   }

@@ -100,6 +100,7 @@ VqTrainResult run_vq_training(const Config& config_in, const TrainOptions& optio
     if (a != b)
       throw Error(str_cat("--resume ", resume_dir, ": the checkpoint's vq section differs from this run's "
                           "config\n---> HINT: resume with the run's own config.yaml"));
+    report_changed_settings(saved, config, resume_dir, say);
     const std::string state_path = (fs::path(resume_dir) / "trainer_state.json").string();
     state = TrainerState::from_json(read_text(state_path), state_path);
   }

@@ -128,6 +128,20 @@ TEST_F(TrainerTest, ResumeContinuesBitwiseIdentically) {
   EXPECT_EQ(s1.samples_seen, s2.samples_seen);
 }
 
+TEST_F(TrainerTest, AResumeNamesTheSettingsChangedSinceTheCheckpoint) {
+  const std::string base = aim("train " + tiny() + " " + cli_sets(run("r")) + " --set train.max_steps=6");
+  auto first = test::run_shell(base + " --stop-after-steps 2");
+  ASSERT_EQ(first.code, 0) << first.output;
+  auto same = test::run_shell(base + " --resume auto --stop-after-steps 2");
+  ASSERT_EQ(same.code, 0) << same.output;
+  EXPECT_EQ(same.output.find("warning: resuming"), std::string::npos) << same.output;
+  auto changed = test::run_shell(base + " --resume auto --set optim.base_lr=0.5 --set train.seed=7");
+  ASSERT_EQ(changed.code, 0) << changed.output;
+  EXPECT_NE(changed.output.find(" with 2 settings changed since it was written: optim.base_lr "), std::string::npos)
+      << changed.output;
+  EXPECT_NE(changed.output.find("-> 0.5; train.seed 0 -> 7"), std::string::npos) << changed.output;
+}
+
 TEST_F(TrainerTest, HeldOutCodesOfAnotherTokenizerAreRefused) {
   CodeDataset train(codes());
   auto info = train.info();

@@ -278,6 +278,9 @@ void apply_override(Config& config, const std::string& assignment);
 /// The config as YAML, one commented line per key, that loads back to an equal Config.
 std::string config_to_yaml(const Config& config);
 
+/// Every key whose value differs, as "<dotted key> <before> -> <after>", in schema order.
+std::vector<std::string> config_changes(const Config& before, const Config& after);
+
 /// A two-column table (key | value) of every key, followed by derived values.
 std::string config_table(const Config& config);
 
