@@ -204,7 +204,11 @@ Image loss_heatmap(const std::vector<double>& v, const std::string& title) {
   const int n = static_cast<int>(v.size());
   const int side = static_cast<int>(std::lround(std::sqrt(static_cast<double>(n))));
   AIM_CHECK(n > 0 && side * side == n, "loss_heatmap: ", n, " positions are not a square grid of tokens");
-  const auto [lo_it, hi_it] = std::minmax_element(v.begin(), v.end());
+  // The colour scale spans tokens 1.. only: token 0, predicted from the class alone, is usually far
+  // harder than the rest and would flatten them; it takes the scale's end colour and its value is
+  // printed under the bar.
+  const auto first = n > 1 ? v.begin() + 1 : v.begin();
+  const auto [lo_it, hi_it] = std::minmax_element(first, v.end());
   const double lo = *lo_it, hi = *hi_it, span = hi > lo ? hi - lo : 1.0;
   const int cell = std::max(4, 384 / side), grid = cell * side, pad = 10, text_h = kCellHeight;
   const int bar_h = 14;
@@ -221,10 +225,14 @@ Image loss_heatmap(const std::vector<double>& v, const std::string& title) {
   for (int x = 0; x < grid; ++x) {
     fill(image, pad + x, by, 1, bar_h, ramp(static_cast<double>(x) / std::max(grid - 1, 1)));
   }
-  char lo_text[32], hi_text[32];
+  char lo_text[32], hi_text[32], first_text[48];
   std::snprintf(lo_text, sizeof(lo_text), "%.3f", lo);
   std::snprintf(hi_text, sizeof(hi_text), "%.3f nats", hi);
   draw_text(image, pad, by + bar_h + 4, lo_text, {0, 0, 0});
+  if (n > 1 && (v[0] > hi || v[0] < lo)) {
+    std::snprintf(first_text, sizeof(first_text), "token 0: %.3f", v[0]);
+    draw_text(image, pad + (grid - text_width(first_text, 1)) / 2, by + bar_h + 4, first_text, {0, 0, 0});
+  }
   draw_text(image, pad + grid - text_width(hi_text, 1), by + bar_h + 4, hi_text, {0, 0, 0});
   return image;
 }

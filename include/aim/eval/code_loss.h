@@ -59,8 +59,10 @@ CodeLoss evaluate_code_loss(AimModel& model, const CodeDataset& data, const Code
 torch::Tensor token_nll(AimModel& model, const torch::Tensor& hidden, const torch::Tensor& targets);
 
 /// The per-position losses of a square token grid (raster order, as the tokenizer lays them out)
-/// as a picture: one cell per token coloured by its loss (dark = low, yellow = high), a colour bar
-/// with the range below, `title` above. Throws aim::Error unless the count is a square.
+/// as a picture: one cell per token coloured by its loss (dark = low, yellow = high) on a scale
+/// spanning tokens 1.. (token 0, predicted from the class alone, is clamped to it and its value
+/// printed), a colour bar with the range below, `title` above. Throws aim::Error unless the
+/// count is a square.
 Image loss_heatmap(const std::vector<double>& per_position, const std::string& title);
 
 }  // namespace aim
