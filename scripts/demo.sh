@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The whole pipeline on built-in data, from a fresh machine: install and build if needed, make the
 # procedural shapes dataset, train the tokenizer (stage 1), tokenize the images, train a small AiM
-# (stage 2), sample every class at several guidance scales, let the learning-free analyser judge
-# the samples, and print a report.
+# (stage 2), score it on held-out codes, sample every class at several guidance scales, let the
+# learning-free analyser judge the samples, and print a report.
 #
 #   scripts/demo.sh                 full demo (12-15 minutes on 2 CPU cores with AMX, 28 with AVX2 only)
 #   scripts/demo.sh --quick         smaller and shorter (4-7 minutes; what CI runs)
@@ -108,6 +108,18 @@ stage "tokenization" "$aim" extract-codes --data "$out/data/train" --vq "$out/vq
 stage "AiM training" "$aim" train configs/aim_demo.yaml --out "$out/aim" \
   --set data.codes="$out/codes.safetensors" --set vq.weights="$out/vq" \
   --set train.max_steps=$aim_steps
+
+# The held-out images as codes; the model's loss on them, its recurrent decoder checked against
+# the parallel pass, and what the official decoder's position shift would cost this model.
+stage "held-out loss" bash -c "
+  set -eo pipefail
+  rm -f '$out/heldout.codes' '$out/heldout.codes'.*
+  '$aim' extract-codes --data '$out/data/heldout' --vq '$out/vq' --out '$out/heldout.codes' --aug none \
+    --image-size 64 --crop-range 1.0 | tail -n 1
+  '$aim' eval-loss --ckpt '$out/aim' --codes '$out/heldout.codes' --recurrent --quiet \
+    --json '$out/heldout_loss.json' --heatmap '$out/heldout_loss.png'
+  '$aim' eval-loss --ckpt '$out/aim' --codes '$out/heldout.codes' --decode-position-offset 1 --quiet \
+    --json '$out/heldout_loss_offset1.json' | grep -F \"decoder's positions\""
 
 for cfg in $cfgs; do
   stage "sampling cfg $cfg" bash -c "

@@ -70,6 +70,8 @@ def main():
     need(os.path.join(out, "vq", "latest"))
     need(os.path.join(out, "codes.safetensors"))
     need(os.path.join(out, "aim", "latest"))
+    held = load_json(os.path.join(out, "heldout_loss.json"))
+    shifted = load_json(os.path.join(out, "heldout_loss_offset1.json"))
     vq_last = last_train_record(os.path.join(out, "vq", "metrics.jsonl"))
     aim_last = last_train_record(os.path.join(out, "aim", "metrics.jsonl"))
     timings = {}
@@ -98,6 +100,12 @@ def main():
     w(f"             after {vq_last['step']} steps, final train loss {vq_last['loss']:.4f}")
     w(f"AiM          after {aim_last['step']} steps, final train loss {aim_last['loss']:.4f} "
       f"(uniform over the codebook: {__import__('math').log(vq['codebook_size']):.2f})")
+    rec = held["recurrent"]
+    w(f"             held-out loss {held['nll']:.4f} over {held['images']} images; the sampler's recurrent "
+      f"decoder on them: {rec['nll']:.4f}, logits within {rec['max_logit_error'] / rec['max_abs_logit']:.1e} "
+      f"of their scale, the same most likely token at {100 * rec['argmax_agreement']:.2f}% of positions")
+    w(f"             at the official decoder's positions (token j at j + 1) the loss would be "
+      f"{shifted['nll_decode_positions']:.4f} ({shifted['nll_decode_positions'] - held['nll']:+.4f})")
     w("samples      cfg  accuracy  worst class            diversity (sample / data spread)")
     ok = True
     for cfg, s, grid in rows:
@@ -116,7 +124,8 @@ def main():
               f"{TARGET_DIVERSITY[0]}..{TARGET_DIVERSITY[1]}): {'met' if met else 'NOT met'}")
     w("pictures     " + "\n             ".join(
         [g for _, _, g in rows] +
-        [os.path.join(out, "vq", "samples") + "/ (tokenizer reconstructions during training)",
+        [os.path.join(out, "heldout_loss.png") + " (held-out loss by code position)",
+         os.path.join(out, "vq", "samples") + "/ (tokenizer reconstructions during training)",
          os.path.join(out, "samples") + "/cfg<N>/ (every sample as a PNG)"]))
     if timings:
         order = [k for k in timings if k != "total"]
