@@ -301,15 +301,16 @@ Runner add_sample_command(CLI::App& app) {
                 {"dtype", a->dtype}, {"vq_dtype", a->vq_dtype}, {"ssm_state", a->ssm_state},
                 // What was loaded, not only what was named: a run's `latest` moves, --ema picks
                 // other weights, and the tokenizer may come from elsewhere.
-                {"weights", str_cat(weights_used, " (", fs::file_size(weights_used), " bytes, fnv64 ",
-                                    file_digest(weights_used), ")")},
+                // (By content: the same checkpoint named by another path is the same.)
+                {"weights", str_cat(fs::path(weights_used).filename().string(), " (", fs::file_size(weights_used),
+                                    " bytes, fnv64 ", file_digest(weights_used), ")")},
                 {"vq", loaded_vq.identity}};
     const int64_t total = static_cast<int64_t>(labels.size());
     if (env.is_main()) {
       std::cerr << "[sample] " << total << " samples, cfg " << o.cfg << ", temperature " << o.temperature
                 << ", top-k " << o.top_k << ", top-p " << o.top_p << ", cfg top-p " << o.cfg_top_p << ", seed "
-                << o.seed << " (defaults from " << defaults_from << "); " << a->dtype << " on " << device << ", " << env.world_size
-                << " rank(s)\n";
+                << o.seed << " (defaults from " << defaults_from << "); " << a->dtype << " on " << device << ", "
+                << env.world_size << " rank(s)\n";
     }
     const std::string primary = !a->npz.empty() ? a->npz : !a->out.empty() ? a->out : !a->outdir.empty() ? a->outdir : a->tokens;
     const fs::path work = a->work_dir.empty() ? fs::path(primary + ".parts") : fs::path(a->work_dir);
