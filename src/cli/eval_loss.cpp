@@ -109,6 +109,9 @@ Runner add_eval_loss_command(CLI::App& app) {
       set_decode_position_offset(model, a->position_offset, "--decode-position-offset");
     }
     const auto& mc = model->config;
+    const auto side = static_cast<int64_t>(std::lround(std::sqrt(static_cast<double>(mc.num_tokens))));
+    AIM_CHECK(a->heatmap.empty() || side * side == mc.num_tokens, "--heatmap: the model's ", mc.num_tokens,
+              " tokens are not a square grid of codes");
     CodeDataset data(a->codes);
     const auto& info = data.info();
 
