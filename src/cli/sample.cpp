@@ -302,8 +302,7 @@ Runner add_sample_command(CLI::App& app) {
                 // What was loaded, not only what was named: a run's `latest` moves, --ema picks
                 // other weights, and the tokenizer may come from elsewhere.
                 // (By content: the same checkpoint named by another path is the same.)
-                {"weights", str_cat(fs::path(weights_used).filename().string(), " (", fs::file_size(weights_used),
-                                    " bytes, fnv64 ", file_digest(weights_used), ")")},
+                {"weights", file_identity(weights_used)},
                 {"vq", loaded_vq.identity}};
     const int64_t total = static_cast<int64_t>(labels.size());
     if (env.is_main()) {

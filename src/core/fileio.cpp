@@ -6,6 +6,7 @@
 #include <cerrno>
 #include <cstdio>
 #include <cstring>
+#include <filesystem>
 #include <fstream>
 #include <sstream>
 #include <vector>
@@ -79,6 +80,11 @@ std::string file_digest(const std::string& path) {
     h = fnv1a64(h, buf.data(), static_cast<size_t>(in.gcount()));
   }
   return hex16(h);
+}
+
+std::string file_identity(const std::string& path) {
+  return str_cat(std::filesystem::path(path).filename().string(), " (", std::filesystem::file_size(path),
+                 " bytes, fnv64 ", file_digest(path), ")");
 }
 
 }  // namespace aim

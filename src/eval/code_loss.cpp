@@ -118,13 +118,14 @@ CodeLoss evaluate_code_loss(AimModel& model, const CodeDataset& data, const Code
     const auto fed = (o.unconditional ? torch::full_like(labels, model->null_class()) : labels).to(device);
     const auto inputs = codes.narrow(1, 0, T - 1);
 
-    const auto nll = token_nll(model, model->forward_hidden(inputs, fed), codes);  // [n, T]
+    const auto hidden = model->forward_hidden(inputs, fed);
+    const auto nll = token_nll(model, hidden, codes);  // [n, T]
     by_position += nll.sum(0).to(torch::kDouble).cpu();
     class_sum.index_add_(0, labels, nll.mean(1).to(torch::kDouble).cpu());
     class_count.index_add_(0, labels, torch::ones({n}, torch::kLong));
 
-    torch::Tensor hidden_decode;
-    if (offset != 0 || o.recurrent) hidden_decode = model->forward_hidden(inputs, fed, decode_positions);
+    // At offset 0 the decoder's positions are training's: the same pass.
+    const auto hidden_decode = offset == 0 ? hidden : model->forward_hidden(inputs, fed, decode_positions);
     if (offset != 0) {
       by_position_decode += token_nll(model, hidden_decode, codes).sum(0).to(torch::kDouble).cpu();
     }

@@ -78,8 +78,7 @@ LoadedVq load_vq_model(const std::string& path, const std::string& config_path) 
   out.model->eval();
   // The digest tells a retrained tokenizer from the old one (same name and size): a code dataset
   // made with one is not resumed or reused with the other.
-  out.identity = str_cat(fs::path(weights).filename().string(), " (", fs::file_size(weights),
-                         " bytes, fnv64 ", file_digest(weights), ")");
+  out.identity = file_identity(weights);
   return out;
 }
 

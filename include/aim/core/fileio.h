@@ -20,6 +20,9 @@ std::string hex16(uint64_t v);
 /// network of the feature caches, the tokenizer that made a code dataset). Throws aim::Error
 /// naming the file.
 std::string file_digest(const std::string& path);
+/// "<file name> (<bytes> bytes, fnv64 <digest>)": a file by its content, as code datasets and
+/// sample settings record the tokenizer and weights they came from.
+std::string file_identity(const std::string& path);
 /// fsync of a directory, so renames inside it survive a crash (best effort).
 void sync_directory(const std::string& dir);
 
