@@ -33,9 +33,22 @@ void expect_error(const std::function<void()>& fn, const std::vector<std::string
   ADD_FAILURE() << "no aim::Error thrown; expected one mentioning '" << parts.front() << "'";
 }
 
-/// Writes `text` to a file under a temp dir private to this process and returns its path.
+/// A temp dir private to this process, removed when the process exits.
+const std::filesystem::path& temp_dir() {
+  struct Dir {
+    std::filesystem::path path = std::filesystem::path(testing::TempDir()) / str_cat("aim_config_test_", ::getpid());
+    ~Dir() {
+      std::error_code ec;
+      std::filesystem::remove_all(path, ec);
+    }
+  };
+  static const Dir dir;
+  return dir.path;
+}
+
+/// Writes `text` to a file under `temp_dir()` and returns its path.
 std::string write_temp(const std::string& name, const std::string& text) {
-  const auto dir = std::filesystem::path(testing::TempDir()) / str_cat("aim_config_test_", ::getpid());
+  const auto& dir = temp_dir();
   std::filesystem::create_directories(dir);
   const auto path = dir / name;
   std::ofstream(path) << text;
