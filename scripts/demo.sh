@@ -90,6 +90,9 @@ stage "dataset" bash -c "
   '$aim' make-dataset shapes --out '$out/data/heldout' --per-class $heldout_per_class --size 64 --seed 1
   '$aim' analyse-shapes '$out/data/train' --json '$out/data/analysis.json' | grep -E '^(analysed|accuracy)'"
 
+# The data were made anew, so runs of an earlier demo in the same --out are stale: train afresh
+# (aim train refuses to start a new run over an existing one).
+rm -rf "$out/vq" "$out/aim"
 stage "tokenizer training" "$aim" train-vq configs/vq_demo.yaml --out "$out/vq" \
   --set data.images="$out/data/train" --set train.max_steps=$vq_steps "${vq_extra[@]}"
 

@@ -2,6 +2,7 @@
 // process or many (mpirun / srun / torchrun-style). Both take the same flags.
 #include <torch/torch.h>
 
+#include <algorithm>
 #include <filesystem>
 #include <iostream>
 
@@ -9,6 +10,7 @@
 #include "aim/core/config.h"
 #include "aim/core/env.h"
 #include "aim/core/error.h"
+#include "aim/train/run_dir.h"
 #include "aim/train/trainer.h"
 #include "aim/train/vq_trainer.h"
 
@@ -64,13 +66,22 @@ Runner add_training_command(CLI::App& app, Stage stage) {
       AIM_CHECK(fs::exists(config_path), str_cat("--resume ", a->resume, ": no config.yaml; pass the config"));
     }
     auto sets = a->sets;
-    if (!a->out.empty()) sets.push_back("train.out_dir=" + a->out);
+    if (!a->out.empty()) {
+      sets.push_back("train.out_dir=" + a->out);
+    } else if (!a->resume.empty() && a->resume != "auto" &&
+               std::none_of(sets.begin(), sets.end(), [](const std::string& s) { return s.rfind("train.out_dir=", 0) == 0; })) {
+      // A resumed run goes on in the directory it is resumed from (which may have moved since
+      // config.yaml recorded train.out_dir), not wherever that path now points.
+      const std::string run = train::run_dir_of(a->resume);
+      if (!run.empty()) sets.push_back("train.out_dir=" + run);
+    }
     const Config config = load_config(config_path, sets, vq ? ConfigUse::kTokenizer : ConfigUse::kAim);
     const auto env = detect_launch_env();
     train::TrainOptions o;
     o.resume = a->resume;
     o.init = a->init;
     o.init_config = a->init_config;
+    AIM_CHECK(a->stop_after >= 0, "--stop-after-steps: expected >= 0 (0 = run to the end), found ", a->stop_after);
     o.stop_after = a->stop_after;
     o.device = a->device == "auto"
                    ? (torch::cuda::is_available() ? parse_device("cuda", env.local_rank) : torch::Device(torch::kCPU))

@@ -114,7 +114,7 @@ const std::vector<Field<DataConfig>>& data_fields() {
       {"codes", &S::codes, "code dataset (aim extract-codes)"},
       {"images", &S::images, "image folder (class sub-folders)"},
       {"image_size", &S::image_size, "square crop in pixels"},
-      {"aug", &S::aug, "extraction augmentation: tencrop | flip | none"},
+      {"aug", &S::aug, "views: tencrop | flip | none (codes must hold them); \"\" = as the codes hold"},
       {"crop_ratio", &S::crop_ratio, "resize short side to image_size * crop_ratio, then crop"},
       {"num_workers", &S::num_workers, "loader threads per rank"},
       {"shuffle", &S::shuffle, "reshuffle every epoch"},

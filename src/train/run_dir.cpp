@@ -1,5 +1,8 @@
 #include "aim/train/run_dir.h"
 
+#include <fcntl.h>
+#include <stdio.h>
+
 #include <algorithm>
 #include <cstdio>
 #include <filesystem>
@@ -23,6 +26,9 @@ std::string TrainerState::to_json() const {
   j["micro_batch"] = micro_batch;
   j["seed"] = seed;
   j["skipped_steps"] = skipped_steps;
+  j["data_samples"] = data_samples;
+  j["log_loss_sum"] = log_loss_sum;
+  j["log_loss_count"] = log_loss_count;
   j["elapsed_s"] = elapsed_s;
   j["loss"] = loss;
   j["rng"] = rng;
@@ -53,6 +59,9 @@ TrainerState TrainerState::from_json(const std::string& text, const std::string&
   get_int("micro_batch", s.micro_batch);
   get_int("seed", s.seed);
   if (j.contains("skipped_steps")) get_int("skipped_steps", s.skipped_steps);
+  if (j.contains("data_samples")) get_int("data_samples", s.data_samples);
+  if (j.contains("log_loss_count")) get_int("log_loss_count", s.log_loss_count);
+  if (j.contains("log_loss_sum") && j["log_loss_sum"].is_number()) s.log_loss_sum = j["log_loss_sum"].get<double>();
   if (j.contains("elapsed_s") && j["elapsed_s"].is_number()) s.elapsed_s = j["elapsed_s"].get<double>();
   if (j.contains("loss") && j["loss"].is_number()) s.loss = j["loss"].get<double>();
   if (j.contains("rng") && j["rng"].is_string()) s.rng = j["rng"].get<std::string>();
@@ -114,6 +123,11 @@ std::string RunDir::save(int64_t step, const std::function<void(const std::strin
   const fs::path final_dir = ckpts / name;
   const fs::path tmp_dir = ckpts / ("." + name + ".partial");
   std::error_code ec;
+  // What an interrupted save left (any step's), then this save's own.
+  for (const auto& e : fs::directory_iterator(ckpts, ec)) {
+    const std::string n = e.path().filename().string();
+    if (n.size() > 8 && n[0] == '.' && n.compare(n.size() - 8, 8, ".partial") == 0) fs::remove_all(e.path(), ec);
+  }
   fs::remove_all(tmp_dir, ec);
   auto previous = [&]() -> std::string {
     try {
@@ -129,12 +143,18 @@ std::string RunDir::save(int64_t step, const std::function<void(const std::strin
     write(tmp_dir.string());
     sync_directory(tmp_dir.string());
     if (fs::exists(final_dir)) {
-      // Saving the same step again (a resumed run that stops where it started): swap it.
-      const fs::path old_dir = ckpts / ("." + name + ".old");
-      fs::remove_all(old_dir, ec);
-      fs::rename(final_dir, old_dir);
-      fs::rename(tmp_dir, final_dir);
-      fs::remove_all(old_dir, ec);
+      // Saving the same step again (a resumed run that stops where it started): one atomic
+      // exchange, so `latest` never names a missing directory; two renames where the file
+      // system cannot exchange.
+      if (::renameat2(AT_FDCWD, tmp_dir.c_str(), AT_FDCWD, final_dir.c_str(), RENAME_EXCHANGE) == 0) {
+        fs::remove_all(tmp_dir, ec);
+      } else {
+        const fs::path old_dir = ckpts / ("." + name + ".old");
+        fs::remove_all(old_dir, ec);
+        fs::rename(final_dir, old_dir);
+        fs::rename(tmp_dir, final_dir);
+        fs::remove_all(old_dir, ec);
+      }
     } else {
       fs::rename(tmp_dir, final_dir);
     }
@@ -146,8 +166,11 @@ std::string RunDir::save(int64_t step, const std::function<void(const std::strin
     throw Error(str_cat("saving the checkpoint of step ", step, " to ", final_dir.string(),
                         " failed: ", e.what(), "\n---> ", previous()));
   }
-  // Keep the newest keep_last (the one just written among them).
+  // Keep the newest keep_last of this run's course: checkpoints past `step` were left behind by
+  // a resume from an earlier one, so they go first.
   auto steps = checkpoint_steps();
+  const auto first_kept = std::stable_partition(steps.begin(), steps.end(), [&](int64_t s) { return s > step; });
+  std::sort(first_kept, steps.end());
   if (static_cast<int64_t>(steps.size()) > keep_last) {
     for (size_t i = 0; i + keep_last < steps.size(); ++i) {
       if (steps[i] == step) continue;
@@ -155,6 +178,15 @@ std::string RunDir::save(int64_t step, const std::function<void(const std::strin
     }
   }
   return final_dir.string();
+}
+
+std::string run_dir_of(const std::string& path) {
+  std::error_code ec;
+  fs::path p = fs::path(path).lexically_normal();
+  if (p.filename().empty()) p = p.parent_path();
+  if (fs::exists(p / "latest", ec) || fs::is_directory(p / "checkpoints", ec)) return p.string();
+  if (p.parent_path().filename() == "checkpoints") return p.parent_path().parent_path().string();
+  return "";
 }
 
 std::string resolve_resume_dir(const std::string& path) {

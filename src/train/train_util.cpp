@@ -6,7 +6,9 @@
 #include <csignal>
 #include <cstdio>
 #include <filesystem>
+#include <fstream>
 #include <iomanip>
+#include <limits>
 #include <sstream>
 
 #include "aim/core/error.h"
@@ -86,6 +88,29 @@ int64_t accumulation_steps(const TrainConfig& train, int64_t world) {
   return train.global_batch / (micro * world);
 }
 
+void check_optimizer_steps(int64_t optimizer_steps, const TrainerState& state, const std::string& path) {
+  const int64_t expected = state.step - state.skipped_steps;
+  AIM_CHECK(optimizer_steps == expected,
+            str_cat(path, ": optimizer at step ", optimizer_steps, ", but trainer_state.json is at step ", state.step,
+                    state.skipped_steps > 0 ? str_cat(" with ", state.skipped_steps, " skipped") : std::string(),
+                    " (expected ", expected, " optimizer steps)"));
+}
+
+void continue_data_position(TrainerState& state, int64_t micro, int64_t world, const Say& say) {
+  if (state.step == 0 || state.micro_batch <= 0) return;
+  if (state.micro_batch == micro && state.world_size == world) return;
+  const int64_t used = state.batch * state.micro_batch * state.world_size;
+  const int64_t per_batch = micro * world;
+  const int64_t batch = (used + per_batch - 1) / per_batch;
+  const int64_t skipped = batch * per_batch - used;
+  say(str_cat("data: the checkpoint was written by ", state.world_size, " rank(s) x micro-batch ", state.micro_batch,
+              ", this run has ", world, " x ", micro, "; epoch ", state.epoch, " goes on after its first ", used,
+              " samples (micro-batch ", batch, " of each rank)",
+              skipped > 0 ? str_cat(", skipping ", skipped, " to reach a whole micro-batch of every rank")
+                          : std::string(", as an uninterrupted run would")));
+  state.batch = batch;
+}
+
 std::vector<torch::Tensor> tensors_of(const std::vector<NamedParam>& params) {
   std::vector<torch::Tensor> t;
   t.reserve(params.size());
@@ -121,7 +146,6 @@ bool skip_nonfinite_step(double loss, double grad_norm, double lr, const TrainCo
   }
   say(what + "; step skipped (train.skip_nonfinite)");
   ++state.skipped_steps;
-  ++state.step;
   return true;
 }
 
@@ -174,8 +198,63 @@ void end_session(DistContext& dist, const RunDir& run, const TrainerState& state
   }
 }
 
-MetricsLog::MetricsLog(const RunDir& run, bool main) {
-  if (main) out_.open((fs::path(run.path()) / "metrics.jsonl").string(), std::ios::app);
+void refuse_existing_run(DistContext& dist, const std::string& out_dir) {
+  std::string latest;
+  if (dist.is_main()) {
+    std::error_code ec;
+    if (fs::exists(fs::path(out_dir) / "latest", ec)) {
+      try {
+        const auto l = RunDir(out_dir).latest();
+        latest = l ? *l : "";
+      } catch (const std::exception&) {
+        latest = (fs::path(out_dir) / "latest").string() + " (unreadable)";
+      }
+    }
+  }
+  if (!dist.any_true(!latest.empty())) return;
+  throw Error(str_cat("train.out_dir ", out_dir, ": already holds a run", latest.empty() ? "" : " (latest checkpoint ",
+                      latest, latest.empty() ? "" : ")", "; a new run there would replace its checkpoints\n"
+                      "---> HINT: --resume ", out_dir, " to continue it, --out DIR for a new run, or remove it"));
+}
+
+void report_later_checkpoints(const RunDir& run, int64_t step, const Say& say) {
+  std::string later;
+  int64_t n = 0;
+  for (int64_t s : run.checkpoint_steps()) {
+    if (s <= step) continue;
+    later += str_cat(n++ == 0 ? "" : ", ", s);
+  }
+  if (n == 0) return;
+  say(str_cat("note: ", run.path(), " holds ", n, " checkpoint(s) past step ", step, " (step ", later,
+              ") from the run's earlier course; train.keep_last prunes them first"));
+}
+
+MetricsLog::MetricsLog(const RunDir& run, bool main, int64_t start_step) {
+  if (!main) return;
+  const fs::path path = fs::path(run.path()) / "metrics.jsonl";
+  std::error_code ec;
+  if (fs::exists(path, ec)) {
+    std::ifstream in(path);
+    std::string line, kept, moved;
+    while (std::getline(in, line)) {
+      int64_t step = -1;
+      try {
+        const auto j = nlohmann::json::parse(line);
+        if (j.contains("step") && j["step"].is_number_integer()) step = j["step"].get<int64_t>();
+      } catch (const std::exception&) {
+        // A line cut short by a crash: dropped with the steps after it.
+        step = std::numeric_limits<int64_t>::max();
+      }
+      (step > start_step ? moved : kept) += line + "\n";
+    }
+    if (!moved.empty()) {
+      const std::string aside = str_cat((fs::path(run.path()) / "metrics.after-step-").string(), start_step, ".jsonl");
+      if (fs::exists(aside, ec)) moved = read_text(aside) + moved;
+      write_text_atomic(aside, moved);
+      write_text_atomic(path.string(), kept);
+    }
+  }
+  out_.open(path.string(), std::ios::app);
 }
 
 void MetricsLog::write(const nlohmann::ordered_json& record) {

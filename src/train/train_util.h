@@ -41,6 +41,18 @@ void report_changed_settings(const Config& saved, const Config& now, const std::
 /// (train.micro_batch x world). Throws naming train.global_batch when that does not divide.
 int64_t accumulation_steps(const TrainConfig& train, int64_t world);
 
+/// On a resume: checks that the optimizer saved with the checkpoint (`path`) made
+/// state.step - state.skipped_steps steps. Throws naming the file otherwise.
+void check_optimizer_steps(int64_t optimizer_steps, const TrainerState& state, const std::string& path);
+
+/// On a resume with another micro-batch or rank count than the checkpoint's: moves state.batch
+/// (each rank's next micro-batch of the epoch) to where the same epoch's data continues. Ranks
+/// take every world-th entry of one permutation per epoch, so the samples used so far are its
+/// first state.batch x micro x world entries whatever the layout: with the same global batch the
+/// run goes on with the batches an uninterrupted run would have drawn; otherwise up to
+/// micro x world - 1 samples are skipped to reach a whole micro-batch of every rank (said).
+void continue_data_position(TrainerState& state, int64_t micro, int64_t world, const Say& say);
+
 /// The tensors of `params`, in order.
 std::vector<torch::Tensor> tensors_of(const std::vector<NamedParam>& params);
 
@@ -51,9 +63,10 @@ bool stop_before_step(DistContext& dist, const TrainOptions& options, int64_t se
                       TrainResult& result);
 
 /// A step whose loss or gradient norm is not finite: unless train.skip_nonfinite, throws an
-/// aim::Error that names the last good checkpoint in `run`; else reports it, counts it in
-/// `state` and advances state.step. Returns true when the step is to be skipped, false when
-/// both values are finite (nothing happens then).
+/// aim::Error that names the last good checkpoint in `run`; else reports it and counts it in
+/// state.skipped_steps (the caller leaves the weights and the optimizer as they are but advances
+/// state.step: the optimizer's own count is state.step - state.skipped_steps). Returns true when
+/// the step is to be skipped, false when both values are finite (nothing happens then).
 bool skip_nonfinite_step(double loss, double grad_norm, double lr, const TrainConfig& train,
                          const RunDir& run, TrainerState& state, const Say& say);
 
@@ -72,10 +85,23 @@ std::string save_checkpoint(DistContext& dist, RunDir& run, const Config& config
 void end_session(DistContext& dist, const RunDir& run, const TrainerState& state, Progress& progress,
                  const Say& say, TrainResult& result);
 
+/// A new run (no --resume) must not write into `out_dir` when it holds another run's checkpoint:
+/// its checkpoints would be replaced and pruned and its metrics mixed in. Throws naming the
+/// directory and its latest checkpoint. Collective (rank 0 looks).
+void refuse_existing_run(DistContext& dist, const std::string& out_dir);
+
+/// On a resume from checkpoint `step`: names the checkpoints of `run` past it (left by the run's
+/// earlier course; train.keep_last prunes them first).
+void report_later_checkpoints(const RunDir& run, int64_t step, const Say& say);
+
 /// <run>/metrics.jsonl, appended to by rank 0 (a no-op on the others), flushed per record.
 class MetricsLog {
  public:
-  MetricsLog(const RunDir& run, bool main);
+  /// `start_step`: the step the session starts from (0 for a new run). Records of later steps
+  /// (written after that checkpoint by an interrupted session, by a course resumed from
+  /// elsewhere, or by a run that stopped before its first checkpoint) move to
+  /// metrics.after-step-N.jsonl, so the log describes one course of the run.
+  MetricsLog(const RunDir& run, bool main, int64_t start_step);
   void write(const nlohmann::ordered_json& record);
 
  private:

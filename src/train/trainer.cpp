@@ -5,6 +5,7 @@
 #include <filesystem>
 #include <iomanip>
 #include <iostream>
+#include <limits>
 #include <memory>
 #include <nlohmann/json.hpp>
 #include <sstream>
@@ -80,8 +81,9 @@ LoadedVq load_tokenizer(const std::string& path) {
   return load_vq_model(path);
 }
 
-DataSource code_source(const std::string& path, const std::string& key, const ModelConfig& model,
-                       int64_t rank, int64_t world, int64_t micro, bool shuffle, uint64_t seed) {
+/// Opens the code dataset of config key `key` and checks that it fits `model`.
+std::shared_ptr<const CodeDataset> open_codes(const std::string& path, const std::string& key,
+                                              const ModelConfig& model) {
   std::error_code ec;
   if (!fs::exists(path, ec)) throw Error(str_cat(key, " ", path, ": no such file"));
   auto ds = std::make_shared<const CodeDataset>(path);
@@ -95,6 +97,14 @@ DataSource code_source(const std::string& path, const std::string& key, const Mo
   if (static_cast<int64_t>(info.classes.size()) > model.num_classes)
     throw Error(str_cat(key, " ", path, ": ", info.classes.size(), " classes, but "
                         "model.num_classes is ", model.num_classes));
+  if (ds->valid_indices().empty()) throw Error(str_cat(key, " ", path, ": no labelled image"));
+  return ds;
+}
+
+DataSource code_source(const std::string& path, const ModelConfig& model, int64_t rank, int64_t world,
+                       int64_t micro, bool shuffle, uint64_t seed) {
+  auto ds = open_codes(path, "data.codes", model);
+  const auto& info = ds->info();
   DataSource src;
   src.codes = ds;
   src.num_samples = static_cast<int64_t>(ds->valid_indices().size());
@@ -132,11 +142,17 @@ DataSource image_source(const Config& c, int64_t rank, int64_t world, torch::Dev
                              static_cast<uint64_t>(c.train.seed));
   src.batches_per_epoch = sampler.per_rank() / c.train.micro_batch;
   src.description = str_cat(c.data.images, ": ", src.num_samples, " images, ", list->classes.size(),
-                            " classes, encoded on the fly by ", c.vq.weights);
+                            " classes, random crops", c.data.aug == "flip" ? " and flips" : "",
+                            ", encoded on the fly by ", c.vq.weights);
+  if (c.data.aug == "tencrop")
+    throw Error("data.aug: 'tencrop' is a set of views extracted once (aim extract-codes --aug tencrop, "
+                "then data.codes); images read on the fly take a random crop each epoch\n---> HINT: "
+                "--set data.aug=none (the official trainer: no flip) or data.aug=flip (random flips)");
   ImageLoaderOptions o;
   o.batch_size = c.train.micro_batch;
   o.image_size = c.data.image_size;
   o.mid_ratio = c.data.crop_ratio;
+  o.hflip = c.data.aug == "flip";
   o.threads = c.data.num_workers;
   o.seed = static_cast<uint64_t>(c.train.seed);
   src.open = [list, vq, device, sampler, o](int64_t epoch, int64_t start) -> std::unique_ptr<BatchStream> {
@@ -191,6 +207,7 @@ TrainResult run_training(const Config& config_in, const TrainOptions& options) {
 
   // ---- resume: the checkpoint's configuration rules the model.
   const std::string resume_dir = resume_dir_for(options.resume, config.train.out_dir);
+  if (resume_dir.empty()) refuse_existing_run(dist, config.train.out_dir);
   TrainerState state;
   if (!resume_dir.empty()) {
     const auto saved = load_config((fs::path(resume_dir) / "config.yaml").string());
@@ -208,8 +225,16 @@ TrainResult run_training(const Config& config_in, const TrainOptions& options) {
   // ---- data
   DataSource data;
   if (!config.data.codes.empty()) {
-    data = code_source(config.data.codes, "data.codes", config.model, rank, world, micro,
-                       config.data.shuffle, static_cast<uint64_t>(config.train.seed));
+    data = code_source(config.data.codes, config.model, rank, world, micro, config.data.shuffle,
+                       static_cast<uint64_t>(config.train.seed));
+    // data.aug declares the recipe (the run's config.yaml records it): codes made otherwise would
+    // train another one under its name.
+    const std::string& made = data.codes->info().aug;
+    if (!config.data.aug.empty() && made != config.data.aug)
+      throw Error(str_cat("data.aug: expected '", config.data.aug, "' (the config), but data.codes ",
+                          config.data.codes, " holds '", made, "' views\n---> HINT: extract with aim "
+                          "extract-codes --aug ", config.data.aug, ", or --set data.aug=", made,
+                          " (or data.aug= to take the codes as they are)"));
   } else if (!config.data.images.empty()) {
     data = image_source(config, rank, world, device);
   } else {
@@ -227,6 +252,8 @@ TrainResult run_training(const Config& config_in, const TrainOptions& options) {
   torch::manual_seed(static_cast<uint64_t>(config.train.seed));
   AimModel model(config.model);
   if (!options.init.empty() && resume_dir.empty()) init_from_checkpoint(model, options, verbose);
+  if (!options.init.empty() && !resume_dir.empty())
+    say(str_cat("note: --init ", options.init, " is not used: resuming from ", resume_dir, " (its weights)"));
   if (!resume_dir.empty()) {
     const std::string w = (fs::path(resume_dir) / "model.safetensors").string();
     load_official_state_dict(model, SafetensorsFile(w).load_all(), w);
@@ -248,26 +275,29 @@ TrainResult run_training(const Config& config_in, const TrainOptions& options) {
     if (!resume_dir.empty() && fs::exists(e)) {
       load_official_state_dict(ema->model(), SafetensorsFile(e).load_all(), e);
       ema->model()->to(device);
+    } else if (!resume_dir.empty()) {
+      // A run that kept an EMA lost it; one that did not starts it now (said).
+      const auto saved = load_config((fs::path(resume_dir) / "config.yaml").string());
+      AIM_CHECK(!saved.train.ema, e, ": missing, but the checkpoint's run keeps an EMA (train.ema true)\n"
+                "---> HINT: resume from an earlier checkpoint that has it, or --set train.ema=false");
+      say(str_cat("EMA: starts at step ", state.step, " from the current weights (the checkpoint's run had none)"));
     }
   }
   if (!resume_dir.empty()) {
     const std::string o = (fs::path(resume_dir) / "optimizer.safetensors").string();
     SafetensorsFile f(o);
     optimizer.load_state(f.load_all(), f.metadata(), o);
-    AIM_CHECK(optimizer.steps() == state.step,
-              str_cat(o, ": optimizer at step ", optimizer.steps(), " but trainer_state.json at step ",
-                      state.step));
+    check_optimizer_steps(optimizer.steps(), state, o);
   }
   GradSync grad_sync(param_tensors, dist);
 
   // ---- validation data, tokenizer for sample grids
-  std::optional<DataSource> val;
+  std::shared_ptr<const CodeDataset> val;
   if (!config.data.val_codes.empty() && config.train.eval_every > 0)
-    val = code_source(config.data.val_codes, "data.val_codes", config.model, rank, world, micro,
-                      /*shuffle=*/false, 0);
+    val = open_codes(config.data.val_codes, "data.val_codes", config.model);
   if (val && data.codes) {
     // Held-out codes of another tokenizer or image size would give a loss that measures nothing.
-    const auto &t = data.codes->info(), &v = val->codes->info();
+    const auto &t = data.codes->info(), &v = val->info();
     AIM_CHECK(v.tokenizer == t.tokenizer && v.image_size == t.image_size, "data.val_codes ",
               config.data.val_codes, ": codes of ", v.image_size, " px images by tokenizer ", v.tokenizer,
               ", but data.codes ", config.data.codes, " holds codes of ", t.image_size, " px images by ",
@@ -292,7 +322,8 @@ TrainResult run_training(const Config& config_in, const TrainOptions& options) {
   // ---- run directory
   RunDir run(config.train.out_dir);
   if (main) write_text_atomic((fs::path(run.path()) / "config.yaml").string(), config_to_yaml(config));
-  MetricsLog metrics(run, main);
+  MetricsLog metrics(run, main, resume_dir.empty() ? 0 : state.step);
+  if (!resume_dir.empty()) report_later_checkpoints(run, state.step, say);
 
   const Precision precision = resolve_precision(config.train.precision, device);
   const bool bf16 = precision.bf16;
@@ -302,9 +333,10 @@ TrainResult run_training(const Config& config_in, const TrainOptions& options) {
   const double flops_per_image = training_flops_per_image(config.model);
   const int64_t tokens_per_image = config.model.num_tokens;
 
-  if (state.step > 0 && state.world_size != world)
-    say(str_cat("warning: the checkpoint was written by ", state.world_size, " ranks, this run has ",
-                world, ": the data order differs from an uninterrupted run from here on"));
+  if (state.step > 0 && state.data_samples > 0 && state.data_samples != data.num_samples)
+    say(str_cat("warning: the checkpoint's run trained on ", state.data_samples, " images, the data now holds ",
+                data.num_samples, ": epoch ", state.epoch, " goes on in another order, at the same position"));
+  continue_data_position(state, micro, world, say);
   if (state.step > 0 && state.global_batch != config.train.global_batch)
     say(str_cat("warning: train.global_batch changed from ", state.global_batch, " to ",
                 config.train.global_batch, " since the checkpoint"));
@@ -392,24 +424,31 @@ TrainResult run_training(const Config& config_in, const TrainOptions& options) {
     say(str_cat("samples: ", path, " (", ema ? "EMA" : "model", ", cfg ", so.cfg, ")"));
   };
 
+  // The mean token loss over every labelled held-out image (view 0, as aim eval-loss takes by
+  // default), ranks taking every world-th image; train.eval_batches caps each rank's micro-batches.
   auto held_out_loss = [&]() -> double {
     model->eval();
+    const auto& valid = val->valid_indices();
+    std::vector<int64_t> mine;
+    for (size_t k = static_cast<size_t>(rank); k < valid.size(); k += static_cast<size_t>(world)) mine.push_back(valid[k]);
+    if (config.train.eval_batches > 0)
+      mine.resize(std::min<size_t>(mine.size(), static_cast<size_t>(config.train.eval_batches * micro)));
     double sum = 0.0;
-    int64_t n = 0;
     {
       torch::NoGradGuard ng;
-      auto stream = val->open(0, 0);
-      const int64_t limit = config.train.eval_batches > 0 ? config.train.eval_batches : val->batches_per_epoch;
-      while (n < limit) {
-        auto b = stream->next();
-        if (!b) break;
+      torch::Tensor codes, labels;
+      for (size_t first = 0; first < mine.size(); first += static_cast<size_t>(micro)) {
+        const size_t last = std::min(mine.size(), first + static_cast<size_t>(micro));
+        const std::vector<int64_t> idx(mine.begin() + static_cast<std::ptrdiff_t>(first),
+                                       mine.begin() + static_cast<std::ptrdiff_t>(last));
+        val->gather(idx, std::vector<int64_t>(idx.size(), 0), codes, labels);
         AutocastScope ac(bf16, device.type());
-        sum += model->loss(b->codes.to(device), b->labels.to(device)).item<double>();
-        ++n;
+        sum += model->loss(codes.to(device), labels.to(device)).item<double>() * static_cast<double>(idx.size());
       }
     }
     model->train();
-    return dist.all_reduce(n > 0 ? sum / static_cast<double>(n) : 0.0, ReduceOp::kMean);
+    const double images = dist.all_reduce(static_cast<double>(mine.size()));
+    return dist.all_reduce(sum) / images;
   };
 
   // ---- the loop
@@ -425,6 +464,7 @@ TrainResult run_training(const Config& config_in, const TrainOptions& options) {
   state.global_batch = config.train.global_batch;
   state.micro_batch = micro;
   state.seed = config.train.seed;
+  state.data_samples = data.num_samples;
 
   Progress progress("train", total_steps, "step", verbose, 0.0);
   progress.resume_at(state.step);
@@ -432,8 +472,6 @@ TrainResult run_training(const Config& config_in, const TrainOptions& options) {
   const double elapsed_before = state.elapsed_s;
   auto window_start = std::chrono::steady_clock::now();
   int64_t window_steps = 0;
-  double window_loss = 0.0;
-  int64_t window_loss_n = 0;
   if (device.is_cuda()) {
 #ifdef AIM_WITH_CUDA
     cuda_reset_peak_memory(device.index());
@@ -441,6 +479,9 @@ TrainResult run_training(const Config& config_in, const TrainOptions& options) {
   }
 
   const int64_t session_start = state.step;
+  if (state.step >= total_steps && state.step > 0)
+    say(str_cat("the checkpoint is at step ", state.step, ", the run's end is step ", total_steps,
+                ": no step to take\n---> HINT: raise train.max_steps or train.epochs to train on"));
   while (state.step < total_steps) {
     if (stop_before_step(dist, options, state.step - session_start, result)) break;
     // An epoch's leftover micro-batches (fewer than one accumulation) are skipped.
@@ -469,15 +510,18 @@ TrainResult run_training(const Config& config_in, const TrainOptions& options) {
     const double loss_value = dist.all_reduce(loss_sum.item<double>() / static_cast<double>(accum), ReduceOp::kMean);
     const double gnorm = grad_norm(params);
     const double lr = peak_lr * lr_factor(config.schedule, state.step, total_steps);
-    if (skip_nonfinite_step(loss_value, gnorm, lr, config.train, run, state, say)) continue;
-    clip_gradients(params, gnorm, config.optim.grad_clip);
-    optimizer.step(lr);
-    if (ema) ema->update(model);
+    // A skipped step leaves the weights, the optimizer and the EMA as they are, but counts as a
+    // step (the schedule and the data move on) and is logged, evaluated and saved like any other.
+    if (!skip_nonfinite_step(loss_value, gnorm, lr, config.train, run, state, say)) {
+      clip_gradients(params, gnorm, config.optim.grad_clip);
+      optimizer.step(lr);
+      if (ema) ema->update(model);
+      state.loss = loss_value;
+      state.log_loss_sum += loss_value;
+      ++state.log_loss_count;
+    }
     ++state.step;
-    state.loss = loss_value;
     ++window_steps;
-    window_loss += loss_value;
-    ++window_loss_n;
 
     const bool last = state.step == total_steps;
     if (state.step % config.train.log_every == 0 || last) {
@@ -487,7 +531,10 @@ TrainResult run_training(const Config& config_in, const TrainOptions& options) {
       const double tok_s = img_s * static_cast<double>(tokens_per_image);
       const double mfu = peak_tflops > 0 ? img_s * flops_per_image / (peak_tflops * 1e12 * world) : 0.0;
       const double epoch_f = static_cast<double>(state.step) / static_cast<double>(steps_per_epoch);
-      const double mean_loss = window_loss / std::max<int64_t>(1, window_loss_n);
+      // Over the steps since the last log line, a resume's before the stop included.
+      const double mean_loss = state.log_loss_count > 0
+                                   ? state.log_loss_sum / static_cast<double>(state.log_loss_count)
+                                   : std::numeric_limits<double>::quiet_NaN();
       state.elapsed_s = elapsed_before + std::chrono::duration<double>(now - t_start).count();
       int64_t peak_mem = 0;
 #ifdef AIM_WITH_CUDA
@@ -507,6 +554,7 @@ TrainResult run_training(const Config& config_in, const TrainOptions& options) {
         if (peak_mem > 0) j["peak_memory_gb"] = static_cast<double>(peak_mem) / 1e9;
         j["elapsed_s"] = state.elapsed_s;
         j["world_size"] = world;
+        if (state.skipped_steps > 0) j["skipped_steps"] = state.skipped_steps;
         metrics.write(j);
       }
       std::ostringstream extra;
@@ -519,8 +567,8 @@ TrainResult run_training(const Config& config_in, const TrainOptions& options) {
       progress.update(window_steps, extra.str());
       window_start = now;
       window_steps = 0;
-      window_loss = 0.0;
-      window_loss_n = 0;
+      state.log_loss_sum = 0.0;
+      state.log_loss_count = 0;
     }
     if (val && (state.step % config.train.eval_every == 0 || last)) {
       const double vl = held_out_loss();

@@ -5,6 +5,7 @@
 #include <filesystem>
 #include <iomanip>
 #include <iostream>
+#include <limits>
 #include <memory>
 #include <nlohmann/json.hpp>
 #include <sstream>
@@ -84,12 +85,16 @@ VqTrainResult run_vq_training(const Config& config_in, const TrainOptions& optio
   };
   const VqTrainConfig& vt = config.vq_train;
   if (config.train.ema) throw Error("train.ema: not supported by aim train-vq (expected false, found true)");
+  if (!config.data.aug.empty())
+    throw Error(str_cat("data.aug: not used by aim train-vq (expected empty, found '", config.data.aug,
+                        "')\n---> HINT: the tokenizer's random flips are vq_train.hflip"));
   if (config.train.recompute_every != 0)
     throw Error(str_cat("train.recompute_every: not supported by aim train-vq (expected 0, found ",
                         config.train.recompute_every, ")"));
 
   // ---- resume
   const std::string resume_dir = resume_dir_for(options.resume, config.train.out_dir);
+  if (resume_dir.empty()) refuse_existing_run(dist, config.train.out_dir);
   TrainerState state;
   if (!resume_dir.empty()) {
     const auto saved = load_config((fs::path(resume_dir) / "config.yaml").string(), {}, ConfigUse::kTokenizer);
@@ -142,6 +147,8 @@ VqTrainResult run_vq_training(const Config& config_in, const TrainOptions& optio
     load_vq_state_dict(model, std::map<std::string, torch::Tensor>(sd.begin(), sd.end()), options.init);
     say(str_cat("init: tokenizer weights from ", options.init));
   }
+  if (!options.init.empty() && !resume_dir.empty())
+    say(str_cat("note: --init ", options.init, " is not used: resuming from ", resume_dir, " (its weights)"));
   if (!resume_dir.empty()) {
     const std::string w = (fs::path(resume_dir) / "model.safetensors").string();
     load_vq_state_dict(model, SafetensorsFile(w).load_all(), w);
@@ -172,8 +179,7 @@ VqTrainResult run_vq_training(const Config& config_in, const TrainOptions& optio
     const std::string o = (fs::path(resume_dir) / "optimizer.safetensors").string();
     SafetensorsFile f(o);
     optimizer.load_state(f.load_all(), f.metadata(), o);
-    AIM_CHECK(optimizer.steps() == state.step, str_cat(o, ": optimizer at step ", optimizer.steps(),
-                                                         " but trainer_state.json at step ", state.step));
+    check_optimizer_steps(optimizer.steps(), state, o);
     const std::string d = (fs::path(resume_dir) / "disc_optimizer.safetensors").string();
     if (use_disc && fs::exists(d)) {
       SafetensorsFile fd(d);
@@ -182,7 +188,7 @@ VqTrainResult run_vq_training(const Config& config_in, const TrainOptions& optio
   }
   // Per-code use since the last dead-code restart (vq_train.restart_every), all ranks.
   auto code_counts = torch::zeros({config.vq.codebook_size}, torch::TensorOptions().dtype(torch::kLong).device(device));
-  if (!resume_dir.empty() && vt.restart_every > 0) {
+  if (!resume_dir.empty() && vt.restart_every > 0 && main) {
     const std::string c = (fs::path(resume_dir) / "code_counts.safetensors").string();
     if (fs::exists(c)) code_counts.copy_(SafetensorsFile(c).get("code_counts"));
   }
@@ -193,7 +199,8 @@ VqTrainResult run_vq_training(const Config& config_in, const TrainOptions& optio
   // ---- run directory
   RunDir run(config.train.out_dir);
   if (main) write_text_atomic((fs::path(run.path()) / "config.yaml").string(), config_to_yaml(config));
-  MetricsLog metrics(run, main);
+  MetricsLog metrics(run, main, resume_dir.empty() ? 0 : state.step);
+  if (!resume_dir.empty()) report_later_checkpoints(run, state.step, say);
   torch::Tensor fixed;
   if (main) fixed = grid_images(*list, vt.eval_images, config.data.image_size, config.data.crop_ratio);
 
@@ -244,6 +251,13 @@ VqTrainResult run_vq_training(const Config& config_in, const TrainOptions& optio
   result.total_steps = total_steps;
   int64_t last_saved = resume_dir.empty() ? -1 : state.step;
   auto save = [&]() {
+    // Each rank counts its own codes since the last restart; the checkpoint keeps their sum
+    // (a resume gives it to rank 0), which is all a restart reads.
+    torch::Tensor counts_total;
+    if (vt.restart_every > 0) {
+      counts_total = code_counts.clone();
+      dist.all_reduce_(counts_total, ReduceOp::kSum);
+    }
     result.checkpoint = save_checkpoint(dist, run, config, state, param_tensors, [&](const std::string& dir) {
       save_safetensors((fs::path(dir) / "model.safetensors").string(), vq_state_dict(model), {{"format", "pt"}});
       save_safetensors((fs::path(dir) / "optimizer.safetensors").string(), optimizer.state_tensors(),
@@ -256,7 +270,7 @@ VqTrainResult run_vq_training(const Config& config_in, const TrainOptions& optio
       }
       if (vt.restart_every > 0)
         save_safetensors((fs::path(dir) / "code_counts.safetensors").string(),
-                         {{"code_counts", code_counts.to(torch::kCPU)}}, {});
+                         {{"code_counts", counts_total.to(torch::kCPU)}}, {});
     }, say);
     last_saved = state.step;
   };
@@ -309,10 +323,15 @@ VqTrainResult run_vq_training(const Config& config_in, const TrainOptions& optio
     ++state.batch;
     return std::move(*b);
   };
+  if (state.step > 0 && state.data_samples > 0 && state.data_samples != num_samples)
+    say(str_cat("warning: the checkpoint's run trained on ", state.data_samples, " images, the data now holds ",
+                num_samples, ": epoch ", state.epoch, " goes on in another order, at the same position"));
+  continue_data_position(state, micro, world, say);
   state.world_size = world;
   state.global_batch = config.train.global_batch;
   state.micro_batch = micro;
   state.seed = config.train.seed;
+  state.data_samples = num_samples;
 
   Progress progress("train-vq", total_steps, "step", verbose, 0.0);
   progress.resume_at(state.step);
@@ -320,11 +339,15 @@ VqTrainResult run_vq_training(const Config& config_in, const TrainOptions& optio
   const double elapsed_before = state.elapsed_s;
   auto window_start = t_start;
   int64_t window_steps = 0;
+  int64_t window_good = 0;      // steps since the last log line that were not skipped
   int64_t window_restarts = 0;  // codes restarted since the last log line
   // Window sums of: loss, l1, l2, codebook, commit, entropy, gen, disc, psnr, ssim.
   constexpr int kTerms = 10;
   std::array<double, kTerms> window{};
   const int64_t session_start = state.step;
+  if (state.step >= total_steps && state.step > 0)
+    say(str_cat("the checkpoint is at step ", state.step, ", the run's end is step ", total_steps,
+                ": no step to take\n---> HINT: raise train.max_steps or train.epochs to train on"));
   while (state.step < total_steps) {
     if (stop_before_step(dist, options, state.step - session_start, result)) break;
     if (state.batch + accum > batches_per_epoch) {
@@ -411,16 +434,21 @@ VqTrainResult run_vq_training(const Config& config_in, const TrainOptions& optio
     const double loss_value = v[0];
     const double gnorm = grad_norm(params);
     const double lr = peak_lr * lr_factor(config.schedule, state.step, total_steps);
-    if (skip_nonfinite_step(loss_value, gnorm, lr, config.train, run, state, say)) continue;
-    clip_gradients(params, gnorm, config.optim.grad_clip);
-    optimizer.step(lr);
-    if (adversarial) {
-      const double dn = grad_norm(disc_params);
-      clip_gradients(disc_params, dn, config.optim.grad_clip);
-      disc_optimizer->step(disc_peak_lr * lr_factor(config.schedule, state.step, total_steps));
+    // A skipped step leaves the weights and optimizers as they are but counts as a step (logged,
+    // saved, and the restart schedule goes on).
+    if (!skip_nonfinite_step(loss_value, gnorm, lr, config.train, run, state, say)) {
+      clip_gradients(params, gnorm, config.optim.grad_clip);
+      optimizer.step(lr);
+      if (adversarial) {
+        const double dn = grad_norm(disc_params);
+        clip_gradients(disc_params, dn, config.optim.grad_clip);
+        disc_optimizer->step(disc_peak_lr * lr_factor(config.schedule, state.step, total_steps));
+      }
+      state.loss = loss_value;
+      for (size_t i = 0; i < kTerms; ++i) window[i] += v[i];
+      ++window_good;
     }
     ++state.step;
-    state.loss = loss_value;
     ++window_steps;
     if (vt.restart_every > 0 && state.step % vt.restart_every == 0) {
       // Codes no rank used since the last restart take rank 0's current encoder vectors.
@@ -431,7 +459,6 @@ VqTrainResult run_vq_training(const Config& config_in, const TrainOptions& optio
       code_counts.zero_();
       window_restarts += restarted;
     }
-    for (size_t i = 0; i < kTerms; ++i) window[i] += v[i];
 
     const bool last = state.step == total_steps;
     if (state.step % config.train.log_every == 0 || last) {
@@ -440,7 +467,8 @@ VqTrainResult run_vq_training(const Config& config_in, const TrainOptions& optio
       const double img_s = dt > 0 ? static_cast<double>(window_steps * config.train.global_batch) / dt : 0.0;
       const double mfu = peak_tflops > 0 ? img_s * flops_per_image / (peak_tflops * 1e12 * world) : 0.0;
       std::array<double, kTerms> m{};
-      for (size_t i = 0; i < kTerms; ++i) m[i] = window[i] / static_cast<double>(std::max<int64_t>(1, window_steps));
+      for (size_t i = 0; i < kTerms; ++i)
+        m[i] = window_good > 0 ? window[i] / static_cast<double>(window_good) : std::numeric_limits<double>::quiet_NaN();
       state.elapsed_s = elapsed_before + std::chrono::duration<double>(now - t_start).count();
       const double epoch_f = static_cast<double>(state.step) / static_cast<double>(steps_per_epoch);
       {
@@ -468,6 +496,7 @@ VqTrainResult run_vq_training(const Config& config_in, const TrainOptions& optio
         if (peak_tflops > 0) j["mfu"] = mfu;
         j["elapsed_s"] = state.elapsed_s;
         j["world_size"] = world;
+        if (state.skipped_steps > 0) j["skipped_steps"] = state.skipped_steps;
         metrics.write(j);
       }
       std::ostringstream extra;
@@ -482,6 +511,7 @@ VqTrainResult run_vq_training(const Config& config_in, const TrainOptions& optio
       progress.update(window_steps, extra.str());
       window_start = now;
       window_steps = 0;
+      window_good = 0;
       window_restarts = 0;
       window.fill(0.0);
     }

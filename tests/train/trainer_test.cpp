@@ -3,6 +3,8 @@
 #include <csignal>
 #include <filesystem>
 #include <fstream>
+#include <map>
+#include <nlohmann/json.hpp>
 
 #include "aim/core/config.h"
 #include "aim/core/fileio.h"
@@ -10,6 +12,7 @@
 #include "aim/data/code_dataset.h"
 #include "aim/data/image.h"
 #include "aim/data/synthetic.h"
+#include "aim/eval/code_loss.h"
 #include "aim/model/loader.h"
 #include "aim/train/precision.h"
 #include "aim/train/run_dir.h"
@@ -77,6 +80,21 @@ void expect_bitwise_equal(const std::map<std::string, torch::Tensor>& a,
   std::printf("    %s: %zu tensors, %lld differ\n", what.c_str(), a.size(), static_cast<long long>(differing));
 }
 
+/// The training records of a run's metrics.jsonl: step -> logged loss (each step once).
+std::map<int64_t, double> logged_losses(const std::string& run_dir) {
+  std::map<int64_t, double> out;
+  std::ifstream in(fs::path(run_dir) / "metrics.jsonl");
+  std::string line;
+  while (std::getline(in, line)) {
+    const auto j = nlohmann::json::parse(line);
+    if (j.value("kind", "") != "train") continue;
+    const auto step = j.at("step").get<int64_t>();
+    EXPECT_EQ(out.count(step), 0u) << run_dir << ": step " << step << " logged twice";
+    out[step] = j.at("loss").is_number() ? j.at("loss").get<double>() : std::nan("");
+  }
+  return out;
+}
+
 TEST_F(TrainerTest, LossFallsOnSyntheticCodes) {
   TrainOptions o;
   o.quiet = true;
@@ -105,8 +123,10 @@ TEST_F(TrainerTest, LossFallsOnSyntheticCodes) {
 TEST_F(TrainerTest, ResumeContinuesBitwiseIdentically) {
   // Class dropout, token dropout, EMA, a linear schedule and an epoch boundary (5 steps/epoch)
   // all in play; 4 steps + resume to 7 must equal 7 steps straight.
+  // Logged every 3 steps, so the stop at 4 splits a logging window: the resumed run's line for
+  // steps 4-6 must average the same losses.
   const std::vector<std::string> sets = {"train.max_steps=7", "model.token_drop=0.1", "train.ema=true",
-                                         "train.ema_decay=0.9", "optim.lr=2e-3"};
+                                         "train.ema_decay=0.9", "optim.lr=2e-3", "train.log_every=3"};
   TrainOptions o;
   o.quiet = true;
   const auto straight = run_training(config(run("straight"), sets), o);
@@ -126,6 +146,9 @@ TEST_F(TrainerTest, ResumeContinuesBitwiseIdentically) {
   EXPECT_EQ(s1.epoch, s2.epoch);
   EXPECT_EQ(s1.batch, s2.batch);
   EXPECT_EQ(s1.samples_seen, s2.samples_seen);
+  const auto a = logged_losses(run("straight")), b = logged_losses(run("resumed"));
+  EXPECT_EQ(a, b);
+  EXPECT_EQ(a.size(), 3u);  // steps 3, 6, 7
 }
 
 TEST_F(TrainerTest, AResumeNamesTheSettingsChangedSinceTheCheckpoint) {
@@ -271,6 +294,19 @@ TEST_F(TrainerTest, TrainsFromImagesEncodedOnTheFly) {
     run_training(config(run("img2"), {"data.codes=", "data.images=" + (dir_ / "images").string()}), o);
   });
   EXPECT_NE(msg.find("set vq.weights"), std::string::npos) << msg;
+  // data.aug: flips on the fly; ten crops exist only as extracted codes.
+  const std::string vq = "vq.weights=" + (test::fixtures_dir() / "vq/vq16_tiny/model.safetensors").string();
+  const auto flipped = run_training(config(run("img3"), {"data.codes=", "data.images=" + (dir_ / "images").string(), vq,
+                                                         "data.aug=flip", "train.global_batch=4",
+                                                         "train.micro_batch=2", "train.max_steps=1"}),
+                                    o);
+  EXPECT_EQ(flipped.steps, 1);
+  const auto tencrop = test::error_of([&] {
+    run_training(config(run("img4"), {"data.codes=", "data.images=" + (dir_ / "images").string(), vq,
+                                      "data.aug=tencrop"}),
+                 o);
+  });
+  EXPECT_NE(tencrop.find("data.aug: 'tencrop' is a set of views extracted once"), std::string::npos) << tencrop;
 }
 
 TEST_F(TrainerTest, InitFromAnOfficialSnapshotAndAnotherClassCount) {
@@ -335,6 +371,12 @@ TEST_F(TrainerTest, ConfigurationErrorsNameTheKey) {
   EXPECT_NE(msg.find("model.vocab_size is 256"), std::string::npos) << msg;
   msg = test::error_of([&] { run_training(config(run("e5"), {"model.num_classes=5"}), o); });
   EXPECT_NE(msg.find("model.num_classes is 5"), std::string::npos) << msg;
+  // The config's data.aug names the views the codes must hold (the synthetic codes have one).
+  msg = test::error_of([&] { run_training(config(run("e6"), {"data.aug=tencrop"}), o); });
+  EXPECT_NE(msg.find("data.aug: expected 'tencrop' (the config), but data.codes " + codes() + " holds 'none' views"),
+            std::string::npos)
+      << msg;
+  EXPECT_EQ(run_training(config(run("e7"), {"data.aug=none", "train.max_steps=1"}), o).steps, 1);
 }
 
 TEST_F(TrainerTest, SigtermSavesAResumableCheckpointAndExitsZero) {
@@ -376,10 +418,102 @@ TEST_F(TrainerTest, NonFiniteLossStopsAndKeepsTheLastGoodCheckpoint) {
   for (const auto& [k, v] : load(*latest, "model.safetensors"))
     EXPECT_TRUE(torch::isfinite(v).all().item<bool>()) << k;
   // With skip_nonfinite the run goes on, counting the skipped steps.
+  // A skipped step is still a step: checkpointed when due, and a checkpoint after one resumes
+  // (the optimizer made fewer steps than the trainer counts).
   const auto s = test::run_shell(aim("train " + tiny() + " " + cli_sets(run("skip")) +
-                                     " --set train.max_steps=4 --set optim.lr=1e30 --set train.skip_nonfinite=true"));
+                                     " --set train.max_steps=4 --set optim.lr=1e30 --set train.skip_nonfinite=true"
+                                     " --set train.ckpt_every=3 --set train.keep_last=2"));
   EXPECT_EQ(s.code, 0) << s.output;
   EXPECT_NE(s.output.find("step skipped"), std::string::npos) << s.output;
+  EXPECT_EQ(RunDir(run("skip")).checkpoint_steps(), (std::vector<int64_t>{3, 4}));
+  const auto skipped = TrainerState::from_json(read_text(*RunDir(run("skip")).latest() + "/trainer_state.json"), "s");
+  EXPECT_GE(skipped.skipped_steps, 1);
+  const auto more = test::run_shell(aim("train --resume " + run("skip") + " --set train.max_steps=6"));
+  EXPECT_EQ(more.code, 0) << more.output;
+  EXPECT_NE(more.output.find("finished at step 6"), std::string::npos) << more.output;
+}
+
+TEST_F(TrainerTest, AResumeWithAnotherMicroBatchGoesOnWhereTheEpochStopped) {
+  // 40 sequences, global batch 8: 5 steps per epoch. Stopped at step 3 (micro 4: 6 micro-batches
+  // done), resumed with micro 2: the epoch goes on after its first 24 samples (micro-batch 12).
+  TrainOptions o;
+  o.quiet = true;
+  const auto straight = run_training(config(run("straight"), {"train.max_steps=7"}), o);
+  o.stop_after = 3;
+  run_training(config(run("mb"), {"train.max_steps=7"}), o);
+  o.stop_after = 0;
+  o.resume = "auto";
+  const auto resumed = run_training(config(run("mb"), {"train.max_steps=7", "train.micro_batch=2"}), o);
+  const auto a = TrainerState::from_json(read_text(straight.checkpoint + "/trainer_state.json"), "a");
+  const auto b = TrainerState::from_json(read_text(resumed.checkpoint + "/trainer_state.json"), "b");
+  EXPECT_EQ(a.epoch, 1);
+  EXPECT_EQ(b.epoch, a.epoch);
+  EXPECT_EQ(b.batch * b.micro_batch, a.batch * a.micro_batch);  // the same samples of epoch 1 used
+  EXPECT_EQ(b.samples_seen, a.samples_seen);
+  EXPECT_EQ(b.data_samples, 40);
+}
+
+TEST_F(TrainerTest, HeldOutLossCoversEveryImageEvenFewerThanABatch) {
+  // 3 held-out images with micro-batches of 4: every image counts, and the figure is the mean
+  // token loss aim eval-loss gives for the saved weights (view 0).
+  SyntheticCodesOptions vo;
+  vo.classes = 3;
+  vo.per_class = 1;
+  vo.tokens = 64;
+  vo.vocab_size = 512;
+  vo.seed = 99;
+  const std::string val = (dir_ / "val.codes").string();
+  write_synthetic_codes(val, vo);
+  TrainOptions o;
+  o.quiet = true;
+  run_training(config(run("val3"), {"data.val_codes=" + val, "train.eval_every=3"}), o);
+  double logged = -1;
+  std::ifstream in(fs::path(run("val3")) / "metrics.jsonl");
+  for (std::string line; std::getline(in, line);) {
+    const auto j = nlohmann::json::parse(line);
+    if (j.value("kind", "") == "eval" && j.at("step").get<int64_t>() == 6) logged = j.at("val_loss").get<double>();
+  }
+  auto model = load_aim_model(find_checkpoint(run("val3")));
+  model->eval();
+  CodeDataset data(val);
+  const auto expected = evaluate_code_loss(model, data, {});
+  EXPECT_EQ(expected.images, 3);
+  EXPECT_NEAR(logged, expected.nll, 1e-5 * expected.nll);
+}
+
+TEST_F(TrainerTest, ARunDirectoryIsContinuedOrLeftAlone) {
+  const std::string out = run("course");
+  auto go = [&](const std::string& args) { return test::run_shell(aim("train " + args)); };
+  ASSERT_EQ(go(tiny() + " " + cli_sets(out) + " --set train.max_steps=6 --set train.ckpt_every=2 --set train.keep_last=3")
+                .code,
+            0);
+  // A new run into it is refused, naming the run that is there.
+  const auto again = go(tiny() + " " + cli_sets(out) + " --set train.max_steps=6 --set train.seed=5");
+  EXPECT_EQ(again.code, 1) << again.output;
+  EXPECT_NE(again.output.find("train.out_dir " + out + ": already holds a run (latest checkpoint "),
+            std::string::npos) << again.output;
+  // Resumed from an earlier checkpoint: the later one is named, metrics past step 4 are moved
+  // aside, and the log then holds each step once.
+  const auto branch = go("--resume " + out + "/checkpoints/step-00000004 --set train.max_steps=7");
+  EXPECT_EQ(branch.code, 0) << branch.output;
+  EXPECT_NE(branch.output.find("holds 1 checkpoint(s) past step 4 (step 6)"), std::string::npos) << branch.output;
+  EXPECT_TRUE(fs::exists(fs::path(out) / "metrics.after-step-4.jsonl"));
+  EXPECT_EQ(logged_losses(out).size(), 7u);
+  // A moved run goes on where it now is, whatever its config.yaml says train.out_dir was.
+  const std::string moved = run("moved");
+  fs::rename(out, moved);
+  const auto m = go("--resume " + moved + " --set train.max_steps=8");
+  EXPECT_EQ(m.code, 0) << m.output;
+  EXPECT_FALSE(fs::exists(out));
+  EXPECT_EQ(fs::path(RunDir(moved).latest().value()).filename(), "step-00000008");
+  // A run whose EMA file is gone is refused rather than restarting the EMA unsaid.
+  const std::string ema_run = run("ema");
+  ASSERT_EQ(go(tiny() + " " + cli_sets(ema_run) + " --set train.max_steps=2 --set train.ema=true").code, 0);
+  fs::remove(fs::path(*RunDir(ema_run).latest()) / "ema.safetensors");
+  const auto lost = go("--resume " + ema_run + " --set train.max_steps=3");
+  EXPECT_EQ(lost.code, 1) << lost.output;
+  EXPECT_NE(lost.output.find("ema.safetensors: missing, but the checkpoint's run keeps an EMA"), std::string::npos)
+      << lost.output;
 }
 
 TEST_F(TrainerTest, AFullDiskKeepsThePreviousCheckpoint) {

@@ -333,6 +333,17 @@ TEST_F(TrainVqTest, TwoRanksUnderMpirunMatchOneRank) {
   EXPECT_NE(gan.output.find("parameters identical on all 2 ranks at step 2"), std::string::npos) << gan.output;
   EXPECT_NE(gan.output.find("parameters identical on all 2 ranks at step 4"), std::string::npos) << gan.output;
   EXPECT_EQ(RunDir(run("gan")).checkpoint_steps(), (std::vector<int64_t>{2, 4}));
+  // Dead-code restarts read every rank's code counts since the last restart: a checkpoint keeps
+  // their sum, so stopping between two restarts and resuming gives the same weights.
+  const std::string restarts = sets + " --set vq_train.restart_every=2 --set train.micro_batch=2";
+  ASSERT_EQ(test::run_shell(mpirun + aim + restarts + " --out " + run("rs")).code, 0);
+  const auto stop = test::run_shell(mpirun + aim + restarts + " --out " + run("rs2") + " --stop-after-steps 1");
+  ASSERT_EQ(stop.code, 0) << stop.output;
+  const auto go_on = test::run_shell(mpirun + test::aim_binary() + " train-vq --device cpu --resume " + run("rs2"));
+  ASSERT_EQ(go_on.code, 0) << go_on.output;
+  const auto straight = load_safetensors(RunDir(run("rs")).latest().value() + "/model.safetensors");
+  const auto resumed = load_safetensors(RunDir(run("rs2")).latest().value() + "/model.safetensors");
+  for (const auto& [k, v] : straight) EXPECT_TRUE(torch::equal(v, resumed.at(k))) << "resumed across a restart: " << k;
 }
 
 TEST_F(TrainVqTest, TheRunIsATokenizerForTheRestOfThePipeline) {
@@ -388,6 +399,9 @@ TEST_F(TrainVqTest, TheRunIsATokenizerForTheRestOfThePipeline) {
             std::string::npos);
   EXPECT_NE(test::error_of([&] { run_vq_training(config(run("x"), {"train.recompute_every=1"}), o); })
                 .find("train.recompute_every: not supported by aim train-vq"),
+            std::string::npos);
+  EXPECT_NE(test::error_of([&] { run_vq_training(config(run("x"), {"data.aug=flip"}), o); })
+                .find("data.aug: not used by aim train-vq (expected empty, found 'flip')"),
             std::string::npos);
 }
 

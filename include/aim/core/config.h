@@ -99,7 +99,10 @@ struct DataConfig {
   std::string codes;           ///< code dataset directory or file ("" = none given)
   std::string images;          ///< image folder tree (class sub-folders) ("" = none given)
   int64_t image_size = 256;    ///< final square crop, pixels
-  std::string aug = "tencrop"; ///< code extraction augmentation: "tencrop" | "flip" | "none"
+  /// The views training sees: "tencrop" | "flip" | "none", which data.codes must hold (its
+  /// extraction's --aug); with data.images, "flip" adds random flips and "none" is the official
+  /// trainer's (tencrop is refused there). "" = whatever the codes hold.
+  std::string aug;
   double crop_ratio = 1.125;   ///< resize the short side to image_size * crop_ratio, then crop
   int64_t num_workers = 4;     ///< loader threads per rank
   bool shuffle = true;         ///< reshuffle the samples every epoch

@@ -26,6 +26,9 @@ struct TrainerState {
   int64_t micro_batch = 0;
   int64_t seed = 0;
   int64_t skipped_steps = 0;   ///< steps skipped for a non-finite loss or gradient
+  int64_t data_samples = 0;    ///< images in the training data (0: not recorded)
+  double log_loss_sum = 0.0;   ///< losses of the steps since the last logged line (a resume
+  int64_t log_loss_count = 0;  ///< goes on averaging them, as an uninterrupted run would)
   double elapsed_s = 0.0;      ///< training time so far (all sessions)
   double loss = 0.0;           ///< mean training loss of the last step
   std::string rng = "per-step: seed (seed, step, micro-batch, rank)";
@@ -54,6 +57,10 @@ class RunDir {
  private:
   std::string path_;
 };
+
+/// The run directory `path` belongs to: `path` itself when it is one (it has `latest` or
+/// `checkpoints/`), RUN for RUN/checkpoints/step-N, "" for a checkpoint outside a run.
+std::string run_dir_of(const std::string& path);
 
 /// The checkpoint directory a `--resume` argument names: a checkpoint directory itself (holds
 /// trainer_state.json) or a run directory (follows `latest`). Throws aim::Error with what was
