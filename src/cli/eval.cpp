@@ -1,5 +1,6 @@
 // `aim eval --samples S --ref R`: Inception Score, FID, sFID, precision and recall as ADM's
 // evaluator computes them.
+#include <algorithm>
 #include <cstdlib>
 #include <iomanip>
 #include <iostream>
@@ -135,6 +136,12 @@ Runner add_eval_command(CLI::App& app) {
         << "protocol: " << (adm ? "ADM evaluator" : "NOT the ADM evaluator's settings") << " (preprocess "
         << eval::to_string(o.preprocess) << ", Inception " << (o.bf16 ? "bf16" : "fp32") << ", IS splits of "
         << o.is_split_size << ", k = " << o.k << "); " << std::setprecision(1) << r.seconds << " s\n";
+    if (r.is_splits > 1 && 2 * r.predicted_classes_min_split < std::min(r.predicted_classes, o.is_split_size))
+      out << "note: the samples look sorted by class: their most likely Inception classes take "
+          << r.predicted_classes << " values over all samples but " << r.predicted_classes_min_split
+          << " in one IS split of " << o.is_split_size << "; the IS (over consecutive splits, as ADM's) is then "
+             "far below that of the same samples shuffled, as published samples were\n---> HINT: shuffle "
+             "them (aim sample --labels balanced does)\n";
     if (r.fid_info.eps_used || r.sfid_info.eps_used)
       out << "note: a covariance product was singular; the eps = 1e-6 offset was used ("
           << (r.fid_info.eps_used ? "FID" : "") << (r.fid_info.eps_used && r.sfid_info.eps_used ? ", " : "")
@@ -171,6 +178,9 @@ Runner add_eval_command(CLI::App& app) {
                      {"is_split_size", o.is_split_size},
                      {"k", o.k}};
     if (!sampling.empty()) j["sampling"] = sampling;
+    j["inception_classes"] = {{"predicted", r.predicted_classes},
+                              {"fewest_in_a_split", r.predicted_classes_min_split},
+                              {"splits", r.is_splits}};
     j["seconds"] = r.seconds;
     std::string json_path = a->json;
     if (json_path.empty()) {

@@ -334,6 +334,15 @@ EvalResult evaluate(const std::string& samples_path, const std::string& ref_path
   r.ref_cache = ref_feats->cache_path;
 
   r.inception_score = inception_score(sample_feats->logits_unbiased, options.is_split_size);
+  {
+    const auto top = sample_feats->logits_unbiased.argmax(1).to(torch::kCPU);
+    auto distinct = [](const torch::Tensor& t) { return (torch::bincount(t) > 0).sum().item<int64_t>(); };
+    r.predicted_classes = distinct(top);
+    r.predicted_classes_min_split = r.predicted_classes;
+    for (int64_t r0 = 0; r0 < top.size(0); r0 += options.is_split_size, ++r.is_splits)
+      r.predicted_classes_min_split =
+          std::min(r.predicted_classes_min_split, distinct(top.slice(0, r0, r0 + options.is_split_size)));
+  }
 
   // ADM's read_statistics: stored statistics win over the images'.
   auto stats = [](const ImageBatchSource& s, const torch::Tensor& acts, bool spatial, bool* stored) {

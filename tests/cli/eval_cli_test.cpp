@@ -139,6 +139,13 @@ TEST(EvalCli, NpzBatchesGiveTheLibraryMetricsAndACache) {
   EXPECT_EQ(j.at("num_reference").get<int64_t>(), kRefs);
   EXPECT_FALSE(j.at("features").at("samples_cached").get<bool>());
   EXPECT_TRUE(j.at("settings").at("adm_protocol").get<bool>());
+  // How many Inception classes the samples' top predictions take, overall and per IS split
+  // (one split here): the figures behind the class-order note.
+  const auto& classes = j.at("inception_classes");
+  EXPECT_GE(classes.at("predicted").get<int64_t>(), 1);
+  EXPECT_EQ(classes.at("fewest_in_a_split").get<int64_t>(), classes.at("predicted").get<int64_t>());
+  EXPECT_EQ(classes.at("splits").get<int64_t>(), 1);
+  EXPECT_EQ(r.output.find("look sorted by class"), std::string::npos) << r.output;
   EXPECT_TRUE(fs::exists(w.p("samples.npz.inception.safetensors")));
   EXPECT_TRUE(fs::exists(w.p("ref.npz.inception.safetensors")));
 

@@ -4,6 +4,7 @@
 #include <torch/torch.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <array>
 #include <filesystem>
 #include <fstream>
@@ -14,12 +15,29 @@
 #include "aim/model/loader.h"
 #include "aim/ops/sampling.h"
 #include "aim/sample/generate.h"
+#include "aim/sample/plan.h"
 #include "test_util.h"
 
 namespace aim {
 namespace {
 
 namespace fs = std::filesystem;
+
+TEST(SamplePlan, BalancedLabelsHoldEveryClassInEveryInceptionScoreSplit) {
+  // 50 per class of 1000, shuffled by the seed: each of the ADM evaluator's consecutive IS
+  // splits of 5000 sees (nearly) every class, as with the published randomly ordered samples.
+  const auto labels = plan_labels("balanced", 50000, 1000, 7);
+  std::vector<int64_t> count(1000, 0);
+  for (int64_t l : labels) ++count[static_cast<size_t>(l)];
+  EXPECT_TRUE(std::all_of(count.begin(), count.end(), [](int64_t c) { return c == 50; }));
+  for (size_t split = 0; split < 10; ++split) {
+    std::vector<bool> seen(1000, false);
+    for (size_t i = split * 5000; i < (split + 1) * 5000; ++i) seen[static_cast<size_t>(labels[i])] = true;
+    EXPECT_GT(std::count(seen.begin(), seen.end(), true), 980) << "split " << split;
+  }
+  EXPECT_EQ(plan_labels("balanced", 50000, 1000, 7), labels);
+  EXPECT_NE(plan_labels("balanced", 50000, 1000, 8), labels);
+}
 
 TEST(SampleTokens, GreedyTopKAndTopPFollowTheirDefinitions) {
   torch::manual_seed(0);

@@ -104,6 +104,10 @@ struct EvalResult {
   bool sample_features_cached = false, ref_features_cached = false;
   std::string sample_cache, ref_cache;
   FrechetInfo fid_info, sfid_info;
+  /// Distinct most likely Inception classes over all samples and in the IS split with fewest:
+  /// far fewer in a split than overall means samples in class order, which the consecutive
+  /// splits of the IS punish (the CLI says so).
+  int64_t predicted_classes = 0, predicted_classes_min_split = 0, is_splits = 0;
   double seconds = 0;
 };
 

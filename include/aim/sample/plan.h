@@ -8,8 +8,8 @@
 
 namespace aim {
 
-/// Labels for `num` samples: "balanced" (num / classes consecutive samples per class, in class
-/// order; num must be a multiple of classes) or "random" (uniform, keyed by seed and index).
+/// Labels for `num` samples: "balanced" (num / classes samples per class, in an order shuffled
+/// by the seed; num must be a multiple of classes) or "random" (uniform, keyed by seed and index).
 std::vector<int64_t> plan_labels(const std::string& mode, int64_t num, int64_t num_classes, uint64_t seed);
 
 /// Parses --class: comma-separated ids or names (matched against `class_names`, whole line or
