@@ -8,6 +8,7 @@
 #include <filesystem>
 #include <fstream>
 #include <iomanip>
+#include <iostream>
 #include <limits>
 #include <sstream>
 
@@ -254,13 +255,20 @@ MetricsLog::MetricsLog(const RunDir& run, bool main, int64_t start_step) {
       write_text_atomic(path.string(), kept);
     }
   }
-  out_.open(path.string(), std::ios::app);
+  path_ = path.string();
+  out_.open(path_, std::ios::app);
 }
 
 void MetricsLog::write(const nlohmann::ordered_json& record) {
   if (!out_.is_open()) return;
   out_ << record.dump() << "\n";
   out_.flush();
+  if (!out_ && !failed_) {
+    // Training goes on (its checkpoints say whether the disk has room); the log says once.
+    failed_ = true;
+    std::cerr << "warning: writing " << path_ << " failed (disk full?): later metrics lines may be missing\n";
+  }
+  if (!out_) out_.clear();
 }
 
 std::string step_image_path(const RunDir& run, int64_t step) {

@@ -102,10 +102,13 @@ class MetricsLog {
   /// elsewhere, or by a run that stopped before its first checkpoint) move to
   /// metrics.after-step-N.jsonl, so the log describes one course of the run.
   MetricsLog(const RunDir& run, bool main, int64_t start_step);
+  /// Appends and flushes; a failed write (a full disk) is a warning, said once.
   void write(const nlohmann::ordered_json& record);
 
  private:
+  std::string path_;
   std::ofstream out_;
+  bool failed_ = false;
 };
 
 /// <run>/samples/step-NNNNNNNN.png (samples/ created): the picture of a step (sample or
