@@ -27,8 +27,8 @@ std::string TrainerState::to_json() const {
   j["seed"] = seed;
   j["skipped_steps"] = skipped_steps;
   j["data_samples"] = data_samples;
-  j["log_loss_sum"] = log_loss_sum;
-  j["log_loss_count"] = log_loss_count;
+  j["log_sums"] = log_sums;
+  j["log_count"] = log_count;
   j["elapsed_s"] = elapsed_s;
   j["loss"] = loss;
   j["rng"] = rng;
@@ -60,8 +60,15 @@ TrainerState TrainerState::from_json(const std::string& text, const std::string&
   get_int("seed", s.seed);
   if (j.contains("skipped_steps")) get_int("skipped_steps", s.skipped_steps);
   if (j.contains("data_samples")) get_int("data_samples", s.data_samples);
-  if (j.contains("log_loss_count")) get_int("log_loss_count", s.log_loss_count);
-  if (j.contains("log_loss_sum") && j["log_loss_sum"].is_number()) s.log_loss_sum = j["log_loss_sum"].get<double>();
+  if (j.contains("log_count")) get_int("log_count", s.log_count);
+  if (j.contains("log_sums")) {
+    AIM_CHECK(j["log_sums"].is_array(), what, ": key 'log_sums': expected an array of numbers, found ",
+              j["log_sums"].dump());
+    for (const auto& v : j["log_sums"]) {
+      AIM_CHECK(v.is_number(), what, ": key 'log_sums': expected numbers, found ", v.dump());
+      s.log_sums.push_back(v.get<double>());
+    }
+  }
   if (j.contains("elapsed_s") && j["elapsed_s"].is_number()) s.elapsed_s = j["elapsed_s"].get<double>();
   if (j.contains("loss") && j["loss"].is_number()) s.loss = j["loss"].get<double>();
   if (j.contains("rng") && j["rng"].is_string()) s.rng = j["rng"].get<std::string>();

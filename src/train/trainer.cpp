@@ -465,6 +465,10 @@ TrainResult run_training(const Config& config_in, const TrainOptions& options) {
   state.micro_batch = micro;
   state.seed = config.train.seed;
   state.data_samples = data.num_samples;
+  if (state.log_sums.size() != 1) {  // a new run, or a checkpoint from before the sums were kept
+    state.log_sums.assign(1, 0.0);
+    state.log_count = 0;
+  }
 
   Progress progress("train", total_steps, "step", verbose, 0.0);
   progress.resume_at(state.step);
@@ -517,8 +521,8 @@ TrainResult run_training(const Config& config_in, const TrainOptions& options) {
       optimizer.step(lr);
       if (ema) ema->update(model);
       state.loss = loss_value;
-      state.log_loss_sum += loss_value;
-      ++state.log_loss_count;
+      state.log_sums[0] += loss_value;
+      ++state.log_count;
     }
     ++state.step;
     ++window_steps;
@@ -532,8 +536,8 @@ TrainResult run_training(const Config& config_in, const TrainOptions& options) {
       const double mfu = peak_tflops > 0 ? img_s * flops_per_image / (peak_tflops * 1e12 * world) : 0.0;
       const double epoch_f = static_cast<double>(state.step) / static_cast<double>(steps_per_epoch);
       // Over the steps since the last log line, a resume's before the stop included.
-      const double mean_loss = state.log_loss_count > 0
-                                   ? state.log_loss_sum / static_cast<double>(state.log_loss_count)
+      const double mean_loss = state.log_count > 0
+                                   ? state.log_sums[0] / static_cast<double>(state.log_count)
                                    : std::numeric_limits<double>::quiet_NaN();
       state.elapsed_s = elapsed_before + std::chrono::duration<double>(now - t_start).count();
       int64_t peak_mem = 0;
@@ -567,8 +571,8 @@ TrainResult run_training(const Config& config_in, const TrainOptions& options) {
       progress.update(window_steps, extra.str());
       window_start = now;
       window_steps = 0;
-      state.log_loss_sum = 0.0;
-      state.log_loss_count = 0;
+      state.log_sums.assign(1, 0.0);
+      state.log_count = 0;
     }
     if (val && (state.step % config.train.eval_every == 0 || last)) {
       const double vl = held_out_loss();

@@ -1,5 +1,6 @@
 #include "aim/train/vq_trainer.h"
 
+#include <algorithm>
 #include <chrono>
 #include <cmath>
 #include <filesystem>
@@ -339,11 +340,15 @@ VqTrainResult run_vq_training(const Config& config_in, const TrainOptions& optio
   const double elapsed_before = state.elapsed_s;
   auto window_start = t_start;
   int64_t window_steps = 0;
-  int64_t window_good = 0;      // steps since the last log line that were not skipped
   int64_t window_restarts = 0;  // codes restarted since the last log line
-  // Window sums of: loss, l1, l2, codebook, commit, entropy, gen, disc, psnr, ssim.
+  // Sums since the last log line (state.log_sums, kept by checkpoints) of: loss, l1, l2,
+  // codebook, commit, entropy, gen, disc, psnr, ssim; state.log_count steps were not skipped.
   constexpr int kTerms = 10;
-  std::array<double, kTerms> window{};
+  if (state.log_sums.size() != kTerms) {
+    state.log_sums.assign(kTerms, 0.0);
+    state.log_count = 0;
+  }
+  auto& window = state.log_sums;
   const int64_t session_start = state.step;
   if (state.step >= total_steps && state.step > 0)
     say(str_cat("the checkpoint is at step ", state.step, ", the run's end is step ", total_steps,
@@ -446,7 +451,7 @@ VqTrainResult run_vq_training(const Config& config_in, const TrainOptions& optio
       }
       state.loss = loss_value;
       for (size_t i = 0; i < kTerms; ++i) window[i] += v[i];
-      ++window_good;
+      ++state.log_count;
     }
     ++state.step;
     ++window_steps;
@@ -468,7 +473,8 @@ VqTrainResult run_vq_training(const Config& config_in, const TrainOptions& optio
       const double mfu = peak_tflops > 0 ? img_s * flops_per_image / (peak_tflops * 1e12 * world) : 0.0;
       std::array<double, kTerms> m{};
       for (size_t i = 0; i < kTerms; ++i)
-        m[i] = window_good > 0 ? window[i] / static_cast<double>(window_good) : std::numeric_limits<double>::quiet_NaN();
+        m[i] = state.log_count > 0 ? window[i] / static_cast<double>(state.log_count)
+                                   : std::numeric_limits<double>::quiet_NaN();
       state.elapsed_s = elapsed_before + std::chrono::duration<double>(now - t_start).count();
       const double epoch_f = static_cast<double>(state.step) / static_cast<double>(steps_per_epoch);
       {
@@ -511,9 +517,9 @@ VqTrainResult run_vq_training(const Config& config_in, const TrainOptions& optio
       progress.update(window_steps, extra.str());
       window_start = now;
       window_steps = 0;
-      window_good = 0;
+      state.log_count = 0;
       window_restarts = 0;
-      window.fill(0.0);
+      std::fill(window.begin(), window.end(), 0.0);
     }
     if (config.train.sample_every > 0 && (state.step % config.train.sample_every == 0 || last)) reconstruction_grid();
     if (config.train.ckpt_every > 0 && state.step % config.train.ckpt_every == 0 && !last) save();

@@ -27,8 +27,10 @@ struct TrainerState {
   int64_t seed = 0;
   int64_t skipped_steps = 0;   ///< steps skipped for a non-finite loss or gradient
   int64_t data_samples = 0;    ///< images in the training data (0: not recorded)
-  double log_loss_sum = 0.0;   ///< losses of the steps since the last logged line (a resume
-  int64_t log_loss_count = 0;  ///< goes on averaging them, as an uninterrupted run would)
+  /// Sums of the logged terms (the loss, ...) over the steps since the last log line that were
+  /// not skipped, and their count: a resume goes on averaging them as an uninterrupted run would.
+  std::vector<double> log_sums;
+  int64_t log_count = 0;
   double elapsed_s = 0.0;      ///< training time so far (all sessions)
   double loss = 0.0;           ///< mean training loss of the last step
   std::string rng = "per-step: seed (seed, step, micro-batch, rank)";
