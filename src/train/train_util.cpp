@@ -97,8 +97,13 @@ void check_optimizer_steps(int64_t optimizer_steps, const TrainerState& state, c
                     " (expected ", expected, " optimizer steps)"));
 }
 
-void continue_data_position(TrainerState& state, int64_t micro, int64_t world, const Say& say) {
-  if (state.step == 0 || state.micro_batch <= 0) return;
+void continue_data_position(TrainerState& state, int64_t num_samples, int64_t micro, int64_t world,
+                            const Say& say) {
+  if (state.step == 0) return;
+  if (state.data_samples > 0 && state.data_samples != num_samples)
+    say(str_cat("warning: the checkpoint's run trained on ", state.data_samples, " images, the data now holds ",
+                num_samples, ": epoch ", state.epoch, " goes on in another order, at the same position"));
+  if (state.micro_batch <= 0) return;
   if (state.micro_batch == micro && state.world_size == world) return;
   const int64_t used = state.batch * state.micro_batch * state.world_size;
   const int64_t per_batch = micro * world;

@@ -51,7 +51,9 @@ void check_optimizer_steps(int64_t optimizer_steps, const TrainerState& state, c
 /// first state.batch x micro x world entries whatever the layout: with the same global batch the
 /// run goes on with the batches an uninterrupted run would have drawn; otherwise up to
 /// micro x world - 1 samples are skipped to reach a whole micro-batch of every rank (said).
-void continue_data_position(TrainerState& state, int64_t micro, int64_t world, const Say& say);
+/// Warns when the data's size (`num_samples`) is not the checkpoint's run's.
+void continue_data_position(TrainerState& state, int64_t num_samples, int64_t micro, int64_t world,
+                            const Say& say);
 
 /// The tensors of `params`, in order.
 std::vector<torch::Tensor> tensors_of(const std::vector<NamedParam>& params);

@@ -333,10 +333,7 @@ TrainResult run_training(const Config& config_in, const TrainOptions& options) {
   const double flops_per_image = training_flops_per_image(config.model);
   const int64_t tokens_per_image = config.model.num_tokens;
 
-  if (state.step > 0 && state.data_samples > 0 && state.data_samples != data.num_samples)
-    say(str_cat("warning: the checkpoint's run trained on ", state.data_samples, " images, the data now holds ",
-                data.num_samples, ": epoch ", state.epoch, " goes on in another order, at the same position"));
-  continue_data_position(state, micro, world, say);
+  continue_data_position(state, data.num_samples, micro, world, say);
   if (state.step > 0 && state.global_batch != config.train.global_batch)
     say(str_cat("warning: train.global_batch changed from ", state.global_batch, " to ",
                 config.train.global_batch, " since the checkpoint"));

@@ -324,10 +324,7 @@ VqTrainResult run_vq_training(const Config& config_in, const TrainOptions& optio
     ++state.batch;
     return std::move(*b);
   };
-  if (state.step > 0 && state.data_samples > 0 && state.data_samples != num_samples)
-    say(str_cat("warning: the checkpoint's run trained on ", state.data_samples, " images, the data now holds ",
-                num_samples, ": epoch ", state.epoch, " goes on in another order, at the same position"));
-  continue_data_position(state, micro, world, say);
+  continue_data_position(state, num_samples, micro, world, say);
   state.world_size = world;
   state.global_batch = config.train.global_batch;
   state.micro_batch = micro;
