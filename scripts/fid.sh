@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# The paper's evaluation of a checkpoint: 50,000 class-balanced samples (50 per ImageNet class)
-# with the published sampling settings on every local GPU through mpirun, then `aim eval` against
-# ADM's ImageNet 256x256 reference batch (IS, FID, sFID, precision, recall).
+# The paper's evaluation of a checkpoint: 50,000 samples with uniformly drawn class labels, as the
+# LlamaGen evaluation AiM's README points to draws them, and the published sampling settings, on
+# every local GPU through mpirun; then `aim eval` against ADM's ImageNet 256x256 reference batch
+# (IS, FID, sFID, precision, recall).
 #
 #   scripts/fid.sh CKPT OUTDIR [extra aim sample flags, e.g. --cfg 1.75 --seed 1]
 #
@@ -11,6 +12,7 @@
 #   AIM_NPROC              processes (default: the number of GPUs nvidia-smi lists)
 #   AIM_NUM_SAMPLES        samples (default 50000)
 #   AIM_BATCH_SIZE         images per sampling batch and rank (default 125)
+#   AIM_FID_LABELS         random (default, the published protocol) or balanced (50 per class)
 #   AIM_BUILD_DIR          build directory (default build)
 # Writes OUTDIR/samples.npz (resumable: finished batches stay in OUTDIR/samples.npz.parts/),
 # OUTDIR/eval.txt and OUTDIR/eval.json.
@@ -18,7 +20,7 @@ set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 
 if [[ $# -lt 2 || "$1" == -h || "$1" == --help ]]; then
-  sed -n '2,16p' "$0" | sed 's/^# \{0,1\}//'
+  sed -n '2,18p' "$0" | sed 's/^# \{0,1\}//'
   [[ $# -lt 2 ]] && exit 2 || exit 0
 fi
 ckpt=$1
@@ -56,7 +58,7 @@ if [[ "$nproc_gpu" -gt 1 ]]; then
 fi
 
 echo "== sampling $num images on $nproc_gpu GPU(s) -> $outdir/samples.npz"
-"${launch[@]}" "$aim" sample --ckpt "$ckpt" --num-samples "$num" --labels balanced --preset fid \
+"${launch[@]}" "$aim" sample --ckpt "$ckpt" --num-samples "$num" --labels "${AIM_FID_LABELS:-random}" --preset fid \
   --batch-size "$batch" --device cuda --npz "$outdir/samples.npz" "$@"
 
 echo "== evaluating against $ref"
