@@ -107,7 +107,16 @@ void read_ssm_cfg(const Reader& r, const json& cfg, SsmConfig& ssm) {
                             " ---> HINT: ", key == "d_ssm" ? "a partial SSM (d_ssm < d_inner)"
                                                            : "a custom conv initialisation",
                             " is not supported; no published AiM size uses it"));
-    } else if (m2 && (key == "use_mem_eff_path" || key == "dt_limit")) continue;
+    } else if (m2 && key == "dt_limit") {
+      // mamba_ssm clamps dt to this range in its chunked scan; the default (0, inf) is no clamp
+      // (JSON has no inf: a large bound stands for it). Another range would change the model.
+      const bool unclamped = v.is_null() || (v.is_array() && v.size() == 2 && v[0].is_number() &&
+                                             v[1].is_number() && v[0].get<double>() <= 0.0 &&
+                                             v[1].get<double>() >= 1e6);
+      if (!unclamped)
+        throw Error(str_cat(r.path, ": field '", f, "': expected [0.0, inf] (no clamp), found ", v.dump(),
+                            " ---> HINT: a dt clamp is not supported; no published AiM size uses one"));
+    } else if (m2 && key == "use_mem_eff_path") continue;
     else
       throw Error(str_cat(r.path, ": field '", f, "' is not an argument of ", ssm.layer,
                           " ---> HINT: ", m2 ? "Mamba2 takes d_state, d_conv, expand, headdim, "
