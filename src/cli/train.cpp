@@ -69,7 +69,8 @@ Runner add_training_command(CLI::App& app, Stage stage) {
     if (!a->out.empty()) {
       sets.push_back("train.out_dir=" + a->out);
     } else if (!a->resume.empty() && a->resume != "auto" &&
-               std::none_of(sets.begin(), sets.end(), [](const std::string& s) { return s.rfind("train.out_dir=", 0) == 0; })) {
+               std::none_of(sets.begin(), sets.end(),
+                            [](const std::string& s) { return s.rfind("train.out_dir=", 0) == 0; })) {
       // A resumed run goes on in the directory it is resumed from (which may have moved since
       // config.yaml recorded train.out_dir), not wherever that path now points.
       const std::string run = train::run_dir_of(a->resume);

@@ -427,7 +427,8 @@ TrainResult run_training(const Config& config_in, const TrainOptions& options) {
     model->eval();
     const auto& valid = val->valid_indices();
     std::vector<int64_t> mine;
-    for (size_t k = static_cast<size_t>(rank); k < valid.size(); k += static_cast<size_t>(world)) mine.push_back(valid[k]);
+    for (size_t k = static_cast<size_t>(rank); k < valid.size(); k += static_cast<size_t>(world))
+      mine.push_back(valid[k]);
     if (config.train.eval_batches > 0)
       mine.resize(std::min<size_t>(mine.size(), static_cast<size_t>(config.train.eval_batches * micro)));
     double sum = 0.0;

@@ -623,7 +623,10 @@ TEST(HfConfig, Errors) {
       [] { model_config_from_hf_json(write_temp("dtrank.json", R"({"ssm_cfg": {"layer": "Mamba1", "dt_rank": "big"}})")); },
       {"ssm_cfg.dt_rank", "\"auto\"", "\"big\""});
   expect_error(
-      [] { model_config_from_hf_json(write_temp("dtlimit.json", R"({"ssm_cfg": {"layer": "Mamba2", "dt_limit": [0.001, 0.1]}})")); },
+      [] {
+        model_config_from_hf_json(
+            write_temp("dtlimit.json", R"({"ssm_cfg": {"layer": "Mamba2", "dt_limit": [0.001, 0.1]}})"));
+      },
       {"dtlimit.json", "ssm_cfg.dt_limit", "[0.001,0.1]", "not supported"});
   expect_error([] { model_config_from_hf_json(write_temp("mlp.json", R"({"d_intermediate": 256})")); },
                {"mlp.json", "model.d_intermediate", "found 256"});

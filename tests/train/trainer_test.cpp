@@ -484,8 +484,8 @@ TEST_F(TrainerTest, HeldOutLossCoversEveryImageEvenFewerThanABatch) {
 TEST_F(TrainerTest, ARunDirectoryIsContinuedOrLeftAlone) {
   const std::string out = run("course");
   auto go = [&](const std::string& args) { return test::run_shell(aim("train " + args)); };
-  ASSERT_EQ(go(tiny() + " " + cli_sets(out) + " --set train.max_steps=6 --set train.ckpt_every=2 --set train.keep_last=3")
-                .code,
+  ASSERT_EQ(go(tiny() + " " + cli_sets(out) + " --set train.max_steps=6 --set train.ckpt_every=2" +
+               " --set train.keep_last=3").code,
             0);
   // A new run into it is refused, naming the run that is there.
   const auto again = go(tiny() + " " + cli_sets(out) + " --set train.max_steps=6 --set train.seed=5");
