@@ -19,9 +19,13 @@
 set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 
-if [[ $# -lt 2 || "$1" == -h || "$1" == --help ]]; then
+if [[ "${1:-}" == -h || "${1:-}" == --help ]]; then
   sed -n '2,18p' "$0" | sed 's/^# \{0,1\}//'
-  [[ $# -lt 2 ]] && exit 2 || exit 0
+  exit 0
+fi
+if [[ $# -lt 2 ]]; then
+  sed -n '2,18p' "$0" | sed 's/^# \{0,1\}//' >&2
+  exit 2
 fi
 ckpt=$1
 outdir=$2

@@ -70,8 +70,9 @@ def require_torch():
     try:
         import torch as imported
     except ImportError as e:
-        raise ConvertError("PyTorch is not importable from %s (%s) ---> HINT: pip install torch"
-                           % (sys.executable, e))
+        raise ConvertError("PyTorch is not importable from %s (%s) ---> HINT: run it with "
+                           ".venv/bin/python (scripts/setup.sh installs torch there), or pip "
+                           "install torch" % (sys.executable, e))
     torch = imported
     names = {"float64": "F64", "float32": "F32", "float16": "F16", "bfloat16": "BF16",
              "int64": "I64", "int32": "I32", "int16": "I16", "int8": "I8", "uint8": "U8",

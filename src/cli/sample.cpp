@@ -1,4 +1,5 @@
 #include <chrono>
+#include <cstdio>
 #include <filesystem>
 #include <future>
 #include <optional>
@@ -42,6 +43,23 @@ struct SampleArgs {
 };
 
 std::string part_name(int64_t start, int64_t count) { return str_cat("part-", start, "-", count, ".safetensors"); }
+
+/// Finished batches in `work` cut for another --batch-size would be neither reused nor kept
+/// (the work folder goes once the output is assembled): refused, naming the size they have.
+void check_part_layout(const fs::path& work, int64_t batch_size, int64_t total) {
+  std::error_code ec;
+  for (const auto& e : fs::directory_iterator(work, ec)) {
+    long long start = 0, count = 0;
+    char tail = 0;
+    const std::string name = e.path().filename().string();
+    if (std::sscanf(name.c_str(), "part-%lld-%lld.safetensors%c", &start, &count, &tail) != 2) continue;
+    const bool fits = start % batch_size == 0 && start < total && count == std::min<int64_t>(batch_size, total - start);
+    AIM_CHECK(fits, work.string(), " holds finished batches of another --batch-size or --num-samples (", name,
+              ": ", count, " samples from ", start, "), which this run would not reuse\n---> HINT: re-run with "
+              "the --batch-size they were made with (", count, " unless it is a last, shorter batch), or "
+              "remove ", work.string());
+  }
+}
 
 /// A finished batch of an earlier run is reused only when that run used the same settings and
 /// labels; anything else would mix two sampling setups in one output.
@@ -286,6 +304,10 @@ Runner add_sample_command(CLI::App& app) {
         throw Error(str_cat(ref.config_path, ": vq.weights ", vq_path, " does not exist (relative paths are taken "
                             "from the current directory)\n---> HINT: pass the tokenizer with --vq"));
     }
+    AIM_CHECK(!vq_path.empty() || ref.kind != CheckpointKind::kRunDir, "--ckpt ", a->ckpt,
+              ": an aim train run without vq.weights, so nothing says which tokenizer decodes its codes\n---> "
+              "HINT: give the tokenizer its codes were made with: --vq TOKENIZER (an aim train-vq run, a "
+              ".safetensors with --vq-config, or an official snapshot)");
     if (vq_path.empty()) vq_path = fs::is_directory(a->ckpt) ? a->ckpt : ref.weights_path;
     auto loaded_vq = load_vq_model(vq_path, a->vq_config);
     auto vq = loaded_vq.model;
@@ -314,6 +336,7 @@ Runner add_sample_command(CLI::App& app) {
     const std::string primary = !a->npz.empty() ? a->npz : !a->out.empty() ? a->out : !a->outdir.empty() ? a->outdir : a->tokens;
     const fs::path work = a->work_dir.empty() ? fs::path(primary + ".parts") : fs::path(a->work_dir);
     fs::create_directories(work);
+    check_part_layout(work, a->batch_size, total);
     const int64_t batches = (total + a->batch_size - 1) / a->batch_size;
     int64_t mine = 0;
     for (int64_t k = env.rank; k < batches; k += env.world_size) mine += std::min(a->batch_size, total - k * a->batch_size);

@@ -16,6 +16,8 @@
 namespace aim {
 
 void write_text_atomic(const std::string& path, const std::string& text) {
+  std::error_code ec;  // a missing folder is made (a failure shows at the open below)
+  std::filesystem::create_directories(std::filesystem::path(path).parent_path(), ec);
   const std::string tmp = str_cat(path, ".tmp.", ::getpid());
   const int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
   if (fd < 0) throw Error(str_cat(path, ": cannot create ", tmp, ": ", std::strerror(errno)));

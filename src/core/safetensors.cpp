@@ -9,6 +9,7 @@
 #include <algorithm>
 #include <cerrno>
 #include <cstring>
+#include <filesystem>
 #include <limits>
 #include <set>
 #include <torch/torch.h>
@@ -241,6 +242,8 @@ void save_safetensors(const std::string& path,
   }
 
   const std::string tmp_path = path + ".tmp";
+  std::error_code ec;  // a missing folder is made (a failure shows at the open below)
+  std::filesystem::create_directories(std::filesystem::path(path).parent_path(), ec);
   FdGuard fd(::open(tmp_path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644));
   AIM_CHECK(fd.get() >= 0, path, ": cannot create the temporary file ", tmp_path, ": ",
             errno_text(errno), "; the previous ", path, " (if any) is untouched");

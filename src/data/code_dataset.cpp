@@ -242,8 +242,11 @@ std::unique_ptr<CodeDatasetWriter> CodeDatasetWriter::create(const std::string& 
   w->path_ = path;
   w->info_ = info;
   {
+    std::error_code ec;  // a missing folder is made (a failure shows at the open below)
+    std::filesystem::create_directories(std::filesystem::path(path).parent_path(), ec);
     std::ofstream progress(code_dataset_progress_path(path));
-    if (!progress) throw Error(str_cat(code_dataset_progress_path(path), ": cannot create progress file"));
+    if (!progress)
+      throw Error(str_cat(code_dataset_progress_path(path), ": cannot create progress file: ", std::strerror(errno)));
   }
   w->fd_ = ::open(path.c_str(), O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
   if (w->fd_ < 0) throw Error(str_cat(path, ": cannot create code dataset: ", std::strerror(errno)));

@@ -267,6 +267,8 @@ ExtractReport extract_codes(VqModel& vq, const ImageList& list, const ExtractOpt
   const auto n = static_cast<int64_t>(list.entries.size());
   AIM_CHECK(n >= o.world_size, "extract: ", n, " images cannot be split over ", o.world_size, " ranks");
   vq->eval();
+  std::error_code ec;  // the output's folder (codes/ in codes/imagenet.codes) is made here
+  fs::create_directories(fs::path(o.out).parent_path(), ec);
   if (fs::exists(o.out) && !code_dataset_unfinished(o.out)) {
     // Already extracted (every rank sees the merged file): check it is this dataset.
     CodeDataset existing(o.out);

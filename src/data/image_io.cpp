@@ -255,6 +255,8 @@ void write_png(const std::string& path, const Image& image) {
       target.parent_path() / (target.filename().string() + ".tmp." + std::to_string(::getpid()) +
                               "." + std::to_string(counter.fetch_add(1)));
   {
+    std::error_code ec;  // a missing folder is made (a failure shows at the open below)
+    fs::create_directories(target.parent_path(), ec);
     std::ofstream f(tmp, std::ios::binary | std::ios::trunc);
     if (!f) {
       throw Error(str_cat("cannot write PNG '", path, "': cannot create '", tmp.string(),

@@ -293,8 +293,7 @@ TrainResult run_training(const Config& config_in, const TrainOptions& options) {
 
   // ---- validation data, tokenizer for sample grids
   std::shared_ptr<const CodeDataset> val;
-  if (!config.data.val_codes.empty() && config.train.eval_every > 0)
-    val = open_codes(config.data.val_codes, "data.val_codes", config.model);
+  if (!config.data.val_codes.empty()) val = open_codes(config.data.val_codes, "data.val_codes", config.model);
   if (val && data.codes) {
     // Held-out codes of another tokenizer or image size would give a loss that measures nothing.
     const auto &t = data.codes->info(), &v = val->info();
@@ -302,6 +301,11 @@ TrainResult run_training(const Config& config_in, const TrainOptions& options) {
               config.data.val_codes, ": codes of ", v.image_size, " px images by tokenizer ", v.tokenizer,
               ", but data.codes ", config.data.codes, " holds codes of ", t.image_size, " px images by ",
               t.tokenizer, "\n---> HINT: extract both with the same --vq and --image-size");
+  }
+  if (val && config.train.eval_every <= 0) {
+    say(str_cat("warning: data.val_codes is set but train.eval_every is 0: no held-out loss is computed\n"
+                "---> HINT: --set train.eval_every=N"));
+    val.reset();
   }
   VqModel grid_vq{nullptr};
   if (main && config.train.sample_every > 0) {

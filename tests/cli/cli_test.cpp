@@ -83,8 +83,9 @@ TEST(Cli, ExtractCodesAsTwoRanksEqualsOneProcess) {
                              (vq / "config.json").string() + " --aug flip --image-size 64 --batch-size 2 ";
   auto one = run_aim(common + "--out " + (dir / "one.codes").string());
   ASSERT_EQ(one.code, 0) << one.output;
-  // Two processes started the way mpirun starts them (Open MPI's variables), concurrently.
-  const std::string two = common + "--out " + (dir / "two.codes").string();
+  // Two processes started the way mpirun starts them (Open MPI's variables), concurrently, into
+  // a folder that does not exist yet (made for the output).
+  const std::string two = common + "--out " + (dir / "codes" / "two.codes").string();
   auto env = [](int rank) {
     return "OMPI_COMM_WORLD_RANK=" + std::to_string(rank) + " OMPI_COMM_WORLD_SIZE=2 OMPI_COMM_WORLD_LOCAL_RANK=" +
            std::to_string(rank) + " OMPI_COMM_WORLD_LOCAL_SIZE=2 ";
@@ -95,11 +96,11 @@ TEST(Cli, ExtractCodesAsTwoRanksEqualsOneProcess) {
   const std::string& out = both.output;
   ASSERT_EQ(both.code, 0) << out;
   EXPECT_NE(out.find("merged 2 shards"), std::string::npos) << out;
-  std::ifstream a(dir / "one.codes", std::ios::binary), b(dir / "two.codes", std::ios::binary);
+  std::ifstream a(dir / "one.codes", std::ios::binary), b(dir / "codes" / "two.codes", std::ios::binary);
   const std::string sa((std::istreambuf_iterator<char>(a)), {}), sb((std::istreambuf_iterator<char>(b)), {});
   EXPECT_FALSE(sa.empty());
   EXPECT_EQ(sa, sb);
-  CodeDataset d((dir / "two.codes").string());
+  CodeDataset d((dir / "codes" / "two.codes").string());
   EXPECT_EQ(d.size(), 6);
   EXPECT_EQ(d.info().num_aug, 2);
   // Bad flags name the flag.

@@ -241,6 +241,12 @@ TEST_F(SampleCli, AKilledRunResumesWithoutRedoingFinishedBatches) {
     EXPECT_FALSE(fs::exists(p("resumed.safetensors")));
     EXPECT_FALSE(fs::exists(p("work/part-0-4.safetensors"))) << other << ": wrote a batch before refusing";
   }
+  // Batches cut for another --batch-size would be neither reused nor kept: refused.
+  auto rebatched = run(base_ + "--num-samples 20 --labels balanced --seed 2 --batch-size 8 --work-dir " + p("work") +
+                       " --tokens " + p("resumed.safetensors"));
+  EXPECT_NE(rebatched.code, 0);
+  EXPECT_NE(rebatched.output.find("holds finished batches of another --batch-size"), std::string::npos)
+      << rebatched.output;
   auto relabelled = run(base_ + "--num-samples 20 --labels random --seed 2 --batch-size 4 --work-dir " + p("work") +
                         " --tokens " + p("resumed.safetensors"));
   EXPECT_NE(relabelled.code, 0);

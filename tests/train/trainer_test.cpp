@@ -371,6 +371,14 @@ TEST_F(TrainerTest, ConfigurationErrorsNameTheKey) {
   EXPECT_NE(msg.find("model.vocab_size is 256"), std::string::npos) << msg;
   msg = test::error_of([&] { run_training(config(run("e5"), {"model.num_classes=5"}), o); });
   EXPECT_NE(msg.find("model.num_classes is 5"), std::string::npos) << msg;
+  // Held-out codes with no held-out loss to compute are said to do nothing.
+  {
+    testing::internal::CaptureStderr();
+    TrainOptions loud;
+    run_training(config(run("e8"), {"data.val_codes=" + codes(), "train.max_steps=1"}), loud);
+    const std::string said = testing::internal::GetCapturedStderr();
+    EXPECT_NE(said.find("data.val_codes is set but train.eval_every is 0"), std::string::npos) << said;
+  }
   // The config's data.aug names the views the codes must hold (the synthetic codes have one).
   msg = test::error_of([&] { run_training(config(run("e6"), {"data.aug=tencrop"}), o); });
   EXPECT_NE(msg.find("data.aug: expected 'tencrop' (the config), but data.codes " + codes() + " holds 'none' views"),
@@ -499,6 +507,10 @@ TEST_F(TrainerTest, ARunDirectoryIsContinuedOrLeftAlone) {
   EXPECT_NE(branch.output.find("holds 1 checkpoint(s) past step 4 (step 6)"), std::string::npos) << branch.output;
   EXPECT_TRUE(fs::exists(fs::path(out) / "metrics.after-step-4.jsonl"));
   EXPECT_EQ(logged_losses(out).size(), 7u);
+  // Its samples need a tokenizer: synthetic codes come from none, so aim sample asks for --vq.
+  const auto no_vq = test::run_shell(aim("sample --ckpt " + out + " --class 1 --num 1 --out " + run("s.png")));
+  EXPECT_NE(no_vq.code, 0);
+  EXPECT_NE(no_vq.output.find("an aim train run without vq.weights"), std::string::npos) << no_vq.output;
   // A moved run goes on where it now is, whatever its config.yaml says train.out_dir was.
   const std::string moved = run("moved");
   fs::rename(out, moved);
