@@ -55,8 +55,8 @@ Runner add_extract_codes_command(CLI::App& app) {
     if (env.is_main()) {
       std::cerr << "[extract] " << list.entries.size() << " images in " << list.classes.size()
                 << " classes from " << list.source << "; tokenizer " << vq.identity << "; aug "
-                << o.aug << " (" << views_per_image(o.aug) << " views) at " << o.image_size
-                << " px; " << env.world_size << " rank(s), device " << o.device << "\n";
+                << o.aug << " (" << views_per_image(o.aug) << (views_per_image(o.aug) == 1 ? " view" : " views")
+                << ") at " << o.image_size << " px; " << env.world_size << " rank(s), device " << o.device << "\n";
     }
     auto report = extract_codes(vq.model, list, o);
     std::cout << "rank " << env.rank << ": " << report.images << " images (" << report.resumed

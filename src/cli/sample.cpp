@@ -129,7 +129,7 @@ void write_outputs(const SampleArgs& a, const torch::Tensor& tokens, const torch
                   image_from_hwc(rows[k]));
       }
     }
-    std::cout << "images: " << a.outdir << "/ (" << count << " PNGs)\n";
+    std::cout << "images: " << (fs::path(a.outdir) / "").string() << " (" << count << " PNGs)\n";
   }
   if (!a.out.empty()) {
     AIM_CHECK(count <= 1024, "--out: a grid of ", count, " images is too large (at most 1024)\n"
