@@ -448,11 +448,17 @@ TEST_F(SafetensorsTest, FullDiskLeavesOldFileIntactAndRemovesTmp) {
   EXPECT_FALSE(exists(p + ".tmp")) << "the tmp file must be removed";
 }
 
-TEST_F(SafetensorsTest, SaveIntoMissingDirectoryNamesPath) {
-  const std::string p = path("no/such/dir/model.safetensors");
+TEST_F(SafetensorsTest, SaveMakesAMissingDirectoryAndNamesAnUnusablePath) {
+  const std::string made = path("no/such/dir/model.safetensors");
+  save_safetensors(made, {{"w", torch::ones({1})}});
+  EXPECT_TRUE(exists(made));
+  // A "directory" that is a file cannot be made: the error names the path.
+  const std::string file = path("plain_file");
+  save_safetensors(file, {{"w", torch::ones({1})}});
+  const std::string p = file + "/model.safetensors";
   try {
     save_safetensors(p, {{"w", torch::ones({1})}});
-    ADD_FAILURE() << "save into a missing directory succeeded";
+    ADD_FAILURE() << "save below a regular file succeeded";
   } catch (const Error& e) {
     EXPECT_THAT(e.what(), HasSubstr(p));
   }

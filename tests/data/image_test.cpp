@@ -438,7 +438,10 @@ TEST(ImageWrite, PngRoundTripAtomic) {
   int entries = 0;
   for ([[maybe_unused]] const auto& e : fs::directory_iterator(dir)) ++entries;
   EXPECT_EQ(entries, 1) << "no temporary file may be left behind";
-  const std::string bad = (dir / "missing_dir" / "x.png").string();
+  // A missing folder is made; one that cannot be (a file in the way) is named in the error.
+  write_png((dir / "missing_dir" / "x.png").string(), im);
+  EXPECT_TRUE(fs::exists(dir / "missing_dir" / "x.png"));
+  const std::string bad = (dir / "out.png" / "x.png").string();
   const std::string msg = test::error_of([&] { write_png(bad, im); });
   EXPECT_NE(msg.find(bad), std::string::npos) << msg;
   fs::remove_all(dir);
