@@ -209,8 +209,10 @@ TrainResult run_training(const Config& config_in, const TrainOptions& options) {
   const std::string resume_dir = resume_dir_for(options.resume, config.train.out_dir);
   if (resume_dir.empty()) refuse_existing_run(dist, config.train.out_dir);
   TrainerState state;
+  bool saved_ema = false;  // whether the checkpoint's run kept an EMA
   if (!resume_dir.empty()) {
     const auto saved = load_config((fs::path(resume_dir) / "config.yaml").string());
+    saved_ema = saved.train.ema;
     if (saved.model != config.model)
       throw Error(str_cat("--resume ", resume_dir, ": the checkpoint's model section differs from "
                           "this run's config\n---> HINT: resume with the run's own config.yaml"));
@@ -277,8 +279,7 @@ TrainResult run_training(const Config& config_in, const TrainOptions& options) {
       ema->model()->to(device);
     } else if (!resume_dir.empty()) {
       // A run that kept an EMA lost it; one that did not starts it now (said).
-      const auto saved = load_config((fs::path(resume_dir) / "config.yaml").string());
-      AIM_CHECK(!saved.train.ema, e, ": missing, but the checkpoint's run keeps an EMA (train.ema true)\n"
+      AIM_CHECK(!saved_ema, e, ": missing, but the checkpoint's run keeps an EMA (train.ema true)\n"
                 "---> HINT: resume from an earlier checkpoint that has it, or --set train.ema=false");
       say(str_cat("EMA: starts at step ", state.step, " from the current weights (the checkpoint's run had none)"));
     }
