@@ -8,11 +8,13 @@
 #include <torch/torch.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cstring>
 #include <cstdio>
 #include <filesystem>
 #include <string>
+#include <thread>
 
 #include "aim/data/code_dataset.h"
 #include "aim/data/code_loader.h"
@@ -101,11 +103,16 @@ int main(int argc, char** argv) {
   }
   const double code_rate = code_batch * code_batches / std::chrono::duration<double>(Clock::now() - t0).count();
   fs::remove_all(dir);
-  std::printf("| mode                                   | samples/s   |\n");
-  std::printf("|----------------------------------------|-------------|\n");
-  std::printf("| codes (mmap, 1.28M x 10 crops, shuffled) | %11.0f |\n", code_rate);
-  std::printf("| images (decode+LANCZOS+crop+VQ %s %lldpx, %s, %lld threads) | %11.1f |\n",
-              full ? "VQ-16" : "tiny", (long long)size, device.c_str(), (long long)threads, image_rate);
+  // A markdown table whose columns line up whatever the labels say.
+  const std::string code_label = "codes (mmap, 1.28M x 10 crops, shuffled)";
+  char image_label[160];
+  std::snprintf(image_label, sizeof image_label, "images (decode+resize+crop+VQ %s %lldpx, %s, %lld threads)",
+                full ? "VQ-16" : "tiny", (long long)size, device.c_str(), (long long)threads);
+  const int w = static_cast<int>(std::max(code_label.size(), std::strlen(image_label)));
+  std::printf("| %-*s | %11s |\n", w, "mode", "samples/s");
+  std::printf("|%s|-------------|\n", std::string(w + 2, '-').c_str());
+  std::printf("| %-*s | %11.0f |\n", w, code_label.c_str(), code_rate);
+  std::printf("| %-*s | %11.1f |\n", w, image_label, image_rate);
   std::printf("codes / images: %.1fx\n", code_rate / image_rate);
   return 0;
 }
