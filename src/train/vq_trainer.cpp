@@ -337,12 +337,13 @@ VqTrainResult run_vq_training(const Config& config_in, const TrainOptions& optio
   const double elapsed_before = state.elapsed_s;
   auto window_start = t_start;
   int64_t window_steps = 0;
-  int64_t window_restarts = 0;  // codes restarted since the last log line
   // Sums since the last log line (state.log_sums, kept by checkpoints) of: loss, l1, l2,
-  // codebook, commit, entropy, gen, disc, psnr, ssim; state.log_count steps were not skipped.
+  // codebook, commit, entropy, gen, disc, psnr, ssim (means over the state.log_count steps that
+  // were not skipped), then the number of codes restarted (a count, logged as it is).
   constexpr int kTerms = 10;
-  if (state.log_sums.size() != kTerms) {
-    state.log_sums.assign(kTerms, 0.0);
+  constexpr int kRestarts = kTerms;
+  if (state.log_sums.size() != kTerms + 1) {
+    state.log_sums.assign(kTerms + 1, 0.0);
     state.log_count = 0;
   }
   auto& window = state.log_sums;
@@ -459,7 +460,7 @@ VqTrainResult run_vq_training(const Config& config_in, const TrainOptions& optio
       const int64_t restarted = restart_unused_codes(*model->quantize, code_counts, last_z);
       dist.broadcast_({model->quantize->embedding->weight});
       code_counts.zero_();
-      window_restarts += restarted;
+      window[kRestarts] += static_cast<double>(restarted);
     }
 
     const bool last = state.step == total_steps;
@@ -468,6 +469,7 @@ VqTrainResult run_vq_training(const Config& config_in, const TrainOptions& optio
       const double dt = std::chrono::duration<double>(now - window_start).count();
       const double img_s = dt > 0 ? static_cast<double>(window_steps * config.train.global_batch) / dt : 0.0;
       const double mfu = peak_tflops > 0 ? img_s * flops_per_image / (peak_tflops * 1e12 * world) : 0.0;
+      const auto window_restarts = static_cast<int64_t>(window[kRestarts]);
       std::array<double, kTerms> m{};
       for (size_t i = 0; i < kTerms; ++i)
         m[i] = state.log_count > 0 ? window[i] / static_cast<double>(state.log_count)
@@ -515,7 +517,6 @@ VqTrainResult run_vq_training(const Config& config_in, const TrainOptions& optio
       window_start = now;
       window_steps = 0;
       state.log_count = 0;
-      window_restarts = 0;
       std::fill(window.begin(), window.end(), 0.0);
     }
     if (config.train.sample_every > 0 && (state.step % config.train.sample_every == 0 || last)) reconstruction_grid();

@@ -260,10 +260,12 @@ TEST_F(TrainVqTest, TheSsimTermJoinsTheLoss) {
 
 TEST_F(TrainVqTest, ResumeWithTheDiscriminatorContinuesBitwiseIdentically) {
   // Entropy loss, PatchGAN from step 2, flips and an epoch boundary (3 steps/epoch) in play.
-  // Logged every 2 steps: the stop at 3 splits a logging window, whose means must not change.
+  // Logged every 2 steps: the stop at 3 splits a logging window, whose means (and the count of
+  // dead codes restarted, every step here) must not change.
   const std::vector<std::string> sets = {"train.max_steps=5", "vq_train.disc_weight=0.5", "vq_train.disc_start=2",
                                          "vq_train.disc_channels=8", "vq_train.disc_layers=2",
-                                         "vq_train.entropy_weight=0.1", "train.log_every=2"};
+                                         "vq_train.entropy_weight=0.1", "vq_train.restart_every=1",
+                                         "train.log_every=2"};
   TrainOptions o;
   o.quiet = true;
   const auto straight = run_vq_training(config(run("straight"), sets), o);
@@ -283,7 +285,12 @@ TEST_F(TrainVqTest, ResumeWithTheDiscriminatorContinuesBitwiseIdentically) {
     for (const auto& [k, v] : a) EXPECT_TRUE(torch::equal(v, b.at(k))) << name << ": " << k;
   }
   EXPECT_FALSE(logged(run("straight"), "disc_loss").empty());
-  for (const char* key : {"loss", "l1", "psnr", "gen_loss"})
+  const auto restarted = logged(run("straight"), "codes_restarted");
+  std::printf("    codes restarted per log line:");
+  for (const double r : restarted) std::printf(" %.0f", r);
+  std::printf("\n");
+  EXPECT_GT(restarted.at(1), 0.0);  // the window the stop splits (steps 3 and 4) restarted codes
+  for (const char* key : {"loss", "l1", "psnr", "gen_loss", "codes_restarted"})
     EXPECT_EQ(logged(run("straight"), key), logged(run("resumed"), key)) << key;
   EXPECT_EQ(logged(run("straight"), "loss").size(), 3u);  // steps 2, 4, 5
 }
