@@ -227,11 +227,21 @@ Runner add_sample_command(CLI::App& app) {
       settings.erase("format");
       const std::string vq_path = !a->vq.empty() ? a->vq : a->ckpt;
       AIM_CHECK(!vq_path.empty(), "--from-tokens: give --vq (or --ckpt) for the tokenizer");
-      auto vq = load_vq_model(vq_path, a->vq_config).model;
+      auto loaded_vq = load_vq_model(vq_path, a->vq_config);
+      auto vq = loaded_vq.model;
       prepare_vq_for_decoding(vq, device, vq_dtype_of(a->vq_dtype));
+      // The outputs record the tokenizer that decoded them (the tokens file may name none).
+      settings["vq"] = loaded_vq.identity;
+      settings["vq_dtype"] = a->vq_dtype;
       auto tokens = saved["tokens"].to(torch::kLong), labels = saved["labels"].to(torch::kLong);
-      auto images = to_uint8_hwc(decode_tokens(vq, tokens, a->batch_size));
-      write_outputs(*a, tokens, labels, [&](int64_t s, int64_t n) { return images.narrow(0, s, n); },
+      AIM_CHECK(tokens.dim() == 2 && labels.dim() == 1 && labels.size(0) == tokens.size(0), "--from-tokens ",
+                a->from_tokens, ": expected tokens [N, L] and labels [N], found ", tokens.sizes(), " and ",
+                labels.sizes());
+      // Decoded as the outputs ask for them: 50,000 decoded images would not fit in memory at once.
+      write_outputs(*a, tokens, labels,
+                    [&](int64_t s, int64_t n) {
+                      return to_uint8_hwc(decode_tokens(vq, tokens.narrow(0, s, n), a->batch_size));
+                    },
                     tokens.size(0), names, settings);
       return 0;
     }
@@ -296,36 +306,45 @@ Runner add_sample_command(CLI::App& app) {
       labels = parse_class_flag(a->classes, a->num, mc.num_classes, names, a->seed);
     }
     // The tokenizer: --vq, else the run's vq.weights (an aim train run), else the checkpoint's
-    // own vqvae.* tensors (official snapshots).
+    // own vqvae.* tensors (official snapshots). Not needed when only tokens are asked for (they
+    // can be decoded later with --from-tokens).
+    const bool decode = !a->out.empty() || !a->outdir.empty() || !a->npz.empty();
+    AIM_CHECK(decode || cmd->count("--vq-dtype") == 0, "--vq-dtype: only --tokens is asked for, so nothing is ",
+              "decoded\n---> HINT: leave it out, or give it to the --from-tokens run that decodes them");
     std::string vq_path = a->vq;
-    if (vq_path.empty() && ref.kind == CheckpointKind::kRunDir) {
+    if (decode && vq_path.empty() && ref.kind == CheckpointKind::kRunDir) {
       vq_path = load_config(ref.config_path).vq.weights;
       if (!vq_path.empty() && !fs::exists(vq_path))
         throw Error(str_cat(ref.config_path, ": vq.weights ", vq_path, " does not exist (relative paths are taken "
                             "from the current directory)\n---> HINT: pass the tokenizer with --vq"));
     }
-    AIM_CHECK(!vq_path.empty() || ref.kind != CheckpointKind::kRunDir, "--ckpt ", a->ckpt,
+    AIM_CHECK(!decode || !vq_path.empty() || ref.kind != CheckpointKind::kRunDir, "--ckpt ", a->ckpt,
               ": an aim train run without vq.weights, so nothing says which tokenizer decodes its codes\n---> "
               "HINT: give the tokenizer its codes were made with: --vq TOKENIZER (an aim train-vq run, a "
               ".safetensors with --vq-config, or an official snapshot)");
-    if (vq_path.empty()) vq_path = fs::is_directory(a->ckpt) ? a->ckpt : ref.weights_path;
-    auto loaded_vq = load_vq_model(vq_path, a->vq_config);
-    auto vq = loaded_vq.model;
-    AIM_CHECK(vq->config.codebook_size == mc.vocab_size, "--vq: codebook of ", vq->config.codebook_size,
-              " codes, but the model's vocabulary is ", mc.vocab_size);
+    VqModel vq{nullptr};
+    std::string vq_identity = "none (tokens only)";
+    if (decode) {
+      if (vq_path.empty()) vq_path = fs::is_directory(a->ckpt) ? a->ckpt : ref.weights_path;
+      auto loaded_vq = load_vq_model(vq_path, a->vq_config);
+      vq = loaded_vq.model;
+      vq_identity = loaded_vq.identity;
+      AIM_CHECK(vq->config.codebook_size == mc.vocab_size, "--vq: codebook of ", vq->config.codebook_size,
+                " codes, but the model's vocabulary is ", mc.vocab_size);
+      prepare_vq_for_decoding(vq, device, vq_dtype_of(a->vq_dtype));
+    }
     model->to(device, a->dtype == "bf16" ? torch::kBFloat16 : torch::kFloat);
-    prepare_vq_for_decoding(vq, device, vq_dtype_of(a->vq_dtype));
     settings = {{"cfg", std::to_string(o.cfg)}, {"temperature", std::to_string(o.temperature)},
                 {"top_k", std::to_string(o.top_k)}, {"top_p", std::to_string(o.top_p)},
                 {"cfg_top_p", std::to_string(o.cfg_top_p)}, {"seed", std::to_string(o.seed)}, {"checkpoint", a->ckpt},
                 {"preset", a->preset.empty() ? "none" : a->preset},
                 {"decode_position_offset", std::to_string(mc.decode_position_offset)},
-                {"dtype", a->dtype}, {"vq_dtype", a->vq_dtype}, {"ssm_state", a->ssm_state},
+                {"dtype", a->dtype}, {"vq_dtype", decode ? a->vq_dtype : "none"}, {"ssm_state", a->ssm_state},
                 // What was loaded, not only what was named: a run's `latest` moves, --ema picks
                 // other weights, and the tokenizer may come from elsewhere.
                 // (By content: the same checkpoint named by another path is the same.)
                 {"weights", file_identity(weights_used)},
-                {"vq", loaded_vq.identity}};
+                {"vq", vq_identity}};
     const int64_t total = static_cast<int64_t>(labels.size());
     if (env.is_main()) {
       std::cerr << "[sample] " << total << " samples, cfg " << o.cfg << ", temperature " << o.temperature
@@ -358,11 +377,14 @@ Runner add_sample_command(CLI::App& app) {
       std::optional<c10::cuda::CUDAStreamGuard> on_stream;
       if (overlap) on_stream.emplace(*decode_stream);
 #endif
-      const auto t1 = std::chrono::steady_clock::now();
-      auto images = to_uint8_hwc(decode_tokens(vq, tokens, a->batch_size));
-      decode_s += std::chrono::duration<double>(std::chrono::steady_clock::now() - t1).count();
+      std::vector<std::pair<std::string, torch::Tensor>> tensors = {{"tokens", tokens}, {"labels", lab}};
+      if (decode) {
+        const auto t1 = std::chrono::steady_clock::now();
+        tensors.emplace_back("images", to_uint8_hwc(decode_tokens(vq, tokens, a->batch_size)));
+        decode_s += std::chrono::duration<double>(std::chrono::steady_clock::now() - t1).count();
+      }
       made += n;
-      save_safetensors(part.string(), {{"tokens", tokens}, {"labels", lab}, {"images", images}}, settings);
+      save_safetensors(part.string(), tensors, settings);
       progress.update(n);
     };
     auto labels_of = [&](int64_t start, int64_t n) {
@@ -399,8 +421,9 @@ Runner add_sample_command(CLI::App& app) {
     }
     if (pending.valid()) pending.get();
     const double tok_rate = step_s > 0 ? made * mc.num_tokens / step_s : 0;
-    progress.finish(str_cat(made, " new: ", static_cast<int64_t>(tok_rate), " tokens/s in model steps, ",
-                            decode_s > 0 ? made / decode_s : 0.0, " images/s in VQ decode"));
+    progress.finish(str_cat(made, " new: ", static_cast<int64_t>(tok_rate), " tokens/s in model steps",
+                            decode ? str_cat(", ", decode_s > 0 ? made / decode_s : 0.0, " images/s in VQ decode")
+                                   : std::string()));
     if (!env.is_main()) return 0;
     // Rank 0 assembles once every batch is there.
     const auto wait_start = std::chrono::steady_clock::now();

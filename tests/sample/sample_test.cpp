@@ -233,8 +233,8 @@ TEST_F(SampleCli, AKilledRunResumesWithoutRedoingFinishedBatches) {
   for (const auto& [other, key] : {std::pair<std::string, std::string>{"--cfg 4 ", "cfg"},
                                    {"--cfg-top-p 0.5 ", "cfg_top_p"}, {"--temperature 0.5 ", "temperature"},
                                    {"--decode-position-offset 0 ", "decode_position_offset"},
-                                   // another tokenizer decoded the finished batches' images
-                                   {"--vq " + (test::fixtures_dir() / "aim" / "mamba1_tiny").string() + " ", "vq"}}) {
+                                   // the finished batches hold tokens only; this run decodes images
+                                   {"--npz " + p("x.npz") + " ", "vq"}}) {
     auto mixed = run(base_ + args + other + "--work-dir " + p("work") + " --tokens " + p("resumed.safetensors"));
     EXPECT_NE(mixed.code, 0) << other;
     EXPECT_NE(mixed.output.find("sampled with " + key + " "), std::string::npos) << other << "\n" << mixed.output;
@@ -257,6 +257,12 @@ TEST_F(SampleCli, AKilledRunResumesWithoutRedoingFinishedBatches) {
   EXPECT_TRUE(torch::equal(load_safetensors(p("full.safetensors"))["tokens"],
                            load_safetensors(p("resumed.safetensors"))["tokens"]));
   EXPECT_FALSE(fs::exists(p("work")));
+  // Batches whose images another tokenizer decoded are refused too.
+  const std::string decoded = args + "--work-dir " + p("work3") + " --npz " + p("d.npz");
+  ASSERT_EQ(run("OMPI_COMM_WORLD_RANK=1 OMPI_COMM_WORLD_SIZE=2 " + base_ + decoded).code, 0);
+  auto other_vq = run(base_ + decoded + " --vq " + (test::fixtures_dir() / "aim" / "mamba1_tiny").string());
+  EXPECT_NE(other_vq.code, 0);
+  EXPECT_NE(other_vq.output.find("sampled with vq "), std::string::npos) << other_vq.output;
 }
 
 // --decode-position-offset replaces the checkpoint's setting (the fixture records the official 1):
@@ -357,7 +363,9 @@ TEST_F(SampleCli, FromTokensDecodesTheFixtureImages) {
   const auto after = SafetensorsFile(p("resaved.safetensors")).metadata();
   EXPECT_EQ(after.at("cfg"), "2.500000");
   EXPECT_EQ(after.at("seed"), "9");
-  EXPECT_EQ(after.at("vq"), before.at("vq"));
+  // Sampling tokens alone loads no tokenizer; the decode records the one it used.
+  EXPECT_EQ(before.at("vq"), "none (tokens only)");
+  EXPECT_NE(after.at("vq").find("model.safetensors ("), std::string::npos) << after.at("vq");
   EXPECT_NE(after.at("weights").find("model.safetensors ("), std::string::npos) << after.at("weights");
   // The official images, quantised the ADM way, against ours (rounding at a boundary may move one level).
   auto expected = (golden["decoded_images"] * 127.5 + 128).clamp(0, 255).to(torch::kUInt8).permute({0, 2, 3, 1});

@@ -511,6 +511,13 @@ TEST_F(TrainerTest, ARunDirectoryIsContinuedOrLeftAlone) {
   const auto no_vq = test::run_shell(aim("sample --ckpt " + out + " --class 1 --num 1 --out " + run("s.png")));
   EXPECT_NE(no_vq.code, 0);
   EXPECT_NE(no_vq.output.find("an aim train run without vq.weights"), std::string::npos) << no_vq.output;
+  // Tokens alone need none (they are decoded later with --from-tokens --vq).
+  const auto tokens_only =
+      test::run_shell(aim("sample --ckpt " + out + " --class 1 --num 2 --tokens " + run("t.safetensors")));
+  EXPECT_EQ(tokens_only.code, 0) << tokens_only.output;
+  SafetensorsFile tokens_file(run("t.safetensors"));
+  EXPECT_EQ(tokens_file.get("tokens").sizes(), (std::vector<int64_t>{2, 64}));
+  EXPECT_EQ(tokens_file.metadata().at("vq"), "none (tokens only)");
   // A moved run goes on where it now is, whatever its config.yaml says train.out_dir was.
   const std::string moved = run("moved");
   fs::rename(out, moved);
