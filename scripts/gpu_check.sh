@@ -43,6 +43,7 @@ start=$(date +%s)
 DEBS=(libyaml-cpp-dev libyaml-cpp0.7 libspdlog-dev libspdlog1.10 libfmt-dev libfmt9
       libcli11-dev libstb-dev libstb0 nlohmann-json3-dev libgtest-dev libgmock-dev googletest
       libgloo-dev  # headers only: LibTorch holds Gloo itself but ships none of its headers
+      libjpeg62-turbo-dev libjpeg62-turbo  # JPEG decoding (src/data/jpeg_decode.cpp)
       zlib1g-dev)  # its libz.so links to the system's /lib/x86_64-linux-gnu/libz.so.1.2.13; where
                    # that is absent, CMake's FindZLIB takes the package's libz.a instead
 PROGRAMS=(aim tests/aim_tests bench/bench_ops bench/bench_train bench/bench_sample)

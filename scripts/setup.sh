@@ -14,7 +14,7 @@ DEB_PACKAGES=(
   build-essential cmake ninja-build ccache pkg-config git
   python3 python3-venv python3-pip
   libyaml-cpp-dev libspdlog-dev libfmt-dev libcli11-dev libstb-dev nlohmann-json3-dev
-  libgtest-dev libgmock-dev libbenchmark-dev zlib1g-dev
+  libgtest-dev libgmock-dev libbenchmark-dev zlib1g-dev libjpeg62-turbo-dev
   openmpi-bin libopenmpi-dev libgloo-dev
   clang libclang-rt-14-dev
 )

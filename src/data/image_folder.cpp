@@ -13,11 +13,12 @@ namespace aim {
 namespace fs = std::filesystem;
 
 bool has_image_extension(const std::string& path) {
-  static const char* kExt[] = {".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp"};
-  auto ext = fs::path(path).extension().string();
-  std::transform(ext.begin(), ext.end(), ext.begin(), [](unsigned char c) { return std::tolower(c); });
-  for (const char* e : kExt) {
-    if (ext == e) return true;
+  // torchvision: filename.lower().endswith(IMG_EXTENSIONS), so a file named ".jpg" counts too.
+  static const std::string kExt[] = {".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp"};
+  auto name = fs::path(path).filename().string();
+  std::transform(name.begin(), name.end(), name.begin(), [](unsigned char c) { return std::tolower(c); });
+  for (const auto& e : kExt) {
+    if (name.size() >= e.size() && name.compare(name.size() - e.size(), e.size(), e) == 0) return true;
   }
   return false;
 }
@@ -38,13 +39,17 @@ ImageList list_image_folder(const std::string& root) {
   }
   for (size_t c = 0; c < class_dirs.size(); ++c) {
     list.classes.push_back(class_dirs[c].filename().string());
-    std::vector<std::string> files;
+    // torchvision's order: folders (os.walk roots) sorted by path, the files of each sorted by
+    // name, so a class folder's own files come before those of its sub-folders.
+    std::vector<std::pair<std::string, std::string>> files;  // (folder, file name)
     for (const auto& e : fs::recursive_directory_iterator(
              class_dirs[c], fs::directory_options::follow_directory_symlink)) {
-      if (e.is_regular_file() && has_image_extension(e.path().string())) files.push_back(e.path().string());
+      if (e.is_regular_file() && has_image_extension(e.path().string()))
+        files.emplace_back(e.path().parent_path().string(), e.path().filename().string());
     }
     std::sort(files.begin(), files.end());
-    for (auto& f : files) list.entries.push_back({std::move(f), static_cast<int64_t>(c)});
+    for (const auto& [folder, name] : files)
+      list.entries.push_back({(fs::path(folder) / name).string(), static_cast<int64_t>(c)});
   }
   if (list.entries.empty()) throw Error(str_cat("--data ", root, ": no image files in its class folders"));
   return list;

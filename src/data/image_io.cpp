@@ -1,17 +1,18 @@
-// Decoding with stb_image to what PIL's `Image.open(f).convert('RGB')` returns, and PNG writing.
+// Decoding to what PIL's `Image.open(f).convert('RGB')` returns, and PNG writing.
 //
-// Where stb and PIL (Pillow 11 with libjpeg-turbo) differ we adjust:
-// - JPEG streams must reach their end-of-image marker, or PIL raises "image file is truncated".
-//   stb either fails with a bare "expected marker" or, where a cut falls well, fills the
-//   missing data with zeros; we walk the markers ourselves and say "truncated".
-// - A 4-component JPEG without an Adobe APP14 marker: libjpeg and PIL read it as (inverted,
-//   Adobe-convention) CMYK, stb as YCbCr. We insert an Adobe marker saying "CMYK" before
-//   decoding, so stb takes its CMYK path, whose rounding equals PIL's CMYK -> RGB.
+// JPEG goes through libjpeg with PIL's settings (jpeg_decode.cpp), so its pixels are PIL's
+// exactly; stb_image's IDCT and chroma upsampling differ from libjpeg's on a few percent of the
+// pixels of every photo. PNG, BMP and binary PPM/PGM go through stb_image, adjusted where it and
+// PIL differ:
+// - JPEG streams must reach their end-of-image marker, or PIL raises "image file is truncated"
+//   (libjpeg would pad the missing data); we walk the markers ourselves and say "truncated".
 // - 16-bit grayscale PNG: PIL opens it as mode I;16 and convert('RGB') clamps each value to
 //   255 (it does not scale); stb's 8-bit path keeps the high byte. We load 16 bits and clamp.
 //   Other 16-bit PNGs keep the high byte in both.
 // - A PNG whose chunks end cleanly but lack the closing IEND chunk: PIL decodes it, stb fails
 //   on the missing chunk. We append IEND.
+// - PPM/PGM with a maximum value other than 255: PIL scales the samples to 0..255, stb does not;
+//   refused.
 // - Alpha is dropped (PIL's convert('RGB') from RGBA / LA / P+transparency ignores it).
 #include <stb_image.h>
 #include <stb_image_write.h>
@@ -19,6 +20,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <cctype>
 #include <cerrno>
 #include <cstdio>
 #include <cstring>
@@ -30,6 +32,7 @@
 
 #include "aim/core/error.h"
 #include "aim/data/image.h"
+#include "jpeg_decode.h"
 
 namespace aim {
 
@@ -51,37 +54,21 @@ bool is_png(const uint8_t* d, size_t n) {
   return n >= 8 && std::memcmp(d, sig, 8) == 0;
 }
 
-/// What the JPEG marker walk found.
-struct JpegLayout {
-  int components = 0;     ///< from the first SOFn
-  bool adobe = false;     ///< an APP14 "Adobe" segment was seen
-  bool complete = false;  ///< the EOI marker was reached
-};
-
-bool is_sof(uint8_t m) { return m >= 0xC0 && m <= 0xCF && m != 0xC4 && m != 0xC8 && m != 0xCC; }
-
-/// Walks segments and entropy-coded data to EOI (junk between markers is skipped as libjpeg
-/// does). Never reads past `n`; stops early at anything malformed and lets stb judge it.
-JpegLayout walk_jpeg(const uint8_t* d, size_t n) {
-  JpegLayout out;
+/// True when the JPEG stream reaches its end-of-image marker: walks segments and entropy-coded
+/// data (junk between markers is skipped as libjpeg does). Never reads past `n`; stops early at
+/// anything malformed and lets the decoder judge it.
+bool jpeg_reaches_eoi(const uint8_t* d, size_t n) {
   size_t pos = 2;  // after SOI
   while (pos < n) {
     while (pos < n && d[pos] != 0xFF) ++pos;
     while (pos < n && d[pos] == 0xFF) ++pos;  // fill bytes
     if (pos >= n) break;
     const uint8_t m = d[pos++];
-    if (m == 0xD9) {
-      out.complete = true;
-      break;
-    }
+    if (m == 0xD9) return true;
     if (m == 0x00 || m == 0x01 || m == 0xD8 || (m >= 0xD0 && m <= 0xD7)) continue;
     if (pos + 2 > n) break;
     const size_t len = (static_cast<size_t>(d[pos]) << 8) | d[pos + 1];
     if (len < 2) break;
-    const uint8_t* seg = d + pos + 2;
-    const size_t seg_len = std::min(len - 2, n - (pos + 2));
-    if (is_sof(m) && out.components == 0 && seg_len >= 6) out.components = seg[5];
-    if (m == 0xEE && seg_len >= 5 && std::memcmp(seg, "Adobe", 5) == 0) out.adobe = true;
     pos += len;
     if (m == 0xDA) {
       // Entropy-coded data: FF 00 is a stuffed byte, FF D0..D7 a restart, FF FF fill.
@@ -105,19 +92,28 @@ JpegLayout walk_jpeg(const uint8_t* d, size_t n) {
       }
     }
   }
-  return out;
+  return false;
 }
 
-/// The stream with an APP14 "Adobe" segment (transform 0: CMYK) right after SOI.
-std::vector<uint8_t> with_adobe_cmyk_marker(const uint8_t* d, size_t n) {
-  static const uint8_t app14[16] = {0xFF, 0xEE, 0x00, 0x0E, 'A',  'd',  'o',  'b',
-                                    'e',  0x00, 0x64, 0x00, 0x00, 0x00, 0x00, 0x00};
-  std::vector<uint8_t> out;
-  out.reserve(n + sizeof(app14));
-  out.insert(out.end(), d, d + 2);
-  out.insert(out.end(), app14, app14 + sizeof(app14));
-  out.insert(out.end(), d + 2, d + n);
-  return out;
+/// The maximum sample value of a binary PPM (P6) or PGM (P5) header, or -1 when `d` is not one
+/// or its header cannot be read (stb then judges the file).
+int pnm_maxval(const uint8_t* d, size_t n) {
+  if (n < 3 || d[0] != 'P' || (d[1] != '5' && d[1] != '6')) return -1;
+  size_t pos = 2;
+  long fields[3] = {0, 0, 0};
+  for (long& f : fields) {
+    for (;;) {  // whitespace and comments
+      while (pos < n && std::isspace(d[pos])) ++pos;
+      if (pos < n && d[pos] == '#') {
+        while (pos < n && d[pos] != '\n' && d[pos] != '\r') ++pos;
+        continue;
+      }
+      break;
+    }
+    if (pos >= n || !std::isdigit(d[pos])) return -1;
+    while (pos < n && std::isdigit(d[pos]) && f < 1000000) f = f * 10 + (d[pos++] - '0');
+  }
+  return static_cast<int>(fields[2]);
 }
 
 /// True when the PNG's chunks end exactly at the end of the data without an IEND chunk.
@@ -161,22 +157,17 @@ Image gray16_png(const uint8_t* data, size_t size, const std::string& what) {
 Image decode_image_memory(const uint8_t* data, size_t size, const std::string& what) {
   if (size == 0) fail(what, "the file is empty");
   if (size > static_cast<size_t>(std::numeric_limits<int>::max())) {
-    fail(what, str_cat("the file is ", size, " bytes, more than stb_image can read (2 GiB)"));
+    fail(what, str_cat("the file is ", size, " bytes, more than the decoders read (2 GiB)"));
   }
   std::vector<uint8_t> patched;
   bool gray16 = false;
   if (is_jpeg(data, size)) {
-    const JpegLayout layout = walk_jpeg(data, size);
-    if (!layout.complete) {
-      // PIL refuses these too ("image file is truncated"), even when only EOI is missing; stb
-      // would fill the missing data with zeros.
+    if (!jpeg_reaches_eoi(data, size)) {
+      // PIL refuses these too ("image file is truncated"), even when only EOI is missing;
+      // libjpeg would fill the missing data with grey.
       fail(what, "truncated: the JPEG data ends before its end-of-image marker");
     }
-    if (layout.components == 4 && !layout.adobe) {
-      patched = with_adobe_cmyk_marker(data, size);
-      data = patched.data();
-      size = patched.size();
-    }
+    return detail::decode_jpeg(data, size, what, kMaxPixels);
   } else if (is_png(data, size)) {
     if (png_lacks_iend(data, size)) {
       static const uint8_t iend[12] = {0, 0, 0, 0, 'I', 'E', 'N', 'D', 0xAE, 0x42, 0x60, 0x82};
@@ -187,6 +178,9 @@ Image decode_image_memory(const uint8_t* data, size_t size, const std::string& w
     }
     gray16 =
         size >= 26 && std::memcmp(data + 12, "IHDR", 4) == 0 && data[24] == 16 && data[25] == 0;
+  } else if (const int maxval = pnm_maxval(data, size); maxval >= 0 && maxval != 255) {
+    fail(what, str_cat("a PPM/PGM with maximum value ", maxval, ": only 255 is read (PIL would rescale ",
+                       "the samples)\n---> HINT: convert it to PNG"));
   }
   int w = 0, h = 0, comp = 0;
   if (stbi_info_from_memory(data, static_cast<int>(size), &w, &h, &comp) &&
@@ -199,7 +193,8 @@ Image decode_image_memory(const uint8_t* data, size_t size, const std::string& w
       stbi_load_from_memory(data, static_cast<int>(size), &w, &h, &comp, 3));
   if (!px) {
     const std::string reason = stb_reason();
-    if (reason == "unknown image type") fail(what, reason + " (expected a JPEG, PNG or BMP file)");
+    if (reason == "unknown image type") fail(what, reason + " (expected a JPEG, PNG, BMP or binary PPM/PGM file; convert TIFF or WebP "
+                                              "images to PNG)");
     if (reason == "outofdata") fail(what, reason + " (the data ends early: truncated file)");
     fail(what, reason);
   }

@@ -5,7 +5,7 @@ Usage: image_fixtures.py OUT_DIR
 Writes encoded test images, raw uint8 RGB (HWC) references computed with PIL, and OUT_DIR/manifest
 whose lines the C++ test reads:
 
-  decode  FILE REF W H KIND      KIND: exact (PNG/BMP) or jpeg (IDCTs differ)
+  decode  FILE REF W H KIND      KIND: png, bmp, pnm or jpeg (every kind must equal PIL)
   error   FILE                   PIL refuses it too (checked here)
   resize  SRC SW SH FILTER W H REF
   cca     SRC SW SH SIZE REF     ADM center_crop_arr
@@ -135,12 +135,15 @@ with open(path("cmyk_noadobe.jpg"), "wb") as f:
 assert Image.open(path("cmyk_noadobe.jpg")).info.get("adobe") is None
 Image.fromarray(base[:, :96]).save(path("rgb_422_even.jpg"), quality=85, subsampling=1)
 Image.fromarray(photo(500, 375, 6)).save(path("photo_q75.jpg"), quality=75)
+rgb.save(path("restart.jpg"), quality=90, restart_marker_blocks=3)
+Image.fromarray(photo(333, 250, 7)).save(path("photo_420_odd.jpg"), quality=80, subsampling=2)
 with open(path("rgb_q90.jpg"), "rb") as f:
     jpeg = f.read()
 with open(path("junk_after_eoi.jpg"), "wb") as f:
     f.write(jpeg + b"\x00junk\xff\xd8")
 for name in ["rgb_q90.jpg", "rgb_444.jpg", "rgb_422.jpg", "rgb_422_even.jpg", "photo_q75.jpg",
-             "progressive.jpg", "gray.jpg", "cmyk.jpg", "cmyk_noadobe.jpg", "junk_after_eoi.jpg"]:
+             "progressive.jpg", "gray.jpg", "cmyk.jpg", "cmyk_noadobe.jpg", "junk_after_eoi.jpg",
+             "restart.jpg", "photo_420_odd.jpg"]:
     add_decode(name, "jpeg")
 
 alpha = (np.arange(97 * 75).reshape(75, 97) % 256).astype(np.uint8)
@@ -167,9 +170,19 @@ rgb.quantize(200).save(path("palette.bmp"))
 rgb.convert("L").save(path("gray.bmp"))
 Image.fromarray(np.dstack([base, alpha])).save(path("rgba.bmp"))
 for name in ["rgb.png", "rgba.png", "gray.png", "la.png", "palette.png", "bilevel.png",
-             "rgb16.png", "rgba16.png", "la16.png", "gray16.png", "no_iend.png", "rgb.bmp", "palette.bmp",
-             "gray.bmp", "rgba.bmp"]:
-    add_decode(name, "exact")
+             "rgb16.png", "rgba16.png", "la16.png", "gray16.png", "no_iend.png"]:
+    add_decode(name, "png")
+for name in ["rgb.bmp", "palette.bmp", "gray.bmp", "rgba.bmp"]:
+    add_decode(name, "bmp")
+rgb.save(path("rgb.ppm"))
+rgb.convert("L").save(path("gray.pgm"))
+with open(path("comment.ppm"), "wb") as f:  # a comment in the header
+    f.write(b"P6\n# made by hand\n97 75\n255\n" + base.tobytes())
+for name in ["rgb.ppm", "gray.pgm", "comment.ppm"]:
+    add_decode(name, "pnm")
+# PIL rescales samples of another maximum value; aim refuses such files (image_test.cpp).
+with open(path("maxval100.pgm"), "wb") as f:
+    f.write(b"P5 4 2 100\n" + bytes(range(0, 80, 10)))
 
 # An APP1 payload holding an end-of-image marker (as EXIF thumbnails do) must not make a cut
 # stream look complete.

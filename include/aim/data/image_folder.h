@@ -1,6 +1,7 @@
 #pragma once
-// Image lists: an ImageFolder tree (class sub-folders sorted by name give labels 0..C-1, files
-// sorted by name, as torchvision does) or a file list ("<path> <label>" per line).
+// Image lists: an ImageFolder tree (class sub-folders sorted by name give labels 0..C-1; files
+// in torchvision's order: folders sorted by path, files sorted by name within each) or a file
+// list ("<path> <label>" per line).
 #include <cstdint>
 #include <string>
 #include <vector>
