@@ -1022,6 +1022,8 @@ def convert(opts):
         key = (v.data_ptr(), tuple(v.shape), v.dtype) if v.numel() else k
         if key in seen:
             continue
+        if tie == "tied" and k.endswith(HEAD_KEY) and k[:-len(HEAD_KEY)] + EMBED_KEY in sd:
+            continue  # the embedding's twin, stored apart (safetensors files keep both names)
         seen.add(key)
         part = "vqvae" if "vqvae." in k or content == "vq" else "mamba"
         parts[part] = parts.get(part, 0) + v.numel()
@@ -1056,7 +1058,7 @@ def convert(opts):
     if tie == "tied":
         tied = " (tied embedding/lm_head weight stored under both names)"
     lines.append("  tensors     %d%s" % (len(sd), tied))
-    counts = ", ".join("%s %s" % (k, _fmt_int(n)) for k, n in parts.items())
+    counts = ", ".join("%s %s" % (k, _fmt_int(n)) for k, n in sorted(parts.items()))
     if len(parts) == 1:
         counts = _fmt_int(sum(parts.values()))
     lines.append("  parameters  %s%s" % (counts, " + %s buffer elements (quantize.codebook_used)"

@@ -21,6 +21,7 @@ Runner add_info_command(CLI::App& app) {
     if (!cmd->parsed()) return -1;
     namespace fs = std::filesystem;
     ModelConfig model;
+    VqConfig vq;  // the tokenizer of official snapshots: LlamaGen's VQ-16
     bool ema = false;
     std::string source = *path, weights;
     const bool yaml = !fs::is_directory(*path) && !(path->size() > 5 && path->substr(path->size() - 5) == ".json");
@@ -32,21 +33,31 @@ Runner add_info_command(CLI::App& app) {
       model = checkpoint_model_config(ref);
       source = ref.config_path;
       weights = ref.weights_path;
+      if (ref.kind == CheckpointKind::kRunDir) vq = load_config(ref.config_path).vq;
     } else if (path->size() > 5 && path->substr(path->size() - 5) == ".json") {
       model = model_config_from_hf_json(*path);
     } else {
       auto cfg = load_config(*path, *overrides);
       model = cfg.model;
+      vq = cfg.vq;
       ema = cfg.train.ema;
     }
     model.resolve();
     model.validate();
-    std::cout << "config: " << source << "\n" << describe_model(model, ema);
+    std::cout << "config: " << source << "\n" << describe_model(model, ema, vq);
     if (!weights.empty()) {
       SafetensorsFile file(weights);
+      // The language model's tensors, with or without the `mamba.` prefix; a tied lm_head stored
+      // beside the embedding is the same parameter, counted once.
+      auto strip = [](const std::string& k) { return k.rfind("mamba.", 0) == 0 ? k.substr(6) : k; };
+      bool has_embedding = false;
+      for (const auto& e : file.entries()) has_embedding |= strip(e.name) == "backbone.embeddings.word_embeddings.weight";
       int64_t n = 0;
       for (const auto& e : file.entries()) {
-        if (e.name.rfind("mamba.", 0) == 0 && e.name != "mamba.lm_head.weight") n += e.numel();
+        const std::string k = strip(e.name);
+        if (k.rfind("backbone.", 0) != 0 && k != "lm_head.weight") continue;
+        if (k == "lm_head.weight" && model.tie_embeddings && has_embedding) continue;
+        n += e.numel();
       }
       std::cout << "weights: " << weights << " (" << file.entries().size() << " tensors, "
                 << n << " language-model parameters)\n";

@@ -28,6 +28,14 @@ VqConfig vq_config_from_json(const std::string& path, const std::string& object_
     j = j[part];
   }
   if (!j.is_object()) throw Error(str_cat(path, ": '", object_path, "' is not an object"));
+  // An AiM model's config.json (given by mistake as a tokenizer config) would otherwise read as
+  // the defaults: nothing in it is a tokenizer field.
+  for (const char* lm : {"d_model", "n_layer", "ssm_cfg", "vocab_size"}) {
+    if (j.contains(lm) && !j.contains("codebook_size") && !j.contains("n_embed"))
+      throw Error(str_cat(path, ": a language model's config (field '", lm, "'), not a tokenizer's\n---> HINT: ",
+                          "give the tokenizer's JSON (codebook_size, encoder_ch_mult, ...), e.g. the one "
+                          "tools/convert_checkpoint.py writes beside its weights"));
+  }
   VqConfig c;
   auto get_int = [&](std::initializer_list<const char*> names, int64_t& out) {
     for (const char* n : names) {
@@ -52,9 +60,26 @@ VqConfig vq_config_from_json(const std::string& path, const std::string& object_
   get_int({"z_channels"}, c.z_channels);
   get_int({"ch"}, c.ch);
   get_int({"num_res_blocks"}, c.num_res_blocks);
-  get_int({"norm_groups"}, c.norm_groups);
-  if (j.contains("codebook_l2_norm")) c.codebook_l2_norm = j["codebook_l2_norm"].get<bool>();
-  if (j.contains("dropout_p")) c.dropout = j["dropout_p"].get<double>();
+  get_int({"norm_groups", "group_norm_groups"}, c.norm_groups);
+  if (j.contains("codebook_l2_norm")) {
+    if (!j["codebook_l2_norm"].is_boolean())
+      throw Error(str_cat(path, ": field 'codebook_l2_norm': expected true or false, found ", j["codebook_l2_norm"].dump()));
+    c.codebook_l2_norm = j["codebook_l2_norm"].get<bool>();
+  }
+  if (j.contains("dropout_p")) {
+    if (!j["dropout_p"].is_number())
+      throw Error(str_cat(path, ": field 'dropout_p': expected a number, found ", j["dropout_p"].dump()));
+    c.dropout = j["dropout_p"].get<double>();
+  }
+  // Fields of the architecture that this tokenizer fixes: a file saying otherwise is refused
+  // rather than read as something it is not.
+  for (const char* n : {"in_channels", "out_channels"}) {
+    if (j.contains(n) && !(j[n].is_number_integer() && j[n].get<int64_t>() == 3))
+      throw Error(str_cat(path, ": field '", n, "': expected 3 (RGB), found ", j[n].dump()));
+  }
+  if (j.contains("norm_type") && j["norm_type"] != "group")
+    throw Error(str_cat(path, ": field 'norm_type': expected \"group\" (LlamaGen's GroupNorm), found ",
+                        j["norm_type"].dump()));
   if (!get_list("encoder_ch_mult", c.ch_mult)) get_list("ch_mult", c.ch_mult);
   std::vector<int64_t> dec;
   if (get_list("decoder_ch_mult", dec) && dec != c.ch_mult) {

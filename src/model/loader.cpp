@@ -66,12 +66,22 @@ LoadedVq load_vq_model(const std::string& path, const std::string& config_path) 
   }
   SafetensorsFile file(weights);
   std::string prefix;
+  bool tokenizer = false, language_model = false;
   for (const auto& e : file.entries()) {
     if (e.name.rfind("vqvae.", 0) == 0) {
       prefix = "vqvae.";
+      tokenizer = true;
       break;
     }
+    tokenizer |= e.name.rfind("encoder.", 0) == 0 || e.name.rfind("decoder.", 0) == 0 ||
+                 e.name.rfind("quantize.", 0) == 0;
+    language_model |= e.name.rfind("mamba.", 0) == 0 || e.name.rfind("backbone.", 0) == 0;
   }
+  // A language model saved without its tokenizer (save_pretrained, a trainer's state dict of the
+  // Mamba part) would otherwise list every one of its tensors as unexpected.
+  AIM_CHECK(tokenizer || !language_model, weights, ": holds a language model's tensors (mamba.* / backbone.*) ",
+            "but no tokenizer (neither vqvae.* nor encoder.* / decoder.* / quantize.*)\n---> HINT: pass the ",
+            "tokenizer with --vq (LlamaGen's vq_ds16_c2i, converted with tools/convert_checkpoint.py)");
   LoadedVq out;
   out.model = VqModel(cfg);
   load_vq_state_dict(out.model, file.load_all(), weights, prefix);

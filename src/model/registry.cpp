@@ -1,9 +1,11 @@
 #include "aim/model/registry.h"
 
+#include <cmath>
 #include <iomanip>
 #include <sstream>
 
 #include "aim/core/error.h"
+#include "aim/model/vq.h"
 
 namespace aim {
 
@@ -146,9 +148,22 @@ MemoryEstimate estimate_memory(const ModelConfig& c, bool ema) {
   return m;
 }
 
-std::string describe_model(const ModelConfig& c, bool ema) {
+VqDecodeEstimate estimate_vq_decode(const VqConfig& vq, int64_t image_size) {
+  VqDecodeEstimate e;
+  torch::NoGradGuard no_grad;
+  const VqModel model(vq);
+  for (const auto& p : model->parameters()) e.parameters += p.numel();
+  e.weights_fp32 = 4 * e.parameters;
+  const int64_t top_channels = vq.ch * (vq.ch_mult.empty() ? 1 : vq.ch_mult.front());
+  e.activations_per_image = 6 * 4 * top_channels * image_size * image_size;
+  return e;
+}
+
+std::string describe_model(const ModelConfig& c, bool ema, const VqConfig& vq) {
   const auto n = count_parameters(c);
   const auto m = estimate_memory(c, ema);
+  const auto side = static_cast<int64_t>(std::llround(std::sqrt(static_cast<double>(c.num_tokens))));
+  const auto v = estimate_vq_decode(vq, side * vq.downsample());
   std::ostringstream os;
   auto row = [&](const std::string& k, const std::string& v) {
     os << "  " << std::left << std::setw(37) << k << v << "\n";
@@ -181,7 +196,17 @@ std::string describe_model(const ModelConfig& c, bool ema) {
   row("  recomputing every block", bytes_str(m.train_activations_recompute_per_image) +
                                        " (train.recompute_every: 1, about 1/3 more compute)");
   row("sampling: state per image", bytes_str(m.sample_state_per_image) + str_cat(" (x2 with CFG)"));
-  row("sampling: batch 16 with CFG", bytes_str(m.weights_bf16 + 32.0 * m.sample_state_per_image));
+  row("sampling: model + states, 16 w/ CFG", bytes_str(m.weights_fp32 + 32.0 * m.sample_state_per_image) +
+                                                " (--dtype fp32; " +
+                                                bytes_str(m.weights_bf16 + 32.0 * m.sample_state_per_image) +
+                                                " with bf16)");
+  row("sampling: tokenizer weights", bytes_str(v.weights_fp32) + str_cat(" (", std::setprecision(4),
+                                                                            v.parameters / 1e6, "M, fp32)"));
+  row("sampling: VQ decode per image", str_cat("about ", bytes_str(v.activations_per_image), " (",
+                                                       side * vq.downsample(), " px, fp32)"));
+  row("sampling: 16 images in all", str_cat("about ", bytes_str(m.weights_fp32 + 32.0 * m.sample_state_per_image +
+                                                                        v.weights_fp32 + 16.0 * v.activations_per_image),
+                                                " (--batch-size 16, fp32)"));
   return os.str();
 }
 

@@ -34,6 +34,10 @@ TEST(Cli, InfoPrintsTheOfficialTotals) {
   auto r = run_aim("info " + src("configs/aim_l.yaml"));
   EXPECT_NE(r.output.find("adaLN-group, G = 4"), std::string::npos) << r.output;
   EXPECT_NE(r.output.find("sampling: state per image"), std::string::npos) << r.output;
+  // Sampling memory counts the tokenizer too (LlamaGen's VQ-16: 71,883,403 parameters).
+  EXPECT_NE(r.output.find("sampling: tokenizer weights          274.21 MiB (71.88M, fp32)"), std::string::npos)
+      << r.output;
+  EXPECT_NE(r.output.find("sampling: 16 images in all"), std::string::npos) << r.output;
 }
 
 TEST(Cli, InfoReadsAnOfficialSnapshotDirectory) {

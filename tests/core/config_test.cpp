@@ -650,5 +650,31 @@ TEST(HfConfig, WriteReadRoundTrip) {
   EXPECT_EQ(model_config_from_hf_json(write_temp("aim_l.json", model_config_to_hf_json(l))), l);
 }
 
+TEST(VqJson, FieldsAliasesAndErrors) {
+  // LlamaGen's ModelArgs names, AiM's VQModel names and descriptive extras.
+  const VqConfig c = vq_config_from_json(write_temp("vq_alias.json", R"({"n_embed": 1024, "embed_dim": 4,
+      "ch_mult": [1, 2], "z_channels": 8, "ch": 16, "group_norm_groups": 8, "codebook_l2_norm": false,
+      "dropout_p": 0.1, "in_channels": 3, "norm_type": "group", "attention": "last level"})"));
+  EXPECT_EQ(c.codebook_size, 1024);
+  EXPECT_EQ(c.codebook_embed_dim, 4);
+  EXPECT_EQ(c.ch_mult, (std::vector<int64_t>{1, 2}));
+  EXPECT_EQ(c.norm_groups, 8);
+  EXPECT_FALSE(c.codebook_l2_norm);
+  EXPECT_DOUBLE_EQ(c.dropout, 0.1);
+  expect_error([] { vq_config_from_json(write_temp("vq_bool.json", R"({"codebook_l2_norm": 1})")); },
+               {"vq_bool.json", "field 'codebook_l2_norm'", "true or false", "found 1"});
+  expect_error([] { vq_config_from_json(write_temp("vq_drop.json", R"({"dropout_p": "0"})")); },
+               {"vq_drop.json", "field 'dropout_p'", "a number"});
+  expect_error([] { vq_config_from_json(write_temp("vq_in.json", R"({"in_channels": 4})")); },
+               {"vq_in.json", "field 'in_channels'", "expected 3", "found 4"});
+  expect_error([] { vq_config_from_json(write_temp("vq_norm.json", R"({"norm_type": "batch"})")); },
+               {"vq_norm.json", "field 'norm_type'", "\"batch\""});
+  expect_error([] { vq_config_from_json(write_temp("vq_asym.json", R"({"encoder_ch_mult": [1, 2], "decoder_ch_mult": [2, 1]})")); },
+               {"vq_asym.json", "decoder_ch_mult", "symmetric"});
+  // An AiM config.json given as a tokenizer's.
+  expect_error([] { vq_config_from_json(source_path("tests/fixtures/aim/mamba2_tiny/config.json")); },
+               {"mamba2_tiny/config.json", "a language model's config", "HINT"});
+}
+
 }  // namespace
 }  // namespace aim

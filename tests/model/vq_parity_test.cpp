@@ -3,10 +3,14 @@
 #include <gtest/gtest.h>
 #include <torch/torch.h>
 
+#include <unistd.h>
+
+#include <filesystem>
 #include <fstream>
 
 #include "aim/core/config.h"
 #include "aim/core/safetensors.h"
+#include "aim/model/loader.h"
 #include "aim/model/registry.h"
 #include "aim/model/vq.h"
 #include "no_tf32.h"
@@ -126,6 +130,21 @@ TEST(VqLayout, FullVq16HasTheOfficialKeysAndTotal) {
   EXPECT_EQ(params, total);
   std::printf("    VQ-16: %zu entries, %lld parameters (official %lld)\n", ours.size(),
               (long long)params, (long long)total);
+}
+
+TEST(VqLoad, ALanguageModelWithoutItsTokenizerIsNamed) {
+  // The fixture's language-model tensors alone, as save_pretrained writes them.
+  std::vector<std::pair<std::string, torch::Tensor>> lm;
+  for (const auto& [k, v] : load_safetensors((test::fixtures_dir() / "aim" / "mamba2_tiny" / "model.safetensors").string()))
+    if (k.rfind("mamba.", 0) == 0) lm.emplace_back(k, v);
+  ASSERT_FALSE(lm.empty());
+  const auto path = (fs::temp_directory_path() / ("aim_lm_only_" + std::to_string(::getpid()) + ".safetensors")).string();
+  save_safetensors(path, lm);
+  const std::string msg = test::error_of([&] { load_vq_model(path); });
+  fs::remove(path);
+  EXPECT_NE(msg.find(path + ": holds a language model's tensors"), std::string::npos) << msg;
+  EXPECT_NE(msg.find("--vq"), std::string::npos) << msg;
+  EXPECT_LT(msg.size(), 600u) << "one message, not a list of every tensor";
 }
 
 }  // namespace

@@ -314,6 +314,14 @@ TEST_F(ConvertCheckpoint, AimStateDictInfersTheConfig) {
     // The fixture stores the tied weight under both names, as the converter must.
     expect_identical(sd, fix, fixture_case + "/model.safetensors");
     expect_aim_loads(dir / "model.safetensors", dir / "config.json", fixture_case);
+    // A safetensors input keeps the tied pair as two tensors: still one parameter in the summary.
+    auto again = convert(quote((dir / "model.safetensors").string()) + " --out " + quote(out(fixture_case + "_again/").string()));
+    ASSERT_EQ(again.code, 0) << again.output;
+    auto params = [](const std::string& o) {
+      const auto at = o.find("  parameters  ");
+      return at == std::string::npos ? std::string("(none)") : o.substr(at, o.find('\n', at) - at);
+    };
+    EXPECT_EQ(params(again.output), params(r.output));
   }
 }
 
