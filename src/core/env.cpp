@@ -31,8 +31,32 @@ struct Names {
   const char* rank;
   const char* size;
   const char* local_rank;
-  const char* local_size;
+  const char* local_size;  ///< nullptr: derived (Slurm)
 };
+
+/// The task count of node `node` in a Slurm tasks-per-node list such as "8(x3),4"; -1 when the
+/// list cannot be read or has no such node.
+int slurm_tasks_on_node(const char* list, int node) {
+  if (list == nullptr) return -1;
+  const std::string s(list);
+  int index = 0;
+  size_t pos = 0;
+  while (pos < s.size()) {
+    size_t end = s.find(',', pos);
+    if (end == std::string::npos) end = s.size();
+    const std::string item = s.substr(pos, end - pos);
+    char* rest = nullptr;
+    const long tasks = std::strtol(item.c_str(), &rest, 10);
+    long repeat = 1;
+    if (rest != nullptr && std::strncmp(rest, "(x", 2) == 0) repeat = std::strtol(rest + 2, nullptr, 10);
+    else if (rest == nullptr || *rest != '\0') return -1;
+    if (tasks < 1 || repeat < 1) return -1;
+    if (node < index + repeat) return static_cast<int>(tasks);
+    index += static_cast<int>(repeat);
+    pos = end + 1;
+  }
+  return -1;
+}
 
 }  // namespace
 
@@ -41,7 +65,9 @@ LaunchEnv detect_launch_env() {
       {"openmpi", "OMPI_COMM_WORLD_RANK", "OMPI_COMM_WORLD_SIZE", "OMPI_COMM_WORLD_LOCAL_RANK",
        "OMPI_COMM_WORLD_LOCAL_SIZE"},
       {"pmi", "PMI_RANK", "PMI_SIZE", "MPI_LOCALRANKID", "MPI_LOCALNRANKS"},
-      {"slurm", "SLURM_PROCID", "SLURM_NTASKS", "SLURM_LOCALID", "SLURM_NTASKS_PER_NODE"},
+      // Only inside a job step (srun): a batch script itself also carries SLURM_PROCID=0 and
+      // SLURM_NTASKS=N, and a program run there directly is one process, not rank 0 of N.
+      {"slurm", "SLURM_PROCID", "SLURM_STEP_NUM_TASKS", "SLURM_LOCALID", nullptr},
       {"torchrun", "RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE"},
   };
   LaunchEnv env;
@@ -55,7 +81,15 @@ LaunchEnv detect_launch_env() {
     env.rank = rank;
     env.world_size = size;
     if (!read_int(n.local_rank, env.local_rank)) env.local_rank = rank;
-    if (!read_int(n.local_size, env.local_world_size)) env.local_world_size = size;
+    if (n.local_size != nullptr) {
+      if (!read_int(n.local_size, env.local_world_size)) env.local_world_size = size;
+    } else {
+      // Slurm: this node's entry of the step's tasks per node ("8(x2),4"), indexed by the node.
+      int node = 0;
+      if (!read_int("SLURM_NODEID", node)) node = 0;
+      const int here = slurm_tasks_on_node(std::getenv("SLURM_STEP_TASKS_PER_NODE"), node);
+      env.local_world_size = here > 0 ? here : size;
+    }
     return env;
   }
   return env;

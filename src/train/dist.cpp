@@ -466,25 +466,35 @@ void DistContext::broadcast_(const std::vector<torch::Tensor>& tensors, int root
 
 ReplicaCheck DistContext::compare_with_root(const std::vector<torch::Tensor>& tensors) {
   torch::NoGradGuard no_grad;
-  std::vector<torch::Tensor> local, root;
-  local.reserve(tensors.size());
-  root.reserve(tensors.size());
-  for (size_t i = 0; i < tensors.size(); ++i) {
+  for (size_t i = 0; i < tensors.size(); ++i)
     AIM_CHECK(tensors[i].defined(), "compare_with_root: tensor ", i, " is undefined");
-    local.push_back(staged(tensors[i].detach(), device_));
-    root.push_back(local.back().clone());
-  }
-  broadcast_(root, 0);
+  // In groups of about 256 MB (or one larger tensor): a copy of every parameter at once would
+  // need the model's size again in device memory at each checkpoint, enough to run a run sized
+  // to fill its GPUs out of memory.
+  constexpr int64_t kGroupBytes = int64_t{256} << 20;
   double max_abs_diff = 0;
   double mismatched = 0;
-  for (size_t i = 0; i < local.size(); ++i) {
-    if (local[i].numel() == 0) continue;
-    mismatched += (bits_of(local[i]) != bits_of(root[i])).sum().item<double>();
-    // NaN differences count as mismatched elements only.
-    const double diff =
-        (local[i].to(torch::kFloat64) - root[i].to(torch::kFloat64)).abs().nan_to_num(0.0).max()
-            .item<double>();
-    max_abs_diff = std::max(max_abs_diff, diff);
+  for (size_t first = 0; first < tensors.size();) {
+    size_t last = first;
+    int64_t bytes = 0;
+    while (last < tensors.size() && (last == first || bytes + tensors[last].nbytes() <= kGroupBytes))
+      bytes += static_cast<int64_t>(tensors[last++].nbytes());
+    std::vector<torch::Tensor> local, root;
+    for (size_t i = first; i < last; ++i) {
+      local.push_back(staged(tensors[i].detach(), device_));
+      root.push_back(local.back().clone());
+    }
+    broadcast_(root, 0);
+    for (size_t i = 0; i < local.size(); ++i) {
+      if (local[i].numel() == 0) continue;
+      mismatched += (bits_of(local[i]) != bits_of(root[i])).sum().item<double>();
+      // NaN differences count as mismatched elements only.
+      const double diff =
+          (local[i].to(torch::kFloat64) - root[i].to(torch::kFloat64)).abs().nan_to_num(0.0).max()
+              .item<double>();
+      max_abs_diff = std::max(max_abs_diff, diff);
+    }
+    first = last;
   }
   ReplicaCheck check;
   check.max_abs_diff = all_reduce(max_abs_diff, ReduceOp::kMax);

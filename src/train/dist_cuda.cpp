@@ -20,6 +20,13 @@ namespace aim::train::detail {
 torch::Device select_cuda_device(torch::Device requested, int local_rank, int local_world_size) {
   const int count = static_cast<int>(c10::cuda::device_count());
   AIM_CHECK(count > 0, "device ", requested.str(), ": no GPU is visible to this process");
+  // One GPU visible to each rank (srun --gpus-per-task=1, --gpu-bind, or CUDA_VISIBLE_DEVICES set
+  // per rank): it is this rank's, whatever the local rank. (Ranks made to share one GPU fail in
+  // NCCL's own check for duplicate GPUs.)
+  if (count == 1 && !requested.has_index() && local_world_size > 1) {
+    c10::cuda::set_device(0);
+    return torch::Device(torch::kCUDA, 0);
+  }
   // NCCL needs one GPU per rank: wrapping ranks around the GPUs only fails later, in NCCL. The
   // requested device has an index either way (--device cuda gives the local rank's, modulo the
   // GPU count), so the count of ranks decides.

@@ -5,6 +5,7 @@
 #include <cmath>
 #include <csignal>
 #include <cstdio>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <iomanip>
@@ -34,9 +35,14 @@ void on_stop_signal(int sig) {
     return;
   }
   g_stop_signal = sig;
-  const char msg[] = "\naim: stop requested; finishing the current step and saving "
-                     "(signal again to abort)\n";
-  [[maybe_unused]] auto n = ::write(STDERR_FILENO, msg, sizeof(msg) - 1);
+  // Only to a terminal: a pipe (mpirun reading the ranks' output, a log collector) can be full,
+  // and a write blocked in the handler would hold the rank until it is killed. stop_before_step()
+  // says it otherwise, once the step is done.
+  if (::isatty(STDERR_FILENO) == 1) {
+    const char msg[] = "\naim: stop requested; finishing the current step and saving "
+                       "(signal again to abort)\n";
+    [[maybe_unused]] auto n = ::write(STDERR_FILENO, msg, sizeof(msg) - 1);
+  }
 }
 
 }  // namespace
@@ -48,8 +54,10 @@ void install_stop_handlers() {
   sa.sa_handler = on_stop_signal;
   sigemptyset(&sa.sa_mask);
   sa.sa_flags = 0;
-  sigaction(SIGINT, &sa, nullptr);
-  sigaction(SIGTERM, &sa, nullptr);
+  // SIGUSR1/SIGUSR2 too: Open MPI's mpirun forwards them to the ranks at once (SIGINT/SIGTERM it
+  // turns into SIGTERM, then SIGKILL one second later, too soon to save a large model), and
+  // batch systems send them ahead of a time limit (sbatch --signal=B:USR1@600).
+  for (const int sig : {SIGINT, SIGTERM, SIGUSR1, SIGUSR2}) sigaction(sig, &sa, nullptr);
   // A write beyond a file-size limit must fail with an error (reported as a failed save), not
   // kill the process.
   std::signal(SIGXFSZ, SIG_IGN);
@@ -128,6 +136,9 @@ bool stop_before_step(DistContext& dist, const TrainOptions& options, int64_t se
                       TrainResult& result) {
   if (dist.any_true(stop_signal() != 0)) {
     result.interrupted = true;
+    if (dist.is_main())
+      std::cerr << "[train] stop requested (" << (stop_signal() ? strsignal(stop_signal()) : "on another rank")
+                << "): saving a checkpoint, then exiting\n";
     return true;
   }
   if (options.stop_after > 0 && session_steps >= options.stop_after) {

@@ -421,21 +421,29 @@ TrainResult run_training(const Config& config_in, const TrainOptions& options) {
     const auto images = decode_tokens(grid_vq, tokens, 8);
     const auto grid = make_grid(from_tensor_batch(images), static_cast<int>(per_class), 2, {255, 255, 255}, captions);
     const std::string path = step_image_path(run, state.step);
-    write_png(path, grid);
     if (was_training) m->train();
+    // A picture that cannot be written (a full disk, a removed folder) is reported; the run, and
+    // the other ranks waiting on rank 0, go on.
+    try {
+      write_png(path, grid);
+    } catch (const Error& e) {
+      say(str_cat("warning: samples not written, training goes on: ", e.what()));
+      return;
+    }
     say(str_cat("samples: ", path, " (", ema ? "EMA" : "model", ", cfg ", so.cfg, ")"));
   };
 
   // The mean token loss over every labelled held-out image (view 0, as aim eval-loss takes by
-  // default), ranks taking every world-th image; train.eval_batches caps each rank's micro-batches.
+  // default), ranks taking every world-th image; train.eval_batches > 0 takes only the first
+  // eval_batches x train.global_batch of them, the same images whatever the number of ranks.
   auto held_out_loss = [&]() -> double {
     model->eval();
     const auto& valid = val->valid_indices();
-    std::vector<int64_t> mine;
-    for (size_t k = static_cast<size_t>(rank); k < valid.size(); k += static_cast<size_t>(world))
-      mine.push_back(valid[k]);
+    size_t count = valid.size();
     if (config.train.eval_batches > 0)
-      mine.resize(std::min<size_t>(mine.size(), static_cast<size_t>(config.train.eval_batches * micro)));
+      count = std::min<size_t>(count, static_cast<size_t>(config.train.eval_batches * config.train.global_batch));
+    std::vector<int64_t> mine;
+    for (size_t k = static_cast<size_t>(rank); k < count; k += static_cast<size_t>(world)) mine.push_back(valid[k]);
     double sum = 0.0;
     {
       torch::NoGradGuard ng;

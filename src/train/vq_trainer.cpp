@@ -309,8 +309,12 @@ VqTrainResult run_vq_training(const Config& config_in, const TrainOptions& optio
       }
     }
     const std::string path = step_image_path(run, state.step);
-    write_png(path, make_grid(tiles, static_cast<int>(cols), 2, {255, 255, 255}));
-    say(str_cat("reconstructions: ", path, " (PSNR ", fmt(p, 4), " dB over ", n, " images)"));
+    try {  // as in the AiM trainer: a picture that cannot be written does not end the run
+      write_png(path, make_grid(tiles, static_cast<int>(cols), 2, {255, 255, 255}));
+      say(str_cat("reconstructions: ", path, " (PSNR ", fmt(p, 4), " dB over ", n, " images)"));
+    } catch (const Error& e) {
+      say(str_cat("warning: reconstructions not written, training goes on: ", e.what()));
+    }
     metrics.write({{"kind", "eval"}, {"step", state.step}, {"psnr", p}, {"codebook_usage", usage}});
   };
 

@@ -18,7 +18,8 @@ class LaunchEnvTest : public ::testing::Test {
   static constexpr const char* kAll[] = {
       "OMPI_COMM_WORLD_RANK", "OMPI_COMM_WORLD_SIZE", "OMPI_COMM_WORLD_LOCAL_RANK", "OMPI_COMM_WORLD_LOCAL_SIZE",
       "PMI_RANK", "PMI_SIZE", "MPI_LOCALRANKID", "MPI_LOCALNRANKS", "SLURM_PROCID", "SLURM_NTASKS",
-      "SLURM_LOCALID", "SLURM_NTASKS_PER_NODE", "RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE"};
+      "SLURM_STEP_NUM_TASKS", "SLURM_LOCALID", "SLURM_NTASKS_PER_NODE", "SLURM_STEP_TASKS_PER_NODE",
+      "SLURM_NODEID", "RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE"};
 };
 
 TEST_F(LaunchEnvTest, EveryLauncher) {
@@ -34,12 +35,28 @@ TEST_F(LaunchEnvTest, EveryLauncher) {
   EXPECT_EQ(tr.launcher, "torchrun");
   EXPECT_EQ(tr.rank, 3);
   EXPECT_EQ(tr.local_rank, 1);
-  setenv("SLURM_PROCID", "5", 1);
+  // A batch script's own variables (no job step): not a rank of anything.
+  setenv("SLURM_PROCID", "0", 1);
   setenv("SLURM_NTASKS", "6", 1);
+  EXPECT_EQ(detect_launch_env().launcher, "torchrun");
+  setenv("SLURM_PROCID", "5", 1);
+  setenv("SLURM_STEP_NUM_TASKS", "6", 1);
   auto slurm = detect_launch_env();  // Slurm wins over torchrun-style variables
   EXPECT_EQ(slurm.launcher, "slurm");
   EXPECT_EQ(slurm.rank, 5);
+  EXPECT_EQ(slurm.world_size, 6);
   EXPECT_EQ(slurm.local_rank, 5);  // no SLURM_LOCALID: the global rank
+  EXPECT_EQ(slurm.local_world_size, 6);
+  // srun -N2 -n6 on nodes of 4 + 2 tasks: the second node holds 2.
+  setenv("SLURM_LOCALID", "1", 1);
+  setenv("SLURM_NODEID", "1", 1);
+  setenv("SLURM_STEP_TASKS_PER_NODE", "4,2", 1);
+  EXPECT_EQ(detect_launch_env().local_world_size, 2);
+  setenv("SLURM_STEP_TASKS_PER_NODE", "3(x2)", 1);
+  EXPECT_EQ(detect_launch_env().local_world_size, 3);
+  setenv("SLURM_NODEID", "0", 1);
+  setenv("SLURM_STEP_TASKS_PER_NODE", "4,2", 1);
+  EXPECT_EQ(detect_launch_env().local_world_size, 4);
   setenv("OMPI_COMM_WORLD_RANK", "0", 1);
   setenv("OMPI_COMM_WORLD_SIZE", "2", 1);
   EXPECT_EQ(detect_launch_env().launcher, "openmpi");

@@ -388,6 +388,19 @@ TEST_F(TrainerTest, ConfigurationErrorsNameTheKey) {
 }
 
 TEST_F(TrainerTest, SigtermSavesAResumableCheckpointAndExitsZero) {
+  // SIGUSR1 as well: mpirun forwards it to the ranks at once (SIGTERM it follows with SIGKILL
+  // within a second), and batch systems send it ahead of a time limit.
+  const std::string usr1 = run("usr1");
+  const auto u = test::run_shell(aim("train " + tiny() + " " + cli_sets(usr1) + " --set train.max_steps=100000") +
+                                 " > " + run("usr1.log") + " 2>&1 & pid=$!; for i in $(seq 1 600); do [ -s " + usr1 +
+                                 "/metrics.jsonl ] && break; kill -0 $pid || break; sleep 0.1; done; "
+                                 "kill -USR1 $pid; wait $pid; echo rc=$?");
+  const std::string usr1_log = read_text(run("usr1.log"));
+  EXPECT_NE(u.output.find("rc=0"), std::string::npos) << u.output << usr1_log;
+  // Not a terminal: the handler writes nothing; the loop says it once the step is done.
+  EXPECT_NE(usr1_log.find("[train] stop requested (User defined signal 1)"), std::string::npos) << usr1_log;
+  EXPECT_TRUE(RunDir(usr1).latest().has_value()) << usr1_log;
+
   const std::string out = run("sig");
   const std::string cmd = aim("train " + tiny() + " " + cli_sets(out) + " --set train.max_steps=100000") +
                           " > " + run("sig.log") + " 2>&1 & pid=$!; "
@@ -396,7 +409,7 @@ TEST_F(TrainerTest, SigtermSavesAResumableCheckpointAndExitsZero) {
   const auto r = test::run_shell(cmd);
   const std::string log = read_text(run("sig.log"));
   EXPECT_NE(r.output.find("rc=0"), std::string::npos) << r.output << log;
-  EXPECT_NE(log.find("stop requested"), std::string::npos) << log;
+  EXPECT_NE(log.find("stop requested (Terminated)"), std::string::npos) << log;
   EXPECT_NE(log.find("interrupted at step"), std::string::npos) << log;
   const auto latest = RunDir(out).latest();
   ASSERT_TRUE(latest.has_value()) << log;
@@ -487,6 +500,29 @@ TEST_F(TrainerTest, HeldOutLossCoversEveryImageEvenFewerThanABatch) {
   const auto expected = evaluate_code_loss(model, data, {});
   EXPECT_EQ(expected.images, 3);
   EXPECT_NEAR(logged, expected.nll, 1e-5 * expected.nll);
+
+  // train.eval_batches 1 scores the first global batch (8) of 12 images, whatever the micro-batch
+  // or rank layout (it used to cap each rank's micro-batches: 4 images at micro 4, 2 at micro 2).
+  vo.classes = 4;
+  vo.per_class = 3;
+  const std::string val12 = (dir_ / "val12.codes").string();
+  write_synthetic_codes(val12, vo);
+  auto val_loss = [&](const std::string& name, const std::vector<std::string>& sets) {
+    std::vector<std::string> all = {"data.val_codes=" + val12, "train.eval_every=6", "train.max_steps=6"};
+    all.insert(all.end(), sets.begin(), sets.end());
+    run_training(config(run(name), all), o);
+    std::ifstream f(fs::path(run(name)) / "metrics.jsonl");
+    for (std::string line; std::getline(f, line);) {
+      const auto j = nlohmann::json::parse(line);
+      if (j.value("kind", "") == "eval") return j.at("val_loss").get<double>();
+    }
+    return -1.0;
+  };
+  const double micro4 = val_loss("cap4", {"train.eval_batches=1"});
+  const double micro2 = val_loss("cap2", {"train.eval_batches=1", "train.micro_batch=2"});
+  const double all12 = val_loss("all", {});
+  EXPECT_NEAR(micro2, micro4, 1e-4 * micro4);
+  EXPECT_GT(std::abs(all12 - micro4), 3e-4 * micro4) << "the cap took every image";
 }
 
 TEST_F(TrainerTest, ARunDirectoryIsContinuedOrLeftAlone) {

@@ -239,6 +239,18 @@ TEST_F(TrainVqTest, ReconstructionLossFallsAndTheGridIsWritten) {
   EXPECT_TRUE(f.contains("quantize.codebook_used"));
 }
 
+TEST_F(TrainVqTest, APictureThatCannotBeWrittenDoesNotEndTheRun) {
+  // A folder where step 1's grid goes: its write fails; the run (and other ranks) go on.
+  fs::create_directories(run("g") + "/samples/step-00000001.png");
+  TrainOptions o;
+  testing::internal::CaptureStderr();
+  const auto r = run_vq_training(config(run("g"), {"train.max_steps=2", "train.sample_every=1"}), o);
+  const std::string said = testing::internal::GetCapturedStderr();
+  EXPECT_EQ(r.steps, 2);
+  EXPECT_NE(said.find("warning: reconstructions not written, training goes on"), std::string::npos) << said;
+  EXPECT_TRUE(RunDir(run("g")).latest().has_value());
+}
+
 TEST_F(TrainVqTest, TheSsimTermJoinsTheLoss) {
   TrainOptions o;
   o.quiet = true;
