@@ -151,10 +151,17 @@ json parse_json(const std::string& text, const std::string& path) {
   }
 }
 
+/// A MambaConfig written nested as {"config": {...}} (how some hub mixins save a dataclass
+/// argument) is read as its inner object.
+json unnested(json j) {
+  if (j.is_object() && !j.contains("d_model") && j.contains("config") && j["config"].is_object()) return j["config"];
+  return j;
+}
+
 }  // namespace
 
 ModelConfig model_config_from_hf_json(const std::string& path) {
-  const json j = parse_json(read_text(path), path);
+  const json j = unnested(parse_json(read_text(path), path));
   const Reader r{path};
   if (!j.is_object()) r.fail("(top level)", "an object of MambaConfig fields", j);
 
@@ -226,7 +233,7 @@ bool looks_like_hf_config(const std::string& path) {
     if (!in) return false;
     std::stringstream ss;
     ss << in.rdbuf();
-    const json j = json::parse(ss.str(), nullptr, /*allow_exceptions=*/false);
+    const json j = unnested(json::parse(ss.str(), nullptr, /*allow_exceptions=*/false));
     return j.is_object() && j.contains("d_model") && j.contains("n_layer");
   } catch (...) {
     return false;

@@ -648,6 +648,10 @@ TEST(HfConfig, WriteReadRoundTrip) {
   }
   const ModelConfig l = load_config(source_path("configs/aim_l.yaml")).model;
   EXPECT_EQ(model_config_from_hf_json(write_temp("aim_l.json", model_config_to_hf_json(l))), l);
+  // The same fields nested as {"config": {...}} (a hub mixin's layout) read alike.
+  const std::string nested = write_temp("aim_l_nested.json", "{\"config\": " + model_config_to_hf_json(l) + "}");
+  EXPECT_TRUE(looks_like_hf_config(nested));
+  EXPECT_EQ(model_config_from_hf_json(nested), l);
 }
 
 TEST(VqJson, FieldsAliasesAndErrors) {
