@@ -14,7 +14,7 @@ Runner add_info_command(CLI::App& app) {
   auto* cmd = app.add_subcommand("info", "Architecture, parameter counts and memory estimates");
   auto path = std::make_shared<std::string>();
   auto overrides = std::make_shared<std::vector<std::string>>();
-  cmd->add_option("target", *path, "configs/*.yaml, an official config.json, or a checkpoint directory")
+  cmd->add_option("target", *path, "configs/*.yaml, an official config.json, a checkpoint directory or .safetensors file")
       ->required();
   cmd->add_option("--set", *overrides, "override a config key: section.key=value (YAML configs)");
   return [cmd, path, overrides]() -> int {
@@ -24,17 +24,21 @@ Runner add_info_command(CLI::App& app) {
     VqConfig vq;  // the tokenizer of official snapshots: LlamaGen's VQ-16
     bool ema = false;
     std::string source = *path, weights;
-    const bool yaml = !fs::is_directory(*path) && !(path->size() > 5 && path->substr(path->size() - 5) == ".json");
+    auto ends_with = [&](const std::string& tail) {
+      return path->size() > tail.size() && path->compare(path->size() - tail.size(), tail.size(), tail) == 0;
+    };
+    const bool checkpoint = fs::is_directory(*path) || ends_with(".safetensors");
+    const bool yaml = !checkpoint && !ends_with(".json");
     AIM_CHECK(yaml || overrides->empty(), "--set ", overrides->empty() ? "" : overrides->front(), ": ", *path,
               " is a checkpoint or an official config.json, whose architecture is fixed; --set applies to YAML "
               "configs\n---> HINT: aim info configs/<name>.yaml --set ...");
-    if (fs::is_directory(*path)) {
+    if (checkpoint) {
       auto ref = find_checkpoint(*path);
       model = checkpoint_model_config(ref);
       source = ref.config_path;
       weights = ref.weights_path;
       if (ref.kind == CheckpointKind::kRunDir) vq = load_config(ref.config_path).vq;
-    } else if (path->size() > 5 && path->substr(path->size() - 5) == ".json") {
+    } else if (ends_with(".json")) {
       model = model_config_from_hf_json(*path);
     } else {
       auto cfg = load_config(*path, *overrides);

@@ -56,6 +56,9 @@ CheckpointRef find_checkpoint(const std::string& path, const std::string& config
                                   "---> HINT: python3 tools/convert_checkpoint.py ",
                             (dir / "pytorch_model.bin").string(), " --out ", ref.weights_path));
       }
+      if (fs::exists(dir / "model.safetensors.index.json"))
+        throw Error(str_cat(path, ": model.safetensors not found, only the shards of model.safetensors.index.json, "
+                                  "which are not read\n---> HINT: merge the shards into one model.safetensors"));
       throw Error(str_cat(path, ": model.safetensors not found"));
     }
   } else {
@@ -63,12 +66,20 @@ CheckpointRef find_checkpoint(const std::string& path, const std::string& config
       throw Error(str_cat("--ckpt ", path, ": expected a directory or a .safetensors file"
                           "\n---> HINT: convert .pt/.bin checkpoints with tools/convert_checkpoint.py"));
     }
-    if (config_override.empty()) {
-      throw Error(str_cat("--ckpt ", path, ": a bare weights file needs --config (aim YAML or "
-                          "official config.json)"));
-    }
     ref.kind = CheckpointKind::kFile;
     ref.weights_path = path;
+    if (config_override.empty()) {
+      // The converter writes NAME.json beside NAME.safetensors; a snapshot's folder holds
+      // config.json. Either is taken when it is a MambaConfig.
+      const auto stem_json = fs::path(path).replace_extension(".json");
+      const auto dir_json = fs::path(path).parent_path() / "config.json";
+      if (looks_like_hf_config(stem_json.string())) ref.config_path = stem_json.string();
+      else if (looks_like_hf_config(dir_json.string())) ref.config_path = dir_json.string();
+      else
+        throw Error(str_cat("--ckpt ", path, ": a bare weights file needs --config (aim YAML or "
+                            "official config.json); neither ", stem_json.filename().string(),
+                            " nor config.json beside it is a MambaConfig"));
+    }
   }
   if (!config_override.empty()) ref.config_path = config_override;
   return ref;

@@ -58,7 +58,9 @@ LoadedVq load_vq_model(const std::string& path, const std::string& config_path) 
   } else if (!have_cfg) {
     const auto stem_json = fs::path(path).replace_extension(".json");
     const auto dir_json = fs::path(path).parent_path() / "config.json";
-    if (fs::exists(stem_json)) {
+    // (An AiM checkpoint's own MambaConfig beside it describes the language model; its vqvae.*
+    // tokenizer is then the full VQ-16, the defaults.)
+    if (fs::exists(stem_json) && !looks_like_hf_config(stem_json.string())) {
       cfg = vq_config_from_json(stem_json.string());
     } else if (fs::exists(dir_json) && !looks_like_hf_config(dir_json.string())) {
       cfg = vq_config_from_json(dir_json.string());

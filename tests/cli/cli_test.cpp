@@ -46,6 +46,10 @@ TEST(Cli, InfoReadsAnOfficialSnapshotDirectory) {
   EXPECT_EQ(r.code, 0) << r.output;
   EXPECT_NE(r.output.find("config.json"), std::string::npos) << r.output;
   EXPECT_NE(r.output.find("language-model parameters"), std::string::npos) << r.output;
+  // The weights file itself (config.json beside it).
+  r = run_aim("info " + (dir / "model.safetensors").string());
+  EXPECT_EQ(r.code, 0) << r.output;
+  EXPECT_NE(r.output.find("184416 language-model parameters"), std::string::npos) << r.output;
   // Its architecture is the checkpoint's: --set would have been ignored, so it is refused.
   r = run_aim("info " + dir.string() + " --set model.n_layer=24");
   EXPECT_EQ(r.code, 1) << r.output;

@@ -214,6 +214,21 @@ TEST_F(CheckpointFiles, DirectoryErrorsSayWhatIsMissing) {
   EXPECT_NE(msg.find("convert_checkpoint.py"), std::string::npos) << msg;
   msg = test::error_of([&] { find_checkpoint((dir_ / "pytorch_model.bin").string()); });
   EXPECT_NE(msg.find("expected a directory or a .safetensors file"), std::string::npos) << msg;
+  // Shards are named as what is there.
+  fs::remove(dir_ / "pytorch_model.bin");
+  std::ofstream(dir_ / "model.safetensors.index.json") << "{}";
+  msg = test::error_of([&] { find_checkpoint(dir_.string()); });
+  EXPECT_NE(msg.find("model.safetensors.index.json"), std::string::npos) << msg;
+  // A bare weights file takes NAME.json (the converter's) or config.json beside it when that is a
+  // MambaConfig; otherwise it asks for --config.
+  const auto fixture = test::fixtures_dir() / "aim" / "mamba2_tiny";
+  fs::copy_file(fixture / "model.safetensors", dir_ / "w.safetensors");
+  msg = test::error_of([&] { find_checkpoint((dir_ / "w.safetensors").string()); });
+  EXPECT_NE(msg.find("needs --config"), std::string::npos) << msg;  // config.json here is {}
+  fs::copy_file(fixture / "config.json", dir_ / "w.json");
+  const auto ref = find_checkpoint((dir_ / "w.safetensors").string());
+  EXPECT_EQ(ref.config_path, (dir_ / "w.json").string());
+  EXPECT_EQ(checkpoint_model_config(ref).d_model, model_config_from_hf_json((fixture / "config.json").string()).d_model);
 }
 
 TEST(AimModel, ClassDropoutOnlyWhenTraining) {

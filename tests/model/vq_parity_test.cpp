@@ -145,6 +145,18 @@ TEST(VqLoad, ALanguageModelWithoutItsTokenizerIsNamed) {
   EXPECT_NE(msg.find(path + ": holds a language model's tensors"), std::string::npos) << msg;
   EXPECT_NE(msg.find("--vq"), std::string::npos) << msg;
   EXPECT_LT(msg.size(), 600u) << "one message, not a list of every tensor";
+  // An AiM checkpoint with its MambaConfig as NAME.json beside it (the converter's layout): that
+  // JSON is the language model's, not read as the tokenizer's.
+  const fs::path fixture = test::fixtures_dir() / "aim" / "mamba2_tiny";
+  const fs::path dir = fs::temp_directory_path() / ("aim_vq_beside_" + std::to_string(::getpid()));
+  fs::create_directories(dir);
+  fs::copy_file(fixture / "model.safetensors", dir / "w.safetensors");
+  fs::copy_file(fixture / "config.json", dir / "w.json");
+  const auto vq = load_vq_model((dir / "w.safetensors").string(), test::source_dir() + "/configs/fixture_tiny_vq.json");
+  EXPECT_EQ(vq.model->config.codebook_size, 512);
+  const std::string beside = test::error_of([&] { load_vq_model((dir / "w.safetensors").string()); });
+  EXPECT_EQ(beside.find("a language model's config"), std::string::npos) << beside;
+  fs::remove_all(dir);
 }
 
 }  // namespace
