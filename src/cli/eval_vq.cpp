@@ -48,6 +48,9 @@ Runner add_eval_vq_command(CLI::App& app) {
               << " images of " << a->data << " at " << a->image_size << " px\n"
               << "  PSNR            " << r.psnr << " dB (worst image " << r.psnr_min << " dB)\n";
     if (std::isfinite(r.ssim)) std::cout << std::setprecision(4) << "  SSIM            " << r.ssim << "\n";
+    if (std::isfinite(r.ssim_llamagen))
+      std::cout << std::setprecision(4) << "  SSIM (LlamaGen) " << r.ssim_llamagen
+                << " (skimage, 7x7 window, data_range 2 on [0, 1]: comparable with LlamaGen's tables)\n";
     std::cout << std::setprecision(2)
               << "  codebook usage  " << r.codes_used << " / " << vq.model->config.codebook_size << " codes ("
               << 100.0 * r.usage << "%), perplexity " << r.perplexity << "\n";
@@ -68,6 +71,7 @@ Runner add_eval_vq_command(CLI::App& app) {
       j["psnr_min"] = r.psnr_min;
       j["mse"] = r.mse;
       if (std::isfinite(r.ssim)) j["ssim"] = r.ssim;
+      if (std::isfinite(r.ssim_llamagen)) j["ssim_llamagen"] = r.ssim_llamagen;
       j["codes_used"] = r.codes_used;
       j["codebook_size"] = vq.model->config.codebook_size;
       j["usage"] = r.usage;

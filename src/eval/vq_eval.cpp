@@ -14,6 +14,25 @@ namespace aim {
 
 namespace fs = std::filesystem;
 
+torch::Tensor ssim_llamagen(const torch::Tensor& a, const torch::Tensor& b) {
+  AIM_CHECK(a.dim() == 4 && a.sizes() == b.sizes() && a.size(3) == 3, "ssim_llamagen: expected two uint8 ",
+            "[N, H, W, 3] batches of one shape, found ", a.sizes(), " and ", b.sizes());
+  constexpr int64_t kWin = 7;
+  const double np_ = kWin * kWin, cov_norm = np_ / (np_ - 1.0), range = 2.0;
+  const double c1 = (0.01 * range) * (0.01 * range), c2 = (0.03 * range) * (0.03 * range);
+  auto unit = [](const torch::Tensor& t) { return t.permute({0, 3, 1, 2}).to(torch::kDouble) / 255.0; };
+  const auto x = unit(a), y = unit(b);
+  // Mean filters evaluated only where the window fits: skimage crops (win - 1) / 2 pixels on each
+  // side before averaging the map, so its border handling never reaches the result.
+  auto mean = [](const torch::Tensor& t) { return torch::avg_pool2d(t, {kWin, kWin}, {1, 1}); };
+  const auto ux = mean(x), uy = mean(y);
+  const auto vx = cov_norm * (mean(x * x) - ux * ux);
+  const auto vy = cov_norm * (mean(y * y) - uy * uy);
+  const auto vxy = cov_norm * (mean(x * y) - ux * uy);
+  const auto s = ((2 * ux * uy + c1) * (2 * vxy + c2)) / ((ux * ux + uy * uy + c1) * (vx + vy + c2));
+  return s.mean({1, 2, 3});
+}
+
 TokenizerEval evaluate_tokenizer(VqModel& model, const ImageList& list, const TokenizerEvalOptions& o) {
   AIM_CHECK(o.batch_size >= 1, "--batch-size must be >= 1, found ", o.batch_size);
   const int64_t total = static_cast<int64_t>(list.entries.size());
@@ -26,7 +45,8 @@ TokenizerEval evaluate_tokenizer(VqModel& model, const ImageList& list, const To
   const int64_t side = o.image_size / f;
   auto counts = torch::zeros({k}, torch::kLong);
   const bool with_ssim = o.image_size >= 11;  // train::ssim's default window must fit
-  double psnr_sum = 0.0, psnr_min = 1e9, mse_sum = 0.0, ssim_sum = 0.0;
+  const bool with_llamagen_ssim = o.image_size >= 7;
+  double psnr_sum = 0.0, psnr_min = 1e9, mse_sum = 0.0, ssim_sum = 0.0, llamagen_ssim_sum = 0.0;
   int64_t upscaled = 0;
   model->eval();
   Progress progress("eval-vq", n, "img", o.progress);
@@ -71,6 +91,7 @@ TokenizerEval evaluate_tokenizer(VqModel& model, const ImageList& list, const To
       auto to_unit = [](const torch::Tensor& t) { return (t.permute({0, 3, 1, 2}) / 127.5 - 1.0).to(torch::kFloat); };
       ssim_sum += train::ssim(to_unit(a), to_unit(b)).item<double>() * static_cast<double>(end - start);
     }
+    if (with_llamagen_ssim) llamagen_ssim_sum += ssim_llamagen(to_uint8_hwc(x), to_uint8_hwc(rec)).sum().item<double>();
     progress.update(end - start);
   }
   progress.finish();
@@ -81,6 +102,7 @@ TokenizerEval evaluate_tokenizer(VqModel& model, const ImageList& list, const To
   r.psnr_min = psnr_min;
   r.mse = mse_sum / static_cast<double>(n);
   r.ssim = with_ssim ? ssim_sum / static_cast<double>(n) : std::nan("");
+  r.ssim_llamagen = with_llamagen_ssim ? llamagen_ssim_sum / static_cast<double>(n) : std::nan("");
   r.codes_used = (counts > 0).sum().item<int64_t>();
   r.usage = static_cast<double>(r.codes_used) / static_cast<double>(k);
   const auto p = counts.to(torch::kDouble) / counts.sum().to(torch::kDouble);

@@ -53,8 +53,12 @@ LoadedVq load_vq_model(const std::string& path, const std::string& config_path) 
     if (!have_cfg && fs::exists(dir / "config.yaml")) {
       cfg = load_config((dir / "config.yaml").string(), {}, ConfigUse::kTokenizer).vq;
       have_cfg = true;
+    } else if (!have_cfg && fs::exists(dir / "config.json") && !looks_like_hf_config((dir / "config.json").string())) {
+      cfg = vq_config_from_json((dir / "config.json").string());  // a tokenizer's folder
+      have_cfg = true;
     }
-    // An official AiM snapshot carries the full VQ-16 under `vqvae.`: the defaults.
+    // An official AiM snapshot (its config.json a MambaConfig) carries the full VQ-16 under
+    // `vqvae.`: the defaults.
   } else if (!have_cfg) {
     const auto stem_json = fs::path(path).replace_extension(".json");
     const auto dir_json = fs::path(path).parent_path() / "config.json";

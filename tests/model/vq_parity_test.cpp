@@ -157,6 +157,9 @@ TEST(VqLoad, ALanguageModelWithoutItsTokenizerIsNamed) {
   const std::string beside = test::error_of([&] { load_vq_model((dir / "w.safetensors").string()); });
   EXPECT_EQ(beside.find("a language model's config"), std::string::npos) << beside;
   fs::remove_all(dir);
+  // A tokenizer's folder holding its config.json (LlamaGen-style) needs no --vq-config.
+  const auto folder = load_vq_model((test::fixtures_dir() / "vq" / "vq16_tiny").string());
+  EXPECT_EQ(folder.model->config.ch_mult, (std::vector<int64_t>{1, 1, 1, 2, 2}));
 }
 
 }  // namespace

@@ -30,10 +30,18 @@ struct TokenizerEval {
   double mse = 0.0;          ///< mean squared error in [0, 1] units
   double ssim = 0.0;         ///< mean SSIM (train::ssim: Gaussian 11-tap window) of the uint8
                              ///< images; NaN below 11 px
+  double ssim_llamagen = 0.0;  ///< LlamaGen's reconstruction SSIM (ssim_llamagen below); NaN below 7 px
   int64_t codes_used = 0;    ///< distinct codes over all images
   double usage = 0.0;        ///< codes_used / codebook size
   double perplexity = 0.0;   ///< exp(entropy) of the code histogram
 };
+
+/// SSIM as LlamaGen's tokenizer evaluation computes it (skimage's structural_similarity with
+/// data_range=2.0 on images in [0, 1], channel_axis=-1): 7x7 uniform windows over the valid
+/// region, sample covariances, the mean over channels and positions, per image. `a` and `b` are
+/// uint8 [N, H, W, 3]; returns [N] float64. Its figures are comparable with LlamaGen's tables
+/// (the range of 2 on [0, 1] images makes them higher than the Gaussian-window SSIM).
+torch::Tensor ssim_llamagen(const torch::Tensor& a, const torch::Tensor& b);
 
 /// Encodes and decodes the images of `list` and measures the reconstructions.
 TokenizerEval evaluate_tokenizer(VqModel& model, const ImageList& list, const TokenizerEvalOptions& options);
