@@ -273,6 +273,7 @@ void VqTrainConfig::validate() const {
   non_negative("vq_train.entropy_weight", entropy_weight);
   positive("vq_train.entropy_temperature", entropy_temperature);
   int_at_least("vq_train.restart_every", restart_every, 0);
+  one_of("vq_train.crop", crop, {"resize", "llamagen"});
   non_negative("vq_train.disc_weight", disc_weight);
   int_at_least("vq_train.disc_start", disc_start, 0);
   int_in("vq_train.disc_channels", disc_channels, 1, 4096);

@@ -107,19 +107,25 @@ std::vector<Image> ten_crop(const Image& image, int size) {
 
 // ---------------------------------------------------------------------------- preprocessing
 
+namespace {
+/// ADM's resizing (center_crop_arr, random_crop_arr): BOX halving while the short side is at
+/// least twice `smaller`, then BICUBIC so the short side is `smaller` (sizes rounded half to even).
+Image resize_arr(const Image& image, int smaller) {
+  Image im = image;
+  while (std::min(im.width, im.height) >= 2 * smaller) im = resize(im, im.width / 2, im.height / 2, Filter::kBox);
+  const double scale = static_cast<double>(smaller) / std::min(im.width, im.height);
+  const int w = static_cast<int>(round_half_even(im.width * scale));
+  const int h = static_cast<int>(round_half_even(im.height * scale));
+  return resize(im, w, h, Filter::kBicubic);
+}
+}  // namespace
+
 Image center_crop_arr(const Image& image, int image_size) {
   AIM_CHECK(image_size > 0, "center_crop_arr: image_size must be positive, found ", image_size);
   AIM_CHECK(!image.empty(), "center_crop_arr: image is empty (", image.width, "x", image.height,
             ")");
-  Image im = image;
-  while (std::min(im.width, im.height) >= 2 * image_size) {
-    im = resize(im, im.width / 2, im.height / 2, Filter::kBox);
-  }
-  const double scale = static_cast<double>(image_size) / std::min(im.width, im.height);
-  const int w = static_cast<int>(round_half_even(im.width * scale));
-  const int h = static_cast<int>(round_half_even(im.height * scale));
-  im = resize(im, w, h, Filter::kBicubic);
-  return crop(im, (w - image_size) / 2, (h - image_size) / 2, image_size, image_size);
+  const Image im = resize_arr(image, image_size);
+  return crop(im, (im.width - image_size) / 2, (im.height - image_size) / 2, image_size, image_size);
 }
 
 Image resize_short_side(const Image& image, int target, Filter filter) {
@@ -144,6 +150,20 @@ Image random_crop(const Image& image, int size, std::mt19937_64& rng) {
   const int top = draw_below(rng, image.height - size + 1);
   const int left = draw_below(rng, image.width - size + 1);
   return crop(image, left, top, size, size);
+}
+
+Image random_crop_arr(const Image& image, int image_size, std::mt19937_64& rng, double min_crop_frac,
+                      double max_crop_frac) {
+  AIM_CHECK(image_size > 0 && min_crop_frac > 0 && min_crop_frac <= max_crop_frac && max_crop_frac <= 1.0,
+            "random_crop_arr: expected image_size > 0 and 0 < min_crop_frac <= max_crop_frac <= 1, found ",
+            image_size, ", ", min_crop_frac, ", ", max_crop_frac);
+  AIM_CHECK(!image.empty(), "random_crop_arr: image is empty (", image.width, "x", image.height, ")");
+  const int lo = static_cast<int>(std::ceil(image_size / max_crop_frac));
+  const int hi = static_cast<int>(std::ceil(image_size / min_crop_frac));
+  const Image im = resize_arr(image, lo + draw_below(rng, hi - lo + 1));
+  const int top = draw_below(rng, im.height - image_size + 1);
+  const int left = draw_below(rng, im.width - image_size + 1);
+  return crop(im, left, top, image_size, image_size);
 }
 
 namespace {

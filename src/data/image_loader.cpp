@@ -46,7 +46,8 @@ void ImageLoader::run() {
                                                                      static_cast<uint64_t>(sample))));
           try {
             const auto img = decode_image(list_.entries[sample].path);
-            Image view = aim_train_transform(img, static_cast<int>(size), rng, options_.mid_ratio);
+            Image view = options_.llamagen_crop ? random_crop_arr(img, static_cast<int>(size), rng)
+                                                : aim_train_transform(img, static_cast<int>(size), rng, options_.mid_ratio);
             if (options_.hflip && (rng() & 1) != 0) view = hflip(view);
             views[j] = to_tensor(view);
             ok[j] = 1;

@@ -135,6 +135,7 @@ VqTrainResult run_vq_training(const Config& config_in, const TrainOptions& optio
   lo.threads = std::max<int64_t>(1, config.data.num_workers);
   lo.seed = static_cast<uint64_t>(config.train.seed);
   lo.hflip = vt.hflip;
+  lo.llamagen_crop = vt.crop == "llamagen";
 
   // ---- models and optimizers
   torch::manual_seed(static_cast<uint64_t>(config.train.seed));
@@ -227,7 +228,9 @@ VqTrainResult run_vq_training(const Config& config_in, const TrainOptions& optio
       << " parameters\n"
       << "  data       " << config.data.images << ": " << num_samples << " images, " << list->classes.size()
       << " classes, " << config.data.image_size << " px -> " << config.data.image_size / f << "x"
-      << config.data.image_size / f << " codes" << (vt.hflip ? ", random flips" : "") << "\n"
+      << config.data.image_size / f << " codes, "
+      << (vt.crop == "llamagen" ? "LlamaGen's random_crop_arr" : "resize to 1.125x + random crop")
+      << (vt.hflip ? ", random flips" : "") << "\n"
       << "  losses     L1 x " << vt.l1_weight << " + L2 x " << vt.l2_weight << " + codebook x " << vt.codebook_weight
       << " (commitment beta " << vt.commit_beta << ", entropy " << vt.entropy_weight << ")";
     if (vt.ssim_weight > 0) s << " + (1 - SSIM) x " << vt.ssim_weight;

@@ -405,6 +405,32 @@ TEST(ImagePreprocess, AimTrainIsSeededRandomCropOfTheResize) {
 
 // ------------------------------------------------------------------------------ geometry
 
+TEST(ImageGeometry, RandomCropArrIsACropOfADMResizeAtADrawnSize) {
+  // A square source: center_crop_arr(img, s) is then the whole resized image, so every output of
+  // random_crop_arr must be one of its 64x64 crops for some s in [64, ceil(64 / 0.8)] = [64, 80].
+  Image img(300, 300);
+  std::mt19937_64 fill(1);
+  for (auto& v : img.rgb) v = static_cast<uint8_t>(fill());
+  std::map<int, Image> resized;
+  for (int s = 64; s <= 80; ++s) resized[s] = center_crop_arr(img, s);
+  std::mt19937_64 rng(7);
+  std::set<int> sizes;
+  for (int k = 0; k < 60; ++k) {
+    const Image out = random_crop_arr(img, 64, rng);
+    ASSERT_EQ(out.width, 64);
+    ASSERT_EQ(out.height, 64);
+    bool found = false;
+    for (const auto& [s, r] : resized) {
+      for (int top = 0; top + 64 <= s && !found; ++top)
+        for (int left = 0; left + 64 <= s && !found; ++left)
+          if (same(out, crop(r, left, top, 64, 64))) found = true, sizes.insert(s);
+      if (found) break;
+    }
+    EXPECT_TRUE(found) << "draw " << k << " is no crop of the resized image at any short side in [64, 80]";
+  }
+  EXPECT_GE(sizes.size(), 10u) << "short sides drawn: " << sizes.size() << " of 17";
+}
+
 TEST(ImageGeometry, TenCropOrderAndPlacement) {
   const Image im = coordinate_image(45, 37);
   const int s = 20;

@@ -239,6 +239,17 @@ TEST_F(TrainVqTest, ReconstructionLossFallsAndTheGridIsWritten) {
   EXPECT_TRUE(f.contains("quantize.codebook_used"));
 }
 
+TEST_F(TrainVqTest, LlamaGensRandomCropArrIsAnOption) {
+  TrainOptions o;
+  testing::internal::CaptureStderr();
+  const auto r = run_vq_training(config(run("arr"), {"train.max_steps=2", "vq_train.crop=llamagen"}), o);
+  const std::string said = testing::internal::GetCapturedStderr();
+  EXPECT_EQ(r.steps, 2);
+  EXPECT_NE(said.find("LlamaGen's random_crop_arr"), std::string::npos) << said;
+  const std::string msg = test::error_of([&] { config(run("x"), {"vq_train.crop=center"}); });
+  EXPECT_NE(msg.find("vq_train.crop"), std::string::npos) << msg;
+}
+
 TEST_F(TrainVqTest, APictureThatCannotBeWrittenDoesNotEndTheRun) {
   // A folder where step 1's grid goes: its write fails; the run (and other ranks) go on.
   fs::create_directories(run("g") + "/samples/step-00000001.png");

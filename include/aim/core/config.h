@@ -197,6 +197,8 @@ struct VqTrainConfig {
   double entropy_temperature = 0.01; ///< softmax temperature of the entropy loss
   int64_t restart_every = 0;         ///< steps between dead-code restarts; 0 = never (LlamaGen)
   bool hflip = true;                 ///< random horizontal flips
+  std::string crop = "resize";       ///< "resize" (resize to 1.125 x size, random crop) | "llamagen"
+                                     ///< (LlamaGen's random_crop_arr: short side in [size, 1.25 size])
   double disc_weight = 0.0;          ///< PatchGAN generator loss weight; 0 = no discriminator
   int64_t disc_start = 0;            ///< optimizer step at which the adversarial losses start
   int64_t disc_channels = 64;        ///< PatchGAN base width

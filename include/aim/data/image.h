@@ -93,6 +93,13 @@ Image resize_short_side(const Image& image, int target, Filter filter);
 /// [0, W - size], each as rng() % (range); no draw when the image is exactly size x size.
 Image random_crop(const Image& image, int size, std::mt19937_64& rng);
 
+/// LlamaGen's tokenizer-training crop (`dataset/augmentation.py` random_crop_arr, as vq_train.py
+/// calls it): a short side drawn uniformly in [ceil(size / max_crop_frac), ceil(size /
+/// min_crop_frac)], BOX halving while the short side is at least twice that, BICUBIC to it
+/// (rounded half to even, as Python's round), then a crop at a uniform row, then column.
+Image random_crop_arr(const Image& image, int image_size, std::mt19937_64& rng, double min_crop_frac = 0.8,
+                      double max_crop_frac = 1.0);
+
 /// AiM's official training transform (`util/data.py` build_dataset, as train_stage2.py calls it):
 /// Resize(round(mid_ratio * image_size), LANCZOS) on the short side, then RandomCrop(image_size).
 /// No flip (hflip=False there). Returns image_size x image_size.

@@ -25,6 +25,8 @@ struct ImageLoaderOptions {
   int64_t prefetch = 2;       ///< decoded batches held ahead
   uint64_t seed = 0;
   bool hflip = false;         ///< random horizontal flip after the crop (tokenizer training)
+  bool llamagen_crop = false; ///< random_crop_arr (LlamaGen's tokenizer training) instead of
+                              ///< AiM's resize to mid_ratio x size + random crop
 };
 
 /// A batch of transformed images (no tokenizer).
