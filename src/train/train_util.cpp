@@ -27,6 +27,7 @@ namespace fs = std::filesystem;
 namespace {
 
 volatile std::sig_atomic_t g_stop_signal = 0;
+volatile std::sig_atomic_t g_stderr_is_tty = 0;  // read once, outside the handler
 
 void on_stop_signal(int sig) {
   if (g_stop_signal != 0) {  // second signal: stop now
@@ -38,7 +39,7 @@ void on_stop_signal(int sig) {
   // Only to a terminal: a pipe (mpirun reading the ranks' output, a log collector) can be full,
   // and a write blocked in the handler would hold the rank until it is killed. stop_before_step()
   // says it otherwise, once the step is done.
-  if (::isatty(STDERR_FILENO) == 1) {
+  if (g_stderr_is_tty != 0) {
     const char msg[] = "\naim: stop requested; finishing the current step and saving "
                        "(signal again to abort)\n";
     [[maybe_unused]] auto n = ::write(STDERR_FILENO, msg, sizeof(msg) - 1);
@@ -50,6 +51,7 @@ void on_stop_signal(int sig) {
 int stop_signal() { return static_cast<int>(g_stop_signal); }
 
 void install_stop_handlers() {
+  g_stderr_is_tty = ::isatty(STDERR_FILENO) == 1 ? 1 : 0;
   struct sigaction sa {};
   sa.sa_handler = on_stop_signal;
   sigemptyset(&sa.sa_mask);
