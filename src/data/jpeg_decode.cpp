@@ -103,13 +103,12 @@ Image decode_jpeg(const uint8_t* data, size_t size, const std::string& what, int
     throw Error(str_cat("cannot decode image '", what, "': a JPEG of ", comp,
                         " components (PIL reads 1, 3 or 4 and refuses this one too)"));
   }
+  if (comp == 3) return Image(w, h, std::move(rows));  // libjpeg's RGB rows are the image
   Image out(w, h);
   const size_t count = static_cast<size_t>(w) * h;
   uint8_t* dst = out.rgb.data();
   const uint8_t* src = rows.data();
-  if (comp == 3) {
-    out.rgb = std::move(rows);
-  } else if (comp == 1) {
+  if (comp == 1) {
     for (size_t i = 0; i < count; ++i) dst[3 * i] = dst[3 * i + 1] = dst[3 * i + 2] = src[i];
   } else {
     for (size_t i = 0; i < count; ++i) {

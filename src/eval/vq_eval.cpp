@@ -76,8 +76,9 @@ TokenizerEval evaluate_tokenizer(VqModel& model, const ImageList& list, const To
       }
     }
     counts += torch::bincount(codes.reshape({-1}).to(torch::kCPU), {}, k);
-    const auto a = to_uint8_hwc(x).to(torch::kDouble);
-    const auto b = to_uint8_hwc(rec).to(torch::kDouble);
+    const auto a8 = to_uint8_hwc(x), b8 = to_uint8_hwc(rec);  // the images as saved
+    const auto a = a8.to(torch::kDouble);
+    const auto b = b8.to(torch::kDouble);
     const auto mse = (a - b).pow(2).mean({1, 2, 3});  // per image, uint8 units
     for (int64_t i = 0; i < mse.size(0); ++i) {
       const double m = mse[i].item<double>();
@@ -91,7 +92,7 @@ TokenizerEval evaluate_tokenizer(VqModel& model, const ImageList& list, const To
       auto to_unit = [](const torch::Tensor& t) { return (t.permute({0, 3, 1, 2}) / 127.5 - 1.0).to(torch::kFloat); };
       ssim_sum += train::ssim(to_unit(a), to_unit(b)).item<double>() * static_cast<double>(end - start);
     }
-    if (with_llamagen_ssim) llamagen_ssim_sum += ssim_llamagen(to_uint8_hwc(x), to_uint8_hwc(rec)).sum().item<double>();
+    if (with_llamagen_ssim) llamagen_ssim_sum += ssim_llamagen(a8, b8).sum().item<double>();
     progress.update(end - start);
   }
   progress.finish();
