@@ -18,7 +18,8 @@ this tool, once, on the user's machine. Inputs:
                tensors under their own names, float32, BatchNorm num_batches_tracked dropped;
                no config.
 
-The output keeps the official key names and the tensors bit for bit (unless --dtype converts
+Every tensor is checked against the layout the configuration implies (a missing, extra or
+misshapen tensor is named and nothing is written). The output keeps the official key names and the tensors bit for bit (unless --dtype converts
 them); a tied weight is written under both of its names. Beside it goes the matching config:
 LlamaGen ModelArgs fields (+ ch, num_res_blocks) for a tokenizer, AiM's MambaConfig
 config.json for a model.
@@ -499,15 +500,13 @@ def _listing(items, limit=8):
     return text + (" (and %d more)" % (len(items) - limit) if len(items) > limit else "")
 
 
-def check_inception(path, sd):
-    """The FID Inception tensors of `sd` in float32, in the network's order; num_batches_tracked
-    dropped. Returns (tensors, number of counters dropped); raises naming every problem."""
-    counters = [k for k in sd if k == "num_batches_tracked" or k.endswith(".num_batches_tracked")]
-    expected = inception_keys()
+def layout_problems(sd, expected, ignore=()):
+    """What keeps `sd` from being exactly `expected` ({key: shape tuple}): lines naming the
+    missing, unexpected (not in `ignore`), misshapen and non-floating-point tensors."""
     missing = [k for k in expected if k not in sd]
-    unexpected = [k for k in sd if k not in expected and k not in counters]
+    unexpected = [k for k in sd if k not in expected and k not in ignore]
     shapes = ["%s: expected %s, found %s" % (k, list(s), list(sd[k].shape))
-              for k, s in expected.items() if k in sd and tuple(sd[k].shape) != s]
+              for k, s in expected.items() if k in sd and tuple(sd[k].shape) != tuple(s)]
     integer = ["%s (%s)" % (k, str(sd[k].dtype).replace("torch.", "")) for k in expected
                if k in sd and not sd[k].is_floating_point()]
     problems = []
@@ -519,6 +518,16 @@ def check_inception(path, sd):
         problems.append("shape mismatch: %s" % _listing(shapes, 4))
     if integer:
         problems.append("not floating point: %s" % _listing(integer))
+    return problems
+
+
+def check_inception(path, sd):
+    """The FID Inception tensors of `sd` in float32, in the network's order; num_batches_tracked
+    dropped. Returns (tensors, number of counters dropped); raises naming every problem."""
+    counters = [k for k in sd if k == "num_batches_tracked" or k.endswith(".num_batches_tracked")]
+    expected = inception_keys()
+    problems = layout_problems(sd, expected, counters)
+    unexpected = [k for k in sd if k not in expected and k not in counters]
     if problems:
         hint = ""
         fc = sd.get("fc.weight")
@@ -736,6 +745,150 @@ def aim_config(sd, mp, tie):
     cfg["mixer_drop"] = 0.0
     cfg["mlp_drop"] = 0.0
     return cfg, notes
+
+
+def aim_layout(cfg, mp):
+    """key -> shape of every tensor of the official AiM language model (MambaLMHeadModel with
+    AiM's blocks) that `cfg` describes, under prefix `mp`, in the model's order. `cfg` is
+    aim_config()'s: for Mamba2, ssm_cfg.d_state stands for ngroups * d_state, which is all that
+    the shapes need."""
+    d, ssm, b = cfg["d_model"], cfg["ssm_cfg"], mp + "backbone."
+    out = collections.OrderedDict()
+    out[b + "embeddings.word_embeddings.weight"] = (cfg["vocab_size"], d)
+    out[b + "embeddings.position_embeddings.weight"] = (cfg["num_tokens"] + 1, d)
+    out[b + "cls_embed.embedding_table.weight"] = (cfg["num_classes"] + 1, d)
+    if cfg["adaln_group"]:
+        out[b + "adaln_group.1.weight"] = (cfg["num_groups"] * 3 * d, d)
+        out[b + "adaln_group.1.bias"] = (cfg["num_groups"] * 3 * d,)
+    out[b + "final_layer.norm_final.weight"] = (d,)
+    out[b + "final_layer.adaLN_modulation.1.weight"] = (2 * d, d)
+    out[b + "final_layer.adaLN_modulation.1.bias"] = (2 * d,)
+    e = ssm["expand"] * d
+    bias, conv_bias = ssm.get("bias", False), ssm.get("conv_bias", True)
+    for i in range(cfg["n_layer"]):
+        p = "%slayers.%d." % (b, i)
+        m = p + "mixer."
+        if cfg["adaln_group"]:
+            out[p + "scale_shift_table"] = (1, 3, d)
+        out[p + "norm.weight"] = (d,)
+        if ssm["layer"] == "Mamba2":
+            h, gs = e // ssm["headdim"], ssm["ngroups"] * ssm["d_state"]
+            out[m + "dt_bias"] = (h,)
+            out[m + "A_log"] = (h,)
+            out[m + "D"] = (e,) if ssm.get("D_has_hdim", False) else (h,)
+            out[m + "in_proj.weight"] = (2 * e + 2 * gs + h, d)
+            if bias:
+                out[m + "in_proj.bias"] = (2 * e + 2 * gs + h,)
+            out[m + "conv1d.weight"] = (e + 2 * gs, 1, ssm["d_conv"])
+            if conv_bias:
+                out[m + "conv1d.bias"] = (e + 2 * gs,)
+            if ssm.get("rmsnorm", True):
+                out[m + "norm.weight"] = (e,)
+        else:
+            n = ssm["d_state"]
+            r = math.ceil(d / 16) if ssm["dt_rank"] == "auto" else ssm["dt_rank"]
+            out[m + "A_log"] = (e, n)
+            out[m + "D"] = (e,)
+            out[m + "in_proj.weight"] = (2 * e, d)
+            if bias:
+                out[m + "in_proj.bias"] = (2 * e,)
+            out[m + "conv1d.weight"] = (e, 1, ssm["d_conv"])
+            if conv_bias:
+                out[m + "conv1d.bias"] = (e,)
+            out[m + "x_proj.weight"] = (r + 2 * n, e)
+            out[m + "dt_proj.weight"] = (e, r)
+            out[m + "dt_proj.bias"] = (e,)
+        out[m + "out_proj.weight"] = (d, e)
+        if bias:
+            out[m + "out_proj.bias"] = (d,)
+        if not cfg["adaln_group"]:
+            out[p + "adaLN_modulation.1.weight"] = (3 * d, d)
+            out[p + "adaLN_modulation.1.bias"] = (3 * d,)
+    out[b + "norm_f.weight"] = (d,)
+    out[mp + HEAD_KEY] = (cfg["vocab_size"], d)
+    return out
+
+
+def vq_layout(cfg, p):
+    """key -> shape of every tensor of LlamaGen's VQModel (AiM's is the same network) that
+    vq_config()'s `cfg` describes, under prefix `p`, in the model's order."""
+    out = collections.OrderedDict()
+
+    def conv(name, cout, cin, k):
+        out[name + ".weight"] = (cout, cin, k, k)
+        out[name + ".bias"] = (cout,)
+
+    def norm(name, c):  # GroupNorm(32, c, affine=True)
+        out[name + ".weight"] = (c,)
+        out[name + ".bias"] = (c,)
+
+    def resnet(name, cin, cout):
+        norm(name + ".norm1", cin)
+        conv(name + ".conv1", cout, cin, 3)
+        norm(name + ".norm2", cout)
+        conv(name + ".conv2", cout, cout, 3)
+        if cin != cout:
+            conv(name + ".nin_shortcut", cout, cin, 1)
+
+    def attn(name, c):
+        norm(name + ".norm", c)
+        for part in ("q", "k", "v", "proj_out"):
+            conv("%s.%s" % (name, part), c, c, 1)
+
+    def middle(root, c):
+        resnet(root + "mid.0", c, c)
+        attn(root + "mid.1", c)
+        resnet(root + "mid.2", c, c)
+
+    ch, nrb, z = cfg["ch"], cfg["num_res_blocks"], cfg["z_channels"]
+    mult = cfg["encoder_ch_mult"]
+    e = p + "encoder."
+    conv(e + "conv_in", ch, 3, 3)
+    c = ch
+    for i, m in enumerate(mult):
+        for j in range(nrb):
+            resnet("%sconv_blocks.%d.res.%d" % (e, i, j), c, ch * m)
+            c = ch * m
+            if i == len(mult) - 1:
+                attn("%sconv_blocks.%d.attn.%d" % (e, i, j), c)
+        if i != len(mult) - 1:
+            conv("%sconv_blocks.%d.downsample.conv" % (e, i), c, c, 3)
+    middle(e, c)
+    norm(e + "norm_out", c)
+    conv(e + "conv_out", z, c, 3)
+
+    mult = cfg["decoder_ch_mult"]
+    dd = p + "decoder."
+    c = ch * mult[-1]
+    conv(dd + "conv_in", c, z, 3)
+    middle(dd, c)
+    for k, level in enumerate(reversed(range(len(mult)))):
+        for j in range(nrb + 1):
+            resnet("%sconv_blocks.%d.res.%d" % (dd, k, j), c, ch * mult[level])
+            c = ch * mult[level]
+            if level == len(mult) - 1:
+                attn("%sconv_blocks.%d.attn.%d" % (dd, k, j), c)
+        if level != 0:
+            conv("%sconv_blocks.%d.upsample.conv" % (dd, k), c, c, 3)
+    norm(dd + "norm_out", c)
+    conv(dd + "conv_out", 3, c, 3)
+
+    out[p + "quantize.embedding.weight"] = (cfg["codebook_size"], cfg["codebook_embed_dim"])
+    if cfg["codebook_show_usage"]:
+        out[p + "quantize.codebook_used"] = (65536,)
+    conv(p + "quant_conv", cfg["codebook_embed_dim"], z, 1)
+    conv(p + "post_quant_conv", z, cfg["codebook_embed_dim"], 1)
+    return out
+
+
+def check_layout(path, sd, expected, what):
+    """Raises naming every tensor of `sd` that keeps it from being the `expected` layout."""
+    problems = layout_problems(sd, expected)
+    if problems:
+        raise ConvertError("%s: the tensors do not form %s (%d tensors, as its configuration "
+                           "expects):\n  %s\n---> HINT: a checkpoint of another model or code "
+                           "version, or a damaged file"
+                           % (path, what, len(expected), "\n  ".join(problems)))
 
 
 def read_hf_config(path):
@@ -978,6 +1131,31 @@ def convert(opts):
             config_src = "the 'config' object of %s, written flat" % src.config_beside
     elif content == "aim" and src.config_beside:
         notes.append("%s is not a MambaConfig config.json; ignored" % src.config_beside)
+
+    # Every tensor, not only the ones the configuration was read from.
+    if content == "vq":
+        check_layout(src.path, sd, vq_layout(config, mprefix), "LlamaGen's VQ tokenizer")
+    else:
+        unsupported = []
+        if config["d_intermediate"]:
+            unsupported.append("a gated MLP (mlp.fc2.weight: d_intermediate %d)"
+                               % config["d_intermediate"])
+        if not config["rms_norm"]:
+            unsupported.append("LayerNorm (norm.bias: rms_norm false)")
+        if unsupported:
+            raise ConvertError("%s: the blocks have %s: no AiM size does, and aim runs AiM's "
+                               "blocks only (RMSNorm, no MLP)"
+                               % (src.path, " and ".join(unsupported)))
+        lm = collections.OrderedDict((k, v) for k, v in sd.items() if not k.startswith("vqvae."))
+        check_layout(src.path, lm, aim_layout(config, mprefix), "an AiM language model")
+        vq = collections.OrderedDict((k, v) for k, v in sd.items() if k.startswith("vqvae."))
+        if vq:
+            try:
+                vq_cfg, _ = vq_config(vq, "vqvae.", None)
+            except ConvertError as e:
+                raise ConvertError("%s: %s" % (src.path, e))
+            check_layout(src.path, vq, vq_layout(vq_cfg, "vqvae."), "LlamaGen's VQ tokenizer "
+                         "under vqvae.")
 
     target = OUT_DTYPES[opts.dtype]
     dtypes_in = collections.Counter(str(v.dtype).replace("torch.", "") for v in sd.values())

@@ -444,6 +444,17 @@ TEST_F(ConvertCheckpoint, RefusesWhatItDoesNotKnow) {
       {"inception/pt_inception-2015-12-05-6726825d.pth", "--dtype bf16", {"pt_inception-2015-12-05-6726825d.pth", "--dtype bf16", "float32 only"}},
       {"inception/pt_inception-2015-12-05-6726825d.pth", "--prefix fid.", {"pt_inception-2015-12-05-6726825d.pth", "--prefix fid.", "cannot be added"}},
       {"llamagen/vq.pt", "--kind inception", {"vq.pt", "not pytorch-fid's FID Inception", "missing 472"}},
+      // Every tensor is checked, not only those the configuration is read from (layer 0).
+      {"bad/aim_missing.bin", "", {"aim_missing.bin", "do not form an AiM language model",
+                                   "missing 1: mamba.backbone.layers.2.mixer.D"}},
+      {"bad/aim_misshapen.bin", "", {"aim_misshapen.bin", "shape mismatch: mamba.backbone.layers.3.mixer.in_proj.weight: "
+                                     "expected [296, 64], found [8, 64]"}},
+      {"bad/aim_unexpected.bin", "", {"aim_unexpected.bin", "unexpected 1: mamba.backbone.layers.1.mixer.x_proj.weight"}},
+      {"bad/aim_vq_missing.bin", "", {"aim_vq_missing.bin", "VQ tokenizer under vqvae.",
+                                      "missing 1: vqvae.decoder.conv_blocks.1.res.2.conv2.bias"}},
+      {"bad/aim_mlp.bin", "", {"aim_mlp.bin", "gated MLP", "d_intermediate 128", "aim runs AiM's blocks only"}},
+      {"bad/vq_misshapen.pt", "", {"vq_misshapen.pt", "do not form LlamaGen's VQ tokenizer",
+                                   "encoder.mid.1.q.weight: expected [64, 64, 1, 1], found [64, 64, 3, 3]"}},
       {"bad/mismatch", "", {"mismatch/config.json", "does not describe these weights", "d_model: config 64, tensors 48",
                             "ssm_cfg.layer"}},
   };

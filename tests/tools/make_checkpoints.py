@@ -304,6 +304,35 @@ def main():
         ("fc.weight", torch.zeros(1000, 2048)),
         ("fc.bias", torch.zeros(1000)),
     ]), os.path.join(d, "inception_torchvision.pth"))
+    # AiM weights that are not the layout their layer 0 describes.
+    def aim_edited(edit):
+        sd = aim_state_dict(aim_fix)
+        edit(sd)
+        return sd
+
+    layer = "mamba.backbone.layers.%d."
+    torch.save(aim_edited(lambda sd: sd.pop(layer % 2 + "mixer.D")),
+               os.path.join(d, "aim_missing.bin"))
+    torch.save(aim_edited(lambda sd: sd.__setitem__(
+        layer % 3 + "mixer.in_proj.weight", torch.zeros(8, 64))),
+        os.path.join(d, "aim_misshapen.bin"))
+    torch.save(aim_edited(lambda sd: sd.__setitem__(layer % 1 + "mixer.x_proj.weight",
+                                                    torch.zeros(4, 4))),
+               os.path.join(d, "aim_unexpected.bin"))
+    torch.save(aim_edited(lambda sd: sd.pop("vqvae.decoder.conv_blocks.1.res.2.conv2.bias")),
+               os.path.join(d, "aim_vq_missing.bin"))
+
+    def add_mlp(sd):  # mamba_ssm's Block with a GatedMLP, which no AiM size has
+        for i in range(4):
+            sd[layer % i + "norm2.weight"] = torch.ones(64)
+            sd[layer % i + "mlp.fc1.weight"] = torch.zeros(256, 64)
+            sd[layer % i + "mlp.fc2.weight"] = torch.zeros(64, 128)
+
+    torch.save(aim_edited(add_mlp), os.path.join(d, "aim_mlp.bin"))
+    vq_bad = as_state_dict((k, v.clone()) for k, v in vq_fix.items())
+    q = vq_bad["encoder.mid.1.q.weight"]
+    vq_bad["encoder.mid.1.q.weight"] = q.repeat(1, 1, 3, 3)  # a 3x3 kernel where LlamaGen has 1x1
+    torch.save({"model": vq_bad}, os.path.join(d, "vq_misshapen.pt"))
     # Mamba1 weights beside a Mamba2 config.json.
     d = mkdir("bad", "mismatch")
     torch.save(aim_state_dict(m1_fix), os.path.join(d, "pytorch_model.bin"))
