@@ -37,6 +37,7 @@ constexpr int kOut = 4;     // output features per warp and pass
 constexpr int kUnroll = 2;  // 16-byte weight vectors per lane and feature in flight
 constexpr int kBlocksPerSm = 2;
 constexpr int kMaxSmemBytes = 96 * 1024;
+constexpr int kScratchFloats = 32;  // the norm's block reduction, static shared memory
 static_assert(kNormLinearMaxDim == rms::kPerThread * kThreads,
               "a row must fit the norm's registers");
 
@@ -75,7 +76,7 @@ __global__ void __launch_bounds__(kThreads) norm_linear_kernel(NormLinearParams 
   using namespace rms;
   constexpr int kW = Vec16<Tin>::kElems;
   extern __shared__ __align__(16) unsigned char smem[];
-  __shared__ float scratch[32];
+  __shared__ float scratch[kScratchFloats];
   Tin* xs = reinterpret_cast<Tin*>(smem);  // [kRows, D]
   const AddRmsNormParams& norm = p.norm;
   const int dim = norm.dim, rows = norm.rows, out_features = p.out_features;
@@ -179,11 +180,11 @@ cudaError_t launch(const NormLinearParams& p, cudaStream_t stream) {
   // The rows' out is shared memory, 16-byte aligned.
   const bool vec4 = rms::fwd_row_vec_aligned<Tin, Tres>(p.norm);
   auto* kernel = norm_linear_kernel<Tin, Tres, kRows>;
-  if (smem > 48 * 1024) {
-    const cudaError_t err = cudaFuncSetAttribute(
-        kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem));
-    if (err != cudaSuccess) return err;
-  }
+  // fp32 rows reach 48 KiB (8 rows of 1536: AiM-XL), the kernel's scratch counting too; this
+  // kernel runs in captured decoding steps.
+  static DynamicSmemOptIn opt_in;
+  const cudaError_t err = opt_in.ensure(kernel, smem, sizeof(float) * kScratchFloats);
+  if (err != cudaSuccess) return err;
   return launch_maybe_dependent(p.dependent_launch, kernel, dim3(blocks), dim3(kThreads), smem, stream, p, vec4);
 }
 

@@ -51,6 +51,7 @@
 #include <cmath>
 #include <cstdint>
 
+#include "device_query.h"
 #include "grid_dependency.cuh"
 #include "keyed_uniform.h"
 #include "sample_tokens.h"
@@ -607,21 +608,9 @@ template <typename T, bool kUncond, Mode kMode>
 cudaError_t launch_mode(const SampleTokensParams& p, cudaStream_t stream) {
   const size_t smem = kMode == Mode::kGreedy ? 0 : static_cast<size_t>(p.vocab) * sizeof(float);
   auto kernel = &sample_tokens_kernel<T, kUncond, kMode>;
-  if (smem + sizeof(Shared) > 48 * 1024) {
-    // The opt-in persists per device and function: set it once per device (and larger size),
-    // so that launches captured into a CUDA graph make no other CUDA call.
-    constexpr int kMaxDevices = 64;
-    static std::atomic<int> configured[kMaxDevices];
-    int device = 0;
-    cudaError_t err = cudaGetDevice(&device);
-    if (err != cudaSuccess) return err;
-    if (device >= kMaxDevices || configured[device].load() < static_cast<int>(smem)) {
-      err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                 static_cast<int>(smem));
-      if (err != cudaSuccess) return err;
-      if (device < kMaxDevices) configured[device].store(static_cast<int>(smem));
-    }
-  }
+  static DynamicSmemOptIn opt_in;
+  const cudaError_t err = opt_in.ensure(kernel, smem, sizeof(Shared));
+  if (err != cudaSuccess) return err;
   return launch_maybe_dependent(p.dependent_launch, kernel, dim3(p.rows), dim3(kThreads), smem, stream, p);
 }
 

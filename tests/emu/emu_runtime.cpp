@@ -8,6 +8,7 @@
 #endif
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <cstdlib>
 #include <map>
@@ -201,6 +202,7 @@ constexpr size_t kStaticSharedGap = 64;           // between objects, poisoned f
 struct StaticShared {
   unsigned char* arena = nullptr;
   size_t used = 0;
+  size_t bytes = 0;  // the objects' sizes, without the gaps: what the kernel declares
   std::vector<std::pair<const void*, void*>> objects;  // (declaration's tag, object) this block
 };
 
@@ -209,6 +211,7 @@ struct Block {
   std::vector<BlockState> states;  // by rank in the cluster
   int threads = 0;                 // per block
   size_t smem_bytes = 0;           // dynamic shared memory per block
+  int smem_attribute = -1;         // the kernel's cudaFuncSetAttribute limit; -1: not set
   std::vector<Fiber> fibers;       // block-major
   Context scheduler;
   BlockBody body = nullptr;
@@ -533,6 +536,7 @@ thread_local StackPool t_stacks[kPools];
 // Runs one block to completion. Returns false on a fault.
 bool run_block(Block& b) {
   b.statics.used = 0;
+  b.statics.bytes = 0;
   b.statics.objects.clear();
 #if AIM_EMU_ASAN
   ASAN_POISON_MEMORY_REGION(b.statics.arena, kStaticSharedBytes);
@@ -639,6 +643,12 @@ int func_max_dynamic_smem(const void* func) {
   return it == func_attrs().end() ? device().smem_per_block : it->second;
 }
 
+int func_dynamic_smem_attribute(const void* func) {
+  std::lock_guard<std::mutex> lock(g_attr_mutex);
+  auto it = func_attrs().find(func);
+  return it == func_attrs().end() ? -1 : it->second;
+}
+
 void set_func_max_dynamic_smem(const void* func, int bytes) {
   std::lock_guard<std::mutex> lock(g_attr_mutex);
   func_attrs()[func] = bytes;
@@ -660,6 +670,17 @@ void* static_shared(const void* tag, size_t bytes, size_t align) {
   }
   unsigned char* object = st.arena + at;
   st.used = at + bytes;
+  st.bytes += bytes;
+  // Static and dynamic shared memory share one limit: 48 KiB together, unless the kernel opted in
+  // to more dynamic memory (the GPU refuses the launch; here the first block says so).
+  const size_t per_block = static_cast<size_t>(device().smem_per_block);
+  const size_t dynamic_limit = b.smem_attribute >= 0 ? static_cast<size_t>(b.smem_attribute)
+                                                     : per_block - std::min(st.bytes, per_block);
+  if (b.smem_bytes > dynamic_limit) {
+    fault("launch beyond the shared memory limit: " + std::to_string(b.smem_bytes) + " B dynamic + " +
+          std::to_string(st.bytes) + " B static shared memory pass " + std::to_string(per_block) +
+          " B without cudaFuncAttributeMaxDynamicSharedMemorySize set for the kernel");
+  }
 #if AIM_EMU_ASAN
   ASAN_UNPOISON_MEMORY_REGION(object, bytes);
 #endif
@@ -868,6 +889,7 @@ bool run_grid(dim3 grid, dim3 block, size_t dynamic_smem, const void* func, Bloc
   b.body_ctx = ctx;
   b.threads = static_cast<int>(threads);
   b.smem_bytes = dynamic_smem;
+  b.smem_attribute = func_dynamic_smem_attribute(func);
   b.states.resize(nblocks);
   // Per set: dynamic shared memory for each block of a cluster, and the fibers. Dynamic shared
   // memory starts as a NaN pattern: reads before writes show up. It is aligned as a GPU's, with

@@ -520,6 +520,11 @@ inline std::vector<NormLinearCase> norm_linear_cases() {
   // fp32 models.
   out.push_back({2, 1024, 4384, true, true, true, false, true, f, f});
   out.push_back({5, 768, 3352, true, true, false, true, true, f, f});
+  // fp32 rows in shared memory at and past 48 KiB: 8 rows of AiM-XL's 1536 (exactly 48 KiB, so
+  // the kernel's static scratch takes it over the default limit) and of AiM-1B's 2048 (64 KiB).
+  // A few features: the shared memory does not depend on them.
+  out.push_back({8, 1536, 40, true, true, true, false, true, f, f});
+  out.push_back({6, 2048, 40, true, true, true, false, true, f, f});
   // Edges: D not a multiple of the 256-element warp stride, fewer features than one warp's
   // four, features not a multiple of four, one row, D = 8 (bf16) / 4 (fp32).
   out.push_back({2, 264, 37, true, true, true, true, true, h, h, true});
