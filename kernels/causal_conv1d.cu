@@ -146,84 +146,91 @@ __device__ __forceinline__ void load_step(const T* base, int64_t s, int64_t l_st
   }
 }
 
-// grid (channel blocks, batch, time chunks); one thread per kV channels (kV > 1: x and dout have
-// a unit channel stride, rows aligned to kV elements) walks its time chunk with the last kMaxW
-// inputs in registers (window[e][kMaxW - 1 - j] = x[t - j] of channel c + e).
+// grid (channel blocks, batch, time chunks, at most 65535: a block then walks every gridDim.z-th
+// chunk); one thread per kV channels (kV > 1: x and dout have a unit channel stride, rows aligned
+// to kV elements) walks its time chunk with the last kMaxW inputs in registers
+// (window[e][kMaxW - 1 - j] = x[t - j] of channel c + e), and writes the chunk's partial row.
 template <typename T, int kMaxW, int kV>
 __global__ void __launch_bounds__(kChannelsPerBlock)
     conv_bwd_dw_kernel(CausalConv1dParams p) {
   const int c = (blockIdx.x * kChannelsPerBlock + threadIdx.x) * kV;
   if (c >= p.channels) return;
   const int64_t b = blockIdx.y;
-  const int64_t t0 = int64_t(blockIdx.z) * kTimeChunk;
-  const int64_t t1 = t0 + kTimeChunk < p.len ? t0 + kTimeChunk : p.len;
   const T* xc = static_cast<const T*>(p.x) + b * p.x_batch_stride + c * p.x_c_stride;
   const T* dc = static_cast<const T*>(p.dout) + b * p.dout_batch_stride + c * p.dout_c_stride;
   const int width = p.width;
+  const int64_t chunks = (p.len + kTimeChunk - 1) / kTimeChunk;
   float wr[kV][kMaxW];  // wr[e][j] = weight of lag j = w[W - 1 - j]
-  float window[kV][kMaxW];
-  float dw[kV][kMaxW];
-  float bias[kV], db[kV];
-#pragma unroll
-  for (int j = 0; j < kMaxW; ++j) {
-    // The inputs before the chunk, as if x[t0 - 1] had just been loaded: window[e][j] =
-    // x[t0 - (kMaxW - j)] (zero before t = 0); window[e][0] is shifted out unread.
-    float prior[kV];
-    load_step<kV>(xc, j > 0 ? t0 - (kMaxW - j) : -1, p.x_l_stride, p.len, prior);
-#pragma unroll
-    for (int e = 0; e < kV; ++e) {
-      wr[e][j] = j < width ? p.weight[(c + e) * width + (width - 1 - j)] : 0.0f;
-      window[e][j] = prior[e];
-      dw[e][j] = 0.0f;
-    }
-  }
+  float bias[kV];
 #pragma unroll
   for (int e = 0; e < kV; ++e) {
+#pragma unroll
+    for (int j = 0; j < kMaxW; ++j) wr[e][j] = j < width ? p.weight[(c + e) * width + (width - 1 - j)] : 0.0f;
     bias[e] = p.bias != nullptr ? p.bias[c + e] : 0.0f;
-    db[e] = 0.0f;
   }
-  // kSteps time steps at a time: their x and dout loads issued together, then the steps in order
-  // (the same sums in the same order as one step at a time).
-  for (int64_t tb = t0; tb < t1; tb += kSteps) {
-    float xn[kSteps][kV], gn[kSteps][kV];
-#pragma unroll
-    for (int u = 0; u < kSteps; ++u) {
-      const int64_t t = tb + u;
-      load_step<kV>(xc, t < t1 ? t : -1, p.x_l_stride, p.len, xn[u]);
-      load_step<kV>(dc, t < t1 ? t : -1, p.dout_l_stride, p.len, gn[u]);
-    }
-#pragma unroll
-    for (int u = 0; u < kSteps; ++u) {
-      if (tb + u >= t1) break;
-#pragma unroll
-      for (int e = 0; e < kV; ++e) {
-#pragma unroll
-        for (int j = 0; j + 1 < kMaxW; ++j) window[e][j] = window[e][j + 1];
-        window[e][kMaxW - 1] = xn[u][e];
-        float g = gn[u][e];
-        if (p.silu) {
-          float pre = bias[e];
-#pragma unroll
-          for (int j = 0; j < kMaxW; ++j) pre += wr[e][j] * window[e][kMaxW - 1 - j];
-          const float s = sigmoid(pre);
-          g *= s * (1.0f + pre * (1.0f - s));
-        }
-        db[e] += g;
-#pragma unroll
-        for (int j = 0; j < kMaxW; ++j) dw[e][j] += g * window[e][kMaxW - 1 - j];
-      }
-    }
-  }
-  // Partial row (b, chunk): per channel its W weight taps, then the bias.
-  float* part = p.workspace + (b * gridDim.z + blockIdx.z) * int64_t(p.channels) * (width + 1) +
-                int64_t(c) * (width + 1);
-#pragma unroll
-  for (int e = 0; e < kV; ++e) {
+  for (int64_t chunk = blockIdx.z; chunk < chunks; chunk += gridDim.z) {
+    const int64_t t0 = chunk * kTimeChunk;
+    const int64_t t1 = t0 + kTimeChunk < p.len ? t0 + kTimeChunk : p.len;
+    float window[kV][kMaxW];
+    float dw[kV][kMaxW];
+    float db[kV];
 #pragma unroll
     for (int j = 0; j < kMaxW; ++j) {
-      if (j < width) part[e * (width + 1) + width - 1 - j] = dw[e][j];
+      // The inputs before the chunk, as if x[t0 - 1] had just been loaded: window[e][j] =
+      // x[t0 - (kMaxW - j)] (zero before t = 0); window[e][0] is shifted out unread.
+      float prior[kV];
+      load_step<kV>(xc, j > 0 ? t0 - (kMaxW - j) : -1, p.x_l_stride, p.len, prior);
+#pragma unroll
+      for (int e = 0; e < kV; ++e) {
+        window[e][j] = prior[e];
+        dw[e][j] = 0.0f;
+      }
     }
-    part[e * (width + 1) + width] = db[e];
+#pragma unroll
+    for (int e = 0; e < kV; ++e) db[e] = 0.0f;
+    // kSteps time steps at a time: their x and dout loads issued together, then the steps in
+    // order (the same sums in the same order as one step at a time).
+    for (int64_t tb = t0; tb < t1; tb += kSteps) {
+      float xn[kSteps][kV], gn[kSteps][kV];
+#pragma unroll
+      for (int u = 0; u < kSteps; ++u) {
+        const int64_t t = tb + u;
+        load_step<kV>(xc, t < t1 ? t : -1, p.x_l_stride, p.len, xn[u]);
+        load_step<kV>(dc, t < t1 ? t : -1, p.dout_l_stride, p.len, gn[u]);
+      }
+#pragma unroll
+      for (int u = 0; u < kSteps; ++u) {
+        if (tb + u >= t1) break;
+#pragma unroll
+        for (int e = 0; e < kV; ++e) {
+#pragma unroll
+          for (int j = 0; j + 1 < kMaxW; ++j) window[e][j] = window[e][j + 1];
+          window[e][kMaxW - 1] = xn[u][e];
+          float g = gn[u][e];
+          if (p.silu) {
+            float pre = bias[e];
+#pragma unroll
+            for (int j = 0; j < kMaxW; ++j) pre += wr[e][j] * window[e][kMaxW - 1 - j];
+            const float s = sigmoid(pre);
+            g *= s * (1.0f + pre * (1.0f - s));
+          }
+          db[e] += g;
+#pragma unroll
+          for (int j = 0; j < kMaxW; ++j) dw[e][j] += g * window[e][kMaxW - 1 - j];
+        }
+      }
+    }
+    // Partial row (b, chunk): per channel its W weight taps, then the bias.
+    float* part = p.workspace + (b * chunks + chunk) * int64_t(p.channels) * (width + 1) +
+                  int64_t(c) * (width + 1);
+#pragma unroll
+    for (int e = 0; e < kV; ++e) {
+#pragma unroll
+      for (int j = 0; j < kMaxW; ++j) {
+        if (j < width) part[e * (width + 1) + width - 1 - j] = dw[e][j];
+      }
+      part[e * (width + 1) + width] = db[e];
+    }
   }
 }
 
@@ -445,7 +452,9 @@ cudaError_t launch_bwd(const CausalConv1dParams& p, cudaStream_t stream) {
     cudaError_t err = cudaGetLastError();
     if (err != cudaSuccess) return err;
     const int per_block = kChannelsPerBlock * (dw_vec ? kVecChannels : 1);
-    const dim3 dw_grid((p.channels + per_block - 1) / per_block, p.batch, static_cast<unsigned>(time_chunks(p)));
+    const int64_t chunks = time_chunks(p);
+    const dim3 dw_grid((p.channels + per_block - 1) / per_block, p.batch,
+                       static_cast<unsigned>(chunks < 65535 ? chunks : 65535));
     if (dw_vec) {
       conv_bwd_dw_kernel<T, kMaxW, kVecChannels><<<dw_grid, kChannelsPerBlock, 0, stream>>>(p);
     } else {

@@ -130,6 +130,9 @@ inline std::vector<ConvCase> conv_kernel_cases() {
     out.push_back({1, 132, 200, 3, true, false, false, dtype});
     out.push_back({1, 40, 1, 4, true, true, true, dtype});
   }
+  // More than 65535 time chunks of the weight gradient (64 steps each): the grid's z limit, past
+  // which its blocks walk the chunks.
+  out.push_back({1, 1, 64 * 65535 + 65, 4, false, true, true, torch::kFloat});
   return out;
 }
 
