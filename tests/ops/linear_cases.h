@@ -28,14 +28,14 @@ inline std::string linear_case_name(const LinearCase& c) {
 
 /// Shapes the kernel takes: 1 to 64 rows (one, two and four 16-row tiles, partly filled), K from
 /// one 32-wide step (fewer steps than the block's warps) to AiM's 1024 and 2048, N not a multiple
-/// of a block's 8 or 16 features, N wide enough for 16-feature blocks (more than 16 x 132), x a
-/// slice of a wider tensor and x with two leading dimensions.
+/// of a block's 8 or 16 features, N wide enough for 16-feature blocks (more than 16 x 132; at 32
+/// and at 33-64 rows), x a slice of a wider tensor and x with two leading dimensions.
 inline std::vector<LinearCase> linear_cases() {
   return {
       {{1}, 32, 1, true},          {{7}, 96, 15, false, 8},    {{16}, 256, 40, true},
       {{17}, 64, 24, true},        {{32}, 1024, 200, false},   {{33}, 160, 72, true, 16},
       {{64}, 512, 136, true},      {{32}, 2048, 64, false},    {{32}, 64, 2200, true},
-      {{2, 3}, 128, 48, true},
+      {{2, 3}, 128, 48, true},     {{40}, 96, 2120, true},
   };
 }
 

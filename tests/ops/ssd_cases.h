@@ -120,6 +120,10 @@ inline std::vector<SsdCase> ssd_cases() {
     out.push_back({1, 50, 2, 128, 1, 128, DMode::kChannel, true, true, true, true, dtype, true});
     out.push_back({1, 50, 2, 96, 2, 64, DMode::kHead, true, true, false, true, dtype, true});
     out.push_back({2, 257, 4, 128, 1, 128, DMode::kHead, true, true, false, true, dtype});
+    // headdim not a multiple of the register kernels' 16-row warp tiles: 40 (a partial tile in
+    // the one P tile) and 72 (a second P tile of 8 rows).
+    out.push_back({1, 37, 4, 40, 2, 32, DMode::kChannel, true, true, true, true, dtype, true});
+    out.push_back({1, 65, 2, 72, 1, 64, DMode::kHead, true, true, false, true, dtype, true});
     // No D, no dt_bias, no softplus, only y used.
     out.push_back({1, 40, 2, 64, 1, 64, DMode::kNone, true, true, false, true, dtype, true});
     out.push_back({1, 40, 2, 64, 1, 64, DMode::kHead, false, true, false, true, dtype, true});
