@@ -181,6 +181,12 @@ class TrainVqTest : public ::testing::Test {
   void TearDown() override { fs::remove_all(dir_); }
   std::string images() const { return (dir_ / "shapes").string(); }
   std::string run(const std::string& name) const { return (dir_ / name).string(); }
+  /// A run with default options, and what it wrote to stderr.
+  std::pair<VqTrainResult, std::string> run_saying(const Config& cfg) const {
+    testing::internal::CaptureStderr();
+    const auto r = run_vq_training(cfg, TrainOptions{});
+    return {r, testing::internal::GetCapturedStderr()};
+  }
 
   /// configs/vq_demo.yaml shrunk: 32 px, 3 levels (4x: 8x8 codes), global 8 = micro 4 x 2.
   Config config(const std::string& out, std::vector<std::string> sets = {}) const {
@@ -240,10 +246,7 @@ TEST_F(TrainVqTest, ReconstructionLossFallsAndTheGridIsWritten) {
 }
 
 TEST_F(TrainVqTest, LlamaGensRandomCropArrIsAnOption) {
-  TrainOptions o;
-  testing::internal::CaptureStderr();
-  const auto r = run_vq_training(config(run("arr"), {"train.max_steps=2", "vq_train.crop=llamagen"}), o);
-  const std::string said = testing::internal::GetCapturedStderr();
+  const auto [r, said] = run_saying(config(run("arr"), {"train.max_steps=2", "vq_train.crop=llamagen"}));
   EXPECT_EQ(r.steps, 2);
   EXPECT_NE(said.find("LlamaGen's random_crop_arr"), std::string::npos) << said;
   const std::string msg = test::error_of([&] { config(run("x"), {"vq_train.crop=center"}); });
@@ -253,10 +256,7 @@ TEST_F(TrainVqTest, LlamaGensRandomCropArrIsAnOption) {
 TEST_F(TrainVqTest, APictureThatCannotBeWrittenDoesNotEndTheRun) {
   // A folder where step 1's grid goes: its write fails; the run (and other ranks) go on.
   fs::create_directories(run("g") + "/samples/step-00000001.png");
-  TrainOptions o;
-  testing::internal::CaptureStderr();
-  const auto r = run_vq_training(config(run("g"), {"train.max_steps=2", "train.sample_every=1"}), o);
-  const std::string said = testing::internal::GetCapturedStderr();
+  const auto [r, said] = run_saying(config(run("g"), {"train.max_steps=2", "train.sample_every=1"}));
   EXPECT_EQ(r.steps, 2);
   EXPECT_NE(said.find("warning: reconstructions not written, training goes on"), std::string::npos) << said;
   EXPECT_TRUE(RunDir(run("g")).latest().has_value());
