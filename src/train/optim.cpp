@@ -29,7 +29,8 @@ AdamW::AdamW(std::vector<NamedParam> params, const OptimConfig& config, bool fus
     decay_.push_back(p.tensor.dim() >= 2);
     exp_avg_.push_back(torch::zeros_like(p.tensor, torch::MemoryFormat::Contiguous));
     exp_avg_sq_.push_back(torch::zeros_like(p.tensor, torch::MemoryFormat::Contiguous));
-    step_tensors_.push_back(torch::zeros({}, p.tensor.options()));
+    const std::string device = p.tensor.device().str();
+    if (step_by_device_.count(device) == 0) step_by_device_.emplace(device, torch::zeros({}, p.tensor.options()));
   }
 }
 
@@ -51,7 +52,6 @@ void AdamW::step_reference(double lr) {
     auto& p = params_[i].tensor;
     const auto& g = p.grad();
     if (!g.defined()) continue;
-    step_tensors_[i].fill_(static_cast<double>(step_));
     if (decay_[i] && config_.weight_decay != 0.0) p.mul_(1.0 - lr * config_.weight_decay);
     exp_avg_[i].lerp_(g, 1.0 - b1);
     exp_avg_sq_[i].mul_(b2).addcmul_(g, g, 1.0 - b2);
@@ -62,6 +62,9 @@ void AdamW::step_reference(double lr) {
 
 void AdamW::step_fused(double lr) {
   // One multi-tensor call per (device, decay) group, as torch.optim.AdamW(fused=True) does.
+  // The kernel reads each parameter's step count t and never writes it: every parameter of a
+  // device shares one scalar, set once per step (one small launch, not one per parameter).
+  for (auto& [device, t] : step_by_device_) t.fill_(static_cast<double>(step_));
   for (int decay = 0; decay < 2; ++decay) {
     std::map<std::string, std::vector<size_t>> by_device;
     for (size_t i = 0; i < params_.size(); ++i) {
@@ -75,8 +78,7 @@ void AdamW::step_fused(double lr) {
         g.push_back(params_[i].tensor.grad());
         m.push_back(exp_avg_[i]);
         v.push_back(exp_avg_sq_[i]);
-        step_tensors_[i].fill_(static_cast<double>(step_));  // the kernel reads t, never writes it
-        s.push_back(step_tensors_[i]);
+        s.push_back(step_by_device_.at(device));
       }
       at::_fused_adamw_(p, g, m, v, /*max_exp_avg_sqs=*/{}, s, lr, config_.betas[0],
                         config_.betas[1], decay ? config_.weight_decay : 0.0, config_.eps,
@@ -144,7 +146,6 @@ void AdamW::load_state(const std::map<std::string, torch::Tensor>& tensors,
   for (size_t i = 0; i < params_.size(); ++i) {
     exp_avg_[i].copy_(m[i]);
     exp_avg_sq_[i].copy_(v[i]);
-    step_tensors_[i].fill_(static_cast<double>(step));
   }
   step_ = step;
 }

@@ -62,6 +62,29 @@ TEST(AdamW, FusedKernelMatchesReference) {
     test::expect_close("fused vs reference: " + a[i].name, b[i].tensor, a[i].tensor, 1e-6);
 }
 
+TEST(AdamW, FusedLeavesParametersWithoutAGradientAlone) {
+  // The bias has no gradient at steps 2 and 3: it and its moments stay as they are, and its
+  // later updates use the global step count, as the reference does.
+  auto a = make_params(5), b = make_params(5);
+  AdamW ref(a, recipe(), false), fused(b, recipe(), true);
+  torch::Tensor held;
+  for (int t = 1; t <= 5; ++t) {
+    set_grads(a, t);
+    set_grads(b, t);
+    if (t == 2 || t == 3) {
+      a[1].tensor.mutable_grad() = torch::Tensor();
+      b[1].tensor.mutable_grad() = torch::Tensor();
+      if (t == 2) held = b[1].tensor.detach().clone();
+    }
+    ref.step(1e-2);
+    fused.step(1e-2);
+    if (t == 3) EXPECT_TRUE(torch::equal(b[1].tensor, held)) << "bias moved without a gradient";
+  }
+  EXPECT_EQ(fused.steps(), 5);
+  for (size_t i = 0; i < a.size(); ++i)
+    test::expect_close("fused vs reference, gaps: " + a[i].name, b[i].tensor, a[i].tensor, 1e-6);
+}
+
 TEST(AdamW, WeightDecayOnlyOnParametersWithTwoOrMoreDims) {
   auto a = make_params(3), b = make_params(3);
   auto no_wd = recipe();

@@ -54,7 +54,8 @@ class AdamW {
 
   std::vector<NamedParam> params_;
   std::vector<bool> decay_;
-  std::vector<torch::Tensor> exp_avg_, exp_avg_sq_, step_tensors_;
+  std::vector<torch::Tensor> exp_avg_, exp_avg_sq_;
+  std::map<std::string, torch::Tensor> step_by_device_;  // the fused kernel's step count t
   OptimConfig config_;
   bool fused_;
   int64_t step_ = 0;
