@@ -68,7 +68,10 @@ TEST_P(Recompute, LossAndEveryGradientEqualThePlainBackward) {
   for (const int64_t every : {1, 2}) {
     const auto r = train_step(m, tokens, labels, bf16, every);
     // The same ops on the same inputs: the same bits. The parameters' gradients are summed in
-    // the same order (one contribution per block), so they match exactly as well.
+    // the same order (one contribution per block), so they match exactly as well. Except, under
+    // bf16 autocast on some CPUs (seen: an AVX-512 Xeon without AVX512-BF16, Mamba1 with an adaLN
+    // per layer), the embeddings' gradients, which sum every position's and sample's: there they
+    // differ in the last bits of the fp32 sums (2.4e-8 of the largest), so bf16 cases allow 1e-6.
     EXPECT_TRUE(torch::equal(r.loss, plain.loss)) << "every " << every << ": " << r.loss.item<double>() << " vs "
                                                   << plain.loss.item<double>();
     ASSERT_EQ(r.grads.size(), plain.grads.size()) << "every " << every;
@@ -76,9 +79,10 @@ TEST_P(Recompute, LossAndEveryGradientEqualThePlainBackward) {
       const auto& [name, g] = r.grads[i];
       const auto& want = plain.grads[i].second;
       ASSERT_EQ(name, plain.grads[i].first);
-      EXPECT_TRUE(torch::equal(g, want)) << name << " (every " << every << "): max|diff| "
-                                         << (g - want).abs().max().item<double>() << " of max|grad| "
-                                         << want.abs().max().item<double>();
+      const double diff = (g - want).abs().max().item<double>(), top = want.abs().max().item<double>();
+      const bool embedding = name.find("embeddings.") != std::string::npos;
+      EXPECT_TRUE(bf16 && embedding ? diff <= 1e-6 * top : torch::equal(g, want))
+          << name << " (every " << every << "): max|diff| " << diff << " of max|grad| " << top;
     }
   }
 }
