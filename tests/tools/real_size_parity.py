@@ -1,12 +1,13 @@
 #!/usr/bin/env python3
-"""Parity with the official network at AiM-L's real widths: a golden case generated on the spot.
+"""Parity with the official network at AiM's real widths: golden cases generated on the spot.
 
 The committed fixtures (tests/fixtures/aim/) are tiny: d_model 64, d_state 16, chunk 16, 64 tokens.
-This test checks the C++ model where the real sizes differ: AiM-L's widths (d_model 1024, Mamba2
-d_state 128, headdim 64 (32 heads), chunk_size 256, adaLN-group with 4 groups, 16384-token
-vocabulary, 1000 classes, 256 tokens) with 8 of its 48 layers. Such a case is ~0.85 GB, too large
-to commit, so this program computes it, runs aim_tests' `Fixtures/AimParity.*` on it
-(tests/model/parity_test.cpp) and deletes it.
+This test checks the C++ model where the real sizes differ, with 8 layers of one of (--case):
+  aim_l_8layers  AiM-L's widths: d_model 1024, 32 heads, adaLN-group with 4 groups (8 of 48 layers)
+  aim_b_8layers  AiM-B's widths: d_model 768, 24 heads, one adaLN per layer (8 of 24 layers)
+both with Mamba2 d_state 128, headdim 64, chunk_size 256, a 16384-token vocabulary, 1000 classes
+and 256 tokens. Such a case is 0.6-0.85 GB, too large to commit, so this program computes it,
+runs aim_tests' `Fixtures/AimParity.*` on it (tests/model/parity_test.cpp) and deletes it.
 
 What is compared (cases.safetensors, format in tests/fixtures/README.md), for B = 2 (the last
 training label the null class) and random weights drawn as the committed fixtures' scales:
@@ -53,9 +54,9 @@ no AiM decoder to import: AiM's decode with class conditioning lives in its own 
 the doubled batch (labels, then the null class), the class slot first with empty state, token t
 fed at position t + 1 to both halves, guidance uncond + (cond - uncond) * cfg after the model.
 
-Usage:
+Usage (every mode takes --case NAME, default aim_l_8layers):
   real_size_parity.py --aim-tests BUILD/tests/aim_tests --work DIR [--site DIR]
-      self-check on tests/fixtures/aim/mamba2_tiny, generate DIR/aim/aim_l_8layers, run aim_tests
+      self-check on tests/fixtures/aim/mamba2_tiny, generate DIR/aim/NAME, run aim_tests
       --gtest_filter='Fixtures/AimParity.*' with AIM_FIXTURES_DIR=DIR, delete the case folder
       (pass or fail); exit status: the test's
   real_size_parity.py --out CASE_DIR            only generate the case into CASE_DIR (kept)
@@ -77,10 +78,12 @@ import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 BASELINE = os.path.join(ROOT, "tools", "bench", "official_baseline.py")
-CASE = "aim_l_8layers"
-# AiM-L (models/aim.py AiM_L) with 8 of its 48 layers; Mamba2 at mamba_ssm's defaults, which
-# are AiM's (d_state 128, d_conv 4, expand 2, headdim 64, ngroups 1, chunk_size 256).
-SHAPE = dict(d_model=1024, n_layer=8, adaln_group=True, num_groups=4)
+# AiM-L and AiM-B (models/aim.py AiM_L, AiM_B) with 8 layers; Mamba2 at mamba_ssm's defaults,
+# which are AiM's (d_state 128, d_conv 4, expand 2, headdim 64, ngroups 1, chunk_size 256).
+CASES = {
+    "aim_l_8layers": dict(d_model=1024, n_layer=8, adaln_group=True, num_groups=4),
+    "aim_b_8layers": dict(d_model=768, n_layer=8, adaln_group=False, num_groups=1),
+}
 SSM_CFG = {"layer": "Mamba2", "d_state": 128, "d_conv": 4, "expand": 2, "headdim": 64,
            "ngroups": 1, "chunk_size": 256, "use_mem_eff_path": False}
 SEED, BATCH, CFG_SCALE = 1234, 2, 2.5
@@ -303,10 +306,10 @@ def redraw(model, seed):
 
 # ------------------------------------------------------------------------------ the case
 
-def default_config():
+def default_config(case):
     cfg = dict(CONFIG_DEFAULTS, d_intermediate=0, vocab_size=16384, rms_norm=True,
                residual_in_fp32=True, fused_add_norm=True, tie_embeddings=True, num_classes=1000,
-               num_tokens=256, ssm_cfg=dict(SSM_CFG), **SHAPE)
+               num_tokens=256, ssm_cfg=dict(SSM_CFG), **CASES[case])
     return {k: cfg[k] for k in CONFIG_FIELDS}
 
 
@@ -404,12 +407,12 @@ def compute(site, config, cfg_scale, weights=None, inputs=None, out_dir=None):
     return out
 
 
-def generate(site, case_dir):
+def generate(site, case, case_dir):
     """Writes the case folder: config.json, model.safetensors, cases.safetensors."""
     sys.path.insert(0, os.path.join(ROOT, "tools"))
     import convert_checkpoint
     os.makedirs(case_dir, exist_ok=True)
-    config = default_config()
+    config = default_config(case)
     out = compute(site, config, CFG_SCALE, out_dir=case_dir)
     t = time.time()
     convert_checkpoint.write_builtin(os.path.join(case_dir, "cases.safetensors"),
@@ -483,7 +486,7 @@ def self_check(site, case_dir):
 def run_test(args):
     if not os.path.isfile(args.aim_tests) or not os.access(args.aim_tests, os.X_OK):
         fail(f"{args.aim_tests}: not an executable (build aim_tests first)")
-    case_dir = os.path.join(args.work, "aim", CASE)
+    case_dir = os.path.join(args.work, "aim", args.case)
     child = None
 
     def terminate(signum, frame):  # ctest's timeout: the case folder is still removed
@@ -497,7 +500,7 @@ def run_test(args):
         self_check(args.site, os.path.join(ROOT, "tests", "fixtures", "aim", "mamba2_tiny"))
         say(f"generating {case_dir}")
         t = time.time()
-        generate(args.site, case_dir)
+        generate(args.site, args.case, case_dir)
         t_gen = time.time() - t
         say(f"generation {t_gen:.1f} s")
         env = dict(os.environ, AIM_FIXTURES_DIR=os.path.abspath(args.work))
@@ -525,7 +528,9 @@ def main():
     mode.add_argument("--aim-tests", help="test mode: the aim_tests executable (needs --work)")
     mode.add_argument("--out", help="only generate the case into this folder")
     mode.add_argument("--weights-from", help="self-check: recompute this case folder's tensors")
-    parser.add_argument("--work", help="test mode: the case goes to WORK/aim/" + CASE)
+    parser.add_argument("--case", default="aim_l_8layers", choices=sorted(CASES),
+                        help="the widths to generate (default aim_l_8layers)")
+    parser.add_argument("--work", help="test mode: the case goes to WORK/aim/CASE")
     args = parser.parse_args()
     args.site = os.path.abspath(args.site)
     if args.aim_tests and not args.work:
@@ -537,7 +542,7 @@ def main():
         return run_test(args)
     t = time.time()
     if args.out:
-        generate(args.site, args.out)
+        generate(args.site, args.case, args.out)
     else:
         self_check(args.site, args.weights_from)
     say(f"done in {time.time() - t:.1f} s")
