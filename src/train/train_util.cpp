@@ -6,6 +6,7 @@
 #include <csignal>
 #include <cstdio>
 #include <cstring>
+#include <exception>
 #include <filesystem>
 #include <fstream>
 #include <iomanip>
@@ -215,6 +216,30 @@ void end_session(DistContext& dist, const RunDir& run, const TrainerState& state
     const auto l = run.latest();
     if (l) result.checkpoint = *l;
   }
+}
+
+void agree_on_resume(DistContext& dist, const std::function<void()>& read, const std::string& resume_dir,
+                     const int64_t& step) {
+  if (dist.world_size() == 1) return read();
+  std::exception_ptr failure;
+  try {
+    read();
+  } catch (...) {
+    failure = std::current_exception();
+  }
+  constexpr double kFailed = -2.0, kNew = -1.0;
+  const double mine = failure ? kFailed : resume_dir.empty() ? kNew : static_cast<double>(step);
+  const double lo = dist.all_reduce(mine, ReduceOp::kMin), hi = dist.all_reduce(mine, ReduceOp::kMax);
+  if (failure) std::rethrow_exception(failure);
+  if (lo == kFailed)
+    throw Error(str_cat("resume: another rank could not read its checkpoint (its error is in its output); rank ",
+                        dist.rank(), " found ", resume_dir.empty() ? std::string("none") : resume_dir));
+  if (lo == hi) return;
+  auto what = [](double s) { return s < 0 ? std::string("no checkpoint (a new run)") : str_cat("step ", static_cast<int64_t>(s)); };
+  throw Error(str_cat("resume: the ranks found different checkpoints (from ", what(lo), " to ", what(hi), "); rank ",
+                      dist.rank(), " found ", resume_dir.empty() ? std::string("none") : resume_dir, " (", what(mine),
+                      ")\n---> HINT: every rank must see the same train.out_dir (a shared filesystem, written "
+                      "before this job started), or pass --resume DIR explicitly"));
 }
 
 void refuse_existing_run(DistContext& dist, const std::string& out_dir) {

@@ -92,6 +92,14 @@ void end_session(DistContext& dist, const RunDir& run, const TrainerState& state
 /// directory and its latest checkpoint. Collective (rank 0 looks).
 void refuse_existing_run(DistContext& dist, const std::string& out_dir);
 
+/// Every rank decides on its own whether to resume and reads the checkpoint: `read` does that,
+/// setting `resume_dir` (empty: a new run) and `step`. Then the ranks compare (a collective on
+/// every rank, also where `read` threw): every rank throws, naming both, when they did not all
+/// find the same step (or some found none), as a node-local out_dir or a shared filesystem's
+/// stale view would make them; a rank whose `read` threw rethrows its error, the others say so.
+void agree_on_resume(DistContext& dist, const std::function<void()>& read, const std::string& resume_dir,
+                     const int64_t& step);
+
 /// On a resume from checkpoint `step`: names the checkpoints of `run` past it (left by the run's
 /// earlier course; train.keep_last prunes them first).
 void report_later_checkpoints(const RunDir& run, int64_t step, const Say& say);

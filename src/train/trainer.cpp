@@ -206,11 +206,12 @@ TrainResult run_training(const Config& config_in, const TrainOptions& options) {
   };
 
   // ---- resume: the checkpoint's configuration rules the model.
-  const std::string resume_dir = resume_dir_for(options.resume, config.train.out_dir);
-  if (resume_dir.empty()) refuse_existing_run(dist, config.train.out_dir);
+  std::string resume_dir;
   TrainerState state;
   bool saved_ema = false;  // whether the checkpoint's run kept an EMA
-  if (!resume_dir.empty()) {
+  agree_on_resume(dist, [&] {
+    resume_dir = resume_dir_for(options.resume, config.train.out_dir);
+    if (resume_dir.empty()) return;
     const auto saved = load_config((fs::path(resume_dir) / "config.yaml").string());
     saved_ema = saved.train.ema;
     if (saved.model != config.model)
@@ -219,7 +220,8 @@ TrainResult run_training(const Config& config_in, const TrainOptions& options) {
     report_changed_settings(saved, config, resume_dir, say);
     const std::string state_path = (fs::path(resume_dir) / "trainer_state.json").string();
     state = TrainerState::from_json(read_text(state_path), state_path);
-  }
+  }, resume_dir, state.step);
+  if (resume_dir.empty()) refuse_existing_run(dist, config.train.out_dir);
 
   const int64_t micro = config.train.micro_batch;
   const int64_t accum = accumulation_steps(config.train, world);

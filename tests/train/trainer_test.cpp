@@ -622,6 +622,16 @@ TEST_F(TrainerTest, TwoRanksUnderMpirunMatchOneRank) {
     return std::stod(line.substr(pos + 7));
   };
   EXPECT_NEAR(first_loss(run("one")), first_loss(run("two")), 1e-5);
+  // Ranks that find different checkpoints (two out_dirs here, as node-local disks would give) all
+  // stop at once, naming both, instead of training from different states or waiting on each
+  // other's collectives.
+  const std::string again = " --set train.micro_batch=2 --resume auto";
+  const auto split = test::run_shell(mpi_env + "timeout 300 mpirun --allow-run-as-root --oversubscribe -np 1 " +
+                                     aim("train " + tiny() + " " + cli_sets(run("one")) + common + again) +
+                                     " : -np 1 " + aim("train " + tiny() + " " + cli_sets(run("elsewhere")) + common + again));
+  EXPECT_NE(split.code, 0);
+  EXPECT_NE(split.output.find("the ranks found different checkpoints (from no checkpoint (a new run) to step 4)"),
+            std::string::npos) << split.output;
 }
 
 }  // namespace
