@@ -7,8 +7,9 @@ namespace aim::cli {
 
 torch::Device parse_device(const std::string& value, int local_rank) {
   if (value == "cpu") return torch::kCPU;
+  if (value == "auto") return torch::cuda::is_available() ? parse_device("cuda", local_rank) : torch::Device(torch::kCPU);
   if (value.rfind("cuda", 0) != 0) {
-    throw Error(str_cat("--device: expected cpu, cuda or cuda:<index>, found '", value, "'"));
+    throw Error(str_cat("--device: expected auto, cpu, cuda or cuda:<index>, found '", value, "'"));
   }
   if (!torch::cuda::is_available()) {
     throw Error(str_cat("--device ", value, ": no CUDA device is visible\n---> HINT: use --device cpu"));

@@ -56,7 +56,7 @@ Runner add_eval_command(CLI::App& app) {
   auto* cmd = app.add_subcommand(
       "eval", "IS, FID, sFID, precision and recall of samples against a reference batch (ADM's evaluator)");
   struct Args {
-    std::string samples, ref, inception, device = "cpu", preprocess = "adm", json;
+    std::string samples, ref, inception, device = "auto", preprocess = "adm", json;
     int64_t batch_size = 100, split_size = 5000, k = 3, pr_block = 10000;
     bool bf16 = false, no_cache = false, allow_size_mismatch = false, quiet = false;
   };
@@ -67,7 +67,7 @@ Runner add_eval_command(CLI::App& app) {
   cmd->add_option("--inception", a->inception,
                   "FID Inception-v3 .safetensors (default $AIM_INCEPTION_WEIGHTS; convert pytorch-fid's "
                   "pt_inception-2015-12-05 with tools/convert_checkpoint.py --kind inception)");
-  cmd->add_option("--device", a->device, "cpu | cuda | cuda:<index>")->capture_default_str();
+  cmd->add_option("--device", a->device, kDeviceHelp)->capture_default_str();
   cmd->add_option("--batch-size", a->batch_size, "images per Inception forward")->capture_default_str();
   cmd->add_option("--preprocess", a->preprocess,
                   "adm (TF1 bilinear resize, (x-128)/128: the published numbers) | pytorch-fid")
@@ -97,7 +97,7 @@ Runner add_eval_command(CLI::App& app) {
     else
       throw Error(str_cat("--preprocess: expected adm or pytorch-fid, found '", a->preprocess, "'"));
     AIM_CHECK(!a->bf16 || o.device.is_cuda(), "--bf16: the bf16 Inception runs on CUDA only (found --device ",
-              a->device, ")");
+              a->device, ", the ", o.device.str(), ")");
     o.bf16 = a->bf16;
     o.use_cache = !a->no_cache;
     o.is_split_size = a->split_size;
@@ -174,7 +174,7 @@ Runner add_eval_command(CLI::App& app) {
                      {"inception_weights", o.inception_weights},
                      {"preprocess", eval::to_string(o.preprocess)},
                      {"inception_dtype", o.bf16 ? "bfloat16" : "float32"},
-                     {"device", a->device},
+                     {"device", o.device.str()},
                      {"is_split_size", o.is_split_size},
                      {"k", o.k}};
     if (!sampling.empty()) j["sampling"] = sampling;

@@ -51,7 +51,7 @@ Runner add_eval_loss_command(CLI::App& app) {
   auto* cmd = app.add_subcommand("eval-loss", "Held-out next-token loss of a checkpoint on a code dataset "
                                               "(and the recurrent decoder checked against it)");
   struct Args {
-    std::string ckpt, config, codes, view = "0", device = "cpu", dtype = "fp32", ssm_state = "fp32";
+    std::string ckpt, config, codes, view = "0", device = "auto", dtype = "fp32", ssm_state = "fp32";
     std::string json, heatmap;
     int64_t batch_size = 32, max_images = 0, position_offset = 0;
     bool use_ema = false, unconditional = false, recurrent = false, quiet = false;
@@ -64,7 +64,7 @@ Runner add_eval_loss_command(CLI::App& app) {
   cmd->add_option("--max-images", a->max_images, "score this many images, spread over the set (0 = all)")
       ->capture_default_str();
   cmd->add_option("--batch-size", a->batch_size, "sequences per forward")->capture_default_str();
-  cmd->add_option("--device", a->device, "cpu | cuda | cuda:<index>")->capture_default_str();
+  cmd->add_option("--device", a->device, kDeviceHelp)->capture_default_str();
   cmd->add_option("--dtype", a->dtype, "model weights: fp32 | bf16")->capture_default_str();
   cmd->add_flag("--ema", a->use_ema, "use the run directory's EMA weights");
   cmd->add_option("--decode-position-offset", a->position_offset,

@@ -18,7 +18,7 @@ namespace aim::cli {
 Runner add_eval_vq_command(CLI::App& app) {
   auto* cmd = app.add_subcommand("eval-vq", "Reconstruction PSNR, SSIM and codebook usage of a tokenizer on images");
   struct Args {
-    std::string vq, vq_config, data, json, recon, device = "cpu";
+    std::string vq, vq_config, data, json, recon, device = "auto";
     int64_t image_size = 256, batch_size = 32, max_images = 0;
   };
   auto a = std::make_shared<Args>();
@@ -29,7 +29,7 @@ Runner add_eval_vq_command(CLI::App& app) {
   cmd->add_option("--batch-size", a->batch_size, "images per batch")->capture_default_str();
   cmd->add_option("--max-images", a->max_images, "evaluate this many images, spread over the set (0 = all)")
       ->capture_default_str();
-  cmd->add_option("--device", a->device, "cpu | cuda | cuda:<index>")->capture_default_str();
+  cmd->add_option("--device", a->device, kDeviceHelp)->capture_default_str();
   cmd->add_option("--json", a->json, "also write the figures as JSON");
   cmd->add_option("--save-recon", a->recon, "write the reconstructions here: same class folders and file names (as PNG)");
   return [cmd, a]() -> int {

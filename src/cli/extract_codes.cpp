@@ -13,7 +13,7 @@ namespace aim::cli {
 Runner add_extract_codes_command(CLI::App& app) {
   auto* cmd = app.add_subcommand("extract-codes", "Tokenize an image collection into a code dataset");
   struct Args {
-    std::string data, list, classes, vq, vq_config, out, aug = "tencrop", device = "cpu";
+    std::string data, list, classes, vq, vq_config, out, aug = "tencrop", device = "auto";
     int64_t image_size = 256, batch_size = 32, threads = 0, max_chunks = 0;
     double crop_range = 1.1;
   };
@@ -29,7 +29,7 @@ Runner add_extract_codes_command(CLI::App& app) {
   cmd->add_option("--crop-range", a->crop_range, "tencrop: center crop at image-size x this first")->capture_default_str();
   cmd->add_option("--batch-size", a->batch_size, "images per chunk")->capture_default_str();
   cmd->add_option("--threads", a->threads, "decode threads (default: all cores of this rank)");
-  cmd->add_option("--device", a->device, "cpu | cuda | cuda:<index>")->capture_default_str();
+  cmd->add_option("--device", a->device, kDeviceHelp)->capture_default_str();
   cmd->add_option("--max-chunks", a->max_chunks, "stop after this many chunks (resume later)");
   return [cmd, a]() -> int {
     if (!cmd->parsed()) return -1;

@@ -35,7 +35,7 @@ namespace {
 struct SampleArgs {
   std::string ckpt, config, vq, vq_config, classes = "", class_names, labels_mode = "balanced";
   std::string out, outdir, npz, tokens, from_tokens, work_dir, preset, dtype = "fp32", vq_dtype = "fp32", ssm_state = "fp32",
-              device = "cpu";
+              device = "auto";
   int64_t num = 1, num_samples = 0, batch_size = 16, top_k = -1, nrow = 0, position_offset = 0;
   double cfg = -1, temperature = -1, top_p = -1, cfg_top_p = -1;
   uint64_t seed = 0;
@@ -184,7 +184,7 @@ Runner add_sample_command(CLI::App& app) {
   cmd->add_option("--ssm-state", a->ssm_state,
                   "the Mamba layers' recurrent state: fp32 | bf16 (half the state traffic per token; logit cost in docs/perf.md)")
       ->capture_default_str();
-  cmd->add_option("--device", a->device, "cpu | cuda | cuda:<index>")->capture_default_str();
+  cmd->add_option("--device", a->device, kDeviceHelp)->capture_default_str();
   cmd->add_option("--decode-position-offset", a->position_offset,
                   "image token j at position j + this (0: as training; 1: the official decoder) instead of the "
                   "checkpoint's setting");

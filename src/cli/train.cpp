@@ -49,7 +49,7 @@ Runner add_training_command(CLI::App& app, Stage stage) {
                      : "fine-tune from weights: an aim run, an official HF snapshot, or a .safetensors");
   cmd->add_option("--init-config", a->init_config,
                   vq ? "tokenizer config JSON for a bare --init file" : "config for a bare --init .safetensors file");
-  cmd->add_option("--device", a->device, "auto | cpu | cuda | cuda:<index> (auto: the local rank's GPU if any)")
+  cmd->add_option("--device", a->device, kDeviceHelp)
       ->capture_default_str();
   cmd->add_option("--stop-after-steps", a->stop_after,
                   "save and exit after this many steps (time-limited jobs); resume later with --resume");
@@ -84,9 +84,7 @@ Runner add_training_command(CLI::App& app, Stage stage) {
     o.init_config = a->init_config;
     AIM_CHECK(a->stop_after >= 0, "--stop-after-steps: expected >= 0 (0 = run to the end), found ", a->stop_after);
     o.stop_after = a->stop_after;
-    o.device = a->device == "auto"
-                   ? (torch::cuda::is_available() ? parse_device("cuda", env.local_rank) : torch::Device(torch::kCPU))
-                   : parse_device(a->device, env.local_rank);
+    o.device = parse_device(a->device, env.local_rank);
     train::install_stop_handlers();
     train::TrainResult r;
     std::string usage;

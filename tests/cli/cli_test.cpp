@@ -89,11 +89,11 @@ TEST(Cli, ExtractCodesAsTwoRanksEqualsOneProcess) {
   const std::string common = "extract-codes --data " + (dir / "data").string() + " --vq " +
                              (vq / "model.safetensors").string() + " --vq-config " +
                              (vq / "config.json").string() + " --aug flip --image-size 64 --batch-size 2 ";
-  auto one = run_aim(common + "--out " + (dir / "one.codes").string());
+  auto one = run_aim(common + "--device cpu --out " + (dir / "one.codes").string());
   ASSERT_EQ(one.code, 0) << one.output;
   // Two processes started the way mpirun starts them (Open MPI's variables), concurrently, into
   // a folder that does not exist yet (made for the output).
-  const std::string two = common + "--out " + (dir / "codes" / "two.codes").string();
+  const std::string two = common + "--device cpu --out " + (dir / "codes" / "two.codes").string();
   auto env = [](int rank) {
     return "OMPI_COMM_WORLD_RANK=" + std::to_string(rank) + " OMPI_COMM_WORLD_SIZE=2 OMPI_COMM_WORLD_LOCAL_RANK=" +
            std::to_string(rank) + " OMPI_COMM_WORLD_LOCAL_SIZE=2 ";

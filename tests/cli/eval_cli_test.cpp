@@ -75,7 +75,7 @@ const World& world() {
 test::RunResult run_aim(const std::string& args) {
   // The weights come from flags only: a user's $AIM_INCEPTION_WEIGHTS must not leak in.
   return test::run_shell("env -u AIM_INCEPTION_WEIGHTS OMP_NUM_THREADS=1 " + test::aim_binary() +
-                         " eval --quiet " + args);
+                         " eval --quiet --device cpu " + args);
 }
 
 nlohmann::json read_json(const std::string& path) {

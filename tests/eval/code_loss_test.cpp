@@ -224,7 +224,7 @@ TEST_F(CodeLossTest, TheCommandPrintsAndWritesTheLibraryFigures) {
   const auto path = write_codes("cli.codes", tokens.unsqueeze(1), labels, f.config.vocab_size);
   const auto json = (dir_ / "loss.json").string(), heatmap = (dir_ / "loss.png").string();
   const auto ckpt = (f.dir).string();
-  const auto out = test::run_shell(str_cat(test::aim_binary(), " eval-loss --ckpt ", ckpt, " --codes ", path,
+  const auto out = test::run_shell(str_cat(test::aim_binary(), " eval-loss --device cpu --ckpt ", ckpt, " --codes ", path,
                                            " --recurrent --ssm-state bf16 --json ", json, " --heatmap ", heatmap));
   ASSERT_EQ(out.code, 0) << out.output;
   EXPECT_NE(out.output.find("loss, decoder's positions"), std::string::npos) << out.output;
@@ -266,7 +266,7 @@ TEST_F(CodeLossTest, TheCommandPrintsAndWritesTheLibraryFigures) {
   // --decode-position-offset 0: the decoder's positions are training's, and so is the recurrent
   // pass (the override reaches the step).
   const auto zero = (dir_ / "zero.json").string();
-  const auto z = test::run_shell(str_cat(test::aim_binary(), " eval-loss --ckpt ", ckpt, " --codes ", path,
+  const auto z = test::run_shell(str_cat(test::aim_binary(), " eval-loss --device cpu --ckpt ", ckpt, " --codes ", path,
                                          " --recurrent --decode-position-offset 0 --quiet --json ", zero));
   ASSERT_EQ(z.code, 0) << z.output;
   EXPECT_NE(z.output.find("loss, decoder's positions      the same (model.decode_position_offset 0)"),
@@ -278,7 +278,7 @@ TEST_F(CodeLossTest, TheCommandPrintsAndWritesTheLibraryFigures) {
   EXPECT_LT(jz["recurrent"]["max_logit_error"].get<double>() / jz["recurrent"]["max_abs_logit"].get<double>(), 1e-4);
 
   // Flags a user can get wrong: named, with what was expected, and a non-zero exit.
-  const auto base = str_cat(test::aim_binary(), " eval-loss --ckpt ", ckpt, " --codes ", path);
+  const auto base = str_cat(test::aim_binary(), " eval-loss --device cpu --ckpt ", ckpt, " --codes ", path);
   for (const auto& [flags, message] : std::vector<std::pair<std::string, std::string>>{
            {" --ssm-state bf16", "--ssm-state bf16: the state is used by the recurrent pass only"},
            {" --view 2", "view 2 requested, but"},

@@ -179,7 +179,7 @@ class SampleCli : public ::testing::Test {
     fs::remove_all(dir_);
     fs::create_directories(dir_);
     ckpt_ = (test::fixtures_dir() / "aim" / "mamba2_tiny").string();
-    base_ = test::aim_binary() + " sample --ckpt " + ckpt_ + " --vq-config " +
+    base_ = test::aim_binary() + " sample --device cpu --ckpt " + ckpt_ + " --vq-config " +
             test::source_dir() + "/configs/fixture_tiny_vq.json ";
   }
   void TearDown() override { fs::remove_all(dir_); }
@@ -211,7 +211,7 @@ TEST_F(SampleCli, GridNpzAndTokensAndTheirAgreement) {
   ASSERT_EQ(r2.code, 0) << r2.output;
   EXPECT_TRUE(torch::equal(load_safetensors(p("t.safetensors"))["tokens"], load_safetensors(p("t2.safetensors"))["tokens"]));
   // Decoding the saved tokens reproduces the npz images.
-  auto r3 = run(test::aim_binary() + " sample --from-tokens " + p("t.safetensors") + " --vq " + ckpt_ +
+  auto r3 = run(test::aim_binary() + " sample --device cpu --from-tokens " + p("t.safetensors") + " --vq " + ckpt_ +
                 " --vq-config " + test::source_dir() + "/configs/fixture_tiny_vq.json --npz " + p("again.npz"));
   ASSERT_EQ(r3.code, 0) << r3.output;
   auto cmp = run(test::python() + " -c \"import numpy as np; a = np.load('" + p("s.npz") +
@@ -302,7 +302,7 @@ TEST_F(SampleCli, ARunDirectorySamplesWithItsOwnSettings) {
   c.sample.cfg_scale = 1.0;
   c.sample.top_k = 1;  // greedy: the tokens are the model's argmax chain
   std::ofstream(run_dir / "config.yaml") << config_to_yaml(c);
-  const std::string base = test::aim_binary() + " sample --ckpt " + run_dir.string() + " --vq " + ckpt_ +
+  const std::string base = test::aim_binary() + " sample --device cpu --ckpt " + run_dir.string() + " --vq " + ckpt_ +
                            " --vq-config " + test::source_dir() + "/configs/fixture_tiny_vq.json --class 2,5 --num 1 ";
   auto own = run(base + "--tokens " + p("own.safetensors"));
   ASSERT_EQ(own.code, 0) << own.output;
@@ -337,7 +337,7 @@ TEST_F(SampleCli, Bf16SsmStateIsASettingOfTheRun) {
   EXPECT_NE(mixed.code, 0);
   EXPECT_NE(mixed.output.find("sampled with ssm_state "), std::string::npos) << mixed.output;
   const auto mamba1 = (test::fixtures_dir() / "aim" / "mamba1_tiny").string();
-  auto m1 = run(test::aim_binary() + " sample --ckpt " + mamba1 + " --vq-config " +
+  auto m1 = run(test::aim_binary() + " sample --device cpu --ckpt " + mamba1 + " --vq-config " +
                 test::source_dir() + "/configs/fixture_tiny_vq.json --class 1 --ssm-state bf16 --tokens " +
                 p("m1.safetensors"));
   EXPECT_EQ(m1.code, 0) << m1.output;
@@ -348,14 +348,14 @@ TEST_F(SampleCli, FromTokensDecodesTheFixtureImages) {
   auto golden = load_safetensors((fs::path(ckpt_) / "cases.safetensors").string());
   save_safetensors(p("fixture_tokens.safetensors"),
                    {{"tokens", golden["decode_tokens"]}, {"labels", golden["decode_labels"]}});
-  auto r = run(test::aim_binary() + " sample --from-tokens " + p("fixture_tokens.safetensors") +
+  auto r = run(test::aim_binary() + " sample --device cpu --from-tokens " + p("fixture_tokens.safetensors") +
                " --vq " + ckpt_ + " --vq-config " + test::source_dir() + "/configs/fixture_tiny_vq.json --npz " +
                p("decoded.npz"));
   ASSERT_EQ(r.code, 0) << r.output;
   // Sampled tokens carry their settings through a decode: the re-saved file keeps them.
   auto sampled = run(base_ + "--class 3 --num 2 --cfg 2.5 --seed 9 --tokens " + p("sampled.safetensors"));
   ASSERT_EQ(sampled.code, 0) << sampled.output;
-  auto again = run(test::aim_binary() + " sample --from-tokens " + p("sampled.safetensors") + " --vq " + ckpt_ +
+  auto again = run(test::aim_binary() + " sample --device cpu --from-tokens " + p("sampled.safetensors") + " --vq " + ckpt_ +
                    " --vq-config " + test::source_dir() + "/configs/fixture_tiny_vq.json --tokens " +
                    p("resaved.safetensors"));
   ASSERT_EQ(again.code, 0) << again.output;
@@ -376,6 +376,19 @@ TEST_F(SampleCli, FromTokensDecodesTheFixtureImages) {
   const bool close = cmp.output.find("maxdiff 0 ") != std::string::npos ||
                      cmp.output.find("maxdiff 1 ") != std::string::npos;
   EXPECT_TRUE(close) << cmp.output;
+}
+
+// --device defaults to auto: the GPU when one is visible, else the CPU.
+TEST_F(SampleCli, TheDefaultDeviceIsTheGpuIfAny) {
+  auto r = run(test::aim_binary() + " sample --ckpt " + ckpt_ + " --vq-config " + test::source_dir() +
+               "/configs/fixture_tiny_vq.json --class 1 --cfg 1 --tokens " + p("d.safetensors"));
+  ASSERT_EQ(r.code, 0) << r.output;
+  const std::string where = torch::cuda::is_available() ? "fp32 on cuda:0," : "fp32 on cpu,";
+  EXPECT_NE(r.output.find(where), std::string::npos) << r.output;
+  auto bad = run(test::aim_binary() + " sample --device gpu --ckpt " + ckpt_ + " --class 1 --tokens " + p("e.safetensors"));
+  EXPECT_NE(bad.code, 0);
+  EXPECT_NE(bad.output.find("--device: expected auto, cpu, cuda or cuda:<index>, found 'gpu'"), std::string::npos)
+      << bad.output;
 }
 
 TEST_F(SampleCli, InvalidValuesFailClearlyAndLeaveNothing) {
@@ -409,7 +422,7 @@ TEST_F(SampleCli, InvalidValuesFailClearlyAndLeaveNothing) {
     EXPECT_NE(r.code, 0) << args;
     EXPECT_NE(r.output.find(expect), std::string::npos) << args << "\n" << r.output;
   }
-  auto r = run(test::aim_binary() + " sample --ckpt " + p("missing") + " --class 1 --out " + p("a.png"));
+  auto r = run(test::aim_binary() + " sample --device cpu --ckpt " + p("missing") + " --class 1 --out " + p("a.png"));
   EXPECT_NE(r.code, 0);
   EXPECT_NE(r.output.find("no such file"), std::string::npos) << r.output;
   size_t left = 0;

@@ -544,12 +544,12 @@ TEST_F(TrainerTest, ARunDirectoryIsContinuedOrLeftAlone) {
   EXPECT_TRUE(fs::exists(fs::path(out) / "metrics.after-step-4.jsonl"));
   EXPECT_EQ(logged_losses(out).size(), 7u);
   // Its samples need a tokenizer: synthetic codes come from none, so aim sample asks for --vq.
-  const auto no_vq = test::run_shell(aim("sample --ckpt " + out + " --class 1 --num 1 --out " + run("s.png")));
+  const auto no_vq = test::run_shell(aim("sample --device cpu --ckpt " + out + " --class 1 --num 1 --out " + run("s.png")));
   EXPECT_NE(no_vq.code, 0);
   EXPECT_NE(no_vq.output.find("an aim train run without vq.weights"), std::string::npos) << no_vq.output;
   // Tokens alone need none (they are decoded later with --from-tokens --vq).
   const auto tokens_only =
-      test::run_shell(aim("sample --ckpt " + out + " --class 1 --num 2 --tokens " + run("t.safetensors")));
+      test::run_shell(aim("sample --device cpu --ckpt " + out + " --class 1 --num 2 --tokens " + run("t.safetensors")));
   EXPECT_EQ(tokens_only.code, 0) << tokens_only.output;
   SafetensorsFile tokens_file(run("t.safetensors"));
   EXPECT_EQ(tokens_file.get("tokens").sizes(), (std::vector<int64_t>{2, 64}));

@@ -392,7 +392,7 @@ TEST_F(TrainVqTest, TheRunIsATokenizerForTheRestOfThePipeline) {
   for (const auto& [k, v] : vq_state_dict(vq.model)) EXPECT_TRUE(torch::equal(v, saved.at(k))) << k;
   // eval-vq and extract-codes take it as --vq.
   const std::string aim = test::aim_binary();
-  auto e = test::run_shell(aim + " eval-vq --vq " + run("vq") + " --data " + images() +
+  auto e = test::run_shell(aim + " eval-vq --device cpu --vq " + run("vq") + " --data " + images() +
                            " --image-size 32 --json " + run("eval.json") + " --save-recon " + run("recon"));
   ASSERT_EQ(e.code, 0) << e.output;
   EXPECT_NE(e.output.find("PSNR"), std::string::npos) << e.output;
@@ -402,7 +402,7 @@ TEST_F(TrainVqTest, TheRunIsATokenizerForTheRestOfThePipeline) {
   EXPECT_EQ(report.at("image_size"), 32);
   EXPECT_EQ(report.at("upscaled"), 0);
   // Images enlarged to a larger --image-size reconstruct unusually well: said, not hidden.
-  auto big = test::run_shell(aim + " eval-vq --vq " + run("vq") + " --data " + images() + " --image-size 64");
+  auto big = test::run_shell(aim + " eval-vq --device cpu --vq " + run("vq") + " --data " + images() + " --image-size 64");
   ASSERT_EQ(big.code, 0) << big.output;
   EXPECT_NE(big.output.find("note: 24 of 24 images are smaller than --image-size 64 and were enlarged"),
             std::string::npos) << big.output;
@@ -421,7 +421,7 @@ TEST_F(TrainVqTest, TheRunIsATokenizerForTheRestOfThePipeline) {
   }
   EXPECT_EQ(paired, 24);
   EXPECT_NEAR(report.at("ssim").get<double>(), ssim_sum / static_cast<double>(paired), 1e-5);
-  auto x = test::run_shell(aim + " extract-codes --data " + images() + " --vq " + run("vq") +
+  auto x = test::run_shell(aim + " extract-codes --device cpu --data " + images() + " --vq " + run("vq") +
                            " --out " + run("codes") + " --aug flip --image-size 32");
   ASSERT_EQ(x.code, 0) << x.output;
   // Errors name the key.

@@ -52,8 +52,12 @@ Runner add_make_dataset_command(CLI::App& app);
 /// accuracy and confusion against class folders or `_class<N>` file names, spread per class.
 Runner add_analyse_shapes_command(CLI::App& app);
 
-/// `--device cpu|cuda|cuda:i` parsed and checked (a CUDA device must exist); `cuda` without an
-/// index picks the local rank's GPU.
+/// `--device auto|cpu|cuda|cuda:i` parsed and checked (a CUDA device must exist); `cuda` without
+/// an index picks the local rank's GPU, `auto` (every command's default) that GPU when one is
+/// visible, else the CPU.
 torch::Device parse_device(const std::string& flag_value, int local_rank);
+
+/// The help text of every command's --device flag.
+inline constexpr const char* kDeviceHelp = "auto | cpu | cuda | cuda:<index> (auto: the local rank's GPU if any, else the CPU)";
 
 }  // namespace aim::cli
