@@ -106,7 +106,7 @@ stage "tokenizer evaluation" bash -c "
 # Codes of an earlier run's tokenizer in the same --out are stale: extract afresh.
 rm -f "$out/codes.safetensors" "$out"/codes.safetensors.*
 stage "tokenization" "$aim" extract-codes --data "$out/data/train" --vq "$out/vq" \
-  --out "$out/codes.safetensors" --aug flip --image-size 64 --crop-range 1.0
+  --out "$out/codes.safetensors" --aug flip --image-size 64
 
 stage "AiM training" "$aim" train configs/aim_demo.yaml --out "$out/aim" \
   --set data.codes="$out/codes.safetensors" --set vq.weights="$out/vq" \
@@ -118,7 +118,7 @@ stage "held-out loss" bash -c "
   set -eo pipefail
   rm -f '$out/heldout.codes' '$out/heldout.codes'.*
   '$aim' extract-codes --data '$out/data/heldout' --vq '$out/vq' --out '$out/heldout.codes' --aug none \
-    --image-size 64 --crop-range 1.0 | tail -n 1
+    --image-size 64 | tail -n 1
   '$aim' eval-loss --ckpt '$out/aim' --codes '$out/heldout.codes' --recurrent --quiet \
     --json '$out/heldout_loss.json' --heatmap '$out/heldout_loss.png'
   '$aim' eval-loss --ckpt '$out/aim' --codes '$out/heldout.codes' --decode-position-offset 1 --quiet \

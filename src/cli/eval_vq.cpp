@@ -39,6 +39,7 @@ Runner add_eval_vq_command(CLI::App& app) {
     TokenizerEvalOptions o;
     o.image_size = a->image_size;
     o.batch_size = a->batch_size;
+    AIM_CHECK(a->max_images >= 0, "--max-images: expected >= 0 (0 = all), found ", a->max_images);
     o.max_images = a->max_images;
     o.device = parse_device(a->device, 0);
     o.recon_dir = a->recon;

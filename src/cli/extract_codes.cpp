@@ -34,6 +34,13 @@ Runner add_extract_codes_command(CLI::App& app) {
   return [cmd, a]() -> int {
     if (!cmd->parsed()) return -1;
     if (a->data.empty() == a->list.empty()) throw Error("extract-codes: give exactly one of --data and --list");
+    // Flags that would do nothing here are refused, not ignored.
+    AIM_CHECK(a->classes.empty() || !a->list.empty(), "--classes ", a->classes, ": names the classes of a --list; ",
+              "--data takes its class names from its folders\n---> HINT: leave it out");
+    AIM_CHECK(cmd->count("--crop-range") == 0 || a->aug == "tencrop", "--crop-range ", a->crop_range,
+              ": the tencrop view's first crop; --aug ", a->aug, " takes the ADM center crop\n---> HINT: leave it out");
+    AIM_CHECK(a->max_chunks >= 0, "--max-chunks: expected >= 0 (0 = all), found ", a->max_chunks);
+    AIM_CHECK(a->threads >= 0, "--threads: expected >= 0 (0 = all cores of this rank), found ", a->threads);
     const auto env = detect_launch_env();
     ImageList list = a->data.empty() ? read_image_list(a->list, a->classes) : list_image_folder(a->data);
     auto vq = load_vq_model(a->vq, a->vq_config);

@@ -5,12 +5,14 @@
 #include <chrono>
 #include <filesystem>
 #include <fstream>
+#include <optional>
 #include <sstream>
 #include <thread>
 #include <utility>
 #include <vector>
 
 #include "aim/core/error.h"
+#include "aim/core/fileio.h"
 #include "aim/core/progress.h"
 #include "aim/data/code_dataset.h"
 
@@ -45,6 +47,12 @@ namespace {
 std::string shard_path(const std::string& out, int rank, int world) {
   return str_cat(out, ".shard-", rank, "-of-", world);
 }
+
+/// Beside a shard whose rank stopped at --max-chunks: rank 0 then does not wait for it (it would
+/// not finish before a re-run). Each rank removes its own when it starts; rank 0 believes a
+/// marker once it has stayed for ExtractOptions::stopped_grace_s, so that an earlier run's,
+/// which a re-run's rank is about to remove, does not stop the merge that run should do.
+std::string stopped_marker(const std::string& shard) { return shard + ".stopped"; }
 
 /// Samples already written by an earlier run ("done <start> <count>" lines of the sidecar), as
 /// sorted disjoint [begin, end) ranges. An earlier run may have used another --batch-size, so a
@@ -193,6 +201,7 @@ ExtractReport extract_range(VqModel& vq, const ImageList& list, int64_t begin, i
   writer.reset();
   report.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   if (!report.finished) {
+    if (o.world_size > 1) write_text_atomic(stopped_marker(path), str_cat("stopped after ", new_chunks, " chunks\n"));
     progress.finish(str_cat("stopped after ", new_chunks, " chunks (--max-chunks): re-run to resume"));
     return report;
   }
@@ -202,13 +211,33 @@ ExtractReport extract_range(VqModel& vq, const ImageList& list, int64_t begin, i
   return report;
 }
 
-void merge_shards(const std::string& out, int world, double timeout_s, bool quiet) {
+/// Waits for every shard, then merges them into `out`. Returns false, merging nothing, when a
+/// rank stopped at --max-chunks (the shards stay for the re-run that resumes them).
+bool merge_shards(const std::string& out, int world, double timeout_s, double grace_s, bool quiet) {
+  using Clock = std::chrono::steady_clock;
   std::vector<std::string> shards;
   for (int r = 0; r < world; ++r) shards.push_back(shard_path(out, r, world));
-  const auto t0 = std::chrono::steady_clock::now();
+  const auto t0 = Clock::now();
+  std::vector<std::optional<Clock::time_point>> marker_seen(static_cast<size_t>(world));
   for (;;) {
     int ready = 0;
-    for (const auto& s : shards) ready += fs::exists(s) && !code_dataset_unfinished(s) ? 1 : 0;
+    for (int r = 0; r < world; ++r) {
+      const auto& s = shards[static_cast<size_t>(r)];
+      auto& seen = marker_seen[static_cast<size_t>(r)];
+      if (fs::exists(s) && !code_dataset_unfinished(s)) {
+        ++ready;
+      } else if (fs::exists(stopped_marker(s))) {
+        if (!seen) seen = Clock::now();
+        if (std::chrono::duration<double>(Clock::now() - *seen).count() >= grace_s) {
+          if (!quiet)
+            std::fprintf(stderr, "[extract] rank %d stopped early (--max-chunks): the shards merge into %s once "
+                         "every rank has finished; re-run the same command to resume\n", r, out.c_str());
+          return false;
+        }
+      } else {
+        seen.reset();
+      }
+    }
     if (ready == world) break;
     const double waited = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     AIM_CHECK(waited < timeout_s, out, ": waited ", format_duration(waited), " for ", world - ready,
@@ -253,8 +282,10 @@ void merge_shards(const std::string& out, int world, double timeout_s, bool quie
   for (const auto& s : shards) {
     fs::remove(s);
     fs::remove(s + ".skipped.txt");
+    fs::remove(stopped_marker(s));
   }
   if (!quiet) std::fprintf(stderr, "[extract] merged %d shards into %s (%lld images)\n", world, out.c_str(), (long long)total);
+  return true;
 }
 
 }  // namespace
@@ -284,9 +315,12 @@ ExtractReport extract_codes(VqModel& vq, const ImageList& list, const ExtractOpt
   if (o.world_size == 1) return extract_range(vq, list, 0, n, o, o.out, "extract");
   // Contiguous ranges keep the merged file in list order.
   const int64_t begin = n * o.rank / o.world_size, end = n * (o.rank + 1) / o.world_size;
-  auto report = extract_range(vq, list, begin, end, o, shard_path(o.out, o.rank, o.world_size),
-                              str_cat("extract rank ", o.rank));
-  if (o.rank == 0 && report.finished) merge_shards(o.out, o.world_size, o.merge_timeout_s, o.quiet);
+  const std::string shard = shard_path(o.out, o.rank, o.world_size);
+  fs::remove(stopped_marker(shard), ec);  // an earlier run's
+  auto report = extract_range(vq, list, begin, end, o, shard, str_cat("extract rank ", o.rank));
+  if (o.rank == 0 && report.finished &&
+      !merge_shards(o.out, o.world_size, o.merge_timeout_s, o.stopped_grace_s, o.quiet))
+    report.finished = false;
   return report;
 }
 

@@ -111,6 +111,27 @@ TEST(Cli, ExtractCodesAsTwoRanksEqualsOneProcess) {
   CodeDataset d((dir / "codes" / "two.codes").string());
   EXPECT_EQ(d.size(), 6);
   EXPECT_EQ(d.info().num_aug, 2);
+  // --max-chunks stops ranks early and leaves the shards for a re-run. Here rank 0 finishes its
+  // share while rank 1 stops: rank 0 does not wait for rank 1's shard (which this run will not
+  // finish), and the re-run without a limit merges the same file as one process writes.
+  const std::string three = common + "--device cpu --out " + (dir / "three.codes").string();
+  auto run_ranks = [&](const std::string& args, const std::string& log) {
+    return test::run_shell("(" + env(1) + test::aim_binary() + " " + args + " > " + (dir / log).string() +
+                           " 2>&1 &) ; " + env(0) + test::aim_binary() + " " + args);
+  };
+  const auto ahead = test::run_shell(env(0) + "timeout 300 " + test::aim_binary() + " " + three + " --max-chunks 1");
+  ASSERT_EQ(ahead.code, 0) << ahead.output;  // rank 0 alone, 1 of its 2 chunks
+  const auto stopped = run_ranks(three + " --max-chunks 1", "r1_stopped.log");
+  ASSERT_EQ(stopped.code, 0) << stopped.output;
+  EXPECT_NE(stopped.output.find("rank 1 stopped early (--max-chunks)"), std::string::npos) << stopped.output;
+  EXPECT_FALSE(fs::exists(dir / "three.codes"));
+  const auto resumed = run_ranks(three, "r1_resumed.log");
+  ASSERT_EQ(resumed.code, 0) << resumed.output;
+  EXPECT_NE(resumed.output.find("merged 2 shards"), std::string::npos) << resumed.output;
+  std::ifstream c(dir / "three.codes", std::ios::binary);
+  EXPECT_EQ(std::string((std::istreambuf_iterator<char>(c)), {}), sa);
+  for (const auto& e : fs::directory_iterator(dir))
+    EXPECT_EQ(e.path().string().find(".shard-"), std::string::npos) << "left behind: " << e.path();
   // Bad flags name the flag.
   auto bad = run_aim(common + "--aug sideways --out " + (dir / "x.codes").string());
   EXPECT_NE(bad.code, 0);

@@ -25,6 +25,9 @@ struct ExtractOptions {
   int rank = 0, world_size = 1;
   std::string tokenizer_id;        ///< recorded in the header, checked on resume
   double merge_timeout_s = 86400;  ///< rank 0: how long to wait for the other shards
+  /// rank 0: how long a rank's "stopped at --max-chunks" marker must stay before rank 0 stops
+  /// waiting for that rank (a re-run's rank removes its earlier one as it starts)
+  double stopped_grace_s = 10;
   int64_t max_chunks = 0;          ///< stop after this many new chunks (0: all); stays resumable
   bool quiet = false;
 };
@@ -48,7 +51,8 @@ torch::Tensor extraction_views(const Image& image, const std::string& aug, int64
                                double crop_range);
 
 /// Extracts this rank's share of `list` (on every rank) and, on rank 0 of several, merges
-/// the shards into options.out once all are finished.
+/// the shards into options.out once all are finished. A rank stopped by max_chunks leaves a
+/// marker beside its shard; rank 0 then returns unfinished without merging.
 ExtractReport extract_codes(VqModel& vq, const ImageList& list, const ExtractOptions& options);
 
 }  // namespace aim
