@@ -14,10 +14,14 @@ Runner add_info_command(CLI::App& app) {
   auto* cmd = app.add_subcommand("info", "Architecture, parameter counts and memory estimates");
   auto path = std::make_shared<std::string>();
   auto overrides = std::make_shared<std::vector<std::string>>();
+  auto config = std::make_shared<std::string>();
   cmd->add_option("target", *path, "configs/*.yaml, an official config.json, a checkpoint directory or .safetensors file")
       ->required();
-  cmd->add_option("--set", *overrides, "override a config key: section.key=value (YAML configs)");
-  return [cmd, path, overrides]() -> int {
+  // One value per --set: otherwise a config path after it would be taken as another override.
+  cmd->add_option("--set", *overrides, "override a config key: section.key=value (YAML configs; repeatable)")
+      ->allow_extra_args(false);
+  cmd->add_option("--config", *config, "the config of a bare .safetensors weights file (aim YAML or official config.json)");
+  return [cmd, path, overrides, config]() -> int {
     if (!cmd->parsed()) return -1;
     namespace fs = std::filesystem;
     ModelConfig model;
@@ -32,8 +36,12 @@ Runner add_info_command(CLI::App& app) {
     AIM_CHECK(yaml || overrides->empty(), "--set ", overrides->empty() ? "" : overrides->front(), ": ", *path,
               " is a checkpoint or an official config.json, whose architecture is fixed; --set applies to YAML "
               "configs\n---> HINT: aim info configs/<name>.yaml --set ...");
+    AIM_CHECK(config->empty() || ends_with(".safetensors"), "--config ", *config, ": ", *path,
+              fs::is_directory(*path) ? " is a checkpoint directory, which holds its own config"
+                                      : " is a config itself",
+              "; --config goes with a bare weights file\n---> HINT: aim info WEIGHTS.safetensors --config CONFIG");
     if (checkpoint) {
-      auto ref = find_checkpoint(*path);
+      auto ref = find_checkpoint(*path, *config, "aim info");
       model = checkpoint_model_config(ref);
       source = ref.config_path;
       weights = ref.weights_path;

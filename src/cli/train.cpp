@@ -41,7 +41,8 @@ Runner add_training_command(CLI::App& app, Stage stage) {
   cmd->add_option("config", a->config,
                   str_cat(vq ? "tokenizer training config (" : "training config (",
                           vq ? example : "configs/aim_l.yaml", "); optional with --resume DIR"));
-  cmd->add_option("--set", a->sets, "override a key: section.key=value (repeatable)");
+  // One value per --set: otherwise a config path after it would be taken as another override.
+  cmd->add_option("--set", a->sets, "override a key: section.key=value (repeatable)")->allow_extra_args(false);
   cmd->add_option("--resume", a->resume, "continue a run: its directory, one checkpoint, or 'auto' "
                                          "(the config's run directory when it has a checkpoint)");
   cmd->add_option("--init", a->init,
@@ -65,6 +66,8 @@ Runner add_training_command(CLI::App& app, Stage stage) {
       config_path = (fs::path(a->resume) / "config.yaml").string();
       AIM_CHECK(fs::exists(config_path), str_cat("--resume ", a->resume, ": no config.yaml; pass the config"));
     }
+    AIM_CHECK(a->init_config.empty() || !a->init.empty(), "--init-config ", a->init_config,
+              ": the config of an --init weights file, and no --init is given\n---> HINT: leave it out, or add --init");
     auto sets = a->sets;
     if (!a->out.empty()) {
       sets.push_back("train.out_dir=" + a->out);

@@ -22,11 +22,12 @@ ModelConfig model_config_from_file(const std::string& path) {
                             "official config.json"));
 }
 
-CheckpointRef find_checkpoint(const std::string& path, const std::string& config_override) {
+CheckpointRef find_checkpoint(const std::string& path, const std::string& config_override, const std::string& flag,
+                              const std::string& config_flag) {
   CheckpointRef ref;
   ref.path = path;
   std::error_code ec;
-  if (!fs::exists(path, ec)) throw Error(str_cat("--ckpt ", path, ": no such file or directory"));
+  if (!fs::exists(path, ec)) throw Error(str_cat(flag, " ", path, ": no such file or directory"));
   if (fs::is_directory(path, ec)) {
     fs::path dir(path);
     // A training run directory: its newest complete checkpoint (see aim/train/run_dir.h).
@@ -48,7 +49,7 @@ CheckpointRef find_checkpoint(const std::string& path, const std::string& config
       ref.config_path = (dir / "config.json").string();
     } else if (config_override.empty()) {
       throw Error(str_cat(path, ": neither config.yaml (an aim run) nor config.json (an official "
-                                "Hugging Face snapshot) found\n---> HINT: pass --config"));
+                                "Hugging Face snapshot) found\n---> HINT: pass ", config_flag));
     }
     if (!fs::exists(ref.weights_path)) {
       if (fs::exists(dir / "pytorch_model.bin")) {
@@ -63,7 +64,7 @@ CheckpointRef find_checkpoint(const std::string& path, const std::string& config
     }
   } else {
     if (!ends_with(path, ".safetensors")) {
-      throw Error(str_cat("--ckpt ", path, ": expected a directory or a .safetensors file"
+      throw Error(str_cat(flag, " ", path, ": expected a directory or a .safetensors file"
                           "\n---> HINT: convert .pt/.bin checkpoints with tools/convert_checkpoint.py"));
     }
     ref.kind = CheckpointKind::kFile;
@@ -76,7 +77,7 @@ CheckpointRef find_checkpoint(const std::string& path, const std::string& config
       if (looks_like_hf_config(stem_json.string())) ref.config_path = stem_json.string();
       else if (looks_like_hf_config(dir_json.string())) ref.config_path = dir_json.string();
       else
-        throw Error(str_cat("--ckpt ", path, ": a bare weights file needs --config (aim YAML or "
+        throw Error(str_cat(flag, " ", path, ": a bare weights file needs ", config_flag, " (aim YAML or "
                             "official config.json); neither ", stem_json.filename().string(),
                             " nor config.json beside it is a MambaConfig"));
     }

@@ -28,10 +28,10 @@ void set_decode_position_offset(AimModel& model, int64_t offset, const std::stri
   model->config.decode_position_offset = offset;
 }
 
-LoadedVq load_vq_model(const std::string& path, const std::string& config_path) {
+LoadedVq load_vq_model(const std::string& path, const std::string& config_path, const std::string& flag) {
   namespace fs = std::filesystem;
   std::error_code ec;
-  if (!fs::exists(path, ec)) throw Error(str_cat("--vq ", path, ": no such file or directory"));
+  if (!fs::exists(path, ec)) throw Error(str_cat(flag, " ", path, ": no such file or directory"));
   std::string weights = path;
   VqConfig cfg;
   bool have_cfg = false;
@@ -46,7 +46,7 @@ LoadedVq load_vq_model(const std::string& path, const std::string& config_path) 
       std::string rel = read_text((dir / "latest").string());
       while (!rel.empty() && (rel.back() == '\n' || rel.back() == ' ')) rel.pop_back();
       if (!fs::is_directory(dir / rel, ec))
-        throw Error(str_cat("--vq ", path, ": 'latest' names ", rel, ", which does not exist"));
+        throw Error(str_cat(flag, " ", path, ": 'latest' names ", rel, ", which does not exist"));
       dir /= rel;
     }
     weights = (dir / "model.safetensors").string();

@@ -76,9 +76,7 @@ struct DataSource {
 };
 
 LoadedVq load_tokenizer(const std::string& path) {
-  std::error_code ec;
-  if (!fs::exists(path, ec)) throw Error(str_cat("vq.weights ", path, ": no such file or directory"));
-  return load_vq_model(path);
+  return load_vq_model(path, "", "vq.weights");
 }
 
 /// Opens the code dataset of config key `key` and checks that it fits `model`.
@@ -164,7 +162,7 @@ DataSource image_source(const Config& c, int64_t rank, int64_t world, torch::Dev
 
 /// Loads `init` weights for fine-tuning. A class table of another size is re-initialised.
 void init_from_checkpoint(AimModel& model, const TrainOptions& options, bool main) {
-  const auto ref = find_checkpoint(options.init, options.init_config);
+  const auto ref = find_checkpoint(options.init, options.init_config, "--init", "--init-config");
   const auto other = checkpoint_model_config(ref);
   SafetensorsFile file(ref.weights_path);
   auto sd = file.load_all();

@@ -146,7 +146,7 @@ VqTrainResult run_vq_training(const Config& config_in, const TrainOptions& optio
   const bool use_disc = vt.disc_weight > 0;
   if (use_disc) disc = PatchDiscriminator(vt.disc_channels, vt.disc_layers);
   if (!options.init.empty() && resume_dir.empty()) {
-    auto init = load_vq_model(options.init, options.init_config);
+    auto init = load_vq_model(options.init, options.init_config, "--init");
     const auto sd = vq_state_dict(init.model);
     load_vq_state_dict(model, std::map<std::string, torch::Tensor>(sd.begin(), sd.end()), options.init);
     say(str_cat("init: tokenizer weights from ", options.init));

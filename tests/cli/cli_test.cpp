@@ -55,6 +55,44 @@ TEST(Cli, InfoReadsAnOfficialSnapshotDirectory) {
   EXPECT_EQ(r.code, 1) << r.output;
   EXPECT_NE(r.output.find("--set model.n_layer=24: " + dir.string() + " is a checkpoint"), std::string::npos)
       << r.output;
+  // A weights file with no config beside it: the message names aim info's own --config, which reads it.
+  namespace fs = std::filesystem;
+  const auto bare = fs::temp_directory_path() / ("aim_cli_bare_" + std::to_string(::getpid()));
+  fs::remove_all(bare);
+  fs::create_directories(bare);
+  fs::copy_file(dir / "model.safetensors", bare / "w.safetensors");
+  r = run_aim("info " + (bare / "w.safetensors").string());
+  EXPECT_EQ(r.code, 1) << r.output;
+  EXPECT_NE(r.output.find("aim info " + (bare / "w.safetensors").string() + ": a bare weights file needs --config"),
+            std::string::npos) << r.output;
+  r = run_aim("info " + (bare / "w.safetensors").string() + " --config " + (dir / "config.json").string());
+  EXPECT_EQ(r.code, 0) << r.output;
+  EXPECT_NE(r.output.find("184416 language-model parameters"), std::string::npos) << r.output;
+  r = run_aim("info " + src("configs/aim_l.yaml") + " --config " + (dir / "config.json").string());
+  EXPECT_EQ(r.code, 1) << r.output;
+  EXPECT_NE(r.output.find("is a config itself"), std::string::npos) << r.output;
+  fs::remove_all(bare);
+}
+
+// --set takes one value: a config path after it is the config, not a second override.
+TEST(Cli, SetTakesOneValueSoTheConfigMayFollowIt) {
+  auto r = run_aim("info --set model.n_layer=24 " + src("configs/aim_l.yaml"));
+  EXPECT_EQ(r.code, 0) << r.output;
+  EXPECT_NE(r.output.find("1024 x 24"), std::string::npos) << r.output;
+  // The config was read: the run stops at its (missing) data, not at "no config given".
+  r = run_aim("train --set data.codes=/nonexistent/a.codes " + src("configs/tiny.yaml") + " --out /nonexistent/run");
+  EXPECT_EQ(r.code, 1) << r.output;
+  EXPECT_EQ(r.output.find("no config given"), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("/nonexistent/a.codes"), std::string::npos) << r.output;
+  r = run_aim("info " + (test::fixtures_dir() / "aim" / "mamba2_tiny").string() + " --config " + src("configs/tiny.yaml"));
+  EXPECT_EQ(r.code, 1) << r.output;
+  EXPECT_NE(r.output.find("is a checkpoint directory, which holds its own config"), std::string::npos) << r.output;
+  r = run_aim("train --set train.max_steps=1 --set model.n_layer=2 --init-config " + src("configs/tiny.yaml") + " " +
+              src("configs/tiny.yaml"));
+  EXPECT_EQ(r.code, 1) << r.output;
+  EXPECT_NE(r.output.find("--init-config " + src("configs/tiny.yaml") + ": the config of an --init weights file, "
+                          "and no --init is given"),
+            std::string::npos) << r.output;
 }
 
 TEST(Cli, BadInputsExitNonZeroWithTheKeyNamed) {

@@ -20,8 +20,10 @@ struct CheckpointRef {
 
 /// Resolves `path` (a directory or a .safetensors file). `config_override` (a YAML config or an
 /// HF config.json) replaces the directory's config and is required for a bare file. Throws
-/// aim::Error naming what is missing, with a hint.
-CheckpointRef find_checkpoint(const std::string& path, const std::string& config_override = "");
+/// aim::Error naming what is missing, with a hint; `flag` and `config_flag` are the options that
+/// gave the two paths (--init / --init-config for `aim train --init`).
+CheckpointRef find_checkpoint(const std::string& path, const std::string& config_override = "",
+                              const std::string& flag = "--ckpt", const std::string& config_flag = "--config");
 
 /// The model configuration of a checkpoint (YAML: the `model` section; JSON: MambaConfig).
 ModelConfig checkpoint_model_config(const CheckpointRef& ref);

@@ -26,8 +26,9 @@ struct LoadedVq {
 /// Loads a tokenizer from a .safetensors file (LlamaGen keys, or AiM's `vqvae.` keys), an
 /// official AiM snapshot directory, or one of our run directories. The configuration comes from
 /// `config_path` when given, else `<file stem>.json` / `config.json` beside the weights (see
-/// vq_config_from_json), else our run's config.yaml, else the full VQ-16 defaults.
-LoadedVq load_vq_model(const std::string& path, const std::string& config_path = "");
+/// vq_config_from_json), else our run's config.yaml, else the full VQ-16 defaults. Errors name
+/// `path` after `flag`, the option or config key that gave it.
+LoadedVq load_vq_model(const std::string& path, const std::string& config_path = "", const std::string& flag = "--vq");
 
 /// Writes the model's weights in the official layout to `path` (atomically).
 void save_aim_model(const AimModel& model, const std::string& path);
