@@ -62,7 +62,9 @@ void check_part_layout(const fs::path& work, int64_t batch_size, int64_t total) 
 }
 
 /// A finished batch of an earlier run is reused only when that run used the same settings and
-/// labels; anything else would mix two sampling setups in one output.
+/// labels; anything else would mix two sampling setups in one output. The checkpoint counts by
+/// what was loaded ("weights", "vq": name, size, digest), not by the path as typed: the same
+/// weights named by another path (a trailing slash, an absolute path) are the same.
 void check_resumed_part(const fs::path& part, const std::map<std::string, std::string>& settings,
                         const torch::Tensor& labels) {
   SafetensorsFile f(part.string());
@@ -70,6 +72,7 @@ void check_resumed_part(const fs::path& part, const std::map<std::string, std::s
   const std::string hint = str_cat("\n---> HINT: run with the same settings, or remove ", part.parent_path().string(),
                                    " (or give another --work-dir) to sample afresh");
   for (const auto& [key, value] : settings) {
+    if (key == "checkpoint") continue;
     const auto it = meta.find(key);
     const std::string found = it == meta.end() ? std::string("(not recorded)") : it->second;
     if (found != value)
@@ -132,8 +135,6 @@ void write_outputs(const SampleArgs& a, const torch::Tensor& tokens, const torch
     std::cout << "images: " << (fs::path(a.outdir) / "").string() << " (" << count << " PNGs)\n";
   }
   if (!a.out.empty()) {
-    AIM_CHECK(count <= 1024, "--out: a grid of ", count, " images is too large (at most 1024)\n"
-              "---> HINT: use --outdir or --npz for many samples");
     auto uint8 = images_of(0, count);
     std::vector<Image> tiles;
     std::vector<std::string> caps;
@@ -148,12 +149,51 @@ void write_outputs(const SampleArgs& a, const torch::Tensor& tokens, const torch
   }
 }
 
+/// A grid is at most 1024 images: checked before anything is sampled or decoded.
+void check_grid_size(const SampleArgs& a, int64_t count) {
+  AIM_CHECK(a.out.empty() || count <= 1024, "--out ", a.out, ": a grid of ", count,
+            " images is too large (at most 1024)\n---> HINT: use --outdir or --npz for many samples");
+}
+
 torch::ScalarType dtype_flag(const char* name, const std::string& flag) {
   AIM_CHECK(flag == "fp32" || flag == "bf16", name, ": expected fp32 or bf16, found '", flag, "'");
   return flag == "bf16" ? torch::kBFloat16 : torch::kFloat;
 }
 
 torch::ScalarType vq_dtype_of(const std::string& flag) { return dtype_flag("--vq-dtype", flag); }
+
+/// Where the tokenizer comes from, and what named it (for errors).
+struct VqSource {
+  std::string path, named_by;
+};
+
+/// --vq, else an aim train run's vq.weights, else the checkpoint itself (an official snapshot's
+/// vqvae.* tensors, or a tokenizer given to --from-tokens as --ckpt: its weights file or its
+/// aim train-vq run).
+VqSource tokenizer_source(const SampleArgs& a) {
+  if (!a.vq.empty()) return {a.vq, "--vq"};
+  std::error_code ec;
+  if (fs::is_directory(a.ckpt, ec) && (fs::exists(fs::path(a.ckpt) / "config.yaml") ||
+                                       fs::exists(fs::path(a.ckpt) / "latest"))) {
+    const auto ref = find_checkpoint(a.ckpt);
+    // A language model's run (its weights hold the Mamba stack), not a tokenizer's.
+    bool language_model = false;
+    const SafetensorsFile weights(ref.weights_path);
+    for (const auto& e : weights.entries())
+      language_model |= e.name.rfind("mamba.", 0) == 0 || e.name.rfind("backbone.", 0) == 0;
+    if (ref.kind == CheckpointKind::kRunDir && language_model) {
+      const std::string w = load_config(ref.config_path).vq.weights;
+      AIM_CHECK(!w.empty(), "--ckpt ", a.ckpt, ": an aim train run without vq.weights, so nothing says which ",
+                "tokenizer decodes its codes\n---> HINT: give the tokenizer its codes were made with: --vq TOKENIZER ",
+                "(an aim train-vq run, a .safetensors with --vq-config, or an official snapshot)");
+      AIM_CHECK(fs::exists(w, ec), ref.config_path, ": vq.weights ", w, " does not exist (relative paths are taken ",
+                "from the current directory)\n---> HINT: pass the tokenizer with --vq");
+      return {w, ref.config_path + ": vq.weights"};
+    }
+    return {a.ckpt, "--ckpt"};
+  }
+  return {a.ckpt, "--ckpt"};
+}
 
 }  // namespace
 
@@ -163,12 +203,16 @@ Runner add_sample_command(CLI::App& app) {
   cmd->add_option("--ckpt", a->ckpt, "official HF snapshot dir, aim run dir, or .safetensors with --config");
   cmd->add_option("--config", a->config, "model config for a bare weights file (YAML or config.json)");
   cmd->add_option("--vq", a->vq, "tokenizer: weights, aim train-vq run (default: the run's vq.weights, else the checkpoint's vqvae.*)");
-  cmd->add_option("--vq-config", a->vq_config, "tokenizer config JSON (default: the full VQ-16)");
+  cmd->add_option("--vq-config", a->vq_config,
+                  "tokenizer config JSON (default: NAME.json or config.json beside the weights, a run's config.yaml, "
+                  "else the full VQ-16)");
   cmd->add_option("--class", a->classes, "class ids or names, comma-separated, or 'random'");
   cmd->add_option("--class-names", a->class_names, "class names, one per line (ImageNet index), for --class and captions");
   cmd->add_option("--num", a->num, "images per listed class (or random images with --class random)")->capture_default_str();
   cmd->add_option("--num-samples", a->num_samples, "FID mode: total samples, labels from --labels");
-  cmd->add_option("--labels", a->labels_mode, "FID mode labels: balanced | random")->capture_default_str();
+  cmd->add_option("--labels", a->labels_mode,
+                  "--num-samples' labels: balanced (N / classes each) | random (uniform draws; the default with "
+                  "--preset fid, the published protocol)")->capture_default_str();
   cmd->add_option("--preset", a->preset, "fid (the published FIDs' settings) | demo (the official README's showcase)");
   cmd->add_option("--cfg", a->cfg, "guidance scale (>= 0; 1 = no guidance)");
   cmd->add_option("--temperature", a->temperature, "softmax temperature (> 0)");
@@ -204,6 +248,11 @@ Runner add_sample_command(CLI::App& app) {
     AIM_CHECK(!a->out.empty() || !a->outdir.empty() || !a->npz.empty() || !a->tokens.empty(),
               "sample: no output requested\n---> HINT: --out grid.png, --outdir DIR, --npz FILE or --tokens FILE");
     AIM_CHECK(a->batch_size >= 1, "--batch-size: expected >= 1, found ", a->batch_size);
+    for (const char* flag : {"--nrow", "--no-captions"})
+      AIM_CHECK(!a->out.empty() || cmd->count(flag) == 0, flag, " shapes the --out grid, and no --out is given\n",
+                "---> HINT: leave it out, or add --out grid.png");
+    AIM_CHECK(cmd->count("--num-samples") == 0 || a->num_samples >= 1, "--num-samples: expected >= 1, found ",
+              a->num_samples);
     AIM_CHECK(a->dtype == "fp32" || a->dtype == "bf16", "--dtype: expected fp32 or bf16, found '", a->dtype, "'");
     const auto device = parse_device(a->device, env.local_rank);
     std::vector<std::string> names = a->class_names.empty() ? std::vector<std::string>{} : read_class_names(a->class_names);
@@ -218,6 +267,12 @@ Runner add_sample_command(CLI::App& app) {
         AIM_CHECK(cmd->count(flag) == 0, "--from-tokens decodes saved tokens: ", flag,
                   " has no effect there\n---> HINT: leave it out (the tokens file records how they were sampled)");
       }
+      // One process decodes: under a launcher, the other ranks have nothing to do (they would
+      // each write the same outputs to the same files).
+      if (!env.is_main()) return 0;
+      if (env.world_size > 1)
+        std::cerr << "[sample] --from-tokens: rank 0 decodes alone; the other " << env.world_size - 1
+                  << " rank(s) have exited\n";
       SafetensorsFile saved_file(a->from_tokens);
       auto saved = saved_file.load_all();
       AIM_CHECK(saved.count("tokens") && saved.count("labels"), "--from-tokens ", a->from_tokens,
@@ -225,18 +280,19 @@ Runner add_sample_command(CLI::App& app) {
       // The sampling settings the tokens were made with travel on to the outputs.
       settings = saved_file.metadata();
       settings.erase("format");
-      const std::string vq_path = !a->vq.empty() ? a->vq : a->ckpt;
-      AIM_CHECK(!vq_path.empty(), "--from-tokens: give --vq (or --ckpt) for the tokenizer");
-      auto loaded_vq = load_vq_model(vq_path, a->vq_config);
+      auto tokens = saved["tokens"].to(torch::kLong), labels = saved["labels"].to(torch::kLong);
+      AIM_CHECK(tokens.dim() == 2 && labels.dim() == 1 && labels.size(0) == tokens.size(0), "--from-tokens ",
+                a->from_tokens, ": expected tokens [N, L] and labels [N], found ", tokens.sizes(), " and ",
+                labels.sizes());
+      check_grid_size(*a, tokens.size(0));
+      AIM_CHECK(!a->vq.empty() || !a->ckpt.empty(), "--from-tokens: give --vq (or --ckpt) for the tokenizer");
+      const VqSource source = tokenizer_source(*a);
+      auto loaded_vq = load_vq_model(source.path, a->vq_config, source.named_by);
       auto vq = loaded_vq.model;
       prepare_vq_for_decoding(vq, device, vq_dtype_of(a->vq_dtype));
       // The outputs record the tokenizer that decoded them (the tokens file may name none).
       settings["vq"] = loaded_vq.identity;
       settings["vq_dtype"] = a->vq_dtype;
-      auto tokens = saved["tokens"].to(torch::kLong), labels = saved["labels"].to(torch::kLong);
-      AIM_CHECK(tokens.dim() == 2 && labels.dim() == 1 && labels.size(0) == tokens.size(0), "--from-tokens ",
-                a->from_tokens, ": expected tokens [N, L] and labels [N], found ", tokens.sizes(), " and ",
-                labels.sizes());
       // Decoded as the outputs ask for them: 50,000 decoded images would not fit in memory at once.
       write_outputs(*a, tokens, labels,
                     [&](int64_t s, int64_t n) {
@@ -293,44 +349,43 @@ Runner add_sample_command(CLI::App& app) {
     o.cuda_graph = !a->no_cuda_graph;
     o.ssm_state_dtype = dtype_flag("--ssm-state", a->ssm_state);
     o.validate();
+    // Confining guidance means nothing without guidance: refused when asked for explicitly, and
+    // recorded as off (1) when a run's or preset's default would not apply.
+    AIM_CHECK(o.cfg != 1.0 || cmd->count("--cfg-top-p") == 0 || o.cfg_top_p == 1.0, "--cfg-top-p ", o.cfg_top_p,
+              ": guidance is off (cfg 1), so there is nothing to confine\n---> HINT: leave it out, or give "
+              "--cfg above 1");
+    if (o.cfg == 1.0) o.cfg_top_p = 1.0;
     std::vector<int64_t> labels;
-    if (a->num_samples > 0) {
+    if (cmd->count("--num-samples")) {
       AIM_CHECK(a->classes.empty(), "sample: give --class or --num-samples, not both");
       AIM_CHECK(cmd->count("--num") == 0, "--num is the images per --class; with --num-samples ", a->num_samples,
                 " it has no effect\n---> HINT: leave out --num");
-      labels = plan_labels(a->labels_mode, a->num_samples, mc.num_classes, a->seed);
+      // The published FIDs drew labels uniformly (LlamaGen's evaluation script): the fid preset's.
+      const std::string mode = cmd->count("--labels") || a->preset != "fid" ? a->labels_mode : "random";
+      labels = plan_labels(mode, a->num_samples, mc.num_classes, a->seed);
     } else {
       AIM_CHECK(!a->classes.empty(), "sample: give --class (ids, names or 'random') or --num-samples");
       AIM_CHECK(cmd->count("--labels") == 0, "--labels chooses the classes of --num-samples; with --class it has ",
                 "no effect\n---> HINT: leave out --labels");
       labels = parse_class_flag(a->classes, a->num, mc.num_classes, names, a->seed);
     }
+    check_grid_size(*a, static_cast<int64_t>(labels.size()));
     // The tokenizer: --vq, else the run's vq.weights (an aim train run), else the checkpoint's
     // own vqvae.* tensors (official snapshots). Not needed when only tokens are asked for (they
     // can be decoded later with --from-tokens).
     const bool decode = !a->out.empty() || !a->outdir.empty() || !a->npz.empty();
     AIM_CHECK(decode || cmd->count("--vq-dtype") == 0, "--vq-dtype: only --tokens is asked for, so nothing is ",
               "decoded\n---> HINT: leave it out, or give it to the --from-tokens run that decodes them");
-    std::string vq_path = a->vq;
-    if (decode && vq_path.empty() && ref.kind == CheckpointKind::kRunDir) {
-      vq_path = load_config(ref.config_path).vq.weights;
-      if (!vq_path.empty() && !fs::exists(vq_path))
-        throw Error(str_cat(ref.config_path, ": vq.weights ", vq_path, " does not exist (relative paths are taken "
-                            "from the current directory)\n---> HINT: pass the tokenizer with --vq"));
-    }
-    AIM_CHECK(!decode || !vq_path.empty() || ref.kind != CheckpointKind::kRunDir, "--ckpt ", a->ckpt,
-              ": an aim train run without vq.weights, so nothing says which tokenizer decodes its codes\n---> "
-              "HINT: give the tokenizer its codes were made with: --vq TOKENIZER (an aim train-vq run, a "
-              ".safetensors with --vq-config, or an official snapshot)");
     VqModel vq{nullptr};
     std::string vq_identity = "none (tokens only)";
     if (decode) {
-      if (vq_path.empty()) vq_path = fs::is_directory(a->ckpt) ? a->ckpt : ref.weights_path;
-      auto loaded_vq = load_vq_model(vq_path, a->vq_config);
+      VqSource source = tokenizer_source(*a);
+      if (source.named_by == "--ckpt" && !fs::is_directory(a->ckpt)) source.path = ref.weights_path;
+      auto loaded_vq = load_vq_model(source.path, a->vq_config, source.named_by);
       vq = loaded_vq.model;
       vq_identity = loaded_vq.identity;
-      AIM_CHECK(vq->config.codebook_size == mc.vocab_size, "--vq: codebook of ", vq->config.codebook_size,
-                " codes, but the model's vocabulary is ", mc.vocab_size);
+      AIM_CHECK(vq->config.codebook_size == mc.vocab_size, source.named_by, " ", source.path, ": a codebook of ",
+                vq->config.codebook_size, " codes, but the model's vocabulary is ", mc.vocab_size);
       prepare_vq_for_decoding(vq, device, vq_dtype_of(a->vq_dtype));
     }
     model->to(device, a->dtype == "bf16" ? torch::kBFloat16 : torch::kFloat);
@@ -446,6 +501,9 @@ Runner add_sample_command(CLI::App& app) {
     std::vector<torch::Tensor> all_tokens, all_labels;
     for (int64_t k = 0; k < batches; ++k) {
       const int64_t start = k * a->batch_size, n = std::min(a->batch_size, total - start);
+      // Every rank checked the finished batches it reused; a batch another rank left from an
+      // earlier run with other settings is caught here, before it is mixed into the output.
+      check_resumed_part(work / part_name(start, n), settings, labels_of(start, n));
       SafetensorsFile f((work / part_name(start, n)).string());
       all_tokens.push_back(f.get("tokens").clone());
       all_labels.push_back(f.get("labels").clone());

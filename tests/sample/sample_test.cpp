@@ -251,7 +251,10 @@ TEST_F(SampleCli, AKilledRunResumesWithoutRedoingFinishedBatches) {
                         " --tokens " + p("resumed.safetensors"));
   EXPECT_NE(relabelled.code, 0);
   EXPECT_NE(relabelled.output.find("other class labels"), std::string::npos) << relabelled.output;
-  auto resumed = run(base_ + args + "--work-dir " + p("work") + " --tokens " + p("resumed.safetensors"));
+  // The same checkpoint named by another path (a trailing slash) is the same: its batches are reused.
+  std::string respelled = base_;
+  respelled.replace(respelled.find(ckpt_), ckpt_.size(), ckpt_ + "/");
+  auto resumed = run(respelled + args + "--work-dir " + p("work") + " --tokens " + p("resumed.safetensors"));
   ASSERT_EQ(resumed.code, 0) << resumed.output;
   EXPECT_NE(resumed.output.find("12 new"), std::string::npos) << resumed.output;  // 8 of 20 were done
   EXPECT_TRUE(torch::equal(load_safetensors(p("full.safetensors"))["tokens"],
@@ -301,6 +304,7 @@ TEST_F(SampleCli, ARunDirectorySamplesWithItsOwnSettings) {
   c.data.image_size = 128;  // 8 x 8 codes of the 16x tokenizer
   c.sample.cfg_scale = 1.0;
   c.sample.top_k = 1;  // greedy: the tokens are the model's argmax chain
+  c.vq.weights = ckpt_;  // the snapshot's vqvae.* tensors
   std::ofstream(run_dir / "config.yaml") << config_to_yaml(c);
   const std::string base = test::aim_binary() + " sample --device cpu --ckpt " + run_dir.string() + " --vq " + ckpt_ +
                            " --vq-config " + test::source_dir() + "/configs/fixture_tiny_vq.json --class 2,5 --num 1 ";
@@ -314,6 +318,17 @@ TEST_F(SampleCli, ARunDirectorySamplesWithItsOwnSettings) {
   o.top_k = 1;
   EXPECT_TRUE(torch::equal(load_safetensors(p("own.safetensors"))["tokens"],
                            generate_tokens(model, torch::tensor({int64_t{2}, int64_t{5}}), {0, 1}, o)));
+  // Decoding saved tokens with the run as --ckpt takes the run's tokenizer (vq.weights), as its
+  // sampling does, and gives the images --vq gives.
+  const std::string decode = test::aim_binary() + " sample --device cpu --from-tokens " + p("own.safetensors") +
+                             " --vq-config " + test::source_dir() + "/configs/fixture_tiny_vq.json ";
+  auto by_run = run(decode + "--ckpt " + run_dir.string() + " --npz " + p("by_run.npz"));
+  ASSERT_EQ(by_run.code, 0) << by_run.output;
+  auto by_vq = run(decode + "--vq " + ckpt_ + " --npz " + p("by_vq.npz"));
+  ASSERT_EQ(by_vq.code, 0) << by_vq.output;
+  auto same = run(test::python() + " -c \"import numpy as np; a = np.load('" + p("by_run.npz") + "')['arr_0']; b = np.load('" +
+                  p("by_vq.npz") + "')['arr_0']; print('same' if (a == b).all() else 'differ')\"");
+  EXPECT_NE(same.output.find("same"), std::string::npos) << same.output;
   auto fid = run(base + "--preset fid --tokens " + p("fid.safetensors"));
   ASSERT_EQ(fid.code, 0) << fid.output;
   EXPECT_NE(fid.output.find("settings: cfg 1.75, temperature 1, top-k 0, top-p 1, cfg top-p 1"), std::string::npos)
@@ -402,6 +417,9 @@ TEST_F(SampleCli, InvalidValuesFailClearlyAndLeaveNothing) {
       {"--class 1 --ssm-state fp16 --out " + p("a.png"), "--ssm-state"},
       {"--class tench --out " + p("a.png"), "--class 'tench'"},
       {"--class 1", "no output requested"},
+      {"--num-samples 0 --tokens " + p("a.safetensors"), "--num-samples: expected >= 1, found 0"},
+      // Checked before anything is sampled: no .parts folder is left (below).
+      {"--num-samples 1100 --npz " + p("s.npz") + " --out " + p("a.png"), "a grid of 1100 images is too large"},
   };
   for (const auto& [args, expect] : cases) {
     auto r = run(base_ + args);
@@ -416,6 +434,10 @@ TEST_F(SampleCli, InvalidValuesFailClearlyAndLeaveNothing) {
        "--from-tokens decodes saved tokens: --cfg has no effect there"},
       {"--from-tokens " + p("none.safetensors") + " --ema --out " + p("a.png"),
        "--from-tokens decodes saved tokens: --ema has no effect there"},
+      {"--class 1 --nrow 2 --tokens " + p("a.safetensors"), "--nrow shapes the --out grid, and no --out is given"},
+      {"--class 1 --no-captions --npz " + p("a.npz"), "--no-captions shapes the --out grid"},
+      {"--class 1 --cfg 1 --cfg-top-p 0.9 --tokens " + p("a.safetensors"),
+       "--cfg-top-p 0.9: guidance is off (cfg 1)"},
   };
   for (const auto& [args, expect] : unused) {
     auto r = run(base_ + args);
