@@ -11,6 +11,7 @@
 #include "aim/core/config.h"
 #include "aim/core/fileio.h"
 #include "aim/core/safetensors.h"
+#include "aim/data/code_dataset.h"
 #include "aim/data/image.h"
 #include "aim/data/shapes.h"
 #include "aim/model/loader.h"
@@ -424,6 +425,22 @@ TEST_F(TrainVqTest, TheRunIsATokenizerForTheRestOfThePipeline) {
   auto x = test::run_shell(aim + " extract-codes --device cpu --data " + images() + " --vq " + run("vq") +
                            " --out " + run("codes") + " --aug flip --image-size 32");
   ASSERT_EQ(x.code, 0) << x.output;
+  // aim sample --from-tokens decodes codes with the run given as --ckpt (a tokenizer's run, not
+  // a language model's whose vq.weights would name the tokenizer), as --vq does.
+  {
+    CodeDataset codes(run("codes"));
+    const int64_t n = 3, t = codes.info().tokens;
+    auto tokens = torch::empty({n, t}, torch::kLong);
+    for (int64_t i = 0; i < n; ++i)
+      for (int64_t j = 0; j < t; ++j) tokens[i][j] = static_cast<int64_t>(codes.codes(i, 0)[j]);
+    save_safetensors(run("tokens.safetensors"), {{"tokens", tokens}, {"labels", torch::arange(n)}});
+    const std::string decode = aim + " sample --device cpu --from-tokens " + run("tokens.safetensors");
+    auto by_ckpt = test::run_shell(decode + " --ckpt " + run("vq") + " --npz " + run("by_ckpt.npz"));
+    ASSERT_EQ(by_ckpt.code, 0) << by_ckpt.output;
+    auto by_vq = test::run_shell(decode + " --vq " + run("vq") + " --npz " + run("by_vq.npz"));
+    ASSERT_EQ(by_vq.code, 0) << by_vq.output;
+    EXPECT_EQ(read_text(run("by_ckpt.npz")), read_text(run("by_vq.npz")));
+  }
   // Errors name the key.
   EXPECT_NE(test::error_of([&] { config(run("x"), {"vq_train.commit_beta=-1"}); }).find("vq_train.commit_beta"),
             std::string::npos);
