@@ -2,7 +2,9 @@
 
 #include <torch/torch.h>
 
+#include <cstdio>
 #include <random>
+#include <string>
 
 #include "aim/core/error.h"
 #include "aim/data/image.h"
@@ -37,6 +39,7 @@ void ImageLoader::run() {
     for (int64_t k = next_batch_; k < batches_; ++k) {
       std::vector<torch::Tensor> views(static_cast<size_t>(b));
       std::vector<char> ok(static_cast<size_t>(b), 0);
+      std::vector<std::string> errors(static_cast<size_t>(b));
       std::atomic<int64_t> next{0};
       auto work = [&] {
         for (int64_t j = next++; j < b; j = next++) {
@@ -51,8 +54,8 @@ void ImageLoader::run() {
             if (options_.hflip && (rng() & 1) != 0) view = hflip(view);
             views[j] = to_tensor(view);
             ok[j] = 1;
-          } catch (const Error&) {
-            skipped_.fetch_add(1);
+          } catch (const Error& e) {
+            errors[j] = e.what();
           }
         }
       };
@@ -60,17 +63,35 @@ void ImageLoader::run() {
       for (int64_t t = 1; t < std::min(options_.threads, b); ++t) pool.emplace_back(work);
       work();
       for (auto& t : pool) t.join();
+      // Unreadable images: the batch's readable ones take their places in turn.
+      std::vector<int64_t> readable;
+      for (int64_t j = 0; j < b; ++j)
+        if (ok[j]) readable.push_back(j);
+      if (readable.empty()) {
+        std::string files;
+        for (int64_t j = 0; j < b && j < 4; ++j) files += "\n  " + errors[j];
+        throw Error(str_cat("training images: none of the ", b, " images of batch ", k, " (epoch ", epoch_,
+                            ") could be read:", files, b > 4 ? "\n  ..." : ""));
+      }
       std::vector<torch::Tensor> kept;
       std::vector<int64_t> labels;
+      size_t turn = 0;
       for (int64_t j = 0; j < b; ++j) {
-        if (!ok[j]) continue;
-        kept.push_back(views[j]);
-        labels.push_back(list_.entries[order_[k * b + j]].label);
+        int64_t from = j;
+        if (!ok[j]) {
+          from = readable[turn++ % readable.size()];
+          skipped_.fetch_add(1);
+          std::fprintf(stderr, "[data] %s\n  (epoch %lld, batch %lld): replaced by %s\n", errors[j].c_str(),
+                       static_cast<long long>(epoch_), static_cast<long long>(k),
+                       list_.entries[order_[k * b + from]].path.c_str());
+        }
+        kept.push_back(views[from]);
+        labels.push_back(list_.entries[order_[k * b + from]].label);
       }
       Decoded d;
       d.batch = k;
       d.labels = torch::tensor(labels, torch::kLong);
-      d.images = kept.empty() ? torch::empty({0, 3, size, size}) : torch::stack(kept);
+      d.images = torch::stack(kept);
       if (!queue_.push(std::move(d))) return;
     }
   } catch (...) {
@@ -100,8 +121,7 @@ std::optional<CodeBatch> ImageLoader::next() {
   batch.batch = d.batch;
   batch.labels = d.labels;
   torch::NoGradGuard no_grad;
-  batch.codes = d.images.size(0) > 0 ? vq_->encode(d.images.to(device_)).to(torch::kCPU)
-                                      : torch::empty({0, 0}, torch::kLong);
+  batch.codes = vq_->encode(d.images.to(device_)).to(torch::kCPU);
   return batch;
 }
 

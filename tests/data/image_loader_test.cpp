@@ -1,5 +1,5 @@
 // Training from images: batches independent of thread count, fresh crops per epoch, resume from
-// a batch index, unreadable images dropped and counted.
+// a batch index, unreadable images replaced within their batch and counted.
 #include <gtest/gtest.h>
 #include <torch/torch.h>
 #include <unistd.h>
@@ -67,15 +67,30 @@ TEST_F(ImageLoaderTest, DeterministicFreshCropsAndResumable) {
   ASSERT_EQ(list_.entries.size(), 11u);
   auto a = epoch(0, 1), b = epoch(0, 3);
   ASSERT_EQ(a.size(), 2u);  // 11 images, batches of 4, last partial dropped
-  int64_t served = 0;
   for (size_t k = 0; k < a.size(); ++k) {
     EXPECT_TRUE(torch::equal(a[k].codes, b[k].codes));
     EXPECT_TRUE(torch::equal(a[k].labels, b[k].labels));
     EXPECT_EQ(a[k].codes.size(1), 16);
-    served += a[k].codes.size(0);
+    // Every batch keeps its size: the broken file, when drawn, is replaced by another image of
+    // its batch, which then appears twice with its label.
+    EXPECT_EQ(a[k].codes.size(0), 4);
   }
-  // The broken file is dropped from its batch when the epoch draws it.
-  EXPECT_EQ(served + skipped_, 8);
+  int64_t drawn_broken = 0;
+  for (int64_t e = 0; e < 6; ++e) {
+    const auto batches = epoch(e, 2);
+    if (skipped_ == 0) continue;
+    ++drawn_broken;
+    EXPECT_EQ(skipped_, 1) << "epoch " << e;
+    bool duplicate = false;
+    for (const auto& batch : batches) {
+      EXPECT_EQ(batch.codes.size(0), 4);
+      for (int64_t i = 0; i < 4; ++i)
+        for (int64_t j = i + 1; j < 4; ++j)
+          duplicate |= torch::equal(batch.codes[i], batch.codes[j]) && torch::equal(batch.labels[i], batch.labels[j]);
+    }
+    EXPECT_TRUE(duplicate) << "epoch " << e << ": the replacement is a copy of a readable image of the batch";
+  }
+  EXPECT_GT(drawn_broken, 0) << "no epoch of six drew the broken file (8 of 11 images each)";
   auto again = epoch(1, 2);
   bool differs = false;
   for (size_t k = 0; k < again.size(); ++k) differs |= !torch::equal(again[k].codes, a[k].codes);
@@ -84,6 +99,24 @@ TEST_F(ImageLoaderTest, DeterministicFreshCropsAndResumable) {
   ASSERT_EQ(resumed.size(), 1u);
   EXPECT_EQ(resumed[0].batch, 1);
   EXPECT_TRUE(torch::equal(resumed[0].codes, a[1].codes));
+}
+
+// A batch none of whose images can be read is an error naming them, not an empty batch.
+TEST_F(ImageLoaderTest, ABatchWithNoReadableImageIsAnError) {
+  const auto bad = dir_ / "bad";
+  for (int c = 0; c < 2; ++c) {
+    fs::create_directories(bad / ("c" + std::to_string(c)));
+    for (int k = 0; k < 2; ++k) std::ofstream(bad / ("c" + std::to_string(c)) / ("x" + std::to_string(k) + ".png")) << "no";
+  }
+  const auto list = list_image_folder(bad.string());
+  ImageLoaderOptions o;
+  o.batch_size = 4;
+  o.image_size = 64;
+  DistributedSampler sampler(static_cast<int64_t>(list.entries.size()), 0, 1, true, 3);
+  ImageLoader loader(list, vq_, torch::kCPU, sampler, 0, 0, o);
+  const std::string msg = test::error_of([&] { loader.next(); });
+  EXPECT_NE(msg.find("none of the 4 images of batch 0 (epoch 0) could be read"), std::string::npos) << msg;
+  EXPECT_NE(msg.find((bad / "c").string()), std::string::npos) << msg;
 }
 
 }  // namespace

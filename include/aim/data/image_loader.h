@@ -3,6 +3,10 @@
 // applies AiM's transform (short side to 1.125x with LANCZOS, random crop; a fresh crop every
 // epoch) on worker threads and encodes it with the tokenizer. Batches are the same whatever
 // the number of threads: the crop of sample i in epoch e depends only on (seed, e, i).
+// An unreadable image is named on stderr and its place in the batch taken by another image of
+// the same batch (with its label), so every batch keeps its size on every rank: the ranks'
+// losses stay equal-weight means and no rank meets an empty batch. A batch with no readable
+// image is an error naming its files.
 #include <torch/types.h>
 
 #include <atomic>
@@ -31,8 +35,8 @@ struct ImageLoaderOptions {
 
 /// A batch of transformed images (no tokenizer).
 struct ImageBatch {
-  torch::Tensor images;  ///< [B', 3, S, S] float32 in [-1, 1]
-  torch::Tensor labels;  ///< [B'] int64
+  torch::Tensor images;  ///< [B, 3, S, S] float32 in [-1, 1]
+  torch::Tensor labels;  ///< [B] int64
   int64_t epoch = 0;
   int64_t batch = 0;     ///< index within the epoch
 };
@@ -48,8 +52,8 @@ class ImageLoader {
   ImageLoader(const ImageLoader&) = delete;
   ImageLoader& operator=(const ImageLoader&) = delete;
 
-  /// The next batch (codes [B', T], labels [B']); unreadable images are dropped from their batch
-  /// (B' < B) and counted. nullopt after the epoch's last batch.
+  /// The next batch (codes [B, T], labels [B]); unreadable images are replaced (above) and
+  /// counted. nullopt after the epoch's last batch.
   std::optional<CodeBatch> next();
   /// The next batch of images themselves, as next() would have encoded them.
   std::optional<ImageBatch> next_images();
@@ -58,8 +62,8 @@ class ImageLoader {
 
  private:
   struct Decoded {
-    torch::Tensor images;  // [B', 3, S, S]
-    torch::Tensor labels;  // [B']
+    torch::Tensor images;  // [B, 3, S, S]
+    torch::Tensor labels;  // [B]
     int64_t batch = 0;
   };
   void run();
