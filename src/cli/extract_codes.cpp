@@ -42,6 +42,8 @@ Runner add_extract_codes_command(CLI::App& app) {
     AIM_CHECK(a->max_chunks >= 0, "--max-chunks: expected >= 0 (0 = all), found ", a->max_chunks);
     AIM_CHECK(a->threads >= 0, "--threads: expected >= 0 (0 = all cores of this rank), found ", a->threads);
     const auto env = detect_launch_env();
+    // Before the slow steps (listing, loading): see begin_extraction.
+    begin_extraction(a->out, env.rank, env.world_size);
     ImageList list = a->data.empty() ? read_image_list(a->list, a->classes) : list_image_folder(a->data);
     auto vq = load_vq_model(a->vq, a->vq_config);
     ExtractOptions o;
@@ -57,6 +59,7 @@ Runner add_extract_codes_command(CLI::App& app) {
     o.rank = env.rank;
     o.world_size = env.world_size;
     o.tokenizer_id = vq.identity;
+    o.began = true;
     AIM_CHECK(a->crop_range >= 1.0, "--crop-range must be >= 1, found ", a->crop_range);
     vq.model->to(o.device);
     if (env.is_main()) {

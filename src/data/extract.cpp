@@ -5,7 +5,6 @@
 #include <chrono>
 #include <filesystem>
 #include <fstream>
-#include <optional>
 #include <sstream>
 #include <thread>
 #include <utility>
@@ -49,10 +48,9 @@ std::string shard_path(const std::string& out, int rank, int world) {
 }
 
 /// Beside a shard whose rank stopped at --max-chunks: rank 0 then does not wait for it (it would
-/// not finish before a re-run). Each rank removes its own when it starts; rank 0 believes a
-/// marker once it has stayed for ExtractOptions::stopped_grace_s, so that an earlier run's,
-/// which a re-run's rank is about to remove, does not stop the merge that run should do.
+/// not finish before a re-run). See begin_extraction for which markers rank 0 believes.
 std::string stopped_marker(const std::string& shard) { return shard + ".stopped"; }
+std::string launch_stamp(const std::string& out) { return out + ".started"; }
 
 /// Samples already written by an earlier run ("done <start> <count>" lines of the sidecar), as
 /// sorted disjoint [begin, end) ranges. An earlier run may have used another --batch-size, so a
@@ -213,29 +211,27 @@ ExtractReport extract_range(VqModel& vq, const ImageList& list, int64_t begin, i
 
 /// Waits for every shard, then merges them into `out`. Returns false, merging nothing, when a
 /// rank stopped at --max-chunks (the shards stay for the re-run that resumes them).
-bool merge_shards(const std::string& out, int world, double timeout_s, double grace_s, bool quiet) {
-  using Clock = std::chrono::steady_clock;
+bool merge_shards(const std::string& out, int world, double timeout_s, bool quiet) {
   std::vector<std::string> shards;
   for (int r = 0; r < world; ++r) shards.push_back(shard_path(out, r, world));
-  const auto t0 = Clock::now();
-  std::vector<std::optional<Clock::time_point>> marker_seen(static_cast<size_t>(world));
+  const auto t0 = std::chrono::steady_clock::now();
+  std::error_code ec;
+  const auto started = fs::last_write_time(launch_stamp(out), ec);
+  const bool stamped = !ec;
   for (;;) {
     int ready = 0;
     for (int r = 0; r < world; ++r) {
       const auto& s = shards[static_cast<size_t>(r)];
-      auto& seen = marker_seen[static_cast<size_t>(r)];
       if (fs::exists(s) && !code_dataset_unfinished(s)) {
         ++ready;
-      } else if (fs::exists(stopped_marker(s))) {
-        if (!seen) seen = Clock::now();
-        if (std::chrono::duration<double>(Clock::now() - *seen).count() >= grace_s) {
-          if (!quiet)
-            std::fprintf(stderr, "[extract] rank %d stopped early (--max-chunks): the shards merge into %s once "
-                         "every rank has finished; re-run the same command to resume\n", r, out.c_str());
-          return false;
-        }
-      } else {
-        seen.reset();
+        continue;
+      }
+      const auto stopped = fs::last_write_time(stopped_marker(s), ec);
+      if (!ec && (!stamped || stopped > started)) {
+        if (!quiet)
+          std::fprintf(stderr, "[extract] rank %d stopped early (--max-chunks): the shards merge into %s once "
+                       "every rank has finished; re-run the same command to resume\n", r, out.c_str());
+        return false;
       }
     }
     if (ready == world) break;
@@ -284,11 +280,20 @@ bool merge_shards(const std::string& out, int world, double timeout_s, double gr
     fs::remove(s + ".skipped.txt");
     fs::remove(stopped_marker(s));
   }
+  fs::remove(launch_stamp(out), ec);
   if (!quiet) std::fprintf(stderr, "[extract] merged %d shards into %s (%lld images)\n", world, out.c_str(), (long long)total);
   return true;
 }
 
 }  // namespace
+
+void begin_extraction(const std::string& out, int rank, int world_size) {
+  if (world_size <= 1) return;
+  std::error_code ec;
+  fs::create_directories(fs::path(out).parent_path(), ec);
+  fs::remove(stopped_marker(shard_path(out, rank, world_size)), ec);
+  if (rank == 0) write_text_atomic(launch_stamp(out), "extraction started\n");
+}
 
 ExtractReport extract_codes(VqModel& vq, const ImageList& list, const ExtractOptions& o) {
   views_per_image(o.aug);
@@ -308,6 +313,7 @@ ExtractReport extract_codes(VqModel& vq, const ImageList& list, const ExtractOpt
         code_dataset_difference(existing.info(), dataset_info(list, o, n, side * side, vq->config.codebook_size));
     AIM_CHECK(difference.empty(), o.out, ": exists with other settings: ", difference,
               "\n---> HINT: remove it or choose another --out");
+    if (o.rank == 0) fs::remove(launch_stamp(o.out), ec);
     ExtractReport report;
     report.images = report.resumed = n;
     return report;
@@ -316,10 +322,9 @@ ExtractReport extract_codes(VqModel& vq, const ImageList& list, const ExtractOpt
   // Contiguous ranges keep the merged file in list order.
   const int64_t begin = n * o.rank / o.world_size, end = n * (o.rank + 1) / o.world_size;
   const std::string shard = shard_path(o.out, o.rank, o.world_size);
-  fs::remove(stopped_marker(shard), ec);  // an earlier run's
+  if (!o.began) begin_extraction(o.out, o.rank, o.world_size);
   auto report = extract_range(vq, list, begin, end, o, shard, str_cat("extract rank ", o.rank));
-  if (o.rank == 0 && report.finished &&
-      !merge_shards(o.out, o.world_size, o.merge_timeout_s, o.stopped_grace_s, o.quiet))
+  if (o.rank == 0 && report.finished && !merge_shards(o.out, o.world_size, o.merge_timeout_s, o.quiet))
     report.finished = false;
   return report;
 }

@@ -6,6 +6,8 @@
 #include <filesystem>
 #include <fstream>
 #include <string>
+#include <utility>
+#include <vector>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -151,11 +153,22 @@ TEST(Cli, ExtractCodesAsTwoRanksEqualsOneProcess) {
   EXPECT_EQ(d.info().num_aug, 2);
   // --max-chunks stops ranks early and leaves the shards for a re-run. Here rank 0 finishes its
   // share while rank 1 stops: rank 0 does not wait for rank 1's shard (which this run will not
-  // finish), and the re-run without a limit merges the same file as one process writes.
+  // finish), and the re-run without a limit merges the same file as one process writes, although
+  // rank 1's marker of the earlier run is still there when rank 0 (with nothing left to do) looks.
   const std::string three = common + "--device cpu --out " + (dir / "three.codes").string();
   auto run_ranks = [&](const std::string& args, const std::string& log) {
-    return test::run_shell("(" + env(1) + test::aim_binary() + " " + args + " > " + (dir / log).string() +
-                           " 2>&1 &) ; " + env(0) + test::aim_binary() + " " + args);
+    const std::string rank1 = (dir / log).string();
+    const auto r = test::run_shell("(" + env(1) + "timeout 300 " + test::aim_binary() + " " + args + " > " + rank1 +
+                                   " 2>&1; echo \"exit $?\" >> " + rank1 + ") & " + env(0) + "timeout 300 " +
+                                   test::aim_binary() + " " + args);
+    std::string text;
+    for (int i = 0; i < 600 && text.find("exit ") == std::string::npos; ++i) {  // rank 1 may still be exiting
+      std::ifstream in(rank1);
+      text.assign((std::istreambuf_iterator<char>(in)), {});
+      if (text.find("exit ") == std::string::npos) ::usleep(100000);
+    }
+    EXPECT_NE(text.find("exit 0"), std::string::npos) << "rank 1: " << text;
+    return r;
   };
   const auto ahead = test::run_shell(env(0) + "timeout 300 " + test::aim_binary() + " " + three + " --max-chunks 1");
   ASSERT_EQ(ahead.code, 0) << ahead.output;  // rank 0 alone, 1 of its 2 chunks
@@ -163,13 +176,17 @@ TEST(Cli, ExtractCodesAsTwoRanksEqualsOneProcess) {
   ASSERT_EQ(stopped.code, 0) << stopped.output;
   EXPECT_NE(stopped.output.find("rank 1 stopped early (--max-chunks)"), std::string::npos) << stopped.output;
   EXPECT_FALSE(fs::exists(dir / "three.codes"));
+  EXPECT_TRUE(fs::exists(dir / "three.codes.shard-1-of-2.stopped"));
   const auto resumed = run_ranks(three, "r1_resumed.log");
   ASSERT_EQ(resumed.code, 0) << resumed.output;
   EXPECT_NE(resumed.output.find("merged 2 shards"), std::string::npos) << resumed.output;
   std::ifstream c(dir / "three.codes", std::ios::binary);
   EXPECT_EQ(std::string((std::istreambuf_iterator<char>(c)), {}), sa);
-  for (const auto& e : fs::directory_iterator(dir))
-    EXPECT_EQ(e.path().string().find(".shard-"), std::string::npos) << "left behind: " << e.path();
+  for (const auto& e : fs::directory_iterator(dir)) {
+    const std::string name = e.path().filename().string();
+    EXPECT_TRUE(name.find(".shard-") == std::string::npos && name.find(".started") == std::string::npos)
+        << "left behind: " << e.path();
+  }
   // Bad flags name the flag.
   auto bad = run_aim(common + "--aug sideways --out " + (dir / "x.codes").string());
   EXPECT_NE(bad.code, 0);
@@ -177,6 +194,17 @@ TEST(Cli, ExtractCodesAsTwoRanksEqualsOneProcess) {
   bad = run_aim(common + "--device cuda:7 --out " + (dir / "y.codes").string());
   EXPECT_NE(bad.code, 0);
   EXPECT_NE(bad.output.find("--device"), std::string::npos) << bad.output;
+  // Flags that would do nothing are refused, naming the flag.
+  for (const auto& [flag, says] : std::vector<std::pair<std::string, std::string>>{
+           {"--classes names.txt", "--classes names.txt: names the classes of a --list"},
+           {"--crop-range 1.0", "--crop-range 1: the tencrop view's first crop; --aug flip takes the ADM center crop"},
+           {"--max-chunks -1", "--max-chunks: expected >= 0 (0 = all), found -1"},
+           {"--threads -2", "--threads: expected >= 0 (0 = all cores of this rank), found -2"}}) {
+    bad = run_aim(common + flag + " --out " + (dir / "z.codes").string());
+    EXPECT_EQ(bad.code, 1) << flag;
+    EXPECT_NE(bad.output.find(says), std::string::npos) << flag << "\n" << bad.output;
+  }
+  EXPECT_FALSE(fs::exists(dir / "z.codes"));
   fs::remove_all(dir);
 }
 

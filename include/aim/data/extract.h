@@ -25,9 +25,7 @@ struct ExtractOptions {
   int rank = 0, world_size = 1;
   std::string tokenizer_id;        ///< recorded in the header, checked on resume
   double merge_timeout_s = 86400;  ///< rank 0: how long to wait for the other shards
-  /// rank 0: how long a rank's "stopped at --max-chunks" marker must stay before rank 0 stops
-  /// waiting for that rank (a re-run's rank removes its earlier one as it starts)
-  double stopped_grace_s = 10;
+  bool began = false;              ///< begin_extraction() was called (else extract_codes calls it)
   int64_t max_chunks = 0;          ///< stop after this many new chunks (0: all); stays resumable
   bool quiet = false;
 };
@@ -49,6 +47,13 @@ int64_t views_per_image(const std::string& aug);
 /// torchvision's TenCrop).
 torch::Tensor extraction_views(const Image& image, const std::string& aug, int64_t image_size,
                                double crop_range);
+
+/// First thing on every rank of a launch of several (before listing images or loading the
+/// tokenizer): removes this rank's marker of an earlier run that stopped at max_chunks and, on
+/// rank 0, stamps the launch's start (`<out>.started`). Rank 0 believes only markers written after
+/// its stamp (both times from the output's filesystem), so an earlier run's marker, which a slow
+/// rank has not removed yet, does not stop the merge this run should do.
+void begin_extraction(const std::string& out, int rank, int world_size);
 
 /// Extracts this rank's share of `list` (on every rank) and, on rank 0 of several, merges
 /// the shards into options.out once all are finished. A rank stopped by max_chunks leaves a
