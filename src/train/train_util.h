@@ -93,10 +93,11 @@ void end_session(DistContext& dist, const RunDir& run, const TrainerState& state
 void refuse_existing_run(DistContext& dist, const std::string& out_dir);
 
 /// Every rank decides on its own whether to resume and reads the checkpoint: `read` does that,
-/// setting `resume_dir` (empty: a new run) and `step`. Then the ranks compare (a collective on
-/// every rank, also where `read` threw): every rank throws, naming both, when they did not all
-/// find the same step (or some found none), as a node-local out_dir or a shared filesystem's
-/// stale view would make them; a rank whose `read` threw rethrows its error, the others say so.
+/// setting `resume_dir` (empty: a new run) and `step`. Then the ranks compare (two all-reduces,
+/// min and max, on every rank, also where `read` threw): every rank throws, naming both, when
+/// they did not all find the same step (or some found none), as a node-local out_dir or a shared
+/// filesystem's stale view would make them; a rank whose `read` threw rethrows its error, the
+/// others say so. (Ranks that found different checkpoints of the same step pass.)
 void agree_on_resume(DistContext& dist, const std::function<void()>& read, const std::string& resume_dir,
                      const int64_t& step);
 

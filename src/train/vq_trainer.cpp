@@ -110,6 +110,10 @@ VqTrainResult run_vq_training(const Config& config_in, const TrainOptions& optio
     report_changed_settings(saved, config, resume_dir, say);
     const std::string state_path = (fs::path(resume_dir) / "trainer_state.json").string();
     state = TrainerState::from_json(read_text(state_path), state_path);
+    // The tensors are read later; their headers here, so that a file one rank cannot open stops
+    // every rank at once rather than that rank alone.
+    for (const char* f : {"model.safetensors", "optimizer.safetensors"})
+      SafetensorsFile((fs::path(resume_dir) / f).string());
   }, resume_dir, state.step);
   if (resume_dir.empty()) refuse_existing_run(dist, config.train.out_dir);
 
