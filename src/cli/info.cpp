@@ -36,10 +36,12 @@ Runner add_info_command(CLI::App& app) {
     AIM_CHECK(yaml || overrides->empty(), "--set ", overrides->empty() ? "" : overrides->front(), ": ", *path,
               " is a checkpoint or an official config.json, whose architecture is fixed; --set applies to YAML "
               "configs\n---> HINT: aim info configs/<name>.yaml --set ...");
-    AIM_CHECK(config->empty() || ends_with(".safetensors"), "--config ", *config, ": ", *path,
-              fs::is_directory(*path) ? " is a checkpoint directory, which holds its own config"
-                                      : " is a config itself",
-              "; --config goes with a bare weights file\n---> HINT: aim info WEIGHTS.safetensors --config CONFIG");
+    const bool own_config = fs::is_directory(*path) && (fs::exists(fs::path(*path) / "config.yaml") ||
+                                                        fs::exists(fs::path(*path) / "config.json") ||
+                                                        fs::exists(fs::path(*path) / "latest"));
+    AIM_CHECK(config->empty() || (checkpoint && !own_config), "--config ", *config, ": ", *path,
+              own_config ? " is a checkpoint directory, which holds its own config" : " is a config itself",
+              "; --config goes with weights that have none\n---> HINT: aim info WEIGHTS.safetensors --config CONFIG");
     if (checkpoint) {
       auto ref = find_checkpoint(*path, *config, "aim info");
       model = checkpoint_model_config(ref);

@@ -297,7 +297,11 @@ TEST_F(SampleCli, DecodePositionOffsetOverridesTheCheckpoint) {
 TEST_F(SampleCli, ARunDirectorySamplesWithItsOwnSettings) {
   const auto run_dir = dir_ / "run";
   fs::create_directories(run_dir);
-  fs::copy_file(fs::path(ckpt_) / "model.safetensors", run_dir / "model.safetensors");
+  // The language model only, as aim train writes it: the tokenizer is vq.weights (below).
+  std::vector<std::pair<std::string, torch::Tensor>> lm;
+  for (const auto& [k, v] : load_safetensors((fs::path(ckpt_) / "model.safetensors").string()))
+    if (k.rfind("vqvae.", 0) != 0) lm.emplace_back(k, v);
+  save_safetensors((run_dir / "model.safetensors").string(), lm, {});
   Config c;
   c.model = model_config_from_hf_json((fs::path(ckpt_) / "config.json").string());
   c.vq.codebook_size = c.model.vocab_size;
@@ -393,6 +397,20 @@ TEST_F(SampleCli, FromTokensDecodesTheFixtureImages) {
   EXPECT_TRUE(close) << cmp.output;
 }
 
+// --preset fid draws the labels uniformly (the published protocol) unless --labels says otherwise.
+TEST_F(SampleCli, PresetFidDrawsLabelsUniformly) {
+  auto counts = [&](const std::string& flags, const std::string& file) {
+    auto r = run(base_ + "--num-samples 20 --preset fid --cfg 1 --top-k 1 " + flags + "--tokens " + p(file));
+    EXPECT_EQ(r.code, 0) << r.output;
+    return torch::bincount(load_safetensors(p(file))["labels"], {}, 10);
+  };
+  const auto fid = counts("", "fid.safetensors");
+  const auto balanced = counts("--labels balanced ", "balanced.safetensors");
+  EXPECT_TRUE(torch::equal(balanced, torch::full({10}, 2, torch::kLong))) << balanced;
+  EXPECT_FALSE(torch::equal(fid, balanced)) << "20 uniform draws over 10 classes, each class exactly twice: " << fid;
+  EXPECT_EQ(fid.sum().item<int64_t>(), 20);
+}
+
 // --device defaults to auto: the GPU when one is visible, else the CPU.
 TEST_F(SampleCli, TheDefaultDeviceIsTheGpuIfAny) {
   auto r = run(test::aim_binary() + " sample --ckpt " + ckpt_ + " --vq-config " + test::source_dir() +
@@ -400,6 +418,8 @@ TEST_F(SampleCli, TheDefaultDeviceIsTheGpuIfAny) {
   ASSERT_EQ(r.code, 0) << r.output;
   const std::string where = torch::cuda::is_available() ? "fp32 on cuda:0," : "fp32 on cpu,";
   EXPECT_NE(r.output.find(where), std::string::npos) << r.output;
+  auto help = run(test::aim_binary() + " sample --help");
+  EXPECT_NE(help.output.find("--device TEXT=auto"), std::string::npos) << help.output;
   auto bad = run(test::aim_binary() + " sample --device gpu --ckpt " + ckpt_ + " --class 1 --tokens " + p("e.safetensors"));
   EXPECT_NE(bad.code, 0);
   EXPECT_NE(bad.output.find("--device: expected auto, cpu, cuda or cuda:<index>, found 'gpu'"), std::string::npos)
