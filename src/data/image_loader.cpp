@@ -54,7 +54,7 @@ void ImageLoader::run() {
             if (options_.hflip && (rng() & 1) != 0) view = hflip(view);
             views[j] = to_tensor(view);
             ok[j] = 1;
-          } catch (const Error& e) {
+          } catch (const std::exception& e) {  // aim::Error, or c10::Error / bad_alloc from a corrupt file
             errors[j] = e.what();
           }
         }
