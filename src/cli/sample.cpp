@@ -1,5 +1,6 @@
 #include <chrono>
 #include <cstdio>
+#include <exception>
 #include <filesystem>
 #include <future>
 #include <optional>
@@ -43,6 +44,43 @@ struct SampleArgs {
 };
 
 std::string part_name(int64_t start, int64_t count) { return str_cat("part-", start, "-", count, ".safetensors"); }
+
+/// Several ranks meet only in the work folder. A rank that stops with an error leaves
+/// rank-<r>.failed there (as its stack unwinds); rank 0, waiting for that rank's batches, stops
+/// too instead of waiting for ever (a launcher that does not end the job when one rank fails,
+/// e.g. srun without --kill-on-bad-exit). Rank 0 believes only markers written after its stamp
+/// (.started, written before anything slow; both times from the folder's filesystem), and each
+/// rank removes its own earlier one first.
+std::string failed_marker(int rank) { return str_cat("rank-", rank, ".failed"); }
+
+class FailureMarker {
+ public:
+  explicit FailureMarker(fs::path path) : path_(std::move(path)), exceptions_(std::uncaught_exceptions()) {}
+  ~FailureMarker() {
+    if (std::uncaught_exceptions() <= exceptions_) return;
+    try {
+      write_text_atomic(path_.string(), "this rank stopped with an error: see its output\n");
+    } catch (...) {
+    }
+  }
+
+ private:
+  fs::path path_;
+  int exceptions_;
+};
+
+/// Rank 0: throws when another rank left a failure marker during this launch.
+void check_failed_ranks(const fs::path& work, int world_size) {
+  std::error_code ec;
+  const auto started = fs::last_write_time(work / ".started", ec);
+  if (ec) return;
+  for (int r = 1; r < world_size; ++r) {
+    const auto failed = fs::last_write_time(work / failed_marker(r), ec);
+    if (!ec && failed > started)
+      throw Error(str_cat("rank ", r, " stopped with an error (its output says which); the finished batches in ",
+                          work.string(), " are kept\n---> HINT: fix what it reports and re-run the same command"));
+  }
+}
 
 /// Finished batches in `work` cut for another --batch-size would be neither reused nor kept
 /// (the work folder goes once the output is assembled): refused, naming the size they have.
@@ -303,6 +341,15 @@ Runner add_sample_command(CLI::App& app) {
     }
 
     AIM_CHECK(!a->ckpt.empty(), "sample: --ckpt is required (or --from-tokens)");
+    const std::string primary = !a->npz.empty() ? a->npz : !a->out.empty() ? a->out : !a->outdir.empty() ? a->outdir : a->tokens;
+    const fs::path work = a->work_dir.empty() ? fs::path(primary + ".parts") : fs::path(a->work_dir);
+    std::optional<FailureMarker> failure_marker;
+    if (env.world_size > 1) {
+      fs::create_directories(work);
+      fs::remove(work / failed_marker(env.rank));
+      if (env.is_main()) write_text_atomic((work / ".started").string(), "sampling started\n");
+      else failure_marker.emplace(work / failed_marker(env.rank));
+    }
     auto ref = find_checkpoint(a->ckpt, a->config);
     auto model = load_aim_model(ref, a->use_ema);
     const std::string weights_used = a->use_ema ? ref.ema_path : ref.weights_path;
@@ -407,8 +454,6 @@ Runner add_sample_command(CLI::App& app) {
                 << o.seed << " (defaults from " << defaults_from << "); " << a->dtype << " on " << device << ", "
                 << env.world_size << " rank(s)\n";
     }
-    const std::string primary = !a->npz.empty() ? a->npz : !a->out.empty() ? a->out : !a->outdir.empty() ? a->outdir : a->tokens;
-    const fs::path work = a->work_dir.empty() ? fs::path(primary + ".parts") : fs::path(a->work_dir);
     fs::create_directories(work);
     check_part_layout(work, a->batch_size, total);
     const int64_t batches = (total + a->batch_size - 1) / a->batch_size;
@@ -486,6 +531,7 @@ Runner add_sample_command(CLI::App& app) {
     for (int64_t k = 0; k < batches; ++k) {
       const int64_t start = k * a->batch_size, n = std::min(a->batch_size, total - start);
       while (!fs::exists(work / part_name(start, n))) {
+        check_failed_ranks(work, env.world_size);
         std::this_thread::sleep_for(std::chrono::milliseconds(500));
         const auto now = std::chrono::steady_clock::now();
         if (std::chrono::duration<double>(now - last_note).count() >= 60) {

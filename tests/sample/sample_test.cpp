@@ -241,6 +241,21 @@ TEST_F(SampleCli, AKilledRunResumesWithoutRedoingFinishedBatches) {
     EXPECT_FALSE(fs::exists(p("resumed.safetensors")));
     EXPECT_FALSE(fs::exists(p("work/part-0-4.safetensors"))) << other << ": wrote a batch before refusing";
   }
+  // Two ranks where rank 1 finds a finished batch sampled otherwise (cfg 4) and stops with that
+  // error before making its missing one: rank 0, having made its own batches, stops too instead
+  // of waiting for that batch for ever (a launcher that does not end the job when one rank fails).
+  {
+    const std::string other = base_ + args + "--cfg 4 --work-dir " + p("work4") + " --tokens " + p("t4.safetensors");
+    ASSERT_EQ(run("OMPI_COMM_WORLD_RANK=1 OMPI_COMM_WORLD_SIZE=2 " + other).code, 0);
+    ASSERT_TRUE(fs::remove(p("work4/part-12-4.safetensors")));
+    const std::string cmd = base_ + args + "--work-dir " + p("work4") + " --tokens " + p("t4.safetensors");
+    auto both = run("(OMPI_COMM_WORLD_RANK=1 OMPI_COMM_WORLD_SIZE=2 timeout 300 " + cmd + " > " + p("rank1.log") +
+                    " 2>&1 &) ; OMPI_COMM_WORLD_RANK=0 OMPI_COMM_WORLD_SIZE=2 timeout 300 " + cmd);
+    EXPECT_EQ(both.code, 1) << both.output;
+    EXPECT_NE(both.output.find("rank 1 stopped with an error"), std::string::npos) << both.output;
+    EXPECT_TRUE(fs::exists(p("work4/part-0-4.safetensors"))) << "rank 0's own batches are kept";
+    EXPECT_FALSE(fs::exists(p("t4.safetensors")));
+  }
   // Batches cut for another --batch-size would be neither reused nor kept: refused.
   auto rebatched = run(base_ + "--num-samples 20 --labels balanced --seed 2 --batch-size 8 --work-dir " + p("work") +
                        " --tokens " + p("resumed.safetensors"));
