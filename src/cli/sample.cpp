@@ -7,6 +7,7 @@
 #include <iostream>
 #include <nlohmann/json.hpp>
 #include <thread>
+#include <vector>
 
 #include "aim/cli/commands.h"
 #include "aim/core/checkpoint.h"
@@ -48,10 +49,11 @@ std::string part_name(int64_t start, int64_t count) { return str_cat("part-", st
 /// Several ranks meet only in the work folder. A rank that stops with an error leaves
 /// rank-<r>.failed there (as its stack unwinds); rank 0, waiting for that rank's batches, stops
 /// too instead of waiting for ever (a launcher that does not end the job when one rank fails,
-/// e.g. srun without --kill-on-bad-exit). Rank 0 believes only markers written after its stamp
-/// (.started, written before anything slow; both times from the folder's filesystem), and each
-/// rank removes its own earlier one first.
+/// e.g. srun without --kill-on-bad-exit). Each rank removes its own earlier marker first thing,
+/// and rank 0 believes a marker once it has stayed kFailedGraceS while rank 0 waited, so an
+/// earlier run's does not stop this one. (Not file times: a rank may fail before rank 0 starts.)
 std::string failed_marker(int rank) { return str_cat("rank-", rank, ".failed"); }
+constexpr double kFailedGraceS = 10;
 
 class FailureMarker {
  public:
@@ -69,14 +71,17 @@ class FailureMarker {
   int exceptions_;
 };
 
-/// Rank 0: throws when another rank left a failure marker during this launch.
-void check_failed_ranks(const fs::path& work, int world_size) {
-  std::error_code ec;
-  const auto started = fs::last_write_time(work / ".started", ec);
-  if (ec) return;
-  for (int r = 1; r < world_size; ++r) {
-    const auto failed = fs::last_write_time(work / failed_marker(r), ec);
-    if (!ec && failed > started)
+/// Rank 0, while it waits: throws when another rank's failure marker has stayed kFailedGraceS.
+/// `seen[r]`: when rank 0 first saw rank r's marker (reset when it is gone).
+void check_failed_ranks(const fs::path& work, std::vector<std::optional<std::chrono::steady_clock::time_point>>& seen) {
+  const auto now = std::chrono::steady_clock::now();
+  for (size_t r = 1; r < seen.size(); ++r) {
+    if (!fs::exists(work / failed_marker(static_cast<int>(r)))) {
+      seen[r].reset();
+      continue;
+    }
+    if (!seen[r]) seen[r] = now;
+    if (std::chrono::duration<double>(now - *seen[r]).count() >= kFailedGraceS)
       throw Error(str_cat("rank ", r, " stopped with an error (its output says which); the finished batches in ",
                           work.string(), " are kept\n---> HINT: fix what it reports and re-run the same command"));
   }
@@ -347,8 +352,7 @@ Runner add_sample_command(CLI::App& app) {
     if (env.world_size > 1) {
       fs::create_directories(work);
       fs::remove(work / failed_marker(env.rank));
-      if (env.is_main()) write_text_atomic((work / ".started").string(), "sampling started\n");
-      else failure_marker.emplace(work / failed_marker(env.rank));
+      if (!env.is_main()) failure_marker.emplace(work / failed_marker(env.rank));
     }
     auto ref = find_checkpoint(a->ckpt, a->config);
     auto model = load_aim_model(ref, a->use_ema);
@@ -528,10 +532,12 @@ Runner add_sample_command(CLI::App& app) {
     // Rank 0 assembles once every batch is there.
     const auto wait_start = std::chrono::steady_clock::now();
     auto last_note = wait_start;
+    std::vector<std::optional<std::chrono::steady_clock::time_point>> failure_seen(
+        static_cast<size_t>(env.world_size));
     for (int64_t k = 0; k < batches; ++k) {
       const int64_t start = k * a->batch_size, n = std::min(a->batch_size, total - start);
       while (!fs::exists(work / part_name(start, n))) {
-        check_failed_ranks(work, env.world_size);
+        check_failed_ranks(work, failure_seen);
         std::this_thread::sleep_for(std::chrono::milliseconds(500));
         const auto now = std::chrono::steady_clock::now();
         if (std::chrono::duration<double>(now - last_note).count() >= 60) {

@@ -5,6 +5,7 @@
 #include <chrono>
 #include <filesystem>
 #include <fstream>
+#include <optional>
 #include <sstream>
 #include <thread>
 #include <utility>
@@ -48,9 +49,9 @@ std::string shard_path(const std::string& out, int rank, int world) {
 }
 
 /// Beside a shard whose rank stopped at --max-chunks: rank 0 then does not wait for it (it would
-/// not finish before a re-run). See begin_extraction for which markers rank 0 believes.
+/// not finish before a re-run). See begin_extraction for which markers rank 0 believes. (Not
+/// times compared across machines: a stopped rank may finish its chunks before rank 0 starts.)
 std::string stopped_marker(const std::string& shard) { return shard + ".stopped"; }
-std::string launch_stamp(const std::string& out) { return out + ".started"; }
 
 /// Samples already written by an earlier run ("done <start> <count>" lines of the sidecar), as
 /// sorted disjoint [begin, end) ranges. An earlier run may have used another --batch-size, so a
@@ -211,27 +212,29 @@ ExtractReport extract_range(VqModel& vq, const ImageList& list, int64_t begin, i
 
 /// Waits for every shard, then merges them into `out`. Returns false, merging nothing, when a
 /// rank stopped at --max-chunks (the shards stay for the re-run that resumes them).
-bool merge_shards(const std::string& out, int world, double timeout_s, bool quiet) {
+bool merge_shards(const std::string& out, int world, double timeout_s, double grace_s, bool quiet) {
+  using Clock = std::chrono::steady_clock;
   std::vector<std::string> shards;
   for (int r = 0; r < world; ++r) shards.push_back(shard_path(out, r, world));
-  const auto t0 = std::chrono::steady_clock::now();
-  std::error_code ec;
-  const auto started = fs::last_write_time(launch_stamp(out), ec);
-  const bool stamped = !ec;
+  const auto t0 = Clock::now();
+  std::vector<std::optional<Clock::time_point>> marker_seen(static_cast<size_t>(world));
   for (;;) {
     int ready = 0;
     for (int r = 0; r < world; ++r) {
       const auto& s = shards[static_cast<size_t>(r)];
+      auto& seen = marker_seen[static_cast<size_t>(r)];
       if (fs::exists(s) && !code_dataset_unfinished(s)) {
         ++ready;
-        continue;
-      }
-      const auto stopped = fs::last_write_time(stopped_marker(s), ec);
-      if (!ec && (!stamped || stopped > started)) {
-        if (!quiet)
-          std::fprintf(stderr, "[extract] rank %d stopped early (--max-chunks): the shards merge into %s once "
-                       "every rank has finished; re-run the same command to resume\n", r, out.c_str());
-        return false;
+      } else if (fs::exists(stopped_marker(s))) {
+        if (!seen) seen = Clock::now();
+        if (std::chrono::duration<double>(Clock::now() - *seen).count() >= grace_s) {
+          if (!quiet)
+            std::fprintf(stderr, "[extract] rank %d stopped early (--max-chunks): the shards merge into %s once "
+                         "every rank has finished; re-run the same command to resume\n", r, out.c_str());
+          return false;
+        }
+      } else {
+        seen.reset();
       }
     }
     if (ready == world) break;
@@ -280,7 +283,6 @@ bool merge_shards(const std::string& out, int world, double timeout_s, bool quie
     fs::remove(s + ".skipped.txt");
     fs::remove(stopped_marker(s));
   }
-  fs::remove(launch_stamp(out), ec);
   if (!quiet) std::fprintf(stderr, "[extract] merged %d shards into %s (%lld images)\n", world, out.c_str(), (long long)total);
   return true;
 }
@@ -290,9 +292,7 @@ bool merge_shards(const std::string& out, int world, double timeout_s, bool quie
 void begin_extraction(const std::string& out, int rank, int world_size) {
   if (world_size <= 1) return;
   std::error_code ec;
-  fs::create_directories(fs::path(out).parent_path(), ec);
   fs::remove(stopped_marker(shard_path(out, rank, world_size)), ec);
-  if (rank == 0) write_text_atomic(launch_stamp(out), "extraction started\n");
 }
 
 ExtractReport extract_codes(VqModel& vq, const ImageList& list, const ExtractOptions& o) {
@@ -313,7 +313,6 @@ ExtractReport extract_codes(VqModel& vq, const ImageList& list, const ExtractOpt
         code_dataset_difference(existing.info(), dataset_info(list, o, n, side * side, vq->config.codebook_size));
     AIM_CHECK(difference.empty(), o.out, ": exists with other settings: ", difference,
               "\n---> HINT: remove it or choose another --out");
-    if (o.rank == 0) fs::remove(launch_stamp(o.out), ec);
     ExtractReport report;
     report.images = report.resumed = n;
     return report;
@@ -324,7 +323,8 @@ ExtractReport extract_codes(VqModel& vq, const ImageList& list, const ExtractOpt
   const std::string shard = shard_path(o.out, o.rank, o.world_size);
   if (!o.began) begin_extraction(o.out, o.rank, o.world_size);
   auto report = extract_range(vq, list, begin, end, o, shard, str_cat("extract rank ", o.rank));
-  if (o.rank == 0 && report.finished && !merge_shards(o.out, o.world_size, o.merge_timeout_s, o.quiet))
+  if (o.rank == 0 && report.finished &&
+      !merge_shards(o.out, o.world_size, o.merge_timeout_s, o.stopped_grace_s, o.quiet))
     report.finished = false;
   return report;
 }

@@ -153,13 +153,15 @@ TEST(Cli, ExtractCodesAsTwoRanksEqualsOneProcess) {
   EXPECT_EQ(d.info().num_aug, 2);
   // --max-chunks stops ranks early and leaves the shards for a re-run. Here rank 0 finishes its
   // share while rank 1 stops: rank 0 does not wait for rank 1's shard (which this run will not
-  // finish), and the re-run without a limit merges the same file as one process writes, although
-  // rank 1's marker of the earlier run is still there when rank 0 (with nothing left to do) looks.
+  // finish), and the re-run without a limit merges the same file as one process writes.
   const std::string three = common + "--device cpu --out " + (dir / "three.codes").string();
-  auto run_ranks = [&](const std::string& args, const std::string& log) {
+  const std::string marker = (dir / "three.codes.shard-1-of-2.stopped").string();
+  // Rank 1 in the background (its exit status checked), then rank 0; `first` waits before rank 0
+  // starts (the re-run: until rank 1 has removed its earlier marker, as it does first thing).
+  auto run_ranks = [&](const std::string& args, const std::string& log, const std::string& first = "") {
     const std::string rank1 = (dir / log).string();
     const auto r = test::run_shell("(" + env(1) + "timeout 300 " + test::aim_binary() + " " + args + " > " + rank1 +
-                                   " 2>&1; echo \"exit $?\" >> " + rank1 + ") & " + env(0) + "timeout 300 " +
+                                   " 2>&1; echo \"exit $?\" >> " + rank1 + ") & " + first + env(0) + "timeout 300 " +
                                    test::aim_binary() + " " + args);
     std::string text;
     for (int i = 0; i < 600 && text.find("exit ") == std::string::npos; ++i) {  // rank 1 may still be exiting
@@ -176,16 +178,16 @@ TEST(Cli, ExtractCodesAsTwoRanksEqualsOneProcess) {
   ASSERT_EQ(stopped.code, 0) << stopped.output;
   EXPECT_NE(stopped.output.find("rank 1 stopped early (--max-chunks)"), std::string::npos) << stopped.output;
   EXPECT_FALSE(fs::exists(dir / "three.codes"));
-  EXPECT_TRUE(fs::exists(dir / "three.codes.shard-1-of-2.stopped"));
-  const auto resumed = run_ranks(three, "r1_resumed.log");
+  EXPECT_TRUE(fs::exists(marker));
+  const auto resumed = run_ranks(three, "r1_resumed.log",
+                                 "for i in $(seq 600); do [ -e " + marker + " ] || break; sleep 0.1; done; ");
   ASSERT_EQ(resumed.code, 0) << resumed.output;
   EXPECT_NE(resumed.output.find("merged 2 shards"), std::string::npos) << resumed.output;
   std::ifstream c(dir / "three.codes", std::ios::binary);
   EXPECT_EQ(std::string((std::istreambuf_iterator<char>(c)), {}), sa);
   for (const auto& e : fs::directory_iterator(dir)) {
     const std::string name = e.path().filename().string();
-    EXPECT_TRUE(name.find(".shard-") == std::string::npos && name.find(".started") == std::string::npos)
-        << "left behind: " << e.path();
+    EXPECT_EQ(name.find(".shard-"), std::string::npos) << "left behind: " << e.path();
   }
   // Bad flags name the flag.
   auto bad = run_aim(common + "--aug sideways --out " + (dir / "x.codes").string());

@@ -25,6 +25,9 @@ struct ExtractOptions {
   int rank = 0, world_size = 1;
   std::string tokenizer_id;        ///< recorded in the header, checked on resume
   double merge_timeout_s = 86400;  ///< rank 0: how long to wait for the other shards
+  /// rank 0: how long another rank's "stopped at max_chunks" marker must stay before rank 0 stops
+  /// waiting for it (an earlier run's marker goes as soon as that rank starts again)
+  double stopped_grace_s = 10;
   bool began = false;              ///< begin_extraction() was called (else extract_codes calls it)
   int64_t max_chunks = 0;          ///< stop after this many new chunks (0: all); stays resumable
   bool quiet = false;
@@ -49,10 +52,10 @@ torch::Tensor extraction_views(const Image& image, const std::string& aug, int64
                                double crop_range);
 
 /// First thing on every rank of a launch of several (before listing images or loading the
-/// tokenizer): removes this rank's marker of an earlier run that stopped at max_chunks and, on
-/// rank 0, stamps the launch's start (`<out>.started`). Rank 0 believes only markers written after
-/// its stamp (both times from the output's filesystem), so an earlier run's marker, which a slow
-/// rank has not removed yet, does not stop the merge this run should do.
+/// tokenizer): removes this rank's marker of an earlier run that stopped at max_chunks. Rank 0
+/// believes a marker once it has stayed ExtractOptions::stopped_grace_s, so an earlier run's,
+/// which its rank removes as it starts, does not stop the merge this run should do (a rank that
+/// starts later than that only costs one more run: nothing is lost and nothing waits).
 void begin_extraction(const std::string& out, int rank, int world_size);
 
 /// Extracts this rank's share of `list` (on every rank) and, on rank 0 of several, merges
