@@ -216,26 +216,24 @@ struct VqSource {
 VqSource tokenizer_source(const SampleArgs& a) {
   if (!a.vq.empty()) return {a.vq, "--vq"};
   std::error_code ec;
-  if (fs::is_directory(a.ckpt, ec) && (fs::exists(fs::path(a.ckpt) / "config.yaml") ||
-                                       fs::exists(fs::path(a.ckpt) / "latest"))) {
-    const auto ref = find_checkpoint(a.ckpt);
-    // A language model's run (its weights hold the Mamba stack), not a tokenizer's.
-    bool language_model = false;
-    const SafetensorsFile weights(ref.weights_path);
-    for (const auto& e : weights.entries())
-      language_model |= e.name.rfind("mamba.", 0) == 0 || e.name.rfind("backbone.", 0) == 0;
-    if (ref.kind == CheckpointKind::kRunDir && language_model) {
-      const std::string w = load_config(ref.config_path).vq.weights;
-      AIM_CHECK(!w.empty(), "--ckpt ", a.ckpt, ": an aim train run without vq.weights, so nothing says which ",
-                "tokenizer decodes its codes\n---> HINT: give the tokenizer its codes were made with: --vq TOKENIZER ",
-                "(an aim train-vq run, a .safetensors with --vq-config, or an official snapshot)");
-      AIM_CHECK(fs::exists(w, ec), ref.config_path, ": vq.weights ", w, " does not exist (relative paths are taken ",
-                "from the current directory)\n---> HINT: pass the tokenizer with --vq");
-      return {w, ref.config_path + ": vq.weights"};
-    }
+  const fs::path dir(a.ckpt);
+  if (!fs::is_directory(dir, ec) || !(fs::exists(dir / "config.yaml") || fs::exists(dir / "latest")))
     return {a.ckpt, "--ckpt"};
-  }
-  return {a.ckpt, "--ckpt"};
+  const auto ref = find_checkpoint(a.ckpt);
+  if (ref.kind != CheckpointKind::kRunDir) return {a.ckpt, "--ckpt"};
+  // A language model's run (its weights hold the Mamba stack), not a tokenizer's.
+  bool language_model = false;
+  const SafetensorsFile weights(ref.weights_path);
+  for (const auto& e : weights.entries())
+    language_model |= e.name.rfind("mamba.", 0) == 0 || e.name.rfind("backbone.", 0) == 0;
+  if (!language_model) return {a.ckpt, "--ckpt"};
+  const std::string w = load_config(ref.config_path).vq.weights;
+  AIM_CHECK(!w.empty(), "--ckpt ", a.ckpt, ": an aim train run without vq.weights, so nothing says which ",
+            "tokenizer decodes its codes\n---> HINT: give the tokenizer its codes were made with: --vq TOKENIZER ",
+            "(an aim train-vq run, a .safetensors with --vq-config, or an official snapshot)");
+  AIM_CHECK(fs::exists(w, ec), ref.config_path, ": vq.weights ", w, " does not exist (relative paths are taken ",
+            "from the current directory)\n---> HINT: pass the tokenizer with --vq");
+  return {w, ref.config_path + ": vq.weights"};
 }
 
 }  // namespace
