@@ -17,6 +17,12 @@ this tool, once, on the user's machine. Inputs:
                state dict of fid_inception_v3()), for aim's FID/sFID/IS evaluation: the 472
                tensors under their own names, float32, BatchNorm num_batches_tracked dropped;
                no config.
+  lpips        LPIPS v0.1 VGG16 for aim train-vq's perceptual loss and eval-vq: torchvision's
+               vgg16-397923af.pth (features.* used, classifier.* dropped) with --lpips-lin vgg.pth
+               (the lpips package's lpips/weights/v0.1/vgg.pth, LlamaGen's cache/vgg.pth: the
+               same file), or a saved LPIPS state dict (LlamaGen's or the lpips package's module:
+               net.slice*, lin*; scaling_layer.* checked and dropped, lins.* copies dropped);
+               31 tensors under LPIPS's names, float32, no config.
 
 Every tensor is checked against the layout the configuration implies (a missing, extra or
 misshapen tensor is named and nothing is written). The output keeps the official key names and the tensors bit for bit (unless --dtype converts
@@ -584,6 +590,155 @@ def convert_inception(opts, src, sd, stripped, add):
     return 0
 
 
+# ------------------------------------------------------------------------------------ lpips
+
+# VGG16 `features` index of each 3x3 conv: (index, input channels, output channels, slice).
+LPIPS_VGG = ((0, 3, 64, 1), (2, 64, 64, 1), (5, 64, 128, 2), (7, 128, 128, 2), (10, 128, 256, 3),
+             (12, 256, 256, 3), (14, 256, 256, 3), (17, 256, 512, 4), (19, 512, 512, 4),
+             (21, 512, 512, 4), (24, 512, 512, 5), (26, 512, 512, 5), (28, 512, 512, 5))
+LPIPS_CHANNELS = (64, 128, 256, 512, 512)
+LPIPS_SHIFT = (-0.030, -0.088, -0.188)
+LPIPS_SCALE = (0.458, 0.448, 0.450)
+LPIPS_PROBE = ("net.slice1.0.weight", "lin0.model.1.weight")
+VGG_PROBE = ("features.0.weight", "features.28.weight")
+LPIPS_LIN_HINT = ("the lpips package ships it as lpips/weights/v0.1/vgg.pth (pip install lpips); "
+                  "LlamaGen downloads the same file (md5 d507d734...) to "
+                  "tokenizer/tokenizer_image/cache/vgg.pth")
+
+
+def lpips_keys():
+    """name -> shape of the 31 tensors aim's LPIPS loader reads, in network order."""
+    keys = collections.OrderedDict()
+    for idx, cin, cout, sl in LPIPS_VGG:
+        keys["net.slice%d.%d.weight" % (sl, idx)] = (cout, cin, 3, 3)
+        keys["net.slice%d.%d.bias" % (sl, idx)] = (cout,)
+    for k, c in enumerate(LPIPS_CHANNELS):
+        keys["lin%d.model.1.weight" % k] = (1, c, 1, 1)
+    return keys
+
+
+def looks_like_lpips(sd):
+    return all(k in sd for k in LPIPS_PROBE)
+
+
+def looks_like_vgg16(sd):
+    return all(k in sd for k in VGG_PROBE)
+
+
+def lpips_from_vgg16(path, sd, lin_path):
+    """torchvision's VGG16 state dict (features.N.*) + LPIPS's linear layers -> LPIPS names.
+    Returns (state dict, number of classifier tensors dropped)."""
+    expected = collections.OrderedDict()
+    for idx, cin, cout, _ in LPIPS_VGG:
+        expected["features.%d.weight" % idx] = (cout, cin, 3, 3)
+        expected["features.%d.bias" % idx] = (cout,)
+    classifier = [k for k in sd if k.startswith("classifier.")]
+    problems = layout_problems(sd, expected, classifier)
+    if problems:
+        raise ConvertError("%s: not torchvision's VGG16 weights (vgg16-397923af.pth: features.* "
+                           "with 13 convolutions, classifier.*):\n  %s%s"
+                           % (path, "\n  ".join(problems),
+                              "\n---> HINT: VGG16 with batch norm (vgg16_bn) is not what LPIPS "
+                              "uses" if "features.1.running_mean" in sd else ""))
+    if not lin_path:
+        raise ConvertError("%s: VGG16 weights alone: LPIPS also needs its linear layers "
+                           "---> HINT: pass --lpips-lin vgg.pth; %s" % (path, LPIPS_LIN_HINT))
+    lin_src, lin_sd = open_input(lin_path, False)
+    lin_expected = collections.OrderedDict(
+        ("lin%d.model.1.weight" % k, (1, c, 1, 1)) for k, c in enumerate(LPIPS_CHANNELS))
+    problems = layout_problems(lin_sd, lin_expected)
+    if problems:
+        raise ConvertError("%s (--lpips-lin): not LPIPS v0.1's VGG linear layers (5 tensors "
+                           "lin0..lin4.model.1.weight):\n  %s\n---> HINT: %s"
+                           % (lin_src.path, "\n  ".join(problems), LPIPS_LIN_HINT))
+    out = collections.OrderedDict()
+    for idx, _, _, sl in LPIPS_VGG:
+        for p in ("weight", "bias"):
+            out["net.slice%d.%d.%s" % (sl, idx, p)] = sd["features.%d.%s" % (idx, p)]
+    out.update((k, lin_sd[k]) for k in lin_expected)
+    return out, len(classifier)
+
+
+def lpips_from_module(path, sd):
+    """A saved LPIPS module state dict -> the 31 tensors. scaling_layer.* must hold v0.1's
+    constants; lins.K.* (the lpips package's ModuleList) must equal linK.*. Returns (state dict,
+    names of the tensors dropped)."""
+    expected = lpips_keys()
+    extra = [k for k in sd if k.startswith("scaling_layer.") or k.startswith("lins.")]
+    problems = layout_problems(sd, expected, extra)
+    for k in extra:
+        v = sd[k]
+        if k in ("scaling_layer.shift", "scaling_layer.scale"):
+            want = LPIPS_SHIFT if k.endswith("shift") else LPIPS_SCALE
+            got = [float(x) for x in v.reshape(-1)] if v.numel() == 3 else None
+            if got is None or any(abs(a - b) > 1e-6 for a, b in zip(got, want)):
+                problems.append("%s: expected %s (LPIPS v0.1), found %s"
+                                % (k, list(want), got if got is not None else list(v.shape)))
+        elif k.startswith("lins."):
+            twin = "lin" + k[len("lins."):]
+            if twin not in sd or tuple(sd[twin].shape) != tuple(v.shape) or not torch.equal(
+                    sd[twin].to(v.dtype), v):
+                problems.append("%s: expected a copy of %s" % (k, twin))
+        else:
+            problems.append("unexpected: %s" % k)
+    if problems:
+        raise ConvertError("%s: not an LPIPS v0.1 VGG16 state dict (%d tensors net.slice*, "
+                           "lin*):\n  %s" % (path, len(expected), "\n  ".join(problems)))
+    return collections.OrderedDict((k, sd[k]) for k in expected), extra
+
+
+def convert_lpips(opts, src, sd, stripped, add):
+    if add:
+        raise ConvertError("%s: --prefix %s: the LPIPS weights keep their own names (aim's "
+                           "loader reads net.slice1.0.weight, ...); a prefix cannot be added"
+                           % (src.path, add[0]))
+    if opts.dtype not in ("keep", "fp32"):
+        raise ConvertError("%s: --dtype %s: the LPIPS weights are written in float32 only"
+                           % (src.path, opts.dtype))
+    if opts.config_out:
+        raise ConvertError("%s: --config-out: LPIPS has a fixed architecture and no config file"
+                           % src.path)
+    if looks_like_lpips(sd):
+        if opts.lpips_lin:
+            raise ConvertError("%s: --lpips-lin %s: the input is a whole LPIPS state dict, which "
+                               "holds its linear layers already" % (src.path, opts.lpips_lin))
+        tensors, dropped = lpips_from_module(src.path, sd)
+        origin = "LPIPS state dict"
+        note = "%d dropped (%s)" % (len(dropped), ", ".join(sorted({k.split(".")[0]
+                                                                    for k in dropped})) or "none")
+    elif looks_like_vgg16(sd):
+        tensors, n_classifier = lpips_from_vgg16(src.path, sd, opts.lpips_lin)
+        origin = "torchvision VGG16 + %s" % opts.lpips_lin
+        note = "%d classifier tensors dropped" % n_classifier
+    else:
+        raise ConvertError("%s: --kind lpips expects torchvision's VGG16 weights (features.0.weight"
+                           " .. features.28.weight) with --lpips-lin, or an LPIPS state dict "
+                           "(net.slice1.0.weight, lin0.model.1.weight), found %d tensors such as "
+                           "%s" % (src.path, len(sd), ", ".join(sorted(sd)[:4])))
+    dtypes_in = collections.Counter(str(v.dtype).replace("torch.", "") for v in tensors.values())
+    tensors = collections.OrderedDict(
+        (k, v.to(torch.float32) if v.dtype != torch.float32 else v) for k, v in tensors.items())
+    out, _ = output_paths(opts.out, None)
+    for other in [src.path] + ([opts.lpips_lin] if opts.lpips_lin else []):
+        if _same_file(out, other):
+            raise ConvertError("%s: the output would overwrite the input" % out)
+    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+    how = write_output(out, tensors)
+    lines = ["%s: %s" % (PROG, opts.input),
+             "  kind        lpips (v0.1, VGG16; %s)" % origin]
+    for p, n in stripped:
+        lines.append("  prefix      stripped '%s' (%d other tensors dropped)" % (p, n))
+    lines.append("  tensors     %d (%s)" % (len(tensors), note))
+    lines.append("  parameters  %s" % _fmt_int(sum(v.numel() for v in tensors.values())))
+    lines.append("  dtype       %s -> float32 x%d"
+                 % (", ".join("%s x%d" % kv for kv in sorted(dtypes_in.items())), len(tensors)))
+    lines.append("  output      %s" % out)
+    lines.append("  writer      %s" % how)
+    lines.append("  config      none (fixed architecture)")
+    print("\n".join(lines))
+    return 0
+
+
 # ------------------------------------------------------------------------------------ configs
 
 def _levels(sd, root):
@@ -1078,6 +1233,12 @@ def convert(opts):
 
     if opts.kind == "inception" or (opts.kind == "auto" and looks_like_inception(sd)):
         return convert_inception(opts, src, sd, stripped, add)
+    if opts.kind == "lpips" or (opts.kind == "auto" and (looks_like_lpips(sd)
+                                                         or looks_like_vgg16(sd))):
+        return convert_lpips(opts, src, sd, stripped, add)
+    if opts.lpips_lin:
+        raise ConvertError("%s: --lpips-lin belongs to --kind lpips (with torchvision's VGG16 "
+                           "weights as the input)" % src.path)
 
     content, mprefix, stray = classify(sd)
     if content is None:
@@ -1262,7 +1423,8 @@ def build_parser():
         description="Convert an official LlamaGen VQ or AiM checkpoint (PyTorch pickle, Hugging "
                     "Face Trainer checkpoint or snapshot) to safetensors with the official key "
                     "names, and write the matching config beside it; or pytorch-fid's FID "
-                    "Inception weights for aim's evaluation.",
+                    "Inception weights for aim's evaluation, or LPIPS's VGG16 for its "
+                    "perceptual loss.",
         epilog="""kinds (--kind auto recognises them):
   llamagen-vq  LlamaGen tokenizer: vq_ds16_c2i.pt, vq_train.py checkpoints {model, ema,
                optimizer, discriminator, steps, args}, or a bare VQ state dict (vq_f16.pt)
@@ -1271,6 +1433,9 @@ def build_parser():
   aim-trainer  an AiM Hugging Face Trainer checkpoint-N/ directory (or its weights file)
   inception    pytorch-fid's pt_inception-2015-12-05-6726825d.pth (fid_inception_v3()'s state
                dict): 472 tensors, same names, float32, num_batches_tracked dropped, no config
+  lpips        LPIPS v0.1 VGG16 (aim train-vq's perceptual loss, eval-vq --lpips): torchvision's
+               vgg16-397923af.pth with --lpips-lin vgg.pth, or a saved LPIPS state dict;
+               31 tensors, float32, no config
 
 config written beside OUT (or at --config-out):
   tokenizer  LlamaGen ModelArgs fields + ch, num_res_blocks (read by aim's vq_config_from_json)
@@ -1289,6 +1454,9 @@ examples:
   %(prog)s runs/AiM-L/checkpoint-50000 --out aim_l_50k/
   %(prog)s module_prefixed.bin --prefix module.- --out clean.safetensors
   %(prog)s pt_inception-2015-12-05-6726825d.pth --out weights/fid_inception.safetensors
+  %(prog)s ~/.cache/torch/hub/checkpoints/vgg16-397923af.pth \\
+      --lpips-lin .venv/lib/python3.11/site-packages/lpips/weights/v0.1/vgg.pth \\
+      --out weights/lpips_vgg.safetensors
 
 environment: AIM_CONVERT_NO_SAFETENSORS=1 writes with the built-in writer even when the
 safetensors package is installed (both give identical tensors).
@@ -1297,7 +1465,8 @@ exit status: 0 converted, 1 refused (the message says why), 2 bad command line."
                                  "checkpoint / snapshot directory")
     p.add_argument("--out", required=True,
                    help="output .safetensors file, or a directory (gets model.safetensors)")
-    p.add_argument("--kind", choices=("auto", "llamagen-vq", "aim", "aim-trainer", "inception"),
+    p.add_argument("--kind", choices=("auto", "llamagen-vq", "aim", "aim-trainer", "inception",
+                                      "lpips"),
                    default="auto", help="what the input must be (default: auto)")
     p.add_argument("--prefix", action="append", metavar="PREFIX",
                    help="'vqvae.' prepends, 'module.-' strips (see below)")
@@ -1306,6 +1475,9 @@ exit status: 0 converted, 1 refused (the message says why), 2 bad command line."
     p.add_argument("--dtype", choices=tuple(OUT_DTYPES), default="keep",
                    help="convert floating tensors (default: keep)")
     p.add_argument("--config-out", metavar="PATH", help="where to write the config")
+    p.add_argument("--lpips-lin", metavar="VGG_PTH",
+                   help="--kind lpips: LPIPS v0.1's linear layers (vgg.pth) to go with "
+                        "torchvision's VGG16 weights as the input")
     return p
 
 
