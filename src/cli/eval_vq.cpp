@@ -1,4 +1,4 @@
-// `aim eval-vq --vq TOKENIZER --data DIR`: reconstruction PSNR, SSIM and codebook usage.
+// `aim eval-vq --vq TOKENIZER --data DIR`: reconstruction PSNR, SSIM, LPIPS and codebook usage.
 #include <torch/torch.h>
 
 #include <cmath>
@@ -16,9 +16,9 @@
 namespace aim::cli {
 
 Runner add_eval_vq_command(CLI::App& app) {
-  auto* cmd = app.add_subcommand("eval-vq", "Reconstruction PSNR, SSIM and codebook usage of a tokenizer on images");
+  auto* cmd = app.add_subcommand("eval-vq", "Reconstruction PSNR, SSIM, LPIPS and codebook usage of a tokenizer on images");
   struct Args {
-    std::string vq, vq_config, data, json, recon, device = "auto";
+    std::string vq, vq_config, data, json, recon, lpips, device = "auto";
     int64_t image_size = 256, batch_size = 32, max_images = 0;
   };
   auto a = std::make_shared<Args>();
@@ -31,6 +31,7 @@ Runner add_eval_vq_command(CLI::App& app) {
       ->capture_default_str();
   cmd->add_option("--device", a->device, kDeviceHelp)->capture_default_str();
   cmd->add_option("--json", a->json, "also write the figures as JSON");
+  cmd->add_option("--lpips", a->lpips, "LPIPS weights (convert_checkpoint.py --kind lpips): also report LPIPS");
   cmd->add_option("--save-recon", a->recon, "write the reconstructions here: same class folders and file names (as PNG)");
   return [cmd, a]() -> int {
     if (!cmd->parsed()) return -1;
@@ -43,6 +44,7 @@ Runner add_eval_vq_command(CLI::App& app) {
     o.max_images = a->max_images;
     o.device = parse_device(a->device, 0);
     o.recon_dir = a->recon;
+    o.lpips_weights = a->lpips;
     vq.model->to(o.device);
     const auto r = evaluate_tokenizer(vq.model, list, o);
     std::cout << std::fixed << std::setprecision(2) << "tokenizer " << vq.identity << " on " << r.images
@@ -52,6 +54,7 @@ Runner add_eval_vq_command(CLI::App& app) {
     if (std::isfinite(r.ssim_llamagen))
       std::cout << std::setprecision(4) << "  SSIM (LlamaGen) " << r.ssim_llamagen
                 << " (skimage, 7x7 window, data_range 2 on [0, 1]: comparable with LlamaGen's tables)\n";
+    if (std::isfinite(r.lpips)) std::cout << std::setprecision(4) << "  LPIPS           " << r.lpips << " (VGG16, v0.1)\n";
     std::cout << std::setprecision(2)
               << "  codebook usage  " << r.codes_used << " / " << vq.model->config.codebook_size << " codes ("
               << 100.0 * r.usage << "%), perplexity " << r.perplexity << "\n";
@@ -73,6 +76,7 @@ Runner add_eval_vq_command(CLI::App& app) {
       j["mse"] = r.mse;
       if (std::isfinite(r.ssim)) j["ssim"] = r.ssim;
       if (std::isfinite(r.ssim_llamagen)) j["ssim_llamagen"] = r.ssim_llamagen;
+      if (std::isfinite(r.lpips)) j["lpips"] = r.lpips;
       j["codes_used"] = r.codes_used;
       j["codebook_size"] = vq.model->config.codebook_size;
       j["usage"] = r.usage;

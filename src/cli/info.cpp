@@ -1,14 +1,99 @@
+#include <yaml-cpp/yaml.h>
+
 #include <filesystem>
+#include <iomanip>
 #include <iostream>
+#include <sstream>
 
 #include "aim/cli/commands.h"
 #include "aim/core/checkpoint.h"
 #include "aim/core/config.h"
 #include "aim/core/error.h"
 #include "aim/core/safetensors.h"
+#include "aim/eval/lpips.h"
 #include "aim/model/registry.h"
+#include "aim/model/vq.h"
+#include "aim/train/flops.h"
+#include "aim/train/vq_losses.h"
 
 namespace aim::cli {
+
+namespace {
+
+/// A YAML config for `aim train-vq`: a vq section and no model section (configs/vq_*.yaml).
+bool is_tokenizer_yaml(const std::string& path) {
+  try {
+    const auto root = YAML::LoadFile(path);
+    return root.IsMap() && !root["model"] && (root["vq"] || root["vq_train"]);
+  } catch (const YAML::Exception&) {
+    return false;  // load_config() reports it with the line
+  }
+}
+
+int64_t numel_of(const std::vector<torch::Tensor>& params) {
+  int64_t n = 0;
+  for (const auto& p : params) n += p.numel();
+  return n;
+}
+
+/// `aim info` of a tokenizer config: the architecture, parameters by part, and what a training
+/// step holds and computes with this config's losses.
+std::string describe_tokenizer(const Config& c) {
+  const auto& vq = c.vq;
+  const auto& vt = c.vq_train;
+  const int64_t f = vq.downsample(), side = c.data.image_size / f;
+  VqModel model(vq);
+  const int64_t enc = numel_of(model->encoder->parameters()), dec = numel_of(model->decoder->parameters());
+  const int64_t total = numel_of(model->parameters());
+  int64_t disc = 0;
+  if (vt.disc_weight > 0) disc = numel_of(train::PatchDiscriminator(vt.disc_channels, vt.disc_layers)->parameters());
+  int64_t lpips = 0;
+  for (const auto& [name, shape] : eval::lpips_keys()) {
+    int64_t n = 1;
+    for (const auto d : shape) n *= d;
+    lpips += n;
+  }
+  std::ostringstream os;
+  auto row = [&](const std::string& k, const std::string& v) { os << "  " << std::left << std::setw(37) << k << v << "\n"; };
+  std::ostringstream mult;
+  for (size_t i = 0; i < vq.ch_mult.size(); ++i) mult << (i ? ", " : "") << vq.ch_mult[i];
+  os << "tokenizer (aim train-vq; LlamaGen's VQ architecture)\n";
+  row("ch x ch_mult", str_cat(vq.ch, " x [", mult.str(), "]"));
+  row("res blocks per level / z_channels", str_cat(vq.num_res_blocks, " / ", vq.z_channels));
+  row("downsample", str_cat(f, ": ", c.data.image_size, " px -> ", side, "x", side, " = ", side * side, " codes"));
+  row("codebook", str_cat(vq.codebook_size, " x ", vq.codebook_embed_dim, vq.codebook_l2_norm ? " (l2-normalised)" : ""));
+  os << "parameters\n";
+  row("encoder", count_str(enc));
+  row("decoder", count_str(dec));
+  row("codebook + quant convs", count_str(total - enc - dec));
+  row("total", count_str(total) + str_cat(" (", std::setprecision(4), static_cast<double>(total) / 1e6, "M)"));
+  os << "training\n";
+  std::ostringstream losses;
+  losses << "L1 x " << vt.l1_weight << " + L2 x " << vt.l2_weight;
+  if (vt.ssim_weight > 0) losses << " + (1 - SSIM) x " << vt.ssim_weight;
+  if (vt.perceptual_weight > 0) losses << " + LPIPS x " << vt.perceptual_weight;
+  losses << " + codebook x " << vt.codebook_weight << " (beta " << vt.commit_beta << ")";
+  if (vt.entropy_weight > 0) losses << " + entropy x " << vt.entropy_weight;
+  if (vt.disc_weight > 0) losses << " + PatchGAN x " << vt.disc_weight << " from step " << vt.disc_start;
+  row("losses", losses.str());
+  if (vt.disc_weight > 0)
+    row("PatchGAN discriminator", str_cat(count_str(disc), " parameters (", vt.disc_channels, " channels, ",
+                                          vt.disc_layers, " layers)"));
+  if (vt.perceptual_weight > 0) row("LPIPS (VGG16, fixed)", str_cat(count_str(lpips), " parameters, ", vt.lpips));
+  const double flops = train::vq_training_flops_per_image(vq, vt, c.data.image_size);
+  row("FLOPs per image", str_cat(std::setprecision(4), flops / 1e9, " G (3 x forward",
+                                 vt.perceptual_weight > 0 ? ", LPIPS x 3" : "", vt.disc_weight > 0 ? "; PatchGAN not counted" : "",
+                                 ")"));
+  os << "memory (estimates)\n";
+  row("weights fp32", bytes_str(4.0 * static_cast<double>(total)));
+  // fp32 weights, gradients and Adam's two moments: 16 bytes per trained parameter.
+  row("training: weights+grads+Adam", bytes_str(16.0 * static_cast<double>(total + disc) +
+                                                     4.0 * static_cast<double>(vt.perceptual_weight > 0 ? lpips : 0)) +
+                                           (disc > 0 || vt.perceptual_weight > 0 ? " (with the PatchGAN and LPIPS)" : ""));
+  return os.str();
+}
+
+}  // namespace
 
 Runner add_info_command(CLI::App& app) {
   auto* cmd = app.add_subcommand("info", "Architecture, parameter counts and memory estimates");
@@ -50,6 +135,10 @@ Runner add_info_command(CLI::App& app) {
       if (ref.kind == CheckpointKind::kRunDir) vq = load_config(ref.config_path).vq;
     } else if (ends_with(".json")) {
       model = model_config_from_hf_json(*path);
+    } else if (is_tokenizer_yaml(*path)) {
+      const auto cfg = load_config(*path, *overrides, ConfigUse::kTokenizer);
+      std::cout << "config: " << source << "\n" << describe_tokenizer(cfg);
+      return 0;
     } else {
       auto cfg = load_config(*path, *overrides);
       model = cfg.model;

@@ -268,6 +268,11 @@ void VqTrainConfig::validate() const {
   if (l1_weight + l2_weight <= 0)
     fail("vq_train.l2_weight", "a positive weight for at least one reconstruction loss",
          str_cat(num(l2_weight), " (vq_train.l1_weight ", num(l1_weight), ")"));
+  non_negative("vq_train.perceptual_weight", perceptual_weight);
+  if (perceptual_weight > 0 && lpips.empty())
+    fail("vq_train.lpips", "the LPIPS weights file that vq_train.perceptual_weight > 0 needs", "''",
+         "convert torchvision's vgg16-397923af.pth and LPIPS's vgg.pth with tools/convert_checkpoint.py "
+         "--kind lpips (README, \"Training a tokenizer\")");
   non_negative("vq_train.codebook_weight", codebook_weight);
   non_negative("vq_train.commit_beta", commit_beta);
   non_negative("vq_train.entropy_weight", entropy_weight);
@@ -306,6 +311,9 @@ void Config::validate(ConfigUse use) const {
       fail("data.image_size",
            str_cat("a multiple of the tokenizer's downsampling factor ", vq.downsample(),
                    " (2^(len(vq.ch_mult)-1))"),
+           std::to_string(data.image_size));
+    if (vq_train.perceptual_weight > 0 && data.image_size < 16)
+      fail("data.image_size", "at least 16 with vq_train.perceptual_weight > 0 (LPIPS's VGG16 pools four times)",
            std::to_string(data.image_size));
     return;
   }

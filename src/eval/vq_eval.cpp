@@ -8,6 +8,7 @@
 #include "aim/core/error.h"
 #include "aim/core/progress.h"
 #include "aim/data/image.h"
+#include "aim/eval/lpips.h"
 #include "aim/train/vq_losses.h"
 
 namespace aim {
@@ -48,6 +49,19 @@ TokenizerEval evaluate_tokenizer(VqModel& model, const ImageList& list, const To
   const bool with_llamagen_ssim = o.image_size >= 7;
   double psnr_sum = 0.0, psnr_min = 1e9, mse_sum = 0.0, ssim_sum = 0.0, llamagen_ssim_sum = 0.0;
   int64_t upscaled = 0;
+  eval::Lpips lpips{nullptr};
+  double lpips_sum = 0.0;
+  if (!o.lpips_weights.empty()) {
+    AIM_CHECK(o.image_size >= eval::LpipsImpl::kMinSize, "--lpips: LPIPS needs images of at least ",
+              eval::LpipsImpl::kMinSize, " px (VGG16 pools four times), found --image-size ", o.image_size);
+    AIM_CHECK(fs::exists(o.lpips_weights), "--lpips: no such file: ", o.lpips_weights,
+              "\n---> HINT: convert torchvision's vgg16-397923af.pth and LPIPS's vgg.pth with "
+              "tools/convert_checkpoint.py --kind lpips");
+    lpips = eval::Lpips();
+    eval::load_lpips(lpips, o.lpips_weights);
+    lpips->to(o.device);
+    lpips->eval();
+  }
   model->eval();
   Progress progress("eval-vq", n, "img", o.progress);
   torch::NoGradGuard no_grad;
@@ -93,6 +107,12 @@ TokenizerEval evaluate_tokenizer(VqModel& model, const ImageList& list, const To
       ssim_sum += train::ssim(to_unit(a), to_unit(b)).item<double>() * static_cast<double>(end - start);
     }
     if (with_llamagen_ssim) llamagen_ssim_sum += ssim_llamagen(a8, b8).sum().item<double>();
+    if (lpips) {
+      auto to_unit = [&](const torch::Tensor& t) {
+        return (t.permute({0, 3, 1, 2}).to(o.device, torch::kFloat) / 127.5 - 1.0).contiguous();
+      };
+      lpips_sum += lpips->forward(to_unit(a8), to_unit(b8)).sum().item<double>();
+    }
     progress.update(end - start);
   }
   progress.finish();
@@ -104,6 +124,7 @@ TokenizerEval evaluate_tokenizer(VqModel& model, const ImageList& list, const To
   r.mse = mse_sum / static_cast<double>(n);
   r.ssim = with_ssim ? ssim_sum / static_cast<double>(n) : std::nan("");
   r.ssim_llamagen = with_llamagen_ssim ? llamagen_ssim_sum / static_cast<double>(n) : std::nan("");
+  r.lpips = lpips ? lpips_sum / static_cast<double>(n) : std::nan("");
   r.codes_used = (counts > 0).sum().item<int64_t>();
   r.usage = static_cast<double>(r.codes_used) / static_cast<double>(k);
   const auto p = counts.to(torch::kDouble) / counts.sum().to(torch::kDouble);

@@ -49,6 +49,8 @@ void mixer_layout(const ModelConfig& c, const std::string& p, std::vector<Layout
   }
 }
 
+}  // namespace
+
 std::string bytes_str(double b) {
   const char* units[] = {"B", "KiB", "MiB", "GiB", "TiB"};
   int u = 0;
@@ -66,8 +68,6 @@ std::string count_str(int64_t n) {
   for (int i = static_cast<int>(s.size()) - 3; i > 0; i -= 3) s.insert(i, ",");
   return s;
 }
-
-}  // namespace
 
 std::vector<LayoutEntry> official_layout(const ModelConfig& c) {
   const int64_t d = c.d_model;

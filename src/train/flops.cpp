@@ -1,5 +1,7 @@
 #include "aim/train/flops.h"
 
+#include "aim/eval/lpips.h"
+
 #include <torch/cuda.h>
 
 namespace aim::train {
@@ -74,6 +76,12 @@ double vq_forward_flops_per_image(const VqConfig& c, int64_t image_size) {
 
 double vq_training_flops_per_image(const VqConfig& vq, int64_t image_size) {
   return 3.0 * vq_forward_flops_per_image(vq, image_size);
+}
+
+double vq_training_flops_per_image(const VqConfig& vq, const VqTrainConfig& vt, int64_t image_size) {
+  double f = vq_training_flops_per_image(vq, image_size);
+  if (vt.perceptual_weight > 0) f += 3.0 * eval::lpips_vgg_flops(image_size, image_size);
+  return f;
 }
 
 double device_peak_tflops(const torch::Device& device, double configured, std::string* name) {

@@ -242,6 +242,21 @@ void agree_on_resume(DistContext& dist, const std::function<void()>& read, const
                       "before this job started), or pass --resume DIR explicitly"));
 }
 
+void on_every_rank_or_none(DistContext& dist, const std::function<void()>& f, const std::string& what) {
+  if (dist.world_size() == 1) return f();
+  std::exception_ptr failure;
+  try {
+    f();
+  } catch (...) {
+    failure = std::current_exception();
+  }
+  const bool any = dist.any_true(static_cast<bool>(failure));
+  if (failure) std::rethrow_exception(failure);
+  if (any)
+    throw Error(str_cat(what, ": failed on another rank (its error is in its output); rank ", dist.rank(),
+                        " stops with it"));
+}
+
 void refuse_existing_run(DistContext& dist, const std::string& out_dir) {
   std::string latest;
   if (dist.is_main()) {

@@ -101,6 +101,12 @@ void refuse_existing_run(DistContext& dist, const std::string& out_dir);
 void agree_on_resume(DistContext& dist, const std::function<void()>& read, const std::string& resume_dir,
                      const int64_t& step);
 
+/// Runs `f` on every rank (it may do nothing on some), then agrees (one all-reduce): when it threw
+/// on any rank, every rank throws, the failing ones their own error, the others one naming
+/// `what` and their rank. For set-up work whose failure on one rank alone would leave the others
+/// waiting in the next collective until its timeout (a file one node cannot read).
+void on_every_rank_or_none(DistContext& dist, const std::function<void()>& f, const std::string& what);
+
 /// On a resume from checkpoint `step`: names the checkpoints of `run` past it (left by the run's
 /// earlier course; train.keep_last prunes them first).
 void report_later_checkpoints(const RunDir& run, int64_t step, const Say& say);

@@ -112,8 +112,8 @@ PatchDiscriminatorImpl::PatchDiscriminatorImpl(int64_t channels, int64_t layers)
 torch::Tensor PatchDiscriminatorImpl::forward(const torch::Tensor& images) { return main->forward(images); }
 
 torch::Tensor hinge_discriminator_loss(const torch::Tensor& logits_real, const torch::Tensor& logits_fake) {
-  return torch::relu(1.0 - logits_real.to(torch::kFloat)).mean() +
-         torch::relu(1.0 + logits_fake.to(torch::kFloat)).mean();
+  return 0.5 * (torch::relu(1.0 - logits_real.to(torch::kFloat)).mean() +
+                torch::relu(1.0 + logits_fake.to(torch::kFloat)).mean());
 }
 
 torch::Tensor hinge_generator_loss(const torch::Tensor& logits_fake) {

@@ -20,6 +20,7 @@
 #include "aim/data/image_folder.h"
 #include "aim/data/image_loader.h"
 #include "aim/data/sampler.h"
+#include "aim/eval/lpips.h"
 #include "aim/model/loader.h"
 #include "aim/model/vq.h"
 #include "aim/train/dist.h"
@@ -210,17 +211,33 @@ VqTrainResult run_vq_training(const Config& config_in, const TrainOptions& optio
   MetricsLog metrics(run, main, resume_dir.empty() ? 0 : state.step);
   if (!resume_dir.empty()) report_later_checkpoints(run, state.step, say);
   torch::Tensor fixed;
-  if (main) fixed = grid_images(*list, vt.eval_images, config.data.image_size, config.data.crop_ratio);
+  on_every_rank_or_none(dist, [&] {
+    if (main) fixed = grid_images(*list, vt.eval_images, config.data.image_size, config.data.crop_ratio);
+  }, str_cat("train-vq: reading the ", vt.eval_images, " images of the reconstruction grids"));
+  // The perceptual loss's network: fixed weights, on every rank.
+  eval::Lpips lpips{nullptr};
+  if (vt.perceptual_weight > 0) {
+    on_every_rank_or_none(dist, [&] {
+      if (!fs::exists(vt.lpips))
+        throw Error(str_cat("vq_train.lpips: no such file: ", vt.lpips,
+                            "\n---> HINT: convert torchvision's vgg16-397923af.pth and LPIPS's vgg.pth with "
+                            "tools/convert_checkpoint.py --kind lpips (README, \"Training a tokenizer\")"));
+      lpips = eval::Lpips();
+      eval::load_lpips(lpips, vt.lpips);
+    }, str_cat("train-vq: loading vq_train.lpips ", vt.lpips));
+    lpips->to(device);
+    lpips->eval();
+  }
 
   const Precision precision = resolve_precision(config.train.precision, device);
   const bool bf16 = precision.bf16;
   const double peak_lr = config.lr();
   const double disc_peak_lr = vt.disc_lr > 0 ? vt.disc_lr : peak_lr;
   const int64_t f = config.vq.downsample();
-  // MFU counts the tokenizer's forward and backward (include/aim/train/flops.h), not the
-  // PatchGAN's.
+  // MFU counts the tokenizer's forward and backward and LPIPS's (include/aim/train/flops.h), not
+  // the PatchGAN's.
   const double peak_tflops = device_peak_tflops(device, config.train.peak_tflops);
-  const double flops_per_image = vq_training_flops_per_image(config.vq, config.data.image_size);
+  const double flops_per_image = vq_training_flops_per_image(config.vq, vt, config.data.image_size);
   {
     int64_t n_params = 0, n_disc = 0;
     for (const auto& p : params) n_params += p.tensor.numel();
@@ -240,6 +257,9 @@ VqTrainResult run_vq_training(const Config& config_in, const TrainOptions& optio
       << "  losses     L1 x " << vt.l1_weight << " + L2 x " << vt.l2_weight << " + codebook x " << vt.codebook_weight
       << " (commitment beta " << vt.commit_beta << ", entropy " << vt.entropy_weight << ")";
     if (vt.ssim_weight > 0) s << " + (1 - SSIM) x " << vt.ssim_weight;
+    if (lpips)
+      s << " + LPIPS x " << vt.perceptual_weight << " (VGG16, " << vt.lpips << (vt.lpips_dropout ? ", dropout on" : "")
+        << ")";
     if (use_disc)
       s << " + PatchGAN hinge x " << vt.disc_weight << " from step " << vt.disc_start << " ("
         << fmt_count(static_cast<double>(n_disc)) << " parameters, lr " << fmt(disc_peak_lr) << ")";
@@ -351,9 +371,9 @@ VqTrainResult run_vq_training(const Config& config_in, const TrainOptions& optio
   auto window_start = t_start;
   int64_t window_steps = 0;
   // Sums since the last log line (state.log_sums, kept by checkpoints) of: loss, l1, l2,
-  // codebook, commit, entropy, gen, disc, psnr, ssim (means over the state.log_count steps that
-  // were not skipped), then the number of codes restarted (a count, logged as it is).
-  constexpr int kTerms = 10;
+  // codebook, commit, entropy, gen, disc, psnr, ssim, perceptual (means over the state.log_count
+  // steps that were not skipped), then the number of codes restarted (a count, logged as it is).
+  constexpr int kTerms = 11;
   constexpr int kRestarts = kTerms;
   if (state.log_sums.size() != kTerms + 1) {
     state.log_sums.assign(kTerms + 1, 0.0);
@@ -385,7 +405,7 @@ VqTrainResult run_vq_training(const Config& config_in, const TrainOptions& optio
       const auto x = b.images.to(device, /*non_blocking=*/true);
       torch::Tensor total, rec;
       QuantizeOutput q;
-      torch::Tensor l1, l2, gen, structure;
+      torch::Tensor l1, l2, gen, structure, perceptual;
       {
         AutocastScope ac(bf16, device.type());
         const auto z = model->encode_latent(x);
@@ -399,6 +419,10 @@ VqTrainResult run_vq_training(const Config& config_in, const TrainOptions& optio
         if (vt.ssim_weight > 0) {
           structure = ssim(x, rec);
           total = total + vt.ssim_weight * (1.0 - structure);
+        }
+        if (lpips) {
+          perceptual = lpips->forward(x, rec, vt.lpips_dropout).mean();
+          total = total + vt.perceptual_weight * perceptual;
         }
         if (q.entropy_loss.defined()) total = total + vt.codebook_weight * vt.entropy_weight * q.entropy_loss;
         if (adversarial) {
@@ -424,14 +448,17 @@ VqTrainResult run_vq_training(const Config& config_in, const TrainOptions& optio
       if (q.entropy_loss.defined()) sums[5] += q.entropy_loss.detach();
       if (gen.defined()) sums[6] += gen.detach();
       if (structure.defined()) sums[9] += structure.detach();
+      if (perceptual.defined()) sums[10] += perceptual.detach();
     }
-    // Discriminator: hinge loss on the same images and their (detached) reconstructions.
+    // Discriminator: hinge loss on the same images and their (detached) reconstructions, times
+    // disc_weight as in LlamaGen (which matters for the gradient clipping).
     if (adversarial) {
       for (size_t k = 0; k < pairs.size(); ++k) {
         torch::Tensor d_loss;
         {
           AutocastScope ac(bf16, device.type());
-          d_loss = hinge_discriminator_loss(disc->forward(pairs[k].first), disc->forward(pairs[k].second));
+          d_loss = vt.disc_weight *
+                   hinge_discriminator_loss(disc->forward(pairs[k].first), disc->forward(pairs[k].second));
         }
         disc_sync->prepare_for_backward(/*sync=*/k + 1 == pairs.size());
         (d_loss / static_cast<double>(accum)).backward();
@@ -439,13 +466,15 @@ VqTrainResult run_vq_training(const Config& config_in, const TrainOptions& optio
       }
     }
     state.samples_seen += config.train.global_batch;
-    auto stacked = torch::stack({sums[0], sums[1], sums[2], sums[3], sums[4], sums[5], sums[6], sums[7], sums[9]}) /
+    auto stacked = torch::stack({sums[0], sums[1], sums[2], sums[3], sums[4], sums[5], sums[6], sums[7], sums[9],
+                                 sums[10]}) /
                    static_cast<double>(accum);
     dist.all_reduce_(stacked, ReduceOp::kMean);  // one collective for all the loss terms
     stacked = stacked.to(torch::kCPU, torch::kDouble);
     std::array<double, kTerms> v{};
     for (int i = 0; i < 8; ++i) v[static_cast<size_t>(i)] = stacked[i].item<double>();
     v[9] = stacked[8].item<double>();
+    v[10] = stacked[9].item<double>();
     v[8] = v[2] > 0 ? 10.0 * std::log10(4.0 / v[2]) : 99.0;  // PSNR of the mean squared error
     const double loss_value = v[0];
     const double gnorm = grad_norm(params);
@@ -506,6 +535,7 @@ VqTrainResult run_vq_training(const Config& config_in, const TrainOptions& optio
         }
         j["psnr"] = m[8];
         if (vt.ssim_weight > 0) j["ssim"] = m[9];
+        if (lpips) j["perceptual_loss"] = m[10];
         j["codebook_usage"] = usage;
         if (vt.restart_every > 0) j["codes_restarted"] = window_restarts;
         j["lr"] = lr;
@@ -521,6 +551,7 @@ VqTrainResult run_vq_training(const Config& config_in, const TrainOptions& optio
       extra << "ep " << std::fixed << std::setprecision(2) << epoch_f << " | loss " << std::setprecision(4) << m[0]
             << " | rec L1 " << m[1] << " | PSNR " << std::setprecision(2) << m[8] << " dB | usage "
             << std::setprecision(1) << 100.0 * usage << "%";
+      if (lpips) extra << std::setprecision(4) << " | LPIPS " << m[10];
       if (window_restarts > 0) extra << " (" << window_restarts << " restarted)";
       if (adversarial) extra << std::setprecision(3) << " | G " << m[6] << " D " << m[7];
       extra << " | lr " << std::scientific << std::setprecision(2) << lr << std::fixed << " | " << fmt_count(img_s)

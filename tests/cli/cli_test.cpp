@@ -42,6 +42,25 @@ TEST(Cli, InfoPrintsTheOfficialTotals) {
   EXPECT_NE(r.output.find("sampling: 16 images in all"), std::string::npos) << r.output;
 }
 
+TEST(Cli, InfoDescribesTokenizerConfigs) {
+  // configs/vq_16.yaml is LlamaGen's VQ-16: its official total (shared/fixtures/official_layout).
+  auto r = run_aim("info " + src("configs/vq_16.yaml"));
+  ASSERT_EQ(r.code, 0) << r.output;
+  EXPECT_NE(r.output.find("total                                71,883,403 (71.88M)"), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("256 px -> 16x16 = 256 codes"), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("+ LPIPS x 1 "), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("PatchGAN x 0.5 from step 20000"), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("LPIPS (VGG16, fixed)                 14,716,160 parameters"), std::string::npos) << r.output;
+  EXPECT_EQ(r.output.find("d_model"), std::string::npos) << "not an AiM summary\n" << r.output;
+  r = run_aim("info " + src("configs/vq_demo.yaml") + " --set data.image_size=32");
+  ASSERT_EQ(r.code, 0) << r.output;
+  EXPECT_NE(r.output.find("8: 32 px -> 4x4 = 16 codes"), std::string::npos) << r.output;
+  EXPECT_EQ(r.output.find("LPIPS"), std::string::npos) << r.output;
+  r = run_aim("info " + src("configs/vq_demo.yaml") + " --set vq_train.perceptual_weight=1");
+  EXPECT_NE(r.code, 0);
+  EXPECT_NE(r.output.find("key 'vq_train.lpips'"), std::string::npos) << r.output;
+}
+
 TEST(Cli, InfoReadsAnOfficialSnapshotDirectory) {
   auto dir = test::fixtures_dir() / "aim" / "mamba2_tiny";
   auto r = run_aim("info " + dir.string());

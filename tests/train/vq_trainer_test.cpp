@@ -14,6 +14,7 @@
 #include "aim/data/code_dataset.h"
 #include "aim/data/image.h"
 #include "aim/data/shapes.h"
+#include "aim/eval/lpips.h"
 #include "aim/model/loader.h"
 #include "aim/train/flops.h"
 #include "aim/train/run_dir.h"
@@ -99,8 +100,8 @@ TEST(VqLosses, PatchGanAndHingeLosses) {
   EXPECT_EQ(names.front(), "main.0.weight");
   EXPECT_EQ(d->named_parameters()["main.2.weight"].size(0), 32);
   const auto real = torch::tensor({2.0, 0.5, -1.0}), fake = torch::tensor({-2.0, 0.0, 1.0});
-  // relu(1 - real) = [0, 0.5, 2] -> 5/6; relu(1 + fake) = [0, 1, 2] -> 1.
-  EXPECT_NEAR(hinge_discriminator_loss(real, fake).item<double>(), 5.0 / 6 + 1.0, 1e-6);
+  // relu(1 - real) = [0, 0.5, 2] -> 5/6; relu(1 + fake) = [0, 1, 2] -> 1; LlamaGen halves the sum.
+  EXPECT_NEAR(hinge_discriminator_loss(real, fake).item<double>(), 0.5 * (5.0 / 6 + 1.0), 1e-6);
   EXPECT_NEAR(hinge_generator_loss(fake).item<double>(), 1.0 / 3, 1e-6);
   EXPECT_NEAR(psnr(torch::zeros({1, 3, 2, 2}), torch::full({1, 3, 2, 2}, 0.2)), 10 * std::log10(4 / 0.04), 1e-5);  // fp32 mse
 }
@@ -181,6 +182,21 @@ class TrainVqTest : public ::testing::Test {
   }
   void TearDown() override { fs::remove_all(dir_); }
   std::string images() const { return (dir_ / "shapes").string(); }
+  /// LPIPS weights for the perceptual loss: random, with the scale of trained ones (the
+  /// network's layout and loader are pinned by tests/eval/lpips_test.cpp).
+  std::string lpips_weights() const {
+    const auto path = (dir_ / "lpips.safetensors").string();
+    if (fs::exists(path)) return path;
+    torch::manual_seed(3);
+    eval::Lpips net;
+    std::vector<std::pair<std::string, torch::Tensor>> tensors;
+    torch::NoGradGuard no_grad;
+    for (auto& conv : net->convs) conv->bias.copy_(torch::randn_like(conv->bias) * 0.05);
+    for (auto& lin : net->lins) lin->weight.copy_(torch::rand_like(lin->weight) * 0.5);
+    for (const auto& p : net->named_parameters()) tensors.emplace_back(p.key(), p.value());
+    save_safetensors(path, tensors);
+    return path;
+  }
   std::string run(const std::string& name) const { return (dir_ / name).string(); }
   /// A run with default options, and what it wrote to stderr.
   std::pair<VqTrainResult, std::string> run_saying(const Config& cfg) const {
@@ -282,13 +298,51 @@ TEST_F(TrainVqTest, TheSsimTermJoinsTheLoss) {
             std::string::npos);
 }
 
+TEST_F(TrainVqTest, ThePerceptualTermJoinsTheLossAndTheFlops) {
+  TrainOptions o;
+  o.quiet = true;
+  o.device = test::model_device();
+  const auto cfg = config(run("p"), {"train.max_steps=3", "vq_train.perceptual_weight=0.5",
+                                     "vq_train.lpips=" + lpips_weights(), "train.peak_tflops=0.5"});
+  run_vq_training(cfg, o);
+  const auto loss = logged(run("p"), "loss"), l1 = logged(run("p"), "l1"), l2 = logged(run("p"), "l2"),
+             cb = logged(run("p"), "codebook_loss"), commit = logged(run("p"), "commit_loss"),
+             p = logged(run("p"), "perceptual_loss"), mfu = logged(run("p"), "mfu"),
+             img_s = logged(run("p"), "images_per_s");
+  ASSERT_EQ(p.size(), 3u);
+  const double per_image = vq_training_flops_per_image(cfg.vq, cfg.vq_train, 32);
+  // LPIPS's VGG16 three times (x, x' and x''s backward) on top of the tokenizer's 3 x forward.
+  EXPECT_DOUBLE_EQ(per_image - vq_training_flops_per_image(cfg.vq, 32), 3 * eval::lpips_vgg_flops(32, 32));
+  for (size_t i = 0; i < p.size(); ++i) {
+    EXPECT_GT(p[i], 0.0);
+    EXPECT_NEAR(loss[i], l1[i] + l2[i] + cb[i] + 0.25 * commit[i] + 0.5 * p[i], 1e-4) << "step " << i + 1;
+    EXPECT_NEAR(mfu[i] / (img_s[i] * per_image / 0.5e12), 1.0, 1e-9) << "step " << i + 1;
+  }
+
+  const auto unset = test::error_of([&] { config(run("x"), {"vq_train.perceptual_weight=1"}); });
+  EXPECT_NE(unset.find("key 'vq_train.lpips'"), std::string::npos) << unset;
+  EXPECT_NE(unset.find("--kind lpips"), std::string::npos) << unset;
+  const auto small = test::error_of([&] {
+    config(run("x"), {"vq_train.perceptual_weight=1", "vq_train.lpips=w.safetensors", "data.image_size=8",
+                      "vq.ch_mult=[1, 2]"});
+  });
+  EXPECT_NE(small.find("key 'data.image_size': expected at least 16"), std::string::npos) << small;
+  const auto missing = test::error_of([&] {
+    run_vq_training(config(run("m"), {"vq_train.perceptual_weight=1", "vq_train.lpips=" + run("none.safetensors")}),
+                    o);
+  });
+  EXPECT_NE(missing.find("vq_train.lpips: no such file: " + run("none.safetensors")), std::string::npos) << missing;
+}
+
 TEST_F(TrainVqTest, ResumeWithTheDiscriminatorContinuesBitwiseIdentically) {
-  // Entropy loss, PatchGAN from step 2, flips and an epoch boundary (3 steps/epoch) in play.
+  // Entropy loss, PatchGAN from step 2, LPIPS with its dropout, flips and an epoch boundary (3
+  // steps/epoch) in play.
   // Logged every 2 steps: the stop at 3 splits a logging window, whose means (and the count of
   // dead codes restarted, every step here) must not change.
   const std::vector<std::string> sets = {"train.max_steps=5", "vq_train.disc_weight=0.5", "vq_train.disc_start=2",
                                          "vq_train.disc_channels=8", "vq_train.disc_layers=2",
                                          "vq_train.entropy_weight=0.1", "vq_train.restart_every=1",
+                                         "vq_train.perceptual_weight=1", "vq_train.lpips=" + lpips_weights(),
                                          "train.log_every=2"};
   TrainOptions o;
   o.quiet = true;
@@ -314,7 +368,7 @@ TEST_F(TrainVqTest, ResumeWithTheDiscriminatorContinuesBitwiseIdentically) {
   for (const double r : restarted) std::printf(" %.0f", r);
   std::printf("\n");
   EXPECT_GT(restarted.at(1), 0.0);  // the window the stop splits (steps 3 and 4) restarted codes
-  for (const char* key : {"loss", "l1", "psnr", "gen_loss", "codes_restarted"})
+  for (const char* key : {"loss", "l1", "psnr", "gen_loss", "perceptual_loss", "codes_restarted"})
     EXPECT_EQ(logged(run("straight"), key), logged(run("resumed"), key)) << key;
   EXPECT_EQ(logged(run("straight"), "loss").size(), 3u);  // steps 2, 4, 5
 }
@@ -394,10 +448,12 @@ TEST_F(TrainVqTest, TheRunIsATokenizerForTheRestOfThePipeline) {
   // eval-vq and extract-codes take it as --vq.
   const std::string aim = test::aim_binary();
   auto e = test::run_shell(aim + " eval-vq --device cpu --vq " + run("vq") + " --data " + images() +
-                           " --image-size 32 --json " + run("eval.json") + " --save-recon " + run("recon"));
+                           " --image-size 32 --json " + run("eval.json") + " --save-recon " + run("recon") +
+                           " --lpips " + lpips_weights());
   ASSERT_EQ(e.code, 0) << e.output;
   EXPECT_NE(e.output.find("PSNR"), std::string::npos) << e.output;
   EXPECT_NE(e.output.find("SSIM"), std::string::npos) << e.output;
+  EXPECT_NE(e.output.find("LPIPS"), std::string::npos) << e.output;
   const auto report = nlohmann::json::parse(read_text(run("eval.json")));
   EXPECT_TRUE(report.contains("usage"));
   EXPECT_EQ(report.at("image_size"), 32);
@@ -407,21 +463,28 @@ TEST_F(TrainVqTest, TheRunIsATokenizerForTheRestOfThePipeline) {
   ASSERT_EQ(big.code, 0) << big.output;
   EXPECT_NE(big.output.find("note: 24 of 24 images are smaller than --image-size 64 and were enlarged"),
             std::string::npos) << big.output;
-  // Each reconstruction carries its source's name, so the two pair up; the reported SSIM is the
-  // mean over the pairs of the definition's SSIM.
+  // Each reconstruction carries its source's name, so the two pair up; the reported SSIM and LPIPS
+  // are the means over the pairs of the definition's SSIM and of LPIPS.
   int64_t paired = 0;
-  double ssim_sum = 0;
+  double ssim_sum = 0, lpips_sum = 0;
+  eval::Lpips lpips;
+  eval::load_lpips(lpips, lpips_weights());
+  torch::NoGradGuard no_grad;
   for (int64_t c = 0; c < 4; ++c) {
     for (const auto& f : fs::directory_iterator(images() + "/" + shape_class_dir(c))) {
       const auto recon = run("recon") + "/" + shape_class_dir(c) + "/" + f.path().filename().string();
       ASSERT_TRUE(fs::exists(recon)) << f.path();
-      ssim_sum += ssim_by_definition(to_tensor(decode_image(f.path().string())).unsqueeze(0),
-                                     to_tensor(decode_image(recon)).unsqueeze(0), 11).item<double>();
+      const auto original = to_tensor(decode_image(f.path().string())).unsqueeze(0);
+      const auto reconstruction = to_tensor(decode_image(recon)).unsqueeze(0);
+      ssim_sum += ssim_by_definition(original, reconstruction, 11).item<double>();
+      lpips_sum += lpips->forward(original, reconstruction).item<double>();
       ++paired;
     }
   }
   EXPECT_EQ(paired, 24);
   EXPECT_NEAR(report.at("ssim").get<double>(), ssim_sum / static_cast<double>(paired), 1e-5);
+  EXPECT_GT(report.at("lpips").get<double>(), 0.0);
+  EXPECT_NEAR(report.at("lpips").get<double>(), lpips_sum / static_cast<double>(paired), 1e-6);
   auto x = test::run_shell(aim + " extract-codes --device cpu --data " + images() + " --vq " + run("vq") +
                            " --out " + run("codes") + " --aug flip --image-size 32");
   ASSERT_EQ(x.code, 0) << x.output;

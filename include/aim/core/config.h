@@ -183,14 +183,20 @@ struct SampleConfig {
 /// Stage-1 tokenizer training (aim train-vq): LlamaGen's VQ losses. The loss is
 ///   l1_weight * |x - x'| + l2_weight * (x - x')^2                         (reconstruction)
 /// + ssim_weight * (1 - SSIM(x, x'))                                          (structure)
+/// + perceptual_weight * LPIPS(x, x')                             (VGG16 LPIPS, as LlamaGen)
 /// + codebook_weight * (||sg[z] - z_q||^2 + commit_beta * ||z - sg[z_q]||^2 + entropy_weight * H)
 /// + disc_weight * (-D(x')) after disc_start steps                           (PatchGAN, hinge)
+/// The discriminator minimises disc_weight * 0.5 * (mean relu(1 - D(x)) + mean relu(1 + D(x')))
+/// (LlamaGen's vq_loss.py).
 /// with z and z_q l2-normalised when vq.codebook_l2_norm. Data, optimizer, schedule and run
 /// settings come from the data, optim, schedule and train sections.
 struct VqTrainConfig {
   double l1_weight = 1.0;            ///< mean absolute reconstruction error
   double l2_weight = 1.0;            ///< mean squared reconstruction error
   double ssim_weight = 0.0;          ///< 1 - structural similarity (LlamaGen: 0, it has LPIPS)
+  double perceptual_weight = 0.0;    ///< LPIPS perceptual loss (LlamaGen: 1.0); needs `lpips`
+  std::string lpips;                 ///< LPIPS weights (convert_checkpoint.py --kind lpips)
+  bool lpips_dropout = true;         ///< LPIPS's dropout active, as in LlamaGen's training
   double codebook_weight = 1.0;      ///< codebook (+ commitment, entropy) loss weight
   double commit_beta = 0.25;         ///< commitment loss factor
   double entropy_weight = 0.0;       ///< entropy loss (LlamaGen: 0 for VQ-16)

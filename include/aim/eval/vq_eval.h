@@ -20,6 +20,9 @@ struct TokenizerEvalOptions {
   /// When set, reconstructions are written as <recon_dir>/<class>/<index:05>.png (an ImageFolder
   /// tree that aim analyse-shapes and other tools can score).
   std::string recon_dir;
+  /// When set, LPIPS weights (.safetensors, convert_checkpoint.py --kind lpips): the mean LPIPS
+  /// (VGG16, v0.1) between the uint8 originals and reconstructions is measured too.
+  std::string lpips_weights;
 };
 
 struct TokenizerEval {
@@ -31,6 +34,7 @@ struct TokenizerEval {
   double ssim = 0.0;         ///< mean SSIM (train::ssim: Gaussian 11-tap window) of the uint8
                              ///< images; NaN below 11 px
   double ssim_llamagen = 0.0;  ///< LlamaGen's reconstruction SSIM (ssim_llamagen below); NaN below 7 px
+  double lpips = 0.0;        ///< mean LPIPS of the uint8 images; NaN without options.lpips_weights
   int64_t codes_used = 0;    ///< distinct codes over all images
   double usage = 0.0;        ///< codes_used / codebook size
   double perplexity = 0.0;   ///< exp(entropy) of the code histogram

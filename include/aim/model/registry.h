@@ -56,6 +56,10 @@ struct VqDecodeEstimate {
 };
 VqDecodeEstimate estimate_vq_decode(const VqConfig& vq, int64_t image_size);
 
+/// "1.30 GiB" (binary units) and "349,760,000", as `aim info` prints them.
+std::string bytes_str(double bytes);
+std::string count_str(int64_t n);
+
 /// Human-readable summary for `aim info`; `vq` is the tokenizer that decodes its tokens.
 std::string describe_model(const ModelConfig& config, bool ema, const VqConfig& vq = VqConfig{});
 

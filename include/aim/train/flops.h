@@ -30,6 +30,10 @@ double training_flops_per_image(const ModelConfig& model);
 /// norms, activations and resampling are left out. Training = 3x (`vq_training_flops_per_image`).
 double vq_forward_flops_per_image(const VqConfig& vq, int64_t image_size);
 double vq_training_flops_per_image(const VqConfig& vq, int64_t image_size);
+/// A tokenizer training step's FLOPs per image with its losses: the above plus, with
+/// vq_train.perceptual_weight > 0, LPIPS's VGG16 three times (the image's forward, the
+/// reconstruction's forward and its backward to the input); the PatchGAN is not counted.
+double vq_training_flops_per_image(const VqConfig& vq, const VqTrainConfig& vt, int64_t image_size);
 /// Dense bf16 peak of `device` in TFLOP/s: `configured` when > 0, else a table of known GPUs
 /// (H100 SXM 989, H100 PCIe 756, H200 989, H800 989, A100/A800 312, L40S 362); 0 when
 /// unknown (MFU is then not reported). `name` receives the device name.

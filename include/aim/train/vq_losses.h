@@ -45,7 +45,8 @@ class PatchDiscriminatorImpl : public torch::nn::Module {
 };
 TORCH_MODULE(PatchDiscriminator);
 
-/// Hinge losses: discriminator mean(relu(1 - real)) + mean(relu(1 + fake)); generator -mean(fake).
+/// Hinge losses as LlamaGen's (and taming's) vq_loss.py: discriminator
+/// 0.5 * (mean(relu(1 - real)) + mean(relu(1 + fake))); generator -mean(fake).
 torch::Tensor hinge_discriminator_loss(const torch::Tensor& logits_real, const torch::Tensor& logits_fake);
 torch::Tensor hinge_generator_loss(const torch::Tensor& logits_fake);
 
