@@ -156,6 +156,21 @@ inline std::string aim_binary() { return path_setting("AIM_BINARY", AIM_BINARY_P
 inline std::string python() { return path_setting("AIM_PYTHON", AIM_PYTHON_PATH); }
 #endif
 
+/// `s` as one shell word (single quotes, embedded ones escaped).
+inline std::string shell_quote(const std::string& s) {
+  std::string out = "'";
+  for (char c : s) out += c == '\'' ? std::string("'\\''") : std::string(1, c);
+  return out + "'";
+}
+
+/// A file's bytes ("" when unreadable).
+inline std::string read_bytes(const std::filesystem::path& path) {
+  std::ifstream in(path, std::ios::binary);
+  std::stringstream ss;
+  ss << in.rdbuf();
+  return ss.str();
+}
+
 /// A shell command's exit code and its stdout + stderr.
 struct RunResult {
   int code = -1;

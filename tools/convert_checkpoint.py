@@ -553,6 +553,30 @@ def check_inception(path, sd):
     return out, len(counters)
 
 
+def write_fixed_network(opts, src, tensors, dtypes_in, head, stripped, tensors_line, others=()):
+    """Writes the float32 `tensors` of a network with a fixed architecture (no config) to
+    opts.out and prints the report: `head` lines after the first, then the prefixes stripped,
+    `tensors_line`, the parameter count, dtypes, output and writer."""
+    out, _ = output_paths(opts.out, None)
+    for other in (src.path,) + tuple(others):
+        if _same_file(out, other):
+            raise ConvertError("%s: the output would overwrite the input" % out)
+    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+    how = write_output(out, tensors)
+    lines = ["%s: %s" % (PROG, opts.input)] + list(head)
+    for p, dropped in stripped:
+        lines.append("  prefix      stripped '%s' (%d other tensors dropped)" % (p, dropped))
+    lines.append("  tensors     %s" % tensors_line)
+    lines.append("  parameters  %s" % _fmt_int(sum(v.numel() for v in tensors.values())))
+    lines.append("  dtype       %s -> float32 x%d"
+                 % (", ".join("%s x%d" % kv for kv in sorted(dtypes_in.items())), len(tensors)))
+    lines.append("  output      %s" % out)
+    lines.append("  writer      %s" % how)
+    lines.append("  config      none (fixed architecture)")
+    print("\n".join(lines))
+    return 0
+
+
 def convert_inception(opts, src, sd, stripped, add):
     if add:
         raise ConvertError("%s: --prefix %s: the FID Inception weights keep their own names "
@@ -566,28 +590,13 @@ def convert_inception(opts, src, sd, stripped, add):
                            "and no config file" % src.path)
     dtypes_in = collections.Counter(str(v.dtype).replace("torch.", "") for v in sd.values())
     tensors, counters = check_inception(src.path, sd)
-    out, _ = output_paths(opts.out, None)
-    if _same_file(out, src.path):
-        raise ConvertError("%s: the output would overwrite the input" % out)
-    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
-    how = write_output(out, tensors)
     detail = {"state-dict": "state dict, torch.save", "safetensors": "safetensors file",
               "llamagen": "under '%s'" % src.taken}[src.container]
-    lines = ["%s: %s" % (PROG, opts.input),
-             "  kind        inception (pytorch-fid FID Inception-v3, %s)" % detail,
-             "  weights     %s%s" % (src.path, " ['%s']" % src.taken if src.taken else "")]
-    for p, dropped in stripped:
-        lines.append("  prefix      stripped '%s' (%d other tensors dropped)" % (p, dropped))
-    lines.append("  tensors     %d (%d BatchNorm num_batches_tracked dropped)"
-                 % (len(tensors), counters))
-    lines.append("  parameters  %s" % _fmt_int(sum(v.numel() for v in tensors.values())))
-    lines.append("  dtype       %s -> float32 x%d"
-                 % (", ".join("%s x%d" % kv for kv in sorted(dtypes_in.items())), len(tensors)))
-    lines.append("  output      %s" % out)
-    lines.append("  writer      %s" % how)
-    lines.append("  config      none (fixed architecture)")
-    print("\n".join(lines))
-    return 0
+    head = ["  kind        inception (pytorch-fid FID Inception-v3, %s)" % detail,
+            "  weights     %s%s" % (src.path, " ['%s']" % src.taken if src.taken else "")]
+    return write_fixed_network(opts, src, tensors, dtypes_in, head, stripped,
+                               "%d (%d BatchNorm num_batches_tracked dropped)"
+                               % (len(tensors), counters))
 
 
 # ------------------------------------------------------------------------------------ lpips
@@ -718,25 +727,10 @@ def convert_lpips(opts, src, sd, stripped, add):
     dtypes_in = collections.Counter(str(v.dtype).replace("torch.", "") for v in tensors.values())
     tensors = collections.OrderedDict(
         (k, v.to(torch.float32) if v.dtype != torch.float32 else v) for k, v in tensors.items())
-    out, _ = output_paths(opts.out, None)
-    for other in [src.path] + ([opts.lpips_lin] if opts.lpips_lin else []):
-        if _same_file(out, other):
-            raise ConvertError("%s: the output would overwrite the input" % out)
-    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
-    how = write_output(out, tensors)
-    lines = ["%s: %s" % (PROG, opts.input),
-             "  kind        lpips (v0.1, VGG16; %s)" % origin]
-    for p, n in stripped:
-        lines.append("  prefix      stripped '%s' (%d other tensors dropped)" % (p, n))
-    lines.append("  tensors     %d (%s)" % (len(tensors), note))
-    lines.append("  parameters  %s" % _fmt_int(sum(v.numel() for v in tensors.values())))
-    lines.append("  dtype       %s -> float32 x%d"
-                 % (", ".join("%s x%d" % kv for kv in sorted(dtypes_in.items())), len(tensors)))
-    lines.append("  output      %s" % out)
-    lines.append("  writer      %s" % how)
-    lines.append("  config      none (fixed architecture)")
-    print("\n".join(lines))
-    return 0
+    return write_fixed_network(opts, src, tensors, dtypes_in,
+                               ["  kind        lpips (v0.1, VGG16; %s)" % origin], stripped,
+                               "%d (%s)" % (len(tensors), note),
+                               [opts.lpips_lin] if opts.lpips_lin else [])
 
 
 # ------------------------------------------------------------------------------------ configs
@@ -1231,14 +1225,14 @@ def convert(opts):
         sd, dropped = strip_prefix(src.path, sd, p)
         stripped.append((p, dropped))
 
-    if opts.kind == "inception" or (opts.kind == "auto" and looks_like_inception(sd)):
-        return convert_inception(opts, src, sd, stripped, add)
     if opts.kind == "lpips" or (opts.kind == "auto" and (looks_like_lpips(sd)
                                                          or looks_like_vgg16(sd))):
         return convert_lpips(opts, src, sd, stripped, add)
     if opts.lpips_lin:
         raise ConvertError("%s: --lpips-lin belongs to --kind lpips (with torchvision's VGG16 "
                            "weights as the input)" % src.path)
+    if opts.kind == "inception" or (opts.kind == "auto" and looks_like_inception(sd)):
+        return convert_inception(opts, src, sd, stripped, add)
 
     content, mprefix, stray = classify(sd)
     if content is None:

@@ -87,9 +87,13 @@ std::string describe_tokenizer(const Config& c) {
   os << "memory (estimates)\n";
   row("weights fp32", bytes_str(4.0 * static_cast<double>(total)));
   // fp32 weights, gradients and Adam's two moments: 16 bytes per trained parameter.
-  row("training: weights+grads+Adam", bytes_str(16.0 * static_cast<double>(total + disc) +
-                                                     4.0 * static_cast<double>(vt.perceptual_weight > 0 ? lpips : 0)) +
-                                           (disc > 0 || vt.perceptual_weight > 0 ? " (with the PatchGAN and LPIPS)" : ""));
+  const bool with_lpips = vt.perceptual_weight > 0;
+  const char* with = disc > 0 && with_lpips ? " (with the PatchGAN and LPIPS's weights)"
+                     : disc > 0             ? " (with the PatchGAN)"
+                     : with_lpips           ? " (with LPIPS's weights)"
+                                            : "";
+  row("training: weights+grads+Adam",
+      bytes_str(16.0 * static_cast<double>(total + disc) + 4.0 * static_cast<double>(with_lpips ? lpips : 0)) + with);
   return os.str();
 }
 
@@ -129,6 +133,19 @@ Runner add_info_command(CLI::App& app) {
               "; --config goes with weights that have none\n---> HINT: aim info WEIGHTS.safetensors --config CONFIG");
     if (checkpoint) {
       auto ref = find_checkpoint(*path, *config, "aim info");
+      if (ref.kind == CheckpointKind::kRunDir) {
+        // An aim train-vq run: its config.yaml has every section, its weights the tokenizer only.
+        bool language_model = false;
+        const SafetensorsFile file(ref.weights_path);
+        for (const auto& e : file.entries())
+          language_model |= e.name.rfind("mamba.", 0) == 0 || e.name.rfind("backbone.", 0) == 0;
+        if (!language_model && file.contains("quantize.embedding.weight")) {
+          std::cout << "config: " << ref.config_path << "\n"
+                    << describe_tokenizer(load_config(ref.config_path, {}, ConfigUse::kTokenizer))
+                    << "weights: " << ref.weights_path << " (" << file.entries().size() << " tensors)\n";
+          return 0;
+        }
+      }
       model = checkpoint_model_config(ref);
       source = ref.config_path;
       weights = ref.weights_path;

@@ -206,7 +206,7 @@ const std::vector<Field<VqTrainConfig>>& vq_train_fields() {
       {"hflip", &S::hflip, "random horizontal flips"},
       {"crop", &S::crop, "resize (1.125 x size, random crop) | llamagen (random_crop_arr)"},
       {"disc_weight", &S::disc_weight, "PatchGAN loss weight; 0 = no discriminator"},
-      {"disc_start", &S::disc_start, "step at which the adversarial losses start"},
+      {"disc_start", &S::disc_start, "first step (1-based) with the adversarial losses"},
       {"disc_channels", &S::disc_channels, "PatchGAN base width"},
       {"disc_layers", &S::disc_layers, "PatchGAN stride-2 layers"},
       {"disc_lr", &S::disc_lr, "discriminator lr; 0 = the generator's"},

@@ -1,6 +1,7 @@
 // LPIPS v0.1 with VGG16 and its strict weight loader (see include/aim/eval/lpips.h).
 #include "aim/eval/lpips.h"
 
+#include <fstream>
 #include <sstream>
 
 #include "aim/core/error.h"
@@ -72,9 +73,12 @@ LpipsImpl::LpipsImpl() {
 
 torch::Tensor LpipsImpl::scale_input(const torch::Tensor& x) {
   // float32 constants, as the reference's buffers: a bf16 image is scaled in float32.
-  const auto opts = torch::TensorOptions().dtype(torch::kFloat).device(x.device());
-  const auto shift = torch::tensor({kShift[0], kShift[1], kShift[2]}, opts).view({1, 3, 1, 1});
-  const auto scale = torch::tensor({kScale[0], kScale[1], kScale[2]}, opts).view({1, 3, 1, 1});
+  auto& [shift, scale] = constants_[x.device().str()];
+  if (!shift.defined()) {
+    const auto opts = torch::TensorOptions().dtype(torch::kFloat);
+    shift = torch::tensor({kShift[0], kShift[1], kShift[2]}, opts).view({1, 3, 1, 1}).to(x.device());
+    scale = torch::tensor({kScale[0], kScale[1], kScale[2]}, opts).view({1, 3, 1, 1}).to(x.device());
+  }
   return (x - shift) / scale;
 }
 
@@ -100,11 +104,12 @@ torch::Tensor LpipsImpl::forward(const torch::Tensor& x, const torch::Tensor& y,
   AIM_CHECK(x.size(2) >= kMinSize && x.size(3) >= kMinSize, "LPIPS: images of ", x.size(2), "x", x.size(3),
             " are too small for VGG16's five stages (at least ", kMinSize, "x", kMinSize, ")");
   const int64_t n = x.size(0);
-  const auto taps = features(torch::cat({scale_input(x), scale_input(y)}, 0));
+  // Two passes, as the reference: batched, the image's half would join the reconstruction's
+  // backward (a fourth VGG16 pass) and keep its activations.
+  const auto taps_x = features(scale_input(x)), taps_y = features(scale_input(y));
   torch::Tensor total;
-  for (size_t k = 0; k < taps.size(); ++k) {
-    const auto f = normalize_channels(taps[k]);
-    auto diff = (f.narrow(0, 0, n) - f.narrow(0, n, n)).pow(2);
+  for (size_t k = 0; k < taps_x.size(); ++k) {
+    auto diff = (normalize_channels(taps_x[k]) - normalize_channels(taps_y[k])).pow(2);
     if (dropout) diff = torch::dropout(diff, kDropout, /*train=*/true);
     auto r = lins[k]->forward(diff).mean({2, 3}).reshape({n});
     if (r.scalar_type() != torch::kDouble) r = r.to(torch::kFloat);  // sums in float32 at least
@@ -138,6 +143,16 @@ void load_lpips_state_dict(Lpips& model, const std::map<std::string, torch::Tens
 }
 
 void load_lpips(Lpips& model, const std::string& path) {
+  // What LlamaGen and the lpips package load directly: PyTorch pickles, not weights aim reads.
+  std::ifstream in(path, std::ios::binary);
+  char head[4] = {0, 0, 0, 0};
+  in.read(head, 4);
+  const bool zip = in.gcount() == 4 && head[0] == 'P' && head[1] == 'K' && head[2] == 3 && head[3] == 4;
+  const bool pickle = in.gcount() >= 2 && static_cast<unsigned char>(head[0]) == 0x80 && head[1] >= 2 && head[1] <= 5;
+  if (zip || pickle)
+    throw Error(str_cat(path, ": a PyTorch pickle (torch.save), not safetensors: aim reads LPIPS weights converted "
+                              "once\n---> HINT: tools/convert_checkpoint.py vgg16-397923af.pth --lpips-lin vgg.pth "
+                              "--out lpips_vgg.safetensors (README, \"Training a tokenizer\")"));
   SafetensorsFile file(path);
   std::map<std::string, torch::Tensor> sd;
   for (const auto& entry : file.entries()) sd[entry.name] = file.get(entry.name);

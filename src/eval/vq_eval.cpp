@@ -58,7 +58,11 @@ TokenizerEval evaluate_tokenizer(VqModel& model, const ImageList& list, const To
               "\n---> HINT: convert torchvision's vgg16-397923af.pth and LPIPS's vgg.pth with "
               "tools/convert_checkpoint.py --kind lpips");
     lpips = eval::Lpips();
-    eval::load_lpips(lpips, o.lpips_weights);
+    try {
+      eval::load_lpips(lpips, o.lpips_weights);
+    } catch (const Error& e) {
+      throw Error(str_cat("--lpips: ", e.what()));
+    }
     lpips->to(o.device);
     lpips->eval();
   }

@@ -34,6 +34,12 @@ AdamW::AdamW(std::vector<NamedParam> params, const OptimConfig& config, bool fus
   }
 }
 
+void AdamW::start_at(int64_t steps) {
+  AIM_CHECK(step_ == 0 && steps >= 0, "AdamW::start_at(", steps, "): only before the first update, found ", step_,
+            " done");
+  step_ = steps;
+}
+
 void AdamW::step(double lr) {
   torch::NoGradGuard no_grad;
   ++step_;

@@ -144,6 +144,25 @@ VqTrainResult run_vq_training(const Config& config_in, const TrainOptions& optio
   lo.hflip = vt.hflip;
   lo.llamagen_crop = vt.crop == "llamagen";
 
+  // The perceptual loss's network: fixed weights, on every rank, read before anything is written.
+  eval::Lpips lpips{nullptr};
+  if (vt.perceptual_weight > 0) {
+    on_every_rank_or_none(dist, [&] {
+      if (!fs::exists(vt.lpips))
+        throw Error(str_cat("vq_train.lpips: no such file: ", vt.lpips,
+                            "\n---> HINT: convert torchvision's vgg16-397923af.pth and LPIPS's vgg.pth with "
+                            "tools/convert_checkpoint.py --kind lpips (README, \"Training a tokenizer\")"));
+      lpips = eval::Lpips();
+      try {
+        eval::load_lpips(lpips, vt.lpips);
+      } catch (const Error& e) {
+        throw Error(str_cat("vq_train.lpips: ", e.what()));
+      }
+    }, str_cat("train-vq: loading vq_train.lpips ", vt.lpips));
+    lpips->to(device);
+    lpips->eval();
+  }
+
   // ---- models and optimizers
   torch::manual_seed(static_cast<uint64_t>(config.train.seed));
   VqModel model(config.vq);
@@ -214,20 +233,6 @@ VqTrainResult run_vq_training(const Config& config_in, const TrainOptions& optio
   on_every_rank_or_none(dist, [&] {
     if (main) fixed = grid_images(*list, vt.eval_images, config.data.image_size, config.data.crop_ratio);
   }, str_cat("train-vq: reading the ", vt.eval_images, " images of the reconstruction grids"));
-  // The perceptual loss's network: fixed weights, on every rank.
-  eval::Lpips lpips{nullptr};
-  if (vt.perceptual_weight > 0) {
-    on_every_rank_or_none(dist, [&] {
-      if (!fs::exists(vt.lpips))
-        throw Error(str_cat("vq_train.lpips: no such file: ", vt.lpips,
-                            "\n---> HINT: convert torchvision's vgg16-397923af.pth and LPIPS's vgg.pth with "
-                            "tools/convert_checkpoint.py --kind lpips (README, \"Training a tokenizer\")"));
-      lpips = eval::Lpips();
-      eval::load_lpips(lpips, vt.lpips);
-    }, str_cat("train-vq: loading vq_train.lpips ", vt.lpips));
-    lpips->to(device);
-    lpips->eval();
-  }
 
   const Precision precision = resolve_precision(config.train.precision, device);
   const bool bf16 = precision.bf16;
@@ -391,7 +396,9 @@ VqTrainResult run_vq_training(const Config& config_in, const TrainOptions& optio
       state.batch = 0;
       loader.reset();
     }
-    const bool adversarial = use_disc && state.step >= vt.disc_start;
+    // LlamaGen's adopt_weight(global_step = steps done + 1, threshold = disc_start): the GAN's
+    // first step is step disc_start (1-based).
+    const bool adversarial = use_disc && state.step + 1 >= vt.disc_start;
     for (auto& p : params) p.tensor.mutable_grad() = torch::Tensor();
     for (auto& p : disc_params) p.tensor.mutable_grad() = torch::Tensor();
     auto opts = torch::TensorOptions().dtype(torch::kFloat).device(device);
@@ -457,12 +464,11 @@ VqTrainResult run_vq_training(const Config& config_in, const TrainOptions& optio
         torch::Tensor d_loss;
         {
           AutocastScope ac(bf16, device.type());
-          d_loss = vt.disc_weight *
-                   hinge_discriminator_loss(disc->forward(pairs[k].first), disc->forward(pairs[k].second));
+          d_loss = hinge_discriminator_loss(disc->forward(pairs[k].first), disc->forward(pairs[k].second));
         }
         disc_sync->prepare_for_backward(/*sync=*/k + 1 == pairs.size());
-        (d_loss / static_cast<double>(accum)).backward();
-        sums[7] += d_loss.detach();
+        (vt.disc_weight * d_loss / static_cast<double>(accum)).backward();
+        sums[7] += d_loss.detach();  // logged without the weight, as gen_loss
       }
     }
     state.samples_seen += config.train.global_batch;
@@ -487,6 +493,8 @@ VqTrainResult run_vq_training(const Config& config_in, const TrainOptions& optio
       if (adversarial) {
         const double dn = grad_norm(disc_params);
         clip_gradients(disc_params, dn, config.optim.grad_clip);
+        // LlamaGen steps this Adam every step, with zero gradients before the GAN starts.
+        if (disc_optimizer->steps() == 0) disc_optimizer->start_at(state.step);
         disc_optimizer->step(disc_peak_lr * lr_factor(config.schedule, state.step, total_steps));
       }
       state.loss = loss_value;

@@ -20,18 +20,8 @@ namespace fs = std::filesystem;
 using eval::Lpips;
 using test::run_shell;
 
-std::string quote(const std::string& s) {
-  std::string out = "'";
-  for (char c : s) out += c == '\'' ? std::string("'\\''") : std::string(1, c);
-  return out + "'";
-}
-
-std::string read_file(const fs::path& path) {
-  std::ifstream in(path, std::ios::binary);
-  std::stringstream ss;
-  ss << in.rdbuf();
-  return ss.str();
-}
+using test::read_bytes;
+using test::shell_quote;
 
 std::string tool() { return test::source_dir() + "/tools/convert_checkpoint.py"; }
 std::string generator() { return test::source_dir() + "/tests/tools/lpips_reference.py"; }
@@ -67,14 +57,14 @@ class LpipsReference : public ::testing::Test {
       skip_reason_ = "no Python at AIM_PYTHON '" + python + "' (configure with -DAIM_PYTHON=...)";
       return;
     }
-    auto probe = run_shell(quote(python) + " -c 'import lpips, torchvision, safetensors'");
+    auto probe = run_shell(shell_quote(python) + " -c 'import lpips, torchvision, safetensors'");
     if (probe.code != 0) {
       skip_reason_ = python + " cannot import lpips (scripts/setup.sh installs it):\n" + probe.output;
       return;
     }
     // Generated once per generator and converter version, shared by every test process.
     std::ostringstream name;
-    name << "lpips_reference_" << std::hex << std::hash<std::string>{}(read_file(generator()) + read_file(tool()));
+    name << "lpips_reference_" << std::hex << std::hash<std::string>{}(read_bytes(generator()) + read_bytes(tool()));
     const fs::path root = fs::path(test::aim_binary()).parent_path() / "test_inputs";
     inputs_ = root / name.str();
     if (!fs::exists(inputs_ / "DONE")) {
@@ -85,7 +75,7 @@ class LpipsReference : public ::testing::Test {
           fs::remove_all(entry.path(), ec);
       const fs::path tmp = inputs_.string() + ".tmp" + std::to_string(getpid());
       fs::remove_all(tmp);
-      auto gen = run_shell(quote(python) + " " + quote(generator()) + " " + quote(tmp.string()));
+      auto gen = run_shell(shell_quote(python) + " " + shell_quote(generator()) + " " + shell_quote(tmp.string()));
       if (gen.code != 0) {
         setup_error_ = "lpips_reference.py failed (exit " + std::to_string(gen.code) + "):\n" + gen.output;
         fs::remove_all(tmp);
@@ -108,11 +98,11 @@ class LpipsReference : public ::testing::Test {
     ASSERT_TRUE(setup_error_.empty()) << setup_error_;
   }
   static test::RunResult convert(const std::string& args) {
-    auto r = run_shell(quote(test::python()) + " " + quote(tool()) + " " + args);
+    auto r = run_shell(shell_quote(test::python()) + " " + shell_quote(tool()) + " " + args);
     std::printf("  $ convert_checkpoint.py %s -> exit %d\n", args.c_str(), r.code);
     return r;
   }
-  static std::string in(const std::string& rel) { return quote((inputs_ / rel).string()); }
+  static std::string in(const std::string& rel) { return shell_quote((inputs_ / rel).string()); }
   static fs::path out(const std::string& rel) { return out_ / rel; }
 
   static inline std::string skip_reason_, setup_error_;
@@ -121,10 +111,10 @@ class LpipsReference : public ::testing::Test {
 
 TEST_F(LpipsReference, BothConversionsGiveTheSameWeightsAndThePackagesDistances) {
   // What users have: torchvision's VGG16 file + LPIPS's linear layers, or a saved LPIPS module.
-  auto a = convert(in("vgg16.pth") + " --lpips-lin " + in("lin.pth") + " --out " + quote(out("a.safetensors")));
+  auto a = convert(in("vgg16.pth") + " --lpips-lin " + in("lin.pth") + " --out " + shell_quote(out("a.safetensors")));
   ASSERT_EQ(a.code, 0) << a.output;
   EXPECT_NE(a.output.find("6 classifier tensors dropped"), std::string::npos) << a.output;
-  auto b = convert(in("lpips_module.pth") + " --out " + quote(out("b.safetensors")));
+  auto b = convert(in("lpips_module.pth") + " --out " + shell_quote(out("b.safetensors")));
   ASSERT_EQ(b.code, 0) << b.output;
   EXPECT_NE(b.output.find("kind        lpips"), std::string::npos) << b.output;
   const auto wa = load_safetensors(out("a.safetensors").string());
@@ -162,22 +152,27 @@ TEST_F(LpipsReference, BothConversionsGiveTheSameWeightsAndThePackagesDistances)
 }
 
 TEST_F(LpipsReference, TheConverterRefusesWhatIsNotLpips) {
-  auto no_lin = convert(in("vgg16.pth") + " --out " + quote(out("x.safetensors")));
+  auto no_lin = convert(in("vgg16.pth") + " --out " + shell_quote(out("x.safetensors")));
   EXPECT_EQ(no_lin.code, 1);
   EXPECT_NE(no_lin.output.find("--lpips-lin"), std::string::npos) << no_lin.output;
-  auto wrong_lin = convert(in("vgg16.pth") + " --lpips-lin " + in("vgg16.pth") + " --out " + quote(out("x.safetensors")));
+  auto wrong_lin = convert(in("vgg16.pth") + " --lpips-lin " + in("vgg16.pth") + " --out " + shell_quote(out("x.safetensors")));
   EXPECT_EQ(wrong_lin.code, 1);
   EXPECT_NE(wrong_lin.output.find("missing 5: lin0.model.1.weight"), std::string::npos) << wrong_lin.output;
-  auto both = convert(in("lpips_module.pth") + " --lpips-lin " + in("lin.pth") + " --out " + quote(out("x.safetensors")));
+  auto both = convert(in("lpips_module.pth") + " --lpips-lin " + in("lin.pth") + " --out " + shell_quote(out("x.safetensors")));
   EXPECT_EQ(both.code, 1);
   EXPECT_NE(both.output.find("holds its linear layers already"), std::string::npos) << both.output;
-  auto bf16 = convert(in("lpips_module.pth") + " --dtype bf16 --out " + quote(out("x.safetensors")));
+  auto bf16 = convert(in("lpips_module.pth") + " --dtype bf16 --out " + shell_quote(out("x.safetensors")));
   EXPECT_EQ(bf16.code, 1);
   EXPECT_NE(bf16.output.find("float32 only"), std::string::npos) << bf16.output;
-  auto not_lpips = convert(in("lin.pth") + " --kind lpips --out " + quote(out("x.safetensors")));
+  auto not_lpips = convert(in("lin.pth") + " --kind lpips --out " + shell_quote(out("x.safetensors")));
   EXPECT_EQ(not_lpips.code, 1);
   EXPECT_NE(not_lpips.output.find("--kind lpips expects"), std::string::npos) << not_lpips.output;
   EXPECT_FALSE(fs::exists(out("x.safetensors")));
+  // What LlamaGen loads directly is refused by aim's loader with the conversion command.
+  Lpips model;
+  const auto pickle = test::error_of([&] { eval::load_lpips(model, (inputs_ / "lin.pth").string()); });
+  EXPECT_NE(pickle.find("a PyTorch pickle (torch.save), not safetensors"), std::string::npos) << pickle;
+  EXPECT_NE(pickle.find("--lpips-lin vgg.pth"), std::string::npos) << pickle;
 }
 
 // ------------------------------------------------------------------------------ properties

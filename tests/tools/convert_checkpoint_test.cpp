@@ -33,18 +33,8 @@ constexpr double kEmaDelta = 0.0009765625;
 using test::RunResult;
 using test::run_shell;
 
-std::string quote(const std::string& s) {
-  std::string out = "'";
-  for (char c : s) out += c == '\'' ? std::string("'\\''") : std::string(1, c);
-  return out + "'";
-}
-
-std::string read_file(const fs::path& path) {
-  std::ifstream in(path, std::ios::binary);
-  std::stringstream ss;
-  ss << in.rdbuf();
-  return ss.str();
-}
+using test::read_bytes;
+using test::shell_quote;
 
 fs::path fixture(const std::string& rel) { return test::fixtures_dir() / rel; }
 std::string tool() { return test::source_dir() + "/tools/convert_checkpoint.py"; }
@@ -119,7 +109,7 @@ class ConvertCheckpoint : public ::testing::Test {
       skip_reason_ = "no Python at AIM_PYTHON '" + python + "' (configure with -DAIM_PYTHON=...)";
       return;
     }
-    auto probe = run_shell(quote(python) + " -c 'import torch'");
+    auto probe = run_shell(shell_quote(python) + " -c 'import torch'");
     if (probe.code != 0) {
       skip_reason_ = python + " cannot import torch, which the converter needs:\n" + probe.output;
       return;
@@ -127,7 +117,7 @@ class ConvertCheckpoint : public ::testing::Test {
     // The inputs are generated once and shared by every test process (a test can run alone
     // under --gtest_filter), in the build directory, named after the generator, the converter
     // and the fixtures they read; older generations are removed.
-    std::string key = read_file(generator()) + read_file(tool());
+    std::string key = read_bytes(generator()) + read_bytes(tool());
     for (const char* f : {"vq/vq16_tiny/model.safetensors", "aim/mamba2_tiny/model.safetensors",
                           "aim/mamba1_tiny/model.safetensors", "aim/mamba2_tiny/config.json"})
       key += std::to_string(fs::file_size(fixture(f))) + f;
@@ -144,8 +134,8 @@ class ConvertCheckpoint : public ::testing::Test {
           fs::remove_all(entry.path(), ec);
       const fs::path tmp = inputs_.string() + ".tmp" + std::to_string(getpid());
       fs::remove_all(tmp);
-      auto gen = run_shell(quote(python) + " " + quote(generator()) + " " +
-                           quote(test::fixtures_dir().string()) + " " + quote(tmp.string()));
+      auto gen = run_shell(shell_quote(python) + " " + shell_quote(generator()) + " " +
+                           shell_quote(test::fixtures_dir().string()) + " " + shell_quote(tmp.string()));
       if (gen.code != 0) {
         setup_error_ = "make_checkpoints.py failed (exit " + std::to_string(gen.code) + "):\n" + gen.output;
         fs::remove_all(tmp);
@@ -171,12 +161,12 @@ class ConvertCheckpoint : public ::testing::Test {
 
   /// Runs the converter; `env` is prepended (VAR=value ...).
   static RunResult convert(const std::string& args, const std::string& env = "") {
-    auto r = run_shell(env + (env.empty() ? "" : " ") + quote(test::python()) + " " +
-                       quote(tool()) + " " + args);
+    auto r = run_shell(env + (env.empty() ? "" : " ") + shell_quote(test::python()) + " " +
+                       shell_quote(tool()) + " " + args);
     std::printf("  $ convert_checkpoint.py %s -> exit %d\n", args.c_str(), r.code);
     return r;
   }
-  static std::string in(const std::string& rel) { return quote((inputs_ / rel).string()); }
+  static std::string in(const std::string& rel) { return shell_quote((inputs_ / rel).string()); }
   static fs::path out(const std::string& rel) { return out_ / rel; }
 
   static inline std::string skip_reason_, setup_error_;
@@ -216,7 +206,7 @@ TEST_F(ConvertCheckpoint, HelpExplainsUsage) {
 
 TEST_F(ConvertCheckpoint, LlamaGenTrainingCheckpoint) {
   const auto fix = load_safetensors(fixture("vq/vq16_tiny/model.safetensors").string());
-  auto r = convert(in("llamagen/vq.pt") + " --out " + quote(out("vq.safetensors").string()));
+  auto r = convert(in("llamagen/vq.pt") + " --out " + shell_quote(out("vq.safetensors").string()));
   ASSERT_EQ(r.code, 0) << r.output;
   std::printf("%s", r.output.c_str());
   for (const char* s : {"llamagen-vq", "steps 123", "['model']", "vq.json"})
@@ -227,14 +217,14 @@ TEST_F(ConvertCheckpoint, LlamaGenTrainingCheckpoint) {
 
 TEST_F(ConvertCheckpoint, LlamaGenEmaAndBf16) {
   const auto fix = load_safetensors(fixture("vq/vq16_tiny/model.safetensors").string());
-  auto r = convert(in("llamagen/vq.pt") + " --use-ema --out " + quote(out("ema.safetensors").string()));
+  auto r = convert(in("llamagen/vq.pt") + " --use-ema --out " + shell_quote(out("ema.safetensors").string()));
   ASSERT_EQ(r.code, 0) << r.output;
   EXPECT_NE(r.output.find("['ema']"), std::string::npos) << r.output;
   const auto ema = map_floating(fix, [](const torch::Tensor& t) { return t + kEmaDelta; });
   expect_identical(load_safetensors(out("ema.safetensors").string()), ema, "ema.safetensors (--use-ema)");
   expect_vq_loads(out("ema.safetensors"), out("ema.json"), ema);
 
-  r = convert(in("llamagen/vq.pt") + " --dtype bf16 --out " + quote(out("bf16.safetensors").string()));
+  r = convert(in("llamagen/vq.pt") + " --dtype bf16 --out " + shell_quote(out("bf16.safetensors").string()));
   ASSERT_EQ(r.code, 0) << r.output;
   EXPECT_NE(r.output.find("-> bfloat16"), std::string::npos) << r.output;
   const auto bf16 = map_floating(fix, [](const torch::Tensor& t) { return t.to(torch::kBFloat16); });
@@ -245,7 +235,7 @@ TEST_F(ConvertCheckpoint, PrefixAddsAndStrips) {
   const auto fix = load_safetensors(fixture("vq/vq16_tiny/model.safetensors").string());
   // The released vq_ds16_c2i.pt form ({"model": ...}) made loadable as AiM's tokenizer part.
   auto r = convert(in("llamagen/vq_ds16_c2i.pt") + " --prefix vqvae. --out " +
-                   quote(out("vqvae.safetensors").string()));
+                   shell_quote(out("vqvae.safetensors").string()));
   ASSERT_EQ(r.code, 0) << r.output;
   expect_identical(load_safetensors(out("vqvae.safetensors").string()), with_prefix(fix, "vqvae.", false),
                    "vqvae.safetensors (--prefix vqvae.)");
@@ -253,7 +243,7 @@ TEST_F(ConvertCheckpoint, PrefixAddsAndStrips) {
 
   // A DDP-wrapped state dict (module.*).
   r = convert(in("bad/module_prefixed.bin") + " --prefix module.- --out " +
-              quote(out("unwrapped.safetensors").string()));
+              shell_quote(out("unwrapped.safetensors").string()));
   ASSERT_EQ(r.code, 0) << r.output;
   expect_identical(load_safetensors(out("unwrapped.safetensors").string()), fix,
                    "unwrapped.safetensors (--prefix module.-)");
@@ -261,7 +251,7 @@ TEST_F(ConvertCheckpoint, PrefixAddsAndStrips) {
   // The tokenizer taken out of an AiM checkpoint.
   const auto aim_fix = load_safetensors(fixture("aim/mamba2_tiny/model.safetensors").string());
   r = convert(in("aim/pytorch_model.bin") + " --prefix vqvae.- --out " +
-              quote(out("aim_vq.safetensors").string()));
+              shell_quote(out("aim_vq.safetensors").string()));
   ASSERT_EQ(r.code, 0) << r.output;
   EXPECT_NE(r.output.find("llamagen-vq"), std::string::npos) << r.output;
   expect_identical(load_safetensors(out("aim_vq.safetensors").string()), with_prefix(aim_fix, "vqvae.", true),
@@ -304,7 +294,7 @@ TEST_F(ConvertCheckpoint, AimStateDictInfersTheConfig) {
                                             {"aim_mamba1", "mamba1_tiny"}}) {
     SCOPED_TRACE(fixture_case);
     const auto dir = out(fixture_case);
-    auto r = convert(in(input + "/pytorch_model.bin") + " --out " + quote(dir.string() + "/"));
+    auto r = convert(in(input + "/pytorch_model.bin") + " --out " + shell_quote(dir.string() + "/"));
     ASSERT_EQ(r.code, 0) << r.output;
     std::printf("%s", r.output.c_str());
     EXPECT_NE(r.output.find("derived from tensor shapes"), std::string::npos) << r.output;
@@ -315,7 +305,7 @@ TEST_F(ConvertCheckpoint, AimStateDictInfersTheConfig) {
     expect_identical(sd, fix, fixture_case + "/model.safetensors");
     expect_aim_loads(dir / "model.safetensors", dir / "config.json", fixture_case);
     // A safetensors input keeps the tied pair as two tensors: still one parameter in the summary.
-    auto again = convert(quote((dir / "model.safetensors").string()) + " --out " + quote(out(fixture_case + "_again/").string()));
+    auto again = convert(shell_quote((dir / "model.safetensors").string()) + " --out " + shell_quote(out(fixture_case + "_again/").string()));
     ASSERT_EQ(again.code, 0) << again.output;
     auto params = [](const std::string& o) {
       const auto at = o.find("  parameters  ");
@@ -328,18 +318,18 @@ TEST_F(ConvertCheckpoint, AimStateDictInfersTheConfig) {
 TEST_F(ConvertCheckpoint, ConfigBesideTheWeightsIsCopied) {
   const auto fix = load_safetensors(fixture("aim/mamba2_tiny/model.safetensors").string());
   // MambaLMHeadModel.save_pretrained(): unprefixed names + config.json.
-  auto r = convert(in("mamba_pretrained") + " --out " + quote(out("pretrained/").string()));
+  auto r = convert(in("mamba_pretrained") + " --out " + shell_quote(out("pretrained/").string()));
   ASSERT_EQ(r.code, 0) << r.output;
   EXPECT_NE(r.output.find("copied from"), std::string::npos) << r.output;
-  EXPECT_EQ(read_file(out("pretrained/config.json")), read_file(inputs_ / "mamba_pretrained/config.json"));
+  EXPECT_EQ(read_bytes(out("pretrained/config.json")), read_bytes(inputs_ / "mamba_pretrained/config.json"));
   expect_identical(load_safetensors(out("pretrained/model.safetensors").string()),
                    with_prefix(fix, "mamba.", true), "pretrained/model.safetensors");
   expect_aim_loads(out("pretrained/model.safetensors"), out("pretrained/config.json"), "mamba2_tiny");
 
   // A Hugging Face snapshot whose model.safetensors keeps the tied weight once.
-  r = convert(in("snapshot") + " --out " + quote(out("snapshot/model.safetensors").string()));
+  r = convert(in("snapshot") + " --out " + shell_quote(out("snapshot/model.safetensors").string()));
   ASSERT_EQ(r.code, 0) << r.output;
-  EXPECT_EQ(read_file(out("snapshot/config.json")), read_file(inputs_ / "snapshot/config.json"));
+  EXPECT_EQ(read_bytes(out("snapshot/config.json")), read_bytes(inputs_ / "snapshot/config.json"));
   expect_identical(load_safetensors(out("snapshot/model.safetensors").string()), fix, "snapshot/model.safetensors");
   expect_aim_loads(out("snapshot/model.safetensors"), out("snapshot/config.json"), "mamba2_tiny");
 }
@@ -349,7 +339,7 @@ TEST_F(ConvertCheckpoint, TrainerCheckpointDirectoryOrItsWeightsFile) {
   for (const std::string input : {"trainer/checkpoint-250", "trainer/checkpoint-250/pytorch_model.bin"}) {
     SCOPED_TRACE(input);
     const std::string name = input.find(".bin") != std::string::npos ? "file" : "dir";
-    auto r = convert(in(input) + " --kind aim-trainer --out " + quote(out(name).string() + "/"));
+    auto r = convert(in(input) + " --kind aim-trainer --out " + shell_quote(out(name).string() + "/"));
     ASSERT_EQ(r.code, 0) << r.output;
     for (const char* s : {"aim-trainer", "global_step 250"})
       EXPECT_NE(r.output.find(s), std::string::npos) << s << "\n" << r.output;
@@ -361,9 +351,9 @@ TEST_F(ConvertCheckpoint, TrainerCheckpointDirectoryOrItsWeightsFile) {
 
 TEST_F(ConvertCheckpoint, BuiltInWriterGivesIdenticalTensors) {
   const std::string args = in("aim/pytorch_model.bin") + " --dtype bf16 --out ";
-  auto a = convert(args + quote(out("default.safetensors").string()));
+  auto a = convert(args + shell_quote(out("default.safetensors").string()));
   ASSERT_EQ(a.code, 0) << a.output;
-  auto b = convert(args + quote(out("builtin.safetensors").string()), "AIM_CONVERT_NO_SAFETENSORS=1");
+  auto b = convert(args + shell_quote(out("builtin.safetensors").string()), "AIM_CONVERT_NO_SAFETENSORS=1");
   ASSERT_EQ(b.code, 0) << b.output;
   EXPECT_NE(b.output.find("AIM_CONVERT_NO_SAFETENSORS"), std::string::npos) << b.output;
   const auto line = a.output.substr(a.output.find("writer"));
@@ -387,7 +377,7 @@ TEST_F(ConvertCheckpoint, PytorchFidInceptionWeights) {
   // pytorch-fid's pt_inception-2015-12-05-6726825d.pth layout: a torch.save'd state dict with
   // every BatchNorm's num_batches_tracked; recognised without --kind.
   auto r = convert(in("inception/pt_inception-2015-12-05-6726825d.pth") + " --out " +
-                   quote(out("fid_inception.safetensors").string()));
+                   shell_quote(out("fid_inception.safetensors").string()));
   ASSERT_EQ(r.code, 0) << r.output;
   std::printf("%s", r.output.c_str());
   for (const char* s : {"kind        inception", "472 (94 BatchNorm num_batches_tracked dropped)",
@@ -408,7 +398,7 @@ TEST_F(ConvertCheckpoint, PytorchFidInceptionWeights) {
   expect_identical(held, expected, "FidInceptionV3 loaded from fid_inception.safetensors");
 
   r = convert(in("inception/pt_inception-2015-12-05-6726825d.pth") + " --kind inception --dtype fp32 --out " +
-              quote(out("fid_inception_fp32/").string()));
+              shell_quote(out("fid_inception_fp32/").string()));
   ASSERT_EQ(r.code, 0) << r.output;
   expect_identical(load_safetensors(out("fid_inception_fp32/model.safetensors").string()), expected,
                    "fid_inception_fp32/model.safetensors (--kind inception)");
@@ -464,8 +454,8 @@ TEST_F(ConvertCheckpoint, RefusesWhatItDoesNotKnow) {
   for (const auto& c : cases) {
     SCOPED_TRACE(c.input + " " + c.extra);
     const auto target = out("refused" + std::to_string(i++) + ".safetensors");
-    auto r = convert(in(c.input) + " " + c.extra + " --out " + quote(target.string()),
-                     "AIM_CONVERT_TEST_MARKER=" + quote(marker.string()));
+    auto r = convert(in(c.input) + " " + c.extra + " --out " + shell_quote(target.string()),
+                     "AIM_CONVERT_TEST_MARKER=" + shell_quote(marker.string()));
     std::printf("    %s", r.output.c_str());
     EXPECT_EQ(r.code, 1) << r.output;
     for (const auto& s : c.expect) EXPECT_NE(r.output.find(s), std::string::npos) << s << "\n" << r.output;

@@ -131,6 +131,30 @@ TEST(AdamW, StateRoundTripContinuesBitwise) {
   }
 }
 
+TEST(AdamW, StartAtIsStepsWithZeroGradients) {
+  // LlamaGen's discriminator Adam before its GAN starts: k steps with all-zero gradients (no
+  // weight decay) leave the weights and zero moments as they were and count k; start_at(k) is
+  // the same, then a real step is bias-corrected as step k + 1.
+  OptimConfig c = recipe();
+  c.weight_decay = 0.0;
+  for (bool fused : {false, true}) {
+    auto a = make_params(7), b = make_params(7);
+    AdamW stepped(a, c, fused), started(b, c, fused);
+    for (int t = 1; t <= 5; ++t) {
+      for (auto& x : a) x.tensor.mutable_grad() = torch::zeros_like(x.tensor);
+      stepped.step(1e-2);
+    }
+    started.start_at(5);
+    EXPECT_EQ(started.steps(), 5);
+    for (auto* params : {&a, &b}) set_grads(*params, 1);
+    stepped.step(1e-2);
+    started.step(1e-2);
+    for (size_t i = 0; i < a.size(); ++i)
+      EXPECT_TRUE(torch::equal(a[i].tensor, b[i].tensor)) << a[i].name << " fused " << fused;
+    EXPECT_NE(test::error_of([&] { started.start_at(1); }).find("only before the first update"), std::string::npos);
+  }
+}
+
 TEST(AdamW, LoadStateNamesMissingAndMisShapedTensors) {
   auto params = make_params(5);
   AdamW opt(params, recipe());

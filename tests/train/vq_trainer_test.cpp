@@ -334,6 +334,48 @@ TEST_F(TrainVqTest, ThePerceptualTermJoinsTheLossAndTheFlops) {
   EXPECT_NE(missing.find("vq_train.lpips: no such file: " + run("none.safetensors")), std::string::npos) << missing;
 }
 
+TEST_F(TrainVqTest, ThePerceptualGradientReachesTheTokenizerAndItsDropoutActs) {
+  TrainOptions o;
+  o.quiet = true;
+  const std::vector<std::string> common = {"train.max_steps=1", "vq_train.lpips=" + lpips_weights()};
+  auto with = [&](const std::string& name, std::vector<std::string> sets) {
+    sets.insert(sets.end(), common.begin(), common.end());
+    return run_vq_training(config(run(name), sets), o);
+  };
+  const auto off = with("off", {"vq_train.perceptual_weight=0"});
+  const auto on = with("on", {"vq_train.perceptual_weight=1"});
+  const auto exact = with("exact", {"vq_train.perceptual_weight=1", "vq_train.lpips_dropout=false"});
+  // One step from the same weights and images: the LPIPS term moves the decoder.
+  const auto a = load_safetensors(off.checkpoint + "/model.safetensors");
+  const auto b = load_safetensors(on.checkpoint + "/model.safetensors");
+  EXPECT_FALSE(torch::equal(a.at("decoder.conv_out.weight"), b.at("decoder.conv_out.weight")));
+  // Step 1's perceptual loss with and without LPIPS's dropout: same images and weights.
+  const auto p_on = logged(run("on"), "perceptual_loss"), p_exact = logged(run("exact"), "perceptual_loss");
+  ASSERT_EQ(p_on.size(), 1u);
+  ASSERT_EQ(p_exact.size(), 1u);
+  EXPECT_NE(p_on[0], p_exact[0]);
+  EXPECT_NEAR(p_on[0] / p_exact[0], 1.0, 0.25) << "dropout is unbiased";
+}
+
+TEST_F(TrainVqTest, TheGanStartsAtStepDiscStartWithLlamaGensAdamCount) {
+  // disc_start 2 (1-based, as LlamaGen's adopt_weight): steps 2 and 3 are adversarial; the
+  // discriminator's Adam counts step 1 as taken (LlamaGen steps it with a zero loss).
+  TrainOptions o;
+  o.quiet = true;
+  const auto r = run_vq_training(config(run("gan"), {"train.max_steps=3", "vq_train.disc_weight=0.5",
+                                                     "vq_train.disc_start=2", "vq_train.disc_channels=8",
+                                                     "vq_train.disc_layers=2"}),
+                                 o);
+  EXPECT_EQ(logged(run("gan"), "gen_loss").size(), 2u);
+  const auto d = logged(run("gan"), "disc_loss");
+  ASSERT_EQ(d.size(), 2u);
+  for (const double v : d) EXPECT_LT(v, 3.0) << "the halved hinge, without the weight";
+  SafetensorsFile f(r.checkpoint + "/disc_optimizer.safetensors");
+  EXPECT_EQ(f.metadata().at("step"), "3");
+  SafetensorsFile g(r.checkpoint + "/optimizer.safetensors");
+  EXPECT_EQ(g.metadata().at("step"), "3");
+}
+
 TEST_F(TrainVqTest, ResumeWithTheDiscriminatorContinuesBitwiseIdentically) {
   // Entropy loss, PatchGAN from step 2, LPIPS with its dropout, flips and an epoch boundary (3
   // steps/epoch) in play.
@@ -445,8 +487,13 @@ TEST_F(TrainVqTest, TheRunIsATokenizerForTheRestOfThePipeline) {
   EXPECT_EQ(vq.model->config.codebook_size, 64);
   const auto saved = load_safetensors(r.checkpoint + "/model.safetensors");
   for (const auto& [k, v] : vq_state_dict(vq.model)) EXPECT_TRUE(torch::equal(v, saved.at(k))) << k;
-  // eval-vq and extract-codes take it as --vq.
+  // eval-vq and extract-codes take it as --vq; aim info describes it as a tokenizer.
   const std::string aim = test::aim_binary();
+  auto info = test::run_shell(aim + " info " + run("vq"));
+  ASSERT_EQ(info.code, 0) << info.output;
+  EXPECT_NE(info.output.find("4: 32 px -> 8x8 = 64 codes"), std::string::npos) << info.output;
+  EXPECT_NE(info.output.find("codebook                             64 x 8"), std::string::npos) << info.output;
+  EXPECT_EQ(info.output.find("Mamba"), std::string::npos) << info.output;
   auto e = test::run_shell(aim + " eval-vq --device cpu --vq " + run("vq") + " --data " + images() +
                            " --image-size 32 --json " + run("eval.json") + " --save-recon " + run("recon") +
                            " --lpips " + lpips_weights());

@@ -9,7 +9,7 @@
 //
 // --tokenizer benchmarks stage 1 instead (aim::train::run_vq_training on a generated shapes
 // dataset at the config's data.image_size): tokens are the tokenizer's codes, FLOPs those of
-// aim::train::vq_training_flops_per_image; no matmul column.
+// aim::train::vq_training_flops_per_image (LPIPS included when it is a loss); no matmul column.
 //
 // --kernels off runs the plain LibTorch references (ops::ref) instead of the hand-written kernels
 // (the CUDA kernels on cuda, src/ops/*_cpu.cpp on cpu); both (the default on CUDA) prints the two
@@ -188,7 +188,7 @@ int main(int argc, char** argv) {
 
     std::string dev_name;
     const double peak = aim::train::device_peak_tflops(dev, 0.0, &dev_name);
-    const double per_image = tokenizer ? aim::train::vq_training_flops_per_image(base.vq, base.data.image_size)
+    const double per_image = tokenizer ? aim::train::vq_training_flops_per_image(base.vq, base.vq_train, base.data.image_size)
                                        : aim::train::training_flops_per_image(base.model);
     // The tokenizer's tokens are its codes: (image_size / downsample)^2 per image.
     const int64_t tokens_per_image =

@@ -206,7 +206,7 @@ struct VqTrainConfig {
   std::string crop = "resize";       ///< "resize" (resize to 1.125 x size, random crop) | "llamagen"
                                      ///< (LlamaGen's random_crop_arr: short side in [size, 1.25 size])
   double disc_weight = 0.0;          ///< PatchGAN generator loss weight; 0 = no discriminator
-  int64_t disc_start = 0;            ///< optimizer step at which the adversarial losses start
+  int64_t disc_start = 0;            ///< first step (1-based) with the adversarial losses
   int64_t disc_channels = 64;        ///< PatchGAN base width
   int64_t disc_layers = 3;           ///< PatchGAN stride-2 layers
   double disc_lr = 0.0;              ///< discriminator lr; 0 = the generator's peak lr

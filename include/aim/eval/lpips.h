@@ -41,18 +41,23 @@ class LpipsImpl : public torch::nn::Module {
   /// `dropout`: drop each squared feature difference with probability 0.5 (and scale the rest by
   /// 2) before the linear layers, as the module does in training mode. LlamaGen's trainer calls
   /// train() on the loss module that holds it, so its perceptual loss is computed that way;
-  /// evaluation uses none. Both images go through VGG16 as one batch.
+  /// evaluation uses none. The images go through VGG16 one after the other (as the reference),
+  /// so a gradient reaches each input that requires one, and only through its own pass.
   torch::Tensor forward(const torch::Tensor& x, const torch::Tensor& y, bool dropout = false);
 
   /// VGG16's five taps (relu1_2 .. relu5_3) of already scaled images [N, 3, H, W].
   std::vector<torch::Tensor> features(const torch::Tensor& scaled);
 
-  /// (x - shift) / scale with float32 constants (a bf16 or float32 x gives float32).
-  static torch::Tensor scale_input(const torch::Tensor& x);
+  /// (x - shift) / scale with float32 constants (a bf16 or float32 x gives float32). The
+  /// constants are made once per device (no host-to-device copy per call).
+  torch::Tensor scale_input(const torch::Tensor& x);
 
   /// The 13 convolutions in network order and the five linear layers.
   std::vector<torch::nn::Conv2d> convs;
   std::vector<torch::nn::Conv2d> lins;
+
+ private:
+  std::map<std::string, std::pair<torch::Tensor, torch::Tensor>> constants_;  // device -> shift, scale
 };
 TORCH_MODULE(Lpips);
 
@@ -64,7 +69,8 @@ std::vector<std::pair<std::string, std::vector<int64_t>>> lpips_keys();
 /// problem, the key and the expected and found shape or dtype, with a conversion hint.
 void load_lpips_state_dict(Lpips& model, const std::map<std::string, torch::Tensor>& sd, const std::string& what);
 
-/// load_lpips_state_dict() from a safetensors file.
+/// load_lpips_state_dict() from a safetensors file; a PyTorch pickle (vgg.pth, vgg16-*.pth) is
+/// refused with the conversion command.
 void load_lpips(Lpips& model, const std::string& path);
 
 /// FLOPs of one image's pass through LPIPS's VGG16 at H x W (multiply-adds counted as 2; the

@@ -36,6 +36,11 @@ class AdamW {
   void step(double lr);
   /// Number of updates done.
   int64_t steps() const { return step_; }
+  /// Before the first update: counts `steps` updates as done, which (with zero moments) is what
+  /// `steps` updates with all-zero gradients and no weight decay leave behind. LlamaGen steps its
+  /// discriminator's Adam every step, with a zero loss before the GAN starts, so its first real
+  /// update is bias-corrected as update `steps` + 1, not as update 1.
+  void start_at(int64_t steps);
   const std::vector<NamedParam>& params() const { return params_; }
   /// Whether weight decay applies to parameter `i` (>= 2 dims).
   bool decays(size_t i) const { return decay_[i]; }
