@@ -377,11 +377,13 @@ VqTrainResult run_vq_training(const Config& config_in, const TrainOptions& optio
   int64_t window_steps = 0;
   // Sums since the last log line (state.log_sums, kept by checkpoints) of: loss, l1, l2,
   // codebook, commit, entropy, gen, disc, psnr, ssim, perceptual (means over the state.log_count
-  // steps that were not skipped), then the number of codes restarted (a count, logged as it is).
+  // steps that were not skipped; gen and disc over the adversarial ones among them), then the
+  // number of codes restarted (a count, logged as it is) and the number of adversarial steps.
   constexpr int kTerms = 11;
   constexpr int kRestarts = kTerms;
-  if (state.log_sums.size() != kTerms + 1) {
-    state.log_sums.assign(kTerms + 1, 0.0);
+  constexpr int kAdversarialSteps = kTerms + 1;
+  if (state.log_sums.size() != kTerms + 2) {
+    state.log_sums.assign(kTerms + 2, 0.0);
     state.log_count = 0;
   }
   auto& window = state.log_sums;
@@ -500,6 +502,7 @@ VqTrainResult run_vq_training(const Config& config_in, const TrainOptions& optio
       state.loss = loss_value;
       for (size_t i = 0; i < kTerms; ++i) window[i] += v[i];
       ++state.log_count;
+      if (adversarial) window[kAdversarialSteps] += 1.0;
     }
     ++state.step;
     ++window_steps;
@@ -524,6 +527,10 @@ VqTrainResult run_vq_training(const Config& config_in, const TrainOptions& optio
       for (size_t i = 0; i < kTerms; ++i)
         m[i] = state.log_count > 0 ? window[i] / static_cast<double>(state.log_count)
                                    : std::numeric_limits<double>::quiet_NaN();
+      // The GAN's losses over its own steps: the window where it starts began without it.
+      const bool gan_logged = window[kAdversarialSteps] > 0;
+      for (const size_t i : {size_t{6}, size_t{7}})
+        m[i] = gan_logged ? window[i] / window[kAdversarialSteps] : std::numeric_limits<double>::quiet_NaN();
       state.elapsed_s = elapsed_before + std::chrono::duration<double>(now - t_start).count();
       const double epoch_f = static_cast<double>(state.step) / static_cast<double>(steps_per_epoch);
       {
@@ -537,7 +544,7 @@ VqTrainResult run_vq_training(const Config& config_in, const TrainOptions& optio
         j["codebook_loss"] = m[3];
         j["commit_loss"] = m[4];
         if (vt.entropy_weight > 0) j["entropy_loss"] = m[5];
-        if (adversarial) {
+        if (gan_logged) {
           j["gen_loss"] = m[6];
           j["disc_loss"] = m[7];
         }
@@ -561,7 +568,7 @@ VqTrainResult run_vq_training(const Config& config_in, const TrainOptions& optio
             << std::setprecision(1) << 100.0 * usage << "%";
       if (lpips) extra << std::setprecision(4) << " | LPIPS " << m[10];
       if (window_restarts > 0) extra << " (" << window_restarts << " restarted)";
-      if (adversarial) extra << std::setprecision(3) << " | G " << m[6] << " D " << m[7];
+      if (gan_logged) extra << std::setprecision(3) << " | G " << m[6] << " D " << m[7];
       extra << " | lr " << std::scientific << std::setprecision(2) << lr << std::fixed << " | " << fmt_count(img_s)
             << " img/s";
       if (peak_tflops > 0) extra << " | MFU " << std::setprecision(1) << 100.0 * mfu << "%";

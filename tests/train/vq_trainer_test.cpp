@@ -374,6 +374,21 @@ TEST_F(TrainVqTest, TheGanStartsAtStepDiscStartWithLlamaGensAdamCount) {
   EXPECT_EQ(f.metadata().at("step"), "3");
   SafetensorsFile g(r.checkpoint + "/optimizer.safetensors");
   EXPECT_EQ(g.metadata().at("step"), "3");
+  // Logged every 2 steps: the window of steps 1-2, where the GAN starts, gives its losses over
+  // step 2 alone (not diluted by step 1), the next window the mean over steps 3 and 4.
+  run_vq_training(config(run("gan1"), {"train.max_steps=4", "vq_train.disc_weight=0.5", "vq_train.disc_start=2",
+                                       "vq_train.disc_channels=8", "vq_train.disc_layers=2"}),
+                  o);
+  run_vq_training(config(run("gan2"), {"train.max_steps=4", "vq_train.disc_weight=0.5", "vq_train.disc_start=2",
+                                       "vq_train.disc_channels=8", "vq_train.disc_layers=2", "train.log_every=2"}),
+                  o);
+  for (const char* key : {"gen_loss", "disc_loss"}) {
+    const auto every = logged(run("gan1"), key), pairs = logged(run("gan2"), key);
+    ASSERT_EQ(every.size(), 3u) << key;
+    ASSERT_EQ(pairs.size(), 2u) << key;
+    EXPECT_DOUBLE_EQ(pairs[0], every[0]) << key;
+    EXPECT_NEAR(pairs[1], 0.5 * (every[1] + every[2]), 1e-12) << key;
+  }
 }
 
 TEST_F(TrainVqTest, ResumeWithTheDiscriminatorContinuesBitwiseIdentically) {
