@@ -133,8 +133,10 @@ Runner add_info_command(CLI::App& app) {
               "; --config goes with weights that have none\n---> HINT: aim info WEIGHTS.safetensors --config CONFIG");
     if (checkpoint) {
       auto ref = find_checkpoint(*path, *config, "aim info");
-      if (ref.kind == CheckpointKind::kRunDir) {
-        // An aim train-vq run: its config.yaml has every section, its weights the tokenizer only.
+      const std::string& cp = ref.config_path;
+      if (cp.size() > 5 && cp.compare(cp.size() - 5, 5, ".yaml") == 0) {
+        // An aim train-vq run (or its weights with --config): its config.yaml has every section,
+        // its weights the tokenizer only.
         bool language_model = false;
         const SafetensorsFile file(ref.weights_path);
         for (const auto& e : file.entries())

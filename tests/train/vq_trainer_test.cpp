@@ -509,6 +509,9 @@ TEST_F(TrainVqTest, TheRunIsATokenizerForTheRestOfThePipeline) {
   EXPECT_NE(info.output.find("4: 32 px -> 8x8 = 64 codes"), std::string::npos) << info.output;
   EXPECT_NE(info.output.find("codebook                             64 x 8"), std::string::npos) << info.output;
   EXPECT_EQ(info.output.find("Mamba"), std::string::npos) << info.output;
+  auto bare = test::run_shell(aim + " info " + r.checkpoint + "/model.safetensors --config " + run("vq") + "/config.yaml");
+  ASSERT_EQ(bare.code, 0) << bare.output;
+  EXPECT_NE(bare.output.find("4: 32 px -> 8x8 = 64 codes"), std::string::npos) << bare.output;
   auto e = test::run_shell(aim + " eval-vq --device cpu --vq " + run("vq") + " --data " + images() +
                            " --image-size 32 --json " + run("eval.json") + " --save-recon " + run("recon") +
                            " --lpips " + lpips_weights());
