@@ -12,6 +12,7 @@
 #include <set>
 #include <sstream>
 #include <sys/wait.h>
+#include <unistd.h>
 #include <functional>
 #include <optional>
 #include <utility>
@@ -176,6 +177,17 @@ struct RunResult {
   int code = -1;
   std::string output;
 };
+
+#ifdef AIM_BINARY_PATH
+/// Test inputs a generator script writes, made once and shared by every test process (a test can
+/// run alone under --gtest_filter): <build>/tests/test_inputs/<prefix><hash of key>, where `key`
+/// holds whatever the inputs depend on (the scripts' text, fixture sizes); older generations of
+/// `prefix` are removed. `generate` writes into the folder it is given and returns its result;
+/// on failure the folder is removed and `error` says why (named after `what`).
+inline std::filesystem::path generated_once(const std::string& prefix, const std::string& key, const std::string& what,
+                                            const std::function<RunResult(const std::filesystem::path&)>& generate,
+                                            std::string& error);
+#endif
 inline RunResult run_shell(const std::string& command) {
   RunResult r;
   FILE* pipe = popen((command + " 2>&1").c_str(), "r");
@@ -186,6 +198,37 @@ inline RunResult run_shell(const std::string& command) {
   r.code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
   return r;
 }
+
+#ifdef AIM_BINARY_PATH
+inline std::filesystem::path generated_once(const std::string& prefix, const std::string& key, const std::string& what,
+                                            const std::function<RunResult(const std::filesystem::path&)>& generate,
+                                            std::string& error) {
+  namespace fs = std::filesystem;
+  std::ostringstream name;
+  name << prefix << std::hex << std::hash<std::string>{}(key);
+  const fs::path root = fs::path(aim_binary()).parent_path() / "test_inputs";
+  const fs::path dir = root / name.str();
+  if (fs::exists(dir / "DONE")) return dir;
+  std::error_code ec;
+  fs::create_directories(root, ec);
+  for (const auto& entry : fs::directory_iterator(root, ec))
+    if (entry.path().filename().string().rfind(prefix, 0) == 0 && fs::exists(entry.path() / "DONE"))
+      fs::remove_all(entry.path(), ec);
+  const fs::path tmp = dir.string() + ".tmp" + std::to_string(::getpid());
+  fs::remove_all(tmp, ec);
+  fs::create_directories(tmp, ec);
+  const auto r = generate(tmp);
+  if (r.code != 0) {
+    error = what + " failed (exit " + std::to_string(r.code) + "):\n" + r.output;
+    fs::remove_all(tmp, ec);
+    return dir;
+  }
+  std::ofstream(tmp / "DONE") << "ok\n";
+  fs::rename(tmp, dir, ec);  // another process may have won the race: use its copy
+  if (ec) fs::remove_all(tmp, ec);
+  return dir;
+}
+#endif
 
 /// The message of the aim::Error that `f` throws, or "" when it throws none.
 inline std::string error_of(const std::function<void()>& f) {

@@ -63,29 +63,13 @@ class LpipsReference : public ::testing::Test {
       return;
     }
     // Generated once per generator and converter version, shared by every test process.
-    std::ostringstream name;
-    name << "lpips_reference_" << std::hex << std::hash<std::string>{}(read_bytes(generator()) + read_bytes(tool()));
-    const fs::path root = fs::path(test::aim_binary()).parent_path() / "test_inputs";
-    inputs_ = root / name.str();
-    if (!fs::exists(inputs_ / "DONE")) {
-      std::error_code ec;
-      fs::create_directories(root, ec);
-      for (const auto& entry : fs::directory_iterator(root, ec))
-        if (entry.path().filename().string().rfind("lpips_reference_", 0) == 0 && fs::exists(entry.path() / "DONE"))
-          fs::remove_all(entry.path(), ec);
-      const fs::path tmp = inputs_.string() + ".tmp" + std::to_string(getpid());
-      fs::remove_all(tmp);
+    inputs_ = test::generated_once("lpips_reference_", read_bytes(generator()) + read_bytes(tool()),
+                                   "lpips_reference.py", [&](const fs::path& tmp) {
       auto gen = run_shell(shell_quote(python) + " " + shell_quote(generator()) + " " + shell_quote(tmp.string()));
-      if (gen.code != 0) {
-        setup_error_ = "lpips_reference.py failed (exit " + std::to_string(gen.code) + "):\n" + gen.output;
-        fs::remove_all(tmp);
-        return;
-      }
       std::printf("  %s", gen.output.c_str());
-      std::ofstream(tmp / "DONE") << "ok\n";
-      fs::rename(tmp, inputs_, ec);
-      if (ec) fs::remove_all(tmp);
-    }
+      return gen;
+    }, setup_error_);
+    if (!setup_error_.empty()) return;
     out_ = fs::temp_directory_path() / ("aim_lpips_out_" + std::to_string(getpid()));
     fs::remove_all(out_);
     fs::create_directories(out_);

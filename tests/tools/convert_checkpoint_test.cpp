@@ -121,30 +121,11 @@ class ConvertCheckpoint : public ::testing::Test {
     for (const char* f : {"vq/vq16_tiny/model.safetensors", "aim/mamba2_tiny/model.safetensors",
                           "aim/mamba1_tiny/model.safetensors", "aim/mamba2_tiny/config.json"})
       key += std::to_string(fs::file_size(fixture(f))) + f;
-    std::ostringstream name;
-    name << "convert_checkpoint_" << std::hex << std::hash<std::string>{}(key);
-    const fs::path root = fs::path(test::aim_binary()).parent_path() / "test_inputs";
-    inputs_ = root / name.str();
-    if (!fs::exists(inputs_ / "DONE")) {
-      std::error_code ec;
-      fs::create_directories(root, ec);
-      for (const auto& entry : fs::directory_iterator(root, ec))
-        if (entry.path().filename().string().rfind("convert_checkpoint_", 0) == 0 &&
-            fs::exists(entry.path() / "DONE"))
-          fs::remove_all(entry.path(), ec);
-      const fs::path tmp = inputs_.string() + ".tmp" + std::to_string(getpid());
-      fs::remove_all(tmp);
-      auto gen = run_shell(shell_quote(python) + " " + shell_quote(generator()) + " " +
-                           shell_quote(test::fixtures_dir().string()) + " " + shell_quote(tmp.string()));
-      if (gen.code != 0) {
-        setup_error_ = "make_checkpoints.py failed (exit " + std::to_string(gen.code) + "):\n" + gen.output;
-        fs::remove_all(tmp);
-        return;
-      }
-      std::ofstream(tmp / "DONE") << "ok\n";
-      fs::rename(tmp, inputs_, ec);  // another process may have won the race: use its copy
-      if (ec) fs::remove_all(tmp);
-    }
+    inputs_ = test::generated_once("convert_checkpoint_", key, "make_checkpoints.py", [&](const fs::path& tmp) {
+      return run_shell(shell_quote(python) + " " + shell_quote(generator()) + " " +
+                       shell_quote(test::fixtures_dir().string()) + " " + shell_quote(tmp.string()));
+    }, setup_error_);
+    if (!setup_error_.empty()) return;
     out_ = fs::temp_directory_path() / ("aim_convert_out_" + std::to_string(getpid()));
     fs::remove_all(out_);
     fs::create_directories(out_);
