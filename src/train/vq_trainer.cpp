@@ -564,7 +564,7 @@ VqTrainResult run_vq_training(const Config& config_in, const TrainOptions& optio
       }
       std::ostringstream extra;
       extra << "ep " << std::fixed << std::setprecision(2) << epoch_f << " | loss " << std::setprecision(4) << m[0]
-            << " | rec L1 " << m[1] << " | PSNR " << std::setprecision(2) << m[8] << " dB | usage "
+            << (vt.l1_weight > 0 ? " | rec L1 " : " | rec L2 ") << (vt.l1_weight > 0 ? m[1] : m[2]) << " | PSNR " << std::setprecision(2) << m[8] << " dB | usage "
             << std::setprecision(1) << 100.0 * usage << "%";
       if (lpips) extra << std::setprecision(4) << " | LPIPS " << m[10];
       if (window_restarts > 0) extra << " (" << window_restarts << " restarted)";
