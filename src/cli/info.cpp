@@ -11,6 +11,7 @@
 #include "aim/core/error.h"
 #include "aim/core/safetensors.h"
 #include "aim/eval/lpips.h"
+#include "aim/model/loader.h"
 #include "aim/model/registry.h"
 #include "aim/model/vq.h"
 #include "aim/train/flops.h"
@@ -137,11 +138,8 @@ Runner add_info_command(CLI::App& app) {
       if (cp.size() > 5 && cp.compare(cp.size() - 5, 5, ".yaml") == 0) {
         // An aim train-vq run (or its weights with --config): its config.yaml has every section,
         // its weights the tokenizer only.
-        bool language_model = false;
         const SafetensorsFile file(ref.weights_path);
-        for (const auto& e : file.entries())
-          language_model |= e.name.rfind("mamba.", 0) == 0 || e.name.rfind("backbone.", 0) == 0;
-        if (!language_model && file.contains("quantize.embedding.weight")) {
+        if (!holds_language_model(file) && file.contains("quantize.embedding.weight")) {
           std::cout << "config: " << ref.config_path << "\n"
                     << describe_tokenizer(load_config(ref.config_path, {}, ConfigUse::kTokenizer))
                     << "weights: " << ref.weights_path << " (" << file.entries().size() << " tensors)\n";

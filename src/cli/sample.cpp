@@ -222,11 +222,7 @@ VqSource tokenizer_source(const SampleArgs& a) {
   const auto ref = find_checkpoint(a.ckpt);
   if (ref.kind != CheckpointKind::kRunDir) return {a.ckpt, "--ckpt"};
   // A language model's run (its weights hold the Mamba stack), not a tokenizer's.
-  bool language_model = false;
-  const SafetensorsFile weights(ref.weights_path);
-  for (const auto& e : weights.entries())
-    language_model |= e.name.rfind("mamba.", 0) == 0 || e.name.rfind("backbone.", 0) == 0;
-  if (!language_model) return {a.ckpt, "--ckpt"};
+  if (!holds_language_model(SafetensorsFile(ref.weights_path))) return {a.ckpt, "--ckpt"};
   const std::string w = load_config(ref.config_path).vq.weights;
   AIM_CHECK(!w.empty(), "--ckpt ", a.ckpt, ": an aim train run without vq.weights, so nothing says which ",
             "tokenizer decodes its codes\n---> HINT: give the tokenizer its codes were made with: --vq TOKENIZER ",

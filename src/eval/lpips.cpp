@@ -1,6 +1,7 @@
 // LPIPS v0.1 with VGG16 and its strict weight loader (see include/aim/eval/lpips.h).
 #include "aim/eval/lpips.h"
 
+#include <filesystem>
 #include <fstream>
 #include <sstream>
 
@@ -143,6 +144,9 @@ void load_lpips_state_dict(Lpips& model, const std::map<std::string, torch::Tens
 }
 
 void load_lpips(Lpips& model, const std::string& path) {
+  AIM_CHECK(std::filesystem::exists(path), "no such file: ", path,
+            "\n---> HINT: convert torchvision's vgg16-397923af.pth and LPIPS's vgg.pth with "
+            "tools/convert_checkpoint.py --kind lpips (README, \"Training a tokenizer\")");
   // What LlamaGen and the lpips package load directly: PyTorch pickles, not weights aim reads.
   std::ifstream in(path, std::ios::binary);
   char head[4] = {0, 0, 0, 0};

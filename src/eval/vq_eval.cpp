@@ -54,9 +54,6 @@ TokenizerEval evaluate_tokenizer(VqModel& model, const ImageList& list, const To
   if (!o.lpips_weights.empty()) {
     AIM_CHECK(o.image_size >= eval::LpipsImpl::kMinSize, "--lpips: LPIPS needs images of at least ",
               eval::LpipsImpl::kMinSize, " px (VGG16 pools four times), found --image-size ", o.image_size);
-    AIM_CHECK(fs::exists(o.lpips_weights), "--lpips: no such file: ", o.lpips_weights,
-              "\n---> HINT: convert torchvision's vgg16-397923af.pth and LPIPS's vgg.pth with "
-              "tools/convert_checkpoint.py --kind lpips");
     lpips = eval::Lpips();
     try {
       eval::load_lpips(lpips, o.lpips_weights);

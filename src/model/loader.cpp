@@ -28,6 +28,12 @@ void set_decode_position_offset(AimModel& model, int64_t offset, const std::stri
   model->config.decode_position_offset = offset;
 }
 
+bool holds_language_model(const SafetensorsFile& file) {
+  for (const auto& e : file.entries())
+    if (e.name.rfind("mamba.", 0) == 0 || e.name.rfind("backbone.", 0) == 0) return true;
+  return false;
+}
+
 LoadedVq load_vq_model(const std::string& path, const std::string& config_path, const std::string& flag) {
   namespace fs = std::filesystem;
   std::error_code ec;

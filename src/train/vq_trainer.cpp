@@ -148,10 +148,6 @@ VqTrainResult run_vq_training(const Config& config_in, const TrainOptions& optio
   eval::Lpips lpips{nullptr};
   if (vt.perceptual_weight > 0) {
     on_every_rank_or_none(dist, [&] {
-      if (!fs::exists(vt.lpips))
-        throw Error(str_cat("vq_train.lpips: no such file: ", vt.lpips,
-                            "\n---> HINT: convert torchvision's vgg16-397923af.pth and LPIPS's vgg.pth with "
-                            "tools/convert_checkpoint.py --kind lpips (README, \"Training a tokenizer\")"));
       lpips = eval::Lpips();
       try {
         eval::load_lpips(lpips, vt.lpips);

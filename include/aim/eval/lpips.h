@@ -69,8 +69,8 @@ std::vector<std::pair<std::string, std::vector<int64_t>>> lpips_keys();
 /// problem, the key and the expected and found shape or dtype, with a conversion hint.
 void load_lpips_state_dict(Lpips& model, const std::map<std::string, torch::Tensor>& sd, const std::string& what);
 
-/// load_lpips_state_dict() from a safetensors file; a PyTorch pickle (vgg.pth, vgg16-*.pth) is
-/// refused with the conversion command.
+/// load_lpips_state_dict() from a safetensors file; a missing file or a PyTorch pickle (vgg.pth,
+/// vgg16-*.pth) is refused with the conversion command.
 void load_lpips(Lpips& model, const std::string& path);
 
 /// FLOPs of one image's pass through LPIPS's VGG16 at H x W (multiply-adds counted as 2; the

@@ -2,6 +2,7 @@
 #include <string>
 
 #include "aim/core/checkpoint.h"
+#include "aim/core/safetensors.h"
 #include "aim/model/aim.h"
 #include "aim/model/vq.h"
 
@@ -16,6 +17,10 @@ AimModel load_aim_model(const CheckpointRef& ref, bool use_ema = false);
 /// official decoder's), whatever the checkpoint recorded. Throws aim::Error naming `what` (the
 /// flag or key that asked) for any other value.
 void set_decode_position_offset(AimModel& model, int64_t offset, const std::string& what);
+
+/// Whether `file` holds a language model's tensors (mamba.* or backbone.*): an AiM or Mamba run's
+/// weights, not a tokenizer's alone.
+bool holds_language_model(const SafetensorsFile& file);
 
 /// A tokenizer and where it came from.
 struct LoadedVq {
