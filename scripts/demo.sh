@@ -132,6 +132,14 @@ for cfg in $cfgs; do
       --seed 1 --batch-size 100 --outdir '$out/samples/cfg$cfg' --out '$out/samples/cfg$cfg.png' --nrow $per_class_samples
     '$aim' analyse-shapes '$out/samples/cfg$cfg' --json '$out/samples/cfg$cfg.json'"
 done
+# Continuation: the top half (4 of 8 token rows) of one held-out image per class, read in one
+# parallel pass, and 5 continuations of each in its own class.
+prompts=$(for d in "$out"/data/heldout/*/; do ls "$d"*.png | head -n 1; done | paste -sd, -)
+stage "continuation" bash -c "
+  rm -rf '$out/samples/continue' '$out/samples/continue.png'
+  '$aim' sample --ckpt '$out/aim' --prompt '$prompts' --prompt-rows 4 --class $classes --num 5 --cfg 3 \
+    --cfg-top-p $cfg_top_p --seed 1 --batch-size 50 --outdir '$out/samples/continue' --out '$out/samples/continue.png'
+  '$aim' analyse-shapes '$out/samples/continue' --json '$out/samples/continue.json' | grep -E '^accuracy'"
 echo "total $((SECONDS - t_start))" >> "$timings"
 
 echo

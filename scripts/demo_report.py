@@ -83,6 +83,7 @@ def main():
                 if name:
                     timings[name] = int(secs)
 
+    cont = load_json(os.path.join(out, "samples", "continue.json"))
     data_spread = spread(data)
     rows = []
     for cfg in a.cfgs:
@@ -122,8 +123,12 @@ def main():
             met = s["accuracy"] >= TARGET_ACCURACY and TARGET_DIVERSITY[0] <= div <= TARGET_DIVERSITY[1]
             w(f"                  target (accuracy >= {100 * TARGET_ACCURACY:.0f}%, diversity in "
               f"{TARGET_DIVERSITY[0]}..{TARGET_DIVERSITY[1]}): {'met' if met else 'NOT met'}")
+    w(f"continuation {100 * cont['accuracy']:.1f}% by the analyser: {cont['images']} continuations (cfg 3) of "
+      f"held-out images' top halves, each in its own class")
     w("pictures     " + "\n             ".join(
         [g for _, _, g in rows] +
+        [os.path.join(out, "samples", "continue.png") + " (each row: a held-out image's top half, then its "
+         "continuations)"] +
         [os.path.join(out, "heldout_loss.png") + " (held-out loss by code position)",
          os.path.join(out, "vq", "samples") + "/ (tokenizer reconstructions during training)",
          os.path.join(out, "samples") + "/cfg<N>/ (every sample as a PNG)"]))

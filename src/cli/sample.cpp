@@ -38,7 +38,8 @@ struct SampleArgs {
   std::string ckpt, config, vq, vq_config, classes = "", class_names, labels_mode = "balanced";
   std::string out, outdir, npz, tokens, from_tokens, work_dir, preset, dtype = "fp32", vq_dtype = "fp32", ssm_state = "fp32",
               device = "auto";
-  int64_t num = 1, num_samples = 0, batch_size = 16, top_k = -1, nrow = 0, position_offset = 0;
+  std::vector<std::string> prompt;
+  int64_t num = 1, num_samples = 0, batch_size = 16, top_k = -1, nrow = 0, position_offset = 0, prompt_rows = 0;
   double cfg = -1, temperature = -1, top_p = -1, cfg_top_p = -1;
   uint64_t seed = 0;
   bool use_ema = false, captions = true, no_cuda_graph = false;
@@ -134,10 +135,30 @@ Image image_from_hwc(const torch::Tensor& hwc_in) {
                std::vector<uint8_t>(hwc.data_ptr<uint8_t>(), hwc.data_ptr<uint8_t>() + hwc.numel()));
 }
 
-/// Writes every requested output from the assembled tokens, labels and uint8 images.
+/// The images a --prompt run continues, as the tokenizer saw them (center-cropped to the model's
+/// resolution), and what the samples keep of them.
+struct Prompts {
+  std::vector<std::string> files;
+  std::vector<Image> images;
+  torch::Tensor tokens;  ///< [files, rows * side] int64: the top `rows` token rows of each image
+  int64_t rows = 0, side = 0, per_prompt = 0;  ///< per_prompt: the samples of each prompt (--num)
+  bool empty() const { return files.empty(); }
+  /// The grid's tile for prompt j: the cropped image with the part to be generated in grey.
+  Image tile(size_t j) const {
+    Image im = images[j];
+    const int keep = static_cast<int>(im.height * rows / side);
+    std::fill(im.pixel(0, keep), im.rgb.data() + im.rgb.size(), uint8_t{128});
+    return im;
+  }
+};
+
+/// Writes every requested output from the assembled tokens, labels and uint8 images. With
+/// prompts, the grid leads each prompt's samples with the prompt's tile (one row each unless
+/// --nrow says otherwise); the other outputs hold the samples only.
 void write_outputs(const SampleArgs& a, const torch::Tensor& tokens, const torch::Tensor& labels,
                    const std::function<torch::Tensor(int64_t, int64_t)>& images_of, int64_t count,
-                   const std::vector<std::string>& names, const std::map<std::string, std::string>& settings) {
+                   const std::vector<std::string>& names, const std::map<std::string, std::string>& settings,
+                   const Prompts& prompts = {}) {
   if (!a.tokens.empty()) {
     save_safetensors(a.tokens, {{"tokens", tokens}, {"labels", labels}}, settings);
     std::cout << "tokens: " << a.tokens << "\n";
@@ -182,11 +203,16 @@ void write_outputs(const SampleArgs& a, const torch::Tensor& tokens, const torch
     std::vector<Image> tiles;
     std::vector<std::string> caps;
     for (int64_t k = 0; k < count; ++k) {
+      if (!prompts.empty() && k % prompts.per_prompt == 0) {
+        tiles.push_back(prompts.tile(static_cast<size_t>(k / prompts.per_prompt)));
+        caps.push_back("prompt");
+      }
       tiles.push_back(image_from_hwc(uint8[k]));
       caps.push_back(caption(labels[k].item<int64_t>()));
     }
-    const int nrow = a.nrow > 0 ? static_cast<int>(a.nrow)
-                                : static_cast<int>(std::ceil(std::sqrt(static_cast<double>(count))));
+    const int nrow = a.nrow > 0          ? static_cast<int>(a.nrow)
+                     : !prompts.empty() ? static_cast<int>(prompts.per_prompt + 1)
+                                        : static_cast<int>(std::ceil(std::sqrt(static_cast<double>(count))));
     write_png(a.out, make_grid(tiles, nrow, 2, {255, 255, 255}, a.captions ? caps : std::vector<std::string>{}));
     std::cout << "grid: " << a.out << "\n";
   }
@@ -196,6 +222,36 @@ void write_outputs(const SampleArgs& a, const torch::Tensor& tokens, const torch
 void check_grid_size(const SampleArgs& a, int64_t count) {
   AIM_CHECK(a.out.empty() || count <= 1024, "--out ", a.out, ": a grid of ", count,
             " images is too large (at most 1024)\n---> HINT: use --outdir or --npz for many samples");
+}
+
+/// --prompt's images cropped as the tokenizer's training data (ADM's center crop) to the model's
+/// resolution, encoded `batch` at a time on the tokenizer's device, and the top `rows` token
+/// rows of each kept.
+Prompts encode_prompts(const std::vector<std::string>& files, int64_t rows, int64_t per_prompt, VqModel& vq,
+                       int64_t tokens, int64_t batch) {
+  Prompts p;
+  p.files = files;
+  p.side = VqModel::Impl::side_of(tokens);
+  p.rows = rows;
+  p.per_prompt = per_prompt;
+  const int size = static_cast<int>(p.side * vq->config.downsample());
+  for (const auto& f : files) {
+    try {
+      p.images.push_back(center_crop_arr(decode_image(f), size));
+    } catch (const std::exception& e) {
+      throw Error(str_cat("--prompt: ", e.what()));
+    }
+  }
+  const auto device = vq->post_quant_conv->weight.device();
+  torch::NoGradGuard no_grad;
+  std::vector<torch::Tensor> codes;
+  for (size_t s = 0; s < p.images.size(); s += static_cast<size_t>(batch)) {
+    const std::vector<Image> chunk(p.images.begin() + static_cast<std::ptrdiff_t>(s),
+                                   p.images.begin() + static_cast<std::ptrdiff_t>(std::min(s + batch, p.images.size())));
+    codes.push_back(vq->encode(to_tensor(chunk).to(device)).to(torch::kCPU));
+  }
+  p.tokens = torch::cat(codes).narrow(1, 0, rows * p.side).contiguous();
+  return p;
 }
 
 torch::ScalarType dtype_flag(const char* name, const std::string& flag) {
@@ -278,6 +334,11 @@ Runner add_sample_command(CLI::App& app) {
   cmd->add_option("--npz", a->npz, "ADM evaluator batch: arr_0 uint8 [N, H, W, 3], arr_1 labels");
   cmd->add_option("--tokens", a->tokens, "save the tokens and labels (.safetensors)");
   cmd->add_option("--from-tokens", a->from_tokens, "decode a saved tokens file instead of sampling");
+  cmd->add_option("--prompt", a->prompt,
+                  "continue these images (comma-separated files): each cropped to the model's resolution and "
+                  "tokenized; --num samples of each keep its top --prompt-rows token rows")
+      ->delimiter(',');
+  cmd->add_option("--prompt-rows", a->prompt_rows, "--prompt: token rows kept from the top (default: half)");
   cmd->add_option("--work-dir", a->work_dir, "finished batches (resume); default <output>.parts");
   return [cmd, a]() -> int {
     if (!cmd->parsed()) return -1;
@@ -300,7 +361,8 @@ Runner add_sample_command(CLI::App& app) {
       // rather than silently ignored.
       for (const char* flag : {"--class", "--num", "--num-samples", "--labels", "--preset", "--cfg", "--temperature",
                                "--top-k", "--top-p", "--cfg-top-p", "--seed", "--dtype", "--ssm-state",
-                               "--decode-position-offset", "--ema", "--no-cuda-graph", "--config", "--work-dir"}) {
+                               "--decode-position-offset", "--ema", "--no-cuda-graph", "--config", "--work-dir",
+                               "--prompt", "--prompt-rows"}) {
         AIM_CHECK(cmd->count(flag) == 0, "--from-tokens decodes saved tokens: ", flag,
                   " has no effect there\n---> HINT: leave it out (the tokens file records how they were sampled)");
       }
@@ -400,8 +462,31 @@ Runner add_sample_command(CLI::App& app) {
               ": guidance is off (cfg 1), so there is nothing to confine\n---> HINT: leave it out, or give "
               "--cfg above 1");
     if (o.cfg == 1.0) o.cfg_top_p = 1.0;
+    const bool prompting = !a->prompt.empty();
+    AIM_CHECK(prompting || cmd->count("--prompt-rows") == 0, "--prompt-rows: no --prompt images to keep rows of",
+              "\n---> HINT: leave it out, or give --prompt IMAGE[,IMAGE...]");
     std::vector<int64_t> labels;
-    if (cmd->count("--num-samples")) {
+    int64_t prompt_rows = 0;
+    if (prompting) {
+      const int64_t side = VqModel::Impl::side_of(mc.num_tokens);
+      prompt_rows = cmd->count("--prompt-rows") ? a->prompt_rows : side / 2;
+      AIM_CHECK(cmd->count("--num-samples") == 0, "--prompt: the samples are --num continuations of each image; ",
+                "--num-samples has no effect there\n---> HINT: use --num");
+      AIM_CHECK(cmd->count("--labels") == 0, "--labels chooses the classes of --num-samples; with --prompt it has ",
+                "no effect\n---> HINT: leave out --labels");
+      AIM_CHECK(prompt_rows >= 1 && prompt_rows < side, "--prompt-rows: expected 1 to ", side - 1, " (the model's ",
+                "images are ", side, " x ", side, " tokens), found ", prompt_rows);
+      AIM_CHECK(!a->classes.empty(), "--prompt: give the class to continue in with --class (one for every image, ",
+                "one per image, or 'random')");
+      AIM_CHECK(a->num >= 1, "--num: expected >= 1, found ", a->num);
+      const auto images = static_cast<int64_t>(a->prompt.size());
+      const bool random = a->classes == "random";
+      const auto classes = parse_class_flag(a->classes, random ? images : 1, mc.num_classes, names, a->seed);
+      AIM_CHECK(classes.size() == 1 || static_cast<int64_t>(classes.size()) == images, "--class: ", classes.size(),
+                " classes for ", images, " --prompt images; expected one for all of them or one per image");
+      for (int64_t j = 0; j < images; ++j)
+        for (int64_t k = 0; k < a->num; ++k) labels.push_back(classes[classes.size() == 1 ? 0 : j]);
+    } else if (cmd->count("--num-samples")) {
       AIM_CHECK(a->classes.empty(), "sample: give --class or --num-samples, not both");
       AIM_CHECK(cmd->count("--num") == 0, "--num is the images per --class; with --num-samples ", a->num_samples,
                 " it has no effect\n---> HINT: leave out --num");
@@ -414,7 +499,7 @@ Runner add_sample_command(CLI::App& app) {
                 "no effect\n---> HINT: leave out --labels");
       labels = parse_class_flag(a->classes, a->num, mc.num_classes, names, a->seed);
     }
-    check_grid_size(*a, static_cast<int64_t>(labels.size()));
+    check_grid_size(*a, static_cast<int64_t>(labels.size()) + (prompting ? static_cast<int64_t>(a->prompt.size()) : 0));
     // The tokenizer: --vq, else the run's vq.weights (an aim train run), else the checkpoint's
     // own vqvae.* tensors (official snapshots). Not needed when only tokens are asked for (they
     // can be decoded later with --from-tokens).
@@ -423,7 +508,8 @@ Runner add_sample_command(CLI::App& app) {
               "decoded\n---> HINT: leave it out, or give it to the --from-tokens run that decodes them");
     VqModel vq{nullptr};
     std::string vq_identity = "none (tokens only)";
-    if (decode) {
+    Prompts prompts;
+    if (decode || prompting) {
       VqSource source = tokenizer_source(*a);
       if (source.named_by == "--ckpt" && !fs::is_directory(a->ckpt)) source.path = ref.weights_path;
       auto loaded_vq = load_vq_model(source.path, a->vq_config, source.named_by);
@@ -431,7 +517,13 @@ Runner add_sample_command(CLI::App& app) {
       vq_identity = loaded_vq.identity;
       AIM_CHECK(vq->config.codebook_size == mc.vocab_size, source.named_by, " ", source.path, ": a codebook of ",
                 vq->config.codebook_size, " codes, but the model's vocabulary is ", mc.vocab_size);
-      prepare_vq_for_decoding(vq, device, vq_dtype_of(a->vq_dtype));
+      if (prompting) {
+        // Encoded in fp32 whatever --vq-dtype decodes in.
+        vq->to(device, torch::kFloat);
+        vq->eval();
+        prompts = encode_prompts(a->prompt, prompt_rows, a->num, vq, mc.num_tokens, a->batch_size);
+      }
+      if (decode) prepare_vq_for_decoding(vq, device, vq_dtype_of(a->vq_dtype));
     }
     model->to(device, a->dtype == "bf16" ? torch::kBFloat16 : torch::kFloat);
     settings = {{"cfg", std::to_string(o.cfg)}, {"temperature", std::to_string(o.temperature)},
@@ -444,13 +536,24 @@ Runner add_sample_command(CLI::App& app) {
                 // other weights, and the tokenizer may come from elsewhere.
                 // (By content: the same checkpoint named by another path is the same.)
                 {"weights", file_identity(weights_used)},
-                {"vq", vq_identity}};
+                {"vq", vq_identity}, {"prompt", "none"}};
+    if (prompting) {
+      // The prompts by content, as the weights: a finished batch continues the same images.
+      std::string ids;
+      for (const auto& f : prompts.files) ids += (ids.empty() ? "" : "; ") + file_identity(f);
+      settings["prompt"] = ids;
+      settings["prompt_rows"] = std::to_string(prompts.rows);
+    }
     const int64_t total = static_cast<int64_t>(labels.size());
     if (env.is_main()) {
       std::cerr << "[sample] " << total << " samples, cfg " << o.cfg << ", temperature " << o.temperature
                 << ", top-k " << o.top_k << ", top-p " << o.top_p << ", cfg top-p " << o.cfg_top_p << ", seed "
                 << o.seed << " (defaults from " << defaults_from << "); " << a->dtype << " on " << device << ", "
                 << env.world_size << " rank(s)\n";
+      if (prompting)
+        std::cerr << "[sample] continuing " << prompts.files.size() << " prompt image(s), " << a->num
+                  << " sample(s) each, from their top " << prompts.rows << " of " << prompts.side << " token rows ("
+                  << prompts.tokens.size(1) << " of " << mc.num_tokens << " tokens given)\n";
     }
     fs::create_directories(work);
     check_part_layout(work, a->batch_size, total);
@@ -509,7 +612,9 @@ Runner add_sample_command(CLI::App& app) {
       for (int64_t i = 0; i < n; ++i) ids[i] = start + i;
       auto lab = labels_of(start, n);
       auto t0 = std::chrono::steady_clock::now();
-      auto tokens = generate_tokens(model, lab, ids, o);
+      torch::Tensor prompt;
+      if (prompting) prompt = prompts.tokens.index_select(0, torch::arange(start, start + n, torch::kLong).div(a->num, "floor"));
+      auto tokens = generate_tokens(model, lab, ids, o, nullptr, prompt);
       step_s += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
       if (pending.valid()) pending.get();
       if (overlap)
@@ -518,7 +623,9 @@ Runner add_sample_command(CLI::App& app) {
         finish_batch(tokens, lab, part, n);
     }
     if (pending.valid()) pending.get();
-    const double tok_rate = step_s > 0 ? made * mc.num_tokens / step_s : 0;
+    // Tokens drawn: a prompt's are read in one parallel pass, not stepped.
+    const int64_t drawn = mc.num_tokens - (prompting ? prompts.tokens.size(1) : 0);
+    const double tok_rate = step_s > 0 ? made * drawn / step_s : 0;
     progress.finish(str_cat(made, " new: ", static_cast<int64_t>(tok_rate), " tokens/s in model steps",
                             decode ? str_cat(", ", decode_s > 0 ? made / decode_s : 0.0, " images/s in VQ decode")
                                    : std::string()));
@@ -566,7 +673,7 @@ Runner add_sample_command(CLI::App& app) {
       }
       return torch::cat(rows);
     };
-    write_outputs(*a, torch::cat(all_tokens), torch::cat(all_labels), images_of, total, names, settings);
+    write_outputs(*a, torch::cat(all_tokens), torch::cat(all_labels), images_of, total, names, settings, prompts);
     fs::remove_all(work);
     std::cout << "settings: cfg " << o.cfg << ", temperature " << o.temperature << ", top-k " << o.top_k
               << ", top-p " << o.top_p << ", cfg top-p " << o.cfg_top_p << ", seed " << o.seed << ", preset "

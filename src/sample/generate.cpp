@@ -66,19 +66,20 @@ torch::Tensor next_tokens(const torch::Tensor& cond, const torch::Tensor& uncond
 }
 
 #ifdef AIM_WITH_CUDA
-/// Tokens 2..L-1 by replaying one captured step. Token 0 (class slot) and token 1 run eagerly:
-/// the first is a different computation, the second warms up what capture must not do itself
-/// (cuBLAS handles and workspaces, allocator blocks). Inside the graph the step and position
-/// live in device counters that the graph increments, the sampled token is written into the
-/// static input of the next replay and into row `step` of the output.
+/// Tokens first+1..L-1 by replaying one captured step, where tokens 0..first-1 are known (drawn
+/// from the class slot's logits, or a prompt with the one after it) and `in` holds token
+/// first-1. Token `first` runs eagerly: it warms up what capture must not do itself (cuBLAS
+/// handles and workspaces, allocator blocks). Inside the graph the step and position live in
+/// device counters that the graph increments, the sampled token is written into the static
+/// input of the next replay and into row `step` of the output.
 void replay_tokens(AimModel& model, InferenceState& state, const torch::Tensor& ids,
                    const SamplingOptions& o, torch::Tensor& tokens_lb, torch::Tensor& in,
-                   int64_t batch, bool guided) {
+                   int64_t batch, bool guided, int64_t first) {
   const int64_t len = tokens_lb.size(0);
   const auto dev = in.device();
   const auto lopt = torch::dtype(torch::kLong).device(dev);
-  auto step = torch::full({1}, 1, lopt);                                          // token t
-  auto position = torch::full({1}, model->config.decode_position_offset, lopt);  // of input t-1
+  auto step = torch::full({1}, first, lopt);                                                // token t
+  auto position = torch::full({1}, first - 1 + model->config.decode_position_offset, lopt);  // of input t-1
   auto body = [&] {
     auto logits = model->step_at(state, in, position);
     auto next = next_tokens(logits.narrow(0, 0, batch), guided ? logits.narrow(0, batch, batch) : torch::Tensor(),
@@ -104,9 +105,9 @@ void replay_tokens(AimModel& model, InferenceState& state, const torch::Tensor& 
   at::cuda::CUDAGraph graph;
   {
     c10::cuda::CUDAStreamGuard on_side(side);
-    body();  // token 1, eagerly
+    body();  // token `first`, eagerly
     capture_graph(graph, body);  // recorded, not run
-    for (int64_t t = 2; t < len; ++t) graph.replay();
+    for (int64_t t = first + 1; t < len; ++t) graph.replay();
     // The graph's memory pool goes back to the allocator when `graph` is destroyed: only after
     // the replays are done with it.
     side.synchronize();
@@ -121,11 +122,20 @@ void replay_tokens(AimModel& model, InferenceState& state, const torch::Tensor& 
 
 torch::Tensor generate_tokens(AimModel& model, const torch::Tensor& labels,
                               const std::vector<int64_t>& sample_ids, const SamplingOptions& o,
-                              bool* used_graph) {
+                              bool* used_graph, const torch::Tensor& prompt) {
   o.validate();
   const int64_t batch = labels.size(0), len = model->config.num_tokens;
   AIM_CHECK(static_cast<int64_t>(sample_ids.size()) == batch, "generate: ", sample_ids.size(),
             " sample ids for ", batch, " labels");
+  const int64_t given = prompt.defined() ? prompt.size(1) : 0;
+  if (prompt.defined()) {
+    AIM_CHECK(prompt.dim() == 2 && prompt.size(0) == batch, "generate: the prompt must be [", batch,
+              ", P] tokens, found ", prompt.sizes());
+    AIM_CHECK(given >= 1 && given < len, "generate: a prompt of ", given, " tokens; expected 1 to ", len - 1,
+              " of the ", len, " image tokens");
+    AIM_CHECK(prompt.min().item<int64_t>() >= 0 && prompt.max().item<int64_t>() < model->config.vocab_size,
+              "generate: prompt tokens outside the vocabulary [0, ", model->config.vocab_size, ")");
+  }
   torch::NoGradGuard no_grad;
   const bool guided = o.cfg != 1.0;
   const auto device = model->backbone->norm_f->weight.device();
@@ -133,14 +143,27 @@ torch::Tensor generate_tokens(AimModel& model, const torch::Tensor& labels,
   auto state = model->start(guided ? torch::cat({lab, torch::full_like(lab, model->null_class())}) : lab,
                             torch::kFloat, o.ssm_state_dtype);
   const auto ids = torch::tensor(sample_ids, torch::kLong).to(device);
-  // Token 0 from the class slot. Guidance in fp32, filters and the draw keyed by
-  // (seed, sample, t): one kernel on CUDA.
-  auto logits = model->step(state, torch::Tensor());
+  auto tokens = torch::empty({batch, len}, torch::dtype(torch::kLong).device(device));
+  // Token `given` from the class slot (no prompt), or from one parallel pass over the class slot
+  // and the prompt (the scan kernels' prefill, leaving the recurrent state after the prompt).
+  // Both halves of a guided batch see the same prompt. Guidance in fp32, filters and the draw
+  // keyed by (seed, sample, t): one kernel on CUDA. A token depends on the (seed, sample, t) of
+  // its draw and the tokens before it, not on how they were given.
+  torch::Tensor logits;
+  if (given > 0) {
+    const auto p = prompt.to(device, torch::kLong);
+    tokens.narrow(1, 0, given).copy_(p);
+    logits = model->prefill(state, guided ? torch::cat({p, p}) : p);
+  } else {
+    logits = model->step(state, torch::Tensor());
+  }
   auto uncond = [&](const torch::Tensor& l) { return guided ? l.narrow(0, batch, batch) : torch::Tensor(); };
-  torch::Tensor prev = next_tokens(logits.narrow(0, 0, batch), uncond(logits), o, ids, int64_t{0});
+  torch::Tensor prev = next_tokens(logits.narrow(0, 0, batch), uncond(logits), o, ids, given);
+  tokens.select(1, given).copy_(prev);
+  const int64_t first = given + 1;  // the first token stepped after the one just drawn
   bool graphed = false;
 #ifdef AIM_WITH_CUDA
-  graphed = o.cuda_graph && device.is_cuda() && len > 2 &&
+  graphed = o.cuda_graph && device.is_cuda() && len > first + 1 &&
             ops::sample_tokens_keyed_fused(logits.narrow(0, 0, batch),
                                            o.cfg_top_p < 1.0 ? torch::Tensor() : uncond(logits),
                                            o.temperature, o.top_k, o.top_p);
@@ -148,18 +171,15 @@ torch::Tensor generate_tokens(AimModel& model, const torch::Tensor& labels,
     AIM_CHECK(len - 2 + model->config.decode_position_offset <= model->config.num_tokens,
               "generate: decode_position_offset ", model->config.decode_position_offset,
               " puts the last token beyond the position table");
-    auto tokens_lb = torch::empty({len, batch}, torch::dtype(torch::kLong).device(device));  // [L, B]
-    tokens_lb[0].copy_(prev);
+    auto tokens_lb = tokens.t().contiguous();  // [L, B]: the graph writes row `step`
     auto in = guided ? torch::cat({prev, prev}) : prev.clone();  // static input of the graph
-    replay_tokens(model, state, ids, o, tokens_lb, in, batch, guided);
+    replay_tokens(model, state, ids, o, tokens_lb, in, batch, guided, first);
     if (used_graph) *used_graph = true;
     return tokens_lb.t().contiguous().to(torch::kCPU);
   }
 #endif
   if (used_graph) *used_graph = graphed;
-  auto tokens = torch::empty({batch, len}, torch::dtype(torch::kLong).device(device));
-  tokens.select(1, 0).copy_(prev);
-  for (int64_t t = 1; t < len; ++t) {
+  for (int64_t t = first; t < len; ++t) {
     auto in = guided ? torch::cat({prev, prev}) : prev;  // both halves get the same token
     logits = model->step(state, in);
     prev = next_tokens(logits.narrow(0, 0, batch), uncond(logits), o, ids, t);

@@ -1,8 +1,8 @@
 // Whole models through the emulated kernels (installed for this binary by
 // emulated_kernels.cpp): the fixture models' training step, recurrent decoding and generation
 // run through the kernels when they are on (a decode step through every kernel it has) and
-// through none when they are off, and generation
-// draws the same tokens both ways. The official-fixture parity tests built into this binary
+// through none when they are off, and generation draws the same tokens both ways, from the
+// class alone and continuing a prompt. The official-fixture parity tests built into this binary
 // (tests/model/parity_test.cpp) check the same paths against the official goldens.
 #include <gtest/gtest.h>
 #include <torch/torch.h>
@@ -129,6 +129,17 @@ TEST_P(EmulatedModel, GenerationDrawsTheTokensOfTheReferencePath) {
   std::printf("    %s: %lld tokens, %.4f%% the same with and without the kernels\n",
               GetParam().c_str(), static_cast<long long>(with.numel()), 100.0 * agree);
   EXPECT_TRUE(torch::equal(with, without));
+  // Continuing a prompt: its prefill through the scan and conv kernels (final states out), then
+  // the kernels' steps; the same tokens as the reference path.
+  const auto prompt = with.narrow(1, 0, 21).contiguous();
+  ops::set_cuda_kernels(true);
+  const auto before_prompted = emu::launch_count();
+  const auto with_prompt = generate_tokens(m, labels, {0, 1, 2}, o, nullptr, prompt);
+  EXPECT_GT(emu::launch_count(), before_prompted);
+  ops::set_cuda_kernels(false);
+  const auto without_prompt = generate_tokens(m, labels, {0, 1, 2}, o, nullptr, prompt);
+  EXPECT_TRUE(torch::equal(with_prompt, without_prompt));
+  EXPECT_TRUE(torch::equal(with_prompt.narrow(1, 0, 21), prompt));
 }
 
 std::vector<std::string> cases() {

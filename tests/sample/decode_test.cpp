@@ -109,6 +109,20 @@ TEST(GraphDecodeCuda, ReplayGivesTheTokensOfEagerStepping) {
             << " cfg_top_p " << s.cfg_top_p << ": " << eager.ne(graphed).sum().item<int64_t>() << " tokens differ";
         // A second graphed run (fresh capture) repeats itself.
         EXPECT_TRUE(torch::equal(graphed, generate_tokens(model, labels, ids, o)));
+        // Continuing prompts: the prefill's state, then the graph from the token after the prompt
+        // (61 given: one eager token and one replay; 62: one eager token, no graph).
+        for (int64_t given : {int64_t{1}, int64_t{30}, int64_t{61}, int64_t{62}}) {
+          const auto prompt = graphed.narrow(1, 0, given).contiguous();
+          o.cuda_graph = false;
+          auto eager_p = generate_tokens(model, labels, ids, o, &used, prompt);
+          o.cuda_graph = true;
+          auto graphed_p = generate_tokens(model, labels, ids, o, &used, prompt);
+          EXPECT_EQ(used, given < 62) << given << " tokens given";
+          EXPECT_TRUE(torch::equal(eager_p, graphed_p))
+              << name << " " << c10::toString(dtype) << " cfg " << s.cfg << ", " << given << " tokens given: "
+              << eager_p.ne(graphed_p).sum().item<int64_t>() << " tokens differ";
+          EXPECT_TRUE(torch::equal(graphed_p.narrow(1, 0, given), prompt.cpu()));
+        }
       }
     }
   }

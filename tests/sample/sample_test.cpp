@@ -11,6 +11,7 @@
 
 #include "aim/core/config.h"
 #include "aim/core/safetensors.h"
+#include "aim/data/image.h"
 #include "aim/model/aim.h"
 #include "aim/model/loader.h"
 #include "aim/ops/sampling.h"
@@ -165,6 +166,45 @@ TEST_F(Generation, SamplesDoNotDependOnTheBatch) {
                                                 generate_tokens(model_, labels.narrow(0, 2, 2), {12, 13}, o)})));
 }
 
+// A prompt is read in one parallel pass (prefill) and the rest drawn as without it: given the first
+// P tokens of a sequence, the sampler draws that sequence's remaining tokens. In fp64, so the
+// prefill's and the steps' different rounding cannot move a draw across a boundary.
+TEST_F(Generation, APromptIsContinuedAsIfItHadBeenDrawn) {
+  model_->to(torch::kDouble);
+  auto labels = torch::tensor({int64_t{1}, int64_t{7}, int64_t{7}}, torch::kLong);
+  const std::vector<int64_t> ids{4, 5, 9};
+  const int64_t len = model_->config.num_tokens;
+  for (double cfg : {1.0, 2.5}) {
+    SamplingOptions o;
+    o.cfg = cfg;
+    o.seed = 3;
+    o.top_p = 0.95;
+    const auto full = generate_tokens(model_, labels, ids, o);
+    for (int64_t given : {int64_t{1}, int64_t{17}, len - 1}) {
+      const auto prompt = full.narrow(1, 0, given).contiguous();
+      EXPECT_TRUE(torch::equal(generate_tokens(model_, labels, ids, o, nullptr, prompt), full))
+          << "cfg " << cfg << ", " << given << " tokens given";
+    }
+    // Another prompt: kept as given, and the continuation differs from the unprompted one.
+    auto other = (full.narrow(1, 0, 20) + 1).remainder(model_->config.vocab_size);
+    const auto cont = generate_tokens(model_, labels, ids, o, nullptr, other);
+    EXPECT_TRUE(torch::equal(cont.narrow(1, 0, 20), other));
+    EXPECT_FALSE(torch::equal(cont.narrow(1, 20, len - 20), full.narrow(1, 20, len - 20))) << "cfg " << cfg;
+  }
+  SamplingOptions o;
+  auto expect_error = [&](const torch::Tensor& prompt, const std::string& what) {
+    try {
+      generate_tokens(model_, labels, ids, o, nullptr, prompt);
+      ADD_FAILURE() << "accepted: " << what;
+    } catch (const Error& e) {
+      EXPECT_NE(std::string(e.what()).find(what), std::string::npos) << e.what();
+    }
+  };
+  expect_error(torch::zeros({3, len}, torch::kLong), str_cat("a prompt of ", len, " tokens; expected 1 to ", len - 1));
+  expect_error(torch::zeros({2, 4}, torch::kLong), "the prompt must be [3, P] tokens");
+  expect_error(torch::full({3, 4}, model_->config.vocab_size, torch::kLong), "prompt tokens outside the vocabulary");
+}
+
 test::RunResult run(const std::string& cmd) { return test::run_shell(cmd); }
 
 std::string slurp(const fs::path& p) {
@@ -281,6 +321,90 @@ TEST_F(SampleCli, AKilledRunResumesWithoutRedoingFinishedBatches) {
   auto other_vq = run(base_ + decoded + " --vq " + (test::fixtures_dir() / "aim" / "mamba1_tiny").string());
   EXPECT_NE(other_vq.code, 0);
   EXPECT_NE(other_vq.output.find("sampled with vq "), std::string::npos) << other_vq.output;
+}
+
+// --prompt: each image cropped and tokenized, its top rows kept, --num continuations each, in
+// the class given; the grid leads each row with the prompt. Errors name the flag.
+TEST_F(SampleCli, PromptImagesAreContinued) {
+  std::mt19937 rng(7);
+  std::vector<std::string> files;
+  for (int i = 0; i < 2; ++i) {
+    Image im(150 + 20 * i, 140);  // not square, not the model's 128: center-cropped as extraction does
+    for (auto& v : im.rgb) v = static_cast<uint8_t>(rng() & 255);
+    files.push_back(p(str_cat("prompt", i, ".png")));
+    write_png(files.back(), im);
+  }
+  const std::string prompt = "--prompt " + files[0] + "," + files[1] + " ";
+  const std::string args = prompt + "--prompt-rows 3 --class 2,5 --num 2 --cfg 2 --seed 4 --batch-size 3 ";
+  auto r = run(base_ + args + "--tokens " + p("t.safetensors") + " --out " + p("grid.png"));
+  ASSERT_EQ(r.code, 0) << r.output;
+  EXPECT_NE(r.output.find("continuing 2 prompt image(s), 2 sample(s) each, from their top 3 of 8 token rows"),
+            std::string::npos) << r.output;
+  auto saved = load_safetensors(p("t.safetensors"));
+  ASSERT_EQ(saved["tokens"].sizes(), (std::vector<int64_t>{4, 64}));
+  EXPECT_TRUE(torch::equal(saved["labels"].to(torch::kLong), torch::tensor(std::vector<int64_t>{2, 2, 5, 5})));
+  // The prompts are the tokenizer's codes of the cropped images, the first 3 rows of 8.
+  auto vq = load_vq_model(ckpt_, test::source_dir() + "/configs/fixture_tiny_vq.json").model;
+  vq->eval();
+  torch::NoGradGuard no_grad;
+  auto codes = vq->encode(to_tensor(std::vector<Image>{center_crop_arr(decode_image(files[0]), 128),
+                                                       center_crop_arr(decode_image(files[1]), 128)}));
+  auto want_prompt = codes.narrow(1, 0, 24).repeat_interleave(2, 0);
+  EXPECT_TRUE(torch::equal(saved["tokens"].to(torch::kLong).narrow(1, 0, 24), want_prompt));
+  // The continuations are the library's, sample i drawing from (seed, i).
+  auto model = load_aim_model(find_checkpoint(ckpt_));
+  SamplingOptions o;
+  o.cfg = 2;
+  o.seed = 4;
+  EXPECT_TRUE(torch::equal(saved["tokens"].to(torch::kLong),
+                           generate_tokens(model, torch::tensor(std::vector<int64_t>{2, 2, 5, 5}), {0, 1, 2, 3}, o, nullptr,
+                                           want_prompt)));
+  // One row per prompt: the prompt's tile and its two continuations.
+  const Image grid = decode_image(p("grid.png"));
+  EXPECT_EQ(grid.width, 3 * 130 + 2);
+  // The recorded settings name the prompts; a finished batch of other prompt rows is not reused.
+  SafetensorsFile tf(p("t.safetensors"));
+  EXPECT_EQ(tf.metadata().at("prompt_rows"), "3");
+  EXPECT_NE(tf.metadata().at("prompt").find("prompt0.png"), std::string::npos);
+  ASSERT_EQ(run("OMPI_COMM_WORLD_RANK=1 OMPI_COMM_WORLD_SIZE=2 " + base_ + args + "--work-dir " + p("work") +
+                " --tokens " + p("r.safetensors")).code, 0);
+  auto rows = run(base_ + prompt + "--prompt-rows 2 --class 2,5 --num 2 --cfg 2 --seed 4 --batch-size 3 --work-dir " +
+                  p("work") + " --tokens " + p("r.safetensors"));
+  EXPECT_NE(rows.code, 0);
+  EXPECT_NE(rows.output.find("sampled with prompt_rows 3, but this run has prompt_rows 2"), std::string::npos)
+      << rows.output;
+  auto swapped = run(base_ + "--prompt " + files[1] + "," + files[0] +
+                     " --prompt-rows 3 --class 2,5 --num 2 --cfg 2 --seed 4 --batch-size 3 --work-dir " + p("work") +
+                     " --tokens " + p("r.safetensors"));
+  EXPECT_NE(swapped.code, 0);
+  EXPECT_NE(swapped.output.find("sampled with prompt "), std::string::npos) << swapped.output;
+  auto plain = run(base_ + "--class 2,5 --num 2 --cfg 2 --seed 4 --batch-size 3 --work-dir " + p("work") +
+                   " --tokens " + p("r.safetensors"));
+  EXPECT_NE(plain.code, 0);
+  EXPECT_NE(plain.output.find("but this run has prompt none"), std::string::npos) << plain.output;
+  // One class for every image.
+  auto one = run(base_ + prompt + "--class 6 --num 1 --tokens " + p("one.safetensors"));
+  ASSERT_EQ(one.code, 0) << one.output;
+  EXPECT_TRUE(torch::equal(load_safetensors(p("one.safetensors"))["labels"].to(torch::kLong),
+                           torch::tensor(std::vector<int64_t>{6, 6})));
+  const std::pair<std::string, std::string> bad[] = {
+      {prompt + "--prompt-rows 8 --class 1", "--prompt-rows: expected 1 to 7 (the model's images are 8 x 8 tokens), found 8"},
+      {prompt + "--prompt-rows 0 --class 1", "--prompt-rows: expected 1 to 7"},
+      {"--prompt-rows 2 --class 1", "--prompt-rows: no --prompt images"},
+      {prompt + "--num-samples 4", "--prompt: the samples are --num continuations of each image"},
+      {prompt + "--class 1,2,3", "--class: 3 classes for 2 --prompt images"},
+      {prompt, "--prompt: give the class to continue in with --class"},
+      {"--prompt " + p("missing.png") + " --class 1", "--prompt: "},
+      {"--from-tokens " + p("t.safetensors") + " " + prompt, "--from-tokens decodes saved tokens: --prompt has no effect"},
+  };
+  for (const auto& [a, expect] : bad) {
+    auto b = run(base_ + a + " --tokens " + p("bad.safetensors"));
+    EXPECT_NE(b.code, 0) << a;
+    EXPECT_NE(b.output.find(expect), std::string::npos) << a << "\n" << b.output;
+    EXPECT_FALSE(fs::exists(p("bad.safetensors"))) << a;
+  }
+  auto missing = run(base_ + "--prompt " + p("missing.png") + " --class 1 --tokens " + p("bad.safetensors"));
+  EXPECT_NE(missing.output.find("missing.png"), std::string::npos) << missing.output;
 }
 
 // --decode-position-offset replaces the checkpoint's setting (the fixture records the official 1):

@@ -53,9 +53,12 @@ double sample_uniform(uint64_t seed, int64_t sample, int64_t step);
 
 /// labels [B] (int64, < num_classes), sample_ids [B] (global indices) -> tokens [B, L] int64.
 /// Whether a CUDA graph ran is reported through `used_graph` when given.
+/// With `prompt` [B, P] (1 <= P < L image tokens) the sequences continue it: tokens[:, :P] are
+/// the prompt, read in one parallel pass (prefill), and token t >= P is drawn as without a
+/// prompt, from the uniform of (seed, sample, t): the same as if the prompt had been drawn.
 torch::Tensor generate_tokens(AimModel& model, const torch::Tensor& labels,
                               const std::vector<int64_t>& sample_ids, const SamplingOptions& options,
-                              bool* used_graph = nullptr);
+                              bool* used_graph = nullptr, const torch::Tensor& prompt = {});
 
 /// tokens [N, L] -> images [N, 3, H, W] in [-1, 1] (not clamped), decoded `batch` at a time on
 /// the tokenizer's device.
