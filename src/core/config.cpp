@@ -689,8 +689,20 @@ void apply_override(Config& config, const std::string& assignment) {
   assign(slot->ref, parse_yaml(text, src.what), key, src);
 }
 
-std::string config_to_yaml(const Config& config) {
-  const auto slots = flatten(config);
+Config tokenizer_config(Config config) {
+  config.model = ModelConfig{};
+  config.model.resolve();
+  config.sample = SampleConfig{};
+  return config;
+}
+
+std::string config_to_yaml(const Config& config, ConfigUse use) {
+  auto slots = flatten(config);
+  if (use == ConfigUse::kTokenizer) {
+    slots.erase(std::remove_if(slots.begin(), slots.end(),
+                               [](const Slot& s) { return s.key.rfind("model.", 0) == 0 || s.key.rfind("sample.", 0) == 0; }),
+                slots.end());
+  }
   size_t width = 0;  // aligns the doc comments
   std::vector<std::string> open;  // section path printed so far
   std::vector<std::pair<std::string, const char*>> rows;
@@ -713,7 +725,9 @@ std::string config_to_yaml(const Config& config) {
     width = std::max(width, line.size());
     rows.push_back({line, s.doc});
   }
-  std::string out = "# aim config (resolved). Load with: aim train <this file>\n";
+  std::string out = use == ConfigUse::kTokenizer
+                        ? "# aim train-vq config (resolved). Load with: aim train-vq <this file>\n"
+                        : "# aim config (resolved). Load with: aim train <this file>\n";
   for (const auto& [line, doc] : rows) {
     out += line;
     if (doc != nullptr) out += std::string(width - line.size() + 2, ' ') + "# " + doc;

@@ -171,7 +171,8 @@ bool skip_nonfinite_step(double loss, double grad_norm, double lr, const TrainCo
 
 std::string save_checkpoint(DistContext& dist, RunDir& run, const Config& config, const TrainerState& state,
                             const std::vector<torch::Tensor>& params,
-                            const std::function<void(const std::string& dir)>& write_model_files, const Say& say) {
+                            const std::function<void(const std::string& dir)>& write_model_files, const Say& say,
+                            ConfigUse use) {
   const int64_t world = dist.world_size();
   if (world > 1) {
     // Data-parallel replicas must hold the same weights; a divergence is a bug worth stopping for.
@@ -187,7 +188,7 @@ std::string save_checkpoint(DistContext& dist, RunDir& run, const Config& config
       checkpoint = run.save(
           state.step,
           [&](const std::string& dir) {
-            write_text_atomic((fs::path(dir) / "config.yaml").string(), config_to_yaml(config));
+            write_text_atomic((fs::path(dir) / "config.yaml").string(), config_to_yaml(config, use));
             write_model_files(dir);
             write_text_atomic((fs::path(dir) / "trainer_state.json").string(), state.to_json());
           },

@@ -79,7 +79,8 @@ bool skip_nonfinite_step(double loss, double grad_norm, double lr, const TrainCo
 /// "" on the others. Collective.
 std::string save_checkpoint(DistContext& dist, RunDir& run, const Config& config, const TrainerState& state,
                             const std::vector<torch::Tensor>& params,
-                            const std::function<void(const std::string& dir)>& write_model_files, const Say& say);
+                            const std::function<void(const std::string& dir)>& write_model_files, const Say& say,
+                            ConfigUse use = ConfigUse::kAim);
 
 /// The end of a session, after its last checkpoint: says how it ended (and how to resume),
 /// waits for every rank, and fills result.steps, .loss and .checkpoint (the newest one when

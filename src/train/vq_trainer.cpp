@@ -108,7 +108,8 @@ VqTrainResult run_vq_training(const Config& config_in, const TrainOptions& optio
     if (a != b)
       throw Error(str_cat("--resume ", resume_dir, ": the checkpoint's vq section differs from this run's "
                           "config\n---> HINT: resume with the run's own config.yaml"));
-    report_changed_settings(saved, config, resume_dir, say);
+    // Only what the tokenizer reads: its run's config.yaml holds no model or sample section.
+    report_changed_settings(tokenizer_config(saved), tokenizer_config(config), resume_dir, say);
     const std::string state_path = (fs::path(resume_dir) / "trainer_state.json").string();
     state = TrainerState::from_json(read_text(state_path), state_path);
     // The tensors are read later; their headers here, so that a file one rank cannot open stops
@@ -222,7 +223,7 @@ VqTrainResult run_vq_training(const Config& config_in, const TrainOptions& optio
 
   // ---- run directory
   RunDir run(config.train.out_dir);
-  if (main) write_text_atomic((fs::path(run.path()) / "config.yaml").string(), config_to_yaml(config));
+  if (main) write_text_atomic((fs::path(run.path()) / "config.yaml").string(), config_to_yaml(config, ConfigUse::kTokenizer));
   MetricsLog metrics(run, main, resume_dir.empty() ? 0 : state.step);
   if (!resume_dir.empty()) report_later_checkpoints(run, state.step, say);
   torch::Tensor fixed;
@@ -261,6 +262,8 @@ VqTrainResult run_vq_training(const Config& config_in, const TrainOptions& optio
     if (lpips)
       s << " + LPIPS x " << vt.perceptual_weight << " (VGG16, " << vt.lpips << (vt.lpips_dropout ? ", dropout on" : "")
         << ")";
+    else if (!vt.lpips.empty())
+      s << " (vq_train.lpips " << vt.lpips << " unused: vq_train.perceptual_weight is 0)";
     if (use_disc)
       s << " + PatchGAN hinge x " << vt.disc_weight << " from step " << vt.disc_start << " ("
         << fmt_count(static_cast<double>(n_disc)) << " parameters, lr " << fmt(disc_peak_lr) << ")";
@@ -302,7 +305,7 @@ VqTrainResult run_vq_training(const Config& config_in, const TrainOptions& optio
       if (vt.restart_every > 0)
         save_safetensors((fs::path(dir) / "code_counts.safetensors").string(),
                          {{"code_counts", counts_total.to(torch::kCPU)}}, {});
-    }, say);
+    }, say, ConfigUse::kTokenizer);
     last_saved = state.step;
   };
 

@@ -194,6 +194,21 @@ TEST(Config, YamlRoundTrip) {
     EXPECT_EQ(back, c) << yaml;
     EXPECT_EQ(config_to_yaml(back), yaml);
   }
+  // A tokenizer's (aim train-vq) run config: no model or sample section, which load back at
+  // their defaults, whatever the config said.
+  for (const char* f : {"vq_demo", "vq_16"}) {
+    SCOPED_TRACE(f);
+    const Config c = load_config(source_path(str_cat("configs/", f, ".yaml")), {"model.d_model=256", "sample.cfg_scale=2"},
+                                 ConfigUse::kTokenizer);
+    const std::string yaml = config_to_yaml(c, ConfigUse::kTokenizer);
+    EXPECT_EQ(yaml.find("\nmodel:"), std::string::npos);
+    EXPECT_EQ(yaml.find("\nsample:"), std::string::npos);
+    EXPECT_NE(yaml.find("\nvq_train:"), std::string::npos);
+    const Config back = config_from_yaml_string(yaml, "dump", {}, ConfigUse::kTokenizer);
+    EXPECT_EQ(back, tokenizer_config(c)) << yaml;
+    EXPECT_EQ(back.model.d_model, ModelConfig{}.d_model);
+    EXPECT_EQ(config_to_yaml(back, ConfigUse::kTokenizer), yaml);
+  }
   // Awkward values: strings that look like other types or need escaping, doubles that are not
   // exact in decimal, tiny and huge magnitudes.
   Config c = load_config(source_path("configs/tiny.yaml"));

@@ -332,6 +332,11 @@ TEST_F(TrainVqTest, ThePerceptualTermJoinsTheLossAndTheFlops) {
                     o);
   });
   EXPECT_NE(missing.find("vq_train.lpips: no such file: " + run("none.safetensors")), std::string::npos) << missing;
+  // Weights named with the term off: said, not silently dropped.
+  const auto [r, said] = run_saying(config(run("off"), {"train.max_steps=1", "vq_train.lpips=" + lpips_weights()}));
+  EXPECT_NE(said.find("(vq_train.lpips " + lpips_weights() + " unused: vq_train.perceptual_weight is 0)"),
+            std::string::npos) << said;
+  EXPECT_TRUE(logged(run("off"), "perceptual_loss").empty());
 }
 
 TEST_F(TrainVqTest, ThePerceptualGradientReachesTheTokenizerAndItsDropoutActs) {
@@ -509,6 +514,19 @@ TEST_F(TrainVqTest, TheRunIsATokenizerForTheRestOfThePipeline) {
   EXPECT_NE(info.output.find("4: 32 px -> 8x8 = 64 codes"), std::string::npos) << info.output;
   EXPECT_NE(info.output.find("codebook                             64 x 8"), std::string::npos) << info.output;
   EXPECT_EQ(info.output.find("Mamba"), std::string::npos) << info.output;
+  // Its config.yaml holds what aim train-vq reads (no model or sample section), so aim info reads
+  // it as a tokenizer config too, and aim train-vq loads it back to the run's config.
+  const std::string yaml = read_text(run("vq") + "/config.yaml");
+  EXPECT_EQ(yaml.rfind("# aim train-vq config (resolved)", 0), 0u) << yaml;
+  EXPECT_EQ(yaml.find("\nmodel:"), std::string::npos) << yaml;
+  EXPECT_EQ(yaml.find("\nsample:"), std::string::npos) << yaml;
+  EXPECT_EQ(read_text(r.checkpoint + "/config.yaml"), yaml);
+  EXPECT_TRUE(load_config(run("vq") + "/config.yaml", {}, ConfigUse::kTokenizer) ==
+              tokenizer_config(config(run("vq"), {"train.max_steps=2"})));
+  auto yaml_info = test::run_shell(aim + " info " + run("vq") + "/config.yaml");
+  ASSERT_EQ(yaml_info.code, 0) << yaml_info.output;
+  EXPECT_NE(yaml_info.output.find("4: 32 px -> 8x8 = 64 codes"), std::string::npos) << yaml_info.output;
+  EXPECT_EQ(yaml_info.output.find("Mamba"), std::string::npos) << yaml_info.output;
   auto bare = test::run_shell(aim + " info " + r.checkpoint + "/model.safetensors --config " + run("vq") + "/config.yaml");
   ASSERT_EQ(bare.code, 0) << bare.output;
   EXPECT_NE(bare.output.find("4: 32 px -> 8x8 = 64 codes"), std::string::npos) << bare.output;

@@ -286,8 +286,14 @@ Config config_from_yaml_string(const std::string& text, const std::string& what,
 /// `[1, 2]`). Does not resolve or validate. Errors name the `--set` flag.
 void apply_override(Config& config, const std::string& assignment);
 
-/// The config as YAML, one commented line per key, that loads back to an equal Config.
-std::string config_to_yaml(const Config& config);
+/// The config as YAML, one commented line per key, that loads back to an equal Config. For
+/// ConfigUse::kTokenizer (an aim train-vq run) without the sections aim train-vq does not read
+/// (model, sample), so that the file reads as a tokenizer config (aim info) and loads back to an
+/// equal Config when those hold their defaults (tokenizer_config() below).
+std::string config_to_yaml(const Config& config, ConfigUse use = ConfigUse::kAim);
+
+/// `config` with the sections aim train-vq does not read (model, sample) at their defaults.
+Config tokenizer_config(Config config);
 
 /// Every key whose value differs, as "<dotted key> <before> -> <after>", in schema order.
 std::vector<std::string> config_changes(const Config& before, const Config& after);
