@@ -136,8 +136,8 @@ Runner add_info_command(CLI::App& app) {
       auto ref = find_checkpoint(*path, *config, "aim info");
       const std::string& cp = ref.config_path;
       if (cp.size() > 5 && cp.compare(cp.size() - 5, 5, ".yaml") == 0) {
-        // An aim train-vq run (or its weights with --config): its config.yaml has every section,
-        // its weights the tokenizer only.
+        // An aim train-vq run (or its weights with --config): its weights hold the tokenizer only
+        // (its config.yaml, of older runs, every section).
         const SafetensorsFile file(ref.weights_path);
         if (!holds_language_model(file) && file.contains("quantize.embedding.weight")) {
           std::cout << "config: " << ref.config_path << "\n"

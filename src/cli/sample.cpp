@@ -98,10 +98,10 @@ void check_part_layout(const fs::path& work, int64_t batch_size, int64_t total) 
     const std::string name = e.path().filename().string();
     if (std::sscanf(name.c_str(), "part-%lld-%lld.safetensors%c", &start, &count, &tail) != 2) continue;
     const bool fits = start % batch_size == 0 && start < total && count == std::min<int64_t>(batch_size, total - start);
-    AIM_CHECK(fits, work.string(), " holds finished batches of another --batch-size or --num-samples (", name,
+    AIM_CHECK(fits, work.string(), " holds finished batches of another --batch-size or number of samples (", name,
               ": ", count, " samples from ", start, "), which this run would not reuse\n---> HINT: re-run with "
-              "the --batch-size they were made with (", count, " unless it is a last, shorter batch), or "
-              "remove ", work.string());
+              "the --batch-size they were made with (", count, " unless it is a last, shorter batch) and the same "
+              "--num-samples (or --class, --num and --prompt), or remove ", work.string());
   }
 }
 
@@ -118,7 +118,9 @@ void check_resumed_part(const fs::path& part, const std::map<std::string, std::s
   for (const auto& [key, value] : settings) {
     if (key == "checkpoint") continue;
     const auto it = meta.find(key);
-    const std::string found = it == meta.end() ? std::string("(not recorded)") : it->second;
+    // Batches written before prompts existed continued none.
+    const std::string found = it != meta.end() ? it->second : key == "prompt" ? std::string("none")
+                                                                              : std::string("(not recorded)");
     if (found != value)
       throw Error(str_cat(part.string(), ": this finished batch was sampled with ", key, " ", found,
                           ", but this run has ", key, " ", value, hint));
@@ -224,7 +226,7 @@ void check_grid_size(const SampleArgs& a, int64_t count) {
             " images is too large (at most 1024)\n---> HINT: use --outdir or --npz for many samples");
 }
 
-/// --prompt's images cropped as the tokenizer's training data (ADM's center crop) to the model's
+/// --prompt's images cropped as extract-codes crops them (ADM's center crop) to the model's
 /// resolution, encoded `batch` at a time on the tokenizer's device, and the top `rows` token
 /// rows of each kept.
 Prompts encode_prompts(const std::vector<std::string>& files, int64_t rows, int64_t per_prompt, VqModel& vq,
@@ -522,8 +524,12 @@ Runner add_sample_command(CLI::App& app) {
         vq->to(device, torch::kFloat);
         vq->eval();
         prompts = encode_prompts(a->prompt, prompt_rows, a->num, vq, mc.num_tokens, a->batch_size);
+        if (a->out.empty()) prompts.images.clear();  // only the grid shows them
       }
-      if (decode) prepare_vq_for_decoding(vq, device, vq_dtype_of(a->vq_dtype));
+      if (decode)
+        prepare_vq_for_decoding(vq, device, vq_dtype_of(a->vq_dtype));
+      else
+        vq = VqModel{nullptr};  // it only encoded the prompts: its memory goes back before sampling
     }
     model->to(device, a->dtype == "bf16" ? torch::kBFloat16 : torch::kFloat);
     settings = {{"cfg", std::to_string(o.cfg)}, {"temperature", std::to_string(o.temperature)},
@@ -543,6 +549,9 @@ Runner add_sample_command(CLI::App& app) {
       for (const auto& f : prompts.files) ids += (ids.empty() ? "" : "; ") + file_identity(f);
       settings["prompt"] = ids;
       settings["prompt_rows"] = std::to_string(prompts.rows);
+      // Sample i continues prompt i / --num: the same labels under another --num would pair a
+      // finished batch with another image.
+      settings["prompt_num"] = std::to_string(prompts.per_prompt);
     }
     const int64_t total = static_cast<int64_t>(labels.size());
     if (env.is_main()) {

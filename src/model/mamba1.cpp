@@ -77,11 +77,12 @@ torch::Tensor Mamba1MixerImpl::forward(const torch::Tensor& u, MixerState* state
   auto scan = ops::selective_scan(x, dt, a, bm, cm, D, z, dt_proj->bias, /*delta_softplus=*/true,
                                   {}, /*return_last_state=*/state != nullptr);
   if (state != nullptr) {
-    state->conv_state = conv.second;
-    // The scan's fp32 last state, in the dtype the state was allocated in (prefill).
+    // Both states in the dtypes they were allocated in (prefill), contiguous as the one-token
+    // kernels take them (a reference scan's state is a slice).
+    state->conv_state = state->conv_state.defined() ? conv.second.to(state->conv_state.scalar_type()) : conv.second;
     const auto ssm_dtype =
         state->ssm_state.defined() ? state->ssm_state.scalar_type() : torch::kFloat;
-    state->ssm_state = scan.last_state.to(ssm_dtype);
+    state->ssm_state = scan.last_state.to(ssm_dtype).contiguous();
   }
   return out_proj->forward(scan.y.transpose(1, 2));
 }

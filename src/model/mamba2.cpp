@@ -81,11 +81,12 @@ torch::Tensor Mamba2MixerImpl::forward(const torch::Tensor& u, MixerState* state
   auto scan = ops::ssd_scan(x, dt, a, bm, cm, d_param(), dt_bias, /*dt_softplus=*/true,
                             ssm.chunk_size, {}, /*return_final_state=*/state != nullptr);
   if (state != nullptr) {
-    state->conv_state = conv.second;
-    // The scan's fp32 final state, in the dtype the state was allocated in (prefill).
+    // Both states in the dtypes they were allocated in (prefill), contiguous as the one-token
+    // kernels take them (a reference scan's state is a slice).
+    state->conv_state = state->conv_state.defined() ? conv.second.to(state->conv_state.scalar_type()) : conv.second;
     const auto ssm_dtype =
         state->ssm_state.defined() ? state->ssm_state.scalar_type() : torch::kFloat;
-    state->ssm_state = scan.final_state.to(ssm_dtype);
+    state->ssm_state = scan.final_state.to(ssm_dtype).contiguous();
   }
   return output(scan.y.reshape({batch, len, d_inner}), z);
 }

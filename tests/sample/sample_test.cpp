@@ -382,6 +382,33 @@ TEST_F(SampleCli, PromptImagesAreContinued) {
                    " --tokens " + p("r.safetensors"));
   EXPECT_NE(plain.code, 0);
   EXPECT_NE(plain.output.find("but this run has prompt none"), std::string::npos) << plain.output;
+  // Another --num pairs the same labels with other images (sample i continues prompt i / num).
+  {
+    const std::string one_class = prompt + "--class 2 --seed 4 --batch-size 2 --work-dir " + p("work_num") +
+                                  " --tokens " + p("n.safetensors");
+    ASSERT_EQ(run("OMPI_COMM_WORLD_RANK=1 OMPI_COMM_WORLD_SIZE=2 " + base_ + one_class + " --num 2").code, 0);
+    auto renum = run(base_ + one_class + " --num 3");
+    EXPECT_NE(renum.code, 0);
+    EXPECT_NE(renum.output.find("sampled with prompt_num 2, but this run has prompt_num 3"), std::string::npos)
+        << renum.output;
+  }
+  // A finished batch written before prompts existed (no "prompt" in its settings) continued none.
+  {
+    const std::string plain_args = "--class 2,5 --num 2 --cfg 2 --seed 4 --batch-size 2 --work-dir " + p("work_old") +
+                                   " --tokens " + p("old.safetensors");
+    ASSERT_EQ(run("OMPI_COMM_WORLD_RANK=1 OMPI_COMM_WORLD_SIZE=2 " + base_ + plain_args).code, 0);
+    const std::string part = p("work_old/part-2-2.safetensors");
+    SafetensorsFile f(part);
+    auto meta = f.metadata();
+    ASSERT_EQ(meta.erase("prompt"), 1u);
+    meta.erase("format");
+    std::vector<std::pair<std::string, torch::Tensor>> tensors;
+    for (const auto& [k, v] : load_safetensors(part)) tensors.emplace_back(k, v);
+    save_safetensors(part, tensors, meta);
+    auto resumed = run(base_ + plain_args);
+    ASSERT_EQ(resumed.code, 0) << resumed.output;
+    EXPECT_NE(resumed.output.find("2 new"), std::string::npos) << resumed.output;
+  }
   // One class for every image.
   auto one = run(base_ + prompt + "--class 6 --num 1 --tokens " + p("one.safetensors"));
   ASSERT_EQ(one.code, 0) << one.output;

@@ -55,7 +55,8 @@ double sample_uniform(uint64_t seed, int64_t sample, int64_t step);
 /// Whether a CUDA graph ran is reported through `used_graph` when given.
 /// With `prompt` [B, P] (1 <= P < L image tokens) the sequences continue it: tokens[:, :P] are
 /// the prompt, read in one parallel pass (prefill), and token t >= P is drawn as without a
-/// prompt, from the uniform of (seed, sample, t): the same as if the prompt had been drawn.
+/// prompt, from the uniform of (seed, sample, t): the same as if the prompt had been drawn, up
+/// to the rounding by which the parallel pass and the steps differ (exact in fp64).
 torch::Tensor generate_tokens(AimModel& model, const torch::Tensor& labels,
                               const std::vector<int64_t>& sample_ids, const SamplingOptions& options,
                               bool* used_graph = nullptr, const torch::Tensor& prompt = {});
