@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
 """Draw the curves of an `aim train` run: loss (and held-out loss), learning rate, gradient
-norm, throughput and model FLOPs utilisation, from <run>/metrics.jsonl to one PNG.
+norm, throughput, model FLOPs utilisation and FID (train.fid_every), from <run>/metrics.jsonl
+to one PNG.
 
     .venv/bin/python scripts/plot_metrics.py runs/aim_l            # -> runs/aim_l/metrics.png
     .venv/bin/python scripts/plot_metrics.py runs/a runs/b --out cmp.png --smooth 20
@@ -19,7 +20,7 @@ def read_metrics(run_dir):
     path = os.path.join(run_dir, "metrics.jsonl")
     if not os.path.isfile(path):
         sys.exit(f"plot_metrics: {path}: no such file (is {run_dir} an aim train run directory?)")
-    train, held_out = {}, {}
+    kinds = {"train": {}, "eval": {}, "fid": {}}
     with open(path) as f:
         for number, line in enumerate(f, 1):
             line = line.strip()
@@ -29,9 +30,10 @@ def read_metrics(run_dir):
                 row = json.loads(line)
             except json.JSONDecodeError as e:
                 sys.exit(f"plot_metrics: {path}:{number}: not JSON ({e})")
-            target = held_out if row.get("kind") == "eval" else train
-            target[int(row["step"])] = row
-    return [train[s] for s in sorted(train)], [held_out[s] for s in sorted(held_out)]
+            target = kinds.get(row.get("kind", "train"))
+            if target is not None:
+                target[int(row["step"])] = row
+    return tuple([k[s] for s in sorted(k)] for k in kinds.values())
 
 
 def smooth(values, window):
@@ -59,16 +61,23 @@ def main():
     import matplotlib.pyplot as plt
 
     data = [(os.path.basename(os.path.normpath(r)), *read_metrics(r)) for r in args.runs]
-    has_mfu = any("mfu" in row for _, train, _ in data for row in train)
-    panels = ["loss", "lr", "grad_norm", "images_per_s"] + (["mfu"] if has_mfu else [])
+    has_mfu = any("mfu" in row for _, train, _, _ in data for row in train)
+    has_fid = any(fid for _, _, _, fid in data)
+    panels = ["loss", "lr", "grad_norm", "images_per_s"] + (["mfu"] if has_mfu else []) + (["fid"] if has_fid else [])
     titles = {"loss": "training loss (nats/token)", "lr": "learning rate", "grad_norm": "gradient norm (before clipping)",
-              "images_per_s": "throughput (images/s, all ranks)", "mfu": "model FLOPs utilisation (%)"}
+              "images_per_s": "throughput (images/s, all ranks)", "mfu": "model FLOPs utilisation (%)",
+              "fid": "FID"}
     cols = 2
     rows = math.ceil(len(panels) / cols)
     fig, axes = plt.subplots(rows, cols, figsize=(12, 3.6 * rows), squeeze=False)
     for i, key in enumerate(panels):
         ax = axes[i // cols][i % cols]
-        for name, train, held_out in data:
+        for name, train, held_out, fid in data:
+            if key == "fid":
+                if fid:
+                    ax.plot([r["step"] for r in fid], [r["fid"] for r in fid], "o-",
+                            label=f"{name} ({fid[-1]['samples']} images, cfg {fid[-1]['cfg']:g})")
+                continue
             steps = [r["step"] for r in train if key in r]
             values = [r[key] * (100.0 if key == "mfu" else 1.0) for r in train if key in r]
             if key == "loss":
@@ -83,7 +92,7 @@ def main():
         ax.grid(alpha=0.3)
         if key == "lr":
             ax.ticklabel_format(axis="y", style="sci", scilimits=(0, 0))
-        if len(data) > 1 or key == "loss":
+        if len(data) > 1 or key in ("loss", "fid"):
             ax.legend(fontsize=8)
     for j in range(len(panels), rows * cols):
         axes[j // cols][j % cols].axis("off")

@@ -168,6 +168,11 @@ const std::vector<Field<TrainConfig>>& train_fields() {
       {"skip_nonfinite", &S::skip_nonfinite, "skip NaN/inf steps instead of stopping"},
       {"recompute_every", &S::recompute_every, "recompute every N-th block's activations in the backward; 0 = off"},
       {"peak_tflops", &S::peak_tflops, "device peak TFLOP/s for MFU; 0 = known GPUs"},
+      {"fid_every", &S::fid_every, "steps between FIDs while training; 0 = never"},
+      {"fid_samples", &S::fid_samples, "images per FID (all ranks)"},
+      {"fid_ref", &S::fid_ref, "FID reference batch .npz (ADM's VIRTUAL_imagenet256_labeled.npz)"},
+      {"fid_inception", &S::fid_inception, "FID Inception weights (convert_checkpoint.py --kind inception)"},
+      {"fid_cfg", &S::fid_cfg, "FID guidance scale; 0 = the published FIDs' (1.75 adaLN-group, else 2.0)"},
       {"out_dir", &S::out_dir, "run directory; empty = runs/<name>"},
   };
   return f;

@@ -155,6 +155,34 @@ torch::Tensor radii_of(const ShiftedSet& s, const ManifoldOptions& o) {
 
 // ----------------------------------------------------------------------------- API
 
+FeatureSums::FeatureSums(int64_t dim)
+    : sum(torch::zeros({dim}, torch::kDouble)),
+      outer(torch::zeros({dim, dim}, torch::kDouble)),
+      count(torch::zeros({}, torch::kDouble)) {}
+
+void FeatureSums::add(const torch::Tensor& acts) {
+  check_activations(acts, "FeatureSums::add", "activations");
+  AIM_CHECK(acts.size(1) == sum.size(0), "FeatureSums::add: rows of ", acts.size(1), " features, expected ",
+            sum.size(0));
+  torch::NoGradGuard no_grad;
+  const auto x = acts.to(torch::kCPU, torch::kDouble);
+  sum += x.sum(0);
+  outer.addmm_(x.t(), x);
+  count += static_cast<double>(x.size(0));
+}
+
+int64_t FeatureSums::rows() const { return static_cast<int64_t>(count.item<double>()); }
+
+FeatureStats FeatureSums::stats() const {
+  const int64_t n = rows();
+  AIM_CHECK(n >= 2, "FeatureSums::stats: need at least 2 rows for a covariance, found ", n);
+  FeatureStats s;
+  s.mu = sum / static_cast<double>(n);
+  s.sigma = (outer - static_cast<double>(n) * torch::outer(s.mu, s.mu)) / static_cast<double>(n - 1);
+  s.sigma = 0.5 * (s.sigma + s.sigma.t());
+  return s;
+}
+
 FeatureStats compute_feature_stats(const torch::Tensor& acts, int64_t block_rows) {
   check_activations(acts, "compute_feature_stats", "activations");
   const int64_t n = acts.size(0), d = acts.size(1);

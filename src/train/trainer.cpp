@@ -32,6 +32,7 @@
 #include "aim/train/optim.h"
 #include "aim/train/precision.h"
 #include "aim/train/run_dir.h"
+#include "fid_monitor.h"
 #include "train_util.h"
 
 namespace aim::train {
@@ -312,12 +313,19 @@ TrainResult run_training(const Config& config_in, const TrainOptions& options) {
                 "---> HINT: --set train.eval_every=N"));
     val.reset();
   }
+  // The tokenizer decodes rank 0's sample grids and every rank's FID samples.
   VqModel grid_vq{nullptr};
-  if (main && config.train.sample_every > 0) {
+  const bool fid = config.train.fid_every > 0;  // vq.weights is set then (Config::validate)
+  if ((main && config.train.sample_every > 0) || fid) {
     if (config.vq.weights.empty()) {
       say("sample grids: skipped, vq.weights is not set (the tokenizer decodes the samples)");
     } else {
-      auto loaded = load_tokenizer(config.vq.weights);
+      LoadedVq loaded;
+      if (fid) {
+        on_every_rank_or_none(dist, [&] { loaded = load_tokenizer(config.vq.weights); }, "loading vq.weights for FIDs");
+      } else {
+        loaded = load_tokenizer(config.vq.weights);
+      }
       if (data.codes && loaded.identity != data.codes->info().tokenizer) {
         say(str_cat("warning: data.codes were made by tokenizer ", data.codes->info().tokenizer,
                     ", the sample grids are decoded by vq.weights ", loaded.identity,
@@ -466,6 +474,18 @@ TrainResult run_training(const Config& config_in, const TrainOptions& options) {
     return dist.all_reduce(sum) / images;
   };
 
+  // FIDs of the EMA when one is kept (as the grids), else of the model, in the metrics as
+  // {"kind": "fid"}.
+  std::unique_ptr<FidMonitor> fid_monitor;
+  if (fid) fid_monitor = std::make_unique<FidMonitor>(config, dist, device, grid_vq, say);
+  auto fid_eval = [&]() {
+    const auto r = fid_monitor->evaluate(ema ? ema->model() : model);
+    say(str_cat("FID at step ", state.step, ": ", fmt(r.fid, 4), " (", r.samples, " images, cfg ", r.cfg, ", ",
+                ema ? "EMA" : "model", ", ", format_duration(r.seconds), ")"));
+    metrics.write({{"kind", "fid"}, {"step", state.step}, {"fid", r.fid}, {"samples", r.samples}, {"cfg", r.cfg},
+                   {"weights", ema ? "ema" : "model"}, {"seconds", r.seconds}});
+  };
+
   // ---- the loop
   std::unique_ptr<BatchStream> stream;
   auto next_batch = [&]() -> CodeBatch {
@@ -589,15 +609,18 @@ TrainResult run_training(const Config& config_in, const TrainOptions& options) {
       state.log_sums.assign(1, 0.0);
       state.log_count = 0;
     }
+    const auto others_start = std::chrono::steady_clock::now();
     if (val && (state.step % config.train.eval_every == 0 || last)) {
       const double vl = held_out_loss();
       say(str_cat("held-out loss at step ", state.step, ": ", fmt(vl, 5)));
       metrics.write({{"kind", "eval"}, {"step", state.step}, {"val_loss", vl}});
     }
+    if (fid_monitor && (state.step % config.train.fid_every == 0 || last)) fid_eval();
     if (config.train.sample_every > 0 && (state.step % config.train.sample_every == 0 || last)) sample_grid();
     if (config.train.ckpt_every > 0 && state.step % config.train.ckpt_every == 0 && !last) save();
-    // Held-out losses, grids and checkpoints do not count toward the training throughput.
-    if (window_steps == 0) window_start = std::chrono::steady_clock::now();
+    // Held-out losses, FIDs, grids and checkpoints do not count toward the training throughput.
+    const auto others_end = std::chrono::steady_clock::now();
+    window_start = window_steps == 0 ? others_end : window_start + (others_end - others_start);
   }
   state.elapsed_s = elapsed_before +
                     std::chrono::duration<double>(std::chrono::steady_clock::now() - t_start).count();

@@ -61,6 +61,28 @@ TEST(MetricsTest, StatsMatchDirectFloat64Formula) {
             std::string::npos);
 }
 
+// Sums added from parts (as ranks all-reduce them) give the statistics of the whole; the
+// uncentred covariance loses digits with the mean's size (here mean 1, spread ~0.3, as pool3).
+TEST(MetricsTest, FeatureSumsOfPartsGiveTheStatisticsOfTheWhole) {
+  const torch::Tensor x = (features(700, 48, 2, 1.0) * 0.3 + 1.0).to(torch::kFloat);
+  const FeatureStats whole = compute_feature_stats(x);
+  FeatureSums a(48), b(48);
+  a.add(x.slice(0, 0, 250));
+  b.add(x.slice(0, 250, 600).to(torch::kDouble));
+  b.add(x.slice(0, 600, 700));
+  for (auto t : {&FeatureSums::sum, &FeatureSums::outer, &FeatureSums::count}) a.*t += b.*t;
+  EXPECT_EQ(a.rows(), 700);
+  const FeatureStats s = a.stats();
+  test::expect_close("mu from sums", s.mu, whole.mu, 1e-13);
+  test::expect_close("sigma from sums", s.sigma, whole.sigma, 1e-11);
+  EXPECT_LT(std::abs(frechet_distance(s, whole)), 1e-9 * whole.sigma.trace().item<double>());
+  FeatureSums one(48);
+  one.add(x.slice(0, 0, 1));
+  EXPECT_NE(test::error_of([&] { one.stats(); }).find("at least 2 rows"), std::string::npos);
+  EXPECT_NE(test::error_of([&] { one.add(x.slice(1, 0, 8)); }).find("rows of 8 features, expected 48"),
+            std::string::npos);
+}
+
 TEST(MetricsTest, RankDeficientCovarianceGivesFiniteAccurateFid) {
   // Fewer samples than dims, and a constant ("dead") column in both sets.
   torch::Tensor x1 = features(40, 64, 2), x2 = features(50, 64, 3, 0.2);

@@ -14,9 +14,11 @@
 #include "aim/data/synthetic.h"
 #include "aim/eval/code_loss.h"
 #include "aim/model/loader.h"
+#include "aim/sample/npz.h"
 #include "aim/train/precision.h"
 #include "aim/train/run_dir.h"
 #include "aim/train/trainer.h"
+#include "eval/inception_fixture.h"
 #include "test_util.h"
 
 namespace aim::train {
@@ -309,6 +311,82 @@ TEST_F(TrainerTest, TrainsFromImagesEncodedOnTheFly) {
   EXPECT_NE(tencrop.find("data.aug: 'tencrop' is a set of views extracted once"), std::string::npos) << tencrop;
 }
 
+// train.fid_every: the FID a run logs is the one aim eval gives for the images aim sample
+// --preset fid draws from the same checkpoint, with one rank or two (each drawing its share).
+// The official tiny snapshot at lr 1e-12, so that both runs hold the same weights.
+TEST_F(TrainerTest, FidWhileTrainingIsAimEvalsFidOfTheSameSamples) {
+  const std::string weights = run("inception.safetensors"), ref = run("ref.npz");
+  test::write_fixture_inception_weights(weights);
+  {
+    // Smooth 128 px images (the model's size), no stored statistics: the run computes them.
+    torch::manual_seed(5);
+    auto coarse = torch::rand({8, 3, 6, 6}) * 0.8 + 0.1;
+    auto img = torch::nn::functional::interpolate(
+        coarse, torch::nn::functional::InterpolateFuncOptions().size(std::vector<int64_t>{128, 128}).mode(torch::kBilinear).align_corners(false));
+    NpzWriter w(ref);
+    w.add_array("arr_0", (img.clamp(0, 1) * 255).round().to(torch::kByte).permute({0, 2, 3, 1}).contiguous());
+    w.close();
+  }
+  const std::string vq = (test::fixtures_dir() / "vq/vq16_tiny/model.safetensors").string();
+  const std::string threads = "OMP_NUM_THREADS=" + std::to_string(at::get_num_threads()) + " ";
+  auto train = [&](const std::string& launcher, const std::string& out) {
+    return test::run_shell(threads + launcher +
+                           aim("train " + tiny() + " --device cpu " + cli_sets(out) + " --init " +
+                               (test::fixtures_dir() / "aim/mamba2_tiny").string() +
+                               " --set optim.lr=1e-12 --set train.max_steps=1 --set vq.weights=" + vq +
+                               " --set train.fid_every=1 --set train.fid_samples=6 --set train.fid_ref=" + ref +
+                               " --set train.fid_inception=" + weights + " --set sample.batch_size=4"));
+  };
+  auto logged_fid = [&](const std::string& out) {
+    std::ifstream f(fs::path(out) / "metrics.jsonl");
+    for (std::string line; std::getline(f, line);) {
+      const auto j = nlohmann::json::parse(line);
+      if (j.value("kind", "") == "fid") {
+        EXPECT_EQ(j.at("samples").get<int64_t>(), 6);
+        EXPECT_DOUBLE_EQ(j.at("cfg").get<double>(), 1.75);  // adaLN groups: the published FIDs' scale
+        return j.at("fid").get<double>();
+      }
+    }
+    ADD_FAILURE() << out << ": no FID logged";
+    return -1.0;
+  };
+  const auto one = train("", run("one"));
+  ASSERT_EQ(one.code, 0) << one.output;
+  EXPECT_NE(one.output.find("FID at step 1: "), std::string::npos) << one.output;
+  const double fid = logged_fid(run("one"));
+  EXPECT_GT(fid, 0.0);
+  const auto two = train("OMPI_MCA_btl_vader_single_copy_mechanism=none OMPI_MCA_rmaps_base_oversubscribe=1 "
+                         "mpirun --allow-run-as-root --oversubscribe -np 2 ", run("two"));
+  ASSERT_EQ(two.code, 0) << two.output;
+  EXPECT_NE(two.output.find("world size 2"), std::string::npos) << two.output;
+  EXPECT_NEAR(logged_fid(run("two")), fid, 1e-6 * fid);
+  // The same images through aim sample and aim eval.
+  auto eval_of = [&](const std::string& seed) {
+    const auto s = test::run_shell(threads + aim("sample --device cpu --ckpt " + run("one") +
+                                                 " --num-samples 6 --preset fid --batch-size 4 --seed " + seed +
+                                                 " --npz " + run("s" + seed + ".npz")));
+    EXPECT_EQ(s.code, 0) << s.output;
+    const auto e = test::run_shell(threads + aim("eval --quiet --device cpu --samples " + run("s" + seed + ".npz") +
+                                                 " --ref " + ref + " --inception " + weights + " --json " +
+                                                 run("e" + seed + ".json")));
+    EXPECT_EQ(e.code, 0) << e.output;
+    return nlohmann::json::parse(read_text(run("e" + seed + ".json"))).at("fid").get<double>();
+  };
+  EXPECT_NEAR(eval_of("0"), fid, 1e-6 * fid);
+  // Other samples (another seed) score otherwise: the comparison above can fail.
+  EXPECT_GT(std::abs(eval_of("1") - fid), 1e-3 * fid);
+  // plot_metrics.py adds an FID panel (a third row of two panels, 396 px each) beside the curves.
+  const auto plot = test::run_shell(test::python() + " " + test::source_dir() + "/scripts/plot_metrics.py " + run("one"));
+  ASSERT_EQ(plot.code, 0) << plot.output;
+  EXPECT_GT(decode_image((fs::path(run("one")) / "metrics.png").string()).height, 1000);
+  // The run needs the tokenizer and the two files.
+  const auto no_ref = test::error_of([&] { config(run("x"), {"train.fid_every=5", "train.fid_inception=" + weights}); });
+  EXPECT_NE(no_ref.find("key 'train.fid_ref'"), std::string::npos) << no_ref;
+  const auto no_vq = test::error_of(
+      [&] { config(run("x"), {"train.fid_every=5", "train.fid_inception=" + weights, "train.fid_ref=" + ref}); });
+  EXPECT_NE(no_vq.find("key 'vq.weights'"), std::string::npos) << no_vq;
+}
+
 TEST_F(TrainerTest, InitFromAnOfficialSnapshotAndAnotherClassCount) {
   TrainOptions o;
   o.quiet = true;
@@ -342,6 +420,7 @@ TEST_F(TrainerTest, PlotMetricsDrawsTheCurves) {
   ASSERT_TRUE(fs::exists(png));
   const auto img = decode_image(png.string());
   EXPECT_GT(img.width, 500);
+  EXPECT_LT(img.height, 1000);  // two rows of panels: no FID logged
   const auto missing = test::run_shell(test::python() + " " + test::source_dir() +
                                        "/scripts/plot_metrics.py " + run("nothing"));
   EXPECT_NE(missing.code, 0);

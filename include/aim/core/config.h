@@ -160,6 +160,16 @@ struct TrainConfig {
   /// backward (less activation memory for about a third more compute at N = 1); 0 = off
   int64_t recompute_every = 0;
   double peak_tflops = 0.0;        ///< device peak for MFU, TFLOP/s; 0 = known GPUs' bf16 peak
+  /// FID while training (aim/train/fid_monitor.h): every fid_every steps, fid_samples images
+  /// drawn over all ranks as `aim sample --preset fid --labels random` draws them (cfg fid_cfg,
+  /// no filters, labels and randomness from sample.seed, batches of sample.batch_size per rank,
+  /// weights in sample.dtype, the EMA when kept), decoded by vq.weights, scored by the FID
+  /// Inception-v3 against fid_ref's statistics. 0 = never.
+  int64_t fid_every = 0;
+  int64_t fid_samples = 10000;
+  std::string fid_ref;             ///< ADM reference batch .npz (stored mu/sigma, else its images)
+  std::string fid_inception;       ///< convert_checkpoint.py --kind inception output
+  double fid_cfg = 0.0;            ///< guidance scale; 0 = the published FIDs' (1.75 with adaLN groups, else 2.0)
   std::string out_dir;             ///< run directory; "" = runs/<name> (filled by resolve())
 
   void validate() const;

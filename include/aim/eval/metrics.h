@@ -32,6 +32,22 @@ struct FeatureStats {
 /// mean), so 50,000 x 2048 float32 activations never have a float64 copy in memory.
 FeatureStats compute_feature_stats(const torch::Tensor& acts, int64_t block_rows = 4096);
 
+/// Sums of activations from which statistics follow, for activations spread over processes:
+/// each adds its rows, the sums are added across processes (all-reduce), then stats(). float64
+/// on the CPU. The covariance comes from sum x x^T - N mu mu^T, which loses about as many digits
+/// as (|mu|^2 + var) / var (a few for Inception pool3 features) against compute_feature_stats.
+struct FeatureSums {
+  torch::Tensor sum;    ///< [D] float64
+  torch::Tensor outer;  ///< [D, D] float64: sum of x x^T
+  torch::Tensor count;  ///< [] float64: rows added (a tensor, to be all-reduced with the sums)
+  explicit FeatureSums(int64_t dim);
+  /// Adds rows [N, D] (any float dtype and device).
+  void add(const torch::Tensor& acts);
+  int64_t rows() const;
+  /// mu and the covariance with N - 1 (N >= 2), as compute_feature_stats.
+  FeatureStats stats() const;
+};
+
 /// Safeguards of frechet_distance (ADM's values by default).
 struct FrechetOptions {
   /// Added to both diagonals (only for the square-root term) when the first attempt gives

@@ -1,0 +1,52 @@
+#pragma once
+// FID while training (train.fid_every): the images `aim sample --preset fid --labels random`
+// would draw from the current weights, spread over the ranks, decoded by the run's tokenizer and
+// scored by the FID Inception-v3 against the reference batch, all without leaving the run. The
+// figure is the one `aim eval` gives for those images (FID only: no IS, sFID or precision/recall,
+// which need every sample's features in one place).
+#include <torch/torch.h>
+
+#include <memory>
+#include <optional>
+
+#include "aim/core/config.h"
+#include "aim/eval/inception.h"
+#include "aim/eval/metrics.h"
+#include "aim/model/aim.h"
+#include "aim/model/vq.h"
+#include "aim/train/dist.h"
+#include "train_util.h"
+
+namespace aim::train {
+
+class FidMonitor {
+ public:
+  /// Loads the Inception weights and the reference statistics (train.fid_ref's stored mu/sigma,
+  /// else the features of its images, split over the ranks) on every rank; `vq` decodes the
+  /// samples. A file one rank cannot read stops every rank. Collective.
+  FidMonitor(const Config& config, DistContext& dist, torch::Device device, VqModel vq, const Say& say);
+
+  struct Result {
+    double fid = 0;
+    int64_t samples = 0;
+    double cfg = 0;
+    double seconds = 0;
+  };
+
+  /// Draws train.fid_samples images from `model` (not changed; copied in sample.dtype when that
+  /// differs from its own) and scores them. Collective.
+  Result evaluate(AimModel& model);
+
+  /// The guidance scale FIDs are drawn with: train.fid_cfg, or the published FIDs' for this model.
+  static double guidance(const Config& config);
+
+ private:
+  const Config& config_;
+  DistContext& dist_;
+  torch::Device device_;
+  VqModel vq_;
+  std::optional<eval::InceptionExtractor> inception_;
+  eval::FeatureStats ref_;
+};
+
+}  // namespace aim::train
