@@ -85,7 +85,8 @@ def main():
             if steps:
                 ax.plot(steps, values, label=name if key != "loss" else f"{name} train")
             if key == "loss" and held_out:
-                ax.plot([r["step"] for r in held_out], [r["val_loss"] for r in held_out], "o-",
+                held = [r for r in held_out if "val_loss" in r]
+                ax.plot([r["step"] for r in held], [r["val_loss"] for r in held], "o-",
                         label=f"{name} held-out")
         ax.set_title(titles[key])
         ax.set_xlabel("step")

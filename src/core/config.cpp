@@ -172,7 +172,7 @@ const std::vector<Field<TrainConfig>>& train_fields() {
       {"fid_samples", &S::fid_samples, "images per FID (all ranks)"},
       {"fid_ref", &S::fid_ref, "FID reference batch .npz (ADM's VIRTUAL_imagenet256_labeled.npz)"},
       {"fid_inception", &S::fid_inception, "FID Inception weights (convert_checkpoint.py --kind inception)"},
-      {"fid_cfg", &S::fid_cfg, "FID guidance scale; 0 = the published FIDs' (1.75 adaLN-group, else 2.0)"},
+      {"fid_cfg", &S::fid_cfg, "FID guidance scale; 0 (the default) = the published FIDs' (1.75 adaLN-group, else 2.0)"},
       {"out_dir", &S::out_dir, "run directory; empty = runs/<name>"},
   };
   return f;

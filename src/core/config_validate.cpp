@@ -235,14 +235,6 @@ void TrainConfig::validate() const {
   int_at_least("train.fid_every", fid_every, 0);
   int_at_least("train.fid_samples", fid_samples, 2, "a covariance needs two images");
   non_negative("train.fid_cfg", fid_cfg);
-  if (fid_every > 0) {
-    if (fid_ref.empty())
-      fail("train.fid_ref", "an ADM reference batch .npz with train.fid_every > 0", "''",
-           "VIRTUAL_imagenet256_labeled.npz from ADM's evaluation suite (README, Evaluation)");
-    if (fid_inception.empty())
-      fail("train.fid_inception", "FID Inception-v3 weights with train.fid_every > 0", "''",
-           "tools/convert_checkpoint.py pt_inception-2015-12-05-6726825d.pth --kind inception");
-  }
 }
 
 void SampleConfig::validate() const {
@@ -342,6 +334,12 @@ void Config::validate(ConfigUse use) const {
     fail("model.num_tokens",
          str_cat("(data.image_size / ", ds, ")^2 = ", grid, "x", grid, " = ", grid * grid),
          std::to_string(model.num_tokens), "one token per tokenizer code of the image");
+  if (train.fid_every > 0 && train.fid_ref.empty())
+    fail("train.fid_ref", "an ADM reference batch .npz with train.fid_every > 0", "''",
+         "VIRTUAL_imagenet256_labeled.npz from ADM's evaluation suite (README, Evaluation)");
+  if (train.fid_every > 0 && train.fid_inception.empty())
+    fail("train.fid_inception", "FID Inception-v3 weights with train.fid_every > 0", "''",
+         "tools/convert_checkpoint.py pt_inception-2015-12-05-6726825d.pth --kind inception");
   if (train.fid_every > 0 && vq.weights.empty())
     fail("vq.weights", str_cat("the tokenizer that decodes the samples, with train.fid_every ", train.fid_every), "''",
          "the tokenizer data.codes were extracted with, or train.fid_every=0");

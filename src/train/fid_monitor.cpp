@@ -1,6 +1,7 @@
 #include "fid_monitor.h"
 
 #include <chrono>
+#include <limits>
 #include <map>
 #include <string>
 #include <vector>
@@ -40,10 +41,15 @@ FidMonitor::FidMonitor(const Config& config, DistContext& dist, torch::Device de
   const auto& t = config.train;
   AIM_CHECK(vq_, "train.fid_every ", t.fid_every, ": FIDs need the tokenizer that decodes the samples\n",
             "---> HINT: set vq.weights");
+  AIM_CHECK(vq_->config.codebook_size == config.model.vocab_size, "vq.weights ", config.vq.weights, ": a codebook of ",
+            vq_->config.codebook_size, " codes, but model.vocab_size is ", config.model.vocab_size,
+            ": the FID samples could not be decoded");
+  const int64_t size = VqModel::Impl::side_of(config.model.num_tokens) * vq_->config.downsample();
   std::optional<eval::ImageBatchSource> ref;
   on_every_rank_or_none(dist, [&] {
     try {
-      inception_.emplace(t.fid_inception, device, std::max<int64_t>(1, config.sample.batch_size));
+      // aim eval's default batch: the same convolution shapes as the evaluation of `aim sample`'s images.
+      inception_.emplace(t.fid_inception, device, eval::EvalOptions{}.batch_size);
     } catch (const Error& e) {
       throw Error(str_cat("train.fid_inception: ", e.what()));
     }
@@ -52,6 +58,10 @@ FidMonitor::FidMonitor(const Config& config, DistContext& dist, torch::Device de
     } catch (const Error& e) {
       throw Error(str_cat("train.fid_ref: ", e.what()));
     }
+    // As aim eval: FIDs of images of another size than the reference's measure the resize.
+    AIM_CHECK(ref->height() == size && ref->width() == size, "train.fid_ref ", t.fid_ref, ": ", ref->width(), "x",
+              ref->height(), " images, but the model's samples are ", size, "x", size,
+              "\n---> HINT: a reference batch of the model's resolution (ADM's VIRTUAL_imagenet256_labeled.npz for 256)");
   }, "FID: loading train.fid_inception and train.fid_ref");
   if (ref->has_stored_stats()) {
     ref_ = ref->stored_stats();
@@ -62,30 +72,39 @@ FidMonitor::FidMonitor(const Config& config, DistContext& dist, torch::Device de
   // No stored statistics: the features of its images, each rank taking every world-th batch.
   const auto t0 = std::chrono::steady_clock::now();
   eval::FeatureSums sums(kPoolDim);
-  const int64_t n = ref->size(), b = inception_->batch_size();
-  for (int64_t start = static_cast<int64_t>(dist.rank()) * b; start < n; start += b * dist.world_size())
-    sums.add(inception_->extract(ref->read(start, std::min(b, n - start))).pool3);
+  on_every_rank_or_none(dist, [&] {
+    const int64_t n = ref->size(), b = inception_->batch_size();
+    for (int64_t start = static_cast<int64_t>(dist.rank()) * b; start < n; start += b * dist.world_size())
+      sums.add(inception_->extract(ref->read(start, std::min(b, n - start))).pool3);
+  }, str_cat("FID: the statistics of train.fid_ref ", t.fid_ref));
   all_reduce_sums(dist, sums);
   ref_ = sums.stats();
   say(str_cat("FID: every ", t.fid_every, " steps, ", t.fid_samples, " images at cfg ", guidance(config), " against ",
-              t.fid_ref, " (statistics of its ", n, " images, ",
+              t.fid_ref, " (statistics of its ", ref->size(), " images, ",
               format_duration(std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count()), ")"));
 }
 
 FidMonitor::Result FidMonitor::evaluate(AimModel& model) {
   const auto t0 = std::chrono::steady_clock::now();
   const auto& c = config_;
-  // The sampling weights: the model's own, or a copy in sample.dtype (auto: bf16 on CUDA).
+  // The sampling weights: the model's own, or a replica in sample.dtype (auto: bf16 on CUDA)
+  // made once and refreshed with the current weights.
   const std::string& want = c.sample.dtype;
   const auto own = model->backbone->norm_f->weight.scalar_type();
   const auto dtype = want == "bf16" || (want == "auto" && device_.is_cuda()) ? torch::kBFloat16 : torch::kFloat;
   AimModel m = model;
   if (dtype != own) {
-    m = AimModel(c.model);
-    std::map<std::string, torch::Tensor> sd;
-    for (const auto& [k, v] : official_state_dict(model)) sd[k] = v;
-    load_official_state_dict(m, sd, "FID sampling copy");
-    m->to(device_, dtype);
+    torch::NoGradGuard no_grad;
+    if (!replica_) {
+      replica_ = AimModel(c.model);
+      replica_->to(device_, dtype);
+      replica_->eval();
+    }
+    const auto src = model->named_parameters(true), dst = replica_->named_parameters(true);
+    for (const auto& item : src) dst[item.key()].copy_(item.value());
+    const auto src_b = model->named_buffers(true), dst_b = replica_->named_buffers(true);
+    for (const auto& item : src_b) dst_b[item.key()].copy_(item.value());
+    m = replica_;
   }
   const bool was_training = m->is_training();
   m->eval();
@@ -93,28 +112,27 @@ FidMonitor::Result FidMonitor::evaluate(AimModel& model) {
   so.cfg = guidance(c);
   so.seed = static_cast<uint64_t>(c.sample.seed);
   const int64_t total = c.train.fid_samples, batch = c.sample.batch_size;
-  const auto labels = plan_labels("random", total, c.model.num_classes, so.seed);
   eval::FeatureSums sums(kPoolDim);
-  for (int64_t start = static_cast<int64_t>(dist_.rank()) * batch; start < total;
-       start += batch * dist_.world_size()) {
-    const int64_t n = std::min(batch, total - start);
-    std::vector<int64_t> ids(static_cast<size_t>(n));
-    for (int64_t i = 0; i < n; ++i) ids[static_cast<size_t>(i)] = start + i;
-    const auto lab = torch::tensor(std::vector<int64_t>(labels.begin() + start, labels.begin() + start + n));
-    torch::Tensor tokens;
-    {
-      torch::NoGradGuard no_grad;
-      tokens = generate_tokens(m, lab, ids, so);
+  on_every_rank_or_none(dist_, [&] {
+    const auto labels = plan_labels("random", total, c.model.num_classes, so.seed);
+    for (int64_t start = static_cast<int64_t>(dist_.rank()) * batch; start < total;
+         start += batch * dist_.world_size()) {
+      const int64_t n = std::min(batch, total - start);
+      std::vector<int64_t> ids(static_cast<size_t>(n));
+      for (int64_t i = 0; i < n; ++i) ids[static_cast<size_t>(i)] = start + i;
+      const auto lab = torch::tensor(std::vector<int64_t>(labels.begin() + start, labels.begin() + start + n));
+      const auto tokens = generate_tokens(m, lab, ids, so);
+      sums.add(inception_->extract(to_uint8_hwc(decode_tokens(vq_, tokens, batch))).pool3);
     }
-    const auto images = to_uint8_hwc(decode_tokens(vq_, tokens, batch));
-    sums.add(inception_->extract(images).pool3);
-  }
+  }, "FID: sampling and scoring");
   if (was_training) m->train();
   all_reduce_sums(dist_, sums);
   Result r;
-  r.fid = eval::frechet_distance(sums.stats(), ref_);
+  // The matrix square root once, where the result is reported.
+  r.fid = dist_.is_main() ? eval::frechet_distance(sums.stats(), ref_) : std::numeric_limits<double>::quiet_NaN();
   r.samples = sums.rows();
   r.cfg = so.cfg;
+  r.dtype = dtype == torch::kBFloat16 ? "bf16" : "fp32";
   r.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   return r;
 }

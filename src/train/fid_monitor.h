@@ -23,18 +23,21 @@ class FidMonitor {
  public:
   /// Loads the Inception weights and the reference statistics (train.fid_ref's stored mu/sigma,
   /// else the features of its images, split over the ranks) on every rank; `vq` decodes the
-  /// samples. A file one rank cannot read stops every rank. Collective.
+  /// samples (its codebook must be the model's vocabulary, its images the reference's size).
+  /// An error on one rank stops every rank. Collective.
   FidMonitor(const Config& config, DistContext& dist, torch::Device device, VqModel vq, const Say& say);
 
   struct Result {
-    double fid = 0;
+    double fid = 0;  ///< on rank 0 (the others skip the matrix square root: NaN)
     int64_t samples = 0;
     double cfg = 0;
+    std::string dtype;  ///< the sampling weights' dtype: "fp32" or "bf16"
     double seconds = 0;
   };
 
-  /// Draws train.fid_samples images from `model` (not changed; copied in sample.dtype when that
-  /// differs from its own) and scores them. Collective.
+  /// Draws train.fid_samples images from `model` (not changed; its weights copied into a
+  /// replica kept for the run when sample.dtype asks for another dtype) and scores them. An
+  /// error on one rank stops every rank. Collective.
   Result evaluate(AimModel& model);
 
   /// The guidance scale FIDs are drawn with: train.fid_cfg, or the published FIDs' for this model.
@@ -47,6 +50,7 @@ class FidMonitor {
   VqModel vq_;
   std::optional<eval::InceptionExtractor> inception_;
   eval::FeatureStats ref_;
+  AimModel replica_{nullptr};  ///< the sampling copy in sample.dtype, made at the first evaluation
 };
 
 }  // namespace aim::train

@@ -328,11 +328,12 @@ TrainResult run_training(const Config& config_in, const TrainOptions& options) {
       }
       if (data.codes && loaded.identity != data.codes->info().tokenizer) {
         say(str_cat("warning: data.codes were made by tokenizer ", data.codes->info().tokenizer,
-                    ", the sample grids are decoded by vq.weights ", loaded.identity,
-                    ": unless that is the same tokenizer in another file, the grids show noise"));
+                    ", the sample grids and FIDs are decoded by vq.weights ", loaded.identity,
+                    ": unless that is the same tokenizer in another file, they show noise"));
       }
       grid_vq = loaded.model;
-      grid_vq->to(device);
+      // As aim sample decodes (fp32; channels-last convolutions on CUDA).
+      prepare_vq_for_decoding(grid_vq, device, torch::kFloat);
     }
   }
 
@@ -479,11 +480,16 @@ TrainResult run_training(const Config& config_in, const TrainOptions& options) {
   std::unique_ptr<FidMonitor> fid_monitor;
   if (fid) fid_monitor = std::make_unique<FidMonitor>(config, dist, device, grid_vq, say);
   auto fid_eval = [&]() {
+    for (auto& p : params) p.tensor.mutable_grad() = torch::Tensor();  // the step's are spent: memory for sampling
     const auto r = fid_monitor->evaluate(ema ? ema->model() : model);
     say(str_cat("FID at step ", state.step, ": ", fmt(r.fid, 4), " (", r.samples, " images, cfg ", r.cfg, ", ",
-                ema ? "EMA" : "model", ", ", format_duration(r.seconds), ")"));
+                ema ? "EMA" : "model", " weights in ", r.dtype, ", ", format_duration(r.seconds), ")"));
     metrics.write({{"kind", "fid"}, {"step", state.step}, {"fid", r.fid}, {"samples", r.samples}, {"cfg", r.cfg},
-                   {"weights", ema ? "ema" : "model"}, {"seconds", r.seconds}});
+                   {"weights", ema ? "ema" : "model"}, {"dtype", r.dtype}, {"seconds", r.seconds}});
+#ifdef AIM_WITH_CUDA
+    // The training records' peak memory is training's, not the sampling's.
+    if (device.is_cuda()) cuda_reset_peak_memory(device.index());
+#endif
   };
 
   // ---- the loop

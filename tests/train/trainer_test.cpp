@@ -312,74 +312,98 @@ TEST_F(TrainerTest, TrainsFromImagesEncodedOnTheFly) {
 }
 
 // train.fid_every: the FID a run logs is the one aim eval gives for the images aim sample
-// --preset fid draws from the same checkpoint, with one rank or two (each drawing its share).
-// The official tiny snapshot at lr 1e-12, so that both runs hold the same weights.
+// --preset fid draws from the same checkpoint: with one rank or two (each drawing its share; the
+// official tiny snapshot at lr 1e-12, so that both runs hold the same weights), and from a bf16
+// replica of the EMA weights after real steps. Evaluating leaves the training unchanged.
 TEST_F(TrainerTest, FidWhileTrainingIsAimEvalsFidOfTheSameSamples) {
   const std::string weights = run("inception.safetensors"), ref = run("ref.npz");
   test::write_fixture_inception_weights(weights);
-  {
-    // Smooth 128 px images (the model's size), no stored statistics: the run computes them.
+  auto write_ref = [](const std::string& path, int64_t size) {
+    // Smooth images, no stored statistics: the run computes them.
     torch::manual_seed(5);
     auto coarse = torch::rand({8, 3, 6, 6}) * 0.8 + 0.1;
     auto img = torch::nn::functional::interpolate(
-        coarse, torch::nn::functional::InterpolateFuncOptions().size(std::vector<int64_t>{128, 128}).mode(torch::kBilinear).align_corners(false));
-    NpzWriter w(ref);
+        coarse, torch::nn::functional::InterpolateFuncOptions().size(std::vector<int64_t>{size, size})
+                    .mode(torch::kBilinear).align_corners(false));
+    NpzWriter w(path);
     w.add_array("arr_0", (img.clamp(0, 1) * 255).round().to(torch::kByte).permute({0, 2, 3, 1}).contiguous());
     w.close();
-  }
+  };
+  write_ref(ref, 128);  // the model's size
   const std::string vq = (test::fixtures_dir() / "vq/vq16_tiny/model.safetensors").string();
   const std::string threads = "OMP_NUM_THREADS=" + std::to_string(at::get_num_threads()) + " ";
-  auto train = [&](const std::string& launcher, const std::string& out) {
-    return test::run_shell(threads + launcher +
-                           aim("train " + tiny() + " --device cpu " + cli_sets(out) + " --init " +
-                               (test::fixtures_dir() / "aim/mamba2_tiny").string() +
-                               " --set optim.lr=1e-12 --set train.max_steps=1 --set vq.weights=" + vq +
-                               " --set train.fid_every=1 --set train.fid_samples=6 --set train.fid_ref=" + ref +
-                               " --set train.fid_inception=" + weights + " --set sample.batch_size=4"));
+  const std::string fid_sets = " --set vq.weights=" + vq + " --set train.fid_samples=6 --set train.fid_ref=" + ref +
+                               " --set train.fid_inception=" + weights + " --set sample.batch_size=4";
+  auto train = [&](const std::string& launcher, const std::string& out, const std::string& sets) {
+    return test::run_shell(threads + launcher + aim("train " + tiny() + " --device cpu " + cli_sets(out) + fid_sets + sets));
   };
-  auto logged_fid = [&](const std::string& out) {
+  const std::string init = " --init " + (test::fixtures_dir() / "aim/mamba2_tiny").string() +
+                           " --set optim.lr=1e-12 --set train.max_steps=1 --set train.fid_every=1";
+  auto logged_fid = [&](const std::string& out, const std::string& weights_used, const std::string& dtype) {
     std::ifstream f(fs::path(out) / "metrics.jsonl");
+    double last = -1.0;
     for (std::string line; std::getline(f, line);) {
       const auto j = nlohmann::json::parse(line);
-      if (j.value("kind", "") == "fid") {
-        EXPECT_EQ(j.at("samples").get<int64_t>(), 6);
-        EXPECT_DOUBLE_EQ(j.at("cfg").get<double>(), 1.75);  // adaLN groups: the published FIDs' scale
-        return j.at("fid").get<double>();
-      }
+      if (j.value("kind", "") != "fid") continue;
+      EXPECT_EQ(j.at("samples").get<int64_t>(), 6);
+      EXPECT_DOUBLE_EQ(j.at("cfg").get<double>(), 1.75);  // adaLN groups: the published FIDs' scale
+      EXPECT_EQ(j.at("weights").get<std::string>(), weights_used);
+      EXPECT_EQ(j.at("dtype").get<std::string>(), dtype);
+      last = j.at("fid").get<double>();
     }
-    ADD_FAILURE() << out << ": no FID logged";
-    return -1.0;
+    EXPECT_GT(last, 0.0) << out << ": no FID logged";
+    return last;
   };
-  const auto one = train("", run("one"));
+  // The same images through aim sample and aim eval.
+  auto eval_of = [&](const std::string& ckpt, const std::string& flags, const std::string& name) {
+    const auto s = test::run_shell(threads + aim("sample --device cpu --ckpt " + ckpt +
+                                                 " --num-samples 6 --preset fid --batch-size 4 " + flags + " --npz " +
+                                                 run(name + ".npz")));
+    EXPECT_EQ(s.code, 0) << s.output;
+    const auto e = test::run_shell(threads + aim("eval --quiet --device cpu --samples " + run(name + ".npz") +
+                                                 " --ref " + ref + " --inception " + weights + " --json " +
+                                                 run(name + ".json")));
+    EXPECT_EQ(e.code, 0) << e.output;
+    return nlohmann::json::parse(read_text(run(name + ".json"))).at("fid").get<double>();
+  };
+  const auto one = train("", run("one"), init);
   ASSERT_EQ(one.code, 0) << one.output;
   EXPECT_NE(one.output.find("FID at step 1: "), std::string::npos) << one.output;
-  const double fid = logged_fid(run("one"));
-  EXPECT_GT(fid, 0.0);
+  const double fid = logged_fid(run("one"), "model", "fp32");
   const auto two = train("OMPI_MCA_btl_vader_single_copy_mechanism=none OMPI_MCA_rmaps_base_oversubscribe=1 "
-                         "mpirun --allow-run-as-root --oversubscribe -np 2 ", run("two"));
+                         "mpirun --allow-run-as-root --oversubscribe -np 2 ", run("two"), init);
   ASSERT_EQ(two.code, 0) << two.output;
   EXPECT_NE(two.output.find("world size 2"), std::string::npos) << two.output;
-  EXPECT_NEAR(logged_fid(run("two")), fid, 1e-6 * fid);
-  // The same images through aim sample and aim eval.
-  auto eval_of = [&](const std::string& seed) {
-    const auto s = test::run_shell(threads + aim("sample --device cpu --ckpt " + run("one") +
-                                                 " --num-samples 6 --preset fid --batch-size 4 --seed " + seed +
-                                                 " --npz " + run("s" + seed + ".npz")));
-    EXPECT_EQ(s.code, 0) << s.output;
-    const auto e = test::run_shell(threads + aim("eval --quiet --device cpu --samples " + run("s" + seed + ".npz") +
-                                                 " --ref " + ref + " --inception " + weights + " --json " +
-                                                 run("e" + seed + ".json")));
-    EXPECT_EQ(e.code, 0) << e.output;
-    return nlohmann::json::parse(read_text(run("e" + seed + ".json"))).at("fid").get<double>();
-  };
-  EXPECT_NEAR(eval_of("0"), fid, 1e-6 * fid);
-  // Other samples (another seed) score otherwise: the comparison above can fail.
-  EXPECT_GT(std::abs(eval_of("1") - fid), 1e-3 * fid);
+  EXPECT_NEAR(logged_fid(run("two"), "model", "fp32"), fid, 1e-6 * fid);
+  EXPECT_NEAR(eval_of(run("one"), "--seed 0", "s0"), fid, 1e-6 * fid);
+  // Other samples (another seed) score otherwise: the comparisons can fail.
+  EXPECT_GT(std::abs(eval_of(run("one"), "--seed 1", "s1") - fid), 1e-3 * fid);
+
+  // Real steps with an EMA, sampled from a bf16 replica: aim sample --ema --dtype bf16's images.
+  const std::string steps = " --set optim.lr=1e-3 --set train.max_steps=2 --set train.ema=true --set train.ema_decay=0.5"
+                            " --set sample.dtype=bf16";
+  const auto ema = train("", run("ema"), steps + " --set train.fid_every=1");
+  ASSERT_EQ(ema.code, 0) << ema.output;
+  const double ema_fid = logged_fid(run("ema"), "ema", "bf16");
+  EXPECT_NEAR(eval_of(run("ema"), "--ema --dtype bf16 --seed 0", "ema"), ema_fid, 1e-6 * ema_fid);
+  EXPECT_GT(std::abs(eval_of(run("ema"), "--dtype bf16 --seed 0", "raw") - ema_fid), 1e-3 * ema_fid);
+  // The same run without FIDs ends with the same weights, bit for bit.
+  const auto plain = train("", run("plain"), steps);
+  ASSERT_EQ(plain.code, 0) << plain.output;
+  for (const char* f : {"model.safetensors", "ema.safetensors"}) {
+    const auto a = load(RunDir(run("ema")).latest().value(), f), b = load(RunDir(run("plain")).latest().value(), f);
+    for (const auto& [k, v] : a) EXPECT_TRUE(torch::equal(v, b.at(k))) << f << " " << k;
+  }
+
   // plot_metrics.py adds an FID panel (a third row of two panels, 396 px each) beside the curves.
   const auto plot = test::run_shell(test::python() + " " + test::source_dir() + "/scripts/plot_metrics.py " + run("one"));
   ASSERT_EQ(plot.code, 0) << plot.output;
   EXPECT_GT(decode_image((fs::path(run("one")) / "metrics.png").string()).height, 1000);
-  // The run needs the tokenizer and the two files.
+  // A reference of another size is refused before training; the run needs the tokenizer and both files.
+  write_ref(run("ref64.npz"), 64);
+  const auto small = train("", run("small"), init + " --set train.fid_ref=" + run("ref64.npz"));
+  EXPECT_NE(small.code, 0);
+  EXPECT_NE(small.output.find("64x64 images, but the model's samples are 128x128"), std::string::npos) << small.output;
   const auto no_ref = test::error_of([&] { config(run("x"), {"train.fid_every=5", "train.fid_inception=" + weights}); });
   EXPECT_NE(no_ref.find("key 'train.fid_ref'"), std::string::npos) << no_ref;
   const auto no_vq = test::error_of(
