@@ -124,7 +124,7 @@ def main():
             w(f"                  target (accuracy >= {100 * TARGET_ACCURACY:.0f}%, diversity in "
               f"{TARGET_DIVERSITY[0]}..{TARGET_DIVERSITY[1]}): {'met' if met else 'NOT met'}")
     w(f"continuation {100 * cont['accuracy']:.1f}% by the analyser: {cont['images']} continuations (cfg 3) of "
-      f"held-out images' top halves, each in its own class")
+      f"held-out images' top halves (their codes also carry some of the lower half), each in its own class")
     w("pictures     " + "\n             ".join(
         [g for _, _, g in rows] +
         [os.path.join(out, "samples", "continue.png") + " (each row: a held-out image's top half, then its "

@@ -39,6 +39,7 @@ struct SampleArgs {
   std::string out, outdir, npz, tokens, from_tokens, work_dir, preset, dtype = "fp32", vq_dtype = "fp32", ssm_state = "fp32",
               device = "auto";
   std::vector<std::string> prompt;
+  std::string prompt_encoding = "image";
   int64_t num = 1, num_samples = 0, batch_size = 16, top_k = -1, nrow = 0, position_offset = 0, prompt_rows = 0;
   double cfg = -1, temperature = -1, top_p = -1, cfg_top_p = -1;
   uint64_t seed = 0;
@@ -227,10 +228,13 @@ void check_grid_size(const SampleArgs& a, int64_t count) {
 }
 
 /// --prompt's images cropped as extract-codes crops them (ADM's center crop) to the model's
-/// resolution, encoded `batch` at a time on the tokenizer's device, and the top `rows` token
-/// rows of each kept.
+/// resolution and encoded `batch` at a time on the tokenizer's device; the top `rows` token rows
+/// kept. `encoding` "image": the codes of the whole image, as training saw codes (its encoder's
+/// convolutions and attention see the whole image, so the top codes also carry what lies below
+/// them); "strip": the codes of the top rows x downsample pixel rows encoded alone (nothing from
+/// below, but the strip's last rows are encoded against an edge no training image had there).
 Prompts encode_prompts(const std::vector<std::string>& files, int64_t rows, int64_t per_prompt, VqModel& vq,
-                       int64_t tokens, int64_t batch) {
+                       int64_t tokens, int64_t batch, const std::string& encoding) {
   Prompts p;
   p.files = files;
   p.side = VqModel::Impl::side_of(tokens);
@@ -247,12 +251,17 @@ Prompts encode_prompts(const std::vector<std::string>& files, int64_t rows, int6
   const auto device = vq->post_quant_conv->weight.device();
   torch::NoGradGuard no_grad;
   std::vector<torch::Tensor> codes;
+  const int64_t kept = rows * vq->config.downsample();
   for (size_t s = 0; s < p.images.size(); s += static_cast<size_t>(batch)) {
     const std::vector<Image> chunk(p.images.begin() + static_cast<std::ptrdiff_t>(s),
                                    p.images.begin() + static_cast<std::ptrdiff_t>(std::min(s + batch, p.images.size())));
-    codes.push_back(vq->encode(to_tensor(chunk).to(device)).to(torch::kCPU));
+    auto x = to_tensor(chunk);
+    if (encoding == "strip") x = x.narrow(2, 0, kept).contiguous();
+    codes.push_back(vq->encode(x.to(device)).narrow(1, 0, rows * p.side).to(torch::kCPU));
   }
-  p.tokens = torch::cat(codes).narrow(1, 0, rows * p.side).contiguous();
+  p.tokens = torch::cat(codes).contiguous();  // [files, rows * side]: row-major codes of the top rows
+  AIM_CHECK(p.tokens.size(1) == rows * p.side, "--prompt: the tokenizer gave ", p.tokens.size(1), " codes for the top ",
+            rows, " rows, expected ", rows * p.side);
   return p;
 }
 
@@ -341,6 +350,10 @@ Runner add_sample_command(CLI::App& app) {
                   "tokenized; --num samples of each keep its top --prompt-rows token rows")
       ->delimiter(',');
   cmd->add_option("--prompt-rows", a->prompt_rows, "--prompt: token rows kept from the top (default: half)");
+  cmd->add_option("--prompt-encoding", a->prompt_encoding,
+                  "--prompt: image (the top codes of the whole image, as training saw codes; they carry some of "
+                  "what lies below) | strip (the kept pixel rows encoded alone)")
+      ->capture_default_str();
   cmd->add_option("--work-dir", a->work_dir, "finished batches (resume); default <output>.parts");
   return [cmd, a]() -> int {
     if (!cmd->parsed()) return -1;
@@ -364,7 +377,7 @@ Runner add_sample_command(CLI::App& app) {
       for (const char* flag : {"--class", "--num", "--num-samples", "--labels", "--preset", "--cfg", "--temperature",
                                "--top-k", "--top-p", "--cfg-top-p", "--seed", "--dtype", "--ssm-state",
                                "--decode-position-offset", "--ema", "--no-cuda-graph", "--config", "--work-dir",
-                               "--prompt", "--prompt-rows"}) {
+                               "--prompt", "--prompt-rows", "--prompt-encoding"}) {
         AIM_CHECK(cmd->count(flag) == 0, "--from-tokens decodes saved tokens: ", flag,
                   " has no effect there\n---> HINT: leave it out (the tokens file records how they were sampled)");
       }
@@ -465,8 +478,11 @@ Runner add_sample_command(CLI::App& app) {
               "--cfg above 1");
     if (o.cfg == 1.0) o.cfg_top_p = 1.0;
     const bool prompting = !a->prompt.empty();
-    AIM_CHECK(prompting || cmd->count("--prompt-rows") == 0, "--prompt-rows: no --prompt images to keep rows of",
-              "\n---> HINT: leave it out, or give --prompt IMAGE[,IMAGE...]");
+    for (const char* flag : {"--prompt-rows", "--prompt-encoding"})
+      AIM_CHECK(prompting || cmd->count(flag) == 0, flag, ": no --prompt images to keep rows of",
+                "\n---> HINT: leave it out, or give --prompt IMAGE[,IMAGE...]");
+    AIM_CHECK(a->prompt_encoding == "image" || a->prompt_encoding == "strip",
+              "--prompt-encoding: expected image or strip, found '", a->prompt_encoding, "'");
     std::vector<int64_t> labels;
     int64_t prompt_rows = 0;
     if (prompting) {
@@ -523,7 +539,8 @@ Runner add_sample_command(CLI::App& app) {
         // Encoded in fp32 whatever --vq-dtype decodes in.
         vq->to(device, torch::kFloat);
         vq->eval();
-        prompts = encode_prompts(a->prompt, prompt_rows, a->num, vq, mc.num_tokens, a->batch_size);
+        prompts = encode_prompts(a->prompt, prompt_rows, a->num, vq, mc.num_tokens, a->batch_size,
+                                 a->prompt_encoding);
         if (a->out.empty()) prompts.images.clear();  // only the grid shows them
       }
       if (decode)
@@ -549,6 +566,7 @@ Runner add_sample_command(CLI::App& app) {
       for (const auto& f : prompts.files) ids += (ids.empty() ? "" : "; ") + file_identity(f);
       settings["prompt"] = ids;
       settings["prompt_rows"] = std::to_string(prompts.rows);
+      settings["prompt_encoding"] = a->prompt_encoding;
       // Sample i continues prompt i / --num: the same labels under another --num would pair a
       // finished batch with another image.
       settings["prompt_num"] = std::to_string(prompts.per_prompt);

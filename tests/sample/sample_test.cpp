@@ -343,13 +343,24 @@ TEST_F(SampleCli, PromptImagesAreContinued) {
   auto saved = load_safetensors(p("t.safetensors"));
   ASSERT_EQ(saved["tokens"].sizes(), (std::vector<int64_t>{4, 64}));
   EXPECT_TRUE(torch::equal(saved["labels"].to(torch::kLong), torch::tensor(std::vector<int64_t>{2, 2, 5, 5})));
-  // The prompts are the tokenizer's codes of the cropped images, the first 3 rows of 8.
+  // The prompts are the tokenizer's codes of the cropped images, their first 3 rows of 8.
   auto vq = load_vq_model(ckpt_, test::source_dir() + "/configs/fixture_tiny_vq.json").model;
   vq->eval();
   torch::NoGradGuard no_grad;
-  auto codes = vq->encode(to_tensor(std::vector<Image>{center_crop_arr(decode_image(files[0]), 128),
-                                                       center_crop_arr(decode_image(files[1]), 128)}));
-  auto want_prompt = codes.narrow(1, 0, 24).repeat_interleave(2, 0);
+  const auto crops = to_tensor(std::vector<Image>{center_crop_arr(decode_image(files[0]), 128),
+                                                  center_crop_arr(decode_image(files[1]), 128)});
+  auto want_prompt = vq->encode(crops).narrow(1, 0, 24).repeat_interleave(2, 0);
+  // --prompt-encoding strip: the top 3 x 16 pixel rows encoded alone (other codes: the encoder
+  // sees the whole image otherwise).
+  {
+    auto strip = run(base_ + args + "--prompt-encoding strip --tokens " + p("strip.safetensors"));
+    ASSERT_EQ(strip.code, 0) << strip.output;
+    const auto want_strip = vq->encode(crops.narrow(2, 0, 48).contiguous()).repeat_interleave(2, 0);
+    ASSERT_EQ(want_strip.size(1), 24);
+    const auto got = load_safetensors(p("strip.safetensors"))["tokens"].to(torch::kLong).narrow(1, 0, 24);
+    EXPECT_TRUE(torch::equal(got, want_strip));
+    EXPECT_FALSE(torch::equal(got, want_prompt));
+  }
   EXPECT_TRUE(torch::equal(saved["tokens"].to(torch::kLong).narrow(1, 0, 24), want_prompt));
   // The continuations are the library's, sample i drawing from (seed, i).
   auto model = load_aim_model(find_checkpoint(ckpt_));
@@ -418,6 +429,8 @@ TEST_F(SampleCli, PromptImagesAreContinued) {
       {prompt + "--prompt-rows 8 --class 1", "--prompt-rows: expected 1 to 7 (the model's images are 8 x 8 tokens), found 8"},
       {prompt + "--prompt-rows 0 --class 1", "--prompt-rows: expected 1 to 7"},
       {"--prompt-rows 2 --class 1", "--prompt-rows: no --prompt images"},
+      {"--prompt-encoding strip --class 1", "--prompt-encoding: no --prompt images"},
+      {prompt + "--prompt-encoding half --class 1", "--prompt-encoding: expected image or strip, found 'half'"},
       {prompt + "--num-samples 4", "--prompt: the samples are --num continuations of each image"},
       {prompt + "--class 1,2,3", "--class: 3 classes for 2 --prompt images"},
       {prompt, "--prompt: give the class to continue in with --class"},
