@@ -478,7 +478,9 @@ TrainResult run_training(const Config& config_in, const TrainOptions& options) {
   // FIDs of the EMA when one is kept (as the grids), else of the model, in the metrics as
   // {"kind": "fid"}.
   std::unique_ptr<FidMonitor> fid_monitor;
-  if (fid) fid_monitor = std::make_unique<FidMonitor>(config, dist, device, grid_vq, say);
+  // (Not for a resume with no step left: nothing would be scored.)
+  if (fid && state.step < total_steps)
+    fid_monitor = std::make_unique<FidMonitor>(config, dist, device, grid_vq, say);
   auto fid_eval = [&]() {
     for (auto& p : params) p.tensor.mutable_grad() = torch::Tensor();  // the step's are spent: memory for sampling
     const auto r = fid_monitor->evaluate(ema ? ema->model() : model);
