@@ -2,7 +2,6 @@
 
 #include <chrono>
 #include <limits>
-#include <map>
 #include <string>
 #include <vector>
 

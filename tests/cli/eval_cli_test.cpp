@@ -28,18 +28,6 @@ namespace fs = std::filesystem;
 
 constexpr int64_t kSamples = 6, kRefs = 8, kSize = 64;
 
-/// Smooth random RGB images (a coarse grid upsampled), so the Inception sees structure.
-torch::Tensor smooth_images(int64_t n, int64_t size, uint64_t seed, double brightness) {
-  torch::manual_seed(seed);
-  auto coarse = torch::rand({n, 3, 6, 6}, torch::kFloat) * 0.8 + brightness;
-  auto img = torch::nn::functional::interpolate(
-      coarse, torch::nn::functional::InterpolateFuncOptions()
-                  .size(std::vector<int64_t>{size, size})
-                  .mode(torch::kBilinear)
-                  .align_corners(false));
-  return (img.clamp(0, 1) * 255).round().to(torch::kByte).permute({0, 2, 3, 1}).contiguous();
-}
-
 void write_npz(const fs::path& path, const std::vector<std::pair<std::string, torch::Tensor>>& arrays) {
   NpzWriter w(path.string());
   for (const auto& [name, t] : arrays) w.add_array(name, t);
@@ -55,8 +43,8 @@ struct World {
     fs::create_directories(dir);
     weights = (dir / "inception.safetensors").string();
     test::write_fixture_inception_weights(weights);
-    samples = smooth_images(kSamples, kSize, 11, 0.0);
-    refs = smooth_images(kRefs, kSize, 12, 0.15);
+    samples = test::smooth_images(kSamples, kSize, 11, 0.0);
+    refs = test::smooth_images(kRefs, kSize, 12, 0.15);
     write_npz(dir / "samples.npz", {{"arr_0", samples}, {"arr_1", torch::arange(kSamples)}});
     write_npz(dir / "ref.npz", {{"arr_0", refs}});
   }
@@ -271,7 +259,7 @@ TEST(EvalCli, BadInputsNameTheFileAndKey) {
   write_npz(w.p("three.npz"), {{"arr_0", w.samples.narrow(0, 0, 3).contiguous()}});
   expect_error("--samples " + w.p("three.npz") + " --ref " + w.p("ref.npz") + base,
                {"three.npz", "3 images", "k = 3", "at least 4"});
-  write_npz(w.p("small.npz"), {{"arr_0", smooth_images(kSamples, 32, 13, 0.0)}});
+  write_npz(w.p("small.npz"), {{"arr_0", test::smooth_images(kSamples, 32, 13, 0.0)}});
   expect_error("--samples " + w.p("small.npz") + " --ref " + w.p("ref.npz") + base,
                {"small.npz", "32x32", "64x64", "--allow-size-mismatch"});
   write_npz(w.p("noarr.npz"), {{"images", w.samples}});

@@ -88,6 +88,19 @@ inline std::filesystem::path first_inception_fixture() {
   return {};
 }
 
+/// Smooth random RGB images (a coarse 6x6 grid upsampled bilinearly), so the Inception sees
+/// structure: uint8 [n, size, size, 3], values from brightness to brightness + 0.8 of full scale.
+inline torch::Tensor smooth_images(int64_t n, int64_t size, uint64_t seed, double brightness) {
+  torch::manual_seed(seed);
+  auto coarse = torch::rand({n, 3, 6, 6}, torch::kFloat) * 0.8 + brightness;
+  auto img = torch::nn::functional::interpolate(
+      coarse, torch::nn::functional::InterpolateFuncOptions()
+                  .size(std::vector<int64_t>{size, size})
+                  .mode(torch::kBilinear)
+                  .align_corners(false));
+  return (img.clamp(0, 1) * 255).round().to(torch::kByte).permute({0, 2, 3, 1}).contiguous();
+}
+
 /// Writes the weights of fixture folder `dir` (default: the first inception_fid one) as a
 /// safetensors file a user's converted pt_inception would be.
 inline void write_fixture_inception_weights(const std::string& path,

@@ -320,13 +320,8 @@ TEST_F(TrainerTest, FidWhileTrainingIsAimEvalsFidOfTheSameSamples) {
   test::write_fixture_inception_weights(weights);
   auto write_ref = [](const std::string& path, int64_t size) {
     // Smooth images, no stored statistics: the run computes them.
-    torch::manual_seed(5);
-    auto coarse = torch::rand({8, 3, 6, 6}) * 0.8 + 0.1;
-    auto img = torch::nn::functional::interpolate(
-        coarse, torch::nn::functional::InterpolateFuncOptions().size(std::vector<int64_t>{size, size})
-                    .mode(torch::kBilinear).align_corners(false));
     NpzWriter w(path);
-    w.add_array("arr_0", (img.clamp(0, 1) * 255).round().to(torch::kByte).permute({0, 2, 3, 1}).contiguous());
+    w.add_array("arr_0", test::smooth_images(8, size, 5, 0.1));
     w.close();
   };
   write_ref(ref, 128);  // the model's size
