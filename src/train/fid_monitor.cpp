@@ -7,6 +7,7 @@
 
 #include "aim/core/error.h"
 #include "aim/core/fileio.h"
+#include "aim/core/progress.h"
 #include "aim/data/image.h"
 #include "aim/eval/evaluator.h"
 #include "aim/sample/generate.h"
@@ -83,7 +84,7 @@ FidMonitor::FidMonitor(const Config& config, DistContext& dist, torch::Device de
               format_duration(std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count()), ")"));
 }
 
-FidMonitor::Result FidMonitor::evaluate(AimModel& model) {
+FidMonitor::Result FidMonitor::evaluate(AimModel& model, bool show_progress) {
   const auto t0 = std::chrono::steady_clock::now();
   const auto& c = config_;
   // The sampling weights: the model's own, or a replica in sample.dtype (auto: bf16 on CUDA)
@@ -111,27 +112,45 @@ FidMonitor::Result FidMonitor::evaluate(AimModel& model) {
   so.cfg = guidance(c);
   so.seed = static_cast<uint64_t>(c.sample.seed);
   const int64_t total = c.train.fid_samples, batch = c.sample.batch_size;
+  const auto labels = plan_labels("random", total, c.model.num_classes, so.seed);
+  // Rounds of one batch per rank. Between rounds the ranks agree whether a stop was asked for
+  // (a batch system's signal ahead of its time limit): a long FID is then abandoned, so that the
+  // checkpoint is written in the grace period; the trainer runs it again on resume.
+  const int64_t per_round = batch * dist_.world_size(), rounds = (total + per_round - 1) / per_round;
+  Progress progress("fid", total, "img", show_progress && dist_.is_main());
   eval::FeatureSums sums(kPoolDim);
-  on_every_rank_or_none(dist_, [&] {
-    const auto labels = plan_labels("random", total, c.model.num_classes, so.seed);
-    for (int64_t start = static_cast<int64_t>(dist_.rank()) * batch; start < total;
-         start += batch * dist_.world_size()) {
+  Result r;
+  for (int64_t round = 0; round < rounds; ++round) {
+    const int64_t start = round * per_round + static_cast<int64_t>(dist_.rank()) * batch;
+    on_every_rank_or_none(dist_, [&] {
+      if (start >= total) return;
       const int64_t n = std::min(batch, total - start);
       std::vector<int64_t> ids(static_cast<size_t>(n));
       for (int64_t i = 0; i < n; ++i) ids[static_cast<size_t>(i)] = start + i;
       const auto lab = torch::tensor(std::vector<int64_t>(labels.begin() + start, labels.begin() + start + n));
       const auto tokens = generate_tokens(m, lab, ids, so);
       sums.add(inception_->extract(to_uint8_hwc(decode_tokens(vq_, tokens, batch))).pool3);
+    }, "FID: sampling and scoring");
+    const int64_t drawn = std::min(total, (round + 1) * per_round);
+    progress.update(drawn - progress.done());
+    if (round + 1 < rounds && dist_.any_true(stop_signal() != 0)) {
+      r.abandoned = true;
+      r.samples = drawn;
+      break;
     }
-  }, "FID: sampling and scoring");
+  }
   if (was_training) m->train();
+  r.cfg = so.cfg;
+  r.dtype = dtype == torch::kBFloat16 ? "bf16" : "fp32";
+  if (r.abandoned) {
+    r.fid = std::numeric_limits<double>::quiet_NaN();
+    r.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    return r;
+  }
   all_reduce_sums(dist_, sums);
-  Result r;
   // The matrix square root once, where the result is reported.
   r.fid = dist_.is_main() ? eval::frechet_distance(sums.stats(), ref_) : std::numeric_limits<double>::quiet_NaN();
   r.samples = sums.rows();
-  r.cfg = so.cfg;
-  r.dtype = dtype == torch::kBFloat16 ? "bf16" : "fp32";
   r.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   return r;
 }

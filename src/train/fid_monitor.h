@@ -29,16 +29,21 @@ class FidMonitor {
 
   struct Result {
     double fid = 0;  ///< on rank 0 (the others skip the matrix square root: NaN)
-    int64_t samples = 0;
+    int64_t samples = 0;  ///< images scored (abandoned: drawn before the stop, over all ranks)
     double cfg = 0;
     std::string dtype;  ///< the sampling weights' dtype: "fp32" or "bf16"
     double seconds = 0;
+    /// A stop signal reached a rank while the images were drawn: the ranks agreed after a batch
+    /// to give up the FID (fid NaN), so that the checkpoint is written in the batch system's
+    /// grace period.
+    bool abandoned = false;
   };
 
   /// Draws train.fid_samples images from `model` (not changed; its weights copied into a
   /// replica kept for the run when sample.dtype asks for another dtype) and scores them. An
-  /// error on one rank stops every rank. Collective.
-  Result evaluate(AimModel& model);
+  /// error on one rank stops every rank; a stop signal on one abandons it on every rank.
+  /// `show_progress`: a progress line on rank 0. Collective.
+  Result evaluate(AimModel& model, bool show_progress = false);
 
   /// The guidance scale FIDs are drawn with: train.fid_cfg, or the published FIDs' for this model.
   static double guidance(const Config& config);

@@ -31,6 +31,7 @@ std::string TrainerState::to_json() const {
   j["log_count"] = log_count;
   j["elapsed_s"] = elapsed_s;
   j["loss"] = loss;
+  if (fid_due) j["fid_due"] = true;
   j["rng"] = rng;
   return j.dump(2) + "\n";
 }
@@ -72,6 +73,10 @@ TrainerState TrainerState::from_json(const std::string& text, const std::string&
   if (j.contains("elapsed_s") && j["elapsed_s"].is_number()) s.elapsed_s = j["elapsed_s"].get<double>();
   if (j.contains("loss") && j["loss"].is_number()) s.loss = j["loss"].get<double>();
   if (j.contains("rng") && j["rng"].is_string()) s.rng = j["rng"].get<std::string>();
+  if (j.contains("fid_due")) {
+    AIM_CHECK(j["fid_due"].is_boolean(), what, ": key 'fid_due': expected true or false, found ", j["fid_due"].dump());
+    s.fid_due = j["fid_due"].get<bool>();
+  }
   return s;
 }
 

@@ -478,12 +478,23 @@ TrainResult run_training(const Config& config_in, const TrainOptions& options) {
   // FIDs of the EMA when one is kept (as the grids), else of the model, in the metrics as
   // {"kind": "fid"}.
   std::unique_ptr<FidMonitor> fid_monitor;
-  // (Not for a resume with no step left: nothing would be scored.)
-  if (fid && state.step < total_steps)
+  // (Not for a resume with no step left and no FID due: nothing would be scored.)
+  if (fid && (state.step < total_steps || state.fid_due))
     fid_monitor = std::make_unique<FidMonitor>(config, dist, device, grid_vq, say);
   auto fid_eval = [&]() {
     for (auto& p : params) p.tensor.mutable_grad() = torch::Tensor();  // the step's are spent: memory for sampling
-    const auto r = fid_monitor->evaluate(ema ? ema->model() : model);
+    say(str_cat("FID at step ", state.step, ": drawing ", config.train.fid_samples, " images from the ",
+                ema ? "EMA" : "model", " weights"));
+    const auto r = fid_monitor->evaluate(ema ? ema->model() : model, verbose);
+    if (r.abandoned) {
+      // Written into the checkpoint of this step, which the stop saves next.
+      state.fid_due = true;
+      result.interrupted = true;
+      say(str_cat("FID at step ", state.step, ": abandoned after ", r.samples, " of ", config.train.fid_samples,
+                  " images (stop requested); a resume computes it first"));
+      return;
+    }
+    state.fid_due = false;
     say(str_cat("FID at step ", state.step, ": ", fmt(r.fid, 4), " (", r.samples, " images, cfg ", r.cfg, ", ",
                 ema ? "EMA" : "model", " weights in ", r.dtype, ", ", format_duration(r.seconds), ")"));
     metrics.write({{"kind", "fid"}, {"step", state.step}, {"fid", r.fid}, {"samples", r.samples}, {"cfg", r.cfg},
@@ -529,6 +540,16 @@ TrainResult run_training(const Config& config_in, const TrainOptions& options) {
   if (state.step >= total_steps && state.step > 0)
     say(str_cat("the checkpoint is at step ", state.step, ", the run's end is step ", total_steps,
                 ": no step to take\n---> HINT: raise train.max_steps or train.epochs to train on"));
+  // The FID a stop abandoned in the last session, of the weights it saved.
+  if (state.fid_due && fid_monitor) {
+    say(str_cat("FID at step ", state.step, ": abandoned by the stop that ended the last session, computed now"));
+    fid_eval();
+    // Its checkpoint still says it is due: written again if this session ends at this step.
+    if (!state.fid_due) last_saved = -1;
+  } else if (state.fid_due) {
+    say(str_cat("note: the FID of step ", state.step, " was abandoned by a stop and is not computed: train.fid_every is 0"));
+    state.fid_due = false;
+  }
   while (state.step < total_steps) {
     if (stop_before_step(dist, options, state.step - session_start, result)) break;
     // An epoch's leftover micro-batches (fewer than one accumulation) are skipped.

@@ -406,6 +406,82 @@ TEST_F(TrainerTest, FidWhileTrainingIsAimEvalsFidOfTheSameSamples) {
   EXPECT_NE(no_vq.find("key 'vq.weights'"), std::string::npos) << no_vq;
 }
 
+TEST_F(TrainerTest, AStopDuringAnFidSavesAtOnceAndTheResumeComputesIt) {
+  // A batch system's signal ahead of its time limit must not wait for a long FID (10,000 images
+  // by default): the ranks give it up after the batch they are drawing, the checkpoint of that
+  // step says it is due, and the resume computes it from those weights before its first step.
+  const std::string weights = run("inception.safetensors"), ref = run("ref.npz");
+  test::write_fixture_inception_weights(weights);
+  {
+    NpzWriter w(ref);
+    w.add_array("arr_0", test::smooth_images(8, 128, 5, 0.1));
+    w.close();
+  }
+  const std::string vq = (test::fixtures_dir() / "vq/vq16_tiny/model.safetensors").string();
+  const std::string threads = "OMP_NUM_THREADS=" + std::to_string(at::get_num_threads()) + " ";
+  const std::string mpirun = "OMPI_MCA_btl_vader_single_copy_mechanism=none OMPI_MCA_rmaps_base_oversubscribe=1 "
+                             "mpirun --allow-run-as-root --oversubscribe -np 2 ";
+  const std::string sets = " --device cpu --set vq.weights=" + vq + " --set train.fid_ref=" + ref +
+                           " --set train.fid_inception=" + weights +
+                           " --set train.fid_every=2 --set train.max_steps=3 --set train.ema=true --set train.ema_decay=0.5";
+  // Two ranks drawing 2 images each per round, 4000 images in all: minutes, were it not abandoned.
+  const std::string out = run("stopped");
+  const auto stopped = test::run_shell(
+      threads + mpirun + aim("train " + tiny() + " " + cli_sets(out) + sets +
+                             " --set train.fid_samples=4000 --set sample.batch_size=2") +
+      " > " + run("stopped.log") + " 2>&1 & pid=$!; for i in $(seq 1 1200); do grep -q 'drawing 4000 images' " +
+      run("stopped.log") + " && break; kill -0 $pid || break; sleep 0.1; done; kill -USR1 $pid; wait $pid; echo rc=$?");
+  const std::string log = read_text(run("stopped.log"));
+  EXPECT_NE(stopped.output.find("rc=0"), std::string::npos) << stopped.output << log;
+  EXPECT_NE(log.find("FID at step 2: abandoned after "), std::string::npos) << log;
+  EXPECT_NE(log.find("of 4000 images (stop requested); a resume computes it first"), std::string::npos) << log;
+  EXPECT_NE(log.find("stopped at step 2 of 3"), std::string::npos) << log;
+  const auto latest = RunDir(out).latest();
+  ASSERT_TRUE(latest.has_value()) << log;
+  auto state_of = [](const std::string& dir) {
+    return TrainerState::from_json(read_text(dir + "/trainer_state.json"), dir);
+  };
+  EXPECT_EQ(state_of(*latest).step, 2);
+  EXPECT_TRUE(state_of(*latest).fid_due);
+  auto fids = [](const std::string& dir) {
+    std::map<int64_t, double> by_step;
+    std::ifstream f(fs::path(dir) / "metrics.jsonl");
+    for (std::string line; std::getline(f, line);) {
+      const auto j = nlohmann::json::parse(line);
+      if (j.value("kind", "") == "fid") by_step[j.at("step").get<int64_t>()] = j.at("fid").get<double>();
+    }
+    return by_step;
+  };
+  EXPECT_TRUE(fids(out).empty());
+  const std::string again = run("again");  // for the last check
+  fs::copy(out, again, fs::copy_options::recursive);
+
+  // Resumed (with fewer images): the FID of step 2 first, then step 3 and its FID; they are the
+  // FIDs of a run that was never stopped.
+  const std::string fewer = " --set train.fid_samples=6 --set sample.batch_size=2";
+  const auto resumed = test::run_shell(threads + mpirun + aim("train --resume " + out + " --device cpu" + fewer));
+  ASSERT_EQ(resumed.code, 0) << resumed.output;
+  EXPECT_NE(resumed.output.find("FID at step 2: abandoned by the stop that ended the last session, computed now"),
+            std::string::npos) << resumed.output;
+  EXPECT_FALSE(state_of(*RunDir(out).latest()).fid_due);
+  const auto straight = test::run_shell(threads + mpirun + aim("train " + tiny() + " " + cli_sets(run("straight")) +
+                                                               sets + fewer));
+  ASSERT_EQ(straight.code, 0) << straight.output;
+  const auto a = fids(out), b = fids(run("straight"));
+  ASSERT_EQ(a.size(), 2u) << resumed.output;
+  ASSERT_EQ(b.size(), 2u) << straight.output;
+  for (const int64_t step : {2, 3}) EXPECT_NEAR(a.at(step), b.at(step), 1e-9 * b.at(step)) << "step " << step;
+  EXPECT_GT(std::abs(a.at(2) - a.at(3)), 1e-6 * a.at(3));  // the steps' FIDs differ: the check can fail
+
+  // A resume with no step left computes the due FID and writes the checkpoint again, no longer due.
+  const auto due_only = test::run_shell(threads + aim("train --resume " + again + " --device cpu" + fewer +
+                                                      " --set train.max_steps=2"));
+  ASSERT_EQ(due_only.code, 0) << due_only.output;
+  EXPECT_NEAR(fids(again).at(2), b.at(2), 1e-9 * b.at(2));
+  EXPECT_EQ(state_of(*RunDir(again).latest()).step, 2);
+  EXPECT_FALSE(state_of(*RunDir(again).latest()).fid_due);
+}
+
 TEST_F(TrainerTest, InitFromAnOfficialSnapshotAndAnotherClassCount) {
   TrainOptions o;
   o.quiet = true;

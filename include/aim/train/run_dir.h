@@ -33,6 +33,9 @@ struct TrainerState {
   int64_t log_count = 0;
   double elapsed_s = 0.0;      ///< training time so far (all sessions)
   double loss = 0.0;           ///< mean training loss of the last step
+  /// The FID of this step (train.fid_every) was abandoned for a stop signal: a resume computes
+  /// it before its first step.
+  bool fid_due = false;
   std::string rng = "per-step: seed (seed, step, micro-batch, rank)";
 
   std::string to_json() const;
