@@ -9,7 +9,8 @@
 # Environment:
 #   AIM_FID_REF            reference batch (default VIRTUAL_imagenet256_labeled.npz)
 #   AIM_INCEPTION_WEIGHTS  FID Inception-v3 .safetensors (tools/convert_checkpoint.py --kind inception)
-#   AIM_NPROC              processes (default: the number of GPUs nvidia-smi lists)
+#   AIM_NPROC              processes (default: the number of GPUs nvidia-smi lists; 1 on the CPU)
+#   AIM_DEVICE             cuda (default) or cpu (a check of the pipeline on a few samples)
 #   AIM_NUM_SAMPLES        samples (default 50000)
 #   AIM_BATCH_SIZE         images per sampling batch and rank (default 125)
 #   AIM_FID_LABELS         random (default, the published protocol) or balanced (50 per class)
@@ -20,11 +21,11 @@ set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 
 if [[ "${1:-}" == -h || "${1:-}" == --help ]]; then
-  sed -n '2,18p' "$0" | sed 's/^# \{0,1\}//'
+  sed -n '2,19p' "$0" | sed 's/^# \{0,1\}//'
   exit 0
 fi
 if [[ $# -lt 2 ]]; then
-  sed -n '2,18p' "$0" | sed 's/^# \{0,1\}//' >&2
+  sed -n '2,19p' "$0" | sed 's/^# \{0,1\}//' >&2
   exit 2
 fi
 ckpt=$1
@@ -44,14 +45,18 @@ fail() { echo "fid.sh: $*" >&2; exit 1; }
 [[ -f "$ref" ]] || fail "reference batch '$ref' not found (set AIM_FID_REF); ---> HINT: download VIRTUAL_imagenet256_labeled.npz from the ADM evaluations README (github.com/openai/guided-diffusion/tree/main/evaluations)"
 [[ -n "$inception" && -f "$inception" ]] || fail "set AIM_INCEPTION_WEIGHTS to the converted FID Inception weights (found '${inception}'); ---> HINT: python3 tools/convert_checkpoint.py pt_inception-2015-12-05-6726825d.pth --kind inception --out pt_inception.safetensors"
 
+device=${AIM_DEVICE:-cuda}
+[[ "$device" == cuda || "$device" == cpu ]] || fail "AIM_DEVICE: expected cuda or cpu, found '$device'"
 if [[ -n "${AIM_NPROC:-}" ]]; then
   nproc_gpu=$AIM_NPROC
+elif [[ "$device" == cpu ]]; then
+  nproc_gpu=1
 elif command -v nvidia-smi >/dev/null 2>&1; then
   nproc_gpu=$(nvidia-smi -L | grep -c '^GPU' || true)
 else
   nproc_gpu=0
 fi
-[[ "$nproc_gpu" -ge 1 ]] || fail "no GPU found (nvidia-smi -L lists none); 50,000 samples need GPUs. Set AIM_NPROC to force."
+[[ "$nproc_gpu" =~ ^[0-9]+$ && "$nproc_gpu" -ge 1 ]] || fail "no GPU found (nvidia-smi -L lists none; AIM_NPROC '${AIM_NPROC:-}'); 50,000 samples need GPUs ---> HINT: AIM_DEVICE=cpu AIM_NUM_SAMPLES=100 checks the pipeline on the CPU"
 
 mkdir -p "$outdir"
 launch=()
@@ -61,10 +66,10 @@ if [[ "$nproc_gpu" -gt 1 ]]; then
   [[ $(id -u) == 0 ]] && launch+=(--allow-run-as-root)
 fi
 
-echo "== sampling $num images on $nproc_gpu GPU(s) -> $outdir/samples.npz"
+echo "== sampling $num images on $nproc_gpu process(es), device $device -> $outdir/samples.npz"
 "${launch[@]}" "$aim" sample --ckpt "$ckpt" --num-samples "$num" --labels "${AIM_FID_LABELS:-random}" --preset fid \
-  --batch-size "$batch" --device cuda --npz "$outdir/samples.npz" "$@"
+  --batch-size "$batch" --device "$device" --npz "$outdir/samples.npz" "$@"
 
 echo "== evaluating against $ref"
-"$aim" eval --samples "$outdir/samples.npz" --ref "$ref" --inception "$inception" --device cuda \
+"$aim" eval --samples "$outdir/samples.npz" --ref "$ref" --inception "$inception" --device "$device" \
   --json "$outdir/eval.json" | tee "$outdir/eval.txt"

@@ -3,16 +3,19 @@
 #include <filesystem>
 #include <iomanip>
 #include <iostream>
+#include <map>
 #include <sstream>
 
 #include "aim/cli/commands.h"
 #include "aim/core/checkpoint.h"
 #include "aim/core/config.h"
 #include "aim/core/error.h"
+#include "aim/core/fileio.h"
 #include "aim/core/safetensors.h"
 #include "aim/eval/lpips.h"
 #include "aim/model/loader.h"
 #include "aim/model/registry.h"
+#include "aim/model/state_dict.h"
 #include "aim/model/vq.h"
 #include "aim/train/flops.h"
 #include "aim/train/vq_losses.h"
@@ -121,6 +124,7 @@ Runner add_info_command(CLI::App& app) {
     auto ends_with = [&](const std::string& tail) {
       return path->size() > tail.size() && path->compare(path->size() - tail.size(), tail.size(), tail) == 0;
     };
+    refuse_torch_pickle(*path);
     const bool checkpoint = fs::is_directory(*path) || ends_with(".safetensors");
     const bool yaml = !checkpoint && !ends_with(".json");
     AIM_CHECK(yaml || overrides->empty(), "--set ", overrides->empty() ? "" : overrides->front(), ": ", *path,
@@ -181,6 +185,26 @@ Runner add_info_command(CLI::App& app) {
       }
       std::cout << "weights: " << weights << " (" << file.entries().size() << " tensors, "
                 << n << " language-model parameters)\n";
+      // Against the config's layout, by name and shape, as loading them would check.
+      std::map<std::string, std::vector<int64_t>> expected;
+      for (const auto& e : official_layout(model)) expected[e.key] = e.shape;
+      std::vector<std::string> problems;
+      for (const auto& e : file.entries()) {
+        const std::string k = "mamba." + strip(e.name);
+        if (k.rfind("mamba.backbone.", 0) != 0 && k != "mamba.lm_head.weight") continue;
+        const auto it = expected.find(k);
+        if (it == expected.end()) {
+          problems.push_back(str_cat("  unexpected: ", e.name, " ", shape_str(e.shape)));
+          continue;
+        }
+        if (it->second != e.shape)
+          problems.push_back(str_cat("  shape mismatch: ", e.name, ": checkpoint ", shape_str(e.shape), ", config ",
+                                     shape_str(it->second)));
+        expected.erase(it);
+      }
+      if (model.tie_embeddings) expected.erase("mamba.lm_head.weight");  // the embedding's, when not stored
+      for (const auto& [k, shape] : expected) problems.push_back(str_cat("  missing: ", k, " ", shape_str(shape)));
+      throw_if_problems(problems, weights, str_cat("the weights do not match the config ", source));
     }
     return 0;
   };

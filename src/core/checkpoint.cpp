@@ -64,6 +64,7 @@ CheckpointRef find_checkpoint(const std::string& path, const std::string& config
     }
   } else {
     if (!ends_with(path, ".safetensors")) {
+      refuse_torch_pickle(path);
       throw Error(str_cat(flag, " ", path, ": expected a directory or a .safetensors file"
                           "\n---> HINT: convert .pt/.bin checkpoints with tools/convert_checkpoint.py"));
     }

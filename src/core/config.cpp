@@ -209,7 +209,7 @@ const std::vector<Field<VqTrainConfig>>& vq_train_fields() {
       {"entropy_temperature", &S::entropy_temperature, "entropy loss softmax temperature"},
       {"restart_every", &S::restart_every, "steps between dead-code restarts; 0 = never"},
       {"hflip", &S::hflip, "random horizontal flips"},
-      {"crop", &S::crop, "resize (1.125 x size, random crop) | llamagen (random_crop_arr)"},
+      {"crop", &S::crop, "resize (short side to data.crop_ratio x size, random crop) | llamagen (random_crop_arr)"},
       {"disc_weight", &S::disc_weight, "PatchGAN loss weight; 0 = no discriminator"},
       {"disc_start", &S::disc_start, "first step (1-based) with the adversarial losses"},
       {"disc_channels", &S::disc_channels, "PatchGAN base width"},

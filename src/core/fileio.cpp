@@ -50,6 +50,22 @@ std::string read_text(const std::string& path) {
   return ss.str();
 }
 
+bool is_torch_pickle(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  unsigned char head[4] = {0, 0, 0, 0};
+  in.read(reinterpret_cast<char*>(head), 4);
+  const bool zip = in.gcount() == 4 && head[0] == 'P' && head[1] == 'K' && head[2] == 3 && head[3] == 4;
+  const bool pickle = in.gcount() >= 2 && head[0] == 0x80 && head[1] >= 2 && head[1] <= 5;
+  return zip || pickle;
+}
+
+void refuse_torch_pickle(const std::string& path) {
+  if (!is_torch_pickle(path)) return;
+  throw Error(str_cat(path, ": a PyTorch pickle (torch.save: .pt/.pth/.bin), not safetensors; aim reads weights "
+                            "converted once\n---> HINT: .venv/bin/python tools/convert_checkpoint.py ",
+                      path, " --out <NAME>.safetensors (README, \"Converting official checkpoints\")"));
+}
+
 void sync_directory(const std::string& dir) {
   const int fd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
   if (fd < 0) return;

@@ -15,6 +15,7 @@
 #include <torch/torch.h>
 
 #include "aim/core/error.h"
+#include "aim/core/fileio.h"
 
 // safetensors data is little-endian; the views below reinterpret it in place.
 static_assert(__BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__, "aim assumes a little-endian host");
@@ -137,7 +138,13 @@ SafetensorsFile::SafetensorsFile(const std::string& path) : path_(path) {
   void* addr = ::mmap(nullptr, static_cast<size_t>(size), PROT_READ, MAP_PRIVATE, fd.get(), 0);
   AIM_CHECK(addr != MAP_FAILED, path, ": cannot mmap ", size, " bytes: ", errno_text(errno));
   mapping_ = std::make_shared<Mapping>(addr, static_cast<size_t>(size));
-  header_ = parse_safetensors_header(mapping_->bytes(), mapping_->size, size, path);
+  try {
+    header_ = parse_safetensors_header(mapping_->bytes(), mapping_->size, size, path);
+  } catch (const Error&) {
+    // (Only now: a real header's length may begin with a pickle's two bytes.)
+    refuse_torch_pickle(path);
+    throw;
+  }
   for (size_t i = 0; i < header_.tensors.size(); ++i) index_.emplace(header_.tensors[i].name, i);
 }
 

@@ -6,6 +6,7 @@
 #include <sstream>
 
 #include "aim/core/error.h"
+#include "aim/core/fileio.h"
 #include "aim/core/safetensors.h"
 #include "aim/model/state_dict.h"
 
@@ -148,12 +149,7 @@ void load_lpips(Lpips& model, const std::string& path) {
             "\n---> HINT: convert torchvision's vgg16-397923af.pth and LPIPS's vgg.pth with "
             "tools/convert_checkpoint.py --kind lpips (README, \"Training a tokenizer\")");
   // What LlamaGen and the lpips package load directly: PyTorch pickles, not weights aim reads.
-  std::ifstream in(path, std::ios::binary);
-  char head[4] = {0, 0, 0, 0};
-  in.read(head, 4);
-  const bool zip = in.gcount() == 4 && head[0] == 'P' && head[1] == 'K' && head[2] == 3 && head[3] == 4;
-  const bool pickle = in.gcount() >= 2 && static_cast<unsigned char>(head[0]) == 0x80 && head[1] >= 2 && head[1] <= 5;
-  if (zip || pickle)
+  if (is_torch_pickle(path))
     throw Error(str_cat(path, ": a PyTorch pickle (torch.save), not safetensors: aim reads LPIPS weights converted "
                               "once\n---> HINT: tools/convert_checkpoint.py vgg16-397923af.pth --lpips-lin vgg.pth "
                               "--out lpips_vgg.safetensors (README, \"Training a tokenizer\")"));

@@ -72,8 +72,10 @@ LoadedVq load_vq_model(const std::string& path, const std::string& config_path, 
     // tokenizer is then the full VQ-16, the defaults.)
     if (fs::exists(stem_json) && !looks_like_hf_config(stem_json.string())) {
       cfg = vq_config_from_json(stem_json.string());
+      have_cfg = true;
     } else if (fs::exists(dir_json) && !looks_like_hf_config(dir_json.string())) {
       cfg = vq_config_from_json(dir_json.string());
+      have_cfg = true;
     }
   }
   SafetensorsFile file(weights);
@@ -96,7 +98,18 @@ LoadedVq load_vq_model(const std::string& path, const std::string& config_path, 
             "tokenizer with --vq (LlamaGen's vq_ds16_c2i, converted with tools/convert_checkpoint.py)");
   LoadedVq out;
   out.model = VqModel(cfg);
-  load_vq_state_dict(out.model, file.load_all(), weights, prefix);
+  try {
+    load_vq_state_dict(out.model, file.load_all(), weights, prefix);
+  } catch (const Error& e) {
+    if (have_cfg) throw;
+    // Weights of another architecture than the assumed one: say what was assumed, and why.
+    std::string what = e.what();
+    what = what.substr(0, what.find("\n---> HINT"));
+    throw Error(str_cat(flag, " ", path, ": no tokenizer config was found for ", weights,
+                        ", so it was read as the built-in VQ-16 (LlamaGen's vq_ds16_c2i), which it is not:\n", what,
+                        "\n---> HINT: pass its config: --vq-config CONFIG.json, or NAME.json beside NAME.safetensors "
+                        "as tools/convert_checkpoint.py writes it"));
+  }
   out.model->eval();
   // The digest tells a retrained tokenizer from the old one (same name and size): a code dataset
   // made with one is not resumed or reused with the other.

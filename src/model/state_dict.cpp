@@ -58,7 +58,10 @@ void throw_if_problems(const std::vector<std::string>& problems, const std::stri
   if (problems.empty()) return;
   std::ostringstream os;
   os << what << ": " << summary << ":";
-  for (const auto& p : problems) os << "\n" << p;
+  // A wrong architecture mismatches every layer: the first lines say which keys and shapes.
+  constexpr size_t kShown = 30;
+  for (size_t i = 0; i < problems.size() && i < kShown; ++i) os << "\n" << problems[i];
+  if (problems.size() > kShown) os << "\n  ... and " << problems.size() - kShown << " more (" << problems.size() << " in all)";
   os << "\n---> HINT: check that the config belongs to this checkpoint";
   throw Error(os.str());
 }

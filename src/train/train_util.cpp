@@ -91,6 +91,13 @@ void report_changed_settings(const Config& saved, const Config& now, const std::
               changes.size() == 1 ? "" : "s", " changed since it was written: ", list));
 }
 
+std::string section_changes(const Config& saved, const Config& now, const std::string& prefix) {
+  std::string list;
+  for (const auto& c : config_changes(saved, now))
+    if (c.rfind(prefix, 0) == 0) list += (list.empty() ? "" : "; ") + c;
+  return list.empty() ? "(a setting outside the listed keys)" : list;
+}
+
 int64_t accumulation_steps(const TrainConfig& train, int64_t world) {
   const int64_t micro = train.micro_batch;
   if (train.global_batch % (micro * world) != 0)

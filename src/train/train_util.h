@@ -32,6 +32,10 @@ using Say = std::function<void(const std::string&)>;
 /// (the newest checkpoint in `out_dir`, if it has one) or a run or checkpoint directory.
 std::string resume_dir_for(const std::string& resume, const std::string& out_dir);
 
+/// The keys under `prefix` ("model.") whose values differ, "key before -> after; ...", or
+/// "(a setting outside the listed keys)" when only something unlisted differs.
+std::string section_changes(const Config& saved, const Config& now, const std::string& prefix);
+
 /// A resumed session says which settings differ from the checkpoint's config.yaml (data, optimizer,
 /// schedule, seed, ...: legitimate to change, but not silently), one line through `say`.
 void report_changed_settings(const Config& saved, const Config& now, const std::string& resume_dir,

@@ -215,7 +215,8 @@ TrainResult run_training(const Config& config_in, const TrainOptions& options) {
     saved_ema = saved.train.ema;
     if (saved.model != config.model)
       throw Error(str_cat("--resume ", resume_dir, ": the checkpoint's model section differs from "
-                          "this run's config\n---> HINT: resume with the run's own config.yaml"));
+                          "this run's config: ", section_changes(saved, config, "model."),
+                          " (checkpoint -> this run)\n---> HINT: resume with the run's own config.yaml"));
     report_changed_settings(saved, config, resume_dir, say);
     const std::string state_path = (fs::path(resume_dir) / "trainer_state.json").string();
     state = TrainerState::from_json(read_text(state_path), state_path);
@@ -231,6 +232,11 @@ TrainResult run_training(const Config& config_in, const TrainOptions& options) {
 
   // ---- data
   DataSource data;
+  // One source: the other would be ignored without a word.
+  if (!config.data.codes.empty() && !config.data.images.empty())
+    throw Error(str_cat("data.codes (", config.data.codes, ") and data.images (", config.data.images,
+                        ") are both set: aim train reads one of them\n---> HINT: --set data.codes= to encode the "
+                        "images on the fly, or --set data.images= to train on the codes"));
   if (!config.data.codes.empty()) {
     data = code_source(config.data.codes, config.model, rank, world, micro, config.data.shuffle,
                        static_cast<uint64_t>(config.train.seed));

@@ -107,7 +107,8 @@ VqTrainResult run_vq_training(const Config& config_in, const TrainOptions& optio
     a.vq.weights = b.vq.weights = "";
     if (a != b)
       throw Error(str_cat("--resume ", resume_dir, ": the checkpoint's vq section differs from this run's "
-                          "config\n---> HINT: resume with the run's own config.yaml"));
+                          "config: ", section_changes(a, b, "vq."),
+                          " (checkpoint -> this run)\n---> HINT: resume with the run's own config.yaml"));
     // Only what the tokenizer reads: its run's config.yaml holds no model or sample section.
     report_changed_settings(tokenizer_config(saved), tokenizer_config(config), resume_dir, say);
     const std::string state_path = (fs::path(resume_dir) / "trainer_state.json").string();
@@ -254,7 +255,8 @@ VqTrainResult run_vq_training(const Config& config_in, const TrainOptions& optio
       << "  data       " << config.data.images << ": " << num_samples << " images, " << list->classes.size()
       << " classes, " << config.data.image_size << " px -> " << config.data.image_size / f << "x"
       << config.data.image_size / f << " codes, "
-      << (vt.crop == "llamagen" ? "LlamaGen's random_crop_arr" : "resize to 1.125x + random crop")
+      << (vt.crop == "llamagen" ? "LlamaGen's random_crop_arr"
+                              : str_cat("short side resized to ", config.data.crop_ratio, "x + random crop"))
       << (vt.hflip ? ", random flips" : "") << "\n"
       << "  losses     L1 x " << vt.l1_weight << " + L2 x " << vt.l2_weight << " + codebook x " << vt.codebook_weight
       << " (commitment beta " << vt.commit_beta << ", entropy " << vt.entropy_weight << ")";

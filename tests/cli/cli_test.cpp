@@ -92,6 +92,28 @@ TEST(Cli, InfoReadsAnOfficialSnapshotDirectory) {
   r = run_aim("info " + src("configs/aim_l.yaml") + " --config " + (dir / "config.json").string());
   EXPECT_EQ(r.code, 1) << r.output;
   EXPECT_NE(r.output.find("is a config itself"), std::string::npos) << r.output;
+  // With another model's config the weights are checked against it, by key and shape.
+  r = run_aim("info " + (bare / "w.safetensors").string() + " --config " + src("configs/aim_demo.yaml"));
+  EXPECT_EQ(r.code, 1) << r.output;
+  EXPECT_NE(r.output.find("the weights do not match the config " + src("configs/aim_demo.yaml")), std::string::npos)
+      << r.output;
+  EXPECT_NE(r.output.find("  shape mismatch: mamba.backbone.layers.0.mixer.in_proj.weight: checkpoint [296, 64], "
+                          "config [1624, 384]"), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("more (50 in all)"), std::string::npos) << r.output;
+  // A pickle (what the official repositories ship) is named as one, with the conversion.
+  {
+    std::ofstream f(bare / "pytorch_model.bin", std::ios::binary);
+    f << "PK\x03\x04 a zip archive, as torch.save writes";
+  }
+  r = run_aim("info " + (bare / "pytorch_model.bin").string());
+  EXPECT_EQ(r.code, 1) << r.output;
+  EXPECT_NE(r.output.find("pytorch_model.bin: a PyTorch pickle (torch.save"), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("tools/convert_checkpoint.py " + (bare / "pytorch_model.bin").string()), std::string::npos)
+      << r.output;
+  fs::rename(bare / "pytorch_model.bin", bare / "renamed.safetensors");
+  r = run_aim("info " + (bare / "renamed.safetensors").string() + " --config " + (dir / "config.json").string());
+  EXPECT_EQ(r.code, 1) << r.output;
+  EXPECT_NE(r.output.find("renamed.safetensors: a PyTorch pickle"), std::string::npos) << r.output;
   fs::remove_all(bare);
 }
 

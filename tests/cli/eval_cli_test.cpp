@@ -13,6 +13,7 @@
 #include <string>
 #include <unistd.h>
 
+#include "aim/core/fileio.h"
 #include "aim/data/image.h"
 #include "aim/eval/evaluator.h"
 #include "aim/eval/inception.h"
@@ -278,6 +279,46 @@ TEST(EvalCli, BadInputsNameTheFileAndKey) {
   auto r = run_aim("--samples " + w.p("small.npz") + " --ref " + w.p("ref.npz") + base +
                    " --allow-size-mismatch --json " + w.p("e.json"));
   EXPECT_EQ(r.code, 0) << r.output;
+}
+
+TEST(EvalCli, TheFidScriptSamplesAndScoresACheckpointOnTheCpu) {
+  // scripts/fid.sh, the paper's evaluation, as a user runs it (AIM_DEVICE=cpu: a check on a few
+  // samples): the official tiny snapshot with its 128 px tokenizer, the fid preset, random labels,
+  // then aim eval; eval.json holds the five numbers and the sampling settings.
+  const auto& w = world();
+  write_npz(w.p("ref128.npz"), {{"arr_0", test::smooth_images(kRefs, 128, 14, 0.1)}});
+  const std::string out = w.p("fid_script");
+  const std::string env = "env -u AIM_NPROC OMP_NUM_THREADS=1 AIM_DEVICE=cpu AIM_NUM_SAMPLES=6 AIM_BATCH_SIZE=4 "
+                          "AIM_FID_REF=" + w.p("ref128.npz") + " AIM_INCEPTION_WEIGHTS=" + w.weights +
+                          " AIM_BUILD_DIR=" + fs::path(test::aim_binary()).parent_path().string() + " ";
+  const std::string script = test::source_dir() + "/scripts/fid.sh ";
+  const std::string ckpt = (test::fixtures_dir() / "aim" / "mamba2_tiny").string();
+  const std::string vq = " --vq " + (test::fixtures_dir() / "vq" / "vq16_tiny").string();
+  auto r = test::run_shell(env + script + ckpt + " " + out + vq);
+  ASSERT_EQ(r.code, 0) << r.output;
+  EXPECT_NE(r.output.find("sampling 6 images on 1 process(es), device cpu"), std::string::npos) << r.output;
+  const auto j = read_json(out + "/eval.json");
+  // (The Inception Score of the fixture network's saturated softmax is NaN, as ADM's would be.)
+  EXPECT_TRUE(j.contains("inception_score")) << j.dump();
+  for (const char* key : {"fid", "sfid", "precision", "recall"})
+    EXPECT_TRUE(j.contains(key) && j.at(key).is_number() && std::isfinite(j.at(key).get<double>()))
+        << key << " " << j.dump();
+  EXPECT_EQ(j.at("sampling").at("preset"), "fid") << j.dump();
+  EXPECT_EQ(j.at("sampling").at("checkpoint"), ckpt) << j.dump();
+  EXPECT_NE(read_text(out + "/eval.txt").find("FID"), std::string::npos);
+  // The numbers are aim eval's of the batch it wrote.
+  const auto again = run_aim("--samples " + out + "/samples.npz --ref " + w.p("ref128.npz") + " --inception " +
+                             w.weights + " --no-cache --json " + w.p("fid_script_again.json"));
+  ASSERT_EQ(again.code, 0) << again.output;
+  EXPECT_NEAR(read_json(w.p("fid_script_again.json")).at("fid").get<double>(), j.at("fid").get<double>(),
+              kRtol * j.at("fid").get<double>());
+  // No GPU to run on (none listed, or AIM_NPROC 0) and no AIM_DEVICE=cpu: how to check on the CPU.
+  r = test::run_shell(env + "AIM_DEVICE=cuda AIM_NPROC=0 " + script + ckpt + " " + out + "_gpu" + vq);
+  EXPECT_NE(r.code, 0);
+  EXPECT_NE(r.output.find("AIM_DEVICE=cpu AIM_NUM_SAMPLES=100"), std::string::npos) << r.output;
+  r = test::run_shell(env + "AIM_DEVICE=tpu " + script + ckpt + " " + out + "_tpu" + vq);
+  EXPECT_NE(r.code, 0);
+  EXPECT_NE(r.output.find("AIM_DEVICE: expected cuda or cpu, found 'tpu'"), std::string::npos) << r.output;
 }
 
 }  // namespace

@@ -156,6 +156,14 @@ TEST(VqLoad, ALanguageModelWithoutItsTokenizerIsNamed) {
   EXPECT_EQ(vq.model->config.codebook_size, 512);
   const std::string beside = test::error_of([&] { load_vq_model((dir / "w.safetensors").string()); });
   EXPECT_EQ(beside.find("a language model's config"), std::string::npos) << beside;
+  // With no tokenizer config its tokenizer is read as the full VQ-16, which the error says, and
+  // what to pass instead.
+  EXPECT_NE(beside.find("--vq " + (dir / "w.safetensors").string() + ": no tokenizer config was found for "),
+            std::string::npos) << beside;
+  EXPECT_NE(beside.find("read as the built-in VQ-16 (LlamaGen's vq_ds16_c2i), which it is not"), std::string::npos)
+      << beside;
+  EXPECT_NE(beside.find("HINT: pass its config: --vq-config"), std::string::npos) << beside;
+  EXPECT_EQ(beside.find("check that the config belongs"), std::string::npos) << beside;
   fs::remove_all(dir);
   // A tokenizer's folder holding its config.json (LlamaGen-style) needs no --vq-config.
   const auto folder = load_vq_model((test::fixtures_dir() / "vq" / "vq16_tiny").string());

@@ -529,7 +529,8 @@ TEST_F(TrainerTest, ResumeRefusesAnotherArchitecture) {
   run_training(config(run("arch")), o);
   o.resume = run("arch");
   const auto msg = test::error_of([&] { run_training(config(run("arch"), {"model.n_layer=2"}), o); });
-  EXPECT_NE(msg.find("model section differs"), std::string::npos) << msg;
+  EXPECT_NE(msg.find("model section differs from this run's config: model.n_layer 4 -> 2 (checkpoint -> this run)"),
+            std::string::npos) << msg;
 }
 
 TEST_F(TrainerTest, ConfigurationErrorsNameTheKey) {
@@ -543,6 +544,9 @@ TEST_F(TrainerTest, ConfigurationErrorsNameTheKey) {
   EXPECT_NE(msg.find("fewer than one global batch"), std::string::npos) << msg;
   msg = test::error_of([&] { run_training(config(run("e4"), {"model.vocab_size=256", "vq.codebook_size=256"}), o); });
   EXPECT_NE(msg.find("model.vocab_size is 256"), std::string::npos) << msg;
+  msg = test::error_of([&] { run_training(config(run("e9"), {"data.images=" + run("images")}), o); });
+  EXPECT_NE(msg.find("data.codes (" + codes() + ") and data.images (" + run("images") + ") are both set"),
+            std::string::npos) << msg;
   msg = test::error_of([&] { run_training(config(run("e5"), {"model.num_classes=5"}), o); });
   EXPECT_NE(msg.find("model.num_classes is 5"), std::string::npos) << msg;
   // Held-out codes with no held-out loss to compute are said to do nothing.

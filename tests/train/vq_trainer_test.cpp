@@ -433,6 +433,11 @@ TEST_F(TrainVqTest, ResumeWithTheDiscriminatorContinuesBitwiseIdentically) {
   for (const char* key : {"loss", "l1", "psnr", "gen_loss", "perceptual_loss", "codes_restarted"})
     EXPECT_EQ(logged(run("straight"), key), logged(run("resumed"), key)) << key;
   EXPECT_EQ(logged(run("straight"), "loss").size(), 3u);  // steps 2, 4, 5
+  // Another architecture is refused by key.
+  auto other = sets;
+  other.push_back("vq.codebook_embed_dim=4");
+  const auto msg = test::error_of([&] { run_vq_training(config(run("resumed"), other), o); });
+  EXPECT_NE(msg.find("vq section differs from this run's config: vq.codebook_embed_dim "), std::string::npos) << msg;
 }
 
 TEST_F(TrainVqTest, TwoRanksUnderMpirunMatchOneRank) {

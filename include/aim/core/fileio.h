@@ -23,6 +23,12 @@ std::string file_digest(const std::string& path);
 /// "<file name> (<bytes> bytes, fnv64 <digest>)": a file by its content, as code datasets and
 /// sample settings record the tokenizer and weights they came from.
 std::string file_identity(const std::string& path);
+/// Whether `path` is a file torch.save wrote (a zip archive, or a bare pickle of protocol 2-5):
+/// what LlamaGen, AiM and pytorch-fid ship, and what aim reads only after
+/// tools/convert_checkpoint.py. False for anything else, a missing file included.
+bool is_torch_pickle(const std::string& path);
+/// Throws aim::Error saying how to convert `path` when is_torch_pickle(path).
+void refuse_torch_pickle(const std::string& path);
 /// fsync of a directory, so renames inside it survive a crash (best effort).
 void sync_directory(const std::string& dir);
 

@@ -17,8 +17,8 @@ std::vector<std::string> copy_state_dict(torch::nn::Module& module,
                                          const std::map<std::string, torch::Tensor>& incoming,
                                          const std::string& display_prefix);
 
-/// Throws aim::Error "<what>: <summary>:\n  <problem>..." with a hint, when `problems` is not
-/// empty.
+/// Throws aim::Error "<what>: <summary>:\n  <problem>..." (the first 30, then how many more)
+/// with a hint, when `problems` is not empty.
 void throw_if_problems(const std::vector<std::string>& problems, const std::string& what,
                        const std::string& summary);
 
