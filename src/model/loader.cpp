@@ -98,8 +98,9 @@ LoadedVq load_vq_model(const std::string& path, const std::string& config_path, 
             "tokenizer with --vq (LlamaGen's vq_ds16_c2i, converted with tools/convert_checkpoint.py)");
   LoadedVq out;
   out.model = VqModel(cfg);
+  const auto tensors = file.load_all();
   try {
-    load_vq_state_dict(out.model, file.load_all(), weights, prefix);
+    load_vq_state_dict(out.model, tensors, weights, prefix);
   } catch (const Error& e) {
     if (have_cfg) throw;
     // Weights of another architecture than the assumed one: say what was assumed, and why.
@@ -107,8 +108,11 @@ LoadedVq load_vq_model(const std::string& path, const std::string& config_path, 
     what = what.substr(0, what.find("\n---> HINT"));
     throw Error(str_cat(flag, " ", path, ": no tokenizer config was found for ", weights,
                         ", so it was read as the built-in VQ-16 (LlamaGen's vq_ds16_c2i), which it is not:\n", what,
-                        "\n---> HINT: pass its config: --vq-config CONFIG.json, or NAME.json beside NAME.safetensors "
-                        "as tools/convert_checkpoint.py writes it"));
+                        "\n---> HINT: pass its config: ",
+                        flag == "vq.weights" ? std::string()
+                        : flag == "--init"   ? std::string("--init-config CONFIG, or ")
+                                             : std::string("--vq-config CONFIG.json, or "),
+                        "NAME.json beside NAME.safetensors as tools/convert_checkpoint.py writes it"));
   }
   out.model->eval();
   // The digest tells a retrained tokenizer from the old one (same name and size): a code dataset

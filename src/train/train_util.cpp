@@ -41,8 +41,8 @@ void on_stop_signal(int sig) {
   // and a write blocked in the handler would hold the rank until it is killed. stop_before_step()
   // says it otherwise, once the step is done.
   if (g_stderr_is_tty != 0) {
-    const char msg[] = "\naim: stop requested; finishing the current step and saving "
-                       "(signal again to abort)\n";
+    const char msg[] = "\naim: stop requested; finishing the current step (or the FID's batch) and "
+                       "saving (signal again to abort)\n";
     [[maybe_unused]] auto n = ::write(STDERR_FILENO, msg, sizeof(msg) - 1);
   }
 }
@@ -296,7 +296,7 @@ void report_later_checkpoints(const RunDir& run, int64_t step, const Say& say) {
               ") from the run's earlier course; train.keep_last prunes them first"));
 }
 
-MetricsLog::MetricsLog(const RunDir& run, bool main, int64_t start_step) {
+MetricsLog::MetricsLog(const RunDir& run, bool main, int64_t start_step, bool fid_due) {
   if (!main) return;
   const fs::path path = fs::path(run.path()) / "metrics.jsonl";
   std::error_code ec;
@@ -305,14 +305,17 @@ MetricsLog::MetricsLog(const RunDir& run, bool main, int64_t start_step) {
     std::string line, kept, moved;
     while (std::getline(in, line)) {
       int64_t step = -1;
+      bool fid = false;
       try {
         const auto j = nlohmann::json::parse(line);
         if (j.contains("step") && j["step"].is_number_integer()) step = j["step"].get<int64_t>();
+        fid = j.is_object() && j.value("kind", "") == "fid";
       } catch (const std::exception&) {
         // A line cut short by a crash: dropped with the steps after it.
         step = std::numeric_limits<int64_t>::max();
       }
-      (step > start_step ? moved : kept) += line + "\n";
+      // (A due FID written by a session that ended before its next checkpoint is written again.)
+      (step > start_step || (fid_due && fid && step == start_step) ? moved : kept) += line + "\n";
     }
     if (!moved.empty()) {
       const std::string aside = str_cat((fs::path(run.path()) / "metrics.after-step-").string(), start_step, ".jsonl");

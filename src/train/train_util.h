@@ -122,8 +122,9 @@ class MetricsLog {
   /// `start_step`: the step the session starts from (0 for a new run). Records of later steps
   /// (written after that checkpoint by an interrupted session, by a course resumed from
   /// elsewhere, or by a run that stopped before its first checkpoint) move to
-  /// metrics.after-step-N.jsonl, so the log describes one course of the run.
-  MetricsLog(const RunDir& run, bool main, int64_t start_step);
+  /// metrics.after-step-N.jsonl, so the log describes one course of the run. `fid_due`: the FID
+  /// of `start_step` is computed again this session, so an earlier record of it moves too.
+  MetricsLog(const RunDir& run, bool main, int64_t start_step, bool fid_due = false);
   /// Appends and flushes; a failed write (a full disk) is a warning, said once.
   void write(const nlohmann::ordered_json& record);
 

@@ -346,7 +346,7 @@ TrainResult run_training(const Config& config_in, const TrainOptions& options) {
   // ---- run directory
   RunDir run(config.train.out_dir);
   if (main) write_text_atomic((fs::path(run.path()) / "config.yaml").string(), config_to_yaml(config));
-  MetricsLog metrics(run, main, resume_dir.empty() ? 0 : state.step);
+  MetricsLog metrics(run, main, resume_dir.empty() ? 0 : state.step, state.fid_due && fid);
   if (!resume_dir.empty()) report_later_checkpoints(run, state.step, say);
 
   const Precision precision = resolve_precision(config.train.precision, device);
@@ -651,7 +651,9 @@ TrainResult run_training(const Config& config_in, const TrainOptions& options) {
       metrics.write({{"kind", "eval"}, {"step", state.step}, {"val_loss", vl}});
     }
     if (fid_monitor && (state.step % config.train.fid_every == 0 || last)) fid_eval();
-    if (config.train.sample_every > 0 && (state.step % config.train.sample_every == 0 || last)) sample_grid();
+    // (Not once a stop is asked for: the grace period is the checkpoint's. Rank 0 alone draws it.)
+    if (config.train.sample_every > 0 && (state.step % config.train.sample_every == 0 || last) && stop_signal() == 0)
+      sample_grid();
     if (config.train.ckpt_every > 0 && state.step % config.train.ckpt_every == 0 && !last) save();
     // Held-out losses, FIDs, grids and checkpoints do not count toward the training throughput.
     const auto others_end = std::chrono::steady_clock::now();

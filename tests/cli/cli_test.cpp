@@ -11,6 +11,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include "aim/core/safetensors.h"
 #include "aim/data/code_dataset.h"
 #include "aim/data/image.h"
 #include "test_util.h"
@@ -100,6 +101,16 @@ TEST(Cli, InfoReadsAnOfficialSnapshotDirectory) {
   EXPECT_NE(r.output.find("  shape mismatch: mamba.backbone.layers.0.mixer.in_proj.weight: checkpoint [296, 64], "
                           "config [1624, 384]"), std::string::npos) << r.output;
   EXPECT_NE(r.output.find("more (50 in all)"), std::string::npos) << r.output;
+  // A tied weight stored once under the lm_head name is what the loader takes, so is it here.
+  {
+    std::vector<std::pair<std::string, torch::Tensor>> once;
+    for (const auto& [k, v] : load_safetensors((dir / "model.safetensors").string()))
+      if (k != "mamba.backbone.embeddings.word_embeddings.weight") once.emplace_back(k, v);
+    save_safetensors((bare / "once.safetensors").string(), once);
+  }
+  r = run_aim("info " + (bare / "once.safetensors").string() + " --config " + (dir / "config.json").string());
+  EXPECT_EQ(r.code, 0) << r.output;
+  EXPECT_NE(r.output.find("184416 language-model parameters"), std::string::npos) << r.output;
   // A pickle (what the official repositories ship) is named as one, with the conversion.
   {
     std::ofstream f(bare / "pytorch_model.bin", std::ios::binary);

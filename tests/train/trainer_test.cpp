@@ -480,6 +480,19 @@ TEST_F(TrainerTest, AStopDuringAnFidSavesAtOnceAndTheResumeComputesIt) {
   EXPECT_NEAR(fids(again).at(2), b.at(2), 1e-9 * b.at(2));
   EXPECT_EQ(state_of(*RunDir(again).latest()).step, 2);
   EXPECT_FALSE(state_of(*RunDir(again).latest()).fid_due);
+  // Had that session ended before writing the checkpoint again, the next resume computes the FID
+  // once more, and the log keeps one record of it.
+  auto st = state_of(*RunDir(again).latest());
+  st.fid_due = true;
+  write_text_atomic(*RunDir(again).latest() + "/trainer_state.json", st.to_json());
+  const auto twice = test::run_shell(threads + aim("train --resume " + again + " --device cpu" + fewer +
+                                                   " --set train.max_steps=2"));
+  ASSERT_EQ(twice.code, 0) << twice.output;
+  EXPECT_NE(twice.output.find("computed now"), std::string::npos) << twice.output;
+  int records = 0;
+  std::ifstream log2(fs::path(again) / "metrics.jsonl");
+  for (std::string line; std::getline(log2, line);) records += nlohmann::json::parse(line).value("kind", "") == "fid";
+  EXPECT_EQ(records, 1);
 }
 
 TEST_F(TrainerTest, InitFromAnOfficialSnapshotAndAnotherClassCount) {
