@@ -13,6 +13,7 @@
 
 #include "aim/cli/commands.h"
 #include "aim/core/error.h"
+#include "aim/core/fileio.h"
 #include "aim/data/image.h"
 #include "aim/data/image_folder.h"
 #include "aim/data/shapes.h"
@@ -96,6 +97,16 @@ Runner add_analyse_shapes_command(CLI::App& app) {
     if (!cmd->parsed()) return -1;
     std::string mode;
     const std::vector<Input> inputs = collect(*paths, mode);
+    {
+      // The JSON may not replace an image or a folder's truth.jsonl it reads.
+      std::vector<std::pair<std::string, std::string>> read;
+      for (const auto& p : *paths) {
+        read.emplace_back("the input", p);
+        read.emplace_back("the input", (std::filesystem::path(p) / "truth.jsonl").string());
+      }
+      for (const auto& in : inputs) read.emplace_back("the input", in.path);
+      refuse_output_over_input("--json", *json, read);
+    }
     std::vector<ShapeAnalysis> analyses(inputs.size());
     std::vector<int> truth(inputs.size()), sizes(inputs.size());
     at::parallel_for(0, static_cast<int64_t>(inputs.size()), 1, [&](int64_t begin, int64_t end) {

@@ -84,6 +84,8 @@ Runner add_eval_command(CLI::App& app) {
   cmd->add_flag("--quiet", a->quiet, "no progress lines");
   return [cmd, a]() -> int {
     if (!cmd->parsed()) return -1;
+    refuse_output_over_input("--json", a->json, {{"--samples", a->samples}, {"--ref", a->ref}, {"--inception", a->inception}});
+    check_output_path("--json", a->json);
     eval::EvalOptions o;
     o.inception_weights = a->inception;
     if (o.inception_weights.empty())

@@ -78,6 +78,17 @@ Runner add_eval_loss_command(CLI::App& app) {
   cmd->add_flag("--quiet", a->quiet, "no progress lines");
   return [cmd, a]() -> int {
     if (!cmd->parsed()) return -1;
+    {
+      std::vector<std::pair<std::string, std::string>> inputs = {{"--codes", a->codes}, {"--ckpt", a->ckpt}, {"--config", a->config}};
+      std::error_code ec;
+      if (std::filesystem::is_directory(a->ckpt, ec))
+        for (const auto& e : std::filesystem::recursive_directory_iterator(a->ckpt, ec))
+          if (e.is_regular_file(ec)) inputs.emplace_back("--ckpt", e.path().string());
+      refuse_output_over_input("--json", a->json, inputs);
+      refuse_output_over_input("--heatmap", a->heatmap, inputs);
+      check_output_path("--json", a->json);
+      check_output_path("--heatmap", a->heatmap);
+    }
     AIM_CHECK(a->dtype == "fp32" || a->dtype == "bf16", "--dtype: expected fp32 or bf16, found '", a->dtype, "'");
     AIM_CHECK(a->ssm_state == "fp32" || a->ssm_state == "bf16", "--ssm-state: expected fp32 or bf16, found '",
               a->ssm_state, "'");

@@ -35,7 +35,11 @@ Runner add_eval_vq_command(CLI::App& app) {
   cmd->add_option("--save-recon", a->recon, "write the reconstructions here: same class folders and file names (as PNG)");
   return [cmd, a]() -> int {
     if (!cmd->parsed()) return -1;
+    refuse_output_over_input("--save-recon", a->recon, {{"--data", a->data}, {"--vq", a->vq}});
+    refuse_output_over_input("--json", a->json, {{"--data", a->data}, {"--vq", a->vq}, {"--vq-config", a->vq_config}});
+    check_output_path("--json", a->json);
     auto vq = load_vq_model(a->vq, a->vq_config);
+    check_tokenizer_image_size("--image-size", a->image_size, vq.model->config);
     const auto list = list_image_folder(a->data);
     TokenizerEvalOptions o;
     o.image_size = a->image_size;

@@ -44,8 +44,9 @@ Runner add_extract_codes_command(CLI::App& app) {
     const auto env = detect_launch_env();
     // Before the slow steps (listing, loading): see begin_extraction.
     begin_extraction(a->out, env.rank, env.world_size);
-    ImageList list = a->data.empty() ? read_image_list(a->list, a->classes) : list_image_folder(a->data);
     auto vq = load_vq_model(a->vq, a->vq_config);
+    check_tokenizer_image_size("--image-size", a->image_size, vq.model->config);
+    ImageList list = a->data.empty() ? read_image_list(a->list, a->classes) : list_image_folder(a->data);
     ExtractOptions o;
     o.out = a->out;
     o.aug = a->aug;

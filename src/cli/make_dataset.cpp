@@ -1,9 +1,11 @@
 // `aim make-dataset KIND`: built-in datasets for trying the framework without ImageNet
 // (`codes`: synthetic code sequences; `shapes`: procedural images).
+#include <filesystem>
 #include <iostream>
 
 #include "aim/cli/commands.h"
 #include "aim/core/error.h"
+#include "aim/data/code_dataset.h"
 #include "aim/data/shapes.h"
 #include "aim/data/synthetic.h"
 
@@ -47,6 +49,19 @@ Runner add_make_dataset_command(CLI::App& app) {
       return 0;
     }
     if (!codes->parsed()) return -1;
+    {
+      // Only an earlier synthetic dataset is replaced: not extracted codes, weights or anything else.
+      std::error_code ec;
+      if (std::filesystem::exists(*out, ec)) {
+        bool synthetic = false;
+        try {
+          synthetic = CodeDataset(*out).info().tokenizer.rfind("none (synthetic", 0) == 0;
+        } catch (const Error&) {
+        }
+        AIM_CHECK(synthetic, "--out ", *out, ": exists and is not a synthetic code dataset; it is not replaced\n"
+                  "---> HINT: give another path, or remove it first");
+      }
+    }
     write_synthetic_codes(*out, *o);
     std::cout << *out << ": " << o->classes * o->per_class << " sequences of " << o->tokens << " codes, "
               << o->classes << " classes; a perfect model's loss is "

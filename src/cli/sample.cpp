@@ -55,6 +55,35 @@ std::string part_name(int64_t start, int64_t count) { return str_cat("part-", st
 /// and rank 0 believes a marker once it has stayed kFailedGraceS while rank 0 waited, so an
 /// earlier run's does not stop this one. (Not file times: a rank may fail before rank 0 starts.)
 std::string failed_marker(int rank) { return str_cat("rank-", rank, ".failed"); }
+
+/// Whether `name` is a file this command writes in its work folder: finished batches, their
+/// temporary files, the ranks' failure markers.
+bool is_work_file(const std::string& name) {
+  auto has = [&](const char* s) { return name.find(s) != std::string::npos; };
+  return (name.rfind("part-", 0) == 0 && has(".safetensors")) || (name.rfind("rank-", 0) == 0 && has(".failed"));
+}
+
+/// The work folder is removed once the output is written: one holding anything else (a folder
+/// given to --work-dir by mistake) is refused before it is used.
+void check_work_folder(const fs::path& work) {
+  std::error_code ec;
+  if (!fs::exists(work, ec)) return;
+  AIM_CHECK(fs::is_directory(work, ec), "--work-dir ", work.string(), ": exists and is not a folder");
+  for (const auto& e : fs::directory_iterator(work, ec)) {
+    const std::string name = e.path().filename().string();
+    AIM_CHECK(e.is_regular_file(ec) && is_work_file(name), "--work-dir ", work.string(), ": holds ", name,
+              ", which is not a finished batch of aim sample; the folder is emptied and removed once the output "
+              "is written\n---> HINT: give a new or empty folder to --work-dir (default: <output>.parts)");
+  }
+}
+
+/// Removes what this command wrote in `work`, then the folder if nothing else is left in it.
+void remove_work_folder(const fs::path& work) {
+  std::error_code ec;
+  for (const auto& e : fs::directory_iterator(work, ec))
+    if (is_work_file(e.path().filename().string())) fs::remove(e.path(), ec);
+  fs::remove(work, ec);  // only when empty
+}
 constexpr double kFailedGraceS = 10;
 
 class FailureMarker {
@@ -186,7 +215,8 @@ void write_outputs(const SampleArgs& a, const torch::Tensor& tokens, const torch
               << first.size(2) << ", 3], arr_1 labels)\n";
   }
   auto caption = [&](int64_t label) {
-    return label < static_cast<int64_t>(names.size()) ? str_cat(label, " ", names[label]) : std::to_string(label);
+    return label >= 0 && label < static_cast<int64_t>(names.size()) ? str_cat(label, " ", names[label])
+                                                                     : std::to_string(label);
   };
   if (!a.outdir.empty()) {
     fs::create_directories(a.outdir);
@@ -370,6 +400,24 @@ Runner add_sample_command(CLI::App& app) {
     const auto device = parse_device(a->device, env.local_rank);
     std::vector<std::string> names = a->class_names.empty() ? std::vector<std::string>{} : read_class_names(a->class_names);
     std::map<std::string, std::string> settings;
+    {
+      // No output may land on a file this command reads (the weights, the tokens, a prompt).
+      std::vector<std::pair<std::string, std::string>> inputs = {
+          {"--ckpt", a->ckpt}, {"--config", a->config}, {"--vq", a->vq}, {"--vq-config", a->vq_config},
+          {"--from-tokens", a->from_tokens}, {"--class-names", a->class_names}};
+      for (const auto& p : a->prompt) inputs.emplace_back("--prompt", p);
+      for (const auto& [flag, dir] : {std::pair<std::string, std::string>{"--ckpt", a->ckpt}, {"--vq", a->vq}}) {
+        std::error_code ec;
+        if (dir.empty() || !fs::is_directory(dir, ec)) continue;
+        for (const auto& e : fs::recursive_directory_iterator(dir, ec))
+          if (e.is_regular_file(ec)) inputs.emplace_back(flag, e.path().string());
+      }
+      for (const auto& [flag, out] : {std::pair<std::string, std::string>{"--out", a->out}, {"--npz", a->npz},
+                                      {"--tokens", a->tokens}}) {
+        refuse_output_over_input(flag, out, inputs);
+        check_output_path(flag, out);  // before the sampling, not after it
+      }
+    }
 
     if (!a->from_tokens.empty()) {
       // Decoding only: a flag that would change what is sampled does nothing here, so it is refused
@@ -394,15 +442,26 @@ Runner add_sample_command(CLI::App& app) {
       // The sampling settings the tokens were made with travel on to the outputs.
       settings = saved_file.metadata();
       settings.erase("format");
+      for (const char* key : {"tokens", "labels"})
+        AIM_CHECK(!torch::isFloatingType(saved[key].scalar_type()) && saved[key].scalar_type() != torch::kBool,
+                  "--from-tokens ", a->from_tokens, ": '", key, "' holds ", saved[key].scalar_type(),
+                  " values, expected integers (as aim sample --tokens writes them)");
       auto tokens = saved["tokens"].to(torch::kLong), labels = saved["labels"].to(torch::kLong);
       AIM_CHECK(tokens.dim() == 2 && labels.dim() == 1 && labels.size(0) == tokens.size(0), "--from-tokens ",
                 a->from_tokens, ": expected tokens [N, L] and labels [N], found ", tokens.sizes(), " and ",
                 labels.sizes());
+      AIM_CHECK(labels.numel() == 0 || labels.min().item<int64_t>() >= 0, "--from-tokens ", a->from_tokens,
+                ": expected class labels >= 0, found ", labels.numel() ? labels.min().item<int64_t>() : 0);
       check_grid_size(*a, tokens.size(0));
       AIM_CHECK(!a->vq.empty() || !a->ckpt.empty(), "--from-tokens: give --vq (or --ckpt) for the tokenizer");
       const VqSource source = tokenizer_source(*a);
       auto loaded_vq = load_vq_model(source.path, a->vq_config, source.named_by);
       auto vq = loaded_vq.model;
+      const int64_t codes = vq->config.codebook_size;
+      AIM_CHECK(tokens.numel() == 0 || (tokens.min().item<int64_t>() >= 0 && tokens.max().item<int64_t>() < codes),
+                "--from-tokens ", a->from_tokens, ": tokens from ", tokens.numel() ? tokens.min().item<int64_t>() : 0,
+                " to ", tokens.numel() ? tokens.max().item<int64_t>() : 0, ", outside the tokenizer's codebook [0, ",
+                codes, ") (", source.named_by, " ", source.path, ")");
       prepare_vq_for_decoding(vq, device, vq_dtype_of(a->vq_dtype));
       // The outputs record the tokenizer that decoded them (the tokens file may name none).
       settings["vq"] = loaded_vq.identity;
@@ -419,6 +478,7 @@ Runner add_sample_command(CLI::App& app) {
     AIM_CHECK(!a->ckpt.empty(), "sample: --ckpt is required (or --from-tokens)");
     const std::string primary = !a->npz.empty() ? a->npz : !a->out.empty() ? a->out : !a->outdir.empty() ? a->outdir : a->tokens;
     const fs::path work = a->work_dir.empty() ? fs::path(primary + ".parts") : fs::path(a->work_dir);
+    check_work_folder(work);
     std::optional<FailureMarker> failure_marker;
     if (env.world_size > 1) {
       fs::create_directories(work);
@@ -701,7 +761,7 @@ Runner add_sample_command(CLI::App& app) {
       return torch::cat(rows);
     };
     write_outputs(*a, torch::cat(all_tokens), torch::cat(all_labels), images_of, total, names, settings, prompts);
-    fs::remove_all(work);
+    remove_work_folder(work);
     std::cout << "settings: cfg " << o.cfg << ", temperature " << o.temperature << ", top-k " << o.top_k
               << ", top-p " << o.top_p << ", cfg top-p " << o.cfg_top_p << ", seed " << o.seed << ", preset "
               << settings["preset"] << "\n";

@@ -174,7 +174,7 @@ void VqConfig::validate() const {
 }
 
 void DataConfig::validate() const {
-  int_at_least("data.image_size", image_size, 1);
+  int_in("data.image_size", image_size, 1, 4096);
   one_of("data.aug", aug, {"", "tencrop", "flip", "none"});
   if (!(crop_ratio >= 1.0 && crop_ratio <= 4.0))
     fail("data.crop_ratio", "a number in [1, 4]", num(crop_ratio),

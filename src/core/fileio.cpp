@@ -15,7 +15,49 @@
 
 namespace aim {
 
-void write_text_atomic(const std::string& path, const std::string& text) {
+std::string replace_target(const std::string& path) {
+  namespace fs = std::filesystem;
+  std::error_code ec;
+  fs::path p(path);
+  for (int hops = 0; hops < 40 && fs::is_symlink(fs::symlink_status(p, ec)); ++hops) {
+    const fs::path to = fs::read_symlink(p, ec);
+    if (ec) break;
+    p = to.is_absolute() ? to : p.parent_path() / to;
+  }
+  const auto st = fs::status(p, ec);
+  if (fs::exists(st) && !fs::is_regular_file(st))
+    throw Error(str_cat(path, ": exists and is not a regular file (",
+                        fs::is_directory(st) ? "a folder" : fs::is_fifo(st) ? "a FIFO" : "a device or special file",
+                        (p.string() != path ? str_cat(", via the link to ", p.string()) : std::string()),
+                        "); outputs are written to a temporary file and renamed over it, which would replace it"));
+  return p.string();
+}
+
+void check_output_path(const std::string& flag, const std::string& path) {
+  namespace fs = std::filesystem;
+  if (path.empty()) return;
+  std::string target;
+  try {
+    target = replace_target(path);
+  } catch (const Error& e) {
+    throw Error(str_cat(flag, " ", e.what()));
+  }
+  fs::path dir = fs::path(target).parent_path();
+  if (dir.empty()) dir = ".";
+  std::error_code ec;
+  fs::create_directories(dir, ec);
+  // A file made and removed: what writing there needs (root passes access() on read-only mounts).
+  const std::string probe = (dir / str_cat(".aim-write-probe.", ::getpid())).string();
+  const int fd = ec ? -1 : ::open(probe.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
+  if (fd < 0)
+    throw Error(str_cat(flag, " ", path, ": cannot write in ", dir.string(), ": ",
+                        ec ? ec.message() : std::string(std::strerror(errno))));
+  ::close(fd);
+  ::unlink(probe.c_str());
+}
+
+void write_text_atomic(const std::string& path_in, const std::string& text) {
+  const std::string path = replace_target(path_in);
   std::error_code ec;  // a missing folder is made (a failure shows at the open below)
   std::filesystem::create_directories(std::filesystem::path(path).parent_path(), ec);
   const std::string tmp = str_cat(path, ".tmp.", ::getpid());
@@ -64,6 +106,19 @@ void refuse_torch_pickle(const std::string& path) {
   throw Error(str_cat(path, ": a PyTorch pickle (torch.save: .pt/.pth/.bin), not safetensors; aim reads weights "
                             "converted once\n---> HINT: .venv/bin/python tools/convert_checkpoint.py ",
                       path, " --out <NAME>.safetensors (README, \"Converting official checkpoints\")"));
+}
+
+void refuse_output_over_input(const std::string& out_flag, const std::string& out,
+                              const std::vector<std::pair<std::string, std::string>>& inputs) {
+  namespace fs = std::filesystem;
+  std::error_code ec;
+  if (out.empty() || !fs::exists(out, ec)) return;
+  for (const auto& [flag, path] : inputs) {
+    if (path.empty() || !fs::exists(path, ec)) continue;
+    if (fs::equivalent(out, path, ec))
+      throw Error(str_cat(out_flag, " ", out, ": is the input of ", flag, " (", path,
+                          "); writing there would replace it\n---> HINT: give ", out_flag, " another path"));
+  }
 }
 
 void sync_directory(const std::string& dir) {

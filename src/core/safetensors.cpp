@@ -194,9 +194,10 @@ std::map<std::string, torch::Tensor> SafetensorsFile::load_all() const {
   return out;
 }
 
-void save_safetensors(const std::string& path,
+void save_safetensors(const std::string& path_in,
                       const std::vector<std::pair<std::string, torch::Tensor>>& tensors,
                       const std::map<std::string, std::string>& metadata) {
+  const std::string path = replace_target(path_in);
   std::set<std::string> names;
   std::vector<torch::Tensor> data;
   std::vector<StTensorInfo> infos;

@@ -5,6 +5,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstring>
 #include <filesystem>
@@ -229,9 +230,22 @@ void CodeDataset::gather(const std::vector<int64_t>& indices, const std::vector<
   labels_out = torch::empty({b}, torch::kLong);
   auto* c = codes_out.data_ptr<int64_t>();
   auto* l = labels_out.data_ptr<int64_t>();
+  const int64_t vocab = info_.vocab_size;
   for (int64_t k = 0; k < b; ++k) {
     const uint16_t* src = codes(indices[k], augs[k]);
-    for (int64_t j = 0; j < t; ++j) c[k * t + j] = src[j];
+    uint16_t top = 0;
+    for (int64_t j = 0; j < t; ++j) {
+      c[k * t + j] = src[j];
+      top = std::max(top, src[j]);
+    }
+    // A corrupt file would otherwise index past the embedding table, far from its cause.
+    if (top >= vocab) {
+      int64_t at = 0;
+      while (src[at] < vocab) ++at;
+      throw Error(str_cat(path_, ": image ", indices[k], " (view ", augs[k], ") holds code ", src[at], " at token ", at,
+                          ", outside the file's codebook [0, ", vocab, "): the file is damaged\n---> HINT: extract "
+                          "it again with aim extract-codes"));
+    }
     l[k] = label(indices[k]);
   }
 }

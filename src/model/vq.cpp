@@ -276,4 +276,10 @@ std::vector<std::pair<std::string, torch::Tensor>> vq_state_dict(const VqModel& 
   return out;
 }
 
+void check_tokenizer_image_size(const std::string& flag, int64_t size, const VqConfig& config) {
+  const int64_t f = config.downsample();
+  AIM_CHECK(size >= f && size <= 4096 && size % f == 0, flag, ": expected a multiple of the tokenizer's ",
+            "downsampling factor ", f, " from ", f, " to 4096 px, found ", size);
+}
+
 }  // namespace aim

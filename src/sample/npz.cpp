@@ -14,6 +14,7 @@
 #include <zlib.h>
 
 #include "aim/core/error.h"
+#include "aim/core/fileio.h"
 
 // .npy data and ZIP fields are little-endian; both are copied to and from memory as is.
 static_assert(__BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__, "aim assumes a little-endian host");
@@ -639,7 +640,7 @@ std::string npy_descr(torch::ScalarType dtype) {
 // ----------------------------------------------------------------------------- writer
 
 NpzWriter::NpzWriter(const std::string& path, NpzWriterOptions options)
-    : path_(path), options_(options) {
+    : path_(replace_target(path)), options_(options) {
   file_ = std::fopen(tmp_path().c_str(), "wb");
   AIM_CHECK(file_ != nullptr, tmp_path(), ": cannot open for writing: ", errno_text(errno));
   // Large buffer: appends arrive as many small image rows.

@@ -132,6 +132,24 @@ TEST_F(CodeDatasetTest, CorruptFilesAreClearErrors) {
   code_dataset_mark_finished(path("label.codes"));
   msg = test::error_of([&] { CodeDataset d(path("label.codes")); });
   EXPECT_NE(msg.find("label.codes: sample 2 has label 3, expected < 3"), std::string::npos) << msg;
+  // A code beyond the header's codebook (a damaged file) is named when read, not left to index
+  // past the model's embedding: codes of 300 written under a 512-entry codebook, the header's
+  // size then changed to 256 (same width, so the layout holds).
+  auto oov = torch::zeros({n, a, t});
+  oov[2][0][5] = 300;
+  CodeDatasetWriter::create(path("oov.codes"), info(n, a, t))->write(0, oov, torch::zeros({n}));
+  code_dataset_mark_finished(path("oov.codes"));
+  std::ifstream oov_in(path("oov.codes"), std::ios::binary);
+  std::string oov_bytes((std::istreambuf_iterator<char>(oov_in)), {});
+  const auto at = oov_bytes.find("\"vocab_size\":512");
+  ASSERT_NE(at, std::string::npos);
+  oov_bytes.replace(at, 16, "\"vocab_size\":256");
+  const CodeDataset damaged(write("oov.codes", oov_bytes));
+  torch::Tensor codes, labels;
+  damaged.gather({0, 1}, {0, 0}, codes, labels);  // clean images read as before
+  msg = test::error_of([&] { damaged.gather({1, 2}, {0, 0}, codes, labels); });
+  EXPECT_NE(msg.find("oov.codes: image 2 (view 0) holds code 300 at token 5, outside the file's codebook [0, 256)"),
+            std::string::npos) << msg;
 }
 
 TEST_F(CodeDatasetTest, ImageNetSizedFileLoadsInConstantMemory) {

@@ -576,6 +576,57 @@ TEST_F(SampleCli, FromTokensDecodesTheFixtureImages) {
   EXPECT_TRUE(close) << cmp.output;
 }
 
+TEST_F(SampleCli, OutputsNeverReplaceInputsFoldersOrSpecialFiles) {
+  // A --work-dir holding anything but finished batches is refused (it is removed at the end).
+  fs::create_directories(p("mine"));
+  { std::ofstream(p("mine/thesis.tex")) << "keep"; }
+  auto r = run(base_ + "--class 1 --num 2 --tokens " + p("t.safetensors") + " --work-dir " + p("mine"));
+  EXPECT_NE(r.code, 0) << r.output;
+  EXPECT_NE(r.output.find("--work-dir " + p("mine") + ": holds thesis.tex, which is not a finished batch"),
+            std::string::npos) << r.output;
+  EXPECT_TRUE(fs::exists(p("mine/thesis.tex")));
+  // An empty one is used and removed; one of our own leftovers is emptied and removed.
+  fs::create_directories(p("empty"));
+  r = run(base_ + "--class 1 --num 2 --tokens " + p("t.safetensors") + " --work-dir " + p("empty"));
+  ASSERT_EQ(r.code, 0) << r.output;
+  EXPECT_FALSE(fs::exists(p("empty")));
+  // Outputs on the files read: the weights, the tokens being decoded.
+  const std::string weights = (fs::path(ckpt_) / "model.safetensors").string();
+  const auto before = fs::file_size(weights);
+  r = run(base_ + "--class 1 --num 2 --tokens " + weights);
+  EXPECT_NE(r.code, 0) << r.output;
+  EXPECT_NE(r.output.find("--tokens " + weights + ": is the input of --ckpt"), std::string::npos) << r.output;
+  EXPECT_EQ(fs::file_size(weights), before);
+  r = run(test::aim_binary() + " sample --device cpu --from-tokens " + p("t.safetensors") + " --vq " + ckpt_ +
+          " --vq-config " + test::source_dir() + "/configs/fixture_tiny_vq.json --tokens " + p("t.safetensors"));
+  EXPECT_NE(r.code, 0) << r.output;
+  EXPECT_NE(r.output.find("is the input of --from-tokens"), std::string::npos) << r.output;
+  // A symbolic link is written through; a device is refused, before anything is sampled.
+  fs::create_symlink(p("target.safetensors"), p("link.safetensors"));
+  r = run(base_ + "--class 1 --num 2 --tokens " + p("link.safetensors"));
+  ASSERT_EQ(r.code, 0) << r.output;
+  EXPECT_TRUE(fs::is_symlink(p("link.safetensors")));
+  EXPECT_EQ(load_safetensors(p("target.safetensors")).at("tokens").size(0), 2);
+  r = run(base_ + "--class 1 --num 2 --tokens /dev/null");
+  EXPECT_NE(r.code, 0) << r.output;
+  EXPECT_NE(r.output.find("--tokens /dev/null: exists and is not a regular file"), std::string::npos) << r.output;
+  EXPECT_EQ(r.output.find("[sample]"), std::string::npos) << "refused before sampling\n" << r.output;
+  EXPECT_TRUE(fs::is_character_file("/dev/null"));
+  // Tokens files with labels no class can have, or codes outside the codebook, are named.
+  save_safetensors(p("neg.safetensors"), {{"tokens", torch::zeros({1, 64}, torch::kLong)}, {"labels", torch::tensor({-7})}});
+  r = run(test::aim_binary() + " sample --device cpu --from-tokens " + p("neg.safetensors") + " --vq " + ckpt_ +
+          " --vq-config " + test::source_dir() + "/configs/fixture_tiny_vq.json --out " + p("neg.png"));
+  EXPECT_NE(r.code, 0) << r.output;
+  EXPECT_NE(r.output.find("neg.safetensors: expected class labels >= 0, found -7"), std::string::npos) << r.output;
+  save_safetensors(p("oov.safetensors"),
+                   {{"tokens", torch::full({1, 64}, 512, torch::kLong)}, {"labels", torch::tensor({1})}});
+  r = run(test::aim_binary() + " sample --device cpu --from-tokens " + p("oov.safetensors") + " --vq " + ckpt_ +
+          " --vq-config " + test::source_dir() + "/configs/fixture_tiny_vq.json --out " + p("oov.png"));
+  EXPECT_NE(r.code, 0) << r.output;
+  EXPECT_NE(r.output.find("oov.safetensors: tokens from 512 to 512, outside the tokenizer's codebook [0, 512)"),
+            std::string::npos) << r.output;
+}
+
 // --preset fid draws the labels uniformly (the published protocol) unless --labels says otherwise.
 TEST_F(SampleCli, PresetFidDrawsLabelsUniformly) {
   auto counts = [&](const std::string& flags, const std::string& file) {

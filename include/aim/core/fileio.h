@@ -3,9 +3,20 @@
 #include <cstddef>
 #include <cstdint>
 #include <string>
+#include <utility>
+#include <vector>
 
 namespace aim {
 
+/// The file an atomic write of `path` replaces: `path` itself, or the file a symbolic link there
+/// points to (the link is followed, not replaced). Throws aim::Error naming it when that exists
+/// and is not a regular file (a folder, a device such as /dev/full, a FIFO), which a rename
+/// would replace.
+std::string replace_target(const std::string& path);
+/// Before the work whose result goes to `path` (given to `flag`; empty: nothing to check): throws
+/// aim::Error naming the flag when it could not be written there: a folder that cannot be made
+/// or written, or a target replace_target() refuses.
+void check_output_path(const std::string& flag, const std::string& path);
 /// Writes `text` to `path` through a temporary file beside it, fsync and rename: readers see
 /// the old content or the new one, never a mix. Throws aim::Error naming the file and errno.
 void write_text_atomic(const std::string& path, const std::string& text);
@@ -29,6 +40,10 @@ std::string file_identity(const std::string& path);
 bool is_torch_pickle(const std::string& path);
 /// Throws aim::Error saying how to convert `path` when is_torch_pickle(path).
 void refuse_torch_pickle(const std::string& path);
+/// Throws aim::Error when `out` (given to `out_flag`) names an existing file or folder that is
+/// one of `inputs` ({flag, path}, empty paths skipped): writing it would destroy that input.
+void refuse_output_over_input(const std::string& out_flag, const std::string& out,
+                              const std::vector<std::pair<std::string, std::string>>& inputs);
 /// fsync of a directory, so renames inside it survive a crash (best effort).
 void sync_directory(const std::string& dir);
 

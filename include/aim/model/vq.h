@@ -110,6 +110,10 @@ class VqModelImpl : public torch::nn::Module {
 };
 TORCH_MODULE(VqModel);
 
+/// Throws aim::Error naming `flag` unless `size` px images fit the tokenizer: a multiple of its
+/// downsampling factor, from one code to 4096 px.
+void check_tokenizer_image_size(const std::string& flag, int64_t size, const VqConfig& config);
+
 /// Loads tokenizer weights by official names: entries starting with `prefix` (e.g. "vqvae." in
 /// AiM checkpoints, "" for LlamaGen files) are taken, others ignored when a prefix is given.
 /// Missing, unexpected and mis-shaped keys are reported in one aim::Error naming `what`.
