@@ -1,5 +1,8 @@
 #include <torch/torch.h>
 
+#include <cerrno>
+#include <cstdlib>
+
 #include "aim/cli/commands.h"
 #include "aim/core/error.h"
 
@@ -28,6 +31,19 @@ torch::Device parse_device(const std::string& value, int local_rank) {
     }
   }
   return torch::Device(torch::kCUDA, static_cast<c10::DeviceIndex>(index));
+}
+
+CLI::Validator seed_validator() {
+  return CLI::Validator(
+      [](std::string& s) -> std::string {
+        if (s.empty() || s.find_first_not_of("0123456789") != std::string::npos)
+          return "expected an integer >= 0, found '" + s + "'";
+        errno = 0;
+        (void)std::strtoull(s.c_str(), nullptr, 10);
+        if (errno == ERANGE) return "expected an integer below 2^64, found " + s;
+        return "";
+      },
+      "SEED");
 }
 
 }  // namespace aim::cli

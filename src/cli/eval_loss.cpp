@@ -5,11 +5,13 @@
 #include <chrono>
 #include <cmath>
 #include <cstdio>
+#include <filesystem>
 #include <iostream>
 #include <nlohmann/json.hpp>
 
 #include "aim/cli/commands.h"
 #include "aim/core/checkpoint.h"
+#include "aim/core/config.h"
 #include "aim/core/error.h"
 #include "aim/core/fileio.h"
 #include "aim/core/progress.h"
@@ -114,7 +116,8 @@ Runner add_eval_loss_command(CLI::App& app) {
       }
     }
     const auto device = parse_device(a->device, 0);
-    auto model = load_aim_model(find_checkpoint(a->ckpt, a->config), a->use_ema);
+    const auto ref = find_checkpoint(a->ckpt, a->config);
+    auto model = load_aim_model(ref, a->use_ema);
     model->to(device, a->dtype == "bf16" ? torch::kBFloat16 : torch::kFloat);
     if (cmd->count("--decode-position-offset")) {
       set_decode_position_offset(model, a->position_offset, "--decode-position-offset");
@@ -125,6 +128,18 @@ Runner add_eval_loss_command(CLI::App& app) {
               " tokens are not a square grid of codes");
     CodeDataset data(a->codes);
     const auto& info = data.info();
+    if (ref.kind == CheckpointKind::kRunDir) {
+      // Codes of another tokenizer than the run's training codes give a loss that measures nothing.
+      const std::string trained_on = load_config(ref.config_path).data.codes;
+      std::error_code ec;
+      if (!trained_on.empty() && std::filesystem::is_regular_file(trained_on, ec)) {
+        const std::string theirs = CodeDataset(trained_on).info().tokenizer;
+        if (theirs != info.tokenizer)
+          std::cerr << "warning: " << a->codes << " holds codes of tokenizer " << info.tokenizer << ", but the run "
+                    << "trained on codes of " << theirs << " (data.codes " << trained_on << "): the loss compares "
+                    << "two tokenizers' codes\n---> HINT: extract the held-out images with the run's tokenizer\n";
+      }
+    }
 
     const int64_t views = a->view == "all" ? info.num_aug : 1;
     const int64_t images = a->max_images > 0 ? std::min<int64_t>(a->max_images, data.valid_indices().size())

@@ -23,7 +23,9 @@ Runner add_make_dataset_command(CLI::App& app) {
   codes->add_option("--tokens", o->tokens, "codes per image (model.num_tokens)")->capture_default_str();
   codes->add_option("--vocab", o->vocab_size, "codebook size (model.vocab_size)")->capture_default_str();
   codes->add_option("--follow", o->follow, "probability of the class's successor token")->capture_default_str();
-  codes->add_option("--seed", o->seed, "random seed of the chains (the distribution)")->capture_default_str();
+  codes->add_option("--seed", o->seed, "random seed of the chains (the distribution)")
+      ->capture_default_str()
+      ->check(seed_validator());
   codes->add_option("--first-index", o->first_index,
                     "index of the first sequence: a held-out split uses the same seed and e.g. 1000000")
       ->capture_default_str();
@@ -37,7 +39,7 @@ Runner add_make_dataset_command(CLI::App& app) {
   shapes->add_option("--classes", so->classes, "classes (1..10)")->capture_default_str();
   shapes->add_option("--per-class", so->per_class, "images per class")->capture_default_str();
   shapes->add_option("--size", so->size, "image side in pixels (16..1024)")->capture_default_str();
-  shapes->add_option("--seed", so->seed, "random seed")->capture_default_str();
+  shapes->add_option("--seed", so->seed, "random seed")->capture_default_str()->check(seed_validator());
 
   return [cmd, codes, o, out, shapes, so, shapes_out]() -> int {
     if (!cmd->parsed()) return -1;

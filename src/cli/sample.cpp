@@ -354,7 +354,9 @@ Runner add_sample_command(CLI::App& app) {
   cmd->add_option("--top-p", a->top_p, "nucleus mass in (0, 1]");
   cmd->add_option("--cfg-top-p", a->cfg_top_p,
                   "guide only among the conditional model's top-p tokens at this mass, in (0, 1] (1 = off, the official sampler)");
-  cmd->add_option("--seed", a->seed, "randomness of sample i comes from (seed, i)")->capture_default_str();
+  cmd->add_option("--seed", a->seed, "randomness of sample i comes from (seed, i)")
+      ->capture_default_str()
+      ->check(seed_validator());
   cmd->add_option("--batch-size", a->batch_size, "sequences per batch")->capture_default_str();
   cmd->add_option("--dtype", a->dtype, "fp32 | bf16")->capture_default_str();
   cmd->add_option("--vq-dtype", a->vq_dtype, "tokenizer decode: fp32 | bf16 (faster on GPUs; images within a few levels)")
@@ -369,7 +371,7 @@ Runner add_sample_command(CLI::App& app) {
   cmd->add_flag("--ema", a->use_ema, "use the run directory's EMA weights");
   cmd->add_flag("--no-cuda-graph", a->no_cuda_graph, "step eagerly on CUDA instead of replaying one captured step");
   cmd->add_option("--out", a->out, "grid PNG");
-  cmd->add_option("--nrow", a->nrow, "grid: images per row (default: square)");
+  cmd->add_option("--nrow", a->nrow, "grid: images per row (default: square)")->check(CLI::NonNegativeNumber);
   cmd->add_flag("!--no-captions", a->captions, "grid without class captions");
   cmd->add_option("--outdir", a->outdir, "one PNG per sample: <index>_class<label>.png");
   cmd->add_option("--npz", a->npz, "ADM evaluator batch: arr_0 uint8 [N, H, W, 3], arr_1 labels");

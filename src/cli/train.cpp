@@ -64,6 +64,7 @@ Runner add_training_command(CLI::App& app, Stage stage) {
                 str_cat(name, ": no config given\n---> HINT: aim ", name, " ", example, ", or aim ", name,
                         " --resume RUN_DIR"));
       config_path = (fs::path(a->resume) / "config.yaml").string();
+      AIM_CHECK(fs::exists(a->resume), str_cat("--resume ", a->resume, ": no such run directory or checkpoint"));
       AIM_CHECK(fs::exists(config_path), str_cat("--resume ", a->resume, ": no config.yaml; pass the config"));
     }
     AIM_CHECK(a->init_config.empty() || !a->init.empty(), "--init-config ", a->init_config,

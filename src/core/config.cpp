@@ -12,6 +12,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <filesystem>
 #include <fstream>
 #include <map>
 #include <set>
@@ -650,6 +651,13 @@ bool operator==(const ModelConfig& a, const ModelConfig& b) {
 
 Config load_config(const std::string& yaml_path, const std::vector<std::string>& overrides,
                    ConfigUse use) {
+  std::error_code ec;
+  if (std::filesystem::is_directory(yaml_path, ec))
+    throw Error(str_cat(yaml_path, ": is a folder, not a YAML config",
+                        std::filesystem::exists(std::filesystem::path(yaml_path) / "config.yaml", ec)
+                            ? str_cat(" ---> HINT: a run directory: aim train --resume ", yaml_path,
+                                      " (or give its config.yaml)")
+                            : std::string()));
   std::ifstream in(yaml_path, std::ios::binary);
   if (!in)
     throw Error(str_cat(yaml_path, ": cannot open the config file (", std::strerror(errno), ")",

@@ -86,7 +86,13 @@ VqConfig vq_config_from_json(const std::string& path, const std::string& object_
     throw Error(str_cat(path, ": field 'decoder_ch_mult' differs from 'encoder_ch_mult': "
                               "only symmetric tokenizers are supported"));
   }
-  c.validate();
+  try {
+    c.validate();
+  } catch (const Error& e) {
+    // Its rules name the YAML keys (vq.ch, ...): say which file held the values.
+    throw Error(str_cat(path, ": ", e.what(), " (the JSON fields codebook_size, encoder_ch_mult, ch, norm_groups, ... "
+                                              "are vq.* here)"));
+  }
   return c;
 }
 

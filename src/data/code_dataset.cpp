@@ -174,6 +174,11 @@ CodeDataset::CodeDataset(const std::string& path) : path_(path) {
     ::close(fd);
     throw Error(str_cat(path, ": fstat failed: ", std::strerror(errno)));
   }
+  if (!S_ISREG(st.st_mode)) {
+    ::close(fd);
+    throw Error(str_cat(path, ": expected a code dataset file (aim extract-codes), found a ",
+                        S_ISDIR(st.st_mode) ? "folder" : "special file"));
+  }
   size_ = static_cast<size_t>(st.st_size);
   if (size_ == 0) {
     ::close(fd);

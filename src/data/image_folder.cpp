@@ -23,9 +23,9 @@ bool has_image_extension(const std::string& path) {
   return false;
 }
 
-ImageList list_image_folder(const std::string& root) {
+ImageList list_image_folder(const std::string& root, const std::string& what) {
   std::error_code ec;
-  if (!fs::is_directory(root, ec)) throw Error(str_cat("--data ", root, ": not a directory"));
+  if (!fs::is_directory(root, ec)) throw Error(str_cat(what, " ", root, ": not a directory"));
   ImageList list;
   list.source = root;
   std::vector<fs::path> class_dirs;
@@ -34,7 +34,7 @@ ImageList list_image_folder(const std::string& root) {
   }
   std::sort(class_dirs.begin(), class_dirs.end());
   if (class_dirs.empty()) {
-    throw Error(str_cat("--data ", root, ": no class folders found\n---> HINT: expected ", root,
+    throw Error(str_cat(what, " ", root, ": no class folders found\n---> HINT: expected ", root,
                         "/<class name>/<image files>, as torchvision's ImageFolder"));
   }
   for (size_t c = 0; c < class_dirs.size(); ++c) {
@@ -51,7 +51,7 @@ ImageList list_image_folder(const std::string& root) {
     for (const auto& [folder, name] : files)
       list.entries.push_back({(fs::path(folder) / name).string(), static_cast<int64_t>(c)});
   }
-  if (list.entries.empty()) throw Error(str_cat("--data ", root, ": no image files in its class folders"));
+  if (list.entries.empty()) throw Error(str_cat(what, " ", root, ": no image files in its class folders"));
   return list;
 }
 

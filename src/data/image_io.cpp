@@ -207,6 +207,8 @@ Image decode_image_memory(const uint8_t* data, size_t size, const std::string& w
 }
 
 Image decode_image(const std::string& path) {
+  std::error_code ec;
+  if (std::filesystem::is_directory(path, ec)) throw Error(str_cat("'", path, "': is a folder, not an image file"));
   std::ifstream f(path, std::ios::binary | std::ios::ate);
   if (!f) {
     throw Error(str_cat("cannot open image file '", path, "': ", std::strerror(errno)));

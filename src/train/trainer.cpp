@@ -123,7 +123,7 @@ DataSource image_source(const Config& c, int64_t rank, int64_t world, torch::Dev
     throw Error("data.images is set, so training encodes images on the fly and needs the "
                 "tokenizer: set vq.weights\n---> HINT: or pre-extract codes with aim extract-codes "
                 "and set data.codes (much faster)");
-  auto list = std::make_shared<ImageList>(list_image_folder(c.data.images));
+  auto list = std::make_shared<ImageList>(list_image_folder(c.data.images, "data.images"));
   if (static_cast<int64_t>(list->classes.size()) > c.model.num_classes)
     throw Error(str_cat("data.images ", c.data.images, ": ", list->classes.size(),
                         " class folders, but model.num_classes is ", c.model.num_classes));
@@ -319,6 +319,9 @@ TrainResult run_training(const Config& config_in, const TrainOptions& options) {
                 "---> HINT: --set train.eval_every=N"));
     val.reset();
   }
+  if (!val && config.train.eval_every > 0 && config.data.val_codes.empty())
+    say(str_cat("warning: train.eval_every is ", config.train.eval_every, " but data.val_codes is not set: no held-out "
+                "loss is computed\n---> HINT: --set data.val_codes=<held-out codes from aim extract-codes>"));
   // The tokenizer decodes rank 0's sample grids and every rank's FID samples.
   VqModel grid_vq{nullptr};
   const bool fid = config.train.fid_every > 0;  // vq.weights is set then (Config::validate)

@@ -127,7 +127,7 @@ VqTrainResult run_vq_training(const Config& config_in, const TrainOptions& optio
   if (config.data.images.empty())
     throw Error("data.images: expected an image folder (class sub-folders) to train the tokenizer on, found ''"
                 "\n---> HINT: aim make-dataset shapes --out data/shapes, then --set data.images=data/shapes");
-  const auto list = std::make_shared<ImageList>(list_image_folder(config.data.images));
+  const auto list = std::make_shared<ImageList>(list_image_folder(config.data.images, "data.images"));
   const int64_t num_samples = static_cast<int64_t>(list->entries.size());
   DistributedSampler sampler(num_samples, rank, world, config.data.shuffle, static_cast<uint64_t>(config.train.seed));
   const int64_t batches_per_epoch = sampler.per_rank() / micro;

@@ -149,6 +149,25 @@ TEST(Cli, SetTakesOneValueSoTheConfigMayFollowIt) {
             std::string::npos) << r.output;
 }
 
+TEST(Cli, AFolderWhereAFileBelongsIsNamed) {
+  namespace fs = std::filesystem;
+  const auto dir = fs::temp_directory_path() / ("aim_cli_folders_" + std::to_string(::getpid()));
+  fs::remove_all(dir);
+  fs::create_directories(dir / "run");
+  { std::ofstream(dir / "run" / "config.yaml") << "name: x\n"; }
+  // A run directory given as the config: the resume it probably meant.
+  auto r = run_aim("train " + (dir / "run").string());
+  EXPECT_EQ(r.code, 1) << r.output;
+  EXPECT_NE(r.output.find((dir / "run").string() + ": is a folder, not a YAML config ---> HINT: a run directory: "
+                          "aim train --resume"), std::string::npos) << r.output;
+  r = run_aim("train " + src("configs/tiny.yaml") + " --set data.codes=" + (dir / "run").string() + " --out " +
+              (dir / "out").string());
+  EXPECT_EQ(r.code, 1) << r.output;
+  EXPECT_NE(r.output.find((dir / "run").string() + ": expected a code dataset file (aim extract-codes), found a folder"),
+            std::string::npos) << r.output;
+  fs::remove_all(dir);
+}
+
 TEST(Cli, BadInputsExitNonZeroWithTheKeyNamed) {
   const auto tmp = std::filesystem::temp_directory_path() / "aim_cli_bad.yaml";
   std::ofstream(tmp) << "model:\n  d_modle: 512\n";

@@ -63,7 +63,7 @@ class CodeLossTest : public ::testing::Test {
 
   /// A finished code dataset of codes [N, A, T] and labels [N].
   std::string write_codes(const std::string& file, const torch::Tensor& codes, const torch::Tensor& labels,
-                          int64_t vocab, int64_t classes = 10) {
+                          int64_t vocab, int64_t classes = 10, const std::string& tokenizer = "test") {
     const std::string path = (dir_ / file).string();
     CodeDatasetInfo info;
     info.num_samples = codes.size(0);
@@ -73,7 +73,7 @@ class CodeLossTest : public ::testing::Test {
     info.image_size = 8 * static_cast<int64_t>(std::lround(std::sqrt(static_cast<double>(codes.size(2)))));
     info.aug = codes.size(1) == 1 ? "none" : "flip";
     for (int64_t c = 0; c < classes; ++c) info.classes.push_back("class" + std::to_string(c));
-    info.tokenizer = "test";
+    info.tokenizer = tokenizer;
     info.source = "test";
     CodeDatasetWriter::create(path, info)->write(0, codes.cpu(), labels.cpu());
     code_dataset_mark_finished(path);
@@ -290,6 +290,36 @@ TEST_F(CodeLossTest, TheCommandPrintsAndWritesTheLibraryFigures) {
     EXPECT_EQ(bad.code, 1) << flags << "\n" << bad.output;
     EXPECT_NE(bad.output.find(message), std::string::npos) << flags << "\n" << bad.output;
   }
+}
+
+TEST_F(CodeLossTest, CodesOfAnotherTokenizerThanTheRunTrainedOnAreWarnedAbout) {
+  const auto f = load_fixture("mamba2_tiny");
+  const int64_t n = 4, t = f.config.num_tokens, v = f.config.vocab_size;
+  const auto codes = torch::randint(v, {n, 1, t}, torch::kLong), labels = torch::arange(n);
+  const std::string held_out = write_codes("held.codes", codes, labels, v);
+  // A run directory of the fixture's weights whose config names its training codes.
+  auto run_on = [&](const std::string& name, const std::string& tokenizer) {
+    const fs::path run = dir_ / name;
+    fs::create_directories(run);
+    fs::copy_file(f.dir / "model.safetensors", run / "model.safetensors");
+    Config c;
+    c.name = name;
+    c.model = f.config;
+    c.vq.codebook_size = v;
+    c.data.image_size = 16 * static_cast<int64_t>(std::lround(std::sqrt(static_cast<double>(t))));
+    c.data.codes = write_codes(name + "_train.codes", codes, labels, v, 10, tokenizer);
+    std::ofstream(run / "config.yaml") << config_to_yaml(c);
+    return test::run_shell(str_cat(test::aim_binary(), " eval-loss --quiet --device cpu --ckpt ", run.string(),
+                                   " --codes ", held_out));
+  };
+  const auto same = run_on("same", "test");
+  ASSERT_EQ(same.code, 0) << same.output;
+  EXPECT_EQ(same.output.find("warning"), std::string::npos) << same.output;
+  const auto other = run_on("other", "vq2.safetensors (1 bytes, fnv64 0)");
+  ASSERT_EQ(other.code, 0) << other.output;
+  EXPECT_NE(other.output.find("warning: " + held_out + " holds codes of tokenizer test, but the run trained on codes "
+                              "of vq2.safetensors (1 bytes, fnv64 0)"),
+            std::string::npos) << other.output;
 }
 
 }  // namespace

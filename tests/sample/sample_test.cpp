@@ -668,6 +668,10 @@ TEST_F(SampleCli, InvalidValuesFailClearlyAndLeaveNothing) {
       {"--class tench --out " + p("a.png"), "--class 'tench'"},
       {"--class 1", "no output requested"},
       {"--num-samples 0 --tokens " + p("a.safetensors"), "--num-samples: expected >= 1, found 0"},
+      // (Unsigned options would wrap -1 and clamp larger values.)
+      {"--class 1 --seed -1 --tokens " + p("a.safetensors"), "expected an integer >= 0, found '-1'"},
+      {"--class 1 --seed 99999999999999999999999 --tokens " + p("a.safetensors"), "expected an integer below 2^64"},
+      {"--class 1 --nrow -1 --out " + p("a.png"), "--nrow"},
       // Checked before anything is sampled: no .parts folder is left (below).
       {"--num-samples 1100 --npz " + p("s.npz") + " --out " + p("a.png"), "a grid of 1100 images is too large"},
   };

@@ -569,6 +569,11 @@ TEST_F(TrainerTest, ConfigurationErrorsNameTheKey) {
     run_training(config(run("e8"), {"data.val_codes=" + codes(), "train.max_steps=1"}), loud);
     const std::string said = testing::internal::GetCapturedStderr();
     EXPECT_NE(said.find("data.val_codes is set but train.eval_every is 0"), std::string::npos) << said;
+    // And the converse: held-out losses asked for, with no codes to compute them on.
+    testing::internal::CaptureStderr();
+    run_training(config(run("e10"), {"train.eval_every=1", "train.max_steps=1"}), loud);
+    const std::string said2 = testing::internal::GetCapturedStderr();
+    EXPECT_NE(said2.find("train.eval_every is 1 but data.val_codes is not set"), std::string::npos) << said2;
   }
   // The config's data.aug names the views the codes must hold (the synthetic codes have one).
   msg = test::error_of([&] { run_training(config(run("e6"), {"data.aug=tencrop"}), o); });

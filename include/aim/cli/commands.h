@@ -57,6 +57,10 @@ Runner add_analyse_shapes_command(CLI::App& app);
 /// visible, else the CPU.
 torch::Device parse_device(const std::string& flag_value, int local_rank);
 
+/// The check of every --seed flag: an integer from 0 to 2^64 - 1 (CLI11 would wrap -1 and clamp
+/// larger values into an unsigned seed).
+CLI::Validator seed_validator();
+
 /// The help text of every command's --device flag.
 inline constexpr const char* kDeviceHelp = "auto | cpu | cuda | cuda:<index> (auto: the local rank's GPU if any, else the CPU)";
 

@@ -20,8 +20,9 @@ struct ImageList {
 };
 
 /// Walks `root`/<class>/**/<file> for torchvision's image extensions (case-insensitive).
-/// Throws aim::Error naming `root` when it has no class folder or no image.
-ImageList list_image_folder(const std::string& root);
+/// Throws aim::Error naming `what` (the flag or key) and `root` when it has no class folder or
+/// no image.
+ImageList list_image_folder(const std::string& root, const std::string& what = "--data");
 
 /// Reads "<path> <label>" lines (paths relative to the list's folder unless absolute; '#'
 /// comments and blank lines skipped). Class names are the label numbers unless `classes_file`
