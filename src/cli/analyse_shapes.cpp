@@ -101,10 +101,10 @@ Runner add_analyse_shapes_command(CLI::App& app) {
       // The JSON may not replace an image or a folder's truth.jsonl it reads.
       std::vector<std::pair<std::string, std::string>> read;
       for (const auto& p : *paths) {
-        read.emplace_back("the input", p);
-        read.emplace_back("the input", (std::filesystem::path(p) / "truth.jsonl").string());
+        read.emplace_back("", p);
+        read.emplace_back("", (std::filesystem::path(p) / "truth.jsonl").string());
       }
-      for (const auto& in : inputs) read.emplace_back("the input", in.path);
+      for (const auto& in : inputs) read.emplace_back("", in.path);
       refuse_output_over_input("--json", *json, read);
     }
     std::vector<ShapeAnalysis> analyses(inputs.size());

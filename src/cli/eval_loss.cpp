@@ -82,10 +82,11 @@ Runner add_eval_loss_command(CLI::App& app) {
     if (!cmd->parsed()) return -1;
     {
       std::vector<std::pair<std::string, std::string>> inputs = {{"--codes", a->codes}, {"--ckpt", a->ckpt}, {"--config", a->config}};
-      std::error_code ec;
-      if (std::filesystem::is_directory(a->ckpt, ec))
-        for (const auto& e : std::filesystem::recursive_directory_iterator(a->ckpt, ec))
-          if (e.is_regular_file(ec)) inputs.emplace_back("--ckpt", e.path().string());
+      try {
+        const auto r = find_checkpoint(a->ckpt, a->config);
+        for (const auto& f : {r.weights_path, r.config_path, r.ema_path}) inputs.emplace_back("--ckpt", f);
+      } catch (const Error&) {  // reported where it is loaded
+      }
       refuse_output_over_input("--json", a->json, inputs);
       refuse_output_over_input("--heatmap", a->heatmap, inputs);
       check_output_path("--json", a->json);
@@ -132,9 +133,13 @@ Runner add_eval_loss_command(CLI::App& app) {
       // Codes of another tokenizer than the run's training codes give a loss that measures nothing.
       const std::string trained_on = load_config(ref.config_path).data.codes;
       std::error_code ec;
+      std::string theirs;
       if (!trained_on.empty() && std::filesystem::is_regular_file(trained_on, ec)) {
-        const std::string theirs = CodeDataset(trained_on).info().tokenizer;
-        if (theirs != info.tokenizer)
+        try {
+          theirs = CodeDataset(trained_on).info().tokenizer;
+        } catch (const Error&) {  // a file this command does not need: no warning, no failure
+        }
+        if (!theirs.empty() && theirs != info.tokenizer)
           std::cerr << "warning: " << a->codes << " holds codes of tokenizer " << info.tokenizer << ", but the run "
                     << "trained on codes of " << theirs << " (data.codes " << trained_on << "): the loss compares "
                     << "two tokenizers' codes\n---> HINT: extract the held-out images with the run's tokenizer\n";

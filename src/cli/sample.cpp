@@ -56,6 +56,31 @@ std::string part_name(int64_t start, int64_t count) { return str_cat("part-", st
 /// earlier run's does not stop this one. (Not file times: a rank may fail before rank 0 starts.)
 std::string failed_marker(int rank) { return str_cat("rank-", rank, ".failed"); }
 
+/// The files a checkpoint or tokenizer argument reads: its weights, config and EMA, a run
+/// directory's through `latest` (one that cannot be resolved adds nothing: loading reports it).
+std::vector<std::string> files_read_from(const std::string& path, const std::string& config) {
+  std::vector<std::string> out;
+  try {
+    const auto r = find_checkpoint(path, config);
+    out = {r.weights_path, r.config_path, r.ema_path};
+  } catch (const Error&) {
+  }
+  std::error_code ec;
+  if (!fs::is_directory(path, ec)) return out;
+  fs::path dir(path);
+  if (fs::exists(dir / "latest", ec)) {
+    try {
+      std::string rel = read_text((dir / "latest").string());
+      while (!rel.empty() && (rel.back() == '\n' || rel.back() == ' ')) rel.pop_back();
+      dir /= rel;
+    } catch (const Error&) {
+    }
+  }
+  for (const char* f : {"model.safetensors", "ema.safetensors", "config.json", "config.yaml"})
+    out.push_back((dir / f).string());
+  return out;
+}
+
 /// Whether `name` is a file this command writes in its work folder: finished batches, their
 /// temporary files, the ranks' failure markers.
 bool is_work_file(const std::string& name) {
@@ -408,16 +433,15 @@ Runner add_sample_command(CLI::App& app) {
           {"--ckpt", a->ckpt}, {"--config", a->config}, {"--vq", a->vq}, {"--vq-config", a->vq_config},
           {"--from-tokens", a->from_tokens}, {"--class-names", a->class_names}};
       for (const auto& p : a->prompt) inputs.emplace_back("--prompt", p);
-      for (const auto& [flag, dir] : {std::pair<std::string, std::string>{"--ckpt", a->ckpt}, {"--vq", a->vq}}) {
-        std::error_code ec;
-        if (dir.empty() || !fs::is_directory(dir, ec)) continue;
-        for (const auto& e : fs::recursive_directory_iterator(dir, ec))
-          if (e.is_regular_file(ec)) inputs.emplace_back(flag, e.path().string());
-      }
+      if (!a->ckpt.empty())
+        for (const auto& f : files_read_from(a->ckpt, a->config)) inputs.emplace_back("--ckpt", f);
+      if (!a->vq.empty())
+        for (const auto& f : files_read_from(a->vq, "")) inputs.emplace_back("--vq", f);
       for (const auto& [flag, out] : {std::pair<std::string, std::string>{"--out", a->out}, {"--npz", a->npz},
                                       {"--tokens", a->tokens}}) {
         refuse_output_over_input(flag, out, inputs);
-        check_output_path(flag, out);  // before the sampling, not after it
+        // Before the sampling, not after it; rank 0 writes the outputs.
+        if (env.is_main()) check_output_path(flag, out);
       }
     }
 

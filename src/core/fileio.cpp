@@ -18,19 +18,15 @@ namespace aim {
 std::string replace_target(const std::string& path) {
   namespace fs = std::filesystem;
   std::error_code ec;
-  fs::path p(path);
-  for (int hops = 0; hops < 40 && fs::is_symlink(fs::symlink_status(p, ec)); ++hops) {
-    const fs::path to = fs::read_symlink(p, ec);
-    if (ec) break;
-    p = to.is_absolute() ? to : p.parent_path() / to;
-  }
-  const auto st = fs::status(p, ec);
+  // What the name leads to (a link's target, followed): a regular file, nothing, or something a
+  // rename must not replace (a link to a device, such as /dev/stdout, included).
+  const auto st = fs::status(path, ec);
   if (fs::exists(st) && !fs::is_regular_file(st))
     throw Error(str_cat(path, ": exists and is not a regular file (",
                         fs::is_directory(st) ? "a folder" : fs::is_fifo(st) ? "a FIFO" : "a device or special file",
-                        (p.string() != path ? str_cat(", via the link to ", p.string()) : std::string()),
+                        fs::is_symlink(fs::symlink_status(path, ec)) ? ", through a symbolic link" : "",
                         "); outputs are written to a temporary file and renamed over it, which would replace it"));
-  return p.string();
+  return path;
 }
 
 void check_output_path(const std::string& flag, const std::string& path) {
@@ -49,6 +45,7 @@ void check_output_path(const std::string& flag, const std::string& path) {
   // A file made and removed: what writing there needs (root passes access() on read-only mounts).
   const std::string probe = (dir / str_cat(".aim-write-probe.", ::getpid())).string();
   const int fd = ec ? -1 : ::open(probe.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
+  if (fd < 0 && !ec && errno == EEXIST) return;  // another process's probe (a rank elsewhere): writable
   if (fd < 0)
     throw Error(str_cat(flag, " ", path, ": cannot write in ", dir.string(), ": ",
                         ec ? ec.message() : std::string(std::strerror(errno))));
@@ -116,7 +113,7 @@ void refuse_output_over_input(const std::string& out_flag, const std::string& ou
   for (const auto& [flag, path] : inputs) {
     if (path.empty() || !fs::exists(path, ec)) continue;
     if (fs::equivalent(out, path, ec))
-      throw Error(str_cat(out_flag, " ", out, ": is the input of ", flag, " (", path,
+      throw Error(str_cat(out_flag, " ", out, ": is an input of this command (", flag.empty() ? "" : flag + " ", path,
                           "); writing there would replace it\n---> HINT: give ", out_flag, " another path"));
   }
 }

@@ -585,33 +585,57 @@ TEST_F(SampleCli, OutputsNeverReplaceInputsFoldersOrSpecialFiles) {
   EXPECT_NE(r.output.find("--work-dir " + p("mine") + ": holds thesis.tex, which is not a finished batch"),
             std::string::npos) << r.output;
   EXPECT_TRUE(fs::exists(p("mine/thesis.tex")));
-  // An empty one is used and removed; one of our own leftovers is emptied and removed.
+  // An empty one is used and removed; so is one holding our own leftovers (a killed run's
+  // temporary batch file).
   fs::create_directories(p("empty"));
   r = run(base_ + "--class 1 --num 2 --tokens " + p("t.safetensors") + " --work-dir " + p("empty"));
   ASSERT_EQ(r.code, 0) << r.output;
   EXPECT_FALSE(fs::exists(p("empty")));
+  fs::create_directories(p("ours"));
+  { std::ofstream(p("ours/part-0-2.safetensors.tmp")) << "cut short"; }
+  r = run(base_ + "--class 1 --num 2 --tokens " + p("t2.safetensors") + " --work-dir " + p("ours"));
+  ASSERT_EQ(r.code, 0) << r.output;
+  EXPECT_FALSE(fs::exists(p("ours")));
   // Outputs on the files read: the weights, the tokens being decoded.
   const std::string weights = (fs::path(ckpt_) / "model.safetensors").string();
   const auto before = fs::file_size(weights);
   r = run(base_ + "--class 1 --num 2 --tokens " + weights);
   EXPECT_NE(r.code, 0) << r.output;
-  EXPECT_NE(r.output.find("--tokens " + weights + ": is the input of --ckpt"), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("--tokens " + weights + ": is an input of this command (--ckpt "), std::string::npos)
+      << r.output;
   EXPECT_EQ(fs::file_size(weights), before);
   r = run(test::aim_binary() + " sample --device cpu --from-tokens " + p("t.safetensors") + " --vq " + ckpt_ +
           " --vq-config " + test::source_dir() + "/configs/fixture_tiny_vq.json --tokens " + p("t.safetensors"));
   EXPECT_NE(r.code, 0) << r.output;
-  EXPECT_NE(r.output.find("is the input of --from-tokens"), std::string::npos) << r.output;
-  // A symbolic link is written through; a device is refused, before anything is sampled.
+  EXPECT_NE(r.output.find("is an input of this command (--from-tokens "), std::string::npos) << r.output;
+  // Outputs beside the checkpoint (not read by it) are written, and written again on a re-run.
+  fs::create_directories(p("copy"));
+  for (const char* f : {"model.safetensors", "config.json"}) fs::copy_file(fs::path(ckpt_) / f, fs::path(p("copy")) / f);
+  const std::string in_copy = test::aim_binary() + " sample --device cpu --ckpt " + p("copy") + " --vq " + ckpt_ +
+                              " --vq-config " + test::source_dir() + "/configs/fixture_tiny_vq.json --class 1 --num 2 " +
+                              "--tokens " + p("copy/t.safetensors");
+  for (int i = 0; i < 2; ++i) {
+    r = run(in_copy);
+    EXPECT_EQ(r.code, 0) << r.output;
+  }
+  // A symbolic link to a file is replaced (its target left as it was, as a run forked with links
+  // needs); a device, or a link to one, is refused before anything is sampled.
+  { std::ofstream(p("target.safetensors")) << "keep"; }
   fs::create_symlink(p("target.safetensors"), p("link.safetensors"));
   r = run(base_ + "--class 1 --num 2 --tokens " + p("link.safetensors"));
   ASSERT_EQ(r.code, 0) << r.output;
-  EXPECT_TRUE(fs::is_symlink(p("link.safetensors")));
-  EXPECT_EQ(load_safetensors(p("target.safetensors")).at("tokens").size(0), 2);
-  r = run(base_ + "--class 1 --num 2 --tokens /dev/null");
-  EXPECT_NE(r.code, 0) << r.output;
-  EXPECT_NE(r.output.find("--tokens /dev/null: exists and is not a regular file"), std::string::npos) << r.output;
-  EXPECT_EQ(r.output.find("[sample]"), std::string::npos) << "refused before sampling\n" << r.output;
+  EXPECT_FALSE(fs::is_symlink(p("link.safetensors")));
+  EXPECT_EQ(load_safetensors(p("link.safetensors")).at("tokens").size(0), 2);
+  EXPECT_EQ(fs::file_size(p("target.safetensors")), 4u);
+  fs::create_symlink("/dev/null", p("null.safetensors"));
+  for (const std::string& out : {std::string("/dev/null"), p("null.safetensors")}) {
+    r = run(base_ + "--class 1 --num 2 --tokens " + out);
+    EXPECT_NE(r.code, 0) << r.output;
+    EXPECT_NE(r.output.find("--tokens " + out + ": exists and is not a regular file"), std::string::npos) << r.output;
+    EXPECT_EQ(r.output.find("[sample]"), std::string::npos) << "refused before sampling\n" << r.output;
+  }
   EXPECT_TRUE(fs::is_character_file("/dev/null"));
+  EXPECT_TRUE(fs::is_symlink(p("null.safetensors")));
   // Tokens files with labels no class can have, or codes outside the codebook, are named.
   save_safetensors(p("neg.safetensors"), {{"tokens", torch::zeros({1, 64}, torch::kLong)}, {"labels", torch::tensor({-7})}});
   r = run(test::aim_binary() + " sample --device cpu --from-tokens " + p("neg.safetensors") + " --vq " + ckpt_ +

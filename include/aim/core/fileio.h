@@ -8,10 +8,10 @@
 
 namespace aim {
 
-/// The file an atomic write of `path` replaces: `path` itself, or the file a symbolic link there
-/// points to (the link is followed, not replaced). Throws aim::Error naming it when that exists
-/// and is not a regular file (a folder, a device such as /dev/full, a FIFO), which a rename
-/// would replace.
+/// `path`, which an atomic write replaces by rename (a symbolic link there is replaced, as
+/// before, not written through: a run directory forked with links keeps its original intact).
+/// Throws aim::Error naming it when it exists and is not a regular file, or links to something
+/// that is not (a folder, a device such as /dev/full or /dev/stdout, a FIFO).
 std::string replace_target(const std::string& path);
 /// Before the work whose result goes to `path` (given to `flag`; empty: nothing to check): throws
 /// aim::Error naming the flag when it could not be written there: a folder that cannot be made
