@@ -60,8 +60,9 @@ Runner add_make_dataset_command(CLI::App& app) {
           synthetic = CodeDataset(*out).info().tokenizer.rfind("none (synthetic", 0) == 0;
         } catch (const Error&) {
         }
-        AIM_CHECK(synthetic, "--out ", *out, ": exists and is not a synthetic code dataset; it is not replaced\n"
-                  "---> HINT: give another path, or remove it first");
+        AIM_CHECK(synthetic, "--out ", *out, ": exists and is not a finished synthetic code dataset (extracted codes, "
+                  "an unfinished extraction or another file); it is not replaced\n---> HINT: give another path, or "
+                  "remove it first");
       }
     }
     write_synthetic_codes(*out, *o);
