@@ -168,6 +168,25 @@ TEST(Cli, AFolderWhereAFileBelongsIsNamed) {
   fs::remove_all(dir);
 }
 
+TEST(Cli, MakeDatasetReplacesOnlyAnEarlierSyntheticDataset) {
+  namespace fs = std::filesystem;
+  const auto dir = fs::temp_directory_path() / ("aim_cli_make_" + std::to_string(::getpid()));
+  fs::remove_all(dir);
+  fs::create_directories(dir);
+  const std::string codes = (dir / "syn.codes").string(), other = (dir / "weights.safetensors").string();
+  for (int i = 0; i < 2; ++i) {  // written, then written again
+    auto r = run_aim("make-dataset codes --per-class 4 --out " + codes);
+    EXPECT_EQ(r.code, 0) << r.output;
+  }
+  { std::ofstream(other) << "not codes"; }
+  auto r = run_aim("make-dataset codes --per-class 4 --out " + other);
+  EXPECT_EQ(r.code, 1) << r.output;
+  EXPECT_NE(r.output.find("--out " + other + ": exists and is not a finished synthetic code dataset"),
+            std::string::npos) << r.output;
+  EXPECT_EQ(fs::file_size(other), 9u);
+  fs::remove_all(dir);
+}
+
 TEST(Cli, BadInputsExitNonZeroWithTheKeyNamed) {
   const auto tmp = std::filesystem::temp_directory_path() / "aim_cli_bad.yaml";
   std::ofstream(tmp) << "model:\n  d_modle: 512\n";
