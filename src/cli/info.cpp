@@ -41,8 +41,9 @@ int64_t numel_of(const std::vector<torch::Tensor>& params) {
 }
 
 /// `aim info` of a tokenizer config: the architecture, parameters by part, and what a training
-/// step holds and computes with this config's losses.
-std::string describe_tokenizer(const Config& c) {
+/// step holds and computes with this config's losses (`training` false: a tokenizer's weights,
+/// whose training settings are not known).
+std::string describe_tokenizer(const Config& c, bool training = true) {
   const auto& vq = c.vq;
   const auto& vt = c.vq_train;
   const int64_t f = vq.downsample(), side = c.data.image_size / f;
@@ -61,7 +62,7 @@ std::string describe_tokenizer(const Config& c) {
   auto row = [&](const std::string& k, const std::string& v) { os << "  " << std::left << std::setw(37) << k << v << "\n"; };
   std::ostringstream mult;
   for (size_t i = 0; i < vq.ch_mult.size(); ++i) mult << (i ? ", " : "") << vq.ch_mult[i];
-  os << "tokenizer (aim train-vq; LlamaGen's VQ architecture)\n";
+  os << (training ? "tokenizer (aim train-vq; LlamaGen's VQ architecture)\n" : "tokenizer (LlamaGen's VQ architecture)\n");
   row("ch x ch_mult", str_cat(vq.ch, " x [", mult.str(), "]"));
   row("res blocks per level / z_channels", str_cat(vq.num_res_blocks, " / ", vq.z_channels));
   row("downsample", str_cat(f, ": ", c.data.image_size, " px -> ", side, "x", side, " = ", side * side, " codes"));
@@ -71,6 +72,11 @@ std::string describe_tokenizer(const Config& c) {
   row("decoder", count_str(dec));
   row("codebook + quant convs", count_str(total - enc - dec));
   row("total", count_str(total) + str_cat(" (", std::setprecision(4), static_cast<double>(total) / 1e6, "M)"));
+  if (!training) {
+    os << "memory (estimates)\n";
+    row("weights fp32", bytes_str(4.0 * static_cast<double>(total)));
+    return os.str();
+  }
   os << "training\n";
   std::ostringstream losses;
   losses << "L1 x " << vt.l1_weight << " + L2 x " << vt.l2_weight;
@@ -138,6 +144,29 @@ Runner add_info_command(CLI::App& app) {
     AIM_CHECK(config->empty() || (checkpoint && !own_config), "--config ", *config, ": ", *path,
               own_config ? " is a checkpoint directory, which holds its own config" : " is a config itself",
               "; --config goes with weights that have none\n---> HINT: aim info WEIGHTS.safetensors --config CONFIG");
+    if (checkpoint && config->empty()) {
+      // A tokenizer's weights (LlamaGen's VQ converted, beside its NAME.json; or its folder with a
+      // config.json): the tokenizer, its weights checked against that config.
+      const fs::path p(*path);
+      std::string json;
+      for (const fs::path& c : fs::is_directory(p) ? std::vector<fs::path>{p / "config.json"}
+                                                   : std::vector<fs::path>{fs::path(p).replace_extension(".json"),
+                                                                           p.parent_path() / "config.json"}) {
+        if (fs::exists(c) && !looks_like_hf_config(c.string())) {
+          json = c.string();
+          break;
+        }
+      }
+      const std::string w = fs::is_directory(p) ? (p / "model.safetensors").string() : *path;
+      if (!json.empty() && fs::exists(w) && !holds_language_model(SafetensorsFile(w))) {
+        Config c;
+        c.vq = vq_config_from_json(json);
+        load_vq_model(w, json, "aim info");  // every tensor checked against the config
+        std::cout << "config: " << json << "\n" << describe_tokenizer(c, /*training=*/false) << "weights: " << w
+                  << " (" << SafetensorsFile(w).entries().size() << " tensors, matching the config)\n";
+        return 0;
+      }
+    }
     if (checkpoint) {
       auto ref = find_checkpoint(*path, *config, "aim info");
       const std::string& cp = ref.config_path;

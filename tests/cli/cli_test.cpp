@@ -60,6 +60,30 @@ TEST(Cli, InfoDescribesTokenizerConfigs) {
   r = run_aim("info " + src("configs/vq_demo.yaml") + " --set vq_train.perceptual_weight=1");
   EXPECT_NE(r.code, 0);
   EXPECT_NE(r.output.find("key 'vq_train.lpips'"), std::string::npos) << r.output;
+  // A tokenizer's weights: its folder with config.json, or NAME.safetensors beside NAME.json (as
+  // tools/convert_checkpoint.py writes LlamaGen's VQ), checked against that config.
+  namespace fs = std::filesystem;
+  const fs::path vq = test::fixtures_dir() / "vq" / "vq16_tiny";
+  r = run_aim("info " + vq.string());
+  ASSERT_EQ(r.code, 0) << r.output;
+  EXPECT_NE(r.output.find("tokenizer (LlamaGen's VQ architecture)"), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("total                                1,611,147"), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("tensors, matching the config)"), std::string::npos) << r.output;
+  EXPECT_EQ(r.output.find("training"), std::string::npos) << "no training settings to show\n" << r.output;
+  const auto dir = fs::temp_directory_path() / ("aim_cli_vq_" + std::to_string(::getpid()));
+  fs::remove_all(dir);
+  fs::create_directories(dir);
+  fs::copy_file(vq / "model.safetensors", dir / "vq.safetensors");
+  fs::copy_file(vq / "config.json", dir / "vq.json");
+  r = run_aim("info " + (dir / "vq.safetensors").string());
+  ASSERT_EQ(r.code, 0) << r.output;
+  EXPECT_NE(r.output.find("config: " + (dir / "vq.json").string()), std::string::npos) << r.output;
+  fs::copy_file(src("configs/fixture_tiny_vq.json"), dir / "vq.json", fs::copy_options::overwrite_existing);
+  r = run_aim("info " + (dir / "vq.safetensors").string());
+  EXPECT_EQ(r.code, 1) << r.output;
+  EXPECT_NE(r.output.find("the tokenizer weights do not match the tokenizer configuration"), std::string::npos)
+      << r.output;
+  fs::remove_all(dir);
 }
 
 TEST(Cli, InfoReadsAnOfficialSnapshotDirectory) {
