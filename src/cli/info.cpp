@@ -148,15 +148,7 @@ Runner add_info_command(CLI::App& app) {
       // A tokenizer's weights (LlamaGen's VQ converted, beside its NAME.json; or its folder with a
       // config.json): the tokenizer, its weights checked against that config.
       const fs::path p(*path);
-      std::string json;
-      for (const fs::path& c : fs::is_directory(p) ? std::vector<fs::path>{p / "config.json"}
-                                                   : std::vector<fs::path>{fs::path(p).replace_extension(".json"),
-                                                                           p.parent_path() / "config.json"}) {
-        if (fs::exists(c) && !looks_like_hf_config(c.string())) {
-          json = c.string();
-          break;
-        }
-      }
+      const std::string json = tokenizer_json_beside(*path);
       const std::string w = fs::is_directory(p) ? (p / "model.safetensors").string() : *path;
       if (!json.empty() && fs::exists(w) && !holds_language_model(SafetensorsFile(w))) {
         Config c;

@@ -22,6 +22,7 @@
 #include "aim/sample/generate.h"
 #include "aim/sample/npz.h"
 #include "aim/sample/plan.h"
+#include "aim/train/run_dir.h"
 
 #ifdef AIM_WITH_CUDA
 #include <c10/cuda/CUDAGuard.h>
@@ -68,13 +69,9 @@ std::vector<std::string> files_read_from(const std::string& path, const std::str
   std::error_code ec;
   if (!fs::is_directory(path, ec)) return out;
   fs::path dir(path);
-  if (fs::exists(dir / "latest", ec)) {
-    try {
-      std::string rel = read_text((dir / "latest").string());
-      while (!rel.empty() && (rel.back() == '\n' || rel.back() == ' ')) rel.pop_back();
-      dir /= rel;
-    } catch (const Error&) {
-    }
+  try {
+    if (const auto latest = train::RunDir(path).latest()) dir = *latest;  // a tokenizer's run (train-vq)
+  } catch (const Error&) {
   }
   for (const char* f : {"model.safetensors", "ema.safetensors", "config.json", "config.yaml"})
     out.push_back((dir / f).string());

@@ -15,7 +15,7 @@
 
 namespace aim {
 
-std::string replace_target(const std::string& path) {
+void refuse_unreplaceable(const std::string& path) {
   namespace fs = std::filesystem;
   std::error_code ec;
   // What the name leads to (a link's target, followed): a regular file, nothing, or something a
@@ -26,19 +26,17 @@ std::string replace_target(const std::string& path) {
                         fs::is_directory(st) ? "a folder" : fs::is_fifo(st) ? "a FIFO" : "a device or special file",
                         fs::is_symlink(fs::symlink_status(path, ec)) ? ", through a symbolic link" : "",
                         "); outputs are written to a temporary file and renamed over it, which would replace it"));
-  return path;
 }
 
 void check_output_path(const std::string& flag, const std::string& path) {
   namespace fs = std::filesystem;
   if (path.empty()) return;
-  std::string target;
   try {
-    target = replace_target(path);
+    refuse_unreplaceable(path);
   } catch (const Error& e) {
     throw Error(str_cat(flag, " ", e.what()));
   }
-  fs::path dir = fs::path(target).parent_path();
+  fs::path dir = fs::path(path).parent_path();
   if (dir.empty()) dir = ".";
   std::error_code ec;
   fs::create_directories(dir, ec);
@@ -53,8 +51,8 @@ void check_output_path(const std::string& flag, const std::string& path) {
   ::unlink(probe.c_str());
 }
 
-void write_text_atomic(const std::string& path_in, const std::string& text) {
-  const std::string path = replace_target(path_in);
+void write_text_atomic(const std::string& path, const std::string& text) {
+  refuse_unreplaceable(path);
   std::error_code ec;  // a missing folder is made (a failure shows at the open below)
   std::filesystem::create_directories(std::filesystem::path(path).parent_path(), ec);
   const std::string tmp = str_cat(path, ".tmp.", ::getpid());

@@ -194,10 +194,10 @@ std::map<std::string, torch::Tensor> SafetensorsFile::load_all() const {
   return out;
 }
 
-void save_safetensors(const std::string& path_in,
+void save_safetensors(const std::string& path,
                       const std::vector<std::pair<std::string, torch::Tensor>>& tensors,
                       const std::map<std::string, std::string>& metadata) {
-  const std::string path = replace_target(path_in);
+  refuse_unreplaceable(path);
   std::set<std::string> names;
   std::vector<torch::Tensor> data;
   std::vector<StTensorInfo> infos;

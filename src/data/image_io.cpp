@@ -246,7 +246,8 @@ std::vector<uint8_t> encode_png(const Image& image) {
 void write_png(const std::string& path, const Image& image) {
   const std::vector<uint8_t> bytes = encode_png(image);
   namespace fs = std::filesystem;
-  const fs::path target(replace_target(path));
+  refuse_unreplaceable(path);
+  const fs::path target(path);
   // Unique per process and call, so concurrent writers of one path never share a temporary.
   static std::atomic<uint64_t> counter{0};
   const fs::path tmp =

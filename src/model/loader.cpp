@@ -34,6 +34,20 @@ bool holds_language_model(const SafetensorsFile& file) {
   return false;
 }
 
+std::string tokenizer_json_beside(const std::string& path) {
+  namespace fs = std::filesystem;
+  std::error_code ec;
+  // (An AiM checkpoint's own MambaConfig there describes the language model, not a tokenizer.)
+  const fs::path p(path);
+  const std::vector<fs::path> candidates = fs::is_directory(p, ec)
+                                               ? std::vector<fs::path>{p / "config.json"}
+                                               : std::vector<fs::path>{fs::path(p).replace_extension(".json"),
+                                                                       p.parent_path() / "config.json"};
+  for (const auto& c : candidates)
+    if (fs::exists(c, ec) && !looks_like_hf_config(c.string())) return c.string();
+  return "";
+}
+
 LoadedVq load_vq_model(const std::string& path, const std::string& config_path, const std::string& flag) {
   namespace fs = std::filesystem;
   std::error_code ec;
@@ -59,22 +73,18 @@ LoadedVq load_vq_model(const std::string& path, const std::string& config_path, 
     if (!have_cfg && fs::exists(dir / "config.yaml")) {
       cfg = load_config((dir / "config.yaml").string(), {}, ConfigUse::kTokenizer).vq;
       have_cfg = true;
-    } else if (!have_cfg && fs::exists(dir / "config.json") && !looks_like_hf_config((dir / "config.json").string())) {
-      cfg = vq_config_from_json((dir / "config.json").string());  // a tokenizer's folder
+    } else if (const std::string json = have_cfg ? "" : tokenizer_json_beside(dir.string()); !json.empty()) {
+      cfg = vq_config_from_json(json);  // a tokenizer's folder
       have_cfg = true;
     }
     // An official AiM snapshot (its config.json a MambaConfig) carries the full VQ-16 under
     // `vqvae.`: the defaults.
   } else if (!have_cfg) {
-    const auto stem_json = fs::path(path).replace_extension(".json");
-    const auto dir_json = fs::path(path).parent_path() / "config.json";
-    // (An AiM checkpoint's own MambaConfig beside it describes the language model; its vqvae.*
-    // tokenizer is then the full VQ-16, the defaults.)
-    if (fs::exists(stem_json) && !looks_like_hf_config(stem_json.string())) {
-      cfg = vq_config_from_json(stem_json.string());
-      have_cfg = true;
-    } else if (fs::exists(dir_json) && !looks_like_hf_config(dir_json.string())) {
-      cfg = vq_config_from_json(dir_json.string());
+    // (Beside an AiM checkpoint with only its MambaConfig, the vqvae.* tokenizer is the full
+    // VQ-16: the defaults.)
+    const std::string json = tokenizer_json_beside(path);
+    if (!json.empty()) {
+      cfg = vq_config_from_json(json);
       have_cfg = true;
     }
   }

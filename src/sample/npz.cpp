@@ -640,7 +640,8 @@ std::string npy_descr(torch::ScalarType dtype) {
 // ----------------------------------------------------------------------------- writer
 
 NpzWriter::NpzWriter(const std::string& path, NpzWriterOptions options)
-    : path_(replace_target(path)), options_(options) {
+    : path_(path), options_(options) {
+  refuse_unreplaceable(path_);
   file_ = std::fopen(tmp_path().c_str(), "wb");
   AIM_CHECK(file_ != nullptr, tmp_path(), ": cannot open for writing: ", errno_text(errno));
   // Large buffer: appends arrive as many small image rows.

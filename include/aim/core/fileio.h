@@ -8,14 +8,14 @@
 
 namespace aim {
 
-/// `path`, which an atomic write replaces by rename (a symbolic link there is replaced, as
-/// before, not written through: a run directory forked with links keeps its original intact).
-/// Throws aim::Error naming it when it exists and is not a regular file, or links to something
-/// that is not (a folder, a device such as /dev/full or /dev/stdout, a FIFO).
-std::string replace_target(const std::string& path);
+/// Before an atomic write replaces `path` by rename (a symbolic link there is replaced, not
+/// written through: a run directory forked with links keeps its original intact): throws
+/// aim::Error naming it when it exists and is not a regular file, or links to something that is
+/// not (a folder, a device such as /dev/full or /dev/stdout, a FIFO).
+void refuse_unreplaceable(const std::string& path);
 /// Before the work whose result goes to `path` (given to `flag`; empty: nothing to check): throws
 /// aim::Error naming the flag when it could not be written there: a folder that cannot be made
-/// or written, or a target replace_target() refuses.
+/// or written, or a target refuse_unreplaceable() refuses.
 void check_output_path(const std::string& flag, const std::string& path);
 /// Writes `text` to `path` through a temporary file beside it, fsync and rename: readers see
 /// the old content or the new one, never a mix. Throws aim::Error naming the file and errno.

@@ -28,6 +28,11 @@ struct LoadedVq {
   std::string identity;  ///< "<file name> (<bytes> bytes, fnv64 <digest>)": recorded in datasets and samples
 };
 
+/// The tokenizer config JSON that describes `path`: for a folder its config.json, for a weights
+/// file NAME.json beside it or the folder's config.json; one that is an AiM MambaConfig does not
+/// count. "" when there is none.
+std::string tokenizer_json_beside(const std::string& path);
+
 /// Loads a tokenizer from a .safetensors file (LlamaGen keys, or AiM's `vqvae.` keys), an
 /// official AiM snapshot directory, or one of our run directories. The configuration comes from
 /// `config_path` when given, else `<file stem>.json` / `config.json` beside the weights (see
