@@ -9,9 +9,10 @@ cd "$root"
 # PyTorch 2.11.0 on PyPI is built for CUDA 13.0, the toolkit of our machines and of the GPU image.
 TORCH_VERSION=${AIM_TORCH_VERSION:-2.11.0}
 # lpips (with torchvision, which it imports) is the reference of the LPIPS parity test; the
-# constraints pin the torchvision that matches the default torch.
+# constraints pin the torchvision that matches the default torch. tensorboard views a run's
+# tensorboard/ folder (.venv/bin/tensorboard --logdir runs), and its event reader checks ours.
 PY_PACKAGES=("torch==${TORCH_VERSION}" "numpy==2.2.6" "safetensors==0.6.2" "packaging==25.0" "pillow==11.3.0" "matplotlib==3.10.9"
-             "torchvision" "lpips==0.1.4")
+             "torchvision" "lpips==0.1.4" "tensorboard==2.21.0")
 
 DEB_PACKAGES=(
   build-essential cmake ninja-build ccache pkg-config git

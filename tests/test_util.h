@@ -14,6 +14,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 #include <functional>
+#include <nlohmann/json.hpp>
 #include <optional>
 #include <utility>
 
@@ -227,6 +228,23 @@ inline std::filesystem::path generated_once(const std::string& prefix, const std
   fs::rename(tmp, dir, ec);  // another process may have won the race: use its copy
   if (ec) fs::remove_all(tmp, ec);
   return dir;
+}
+#endif
+
+#ifdef AIM_BINARY_PATH
+/// What TensorBoard's own event reader finds in `folder` (tests/tools/read_tensorboard.py: the
+/// JSON of its last output line); null, with a test failure, when the reader fails.
+inline nlohmann::json read_tensorboard(const std::string& folder) {
+  const auto r = run_shell(python() + " " + source_dir() + "/tests/tools/read_tensorboard.py " + shell_quote(folder));
+  const auto end = r.output.find_last_not_of('\n');
+  const auto start = end == std::string::npos ? std::string::npos : r.output.rfind('\n', end);
+  const std::string last = end == std::string::npos ? "" : r.output.substr(start == std::string::npos ? 0 : start + 1);
+  const auto j = nlohmann::json::parse(last, nullptr, false);
+  if (r.code != 0 || j.is_discarded()) {
+    ADD_FAILURE() << "read_tensorboard.py " << folder << " (exit " << r.code << "):\n" << r.output;
+    return nullptr;
+  }
+  return j;
 }
 #endif
 

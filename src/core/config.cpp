@@ -166,6 +166,7 @@ const std::vector<Field<TrainConfig>>& train_fields() {
       {"sample_every", &S::sample_every, "steps between sample grids; 0 = never"},
       {"eval_every", &S::eval_every, "steps between held-out losses; 0 = never"},
       {"eval_batches", &S::eval_batches, "held-out loss over the first eval_batches x global_batch images; 0 = all"},
+      {"tensorboard", &S::tensorboard, "also write TensorBoard events (<run>/tensorboard/)"},
       {"skip_nonfinite", &S::skip_nonfinite, "skip NaN/inf steps instead of stopping"},
       {"recompute_every", &S::recompute_every, "recompute every N-th block's activations in the backward; 0 = off"},
       {"peak_tflops", &S::peak_tflops, "device peak TFLOP/s for MFU; 0 = known GPUs"},

@@ -1,7 +1,9 @@
 #include "train_util.h"
 
+#include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cmath>
 #include <csignal>
 #include <cstdio>
@@ -296,13 +298,38 @@ void report_later_checkpoints(const RunDir& run, int64_t step, const Say& say) {
               ") from the run's earlier course; train.keep_last prunes them first"));
 }
 
-MetricsLog::MetricsLog(const RunDir& run, bool main, int64_t start_step, bool fid_due) {
+namespace {
+
+/// Seconds since the epoch of a file's last change (0 when it cannot be read).
+double file_mtime(const std::string& path) {
+  struct stat st {};
+  if (::stat(path.c_str(), &st) != 0) return 0.0;
+  return static_cast<double>(st.st_mtim.tv_sec) + 1e-9 * static_cast<double>(st.st_mtim.tv_nsec);
+}
+
+/// The step of samples/step-NNNNNNNN.png, or -1 for another name.
+int64_t step_of_image(const std::string& name) {
+  if (name.size() != 17 || name.rfind("step-", 0) != 0 || name.substr(13) != ".png") return -1;
+  int64_t step = 0;
+  for (size_t i = 5; i < 13; ++i) {
+    if (name[i] < '0' || name[i] > '9') return -1;
+    step = step * 10 + (name[i] - '0');
+  }
+  return step;
+}
+
+}  // namespace
+
+MetricsLog::MetricsLog(const RunDir& run, bool main, int64_t start_step, bool tensorboard, std::string image_tag,
+                       bool fid_due)
+    : image_tag_(std::move(image_tag)) {
   if (!main) return;
   const fs::path path = fs::path(run.path()) / "metrics.jsonl";
   std::error_code ec;
+  std::string kept, moved;
   if (fs::exists(path, ec)) {
     std::ifstream in(path);
-    std::string line, kept, moved;
+    std::string line;
     while (std::getline(in, line)) {
       int64_t step = -1;
       bool fid = false;
@@ -326,11 +353,70 @@ MetricsLog::MetricsLog(const RunDir& run, bool main, int64_t start_step, bool fi
   }
   path_ = path.string();
   out_.open(path_, std::ios::app);
+  if (!tensorboard) return;
+
+  const fs::path tb_dir = fs::path(run.path()) / "tensorboard";
+  std::vector<fs::path> events;
+  for (const auto& e : fs::directory_iterator(tb_dir, ec))
+    if (e.path().filename().string().rfind("events.out.tfevents.", 0) == 0) events.push_back(e.path());
+  const bool afresh = !moved.empty() || (events.empty() && !kept.empty());
+  try {
+    if (afresh)
+      for (const auto& e : events) fs::remove(e);
+    tb_ = std::make_unique<TensorBoardWriter>(tb_dir.string());
+    if (!afresh) return;
+    // The records that stay, then the step pictures up to start_step.
+    const double log_time = file_mtime(path_);
+    std::istringstream lines(kept);
+    for (std::string line; std::getline(lines, line);) {
+      try {
+        tensorboard_record(nlohmann::ordered_json::parse(line), log_time);
+      } catch (const nlohmann::json::exception&) {
+      }
+    }
+    std::vector<std::pair<int64_t, fs::path>> pictures;
+    for (const auto& e : fs::directory_iterator(fs::path(run.path()) / "samples", ec)) {
+      const int64_t s = step_of_image(e.path().filename().string());
+      if (s >= 0 && s <= start_step) pictures.emplace_back(s, e.path());
+    }
+    std::sort(pictures.begin(), pictures.end());
+    for (const auto& [s, p] : pictures) {
+      try {
+        tb_->image(image_tag_, s, read_text(p.string()), file_mtime(p.string()));
+      } catch (const Error& e) {
+        warn_tensorboard(e.what());
+      }
+    }
+    if (!tb_->flush()) warn_tensorboard("writing " + tb_->path() + " failed (disk full?)");
+  } catch (const std::exception& e) {
+    warn_tensorboard(e.what());
+    tb_.reset();
+  }
+}
+
+void MetricsLog::warn_tensorboard(const std::string& what) {
+  if (tb_failed_) return;
+  tb_failed_ = true;
+  std::cerr << "warning: TensorBoard events: " << what << "; training and metrics.jsonl go on\n";
+}
+
+void MetricsLog::tensorboard_record(const nlohmann::ordered_json& record, double fallback_time) {
+  if (!tb_ || !record.is_object() || !record.contains("step") || !record["step"].is_number_integer()) return;
+  const int64_t step = record["step"].get<int64_t>();
+  const std::string kind = record.value("kind", "train");
+  const double time =
+      record.contains("time") && record["time"].is_number() ? record["time"].get<double>() : fallback_time;
+  for (const auto& [key, value] : record.items()) {
+    if (key == "step" || key == "time" || !value.is_number()) continue;
+    tb_->scalar(str_cat(kind, "/", key), step, value.get<double>(), time);
+  }
 }
 
 void MetricsLog::write(const nlohmann::ordered_json& record) {
   if (!out_.is_open()) return;
-  out_ << record.dump() << "\n";
+  nlohmann::ordered_json r = record;
+  if (!r.contains("time")) r["time"] = TensorBoardWriter::now();
+  out_ << r.dump() << "\n";
   out_.flush();
   if (!out_ && !failed_) {
     // Training goes on (its checkpoints say whether the disk has room); the log says once.
@@ -338,6 +424,20 @@ void MetricsLog::write(const nlohmann::ordered_json& record) {
     std::cerr << "warning: writing " << path_ << " failed (disk full?): later metrics lines may be missing\n";
   }
   if (!out_) out_.clear();
+  if (tb_) {
+    tensorboard_record(r, r["time"].get<double>());
+    if (!tb_->flush()) warn_tensorboard("writing " + tb_->path() + " failed (disk full?)");
+  }
+}
+
+void MetricsLog::image(int64_t step, const std::string& png) {
+  if (!tb_) return;
+  try {
+    tb_->image(image_tag_, step, read_text(png), TensorBoardWriter::now());
+  } catch (const Error& e) {
+    warn_tensorboard(e.what());
+  }
+  if (!tb_->flush()) warn_tensorboard("writing " + tb_->path() + " failed (disk full?)");
 }
 
 std::string step_image_path(const RunDir& run, int64_t step) {

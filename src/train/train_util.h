@@ -3,6 +3,7 @@
 #include <cstdint>
 #include <fstream>
 #include <functional>
+#include <memory>
 #include <nlohmann/json.hpp>
 #include <string>
 #include <vector>
@@ -10,6 +11,7 @@
 #include "aim/core/autocast.h"
 #include "aim/core/config.h"
 #include "aim/core/progress.h"
+#include "aim/core/tensorboard.h"
 #include "aim/train/dist.h"
 #include "aim/train/optim.h"
 #include "aim/train/run_dir.h"
@@ -116,7 +118,9 @@ void on_every_rank_or_none(DistContext& dist, const std::function<void()>& f, co
 /// earlier course; train.keep_last prunes them first).
 void report_later_checkpoints(const RunDir& run, int64_t step, const Say& say);
 
-/// <run>/metrics.jsonl, appended to by rank 0 (a no-op on the others), flushed per record.
+/// <run>/metrics.jsonl, appended to by rank 0 (a no-op on the others), flushed per record, and
+/// the same records as TensorBoard scalars in <run>/tensorboard/ (tag "<kind>/<key>" for each
+/// number, at the record's step and time), with the run's step pictures as images.
 class MetricsLog {
  public:
   /// `start_step`: the step the session starts from (0 for a new run). Records of later steps
@@ -124,14 +128,28 @@ class MetricsLog {
   /// elsewhere, or by a run that stopped before its first checkpoint) move to
   /// metrics.after-step-N.jsonl, so the log describes one course of the run. `fid_due`: the FID
   /// of `start_step` is computed again this session, so an earlier record of it moves too.
-  MetricsLog(const RunDir& run, bool main, int64_t start_step, bool fid_due = false);
-  /// Appends and flushes; a failed write (a full disk) is a warning, said once.
+  /// `tensorboard`: also write events; `image_tag` names the step pictures there. Each session
+  /// starts a new events file; when records moved aside (or the run has none yet, as one logged
+  /// with it off), the folder's events are written afresh from what stays, so TensorBoard shows
+  /// the course metrics.jsonl describes.
+  MetricsLog(const RunDir& run, bool main, int64_t start_step, bool tensorboard, std::string image_tag,
+             bool fid_due = false);
+  /// Appends and flushes (with "time": seconds since the epoch, when the record has none); a
+  /// failed write (a full disk) is a warning, said once.
   void write(const nlohmann::ordered_json& record);
+  /// The picture written to `png` (step_image_path) at `step`, for TensorBoard (nothing without it).
+  void image(int64_t step, const std::string& png);
 
  private:
+  void tensorboard_record(const nlohmann::ordered_json& record, double fallback_time);
+  void warn_tensorboard(const std::string& what);
+
   std::string path_;
   std::ofstream out_;
   bool failed_ = false;
+  std::unique_ptr<TensorBoardWriter> tb_;
+  std::string image_tag_;
+  bool tb_failed_ = false;
 };
 
 /// <run>/samples/step-NNNNNNNN.png (samples/ created): the picture of a step (sample or

@@ -349,7 +349,8 @@ TrainResult run_training(const Config& config_in, const TrainOptions& options) {
   // ---- run directory
   RunDir run(config.train.out_dir);
   if (main) write_text_atomic((fs::path(run.path()) / "config.yaml").string(), config_to_yaml(config));
-  MetricsLog metrics(run, main, resume_dir.empty() ? 0 : state.step, state.fid_due && fid);
+  MetricsLog metrics(run, main, resume_dir.empty() ? 0 : state.step, config.train.tensorboard, "samples",
+                     state.fid_due && fid);
   if (!resume_dir.empty()) report_later_checkpoints(run, state.step, say);
 
   const Precision precision = resolve_precision(config.train.precision, device);
@@ -453,6 +454,7 @@ TrainResult run_training(const Config& config_in, const TrainOptions& options) {
       return;
     }
     say(str_cat("samples: ", path, " (", ema ? "EMA" : "model", ", cfg ", so.cfg, ")"));
+    metrics.image(state.step, path);
   };
 
   // The mean token loss over every labelled held-out image (view 0, as aim eval-loss takes by

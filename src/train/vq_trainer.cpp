@@ -225,7 +225,7 @@ VqTrainResult run_vq_training(const Config& config_in, const TrainOptions& optio
   // ---- run directory
   RunDir run(config.train.out_dir);
   if (main) write_text_atomic((fs::path(run.path()) / "config.yaml").string(), config_to_yaml(config, ConfigUse::kTokenizer));
-  MetricsLog metrics(run, main, resume_dir.empty() ? 0 : state.step);
+  MetricsLog metrics(run, main, resume_dir.empty() ? 0 : state.step, config.train.tensorboard, "reconstructions");
   if (!resume_dir.empty()) report_later_checkpoints(run, state.step, say);
   torch::Tensor fixed;
   on_every_rank_or_none(dist, [&] {
@@ -347,6 +347,7 @@ VqTrainResult run_vq_training(const Config& config_in, const TrainOptions& optio
     try {  // as in the AiM trainer: a picture that cannot be written does not end the run
       write_png(path, make_grid(tiles, static_cast<int>(cols), 2, {255, 255, 255}));
       say(str_cat("reconstructions: ", path, " (PSNR ", fmt(p, 4), " dB over ", n, " images)"));
+      metrics.image(state.step, path);
     } catch (const Error& e) {
       say(str_cat("warning: reconstructions not written, training goes on: ", e.what()));
     }

@@ -535,6 +535,81 @@ TEST_F(TrainerTest, PlotMetricsDrawsTheCurves) {
   EXPECT_NE(missing.output.find("metrics.jsonl: no such file"), std::string::npos) << missing.output;
 }
 
+// train.tensorboard: metrics.jsonl's numbers and the sample grids as TensorBoard's own reader
+// finds them. After a resume from an earlier checkpoint each step is there once (the events are
+// written afresh from what the log keeps); a later session adds a file of its own; values and
+// times are metrics.jsonl's, pictures samples/'s. A run logged without it gets its events from
+// metrics.jsonl when resumed with it.
+TEST_F(TrainerTest, TensorBoardShowsTheCourseMetricsJsonlDescribes) {
+  const std::string vq = "vq.weights=" + (test::fixtures_dir() / "vq/vq16_tiny/model.safetensors").string();
+  const std::string out = run("tb");
+  auto cfg = [&](int64_t steps, const std::string& dir) {
+    return config(dir, {vq, "train.sample_every=2", "train.ckpt_every=2", "train.keep_last=3",
+                        "train.max_steps=" + std::to_string(steps)});
+  };
+  TrainOptions o;
+  o.quiet = true;
+  o.stop_after = 4;
+  run_training(cfg(6, out), o);  // steps 1-4: checkpoints and pictures at 2 and 4
+  o.stop_after = 0;
+  o.resume = out + "/checkpoints/step-00000002";
+  run_training(cfg(6, out), o);  // back to step 2, then 3-6 again
+  o.resume = out;
+  run_training(cfg(7, out), o);  // a later session: step 7
+
+  auto expect_as_logged = [&](const std::string& dir, size_t files, const std::vector<int64_t>& picture_steps) {
+    const auto tb = test::read_tensorboard(dir + "/tensorboard");
+    ASSERT_FALSE(tb.is_null());
+    EXPECT_EQ(tb.at("files").get<size_t>(), files) << dir;
+    // tag -> step -> (value, time), from metrics.jsonl
+    std::map<std::string, std::map<int64_t, std::pair<double, double>>> logged;
+    std::ifstream in(fs::path(dir) / "metrics.jsonl");
+    for (std::string line; std::getline(in, line);) {
+      const auto j = nlohmann::json::parse(line);
+      for (const auto& [key, value] : j.items()) {
+        if (key == "step" || key == "time" || !value.is_number()) continue;
+        logged[j.value("kind", "") + "/" + key][j.at("step").get<int64_t>()] = {value.get<double>(),
+                                                                                j.at("time").get<double>()};
+      }
+    }
+    ASSERT_TRUE(logged.count("train/loss")) << dir;
+    EXPECT_EQ(tb.at("scalars").size(), logged.size()) << tb.at("scalars").dump();
+    for (const auto& [tag, steps] : logged) {
+      ASSERT_TRUE(tb.at("scalars").contains(tag)) << dir << ": " << tag;
+      const auto& rows = tb.at("scalars").at(tag);
+      ASSERT_EQ(rows.size(), steps.size()) << dir << ": " << tag << " " << rows.dump();
+      auto it = steps.begin();
+      for (const auto& row : rows) {
+        EXPECT_EQ(row[0].get<int64_t>(), it->first) << tag;
+        EXPECT_EQ(row[1].get<double>(), static_cast<double>(static_cast<float>(it->second.first))) << tag;
+        EXPECT_EQ(row[2].get<double>(), it->second.second) << tag;
+        ++it;
+      }
+    }
+    std::vector<int64_t> shown;
+    for (const auto& row : tb.at("images").value("samples", nlohmann::json::array())) {
+      const auto step = row[0].get<int64_t>();
+      shown.push_back(step);
+      char name[32];
+      std::snprintf(name, sizeof(name), "step-%08lld.png", static_cast<long long>(step));
+      EXPECT_EQ(row[3].get<std::string>(), file_digest((fs::path(dir) / "samples" / name).string())) << name;
+    }
+    EXPECT_EQ(shown, picture_steps) << dir;
+  };
+  expect_as_logged(out, 2, {2, 4, 6, 7});
+  EXPECT_EQ(logged_losses(out).size(), 7u);
+
+  o.resume.clear();
+  run_training(config(run("off"), {"train.tensorboard=false", "train.max_steps=3", "train.ckpt_every=2",
+                                  "train.keep_last=2"}),
+               o);
+  EXPECT_FALSE(fs::exists(fs::path(run("off")) / "tensorboard"));
+  o.resume = run("off") + "/checkpoints/step-00000002";
+  run_training(config(run("off"), {"train.max_steps=4"}), o);
+  expect_as_logged(run("off"), 1, {});
+  EXPECT_EQ(logged_losses(run("off")).size(), 4u);
+}
+
 TEST_F(TrainerTest, ResumeRefusesAnotherArchitecture) {
   TrainOptions o;
   o.quiet = true;

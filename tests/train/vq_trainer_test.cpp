@@ -252,6 +252,17 @@ TEST_F(TrainVqTest, ReconstructionLossFallsAndTheGridIsWritten) {
   EXPECT_LT(l1.back(), 0.7 * l1.front());
   EXPECT_TRUE(logged(run("a"), "ssim").empty());  // logged only when it is a loss term
   EXPECT_TRUE(fs::exists(run("a") + "/samples/step-00000012.png"));
+  // TensorBoard shows the losses and the grid.
+  const auto tb = test::read_tensorboard(run("a") + "/tensorboard");
+  ASSERT_FALSE(tb.is_null());
+  ASSERT_TRUE(tb.at("scalars").contains("train/l1")) << tb.dump();
+  EXPECT_EQ(tb.at("scalars").at("train/l1").size(), 12u);
+  EXPECT_NEAR(tb.at("scalars").at("train/l1").back()[1].get<double>(), l1.back(), 1e-6 * l1.back());
+  EXPECT_TRUE(tb.at("scalars").contains("eval/psnr")) << tb.dump();
+  ASSERT_TRUE(tb.at("images").contains("reconstructions")) << tb.dump();
+  EXPECT_EQ(tb.at("images").at("reconstructions").size(), 1u);
+  EXPECT_EQ(tb.at("images").at("reconstructions")[0][3].get<std::string>(),
+            file_digest(run("a") + "/samples/step-00000012.png"));
   EXPECT_GT(r.psnr, 5.0);
   EXPECT_GT(r.usage, 0.0);
   // The checkpoint holds LlamaGen's key layout.

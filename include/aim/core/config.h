@@ -155,6 +155,7 @@ struct TrainConfig {
   int64_t sample_every = 0;        ///< steps between sample grids; 0 = never
   int64_t eval_every = 0;          ///< steps between held-out losses (data.val_codes); 0 = never
   int64_t eval_batches = 0;        ///< held-out loss over the first eval_batches x global_batch images; 0 = all
+  bool tensorboard = true;         ///< also log metrics.jsonl's numbers and the step pictures to <run>/tensorboard/
   bool skip_nonfinite = false;     ///< skip a step with a NaN/inf loss or gradient (else stop)
   /// Activation checkpointing: blocks 0, N, 2N, ... keep only their inputs and run again in the
   /// backward (less activation memory for about a third more compute at N = 1); 0 = off
