@@ -162,8 +162,8 @@ void code_dataset_mark_finished(const std::string& path) {
   std::filesystem::remove(code_dataset_progress_path(path), ec);
 }
 
-CodeDataset::CodeDataset(const std::string& path) : path_(path) {
-  if (code_dataset_unfinished(path)) {
+CodeDataset::CodeDataset(const std::string& path, bool allow_unfinished) : path_(path) {
+  if (!allow_unfinished && code_dataset_unfinished(path)) {
     throw Error(str_cat(path, ": extraction is unfinished (", code_dataset_progress_path(path),
                         " exists)\n---> HINT: re-run `aim extract-codes` with the same arguments to resume"));
   }

@@ -90,6 +90,42 @@ void log_done(const std::string& path, int64_t start, int64_t count) {
   if (!out) throw Error(str_cat(code_dataset_progress_path(path), ": cannot record progress"));
 }
 
+/// The rank and rank count of a file `<out>.shard-Q-of-W` (sidecars included: `suffix` gets
+/// what follows, "" for the shard itself); false for any other name.
+bool parse_shard_name(const std::string& out_name, const std::string& name, int& q, int& w, std::string& suffix) {
+  const std::string prefix = out_name + ".shard-";
+  if (name.rfind(prefix, 0) != 0) return false;
+  size_t at = prefix.size();
+  auto number = [&](int& v) {
+    const size_t start = at;
+    v = 0;
+    while (at < name.size() && name[at] >= '0' && name[at] <= '9' && at - start < 9) v = v * 10 + (name[at++] - '0');
+    return at > start;
+  };
+  if (!number(q) || name.compare(at, 4, "-of-") != 0) return false;
+  at += 4;
+  if (!number(w) || w < 2 || q >= w) return false;
+  suffix = name.substr(at);
+  return suffix.empty() || suffix[0] == '.';
+}
+
+/// The shard files (and their sidecars) of launches with another number of ranks than
+/// `world_size`, beside `out`.
+std::vector<fs::path> shard_files_of_other_launches(const std::string& out, int world_size) {
+  std::vector<fs::path> files;
+  const fs::path p(out);
+  const fs::path dir = p.parent_path().empty() ? fs::path(".") : p.parent_path();
+  std::error_code ec;
+  for (const auto& e : fs::directory_iterator(dir, ec)) {
+    int q = 0, w = 0;
+    std::string suffix;
+    if (parse_shard_name(p.filename().string(), e.path().filename().string(), q, w, suffix) && w != world_size)
+      files.push_back(e.path());
+  }
+  std::sort(files.begin(), files.end());
+  return files;
+}
+
 CodeDatasetInfo dataset_info(const ImageList& list, const ExtractOptions& o, int64_t n,
                              int64_t tokens, int64_t vocab) {
   CodeDatasetInfo info;
@@ -104,6 +140,86 @@ CodeDatasetInfo dataset_info(const ImageList& list, const ExtractOptions& o, int
   info.tokenizer = o.tokenizer_id;
   info.source = list.source;
   return info;
+}
+
+/// A shard of an earlier launch with another number of ranks (stopped early or killed): the
+/// chunks it finished are copied rather than encoded again.
+struct EarlierShard {
+  std::unique_ptr<CodeDataset> data;
+  int64_t begin = 0;                              ///< its first image in the list
+  std::vector<std::pair<int64_t, int64_t>> done;  ///< images it holds, [begin, end) in the list
+};
+
+/// The shards of launches with another rank count than this one's that hold this dataset's
+/// images (the same list, views, tokenizer, ...), each with the images it finished.
+std::vector<EarlierShard> earlier_shards(const ImageList& list, const ExtractOptions& o, int64_t tokens,
+                                         int64_t vocab) {
+  std::vector<EarlierShard> out;
+  const auto n = static_cast<int64_t>(list.entries.size());
+  const std::string out_name = fs::path(o.out).filename().string();
+  for (const auto& f : shard_files_of_other_launches(o.out, o.world_size)) {
+    int q = 0, w = 0;
+    std::string suffix;
+    if (!parse_shard_name(out_name, f.filename().string(), q, w, suffix) || !suffix.empty()) continue;
+    const int64_t begin = n * q / w, end = n * (q + 1) / w;
+    EarlierShard e;
+    e.begin = begin;
+    try {
+      e.data = std::make_unique<CodeDataset>(f.string(), /*allow_unfinished=*/true);
+    } catch (const Error& err) {
+      if (!o.quiet) std::fprintf(stderr, "[extract] not reusing %s: %s\n", f.c_str(), err.what());
+      continue;
+    }
+    const std::string difference =
+        code_dataset_difference(e.data->info(), dataset_info(list, o, end - begin, tokens, vocab));
+    if (!difference.empty()) {
+      if (!o.quiet) std::fprintf(stderr, "[extract] not reusing %s: %s\n", f.c_str(), difference.c_str());
+      continue;
+    }
+    if (code_dataset_unfinished(f.string())) {
+      for (const auto& [b, x] : done_ranges(f.string())) e.done.emplace_back(begin + b, begin + std::min(x, end - begin));
+    } else {
+      e.done.emplace_back(begin, end);
+    }
+    if (!e.done.empty()) out.push_back(std::move(e));
+  }
+  return out;
+}
+
+/// Copies images [first, first + count) of the list out of earlier shards into `codes` [count,
+/// A, T] and `labels` [count]; false (nothing meaningful written) unless every one of them is in
+/// a chunk an earlier shard finished.
+bool copy_from_earlier(const std::vector<EarlierShard>& earlier, int64_t first, int64_t count, torch::Tensor& codes,
+                       torch::Tensor& labels) {
+  std::vector<std::pair<const EarlierShard*, int64_t>> source(static_cast<size_t>(count), {nullptr, 0});
+  for (int64_t k = 0; k < count; ++k) {
+    const int64_t g = first + k;
+    for (const auto& e : earlier) {
+      if (covered(e.done, g, g + 1)) {
+        source[static_cast<size_t>(k)] = {&e, g - e.begin};
+        break;
+      }
+    }
+    if (!source[static_cast<size_t>(k)].first) return false;
+  }
+  const int64_t views = codes.size(1), tokens = codes.size(2);
+  auto* dst = codes.data_ptr<int64_t>();
+  for (int64_t k = 0; k < count; ++k) {
+    const auto& [e, i] = source[static_cast<size_t>(k)];
+    labels[k] = e->data->label(i);
+    for (int64_t a = 0; a < views; ++a) {
+      const uint16_t* src = e->data->codes(i, a);
+      for (int64_t t = 0; t < tokens; ++t) dst[(k * views + a) * tokens + t] = src[t];
+    }
+  }
+  return true;
+}
+
+/// Removes what shard_files_of_other_launches() finds: once the dataset is finished, nothing
+/// of an earlier launch is needed.
+void remove_shards_of_other_launches(const std::string& out, int world_size) {
+  std::error_code ec;
+  for (const auto& f : shard_files_of_other_launches(out, world_size)) fs::remove(f, ec);
 }
 
 /// Writes samples [begin, end) of `list` into `path` (samples renumbered from 0).
@@ -133,6 +249,10 @@ ExtractReport extract_range(VqModel& vq, const ImageList& list, int64_t begin, i
   } else {
     writer = CodeDatasetWriter::create(path, info);
   }
+  const auto earlier = earlier_shards(list, o, tokens, vq->config.codebook_size);
+  if (!earlier.empty() && !o.quiet)
+    std::fprintf(stderr, "[%s] copying what %zu shard(s) of an earlier launch with another number of ranks "
+                 "finished\n", label.c_str(), earlier.size());
   Progress progress(label, n, "img", !o.quiet);
   int64_t new_chunks = 0;
   std::ofstream skipped_log(path + ".skipped.txt", std::ios::app);
@@ -144,6 +264,26 @@ ExtractReport extract_range(VqModel& vq, const ImageList& list, int64_t begin, i
       report.images += count;
       progress.update(count);
       continue;
+    }
+    if (!earlier.empty()) {
+      auto codes = torch::empty({count, views, tokens}, torch::kLong);
+      auto labels = torch::empty({count}, torch::kLong);
+      if (copy_from_earlier(earlier, begin + start, count, codes, labels)) {
+        for (int64_t k = 0; k < count; ++k) {
+          if (labels[k].item<int64_t>() >= 0) continue;
+          const auto& entry = list.entries[static_cast<size_t>(begin + start + k)];
+          ++report.skipped;
+          report.skipped_files.push_back(entry.path);
+          skipped_log << entry.path << "\tunreadable (found so by an earlier launch)\n";
+        }
+        writer->write(start, codes, labels);
+        writer->sync();
+        log_done(path, start, count);
+        report.resumed += count;
+        report.images += count;
+        progress.update(count, report.skipped ? str_cat(report.skipped, " skipped") : "");
+        continue;
+      }
     }
     if (o.max_chunks > 0 && new_chunks == o.max_chunks) {
       report.finished = false;
@@ -205,6 +345,7 @@ ExtractReport extract_range(VqModel& vq, const ImageList& list, int64_t begin, i
     return report;
   }
   code_dataset_mark_finished(path);
+  if (o.world_size == 1) remove_shards_of_other_launches(o.out, 1);
   progress.finish(report.skipped ? str_cat(report.skipped, " unreadable images skipped, listed in ", path, ".skipped.txt") : "");
   report.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   return report;
@@ -283,6 +424,7 @@ bool merge_shards(const std::string& out, int world, double timeout_s, double gr
     fs::remove(s + ".skipped.txt");
     fs::remove(stopped_marker(s));
   }
+  remove_shards_of_other_launches(out, world);
   if (!quiet) std::fprintf(stderr, "[extract] merged %d shards into %s (%lld images)\n", world, out.c_str(), (long long)total);
   return true;
 }

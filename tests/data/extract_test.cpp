@@ -5,6 +5,7 @@
 #include <torch/torch.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <filesystem>
 #include <fstream>
 
@@ -192,6 +193,82 @@ TEST_F(Extract, ShardsOverRanksMergeToTheSingleProcessFile) {
   }
   EXPECT_EQ(bytes(o.out), bytes((dir_ / "one.codes").string()));
   EXPECT_FALSE(fs::exists(o.out + ".shard-1-of-3"));
+}
+
+// A launch with another number of ranks (a re-run after a time limit, on the nodes a scheduler
+// gave this time) copies the chunks the earlier launch's shards finished instead of encoding them
+// again, also across that launch's shard boundaries; the file is the single-process one, the
+// earlier shards go once it is finished, and an image found unreadable before is skipped again.
+TEST_F(Extract, AnotherRankCountReusesTheFinishedChunks) {
+  extract_codes(vq_.model, list_, options("one.codes", "none"));
+  const std::string one = bytes((dir_ / "one.codes").string());
+  auto shard_files = [&](const std::string& out) {
+    std::vector<std::string> names;
+    for (const auto& e : fs::directory_iterator(dir_))
+      if (e.path().filename().string().rfind(out + ".shard-", 0) == 0) names.push_back(e.path().filename().string());
+    std::sort(names.begin(), names.end());
+    return names;
+  };
+  // Three ranks stop after one chunk of 4: ranks 0 and 1 finish (images 0-3 and 4-7; 4 is the
+  // unreadable bee/broken.jpg), rank 2 does 8-11 of its 8-12, so nothing is merged.
+  auto stopped_launch = [&](const std::string& out) {
+    auto o = options(out, "none");
+    o.world_size = 3;
+    o.max_chunks = 1;
+    o.stopped_grace_s = 0;
+    for (int r : {2, 1, 0}) {
+      o.rank = r;
+      // (Rank 0's report says unfinished: it merged nothing.)
+      EXPECT_EQ(extract_codes(vq_.model, list_, o).finished, r == 1) << "rank " << r;
+    }
+    EXPECT_FALSE(fs::exists(o.out));
+    EXPECT_TRUE(code_dataset_unfinished(o.out + ".shard-2-of-3"));
+    return shard_files(out).size();
+  };
+  ASSERT_NE(list_.entries[4].path.find("broken.jpg"), std::string::npos);
+
+  // Two ranks: rank 0 (images 0-5) copies 0-3 and 4-5 from two shards; rank 1 (6-12) copies 6-9
+  // across the earlier shards' boundary and encodes 10-12.
+  stopped_launch("two.codes");
+  auto o = options("two.codes", "none");
+  o.world_size = 2;
+  o.rank = 1;
+  auto r1 = extract_codes(vq_.model, list_, o);
+  EXPECT_EQ(r1.resumed, 4);
+  EXPECT_EQ(r1.skipped, 0);
+  o.rank = 0;
+  o.batch_size = 2;  // chunks of another size than the earlier ones
+  auto r0 = extract_codes(vq_.model, list_, o);
+  EXPECT_TRUE(r0.finished);
+  EXPECT_EQ(r0.resumed, 6);
+  ASSERT_EQ(r0.skipped, 1);
+  EXPECT_NE(r0.skipped_files[0].find("broken.jpg"), std::string::npos);
+  EXPECT_EQ(bytes(o.out), one);
+  EXPECT_EQ(shard_files("two.codes"), std::vector<std::string>{}) << "an earlier launch's shards remain";
+  EXPECT_NE(bytes(o.out + ".skipped.txt").find("broken.jpg"), std::string::npos);
+
+  // One process copies 0-11 and encodes 12.
+  stopped_launch("single.codes");
+  auto s = options("single.codes", "none");
+  auto all = extract_codes(vq_.model, list_, s);
+  EXPECT_TRUE(all.finished);
+  EXPECT_EQ(all.resumed, 12);
+  EXPECT_EQ(all.skipped, 1);
+  EXPECT_EQ(bytes(s.out), one);
+  EXPECT_EQ(shard_files("single.codes"), std::vector<std::string>{});
+
+  // Shards of other settings are not copied from (and stay until the dataset is finished).
+  const size_t earlier_files = stopped_launch("flip.codes");
+  auto f = options("flip.codes", "flip");
+  f.max_chunks = 1;
+  testing::internal::CaptureStderr();
+  f.quiet = false;
+  auto other = extract_codes(vq_.model, list_, f);
+  const std::string said = testing::internal::GetCapturedStderr();
+  EXPECT_EQ(other.resumed, 0);
+  EXPECT_NE(said.find("not reusing"), std::string::npos) << said;
+  EXPECT_NE(said.find("aug none in the file, flip in this run"), std::string::npos) << said;
+  EXPECT_EQ(shard_files("flip.codes").size(), earlier_files);
 }
 
 }  // namespace

@@ -37,8 +37,9 @@ struct CodeDatasetInfo {
 class CodeDataset {
  public:
   /// Opens and validates `path` (magic, header, every size against the file); throws aim::Error
-  /// naming the file.
-  explicit CodeDataset(const std::string& path);
+  /// naming the file. An extraction's unfinished file is refused unless `allow_unfinished`
+  /// (then only the samples its progress sidecar lists as done hold codes).
+  explicit CodeDataset(const std::string& path, bool allow_unfinished = false);
   ~CodeDataset();
   CodeDataset(const CodeDataset&) = delete;
   CodeDataset& operator=(const CodeDataset&) = delete;
