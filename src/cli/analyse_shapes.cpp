@@ -35,14 +35,26 @@ int label_of_folder(const std::string& name) {
   return -1;
 }
 
-/// `aim sample --outdir` names files "<index>_class<label>.png"; -1 when a name has no label.
-int label_of_file(const std::string& path) {
+/// `aim sample --outdir` names files "<index>_class<label>.png"; -1 when a name has no label, or
+/// one beyond the shape classes (counted in `beyond`).
+int label_of_file(const std::string& path, int& beyond) {
   static const std::regex pattern("_class([0-9]+)\\.[A-Za-z]+$");
   std::smatch m;
   const std::string name = fs::path(path).filename().string();
   if (!std::regex_search(name, m, pattern)) return -1;
-  const int label = std::stoi(m[1].str());
-  return label < kNumShapeClasses ? label : -1;
+  const std::string digits = m[1].str();
+  if (digits.size() > 6 || std::stoi(digits) >= kNumShapeClasses) {
+    ++beyond;
+    return -1;
+  }
+  return std::stoi(digits);
+}
+
+/// ", N files labelled beyond the 10 shape classes (no truth)" when N > 0.
+std::string beyond_note(int beyond) {
+  return beyond ? str_cat(", ", beyond, beyond == 1 ? " file" : " files", " labelled beyond the ", kNumShapeClasses,
+                          " shape classes (no truth)")
+                : "";
 }
 
 std::vector<Input> collect(const std::vector<std::string>& args, std::string& mode) {
@@ -67,15 +79,17 @@ std::vector<Input> collect(const std::vector<std::string>& args, std::string& mo
       if (e.is_regular_file() && has_image_extension(e.path().string())) files.push_back(e.path().string());
     std::sort(files.begin(), files.end());
     AIM_CHECK(!files.empty(), str_cat(args[0], ": no image files (and no class sub-folders)"));
-    for (const auto& f : files) out.push_back({f, label_of_file(f)});
-    mode = "one folder";
+    int beyond = 0;
+    for (const auto& f : files) out.push_back({f, label_of_file(f, beyond)});
+    mode = "one folder" + beyond_note(beyond);
     return out;
   }
+  int beyond = 0;
   for (const auto& a : args) {
     AIM_CHECK(fs::is_regular_file(a), str_cat(a, ": not an image file (give one folder or image files)"));
-    out.push_back({a, label_of_file(a)});
+    out.push_back({a, label_of_file(a, beyond)});
   }
-  mode = "files";
+  mode = "files" + beyond_note(beyond);
   return out;
 }
 

@@ -2,6 +2,7 @@
 
 #include <torch/torch.h>
 
+#include <algorithm>
 #include <cmath>
 #include <filesystem>
 
@@ -52,25 +53,32 @@ void write_synthetic_codes(const std::string& path, const SyntheticCodesOptions&
   }
   auto writer = CodeDatasetWriter::create(path, info);
   const int64_t n = info.num_samples;
-  auto codes = torch::empty({n, 1, o.tokens}, torch::kInt32);
-  auto labels = torch::empty({n}, torch::kInt64);
-  auto* cp = codes.data_ptr<int32_t>();
-  for (int64_t i = 0; i < n; ++i) {
-    const int64_t c = i % o.classes;  // classes interleaved
-    labels[i] = c;
-    const uint64_t id = static_cast<uint64_t>(o.first_index + i);
-    int64_t tok = draw(o.seed, 1, c, draw(o.seed, 2, id, 0, kStartTokens), o.vocab_size);
-    cp[i * o.tokens] = static_cast<int32_t>(tok);
-    for (int64_t t = 1; t < o.tokens; ++t) {
-      if (unit(o.seed, 3, id, t) < o.follow) {
-        tok = draw(o.seed, 4, c, tok, o.vocab_size);  // the class's successor of tok
-      } else {
-        tok = draw(o.seed, 5, id, t, o.vocab_size);
+  // In chunks: memory stays constant whatever --per-class asks for.
+  constexpr int64_t kChunk = 16384;
+  for (int64_t first = 0; first < n; first += kChunk) {
+    const int64_t count = std::min(kChunk, n - first);
+    auto codes = torch::empty({count, 1, o.tokens}, torch::kInt32);
+    auto labels = torch::empty({count}, torch::kInt64);
+    auto* cp = codes.data_ptr<int32_t>();
+    auto* lp = labels.data_ptr<int64_t>();
+    for (int64_t k = 0; k < count; ++k) {
+      const int64_t i = first + k;
+      const int64_t c = i % o.classes;  // classes interleaved
+      lp[k] = c;
+      const uint64_t id = static_cast<uint64_t>(o.first_index + i);
+      int64_t tok = draw(o.seed, 1, c, draw(o.seed, 2, id, 0, kStartTokens), o.vocab_size);
+      cp[k * o.tokens] = static_cast<int32_t>(tok);
+      for (int64_t t = 1; t < o.tokens; ++t) {
+        if (unit(o.seed, 3, id, t) < o.follow) {
+          tok = draw(o.seed, 4, c, tok, o.vocab_size);  // the class's successor of tok
+        } else {
+          tok = draw(o.seed, 5, id, t, o.vocab_size);
+        }
+        cp[k * o.tokens + t] = static_cast<int32_t>(tok);
       }
-      cp[i * o.tokens + t] = static_cast<int32_t>(tok);
     }
+    writer->write(first, codes, labels);
   }
-  writer->write(0, codes, labels);
   writer->sync();
   writer.reset();
   code_dataset_mark_finished(path);

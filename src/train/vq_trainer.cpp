@@ -127,6 +127,12 @@ VqTrainResult run_vq_training(const Config& config_in, const TrainOptions& optio
   if (config.data.images.empty())
     throw Error("data.images: expected an image folder (class sub-folders) to train the tokenizer on, found ''"
                 "\n---> HINT: aim make-dataset shapes --out data/shapes, then --set data.images=data/shapes");
+  // Keys of a stage-2 config that a tokenizer run does not read: said, not silently ignored.
+  if (!config.vq.weights.empty())
+    say(str_cat("note: vq.weights ", config.vq.weights, " is not read: train-vq trains the tokenizer (--init ",
+                config.vq.weights, " starts it from those weights)"));
+  if (!config.data.codes.empty())
+    say(str_cat("note: data.codes ", config.data.codes, " is not read: train-vq trains on the images of data.images"));
   const auto list = std::make_shared<ImageList>(list_image_folder(config.data.images, "data.images"));
   const int64_t num_samples = static_cast<int64_t>(list->entries.size());
   DistributedSampler sampler(num_samples, rank, world, config.data.shuffle, static_cast<uint64_t>(config.train.seed));

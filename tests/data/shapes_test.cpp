@@ -255,6 +255,13 @@ TEST(Shapes, CliWritesAndAnalysesADataset) {
   ASSERT_EQ(r.code, 0) << r.output;
   EXPECT_NE(r.output.find("accuracy 50.00% (1 / 2)"), std::string::npos) << r.output;
   EXPECT_NE(r.output.find("3_yellow_ring -> 4_magenta_cross: 1"), std::string::npos) << r.output;
+  // A label beyond the shape classes (samples of a model with more classes) is no truth, and said.
+  fs::copy_file(root / "d" / "3_yellow_ring" / "00000.png", root / "flat" / "000002_class11.png");
+  r = run_aim("analyse-shapes " + (root / "flat").string());
+  ASSERT_EQ(r.code, 0) << r.output;
+  EXPECT_NE(r.output.find("one folder, 1 file labelled beyond the 10 shape classes (no truth)"), std::string::npos)
+      << r.output;
+  EXPECT_NE(r.output.find("accuracy 50.00% (1 / 2)"), std::string::npos) << r.output;
   fs::remove_all(root);
 }
 

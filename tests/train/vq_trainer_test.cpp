@@ -281,6 +281,15 @@ TEST_F(TrainVqTest, LlamaGensRandomCropArrIsAnOption) {
   EXPECT_NE(msg.find("vq_train.crop"), std::string::npos) << msg;
 }
 
+TEST_F(TrainVqTest, StageTwoKeysItDoesNotReadAreNamed) {
+  const auto [r, said] = run_saying(
+      config(run("k"), {"train.max_steps=1", "vq.weights=" + run("vq.safetensors"), "data.codes=" + run("c.codes")}));
+  EXPECT_EQ(r.steps, 1);
+  EXPECT_NE(said.find("note: vq.weights " + run("vq.safetensors") + " is not read: train-vq trains the tokenizer (--init "),
+            std::string::npos) << said;
+  EXPECT_NE(said.find("note: data.codes " + run("c.codes") + " is not read"), std::string::npos) << said;
+}
+
 TEST_F(TrainVqTest, APictureThatCannotBeWrittenDoesNotEndTheRun) {
   // A folder where step 1's grid goes: its write fails; the run (and other ranks) go on.
   fs::create_directories(run("g") + "/samples/step-00000001.png");
