@@ -43,7 +43,7 @@ int label_of_file(const std::string& path, int& beyond) {
   const std::string name = fs::path(path).filename().string();
   if (!std::regex_search(name, m, pattern)) return -1;
   const std::string digits = m[1].str();
-  if (digits.size() > 6 || std::stoi(digits) >= kNumShapeClasses) {
+  if (digits.size() > 9 || std::stoi(digits) >= kNumShapeClasses) {
     ++beyond;
     return -1;
   }

@@ -4,6 +4,7 @@
 
 #include <array>
 #include <atomic>
+#include <cerrno>
 #include <chrono>
 #include <cstring>
 #include <filesystem>
@@ -139,7 +140,8 @@ std::vector<std::string> read_tfrecords(const std::string& path) {
     const uint64_t len = get_le64(p + at);
     if (get_le32(p + at + 8) != masked_crc(p + at, 8))
       throw Error(str_cat(path, ": record at byte ", at, ": the length's checksum does not match"));
-    if (bytes.size() - at - 12 < len + 4) break;  // cut short at the end
+    const uint64_t avail = bytes.size() - at - 12;
+    if (avail < 4 || len > avail - 4) break;  // cut short at the end
     const unsigned char* data = p + at + 12;
     if (get_le32(data + len) != masked_crc(data, len))
       throw Error(str_cat(path, ": record at byte ", at, " (", len, " bytes): the data's checksum does not match"));

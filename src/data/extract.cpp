@@ -53,6 +53,31 @@ std::string shard_path(const std::string& out, int rank, int world) {
 /// times compared across machines: a stopped rank may finish its chunks before rank 0 starts.)
 std::string stopped_marker(const std::string& shard) { return shard + ".stopped"; }
 
+/// Beside an unfinished file: the image list it was started on ("<N> images, fnv64 <digest of
+/// the paths and labels>"). Its header records how many images the file holds, not which: a
+/// resume, or another launch copying its chunks, must be working on the same list.
+std::string list_sidecar(const std::string& path) { return path + ".list"; }
+
+std::string list_identity(const ImageList& list) {
+  uint64_t h = kFnv1aOffset;
+  for (const auto& e : list.entries) {
+    h = fnv1a64(h, e.path.data(), e.path.size() + 1);  // with the terminating NUL
+    const int64_t label = e.label;
+    h = fnv1a64(h, &label, sizeof(label));
+  }
+  return str_cat(list.entries.size(), " images, fnv64 ", hex16(h));
+}
+
+/// The list identity recorded beside `path` ("" when there is none: a file started before
+/// identities were recorded).
+std::string recorded_list(const std::string& path) {
+  std::error_code ec;
+  if (!fs::exists(list_sidecar(path), ec)) return "";
+  std::string text = read_text(list_sidecar(path));
+  while (!text.empty() && (text.back() == '\n' || text.back() == '\r')) text.pop_back();
+  return text;
+}
+
 /// Samples already written by an earlier run ("done <start> <count>" lines of the sidecar), as
 /// sorted disjoint [begin, end) ranges. An earlier run may have used another --batch-size, so a
 /// chunk of this run counts as done only when these ranges cover all of it.
@@ -176,6 +201,13 @@ std::vector<EarlierShard> earlier_shards(const ImageList& list, const ExtractOpt
       if (!o.quiet) std::fprintf(stderr, "[extract] not reusing %s: %s\n", f.c_str(), difference.c_str());
       continue;
     }
+    const std::string recorded = recorded_list(f.string()), wanted = list_identity(list);
+    if (recorded != wanted) {
+      if (!o.quiet)
+        std::fprintf(stderr, "[extract] not reusing %s: started on another image list (%s; this run: %s)\n", f.c_str(),
+                     recorded.empty() ? "not recorded" : recorded.c_str(), wanted.c_str());
+      continue;
+    }
     if (code_dataset_unfinished(f.string())) {
       for (const auto& [b, x] : done_ranges(f.string())) e.done.emplace_back(begin + b, begin + std::min(x, end - begin));
     } else {
@@ -189,8 +221,8 @@ std::vector<EarlierShard> earlier_shards(const ImageList& list, const ExtractOpt
 /// Copies images [first, first + count) of the list out of earlier shards into `codes` [count,
 /// A, T] and `labels` [count]; false (nothing meaningful written) unless every one of them is in
 /// a chunk an earlier shard finished.
-bool copy_from_earlier(const std::vector<EarlierShard>& earlier, int64_t first, int64_t count, torch::Tensor& codes,
-                       torch::Tensor& labels) {
+bool copy_from_earlier(const std::vector<EarlierShard>& earlier, const ImageList& list, int64_t first, int64_t count,
+                       torch::Tensor& codes, torch::Tensor& labels) {
   std::vector<std::pair<const EarlierShard*, int64_t>> source(static_cast<size_t>(count), {nullptr, 0});
   for (int64_t k = 0; k < count; ++k) {
     const int64_t g = first + k;
@@ -204,9 +236,12 @@ bool copy_from_earlier(const std::vector<EarlierShard>& earlier, int64_t first, 
   }
   const int64_t views = codes.size(1), tokens = codes.size(2);
   auto* dst = codes.data_ptr<int64_t>();
+  auto* lp = labels.data_ptr<int64_t>();
   for (int64_t k = 0; k < count; ++k) {
     const auto& [e, i] = source[static_cast<size_t>(k)];
-    labels[k] = e->data->label(i);
+    lp[k] = e->data->label(i);
+    // (-1: unreadable then. Another label means another image: encode this chunk instead.)
+    if (lp[k] != -1 && lp[k] != list.entries[static_cast<size_t>(first + k)].label) return false;
     for (int64_t a = 0; a < views; ++a) {
       const uint16_t* src = e->data->codes(i, a);
       for (int64_t t = 0; t < tokens; ++t) dst[(k * views + a) * tokens + t] = src[t];
@@ -234,8 +269,14 @@ ExtractReport extract_range(VqModel& vq, const ImageList& list, int64_t begin, i
   auto info = dataset_info(list, o, n, tokens, vq->config.codebook_size);
   std::unique_ptr<CodeDatasetWriter> writer;
   std::vector<std::pair<int64_t, int64_t>> done;
+  const std::string identity = list_identity(list);
   if (fs::exists(path) && code_dataset_unfinished(path)) {
     writer = CodeDatasetWriter::resume(path, info);
+    const std::string recorded = recorded_list(path);
+    AIM_CHECK(recorded.empty() || recorded == identity, path, ": the unfinished extraction was started on another "
+              "image list (", recorded, "; this run: ", identity, ")\n---> HINT: re-run with the list it was started "
+              "on, or delete it and ", code_dataset_progress_path(path), " to start over");
+    if (recorded.empty()) write_text_atomic(list_sidecar(path), identity + "\n");
     done = done_ranges(path);
   } else if (fs::exists(path)) {
     // A finished file: nothing to do when it describes the same dataset.
@@ -248,6 +289,7 @@ ExtractReport extract_range(VqModel& vq, const ImageList& list, int64_t begin, i
     return report;
   } else {
     writer = CodeDatasetWriter::create(path, info);
+    write_text_atomic(list_sidecar(path), identity + "\n");
   }
   const auto earlier = earlier_shards(list, o, tokens, vq->config.codebook_size);
   if (!earlier.empty() && !o.quiet)
@@ -268,9 +310,9 @@ ExtractReport extract_range(VqModel& vq, const ImageList& list, int64_t begin, i
     if (!earlier.empty()) {
       auto codes = torch::empty({count, views, tokens}, torch::kLong);
       auto labels = torch::empty({count}, torch::kLong);
-      if (copy_from_earlier(earlier, begin + start, count, codes, labels)) {
+      if (copy_from_earlier(earlier, list, begin + start, count, codes, labels)) {
         for (int64_t k = 0; k < count; ++k) {
-          if (labels[k].item<int64_t>() >= 0) continue;
+          if (labels.data_ptr<int64_t>()[k] >= 0) continue;
           const auto& entry = list.entries[static_cast<size_t>(begin + start + k)];
           ++report.skipped;
           report.skipped_files.push_back(entry.path);
@@ -345,7 +387,11 @@ ExtractReport extract_range(VqModel& vq, const ImageList& list, int64_t begin, i
     return report;
   }
   code_dataset_mark_finished(path);
-  if (o.world_size == 1) remove_shards_of_other_launches(o.out, 1);
+  std::error_code ec;
+  if (o.world_size == 1) {
+    fs::remove(list_sidecar(path), ec);
+    remove_shards_of_other_launches(o.out, 1);
+  }
   progress.finish(report.skipped ? str_cat(report.skipped, " unreadable images skipped, listed in ", path, ".skipped.txt") : "");
   report.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   return report;
@@ -423,6 +469,7 @@ bool merge_shards(const std::string& out, int world, double timeout_s, double gr
     fs::remove(s);
     fs::remove(s + ".skipped.txt");
     fs::remove(stopped_marker(s));
+    fs::remove(list_sidecar(s));
   }
   remove_shards_of_other_launches(out, world);
   if (!quiet) std::fprintf(stderr, "[extract] merged %d shards into %s (%lld images)\n", world, out.c_str(), (long long)total);
@@ -455,6 +502,7 @@ ExtractReport extract_codes(VqModel& vq, const ImageList& list, const ExtractOpt
         code_dataset_difference(existing.info(), dataset_info(list, o, n, side * side, vq->config.codebook_size));
     AIM_CHECK(difference.empty(), o.out, ": exists with other settings: ", difference,
               "\n---> HINT: remove it or choose another --out");
+    if (o.rank == 0) remove_shards_of_other_launches(o.out, o.world_size);  // left by a launch that lost the race
     ExtractReport report;
     report.images = report.resumed = n;
     return report;

@@ -327,6 +327,8 @@ MetricsLog::MetricsLog(const RunDir& run, bool main, int64_t start_step, bool te
   const fs::path path = fs::path(run.path()) / "metrics.jsonl";
   std::error_code ec;
   std::string kept, moved;
+  // The time of records written before they carried one (before the file is rewritten below).
+  const double log_time = file_mtime(path.string());
   if (fs::exists(path, ec)) {
     std::ifstream in(path);
     std::string line;
@@ -353,20 +355,35 @@ MetricsLog::MetricsLog(const RunDir& run, bool main, int64_t start_step, bool te
   }
   path_ = path.string();
   out_.open(path_, std::ios::app);
+
+  // The step pictures past start_step belong to the same earlier course: aside too.
+  const fs::path samples = fs::path(run.path()) / "samples";
+  std::vector<std::pair<int64_t, fs::path>> pictures, later;
+  for (const auto& e : fs::directory_iterator(samples, ec)) {
+    const int64_t s = step_of_image(e.path().filename().string());
+    if (s >= 0) (s <= start_step ? pictures : later).emplace_back(s, e.path());
+  }
+  if (!later.empty()) {
+    const fs::path aside = samples / str_cat("after-step-", start_step);
+    fs::create_directories(aside, ec);
+    for (const auto& [s, p] : later) {
+      fs::rename(p, aside / p.filename(), ec);
+      if (ec) throw Error(str_cat(p.string(), ": cannot move it to ", aside.string(), ": ", ec.message()));
+    }
+  }
   if (!tensorboard) return;
 
+  // Every session writes the events afresh: the records that stay, the step pictures up to
+  // start_step, then its own. Whatever the earlier sessions left (steps of an abandoned course, a
+  // picture drawn after the last record before a crash, a gap from a full disk or a session with
+  // the events off) is then not shown, and no TensorBoard loader has to purge it.
   const fs::path tb_dir = fs::path(run.path()) / "tensorboard";
-  std::vector<fs::path> events;
-  for (const auto& e : fs::directory_iterator(tb_dir, ec))
-    if (e.path().filename().string().rfind("events.out.tfevents.", 0) == 0) events.push_back(e.path());
-  const bool afresh = !moved.empty() || (events.empty() && !kept.empty());
   try {
-    if (afresh)
-      for (const auto& e : events) fs::remove(e);
+    std::vector<fs::path> earlier;
+    for (const auto& e : fs::directory_iterator(tb_dir, ec))
+      if (e.path().filename().string().rfind("events.out.tfevents.", 0) == 0) earlier.push_back(e.path());
+    for (const auto& e : earlier) fs::remove(e);
     tb_ = std::make_unique<TensorBoardWriter>(tb_dir.string());
-    if (!afresh) return;
-    // The records that stay, then the step pictures up to start_step.
-    const double log_time = file_mtime(path_);
     std::istringstream lines(kept);
     for (std::string line; std::getline(lines, line);) {
       try {
@@ -374,17 +391,12 @@ MetricsLog::MetricsLog(const RunDir& run, bool main, int64_t start_step, bool te
       } catch (const nlohmann::json::exception&) {
       }
     }
-    std::vector<std::pair<int64_t, fs::path>> pictures;
-    for (const auto& e : fs::directory_iterator(fs::path(run.path()) / "samples", ec)) {
-      const int64_t s = step_of_image(e.path().filename().string());
-      if (s >= 0 && s <= start_step) pictures.emplace_back(s, e.path());
-    }
     std::sort(pictures.begin(), pictures.end());
     for (const auto& [s, p] : pictures) {
       try {
         tb_->image(image_tag_, s, read_text(p.string()), file_mtime(p.string()));
       } catch (const Error& e) {
-        warn_tensorboard(e.what());
+        warn_tensorboard(str_cat(p.string(), ": ", e.what()));
       }
     }
     if (!tb_->flush()) warn_tensorboard("writing " + tb_->path() + " failed (disk full?)");
@@ -407,7 +419,9 @@ void MetricsLog::tensorboard_record(const nlohmann::ordered_json& record, double
   const double time =
       record.contains("time") && record["time"].is_number() ? record["time"].get<double>() : fallback_time;
   for (const auto& [key, value] : record.items()) {
-    if (key == "step" || key == "time" || !value.is_number()) continue;
+    // (Not NaN or inf: metrics.jsonl stores them as null, and a later session's events, written
+    // from it, would not have them.)
+    if (key == "step" || key == "time" || !value.is_number() || !std::isfinite(value.get<double>())) continue;
     tb_->scalar(str_cat(kind, "/", key), step, value.get<double>(), time);
   }
 }
@@ -435,7 +449,7 @@ void MetricsLog::image(int64_t step, const std::string& png) {
   try {
     tb_->image(image_tag_, step, read_text(png), TensorBoardWriter::now());
   } catch (const Error& e) {
-    warn_tensorboard(e.what());
+    warn_tensorboard(str_cat(png, ": ", e.what()));
   }
   if (!tb_->flush()) warn_tensorboard("writing " + tb_->path() + " failed (disk full?)");
 }

@@ -126,12 +126,12 @@ class MetricsLog {
   /// `start_step`: the step the session starts from (0 for a new run). Records of later steps
   /// (written after that checkpoint by an interrupted session, by a course resumed from
   /// elsewhere, or by a run that stopped before its first checkpoint) move to
-  /// metrics.after-step-N.jsonl, so the log describes one course of the run. `fid_due`: the FID
-  /// of `start_step` is computed again this session, so an earlier record of it moves too.
+  /// metrics.after-step-N.jsonl, so the log describes one course of the run, and the step
+  /// pictures past it to samples/after-step-N/. `fid_due`: the FID of `start_step` is computed
+  /// again this session, so an earlier record of it moves too.
   /// `tensorboard`: also write events; `image_tag` names the step pictures there. Each session
-  /// starts a new events file; when records moved aside (or the run has none yet, as one logged
-  /// with it off), the folder's events are written afresh from what stays, so TensorBoard shows
-  /// the course metrics.jsonl describes.
+  /// writes the folder's events afresh from the records that stay and the pictures up to
+  /// `start_step`, then adds its own, so TensorBoard shows the course metrics.jsonl describes.
   MetricsLog(const RunDir& run, bool main, int64_t start_step, bool tensorboard, std::string image_tag,
              bool fid_due = false);
   /// Appends and flushes (with "time": seconds since the epoch, when the record has none); a

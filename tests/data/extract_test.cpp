@@ -269,6 +269,25 @@ TEST_F(Extract, AnotherRankCountReusesTheFinishedChunks) {
   EXPECT_NE(said.find("not reusing"), std::string::npos) << said;
   EXPECT_NE(said.find("aug none in the file, flip in this run"), std::string::npos) << said;
   EXPECT_EQ(shard_files("flip.codes").size(), earlier_files);
+
+  // Nor shards of another image list of the same size (an image replaced): each file records the
+  // list it was started on, and a resume on another list is refused.
+  const size_t list_files = stopped_launch("list.codes");
+  ImageList changed = list_;
+  std::swap(changed.entries[0], changed.entries[1]);  // two images of class 0 trade places
+  auto c = options("list.codes", "none");
+  c.max_chunks = 1;
+  c.quiet = false;
+  testing::internal::CaptureStderr();
+  const auto moved = extract_codes(vq_.model, changed, c);
+  const std::string told = testing::internal::GetCapturedStderr();
+  EXPECT_EQ(moved.resumed, 0);
+  EXPECT_NE(told.find("started on another image list (13 images, fnv64 "), std::string::npos) << told;
+  EXPECT_EQ(shard_files("list.codes").size(), list_files);
+  c.quiet = true;
+  const auto refused = test::error_of([&] { extract_codes(vq_.model, list_, c); });
+  EXPECT_NE(refused.find("list.codes: the unfinished extraction was started on another image list"), std::string::npos)
+      << refused;
 }
 
 }  // namespace
