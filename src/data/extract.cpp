@@ -52,6 +52,9 @@ std::string shard_path(const std::string& out, int rank, int world) {
 /// not finish before a re-run). See begin_extraction for which markers rank 0 believes. (Not
 /// times compared across machines: a stopped rank may finish its chunks before rank 0 starts.)
 std::string stopped_marker(const std::string& shard) { return shard + ".stopped"; }
+/// Beside a shard whose rank stopped with an error (its message): rank 0 stops waiting and says so,
+/// believing it as it believes a stopped marker.
+std::string failed_marker(const std::string& shard) { return shard + ".failed"; }
 
 /// Beside an unfinished file: the image list it was started on ("<N> images, fnv64 <digest of
 /// the paths and labels>"). Its header records how many images the file holds, not which: a
@@ -412,6 +415,18 @@ bool merge_shards(const std::string& out, int world, double timeout_s, double gr
       auto& seen = marker_seen[static_cast<size_t>(r)];
       if (fs::exists(s) && !code_dataset_unfinished(s)) {
         ++ready;
+      } else if (fs::exists(failed_marker(s))) {
+        if (!seen) seen = Clock::now();
+        if (std::chrono::duration<double>(Clock::now() - *seen).count() >= grace_s) {
+          std::string why;
+          try {
+            why = read_text(failed_marker(s));
+          } catch (const Error&) {
+          }
+          while (!why.empty() && why.back() == '\n') why.pop_back();
+          throw Error(str_cat(out, ": rank ", r, " stopped with an error, so its shard ", s, " is unfinished: ", why,
+                              "\n---> HINT: re-run the same command once that is fixed; finished chunks are kept"));
+        }
       } else if (fs::exists(stopped_marker(s))) {
         if (!seen) seen = Clock::now();
         if (std::chrono::duration<double>(Clock::now() - *seen).count() >= grace_s) {
@@ -435,6 +450,16 @@ bool merge_shards(const std::string& out, int world, double timeout_s, double gr
   for (const auto& s : shards) {
     parts.push_back(std::make_unique<CodeDataset>(s));
     total += parts.back()->size();
+  }
+  // Shards of one dataset (a shard left by a launch with other settings, the rest redone, would
+  // mix two tokenizers' codes under one header).
+  for (size_t r = 1; r < parts.size(); ++r) {
+    auto a = parts[r]->info();
+    a.num_samples = parts[0]->info().num_samples;
+    const std::string difference = code_dataset_difference(a, parts[0]->info());
+    AIM_CHECK(difference.empty(), out, ": shard ", shards[r], " was made with other settings than ", shards[0], ": ",
+              difference, " (", shards[0], ")\n---> HINT: delete the shards of the other settings (and their "
+              ".progress files) and re-run");
   }
   auto info = parts[0]->info();
   info.num_samples = total;
@@ -469,6 +494,7 @@ bool merge_shards(const std::string& out, int world, double timeout_s, double gr
     fs::remove(s);
     fs::remove(s + ".skipped.txt");
     fs::remove(stopped_marker(s));
+    fs::remove(failed_marker(s));
     fs::remove(list_sidecar(s));
   }
   remove_shards_of_other_launches(out, world);
@@ -482,6 +508,7 @@ void begin_extraction(const std::string& out, int rank, int world_size) {
   if (world_size <= 1) return;
   std::error_code ec;
   fs::remove(stopped_marker(shard_path(out, rank, world_size)), ec);
+  fs::remove(failed_marker(shard_path(out, rank, world_size)), ec);
 }
 
 ExtractReport extract_codes(VqModel& vq, const ImageList& list, const ExtractOptions& o) {
@@ -512,7 +539,17 @@ ExtractReport extract_codes(VqModel& vq, const ImageList& list, const ExtractOpt
   const int64_t begin = n * o.rank / o.world_size, end = n * (o.rank + 1) / o.world_size;
   const std::string shard = shard_path(o.out, o.rank, o.world_size);
   if (!o.began) begin_extraction(o.out, o.rank, o.world_size);
-  auto report = extract_range(vq, list, begin, end, o, shard, str_cat("extract rank ", o.rank));
+  ExtractReport report;
+  try {
+    report = extract_range(vq, list, begin, end, o, shard, str_cat("extract rank ", o.rank));
+  } catch (const std::exception& e) {
+    // For rank 0, which would otherwise wait for this shard until merge_timeout_s.
+    try {
+      write_text_atomic(failed_marker(shard), std::string(e.what()) + "\n");
+    } catch (const std::exception&) {
+    }
+    throw;
+  }
   if (o.rank == 0 && report.finished &&
       !merge_shards(o.out, o.world_size, o.merge_timeout_s, o.stopped_grace_s, o.quiet))
     report.finished = false;

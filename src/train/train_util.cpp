@@ -267,6 +267,16 @@ void on_every_rank_or_none(DistContext& dist, const std::function<void()>& f, co
                         " stops with it"));
 }
 
+void agree_on_count(DistContext& dist, int64_t count, const std::string& what) {
+  if (dist.world_size() == 1) return;
+  const auto mine = static_cast<double>(count);
+  const double lo = dist.all_reduce(mine, ReduceOp::kMin), hi = dist.all_reduce(mine, ReduceOp::kMax);
+  if (lo == hi) return;
+  throw Error(str_cat(what, ": the ranks do not see the same number of images (", static_cast<int64_t>(lo), " to ",
+                      static_cast<int64_t>(hi), "; rank ", dist.rank(), " sees ", count, ")\n---> HINT: a copy on "
+                      "one node differs from the others' (an unfinished copy to a node-local disk?)"));
+}
+
 void refuse_existing_run(DistContext& dist, const std::string& out_dir) {
   std::string latest;
   if (dist.is_main()) {
@@ -458,7 +468,8 @@ std::string step_image_path(const RunDir& run, int64_t step) {
   char name[64];
   std::snprintf(name, sizeof(name), "step-%08lld.png", static_cast<long long>(step));
   const fs::path dir = fs::path(run.path()) / "samples";
-  fs::create_directories(dir);
+  std::error_code ec;  // (a folder that cannot be made shows as the picture's write error)
+  fs::create_directories(dir, ec);
   return (dir / name).string();
 }
 

@@ -114,6 +114,11 @@ void agree_on_resume(DistContext& dist, const std::function<void()>& read, const
 /// waiting in the next collective until its timeout (a file one node cannot read).
 void on_every_rank_or_none(DistContext& dist, const std::function<void()>& f, const std::string& what);
 
+/// Every rank's `count` of the training images (read from `what`, its own copy) must be the same:
+/// otherwise the samplers' shares would overlap and the ranks could run different numbers of
+/// steps. Throws on every rank naming `what` and the counts. Collective (two all-reduces).
+void agree_on_count(DistContext& dist, int64_t count, const std::string& what);
+
 /// On a resume from checkpoint `step`: names the checkpoints of `run` past it (left by the run's
 /// earlier course; train.keep_last prunes them first).
 void report_later_checkpoints(const RunDir& run, int64_t step, const Say& say);

@@ -8,6 +8,7 @@
 #include <limits>
 #include <memory>
 #include <nlohmann/json.hpp>
+#include <optional>
 #include <sstream>
 
 #include "aim/core/checkpoint.h"
@@ -237,23 +238,28 @@ TrainResult run_training(const Config& config_in, const TrainOptions& options) {
     throw Error(str_cat("data.codes (", config.data.codes, ") and data.images (", config.data.images,
                         ") are both set: aim train reads one of them\n---> HINT: --set data.codes= to encode the "
                         "images on the fly, or --set data.images= to train on the codes"));
-  if (!config.data.codes.empty()) {
-    data = code_source(config.data.codes, config.model, rank, world, micro, config.data.shuffle,
-                       static_cast<uint64_t>(config.train.seed));
-    // data.aug declares the recipe (the run's config.yaml records it): codes made otherwise would
-    // train another one under its name.
-    const std::string& made = data.codes->info().aug;
-    if (!config.data.aug.empty() && made != config.data.aug)
-      throw Error(str_cat("data.aug: expected '", config.data.aug, "' (the config), but data.codes ",
-                          config.data.codes, " holds '", made, "' views\n---> HINT: extract with aim "
-                          "extract-codes --aug ", config.data.aug, ", or --set data.aug=", made,
-                          " (or data.aug= to take the codes as they are)"));
-  } else if (!config.data.images.empty()) {
-    data = image_source(config, rank, world, device);
-  } else {
-    throw Error("no training data: set data.codes (from aim extract-codes) or data.images (an "
-                "image folder, encoded on the fly with vq.weights)");
-  }
+  // Every rank opens its copy (a node-local one may be missing or differ): they agree first.
+  on_every_rank_or_none(dist, [&] {
+    if (!config.data.codes.empty()) {
+      data = code_source(config.data.codes, config.model, rank, world, micro, config.data.shuffle,
+                         static_cast<uint64_t>(config.train.seed));
+      // data.aug declares the recipe (the run's config.yaml records it): codes made otherwise would
+      // train another one under its name.
+      const std::string& made = data.codes->info().aug;
+      if (!config.data.aug.empty() && made != config.data.aug)
+        throw Error(str_cat("data.aug: expected '", config.data.aug, "' (the config), but data.codes ",
+                            config.data.codes, " holds '", made, "' views\n---> HINT: extract with aim "
+                            "extract-codes --aug ", config.data.aug, ", or --set data.aug=", made,
+                            " (or data.aug= to take the codes as they are)"));
+    } else if (!config.data.images.empty()) {
+      data = image_source(config, rank, world, device);
+    } else {
+      throw Error("no training data: set data.codes (from aim extract-codes) or data.images (an "
+                  "image folder, encoded on the fly with vq.weights)");
+    }
+  }, "opening the training data");
+  agree_on_count(dist, data.num_samples, config.data.codes.empty() ? "data.images " + config.data.images
+                                                                   : "data.codes " + config.data.codes);
   const int64_t steps_per_epoch = data.batches_per_epoch / accum;
   if (steps_per_epoch < 1)
     throw Error(str_cat("the training data has ", data.num_samples, " images, fewer than one global "
@@ -264,13 +270,15 @@ TrainResult run_training(const Config& config_in, const TrainOptions& options) {
   // ---- model, optimizer, EMA
   torch::manual_seed(static_cast<uint64_t>(config.train.seed));
   AimModel model(config.model);
-  if (!options.init.empty() && resume_dir.empty()) init_from_checkpoint(model, options, verbose);
   if (!options.init.empty() && !resume_dir.empty())
     say(str_cat("note: --init ", options.init, " is not used: resuming from ", resume_dir, " (its weights)"));
-  if (!resume_dir.empty()) {
-    const std::string w = (fs::path(resume_dir) / "model.safetensors").string();
-    load_official_state_dict(model, SafetensorsFile(w).load_all(), w);
-  }
+  on_every_rank_or_none(dist, [&] {
+    if (!options.init.empty() && resume_dir.empty()) init_from_checkpoint(model, options, verbose);
+    if (!resume_dir.empty()) {
+      const std::string w = (fs::path(resume_dir) / "model.safetensors").string();
+      load_official_state_dict(model, SafetensorsFile(w).load_all(), w);
+    }
+  }, "loading the starting weights");
   model->to(device);
   model->train();
   model->backbone->recompute_every = config.train.recompute_every;
@@ -282,30 +290,34 @@ TrainResult run_training(const Config& config_in, const TrainOptions& options) {
   }
   AdamW optimizer(params, config.optim, /*fused=*/true);
   std::unique_ptr<Ema> ema;
-  if (config.train.ema) {
-    ema = std::make_unique<Ema>(model, config.train.ema_decay);
-    const std::string e = (fs::path(resume_dir) / "ema.safetensors").string();
-    if (!resume_dir.empty() && fs::exists(e)) {
-      load_official_state_dict(ema->model(), SafetensorsFile(e).load_all(), e);
-      ema->model()->to(device);
-    } else if (!resume_dir.empty()) {
-      // A run that kept an EMA lost it; one that did not starts it now (said).
-      AIM_CHECK(!saved_ema, e, ": missing, but the checkpoint's run keeps an EMA (train.ema true)\n"
-                "---> HINT: resume from an earlier checkpoint that has it, or --set train.ema=false");
-      say(str_cat("EMA: starts at step ", state.step, " from the current weights (the checkpoint's run had none)"));
+  on_every_rank_or_none(dist, [&] {
+    if (config.train.ema) {
+      ema = std::make_unique<Ema>(model, config.train.ema_decay);
+      const std::string e = (fs::path(resume_dir) / "ema.safetensors").string();
+      if (!resume_dir.empty() && fs::exists(e)) {
+        load_official_state_dict(ema->model(), SafetensorsFile(e).load_all(), e);
+        ema->model()->to(device);
+      } else if (!resume_dir.empty()) {
+        // A run that kept an EMA lost it; one that did not starts it now (said).
+        AIM_CHECK(!saved_ema, e, ": missing, but the checkpoint's run keeps an EMA (train.ema true)\n"
+                  "---> HINT: resume from an earlier checkpoint that has it, or --set train.ema=false");
+        say(str_cat("EMA: starts at step ", state.step, " from the current weights (the checkpoint's run had none)"));
+      }
     }
-  }
-  if (!resume_dir.empty()) {
-    const std::string o = (fs::path(resume_dir) / "optimizer.safetensors").string();
-    SafetensorsFile f(o);
-    optimizer.load_state(f.load_all(), f.metadata(), o);
-    check_optimizer_steps(optimizer.steps(), state, o);
-  }
+    if (!resume_dir.empty()) {
+      const std::string o = (fs::path(resume_dir) / "optimizer.safetensors").string();
+      SafetensorsFile f(o);
+      optimizer.load_state(f.load_all(), f.metadata(), o);
+      check_optimizer_steps(optimizer.steps(), state, o);
+    }
+  }, "loading the checkpoint's EMA and optimizer state");
   GradSync grad_sync(param_tensors, dist);
 
   // ---- validation data, tokenizer for sample grids
   std::shared_ptr<const CodeDataset> val;
-  if (!config.data.val_codes.empty()) val = open_codes(config.data.val_codes, "data.val_codes", config.model);
+  on_every_rank_or_none(dist, [&] {
+    if (!config.data.val_codes.empty()) val = open_codes(config.data.val_codes, "data.val_codes", config.model);
+  }, "opening data.val_codes");
   if (val && data.codes) {
     // Held-out codes of another tokenizer or image size would give a loss that measures nothing.
     const auto &t = data.codes->info(), &v = val->info();
@@ -325,32 +337,35 @@ TrainResult run_training(const Config& config_in, const TrainOptions& options) {
   // The tokenizer decodes rank 0's sample grids and every rank's FID samples.
   VqModel grid_vq{nullptr};
   const bool fid = config.train.fid_every > 0;  // vq.weights is set then (Config::validate)
-  if ((main && config.train.sample_every > 0) || fid) {
-    if (config.vq.weights.empty()) {
-      say("sample grids: skipped, vq.weights is not set (the tokenizer decodes the samples)");
-    } else {
-      LoadedVq loaded;
-      if (fid) {
-        on_every_rank_or_none(dist, [&] { loaded = load_tokenizer(config.vq.weights); }, "loading vq.weights for FIDs");
-      } else {
-        loaded = load_tokenizer(config.vq.weights);
-      }
-      if (data.codes && loaded.identity != data.codes->info().tokenizer) {
-        say(str_cat("warning: data.codes were made by tokenizer ", data.codes->info().tokenizer,
-                    ", the sample grids and FIDs are decoded by vq.weights ", loaded.identity,
-                    ": unless that is the same tokenizer in another file, they show noise"));
-      }
-      grid_vq = loaded.model;
-      // As aim sample decodes (fp32; channels-last convolutions on CUDA).
-      prepare_vq_for_decoding(grid_vq, device, torch::kFloat);
+  const bool wants_vq = (main && config.train.sample_every > 0) || fid;
+  if (wants_vq && config.vq.weights.empty())
+    say("sample grids: skipped, vq.weights is not set (the tokenizer decodes the samples)");
+  LoadedVq loaded;
+  // (A collective on every rank, also where only rank 0 loads it: one that cannot read the file
+  // must not leave the others waiting in their first step.)
+  if ((config.train.sample_every > 0 || fid) && !config.vq.weights.empty())
+    on_every_rank_or_none(dist, [&] {
+      if (wants_vq) loaded = load_tokenizer(config.vq.weights);
+    }, "loading vq.weights for the sample grids and FIDs");
+  if (loaded.model) {
+    if (data.codes && loaded.identity != data.codes->info().tokenizer) {
+      say(str_cat("warning: data.codes were made by tokenizer ", data.codes->info().tokenizer,
+                  ", the sample grids and FIDs are decoded by vq.weights ", loaded.identity,
+                  ": unless that is the same tokenizer in another file, they show noise"));
     }
+    grid_vq = loaded.model;
+    // As aim sample decodes (fp32; channels-last convolutions on CUDA).
+    prepare_vq_for_decoding(grid_vq, device, torch::kFloat);
   }
 
   // ---- run directory
   RunDir run(config.train.out_dir);
-  if (main) write_text_atomic((fs::path(run.path()) / "config.yaml").string(), config_to_yaml(config));
-  MetricsLog metrics(run, main, resume_dir.empty() ? 0 : state.step, config.train.tensorboard, "samples",
-                     state.fid_due && fid);
+  std::optional<MetricsLog> metrics;  // rank 0 writes, every rank agrees it could
+  on_every_rank_or_none(dist, [&] {
+    if (main) write_text_atomic((fs::path(run.path()) / "config.yaml").string(), config_to_yaml(config));
+    metrics.emplace(run, main, resume_dir.empty() ? 0 : state.step, config.train.tensorboard, "samples",
+                    state.fid_due && fid);
+  }, "writing the run directory");
   if (!resume_dir.empty()) report_later_checkpoints(run, state.step, say);
 
   const Precision precision = resolve_precision(config.train.precision, device);
@@ -413,11 +428,19 @@ TrainResult run_training(const Config& config_in, const TrainOptions& options) {
     last_saved = state.step;
   };
 
-  auto sample_grid = [&]() {
-    if (!main || !grid_vq) return;
+  // Rank 0's picture; anything that fails in it (a full disk, a removed folder, out of memory while
+  // sampling) is reported and the run, with the other ranks waiting on rank 0, goes on.
+  auto draw_sample_grid = [&]() {
     AimModel& m = ema ? ema->model() : model;
     const bool was_training = m->is_training();
     m->eval();
+    struct Restore {
+      AimModel& m;
+      bool training;
+      ~Restore() {
+        if (training) m->train();
+      }
+    } restore{m, was_training};
     const int64_t n_cls = std::min<int64_t>(config.model.num_classes, 10), per_class = 4;
     std::vector<int64_t> labels, ids;
     std::vector<std::string> captions;
@@ -444,17 +467,17 @@ TrainResult run_training(const Config& config_in, const TrainOptions& options) {
     const auto images = decode_tokens(grid_vq, tokens, 8);
     const auto grid = make_grid(from_tensor_batch(images), static_cast<int>(per_class), 2, {255, 255, 255}, captions);
     const std::string path = step_image_path(run, state.step);
-    if (was_training) m->train();
-    // A picture that cannot be written (a full disk, a removed folder) is reported; the run, and
-    // the other ranks waiting on rank 0, go on.
-    try {
-      write_png(path, grid);
-    } catch (const Error& e) {
-      say(str_cat("warning: samples not written, training goes on: ", e.what()));
-      return;
-    }
+    write_png(path, grid);
     say(str_cat("samples: ", path, " (", ema ? "EMA" : "model", ", cfg ", so.cfg, ")"));
-    metrics.image(state.step, path);
+    metrics->image(state.step, path);
+  };
+  auto sample_grid = [&]() {
+    if (!main || !grid_vq) return;
+    try {
+      draw_sample_grid();
+    } catch (const std::exception& e) {
+      say(str_cat("warning: samples not written, training goes on: ", e.what()));
+    }
   };
 
   // The mean token loss over every labelled held-out image (view 0, as aim eval-loss takes by
@@ -508,7 +531,7 @@ TrainResult run_training(const Config& config_in, const TrainOptions& options) {
     state.fid_due = false;
     say(str_cat("FID at step ", state.step, ": ", fmt(r.fid, 4), " (", r.samples, " images, cfg ", r.cfg, ", ",
                 ema ? "EMA" : "model", " weights in ", r.dtype, ", ", format_duration(r.seconds), ")"));
-    metrics.write({{"kind", "fid"}, {"step", state.step}, {"fid", r.fid}, {"samples", r.samples}, {"cfg", r.cfg},
+    metrics->write({{"kind", "fid"}, {"step", state.step}, {"fid", r.fid}, {"samples", r.samples}, {"cfg", r.cfg},
                    {"weights", ema ? "ema" : "model"}, {"dtype", r.dtype}, {"seconds", r.seconds}});
 #ifdef AIM_WITH_CUDA
     // The training records' peak memory is training's, not the sampling's.
@@ -634,7 +657,7 @@ TrainResult run_training(const Config& config_in, const TrainOptions& options) {
         j["elapsed_s"] = state.elapsed_s;
         j["world_size"] = world;
         if (state.skipped_steps > 0) j["skipped_steps"] = state.skipped_steps;
-        metrics.write(j);
+        metrics->write(j);
       }
       std::ostringstream extra;
       extra << "ep " << std::fixed << std::setprecision(2) << epoch_f << " | loss " << std::setprecision(4)
@@ -653,7 +676,7 @@ TrainResult run_training(const Config& config_in, const TrainOptions& options) {
     if (val && (state.step % config.train.eval_every == 0 || last)) {
       const double vl = held_out_loss();
       say(str_cat("held-out loss at step ", state.step, ": ", fmt(vl, 5)));
-      metrics.write({{"kind", "eval"}, {"step", state.step}, {"val_loss", vl}});
+      metrics->write({{"kind", "eval"}, {"step", state.step}, {"val_loss", vl}});
     }
     if (fid_monitor && (state.step % config.train.fid_every == 0 || last)) fid_eval();
     // (Not once a stop is asked for: the grace period is the checkpoint's. Rank 0 alone draws it.)

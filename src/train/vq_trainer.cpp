@@ -9,6 +9,7 @@
 #include <limits>
 #include <memory>
 #include <nlohmann/json.hpp>
+#include <optional>
 #include <sstream>
 
 #include "aim/core/env.h"
@@ -133,8 +134,13 @@ VqTrainResult run_vq_training(const Config& config_in, const TrainOptions& optio
                 config.vq.weights, " starts it from those weights)"));
   if (!config.data.codes.empty())
     say(str_cat("note: data.codes ", config.data.codes, " is not read: train-vq trains on the images of data.images"));
-  const auto list = std::make_shared<ImageList>(list_image_folder(config.data.images, "data.images"));
+  // Every rank lists its copy (a node-local one may be missing or differ): they agree first.
+  std::shared_ptr<ImageList> list;
+  on_every_rank_or_none(dist, [&] {
+    list = std::make_shared<ImageList>(list_image_folder(config.data.images, "data.images"));
+  }, "listing data.images");
   const int64_t num_samples = static_cast<int64_t>(list->entries.size());
+  agree_on_count(dist, num_samples, "data.images " + config.data.images);
   DistributedSampler sampler(num_samples, rank, world, config.data.shuffle, static_cast<uint64_t>(config.train.seed));
   const int64_t batches_per_epoch = sampler.per_rank() / micro;
   const int64_t steps_per_epoch = batches_per_epoch / accum;
@@ -173,22 +179,24 @@ VqTrainResult run_vq_training(const Config& config_in, const TrainOptions& optio
   PatchDiscriminator disc{nullptr};
   const bool use_disc = vt.disc_weight > 0;
   if (use_disc) disc = PatchDiscriminator(vt.disc_channels, vt.disc_layers);
-  if (!options.init.empty() && resume_dir.empty()) {
-    auto init = load_vq_model(options.init, options.init_config, "--init");
-    const auto sd = vq_state_dict(init.model);
-    load_vq_state_dict(model, std::map<std::string, torch::Tensor>(sd.begin(), sd.end()), options.init);
-    say(str_cat("init: tokenizer weights from ", options.init));
-  }
   if (!options.init.empty() && !resume_dir.empty())
     say(str_cat("note: --init ", options.init, " is not used: resuming from ", resume_dir, " (its weights)"));
-  if (!resume_dir.empty()) {
-    const std::string w = (fs::path(resume_dir) / "model.safetensors").string();
-    load_vq_state_dict(model, SafetensorsFile(w).load_all(), w);
-    if (use_disc) {
-      const std::string d = (fs::path(resume_dir) / "discriminator.safetensors").string();
-      if (fs::exists(d)) load_module_state(*disc, d);
+  on_every_rank_or_none(dist, [&] {
+    if (!options.init.empty() && resume_dir.empty()) {
+      auto init = load_vq_model(options.init, options.init_config, "--init");
+      const auto sd = vq_state_dict(init.model);
+      load_vq_state_dict(model, std::map<std::string, torch::Tensor>(sd.begin(), sd.end()), options.init);
+      say(str_cat("init: tokenizer weights from ", options.init));
     }
-  }
+    if (!resume_dir.empty()) {
+      const std::string w = (fs::path(resume_dir) / "model.safetensors").string();
+      load_vq_state_dict(model, SafetensorsFile(w).load_all(), w);
+      if (use_disc) {
+        const std::string d = (fs::path(resume_dir) / "discriminator.safetensors").string();
+        if (fs::exists(d)) load_module_state(*disc, d);
+      }
+    }
+  }, "loading the starting weights");
   model->to(device);
   model->train();
   if (use_disc) {
@@ -207,7 +215,10 @@ VqTrainResult run_vq_training(const Config& config_in, const TrainOptions& optio
   AdamW optimizer(params, config.optim, /*fused=*/true);
   std::unique_ptr<AdamW> disc_optimizer;
   if (use_disc) disc_optimizer = std::make_unique<AdamW>(disc_params, config.optim, /*fused=*/true);
-  if (!resume_dir.empty()) {
+  // Per-code use since the last dead-code restart (vq_train.restart_every), all ranks.
+  auto code_counts = torch::zeros({config.vq.codebook_size}, torch::TensorOptions().dtype(torch::kLong).device(device));
+  on_every_rank_or_none(dist, [&] {
+    if (resume_dir.empty()) return;
     const std::string o = (fs::path(resume_dir) / "optimizer.safetensors").string();
     SafetensorsFile f(o);
     optimizer.load_state(f.load_all(), f.metadata(), o);
@@ -217,21 +228,21 @@ VqTrainResult run_vq_training(const Config& config_in, const TrainOptions& optio
       SafetensorsFile fd(d);
       disc_optimizer->load_state(fd.load_all(), fd.metadata(), d);
     }
-  }
-  // Per-code use since the last dead-code restart (vq_train.restart_every), all ranks.
-  auto code_counts = torch::zeros({config.vq.codebook_size}, torch::TensorOptions().dtype(torch::kLong).device(device));
-  if (!resume_dir.empty() && vt.restart_every > 0 && main) {
     const std::string c = (fs::path(resume_dir) / "code_counts.safetensors").string();
-    if (fs::exists(c)) code_counts.copy_(SafetensorsFile(c).get("code_counts"));
-  }
+    if (vt.restart_every > 0 && main && fs::exists(c)) code_counts.copy_(SafetensorsFile(c).get("code_counts"));
+  }, "loading the checkpoint's optimizer state");
   GradSync grad_sync(param_tensors, dist);
   std::unique_ptr<GradSync> disc_sync;
   if (use_disc) disc_sync = std::make_unique<GradSync>(tensors_of(disc_params), dist);
 
   // ---- run directory
   RunDir run(config.train.out_dir);
-  if (main) write_text_atomic((fs::path(run.path()) / "config.yaml").string(), config_to_yaml(config, ConfigUse::kTokenizer));
-  MetricsLog metrics(run, main, resume_dir.empty() ? 0 : state.step, config.train.tensorboard, "reconstructions");
+  std::optional<MetricsLog> metrics;  // rank 0 writes, every rank agrees it could
+  on_every_rank_or_none(dist, [&] {
+    if (main)
+      write_text_atomic((fs::path(run.path()) / "config.yaml").string(), config_to_yaml(config, ConfigUse::kTokenizer));
+    metrics.emplace(run, main, resume_dir.empty() ? 0 : state.step, config.train.tensorboard, "reconstructions");
+  }, "writing the run directory");
   if (!resume_dir.empty()) report_later_checkpoints(run, state.step, say);
   torch::Tensor fixed;
   on_every_rank_or_none(dist, [&] {
@@ -320,8 +331,7 @@ VqTrainResult run_vq_training(const Config& config_in, const TrainOptions& optio
   double usage = 0.0;
   // Reconstructions of the fixed images in eval mode: a grid (originals above reconstructions)
   // and their PSNR.
-  auto reconstruction_grid = [&]() {
-    if (!main) return;
+  auto draw_reconstructions = [&]() {
     model->eval();
     torch::Tensor rec;
     {
@@ -349,15 +359,22 @@ VqTrainResult run_vq_training(const Config& config_in, const TrainOptions& optio
         tiles.push_back(i < n ? recs[static_cast<size_t>(i)] : Image(orig[0].width, orig[0].height));
       }
     }
+    metrics->write({{"kind", "eval"}, {"step", state.step}, {"psnr", p}, {"codebook_usage", usage}});
     const std::string path = step_image_path(run, state.step);
-    try {  // as in the AiM trainer: a picture that cannot be written does not end the run
-      write_png(path, make_grid(tiles, static_cast<int>(cols), 2, {255, 255, 255}));
-      say(str_cat("reconstructions: ", path, " (PSNR ", fmt(p, 4), " dB over ", n, " images)"));
-      metrics.image(state.step, path);
-    } catch (const Error& e) {
+    write_png(path, make_grid(tiles, static_cast<int>(cols), 2, {255, 255, 255}));
+    say(str_cat("reconstructions: ", path, " (PSNR ", fmt(p, 4), " dB over ", n, " images)"));
+    metrics->image(state.step, path);
+  };
+  // As in the AiM trainer: a picture that fails (a full disk, out of memory) does not end the run
+  // or leave the other ranks waiting on rank 0.
+  auto reconstruction_grid = [&]() {
+    if (!main) return;
+    try {
+      draw_reconstructions();
+    } catch (const std::exception& e) {
+      model->train();
       say(str_cat("warning: reconstructions not written, training goes on: ", e.what()));
     }
-    metrics.write({{"kind", "eval"}, {"step", state.step}, {"psnr", p}, {"codebook_usage", usage}});
   };
 
   // ---- the loop
@@ -568,7 +585,7 @@ VqTrainResult run_vq_training(const Config& config_in, const TrainOptions& optio
         j["elapsed_s"] = state.elapsed_s;
         j["world_size"] = world;
         if (state.skipped_steps > 0) j["skipped_steps"] = state.skipped_steps;
-        metrics.write(j);
+        metrics->write(j);
       }
       std::ostringstream extra;
       extra << "ep " << std::fixed << std::setprecision(2) << epoch_f << " | loss " << std::setprecision(4) << m[0]

@@ -195,6 +195,47 @@ TEST_F(Extract, ShardsOverRanksMergeToTheSingleProcessFile) {
   EXPECT_FALSE(fs::exists(o.out + ".shard-1-of-3"));
 }
 
+// Rank 0 does not wait a day for a rank that stopped with an error: the rank leaves its message
+// beside its shard and rank 0 names it. Nor does it merge shards made with other settings.
+TEST_F(Extract, RankZeroNamesAFailedRankAndRefusesMixedShards) {
+  auto o = options("failed.codes", "none");
+  o.world_size = 2;
+  o.stopped_grace_s = 0;
+  o.rank = 1;
+  o.max_chunks = 1;
+  extract_codes(vq_.model, list_, o);  // rank 1 stops early: its shard is unfinished
+  ImageList changed = list_;
+  std::swap(changed.entries[7], changed.entries[8]);
+  o.max_chunks = 0;
+  const auto own = test::error_of([&] { extract_codes(vq_.model, changed, o); });
+  EXPECT_NE(own.find("started on another image list"), std::string::npos) << own;
+  EXPECT_TRUE(fs::exists(o.out + ".shard-1-of-2.failed"));
+  o.rank = 0;
+  const auto named = test::error_of([&] { extract_codes(vq_.model, list_, o); });
+  EXPECT_NE(named.find("failed.codes: rank 1 stopped with an error, so its shard "), std::string::npos) << named;
+  EXPECT_NE(named.find("started on another image list"), std::string::npos) << named;
+  // Rank 1 starting again removes its marker; the run then merges.
+  o.rank = 1;
+  EXPECT_TRUE(extract_codes(vq_.model, list_, o).finished);
+  EXPECT_FALSE(fs::exists(o.out + ".shard-1-of-2.failed"));
+  o.rank = 0;
+  EXPECT_TRUE(extract_codes(vq_.model, list_, o).finished);
+  EXPECT_TRUE(fs::exists(o.out));
+
+  // Shard 1 of flipped views, shard 0 of single views: not merged into one file.
+  auto m = options("mixed.codes", "flip");
+  m.world_size = 2;
+  m.rank = 1;
+  extract_codes(vq_.model, list_, m);
+  auto n = options("mixed.codes", "none");
+  n.world_size = 2;
+  n.rank = 0;
+  const auto mixed = test::error_of([&] { extract_codes(vq_.model, list_, n); });
+  EXPECT_NE(mixed.find("was made with other settings than"), std::string::npos) << mixed;
+  EXPECT_NE(mixed.find("aug flip in the file, none in this run"), std::string::npos) << mixed;
+  EXPECT_FALSE(fs::exists(n.out));
+}
+
 // A launch with another number of ranks (a re-run after a time limit, on the nodes a scheduler
 // gave this time) copies the chunks the earlier launch's shards finished instead of encoding them
 // again, also across that launch's shard boundaries; the file is the single-process one, the

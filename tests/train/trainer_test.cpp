@@ -612,6 +612,51 @@ TEST_F(TrainerTest, TensorBoardShowsTheCourseMetricsJsonlDescribes) {
   EXPECT_EQ(logged_losses(run("off")).size(), 4u);
 }
 
+// Start-up work each rank does on its own copy (training codes on a node-local disk) or rank 0
+// alone (the tokenizer of the sample grids): a rank that fails, or sees other data, stops every
+// rank at once with a message, instead of the others waiting in their first collective.
+TEST_F(TrainerTest, RanksThatCannotReadOrDisagreeStopTogether) {
+  const std::string mpirun = "OMPI_MCA_btl_vader_single_copy_mechanism=none OMPI_MCA_rmaps_base_oversubscribe=1 "
+                             "OMP_NUM_THREADS=1 timeout 300 mpirun --allow-run-as-root --oversubscribe -np 2 ";
+  // Rank r reads node<r>/c.codes (the shell of each rank expands its rank).
+  fs::create_directories(dir_ / "node0");
+  fs::create_directories(dir_ / "node1");
+  fs::copy_file(codes(), dir_ / "node0" / "c.codes");
+  auto go = [&](const std::string& sets) {
+    const std::string cmd = test::aim_binary() + " train " + tiny() + " --device cpu --set train.max_steps=2" +
+                            " --set train.global_batch=8 --set train.micro_batch=4 --set data.num_workers=1 --out " +
+                            run("r") + " --set data.codes=" + (dir_ / "node").string() +
+                            "$OMPI_COMM_WORLD_RANK/c.codes" + sets;
+    return test::run_shell(mpirun + "sh -c " + test::shell_quote(cmd));
+  };
+  // Rank 1's copy is missing.
+  auto r = go("");
+  EXPECT_NE(r.code, 0) << r.output;
+  EXPECT_NE(r.output.find("node1/c.codes"), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("opening the training data: failed on another rank (its error is in its output); rank 0"),
+            std::string::npos) << r.output;
+  // Rank 1's copy holds other images (50, not 40).
+  SyntheticCodesOptions more;
+  more.classes = 10;
+  more.per_class = 5;
+  more.tokens = 64;
+  more.vocab_size = 512;
+  write_synthetic_codes((dir_ / "node1" / "c.codes").string(), more);
+  r = go("");
+  EXPECT_NE(r.code, 0) << r.output;
+  EXPECT_NE(r.output.find("the ranks do not see the same number of images (40 to 50; rank 1 sees 50)"),
+            std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("rank 0 sees 40"), std::string::npos) << r.output;
+  // The same data, but rank 0 cannot read the grids' tokenizer.
+  fs::copy_file(codes(), dir_ / "node1" / "c.codes", fs::copy_options::overwrite_existing);
+  r = go(" --set train.sample_every=1 --set vq.weights=" + run("missing_vq.safetensors"));
+  EXPECT_NE(r.code, 0) << r.output;
+  EXPECT_NE(r.output.find("missing_vq.safetensors: no such file"), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("loading vq.weights for the sample grids and FIDs: failed on another rank"),
+            std::string::npos) << r.output;
+  EXPECT_FALSE(RunDir(run("r")).latest().has_value());
+}
+
 TEST_F(TrainerTest, ResumeRefusesAnotherArchitecture) {
   TrainOptions o;
   o.quiet = true;

@@ -54,7 +54,8 @@ torch::Tensor extraction_views(const Image& image, const std::string& aug, int64
                                double crop_range);
 
 /// First thing on every rank of a launch of several (before listing images or loading the
-/// tokenizer): removes this rank's marker of an earlier run that stopped at max_chunks. Rank 0
+/// tokenizer): removes this rank's markers of an earlier run that stopped at max_chunks or with
+/// an error. Rank 0
 /// believes a marker once it has stayed ExtractOptions::stopped_grace_s, so an earlier run's,
 /// which its rank removes as it starts, does not stop the merge this run should do (a rank that
 /// starts later than that only costs one more run: nothing is lost and nothing waits).
@@ -62,7 +63,9 @@ void begin_extraction(const std::string& out, int rank, int world_size);
 
 /// Extracts this rank's share of `list` (on every rank) and, on rank 0 of several, merges
 /// the shards into options.out once all are finished. A rank stopped by max_chunks leaves a
-/// marker beside its shard; rank 0 then returns unfinished without merging.
+/// marker beside its shard; rank 0 then returns unfinished without merging. A rank stopped by an
+/// error leaves one with the message; rank 0 then throws, naming the rank and the error. Shards
+/// made with different settings are not merged.
 ExtractReport extract_codes(VqModel& vq, const ImageList& list, const ExtractOptions& options);
 
 }  // namespace aim
