@@ -179,9 +179,10 @@ struct EarlierShard {
 };
 
 /// The shards of launches with another rank count than this one's that hold this dataset's
-/// images (the same list, views, tokenizer, ...), each with the images it finished.
-std::vector<EarlierShard> earlier_shards(const ImageList& list, const ExtractOptions& o, int64_t tokens,
-                                         int64_t vocab) {
+/// images (the same list, whose list_identity() is `identity`, views, tokenizer, ...), each with
+/// the images it finished.
+std::vector<EarlierShard> earlier_shards(const ImageList& list, const std::string& identity, const ExtractOptions& o,
+                                         int64_t tokens, int64_t vocab) {
   std::vector<EarlierShard> out;
   const auto n = static_cast<int64_t>(list.entries.size());
   const std::string out_name = fs::path(o.out).filename().string();
@@ -204,11 +205,11 @@ std::vector<EarlierShard> earlier_shards(const ImageList& list, const ExtractOpt
       if (!o.quiet) std::fprintf(stderr, "[extract] not reusing %s: %s\n", f.c_str(), difference.c_str());
       continue;
     }
-    const std::string recorded = recorded_list(f.string()), wanted = list_identity(list);
-    if (recorded != wanted) {
+    const std::string recorded = recorded_list(f.string());
+    if (recorded != identity) {
       if (!o.quiet)
         std::fprintf(stderr, "[extract] not reusing %s: started on another image list (%s; this run: %s)\n", f.c_str(),
-                     recorded.empty() ? "not recorded" : recorded.c_str(), wanted.c_str());
+                     recorded.empty() ? "not recorded" : recorded.c_str(), identity.c_str());
       continue;
     }
     if (code_dataset_unfinished(f.string())) {
@@ -294,7 +295,7 @@ ExtractReport extract_range(VqModel& vq, const ImageList& list, int64_t begin, i
     writer = CodeDatasetWriter::create(path, info);
     write_text_atomic(list_sidecar(path), identity + "\n");
   }
-  const auto earlier = earlier_shards(list, o, tokens, vq->config.codebook_size);
+  const auto earlier = earlier_shards(list, identity, o, tokens, vq->config.codebook_size);
   if (!earlier.empty() && !o.quiet)
     std::fprintf(stderr, "[%s] copying what %zu shard(s) of an earlier launch with another number of ranks "
                  "finished\n", label.c_str(), earlier.size());

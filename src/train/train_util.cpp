@@ -371,7 +371,7 @@ MetricsLog::MetricsLog(const RunDir& run, bool main, int64_t start_step, bool te
   std::vector<std::pair<int64_t, fs::path>> pictures, later;
   for (const auto& e : fs::directory_iterator(samples, ec)) {
     const int64_t s = step_of_image(e.path().filename().string());
-    if (s >= 0) (s <= start_step ? pictures : later).emplace_back(s, e.path());
+    if (s >= 0 && e.is_regular_file(ec)) (s <= start_step ? pictures : later).emplace_back(s, e.path());
   }
   if (!later.empty()) {
     const fs::path aside = samples / str_cat("after-step-", start_step);

@@ -657,6 +657,22 @@ TEST_F(TrainerTest, RanksThatCannotReadOrDisagreeStopTogether) {
   EXPECT_FALSE(RunDir(run("r")).latest().has_value());
 }
 
+// Rank 0's sample grid failing (here: a folder where the picture goes) is a warning; the run,
+// with any other ranks waiting on rank 0, goes on and the next grid is drawn.
+TEST_F(TrainerTest, AGridThatFailsIsAWarning) {
+  fs::create_directories(fs::path(run("grid")) / "samples" / "step-00000001.png");
+  TrainOptions o;
+  testing::internal::CaptureStderr();
+  const auto r = run_training(
+      config(run("grid"), {"vq.weights=" + (test::fixtures_dir() / "vq/vq16_tiny/model.safetensors").string(),
+                           "train.sample_every=1", "train.max_steps=2"}),
+      o);
+  const std::string said = testing::internal::GetCapturedStderr();
+  EXPECT_EQ(r.steps, 2);
+  EXPECT_NE(said.find("warning: samples not written, training goes on: "), std::string::npos) << said;
+  EXPECT_TRUE(fs::is_regular_file(fs::path(run("grid")) / "samples" / "step-00000002.png"));
+}
+
 TEST_F(TrainerTest, ResumeRefusesAnotherArchitecture) {
   TrainOptions o;
   o.quiet = true;
