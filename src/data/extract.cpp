@@ -8,6 +8,7 @@
 #include <optional>
 #include <sstream>
 #include <thread>
+#include <tuple>
 #include <utility>
 #include <vector>
 
@@ -186,11 +187,19 @@ std::vector<EarlierShard> earlier_shards(const ImageList& list, const std::strin
   std::vector<EarlierShard> out;
   const auto n = static_cast<int64_t>(list.entries.size());
   const std::string out_name = fs::path(o.out).filename().string();
+  // (file, its first image, one past its last)
+  std::vector<std::tuple<fs::path, int64_t, int64_t>> candidates;
   for (const auto& f : shard_files_of_other_launches(o.out, o.world_size)) {
     int q = 0, w = 0;
     std::string suffix;
-    if (!parse_shard_name(out_name, f.filename().string(), q, w, suffix) || !suffix.empty()) continue;
-    const int64_t begin = n * q / w, end = n * (q + 1) / w;
+    if (parse_shard_name(out_name, f.filename().string(), q, w, suffix) && suffix.empty())
+      candidates.emplace_back(f, n * q / w, n * (q + 1) / w);
+  }
+  // An unfinished single-process extraction, continued by several ranks (the merge then writes the
+  // output over it, once every rank has finished reading it).
+  std::error_code ec;
+  if (o.world_size > 1 && fs::exists(o.out, ec) && code_dataset_unfinished(o.out)) candidates.emplace_back(o.out, 0, n);
+  for (const auto& [f, begin, end] : candidates) {
     EarlierShard e;
     e.begin = begin;
     try {
@@ -498,6 +507,7 @@ bool merge_shards(const std::string& out, int world, double timeout_s, double gr
     fs::remove(failed_marker(s));
     fs::remove(list_sidecar(s));
   }
+  fs::remove(list_sidecar(out));  // a single-process extraction's, continued by these ranks
   remove_shards_of_other_launches(out, world);
   if (!quiet) std::fprintf(stderr, "[extract] merged %d shards into %s (%lld images)\n", world, out.c_str(), (long long)total);
   return true;

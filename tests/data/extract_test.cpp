@@ -298,6 +298,24 @@ TEST_F(Extract, AnotherRankCountReusesTheFinishedChunks) {
   EXPECT_EQ(bytes(s.out), one);
   EXPECT_EQ(shard_files("single.codes"), std::vector<std::string>{});
 
+  // Two ranks continue what one process started (its first two chunks, images 0-7): rank 0
+  // copies its share 0-5, and the merge writes the output over the unfinished file.
+  auto p = options("continued.codes", "none");
+  p.max_chunks = 2;
+  EXPECT_FALSE(extract_codes(vq_.model, list_, p).finished);
+  p.max_chunks = 0;
+  p.world_size = 2;
+  p.rank = 1;
+  EXPECT_EQ(extract_codes(vq_.model, list_, p).resumed, 0);  // 6-12: chunk 6-9 is not all done
+  p.rank = 0;
+  const auto continued = extract_codes(vq_.model, list_, p);
+  EXPECT_TRUE(continued.finished);
+  EXPECT_EQ(continued.resumed, 6);
+  EXPECT_EQ(bytes(p.out), one);
+  EXPECT_FALSE(code_dataset_unfinished(p.out));
+  EXPECT_FALSE(fs::exists(p.out + ".list"));
+  EXPECT_EQ(shard_files("continued.codes"), std::vector<std::string>{});
+
   // Shards of other settings are not copied from (and stay until the dataset is finished).
   const size_t earlier_files = stopped_launch("flip.codes");
   auto f = options("flip.codes", "flip");

@@ -2,9 +2,9 @@
 // Code extraction: images -> augmented views -> VQ codes -> a code dataset file. Sharded over
 // ranks (each writes its own shard file, rank 0 merges them), resumable after interruption
 // (finished chunks are logged in the dataset's progress sidecar), also with another number of
-// ranks (the chunks an earlier launch's shards finished are copied, not encoded again; its
-// shards are removed once the dataset is finished), unreadable images skipped, counted and
-// listed.
+// ranks (the chunks an earlier launch's shards, or an unfinished single-process output, hold are
+// copied, not encoded again; its shards are removed once the dataset is finished), unreadable
+// images skipped, counted and listed.
 #include <torch/torch.h>
 
 #include <string>
