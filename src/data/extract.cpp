@@ -231,6 +231,12 @@ std::vector<EarlierShard> earlier_shards(const ImageList& list, const std::strin
   return out;
 }
 
+/// Sample `i` of `d`, every view (A x T codes, contiguous in the file), widened into `dst`.
+void copy_sample_codes(const CodeDataset& d, int64_t i, int64_t* dst) {
+  const uint16_t* src = d.codes(i, 0);
+  std::copy(src, src + d.info().num_aug * d.info().tokens, dst);
+}
+
 /// Copies images [first, first + count) of the list out of earlier shards into `codes` [count,
 /// A, T] and `labels` [count]; false (nothing meaningful written) unless every one of them is in
 /// a chunk an earlier shard finished.
@@ -247,7 +253,7 @@ bool copy_from_earlier(const std::vector<EarlierShard>& earlier, const ImageList
     }
     if (!source[static_cast<size_t>(k)].first) return false;
   }
-  const int64_t views = codes.size(1), tokens = codes.size(2);
+  const int64_t per_image = codes.size(1) * codes.size(2);
   auto* dst = codes.data_ptr<int64_t>();
   auto* lp = labels.data_ptr<int64_t>();
   for (int64_t k = 0; k < count; ++k) {
@@ -255,10 +261,7 @@ bool copy_from_earlier(const std::vector<EarlierShard>& earlier, const ImageList
     lp[k] = e->data->label(i);
     // (-1: unreadable then. Another label means another image: encode this chunk instead.)
     if (lp[k] != -1 && lp[k] != list.entries[static_cast<size_t>(first + k)].label) return false;
-    for (int64_t a = 0; a < views; ++a) {
-      const uint16_t* src = e->data->codes(i, a);
-      for (int64_t t = 0; t < tokens; ++t) dst[(k * views + a) * tokens + t] = src[t];
-    }
+    copy_sample_codes(*e->data, i, dst + k * per_image);
   }
   return true;
 }
@@ -484,11 +487,11 @@ bool merge_shards(const std::string& out, int world, double timeout_s, double gr
       const int64_t c = std::min(kChunk, n - s);
       auto codes = torch::empty({c, a, t}, torch::kLong);
       auto labels = torch::empty({c}, torch::kLong);
+      auto* dst = codes.data_ptr<int64_t>();
+      auto* lp = labels.data_ptr<int64_t>();
       for (int64_t k = 0; k < c; ++k) {
-        labels[k] = p.label(s + k);
-        const uint16_t* src = p.codes(s + k, 0);
-        auto* dst = codes[k].data_ptr<int64_t>();
-        for (int64_t j = 0; j < a * t; ++j) dst[j] = src[j];
+        lp[k] = p.label(s + k);
+        copy_sample_codes(p, s + k, dst + k * a * t);
       }
       writer->write(offset + s, codes, labels);
     }

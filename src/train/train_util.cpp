@@ -337,6 +337,7 @@ MetricsLog::MetricsLog(const RunDir& run, bool main, int64_t start_step, bool te
   const fs::path path = fs::path(run.path()) / "metrics.jsonl";
   std::error_code ec;
   std::string kept, moved;
+  std::vector<nlohmann::ordered_json> kept_records;  // for the TensorBoard events, below
   // The time of records written before they carried one (before the file is rewritten below).
   const double log_time = file_mtime(path.string());
   if (fs::exists(path, ec)) {
@@ -345,8 +346,9 @@ MetricsLog::MetricsLog(const RunDir& run, bool main, int64_t start_step, bool te
     while (std::getline(in, line)) {
       int64_t step = -1;
       bool fid = false;
+      nlohmann::ordered_json j;
       try {
-        const auto j = nlohmann::json::parse(line);
+        j = nlohmann::ordered_json::parse(line);
         if (j.contains("step") && j["step"].is_number_integer()) step = j["step"].get<int64_t>();
         fid = j.is_object() && j.value("kind", "") == "fid";
       } catch (const std::exception&) {
@@ -354,7 +356,12 @@ MetricsLog::MetricsLog(const RunDir& run, bool main, int64_t start_step, bool te
         step = std::numeric_limits<int64_t>::max();
       }
       // (A due FID written by a session that ended before its next checkpoint is written again.)
-      (step > start_step || (fid_due && fid && step == start_step) ? moved : kept) += line + "\n";
+      if (step > start_step || (fid_due && fid && step == start_step)) {
+        moved += line + "\n";
+      } else {
+        kept += line + "\n";
+        kept_records.push_back(std::move(j));
+      }
     }
     if (!moved.empty()) {
       const std::string aside = str_cat((fs::path(run.path()) / "metrics.after-step-").string(), start_step, ".jsonl");
@@ -394,13 +401,7 @@ MetricsLog::MetricsLog(const RunDir& run, bool main, int64_t start_step, bool te
       if (e.path().filename().string().rfind("events.out.tfevents.", 0) == 0) earlier.push_back(e.path());
     for (const auto& e : earlier) fs::remove(e);
     tb_ = std::make_unique<TensorBoardWriter>(tb_dir.string());
-    std::istringstream lines(kept);
-    for (std::string line; std::getline(lines, line);) {
-      try {
-        tensorboard_record(nlohmann::ordered_json::parse(line), log_time);
-      } catch (const nlohmann::json::exception&) {
-      }
-    }
+    for (const auto& record : kept_records) tensorboard_record(record, log_time);
     std::sort(pictures.begin(), pictures.end());
     for (const auto& [s, p] : pictures) {
       try {
