@@ -9,6 +9,7 @@
 #include <iomanip>
 #include <iostream>
 #include <map>
+#include <sstream>
 #include <regex>
 
 #include "aim/cli/commands.h"
@@ -106,7 +107,7 @@ Runner add_analyse_shapes_command(CLI::App& app) {
   cmd->add_option("inputs", *paths,
                   "a folder (class sub-folders give the truth) or image files (truth from '_class<N>' in the name)")
       ->required();
-  cmd->add_option("--json", *json, "also write the figures to this JSON file");
+  cmd->add_option("--json", *json, "also write the figures to this JSON file (- for standard output)");
   return [cmd, paths, json]() -> int {
     if (!cmd->parsed()) return -1;
     std::string mode;
@@ -120,6 +121,7 @@ Runner add_analyse_shapes_command(CLI::App& app) {
       }
       for (const auto& in : inputs) read.emplace_back("", in.path);
       refuse_output_over_input("--json", *json, read);
+      check_report_path("--json", *json);
     }
     std::vector<ShapeAnalysis> analyses(inputs.size());
     std::vector<int> truth(inputs.size()), sizes(inputs.size());
@@ -137,44 +139,45 @@ Runner add_analyse_shapes_command(CLI::App& app) {
     }
     const ShapeScore s = score_shapes(analyses, any_truth ? truth : std::vector<int>{}, sizes);
 
-    std::cout << "analysed " << s.images << " images (" << mode << "); no shape found in " << s.no_shape << "\n";
-    std::cout << (any_truth ? "per true class" : "per detected class")
+    // On standard error where the JSON takes standard output (--json -).
+    std::ostream& out = process_stream_fd(*json) == 1 ? std::cerr : std::cout;
+    out << "analysed " << s.images << " images (" << mode << "); no shape found in " << s.no_shape << "\n";
+    out << (any_truth ? "per true class" : "per detected class")
               << " (spread = std of detected centre and size, as fractions of the side):\n";
-    std::cout << "  class                 images  correct  accuracy   std cx  std cy  std size\n";
+    out << "  class                 images  correct  accuracy   std cx  std cy  std size\n";
     for (int k = 0; k < kNumShapeClasses; ++k) {
       const auto& c = s.per_class[static_cast<size_t>(k)];
       if (c.count == 0) continue;
-      std::cout << "  " << std::left << std::setw(20) << shape_class_dir(k) << std::right << std::setw(8) << c.count;
+      out << "  " << std::left << std::setw(20) << shape_class_dir(k) << std::right << std::setw(8) << c.count;
       if (any_truth)
-        std::cout << std::setw(9) << c.correct << std::setw(9) << std::fixed << std::setprecision(2)
+        out << std::setw(9) << c.correct << std::setw(9) << std::fixed << std::setprecision(2)
                   << 100.0 * c.correct / c.count << "%";
       else
-        std::cout << std::setw(9) << "-" << std::setw(10) << "-";
-      std::cout << std::fixed << std::setprecision(3) << std::setw(9) << c.std_cx << std::setw(8) << c.std_cy
+        out << std::setw(9) << "-" << std::setw(10) << "-";
+      out << std::fixed << std::setprecision(3) << std::setw(9) << c.std_cx << std::setw(8) << c.std_cy
                 << std::setw(10) << c.std_size << "\n";
     }
     std::vector<std::pair<int64_t, std::pair<int, int>>> confusions;
     if (any_truth) {
-      std::cout << "accuracy " << std::fixed << std::setprecision(2) << 100.0 * s.accuracy() << "% (" << s.correct
+      out << "accuracy " << std::fixed << std::setprecision(2) << 100.0 * s.accuracy() << "% (" << s.correct
                 << " / " << s.with_truth << ")\n";
       for (int t = 0; t < kNumShapeClasses; ++t)
         for (int d = -1; d < kNumShapeClasses; ++d)
           if (d != t && s.confusion[static_cast<size_t>(t)][static_cast<size_t>(d + 1)] > 0)
             confusions.push_back({s.confusion[static_cast<size_t>(t)][static_cast<size_t>(d + 1)], {t, d}});
       std::sort(confusions.begin(), confusions.end(), [](const auto& a, const auto& b) { return a.first > b.first; });
-      if (confusions.empty()) std::cout << "no confusions\n";
+      if (confusions.empty()) out << "no confusions\n";
       for (size_t i = 0; i < std::min<size_t>(10, confusions.size()); ++i)
-        std::cout << "  confused: " << label_name(confusions[i].second.first) << " -> "
+        out << "  confused: " << label_name(confusions[i].second.first) << " -> "
                   << label_name(confusions[i].second.second) << ": " << confusions[i].first << "\n";
     } else {
       int64_t unmatched = 0;
       for (const auto& a : analyses) unmatched += a.shape >= 0 && a.label < 0;
-      std::cout << "shape and colour of no class: " << unmatched << "\n";
+      out << "shape and colour of no class: " << unmatched << "\n";
     }
 
     if (!json->empty()) {
-      std::ofstream f(*json);
-      AIM_CHECK(f.good(), str_cat("--json ", *json, ": cannot open for writing"));
+      std::ostringstream f;
       f << std::setprecision(6) << "{\n  \"images\": " << s.images << ",\n  \"no_shape\": " << s.no_shape
         << ",\n  \"with_truth\": " << s.with_truth << ",\n  \"correct\": " << s.correct
         << ",\n  \"accuracy\": " << (any_truth ? std::to_string(s.accuracy()) : std::string("null"))
@@ -193,8 +196,8 @@ Runner add_analyse_shapes_command(CLI::App& app) {
         f << (i ? ", " : "") << "{\"truth\": " << confusions[i].second.first << ", \"detected\": "
           << confusions[i].second.second << ", \"count\": " << confusions[i].first << "}";
       f << "]\n}\n";
-      AIM_CHECK(f.good(), str_cat("--json ", *json, ": write failed"));
-      std::cout << "figures: " << *json << "\n";
+      write_report(*json, f.str());
+      if (!is_stream_output(*json)) out << "figures: " << *json << "\n";
     }
     return 0;
   };

@@ -80,12 +80,12 @@ Runner add_eval_command(CLI::App& app) {
       ->capture_default_str();
   cmd->add_flag("--allow-size-mismatch", a->allow_size_mismatch,
                 "evaluate samples and reference of different image sizes");
-  cmd->add_option("--json", a->json, "write the results here (default <samples>.eval.json)");
+  cmd->add_option("--json", a->json, "write the results here (default <samples>.eval.json; - for standard output)");
   cmd->add_flag("--quiet", a->quiet, "no progress lines");
   return [cmd, a]() -> int {
     if (!cmd->parsed()) return -1;
     refuse_output_over_input("--json", a->json, {{"--samples", a->samples}, {"--ref", a->ref}, {"--inception", a->inception}});
-    check_output_path("--json", a->json);
+    check_report_path("--json", a->json);
     eval::EvalOptions o;
     o.inception_weights = a->inception;
     if (o.inception_weights.empty())
@@ -148,7 +148,8 @@ Runner add_eval_command(CLI::App& app) {
       out << "note: a covariance product was singular; the eps = 1e-6 offset was used ("
           << (r.fid_info.eps_used ? "FID" : "") << (r.fid_info.eps_used && r.sfid_info.eps_used ? ", " : "")
           << (r.sfid_info.eps_used ? "sFID" : "") << ")\n";
-    std::cout << out.str() << std::flush;
+    // On standard error where the JSON takes standard output (--json -).
+    (process_stream_fd(a->json) == 1 ? std::cerr : std::cout) << out.str() << std::flush;
 
     nlohmann::ordered_json j;
     j["samples"] = a->samples;
@@ -190,8 +191,8 @@ Runner add_eval_command(CLI::App& app) {
       while (json_path.size() > 1 && json_path.back() == '/') json_path.pop_back();
       json_path += ".eval.json";
     }
-    write_text_atomic(json_path, j.dump(2) + "\n");
-    if (!a->quiet) std::cerr << "wrote " << json_path << "\n";
+    write_report(json_path, j.dump(2) + "\n");
+    if (!a->quiet && !is_stream_output(json_path)) std::cerr << "wrote " << json_path << "\n";
     return 0;
   };
 }

@@ -75,7 +75,7 @@ Runner add_eval_loss_command(CLI::App& app) {
   cmd->add_flag("--recurrent", a->recurrent,
                 "also decode step by step (teacher-forced, the sampler's path) and compare its logits");
   cmd->add_option("--ssm-state", a->ssm_state, "the recurrent pass's Mamba state: fp32 | bf16")->capture_default_str();
-  cmd->add_option("--json", a->json, "also write the figures (per position and per class too) as JSON");
+  cmd->add_option("--json", a->json, "also write the figures (per position and per class too) as JSON (- for standard output)");
   cmd->add_option("--heatmap", a->heatmap, "PNG of the loss at each token position of the image's code grid");
   cmd->add_flag("--quiet", a->quiet, "no progress lines");
   return [cmd, a]() -> int {
@@ -89,7 +89,7 @@ Runner add_eval_loss_command(CLI::App& app) {
       }
       refuse_output_over_input("--json", a->json, inputs);
       refuse_output_over_input("--heatmap", a->heatmap, inputs);
-      check_output_path("--json", a->json);
+      check_report_path("--json", a->json);
       check_output_path("--heatmap", a->heatmap);
     }
     AIM_CHECK(a->dtype == "fp32" || a->dtype == "bf16", "--dtype: expected fp32 or bf16, found '", a->dtype, "'");
@@ -155,30 +155,32 @@ Runner add_eval_loss_command(CLI::App& app) {
     const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     progress.finish();
 
+    // The figures as text, on standard error where the JSON takes standard output (--json -).
+    std::ostream& out = process_stream_fd(a->json) == 1 ? std::cerr : std::cout;
     const std::string state_name = a->ssm_state + " state";
-    std::cout << a->ckpt << " on " << a->codes << ": " << r.images << " images x " << views << " view(s) ("
+    out << a->ckpt << " on " << a->codes << ": " << r.images << " images x " << views << " view(s) ("
               << (o.view < 0 ? "all" : str_cat("view ", o.view, " of ", info.num_aug)) << ", aug " << info.aug
               << "), " << r.tokens << " tokens each, " << (a->unconditional ? "null class" : "their labels")
               << ", " << a->dtype << " on " << device << ", " << fixed(r.sequences * r.tokens / seconds, 0)
               << " tokens/s\n";
-    std::cout << row("loss") << fixed(r.nll, 4) << " nats/token (perplexity "
+    out << row("loss") << fixed(r.nll, 4) << " nats/token (perplexity "
               << fixed(std::exp(r.nll), 2) << ", " << fixed(r.nll / std::log(2.0), 4) << " bits/token)\n";
     if (mc.decode_position_offset == 0) {
-      std::cout << row("loss, decoder's positions") << "the same (model.decode_position_offset 0)\n";
+      out << row("loss, decoder's positions") << "the same (model.decode_position_offset 0)\n";
     } else {
-      std::cout << row("loss, decoder's positions") << fixed(r.nll_decode, 4) << " nats/token ("
+      out << row("loss, decoder's positions") << fixed(r.nll_decode, 4) << " nats/token ("
                 << (r.nll_decode >= r.nll ? "+" : "") << fixed(r.nll_decode - r.nll, 4)
                 << ": image token j at position j + " << mc.decode_position_offset << ", as sampling feeds it)\n";
     }
     const int64_t T = r.tokens, q = std::max<int64_t>(T / 4, 1);
-    std::cout << row("by position") << "token 0: " << fixed(r.nll_by_position[0], 3);
+    out << row("by position") << "token 0: " << fixed(r.nll_by_position[0], 3);
     const int64_t edges[] = {1, q, 2 * q, 3 * q, T};
     for (int i = 0; i < 4; ++i) {
       if (edges[i + 1] <= edges[i]) continue;
-      std::cout << " | " << edges[i] << "-" << edges[i + 1] - 1 << ": "
+      out << " | " << edges[i] << "-" << edges[i + 1] - 1 << ": "
                 << fixed(span_mean(r.nll_by_position, edges[i], edges[i + 1]), 3);
     }
-    std::cout << "\n";
+    out << "\n";
     int64_t best = -1, worst = -1;
     for (int64_t c = 0; c < mc.num_classes; ++c) {
       if (r.sequences_by_class[c] == 0) continue;
@@ -188,10 +190,10 @@ Runner add_eval_loss_command(CLI::App& app) {
     auto class_name = [&](int64_t c) {
       return c < static_cast<int64_t>(info.classes.size()) ? str_cat(c, " (", info.classes[c], ")") : std::to_string(c);
     };
-    std::cout << row("by class") << "lowest " << class_name(best) << ": " << fixed(r.nll_by_class[best], 3)
+    out << row("by class") << "lowest " << class_name(best) << ": " << fixed(r.nll_by_class[best], 3)
               << ", highest " << class_name(worst) << ": " << fixed(r.nll_by_class[worst], 3) << "\n";
     if (r.recurrent) {
-      std::cout << row("recurrent decoding, " + state_name) << fixed(r.nll_recurrent, 4) << " nats/token ("
+      out << row("recurrent decoding, " + state_name) << fixed(r.nll_recurrent, 4) << " nats/token ("
                 << (r.nll_recurrent >= r.nll_decode ? "+" : "") << sci(r.nll_recurrent - r.nll_decode)
                 << " against the parallel pass at the decoder's positions)\n"
                 << "    logits against that pass: max |error| " << sci(r.max_logit_error) << " = "
@@ -203,7 +205,7 @@ Runner add_eval_loss_command(CLI::App& app) {
     if (!a->heatmap.empty()) {
       write_png(a->heatmap, loss_heatmap(r.nll_by_position, str_cat("loss by token position, ", r.sequences,
                                                                      " sequences (mean ", fixed(r.nll, 3), ")")));
-      std::cout << "heatmap: " << a->heatmap << "\n";
+      out << "heatmap: " << a->heatmap << "\n";
     }
     if (!a->json.empty()) {
       nlohmann::ordered_json j;
@@ -244,8 +246,8 @@ Runner add_eval_loss_command(CLI::App& app) {
         rec["mean_abs_logit"] = r.mean_abs_logit;
         rec["argmax_agreement"] = r.argmax_agreement;
       }
-      write_text_atomic(a->json, j.dump(2) + "\n");
-      std::cout << "json: " << a->json << "\n";
+      write_report(a->json, j.dump(2) + "\n");
+      if (!is_stream_output(a->json)) out << "json: " << a->json << "\n";
     }
     return 0;
   };

@@ -30,14 +30,14 @@ Runner add_eval_vq_command(CLI::App& app) {
   cmd->add_option("--max-images", a->max_images, "evaluate this many images, spread over the set (0 = all)")
       ->capture_default_str();
   cmd->add_option("--device", a->device, kDeviceHelp)->capture_default_str();
-  cmd->add_option("--json", a->json, "also write the figures as JSON");
+  cmd->add_option("--json", a->json, "also write the figures as JSON (- for standard output)");
   cmd->add_option("--lpips", a->lpips, "LPIPS weights (convert_checkpoint.py --kind lpips): also report LPIPS");
   cmd->add_option("--save-recon", a->recon, "write the reconstructions here: same class folders and file names (as PNG)");
   return [cmd, a]() -> int {
     if (!cmd->parsed()) return -1;
     refuse_output_over_input("--save-recon", a->recon, {{"--data", a->data}, {"--vq", a->vq}});
     refuse_output_over_input("--json", a->json, {{"--data", a->data}, {"--vq", a->vq}, {"--vq-config", a->vq_config}});
-    check_output_path("--json", a->json);
+    check_report_path("--json", a->json);
     auto vq = load_vq_model(a->vq, a->vq_config);
     check_tokenizer_image_size("--image-size", a->image_size, vq.model->config);
     const auto list = list_image_folder(a->data);
@@ -51,19 +51,21 @@ Runner add_eval_vq_command(CLI::App& app) {
     o.lpips_weights = a->lpips;
     vq.model->to(o.device);
     const auto r = evaluate_tokenizer(vq.model, list, o);
-    std::cout << std::fixed << std::setprecision(2) << "tokenizer " << vq.identity << " on " << r.images
+    // On standard error where the JSON takes standard output (--json -).
+    std::ostream& out = process_stream_fd(a->json) == 1 ? std::cerr : std::cout;
+    out << std::fixed << std::setprecision(2) << "tokenizer " << vq.identity << " on " << r.images
               << " images of " << a->data << " at " << a->image_size << " px\n"
               << "  PSNR            " << r.psnr << " dB (worst image " << r.psnr_min << " dB)\n";
-    if (std::isfinite(r.ssim)) std::cout << std::setprecision(4) << "  SSIM            " << r.ssim << "\n";
+    if (std::isfinite(r.ssim)) out << std::setprecision(4) << "  SSIM            " << r.ssim << "\n";
     if (std::isfinite(r.ssim_llamagen))
-      std::cout << std::setprecision(4) << "  SSIM (LlamaGen) " << r.ssim_llamagen
+      out << std::setprecision(4) << "  SSIM (LlamaGen) " << r.ssim_llamagen
                 << " (skimage, 7x7 window, data_range 2 on [0, 1]: comparable with LlamaGen's tables)\n";
-    if (std::isfinite(r.lpips)) std::cout << std::setprecision(4) << "  LPIPS           " << r.lpips << " (VGG16, v0.1)\n";
-    std::cout << std::setprecision(2)
+    if (std::isfinite(r.lpips)) out << std::setprecision(4) << "  LPIPS           " << r.lpips << " (VGG16, v0.1)\n";
+    out << std::setprecision(2)
               << "  codebook usage  " << r.codes_used << " / " << vq.model->config.codebook_size << " codes ("
               << 100.0 * r.usage << "%), perplexity " << r.perplexity << "\n";
     if (r.upscaled > 0) {
-      std::cout << "note: " << r.upscaled << " of " << r.images << " images are smaller than --image-size "
+      out << "note: " << r.upscaled << " of " << r.images << " images are smaller than --image-size "
                 << a->image_size << " and were enlarged before encoding: smooth enlarged images reconstruct "
                    "better than images at their own size\n---> HINT: --image-size of the images' size\n";
     }
@@ -85,7 +87,7 @@ Runner add_eval_vq_command(CLI::App& app) {
       j["codebook_size"] = vq.model->config.codebook_size;
       j["usage"] = r.usage;
       j["perplexity"] = r.perplexity;
-      write_text_atomic(a->json, j.dump(2) + "\n");
+      write_report(a->json, j.dump(2) + "\n");
     }
     return 0;
   };

@@ -15,9 +15,69 @@
 
 namespace aim {
 
+namespace {
+
+/// N where `name` is /dev/fd/N, /proc/self/fd/N or /proc/<this pid>/fd/N; -1 otherwise.
+int fd_of_name(const std::string& name) {
+  std::string digits;
+  const std::string own = str_cat("/proc/", ::getpid(), "/fd/");
+  for (const std::string prefix : {std::string("/dev/fd/"), std::string("/proc/self/fd/"), own}) {
+    if (name.size() > prefix.size() && name.compare(0, prefix.size(), prefix) == 0) {
+      digits = name.substr(prefix.size());
+      break;
+    }
+  }
+  if (digits.empty() || digits.size() > 9 || digits.find_first_not_of("0123456789") != std::string::npos) return -1;
+  return std::stoi(digits);
+}
+
+/// Writes all of `text` to `fd` (short writes continued, EINTR retried): 0, or the errno.
+int write_all(int fd, const std::string& text) {
+  size_t done = 0;
+  while (done < text.size()) {
+    const ssize_t n = ::write(fd, text.data() + done, text.size() - done);
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      return errno;
+    }
+    done += static_cast<size_t>(n);
+  }
+  return 0;
+}
+
+}  // namespace
+
+int process_stream_fd(const std::string& path) {
+  namespace fs = std::filesystem;
+  if (path == "-") return 1;
+  fs::path p(path);
+  // A chain of symbolic links, followed a few steps by name (the last, /proc/self/fd/N, is a
+  // magic link to whatever the descriptor is open on).
+  for (int hop = 0; hop < 8; ++hop) {
+    const std::string name = p.lexically_normal().string();
+    if (name == "/dev/stdin") return 0;
+    if (name == "/dev/stdout") return 1;
+    if (name == "/dev/stderr") return 2;
+    const int fd = fd_of_name(name);
+    if (fd >= 0) return fd;
+    std::error_code ec;
+    if (!fs::is_symlink(fs::symlink_status(p, ec))) return -1;
+    const fs::path target = fs::read_symlink(p, ec);
+    if (ec) return -1;
+    p = target.is_absolute() ? target : p.parent_path() / target;
+  }
+  return -1;
+}
+
 void refuse_unreplaceable(const std::string& path) {
   namespace fs = std::filesystem;
   std::error_code ec;
+  if (const int fd = process_stream_fd(path); fd >= 0)
+    throw Error(str_cat(path, ": names this process's ",
+                        fd == 0 ? "standard input" : fd == 1 ? "standard output" : fd == 2 ? "standard error"
+                                                                                : str_cat("descriptor ", fd),
+                        "; outputs are written to a temporary file and renamed over the name, which would "
+                        "replace the link, not write to the stream: give a file"));
   // What the name leads to (a link's target, followed): a regular file, nothing, or something a
   // rename must not replace (a link to a device, such as /dev/stdout, included).
   const auto st = fs::status(path, ec);
@@ -51,6 +111,42 @@ void check_output_path(const std::string& flag, const std::string& path) {
   ::unlink(probe.c_str());
 }
 
+bool is_stream_output(const std::string& path) {
+  if (process_stream_fd(path) >= 0) return true;
+  std::error_code ec;
+  const auto st = std::filesystem::status(path, ec);
+  return std::filesystem::is_fifo(st) || std::filesystem::is_character_file(st);
+}
+
+void check_report_path(const std::string& flag, const std::string& path) {
+  if (path.empty() || !is_stream_output(path)) return check_output_path(flag, path);
+  // A stream that cannot take the report is refused now, not after the work.
+  const int fd = process_stream_fd(path);
+  if (fd == 0) throw Error(str_cat(flag, " ", path, ": names this process's standard input, not an output"));
+  if (fd > 0) {
+    const int flags = ::fcntl(fd, F_GETFL);
+    if (flags < 0)
+      throw Error(str_cat(flag, " ", path, ": descriptor ", fd, " is not open in this process"));
+    if ((flags & O_ACCMODE) == O_RDONLY)
+      throw Error(str_cat(flag, " ", path, ": descriptor ", fd, " is open for reading only"));
+    return;
+  }
+  if (::access(path.c_str(), W_OK) != 0)
+    throw Error(str_cat(flag, " ", path, ": cannot write to it: ", std::strerror(errno)));
+}
+
+void write_report(const std::string& path, const std::string& text) {
+  if (!is_stream_output(path)) return write_text_atomic(path, text);
+  int fd = process_stream_fd(path);
+  const bool own = fd < 0;
+  if (fd == 1) std::fflush(stdout);
+  if (own) fd = ::open(path.c_str(), O_WRONLY | O_CLOEXEC);
+  if (fd < 0) throw Error(str_cat(path, ": cannot open for writing: ", std::strerror(errno)));
+  int err = write_all(fd, text);
+  if (own && ::close(fd) != 0 && err == 0) err = errno;
+  if (err != 0) throw Error(str_cat(path, ": writing failed: ", std::strerror(err)));
+}
+
 void write_text_atomic(const std::string& path, const std::string& text) {
   refuse_unreplaceable(path);
   std::error_code ec;  // a missing folder is made (a failure shows at the open below)
@@ -58,17 +154,7 @@ void write_text_atomic(const std::string& path, const std::string& text) {
   const std::string tmp = str_cat(path, ".tmp.", ::getpid());
   const int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
   if (fd < 0) throw Error(str_cat(path, ": cannot create ", tmp, ": ", std::strerror(errno)));
-  size_t done = 0;
-  int err = 0;
-  while (done < text.size()) {
-    const ssize_t n = ::write(fd, text.data() + done, text.size() - done);
-    if (n < 0) {
-      if (errno == EINTR) continue;
-      err = errno;
-      break;
-    }
-    done += static_cast<size_t>(n);
-  }
+  int err = write_all(fd, text);
   if (err == 0 && ::fsync(fd) != 0) err = errno;
   if (::close(fd) != 0 && err == 0) err = errno;
   if (err == 0 && ::rename(tmp.c_str(), path.c_str()) != 0) err = errno;

@@ -10,6 +10,7 @@
 #include <filesystem>
 #include <fstream>
 #include <nlohmann/json.hpp>
+#include <sstream>
 #include <string>
 #include <unistd.h>
 
@@ -184,6 +185,38 @@ TEST(EvalCli, TheSamplesSettingsAreReportedWithTheScores) {
   ASSERT_EQ(r.code, 0) << r.output;
   EXPECT_EQ(r.output.find("sampled    by"), std::string::npos) << r.output;
   EXPECT_FALSE(read_json(w.p("plain.json")).contains("sampling"));
+}
+
+TEST(EvalCli, TheJsonGoesToStandardOutputWithTheTextOnStandardError) {
+  const auto& w = world();
+  const std::string aim = "env -u AIM_INCEPTION_WEIGHTS OMP_NUM_THREADS=1 " + test::aim_binary() +
+                          " eval --device cpu --samples " + w.p("samples.npz") + " --ref " + w.p("ref.npz") +
+                          " --inception " + w.weights;
+  auto read_text_file = [](const std::string& path) {
+    std::ifstream in(path);
+    std::stringstream ss;
+    ss << in.rdbuf();
+    return ss.str();
+  };
+  // `--json -`: standard output is the JSON alone (a pipe into jq), the table on standard error.
+  auto r = test::run_shell("(" + aim + " --json - 2>" + w.p("stderr.txt") + ")");
+  ASSERT_EQ(r.code, 0) << r.output << read_text_file(w.p("stderr.txt"));
+  const auto j = nlohmann::json::parse(r.output, nullptr, false);
+  ASSERT_FALSE(j.is_discarded()) << r.output;
+  expect_metrics(j, expected(), kRtol, "--json -");
+  EXPECT_NE(read_text_file(w.p("stderr.txt")).find("  FID              "), std::string::npos);
+  EXPECT_FALSE(fs::exists("-"));  // not a file named -
+  // /dev/stdout redirected to a file, directly and through a link of the user's: written there;
+  // the links stay links (a rename over them replaced /dev/stdout itself).
+  fs::create_symlink("/proc/self/fd/1", w.p("my_stdout"));
+  for (const std::string& name : {std::string("/dev/stdout"), w.p("my_stdout")}) {
+    const bool was_link = fs::is_symlink(fs::symlink_status(name));
+    r = test::run_shell("(" + aim + " --json " + name + " >" + w.p("out.json") + " 2>" + w.p("stderr.txt") + ")");
+    ASSERT_EQ(r.code, 0) << name << "\n" << read_text_file(w.p("stderr.txt"));
+    expect_metrics(nlohmann::json::parse(read_text_file(w.p("out.json"))), expected(), kRtol, name);
+    EXPECT_EQ(fs::is_symlink(fs::symlink_status(name)), was_link) << name;
+  }
+  EXPECT_TRUE(fs::is_symlink(fs::symlink_status(w.p("my_stdout"))));
 }
 
 TEST(EvalCli, AnImageFolderAndACompressedNpzGiveTheSameNumbers) {

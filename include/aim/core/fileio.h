@@ -8,11 +8,27 @@
 
 namespace aim {
 
+/// The descriptor `path` names in this process: "-" is standard output (1); /dev/stdout,
+/// /dev/stderr, /dev/stdin, /dev/fd/N and /proc/self/fd/N, or a symbolic link chain through one
+/// of them, name N. -1 for anything else. (/dev/stdout of a command redirected to a file leads to
+/// a regular file, but renaming over the name would replace the link in /dev, not write there.)
+int process_stream_fd(const std::string& path);
 /// Before an atomic write replaces `path` by rename (a symbolic link there is replaced, not
 /// written through: a run directory forked with links keeps its original intact): throws
 /// aim::Error naming it when it exists and is not a regular file, or links to something that is
-/// not (a folder, a device such as /dev/full or /dev/stdout, a FIFO).
+/// not (a folder, a device such as /dev/full, a FIFO), or names one of this process's streams
+/// (process_stream_fd).
 void refuse_unreplaceable(const std::string& path);
+/// Whether a report (a JSON of figures) given as `path` is written straight to a stream rather
+/// than through a temporary file and a rename: one of this process's descriptors
+/// (process_stream_fd: "-", /dev/stdout, ...) or an existing FIFO or character device.
+bool is_stream_output(const std::string& path);
+/// check_output_path() for a report that write_report() writes; a stream output passes where it
+/// can be written (a descriptor open for writing, a FIFO or device with write permission).
+void check_report_path(const std::string& flag, const std::string& path);
+/// A report's text to `path`: to the stream itself where is_stream_output(path) (standard output
+/// flushed first), else write_text_atomic(). Throws aim::Error naming the path and errno.
+void write_report(const std::string& path, const std::string& text);
 /// Before the work whose result goes to `path` (given to `flag`; empty: nothing to check): throws
 /// aim::Error naming the flag when it could not be written there: a folder that cannot be made
 /// or written, or a target refuse_unreplaceable() refuses.
