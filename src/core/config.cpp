@@ -165,7 +165,7 @@ const std::vector<Field<TrainConfig>>& train_fields() {
       {"log_every", &S::log_every, "steps between log lines"},
       {"sample_every", &S::sample_every, "steps between sample grids; 0 = never"},
       {"eval_every", &S::eval_every, "steps between held-out losses; 0 = never"},
-      {"eval_batches", &S::eval_batches, "held-out loss over the first eval_batches x global_batch images; 0 = all"},
+      {"eval_batches", &S::eval_batches, "held-out loss over eval_batches x global_batch images spread over the set; 0 = all"},
       {"tensorboard", &S::tensorboard, "also write TensorBoard events (<run>/tensorboard/)"},
       {"skip_nonfinite", &S::skip_nonfinite, "skip NaN/inf steps instead of stopping"},
       {"recompute_every", &S::recompute_every, "recompute every N-th block's activations in the backward; 0 = off"},
@@ -792,5 +792,7 @@ std::string config_table(const Config& config) {
   }
   return out + rule;
 }
+
+size_t edit_distance(const std::string& a, const std::string& b) { return levenshtein(a, b); }
 
 }  // namespace aim

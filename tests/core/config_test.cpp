@@ -695,5 +695,42 @@ TEST(VqJson, FieldsAliasesAndErrors) {
                {"mamba2_tiny/config.json", "a language model's config", "HINT"});
 }
 
+TEST(VqJson, MisspelledFieldsAreRefusedAndOthersNamed) {
+  // A field a few edits from a known one kept the default silently (then a shape mismatch of
+  // some tensor, or a tokenizer built otherwise than its author meant).
+  expect_error([] { vq_config_from_json(write_temp("vq_typo.json", R"({"codebok_size": 1024})")); },
+               {"vq_typo.json", "unknown field 'codebok_size'", "did you mean 'codebook_size'?"});
+  expect_error([] { vq_config_from_json(write_temp("vq_typo2.json", R"({"num_resblocks": 1})")); },
+               {"vq_typo2.json", "unknown field 'num_resblocks'", "did you mean 'num_res_blocks'?"});
+  expect_error([] { vq_config_from_json(write_temp("vq_typo3.json", R"({"encoder_ch_mul": [1, 2]})")); },
+               {"unknown field 'encoder_ch_mul'", "did you mean 'encoder_ch_mult'?"});
+  // The architecture's fixed values, where a file states them.
+  expect_error([] { vq_config_from_json(write_temp("vq_eps.json", R"({"group_norm_eps": 1e-5})")); },
+               {"vq_eps.json", "field 'group_norm_eps'", "expected 1e-06", "found 1e-05"});
+  expect_error([] { vq_config_from_json(write_temp("vq_resamp.json", R"({"resamp_with_conv": false})")); },
+               {"field 'resamp_with_conv'", "expected true", "found false"});
+  expect_error([] { vq_config_from_json(write_temp("vq_ds.json", R"({"ch_mult": [1, 1, 2, 2, 4], "downsample_factor": 8})")); },
+               {"field 'downsample_factor'", "5 levels", "by 16", "found 8"});
+  // LlamaGen's training settings, "_comment"-style keys and matching stated values: read quietly.
+  testing::internal::CaptureStderr();
+  const VqConfig quiet = vq_config_from_json(write_temp("vq_quiet.json", R"({"codebook_size": 4096,
+      "commit_loss_beta": 0.25, "entropy_loss_ratio": 0.0, "codebook_show_usage": true, "attn_resolutions": [16],
+      "_comment": "exported", "group_norm_eps": 1e-06, "resamp_with_conv": true, "downsample_factor": 16})"));
+  EXPECT_EQ(testing::internal::GetCapturedStderr(), "");
+  EXPECT_EQ(quiet.codebook_size, 4096);
+  // Short keys and real names of other tools are no misspellings: named, not refused.
+  testing::internal::CaptureStderr();
+  vq_config_from_json(write_temp("vq_other.json", R"({"id": "x", "lr": 1e-4, "dropout": 0.0})"));
+  const std::string other = testing::internal::GetCapturedStderr();
+  EXPECT_NE(other.find("vq_other.json: fields 'dropout', 'id', 'lr' not read"), std::string::npos) << other;
+  // Fields far from any known one are named, once, and the rest read.
+  testing::internal::CaptureStderr();
+  const VqConfig fixture = vq_config_from_json(source_path("tests/fixtures/vq/vq16_tiny/config.json"));
+  const std::string said = testing::internal::GetCapturedStderr();
+  EXPECT_NE(said.find("vq16_tiny/config.json: fields 'attention', 'fixture' not read"), std::string::npos) << said;
+  EXPECT_EQ(fixture.codebook_size, 512);
+  EXPECT_EQ(fixture.ch, 32);
+}
+
 }  // namespace
 }  // namespace aim

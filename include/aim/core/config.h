@@ -154,7 +154,7 @@ struct TrainConfig {
   int64_t log_every = 50;          ///< steps between log lines
   int64_t sample_every = 0;        ///< steps between sample grids; 0 = never
   int64_t eval_every = 0;          ///< steps between held-out losses (data.val_codes); 0 = never
-  int64_t eval_batches = 0;        ///< held-out loss over the first eval_batches x global_batch images; 0 = all
+  int64_t eval_batches = 0;        ///< held-out loss over eval_batches x global_batch images spread over the set; 0 = all
   bool tensorboard = true;         ///< also log metrics.jsonl's numbers and the step pictures to <run>/tensorboard/
   bool skip_nonfinite = false;     ///< skip a step with a NaN/inf loss or gradient (else stop)
   /// Activation checkpointing: blocks 0, N, 2N, ... keep only their inputs and run again in the
@@ -330,7 +330,13 @@ std::string model_config_to_hf_json(const ModelConfig& model);
 /// codebook_embed_dim, codebook_l2_norm, encoder_ch_mult / decoder_ch_mult, z_channels,
 /// dropout_p) plus `ch` and `num_res_blocks`, or AiM's VQConfig names (n_embed, embed_dim,
 /// ch_mult). `object_path` selects a nested object ("fixture.vq"); "" is the whole file.
-/// Fields absent take the VQ-16 defaults; other fields are ignored.
+/// Fields absent take the VQ-16 defaults. LlamaGen's training-only fields (commit_loss_beta,
+/// entropy_loss_ratio, codebook_show_usage) and AiM's attn_resolutions are not read; a field
+/// within a few edits of a known one is refused as a misspelling, any other is named in a
+/// warning on standard error.
 VqConfig vq_config_from_json(const std::string& path, const std::string& object_path = "");
+
+/// Levenshtein distance between two names (the "did you mean" hints for unknown keys).
+size_t edit_distance(const std::string& a, const std::string& b);
 
 }  // namespace aim
