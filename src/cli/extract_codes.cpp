@@ -43,7 +43,7 @@ Runner add_extract_codes_command(CLI::App& app) {
     AIM_CHECK(a->threads >= 0, "--threads: expected >= 0 (0 = all cores of this rank), found ", a->threads);
     const auto env = detect_launch_env();
     // Before the slow steps (listing, loading): see begin_extraction.
-    begin_extraction(a->out, env.rank, env.world_size);
+    const auto heartbeat = begin_extraction(a->out, env.rank, env.world_size);
     auto vq = load_vq_model(a->vq, a->vq_config);
     check_tokenizer_image_size("--image-size", a->image_size, vq.model->config);
     ImageList list = a->data.empty() ? read_image_list(a->list, a->classes) : list_image_folder(a->data);

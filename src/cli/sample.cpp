@@ -15,6 +15,7 @@
 #include "aim/core/env.h"
 #include "aim/core/error.h"
 #include "aim/core/fileio.h"
+#include "aim/core/liveness.h"
 #include "aim/core/progress.h"
 #include "aim/core/safetensors.h"
 #include "aim/data/image.h"
@@ -56,6 +57,9 @@ std::string part_name(int64_t start, int64_t count) { return str_cat("part-", st
 /// and rank 0 believes a marker once it has stayed kFailedGraceS while rank 0 waited, so an
 /// earlier run's does not stop this one. (Not file times: a rank may fail before rank 0 starts.)
 std::string failed_marker(int rank) { return str_cat("rank-", rank, ".failed"); }
+/// A rank's heartbeat (aim/core/liveness.h): rank 0 also stops when the rank whose batch it
+/// waits for has gone quiet, killed without a word (SIGKILL leaves no failure marker).
+std::string alive_file(int rank) { return str_cat("rank-", rank, ".alive"); }
 
 /// The files a checkpoint or tokenizer argument reads: its weights, config and EMA, a run
 /// directory's through `latest` (one that cannot be resolved adds nothing: loading reports it).
@@ -79,10 +83,11 @@ std::vector<std::string> files_read_from(const std::string& path, const std::str
 }
 
 /// Whether `name` is a file this command writes in its work folder: finished batches, their
-/// temporary files, the ranks' failure markers.
+/// temporary files, the ranks' failure markers and heartbeats.
 bool is_work_file(const std::string& name) {
   auto has = [&](const char* s) { return name.find(s) != std::string::npos; };
-  return (name.rfind("part-", 0) == 0 && has(".safetensors")) || (name.rfind("rank-", 0) == 0 && has(".failed"));
+  return (name.rfind("part-", 0) == 0 && has(".safetensors")) ||
+         (name.rfind("rank-", 0) == 0 && (has(".failed") || has(".alive")));
 }
 
 /// The work folder is removed once the output is written: one holding anything else (a folder
@@ -101,10 +106,17 @@ void check_work_folder(const fs::path& work) {
 
 /// Removes what this command wrote in `work`, then the folder if nothing else is left in it.
 void remove_work_folder(const fs::path& work) {
-  std::error_code ec;
-  for (const auto& e : fs::directory_iterator(work, ec))
-    if (is_work_file(e.path().filename().string())) fs::remove(e.path(), ec);
-  fs::remove(work, ec);  // only when empty
+  // A few passes: another rank's last heartbeat may land between the removals and the folder's.
+  for (int pass = 0; pass < 5; ++pass) {
+    std::error_code ec;
+    for (const auto& e : fs::directory_iterator(work, ec))
+      if (is_work_file(e.path().filename().string())) fs::remove(e.path(), ec);
+    if (fs::remove(work, ec) || !fs::exists(work, ec)) return;  // only when empty
+    bool only_ours = true;
+    for (const auto& e : fs::directory_iterator(work, ec)) only_ours &= is_work_file(e.path().filename().string());
+    if (!only_ours) return;  // something else: left there
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  }
 }
 constexpr double kFailedGraceS = 10;
 
@@ -502,11 +514,17 @@ Runner add_sample_command(CLI::App& app) {
     const std::string primary = !a->npz.empty() ? a->npz : !a->out.empty() ? a->out : !a->outdir.empty() ? a->outdir : a->tokens;
     const fs::path work = a->work_dir.empty() ? fs::path(primary + ".parts") : fs::path(a->work_dir);
     check_work_folder(work);
+    // (The heartbeat stops after the failure marker is written: destroyed in reverse order.)
+    std::optional<Heartbeat> heartbeat;
     std::optional<FailureMarker> failure_marker;
+    const double silence_limit = rank_silence_limit_s();
     if (env.world_size > 1) {
       fs::create_directories(work);
       fs::remove(work / failed_marker(env.rank));
-      if (!env.is_main()) failure_marker.emplace(work / failed_marker(env.rank));
+      if (!env.is_main()) {
+        failure_marker.emplace(work / failed_marker(env.rank));
+        heartbeat.emplace((work / alive_file(env.rank)).string());
+      }
     }
     auto ref = find_checkpoint(a->ckpt, a->config);
     auto model = load_aim_model(ref, a->use_ema);
@@ -745,10 +763,25 @@ Runner add_sample_command(CLI::App& app) {
     auto last_note = wait_start;
     std::vector<std::optional<std::chrono::steady_clock::time_point>> failure_seen(
         static_cast<size_t>(env.world_size));
+    HeartbeatWatch heartbeats;
     for (int64_t k = 0; k < batches; ++k) {
       const int64_t start = k * a->batch_size, n = std::min(a->batch_size, total - start);
       while (!fs::exists(work / part_name(start, n))) {
         check_failed_ranks(work, failure_seen);
+        // (A rank that failed leaves its marker, which check_failed_ranks believes after a grace.)
+        const int owner = static_cast<int>(k % env.world_size);
+        const fs::path alive = work / alive_file(owner);
+        const double quiet = heartbeats.quiet_s(alive.string());
+        if (quiet >= silence_limit && !fs::exists(work / failed_marker(owner)) &&
+            !fs::exists(work / part_name(start, n)))
+          throw Error(str_cat("rank ", owner, " has not been heard from for ", format_duration(quiet), " (",
+                              fs::exists(alive)                      ? "its heartbeat " + alive.string() + " has not changed"
+                              : heartbeats.appeared(alive.string()) ? "its heartbeat " + alive.string() + " went away"
+                                                                     : "no heartbeat " + alive.string() + " appeared",
+                              ") while batch ", k, " of ", batches, " is missing: it was killed (out of memory? the "
+                              "scheduler?) or never started; the finished batches in ", work.string(), " are kept",
+                              "\n---> HINT: re-run the same command; AIM_RANK_SILENCE_S sets how long a rank may "
+                              "be silent (now ", silence_limit, " s)"));
         std::this_thread::sleep_for(std::chrono::milliseconds(500));
         const auto now = std::chrono::steady_clock::now();
         if (std::chrono::duration<double>(now - last_note).count() >= 60) {

@@ -14,6 +14,7 @@
 
 #include "aim/core/error.h"
 #include "aim/core/fileio.h"
+#include "aim/core/liveness.h"
 #include "aim/core/progress.h"
 #include "aim/data/code_dataset.h"
 
@@ -56,6 +57,9 @@ std::string stopped_marker(const std::string& shard) { return shard + ".stopped"
 /// Beside a shard whose rank stopped with an error (its message): rank 0 stops waiting and says so,
 /// believing it as it believes a stopped marker.
 std::string failed_marker(const std::string& shard) { return shard + ".failed"; }
+/// A shard's rank's heartbeat (aim/core/liveness.h) while it encodes: rank 0 stops waiting for a
+/// rank that has gone quiet, killed without a word (SIGKILL leaves no failure marker).
+std::string alive_file(const std::string& shard) { return shard + ".alive"; }
 
 /// Beside an unfinished file: the image list it was started on ("<N> images, fnv64 <digest of
 /// the paths and labels>"). Its header records how many images the file holds, not which: a
@@ -421,6 +425,8 @@ bool merge_shards(const std::string& out, int world, double timeout_s, double gr
   for (int r = 0; r < world; ++r) shards.push_back(shard_path(out, r, world));
   const auto t0 = Clock::now();
   std::vector<std::optional<Clock::time_point>> marker_seen(static_cast<size_t>(world));
+  HeartbeatWatch heartbeats;
+  const double silence_limit = rank_silence_limit_s();
   for (;;) {
     int ready = 0;
     for (int r = 0; r < world; ++r) {
@@ -450,6 +456,15 @@ bool merge_shards(const std::string& out, int world, double timeout_s, double gr
         }
       } else {
         seen.reset();
+        const double quiet = r == 0 ? 0.0 : heartbeats.quiet_s(alive_file(s));
+        if (quiet >= silence_limit && !(fs::exists(s) && !code_dataset_unfinished(s)))
+          throw Error(str_cat(out, ": rank ", r, " has not been heard from for ", format_duration(quiet), " (",
+                              fs::exists(alive_file(s))               ? "its heartbeat " + alive_file(s) + " has not changed"
+                              : heartbeats.appeared(alive_file(s)) ? "its heartbeat " + alive_file(s) + " went away"
+                                                                      : "no heartbeat " + alive_file(s) + " appeared",
+                              ") and its shard ", s, " is unfinished: it was killed (out of memory? the scheduler?) "
+                              "or never started\n---> HINT: re-run the same command; finished chunks are kept. "
+                              "AIM_RANK_SILENCE_S sets how long a rank may be silent (now ", silence_limit, " s)"));
       }
     }
     if (ready == world) break;
@@ -508,6 +523,7 @@ bool merge_shards(const std::string& out, int world, double timeout_s, double gr
     fs::remove(s + ".skipped.txt");
     fs::remove(stopped_marker(s));
     fs::remove(failed_marker(s));
+    fs::remove(alive_file(s));
     fs::remove(list_sidecar(s));
   }
   fs::remove(list_sidecar(out));  // a single-process extraction's, continued by these ranks
@@ -518,11 +534,15 @@ bool merge_shards(const std::string& out, int world, double timeout_s, double gr
 
 }  // namespace
 
-void begin_extraction(const std::string& out, int rank, int world_size) {
-  if (world_size <= 1) return;
+std::unique_ptr<Heartbeat> begin_extraction(const std::string& out, int rank, int world_size) {
+  if (world_size <= 1) return nullptr;
   std::error_code ec;
-  fs::remove(stopped_marker(shard_path(out, rank, world_size)), ec);
-  fs::remove(failed_marker(shard_path(out, rank, world_size)), ec);
+  const std::string shard = shard_path(out, rank, world_size);
+  fs::remove(stopped_marker(shard), ec);
+  fs::remove(failed_marker(shard), ec);
+  // (The output's folder may not exist yet: made here, as extract_codes would.)
+  fs::create_directories(fs::path(out).parent_path(), ec);
+  return rank == 0 ? nullptr : std::make_unique<Heartbeat>(alive_file(shard));
 }
 
 ExtractReport extract_codes(VqModel& vq, const ImageList& list, const ExtractOptions& o) {
@@ -552,7 +572,8 @@ ExtractReport extract_codes(VqModel& vq, const ImageList& list, const ExtractOpt
   // Contiguous ranges keep the merged file in list order.
   const int64_t begin = n * o.rank / o.world_size, end = n * (o.rank + 1) / o.world_size;
   const std::string shard = shard_path(o.out, o.rank, o.world_size);
-  if (!o.began) begin_extraction(o.out, o.rank, o.world_size);
+  // (A caller that began the extraction keeps the heartbeat it was given.)
+  const std::unique_ptr<Heartbeat> heartbeat = o.began ? nullptr : begin_extraction(o.out, o.rank, o.world_size);
   ExtractReport report;
   try {
     report = extract_range(vq, list, begin, end, o, shard, str_cat("extract rank ", o.rank));

@@ -8,8 +8,10 @@
 #include <algorithm>
 #include <filesystem>
 #include <fstream>
+#include <thread>
 
 #include "aim/core/error.h"
+#include "aim/core/liveness.h"
 #include "aim/data/code_dataset.h"
 #include "aim/data/extract.h"
 #include "aim/data/image.h"
@@ -193,6 +195,54 @@ TEST_F(Extract, ShardsOverRanksMergeToTheSingleProcessFile) {
   }
   EXPECT_EQ(bytes(o.out), bytes((dir_ / "one.codes").string()));
   EXPECT_FALSE(fs::exists(o.out + ".shard-1-of-3"));
+}
+
+// Nor for a rank that was killed outright (no failure marker): its heartbeat beside its shard
+// goes quiet. A rank that is slow but alive is waited for.
+TEST_F(Extract, RankZeroStopsForAQuietRankAndWaitsForASlowOne) {
+  struct ScopedSilence {
+    ScopedSilence() { ::setenv("AIM_RANK_SILENCE_S", "0.5", 1); }
+    ~ScopedSilence() { ::unsetenv("AIM_RANK_SILENCE_S"); }
+  } silence;
+  auto o = options("quiet.codes", "none");
+  o.world_size = 2;
+  o.rank = 0;
+  // Rank 1 never started: no heartbeat appears.
+  const auto never = test::error_of([&] { extract_codes(vq_.model, list_, o); });
+  EXPECT_NE(never.find("quiet.codes: rank 1 has not been heard from for "), std::string::npos) << never;
+  EXPECT_NE(never.find("(no heartbeat " + o.out + ".shard-1-of-2.alive appeared) and its shard "), std::string::npos)
+      << never;
+  // Rank 1 killed while encoding: its heartbeat stays as it last was.
+  o.rank = 1;
+  o.max_chunks = 1;
+  extract_codes(vq_.model, list_, o);  // an unfinished shard, as a killed rank leaves it
+  fs::remove(o.out + ".shard-1-of-2.stopped");
+  {
+    std::ofstream(o.out + ".shard-1-of-2.alive") << "7 node3 pid 4242\n";
+  }
+  o.rank = 0;
+  o.max_chunks = 0;
+  const auto killed = test::error_of([&] { extract_codes(vq_.model, list_, o); });
+  EXPECT_NE(killed.find("rank 1 has not been heard from"), std::string::npos) << killed;
+  EXPECT_NE(killed.find("(its heartbeat " + o.out + ".shard-1-of-2.alive has not changed)"), std::string::npos) << killed;
+  EXPECT_FALSE(fs::exists(o.out));
+  // Rank 1 alive: beating for three silence limits before it encodes the rest; rank 0 waits, merges.
+  std::thread rank1([&] {
+    auto o1 = o;
+    o1.rank = 1;
+    {
+      Heartbeat beat(o.out + ".shard-1-of-2.alive");
+      std::this_thread::sleep_for(std::chrono::milliseconds(1500));
+    }
+    extract_codes(vq_.model, list_, o1);
+  });
+  bool merged = false;
+  const auto waited = test::error_of([&] { merged = extract_codes(vq_.model, list_, o).finished; });
+  rank1.join();
+  EXPECT_TRUE(waited.empty()) << waited;
+  EXPECT_TRUE(merged);
+  EXPECT_TRUE(fs::exists(o.out));
+  EXPECT_FALSE(fs::exists(o.out + ".shard-1-of-2.alive"));
 }
 
 // Rank 0 does not wait a day for a rank that stopped with an error: the rank leaves its message

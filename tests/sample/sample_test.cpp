@@ -259,6 +259,48 @@ TEST_F(SampleCli, GridNpzAndTokensAndTheirAgreement) {
   EXPECT_NE(cmp.output.find("same"), std::string::npos) << cmp.output;
 }
 
+TEST_F(SampleCli, RankZeroStopsForARankThatWentQuietAndWaitsForOneThatIsSlow) {
+  // A rank killed outright (the out-of-memory killer; srun without --kill-on-bad-exit does not
+  // end the job) leaves no failure marker: rank 0 stops once its heartbeat has been quiet for
+  // AIM_RANK_SILENCE_S (here 1.5 s, beats every 0.3 s), not at the job's time limit.
+  auto env = [](int rank, bool timeout = true) {
+    return "AIM_RANK_SILENCE_S=1.5 OMP_NUM_THREADS=1 OMPI_COMM_WORLD_RANK=" + std::to_string(rank) +
+           " OMPI_COMM_WORLD_SIZE=2 " + (timeout ? "timeout 300 " : "");
+  };
+  // 256 batches of 2: a rank's half takes seconds, several times the silence limit.
+  const std::string args = "--num-samples 512 --labels random --batch-size 2 --seed 3 ";
+  // Rank 1 never started.
+  const std::string quiet = base_ + args + "--work-dir " + p("work_q") + " --tokens " + p("q.safetensors");
+  auto alone = run(env(0) + quiet);
+  EXPECT_EQ(alone.code, 1) << alone.output;
+  EXPECT_NE(alone.output.find("rank 1 has not been heard from for "), std::string::npos) << alone.output;
+  EXPECT_NE(alone.output.find("no heartbeat " + p("work_q/rank-1.alive") + " appeared) while batch 1 of 256 is missing"),
+            std::string::npos) << alone.output;
+  EXPECT_NE(alone.output.find("AIM_RANK_SILENCE_S sets how long a rank may be silent (now 1.5 s)"), std::string::npos)
+      << alone.output;
+  EXPECT_TRUE(fs::exists(p("work_q/part-0-2.safetensors"))) << "rank 0's own batches are kept";
+  EXPECT_FALSE(fs::exists(p("q.safetensors")));
+  // Then both: rank 0 has nothing left to draw and waits seconds for the living rank 1 (started
+  // once rank 1's heartbeat shows, so a slow start on a loaded machine is not taken for death).
+  auto both = run("(" + env(1) + quiet + " > " + p("rank1_q.log") + " 2>&1 &); for i in $(seq 1 600); do [ -e " +
+                  p("work_q/rank-1.alive") + " ] && break; sleep 0.05; done; " + env(0) + quiet);
+  EXPECT_EQ(both.code, 0) << both.output << slurp(p("rank1_q.log"));
+  EXPECT_TRUE(fs::exists(p("q.safetensors")));
+  EXPECT_FALSE(fs::exists(p("work_q"))) << "the work folder, heartbeats included, goes once the output is written";
+
+  // Rank 1 killed with SIGKILL while drawing: its heartbeat stays, unchanged.
+  const std::string killed = base_ + args + "--work-dir " + p("work_k") + " --tokens " + p("k.safetensors");
+  auto kill = run(env(1, /*timeout=*/false) + killed + " > " + p("rank1_k.log") + " 2>&1 & pid=$!; for i in $(seq 1 600); do [ -e " +
+                  p("work_k/rank-1.alive") + " ] && break; sleep 0.05; done; kill -KILL $pid; wait $pid; echo rc=$?");
+  EXPECT_NE(kill.output.find("rc=137"), std::string::npos) << kill.output << slurp(p("rank1_k.log"));
+  ASSERT_TRUE(fs::exists(p("work_k/rank-1.alive")));
+  auto after = run(env(0) + killed);
+  EXPECT_EQ(after.code, 1) << after.output;
+  EXPECT_NE(after.output.find("rank 1 has not been heard from for "), std::string::npos) << after.output;
+  EXPECT_NE(after.output.find("(its heartbeat " + p("work_k/rank-1.alive") + " has not changed)"), std::string::npos)
+      << after.output;
+}
+
 TEST_F(SampleCli, AKilledRunResumesWithoutRedoingFinishedBatches) {
   const std::string args = "--num-samples 20 --labels balanced --seed 2 --batch-size 4 ";
   auto full = run(base_ + args + "--tokens " + p("full.safetensors"));

@@ -7,9 +7,11 @@
 // images skipped, counted and listed.
 #include <torch/torch.h>
 
+#include <memory>
 #include <string>
 #include <vector>
 
+#include "aim/core/liveness.h"
 #include "aim/data/image.h"
 #include "aim/data/image_folder.h"
 #include "aim/model/vq.h"
@@ -59,7 +61,10 @@ torch::Tensor extraction_views(const Image& image, const std::string& aug, int64
 /// believes a marker once it has stayed ExtractOptions::stopped_grace_s, so an earlier run's,
 /// which its rank removes as it starts, does not stop the merge this run should do (a rank that
 /// starts later than that only costs one more run: nothing is lost and nothing waits).
-void begin_extraction(const std::string& out, int rank, int world_size);
+/// Returns the heartbeat of a rank other than 0 (aim/core/liveness.h), beside its shard, which
+/// rank 0 watches while it waits to merge: keep it while this rank works (null for rank 0 and a
+/// single process).
+std::unique_ptr<Heartbeat> begin_extraction(const std::string& out, int rank, int world_size);
 
 /// Extracts this rank's share of `list` (on every rank) and, on rank 0 of several, merges
 /// the shards into options.out once all are finished. A rank stopped by max_chunks leaves a
