@@ -35,6 +35,10 @@ namespace {
 constexpr int kThreads = kNormLinearThreads;
 constexpr int kOut = 4;     // output features per warp and pass
 constexpr int kUnroll = 2;  // 16-byte weight vectors per lane and feature in flight
+// Blocks per SM the grid is sized for, and the register bound that lets them fit (at most 128
+// registers a thread at 256 threads): without it <bf16, fp32 residual, 8 rows> took 141, one
+// block fitted per SM, and AiM-L's in_proj at 5-8 rows (137 blocks) ran as 132 + a tail of 5.
+// The bound costs that instance a few spilled values outside the weight loop.
 constexpr int kBlocksPerSm = 2;
 constexpr int kMaxSmemBytes = 96 * 1024;
 constexpr int kScratchFloats = 32;  // the norm's block reduction, static shared memory
@@ -72,7 +76,7 @@ __device__ __forceinline__ void load_weights(const Tin* weight, int64_t o0, int 
 }
 
 template <typename Tin, typename Tres, int kRows>
-__global__ void __launch_bounds__(kThreads) norm_linear_kernel(NormLinearParams p, bool vec4) {
+__global__ void __launch_bounds__(kThreads, kBlocksPerSm) norm_linear_kernel(NormLinearParams p, bool vec4) {
   using namespace rms;
   constexpr int kW = Vec16<Tin>::kElems;
   extern __shared__ __align__(16) unsigned char smem[];
