@@ -318,6 +318,20 @@ void Config::validate(ConfigUse use) const {
     if (vq_train.perceptual_weight > 0 && data.image_size < 16)
       fail("data.image_size", "at least 16 with vq_train.perceptual_weight > 0 (LPIPS's VGG16 pools four times)",
            std::to_string(data.image_size));
+    if (vq_train.disc_weight > 0) {
+      // The PatchGAN halves the image disc_layers times, then its two stride-1 4x4 convolutions
+      // need 3 pixels: found here, not at the first adversarial step (vq_train.disc_start).
+      int64_t fit = 0;
+      while (fit < 8 && (data.image_size >> (fit + 1)) >= 3) ++fit;
+      if (fit == 0)
+        fail("data.image_size", "at least 6 with vq_train.disc_weight > 0 (the PatchGAN discriminator)",
+             std::to_string(data.image_size));
+      if (vq_train.disc_layers > fit)
+        fail("vq_train.disc_layers",
+             str_cat("at most ", fit, " for data.image_size ", data.image_size,
+                     " (each layer halves the image; the PatchGAN's last two convolutions need 3 px)"),
+             std::to_string(vq_train.disc_layers));
+    }
     return;
   }
 

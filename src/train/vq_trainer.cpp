@@ -118,6 +118,27 @@ VqTrainResult run_vq_training(const Config& config_in, const TrainOptions& optio
     // every rank at once rather than that rank alone.
     for (const char* f : {"model.safetensors", "optimizer.safetensors"})
       SafetensorsFile((fs::path(resume_dir) / f).string());
+    // A discriminator (and its Adam) or code counts the checkpoint's run kept must be there: a
+    // fresh discriminator in the middle of GAN training, or one rank's missing copy, would go
+    // unnoticed. A run that adds them on resume starts them fresh, and says so.
+    const bool disc_saved = saved.vq_train.disc_weight > 0, disc_now = config.vq_train.disc_weight > 0;
+    auto required = [&](const char* f, const char* why) {
+      try {
+        SafetensorsFile((fs::path(resume_dir) / f).string());
+      } catch (const Error& e) {
+        throw Error(str_cat(e.what(), "\n---> HINT: the checkpoint's run kept it (", why, "): copy the whole "
+                            "checkpoint folder, or resume from another"));
+      }
+    };
+    if (disc_saved && disc_now) {
+      required("discriminator.safetensors", "vq_train.disc_weight > 0");
+      required("disc_optimizer.safetensors", "vq_train.disc_weight > 0");
+    }
+    if (saved.vq_train.restart_every > 0 && config.vq_train.restart_every > 0 && main)
+      required("code_counts.safetensors", "vq_train.restart_every > 0");
+    if (disc_now && !disc_saved)
+      say(str_cat("note: the checkpoint's run trained without a discriminator (vq_train.disc_weight 0): the "
+                  "PatchGAN and its optimizer start fresh at step ", state.step));
   }, resume_dir, state.step);
   if (resume_dir.empty()) refuse_existing_run(dist, config.train.out_dir);
 

@@ -460,6 +460,51 @@ TEST_F(TrainVqTest, ResumeWithTheDiscriminatorContinuesBitwiseIdentically) {
   EXPECT_NE(msg.find("vq section differs from this run's config: vq.codebook_embed_dim "), std::string::npos) << msg;
 }
 
+TEST_F(TrainVqTest, TheDiscriminatorMustFitTheImageAndItsCheckpointFilesMustBeThere) {
+  // A PatchGAN too deep for the image failed at its first step (vq_train.disc_start, 20000 in
+  // vq_16.yaml) with LibTorch's convolution message: refused by key before the run.
+  const auto deep = test::error_of([&] {
+    config(run("x"), {"vq_train.disc_weight=0.5", "vq_train.disc_layers=4"});
+  });
+  EXPECT_NE(deep.find("vq_train.disc_layers"), std::string::npos) << deep;
+  EXPECT_NE(deep.find("at most 3 for data.image_size 32"), std::string::npos) << deep;
+  EXPECT_NO_THROW(config(run("x"), {"vq_train.disc_weight=0.5", "vq_train.disc_layers=3"}));
+  EXPECT_NO_THROW(config(run("x"), {"vq_train.disc_weight=0", "vq_train.disc_layers=4"}));  // no discriminator
+
+  // A checkpoint of GAN training without its discriminator is refused on resume (it resumed
+  // with a fresh PatchGAN and Adam, silently); a run that adds the GAN on resume is told so.
+  const std::vector<std::string> gan = {"train.max_steps=3", "vq_train.disc_weight=0.5", "vq_train.disc_start=1",
+                                        "vq_train.disc_channels=8", "vq_train.disc_layers=2"};
+  TrainOptions o;
+  o.quiet = true;
+  o.stop_after = 2;
+  EXPECT_TRUE(run_vq_training(config(run("gan"), gan), o).paused);
+  const auto latest = RunDir(run("gan")).latest();
+  ASSERT_TRUE(latest.has_value());
+  fs::remove(*latest + "/disc_optimizer.safetensors");
+  o.stop_after = 0;
+  o.resume = "auto";
+  const auto missing = test::error_of([&] { run_vq_training(config(run("gan"), gan), o); });
+  EXPECT_NE(missing.find("disc_optimizer.safetensors"), std::string::npos) << missing;
+  EXPECT_NE(missing.find("the checkpoint's run kept it (vq_train.disc_weight > 0)"), std::string::npos) << missing;
+
+  auto plain = gan;
+  plain[1] = "vq_train.disc_weight=0";
+  o.resume = "";
+  o.stop_after = 1;
+  run_vq_training(config(run("added"), plain), o);
+  o.stop_after = 0;
+  o.resume = "auto";
+  o.quiet = false;
+  testing::internal::CaptureStderr();
+  const auto added = run_vq_training(config(run("added"), gan), o);
+  const std::string said = testing::internal::GetCapturedStderr();
+  EXPECT_EQ(added.steps, 3);
+  EXPECT_NE(said.find("note: the checkpoint's run trained without a discriminator (vq_train.disc_weight 0): the "
+                      "PatchGAN and its optimizer start fresh at step 1"),
+            std::string::npos) << said;
+}
+
 TEST_F(TrainVqTest, TwoRanksUnderMpirunMatchOneRank) {
   // The same global batch (8): one rank x micro 4 x 2 accumulation vs two ranks x micro 2 x 2,
   // on the CPU (Gloo). Flips depend on (seed, epoch, image) only and the losses are per-image
