@@ -75,7 +75,15 @@ struct DataSource {
   // Keep-alive for what the loaders reference.
   std::shared_ptr<const CodeDataset> codes;
   std::shared_ptr<ImageList> images;
+  std::string tokenizer;  // identity of the tokenizer on the image path (file, size, digest)
 };
+
+/// A sampler's share check, naming the data key and file (the sampler's own message names
+/// neither).
+void check_enough_for_ranks(int64_t samples, int64_t world, const std::string& key, const std::string& path) {
+  AIM_CHECK(samples >= world, key, " ", path, ": ", samples, " labelled image", samples == 1 ? "" : "s",
+            " cannot be shared by ", world, " ranks\n---> HINT: more data, or fewer ranks");
+}
 
 LoadedVq load_tokenizer(const std::string& path) {
   return load_vq_model(path, "", "vq.weights");
@@ -108,6 +116,7 @@ DataSource code_source(const std::string& path, const ModelConfig& model, int64_
   DataSource src;
   src.codes = ds;
   src.num_samples = static_cast<int64_t>(ds->valid_indices().size());
+  check_enough_for_ranks(src.num_samples, world, "data.codes", path);
   DistributedSampler sampler(src.num_samples, rank, world, shuffle, seed);
   src.batches_per_epoch = sampler.per_rank() / micro;
   src.description = str_cat(path, ": ", src.num_samples, " images x ", info.num_aug, " augmentations (",
@@ -128,7 +137,8 @@ DataSource image_source(const Config& c, int64_t rank, int64_t world, torch::Dev
   if (static_cast<int64_t>(list->classes.size()) > c.model.num_classes)
     throw Error(str_cat("data.images ", c.data.images, ": ", list->classes.size(),
                         " class folders, but model.num_classes is ", c.model.num_classes));
-  auto vq = load_tokenizer(c.vq.weights).model;
+  auto loaded = load_tokenizer(c.vq.weights);
+  auto vq = loaded.model;
   vq->to(device);
   const int64_t side = c.data.image_size / vq->config.downsample();
   if (side * side != c.model.num_tokens)
@@ -137,7 +147,9 @@ DataSource image_source(const Config& c, int64_t rank, int64_t world, torch::Dev
                         c.model.num_tokens));
   DataSource src;
   src.images = list;
+  src.tokenizer = loaded.identity;
   src.num_samples = static_cast<int64_t>(list->entries.size());
+  check_enough_for_ranks(src.num_samples, world, "data.images", c.data.images);
   DistributedSampler sampler(src.num_samples, rank, world, c.data.shuffle,
                              static_cast<uint64_t>(c.train.seed));
   src.batches_per_epoch = sampler.per_rank() / c.train.micro_batch;
@@ -264,8 +276,26 @@ TrainResult run_training(const Config& config_in, const TrainOptions& options) {
   if (steps_per_epoch < 1)
     throw Error(str_cat("the training data has ", data.num_samples, " images, fewer than one global "
                         "batch (train.global_batch ", config.train.global_batch, ")"));
-  const int64_t total_steps =
+  continue_data_position(state, data.num_samples, micro, world, say);
+  if (state.step > 0 && state.global_batch != config.train.global_batch)
+    say(str_cat("warning: train.global_batch changed from ", state.global_batch, " to ",
+                config.train.global_batch, " since the checkpoint"));
+  int64_t total_steps =
       config.train.max_steps > 0 ? config.train.max_steps : config.train.epochs * steps_per_epoch;
+  if (config.train.max_steps <= 0 && state.step > 0) {
+    // train.epochs ends where the data does: from the checkpoint's epoch and micro-batch, not
+    // from its step count, which was taken at another batch size or data size if they changed.
+    const int64_t left_in_epoch =
+        state.epoch < config.train.epochs ? std::max<int64_t>(0, (data.batches_per_epoch - state.batch) / accum) : 0;
+    const int64_t later_epochs = std::max<int64_t>(0, config.train.epochs - 1 - state.epoch) * steps_per_epoch;
+    const int64_t by_data = state.step + left_in_epoch + later_epochs;
+    if (by_data != total_steps) {
+      say(str_cat("note: train.epochs ", config.train.epochs, ": the checkpoint is in epoch ", state.epoch + 1,
+                  " at step ", state.step, "; at ", steps_per_epoch, " steps/epoch now the run ends at step ", by_data,
+                  " (not ", total_steps, ": the batch or the data changed since), and the schedule spans that"));
+      total_steps = by_data;
+    }
+  }
 
   // ---- model, optimizer, EMA
   torch::manual_seed(static_cast<uint64_t>(config.train.seed));
@@ -326,6 +356,37 @@ TrainResult run_training(const Config& config_in, const TrainOptions& options) {
               ", but data.codes ", config.data.codes, " holds codes of ", t.image_size, " px images by ",
               t.tokenizer, "\n---> HINT: extract both with the same --vq and --image-size");
   }
+  if (val && data.images) {
+    const auto& v = val->info();
+    AIM_CHECK(v.tokenizer == data.tokenizer && v.image_size == config.data.image_size, "data.val_codes ",
+              config.data.val_codes, ": codes of ", v.image_size, " px images by tokenizer ", v.tokenizer,
+              ", but training encodes ", config.data.image_size, " px images of data.images with vq.weights ",
+              data.tokenizer, "\n---> HINT: extract the held-out codes with --vq ", config.vq.weights,
+              " --image-size ", config.data.image_size);
+  }
+  if (val) {
+    // Labels index class names: held-out codes listing other classes, or the same in another
+    // order, would score every image under another class.
+    const auto& train_classes = data.codes ? data.codes->info().classes : data.images->classes;
+    const auto& val_classes = val->info().classes;
+    // (extract-codes --list without --classes names them by number: nothing to compare.)
+    auto numbered = [](const std::vector<std::string>& names) {
+      for (size_t i = 0; i < names.size(); ++i)
+        if (names[i] != std::to_string(i)) return false;
+      return true;
+    };
+    if (!train_classes.empty() && !val_classes.empty() && !numbered(train_classes) && !numbered(val_classes)) {
+      const size_t n = std::min(train_classes.size(), val_classes.size());
+      size_t at = 0;
+      while (at < n && train_classes[at] == val_classes[at]) ++at;
+      const bool prefix = at == n;  // one list may name classes the other has no image of
+      AIM_CHECK(prefix, "data.val_codes ", config.data.val_codes, ": label ", at, " is class '", val_classes[at],
+                "', but in the training data (", data.codes ? "data.codes " + config.data.codes
+                                                            : "data.images " + config.data.images,
+                ") it is '", train_classes[at], "'\n---> HINT: extract the held-out images with the training "
+                "data's classes (extract-codes --list ... --classes <the training classes>)");
+    }
+  }
   if (val && config.train.eval_every <= 0) {
     say(str_cat("warning: data.val_codes is set but train.eval_every is 0: no held-out loss is computed\n"
                 "---> HINT: --set train.eval_every=N"));
@@ -375,11 +436,6 @@ TrainResult run_training(const Config& config_in, const TrainOptions& options) {
   const double peak_tflops = device_peak_tflops(device, config.train.peak_tflops, &device_name);
   const double flops_per_image = training_flops_per_image(config.model);
   const int64_t tokens_per_image = config.model.num_tokens;
-
-  continue_data_position(state, data.num_samples, micro, world, say);
-  if (state.step > 0 && state.global_batch != config.train.global_batch)
-    say(str_cat("warning: train.global_batch changed from ", state.global_batch, " to ",
-                config.train.global_batch, " since the checkpoint"));
 
   {
     std::ostringstream s;
@@ -481,22 +537,49 @@ TrainResult run_training(const Config& config_in, const TrainOptions& options) {
   };
 
   // The mean token loss over every labelled held-out image (view 0, as aim eval-loss takes by
-  // default), ranks taking every world-th image; train.eval_batches > 0 takes only the first
-  // eval_batches x train.global_batch of them, the same images whatever the number of ranks.
-  auto held_out_loss = [&]() -> double {
+  // default), ranks taking every world-th image; train.eval_batches > 0 takes only
+  // eval_batches x train.global_batch of them, spread over the set, the same images whatever the
+  // number of ranks.
+  // Abandoned (nullopt) when a stop is asked for: a scheduler's grace period (Slurm's KillWait is
+  // 30 s) belongs to the checkpoint, and 50,000 validation images take longer than that.
+  auto held_out_loss = [&]() -> std::optional<double> {
     model->eval();
     const auto& valid = val->valid_indices();
     size_t count = valid.size();
     if (config.train.eval_batches > 0)
       count = std::min<size_t>(count, static_cast<size_t>(config.train.eval_batches * config.train.global_batch));
+    // A subset spread over the set as aim eval-loss --max-images takes it (an ImageFolder's codes
+    // are in class order: the first images would be the first classes only).
+    auto pick = [&](size_t i) {
+      return valid[count == valid.size() ? i : static_cast<size_t>(static_cast<int64_t>(i) *
+                                                                   static_cast<int64_t>(valid.size()) /
+                                                                   static_cast<int64_t>(count))];
+    };
     std::vector<int64_t> mine;
-    for (size_t k = static_cast<size_t>(rank); k < count; k += static_cast<size_t>(world)) mine.push_back(valid[k]);
+    for (size_t k = static_cast<size_t>(rank); k < count; k += static_cast<size_t>(world)) mine.push_back(pick(k));
+    // Every rank walks as many batches as the rank with the most images (an empty one computes
+    // nothing), so the stop check is a collective each rank reaches equally often.
+    const size_t most = (count + static_cast<size_t>(world) - 1) / static_cast<size_t>(world);
+    const size_t batches = (most + static_cast<size_t>(micro) - 1) / static_cast<size_t>(micro);
     double sum = 0.0;
+    bool stopped = false;
+    size_t reported = 0;  // images the progress line has counted
+    // A line every 10 s where it takes that long (ImageNet's 50,000 validation images).
+    Progress progress(str_cat("held-out loss, step ", state.step), static_cast<int64_t>(count), "img", verbose, 10.0);
     {
       torch::NoGradGuard ng;
       torch::Tensor codes, labels;
-      for (size_t first = 0; first < mine.size(); first += static_cast<size_t>(micro)) {
+      for (size_t b = 0; b < batches; ++b) {
+        if (dist.any_true(stop_signal() != 0)) {
+          stopped = true;
+          break;
+        }
+        const size_t done = std::min(count, b * static_cast<size_t>(micro * world));  // over all ranks
+        progress.update(static_cast<int64_t>(done - reported));
+        reported = done;
+        const size_t first = std::min(mine.size(), b * static_cast<size_t>(micro));
         const size_t last = std::min(mine.size(), first + static_cast<size_t>(micro));
+        if (first == last) continue;
         const std::vector<int64_t> idx(mine.begin() + static_cast<std::ptrdiff_t>(first),
                                        mine.begin() + static_cast<std::ptrdiff_t>(last));
         val->gather(idx, std::vector<int64_t>(idx.size(), 0), codes, labels);
@@ -505,6 +588,7 @@ TrainResult run_training(const Config& config_in, const TrainOptions& options) {
       }
     }
     model->train();
+    if (stopped) return std::nullopt;
     const double images = dist.all_reduce(static_cast<double>(mine.size()));
     return dist.all_reduce(sum) / images;
   };
@@ -632,7 +716,9 @@ TrainResult run_training(const Config& config_in, const TrainOptions& options) {
       const double img_s = dt > 0 ? static_cast<double>(window_steps * config.train.global_batch) / dt : 0.0;
       const double tok_s = img_s * static_cast<double>(tokens_per_image);
       const double mfu = peak_tflops > 0 ? img_s * flops_per_image / (peak_tflops * 1e12 * world) : 0.0;
-      const double epoch_f = static_cast<double>(state.step) / static_cast<double>(steps_per_epoch);
+      // Where the data is (the same as step / steps-per-epoch unless the batch changed on resume).
+      const double epoch_f = static_cast<double>(state.epoch) +
+                             static_cast<double>(state.batch) / static_cast<double>(steps_per_epoch * accum);
       // Over the steps since the last log line, a resume's before the stop included.
       const double mean_loss = state.log_count > 0
                                    ? state.log_sums[0] / static_cast<double>(state.log_count)
@@ -674,9 +760,14 @@ TrainResult run_training(const Config& config_in, const TrainOptions& options) {
     }
     const auto others_start = std::chrono::steady_clock::now();
     if (val && (state.step % config.train.eval_every == 0 || last)) {
-      const double vl = held_out_loss();
-      say(str_cat("held-out loss at step ", state.step, ": ", fmt(vl, 5)));
-      metrics->write({{"kind", "eval"}, {"step", state.step}, {"val_loss", vl}});
+      if (const auto vl = held_out_loss()) {
+        say(str_cat("held-out loss at step ", state.step, ": ", fmt(*vl, 5)));
+        metrics->write({{"kind", "eval"}, {"step", state.step}, {"val_loss", *vl}});
+      } else {
+        say(str_cat("held-out loss at step ", state.step, ": abandoned (stop requested)\n---> HINT: aim eval-loss ",
+                    "--ckpt ", config.train.out_dir, " --codes ", config.data.val_codes,
+                    " gives the checkpoint's held-out loss (over every image, in fp32 unless --dtype bf16)"));
+      }
     }
     if (fid_monitor && (state.step % config.train.fid_every == 0 || last)) fid_eval();
     // (Not once a stop is asked for: the grace period is the checkpoint's. Rank 0 alone draws it.)

@@ -153,6 +153,41 @@ TEST_F(TrainerTest, ResumeContinuesBitwiseIdentically) {
   EXPECT_EQ(a.size(), 3u);  // steps 3, 6, 7
 }
 
+TEST_F(TrainerTest, TrainEpochsEndWhereTheDataDoesAfterTheBatchChanges) {
+  // 40 sequences: 5 steps/epoch at global batch 8. One epoch, then a resume at global batch 16
+  // (2 steps/epoch, micro-batches 9-10 of each epoch skipped): the run has one epoch left, 2
+  // steps. It counted its end from steps (2 epochs x 2 = step 4) and stopped at once, the
+  // second epoch never trained.
+  TrainOptions o;
+  o.quiet = true;
+  o.stop_after = 5;
+  const std::vector<std::string> epochs = {"train.max_steps=0", "train.epochs=2"};
+  const auto first = run_training(config(run("ep"), epochs), o);
+  EXPECT_TRUE(first.paused);
+  EXPECT_EQ(first.steps, 5);
+  o.stop_after = 0;
+  o.resume = "auto";
+  o.quiet = false;
+  auto bigger = epochs;
+  bigger.push_back("train.global_batch=16");
+  testing::internal::CaptureStderr();
+  const auto second = run_training(config(run("ep"), bigger), o);
+  const std::string said = testing::internal::GetCapturedStderr();
+  EXPECT_EQ(second.steps, 7) << said;
+  EXPECT_EQ(second.total_steps, 7) << said;
+  EXPECT_NE(said.find("note: train.epochs 2: the checkpoint is in epoch 1 at step 5; at 2 steps/epoch now the run "
+                      "ends at step 7 (not 4: the batch or the data changed since)"),
+            std::string::npos) << said;
+  // The logged epoch is where the data is: 2.0 at the end (it was step / steps-per-epoch: 3.5).
+  std::ifstream f(fs::path(run("ep")) / "metrics.jsonl");
+  double last_epoch = -1;
+  for (std::string line; std::getline(f, line);) {
+    const auto j = nlohmann::json::parse(line);
+    if (j.value("kind", "") == "train") last_epoch = j.at("epoch").get<double>();
+  }
+  EXPECT_DOUBLE_EQ(last_epoch, 2.0);
+}
+
 TEST_F(TrainerTest, AResumeNamesTheSettingsChangedSinceTheCheckpoint) {
   const std::string base = aim("train " + tiny() + " " + cli_sets(run("r")) + " --set train.max_steps=6");
   auto first = test::run_shell(base + " --stop-after-steps 2");
@@ -183,6 +218,55 @@ TEST_F(TrainerTest, HeldOutCodesOfAnotherTokenizerAreRefused) {
             std::string::npos)
       << msg;
   EXPECT_NE(msg.find("but data.codes " + codes() + " holds codes of"), std::string::npos) << msg;
+
+  // Held-out codes whose labels name the classes in another order: every image would be scored
+  // under another class. Refused; numbered names (extract-codes --list without --classes) and a
+  // list that stops where the other goes on are not.
+  auto with_classes = [&](const std::string& name, std::vector<std::string> classes) {
+    auto v = train.info();
+    v.classes = std::move(classes);
+    const std::string path = (dir_ / name).string();
+    CodeDatasetWriter::create(path, v)->write(0, torch::zeros({v.num_samples, 1, v.tokens}, torch::kLong),
+                                               torch::zeros({v.num_samples}, torch::kLong));
+    code_dataset_mark_finished(path);
+    return path;
+  };
+  auto swapped = train.info().classes;
+  std::swap(swapped[2], swapped[3]);
+  const std::string other_order = with_classes("order.codes", swapped);
+  const auto order = test::error_of(
+      [&] { run_training(config(run("order"), {"data.val_codes=" + other_order, "train.eval_every=1"}), o); });
+  EXPECT_NE(order.find("data.val_codes " + other_order + ": label 2 is class 'chain3', but in the training data "
+                       "(data.codes " + codes() + ") it is 'chain2'"),
+            std::string::npos) << order;
+  std::vector<std::string> numbered;
+  for (int i = 0; i < 10; ++i) numbered.push_back(std::to_string(i));
+  auto fewer = train.info().classes;
+  fewer.pop_back();
+  for (const auto& ok : {with_classes("numbered.codes", numbered), with_classes("fewer.codes", fewer)}) {
+    EXPECT_NO_THROW(run_training(config(run("ok" + std::to_string(ok.size())),
+                                        {"data.val_codes=" + ok, "train.eval_every=3", "train.max_steps=3"}),
+                                 o))
+        << ok;
+  }
+}
+
+TEST_F(TrainerTest, TooFewImagesForTheRanksAreNamedByKey) {
+  SyntheticCodesOptions one;
+  one.classes = 1;
+  one.per_class = 1;
+  one.tokens = 64;
+  one.vocab_size = 512;
+  const std::string path = run("one.codes");
+  write_synthetic_codes(path, one);
+  const auto r = test::run_shell(
+      "OMP_NUM_THREADS=1 OMPI_MCA_btl_vader_single_copy_mechanism=none OMPI_MCA_rmaps_base_oversubscribe=1 "
+      "mpirun --allow-run-as-root --oversubscribe -np 2 " +
+      aim("train " + tiny() + " --device cpu --set data.codes=" + path + " --set train.global_batch=2 "
+          "--set train.micro_batch=1 --out " + run("few")));
+  EXPECT_NE(r.code, 0) << r.output;
+  EXPECT_NE(r.output.find("data.codes " + path + ": 1 labelled image cannot be shared by 2 ranks"), std::string::npos)
+      << r.output;
 }
 
 TEST_F(TrainerTest, EmaWeightsLoadOnlyWhereTheRunKeptThem) {
@@ -309,6 +393,21 @@ TEST_F(TrainerTest, TrainsFromImagesEncodedOnTheFly) {
                  o);
   });
   EXPECT_NE(tencrop.find("data.aug: 'tencrop' is a set of views extracted once"), std::string::npos) << tencrop;
+  // Held-out codes are checked against the tokenizer that encodes the images (they were not:
+  // only against data.codes), and their class list against the folders'.
+  auto info = CodeDataset(codes()).info();  // synthetic: tokenizer "synthetic", classes chain0..9
+  const std::string val = (dir_ / "val_img.codes").string();
+  CodeDatasetWriter::create(val, info)->write(0, torch::zeros({info.num_samples, 1, info.tokens}, torch::kLong),
+                                              torch::zeros({info.num_samples}, torch::kLong));
+  code_dataset_mark_finished(val);
+  const auto other = test::error_of([&] {
+    run_training(config(run("img5"), {"data.codes=", "data.images=" + (dir_ / "images").string(), vq,
+                                      "data.val_codes=" + val, "train.eval_every=1"}),
+                 o);
+  });
+  EXPECT_NE(other.find("data.val_codes " + val + ": codes of "), std::string::npos) << other;
+  EXPECT_NE(other.find("but training encodes 128 px images of data.images with vq.weights model.safetensors ("),
+            std::string::npos) << other;
 }
 
 // train.fid_every: the FID a run logs is the one aim eval gives for the images aim sample
@@ -404,6 +503,50 @@ TEST_F(TrainerTest, FidWhileTrainingIsAimEvalsFidOfTheSameSamples) {
   const auto no_vq = test::error_of(
       [&] { config(run("x"), {"train.fid_every=5", "train.fid_inception=" + weights, "train.fid_ref=" + ref}); });
   EXPECT_NE(no_vq.find("key 'vq.weights'"), std::string::npos) << no_vq;
+}
+
+TEST_F(TrainerTest, AStopDuringTheHeldOutLossSavesAtOnce) {
+  // ImageNet's 50,000 validation images take longer than a scheduler's grace period (Slurm's
+  // KillWait: 30 s): the ranks give the held-out loss up after their current batch, together (a
+  // collective per batch), and save the step's checkpoint.
+  SyntheticCodesOptions vo;
+  vo.classes = 10;
+  // 100,000 images: about 25 s on two ranks, were it not abandoned. The signal goes when step 2's
+  // line shows, which the trainer prints just before the held-out loss.
+  vo.per_class = 10000;
+  vo.tokens = 64;
+  vo.vocab_size = 512;
+  vo.first_index = 1000000;
+  const std::string val = run("val.codes");
+  write_synthetic_codes(val, vo);
+  const std::string threads = "OMP_NUM_THREADS=1 ";
+  const std::string mpirun = "OMPI_MCA_btl_vader_single_copy_mechanism=none OMPI_MCA_rmaps_base_oversubscribe=1 "
+                             "mpirun --allow-run-as-root --oversubscribe -np 2 ";
+  const std::string out = run("stopped"), log_path = run("stopped.log");
+  const auto stopped = test::run_shell(
+      threads + mpirun + aim("train " + tiny() + " " + cli_sets(out) + " --device cpu --set data.val_codes=" + val +
+                             " --set train.eval_every=2 --set train.max_steps=4") +
+      " > " + log_path + " 2>&1 & pid=$!; for i in $(seq 1 1200); do grep -q '] 2/4 step' " + log_path +
+      " && break; kill -0 $pid || break; sleep 0.1; done; kill -USR1 $pid; wait $pid; echo rc=$?");
+  const std::string log = read_text(log_path);
+  EXPECT_NE(stopped.output.find("rc=0"), std::string::npos) << stopped.output << log;
+  EXPECT_NE(log.find("] 2/4 step"), std::string::npos) << log;
+  EXPECT_NE(log.find("held-out loss at step 2: abandoned (stop requested)\n---> HINT: aim eval-loss --ckpt " + out +
+                     " --codes " + val),
+            std::string::npos) << log;
+  EXPECT_NE(log.find("stopped at step 2 of 4"), std::string::npos) << log;
+  const auto latest = RunDir(out).latest();
+  ASSERT_TRUE(latest.has_value()) << log;
+  EXPECT_EQ(TrainerState::from_json(read_text(*latest + "/trainer_state.json"), *latest).step, 2);
+  std::ifstream f(fs::path(out) / "metrics.jsonl");
+  int evals = 0, trains = 0;
+  for (std::string line; std::getline(f, line);) {
+    const auto j = nlohmann::json::parse(line);
+    evals += j.value("kind", "") == "eval";
+    trains += j.value("kind", "") == "train";
+  }
+  EXPECT_EQ(evals, 0);
+  EXPECT_EQ(trains, 2);
 }
 
 TEST_F(TrainerTest, AStopDuringAnFidSavesAtOnceAndTheResumeComputesIt) {
@@ -857,6 +1000,14 @@ TEST_F(TrainerTest, HeldOutLossCoversEveryImageEvenFewerThanABatch) {
   const double all12 = val_loss("all", {});
   EXPECT_NEAR(micro2, micro4, 1e-4 * micro4);
   EXPECT_GT(std::abs(all12 - micro4), 3e-4 * micro4) << "the cap took every image";
+  // The 8 are spread over the 12 as aim eval-loss --max-images 8 takes them (an ImageFolder's
+  // codes are in class order: the first 8 would be the first classes), not the first 8.
+  auto cap_model = load_aim_model(find_checkpoint(run("cap4")));
+  cap_model->eval();
+  CodeDataset d12(val12);
+  CodeLossOptions spread;
+  spread.max_images = 8;
+  EXPECT_NEAR(micro4, evaluate_code_loss(cap_model, d12, spread).nll, 1e-5 * micro4);
 }
 
 TEST_F(TrainerTest, ARunDirectoryIsContinuedOrLeftAlone) {
