@@ -8,6 +8,7 @@
 #include <sstream>
 
 #include "aim/cli/commands.h"
+#include "aim/core/env.h"
 #include "aim/core/error.h"
 #include "aim/core/fileio.h"
 #include "aim/eval/evaluator.h"
@@ -84,6 +85,7 @@ Runner add_eval_command(CLI::App& app) {
   cmd->add_flag("--quiet", a->quiet, "no progress lines");
   return [cmd, a]() -> int {
     if (!cmd->parsed()) return -1;
+    refuse_launcher("eval");
     refuse_output_over_input("--json", a->json, {{"--samples", a->samples}, {"--ref", a->ref}, {"--inception", a->inception}});
     check_report_path("--json", a->json);
     eval::EvalOptions o;

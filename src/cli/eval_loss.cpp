@@ -12,9 +12,11 @@
 #include "aim/cli/commands.h"
 #include "aim/core/checkpoint.h"
 #include "aim/core/config.h"
+#include "aim/core/env.h"
 #include "aim/core/error.h"
 #include "aim/core/fileio.h"
 #include "aim/core/progress.h"
+#include "aim/data/code_dataset.h"
 #include "aim/data/image.h"
 #include "aim/eval/code_loss.h"
 #include "aim/model/loader.h"
@@ -80,6 +82,7 @@ Runner add_eval_loss_command(CLI::App& app) {
   cmd->add_flag("--quiet", a->quiet, "no progress lines");
   return [cmd, a]() -> int {
     if (!cmd->parsed()) return -1;
+    refuse_launcher("eval-loss");
     {
       std::vector<std::pair<std::string, std::string>> inputs = {{"--codes", a->codes}, {"--ckpt", a->ckpt}, {"--config", a->config}};
       try {
@@ -89,6 +92,11 @@ Runner add_eval_loss_command(CLI::App& app) {
       }
       refuse_output_over_input("--json", a->json, inputs);
       refuse_output_over_input("--heatmap", a->heatmap, inputs);
+      if (!a->json.empty() && !a->heatmap.empty() && !is_stream_output(a->json)) {
+        std::error_code ec;
+        AIM_CHECK(std::filesystem::weakly_canonical(a->json, ec) != std::filesystem::weakly_canonical(a->heatmap, ec),
+                  "--heatmap ", a->heatmap, ": the same file as --json ", a->json, ": one would replace the other");
+      }
       check_report_path("--json", a->json);
       check_output_path("--heatmap", a->heatmap);
     }
@@ -134,11 +142,21 @@ Runner add_eval_loss_command(CLI::App& app) {
       const std::string trained_on = load_config(ref.config_path).data.codes;
       std::error_code ec;
       std::string theirs;
+      std::vector<std::string> their_classes;
       if (!trained_on.empty() && std::filesystem::is_regular_file(trained_on, ec)) {
         try {
-          theirs = CodeDataset(trained_on).info().tokenizer;
+          const CodeDataset trained(trained_on);
+          theirs = trained.info().tokenizer;
+          their_classes = trained.info().classes;
         } catch (const Error&) {  // a file this command does not need: no warning, no failure
         }
+        // Labels index class names: codes listing the classes in another order would score every
+        // image under another class (training refuses such data.val_codes too).
+        const std::string difference =
+            class_order_difference(info.classes, their_classes, str_cat("the run's training data (data.codes ", trained_on, ")"));
+        AIM_CHECK(difference.empty(), "--codes ", a->codes, ": ", difference,
+                  "\n---> HINT: extract the held-out images with the training data's classes (extract-codes --list ... "
+                  "--classes <the training classes>)");
         if (!theirs.empty() && theirs != info.tokenizer)
           std::cerr << "warning: " << a->codes << " holds codes of tokenizer " << info.tokenizer << ", but the run "
                     << "trained on codes of " << theirs << " (data.codes " << trained_on << "): the loss compares "
@@ -203,8 +221,11 @@ Runner add_eval_loss_command(CLI::App& app) {
                 << "% of positions\n";
     }
     if (!a->heatmap.empty()) {
-      write_png(a->heatmap, loss_heatmap(r.nll_by_position, str_cat("loss by token position, ", r.sequences,
-                                                                     " sequences (mean ", fixed(r.nll, 3), ")")));
+      // (Training's positions, token j at j; with an offset the decoder's are in the JSON.)
+      write_png(a->heatmap,
+                loss_heatmap(r.nll_by_position,
+                             str_cat("loss by token position", mc.decode_position_offset ? " (training's: j at j)" : "",
+                                     ", ", r.sequences, " sequences (mean ", fixed(r.nll, 3), ")")));
       out << "heatmap: " << a->heatmap << "\n";
     }
     if (!a->json.empty()) {

@@ -4,6 +4,7 @@
 #include <iostream>
 
 #include "aim/cli/commands.h"
+#include "aim/core/env.h"
 #include "aim/core/error.h"
 #include "aim/data/code_dataset.h"
 #include "aim/data/shapes.h"
@@ -43,6 +44,7 @@ Runner add_make_dataset_command(CLI::App& app) {
 
   return [cmd, codes, o, out, shapes, so, shapes_out]() -> int {
     if (!cmd->parsed()) return -1;
+    refuse_launcher("make-dataset");
     if (shapes->parsed()) {
       so->validate();
       write_shapes_dataset(*shapes_out, *so);

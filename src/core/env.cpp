@@ -95,6 +95,13 @@ LaunchEnv detect_launch_env() {
   return env;
 }
 
+void refuse_launcher(const std::string& command) {
+  const LaunchEnv env = detect_launch_env();
+  AIM_CHECK(env.world_size <= 1, command, " runs as one process, but this is rank ", env.rank, " of ", env.world_size,
+            " (", env.launcher, "): every rank would do the whole work and write the same outputs\n---> HINT: run it ",
+            "without mpirun / srun / torchrun");
+}
+
 void tune_host_allocator() {
 #if defined(__GLIBC__)
   const char* tunables = std::getenv("GLIBC_TUNABLES");

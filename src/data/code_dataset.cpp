@@ -61,7 +61,9 @@ CodeDatasetInfo from_json(const nlohmann::json& j, const std::string& path) {
   return i;
 }
 
-/// Fills offsets and returns the serialised header (magic + length + padded JSON).
+/// Fills offsets and returns the serialised header (magic + length + padded JSON) of a file being
+/// written: its JSON says "finished": false until code_dataset_mark_finished() rewrites it in place
+/// (as "true", one character shorter, so it fits the padded length).
 std::string layout(CodeDatasetInfo& info) {
   AIM_CHECK(info.num_samples >= 0 && info.num_aug >= 1 && info.tokens >= 1,
             "code dataset: invalid sizes N ", info.num_samples, ", A ", info.num_aug, ", T ", info.tokens);
@@ -69,13 +71,18 @@ std::string layout(CodeDatasetInfo& info) {
             info.vocab_size, " does not fit uint16 codes");
   // Offsets depend on the header length and the length on the offsets' digits: iterate.
   std::string json;
+  auto unfinished_json = [&] {
+    auto j = to_json(info);
+    j["finished"] = false;
+    return j.dump();
+  };
   for (int iter = 0; iter < 4; ++iter) {
-    json = to_json(info).dump();
+    json = unfinished_json();
     const int64_t header_end = align_up(16 + static_cast<int64_t>(json.size()));
     info.codes_offset = header_end;
     info.labels_offset = align_up(info.codes_offset + info.num_samples * info.num_aug * info.tokens * 2);
   }
-  json = to_json(info).dump();
+  json = unfinished_json();
   const int64_t header_len = info.codes_offset - 16;
   AIM_CHECK(static_cast<int64_t>(json.size()) <= header_len, "code dataset: header layout did not converge");
   json.resize(header_len, ' ');
@@ -101,12 +108,20 @@ void pwrite_all(int fd, const void* data, size_t n, int64_t offset, const std::s
   }
 }
 
-/// `base` holds `available` bytes of a file of `size` bytes.
-CodeDatasetInfo read_header(const uint8_t* base, size_t available, size_t size, const std::string& path) {
-  AIM_CHECK(available >= 16 && std::memcmp(base, kMagic, 8) == 0, path,
-            ": not an aim code dataset (missing 'AIMCODE1' magic)");
+/// The header length a file's first 16 bytes state.
+uint64_t header_length(const uint8_t* base) {
   uint64_t n = 0;
   for (int b = 0; b < 8; ++b) n |= static_cast<uint64_t>(base[8 + b]) << (8 * b);
+  return n;
+}
+
+/// `base` holds `available` bytes of a file of `size` bytes. `finished` (when given) receives the
+/// header's "finished" (true in files written before it was recorded).
+CodeDatasetInfo read_header(const uint8_t* base, size_t available, size_t size, const std::string& path,
+                            bool* finished = nullptr) {
+  AIM_CHECK(available >= 16 && std::memcmp(base, kMagic, 8) == 0, path,
+            ": not an aim code dataset (missing 'AIMCODE1' magic)");
+  const uint64_t n = header_length(base);
   AIM_CHECK(n <= kMaxHeader && 16 + n <= available && 16 + n <= size, path, ": header length ", n,
             " exceeds the file (", size, " bytes)");
   nlohmann::json j;
@@ -117,14 +132,24 @@ CodeDatasetInfo read_header(const uint8_t* base, size_t available, size_t size, 
     throw Error(str_cat(path, ": header is not valid JSON: ", e.what()));
   }
   auto info = from_json(j, path);
+  if (finished) *finished = !j.contains("finished") || j["finished"] != false;
   AIM_CHECK(info.num_samples >= 0 && info.num_aug >= 1 && info.tokens >= 1 &&
                 info.num_samples <= (int64_t{1} << 40) && info.num_aug <= 4096 && info.tokens <= 65536,
             path, ": implausible sizes N ", info.num_samples, ", A ", info.num_aug, ", T ", info.tokens);
-  const int64_t codes_bytes = info.num_samples * info.num_aug * info.tokens * 2;
-  AIM_CHECK(info.codes_offset >= static_cast<int64_t>(16 + n) && info.codes_offset % 2 == 0 &&
-                info.labels_offset >= info.codes_offset + codes_bytes && info.labels_offset % 2 == 0,
-            path, ": inconsistent offsets (codes ", info.codes_offset, ", labels ", info.labels_offset, ")");
-  AIM_CHECK(file_bytes(info) <= static_cast<int64_t>(size), path, ": truncated: expected at least ",
+  AIM_CHECK(info.vocab_size >= 1 && info.vocab_size <= 65536, path, ": vocab_size ", info.vocab_size,
+            " does not fit its uint16 codes (expected 1 to 65536)");
+  // Offsets from the file are checked against its size before any arithmetic with them, so that
+  // no sum or product can overflow (N x A x T x 2 alone may exceed int64 at the limits above).
+  const auto file_size = static_cast<int64_t>(size);
+  int64_t codes_bytes = 0;
+  const bool too_many = __builtin_mul_overflow(info.num_samples * info.num_aug, info.tokens * 2, &codes_bytes);
+  AIM_CHECK(info.codes_offset >= static_cast<int64_t>(16 + n) && info.codes_offset <= file_size &&
+                info.codes_offset % 2 == 0 && info.labels_offset >= 0 && info.labels_offset <= file_size &&
+                info.labels_offset % 2 == 0 && !too_many && codes_bytes <= file_size - info.codes_offset &&
+                info.labels_offset - info.codes_offset >= codes_bytes,
+            path, ": inconsistent offsets (codes ", info.codes_offset, ", labels ", info.labels_offset, ", ",
+            info.num_samples, " x ", info.num_aug, " x ", info.tokens, " codes, file of ", size, " bytes)");
+  AIM_CHECK(info.num_samples * 2 <= file_size - info.labels_offset, path, ": truncated: expected at least ",
             file_bytes(info), " bytes, found ", size);
   return info;
 }
@@ -153,11 +178,53 @@ std::string code_dataset_difference(const CodeDatasetInfo& f, const CodeDatasetI
   return "";
 }
 
+std::string class_order_difference(const std::vector<std::string>& ours, const std::vector<std::string>& theirs,
+                                   const std::string& theirs_what) {
+  auto numbered = [](const std::vector<std::string>& names) {
+    for (size_t i = 0; i < names.size(); ++i)
+      if (names[i] != std::to_string(i)) return false;
+    return true;
+  };
+  if (ours.empty() || theirs.empty() || numbered(ours) || numbered(theirs)) return "";
+  const size_t n = std::min(ours.size(), theirs.size());
+  size_t at = 0;
+  while (at < n && ours[at] == theirs[at]) ++at;
+  if (at == n) return "";
+  return str_cat("label ", at, " is class '", ours[at], "', but in ", theirs_what, " it is '", theirs[at], "'");
+}
+
 bool code_dataset_unfinished(const std::string& path) {
   return std::filesystem::exists(code_dataset_progress_path(path));
 }
 
 void code_dataset_mark_finished(const std::string& path) {
+  // The header first (its "finished" rewritten in place and synced), then the sidecar: a stop in
+  // between leaves a file the sidecar still calls unfinished, which a re-run finishes again.
+  const int fd = ::open(path.c_str(), O_RDWR | O_CLOEXEC);
+  if (fd < 0) throw Error(str_cat(path, ": cannot open to mark the code dataset finished: ", std::strerror(errno)));
+  try {
+    struct stat st {};
+    if (::fstat(fd, &st) != 0) throw Error(str_cat(path, ": fstat failed: ", std::strerror(errno)));
+    std::vector<uint8_t> head(std::min<size_t>(static_cast<size_t>(st.st_size), kMaxHeader + 16));
+    if (::pread(fd, head.data(), head.size(), 0) != static_cast<ssize_t>(head.size()))
+      throw Error(str_cat(path, ": cannot read the header to mark the code dataset finished"));
+    bool finished = true;
+    read_header(head.data(), head.size(), static_cast<size_t>(st.st_size), path, &finished);
+    if (!finished) {
+      const uint64_t n = header_length(head.data());
+      auto j = nlohmann::json::parse(head.begin() + 16, head.begin() + 16 + static_cast<std::ptrdiff_t>(n));
+      j["finished"] = true;
+      std::string json = j.dump();
+      AIM_CHECK(json.size() <= n, path, ": the finished header (", json.size(), " bytes) exceeds its room (", n, ")");
+      json.resize(n, ' ');
+      pwrite_all(fd, json.data(), json.size(), 16, path);
+      if (::fsync(fd) != 0) throw Error(str_cat(path, ": fsync failed: ", std::strerror(errno)));
+    }
+  } catch (...) {
+    ::close(fd);
+    throw;
+  }
+  ::close(fd);
   std::error_code ec;
   std::filesystem::remove(code_dataset_progress_path(path), ec);
 }
@@ -189,7 +256,12 @@ CodeDataset::CodeDataset(const std::string& path, bool allow_unfinished) : path_
   if (p == MAP_FAILED) throw Error(str_cat(path, ": mmap failed: ", std::strerror(errno)));
   base_ = static_cast<const uint8_t*>(p);
   try {
-    info_ = read_header(base_, size_, size_, path);
+    bool finished = true;
+    info_ = read_header(base_, size_, size_, path, &finished);
+    AIM_CHECK(finished || allow_unfinished, path, ": an unfinished extraction (its header says so), and its ",
+              code_dataset_progress_path(path), " is not beside it: a copy or link made before `aim extract-codes` ",
+              "finished? Samples not yet written would read as class 0 with all-zero codes\n---> HINT: finish the ",
+              "extraction where it started (re-run aim extract-codes with the same arguments), then copy the file again");
   } catch (...) {
     ::munmap(const_cast<uint8_t*>(base_), size_);
     throw;

@@ -101,12 +101,25 @@ std::string section_changes(const Config& saved, const Config& now, const std::s
 }
 
 int64_t accumulation_steps(const TrainConfig& train, int64_t world) {
-  const int64_t micro = train.micro_batch;
-  if (train.global_batch % (micro * world) != 0)
-    throw Error(str_cat("train.global_batch ", train.global_batch, " must be a multiple of "
-                        "train.micro_batch (", micro, ") x ranks (", world, ")\n---> HINT: --set "
-                        "train.micro_batch=", std::max<int64_t>(1, train.global_batch / world)));
-  return train.global_batch / (micro * world);
+  const int64_t micro = train.micro_batch, global = train.global_batch;
+  if (global % (micro * world) != 0) {
+    // A hint that itself works: the largest micro-batch up to this one that divides each rank's
+    // share, or, where the ranks cannot share the batch evenly, the nearest global batch that fits.
+    std::string hint;
+    if (global % world == 0) {
+      int64_t m = std::min(micro, global / world);
+      while (m > 1 && (global / world) % m != 0) --m;
+      hint = str_cat("--set train.micro_batch=", m, " (", global / world / m, " micro-batches per step on each rank)");
+    } else {
+      const int64_t unit = micro * world;
+      const int64_t nearest = std::max<int64_t>(1, (global + unit / 2) / unit) * unit;
+      hint = str_cat(world, " ranks cannot share ", global, " images evenly: --set train.global_batch=", nearest,
+                     " (the peak learning rate follows it unless optim.lr is set), or a number of ranks that divides ", global);
+    }
+    throw Error(str_cat("train.global_batch ", global, " must be a multiple of train.micro_batch (", micro,
+                        ") x ranks (", world, ")\n---> HINT: ", hint));
+  }
+  return global / (micro * world);
 }
 
 void check_optimizer_steps(int64_t optimizer_steps, const TrainerState& state, const std::string& path) {

@@ -106,6 +106,12 @@ std::shared_ptr<const CodeDataset> open_codes(const std::string& path, const std
     throw Error(str_cat(key, " ", path, ": ", info.classes.size(), " classes, but "
                         "model.num_classes is ", model.num_classes));
   if (ds->valid_indices().empty()) throw Error(str_cat(key, " ", path, ": no labelled image"));
+  // The reader checks labels against the classes a header lists; one listing none (written
+  // without class names) is checked here: label num_classes would train as the null class.
+  for (const int64_t i : ds->valid_indices())
+    if (ds->label(i) >= model.num_classes)
+      throw Error(str_cat(key, " ", path, ": image ", i, " has label ", ds->label(i), ", but the model has ",
+                          model.num_classes, " classes (model.num_classes)"));
   return ds;
 }
 
@@ -139,6 +145,10 @@ DataSource image_source(const Config& c, int64_t rank, int64_t world, torch::Dev
                         " class folders, but model.num_classes is ", c.model.num_classes));
   auto loaded = load_tokenizer(c.vq.weights);
   auto vq = loaded.model;
+  // (The config's vq section describes the tokenizer too, but the weights say what it is.)
+  if (vq->config.codebook_size != c.model.vocab_size)
+    throw Error(str_cat("vq.weights ", c.vq.weights, ": a codebook of ", vq->config.codebook_size,
+                        " codes, but model.vocab_size is ", c.model.vocab_size));
   vq->to(device);
   const int64_t side = c.data.image_size / vq->config.downsample();
   if (side * side != c.model.num_tokens)
@@ -368,24 +378,13 @@ TrainResult run_training(const Config& config_in, const TrainOptions& options) {
     // Labels index class names: held-out codes listing other classes, or the same in another
     // order, would score every image under another class.
     const auto& train_classes = data.codes ? data.codes->info().classes : data.images->classes;
-    const auto& val_classes = val->info().classes;
-    // (extract-codes --list without --classes names them by number: nothing to compare.)
-    auto numbered = [](const std::vector<std::string>& names) {
-      for (size_t i = 0; i < names.size(); ++i)
-        if (names[i] != std::to_string(i)) return false;
-      return true;
-    };
-    if (!train_classes.empty() && !val_classes.empty() && !numbered(train_classes) && !numbered(val_classes)) {
-      const size_t n = std::min(train_classes.size(), val_classes.size());
-      size_t at = 0;
-      while (at < n && train_classes[at] == val_classes[at]) ++at;
-      const bool prefix = at == n;  // one list may name classes the other has no image of
-      AIM_CHECK(prefix, "data.val_codes ", config.data.val_codes, ": label ", at, " is class '", val_classes[at],
-                "', but in the training data (", data.codes ? "data.codes " + config.data.codes
-                                                            : "data.images " + config.data.images,
-                ") it is '", train_classes[at], "'\n---> HINT: extract the held-out images with the training "
-                "data's classes (extract-codes --list ... --classes <the training classes>)");
-    }
+    const std::string difference = class_order_difference(
+        val->info().classes, train_classes,
+        str_cat("the training data (", data.codes ? "data.codes " + config.data.codes : "data.images " + config.data.images,
+                ")"));
+    AIM_CHECK(difference.empty(), "data.val_codes ", config.data.val_codes, ": ", difference,
+              "\n---> HINT: extract the held-out images with the training data's classes (extract-codes --list ... "
+              "--classes <the training classes>)");
   }
   if (val && config.train.eval_every <= 0) {
     say(str_cat("warning: data.val_codes is set but train.eval_every is 0: no held-out loss is computed\n"

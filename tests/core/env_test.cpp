@@ -71,6 +71,19 @@ TEST_F(LaunchEnvTest, MalformedValuesNameTheVariable) {
   EXPECT_NE(msg.find("0 <= rank < size"), std::string::npos) << msg;
 }
 
+TEST_F(LaunchEnvTest, OneProcessCommandsRefuseALauncher) {
+  for (const char* v : kAll) unsetenv(v);
+  EXPECT_NO_THROW(refuse_launcher("eval-loss"));
+  setenv("OMPI_COMM_WORLD_RANK", "1", 1);
+  setenv("OMPI_COMM_WORLD_SIZE", "2", 1);
+  const auto msg = test::error_of([] { refuse_launcher("eval-loss"); });
+  EXPECT_NE(msg.find("eval-loss runs as one process, but this is rank 1 of 2 (openmpi)"), std::string::npos) << msg;
+  EXPECT_NE(msg.find("HINT: run it without mpirun"), std::string::npos) << msg;
+  setenv("OMPI_COMM_WORLD_RANK", "0", 1);
+  setenv("OMPI_COMM_WORLD_SIZE", "1", 1);
+  EXPECT_NO_THROW(refuse_launcher("eval-loss"));  // a launcher of one process is one process
+}
+
 TEST(ScopedEnvTest, SetsUnsetsAndRestoresInReverseOrder) {
   const char* a = "AIM_SCOPED_ENV_TEST_A";
   const char* b = "AIM_SCOPED_ENV_TEST_B";

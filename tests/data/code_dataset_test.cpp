@@ -4,15 +4,20 @@
 #include <torch/torch.h>
 #include <unistd.h>
 
+#include <cstdint>
 #include <filesystem>
 #include <fstream>
+#include <functional>
 #include <set>
+#include <utility>
 
 #include "aim/core/error.h"
 #include "aim/data/code_dataset.h"
 #include "aim/data/code_loader.h"
 #include "aim/data/sampler.h"
 #include "test_util.h"
+
+#include <nlohmann/json.hpp>
 
 namespace aim {
 namespace {
@@ -87,8 +92,20 @@ TEST_F(CodeDatasetTest, ResumeContinuesTheSameFile) {
   EXPECT_NE(test::error_of([&] { CodeDatasetWriter::resume(path("r.codes"), other); })
                 .find("started with other settings: aug flip in the file, tencrop in this run"),
             std::string::npos);
+  // A copy taken now, without its progress sidecar (copied alone to a node's disk, or linked),
+  // once read its six unwritten images as class 0 with zero codes: its header refuses it.
+  fs::copy_file(path("r.codes"), path("copy.codes"));
+  const std::string copied = test::error_of([&] { CodeDataset d(path("copy.codes")); });
+  EXPECT_NE(copied.find("copy.codes: an unfinished extraction (its header says so)"), std::string::npos) << copied;
+  EXPECT_NE(copied.find("copy.codes.progress is not beside it"), std::string::npos) << copied;
+  EXPECT_EQ(CodeDataset(path("copy.codes"), /*allow_unfinished=*/true).size(), n);
   CodeDatasetWriter::resume(path("r.codes"), info(n, a, t))->write(4, codes.narrow(0, 4, 6), labels.narrow(0, 4, 6));
   code_dataset_mark_finished(path("r.codes"));
+  EXPECT_FALSE(code_dataset_unfinished(path("r.codes")));
+  fs::copy_file(path("r.codes"), path("copy.codes"), fs::copy_options::overwrite_existing);
+  EXPECT_EQ(CodeDataset(path("copy.codes")).size(), n);  // the finished file's copy reads
+  code_dataset_mark_finished(path("r.codes"));          // (again: nothing changes)
+  EXPECT_EQ(test::read_bytes(path("r.codes")), test::read_bytes(path("copy.codes")));
   CodeDataset d(path("r.codes"));
   torch::Tensor bc, bl;
   d.gather({0, 9}, {1, 1}, bc, bl);
@@ -150,6 +167,35 @@ TEST_F(CodeDatasetTest, CorruptFilesAreClearErrors) {
   msg = test::error_of([&] { damaged.gather({1, 2}, {0, 0}, codes, labels); });
   EXPECT_NE(msg.find("oov.codes: image 2 (view 0) holds code 300 at token 5, outside the file's codebook [0, 256)"),
             std::string::npos) << msg;
+  // Header values whose sums or products overflow int64 passed the checks and were read far
+  // outside the mapping; each is named as the file's inconsistency instead.
+  auto with_header = [&](const std::string& name, const std::function<void(nlohmann::json&)>& edit) {
+    uint64_t len = 0;
+    for (int b = 0; b < 8; ++b) len |= static_cast<uint64_t>(static_cast<uint8_t>(bytes[8 + b])) << (8 * b);
+    auto header = nlohmann::json::parse(bytes.substr(16, len));
+    edit(header);
+    std::string text = header.dump();
+    EXPECT_LE(text.size(), len);
+    text.resize(len, ' ');
+    return write(name, bytes.substr(0, 16) + text + bytes.substr(16 + len));
+  };
+  const std::vector<std::pair<std::string, std::function<void(nlohmann::json&)>>> overflowing{
+      {"labels_far.codes", [](nlohmann::json& h) { h["labels_offset"] = INT64_MAX - 1; }},
+      {"codes_far.codes", [](nlohmann::json& h) { h["codes_offset"] = INT64_MAX - 63; }},
+      {"codes_product.codes",
+       [](nlohmann::json& h) {
+         h["num_samples"] = int64_t{1} << 40;
+         h["num_aug"] = 4096;
+         h["tokens"] = 65536;
+       }},
+      {"labels_before.codes", [](nlohmann::json& h) { h["labels_offset"] = 16; }},
+  };
+  for (const auto& [name, edit] : overflowing) {
+    msg = test::error_of([&] { CodeDataset d(with_header(name, edit)); });
+    EXPECT_NE(msg.find(name + ": inconsistent offsets"), std::string::npos) << name << ": " << msg;
+  }
+  msg = test::error_of([&] { CodeDataset d(with_header("vocab0.codes", [](nlohmann::json& h) { h["vocab_size"] = 0; })); });
+  EXPECT_NE(msg.find("vocab0.codes: vocab_size 0 does not fit"), std::string::npos) << msg;
 }
 
 TEST_F(CodeDatasetTest, ImageNetSizedFileLoadsInConstantMemory) {

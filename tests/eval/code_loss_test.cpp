@@ -63,7 +63,8 @@ class CodeLossTest : public ::testing::Test {
 
   /// A finished code dataset of codes [N, A, T] and labels [N].
   std::string write_codes(const std::string& file, const torch::Tensor& codes, const torch::Tensor& labels,
-                          int64_t vocab, int64_t classes = 10, const std::string& tokenizer = "test") {
+                          int64_t vocab, int64_t classes = 10, const std::string& tokenizer = "test",
+                          const std::vector<std::string>& class_names = {}) {
     const std::string path = (dir_ / file).string();
     CodeDatasetInfo info;
     info.num_samples = codes.size(0);
@@ -73,6 +74,7 @@ class CodeLossTest : public ::testing::Test {
     info.image_size = 8 * static_cast<int64_t>(std::lround(std::sqrt(static_cast<double>(codes.size(2)))));
     info.aug = codes.size(1) == 1 ? "none" : "flip";
     for (int64_t c = 0; c < classes; ++c) info.classes.push_back("class" + std::to_string(c));
+    if (!class_names.empty()) info.classes = class_names;
     info.tokenizer = tokenizer;
     info.source = "test";
     CodeDatasetWriter::create(path, info)->write(0, codes.cpu(), labels.cpu());
@@ -292,7 +294,7 @@ TEST_F(CodeLossTest, TheCommandPrintsAndWritesTheLibraryFigures) {
   }
 }
 
-TEST_F(CodeLossTest, CodesOfAnotherTokenizerThanTheRunTrainedOnAreWarnedAbout) {
+TEST_F(CodeLossTest, HeldOutCodesAreCheckedAgainstTheRunsTrainingCodes) {
   const auto f = load_fixture("mamba2_tiny");
   const int64_t n = 4, t = f.config.num_tokens, v = f.config.vocab_size;
   const auto codes = torch::randint(v, {n, 1, t}, torch::kLong), labels = torch::arange(n);
@@ -320,6 +322,18 @@ TEST_F(CodeLossTest, CodesOfAnotherTokenizerThanTheRunTrainedOnAreWarnedAbout) {
   EXPECT_NE(other.output.find("warning: " + held_out + " holds codes of tokenizer test, but the run trained on codes "
                               "of vq2.safetensors (1 bytes, fnv64 0)"),
             std::string::npos) << other.output;
+  // Held-out codes naming the classes in another order than the run's training codes: every image
+  // would be scored under another class. Refused, as training refuses them for data.val_codes.
+  std::vector<std::string> swapped;
+  for (int64_t c = 0; c < 10; ++c) swapped.push_back("class" + std::to_string(c));
+  std::swap(swapped[1], swapped[2]);
+  const std::string reordered = write_codes("reordered.codes", codes, labels, v, 10, "test", swapped);
+  const auto order = test::run_shell(str_cat(test::aim_binary(), " eval-loss --quiet --device cpu --ckpt ",
+                                             (dir_ / "same").string(), " --codes ", reordered));
+  EXPECT_NE(order.code, 0) << order.output;
+  EXPECT_NE(order.output.find("--codes " + reordered + ": label 1 is class 'class2', but in the run's training data "
+                              "(data.codes "),
+            std::string::npos) << order.output;
 }
 
 }  // namespace

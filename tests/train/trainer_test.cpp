@@ -20,6 +20,7 @@
 #include "aim/train/trainer.h"
 #include "eval/inception_fixture.h"
 #include "test_util.h"
+#include "train/train_util.h"
 
 namespace aim::train {
 namespace {
@@ -95,6 +96,26 @@ std::map<int64_t, double> logged_losses(const std::string& run_dir) {
     out[step] = j.at("loss").is_number() ? j.at("loss").get<double>() : std::nan("");
   }
   return out;
+}
+
+TEST(TrainUtil, TheBatchHintIsOneThatWorks) {
+  // global 256 on 4 ranks at micro 48: 32 divides each rank's 64 (the hint once said 64 / rank
+  // count whatever it was, and for a batch the ranks cannot share it suggested one that still failed).
+  TrainConfig t;
+  t.global_batch = 256;
+  t.micro_batch = 48;
+  auto msg = test::error_of([&] { accumulation_steps(t, 4); });
+  EXPECT_NE(msg.find("HINT: --set train.micro_batch=32 (2 micro-batches per step on each rank)"), std::string::npos)
+      << msg;
+  t.micro_batch = 32;
+  EXPECT_EQ(accumulation_steps(t, 4), 2);
+  t.global_batch = 2048;
+  t.micro_batch = 64;
+  msg = test::error_of([&] { accumulation_steps(t, 3); });
+  EXPECT_NE(msg.find("3 ranks cannot share 2048 images evenly: --set train.global_batch=2112"), std::string::npos)
+      << msg;
+  t.global_batch = 2112;
+  EXPECT_EQ(accumulation_steps(t, 3), 11);
 }
 
 TEST_F(TrainerTest, LossFallsOnSyntheticCodes) {
@@ -239,6 +260,23 @@ TEST_F(TrainerTest, HeldOutCodesOfAnotherTokenizerAreRefused) {
   EXPECT_NE(order.find("data.val_codes " + other_order + ": label 2 is class 'chain3', but in the training data "
                        "(data.codes " + codes() + ") it is 'chain2'"),
             std::string::npos) << order;
+  // A file whose header names no classes: its labels are checked against the model (label
+  // num_classes, the null class, would have been scored as a class).
+  {
+    auto v = train.info();
+    v.classes.clear();
+    const int64_t classes = config(run("unnamed")).model.num_classes;
+    const std::string unnamed = (dir_ / "unnamed.codes").string();
+    auto labels = torch::zeros({v.num_samples}, torch::kLong);
+    labels[3] = classes;
+    CodeDatasetWriter::create(unnamed, v)->write(0, torch::zeros({v.num_samples, 1, v.tokens}, torch::kLong), labels);
+    code_dataset_mark_finished(unnamed);
+    const auto beyond = test::error_of(
+        [&] { run_training(config(run("unnamed"), {"data.val_codes=" + unnamed, "train.eval_every=1"}), o); });
+    EXPECT_NE(beyond.find(str_cat("data.val_codes ", unnamed, ": image 3 has label ", classes, ", but the model has ",
+                                  classes, " classes")),
+              std::string::npos) << beyond;
+  }
   std::vector<std::string> numbered;
   for (int i = 0; i < 10; ++i) numbered.push_back(std::to_string(i));
   auto fewer = train.info().classes;
@@ -393,6 +431,16 @@ TEST_F(TrainerTest, TrainsFromImagesEncodedOnTheFly) {
                  o);
   });
   EXPECT_NE(tencrop.find("data.aug: 'tencrop' is a set of views extracted once"), std::string::npos) << tencrop;
+  // The tokenizer's codebook against the model's vocabulary (the config's vq section agreeing
+  // with the model says nothing about the weights): refused before the first step's embedding.
+  const auto vocab = test::error_of([&] {
+    run_training(config(run("img6"), {"data.codes=", "data.images=" + (dir_ / "images").string(), vq,
+                                      "model.vocab_size=1024", "vq.codebook_size=1024"}),
+                 o);
+  });
+  EXPECT_NE(vocab.find("vq.weights " + (test::fixtures_dir() / "vq/vq16_tiny/model.safetensors").string() +
+                       ": a codebook of 512 codes, but model.vocab_size is 1024"),
+            std::string::npos) << vocab;
   // Held-out codes are checked against the tokenizer that encodes the images (they were not:
   // only against data.codes), and their class list against the folders'.
   auto info = CodeDataset(codes()).info();  // synthetic: tokenizer "synthetic", classes chain0..9

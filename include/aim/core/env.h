@@ -22,6 +22,11 @@ struct LaunchEnv {
 /// the variable when one is malformed or inconsistent (rank >= world size).
 LaunchEnv detect_launch_env();
 
+/// For a command that runs as one process: throws aim::Error naming `command` when it was
+/// started as one rank of several (mpirun, srun, torchrun), where every rank would do the whole
+/// work and write the same outputs.
+void refuse_launcher(const std::string& command);
+
 /// Keeps the host allocator from returning memory to the kernel after every large free. glibc
 /// serves blocks above a dynamic threshold (128 KiB at first) with mmap and trims the heap top
 /// above another, so a CPU training step maps, zero-fills and unmaps the same activation buffers

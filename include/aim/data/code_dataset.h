@@ -7,7 +7,9 @@
 //   [16, 16 + H)      JSON header (padded with spaces)
 //   codes_offset      u16 codes [N, A, T]     (64-byte aligned)
 //   labels_offset     i16 labels [N]          (64-byte aligned; -1: image skipped as unreadable)
-// While an extraction is unfinished a sidecar `<path>.progress` exists and readers refuse the file.
+// While an extraction is unfinished a sidecar `<path>.progress` exists and readers refuse the file;
+// its header also says "finished": false until the end, so a copy made before then, without the
+// sidecar, is refused too (files written before the key existed count as finished).
 #include <torch/types.h>
 
 #include <cstdint>
@@ -37,8 +39,9 @@ struct CodeDatasetInfo {
 class CodeDataset {
  public:
   /// Opens and validates `path` (magic, header, every size against the file); throws aim::Error
-  /// naming the file. An extraction's unfinished file is refused unless `allow_unfinished`
-  /// (then only the samples its progress sidecar lists as done hold codes).
+  /// naming the file. An extraction's unfinished file is refused unless `allow_unfinished`;
+  /// then only the samples its progress sidecar lists as done hold codes, and valid_indices()
+  /// also lists the ones not yet written (class 0, zero codes): the caller picks from the sidecar.
   explicit CodeDataset(const std::string& path, bool allow_unfinished = false);
   ~CodeDataset();
   CodeDataset(const CodeDataset&) = delete;
@@ -98,7 +101,15 @@ std::string code_dataset_difference(const CodeDatasetInfo& found, const CodeData
 /// Whether `path` is an unfinished dataset (its progress sidecar exists).
 bool code_dataset_unfinished(const std::string& path);
 std::string code_dataset_progress_path(const std::string& path);
-/// Removes the progress sidecar after every writer has synced.
+/// Where two class lists give a label different names: "" when they agree, or when either is
+/// empty or names its classes by number ("0", "1", ...: extract-codes --list without --classes);
+/// one list may stop where the other goes on. Else "label N is class 'x' ... it is 'y'", with
+/// `theirs_what` naming where `theirs` comes from.
+std::string class_order_difference(const std::vector<std::string>& ours, const std::vector<std::string>& theirs,
+                                   const std::string& theirs_what);
+
+/// After every writer has synced: rewrites the header's "finished" in place (synced), then
+/// removes the progress sidecar. Throws aim::Error naming the file.
 void code_dataset_mark_finished(const std::string& path);
 
 }  // namespace aim
