@@ -7,6 +7,7 @@
 #include <nlohmann/json.hpp>
 
 #include "aim/cli/commands.h"
+#include "aim/core/env.h"
 #include "aim/core/error.h"
 #include "aim/core/fileio.h"
 #include "aim/data/image_folder.h"
@@ -35,6 +36,7 @@ Runner add_eval_vq_command(CLI::App& app) {
   cmd->add_option("--save-recon", a->recon, "write the reconstructions here: same class folders and file names (as PNG)");
   return [cmd, a]() -> int {
     if (!cmd->parsed()) return -1;
+    refuse_launcher("eval-vq");
     refuse_output_over_input("--save-recon", a->recon, {{"--data", a->data}, {"--vq", a->vq}});
     refuse_output_over_input("--json", a->json, {{"--data", a->data}, {"--vq", a->vq}, {"--vq-config", a->vq_config}});
     check_report_path("--json", a->json);
@@ -64,6 +66,11 @@ Runner add_eval_vq_command(CLI::App& app) {
     out << std::setprecision(2)
               << "  codebook usage  " << r.codes_used << " / " << vq.model->config.codebook_size << " codes ("
               << 100.0 * r.usage << "%), perplexity " << r.perplexity << "\n";
+    if (r.skipped > 0) {
+      out << "note: " << r.skipped << " unreadable image" << (r.skipped == 1 ? "" : "s") << " skipped (not scored):";
+      for (const auto& e : r.skipped_examples) out << "\n  " << e;
+      out << (r.skipped > static_cast<int64_t>(r.skipped_examples.size()) ? "\n  ..." : "") << "\n";
+    }
     if (r.upscaled > 0) {
       out << "note: " << r.upscaled << " of " << r.images << " images are smaller than --image-size "
                 << a->image_size << " and were enlarged before encoding: smooth enlarged images reconstruct "
@@ -76,6 +83,7 @@ Runner add_eval_vq_command(CLI::App& app) {
       j["image_size"] = a->image_size;
       j["max_images"] = a->max_images;
       j["images"] = r.images;
+      j["skipped"] = r.skipped;
       j["upscaled"] = r.upscaled;
       j["psnr"] = r.psnr;
       j["psnr_min"] = r.psnr_min;

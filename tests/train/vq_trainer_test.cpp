@@ -638,6 +638,27 @@ TEST_F(TrainVqTest, TheRunIsATokenizerForTheRestOfThePipeline) {
   EXPECT_NEAR(report.at("ssim").get<double>(), ssim_sum / static_cast<double>(paired), 1e-5);
   EXPECT_GT(report.at("lpips").get<double>(), 0.0);
   EXPECT_NEAR(report.at("lpips").get<double>(), lpips_sum / static_cast<double>(paired), 1e-6);
+  // The same run again replaces its reconstructions; one that would write fewer into the folder is
+  // refused before the work (the earlier run's would be scored as its own).
+  const std::string recon_run = aim + " eval-vq --device cpu --vq " + run("vq") + " --data " + images() +
+                                " --image-size 32 --save-recon " + run("recon");
+  auto again = test::run_shell(recon_run);
+  ASSERT_EQ(again.code, 0) << again.output;
+  auto fewer = test::run_shell(recon_run + " --max-images 2");
+  EXPECT_NE(fewer.code, 0);
+  EXPECT_NE(fewer.output.find("--save-recon " + run("recon") + ": holds 22 PNGs this run would not write"),
+            std::string::npos) << fewer.output;
+  // An unreadable image is skipped and counted, not the end of the run.
+  fs::copy(images(), run("damaged"), fs::copy_options::recursive);
+  const auto first = *fs::directory_iterator(run("damaged") + "/" + shape_class_dir(0));
+  std::ofstream(first.path(), std::ios::trunc) << "not an image";
+  auto damaged = test::run_shell(aim + " eval-vq --device cpu --vq " + run("vq") + " --data " + run("damaged") +
+                                 " --image-size 32 --json " + run("damaged.json"));
+  ASSERT_EQ(damaged.code, 0) << damaged.output;
+  EXPECT_NE(damaged.output.find("note: 1 unreadable image skipped (not scored):"), std::string::npos) << damaged.output;
+  const auto damaged_report = nlohmann::json::parse(read_text(run("damaged.json")));
+  EXPECT_EQ(damaged_report.at("images"), 23);
+  EXPECT_EQ(damaged_report.at("skipped"), 1);
   auto x = test::run_shell(aim + " extract-codes --device cpu --data " + images() + " --vq " + run("vq") +
                            " --out " + run("codes") + " --aug flip --image-size 32");
   ASSERT_EQ(x.code, 0) << x.output;

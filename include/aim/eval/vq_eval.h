@@ -3,6 +3,7 @@
 // the uint8 reconstructions, and how much of the codebook the images use.
 #include <cstdint>
 #include <string>
+#include <vector>
 
 #include <torch/types.h>
 
@@ -17,8 +18,10 @@ struct TokenizerEvalOptions {
   int64_t max_images = 0;    ///< 0 = all; else this many, spread evenly over the list
   torch::Device device = torch::kCPU;
   bool progress = true;
-  /// When set, reconstructions are written as <recon_dir>/<class>/<index:05>.png (an ImageFolder
-  /// tree that aim analyse-shapes and other tools can score).
+  /// When set, reconstructions are written as <recon_dir>/<class>/<the image's path under its
+  /// class folder, as .png> (x.jpg.png where x.jpg and x.png would meet): an ImageFolder tree that
+  /// aim analyse-shapes and other tools can score, each file paired with its original. A folder
+  /// holding other PNGs (an earlier run's) is refused before the work.
   std::string recon_dir;
   /// When set, LPIPS weights (.safetensors, convert_checkpoint.py --kind lpips): the mean LPIPS
   /// (VGG16, v0.1) between the uint8 originals and reconstructions is measured too.
@@ -26,7 +29,9 @@ struct TokenizerEvalOptions {
 };
 
 struct TokenizerEval {
-  int64_t images = 0;
+  int64_t images = 0;        ///< images scored (unreadable ones skipped)
+  int64_t skipped = 0;       ///< unreadable images, skipped
+  std::vector<std::string> skipped_examples;  ///< the first few of their errors
   int64_t upscaled = 0;      ///< images whose short side was below image_size (enlarged by the crop)
   double psnr = 0.0;         ///< dB, mean over images, on uint8 images (peak 255)
   double psnr_min = 0.0;     ///< the worst image
