@@ -3,9 +3,11 @@
 #include <exception>
 #include <filesystem>
 #include <future>
-#include <optional>
 #include <iostream>
 #include <nlohmann/json.hpp>
+#include <optional>
+#include <regex>
+#include <set>
 #include <thread>
 #include <vector>
 
@@ -221,6 +223,40 @@ struct Prompts {
 /// Writes every requested output from the assembled tokens, labels and uint8 images. With
 /// prompts, the grid leads each prompt's samples with the prompt's tile (one row each unless
 /// --nrow says otherwise); the other outputs hold the samples only.
+/// The file --outdir gives sample `index` of class `label`.
+std::string sample_png_name(int64_t index, int64_t label) {
+  const std::string digits = std::to_string(index);
+  return str_cat(std::string(6 - std::min<size_t>(6, digits.size()), '0'), digits, "_class", label, ".png");
+}
+
+/// --outdir, before the work (rank 0, which writes it): a folder that can be written, holding no
+/// sample PNGs of an earlier run that this one would not replace. aim eval --samples reads every
+/// PNG under a folder, so an earlier run's leftovers (another seed, more samples) would be scored
+/// with this run's as one set.
+void check_outdir(const std::string& outdir, const std::vector<int64_t>& labels) {
+  if (outdir.empty()) return;
+  std::error_code ec;
+  AIM_CHECK(!fs::exists(outdir, ec) || fs::is_directory(outdir, ec), "--outdir ", outdir,
+            ": exists and is not a folder");
+  check_output_path("--outdir", (fs::path(outdir) / sample_png_name(0, labels.empty() ? 0 : labels[0])).string());
+  std::set<std::string> ours;
+  for (size_t i = 0; i < labels.size(); ++i) ours.insert(sample_png_name(static_cast<int64_t>(i), labels[i]));
+  static const std::regex sample_png(R"([0-9]{6,}_class-?[0-9]+\.png)");
+  std::vector<std::string> stale;
+  for (const auto& e : fs::directory_iterator(outdir, ec)) {
+    const std::string name = e.path().filename().string();
+    if (std::regex_match(name, sample_png) && !ours.count(name)) stale.push_back(name);
+  }
+  if (stale.empty()) return;
+  std::sort(stale.begin(), stale.end());
+  std::string listed;
+  for (size_t k = 0; k < std::min<size_t>(3, stale.size()); ++k) listed += str_cat(k ? ", " : "", stale[k]);
+  throw Error(str_cat("--outdir ", outdir, ": holds ", stale.size(), " sample PNG", stale.size() == 1 ? "" : "s",
+                      " that this run would not replace (", listed, stale.size() > 3 ? ", ..." : "",
+                      "): an earlier run's, which aim eval --samples would score with this run's as one set\n"
+                      "---> HINT: remove them, or choose another --outdir"));
+}
+
 void write_outputs(const SampleArgs& a, const torch::Tensor& tokens, const torch::Tensor& labels,
                    const std::function<torch::Tensor(int64_t, int64_t)>& images_of, int64_t count,
                    const std::vector<std::string>& names, const std::map<std::string, std::string>& settings,
@@ -258,8 +294,7 @@ void write_outputs(const SampleArgs& a, const torch::Tensor& tokens, const torch
       const int64_t n = std::min<int64_t>(64, count - s);
       auto rows = images_of(s, n);
       for (int64_t k = 0; k < n; ++k) {
-        write_png((fs::path(a.outdir) / str_cat(std::string(6 - std::min<size_t>(6, std::to_string(s + k).size()), '0'),
-                                                s + k, "_class", labels[s + k].item<int64_t>(), ".png")).string(),
+        write_png((fs::path(a.outdir) / sample_png_name(s + k, labels[s + k].item<int64_t>())).string(),
                   image_from_hwc(rows[k]));
       }
     }
@@ -488,6 +523,10 @@ Runner add_sample_command(CLI::App& app) {
       AIM_CHECK(labels.numel() == 0 || labels.min().item<int64_t>() >= 0, "--from-tokens ", a->from_tokens,
                 ": expected class labels >= 0, found ", labels.numel() ? labels.min().item<int64_t>() : 0);
       check_grid_size(*a, tokens.size(0));
+      {
+        const auto l = labels.contiguous();
+        check_outdir(a->outdir, std::vector<int64_t>(l.data_ptr<int64_t>(), l.data_ptr<int64_t>() + l.numel()));
+      }
       AIM_CHECK(!a->vq.empty() || !a->ckpt.empty(), "--from-tokens: give --vq (or --ckpt) for the tokenizer");
       const VqSource source = tokenizer_source(*a);
       auto loaded_vq = load_vq_model(source.path, a->vq_config, source.named_by);
@@ -619,6 +658,7 @@ Runner add_sample_command(CLI::App& app) {
       labels = parse_class_flag(a->classes, a->num, mc.num_classes, names, a->seed);
     }
     check_grid_size(*a, static_cast<int64_t>(labels.size()) + (prompting ? static_cast<int64_t>(a->prompt.size()) : 0));
+    if (env.is_main()) check_outdir(a->outdir, labels);
     // The tokenizer: --vq, else the run's vq.weights (an aim train run), else the checkpoint's
     // own vqvae.* tensors (official snapshots). Not needed when only tokens are asked for (they
     // can be decoded later with --from-tokens).

@@ -8,6 +8,7 @@
 #include <array>
 #include <filesystem>
 #include <fstream>
+#include <functional>
 
 #include "aim/core/config.h"
 #include "aim/core/safetensors.h"
@@ -38,6 +39,37 @@ TEST(SamplePlan, BalancedLabelsHoldEveryClassInEveryInceptionScoreSplit) {
   }
   EXPECT_EQ(plan_labels("balanced", 50000, 1000, 7), labels);
   EXPECT_NE(plan_labels("balanced", 50000, 1000, 8), labels);
+}
+
+TEST(SamplePlan, ClassNamesMatchWholeNamesAndRefuseAmbiguity) {
+  auto expect_error = [](const std::function<void()>& f, const std::vector<std::string>& parts) {
+    const std::string message = test::error_of(f);
+    EXPECT_FALSE(message.empty()) << "no aim::Error thrown; expected one mentioning '" << parts.front() << "'";
+    for (const auto& p : parts) EXPECT_NE(message.find(p), std::string::npos) << "lacks '" << p << "': " << message;
+  };
+  // A plain names file: a line's words are one name ("tiger" is not the first word of "tiger shark").
+  const std::vector<std::string> plain{"tench", "goldfish", "great white shark", "tiger shark", "tiger"};
+  EXPECT_EQ(parse_class_flag("tiger", 1, 5, plain, 0), std::vector<int64_t>{4});
+  EXPECT_EQ(parse_class_flag("Tiger Shark, GREAT WHITE SHARK", 2, 5, plain, 0), (std::vector<int64_t>{3, 3, 2, 2}));
+  expect_error([&] { parse_class_flag("great", 1, 5, plain, 0); }, {"--class 'great'", "not a class id nor a name"});
+  // Synonym lists, with or without a leading WordNet id; a first synonym wins over another
+  // line's later one; a name two lines give first is refused.
+  const std::vector<std::string> synonyms{"n01440764 tench, Tinca tinca", "crane", "goldfish, Carassius auratus",
+                                          "n03126707 crane", "tinca, a fish named first elsewhere"};
+  EXPECT_EQ(parse_class_flag("tench", 1, 5, synonyms, 0), std::vector<int64_t>{0});
+  EXPECT_EQ(parse_class_flag("n01440764", 1, 5, synonyms, 0), std::vector<int64_t>{0});
+  EXPECT_EQ(parse_class_flag("carassius auratus", 1, 5, synonyms, 0), std::vector<int64_t>{2});
+  EXPECT_EQ(parse_class_flag("goldfish, Carassius auratus", 1, 5, std::vector<std::string>{"goldfish, Carassius auratus"}, 0)
+                .size(),
+            2u);  // (--class splits at commas: two names of class 0)
+  EXPECT_EQ(parse_class_flag("tinca", 1, 5, synonyms, 0), std::vector<int64_t>{4});
+  expect_error([&] { parse_class_flag("crane", 1, 5, synonyms, 0); },
+               {"--class 'crane'", "names 2 classes", "1 ('crane')", "3 ('n03126707 crane')", "HINT: give the class id"});
+  // Ids: in range, the null class refused, an absurd number named rather than thrown by stoll.
+  expect_error([&] { parse_class_flag("5", 1, 5, plain, 0); }, {"--class 5", "[0, 5)", "null class"});
+  expect_error([&] { parse_class_flag("99999999999999999999", 1, 5, plain, 0); }, {"--class 99999999999999999999", "[0, 5)"});
+  expect_error([&] { parse_class_flag("tiger", 1, 4, plain, 0); }, {"--class 'tiger'", "class 4", "beyond the model's 4"});
+  expect_error([&] { parse_class_flag("tench", 1, 5, {}, 0); }, {"--class 'tench'", "no --class-names file"});
 }
 
 TEST(SampleTokens, GreedyTopKAndTopPFollowTheirDefinitions) {
@@ -607,6 +639,30 @@ TEST_F(SampleCli, FromTokensDecodesTheFixtureImages) {
   EXPECT_EQ(before.at("vq"), "none (tokens only)");
   EXPECT_NE(after.at("vq").find("model.safetensors ("), std::string::npos) << after.at("vq");
   EXPECT_NE(after.at("weights").find("model.safetensors ("), std::string::npos) << after.at("weights");
+  // --outdir: the same run again replaces its PNGs; an earlier run's that this one would not
+  // replace (aim eval --samples would score them with these) and a file in the folder's place are
+  // refused before the work.
+  const std::string to_pngs = test::aim_binary() + " sample --device cpu --from-tokens " + p("sampled.safetensors") +
+                              " --vq " + ckpt_ + " --vq-config " + test::source_dir() +
+                              "/configs/fixture_tiny_vq.json --outdir " + p("pngs");
+  for (int pass = 0; pass < 2; ++pass) {
+    auto pngs = run(to_pngs);
+    ASSERT_EQ(pngs.code, 0) << pngs.output;
+    EXPECT_TRUE(fs::is_regular_file(p("pngs/000000_class3.png")) && fs::is_regular_file(p("pngs/000001_class3.png")));
+  }
+  std::ofstream(p("pngs/000002_class7.png")) << "an earlier run's";
+  std::ofstream(p("pngs/notes.txt")) << "not a sample";
+  auto stale = run(to_pngs);
+  EXPECT_NE(stale.code, 0);
+  EXPECT_NE(stale.output.find("--outdir " + p("pngs") + ": holds 1 sample PNG that this run would not replace "
+                              "(000002_class7.png)"),
+            std::string::npos) << stale.output;
+  std::ofstream(p("a_file")) << "x";
+  auto file = run(test::aim_binary() + " sample --device cpu --from-tokens " + p("sampled.safetensors") + " --vq " +
+                  ckpt_ + " --vq-config " + test::source_dir() + "/configs/fixture_tiny_vq.json --outdir " + p("a_file"));
+  EXPECT_NE(file.code, 0);
+  EXPECT_NE(file.output.find("--outdir " + p("a_file") + ": exists and is not a folder"), std::string::npos)
+      << file.output;
   // The official images, quantised the ADM way, against ours (rounding at a boundary may move one level).
   auto expected = (golden["decoded_images"] * 127.5 + 128).clamp(0, 255).to(torch::kUInt8).permute({0, 2, 3, 1});
   save_safetensors(p("expected.safetensors"), {{"images", expected.contiguous()}});

@@ -2,7 +2,9 @@
 // Class-conditional generation with classifier-free guidance by recurrent decoding: the class
 // slot first, then one token per step with constant cost (no prefix recomputation), the batch
 // doubled [cond; null] when cfg != 1. Every draw uses a uniform keyed by (seed, global sample
-// index, step), so a sample does not depend on the batch it was made in or the rank count.
+// index, step), so a sample does not depend on the rank count, nor (on the CPU in fp32) on the
+// batch it was made in; on the GPU the batch size picks the matrix kernels, whose rounding can
+// move a draw that lands at a boundary between two tokens.
 #include <torch/torch.h>
 
 #include <cstdint>
