@@ -17,7 +17,9 @@ bool ends_with(const std::string& s, const std::string& suffix) {
 
 ModelConfig model_config_from_file(const std::string& path) {
   if (ends_with(path, ".json")) return model_config_from_hf_json(path);
-  if (ends_with(path, ".yaml") || ends_with(path, ".yml")) return load_config(path).model;
+  // Only the model is read: a model-only file (or a run's config.yaml) needs no other section
+  // to agree with it (the tokenizer comes from --vq / --vq-config).
+  if (ends_with(path, ".yaml") || ends_with(path, ".yml")) return load_config(path, {}, ConfigUse::kModel).model;
   throw Error(str_cat(path, ": unknown config format: expected a .yaml/.yml aim config or an "
                             "official config.json"));
 }

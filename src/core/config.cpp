@@ -544,11 +544,12 @@ void assign(const Ref& ref, const YAML::Node& node, const std::string& key, cons
   std::visit(A{node, key, src}, ref);
 }
 
-/// Walks the mapping `node` found at section path `prefix` ("" at top level).
+/// Walks the mapping `node` found at section path `prefix` ("" at top level). `seen` holds every
+/// key given so far in the file, whether nested or dotted ("model.d_model: 8" at the top level):
+/// one given both ways is refused, as one given twice in a mapping is.
 void fill(Config& c, const YAML::Node& node, const std::string& prefix, const Source& src,
           const std::vector<Slot>& slots, const std::map<std::string, size_t>& index,
-          const std::set<std::string>& secs) {
-  std::set<std::string> seen;
+          const std::set<std::string>& secs, std::set<std::string>& seen) {
   for (auto it = node.begin(); it != node.end(); ++it) {
     if (!it->first.IsScalar())
       throw Error(str_cat(src.what, ": ", prefix.empty() ? "top level" : "section '" + prefix + "'",
@@ -556,7 +557,7 @@ void fill(Config& c, const YAML::Node& node, const std::string& prefix, const So
                           location(src, it->first)));
     const std::string key = prefix.empty() ? it->first.Scalar() : prefix + "." + it->first.Scalar();
     if (!seen.insert(key).second)
-      throw Error(str_cat(src.what, ": key '", key, "' appears twice", location(src, it->first)));
+      throw Error(str_cat(src.what, ": key '", key, "' appears twice (nested or dotted)", location(src, it->first)));
     const YAML::Node& value = it->second;
     if (auto f = index.find(key); f != index.end()) {
       assign(slots[f->second].ref, value, key, src);
@@ -565,7 +566,7 @@ void fill(Config& c, const YAML::Node& node, const std::string& prefix, const So
       if (!value.IsMap())
         throw Error(str_cat(src.what, ": key '", key, "': expected a section (a mapping of keys), found ",
                             describe(value), location(src, value)));
-      fill(c, value, key, src, slots, index, secs);
+      fill(c, value, key, src, slots, index, secs, seen);
     } else {
       throw Error(str_cat(src.what, ": unknown key '", key, "'", location(src, it->first),
                           unknown_key_hint(key, slots)));
@@ -581,7 +582,8 @@ void fill_from_yaml(Config& c, const YAML::Node& root, const Source& src) {
   const auto slots = flatten(c);
   std::map<std::string, size_t> index;
   for (size_t i = 0; i < slots.size(); ++i) index[slots[i].key] = i;
-  fill(c, root, "", src, slots, index, sections(slots));
+  std::set<std::string> seen;
+  fill(c, root, "", src, slots, index, sections(slots), seen);
 }
 
 YAML::Node parse_yaml(const std::string& text, const std::string& what) {

@@ -300,13 +300,17 @@ void Config::validate(ConfigUse use) const {
       fail("name", "letters, digits, '_', '-' and '.' only (it names the run directory)",
            str_cat("'", name, "'"));
   }
-  model.validate();
+  // ("." or "..": train.out_dir runs/<name> would be runs/ itself or the folder above it.)
+  if (name.find_first_not_of('.') == std::string::npos)
+    fail("name", "a name other than dots alone (it names the run directory, runs/<name>)", str_cat("'", name, "'"));
+  if (use != ConfigUse::kTokenizer) model.validate();
+  if (use == ConfigUse::kModel) return;
   vq.validate();
   data.validate();
   optim.validate();
   schedule.validate();
   train.validate();
-  sample.validate();
+  if (use != ConfigUse::kTokenizer) sample.validate();
   dist.validate();
   vq_train.validate();
   if (use == ConfigUse::kTokenizer) {

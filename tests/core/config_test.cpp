@@ -512,6 +512,13 @@ TEST(Config, WrongTypes) {
                {"x.yaml", "expected a mapping of sections", "a list"});
   expect_error([] { config_from_yaml_string("model:\n  d_model: 5\n  d_model: 6\n", "x.yaml"); },
                {"key 'model.d_model' appears twice", "line 3"});
+  // A dotted key at the top level sets the same value as the nested one: both is one key twice
+  // (either order), whichever came last having won silently before.
+  expect_error([] { config_from_yaml_string("model:\n  d_model: 768\nmodel.d_model: 1024\n", "x.yaml"); },
+               {"key 'model.d_model' appears twice", "line 3"});
+  expect_error([] { config_from_yaml_string("model.d_model: 1024\nmodel:\n  d_model: 768\n", "x.yaml"); },
+               {"key 'model.d_model' appears twice", "line 3"});
+  EXPECT_EQ(config_from_yaml_string("model.d_model: 1024\nmodel:\n  n_layer: 2\n", "x.yaml").model.d_model, 1024);
 }
 
 TEST(Config, YamlSyntaxErrorsGiveTheLine) {
@@ -538,6 +545,30 @@ TEST(Config, LoadConfigNamesTheRunAfterTheFile) {
   EXPECT_EQ(c.model.n_layer, 2);
   expect_error([&] { load_config(write_temp("bad_rule.yaml", "sample:\n  top_p: 0\n")); },
                {"bad_rule.yaml: key 'sample.top_p'", "found 0"});
+  // Dots alone would make runs/<name> the runs folder itself or the one above it.
+  for (const char* dots : {".", ".."})
+    expect_error([&] { load_config(path, {str_cat("name=", dots)}); },
+                 {"key 'name'", "other than dots alone", str_cat("found '", dots, "'")});
+  EXPECT_EQ(load_config(path, {"name=v1.2"}).train.out_dir, "runs/v1.2");
+}
+
+TEST(Config, EachUseAppliesTheRulesOfWhatItReads) {
+  // A model-only file beside weights (aim sample --config): the model is read, and the defaults
+  // of the sections it leaves out (a 16384-code tokenizer, 256 px images) need not agree with it.
+  const std::string model_only =
+      write_temp("model_only.yaml", "model:\n  vocab_size: 1024\n  num_tokens: 64\n  n_layer: 2\n");
+  expect_error([&] { load_config(model_only); }, {"model_only.yaml", "key 'vq.codebook_size'"});
+  const Config m = load_config(model_only, {}, ConfigUse::kModel);
+  EXPECT_EQ(m.model.vocab_size, 1024);
+  EXPECT_EQ(m.model.num_tokens, 64);
+  expect_error([&] { load_config(model_only, {"model.d_model=0"}, ConfigUse::kModel); }, {"key 'model.d_model'"});
+  // A tokenizer's config (aim train-vq) does not use the model or sample sections: their values
+  // are not checked (they are dropped from its run config).
+  const Config t = load_config(source_path("configs/vq_demo.yaml"), {"model.d_intermediate=8", "sample.top_p=0"},
+                               ConfigUse::kTokenizer);
+  EXPECT_EQ(tokenizer_config(t).model.d_intermediate, ModelConfig{}.d_intermediate);
+  expect_error([&] { load_config(source_path("configs/vq_demo.yaml"), {"model.d_intermediate=8"}); },
+               {"model.d_intermediate"});
 }
 
 // ------------------------------------------------------------------------------------ Hugging Face

@@ -234,9 +234,11 @@ struct DistConfig {
   void validate() const;
 };
 
-/// What a config is loaded for: stage-2 AiM training and sampling (every rule) or stage-1
-/// tokenizer training (the model section is not used, so its rules are not applied).
-enum class ConfigUse { kAim, kTokenizer };
+/// What a config is loaded for: stage-2 AiM training and sampling (every rule), stage-1
+/// tokenizer training (the model and sample sections are not used, so their rules are not
+/// applied), or only the model it describes (`--config` beside a weights file: the run name and
+/// the model section's rules).
+enum class ConfigUse { kAim, kTokenizer, kModel };
 
 /// Everything a run needs. Loaded from YAML (any key may be omitted), then `--set` overrides,
 /// then resolve(), then validate().
@@ -255,7 +257,8 @@ struct Config {
   /// Fills derived defaults (model.resolve(), train.out_dir). Idempotent.
   void resolve();
   /// Every section's rules plus, for ConfigUse::kAim, the rules across sections (vocab =
-  /// codebook, tokens = grid). ConfigUse::kTokenizer (aim train-vq) skips the model section.
+  /// codebook, tokens = grid). ConfigUse::kTokenizer (aim train-vq) skips the model and sample
+  /// sections; ConfigUse::kModel checks the name and the model section alone.
   void validate(ConfigUse use = ConfigUse::kAim) const;
   /// Peak learning rate of this run: optim.peak_lr(train.global_batch).
   double lr() const { return optim.peak_lr(train.global_batch); }
