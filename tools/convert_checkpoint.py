@@ -585,9 +585,10 @@ def convert_inception(opts, src, sd, stripped, add):
     if opts.dtype not in ("keep", "fp32"):
         raise ConvertError("%s: --dtype %s: the FID Inception weights are written in float32 only "
                            "(FID is defined by the float32 network)" % (src.path, opts.dtype))
-    if opts.config_out:
-        raise ConvertError("%s: --config-out: the FID Inception network has a fixed architecture "
-                           "and no config file" % src.path)
+    for flag, given in (("--config-out", opts.config_out), ("--config-in", opts.config_in)):
+        if given:
+            raise ConvertError("%s: %s: the FID Inception network has a fixed architecture "
+                               "and no config file" % (src.path, flag))
     dtypes_in = collections.Counter(str(v.dtype).replace("torch.", "") for v in sd.values())
     tensors, counters = check_inception(src.path, sd)
     detail = {"state-dict": "state dict, torch.save", "safetensors": "safetensors file",
@@ -704,9 +705,10 @@ def convert_lpips(opts, src, sd, stripped, add):
     if opts.dtype not in ("keep", "fp32"):
         raise ConvertError("%s: --dtype %s: the LPIPS weights are written in float32 only"
                            % (src.path, opts.dtype))
-    if opts.config_out:
-        raise ConvertError("%s: --config-out: LPIPS has a fixed architecture and no config file"
-                           % src.path)
+    for flag, given in (("--config-out", opts.config_out), ("--config-in", opts.config_in)):
+        if given:
+            raise ConvertError("%s: %s: LPIPS has a fixed architecture and no config file"
+                               % (src.path, flag))
     if looks_like_lpips(sd):
         if opts.lpips_lin:
             raise ConvertError("%s: --lpips-lin %s: the input is a whole LPIPS state dict, which "
@@ -852,7 +854,9 @@ def aim_config(sd, mp, tie):
         ssm["expand"] = int(d_inner // d)
         ssm["headdim"] = int(d_inner // nheads)
         ssm["ngroups"] = 1
-        notes.append("ngroups 1 assumed (shapes fix only ngroups * d_state = %d)" % gs)
+        notes.append("ngroups 1 assumed (shapes fix only ngroups * d_state = %d; every released "
+                     "AiM has 1): a model trained with more converts with its config.json, "
+                     "--config-in" % gs)
         if t(l0 + "mixer.D").shape[0] != nheads:
             ssm["D_has_hdim"] = True
         if mp + l0 + "mixer.norm.weight" not in sd:
@@ -1054,7 +1058,7 @@ def read_hf_config(path):
     return None
 
 
-def check_hf_config(path, given, derived):
+def check_hf_config(path, given, derived, hint="move it away to have the config derived from the tensors"):
     """Raises when a config.json beside the weights contradicts the tensor shapes."""
     ssm_given = given.get("ssm_cfg", {"layer": "Mamba2"})  # MambaConfig's default
     if ssm_given is None:
@@ -1093,8 +1097,8 @@ def check_hf_config(path, given, derived):
     bad = ["%s: config %s, tensors %s" % (k, expect[k], found[k]) for k in expect
            if expect[k] != found[k]]
     if bad:
-        raise ConvertError("%s does not describe these weights:\n  %s\n---> HINT: move it away "
-                           "to have the config derived from the tensors" % (path, "\n  ".join(bad)))
+        raise ConvertError("%s does not describe these weights:\n  %s\n---> HINT: %s"
+                           % (path, "\n  ".join(bad), hint))
 
 
 # ------------------------------------------------------------------------------------ writing
@@ -1186,7 +1190,9 @@ def write_json(path, obj):
 # ------------------------------------------------------------------------------------ main
 
 def output_paths(out, config_out):
-    if out.endswith(os.sep) or os.path.isdir(out):
+    # A name without the .safetensors suffix is a folder (made if missing): a file written under
+    # it would not be recognised as weights by aim (--ckpt weights/aim-tiny).
+    if out.endswith(os.sep) or os.path.isdir(out) or not out.endswith(".safetensors"):
         out = os.path.join(out, "model.safetensors")
     if config_out:
         cfg = config_out
@@ -1196,6 +1202,21 @@ def output_paths(out, config_out):
         stem = out[:-len(".safetensors")] if out.endswith(".safetensors") else out
         cfg = stem + ".json"
     return out, cfg
+
+
+# The architecture of LlamaGen's VQ-16 (vq_ds16_c2i), which aim assumes for an AiM checkpoint's
+# vqvae.* tensors without a tokenizer config (named in the summary).
+VQ16_ARCH = collections.OrderedDict([
+    ("codebook_size", 16384), ("codebook_embed_dim", 8), ("encoder_ch_mult", [1, 1, 2, 2, 4]),
+    ("decoder_ch_mult", [1, 1, 2, 2, 4]), ("z_channels", 256), ("ch", 128), ("num_res_blocks", 2),
+])
+
+
+def vq_json_path(out):
+    """Where the tokenizer config of an AiM checkpoint written to `out` goes."""
+    if os.path.basename(out) == "model.safetensors":
+        return os.path.join(os.path.dirname(out), "vq.json")
+    return out[:-len(".safetensors")] + ".vq.json"
 
 
 def _json_has(path, key):
@@ -1217,8 +1238,13 @@ def _fmt_int(n):
 def convert(opts):
     strip, add = parse_prefixes(opts.prefix)
     src, sd = open_input(opts.input, opts.use_ema)
+    if opts.config_in:
+        if not os.path.isfile(opts.config_in):
+            raise ConvertError("--config-in %s: no such file" % opts.config_in)
+        src.config_beside = opts.config_in
     what = "'%s'" % src.taken if src.taken else "the state dict"
     sd = collections.OrderedDict((str(k), v) for k, v in sd.items())
+    aim_vq_cfg = None  # an AiM checkpoint's vqvae.* tokenizer, as its shapes describe it
 
     stripped = []
     for p in strip:
@@ -1278,12 +1304,21 @@ def convert(opts):
     except ConvertError as e:
         raise ConvertError("%s: %s" % (src.path, e))
     if beside is not None:
-        check_hf_config(src.config_beside, beside, config)
+        if opts.config_in:
+            check_hf_config(src.config_beside, beside, config,
+                            "--config-in takes the config.json of the run these weights come from")
+        else:
+            check_hf_config(src.config_beside, beside, config)
         notes = []
         if _json_has(src.config_beside, "d_model"):
             config_src = "copied from " + src.config_beside
         else:
             config_src = "the 'config' object of %s, written flat" % src.config_beside
+    elif opts.config_in:
+        raise ConvertError("--config-in %s: %s" % (
+            opts.config_in, "not a MambaConfig config.json (no d_model and n_layer, at the top or "
+            "under 'config')" if content == "aim" else "belongs to an AiM checkpoint; this is %s"
+            % "a tokenizer (its config comes from the tensor shapes)"))
     elif content == "aim" and src.config_beside:
         notes.append("%s is not a MambaConfig config.json; ignored" % src.config_beside)
 
@@ -1307,6 +1342,7 @@ def convert(opts):
         if vq:
             try:
                 vq_cfg, _ = vq_config(vq, "vqvae.", None)
+                aim_vq_cfg = vq_cfg
             except ConvertError as e:
                 raise ConvertError("%s: %s" % (src.path, e))
             check_layout(src.path, vq, vq_layout(vq_cfg, "vqvae."), "LlamaGen's VQ tokenizer "
@@ -1318,7 +1354,9 @@ def convert(opts):
         tdt = getattr(torch, target)
         cache = {}
         for k, v in sd.items():
-            if v.is_floating_point() and v.dtype != tdt:
+            # (quantize.codebook_used holds code indices in a float buffer: bf16 would round
+            # 301 to 300, fp16 past 2048.)
+            if v.is_floating_point() and v.dtype != tdt and not k.endswith("quantize.codebook_used"):
                 key = (v.data_ptr(), v.dtype, tuple(v.shape), tuple(v.stride()))
                 if key not in cache:
                     cache[key] = v.to(tdt)
@@ -1345,6 +1383,14 @@ def convert(opts):
             write_json(cfg_path, beside)
     else:
         write_json(cfg_path, config)
+    # An AiM checkpoint's config.json describes the language model only; without more, aim takes
+    # its vqvae.* tokenizer for VQ-16, as in every released checkpoint. The tokenizer's own config
+    # goes to vq.json (or NAME.vq.json beside NAME.safetensors), where aim looks for it, so that
+    # another tokenizer loads too (and an earlier conversion's file there is replaced).
+    vq_json = None
+    if aim_vq_cfg is not None:
+        vq_json = vq_json_path(out)
+        write_json(vq_json, aim_vq_cfg)
 
     # Summary. Parameters per part (mamba / vqvae), the tied weight once, the usage buffer apart.
     parts, seen, buffers = collections.OrderedDict(), set(), 0
@@ -1404,6 +1450,10 @@ def convert(opts):
     lines.append("  output      %s" % out)
     lines.append("  writer      %s" % how)
     lines.append("  config      %s (%s)" % (cfg_path, config_src))
+    if vq_json:
+        is_vq16 = all(aim_vq_cfg[k] == v for k, v in VQ16_ARCH.items())
+        lines.append("  vq config   %s (the vqvae.* tokenizer: %s)"
+                     % (vq_json, "VQ-16" if is_vq16 else "not VQ-16, aim reads its shape from there"))
     for n in notes:
         lines.append("  note        %s" % n)
     print("\n".join(lines))
@@ -1469,6 +1519,9 @@ exit status: 0 converted, 1 refused (the message says why), 2 bad command line."
     p.add_argument("--dtype", choices=tuple(OUT_DTYPES), default="keep",
                    help="convert floating tensors (default: keep)")
     p.add_argument("--config-out", metavar="PATH", help="where to write the config")
+    p.add_argument("--config-in", metavar="CONFIG_JSON",
+                   help="an AiM checkpoint's config.json (MambaConfig) where none is beside the "
+                        "weights; checked against the tensor shapes like one beside them")
     p.add_argument("--lpips-lin", metavar="VGG_PTH",
                    help="--kind lpips: LPIPS v0.1's linear layers (vgg.pth) to go with "
                         "torchvision's VGG16 weights as the input")

@@ -39,10 +39,12 @@ std::string tokenizer_json_beside(const std::string& path) {
   std::error_code ec;
   // (An AiM checkpoint's own MambaConfig there describes the language model, not a tokenizer.)
   const fs::path p(path);
-  const std::vector<fs::path> candidates = fs::is_directory(p, ec)
-                                               ? std::vector<fs::path>{p / "config.json"}
-                                               : std::vector<fs::path>{fs::path(p).replace_extension(".json"),
-                                                                       p.parent_path() / "config.json"};
+  // vq.json / NAME.vq.json: what tools/convert_checkpoint.py writes for an AiM checkpoint's vqvae.*.
+  const std::vector<fs::path> candidates =
+      fs::is_directory(p, ec)
+          ? std::vector<fs::path>{p / "config.json", p / "vq.json"}
+          : std::vector<fs::path>{fs::path(p).replace_extension(".json"), fs::path(p).replace_extension(".vq.json"),
+                                  p.parent_path() / "config.json", p.parent_path() / "vq.json"};
   for (const auto& c : candidates)
     if (fs::exists(c, ec) && !looks_like_hf_config(c.string())) return c.string();
   return "";
@@ -122,7 +124,8 @@ LoadedVq load_vq_model(const std::string& path, const std::string& config_path, 
                         flag == "vq.weights" ? std::string()
                         : flag == "--init"   ? std::string("--init-config CONFIG, or ")
                                              : std::string("--vq-config CONFIG.json, or "),
-                        "NAME.json beside NAME.safetensors as tools/convert_checkpoint.py writes it"));
+                        "NAME.json (or, for an AiM checkpoint's vqvae.*, vq.json) beside the weights as "
+                        "tools/convert_checkpoint.py writes it"));
   }
   out.model->eval();
   // The digest tells a retrained tokenizer from the old one (same name and size): a code dataset

@@ -164,6 +164,9 @@ TEST(VqLoad, ALanguageModelWithoutItsTokenizerIsNamed) {
       << beside;
   EXPECT_NE(beside.find("HINT: pass its config: --vq-config"), std::string::npos) << beside;
   EXPECT_EQ(beside.find("check that the config belongs"), std::string::npos) << beside;
+  // NAME.vq.json beside it (what the converter writes for an AiM checkpoint's vqvae.*) is read.
+  fs::copy_file(test::source_dir() + "/configs/fixture_tiny_vq.json", dir / "w.vq.json");
+  EXPECT_EQ(load_vq_model((dir / "w.safetensors").string()).model->config.codebook_size, 512);
   fs::remove_all(dir);
   // A tokenizer's folder holding its config.json (LlamaGen-style) needs no --vq-config.
   const auto folder = load_vq_model((test::fixtures_dir() / "vq" / "vq16_tiny").string());

@@ -18,8 +18,11 @@
 #include "aim/core/safetensors.h"
 #include "aim/eval/inception.h"
 #include "aim/model/aim.h"
+#include "aim/model/loader.h"
 #include "aim/model/vq.h"
 #include "test_util.h"
+
+#include <nlohmann/json.hpp>
 
 namespace aim {
 namespace {
@@ -208,8 +211,20 @@ TEST_F(ConvertCheckpoint, LlamaGenEmaAndBf16) {
   r = convert(in("llamagen/vq.pt") + " --dtype bf16 --out " + shell_quote(out("bf16.safetensors").string()));
   ASSERT_EQ(r.code, 0) << r.output;
   EXPECT_NE(r.output.find("-> bfloat16"), std::string::npos) << r.output;
-  const auto bf16 = map_floating(fix, [](const torch::Tensor& t) { return t.to(torch::kBFloat16); });
+  auto bf16 = map_floating(fix, [](const torch::Tensor& t) { return t.to(torch::kBFloat16); });
+  // The usage history holds code indices in a float buffer: kept as it is (bf16 rounds 301 to 300).
+  bf16["quantize.codebook_used"] = fix.at("quantize.codebook_used");
   expect_identical(load_safetensors(out("bf16.safetensors").string()), bf16, "bf16.safetensors (--dtype bf16)");
+  auto used = fix;
+  used["quantize.codebook_used"] = torch::arange(301, 301 + fix.at("quantize.codebook_used").numel(), torch::kFloat);
+  save_safetensors(out("used.safetensors").string(),
+                   std::vector<std::pair<std::string, torch::Tensor>>(used.begin(), used.end()));
+  r = convert(shell_quote(out("used.safetensors").string()) + " --dtype bf16 --out " +
+              shell_quote(out("used_bf16.safetensors").string()));
+  ASSERT_EQ(r.code, 0) << r.output;
+  const auto converted = load_safetensors(out("used_bf16.safetensors").string());
+  EXPECT_TRUE(torch::equal(converted.at("quantize.codebook_used"), used.at("quantize.codebook_used")));
+  EXPECT_EQ(converted.at("encoder.conv_in.weight").scalar_type(), torch::kBFloat16);
 }
 
 TEST_F(ConvertCheckpoint, PrefixAddsAndStrips) {
@@ -285,6 +300,12 @@ TEST_F(ConvertCheckpoint, AimStateDictInfersTheConfig) {
     // The fixture stores the tied weight under both names, as the converter must.
     expect_identical(sd, fix, fixture_case + "/model.safetensors");
     expect_aim_loads(dir / "model.safetensors", dir / "config.json", fixture_case);
+    // The fixture's vqvae.* tokenizer is not VQ-16: its config goes to vq.json, where aim finds it
+    // (it assumed VQ-16 beside an AiM config.json, and the tensors did not fit).
+    EXPECT_NE(r.output.find("vq.json (the vqvae.* tokenizer: not VQ-16"), std::string::npos) << r.output;
+    const auto tokenizer = load_vq_model(dir.string(), "", "--vq");
+    expect_vq_config_equal(tokenizer.model->config,
+                           vq_config_from_json(fixture("aim/" + fixture_case + "/config.json").string(), "fixture.vq"));
     // A safetensors input keeps the tied pair as two tensors: still one parameter in the summary.
     auto again = convert(shell_quote((dir / "model.safetensors").string()) + " --out " + shell_quote(out(fixture_case + "_again/").string()));
     ASSERT_EQ(again.code, 0) << again.output;
@@ -294,6 +315,49 @@ TEST_F(ConvertCheckpoint, AimStateDictInfersTheConfig) {
     };
     EXPECT_EQ(params(again.output), params(r.output));
   }
+}
+
+TEST_F(ConvertCheckpoint, ConfigInSaysWhatTheShapesCannot) {
+  // Shapes fix ngroups x d_state (16 here) only: without a config the converter assumes ngroups 1
+  // and says so; --config-in gives the run's own (ngroups 2 x d_state 8), checked and copied.
+  auto r = convert(in("aim/pytorch_model.bin") + " --out " + shell_quote(out("guessed/").string()));
+  ASSERT_EQ(r.code, 0) << r.output;
+  EXPECT_NE(r.output.find("ngroups 1 assumed (shapes fix only ngroups * d_state = 16"), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("--config-in"), std::string::npos) << r.output;
+  auto given = nlohmann::json::parse(read_bytes(fixture("aim/mamba2_tiny/config.json")));
+  given["ssm_cfg"]["ngroups"] = 2;
+  given["ssm_cfg"]["d_state"] = 8;
+  std::ofstream(out("ngroups2.json")) << given.dump(2);
+  r = convert(in("aim/pytorch_model.bin") + " --config-in " + shell_quote(out("ngroups2.json").string()) + " --out " +
+              shell_quote(out("grouped/").string()));
+  ASSERT_EQ(r.code, 0) << r.output;
+  EXPECT_NE(r.output.find("copied from " + out("ngroups2.json").string()), std::string::npos) << r.output;
+  const auto cfg = model_config_from_hf_json(out("grouped/config.json").string());
+  EXPECT_EQ(cfg.ssm.ngroups, 2);
+  EXPECT_EQ(cfg.ssm.d_state, 8);
+  // One the shapes contradict, one that is no MambaConfig, and one for a tokenizer are refused.
+  given["ssm_cfg"]["d_state"] = 16;
+  std::ofstream(out("wrong.json")) << given.dump(2);
+  r = convert(in("aim/pytorch_model.bin") + " --config-in " + shell_quote(out("wrong.json").string()) + " --out " +
+              shell_quote(out("wrong/").string()));
+  EXPECT_NE(r.code, 0) << r.output;
+  EXPECT_NE(r.output.find("ngroups * d_state"), std::string::npos) << r.output;
+  r = convert(in("aim/pytorch_model.bin") + " --config-in " + shell_quote(fixture("vq/vq16_tiny/config.json").string()) +
+              " --out " + shell_quote(out("notmamba/").string()));
+  EXPECT_NE(r.code, 0) << r.output;
+  EXPECT_NE(r.output.find("not a MambaConfig config.json"), std::string::npos) << r.output;
+  r = convert(in("llamagen/vq.pt") + " --config-in " + shell_quote(out("ngroups2.json").string()) + " --out " +
+              shell_quote(out("vq_in.safetensors").string()));
+  EXPECT_NE(r.code, 0) << r.output;
+  EXPECT_NE(r.output.find("belongs to an AiM checkpoint"), std::string::npos) << r.output;
+}
+
+TEST_F(ConvertCheckpoint, OutWithoutTheSuffixIsAFolder) {
+  // A file named like a folder was written before, which aim then refused as no weights file.
+  auto r = convert(in("aim/pytorch_model.bin") + " --out " + shell_quote(out("weights/aim-tiny").string()));
+  ASSERT_EQ(r.code, 0) << r.output;
+  EXPECT_TRUE(fs::is_regular_file(out("weights/aim-tiny/model.safetensors")));
+  expect_aim_loads(out("weights/aim-tiny/model.safetensors"), out("weights/aim-tiny/config.json"), "mamba2_tiny");
 }
 
 TEST_F(ConvertCheckpoint, ConfigBesideTheWeightsIsCopied) {
@@ -346,8 +410,9 @@ TEST_F(ConvertCheckpoint, BuiltInWriterGivesIdenticalTensors) {
   const auto fb = load_safetensors(out("builtin.safetensors").string());
   expect_identical(fb, fa, "built-in writer vs default writer");
   const auto fix = load_safetensors(fixture("aim/mamba2_tiny/model.safetensors").string());
-  expect_identical(fb, map_floating(fix, [](const torch::Tensor& t) { return t.to(torch::kBFloat16); }),
-                   "built-in writer vs bf16 rounding of the fixture");
+  auto rounded = map_floating(fix, [](const torch::Tensor& t) { return t.to(torch::kBFloat16); });
+  rounded["vqvae.quantize.codebook_used"] = fix.at("vqvae.quantize.codebook_used");  // indices: kept
+  expect_identical(fb, rounded, "built-in writer vs bf16 rounding of the fixture");
   SafetensorsFile file(out("builtin.safetensors").string());
   EXPECT_EQ(file.metadata().count("format") ? file.metadata().at("format") : "", "pt");
 }

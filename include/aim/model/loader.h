@@ -28,9 +28,10 @@ struct LoadedVq {
   std::string identity;  ///< "<file name> (<bytes> bytes, fnv64 <digest>)": recorded in datasets and samples
 };
 
-/// The tokenizer config JSON that describes `path`: for a folder its config.json, for a weights
-/// file NAME.json beside it or the folder's config.json; one that is an AiM MambaConfig does not
-/// count. "" when there is none.
+/// The tokenizer config JSON that describes `path`: for a folder its config.json or vq.json, for a
+/// weights file NAME.json or NAME.vq.json beside it, or the folder's config.json or vq.json (the
+/// vq.json names: tools/convert_checkpoint.py's for an AiM checkpoint's vqvae.* tokenizer); one
+/// that is an AiM MambaConfig does not count. "" when there is none.
 std::string tokenizer_json_beside(const std::string& path);
 
 /// Loads a tokenizer from a .safetensors file (LlamaGen keys, or AiM's `vqvae.` keys), an
