@@ -4,6 +4,7 @@
 #include <iomanip>
 #include <iostream>
 #include <map>
+#include <nlohmann/json.hpp>
 #include <sstream>
 
 #include "aim/cli/commands.h"
@@ -23,6 +24,20 @@
 namespace aim::cli {
 
 namespace {
+
+/// Whether a JSON file is a tokenizer's config: an object naming a codebook or the encoder's
+/// levels (LlamaGen's or AiM's VQ field names).
+bool is_tokenizer_json(const std::string& path) {
+  try {
+    const auto j = nlohmann::json::parse(read_text(path), nullptr, /*allow_exceptions=*/false);
+    if (!j.is_object()) return false;
+    for (const char* key : {"codebook_size", "codebook_embed_dim", "encoder_ch_mult", "n_embed", "embed_dim"})
+      if (j.contains(key)) return true;
+    return false;
+  } catch (const std::exception&) {
+    return false;
+  }
+}
 
 /// A YAML config for `aim train-vq`: a vq section and no model section (configs/vq_*.yaml).
 bool is_tokenizer_yaml(const std::string& path) {
@@ -144,11 +159,14 @@ Runner add_info_command(CLI::App& app) {
     AIM_CHECK(config->empty() || (checkpoint && !own_config), "--config ", *config, ": ", *path,
               own_config ? " is a checkpoint directory, which holds its own config" : " is a config itself",
               "; --config goes with weights that have none\n---> HINT: aim info WEIGHTS.safetensors --config CONFIG");
-    if (checkpoint && config->empty()) {
-      // A tokenizer's weights (LlamaGen's VQ converted, beside its NAME.json; or its folder with a
-      // config.json): the tokenizer, its weights checked against that config.
+    const bool tokenizer_config_given =
+        !config->empty() && !looks_like_hf_config(*config) && is_tokenizer_json(*config);
+    if (checkpoint && (config->empty() || tokenizer_config_given)) {
+      // A tokenizer's weights (LlamaGen's VQ converted, beside its NAME.json or given its JSON
+      // with --config; or its folder with a config.json): the tokenizer, its weights checked
+      // against that config.
       const fs::path p(*path);
-      const std::string json = tokenizer_json_beside(*path);
+      const std::string json = tokenizer_config_given ? *config : tokenizer_json_beside(*path);
       const std::string w = fs::is_directory(p) ? (p / "model.safetensors").string() : *path;
       if (!json.empty() && fs::exists(w) && !holds_language_model(SafetensorsFile(w))) {
         Config c;
@@ -176,8 +194,19 @@ Runner add_info_command(CLI::App& app) {
       model = checkpoint_model_config(ref);
       source = ref.config_path;
       weights = ref.weights_path;
-      if (ref.kind == CheckpointKind::kRunDir) vq = load_config(ref.config_path).vq;
+      if (ref.kind == CheckpointKind::kRunDir) {
+        const Config run = load_config(ref.config_path);
+        vq = run.vq;
+        ema = run.train.ema;  // (the run's memory: its EMA copy too)
+      }
     } else if (ends_with(".json")) {
+      if (!looks_like_hf_config(*path) && is_tokenizer_json(*path)) {
+        // A tokenizer's config (LlamaGen's names, as the converter writes NAME.json).
+        Config c;
+        c.vq = vq_config_from_json(*path);
+        std::cout << "config: " << source << "\n" << describe_tokenizer(c, /*training=*/false);
+        return 0;
+      }
       model = model_config_from_hf_json(*path);
     } else if (is_tokenizer_yaml(*path)) {
       const auto cfg = load_config(*path, *overrides, ConfigUse::kTokenizer);

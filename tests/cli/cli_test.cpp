@@ -83,6 +83,15 @@ TEST(Cli, InfoDescribesTokenizerConfigs) {
   EXPECT_EQ(r.code, 1) << r.output;
   EXPECT_NE(r.output.find("the tokenizer weights do not match the tokenizer configuration"), std::string::npos)
       << r.output;
+  // A tokenizer's JSON alone, or given to bare weights with --config (it was read as an AiM
+  // config.json and refused for its fields).
+  r = run_aim("info " + (vq / "config.json").string());
+  ASSERT_EQ(r.code, 0) << r.output;
+  EXPECT_NE(r.output.find("tokenizer (LlamaGen's VQ architecture)"), std::string::npos) << r.output;
+  fs::copy_file(vq / "model.safetensors", dir / "bare.safetensors");
+  r = run_aim("info " + (dir / "bare.safetensors").string() + " --config " + (vq / "config.json").string());
+  ASSERT_EQ(r.code, 0) << r.output;
+  EXPECT_NE(r.output.find("tensors, matching the config)"), std::string::npos) << r.output;
   fs::remove_all(dir);
 }
 
