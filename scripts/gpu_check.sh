@@ -10,7 +10,8 @@
 #                                        # BUILD), strip its programs into .prebuilt/aim-cuda.tar.xz,
 #                                        # stamped with the hash of the sources they were built from;
 #                                        # causal-conv1d's kernels for the baseline into .official/
-# There (carry [".deb", ".prebuilt", ".official"]):
+# There (carry [".deb", ".prebuilt"], and ".official" for the phase "official"; --pack says
+# whether the tree and the folders fit a call's 64 MiB):
 #   scripts/gpu_check.sh --gpu           # a short lease: the GPU tests (one process), parity on
 #                                        # CUDA, the AiM-L benchmarks, the sanitizers
 #   scripts/gpu_check.sh --short         # one call of a 15-minute lease (about 7 min): the kernel
@@ -37,6 +38,7 @@
 # The GPU machine reaches no package registry, so its Debian dependencies come as .deb files
 # unpacked with dpkg -x (never installed into /).
 set -uo pipefail
+export PYTHONUNBUFFERED=1  # a Python run stopped at the deadline keeps what it printed
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$root"
 start=$(date +%s)
@@ -87,7 +89,9 @@ case "${1:-}" in
       mkdir -p "$stage/$(dirname "$p")" && strip -o "$stage/$p" "$build/$p" || exit 1
     done
     source_stamp > "$stage/SOURCE_STAMP"
-    mkdir -p .prebuilt && tar -C "$stage" -cJf "$ARCHIVE" . && rm -rf "$stage"
+    # xz -9's 64 MiB window spans the five programs, which share most of their code (every one
+    # links the kernels): far smaller than per-file compression, and the carry is limited.
+    mkdir -p .prebuilt && tar -C "$stage" -cf - . | xz -9 -T1 > "$ARCHIVE" && rm -rf "$stage" || exit 1
     echo "gpu_check.sh: $ARCHIVE $(du -h "$ARCHIVE" | cut -f1), sources $(tar -xOJf "$ARCHIVE" ./SOURCE_STAMP)" \
          "(carry \".prebuilt\" with \".deb\"; pack again after any change to the sources)"
     # The official baseline's causal-conv1d kernels, for the device's architecture (minutes the
@@ -99,6 +103,23 @@ case "${1:-}" in
       { echo "gpu_check.sh --pack: the official baseline's extension did not build (build-official-ext/build.log)" >&2; exit 1; }
     strip --strip-unneeded .official/site/causal_conv1d_cuda.so
     echo "gpu_check.sh: .official $(du -sh .official | cut -f1) (carry \".official\" too: the phase \"official\")"
+    # The extension is a pybind11 module of this Python; the device's python3 is 3.12 (its image):
+    # another minor version refuses it there, and the phase "official" then builds it on the
+    # device (a few minutes of the lease).
+    pyv=$("$py" -c 'import sys; print("%d.%d" % sys.version_info[:2])')
+    [ "$pyv" = "${AIM_DEVICE_PYTHON:-3.12}" ] ||
+      echo "gpu_check.sh: note: causal_conv1d_cuda.so was built for Python $pyv, the device runs" \
+           "${AIM_DEVICE_PYTHON:-3.12}: the phase \"official\" rebuilds it there (minutes of the lease)"
+    # What a device call carries: the tracked files (the tree travels) and the carried folders,
+    # 64 MiB at most per call.
+    tracked=$(git ls-files -z | xargs -0 du -cb 2>/dev/null | tail -1 | cut -f1)
+    size() { du -sb "$1" 2>/dev/null | cut -f1; }
+    for set in ".deb .prebuilt" ".deb .prebuilt .official"; do
+      total=$tracked
+      for d in $set; do total=$((total + $(size "$d"))); done
+      verdict="fits"; [ "$total" -gt $((64 * 1024 * 1024)) ] && verdict="EXCEEDS the 64 MiB limit"
+      echo "gpu_check.sh: tree + $set = $((total / 1024 / 1024)) MiB: $verdict"
+    done
     exit 0 ;;
   --gpu | --short | "") ;;
   *) echo "gpu_check.sh: unknown argument '$1' (expected --fetch, --pack [BUILD], --gpu, --short or nothing)" >&2; exit 2 ;;
@@ -120,6 +141,7 @@ out=${OUT:-$root/build-gpu/out}
 mkdir -p "$out"
 summary="$out/summary.txt"
 : > "$summary"
+rm -f "$out/bench.log" "$out/official.log"  # this call's alone (the table compares them)
 note() { echo "$*" | tee -a "$summary"; }
 left() { echo $((deadline - $(date +%s))); }
 # Runs "$@" for at most min(cap, time left) seconds; 124 when it was stopped.
@@ -196,12 +218,25 @@ t1=$(date +%s)
 # the baseline's code on the GPU but launch no Triton kernel (official_baseline.py precompile),
 # and leave the kernels in Triton's cache, where the phase "official" finds them.
 precompile_pid=""
+official_ext_ok=0
 if wants official && [ -f .official/site/causal_conv1d_cuda.so ]; then
+  # Packed for another Python than this one (a pybind11 module refuses a foreign minor version):
+  # built again here, against this python3 and PyTorch, before anything uses it.
+  if ! (cd .official/site && "$PY" -c 'import torch, causal_conv1d_cuda') > /dev/null 2>> "$out/official.log"; then
+    note "gpu_check.sh: the packed causal_conv1d_cuda.so does not import with $("$PY" -V 2>&1): building it here"
+    TORCH_CUDA_ARCH_LIST=9.0 MAX_JOBS=$(nproc) timed 300 "$PY" tools/bench/official_baseline.py build-ext .official \
+      >> "$out/official.log" 2>&1
+  fi
+  (cd .official/site && "$PY" -c 'import torch, causal_conv1d_cuda') > /dev/null 2>> "$out/official.log" &&
+    official_ext_ok=1
+fi
+if [ "$official_ext_ok" = 1 ]; then
   jobs_n=${AIM_OFFICIAL_COMPILE_JOBS:-8}
+  cap=$(left); [ "$cap" -gt 400 ] && cap=400
   ( for k in $(seq 0 $((jobs_n - 1))); do
-      timeout 400 "$PY" tools/bench/official_baseline.py precompile --shard "$k/$jobs_n" &
+      timeout "$cap" "$PY" tools/bench/official_baseline.py precompile --shard "$k/$jobs_n" &
     done
-    wait ) > "$out/official.log" 2>&1 &
+    wait ) >> "$out/official.log" 2>&1 &
   precompile_pid=$!
 fi
 status_tests=SKIP status_parity=SKIP status_sanitize=SKIP status_bench=SKIP status_profile=SKIP status_official=SKIP
@@ -376,17 +411,33 @@ fi
 if wants official; then
   s=$(date +%s)
   olog="$out/official.log"
-  if [ -f .official/site/causal_conv1d_cuda.so ]; then
+  if [ "$official_ext_ok" = 1 ]; then
     status_official=OK
     [ -n "$precompile_pid" ] && wait "$precompile_pid"
     grep -E "^precompile" "$olog" | tail -2
     timed 420 "$PY" tools/bench/official_baseline.py train --model aim_l --micro 64 --steps 6 --warmup 2 \
-      >> "$olog" 2>&1 || status_official=FAIL
+      >> "$olog" 2>&1
+    r=$(ok_or $?); [ "$r" != OK ] && status_official=$r
     for b in 16 1; do
       timed 150 "$PY" tools/bench/official_baseline.py sample --model aim_l --batch $b --cfg 1.75 --dtype bf16 \
-        >> "$olog" 2>&1 || status_official=FAIL
+        >> "$olog" 2>&1
+      r=$(ok_or $?); [ "$r" != OK ] && status_official=$r
     done
     grep -E "^official_baseline.py|Error" "$olog" | tail -3
+    # Our side of the ratios on this same machine, in this same $OUT, where the bench phase did
+    # not run in this call (the official phase has a call of its own).
+    if [ "$status_build" = OK ] && [ ! -s "$out/bench.log" ]; then
+      blog="$out/bench.log"
+      timed 120 "$bin/bench/bench_train" configs/aim_l.yaml --micro 64 --steps 6 --warmup 2 --precision bf16 \
+        --kernels on >> "$blog" 2>&1
+      for b in 16 1; do
+        timed 45 "$bin/bench/bench_sample" configs/aim_l.yaml --batch $b --cfg 1.75 --dtype bf16 --device cuda \
+          --no-vq >> "$blog" 2>&1
+      done
+    fi
+  elif [ -f .official/site/causal_conv1d_cuda.so ]; then
+    status_official=FAIL
+    note "gpu_check.sh: causal_conv1d_cuda does not import here, nor once built here (official.log)"
   else
     note "gpu_check.sh: no .official/site/causal_conv1d_cuda.so: run --fetch and --pack here and carry .official"
   fi
@@ -413,19 +464,27 @@ skipped=$(grep -cE '^\[  SKIPPED \]' "$out/tests.log" 2>/dev/null); skipped=${sk
   # DESIGN.md section 6: training >= 1.5x the official tokens/s, sampling >= 3x the official
   # CUDA-graph decoder; both measured above on this GPU.
   grep -E "^official (train|sample) aim_l (micro|batch)" "$out/official.log" 2>/dev/null
-  "$PY" - "$out/bench.log" "$out/official.log" <<'PYEOF' 2>/dev/null
-import re, sys
-bench = open(sys.argv[1]).read().splitlines() if len(sys.argv) > 1 else []
+  "$PY" - "$out/bench.log" "$out/official.log" <<'PYEOF'
+import os, re, sys
+has = [os.path.exists(p) and os.path.getsize(p) > 0 for p in sys.argv[1:3]]
+if not all(has):
+    if any(has):
+        print("ratios to the official code: only one side was measured in this call (both run in the "
+              "call of the phase \"official\")")
+    sys.exit(0)
+bench = open(sys.argv[1]).read().splitlines()
 official = open(sys.argv[2]).read()
-ours_train, ours_ms, batch = None, {}, None
+ours_train, ours_ms, batch, col = None, {}, None, None
 for line in bench:
     f = line.split()
     if line.startswith("bench_train ") and "aim_l" not in line:
         batch = "other"
     elif line.startswith("bench_train "):
         batch = None
-    if len(f) > 4 and f[0] == "bf16" and f[1] == "kernels" and batch is None and ours_train is None:
-        ours_train = float(f[4])
+    if f[:1] == ["prec"] and "tokens/s" in f:
+        col = f.index("tokens/s")  # by the header: columns were added before it once
+    if col is not None and len(f) > col and f[0] == "bf16" and f[1] == "kernels" and batch is None and ours_train is None:
+        ours_train = float(f[col])
     m = re.match(r"config (\S+): .* batch (\d+),", line)
     if m:
         batch = (m.group(1), int(m.group(2)))
