@@ -10,6 +10,7 @@
 #include <cfloat>
 #include <cmath>
 #include <cstdint>
+#include <limits>
 
 #include "cross_entropy.h"
 #include "vec_io.cuh"
@@ -110,7 +111,10 @@ __global__ void __launch_bounds__(kThreads) softmax_xent_kernel(SoftmaxXentParam
       const float lse = m + __logf(s);
       row_lse = lse;
       float loss = 0.0f;
-      if (!ignored && target >= 0 && target < p.vocab) loss = lse - to_float(x[target]);
+      // A target outside [0, vocab) that is not ignore_index: NaN, where the reference raises
+      // (an error here would need a synchronisation), so that the mean cannot hide it.
+      if (!ignored)
+        loss = target >= 0 && target < p.vocab ? lse - to_float(x[target]) : std::numeric_limits<float>::quiet_NaN();
       p.losses[row] = loss;
     }
   }

@@ -137,7 +137,7 @@ bool causal_conv1d_update_supported(const torch::Tensor& x, const torch::Tensor&
   const int64_t width = weight.size(-1);
   return conv_state.device() == x.device() && weight.device() == x.device() &&
          (!bias.defined() || bias.device() == x.device()) && width >= 1 && width <= 8 &&
-         (width == 1 || conv_state.stride(2) == 1) &&
+         (width == 1 || conv_state.stride(2) == 1) && distinct_elements(conv_state) &&
          x.size(0) * x.size(1) <= std::numeric_limits<int>::max() &&
          !tracks_grad({&x, &conv_state, &weight, &bias});
 }

@@ -9,6 +9,7 @@
 // emulator's copy of kernels/, the kernels take CPU tensors, there is no stream and no device to
 // guard, and the limits are the emulated device's. The emulated tests thereby run the adapters'
 // own code (buffers, strides, partial-sum reductions, autograd wiring), not a copy of it.
+#include <ATen/MemoryOverlap.h>
 #include <c10/core/GradMode.h>
 #include <torch/types.h>
 
@@ -65,6 +66,13 @@ inline kernels::ElemType elem_type(torch::ScalarType t) {
   return t == torch::kBFloat16 ? kernels::ElemType::kBFloat16 : kernels::ElemType::kFloat32;
 }
 inline kernels::ElemType elem_type(const torch::Tensor& t) { return elem_type(t.scalar_type()); }
+
+/// Whether a state a kernel updates in place has no two elements at one address: in an expanded
+/// tensor (a cache set up from one row with expand) several threads would read and write the
+/// same element. Such a state goes to the reference, whose in-place copy refuses it.
+inline bool distinct_elements(const torch::Tensor& t) {
+  return !t.defined() || at::has_internal_overlap(t) != at::MemOverlap::Yes;
+}
 
 /// Whether an optional tensor (undefined counts as yes) is on x's device.
 inline bool on_device_of(const torch::Tensor& t, const torch::Tensor& x) {

@@ -93,7 +93,7 @@ bool linear_cross_entropy_supported(const torch::Tensor& hidden, const torch::Te
   const auto dt = hidden.scalar_type();
   return on_kernel_device(hidden) && kernel_dtype(dt) &&
          weight.device() == hidden.device() && targets.device() == hidden.device() &&
-         weight.size(0) <= std::numeric_limits<int>::max();
+         weight.size(0) >= 1 && weight.size(0) <= std::numeric_limits<int>::max();
 }
 
 torch::Tensor linear_cross_entropy(const torch::Tensor& hidden, const torch::Tensor& weight,

@@ -277,7 +277,7 @@ bool selective_state_update_supported(const torch::Tensor& state, const torch::T
     return false;
   }
   if (!kernel_dtype(state) || state.device() != u.device() ||
-      (state.size(2) > 1 && state.stride(2) != 1)) {
+      (state.size(2) > 1 && state.stride(2) != 1) || !distinct_elements(state)) {
     return false;
   }
   if (!float_on_device(A, u) || !float_on_device(D, u) || !float_on_device(delta_bias, u)) {

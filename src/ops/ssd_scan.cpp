@@ -4,6 +4,9 @@
 
 #include <torch/torch.h>
 
+#include <initializer_list>
+#include <utility>
+
 #include "aim/ops/conv1d.h"
 #include "aim/ops/dispatch.h"
 #include "aim/ops/norms.h"
@@ -93,7 +96,7 @@ torch::Tensor ssd_state_update(torch::Tensor& state, const torch::Tensor& x,
   const int64_t batch = x.size(0), heads = x.size(1), hdim = x.size(2);
   TORCH_CHECK(dt.dim() == 2 && dt.size(0) == batch && dt.size(1) == heads,
               "ssd_state_update: dt must be [", batch, ", ", heads, "], got ", dt.sizes());
-  TORCH_CHECK(Bm.dim() == 3 && Bm.size(0) == batch && heads % Bm.size(1) == 0,
+  TORCH_CHECK(Bm.dim() == 3 && Bm.size(0) == batch && Bm.size(1) >= 1 && heads % Bm.size(1) == 0,
               "ssd_state_update: B must be [B, G, N] with G dividing ", heads, ", got ",
               Bm.sizes());
   TORCH_CHECK(Cm.sizes() == Bm.sizes(), "ssd_state_update: C ", Cm.sizes(), " != B ",
@@ -105,12 +108,24 @@ torch::Tensor ssd_state_update(torch::Tensor& state, const torch::Tensor& x,
   TORCH_CHECK(state.scalar_type() == torch::kFloat || state.scalar_type() == torch::kBFloat16,
               "ssd_state_update: state must be fp32 or bf16, got ", state.scalar_type());
   check_head_params(A, D, dt_bias, heads, hdim, "ssd_state_update");
+  // The kernel reads every input through raw pointers: all on x's device (a parameter left on the
+  // CPU would be read as a device address), as the reference requires too.
+  for (const auto& [name, t] : {std::pair<const char*, const torch::Tensor*>{"state", &state}, {"dt", &dt},
+                                {"A", &A}, {"B", &Bm}, {"C", &Cm}, {"D", &D}, {"dt_bias", &dt_bias}}) {
+    TORCH_CHECK(!t->defined() || t->device() == x.device(), "ssd_state_update: ", name, " is on ", t->device(),
+                ", x on ", x.device());
+  }
+  // The kernel has no backward: a call autograd would record goes to the reference.
+  bool grad = false;
+  if (c10::GradMode::is_enabled())
+    for (const torch::Tensor* t : std::initializer_list<const torch::Tensor*>{&state, &x, &dt, &A, &Bm, &Cm, &D, &dt_bias})
+      grad |= t->defined() && t->requires_grad();
 #ifdef AIM_WITH_CUDA
-  if (x.is_cuda() && cuda_kernels_enabled() && cuda::ssd_state_update_supported(state, x, Bm, D)) {
+  if (!grad && x.is_cuda() && cuda_kernels_enabled() && cuda::ssd_state_update_supported(state, x, Bm, D)) {
     return cuda::ssd_state_update(state, x, dt, A, Bm, Cm, D, dt_bias, dt_softplus);
   }
 #endif
-  if (const auto* k = emulated_kernels_for(x); k && k->ssd_state_update_supported(state, x, Bm, D)) {
+  if (const auto* k = emulated_kernels_for(x); !grad && k && k->ssd_state_update_supported(state, x, Bm, D)) {
     return k->ssd_state_update(state, x, dt, A, Bm, Cm, D, dt_bias, dt_softplus);
   }
   return ref::ssd_state_update(state, x, dt, A, Bm, Cm, D, dt_bias, dt_softplus);
@@ -151,6 +166,19 @@ SsdDecodeShape check_ssd_decode_step(const torch::Tensor& zxbcdt, const torch::T
   TORCH_CHECK(w.norm_group_size >= 1 && s.inner % w.norm_group_size == 0,
               "ssd_decode_step: norm_group_size ", w.norm_group_size, " must divide E = ",
               s.inner);
+  // The weights the fused kernel indexes by head, channel and tap (the three-op path checks them
+  // op by op): [H] or [H, P] for D, [H] for dt_bias, [C] for the conv bias, [C, W] or [C, 1, W]
+  // for the conv weight.
+  const int64_t width = conv_state.size(2);
+  check_head_params(w.A, w.D, w.dt_bias, s.heads, s.headdim, "ssd_decode_step");
+  TORCH_CHECK(!w.conv_bias.defined() || (w.conv_bias.dim() == 1 && w.conv_bias.size(0) == s.conv_dim),
+              "ssd_decode_step: conv_bias must be [", s.conv_dim, "], got ", w.conv_bias.sizes());
+  TORCH_CHECK(w.conv_weight.defined() &&
+                  ((w.conv_weight.dim() == 2 && w.conv_weight.size(0) == s.conv_dim && w.conv_weight.size(1) == width) ||
+                   (w.conv_weight.dim() == 3 && w.conv_weight.size(0) == s.conv_dim && w.conv_weight.size(1) == 1 &&
+                    w.conv_weight.size(2) == width)),
+              "ssd_decode_step: conv_weight must be [", s.conv_dim, ", ", width, "] or [", s.conv_dim, ", 1, ", width,
+              "], got ", w.conv_weight.defined() ? w.conv_weight.sizes() : torch::IntArrayRef{});
   return s;
 }
 

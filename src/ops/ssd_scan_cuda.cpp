@@ -398,7 +398,8 @@ bool ssd_decode_step_supported(const torch::Tensor& zxbcdt, const torch::Tensor&
   const int64_t batch = conv_state.size(0), width = conv_state.size(2);
   const int64_t headdim = ssm_state.size(2), dstate = ssm_state.size(3);
   return batch <= kMaxGridDim && width >= 1 && width <= kernels::kSsdStepMaxWidth &&
-         (width == 1 || conv_state.stride(2) == 1) && w.conv_weight.numel() == conv_state.size(1) * width &&
+         (width == 1 || conv_state.stride(2) == 1) && distinct_elements(conv_state) &&
+         w.conv_weight.numel() == conv_state.size(1) * width &&
          headdim <= kernels::kSsdStepMaxHeaddim && dstate <= kernels::kSsdStepMaxDstate &&
          w.A.size(0) * kernels::kSsdStepMaxHeaddim <= std::numeric_limits<int>::max() &&
          !tracks_grad({&zxbcdt, &w.conv_weight, &w.conv_bias, &w.A, &w.D, &w.dt_bias,

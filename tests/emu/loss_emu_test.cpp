@@ -5,6 +5,8 @@
 #include <gtest/gtest.h>
 #include <torch/torch.h>
 
+#include <cmath>
+
 #include "emu_test_util.h"
 #include "ops/loss_cases.h"
 #include "ops/loss_cuda.h"
@@ -23,6 +25,24 @@ TEST_P(LinearCrossEntropyEmu, LossAndGradientsMatchTheReference) {
         EXPECT_TRUE(ops::cuda_emu::linear_cross_entropy_supported(h, w, t));
         return ops::cuda_emu::linear_cross_entropy(h, w, t, ignore, chunk_rows);
       });
+}
+
+// A target outside [0, vocab) that is not ignore_index: the reference raises; the kernel, which
+// cannot without a synchronisation, makes the loss NaN (it once counted the row with loss 0).
+class LinearCrossEntropyEmuTargets : public test::emu::EmulatedKernelTest<> {};
+
+TEST_F(LinearCrossEntropyEmuTargets, AnOutOfRangeTargetMakesTheLossNaN) {
+  torch::manual_seed(3);
+  const auto h = torch::randn({6, 16});
+  const auto w = torch::randn({40, 16});
+  const auto ok = torch::tensor({1, 2, 3, -100, 5, 39}, torch::kLong);
+  EXPECT_TRUE(std::isfinite(ops::cuda_emu::linear_cross_entropy(h, w, ok, -100, 0).item<float>()));
+  for (const int64_t bad : {int64_t{40}, int64_t{-1}}) {
+    auto t = ok.clone();
+    t[2] = bad;
+    EXPECT_TRUE(std::isnan(ops::cuda_emu::linear_cross_entropy(h, w, t, -100, 0).item<float>())) << bad;
+    EXPECT_THROW(ops::ref::linear_cross_entropy(h, w, t, -100), c10::Error) << bad;
+  }
 }
 
 INSTANTIATE_TEST_SUITE_P(Shapes, LinearCrossEntropyEmu, ::testing::ValuesIn(test::xent_cases()),

@@ -14,10 +14,12 @@
 #include <string>
 #include <utility>
 
+#include "aim/ops/conv1d.h"
 #include "aim/ops/ssd_scan.h"
 #include "emu_test_util.h"
 #include "ops/ssd_cases.h"
 #include "ops/ssd_step_cases.h"
+#include "ops/conv1d_cuda.h"
 #include "ops/ssd_scan_cuda.h"
 
 namespace aim {
@@ -250,6 +252,33 @@ std::vector<SsdCase> step_cases() {
 
 INSTANTIATE_TEST_SUITE_P(Shapes, SsdStateUpdateEmu, ::testing::ValuesIn(step_cases()),
                          [](const auto& info) { return test::case_name(info.param); });
+
+// What the one-token kernels leave to the reference (the emulated table is installed for this
+// whole program, so ops:: dispatch would take the kernel): a call autograd records (the kernel
+// has no backward: the state update's output came back without one), and a conv state whose rows
+// share memory (an expanded cache, which threads would update at once; the reference refuses it).
+class OneTokenFallbackEmu : public emu_t::EmulatedKernelTest<> {};
+
+TEST_F(OneTokenFallbackEmu, RecordedCallsAndSharedStatesGoToTheReference) {
+  torch::manual_seed(8);
+  auto state = torch::zeros({2, 2, 8, 4});
+  const auto x = torch::randn({2, 2, 8}), dt = torch::rand({2, 2}), A = -torch::rand({2});
+  const auto Bm = torch::randn({2, 1, 4}), Cm = torch::randn({2, 1, 4});
+  const auto D = torch::randn({2}, torch::requires_grad());
+  ASSERT_TRUE(ops::cuda_emu::ssd_state_update_supported(state, x, Bm, D));
+  const auto y = ops::ssd_state_update(state, x, dt, A, Bm, Cm, D, torch::Tensor(), true);
+  EXPECT_TRUE(y.requires_grad()) << "the emulated kernel ran: no backward";
+  {
+    torch::NoGradGuard no_grad;
+    auto again = torch::zeros({2, 2, 8, 4});
+    const auto y_kernel = ops::ssd_state_update(again, x, dt, A, Bm, Cm, D, torch::Tensor(), true);
+    test::expect_close("state update, kernel against reference", y_kernel, y.detach(), 1e-5);
+  }
+  const auto w = torch::randn({6, 4}), b = torch::randn({6});
+  auto shared = torch::zeros({1, 6, 4}).expand({3, 6, 4});
+  EXPECT_FALSE(ops::cuda_emu::causal_conv1d_update_supported(torch::randn({3, 6}), shared, w, b));
+  EXPECT_THROW(ops::causal_conv1d_update(torch::randn({3, 6}), shared, w, b, true), c10::Error);
+}
 
 // ---------------------------------------------------------------- fused one-token step
 

@@ -262,6 +262,41 @@ TEST(SsdDecodeStep, MismatchedShapesAreErrorsThatSaySo) {
   w.norm_group_size = 5;
   EXPECT_NE(message(torch::randn({2, 82}), ssm).find("norm_group_size 5 must divide E = 32"),
             std::string::npos);
+  w.norm_group_size = 32;
+  // The weights the fused kernel indexes (it would read past a short one on the GPU).
+  w.dt_bias = torch::zeros({1});
+  EXPECT_NE(message(torch::randn({2, 82}), ssm).find("dt_bias must be [2], got [1]"), std::string::npos);
+  w.dt_bias = torch::Tensor();
+  w.D = torch::ones({32});
+  EXPECT_NE(message(torch::randn({2, 82}), ssm).find("D must be [H] or [H, P] = [2, 16], got [32]"),
+            std::string::npos);
+  w.D = torch::Tensor();
+  w.conv_bias = torch::zeros({40});
+  EXPECT_NE(message(torch::randn({2, 82}), ssm).find("conv_bias must be [48], got [40]"), std::string::npos);
+  w.conv_bias = torch::Tensor();
+  w.conv_weight = torch::randn({4, 48});
+  EXPECT_NE(message(torch::randn({2, 82}), ssm).find("conv_weight must be [48, 4] or [48, 1, 4], got [4, 48]"),
+            std::string::npos);
+  w.conv_weight = torch::randn({48, 4});
+  EXPECT_NO_THROW(ops::ssd_decode_step(torch::randn({2, 82}), conv, ssm, w));
+}
+
+// The one-token state update: inputs on another device than x are refused by name, a grouped B
+// of zero groups too (it divided by zero), and a call autograd records goes to the reference,
+// which has a backward.
+TEST(SsdStateUpdate, ChecksAndAutograd) {
+  auto state = torch::zeros({1, 2, 4, 3});
+  const auto x = torch::randn({1, 2, 4}, torch::requires_grad());
+  const auto dt = torch::rand({1, 2}), A = -torch::rand({2}), Bm = torch::randn({1, 1, 3}), Cm = torch::randn({1, 1, 3});
+  const auto y = ops::ssd_state_update(state, x, dt, A, Bm, Cm, torch::Tensor(), torch::Tensor(), true);
+  EXPECT_TRUE(y.requires_grad());
+  auto none = torch::zeros({1, 0, 3});
+  try {
+    ops::ssd_state_update(state, x.detach(), dt, A, none, none, torch::Tensor(), torch::Tensor(), true);
+    ADD_FAILURE() << "no error for B with zero groups";
+  } catch (const c10::Error& e) {
+    EXPECT_NE(std::string(e.what()).find("B must be [B, G, N] with G dividing 2"), std::string::npos) << e.what();
+  }
 }
 
 }  // namespace
