@@ -53,7 +53,8 @@ Runner add_training_command(CLI::App& app, Stage stage) {
   cmd->add_option("--device", a->device, kDeviceHelp)
       ->capture_default_str();
   cmd->add_option("--stop-after-steps", a->stop_after,
-                  "save and exit after this many steps (time-limited jobs); resume later with --resume");
+                  "save and exit after this many steps of this session (time-limited jobs); resume later "
+                  "with --resume");
   cmd->add_option("--out", a->out, "run directory (default: train.out_dir, runs/<name>)");
   return [cmd, a, vq, name, example]() -> int {
     if (!cmd->parsed()) return -1;
@@ -69,12 +70,18 @@ Runner add_training_command(CLI::App& app, Stage stage) {
     }
     AIM_CHECK(a->init_config.empty() || !a->init.empty(), "--init-config ", a->init_config,
               ": the config of an --init weights file, and no --init is given\n---> HINT: leave it out, or add --init");
+    AIM_CHECK(a->init.empty() || a->resume.empty() || a->resume == "auto", "--init ", a->init, ": not used when "
+              "resuming from --resume ", a->resume, " (the checkpoint's weights are)\n---> HINT: leave out one of "
+              "them; --resume auto --init X starts from X only while the run has no checkpoint");
+    const auto sets_out_dir = [](const std::string& s) { return s.rfind("train.out_dir=", 0) == 0; };
+    AIM_CHECK(cmd->count("--out") == 0 || !a->out.empty(), "--out: expected a run directory, found ''");
+    AIM_CHECK(a->out.empty() || std::none_of(a->sets.begin(), a->sets.end(), sets_out_dir), "--out ", a->out,
+              " and --set train.out_dir both name the run directory\n---> HINT: give one of them");
     auto sets = a->sets;
     if (!a->out.empty()) {
       sets.push_back("train.out_dir=" + a->out);
     } else if (!a->resume.empty() && a->resume != "auto" &&
-               std::none_of(sets.begin(), sets.end(),
-                            [](const std::string& s) { return s.rfind("train.out_dir=", 0) == 0; })) {
+               std::none_of(sets.begin(), sets.end(), sets_out_dir)) {
       // A resumed run goes on in the directory it is resumed from (which may have moved since
       // config.yaml recorded train.out_dir), not wherever that path now points.
       const std::string run = train::run_dir_of(a->resume);

@@ -702,6 +702,19 @@ void apply_override(Config& config, const std::string& assignment) {
     }
     throw Error(str_cat(src.what, ": unknown key '", key, "'", unknown_key_hint(key, slots)));
   }
+  if (auto* str = std::get_if<std::string*>(&slot->ref)) {
+    // A string (a path, a name) is taken as written: read as YAML, "runs/a #2" would lose " #2"
+    // as a comment and "x: y" would be a mapping. A YAML-quoted value is unquoted.
+    std::string v = text;
+    while (!v.empty() && std::isspace(static_cast<unsigned char>(v.back()))) v.pop_back();
+    v.erase(0, std::min(v.size(), v.find_first_not_of(" \t")));
+    if (!v.empty() && (v.front() == '"' || v.front() == '\'')) {
+      assign(slot->ref, parse_yaml(v, src.what), key, src);
+    } else {
+      **str = v;
+    }
+    return;
+  }
   assign(slot->ref, parse_yaml(text, src.what), key, src);
 }
 

@@ -290,11 +290,13 @@ void agree_on_count(DistContext& dist, int64_t count, const std::string& what) {
                       "one node differs from the others' (an unfinished copy to a node-local disk?)"));
 }
 
-void refuse_existing_run(DistContext& dist, const std::string& out_dir) {
+void refuse_existing_run(DistContext& dist, const std::string& out_dir, const std::string& resume_dir) {
   std::string latest;
   if (dist.is_main()) {
     std::error_code ec;
-    if (fs::exists(fs::path(out_dir) / "latest", ec)) {
+    const std::string own = resume_dir.empty() ? "" : run_dir_of(resume_dir);
+    const bool same_run = !own.empty() && fs::exists(out_dir, ec) && fs::equivalent(own, out_dir, ec);
+    if (!same_run && fs::exists(fs::path(out_dir) / "latest", ec)) {
       try {
         const auto l = RunDir(out_dir).latest();
         latest = l ? *l : "";
@@ -304,8 +306,12 @@ void refuse_existing_run(DistContext& dist, const std::string& out_dir) {
     }
   }
   if (!dist.any_true(!latest.empty())) return;
-  throw Error(str_cat("train.out_dir ", out_dir, ": already holds a run", latest.empty() ? "" : " (latest checkpoint ",
-                      latest, latest.empty() ? "" : ")", "; a new run there would replace its checkpoints\n"
+  const std::string held = str_cat("train.out_dir ", out_dir, ": already holds a run",
+                                   latest.empty() ? "" : " (latest checkpoint ", latest, latest.empty() ? "" : ")");
+  if (!resume_dir.empty())
+    throw Error(str_cat(held, "; resuming ", resume_dir, " there would replace its checkpoints\n---> HINT: leave out "
+                        "--out to go on in the run resumed from, or give --out a new folder"));
+  throw Error(str_cat(held, "; a new run there would replace its checkpoints\n"
                       "---> HINT: --resume ", out_dir, " to continue it, --out DIR for a new run, or remove it"));
 }
 

@@ -94,10 +94,12 @@ std::string save_checkpoint(DistContext& dist, RunDir& run, const Config& config
 void end_session(DistContext& dist, const RunDir& run, const TrainerState& state, Progress& progress,
                  const Say& say, TrainResult& result);
 
-/// A new run (no --resume) must not write into `out_dir` when it holds another run's checkpoint:
-/// its checkpoints would be replaced and pruned and its metrics mixed in. Throws naming the
-/// directory and its latest checkpoint. Collective (rank 0 looks).
-void refuse_existing_run(DistContext& dist, const std::string& out_dir);
+/// A run must not write into `out_dir` when it holds another run's checkpoint: its checkpoints
+/// would be replaced and pruned and its metrics mixed in. A new run (`resume_dir` empty) is
+/// refused any such folder; a resumed one is let in only to the run `resume_dir` belongs to
+/// (a run resumed into an empty folder goes on there). Throws naming the directory and its
+/// latest checkpoint. Collective (rank 0 looks).
+void refuse_existing_run(DistContext& dist, const std::string& out_dir, const std::string& resume_dir = "");
 
 /// Every rank decides on its own whether to resume and reads the checkpoint: `read` does that,
 /// setting `resume_dir` (empty: a new run) and `step`. Then the ranks compare (two all-reduces,

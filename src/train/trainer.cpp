@@ -248,7 +248,7 @@ TrainResult run_training(const Config& config_in, const TrainOptions& options) {
     for (const char* f : {"model.safetensors", "optimizer.safetensors"})
       SafetensorsFile((fs::path(resume_dir) / f).string());
   }, resume_dir, state.step);
-  if (resume_dir.empty()) refuse_existing_run(dist, config.train.out_dir);
+  refuse_existing_run(dist, config.train.out_dir, resume_dir);
 
   const int64_t micro = config.train.micro_batch;
   const int64_t accum = accumulation_steps(config.train, world);

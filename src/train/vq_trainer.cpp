@@ -140,7 +140,7 @@ VqTrainResult run_vq_training(const Config& config_in, const TrainOptions& optio
       say(str_cat("note: the checkpoint's run trained without a discriminator (vq_train.disc_weight 0): the "
                   "PatchGAN and its optimizer start fresh at step ", state.step));
   }, resume_dir, state.step);
-  if (resume_dir.empty()) refuse_existing_run(dist, config.train.out_dir);
+  refuse_existing_run(dist, config.train.out_dir, resume_dir);
 
   const int64_t micro = config.train.micro_batch;
   const int64_t accum = accumulation_steps(config.train, world);

@@ -311,6 +311,19 @@ TEST(Config, Overrides) {
   apply_override(d, "model.d_model=100");
   apply_override(d, "data.codes=a=b");  // only the first '=' splits
   EXPECT_EQ(d.data.codes, "a=b");
+  // Strings are taken as written: YAML would drop " #2" as a comment and read "x: y" as a map.
+  apply_override(d, "train.out_dir=runs/a #2");
+  EXPECT_EQ(d.train.out_dir, "runs/a #2");
+  apply_override(d, "data.images=/data/x: y, [z]");
+  EXPECT_EQ(d.data.images, "/data/x: y, [z]");
+  apply_override(d, "data.images=~");
+  EXPECT_EQ(d.data.images, "~");
+  apply_override(d, "train.out_dir= runs/b ");  // surrounding blanks go, as YAML's would
+  EXPECT_EQ(d.train.out_dir, "runs/b");
+  apply_override(d, "train.out_dir='runs/it''s'");  // a YAML-quoted value is unquoted
+  EXPECT_EQ(d.train.out_dir, "runs/it's");
+  apply_override(d, "data.codes=\"q #1\"");
+  EXPECT_EQ(d.data.codes, "q #1");
   d.resolve();
   EXPECT_EQ(d.model.ssm.d_state, 16);
   EXPECT_EQ(d.model.ssm.dt_rank, 7);

@@ -1102,6 +1102,29 @@ TEST_F(TrainerTest, ARunDirectoryIsContinuedOrLeftAlone) {
   EXPECT_EQ(lost.code, 1) << lost.output;
   EXPECT_NE(lost.output.find("ema.safetensors: missing, but the checkpoint's run keeps an EMA"), std::string::npos)
       << lost.output;
+  // Resumed into a folder holding another run: refused, that run untouched.
+  const auto into = go("--resume " + moved + " --set train.max_steps=9 --out " + ema_run);
+  EXPECT_EQ(into.code, 1) << into.output;
+  EXPECT_NE(into.output.find("train.out_dir " + ema_run + ": already holds a run"), std::string::npos) << into.output;
+  EXPECT_NE(into.output.find("resuming " + moved), std::string::npos) << into.output;
+  EXPECT_EQ(RunDir(ema_run).checkpoint_steps(), (std::vector<int64_t>{2}));
+  // Into a new folder (a branch of the run): its name taken as written, '#' and all.
+  const std::string branch_dir = run("branch #2");
+  const auto fork = go("--resume " + moved + " --set train.max_steps=9 --out '" + branch_dir + "'");
+  EXPECT_EQ(fork.code, 0) << fork.output;
+  EXPECT_EQ(fs::path(RunDir(branch_dir).latest().value()).filename(), "step-00000009");
+  EXPECT_EQ(fs::path(RunDir(moved).latest().value()).filename(), "step-00000008");
+  // Flags that contradict each other or do nothing are refused.
+  const auto init = go("--resume " + moved + " --init " + ema_run);
+  EXPECT_EQ(init.code, 1) << init.output;
+  EXPECT_NE(init.output.find("--init " + ema_run + ": not used when resuming"), std::string::npos) << init.output;
+  const auto twice = go(tiny() + " " + cli_sets(run("x")) + " --set train.out_dir=" + run("y"));
+  EXPECT_EQ(twice.code, 1) << twice.output;
+  EXPECT_NE(twice.output.find("and --set train.out_dir both name the run directory"), std::string::npos)
+      << twice.output;
+  const auto empty = go(tiny() + " --out ''");
+  EXPECT_EQ(empty.code, 1) << empty.output;
+  EXPECT_NE(empty.output.find("--out: expected a run directory, found ''"), std::string::npos) << empty.output;
 }
 
 TEST_F(TrainerTest, AFullDiskKeepsThePreviousCheckpoint) {
