@@ -192,7 +192,12 @@ void TensorBoardWriter::event(int64_t step, double wall_time, const std::string&
 void TensorBoardWriter::scalar(const std::string& tag, int64_t step, double value, double wall_time) {
   std::string v;
   put_bytes_field(v, kValueTag, tag);
-  put_float_field(v, kValueSimple, static_cast<float>(value));
+  // (A finite value past float's range converts to +-inf, not undefined behaviour; NaN stays NaN.)
+  const double limit = std::numeric_limits<float>::max();
+  const float f = value > limit    ? std::numeric_limits<float>::infinity()
+                  : value < -limit ? -std::numeric_limits<float>::infinity()
+                                   : static_cast<float>(value);
+  put_float_field(v, kValueSimple, f);
   std::string body;
   put_bytes_field(body, kEventSummary, summary_of(v));
   event(step, wall_time, body);

@@ -407,18 +407,30 @@ MetricsLog::MetricsLog(const RunDir& run, bool main, int64_t start_step, bool te
       if (ec) throw Error(str_cat(p.string(), ": cannot move it to ", aside.string(), ": ", ec.message()));
     }
   }
-  if (!tensorboard) return;
-
   // Every session writes the events afresh: the records that stay, the step pictures up to
   // start_step, then its own. Whatever the earlier sessions left (steps of an abandoned course, a
   // picture drawn after the last record before a crash, a gap from a full disk or a session with
   // the events off) is then not shown, and no TensorBoard loader has to purge it.
   const fs::path tb_dir = fs::path(run.path()) / "tensorboard";
-  try {
+  auto remove_earlier_events = [&] {
     std::vector<fs::path> earlier;
     for (const auto& e : fs::directory_iterator(tb_dir, ec))
       if (e.path().filename().string().rfind("events.out.tfevents.", 0) == 0) earlier.push_back(e.path());
     for (const auto& e : earlier) fs::remove(e);
+  };
+  if (!tensorboard) {
+    // With the events off this session, those of the course just moved aside would still show it.
+    if (!moved.empty() || !later.empty()) {
+      try {
+        remove_earlier_events();
+      } catch (const std::exception& e) {
+        warn_tensorboard(str_cat(e.what(), " (events of steps past ", start_step, " remain)"));
+      }
+    }
+    return;
+  }
+  try {
+    remove_earlier_events();
     tb_ = std::make_unique<TensorBoardWriter>(tb_dir.string());
     for (const auto& record : kept_records) tensorboard_record(record, log_time);
     std::sort(pictures.begin(), pictures.end());

@@ -641,8 +641,6 @@ TrainResult run_training(const Config& config_in, const TrainOptions& options) {
     state.log_count = 0;
   }
 
-  Progress progress("train", total_steps, "step", verbose, 0.0);
-  progress.resume_at(state.step);
   const auto t_start = std::chrono::steady_clock::now();
   const double elapsed_before = state.elapsed_s;
   auto window_start = std::chrono::steady_clock::now();
@@ -667,6 +665,10 @@ TrainResult run_training(const Config& config_in, const TrainOptions& options) {
     say(str_cat("note: the FID of step ", state.step, " was abandoned by a stop and is not computed: train.fid_every is 0"));
     state.fid_due = false;
   }
+  // The rate, the ETA and the first window's images/s count from here, after a resumed FID.
+  Progress progress("train", total_steps, "step", verbose, 0.0);
+  progress.resume_at(state.step);
+  window_start = std::chrono::steady_clock::now();
   while (state.step < total_steps) {
     if (stop_before_step(dist, options, state.step - session_start, result)) break;
     // An epoch's leftover micro-batches (fewer than one accumulation) are skipped.

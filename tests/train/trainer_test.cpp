@@ -798,9 +798,19 @@ TEST_F(TrainerTest, TensorBoardShowsTheCourseMetricsJsonlDescribes) {
                o);
   EXPECT_FALSE(fs::exists(fs::path(run("off")) / "tensorboard"));
   o.resume = run("off");  // from its newest checkpoint: nothing moves aside
-  run_training(config(run("off"), {"train.max_steps=4"}), o);
+  run_training(config(run("off"), {"train.max_steps=4", "train.keep_last=2"}), o);
   expect_as_logged(run("off"), 1, {});
   EXPECT_EQ(logged_losses(run("off")).size(), 4u);
+  // Back to step 3 with the events off: those of step 4, now aside, are not left to show.
+  ASSERT_EQ(RunDir(run("off")).checkpoint_steps(), (std::vector<int64_t>{3, 4}));
+  o.resume = run("off") + "/checkpoints/step-00000003";
+  run_training(config(run("off"), {"train.tensorboard=false", "train.max_steps=3"}), o);
+  EXPECT_TRUE(fs::exists(fs::path(run("off")) / "metrics.after-step-3.jsonl"));
+  EXPECT_EQ(logged_losses(run("off")).size(), 3u);
+  size_t events = 0;
+  for (const auto& e : fs::directory_iterator(fs::path(run("off")) / "tensorboard"))
+    events += e.path().filename().string().rfind("events.out.tfevents.", 0) == 0;
+  EXPECT_EQ(events, 0u);
 }
 
 // Start-up work each rank does on its own copy (training codes on a node-local disk) or rank 0
