@@ -1,3 +1,4 @@
+#include <cmath>
 #include <iostream>
 #include <thread>
 
@@ -39,6 +40,13 @@ Runner add_extract_codes_command(CLI::App& app) {
               "--data takes its class names from its folders\n---> HINT: leave it out");
     AIM_CHECK(cmd->count("--crop-range") == 0 || a->aug == "tencrop", "--crop-range ", a->crop_range,
               ": the tencrop view's first crop; --aug ", a->aug, " takes the ADM center crop\n---> HINT: leave it out");
+    views_per_image(a->aug);  // throws naming --aug and the choices
+    AIM_CHECK(a->batch_size >= 1, "--batch-size: expected >= 1, found ", a->batch_size);
+    AIM_CHECK(a->image_size >= 1, "--image-size: expected a positive multiple of the tokenizer's downsampling, found ",
+              a->image_size);
+    // LlamaGen's is 1.1; past 2 every image would be resized to more than four times the pixels for nothing.
+    AIM_CHECK(std::isfinite(a->crop_range) && a->crop_range >= 1.0 && a->crop_range <= 2.0,
+              "--crop-range: expected a number in [1, 2] (LlamaGen: 1.1), found ", a->crop_range);
     AIM_CHECK(a->max_chunks >= 0, "--max-chunks: expected >= 0 (0 = all), found ", a->max_chunks);
     AIM_CHECK(a->threads >= 0, "--threads: expected >= 0 (0 = all cores of this rank), found ", a->threads);
     const auto env = detect_launch_env();
@@ -61,7 +69,6 @@ Runner add_extract_codes_command(CLI::App& app) {
     o.world_size = env.world_size;
     o.tokenizer_id = vq.identity;
     o.began = true;
-    AIM_CHECK(a->crop_range >= 1.0, "--crop-range must be >= 1, found ", a->crop_range);
     vq.model->to(o.device);
     if (env.is_main()) {
       std::cerr << "[extract] " << list.entries.size() << " images in " << list.classes.size()

@@ -354,15 +354,24 @@ ExtractReport extract_range(VqModel& vq, const ImageList& list, int64_t begin, i
     ++new_chunks;
     // Decode and preprocess on worker threads; failures are recorded, never fatal.
     std::vector<torch::Tensor> views_of(static_cast<size_t>(count));
-    std::vector<std::string> errors(static_cast<size_t>(count));
+    // An image that does not decode is skipped; one that decodes but cannot be cropped means settings
+    // no image would pass (every one would be skipped into a "finished" dataset): that stops the run.
+    std::vector<std::string> errors(static_cast<size_t>(count)), fatal(static_cast<size_t>(count));
     std::atomic<int64_t> next{0};
     auto work = [&] {
       for (int64_t k = next++; k < count; k = next++) {
         const auto& entry = list.entries[static_cast<size_t>(begin + start + k)];
+        Image image;
         try {
-          views_of[k] = extraction_views(decode_image(entry.path), o.aug, o.image_size, o.crop_range);
+          image = decode_image(entry.path);
         } catch (const std::exception& e) {
           errors[k] = e.what();
+          continue;
+        }
+        try {
+          views_of[k] = extraction_views(image, o.aug, o.image_size, o.crop_range);
+        } catch (const std::exception& e) {
+          fatal[k] = e.what();
         }
       }
     };
@@ -370,6 +379,11 @@ ExtractReport extract_range(VqModel& vq, const ImageList& list, int64_t begin, i
     for (int64_t t = 1; t < std::min<int64_t>(o.threads, count); ++t) pool.emplace_back(work);
     work();
     for (auto& t : pool) t.join();
+    for (int64_t k = 0; k < count; ++k) {
+      if (fatal[k].empty()) continue;
+      throw Error(str_cat(list.entries[static_cast<size_t>(begin + start + k)].path, ": decoded, but its views (--aug ",
+                          o.aug, ", --image-size ", o.image_size, ") failed: ", fatal[k]));
+    }
     auto codes = torch::zeros({count, views, tokens}, torch::kLong);
     auto labels = torch::empty({count}, torch::kLong);
     std::vector<int64_t> ok;
@@ -563,6 +577,12 @@ ExtractReport extract_codes(VqModel& vq, const ImageList& list, const ExtractOpt
         code_dataset_difference(existing.info(), dataset_info(list, o, n, side * side, vq->config.codebook_size));
     AIM_CHECK(difference.empty(), o.out, ": exists with other settings: ", difference,
               "\n---> HINT: remove it or choose another --out");
+    // The images themselves are not compared (a finished file keeps no list record): a moved copy of
+    // the same folder is fine, but another folder of the same size and classes would pass too.
+    if (o.rank == 0 && !o.quiet && existing.info().source != list.source)
+      std::fprintf(stderr, "[extract] note: %s is finished and was made from %s (this run: %s); its settings match, "
+                   "so it is kept as it is: remove it to extract these images\n", o.out.c_str(),
+                   existing.info().source.c_str(), list.source.c_str());
     if (o.rank == 0) remove_shards_of_other_launches(o.out, o.world_size);  // left by a launch that lost the race
     ExtractReport report;
     report.images = report.resumed = n;

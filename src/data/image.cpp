@@ -186,8 +186,9 @@ Image aim_eval_transform(const Image& image, int image_size, double mid_ratio) {
 }
 
 std::vector<Image> llamagen_ten_crop(const Image& image, int image_size, double crop_range) {
-  AIM_CHECK(image_size > 0 && crop_range >= 1.0, "llamagen_ten_crop: expected image_size > 0 ",
-            "and crop_range >= 1, found ", image_size, " and ", crop_range);
+  AIM_CHECK(image_size > 0 && std::isfinite(crop_range) && crop_range >= 1.0 && image_size * crop_range < 65536.0,
+            "llamagen_ten_crop: expected image_size > 0 and crop_range >= 1 with image_size x crop_range < 65536, "
+            "found ", image_size, " and ", crop_range);
   // Python: int(image_size * crop_range), truncation (256 * 1.1 -> 281).
   const int crop_size = static_cast<int>(image_size * crop_range);
   return ten_crop(center_crop_arr(image, crop_size), image_size);

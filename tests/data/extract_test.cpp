@@ -117,6 +117,31 @@ TEST_F(Extract, CodesLabelsAndSkippedFiles) {
   EXPECT_NE(bytes((dir_ / "a.codes.skipped.txt").string()).find("broken.jpg"), std::string::npos);
 }
 
+// Settings no image can be cropped with stop the run; they are not unreadable images to skip into
+// a "finished" dataset of nothing. The CLI refuses such a --crop-range before loading anything.
+TEST_F(Extract, SettingsNoImagePassesStopTheRun) {
+  auto o = options("huge.codes", "tencrop");
+  o.crop_range = 1e12;  // image_size x crop_range is not an int
+  const auto e = test::error_of([&] { extract_codes(vq_.model, list_, o); });
+  EXPECT_NE(e.find("decoded, but its views (--aug tencrop, --image-size 64) failed"), std::string::npos) << e;
+  EXPECT_NE(e.find("crop_range"), std::string::npos) << e;
+  for (const char* bad : {"inf", "nan", "0.5", "3"}) {
+    const auto r = test::run_shell(test::aim_binary() + " extract-codes --data " + (dir_ / "tree").string() +
+                                   " --vq " + (dir_ / "no_such_tokenizer").string() + " --out " +
+                                   (dir_ / "c.codes").string() + " --crop-range " + bad);
+    EXPECT_EQ(r.code, 1) << r.output;
+    EXPECT_NE(r.output.find("--crop-range: expected a number in [1, 2] (LlamaGen: 1.1), found "), std::string::npos)
+        << r.output;
+    EXPECT_FALSE(fs::exists(dir_ / "c.codes")) << bad;
+  }
+  const auto aug = test::run_shell(test::aim_binary() + " extract-codes --data " + (dir_ / "tree").string() +
+                                   " --vq " + (dir_ / "no_such_tokenizer").string() + " --out " +
+                                   (dir_ / "c.codes").string() + " --aug bogus");
+  EXPECT_EQ(aug.code, 1) << aug.output;
+  EXPECT_EQ(aug.output.find("[extract]"), std::string::npos) << aug.output;
+  EXPECT_NE(aug.output.find("--aug: expected none, flip or tencrop, found 'bogus'"), std::string::npos) << aug.output;
+}
+
 TEST_F(Extract, InterruptedRunResumesToTheSameFile) {
   extract_codes(vq_.model, list_, options("full.codes", "tencrop"));
   auto o = options("part.codes", "tencrop");
