@@ -118,8 +118,8 @@ MixerState Mamba1MixerImpl::allocate_state(int64_t batch, torch::Device device,
   torch::NoGradGuard no_grad;
   const auto f32 = torch::dtype(torch::kFloat).device(device);
   s.A = -torch::exp(A_log.to(f32));
-  s.D = D.to(f32);
-  if (dt_proj->bias.defined()) s.dt_bias = dt_proj->bias.to(f32);
+  s.D = D.detach().to(f32, false, /*copy=*/true);
+  if (dt_proj->bias.defined()) s.dt_bias = dt_proj->bias.detach().to(f32, false, /*copy=*/true);
   return s;
 }
 

@@ -129,8 +129,8 @@ MixerState Mamba2MixerImpl::allocate_state(int64_t batch, torch::Device device,
   torch::NoGradGuard no_grad;
   const auto f32 = torch::dtype(torch::kFloat).device(device);
   s.A = -torch::exp(A_log.to(f32));
-  s.D = d_param().to(f32);
-  s.dt_bias = dt_bias.to(f32);
+  s.D = d_param().detach().to(f32, false, /*copy=*/true);
+  s.dt_bias = dt_bias.detach().to(f32, false, /*copy=*/true);
   s.arrivals = torch::zeros({batch}, torch::dtype(torch::kInt).device(device));
   return s;
 }

@@ -26,7 +26,11 @@ AdamW::AdamW(std::vector<NamedParam> params, const OptimConfig& config, bool fus
     AIM_CHECK(p.tensor.scalar_type() == torch::kFloat,
               str_cat("AdamW: parameter ", p.name, " must be fp32 (master weights), found ",
                       c10::toString(p.tensor.scalar_type())));
-    decay_.push_back(p.tensor.dim() >= 2);
+    // Matrices decay (the official get_decay_parameter_names: dim >= 2), except the parameters
+    // mamba_ssm marks _no_weight_decay: A_log (2-D [d_inner, d_state] in Mamba1) and D.
+    const auto dot = p.name.rfind('.');
+    const std::string leaf = dot == std::string::npos ? p.name : p.name.substr(dot + 1);
+    decay_.push_back(p.tensor.dim() >= 2 && leaf != "A_log" && leaf != "D");
     exp_avg_.push_back(torch::zeros_like(p.tensor, torch::MemoryFormat::Contiguous));
     exp_avg_sq_.push_back(torch::zeros_like(p.tensor, torch::MemoryFormat::Contiguous));
     const std::string device = p.tensor.device().str();

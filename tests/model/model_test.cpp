@@ -131,6 +131,20 @@ TEST(AimModel, InitialisationFollowsTheOfficialCode) {
   auto dt1 = torch::softplus(p1["backbone.layers.0.mixer.dt_proj.bias"]);
   EXPECT_GE(dt1.min().item<float>(), 0.001f * 0.999f);
   EXPECT_LE(dt1.max().item<float>(), 0.1f * 1.001f);
+  // mamba_ssm's Mamba: dt_proj.weight uniform in +-dt_rank^-0.5 (dt_scale 1), D ones, the conv
+  // bias left at nn.Conv1d's init (not zeroed as other biases are), out_proj rescaled by
+  // 1/sqrt(n_layer) after kaiming_uniform(a=sqrt(5)).
+  const auto& dtw = p1["backbone.layers.0.mixer.dt_proj.weight"];
+  const double dt_bound = 1.0 / std::sqrt(double(cfg1.ssm.dt_rank));
+  EXPECT_LE(dtw.abs().max().item<double>(), dt_bound * 1.0001);
+  EXPECT_GT(dtw.abs().max().item<double>(), dt_bound * 0.8);
+  const auto& d1 = p1["backbone.layers.0.mixer.D"];
+  EXPECT_TRUE(torch::equal(d1, torch::ones_like(d1)));
+  EXPECT_GT(p1["backbone.layers.0.mixer.conv1d.bias"].abs().max().item<float>(), 0.f);
+  const auto& out1 = p1["backbone.layers.0.mixer.out_proj.weight"];
+  const double bound1 = 1.0 / std::sqrt(double(cfg1.d_inner())) / std::sqrt(double(cfg1.n_layer));
+  EXPECT_LE(out1.abs().max().item<double>(), bound1 * 1.0001);
+  EXPECT_GT(out1.abs().max().item<double>(), bound1 * 0.8);
 }
 
 class CheckpointFiles : public ::testing::Test {
@@ -268,6 +282,49 @@ TEST(AimModel, StepConstantsOfTheStateGiveTheSameSteps) {
       ASSERT_TRUE(torch::equal(a, b)) << layer << " step " << t;
       tok = a.argmax(-1);
     }
+  }
+}
+
+// The options the official fixtures leave at their defaults (in_proj/out_proj bias, no conv bias,
+// a dt_rank other than auto): recurrent steps and prefill + steps equal the parallel forward.
+// Every parameter is perturbed, so that the (zero-initialised) biases take part.
+TEST(AimModel, NonDefaultBiasesStepAsTheParallelForward) {
+  for (const char* layer : {"Mamba1", "Mamba2"}) {
+    auto cfg = test::tiny_model_config(false, layer);
+    cfg.ssm.bias = true;
+    cfg.ssm.conv_bias = false;
+    if (std::string(layer) == "Mamba1") cfg.ssm.dt_rank = 5;
+    cfg.resolve();
+    cfg.validate();
+    torch::manual_seed(7);
+    AimModel model(cfg);
+    model->eval();
+    torch::NoGradGuard no_grad;
+    bool in_bias = false, conv_bias = false;
+    for (auto& item : model->named_parameters()) {
+      const std::string& n = item.key();
+      in_bias |= n.find("mixer.in_proj.bias") != std::string::npos;
+      conv_bias |= n.find("mixer.conv1d.bias") != std::string::npos;
+      if (n.find("A_log") == std::string::npos) item.value().add_(torch::randn_like(item.value()) * 0.05);
+    }
+    ASSERT_TRUE(in_bias) << layer;
+    ASSERT_FALSE(conv_bias) << layer;
+    const int64_t batch = 2, len = 9;
+    const auto tokens = torch::randint(cfg.vocab_size, {batch, len}, torch::kLong);
+    const auto labels = torch::tensor({1, 3}, torch::kLong);
+    const auto pos = torch::arange(len - 1, torch::kLong) + cfg.decode_position_offset;
+    const auto parallel = model->forward(tokens.narrow(1, 0, len - 1), labels, pos);  // [B, len, V]
+    auto state = model->start(labels);
+    std::vector<torch::Tensor> steps;
+    for (int64_t t = 0; t < len; ++t)
+      steps.push_back(model->step(state, t == 0 ? torch::Tensor() : tokens.select(1, t - 1)));
+    const auto stepped = torch::stack(steps, 1);
+    test::expect_close(std::string(layer) + " parallel forward == recurrent steps", stepped, parallel, 1e-4);
+    auto st = model->start(labels);
+    std::vector<torch::Tensor> rest{model->prefill(st, tokens.narrow(1, 0, 4))};
+    for (int64_t t = 5; t < len; ++t) rest.push_back(model->step(st, tokens.select(1, t - 1)));
+    test::expect_close(std::string(layer) + " prefill(4) + steps == steps", torch::stack(rest, 1),
+                       stepped.narrow(1, 4, len - 4), 1e-4);
   }
 }
 

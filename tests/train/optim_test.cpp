@@ -1,6 +1,7 @@
 // AdamW (reference formula vs ATen's fused kernel, state round trip), clipping, schedules.
 #include <cmath>
 
+#include "aim/model/aim.h"
 #include "aim/train/optim.h"
 #include "test_util.h"
 
@@ -101,6 +102,21 @@ TEST(AdamW, WeightDecayOnlyOnParametersWithTwoOrMoreDims) {
   EXPECT_FALSE(torch::equal(a[0].tensor, b[0].tensor));  // decayed
   EXPECT_TRUE(torch::equal(a[1].tensor, b[1].tensor));   // bias: no decay
   EXPECT_FALSE(torch::equal(a[2].tensor, b[2].tensor));  // conv weight (3 dims): decayed
+  // Mamba1's A_log is 2-D ([d_inner, d_state]) but, as mamba_ssm marks it, not decayed.
+  const auto config = test::tiny_model_config(false, "Mamba1");
+  AimModel model(config);
+  const auto named = unique_parameters(*model);
+  AdamW m1(named, recipe(), false);
+  int a_logs = 0;
+  for (size_t i = 0; i < named.size(); ++i) {
+    const std::string& n = named[i].name;
+    const bool a_log = n.size() > 6 && n.compare(n.size() - 6, 6, ".A_log") == 0;
+    const bool d = n.size() > 2 && n.compare(n.size() - 2, 2, ".D") == 0;
+    EXPECT_EQ(m1.decays(i), named[i].tensor.dim() >= 2 && !a_log && !d) << n;
+    if (a_log) EXPECT_EQ(named[i].tensor.dim(), 2) << n;
+    a_logs += a_log;
+  }
+  EXPECT_EQ(a_logs, config.n_layer);
 }
 
 TEST(AdamW, StateRoundTripContinuesBitwise) {
