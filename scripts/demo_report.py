@@ -33,6 +33,11 @@ def load_json(path):
         return json.load(f)
 
 
+def num(value, spec):
+    """`value` formatted with `spec`, or "nan" for the null a non-finite figure is written as."""
+    return format(value, spec) if isinstance(value, (int, float)) else "nan"
+
+
 def last_train_record(metrics_path):
     last = None
     with open(need(metrics_path)) as f:
@@ -40,8 +45,11 @@ def last_train_record(metrics_path):
             line = line.strip()
             if not line:
                 continue
-            rec = json.loads(line)
-            if rec.get("kind") == "train":
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError:
+                continue  # a line cut short by a crash
+            if isinstance(rec, dict) and rec.get("kind") == "train" and isinstance(rec.get("step"), int):
                 last = rec
     if last is None:
         fail(f"{metrics_path} has no training record")
@@ -49,9 +57,10 @@ def last_train_record(metrics_path):
 
 
 def spread(analysis):
-    """Mean over classes of (std cx + std cy + std size) / 3, for classes with >= 2 detections."""
+    """Mean over classes of (std cx + std cy + std size) / 3, for classes with >= 2 detections
+    (with fewer the analyser reports a spread of 0, which is no measurement)."""
     vals = [(c["std_cx"] + c["std_cy"] + c["std_size"]) / 3 for c in analysis["per_class"]
-            if c.get("images", 0) >= 2 and "std_cx" in c]
+            if c.get("detected", c.get("images", 0)) >= 2 and "std_cx" in c]
     return sum(vals) / len(vals) if vals else float("nan")
 
 
@@ -98,8 +107,8 @@ def main():
     w(f"tokenizer    held-out PSNR {vq['psnr']:.2f} dB (min {vq['psnr_min']:.2f}), codebook usage "
       f"{100 * vq['usage']:.1f}% ({vq['codes_used']}/{vq['codebook_size']}, perplexity "
       f"{vq['perplexity']:.0f}); analyser on reconstructions {100 * recon['accuracy']:.1f}%")
-    w(f"             after {vq_last['step']} steps, final train loss {vq_last['loss']:.4f}")
-    w(f"AiM          after {aim_last['step']} steps, final train loss {aim_last['loss']:.4f} "
+    w(f"             after {vq_last['step']} steps, final train loss {num(vq_last.get('loss'), '.4f')}")
+    w(f"AiM          after {aim_last['step']} steps, final train loss {num(aim_last.get('loss'), '.4f')} "
       f"(uniform over the codebook: {__import__('math').log(vq['codebook_size']):.2f})")
     rec = held["recurrent"]
     w(f"             held-out loss {held['nll']:.4f} over {held['images']} images; the sampler's recurrent "

@@ -7,7 +7,9 @@ to one PNG.
     .venv/bin/python scripts/plot_metrics.py runs/a runs/b --out cmp.png --smooth 20
 
 Several runs are drawn on the same axes (labelled by directory name). A step logged twice
-(a run resumed from an earlier checkpoint) keeps its last entry.
+(a run resumed from an earlier checkpoint) keeps its last entry. Lines that are not JSON records
+with an integer step (one cut short by a crash, or a run still writing) are skipped with a note,
+and null values (a non-finite loss or gradient norm) are left out of the curves.
 """
 import argparse
 import json
@@ -21,6 +23,7 @@ def read_metrics(run_dir):
     if not os.path.isfile(path):
         sys.exit(f"plot_metrics: {path}: no such file (is {run_dir} an aim train run directory?)")
     kinds = {"train": {}, "eval": {}, "fid": {}}
+    skipped = []
     with open(path) as f:
         for number, line in enumerate(f, 1):
             line = line.strip()
@@ -28,12 +31,22 @@ def read_metrics(run_dir):
                 continue
             try:
                 row = json.loads(line)
-            except json.JSONDecodeError as e:
-                sys.exit(f"plot_metrics: {path}:{number}: not JSON ({e})")
+            except json.JSONDecodeError:
+                row = None
+            if not isinstance(row, dict) or not isinstance(row.get("step"), int):
+                skipped.append(number)
+                continue
             target = kinds.get(row.get("kind", "train"))
             if target is not None:
-                target[int(row["step"])] = row
+                target[row["step"]] = row
+    if skipped:
+        print(f"plot_metrics: {path}: skipped {len(skipped)} line(s) that are not records with a step "
+              f"(line {', '.join(map(str, skipped[:5]))}{', ...' if len(skipped) > 5 else ''})", file=sys.stderr)
     return tuple([k[s] for s in sorted(k)] for k in kinds.values())
+
+
+def is_number(value):
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def smooth(values, window):
@@ -62,7 +75,7 @@ def main():
 
     data = [(os.path.basename(os.path.normpath(r)), *read_metrics(r)) for r in args.runs]
     has_mfu = any("mfu" in row for _, train, _, _ in data for row in train)
-    has_fid = any(fid for _, _, _, fid in data)
+    has_fid = any(is_number(r.get("fid")) for _, _, _, fid in data for r in fid)
     panels = ["loss", "lr", "grad_norm", "images_per_s"] + (["mfu"] if has_mfu else []) + (["fid"] if has_fid else [])
     titles = {"loss": "training loss (nats/token)", "lr": "learning rate", "grad_norm": "gradient norm (before clipping)",
               "images_per_s": "throughput (images/s, all ranks)", "mfu": "model FLOPs utilisation (%)",
@@ -74,18 +87,23 @@ def main():
         ax = axes[i // cols][i % cols]
         for name, train, held_out, fid in data:
             if key == "fid":
+                fid = [r for r in fid if is_number(r.get("fid"))]
                 if fid:
+                    last = fid[-1]
+                    detail = ", ".join(([f"{last['samples']} images"] if "samples" in last else []) +
+                                       ([f"cfg {last['cfg']:g}"] if is_number(last.get("cfg")) else []))
                     ax.plot([r["step"] for r in fid], [r["fid"] for r in fid], "o-",
-                            label=f"{name} ({fid[-1]['samples']} images, cfg {fid[-1]['cfg']:g})")
+                            label=f"{name} ({detail})" if detail else name)
                 continue
-            steps = [r["step"] for r in train if key in r]
-            values = [r[key] * (100.0 if key == "mfu" else 1.0) for r in train if key in r]
+            logged = [r for r in train if is_number(r.get(key))]
+            steps = [r["step"] for r in logged]
+            values = [r[key] * (100.0 if key == "mfu" else 1.0) for r in logged]
             if key == "loss":
                 values = smooth(values, args.smooth)
             if steps:
                 ax.plot(steps, values, label=name if key != "loss" else f"{name} train")
             if key == "loss" and held_out:
-                held = [r for r in held_out if "val_loss" in r]
+                held = [r for r in held_out if is_number(r.get("val_loss"))]
                 ax.plot([r["step"] for r in held], [r["val_loss"] for r in held], "o-",
                         label=f"{name} held-out")
         ax.set_title(titles[key])

@@ -187,7 +187,8 @@ Runner add_analyse_shapes_command(CLI::App& app) {
         const auto& c = s.per_class[static_cast<size_t>(k)];
         if (c.count == 0) continue;
         f << (first ? "\n" : ",\n") << "    {\"label\": " << k << ", \"class\": \"" << shape_class_dir(k)
-          << "\", \"images\": " << c.count << ", \"correct\": " << c.correct << ", \"std_cx\": " << c.std_cx
+          << "\", \"images\": " << c.count << ", \"correct\": " << c.correct << ", \"detected\": " << c.detected
+          << ", \"std_cx\": " << c.std_cx
           << ", \"std_cy\": " << c.std_cy << ", \"std_size\": " << c.std_size << "}";
         first = false;
       }

@@ -502,6 +502,7 @@ ShapeScore score_shapes(const std::vector<ShapeAnalysis>& analyses, const std::v
     if (group < 0 || group >= kNumShapeClasses) continue;
     ++s.per_class[group].count;
     if (a.shape < 0) continue;
+    ++s.per_class[group].detected;
     const double side = std::max(1, image_sizes[i]);
     Sums& m = sums[group];
     const double x = a.cx / side, y = a.cy / side, r = a.size / side;

@@ -212,6 +212,9 @@ TEST(Shapes, ScoreCountsConfusionsAndSpread) {
   EXPECT_EQ(s.confusion[3][3], 1);  // truth 3 -> 2
   EXPECT_NEAR(s.per_class[1].std_cx, 10.0 / 64, 1e-12);
   EXPECT_EQ(s.per_class[1].std_size, 0.0);
+  EXPECT_EQ(s.per_class[1].count, 3);
+  EXPECT_EQ(s.per_class[1].detected, 2);  // a[2] had no shape
+  EXPECT_EQ(s.per_class[3].detected, 1);  // one shape: no spread (0), which the demo's report leaves out
   EXPECT_NE(test::error_of([] { score_shapes(std::vector<ShapeAnalysis>(2), {1}, {64, 64}); }), "");
 }
 

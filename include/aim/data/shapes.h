@@ -95,10 +95,11 @@ struct ShapeScore {
   int64_t images = 0, with_truth = 0, correct = 0, no_shape = 0;
   /// [truth label][detected label + 1] counts; column 0 is "-1" (none). Rows for labels 0..9.
   std::vector<std::vector<int64_t>> confusion;
-  /// Per label (truth when given, else detected): count, correct, and the std of the detected
-  /// centre x, y and size as fractions of the image side.
+  /// Per label (truth when given, else detected): count, correct, how many had a shape found
+  /// (`detected`), and the std of the detected centre x, y and size as fractions of the image
+  /// side (0 with fewer than 2 detected: no spread to measure).
   struct PerClass {
-    int64_t count = 0, correct = 0;
+    int64_t count = 0, correct = 0, detected = 0;
     double std_cx = 0, std_cy = 0, std_size = 0;
   };
   std::vector<PerClass> per_class;
