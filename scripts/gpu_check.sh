@@ -484,7 +484,10 @@ for line in bench:
     if f[:1] == ["prec"] and "tokens/s" in f:
         col = f.index("tokens/s")  # by the header: columns were added before it once
     if col is not None and len(f) > col and f[0] == "bf16" and f[1] == "kernels" and batch is None and ours_train is None:
-        ours_train = float(f[col])
+        try:
+            ours_train = float(f[col])
+        except ValueError:  # a row that reports a failure ("... 0 out of memory ...")
+            pass
     m = re.match(r"config (\S+): .* batch (\d+),", line)
     if m:
         batch = (m.group(1), int(m.group(2)))

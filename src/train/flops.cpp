@@ -16,10 +16,10 @@ double forward_flops_per_token(const ModelConfig& m) {
   double layer = 0.0;
   if (m.is_mamba2()) {
     const double GN = static_cast<double>(m.ssm.ngroups) * N, H = static_cast<double>(m.nheads());
-    layer = 2 * D * (2 * E + 2 * GN + H) + 2 * E * D + 2 * (E + 2 * GN) * W + 6 * E * N;
+    layer = 2 * D * (2 * E + 2 * GN + H) + 2 * E * D + 2 * (E + 2 * GN) * W + 5 * E * N;
   } else {
     const double R = static_cast<double>(m.dt_rank());
-    layer = 2 * D * 2 * E + 2 * E * (R + 2 * N) + 2 * R * E + 2 * E * D + 2 * E * W + 6 * E * N;
+    layer = 2 * D * 2 * E + 2 * E * (R + 2 * N) + 2 * R * E + 2 * E * D + 2 * E * W + 5 * E * N;
   }
   return static_cast<double>(m.n_layer) * layer + 2 * D * static_cast<double>(m.vocab_size);
 }
@@ -93,8 +93,9 @@ double device_peak_tflops(const torch::Device& device, double configured, std::s
   if (configured > 0) return configured;
   if (!device.is_cuda()) return 0.0;
   auto has = [&](const char* s) { return n.find(s) != std::string::npos; };
-  if (has("H100")) return has("PCIe") ? 756.0 : 989.0;
-  if (has("H200") || has("H800") || has("GH200")) return 989.0;
+  // (NVL cards run lower clocks: 835 dense bf16 for H100 NVL and H200 NVL.)
+  if (has("H100") || has("H800")) return has("PCIe") ? 756.0 : has("NVL") ? 835.0 : 989.0;
+  if (has("H200") || has("GH200")) return has("NVL") ? 835.0 : 989.0;
   if (has("A100") || has("A800")) return 312.0;
   if (has("L40S")) return 362.0;
   return 0.0;

@@ -5,10 +5,11 @@
 //   Mamba2 layer: 2 * d_model * (2 d_inner + 2 G N + H)   in_proj
 //                 2 * d_inner * d_model                     out_proj
 //                 2 * (d_inner + 2 G N) * d_conv            depthwise causal conv
-//                 6 * d_inner * N                           scan: 3 multiply-adds per state element
-//                                                           (decay, input, readout)
+//                 5 * d_inner * N                           scan, per state element: the input
+//                                                           B (dt x) (1), the decay h a + that
+//                                                           (2) and the readout C h (2)
 //   Mamba1 layer: 2 * d_model * 2 d_inner + 2 * d_inner * (R + 2N) + 2 * R * d_inner
-//                 + 2 * d_inner * d_model + 2 * d_inner * d_conv + 6 * d_inner * N
+//                 + 2 * d_inner * d_model + 2 * d_inner * d_conv + 5 * d_inner * N
 //   lm_head:      2 * d_model * V
 // An image is num_tokens positions (class slot + num_tokens - 1 inputs). The per-image adaLN
 // projections (well under 1% of the total) are left out.
@@ -35,7 +36,7 @@ double vq_training_flops_per_image(const VqConfig& vq, int64_t image_size);
 /// reconstruction's forward and its backward to the input); the PatchGAN is not counted.
 double vq_training_flops_per_image(const VqConfig& vq, const VqTrainConfig& vt, int64_t image_size);
 /// Dense bf16 peak of `device` in TFLOP/s: `configured` when > 0, else a table of known GPUs
-/// (H100 SXM 989, H100 PCIe 756, H200 989, H800 989, A100/A800 312, L40S 362); 0 when
+/// (H100/H800 SXM 989, PCIe 756, H100/H200 NVL 835, H200 989, A100/A800 312, L40S 362); 0 when
 /// unknown (MFU is then not reported). `name` receives the device name.
 double device_peak_tflops(const torch::Device& device, double configured, std::string* name = nullptr);
 
