@@ -617,6 +617,11 @@ Runner add_sample_command(CLI::App& app) {
               ": guidance is off (cfg 1), so there is nothing to confine\n---> HINT: leave it out, or give "
               "--cfg above 1");
     if (o.cfg == 1.0) o.cfg_top_p = 1.0;
+    // The unconditional half of guidance is the null class, which only class dropout trains.
+    if (o.cfg != 1.0 && mc.class_dropout == 0 && env.is_main())
+      std::cerr << "warning: cfg " << o.cfg << " guides with the null class, but " << ref.config_path
+                << " trained with model.class_dropout 0, which leaves it untrained (cfg 1 samples "
+                   "without it)\n";
     const bool prompting = !a->prompt.empty();
     for (const char* flag : {"--prompt-rows", "--prompt-encoding"})
       AIM_CHECK(prompting || cmd->count(flag) == 0, flag, ": no --prompt images to keep rows of",

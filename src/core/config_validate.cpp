@@ -238,8 +238,10 @@ void TrainConfig::validate() const {
 }
 
 void SampleConfig::validate() const {
-  non_negative("sample.cfg_scale", cfg_scale);
-  positive("sample.temperature", temperature);
+  // The bounds of aim sample's --cfg and --temperature (SamplingOptions::validate).
+  if (!(cfg_scale >= 0 && cfg_scale <= 100)) fail("sample.cfg_scale", "a number in [0, 100]", num(cfg_scale), "");
+  if (!(temperature >= 1e-4 && temperature <= 1e4))
+    fail("sample.temperature", "a number in [1e-4, 1e4]", num(temperature), "top_k 1 samples greedily");
   int_at_least("sample.top_k", top_k, 0, "0 turns top-k filtering off");
   if (!(top_p > 0 && top_p <= 1))
     fail("sample.top_p", "a number in (0, 1]", num(top_p), "1.0 turns top-p filtering off");

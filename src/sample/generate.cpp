@@ -17,8 +17,11 @@
 namespace aim {
 
 void SamplingOptions::validate() const {
-  AIM_CHECK(cfg >= 0 && std::isfinite(cfg), "--cfg: expected a number >= 0, found ", cfg);
-  AIM_CHECK(temperature > 0 && std::isfinite(temperature), "--temperature: expected a number > 0, found ", temperature);
+  // Bounds that keep the guided and tempered logits finite in fp32 (a temperature of 1e-40 made
+  // every row inf / NaN, which drew the last token everywhere).
+  AIM_CHECK(cfg >= 0 && cfg <= 100, "--cfg: expected a number in [0, 100], found ", cfg);
+  AIM_CHECK(temperature >= 1e-4 && temperature <= 1e4, "--temperature: expected a number in [1e-4, 1e4], found ",
+            temperature, " ---> HINT: --top-k 1 samples greedily");
   AIM_CHECK(top_k >= 0, "--top-k: expected an integer >= 0 (0: no limit), found ", top_k);
   AIM_CHECK(top_p > 0 && top_p <= 1, "--top-p: expected a number in (0, 1], found ", top_p);
   AIM_CHECK(cfg_top_p > 0 && cfg_top_p <= 1, "--cfg-top-p: expected a number in (0, 1], found ", cfg_top_p);
