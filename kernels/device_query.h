@@ -4,6 +4,9 @@
 
 #include <atomic>
 #include <cstddef>
+#include <map>
+#include <mutex>
+#include <utility>
 
 namespace aim::kernels {
 
@@ -20,10 +23,23 @@ inline int current_sm_count() {
   return sms;
 }
 
+/// The dynamic shared memory each (device, kernel) has been opted in to, for the whole process:
+/// every launch site of a kernel shares it, and under its lock a setting is only ever raised, so
+/// one thread cannot lower it between another's raise and that one's launch.
+struct SmemOptInRecord {
+  std::mutex mutex;
+  std::map<std::pair<int, const void*>, int> bytes;
+};
+inline SmemOptInRecord& smem_opt_in_record() {
+  static SmemOptInRecord record;
+  return record;
+}
+
 /// One kernel's opt-in to `bytes` of dynamic shared memory where that and its `static_bytes` pass
 /// the default 48 KiB. The setting persists per device and function, so it is made once per
-/// device (again only for a larger size): a launch captured into a CUDA graph then makes no other
-/// CUDA call. Keep one, static, per kernel.
+/// device (again only for a larger size; never lowered, see SmemOptInRecord): a launch captured
+/// into a CUDA graph then makes no other CUDA call. A failure's error is returned and cleared (it
+/// would otherwise surface as a later launch's). Keep one, static, per launch site.
 class DynamicSmemOptIn {
  public:
   template <typename Kernel>
@@ -31,12 +47,25 @@ class DynamicSmemOptIn {
     if (bytes + static_bytes <= 48 * 1024) return cudaSuccess;
     int device = 0;
     cudaError_t err = cudaGetDevice(&device);
-    if (err != cudaSuccess) return err;
+    if (err != cudaSuccess) {
+      (void)cudaGetLastError();
+      return err;
+    }
     const int size = static_cast<int>(bytes);
     if (device < kMaxDevices && configured_[device].load() >= size) return cudaSuccess;
-    err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, size);
-    if (err == cudaSuccess && device < kMaxDevices) configured_[device].store(size);
-    return err;
+    auto& record = smem_opt_in_record();
+    std::lock_guard<std::mutex> lock(record.mutex);
+    int& done = record.bytes[{device, reinterpret_cast<const void*>(kernel)}];
+    if (done < size) {
+      err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, size);
+      if (err != cudaSuccess) {
+        (void)cudaGetLastError();
+        return err;
+      }
+      done = size;
+    }
+    if (device < kMaxDevices && configured_[device].load() < done) configured_[device].store(done);
+    return cudaSuccess;
   }
 
  private:

@@ -13,6 +13,7 @@
 
 #include <cstdint>
 
+#include "device_query.h"
 #include "selective_scan.h"
 #include "vec_io.cuh"
 

@@ -166,11 +166,9 @@ cudaError_t fwd_launch(const SelectiveScanParams& p, cudaStream_t stream) {
   const size_t smem = fwd_smem_bytes<kStates>(p.dstate);
   return BOOL_SWITCH(p.delta_softplus, kSoftplus, [&] {
     auto kernel = &selective_scan_fwd_kernel<T, kStates, kSoftplus>;
-    if (smem > 48 * 1024) {
-      const cudaError_t err = cudaFuncSetAttribute(
-          kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem));
-      if (err != cudaSuccess) return err;
-    }
+    static DynamicSmemOptIn opt_in;
+    const cudaError_t err = opt_in.ensure(kernel, smem);
+    if (err != cudaSuccess) return err;
     kernel<<<grid, kThreads, smem, stream>>>(p);
     return cudaGetLastError();
   });

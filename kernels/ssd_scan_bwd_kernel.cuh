@@ -438,8 +438,8 @@ cudaError_t ssd_bwd_launch(const SsdScanParams& p, cudaStream_t stream) {
   BOOL_SWITCH(p.dt_softplus, kSoftplus, [&] {
     BOOL_SWITCH(kc > 1, kCluster, [&] {
       auto kernel = &ssd::ssd_bwd_kernel<Tin, kSoftplus, kCluster>;
-      err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                 static_cast<int>(lay.bytes));
+      static DynamicSmemOptIn opt_in;
+      err = opt_in.ensure(kernel, lay.bytes);
       if (err != cudaSuccess) return;
       if (!kCluster) {
         kernel<<<grid, ssd::kThreads, lay.bytes, stream>>>(p, vec);
@@ -460,11 +460,8 @@ int ssd_bwd_active_clusters(int cluster_heads, int p_tile, int dstate_pad) {
   const ssd::BwdSmem lay(p_tile, dstate_pad, static_cast<int>(sizeof(Tin)), true);
   auto kernel = &ssd::ssd_bwd_kernel<Tin, true, true>;
   int count = 0;
-  if (cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                           static_cast<int>(lay.bytes)) != cudaSuccess) {
-    (void)cudaGetLastError();
-    return 0;
-  }
+  static DynamicSmemOptIn opt_in;
+  if (opt_in.ensure(kernel, lay.bytes) != cudaSuccess) return 0;
   const ssd::BwdClusterLaunch launch(dim3(1, static_cast<unsigned>(cluster_heads), 1), cluster_heads,
                                      lay.bytes, nullptr);
   if (cudaOccupancyMaxActiveClusters(&count, kernel, &launch.cfg) != cudaSuccess) {

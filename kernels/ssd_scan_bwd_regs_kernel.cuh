@@ -687,8 +687,8 @@ inline cudaError_t ssd_bwd_regs_launch(const SsdScanParams& p, cudaStream_t stre
       BOOL_SWITCH(halves == 2, kPairs, [&] {
         constexpr int kNW = kWide ? 4 : 2, kHalves = kPairs ? 2 : 1;
         auto kernel = &ssd::ssd_bwd_regs_kernel<kNW, kHalves, kSoftplus>;
-        err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                   static_cast<int>(lay.bytes));
+        static DynamicSmemOptIn opt_in;
+        err = opt_in.ensure(kernel, lay.bytes);
         if (err != cudaSuccess) return;
         kernel<<<grid, kNW * 32 * kHalves, lay.bytes, stream>>>(p);
         err = cudaGetLastError();

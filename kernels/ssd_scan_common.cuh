@@ -61,6 +61,7 @@
 #include <initializer_list>
 #include <type_traits>
 
+#include "device_query.h"
 #include "ssd_scan.h"
 #include "vec_io.cuh"
 

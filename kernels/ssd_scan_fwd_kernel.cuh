@@ -238,8 +238,8 @@ cudaError_t ssd_fwd_launch(const SsdScanParams& p, cudaStream_t stream) {
   cudaError_t err = cudaSuccess;
   BOOL_SWITCH(p.dt_softplus, kSoftplus, [&] {
     auto kernel = &ssd::ssd_fwd_kernel<Tin, kOutputs, kChunkStates, kSoftplus>;
-    err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                               static_cast<int>(lay.bytes));
+    static DynamicSmemOptIn opt_in;
+    err = opt_in.ensure(kernel, lay.bytes);
     if (err != cudaSuccess) return;
     kernel<<<grid, ssd::kThreads, lay.bytes, stream>>>(p, vec);
     err = cudaGetLastError();

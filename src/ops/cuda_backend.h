@@ -46,7 +46,11 @@ inline int64_t device_smem_optin(const torch::Device&) { return ::emu::device().
 #include <c10/cuda/CUDAGuard.h>
 
 namespace aim::ops::cuda {
-inline bool on_kernel_device(const torch::Tensor& t) { return t.is_cuda(); }
+/// A CUDA tensor on a device the kernels are built for: compute capability 9.0 and newer (sm_90a
+/// code and compute_90 PTX, which no older device can run); on others the references run.
+inline bool on_kernel_device(const torch::Tensor& t) {
+  return t.is_cuda() && at::cuda::getDeviceProperties(t.device().index())->major >= 9;
+}
 using DeviceGuard = c10::cuda::CUDAGuard;
 inline cudaStream_t current_stream() { return at::cuda::getCurrentCUDAStream().stream(); }
 inline int64_t device_smem_optin(const torch::Device& device) {
