@@ -198,6 +198,9 @@ Runner add_info_command(CLI::App& app) {
         const Config run = load_config(ref.config_path);
         vq = run.vq;
         ema = run.train.ema;  // (the run's memory: its EMA copy too)
+      } else if (const std::string vq_json = tokenizer_json_beside(*path); !vq_json.empty()) {
+        // A converted AiM checkpoint's own tokenizer (vq.json / NAME.vq.json), as aim sample reads it.
+        vq = vq_config_from_json(vq_json);
       }
     } else if (ends_with(".json")) {
       if (!looks_like_hf_config(*path) && is_tokenizer_json(*path)) {

@@ -35,7 +35,8 @@ int main(int argc, char** argv) {
   try {
     if (version) {
       const char* isa = aim::ops::cpu_kernel_isa();  // throws on a bad AIM_CPU_ISA
-      std::cout << aim::build_info() << " | CPU kernels " << isa << "\n";
+      std::cout << aim::build_info() << " | CPU kernels " << (aim::ops::cpu_kernels_enabled() ? isa : "off")
+                << "\n";
       return 0;
     }
     for (auto& run : runners) {

@@ -417,8 +417,8 @@ Runner add_sample_command(CLI::App& app) {
                   "--num-samples' labels: balanced (N / classes each) | random (uniform draws; the default with "
                   "--preset fid, the published protocol)")->capture_default_str();
   cmd->add_option("--preset", a->preset, "fid (the published FIDs' settings) | demo (the official README's showcase)");
-  cmd->add_option("--cfg", a->cfg, "guidance scale (>= 0; 1 = no guidance)");
-  cmd->add_option("--temperature", a->temperature, "softmax temperature (> 0)");
+  cmd->add_option("--cfg", a->cfg, "guidance scale (0 to 100; 1 = no guidance)");
+  cmd->add_option("--temperature", a->temperature, "softmax temperature (1e-4 to 1e4)");
   cmd->add_option("--top-k", a->top_k, "keep the k most likely tokens (0 = all, 1 = greedy)");
   cmd->add_option("--top-p", a->top_p, "nucleus mass in (0, 1]");
   cmd->add_option("--cfg-top-p", a->cfg_top_p,

@@ -213,7 +213,7 @@ Image loss_heatmap(const std::vector<double>& v, const std::string& title) {
   const double lo = *lo_it, hi = *hi_it, span = hi > lo ? hi - lo : 1.0;
   const int cell = std::max(4, 384 / side), grid = cell * side, pad = 10, text_h = kCellHeight;
   const int bar_h = 14;
-  const int width = grid + 2 * pad;
+  const int width = std::max(grid, text_width(title, 1)) + 2 * pad;  // (the title whole on a small grid)
   const int height = pad + text_h + 6 + grid + 8 + bar_h + 4 + text_h + pad;
   Image image(width, height);
   fill(image, 0, 0, width, height, {255, 255, 255});

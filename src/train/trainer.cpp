@@ -405,7 +405,14 @@ TrainResult run_training(const Config& config_in, const TrainOptions& options) {
   // must not leave the others waiting in their first step.)
   if ((config.train.sample_every > 0 || fid) && !config.vq.weights.empty())
     on_every_rank_or_none(dist, [&] {
-      if (wants_vq) loaded = load_tokenizer(config.vq.weights);
+      if (!wants_vq) return;
+      loaded = load_tokenizer(config.vq.weights);
+      // Codes it cannot decode would only drop every grid with a warning (and fail the FIDs).
+      if (loaded.model->config.codebook_size != config.model.vocab_size)
+        throw Error(str_cat("vq.weights ", config.vq.weights, ": a codebook of ", loaded.model->config.codebook_size,
+                            " codes, but model.vocab_size is ", config.model.vocab_size,
+                            ": it cannot decode this model's sample grids\n---> HINT: set vq.weights to the "
+                            "tokenizer the codes were made with, or train.sample_every=0"));
     }, "loading vq.weights for the sample grids and FIDs");
   if (loaded.model) {
     if (data.codes && loaded.identity != data.codes->info().tokenizer) {

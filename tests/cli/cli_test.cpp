@@ -338,6 +338,10 @@ TEST(Cli, VersionNamesTheBuild) {
   EXPECT_EQ(r.code, 0);
   EXPECT_NE(r.output.find("LibTorch"), std::string::npos) << r.output;
   EXPECT_NE(r.output.find(std::string("CPU kernels ") + ops::cpu_kernel_isa()), std::string::npos) << r.output;
+  // The trainer's header and --version agree on kernels turned off.
+  const auto off = test::run_shell("AIM_CPU_KERNELS=0 " + test::aim_binary() + " --version");
+  EXPECT_EQ(off.code, 0);
+  EXPECT_NE(off.output.find("CPU kernels off"), std::string::npos) << off.output;
 }
 
 }  // namespace

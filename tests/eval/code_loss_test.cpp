@@ -261,7 +261,12 @@ TEST_F(CodeLossTest, TheCommandPrintsAndWritesTheLibraryFigures) {
     return std::vector<int>{p[0], p[1], p[2]};
   };
   const auto [lo, hi] = std::minmax_element(per_position.begin(), per_position.end());
-  EXPECT_EQ(image.width, side * cell + 20);
+  // As wide as the grid, or as its title where that is wider (a small grid cut it off).
+  char mean[32];
+  std::snprintf(mean, sizeof(mean), "%.3f", j["nll"].get<double>());
+  const std::string title = str_cat("loss by token position (training's: j at j), ", j["sequences"].get<int64_t>(),
+                                    " sequences (mean ", mean, ")");
+  EXPECT_EQ(image.width, std::max(side * cell, text_width(title, 1)) + 20);
   EXPECT_EQ(centre(hi - per_position.begin()), (std::vector<int>{253, 231, 37}));
   EXPECT_EQ(centre(lo - per_position.begin()), (std::vector<int>{68, 1, 84}));
 

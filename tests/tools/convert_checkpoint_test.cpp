@@ -306,6 +306,11 @@ TEST_F(ConvertCheckpoint, AimStateDictInfersTheConfig) {
     const auto tokenizer = load_vq_model(dir.string(), "", "--vq");
     expect_vq_config_equal(tokenizer.model->config,
                            vq_config_from_json(fixture("aim/" + fixture_case + "/config.json").string(), "fixture.vq"));
+    // aim info describes that tokenizer too (it described VQ-16, 71.88M parameters).
+    const auto info = test::run_shell(test::aim_binary() + " info " + shell_quote(dir.string()));
+    ASSERT_EQ(info.code, 0) << info.output;
+    EXPECT_NE(info.output.find("sampling: tokenizer weights"), std::string::npos) << info.output;
+    EXPECT_EQ(info.output.find("(71.88M"), std::string::npos) << info.output;
     // A safetensors input keeps the tied pair as two tensors: still one parameter in the summary.
     auto again = convert(shell_quote((dir / "model.safetensors").string()) + " --out " + shell_quote(out(fixture_case + "_again/").string()));
     ASSERT_EQ(again.code, 0) << again.output;

@@ -441,6 +441,21 @@ TEST_F(TrainerTest, TrainsFromImagesEncodedOnTheFly) {
   EXPECT_NE(vocab.find("vq.weights " + (test::fixtures_dir() / "vq/vq16_tiny/model.safetensors").string() +
                        ": a codebook of 512 codes, but model.vocab_size is 1024"),
             std::string::npos) << vocab;
+  // From codes, the tokenizer decodes only the sample grids: one that cannot is refused at the
+  // start too (each grid was dropped with a warning, and a run ended without any).
+  SyntheticCodesOptions wide;
+  wide.vocab_size = 1024;
+  wide.per_class = 4;
+  const std::string wide_codes = (dir_ / "wide.codes").string();
+  write_synthetic_codes(wide_codes, wide);
+  const auto grids = test::error_of([&] {
+    run_training(config(run("grids"), {"data.codes=" + wide_codes, vq, "model.vocab_size=1024",
+                                       "vq.codebook_size=1024", "train.sample_every=1", "train.max_steps=1"}),
+                 o);
+  });
+  EXPECT_NE(grids.find(": a codebook of 512 codes, but model.vocab_size is 1024: it cannot decode this model's "
+                       "sample grids"),
+            std::string::npos) << grids;
   // Held-out codes are checked against the tokenizer that encodes the images (they were not:
   // only against data.codes), and their class list against the folders'.
   auto info = CodeDataset(codes()).info();  // synthetic: tokenizer "synthetic", classes chain0..9

@@ -15,7 +15,8 @@
 // (the CUDA kernels on cuda, src/ops/*_cpu.cpp on cpu); both (the default on CUDA) prints the two
 // and the kernels' speed-up. The default on the CPU is on, what `aim train` runs.
 // --profile FILE records every run with the PyTorch profiler: a Chrome trace per run
-// (FILE with the run's name before the extension; open in chrome://tracing or Perfetto) and a
+// (FILE with the run's name before the extension, and _r<N> with several --recompute values;
+// open in chrome://tracing or Perfetto) and a
 // table of the operators with the most self time.
 // --recompute 0,1 runs each configuration with train.recompute_every 0 and 1 (activation
 // checkpointing) and prints the step time and peak memory of each against 0's.
@@ -255,7 +256,8 @@ int main(int argc, char** argv) {
             auto result = torch::autograd::profiler::disableProfiler();
             const fs::path pp(profile);
             const fs::path trace = pp.parent_path() /
-                (pp.stem().string() + "_" + p + (use_kernels ? "_kernels" : "_ref") + pp.extension().string());
+                (pp.stem().string() + "_" + p + (use_kernels ? "_kernels" : "_ref") +
+                 (recompute.size() > 1 ? "_r" + std::to_string(every) : std::string()) + pp.extension().string());
             result->save(trace.string());
             std::printf("profile of %s %s (all %lld steps): %s\n", p.c_str(), use_kernels ? "kernels" : "ref",
                         static_cast<long long>(warmup + steps), trace.c_str());
