@@ -44,6 +44,7 @@ class LinearCrossEntropyFunction
     auto dh = need_grads ? torch::empty_like(h) : torch::Tensor();
     auto dw = need_grads ? torch::zeros({vocab, h.size(1)}, h.options().dtype(torch::kFloat))
                          : torch::Tensor();
+    maybe_poison({losses, dh});  // (tests: a row the kernel or the products leave unwritten shows)
     const auto stream = current_stream();
     const auto kernel_type = elem_type(dtype);
     for (int64_t start = 0; start < n; start += rows) {

@@ -170,7 +170,7 @@ TEST(Cli, SetTakesOneValueSoTheConfigMayFollowIt) {
   r = run_aim("train --set data.codes=/nonexistent/a.codes " + src("configs/tiny.yaml") + " --out /nonexistent/run");
   EXPECT_EQ(r.code, 1) << r.output;
   EXPECT_EQ(r.output.find("no config given"), std::string::npos) << r.output;
-  EXPECT_NE(r.output.find("/nonexistent/a.codes"), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("data.codes /nonexistent/a.codes: no such file"), std::string::npos) << r.output;
   r = run_aim("info " + (test::fixtures_dir() / "aim" / "mamba2_tiny").string() + " --config " + src("configs/tiny.yaml"));
   EXPECT_EQ(r.code, 1) << r.output;
   EXPECT_NE(r.output.find("is a checkpoint directory, which holds its own config"), std::string::npos) << r.output;
@@ -229,10 +229,10 @@ TEST(Cli, BadInputsExitNonZeroWithTheKeyNamed) {
   EXPECT_NE(r.output.find("model.d_model"), std::string::npos) << r.output;  // the suggestion
   r = run_aim("info " + src("configs/aim_l.yaml") + " --set model.n_layer=-3");
   EXPECT_NE(r.code, 0);
-  EXPECT_NE(r.output.find("model.n_layer"), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("key 'model.n_layer': expected an integer >= 1, found -3"), std::string::npos) << r.output;
   r = run_aim("info /nonexistent/config.yaml");
   EXPECT_NE(r.code, 0);
-  EXPECT_NE(r.output.find("/nonexistent/config.yaml"), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("/nonexistent/config.yaml: cannot open the config file"), std::string::npos) << r.output;
   std::filesystem::remove(tmp);
 }
 

@@ -7,6 +7,7 @@
 
 #include <filesystem>
 #include <fstream>
+#include <set>
 
 #include "aim/core/config.h"
 #include "aim/core/safetensors.h"
@@ -38,6 +39,10 @@ TEST_P(VqParity, EncodeQuantiseDecode) {
   vq->eval();
   torch::NoGradGuard no_grad;
   auto g = load_safetensors((dir / "cases.safetensors").string());
+  // Every documented tensor, and no other: each check below needs its tensor.
+  const std::set<std::string> documented{"images", "codes", "quant", "decoded", "reconstruction"};
+  for (const auto& key : documented) ASSERT_TRUE(g.count(key)) << GetParam() << ": no '" << key << "'";
+  for (const auto& [key, value] : g) EXPECT_TRUE(documented.count(key)) << GetParam() << ": " << key << " is checked by no test";
   std::printf("[ case vq/%s on %s ] ch %lld, %zu levels, codebook %lld x %lld\n", GetParam().c_str(),
               device.str().c_str(), (long long)cfg.ch, cfg.ch_mult.size(),
               (long long)cfg.codebook_size, (long long)cfg.codebook_embed_dim);
@@ -74,6 +79,10 @@ TEST_P(AimTokenizerParity, DecodedImages) {
   const auto device = test::model_device();
   test::NoTf32 fp32_convolutions;
   auto g = load_safetensors((dir / "cases.safetensors").string());
+  // Every documented tensor, and no other: each check below needs its tensor.
+  const std::set<std::string> documented{"images", "codes", "quant", "decoded", "reconstruction"};
+  for (const auto& key : documented) ASSERT_TRUE(g.count(key)) << GetParam() << ": no '" << key << "'";
+  for (const auto& [key, value] : g) EXPECT_TRUE(documented.count(key)) << GetParam() << ": " << key << " is checked by no test";
   if (!g.count("decoded_images") || !g.count("decode_tokens")) {
     GTEST_SKIP() << GetParam() << ": no decoded_images in this case";
   }

@@ -67,30 +67,45 @@ TEST_P(OpsTest, SelectiveScanMatchesLoopsAndSteps) {
   auto D = torch::empty({e}).uniform_(0.5, 1.5).to(u.device());
   auto bias = torch::empty({e}).uniform_(-4.0, -1.5).to(u.device());
   auto init = test::randn({b, e, n}, torch::kFloat, u.device());
-  auto r = ops::selective_scan(u, delta, A, Bm, Cm, D, z, bias, true, init, true);
-  // Element by element in fp64.
   auto f = [](const torch::Tensor& t) { return t.to(torch::kCPU, torch::kFloat64); };
-  auto ud = f(u), dd = torch::softplus(f(delta) + f(bias).view({1, -1, 1})), Ad = f(A);
-  auto Bd = f(Bm), Cd = f(Cm), Dd = f(D), zd = f(z);
-  auto expect = torch::zeros({b, e, len}, torch::kFloat64);
-  auto h = f(init).clone();
-  for (int64_t t = 0; t < len; ++t) {
-    auto dt = dd.select(2, t).unsqueeze(-1);                              // [b, e, 1]
-    h = torch::exp(dt * Ad) * h + dt * ud.select(2, t).unsqueeze(-1) * Bd.select(2, t).unsqueeze(1);
-    auto y = (h * Cd.select(2, t).unsqueeze(1)).sum(-1) + Dd * ud.select(2, t);
-    expect.select(2, t).copy_(y * torch::silu(zd.select(2, t)));
+  // Every combination of the optional parts (z gate, D skip, dt bias, softplus, initial state):
+  // the kernels take each as its own branch, and their tests trust the reference there.
+  for (int mask = 0; mask < 32; ++mask) {
+    const bool with_z = mask & 1, with_d = mask & 2, with_bias = mask & 4, softplus = mask & 8, with_init = mask & 16;
+    const std::string tag = str_cat("selective_scan", with_z ? " z" : "", with_d ? " D" : "", with_bias ? " bias" : "",
+                                     softplus ? " softplus" : "", with_init ? " init" : "");
+    // Without softplus dt is taken as it is: positive and small, as softplus would make it.
+    const auto dl = softplus ? delta : delta.abs() * 0.2 + 0.01;
+    const auto bs = softplus ? bias : bias.abs() * 0.02;
+    const torch::Tensor zz = with_z ? z : torch::Tensor(), dd_ = with_d ? D : torch::Tensor();
+    const torch::Tensor bb = with_bias ? bs : torch::Tensor(), ii = with_init ? init : torch::Tensor();
+    auto r = ops::selective_scan(u, dl, A, Bm, Cm, dd_, zz, bb, softplus, ii, true);
+    // Element by element in fp64.
+    auto dpre = f(dl) + (with_bias ? f(bs).view({1, -1, 1}) : torch::zeros({1}, torch::kFloat64));
+    auto dd = softplus ? torch::softplus(dpre) : dpre;
+    auto ud = f(u), Ad = f(A), Bd = f(Bm), Cd = f(Cm), Dd = f(D), zd = f(z);
+    auto expect = torch::zeros({b, e, len}, torch::kFloat64);
+    auto h = with_init ? f(init).clone() : torch::zeros({b, e, n}, torch::kFloat64);
+    for (int64_t t = 0; t < len; ++t) {
+      auto dt = dd.select(2, t).unsqueeze(-1);  // [b, e, 1]
+      h = torch::exp(dt * Ad) * h + dt * ud.select(2, t).unsqueeze(-1) * Bd.select(2, t).unsqueeze(1);
+      auto y = (h * Cd.select(2, t).unsqueeze(1)).sum(-1);
+      if (with_d) y = y + Dd * ud.select(2, t);
+      if (with_z) y = y * torch::silu(zd.select(2, t));
+      expect.select(2, t).copy_(y);
+    }
+    close(tag + " y", r.y, expect);
+    close(tag + " last_state", r.last_state, h);
+    auto st = with_init ? init.clone() : torch::zeros({b, e, n}, init.options());
+    std::vector<torch::Tensor> ys;
+    for (int64_t t = 0; t < len; ++t) {
+      ys.push_back(ops::selective_state_update(st, u.select(2, t), dl.select(2, t), A, Bm.select(2, t),
+                                               Cm.select(2, t), dd_, with_z ? z.select(2, t) : torch::Tensor(), bb,
+                                               softplus));
+    }
+    close(tag + " state update steps", torch::stack(ys, 2), r.y);
+    close(tag + " state update state", st, r.last_state);
   }
-  close("selective_scan y", r.y, expect);
-  close("selective_scan last_state", r.last_state, h);
-  auto st = init.clone();
-  std::vector<torch::Tensor> ys;
-  for (int64_t t = 0; t < len; ++t) {
-    ys.push_back(ops::selective_state_update(st, u.select(2, t), delta.select(2, t), A,
-                                             Bm.select(2, t), Cm.select(2, t), D, z.select(2, t),
-                                             bias, true));
-  }
-  close("selective_state_update steps", torch::stack(ys, 2), r.y);
-  close("selective_state_update state", st, r.last_state);
 }
 
 TEST_P(OpsTest, Norms) {

@@ -101,6 +101,52 @@ INSTANTIATE_TEST_SUITE_P(
              std::to_string(s.chunk) + (s.d_per_channel ? "_Dhp" : "");
     });
 
+// Grouped heads against the definition, written out here one head and one step at a time (the
+// chunked reference and the recurrence share their head-to-group mapping, and the official
+// fixtures all have one group): head h reads group h / (H / G), so heads 0-2 share group 0 and
+// heads 3-5 group 1; a model of h % G would give other groups to heads 1, 2, 3 and 5.
+TEST(SsdScan, GroupedHeadsFollowTheDefinition) {
+  torch::manual_seed(11);
+  const SsdShape s{2, 21, 6, 4, 2, 5, 8, false};
+  auto in = make_inputs(s, torch::kDouble, torch::kCPU, /*with_init=*/false);
+  auto expected = torch::zeros({s.batch, s.len, s.heads, s.hdim}, torch::kDouble);
+  for (int64_t h = 0; h < s.heads; ++h) {
+    const int64_t g = h / (s.heads / s.groups);
+    auto state = torch::zeros({s.batch, s.hdim, s.dstate}, torch::kDouble);
+    for (int64_t t = 0; t < s.len; ++t) {
+      const auto dt = torch::softplus(in.dt.select(1, t).select(1, h) + in.dt_bias[h]);  // [B]
+      const auto decay = torch::exp(dt * in.A[h].to(torch::kDouble));
+      const auto xt = in.x.select(1, t).select(1, h);                                      // [B, P]
+      const auto bt = in.B.select(1, t).select(1, g), ct = in.C.select(1, t).select(1, g);  // [B, N]
+      state = state * decay.view({-1, 1, 1}) + (dt.view({-1, 1}) * xt).unsqueeze(2) * bt.unsqueeze(1);
+      expected.select(1, t).select(1, h).copy_((state * ct.unsqueeze(1)).sum(2) + in.D[h] * xt);
+    }
+  }
+  auto f = [](const torch::Tensor& t) { return t.to(torch::kFloat); };
+  const auto chunked = ops::ref::ssd_scan(f(in.x), f(in.dt), f(in.A), f(in.B), f(in.C), f(in.D), f(in.dt_bias),
+                                          true, s.chunk, {}, false);
+  test::expect_close("grouped heads: chunked reference", chunked.y, expected.to(torch::kFloat), 2e-5);
+  const auto sequential = ops::ref::ssd_scan_sequential(f(in.x), f(in.dt), f(in.A), f(in.B), f(in.C), f(in.D),
+                                                        f(in.dt_bias), true, {});
+  test::expect_close("grouped heads: recurrence", sequential.y, expected.to(torch::kFloat), 2e-5);
+  for (const auto isa : test::runnable_cpu_isas()) {
+    const test::ScopedCpuIsa scope(isa);
+    ops::set_cpu_kernels(true);
+    const auto kernel = ops::ssd_scan(f(in.x), f(in.dt), f(in.A), f(in.B), f(in.C), f(in.D), f(in.dt_bias), true,
+                                      s.chunk);
+    test::expect_close(std::string("grouped heads: cpu kernel") + test::isa_tag(isa), kernel.y,
+                       expected.to(torch::kFloat), 2e-5);
+  }
+  // One token at a time through the decoding update, from a zero state.
+  auto st = torch::zeros({s.batch, s.heads, s.hdim, s.dstate});
+  for (int64_t t = 0; t < s.len; ++t) {
+    const auto y = ops::ssd_state_update(st, f(in.x.select(1, t)), f(in.dt.select(1, t)), f(in.A),
+                                         f(in.B.select(1, t)), f(in.C.select(1, t)), f(in.D), f(in.dt_bias), true);
+    test::expect_close("grouped heads: state update, token " + std::to_string(t), y,
+                       expected.select(1, t).to(torch::kFloat), 2e-5);
+  }
+}
+
 TEST(SsdScan, ChunkSizeDoesNotChangeResult) {
   torch::manual_seed(2);
   SsdShape s{2, 130, 4, 8, 2, 16, 16, false};
