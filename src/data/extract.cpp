@@ -352,7 +352,7 @@ ExtractReport extract_range(VqModel& vq, const ImageList& list, int64_t begin, i
       break;
     }
     ++new_chunks;
-    // Decode and preprocess on worker threads; failures are recorded, never fatal.
+    // Decode and preprocess on worker threads.
     std::vector<torch::Tensor> views_of(static_cast<size_t>(count));
     // An image that does not decode is skipped; one that decodes but cannot be cropped means settings
     // no image would pass (every one would be skipped into a "finished" dataset): that stops the run.

@@ -411,8 +411,8 @@ TrainResult run_training(const Config& config_in, const TrainOptions& options) {
       if (loaded.model->config.codebook_size != config.model.vocab_size)
         throw Error(str_cat("vq.weights ", config.vq.weights, ": a codebook of ", loaded.model->config.codebook_size,
                             " codes, but model.vocab_size is ", config.model.vocab_size,
-                            ": it cannot decode this model's sample grids\n---> HINT: set vq.weights to the "
-                            "tokenizer the codes were made with, or train.sample_every=0"));
+                            ": it cannot decode this model's samples\n---> HINT: set vq.weights to the tokenizer the "
+                            "codes were made with, or train.sample_every=0 and train.fid_every=0"));
     }, "loading vq.weights for the sample grids and FIDs");
   if (loaded.model) {
     if (data.codes && loaded.identity != data.codes->info().tokenizer) {

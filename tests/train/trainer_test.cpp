@@ -454,7 +454,7 @@ TEST_F(TrainerTest, TrainsFromImagesEncodedOnTheFly) {
                  o);
   });
   EXPECT_NE(grids.find(": a codebook of 512 codes, but model.vocab_size is 1024: it cannot decode this model's "
-                       "sample grids"),
+                       "samples"),
             std::string::npos) << grids;
   // Held-out codes are checked against the tokenizer that encodes the images (they were not:
   // only against data.codes), and their class list against the folders'.
