@@ -44,6 +44,22 @@ while [[ $# -gt 0 ]]; do
   shift
 done
 
+if [[ -z "$out" ]]; then
+  if [[ $quick == 1 ]]; then out=runs/demo_quick; else out=runs/demo; fi
+fi
+# (Before the build, which can take half an hour on a fresh machine.)
+# The stages delete data/, vq/, aim/, samples/, ... inside --out: only a demo's folder (it has
+# timings.txt from the start) or an empty one is taken.
+if [[ -e "$out" && ! -f "$out/timings.txt" && -n "$(ls -A "$out" 2>/dev/null)" ]]; then
+  echo "demo.sh: --out $out: holds files of something other than a demo, which the demo would delete" >&2
+  echo "---> HINT: give a new or empty folder, or the folder of an earlier demo" >&2
+  exit 2
+fi
+case "$out" in
+  *,*) echo "demo.sh: --out $out: contains a comma, which aim sample --prompt takes as a separator" >&2
+       exit 2 ;;
+esac
+
 build=${AIM_BUILD_DIR:-build}
 if [[ $build_it == 1 ]]; then
   scripts/setup.sh
@@ -63,7 +79,6 @@ python="$root/.venv/bin/python"
 # Sizes. The full demo is the one measured in docs/perf.md; the quick one only shows every stage
 # working (CI checks that its samples are far above chance).
 if [[ $quick == 1 ]]; then
-  out=${out:-runs/demo_quick}
   per_class=300; heldout_per_class=10
   vq_steps=600; aim_steps=400; cfgs="3"; per_class_samples=10
   # fp32 tokenizer: colour appears around step 600, and in bf16 on a CPU with AMX it had not yet
@@ -72,7 +87,6 @@ if [[ $quick == 1 ]]; then
   # It also keeps the batch of 16 it was measured with (the full demo's tokenizer takes 12).
   vq_extra=(--set train.precision=fp32 --set train.global_batch=16 --set train.micro_batch=16)
 else
-  out=${out:-runs/demo}
   per_class=1000; heldout_per_class=20
   vq_steps=3000; aim_steps=1800; cfgs="2 3 4"; per_class_samples=20
 fi
@@ -81,17 +95,6 @@ fi
 cfg_top_p=0.9
 # Intra-op threads: all cores unless the caller chose.
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-$(nproc)}
-# The stages delete data/, vq/, aim/, samples/, ... inside --out: only a demo's folder (it has
-# timings.txt from the start) or an empty one is taken.
-if [[ -e "$out" && ! -f "$out/timings.txt" && -n "$(ls -A "$out" 2>/dev/null)" ]]; then
-  echo "demo.sh: --out $out: holds files of something other than a demo, which the demo would delete" >&2
-  echo "---> HINT: give a new or empty folder, or the folder of an earlier demo" >&2
-  exit 2
-fi
-case "$out" in
-  *,*) echo "demo.sh: --out $out: contains a comma, which aim sample --prompt takes as a separator" >&2
-       exit 2 ;;
-esac
 mkdir -p "$out"
 out=$(cd "$out" && pwd)
 timings="$out/timings.txt"
